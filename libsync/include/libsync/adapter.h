@@ -1,0 +1,156 @@
+/*
+ * libsync — persistence adapters: the built-in SQLite and file stores, and the interface for
+ * custom ones (written in C, or in Python/JavaScript through the bindings).
+ *
+ * An adapter is a table of callbacks plus a userdata pointer. Every callback gets a
+ * `sync_pending` token: it either finishes before returning (returns SYNC_OK or a negative status
+ * and never touches the token again) or returns SYNC_PENDING and later calls exactly one
+ * sync_pending_* completion with that token, from any thread. The engine never has two adapter
+ * calls of one adapter running at once, and calls them in the order the changes happened.
+ */
+#ifndef LIBSYNC_ADAPTER_H
+#define LIBSYNC_ADAPTER_H
+
+#include <cjson/cJSON.h>
+
+#include "libsync/common.h"
+#include "libsync/engine.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct sync_pending sync_pending; /**< completion token of one adapter call */
+
+#define SYNC_ADAPTER_VTABLE_VERSION 1
+
+/**
+ * A persistence backend. Members may only ever be added at the end (the version grows).
+ * `init` and `backup` may be NULL (nothing to prepare / backups unsupported); `load` and `save`
+ * are required.
+ */
+typedef struct sync_adapter_vtable {
+    unsigned int version; /**< SYNC_ADAPTER_VTABLE_VERSION */
+    /** Prepares the store (create the table, the directory). */
+    int (*init)(void *userdata, sync_pending *pending);
+    /**
+     * Reads the saved record. Finishing synchronously: set *out_state_json to a string the
+     * adapter allocated with malloc (the engine frees it) or to NULL when the store has never
+     * been saved, *out_version to the saved version, and return SYNC_OK. SYNC_ECORRUPT when the
+     * store exists but cannot be parsed (the adapter must keep it aside, never overwrite it).
+     * Finishing later: return SYNC_PENDING and call sync_pending_complete_load().
+     */
+    int (*load)(void *userdata, sync_pending *pending, char **out_state_json,
+                int64_t *out_version);
+    /**
+     * Writes the whole state and its version, atomically: after a crash at any instant the store
+     * holds either the previous record or this one. `state` and `state_json` are the same value
+     * (use whichever suits); both are borrowed for the duration of the call (copy to keep them for
+     * a completion). Returns SYNC_OK only once the record is as durable as the adapter promises.
+     */
+    int (*save)(void *userdata, sync_pending *pending, const cJSON *state, const char *state_json,
+                size_t state_len, int64_t version);
+    /** Copies the store to a new backup; sets *out_timestamp_ms (sync_wall_ms()) of the copy.
+     *  Finishing later: sync_pending_complete_backup(). */
+    int (*backup)(void *userdata, sync_pending *pending, int64_t *out_timestamp_ms);
+    /** Releases everything (closes files, frees userdata). Runs exactly once, from
+     *  sync_adapter_free() or when the engine that owns the adapter is freed. May be NULL. */
+    void (*destroy)(void *userdata);
+} sync_adapter_vtable;
+
+/** Wraps a vtable (copied) and userdata into an adapter handle. On failure destroy(userdata)
+ *  has already run. */
+SYNC_EXTERN int sync_adapter_new(sync_adapter **out, const sync_adapter_vtable *vtable,
+                                 void *userdata);
+/** Frees an adapter that was not handed to an engine. NULL is a no-op. */
+SYNC_EXTERN void sync_adapter_free(sync_adapter *adapter);
+
+/* Direct use of an adapter without an engine (tools, tests). Synchronous adapters only:
+ * SYNC_EUNSUPPORTED when the callback returns SYNC_PENDING. */
+SYNC_EXTERN int sync_adapter_init(sync_adapter *adapter);
+/** *out_state_json: caller owns (sync_free), NULL when never saved. */
+SYNC_EXTERN int sync_adapter_load(sync_adapter *adapter, char **out_state_json,
+                                  int64_t *out_version);
+SYNC_EXTERN int sync_adapter_save(sync_adapter *adapter, const char *state_json,
+                                  int64_t version);
+SYNC_EXTERN int sync_adapter_backup(sync_adapter *adapter, int64_t *out_timestamp_ms);
+
+/* Completions of a call that returned SYNC_PENDING. `error_message` (copied, may be NULL) is the
+ * readable reason when status is negative. Call exactly one of these, once per pending token. */
+SYNC_EXTERN int sync_pending_complete(sync_pending *pending, int status,
+                                      const char *error_message);
+/** For load(): `state_json` (copied) NULL means the store was never saved. */
+SYNC_EXTERN int sync_pending_complete_load(sync_pending *pending, int status,
+                                           const char *state_json, int64_t version,
+                                           const char *error_message);
+SYNC_EXTERN int sync_pending_complete_backup(sync_pending *pending, int status,
+                                             int64_t timestamp_ms, const char *error_message);
+
+/* ------------------------------------------------------------------------------------------ */
+/* SQLite                                                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+/** How hard a SQLite save waits for the disk. */
+typedef enum sync_sqlite_durability {
+    /** WAL + synchronous=NORMAL: a committed save survives a crash of the process (the default);
+     *  a power loss may lose the last saves but never corrupts the database. */
+    SYNC_SQLITE_PROCESS_SAFE = 0,
+    /** WAL + synchronous=FULL: a committed save survives a power loss too (an fsync per save). */
+    SYNC_SQLITE_POWER_SAFE = 1
+} sync_sqlite_durability;
+
+#define SYNC_SQLITE_OPTIONS_VERSION 1
+
+typedef struct sync_sqlite_options {
+    unsigned int version; /**< SYNC_SQLITE_OPTIONS_VERSION */
+    /** Database file path (copied). Required. */
+    const char *path;
+    /** Table name (copied); NULL = "websocket_state". Must match [A-Za-z_][A-Za-z0-9_]{0,63}:
+     *  anything else (quotes, spaces) is refused with SYNC_EINVAL. */
+    const char *table_name;
+    /** Directory for backups (copied); NULL = "<path>.backups". Backups are
+     *  "backup-<ms>.sqlite" files made with SQLite's online backup API. */
+    const char *backups_dir;
+    sync_sqlite_durability durability;
+    /** Milliseconds to wait on a locked database before failing. 0 = default (5000). */
+    int busy_timeout_ms;
+} sync_sqlite_options;
+
+#define SYNC_SQLITE_OPTIONS_INIT                                                                   \
+    {                                                                                              \
+        SYNC_SQLITE_OPTIONS_VERSION, NULL, NULL, NULL, SYNC_SQLITE_PROCESS_SAFE, 0                 \
+    }
+
+SYNC_EXTERN int sync_sqlite_options_init(sync_sqlite_options *opts, unsigned int version);
+/** Creates the SQLite adapter. Opens nothing yet: the database is opened by init(). */
+SYNC_EXTERN int sync_adapter_sqlite_new(sync_adapter **out, const sync_sqlite_options *opts);
+
+/* ------------------------------------------------------------------------------------------ */
+/* File                                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+#define SYNC_FILE_OPTIONS_VERSION 1
+
+typedef struct sync_file_options {
+    unsigned int version; /**< SYNC_FILE_OPTIONS_VERSION */
+    /** The JSON file {"state":...,"version":...} (copied). Required. */
+    const char *file_path;
+    /** Directory for "backup-<ms>.json" copies (copied); NULL = backups unsupported. */
+    const char *backups_dir;
+    /** 1 (default): fsync the temp file and the directory on every save (power-safe).
+     *  0: rename only (process-crash-safe, faster). */
+    int fsync;
+} sync_file_options;
+
+#define SYNC_FILE_OPTIONS_INIT {SYNC_FILE_OPTIONS_VERSION, NULL, NULL, 1}
+
+SYNC_EXTERN int sync_file_options_init(sync_file_options *opts, unsigned int version);
+/** Creates the file adapter. Saves write "<file>.tmp-<pid>", fsync, rename over the file, fsync the
+ *  directory. A file that cannot be parsed is renamed to "<file>.corrupt-<ms>" and reported. */
+SYNC_EXTERN int sync_adapter_file_new(sync_adapter **out, const sync_file_options *opts);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LIBSYNC_ADAPTER_H */

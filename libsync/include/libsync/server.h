@@ -1,0 +1,139 @@
+/*
+ * libsync — the built-in WebSocket server (libwebsockets). One call turns engines into a running
+ * real-time service: engines are mounted on URL paths ("rooms"), an optional static directory is
+ * served over HTTP on the same port, with GET /healthz and GET /metrics (Prometheus text).
+ *
+ * Threads. One service thread owns every socket: the thread inside sync_server_run(), or the
+ * thread sync_server_start() creates. Engines mounted on a running server may be used from any
+ * thread (set_state, broadcast, ...): their frames are handed to the service thread, which is woken
+ * with lws_cancel_service(). sync_server_stop() may be called from any thread and from a signal
+ * handler. Every other sync_server_* function must not run concurrently with itself on the same
+ * server.
+ *
+ * Broadcast. A changed state is serialised once per version and the same frame is shared by every
+ * connection. A connection that cannot keep up is sent the latest state when it can write again,
+ * not a backlog: intermediate versions may be skipped, the final one never is. The mounted engines
+ * get auto_broadcast on, and their heartbeat and sync timers are run by the service thread.
+ */
+#ifndef LIBSYNC_SERVER_H
+#define LIBSYNC_SERVER_H
+
+#include "libsync/common.h"
+#include "libsync/engine.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct sync_server sync_server;   /**< opaque */
+typedef struct sync_request sync_request; /**< an upgrade request, seen by the auth callback */
+
+/** The request path ("/counter"), borrowed for the duration of the auth callback. */
+SYNC_EXTERN const char *sync_request_path(const sync_request *req);
+/** The raw query string without '?' ("" when none), borrowed likewise. */
+SYNC_EXTERN const char *sync_request_query(const sync_request *req);
+/** The value of one header by case-insensitive name ("authorization", "origin", "cookie"), or NULL.
+ *  Borrowed likewise. */
+SYNC_EXTERN const char *sync_request_header(const sync_request *req, const char *name);
+/** The peer address as text ("127.0.0.1"), borrowed likewise. */
+SYNC_EXTERN const char *sync_request_peer(const sync_request *req);
+/** Attaches an identity (JSON text, copied) to the connection this request opens; handlers read it
+ *  with sync_conn_identity(). */
+SYNC_EXTERN int sync_request_set_identity(sync_request *req, const char *identity_json);
+
+/**
+ * Decides whether a WebSocket upgrade may proceed. Runs on the service thread before the
+ * connection joins an engine. Returns 0 to accept, or an HTTP status (401, 403, 429...) to refuse
+ * the upgrade with that status. Must not block for long: every connection waits.
+ */
+typedef int (*sync_auth_cb)(sync_request *req, void *userdata);
+
+#define SYNC_SERVER_OPTIONS_VERSION 1
+
+typedef struct sync_server_options {
+    unsigned int version; /**< SYNC_SERVER_OPTIONS_VERSION */
+    /** Address to listen on (copied); NULL = "127.0.0.1". */
+    const char *host;
+    /** TCP port; 0 picks a free one (read it with sync_server_port()). */
+    int port;
+    /** Directory served over HTTP GET (copied), "index.html" for "/"; NULL = none. Paths that
+     *  leave the directory are refused. */
+    const char *static_dir;
+    /** Largest accepted message; a larger one closes the connection with 1009. 0 = 1 MiB. */
+    size_t max_message_bytes;
+    /** Most open WebSocket connections; more are refused (HTTP 503). 0 = 100000. */
+    int max_connections;
+    /** Per-connection message rate: sustained messages per second, and burst. A connection over
+     *  its budget has the message dropped with an error frame, and is closed with 1008 when it
+     *  keeps flooding. 0 = unlimited. */
+    double rate_limit_per_sec;
+    int rate_limit_burst;
+    /** Most bytes of queued frames (replies, pings, initial state) per connection beyond the
+     *  always-latest state; a client that lets more pile up is closed with 1008. 0 = 4 MiB. */
+    size_t max_queued_bytes;
+    /** Allowed Origin header values (each copied); NULL or count 0 = any origin (and none). A
+     *  request with another Origin is refused with 403. */
+    const char *const *allowed_origins;
+    size_t allowed_origins_count;
+    /** Authentication; NULL = everyone. */
+    sync_auth_cb auth;
+    void *auth_userdata;
+    sync_free_cb auth_free_userdata; /**< runs when the server is freed or creation fails */
+    /** TLS: both PEM paths (copied) or both NULL. With them the server speaks https/wss only. */
+    const char *tls_cert_path;
+    const char *tls_key_path;
+    /** Longest graceful stop: after this, remaining connections are dropped. 0 = 5000. */
+    int stop_timeout_ms;
+    /** Log sink for the server and libwebsockets; NULL = stderr (errors and warnings only). */
+    sync_log_cb log;
+    void *log_userdata;
+} sync_server_options;
+
+#define SYNC_SERVER_OPTIONS_INIT                                                                   \
+    {                                                                                              \
+        SYNC_SERVER_OPTIONS_VERSION, NULL, 0, NULL, 0, 0, 0, 0, 0, NULL, 0, NULL, NULL, NULL,      \
+            NULL, NULL, 0, NULL, NULL                                                              \
+    }
+
+SYNC_EXTERN int sync_server_options_init(sync_server_options *opts, unsigned int version);
+
+/** Creates a server (nothing listens yet). */
+SYNC_EXTERN int sync_server_new(sync_server **out, const sync_server_options *opts);
+
+/**
+ * Mounts `engine` at `path` ("/" or "/counter"; copied): WebSocket upgrades to that exact path
+ * join it. Only before listen. The engine is borrowed: it must outlive the server (free the
+ * server first). SYNC_EINVAL for a path already mounted or not starting with '/'.
+ */
+SYNC_EXTERN int sync_server_mount(sync_server *server, const char *path, sync_engine *engine);
+
+/** Binds and listens. SYNC_ENET (with the reason in sync_error_last()) when that fails. */
+SYNC_EXTERN int sync_server_listen(sync_server *server);
+
+/** The port listened on (useful after port 0), or -1 before listen. */
+SYNC_EXTERN int sync_server_port(const sync_server *server);
+
+/** Serves on the calling thread until sync_server_stop(); listens first if needed.
+ *  Returns SYNC_OK after a graceful stop. */
+SYNC_EXTERN int sync_server_run(sync_server *server);
+
+/** Listens (if needed) and serves on a new background thread; returns once it accepts. */
+SYNC_EXTERN int sync_server_start(sync_server *server);
+
+/**
+ * Graceful stop: stop accepting, persist every mounted engine (sync), send close 1001 to every
+ * connection, and end the service loop within stop_timeout_ms. From any thread (and
+ * async-signal-safe: it only sets a flag and wakes the service thread). When the server runs on a
+ * background thread, this call waits for it to end, except from a signal handler or from the
+ * service thread itself, where it returns at once.
+ */
+SYNC_EXTERN int sync_server_stop(sync_server *server);
+
+/** Stops (if running), then frees. Mounted engines are left to their owner (not freed). */
+SYNC_EXTERN void sync_server_free(sync_server *server);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LIBSYNC_SERVER_H */
