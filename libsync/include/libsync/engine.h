@@ -50,6 +50,42 @@ typedef struct sync_msg sync_msg;         /**< one message in flight through the
 typedef struct sync_adapter sync_adapter; /**< a persistence backend (adapter.h) */
 
 /* ------------------------------------------------------------------------------------------ */
+/* Hooks                                                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+#define SYNC_HOOKS_VERSION 1
+
+/**
+ * The original's hooks. Every member may be NULL. JSON values and strings passed to a hook are
+ * borrowed for the duration of the call. Hooks run with the engine's lock held on the thread
+ * that drives the engine; a hook may call the engine's functions (get_state, broadcast...).
+ */
+typedef struct sync_hooks {
+    unsigned int version; /**< SYNC_HOOKS_VERSION */
+    void (*on_connect)(sync_engine *engine, sync_conn *conn, void *userdata);
+    void (*on_disconnect)(sync_engine *engine, sync_conn *conn, void *userdata);
+    /** Only when old and new differ as JSON. */
+    void (*on_state_change)(sync_engine *engine, const cJSON *old_state, const cJSON *new_state,
+                            void *userdata);
+    void (*on_sync)(sync_engine *engine, const cJSON *state, int64_t version, void *userdata);
+    void (*on_backup)(sync_engine *engine, int64_t timestamp_ms, int64_t version,
+                      void *userdata);
+    void (*on_ping)(sync_engine *engine, sync_conn *conn, void *userdata);
+    void (*on_pong)(sync_engine *engine, sync_conn *conn, void *userdata);
+    void (*on_ping_timeout)(sync_engine *engine, sync_conn *conn, void *userdata);
+    /** Every reported error: its status, a readable message, the context where it happened
+     *  ("handleMessage", "validateMessage", "middleware", "handler:increment", "sync", "load",
+     *  "backup", "handleOpen", "broadcast", "heartbeat"), and the connection involved or NULL. */
+    void (*on_error)(sync_engine *engine, int status, const char *message, const char *context,
+                     sync_conn *conn, void *userdata);
+    void *userdata;
+    /** Runs when the hooks are replaced, when the engine is freed, and when setting fails. */
+    sync_free_cb free_userdata;
+} sync_hooks;
+
+#define SYNC_HOOKS_INIT {SYNC_HOOKS_VERSION, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Options                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -114,12 +150,15 @@ typedef struct sync_engine_options {
     /** Log sink; NULL logs to stderr. Errors go to on_error when it is set, else here. */
     sync_log_cb log;
     void *log_userdata;
+    /** Hooks in place from the start, so a failing load() at creation reaches on_error (copied;
+     *  NULL = none; their free_userdata runs with the engine, or when sync_engine_new fails). */
+    const sync_hooks *hooks;
 } sync_engine_options;
 
 #define SYNC_ENGINE_OPTIONS_INIT                                                                   \
     {                                                                                              \
         SYNC_ENGINE_OPTIONS_VERSION, NULL, 1, NULL, 0, 0, 0, SYNC_PERSIST_ON_CHANGE,               \
-            SYNC_TIMERS_MANUAL, 0, 0, 0, 0, 0, NULL, NULL                                          \
+            SYNC_TIMERS_MANUAL, 0, 0, 0, 0, 0, NULL, NULL, NULL                                    \
     }
 
 /** Fills `opts` with the defaults of SYNC_ENGINE_OPTIONS_INIT. `version` must be
@@ -343,42 +382,6 @@ SYNC_EXTERN int sync_engine_when_idle(sync_engine *engine, sync_done_cb done, vo
 SYNC_EXTERN int sync_engine_tick(sync_engine *engine, int64_t now_ms);
 /** The sync_now_ms() time at which the next timer is due, or -1 when no timer is set. */
 SYNC_EXTERN int64_t sync_engine_next_deadline_ms(sync_engine *engine);
-
-/* ------------------------------------------------------------------------------------------ */
-/* Hooks                                                                                       */
-/* ------------------------------------------------------------------------------------------ */
-
-#define SYNC_HOOKS_VERSION 1
-
-/**
- * The original's hooks. Every member may be NULL. JSON values and strings passed to a hook are
- * borrowed for the duration of the call. Hooks run with the engine's lock held on the thread
- * that drives the engine; a hook may call the engine's functions (get_state, broadcast...).
- */
-typedef struct sync_hooks {
-    unsigned int version; /**< SYNC_HOOKS_VERSION */
-    void (*on_connect)(sync_engine *engine, sync_conn *conn, void *userdata);
-    void (*on_disconnect)(sync_engine *engine, sync_conn *conn, void *userdata);
-    /** Only when old and new differ as JSON. */
-    void (*on_state_change)(sync_engine *engine, const cJSON *old_state, const cJSON *new_state,
-                            void *userdata);
-    void (*on_sync)(sync_engine *engine, const cJSON *state, int64_t version, void *userdata);
-    void (*on_backup)(sync_engine *engine, int64_t timestamp_ms, int64_t version,
-                      void *userdata);
-    void (*on_ping)(sync_engine *engine, sync_conn *conn, void *userdata);
-    void (*on_pong)(sync_engine *engine, sync_conn *conn, void *userdata);
-    void (*on_ping_timeout)(sync_engine *engine, sync_conn *conn, void *userdata);
-    /** Every reported error: its status, a readable message, the context where it happened
-     *  ("handleMessage", "validateMessage", "middleware", "handler:increment", "sync", "load",
-     *  "backup", "handleOpen", "broadcast", "heartbeat"), and the connection involved or NULL. */
-    void (*on_error)(sync_engine *engine, int status, const char *message, const char *context,
-                     sync_conn *conn, void *userdata);
-    void *userdata;
-    /** Runs when the hooks are replaced, when the engine is freed, and when setting fails. */
-    sync_free_cb free_userdata;
-} sync_hooks;
-
-#define SYNC_HOOKS_INIT {SYNC_HOOKS_VERSION, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL}
 
 /** Sets all hooks at once (the struct is copied; NULL clears them). */
 SYNC_EXTERN int sync_engine_set_hooks(sync_engine *engine, const sync_hooks *hooks);
