@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs everything libsync needs to build, run its demo and run every test suite, on a fresh
+# Debian 12 machine (as root, or with sudo). Safe to run again: it installs only what is missing.
+#   scripts/install-deps.sh            build + demo + all tests
+#   scripts/install-deps.sh --minimal  build + demo only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+minimal=0
+[ "${1:-}" = "--minimal" ] && minimal=1
+
+sudo_cmd=""
+if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+
+apt_packages=(build-essential cmake pkg-config libwebsockets-dev libcjson-dev libsqlite3-dev
+  libssl-dev openssl)
+if [ "$minimal" = 0 ]; then
+  apt_packages+=(swig clang clang-format libclang-rt-14-dev valgrind chromium sqlite3 procps
+    python3-dev python3-venv nodejs npm)
+fi
+
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  # nodejs/npm may come from elsewhere (the machine's own Node 20); count them present when on PATH.
+  case "$pkg" in
+    nodejs) command -v node >/dev/null && continue ;;
+    npm) command -v npm >/dev/null && continue ;;
+    python3-dev) python3 -c 'import sysconfig,os,sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"],"Python.h")) else 1)' 2>/dev/null && continue ;;
+    python3-venv) python3 -c 'import venv' 2>/dev/null && continue ;;
+  esac
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: apt packages: ${missing[*]}"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+[ "$minimal" = 1 ] && exit 0
+
+# Python test and example packages.
+python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+
+# Node packages of each JavaScript suite (locked versions).
+for dir in tests/e2e tests/node bindings/node; do
+  if [ -f "$dir/package.json" ]; then
+    if [ -f "$dir/package-lock.json" ]; then
+      (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error --ignore-scripts)
+    else
+      (cd "$dir" && npm install --no-audit --no-fund --loglevel=error --ignore-scripts)
+    fi
+  fi
+done

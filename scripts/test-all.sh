@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every test suite of libsync: installs what is missing, builds with warnings as errors, runs
+# the C, ABI, install, Python, Node, end-to-end and browser suites (ctest), then the C and
+# end-to-end suites again under AddressSanitizer + UndefinedBehaviorSanitizer, and the threaded
+# tests under ThreadSanitizer.
+#   scripts/test-all.sh              everything
+#   LIBSYNC_SKIP_SANITIZERS=1 ...    only the normal build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+jobs=$(nproc 2>/dev/null || echo 2)
+
+scripts/install-deps.sh
+
+step() { printf '\n==== %s ====\n' "$*"; }
+
+step "build (RelWithDebInfo, -Werror)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$jobs"
+
+step "all suites"
+ctest --test-dir build --output-on-failure -j"$jobs" --timeout 600
+
+if [ "${LIBSYNC_SKIP_SANITIZERS:-0}" != 1 ]; then
+  step "C and end-to-end suites under ASan + UBSan"
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLIBSYNC_SANITIZE=address,undefined \
+    -DLIBSYNC_BUILD_PYTHON=OFF -DLIBSYNC_BUILD_NODE=OFF -DLIBSYNC_BUILD_BENCH=OFF >/dev/null
+  cmake --build build-asan -j"$jobs"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build-asan --output-on-failure -j"$jobs" -L 'c|e2e' -LE 'browser|install' \
+    --timeout 600
+
+  step "threaded tests under TSan"
+  cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DLIBSYNC_SANITIZE=thread \
+    -DLIBSYNC_BUILD_PYTHON=OFF -DLIBSYNC_BUILD_NODE=OFF -DLIBSYNC_BUILD_BENCH=OFF >/dev/null
+  cmake --build build-tsan -j"$jobs"
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+    ctest --test-dir build-tsan --output-on-failure -j"$jobs" -L threads --timeout 600
+fi
+step "done: every suite passed"
