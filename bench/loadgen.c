@@ -1,0 +1,939 @@
+/* libsync-loadgen: drives a state-sync WebSocket server (the seed's protocol) with N clients from
+ * one epoll loop and reports one JSON line. All N clients receive; S of them send
+ * {"type":"increment","amount":1}, each keeping at most W increments unacknowledged, M in total.
+ * Send number k (1-based, across all senders) is acknowledged once any client has seen the counter
+ * reach base + k, so a server may coalesce states freely: only the highest counter each client has
+ * seen matters. It fails (exit 1) when the clients do not all reach base + M in time, when any
+ * client sees a counter above base + M, or when a client's counter goes backwards.
+ * With --idle it instead opens N connections and reports the server's RSS per connection. */
+#include "wsproto.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+enum conn_state { CS_IDLE, CS_CONNECTING, CS_HANDSHAKE, CS_WAIT_INITIAL, CS_READY, CS_CLOSED };
+
+struct conn {
+    int fd;
+    int index;
+    enum conn_state state;
+    bool epollout;
+    uint8_t *in;
+    size_t in_len, in_cap;
+    /* A fragmented data message being reassembled (only when the server fragments). */
+    uint8_t *msg;
+    size_t msg_len, msg_cap;
+    bool in_message;
+    uint8_t *out;
+    size_t out_off, out_len, out_cap;
+    bool seen_any;
+    int64_t max_seen;
+    char key[WS_KEY_LEN + 1];
+    /* Sender bookkeeping (only the first S connections send). */
+    long quota, sent, inflight;
+};
+
+struct options {
+    long clients, senders, window, messages;
+    const char *host, *port, *path;
+    long server_pid;
+    long connect_timeout_ms, timeout_ms, linger_ms, idle_wait_ms, connect_parallel;
+    size_t max_frame;
+    bool idle;
+};
+
+struct stats {
+    uint64_t state_frames, state_bytes, bytes_received, other_frames, app_pings;
+    uint64_t regressions;
+    int64_t overshoot_value;
+};
+
+static struct {
+    struct options opt;
+    struct conn *conns;
+    int epfd;
+    struct addrinfo *addr;
+    uint64_t rng;
+    /* Phase flags: running = increments are being counted against base/target. */
+    bool running;
+    int64_t base, target;
+    long ready, converged_clients;
+    /* Per send number k (0-based): when it was sent and by which sender. */
+    uint64_t *send_ns;
+    int *send_by;
+    long total_sent, total_acked;
+    int64_t max_seen_any;
+    uint32_t *latency_us;
+    struct stats st;
+    char error[256];
+} lg;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void fail(const char *fmt, ...)
+{
+    if (lg.error[0])
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(lg.error, sizeof lg.error, fmt, ap);
+    va_end(ap);
+}
+
+static uint64_t rng_next(void)
+{
+    uint64_t x = lg.rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    lg.rng = x;
+    return x;
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n);
+    if (!q) {
+        fprintf(stderr, "loadgen: out of memory\n");
+        exit(3);
+    }
+    return q;
+}
+
+static void reserve(uint8_t **buf, size_t *cap, size_t need)
+{
+    if (*cap >= need)
+        return;
+    size_t n = *cap ? *cap : 4096;
+    while (n < need)
+        n *= 2;
+    *buf = xrealloc(*buf, n);
+    *cap = n;
+}
+
+static void set_epollout(struct conn *c, bool on)
+{
+    if (c->epollout == on)
+        return;
+    struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.ptr = c};
+    epoll_ctl(lg.epfd, EPOLL_CTL_MOD, c->fd, &ev);
+    c->epollout = on;
+}
+
+static void conn_close(struct conn *c)
+{
+    if (c->fd >= 0) {
+        epoll_ctl(lg.epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        c->fd = -1;
+    }
+    c->state = CS_CLOSED;
+}
+
+static void conn_lost(struct conn *c, const char *why)
+{
+    fail("client %d: %s", c->index, why);
+    conn_close(c);
+}
+
+static void flush_out(struct conn *c)
+{
+    while (c->out_off < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            set_epollout(c, true);
+            return;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else {
+            conn_lost(c, n < 0 ? strerror(errno) : "send failed");
+            return;
+        }
+    }
+    c->out_off = c->out_len = 0;
+    if (c->state != CS_CONNECTING)
+        set_epollout(c, false);
+}
+
+static void queue_frame(struct conn *c, int opcode, const void *payload, size_t len)
+{
+    reserve(&c->out, &c->out_cap, c->out_len + WS_MAX_CLIENT_HEADER + len);
+    uint64_t r = rng_next();
+    uint8_t mask[4] = {(uint8_t)r, (uint8_t)(r >> 8), (uint8_t)(r >> 16), (uint8_t)(r >> 24)};
+    c->out_len += ws_write_client_frame(c->out + c->out_len, opcode, payload, len, mask);
+}
+
+static void start_connect(struct conn *c)
+{
+    int fd = socket(lg.addr->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        fail("socket: %s", strerror(errno));
+        c->state = CS_CLOSED;
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* Closing with RST leaves no TIME_WAIT behind, so back-to-back runs of 10,000 connections
+     * do not run out of loopback ports. */
+    struct linger lin = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lin, sizeof lin);
+    c->fd = fd;
+    c->state = CS_CONNECTING;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+    epoll_ctl(lg.epfd, EPOLL_CTL_ADD, fd, &ev);
+    c->epollout = true;
+    if (connect(fd, lg.addr->ai_addr, lg.addr->ai_addrlen) < 0 && errno != EINPROGRESS)
+        conn_lost(c, strerror(errno));
+}
+
+static void send_handshake(struct conn *c)
+{
+    uint8_t nonce[16];
+    uint64_t a = rng_next(), b = rng_next();
+    memcpy(nonce, &a, 8);
+    memcpy(nonce + 8, &b, 8);
+    ws_make_key(nonce, c->key);
+    char req[1024];
+    int n = snprintf(req, sizeof req,
+                     "GET %s HTTP/1.1\r\nHost: %s:%s\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n",
+                     lg.opt.path, lg.opt.host, lg.opt.port, c->key);
+    if (n < 0 || (size_t)n >= sizeof req) {
+        conn_lost(c, "request too long");
+        return;
+    }
+    reserve(&c->out, &c->out_cap, c->out_len + (size_t)n);
+    memcpy(c->out + c->out_len, req, (size_t)n);
+    c->out_len += (size_t)n;
+    c->state = CS_HANDSHAKE;
+    flush_out(c);
+}
+
+/* Finds "counter":N without parsing the JSON: state frames can be 64 KiB and arrive by the
+ * hundred thousand. A match inside a string would be preceded by a backslash-escaped quote. */
+static bool find_counter(const uint8_t *p, size_t len, int64_t *out)
+{
+    static const char key[] = "\"counter\":";
+    const uint8_t *end = p + len;
+    const uint8_t *at = p;
+    for (;;) {
+        at = memmem(at, (size_t)(end - at), key, sizeof key - 1);
+        if (!at)
+            return false;
+        if (at > p && at[-1] == '\\') {
+            at++;
+            continue;
+        }
+        const uint8_t *q = at + sizeof key - 1;
+        while (q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r'))
+            q++;
+        bool neg = q < end && *q == '-';
+        if (neg)
+            q++;
+        if (q >= end || *q < '0' || *q > '9')
+            return false;
+        int64_t v = 0;
+        while (q < end && *q >= '0' && *q <= '9' && v < INT64_MAX / 10)
+            v = v * 10 + (*q++ - '0');
+        *out = neg ? -v : v;
+        return true;
+    }
+}
+
+static void pump_senders(void);
+
+static void acknowledge_up_to(int64_t value, uint64_t now)
+{
+    while (lg.total_acked < lg.total_sent && lg.base + lg.total_acked + 1 <= value) {
+        long k = lg.total_acked++;
+        uint64_t d = (now - lg.send_ns[k]) / 1000u;
+        lg.latency_us[k] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+        lg.conns[lg.send_by[k]].inflight--;
+    }
+}
+
+static void on_state(struct conn *c, int64_t value)
+{
+    if (c->state == CS_WAIT_INITIAL) {
+        c->state = CS_READY;
+        lg.ready++;
+    }
+    if (c->seen_any && value < c->max_seen)
+        lg.st.regressions++;
+    if (!lg.running) {
+        if (!c->seen_any || value > c->max_seen)
+            c->max_seen = value;
+        c->seen_any = true;
+        return;
+    }
+    if (value > lg.target) {
+        if (value > lg.st.overshoot_value)
+            lg.st.overshoot_value = value;
+        fail("client %d saw counter %" PRId64 " above the final %" PRId64, c->index, value,
+             lg.target);
+    }
+    if (value > c->max_seen) {
+        if (value >= lg.target && c->max_seen < lg.target)
+            lg.converged_clients++;
+        c->max_seen = value;
+    }
+    if (value > lg.max_seen_any) {
+        lg.max_seen_any = value;
+        acknowledge_up_to(value, now_ns());
+    }
+}
+
+static void on_message(struct conn *c, int opcode, const uint8_t *p, size_t len)
+{
+    if (opcode != WS_OP_TEXT) {
+        lg.st.other_frames++;
+        return;
+    }
+    int64_t value;
+    if (find_counter(p, len, &value)) {
+        lg.st.state_frames++;
+        lg.st.state_bytes += len;
+        on_state(c, value);
+        return;
+    }
+    static const char ping[] = "\"type\":\"ping\"";
+    if (memmem(p, len, ping, sizeof ping - 1)) {
+        lg.st.app_pings++;
+        queue_frame(c, WS_OP_TEXT, "pong", 4);
+        return;
+    }
+    lg.st.other_frames++;
+}
+
+static void on_frame(struct conn *c, const struct ws_frame_header *h, uint8_t *payload)
+{
+    size_t len = (size_t)h->payload_len;
+    if (h->masked)
+        ws_unmask(payload, len, h->mask);
+    switch (h->opcode) {
+    case WS_OP_PING:
+        queue_frame(c, WS_OP_PONG, payload, len);
+        return;
+    case WS_OP_PONG:
+        return;
+    case WS_OP_CLOSE:
+        queue_frame(c, WS_OP_CLOSE, payload, len < 2 ? len : 2);
+        flush_out(c);
+        conn_lost(c, "server closed the connection");
+        return;
+    case WS_OP_CONTINUATION:
+        if (!c->in_message) {
+            conn_lost(c, "continuation frame without a message");
+            return;
+        }
+        break;
+    case WS_OP_TEXT:
+    case WS_OP_BINARY:
+        if (c->in_message) {
+            conn_lost(c, "new message inside a fragmented one");
+            return;
+        }
+        if (h->fin) {
+            on_message(c, h->opcode, payload, len);
+            return;
+        }
+        c->in_message = true;
+        c->msg_len = 0;
+        /* The opcode of a fragmented message is kept in the first byte of the buffer. */
+        reserve(&c->msg, &c->msg_cap, 1);
+        c->msg[0] = (uint8_t)h->opcode;
+        c->msg_len = 1;
+        break;
+    default:
+        conn_lost(c, "unknown opcode");
+        return;
+    }
+    if (c->msg_len + len > lg.opt.max_frame) {
+        conn_lost(c, "message larger than --max-frame");
+        return;
+    }
+    reserve(&c->msg, &c->msg_cap, c->msg_len + len);
+    memcpy(c->msg + c->msg_len, payload, len);
+    c->msg_len += len;
+    if (h->fin) {
+        c->in_message = false;
+        on_message(c, c->msg[0], c->msg + 1, c->msg_len - 1);
+    }
+}
+
+/* Consumes every complete frame in c->in; returns the bytes needed for the next one (0 = any). */
+static size_t parse_frames(struct conn *c)
+{
+    size_t pos = 0, need = 0;
+    while (c->state != CS_CLOSED) {
+        struct ws_frame_header h;
+        int r = ws_parse_header(c->in + pos, c->in_len - pos, &h);
+        if (r < 0) {
+            conn_lost(c, "invalid frame header");
+            break;
+        }
+        if (r == 0)
+            break;
+        if (h.payload_len > lg.opt.max_frame) {
+            conn_lost(c, "frame larger than --max-frame");
+            break;
+        }
+        size_t total = h.header_len + (size_t)h.payload_len;
+        if (c->in_len - pos < total) {
+            need = total;
+            break;
+        }
+        on_frame(c, &h, c->in + pos + h.header_len);
+        pos += total;
+    }
+    if (c->state == CS_CLOSED)
+        return 0;
+    if (pos) {
+        memmove(c->in, c->in + pos, c->in_len - pos);
+        c->in_len -= pos;
+    }
+    return need;
+}
+
+static void on_handshake_bytes(struct conn *c)
+{
+    uint8_t *end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
+    if (!end) {
+        if (c->in_len > 16384)
+            conn_lost(c, "handshake response too long");
+        return;
+    }
+    size_t head = (size_t)(end - c->in) + 4;
+    const char *bad = ws_check_response((const char *)c->in, head, c->key);
+    if (bad) {
+        conn_lost(c, bad);
+        return;
+    }
+    memmove(c->in, c->in + head, c->in_len - head);
+    c->in_len -= head;
+    c->state = CS_WAIT_INITIAL;
+}
+
+static void on_readable(struct conn *c)
+{
+    size_t need = 0;
+    for (int rounds = 0; rounds < 16 && c->state != CS_CLOSED; rounds++) {
+        size_t want = c->in_len + 16384;
+        if (need > want)
+            want = need;
+        reserve(&c->in, &c->in_cap, want);
+        ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        if (n == 0) {
+            conn_lost(c, "connection closed by the server");
+            return;
+        }
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                conn_lost(c, strerror(errno));
+            break;
+        }
+        lg.st.bytes_received += (uint64_t)n;
+        c->in_len += (size_t)n;
+        if (c->state == CS_HANDSHAKE)
+            on_handshake_bytes(c);
+        if (c->state == CS_WAIT_INITIAL || c->state == CS_READY)
+            need = parse_frames(c);
+    }
+    if (c->state != CS_CLOSED && c->out_len > c->out_off)
+        flush_out(c);
+}
+
+static void on_event(struct conn *c, uint32_t events)
+{
+    if (c->state == CS_CONNECTING) {
+        int err = 0;
+        socklen_t el = sizeof err;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        if (err) {
+            conn_lost(c, strerror(err));
+            return;
+        }
+        if (!(events & EPOLLOUT))
+            return;
+        send_handshake(c);
+        return;
+    }
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+        on_readable(c);
+    if (c->state != CS_CLOSED && (events & EPOLLOUT))
+        flush_out(c);
+}
+
+static void pump_senders(void)
+{
+    static const char inc[] = "{\"type\":\"increment\",\"amount\":1}";
+    for (long i = 0; i < lg.opt.senders; i++) {
+        struct conn *c = &lg.conns[i];
+        if (c->state != CS_READY)
+            continue;
+        bool queued = false;
+        while (c->inflight < lg.opt.window && c->sent < c->quota) {
+            queue_frame(c, WS_OP_TEXT, inc, sizeof inc - 1);
+            lg.send_ns[lg.total_sent] = 0;
+            lg.send_by[lg.total_sent] = (int)i;
+            lg.total_sent++;
+            c->sent++;
+            c->inflight++;
+            queued = true;
+        }
+        if (!queued)
+            continue;
+        /* Stamp just before the bytes leave, so latency excludes the time spent queueing. */
+        uint64_t t = now_ns();
+        for (long k = lg.total_sent - 1; k >= 0 && lg.send_ns[k] == 0; k--)
+            lg.send_ns[k] = t;
+        flush_out(c);
+    }
+}
+
+/* Runs the loop until done() or the deadline; returns false on timeout. */
+static bool loop_until(bool (*done)(void), uint64_t deadline, bool pump)
+{
+    struct epoll_event evs[256];
+    while (!done()) {
+        if (lg.error[0])
+            return true;
+        uint64_t now = now_ns();
+        if (now >= deadline)
+            return false;
+        int wait_ms = (int)((deadline - now) / 1000000u) + 1;
+        if (wait_ms > 100)
+            wait_ms = 100;
+        int n = epoll_wait(lg.epfd, evs, 256, wait_ms);
+        if (n < 0 && errno != EINTR) {
+            fail("epoll_wait: %s", strerror(errno));
+            return true;
+        }
+        for (int i = 0; i < n; i++)
+            on_event(evs[i].data.ptr, evs[i].events);
+        if (pump)
+            pump_senders();
+    }
+    return true;
+}
+
+static long next_to_connect;
+
+static bool all_ready(void)
+{
+    /* Keep at most connect_parallel handshakes in flight so the server's accept backlog never
+     * overflows (an overflow costs a one-second SYN retransmit). */
+    while (next_to_connect < lg.opt.clients &&
+           next_to_connect - lg.ready < lg.opt.connect_parallel && !lg.error[0])
+        start_connect(&lg.conns[next_to_connect++]);
+    return lg.ready == lg.opt.clients;
+}
+
+static bool all_converged(void)
+{
+    return lg.converged_clients == lg.opt.clients;
+}
+
+static bool never(void)
+{
+    return false;
+}
+
+static long proc_status_kb(long pid, const char *field)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%ld/status", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    long v = -1;
+    size_t fl = strlen(field);
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, field, fl) == 0 && line[fl] == ':') {
+            v = strtol(line + fl + 1, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return v;
+}
+
+/* utime + stime of the whole process (all threads), in seconds. */
+static double proc_cpu_s(long pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return -1;
+    unsigned long long ut = 0, stt = 0;
+    /* After ") " come state (field 3) ... utime is field 14, stime field 15. */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &stt) != 2)
+        return -1;
+    return (double)(ut + stt) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double self_cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static uint32_t percentile(const uint32_t *sorted, long n, double p)
+{
+    if (n <= 0)
+        return 0;
+    long i = (long)(p * (double)(n - 1) + 0.5);
+    return sorted[i];
+}
+
+static void print_error_field(void)
+{
+    fputs(",\"error\":", stdout);
+    if (!lg.error[0]) {
+        fputs("null", stdout);
+        return;
+    }
+    putchar('"');
+    for (const char *s = lg.error; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            putchar('\\');
+        if ((unsigned char)*s >= 0x20)
+            putchar(*s);
+    }
+    putchar('"');
+}
+
+static void raise_nofile(long want)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t need = (rlim_t)want;
+    if (rl.rlim_cur >= need)
+        return;
+    if (rl.rlim_max < need) {
+        rl.rlim_max = need;
+        if (setrlimit(RLIMIT_NOFILE, &(struct rlimit){need, need}) == 0)
+            return;
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+static void usage(FILE *to)
+{
+    fputs(
+        "usage: libsync-loadgen [options]\n"
+        "  -n, --clients N          connections, all of which receive (default 100)\n"
+        "  -s, --senders S          how many of them send increments (default 1)\n"
+        "  -w, --window W           unacknowledged increments per sender (default 1)\n"
+        "  -m, --messages M         increments in total (default 1000)\n"
+        "  -H, --host HOST          server host (default 127.0.0.1)\n"
+        "  -p, --port PORT          server port (required)\n"
+        "      --path PATH          WebSocket path (default /)\n"
+        "      --server-pid PID     sample this process's RSS and CPU\n"
+        "      --connect-timeout-ms connecting every client (default 30000)\n"
+        "      --timeout-ms MS      converging after the first send (default 60000)\n"
+        "      --linger-ms MS       keep watching for overshoot after converging (default 50)\n"
+        "      --connect-parallel K handshakes in flight at once (default 256)\n"
+        "      --max-frame BYTES    largest accepted message (default 67108864)\n"
+        "      --idle               only connect, wait, and report server RSS per connection\n"
+        "      --idle-wait-ms MS    wait before sampling in --idle mode (default 2000)\n"
+        "Prints one JSON line; exits 0 when every client converged on the exact final\n"
+        "counter, 1 when not (timeout, overshoot, regression, lost connection), 2 on bad usage.\n",
+        to);
+}
+
+static long parse_long(const char *s, const char *name, long min)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < min) {
+        fprintf(stderr, "loadgen: bad value for %s: %s\n", name, s);
+        exit(2);
+    }
+    return v;
+}
+
+static void parse_args(int argc, char **argv)
+{
+    struct options *o = &lg.opt;
+    *o = (struct options){.clients = 100,
+                          .senders = 1,
+                          .window = 1,
+                          .messages = 1000,
+                          .host = "127.0.0.1",
+                          .path = "/",
+                          .connect_timeout_ms = 30000,
+                          .timeout_ms = 60000,
+                          .linger_ms = 50,
+                          .idle_wait_ms = 2000,
+                          .connect_parallel = 256,
+                          .max_frame = 64u << 20};
+    enum { O_PATH = 256, O_PID, O_CTO, O_TO, O_LINGER, O_PAR, O_MAXF, O_IDLE, O_IDLEW };
+    static const struct option longs[] = {
+        {"clients", required_argument, 0, 'n'},
+        {"senders", required_argument, 0, 's'},
+        {"window", required_argument, 0, 'w'},
+        {"messages", required_argument, 0, 'm'},
+        {"host", required_argument, 0, 'H'},
+        {"port", required_argument, 0, 'p'},
+        {"path", required_argument, 0, O_PATH},
+        {"server-pid", required_argument, 0, O_PID},
+        {"connect-timeout-ms", required_argument, 0, O_CTO},
+        {"timeout-ms", required_argument, 0, O_TO},
+        {"linger-ms", required_argument, 0, O_LINGER},
+        {"connect-parallel", required_argument, 0, O_PAR},
+        {"max-frame", required_argument, 0, O_MAXF},
+        {"idle", no_argument, 0, O_IDLE},
+        {"idle-wait-ms", required_argument, 0, O_IDLEW},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    int ch;
+    while ((ch = getopt_long(argc, argv, "n:s:w:m:H:p:h", longs, NULL)) != -1) {
+        switch (ch) {
+        case 'n':
+            o->clients = parse_long(optarg, "--clients", 1);
+            break;
+        case 's':
+            o->senders = parse_long(optarg, "--senders", 0);
+            break;
+        case 'w':
+            o->window = parse_long(optarg, "--window", 1);
+            break;
+        case 'm':
+            o->messages = parse_long(optarg, "--messages", 0);
+            break;
+        case 'H':
+            o->host = optarg;
+            break;
+        case 'p':
+            o->port = optarg;
+            break;
+        case O_PATH:
+            o->path = optarg;
+            break;
+        case O_PID:
+            o->server_pid = parse_long(optarg, "--server-pid", 1);
+            break;
+        case O_CTO:
+            o->connect_timeout_ms = parse_long(optarg, "--connect-timeout-ms", 1);
+            break;
+        case O_TO:
+            o->timeout_ms = parse_long(optarg, "--timeout-ms", 1);
+            break;
+        case O_LINGER:
+            o->linger_ms = parse_long(optarg, "--linger-ms", 0);
+            break;
+        case O_PAR:
+            o->connect_parallel = parse_long(optarg, "--connect-parallel", 1);
+            break;
+        case O_MAXF:
+            o->max_frame = (size_t)parse_long(optarg, "--max-frame", 1024);
+            break;
+        case O_IDLE:
+            o->idle = true;
+            break;
+        case O_IDLEW:
+            o->idle_wait_ms = parse_long(optarg, "--idle-wait-ms", 0);
+            break;
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            exit(2);
+        }
+    }
+    if (optind != argc || !o->port) {
+        usage(stderr);
+        exit(2);
+    }
+    if (o->senders > o->clients || (o->senders == 0 && o->messages > 0 && !o->idle)) {
+        fprintf(stderr, "loadgen: need 1 <= senders <= clients when messages > 0\n");
+        exit(2);
+    }
+}
+
+static int report_idle(double connect_ms, long rss_before, long rss_after)
+{
+    long per_conn =
+        rss_before >= 0 && rss_after >= 0 ? (rss_after - rss_before) * 1024 / lg.opt.clients : -1;
+    printf("{\"ok\":%s,\"mode\":\"idle\",\"clients\":%ld,\"connected\":%ld,\"connect_ms\":%.3f,"
+           "\"server_rss_before_kb\":%ld,\"server_rss_after_kb\":%ld,"
+           "\"rss_per_conn_bytes\":%ld,\"loadgen_cpu_s\":%.3f",
+           lg.error[0] ? "false" : "true", lg.opt.clients, lg.ready, connect_ms, rss_before,
+           rss_after, per_conn, self_cpu_s());
+    print_error_field();
+    puts("}");
+    return lg.error[0] ? 1 : 0;
+}
+
+static int report_run(double connect_ms, double converge_ms, double cpu_s, double srv_cpu_s)
+{
+    long n = lg.total_acked;
+    qsort(lg.latency_us, (size_t)n, sizeof *lg.latency_us, cmp_u32);
+    bool ok = !lg.error[0];
+    double secs = converge_ms / 1000.0;
+    printf("{\"ok\":%s,\"mode\":\"run\",\"clients\":%ld,\"senders\":%ld,\"window\":%ld,"
+           "\"messages\":%ld,\"base\":%" PRId64 ",\"final\":%" PRId64 ",\"connect_ms\":%.3f,"
+           "\"converge_ms\":%.3f,\"msgs_per_s\":%.1f,\"sent\":%ld,\"acked\":%ld,"
+           "\"converged_clients\":%ld,\"state_frames\":%" PRIu64 ",\"state_bytes\":%" PRIu64
+           ",\"bytes_received\":%" PRIu64 ",\"frames_per_client\":%.1f,\"other_frames\":%" PRIu64
+           ",\"app_pings\":%" PRIu64 ",\"regressions\":%" PRIu64 ",\"max_seen\":%" PRId64
+           ",\"latency_us\":{\"p50\":%u,\"p90\":%u,\"p99\":%u,\"max\":%u},"
+           "\"loadgen_cpu_s\":%.3f,\"loadgen_cpu_pct\":%.1f",
+           ok ? "true" : "false", lg.opt.clients, lg.opt.senders, lg.opt.window, lg.opt.messages,
+           lg.base, lg.target, connect_ms, converge_ms,
+           ok && secs > 0 ? (double)lg.opt.messages / secs : 0.0, lg.total_sent, lg.total_acked,
+           lg.converged_clients, lg.st.state_frames, lg.st.state_bytes, lg.st.bytes_received,
+           (double)lg.st.state_frames / (double)lg.opt.clients, lg.st.other_frames, lg.st.app_pings,
+           lg.st.regressions, lg.max_seen_any, percentile(lg.latency_us, n, 0.50),
+           percentile(lg.latency_us, n, 0.90), percentile(lg.latency_us, n, 0.99),
+           n ? lg.latency_us[n - 1] : 0, cpu_s, secs > 0 ? 100.0 * cpu_s / secs : 0.0);
+    if (lg.opt.server_pid)
+        printf(",\"server_pid\":%ld,\"server_rss_kb\":%ld,\"server_hwm_kb\":%ld,"
+               "\"server_cpu_s\":%.3f,\"server_cpu_pct\":%.1f",
+               lg.opt.server_pid, proc_status_kb(lg.opt.server_pid, "VmRSS"),
+               proc_status_kb(lg.opt.server_pid, "VmHWM"), srv_cpu_s,
+               secs > 0 ? 100.0 * srv_cpu_s / secs : 0.0);
+    print_error_field();
+    puts("}");
+    return ok ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    parse_args(argc, argv);
+    const struct options *o = &lg.opt;
+    raise_nofile(o->clients + 64);
+    if (getrandom(&lg.rng, sizeof lg.rng, 0) != sizeof lg.rng || lg.rng == 0)
+        lg.rng = now_ns() | 1;
+
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM};
+    int gai = getaddrinfo(o->host, o->port, &hints, &lg.addr);
+    if (gai != 0) {
+        fprintf(stderr, "loadgen: %s:%s: %s\n", o->host, o->port, gai_strerror(gai));
+        return 2;
+    }
+    lg.epfd = epoll_create1(EPOLL_CLOEXEC);
+    lg.conns = calloc((size_t)o->clients, sizeof *lg.conns);
+    lg.send_ns = calloc((size_t)o->messages + 1, sizeof *lg.send_ns);
+    lg.send_by = calloc((size_t)o->messages + 1, sizeof *lg.send_by);
+    lg.latency_us = calloc((size_t)o->messages + 1, sizeof *lg.latency_us);
+    if (lg.epfd < 0 || !lg.conns || !lg.send_ns || !lg.send_by || !lg.latency_us) {
+        fprintf(stderr, "loadgen: setup failed\n");
+        return 3;
+    }
+    for (long i = 0; i < o->clients; i++) {
+        lg.conns[i].fd = -1;
+        lg.conns[i].index = (int)i;
+        if (i < o->senders)
+            lg.conns[i].quota = o->messages / o->senders + (i < o->messages % o->senders);
+    }
+
+    long rss_before = o->server_pid ? proc_status_kb(o->server_pid, "VmRSS") : -1;
+    uint64_t t_start = now_ns();
+    if (!loop_until(all_ready, t_start + (uint64_t)o->connect_timeout_ms * 1000000u, false))
+        fail("only %ld of %ld clients connected within %ld ms", lg.ready, o->clients,
+             o->connect_timeout_ms);
+    double connect_ms = (double)(now_ns() - t_start) / 1e6;
+
+    if (o->idle) {
+        if (!lg.error[0])
+            loop_until(never, now_ns() + (uint64_t)o->idle_wait_ms * 1000000u, false);
+        long rss_after = o->server_pid ? proc_status_kb(o->server_pid, "VmRSS") : -1;
+        return report_idle(connect_ms, rss_before, rss_after);
+    }
+
+    /* Every client's initial state names the same counter when nobody has sent yet. */
+    lg.base = INT64_MIN;
+    for (long i = 0; i < o->clients; i++)
+        if (lg.conns[i].seen_any && lg.conns[i].max_seen > lg.base)
+            lg.base = lg.conns[i].max_seen;
+    if (lg.base == INT64_MIN)
+        lg.base = 0;
+    lg.target = lg.base + o->messages;
+    lg.max_seen_any = lg.base;
+    for (long i = 0; i < o->clients; i++)
+        if (lg.conns[i].max_seen >= lg.target)
+            lg.converged_clients++;
+
+    double cpu0 = self_cpu_s();
+    double srv0 = o->server_pid ? proc_cpu_s(o->server_pid) : 0;
+    uint64_t t0 = now_ns();
+    lg.running = true;
+    double converge_ms = 0;
+    if (!lg.error[0]) {
+        pump_senders();
+        bool in_time = loop_until(all_converged, t0 + (uint64_t)o->timeout_ms * 1000000u, true);
+        converge_ms = (double)(now_ns() - t0) / 1e6;
+        if (!in_time)
+            fail("%ld of %ld clients reached %" PRId64 " within %ld ms (highest seen %" PRId64
+                 ", %ld of %ld increments sent)",
+                 lg.converged_clients, o->clients, lg.target, o->timeout_ms, lg.max_seen_any,
+                 lg.total_sent, o->messages);
+    }
+    double cpu_s = self_cpu_s() - cpu0;
+    double srv_cpu_s = o->server_pid ? proc_cpu_s(o->server_pid) - srv0 : 0;
+    if (!lg.error[0] && o->linger_ms > 0)
+        loop_until(never, now_ns() + (uint64_t)o->linger_ms * 1000000u, false);
+    if (!lg.error[0] && lg.st.regressions)
+        fail("%" PRIu64 " state frames went backwards", lg.st.regressions);
+    int rc = report_run(connect_ms, converge_ms, cpu_s, srv_cpu_s);
+    for (long i = 0; i < o->clients; i++) {
+        conn_close(&lg.conns[i]);
+        free(lg.conns[i].in);
+        free(lg.conns[i].msg);
+        free(lg.conns[i].out);
+    }
+    free(lg.conns);
+    free(lg.send_ns);
+    free(lg.send_by);
+    free(lg.latency_us);
+    freeaddrinfo(lg.addr);
+    close(lg.epfd);
+    return rc;
+}

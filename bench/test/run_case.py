@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Runs the load generator against one server and checks the outcome.
+
+usage: run_case.py --loadgen BIN --expect ok|SUBSTRING --args "LOADGEN ARGS" --server CMD...
+
+The server command gets `--port 0` appended and must print `listening on http://HOST:PORT`.
+`{tmp}` in it becomes a fresh temporary directory. --expect ok wants exit 0 and "ok":true;
+anything else wants exit 1, "ok":false and that text in the reported error.
+"""
+import argparse
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def wait_for_port(proc, deadline):
+    pattern = re.compile(r"listening on (?:https?|wss?)://([^:/\s]+):(\d+)")
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode} before listening")
+            continue
+        m = pattern.search(line)
+        if m:
+            return m.group(1), m.group(2)
+    raise RuntimeError("server did not print its port in time")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--loadgen", required=True)
+    ap.add_argument("--expect", required=True)
+    ap.add_argument("--args", default="")
+    ap.add_argument("--server", nargs=argparse.REMAINDER, required=True)
+    opt = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="loadgen-case-") as tmp:
+        cmd = [part.replace("{tmp}", tmp) for part in opt.server] + ["--port", "0"]
+        server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
+        try:
+            host, port = wait_for_port(server, time.monotonic() + 20)
+            run = subprocess.run(
+                [opt.loadgen, "-H", host, "-p", port, "--server-pid", str(server.pid)]
+                + shlex.split(opt.args),
+                capture_output=True, text=True, timeout=45)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+    sys.stdout.write(run.stdout)
+    sys.stderr.write(run.stderr)
+    try:
+        report = json.loads(run.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        print(f"FAIL: no JSON report (exit {run.returncode})")
+        return 1
+    if opt.expect == "ok":
+        good = run.returncode == 0 and report.get("ok") is True
+    else:
+        good = (run.returncode == 1 and report.get("ok") is False
+                and opt.expect in (report.get("error") or ""))
+    print(("PASS" if good else "FAIL") + f": exit {run.returncode}, expected {opt.expect!r}")
+    return 0 if good else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
