@@ -1,0 +1,100 @@
+// The demo client: one WebSocket to the counter engine, the seed's protocol, no dependencies.
+// The engine is at "/" (as in the seed); "?path=/counter" picks the other route to it.
+'use strict';
+
+(() => {
+  const params = new URLSearchParams(window.location.search);
+  const path = params.get('path') || '/';
+  const scheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:';
+  const url = `${scheme}//${window.location.host}${path}`;
+
+  const counterEl = document.getElementById('counter');
+  const versionEl = document.getElementById('version');
+  const statusEl = document.getElementById('status');
+  const errorEl = document.getElementById('error');
+  const buttons = Array.from(document.querySelectorAll('button[data-amount]'));
+
+  // Reconnect backoff: 250 ms doubling up to 8 s, with jitter so that many tabs of a restarted
+  // server do not all come back in the same instant.
+  const BACKOFF_MIN_MS = 250;
+  const BACKOFF_MAX_MS = 8000;
+  let attempt = 0;
+  let socket = null;
+
+  function setStatus(kind, text) {
+    document.body.dataset.status = kind;
+    statusEl.textContent = text;
+    for (const button of buttons) button.disabled = kind !== 'open';
+  }
+
+  function showError(text) {
+    errorEl.textContent = text;
+    errorEl.hidden = !text;
+  }
+
+  function render(message) {
+    const state = message.data;
+    const counter = state && typeof state === 'object' ? state.counter : undefined;
+    counterEl.textContent = typeof counter === 'number' ? String(counter) : '–';
+    versionEl.textContent = typeof message.version === 'number' ? String(message.version) : '–';
+    document.body.dataset.version = versionEl.textContent;
+  }
+
+  function onMessage(event) {
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch (err) {
+      showError(`unreadable frame from the server: ${err.message}`);
+      return;
+    }
+    switch (message && message.type) {
+      case 'initial_state':
+      case 'state_update':
+        render(message);
+        break;
+      case 'ping':
+        event.target.send('pong');
+        break;
+      case 'error':
+        showError(`the server refused a message: ${message.error}`);
+        break;
+      default:
+        break;
+    }
+  }
+
+  function scheduleReconnect(reason) {
+    const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt);
+    const delay = Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
+    attempt += 1;
+    setStatus('closed', `disconnected (${reason}), retrying in ${(delay / 1000).toFixed(1)} s`);
+    window.setTimeout(connect, delay);
+  }
+
+  function connect() {
+    setStatus('connecting', `connecting to ${url}…`);
+    const ws = new WebSocket(url);
+    socket = ws;
+    ws.addEventListener('open', () => {
+      attempt = 0;
+      showError('');
+      setStatus('open', 'connected');
+    });
+    ws.addEventListener('message', onMessage);
+    ws.addEventListener('close', (event) => {
+      if (socket !== ws) return;
+      socket = null;
+      scheduleReconnect(event.code ? `code ${event.code}` : 'no answer');
+    });
+  }
+
+  for (const button of buttons) {
+    button.addEventListener('click', () => {
+      if (!socket || socket.readyState !== WebSocket.OPEN) return;
+      socket.send(JSON.stringify({ type: 'increment', amount: Number(button.dataset.amount) }));
+    });
+  }
+
+  connect();
+})();
