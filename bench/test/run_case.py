@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,8 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="loadgen-case-") as tmp:
         cmd = [part.replace("{tmp}", tmp) for part in opt.server] + ["--port", "0"]
+        if shutil.which("stdbuf"):
+            cmd = ["stdbuf", "-oL"] + cmd  # a C server's stdio must not hold back its port line
         server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
         try:
             host, port = wait_for_port(server, time.monotonic() + 20)
