@@ -232,35 +232,44 @@ static void send_handshake(struct conn *c)
     flush_out(c);
 }
 
+static bool parse_counter_at(const uint8_t *q, const uint8_t *end, int64_t *out)
+{
+    while (q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r'))
+        q++;
+    bool neg = q < end && *q == '-';
+    if (neg)
+        q++;
+    if (q >= end || *q < '0' || *q > '9')
+        return false;
+    int64_t v = 0;
+    while (q < end && *q >= '0' && *q <= '9' && v < INT64_MAX / 10)
+        v = v * 10 + (*q++ - '0');
+    *out = neg ? -v : v;
+    return true;
+}
+
 /* Finds "counter":N without parsing the JSON: state frames can be 64 KiB and arrive by the
- * hundred thousand. A match inside a string would be preceded by a backslash-escaped quote. */
+ * million. A server lays out every state frame alike, so the offset where the key was last found
+ * is tried first; otherwise memmem scans (a match inside a string would follow a backslash). */
 static bool find_counter(const uint8_t *p, size_t len, int64_t *out)
 {
     static const char key[] = "\"counter\":";
+    static size_t last_offset;
+    const size_t klen = sizeof key - 1;
     const uint8_t *end = p + len;
-    const uint8_t *at = p;
-    for (;;) {
-        at = memmem(at, (size_t)(end - at), key, sizeof key - 1);
+    size_t off = last_offset;
+    if (off + klen < len && memcmp(p + off, key, klen) == 0 && (off == 0 || p[off - 1] != '\\'))
+        return parse_counter_at(p + off + klen, end, out);
+    for (const uint8_t *at = p; at < end; at++) {
+        at = memmem(at, (size_t)(end - at), key, klen);
         if (!at)
             return false;
-        if (at > p && at[-1] == '\\') {
-            at++;
+        if (at > p && at[-1] == '\\')
             continue;
-        }
-        const uint8_t *q = at + sizeof key - 1;
-        while (q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r'))
-            q++;
-        bool neg = q < end && *q == '-';
-        if (neg)
-            q++;
-        if (q >= end || *q < '0' || *q > '9')
-            return false;
-        int64_t v = 0;
-        while (q < end && *q >= '0' && *q <= '9' && v < INT64_MAX / 10)
-            v = v * 10 + (*q++ - '0');
-        *out = neg ? -v : v;
-        return true;
+        last_offset = (size_t)(at - p);
+        return parse_counter_at(at + klen, end, out);
     }
+    return false;
 }
 
 static void pump_senders(void);
