@@ -1,0 +1,594 @@
+/* The server's lifecycle: options, mounts, the lws context, the service loop, timers and stop. */
+#include "server_internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "error.h"
+
+_Static_assert(LWS_PRE <= SYNC_FRAME_HEADROOM, "frames need LWS_PRE bytes of headroom");
+
+/* Per-connection receive buffer of lws. Messages larger than this arrive in several RECEIVE
+ * callbacks and are reassembled by server_conn.c; keeping it small keeps idle connections small. */
+#define SERVER_RX_BUFFER 512
+
+/* lws logs through one process-wide sink; it goes to the most recently listening server. */
+static pthread_mutex_t lws_log_lock = PTHREAD_MUTEX_INITIALIZER;
+static sync_server *lws_log_server;
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static void log_emit(sync_server *server, sync_log_level level, const char *message)
+{
+    if (server && server->log) {
+        server->log(level, message, server->log_userdata);
+        return;
+    }
+    if (level <= SYNC_LOG_WARN)
+        fprintf(stderr, "libsync server: %s\n", message);
+}
+
+void server_log(sync_server *server, sync_log_level level, const char *fmt, ...)
+{
+    char message[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    log_emit(server, level, message);
+}
+
+static void lws_log_sink(int level, const char *line)
+{
+    char message[512];
+    snprintf(message, sizeof message, "lws: %s", line);
+    size_t n = strlen(message);
+    while (n && (message[n - 1] == '\n' || message[n - 1] == '\r'))
+        message[--n] = '\0';
+    pthread_mutex_lock(&lws_log_lock);
+    log_emit(lws_log_server, level == LLL_ERR ? SYNC_LOG_ERROR : SYNC_LOG_WARN, message);
+    pthread_mutex_unlock(&lws_log_lock);
+}
+
+bool server_on_service_thread(const sync_server *server)
+{
+    return atomic_load(&server->serving) && pthread_equal(pthread_self(), server->service_thread);
+}
+
+void server_wake(sync_server *server)
+{
+    atomic_fetch_add(&server->wakers, 1);
+    struct lws_context *ctx = atomic_load(&server->wake_context);
+    if (ctx)
+        lws_cancel_service(ctx);
+    atomic_fetch_sub(&server->wakers, 1);
+}
+
+const server_mount *server_find_mount(const sync_server *server, const char *path)
+{
+    for (size_t i = 0; i < server->mount_count; i++)
+        if (strcmp(server->mounts[i].path, path) == 0)
+            return &server->mounts[i];
+    return NULL;
+}
+
+/* ---- options ----------------------------------------------------------------------------- */
+
+int sync_server_options_init(sync_server_options *opts, unsigned int version)
+{
+    if (!opts)
+        return sync_fail(SYNC_EINVAL, "options is NULL");
+    if (version != SYNC_SERVER_OPTIONS_VERSION)
+        return sync_fail(SYNC_EINVAL, "unknown server options version %u", version);
+    sync_server_options init = SYNC_SERVER_OPTIONS_INIT;
+    *opts = init;
+    sync_error_clear();
+    return SYNC_OK;
+}
+
+static int check_options(const sync_server_options *o)
+{
+    if (o->version != SYNC_SERVER_OPTIONS_VERSION)
+        return sync_fail(SYNC_EINVAL, "unknown server options version %u", o->version);
+    if (o->port < 0 || o->port > 65535)
+        return sync_fail(SYNC_EINVAL, "port %d is out of range", o->port);
+    if (o->max_connections < 0)
+        return sync_fail(SYNC_EINVAL, "max_connections is negative");
+    if (o->rate_limit_per_sec < 0 || o->rate_limit_burst < 0)
+        return sync_fail(SYNC_EINVAL, "rate limit is negative");
+    if (o->stop_timeout_ms < 0)
+        return sync_fail(SYNC_EINVAL, "stop_timeout_ms is negative");
+    if (!o->tls_cert_path != !o->tls_key_path)
+        return sync_fail(SYNC_EINVAL, "TLS needs both a certificate and a key path");
+    if (o->allowed_origins_count && !o->allowed_origins)
+        return sync_fail(SYNC_EINVAL, "allowed_origins is NULL with a count");
+    for (size_t i = 0; i < o->allowed_origins_count; i++)
+        if (!o->allowed_origins[i])
+            return sync_fail(SYNC_EINVAL, "allowed_origins[%zu] is NULL", i);
+    return SYNC_OK;
+}
+
+static void server_release(sync_server *server)
+{
+    if (server->auth_free_userdata)
+        server->auth_free_userdata(server->auth_userdata);
+    for (size_t i = 0; i < server->mount_count; i++)
+        free(server->mounts[i].path);
+    free(server->mounts);
+    for (size_t i = 0; i < server->engine_count; i++)
+        free(server->engines[i]);
+    free(server->engines);
+    for (size_t i = 0; i < server->origin_count; i++)
+        free(server->origins[i]);
+    free(server->origins);
+    free(server->host);
+    free(server->static_dir);
+    free(server->tls_cert);
+    free(server->tls_key);
+    pthread_mutex_destroy(&server->lock);
+    pthread_cond_destroy(&server->cond);
+    free(server);
+}
+
+int sync_server_new(sync_server **out, const sync_server_options *opts)
+{
+    if (!out || !opts) {
+        if (opts && opts->auth_free_userdata)
+            opts->auth_free_userdata(opts->auth_userdata);
+        return sync_fail(SYNC_EINVAL, "out or options is NULL");
+    }
+    *out = NULL;
+    int rc = check_options(opts);
+    if (rc != SYNC_OK) {
+        if (opts->auth_free_userdata)
+            opts->auth_free_userdata(opts->auth_userdata);
+        return rc;
+    }
+    sync_server *s = calloc(1, sizeof *s);
+    if (!s) {
+        if (opts->auth_free_userdata)
+            opts->auth_free_userdata(opts->auth_userdata);
+        return sync_fail(SYNC_ENOMEM, "out of memory for the server");
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    s->auth = opts->auth;
+    s->auth_userdata = opts->auth_userdata;
+    s->auth_free_userdata = opts->auth_free_userdata;
+    s->port_option = opts->port;
+    s->port = -1;
+    s->max_message_bytes = opts->max_message_bytes ? opts->max_message_bytes : 1024 * 1024;
+    s->max_connections = opts->max_connections ? opts->max_connections : 100000;
+    s->rate_per_sec = opts->rate_limit_per_sec;
+    s->rate_burst = opts->rate_limit_burst > 0
+                        ? opts->rate_limit_burst
+                        : (opts->rate_limit_per_sec > 1 ? opts->rate_limit_per_sec : 1);
+    s->max_queued_bytes = opts->max_queued_bytes ? opts->max_queued_bytes : 4 * 1024 * 1024;
+    s->stop_timeout_ms = opts->stop_timeout_ms ? opts->stop_timeout_ms : 5000;
+    s->log = opts->log;
+    s->log_userdata = opts->log_userdata;
+    s->host = strdup(opts->host ? opts->host : "127.0.0.1");
+    s->tls_cert = dup_or_null(opts->tls_cert_path);
+    s->tls_key = dup_or_null(opts->tls_key_path);
+    bool oom = !s->host || (opts->tls_cert_path && (!s->tls_cert || !s->tls_key));
+    if (opts->static_dir) {
+        s->static_dir = realpath(opts->static_dir, NULL);
+        if (!s->static_dir) {
+            rc = sync_fail(SYNC_EINVAL, "static_dir %s: %s", opts->static_dir, strerror(errno));
+            server_release(s);
+            return rc;
+        }
+    }
+    if (opts->allowed_origins_count) {
+        s->origins = calloc(opts->allowed_origins_count, sizeof *s->origins);
+        oom = oom || !s->origins;
+        for (size_t i = 0; s->origins && i < opts->allowed_origins_count; i++) {
+            s->origins[i] = strdup(opts->allowed_origins[i]);
+            s->origin_count = i + 1;
+            oom = oom || !s->origins[i];
+        }
+    }
+    if (oom) {
+        server_release(s);
+        return sync_fail(SYNC_ENOMEM, "out of memory for the server options");
+    }
+    *out = s;
+    sync_error_clear();
+    return SYNC_OK;
+}
+
+/* ---- mounts ------------------------------------------------------------------------------ */
+
+int sync_server_mount(sync_server *server, const char *path, sync_engine *engine)
+{
+    if (!server || !path || !engine)
+        return sync_fail(SYNC_EINVAL, "server, path or engine is NULL");
+    if (path[0] != '/')
+        return sync_fail(SYNC_EINVAL, "mount path \"%s\" does not start with '/'", path);
+    if (strchr(path, '?') || strchr(path, '#'))
+        return sync_fail(SYNC_EINVAL, "mount path \"%s\" has a query or fragment", path);
+    if (server->context || atomic_load(&server->serving))
+        return sync_fail(SYNC_ESTATE, "mount before the server listens");
+    if (server_find_mount(server, path))
+        return sync_fail(SYNC_EINVAL, "path \"%s\" is already mounted", path);
+
+    server_engine *eng = NULL;
+    for (size_t i = 0; i < server->engine_count; i++)
+        if (server->engines[i]->engine == engine)
+            eng = server->engines[i];
+    char *copy = strdup(path);
+    server_mount *mounts =
+        copy ? realloc(server->mounts, (server->mount_count + 1) * sizeof *mounts) : NULL;
+    if (!mounts) {
+        free(copy);
+        return sync_fail(SYNC_ENOMEM, "out of memory for a mount");
+    }
+    server->mounts = mounts;
+    if (!eng) {
+        server_engine **engines =
+            realloc(server->engines, (server->engine_count + 1) * sizeof *engines);
+        if (engines)
+            server->engines = engines;
+        eng = engines ? calloc(1, sizeof *eng) : NULL;
+        if (!eng) {
+            free(copy);
+            return sync_fail(SYNC_ENOMEM, "out of memory for a mount");
+        }
+        eng->server = server;
+        eng->engine = engine;
+        eng->path = copy;
+        server->engines[server->engine_count++] = eng;
+    }
+    mounts[server->mount_count].path = copy;
+    mounts[server->mount_count].eng = eng;
+    server->mount_count++;
+    sync_engine_set_auto_broadcast(engine, 1);
+    sync_error_clear();
+    return SYNC_OK;
+}
+
+/* ---- timers ------------------------------------------------------------------------------ */
+
+static void engine_timer_arm(server_engine *eng);
+
+static void engine_timer_fired(lws_sorted_usec_list_t *sul)
+{
+    server_engine *eng = lws_container_of(sul, server_engine, timer);
+    sync_engine_tick(eng->engine, -1);
+    engine_timer_arm(eng);
+}
+
+static void engine_timer_arm(server_engine *eng)
+{
+    int64_t deadline = sync_engine_next_deadline_ms(eng->engine);
+    if (deadline < 0) {
+        lws_sul_cancel(&eng->timer);
+        return;
+    }
+    int64_t wait_ms = deadline - sync_now_ms();
+    if (wait_ms < 0)
+        wait_ms = 0;
+    lws_sul_schedule(eng->server->context, 0, &eng->timer, engine_timer_fired,
+                     (lws_usec_t)wait_ms * LWS_US_PER_MS);
+}
+
+static void deadline_moved(void *userdata)
+{
+    server_engine *eng = userdata;
+    atomic_store(&eng->deadline_moved, true);
+    server_wake(eng->server);
+}
+
+void server_process_wakes(sync_server *server)
+{
+    pthread_mutex_lock(&server->lock);
+    server_conn *c = server->wake_head;
+    server->wake_head = NULL;
+    while (c) {
+        server_conn *next = c->wake_next;
+        c->in_wake = false;
+        c->wake_next = c->wake_prev = NULL;
+        server_conn_wake_locked(c);
+        c = next;
+    }
+    pthread_mutex_unlock(&server->lock);
+    for (size_t i = 0; i < server->engine_count; i++)
+        if (atomic_exchange(&server->engines[i]->deadline_moved, false))
+            engine_timer_arm(server->engines[i]);
+}
+
+/* ---- the lws protocol callback ----------------------------------------------------------- */
+
+static int server_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                           size_t len)
+{
+    (void)user;
+    struct lws_context *ctx = lws_get_context(wsi);
+    sync_server *server = ctx ? lws_context_user(ctx) : NULL;
+    if (!server)
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    int *tag = lws_get_opaque_user_data(wsi);
+    server_conn *c = tag && *tag == SERVER_WSI_WS ? (server_conn *)tag : NULL;
+
+    switch (reason) {
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        server_process_wakes(server);
+        return 0;
+    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+        return server->stopping ? -1 : 0;
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+        if (!in || strcmp(in, "websocket") != 0) {
+            lws_return_http_status(wsi, HTTP_STATUS_BAD_REQUEST, NULL);
+            return 1;
+        }
+        return server_upgrade_check(server, wsi);
+    case LWS_CALLBACK_ESTABLISHED:
+        if (!c)
+            return -1;
+        return server_conn_established(c, wsi);
+    case LWS_CALLBACK_RECEIVE:
+        return c ? server_conn_receive(c, in, len) : -1;
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        return c ? server_conn_writeable(c) : 0;
+    case LWS_CALLBACK_CLOSED:
+        if (c) {
+            lws_set_opaque_user_data(wsi, NULL);
+            server_conn_closed(c);
+        }
+        return 0;
+    case LWS_CALLBACK_WSI_DESTROY:
+    case LWS_CALLBACK_CLOSED_HTTP:
+        if (c) {
+            /* upgrade refused or failed before ESTABLISHED */
+            lws_set_opaque_user_data(wsi, NULL);
+            if (c->wsi)
+                server_conn_closed(c);
+            else
+                server_conn_abandon(c);
+        } else {
+            server_http_free(wsi);
+        }
+        return 0;
+    case LWS_CALLBACK_HTTP:
+    case LWS_CALLBACK_HTTP_BODY:
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+    case LWS_CALLBACK_HTTP_FILE_COMPLETION:
+        return server_http_callback(server, wsi, reason, in, len);
+    default:
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    }
+}
+
+/* ---- listen, serve, stop ----------------------------------------------------------------- */
+
+int sync_server_listen(sync_server *server)
+{
+    if (!server)
+        return sync_fail(SYNC_EINVAL, "server is NULL");
+    if (server->context)
+        return sync_fail(SYNC_ESTATE, "the server is already listening");
+
+    pthread_mutex_lock(&lws_log_lock);
+    lws_log_server = server;
+    pthread_mutex_unlock(&lws_log_lock);
+    lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_sink);
+
+    memset(server->protocols, 0, sizeof server->protocols);
+    server->protocols[0].name = "libsync";
+    server->protocols[0].callback = server_callback;
+    server->protocols[0].rx_buffer_size = SERVER_RX_BUFFER;
+
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    info.port = server->port_option;
+    info.iface = server->host;
+    info.protocols = server->protocols;
+    info.user = server;
+    info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
+    /* Stalled handshakes and idle HTTP keep-alives end after this; TCP keepalive finds peers
+     * that vanished without a FIN. */
+    info.timeout_secs = 10;
+    info.keepalive_timeout = 10;
+    info.ka_time = 60;
+    info.ka_probes = 3;
+    info.ka_interval = 10;
+    /* Enough header tables for a burst of concurrent handshakes; they are released after each. */
+    info.max_http_header_pool = 64;
+    if (server->tls_cert) {
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        info.ssl_cert_filepath = server->tls_cert;
+        info.ssl_private_key_filepath = server->tls_key;
+        /* WebSocket over HTTP/2 streams is not what the clients expect: stay on HTTP/1.1. */
+        info.alpn = "http/1.1";
+    }
+    struct lws_context *ctx = lws_create_context(&info);
+    if (!ctx)
+        return sync_fail(SYNC_ENET, "cannot listen on %s:%d%s", server->host, server->port_option,
+                         server->tls_cert ? " (or the TLS certificate/key cannot be loaded)" : "");
+    server->context = ctx;
+    server->vhost = lws_get_vhost_by_name(ctx, "default");
+    server->port = server->vhost ? lws_get_vhost_listen_port(server->vhost) : -1;
+    if (server->port <= 0) {
+        lws_context_destroy(ctx);
+        server->context = NULL;
+        return sync_fail(SYNC_ENET, "cannot listen on %s:%d", server->host, server->port_option);
+    }
+    server->stopping = false;
+    atomic_store(&server->ended, false);
+    atomic_store(&server->wake_context, ctx);
+    for (size_t i = 0; i < server->engine_count; i++)
+        sync_engine_set_deadline_listener(server->engines[i]->engine, deadline_moved,
+                                          server->engines[i]);
+    sync_error_clear();
+    return SYNC_OK;
+}
+
+int sync_server_port(const sync_server *server)
+{
+    return server ? server->port : -1;
+}
+
+static void stop_timer_fired(lws_sorted_usec_list_t *sul)
+{
+    (void)sul; /* only wakes lws_service so the loop sees the deadline */
+}
+
+static void begin_stop(sync_server *server)
+{
+    server->stopping = true;
+    server->stop_deadline_ms = sync_now_ms() + server->stop_timeout_ms;
+    lws_sul_schedule(server->context, 0, &server->stop_timer, stop_timer_fired,
+                     (lws_usec_t)server->stop_timeout_ms * LWS_US_PER_MS);
+    for (size_t i = 0; i < server->engine_count; i++) {
+        int rc = sync_engine_sync(server->engines[i]->engine);
+        if (rc < 0)
+            server_log(server, SYNC_LOG_ERROR, "sync of %s at stop failed: %s",
+                       server->engines[i]->path, sync_error_last());
+    }
+    /* Every connection writes what is still due, then closes with 1001 (server_conn.c). */
+    lws_callback_on_writable_all_protocol(server->context, &server->protocols[0]);
+}
+
+static void serve(sync_server *server)
+{
+    server->service_thread = pthread_self();
+    atomic_store(&server->serving, true);
+    pthread_mutex_lock(&server->lock);
+    pthread_cond_broadcast(&server->cond);
+    pthread_mutex_unlock(&server->lock);
+    for (size_t i = 0; i < server->engine_count; i++)
+        engine_timer_arm(server->engines[i]);
+
+    for (;;) {
+        if (atomic_load(&server->stop_requested) && !server->stopping)
+            begin_stop(server);
+        if (server->stopping && (server->ws_open == 0 || sync_now_ms() >= server->stop_deadline_ms))
+            break;
+        if (lws_service(server->context, 0) < 0) {
+            server_log(server, SYNC_LOG_ERROR, "the service loop failed");
+            break;
+        }
+        server_process_wakes(server);
+    }
+
+    for (size_t i = 0; i < server->engine_count; i++) {
+        sync_engine_set_deadline_listener(server->engines[i]->engine, NULL, NULL);
+        lws_sul_cancel(&server->engines[i]->timer);
+    }
+    lws_sul_cancel(&server->stop_timer);
+    atomic_store(&server->wake_context, NULL);
+    while (atomic_load(&server->wakers))
+        sched_yield();
+    /* Closes the connections left after the timeout; their CLOSED callbacks still run here. */
+    lws_context_destroy(server->context);
+    server->context = NULL;
+    server->vhost = NULL;
+    atomic_store(&server->serving, false);
+    atomic_store(&server->stop_requested, false);
+    atomic_store(&server->ended, true);
+}
+
+int sync_server_run(sync_server *server)
+{
+    if (!server)
+        return sync_fail(SYNC_EINVAL, "server is NULL");
+    if (server->thread_started || atomic_load(&server->serving))
+        return sync_fail(SYNC_ESTATE, "the server is already running");
+    if (!server->context) {
+        int rc = sync_server_listen(server);
+        if (rc != SYNC_OK)
+            return rc;
+    }
+    serve(server);
+    sync_error_clear();
+    return SYNC_OK;
+}
+
+static void *service_main(void *arg)
+{
+    serve(arg);
+    return NULL;
+}
+
+int sync_server_start(sync_server *server)
+{
+    if (!server)
+        return sync_fail(SYNC_EINVAL, "server is NULL");
+    if (server->thread_started && !atomic_load(&server->thread_joined))
+        return sync_fail(SYNC_ESTATE, "the server is already running");
+    if (atomic_load(&server->serving))
+        return sync_fail(SYNC_ESTATE, "the server is already running");
+    if (!server->context) {
+        int rc = sync_server_listen(server);
+        if (rc != SYNC_OK)
+            return rc;
+    }
+    atomic_store(&server->thread_joined, false);
+    int err = pthread_create(&server->thread, NULL, service_main, server);
+    if (err)
+        return sync_fail(SYNC_ENOMEM, "cannot start the service thread: %s", strerror(err));
+    server->thread_started = true;
+    pthread_mutex_lock(&server->lock);
+    while (!atomic_load(&server->serving) && !atomic_load(&server->ended))
+        pthread_cond_wait(&server->cond, &server->lock);
+    pthread_mutex_unlock(&server->lock);
+    sync_error_clear();
+    return SYNC_OK;
+}
+
+int sync_server_stop(sync_server *server)
+{
+    if (!server)
+        return SYNC_EINVAL;
+    atomic_store(&server->stop_requested, true);
+    server_wake(server);
+    if (!server->thread_started || server_on_service_thread(server))
+        return SYNC_OK;
+    /* Bounded wait with async-signal-safe calls only: a signal handler that interrupted a thread
+     * holding an engine lock the service thread needs gives up after the timeout. */
+    int64_t give_up = sync_now_ms() + server->stop_timeout_ms + 2000;
+    while (!atomic_load(&server->ended) && sync_now_ms() < give_up) {
+        struct timespec ts = {0, 2 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (atomic_load(&server->ended) && !atomic_exchange(&server->thread_joined, true)) {
+        pthread_join(server->thread, NULL);
+        server->thread_started = false;
+    }
+    return atomic_load(&server->ended) ? SYNC_OK : SYNC_ESTATE;
+}
+
+void sync_server_free(sync_server *server)
+{
+    if (!server)
+        return;
+    if (server->thread_started) {
+        sync_server_stop(server);
+        if (!atomic_exchange(&server->thread_joined, true))
+            pthread_join(server->thread, NULL);
+    } else if (server->context && !atomic_load(&server->serving)) {
+        /* listened but never served */
+        for (size_t i = 0; i < server->engine_count; i++)
+            sync_engine_set_deadline_listener(server->engines[i]->engine, NULL, NULL);
+        atomic_store(&server->wake_context, NULL);
+        while (atomic_load(&server->wakers))
+            sched_yield();
+        lws_context_destroy(server->context);
+        server->context = NULL;
+    }
+    pthread_mutex_lock(&lws_log_lock);
+    if (lws_log_server == server)
+        lws_log_server = NULL;
+    pthread_mutex_unlock(&lws_log_lock);
+    server_release(server);
+}

@@ -1,0 +1,406 @@
+/*
+ * One WebSocket connection of the built-in server: the engine's pull transport (transport.h),
+ * the bounded queue of explicit frames, message reassembly and limits on receive, and the write
+ * path that drains the queue and then pulls the latest shared state frame.
+ */
+#include "server_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+
+static const char rate_error[] =
+    "{\"type\":\"error\",\"error\":\"rate limit exceeded: message dropped\",\"context\":"
+    "\"rateLimit\"}";
+
+/* ---- the frame queue (under server->lock) ------------------------------------------------ */
+
+static bool queue_push(server_conn *c, sync_frame *frame)
+{
+    if (c->ring_count == c->ring_cap) {
+        uint32_t cap = c->ring_cap ? c->ring_cap * 2 : 2;
+        sync_frame **ring;
+        if (cap <= 2) {
+            ring = c->inline_ring;
+        } else {
+            ring = malloc(cap * sizeof *ring);
+            if (!ring)
+                return false;
+        }
+        for (uint32_t i = 0; i < c->ring_count; i++)
+            ring[i] = c->ring[(c->ring_head + i) % c->ring_cap];
+        if (c->ring && c->ring != c->inline_ring)
+            free(c->ring);
+        c->ring = ring;
+        c->ring_cap = cap;
+        c->ring_head = 0;
+    }
+    c->ring[(c->ring_head + c->ring_count) % c->ring_cap] = frame;
+    c->ring_count++;
+    c->queued_bytes += frame->len;
+    return true;
+}
+
+static sync_frame *queue_pop(server_conn *c)
+{
+    if (!c->ring_count)
+        return NULL;
+    sync_frame *frame = c->ring[c->ring_head];
+    c->ring_head = (c->ring_head + 1) % c->ring_cap;
+    c->ring_count--;
+    c->queued_bytes -= frame->len;
+    if (!c->ring_count && c->ring != c->inline_ring) {
+        /* a burst is over: give the heap ring back so idle connections stay small */
+        free(c->ring);
+        c->ring = NULL;
+        c->ring_cap = 0;
+        c->ring_head = 0;
+    }
+    return frame;
+}
+
+/* ---- waking the service thread ----------------------------------------------------------- */
+
+void server_conn_wake_locked(server_conn *c)
+{
+    if (!c->wsi)
+        return;
+    if (c->close_pending && !c->close_armed) {
+        c->close_armed = true;
+        /* a peer that never lets us write the close frame is dropped after this */
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, 2);
+    }
+    lws_callback_on_writable(c->wsi);
+}
+
+/* Called with server->lock held; returns whether the caller must wake the service thread. */
+static bool request_write_locked(server_conn *c)
+{
+    sync_server *s = c->server;
+    if (server_on_service_thread(s)) {
+        server_conn_wake_locked(c);
+        return false;
+    }
+    if (c->in_wake)
+        return false;
+    bool was_empty = s->wake_head == NULL;
+    c->in_wake = true;
+    c->wake_prev = NULL;
+    c->wake_next = s->wake_head;
+    if (s->wake_head)
+        s->wake_head->wake_prev = c;
+    s->wake_head = c;
+    return was_empty;
+}
+
+static void unlink_wake_locked(server_conn *c)
+{
+    if (!c->in_wake)
+        return;
+    if (c->wake_prev)
+        c->wake_prev->wake_next = c->wake_next;
+    else
+        c->server->wake_head = c->wake_next;
+    if (c->wake_next)
+        c->wake_next->wake_prev = c->wake_prev;
+    c->in_wake = false;
+    c->wake_next = c->wake_prev = NULL;
+}
+
+static bool close_locked(server_conn *c, int code)
+{
+    if (!c->wsi || c->close_pending)
+        return false;
+    c->close_pending = true;
+    c->close_code = (uint16_t)code;
+    return request_write_locked(c);
+}
+
+/* ---- transport ops (any thread, engine lock held) ---------------------------------------- */
+
+static int op_send_frame(void *userdata, sync_frame *frame)
+{
+    server_conn *c = userdata;
+    sync_server *s = c->server;
+    int rc = SYNC_OK;
+    bool wake = false;
+    pthread_mutex_lock(&s->lock);
+    if (!c->wsi || c->close_pending) {
+        rc = SYNC_ECLOSED;
+    } else if (c->queued_bytes + frame->len > s->max_queued_bytes && c->ring_count) {
+        s->closed_slow++;
+        wake = close_locked(c, LWS_CLOSE_STATUS_POLICY_VIOLATION);
+        rc = SYNC_ELIMIT;
+    } else if (!queue_push(c, frame)) {
+        rc = SYNC_ENOMEM;
+    } else {
+        sync_frame_ref(frame);
+        wake = request_write_locked(c);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (wake)
+        server_wake(s);
+    if (rc == SYNC_ELIMIT)
+        return sync_fail(rc, "connection closed: over %zu bytes of frames queued",
+                         s->max_queued_bytes);
+    if (rc == SYNC_ENOMEM)
+        return sync_fail(rc, "out of memory queueing a frame");
+    if (rc == SYNC_ECLOSED)
+        return sync_fail(rc, "connection is closed");
+    return SYNC_OK;
+}
+
+static void op_state_changed(void *userdata, int force)
+{
+    server_conn *c = userdata;
+    sync_server *s = c->server;
+    bool wake = false;
+    pthread_mutex_lock(&s->lock);
+    if (force)
+        c->force = true;
+    if (c->wsi && !c->state_moved) {
+        c->state_moved = true;
+        wake = request_write_locked(c);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (wake)
+        server_wake(s);
+}
+
+static void op_close(void *userdata, int code, const char *reason)
+{
+    (void)reason;
+    server_conn *c = userdata;
+    sync_server *s = c->server;
+    pthread_mutex_lock(&s->lock);
+    bool wake = close_locked(c, code > 0 ? code : LWS_CLOSE_STATUS_NORMAL);
+    pthread_mutex_unlock(&s->lock);
+    if (wake)
+        server_wake(s);
+}
+
+static void op_free(void *userdata)
+{
+    server_conn *c = userdata;
+    sync_frame *frame;
+    while ((frame = queue_pop(c)))
+        sync_frame_unref(frame);
+    free(c->rx_buf);
+    free(c->identity);
+    free(c);
+}
+
+static const sync_transport_ops conn_ops = {
+    .send_frame = op_send_frame,
+    .state_changed = op_state_changed,
+    .close = op_close,
+    .free_userdata = op_free,
+};
+
+/* ---- lifecycle (service thread) ---------------------------------------------------------- */
+
+server_conn *server_conn_new(sync_server *server, server_engine *eng, char *identity)
+{
+    server_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->kind = SERVER_WSI_WS;
+    c->server = server;
+    c->eng = eng;
+    c->identity = identity;
+    c->tokens = server->rate_burst;
+    c->tokens_ms = sync_now_ms();
+    server->ws_open++;
+    return c;
+}
+
+void server_conn_abandon(server_conn *c)
+{
+    c->server->ws_open--;
+    op_free(c);
+}
+
+int server_conn_established(server_conn *c, struct lws *wsi)
+{
+    sync_server *s = c->server;
+    int rc = sync_conn_new_transport(&c->conn, &conn_ops, c);
+    if (rc != SYNC_OK) {
+        server_log(s, SYNC_LOG_ERROR, "cannot create a connection: %s", sync_error_last());
+        return -1; /* still owned by the wsi: WSI_DESTROY abandons it */
+    }
+    if (c->identity) {
+        sync_conn_set_identity(c->conn, c->identity);
+        free(c->identity);
+        c->identity = NULL;
+    }
+    pthread_mutex_lock(&s->lock);
+    c->wsi = wsi;
+    pthread_mutex_unlock(&s->lock);
+    s->accepted++;
+    rc = sync_engine_handle_open(c->eng->engine, c->conn);
+    if (rc < 0)
+        server_log(s, SYNC_LOG_WARN, "open on %s failed: %s", c->eng->path, sync_error_last());
+    return 0;
+}
+
+void server_conn_closed(server_conn *c)
+{
+    sync_server *s = c->server;
+    pthread_mutex_lock(&s->lock);
+    unlink_wake_locked(c);
+    c->wsi = NULL;
+    pthread_mutex_unlock(&s->lock);
+    s->ws_open--;
+    free(c->rx_buf);
+    c->rx_buf = NULL;
+    c->rx_len = c->rx_cap = 0;
+    if (c->conn) {
+        sync_conn *conn = c->conn;
+        sync_engine_handle_close(c->eng->engine, conn);
+        sync_conn_free(conn); /* may free c with the last reference */
+    } else {
+        op_free(c);
+    }
+}
+
+/* ---- receive ----------------------------------------------------------------------------- */
+
+static int close_now(struct lws *wsi, enum lws_close_status code, const char *reason)
+{
+    lws_close_reason(wsi, code, (unsigned char *)(uintptr_t)reason, strlen(reason));
+    return -1;
+}
+
+/* Token bucket: 0 to accept, 1 to drop with an error frame, -1 to close (a sustained flood:
+ * the debt reached a whole burst). */
+static int rate_check(server_conn *c)
+{
+    sync_server *s = c->server;
+    if (s->rate_per_sec <= 0)
+        return 0;
+    int64_t now = sync_now_ms();
+    c->tokens += (double)(now - c->tokens_ms) * s->rate_per_sec / 1000.0;
+    c->tokens_ms = now;
+    if (c->tokens > s->rate_burst)
+        c->tokens = s->rate_burst;
+    c->tokens -= 1.0;
+    if (c->tokens >= 0)
+        return 0;
+    return c->tokens <= -s->rate_burst ? -1 : 1;
+}
+
+static int deliver(server_conn *c, const char *text, size_t len)
+{
+    sync_server *s = c->server;
+    s->messages_in++;
+    int verdict = rate_check(c);
+    if (verdict) {
+        s->rate_limited++;
+        if (verdict < 0)
+            return -1;
+        sync_conn_send(c->conn, rate_error, sizeof rate_error - 1);
+        return 0;
+    }
+    sync_engine_handle_message(c->eng->engine, c->conn, text, len);
+    return 0;
+}
+
+int server_conn_receive(server_conn *c, const void *in, size_t len)
+{
+    sync_server *s = c->server;
+    struct lws *wsi = c->wsi;
+    s->bytes_in += len;
+    if (lws_frame_is_binary(wsi))
+        return close_now(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
+                         "binary frames are not supported");
+    size_t remaining = lws_remaining_packet_payload(wsi);
+    bool complete = lws_is_final_fragment(wsi) && remaining == 0;
+    if (c->rx_len + len + (complete ? 0 : remaining) > s->max_message_bytes) {
+        s->closed_too_big++;
+        return close_now(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "message too big");
+    }
+    if (complete && c->rx_len == 0) {
+        int rc = deliver(c, in, len);
+        return rc < 0 ? close_now(wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, "rate limit") : 0;
+    }
+    if (c->rx_len + len > c->rx_cap) {
+        size_t cap = c->rx_cap ? c->rx_cap : 1024;
+        while (cap < c->rx_len + len + remaining && cap < s->max_message_bytes)
+            cap *= 2;
+        if (cap < c->rx_len + len)
+            cap = c->rx_len + len;
+        char *buf = realloc(c->rx_buf, cap);
+        if (!buf)
+            return close_now(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+        c->rx_buf = buf;
+        c->rx_cap = cap;
+    }
+    memcpy(c->rx_buf + c->rx_len, in, len);
+    c->rx_len += len;
+    if (!complete)
+        return 0;
+    int rc = deliver(c, c->rx_buf, c->rx_len);
+    free(c->rx_buf);
+    c->rx_buf = NULL;
+    c->rx_len = c->rx_cap = 0;
+    return rc < 0 ? close_now(wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, "rate limit") : 0;
+}
+
+/* ---- write ------------------------------------------------------------------------------- */
+
+static bool is_state_frame(const sync_frame *frame)
+{
+    return frame->kind == SYNC_FRAME_INITIAL_STATE || frame->kind == SYNC_FRAME_STATE_UPDATE;
+}
+
+int server_conn_writeable(server_conn *c)
+{
+    sync_server *s = c->server;
+    struct lws *wsi = c->wsi;
+    sync_frame *frame = NULL;
+    bool pull = false, force = false;
+
+    pthread_mutex_lock(&s->lock);
+    if (c->close_pending) {
+        int code = c->close_code;
+        pthread_mutex_unlock(&s->lock);
+        return close_now(wsi, (enum lws_close_status)code, "");
+    }
+    frame = queue_pop(c);
+    if (!frame && c->state_moved) {
+        pull = true;
+        force = c->force;
+        c->state_moved = c->force = false;
+    }
+    pthread_mutex_unlock(&s->lock);
+
+    if (pull)
+        frame = sync_engine_pull_state_frame(c->eng->engine, c->last_sent_seq, force);
+    if (frame && frame->kind == SYNC_FRAME_STATE_UPDATE && frame->seq < c->last_sent_seq) {
+        /* an explicit state frame older than one already sent: never move a client back */
+        sync_frame_unref(frame);
+        frame = NULL;
+    }
+    if (frame) {
+        if (is_state_frame(frame) && frame->seq > c->last_sent_seq)
+            c->last_sent_seq = frame->seq;
+        int n = lws_write(wsi, (unsigned char *)sync_frame_text(frame), frame->len, LWS_WRITE_TEXT);
+        sync_frame_unref(frame);
+        if (n < 0)
+            return -1;
+        s->frames_sent++;
+        s->bytes_sent += (uint64_t)n;
+    }
+
+    pthread_mutex_lock(&s->lock);
+    bool more = c->ring_count || c->state_moved || c->close_pending;
+    pthread_mutex_unlock(&s->lock);
+    if (more || (frame && s->stopping)) {
+        lws_callback_on_writable(wsi);
+        return 0;
+    }
+    if (s->stopping)
+        return close_now(wsi, LWS_CLOSE_STATUS_GOINGAWAY, "server stopping");
+    return 0;
+}

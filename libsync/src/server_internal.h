@@ -1,0 +1,173 @@
+/*
+ * The built-in server's private structures, shared by its modules: server.c (lifecycle, the
+ * service loop, stop), server_conn.c (one WebSocket connection: the pull transport, its queue,
+ * receive and write), server_upgrade.c (the upgrade checks and sync_request), http.c (static
+ * files, /healthz, /metrics) and metrics.c (the Prometheus text).
+ *
+ * Threads: everything here belongs to the service thread except what `lock` guards (the
+ * per-connection queue and flags, the wake list), which engines touch from any thread through
+ * the transport ops, and the atomics.
+ */
+#ifndef LIBSYNC_SRC_SERVER_INTERNAL_H
+#define LIBSYNC_SRC_SERVER_INTERNAL_H
+
+#include <libwebsockets.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "frame.h"
+#include "libsync/server.h"
+#include "transport.h"
+
+/* Tags the lws opaque user pointer of a wsi: an HTTP response in progress or a WebSocket. */
+enum server_wsi_kind { SERVER_WSI_HTTP = 1, SERVER_WSI_WS = 2 };
+
+/* One distinct engine mounted on the server (an engine on several paths appears once). */
+typedef struct server_engine {
+    sync_server *server;
+    sync_engine *engine;
+    const char *path; /* the first path it was mounted on: its metrics label */
+    lws_sorted_usec_list_t timer;
+    atomic_bool deadline_moved;
+} server_engine;
+
+typedef struct server_mount {
+    char *path;
+    server_engine *eng;
+} server_mount;
+
+typedef struct server_conn server_conn;
+
+struct sync_server {
+    /* options, copied */
+    char *host;
+    int port_option;
+    char *static_dir; /* realpath of the directory, or NULL */
+    size_t max_message_bytes;
+    int max_connections;
+    double rate_per_sec;
+    double rate_burst;
+    size_t max_queued_bytes;
+    char **origins;
+    size_t origin_count;
+    sync_auth_cb auth;
+    void *auth_userdata;
+    sync_free_cb auth_free_userdata;
+    char *tls_cert;
+    char *tls_key;
+    int stop_timeout_ms;
+    sync_log_cb log;
+    void *log_userdata;
+
+    server_mount *mounts;
+    size_t mount_count;
+    server_engine **engines;
+    size_t engine_count;
+
+    struct lws_protocols protocols[2];
+    struct lws_context *context;
+    struct lws_vhost *vhost;
+    int port;
+
+    /* The context other threads may wake (lws_cancel_service), published while serving; the
+     * service thread waits for wakers to leave before it destroys the context. */
+    _Atomic(struct lws_context *) wake_context;
+    atomic_int wakers;
+
+    pthread_t thread; /* the background thread of sync_server_start */
+    pthread_t service_thread;
+    atomic_bool serving;
+    atomic_bool stop_requested;
+    atomic_bool ended;
+    bool thread_started;
+    atomic_bool thread_joined;
+    bool stopping;
+    int64_t stop_deadline_ms;
+    lws_sorted_usec_list_t stop_timer;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    server_conn *wake_head; /* connections with work for the service thread, under lock */
+
+    /* service-thread counters (read by /metrics on the same thread) */
+    int ws_open;
+    uint64_t accepted;
+    uint64_t refused;
+    uint64_t rate_limited;
+    uint64_t bytes_in;
+    uint64_t messages_in;
+    uint64_t frames_sent;
+    uint64_t bytes_sent;
+    atomic_uint_fast64_t closed_slow; /* also counted by transport ops on other threads */
+    uint64_t closed_too_big;
+};
+
+/* One WebSocket connection; the userdata of its sync_conn, freed with the last reference. */
+struct server_conn {
+    int kind; /* SERVER_WSI_WS */
+    sync_server *server;
+    server_engine *eng;
+    sync_conn *conn;
+    char *identity; /* from the auth callback, until the connection is established */
+
+    /* Under server->lock: */
+    struct lws *wsi; /* NULL once closed */
+    sync_frame **ring;
+    sync_frame *inline_ring[2];
+    uint32_t ring_cap;
+    uint32_t ring_head;
+    uint32_t ring_count;
+    size_t queued_bytes;
+    bool state_moved;
+    bool force;
+    bool in_wake;
+    bool close_pending;
+    bool close_armed;
+    uint16_t close_code;
+    server_conn *wake_next;
+    server_conn *wake_prev;
+
+    /* Service thread only: */
+    uint64_t last_sent_seq;
+    char *rx_buf;
+    size_t rx_len;
+    size_t rx_cap;
+    double tokens;
+    int64_t tokens_ms;
+};
+
+/* server.c */
+void server_log(sync_server *server, sync_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+bool server_on_service_thread(const sync_server *server);
+/* Wakes the service thread from any thread (async-signal-safe). */
+void server_wake(sync_server *server);
+const server_mount *server_find_mount(const sync_server *server, const char *path);
+/* Processes the wake list and moved deadlines (service thread, on LWS_CALLBACK_EVENT_WAIT_CANCELLED
+ * and after every loop turn). */
+void server_process_wakes(sync_server *server);
+
+/* server_conn.c */
+server_conn *server_conn_new(sync_server *server, server_engine *eng, char *identity);
+/* Drops a connection that never became a WebSocket. */
+void server_conn_abandon(server_conn *c);
+int server_conn_established(server_conn *c, struct lws *wsi);
+int server_conn_receive(server_conn *c, const void *in, size_t len);
+int server_conn_writeable(server_conn *c);
+void server_conn_closed(server_conn *c);
+/* Service thread, under server->lock: hands a connection's pending work to lws. */
+void server_conn_wake_locked(server_conn *c);
+
+/* server_upgrade.c: 0 to let the upgrade proceed, else the HTTP status already sent. */
+int server_upgrade_check(sync_server *server, struct lws *wsi);
+
+/* http.c: the LWS_CALLBACK_HTTP* reasons. */
+int server_http_callback(sync_server *server, struct lws *wsi, enum lws_callback_reasons reason,
+                         void *in, size_t len);
+void server_http_free(struct lws *wsi);
+
+/* metrics.c: the Prometheus text of /metrics; caller frees. NULL on ENOMEM. */
+char *server_metrics_render(sync_server *server, size_t *len);
+
+#endif
