@@ -14,7 +14,7 @@ static int on_add(sync_msg *msg, void *userdata)
     const cJSON *amount = cJSON_GetObjectItemCaseSensitive(sync_msg_message(msg), "amount");
     cJSON *total = cJSON_GetObjectItemCaseSensitive(sync_msg_state_mut(msg), "total");
     if (!cJSON_IsNumber(amount) || !cJSON_IsNumber(total)) {
-        sync_msg_set_error(msg, "\"amount\" must be a number");
+        sync_msg_set_error(msg, "amount must be a number");
         return SYNC_EINVAL;
     }
     cJSON_SetNumberValue(total, total->valuedouble + amount->valuedouble);

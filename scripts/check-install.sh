@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs a libsync build into a temporary prefix and uses it the way a user would: checks the
+# installed files (headers, libsync.so -> libsync.so.0 -> libsync.so.X.Y.Z, SONAME, pkg-config and
+# CMake package files), then builds examples/c/standalone/ outside the tree with pkg-config alone
+# and with CMake's find_package(libsync), and runs both programs.
+#   scripts/check-install.sh BUILD_DIR
+set -euo pipefail
+
+build=${1:?usage: check-install.sh BUILD_DIR}
+src=$(cd "$(dirname "$0")/.." && pwd)
+build=$(cd "$build" && pwd)
+work=$(mktemp -d "${TMPDIR:-/tmp}/libsync-install.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+prefix=$work/prefix
+
+fail() { echo "check-install: FAIL: $*" >&2; exit 1; }
+step() { echo "check-install: $*"; }
+
+step "cmake --install $build --prefix $prefix"
+cmake --install "$build" --prefix "$prefix" >"$work/install.log" || { cat "$work/install.log"; fail "install failed"; }
+
+# The library directory is lib/ (or lib64/, lib/<multiarch>/): find it through the .pc file.
+pc=$(find "$prefix" -name libsync.pc -path '*/pkgconfig/*' | head -n1)
+[ -n "$pc" ] || fail "no libsync.pc installed"
+libdir=$(dirname "$(dirname "$pc")")
+
+step "installed files in $libdir and $prefix/include"
+for header in "$src"/libsync/include/libsync/*.h; do
+  [ -f "$prefix/include/libsync/$(basename "$header")" ] || fail "header $(basename "$header") not in include/libsync/"
+done
+real=$(find "$libdir" -maxdepth 1 -type f -name 'libsync.so.*.*.*' | head -n1)
+[ -n "$real" ] || fail "no libsync.so.X.Y.Z in $libdir"
+[ -L "$libdir/libsync.so.0" ] && [ "$(readlink "$libdir/libsync.so.0")" = "$(basename "$real")" ] ||
+  fail "libsync.so.0 is not a symlink to $(basename "$real")"
+[ -L "$libdir/libsync.so" ] && [ "$(readlink -f "$libdir/libsync.so")" = "$(readlink -f "$real")" ] ||
+  fail "libsync.so is not a symlink to the library"
+soname=$(readelf -d "$real" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
+[ "$soname" = libsync.so.0 ] || fail "SONAME is '$soname', not libsync.so.0"
+[ -f "$libdir/cmake/libsync/libsync-config.cmake" ] || fail "no CMake package file"
+[ -f "$libdir/cmake/libsync/libsync-config-version.cmake" ] || fail "no CMake version file"
+# Nothing private leaks into the installed tree.
+extra=$(find "$prefix/include" -type f ! -path '*/include/libsync/*.h')
+[ -z "$extra" ] || fail "unexpected files under include/: $extra"
+
+step "pkg-config: $(PKG_CONFIG_PATH=$libdir/pkgconfig pkg-config --cflags --libs libsync)"
+cp -r "$src/examples/c/standalone" "$work/pc"
+PKG_CONFIG_PATH=$libdir/pkgconfig make -s -C "$work/pc" >"$work/make.log" 2>&1 ||
+  { cat "$work/make.log"; fail "the pkg-config build failed"; }
+LD_LIBRARY_PATH=$libdir "$work/pc/standalone" || fail "the pkg-config build does not run"
+# It must really have loaded the installed copy, not one from elsewhere.
+LD_LIBRARY_PATH=$libdir ldd "$work/pc/standalone" | grep -q "libsync.so.0 => $libdir/" ||
+  fail "the pkg-config build did not load $libdir/libsync.so.0"
+
+step "CMake find_package(libsync)"
+cp -r "$src/examples/c/standalone" "$work/cm"
+rm -f "$work/cm/standalone"
+{ cmake -S "$work/cm" -B "$work/cm/build" -DCMAKE_PREFIX_PATH="$prefix" &&
+  cmake --build "$work/cm/build"; } >"$work/cmake.log" 2>&1 ||
+  { cat "$work/cmake.log"; fail "the find_package build failed"; }
+# CMake puts the library's directory in the build tree's RPATH: no LD_LIBRARY_PATH needed.
+"$work/cm/build/standalone" || fail "the find_package build does not run"
+ldd "$work/cm/build/standalone" | grep -q "libsync.so.0 => $libdir/" ||
+  fail "the find_package build did not load $libdir/libsync.so.0"
+
+step "ok"

@@ -1,0 +1,90 @@
+// The demo page in headless Chromium: two tabs follow one counter, and both come back (with the
+// persisted counter) after the server restarts.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, mkdirSync, rmSync, accessSync, constants } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+import { startServer } from './server.mjs';
+
+const CHROMIUM = process.env.LIBSYNC_CHROMIUM || '/usr/bin/chromium';
+const ARTIFACTS = process.env.LIBSYNC_E2E_ARTIFACTS || join(tmpdir(), 'libsync-e2e-artifacts');
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+async function expectText(page, selector, text, timeout = 15000) {
+  await page.waitForFunction(([sel, want]) => document.querySelector(sel)?.textContent === want,
+    [selector, text], { timeout });
+}
+
+async function expectStatus(page, status, timeout = 15000) {
+  await page.waitForFunction((want) => document.body.dataset.status === want, status, { timeout });
+}
+
+// The same port again, so the open pages can reconnect; retried while the old socket lingers.
+async function restartOn(port, dataDir) {
+  const until = Date.now() + 10000;
+  for (;;) {
+    try {
+      return await startServer({ port, dataDir });
+    } catch (err) {
+      if (Date.now() > until) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
+}
+
+test('two tabs stay in step and survive a server restart', { timeout: 120000 }, async () => {
+  accessSync(CHROMIUM, constants.X_OK);
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const profile = mkdtempSync(join(tmpdir(), 'libsync-chromium-'));
+  const dataDir = join(profile, 'data');
+  let server = await startServer({ dataDir });
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 640, height: 480 },
+  });
+  const pageErrors = [];
+  try {
+    const [a, b] = [await context.newPage(), await context.newPage()];
+    for (const page of [a, b]) page.on('pageerror', (err) => pageErrors.push(err.message));
+    await a.goto(`${server.http}/`);
+    await b.goto(`${server.http}/?path=/counter`);
+    for (const page of [a, b]) {
+      await expectStatus(page, 'open');
+      await expectText(page, '#counter', '0');
+      await expectText(page, '#version', '0');
+    }
+
+    await a.click('#inc');
+    await expectText(b, '#counter', '1');
+    await b.click('#inc10');
+    await expectText(a, '#counter', '11');
+    await a.click('#dec');
+    await expectText(b, '#counter', '10');
+    await expectText(a, '#version', '3');
+    await expectText(b, '#version', '3');
+    await b.screenshot({ path: join(ARTIFACTS, 'demo-two-tabs.png') });
+
+    // Restart: both pages notice, reconnect on their own, and show the persisted counter.
+    const port = server.port;
+    assert.equal(await server.stop('SIGTERM'), 0, server.stderr());
+    for (const page of [a, b]) await expectStatus(page, 'closed');
+    await b.screenshot({ path: join(ARTIFACTS, 'demo-disconnected.png') });
+    server = await restartOn(port, dataDir);
+    for (const page of [a, b]) {
+      await expectStatus(page, 'open', 30000);
+      await expectText(page, '#counter', '10');
+    }
+    await b.click('#inc');
+    await expectText(a, '#counter', '11');
+    await expectText(a, '#version', '4');
+    await a.screenshot({ path: join(ARTIFACTS, 'demo-after-restart.png') });
+    assert.deepEqual(pageErrors, []);
+  } finally {
+    await context.close();
+    const code = await server.stop();
+    rmSync(profile, { recursive: true, force: true });
+    assert.equal(code, 0, server.stderr());
+  }
+});

@@ -1,0 +1,227 @@
+"""The demo server end to end: convergence, persistence across restarts, graceful stop, the
+handlers' answers, the two routes to one engine, HTTP endpoints and the command line."""
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+import server as srvmod
+from helpers import client, current_state, initial_state, recv_json, run, send, wait_for_counter
+
+CLIENTS = 50
+INCREMENTS = 20
+
+
+def http_get(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.status, resp.headers.get("Content-Type", ""), resp.read()
+
+
+def test_many_clients_converge(server):
+    total = CLIENTS * INCREMENTS
+
+    async def one_client(all_connected, connected):
+        async with client(server.ws("/")) as ws:
+            first = await initial_state(ws)
+            assert first["data"] == {"counter": 0} and first["version"] == 0
+            connected.append(ws)
+            if len(connected) == CLIENTS:
+                all_connected.set()
+            await all_connected.wait()
+            for _ in range(INCREMENTS):
+                await send(ws, "increment", amount=1)
+            frames = await wait_for_counter(ws, total)
+            return frames[-1]
+
+    async def scenario():
+        all_connected, connected = asyncio.Event(), []
+        finals = await asyncio.gather(*(one_client(all_connected, connected) for _ in range(CLIENTS)))
+        # Every client ends on the same final state: one version per increment.
+        assert {json.dumps(f, sort_keys=True) for f in finals} == {
+            json.dumps({"type": "state_update", "data": {"counter": total}, "version": total}, sort_keys=True)
+        }
+        late = await current_state(server.ws("/"))
+        assert late["data"]["counter"] == total and late["version"] == total
+
+    run(scenario())
+
+
+def test_both_routes_reach_one_engine(server):
+    async def scenario():
+        async with client(server.ws("/")) as root, client(server.ws("/counter")) as room:
+            await initial_state(root)
+            await initial_state(room)
+            await send(room, "increment", amount=3)
+            await wait_for_counter(root, 3)
+            await send(root, "decrement", amount=1)
+            await wait_for_counter(room, 2)
+
+    run(scenario())
+
+
+def test_handlers_and_rejections(server):
+    async def scenario():
+        async with client(server.ws("/")) as ws:
+            await initial_state(ws)
+            await send(ws, "increment", amount="five")
+            err = await recv_json(ws)
+            assert err["type"] == "error" and "amount" in err["error"], err
+            await send(ws, "nosuchtype")
+            assert (await recv_json(ws))["type"] == "error"
+            await ws.send("not json at all")
+            assert (await recv_json(ws))["type"] == "error"
+            # None of the three changed anything: the next change is version 1.
+            await send(ws, "increment", amount=10)
+            frames = await wait_for_counter(ws, 10)
+            assert frames[-1]["version"] == 1
+            await send(ws, "decrement", amount=4)
+            await wait_for_counter(ws, 6)
+            await send(ws, "increment", amount=0.5)
+            await wait_for_counter(ws, 6.5)
+            await send(ws, "reset")
+            frames = await wait_for_counter(ws, 0)
+            assert frames[-1]["version"] == 4
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_restart_keeps_the_state(servers, sig):
+    first = servers()
+
+    async def bump(srv, amount):
+        async with client(srv.ws("/")) as ws:
+            start = (await initial_state(ws))["data"]["counter"]
+            await send(ws, "increment", amount=amount)
+            frames = await wait_for_counter(ws, start + amount)
+            return frames[-1]["version"]
+
+    version = run(bump(first, 7))
+    assert first.stop(sig) == 0, first.stderr()
+    assert os.path.exists(os.path.join(first.data_dir, "counter.sqlite"))
+
+    second = servers(data_dir=first.data_dir)
+    state = run(current_state(second.ws("/")))
+    assert state["data"] == {"counter": 7} and state["version"] == version
+    assert run(bump(second, 5)) == version + 1
+    assert second.stop() == 0, second.stderr()
+
+    third = servers(data_dir=first.data_dir)
+    assert run(current_state(third.ws("/counter")))["data"] == {"counter": 12}
+
+
+def test_graceful_stop_closes_clients_with_1001(server):
+    async def scenario():
+        socks = [await client(server.ws(p)).__aenter__() for p in ("/", "/", "/counter")]
+        for ws in socks:
+            await initial_state(ws)
+        await send(socks[0], "increment", amount=2)
+        for ws in socks:
+            await wait_for_counter(ws, 2)
+        server.proc.send_signal(signal.SIGTERM)
+        for ws in socks:
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    msg = await recv_json(ws, 10)
+                    assert msg["type"] in ("state_update", "ping"), msg
+            assert closed.value.rcvd is not None, "the server dropped the TCP connection without a close frame"
+            assert closed.value.rcvd.code == 1001
+
+    run(scenario())
+    assert server.stop() == 0, server.stderr()
+
+
+def test_heartbeat_keeps_answering_clients_and_drops_silent_ones(servers):
+    srv = servers("--heartbeat-ms", "150")
+
+    async def scenario():
+        async with client(srv.ws("/")) as polite, client(srv.ws("/")) as silent:
+            await initial_state(polite)
+            await initial_state(silent)
+            pings = 0
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 1.5
+            while loop.time() < until:
+                try:
+                    msg = await recv_json(polite, until - loop.time())
+                except asyncio.TimeoutError:
+                    break
+                if msg["type"] == "ping":
+                    pings += 1
+                    await polite.send("pong")
+            assert pings >= 3
+            # The silent client got pings too and was closed for never answering them.
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    assert (await recv_json(silent, 5))["type"] == "ping"
+            await send(polite, "increment", amount=1)
+            await wait_for_counter(polite, 1)
+
+    run(scenario())
+
+
+def test_padding_and_nested_data_dir(servers, tmp_path):
+    data_dir = tmp_path / "not" / "yet" / "there"
+    srv = servers("--pad", "1000", data_dir=data_dir)
+    state = run(current_state(srv.ws("/")))
+    assert state["data"] == {"counter": 0, "blob": "x" * 1000}
+    assert (data_dir / "counter.sqlite").exists()
+
+
+def test_http_endpoints_and_static_page(server):
+    web = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "web")
+    status, ctype, body = http_get(server.http + "/")
+    with open(os.path.join(web, "index.html"), "rb") as f:
+        assert (status, body) == (200, f.read())
+    assert ctype.startswith("text/html")
+    status, ctype, body = http_get(server.http + "/app.js")
+    assert status == 200 and "javascript" in ctype and b"WebSocket" in body
+    status, ctype, _ = http_get(server.http + "/style.css")
+    assert status == 200 and ctype.startswith("text/css")
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        http_get(server.http + "/no-such-file.html")
+    assert missing.value.code == 404
+
+    status, _, body = http_get(server.http + "/healthz")
+    assert status == 200 and body.strip() == b"ok"
+
+    async def bump():
+        async with client(server.ws("/")) as ws:
+            await initial_state(ws)
+            await send(ws, "increment", amount=1)
+            await wait_for_counter(ws, 1)
+
+    run(bump())
+    status, ctype, body = http_get(server.http + "/metrics")
+    text = body.decode()
+    assert status == 200 and ctype.startswith("text/plain")
+    assert 'path="/"' in text and 'path="/counter"' in text, text
+
+
+def test_static_dir_can_be_replaced(servers, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<p>another page</p>")
+    srv = servers("--static", str(site))
+    assert http_get(srv.http + "/")[2] == b"<p>another page</p>"
+
+
+def test_command_line_errors(servers, tmp_path):
+    for argv, word in ((["--port", "abc"], "--port"), (["--bogus", "1"], "--bogus"),
+                       (["--tls-cert", "x.pem"], "--tls-key"), (["--heartbeat-ms", "-1"], "--heartbeat-ms")):
+        done = subprocess.run([srvmod.binary(), *argv], capture_output=True, timeout=20, cwd=tmp_path)
+        assert done.returncode == 2 and word in done.stderr.decode(), (argv, done)
+    done = subprocess.run([srvmod.binary(), "--help"], capture_output=True, timeout=20)
+    assert done.returncode == 0 and b"--data-dir" in done.stdout
+
+    # A port that is taken: a clear error and a non-zero exit, not a hang.
+    taken = servers()
+    done = subprocess.run([srvmod.binary(), "--port", str(taken.port), "--data-dir", str(tmp_path / "d2")],
+                          capture_output=True, timeout=20)
+    assert done.returncode == 1 and b"listen" in done.stderr, done
