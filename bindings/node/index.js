@@ -1,0 +1,764 @@
+'use strict';
+// The idiomatic layer over the SWIG addon: the original library's SyncEngine, adapters and a
+// built-in Server. Every C callback of an engine arrives in SyncEngine#_event (see
+// syncengine_node.i); user callbacks may be sync or async and their errors go to onError.
+
+const path = require('path');
+
+const native = loadAddon();
+
+function loadAddon() {
+  const candidates = [
+    process.env.SYNCENGINE_ADDON,
+    path.join(__dirname, 'build', 'bindings', 'node', 'syncengine.node'),
+  ].filter(Boolean);
+  for (const file of candidates) {
+    try {
+      return require(file);
+    } catch (err) {
+      if (err.code !== 'MODULE_NOT_FOUND') throw err;
+    }
+  }
+  throw new Error(
+    'syncengine: the native addon is not built. Run `npm install` in bindings/node (it builds ' +
+      'with CMake against /usr/include/node), or set SYNCENGINE_ADDON to a built syncengine.node.'
+  );
+}
+
+const OK = native.SYNC_OK;
+const PENDING = native.SYNC_PENDING;
+
+/** Status codes of the C library by name (SYNC_EINVAL -> Status.EINVAL). */
+const Status = Object.freeze(
+  Object.fromEntries(
+    Object.keys(native)
+      .filter((k) => /^SYNC_[A-Z]+$/.test(k))
+      .map((k) => [k.slice(5), native[k]])
+  )
+);
+
+class SyncError extends Error {
+  constructor(status, message, context) {
+    super(message || native.sync_strerror(status));
+    this.name = 'SyncError';
+    this.status = status;
+    this.code = Object.keys(Status).find((k) => Status[k] === status) || String(status);
+    if (context !== undefined) this.context = context;
+  }
+}
+
+function lastError(status) {
+  const detail = native.sync_error_last();
+  return new SyncError(status, detail || native.sync_strerror(status));
+}
+
+function errorText(err) {
+  if (err instanceof Error) return err.message || String(err);
+  if (typeof err === 'string') return err;
+  try {
+    return JSON.stringify(err) ?? String(err);
+  } catch {
+    return String(err);
+  }
+}
+
+function isThenable(v) {
+  return v !== null && (typeof v === 'object' || typeof v === 'function') && typeof v.then === 'function';
+}
+
+function textOf(raw) {
+  if (typeof raw === 'string') return raw;
+  if (Buffer.isBuffer(raw)) return raw.toString('utf8');
+  if (raw instanceof ArrayBuffer) return Buffer.from(raw).toString('utf8');
+  if (Array.isArray(raw) && raw.every(Buffer.isBuffer)) return Buffer.concat(raw).toString('utf8');
+  return String(raw);
+}
+
+// The validator sees the parsed message, as in the original; String(raw) still gives the JSON text,
+// so validators written as `JSON.parse(String(raw))` (the seed README's) work too.
+function parsedWithText(json) {
+  const value = JSON.parse(json);
+  if (value !== null && typeof value === 'object') {
+    Object.defineProperty(value, 'toString', { value: () => json, enumerable: false });
+  }
+  return value;
+}
+
+const HOOK_BITS = {
+  onStateChange: 1,
+  onSync: 2,
+  onBackup: 4,
+  onPing: 8,
+  onPong: 16,
+  onPingTimeout: 32,
+  onError: 64,
+};
+
+// ---- adapters ----------------------------------------------------------------------------------
+
+class NativeAdapter {
+  // The C adapter is created when an engine takes it (the engine owns and frees it).
+  _take() {
+    const ptr = this._create();
+    if (!ptr) throw lastError(Status.EINVAL);
+    return ptr;
+  }
+}
+
+/** SQLite store: one table (default "websocket_state") holding the state and its version. */
+class SQLiteAdapter extends NativeAdapter {
+  constructor({ path: file, tableName, backupsDir, durability } = {}) {
+    super();
+    if (typeof file !== 'string' || !file) throw new TypeError('SQLiteAdapter: `path` is required');
+    this.path = file;
+    this.tableName = tableName ?? null;
+    this.backupsDir = backupsDir ?? null;
+    this.durability = durability === 'power' ? 1 : 0;
+  }
+
+  _create() {
+    return native.jsb_sqlite_new(this.path, this.tableName, this.backupsDir, this.durability);
+  }
+}
+
+/** JSON file store {"state":...,"version":...}; backups go to backupsDir as backup-<ms>.json. */
+class FileAdapter extends NativeAdapter {
+  constructor({ filePath, backupsDir, fsync = true } = {}) {
+    super();
+    if (typeof filePath !== 'string' || !filePath) {
+      throw new TypeError('FileAdapter: `filePath` is required');
+    }
+    this.filePath = filePath;
+    this.backupsDir = backupsDir ?? null;
+    this.fsync = fsync ? 1 : 0;
+  }
+
+  _create() {
+    return native.jsb_file_new(this.filePath, this.backupsDir, this.fsync);
+  }
+}
+
+// A custom adapter: any object with init(), load(), save(state, version) and optionally backup(),
+// each sync or async. Returns [status, ...] as syncengine_node.i expects, or PENDING and completes.
+function customAdapter(adapter, track) {
+  for (const name of ['load', 'save']) {
+    if (typeof adapter[name] !== 'function') {
+      throw new TypeError(`adapter: \`${name}\` must be a function`);
+    }
+  }
+  const results = {
+    init: () => [OK],
+    load: (record) => {
+      if (record === undefined || record === null) return [OK, null, 0];
+      if (typeof record !== 'object' || !('state' in record) || !('version' in record)) {
+        return [Status.EIO, 'adapter load() returned a record without state or version'];
+      }
+      const json = JSON.stringify(record.state);
+      if (json === undefined) return [Status.EIO, 'adapter load() returned a state that is not JSON'];
+      return [OK, json, Number(record.version) || 0];
+    },
+    save: () => [OK],
+    backup: (ts) => [OK, typeof ts === 'number' && Number.isFinite(ts) ? ts : Date.now()],
+  };
+  const failure = (op, err) => [Status.EIO, `adapter ${op}(): ${errorText(err)}`];
+  const complete = (op, pending, res) => {
+    const [status, a, b] = res;
+    if (op === 'load') {
+      native.sync_pending_complete_load(pending, status, status < 0 ? null : a, status < 0 ? 0 : b,
+        status < 0 ? a : null);
+    } else if (op === 'backup') {
+      native.sync_pending_complete_backup(pending, status, status < 0 ? 0 : a, status < 0 ? a : null);
+    } else {
+      native.sync_pending_complete(pending, status, status < 0 ? a : null);
+    }
+  };
+  const sink = native.jsb_sink_new((op, _slot, pending, stateJson, version) => {
+    let r;
+    try {
+      const fn = adapter[op];
+      if (typeof fn !== 'function') return [OK];
+      r = op === 'save' ? fn.call(adapter, JSON.parse(stateJson), version) : fn.call(adapter);
+    } catch (err) {
+      return failure(op, err);
+    }
+    if (!isThenable(r)) {
+      try {
+        return results[op](r);
+      } catch (err) {
+        return failure(op, err);
+      }
+    }
+    const done = track();
+    Promise.resolve(r)
+      .then((v) => results[op](v), (err) => failure(op, err))
+      .catch((err) => failure(op, err))
+      .then((res) => {
+        done();
+        complete(op, pending, res);
+      });
+    return PENDING;
+  });
+  const ptr = native.jsb_adapter_js_new(sink, typeof adapter.backup === 'function' ? 1 : 0);
+  native.jsb_sink_release(sink); // the C adapter holds its own reference
+  if (!ptr) throw lastError(Status.ENOMEM);
+  return ptr;
+}
+
+// ---- connections of the built-in server -------------------------------------------------------
+
+/** A client of the built-in Server, as handlers and hooks see it: send(text), close(). */
+class ServerConnection {
+  constructor(conn, id) {
+    this._conn = conn;
+    this.id = id;
+  }
+
+  send(text) {
+    if (!this._conn) throw new SyncError(Status.ECLOSED, 'connection is closed');
+    const rc = native.sync_conn_send(this._conn, textOf(text));
+    if (rc < 0) throw lastError(rc);
+  }
+
+  close(code = 1000, reason = '') {
+    if (this._conn) native.sync_conn_close(this._conn, code, reason);
+  }
+
+  /** The identity attached by the server's auth, parsed, or null. */
+  get identity() {
+    const json = this._conn ? native.sync_conn_identity(this._conn) : null;
+    return json ? JSON.parse(json) : null;
+  }
+}
+
+// ---- the engine --------------------------------------------------------------------------------
+
+class SyncEngine {
+  constructor(config = {}) {
+    this._hooks = config.hooks || {};
+    this._steps = [];
+    this._byWs = new Map(); // ws -> { ws, conn, id } (the embedder's own connections)
+    this._byId = new Map(); // conn id -> that entry, or { ws: ServerConnection, conn }
+    this._idle = new Map(); // when_idle token -> resolve
+    this._nextToken = 1;
+    this._outstanding = 0; // JS promises the C side still waits for
+    this._mounts = 0;
+    this._timer = null;
+    this._disposed = false;
+    this._engine = null;
+    this._sink = native.jsb_sink_new((ev, slot, a, b, c, d, e) => this._event(ev, slot, a, b, c, d, e));
+
+    let hookMask = 0;
+    for (const [name, bit] of Object.entries(HOOK_BITS)) {
+      if (typeof this._hooks[name] === 'function') hookMask |= bit;
+    }
+    const initial = config.initialState ?? config.defaultState ?? {};
+    const initialJson = JSON.stringify(initial);
+    if (initialJson === undefined) throw new TypeError('SyncEngine: initialState must be JSON');
+    let adapterPtr = null;
+    try {
+      if (config.adapter instanceof NativeAdapter) adapterPtr = config.adapter._take();
+      else if (config.adapter) adapterPtr = customAdapter(config.adapter, () => this._track());
+    } catch (err) {
+      native.jsb_sink_release(this._sink);
+      throw err;
+    }
+    const ms = (v, name) => {
+      const n = v ?? 0;
+      if (typeof n !== 'number' || !(n >= 0)) throw new TypeError(`SyncEngine: ${name} must be >= 0`);
+      return n;
+    };
+    let engine;
+    try {
+      engine = native.jsb_engine_new(this._sink, initialJson, config.enableVersioning ? 1 : 0, adapterPtr,
+        ms(config.heartbeatIntervalMs, 'heartbeatIntervalMs'), ms(config.pingTimeoutMs, 'pingTimeoutMs'),
+        ms(config.syncIntervalMs, 'syncIntervalMs'), config.debug ? 1 : 0, hookMask);
+    } catch (err) {
+      native.jsb_sink_release(this._sink);
+      throw err;
+    }
+    if (!engine) {
+      const err = lastError(Status.EINVAL);
+      native.jsb_sink_release(this._sink);
+      throw err;
+    }
+    this._engine = engine;
+
+    if (config.validateMessage) this._addStep(1, null, 'validateMessage', config.validateMessage);
+    for (const handler of config.messageHandlers || []) this.on(handler.type, handler);
+    this._ready = this._whenIdle();
+    this._armTimer();
+  }
+
+  // -- registration --
+
+  /** Registers (or replaces) the handler for `type`: a function or { handle(...) }. */
+  on(type, handler) {
+    if (typeof type !== 'string' || !type) throw new TypeError('handler type must be a non-empty string');
+    const fn = typeof handler === 'function' ? handler : handler && handler.handle;
+    if (typeof fn !== 'function') throw new TypeError(`handler for "${type}" must have handle()`);
+    this._addStep(0, type, 'handler', fn.bind(handler));
+    return this;
+  }
+
+  /** Removes the handler for `type`; false when there was none. */
+  off(type) {
+    return native.sync_engine_off(this._live(), type) === OK;
+  }
+
+  /** Appends a middleware: (message) => message, sync or async. */
+  use(middleware) {
+    if (typeof middleware !== 'function') throw new TypeError('middleware must be a function');
+    this._addStep(2, null, 'middleware', middleware);
+    return this;
+  }
+
+  _addStep(kind, type, role, fn) {
+    const slot = this._steps.length;
+    this._steps.push({ role, fn });
+    const rc = native.jsb_engine_step(this._live(), kind, type, this._sink, slot);
+    if (rc < 0) throw lastError(rc);
+  }
+
+  // -- connections --
+
+  /** A client connected: `ws` is anything with send(text) and close(). */
+  async handleOpen(ws) {
+    const entry = this._entryOf(ws);
+    await this._settle(native.sync_engine_handle_open(this._live(), entry.conn));
+  }
+
+  /** A client sent `raw` (string, Buffer or ArrayBuffer). Resolves once it has been applied. */
+  async handleMessage(ws, raw) {
+    const entry = this._entryOf(ws);
+    await this._settle(native.sync_engine_handle_message(this._live(), entry.conn, textOf(raw)));
+  }
+
+  /** A client went away. */
+  async handleClose(ws) {
+    const entry = this._byWs.get(ws);
+    if (!entry || !this._engine) return;
+    const rc = native.sync_engine_handle_close(this._engine, entry.conn);
+    // Never opened (no disconnect event will come): forget it now.
+    if (rc !== PENDING && this._byWs.get(ws) === entry) this._forget(entry);
+    await this._settle(rc);
+  }
+
+  /** Runs `raw` through the pipeline as if a connection-less client had sent it. */
+  async inject(raw) {
+    await this._settle(native.sync_engine_inject(this._live(), textOf(raw)));
+  }
+
+  get connectionCount() {
+    return this._engine ? Number(native.sync_engine_connection_count(this._engine)) : 0;
+  }
+
+  _entryOf(ws) {
+    if (ws === null || (typeof ws !== 'object' && typeof ws !== 'function')) {
+      throw new TypeError('ws must be an object with send(text) and close()');
+    }
+    let entry = this._byWs.get(ws);
+    if (!entry) {
+      const conn = native.jsb_conn_new(this._sink);
+      if (!conn) throw lastError(Status.ENOMEM);
+      entry = { ws, conn, id: native.jsb_conn_id(conn), own: true };
+      this._byWs.set(ws, entry);
+      this._byId.set(entry.id, entry);
+    }
+    return entry;
+  }
+
+  _forget(entry) {
+    this._byId.delete(entry.id);
+    if (entry.own) this._byWs.delete(entry.ws);
+    else entry.ws._conn = null;
+    native.sync_conn_free(entry.conn);
+  }
+
+  // The ws object for a C connection: the embedder's own, a server client, or (for an event about
+  // a server client this layer never saw open) a wrapper valid during the callback.
+  _wsOf(conn, transient) {
+    if (!conn) return null;
+    const id = native.jsb_conn_id(conn);
+    const entry = this._byId.get(id);
+    if (entry) return entry.ws;
+    const ws = new ServerConnection(conn, id);
+    transient.push(ws);
+    return ws;
+  }
+
+  // -- state --
+
+  getState() {
+    const json = native.jsb_engine_state_json(this._live());
+    if (json == null) throw lastError(Status.ENOMEM);
+    return JSON.parse(json);
+  }
+
+  getVersion() {
+    return Number(native.sync_engine_get_version(this._live()));
+  }
+
+  /** The original's setState(new, broadcast=false), from outside a handler. */
+  async setState(state, broadcast = false) {
+    const json = JSON.stringify(state);
+    if (json === undefined) throw new TypeError('setState: the state must be JSON');
+    const rc = native.sync_engine_set_state_json(this._live(), json, broadcast ? 1 : 0);
+    if (rc < 0) throw lastError(rc);
+    await this._settle(rc);
+  }
+
+  async broadcastState() {
+    await this._settle(native.sync_engine_broadcast_state(this._live()));
+  }
+
+  /** Sends `text` to every open connection. */
+  async broadcast(text) {
+    await this._settle(native.sync_engine_broadcast_text(this._live(), textOf(text)));
+  }
+
+  /** Saves through the adapter, then onSync. Failures go to onError. */
+  async sync() {
+    await this._settle(native.sync_engine_sync(this._live()));
+  }
+
+  /** Backs the store up (when the adapter can), then onBackup. Failures go to onError. */
+  async createBackup() {
+    await this._settle(native.sync_engine_create_backup(this._live()));
+  }
+
+  /** Resolves once the adapter's init() and load() have finished. */
+  ready() {
+    return this._ready;
+  }
+
+  /** Closes every connection, stops every timer; the engine is released once nothing waits. */
+  dispose() {
+    if (this._disposed) return;
+    this._disposed = true;
+    clearTimeout(this._timer);
+    this._timer = null;
+    if (this._engine) native.sync_engine_dispose(this._engine);
+    this._maybeFree();
+  }
+
+  _live() {
+    if (!this._engine || this._disposed) throw new SyncError(Status.ECLOSED, 'the engine is disposed');
+    return this._engine;
+  }
+
+  async _settle(rc) {
+    if (rc === PENDING) await this._whenIdle();
+  }
+
+  _whenIdle() {
+    if (!this._engine || this._disposed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const token = this._nextToken++;
+      this._idle.set(token, resolve);
+      const rc = native.jsb_when_idle(this._engine, this._sink, token);
+      if (rc < 0 && this._idle.delete(token)) resolve();
+    });
+  }
+
+  _track() {
+    this._outstanding++;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this._outstanding--;
+      if (this._disposed) setImmediate(() => this._maybeFree());
+    };
+  }
+
+  _maybeFree() {
+    if (!this._engine || this._outstanding > 0 || this._mounts > 0 || this._inEvent) {
+      if (this._engine && this._inEvent) setImmediate(() => this._maybeFree());
+      return;
+    }
+    const engine = this._engine;
+    this._engine = null;
+    for (const entry of [...this._byId.values()]) this._forget(entry);
+    native.sync_engine_free(engine);
+    for (const resolve of this._idle.values()) resolve();
+    this._idle.clear();
+    native.jsb_sink_release(this._sink);
+  }
+
+  _armTimer() {
+    if (!this._engine || this._disposed) return;
+    const due = Number(native.sync_engine_next_deadline_ms(this._engine));
+    if (due < 0) return;
+    const delay = Math.max(0, due - Number(native.sync_now_ms()));
+    this._timer = setTimeout(() => {
+      this._timer = null;
+      if (!this._engine || this._disposed) return;
+      native.sync_engine_tick(this._engine, -1);
+      this._armTimer();
+    }, delay);
+    this._timer.unref();
+  }
+
+  // -- events from C --
+
+  _event(ev, slot, a, b, c, d, e) {
+    const depth = this._inEvent || 0;
+    this._inEvent = depth + 1;
+    const transient = [];
+    try {
+      return this._dispatch(ev, slot, a, b, c, d, e, transient);
+    } catch (err) {
+      // A bug in this layer, never a user error (those are caught where they happen).
+      process.emitWarning(`syncengine: ${ev}: ${errorText(err)}`);
+      return ev === 'step' ? Status.EHANDLER : ev === 'send' ? Status.ESEND : undefined;
+    } finally {
+      this._inEvent = depth;
+      for (const ws of transient) ws._conn = null;
+    }
+  }
+
+  _dispatch(ev, slot, a, b, c, d, e, transient) {
+    switch (ev) {
+      case 'step':
+        return this._runStep(this._steps[slot], a, transient);
+      case 'send': {
+        const entry = this._byId.get(slot);
+        if (!entry) return Status.ECLOSED;
+        try {
+          entry.ws.send(b);
+          return OK;
+        } catch (err) {
+          return Status.ESEND;
+        }
+      }
+      case 'close': {
+        const entry = this._byId.get(slot);
+        if (entry && typeof entry.ws.close === 'function') {
+          try {
+            entry.ws.close(d, b);
+          } catch (err) {
+            this._report(err, 'close');
+          }
+        }
+        return undefined;
+      }
+      case 'idle': {
+        const resolve = this._idle.get(slot);
+        if (resolve) {
+          this._idle.delete(slot);
+          resolve();
+        }
+        return undefined;
+      }
+      case 'connect': {
+        const id = native.jsb_conn_id(a);
+        let entry = this._byId.get(id);
+        if (!entry) {
+          // A client of the built-in server: keep the connection until it disconnects.
+          const conn = native.sync_conn_ref(a);
+          entry = { ws: new ServerConnection(conn, id), conn, id, own: false };
+          this._byId.set(id, entry);
+        }
+        this._hook('onConnect', entry.ws);
+        return undefined;
+      }
+      case 'disconnect': {
+        const id = native.jsb_conn_id(a);
+        const entry = this._byId.get(id);
+        this._hook('onDisconnect', entry ? entry.ws : this._wsOf(a, transient));
+        if (entry) this._forget(entry);
+        return undefined;
+      }
+      case 'ping':
+        return this._hook('onPing', this._wsOf(a, transient));
+      case 'pong':
+        return this._hook('onPong', this._wsOf(a, transient));
+      case 'ping_timeout':
+        return this._hook('onPingTimeout', this._wsOf(a, transient));
+      case 'state_change':
+        return this._hook('onStateChange', JSON.parse(b), JSON.parse(c));
+      case 'sync':
+        return this._hook('onSync', JSON.parse(b), d);
+      case 'backup':
+        return this._hook('onBackup', d, e);
+      case 'error': {
+        const err = new SyncError(d, b, c);
+        const ws = this._wsOf(a, transient);
+        if (ws) err.ws = ws;
+        return this._hook('onError', err, c);
+      }
+      default:
+        return undefined;
+    }
+  }
+
+  // Runs a user hook; its errors (thrown or rejected) go to onError, onError's own to the console.
+  _hook(name, ...args) {
+    const fn = this._hooks[name];
+    if (typeof fn !== 'function') return;
+    const fail = (err) => {
+      if (name === 'onError') console.error('syncengine: onError failed:', err);
+      else this._report(err, `hook:${name}`);
+    };
+    try {
+      const r = fn.apply(this._hooks, args);
+      if (isThenable(r)) Promise.resolve(r).catch(fail);
+    } catch (err) {
+      fail(err);
+    }
+  }
+
+  _report(err, context) {
+    const error = err instanceof Error ? err : new Error(errorText(err));
+    if (typeof this._hooks.onError === 'function') this._hook('onError', error, context);
+    else console.error(`syncengine: ${context}:`, error);
+  }
+
+  // One validator/middleware/handler call. Returns the status for C, or PENDING and completes the
+  // message when the promise settles; getState/setState work only until then.
+  _runStep(step, msg, transient) {
+    if (!step) return Status.EHANDLER;
+    let open = true;
+    const live = () => {
+      if (!open) throw new SyncError(Status.ESTATE, 'getState/setState used after the handler finished');
+    };
+    const finish = (value) => {
+      if (step.role === 'handler' || value === undefined) return OK;
+      const json = JSON.stringify(value);
+      if (json === undefined) return fail(new Error(`${step.role} returned a value that is not JSON`));
+      const rc = native.sync_msg_replace_json(msg, json);
+      return rc < 0 ? fail(new Error(`${step.role} returned a message that cannot be used`)) : OK;
+    };
+    const fail = (err) => {
+      native.sync_msg_set_error(msg, errorText(err));
+      return step.role === 'handler' ? Status.EHANDLER : Status.EREJECTED;
+    };
+    let result;
+    try {
+      const json = native.sync_msg_message_json(msg);
+      if (step.role === 'handler') {
+        const getState = () => {
+          live();
+          return JSON.parse(native.sync_msg_state_json(msg));
+        };
+        const setState = (state) => {
+          live();
+          const text = JSON.stringify(state);
+          if (text === undefined) throw new TypeError('setState: the state must be JSON');
+          const rc = native.sync_msg_set_state_json(msg, text);
+          if (rc < 0) throw lastError(rc);
+        };
+        result = step.fn(this._wsOf(native.sync_msg_conn(msg), transient), JSON.parse(json), getState, setState);
+      } else if (step.role === 'validateMessage') {
+        result = step.fn(parsedWithText(json));
+      } else {
+        result = step.fn(JSON.parse(json));
+      }
+    } catch (err) {
+      open = false;
+      return fail(err);
+    }
+    if (!isThenable(result)) {
+      open = false;
+      return finish(result);
+    }
+    const done = this._track();
+    Promise.resolve(result)
+      .then(finish, fail)
+      .catch(fail)
+      .then((status) => {
+        open = false;
+        done();
+        native.sync_msg_complete(msg, status);
+      });
+    return PENDING;
+  }
+}
+
+// ---- the built-in server ------------------------------------------------------------------------
+
+/**
+ * The libwebsockets server: engines mounted on paths, static files, /healthz, /metrics. Sockets live
+ * on a service thread of the C library; every JavaScript callback still runs on this thread.
+ */
+class Server {
+  constructor({ host = '127.0.0.1', port = 0, engines = {}, staticDir = null, maxMessageBytes = 0,
+    maxConnections = 0 } = {}) {
+    this.host = host;
+    this.port = port;
+    this.engines = engines;
+    this.staticDir = staticDir;
+    this.maxMessageBytes = maxMessageBytes;
+    this.maxConnections = maxConnections;
+    this._server = null;
+    this._closing = null;
+  }
+
+  /** Binds and serves; resolves with the port. */
+  async listen() {
+    if (this._server) return this.port;
+    const server = native.jsb_server_new(this.host, this.port, this.staticDir, this.maxMessageBytes,
+      this.maxConnections);
+    if (!server) throw lastError(Status.EINVAL);
+    const mounted = [];
+    try {
+      for (const [route, engine] of Object.entries(this.engines)) {
+        if (!(engine instanceof SyncEngine)) throw new TypeError(`engines["${route}"] is not a SyncEngine`);
+        const rc = native.sync_server_mount(server, route, engine._live());
+        if (rc < 0) throw lastError(rc);
+        engine._mounts++;
+        mounted.push(engine);
+      }
+      const rc = native.sync_server_start(server);
+      if (rc < 0) throw lastError(rc);
+    } catch (err) {
+      await this._free(server, mounted);
+      throw err;
+    }
+    this._server = server;
+    this._mounted = mounted;
+    native.jsb_keepalive(1);
+    this.port = native.sync_server_port(server);
+    return this.port;
+  }
+
+  /** Graceful stop (saves every engine, closes clients); the event loop keeps running meanwhile. */
+  close() {
+    if (!this._server) return this._closing || Promise.resolve();
+    const server = this._server;
+    this._server = null;
+    native.jsb_keepalive(-1);
+    this._closing = this._free(server, this._mounted);
+    return this._closing;
+  }
+
+  _free(server, mounted) {
+    return new Promise((resolve) => {
+      const sink = native.jsb_sink_new((ev) => {
+        if (ev !== 'server_closed') return;
+        for (const engine of mounted) {
+          engine._mounts--;
+          if (engine._disposed) engine._maybeFree();
+        }
+        resolve();
+      });
+      const rc = native.jsb_server_close(server, sink, 0);
+      native.jsb_sink_release(sink);
+      if (rc < 0) throw lastError(rc);
+    });
+  }
+}
+
+module.exports = {
+  SyncEngine,
+  SQLiteAdapter,
+  FileAdapter,
+  // The original's names.
+  SQLiteWebSocketAdapter: SQLiteAdapter,
+  FileWebSocketAdapter: FileAdapter,
+  Server,
+  ServerConnection,
+  SyncError,
+  Status,
+  version: native.sync_version_string(),
+};

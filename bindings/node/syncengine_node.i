@@ -1,0 +1,977 @@
+/*
+ * The Node bridge of libsync's SWIG interface (included by ../syncengine.i under -javascript).
+ *
+ * SWIG wraps the plain C functions; this file adds what SWIG cannot generate: C callbacks that call
+ * JavaScript. Every callback of one engine (steps, hooks, connections, when_idle) and of one JS
+ * adapter goes to a single JavaScript "sink" function, sink(event, slot, a, b, c, d); index.js
+ * turns those events into the idiomatic API (handlers, hooks, promises).
+ *
+ * Threads. JavaScript runs only on Node's main thread. A callback that arrives on another thread
+ * (the built-in server's service thread) copies its arguments into a job, wakes the main thread
+ * with a uv_async_t on Node's loop and returns at once: SYNC_PENDING for pipeline steps and
+ * adapter calls (completed from the main thread with sync_msg_complete / sync_pending_complete_*),
+ * nothing for hooks and sends. See README.md "Threads".
+ */
+%module syncengine
+
+%include "common.i"
+%include <stdint.i>
+
+%{
+#include <node.h>
+#include <uv.h>
+
+#include <atomic>
+#include <stdlib.h>
+#include <string.h>
+
+namespace {
+
+/* One JavaScript function that receives the events of an engine or adapter. Reference counted:
+ * JS holds one reference (jsb_sink_release), every C registration and every queued job another.
+ * The count may drop on any thread, but the function is released only on the main thread. */
+struct jsb_sink {
+    v8::Global<v8::Function> fn;
+    std::atomic<int> refs;
+};
+
+/* The userdata of one C registration: which sink, and the slot JS uses to find its function. */
+struct jsb_cb {
+    jsb_sink *sink;
+    double slot;
+};
+
+enum jsb_job_kind {
+    JOB_STEP,         /* a validator/middleware/handler to run */
+    JOB_EVENT,        /* a hook, a send or close, an idle notice: call the sink, nothing back */
+    JOB_ADAPTER,      /* an adapter call to run and complete */
+    JOB_ADAPTER_FAIL, /* complete a pending adapter call with an error */
+    JOB_UNREF         /* drop one sink reference on the main thread */
+};
+
+/* A callback copied off a foreign thread (or a deferred completion), run on the main thread. */
+struct jsb_job {
+    jsb_job *next;
+    jsb_job_kind kind;
+    const char *event; /* static text */
+    jsb_sink *sink;    /* one reference held by the job */
+    double slot;
+    sync_msg *msg;
+    sync_pending *pending;
+    sync_conn *conn; /* one reference held by the job, or NULL */
+    char *s1, *s2;
+    double n1, n2;
+    int status;
+};
+
+uv_thread_t jsb_main_thread;
+uv_async_t jsb_async;
+uv_mutex_t jsb_lock;
+jsb_job *jsb_head, *jsb_tail; /* guarded by jsb_lock */
+int jsb_keepalive_count;      /* main thread only */
+v8::Global<v8::Context> jsb_context;
+
+bool jsb_on_main_thread(void)
+{
+    uv_thread_t self = uv_thread_self();
+    return uv_thread_equal(&self, &jsb_main_thread) != 0;
+}
+
+char *jsb_strdup(const char *s, size_t len)
+{
+    if (!s)
+        return NULL;
+    char *copy = (char *)malloc(len + 1);
+    if (copy) {
+        memcpy(copy, s, len);
+        copy[len] = '\0';
+    }
+    return copy;
+}
+
+char *jsb_print(const cJSON *value)
+{
+    return value ? cJSON_PrintUnformatted(value) : NULL;
+}
+
+void jsb_sink_unref(jsb_sink *sink)
+{
+    if (sink->refs.fetch_sub(1) != 1)
+        return;
+    if (jsb_on_main_thread()) {
+        sink->fn.Reset();
+        delete sink;
+        return;
+    }
+    /* The last reference went on a foreign thread: revive it and let the main thread drop it. */
+    sink->refs.store(1);
+    jsb_job *job = (jsb_job *)calloc(1, sizeof *job);
+    if (!job)
+        return; /* cannot happen in practice; leaking one sink beats touching V8 off-thread */
+    job->kind = JOB_UNREF;
+    job->sink = sink;
+    uv_mutex_lock(&jsb_lock);
+    if (jsb_tail)
+        jsb_tail->next = job;
+    else
+        jsb_head = job;
+    jsb_tail = job;
+    uv_mutex_unlock(&jsb_lock);
+    uv_async_send(&jsb_async);
+}
+
+jsb_job *jsb_job_new(jsb_job_kind kind, const char *event, jsb_sink *sink, double slot)
+{
+    jsb_job *job = (jsb_job *)calloc(1, sizeof *job);
+    if (!job)
+        return NULL;
+    job->kind = kind;
+    job->event = event;
+    job->sink = sink;
+    job->slot = slot;
+    sink->refs.fetch_add(1);
+    return job;
+}
+
+void jsb_post(jsb_job *job)
+{
+    uv_mutex_lock(&jsb_lock);
+    if (jsb_tail)
+        jsb_tail->next = job;
+    else
+        jsb_head = job;
+    jsb_tail = job;
+    uv_mutex_unlock(&jsb_lock);
+    uv_async_send(&jsb_async);
+}
+
+void jsb_job_free(jsb_job *job)
+{
+    if (job->conn)
+        sync_conn_free(job->conn);
+    free(job->s1);
+    free(job->s2);
+    if (job->sink)
+        jsb_sink_unref(job->sink);
+    free(job);
+}
+
+/* ---- calling JavaScript (main thread, inside a HandleScope) --------------------------------- */
+
+v8::Local<v8::Value> jsb_str(const char *s)
+{
+    v8::Isolate *iso = v8::Isolate::GetCurrent();
+    if (!s)
+        return v8::Null(iso);
+    v8::Local<v8::String> out;
+    if (!v8::String::NewFromUtf8(iso, s, v8::NewStringType::kNormal).ToLocal(&out))
+        return v8::Null(iso);
+    return out;
+}
+
+v8::Local<v8::Value> jsb_strn(const char *s, size_t len)
+{
+    v8::Isolate *iso = v8::Isolate::GetCurrent();
+    v8::Local<v8::String> out;
+    if (!s || len > (size_t)v8::String::kMaxLength ||
+        !v8::String::NewFromUtf8(iso, s, v8::NewStringType::kNormal, (int)len).ToLocal(&out))
+        return v8::Null(iso);
+    return out;
+}
+
+v8::Local<v8::Value> jsb_num(double n)
+{
+    return v8::Number::New(v8::Isolate::GetCurrent(), n);
+}
+
+/* Calls sink(event, slot, a, b, c, d, e). The sink never throws by design (index.js catches
+ * every user error and reports it); should it throw anyway, the exception is printed, not
+ * propagated into C, and the result is undefined. */
+v8::Local<v8::Value> jsb_call(jsb_sink *sink, const char *event, double slot,
+                              v8::Local<v8::Value> a = v8::Local<v8::Value>(),
+                              v8::Local<v8::Value> b = v8::Local<v8::Value>(),
+                              v8::Local<v8::Value> c = v8::Local<v8::Value>(),
+                              v8::Local<v8::Value> d = v8::Local<v8::Value>(),
+                              v8::Local<v8::Value> e = v8::Local<v8::Value>())
+{
+    v8::Isolate *iso = v8::Isolate::GetCurrent();
+    v8::EscapableHandleScope scope(iso);
+    v8::Local<v8::Context> ctx = jsb_context.Get(iso);
+    v8::Local<v8::Value> undef = v8::Undefined(iso);
+    v8::Local<v8::Value> argv[7] = {jsb_str(event),
+                                    jsb_num(slot),
+                                    a.IsEmpty() ? undef : a,
+                                    b.IsEmpty() ? undef : b,
+                                    c.IsEmpty() ? undef : c,
+                                    d.IsEmpty() ? undef : d,
+                                    e.IsEmpty() ? undef : e};
+    v8::TryCatch tc(iso);
+    v8::Local<v8::Value> result;
+    if (!sink->fn.Get(iso)->Call(ctx, undef, 7, argv).ToLocal(&result)) {
+        if (tc.HasCaught() && tc.CanContinue()) {
+            v8::String::Utf8Value text(iso, tc.Exception());
+            fprintf(stderr, "syncengine: internal error in the JS bridge (%s): %s\n", event,
+                    *text ? *text : "?");
+        }
+        return scope.Escape(undef);
+    }
+    return scope.Escape(result);
+}
+
+int jsb_status_of(v8::Local<v8::Value> r, int fallback)
+{
+    if (r->IsNumber())
+        return (int)r.As<v8::Number>()->Value();
+    if (r->IsArray()) {
+        v8::Local<v8::Value> first;
+        if (r.As<v8::Array>()->Get(jsb_context.Get(v8::Isolate::GetCurrent()), 0).ToLocal(&first) &&
+            first->IsNumber())
+            return (int)first.As<v8::Number>()->Value();
+    }
+    return fallback;
+}
+
+v8::Local<v8::Value> jsb_item(v8::Local<v8::Value> r, uint32_t i)
+{
+    v8::Isolate *iso = v8::Isolate::GetCurrent();
+    v8::Local<v8::Value> v;
+    if (!r->IsArray() || !r.As<v8::Array>()->Get(jsb_context.Get(iso), i).ToLocal(&v))
+        return v8::Undefined(iso);
+    return v;
+}
+
+/* An owned UTF-8 copy of a JS string (malloc), NULL for anything else. */
+char *jsb_cstr(v8::Local<v8::Value> v)
+{
+    if (!v->IsString())
+        return NULL;
+    v8::String::Utf8Value text(v8::Isolate::GetCurrent(), v);
+    return *text ? jsb_strdup(*text, (size_t)text.length()) : NULL;
+}
+
+double jsb_number(v8::Local<v8::Value> v)
+{
+    return v->IsNumber() ? v.As<v8::Number>()->Value() : 0;
+}
+
+/* ---- pipeline steps ---------------------------------------------------------------------- */
+
+v8::Local<v8::Value> jsb_ptr(void *ptr, swig_type_info *type)
+{
+    if (!ptr)
+        return v8::Null(v8::Isolate::GetCurrent());
+    return SWIG_NewPointerObj(ptr, type, 0);
+}
+
+int jsb_step(sync_msg *msg, void *userdata)
+{
+    jsb_cb *cb = (jsb_cb *)userdata;
+    if (!jsb_on_main_thread()) {
+        jsb_job *job = jsb_job_new(JOB_STEP, "step", cb->sink, cb->slot);
+        if (!job)
+            return SYNC_ENOMEM;
+        job->msg = msg;
+        jsb_post(job);
+        return SYNC_PENDING;
+    }
+    v8::HandleScope scope(v8::Isolate::GetCurrent());
+    v8::Local<v8::Value> r = jsb_call(cb->sink, "step", cb->slot, jsb_ptr(msg, SWIGTYPE_p_sync_msg));
+    return jsb_status_of(r, SYNC_EHANDLER);
+}
+
+void jsb_cb_free(void *userdata)
+{
+    jsb_cb *cb = (jsb_cb *)userdata;
+    if (!cb)
+        return;
+    jsb_sink_unref(cb->sink);
+    free(cb);
+}
+
+jsb_cb *jsb_cb_new(jsb_sink *sink, double slot)
+{
+    jsb_cb *cb = (jsb_cb *)calloc(1, sizeof *cb);
+    if (!cb)
+        return NULL;
+    cb->sink = sink;
+    cb->slot = slot;
+    sink->refs.fetch_add(1);
+    return cb;
+}
+
+/* ---- hooks --------------------------------------------------------------------------------- */
+
+/* A hook on the main thread runs at once; elsewhere its arguments are copied and posted. */
+/* sink(event, slot, conn, s1, s2, n1, n2); s1_len (size_t)-1 means s1 is NUL-terminated. */
+void jsb_event(jsb_sink *sink, const char *event, double slot, sync_conn *conn, const char *s1,
+               const char *s2, double n1, double n2, size_t s1_len = (size_t)-1)
+{
+    if (!jsb_on_main_thread()) {
+        jsb_job *job = jsb_job_new(JOB_EVENT, event, sink, slot);
+        if (!job)
+            return;
+        job->conn = conn ? sync_conn_ref(conn) : NULL;
+        job->s1 = jsb_strdup(s1, s1 && s1_len == (size_t)-1 ? strlen(s1) : s1_len);
+        job->s2 = s2 ? strdup(s2) : NULL;
+        job->n1 = n1;
+        job->n2 = n2;
+        jsb_post(job);
+        return;
+    }
+    v8::HandleScope scope(v8::Isolate::GetCurrent());
+    jsb_call(sink, event, slot, jsb_ptr(conn, SWIGTYPE_p_sync_conn),
+             s1_len == (size_t)-1 ? jsb_str(s1) : jsb_strn(s1, s1_len), jsb_str(s2), jsb_num(n1),
+             jsb_num(n2));
+}
+
+jsb_sink *jsb_hook_sink(void *userdata)
+{
+    return ((jsb_cb *)userdata)->sink;
+}
+
+void jsb_on_connect(sync_engine *, sync_conn *conn, void *ud)
+{
+    jsb_event(jsb_hook_sink(ud), "connect", 0, conn, NULL, NULL, 0, 0);
+}
+void jsb_on_disconnect(sync_engine *, sync_conn *conn, void *ud)
+{
+    jsb_event(jsb_hook_sink(ud), "disconnect", 0, conn, NULL, NULL, 0, 0);
+}
+void jsb_on_ping(sync_engine *, sync_conn *conn, void *ud)
+{
+    jsb_event(jsb_hook_sink(ud), "ping", 0, conn, NULL, NULL, 0, 0);
+}
+void jsb_on_pong(sync_engine *, sync_conn *conn, void *ud)
+{
+    jsb_event(jsb_hook_sink(ud), "pong", 0, conn, NULL, NULL, 0, 0);
+}
+void jsb_on_ping_timeout(sync_engine *, sync_conn *conn, void *ud)
+{
+    jsb_event(jsb_hook_sink(ud), "ping_timeout", 0, conn, NULL, NULL, 0, 0);
+}
+void jsb_on_state_change(sync_engine *, const cJSON *old_state, const cJSON *new_state, void *ud)
+{
+    char *old_json = jsb_print(old_state), *new_json = jsb_print(new_state);
+    jsb_event(jsb_hook_sink(ud), "state_change", 0, NULL, old_json, new_json, 0, 0);
+    free(old_json);
+    free(new_json);
+}
+void jsb_on_sync(sync_engine *, const cJSON *state, int64_t version, void *ud)
+{
+    char *json = jsb_print(state);
+    jsb_event(jsb_hook_sink(ud), "sync", 0, NULL, json, NULL, (double)version, 0);
+    free(json);
+}
+void jsb_on_backup(sync_engine *, int64_t timestamp_ms, int64_t version, void *ud)
+{
+    jsb_event(jsb_hook_sink(ud), "backup", 0, NULL, NULL, NULL, (double)timestamp_ms,
+              (double)version);
+}
+void jsb_on_error(sync_engine *, int status, const char *message, const char *context,
+                  sync_conn *conn, void *ud)
+{
+    jsb_event(jsb_hook_sink(ud), "error", 0, conn, message, context ? context : "",
+              (double)status, 0);
+}
+
+/* ---- connections of the embedder's own WebSocket server -------------------------------------- */
+
+int jsb_conn_send(void *ud, const char *text, size_t len)
+{
+    jsb_cb *cb = (jsb_cb *)ud;
+    if (!jsb_on_main_thread()) {
+        jsb_event(cb->sink, "send", cb->slot, NULL, text, NULL, 0, 0, len);
+        return SYNC_OK;
+    }
+    v8::HandleScope scope(v8::Isolate::GetCurrent());
+    return jsb_status_of(jsb_call(cb->sink, "send", cb->slot, v8::Null(v8::Isolate::GetCurrent()),
+                                  jsb_strn(text, len)),
+                         SYNC_ESEND);
+}
+
+void jsb_conn_close(void *ud, int code, const char *reason)
+{
+    jsb_cb *cb = (jsb_cb *)ud;
+    jsb_event(cb->sink, "close", cb->slot, NULL, reason ? reason : "", NULL, (double)code, 0);
+}
+
+/* ---- adapters written in JavaScript ---------------------------------------------------------- */
+
+/* What an adapter call returned: a status, or [status, a, b] (load: [0, json|null, version];
+ * backup: [0, timestampMs]; failure: [status, message]). */
+struct jsb_adapter_result {
+    int status;
+    char *text; /* load: the state JSON; failure: the message */
+    double num; /* load: the version; backup: the timestamp */
+};
+
+jsb_adapter_result jsb_adapter_parse(const char *op, v8::Local<v8::Value> r)
+{
+    jsb_adapter_result res = {jsb_status_of(r, SYNC_EIO), NULL, 0};
+    if (res.status < 0) {
+        res.text = jsb_cstr(jsb_item(r, 1));
+        if (!res.text) {
+            char buf[64];
+            snprintf(buf, sizeof buf, "adapter %s failed", op);
+            res.text = strdup(buf);
+        }
+    } else if (!strcmp(op, "load")) {
+        res.text = jsb_cstr(jsb_item(r, 1));
+        res.num = jsb_number(jsb_item(r, 2));
+    } else if (!strcmp(op, "backup")) {
+        res.num = jsb_number(jsb_item(r, 1));
+    }
+    return res;
+}
+
+void jsb_adapter_finish(const char *op, sync_pending *pending, const jsb_adapter_result &res)
+{
+    if (!strcmp(op, "load"))
+        sync_pending_complete_load(pending, res.status, res.status < 0 ? NULL : res.text,
+                                   (int64_t)res.num, res.status < 0 ? res.text : NULL);
+    else if (!strcmp(op, "backup"))
+        sync_pending_complete_backup(pending, res.status, (int64_t)res.num,
+                                     res.status < 0 ? res.text : NULL);
+    else
+        sync_pending_complete(pending, res.status, res.status < 0 ? res.text : NULL);
+}
+
+v8::Local<v8::Value> jsb_adapter_invoke(jsb_sink *sink, const char *op, sync_pending *pending,
+                                        const char *state_json, size_t state_len, double version)
+{
+    v8::Isolate *iso = v8::Isolate::GetCurrent();
+    v8::EscapableHandleScope scope(iso);
+    return scope.Escape(jsb_call(sink, op, 0, jsb_ptr(pending, SWIGTYPE_p_sync_pending),
+                                 state_json ? jsb_strn(state_json, state_len) : v8::Null(iso).As<v8::Value>(),
+                                 jsb_num(version)));
+}
+
+/* On the main thread the adapter finishes synchronously when JS did; a synchronous failure is
+ * completed on the next loop turn instead, because only a completion carries its message. */
+int jsb_adapter_call(void *ud, const char *op, sync_pending *pending, const char *state_json,
+                     size_t state_len, int64_t version, char **out_json, int64_t *out_version,
+                     int64_t *out_ts)
+{
+    jsb_cb *cb = (jsb_cb *)ud;
+    if (!jsb_on_main_thread()) {
+        jsb_job *job = jsb_job_new(JOB_ADAPTER, op, cb->sink, 0);
+        if (!job)
+            return SYNC_ENOMEM;
+        job->pending = pending;
+        job->s1 = jsb_strdup(state_json, state_len);
+        job->n1 = (double)version;
+        jsb_post(job);
+        return SYNC_PENDING;
+    }
+    v8::HandleScope scope(v8::Isolate::GetCurrent());
+    jsb_adapter_result res = jsb_adapter_parse(
+        op, jsb_adapter_invoke(cb->sink, op, pending, state_json, state_len, (double)version));
+    if (res.status == SYNC_PENDING) {
+        free(res.text);
+        return SYNC_PENDING;
+    }
+    if (res.status < 0) {
+        jsb_job *job = jsb_job_new(JOB_ADAPTER_FAIL, op, cb->sink, 0);
+        if (!job) {
+            free(res.text);
+            return res.status;
+        }
+        job->pending = pending;
+        job->status = res.status;
+        job->s1 = res.text;
+        jsb_post(job);
+        return SYNC_PENDING;
+    }
+    if (out_json) {
+        *out_json = res.text;
+        res.text = NULL;
+    }
+    if (out_version)
+        *out_version = (int64_t)res.num;
+    if (out_ts)
+        *out_ts = (int64_t)res.num;
+    free(res.text);
+    return SYNC_OK;
+}
+
+int jsb_adapter_init(void *ud, sync_pending *pending)
+{
+    return jsb_adapter_call(ud, "init", pending, NULL, 0, 0, NULL, NULL, NULL);
+}
+int jsb_adapter_load(void *ud, sync_pending *pending, char **out_json, int64_t *out_version)
+{
+    *out_json = NULL;
+    *out_version = 0;
+    return jsb_adapter_call(ud, "load", pending, NULL, 0, 0, out_json, out_version, NULL);
+}
+int jsb_adapter_save(void *ud, sync_pending *pending, const cJSON *, const char *state_json,
+                     size_t state_len, int64_t version)
+{
+    return jsb_adapter_call(ud, "save", pending, state_json, state_len, version, NULL, NULL, NULL);
+}
+int jsb_adapter_backup(void *ud, sync_pending *pending, int64_t *out_ts)
+{
+    return jsb_adapter_call(ud, "backup", pending, NULL, 0, 0, NULL, NULL, out_ts);
+}
+
+/* ---- the main thread's side of the queue -------------------------------------------------- */
+
+void jsb_run_job(jsb_job *job)
+{
+    v8::Isolate *iso = v8::Isolate::GetCurrent();
+    v8::HandleScope scope(iso);
+    switch (job->kind) {
+    case JOB_STEP: {
+        int status = jsb_status_of(
+            jsb_call(job->sink, "step", job->slot, jsb_ptr(job->msg, SWIGTYPE_p_sync_msg)),
+            SYNC_EHANDLER);
+        if (status != SYNC_PENDING)
+            sync_msg_complete(job->msg, status);
+        break;
+    }
+    case JOB_EVENT:
+        jsb_call(job->sink, job->event, job->slot, jsb_ptr(job->conn, SWIGTYPE_p_sync_conn),
+                 jsb_str(job->s1), jsb_str(job->s2), jsb_num(job->n1), jsb_num(job->n2));
+        break;
+    case JOB_ADAPTER: {
+        jsb_adapter_result res = jsb_adapter_parse(
+            job->event, jsb_adapter_invoke(job->sink, job->event, job->pending, job->s1,
+                                           job->s1 ? strlen(job->s1) : 0, job->n1));
+        if (res.status != SYNC_PENDING)
+            jsb_adapter_finish(job->event, job->pending, res);
+        free(res.text);
+        break;
+    }
+    case JOB_ADAPTER_FAIL: {
+        jsb_adapter_result res = {job->status, job->s1, 0};
+        jsb_adapter_finish(job->event, job->pending, res);
+        break;
+    }
+    case JOB_UNREF:
+        break; /* jsb_job_free drops the reference */
+    }
+}
+
+void jsb_drain(uv_async_t *)
+{
+    v8::Isolate *iso = v8::Isolate::GetCurrent();
+    v8::HandleScope scope(iso);
+    v8::Local<v8::Context> ctx = jsb_context.Get(iso);
+    v8::Context::Scope context_scope(ctx);
+    for (;;) {
+        uv_mutex_lock(&jsb_lock);
+        jsb_job *job = jsb_head;
+        jsb_head = NULL;
+        jsb_tail = NULL;
+        uv_mutex_unlock(&jsb_lock);
+        if (!job)
+            break;
+        while (job) {
+            jsb_job *next = job->next;
+            {
+                /* Runs process.nextTick callbacks and promise reactions after each job. */
+                node::CallbackScope callback_scope(iso, v8::Object::New(iso), {0, 0});
+                jsb_run_job(job);
+            }
+            jsb_job_free(job);
+            job = next;
+        }
+    }
+}
+
+/* ---- the server stops on a worker thread: a graceful stop waits for clients ----------------- */
+
+struct jsb_server_close_req {
+    uv_work_t work;
+    sync_server *server;
+    jsb_sink *sink;
+    double token;
+};
+
+void jsb_server_close_work(uv_work_t *work)
+{
+    jsb_server_close_req *req = (jsb_server_close_req *)work->data;
+    sync_server_free(req->server);
+}
+
+void jsb_server_close_done(uv_work_t *work, int)
+{
+    jsb_server_close_req *req = (jsb_server_close_req *)work->data;
+    v8::Isolate *iso = v8::Isolate::GetCurrent();
+    v8::HandleScope scope(iso);
+    v8::Context::Scope context_scope(jsb_context.Get(iso));
+    {
+        node::CallbackScope callback_scope(iso, v8::Object::New(iso), {0, 0});
+        jsb_call(req->sink, "server_closed", req->token);
+    }
+    jsb_sink_unref(req->sink);
+    delete req;
+}
+
+void jsb_module_init(v8::Local<v8::Context> context)
+{
+    static bool done;
+    if (done)
+        return; /* one main thread per process: the addon is not for worker threads */
+    done = true;
+    v8::Isolate *iso = context->GetIsolate();
+    jsb_main_thread = uv_thread_self();
+    jsb_context.Reset(iso, context);
+    uv_mutex_init(&jsb_lock);
+    uv_async_init(node::GetCurrentEventLoop(iso), &jsb_async, jsb_drain);
+    uv_unref((uv_handle_t *)&jsb_async);
+}
+
+} // namespace
+
+/* ---- what index.js calls (wrapped by SWIG below) ------------------------------------------- */
+
+typedef v8::Local<v8::Value> jsb_js_value;
+
+static jsb_sink *jsb_sink_new(jsb_js_value fn)
+{
+    if (!fn->IsFunction())
+        return NULL;
+    jsb_sink *sink = new jsb_sink();
+    sink->fn.Reset(v8::Isolate::GetCurrent(), fn.As<v8::Function>());
+    sink->refs.store(1);
+    return sink;
+}
+
+static void jsb_sink_release(jsb_sink *sink)
+{
+    if (sink)
+        jsb_sink_unref(sink);
+}
+
+/* Keeps Node's loop alive while > 0 (a listening server), like any open socket would. */
+static void jsb_keepalive(int delta)
+{
+    int before = jsb_keepalive_count;
+    jsb_keepalive_count += delta;
+    if (before <= 0 && jsb_keepalive_count > 0)
+        uv_ref((uv_handle_t *)&jsb_async);
+    else if (before > 0 && jsb_keepalive_count <= 0)
+        uv_unref((uv_handle_t *)&jsb_async);
+}
+
+enum {
+    JSB_HOOK_STATE_CHANGE = 1,
+    JSB_HOOK_SYNC = 2,
+    JSB_HOOK_BACKUP = 4,
+    JSB_HOOK_PING = 8,
+    JSB_HOOK_PONG = 16,
+    JSB_HOOK_PING_TIMEOUT = 32,
+    JSB_HOOK_ERROR = 64
+};
+
+/* An engine whose timers index.js drives (SYNC_TIMERS_MANUAL) and whose hooks go to `sink`.
+ * connect/disconnect always reach the sink (index.js tracks the server's connections with them);
+ * the other hooks only when `hook_mask` asks, so an unused hook costs no serialisation. */
+static sync_engine *jsb_engine_new(jsb_sink *sink, const char *initial_state_json,
+                                   int enable_versioning,
+                                   sync_adapter *adapter, double heartbeat_ms, double ping_timeout_ms,
+                                   double sync_interval_ms, int debug, int hook_mask)
+{
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    opts.initial_state_json = initial_state_json;
+    opts.enable_versioning = enable_versioning;
+    opts.adapter = adapter;
+    opts.heartbeat_interval_ms = (int64_t)heartbeat_ms;
+    opts.ping_timeout_ms = (int64_t)ping_timeout_ms;
+    opts.sync_interval_ms = (int64_t)sync_interval_ms;
+    opts.timer_mode = SYNC_TIMERS_MANUAL;
+    opts.debug = debug;
+    sync_hooks hooks = SYNC_HOOKS_INIT;
+    hooks.on_connect = jsb_on_connect;
+    hooks.on_disconnect = jsb_on_disconnect;
+    if (hook_mask & JSB_HOOK_STATE_CHANGE)
+        hooks.on_state_change = jsb_on_state_change;
+    if (hook_mask & JSB_HOOK_SYNC)
+        hooks.on_sync = jsb_on_sync;
+    if (hook_mask & JSB_HOOK_BACKUP)
+        hooks.on_backup = jsb_on_backup;
+    if (hook_mask & JSB_HOOK_PING)
+        hooks.on_ping = jsb_on_ping;
+    if (hook_mask & JSB_HOOK_PONG)
+        hooks.on_pong = jsb_on_pong;
+    if (hook_mask & JSB_HOOK_PING_TIMEOUT)
+        hooks.on_ping_timeout = jsb_on_ping_timeout;
+    if (hook_mask & JSB_HOOK_ERROR)
+        hooks.on_error = jsb_on_error;
+    hooks.userdata = jsb_cb_new(sink, 0);
+    if (!hooks.userdata) {
+        sync_adapter_free(adapter);
+        return NULL;
+    }
+    hooks.free_userdata = jsb_cb_free;
+    opts.hooks = &hooks;
+    sync_engine *engine = NULL;
+    if (sync_engine_new(&engine, &opts) != SYNC_OK)
+        return NULL;
+    return engine;
+}
+
+/* kind: 0 handler for `type`, 1 validator, 2 middleware. */
+static int jsb_engine_step(sync_engine *engine, int kind, const char *type, jsb_sink *sink,
+                           double slot)
+{
+    jsb_cb *cb = jsb_cb_new(sink, slot);
+    if (!cb)
+        return SYNC_ENOMEM;
+    if (kind == 0)
+        return sync_engine_on(engine, type, jsb_step, cb, jsb_cb_free);
+    if (kind == 1)
+        return sync_engine_set_validator(engine, jsb_step, cb, jsb_cb_free);
+    return sync_engine_use(engine, jsb_step, cb, jsb_cb_free);
+}
+
+/* A connection whose send/close go to sink("send"/"close", id). The caller owns one reference. */
+static sync_conn *jsb_conn_new(jsb_sink *sink)
+{
+    sync_conn_callbacks callbacks = SYNC_CONN_CALLBACKS_INIT;
+    callbacks.send = jsb_conn_send;
+    callbacks.close = jsb_conn_close;
+    callbacks.free_userdata = jsb_cb_free;
+    jsb_cb *cb = jsb_cb_new(sink, 0);
+    if (!cb)
+        return NULL;
+    sync_conn *conn = NULL;
+    if (sync_conn_new(&conn, &callbacks, cb) != SYNC_OK) {
+        jsb_cb_free(cb);
+        return NULL;
+    }
+    cb->slot = (double)sync_conn_id(conn);
+    return conn;
+}
+
+static double jsb_conn_id(sync_conn *conn)
+{
+    return conn ? (double)sync_conn_id(conn) : 0;
+}
+
+static void jsb_idle_done(sync_engine *, int status, void *ud)
+{
+    jsb_cb *cb = (jsb_cb *)ud;
+    jsb_event(cb->sink, "idle", cb->slot, NULL, NULL, NULL, (double)status, 0);
+    jsb_cb_free(cb);
+}
+
+/* sink("idle", token, null, null, null, status) once the work queued so far has finished. */
+static int jsb_when_idle(sync_engine *engine, jsb_sink *sink, double token)
+{
+    jsb_cb *cb = jsb_cb_new(sink, token);
+    if (!cb)
+        return SYNC_ENOMEM;
+    int rc = sync_engine_when_idle(engine, jsb_idle_done, cb);
+    if (rc < 0)
+        jsb_cb_free(cb);
+    return rc;
+}
+
+static sync_adapter *jsb_adapter_js_new(jsb_sink *sink, int can_backup)
+{
+    sync_adapter_vtable vt = {};
+    vt.version = SYNC_ADAPTER_VTABLE_VERSION;
+    vt.init = jsb_adapter_init;
+    vt.load = jsb_adapter_load;
+    vt.save = jsb_adapter_save;
+    vt.backup = can_backup ? jsb_adapter_backup : NULL;
+    vt.destroy = jsb_cb_free;
+    jsb_cb *cb = jsb_cb_new(sink, 0);
+    if (!cb)
+        return NULL;
+    sync_adapter *adapter = NULL;
+    if (sync_adapter_new(&adapter, &vt, cb) != SYNC_OK)
+        return NULL; /* destroy(cb) has run */
+    return adapter;
+}
+
+static sync_adapter *jsb_sqlite_new(const char *path, const char *table_name, const char *backups_dir,
+                                    int durability)
+{
+    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
+    opts.path = path;
+    opts.table_name = table_name;
+    opts.backups_dir = backups_dir;
+    opts.durability = durability ? SYNC_SQLITE_POWER_SAFE : SYNC_SQLITE_PROCESS_SAFE;
+    sync_adapter *adapter = NULL;
+    if (sync_adapter_sqlite_new(&adapter, &opts) != SYNC_OK)
+        return NULL;
+    return adapter;
+}
+
+static sync_adapter *jsb_file_new(const char *file_path, const char *backups_dir, int fsync_each)
+{
+    sync_file_options opts = SYNC_FILE_OPTIONS_INIT;
+    opts.file_path = file_path;
+    opts.backups_dir = backups_dir;
+    opts.fsync = fsync_each;
+    sync_adapter *adapter = NULL;
+    if (sync_adapter_file_new(&adapter, &opts) != SYNC_OK)
+        return NULL;
+    return adapter;
+}
+
+static sync_server *jsb_server_new(const char *host, int port, const char *static_dir,
+                                   double max_message_bytes, int max_connections)
+{
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.host = host;
+    opts.port = port;
+    opts.static_dir = static_dir;
+    opts.max_message_bytes = (size_t)max_message_bytes;
+    opts.max_connections = max_connections;
+    sync_server *server = NULL;
+    if (sync_server_new(&server, &opts) != SYNC_OK)
+        return NULL;
+    return server;
+}
+
+/* Stops and frees the server on a libuv worker (a graceful stop waits for clients to close),
+ * then calls sink("server_closed", token) on the main thread. */
+static int jsb_server_close(sync_server *server, jsb_sink *sink, double token)
+{
+    jsb_server_close_req *req = new jsb_server_close_req();
+    req->work.data = req;
+    req->server = server;
+    req->sink = sink;
+    req->token = token;
+    sink->refs.fetch_add(1);
+    int rc = uv_queue_work(node::GetCurrentEventLoop(v8::Isolate::GetCurrent()), &req->work,
+                           jsb_server_close_work, jsb_server_close_done);
+    if (rc != 0) {
+        jsb_sink_unref(sink);
+        delete req;
+        return SYNC_ENOMEM;
+    }
+    return SYNC_OK;
+}
+
+/* Owned strings from the library as JS strings (the C copy is released). */
+static char *jsb_engine_state_json(sync_engine *engine)
+{
+    return sync_engine_get_state_json(engine);
+}
+%}
+
+%init %{
+  jsb_module_init(context);
+%}
+
+/* ---- typemaps ----------------------------------------------------------------------------- */
+
+typedef struct jsb_sink jsb_sink;
+%typemap(in) jsb_js_value "$1 = $input;"
+
+/* A parameter named `nullable`: a string, or null/undefined for NULL. */
+%typemap(in, fragment = "SWIG_AsCharPtrAndSize") const char *nullable (char *buf = 0, int alloc = 0) {
+  if ($input->IsNullOrUndefined()) {
+    $1 = 0;
+  } else {
+    int res = SWIG_AsCharPtrAndSize($input, &buf, NULL, &alloc);
+    if (!SWIG_IsOK(res))
+      SWIG_exception_fail(SWIG_ArgError(res), "in method '$symname', expected a string or null");
+    $1 = buf;
+  }
+}
+%typemap(freearg) const char *nullable {
+  if (alloc$argnum == SWIG_NEWOBJ) %delete_array(buf$argnum);
+}
+
+/* (text, len): a JS string as UTF-8 bytes, embedded NULs included. */
+%typemap(in, fragment = "SWIG_AsCharPtrAndSize") (const char *text, size_t len) (char *buf = 0, size_t size = 0, int alloc = 0) {
+  int res = SWIG_AsCharPtrAndSize($input, &buf, &size, &alloc);
+  if (!SWIG_IsOK(res))
+    SWIG_exception_fail(SWIG_ArgError(res), "in method '$symname', expected a string");
+  $1 = buf;
+  $2 = size ? size - 1 : 0;
+}
+%typemap(freearg) (const char *text, size_t len) {
+  if (alloc$argnum == SWIG_NEWOBJ) %delete_array(buf$argnum);
+}
+
+/* Strings the library hands over (caller owns, sync_free). */
+%typemap(newfree) char * "sync_free($1);";
+%newobject jsb_engine_state_json;
+
+/* ---- the wrapped functions ----------------------------------------------------------------- */
+
+%apply const char *nullable { const char *initial_state_json, const char *type, const char *reason,
+                              const char *table_name, const char *backups_dir,
+                              const char *error_message, const char *state_json, const char *host,
+                              const char *static_dir };
+
+typedef struct sync_engine sync_engine;
+typedef struct sync_conn sync_conn;
+typedef struct sync_msg sync_msg;
+typedef struct sync_adapter sync_adapter;
+typedef struct sync_pending sync_pending;
+typedef struct sync_server sync_server;
+
+jsb_sink *jsb_sink_new(jsb_js_value fn);
+void jsb_sink_release(jsb_sink *sink);
+void jsb_keepalive(int delta);
+
+sync_engine *jsb_engine_new(jsb_sink *sink, const char *initial_state_json, int enable_versioning,
+                            sync_adapter *adapter, double heartbeat_ms, double ping_timeout_ms,
+                            double sync_interval_ms, int debug, int hook_mask);
+int jsb_engine_step(sync_engine *engine, int kind, const char *type, jsb_sink *sink, double slot);
+int sync_engine_off(sync_engine *engine, const char *type);
+int sync_engine_dispose(sync_engine *engine);
+void sync_engine_free(sync_engine *engine);
+
+sync_conn *jsb_conn_new(jsb_sink *sink);
+double jsb_conn_id(sync_conn *conn);
+void sync_conn_free(sync_conn *conn);
+sync_conn *sync_conn_ref(sync_conn *conn);
+const char *sync_conn_identity(const sync_conn *conn);
+int sync_conn_send(sync_conn *conn, const char *text, size_t len);
+int sync_conn_close(sync_conn *conn, int code, const char *reason);
+
+int sync_engine_handle_open(sync_engine *engine, sync_conn *conn);
+int sync_engine_handle_message(sync_engine *engine, sync_conn *conn, const char *text, size_t len);
+int sync_engine_handle_close(sync_engine *engine, sync_conn *conn);
+int sync_engine_inject(sync_engine *engine, const char *text, size_t len);
+size_t sync_engine_connection_count(sync_engine *engine);
+
+sync_conn *sync_msg_conn(const sync_msg *msg);
+const char *sync_msg_type(const sync_msg *msg);
+const char *sync_msg_message_json(sync_msg *msg);
+int sync_msg_replace_json(sync_msg *msg, const char *json);
+const char *sync_msg_state_json(sync_msg *msg);
+int sync_msg_set_state_json(sync_msg *msg, const char *json);
+int sync_msg_reply(sync_msg *msg, const char *text, size_t len);
+int sync_msg_set_error(sync_msg *msg, const char *reason);
+int sync_msg_complete(sync_msg *msg, int status);
+
+char *jsb_engine_state_json(sync_engine *engine);
+int64_t sync_engine_get_version(sync_engine *engine);
+int sync_engine_set_state_json(sync_engine *engine, const char *json, int broadcast);
+int sync_engine_broadcast_state(sync_engine *engine);
+int sync_engine_broadcast_text(sync_engine *engine, const char *text, size_t len);
+int sync_engine_sync(sync_engine *engine);
+int sync_engine_create_backup(sync_engine *engine);
+int jsb_when_idle(sync_engine *engine, jsb_sink *sink, double token);
+int sync_engine_tick(sync_engine *engine, int64_t now_ms);
+int64_t sync_engine_next_deadline_ms(sync_engine *engine);
+int64_t sync_now_ms(void);
+
+sync_adapter *jsb_adapter_js_new(jsb_sink *sink, int can_backup);
+sync_adapter *jsb_sqlite_new(const char *path, const char *table_name, const char *backups_dir,
+                             int durability);
+sync_adapter *jsb_file_new(const char *file_path, const char *backups_dir, int fsync_each);
+void sync_adapter_free(sync_adapter *adapter);
+int sync_pending_complete(sync_pending *pending, int status, const char *error_message);
+int sync_pending_complete_load(sync_pending *pending, int status, const char *state_json,
+                               int64_t version, const char *error_message);
+int sync_pending_complete_backup(sync_pending *pending, int status, int64_t timestamp_ms,
+                                 const char *error_message);
+
+sync_server *jsb_server_new(const char *host, int port, const char *static_dir,
+                            double max_message_bytes, int max_connections);
+int sync_server_mount(sync_server *server, const char *path, sync_engine *engine);
+int sync_server_listen(sync_server *server);
+int sync_server_port(const sync_server *server);
+int sync_server_start(sync_server *server);
+int jsb_server_close(sync_server *server, jsb_sink *sink, double token);
