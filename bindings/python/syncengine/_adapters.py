@@ -1,0 +1,172 @@
+"""Persistence adapters: the built-in SQLite and file stores, and adapters written in Python."""
+
+from __future__ import annotations
+
+import json
+import os
+import weakref
+from typing import Any, Literal, Mapping, Optional, Protocol
+
+from . import native
+from ._errors import Status, error_for
+
+
+class Adapter(Protocol):
+    """What a custom adapter provides. ``init()`` and ``backup()`` are optional.
+
+    ``load()`` returns ``{"state": ..., "version": ...}``, or None when nothing was ever saved;
+    ``save(state, version)`` stores both; ``backup()`` copies the store and may return the
+    backup's timestamp in milliseconds. Raising in any of them is reported through on_error.
+    """
+
+    def load(self) -> Optional[Mapping[str, Any]]: ...
+
+    def save(self, state: Any, version: int) -> Any: ...
+
+
+def _os_path(path: "str | os.PathLike[str] | None") -> Optional[str]:
+    return None if path is None else os.fspath(path)
+
+
+def _created(ptr: Any) -> Any:
+    if ptr is None:
+        raise error_for(native.pysync_last_status(), native.sync_error_last())
+    return ptr
+
+
+class SQLiteAdapter:
+    """The whole state and its version in one SQLite table (the original's SQLiteWebSocketAdapter).
+
+    ``durability="process"`` (WAL, synchronous=NORMAL) survives a crash of the process;
+    ``"power"`` (synchronous=FULL) survives a power loss too. Backups go to ``backups_dir``
+    (default ``<path>.backups``) as ``backup-<ms>.sqlite``. A bad table name raises
+    :class:`SyncValueError` here, not later.
+    """
+
+    def __init__(
+        self,
+        path: "str | os.PathLike[str]",
+        table_name: str = "websocket_state",
+        *,
+        backups_dir: "str | os.PathLike[str] | None" = None,
+        durability: Literal["process", "power"] = "process",
+        busy_timeout_ms: int = 0,
+    ) -> None:
+        if durability not in ("process", "power"):
+            raise ValueError('durability must be "process" or "power"')
+        self.path = os.fspath(path)
+        self.table_name = table_name
+        self.backups_dir = _os_path(backups_dir)
+        self.durability = durability
+        self.busy_timeout_ms = int(busy_timeout_ms)
+        native.sync_adapter_free(self._new())  # checks the options now
+
+    def _new(self) -> Any:
+        return _created(
+            native.pysync_sqlite_adapter_new(
+                self.path,
+                self.table_name,
+                self.backups_dir,
+                1 if self.durability == "power" else 0,
+                self.busy_timeout_ms,
+            )
+        )
+
+    def __repr__(self) -> str:
+        return f"SQLiteAdapter({self.path!r}, table_name={self.table_name!r})"
+
+
+class FileAdapter:
+    """The state in one JSON file ``{"state": ..., "version": ...}`` (the original's FileWebSocketAdapter).
+
+    Saves are atomic (temporary file, fsync, rename). ``backups_dir`` enables
+    ``create_backup()``, which writes ``backup-<ms>.json`` copies there. ``fsync=False`` trades
+    power-loss safety for speed (still crash-safe).
+    """
+
+    def __init__(
+        self,
+        file_path: "str | os.PathLike[str]",
+        backups_dir: "str | os.PathLike[str] | None" = None,
+        *,
+        fsync: bool = True,
+    ) -> None:
+        self.file_path = os.fspath(file_path)
+        self.backups_dir = _os_path(backups_dir)
+        self.fsync = bool(fsync)
+        native.sync_adapter_free(self._new())
+
+    def _new(self) -> Any:
+        return _created(
+            native.pysync_file_adapter_new(self.file_path, self.backups_dir, 1 if self.fsync else 0)
+        )
+
+    def __repr__(self) -> str:
+        return f"FileAdapter({self.file_path!r}, backups_dir={self.backups_dir!r})"
+
+
+class _AdapterBridge:
+    """Calls a Python adapter for libsync; results as the C bridge expects them."""
+
+    def __init__(self, adapter: Any, engine: Any) -> None:
+        self.adapter = adapter
+        self.engine_ref = weakref.ref(engine)
+
+    def _failed(self, what: str) -> None:
+        from ._engine import _note_error
+
+        _note_error(self.engine_ref, f"adapter {what}() failed")
+
+    def init(self) -> int:
+        fn = getattr(self.adapter, "init", None)
+        try:
+            if fn is not None:
+                fn()
+            return Status.OK
+        except Exception:
+            self._failed("init")
+            return Status.EIO
+
+    def load(self) -> tuple[int, Optional[str], int]:
+        try:
+            record = self.adapter.load()
+            if record is None:
+                return (Status.OK, None, 0)
+            if not isinstance(record, Mapping) or "state" not in record or "version" not in record:
+                raise ValueError(
+                    f"load() must return {{'state': ..., 'version': ...}} or None, not {record!r}"
+                )
+            from ._engine import dumps
+
+            return (Status.OK, dumps(record["state"]), int(record["version"]))
+        except Exception:
+            self._failed("load")
+            return (Status.EIO, None, 0)
+
+    def save(self, state_json: str, version: int) -> int:
+        try:
+            self.adapter.save(json.loads(state_json), version)
+            return Status.OK
+        except Exception:
+            self._failed("save")
+            return Status.EIO
+
+    def backup(self) -> tuple[int, int]:
+        try:
+            stamp = self.adapter.backup()
+            if not isinstance(stamp, (int, float)) or isinstance(stamp, bool):
+                stamp = native.sync_wall_ms()
+            return (Status.OK, int(stamp))
+        except Exception:
+            self._failed("backup")
+            return (Status.EIO, 0)
+
+
+def native_adapter(adapter: Any, engine: Any) -> Any:
+    """A new C adapter for one engine (the engine owns it from then on)."""
+    if isinstance(adapter, (SQLiteAdapter, FileAdapter)):
+        return adapter._new()
+    if not callable(getattr(adapter, "load", None)) or not callable(getattr(adapter, "save", None)):
+        raise TypeError("an adapter needs load() and save() methods (and optionally init(), backup())")
+    can_backup = callable(getattr(adapter, "backup", None))
+    return _created(native.pysync_adapter_new(_AdapterBridge(adapter, engine), 1 if can_backup else 0))

@@ -1,0 +1,617 @@
+"""SyncEngine: one JSON state, its version, its connections and the message pipeline."""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import inspect
+import json
+import sys
+import threading
+import traceback
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, Protocol, Union
+
+from . import native
+from ._errors import Status, SyncClosedError, SyncError, check, error_for
+
+JSON = Union[dict, list, str, int, float, bool, None]
+"""A value that crosses between Python and libsync: plain dict/list/str/numbers/bool/None."""
+
+
+class ConnectionLike(Protocol):
+    """What the engine needs from a connection of your own server: ``send(text)`` and ``close()``."""
+
+    def send(self, text: str) -> Any: ...
+
+    def close(self) -> Any: ...
+
+
+GetState = Callable[[], Any]
+SetState = Callable[[Any], None]
+Handler = Callable[[Any, Any, GetState, SetState], Any]
+"""``handler(conn, message, get_state, set_state)``; its return value is ignored."""
+Validator = Callable[[Any], Any]
+"""``validate(message) -> message``; raises when the message is invalid."""
+Middleware = Callable[[Any], Any]
+"""``middleware(message) -> message`` (None keeps the message unchanged); raises to drop it."""
+PersistMode = Literal["on_change", "before_send", "manual"]
+
+HOOK_NAMES = (
+    "on_connect",
+    "on_disconnect",
+    "on_state_change",
+    "on_sync",
+    "on_backup",
+    "on_ping",
+    "on_pong",
+    "on_ping_timeout",
+    "on_error",
+)
+_HOOK_BITS = {name: getattr(native, "PYSYNC_" + name.upper()) for name in HOOK_NAMES}
+_PERSIST_MODES = {"on_change": 0, "before_send": 1, "manual": 2}
+
+# Engines whose callbacks are running on this thread: such an engine must not be freed from
+# inside them (libsync forbids sync_engine_free from a callback of the same engine).
+_active = threading.local()
+_live_engines: "weakref.WeakSet[SyncEngine]" = weakref.WeakSet()
+
+
+def _active_set() -> set:
+    try:
+        return _active.engines
+    except AttributeError:
+        _active.engines = set()
+        return _active.engines
+
+
+class _InCallback:
+    """Marks an engine as running a callback on this thread for the duration of a with-block."""
+
+    __slots__ = ("key", "added")
+
+    def __init__(self, engine: "SyncEngine") -> None:
+        self.key = id(engine)
+
+    def __enter__(self) -> None:
+        active = _active_set()
+        self.added = self.key not in active
+        active.add(self.key)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.added:
+            _active_set().discard(self.key)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of a state or message; TypeError/ValueError for what JSON cannot hold."""
+    return json.dumps(_plain(value), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def _plain(value: Any) -> Any:
+    """Schema objects as plain data: pydantic models (model_dump) and dataclasses."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        return dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class _ConnBridge:
+    """The transport of a connection that belongs to the embedder's own server."""
+
+    __slots__ = ("engine_ref", "target", "ptr", "__weakref__")
+
+    def __init__(self, engine: "SyncEngine", target: ConnectionLike) -> None:
+        self.engine_ref = weakref.ref(engine)
+        self.target = target
+        self.ptr: Any = None
+
+    def send(self, text: str) -> int:
+        try:
+            self.target.send(text)
+            return Status.OK
+        except Exception:
+            _note_error(self.engine_ref, "send() of the connection failed")
+            return Status.ESEND
+
+    def close(self, code: int, reason: str) -> None:
+        try:
+            self.target.close()
+        except Exception:
+            _note_error(self.engine_ref, "close() of the connection failed")
+
+
+def _note_error(engine_ref: Callable[[], "SyncEngine | None"], what: str) -> None:
+    """Keeps the traceback of a failed Python callback for the on_error report that follows."""
+    text = f"{what}:\n{traceback.format_exc()}"
+    engine = engine_ref()
+    if engine is None:
+        return
+    if "on_error" in engine._hooks:
+        engine._pending.text = text
+    else:
+        print(f"syncengine: {text}", file=sys.stderr)
+
+
+class SyncEngine:
+    """Keeps one JSON state in sync across WebSocket connections (the original's SyncEngine).
+
+    ``handlers`` maps a message ``type`` to ``handler(conn, message, get_state, set_state)``
+    (a list of objects or dicts with ``type`` and ``handle`` is accepted too). ``get_state()``
+    returns a copy the handler may mutate; ``set_state(new)`` makes ``new`` the state when the
+    handler returns. A handler that raises leaves state and version as they were, and the error
+    (with its traceback) goes to the ``on_error`` hook.
+
+    ``hooks`` maps hook names to callables: ``on_connect(conn)``, ``on_disconnect(conn)``,
+    ``on_state_change(old, new)``, ``on_sync(state, version)``, ``on_backup(timestamp_ms,
+    version)``, ``on_ping(conn)``, ``on_pong(conn)``, ``on_ping_timeout(conn)``,
+    ``on_error(error, context)`` where ``error`` is a :class:`SyncError`.
+
+    ``validate(message) -> message`` runs first on every parsed message and raises to refuse
+    it; pydantic models and dataclasses it returns are turned back into plain data.
+
+    With ``heartbeat_interval_ms`` or ``sync_interval_ms`` the engine runs its timers on a
+    thread of its own. Every method may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        initial_state: Any = None,
+        handlers: Mapping[str, Handler] | Iterable[Any] | None = None,
+        enable_versioning: bool = True,
+        adapter: Any = None,
+        debug: bool = False,
+        hooks: Mapping[str, Callable[..., Any]] | None = None,
+        validate: Validator | None = None,
+        heartbeat_interval_ms: int = 0,
+        ping_timeout_ms: int = 0,
+        sync_interval_ms: int = 0,
+        *,
+        middleware: Iterable[Middleware] = (),
+        persist_mode: PersistMode = "on_change",
+        auto_broadcast: bool = False,
+        reply_errors: bool = False,
+        max_message_bytes: int = 0,
+        max_json_depth: int = 0,
+    ) -> None:
+        from ._adapters import native_adapter
+
+        self._ptr: Any = None
+        self._disposed = False
+        self._mounts = 0
+        self._conns: dict[int, _ConnBridge] = {}  # id(python object) -> bridge
+        self._bridges: dict[int, _ConnBridge] = {}  # sync_conn_id -> bridge
+        self._server_conns: dict[int, Any] = {}
+        self._pending = threading.local()
+        self._hooks: dict[str, Callable[..., Any]] = {}
+        for name, fn in (hooks or {}).items():
+            if name not in _HOOK_BITS:
+                raise ValueError(f"unknown hook {name!r}; hooks are {', '.join(HOOK_NAMES)}")
+            if fn is not None:
+                if not callable(fn):
+                    raise TypeError(f"hook {name} must be callable")
+                self._hooks[name] = fn
+        if persist_mode not in _PERSIST_MODES:
+            raise ValueError(f"persist_mode must be one of {', '.join(_PERSIST_MODES)}")
+        for name, value in (
+            ("heartbeat_interval_ms", heartbeat_interval_ms),
+            ("ping_timeout_ms", ping_timeout_ms),
+            ("sync_interval_ms", sync_interval_ms),
+        ):
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0")
+        initial_json = dumps({} if initial_state is None else initial_state)
+        handler_items = _handler_items(handlers)
+
+        c_adapter = native_adapter(adapter, self) if adapter is not None else None
+        self._adapter = adapter
+        ref = weakref.ref(self)
+        ptr = native.pysync_engine_new(
+            initial_json,
+            1 if enable_versioning else 0,
+            c_adapter,
+            int(heartbeat_interval_ms),
+            int(ping_timeout_ms),
+            int(sync_interval_ms),
+            _PERSIST_MODES[persist_mode],
+            1 if (heartbeat_interval_ms or sync_interval_ms) else 0,
+            1 if auto_broadcast else 0,
+            1 if reply_errors else 0,
+            int(max_message_bytes),
+            int(max_json_depth),
+            1 if debug else 0,
+            _make_dispatch(ref),
+            self._hook_mask(),
+        )
+        if ptr is None:
+            raise error_for(native.pysync_last_status(), native.sync_error_last())
+        self._ptr = ptr
+        _live_engines.add(self)
+        try:
+            for type_name, fn in handler_items:
+                self.on(type_name, fn)
+            if validate is not None:
+                self.set_validator(validate)
+            for fn in middleware:
+                self.use(fn)
+        except BaseException:
+            self.dispose()
+            raise
+
+    # ---- configuration ------------------------------------------------------------------------
+
+    def _hook_mask(self) -> int:
+        # on_connect/on_disconnect always: they keep the built-in server's connection objects.
+        mask = _HOOK_BITS["on_connect"] | _HOOK_BITS["on_disconnect"]
+        for name in self._hooks:
+            mask |= _HOOK_BITS[name]
+        return mask
+
+    def _p(self) -> Any:
+        if self._disposed or self._ptr is None:
+            raise SyncClosedError(Status.ECLOSED, "the engine is disposed")
+        return self._ptr
+
+    def on(self, type: str, handler: Handler) -> None:
+        """Registers (or replaces) the handler for messages whose ``type`` is ``type``."""
+        if not isinstance(type, str):
+            raise TypeError("message type must be a str")
+        if not callable(handler):
+            raise TypeError("handler must be callable")
+        check(native.pysync_engine_step(self._p(), 0, type, _make_handler(weakref.ref(self), handler)))
+
+    def off(self, type: str) -> None:
+        """Removes the handler for ``type`` (SyncError ENOHANDLER when there is none)."""
+        check(native.sync_engine_off(self._p(), type))
+
+    def set_validator(self, validate: Validator | None) -> None:
+        """Sets (or with None removes) the validator, the original's ``validateMessage``."""
+        ptr = self._p()
+        if validate is None:
+            check(native.pysync_engine_step(ptr, 1, None, None))
+            return
+        if not callable(validate):
+            raise TypeError("validate must be callable")
+        check(native.pysync_engine_step(ptr, 1, None, _make_transform(weakref.ref(self), validate)))
+
+    def use(self, middleware: Middleware) -> "SyncEngine":
+        """Appends a middleware ``fn(message) -> message``; returns the engine for chaining."""
+        if not callable(middleware):
+            raise TypeError("middleware must be callable")
+        check(native.pysync_engine_step(self._p(), 2, None, _make_transform(weakref.ref(self), middleware)))
+        return self
+
+    def set_hooks(self, hooks: Mapping[str, Callable[..., Any]]) -> None:
+        """Replaces all hooks (names as in the constructor)."""
+        new: dict[str, Callable[..., Any]] = {}
+        for name, fn in hooks.items():
+            if name not in _HOOK_BITS:
+                raise ValueError(f"unknown hook {name!r}")
+            if fn is not None:
+                new[name] = fn
+        self._hooks = new
+        check(native.pysync_engine_set_hooks(self._p(), _make_dispatch(weakref.ref(self)), self._hook_mask()))
+
+    # ---- connections --------------------------------------------------------------------------
+
+    def _bridge(self, conn: ConnectionLike) -> _ConnBridge:
+        bridge = self._conns.get(id(conn))
+        if bridge is None:
+            if not callable(getattr(conn, "send", None)):
+                raise TypeError("a connection needs a send(text) method")
+            bridge = _ConnBridge(self, conn)
+            bridge.ptr = native.pysync_conn_new(bridge)
+            if bridge.ptr is None:
+                raise error_for(native.pysync_last_status(), native.sync_error_last())
+            self._conns[id(conn)] = bridge
+            self._bridges[native.sync_conn_id(bridge.ptr)] = bridge
+        return bridge
+
+    def handle_open(self, conn: ConnectionLike) -> Status:
+        """The original's handleOpen: ``conn`` joins and is sent ``initial_state``."""
+        return Status.of(native.sync_engine_handle_open(self._p(), self._bridge(conn).ptr))
+
+    def handle_message(self, conn: ConnectionLike, raw: str | bytes) -> Status:
+        """The original's handleMessage: runs ``raw`` through validator, middleware and handler.
+
+        Returns ``Status.OK`` when it was applied, or the status of why it was dropped (also
+        reported to ``on_error``). Does not broadcast (call :meth:`broadcast_state`)."""
+        if isinstance(raw, (bytes, bytearray, memoryview)):
+            raw = bytes(raw).decode("utf-8", errors="surrogateescape")
+        ptr = self._p()
+        return Status.of(native.sync_engine_handle_message(ptr, self._bridge(conn).ptr, raw))
+
+    def handle_close(self, conn: ConnectionLike) -> Status:
+        """The original's handleClose: ``conn`` leaves, then ``on_disconnect``."""
+        ptr = self._p()
+        bridge = self._conns.get(id(conn))
+        if bridge is None:
+            return Status.OK
+        try:
+            return Status.of(native.sync_engine_handle_close(ptr, bridge.ptr))
+        finally:
+            # After the call: on_disconnect must still see the caller's object.
+            self._conns.pop(id(conn), None)
+            self._bridges.pop(native.sync_conn_id(bridge.ptr), None)
+            native.sync_conn_free(bridge.ptr)
+
+    def inject(self, raw: str) -> Status:
+        """Runs ``raw`` through the pipeline as if sent by a client without connection."""
+        return Status.of(native.sync_engine_inject(self._p(), raw))
+
+    @property
+    def connection_count(self) -> int:
+        """Number of open connections."""
+        return int(native.sync_engine_connection_count(self._p()))
+
+    def _conn_object(self, cptr: Any) -> Any:
+        """The Python object that stands for a C connection in handlers and hooks."""
+        if cptr is None:
+            return None
+        from ._server import Connection
+
+        cid = native.sync_conn_id(cptr)
+        bridge = self._bridges.get(cid)
+        if bridge is not None:
+            return bridge.target
+        conn = self._server_conns.get(cid)
+        if conn is None:
+            conn = Connection(cptr)
+        return conn
+
+    # ---- state --------------------------------------------------------------------------------
+
+    def get_state(self) -> Any:
+        """A copy of the current state."""
+        text = native.sync_engine_get_state_json(self._p())
+        if text is None:
+            check(Status.ECLOSED if self._disposed else Status.ENOMEM)
+        return json.loads(text)
+
+    def get_version(self) -> int:
+        """The current version (-1 when versioning is off)."""
+        return int(native.sync_engine_get_version(self._p()))
+
+    @property
+    def state(self) -> Any:
+        """Same as :meth:`get_state`."""
+        return self.get_state()
+
+    @property
+    def version(self) -> int:
+        """Same as :meth:`get_version`."""
+        return self.get_version()
+
+    def set_state(self, state: Any, broadcast: bool = False) -> Status:
+        """The original's setState: version + 1, on_state_change, persist, broadcast if asked."""
+        return check(native.sync_engine_set_state_json(self._p(), dumps(state), 1 if broadcast else 0))
+
+    def broadcast_state(self) -> Status:
+        """Sends ``state_update`` with the current state to every connection."""
+        return Status.of(native.sync_engine_broadcast_state(self._p()))
+
+    def broadcast(self, text: str) -> Status:
+        """Sends one text frame to every open connection."""
+        return Status.of(native.sync_engine_broadcast_text(self._p(), text))
+
+    def sync(self) -> Status:
+        """The original's sync(): saves through the adapter, then on_sync. Failures go to on_error."""
+        return Status.of(native.sync_engine_sync(self._p()))
+
+    def create_backup(self) -> Status:
+        """The original's createBackup(): adapter backup, then on_backup.
+
+        ``Status.EUNSUPPORTED`` when the adapter cannot back up."""
+        return Status.of(native.sync_engine_create_backup(self._p()))
+
+    def tick(self) -> Status:
+        """Runs the heartbeat and the sync interval if they are due (they also run by themselves)."""
+        return Status.of(native.sync_engine_tick(self._p(), -1))
+
+    def stats(self) -> dict[str, int]:
+        """Counters for monitoring: messages in/applied/dropped, frames and bytes out, saves..."""
+        result = native.pysync_engine_stats(self._p())
+        if result is None:
+            check(Status.ECLOSED)
+        return result
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def dispose(self) -> None:
+        """The original's dispose(): closes every connection and stops every timer. Idempotent.
+
+        Every later call except dispose() raises :class:`SyncClosedError`."""
+        if self._disposed or self._ptr is None:
+            return
+        self._disposed = True
+        native.sync_engine_dispose(self._ptr)
+        bridges = list(self._conns.values())
+        self._conns.clear()
+        self._bridges.clear()
+        self._server_conns.clear()
+        for bridge in bridges:
+            native.sync_conn_free(bridge.ptr)
+        self._release()
+
+    def _release(self) -> None:
+        """Frees the C engine once nothing may still use it (no server mount, not in a callback)."""
+        if self._ptr is None or self._mounts > 0 or id(self) in _active_set():
+            return
+        ptr, self._ptr = self._ptr, None
+        native.sync_engine_free(ptr)
+
+    def close(self) -> None:
+        """Same as dispose()."""
+        self.dispose()
+
+    def __enter__(self) -> "SyncEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.dispose()
+
+    def __del__(self) -> None:
+        try:
+            if self._ptr is not None and self._mounts == 0 and id(self) not in _active_set():
+                ptr, self._ptr = self._ptr, None
+                native.sync_engine_free(ptr)
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        if self._disposed:
+            return "<SyncEngine disposed>"
+        return f"<SyncEngine version={self.get_version()} connections={self.connection_count}>"
+
+
+def _handler_items(handlers: Any) -> list[tuple[str, Handler]]:
+    if handlers is None:
+        return []
+    if isinstance(handlers, Mapping):
+        return list(handlers.items())
+    items = []
+    for h in handlers:
+        if isinstance(h, Mapping):
+            items.append((h["type"], h["handle"]))
+        else:
+            items.append((h.type, h.handle))
+    return items
+
+
+# ---- the wrappers C calls (through the bridge in syncengine_python.i) -------------------------
+
+
+def _make_handler(ref: Callable[[], SyncEngine | None], fn: Handler) -> Callable[[Any], int]:
+    def step(msg: Any) -> int:
+        engine = ref()
+        if engine is None:
+            return Status.ECLOSED
+        live = [True]
+
+        def get_state() -> Any:
+            if not live[0]:
+                raise SyncError(Status.ESTATE, "get_state() used after the handler returned")
+            return _loads(native.sync_msg_state_json(msg))
+
+        def set_state(state: Any) -> None:
+            if not live[0]:
+                raise SyncError(Status.ESTATE, "set_state() used after the handler returned")
+            check(native.sync_msg_set_state_json(msg, dumps(state)))
+
+        with _InCallback(engine):
+            try:
+                conn = engine._conn_object(native.sync_msg_conn(msg))
+                result = fn(conn, _loads(native.sync_msg_message_json(msg)), get_state, set_state)
+                if inspect.isawaitable(result):
+                    if inspect.iscoroutine(result):
+                        result.close()
+                    raise TypeError("handlers run synchronously: define the handler with def, not async def")
+                return Status.OK
+            except Exception:
+                native.sync_msg_set_error(msg, traceback.format_exc())
+                return Status.EHANDLER
+            finally:
+                live[0] = False
+
+    return step
+
+
+def _make_transform(ref: Callable[[], SyncEngine | None], fn: Callable[[Any], Any]) -> Callable[[Any], int]:
+    """A validator or middleware: fn(message) -> message (None keeps it), raises to refuse."""
+
+    def step(msg: Any) -> int:
+        engine = ref()
+        if engine is None:
+            return Status.ECLOSED
+        with _InCallback(engine):
+            try:
+                text = native.sync_msg_message_json(msg)
+                result = fn(_loads(text))
+                if result is not None:
+                    new_text = dumps(result)
+                    if new_text != text:
+                        check(native.sync_msg_replace_json(msg, new_text))
+                return Status.OK
+            except Exception:
+                native.sync_msg_set_error(msg, traceback.format_exc())
+                return Status.EREJECTED
+
+    return step
+
+
+def _make_dispatch(ref: Callable[[], SyncEngine | None]) -> Callable[..., None]:
+    def dispatch(name: str, *args: Any) -> None:
+        engine = ref()
+        if engine is None:
+            return
+        with _InCallback(engine):
+            if name == "on_connect":
+                _track_server_conn(engine, args[0])
+            hook = engine._hooks.get(name)
+            try:
+                if name == "on_error":
+                    _dispatch_error(engine, hook, *args)
+                elif hook is not None:
+                    if name == "on_state_change":
+                        hook(_loads(args[0]), _loads(args[1]))
+                    elif name == "on_sync":
+                        hook(_loads(args[0]), args[1])
+                    elif name == "on_backup":
+                        hook(args[0], args[1])
+                    else:
+                        hook(engine._conn_object(args[0]))
+            except Exception:
+                _report_hook_failure(engine, name)
+            finally:
+                if name == "on_disconnect" and args[0] is not None:
+                    engine._server_conns.pop(native.sync_conn_id(args[0]), None)
+
+    return dispatch
+
+
+def _track_server_conn(engine: SyncEngine, cptr: Any) -> None:
+    if cptr is None or native.sync_conn_id(cptr) in engine._bridges:
+        return
+    from ._server import Connection
+
+    engine._server_conns[native.sync_conn_id(cptr)] = Connection(cptr)
+
+
+def _dispatch_error(engine: SyncEngine, hook: Any, status: int, message: str, context: str, cptr: Any) -> None:
+    extra = getattr(engine._pending, "text", None)
+    if extra:
+        engine._pending.text = None
+        message = f"{message}\n{extra}" if message else extra
+    error = error_for(status, message, context)
+    error.connection = engine._conn_object(cptr)  # type: ignore[attr-defined]
+    if hook is not None:
+        hook(error, context)
+
+
+def _report_hook_failure(engine: SyncEngine, name: str) -> None:
+    text = traceback.format_exc()
+    on_error = engine._hooks.get("on_error")
+    if name != "on_error" and on_error is not None:
+        try:
+            on_error(SyncError(Status.EHANDLER, text, "hook:" + name), "hook:" + name)
+            return
+        except Exception:
+            text += "\nand on_error failed too:\n" + traceback.format_exc()
+    print(f"syncengine: hook {name} failed:\n{text}", file=sys.stderr)
+
+
+@atexit.register
+def _dispose_all() -> None:
+    # Timer threads must not call into an interpreter that is shutting down.
+    for engine in list(_live_engines):
+        try:
+            engine.dispose()
+        except Exception:
+            pass

@@ -1,0 +1,628 @@
+%module(package="syncengine", docstring="Low-level SWIG wrapper of libsync's C ABI. Use the syncengine package, not this module.") native
+%include "common.i"
+
+/*
+ * The Python bridge. SWIG wraps the C functions that take plain values (built with -threads, so
+ * each of them releases the GIL while C runs); the functions below, whose names start with
+ * pysync_, are the ones that hand Python callables to C. Each C callback here takes the GIL, calls
+ * a Python function of the syncengine package (which converts JSON and catches the user's
+ * exceptions itself) and turns its int result into a libsync status. Every Python object handed to
+ * C is one strong reference, released with the GIL by the matching free_userdata.
+ */
+
+%include <stdint.i>
+
+%{
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Text of the exception being raised (with traceback), as a new UTF-8 C string, clearing it. The
+ * package's wrappers catch user exceptions themselves; this covers failures of the wrappers. */
+static char *pysync_take_exception(void) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    char *out = NULL;
+    PyObject *mod = PyImport_ImportModule("traceback");
+    PyObject *lines = mod && type ? PyObject_CallMethod(mod, "format_exception", "OOO", type,
+                                                        value ? value : Py_None,
+                                                        tb ? tb : Py_None)
+                                  : NULL;
+    PyObject *empty = lines ? PyUnicode_FromString("") : NULL;
+    PyObject *text = empty ? PyUnicode_Join(empty, lines) : NULL;
+    const char *utf8 = text ? PyUnicode_AsUTF8(text) : NULL;
+    out = strdup(utf8 ? utf8 : "exception in a Python callback");
+    PyErr_Clear();
+    Py_XDECREF(text);
+    Py_XDECREF(empty);
+    Py_XDECREF(lines);
+    Py_XDECREF(mod);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return out;
+}
+
+/* A callback's int result as a libsync status; `fallback` when it raised or returned no int. */
+static int pysync_status_of(PyObject *result, int fallback) {
+    if (!result) {
+        free(pysync_take_exception());
+        return fallback;
+    }
+    long status = PyLong_Check(result) ? PyLong_AsLong(result) : fallback;
+    Py_DECREF(result);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return fallback;
+    }
+    return (int)status;
+}
+
+static void pysync_decref(void *userdata) {
+    /* Objects still held while the interpreter shuts down are left to the OS. */
+    if (!userdata || !Py_IsInitialized())
+        return;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    Py_DECREF((PyObject *)userdata);
+    PyGILState_Release(gil);
+}
+
+static PyObject *pysync_ptr(void *ptr, swig_type_info *type) {
+    if (!ptr)
+        Py_RETURN_NONE;
+    return SWIG_NewPointerObj(ptr, type, 0);
+}
+
+/* ---- pipeline steps: fn(msg) -> status ---------------------------------------------------- */
+
+static int pysync_step(sync_msg *msg, void *userdata) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int status = SYNC_EHANDLER;
+    PyObject *arg = pysync_ptr(msg, SWIGTYPE_p_sync_msg);
+    PyObject *result = arg ? PyObject_CallOneArg((PyObject *)userdata, arg) : NULL;
+    if (!result) {
+        char *text = pysync_take_exception();
+        sync_msg_set_error(msg, text);
+        free(text);
+    } else {
+        status = pysync_status_of(result, SYNC_EHANDLER);
+    }
+    Py_XDECREF(arg);
+    PyGILState_Release(gil);
+    return status;
+}
+
+/* ---- hooks: dispatch(name, *args) --------------------------------------------------------- */
+
+enum {
+    PYSYNC_ON_CONNECT = 1 << 0,
+    PYSYNC_ON_DISCONNECT = 1 << 1,
+    PYSYNC_ON_STATE_CHANGE = 1 << 2,
+    PYSYNC_ON_SYNC = 1 << 3,
+    PYSYNC_ON_BACKUP = 1 << 4,
+    PYSYNC_ON_PING = 1 << 5,
+    PYSYNC_ON_PONG = 1 << 6,
+    PYSYNC_ON_PING_TIMEOUT = 1 << 7,
+    PYSYNC_ON_ERROR = 1 << 8
+};
+
+/* Calls dispatch with the tuple built from `format`, whose first item is the hook's name. The
+ * package's dispatch catches the user's exceptions and routes them to on_error. */
+static void pysync_hook_call(void *userdata, const char *format, ...) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    va_list ap;
+    va_start(ap, format);
+    PyObject *args = Py_VaBuildValue(format, ap);
+    va_end(ap);
+    PyObject *result = args ? PyObject_CallObject((PyObject *)userdata, args) : NULL;
+    if (!result) {
+        char *text = pysync_take_exception();
+        fprintf(stderr, "syncengine: hook dispatch failed: %s\n", text);
+        free(text);
+    }
+    Py_XDECREF(result);
+    Py_XDECREF(args);
+    PyGILState_Release(gil);
+}
+
+static PyObject *pysync_json_text(const cJSON *value) {
+    char *text = value ? cJSON_PrintUnformatted(value) : NULL;
+    if (!text)
+        Py_RETURN_NONE;
+    PyObject *out = PyUnicode_FromString(text);
+    cJSON_free(text);
+    return out;
+}
+
+static void pysync_conn_hook(void *userdata, const char *name, sync_conn *conn) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *c = pysync_ptr(conn, SWIGTYPE_p_sync_conn);
+    pysync_hook_call(userdata, "(sN)", name, c);
+    PyGILState_Release(gil);
+}
+
+static void pysync_on_connect(sync_engine *e, sync_conn *c, void *ud) {
+    (void)e;
+    pysync_conn_hook(ud, "on_connect", c);
+}
+static void pysync_on_disconnect(sync_engine *e, sync_conn *c, void *ud) {
+    (void)e;
+    pysync_conn_hook(ud, "on_disconnect", c);
+}
+static void pysync_on_ping(sync_engine *e, sync_conn *c, void *ud) {
+    (void)e;
+    pysync_conn_hook(ud, "on_ping", c);
+}
+static void pysync_on_pong(sync_engine *e, sync_conn *c, void *ud) {
+    (void)e;
+    pysync_conn_hook(ud, "on_pong", c);
+}
+static void pysync_on_ping_timeout(sync_engine *e, sync_conn *c, void *ud) {
+    (void)e;
+    pysync_conn_hook(ud, "on_ping_timeout", c);
+}
+static void pysync_on_state_change(sync_engine *e, const cJSON *old_state,
+                                   const cJSON *new_state, void *ud) {
+    (void)e;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    pysync_hook_call(ud, "(sNN)", "on_state_change", pysync_json_text(old_state),
+                     pysync_json_text(new_state));
+    PyGILState_Release(gil);
+}
+static void pysync_on_sync(sync_engine *e, const cJSON *state, int64_t version, void *ud) {
+    (void)e;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    pysync_hook_call(ud, "(sNL)", "on_sync", pysync_json_text(state), (long long)version);
+    PyGILState_Release(gil);
+}
+static void pysync_on_backup(sync_engine *e, int64_t timestamp_ms, int64_t version, void *ud) {
+    (void)e;
+    pysync_hook_call(ud, "(sLL)", "on_backup", (long long)timestamp_ms, (long long)version);
+}
+static void pysync_on_error(sync_engine *e, int status, const char *message, const char *context,
+                            sync_conn *conn, void *ud) {
+    (void)e;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    pysync_hook_call(ud, "(sissN)", "on_error", status, message ? message : "",
+                     context ? context : "", pysync_ptr(conn, SWIGTYPE_p_sync_conn));
+    PyGILState_Release(gil);
+}
+
+static void pysync_fill_hooks(sync_hooks *hooks, PyObject *dispatch, int mask) {
+    hooks->on_connect = (mask & PYSYNC_ON_CONNECT) ? pysync_on_connect : NULL;
+    hooks->on_disconnect = (mask & PYSYNC_ON_DISCONNECT) ? pysync_on_disconnect : NULL;
+    hooks->on_state_change = (mask & PYSYNC_ON_STATE_CHANGE) ? pysync_on_state_change : NULL;
+    hooks->on_sync = (mask & PYSYNC_ON_SYNC) ? pysync_on_sync : NULL;
+    hooks->on_backup = (mask & PYSYNC_ON_BACKUP) ? pysync_on_backup : NULL;
+    hooks->on_ping = (mask & PYSYNC_ON_PING) ? pysync_on_ping : NULL;
+    hooks->on_pong = (mask & PYSYNC_ON_PONG) ? pysync_on_pong : NULL;
+    hooks->on_ping_timeout = (mask & PYSYNC_ON_PING_TIMEOUT) ? pysync_on_ping_timeout : NULL;
+    hooks->on_error = (mask & PYSYNC_ON_ERROR) ? pysync_on_error : NULL;
+    Py_INCREF(dispatch);
+    hooks->userdata = dispatch;
+    hooks->free_userdata = pysync_decref;
+}
+
+/* ---- connections of the embedder's own server: bridge.send(text) -> status, bridge.close() -- */
+
+static int pysync_conn_send(void *userdata, const char *text, size_t len) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *result = PyObject_CallMethod((PyObject *)userdata, "send", "s#", text,
+                                           (Py_ssize_t)len);
+    int status = pysync_status_of(result, SYNC_ESEND);
+    PyGILState_Release(gil);
+    return status;
+}
+
+static void pysync_conn_close(void *userdata, int code, const char *reason) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *result = PyObject_CallMethod((PyObject *)userdata, "close", "is", code,
+                                           reason ? reason : "");
+    if (!result)
+        free(pysync_take_exception());
+    Py_XDECREF(result);
+    PyGILState_Release(gil);
+}
+
+/* ---- adapters written in Python: bridge.init() / load() / save() / backup() -------------- */
+
+static int pysync_adapter_init(void *userdata, sync_pending *pending) {
+    (void)pending;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int status = pysync_status_of(PyObject_CallMethod((PyObject *)userdata, "init", NULL),
+                                  SYNC_EIO);
+    PyGILState_Release(gil);
+    return status;
+}
+
+/* load() returns (status, state_json or None, version). */
+static int pysync_adapter_load(void *userdata, sync_pending *pending, char **out_state_json,
+                               int64_t *out_version) {
+    (void)pending;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int status = SYNC_EIO;
+    int st = 0;
+    PyObject *json = NULL;
+    long long version = 0;
+    PyObject *result = PyObject_CallMethod((PyObject *)userdata, "load", NULL);
+    *out_state_json = NULL;
+    if (result && PyArg_ParseTuple(result, "iOL", &st, &json, &version)) {
+        status = st;
+        if (status == SYNC_OK && json != Py_None) {
+            const char *utf8 = PyUnicode_AsUTF8(json);
+            if (utf8) {
+                *out_state_json = strdup(utf8);
+                *out_version = (int64_t)version;
+                if (!*out_state_json)
+                    status = SYNC_ENOMEM;
+            } else {
+                status = SYNC_EIO;
+            }
+        }
+    }
+    if (PyErr_Occurred())
+        free(pysync_take_exception());
+    Py_XDECREF(result);
+    PyGILState_Release(gil);
+    return status;
+}
+
+static int pysync_adapter_save(void *userdata, sync_pending *pending, const cJSON *state,
+                               const char *state_json, size_t state_len, int64_t version) {
+    (void)pending;
+    (void)state;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int status = pysync_status_of(PyObject_CallMethod((PyObject *)userdata, "save", "s#L",
+                                                      state_json, (Py_ssize_t)state_len,
+                                                      (long long)version),
+                                  SYNC_EIO);
+    PyGILState_Release(gil);
+    return status;
+}
+
+/* backup() returns (status, timestamp_ms). */
+static int pysync_adapter_backup(void *userdata, sync_pending *pending,
+                                 int64_t *out_timestamp_ms) {
+    (void)pending;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int status = SYNC_EIO;
+    int st = 0;
+    long long stamp = 0;
+    PyObject *result = PyObject_CallMethod((PyObject *)userdata, "backup", NULL);
+    if (result && PyArg_ParseTuple(result, "iL", &st, &stamp)) {
+        status = st;
+        *out_timestamp_ms = (int64_t)stamp;
+    }
+    if (PyErr_Occurred())
+        free(pysync_take_exception());
+    Py_XDECREF(result);
+    PyGILState_Release(gil);
+    return status;
+}
+
+/* ---- the built-in server's auth callback: fn(request) -> 0 or an HTTP status ------------- */
+
+static int pysync_auth(sync_request *req, void *userdata) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *arg = pysync_ptr(req, SWIGTYPE_p_sync_request);
+    PyObject *result = arg ? PyObject_CallOneArg((PyObject *)userdata, arg) : NULL;
+    /* A failing auth callback refuses: never let a bug open the door. */
+    int status = pysync_status_of(result, 500);
+    Py_XDECREF(arg);
+    PyGILState_Release(gil);
+    return status;
+}
+
+/* Status of the last pysync_*_new call that failed; written and read with the GIL held, read by
+ * the package right after the call (the detail is in sync_error_last()). */
+static int pysync_fail_status;
+%}
+
+/* Opaque handles: SWIG passes them around as pointer objects. */
+typedef struct sync_engine sync_engine;
+typedef struct sync_conn sync_conn;
+typedef struct sync_msg sync_msg;
+typedef struct sync_adapter sync_adapter;
+typedef struct sync_server sync_server;
+typedef struct sync_request sync_request;
+
+/* Text + length arguments take a Python str (UTF-8) or bytes. */
+%apply (char *STRING, size_t LENGTH) { (const char *text, size_t len) };
+
+/* Strings that the caller owns are copied into Python and released with sync_free. */
+%newobject sync_engine_get_state_json;
+%typemap(newfree) char * "sync_free($1);";
+
+int64_t sync_now_ms(void);
+int64_t sync_wall_ms(void);
+
+/* engine */
+int sync_engine_dispose(sync_engine *engine);
+void sync_engine_free(sync_engine *engine);
+int sync_engine_off(sync_engine *engine, const char *type);
+int sync_engine_handle_open(sync_engine *engine, sync_conn *conn);
+int sync_engine_handle_message(sync_engine *engine, sync_conn *conn, const char *text, size_t len);
+int sync_engine_handle_close(sync_engine *engine, sync_conn *conn);
+int sync_engine_inject(sync_engine *engine, const char *text, size_t len);
+size_t sync_engine_connection_count(sync_engine *engine);
+char *sync_engine_get_state_json(sync_engine *engine);
+int64_t sync_engine_get_version(sync_engine *engine);
+int sync_engine_set_state_json(sync_engine *engine, const char *json, int broadcast);
+int sync_engine_broadcast_state(sync_engine *engine);
+int sync_engine_broadcast_text(sync_engine *engine, const char *text, size_t len);
+int sync_engine_sync(sync_engine *engine);
+int sync_engine_create_backup(sync_engine *engine);
+int sync_engine_tick(sync_engine *engine, int64_t now_ms);
+int64_t sync_engine_next_deadline_ms(sync_engine *engine);
+
+/* inside a step */
+sync_conn *sync_msg_conn(const sync_msg *msg);
+const char *sync_msg_type(const sync_msg *msg);
+const char *sync_msg_message_json(sync_msg *msg);
+int sync_msg_replace_json(sync_msg *msg, const char *json);
+const char *sync_msg_state_json(sync_msg *msg);
+int sync_msg_set_state_json(sync_msg *msg, const char *json);
+int sync_msg_reply(sync_msg *msg, const char *text, size_t len);
+int sync_msg_set_error(sync_msg *msg, const char *reason);
+
+/* connections */
+void sync_conn_free(sync_conn *conn);
+sync_conn *sync_conn_ref(sync_conn *conn);
+uint64_t sync_conn_id(const sync_conn *conn);
+const char *sync_conn_identity(const sync_conn *conn);
+int sync_conn_set_identity(sync_conn *conn, const char *identity_json);
+int sync_conn_send(sync_conn *conn, const char *text, size_t len);
+int sync_conn_close(sync_conn *conn, int code, const char *reason);
+
+/* adapters */
+void sync_adapter_free(sync_adapter *adapter);
+
+/* server */
+const char *sync_request_path(const sync_request *req);
+const char *sync_request_query(const sync_request *req);
+const char *sync_request_header(const sync_request *req, const char *name);
+const char *sync_request_peer(const sync_request *req);
+int sync_request_set_identity(sync_request *req, const char *identity_json);
+int sync_server_mount(sync_server *server, const char *path, sync_engine *engine);
+int sync_server_listen(sync_server *server);
+int sync_server_port(const sync_server *server);
+int sync_server_start(sync_server *server);
+int sync_server_stop(sync_server *server);
+void sync_server_free(sync_server *server);
+
+/*
+ * The functions that take Python objects hold the GIL while they touch them and release it
+ * around the C call (which may take an engine lock, or fail and run free_userdata).
+ */
+%nothread;
+%inline %{
+/* Creates an engine. `dispatch(name, *args)` receives the hooks selected by `hook_mask` (or
+ * None). Returns NULL on failure: the status is in pysync_last_status(), the detail in
+ * sync_error_last(). The adapter is taken over in every case. */
+static sync_engine *pysync_engine_new(const char *initial_state_json, int enable_versioning,
+                                      sync_adapter *adapter, long long heartbeat_interval_ms,
+                                      long long ping_timeout_ms, long long sync_interval_ms,
+                                      int persist_mode, int timers_thread, int auto_broadcast,
+                                      int reply_errors, size_t max_message_bytes,
+                                      int max_json_depth, int debug, PyObject *dispatch,
+                                      int hook_mask) {
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    sync_hooks hooks = SYNC_HOOKS_INIT;
+    opts.initial_state_json = initial_state_json;
+    opts.enable_versioning = enable_versioning;
+    opts.adapter = adapter;
+    opts.heartbeat_interval_ms = heartbeat_interval_ms;
+    opts.ping_timeout_ms = ping_timeout_ms;
+    opts.sync_interval_ms = sync_interval_ms;
+    opts.persist_mode = (sync_persist_mode)persist_mode;
+    opts.timer_mode = timers_thread ? SYNC_TIMERS_THREAD : SYNC_TIMERS_MANUAL;
+    opts.auto_broadcast = auto_broadcast;
+    opts.reply_errors = reply_errors;
+    opts.max_message_bytes = max_message_bytes;
+    opts.max_json_depth = max_json_depth;
+    opts.debug = debug;
+    if (dispatch && dispatch != Py_None) {
+        pysync_fill_hooks(&hooks, dispatch, hook_mask);
+        opts.hooks = &hooks;
+    }
+    sync_engine *engine = NULL;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = sync_engine_new(&engine, &opts);
+    Py_END_ALLOW_THREADS
+    pysync_fail_status = status;
+    return status < 0 ? NULL : engine;
+}
+
+/* Status of the last pysync_*_new call that returned NULL (GIL-protected). */
+static int pysync_last_status(void) {
+    return pysync_fail_status;
+}
+
+/* Registers fn(msg) -> status as the handler of `type` (kind 0), the validator (1; None clears
+ * it) or a middleware (2). */
+static int pysync_engine_step(sync_engine *engine, int kind, const char *type, PyObject *fn) {
+    int status;
+    if (kind == 1 && fn == Py_None) {
+        Py_BEGIN_ALLOW_THREADS
+        status = sync_engine_set_validator(engine, NULL, NULL, NULL);
+        Py_END_ALLOW_THREADS
+        return status;
+    }
+    Py_INCREF(fn);
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == 0)
+        status = sync_engine_on(engine, type, pysync_step, fn, pysync_decref);
+    else if (kind == 1)
+        status = sync_engine_set_validator(engine, pysync_step, fn, pysync_decref);
+    else
+        status = sync_engine_use(engine, pysync_step, fn, pysync_decref);
+    Py_END_ALLOW_THREADS
+    return status;
+}
+
+/* Replaces the hooks (dispatch None clears them). */
+static int pysync_engine_set_hooks(sync_engine *engine, PyObject *dispatch, int hook_mask) {
+    sync_hooks hooks = SYNC_HOOKS_INIT;
+    int clear = dispatch == Py_None;
+    if (!clear)
+        pysync_fill_hooks(&hooks, dispatch, hook_mask);
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = sync_engine_set_hooks(engine, clear ? NULL : &hooks);
+    Py_END_ALLOW_THREADS
+    return status;
+}
+
+/* Statistics as a dict, or None when the engine refuses (disposed). */
+static PyObject *pysync_engine_stats(sync_engine *engine) {
+    sync_engine_stats s;
+    memset(&s, 0, sizeof s);
+    s.version = SYNC_ENGINE_STATS_VERSION;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = sync_engine_get_stats(engine, &s);
+    Py_END_ALLOW_THREADS
+    if (status < 0)
+        Py_RETURN_NONE;
+    return Py_BuildValue(
+        "{sLsKsKsKsKsKsKsKsKsKsKsKsKsn}", "state_version", (long long)s.state_version,
+        "connections", (unsigned long long)s.connections, "messages_in",
+        (unsigned long long)s.messages_in, "messages_applied",
+        (unsigned long long)s.messages_applied, "messages_dropped",
+        (unsigned long long)s.messages_dropped, "handler_errors",
+        (unsigned long long)s.handler_errors, "frames_out", (unsigned long long)s.frames_out,
+        "bytes_out", (unsigned long long)s.bytes_out, "serialisations",
+        (unsigned long long)s.serialisations, "saves", (unsigned long long)s.saves,
+        "save_errors", (unsigned long long)s.save_errors, "last_save_us",
+        (unsigned long long)s.last_save_us, "total_save_us", (unsigned long long)s.total_save_us,
+        "state_bytes", (Py_ssize_t)s.state_bytes);
+}
+
+/* A connection whose transport is the Python object `bridge` (methods send(text) -> status and
+ * close(code, reason)). The caller owns the returned reference (sync_conn_free). */
+static sync_conn *pysync_conn_new(PyObject *bridge) {
+    sync_conn_callbacks cbs = SYNC_CONN_CALLBACKS_INIT;
+    cbs.send = pysync_conn_send;
+    cbs.close = pysync_conn_close;
+    cbs.free_userdata = pysync_decref;
+    sync_conn *conn = NULL;
+    Py_INCREF(bridge);
+    int status = sync_conn_new(&conn, &cbs, bridge);
+    pysync_fail_status = status;
+    if (status < 0) {
+        /* sync_conn_new runs no free_userdata when it fails: the reference is dropped here. */
+        Py_DECREF(bridge);
+        return NULL;
+    }
+    return conn;
+}
+
+/* An adapter whose store is the Python object `bridge` (see the callbacks above). */
+static sync_adapter *pysync_adapter_new(PyObject *bridge, int can_backup) {
+    sync_adapter_vtable vt;
+    memset(&vt, 0, sizeof vt);
+    vt.version = SYNC_ADAPTER_VTABLE_VERSION;
+    vt.init = pysync_adapter_init;
+    vt.load = pysync_adapter_load;
+    vt.save = pysync_adapter_save;
+    vt.backup = can_backup ? pysync_adapter_backup : NULL;
+    vt.destroy = pysync_decref;
+    sync_adapter *adapter = NULL;
+    Py_INCREF(bridge);
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = sync_adapter_new(&adapter, &vt, bridge);
+    Py_END_ALLOW_THREADS
+    pysync_fail_status = status;
+    return status < 0 ? NULL : adapter;
+}
+
+static sync_adapter *pysync_sqlite_adapter_new(const char *path, const char *table_name,
+                                               const char *backups_dir, int power_safe,
+                                               int busy_timeout_ms) {
+    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
+    opts.path = path;
+    opts.table_name = table_name;
+    opts.backups_dir = backups_dir;
+    opts.durability = power_safe ? SYNC_SQLITE_POWER_SAFE : SYNC_SQLITE_PROCESS_SAFE;
+    opts.busy_timeout_ms = busy_timeout_ms;
+    sync_adapter *adapter = NULL;
+    pysync_fail_status = sync_adapter_sqlite_new(&adapter, &opts);
+    return pysync_fail_status < 0 ? NULL : adapter;
+}
+
+static sync_adapter *pysync_file_adapter_new(const char *file_path, const char *backups_dir,
+                                             int fsync_each_save) {
+    sync_file_options opts = SYNC_FILE_OPTIONS_INIT;
+    opts.file_path = file_path;
+    opts.backups_dir = backups_dir;
+    opts.fsync = fsync_each_save;
+    sync_adapter *adapter = NULL;
+    pysync_fail_status = sync_adapter_file_new(&adapter, &opts);
+    return pysync_fail_status < 0 ? NULL : adapter;
+}
+
+/* Creates a server; `origins` is a list of str or None, `auth` fn(request) -> int or None. */
+static sync_server *pysync_server_new(const char *host, int port, const char *static_dir,
+                                      size_t max_message_bytes, int max_connections,
+                                      double rate_limit_per_sec, int rate_limit_burst,
+                                      size_t max_queued_bytes, PyObject *origins, PyObject *auth,
+                                      const char *tls_cert_path, const char *tls_key_path,
+                                      int stop_timeout_ms) {
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.host = host;
+    opts.port = port;
+    opts.static_dir = static_dir;
+    opts.max_message_bytes = max_message_bytes;
+    opts.max_connections = max_connections;
+    opts.rate_limit_per_sec = rate_limit_per_sec;
+    opts.rate_limit_burst = rate_limit_burst;
+    opts.max_queued_bytes = max_queued_bytes;
+    opts.tls_cert_path = tls_cert_path;
+    opts.tls_key_path = tls_key_path;
+    opts.stop_timeout_ms = stop_timeout_ms;
+    const char **list = NULL;
+    Py_ssize_t count = 0;
+    if (origins && origins != Py_None) {
+        count = PyList_Check(origins) ? PyList_Size(origins) : 0;
+        list = calloc((size_t)count + 1, sizeof *list);
+        for (Py_ssize_t i = 0; list && i < count; i++)
+            list[i] = PyUnicode_AsUTF8(PyList_GetItem(origins, i));
+        if (PyErr_Occurred() || !list) {
+            PyErr_Clear();
+            free(list);
+            pysync_fail_status = SYNC_EINVAL;
+            return NULL;
+        }
+        opts.allowed_origins = list;
+        opts.allowed_origins_count = (size_t)count;
+    }
+    if (auth && auth != Py_None) {
+        Py_INCREF(auth);
+        opts.auth = pysync_auth;
+        opts.auth_userdata = auth;
+        opts.auth_free_userdata = pysync_decref;
+    }
+    sync_server *server = NULL;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = sync_server_new(&server, &opts);
+    Py_END_ALLOW_THREADS
+    free(list);
+    pysync_fail_status = status;
+    return status < 0 ? NULL : server;
+}
+%}
+%thread;
+
+%constant int PYSYNC_ON_CONNECT = PYSYNC_ON_CONNECT;
+%constant int PYSYNC_ON_DISCONNECT = PYSYNC_ON_DISCONNECT;
+%constant int PYSYNC_ON_STATE_CHANGE = PYSYNC_ON_STATE_CHANGE;
+%constant int PYSYNC_ON_SYNC = PYSYNC_ON_SYNC;
+%constant int PYSYNC_ON_BACKUP = PYSYNC_ON_BACKUP;
+%constant int PYSYNC_ON_PING = PYSYNC_ON_PING;
+%constant int PYSYNC_ON_PONG = PYSYNC_ON_PONG;
+%constant int PYSYNC_ON_PING_TIMEOUT = PYSYNC_ON_PING_TIMEOUT;
+%constant int PYSYNC_ON_ERROR = PYSYNC_ON_ERROR;

@@ -1,0 +1,57 @@
+"""The engine inside an existing asyncio `websockets` server, as the original runs inside Bun."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import websockets
+
+import syncengine
+from conftest import increment, msg
+
+
+def test_engine_inside_a_websockets_server(make_engine):
+    engine = make_engine(initial_state={"counter": 0}, handlers={"increment": increment})
+
+    async def handler(websocket):
+        conn = syncengine.AsyncioConnection(websocket)
+        engine.handle_open(conn)
+        try:
+            async for raw in websocket:
+                engine.handle_message(conn, raw)
+                engine.broadcast_state()
+        finally:
+            engine.handle_close(conn)
+
+    async def recv_until(ws, predicate):
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            if predicate(frame):
+                return frame
+
+    async def main():
+        async with websockets.serve(handler, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            url = f"ws://127.0.0.1:{port}"
+            async with websockets.connect(url) as a, websockets.connect(url) as b:
+                assert (await recv_until(a, lambda f: True))["type"] == "initial_state"
+                assert (await recv_until(b, lambda f: True))["type"] == "initial_state"
+                await a.send(msg("increment", amount=5))
+                for ws in (a, b):
+                    frame = await recv_until(ws, lambda f: f["type"] == "state_update")
+                    assert frame["data"] == {"counter": 5}
+                # A change made on another thread reaches the clients through the loop.
+                t = threading.Thread(target=engine.set_state, args=({"counter": 9},), kwargs={"broadcast": True})
+                t.start()
+                t.join(5)
+                frame = await recv_until(b, lambda f: f["type"] == "state_update" and f["data"]["counter"] == 9)
+                assert frame["version"] == 2
+            for _ in range(100):
+                if engine.connection_count == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert engine.connection_count == 0
+
+    asyncio.run(main())

@@ -1,0 +1,215 @@
+"""The built-in server with real `websockets` clients on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+import syncengine
+from conftest import EXAMPLES_DIR, WEB_DIR, increment, msg, wait_until
+
+
+def recv_json(ws, timeout=5.0):
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def recv_until(ws, predicate, timeout=5.0):
+    """Reads frames until one satisfies `predicate` (pings are skipped); returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("no matching frame in time")
+        frame = json.loads(ws.recv(timeout=left))
+        if predicate(frame):
+            return frame
+
+
+@pytest.fixture
+def served(make_engine, recorder):
+    servers = []
+
+    def serve(**kwargs):
+        engine = make_engine(initial_state={"counter": 0}, handlers={"increment": increment},
+                             hooks=recorder.hooks())
+        server = syncengine.Server(engines={"/counter": engine}, **kwargs).start()
+        servers.append(server)
+        return engine, server
+
+    yield serve
+    for server in servers:
+        server.close()
+
+
+def test_clients_get_initial_state_and_every_change(served, recorder):
+    engine, server = served()
+    assert server.port > 0
+    url = f"ws://127.0.0.1:{server.port}/counter"
+    with connect(url) as a, connect(url) as b:
+        first_a = recv_json(a)
+        assert first_a["type"] == "initial_state" and first_a["data"] == {"counter": 0}
+        first_b = recv_json(b)
+        assert first_b["type"] == "initial_state"
+        a.send(msg("increment", amount=5))
+        for ws in (a, b):
+            frame = recv_until(ws, lambda f: f.get("type") == "state_update")
+            assert frame["data"] == {"counter": 5}
+            assert frame["version"] == 1
+    assert engine.get_state() == {"counter": 5}
+    assert wait_until(lambda: recorder.count("on_disconnect") == 2)
+    connected = [args[0] for args in recorder.calls["on_connect"]]
+    assert all(isinstance(c, syncengine.Connection) for c in connected)
+    assert len({c.id for c in connected}) == 2
+
+
+def test_handler_gets_a_connection_it_can_reply_to(served, make_engine):
+    def whoami(conn, message, get_state, set_state):
+        conn.send(json.dumps({"type": "you", "id": conn.id}))
+
+    engine, server = served()
+    engine.on("whoami", whoami)
+    with connect(f"ws://127.0.0.1:{server.port}/counter") as ws:
+        recv_json(ws)
+        ws.send(msg("whoami"))
+        reply = recv_until(ws, lambda f: f.get("type") == "you")
+        assert isinstance(reply["id"], int)
+
+
+def test_handler_exception_through_the_server(served, recorder):
+    engine, server = served()
+    engine.on("explode", lambda *a: 1 / 0)
+    with connect(f"ws://127.0.0.1:{server.port}/counter") as ws:
+        recv_json(ws)
+        ws.send(msg("explode"))
+        ws.send(msg("increment", amount=1))
+        frame = recv_until(ws, lambda f: f.get("type") == "state_update")
+        assert frame["data"] == {"counter": 1}
+    assert any("ZeroDivisionError" in str(err) for err, _ in recorder.errors())
+
+
+def test_static_files_and_health(served):
+    _, server = served(static_dir=WEB_DIR)
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=5) as resp:
+        assert resp.status == 200
+        assert b"<html" in resp.read().lower()
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as resp:
+        assert resp.status == 200
+
+
+def test_threads_set_state_while_the_server_runs(served):
+    engine, server = served()
+    with connect(f"ws://127.0.0.1:{server.port}/counter") as ws:
+        recv_json(ws)
+
+        def writer(k):
+            for i in range(50):
+                engine.set_state({"counter": k * 1000 + i}, broadcast=True)
+
+        threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert engine.get_version() == 200
+        final = engine.get_state()
+        frame = recv_until(ws, lambda f: f.get("version") == 200, timeout=10)
+        assert frame["data"] == final
+
+
+def test_python_threads_keep_running_while_serving(served):
+    _, server = served()
+    ticks = []
+    stop = threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(1)
+            time.sleep(0.001)
+
+    t = threading.Thread(target=ticker)
+    t.start()
+    with connect(f"ws://127.0.0.1:{server.port}/counter") as ws:
+        recv_json(ws)
+        for i in range(20):
+            ws.send(msg("increment", amount=1))
+        recv_until(ws, lambda f: f.get("data") == {"counter": 20})
+    stop.set()
+    t.join(timeout=5)
+    assert len(ticks) > 5
+
+
+def test_auth_refuses_and_attaches_identity(make_engine):
+    seen = []
+
+    def auth(request):
+        token = request.header("authorization")
+        if token != "Bearer good":
+            return 403
+        return {"user": "ada", "path": request.path}
+
+    engine = make_engine(initial_state={}, handlers={"who": lambda c, m, g, s: seen.append(c.identity)})
+    with syncengine.Server(engines={"/room": engine}, auth=auth) as server:
+        url = f"ws://127.0.0.1:{server.port}/room"
+        with pytest.raises(InvalidStatus) as info:
+            connect(url, additional_headers={"Authorization": "Bearer bad"}).close()
+        assert info.value.response.status_code == 403
+        with connect(url, additional_headers={"Authorization": "Bearer good"}) as ws:
+            recv_json(ws)
+            ws.send(msg("who"))
+            assert wait_until(lambda: seen, timeout=5)
+    assert seen == [{"user": "ada", "path": "/room"}]
+
+
+def test_serve_forever_stops_from_another_thread(make_engine):
+    engine = make_engine(initial_state={})
+    server = syncengine.Server(engines={"/": engine})
+    t = threading.Thread(target=server.serve_forever)
+    t.start()
+    assert wait_until(lambda: server.port > 0)
+    server.stop()
+    t.join(timeout=10)
+    assert not t.is_alive()
+    server.close()
+    assert engine.get_state() == {}
+
+
+def test_listen_failure_is_a_network_error(make_engine):
+    engine = make_engine()
+    with syncengine.Server(engines={"/": engine}) as first:
+        second = syncengine.Server(port=first.port, engines={"/": make_engine()})
+        with pytest.raises(syncengine.SyncNetworkError):
+            second.start()
+        second.close()
+
+
+def test_counter_server_example_stops_on_ctrl_c():
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES_DIR / "counter_server.py"), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert "http://127.0.0.1:" in line, line + proc.stderr.read()
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
+            assert resp.status == 200
+        with connect(f"ws://127.0.0.1:{port}/counter") as ws:
+            assert recv_json(ws)["type"] == "initial_state"
+            ws.send(msg("increment", amount=1))
+            assert recv_until(ws, lambda f: f.get("type") == "state_update")["data"]["counter"] >= 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
