@@ -69,7 +69,8 @@ uv_async_t jsb_async;
 uv_mutex_t jsb_lock;
 jsb_job *jsb_head, *jsb_tail; /* guarded by jsb_lock */
 int jsb_keepalive_count;      /* main thread only */
-v8::Global<v8::Context> jsb_context;
+/* Heap-held: a static v8::Global would be destroyed after V8 at exit. */
+v8::Global<v8::Context> *jsb_context;
 
 bool jsb_on_main_thread(void)
 {
@@ -196,7 +197,7 @@ v8::Local<v8::Value> jsb_call(jsb_sink *sink, const char *event, double slot,
 {
     v8::Isolate *iso = v8::Isolate::GetCurrent();
     v8::EscapableHandleScope scope(iso);
-    v8::Local<v8::Context> ctx = jsb_context.Get(iso);
+    v8::Local<v8::Context> ctx = jsb_context->Get(iso);
     v8::Local<v8::Value> undef = v8::Undefined(iso);
     v8::Local<v8::Value> argv[7] = {jsb_str(event),
                                     jsb_num(slot),
@@ -224,7 +225,7 @@ int jsb_status_of(v8::Local<v8::Value> r, int fallback)
         return (int)r.As<v8::Number>()->Value();
     if (r->IsArray()) {
         v8::Local<v8::Value> first;
-        if (r.As<v8::Array>()->Get(jsb_context.Get(v8::Isolate::GetCurrent()), 0).ToLocal(&first) &&
+        if (r.As<v8::Array>()->Get(jsb_context->Get(v8::Isolate::GetCurrent()), 0).ToLocal(&first) &&
             first->IsNumber())
             return (int)first.As<v8::Number>()->Value();
     }
@@ -235,7 +236,7 @@ v8::Local<v8::Value> jsb_item(v8::Local<v8::Value> r, uint32_t i)
 {
     v8::Isolate *iso = v8::Isolate::GetCurrent();
     v8::Local<v8::Value> v;
-    if (!r->IsArray() || !r.As<v8::Array>()->Get(jsb_context.Get(iso), i).ToLocal(&v))
+    if (!r->IsArray() || !r.As<v8::Array>()->Get(jsb_context->Get(iso), i).ToLocal(&v))
         return v8::Undefined(iso);
     return v;
 }
@@ -556,7 +557,7 @@ void jsb_drain(uv_async_t *)
 {
     v8::Isolate *iso = v8::Isolate::GetCurrent();
     v8::HandleScope scope(iso);
-    v8::Local<v8::Context> ctx = jsb_context.Get(iso);
+    v8::Local<v8::Context> ctx = jsb_context->Get(iso);
     v8::Context::Scope context_scope(ctx);
     for (;;) {
         uv_mutex_lock(&jsb_lock);
@@ -599,13 +600,20 @@ void jsb_server_close_done(uv_work_t *work, int)
     jsb_server_close_req *req = (jsb_server_close_req *)work->data;
     v8::Isolate *iso = v8::Isolate::GetCurrent();
     v8::HandleScope scope(iso);
-    v8::Context::Scope context_scope(jsb_context.Get(iso));
+    v8::Context::Scope context_scope(jsb_context->Get(iso));
     {
         node::CallbackScope callback_scope(iso, v8::Object::New(iso), {0, 0});
         jsb_call(req->sink, "server_closed", req->token);
     }
     jsb_sink_unref(req->sink);
     delete req;
+}
+
+/* Node is shutting down: let its loop close cleanly. */
+void jsb_module_cleanup(void *)
+{
+    jsb_context->Reset();
+    uv_close((uv_handle_t *)&jsb_async, NULL);
 }
 
 void jsb_module_init(v8::Local<v8::Context> context)
@@ -616,10 +624,11 @@ void jsb_module_init(v8::Local<v8::Context> context)
     done = true;
     v8::Isolate *iso = context->GetIsolate();
     jsb_main_thread = uv_thread_self();
-    jsb_context.Reset(iso, context);
+    jsb_context = new v8::Global<v8::Context>(iso, context);
     uv_mutex_init(&jsb_lock);
     uv_async_init(node::GetCurrentEventLoop(iso), &jsb_async, jsb_drain);
     uv_unref((uv_handle_t *)&jsb_async);
+    node::AddEnvironmentCleanupHook(iso, jsb_module_cleanup, NULL);
 }
 
 } // namespace

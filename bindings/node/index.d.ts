@@ -1,0 +1,186 @@
+// Type declarations of the syncengine Node package (libsync's Node binding).
+
+/** Every message has a string `type` that picks its handler. */
+export interface BaseMessage {
+  type: string;
+}
+
+/** What the engine needs from a connection: the `ws` of any WebSocket server, or a mock. */
+export interface WebSocketLike {
+  send(data: string): unknown;
+  close(code?: number, reason?: string): unknown;
+}
+
+export type MaybePromise<T> = T | Promise<T>;
+
+export interface MessageHandler<TState = any, TMessage extends BaseMessage = BaseMessage,
+  WS = WebSocketLike> {
+  type: TMessage['type'];
+  /**
+   * Applies one message. `getState()` returns a fresh copy the handler may change; `setState(s)`
+   * makes `s` the new state when the handler succeeds. A throw or rejection drops the message and
+   * leaves state and version unchanged (reported to onError).
+   */
+  handle(
+    ws: WS,
+    message: TMessage,
+    getState: () => TState,
+    setState: (state: TState) => void
+  ): MaybePromise<void>;
+}
+
+/** A middleware returns the (possibly changed) message, or undefined to keep it. */
+export type Middleware<TMessage extends BaseMessage = BaseMessage> = (
+  message: TMessage
+) => MaybePromise<TMessage | void>;
+
+export interface SyncEngineHooks<TState = any, WS = WebSocketLike> {
+  onConnect?(ws: WS): MaybePromise<void>;
+  onDisconnect?(ws: WS): MaybePromise<void>;
+  /** Only when the two differ as JSON. */
+  onStateChange?(oldState: TState, newState: TState): MaybePromise<void>;
+  onSync?(state: TState, version: number): MaybePromise<void>;
+  onBackup?(timestampMs: number, version: number): MaybePromise<void>;
+  onPing?(ws: WS): MaybePromise<void>;
+  onPong?(ws: WS): MaybePromise<void>;
+  onPingTimeout?(ws: WS): MaybePromise<void>;
+  /** Every reported error, with where it happened ("handler:increment", "sync", "hook:onSync"...). */
+  onError?(error: SyncError | Error, context: string): MaybePromise<void>;
+}
+
+/** A persistence adapter written in JavaScript; each method may be sync or async. */
+export interface PersistenceAdapter<TState = any> {
+  init?(): MaybePromise<void>;
+  /** The saved record, or null/undefined when nothing was ever saved. */
+  load(): MaybePromise<{ state: TState; version: number } | null | undefined>;
+  save(state: TState, version: number): MaybePromise<void>;
+  /** Optional; may return the backup's timestamp in ms (default: now). */
+  backup?(): MaybePromise<number | void>;
+}
+
+/** The original's name of the adapter interface. */
+export type BackendWebSocketPersistenceAdapter<TState = any> = PersistenceAdapter<TState>;
+
+export interface SyncEngineConfig<TState = any, TMessage extends BaseMessage = BaseMessage,
+  WS = WebSocketLike> {
+  /** State when no adapter is used or its store was never saved. Default {}. */
+  initialState?: TState;
+  defaultState?: TState;
+  messageHandlers?: Array<MessageHandler<TState, any, WS>>;
+  /** Log every step (stderr). */
+  debug?: boolean;
+  hooks?: SyncEngineHooks<TState, WS>;
+  /** Heartbeat: {"type":"ping"} to every connection every interval. 0 = off. */
+  heartbeatIntervalMs?: number;
+  /** Close a connection that has not answered "pong" for this long. 0 = never. */
+  pingTimeoutMs?: number;
+  /** Gets the parsed message (String(raw) gives its JSON text); returns it or throws. */
+  validateMessage?: (rawMessage: unknown) => MaybePromise<TMessage>;
+  adapter?: PersistenceAdapter<TState> | SQLiteAdapter<TState> | FileAdapter<TState>;
+  /** Version starts at 0 and grows by 1 per change; off (default): version is -1. */
+  enableVersioning?: boolean;
+  /** Save through the adapter every interval. 0 = off. */
+  syncIntervalMs?: number;
+}
+
+export class SyncEngine<TState = any, TMessage extends BaseMessage = BaseMessage,
+  WS = WebSocketLike> {
+  constructor(config?: SyncEngineConfig<TState, TMessage, WS>);
+  on(type: string, handler: MessageHandler<TState, any, WS> | MessageHandler<TState, any, WS>['handle']): this;
+  off(type: string): boolean;
+  use(middleware: Middleware<TMessage>): this;
+  handleOpen(ws: WS): Promise<void>;
+  handleMessage(ws: WS, rawMessage: string | Buffer | ArrayBuffer | Buffer[]): Promise<void>;
+  handleClose(ws: WS): Promise<void>;
+  inject(rawMessage: string | Buffer): Promise<void>;
+  readonly connectionCount: number;
+  getState(): TState;
+  getVersion(): number;
+  setState(state: TState, broadcast?: boolean): Promise<void>;
+  broadcastState(): Promise<void>;
+  broadcast(text: string): Promise<void>;
+  sync(): Promise<void>;
+  createBackup(): Promise<void>;
+  /** Resolves once the adapter's init() and load() have finished. */
+  ready(): Promise<void>;
+  dispose(): void;
+}
+
+export interface SQLiteAdapterOptions {
+  path: string;
+  /** Default "websocket_state"; [A-Za-z_][A-Za-z0-9_]{0,63}. */
+  tableName?: string;
+  /** Default "<path>.backups". */
+  backupsDir?: string;
+  /** "process" (default): survives a crash; "power": survives a power loss (fsync per save). */
+  durability?: 'process' | 'power';
+}
+
+export class SQLiteAdapter<TState = any> {
+  constructor(options: SQLiteAdapterOptions);
+  readonly path: string;
+  private readonly __state?: TState;
+}
+
+export interface FileAdapterOptions {
+  filePath: string;
+  backupsDir?: string;
+  /** fsync each save (default true). */
+  fsync?: boolean;
+}
+
+export class FileAdapter<TState = any> {
+  constructor(options: FileAdapterOptions);
+  readonly filePath: string;
+  private readonly __state?: TState;
+}
+
+export { SQLiteAdapter as SQLiteWebSocketAdapter, FileAdapter as FileWebSocketAdapter };
+
+/** A client of the built-in Server. */
+export class ServerConnection implements WebSocketLike {
+  readonly id: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  readonly identity: unknown;
+}
+
+export interface ServerOptions {
+  /** Default "127.0.0.1". */
+  host?: string;
+  /** 0 (default) picks a free port. */
+  port?: number;
+  /** URL path -> engine; WebSocket upgrades to that exact path join it. */
+  engines: Record<string, SyncEngine<any, any, any>>;
+  /** Served over HTTP ("index.html" for "/"). */
+  staticDir?: string | null;
+  maxMessageBytes?: number;
+  maxConnections?: number;
+}
+
+export class Server {
+  constructor(options: ServerOptions);
+  /** Resolves with the port listened on. */
+  listen(): Promise<number>;
+  close(): Promise<void>;
+  readonly port: number;
+}
+
+export class SyncError extends Error {
+  readonly status: number;
+  /** "EHANDLER", "EREJECTED", "EPARSE"... */
+  readonly code: string;
+  readonly context?: string;
+  /** The connection involved, when there is one. */
+  ws?: unknown;
+}
+
+export const Status: Readonly<Record<
+  | 'OK' | 'PENDING' | 'EINVAL' | 'ENOMEM' | 'EPARSE' | 'EMESSAGE' | 'ETOOBIG' | 'ETOODEEP'
+  | 'ENOHANDLER' | 'EREJECTED' | 'EHANDLER' | 'EIO' | 'ECORRUPT' | 'ECLOSED' | 'ESTATE' | 'ESEND'
+  | 'ENET' | 'ELIMIT' | 'EUNSUPPORTED',
+  number
+>>;
+
+/** libsync's version ("0.1.0"). */
+export const version: string;
