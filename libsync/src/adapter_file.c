@@ -1,0 +1,293 @@
+/* The file store: one JSON record {"state":...,"version":...} replaced atomically on every save. */
+#include "error.h"
+#include "fsutil.h"
+#include "libsync/adapter.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Versions beyond 2^53 would not survive cJSON's double; no engine gets near it. */
+#define FILE_MAX_EXACT_VERSION 9007199254740992.0
+
+typedef struct file_adapter {
+    char *path;
+    char *dir; /* directory holding path: fsynced after each rename */
+    char *backups_dir;
+    int fsync;
+} file_adapter;
+
+static int file_init(void *userdata, sync_pending *pending)
+{
+    (void)pending;
+    file_adapter *fa = userdata;
+    /* Nothing is written here: a store that was never saved must load as "never saved" so the
+     * engine keeps its initial state (the original wrote an empty record and wiped it). */
+    if (fs_mkdirs(fa->dir) != 0)
+        return sync_fail(SYNC_EIO, "cannot create directory %s: %s", fa->dir, strerror(errno));
+    return SYNC_OK;
+}
+
+/* Moves an unparseable store out of the way so that the next save starts a new file and the old
+ * bytes stay available to whoever investigates. */
+static int keep_aside(file_adapter *fa, const char *why)
+{
+    char *prefix = NULL;
+    if (asprintf(&prefix, "%s.corrupt-", fa->path) < 0)
+        return sync_fail(SYNC_ENOMEM, "out of memory");
+    int64_t ms = sync_wall_ms();
+    char *aside = NULL;
+    int rc = fs_rename_stamped(fa->path, prefix, "", &ms, &aside);
+    int err = errno;
+    free(prefix);
+    if (rc != 0)
+        return sync_fail(SYNC_EIO, "state file %s is corrupt (%s) and cannot be moved aside: %s",
+                         fa->path, why, strerror(err));
+    if (fa->fsync)
+        fs_fsync_dir(fa->dir);
+    rc = sync_fail(SYNC_ECORRUPT, "state file %s is corrupt (%s); kept aside as %s", fa->path, why,
+                   aside);
+    free(aside);
+    return rc;
+}
+
+static int version_of(const cJSON *item, int64_t *out)
+{
+    if (!cJSON_IsNumber(item))
+        return -1;
+    double v = item->valuedouble;
+    if (!isfinite(v) || v != floor(v) || fabs(v) > FILE_MAX_EXACT_VERSION)
+        return -1;
+    *out = (int64_t)v;
+    return 0;
+}
+
+static int file_load(void *userdata, sync_pending *pending, char **out_state_json,
+                     int64_t *out_version)
+{
+    (void)pending;
+    file_adapter *fa = userdata;
+    *out_state_json = NULL;
+    *out_version = 0;
+    char *text = NULL;
+    size_t len = 0;
+    if (fs_read_file(fa->path, &text, &len) != 0) {
+        if (errno == ENOENT)
+            return SYNC_OK;
+        return sync_fail(SYNC_EIO, "cannot read state file %s: %s", fa->path, strerror(errno));
+    }
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!root) {
+        char why[96];
+        size_t at = end && end >= text ? (size_t)(end - text) : 0;
+        snprintf(why, sizeof why, "not valid JSON at byte %zu", at);
+        free(text);
+        return keep_aside(fa, why);
+    }
+    /* Trailing bytes after the record mean it was not written by us in one piece. */
+    while (end < text + len && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
+        end++;
+    int trailing = end != text + len;
+    free(text);
+    const cJSON *state = cJSON_GetObjectItemCaseSensitive(root, "state");
+    int64_t version = 0;
+    const char *why = NULL;
+    if (trailing)
+        why = "unexpected bytes after the JSON record";
+    else if (!cJSON_IsObject(root))
+        why = "the record is not a JSON object";
+    else if (!state)
+        why = "no \"state\" member";
+    else if (version_of(cJSON_GetObjectItemCaseSensitive(root, "version"), &version) != 0)
+        why = "\"version\" is missing or not an integer";
+    if (why) {
+        cJSON_Delete(root);
+        return keep_aside(fa, why);
+    }
+    char *printed = cJSON_PrintUnformatted(state);
+    cJSON_Delete(root);
+    if (!printed)
+        return sync_fail(SYNC_ENOMEM, "out of memory printing the loaded state");
+    /* The engine frees with free(); cJSON may have been given another allocator. */
+    *out_state_json = strdup(printed);
+    cJSON_free(printed);
+    if (!*out_state_json)
+        return sync_fail(SYNC_ENOMEM, "out of memory");
+    *out_version = version;
+    return SYNC_OK;
+}
+
+/* Writes `iov` to a fresh temp file beside `target`, then renames it over `target`: a crash at
+ * any instant leaves the old or the new content, never a mix. */
+static int replace_file(file_adapter *fa, const char *target, const struct iovec *iov, int iovcnt)
+{
+    char *tmp = fs_temp_name(target);
+    if (!tmp)
+        return sync_fail(SYNC_ENOMEM, "out of memory");
+    int rc = fs_write_new_file(tmp, iov, iovcnt, fa->fsync);
+    if (rc != 0 && errno == ENOENT && fs_mkdirs(fa->dir) == 0)
+        rc = fs_write_new_file(tmp, iov, iovcnt, fa->fsync); /* the directory was removed */
+    if (rc != 0) {
+        rc = sync_fail(SYNC_EIO, "cannot write %s: %s", tmp, strerror(errno));
+        free(tmp);
+        return rc;
+    }
+    if (rename(tmp, target) != 0) {
+        rc = sync_fail(SYNC_EIO, "cannot rename %s to %s: %s", tmp, target, strerror(errno));
+        unlink(tmp);
+        free(tmp);
+        return rc;
+    }
+    free(tmp);
+    if (fa->fsync && fs_fsync_dir(fa->dir) != 0)
+        return sync_fail(SYNC_EIO, "cannot fsync directory %s: %s", fa->dir, strerror(errno));
+    return SYNC_OK;
+}
+
+static int file_save(void *userdata, sync_pending *pending, const cJSON *state,
+                     const char *state_json, size_t state_len, int64_t version)
+{
+    (void)pending;
+    file_adapter *fa = userdata;
+    char *printed = NULL;
+    if (!state_json) {
+        if (!state)
+            return sync_fail(SYNC_EINVAL, "save without a state");
+        printed = cJSON_PrintUnformatted(state);
+        if (!printed)
+            return sync_fail(SYNC_ENOMEM, "out of memory serialising the state");
+        state_json = printed;
+        state_len = strlen(printed);
+    }
+    /* The state arrives serialised: the record is built around its bytes, never re-printed. */
+    static const char head[] = "{\"state\":";
+    char tail[48];
+    int tail_len = snprintf(tail, sizeof tail, ",\"version\":%" PRId64 "}\n", version);
+    struct iovec iov[3] = {
+        {(void *)head, sizeof head - 1},
+        {(void *)state_json, state_len},
+        {tail, (size_t)tail_len},
+    };
+    int rc = replace_file(fa, fa->path, iov, 3);
+    cJSON_free(printed);
+    return rc;
+}
+
+static int file_backup(void *userdata, sync_pending *pending, int64_t *out_timestamp_ms)
+{
+    (void)pending;
+    file_adapter *fa = userdata;
+    char *text = NULL;
+    size_t len = 0;
+    if (fs_read_file(fa->path, &text, &len) != 0) {
+        if (errno == ENOENT)
+            return sync_fail(SYNC_ESTATE, "nothing to back up: %s has never been saved", fa->path);
+        return sync_fail(SYNC_EIO, "cannot read state file %s: %s", fa->path, strerror(errno));
+    }
+    int rc = SYNC_OK;
+    char *tmp = NULL, *prefix = NULL, *tmp_base = NULL;
+    if (fs_mkdirs(fa->backups_dir) != 0) {
+        rc = sync_fail(SYNC_EIO, "cannot create backups directory %s: %s", fa->backups_dir,
+                       strerror(errno));
+        goto out;
+    }
+    if (asprintf(&prefix, "%s/backup-", fa->backups_dir) < 0 ||
+        asprintf(&tmp_base, "%s/.backup", fa->backups_dir) < 0 || !(tmp = fs_temp_name(tmp_base))) {
+        rc = sync_fail(SYNC_ENOMEM, "out of memory");
+        goto out;
+    }
+    struct iovec iov = {text, len};
+    if (fs_write_new_file(tmp, &iov, 1, fa->fsync) != 0) {
+        rc = sync_fail(SYNC_EIO, "cannot write %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    /* Two backups in one millisecond get consecutive stamps instead of one replacing the other. */
+    int64_t ms = sync_wall_ms();
+    if (fs_rename_stamped(tmp, prefix, ".json", &ms, NULL) != 0) {
+        rc = sync_fail(SYNC_EIO, "cannot name backup in %s: %s", fa->backups_dir, strerror(errno));
+        unlink(tmp);
+        goto out;
+    }
+    if (fa->fsync && fs_fsync_dir(fa->backups_dir) != 0) {
+        rc = sync_fail(SYNC_EIO, "cannot fsync directory %s: %s", fa->backups_dir, strerror(errno));
+        goto out;
+    }
+    *out_timestamp_ms = ms;
+out:
+    free(text);
+    free(tmp);
+    free(prefix);
+    free(tmp_base);
+    return rc;
+}
+
+static void file_destroy(void *userdata)
+{
+    file_adapter *fa = userdata;
+    if (!fa)
+        return;
+    free(fa->path);
+    free(fa->dir);
+    free(fa->backups_dir);
+    free(fa);
+}
+
+int sync_file_options_init(sync_file_options *opts, unsigned int version)
+{
+    if (!opts)
+        return sync_fail(SYNC_EINVAL, "options pointer is NULL");
+    if (version != SYNC_FILE_OPTIONS_VERSION)
+        return sync_fail(SYNC_EINVAL, "unknown file options version %u (this library knows %u)",
+                         version, SYNC_FILE_OPTIONS_VERSION);
+    *opts = (sync_file_options)SYNC_FILE_OPTIONS_INIT;
+    sync_error_clear();
+    return SYNC_OK;
+}
+
+int sync_adapter_file_new(sync_adapter **out, const sync_file_options *opts)
+{
+    if (!out)
+        return sync_fail(SYNC_EINVAL, "out pointer is NULL");
+    *out = NULL;
+    if (!opts)
+        return sync_fail(SYNC_EINVAL, "options pointer is NULL");
+    if (opts->version == 0 || opts->version > SYNC_FILE_OPTIONS_VERSION)
+        return sync_fail(SYNC_EINVAL, "unknown file options version %u (this library knows %u)",
+                         opts->version, SYNC_FILE_OPTIONS_VERSION);
+    if (!opts->file_path || !*opts->file_path)
+        return sync_fail(SYNC_EINVAL, "file_path is required");
+    if (opts->backups_dir && !*opts->backups_dir)
+        return sync_fail(SYNC_EINVAL, "backups_dir is empty (use NULL for no backups)");
+    size_t len = strlen(opts->file_path);
+    if (opts->file_path[len - 1] == '/')
+        return sync_fail(SYNC_EINVAL, "file_path %s names a directory", opts->file_path);
+
+    file_adapter *fa = calloc(1, sizeof *fa);
+    if (!fa)
+        return sync_fail(SYNC_ENOMEM, "out of memory");
+    fa->fsync = opts->fsync != 0;
+    fa->path = strdup(opts->file_path);
+    fa->dir = fa->path ? fs_dirname(fa->path) : NULL;
+    fa->backups_dir = opts->backups_dir ? strdup(opts->backups_dir) : NULL;
+    if (!fa->path || !fa->dir || (opts->backups_dir && !fa->backups_dir)) {
+        file_destroy(fa);
+        return sync_fail(SYNC_ENOMEM, "out of memory");
+    }
+    sync_adapter_vtable vt = {
+        .version = SYNC_ADAPTER_VTABLE_VERSION,
+        .init = file_init,
+        .load = file_load,
+        .save = file_save,
+        .backup = fa->backups_dir ? file_backup : NULL,
+        .destroy = file_destroy,
+    };
+    int rc = sync_adapter_new(out, &vt, fa);
+    if (rc == SYNC_OK)
+        sync_error_clear();
+    return rc;
+}

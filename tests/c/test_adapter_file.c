@@ -1,0 +1,529 @@
+/* The file adapter against real files: the record format, atomic replacement (no temp file left,
+ * the old record intact after a failure), corrupt files kept aside, backups, I/O failures. */
+#include "adapter_engine.h"
+#include "adapter_fs.h"
+#include "check.h"
+
+#include <libsync/libsync.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static sync_adapter *open_adapter(const char *path, const char *backups_dir, int do_fsync)
+{
+    sync_file_options opts = SYNC_FILE_OPTIONS_INIT;
+    opts.file_path = path;
+    opts.backups_dir = backups_dir;
+    opts.fsync = do_fsync;
+    sync_adapter *adapter = NULL;
+    if (sync_adapter_file_new(&adapter, &opts) != SYNC_OK)
+        return NULL;
+    return adapter;
+}
+
+static void expect_record(sync_adapter *adapter, const char *state, int64_t version)
+{
+    char *loaded = NULL;
+    int64_t v = -99;
+    CHECK_EQ_INT(sync_adapter_load(adapter, &loaded, &v), SYNC_OK);
+    CHECK_EQ_STR(loaded, state);
+    CHECK_EQ_INT(v, version);
+    sync_free(loaded);
+}
+
+static void expect_never_saved(sync_adapter *adapter)
+{
+    char *loaded = (char *)"sentinel";
+    int64_t v = -99;
+    CHECK_EQ_INT(sync_adapter_load(adapter, &loaded, &v), SYNC_OK);
+    CHECK(loaded == NULL);
+}
+
+static void test_init_writes_nothing(void)
+{
+    char *dir = check_tmpdir("file-fresh");
+    char *parent = afs_join(dir, "a/b");
+    char *path = afs_join(parent, "state.json");
+    sync_adapter *a = open_adapter(path, NULL, 1);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    struct stat st;
+    CHECK(stat(parent, &st) == 0 && S_ISDIR(st.st_mode)); /* parent directories created */
+    CHECK(!afs_exists(path)); /* the original's quirk wrote {"state":{},"version":0} here */
+    expect_never_saved(a);
+    CHECK(!afs_exists(path));
+    sync_adapter_free(a);
+    free(path);
+    free(parent);
+    free(dir);
+}
+
+static void test_record_format_and_restart(void)
+{
+    char *dir = check_tmpdir("file-roundtrip");
+    char *path = afs_join(dir, "state.json");
+    sync_adapter *a = open_adapter(path, NULL, 1);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"counter\":5,\"tags\":[\"a\",\"b\"]}", 12), SYNC_OK);
+    char *text = afs_read(path);
+    CHECK_EQ_STR(text, "{\"state\":{\"counter\":5,\"tags\":[\"a\",\"b\"]},\"version\":12}\n");
+    free(text);
+    expect_record(a, "{\"counter\":5,\"tags\":[\"a\",\"b\"]}", 12);
+    CHECK_EQ_INT(sync_adapter_save(a, "\"just a string\"", 13), SYNC_OK);
+    sync_adapter_free(a);
+
+    a = open_adapter(path, NULL, 1);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    expect_record(a, "\"just a string\"", 13);
+    sync_adapter_free(a);
+
+    /* A record written by hand (the original's files, pretty-printed) loads too. */
+    REQUIRE(afs_write(path, "{\n  \"version\": 4,\n  \"state\": { \"n\": 1 }\n}\n") == 0);
+    a = open_adapter(path, NULL, 1);
+    REQUIRE(a);
+    expect_record(a, "{\"n\":1}", 4);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
+static double save_many(const char *path, int do_fsync, int n)
+{
+    sync_adapter *a = open_adapter(path, NULL, do_fsync);
+    if (!a)
+        return -1;
+    char state[64];
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int failures = 0;
+    for (int i = 1; i <= n; i++) {
+        snprintf(state, sizeof state, "{\"counter\":%d}", i);
+        failures += sync_adapter_save(a, state, i) != SYNC_OK;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CHECK_EQ_INT(failures, 0);
+    snprintf(state, sizeof state, "{\"counter\":%d}", n);
+    expect_record(a, state, n);
+    sync_adapter_free(a);
+    return ((double)(t1.tv_sec - t0.tv_sec) * 1e6 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e3) / n;
+}
+
+static void test_many_saves_leave_no_temp_files(void)
+{
+    char *dir = check_tmpdir("file-many");
+    char *synced = afs_join(dir, "synced.json");
+    char *unsynced = afs_join(dir, "unsynced.json");
+    double us_sync = save_many(synced, 1, 100);
+    double us_nosync = save_many(unsynced, 0, 1000);
+    CHECK(us_sync > 0 && us_nosync > 0);
+    printf("file save, small state: %.1f us (fsync), %.1f us (no fsync)\n", us_sync, us_nosync);
+    CHECK_EQ_INT(afs_count(dir, "synced.json.tmp-"), 0);
+    CHECK_EQ_INT(afs_count(dir, "unsynced.json.tmp-"), 0);
+    CHECK_EQ_INT(afs_count(dir, ""), 4); /* ".", "..", and the two stores */
+    free(synced);
+    free(unsynced);
+    free(dir);
+}
+
+static void test_failed_save_keeps_old_record(void)
+{
+    char *dir = check_tmpdir("file-full");
+    char *path = afs_join(dir, "state.json");
+    sync_adapter *a = open_adapter(path, NULL, 1);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"small\":1}", 1), SYNC_OK);
+
+    /* Disk full in the middle of the temp file. */
+    char *big = afs_big_state(256 * 1024);
+    afs_limit_file_size(64 * 1024);
+    int rc = sync_adapter_save(a, big, 2);
+    afs_limit_file_size(0);
+    CHECK_EQ_INT(rc, SYNC_EIO);
+    CHECK(strstr(sync_error_last(), "File too large"));
+    CHECK_EQ_INT(afs_count(dir, "state.json.tmp-"), 0);
+    char *text = afs_read(path);
+    CHECK_EQ_STR(text, "{\"state\":{\"small\":1},\"version\":1}\n");
+    free(text);
+    free(big);
+
+    /* The same adapter saves again once there is room. */
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"small\":3}", 3), SYNC_OK);
+    expect_record(a, "{\"small\":3}", 3);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
+static void test_failed_rename_removes_temp_file(void)
+{
+    /* The store's name is taken by a non-empty directory: writing works, the rename cannot. */
+    char *dir = check_tmpdir("file-rename");
+    char *path = afs_join(dir, "state.json");
+    REQUIRE(mkdir(path, 0755) == 0);
+    char *inside = afs_join(path, "keep");
+    REQUIRE(afs_write(inside, "x") == 0);
+    sync_adapter *a = open_adapter(path, NULL, 1);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_save(a, "{}", 1), SYNC_EIO);
+    CHECK(strstr(sync_error_last(), "rename"));
+    CHECK_EQ_INT(afs_count(dir, "state.json.tmp-"), 0);
+    CHECK(afs_exists(inside));
+
+    /* Loading a directory is an I/O error, not corruption: nothing is moved. */
+    char *loaded = NULL;
+    int64_t v = 0;
+    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_EIO);
+    CHECK(strstr(sync_error_last(), "Is a directory"));
+    CHECK(loaded == NULL);
+    CHECK_EQ_INT(afs_count(dir, "state.json.corrupt-"), 0);
+    sync_adapter_free(a);
+    free(inside);
+    free(path);
+    free(dir);
+}
+
+static void expect_corrupt(const char *content, const char *reason)
+{
+    char *dir = check_tmpdir("file-corrupt");
+    char *path = afs_join(dir, "state.json");
+    REQUIRE(afs_write(path, content) == 0);
+    sync_adapter *a = open_adapter(path, NULL, 1);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    char *loaded = NULL;
+    int64_t v = 0;
+    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_ECORRUPT);
+    CHECK(loaded == NULL);
+    if (!strstr(sync_error_last(), reason)) {
+        fprintf(stderr, "  \"%s\" lacks \"%s\"\n", sync_error_last(), reason);
+        CHECK(strstr(sync_error_last(), reason));
+    }
+    CHECK(strstr(sync_error_last(), "kept aside"));
+    CHECK(!afs_exists(path));
+    char *aside = afs_find(dir, "state.json.corrupt-");
+    REQUIRE(aside);
+    char *kept = afs_read(aside);
+    CHECK_EQ_STR(kept, content);
+    free(kept);
+
+    /* The next save starts a new file; the corrupt one is never touched. */
+    expect_never_saved(a);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"fresh\":1}", 1), SYNC_OK);
+    expect_record(a, "{\"fresh\":1}", 1);
+    kept = afs_read(aside);
+    CHECK_EQ_STR(kept, content);
+    free(kept);
+    free(aside);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
+static void test_corrupt_files_kept_aside(void)
+{
+    expect_corrupt("{\"state\":{\"counter\":5},\"vers", "not valid JSON");
+    expect_corrupt("", "not valid JSON");
+    expect_corrupt("{\"version\":3}", "no \"state\"");
+    expect_corrupt("{\"state\":{},\"version\":1.5}", "version");
+    expect_corrupt("{\"state\":{},\"version\":\"3\"}", "version");
+    expect_corrupt("{\"state\":{}}", "version");
+    expect_corrupt("[1,2]", "not a JSON object");
+    expect_corrupt("{\"state\":{},\"version\":1} {\"state\":{},\"version\":2}", "after");
+}
+
+static void test_two_corrupt_files_both_kept(void)
+{
+    char *dir = check_tmpdir("file-corrupt-twice");
+    char *path = afs_join(dir, "state.json");
+    sync_adapter *a = open_adapter(path, NULL, 0);
+    REQUIRE(a);
+    char *loaded = NULL;
+    int64_t v = 0;
+    for (int i = 0; i < 3; i++) {
+        char junk[32];
+        snprintf(junk, sizeof junk, "junk %d", i);
+        REQUIRE(afs_write(path, junk) == 0);
+        CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_ECORRUPT);
+    }
+    CHECK_EQ_INT(afs_count(dir, "state.json.corrupt-"), 3);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
+static void test_backups(void)
+{
+    char *dir = check_tmpdir("file-backup");
+    char *path = afs_join(dir, "state.json");
+    char *backups = afs_join(dir, "not/yet/there");
+    sync_adapter *a = open_adapter(path, backups, 1);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK(!afs_exists(backups)); /* created on the first backup, not before */
+    int64_t t1 = 0, t2 = 0;
+    CHECK_EQ_INT(sync_adapter_backup(a, &t1), SYNC_ESTATE); /* nothing saved yet */
+    CHECK(strstr(sync_error_last(), "never been saved"));
+
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"n\":1}", 1), SYNC_OK);
+    int64_t before = sync_wall_ms();
+    CHECK_EQ_INT(sync_adapter_backup(a, &t1), SYNC_OK);
+    CHECK(t1 >= before && t1 <= sync_wall_ms() + 1000);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"n\":2}", 2), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_backup(a, &t2), SYNC_OK); /* same millisecond, likely */
+    CHECK(t2 != t1);
+    CHECK_EQ_INT(afs_count(backups, "backup-"), 2);
+    CHECK_EQ_INT(afs_count(backups, ".backup"), 0);
+
+    char name[64];
+    snprintf(name, sizeof name, "backup-%" PRId64 ".json", t1);
+    char *first = afs_join(backups, name);
+    char *text = afs_read(first);
+    CHECK_EQ_STR(text, "{\"state\":{\"n\":1},\"version\":1}\n");
+    free(text);
+    free(first);
+    snprintf(name, sizeof name, "backup-%" PRId64 ".json", t2);
+    char *second = afs_join(backups, name);
+    text = afs_read(second);
+    CHECK_EQ_STR(text, "{\"state\":{\"n\":2},\"version\":2}\n");
+    free(text);
+    free(second);
+    sync_adapter_free(a);
+
+    /* Without backups_dir the adapter has no backup at all. */
+    a = open_adapter(path, NULL, 1);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_backup(a, &t1), SYNC_EUNSUPPORTED);
+    sync_adapter_free(a);
+    free(backups);
+    free(path);
+    free(dir);
+}
+
+static void test_unreadable_and_unwritable(void)
+{
+    /* /proc takes no new files, even from root. */
+    sync_adapter *a = open_adapter("/proc/self/libsync-test/state.json", NULL, 1);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_EIO);
+    CHECK(strstr(sync_error_last(), "/proc/self/libsync-test"));
+    CHECK_EQ_INT(sync_adapter_save(a, "{}", 1), SYNC_EIO);
+    CHECK_EQ_INT(sync_adapter_save(a, "{}", 2), SYNC_EIO); /* still answering */
+    expect_never_saved(a);
+    sync_adapter_free(a);
+
+    /* A parent that is a regular file. */
+    char *dir = check_tmpdir("file-notdir");
+    char *file = afs_join(dir, "plain");
+    REQUIRE(afs_write(file, "x") == 0);
+    char *below = afs_join(file, "state.json");
+    a = open_adapter(below, NULL, 1);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_EIO);
+    CHECK(strstr(sync_error_last(), "Not a directory"));
+    char *loaded = NULL;
+    int64_t v = 0;
+    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_EIO);
+    sync_adapter_free(a);
+    free(below);
+    free(file);
+    free(dir);
+}
+
+static void test_read_only_directory(void)
+{
+    char *dir = check_tmpdir("file-readonly");
+    char *sub = afs_join(dir, "ro");
+    char *path = afs_join(sub, "state.json");
+    sync_adapter *a = open_adapter(path, NULL, 1);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"kept\":1}", 1), SYNC_OK);
+    if (afs_make_readonly(sub) != 0) {
+        fprintf(stderr, "  SKIP read-only directory: no read-only bind mount here\n");
+    } else {
+        CHECK_EQ_INT(sync_adapter_save(a, "{\"lost\":1}", 2), SYNC_EIO);
+        CHECK(strstr(sync_error_last(), "Read-only file system"));
+        expect_record(a, "{\"kept\":1}", 1); /* reading still works */
+        afs_make_writable(sub);
+        CHECK_EQ_INT(sync_adapter_save(a, "{\"back\":1}", 3), SYNC_OK);
+        expect_record(a, "{\"back\":1}", 3);
+        CHECK_EQ_INT(afs_count(sub, "state.json.tmp-"), 0);
+    }
+    sync_adapter_free(a);
+    free(path);
+    free(sub);
+    free(dir);
+}
+
+static void test_large_state(void)
+{
+    char *dir = check_tmpdir("file-large");
+    char *path = afs_join(dir, "state.json");
+    sync_adapter *a = open_adapter(path, NULL, 1);
+    REQUIRE(a);
+    char *big = afs_big_state(64 * 1024);
+    CHECK_EQ_INT(sync_adapter_save(a, big, 64), SYNC_OK);
+    sync_adapter_free(a);
+    a = open_adapter(path, NULL, 1);
+    REQUIRE(a);
+    char *loaded = NULL;
+    int64_t v = 0;
+    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_OK);
+    CHECK(loaded && strcmp(loaded, big) == 0);
+    CHECK_EQ_INT(v, 64);
+    sync_free(loaded);
+    sync_adapter_free(a);
+    free(big);
+    free(path);
+    free(dir);
+}
+
+static void test_directory_removed_after_init(void)
+{
+    char *dir = check_tmpdir("file-rmdir");
+    char *sub = afs_join(dir, "sub");
+    char *path = afs_join(sub, "state.json");
+    sync_adapter *a = open_adapter(path, NULL, 1);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    REQUIRE(rmdir(sub) == 0);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"n\":1}", 1), SYNC_OK);
+    expect_record(a, "{\"n\":1}", 1);
+    sync_adapter_free(a);
+    free(path);
+    free(sub);
+    free(dir);
+}
+
+static void test_bad_options(void)
+{
+    sync_file_options opts = SYNC_FILE_OPTIONS_INIT;
+    sync_adapter *a = NULL;
+    CHECK_EQ_INT(sync_adapter_file_new(NULL, &opts), SYNC_EINVAL);
+    CHECK_EQ_INT(sync_adapter_file_new(&a, NULL), SYNC_EINVAL);
+    CHECK_EQ_INT(sync_adapter_file_new(&a, &opts), SYNC_EINVAL);
+    CHECK(strstr(sync_error_last(), "file_path"));
+    opts.file_path = "";
+    CHECK_EQ_INT(sync_adapter_file_new(&a, &opts), SYNC_EINVAL);
+    opts.file_path = "dir/";
+    CHECK_EQ_INT(sync_adapter_file_new(&a, &opts), SYNC_EINVAL);
+    opts.file_path = "state.json";
+    opts.backups_dir = "";
+    CHECK_EQ_INT(sync_adapter_file_new(&a, &opts), SYNC_EINVAL);
+    opts.backups_dir = NULL;
+    opts.version = 0;
+    CHECK_EQ_INT(sync_adapter_file_new(&a, &opts), SYNC_EINVAL);
+    CHECK(a == NULL);
+
+    sync_file_options filled;
+    memset(&filled, 0xff, sizeof filled);
+    CHECK_EQ_INT(sync_file_options_init(&filled, SYNC_FILE_OPTIONS_VERSION), SYNC_OK);
+    CHECK_EQ_INT(filled.version, SYNC_FILE_OPTIONS_VERSION);
+    CHECK(filled.file_path == NULL && filled.backups_dir == NULL);
+    CHECK_EQ_INT(filled.fsync, 1);
+    CHECK_EQ_INT(sync_file_options_init(&filled, 2), SYNC_EINVAL);
+    CHECK_EQ_INT(sync_file_options_init(NULL, SYNC_FILE_OPTIONS_VERSION), SYNC_EINVAL);
+}
+
+static void expect_state(sync_engine *engine, const char *state, int64_t version)
+{
+    char *json = aeng_state(engine);
+    CHECK_EQ_STR(json, state);
+    sync_free(json);
+    CHECK_EQ_INT(sync_engine_get_version(engine), version);
+}
+
+static void test_engine_restart(void)
+{
+    char *dir = check_tmpdir("file-engine");
+    char *path = afs_join(dir, "state.json");
+    aeng_errors errors;
+    /* A fresh store yields initial_state (the original's quirk replaced it with {}). */
+    sync_engine *e = aeng_new(open_adapter(path, NULL, 1), "{\"counter\":7}", &errors);
+    REQUIRE(e);
+    expect_state(e, "{\"counter\":7}", 0);
+    CHECK_EQ_INT(errors.count, 0);
+    CHECK_EQ_INT(sync_engine_set_state_json(e, "{\"counter\":8}", 0), SYNC_OK);
+    expect_state(e, "{\"counter\":8}", 1);
+    sync_engine_free(e);
+    char *text = afs_read(path);
+    CHECK_EQ_STR(text, "{\"state\":{\"counter\":8},\"version\":1}\n");
+    free(text);
+
+    /* The restarted engine continues from the store, not from its initial state. */
+    e = aeng_new(open_adapter(path, NULL, 1), "{\"counter\":0}", &errors);
+    REQUIRE(e);
+    expect_state(e, "{\"counter\":8}", 1);
+    CHECK_EQ_INT(errors.count, 0);
+    sync_engine_free(e);
+    free(path);
+    free(dir);
+}
+
+static void test_engine_corrupt_store(void)
+{
+    char *dir = check_tmpdir("file-engine-corrupt");
+    char *path = afs_join(dir, "state.json");
+    REQUIRE(afs_write(path, "{\"state\":{\"n\":") == 0);
+    aeng_errors errors;
+    sync_engine *e = aeng_new(open_adapter(path, NULL, 1), "{\"n\":1}", &errors);
+    REQUIRE(e);
+    expect_state(e, "{\"n\":1}", 0);
+    CHECK_EQ_INT(errors.count, 1);
+    CHECK_EQ_INT(errors.last_status, SYNC_ECORRUPT);
+    CHECK_EQ_STR(errors.last_context, "load");
+    CHECK(strstr(errors.last_message, "kept aside"));
+    CHECK_EQ_INT(afs_count(dir, "state.json.corrupt-"), 1);
+    CHECK_EQ_INT(sync_engine_set_state_json(e, "{\"n\":2}", 0), SYNC_OK);
+    sync_engine_free(e);
+    e = aeng_new(open_adapter(path, NULL, 1), "{\"n\":0}", &errors);
+    REQUIRE(e);
+    expect_state(e, "{\"n\":2}", 1);
+    CHECK_EQ_INT(errors.count, 0);
+    sync_engine_free(e);
+    CHECK_EQ_INT(afs_count(dir, "state.json.corrupt-"), 1);
+    free(path);
+    free(dir);
+}
+
+static void test_engine_failed_save_reported(void)
+{
+    aeng_errors errors;
+    sync_engine *e =
+        aeng_new(open_adapter("/proc/self/libsync-test/state.json", NULL, 1), "{\"n\":1}", &errors);
+    REQUIRE(e);
+    expect_state(e, "{\"n\":1}", 0);
+    CHECK(errors.count >= 1);
+    int before = errors.count;
+    sync_engine_set_state_json(e, "{\"n\":2}", 0);
+    /* The change stays in memory and is served; the failed save is reported. */
+    expect_state(e, "{\"n\":2}", 1);
+    CHECK_EQ_INT(errors.count, before + 1);
+    CHECK_EQ_INT(errors.last_status, SYNC_EIO);
+    CHECK_EQ_STR(errors.last_context, "sync");
+    sync_engine_free(e);
+}
+
+int main(void)
+{
+    RUN(test_init_writes_nothing);
+    RUN(test_record_format_and_restart);
+    RUN(test_many_saves_leave_no_temp_files);
+    RUN(test_failed_save_keeps_old_record);
+    RUN(test_failed_rename_removes_temp_file);
+    RUN(test_corrupt_files_kept_aside);
+    RUN(test_two_corrupt_files_both_kept);
+    RUN(test_backups);
+    RUN(test_unreadable_and_unwritable);
+    RUN(test_large_state);
+    RUN(test_directory_removed_after_init);
+    RUN(test_bad_options);
+    RUN(test_read_only_directory);
+    RUN(test_engine_restart);
+    RUN(test_engine_corrupt_store);
+    RUN(test_engine_failed_save_reported);
+    return check_summary();
+}

@@ -1,0 +1,707 @@
+/* The SQLite adapter against real database files: round trips, restarts, table names, WAL,
+ * backups, corrupt rows and files kept aside, and I/O failures that leave it usable. */
+#include "adapter_engine.h"
+#include "adapter_fs.h"
+#include "check.h"
+
+#include <libsync/libsync.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <time.h>
+
+static sync_adapter *open_adapter(const char *path, const char *table, const char *backups_dir)
+{
+    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
+    opts.path = path;
+    opts.table_name = table;
+    opts.backups_dir = backups_dir;
+    sync_adapter *adapter = NULL;
+    if (sync_adapter_sqlite_new(&adapter, &opts) != SYNC_OK)
+        return NULL;
+    return adapter;
+}
+
+/* The first column of the first row of `sql`, as text (caller frees), or NULL. */
+static char *query_text(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    char *result = NULL;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+            result = strdup((const char *)sqlite3_column_text(st, 0));
+        sqlite3_finalize(st);
+    }
+    sqlite3_close(db);
+    return result;
+}
+
+static int exec_on(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open(path, &db);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    sqlite3_close(db);
+    return rc;
+}
+
+static void expect_record(sync_adapter *adapter, const char *state, int64_t version)
+{
+    char *loaded = NULL;
+    int64_t v = -99;
+    CHECK_EQ_INT(sync_adapter_load(adapter, &loaded, &v), SYNC_OK);
+    CHECK_EQ_STR(loaded, state);
+    CHECK_EQ_INT(v, version);
+    sync_free(loaded);
+}
+
+static void test_never_saved_loads_null(void)
+{
+    char *dir = check_tmpdir("sqlite-fresh");
+    char *path = afs_join(dir, "nested/deeper/state.sqlite");
+    sync_adapter *a = open_adapter(path, NULL, NULL);
+    REQUIRE(a);
+    CHECK(!afs_exists(path)); /* _new opens nothing */
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK(afs_exists(path)); /* parent directories created */
+    char *loaded = (char *)"sentinel";
+    int64_t v = -99;
+    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_OK);
+    CHECK(loaded == NULL);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
+static void test_round_trip_and_restart(void)
+{
+    char *dir = check_tmpdir("sqlite-roundtrip");
+    char *path = afs_join(dir, "state.sqlite");
+    sync_adapter *a = open_adapter(path, NULL, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"counter\":5,\"s\":\"\\u00e9\"}", 3), SYNC_OK);
+    expect_record(a, "{\"counter\":5,\"s\":\"\\u00e9\"}", 3);
+    CHECK_EQ_INT(sync_adapter_save(a, "[1,2,3]", 4), SYNC_OK);
+    expect_record(a, "[1,2,3]", 4);
+    sync_adapter_free(a);
+
+    /* A restart: a new adapter on the same file sees the last record. */
+    a = open_adapter(path, NULL, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    expect_record(a, "[1,2,3]", 4);
+    sync_adapter_free(a);
+
+    /* One row, in the default table, with updated_at set. */
+    char *rows = query_text(path, "SELECT count(*) FROM websocket_state");
+    CHECK_EQ_STR(rows, "1");
+    char *updated = query_text(path, "SELECT updated_at > 1600000000000 FROM websocket_state");
+    CHECK_EQ_STR(updated, "1");
+    free(rows);
+    free(updated);
+    free(path);
+    free(dir);
+}
+
+static double save_many(const char *path, sync_sqlite_durability durability, int n)
+{
+    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
+    opts.path = path;
+    opts.durability = durability;
+    sync_adapter *a = NULL;
+    if (sync_adapter_sqlite_new(&a, &opts) != SYNC_OK || sync_adapter_init(a) != SYNC_OK) {
+        sync_adapter_free(a);
+        return -1;
+    }
+    char state[64];
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int failures = 0;
+    for (int i = 1; i <= n; i++) {
+        snprintf(state, sizeof state, "{\"counter\":%d,\"name\":\"demo\"}", i);
+        failures += sync_adapter_save(a, state, i) != SYNC_OK;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CHECK_EQ_INT(failures, 0);
+    snprintf(state, sizeof state, "{\"counter\":%d,\"name\":\"demo\"}", n);
+    expect_record(a, state, n);
+    sync_adapter_free(a);
+    return ((double)(t1.tv_sec - t0.tv_sec) * 1e6 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e3) / n;
+}
+
+static void test_many_saves_and_speed(void)
+{
+    char *dir = check_tmpdir("sqlite-many");
+    char *fast = afs_join(dir, "process-safe.sqlite");
+    char *safe = afs_join(dir, "power-safe.sqlite");
+    double us_normal = save_many(fast, SYNC_SQLITE_PROCESS_SAFE, 2000);
+    double us_full = save_many(safe, SYNC_SQLITE_POWER_SAFE, 200);
+    CHECK(us_normal > 0);
+    CHECK(us_full > 0);
+    printf("sqlite save, small state: %.1f us (PROCESS_SAFE), %.1f us (POWER_SAFE)\n", us_normal,
+           us_full);
+    free(fast);
+    free(safe);
+    free(dir);
+}
+
+static void test_wal_mode_is_on(void)
+{
+    char *dir = check_tmpdir("sqlite-wal");
+    char *path = afs_join(dir, "state.sqlite");
+    sync_adapter *a = open_adapter(path, NULL, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    char *mode = query_text(path, "PRAGMA journal_mode");
+    CHECK_EQ_STR(mode, "wal");
+    free(mode);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
+static void test_custom_table_name(void)
+{
+    char *dir = check_tmpdir("sqlite-table");
+    char *path = afs_join(dir, "state.sqlite");
+    sync_adapter *a = open_adapter(path, "my_custom_websocket_table", NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"x\":1}", 7), SYNC_OK);
+    sync_adapter_free(a);
+    char *state = query_text(path, "SELECT state FROM my_custom_websocket_table WHERE id = 1");
+    CHECK_EQ_STR(state, "{\"x\":1}");
+    char *other = query_text(path, "SELECT count(*) FROM sqlite_master WHERE name = "
+                                   "'websocket_state'");
+    CHECK_EQ_STR(other, "0");
+    free(state);
+    free(other);
+
+    /* Two tables in one file are two independent stores; a keyword is a valid name too. */
+    sync_adapter *b = open_adapter(path, "select", NULL);
+    REQUIRE(b);
+    CHECK_EQ_INT(sync_adapter_init(b), SYNC_OK);
+    char *loaded = (char *)"sentinel";
+    int64_t v = 0;
+    CHECK_EQ_INT(sync_adapter_load(b, &loaded, &v), SYNC_OK);
+    CHECK(loaded == NULL);
+    CHECK_EQ_INT(sync_adapter_save(b, "2", 2), SYNC_OK);
+    sync_adapter_free(b);
+    a = open_adapter(path, "my_custom_websocket_table", NULL);
+    REQUIRE(a);
+    expect_record(a, "{\"x\":1}", 7);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
+static void expect_bad_table(const char *name, const char *detail)
+{
+    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
+    opts.path = "/nonexistent/never-opened.sqlite";
+    opts.table_name = name;
+    sync_adapter *a = (sync_adapter *)&opts; /* must be reset to NULL */
+    CHECK_EQ_INT(sync_adapter_sqlite_new(&a, &opts), SYNC_EINVAL);
+    CHECK(a == NULL);
+    if (!strstr(sync_error_last(), detail)) {
+        fprintf(stderr, "  table name \"%s\": error \"%s\" lacks \"%s\"\n", name, sync_error_last(),
+                detail);
+        CHECK(strstr(sync_error_last(), detail));
+    }
+}
+
+static void test_bad_table_names(void)
+{
+    expect_bad_table("state\"; DROP TABLE x; --", "quote");
+    expect_bad_table("it's", "quote");
+    expect_bad_table("my table", "white space");
+    expect_bad_table("", "empty");
+    expect_bad_table("1table", "digit");
+    expect_bad_table("a-b", "0x2d");
+    expect_bad_table("caf\xc3\xa9", "0xc3");
+    char long_name[66];
+    memset(long_name, 'a', 65);
+    long_name[65] = '\0';
+    expect_bad_table(long_name, "65 characters");
+
+    /* 64 characters is the longest allowed. */
+    long_name[64] = '\0';
+    char *dir = check_tmpdir("sqlite-longname");
+    char *path = afs_join(dir, "state.sqlite");
+    sync_adapter *a = open_adapter(path, long_name, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_save(a, "{}", 1), SYNC_OK);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
+static void test_bad_options(void)
+{
+    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
+    sync_adapter *a = NULL;
+    CHECK_EQ_INT(sync_adapter_sqlite_new(NULL, &opts), SYNC_EINVAL);
+    CHECK_EQ_INT(sync_adapter_sqlite_new(&a, NULL), SYNC_EINVAL);
+    CHECK_EQ_INT(sync_adapter_sqlite_new(&a, &opts), SYNC_EINVAL); /* no path */
+    CHECK(strstr(sync_error_last(), "path"));
+    opts.path = "x.sqlite";
+    opts.version = 99;
+    CHECK_EQ_INT(sync_adapter_sqlite_new(&a, &opts), SYNC_EINVAL);
+    CHECK(strstr(sync_error_last(), "version"));
+    opts.version = SYNC_SQLITE_OPTIONS_VERSION;
+    opts.durability = (sync_sqlite_durability)7;
+    CHECK_EQ_INT(sync_adapter_sqlite_new(&a, &opts), SYNC_EINVAL);
+    opts.durability = SYNC_SQLITE_POWER_SAFE;
+    opts.busy_timeout_ms = -1;
+    CHECK_EQ_INT(sync_adapter_sqlite_new(&a, &opts), SYNC_EINVAL);
+    CHECK(a == NULL);
+
+    sync_sqlite_options filled;
+    memset(&filled, 0xff, sizeof filled);
+    CHECK_EQ_INT(sync_sqlite_options_init(&filled, SYNC_SQLITE_OPTIONS_VERSION), SYNC_OK);
+    CHECK_EQ_INT(filled.version, SYNC_SQLITE_OPTIONS_VERSION);
+    CHECK(filled.path == NULL && filled.table_name == NULL && filled.backups_dir == NULL);
+    CHECK_EQ_INT(filled.durability, SYNC_SQLITE_PROCESS_SAFE);
+    CHECK_EQ_INT(filled.busy_timeout_ms, 0);
+    CHECK_EQ_INT(sync_sqlite_options_init(&filled, 2), SYNC_EINVAL);
+    CHECK_EQ_INT(sync_sqlite_options_init(NULL, SYNC_SQLITE_OPTIONS_VERSION), SYNC_EINVAL);
+}
+
+static void test_backup(void)
+{
+    char *dir = check_tmpdir("sqlite-backup");
+    char *path = afs_join(dir, "state.sqlite");
+    char *default_dir = afs_join(dir, "state.sqlite.backups");
+    sync_adapter *a = open_adapter(path, NULL, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"counter\":42}", 9), SYNC_OK);
+    int64_t before = sync_wall_ms();
+    int64_t t1 = 0, t2 = 0;
+    CHECK_EQ_INT(sync_adapter_backup(a, &t1), SYNC_OK);
+    CHECK(t1 >= before && t1 <= sync_wall_ms() + 1000);
+    /* A second backup right away (same millisecond, likely) gets its own file. */
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"counter\":43}", 10), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_backup(a, &t2), SYNC_OK);
+    CHECK(t2 != t1);
+    CHECK_EQ_INT(afs_count(default_dir, "backup-"), 2);
+    CHECK_EQ_INT(afs_count(default_dir, ".backup"), 0); /* no temp file left */
+
+    char name[64];
+    snprintf(name, sizeof name, "backup-%" PRId64 ".sqlite", t1);
+    char *first = afs_join(default_dir, name);
+    char *state = query_text(first, "SELECT state || '@' || version FROM websocket_state");
+    CHECK_EQ_STR(state, "{\"counter\":42}@9");
+    free(state);
+    char *check = query_text(first, "PRAGMA integrity_check");
+    CHECK_EQ_STR(check, "ok");
+    free(check);
+    free(first);
+    snprintf(name, sizeof name, "backup-%" PRId64 ".sqlite", t2);
+    char *second = afs_join(default_dir, name);
+    state = query_text(second, "SELECT state || '@' || version FROM websocket_state");
+    CHECK_EQ_STR(state, "{\"counter\":43}@10");
+    free(state);
+    free(second);
+    sync_adapter_free(a);
+
+    /* A configured directory that does not exist yet is created. */
+    char *custom = afs_join(dir, "elsewhere/backups");
+    a = open_adapter(path, NULL, custom);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_backup(a, &t1), SYNC_OK);
+    CHECK_EQ_INT(afs_count(custom, "backup-"), 1);
+    sync_adapter_free(a);
+    free(custom);
+    free(default_dir);
+    free(path);
+    free(dir);
+}
+
+static void expect_corrupt_row(const char *insert, const char *kept_state)
+{
+    char *dir = check_tmpdir("sqlite-corrupt-row");
+    char *path = afs_join(dir, "state.sqlite");
+    sync_adapter *a = open_adapter(path, NULL, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK_EQ_INT(exec_on(path, insert), SQLITE_OK);
+
+    char *loaded = NULL;
+    int64_t v = 0;
+    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_ECORRUPT);
+    CHECK(loaded == NULL);
+    CHECK(strstr(sync_error_last(), "websocket_state_corrupt"));
+    char *kept = query_text(path, "SELECT coalesce(state, 'NULL') FROM websocket_state_corrupt");
+    CHECK_EQ_STR(kept, kept_state);
+    free(kept);
+    char *stamped = query_text(path, "SELECT kept_at > 1600000000000 FROM websocket_state_corrupt");
+    CHECK_EQ_STR(stamped, "1");
+    free(stamped);
+
+    /* Kept aside once: the store now reads as never saved, and saving leaves the copy alone. */
+    loaded = (char *)"sentinel";
+    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_OK);
+    CHECK(loaded == NULL);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"fresh\":true}", 1), SYNC_OK);
+    expect_record(a, "{\"fresh\":true}", 1);
+    kept = query_text(path, "SELECT coalesce(state, 'NULL') FROM websocket_state_corrupt");
+    CHECK_EQ_STR(kept, kept_state);
+    free(kept);
+    char *count = query_text(path, "SELECT count(*) FROM websocket_state_corrupt");
+    CHECK_EQ_STR(count, "1");
+    free(count);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
+static void test_corrupt_rows_kept_aside(void)
+{
+    expect_corrupt_row("INSERT INTO websocket_state VALUES (1, '{\"counter\": 5', 3, 0)",
+                       "{\"counter\": 5");
+    expect_corrupt_row("INSERT INTO websocket_state VALUES (1, '{} trailing', 3, 0)",
+                       "{} trailing");
+    expect_corrupt_row("INSERT INTO websocket_state VALUES (1, '{\"ok\":1}', 'three', 0)",
+                       "{\"ok\":1}");
+    expect_corrupt_row("INSERT INTO websocket_state VALUES (1, '{\"ok\":1}', 1.5, 0)",
+                       "{\"ok\":1}");
+    expect_corrupt_row("INSERT INTO websocket_state VALUES (1, NULL, 1, 0)", "NULL");
+}
+
+static void test_not_a_database_kept_aside(void)
+{
+    char *dir = check_tmpdir("sqlite-notadb");
+    char *path = afs_join(dir, "state.sqlite");
+    char *wal = afs_join(dir, "state.sqlite-wal");
+    char junk[2048];
+    memset(junk, 'j', sizeof junk - 1);
+    junk[sizeof junk - 1] = '\0';
+    memcpy(junk, "precious bytes, not SQLite", 26);
+    REQUIRE(afs_write(path, junk) == 0);
+    REQUIRE(afs_write(wal, "stale wal") == 0);
+
+    sync_adapter *a = open_adapter(path, NULL, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_ECORRUPT);
+    CHECK(strstr(sync_error_last(), "kept aside"));
+    /* The bytes were moved, not lost, and the -wal went with them. */
+    char *aside = afs_find(dir, "state.sqlite.corrupt-");
+    REQUIRE(aside);
+    size_t aside_len = strlen(aside);
+    if (aside_len > 4 && strcmp(aside + aside_len - 4, "-wal") == 0)
+        aside[aside_len - 4] = '\0'; /* found the companion first */
+    char *content = afs_read(aside);
+    CHECK(content && strcmp(content, junk) == 0);
+    free(content);
+    char *aside_wal = NULL;
+    if (asprintf(&aside_wal, "%s-wal", aside) > 0) {
+        content = afs_read(aside_wal);
+        CHECK_EQ_STR(content, "stale wal");
+        free(content);
+    }
+    free(aside_wal);
+    CHECK_EQ_INT(afs_count(dir, "state.sqlite.corrupt-"), 2);
+
+    /* A fresh database took the name: never saved, then usable. */
+    char *loaded = (char *)"sentinel";
+    int64_t v = 0;
+    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_OK);
+    CHECK(loaded == NULL);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"n\":1}", 1), SYNC_OK);
+    expect_record(a, "{\"n\":1}", 1);
+    sync_adapter_free(a);
+    content = afs_read(aside);
+    CHECK(content && strcmp(content, junk) == 0);
+    free(content);
+    free(aside);
+    free(wal);
+    free(path);
+    free(dir);
+}
+
+static void test_broken_database_kept_aside(void)
+{
+    /* Right magic, garbage after it: SQLite itself refuses the file. */
+    char *dir = check_tmpdir("sqlite-broken");
+    char *path = afs_join(dir, "state.sqlite");
+    char junk[4096];
+    memset(junk, '#', sizeof junk - 1);
+    junk[sizeof junk - 1] = '\0';
+    REQUIRE(afs_write(path, junk) == 0);
+    FILE *f = fopen(path, "r+b");
+    REQUIRE(f);
+    fwrite("SQLite format 3", 1, 16, f);
+    fclose(f);
+
+    sync_adapter *a = open_adapter(path, NULL, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_ECORRUPT);
+    CHECK(strstr(sync_error_last(), "kept aside"));
+    CHECK_EQ_INT(afs_count(dir, "state.sqlite.corrupt-"), 1);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"n\":2}", 2), SYNC_OK);
+    expect_record(a, "{\"n\":2}", 2);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
+static void test_unwritable_paths(void)
+{
+    /* Root can write anywhere except where the kernel refuses: /proc takes no new files. */
+    sync_adapter *a = open_adapter("/proc/self/libsync-test/state.sqlite", NULL, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_EIO);
+    CHECK(strstr(sync_error_last(), "/proc/self/libsync-test"));
+    CHECK_EQ_INT(sync_adapter_save(a, "{}", 1), SYNC_EIO); /* still answers, still failing */
+    char *loaded = NULL;
+    int64_t v = 0;
+    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_EIO);
+    CHECK(loaded == NULL);
+    sync_adapter_free(a);
+
+    /* The path is a directory. */
+    char *dir = check_tmpdir("sqlite-isdir");
+    a = open_adapter(dir, NULL, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_EIO);
+    CHECK(sync_error_last()[0] != '\0');
+    sync_adapter_free(a);
+
+    /* A parent that is a regular file. */
+    char *file = afs_join(dir, "plain");
+    REQUIRE(afs_write(file, "x") == 0);
+    char *below = afs_join(file, "state.sqlite");
+    a = open_adapter(below, NULL, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_EIO);
+    CHECK(strstr(sync_error_last(), "Not a directory"));
+    sync_adapter_free(a);
+    free(below);
+    free(file);
+    free(dir);
+}
+
+static void test_read_only_database(void)
+{
+    char *dir = check_tmpdir("sqlite-readonly");
+    char *sub = afs_join(dir, "ro");
+    char *path = afs_join(sub, "state.sqlite");
+    sync_adapter *a = open_adapter(path, NULL, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"kept\":1}", 1), SYNC_OK);
+    sync_adapter_free(a); /* closing checkpoints the WAL into the file */
+
+    if (afs_make_readonly(sub) != 0) {
+        fprintf(stderr, "  SKIP read-only database: no read-only bind mount here\n");
+    } else {
+        a = open_adapter(path, NULL, NULL);
+        REQUIRE(a);
+        int rc = sync_adapter_init(a);
+        if (rc == SYNC_OK) {
+            rc = sync_adapter_save(a, "{\"lost\":1}", 2);
+        }
+        CHECK_EQ_INT(rc, SYNC_EIO);
+        CHECK(sync_error_last()[0] != '\0');
+        fprintf(stderr, "  read-only: %s\n", sync_error_last());
+        CHECK_EQ_INT(sync_adapter_save(a, "{\"lost\":2}", 3), SYNC_EIO);
+        sync_adapter_free(a);
+        afs_make_writable(sub);
+        a = open_adapter(path, NULL, NULL);
+        REQUIRE(a);
+        CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+        expect_record(a, "{\"kept\":1}", 1);
+        sync_adapter_free(a);
+    }
+    free(path);
+    free(sub);
+    free(dir);
+}
+
+static void test_disk_full(void)
+{
+    char *dir = check_tmpdir("sqlite-full");
+    char *path = afs_join(dir, "state.sqlite");
+    sync_adapter *a = open_adapter(path, NULL, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"small\":1}", 1), SYNC_OK);
+
+    char *big = afs_big_state(512 * 1024);
+    afs_limit_file_size(128 * 1024);
+    int rc = sync_adapter_save(a, big, 2);
+    afs_limit_file_size(0);
+    CHECK_EQ_INT(rc, SYNC_EIO);
+    fprintf(stderr, "  disk full: %s\n", sync_error_last());
+    CHECK(sync_error_last()[0] != '\0');
+    free(big);
+
+    /* Nothing half-written, and the same adapter saves again once there is room. */
+    expect_record(a, "{\"small\":1}", 1);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"small\":3}", 3), SYNC_OK);
+    expect_record(a, "{\"small\":3}", 3);
+    sync_adapter_free(a);
+    a = open_adapter(path, NULL, NULL);
+    REQUIRE(a);
+    expect_record(a, "{\"small\":3}", 3);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
+static void test_locked_database(void)
+{
+    char *dir = check_tmpdir("sqlite-locked");
+    char *path = afs_join(dir, "state.sqlite");
+    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
+    opts.path = path;
+    opts.busy_timeout_ms = 50;
+    sync_adapter *a = NULL;
+    REQUIRE(sync_adapter_sqlite_new(&a, &opts) == SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"v\":1}", 1), SYNC_OK);
+
+    sqlite3 *other = NULL;
+    REQUIRE(sqlite3_open(path, &other) == SQLITE_OK);
+    CHECK_EQ_INT(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"v\":2}", 2), SYNC_EIO);
+    CHECK(strstr(sync_error_last(), "locked"));
+    CHECK_EQ_INT(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(other);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"v\":3}", 3), SYNC_OK);
+    expect_record(a, "{\"v\":3}", 3);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
+static void test_large_state(void)
+{
+    char *dir = check_tmpdir("sqlite-large");
+    char *path = afs_join(dir, "state.sqlite");
+    sync_adapter *a = open_adapter(path, NULL, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    char *big = afs_big_state(64 * 1024);
+    CHECK_EQ_INT(sync_adapter_save(a, big, 77), SYNC_OK);
+    sync_adapter_free(a);
+    a = open_adapter(path, NULL, NULL);
+    REQUIRE(a);
+    expect_record(a, big, 77);
+    sync_adapter_free(a);
+    free(big);
+    free(path);
+    free(dir);
+}
+
+static void expect_state(sync_engine *engine, const char *state, int64_t version)
+{
+    char *json = aeng_state(engine);
+    CHECK_EQ_STR(json, state);
+    sync_free(json);
+    CHECK_EQ_INT(sync_engine_get_version(engine), version);
+}
+
+static void test_engine_restart(void)
+{
+    char *dir = check_tmpdir("sqlite-engine");
+    char *path = afs_join(dir, "state.sqlite");
+    aeng_errors errors;
+    /* A fresh store yields initial_state (the original's quirk replaced it with {}). */
+    sync_engine *e = aeng_new(open_adapter(path, NULL, NULL), "{\"counter\":7}", &errors);
+    REQUIRE(e);
+    expect_state(e, "{\"counter\":7}", 0);
+    CHECK_EQ_INT(errors.count, 0);
+    CHECK_EQ_INT(sync_engine_set_state_json(e, "{\"counter\":8}", 0), SYNC_OK);
+    expect_state(e, "{\"counter\":8}", 1);
+    sync_engine_free(e);
+    char *row = query_text(path, "SELECT state || '@' || version FROM websocket_state");
+    CHECK_EQ_STR(row, "{\"counter\":8}@1");
+    free(row);
+
+    /* The restarted engine continues from the store, not from its initial state. */
+    e = aeng_new(open_adapter(path, NULL, NULL), "{\"counter\":0}", &errors);
+    REQUIRE(e);
+    expect_state(e, "{\"counter\":8}", 1);
+    CHECK_EQ_INT(errors.count, 0);
+    sync_engine_free(e);
+    free(path);
+    free(dir);
+}
+
+static void test_engine_corrupt_store(void)
+{
+    char *dir = check_tmpdir("sqlite-engine-corrupt");
+    char *path = afs_join(dir, "state.sqlite");
+    char junk[1024];
+    memset(junk, 'j', sizeof junk - 1);
+    junk[sizeof junk - 1] = '\0';
+    REQUIRE(afs_write(path, junk) == 0);
+    aeng_errors errors;
+    sync_engine *e = aeng_new(open_adapter(path, NULL, NULL), "{\"n\":1}", &errors);
+    REQUIRE(e);
+    expect_state(e, "{\"n\":1}", 0);
+    CHECK_EQ_INT(errors.count, 1);
+    CHECK_EQ_INT(errors.last_status, SYNC_ECORRUPT);
+    CHECK_EQ_STR(errors.last_context, "load");
+    CHECK(strstr(errors.last_message, "kept aside"));
+    CHECK_EQ_INT(afs_count(dir, "state.sqlite.corrupt-"), 1);
+    CHECK_EQ_INT(sync_engine_set_state_json(e, "{\"n\":2}", 0), SYNC_OK);
+    sync_engine_free(e);
+    e = aeng_new(open_adapter(path, NULL, NULL), "{\"n\":0}", &errors);
+    REQUIRE(e);
+    expect_state(e, "{\"n\":2}", 1);
+    CHECK_EQ_INT(errors.count, 0);
+    sync_engine_free(e);
+    CHECK_EQ_INT(afs_count(dir, "state.sqlite.corrupt-"), 1);
+    free(path);
+    free(dir);
+}
+
+static void test_engine_failed_save_reported(void)
+{
+    aeng_errors errors;
+    sync_engine *e = aeng_new(open_adapter("/proc/self/libsync-test/state.sqlite", NULL, NULL),
+                              "{\"n\":1}", &errors);
+    REQUIRE(e);
+    expect_state(e, "{\"n\":1}", 0);
+    CHECK(errors.count >= 1);
+    int before = errors.count;
+    sync_engine_set_state_json(e, "{\"n\":2}", 0);
+    /* The change stays in memory and is served; the failed save is reported. */
+    expect_state(e, "{\"n\":2}", 1);
+    CHECK_EQ_INT(errors.count, before + 1);
+    CHECK_EQ_INT(errors.last_status, SYNC_EIO);
+    CHECK_EQ_STR(errors.last_context, "sync");
+    sync_engine_free(e);
+}
+
+int main(void)
+{
+    RUN(test_never_saved_loads_null);
+    RUN(test_round_trip_and_restart);
+    RUN(test_many_saves_and_speed);
+    RUN(test_wal_mode_is_on);
+    RUN(test_custom_table_name);
+    RUN(test_bad_table_names);
+    RUN(test_bad_options);
+    RUN(test_backup);
+    RUN(test_corrupt_rows_kept_aside);
+    RUN(test_not_a_database_kept_aside);
+    RUN(test_broken_database_kept_aside);
+    RUN(test_unwritable_paths);
+    RUN(test_locked_database);
+    RUN(test_large_state);
+    RUN(test_disk_full);
+    RUN(test_read_only_database);
+    RUN(test_engine_restart);
+    RUN(test_engine_corrupt_store);
+    RUN(test_engine_failed_save_reported);
+    return check_summary();
+}
