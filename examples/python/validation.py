@@ -9,8 +9,6 @@ raises never reaches a handler: state and version stay as they were and on_error
     python3 examples/python/validation.py
 """
 
-from __future__ import annotations
-
 import json
 from typing import Literal, Union
 

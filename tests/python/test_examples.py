@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -14,6 +15,7 @@ from conftest import EXAMPLES_DIR, MockConn, msg
 def validation():
     spec = importlib.util.spec_from_file_location("validation_example", EXAMPLES_DIR / "validation.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the models' annotations through it
     spec.loader.exec_module(module)
     return module
 

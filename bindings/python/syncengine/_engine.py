@@ -128,16 +128,26 @@ class _ConnBridge:
             _note_error(self.engine_ref, "close() of the connection failed")
 
 
-def _note_error(engine_ref: Callable[[], "SyncEngine | None"], what: str) -> None:
-    """Keeps the traceback of a failed Python callback for the on_error report that follows."""
-    text = f"{what}:\n{traceback.format_exc()}"
+def _exception_text(what: str | None = None) -> str:
+    """The exception being handled: its one-line summary first (it survives any truncation of the
+    report on the C side), then the whole traceback."""
+    etype, value, _ = sys.exc_info()
+    summary = "".join(traceback.format_exception_only(etype, value)).strip()
+    prefix = f"{what}: " if what else ""
+    return f"{prefix}{summary}\n{traceback.format_exc()}".rstrip()
+
+
+def _note_error(engine_ref: Callable[[], "SyncEngine | None"], what: str | None = None) -> str:
+    """Keeps the full text of a failed Python callback for the on_error report that follows (the
+    engine's own report may be shortened); without on_error, prints it. Returns the text."""
+    text = _exception_text(what)
     engine = engine_ref()
-    if engine is None:
-        return
-    if "on_error" in engine._hooks:
-        engine._pending.text = text
-    else:
-        print(f"syncengine: {text}", file=sys.stderr)
+    if engine is not None:
+        if "on_error" in engine._hooks:
+            engine._pending.text = text
+        else:
+            print(f"syncengine: {text}", file=sys.stderr)
+    return text
 
 
 class SyncEngine:
@@ -460,8 +470,10 @@ class SyncEngine:
     def __del__(self) -> None:
         try:
             if self._ptr is not None and self._mounts == 0 and id(self) not in _active_set():
+                self.dispose()
                 ptr, self._ptr = self._ptr, None
-                native.sync_engine_free(ptr)
+                if ptr is not None:
+                    native.sync_engine_free(ptr)
         except Exception:
             pass
 
@@ -493,6 +505,7 @@ def _make_handler(ref: Callable[[], SyncEngine | None], fn: Handler) -> Callable
         engine = ref()
         if engine is None:
             return Status.ECLOSED
+        engine._pending.text = None
         live = [True]
 
         def get_state() -> Any:
@@ -515,7 +528,7 @@ def _make_handler(ref: Callable[[], SyncEngine | None], fn: Handler) -> Callable
                     raise TypeError("handlers run synchronously: define the handler with def, not async def")
                 return Status.OK
             except Exception:
-                native.sync_msg_set_error(msg, traceback.format_exc())
+                native.sync_msg_set_error(msg, _note_error(ref))
                 return Status.EHANDLER
             finally:
                 live[0] = False
@@ -530,6 +543,7 @@ def _make_transform(ref: Callable[[], SyncEngine | None], fn: Callable[[Any], An
         engine = ref()
         if engine is None:
             return Status.ECLOSED
+        engine._pending.text = None
         with _InCallback(engine):
             try:
                 text = native.sync_msg_message_json(msg)
@@ -540,7 +554,7 @@ def _make_transform(ref: Callable[[], SyncEngine | None], fn: Callable[[Any], An
                         check(native.sync_msg_replace_json(msg, new_text))
                 return Status.OK
             except Exception:
-                native.sync_msg_set_error(msg, traceback.format_exc())
+                native.sync_msg_set_error(msg, _note_error(ref))
                 return Status.EREJECTED
 
     return step
@@ -585,10 +599,11 @@ def _track_server_conn(engine: SyncEngine, cptr: Any) -> None:
 
 
 def _dispatch_error(engine: SyncEngine, hook: Any, status: int, message: str, context: str, cptr: Any) -> None:
-    extra = getattr(engine._pending, "text", None)
-    if extra:
+    full = getattr(engine._pending, "text", None)
+    if full:
+        # The Python failure behind this report, complete (the engine's text may be shortened).
         engine._pending.text = None
-        message = f"{message}\n{extra}" if message else extra
+        message = f"{native.sync_strerror(status)}: {full}"
     error = error_for(status, message, context)
     error.connection = engine._conn_object(cptr)  # type: ignore[attr-defined]
     if hook is not None:
@@ -596,7 +611,7 @@ def _dispatch_error(engine: SyncEngine, hook: Any, status: int, message: str, co
 
 
 def _report_hook_failure(engine: SyncEngine, name: str) -> None:
-    text = traceback.format_exc()
+    text = _exception_text()
     on_error = engine._hooks.get("on_error")
     if name != "on_error" and on_error is not None:
         try:
