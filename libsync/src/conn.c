@@ -1,0 +1,167 @@
+/* Connection handles: reference counting, identity, and the bridge from the engine to either a
+ * public push transport (sync_conn_callbacks) or a private one (transport.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_internal.h"
+#include "error.h"
+
+static atomic_uint_fast64_t next_conn_id = 1;
+
+static sync_conn *conn_alloc(void *userdata)
+{
+    sync_conn *conn = calloc(1, sizeof *conn);
+    if (!conn)
+        return NULL;
+    atomic_init(&conn->refs, 1);
+    atomic_init(&conn->close_requested, 0);
+    conn->id = (uint64_t)atomic_fetch_add(&next_conn_id, 1);
+    conn->userdata = userdata;
+    conn->state = CONN_NEW;
+    pthread_mutex_init(&conn->identity_lock, NULL);
+    return conn;
+}
+
+int sync_conn_new(sync_conn **out, const sync_conn_callbacks *callbacks, void *userdata)
+{
+    if (out)
+        *out = NULL;
+    if (!out || !callbacks)
+        return sync_fail(SYNC_EINVAL, "sync_conn_new: out and callbacks are required");
+    if (callbacks->version != SYNC_CONN_CALLBACKS_VERSION)
+        return sync_fail(SYNC_EINVAL, "sync_conn_new: unknown callbacks version %u",
+                         callbacks->version);
+    if (!callbacks->send)
+        return sync_fail(SYNC_EINVAL, "sync_conn_new: callbacks->send is required");
+    sync_conn *conn = conn_alloc(userdata);
+    if (!conn)
+        return sync_fail(SYNC_ENOMEM, "out of memory creating a connection");
+    conn->callbacks = *callbacks;
+    *out = conn;
+    return SYNC_OK;
+}
+
+int sync_conn_new_transport(sync_conn **out, const sync_transport_ops *ops, void *userdata)
+{
+    if (out)
+        *out = NULL;
+    if (!out || !ops || !ops->send_frame)
+        return sync_fail(SYNC_EINVAL, "sync_conn_new_transport: out and ops->send_frame required");
+    sync_conn *conn = conn_alloc(userdata);
+    if (!conn)
+        return sync_fail(SYNC_ENOMEM, "out of memory creating a connection");
+    conn->is_transport = 1;
+    conn->ops = *ops;
+    *out = conn;
+    return SYNC_OK;
+}
+
+sync_conn *sync_conn_ref(sync_conn *conn)
+{
+    if (conn)
+        atomic_fetch_add_explicit(&conn->refs, 1, memory_order_relaxed);
+    return conn;
+}
+
+void sync_conn_free(sync_conn *conn)
+{
+    if (!conn || atomic_fetch_sub_explicit(&conn->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    sync_free_cb free_userdata =
+        conn->is_transport ? conn->ops.free_userdata : conn->callbacks.free_userdata;
+    if (free_userdata)
+        free_userdata(conn->userdata);
+    pthread_mutex_destroy(&conn->identity_lock);
+    free(conn->identity);
+    free(conn);
+}
+
+void *sync_conn_userdata(const sync_conn *conn)
+{
+    return conn ? conn->userdata : NULL;
+}
+
+uint64_t sync_conn_id(const sync_conn *conn)
+{
+    return conn ? conn->id : 0;
+}
+
+const char *sync_conn_identity(const sync_conn *conn)
+{
+    if (!conn)
+        return NULL;
+    sync_conn *mut = (sync_conn *)conn;
+    pthread_mutex_lock(&mut->identity_lock);
+    const char *identity = conn->identity;
+    pthread_mutex_unlock(&mut->identity_lock);
+    return identity;
+}
+
+int sync_conn_set_identity(sync_conn *conn, const char *identity_json)
+{
+    if (!conn)
+        return sync_fail(SYNC_EINVAL, "sync_conn_set_identity: conn is NULL");
+    char *copy = NULL;
+    if (identity_json && !(copy = strdup(identity_json)))
+        return sync_fail(SYNC_ENOMEM, "out of memory copying an identity");
+    pthread_mutex_lock(&conn->identity_lock);
+    char *old = conn->identity;
+    conn->identity = copy;
+    pthread_mutex_unlock(&conn->identity_lock);
+    free(old);
+    return SYNC_OK;
+}
+
+int sync_conn_push_frame(sync_conn *conn, sync_frame *frame)
+{
+    if (atomic_load(&conn->close_requested))
+        return sync_fail(SYNC_ECLOSED, "connection %llu is closing", (unsigned long long)conn->id);
+    int rc = conn->is_transport
+                 ? conn->ops.send_frame(conn->userdata, frame)
+                 : conn->callbacks.send(conn->userdata, sync_frame_text(frame), frame->len);
+    if (rc < 0)
+        return sync_fail(rc, "send to connection %llu failed: %s", (unsigned long long)conn->id,
+                         sync_strerror(rc));
+    return SYNC_OK;
+}
+
+int sync_conn_is_pull(const sync_conn *conn)
+{
+    return conn->is_transport && conn->ops.state_changed != NULL;
+}
+
+void sync_conn_notify_state(sync_conn *conn, int force)
+{
+    if (!atomic_load(&conn->close_requested))
+        conn->ops.state_changed(conn->userdata, force);
+}
+
+void sync_conn_request_close(sync_conn *conn, int code, const char *reason)
+{
+    if (atomic_exchange(&conn->close_requested, 1))
+        return;
+    void (*close_cb)(void *, int, const char *) =
+        conn->is_transport ? conn->ops.close : conn->callbacks.close;
+    if (close_cb)
+        close_cb(conn->userdata, code, reason);
+}
+
+int sync_conn_send(sync_conn *conn, const char *text, size_t len)
+{
+    if (!conn || (!text && len))
+        return sync_fail(SYNC_EINVAL, "sync_conn_send: conn and text are required");
+    sync_frame *frame = sync_frame_new_text(SYNC_FRAME_TEXT, text ? text : "", len);
+    if (!frame)
+        return sync_fail(SYNC_ENOMEM, "out of memory copying a %zu-byte frame", len);
+    int rc = sync_conn_push_frame(conn, frame);
+    sync_frame_unref(frame);
+    return rc;
+}
+
+int sync_conn_close(sync_conn *conn, int code, const char *reason)
+{
+    if (!conn)
+        return sync_fail(SYNC_EINVAL, "sync_conn_close: conn is NULL");
+    sync_conn_request_close(conn, code, reason);
+    return SYNC_OK;
+}

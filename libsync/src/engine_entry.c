@@ -1,0 +1,262 @@
+/* The public calls that feed the engine's ordered work: connections opening, messages, state
+ * changes from outside, broadcasts, sync, backup, when_idle, and the pull side of transports. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_internal.h"
+#include "error.h"
+#include "json_check.h"
+
+/* Takes the lock of a live engine, or fails with the status every such call returns. */
+static int enter(sync_engine *engine, const char *what)
+{
+    if (!engine)
+        return sync_fail(SYNC_EINVAL, "%s: engine is NULL", what);
+    sync_engine_lock(engine);
+    if (engine->disposed) {
+        sync_engine_unlock(engine);
+        return sync_fail(SYNC_ECLOSED, "%s: the engine is disposed", what);
+    }
+    return SYNC_OK;
+}
+
+static int submit_new(sync_engine *engine, sync_op *op, const char *what)
+{
+    if (!op) {
+        sync_engine_unlock(engine);
+        return sync_fail(SYNC_ENOMEM, "%s: out of memory", what);
+    }
+    int rc = sync_op_submit(engine, op);
+    sync_engine_unlock(engine);
+    return rc;
+}
+
+int sync_engine_handle_open(sync_engine *engine, sync_conn *conn)
+{
+    if (!conn)
+        return sync_fail(SYNC_EINVAL, "sync_engine_handle_open: conn is NULL");
+    int rc = enter(engine, "sync_engine_handle_open");
+    if (rc != SYNC_OK)
+        return rc;
+    if (conn->state != CONN_NEW) {
+        sync_engine_unlock(engine);
+        return sync_fail(SYNC_ESTATE, "sync_engine_handle_open: connection %llu was opened before",
+                         (unsigned long long)conn->id);
+    }
+    sync_op *op = sync_op_new(OP_OPEN);
+    if (op) {
+        conn->engine = engine;
+        conn->state = CONN_OPENING;
+        op->conn = sync_conn_ref(conn);
+    }
+    return submit_new(engine, op, "sync_engine_handle_open");
+}
+
+int sync_engine_handle_close(sync_engine *engine, sync_conn *conn)
+{
+    if (!conn)
+        return sync_fail(SYNC_EINVAL, "sync_engine_handle_close: conn is NULL");
+    int rc = enter(engine, "sync_engine_handle_close");
+    if (rc != SYNC_OK)
+        return rc;
+    if (conn->engine == engine) {
+        if (conn->state == CONN_OPEN)
+            sync_engine_close_conn(engine, conn);
+        else if (conn->state == CONN_OPENING)
+            conn->state = CONN_CLOSED; /* its queued open will skip it */
+    }
+    sync_engine_unlock(engine);
+    return SYNC_OK;
+}
+
+/* The part of the pipeline that needs no user code: it runs at once, even behind pending work,
+ * so bad input is refused immediately and only parsed messages wait in the queue. */
+static int message_enter(sync_engine *engine, sync_conn *conn, const char *text, size_t len,
+                         const char *what)
+{
+    if (!text && len)
+        return sync_fail(SYNC_EINVAL, "%s: text is NULL", what);
+    int rc = enter(engine, what);
+    if (rc != SYNC_OK)
+        return rc;
+    engine->stats.messages_in++;
+    if (len == 4 && memcmp(text, "pong", 4) == 0) {
+        if (conn) {
+            conn->last_pong_ms = sync_now_ms();
+            SYNC_DEBUG(engine, "pong from connection %llu", (unsigned long long)conn->id);
+            if (engine->hooks.on_pong)
+                engine->hooks.on_pong(engine, conn, engine->hooks.userdata);
+        }
+        sync_engine_unlock(engine);
+        return SYNC_OK;
+    }
+    if (len > engine->max_message_bytes) {
+        char detail[128];
+        snprintf(detail, sizeof detail, "message of %zu bytes is over the %zu-byte limit", len,
+                 engine->max_message_bytes);
+        rc = sync_msg_drop(engine, conn, SYNC_ETOOBIG, "handleMessage", detail);
+        sync_engine_unlock(engine);
+        return rc;
+    }
+    cJSON *message = NULL;
+    rc = sync_json_parse(text ? text : "", len, engine->max_json_depth, &message);
+    if (rc != SYNC_OK) {
+        char detail[600];
+        snprintf(detail, sizeof detail, "%s", sync_error_last());
+        rc = sync_msg_drop(engine, conn, rc, "handleMessage", detail);
+        sync_engine_unlock(engine);
+        return rc;
+    }
+    SYNC_DEBUG(engine, "message of %zu bytes parsed", len);
+    sync_op *op = sync_op_new(OP_MESSAGE);
+    if (!op) {
+        cJSON_Delete(message);
+    } else {
+        op->message = message;
+        op->conn = sync_conn_ref(conn);
+    }
+    return submit_new(engine, op, what);
+}
+
+int sync_engine_handle_message(sync_engine *engine, sync_conn *conn, const char *text, size_t len)
+{
+    if (!conn)
+        return sync_fail(SYNC_EINVAL, "sync_engine_handle_message: conn is NULL");
+    return message_enter(engine, conn, text, len, "sync_engine_handle_message");
+}
+
+int sync_engine_inject(sync_engine *engine, const char *text, size_t len)
+{
+    return message_enter(engine, NULL, text, len, "sync_engine_inject");
+}
+
+int sync_engine_set_state(sync_engine *engine, cJSON *state, int broadcast)
+{
+    if (!state) {
+        return sync_fail(SYNC_EINVAL, "sync_engine_set_state: state is NULL");
+    }
+    int rc = enter(engine, "sync_engine_set_state");
+    if (rc != SYNC_OK) {
+        cJSON_Delete(state);
+        return rc;
+    }
+    sync_op *op = sync_op_new(OP_SET_STATE);
+    if (!op) {
+        cJSON_Delete(state);
+    } else {
+        op->state = state;
+        op->broadcast = broadcast ? 1 : 0;
+    }
+    return submit_new(engine, op, "sync_engine_set_state");
+}
+
+int sync_engine_set_state_json(sync_engine *engine, const char *json, int broadcast)
+{
+    if (!engine || !json)
+        return sync_fail(SYNC_EINVAL, "sync_engine_set_state_json: engine and json are required");
+    cJSON *state = NULL;
+    int rc = sync_json_parse(json, strlen(json), 0, &state);
+    if (rc != SYNC_OK)
+        return rc;
+    return sync_engine_set_state(engine, state, broadcast);
+}
+
+int sync_engine_broadcast_state(sync_engine *engine)
+{
+    int rc = enter(engine, "sync_engine_broadcast_state");
+    if (rc != SYNC_OK)
+        return rc;
+    return submit_new(engine, sync_op_new(OP_BROADCAST), "sync_engine_broadcast_state");
+}
+
+int sync_engine_broadcast_text(sync_engine *engine, const char *text, size_t len)
+{
+    if (!text && len)
+        return sync_fail(SYNC_EINVAL, "sync_engine_broadcast_text: text is NULL");
+    int rc = enter(engine, "sync_engine_broadcast_text");
+    if (rc != SYNC_OK)
+        return rc;
+    sync_frame *frame = sync_frame_new_text(SYNC_FRAME_TEXT, text ? text : "", len);
+    if (!frame) {
+        sync_engine_unlock(engine);
+        return sync_fail(SYNC_ENOMEM, "out of memory copying a %zu-byte frame", len);
+    }
+    size_t count = 0;
+    sync_conn **conns = sync_engine_conn_snapshot(engine, &count);
+    int result = SYNC_OK;
+    for (size_t i = 0; i < count; i++) {
+        rc = sync_engine_send(engine, conns[i], frame, "broadcast");
+        if (rc < 0 && rc != SYNC_ECLOSED && result == SYNC_OK)
+            result = rc;
+        sync_conn_free(conns[i]);
+    }
+    free(conns);
+    sync_frame_unref(frame);
+    sync_engine_unlock(engine);
+    return result;
+}
+
+int sync_engine_sync(sync_engine *engine)
+{
+    int rc = enter(engine, "sync_engine_sync");
+    if (rc != SYNC_OK)
+        return rc;
+    return submit_new(engine, sync_op_new(OP_SYNC), "sync_engine_sync");
+}
+
+int sync_engine_create_backup(sync_engine *engine)
+{
+    int rc = enter(engine, "sync_engine_create_backup");
+    if (rc != SYNC_OK)
+        return rc;
+    if (!engine->adapter) {
+        sync_engine_unlock(engine);
+        return SYNC_OK;
+    }
+    if (!engine->adapter->vt.backup) {
+        sync_engine_unlock(engine);
+        return sync_fail(SYNC_EUNSUPPORTED, "this engine's adapter cannot make backups");
+    }
+    return submit_new(engine, sync_op_new(OP_BACKUP), "sync_engine_create_backup");
+}
+
+int sync_engine_when_idle(sync_engine *engine, sync_done_cb done, void *userdata)
+{
+    if (!done)
+        return sync_fail(SYNC_EINVAL, "sync_engine_when_idle: done is NULL");
+    int rc = enter(engine, "sync_engine_when_idle");
+    if (rc != SYNC_OK)
+        return rc;
+    sync_op *op = sync_op_new(OP_WHEN_IDLE);
+    if (op) {
+        op->done = done;
+        op->done_userdata = userdata;
+    }
+    return submit_new(engine, op, "sync_engine_when_idle");
+}
+
+sync_frame *sync_engine_pull_state_frame(sync_engine *engine, uint64_t after_seq, int force)
+{
+    if (enter(engine, "sync_engine_pull_state_frame") != SYNC_OK)
+        return NULL;
+    sync_frame *frame = NULL;
+    if (engine->seq > after_seq || force) {
+        int ready = 1;
+        if (engine->adapter && engine->persist_mode == SYNC_PERSIST_BEFORE_SEND &&
+            engine->persisted_seq != engine->seq && engine->persist_tried_seq != engine->seq) {
+            /* Saving needs the adapter to itself: wait while other work runs. */
+            if (engine->busy || !sync_op_persist_now(engine)) {
+                engine->pull_waiting = 1;
+                ready = 0;
+            }
+        }
+        if (ready) {
+            frame = sync_engine_state_frame(engine, SYNC_FRAME_STATE_UPDATE);
+            if (frame)
+                sync_frame_ref(frame);
+        }
+    }
+    sync_engine_unlock(engine);
+    return frame;
+}

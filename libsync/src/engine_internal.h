@@ -1,0 +1,292 @@
+/* The engine's private structures, shared by engine*.c, conn.c and adapter.c. */
+#ifndef LIBSYNC_SRC_ENGINE_INTERNAL_H
+#define LIBSYNC_SRC_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "libsync/adapter.h"
+#include "libsync/engine.h"
+#include "frame.h"
+#include "transport.h"
+
+/* ---- connections ---------------------------------------------------------------------------- */
+
+typedef enum conn_state {
+    CONN_NEW = 0,     /* not opened in any engine yet */
+    CONN_OPENING = 1, /* handle_open queued behind pending work */
+    CONN_OPEN = 2,
+    CONN_CLOSED = 3 /* terminal: a closed connection is never reopened */
+} conn_state;
+
+struct sync_conn {
+    atomic_uint refs;
+    uint64_t id;
+    int is_transport; /* 1: private transport ops; 0: public callbacks */
+    sync_transport_ops ops;
+    sync_conn_callbacks callbacks;
+    void *userdata;
+    atomic_int close_requested;
+    pthread_mutex_t identity_lock;
+    char *identity;
+    /* Guarded by the lock of the engine the connection belongs to. */
+    sync_engine *engine;
+    conn_state state;
+    int64_t last_pong_ms;
+    int timed_out;
+    sync_conn *prev;
+    sync_conn *next;
+};
+
+/* Sends one frame through the connection's transport (shared frame or public send). */
+int sync_conn_push_frame(sync_conn *conn, sync_frame *frame);
+/* 1 when the transport pulls state frames (state_changed op). */
+int sync_conn_is_pull(const sync_conn *conn);
+void sync_conn_notify_state(sync_conn *conn, int force);
+/* Asks the transport to close; only the first request reaches it. */
+void sync_conn_request_close(sync_conn *conn, int code, const char *reason);
+
+/* ---- adapters ------------------------------------------------------------------------------- */
+
+struct sync_adapter {
+    sync_adapter_vtable vt;
+    void *userdata;
+};
+
+typedef enum adapter_call { CALL_INIT, CALL_LOAD, CALL_SAVE, CALL_BACKUP } adapter_call;
+
+struct sync_op;
+
+/* One adapter call's completion token. With an engine its fields are guarded by the engine's
+ * lock; without one (direct sync_adapter_* use) by a lock in adapter.c. */
+struct sync_pending {
+    sync_engine *engine;
+    struct sync_op *op;
+    adapter_call call;
+    int in_call;  /* the adapter callback has not returned yet */
+    int done;     /* completed while in_call */
+    int awaiting; /* the callback returned SYNC_PENDING; a completion continues the op */
+    int orphaned; /* direct use gave up waiting; the completion frees the token */
+    int status;
+    char *error;
+    char *state_json;
+    int64_t version;
+    int64_t timestamp_ms;
+};
+
+void sync_pending_free(sync_pending *pending);
+/* Continues the engine's operation with the result of its completed adapter call (engine lock
+ * held by the caller). Frees the token. */
+void sync_engine_adapter_completed(sync_engine *engine, sync_pending *pending);
+
+/* ---- operations ----------------------------------------------------------------------------- */
+
+typedef enum op_kind {
+    OP_LOAD,
+    OP_MESSAGE,
+    OP_SET_STATE,
+    OP_BROADCAST,
+    OP_SYNC,
+    OP_BACKUP,
+    OP_OPEN,
+    OP_PERSIST,
+    OP_WHEN_IDLE
+} op_kind;
+
+/* One unit of the engine's strictly ordered work. Each op is a small state machine so that any
+ * step (a user callback or an adapter call) can finish later and the op resumes where it was. */
+typedef struct sync_op {
+    op_kind kind;
+    struct sync_op *next;
+    int stage;    /* progress of the op */
+    int csub;     /* progress of its commit */
+    int bsub;     /* progress of its broadcast */
+    int ref_held; /* the op keeps the engine alive while it waits */
+    sync_conn *conn;
+    cJSON *message;
+    sync_msg *msg;
+    cJSON *state;
+    int broadcast;
+    sync_done_cb done;
+    void *done_userdata;
+    /* Result of the op's last adapter call. */
+    int arc;
+    char *aerr;
+    char *ajson;
+    int64_t aversion;
+    int64_t ats;
+    int64_t t0_us;
+    uint64_t save_seq;
+} sync_op;
+
+typedef enum msg_step {
+    STEP_VALIDATOR,
+    STEP_MIDDLEWARE,
+    STEP_TYPE,
+    STEP_HANDLER,
+    STEP_DONE
+} msg_step;
+
+typedef enum msg_phase { PHASE_IDLE, PHASE_IN_CALL, PHASE_AWAITING } msg_phase;
+
+struct sync_msg {
+    sync_engine *engine;
+    sync_op *op;
+    sync_conn *conn;
+    cJSON *message;
+    char *message_json;
+    cJSON *working; /* the handler's private state, NULL until it writes */
+    char *state_json;
+    char *error;
+    char *handler_type;
+    msg_step step;
+    size_t mw_index;
+    msg_phase phase;
+    int early;
+    int early_status;
+    int resumed;
+    int resume_status;
+};
+
+/* ---- the engine ----------------------------------------------------------------------------- */
+
+typedef struct step_entry {
+    sync_step_cb cb;
+    void *userdata;
+    sync_free_cb free_userdata;
+} step_entry;
+
+typedef struct handler_entry {
+    char *type;
+    step_entry step;
+    struct handler_entry *next;
+} handler_entry;
+
+struct sync_engine {
+    atomic_uint refs;
+    pthread_mutex_t lock;
+    int lock_depth;
+    unsigned deferred_unrefs;
+    int disposed;
+
+    /* options */
+    int versioning;
+    sync_persist_mode persist_mode;
+    sync_timer_mode timer_mode;
+    int auto_broadcast;
+    int reply_errors;
+    int debug;
+    size_t max_message_bytes;
+    int max_json_depth;
+    int64_t heartbeat_ms;
+    int64_t ping_timeout_ms;
+    int64_t sync_ms;
+    sync_log_cb log;
+    void *log_userdata;
+    sync_hooks hooks;
+    sync_adapter *adapter;
+
+    /* state */
+    cJSON *state;
+    uint64_t seq;
+    _Atomic int64_t version;
+    uint64_t persisted_seq;
+    uint64_t persist_tried_seq;
+
+    /* serialise once per seq */
+    char *json;
+    size_t json_len;
+    uint64_t json_seq;
+    sync_frame *update_frame;
+    sync_frame *initial_frame;
+    sync_frame *ping_frame;
+
+    /* connections */
+    sync_conn *conns;
+    atomic_size_t conn_count;
+
+    /* pipeline */
+    handler_entry *handlers;
+    step_entry validator;
+    step_entry *middleware;
+    size_t middleware_count;
+
+    /* operations */
+    int busy;
+    sync_op *cur;
+    sync_op *queue_head;
+    sync_op *queue_tail;
+    int pull_waiting;
+
+    /* timers */
+    int64_t next_heartbeat_ms;
+    int64_t next_sync_ms;
+    pthread_cond_t timer_cond;
+    pthread_t timer_thread;
+    int timer_started;
+    int timer_stop;
+    int timer_detached;
+    int timer_joined;
+    sync_deadline_changed_cb deadline_cb;
+    void *deadline_userdata;
+
+    sync_engine_stats stats;
+};
+
+/* engine.c */
+void sync_engine_lock(sync_engine *engine);
+/* Unlocks; the outermost unlock also drops references released while the lock was held. */
+void sync_engine_unlock(sync_engine *engine);
+void sync_engine_unref_later(sync_engine *engine);
+/* Drops a reference; the last one destroys the engine. Never with the lock held. */
+void sync_engine_unref(sync_engine *engine);
+void sync_engine_log(sync_engine *engine, sync_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+#define SYNC_DEBUG(e, ...)                                                                         \
+    do {                                                                                           \
+        if ((e)->debug)                                                                            \
+            sync_engine_log((e), SYNC_LOG_DEBUG, __VA_ARGS__);                                     \
+    } while (0)
+/* Reports an error: sync_error_last(), then on_error or the log. Returns status. */
+int sync_engine_report(sync_engine *engine, int status, const char *context, sync_conn *conn,
+                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* The state as compact JSON, serialised at most once per seq. NULL on ENOMEM. */
+const char *sync_engine_state_text(sync_engine *engine, size_t *len);
+sync_frame *sync_engine_state_frame(sync_engine *engine, sync_frame_kind kind);
+int64_t sync_engine_now_us(void);
+
+/* engine_ops.c */
+sync_op *sync_op_new(op_kind kind);
+void sync_op_free(sync_engine *engine, sync_op *op);
+/* Runs `op` now, or queues it behind running work (SYNC_PENDING). Takes ownership. */
+int sync_op_submit(sync_engine *engine, sync_op *op);
+/* Saves the current state for a pull transport when the engine is idle; 1 when it is done
+ * (saved or the save failed and was reported), 0 when it finishes later. */
+int sync_op_persist_now(sync_engine *engine);
+/* Resumes the current op after a completion. */
+void sync_op_continue(sync_engine *engine);
+/* Drops queued work at dispose; when_idle callbacks get SYNC_ECLOSED. */
+void sync_op_drop_queue(sync_engine *engine);
+/* Sends a frame to one connection, counting it; failures are reported under `context`. */
+int sync_engine_send(sync_engine *engine, sync_conn *conn, sync_frame *frame, const char *context);
+/* Leaves the set and runs on_disconnect (open connections only). */
+void sync_engine_close_conn(sync_engine *engine, sync_conn *conn);
+/* The open connections, each with a reference (release with sync_conn_free). */
+sync_conn **sync_engine_conn_snapshot(sync_engine *engine, size_t *count);
+
+/* engine_msg.c */
+/* Runs the message's pipeline steps: SYNC_OK when its handler succeeded, SYNC_PENDING while a
+ * step is pending, else the (reported) reason it was dropped. */
+int sync_msg_run(sync_engine *engine, sync_op *op);
+/* Drops a message: counts it, reports it, and with reply_errors tells the sender. */
+int sync_msg_drop(sync_engine *engine, sync_conn *conn, int status, const char *context,
+                  const char *detail);
+void sync_msg_free(sync_msg *msg);
+
+/* engine_timers.c */
+int sync_engine_timers_start(sync_engine *engine);
+/* Stops the timer thread: joined when possible, detached when called from it. */
+void sync_engine_timers_stop(sync_engine *engine);
+void sync_engine_timers_join(sync_engine *engine);
+
+#endif

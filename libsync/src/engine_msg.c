@@ -1,0 +1,376 @@
+/* The message pipeline's user steps (validator, middleware, handler) and everything a step may
+ * call on its sync_msg. Steps may finish later through sync_msg_complete(), from any thread. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_internal.h"
+#include "error.h"
+#include "json_check.h"
+
+int sync_msg_drop(sync_engine *engine, sync_conn *conn, int status, const char *context,
+                  const char *detail)
+{
+    engine->stats.messages_dropped++;
+    sync_engine_report(engine, status, context, conn, "%s", detail);
+    if (engine->reply_errors && conn) {
+        char message[1024];
+        snprintf(message, sizeof message, "%s", sync_error_last());
+        cJSON *reply = cJSON_CreateObject();
+        char *text = NULL;
+        if (reply && cJSON_AddStringToObject(reply, "type", "error") &&
+            cJSON_AddStringToObject(reply, "error", message) &&
+            cJSON_AddStringToObject(reply, "context", context))
+            text = cJSON_PrintUnformatted(reply);
+        cJSON_Delete(reply);
+        sync_frame *frame = text ? sync_frame_new_text(SYNC_FRAME_TEXT, text, strlen(text)) : NULL;
+        if (frame)
+            sync_engine_send(engine, conn, frame, "handleMessage");
+        sync_frame_unref(frame);
+        cJSON_free(text);
+        sync_fail(status, "%s", message);
+    }
+    return status;
+}
+
+void sync_msg_free(sync_msg *msg)
+{
+    if (!msg)
+        return;
+    cJSON_Delete(msg->message);
+    cJSON_Delete(msg->working);
+    cJSON_free(msg->message_json);
+    cJSON_free(msg->state_json);
+    free(msg->error);
+    free(msg->handler_type);
+    free(msg);
+}
+
+static const char *message_type(const cJSON *message)
+{
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(message, "type");
+    return cJSON_IsString(type) ? type->valuestring : NULL;
+}
+
+static handler_entry *find_handler(sync_engine *engine, const char *type)
+{
+    for (handler_entry *h = engine->handlers; h; h = h->next)
+        if (strcmp(h->type, type) == 0)
+            return h;
+    return NULL;
+}
+
+/* Drops the message after a failed step, with the step's own reason when it gave one. */
+static int step_failed(sync_engine *engine, sync_msg *msg, int status, int as_status,
+                       const char *context)
+{
+    char detail[700];
+    snprintf(detail, sizeof detail, "%s", msg->error ? msg->error : sync_strerror(status));
+    return sync_msg_drop(engine, msg->conn, as_status, context, detail);
+}
+
+/* Calls one user step, noticing a completion that arrives before the step returns. */
+static int call_step(sync_msg *msg, const step_entry *step)
+{
+    if (msg->resumed) {
+        msg->resumed = 0;
+        return msg->resume_status;
+    }
+    free(msg->error);
+    msg->error = NULL;
+    msg->phase = PHASE_IN_CALL;
+    msg->early = 0;
+    int rc = step->cb(msg, step->userdata);
+    if (rc == SYNC_PENDING) {
+        if (!msg->early) {
+            msg->phase = PHASE_AWAITING;
+            return SYNC_PENDING;
+        }
+        rc = msg->early_status;
+    }
+    msg->phase = PHASE_IDLE;
+    return rc;
+}
+
+int sync_msg_run(sync_engine *engine, sync_op *op)
+{
+    sync_msg *msg = op->msg;
+    if (!msg) {
+        if (!(msg = calloc(1, sizeof *msg)))
+            return sync_msg_drop(engine, op->conn, SYNC_ENOMEM, "handleMessage", "out of memory");
+        msg->engine = engine;
+        msg->op = op;
+        msg->conn = op->conn;
+        msg->message = op->message;
+        op->message = NULL;
+        op->msg = msg;
+    }
+    while (msg->step != STEP_DONE) {
+        int rc;
+        switch (msg->step) {
+        case STEP_VALIDATOR:
+            if (!engine->validator.cb) {
+                msg->step = STEP_MIDDLEWARE;
+                break;
+            }
+            rc = call_step(msg, &engine->validator);
+            if (rc == SYNC_PENDING)
+                return rc;
+            if (engine->disposed)
+                return SYNC_ECLOSED;
+            if (rc != SYNC_OK)
+                return step_failed(engine, msg, rc, SYNC_EREJECTED, "validateMessage");
+            msg->step = STEP_MIDDLEWARE;
+            break;
+        case STEP_MIDDLEWARE:
+            if (msg->mw_index >= engine->middleware_count) {
+                msg->step = STEP_TYPE;
+                break;
+            }
+            rc = call_step(msg, &engine->middleware[msg->mw_index]);
+            if (rc == SYNC_PENDING)
+                return rc;
+            if (engine->disposed)
+                return SYNC_ECLOSED;
+            if (rc != SYNC_OK)
+                return step_failed(engine, msg, rc, SYNC_EREJECTED, "middleware");
+            msg->mw_index++;
+            break;
+        case STEP_TYPE: {
+            const char *type = message_type(msg->message);
+            if (!cJSON_IsObject(msg->message) || !type)
+                return sync_msg_drop(engine, msg->conn, SYNC_EMESSAGE, "handleMessage",
+                                     "a message must be a JSON object with a string \"type\"");
+            if (!find_handler(engine, type)) {
+                char detail[300];
+                snprintf(detail, sizeof detail, "no handler for message type \"%.200s\"", type);
+                return sync_msg_drop(engine, msg->conn, SYNC_ENOHANDLER, "handleMessage", detail);
+            }
+            if (!(msg->handler_type = strdup(type)))
+                return sync_msg_drop(engine, msg->conn, SYNC_ENOMEM, "handleMessage",
+                                     "out of memory");
+            msg->step = STEP_HANDLER;
+            break;
+        }
+        case STEP_HANDLER: {
+            handler_entry *handler = find_handler(engine, msg->handler_type);
+            if (!handler && !msg->resumed)
+                return sync_msg_drop(engine, msg->conn, SYNC_ENOHANDLER, "handleMessage",
+                                     "the handler was removed");
+            SYNC_DEBUG(engine, "handler \"%s\"", msg->handler_type);
+            rc = handler ? call_step(msg, &handler->step) : call_step(msg, NULL);
+            if (rc == SYNC_PENDING)
+                return rc;
+            if (engine->disposed)
+                return SYNC_ECLOSED;
+            if (rc != SYNC_OK) {
+                engine->stats.handler_errors++;
+                char context[300];
+                snprintf(context, sizeof context, "handler:%.200s", msg->handler_type);
+                /* The working copy goes with the op: state and version stay as they were. */
+                return step_failed(engine, msg, rc, rc < 0 ? rc : SYNC_EHANDLER, context);
+            }
+            engine->stats.messages_applied++;
+            msg->step = STEP_DONE;
+            break;
+        }
+        default:
+            break;
+        }
+    }
+    return SYNC_OK;
+}
+
+/* ---- completion ----------------------------------------------------------------------------- */
+
+int sync_msg_complete(sync_msg *msg, int status)
+{
+    if (!msg)
+        return sync_fail(SYNC_EINVAL, "sync_msg_complete: msg is NULL");
+    sync_engine *engine = msg->engine;
+    sync_engine_lock(engine);
+    if (status == SYNC_PENDING)
+        status = SYNC_EHANDLER;
+    if (msg->phase == PHASE_IN_CALL && !msg->early) {
+        msg->early = 1;
+        msg->early_status = status;
+    } else if (msg->phase == PHASE_AWAITING) {
+        msg->phase = PHASE_IDLE;
+        msg->resumed = 1;
+        msg->resume_status = status;
+        sync_op_continue(engine);
+    } else {
+        sync_engine_unlock(engine);
+        return sync_fail(SYNC_EINVAL, "sync_msg_complete: the message is not pending");
+    }
+    sync_engine_unlock(engine);
+    return SYNC_OK;
+}
+
+/* ---- what a step may call ------------------------------------------------------------------- */
+
+sync_conn *sync_msg_conn(const sync_msg *msg)
+{
+    return msg ? msg->conn : NULL;
+}
+
+sync_engine *sync_msg_engine(const sync_msg *msg)
+{
+    return msg ? msg->engine : NULL;
+}
+
+const cJSON *sync_msg_message(const sync_msg *msg)
+{
+    return msg ? msg->message : NULL;
+}
+
+const char *sync_msg_type(const sync_msg *msg)
+{
+    return msg ? message_type(msg->message) : NULL;
+}
+
+const char *sync_msg_message_json(sync_msg *msg)
+{
+    if (!msg)
+        return NULL;
+    sync_engine_lock(msg->engine);
+    if (!msg->message_json)
+        msg->message_json = cJSON_PrintUnformatted(msg->message);
+    const char *text = msg->message_json;
+    sync_engine_unlock(msg->engine);
+    return text;
+}
+
+int sync_msg_replace(sync_msg *msg, cJSON *message)
+{
+    if (!msg || !message) {
+        cJSON_Delete(message);
+        return sync_fail(SYNC_EINVAL, "sync_msg_replace: msg and message are required");
+    }
+    sync_engine_lock(msg->engine);
+    if (message != msg->message) {
+        cJSON_Delete(msg->message);
+        msg->message = message;
+        cJSON_free(msg->message_json);
+        msg->message_json = NULL;
+    }
+    sync_engine_unlock(msg->engine);
+    return SYNC_OK;
+}
+
+int sync_msg_replace_json(sync_msg *msg, const char *json)
+{
+    if (!msg || !json)
+        return sync_fail(SYNC_EINVAL, "sync_msg_replace_json: msg and json are required");
+    cJSON *message = NULL;
+    int rc = sync_json_parse(json, strlen(json), 0, &message);
+    if (rc != SYNC_OK)
+        return rc;
+    return sync_msg_replace(msg, message);
+}
+
+const cJSON *sync_msg_state(sync_msg *msg)
+{
+    if (!msg)
+        return NULL;
+    sync_engine_lock(msg->engine);
+    const cJSON *state = msg->working ? msg->working : msg->engine->state;
+    sync_engine_unlock(msg->engine);
+    return state;
+}
+
+const char *sync_msg_state_json(sync_msg *msg)
+{
+    if (!msg)
+        return NULL;
+    sync_engine *engine = msg->engine;
+    sync_engine_lock(engine);
+    const char *text;
+    if (msg->working) {
+        cJSON_free(msg->state_json);
+        msg->state_json = cJSON_PrintUnformatted(msg->working);
+        text = msg->state_json;
+    } else {
+        text = sync_engine_state_text(engine, NULL);
+    }
+    sync_engine_unlock(engine);
+    return text;
+}
+
+cJSON *sync_msg_state_mut(sync_msg *msg)
+{
+    if (!msg)
+        return NULL;
+    sync_engine_lock(msg->engine);
+    if (msg->step != STEP_HANDLER) {
+        sync_engine_unlock(msg->engine);
+        sync_fail(SYNC_ESTATE, "sync_msg_state_mut: only a handler may change the state");
+        return NULL;
+    }
+    if (!msg->working && !(msg->working = cJSON_Duplicate(msg->engine->state, 1)))
+        sync_fail(SYNC_ENOMEM, "out of memory copying the state");
+    cJSON *state = msg->working;
+    sync_engine_unlock(msg->engine);
+    return state;
+}
+
+int sync_msg_set_state(sync_msg *msg, cJSON *state)
+{
+    if (!msg || !state) {
+        cJSON_Delete(state);
+        return sync_fail(SYNC_EINVAL, "sync_msg_set_state: msg and state are required");
+    }
+    sync_engine_lock(msg->engine);
+    if (msg->step != STEP_HANDLER) {
+        sync_engine_unlock(msg->engine);
+        cJSON_Delete(state);
+        return sync_fail(SYNC_ESTATE, "sync_msg_set_state: only a handler may change the state");
+    }
+    if (state != msg->working) {
+        cJSON_Delete(msg->working);
+        msg->working = state;
+    }
+    sync_engine_unlock(msg->engine);
+    return SYNC_OK;
+}
+
+int sync_msg_set_state_json(sync_msg *msg, const char *json)
+{
+    if (!msg || !json)
+        return sync_fail(SYNC_EINVAL, "sync_msg_set_state_json: msg and json are required");
+    cJSON *state = NULL;
+    int rc = sync_json_parse(json, strlen(json), 0, &state);
+    if (rc != SYNC_OK)
+        return rc;
+    return sync_msg_set_state(msg, state);
+}
+
+int sync_msg_reply(sync_msg *msg, const char *text, size_t len)
+{
+    if (!msg || (!text && len))
+        return sync_fail(SYNC_EINVAL, "sync_msg_reply: msg and text are required");
+    if (!msg->conn)
+        return SYNC_OK;
+    sync_frame *frame = sync_frame_new_text(SYNC_FRAME_TEXT, text ? text : "", len);
+    if (!frame)
+        return sync_fail(SYNC_ENOMEM, "out of memory copying a %zu-byte reply", len);
+    sync_engine_lock(msg->engine);
+    int rc = sync_engine_send(msg->engine, msg->conn, frame, "reply");
+    sync_engine_unlock(msg->engine);
+    sync_frame_unref(frame);
+    return rc;
+}
+
+int sync_msg_set_error(sync_msg *msg, const char *reason)
+{
+    if (!msg)
+        return sync_fail(SYNC_EINVAL, "sync_msg_set_error: msg is NULL");
+    char *copy = reason ? strdup(reason) : NULL;
+    if (reason && !copy)
+        return sync_fail(SYNC_ENOMEM, "out of memory copying an error reason");
+    sync_engine_lock(msg->engine);
+    free(msg->error);
+    msg->error = copy;
+    sync_engine_unlock(msg->engine);
+    return SYNC_OK;
+}

@@ -1,0 +1,629 @@
+/* The engine's ordered work: one operation at a time, each a resumable state machine (commit,
+ * persistence, broadcast, open, sync, backup, load), queued behind any operation still waiting for
+ * a completion. The public calls that change or send the state enter here. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_internal.h"
+#include "error.h"
+#include "json_check.h"
+
+sync_op *sync_op_new(op_kind kind)
+{
+    sync_op *op = calloc(1, sizeof *op);
+    if (op)
+        op->kind = kind;
+    return op;
+}
+
+static void op_clear_adapter_result(sync_op *op)
+{
+    free(op->aerr);
+    free(op->ajson);
+    op->aerr = NULL;
+    op->ajson = NULL;
+}
+
+void sync_op_free(sync_engine *engine, sync_op *op)
+{
+    if (!op)
+        return;
+    sync_msg_free(op->msg);
+    cJSON_Delete(op->message);
+    cJSON_Delete(op->state);
+    sync_conn_free(op->conn);
+    op_clear_adapter_result(op);
+    if (op->ref_held)
+        sync_engine_unref_later(engine);
+    free(op);
+}
+
+/* ---- connections ---------------------------------------------------------------------------- */
+
+sync_conn **sync_engine_conn_snapshot(sync_engine *engine, size_t *count)
+{
+    size_t n = atomic_load(&engine->conn_count);
+    *count = 0;
+    if (n == 0)
+        return NULL;
+    sync_conn **list = malloc(n * sizeof *list);
+    if (!list)
+        return NULL;
+    for (sync_conn *c = engine->conns; c && *count < n; c = c->next)
+        list[(*count)++] = sync_conn_ref(c);
+    return list;
+}
+
+static void release_snapshot(sync_conn **list, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        sync_conn_free(list[i]);
+    free(list);
+}
+
+int sync_engine_send(sync_engine *engine, sync_conn *conn, sync_frame *frame, const char *context)
+{
+    if (atomic_load(&conn->close_requested))
+        return SYNC_ECLOSED;
+    int rc = sync_conn_push_frame(conn, frame);
+    if (rc == SYNC_OK) {
+        engine->stats.frames_out++;
+        engine->stats.bytes_out += frame->len;
+        return SYNC_OK;
+    }
+    if (rc == SYNC_ECLOSED)
+        return rc;
+    return sync_engine_report(engine, SYNC_ESEND, context, conn, "%s", sync_error_last());
+}
+
+void sync_engine_close_conn(sync_engine *engine, sync_conn *conn)
+{
+    if (conn->prev)
+        conn->prev->next = conn->next;
+    else
+        engine->conns = conn->next;
+    if (conn->next)
+        conn->next->prev = conn->prev;
+    conn->prev = conn->next = NULL;
+    conn->state = CONN_CLOSED;
+    atomic_fetch_sub(&engine->conn_count, 1);
+    SYNC_DEBUG(engine, "connection %llu closed", (unsigned long long)conn->id);
+    if (engine->hooks.on_disconnect)
+        engine->hooks.on_disconnect(engine, conn, engine->hooks.userdata);
+    sync_conn_free(conn);
+}
+
+/* ---- adapter calls -------------------------------------------------------------------------- */
+
+/* Calls the adapter for `op`. SYNC_PENDING: the op waits and resumes on completion. Otherwise the
+ * result is in op->arc (and op->ajson/aversion/ats) and SYNC_OK is returned. */
+static int adapter_invoke(sync_engine *engine, sync_op *op, adapter_call call)
+{
+    op_clear_adapter_result(op);
+    op->arc = SYNC_OK;
+    op->aversion = 0;
+    op->ats = 0;
+    sync_pending *pending = calloc(1, sizeof *pending);
+    if (!pending) {
+        op->arc = sync_fail(SYNC_ENOMEM, "out of memory");
+        return SYNC_OK;
+    }
+    pending->engine = engine;
+    pending->op = op;
+    pending->call = call;
+    pending->in_call = 1;
+    sync_adapter *adapter = engine->adapter;
+    char *json = NULL;
+    int64_t version = 0;
+    int64_t ts = 0;
+    int rc = SYNC_OK;
+    switch (call) {
+    case CALL_INIT:
+        rc = adapter->vt.init(adapter->userdata, pending);
+        break;
+    case CALL_LOAD:
+        rc = adapter->vt.load(adapter->userdata, pending, &json, &version);
+        break;
+    case CALL_SAVE: {
+        size_t len = 0;
+        const char *text = sync_engine_state_text(engine, &len);
+        op->save_seq = engine->seq;
+        op->t0_us = sync_engine_now_us();
+        rc = text ? adapter->vt.save(adapter->userdata, pending, engine->state, text, len,
+                                     atomic_load(&engine->version))
+                  : sync_fail(SYNC_ENOMEM, "out of memory serialising the state");
+        break;
+    }
+    case CALL_BACKUP:
+        rc = adapter->vt.backup(adapter->userdata, pending, &ts);
+        break;
+    }
+    pending->in_call = 0;
+    if (rc == SYNC_PENDING && !pending->done) {
+        pending->awaiting = 1;
+        return SYNC_PENDING;
+    }
+    if (rc == SYNC_PENDING) {
+        rc = pending->status;
+        free(json);
+        json = pending->state_json;
+        pending->state_json = NULL;
+        version = pending->version;
+        ts = pending->timestamp_ms;
+        op->aerr = pending->error;
+        pending->error = NULL;
+    } else if (rc > 0) {
+        rc = SYNC_EIO;
+    }
+    if (rc < 0 && !op->aerr)
+        op->aerr = strdup(sync_error_last()[0] ? sync_error_last() : sync_strerror(rc));
+    sync_pending_free(pending);
+    op->arc = rc;
+    op->ajson = json;
+    op->aversion = version;
+    op->ats = ts;
+    return SYNC_OK;
+}
+
+void sync_engine_adapter_completed(sync_engine *engine, sync_pending *pending)
+{
+    sync_op *op = pending->op;
+    if (engine->cur != op) {
+        sync_pending_free(pending);
+        return;
+    }
+    op_clear_adapter_result(op);
+    op->arc = pending->status;
+    op->ajson = pending->state_json;
+    op->aerr = pending->error;
+    if (op->arc < 0 && !op->aerr)
+        op->aerr = strdup(sync_strerror(op->arc));
+    op->aversion = pending->version;
+    op->ats = pending->timestamp_ms;
+    pending->state_json = NULL;
+    pending->error = NULL;
+    sync_pending_free(pending);
+    sync_op_continue(engine);
+}
+
+/* ---- persistence ---------------------------------------------------------------------------- */
+
+static int need_presend_save(sync_engine *engine)
+{
+    return engine->adapter && engine->persist_mode == SYNC_PERSIST_BEFORE_SEND &&
+           engine->persisted_seq != engine->seq && engine->persist_tried_seq != engine->seq;
+}
+
+/* Accounts a finished save and runs on_sync; a failure is reported (context "sync"). */
+static int save_finish(sync_engine *engine, sync_op *op)
+{
+    uint64_t took = (uint64_t)(sync_engine_now_us() - op->t0_us);
+    engine->stats.last_save_us = took;
+    engine->stats.total_save_us += took;
+    if (op->arc < 0) {
+        engine->stats.save_errors++;
+        return sync_engine_report(engine, op->arc, "sync", NULL, "save of version %lld failed: %s",
+                                  (long long)atomic_load(&engine->version),
+                                  op->aerr ? op->aerr : sync_strerror(op->arc));
+    }
+    engine->stats.saves++;
+    if (op->save_seq > engine->persisted_seq)
+        engine->persisted_seq = op->save_seq;
+    SYNC_DEBUG(engine, "saved version %lld", (long long)atomic_load(&engine->version));
+    if (engine->hooks.on_sync)
+        engine->hooks.on_sync(engine, engine->state, atomic_load(&engine->version),
+                              engine->hooks.userdata);
+    return SYNC_OK;
+}
+
+/* ---- broadcast ------------------------------------------------------------------------------ */
+
+static int has_push_conn(sync_engine *engine)
+{
+    for (sync_conn *c = engine->conns; c; c = c->next)
+        if (!sync_conn_is_pull(c))
+            return 1;
+    return 0;
+}
+
+static sync_frame *state_update_ref(sync_engine *engine)
+{
+    sync_frame *frame = sync_engine_state_frame(engine, SYNC_FRAME_STATE_UPDATE);
+    return frame ? sync_frame_ref(frame) : NULL;
+}
+
+static int send_state_to_all(sync_engine *engine, int force)
+{
+    size_t count = 0;
+    sync_conn **conns = sync_engine_conn_snapshot(engine, &count);
+    if (!conns && atomic_load(&engine->conn_count) > 0)
+        return sync_engine_report(engine, SYNC_ENOMEM, "broadcast", NULL, "out of memory");
+    sync_frame *frame = NULL;
+    int result = SYNC_OK;
+    SYNC_DEBUG(engine, "broadcast version %lld to %zu connections",
+               (long long)atomic_load(&engine->version), count);
+    for (size_t i = 0; i < count; i++) {
+        if (sync_conn_is_pull(conns[i])) {
+            sync_conn_notify_state(conns[i], force);
+            continue;
+        }
+        if (!frame && !(frame = state_update_ref(engine))) {
+            result = sync_engine_report(engine, SYNC_ENOMEM, "broadcast", NULL,
+                                        "out of memory building the state frame");
+            break;
+        }
+        int rc = sync_engine_send(engine, conns[i], frame, "broadcast");
+        if (rc < 0 && rc != SYNC_ECLOSED && result == SYNC_OK)
+            result = rc;
+    }
+    sync_frame_unref(frame);
+    release_snapshot(conns, count);
+    return result;
+}
+
+enum { B_START, B_SAVED, B_SEND };
+
+static int broadcast_run(sync_engine *engine, sync_op *op, int force)
+{
+    for (;;) {
+        switch (op->bsub) {
+        case B_START:
+            if (!need_presend_save(engine) || !has_push_conn(engine)) {
+                op->bsub = B_SEND;
+                break;
+            }
+            engine->persist_tried_seq = engine->seq;
+            op->bsub = B_SAVED;
+            if (adapter_invoke(engine, op, CALL_SAVE) == SYNC_PENDING)
+                return SYNC_PENDING;
+            break;
+        case B_SAVED:
+            save_finish(engine, op);
+            op->bsub = B_SEND;
+            break;
+        default:
+            return send_state_to_all(engine, force);
+        }
+    }
+}
+
+/* ---- commit --------------------------------------------------------------------------------- */
+
+enum { C_APPLY, C_SAVED, C_BROADCAST };
+
+static int commit_run(sync_engine *engine, sync_op *op)
+{
+    for (;;) {
+        switch (op->csub) {
+        case C_APPLY: {
+            cJSON *old = engine->state;
+            engine->state = op->state;
+            op->state = NULL;
+            engine->seq++;
+            if (engine->versioning)
+                atomic_fetch_add(&engine->version, 1);
+            SYNC_DEBUG(engine, "commit: version %lld", (long long)atomic_load(&engine->version));
+            if (engine->hooks.on_state_change && !cJSON_Compare(old, engine->state, 1))
+                engine->hooks.on_state_change(engine, old, engine->state, engine->hooks.userdata);
+            cJSON_Delete(old);
+            if (engine->disposed)
+                return SYNC_OK;
+            if (engine->adapter && engine->persist_mode == SYNC_PERSIST_ON_CHANGE) {
+                op->csub = C_SAVED;
+                if (adapter_invoke(engine, op, CALL_SAVE) == SYNC_PENDING)
+                    return SYNC_PENDING;
+            } else {
+                op->csub = C_BROADCAST;
+            }
+            break;
+        }
+        case C_SAVED:
+            save_finish(engine, op);
+            op->csub = C_BROADCAST;
+            break;
+        default:
+            if (engine->disposed || !(op->broadcast || engine->auto_broadcast))
+                return SYNC_OK;
+            /* The change itself is done whatever a send did; failed sends were reported. */
+            return broadcast_run(engine, op, op->broadcast) == SYNC_PENDING ? SYNC_PENDING
+                                                                            : SYNC_OK;
+        }
+    }
+}
+
+/* ---- the operations ------------------------------------------------------------------------- */
+
+enum { O_JOIN, O_SAVED, O_SEND };
+
+static int open_run(sync_engine *engine, sync_op *op)
+{
+    sync_conn *conn = op->conn;
+    for (;;) {
+        switch (op->stage) {
+        case O_JOIN:
+            if (conn->state == CONN_CLOSED)
+                return SYNC_OK; /* closed while its open waited in the queue */
+            conn->state = CONN_OPEN;
+            conn->last_pong_ms = sync_now_ms();
+            conn->next = engine->conns;
+            if (engine->conns)
+                engine->conns->prev = conn;
+            engine->conns = sync_conn_ref(conn);
+            atomic_fetch_add(&engine->conn_count, 1);
+            SYNC_DEBUG(engine, "connection %llu opened", (unsigned long long)conn->id);
+            if (engine->hooks.on_connect)
+                engine->hooks.on_connect(engine, conn, engine->hooks.userdata);
+            if (engine->disposed || conn->state != CONN_OPEN)
+                return SYNC_OK;
+            if (need_presend_save(engine)) {
+                engine->persist_tried_seq = engine->seq;
+                op->stage = O_SAVED;
+                if (adapter_invoke(engine, op, CALL_SAVE) == SYNC_PENDING)
+                    return SYNC_PENDING;
+            } else {
+                op->stage = O_SEND;
+            }
+            break;
+        case O_SAVED:
+            save_finish(engine, op);
+            op->stage = O_SEND;
+            break;
+        default: {
+            if (engine->disposed || conn->state != CONN_OPEN)
+                return SYNC_OK;
+            sync_frame *frame = sync_engine_state_frame(engine, SYNC_FRAME_INITIAL_STATE);
+            if (!frame)
+                return sync_engine_report(engine, SYNC_ENOMEM, "handleOpen", conn,
+                                          "out of memory building initial_state");
+            sync_frame_ref(frame);
+            int rc = sync_engine_send(engine, conn, frame, "handleOpen");
+            sync_frame_unref(frame);
+            if (rc < 0) {
+                sync_conn_request_close(conn, 1011, "initial state could not be sent");
+                return rc;
+            }
+            return SYNC_OK;
+        }
+        }
+    }
+}
+
+enum { S_START, S_DONE };
+
+static int sync_run(sync_engine *engine, sync_op *op)
+{
+    if (op->stage == S_START) {
+        if (!engine->adapter)
+            return SYNC_OK;
+        /* A persist op (pull transport) saves only what was not saved or tried yet. */
+        if (op->kind == OP_PERSIST && !need_presend_save(engine))
+            return SYNC_OK;
+        engine->persist_tried_seq = engine->seq;
+        op->stage = S_DONE;
+        if (adapter_invoke(engine, op, CALL_SAVE) == SYNC_PENDING)
+            return SYNC_PENDING;
+    }
+    return save_finish(engine, op);
+}
+
+static int backup_run(sync_engine *engine, sync_op *op)
+{
+    if (op->stage == S_START) {
+        op->stage = S_DONE;
+        if (adapter_invoke(engine, op, CALL_BACKUP) == SYNC_PENDING)
+            return SYNC_PENDING;
+    }
+    if (op->arc < 0)
+        return sync_engine_report(engine, op->arc, "backup", NULL, "backup failed: %s",
+                                  op->aerr ? op->aerr : sync_strerror(op->arc));
+    SYNC_DEBUG(engine, "backup made at %lld", (long long)op->ats);
+    if (engine->hooks.on_backup)
+        engine->hooks.on_backup(engine, op->ats, atomic_load(&engine->version),
+                                engine->hooks.userdata);
+    return SYNC_OK;
+}
+
+static void load_apply(sync_engine *engine, sync_op *op)
+{
+    if (!op->ajson) {
+        SYNC_DEBUG(engine, "load: the store was never saved; keeping the initial state");
+        return;
+    }
+    cJSON *state = NULL;
+    if (sync_json_parse(op->ajson, strlen(op->ajson), 0, &state) != SYNC_OK) {
+        sync_engine_report(engine, SYNC_ECORRUPT, "load", NULL,
+                           "the stored state is not valid JSON (%s); starting from the initial "
+                           "state",
+                           sync_error_last());
+        return;
+    }
+    cJSON_Delete(engine->state);
+    engine->state = state;
+    engine->seq++;
+    engine->persisted_seq = engine->seq;
+    if (engine->versioning)
+        atomic_store(&engine->version, op->aversion >= 0 ? op->aversion : 0);
+    SYNC_DEBUG(engine, "load: version %lld", (long long)atomic_load(&engine->version));
+}
+
+enum { L_INIT, L_INITED, L_LOAD, L_LOADED };
+
+static int load_run(sync_engine *engine, sync_op *op)
+{
+    for (;;) {
+        switch (op->stage) {
+        case L_INIT:
+            op->stage = L_INITED;
+            if (!engine->adapter->vt.init) {
+                op->arc = SYNC_OK;
+                break;
+            }
+            if (adapter_invoke(engine, op, CALL_INIT) == SYNC_PENDING)
+                return SYNC_PENDING;
+            break;
+        case L_INITED:
+            if (op->arc < 0)
+                return sync_engine_report(
+                    engine, op->arc, "load", NULL,
+                    "adapter init failed: %s; starting from the initial state",
+                    op->aerr ? op->aerr : sync_strerror(op->arc));
+            op->stage = L_LOADED;
+            if (adapter_invoke(engine, op, CALL_LOAD) == SYNC_PENDING)
+                return SYNC_PENDING;
+            break;
+        default:
+            if (op->arc < 0)
+                return sync_engine_report(engine, op->arc, "load", NULL,
+                                          "load failed: %s; starting from the initial state",
+                                          op->aerr ? op->aerr : sync_strerror(op->arc));
+            load_apply(engine, op);
+            return SYNC_OK;
+        }
+    }
+}
+
+enum { M_PIPELINE, M_COMMIT };
+
+static int op_run(sync_engine *engine, sync_op *op)
+{
+    if (engine->disposed)
+        return SYNC_ECLOSED;
+    switch (op->kind) {
+    case OP_LOAD:
+        return load_run(engine, op);
+    case OP_MESSAGE:
+        if (op->stage == M_PIPELINE) {
+            int rc = sync_msg_run(engine, op);
+            if (rc != SYNC_OK || !op->msg->working)
+                return rc;
+            op->state = op->msg->working;
+            op->msg->working = NULL;
+            op->stage = M_COMMIT;
+        }
+        return commit_run(engine, op);
+    case OP_SET_STATE:
+        return commit_run(engine, op);
+    case OP_BROADCAST:
+        return broadcast_run(engine, op, 1);
+    case OP_SYNC:
+    case OP_PERSIST:
+        return sync_run(engine, op);
+    case OP_BACKUP:
+        return backup_run(engine, op);
+    case OP_OPEN:
+        return open_run(engine, op);
+    case OP_WHEN_IDLE:
+        op->done(engine, SYNC_OK, op->done_userdata);
+        return SYNC_OK;
+    }
+    return SYNC_EINVAL;
+}
+
+/* ---- the queue ------------------------------------------------------------------------------ */
+
+static void op_wait(sync_op *op)
+{
+    op->ref_held = 1;
+}
+
+static void notify_pulls(sync_engine *engine)
+{
+    engine->pull_waiting = 0;
+    size_t count = 0;
+    sync_conn **conns = sync_engine_conn_snapshot(engine, &count);
+    for (size_t i = 0; i < count; i++)
+        if (sync_conn_is_pull(conns[i]))
+            sync_conn_notify_state(conns[i], 0);
+    release_snapshot(conns, count);
+}
+
+static void op_finish(sync_engine *engine, sync_op *op)
+{
+    engine->cur = NULL;
+    engine->busy = 0;
+    sync_op_free(engine, op);
+    if (engine->pull_waiting && !engine->disposed)
+        notify_pulls(engine);
+}
+
+static void op_drain(sync_engine *engine)
+{
+    while (!engine->busy && engine->queue_head && !engine->disposed) {
+        sync_op *op = engine->queue_head;
+        engine->queue_head = op->next;
+        if (!engine->queue_head)
+            engine->queue_tail = NULL;
+        op->next = NULL;
+        engine->busy = 1;
+        engine->cur = op;
+        if (op_run(engine, op) == SYNC_PENDING) {
+            if (!op->ref_held) {
+                atomic_fetch_add(&engine->refs, 1);
+                op_wait(op);
+            }
+            return;
+        }
+        op_finish(engine, op);
+    }
+}
+
+int sync_op_submit(sync_engine *engine, sync_op *op)
+{
+    if (engine->busy) {
+        if (engine->queue_tail)
+            engine->queue_tail->next = op;
+        else
+            engine->queue_head = op;
+        engine->queue_tail = op;
+        SYNC_DEBUG(engine, "queued behind pending work");
+        return SYNC_PENDING;
+    }
+    engine->busy = 1;
+    engine->cur = op;
+    int rc = op_run(engine, op);
+    if (rc == SYNC_PENDING) {
+        if (!op->ref_held) {
+            atomic_fetch_add(&engine->refs, 1);
+            op_wait(op);
+        }
+        return rc;
+    }
+    op_finish(engine, op);
+    op_drain(engine);
+    return rc;
+}
+
+void sync_op_continue(sync_engine *engine)
+{
+    sync_op *op = engine->cur;
+    if (!op)
+        return;
+    int rc = engine->disposed ? SYNC_ECLOSED : op_run(engine, op);
+    if (rc == SYNC_PENDING)
+        return;
+    op_finish(engine, op);
+    op_drain(engine);
+}
+
+void sync_op_drop_queue(sync_engine *engine)
+{
+    sync_op *op = engine->queue_head;
+    engine->queue_head = engine->queue_tail = NULL;
+    while (op) {
+        sync_op *next = op->next;
+        if (op->kind == OP_WHEN_IDLE)
+            op->done(engine, SYNC_ECLOSED, op->done_userdata);
+        if (op->kind == OP_OPEN && op->conn->state == CONN_OPENING)
+            op->conn->state = CONN_CLOSED;
+        sync_op_free(engine, op);
+        op = next;
+    }
+}
+
+int sync_op_persist_now(sync_engine *engine)
+{
+    sync_op *op = sync_op_new(OP_PERSIST);
+    if (!op)
+        return 1; /* serve the frame unsaved rather than never */
+    return sync_op_submit(engine, op) != SYNC_PENDING;
+}
