@@ -365,6 +365,7 @@ const char *sync_msg_state_json(sync_msg *msg);
 int sync_msg_set_state_json(sync_msg *msg, const char *json);
 int sync_msg_reply(sync_msg *msg, const char *text, size_t len);
 int sync_msg_set_error(sync_msg *msg, const char *reason);
+int sync_msg_complete(sync_msg *msg, int status);
 
 /* connections */
 void sync_conn_free(sync_conn *conn);

@@ -55,3 +55,50 @@ def test_engine_inside_a_websockets_server(make_engine):
             assert engine.connection_count == 0
 
     asyncio.run(main())
+
+
+def test_async_handlers_apply_in_arrival_order(make_engine):
+    order = []
+
+    async def slow_append(conn, message, get_state, set_state):
+        await asyncio.sleep(message["delay"])
+        state = get_state()
+        state["items"].append(message["item"])
+        set_state(state)
+        order.append(message["item"])
+
+    async def failing(conn, message, get_state, set_state):
+        set_state({"items": ["never"]})
+        await asyncio.sleep(0)
+        raise RuntimeError("async boom")
+
+    errors = []
+    engine = make_engine(initial_state={"items": []}, handlers={"append": slow_append, "fail": failing},
+                         hooks={"on_error": lambda err, ctx: errors.append((str(err), ctx))})
+
+    class Conn:
+        def send(self, text):
+            pass
+
+        def close(self):
+            pass
+
+    async def main():
+        conn = Conn()
+        engine.handle_open(conn)
+        statuses = [
+            engine.handle_message(conn, msg("append", item="a", delay=0.05)),
+            engine.handle_message(conn, msg("fail")),
+            engine.handle_message(conn, msg("append", item="b", delay=0.0)),
+        ]
+        assert statuses[0] == syncengine.Status.PENDING
+        for _ in range(200):
+            if engine.get_version() == 2 and len(errors) == 1:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert order == ["a", "b"]
+    assert engine.get_state() == {"items": ["a", "b"]}
+    assert engine.get_version() == 2
+    assert len(errors) == 1 and "async boom" in errors[0][0] and errors[0][1] == "handler:fail"

@@ -420,3 +420,16 @@ def test_help_texts():
     assert syncengine.Server.__doc__ and syncengine.SQLiteAdapter.__doc__ and syncengine.FileAdapter.__doc__
     assert syncengine.__version__
     assert json.loads(json.dumps(syncengine.Status.OK)) == 0
+
+
+def test_keyboard_interrupt_in_a_handler_rolls_back_then_reaches_the_caller(make_engine, recorder):
+    def interrupted(conn, message, get_state, set_state):
+        set_state({"counter": 5})
+        raise KeyboardInterrupt
+
+    engine = counter_engine(make_engine, recorder, handlers={"i": interrupted, "increment": increment})
+    with pytest.raises(KeyboardInterrupt):
+        engine.handle_message(MockConn(), msg("i"))
+    assert engine.get_state() == {"counter": 0} and engine.get_version() == 0
+    assert engine.handle_message(MockConn(), msg("increment", amount=1)) == syncengine.Status.OK
+    assert engine.get_state() == {"counter": 1}

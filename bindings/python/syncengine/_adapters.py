@@ -112,9 +112,10 @@ class _AdapterBridge:
         self.adapter = adapter
         self.engine_ref = weakref.ref(engine)
 
-    def _failed(self, what: str) -> None:
-        from ._engine import _note_error
+    def _failed(self, what: str, exc: BaseException) -> None:
+        from ._engine import _defer_interrupt, _note_error
 
+        _defer_interrupt(exc)
         _note_error(self.engine_ref, f"adapter {what}() failed")
 
     def init(self) -> int:
@@ -123,8 +124,8 @@ class _AdapterBridge:
             if fn is not None:
                 fn()
             return Status.OK
-        except Exception:
-            self._failed("init")
+        except BaseException as exc:
+            self._failed("init", exc)
             return Status.EIO
 
     def load(self) -> tuple[int, Optional[str], int]:
@@ -139,16 +140,16 @@ class _AdapterBridge:
             from ._engine import dumps
 
             return (Status.OK, dumps(record["state"]), int(record["version"]))
-        except Exception:
-            self._failed("load")
+        except BaseException as exc:
+            self._failed("load", exc)
             return (Status.EIO, None, 0)
 
     def save(self, state_json: str, version: int) -> int:
         try:
             self.adapter.save(json.loads(state_json), version)
             return Status.OK
-        except Exception:
-            self._failed("save")
+        except BaseException as exc:
+            self._failed("save", exc)
             return Status.EIO
 
     def backup(self) -> tuple[int, int]:
@@ -157,8 +158,8 @@ class _AdapterBridge:
             if not isinstance(stamp, (int, float)) or isinstance(stamp, bool):
                 stamp = native.sync_wall_ms()
             return (Status.OK, int(stamp))
-        except Exception:
-            self._failed("backup")
+        except BaseException as exc:
+            self._failed("backup", exc)
             return (Status.EIO, 0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import dataclasses
 import inspect
@@ -84,6 +85,22 @@ class _InCallback:
             _active_set().discard(self.key)
 
 
+def _defer_interrupt(exc: BaseException) -> None:
+    """KeyboardInterrupt/SystemExit inside a callback: the callback fails like on any exception,
+    and the interrupt is raised again once the engine call that ran it returns to Python."""
+    if not isinstance(exc, Exception) and getattr(_active, "interrupt", None) is None:
+        _active.interrupt = exc
+
+
+def _resume(result: Any) -> Any:
+    """Returns `result`, unless a callback run by the call just made deferred an interrupt."""
+    exc = getattr(_active, "interrupt", None)
+    if exc is not None:
+        _active.interrupt = None
+        raise exc
+    return result
+
+
 def dumps(value: Any) -> str:
     """Compact JSON text of a state or message; TypeError/ValueError for what JSON cannot hold."""
     return json.dumps(_plain(value), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
@@ -117,14 +134,16 @@ class _ConnBridge:
         try:
             self.target.send(text)
             return Status.OK
-        except Exception:
+        except BaseException as exc:
+            _defer_interrupt(exc)
             _note_error(self.engine_ref, "send() of the connection failed")
             return Status.ESEND
 
     def close(self, code: int, reason: str) -> None:
         try:
             self.target.close()
-        except Exception:
+        except BaseException as exc:
+            _defer_interrupt(exc)
             _note_error(self.engine_ref, "close() of the connection failed")
 
 
@@ -244,6 +263,7 @@ class SyncEngine:
             raise error_for(native.pysync_last_status(), native.sync_error_last())
         self._ptr = ptr
         _live_engines.add(self)
+        _resume(None)
         try:
             for type_name, fn in handler_items:
                 self.on(type_name, fn)
@@ -326,7 +346,7 @@ class SyncEngine:
 
     def handle_open(self, conn: ConnectionLike) -> Status:
         """The original's handleOpen: ``conn`` joins and is sent ``initial_state``."""
-        return Status.of(native.sync_engine_handle_open(self._p(), self._bridge(conn).ptr))
+        return _resume(Status.of(native.sync_engine_handle_open(self._p(), self._bridge(conn).ptr)))
 
     def handle_message(self, conn: ConnectionLike, raw: str | bytes) -> Status:
         """The original's handleMessage: runs ``raw`` through validator, middleware and handler.
@@ -336,7 +356,7 @@ class SyncEngine:
         if isinstance(raw, (bytes, bytearray, memoryview)):
             raw = bytes(raw).decode("utf-8", errors="surrogateescape")
         ptr = self._p()
-        return Status.of(native.sync_engine_handle_message(ptr, self._bridge(conn).ptr, raw))
+        return _resume(Status.of(native.sync_engine_handle_message(ptr, self._bridge(conn).ptr, raw)))
 
     def handle_close(self, conn: ConnectionLike) -> Status:
         """The original's handleClose: ``conn`` leaves, then ``on_disconnect``."""
@@ -345,7 +365,7 @@ class SyncEngine:
         if bridge is None:
             return Status.OK
         try:
-            return Status.of(native.sync_engine_handle_close(ptr, bridge.ptr))
+            return _resume(Status.of(native.sync_engine_handle_close(ptr, bridge.ptr)))
         finally:
             # After the call: on_disconnect must still see the caller's object.
             self._conns.pop(id(conn), None)
@@ -354,7 +374,7 @@ class SyncEngine:
 
     def inject(self, raw: str) -> Status:
         """Runs ``raw`` through the pipeline as if sent by a client without connection."""
-        return Status.of(native.sync_engine_inject(self._p(), raw))
+        return _resume(Status.of(native.sync_engine_inject(self._p(), raw)))
 
     @property
     def connection_count(self) -> int:
@@ -401,29 +421,29 @@ class SyncEngine:
 
     def set_state(self, state: Any, broadcast: bool = False) -> Status:
         """The original's setState: version + 1, on_state_change, persist, broadcast if asked."""
-        return check(native.sync_engine_set_state_json(self._p(), dumps(state), 1 if broadcast else 0))
+        return _resume(check(native.sync_engine_set_state_json(self._p(), dumps(state), 1 if broadcast else 0)))
 
     def broadcast_state(self) -> Status:
         """Sends ``state_update`` with the current state to every connection."""
-        return Status.of(native.sync_engine_broadcast_state(self._p()))
+        return _resume(Status.of(native.sync_engine_broadcast_state(self._p())))
 
     def broadcast(self, text: str) -> Status:
         """Sends one text frame to every open connection."""
-        return Status.of(native.sync_engine_broadcast_text(self._p(), text))
+        return _resume(Status.of(native.sync_engine_broadcast_text(self._p(), text)))
 
     def sync(self) -> Status:
         """The original's sync(): saves through the adapter, then on_sync. Failures go to on_error."""
-        return Status.of(native.sync_engine_sync(self._p()))
+        return _resume(Status.of(native.sync_engine_sync(self._p())))
 
     def create_backup(self) -> Status:
         """The original's createBackup(): adapter backup, then on_backup.
 
         ``Status.EUNSUPPORTED`` when the adapter cannot back up."""
-        return Status.of(native.sync_engine_create_backup(self._p()))
+        return _resume(Status.of(native.sync_engine_create_backup(self._p())))
 
     def tick(self) -> Status:
         """Runs the heartbeat and the sync interval if they are due (they also run by themselves)."""
-        return Status.of(native.sync_engine_tick(self._p(), -1))
+        return _resume(Status.of(native.sync_engine_tick(self._p(), -1)))
 
     def stats(self) -> dict[str, int]:
         """Counters for monitoring: messages in/applied/dropped, frames and bytes out, saves..."""
@@ -441,7 +461,7 @@ class SyncEngine:
         if self._disposed or self._ptr is None:
             return
         self._disposed = True
-        native.sync_engine_dispose(self._ptr)
+        _resume(native.sync_engine_dispose(self._ptr))
         bridges = list(self._conns.values())
         self._conns.clear()
         self._bridges.clear()
@@ -523,17 +543,51 @@ def _make_handler(ref: Callable[[], SyncEngine | None], fn: Handler) -> Callable
                 conn = engine._conn_object(native.sync_msg_conn(msg))
                 result = fn(conn, _loads(native.sync_msg_message_json(msg)), get_state, set_state)
                 if inspect.isawaitable(result):
-                    if inspect.iscoroutine(result):
-                        result.close()
-                    raise TypeError("handlers run synchronously: define the handler with def, not async def")
+                    _finish_later(engine, msg, result, live)
+                    return Status.PENDING
+                live[0] = False
                 return Status.OK
-            except Exception:
+            except BaseException as exc:
+                live[0] = False
+                _defer_interrupt(exc)
                 native.sync_msg_set_error(msg, _note_error(ref))
                 return Status.EHANDLER
-            finally:
-                live[0] = False
 
     return step
+
+
+def _finish_later(engine: SyncEngine, msg: Any, awaitable: Any, live: list) -> None:
+    """An async def handler: runs on the event loop of the thread that called handle_message; the
+    engine queues every later message of this engine until it completes (sync_msg_complete)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()
+        raise TypeError(
+            "an async def handler needs a running asyncio event loop on the thread that calls "
+            "handle_message (the built-in server's thread has none): define it with def"
+        ) from None
+
+    async def finish() -> None:
+        # `engine` is held strongly here: the C engine must outlive the pending message.
+        status = Status.OK
+        interrupt: BaseException | None = None
+        try:
+            await awaitable
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                interrupt = exc
+            native.sync_msg_set_error(msg, _note_error(weakref.ref(engine)))
+            status = Status.EHANDLER
+        finally:
+            live[0] = False
+        native.sync_msg_complete(msg, status)
+        if interrupt is not None:
+            raise interrupt
+        _resume(None)
+
+    loop.create_task(finish())
 
 
 def _make_transform(ref: Callable[[], SyncEngine | None], fn: Callable[[Any], Any]) -> Callable[[Any], int]:
@@ -553,7 +607,8 @@ def _make_transform(ref: Callable[[], SyncEngine | None], fn: Callable[[Any], An
                     if new_text != text:
                         check(native.sync_msg_replace_json(msg, new_text))
                 return Status.OK
-            except Exception:
+            except BaseException as exc:
+                _defer_interrupt(exc)
                 native.sync_msg_set_error(msg, _note_error(ref))
                 return Status.EREJECTED
 
@@ -581,7 +636,8 @@ def _make_dispatch(ref: Callable[[], SyncEngine | None]) -> Callable[..., None]:
                         hook(args[0], args[1])
                     else:
                         hook(engine._conn_object(args[0]))
-            except Exception:
+            except BaseException as exc:
+                _defer_interrupt(exc)
                 _report_hook_failure(engine, name)
             finally:
                 if name == "on_disconnect" and args[0] is not None:
