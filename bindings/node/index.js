@@ -323,14 +323,15 @@ class SyncEngine {
 
   /** A client connected: `ws` is anything with send(text) and close(). */
   async handleOpen(ws) {
-    const entry = this._entryOf(ws);
-    await this._settle(native.sync_engine_handle_open(this._live(), entry.conn));
+    const engine = this._live();
+    await this._settle(native.sync_engine_handle_open(engine, this._entryOf(ws).conn));
   }
 
   /** A client sent `raw` (string, Buffer or ArrayBuffer). Resolves once it has been applied. */
   async handleMessage(ws, raw) {
-    const entry = this._entryOf(ws);
-    await this._settle(native.sync_engine_handle_message(this._live(), entry.conn, textOf(raw)));
+    const engine = this._live();
+    const conn = this._entryOf(ws).conn;
+    await this._settle(native.sync_engine_handle_message(engine, conn, textOf(raw)));
   }
 
   /** A client went away. */

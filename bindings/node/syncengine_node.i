@@ -136,6 +136,10 @@ jsb_job *jsb_job_new(jsb_job_kind kind, const char *event, jsb_sink *sink, doubl
 
 void jsb_post(jsb_job *job)
 {
+    /* A job posted by the main thread itself (a deferred completion) must keep the loop alive
+     * until it ran; foreign threads post only while a server keeps the handle referenced. */
+    if (jsb_on_main_thread())
+        uv_ref((uv_handle_t *)&jsb_async);
     uv_mutex_lock(&jsb_lock);
     if (jsb_tail)
         jsb_tail->next = job;
@@ -578,6 +582,8 @@ void jsb_drain(uv_async_t *)
             job = next;
         }
     }
+    if (jsb_keepalive_count <= 0)
+        uv_unref((uv_handle_t *)&jsb_async);
 }
 
 /* ---- the server stops on a worker thread: a graceful stop waits for clients ----------------- */

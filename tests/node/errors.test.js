@@ -1,0 +1,272 @@
+'use strict';
+// A thrown error or a rejected promise in every kind of callback: reported to onError with its
+// context, state and version unchanged, the process still alive.
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { SyncEngine, SyncError, Status } = require('syncengine');
+const { mockWs, hookRecorder } = require('./helpers');
+
+const increment = {
+  type: 'increment',
+  handle(ws, message, getState, setState) {
+    const state = getState();
+    state.counter += message.amount;
+    setState(state);
+  },
+};
+const inc = (amount = 1) => JSON.stringify({ type: 'increment', amount });
+
+function failing(kind, message) {
+  return kind === 'throw'
+    ? () => {
+        throw new Error(message);
+      }
+    : async () => {
+        await new Promise((resolve) => setImmediate(resolve));
+        throw new Error(message);
+      };
+}
+
+for (const kind of ['throw', 'reject']) {
+  test(`${kind} in a handler: dropped, onError(handler:<type>), state and version unchanged`, async () => {
+    const { calls, hooks } = hookRecorder();
+    const engine = new SyncEngine({
+      initialState: { counter: 0 },
+      enableVersioning: true,
+      hooks,
+      messageHandlers: [increment, { type: 'boom', handle: failing(kind, 'handler broke') }],
+    });
+    const ws = mockWs();
+    await engine.handleOpen(ws);
+    await engine.handleMessage(ws, JSON.stringify({ type: 'boom' }));
+    assert.deepEqual(engine.getState(), { counter: 0 });
+    assert.equal(engine.getVersion(), 0);
+    assert.equal(calls.onError.length, 1);
+    const [err, context] = calls.onError[0];
+    assert.ok(err instanceof SyncError);
+    assert.equal(err.status, Status.EHANDLER);
+    assert.match(err.message, /handler broke/);
+    assert.equal(context, 'handler:boom');
+    assert.equal(err.ws, ws);
+    // The engine goes on working.
+    await engine.handleMessage(ws, inc(2));
+    assert.deepEqual(engine.getState(), { counter: 2 });
+    engine.dispose();
+  });
+
+  test(`${kind} after setState in a handler: the change is rolled back`, async () => {
+    const { calls, hooks } = hookRecorder();
+    const engine = new SyncEngine({
+      initialState: { counter: 7 },
+      enableVersioning: true,
+      hooks,
+      messageHandlers: [
+        {
+          type: 'half',
+          async handle(ws, message, getState, setState) {
+            await setState({ counter: 1000 });
+            if (kind === 'throw') throw new Error('after setState');
+            await new Promise((resolve) => setImmediate(resolve));
+            throw new Error('after setState');
+          },
+        },
+      ],
+    });
+    await engine.handleMessage(mockWs(), JSON.stringify({ type: 'half' }));
+    assert.deepEqual(engine.getState(), { counter: 7 });
+    assert.equal(engine.getVersion(), 0);
+    assert.equal(calls.onStateChange.length, 0);
+    assert.equal(calls.onError.length, 1);
+    engine.dispose();
+  });
+
+  test(`${kind} in validateMessage: dropped with EREJECTED, context validateMessage`, async () => {
+    const { calls, hooks } = hookRecorder();
+    const engine = new SyncEngine({
+      initialState: { counter: 0 },
+      enableVersioning: true,
+      hooks,
+      validateMessage: failing(kind, 'invalid message'),
+      messageHandlers: [increment],
+    });
+    await engine.handleMessage(mockWs(), inc(5));
+    assert.deepEqual(engine.getState(), { counter: 0 });
+    assert.equal(engine.getVersion(), 0);
+    assert.equal(calls.onError.length, 1);
+    assert.equal(calls.onError[0][0].status, Status.EREJECTED);
+    assert.match(calls.onError[0][0].message, /invalid message/);
+    assert.equal(calls.onError[0][1], 'validateMessage');
+    engine.dispose();
+  });
+
+  test(`${kind} in a middleware: dropped, context middleware`, async () => {
+    const { calls, hooks } = hookRecorder();
+    const engine = new SyncEngine({
+      initialState: { counter: 0 },
+      enableVersioning: true,
+      hooks,
+      messageHandlers: [increment],
+    });
+    engine.use(failing(kind, 'middleware broke'));
+    await engine.handleMessage(mockWs(), inc(5));
+    assert.deepEqual(engine.getState(), { counter: 0 });
+    assert.equal(engine.getVersion(), 0);
+    assert.equal(calls.onError.length, 1);
+    assert.match(calls.onError[0][0].message, /middleware broke/);
+    assert.equal(calls.onError[0][1], 'middleware');
+    engine.dispose();
+  });
+
+  test(`${kind} in each hook: reported to onError as hook:<name>, state unchanged`, async () => {
+    const errors = [];
+    const hookNames = ['onConnect', 'onDisconnect', 'onStateChange', 'onSync', 'onBackup', 'onPong'];
+    const hooks = { onError: (err, context) => errors.push([err.message, context]) };
+    for (const name of hookNames) hooks[name] = failing(kind, `${name} broke`);
+    const engine = new SyncEngine({
+      initialState: { counter: 0 },
+      enableVersioning: true,
+      hooks,
+      adapter: { load: () => null, save() {}, backup() {} },
+      messageHandlers: [increment],
+    });
+    await engine.ready();
+    const ws = mockWs();
+    await engine.handleOpen(ws);
+    await engine.handleMessage(ws, inc(3));
+    await engine.handleMessage(ws, 'pong');
+    await engine.createBackup();
+    await engine.handleClose(ws);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.deepEqual(engine.getState(), { counter: 3 });
+    assert.equal(engine.getVersion(), 1);
+    const contexts = errors.map(([, context]) => context).sort();
+    assert.deepEqual(contexts, hookNames.map((n) => `hook:${n}`).sort());
+    for (const [message, context] of errors) assert.equal(message, `${context.slice(5)} broke`);
+    engine.dispose();
+  });
+
+  test(`${kind} in an adapter's save: onError(sync), state kept in memory`, async () => {
+    const { calls, hooks } = hookRecorder();
+    const engine = new SyncEngine({
+      initialState: { counter: 0 },
+      enableVersioning: true,
+      hooks,
+      adapter: { load: () => null, save: failing(kind, 'disk full') },
+      messageHandlers: [increment],
+    });
+    await engine.ready();
+    await engine.handleMessage(mockWs(), inc(4));
+    assert.deepEqual(engine.getState(), { counter: 4 });
+    assert.equal(calls.onSync.length, 0);
+    assert.equal(calls.onError.length, 1);
+    assert.match(calls.onError[0][0].message, /disk full/);
+    assert.equal(calls.onError[0][1], 'sync');
+    engine.dispose();
+  });
+
+  test(`${kind} in an adapter's load: initialState, version 0, reported`, async () => {
+    const { calls, hooks } = hookRecorder();
+    const engine = new SyncEngine({
+      initialState: { counter: 42 },
+      enableVersioning: true,
+      hooks,
+      adapter: { load: failing(kind, 'cannot read'), save() {} },
+    });
+    await engine.ready();
+    assert.deepEqual(engine.getState(), { counter: 42 });
+    assert.equal(engine.getVersion(), 0);
+    assert.equal(calls.onError.length, 1);
+    assert.match(calls.onError[0][0].message, /cannot read/);
+    assert.equal(calls.onError[0][1], 'load');
+    engine.dispose();
+  });
+
+  test(`${kind} in an adapter's backup: onError(backup), no onBackup`, async () => {
+    const { calls, hooks } = hookRecorder();
+    const engine = new SyncEngine({
+      hooks,
+      adapter: { load: () => null, save() {}, backup: failing(kind, 'no space for backup') },
+    });
+    await engine.ready();
+    await engine.createBackup();
+    assert.equal(calls.onBackup.length, 0);
+    assert.equal(calls.onError.length, 1);
+    assert.match(calls.onError[0][0].message, /no space for backup/);
+    assert.equal(calls.onError[0][1], 'backup');
+    engine.dispose();
+  });
+
+  test(`${kind} in onError itself: printed, the process goes on`, async (t) => {
+    const printed = [];
+    t.mock.method(console, 'error', (...args) => printed.push(args.join(' ')));
+    const engine = new SyncEngine({
+      initialState: { counter: 0 },
+      hooks: { onError: failing(kind, 'onError broke') },
+      messageHandlers: [increment],
+    });
+    await engine.handleMessage(mockWs(), 'not json');
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    assert.equal(printed.length, 1);
+    assert.match(printed[0], /onError broke/);
+    await engine.handleMessage(mockWs(), inc(1));
+    assert.deepEqual(engine.getState(), { counter: 1 });
+    engine.dispose();
+  });
+}
+
+test('a ws whose send throws: reported, the connection is closed, others still get frames', async () => {
+  const { calls, hooks } = hookRecorder();
+  const engine = new SyncEngine({ initialState: { counter: 0 }, hooks, messageHandlers: [increment] });
+  const good = mockWs('good');
+  const bad = mockWs('bad');
+  await engine.handleOpen(good);
+  await engine.handleOpen(bad);
+  bad.send = () => {
+    throw new Error('socket gone');
+  };
+  await engine.handleMessage(good, inc(1));
+  await engine.broadcastState();
+  assert.equal(good.frames.length, 2);
+  assert.equal(good.frames[1].data.counter, 1);
+  assert.ok(calls.onError.length >= 1);
+  assert.equal(calls.onError[0][1], 'broadcast');
+  engine.dispose();
+});
+
+test('bad input is reported and dropped: not JSON, no type, unknown type', async () => {
+  const { calls, hooks } = hookRecorder();
+  const engine = new SyncEngine({
+    initialState: { counter: 0 },
+    enableVersioning: true,
+    hooks,
+    messageHandlers: [increment],
+  });
+  const ws = mockWs();
+  for (const raw of ['{not json', '[1,2]', '{"amount":1}', '{"type":"nobody"}', '']) {
+    await engine.handleMessage(ws, raw);
+  }
+  assert.equal(calls.onError.length, 5);
+  const statuses = calls.onError.map(([err]) => err.code);
+  assert.deepEqual(statuses.slice(0, 4), ['EPARSE', 'EMESSAGE', 'EMESSAGE', 'ENOHANDLER']);
+  assert.deepEqual(engine.getState(), { counter: 0 });
+  assert.equal(engine.getVersion(), 0);
+  engine.dispose();
+});
+
+test('setState outside a handler with a value that is not JSON throws, nothing changes', async () => {
+  const engine = new SyncEngine({ initialState: { counter: 0 }, enableVersioning: true });
+  await assert.rejects(engine.setState(undefined), TypeError);
+  const circular = {};
+  circular.self = circular;
+  await assert.rejects(engine.setState(circular), TypeError);
+  assert.deepEqual(engine.getState(), { counter: 0 });
+  assert.equal(engine.getVersion(), 0);
+  engine.dispose();
+});
+
+test('calls on a disposed engine fail with ECLOSED', async () => {
+  const engine = new SyncEngine({ initialState: {} });
+  engine.dispose();
+  assert.throws(() => engine.getState(), (err) => err.code === 'ECLOSED');
+  await assert.rejects(engine.handleMessage(mockWs(), '{}'), (err) => err.code === 'ECLOSED');
+});
