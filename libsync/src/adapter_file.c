@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Versions beyond 2^53 would not survive cJSON's double; no engine gets near it. */
@@ -129,9 +130,12 @@ static int replace_file(file_adapter *fa, const char *target, const struct iovec
     char *tmp = fs_temp_name(target);
     if (!tmp)
         return sync_fail(SYNC_ENOMEM, "out of memory");
-    int rc = fs_write_new_file(tmp, iov, iovcnt, fa->fsync);
+    /* A store someone restricted (chmod 600: the state may hold secrets) stays restricted. */
+    struct stat st;
+    mode_t mode = stat(target, &st) == 0 && S_ISREG(st.st_mode) ? (st.st_mode & 07777) : 0;
+    int rc = fs_write_new_file(tmp, mode, iov, iovcnt, fa->fsync);
     if (rc != 0 && errno == ENOENT && fs_mkdirs(fa->dir) == 0)
-        rc = fs_write_new_file(tmp, iov, iovcnt, fa->fsync); /* the directory was removed */
+        rc = fs_write_new_file(tmp, mode, iov, iovcnt, fa->fsync); /* the directory was removed */
     if (rc != 0) {
         rc = sync_fail(SYNC_EIO, "cannot write %s: %s", tmp, strerror(errno));
         free(tmp);
@@ -202,7 +206,7 @@ static int file_backup(void *userdata, sync_pending *pending, int64_t *out_times
         goto out;
     }
     struct iovec iov = {text, len};
-    if (fs_write_new_file(tmp, &iov, 1, fa->fsync) != 0) {
+    if (fs_write_new_file(tmp, 0, &iov, 1, fa->fsync) != 0) {
         rc = sync_fail(SYNC_EIO, "cannot write %s: %s", tmp, strerror(errno));
         goto out;
     }

@@ -376,18 +376,16 @@ static int sqlite_backup(void *userdata, sync_pending *pending, int64_t *out_tim
         goto out;
     }
     sqlite3 *dst = NULL;
-    int src = sqlite3_open_v2(tmp, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
-    if (src == SQLITE_OK) {
+    int copied = 0;
+    if (sqlite3_open_v2(tmp, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) == SQLITE_OK) {
+        /* Errors of init, step and finish all land in dst's error state. */
         sqlite3_backup *bk = sqlite3_backup_init(dst, "main", sa->db, "main");
         if (bk) {
-            src = sqlite3_backup_step(bk, -1);
-            sqlite3_backup_finish(bk);
+            int step = sqlite3_backup_step(bk, -1);
+            copied = sqlite3_backup_finish(bk) == SQLITE_OK && step == SQLITE_DONE;
         }
-        src = src == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(dst);
-        if (src == SQLITE_OK && !bk)
-            src = SQLITE_ERROR;
     }
-    if (src != SQLITE_OK)
+    if (!copied)
         rc = dst ? fail_sqlite(dst, "cannot back up into", tmp)
                  : sync_fail(SYNC_ENOMEM, "out of memory opening %s", tmp);
     if (sqlite3_close(dst) != SQLITE_OK && rc == SYNC_OK)

@@ -128,7 +128,8 @@ static int write_all(int fd, const struct iovec *iov_in, int iovcnt)
     return 0;
 }
 
-int fs_write_new_file(const char *tmp_path, const struct iovec *iov, int iovcnt, int do_fsync)
+int fs_write_new_file(const char *tmp_path, mode_t mode, const struct iovec *iov, int iovcnt,
+                      int do_fsync)
 {
     int fd;
     do {
@@ -136,7 +137,9 @@ int fs_write_new_file(const char *tmp_path, const struct iovec *iov, int iovcnt,
     } while (fd < 0 && errno == EINTR);
     if (fd < 0)
         return -1;
-    int rc = write_all(fd, iov, iovcnt);
+    int rc = mode ? fchmod(fd, mode) : 0;
+    if (rc == 0)
+        rc = write_all(fd, iov, iovcnt);
     if (rc == 0 && do_fsync) {
         while ((rc = fsync(fd)) != 0 && errno == EINTR) {
         }

@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 /* mkdir -p with mode 0777 (before umask); an existing directory is success. */
@@ -22,9 +23,11 @@ int fs_mkdirs_parent(const char *path);
 /* "<base>.tmp-<pid>-<n>", n unique in the process; caller frees. NULL on ENOMEM. */
 char *fs_temp_name(const char *base);
 
-/* Creates `tmp_path` (it must not exist), writes every byte of `iov`, fsyncs it when asked and
- * closes it. On failure the file is removed and errno tells the cause. */
-int fs_write_new_file(const char *tmp_path, const struct iovec *iov, int iovcnt, int do_fsync);
+/* Creates `tmp_path` (it must not exist) with permissions `mode` (0: 0666 less the umask),
+ * writes every byte of `iov`, fsyncs it when asked and closes it. On failure the file is removed
+ * and errno tells the cause. */
+int fs_write_new_file(const char *tmp_path, mode_t mode, const struct iovec *iov, int iovcnt,
+                      int do_fsync);
 
 /* fsync of a directory, so that a rename inside it survives a power loss. */
 int fs_fsync_dir(const char *dir);

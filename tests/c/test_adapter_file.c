@@ -128,6 +128,23 @@ static void test_many_saves_leave_no_temp_files(void)
     free(dir);
 }
 
+static void test_save_keeps_file_permissions(void)
+{
+    char *dir = check_tmpdir("file-mode");
+    char *path = afs_join(dir, "state.json");
+    sync_adapter *a = open_adapter(path, NULL, 0);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"secret\":1}", 1), SYNC_OK);
+    REQUIRE(chmod(path, 0600) == 0);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"secret\":2}", 2), SYNC_OK);
+    struct stat st;
+    CHECK(stat(path, &st) == 0);
+    CHECK_EQ_INT(st.st_mode & 07777, 0600);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
 static void test_failed_save_keeps_old_record(void)
 {
     char *dir = check_tmpdir("file-full");
@@ -512,6 +529,7 @@ int main(void)
     RUN(test_init_writes_nothing);
     RUN(test_record_format_and_restart);
     RUN(test_many_saves_leave_no_temp_files);
+    RUN(test_save_keeps_file_permissions);
     RUN(test_failed_save_keeps_old_record);
     RUN(test_failed_rename_removes_temp_file);
     RUN(test_corrupt_files_kept_aside);

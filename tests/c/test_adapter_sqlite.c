@@ -148,6 +148,29 @@ static void test_many_saves_and_speed(void)
     free(dir);
 }
 
+static void test_in_memory_database(void)
+{
+    char *dir = check_tmpdir("sqlite-memory");
+    char *backups = afs_join(dir, "backups");
+    sync_adapter *a = open_adapter(":memory:", NULL, backups);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"m\":1}", 5), SYNC_OK);
+    expect_record(a, "{\"m\":1}", 5);
+    int64_t ts = 0;
+    CHECK_EQ_INT(sync_adapter_backup(a, &ts), SYNC_OK);
+    char *copy = afs_find(backups, "backup-");
+    REQUIRE(copy);
+    char *state = query_text(copy, "SELECT state FROM websocket_state");
+    CHECK_EQ_STR(state, "{\"m\":1}");
+    free(state);
+    free(copy);
+    sync_adapter_free(a);
+    CHECK(!afs_exists(":memory:"));
+    free(backups);
+    free(dir);
+}
+
 static void test_wal_mode_is_on(void)
 {
     char *dir = check_tmpdir("sqlite-wal");
@@ -688,6 +711,7 @@ int main(void)
     RUN(test_round_trip_and_restart);
     RUN(test_many_saves_and_speed);
     RUN(test_wal_mode_is_on);
+    RUN(test_in_memory_database);
     RUN(test_custom_table_name);
     RUN(test_bad_table_names);
     RUN(test_bad_options);

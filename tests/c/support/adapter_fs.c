@@ -95,17 +95,17 @@ int afs_make_readonly(const char *dir)
             fprintf(stderr, "  (no private mount namespace here: %s)\n", strerror(errno));
             return -1;
         }
-        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
+        if (mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) != 0) {
             fprintf(stderr, "  (cannot make mounts private: %s)\n", strerror(errno));
             return -1;
         }
         unshared = 1;
     }
-    if (mount(dir, dir, NULL, MS_BIND, NULL) != 0) {
+    if (mount(dir, dir, "none", MS_BIND, NULL) != 0) {
         fprintf(stderr, "  (cannot bind-mount %s: %s)\n", dir, strerror(errno));
         return -1;
     }
-    if (mount(NULL, dir, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) != 0) {
+    if (mount("none", dir, "none", MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) != 0) {
         fprintf(stderr, "  (cannot remount %s read-only: %s)\n", dir, strerror(errno));
         umount2(dir, MNT_DETACH);
         return -1;
