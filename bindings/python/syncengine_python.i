@@ -19,15 +19,15 @@
 
 /* Text of the exception being raised (with traceback), as a new UTF-8 C string, clearing it. The
  * package's wrappers catch user exceptions themselves; this covers failures of the wrappers. */
-static char *pysync_take_exception(void) {
+static char *pysync_take_exception(void)
+{
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
     char *out = NULL;
     PyObject *mod = PyImport_ImportModule("traceback");
     PyObject *lines = mod && type ? PyObject_CallMethod(mod, "format_exception", "OOO", type,
-                                                        value ? value : Py_None,
-                                                        tb ? tb : Py_None)
+                                                        value ? value : Py_None, tb ? tb : Py_None)
                                   : NULL;
     PyObject *empty = lines ? PyUnicode_FromString("") : NULL;
     PyObject *text = empty ? PyUnicode_Join(empty, lines) : NULL;
@@ -45,9 +45,13 @@ static char *pysync_take_exception(void) {
 }
 
 /* A callback's int result as a libsync status; `fallback` when it raised or returned no int. */
-static int pysync_status_of(PyObject *result, int fallback) {
+static int pysync_status_of(PyObject *result, int fallback)
+{
     if (!result) {
-        free(pysync_take_exception());
+        /* Only a failure of the package's own wrapper gets here (they catch user exceptions). */
+        char *text = pysync_take_exception();
+        fprintf(stderr, "syncengine: a callback wrapper failed: %s\n", text);
+        free(text);
         return fallback;
     }
     long status = PyLong_Check(result) ? PyLong_AsLong(result) : fallback;
@@ -59,7 +63,8 @@ static int pysync_status_of(PyObject *result, int fallback) {
     return (int)status;
 }
 
-static void pysync_decref(void *userdata) {
+static void pysync_decref(void *userdata)
+{
     /* Objects still held while the interpreter shuts down are left to the OS. */
     if (!userdata || !Py_IsInitialized())
         return;
@@ -68,7 +73,8 @@ static void pysync_decref(void *userdata) {
     PyGILState_Release(gil);
 }
 
-static PyObject *pysync_ptr(void *ptr, swig_type_info *type) {
+static PyObject *pysync_ptr(void *ptr, swig_type_info *type)
+{
     if (!ptr)
         Py_RETURN_NONE;
     return SWIG_NewPointerObj(ptr, type, 0);
@@ -76,7 +82,8 @@ static PyObject *pysync_ptr(void *ptr, swig_type_info *type) {
 
 /* ---- pipeline steps: fn(msg) -> status ---------------------------------------------------- */
 
-static int pysync_step(sync_msg *msg, void *userdata) {
+static int pysync_step(sync_msg *msg, void *userdata)
+{
     PyGILState_STATE gil = PyGILState_Ensure();
     int status = SYNC_EHANDLER;
     PyObject *arg = pysync_ptr(msg, SWIGTYPE_p_sync_msg);
@@ -109,7 +116,8 @@ enum {
 
 /* Calls dispatch with the tuple built from `format`, whose first item is the hook's name. The
  * package's dispatch catches the user's exceptions and routes them to on_error. */
-static void pysync_hook_call(void *userdata, const char *format, ...) {
+static void pysync_hook_call(void *userdata, const char *format, ...)
+{
     PyGILState_STATE gil = PyGILState_Ensure();
     va_list ap;
     va_start(ap, format);
@@ -126,7 +134,8 @@ static void pysync_hook_call(void *userdata, const char *format, ...) {
     PyGILState_Release(gil);
 }
 
-static PyObject *pysync_json_text(const cJSON *value) {
+static PyObject *pysync_json_text(const cJSON *value)
+{
     char *text = value ? cJSON_PrintUnformatted(value) : NULL;
     if (!text)
         Py_RETURN_NONE;
@@ -135,53 +144,63 @@ static PyObject *pysync_json_text(const cJSON *value) {
     return out;
 }
 
-static void pysync_conn_hook(void *userdata, const char *name, sync_conn *conn) {
+static void pysync_conn_hook(void *userdata, const char *name, sync_conn *conn)
+{
     PyGILState_STATE gil = PyGILState_Ensure();
     PyObject *c = pysync_ptr(conn, SWIGTYPE_p_sync_conn);
     pysync_hook_call(userdata, "(sN)", name, c);
     PyGILState_Release(gil);
 }
 
-static void pysync_on_connect(sync_engine *e, sync_conn *c, void *ud) {
+static void pysync_on_connect(sync_engine *e, sync_conn *c, void *ud)
+{
     (void)e;
     pysync_conn_hook(ud, "on_connect", c);
 }
-static void pysync_on_disconnect(sync_engine *e, sync_conn *c, void *ud) {
+static void pysync_on_disconnect(sync_engine *e, sync_conn *c, void *ud)
+{
     (void)e;
     pysync_conn_hook(ud, "on_disconnect", c);
 }
-static void pysync_on_ping(sync_engine *e, sync_conn *c, void *ud) {
+static void pysync_on_ping(sync_engine *e, sync_conn *c, void *ud)
+{
     (void)e;
     pysync_conn_hook(ud, "on_ping", c);
 }
-static void pysync_on_pong(sync_engine *e, sync_conn *c, void *ud) {
+static void pysync_on_pong(sync_engine *e, sync_conn *c, void *ud)
+{
     (void)e;
     pysync_conn_hook(ud, "on_pong", c);
 }
-static void pysync_on_ping_timeout(sync_engine *e, sync_conn *c, void *ud) {
+static void pysync_on_ping_timeout(sync_engine *e, sync_conn *c, void *ud)
+{
     (void)e;
     pysync_conn_hook(ud, "on_ping_timeout", c);
 }
-static void pysync_on_state_change(sync_engine *e, const cJSON *old_state,
-                                   const cJSON *new_state, void *ud) {
+static void pysync_on_state_change(sync_engine *e, const cJSON *old_state, const cJSON *new_state,
+                                   void *ud)
+{
     (void)e;
     PyGILState_STATE gil = PyGILState_Ensure();
     pysync_hook_call(ud, "(sNN)", "on_state_change", pysync_json_text(old_state),
                      pysync_json_text(new_state));
     PyGILState_Release(gil);
 }
-static void pysync_on_sync(sync_engine *e, const cJSON *state, int64_t version, void *ud) {
+static void pysync_on_sync(sync_engine *e, const cJSON *state, int64_t version, void *ud)
+{
     (void)e;
     PyGILState_STATE gil = PyGILState_Ensure();
     pysync_hook_call(ud, "(sNL)", "on_sync", pysync_json_text(state), (long long)version);
     PyGILState_Release(gil);
 }
-static void pysync_on_backup(sync_engine *e, int64_t timestamp_ms, int64_t version, void *ud) {
+static void pysync_on_backup(sync_engine *e, int64_t timestamp_ms, int64_t version, void *ud)
+{
     (void)e;
     pysync_hook_call(ud, "(sLL)", "on_backup", (long long)timestamp_ms, (long long)version);
 }
 static void pysync_on_error(sync_engine *e, int status, const char *message, const char *context,
-                            sync_conn *conn, void *ud) {
+                            sync_conn *conn, void *ud)
+{
     (void)e;
     PyGILState_STATE gil = PyGILState_Ensure();
     pysync_hook_call(ud, "(sissN)", "on_error", status, message ? message : "",
@@ -189,7 +208,8 @@ static void pysync_on_error(sync_engine *e, int status, const char *message, con
     PyGILState_Release(gil);
 }
 
-static void pysync_fill_hooks(sync_hooks *hooks, PyObject *dispatch, int mask) {
+static void pysync_fill_hooks(sync_hooks *hooks, PyObject *dispatch, int mask)
+{
     hooks->on_connect = (mask & PYSYNC_ON_CONNECT) ? pysync_on_connect : NULL;
     hooks->on_disconnect = (mask & PYSYNC_ON_DISCONNECT) ? pysync_on_disconnect : NULL;
     hooks->on_state_change = (mask & PYSYNC_ON_STATE_CHANGE) ? pysync_on_state_change : NULL;
@@ -206,19 +226,21 @@ static void pysync_fill_hooks(sync_hooks *hooks, PyObject *dispatch, int mask) {
 
 /* ---- connections of the embedder's own server: bridge.send(text) -> status, bridge.close() -- */
 
-static int pysync_conn_send(void *userdata, const char *text, size_t len) {
+static int pysync_conn_send(void *userdata, const char *text, size_t len)
+{
     PyGILState_STATE gil = PyGILState_Ensure();
-    PyObject *result = PyObject_CallMethod((PyObject *)userdata, "send", "s#", text,
-                                           (Py_ssize_t)len);
+    PyObject *result =
+        PyObject_CallMethod((PyObject *)userdata, "send", "s#", text, (Py_ssize_t)len);
     int status = pysync_status_of(result, SYNC_ESEND);
     PyGILState_Release(gil);
     return status;
 }
 
-static void pysync_conn_close(void *userdata, int code, const char *reason) {
+static void pysync_conn_close(void *userdata, int code, const char *reason)
+{
     PyGILState_STATE gil = PyGILState_Ensure();
-    PyObject *result = PyObject_CallMethod((PyObject *)userdata, "close", "is", code,
-                                           reason ? reason : "");
+    PyObject *result =
+        PyObject_CallMethod((PyObject *)userdata, "close", "is", code, reason ? reason : "");
     if (!result)
         free(pysync_take_exception());
     Py_XDECREF(result);
@@ -227,18 +249,20 @@ static void pysync_conn_close(void *userdata, int code, const char *reason) {
 
 /* ---- adapters written in Python: bridge.init() / load() / save() / backup() -------------- */
 
-static int pysync_adapter_init(void *userdata, sync_pending *pending) {
+static int pysync_adapter_init(void *userdata, sync_pending *pending)
+{
     (void)pending;
     PyGILState_STATE gil = PyGILState_Ensure();
-    int status = pysync_status_of(PyObject_CallMethod((PyObject *)userdata, "init", NULL),
-                                  SYNC_EIO);
+    int status =
+        pysync_status_of(PyObject_CallMethod((PyObject *)userdata, "init", NULL), SYNC_EIO);
     PyGILState_Release(gil);
     return status;
 }
 
 /* load() returns (status, state_json or None, version). */
 static int pysync_adapter_load(void *userdata, sync_pending *pending, char **out_state_json,
-                               int64_t *out_version) {
+                               int64_t *out_version)
+{
     (void)pending;
     PyGILState_STATE gil = PyGILState_Ensure();
     int status = SYNC_EIO;
@@ -269,21 +293,22 @@ static int pysync_adapter_load(void *userdata, sync_pending *pending, char **out
 }
 
 static int pysync_adapter_save(void *userdata, sync_pending *pending, const cJSON *state,
-                               const char *state_json, size_t state_len, int64_t version) {
+                               const char *state_json, size_t state_len, int64_t version)
+{
     (void)pending;
     (void)state;
     PyGILState_STATE gil = PyGILState_Ensure();
-    int status = pysync_status_of(PyObject_CallMethod((PyObject *)userdata, "save", "s#L",
-                                                      state_json, (Py_ssize_t)state_len,
-                                                      (long long)version),
-                                  SYNC_EIO);
+    int status =
+        pysync_status_of(PyObject_CallMethod((PyObject *)userdata, "save", "s#L", state_json,
+                                             (Py_ssize_t)state_len, (long long)version),
+                         SYNC_EIO);
     PyGILState_Release(gil);
     return status;
 }
 
 /* backup() returns (status, timestamp_ms). */
-static int pysync_adapter_backup(void *userdata, sync_pending *pending,
-                                 int64_t *out_timestamp_ms) {
+static int pysync_adapter_backup(void *userdata, sync_pending *pending, int64_t *out_timestamp_ms)
+{
     (void)pending;
     PyGILState_STATE gil = PyGILState_Ensure();
     int status = SYNC_EIO;
@@ -303,7 +328,8 @@ static int pysync_adapter_backup(void *userdata, sync_pending *pending,
 
 /* ---- the built-in server's auth callback: fn(request) -> 0 or an HTTP status ------------- */
 
-static int pysync_auth(sync_request *req, void *userdata) {
+static int pysync_auth(sync_request *req, void *userdata)
+{
     PyGILState_STATE gil = PyGILState_Ensure();
     PyObject *arg = pysync_ptr(req, SWIGTYPE_p_sync_request);
     PyObject *result = arg ? PyObject_CallOneArg((PyObject *)userdata, arg) : NULL;
@@ -407,7 +433,8 @@ static sync_engine *pysync_engine_new(const char *initial_state_json, int enable
                                       int persist_mode, int timers_thread, int auto_broadcast,
                                       int reply_errors, size_t max_message_bytes,
                                       int max_json_depth, int debug, PyObject *dispatch,
-                                      int hook_mask) {
+                                      int hook_mask)
+{
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     sync_hooks hooks = SYNC_HOOKS_INIT;
     opts.initial_state_json = initial_state_json;
@@ -429,64 +456,55 @@ static sync_engine *pysync_engine_new(const char *initial_state_json, int enable
     }
     sync_engine *engine = NULL;
     int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = sync_engine_new(&engine, &opts);
-    Py_END_ALLOW_THREADS
-    pysync_fail_status = status;
+    Py_BEGIN_ALLOW_THREADS status = sync_engine_new(&engine, &opts);
+    Py_END_ALLOW_THREADS pysync_fail_status = status;
     return status < 0 ? NULL : engine;
 }
 
 /* Status of the last pysync_*_new call that returned NULL (GIL-protected). */
-static int pysync_last_status(void) {
+static int pysync_last_status(void)
+{
     return pysync_fail_status;
 }
 
 /* Registers fn(msg) -> status as the handler of `type` (kind 0), the validator (1; None clears
  * it) or a middleware (2). */
-static int pysync_engine_step(sync_engine *engine, int kind, const char *type, PyObject *fn) {
+static int pysync_engine_step(sync_engine *engine, int kind, const char *type, PyObject *fn)
+{
     int status;
     if (kind == 1 && fn == Py_None) {
-        Py_BEGIN_ALLOW_THREADS
-        status = sync_engine_set_validator(engine, NULL, NULL, NULL);
-        Py_END_ALLOW_THREADS
-        return status;
+        Py_BEGIN_ALLOW_THREADS status = sync_engine_set_validator(engine, NULL, NULL, NULL);
+        Py_END_ALLOW_THREADS return status;
     }
     Py_INCREF(fn);
-    Py_BEGIN_ALLOW_THREADS
-    if (kind == 0)
-        status = sync_engine_on(engine, type, pysync_step, fn, pysync_decref);
-    else if (kind == 1)
-        status = sync_engine_set_validator(engine, pysync_step, fn, pysync_decref);
-    else
-        status = sync_engine_use(engine, pysync_step, fn, pysync_decref);
-    Py_END_ALLOW_THREADS
-    return status;
+    Py_BEGIN_ALLOW_THREADS if (kind == 0) status =
+        sync_engine_on(engine, type, pysync_step, fn, pysync_decref);
+    else if (kind == 1) status = sync_engine_set_validator(engine, pysync_step, fn, pysync_decref);
+    else status = sync_engine_use(engine, pysync_step, fn, pysync_decref);
+    Py_END_ALLOW_THREADS return status;
 }
 
 /* Replaces the hooks (dispatch None clears them). */
-static int pysync_engine_set_hooks(sync_engine *engine, PyObject *dispatch, int hook_mask) {
+static int pysync_engine_set_hooks(sync_engine *engine, PyObject *dispatch, int hook_mask)
+{
     sync_hooks hooks = SYNC_HOOKS_INIT;
     int clear = dispatch == Py_None;
     if (!clear)
         pysync_fill_hooks(&hooks, dispatch, hook_mask);
     int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = sync_engine_set_hooks(engine, clear ? NULL : &hooks);
-    Py_END_ALLOW_THREADS
-    return status;
+    Py_BEGIN_ALLOW_THREADS status = sync_engine_set_hooks(engine, clear ? NULL : &hooks);
+    Py_END_ALLOW_THREADS return status;
 }
 
 /* Statistics as a dict, or None when the engine refuses (disposed). */
-static PyObject *pysync_engine_stats(sync_engine *engine) {
+static PyObject *pysync_engine_stats(sync_engine *engine)
+{
     sync_engine_stats s;
     memset(&s, 0, sizeof s);
     s.version = SYNC_ENGINE_STATS_VERSION;
     int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = sync_engine_get_stats(engine, &s);
-    Py_END_ALLOW_THREADS
-    if (status < 0)
-        Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS status = sync_engine_get_stats(engine, &s);
+    Py_END_ALLOW_THREADS if (status < 0) Py_RETURN_NONE;
     return Py_BuildValue(
         "{sLsKsKsKsKsKsKsKsKsKsKsKsKsn}", "state_version", (long long)s.state_version,
         "connections", (unsigned long long)s.connections, "messages_in",
@@ -495,15 +513,16 @@ static PyObject *pysync_engine_stats(sync_engine *engine) {
         (unsigned long long)s.messages_dropped, "handler_errors",
         (unsigned long long)s.handler_errors, "frames_out", (unsigned long long)s.frames_out,
         "bytes_out", (unsigned long long)s.bytes_out, "serialisations",
-        (unsigned long long)s.serialisations, "saves", (unsigned long long)s.saves,
-        "save_errors", (unsigned long long)s.save_errors, "last_save_us",
-        (unsigned long long)s.last_save_us, "total_save_us", (unsigned long long)s.total_save_us,
-        "state_bytes", (Py_ssize_t)s.state_bytes);
+        (unsigned long long)s.serialisations, "saves", (unsigned long long)s.saves, "save_errors",
+        (unsigned long long)s.save_errors, "last_save_us", (unsigned long long)s.last_save_us,
+        "total_save_us", (unsigned long long)s.total_save_us, "state_bytes",
+        (Py_ssize_t)s.state_bytes);
 }
 
 /* A connection whose transport is the Python object `bridge` (methods send(text) -> status and
  * close(code, reason)). The caller owns the returned reference (sync_conn_free). */
-static sync_conn *pysync_conn_new(PyObject *bridge) {
+static sync_conn *pysync_conn_new(PyObject *bridge)
+{
     sync_conn_callbacks cbs = SYNC_CONN_CALLBACKS_INIT;
     cbs.send = pysync_conn_send;
     cbs.close = pysync_conn_close;
@@ -521,7 +540,8 @@ static sync_conn *pysync_conn_new(PyObject *bridge) {
 }
 
 /* An adapter whose store is the Python object `bridge` (see the callbacks above). */
-static sync_adapter *pysync_adapter_new(PyObject *bridge, int can_backup) {
+static sync_adapter *pysync_adapter_new(PyObject *bridge, int can_backup)
+{
     sync_adapter_vtable vt;
     memset(&vt, 0, sizeof vt);
     vt.version = SYNC_ADAPTER_VTABLE_VERSION;
@@ -533,16 +553,15 @@ static sync_adapter *pysync_adapter_new(PyObject *bridge, int can_backup) {
     sync_adapter *adapter = NULL;
     Py_INCREF(bridge);
     int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = sync_adapter_new(&adapter, &vt, bridge);
-    Py_END_ALLOW_THREADS
-    pysync_fail_status = status;
+    Py_BEGIN_ALLOW_THREADS status = sync_adapter_new(&adapter, &vt, bridge);
+    Py_END_ALLOW_THREADS pysync_fail_status = status;
     return status < 0 ? NULL : adapter;
 }
 
 static sync_adapter *pysync_sqlite_adapter_new(const char *path, const char *table_name,
                                                const char *backups_dir, int power_safe,
-                                               int busy_timeout_ms) {
+                                               int busy_timeout_ms)
+{
     sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
     opts.path = path;
     opts.table_name = table_name;
@@ -555,7 +574,8 @@ static sync_adapter *pysync_sqlite_adapter_new(const char *path, const char *tab
 }
 
 static sync_adapter *pysync_file_adapter_new(const char *file_path, const char *backups_dir,
-                                             int fsync_each_save) {
+                                             int fsync_each_save)
+{
     sync_file_options opts = SYNC_FILE_OPTIONS_INIT;
     opts.file_path = file_path;
     opts.backups_dir = backups_dir;
@@ -571,7 +591,8 @@ static sync_server *pysync_server_new(const char *host, int port, const char *st
                                       double rate_limit_per_sec, int rate_limit_burst,
                                       size_t max_queued_bytes, PyObject *origins, PyObject *auth,
                                       const char *tls_cert_path, const char *tls_key_path,
-                                      int stop_timeout_ms) {
+                                      int stop_timeout_ms)
+{
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.host = host;
     opts.port = port;
@@ -608,10 +629,8 @@ static sync_server *pysync_server_new(const char *host, int port, const char *st
     }
     sync_server *server = NULL;
     int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = sync_server_new(&server, &opts);
-    Py_END_ALLOW_THREADS
-    free(list);
+    Py_BEGIN_ALLOW_THREADS status = sync_server_new(&server, &opts);
+    Py_END_ALLOW_THREADS free(list);
     pysync_fail_status = status;
     return status < 0 ? NULL : server;
 }
