@@ -163,6 +163,9 @@ static int run_auth(sync_server *server, struct lws *wsi, const char *path, char
     req.path = (char *)(uintptr_t)path;
     req.query = copy_query(wsi);
     lws_get_peer_simple(wsi, req.peer, sizeof req.peer);
+    /* IPv4 clients of the dual-stack socket show up as IPv4-mapped IPv6 */
+    if (strncmp(req.peer, "::ffff:", 7) == 0 && strchr(req.peer, '.'))
+        memmove(req.peer, req.peer + 7, strlen(req.peer + 7) + 1);
     int status = req.query ? server->auth(&req, server->auth_userdata) : 500;
     while (req.strings) {
         request_string *next = req.strings->next;

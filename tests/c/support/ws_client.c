@@ -147,7 +147,7 @@ int ws_handshake(ws_client *c, const char *path, const char *extra_headers, int 
         unsigned char *end = c->len >= 4 ? memmem(c->buf, c->len, "\r\n\r\n", 4) : NULL;
         if (end) {
             int status = -1;
-            if (sscanf((const char *)c->buf, "HTTP/1.1 %d", &status) != 1)
+            if (sscanf((const char *)c->buf, "HTTP/%*d.%*d %d", &status) != 1)
                 status = -1;
             consume(c, (size_t)(end - c->buf) + 4);
             return status;
@@ -332,7 +332,7 @@ int http_request(int port, const char *method, const char *path, const char *ext
     if (!resp)
         return -1;
     int status = -1;
-    if (sscanf(resp, "HTTP/1.1 %d", &status) != 1)
+    if (sscanf(resp, "HTTP/%*d.%*d %d", &status) != 1)
         status = -1;
     char *end = strstr(resp, "\r\n\r\n");
     if (body)

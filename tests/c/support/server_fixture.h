@@ -1,0 +1,20 @@
+/*
+ * Shared setup of the server tests: a counter engine ({"counter":0}, handlers "increment"
+ * {amount} and "whoami", which replies with the connection's identity) and a started server.
+ */
+#ifndef LIBSYNC_TEST_SERVER_FIXTURE_H
+#define LIBSYNC_TEST_SERVER_FIXTURE_H
+
+#include <libsync/libsync.h>
+
+/* A counter engine starting at `start`; NULL on failure. */
+sync_engine *fixture_counter_engine(int start);
+
+/* A server on 127.0.0.1, port 0, with `opts` (NULL = defaults) and `engine` mounted at `path`,
+ * started on its background thread. NULL on failure. */
+sync_server *fixture_server(const sync_server_options *opts, const char *path, sync_engine *engine);
+
+/* A log sink that drops everything (tests that provoke warnings on purpose). */
+void fixture_quiet_log(sync_log_level level, const char *message, void *userdata);
+
+#endif
