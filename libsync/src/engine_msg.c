@@ -72,10 +72,6 @@ static int step_failed(sync_engine *engine, sync_msg *msg, int status, int as_st
 /* Calls one user step, noticing a completion that arrives before the step returns. */
 static int call_step(sync_msg *msg, const step_entry *step)
 {
-    if (msg->resumed) {
-        msg->resumed = 0;
-        return msg->resume_status;
-    }
     free(msg->error);
     msg->error = NULL;
     msg->phase = PHASE_IN_CALL;
@@ -92,6 +88,43 @@ static int call_step(sync_msg *msg, const step_entry *step)
     return rc;
 }
 
+/* The user step at the message's position, or NULL when there is none to call there. */
+static const step_entry *current_step(sync_engine *engine, sync_msg *msg)
+{
+    if (msg->step == STEP_VALIDATOR)
+        return engine->validator.cb ? &engine->validator : NULL;
+    if (msg->step == STEP_MIDDLEWARE)
+        return msg->mw_index < engine->middleware_count ? &engine->middleware[msg->mw_index] : NULL;
+    handler_entry *handler = find_handler(engine, msg->handler_type);
+    return handler ? &handler->step : NULL;
+}
+
+/* Checks the message is a typed object with a handler; remembers the type for the handler. */
+static int check_type(sync_engine *engine, sync_msg *msg)
+{
+    const char *type = message_type(msg->message);
+    if (!cJSON_IsObject(msg->message) || !type)
+        return sync_msg_drop(engine, msg->conn, SYNC_EMESSAGE, "handleMessage",
+                             "a message must be a JSON object with a string \"type\"");
+    if (!find_handler(engine, type)) {
+        char detail[300];
+        snprintf(detail, sizeof detail, "no handler for message type \"%.200s\"", type);
+        return sync_msg_drop(engine, msg->conn, SYNC_ENOHANDLER, "handleMessage", detail);
+    }
+    if (!(msg->handler_type = strdup(type)))
+        return sync_msg_drop(engine, msg->conn, SYNC_ENOMEM, "handleMessage", "out of memory");
+    return SYNC_OK;
+}
+
+static int handler_failed(sync_engine *engine, sync_msg *msg, int rc)
+{
+    engine->stats.handler_errors++;
+    char context[300];
+    snprintf(context, sizeof context, "handler:%.200s", msg->handler_type);
+    /* The working copy goes with the op: state and version stay as they were. */
+    return step_failed(engine, msg, rc, rc < 0 ? rc : SYNC_EHANDLER, context);
+}
+
 int sync_msg_run(sync_engine *engine, sync_op *op)
 {
     sync_msg *msg = op->msg;
@@ -106,75 +139,51 @@ int sync_msg_run(sync_engine *engine, sync_op *op)
         op->msg = msg;
     }
     while (msg->step != STEP_DONE) {
+        if (msg->step == STEP_TYPE) {
+            int rc = check_type(engine, msg);
+            if (rc != SYNC_OK)
+                return rc;
+            msg->step = STEP_HANDLER;
+            continue;
+        }
         int rc;
-        switch (msg->step) {
-        case STEP_VALIDATOR:
-            if (!engine->validator.cb) {
-                msg->step = STEP_MIDDLEWARE;
-                break;
+        if (msg->resumed) {
+            /* A completion belongs to the step that was running, even if it was unregistered. */
+            msg->resumed = 0;
+            rc = msg->resume_status;
+        } else {
+            const step_entry *step = current_step(engine, msg);
+            if (!step && msg->step == STEP_HANDLER)
+                return sync_msg_drop(engine, msg->conn, SYNC_ENOHANDLER, "handleMessage",
+                                     "the handler was removed");
+            if (!step) {
+                msg->step = msg->step == STEP_VALIDATOR ? STEP_MIDDLEWARE : STEP_TYPE;
+                continue;
             }
-            rc = call_step(msg, &engine->validator);
+            if (msg->step == STEP_HANDLER)
+                SYNC_DEBUG(engine, "handler \"%s\"", msg->handler_type);
+            rc = call_step(msg, step);
             if (rc == SYNC_PENDING)
                 return rc;
-            if (engine->disposed)
-                return SYNC_ECLOSED;
+        }
+        if (engine->disposed)
+            return SYNC_ECLOSED;
+        switch (msg->step) {
+        case STEP_VALIDATOR:
             if (rc != SYNC_OK)
                 return step_failed(engine, msg, rc, SYNC_EREJECTED, "validateMessage");
             msg->step = STEP_MIDDLEWARE;
             break;
         case STEP_MIDDLEWARE:
-            if (msg->mw_index >= engine->middleware_count) {
-                msg->step = STEP_TYPE;
-                break;
-            }
-            rc = call_step(msg, &engine->middleware[msg->mw_index]);
-            if (rc == SYNC_PENDING)
-                return rc;
-            if (engine->disposed)
-                return SYNC_ECLOSED;
             if (rc != SYNC_OK)
                 return step_failed(engine, msg, rc, SYNC_EREJECTED, "middleware");
             msg->mw_index++;
             break;
-        case STEP_TYPE: {
-            const char *type = message_type(msg->message);
-            if (!cJSON_IsObject(msg->message) || !type)
-                return sync_msg_drop(engine, msg->conn, SYNC_EMESSAGE, "handleMessage",
-                                     "a message must be a JSON object with a string \"type\"");
-            if (!find_handler(engine, type)) {
-                char detail[300];
-                snprintf(detail, sizeof detail, "no handler for message type \"%.200s\"", type);
-                return sync_msg_drop(engine, msg->conn, SYNC_ENOHANDLER, "handleMessage", detail);
-            }
-            if (!(msg->handler_type = strdup(type)))
-                return sync_msg_drop(engine, msg->conn, SYNC_ENOMEM, "handleMessage",
-                                     "out of memory");
-            msg->step = STEP_HANDLER;
-            break;
-        }
-        case STEP_HANDLER: {
-            handler_entry *handler = find_handler(engine, msg->handler_type);
-            if (!handler && !msg->resumed)
-                return sync_msg_drop(engine, msg->conn, SYNC_ENOHANDLER, "handleMessage",
-                                     "the handler was removed");
-            SYNC_DEBUG(engine, "handler \"%s\"", msg->handler_type);
-            rc = handler ? call_step(msg, &handler->step) : call_step(msg, NULL);
-            if (rc == SYNC_PENDING)
-                return rc;
-            if (engine->disposed)
-                return SYNC_ECLOSED;
-            if (rc != SYNC_OK) {
-                engine->stats.handler_errors++;
-                char context[300];
-                snprintf(context, sizeof context, "handler:%.200s", msg->handler_type);
-                /* The working copy goes with the op: state and version stay as they were. */
-                return step_failed(engine, msg, rc, rc < 0 ? rc : SYNC_EHANDLER, context);
-            }
+        default:
+            if (rc != SYNC_OK)
+                return handler_failed(engine, msg, rc);
             engine->stats.messages_applied++;
             msg->step = STEP_DONE;
-            break;
-        }
-        default:
             break;
         }
     }
