@@ -3,7 +3,6 @@
 #include "fsutil.h"
 #include "libsync/adapter.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -11,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define SQLITE_DEFAULT_TABLE "websocket_state"
@@ -61,12 +61,24 @@ static int exec_sql(sqlite3 *db, const char *sql)
     return sqlite3_exec(db, sql, NULL, NULL, NULL);
 }
 
+/* Runs (out NULL) or prepares for the adapter's life (out set) the statement
+ * "<before><table><after>"; the table name was validated, so it can be pasted in. */
+static int table_sql(sqlite_adapter *sa, const char *before, const char *after, sqlite3_stmt **out)
+{
+    char *sql = NULL;
+    if (asprintf(&sql, "%s%s%s", before, sa->table, after) < 0)
+        return SQLITE_NOMEM;
+    int rc = out ? sqlite3_prepare_v3(sa->db, sql, -1, SQLITE_PREPARE_PERSISTENT, out, NULL)
+                 : exec_sql(sa->db, sql);
+    free(sql);
+    return rc;
+}
+
 /* Opens the database and prepares everything a save needs. On failure the database is closed,
  * the detail is recorded and *sqlite_rc tells whether the file is not a database at all. */
 static int open_and_prepare(sqlite_adapter *sa, int *sqlite_rc)
 {
     const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
-    char *sql = NULL;
     int rc = sqlite3_open_v2(sa->path, &sa->db, flags, NULL);
     const char *step = "cannot open SQLite database";
     if (rc == SQLITE_OK) {
@@ -99,37 +111,21 @@ static int open_and_prepare(sqlite_adapter *sa, int *sqlite_rc)
         step = "cannot create the table in";
         /* No NOT NULL or type checks: load() must be able to read any row back, bad ones too,
          * to keep them aside. id = 1 makes the single row explicit. */
-        if (asprintf(&sql,
-                     "CREATE TABLE IF NOT EXISTS \"%s\" (id INTEGER PRIMARY KEY CHECK (id = 1), "
-                     "state TEXT, version INTEGER, updated_at INTEGER)",
-                     sa->table) < 0)
-            sql = NULL;
-        rc = sql ? exec_sql(sa->db, sql) : SQLITE_NOMEM;
-        free(sql);
-        sql = NULL;
+        rc = table_sql(sa, "CREATE TABLE IF NOT EXISTS \"",
+                       "\" (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT, version INTEGER, "
+                       "updated_at INTEGER)",
+                       NULL);
     }
     if (rc == SQLITE_OK) {
         step = "unexpected table schema in";
-        if (asprintf(&sql, "SELECT state, version FROM \"%s\" WHERE id = 1", sa->table) < 0)
-            sql = NULL;
-        rc = sql ? sqlite3_prepare_v3(sa->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &sa->load_stmt,
-                                      NULL)
-                 : SQLITE_NOMEM;
-        free(sql);
-        sql = NULL;
+        rc = table_sql(sa, "SELECT state, version FROM \"", "\" WHERE id = 1", &sa->load_stmt);
     }
-    if (rc == SQLITE_OK) {
-        if (asprintf(&sql,
-                     "INSERT INTO \"%s\" (id, state, version, updated_at) VALUES (1, ?1, ?2, ?3) "
-                     "ON CONFLICT (id) DO UPDATE SET state = excluded.state, "
-                     "version = excluded.version, updated_at = excluded.updated_at",
-                     sa->table) < 0)
-            sql = NULL;
-        rc = sql ? sqlite3_prepare_v3(sa->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &sa->save_stmt,
-                                      NULL)
-                 : SQLITE_NOMEM;
-        free(sql);
-    }
+    if (rc == SQLITE_OK)
+        rc = table_sql(sa, "INSERT INTO \"",
+                       "\" (id, state, version, updated_at) VALUES (1, ?1, ?2, ?3) "
+                       "ON CONFLICT (id) DO UPDATE SET state = excluded.state, "
+                       "version = excluded.version, updated_at = excluded.updated_at",
+                       &sa->save_stmt);
     *sqlite_rc = rc;
     if (rc == SQLITE_OK)
         return SYNC_OK;
@@ -263,7 +259,7 @@ static int is_json(const char *text, size_t len)
     if (!value)
         return 0;
     cJSON_Delete(value);
-    while (end < text + len && isspace((unsigned char)*end))
+    while (end < text + len && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
         end++;
     return end == text + len;
 }
@@ -435,20 +431,25 @@ static int check_table_name(const char *name)
                          len, SQLITE_TABLE_MAX);
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)name[i];
-        if (c == '_' || (c < 0x80 && isalpha(c)) || (i > 0 && c < 0x80 && isdigit(c)))
+        int letter = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+        int digit = c >= '0' && c <= '9';
+        if (letter || (digit && i > 0))
             continue;
         if (c == '"' || c == '\'' || c == '`')
             return sync_fail(SYNC_EINVAL, "table name contains a quote (%c) at position %zu",
                              (char)c, i);
         if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
             return sync_fail(SYNC_EINVAL, "table name contains white space at position %zu", i);
-        if (i == 0 && c < 0x80 && isdigit(c))
+        if (digit)
             return sync_fail(SYNC_EINVAL, "table name starts with a digit");
         return sync_fail(SYNC_EINVAL,
                          "table name contains byte 0x%02x at position %zu; only letters, digits "
                          "and _ are allowed",
                          c, i);
     }
+    if (strncasecmp(name, "sqlite_", 7) == 0)
+        return sync_fail(SYNC_EINVAL, "table name %s is reserved: SQLite keeps sqlite_* for itself",
+                         name);
     return SYNC_OK;
 }
 

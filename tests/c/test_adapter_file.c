@@ -7,6 +7,7 @@
 #include <libsync/libsync.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -349,6 +350,38 @@ static void test_unreadable_and_unwritable(void)
     free(dir);
 }
 
+static void test_permission_denied(void)
+{
+    /* Root reads everything, so the reader is a child that gave up root. */
+    if (geteuid() != 0) {
+        fprintf(stderr, "  SKIP permission denied: needs root to drop to another user\n");
+        return;
+    }
+    char *dir = check_tmpdir("file-eacces");
+    char *path = afs_join(dir, "state.json");
+    REQUIRE(afs_write(path, "{\"state\":{},\"version\":1}") == 0);
+    REQUIRE(chmod(path, 0600) == 0);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        if (setgid(65534) != 0 || setuid(65534) != 0)
+            _exit(2);
+        sync_adapter *a = open_adapter(path, NULL, 1);
+        char *loaded = NULL;
+        int64_t v = 0;
+        int rc = a ? sync_adapter_load(a, &loaded, &v) : SYNC_EINVAL;
+        _exit(rc == SYNC_EIO && strstr(sync_error_last(), "Permission denied") ? 0 : 1);
+    }
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status));
+    CHECK_EQ_INT(WEXITSTATUS(status), 0);
+    CHECK(afs_exists(path)); /* unreadable is not corrupt: nothing moved */
+    CHECK_EQ_INT(afs_count(dir, "state.json.corrupt-"), 0);
+    free(path);
+    free(dir);
+}
+
 static void test_read_only_directory(void)
 {
     char *dir = check_tmpdir("file-readonly");
@@ -539,6 +572,7 @@ int main(void)
     RUN(test_large_state);
     RUN(test_directory_removed_after_init);
     RUN(test_bad_options);
+    RUN(test_permission_denied);
     RUN(test_read_only_directory);
     RUN(test_engine_restart);
     RUN(test_engine_corrupt_store);

@@ -245,6 +245,7 @@ static void test_bad_table_names(void)
     expect_bad_table("1table", "digit");
     expect_bad_table("a-b", "0x2d");
     expect_bad_table("caf\xc3\xa9", "0xc3");
+    expect_bad_table("SQLite_master", "reserved");
     char long_name[66];
     memset(long_name, 'a', 65);
     long_name[65] = '\0';
@@ -395,6 +396,41 @@ static void test_corrupt_rows_kept_aside(void)
     expect_corrupt_row("INSERT INTO websocket_state VALUES (1, '{\"ok\":1}', 1.5, 0)",
                        "{\"ok\":1}");
     expect_corrupt_row("INSERT INTO websocket_state VALUES (1, NULL, 1, 0)", "NULL");
+}
+
+static void test_corrupt_row_kept_even_when_locked(void)
+{
+    /* load() finds a bad row while another process holds the write lock: the row cannot be moved
+     * yet, and the next save moves it before writing instead of overwriting it. */
+    char *dir = check_tmpdir("sqlite-corrupt-locked");
+    char *path = afs_join(dir, "state.sqlite");
+    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
+    opts.path = path;
+    opts.busy_timeout_ms = 20;
+    sync_adapter *a = NULL;
+    REQUIRE(sync_adapter_sqlite_new(&a, &opts) == SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK_EQ_INT(exec_on(path, "INSERT INTO websocket_state VALUES (1, 'oops', 1, 0)"), SQLITE_OK);
+
+    sqlite3 *other = NULL;
+    REQUIRE(sqlite3_open(path, &other) == SQLITE_OK);
+    CHECK_EQ_INT(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    char *loaded = NULL;
+    int64_t v = 0;
+    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_EIO);
+    CHECK(strstr(sync_error_last(), "cannot be kept aside"));
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"n\":2}", 2), SYNC_EIO); /* still locked */
+    CHECK_EQ_INT(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(other);
+
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"n\":3}", 3), SYNC_OK);
+    expect_record(a, "{\"n\":3}", 3);
+    char *kept = query_text(path, "SELECT state FROM websocket_state_corrupt");
+    CHECK_EQ_STR(kept, "oops");
+    free(kept);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
 }
 
 static void test_not_a_database_kept_aside(void)
@@ -717,6 +753,7 @@ int main(void)
     RUN(test_bad_options);
     RUN(test_backup);
     RUN(test_corrupt_rows_kept_aside);
+    RUN(test_corrupt_row_kept_even_when_locked);
     RUN(test_not_a_database_kept_aside);
     RUN(test_broken_database_kept_aside);
     RUN(test_unwritable_paths);
