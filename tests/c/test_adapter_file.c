@@ -498,6 +498,8 @@ static void test_engine_restart(void)
     CHECK_EQ_INT(errors.count, 0);
     CHECK_EQ_INT(sync_engine_set_state_json(e, "{\"counter\":8}", 0), SYNC_OK);
     expect_state(e, "{\"counter\":8}", 1);
+    /* No backups_dir: the adapter has no backup, and the engine says so. */
+    CHECK_EQ_INT(sync_engine_create_backup(e), SYNC_EUNSUPPORTED);
     sync_engine_free(e);
     char *text = afs_read(path);
     CHECK_EQ_STR(text, "{\"state\":{\"counter\":8},\"version\":1}\n");

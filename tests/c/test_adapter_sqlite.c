@@ -671,6 +671,7 @@ static void test_engine_restart(void)
 {
     char *dir = check_tmpdir("sqlite-engine");
     char *path = afs_join(dir, "state.sqlite");
+    char *backups = afs_join(dir, "state.sqlite.backups");
     aeng_errors errors;
     /* A fresh store yields initial_state (the original's quirk replaced it with {}). */
     sync_engine *e = aeng_new(open_adapter(path, NULL, NULL), "{\"counter\":7}", &errors);
@@ -679,6 +680,8 @@ static void test_engine_restart(void)
     CHECK_EQ_INT(errors.count, 0);
     CHECK_EQ_INT(sync_engine_set_state_json(e, "{\"counter\":8}", 0), SYNC_OK);
     expect_state(e, "{\"counter\":8}", 1);
+    CHECK_EQ_INT(sync_engine_create_backup(e), SYNC_OK);
+    CHECK_EQ_INT(afs_count(backups, "backup-"), 1);
     sync_engine_free(e);
     char *row = query_text(path, "SELECT state || '@' || version FROM websocket_state");
     CHECK_EQ_STR(row, "{\"counter\":8}@1");
@@ -690,6 +693,7 @@ static void test_engine_restart(void)
     expect_state(e, "{\"counter\":8}", 1);
     CHECK_EQ_INT(errors.count, 0);
     sync_engine_free(e);
+    free(backups);
     free(path);
     free(dir);
 }
