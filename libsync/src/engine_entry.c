@@ -242,9 +242,12 @@ sync_frame *sync_engine_pull_state_frame(sync_engine *engine, uint64_t after_seq
         return NULL;
     sync_frame *frame = NULL;
     if (engine->seq > after_seq || force) {
-        int ready = 1;
-        if (engine->adapter && engine->persist_mode == SYNC_PERSIST_BEFORE_SEND &&
-            engine->persisted_seq != engine->seq && engine->persist_tried_seq != engine->seq) {
+        int ready = engine->saving_seq != engine->seq;
+        if (!ready) {
+            engine->pull_waiting = 1;
+        } else if (engine->adapter && engine->persist_mode == SYNC_PERSIST_BEFORE_SEND &&
+                   engine->persisted_seq != engine->seq &&
+                   engine->persist_tried_seq != engine->seq) {
             /* Saving needs the adapter to itself: wait while other work runs. */
             if (engine->busy || !sync_op_persist_now(engine)) {
                 engine->pull_waiting = 1;

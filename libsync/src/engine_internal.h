@@ -192,6 +192,7 @@ struct sync_engine {
     _Atomic int64_t version;
     uint64_t persisted_seq;
     uint64_t persist_tried_seq;
+    uint64_t saving_seq; /* seq of a save still in flight, 0 when none */
 
     /* serialise once per seq */
     char *json;

@@ -141,6 +141,8 @@ static int adapter_invoke(sync_engine *engine, sync_op *op, adapter_call call)
     pending->in_call = 0;
     if (rc == SYNC_PENDING && !pending->done) {
         pending->awaiting = 1;
+        if (call == CALL_SAVE)
+            engine->saving_seq = engine->seq;
         return SYNC_PENDING;
     }
     if (rc == SYNC_PENDING) {
@@ -197,6 +199,7 @@ static int need_presend_save(sync_engine *engine)
 /* Accounts a finished save and runs on_sync; a failure is reported (context "sync"). */
 static int save_finish(sync_engine *engine, sync_op *op)
 {
+    engine->saving_seq = 0;
     uint64_t took = (uint64_t)(sync_engine_now_us() - op->t0_us);
     engine->stats.last_save_us = took;
     engine->stats.total_save_us += took;

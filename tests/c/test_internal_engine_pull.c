@@ -1,0 +1,191 @@
+/* The private transport contract (transport.h) the built-in server relies on: shared frames,
+ * pull broadcasts, group commit before send, and deadline notifications. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "engine_counter.h"
+#include "fake_conn.h"
+#include "transport.h"
+
+typedef struct pull_conn {
+    sync_conn *conn;
+    int notified;
+    int forced;
+    int closes;
+    sync_frame *frames[16];
+    int count;
+    uint64_t sent_seq;
+} pull_conn;
+
+static int pc_send_frame(void *userdata, sync_frame *frame)
+{
+    pull_conn *pc = userdata;
+    if (pc->count < 16)
+        pc->frames[pc->count++] = sync_frame_ref(frame);
+    if (frame->seq > pc->sent_seq)
+        pc->sent_seq = frame->seq;
+    return SYNC_OK;
+}
+
+static void pc_state_changed(void *userdata, int force)
+{
+    pull_conn *pc = userdata;
+    pc->notified++;
+    pc->forced += force;
+}
+
+static void pc_close(void *userdata, int code, const char *reason)
+{
+    (void)code;
+    (void)reason;
+    ((pull_conn *)userdata)->closes++;
+}
+
+static void pc_init(pull_conn *pc)
+{
+    memset(pc, 0, sizeof *pc);
+    sync_transport_ops ops = {pc_send_frame, pc_state_changed, pc_close, NULL};
+    if (sync_conn_new_transport(&pc->conn, &ops, pc) != SYNC_OK)
+        abort();
+}
+
+static void pc_cleanup(pull_conn *pc)
+{
+    for (int i = 0; i < pc->count; i++)
+        sync_frame_unref(pc->frames[i]);
+    sync_conn_free(pc->conn);
+}
+
+/* What the server does when the socket is writable. */
+static sync_frame *pc_pull(sync_engine *e, pull_conn *pc, int force)
+{
+    sync_frame *frame = sync_engine_pull_state_frame(e, pc->sent_seq, force);
+    if (frame)
+        pc_send_frame(pc, frame), sync_frame_unref(frame);
+    return frame;
+}
+
+static void pull_broadcast(void)
+{
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    sync_engine *e = NULL;
+    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
+    counter_register(e, 0);
+    sync_engine_set_auto_broadcast(e, 1);
+    pull_conn pc;
+    pc_init(&pc);
+    CHECK_EQ_INT(sync_engine_handle_open(e, pc.conn), SYNC_OK);
+    REQUIRE(pc.count == 1);
+    CHECK_EQ_INT(pc.frames[0]->kind, SYNC_FRAME_INITIAL_STATE);
+    CHECK(pc_pull(e, &pc, 0) == NULL); /* nothing newer than the initial state */
+    for (int i = 0; i < 5; i++)
+        counter_send(e, pc.conn, "increment", 1);
+    CHECK_EQ_INT(pc.notified, 5);
+    CHECK_EQ_INT(pc.count, 1); /* nothing pushed: the transport pulls */
+    sync_frame *frame = pc_pull(e, &pc, 0);
+    REQUIRE(frame != NULL);
+    CHECK_EQ_INT(pc.count, 2);
+    CHECK_EQ_STR(sync_frame_text(pc.frames[1]),
+                 "{\"type\":\"state_update\",\"data\":{\"counter\":5},\"version\":5}");
+    CHECK(pc_pull(e, &pc, 0) == NULL);
+    /* An explicit broadcast forces a resend of the same frame, shared, not rebuilt. */
+    sync_engine_broadcast_state(e);
+    CHECK_EQ_INT(pc.forced, 1);
+    CHECK(pc_pull(e, &pc, 1) != NULL);
+    CHECK(pc.frames[2] == pc.frames[1]);
+    sync_engine_stats stats = {.version = SYNC_ENGINE_STATS_VERSION};
+    sync_engine_get_stats(e, &stats);
+    CHECK_EQ_INT(stats.serialisations, 2);
+    sync_engine_dispose(e);
+    CHECK_EQ_INT(pc.closes, 1);
+    CHECK(sync_engine_pull_state_frame(e, 0, 1) == NULL);
+    sync_engine_free(e);
+    pc_cleanup(&pc);
+}
+
+static void group_commit_before_send(void)
+{
+    fake_store store;
+    fake_store_init(&store, "{\"counter\":0}", 0);
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    opts.adapter = fake_adapter_new(&store);
+    opts.persist_mode = SYNC_PERSIST_BEFORE_SEND;
+    opts.auto_broadcast = 1;
+    sync_engine *e = NULL;
+    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
+    counter_register(e, 0);
+    pull_conn pc;
+    pc_init(&pc);
+    sync_engine_handle_open(e, pc.conn);
+    CHECK_EQ_INT(store.saves, 0); /* the loaded state is already in the store */
+    for (int i = 0; i < 4; i++)
+        counter_send(e, pc.conn, "increment", 1);
+    CHECK_EQ_INT(store.saves, 0);
+    CHECK(pc_pull(e, &pc, 0) != NULL);
+    CHECK_EQ_INT(store.saves, 1); /* four changes, one save, before the frame left */
+    CHECK_EQ_STR(store.json, "{\"counter\":4}");
+    CHECK(pc_pull(e, &pc, 1) != NULL);
+    CHECK_EQ_INT(store.saves, 1);
+
+    /* An adapter that finishes later: no frame until the save is done, then a new notice. */
+    store.async = 1;
+    counter_send(e, pc.conn, "increment", 1);
+    int notified = pc.notified;
+    CHECK(pc_pull(e, &pc, 0) == NULL);
+    CHECK_EQ_INT(store.saves, 2);
+    CHECK(pc_pull(e, &pc, 0) == NULL);
+    CHECK_EQ_INT(store.saves, 2);
+    CHECK_EQ_INT(fake_store_finish(&store, SYNC_OK), 1);
+    CHECK(pc.notified > notified);
+    CHECK(pc_pull(e, &pc, 0) != NULL);
+    CHECK_EQ_STR(store.json, "{\"counter\":5}");
+
+    /* A push connection opened now gets its initial_state after a save of the same version. */
+    store.async = 0;
+    counter_send(e, pc.conn, "increment", 1);
+    fake_conn *push = fake_conn_new();
+    CHECK_EQ_INT(sync_engine_handle_open(e, push->conn), SYNC_OK);
+    CHECK_EQ_INT(store.saves, 3);
+    CHECK_EQ_STR(store.json, "{\"counter\":6}");
+    CHECK(pc_pull(e, &pc, 0) != NULL);
+    CHECK_EQ_INT(store.saves, 3);
+    sync_engine_free(e);
+    pc_cleanup(&pc);
+    fake_conn_release(push);
+    fake_store_cleanup(&store);
+}
+
+static int deadline_calls;
+
+static void on_deadline(void *userdata)
+{
+    (void)userdata;
+    deadline_calls++;
+}
+
+static void deadline_listener(void)
+{
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    opts.heartbeat_interval_ms = 100;
+    sync_engine *e = NULL;
+    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
+    sync_engine_set_deadline_listener(e, on_deadline, NULL);
+    int64_t d = sync_engine_next_deadline_ms(e);
+    sync_engine_tick(e, d - 10);
+    CHECK_EQ_INT(deadline_calls, 0);
+    sync_engine_tick(e, d);
+    CHECK_EQ_INT(deadline_calls, 1);
+    CHECK_EQ_INT(sync_engine_next_deadline_ms(e), d + 100);
+    sync_engine_dispose(e);
+    CHECK_EQ_INT(deadline_calls, 2);
+    sync_engine_free(e);
+}
+
+int main(void)
+{
+    RUN(pull_broadcast);
+    RUN(group_commit_before_send);
+    RUN(deadline_listener);
+    return check_summary();
+}
