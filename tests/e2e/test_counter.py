@@ -134,7 +134,7 @@ def test_graceful_stop_closes_clients_with_1001(server):
             assert closed.value.rcvd.code == 1001
 
     run(scenario())
-    assert server.stop() == 0, server.stderr()
+    assert server.wait() == 0, server.stderr()
 
 
 def test_heartbeat_keeps_answering_clients_and_drops_silent_ones(servers):
@@ -201,7 +201,15 @@ def test_http_endpoints_and_static_page(server):
     status, ctype, body = http_get(server.http + "/metrics")
     text = body.decode()
     assert status == 200 and ctype.startswith("text/plain")
-    assert 'path="/"' in text and 'path="/counter"' in text, text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    # One engine behind both routes: one series for it, labelled with its first path.
+    assert samples['libsync_state_version{path="/"}'] == 1, text
+    assert samples['libsync_messages_applied_total{path="/"}'] == 1, text
+    assert samples["libsync_server_connections_accepted_total"] >= 1, text
 
 
 def test_static_dir_can_be_replaced(servers, tmp_path):

@@ -1,0 +1,386 @@
+/*
+ * counter_server — the seed's quick start in C: one shared counter, persisted in SQLite, served
+ * over WebSocket together with the demo page of examples/web/.
+ *
+ *   counter_server [--host H] [--port N] [--data-dir D] [--static DIR] [--pad BYTES]
+ *                  [--heartbeat-ms MS] [--tls-cert PEM --tls-key PEM]
+ *
+ * Open http://127.0.0.1:3000/ in two browser tabs and click: both follow the same counter.
+ * Messages: {"type":"increment","amount":N}, {"type":"decrement","amount":N}, {"type":"reset"}.
+ * The engine is reachable at ws://HOST:PORT/ (as in the seed) and at ws://HOST:PORT/counter.
+ */
+#include <libsync/libsync.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#ifndef COUNTER_SERVER_WEB_DIR
+#define COUNTER_SERVER_WEB_DIR "examples/web"
+#endif
+
+/* Set before the signal handlers are installed and cleared only after they are restored, so the
+ * handler always sees a live server. */
+static sync_server *g_server;
+
+struct config {
+    const char *host;
+    int port;
+    const char *data_dir;
+    const char *static_dir;
+    long pad_bytes;
+    long heartbeat_ms;
+    const char *tls_cert;
+    const char *tls_key;
+};
+
+static void usage(FILE *to)
+{
+    fprintf(to, "usage: counter_server [--host H] [--port N] [--data-dir D] [--static DIR]\n"
+                "                      [--pad BYTES] [--heartbeat-ms MS]\n"
+                "                      [--tls-cert PEM --tls-key PEM]\n"
+                "  --host H          address to listen on (default 127.0.0.1)\n"
+                "  --port N          TCP port, 0 picks a free one (default 3000)\n"
+                "  --data-dir D      directory of the SQLite store, created if missing "
+                "(default ./data)\n"
+                "  --static DIR      directory served at / (default: the source tree's "
+                "examples/web)\n"
+                "  --pad BYTES       add a \"blob\" of BYTES 'x' characters to the initial state\n"
+                "  --heartbeat-ms MS ping every client this often, 0 = off (default 30000);\n"
+                "                    a client silent for two intervals is closed\n"
+                "  --tls-cert/--tls-key  serve https/wss with this PEM certificate and key\n");
+}
+
+static int parse_long(const char *text, long min, long max, long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long value = strtol(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || value < min || value > max)
+        return -1;
+    *out = value;
+    return 0;
+}
+
+/* Returns 0 to go on, 1 when --help was asked, -1 on a bad command line (already reported). */
+static int parse_args(int argc, char **argv, struct config *cfg)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *opt = argv[i];
+        if (strcmp(opt, "--help") == 0 || strcmp(opt, "-h") == 0)
+            return 1;
+        if (i + 1 >= argc) {
+            fprintf(stderr, "counter_server: %s needs a value (or is unknown)\n", opt);
+            return -1;
+        }
+        const char *value = argv[++i];
+        long number = 0;
+        if (strcmp(opt, "--host") == 0) {
+            cfg->host = value;
+        } else if (strcmp(opt, "--port") == 0) {
+            if (parse_long(value, 0, 65535, &number) != 0) {
+                fprintf(stderr, "counter_server: --port must be 0..65535, not '%s'\n", value);
+                return -1;
+            }
+            cfg->port = (int)number;
+        } else if (strcmp(opt, "--data-dir") == 0) {
+            cfg->data_dir = value;
+        } else if (strcmp(opt, "--static") == 0) {
+            cfg->static_dir = value;
+        } else if (strcmp(opt, "--pad") == 0) {
+            if (parse_long(value, 0, 256L * 1024 * 1024, &cfg->pad_bytes) != 0) {
+                fprintf(stderr, "counter_server: --pad must be 0..268435456 bytes, not '%s'\n",
+                        value);
+                return -1;
+            }
+        } else if (strcmp(opt, "--heartbeat-ms") == 0) {
+            if (parse_long(value, 0, INT_MAX, &cfg->heartbeat_ms) != 0) {
+                fprintf(stderr, "counter_server: --heartbeat-ms must be >= 0, not '%s'\n", value);
+                return -1;
+            }
+        } else if (strcmp(opt, "--tls-cert") == 0) {
+            cfg->tls_cert = value;
+        } else if (strcmp(opt, "--tls-key") == 0) {
+            cfg->tls_key = value;
+        } else {
+            fprintf(stderr, "counter_server: unknown option %s\n", opt);
+            return -1;
+        }
+    }
+    if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
+        fprintf(stderr, "counter_server: --tls-cert and --tls-key go together\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* mkdir -p: the data directory may be several levels below an existing one. */
+static int make_dirs(const char *path)
+{
+    char *copy = strdup(path);
+    if (copy == NULL)
+        return -1;
+    int rc = 0;
+    for (char *p = copy + 1; rc == 0; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char saved = *p;
+        *p = '\0';
+        if (mkdir(copy, 0755) != 0 && errno != EEXIST)
+            rc = -1;
+        *p = saved;
+        if (saved == '\0')
+            break;
+    }
+    free(copy);
+    return rc;
+}
+
+/* The initial state {"counter":0}, plus the benchmarks' "blob" padding. Caller frees. */
+static char *initial_state_json(long pad_bytes)
+{
+    cJSON *state = cJSON_CreateObject();
+    if (state == NULL || cJSON_AddNumberToObject(state, "counter", 0) == NULL) {
+        cJSON_Delete(state);
+        return NULL;
+    }
+    if (pad_bytes > 0) {
+        char *blob = malloc((size_t)pad_bytes + 1);
+        if (blob == NULL) {
+            cJSON_Delete(state);
+            return NULL;
+        }
+        memset(blob, 'x', (size_t)pad_bytes);
+        blob[pad_bytes] = '\0';
+        cJSON *added = cJSON_AddStringToObject(state, "blob", blob);
+        free(blob);
+        if (added == NULL) {
+            cJSON_Delete(state);
+            return NULL;
+        }
+    }
+    char *json = cJSON_PrintUnformatted(state);
+    cJSON_Delete(state);
+    return json;
+}
+
+/* Adds sign * amount to the counter. A stored state without a numeric counter (written by another
+ * program) gets one instead of failing every message forever. */
+static int add_to_counter(sync_msg *msg, double sign)
+{
+    const cJSON *amount = cJSON_GetObjectItemCaseSensitive(sync_msg_message(msg), "amount");
+    if (!cJSON_IsNumber(amount)) {
+        sync_msg_set_error(msg, "amount must be a number");
+        return SYNC_EREJECTED;
+    }
+    cJSON *state = sync_msg_state_mut(msg);
+    if (state == NULL || !cJSON_IsObject(state)) {
+        sync_msg_set_error(msg, "the state is not an object");
+        return SYNC_EHANDLER;
+    }
+    cJSON *counter = cJSON_GetObjectItemCaseSensitive(state, "counter");
+    if (cJSON_IsNumber(counter)) {
+        cJSON_SetNumberValue(counter, counter->valuedouble + sign * amount->valuedouble);
+        return SYNC_OK;
+    }
+    cJSON *fresh = cJSON_CreateNumber(sign * amount->valuedouble);
+    if (fresh == NULL)
+        return SYNC_ENOMEM;
+    if (counter != NULL)
+        return cJSON_ReplaceItemInObjectCaseSensitive(state, "counter", fresh) ? SYNC_OK
+                                                                               : SYNC_ENOMEM;
+    return cJSON_AddItemToObject(state, "counter", fresh) ? SYNC_OK : SYNC_ENOMEM;
+}
+
+static int on_increment(sync_msg *msg, void *userdata)
+{
+    (void)userdata;
+    return add_to_counter(msg, 1.0);
+}
+
+static int on_decrement(sync_msg *msg, void *userdata)
+{
+    (void)userdata;
+    return add_to_counter(msg, -1.0);
+}
+
+static int on_reset(sync_msg *msg, void *userdata)
+{
+    (void)userdata;
+    cJSON *state = sync_msg_state_mut(msg);
+    if (state == NULL || !cJSON_IsObject(state)) {
+        sync_msg_set_error(msg, "the state is not an object");
+        return SYNC_EHANDLER;
+    }
+    cJSON *zero = cJSON_CreateNumber(0);
+    if (zero == NULL)
+        return SYNC_ENOMEM;
+    cJSON_DeleteItemFromObjectCaseSensitive(state, "counter");
+    return cJSON_AddItemToObject(state, "counter", zero) ? SYNC_OK : SYNC_ENOMEM;
+}
+
+/* Bad client input is routine for a public server: one line each, not a crash or a silence. */
+static void on_error(sync_engine *engine, int status, const char *message, const char *context,
+                     sync_conn *conn, void *userdata)
+{
+    (void)engine;
+    (void)userdata;
+    fprintf(stderr, "counter_server: %s (%s) in %s, connection %llu\n", message,
+            sync_strerror(status), context, conn ? (unsigned long long)sync_conn_id(conn) : 0ULL);
+}
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    sync_server_stop(g_server);
+}
+
+static int set_signal(int sig, void (*handler)(int))
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = handler;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(sig, &sa, NULL);
+}
+
+static int fail(const char *what, int status)
+{
+    fprintf(stderr, "counter_server: %s: %s (%s)\n", what, sync_error_last(),
+            sync_strerror(status));
+    return 1;
+}
+
+static int create_engine(const struct config *cfg, sync_engine **out)
+{
+    if (make_dirs(cfg->data_dir) != 0) {
+        fprintf(stderr, "counter_server: cannot create data directory %s: %s\n", cfg->data_dir,
+                strerror(errno));
+        return 1;
+    }
+    size_t path_len = strlen(cfg->data_dir) + sizeof "/counter.sqlite";
+    char *db_path = malloc(path_len);
+    char *initial = initial_state_json(cfg->pad_bytes);
+    if (db_path == NULL || initial == NULL) {
+        free(db_path);
+        free(initial);
+        fprintf(stderr, "counter_server: out of memory\n");
+        return 1;
+    }
+    snprintf(db_path, path_len, "%s/counter.sqlite", cfg->data_dir);
+
+    sync_sqlite_options sqlite_opts = SYNC_SQLITE_OPTIONS_INIT;
+    sqlite_opts.path = db_path;
+    sync_adapter *adapter = NULL;
+    int rc = sync_adapter_sqlite_new(&adapter, &sqlite_opts);
+    free(db_path);
+    if (rc != SYNC_OK) {
+        free(initial);
+        return fail("cannot create the SQLite adapter", rc);
+    }
+
+    sync_hooks hooks = SYNC_HOOKS_INIT;
+    hooks.on_error = on_error;
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    opts.initial_state_json = initial;
+    opts.enable_versioning = 1;
+    opts.adapter = adapter;
+    opts.heartbeat_interval_ms = cfg->heartbeat_ms;
+    opts.ping_timeout_ms = 2 * cfg->heartbeat_ms;
+    opts.persist_mode = SYNC_PERSIST_BEFORE_SEND;
+    opts.reply_errors = 1;
+    opts.hooks = &hooks;
+    rc = sync_engine_new(out, &opts);
+    free(initial);
+    if (rc != SYNC_OK)
+        return fail("cannot create the engine", rc);
+
+    if ((rc = sync_engine_on(*out, "increment", on_increment, NULL, NULL)) != SYNC_OK ||
+        (rc = sync_engine_on(*out, "decrement", on_decrement, NULL, NULL)) != SYNC_OK ||
+        (rc = sync_engine_on(*out, "reset", on_reset, NULL, NULL)) != SYNC_OK) {
+        sync_engine_free(*out);
+        *out = NULL;
+        return fail("cannot register the handlers", rc);
+    }
+    return 0;
+}
+
+/* Serves until SIGINT/SIGTERM. The server's graceful stop saves the state and closes every
+ * client with 1001. */
+static int serve(const struct config *cfg, sync_engine *engine)
+{
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.host = cfg->host;
+    opts.port = cfg->port;
+    opts.static_dir = cfg->static_dir;
+    opts.tls_cert_path = cfg->tls_cert;
+    opts.tls_key_path = cfg->tls_key;
+    sync_server *server = NULL;
+    int rc = sync_server_new(&server, &opts);
+    if (rc != SYNC_OK)
+        return fail("cannot create the server", rc);
+    /* One engine, two routes: the seed's clients connect to "/", the page may use "/counter". */
+    if ((rc = sync_server_mount(server, "/", engine)) != SYNC_OK ||
+        (rc = sync_server_mount(server, "/counter", engine)) != SYNC_OK) {
+        sync_server_free(server);
+        return fail("cannot mount the engine", rc);
+    }
+    if ((rc = sync_server_listen(server)) != SYNC_OK) {
+        sync_server_free(server);
+        return fail("cannot listen", rc);
+    }
+
+    g_server = server;
+    if (set_signal(SIGINT, on_stop_signal) != 0 || set_signal(SIGTERM, on_stop_signal) != 0) {
+        perror("counter_server: sigaction");
+        g_server = NULL;
+        sync_server_free(server);
+        return 1;
+    }
+    printf("listening on %s://%s:%d\n", cfg->tls_cert ? "https" : "http", cfg->host,
+           sync_server_port(server));
+    fflush(stdout);
+
+    rc = sync_server_run(server);
+    set_signal(SIGINT, SIG_DFL);
+    set_signal(SIGTERM, SIG_DFL);
+    g_server = NULL;
+    sync_server_free(server);
+    if (rc != SYNC_OK)
+        return fail("the server stopped on an error", rc);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct config cfg = {"127.0.0.1", 3000, "./data", COUNTER_SERVER_WEB_DIR, 0, 30000, NULL, NULL};
+    int parsed = parse_args(argc, argv, &cfg);
+    if (parsed != 0) {
+        usage(parsed > 0 ? stdout : stderr);
+        return parsed > 0 ? 0 : 2;
+    }
+    /* A client that vanishes mid-write must not kill the process. */
+    signal(SIGPIPE, SIG_IGN);
+
+    sync_engine *engine = NULL;
+    if (create_engine(&cfg, &engine) != 0)
+        return 1;
+    int rc = serve(&cfg, engine);
+
+    /* The graceful stop has saved already; this also covers a server that ended on an error. */
+    int saved = sync_engine_sync(engine);
+    if (saved < 0)
+        rc = fail("cannot save the state", saved);
+    cJSON *state = sync_engine_get_state(engine);
+    const cJSON *counter = cJSON_GetObjectItemCaseSensitive(state, "counter");
+    fprintf(stderr, "counter_server: stopped at version %lld, counter %g\n",
+            (long long)sync_engine_get_version(engine),
+            cJSON_IsNumber(counter) ? counter->valuedouble : 0.0);
+    cJSON_Delete(state);
+    sync_engine_free(engine);
+    return rc;
+}
