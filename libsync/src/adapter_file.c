@@ -56,6 +56,13 @@ static int keep_aside(file_adapter *fa, const char *why)
     return rc;
 }
 
+static int fail_read(const file_adapter *fa)
+{
+    if (errno == EINVAL)
+        return sync_fail(SYNC_EIO, "cannot read state file %s: not a regular file", fa->path);
+    return sync_fail(SYNC_EIO, "cannot read state file %s: %s", fa->path, strerror(errno));
+}
+
 static int version_of(const cJSON *item, int64_t *out)
 {
     if (!cJSON_IsNumber(item))
@@ -79,7 +86,7 @@ static int file_load(void *userdata, sync_pending *pending, char **out_state_jso
     if (fs_read_file(fa->path, &text, &len) != 0) {
         if (errno == ENOENT)
             return SYNC_OK;
-        return sync_fail(SYNC_EIO, "cannot read state file %s: %s", fa->path, strerror(errno));
+        return fail_read(fa);
     }
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
@@ -191,7 +198,7 @@ static int file_backup(void *userdata, sync_pending *pending, int64_t *out_times
     if (fs_read_file(fa->path, &text, &len) != 0) {
         if (errno == ENOENT)
             return sync_fail(SYNC_ESTATE, "nothing to back up: %s has never been saved", fa->path);
-        return sync_fail(SYNC_EIO, "cannot read state file %s: %s", fa->path, strerror(errno));
+        return fail_read(fa);
     }
     int rc = SYNC_OK;
     char *tmp = NULL, *prefix = NULL, *tmp_base = NULL;

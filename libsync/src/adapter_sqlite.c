@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define SQLITE_DEFAULT_TABLE "websocket_state"
@@ -171,7 +172,7 @@ static int lacks_sqlite_header(const char *path)
 {
     static const char magic[16] = "SQLite format 3";
     char head[sizeof magic];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return 0;
     ssize_t n;
@@ -191,6 +192,10 @@ static int ensure_open(sqlite_adapter *sa)
     if (!is_memory(sa) && fs_mkdirs_parent(sa->path) != 0)
         return sync_fail(SYNC_EIO, "cannot create the directory of %s: %s", sa->path,
                          strerror(errno));
+    /* SQLite would block forever reading a FIFO, and says little about a directory. */
+    struct stat st;
+    if (!is_memory(sa) && stat(sa->path, &st) == 0 && !S_ISREG(st.st_mode))
+        return sync_fail(SYNC_EIO, "cannot open SQLite database %s: not a regular file", sa->path);
     int sqlite_rc = SQLITE_NOTADB;
     int rc = SYNC_OK;
     if (is_memory(sa) || !lacks_sqlite_header(sa->path)) {

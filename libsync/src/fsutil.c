@@ -215,7 +215,8 @@ int fs_read_file(const char *path, char **out, size_t *out_len)
 {
     int fd;
     do {
-        fd = open(path, O_RDONLY | O_CLOEXEC);
+        /* O_NONBLOCK: opening a FIFO must not wait for a writer. */
+        fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0)
         return -1;
@@ -226,9 +227,9 @@ int fs_read_file(const char *path, char **out, size_t *out_len)
         errno = err;
         return -1;
     }
-    if (S_ISDIR(st.st_mode)) {
+    if (!S_ISREG(st.st_mode)) {
         close(fd);
-        errno = EISDIR;
+        errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
         return -1;
     }
     /* st_size is a hint (the file may grow while read); the buffer grows as needed. */

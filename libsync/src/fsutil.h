@@ -39,7 +39,8 @@ int fs_fsync_dir(const char *dir);
 int fs_rename_stamped(const char *from, const char *prefix, const char *suffix, int64_t *inout_ms,
                       char **out_path);
 
-/* Reads a whole file into a NUL-terminated buffer (caller frees). EISDIR for a directory. */
+/* Reads a whole regular file into a NUL-terminated buffer (caller frees). EISDIR for a
+ * directory, EINVAL for anything else that is not a regular file (a FIFO, a device). */
 int fs_read_file(const char *path, char **out, size_t *out_len);
 
 #endif

@@ -350,6 +350,24 @@ static void test_unreadable_and_unwritable(void)
     free(dir);
 }
 
+static void test_fifo_does_not_hang(void)
+{
+    char *dir = check_tmpdir("file-fifo");
+    char *path = afs_join(dir, "state.json");
+    REQUIRE(mkfifo(path, 0600) == 0);
+    sync_adapter *a = open_adapter(path, NULL, 1);
+    REQUIRE(a);
+    alarm(20); /* a hang fails the test instead of stalling the suite */
+    char *loaded = NULL;
+    int64_t v = 0;
+    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_EIO);
+    CHECK(strstr(sync_error_last(), "not a regular file"));
+    alarm(0);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
 static void test_permission_denied(void)
 {
     /* Root reads everything, so the reader is a child that gave up root. */
@@ -574,6 +592,7 @@ int main(void)
     RUN(test_large_state);
     RUN(test_directory_removed_after_init);
     RUN(test_bad_options);
+    RUN(test_fifo_does_not_hang);
     RUN(test_permission_denied);
     RUN(test_read_only_directory);
     RUN(test_engine_restart);

@@ -7,7 +7,9 @@
 #include <libsync/libsync.h>
 #include <sqlite3.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static sync_adapter *open_adapter(const char *path, const char *table, const char *backups_dir)
 {
@@ -531,6 +533,18 @@ static void test_unwritable_paths(void)
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_EIO);
     CHECK(sync_error_last()[0] != '\0');
     sync_adapter_free(a);
+
+    /* A FIFO: SQLite would wait forever for data. */
+    char *fifo = afs_join(dir, "fifo.sqlite");
+    REQUIRE(mkfifo(fifo, 0600) == 0);
+    a = open_adapter(fifo, NULL, NULL);
+    REQUIRE(a);
+    alarm(20); /* a hang fails the test instead of stalling the suite */
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_EIO);
+    CHECK(strstr(sync_error_last(), "not a regular file"));
+    alarm(0);
+    sync_adapter_free(a);
+    free(fifo);
 
     /* A parent that is a regular file. */
     char *file = afs_join(dir, "plain");
