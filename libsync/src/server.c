@@ -16,7 +16,7 @@ _Static_assert(LWS_PRE <= SYNC_FRAME_HEADROOM, "frames need LWS_PRE bytes of hea
 
 /* Per-connection receive buffer of lws. Messages larger than this arrive in several RECEIVE
  * callbacks and are reassembled by server_conn.c; keeping it small keeps idle connections small. */
-#define SERVER_RX_BUFFER 512
+#define SERVER_RX_BUFFER 256
 
 /* lws logs through one process-wide sink; it goes to the most recently listening server. */
 static pthread_mutex_t lws_log_lock = PTHREAD_MUTEX_INITIALIZER;
