@@ -145,7 +145,7 @@ typedef struct sync_file_options {
 #define SYNC_FILE_OPTIONS_INIT {SYNC_FILE_OPTIONS_VERSION, NULL, NULL, 1}
 
 SYNC_EXTERN int sync_file_options_init(sync_file_options *opts, unsigned int version);
-/** Creates the file adapter. Saves write "<file>.tmp-<pid>", fsync, rename over the file, fsync the
+/** Creates the file adapter. Saves write "<file>.tmp-<pid>-<n>", fsync, rename over the file, fsync the
  *  directory. A file that cannot be parsed is renamed to "<file>.corrupt-<ms>" and reported. */
 SYNC_EXTERN int sync_adapter_file_new(sync_adapter **out, const sync_file_options *opts);
 
