@@ -290,7 +290,16 @@ static int rate_check(server_conn *c)
     return c->tokens <= -s->rate_burst ? -1 : 1;
 }
 
-static int deliver(server_conn *c, const char *text, size_t len)
+/* Closes after what is already queued has gone, and reads (and drops) whatever the peer still
+ * sends meanwhile, so the close frame is not lost to a reset for unread input. */
+static void close_soon(server_conn *c, int code)
+{
+    pthread_mutex_lock(&c->server->lock);
+    close_locked(c, code);
+    pthread_mutex_unlock(&c->server->lock);
+}
+
+static void deliver(server_conn *c, const char *text, size_t len)
 {
     sync_server *s = c->server;
     s->messages_in++;
@@ -298,12 +307,12 @@ static int deliver(server_conn *c, const char *text, size_t len)
     if (verdict) {
         s->rate_limited++;
         if (verdict < 0)
-            return -1;
-        sync_conn_send(c->conn, rate_error, sizeof rate_error - 1);
-        return 0;
+            close_soon(c, LWS_CLOSE_STATUS_POLICY_VIOLATION);
+        else
+            sync_conn_send(c->conn, rate_error, sizeof rate_error - 1);
+        return;
     }
     sync_engine_handle_message(c->eng->engine, c->conn, text, len);
-    return 0;
 }
 
 int server_conn_receive(server_conn *c, const void *in, size_t len)
@@ -311,6 +320,11 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
     sync_server *s = c->server;
     struct lws *wsi = c->wsi;
     s->bytes_in += len;
+    pthread_mutex_lock(&s->lock);
+    bool closing = c->close_pending;
+    pthread_mutex_unlock(&s->lock);
+    if (closing)
+        return 0;
     if (lws_frame_is_binary(wsi))
         return close_now(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
                          "binary frames are not supported");
@@ -318,11 +332,15 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
     bool complete = lws_is_final_fragment(wsi) && remaining == 0;
     if (c->rx_len + len + (complete ? 0 : remaining) > s->max_message_bytes) {
         s->closed_too_big++;
-        return close_now(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "message too big");
+        free(c->rx_buf);
+        c->rx_buf = NULL;
+        c->rx_len = c->rx_cap = 0;
+        close_soon(c, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE);
+        return 0;
     }
     if (complete && c->rx_len == 0) {
-        int rc = deliver(c, in, len);
-        return rc < 0 ? close_now(wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, "rate limit") : 0;
+        deliver(c, in, len);
+        return 0;
     }
     if (c->rx_len + len > c->rx_cap) {
         size_t cap = c->rx_cap ? c->rx_cap : 1024;
@@ -340,11 +358,11 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
     c->rx_len += len;
     if (!complete)
         return 0;
-    int rc = deliver(c, c->rx_buf, c->rx_len);
+    deliver(c, c->rx_buf, c->rx_len);
     free(c->rx_buf);
     c->rx_buf = NULL;
     c->rx_len = c->rx_cap = 0;
-    return rc < 0 ? close_now(wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, "rate limit") : 0;
+    return 0;
 }
 
 /* ---- write ------------------------------------------------------------------------------- */
