@@ -243,10 +243,55 @@ static void async_completions_across_threads(void)
     sync_engine_free(e);
 }
 
+static void dispose_from_ping(sync_engine *e, sync_conn *conn, void *userdata)
+{
+    (void)conn;
+    (void)userdata;
+    sync_engine_dispose(e);
+}
+
+/* Disposed from a hook of the engine's own timer thread: the thread is detached, not joined
+ * (it cannot join itself), and ends by itself; free still releases everything. */
+static void dispose_from_timer_thread_hook(void)
+{
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    opts.heartbeat_interval_ms = 5;
+    opts.timer_mode = SYNC_TIMERS_THREAD;
+    sync_hooks hooks = SYNC_HOOKS_INIT;
+    hooks.on_ping = dispose_from_ping;
+    opts.hooks = &hooks;
+    sync_engine *e = NULL;
+    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
+    fake_conn *c = fake_conn_new();
+    sync_engine_handle_open(e, c->conn);
+    int64_t start = sync_now_ms();
+    while (fake_conn_closes(c) == 0 && sync_now_ms() - start < 2000)
+        ;
+    CHECK_EQ_INT(fake_conn_closes(c), 1);
+    CHECK_EQ_INT(sync_engine_tick(e, -1), SYNC_ECLOSED);
+    sync_engine_free(e);
+    fake_conn_release(c);
+}
+
+/* Freed while its timer thread sleeps: the thread wakes, ends, and is joined. */
+static void free_wakes_timer_thread(void)
+{
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    opts.sync_interval_ms = 60000;
+    opts.timer_mode = SYNC_TIMERS_THREAD;
+    sync_engine *e = NULL;
+    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
+    int64_t start = sync_now_ms();
+    sync_engine_free(e);
+    CHECK(sync_now_ms() - start < 1000);
+}
+
 int main(void)
 {
     RUN(increments_are_exact);
     RUN(no_version_is_lost);
     RUN(async_completions_across_threads);
+    RUN(dispose_from_timer_thread_hook);
+    RUN(free_wakes_timer_thread);
     return check_summary();
 }
