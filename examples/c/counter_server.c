@@ -311,7 +311,7 @@ static int create_engine(const struct config *cfg, sync_engine **out)
 
 /* Serves until SIGINT/SIGTERM. The server's graceful stop saves the state and closes every
  * client with 1001. */
-static int serve(const struct config *cfg, sync_engine *engine)
+static int serve(const struct config *cfg, sync_engine *engine, int *served)
 {
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.host = cfg->host;
@@ -345,6 +345,7 @@ static int serve(const struct config *cfg, sync_engine *engine)
            sync_server_port(server));
     fflush(stdout);
 
+    *served = 1;
     rc = sync_server_run(server);
     set_signal(SIGINT, SIG_DFL);
     set_signal(SIGTERM, SIG_DFL);
@@ -369,18 +370,21 @@ int main(int argc, char **argv)
     sync_engine *engine = NULL;
     if (create_engine(&cfg, &engine) != 0)
         return 1;
-    int rc = serve(&cfg, engine);
-
-    /* The graceful stop has saved already; this also covers a server that ended on an error. */
-    int saved = sync_engine_sync(engine);
-    if (saved < 0)
-        rc = fail("cannot save the state", saved);
-    cJSON *state = sync_engine_get_state(engine);
-    const cJSON *counter = cJSON_GetObjectItemCaseSensitive(state, "counter");
-    fprintf(stderr, "counter_server: stopped at version %lld, counter %g\n",
-            (long long)sync_engine_get_version(engine),
-            cJSON_IsNumber(counter) ? counter->valuedouble : 0.0);
-    cJSON_Delete(state);
+    int served = 0;
+    int rc = serve(&cfg, engine, &served);
+    if (served) {
+        /* The graceful stop has saved already; this also covers a server that ended on an
+         * error. */
+        int saved = sync_engine_sync(engine);
+        if (saved < 0)
+            rc = fail("cannot save the state", saved);
+        cJSON *state = sync_engine_get_state(engine);
+        const cJSON *counter = cJSON_GetObjectItemCaseSensitive(state, "counter");
+        fprintf(stderr, "counter_server: stopped at version %lld, counter %g\n",
+                (long long)sync_engine_get_version(engine),
+                cJSON_IsNumber(counter) ? counter->valuedouble : 0.0);
+        cJSON_Delete(state);
+    }
     sync_engine_free(engine);
     return rc;
 }

@@ -11,11 +11,11 @@ class ServerFactory:
         self.tmp_path = tmp_path
         self.servers = []
 
-    def __call__(self, *args, data_dir=None, start=True):
+    def __call__(self, *args, data_dir=None, start=True, env=None):
         """A counter_server on a fresh data directory (or the given one, for restarts)."""
         index = len(self.servers)
         data_dir = data_dir or self.tmp_path / f"data{index}"
-        srv = CounterServer(data_dir, self.tmp_path / f"server{index}.log", args)
+        srv = CounterServer(data_dir, self.tmp_path / f"server{index}.log", args, env)
         self.servers.append(srv)
         return srv.start() if start else srv
 

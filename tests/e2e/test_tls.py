@@ -5,6 +5,7 @@ import urllib.request
 
 import pytest
 
+import server as srvmod
 from helpers import client, initial_state, run, send, wait_for_counter
 
 
@@ -54,6 +55,7 @@ def test_plain_client_gets_no_state_from_a_tls_server(servers, certificate):
 def test_unreadable_certificate_is_a_clear_error(servers, tmp_path):
     bogus = tmp_path / "bogus.pem"
     bogus.write_text("not a certificate\n")
-    srv = servers("--tls-cert", str(bogus), "--tls-key", str(bogus), start=False)
+    srv = servers("--tls-cert", str(bogus), "--tls-key", str(bogus), start=False,
+                  env=srvmod.env_for_listen_failure())
     with pytest.raises(AssertionError, match=r"exited \(1\) before listening"):
         srv.start(timeout=20)
