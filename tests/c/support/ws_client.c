@@ -117,12 +117,14 @@ static int fill(ws_client *c, long long deadline)
         c->buf = buf;
         c->cap = cap;
     }
-    ssize_t n = read(c->rfd, c->buf + c->len, c->cap - c->len);
+    /* one byte is kept for a NUL so the response head can be parsed as a string */
+    ssize_t n = read(c->rfd, c->buf + c->len, c->cap - c->len - 1);
     if (n < 0)
         return errno == EINTR ? 1 : -1;
     if (n == 0)
         return 0;
     c->len += (size_t)n;
+    c->buf[c->len] = '\0';
     return 1;
 }
 
@@ -130,6 +132,7 @@ static void consume(ws_client *c, size_t n)
 {
     memmove(c->buf, c->buf + n, c->len - n);
     c->len -= n;
+    c->buf[c->len] = '\0';
 }
 
 int ws_handshake(ws_client *c, const char *path, const char *extra_headers, int timeout_ms)
