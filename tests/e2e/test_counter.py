@@ -138,7 +138,7 @@ def test_graceful_stop_closes_clients_with_1001(server):
 
 
 def test_heartbeat_keeps_answering_clients_and_drops_silent_ones(servers):
-    srv = servers("--heartbeat-ms", "150")
+    srv = servers("--heartbeat-ms", "250")
 
     async def scenario():
         async with client(srv.ws("/")) as polite, client(srv.ws("/")) as silent:
