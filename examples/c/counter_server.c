@@ -175,7 +175,7 @@ static int add_to_counter(sync_msg *msg, double sign)
     const cJSON *amount = cJSON_GetObjectItemCaseSensitive(sync_msg_message(msg), "amount");
     if (!cJSON_IsNumber(amount)) {
         sync_msg_set_error(msg, "amount must be a number");
-        return SYNC_EREJECTED;
+        return SYNC_EINVAL;
     }
     cJSON *state = sync_msg_state_mut(msg);
     if (state == NULL || !cJSON_IsObject(state)) {
@@ -229,8 +229,8 @@ static void on_error(sync_engine *engine, int status, const char *message, const
 {
     (void)engine;
     (void)userdata;
-    fprintf(stderr, "counter_server: %s (%s) in %s, connection %llu\n", message,
-            sync_strerror(status), context, conn ? (unsigned long long)sync_conn_id(conn) : 0ULL);
+    fprintf(stderr, "counter_server: %s: %s (status %d, connection %llu)\n", context, message,
+            status, conn ? (unsigned long long)sync_conn_id(conn) : 0ULL);
 }
 
 static void on_stop_signal(int sig)

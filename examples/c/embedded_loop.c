@@ -51,7 +51,7 @@ static int on_increment(sync_msg *msg, void *userdata)
     const cJSON *amount = cJSON_GetObjectItemCaseSensitive(sync_msg_message(msg), "amount");
     if (!cJSON_IsNumber(amount)) {
         sync_msg_set_error(msg, "amount must be a number");
-        return SYNC_EREJECTED;
+        return SYNC_EINVAL;
     }
     cJSON *counter = cJSON_GetObjectItemCaseSensitive(sync_msg_state_mut(msg), "counter");
     if (!cJSON_IsNumber(counter)) {
@@ -68,7 +68,7 @@ static void on_error(sync_engine *engine, int status, const char *message, const
     (void)engine;
     (void)conn;
     (void)userdata;
-    printf("error in %s: %s (%s)\n", context, message, sync_strerror(status));
+    printf("error in %s: %s (status %d)\n", context, message, status);
 }
 
 static void on_ping_timeout(sync_engine *engine, sync_conn *conn, void *userdata)
