@@ -341,8 +341,10 @@ static int serve(const struct config *cfg, sync_engine *engine, int *served)
         sync_server_free(server);
         return 1;
     }
-    printf("listening on %s://%s:%d\n", cfg->tls_cert ? "https" : "http", cfg->host,
-           sync_server_port(server));
+    /* An IPv6 address goes in brackets so the printed URL can be opened as it is. */
+    int ipv6 = strchr(cfg->host, ':') != NULL;
+    printf("listening on %s://%s%s%s:%d\n", cfg->tls_cert ? "https" : "http", ipv6 ? "[" : "",
+           cfg->host, ipv6 ? "]" : "", sync_server_port(server));
     fflush(stdout);
 
     *served = 1;
