@@ -49,9 +49,12 @@ def main() -> None:
         engines={"/": engine, "/counter": engine},
         static_dir=args.web_dir,
     )
-    with server:
-        print(f"listening on http://{args.host}:{server.port}/", flush=True)
-        server.serve_forever()
+    try:
+        with server:
+            print(f"listening on http://{args.host}:{server.port}/", flush=True)
+            server.serve_forever()  # returns on Ctrl-C, after a graceful stop
+    except KeyboardInterrupt:
+        pass  # Ctrl-C before serve_forever() took over; leaving `with` stopped the server
     engine.dispose()
     print("stopped")
 

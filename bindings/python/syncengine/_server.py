@@ -150,6 +150,8 @@ class Server:
         self._engines: dict[str, Any] = {}
         self._running = False
         self._stopped = threading.Event()
+        # start() and stop() may race (serve_forever on one thread, stop() on another).
+        self._state_lock = threading.RLock()
         ptr = native.pysync_server_new(
             host,
             int(port),
@@ -208,18 +210,20 @@ class Server:
 
     def start(self) -> "Server":
         """Serves on a background thread; returns once connections are accepted."""
-        if not self._running:
-            check(native.sync_server_start(self._p()))
-            self._running = True
-            self._stopped.clear()
+        with self._state_lock:
+            if not self._running:
+                self._stopped.clear()
+                check(native.sync_server_start(self._p()))
+                self._running = True
         return self
 
     def stop(self) -> None:
         """Graceful stop: saves every mounted engine, closes every client (1001). Any thread."""
-        if self._ptr is not None and self._running:
-            self._running = False
-            native.sync_server_stop(self._ptr)
         self._stopped.set()
+        with self._state_lock:
+            if self._ptr is not None and self._running:
+                self._running = False
+                native.sync_server_stop(self._ptr)
 
     def serve_forever(self, poll_interval: float = 0.1) -> None:
         """Serves until :meth:`stop` (from another thread) or Ctrl-C, then stops gracefully."""
