@@ -10,6 +10,8 @@ import { startServer } from './server.mjs';
 
 const CHROMIUM = process.env.LIBSYNC_CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = process.env.LIBSYNC_E2E_ARTIFACTS || join(tmpdir(), 'libsync-e2e-artifacts');
+// Pings every 200 ms: a page that did not answer "pong" would be closed after 400 ms.
+const HEARTBEAT = ['--heartbeat-ms', '200'];
 const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
@@ -27,7 +29,7 @@ async function restartOn(port, dataDir) {
   const until = Date.now() + 10000;
   for (;;) {
     try {
-      return await startServer({ port, dataDir });
+      return await startServer({ port, dataDir, args: HEARTBEAT });
     } catch (err) {
       if (Date.now() > until) throw err;
       await new Promise((resolve) => setTimeout(resolve, 200));
@@ -40,7 +42,7 @@ test('two tabs stay in step and survive a server restart', { timeout: 120000 }, 
   mkdirSync(ARTIFACTS, { recursive: true });
   const profile = mkdtempSync(join(tmpdir(), 'libsync-chromium-'));
   const dataDir = join(profile, 'data');
-  let server = await startServer({ dataDir });
+  let server = await startServer({ dataDir, args: HEARTBEAT });
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 640, height: 480 },
   });
@@ -65,6 +67,13 @@ test('two tabs stay in step and survive a server restart', { timeout: 120000 }, 
     await expectText(a, '#version', '3');
     await expectText(b, '#version', '3');
     await b.screenshot({ path: join(ARTIFACTS, 'demo-two-tabs.png') });
+
+    // Both pages answer the heartbeat: after several ping intervals they are still on their
+    // first connection (the server accepted exactly two).
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    const metrics = await (await fetch(`${server.http}/metrics`)).text();
+    assert.match(metrics, /^libsync_server_connections_accepted_total 2$/m, metrics);
+    for (const page of [a, b]) assert.equal(await page.evaluate(() => document.body.dataset.status), 'open');
 
     // Restart: both pages notice, reconnect on their own, and show the persisted counter.
     const port = server.port;
