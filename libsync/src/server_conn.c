@@ -155,12 +155,16 @@ static void op_state_changed(void *userdata, int force)
 {
     server_conn *c = userdata;
     sync_server *s = c->server;
+    /* A broadcast reaches every connection: when this one already has a pull due, its write
+     * will fetch whatever is newest then, so there is nothing to add (and no lock to take). */
+    if (!force && atomic_load_explicit(&c->state_moved, memory_order_acquire))
+        return;
     bool wake = false;
     pthread_mutex_lock(&s->lock);
     if (force)
         c->force = true;
-    if (c->wsi && !c->state_moved) {
-        c->state_moved = true;
+    if (c->wsi && !atomic_load_explicit(&c->state_moved, memory_order_relaxed)) {
+        atomic_store_explicit(&c->state_moved, true, memory_order_release);
         wake = request_write_locked(c);
     }
     pthread_mutex_unlock(&s->lock);
@@ -386,10 +390,11 @@ int server_conn_writeable(server_conn *c)
         return close_now(wsi, (enum lws_close_status)code, "");
     }
     frame = queue_pop(c);
-    if (!frame && c->state_moved) {
+    if (!frame && atomic_load_explicit(&c->state_moved, memory_order_relaxed)) {
         pull = true;
         force = c->force;
-        c->state_moved = c->force = false;
+        c->force = false;
+        atomic_store_explicit(&c->state_moved, false, memory_order_release);
     }
     pthread_mutex_unlock(&s->lock);
 
@@ -412,7 +417,8 @@ int server_conn_writeable(server_conn *c)
     }
 
     pthread_mutex_lock(&s->lock);
-    bool more = c->ring_count || c->state_moved || c->close_pending;
+    bool more = c->ring_count || atomic_load_explicit(&c->state_moved, memory_order_relaxed) ||
+                c->close_pending;
     pthread_mutex_unlock(&s->lock);
     if (more || (frame && s->stopping)) {
         lws_callback_on_writable(wsi);

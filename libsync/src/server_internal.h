@@ -119,7 +119,7 @@ struct server_conn {
     uint32_t ring_head;
     uint32_t ring_count;
     size_t queued_bytes;
-    bool state_moved;
+    atomic_bool state_moved; /* also read without the lock: the broadcast fast path */
     bool force;
     bool in_wake;
     bool close_pending;
