@@ -14,6 +14,12 @@
  * connection. A connection that cannot keep up is sent the latest state when it can write again,
  * not a backlog: intermediate versions may be skipped, the final one never is. The mounted engines
  * get auto_broadcast on, and their heartbeat and sync timers are run by the service thread.
+ *
+ * Closing codes. 1001 at a graceful stop; 1003 for a binary frame (the protocol is JSON text);
+ * 1007 for text that is not UTF-8; 1008 for a rate-limit flood or a client that lets more than
+ * max_queued_bytes of frames pile up; 1009 for a message over max_message_bytes; 1002 for frames
+ * that break RFC 6455. Refused upgrades get an HTTP status: 404 (no engine on that path), 503
+ * (max_connections reached, or stopping), 403 (Origin not allowed), or the auth callback's.
  */
 #ifndef LIBSYNC_SERVER_H
 #define LIBSYNC_SERVER_H
