@@ -228,6 +228,12 @@ def test_command_line_errors(servers, tmp_path):
     done = subprocess.run([srvmod.binary(), "--help"], capture_output=True, timeout=20)
     assert done.returncode == 0 and b"--data-dir" in done.stdout
 
+    # A data directory that cannot be made (its parent is a file).
+    (tmp_path / "file").write_text("")
+    done = subprocess.run([srvmod.binary(), "--port", "0", "--data-dir", str(tmp_path / "file" / "d")],
+                          capture_output=True, timeout=20)
+    assert done.returncode == 1 and b"cannot create data directory" in done.stderr, done
+
     # A port that is taken: a clear error and a non-zero exit, not a hang.
     taken = servers()
     done = subprocess.run([srvmod.binary(), "--port", str(taken.port), "--data-dir", str(tmp_path / "d2")],
