@@ -11,7 +11,10 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 rm -rf "$work"
 # System site-packages: the suite's own dependencies (pytest, websockets...) come from there.
 "$python" -m venv --system-site-packages "$work/venv"
-"$work/venv/bin/python" -m pip install -q --disable-pip-version-check "$repo/bindings/python"
+# No build isolation: scikit-build-core comes from tests/requirements.txt, so the check needs no
+# network; a user's plain `pip install ./bindings/python` fetches it from PyPI instead.
+"$work/venv/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation \
+  "$repo/bindings/python"
 
 cd "$work"
 "$work/venv/bin/python" - <<'PY'

@@ -193,6 +193,28 @@ def test_auth_refuses_and_attaches_identity(make_engine):
     assert seen == [{"user": "ada", "path": "/room"}]
 
 
+def test_auth_false_and_failing_callbacks_refuse(make_engine, capfd):
+    def auth(request):
+        if request.query == "crash=1":
+            raise RuntimeError("auth bug")
+        return request.query == "let=me"
+
+    engine = make_engine(initial_state={})
+    with syncengine.Server(engines={"/": engine}, auth=auth) as server:
+        assert " 401 " in raw_upgrade_status(server.port, "/?let=no", {})
+        assert " 500 " in raw_upgrade_status(server.port, "/?crash=1", {})
+        with connect(f"ws://127.0.0.1:{server.port}/?let=me") as ws:
+            assert recv_json(ws)["type"] == "initial_state"
+    assert "auth bug" in capfd.readouterr().err
+
+
+def test_allowed_origins(make_engine):
+    engine = make_engine(initial_state={})
+    with syncengine.Server(engines={"/": engine}, allowed_origins=["http://good.example"]) as server:
+        assert " 403 " in raw_upgrade_status(server.port, "/", {"Origin": "http://evil.example"})
+        assert " 101 " in raw_upgrade_status(server.port, "/", {"Origin": "http://good.example"})
+
+
 def test_serve_forever_stops_from_another_thread(make_engine):
     engine = make_engine(initial_state={})
     server = syncengine.Server(engines={"/": engine})

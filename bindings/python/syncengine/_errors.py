@@ -10,25 +10,25 @@ from . import native
 class Status(enum.IntEnum):
     """A libsync status: ``OK`` and ``PENDING`` are not errors, every negative value is."""
 
-    OK = native.SYNC_OK
-    PENDING = native.SYNC_PENDING
-    EINVAL = native.SYNC_EINVAL
-    ENOMEM = native.SYNC_ENOMEM
-    EPARSE = native.SYNC_EPARSE
-    EMESSAGE = native.SYNC_EMESSAGE
-    ETOOBIG = native.SYNC_ETOOBIG
-    ETOODEEP = native.SYNC_ETOODEEP
-    ENOHANDLER = native.SYNC_ENOHANDLER
-    EREJECTED = native.SYNC_EREJECTED
-    EHANDLER = native.SYNC_EHANDLER
-    EIO = native.SYNC_EIO
-    ECORRUPT = native.SYNC_ECORRUPT
-    ECLOSED = native.SYNC_ECLOSED
-    ESTATE = native.SYNC_ESTATE
-    ESEND = native.SYNC_ESEND
-    ENET = native.SYNC_ENET
-    ELIMIT = native.SYNC_ELIMIT
-    EUNSUPPORTED = native.SYNC_EUNSUPPORTED
+    OK = 0
+    PENDING = 1
+    EINVAL = -1
+    ENOMEM = -2
+    EPARSE = -3
+    EMESSAGE = -4
+    ETOOBIG = -5
+    ETOODEEP = -6
+    ENOHANDLER = -7
+    EREJECTED = -8
+    EHANDLER = -9
+    EIO = -10
+    ECORRUPT = -11
+    ECLOSED = -12
+    ESTATE = -13
+    ESEND = -14
+    ENET = -15
+    ELIMIT = -16
+    EUNSUPPORTED = -17
 
     @classmethod
     def of(cls, value: int) -> "Status | int":
@@ -37,6 +37,12 @@ class Status(enum.IntEnum):
             return cls(value)
         except ValueError:
             return value
+
+
+# The values are libsync's stable ABI; make sure the library agrees.
+_mismatch = [m.name for m in Status if getattr(native, "SYNC_" + m.name) != m.value]
+if _mismatch:
+    raise ImportError(f"syncengine and libsync disagree on the status codes {_mismatch}")
 
 
 class SyncError(Exception):
