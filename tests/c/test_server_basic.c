@@ -289,9 +289,11 @@ static void test_http_routes(void)
 
 static void write_file(const char *dir, const char *name, const char *text)
 {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
+    char *path = NULL;
+    if (asprintf(&path, "%s/%s", dir, name) < 0)
+        return;
     FILE *f = fopen(path, "w");
+    free(path);
     if (f) {
         fputs(text, f);
         fclose(f);
@@ -301,10 +303,10 @@ static void write_file(const char *dir, const char *name, const char *text)
 static void test_static_files(void)
 {
     char *tmp = check_tmpdir("server-static");
-    char www[1024];
+    char www[900];
     snprintf(www, sizeof www, "%s/www", tmp);
     REQUIRE(mkdir(www, 0755) == 0);
-    char sub[1100];
+    char sub[1024];
     snprintf(sub, sizeof sub, "%s/sub", www);
     REQUIRE(mkdir(sub, 0755) == 0);
     write_file(www, "index.html", "<h1>counter</h1>");
@@ -313,9 +315,9 @@ static void test_static_files(void)
     write_file(www, "data.json", "{}");
     write_file(sub, "index.html", "sub index");
     write_file(tmp, "secret.txt", "TOP-SECRET");
-    char link[1100];
+    char link[1024];
     snprintf(link, sizeof link, "%s/leak.txt", www);
-    char target[1100];
+    char target[1024];
     snprintf(target, sizeof target, "%s/secret.txt", tmp);
     CHECK(symlink(target, link) == 0);
 
