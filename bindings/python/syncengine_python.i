@@ -326,6 +326,22 @@ static int pysync_adapter_backup(void *userdata, sync_pending *pending, int64_t 
     return status;
 }
 
+/* ---- log sinks: fn(level, message) ------------------------------------------------------ */
+
+/* The Python callable is borrowed: the package keeps it alive for as long as the engine or server
+ * that logs (libsync's log options have no free callback). */
+static void pysync_log(sync_log_level level, const char *message, void *userdata)
+{
+    if (!Py_IsInitialized())
+        return;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *result = PyObject_CallFunction((PyObject *)userdata, "is", (int)level, message);
+    if (!result)
+        PyErr_Clear(); /* a failing log sink must not turn into an error of what was logged */
+    Py_XDECREF(result);
+    PyGILState_Release(gil);
+}
+
 /* ---- the built-in server's auth callback: fn(request) -> 0 or an HTTP status ------------- */
 
 static int pysync_auth(sync_request *req, void *userdata)
@@ -432,8 +448,8 @@ static sync_engine *pysync_engine_new(const char *initial_state_json, int enable
                                       long long ping_timeout_ms, long long sync_interval_ms,
                                       int persist_mode, int timers_thread, int auto_broadcast,
                                       int reply_errors, size_t max_message_bytes,
-                                      int max_json_depth, int debug, PyObject *dispatch,
-                                      int hook_mask)
+                                      int max_json_depth, int debug, PyObject *log,
+                                      PyObject *dispatch, int hook_mask)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     sync_hooks hooks = SYNC_HOOKS_INIT;
@@ -450,6 +466,10 @@ static sync_engine *pysync_engine_new(const char *initial_state_json, int enable
     opts.max_message_bytes = max_message_bytes;
     opts.max_json_depth = max_json_depth;
     opts.debug = debug;
+    if (log && log != Py_None) {
+        opts.log = pysync_log;
+        opts.log_userdata = log;
+    }
     if (dispatch && dispatch != Py_None) {
         pysync_fill_hooks(&hooks, dispatch, hook_mask);
         opts.hooks = &hooks;
@@ -591,7 +611,7 @@ static sync_server *pysync_server_new(const char *host, int port, const char *st
                                       double rate_limit_per_sec, int rate_limit_burst,
                                       size_t max_queued_bytes, PyObject *origins, PyObject *auth,
                                       const char *tls_cert_path, const char *tls_key_path,
-                                      int stop_timeout_ms)
+                                      int stop_timeout_ms, PyObject *log)
 {
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.host = host;
@@ -605,6 +625,10 @@ static sync_server *pysync_server_new(const char *host, int port, const char *st
     opts.tls_cert_path = tls_cert_path;
     opts.tls_key_path = tls_key_path;
     opts.stop_timeout_ms = stop_timeout_ms;
+    if (log && log != Py_None) {
+        opts.log = pysync_log;
+        opts.log_userdata = log;
+    }
     const char **list = NULL;
     Py_ssize_t count = 0;
     if (origins && origins != Py_None) {

@@ -433,3 +433,17 @@ def test_keyboard_interrupt_in_a_handler_rolls_back_then_reaches_the_caller(make
     assert engine.get_state() == {"counter": 0} and engine.get_version() == 0
     assert engine.handle_message(MockConn(), msg("increment", amount=1)) == syncengine.Status.OK
     assert engine.get_state() == {"counter": 1}
+
+
+def test_debug_and_errors_go_to_a_python_logger(make_engine, caplog):
+    import logging
+
+    logger = logging.getLogger("test.syncengine")
+    with caplog.at_level(logging.DEBUG, logger="test.syncengine"):
+        engine = counter_engine(make_engine, debug=True, logger=logger)
+        engine.handle_message(MockConn(), msg("increment", amount=1))
+        engine.handle_message(MockConn(), msg("nope"))
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("increment" in r.getMessage() for r in debug)
+    assert any("nope" in r.getMessage() for r in errors)

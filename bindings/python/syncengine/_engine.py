@@ -7,6 +7,7 @@ import atexit
 import dataclasses
 import inspect
 import json
+import logging
 import sys
 import threading
 import traceback
@@ -101,6 +102,18 @@ def _resume(result: Any) -> Any:
     return result
 
 
+_LOG_LEVELS = (logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG)
+
+
+def log_sink(logger: logging.Logger) -> Callable[[int, str], None]:
+    """libsync's log lines (level 0..3 = error, warn, info, debug) as records of `logger`."""
+
+    def sink(level: int, message: str) -> None:
+        logger.log(_LOG_LEVELS[level] if 0 <= level < len(_LOG_LEVELS) else logging.INFO, "%s", message)
+
+    return sink
+
+
 def dumps(value: Any) -> str:
     """Compact JSON text of a state or message; TypeError/ValueError for what JSON cannot hold."""
     return json.dumps(_plain(value), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
@@ -187,7 +200,9 @@ class SyncEngine:
     it; pydantic models and dataclasses it returns are turned back into plain data.
 
     With ``heartbeat_interval_ms`` or ``sync_interval_ms`` the engine runs its timers on a
-    thread of its own. Every method may be called from any thread.
+    thread of its own. Every method may be called from any thread. ``debug=True`` logs every
+    step (to stderr, or to ``logger``, a :class:`logging.Logger`, when given); errors without an
+    ``on_error`` hook are logged the same way.
     """
 
     def __init__(
@@ -209,6 +224,7 @@ class SyncEngine:
         reply_errors: bool = False,
         max_message_bytes: int = 0,
         max_json_depth: int = 0,
+        logger: logging.Logger | None = None,
     ) -> None:
         from ._adapters import native_adapter
 
@@ -239,6 +255,8 @@ class SyncEngine:
         initial_json = dumps({} if initial_state is None else initial_state)
         handler_items = _handler_items(handlers)
 
+        # Held for the engine's whole life: C borrows it (see pysync_log).
+        self._log_sink = None if logger is None else log_sink(logger)
         c_adapter = native_adapter(adapter, self) if adapter is not None else None
         self._adapter = adapter
         ref = weakref.ref(self)
@@ -256,6 +274,7 @@ class SyncEngine:
             int(max_message_bytes),
             int(max_json_depth),
             1 if debug else 0,
+            self._log_sink,
             _make_dispatch(ref),
             self._hook_mask(),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import threading
 import time
@@ -123,7 +124,8 @@ class Server:
     """The built-in WebSocket + HTTP server: engines mounted on paths, optional static files,
     ``GET /healthz`` and ``GET /metrics``.
 
-    ``port=0`` picks a free port (read :attr:`port` after :meth:`start`). Mounted engines
+    ``port=0`` picks a free port (read :attr:`port` after :meth:`start`). ``logger`` (a
+    :class:`logging.Logger`) receives the server's and libwebsockets' log lines instead of stderr. Mounted engines
     broadcast every change on their own. Use as a context manager, or call :meth:`start` /
     :meth:`stop`, or :meth:`serve_forever` (Ctrl-C stops it cleanly).
     """
@@ -145,8 +147,13 @@ class Server:
         tls_cert_path: "str | os.PathLike[str] | None" = None,
         tls_key_path: "str | os.PathLike[str] | None" = None,
         stop_timeout_ms: int = 0,
+        logger: Optional[logging.Logger] = None,
     ) -> None:
+        from ._engine import log_sink
+
         self._ptr: Any = None
+        # Held for the server's whole life: C borrows it.
+        self._log_sink = None if logger is None else log_sink(logger)
         self._engines: dict[str, Any] = {}
         self._running = False
         self._stopped = threading.Event()
@@ -166,6 +173,7 @@ class Server:
             None if tls_cert_path is None else os.fspath(tls_cert_path),
             None if tls_key_path is None else os.fspath(tls_key_path),
             int(stop_timeout_ms),
+            self._log_sink,
         )
         if ptr is None:
             raise error_for(native.pysync_last_status(), native.sync_error_last())
