@@ -116,6 +116,33 @@ def test_restart_keeps_the_state(servers, sig):
     assert run(current_state(third.ws("/counter")))["data"] == {"counter": 12}
 
 
+def test_crash_keeps_every_state_a_client_saw(servers):
+    """SYNC_PERSIST_BEFORE_SEND: a state is saved before any client receives it, so after a
+    SIGKILL the store holds at least the last version a client was sent."""
+    first = servers()
+
+    async def send_then_crash():
+        # max_queue=None: the connection keeps reading, so it sees the crash at once on exit.
+        async with client(first.ws("/"), max_queue=None) as ws:
+            await initial_state(ws)
+            for _ in range(300):
+                await send(ws, "increment", amount=1)
+            seen = None
+            while seen is None or seen["data"]["counter"] < 150:
+                msg = await recv_json(ws)
+                if msg["type"] == "state_update":
+                    seen = msg
+            first.proc.send_signal(signal.SIGKILL)
+            return seen
+
+    seen = run(send_then_crash())
+    assert first.wait() == -signal.SIGKILL
+    second = servers(data_dir=first.data_dir)
+    state = run(current_state(second.ws("/")))
+    assert state["version"] >= seen["version"], (state, seen)
+    assert state["data"]["counter"] == state["version"]
+
+
 def test_graceful_stop_closes_clients_with_1001(server):
     async def scenario():
         socks = [await client(server.ws(p)).__aenter__() for p in ("/", "/", "/counter")]
