@@ -447,3 +447,15 @@ def test_debug_and_errors_go_to_a_python_logger(make_engine, caplog):
     errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("increment" in r.getMessage() for r in debug)
     assert any("nope" in r.getMessage() for r in errors)
+
+
+def test_failed_initial_send_is_reported_and_closes(make_engine, recorder):
+    class Refusing(MockConn):
+        def send(self, text):
+            raise ConnectionResetError("peer went away")
+
+    engine = counter_engine(make_engine, recorder)
+    conn = Refusing()
+    engine.handle_open(conn)
+    assert conn.closes == 1
+    assert any("peer went away" in str(err) for err, _ in recorder.errors())

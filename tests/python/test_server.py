@@ -257,3 +257,40 @@ def test_counter_server_example_stops_on_ctrl_c():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_no_deadlock_between_timers_server_threads_and_python_adapter(make_engine):
+    """Every thread that can drive the engine at once: the engine's timer thread (heartbeat and
+    sync interval, saving through a Python adapter), the server's service thread (a client's
+    messages) and three Python threads calling set_state(broadcast=True)."""
+    from conftest import MemoryAdapter
+
+    adapter = MemoryAdapter()
+    engine = make_engine(initial_state={"counter": 0}, handlers={"increment": increment}, adapter=adapter,
+                         heartbeat_interval_ms=5, sync_interval_ms=5, hooks={"on_ping": lambda c: None})
+    with syncengine.Server(engines={"/counter": engine}) as server:
+        stop = threading.Event()
+
+        def writer():
+            while not stop.is_set():
+                state = engine.get_state()
+                engine.set_state({**state, "touched": True}, broadcast=True)
+
+        threads = [threading.Thread(target=writer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        with connect(f"ws://127.0.0.1:{server.port}/counter") as ws:
+            recv_json(ws)
+            for _ in range(100):
+                ws.send(msg("increment", amount=1))
+            time.sleep(0.3)
+            stop.set()
+            for t in threads:
+                t.join(timeout=10)
+            assert not any(t.is_alive() for t in threads)
+            # The writers' read-modify-write races the increments (as any such code would), so
+            # the counter is not known: the client must converge on whatever is latest.
+            final, version = engine.get_state(), engine.get_version()
+            frame = recv_until(ws, lambda f: f.get("version") == version, timeout=10)
+            assert frame["data"] == final and final["touched"] is True
+    assert adapter.calls["save"] > 1
