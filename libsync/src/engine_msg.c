@@ -160,7 +160,11 @@ int sync_msg_run(sync_engine *engine, sync_op *op)
                 msg->step = msg->step == STEP_VALIDATOR ? STEP_MIDDLEWARE : STEP_TYPE;
                 continue;
             }
-            if (msg->step == STEP_HANDLER)
+            if (msg->step == STEP_VALIDATOR)
+                SYNC_DEBUG(engine, "validator");
+            else if (msg->step == STEP_MIDDLEWARE)
+                SYNC_DEBUG(engine, "middleware %zu", msg->mw_index);
+            else
                 SYNC_DEBUG(engine, "handler \"%s\"", msg->handler_type);
             rc = call_step(msg, step);
             if (rc == SYNC_PENDING)

@@ -426,6 +426,103 @@ static void completion_misuse(void)
     CHECK_EQ_INT(sync_pending_complete_backup(NULL, SYNC_OK, 0, NULL), SYNC_EINVAL);
 }
 
+/* An adapter whose calls say "later" but complete before returning, from another thread. */
+static void *complete_soon(void *arg)
+{
+    sync_pending_complete_load(arg, SYNC_OK, "{\"n\":1}", 3, NULL);
+    return NULL;
+}
+
+static int early_init(void *userdata, sync_pending *pending)
+{
+    (void)userdata;
+    sync_pending_complete(pending, SYNC_OK, NULL);
+    return SYNC_PENDING;
+}
+
+static pthread_t load_thread;
+
+/* Completes from another thread while the callback has not returned yet: with an engine that
+ * thread waits for the engine's lock, without one it finishes during the callback. */
+static int early_load(void *userdata, sync_pending *pending, char **json, int64_t *version)
+{
+    (void)userdata;
+    (void)json;
+    (void)version;
+    pthread_create(&load_thread, NULL, complete_soon, pending);
+    sleep_ms(30);
+    return SYNC_PENDING;
+}
+
+static sync_pending *late_token;
+
+static int late_save(void *userdata, sync_pending *pending, const cJSON *state, const char *json,
+                     size_t len, int64_t version)
+{
+    (void)userdata;
+    (void)state;
+    (void)json;
+    (void)len;
+    (void)version;
+    late_token = pending;
+    return SYNC_PENDING;
+}
+
+static int failing_backup(void *userdata, sync_pending *pending, int64_t *ts)
+{
+    (void)userdata;
+    (void)ts;
+    sync_pending_complete_backup(pending, SYNC_EIO, 0, "disk on fire");
+    return SYNC_PENDING;
+}
+
+static void direct_adapter_calls(void)
+{
+    sync_adapter_vtable vt = {
+        SYNC_ADAPTER_VTABLE_VERSION, early_init, early_load, late_save, failing_backup, NULL};
+    sync_adapter *adapter = NULL;
+    REQUIRE(sync_adapter_new(&adapter, &vt, NULL) == SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_init(adapter), SYNC_OK);
+    char *json = NULL;
+    int64_t version = 0;
+    CHECK_EQ_INT(sync_adapter_load(adapter, &json, &version), SYNC_OK);
+    pthread_join(load_thread, NULL);
+    CHECK_EQ_STR(json, "{\"n\":1}");
+    CHECK_EQ_INT(version, 3);
+    sync_free(json);
+    /* Truly later: a direct call cannot wait; the late completion is still accepted. */
+    CHECK_EQ_INT(sync_adapter_save(adapter, "{}", 1), SYNC_EUNSUPPORTED);
+    REQUIRE(late_token != NULL);
+    CHECK_EQ_INT(sync_pending_complete(late_token, SYNC_OK, NULL), SYNC_OK);
+    int64_t ts = 0;
+    CHECK_EQ_INT(sync_adapter_backup(adapter, &ts), SYNC_EIO);
+    CHECK(strstr(sync_error_last(), "disk on fire") != NULL);
+    CHECK_EQ_INT(sync_adapter_save(adapter, "{oops", 1), SYNC_EPARSE);
+    sync_adapter_free(adapter);
+
+    /* The same adapter in an engine: early completions count, the late save waits. */
+    REQUIRE(sync_adapter_new(&adapter, &vt, NULL) == SYNC_OK);
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    opts.adapter = adapter;
+    sync_engine *e = NULL;
+    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
+    pthread_join(load_thread, NULL);
+    CHECK_EQ_STR(state_of(e), "{\"n\":1}");
+    CHECK_EQ_INT(sync_engine_get_version(e), 3);
+    late_token = NULL;
+    CHECK_EQ_INT(sync_engine_sync(e), SYNC_PENDING);
+    idle_calls = 0;
+    CHECK_EQ_INT(sync_engine_when_idle(e, on_idle, NULL), SYNC_PENDING);
+    REQUIRE(late_token != NULL);
+    CHECK_EQ_INT(sync_pending_complete(late_token, SYNC_OK, NULL), SYNC_OK);
+    CHECK_EQ_INT(idle_calls, 1);
+    sync_engine_stats stats = {.version = SYNC_ENGINE_STATS_VERSION};
+    sync_engine_get_stats(e, &stats);
+    CHECK_EQ_INT(stats.saves, 1);
+    CHECK_EQ_INT(sync_engine_create_backup(e), SYNC_EIO);
+    sync_engine_free(e);
+}
+
 int main(void)
 {
     RUN(handler_completes_later_same_thread);
@@ -439,5 +536,6 @@ int main(void)
     RUN(dispose_with_pending_work);
     RUN(reentrant_calls_are_queued);
     RUN(completion_misuse);
+    RUN(direct_adapter_calls);
     return check_summary();
 }
