@@ -279,7 +279,9 @@ def test_no_deadlock_between_timers_server_threads_and_python_adapter(make_engin
         threads = [threading.Thread(target=writer) for _ in range(3)]
         for t in threads:
             t.start()
-        with connect(f"ws://127.0.0.1:{server.port}/counter") as ws:
+        # max_queue=None: pings every 5 ms must not fill the client's queue and pause its reading
+        # (websockets' backpressure), which would hide the server's close frame behind them.
+        with connect(f"ws://127.0.0.1:{server.port}/counter", max_queue=None) as ws:
             recv_json(ws)
             for _ in range(100):
                 ws.send(msg("increment", amount=1))
