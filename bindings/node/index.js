@@ -66,6 +66,27 @@ function isThenable(v) {
   return v !== null && (typeof v === 'object' || typeof v === 'function') && typeof v.then === 'function';
 }
 
+// Completing an async step or adapter call runs the engine's queued work right away, and that may
+// be the next async handler, and so on: a chain of promise reactions that would never let timers or
+// I/O run under load. Completions therefore run inline only within a 10 ms slice of the current
+// macrotask; after that they wait for setImmediate, which lets the event loop turn.
+const SLICE_MS = 10;
+let sliceStart = 0;
+let sliceArmed = false;
+
+function completeSoon(fn) {
+  const now = performance.now();
+  if (!sliceArmed) {
+    sliceArmed = true;
+    sliceStart = now;
+    setImmediate(() => {
+      sliceArmed = false;
+    });
+  }
+  if (now - sliceStart < SLICE_MS) fn();
+  else setImmediate(fn);
+}
+
 function textOf(raw) {
   if (typeof raw === 'string') return raw;
   if (Buffer.isBuffer(raw)) return raw.toString('utf8');
@@ -192,10 +213,10 @@ function customAdapter(adapter, track) {
     Promise.resolve(r)
       .then((v) => results[op](v), (err) => failure(op, err))
       .catch((err) => failure(op, err))
-      .then((res) => {
+      .then((res) => completeSoon(() => {
         done();
         complete(op, pending, res);
-      });
+      }));
     return PENDING;
   });
   const ptr = native.jsb_adapter_js_new(sink, typeof adapter.backup === 'function' ? 1 : 0);
@@ -669,8 +690,10 @@ class SyncEngine {
       .catch(fail)
       .then((status) => {
         open = false;
-        done();
-        native.sync_msg_complete(msg, status);
+        completeSoon(() => {
+          done();
+          native.sync_msg_complete(msg, status);
+        });
       });
     return PENDING;
   }

@@ -1,0 +1,239 @@
+'use strict';
+// The built-in server with real `ws` clients: JS handlers run on the main thread while sockets
+// live on libsync's service thread, and the event loop stays responsive under load.
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('fs');
+const { spawn } = require('child_process');
+const http = require('http');
+const path = require('path');
+const { isMainThread } = require('worker_threads');
+const WebSocket = require('ws');
+const { SyncEngine, Server, SQLiteAdapter } = require('syncengine');
+const { tmpDir, sleep, waitFor, hookRecorder } = require('./helpers');
+
+function counterEngine(extra = {}) {
+  return new SyncEngine({
+    initialState: { counter: 0 },
+    enableVersioning: true,
+    messageHandlers: [
+      {
+        type: 'increment',
+        async handle(ws, message, getState, setState) {
+          const state = await getState();
+          state.counter += message.amount;
+          await setState(state);
+        },
+      },
+    ],
+    ...extra,
+  });
+}
+
+/** A ws client that records parsed frames. */
+function client(port, route = '/counter') {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}${route}`);
+  ws.frames = [];
+  ws.on('message', (data) => {
+    const text = data.toString();
+    ws.frames.push(text === 'ping' ? text : JSON.parse(text));
+  });
+  ws.opened = new Promise((resolve, reject) => {
+    ws.once('open', resolve);
+    ws.once('error', reject);
+  });
+  ws.closed = new Promise((resolve) => ws.once('close', (code) => resolve(code)));
+  return ws;
+}
+
+/** Starts a server; it is closed (and its engines disposed) when the test ends, pass or fail. */
+async function serve(t, options) {
+  const server = new Server(options);
+  t.after(async () => {
+    await server.close();
+    for (const engine of Object.values(options.engines)) engine.dispose();
+  });
+  return { server, port: await server.listen() };
+}
+
+const last = (ws) => ws.frames.filter((f) => f.type === 'state_update' || f.type === 'initial_state').at(-1);
+
+function get(port, urlPath) {
+  return new Promise((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port, path: urlPath }, (res) => {
+      let body = '';
+      res.on('data', (chunk) => (body += chunk));
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+    }).on('error', reject);
+  });
+}
+
+test('clients get initial_state, every change reaches every client, hooks run on the main thread', async (t) => {
+  const threads = new Set();
+  const { calls, hooks } = hookRecorder({
+    onConnect: () => threads.add(isMainThread),
+    onStateChange: () => threads.add(isMainThread),
+  });
+  const engine = counterEngine({ hooks });
+  const { server, port } = await serve(t, { port: 0, engines: { '/counter': engine } });
+  assert.ok(port > 0);
+  const a = client(port);
+  const b = client(port);
+  await Promise.all([a.opened, b.opened]);
+  await waitFor(() => a.frames.length >= 1 && b.frames.length >= 1, 5000, 'initial states');
+  assert.equal(a.frames[0].type, 'initial_state');
+  assert.deepEqual(a.frames[0].data, { counter: 0 });
+  for (let i = 0; i < 5; i++) a.send(JSON.stringify({ type: 'increment', amount: 1 }));
+  b.send(JSON.stringify({ type: 'increment', amount: 10 }));
+  await waitFor(() => last(a)?.data.counter === 15 && last(b)?.data.counter === 15, 5000, 'counter 15');
+  assert.equal(engine.getState().counter, 15);
+  assert.equal(engine.getVersion(), 6);
+  assert.equal(last(a).version, 6);
+  await waitFor(() => calls.onConnect.length === 2, 2000, 'onConnect x2');
+  assert.equal(calls.onStateChange.length, 6);
+  assert.deepEqual([...threads], [true]);
+  a.close();
+  await waitFor(() => calls.onDisconnect.length === 1, 5000, 'onDisconnect');
+  b.close();
+  await server.close();
+  engine.dispose();
+});
+
+test('the handler ws is a ServerConnection that can reply; errors reach onError; order kept', async (t) => {
+  const { calls, hooks } = hookRecorder();
+  const seen = [];
+  const engine = new SyncEngine({
+    initialState: { list: [] },
+    enableVersioning: true,
+    hooks,
+    validateMessage: (raw) => {
+      if (typeof raw.n !== 'number') throw new Error('n must be a number');
+      return raw;
+    },
+    messageHandlers: [
+      {
+        type: 'push',
+        async handle(ws, message, getState, setState) {
+          // Later messages wait for this one, whatever the delays.
+          await sleep(message.n % 3);
+          seen.push(message.n);
+          const state = getState();
+          state.list.push(message.n);
+          setState(state);
+          ws.send(JSON.stringify({ type: 'ack', n: message.n }));
+        },
+      },
+    ],
+  });
+  const { server, port } = await serve(t, { engines: { '/': engine } });
+  const ws = client(port, '/');
+  await ws.opened;
+  for (let n = 0; n < 20; n++) ws.send(JSON.stringify({ type: 'push', n }));
+  ws.send(JSON.stringify({ type: 'push', n: 'bad' }));
+  await waitFor(() => last(ws)?.data.list.length === 20, 5000, '20 pushes');
+  assert.deepEqual(seen, [...Array(20).keys()]);
+  assert.deepEqual(engine.getState().list, [...Array(20).keys()]);
+  const acks = ws.frames.filter((f) => f.type === 'ack').map((f) => f.n);
+  assert.deepEqual(acks, [...Array(20).keys()]);
+  await waitFor(() => calls.onError.length === 1, 2000, 'the validation error');
+  assert.match(calls.onError[0][0].message, /n must be a number/);
+  ws.close();
+  await server.close();
+  engine.dispose();
+});
+
+test('static files and /healthz are served on the same port', async (t) => {
+  const dir = tmpDir(t);
+  fs.writeFileSync(path.join(dir, 'index.html'), '<h1>counter</h1>');
+  const engine = counterEngine();
+  const { server, port } = await serve(t, { engines: { '/counter': engine }, staticDir: dir });
+  const page = await get(port, '/');
+  assert.equal(page.status, 200);
+  assert.equal(page.body, '<h1>counter</h1>');
+  const health = await get(port, '/healthz');
+  assert.equal(health.status, 200);
+  await server.close();
+  engine.dispose();
+});
+
+test('setState from JS reaches server clients; close() saves the state and closes clients', async (t) => {
+  const dir = tmpDir(t);
+  const file = path.join(dir, 'room.sqlite');
+  const engine = counterEngine({ adapter: new SQLiteAdapter({ path: file }) });
+  await engine.ready();
+  const { server, port } = await serve(t, { engines: { '/counter': engine } });
+  const ws = client(port);
+  await ws.opened;
+  await engine.setState({ counter: 41 });
+  await waitFor(() => last(ws)?.data.counter === 41, 5000, 'the JS setState');
+  ws.send(JSON.stringify({ type: 'increment', amount: 1 }));
+  await waitFor(() => engine.getState().counter === 42, 5000, 'the increment');
+  await server.close();
+  const code = await Promise.race([ws.closed, sleep(5000).then(() => 'timeout')]);
+  assert.equal(code, 1001);
+  engine.dispose();
+  const reloaded = counterEngine({ adapter: new SQLiteAdapter({ path: file }) });
+  await reloaded.ready();
+  assert.deepEqual(reloaded.getState(), { counter: 42 });
+  reloaded.dispose();
+});
+
+test('heartbeat from the server: clients get pings, pong runs onPong', async (t) => {
+  const { calls, hooks } = hookRecorder();
+  const engine = counterEngine({ hooks, heartbeatIntervalMs: 30 });
+  const { server, port } = await serve(t, { engines: { '/counter': engine } });
+  const ws = client(port);
+  ws.on('message', (data) => {
+    if (JSON.parse(data.toString()).type === 'ping') ws.send('pong');
+  });
+  await ws.opened;
+  await waitFor(() => calls.onPong.length >= 2, 5000, 'two pongs');
+  assert.ok(calls.onPing.length >= 2);
+  assert.ok(ws.frames.some((f) => f.type === 'ping'));
+  ws.close();
+  await server.close();
+  engine.dispose();
+});
+
+test('the event loop stays responsive while the server is under load', async (t) => {
+  const engine = counterEngine();
+  const { server, port } = await serve(t, { engines: { '/counter': engine } });
+  const clients = 10;
+  const perClient = 1000;
+  let ticks = 0;
+  let maxGap = 0;
+  let prev = Date.now();
+  const timer = setInterval(() => {
+    const now = Date.now();
+    maxGap = Math.max(maxGap, now - prev);
+    prev = now;
+    ticks++;
+  }, 5);
+  const started = Date.now();
+  const flood = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'flood.js'), port, clients, perClient],
+    { stdio: 'inherit' });
+  const exitCode = await new Promise((resolve) => flood.once('exit', resolve));
+  const elapsed = Date.now() - started;
+  clearInterval(timer);
+  if (process.env.SYNCENGINE_TEST_VERBOSE) {
+    console.log(`load: ${clients * perClient} messages in ${elapsed} ms, ${ticks} ticks, longest gap ${maxGap} ms`);
+  }
+  assert.equal(exitCode, 0, 'every client converged on the final counter');
+  assert.equal(engine.getState().counter, clients * perClient);
+  // A 5 ms timer kept firing the whole time (each message runs an async JS handler).
+  assert.ok(ticks >= Math.floor(elapsed / 50), `only ${ticks} ticks in ${elapsed} ms`);
+  assert.ok(maxGap < 200, `the event loop stalled for ${maxGap} ms`);
+  await server.close();
+  engine.dispose();
+});
+
+test('listen errors: a port in use is refused with ENET; close() twice is fine', async (t) => {
+  const engine = counterEngine();
+  const { server: first, port } = await serve(t, { engines: { '/counter': engine } });
+  const other = counterEngine();
+  t.after(() => other.dispose());
+  const second = new Server({ port, engines: { '/other': other } });
+  await assert.rejects(second.listen(), (err) => err.code === 'ENET');
+  await first.close();
+  await first.close();
+});
