@@ -4,6 +4,7 @@ import json
 import socket
 import struct
 import time
+import urllib.request
 
 import pytest
 
@@ -206,8 +207,6 @@ def test_many_quick_connects_and_disconnects(server):
 
 
 def fetch_metrics(srv):
-    import urllib.request
-
     with urllib.request.urlopen(srv.http + "/metrics", timeout=10) as resp:
         return resp.read().decode()
 
