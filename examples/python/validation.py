@@ -13,7 +13,7 @@ import json
 from typing import Literal, Union
 
 import jsonschema
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 import syncengine
 

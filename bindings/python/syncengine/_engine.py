@@ -480,7 +480,7 @@ class SyncEngine:
         if self._disposed or self._ptr is None:
             return
         self._disposed = True
-        _resume(native.sync_engine_dispose(self._ptr))
+        native.sync_engine_dispose(self._ptr)
         bridges = list(self._conns.values())
         self._conns.clear()
         self._bridges.clear()
@@ -488,6 +488,7 @@ class SyncEngine:
         for bridge in bridges:
             native.sync_conn_free(bridge.ptr)
         self._release()
+        _resume(None)  # a Ctrl-C inside a close() callback, once everything is released
 
     def _release(self) -> None:
         """Frees the C engine once nothing may still use it (no server mount, not in a callback)."""

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import threading
-import time
 import traceback
 import sys
 import weakref
