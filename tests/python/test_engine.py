@@ -459,3 +459,19 @@ def test_failed_initial_send_is_reported_and_closes(make_engine, recorder):
     engine.handle_open(conn)
     assert conn.closes == 1
     assert any("peer went away" in str(err) for err, _ in recorder.errors())
+
+
+def test_decorators(make_engine):
+    engine = make_engine(initial_state={"counter": 0})
+
+    @engine.on("add")
+    def add(conn, message, get_state, set_state):
+        set_state({"counter": get_state()["counter"] + message["n"]})
+
+    @engine.use
+    def triple(message):
+        return {**message, "n": message["n"] * 3}
+
+    assert callable(add) and callable(triple)
+    engine.handle_message(MockConn(), msg("add", n=2))
+    assert engine.get_state() == {"counter": 6}

@@ -13,7 +13,7 @@ import threading
 import traceback
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal, Protocol, Union
+from typing import Any, Literal, Protocol, Union, overload
 
 from . import native
 from ._errors import Status, SyncClosedError, SyncError, check, error_for
@@ -308,13 +308,28 @@ class SyncEngine:
             raise SyncClosedError(Status.ECLOSED, "the engine is disposed")
         return self._ptr
 
-    def on(self, type: str, handler: Handler) -> None:
-        """Registers (or replaces) the handler for messages whose ``type`` is ``type``."""
+    @overload
+    def on(self, type: str, handler: Handler) -> Handler: ...
+
+    @overload
+    def on(self, type: str) -> Callable[[Handler], Handler]: ...
+
+    def on(self, type: str, handler: Handler | None = None) -> Any:
+        """Registers (or replaces) the handler for messages whose ``type`` is ``type``.
+
+        Without ``handler`` it is a decorator::
+
+            @engine.on("increment")
+            def increment(conn, message, get_state, set_state): ...
+        """
         if not isinstance(type, str):
             raise TypeError("message type must be a str")
+        if handler is None:
+            return lambda fn: self.on(type, fn)
         if not callable(handler):
             raise TypeError("handler must be callable")
         check(native.pysync_engine_step(self._p(), 0, type, _make_handler(weakref.ref(self), handler)))
+        return handler
 
     def off(self, type: str) -> None:
         """Removes the handler for ``type`` (SyncError ENOHANDLER when there is none)."""
@@ -330,12 +345,13 @@ class SyncEngine:
             raise TypeError("validate must be callable")
         check(native.pysync_engine_step(ptr, 1, None, _make_transform(weakref.ref(self), validate)))
 
-    def use(self, middleware: Middleware) -> "SyncEngine":
-        """Appends a middleware ``fn(message) -> message``; returns the engine for chaining."""
+    def use(self, middleware: Middleware) -> Middleware:
+        """Appends a middleware ``fn(message) -> message`` (None keeps the message); raising drops
+        the message. Returns ``middleware``, so it also works as a decorator (``@engine.use``)."""
         if not callable(middleware):
             raise TypeError("middleware must be callable")
         check(native.pysync_engine_step(self._p(), 2, None, _make_transform(weakref.ref(self), middleware)))
-        return self
+        return middleware
 
     def set_hooks(self, hooks: Mapping[str, Callable[..., Any]]) -> None:
         """Replaces all hooks (names as in the constructor)."""
