@@ -1,5 +1,6 @@
 /* The engine's lifecycle, locking, reporting, registration of steps and hooks, and the
  * read-side of the state. The ordered work itself lives in engine_ops.c. */
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,15 +115,33 @@ int sync_engine_report(sync_engine *engine, int status, const char *context, syn
 
 /* ---- serialise once ------------------------------------------------------------------------- */
 
+/* cJSON_PrintPreallocated wants a few bytes of slack beyond the text it writes. */
+#define PRINT_SLACK 64
+
 const char *sync_engine_state_text(sync_engine *engine, size_t *len)
 {
     if (!engine->json || engine->json_seq != engine->seq) {
-        char *text = cJSON_PrintUnformatted(engine->state);
-        if (!text)
-            return NULL;
-        free(engine->json);
-        engine->json = text;
-        engine->json_len = strlen(text);
+        if (engine->json_cap > 0 && engine->json_cap <= INT_MAX &&
+            cJSON_PrintPreallocated(engine->state, engine->json, (int)engine->json_cap, 0)) {
+            engine->json_len = strlen(engine->json);
+        } else {
+            char *text = cJSON_PrintUnformatted(engine->state);
+            if (!text)
+                return NULL;
+            size_t text_len = strlen(text);
+            size_t cap = text_len + text_len / 2 + PRINT_SLACK;
+            char *buffer = malloc(cap);
+            if (!buffer) {
+                cJSON_free(text);
+                return NULL;
+            }
+            memcpy(buffer, text, text_len + 1);
+            cJSON_free(text);
+            free(engine->json);
+            engine->json = buffer;
+            engine->json_cap = cap;
+            engine->json_len = text_len;
+        }
         engine->json_seq = engine->seq;
         engine->stats.serialisations++;
         engine->stats.state_bytes = engine->json_len;

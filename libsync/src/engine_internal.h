@@ -195,8 +195,9 @@ struct sync_engine {
     uint64_t saving_seq; /* seq of a save still in flight, 0 when none */
 
     /* serialise once per seq */
-    char *json;
+    char *json; /* reused from change to change: most changes fit the last buffer */
     size_t json_len;
+    size_t json_cap;
     uint64_t json_seq;
     sync_frame *update_frame;
     sync_frame *initial_frame;

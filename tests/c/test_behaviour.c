@@ -144,16 +144,17 @@ static void original_pong(void)
 static void original_heartbeat(void)
 {
     fixture f;
+    int64_t start = sync_now_ms();
     fixture_open(&f, 1, 50, 0);
     fake_conn *c = fake_conn_new();
     sync_engine_handle_open(f.engine, c->conn);
-    int64_t start = sync_now_ms();
     /* The original asserts "more than once within 120 ms"; a loaded machine gets up to 1 s. */
     while (f.log.pings < 2 && sync_now_ms() - start < 1000)
         sleep_ms(5);
     CHECK(f.log.pings >= 2);
-    CHECK(f.log.first_ping_ms - start >= 45);
-    CHECK(f.log.last_ping_ms - f.log.first_ping_ms >= 45);
+    /* The interval is respected: ping n never comes before n intervals have passed. */
+    CHECK(f.log.first_ping_ms - start >= 50);
+    CHECK(f.log.last_ping_ms - start >= 100);
     char type[32];
     CHECK_EQ_STR(fake_conn_frame_type(c, 1, type, sizeof type), "ping");
     fixture_close(&f);
@@ -196,8 +197,8 @@ static void original_backup(void)
 static void original_sync_interval(void)
 {
     fixture f;
-    fixture_open(&f, 1, 0, 50);
     int64_t start = sync_now_ms();
+    fixture_open(&f, 1, 0, 50);
     for (;;) {
         pthread_mutex_lock(&f.store.lock);
         int saves = f.store.saves;
@@ -209,7 +210,7 @@ static void original_sync_interval(void)
     pthread_mutex_lock(&f.store.lock);
     CHECK(f.store.saves >= 2);
     pthread_mutex_unlock(&f.store.lock);
-    CHECK(sync_now_ms() - start >= 95);
+    CHECK(sync_now_ms() - start >= 100);
     CHECK(f.log.syncs >= 2);
     fixture_close(&f);
 }
