@@ -39,7 +39,16 @@ fi
 [ "$minimal" = 1 ] && exit 0
 
 # Python test and example packages.
-python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+# Debian's own python3 refuses pip installs into the system (PEP 668): there we say we mean it.
+pip_install() { python3 -m pip install -q --disable-pip-version-check "$@"; }
+if ! pip_install -r tests/requirements.txt 2>/tmp/libsync-pip.err; then
+  if grep -q externally-managed /tmp/libsync-pip.err; then
+    pip_install --break-system-packages -r tests/requirements.txt
+  else
+    cat /tmp/libsync-pip.err >&2
+    exit 1
+  fi
+fi
 
 # Node packages of each JavaScript suite (locked versions).
 for dir in tests/e2e tests/node bindings/node; do
