@@ -1,4 +1,5 @@
 // Type declarations of the syncengine Node package (libsync's Node binding).
+/// <reference types="node" />
 
 /** Every message has a string `type` that picks its handler. */
 export interface BaseMessage {

@@ -1,0 +1,36 @@
+'use strict';
+// index.d.ts checked by the TypeScript compiler: a file using the whole API compiles under
+// --strict, and misuse is rejected with the expected errors.
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { spawnSync } = require('child_process');
+const fs = require('fs');
+const path = require('path');
+
+const tsc = path.join(__dirname, 'node_modules', 'typescript', 'bin', 'tsc');
+const project = path.join(__dirname, 'types');
+
+function compile(args) {
+  return spawnSync(process.execPath, [tsc, ...args], { cwd: project, encoding: 'utf8', timeout: 120000 });
+}
+
+test('tsc --noEmit accepts the whole API used as documented', () => {
+  const r = compile(['--noEmit', '-p', 'tsconfig.json']);
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+});
+
+test('tsc rejects misuse: wrong state shape, missing engines, wrong return type', (t) => {
+  // A tsconfig beside the misuse file, removed afterwards.
+  const config = path.join(project, 'tsconfig.misuse.json');
+  const base = JSON.parse(fs.readFileSync(path.join(project, 'tsconfig.json'), 'utf8'));
+  fs.writeFileSync(config, JSON.stringify({ ...base, files: ['misuse.ts'] }));
+  t.after(() => fs.rmSync(config, { force: true }));
+  const r = compile(['--noEmit', '-p', 'tsconfig.misuse.json']);
+  assert.notEqual(r.status, 0);
+  const errors = r.stdout.split('\n').filter((line) => line.includes('error TS'));
+  assert.equal(errors.length, 3, r.stdout);
+  assert.match(errors[0], /misuse\.ts\(8,.*'count' does not exist/);
+  assert.match(errors[1], /misuse\.ts\(9,.*ServerOptions/);
+  assert.match(r.stdout, /'engines' is missing/);
+  assert.match(errors[2], /misuse\.ts\(10,.*toUpperCase/);
+});

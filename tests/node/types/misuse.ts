@@ -1,0 +1,10 @@
+// Must NOT type-check (types.test.js expects these exact errors): the declarations catch misuse.
+import { SyncEngine, Server } from 'syncengine';
+
+interface State {
+  counter: number;
+}
+const engine = new SyncEngine<State>({ initialState: { counter: 0 } });
+engine.setState({ count: 1 });
+new Server({ port: 0 });
+engine.getVersion().toUpperCase();

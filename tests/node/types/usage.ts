@@ -1,0 +1,101 @@
+// Type-checked (tsc --noEmit) by types.test.js: the whole public API, typed as users write it.
+import {
+  SyncEngine, SQLiteAdapter, FileAdapter, SQLiteWebSocketAdapter, FileWebSocketAdapter, Server,
+  ServerConnection, SyncError, Status, version,
+} from 'syncengine';
+import type {
+  BaseMessage, MessageHandler, SyncEngineHooks, PersistenceAdapter, WebSocketLike, SyncEngineConfig,
+} from 'syncengine';
+
+interface MyAppState {
+  counter: number;
+}
+interface IncrementMessage extends BaseMessage {
+  type: 'increment';
+  amount: number;
+}
+type MyAppMessage = IncrementMessage;
+
+export const incrementHandler: MessageHandler<MyAppState, MyAppMessage> = {
+  type: 'increment',
+  async handle(ws, message, getState, setState) {
+    const state = await getState();
+    state.counter += message.amount;
+    await setState(state);
+  },
+};
+
+const hooks: SyncEngineHooks<MyAppState> = {
+  onConnect(ws: WebSocketLike) {
+    ws.send('hello');
+  },
+  onStateChange(oldState, newState) {
+    console.log(oldState.counter, newState.counter);
+  },
+  onSync(state, v) {
+    console.log(state.counter, v);
+  },
+  onBackup(ts, v) {
+    console.log(ts + v);
+  },
+  async onError(error, context) {
+    if (error instanceof SyncError) console.log(error.status, error.code, context);
+  },
+};
+
+const memory: PersistenceAdapter<MyAppState> = {
+  async init() {},
+  async load() {
+    return { state: { counter: 0 }, version: 0 };
+  },
+  save(state, v) {
+    console.log(state.counter, v);
+  },
+  backup: () => Date.now(),
+};
+
+const config: SyncEngineConfig<MyAppState, MyAppMessage> = {
+  initialState: { counter: 0 },
+  messageHandlers: [incrementHandler],
+  enableVersioning: true,
+  adapter: memory,
+  hooks,
+  debug: false,
+  validateMessage: (raw) => raw as MyAppMessage,
+  heartbeatIntervalMs: 0,
+  pingTimeoutMs: 0,
+  syncIntervalMs: 0,
+};
+
+export async function main(): Promise<number> {
+  const engine = new SyncEngine<MyAppState, MyAppMessage>(config);
+  await engine.ready();
+  await engine.use(async (msg) => msg);
+  const ws: WebSocketLike = { send: (text: string) => console.log(text), close: () => undefined };
+  await engine.handleOpen(ws);
+  await engine.handleMessage(ws, JSON.stringify({ type: 'increment', amount: 1 }));
+  await engine.handleMessage(ws, Buffer.from('pong'));
+  await engine.handleClose(ws);
+  const state: MyAppState = engine.getState();
+  const v: number = engine.getVersion();
+  await engine.setState({ counter: state.counter + v }, true);
+  await engine.broadcastState();
+  await engine.sync();
+  await engine.createBackup();
+  engine.on('decrement', (_ws, message: { amount: number }, getState, setState) => {
+    setState({ counter: getState().counter - message.amount });
+  });
+  engine.off('decrement');
+  const sqlite = new SQLiteAdapter<MyAppState>({ path: 'x.sqlite', tableName: 't', durability: 'power' });
+  const file = new FileAdapter<MyAppState>({ filePath: 'x.json', backupsDir: 'bk' });
+  const original = [new SQLiteWebSocketAdapter({ path: 'y.sqlite' }), new FileWebSocketAdapter({ filePath: 'y.json' })];
+  const other = new SyncEngine<MyAppState>({ adapter: sqlite });
+  const server = new Server({ host: '127.0.0.1', port: 0, engines: { '/counter': engine, '/other': other },
+    staticDir: 'examples/web' });
+  const port: number = await server.listen();
+  await server.close();
+  engine.dispose();
+  const conn: ServerConnection | null = null;
+  console.log(file.filePath, original.length, conn, Status.EHANDLER, version, engine.connectionCount);
+  return port;
+}
