@@ -257,6 +257,8 @@ def test_counter_server_example_stops_on_ctrl_c():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 def test_no_deadlock_between_timers_server_threads_and_python_adapter(make_engine):
