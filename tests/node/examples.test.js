@@ -1,0 +1,91 @@
+'use strict';
+// examples/node: the quick-start counter server (serving examples/web) and the zod example.
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn, spawnSync } = require('child_process');
+const fs = require('fs');
+const http = require('http');
+const path = require('path');
+const WebSocket = require('ws');
+const { tmpDir, waitFor } = require('./helpers');
+
+const examples = path.resolve(__dirname, '..', '..', 'examples', 'node');
+const webDir = path.resolve(__dirname, '..', '..', 'examples', 'web');
+// The examples `require('syncengine')`: resolve it (and zod) from this suite's node_modules.
+const env = { ...process.env, NODE_PATH: path.join(__dirname, 'node_modules') };
+
+function startCounter(t, args) {
+  const child = spawn(process.execPath, [path.join(examples, 'counter_server.js'), '--port', '0', ...args],
+    { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => child.exitCode === null && child.kill('SIGKILL'));
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  child.output = () => out;
+  child.exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+  return child;
+}
+
+function get(port, urlPath) {
+  return new Promise((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port, path: urlPath }, (res) => {
+      let body = '';
+      res.on('data', (chunk) => (body += chunk));
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+    }).on('error', reject);
+  });
+}
+
+async function portOf(child) {
+  await waitFor(() => /listening on http:\/\/[^:]+:(\d+)\//.test(child.output()), 10000, 'the server to listen');
+  return Number(child.output().match(/listening on http:\/\/[^:]+:(\d+)\//)[1]);
+}
+
+async function increment(port, amount) {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/`);
+  const frames = [];
+  ws.on('message', (data) => frames.push(JSON.parse(data.toString())));
+  await new Promise((resolve, reject) => {
+    ws.once('open', resolve);
+    ws.once('error', reject);
+  });
+  await waitFor(() => frames.length >= 1, 5000, 'initial_state');
+  const before = frames[0].data.counter;
+  ws.send(JSON.stringify({ type: 'increment', amount }));
+  await waitFor(() => frames.some((f) => f.type === 'state_update' && f.data.counter === before + amount),
+    5000, 'the update');
+  ws.close();
+  return { before, frames };
+}
+
+test('counter_server.js serves examples/web and the counter, and keeps it across a restart', async (t) => {
+  const state = path.join(tmpDir(t), 'counter.sqlite');
+  const first = startCounter(t, ['--state', state]);
+  const port = await portOf(first);
+  const page = await get(port, '/');
+  assert.equal(page.status, 200);
+  assert.equal(page.body, fs.readFileSync(path.join(webDir, 'index.html'), 'utf8'));
+  const { before, frames } = await increment(port, 5);
+  assert.equal(before, 0);
+  assert.equal(frames[0].type, 'initial_state');
+  first.kill('SIGINT');
+  assert.equal(await first.exited, 0);
+  assert.match(first.output(), /counter server stopped/);
+
+  const second = startCounter(t, ['--state', state]);
+  const port2 = await portOf(second);
+  const again = await increment(port2, 2);
+  assert.equal(again.before, 5);
+  second.kill('SIGTERM');
+  assert.equal(await second.exited, 0);
+});
+
+test('zod_validation.js applies valid messages and reports each invalid one', () => {
+  const r = spawnSync(process.execPath, [path.join(examples, 'zod_validation.js')], { env, encoding: 'utf8',
+    timeout: 20000 });
+  assert.equal(r.status, 0, r.stderr);
+  const lines = r.stdout.trim().split('\n');
+  assert.equal(lines.filter((l) => l.startsWith('rejected (validateMessage)')).length, 3);
+  assert.match(r.stdout, /amount: Number must be greater than 0/);
+  assert.equal(lines.at(-1), 'final state {"counter":2,"name":"team board"} at version 2');
+});
