@@ -117,6 +117,8 @@ static int adapter_invoke(sync_engine *engine, sync_op *op, adapter_call call)
     int64_t version = 0;
     int64_t ts = 0;
     int rc = SYNC_OK;
+    /* What the adapter reports through sync_fail() becomes the detail of a failure. */
+    sync_error_clear();
     switch (call) {
     case CALL_INIT:
         rc = adapter->vt.init(adapter->userdata, pending);
