@@ -102,3 +102,50 @@ def test_async_handlers_apply_in_arrival_order(make_engine):
     assert engine.get_state() == {"items": ["a", "b"]}
     assert engine.get_version() == 2
     assert len(errors) == 1 and "async boom" in errors[0][0] and errors[0][1] == "handler:fail"
+
+
+def test_frames_from_many_threads_arrive_in_engine_order(make_engine):
+    engine = make_engine(initial_state={"counter": 0}, handlers={"increment": increment})
+
+    async def handler(websocket):
+        conn = syncengine.AsyncioConnection(websocket)
+        engine.handle_open(conn)
+        try:
+            async for raw in websocket:
+                engine.handle_message(conn, raw)
+                engine.broadcast_state()
+        finally:
+            engine.handle_close(conn)
+
+    async def main():
+        async with websockets.serve(handler, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with websockets.connect(f"ws://127.0.0.1:{port}", max_queue=None) as ws:
+                versions = []
+
+                def writer():
+                    for i in range(200):
+                        engine.set_state({"counter": 10_000 + i}, broadcast=True)
+
+                t = threading.Thread(target=writer)
+                t.start()
+                for _ in range(50):
+                    await ws.send(msg("increment", amount=1))
+                await asyncio.get_running_loop().run_in_executor(None, t.join, 10)
+                for _ in range(500):  # the server applies the 50 increments on its own time
+                    if engine.get_version() == 250:
+                        break
+                    await asyncio.sleep(0.01)
+                final = engine.get_version()
+                assert final == 250
+                while True:
+                    try:
+                        frame = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
+                    except asyncio.TimeoutError:
+                        break
+                    versions.append(frame["version"])
+                bad = [(i, versions[i - 1], versions[i]) for i in range(1, len(versions)) if versions[i] < versions[i - 1]]
+                assert not bad, f"a stale frame came after a newer one: {bad[:5]} of {len(versions)}"
+                assert versions[-1] == final
+
+    asyncio.run(main())
