@@ -369,8 +369,31 @@ typedef struct sync_adapter sync_adapter;
 typedef struct sync_server sync_server;
 typedef struct sync_request sync_request;
 
-/* Text + length arguments take a Python str (UTF-8) or bytes. */
-%apply (char *STRING, size_t LENGTH) { (const char *text, size_t len) };
+/* Text + length arguments take a str (sent as UTF-8) or any bytes-like object (sent as is, so
+ * invalid UTF-8 reaches libsync and is refused there with SYNC_EPARSE like from any client). */
+%typemap(in) (const char *text, size_t len) (Py_buffer view, int is_view = 0)
+{
+    if (PyUnicode_Check($input)) {
+        Py_ssize_t size = 0;
+        const char *utf8 = PyUnicode_AsUTF8AndSize($input, &size);
+        if (!utf8)
+            SWIG_fail;
+        $1 = (char *)utf8;
+        $2 = (size_t)size;
+    } else if (PyObject_GetBuffer($input, &view, PyBUF_SIMPLE) == 0) {
+        is_view = 1;
+        $1 = (char *)view.buf;
+        $2 = (size_t)view.len;
+    } else {
+        PyErr_Clear();
+        SWIG_exception_fail(SWIG_TypeError, "expected str or a bytes-like object");
+    }
+}
+%typemap(freearg) (const char *text, size_t len)
+{
+    if (is_view$argnum)
+        PyBuffer_Release(&view$argnum);
+}
 
 /* Strings that the caller owns are copied into Python and released with sync_free. */
 %newobject sync_engine_get_state_json;

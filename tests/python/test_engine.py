@@ -475,3 +475,23 @@ def test_decorators(make_engine):
     assert callable(add) and callable(triple)
     engine.handle_message(MockConn(), msg("add", n=2))
     assert engine.get_state() == {"counter": 6}
+
+
+def test_bad_input_gets_a_status_never_a_crash(make_engine, recorder):
+    engine = counter_engine(make_engine, recorder, max_message_bytes=4096, max_json_depth=16)
+    conn = MockConn()
+    S = syncengine.Status
+    assert engine.handle_message(conn, b"\xff\xfe{}") == S.EPARSE
+    assert engine.handle_message(conn, "[" * 50 + "]" * 50) == S.ETOODEEP
+    assert engine.handle_message(conn, "x" * 5000) == S.ETOOBIG
+    assert engine.handle_message(conn, '{"type":"increment","amount":1}\x00tail') == S.EPARSE
+    assert engine.handle_message(conn, '{"type":"increment","amount":1e999}') < 0
+    assert engine.handle_message(conn, '{"type":42}') == S.EMESSAGE
+    assert engine.handle_message(conn, "") == S.EPARSE
+    with pytest.raises(TypeError):
+        engine.handle_message(conn, 12)
+    with pytest.raises(UnicodeEncodeError):
+        engine.handle_message(conn, "\udcff")
+    assert engine.handle_message(conn, bytearray(msg("increment", amount=2).encode())) == S.OK
+    assert engine.get_state() == {"counter": 2} and engine.get_version() == 1
+    assert len(recorder.errors()) == 7

@@ -383,13 +383,11 @@ class SyncEngine:
         """The original's handleOpen: ``conn`` joins and is sent ``initial_state``."""
         return _resume(Status.of(native.sync_engine_handle_open(self._p(), self._bridge(conn).ptr)))
 
-    def handle_message(self, conn: ConnectionLike, raw: str | bytes) -> Status:
+    def handle_message(self, conn: ConnectionLike, raw: str | bytes | bytearray | memoryview) -> Status:
         """The original's handleMessage: runs ``raw`` through validator, middleware and handler.
 
         Returns ``Status.OK`` when it was applied, or the status of why it was dropped (also
         reported to ``on_error``). Does not broadcast (call :meth:`broadcast_state`)."""
-        if isinstance(raw, (bytes, bytearray, memoryview)):
-            raw = bytes(raw).decode("utf-8", errors="surrogateescape")
         ptr = self._p()
         return _resume(Status.of(native.sync_engine_handle_message(ptr, self._bridge(conn).ptr, raw)))
 
@@ -407,7 +405,7 @@ class SyncEngine:
             self._bridges.pop(native.sync_conn_id(bridge.ptr), None)
             native.sync_conn_free(bridge.ptr)
 
-    def inject(self, raw: str) -> Status:
+    def inject(self, raw: str | bytes) -> Status:
         """Runs ``raw`` through the pipeline as if sent by a client without connection."""
         return _resume(Status.of(native.sync_engine_inject(self._p(), raw)))
 
