@@ -118,6 +118,8 @@ enum {
  * package's dispatch catches the user's exceptions and routes them to on_error. */
 static void pysync_hook_call(void *userdata, const char *format, ...)
 {
+    if (!Py_IsInitialized())
+        return;
     PyGILState_STATE gil = PyGILState_Ensure();
     va_list ap;
     va_start(ap, format);
@@ -146,6 +148,8 @@ static PyObject *pysync_json_text(const cJSON *value)
 
 static void pysync_conn_hook(void *userdata, const char *name, sync_conn *conn)
 {
+    if (!Py_IsInitialized())
+        return;
     PyGILState_STATE gil = PyGILState_Ensure();
     PyObject *c = pysync_ptr(conn, SWIGTYPE_p_sync_conn);
     pysync_hook_call(userdata, "(sN)", name, c);
@@ -181,6 +185,8 @@ static void pysync_on_state_change(sync_engine *e, const cJSON *old_state, const
                                    void *ud)
 {
     (void)e;
+    if (!Py_IsInitialized())
+        return;
     PyGILState_STATE gil = PyGILState_Ensure();
     pysync_hook_call(ud, "(sNN)", "on_state_change", pysync_json_text(old_state),
                      pysync_json_text(new_state));
@@ -189,6 +195,8 @@ static void pysync_on_state_change(sync_engine *e, const cJSON *old_state, const
 static void pysync_on_sync(sync_engine *e, const cJSON *state, int64_t version, void *ud)
 {
     (void)e;
+    if (!Py_IsInitialized())
+        return;
     PyGILState_STATE gil = PyGILState_Ensure();
     pysync_hook_call(ud, "(sNL)", "on_sync", pysync_json_text(state), (long long)version);
     PyGILState_Release(gil);
@@ -202,6 +210,8 @@ static void pysync_on_error(sync_engine *e, int status, const char *message, con
                             sync_conn *conn, void *ud)
 {
     (void)e;
+    if (!Py_IsInitialized())
+        return;
     PyGILState_STATE gil = PyGILState_Ensure();
     pysync_hook_call(ud, "(sissN)", "on_error", status, message ? message : "",
                      context ? context : "", pysync_ptr(conn, SWIGTYPE_p_sync_conn));
