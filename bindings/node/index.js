@@ -751,8 +751,7 @@ class Server {
     if (!this._server) return this._closing || Promise.resolve();
     const server = this._server;
     this._server = null;
-    native.jsb_keepalive(-1);
-    this._closing = this._free(server, this._mounted);
+    this._closing = this._free(server, this._mounted).then(() => native.jsb_keepalive(-1));
     return this._closing;
   }
 

@@ -25,7 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-namespace {
+namespace
+{
 
 /* One JavaScript function that receives the events of an engine or adapter. Reference counted:
  * JS holds one reference (jsb_sink_release), every C registration and every queued job another.
@@ -203,12 +204,9 @@ v8::Local<v8::Value> jsb_call(jsb_sink *sink, const char *event, double slot,
     v8::EscapableHandleScope scope(iso);
     v8::Local<v8::Context> ctx = jsb_context->Get(iso);
     v8::Local<v8::Value> undef = v8::Undefined(iso);
-    v8::Local<v8::Value> argv[7] = {jsb_str(event),
-                                    jsb_num(slot),
-                                    a.IsEmpty() ? undef : a,
-                                    b.IsEmpty() ? undef : b,
-                                    c.IsEmpty() ? undef : c,
-                                    d.IsEmpty() ? undef : d,
+    v8::Local<v8::Value> argv[7] = {jsb_str(event),          jsb_num(slot),
+                                    a.IsEmpty() ? undef : a, b.IsEmpty() ? undef : b,
+                                    c.IsEmpty() ? undef : c, d.IsEmpty() ? undef : d,
                                     e.IsEmpty() ? undef : e};
     v8::TryCatch tc(iso);
     v8::Local<v8::Value> result;
@@ -229,7 +227,9 @@ int jsb_status_of(v8::Local<v8::Value> r, int fallback)
         return (int)r.As<v8::Number>()->Value();
     if (r->IsArray()) {
         v8::Local<v8::Value> first;
-        if (r.As<v8::Array>()->Get(jsb_context->Get(v8::Isolate::GetCurrent()), 0).ToLocal(&first) &&
+        if (r.As<v8::Array>()
+                ->Get(jsb_context->Get(v8::Isolate::GetCurrent()), 0)
+                .ToLocal(&first) &&
             first->IsNumber())
             return (int)first.As<v8::Number>()->Value();
     }
@@ -280,7 +280,8 @@ int jsb_step(sync_msg *msg, void *userdata)
         return SYNC_PENDING;
     }
     v8::HandleScope scope(v8::Isolate::GetCurrent());
-    v8::Local<v8::Value> r = jsb_call(cb->sink, "step", cb->slot, jsb_ptr(msg, SWIGTYPE_p_sync_msg));
+    v8::Local<v8::Value> r =
+        jsb_call(cb->sink, "step", cb->slot, jsb_ptr(msg, SWIGTYPE_p_sync_msg));
     return jsb_status_of(r, SYNC_EHANDLER);
 }
 
@@ -375,8 +376,8 @@ void jsb_on_backup(sync_engine *, int64_t timestamp_ms, int64_t version, void *u
 void jsb_on_error(sync_engine *, int status, const char *message, const char *context,
                   sync_conn *conn, void *ud)
 {
-    jsb_event(jsb_hook_sink(ud), "error", 0, conn, message, context ? context : "",
-              (double)status, 0);
+    jsb_event(jsb_hook_sink(ud), "error", 0, conn, message, context ? context : "", (double)status,
+              0);
 }
 
 /* ---- connections of the embedder's own WebSocket server -------------------------------------- */
@@ -446,9 +447,10 @@ v8::Local<v8::Value> jsb_adapter_invoke(jsb_sink *sink, const char *op, sync_pen
 {
     v8::Isolate *iso = v8::Isolate::GetCurrent();
     v8::EscapableHandleScope scope(iso);
-    return scope.Escape(jsb_call(sink, op, 0, jsb_ptr(pending, SWIGTYPE_p_sync_pending),
-                                 state_json ? jsb_strn(state_json, state_len) : v8::Null(iso).As<v8::Value>(),
-                                 jsb_num(version)));
+    return scope.Escape(
+        jsb_call(sink, op, 0, jsb_ptr(pending, SWIGTYPE_p_sync_pending),
+                 state_json ? jsb_strn(state_json, state_len) : v8::Null(iso).As<v8::Value>(),
+                 jsb_num(version)));
 }
 
 /* On the main thread the adapter finishes synchronously when JS did; a synchronous failure is
@@ -666,8 +668,14 @@ static void jsb_keepalive(int delta)
     jsb_keepalive_count += delta;
     if (before <= 0 && jsb_keepalive_count > 0)
         uv_ref((uv_handle_t *)&jsb_async);
-    else if (before > 0 && jsb_keepalive_count <= 0)
-        uv_unref((uv_handle_t *)&jsb_async);
+    else if (before > 0 && jsb_keepalive_count <= 0) {
+        /* Jobs a stopping server posted still hold the loop; jsb_drain lets go after them. */
+        uv_mutex_lock(&jsb_lock);
+        bool idle = jsb_head == NULL;
+        uv_mutex_unlock(&jsb_lock);
+        if (idle)
+            uv_unref((uv_handle_t *)&jsb_async);
+    }
 }
 
 enum {
@@ -684,8 +692,8 @@ enum {
  * connect/disconnect always reach the sink (index.js tracks the server's connections with them);
  * the other hooks only when `hook_mask` asks, so an unused hook costs no serialisation. */
 static sync_engine *jsb_engine_new(jsb_sink *sink, const char *initial_state_json,
-                                   int enable_versioning,
-                                   sync_adapter *adapter, double heartbeat_ms, double ping_timeout_ms,
+                                   int enable_versioning, sync_adapter *adapter,
+                                   double heartbeat_ms, double ping_timeout_ms,
                                    double sync_interval_ms, int debug, int hook_mask)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
@@ -802,8 +810,8 @@ static sync_adapter *jsb_adapter_js_new(jsb_sink *sink, int can_backup)
     return adapter;
 }
 
-static sync_adapter *jsb_sqlite_new(const char *path, const char *table_name, const char *backups_dir,
-                                    int durability)
+static sync_adapter *jsb_sqlite_new(const char *path, const char *table_name,
+                                    const char *backups_dir, int durability)
 {
     sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
     opts.path = path;
@@ -880,7 +888,8 @@ typedef struct jsb_sink jsb_sink;
 %typemap(in) jsb_js_value "$1 = $input;"
 
 /* A parameter named `nullable`: a string, or null/undefined for NULL. */
-%typemap(in, fragment = "SWIG_AsCharPtrAndSize") const char *nullable (char *buf = 0, int alloc = 0) {
+%typemap(in, fragment = "SWIG_AsCharPtrAndSize") const char *nullable
+    (char *buf = 0, int alloc = 0) {
   if ($input->IsNullOrUndefined()) {
     $1 = 0;
   } else {
@@ -895,7 +904,8 @@ typedef struct jsb_sink jsb_sink;
 }
 
 /* (text, len): a JS string as UTF-8 bytes, embedded NULs included. */
-%typemap(in, fragment = "SWIG_AsCharPtrAndSize") (const char *text, size_t len) (char *buf = 0, size_t size = 0, int alloc = 0) {
+%typemap(in, fragment = "SWIG_AsCharPtrAndSize") (const char *text, size_t len)
+    (char *buf = 0, size_t size = 0, int alloc = 0) {
   int res = SWIG_AsCharPtrAndSize($input, &buf, &size, &alloc);
   if (!SWIG_IsOK(res))
     SWIG_exception_fail(SWIG_ArgError(res), "in method '$symname', expected a string");
