@@ -10,10 +10,10 @@ raises never reaches a handler: state and version stay as they were and on_error
 """
 
 import json
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 import jsonschema
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 import syncengine
 
@@ -28,7 +28,8 @@ class Reset(BaseModel):
     type: Literal["reset"]
 
 
-Message = TypeAdapter(Union[Increment, Reset])  # the zod discriminatedUnion of the seed
+# The zod discriminatedUnion of the seed: "type" picks the model.
+Message = TypeAdapter(Annotated[Union[Increment, Reset], Field(discriminator="type")])
 
 
 def validate_with_pydantic(raw):
@@ -87,7 +88,7 @@ class PrintConn:
 def main() -> None:
     for name, validate in (("pydantic", validate_with_pydantic), ("jsonschema", validate_with_jsonschema)):
         print(f"[{name}]")
-        engine = make_engine(validate, on_error=lambda err, ctx: print(f"  refused ({ctx}): {err.detail.splitlines()[-1]}"))
+        engine = make_engine(validate, on_error=lambda err, ctx: print(f"  refused ({ctx}): {err.detail.splitlines()[0]}"))
         conn = PrintConn()
         engine.handle_open(conn)
         for raw in ({"type": "increment", "amount": 5}, {"type": "increment", "amount": "five"}, {"type": "reset"}, {"type": "launch"}):
