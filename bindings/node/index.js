@@ -9,7 +9,7 @@ const native = loadAddon();
 
 function loadAddon() {
   const candidates = [
-    process.env.SYNCENGINE_ADDON,
+    process.env.SYNCENGINE_ADDON && path.resolve(process.env.SYNCENGINE_ADDON),
     path.join(__dirname, 'build', 'bindings', 'node', 'syncengine.node'),
   ].filter(Boolean);
   for (const file of candidates) {
