@@ -78,7 +78,9 @@ void sync_conn_free(sync_conn *conn)
 
 void *sync_conn_userdata(const sync_conn *conn)
 {
-    return conn ? conn->userdata : NULL;
+    /* A transport's userdata is its private connection object: the public API promises NULL there.
+     */
+    return conn && !conn->is_transport ? conn->userdata : NULL;
 }
 
 uint64_t sync_conn_id(const sync_conn *conn)
