@@ -216,11 +216,12 @@ static void send_handshake(struct conn *c)
     memcpy(nonce + 8, &b, 8);
     ws_make_key(nonce, c->key);
     char req[1024];
+    bool v6 = strchr(lg.opt.host, ':') != NULL; /* an IPv6 literal goes in brackets */
     int n = snprintf(req, sizeof req,
-                     "GET %s HTTP/1.1\r\nHost: %s:%s\r\nUpgrade: websocket\r\n"
+                     "GET %s HTTP/1.1\r\nHost: %s%s%s:%s\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n",
-                     lg.opt.path, lg.opt.host, lg.opt.port, c->key);
+                     lg.opt.path, v6 ? "[" : "", lg.opt.host, v6 ? "]" : "", lg.opt.port, c->key);
     if (n < 0 || (size_t)n >= sizeof req) {
         conn_lost(c, "request too long");
         return;
