@@ -4,7 +4,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { SyncEngine, SyncError, Status } = require('syncengine');
-const { mockWs, hookRecorder } = require('./helpers');
+const { mockWs, hookRecorder, waitFor } = require('./helpers');
 
 const increment = {
   type: 'increment',
@@ -136,7 +136,7 @@ for (const kind of ['throw', 'reject']) {
     await engine.handleMessage(ws, 'pong');
     await engine.createBackup();
     await engine.handleClose(ws);
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    await waitFor(() => errors.length >= hookNames.length, 5000, 'every hook error');
     assert.deepEqual(engine.getState(), { counter: 3 });
     assert.equal(engine.getVersion(), 1);
     const contexts = errors.map(([, context]) => context).sort();
@@ -205,6 +205,7 @@ for (const kind of ['throw', 'reject']) {
       messageHandlers: [increment],
     });
     await engine.handleMessage(mockWs(), 'not json');
+    await waitFor(() => printed.length > 0, 5000, 'the printed error');
     await new Promise((resolve) => setTimeout(resolve, 10));
     assert.equal(printed.length, 1);
     assert.match(printed[0], /onError broke/);
