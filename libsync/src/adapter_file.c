@@ -1,6 +1,7 @@
 /* The file store: one JSON record {"state":...,"version":...} replaced atomically on every save. */
 #include "error.h"
 #include "fsutil.h"
+#include "json_check.h"
 #include "libsync/adapter.h"
 
 #include <errno.h>
@@ -87,6 +88,14 @@ static int file_load(void *userdata, sync_pending *pending, char **out_state_jso
         if (errno == ENOENT)
             return SYNC_OK;
         return fail_read(fa);
+    }
+    /* The engine refuses text that is not UTF-8 (or holds a NUL); such a store must be kept
+     * aside here, or the engine would start afresh and overwrite it. */
+    if (sync_json_check_utf8(text, len) != SYNC_OK) {
+        char why[160];
+        snprintf(why, sizeof why, "%s", sync_error_last());
+        free(text);
+        return keep_aside(fa, why);
     }
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);

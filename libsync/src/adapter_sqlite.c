@@ -1,5 +1,6 @@
 /* The SQLite store: one row (state JSON, version, updated_at) in a WAL-mode database. */
 #include "error.h"
+#include "json_check.h"
 #include "fsutil.h"
 #include "libsync/adapter.h"
 
@@ -257,16 +258,15 @@ static int sqlite_init(void *userdata, sync_pending *pending)
 }
 
 /* JSON text with nothing but whitespace after the value. */
+/* The engine's own parser decides: a row it would refuse (a NUL byte, bad UTF-8, a non-finite
+ * number) must be kept aside here, or the engine would start afresh and overwrite it. */
 static int is_json(const char *text, size_t len)
 {
-    const char *end = NULL;
-    cJSON *value = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-    if (!value)
+    cJSON *value = NULL;
+    if (sync_json_parse(text, len, 0, &value) != SYNC_OK)
         return 0;
     cJSON_Delete(value);
-    while (end < text + len && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
-        end++;
-    return end == text + len;
+    return 1;
 }
 
 static int sqlite_load(void *userdata, sync_pending *pending, char **out_state_json,
