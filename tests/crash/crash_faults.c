@@ -156,7 +156,7 @@ static char *wait_state(ws_client *c, long long min, int timeout_ms)
 
 static int wait_errors(errors *e, int at_least)
 {
-    for (int i = 0; i < 500 && atomic_load(&e->sync) < at_least; i++)
+    for (int i = 0; i < 200 && atomic_load(&e->sync) < at_least; i++)
         usleep(10000);
     return atomic_load(&e->sync) >= at_least;
 }
@@ -281,19 +281,19 @@ static void run_case(void)
     char grow[64];
     snprintf(grow, sizeof grow, "{\"type\":\"grow\",\"bytes\":%d}", BIG_PAD);
     CHECK(a && ws_send_text(a, grow) == 0);
-    text = a ? wait_state(a, 2, 5000) : NULL;
+    text = a ? wait_state(a, 2, 2000) : NULL;
     CHECK_EQ_INT(ws_json_int(text, "counter"), 2);
     free(text);
     CHECK(wait_errors(&errs, 1));
     CHECK(a && ws_send_text(a, "{\"type\":\"grow\",\"bytes\":0}") == 0);
-    text = a ? wait_state(a, 3, 5000) : NULL;
+    text = a ? wait_state(a, 3, 2000) : NULL;
     CHECK_EQ_INT(ws_json_int(text, "counter"), 3);
     free(text);
     CHECK(wait_errors(&errs, 2));
     fprintf(stderr, "  %s: %d sync errors, last: %.200s\n", name, atomic_load(&errs.sync),
             errs.last);
     ws_client *b = server ? ws_connect(sync_server_port(server), "/", NULL, NULL) : NULL;
-    text = b ? ws_read_text(b, 5000) : NULL;
+    text = b ? ws_read_text(b, 2000) : NULL;
     CHECK(text && strstr(text, "\"type\":\"initial_state\""));
     CHECK_EQ_INT(ws_json_int(text, "version"), 3);
     CHECK_EQ_INT(ws_json_int(text, "counter"), 3);
@@ -312,7 +312,7 @@ static void run_case(void)
         CHECK_EQ_INT(afs_count(dir, "store.json.tmp-"), 0);
     int before = atomic_load(&errs.sync);
     CHECK(a && ws_send_text(a, "{\"type\":\"grow\",\"bytes\":0}") == 0);
-    text = a ? wait_state(a, 4, 5000) : NULL;
+    text = a ? wait_state(a, 4, 2000) : NULL;
     CHECK_EQ_INT(ws_json_int(text, "counter"), 4);
     free(text);
     CHECK_EQ_INT(atomic_load(&errs.sync), before);
