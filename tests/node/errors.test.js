@@ -181,6 +181,42 @@ for (const kind of ['throw', 'reject']) {
     engine.dispose();
   });
 
+  test(`${kind} in onPing and onPingTimeout: reported, the heartbeat goes on`, async () => {
+    const errors = [];
+    const engine = new SyncEngine({
+      heartbeatIntervalMs: 20,
+      pingTimeoutMs: 50,
+      hooks: {
+        onPing: failing(kind, 'onPing broke'),
+        onPingTimeout: failing(kind, 'onPingTimeout broke'),
+        onError: (err, context) => errors.push(context),
+      },
+    });
+    const ws = mockWs();
+    await engine.handleOpen(ws);
+    await waitFor(() => errors.includes('hook:onPingTimeout') && errors.filter((c) => c === 'hook:onPing').length >= 2,
+      5000, 'both hook errors');
+    assert.equal(ws.closes, 1);
+    engine.dispose();
+  });
+
+  test(`${kind} in an adapter's init: reported, initialState, version 0`, async () => {
+    const { calls, hooks } = hookRecorder();
+    const engine = new SyncEngine({
+      initialState: { counter: 9 },
+      enableVersioning: true,
+      hooks,
+      adapter: { init: failing(kind, 'cannot create table'), load: () => ({ state: { counter: 1 }, version: 5 }),
+        save() {} },
+    });
+    await engine.ready();
+    assert.deepEqual(engine.getState(), { counter: 9 });
+    assert.equal(engine.getVersion(), 0);
+    assert.ok(calls.onError.length >= 1);
+    assert.match(calls.onError[0][0].message, /cannot create table/);
+    engine.dispose();
+  });
+
   test(`${kind} in an adapter's backup: onError(backup), no onBackup`, async () => {
     const { calls, hooks } = hookRecorder();
     const engine = new SyncEngine({
