@@ -14,8 +14,11 @@ export interface WebSocketLike {
 
 export type MaybePromise<T> = T | Promise<T>;
 
-export interface MessageHandler<TState = any, TMessage extends BaseMessage = BaseMessage,
-  WS = WebSocketLike> {
+export interface MessageHandler<
+  TState = any,
+  TMessage extends BaseMessage = BaseMessage,
+  WS = WebSocketLike,
+> {
   type: TMessage['type'];
   /**
    * Applies one message. `getState()` returns a fresh copy the handler may change; `setState(s)`
@@ -26,13 +29,13 @@ export interface MessageHandler<TState = any, TMessage extends BaseMessage = Bas
     ws: WS,
     message: TMessage,
     getState: () => TState,
-    setState: (state: TState) => void
+    setState: (state: TState) => void,
   ): MaybePromise<void>;
 }
 
 /** A middleware returns the (possibly changed) message, or undefined to keep it. */
 export type Middleware<TMessage extends BaseMessage = BaseMessage> = (
-  message: TMessage
+  message: TMessage,
 ) => MaybePromise<TMessage | void>;
 
 export interface SyncEngineHooks<TState = any, WS = WebSocketLike> {
@@ -45,7 +48,7 @@ export interface SyncEngineHooks<TState = any, WS = WebSocketLike> {
   onPing?(ws: WS): MaybePromise<void>;
   onPong?(ws: WS): MaybePromise<void>;
   onPingTimeout?(ws: WS): MaybePromise<void>;
-  /** Every reported error, with where it happened ("handler:increment", "sync", "hook:onSync"...). */
+  /** Every reported error and where it happened ("handler:increment", "sync", "hook:onSync"). */
   onError?(error: SyncError | Error, context: string): MaybePromise<void>;
 }
 
@@ -62,8 +65,11 @@ export interface PersistenceAdapter<TState = any> {
 /** The original's name of the adapter interface. */
 export type BackendWebSocketPersistenceAdapter<TState = any> = PersistenceAdapter<TState>;
 
-export interface SyncEngineConfig<TState = any, TMessage extends BaseMessage = BaseMessage,
-  WS = WebSocketLike> {
+export interface SyncEngineConfig<
+  TState = any,
+  TMessage extends BaseMessage = BaseMessage,
+  WS = WebSocketLike,
+> {
   /** State when no adapter is used or its store was never saved. Default {}. */
   initialState?: TState;
   defaultState?: TState;
@@ -84,10 +90,16 @@ export interface SyncEngineConfig<TState = any, TMessage extends BaseMessage = B
   syncIntervalMs?: number;
 }
 
-export class SyncEngine<TState = any, TMessage extends BaseMessage = BaseMessage,
-  WS = WebSocketLike> {
+export class SyncEngine<
+  TState = any,
+  TMessage extends BaseMessage = BaseMessage,
+  WS = WebSocketLike,
+> {
   constructor(config?: SyncEngineConfig<TState, TMessage, WS>);
-  on(type: string, handler: MessageHandler<TState, any, WS> | MessageHandler<TState, any, WS>['handle']): this;
+  on(
+    type: string,
+    handler: MessageHandler<TState, any, WS> | MessageHandler<TState, any, WS>['handle'],
+  ): this;
   off(type: string): boolean;
   use(middleware: Middleware<TMessage>): this;
   handleOpen(ws: WS): Promise<void>;
@@ -176,12 +188,30 @@ export class SyncError extends Error {
   ws?: unknown;
 }
 
-export const Status: Readonly<Record<
-  | 'OK' | 'PENDING' | 'EINVAL' | 'ENOMEM' | 'EPARSE' | 'EMESSAGE' | 'ETOOBIG' | 'ETOODEEP'
-  | 'ENOHANDLER' | 'EREJECTED' | 'EHANDLER' | 'EIO' | 'ECORRUPT' | 'ECLOSED' | 'ESTATE' | 'ESEND'
-  | 'ENET' | 'ELIMIT' | 'EUNSUPPORTED',
-  number
->>;
+export const Status: Readonly<
+  Record<
+    | 'OK'
+    | 'PENDING'
+    | 'EINVAL'
+    | 'ENOMEM'
+    | 'EPARSE'
+    | 'EMESSAGE'
+    | 'ETOOBIG'
+    | 'ETOODEEP'
+    | 'ENOHANDLER'
+    | 'EREJECTED'
+    | 'EHANDLER'
+    | 'EIO'
+    | 'ECORRUPT'
+    | 'ECLOSED'
+    | 'ESTATE'
+    | 'ESEND'
+    | 'ENET'
+    | 'ELIMIT'
+    | 'EUNSUPPORTED',
+    number
+  >
+>;
 
 /** libsync's version ("0.1.0"). */
 export const version: string;

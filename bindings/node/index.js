@@ -21,7 +21,7 @@ function loadAddon() {
   }
   throw new Error(
     'syncengine: the native addon is not built. Run `npm install` in bindings/node (it builds ' +
-      'with CMake against /usr/include/node), or set SYNCENGINE_ADDON to a built syncengine.node.'
+      'with CMake against /usr/include/node), or set SYNCENGINE_ADDON to a built syncengine.node.',
   );
 }
 
@@ -33,8 +33,8 @@ const Status = Object.freeze(
   Object.fromEntries(
     Object.keys(native)
       .filter((k) => /^SYNC_[A-Z]+$/.test(k))
-      .map((k) => [k.slice(5), native[k]])
-  )
+      .map((k) => [k.slice(5), native[k]]),
+  ),
 );
 
 class SyncError extends Error {
@@ -63,7 +63,9 @@ function errorText(err) {
 }
 
 function isThenable(v) {
-  return v !== null && (typeof v === 'object' || typeof v === 'function') && typeof v.then === 'function';
+  return (
+    v !== null && (typeof v === 'object' || typeof v === 'function') && typeof v.then === 'function'
+  );
 }
 
 // Completing an async step or adapter call runs the engine's queued work right away, and that may
@@ -175,7 +177,8 @@ function customAdapter(adapter, track) {
         return [Status.EIO, 'adapter load() returned a record without state or version'];
       }
       const json = JSON.stringify(record.state);
-      if (json === undefined) return [Status.EIO, 'adapter load() returned a state that is not JSON'];
+      if (json === undefined)
+        return [Status.EIO, 'adapter load() returned a state that is not JSON'];
       return [OK, json, Number(record.version) || 0];
     },
     save: () => [OK],
@@ -185,10 +188,20 @@ function customAdapter(adapter, track) {
   const complete = (op, pending, res) => {
     const [status, a, b] = res;
     if (op === 'load') {
-      native.sync_pending_complete_load(pending, status, status < 0 ? null : a, status < 0 ? 0 : b,
-        status < 0 ? a : null);
+      native.sync_pending_complete_load(
+        pending,
+        status,
+        status < 0 ? null : a,
+        status < 0 ? 0 : b,
+        status < 0 ? a : null,
+      );
     } else if (op === 'backup') {
-      native.sync_pending_complete_backup(pending, status, status < 0 ? 0 : a, status < 0 ? a : null);
+      native.sync_pending_complete_backup(
+        pending,
+        status,
+        status < 0 ? 0 : a,
+        status < 0 ? a : null,
+      );
     } else {
       native.sync_pending_complete(pending, status, status < 0 ? a : null);
     }
@@ -211,12 +224,17 @@ function customAdapter(adapter, track) {
     }
     const done = track();
     Promise.resolve(r)
-      .then((v) => results[op](v), (err) => failure(op, err))
+      .then(
+        (v) => results[op](v),
+        (err) => failure(op, err),
+      )
       .catch((err) => failure(op, err))
-      .then((res) => completeSoon(() => {
-        done();
-        complete(op, pending, res);
-      }));
+      .then((res) =>
+        completeSoon(() => {
+          done();
+          complete(op, pending, res);
+        }),
+      );
     return PENDING;
   });
   const ptr = native.jsb_adapter_js_new(sink, typeof adapter.backup === 'function' ? 1 : 0);
@@ -266,7 +284,9 @@ class SyncEngine {
     this._timer = null;
     this._disposed = false;
     this._engine = null;
-    this._sink = native.jsb_sink_new((ev, slot, a, b, c, d, e) => this._event(ev, slot, a, b, c, d, e));
+    this._sink = native.jsb_sink_new((ev, slot, a, b, c, d, e) =>
+      this._event(ev, slot, a, b, c, d, e),
+    );
 
     let hookMask = 0;
     for (const [name, bit] of Object.entries(HOOK_BITS)) {
@@ -285,14 +305,23 @@ class SyncEngine {
     }
     const ms = (v, name) => {
       const n = v ?? 0;
-      if (typeof n !== 'number' || !(n >= 0)) throw new TypeError(`SyncEngine: ${name} must be >= 0`);
+      if (typeof n !== 'number' || !(n >= 0))
+        throw new TypeError(`SyncEngine: ${name} must be >= 0`);
       return n;
     };
     let engine;
     try {
-      engine = native.jsb_engine_new(this._sink, initialJson, config.enableVersioning ? 1 : 0, adapterPtr,
-        ms(config.heartbeatIntervalMs, 'heartbeatIntervalMs'), ms(config.pingTimeoutMs, 'pingTimeoutMs'),
-        ms(config.syncIntervalMs, 'syncIntervalMs'), config.debug ? 1 : 0, hookMask);
+      engine = native.jsb_engine_new(
+        this._sink,
+        initialJson,
+        config.enableVersioning ? 1 : 0,
+        adapterPtr,
+        ms(config.heartbeatIntervalMs, 'heartbeatIntervalMs'),
+        ms(config.pingTimeoutMs, 'pingTimeoutMs'),
+        ms(config.syncIntervalMs, 'syncIntervalMs'),
+        config.debug ? 1 : 0,
+        hookMask,
+      );
     } catch (err) {
       native.jsb_sink_release(this._sink);
       throw err;
@@ -314,7 +343,8 @@ class SyncEngine {
 
   /** Registers (or replaces) the handler for `type`: a function or { handle(...) }. */
   on(type, handler) {
-    if (typeof type !== 'string' || !type) throw new TypeError('handler type must be a non-empty string');
+    if (typeof type !== 'string' || !type)
+      throw new TypeError('handler type must be a non-empty string');
     const fn = typeof handler === 'function' ? handler : handler && handler.handle;
     if (typeof fn !== 'function') throw new TypeError(`handler for "${type}" must have handle()`);
     this._addStep(0, type, 'handler', fn.bind(handler));
@@ -464,7 +494,8 @@ class SyncEngine {
   }
 
   _live() {
-    if (!this._engine || this._disposed) throw new SyncError(Status.ECLOSED, 'the engine is disposed');
+    if (!this._engine || this._disposed)
+      throw new SyncError(Status.ECLOSED, 'the engine is disposed');
     return this._engine;
   }
 
@@ -642,12 +673,14 @@ class SyncEngine {
     if (!step) return Status.EHANDLER;
     let open = true;
     const live = () => {
-      if (!open) throw new SyncError(Status.ESTATE, 'getState/setState used after the handler finished');
+      if (!open)
+        throw new SyncError(Status.ESTATE, 'getState/setState used after the handler finished');
     };
     const finish = (value) => {
       if (step.role === 'handler' || value === undefined) return OK;
       const json = JSON.stringify(value);
-      if (json === undefined) return fail(new Error(`${step.role} returned a value that is not JSON`));
+      if (json === undefined)
+        return fail(new Error(`${step.role} returned a value that is not JSON`));
       const rc = native.sync_msg_replace_json(msg, json);
       return rc < 0 ? fail(new Error(`${step.role} returned a message that cannot be used`)) : OK;
     };
@@ -670,7 +703,12 @@ class SyncEngine {
           const rc = native.sync_msg_set_state_json(msg, text);
           if (rc < 0) throw lastError(rc);
         };
-        result = step.fn(this._wsOf(native.sync_msg_conn(msg), transient), JSON.parse(json), getState, setState);
+        result = step.fn(
+          this._wsOf(native.sync_msg_conn(msg), transient),
+          JSON.parse(json),
+          getState,
+          setState,
+        );
       } else if (step.role === 'validateMessage') {
         result = step.fn(parsedWithText(json));
       } else {
@@ -702,12 +740,18 @@ class SyncEngine {
 // ---- the built-in server ------------------------------------------------------------------------
 
 /**
- * The libwebsockets server: engines mounted on paths, static files, /healthz, /metrics. Sockets live
- * on a service thread of the C library; every JavaScript callback still runs on this thread.
+ * The libwebsockets server: engines mounted on paths, static files, /healthz, /metrics. Sockets
+ * live on a service thread of the C library; every JavaScript callback still runs on this thread.
  */
 class Server {
-  constructor({ host = '127.0.0.1', port = 0, engines = {}, staticDir = null, maxMessageBytes = 0,
-    maxConnections = 0 } = {}) {
+  constructor({
+    host = '127.0.0.1',
+    port = 0,
+    engines = {},
+    staticDir = null,
+    maxMessageBytes = 0,
+    maxConnections = 0,
+  } = {}) {
     this.host = host;
     this.port = port;
     this.engines = engines;
@@ -721,13 +765,19 @@ class Server {
   /** Binds and serves; resolves with the port. */
   async listen() {
     if (this._server) return this.port;
-    const server = native.jsb_server_new(this.host, this.port, this.staticDir, this.maxMessageBytes,
-      this.maxConnections);
+    const server = native.jsb_server_new(
+      this.host,
+      this.port,
+      this.staticDir,
+      this.maxMessageBytes,
+      this.maxConnections,
+    );
     if (!server) throw lastError(Status.EINVAL);
     const mounted = [];
     try {
       for (const [route, engine] of Object.entries(this.engines)) {
-        if (!(engine instanceof SyncEngine)) throw new TypeError(`engines["${route}"] is not a SyncEngine`);
+        if (!(engine instanceof SyncEngine))
+          throw new TypeError(`engines["${route}"] is not a SyncEngine`);
         const rc = native.sync_server_mount(server, route, engine._live());
         if (rc < 0) throw lastError(rc);
         engine._mounts++;

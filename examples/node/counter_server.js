@@ -35,7 +35,8 @@ const engine = new SyncEngine({
   initialState: { counter: 0 },
   messageHandlers: [incrementHandler],
   validateMessage: (raw) => {
-    if (raw.type !== 'increment' || typeof raw.amount !== 'number') throw new Error('expected {type:"increment", amount:number}');
+    if (raw.type !== 'increment' || typeof raw.amount !== 'number')
+      throw new Error('expected {type:"increment", amount:number}');
     return raw;
   },
   adapter: args.state ? new SQLiteAdapter({ path: args.state }) : undefined,
@@ -59,7 +60,7 @@ server.listen().then(
   (err) => {
     console.error(`counter server: ${err.message}`);
     process.exit(1);
-  }
+  },
 );
 
 let stopping = false;

@@ -21,7 +21,9 @@ const engine = new SyncEngine({
   validateMessage: (raw) => {
     const result = messageSchema.safeParse(raw);
     if (result.success) return result.data;
-    throw new Error(result.error.issues.map((i) => `${i.path.join('.') || 'message'}: ${i.message}`).join('; '));
+    throw new Error(
+      result.error.issues.map((i) => `${i.path.join('.') || 'message'}: ${i.message}`).join('; '),
+    );
   },
   messageHandlers: [
     {

@@ -4,8 +4,13 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('fs');
 const path = require('path');
-const { SyncEngine, SQLiteAdapter, FileAdapter, SQLiteWebSocketAdapter, FileWebSocketAdapter } =
-  require('syncengine');
+const {
+  SyncEngine,
+  SQLiteAdapter,
+  FileAdapter,
+  SQLiteWebSocketAdapter,
+  FileWebSocketAdapter,
+} = require('syncengine');
 const { mockWs, tmpDir, hookRecorder } = require('./helpers');
 
 const setter = {
@@ -17,8 +22,13 @@ const setter = {
 const set = (key, value) => JSON.stringify({ type: 'set', key, value });
 
 async function run(adapter, initialState = { fresh: true }, hooks = {}) {
-  const engine = new SyncEngine({ initialState, enableVersioning: true, adapter, hooks,
-    messageHandlers: [setter] });
+  const engine = new SyncEngine({
+    initialState,
+    enableVersioning: true,
+    adapter,
+    hooks,
+    messageHandlers: [setter],
+  });
   await engine.ready();
   return engine;
 }
@@ -50,16 +60,21 @@ test('SQLite: a custom tableName keeps its own record; a bad one is refused', as
   const again = await run(new SQLiteAdapter({ path: file, tableName: 'room_one' }));
   assert.deepEqual(again.getState(), { fresh: true, room: 1 });
   again.dispose();
-  assert.throws(() => new SyncEngine({ adapter: new SQLiteAdapter({ path: file, tableName: 'x"; DROP' }) }),
-    (err) => err.code === 'EINVAL' && /table/i.test(err.message));
+  assert.throws(
+    () => new SyncEngine({ adapter: new SQLiteAdapter({ path: file, tableName: 'x"; DROP' }) }),
+    (err) => err.code === 'EINVAL' && /table/i.test(err.message),
+  );
 });
 
 test('SQLite: createBackup writes a backup file into backupsDir and runs onBackup', async (t) => {
   const dir = tmpDir(t);
   const backups = path.join(dir, 'backups');
   const { calls, hooks } = hookRecorder();
-  const engine = await run(new SQLiteAdapter({ path: path.join(dir, 'b.sqlite'), backupsDir: backups }),
-    { x: 1 }, hooks);
+  const engine = await run(
+    new SQLiteAdapter({ path: path.join(dir, 'b.sqlite'), backupsDir: backups }),
+    { x: 1 },
+    hooks,
+  );
   await engine.handleMessage(mockWs(), set('y', 2));
   await engine.createBackup();
   assert.equal(calls.onBackup.length, 1);
@@ -76,12 +91,17 @@ test('File: writes {"state","version"}, survives a restart, backups as backup-<m
   let engine = await run(new FileAdapter({ filePath: file, backupsDir: backups }), { counter: 0 });
   assert.deepEqual(engine.getState(), { counter: 0 });
   await engine.handleMessage(mockWs(), set('counter', 5));
-  assert.deepEqual(JSON.parse(fs.readFileSync(file, 'utf8')), { state: { counter: 5 }, version: 1 });
+  assert.deepEqual(JSON.parse(fs.readFileSync(file, 'utf8')), {
+    state: { counter: 5 },
+    version: 1,
+  });
   await engine.createBackup();
   const copies = fs.readdirSync(backups);
   assert.equal(copies.length, 1);
   assert.match(copies[0], /^backup-\d+\.json$/);
-  assert.deepEqual(JSON.parse(fs.readFileSync(path.join(backups, copies[0]), 'utf8')).state, { counter: 5 });
+  assert.deepEqual(JSON.parse(fs.readFileSync(path.join(backups, copies[0]), 'utf8')).state, {
+    counter: 5,
+  });
   engine.dispose();
   engine = await run(new FileAdapter({ filePath: file }));
   assert.deepEqual(engine.getState(), { counter: 5 });
@@ -106,10 +126,19 @@ test('File: a store that cannot be parsed is reported and kept aside, never over
 
 test('the original names SQLiteWebSocketAdapter and FileWebSocketAdapter work', async (t) => {
   const dir = tmpDir(t);
-  const a = await run(new SQLiteWebSocketAdapter({ path: path.join(dir, 'o.sqlite'),
-    tableName: 'my_custom_websocket_table' }));
+  const a = await run(
+    new SQLiteWebSocketAdapter({
+      path: path.join(dir, 'o.sqlite'),
+      tableName: 'my_custom_websocket_table',
+    }),
+  );
   a.dispose();
-  const b = await run(new FileWebSocketAdapter({ filePath: path.join(dir, 'o.json'), backupsDir: path.join(dir, 'bk') }));
+  const b = await run(
+    new FileWebSocketAdapter({
+      filePath: path.join(dir, 'o.json'),
+      backupsDir: path.join(dir, 'bk'),
+    }),
+  );
   b.dispose();
   assert.throws(() => new SQLiteAdapter({}), TypeError);
   assert.throws(() => new FileAdapter({}), TypeError);
@@ -119,10 +148,13 @@ for (const mode of ['sync', 'async']) {
   test(`custom ${mode} adapter: init, load, save in order, record restored`, async () => {
     const log = [];
     const store = { record: { state: { counter: 3 }, version: 7 } };
-    const wrap = (fn) => (mode === 'sync' ? fn : async (...args) => {
-      await new Promise((resolve) => setTimeout(resolve, 2));
-      return fn(...args);
-    });
+    const wrap = (fn) =>
+      mode === 'sync'
+        ? fn
+        : async (...args) => {
+            await new Promise((resolve) => setTimeout(resolve, 2));
+            return fn(...args);
+          };
     const adapter = {
       init: wrap(() => log.push('init')),
       load: wrap(() => {
@@ -134,8 +166,12 @@ for (const mode of ['sync', 'async']) {
         store.record = { state, version };
       }),
     };
-    const engine = new SyncEngine({ initialState: { counter: 0 }, enableVersioning: true, adapter,
-      messageHandlers: [setter] });
+    const engine = new SyncEngine({
+      initialState: { counter: 0 },
+      enableVersioning: true,
+      adapter,
+      messageHandlers: [setter],
+    });
     await engine.ready();
     assert.deepEqual(engine.getState(), { counter: 3 });
     assert.equal(engine.getVersion(), 7);

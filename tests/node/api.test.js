@@ -27,7 +27,16 @@ test('on() adds or replaces a handler, off() removes it', async () => {
 
 test('inject runs without a connection: the handler gets ws null', async () => {
   let seen;
-  const engine = new SyncEngine({ messageHandlers: [{ type: 't', handle: (ws) => { seen = ws; } }] });
+  const engine = new SyncEngine({
+    messageHandlers: [
+      {
+        type: 't',
+        handle: (ws) => {
+          seen = ws;
+        },
+      },
+    ],
+  });
   await engine.inject(JSON.stringify({ type: 't' }));
   assert.equal(seen, null);
   engine.dispose();
@@ -37,12 +46,14 @@ test('middleware chain: in order, each sees the previous result; undefined keeps
   const order = [];
   const engine = new SyncEngine({
     initialState: { log: [] },
-    messageHandlers: [{
-      type: 'say',
-      handle(ws, m, getState, setState) {
-        setState({ log: [...getState().log, m.text] });
+    messageHandlers: [
+      {
+        type: 'say',
+        handle(ws, m, getState, setState) {
+          setState({ log: [...getState().log, m.text] });
+        },
       },
-    }],
+    ],
   });
   engine
     .use((m) => {
@@ -65,8 +76,10 @@ test('middleware chain: in order, each sees the previous result; undefined keeps
 });
 
 test('a middleware can turn a message into another type', async () => {
-  const engine = new SyncEngine({ initialState: { n: 0 },
-    messageHandlers: [{ type: 'inc', handle: (ws, m, g, s) => s({ n: g().n + 1 }) }] });
+  const engine = new SyncEngine({
+    initialState: { n: 0 },
+    messageHandlers: [{ type: 'inc', handle: (ws, m, g, s) => s({ n: g().n + 1 }) }],
+  });
   engine.use((m) => (m.type === 'legacy_inc' ? { type: 'inc' } : m));
   await engine.inject('{"type":"legacy_inc"}');
   assert.deepEqual(engine.getState(), { n: 1 });
@@ -74,8 +87,18 @@ test('a middleware can turn a message into another type', async () => {
 });
 
 test('getState in a handler is a copy: changes without setState are not applied', async () => {
-  const engine = new SyncEngine({ initialState: { n: 1 }, enableVersioning: true,
-    messageHandlers: [{ type: 'peek', handle: (ws, m, getState) => { getState().n = 99; } }] });
+  const engine = new SyncEngine({
+    initialState: { n: 1 },
+    enableVersioning: true,
+    messageHandlers: [
+      {
+        type: 'peek',
+        handle: (ws, m, getState) => {
+          getState().n = 99;
+        },
+      },
+    ],
+  });
   await engine.inject('{"type":"peek"}');
   assert.deepEqual(engine.getState(), { n: 1 });
   const outside = engine.getState();
@@ -86,25 +109,52 @@ test('getState in a handler is a copy: changes without setState are not applied'
 
 test('getState/setState after the handler finished throw ESTATE', async () => {
   let later;
-  const engine = new SyncEngine({ initialState: { n: 1 },
-    messageHandlers: [{ type: 'leak', handle: (ws, m, getState, setState) => { later = { getState, setState }; } }] });
+  const engine = new SyncEngine({
+    initialState: { n: 1 },
+    messageHandlers: [
+      {
+        type: 'leak',
+        handle: (ws, m, getState, setState) => {
+          later = { getState, setState };
+        },
+      },
+    ],
+  });
   await engine.inject('{"type":"leak"}');
-  assert.throws(() => later.getState(), (err) => err instanceof SyncError && err.code === 'ESTATE');
-  assert.throws(() => later.setState({ n: 2 }), (err) => err.code === 'ESTATE');
+  assert.throws(
+    () => later.getState(),
+    (err) => err instanceof SyncError && err.code === 'ESTATE',
+  );
+  assert.throws(
+    () => later.setState({ n: 2 }),
+    (err) => err.code === 'ESTATE',
+  );
   assert.deepEqual(engine.getState(), { n: 1 });
   engine.dispose();
 });
 
 test('a handler replies to its sender through ws.send', async () => {
-  const engine = new SyncEngine({ messageHandlers: [{
-    type: 'hello', handle: (ws) => ws.send(JSON.stringify({ type: 'welcome' })) }] });
+  const engine = new SyncEngine({
+    messageHandlers: [
+      {
+        type: 'hello',
+        handle: (ws) => ws.send(JSON.stringify({ type: 'welcome' })),
+      },
+    ],
+  });
   const a = mockWs('a');
   const b = mockWs('b');
   await engine.handleOpen(a);
   await engine.handleOpen(b);
   await engine.handleMessage(a, '{"type":"hello"}');
-  assert.deepEqual(a.frames.map((f) => f.type), ['initial_state', 'welcome']);
-  assert.deepEqual(b.frames.map((f) => f.type), ['initial_state']);
+  assert.deepEqual(
+    a.frames.map((f) => f.type),
+    ['initial_state', 'welcome'],
+  );
+  assert.deepEqual(
+    b.frames.map((f) => f.type),
+    ['initial_state'],
+  );
   engine.dispose();
 });
 
@@ -119,7 +169,10 @@ test('broadcast(text), setState(s, true) and connectionCount', async () => {
   await engine.setState({ n: 1 }, true);
   await engine.setState({ n: 2 });
   for (const ws of [a, b]) {
-    assert.deepEqual(ws.frames.map((f) => f.type), ['initial_state', 'notice', 'state_update']);
+    assert.deepEqual(
+      ws.frames.map((f) => f.type),
+      ['initial_state', 'notice', 'state_update'],
+    );
     assert.deepEqual(ws.frames[2], { type: 'state_update', data: { n: 1 }, version: 1 });
   }
   await engine.handleClose(a);
@@ -129,8 +182,10 @@ test('broadcast(text), setState(s, true) and connectionCount', async () => {
 });
 
 test('Buffer and ArrayBuffer messages are read as UTF-8 text', async () => {
-  const engine = new SyncEngine({ initialState: { s: '' },
-    messageHandlers: [{ type: 'set', handle: (ws, m, g, s) => s({ s: m.s }) }] });
+  const engine = new SyncEngine({
+    initialState: { s: '' },
+    messageHandlers: [{ type: 'set', handle: (ws, m, g, s) => s({ s: m.s }) }],
+  });
   await engine.handleMessage(mockWs(), Buffer.from('{"type":"set","s":"ünïcødé"}'));
   assert.equal(engine.getState().s, 'ünïcødé');
   const ab = new TextEncoder().encode('{"type":"set","s":"ab"}').buffer;
@@ -159,8 +214,10 @@ test('debug: true logs the steps on stderr', () => {
   const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20000 });
   assert.equal(r.status, 0, r.stderr);
   assert.ok(r.stderr.length > 0, 'nothing was logged');
-  const quiet = spawnSync(process.execPath, ['-e', script.replace('debug: true', 'debug: false')],
-    { encoding: 'utf8', timeout: 20000 });
+  const quiet = spawnSync(process.execPath, ['-e', script.replace('debug: true', 'debug: false')], {
+    encoding: 'utf8',
+    timeout: 20000,
+  });
   assert.equal(quiet.stderr, '');
 });
 

@@ -119,7 +119,14 @@ for (const kind of ['throw', 'reject']) {
 
   test(`${kind} in each hook: reported to onError as hook:<name>, state unchanged`, async () => {
     const errors = [];
-    const hookNames = ['onConnect', 'onDisconnect', 'onStateChange', 'onSync', 'onBackup', 'onPong'];
+    const hookNames = [
+      'onConnect',
+      'onDisconnect',
+      'onStateChange',
+      'onSync',
+      'onBackup',
+      'onPong',
+    ];
     const hooks = { onError: (err, context) => errors.push([err.message, context]) };
     for (const name of hookNames) hooks[name] = failing(kind, `${name} broke`);
     const engine = new SyncEngine({
@@ -194,8 +201,13 @@ for (const kind of ['throw', 'reject']) {
     });
     const ws = mockWs();
     await engine.handleOpen(ws);
-    await waitFor(() => errors.includes('hook:onPingTimeout') && errors.filter((c) => c === 'hook:onPing').length >= 2,
-      5000, 'both hook errors');
+    await waitFor(
+      () =>
+        errors.includes('hook:onPingTimeout') &&
+        errors.filter((c) => c === 'hook:onPing').length >= 2,
+      5000,
+      'both hook errors',
+    );
     assert.equal(ws.closes, 1);
     engine.dispose();
   });
@@ -206,8 +218,11 @@ for (const kind of ['throw', 'reject']) {
       initialState: { counter: 9 },
       enableVersioning: true,
       hooks,
-      adapter: { init: failing(kind, 'cannot create table'), load: () => ({ state: { counter: 1 }, version: 5 }),
-        save() {} },
+      adapter: {
+        init: failing(kind, 'cannot create table'),
+        load: () => ({ state: { counter: 1 }, version: 5 }),
+        save() {},
+      },
     });
     await engine.ready();
     assert.deepEqual(engine.getState(), { counter: 9 });
@@ -253,7 +268,11 @@ for (const kind of ['throw', 'reject']) {
 
 test('a ws whose send throws: reported, the connection is closed, others still get frames', async () => {
   const { calls, hooks } = hookRecorder();
-  const engine = new SyncEngine({ initialState: { counter: 0 }, hooks, messageHandlers: [increment] });
+  const engine = new SyncEngine({
+    initialState: { counter: 0 },
+    hooks,
+    messageHandlers: [increment],
+  });
   const good = mockWs('good');
   const bad = mockWs('bad');
   await engine.handleOpen(good);
@@ -304,6 +323,9 @@ test('setState outside a handler with a value that is not JSON throws, nothing c
 test('calls on a disposed engine fail with ECLOSED', async () => {
   const engine = new SyncEngine({ initialState: {} });
   engine.dispose();
-  assert.throws(() => engine.getState(), (err) => err.code === 'ECLOSED');
+  assert.throws(
+    () => engine.getState(),
+    (err) => err.code === 'ECLOSED',
+  );
   await assert.rejects(engine.handleMessage(mockWs(), '{}'), (err) => err.code === 'ECLOSED');
 });

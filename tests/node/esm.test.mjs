@@ -2,7 +2,15 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
-import syncengine, { SyncEngine, Server, SQLiteAdapter, FileAdapter, SyncError, Status, version } from 'syncengine';
+import syncengine, {
+  SyncEngine,
+  Server,
+  SQLiteAdapter,
+  FileAdapter,
+  SyncError,
+  Status,
+  version,
+} from 'syncengine';
 
 const require = createRequire(import.meta.url);
 

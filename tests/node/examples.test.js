@@ -15,8 +15,11 @@ const webDir = path.resolve(__dirname, '..', '..', 'examples', 'web');
 const env = { ...process.env, NODE_PATH: path.join(__dirname, 'node_modules') };
 
 function startCounter(t, args) {
-  const child = spawn(process.execPath, [path.join(examples, 'counter_server.js'), '--port', '0', ...args],
-    { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(
+    process.execPath,
+    [path.join(examples, 'counter_server.js'), '--port', '0', ...args],
+    { env, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   t.after(() => child.exitCode === null && child.kill('SIGKILL'));
   let out = '';
   child.stdout.on('data', (d) => (out += d));
@@ -28,16 +31,22 @@ function startCounter(t, args) {
 
 function get(port, urlPath) {
   return new Promise((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port, path: urlPath }, (res) => {
-      let body = '';
-      res.on('data', (chunk) => (body += chunk));
-      res.on('end', () => resolve({ status: res.statusCode, body }));
-    }).on('error', reject);
+    http
+      .get({ host: '127.0.0.1', port, path: urlPath }, (res) => {
+        let body = '';
+        res.on('data', (chunk) => (body += chunk));
+        res.on('end', () => resolve({ status: res.statusCode, body }));
+      })
+      .on('error', reject);
   });
 }
 
 async function portOf(child) {
-  await waitFor(() => /listening on http:\/\/[^:]+:(\d+)\//.test(child.output()), 10000, 'the server to listen');
+  await waitFor(
+    () => /listening on http:\/\/[^:]+:(\d+)\//.test(child.output()),
+    10000,
+    'the server to listen',
+  );
   return Number(child.output().match(/listening on http:\/\/[^:]+:(\d+)\//)[1]);
 }
 
@@ -52,8 +61,11 @@ async function increment(port, amount) {
   await waitFor(() => frames.length >= 1, 5000, 'initial_state');
   const before = frames[0].data.counter;
   ws.send(JSON.stringify({ type: 'increment', amount }));
-  await waitFor(() => frames.some((f) => f.type === 'state_update' && f.data.counter === before + amount),
-    5000, 'the update');
+  await waitFor(
+    () => frames.some((f) => f.type === 'state_update' && f.data.counter === before + amount),
+    5000,
+    'the update',
+  );
   ws.close();
   return { before, frames };
 }
@@ -81,8 +93,11 @@ test('counter_server.js serves examples/web and the counter, and keeps it across
 });
 
 test('zod_validation.js applies valid messages and reports each invalid one', () => {
-  const r = spawnSync(process.execPath, [path.join(examples, 'zod_validation.js')], { env, encoding: 'utf8',
-    timeout: 20000 });
+  const r = spawnSync(process.execPath, [path.join(examples, 'zod_validation.js')], {
+    env,
+    encoding: 'utf8',
+    timeout: 20000,
+  });
   assert.equal(r.status, 0, r.stderr);
   const lines = r.stdout.trim().split('\n');
   assert.equal(lines.filter((l) => l.startsWith('rejected (validateMessage)')).length, 3);

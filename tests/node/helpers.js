@@ -43,8 +43,17 @@ async function waitFor(cond, timeoutMs = 5000, what = 'condition') {
 function hookRecorder(extra = {}) {
   const calls = {};
   const hooks = {};
-  for (const name of ['onConnect', 'onDisconnect', 'onStateChange', 'onSync', 'onBackup', 'onPing',
-    'onPong', 'onPingTimeout', 'onError']) {
+  for (const name of [
+    'onConnect',
+    'onDisconnect',
+    'onStateChange',
+    'onSync',
+    'onBackup',
+    'onPing',
+    'onPong',
+    'onPingTimeout',
+    'onError',
+  ]) {
     calls[name] = [];
     hooks[name] = (...args) => {
       calls[name].push(args);

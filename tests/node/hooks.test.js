@@ -30,8 +30,12 @@ test('onConnect and onDisconnect get the connection, once each', async () => {
 
 test('onStateChange only when the state differs as JSON', async () => {
   const { calls, hooks } = hookRecorder();
-  const engine = new SyncEngine({ initialState: { counter: 1 }, enableVersioning: true, hooks,
-    messageHandlers: [counter] });
+  const engine = new SyncEngine({
+    initialState: { counter: 1 },
+    enableVersioning: true,
+    hooks,
+    messageHandlers: [counter],
+  });
   const ws = mockWs();
   await engine.handleMessage(ws, JSON.stringify({ type: 'increment', amount: 0 }));
   assert.equal(calls.onStateChange.length, 0);
@@ -47,20 +51,37 @@ test('onStateChange only when the state differs as JSON', async () => {
 test('onSync(state, version) after every save, and from sync()', async () => {
   const { calls, hooks } = hookRecorder();
   const saved = [];
-  const engine = new SyncEngine({ initialState: { n: 0 }, enableVersioning: true, hooks,
-    adapter: { load: () => null, save: (state, version) => saved.push([state, version]) } });
+  const engine = new SyncEngine({
+    initialState: { n: 0 },
+    enableVersioning: true,
+    hooks,
+    adapter: { load: () => null, save: (state, version) => saved.push([state, version]) },
+  });
   await engine.ready();
   await engine.setState({ n: 1 });
   await engine.sync();
-  assert.deepEqual(saved, [[{ n: 1 }, 1], [{ n: 1 }, 1]]);
-  assert.deepEqual(calls.onSync, [[{ n: 1 }, 1], [{ n: 1 }, 1]]);
+  assert.deepEqual(saved, [
+    [{ n: 1 }, 1],
+    [{ n: 1 }, 1],
+  ]);
+  assert.deepEqual(calls.onSync, [
+    [{ n: 1 }, 1],
+    [{ n: 1 }, 1],
+  ]);
   engine.dispose();
 });
 
 test('onBackup(timestampMs, version) with the adapter timestamp', async () => {
   const { calls, hooks } = hookRecorder();
-  const engine = new SyncEngine({ enableVersioning: true, hooks,
-    adapter: { load: () => ({ state: { a: 1 }, version: 4 }), save() {}, backup: async () => 1234567 } });
+  const engine = new SyncEngine({
+    enableVersioning: true,
+    hooks,
+    adapter: {
+      load: () => ({ state: { a: 1 }, version: 4 }),
+      save() {},
+      backup: async () => 1234567,
+    },
+  });
   await engine.ready();
   await engine.createBackup();
   assert.deepEqual(calls.onBackup, [[1234567, 4]]);

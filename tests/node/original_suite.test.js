@@ -126,7 +126,9 @@ test('increment with amount "not a number": counter 0, version 0, no onStateChan
 
 test('a middleware that doubles increments: increment 5 gives counter 10', async () => {
   const { engine } = await setup();
-  await engine.use(async (msg) => (msg.type === 'increment' ? { ...msg, amount: msg.amount * 2 } : msg));
+  await engine.use(async (msg) =>
+    msg.type === 'increment' ? { ...msg, amount: msg.amount * 2 } : msg,
+  );
   const ws = mockWs();
   await engine.handleOpen(ws);
   await engine.handleMessage(ws, JSON.stringify({ type: 'increment', amount: 5 }));

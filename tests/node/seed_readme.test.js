@@ -21,14 +21,16 @@ const myHandlers = [incrementHandler];
 test('the README example test: increments the state counter (with a bare {} as ws)', async () => {
   const manager = new SyncEngine({
     initialState: { counter: 0 },
-    messageHandlers: [{
-      type: 'increment',
-      handle: async (ws, message, getState, setState) => {
-        const state = await getState();
-        state.counter += message.amount;
-        await setState(state);
+    messageHandlers: [
+      {
+        type: 'increment',
+        handle: async (ws, message, getState, setState) => {
+          const state = await getState();
+          state.counter += message.amount;
+          await setState(state);
+        },
       },
-    }],
+    ],
     hooks: { onError: () => {} }, // the {} mock cannot receive initial_state: reported, not fatal
   });
   const mockWs = {};
@@ -39,13 +41,25 @@ test('the README example test: increments the state counter (with a bare {} as w
 });
 
 test('the quick start: handleMessage then broadcastState, as in the Bun server', async () => {
-  const mySyncManager = new SyncEngine({ initialState: { counter: 0 }, messageHandlers: myHandlers,
-    debug: false });
+  const mySyncManager = new SyncEngine({
+    initialState: { counter: 0 },
+    messageHandlers: myHandlers,
+    debug: false,
+  });
   const ws = mockWs();
   mySyncManager.handleOpen(ws);
-  await mySyncManager.handleMessage(ws, Buffer.from(JSON.stringify({ type: 'increment', amount: 5 })).toString());
+  await mySyncManager.handleMessage(
+    ws,
+    Buffer.from(JSON.stringify({ type: 'increment', amount: 5 })).toString(),
+  );
   await mySyncManager.broadcastState();
-  assert.deepEqual(ws.frames.map((f) => [f.type, f.data.counter]), [['initial_state', 0], ['state_update', 5]]);
+  assert.deepEqual(
+    ws.frames.map((f) => [f.type, f.data.counter]),
+    [
+      ['initial_state', 0],
+      ['state_update', 5],
+    ],
+  );
   // enableVersioning is off by default, as in the original: version -1.
   assert.equal(mySyncManager.getVersion(), -1);
   mySyncManager.dispose();
@@ -53,7 +67,12 @@ test('the quick start: handleMessage then broadcastState, as in the Bun server',
 
 test('manual validation: validateMessage(raw) with JSON.parse(String(raw))', async () => {
   function manualValidate(raw) {
-    if (typeof raw === 'object' && raw !== null && raw.type === 'increment' && typeof raw.amount === 'number') {
+    if (
+      typeof raw === 'object' &&
+      raw !== null &&
+      raw.type === 'increment' &&
+      typeof raw.amount === 'number'
+    ) {
       return raw;
     }
     throw new Error('Invalid message format');
@@ -85,10 +104,17 @@ test('zod: messageSchema.parse(JSON.parse(String(raw))), and schema.parse(raw) a
     (raw) => messageSchema.parse(raw),
   ]) {
     const errors = [];
-    const mySyncManager = new SyncEngine({ initialState: { counter: 0 }, messageHandlers: myHandlers,
-      validateMessage, hooks: { onError: (err, context) => errors.push(context) } });
+    const mySyncManager = new SyncEngine({
+      initialState: { counter: 0 },
+      messageHandlers: myHandlers,
+      validateMessage,
+      hooks: { onError: (err, context) => errors.push(context) },
+    });
     const ws = mockWs();
-    await mySyncManager.handleMessage(ws, JSON.stringify({ type: 'increment', amount: 3, extra: true }));
+    await mySyncManager.handleMessage(
+      ws,
+      JSON.stringify({ type: 'increment', amount: 3, extra: true }),
+    );
     await mySyncManager.handleMessage(ws, JSON.stringify({ type: 'increment', amount: '3' }));
     await mySyncManager.handleMessage(ws, JSON.stringify({ type: 'reset' }));
     assert.equal(mySyncManager.getState().counter, 3);
@@ -103,20 +129,36 @@ test('SQLite and file persistence sections, with the original adapter names', as
     path: path.join(dir, 'my-database.sqlite'),
     tableName: 'my_custom_websocket_table',
   });
-  const a = new SyncEngine({ initialState: { counter: 0 }, messageHandlers: myHandlers,
-    adapter: sqliteAdapter, enableVersioning: true, syncIntervalMs: 60000 });
+  const a = new SyncEngine({
+    initialState: { counter: 0 },
+    messageHandlers: myHandlers,
+    adapter: sqliteAdapter,
+    enableVersioning: true,
+    syncIntervalMs: 60000,
+  });
   await a.handleMessage(mockWs(), JSON.stringify({ type: 'increment', amount: 4 }));
   await a.createBackup();
   a.dispose();
-  const fileAdapter = new FileWebSocketAdapter({ filePath: path.join(dir, 'my-websocket-state.json'),
-    backupsDir: path.join(dir, 'backups') });
-  const b = new SyncEngine({ initialState: { counter: 0 }, messageHandlers: myHandlers,
-    adapter: fileAdapter, enableVersioning: true });
+  const fileAdapter = new FileWebSocketAdapter({
+    filePath: path.join(dir, 'my-websocket-state.json'),
+    backupsDir: path.join(dir, 'backups'),
+  });
+  const b = new SyncEngine({
+    initialState: { counter: 0 },
+    messageHandlers: myHandlers,
+    adapter: fileAdapter,
+    enableVersioning: true,
+  });
   await b.handleMessage(mockWs(), JSON.stringify({ type: 'increment', amount: 6 }));
   b.dispose();
-  const again = new SyncEngine({ initialState: { counter: 0 }, enableVersioning: true,
-    adapter: new SQLiteWebSocketAdapter({ path: path.join(dir, 'my-database.sqlite'),
-      tableName: 'my_custom_websocket_table' }) });
+  const again = new SyncEngine({
+    initialState: { counter: 0 },
+    enableVersioning: true,
+    adapter: new SQLiteWebSocketAdapter({
+      path: path.join(dir, 'my-database.sqlite'),
+      tableName: 'my_custom_websocket_table',
+    }),
+  });
   await again.ready();
   assert.deepEqual(again.getState(), { counter: 4 });
   assert.equal(again.getVersion(), 1);

@@ -56,15 +56,18 @@ async function serve(t, options) {
   return { server, port: await server.listen() };
 }
 
-const last = (ws) => ws.frames.filter((f) => f.type === 'state_update' || f.type === 'initial_state').at(-1);
+const last = (ws) =>
+  ws.frames.filter((f) => f.type === 'state_update' || f.type === 'initial_state').at(-1);
 
 function get(port, urlPath) {
   return new Promise((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port, path: urlPath }, (res) => {
-      let body = '';
-      res.on('data', (chunk) => (body += chunk));
-      res.on('end', () => resolve({ status: res.statusCode, body }));
-    }).on('error', reject);
+    http
+      .get({ host: '127.0.0.1', port, path: urlPath }, (res) => {
+        let body = '';
+        res.on('data', (chunk) => (body += chunk));
+        res.on('end', () => resolve({ status: res.statusCode, body }));
+      })
+      .on('error', reject);
   });
 }
 
@@ -85,7 +88,11 @@ test('clients get initial_state, every change reaches every client, hooks run on
   assert.deepEqual(a.frames[0].data, { counter: 0 });
   for (let i = 0; i < 5; i++) a.send(JSON.stringify({ type: 'increment', amount: 1 }));
   b.send(JSON.stringify({ type: 'increment', amount: 10 }));
-  await waitFor(() => last(a)?.data.counter === 15 && last(b)?.data.counter === 15, 5000, 'counter 15');
+  await waitFor(
+    () => last(a)?.data.counter === 15 && last(b)?.data.counter === 15,
+    5000,
+    'counter 15',
+  );
   assert.equal(engine.getState().counter, 15);
   assert.equal(engine.getVersion(), 6);
   assert.equal(last(a).version, 6);
@@ -210,13 +217,18 @@ test('the event loop stays responsive while the server is under load', async (t)
     ticks++;
   }, 5);
   const started = Date.now();
-  const flood = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'flood.js'), port, clients, perClient],
-    { stdio: 'inherit' });
+  const flood = spawn(
+    process.execPath,
+    [path.join(__dirname, 'fixtures', 'flood.js'), port, clients, perClient],
+    { stdio: 'inherit' },
+  );
   const exitCode = await new Promise((resolve) => flood.once('exit', resolve));
   const elapsed = Date.now() - started;
   clearInterval(timer);
   if (process.env.SYNCENGINE_TEST_VERBOSE) {
-    console.log(`load: ${clients * perClient} messages in ${elapsed} ms, ${ticks} ticks, longest gap ${maxGap} ms`);
+    console.log(
+      `load: ${clients * perClient} messages in ${elapsed} ms, ${ticks} ticks, longest gap ${maxGap} ms`,
+    );
   }
   assert.equal(exitCode, 0, 'every client converged on the final counter');
   assert.equal(engine.getState().counter, clients * perClient);

@@ -11,7 +11,11 @@ const tsc = path.join(__dirname, 'node_modules', 'typescript', 'bin', 'tsc');
 const project = path.join(__dirname, 'types');
 
 function compile(args) {
-  return spawnSync(process.execPath, [tsc, ...args], { cwd: project, encoding: 'utf8', timeout: 120000 });
+  return spawnSync(process.execPath, [tsc, ...args], {
+    cwd: project,
+    encoding: 'utf8',
+    timeout: 120000,
+  });
 }
 
 test('tsc --noEmit accepts the whole API used as documented', () => {

@@ -17,16 +17,30 @@ const include = nodedir
   : path.resolve(path.dirname(process.execPath), '..', 'include', 'node');
 
 if (!fs.existsSync(path.join(root, 'libsync', 'include', 'libsync', 'libsync.h'))) {
-  console.error(`syncengine: ${root} is not a libsync source tree; install from bindings/node of one`);
+  console.error(
+    `syncengine: ${root} is not a libsync source tree; install from bindings/node of one`,
+  );
   process.exit(1);
 }
 if (!fs.existsSync(path.join(include, 'node.h'))) {
-  console.error(`syncengine: no node.h in ${include}; pass --nodedir=<prefix> (e.g. --nodedir=/usr)`);
+  console.error(
+    `syncengine: no node.h in ${include}; pass --nodedir=<prefix> (e.g. --nodedir=/usr)`,
+  );
   process.exit(1);
 }
 
 const run = (cmd, args) => execFileSync(cmd, args, { stdio: 'inherit' });
-run('cmake', ['-S', root, '-B', build, '-DCMAKE_BUILD_TYPE=Release', '-DBUILD_TESTING=OFF',
-  '-DLIBSYNC_BUILD_PYTHON=OFF', '-DLIBSYNC_BUILD_EXAMPLES=OFF', '-DLIBSYNC_BUILD_BENCH=OFF',
-  '-DLIBSYNC_BUILD_NODE=ON', `-DNODE_INCLUDE_DIR=${include}`]);
+run('cmake', [
+  '-S',
+  root,
+  '-B',
+  build,
+  '-DCMAKE_BUILD_TYPE=Release',
+  '-DBUILD_TESTING=OFF',
+  '-DLIBSYNC_BUILD_PYTHON=OFF',
+  '-DLIBSYNC_BUILD_EXAMPLES=OFF',
+  '-DLIBSYNC_BUILD_BENCH=OFF',
+  '-DLIBSYNC_BUILD_NODE=ON',
+  `-DNODE_INCLUDE_DIR=${include}`,
+]);
 run('cmake', ['--build', build, '--target', 'syncengine_node', '-j', '2']);

@@ -1,10 +1,23 @@
 // Type-checked (tsc --noEmit) by types.test.js: the whole public API, typed as users write it.
 import {
-  SyncEngine, SQLiteAdapter, FileAdapter, SQLiteWebSocketAdapter, FileWebSocketAdapter, Server,
-  ServerConnection, SyncError, Status, version,
+  SyncEngine,
+  SQLiteAdapter,
+  FileAdapter,
+  SQLiteWebSocketAdapter,
+  FileWebSocketAdapter,
+  Server,
+  ServerConnection,
+  SyncError,
+  Status,
+  version,
 } from 'syncengine';
 import type {
-  BaseMessage, MessageHandler, SyncEngineHooks, PersistenceAdapter, WebSocketLike, SyncEngineConfig,
+  BaseMessage,
+  MessageHandler,
+  SyncEngineHooks,
+  PersistenceAdapter,
+  WebSocketLike,
+  SyncEngineConfig,
 } from 'syncengine';
 
 interface MyAppState {
@@ -86,16 +99,34 @@ export async function main(): Promise<number> {
     setState({ counter: getState().counter - message.amount });
   });
   engine.off('decrement');
-  const sqlite = new SQLiteAdapter<MyAppState>({ path: 'x.sqlite', tableName: 't', durability: 'power' });
+  const sqlite = new SQLiteAdapter<MyAppState>({
+    path: 'x.sqlite',
+    tableName: 't',
+    durability: 'power',
+  });
   const file = new FileAdapter<MyAppState>({ filePath: 'x.json', backupsDir: 'bk' });
-  const original = [new SQLiteWebSocketAdapter({ path: 'y.sqlite' }), new FileWebSocketAdapter({ filePath: 'y.json' })];
+  const original = [
+    new SQLiteWebSocketAdapter({ path: 'y.sqlite' }),
+    new FileWebSocketAdapter({ filePath: 'y.json' }),
+  ];
   const other = new SyncEngine<MyAppState>({ adapter: sqlite });
-  const server = new Server({ host: '127.0.0.1', port: 0, engines: { '/counter': engine, '/other': other },
-    staticDir: 'examples/web' });
+  const server = new Server({
+    host: '127.0.0.1',
+    port: 0,
+    engines: { '/counter': engine, '/other': other },
+    staticDir: 'examples/web',
+  });
   const port: number = await server.listen();
   await server.close();
   engine.dispose();
   const conn: ServerConnection | null = null;
-  console.log(file.filePath, original.length, conn, Status.EHANDLER, version, engine.connectionCount);
+  console.log(
+    file.filePath,
+    original.length,
+    conn,
+    Status.EHANDLER,
+    version,
+    engine.connectionCount,
+  );
   return port;
 }
