@@ -167,8 +167,22 @@ export interface ServerOptions {
   engines: Record<string, SyncEngine<any, any, any>>;
   /** Served over HTTP ("index.html" for "/"). */
   staticDir?: string | null;
+  /** Largest accepted message; a larger one closes the connection with 1009. 0 = 1 MiB. */
   maxMessageBytes?: number;
+  /** Most open WebSocket connections (more get HTTP 503). 0 = 100000. */
   maxConnections?: number;
+  /** Per-connection message rate (sustained per second, and burst). 0 = unlimited. */
+  rateLimitPerSec?: number;
+  rateLimitBurst?: number;
+  /** Most bytes of queued frames per connection before it is closed (1008). 0 = 4 MiB. */
+  maxQueuedBytes?: number;
+  /** Allowed Origin header values; others are refused with 403. Default: any. */
+  allowedOrigins?: string[] | null;
+  /** PEM files; with both the server speaks https/wss only. */
+  tlsCertPath?: string | null;
+  tlsKeyPath?: string | null;
+  /** Longest graceful stop in ms before remaining clients are dropped. 0 = 5000. */
+  stopTimeoutMs?: number;
 }
 
 export class Server {

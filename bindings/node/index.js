@@ -751,13 +751,26 @@ class Server {
     staticDir = null,
     maxMessageBytes = 0,
     maxConnections = 0,
+    rateLimitPerSec = 0,
+    rateLimitBurst = 0,
+    maxQueuedBytes = 0,
+    allowedOrigins = null,
+    tlsCertPath = null,
+    tlsKeyPath = null,
+    stopTimeoutMs = 0,
   } = {}) {
-    this.host = host;
-    this.port = port;
-    this.engines = engines;
-    this.staticDir = staticDir;
-    this.maxMessageBytes = maxMessageBytes;
-    this.maxConnections = maxConnections;
+    if (engines === null || typeof engines !== 'object') {
+      throw new TypeError('Server: `engines` must map paths to engines');
+    }
+    if (allowedOrigins !== null && !Array.isArray(allowedOrigins)) {
+      throw new TypeError('Server: `allowedOrigins` must be an array of origins');
+    }
+    if ((allowedOrigins || []).some((o) => typeof o !== 'string' || !o || o.includes('\n'))) {
+      throw new TypeError('Server: each allowed origin must be a non-empty one-line string');
+    }
+    Object.assign(this, { host, port, engines, staticDir, maxMessageBytes, maxConnections });
+    Object.assign(this, { rateLimitPerSec, rateLimitBurst, maxQueuedBytes, allowedOrigins });
+    Object.assign(this, { tlsCertPath, tlsKeyPath, stopTimeoutMs });
     this._server = null;
     this._closing = null;
   }
@@ -765,12 +778,20 @@ class Server {
   /** Binds and serves; resolves with the port. */
   async listen() {
     if (this._server) return this.port;
+    const origins = this.allowedOrigins && this.allowedOrigins.length ? this.allowedOrigins : null;
     const server = native.jsb_server_new(
       this.host,
       this.port,
       this.staticDir,
       this.maxMessageBytes,
       this.maxConnections,
+      this.rateLimitPerSec,
+      this.rateLimitBurst,
+      this.maxQueuedBytes,
+      origins && origins.join('\n'),
+      this.tlsCertPath,
+      this.tlsKeyPath,
+      this.stopTimeoutMs,
     );
     if (!server) throw lastError(Status.EINVAL);
     const mounted = [];

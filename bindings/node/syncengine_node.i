@@ -836,8 +836,13 @@ static sync_adapter *jsb_file_new(const char *file_path, const char *backups_dir
     return adapter;
 }
 
+/* `origins`: the allowed Origin values separated by newlines, or NULL for any. */
 static sync_server *jsb_server_new(const char *host, int port, const char *static_dir,
-                                   double max_message_bytes, int max_connections)
+                                   double max_message_bytes, int max_connections,
+                                   double rate_limit_per_sec, int rate_limit_burst,
+                                   double max_queued_bytes, const char *origins,
+                                   const char *tls_cert_path, const char *tls_key_path,
+                                   int stop_timeout_ms)
 {
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.host = host;
@@ -845,10 +850,38 @@ static sync_server *jsb_server_new(const char *host, int port, const char *stati
     opts.static_dir = static_dir;
     opts.max_message_bytes = (size_t)max_message_bytes;
     opts.max_connections = max_connections;
+    opts.rate_limit_per_sec = rate_limit_per_sec;
+    opts.rate_limit_burst = rate_limit_burst;
+    opts.max_queued_bytes = (size_t)max_queued_bytes;
+    opts.tls_cert_path = tls_cert_path;
+    opts.tls_key_path = tls_key_path;
+    opts.stop_timeout_ms = stop_timeout_ms;
+    char *copy = origins ? strdup(origins) : NULL;
+    const char **list = NULL;
+    if (copy) {
+        size_t count = 1;
+        for (const char *c = copy; *c; c++)
+            count += *c == '\n';
+        list = (const char **)calloc(count, sizeof *list);
+        if (!list) {
+            free(copy);
+            return NULL;
+        }
+        size_t n = 0;
+        for (char *line = copy, *next; line; line = next) {
+            next = strchr(line, '\n');
+            if (next)
+                *next++ = '\0';
+            list[n++] = line;
+        }
+        opts.allowed_origins = list;
+        opts.allowed_origins_count = n;
+    }
     sync_server *server = NULL;
-    if (sync_server_new(&server, &opts) != SYNC_OK)
-        return NULL;
-    return server;
+    int rc = sync_server_new(&server, &opts);
+    free(list);
+    free(copy);
+    return rc == SYNC_OK ? server : NULL;
 }
 
 /* Stops and frees the server on a libuv worker (a graceful stop waits for clients to close),
@@ -925,7 +958,8 @@ typedef struct jsb_sink jsb_sink;
 %apply const char *nullable { const char *initial_state_json, const char *type, const char *reason,
                               const char *table_name, const char *backups_dir,
                               const char *error_message, const char *state_json, const char *host,
-                              const char *static_dir };
+                              const char *static_dir, const char *origins,
+                              const char *tls_cert_path, const char *tls_key_path };
 
 typedef struct sync_engine sync_engine;
 typedef struct sync_conn sync_conn;
@@ -994,7 +1028,11 @@ int sync_pending_complete_backup(sync_pending *pending, int status, int64_t time
                                  const char *error_message);
 
 sync_server *jsb_server_new(const char *host, int port, const char *static_dir,
-                            double max_message_bytes, int max_connections);
+                            double max_message_bytes, int max_connections,
+                            double rate_limit_per_sec, int rate_limit_burst,
+                            double max_queued_bytes, const char *origins,
+                            const char *tls_cert_path, const char *tls_key_path,
+                            int stop_timeout_ms);
 int sync_server_mount(sync_server *server, const char *path, sync_engine *engine);
 int sync_server_listen(sync_server *server);
 int sync_server_port(const sync_server *server);

@@ -4,7 +4,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('fs');
-const { spawn } = require('child_process');
+const { spawn, spawnSync } = require('child_process');
 const http = require('http');
 const path = require('path');
 const { isMainThread } = require('worker_threads');
@@ -249,4 +249,78 @@ test('listen errors: a port in use is refused with ENET; close() twice is fine',
   await assert.rejects(second.listen(), (err) => err.code === 'ENET');
   await first.close();
   await first.close();
+});
+
+test('allowedOrigins: another Origin is refused with 403, a listed one connects', async (t) => {
+  const engine = counterEngine();
+  const { port } = await serve(t, {
+    engines: { '/counter': engine },
+    allowedOrigins: ['http://good.example'],
+  });
+  const refused = new WebSocket(`ws://127.0.0.1:${port}/counter`, {
+    origin: 'http://evil.example',
+  });
+  const status = await new Promise((resolve) => {
+    refused.once('unexpected-response', (req, res) => resolve(res.statusCode));
+    refused.once('open', () => resolve('open'));
+    refused.once('error', () => {});
+  });
+  assert.equal(status, 403);
+  const ok = new WebSocket(`ws://127.0.0.1:${port}/counter`, { origin: 'http://good.example' });
+  await new Promise((resolve, reject) => {
+    ok.once('open', resolve);
+    ok.once('error', reject);
+  });
+  ok.close();
+  assert.throws(() => new Server({ engines: {}, allowedOrigins: 'x' }), TypeError);
+});
+
+test('maxMessageBytes: a larger message closes its connection with 1009, state unchanged', async (t) => {
+  const engine = counterEngine();
+  const { port } = await serve(t, { engines: { '/counter': engine }, maxMessageBytes: 1000 });
+  const ws = client(port);
+  await ws.opened;
+  ws.send(JSON.stringify({ type: 'increment', amount: 1, pad: 'x'.repeat(2000) }));
+  const code = await Promise.race([ws.closed, sleep(5000).then(() => 'timeout')]);
+  assert.equal(code, 1009);
+  assert.deepEqual(engine.getState(), { counter: 0 });
+});
+
+test('TLS: with a certificate and key the server speaks wss', async (t) => {
+  const dir = tmpDir(t);
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  const made = spawnSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '1',
+      '-subj',
+      '/CN=127.0.0.1',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+    ],
+    { encoding: 'utf8', timeout: 60000 },
+  );
+  assert.equal(made.status, 0, `openssl is needed for this test: ${made.stderr}`);
+  const engine = counterEngine();
+  const { port } = await serve(t, {
+    engines: { '/counter': engine },
+    tlsCertPath: cert,
+    tlsKeyPath: key,
+  });
+  const ws = new WebSocket(`wss://127.0.0.1:${port}/counter`, { rejectUnauthorized: false });
+  const first = await new Promise((resolve, reject) => {
+    ws.once('message', (data) => resolve(JSON.parse(data.toString())));
+    ws.once('error', reject);
+  });
+  assert.equal(first.type, 'initial_state');
+  ws.close();
 });
