@@ -324,3 +324,26 @@ test('TLS: with a certificate and key the server speaks wss', async (t) => {
   assert.equal(first.type, 'initial_state');
   ws.close();
 });
+
+test('an async JS adapter behind the server: saves from the service thread run on this thread', async (t) => {
+  const saves = [];
+  const adapter = {
+    load: async () => ({ state: { counter: 100 }, version: 3 }),
+    async save(state, version) {
+      await sleep(1);
+      saves.push({ counter: state.counter, version, main: isMainThread });
+    },
+  };
+  const engine = counterEngine({ adapter, syncIntervalMs: 30 });
+  await engine.ready();
+  const { server, port } = await serve(t, { engines: { '/counter': engine } });
+  const ws = client(port);
+  await ws.opened;
+  ws.send(JSON.stringify({ type: 'increment', amount: 1 }));
+  await waitFor(() => saves.some((s) => s.counter === 101), 5000, 'the save of 101');
+  const before = saves.length;
+  await waitFor(() => saves.length >= before + 2, 5000, 'interval saves');
+  await server.close();
+  assert.ok(saves.every((s) => s.main));
+  assert.deepEqual(saves.at(-1), { counter: 101, version: 4, main: true });
+});
