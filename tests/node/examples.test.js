@@ -104,3 +104,34 @@ test('zod_validation.js applies valid messages and reports each invalid one', ()
   assert.match(r.stdout, /amount: Number must be greater than 0/);
   assert.equal(lines.at(-1), 'final state {"counter":2,"name":"team board"} at version 2');
 });
+
+test('ws_server.js: the engine inside a `ws` server, two clients converge', async (t) => {
+  const child = spawn(process.execPath, [path.join(examples, 'ws_server.js'), '--port', '0'], {
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  t.after(() => child.exitCode === null && child.kill('SIGKILL'));
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  await waitFor(() => /listening on http:\/\/[^:]+:(\d+)\//.test(out), 10000, 'the ws server');
+  const port = Number(out.match(/listening on http:\/\/[^:]+:(\d+)\//)[1]);
+  const page = await get(port, '/');
+  assert.equal(page.body, fs.readFileSync(path.join(webDir, 'index.html'), 'utf8'));
+  const watcher = new WebSocket(`ws://127.0.0.1:${port}/`);
+  const seen = [];
+  watcher.on('message', (data) => seen.push(JSON.parse(data.toString())));
+  await new Promise((resolve) => watcher.once('open', resolve));
+  await increment(port, 3);
+  await waitFor(
+    () => seen.some((f) => f.type === 'state_update' && f.data.counter === 3),
+    5000,
+    'the other client to follow',
+  );
+  assert.equal(seen[0].type, 'initial_state');
+  const closed = new Promise((resolve) => watcher.once('close', resolve));
+  child.kill('SIGINT');
+  await closed;
+  await new Promise((resolve) => child.once('exit', resolve));
+  assert.match(out, /ws server stopped/);
+});
