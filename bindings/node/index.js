@@ -441,7 +441,7 @@ class SyncEngine {
   // -- state --
 
   getState() {
-    const json = native.jsb_engine_state_json(this._live());
+    const json = native.sync_engine_get_state_json(this._live());
     if (json == null) throw lastError(Status.ENOMEM);
     return JSON.parse(json);
   }

@@ -904,11 +904,6 @@ static int jsb_server_close(sync_server *server, jsb_sink *sink, double token)
     return SYNC_OK;
 }
 
-/* Owned strings from the library as JS strings (the C copy is released). */
-static char *jsb_engine_state_json(sync_engine *engine)
-{
-    return sync_engine_get_state_json(engine);
-}
 %}
 
 %init %{
@@ -951,7 +946,7 @@ typedef struct jsb_sink jsb_sink;
 
 /* Strings the library hands over (caller owns, sync_free). */
 %typemap(newfree) char * "sync_free($1);";
-%newobject jsb_engine_state_json;
+%newobject sync_engine_get_state_json;
 
 /* ---- the wrapped functions ----------------------------------------------------------------- */
 
@@ -995,16 +990,14 @@ int sync_engine_inject(sync_engine *engine, const char *text, size_t len);
 size_t sync_engine_connection_count(sync_engine *engine);
 
 sync_conn *sync_msg_conn(const sync_msg *msg);
-const char *sync_msg_type(const sync_msg *msg);
 const char *sync_msg_message_json(sync_msg *msg);
 int sync_msg_replace_json(sync_msg *msg, const char *json);
 const char *sync_msg_state_json(sync_msg *msg);
 int sync_msg_set_state_json(sync_msg *msg, const char *json);
-int sync_msg_reply(sync_msg *msg, const char *text, size_t len);
 int sync_msg_set_error(sync_msg *msg, const char *reason);
 int sync_msg_complete(sync_msg *msg, int status);
 
-char *jsb_engine_state_json(sync_engine *engine);
+char *sync_engine_get_state_json(sync_engine *engine);
 int64_t sync_engine_get_version(sync_engine *engine);
 int sync_engine_set_state_json(sync_engine *engine, const char *json, int broadcast);
 int sync_engine_broadcast_state(sync_engine *engine);
@@ -1020,7 +1013,6 @@ sync_adapter *jsb_adapter_js_new(jsb_sink *sink, int can_backup);
 sync_adapter *jsb_sqlite_new(const char *path, const char *table_name, const char *backups_dir,
                              int durability);
 sync_adapter *jsb_file_new(const char *file_path, const char *backups_dir, int fsync_each);
-void sync_adapter_free(sync_adapter *adapter);
 int sync_pending_complete(sync_pending *pending, int status, const char *error_message);
 int sync_pending_complete_load(sync_pending *pending, int status, const char *state_json,
                                int64_t version, const char *error_message);
@@ -1034,7 +1026,6 @@ sync_server *jsb_server_new(const char *host, int port, const char *static_dir,
                             const char *tls_cert_path, const char *tls_key_path,
                             int stop_timeout_ms);
 int sync_server_mount(sync_server *server, const char *path, sync_engine *engine);
-int sync_server_listen(sync_server *server);
 int sync_server_port(const sync_server *server);
 int sync_server_start(sync_server *server);
 int jsb_server_close(sync_server *server, jsb_sink *sink, double token);
