@@ -155,7 +155,6 @@ export class ServerConnection implements WebSocketLike {
   readonly id: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
-  readonly identity: unknown;
 }
 
 export interface ServerOptions {

@@ -261,12 +261,6 @@ class ServerConnection {
   close(code = 1000, reason = '') {
     if (this._conn) native.sync_conn_close(this._conn, code, reason);
   }
-
-  /** The identity attached by the server's auth, parsed, or null. */
-  get identity() {
-    const json = this._conn ? native.sync_conn_identity(this._conn) : null;
-    return json ? JSON.parse(json) : null;
-  }
 }
 
 // ---- the engine --------------------------------------------------------------------------------

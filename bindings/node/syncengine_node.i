@@ -979,7 +979,6 @@ sync_conn *jsb_conn_new(jsb_sink *sink);
 double jsb_conn_id(sync_conn *conn);
 void sync_conn_free(sync_conn *conn);
 sync_conn *sync_conn_ref(sync_conn *conn);
-const char *sync_conn_identity(const sync_conn *conn);
 int sync_conn_send(sync_conn *conn, const char *text, size_t len);
 int sync_conn_close(sync_conn *conn, int code, const char *reason);
 
