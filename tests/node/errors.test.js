@@ -192,7 +192,7 @@ for (const kind of ['throw', 'reject']) {
     const errors = [];
     const engine = new SyncEngine({
       heartbeatIntervalMs: 20,
-      pingTimeoutMs: 50,
+      pingTimeoutMs: 200,
       hooks: {
         onPing: failing(kind, 'onPing broke'),
         onPingTimeout: failing(kind, 'onPingTimeout broke'),
