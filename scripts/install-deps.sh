@@ -16,7 +16,7 @@ apt_packages=(build-essential cmake pkg-config libwebsockets-dev libcjson-dev li
   libssl-dev openssl)
 if [ "$minimal" = 0 ]; then
   apt_packages+=(swig clang clang-format libclang-rt-14-dev valgrind chromium sqlite3 procps
-    python3-dev python3-venv nodejs npm)
+    python3-dev python3-venv nodejs npm libnode-dev)
 fi
 
 missing=()
@@ -25,6 +25,8 @@ for pkg in "${apt_packages[@]}"; do
   case "$pkg" in
     nodejs) command -v node >/dev/null && continue ;;
     npm) command -v npm >/dev/null && continue ;;
+    # The Node addon compiles against /usr/include/node (Debian: libnode-dev; NodeSource: nodejs).
+    libnode-dev) [ -f /usr/include/node/node.h ] && continue ;;
     python3-dev) python3 -c 'import sysconfig,os,sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"],"Python.h")) else 1)' 2>/dev/null && continue ;;
     python3-venv) python3 -c 'import venv' 2>/dev/null && continue ;;
   esac
