@@ -68,15 +68,16 @@ function isThenable(v) {
   );
 }
 
-// Completing an async step or adapter call runs the engine's queued work right away, and that may
-// be the next async handler, and so on: a chain of promise reactions that would never let timers or
-// I/O run under load. Completions therefore run inline only within a 10 ms slice of the current
-// macrotask; after that they wait for setImmediate, which lets the event loop turn.
+// Completing a step or adapter call runs the engine's queued work right away: the next handler,
+// whose completion runs the next one, and so on. Under load that chain (promise reactions, or one
+// long drain inside C for synchronous handlers) would never let timers or I/O run. So work runs
+// inline only within a 10 ms slice of the current macrotask; past it, completions wait for
+// setImmediate, which lets the event loop turn.
 const SLICE_MS = 10;
 let sliceStart = 0;
 let sliceArmed = false;
 
-function completeSoon(fn) {
+function inSlice() {
   const now = performance.now();
   if (!sliceArmed) {
     sliceArmed = true;
@@ -85,7 +86,11 @@ function completeSoon(fn) {
       sliceArmed = false;
     });
   }
-  if (now - sliceStart < SLICE_MS) fn();
+  return now - sliceStart < SLICE_MS;
+}
+
+function completeSoon(fn) {
+  if (inSlice()) fn();
   else setImmediate(fn);
 }
 
@@ -714,7 +719,15 @@ class SyncEngine {
     }
     if (!isThenable(result)) {
       open = false;
-      return finish(result);
+      const status = finish(result);
+      if (inSlice()) return status;
+      // Slice used up (a long drain of queued messages): finish this one on the next loop turn.
+      const done = this._track();
+      setImmediate(() => {
+        done();
+        native.sync_msg_complete(msg, status);
+      });
+      return PENDING;
     }
     const done = this._track();
     Promise.resolve(result)
