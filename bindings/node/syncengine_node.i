@@ -70,6 +70,7 @@ uv_async_t jsb_async;
 uv_mutex_t jsb_lock;
 jsb_job *jsb_head, *jsb_tail; /* guarded by jsb_lock */
 int jsb_keepalive_count;      /* main thread only */
+bool jsb_shut_down;           /* guarded by jsb_lock: Node is exiting, the async handle is gone */
 /* Heap-held: a static v8::Global would be destroyed after V8 at exit. */
 v8::Global<v8::Context> *jsb_context;
 
@@ -96,6 +97,29 @@ char *jsb_print(const cJSON *value)
     return value ? cJSON_PrintUnformatted(value) : NULL;
 }
 
+/* Queues a job for the main thread and wakes it. */
+void jsb_post(jsb_job *job)
+{
+    /* A job posted by the main thread itself (a deferred completion) must keep the loop alive
+     * until it ran; foreign threads post only while a server keeps the handle referenced. */
+    bool main_thread = jsb_on_main_thread();
+    uv_mutex_lock(&jsb_lock);
+    if (jsb_shut_down) {
+        /* Node is exiting under a still-running server thread: drop it (V8 is gone). */
+        uv_mutex_unlock(&jsb_lock);
+        return;
+    }
+    if (main_thread)
+        uv_ref((uv_handle_t *)&jsb_async);
+    if (jsb_tail)
+        jsb_tail->next = job;
+    else
+        jsb_head = job;
+    jsb_tail = job;
+    uv_async_send(&jsb_async);
+    uv_mutex_unlock(&jsb_lock);
+}
+
 void jsb_sink_unref(jsb_sink *sink)
 {
     if (sink->refs.fetch_sub(1) != 1)
@@ -112,14 +136,7 @@ void jsb_sink_unref(jsb_sink *sink)
         return; /* cannot happen in practice; leaking one sink beats touching V8 off-thread */
     job->kind = JOB_UNREF;
     job->sink = sink;
-    uv_mutex_lock(&jsb_lock);
-    if (jsb_tail)
-        jsb_tail->next = job;
-    else
-        jsb_head = job;
-    jsb_tail = job;
-    uv_mutex_unlock(&jsb_lock);
-    uv_async_send(&jsb_async);
+    jsb_post(job);
 }
 
 jsb_job *jsb_job_new(jsb_job_kind kind, const char *event, jsb_sink *sink, double slot)
@@ -135,21 +152,6 @@ jsb_job *jsb_job_new(jsb_job_kind kind, const char *event, jsb_sink *sink, doubl
     return job;
 }
 
-void jsb_post(jsb_job *job)
-{
-    /* A job posted by the main thread itself (a deferred completion) must keep the loop alive
-     * until it ran; foreign threads post only while a server keeps the handle referenced. */
-    if (jsb_on_main_thread())
-        uv_ref((uv_handle_t *)&jsb_async);
-    uv_mutex_lock(&jsb_lock);
-    if (jsb_tail)
-        jsb_tail->next = job;
-    else
-        jsb_head = job;
-    jsb_tail = job;
-    uv_mutex_unlock(&jsb_lock);
-    uv_async_send(&jsb_async);
-}
 
 void jsb_job_free(jsb_job *job)
 {
@@ -620,6 +622,9 @@ void jsb_server_close_done(uv_work_t *work, int)
 /* Node is shutting down: let its loop close cleanly. */
 void jsb_module_cleanup(void *)
 {
+    uv_mutex_lock(&jsb_lock);
+    jsb_shut_down = true;
+    uv_mutex_unlock(&jsb_lock);
     jsb_context->Reset();
     uv_close((uv_handle_t *)&jsb_async, NULL);
 }

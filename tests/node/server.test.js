@@ -347,3 +347,14 @@ test('an async JS adapter behind the server: saves from the service thread run o
   assert.ok(saves.every((s) => s.main));
   assert.deepEqual(saves.at(-1), { counter: 101, version: 4, main: true });
 });
+
+test('process.exit while the server is busy ends cleanly', () => {
+  for (let i = 0; i < 3; i++) {
+    const r = spawnSync(process.execPath, [path.join(__dirname, 'fixtures', 'exit_under_load.js')], {
+      encoding: 'utf8',
+      timeout: 30000,
+    });
+    assert.equal(r.signal, null, `killed by ${r.signal}: ${r.stderr}`);
+    assert.equal(r.status, 0, r.stderr);
+  }
+});
