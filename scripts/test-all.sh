@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test suite of libsync: installs what is missing, builds with warnings as errors, runs
 # the C, ABI, install, Python, Node, end-to-end and browser suites (ctest), then the C and
-# end-to-end suites again under AddressSanitizer + UndefinedBehaviorSanitizer, and the threaded
-# tests under ThreadSanitizer.
+# end-to-end suites again under AddressSanitizer + UndefinedBehaviorSanitizer, the threaded
+# tests under ThreadSanitizer, and the bounded fault suites (scripts/test-faults.sh).
 #   scripts/test-all.sh              everything
 #   LIBSYNC_SKIP_SANITIZERS=1 ...    only the normal build
 set -euo pipefail
@@ -36,5 +36,8 @@ if [ "${LIBSYNC_SKIP_SANITIZERS:-0}" != 1 ]; then
   cmake --build build-tsan -j"$jobs"
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
     ctest --test-dir build-tsan --output-on-failure -j"$jobs" -L threads --timeout 600
+
+  step "fault suites: crash under ASan, fuzzing, soak, valgrind (scripts/test-faults.sh)"
+  scripts/test-faults.sh
 fi
 step "done: every suite passed"

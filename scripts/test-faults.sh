@@ -21,6 +21,7 @@ summary=()
 
 step() { printf '\n==== %s ====\n' "$*"; }
 
+scripts/install-deps.sh
 for tool in clang valgrind python3; do
   command -v "$tool" >/dev/null || { echo "test-faults: $tool is missing (scripts/install-deps.sh)" >&2; exit 1; }
 done
