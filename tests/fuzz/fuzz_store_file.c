@@ -63,12 +63,19 @@ static void quiet(sync_log_level level, const char *message, void *userdata)
     (void)userdata;
 }
 
+static void remove_dir(void)
+{
+    clean_dir();
+    rmdir(g_dir);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
     if (!mkdtemp(g_dir))
         fail("mkdtemp");
+    atexit(remove_dir);
     snprintf(g_path, sizeof g_path, "%s/store.json", g_dir);
     return 0;
 }

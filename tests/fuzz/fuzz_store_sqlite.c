@@ -43,6 +43,19 @@ static void quiet(sync_log_level level, const char *message, void *userdata)
     (void)userdata;
 }
 
+static void remove_dir(void)
+{
+    sqlite3_close(g_db);
+    g_db = NULL;
+    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+        char path[sizeof g_path + 16];
+        snprintf(path, sizeof path, "%s%s", g_path, suffixes[i]);
+        unlink(path);
+    }
+    rmdir(g_dir);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
@@ -50,6 +63,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (!mkdtemp(g_dir))
         fail("mkdtemp");
     snprintf(g_path, sizeof g_path, "%s/store.sqlite", g_dir);
+    atexit(remove_dir);
     /* The adapter creates its table; this connection then writes the rows. */
     sync_adapter *a = adapter();
     if (sync_adapter_init(a) != SYNC_OK)

@@ -101,6 +101,18 @@ static int auth(sync_request *req, void *userdata)
 }
 
 static char g_static[] = "/tmp/libsync-fuzz-www-XXXXXX";
+static char g_index[sizeof g_static + 16];
+
+/* The server stops before the files it serves go. */
+static void stop_all(void)
+{
+    sync_server_free(g_server);
+    g_server = NULL;
+    sync_engine_free(g_engine);
+    g_engine = NULL;
+    unlink(g_index);
+    rmdir(g_static);
+}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -108,9 +120,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argv;
     if (!mkdtemp(g_static))
         fail("mkdtemp");
-    char index[sizeof g_static + 16];
-    snprintf(index, sizeof index, "%s/index.html", g_static);
-    FILE *f = fopen(index, "w");
+    snprintf(g_index, sizeof g_index, "%s/index.html", g_static);
+    FILE *f = fopen(g_index, "w");
     if (!f || fputs("<!doctype html><title>fuzz</title>\n", f) < 0 || fclose(f) != 0)
         fail("cannot write index.html");
 
@@ -134,6 +145,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         sync_server_start(g_server) != SYNC_OK)
         fail("server");
     g_port = sync_server_port(g_server);
+    atexit(stop_all);
     return 0;
 }
 

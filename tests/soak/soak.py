@@ -22,6 +22,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -333,6 +334,7 @@ def main():
         if code != 0:
             failures.append(f"the server exited {code} on SIGTERM")
 
+    shutil.rmtree(data_dir, ignore_errors=True)
     post = [(t, r) for t, r in samples if t >= warmup and r > 0]
     slope = slope_kb_per_min(post)
     warm_rss = post[0][1] if post else samples[-1][1]
