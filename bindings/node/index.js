@@ -7,17 +7,14 @@ const path = require('path');
 
 const native = loadAddon();
 
+// SYNCENGINE_ADDON, when set, names the addon to load (the test suite points it at a CMake build);
+// otherwise the one `npm install` built beside this file.
 function loadAddon() {
-  const candidates = [
-    process.env.SYNCENGINE_ADDON && path.resolve(process.env.SYNCENGINE_ADDON),
-    path.join(__dirname, 'build', 'bindings', 'node', 'syncengine.node'),
-  ].filter(Boolean);
-  for (const file of candidates) {
-    try {
-      return require(file);
-    } catch (err) {
-      if (err.code !== 'MODULE_NOT_FOUND') throw err;
-    }
+  if (process.env.SYNCENGINE_ADDON) return require(path.resolve(process.env.SYNCENGINE_ADDON));
+  try {
+    return require(path.join(__dirname, 'build', 'bindings', 'node', 'syncengine.node'));
+  } catch (err) {
+    if (err.code !== 'MODULE_NOT_FOUND') throw err;
   }
   throw new Error(
     'syncengine: the native addon is not built. Run `npm install` in bindings/node (it builds ' +
