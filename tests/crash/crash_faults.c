@@ -2,7 +2,8 @@
  * crash_faults: a store that cannot be written, while the built-in server serves. For each adapter
  * and persist mode: a full disk (a 1 MiB tmpfs filled up), a file-size limit (RLIMIT_FSIZE, how a
  * quota looks), and a read-only store (a read-only bind mount, at start and, for the file adapter,
- * while serving). Each time: the store starts with a record at version 1; while the fault lasts,
+ * while serving; a SQLite store read-only at start is a known bug, run alone with "sqlite-ro").
+ * Each time: the store starts with a record at version 1; while the fault lasts,
  * every change is reported through on_error with context "sync", the clients and a newcomer are
  * still served the latest in-memory state, and the record on disk stays exactly version 1, intact;
  * once the fault is lifted the next change is saved again.

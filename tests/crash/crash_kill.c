@@ -13,8 +13,6 @@
  */
 #include <libsync/libsync.h>
 
-#include <dirent.h>
-#include <errno.h>
 #include <poll.h>
 #include <signal.h>
 #include <sqlite3.h>

@@ -151,17 +151,15 @@ static int on_fail(sync_msg *msg, void *userdata)
     return SYNC_EHANDLER;
 }
 
-static int on_state_error_count;
+/* Every report names what went wrong and where. */
 static void on_error(sync_engine *engine, int status, const char *message, const char *context,
                      sync_conn *conn, void *userdata)
 {
     (void)engine;
-    (void)status;
     (void)conn;
     (void)userdata;
-    if (!message || !context)
-        abort();
-    on_state_error_count++;
+    if (status >= 0 || !message || !*message || !context || !*context)
+        fail("an error report without a status, message or context", message, 0);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
