@@ -17,6 +17,9 @@ _Static_assert(LWS_PRE <= SYNC_FRAME_HEADROOM, "frames need LWS_PRE bytes of hea
 /* Per-connection receive buffer of lws. Messages larger than this arrive in several RECEIVE
  * callbacks and are reassembled by server_conn.c; keeping it small keeps idle connections small. */
 #define SERVER_RX_BUFFER 256
+/* Left at 0, lws caps each write at the receive buffer size: a 64 KiB state would leave in 256-byte
+ * sends. Frames are written straight from their shared buffer, so a large cap costs no memory. */
+#define SERVER_TX_PACKET_SIZE (1u << 20)
 
 /* lws logs through one process-wide sink; it goes to the most recently listening server. */
 static pthread_mutex_t lws_log_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -387,6 +390,7 @@ int sync_server_listen(sync_server *server)
     server->protocols[0].name = "libsync";
     server->protocols[0].callback = server_callback;
     server->protocols[0].rx_buffer_size = SERVER_RX_BUFFER;
+    server->protocols[0].tx_packet_size = SERVER_TX_PACKET_SIZE;
 
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
