@@ -40,8 +40,7 @@ typedef struct sync_adapter_vtable {
      * store exists but cannot be parsed (the adapter must keep it aside, never overwrite it).
      * Finishing later: return SYNC_PENDING and call sync_pending_complete_load().
      */
-    int (*load)(void *userdata, sync_pending *pending, char **out_state_json,
-                int64_t *out_version);
+    int (*load)(void *userdata, sync_pending *pending, char **out_state_json, int64_t *out_version);
     /**
      * Writes the whole state and its version, atomically: after a crash at any instant the store
      * holds either the previous record or this one. `state` and `state_json` are the same value
@@ -71,14 +70,12 @@ SYNC_EXTERN int sync_adapter_init(sync_adapter *adapter);
 /** *out_state_json: caller owns (sync_free), NULL when never saved. */
 SYNC_EXTERN int sync_adapter_load(sync_adapter *adapter, char **out_state_json,
                                   int64_t *out_version);
-SYNC_EXTERN int sync_adapter_save(sync_adapter *adapter, const char *state_json,
-                                  int64_t version);
+SYNC_EXTERN int sync_adapter_save(sync_adapter *adapter, const char *state_json, int64_t version);
 SYNC_EXTERN int sync_adapter_backup(sync_adapter *adapter, int64_t *out_timestamp_ms);
 
 /* Completions of a call that returned SYNC_PENDING. `error_message` (copied, may be NULL) is the
  * readable reason when status is negative. Call exactly one of these, once per pending token. */
-SYNC_EXTERN int sync_pending_complete(sync_pending *pending, int status,
-                                      const char *error_message);
+SYNC_EXTERN int sync_pending_complete(sync_pending *pending, int status, const char *error_message);
 /** For load(): `state_json` (copied) NULL means the store was never saved. */
 SYNC_EXTERN int sync_pending_complete_load(sync_pending *pending, int status,
                                            const char *state_json, int64_t version,
@@ -142,11 +139,14 @@ typedef struct sync_file_options {
     int fsync;
 } sync_file_options;
 
-#define SYNC_FILE_OPTIONS_INIT {SYNC_FILE_OPTIONS_VERSION, NULL, NULL, 1}
+#define SYNC_FILE_OPTIONS_INIT                                                                     \
+    {                                                                                              \
+        SYNC_FILE_OPTIONS_VERSION, NULL, NULL, 1                                                   \
+    }
 
 SYNC_EXTERN int sync_file_options_init(sync_file_options *opts, unsigned int version);
-/** Creates the file adapter. Saves write "<file>.tmp-<pid>-<n>", fsync, rename over the file, fsync the
- *  directory. A file that cannot be parsed is renamed to "<file>.corrupt-<ms>" and reported. */
+/** Creates the file adapter. Saves write "<file>.tmp-<pid>-<n>", fsync, rename over the file, fsync
+ * the directory. A file that cannot be parsed is renamed to "<file>.corrupt-<ms>" and reported. */
 SYNC_EXTERN int sync_adapter_file_new(sync_adapter **out, const sync_file_options *opts);
 
 #ifdef __cplusplus

@@ -68,8 +68,7 @@ typedef struct sync_hooks {
     void (*on_state_change)(sync_engine *engine, const cJSON *old_state, const cJSON *new_state,
                             void *userdata);
     void (*on_sync)(sync_engine *engine, const cJSON *state, int64_t version, void *userdata);
-    void (*on_backup)(sync_engine *engine, int64_t timestamp_ms, int64_t version,
-                      void *userdata);
+    void (*on_backup)(sync_engine *engine, int64_t timestamp_ms, int64_t version, void *userdata);
     void (*on_ping)(sync_engine *engine, sync_conn *conn, void *userdata);
     void (*on_pong)(sync_engine *engine, sync_conn *conn, void *userdata);
     void (*on_ping_timeout)(sync_engine *engine, sync_conn *conn, void *userdata);
@@ -83,7 +82,10 @@ typedef struct sync_hooks {
     sync_free_cb free_userdata;
 } sync_hooks;
 
-#define SYNC_HOOKS_INIT {SYNC_HOOKS_VERSION, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL}
+#define SYNC_HOOKS_INIT                                                                            \
+    {                                                                                              \
+        SYNC_HOOKS_VERSION, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL       \
+    }
 
 /* ------------------------------------------------------------------------------------------ */
 /* Options                                                                                     */
@@ -289,7 +291,10 @@ typedef struct sync_conn_callbacks {
     sync_free_cb free_userdata;
 } sync_conn_callbacks;
 
-#define SYNC_CONN_CALLBACKS_INIT {SYNC_CONN_CALLBACKS_VERSION, NULL, NULL, NULL}
+#define SYNC_CONN_CALLBACKS_INIT                                                                   \
+    {                                                                                              \
+        SYNC_CONN_CALLBACKS_VERSION, NULL, NULL, NULL                                              \
+    }
 
 /** Creates a connection handle for the embedder's own transport. The caller owns one reference
  *  (release with sync_conn_free()); an engine holds another while the connection is open. */
@@ -393,21 +398,21 @@ SYNC_EXTERN int sync_engine_set_hooks(sync_engine *engine, const sync_hooks *hoo
 #define SYNC_ENGINE_STATS_VERSION 1
 
 typedef struct sync_engine_stats {
-    unsigned int version;        /**< set by the caller to SYNC_ENGINE_STATS_VERSION */
-    int64_t state_version;       /**< current version */
-    uint64_t connections;        /**< open connections */
-    uint64_t messages_in;        /**< messages received (pong included) */
-    uint64_t messages_applied;   /**< messages whose handler succeeded */
-    uint64_t messages_dropped;   /**< messages dropped by any failure */
-    uint64_t handler_errors;     /**< handler failures */
-    uint64_t frames_out;         /**< frames handed to transports */
-    uint64_t bytes_out;          /**< bytes handed to transports */
-    uint64_t serialisations;     /**< times the state was serialised (once per broadcast version) */
-    uint64_t saves;              /**< adapter saves that succeeded */
-    uint64_t save_errors;        /**< adapter saves that failed */
-    uint64_t last_save_us;       /**< duration of the last save, microseconds */
-    uint64_t total_save_us;      /**< sum of all save durations, microseconds */
-    size_t state_bytes;          /**< size of the state as compact JSON at the last serialisation */
+    unsigned int version;      /**< set by the caller to SYNC_ENGINE_STATS_VERSION */
+    int64_t state_version;     /**< current version */
+    uint64_t connections;      /**< open connections */
+    uint64_t messages_in;      /**< messages received (pong included) */
+    uint64_t messages_applied; /**< messages whose handler succeeded */
+    uint64_t messages_dropped; /**< messages dropped by any failure */
+    uint64_t handler_errors;   /**< handler failures */
+    uint64_t frames_out;       /**< frames handed to transports */
+    uint64_t bytes_out;        /**< bytes handed to transports */
+    uint64_t serialisations;   /**< times the state was serialised (once per broadcast version) */
+    uint64_t saves;            /**< adapter saves that succeeded */
+    uint64_t save_errors;      /**< adapter saves that failed */
+    uint64_t last_save_us;     /**< duration of the last save, microseconds */
+    uint64_t total_save_us;    /**< sum of all save durations, microseconds */
+    size_t state_bytes;        /**< size of the state as compact JSON at the last serialisation */
 } sync_engine_stats;
 
 SYNC_EXTERN int sync_engine_get_stats(sync_engine *engine, sync_engine_stats *out);

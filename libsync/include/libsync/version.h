@@ -14,8 +14,9 @@
 #define SYNC_VERSION_STRING "0.1.0"
 #define SYNC_SOVERSION 0
 
-/** Packs a version for compile-time comparisons: SYNC_VERSION_NUMBER >= SYNC_MAKE_VERSION(0,2,0). */
-#define SYNC_MAKE_VERSION(major, minor, patch) ((major) * 1000000 + (minor) * 1000 + (patch))
+/** Packs a version for compile-time comparisons: SYNC_VERSION_NUMBER >= SYNC_MAKE_VERSION(0,2,0).
+ */
+#define SYNC_MAKE_VERSION(major, minor, patch) ((major)*1000000 + (minor)*1000 + (patch))
 #define SYNC_VERSION_NUMBER                                                                        \
     SYNC_MAKE_VERSION(SYNC_VERSION_MAJOR, SYNC_VERSION_MINOR, SYNC_VERSION_PATCH)
 
