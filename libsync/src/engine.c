@@ -329,6 +329,7 @@ int sync_engine_dispose(sync_engine *engine)
     sync_conn *conn = engine->conns;
     engine->conns = NULL;
     atomic_store(&engine->conn_count, 0);
+    engine->push_count = 0;
     while (conn) {
         sync_conn *next = conn->next;
         conn->prev = conn->next = NULL;

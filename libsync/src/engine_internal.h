@@ -206,6 +206,8 @@ struct sync_engine {
     /* connections */
     sync_conn *conns;
     atomic_size_t conn_count;
+    size_t push_count; /* conns without state_changed: only they need a pre-send save or a walk
+                          that survives re-entry (their public send callback may call back in) */
 
     /* pipeline */
     handler_entry *handlers;

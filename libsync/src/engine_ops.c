@@ -87,6 +87,8 @@ void sync_engine_close_conn(sync_engine *engine, sync_conn *conn)
     conn->prev = conn->next = NULL;
     conn->state = CONN_CLOSED;
     atomic_fetch_sub(&engine->conn_count, 1);
+    if (!sync_conn_is_pull(conn))
+        engine->push_count--;
     SYNC_DEBUG(engine, "connection %llu closed", (unsigned long long)conn->id);
     if (engine->hooks.on_disconnect)
         engine->hooks.on_disconnect(engine, conn, engine->hooks.userdata);
@@ -223,12 +225,13 @@ static int save_finish(sync_engine *engine, sync_op *op)
 
 /* ---- broadcast ------------------------------------------------------------------------------ */
 
-static int has_push_conn(sync_engine *engine)
+/* state_changed never calls back into the engine (transport.h), so with the engine lock held the
+ * list cannot change under this walk: no snapshot, no reference per connection. */
+static void notify_pull_conns(sync_engine *engine, int force)
 {
     for (sync_conn *c = engine->conns; c; c = c->next)
-        if (!sync_conn_is_pull(c))
-            return 1;
-    return 0;
+        if (sync_conn_is_pull(c))
+            sync_conn_notify_state(c, force);
 }
 
 static sync_frame *state_update_ref(sync_engine *engine)
@@ -239,6 +242,12 @@ static sync_frame *state_update_ref(sync_engine *engine)
 
 static int send_state_to_all(sync_engine *engine, int force)
 {
+    if (engine->push_count == 0) {
+        SYNC_DEBUG(engine, "broadcast version %lld to %zu pull connections",
+                   (long long)atomic_load(&engine->version), atomic_load(&engine->conn_count));
+        notify_pull_conns(engine, force);
+        return SYNC_OK;
+    }
     size_t count = 0;
     sync_conn **conns = sync_engine_conn_snapshot(engine, &count);
     if (!conns && atomic_load(&engine->conn_count) > 0)
@@ -273,7 +282,7 @@ static int broadcast_run(sync_engine *engine, sync_op *op, int force)
     for (;;) {
         switch (op->bsub) {
         case B_START:
-            if (!need_presend_save(engine) || !has_push_conn(engine)) {
+            if (!need_presend_save(engine) || engine->push_count == 0) {
                 op->bsub = B_SEND;
                 break;
             }
@@ -355,6 +364,8 @@ static int open_run(sync_engine *engine, sync_op *op)
                 engine->conns->prev = conn;
             engine->conns = sync_conn_ref(conn);
             atomic_fetch_add(&engine->conn_count, 1);
+            if (!sync_conn_is_pull(conn))
+                engine->push_count++;
             SYNC_DEBUG(engine, "connection %llu opened", (unsigned long long)conn->id);
             if (engine->hooks.on_connect)
                 engine->hooks.on_connect(engine, conn, engine->hooks.userdata);
@@ -534,12 +545,7 @@ static void op_wait(sync_op *op)
 static void notify_pulls(sync_engine *engine)
 {
     engine->pull_waiting = 0;
-    size_t count = 0;
-    sync_conn **conns = sync_engine_conn_snapshot(engine, &count);
-    for (size_t i = 0; i < count; i++)
-        if (sync_conn_is_pull(conns[i]))
-            sync_conn_notify_state(conns[i], 0);
-    release_snapshot(conns, count);
+    notify_pull_conns(engine, 0);
 }
 
 static void op_finish(sync_engine *engine, sync_op *op)

@@ -21,7 +21,8 @@ typedef struct sync_transport_ops {
     int (*send_frame)(void *userdata, sync_frame *frame);
     /* The state changed (or, with force, a broadcast was asked for). The transport later calls
      * sync_engine_pull_state_frame() when it can write. NULL = a push transport: the engine sends
-     * state frames through send_frame itself. */
+     * state frames through send_frame itself. It must not call into the engine: the engine walks
+     * its connection list while calling it. */
     void (*state_changed)(void *userdata, int force);
     void (*close)(void *userdata, int code, const char *reason);
     void (*free_userdata)(void *userdata);

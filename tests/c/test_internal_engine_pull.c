@@ -156,6 +156,52 @@ static void group_commit_before_send(void)
     fake_store_cleanup(&store);
 }
 
+/* The engine counts its push connections: while one is open a broadcast saves first and pushes
+ * to it; once the last one is gone the broadcast is a notice to the pull connections only. */
+static void push_count_follows_open_and_close(void)
+{
+    fake_store store;
+    fake_store_init(&store, "{\"counter\":0}", 0);
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    opts.adapter = fake_adapter_new(&store);
+    opts.persist_mode = SYNC_PERSIST_BEFORE_SEND;
+    opts.auto_broadcast = 1;
+    sync_engine *e = NULL;
+    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
+    counter_register(e, 0);
+    pull_conn pc;
+    pc_init(&pc);
+    fake_conn *push[2] = {fake_conn_new(), fake_conn_new()};
+    sync_engine_handle_open(e, pc.conn);
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ_INT(sync_engine_handle_open(e, push[i]->conn), SYNC_OK);
+    counter_send(e, pc.conn, "increment", 1);
+    CHECK_EQ_INT(store.saves, 1);
+    CHECK_EQ_INT(pc.notified, 1);
+    for (int i = 0; i < 2; i++) {
+        REQUIRE(fake_conn_frames(push[i]) == 2);
+        CHECK(fake_conn_frame_counter(push[i], 1) == 1);
+    }
+    CHECK_EQ_INT(sync_engine_handle_close(e, push[0]->conn), SYNC_OK);
+    counter_send(e, pc.conn, "increment", 1);
+    CHECK_EQ_INT(store.saves, 2); /* one push connection left: still saved before it is sent */
+    CHECK_EQ_INT(fake_conn_frames(push[1]), 3);
+    CHECK_EQ_INT(sync_engine_handle_close(e, push[1]->conn), SYNC_OK);
+    counter_send(e, pc.conn, "increment", 1);
+    CHECK_EQ_INT(store.saves, 2); /* pull only: the save waits for the pull */
+    CHECK_EQ_INT(pc.notified, 3);
+    CHECK(pc_pull(e, &pc, 0) != NULL);
+    CHECK_EQ_INT(store.saves, 3);
+    CHECK_EQ_STR(store.json, "{\"counter\":3}");
+    CHECK_EQ_INT(fake_conn_frames(push[0]), 2);
+    CHECK_EQ_INT(fake_conn_frames(push[1]), 3);
+    sync_engine_free(e);
+    pc_cleanup(&pc);
+    for (int i = 0; i < 2; i++)
+        fake_conn_release(push[i]);
+    fake_store_cleanup(&store);
+}
+
 static int deadline_calls;
 
 static void on_deadline(void *userdata)
@@ -186,6 +232,7 @@ int main(void)
 {
     RUN(pull_broadcast);
     RUN(group_commit_before_send);
+    RUN(push_count_follows_open_and_close);
     RUN(deadline_listener);
     return check_summary();
 }
