@@ -4,9 +4,12 @@
 #include "json_check.h"
 #include "libsync/adapter.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +26,47 @@ typedef struct file_adapter {
     int fsync;
 } file_adapter;
 
+/* The pid in "<digits>-<digits>" (the tail of fs_temp_name()'s "<base>.tmp-<pid>-<n>"), or -1
+ * when the text has any other shape. */
+static long temp_name_pid(const char *tail)
+{
+    const char *p = tail;
+    long pid = 0;
+    while (*p >= '0' && *p <= '9' && pid < 1000000000L)
+        pid = pid * 10 + (*p++ - '0');
+    if (p == tail || *p != '-')
+        return -1;
+    const char *n = ++p;
+    while (*p >= '0' && *p <= '9')
+        p++;
+    return p == n || *p ? -1 : pid;
+}
+
+/* Removes the temp files a save killed half-way left beside the store. Only names of the exact
+ * shape "<store name>.tmp-<pid>-<n>" whose process is gone: a live process (this one included)
+ * may be in the middle of its own save. A file that cannot be removed is left; it harms nothing. */
+static void remove_stale_temp_files(const file_adapter *fa)
+{
+    const char *slash = strrchr(fa->path, '/');
+    const char *base = slash ? slash + 1 : fa->path;
+    size_t base_len = strlen(base);
+    DIR *d = opendir(fa->dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, base, base_len) != 0 || strncmp(e->d_name + base_len, ".tmp-", 5))
+            continue;
+        long pid = temp_name_pid(e->d_name + base_len + 5);
+        if (pid <= 0 || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+            unlinkat(dirfd(d), e->d_name, 0);
+    }
+    closedir(d);
+}
+
 static int file_init(void *userdata, sync_pending *pending)
 {
     (void)pending;
@@ -31,6 +75,7 @@ static int file_init(void *userdata, sync_pending *pending)
      * engine keeps its initial state (the original wrote an empty record and wiped it). */
     if (fs_mkdirs(fa->dir) != 0)
         return sync_fail(SYNC_EIO, "cannot create directory %s: %s", fa->dir, strerror(errno));
+    remove_stale_temp_files(fa);
     return SYNC_OK;
 }
 

@@ -31,6 +31,9 @@ typedef struct sqlite_adapter {
     /* A corrupt row found by load() that could not be moved to <table>_corrupt yet: the next save
      * must move it first instead of overwriting it. */
     const char *row_to_keep;
+    /* Opened read-only because the database could not be written: load works, saves fail and
+     * each one first tries a writable open again. */
+    int read_only;
 } sqlite_adapter;
 
 static int is_memory(const sqlite_adapter *sa)
@@ -56,6 +59,7 @@ static void close_db(sqlite_adapter *sa)
     sa->save_stmt = NULL;
     sqlite3_close(sa->db);
     sa->db = NULL;
+    sa->read_only = 0;
 }
 
 static int exec_sql(sqlite3 *db, const char *sql)
@@ -138,6 +142,67 @@ static int open_and_prepare(sqlite_adapter *sa, int *sqlite_rc)
     return status;
 }
 
+/* A database that cannot be written (read-only file, directory or mount) is still opened for
+ * load, so its record is read rather than replaced by a fresh state later. */
+static int try_open_read_only(sqlite_adapter *sa, const char *name, int flags)
+{
+    int rc =
+        sqlite3_open_v2(name, &sa->db, flags | SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_extended_result_codes(sa->db, 1);
+        sqlite3_busy_timeout(sa->db, sa->busy_timeout_ms);
+        rc = table_sql(sa, "SELECT state, version FROM \"", "\" WHERE id = 1", &sa->load_stmt);
+    }
+    if (rc != SQLITE_OK) {
+        close_db(sa);
+        return -1;
+    }
+    sa->read_only = 1;
+    return 0;
+}
+
+/* "file:" URI of the path with immutable=1; only '%', '?' and '#' need escaping in its path. */
+static char *immutable_uri(const char *path)
+{
+    size_t len = strlen(path);
+    char *uri = malloc(len * 3 + 32);
+    if (!uri)
+        return NULL;
+    char *p = uri + sprintf(uri, "file:%s", path[0] == '/' ? "//" : "");
+    for (const char *c = path; *c; c++)
+        p += (*c == '%' || *c == '?' || *c == '#') ? sprintf(p, "%%%02X", (unsigned char)*c)
+                                                   : sprintf(p, "%c", *c);
+    strcpy(p, "?immutable=1");
+    return uri;
+}
+
+static int open_read_only(sqlite_adapter *sa)
+{
+    if (try_open_read_only(sa, sa->path, 0) == 0)
+        return 0;
+    /* A WAL database whose -shm cannot be created (read-only directory or mount) opens only as
+     * immutable; that is exact only while no -wal holds commits it would ignore. */
+    char *wal = NULL;
+    if (asprintf(&wal, "%s-wal", sa->path) < 0)
+        return -1;
+    struct stat st;
+    int wal_has_data = stat(wal, &st) == 0 && st.st_size > 0;
+    free(wal);
+    if (wal_has_data)
+        return -1;
+    char *uri = immutable_uri(sa->path);
+    int rc = uri ? try_open_read_only(sa, uri, SQLITE_OPEN_URI) : -1;
+    free(uri);
+    return rc;
+}
+
+static int is_write_refusal(int sqlite_rc)
+{
+    int primary = sqlite_rc & 0xff;
+    return primary == SQLITE_READONLY || primary == SQLITE_CANTOPEN || primary == SQLITE_PERM ||
+           primary == SQLITE_AUTH;
+}
+
 /* Renames a file that is not a database (and its -wal/-shm) out of the way, never over another
  * file, so the bytes stay for inspection and a new database can take the name. */
 static int keep_file_aside(sqlite_adapter *sa, char **out_aside)
@@ -202,6 +267,9 @@ static int ensure_open(sqlite_adapter *sa)
     if (is_memory(sa) || !lacks_sqlite_header(sa->path)) {
         rc = open_and_prepare(sa, &sqlite_rc);
         int primary = sqlite_rc & 0xff;
+        if (rc != SYNC_OK && !is_memory(sa) && is_write_refusal(sqlite_rc) &&
+            open_read_only(sa) == 0)
+            return SYNC_OK;
         if (rc == SYNC_OK || (primary != SQLITE_NOTADB && primary != SQLITE_CORRUPT) ||
             is_memory(sa))
             return rc;
@@ -320,9 +388,18 @@ static int sqlite_save(void *userdata, sync_pending *pending, const cJSON *state
 {
     (void)pending;
     sqlite_adapter *sa = userdata;
+    if (sa->read_only)
+        close_db(sa);
     int rc = ensure_open(sa);
     if (rc != SYNC_OK)
         return rc;
+    if (sa->read_only) {
+        /* ensure_open() left why the writable open failed; copied before sync_fail() reuses it. */
+        char why[256];
+        snprintf(why, sizeof why, "%s", sync_error_last());
+        return sync_fail(SYNC_EIO, "cannot save to %s: opened read-only for load (%s)", sa->path,
+                         why);
+    }
     if (sa->row_to_keep && (rc = keep_row_aside(sa, sa->row_to_keep)) != SYNC_ECORRUPT)
         return rc;
     char *printed = NULL;

@@ -193,6 +193,9 @@ struct sync_engine {
     uint64_t persisted_seq;
     uint64_t persist_tried_seq;
     uint64_t saving_seq; /* seq of a save still in flight, 0 when none */
+    /* init() or load() failed for a reason other than a corrupt record: the store may hold a
+     * record the engine never read, so every save is refused rather than overwrite it. */
+    int store_unread;
 
     /* serialise once per seq */
     char *json; /* reused from change to change: most changes fit the last buffer */

@@ -133,9 +133,13 @@ static int adapter_invoke(sync_engine *engine, sync_op *op, adapter_call call)
         const char *text = sync_engine_state_text(engine, &len);
         op->save_seq = engine->seq;
         op->t0_us = sync_engine_now_us();
-        rc = text ? adapter->vt.save(adapter->userdata, pending, engine->state, text, len,
-                                     atomic_load(&engine->version))
-                  : sync_fail(SYNC_ENOMEM, "out of memory serialising the state");
+        rc = engine->store_unread
+                 ? sync_fail(SYNC_EIO, "the store could not be read at start; saves are refused "
+                                       "so its record is not overwritten (create the engine "
+                                       "again once the store is readable)")
+             : text ? adapter->vt.save(adapter->userdata, pending, engine->state, text, len,
+                                       atomic_load(&engine->version))
+                    : sync_fail(SYNC_ENOMEM, "out of memory serialising the state");
         break;
     }
     case CALL_BACKUP:
@@ -478,20 +482,24 @@ static int load_run(sync_engine *engine, sync_op *op)
                 return SYNC_PENDING;
             break;
         case L_INITED:
-            if (op->arc < 0)
+            if (op->arc < 0) {
+                engine->store_unread = op->arc != SYNC_ECORRUPT;
                 return sync_engine_report(
                     engine, op->arc, "load", NULL,
                     "adapter init failed: %s; starting from the initial state",
                     op->aerr ? op->aerr : sync_strerror(op->arc));
+            }
             op->stage = L_LOADED;
             if (adapter_invoke(engine, op, CALL_LOAD) == SYNC_PENDING)
                 return SYNC_PENDING;
             break;
         default:
-            if (op->arc < 0)
+            if (op->arc < 0) {
+                engine->store_unread = op->arc != SYNC_ECORRUPT;
                 return sync_engine_report(engine, op->arc, "load", NULL,
                                           "load failed: %s; starting from the initial state",
                                           op->aerr ? op->aerr : sync_strerror(op->arc));
+            }
             load_apply(engine, op);
             return SYNC_OK;
         }

@@ -129,6 +129,72 @@ static void test_many_saves_leave_no_temp_files(void)
     free(dir);
 }
 
+/* A pid no process has: a child that exited and was reaped. 0 if fork failed. */
+static pid_t dead_pid(void)
+{
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(0);
+    if (pid < 0 || waitpid(pid, NULL, 0) != pid)
+        return 0;
+    return pid;
+}
+
+static void write_named(const char *dir, const char *name)
+{
+    char *path = afs_join(dir, name);
+    REQUIRE(afs_write(path, "partial") == 0);
+    free(path);
+}
+
+static int exists_named(const char *dir, const char *name)
+{
+    char *path = afs_join(dir, name);
+    int found = afs_exists(path);
+    free(path);
+    return found;
+}
+
+/* A save killed half-way leaves its temp file; the next init removes exactly those. */
+static void test_init_removes_stale_temp_files(void)
+{
+    char *dir = check_tmpdir("file-stale-tmp");
+    char *path = afs_join(dir, "state.json");
+    REQUIRE(afs_write(path, "{\"state\":{\"n\":5},\"version\":5}") == 0);
+    long dead = (long)dead_pid();
+    REQUIRE(dead > 0);
+    char stale[2][64], kept[7][64];
+    snprintf(stale[0], sizeof stale[0], "state.json.tmp-%ld-0", dead);
+    snprintf(stale[1], sizeof stale[1], "state.json.tmp-%ld-123", dead);
+    snprintf(kept[0], sizeof kept[0], "state.json.tmp-%ld-7", (long)getpid()); /* a live save */
+    snprintf(kept[1], sizeof kept[1], "state.json.tmp-%ld-7", (long)getppid());
+    snprintf(kept[2], sizeof kept[2], "state.json.tmp-%ld-7x", dead);
+    snprintf(kept[3], sizeof kept[3], "state.json.tmp-%ld-", dead);
+    snprintf(kept[4], sizeof kept[4], "other.json.tmp-%ld-1", dead);
+    snprintf(kept[5], sizeof kept[5], "xstate.json.tmp-%ld-1", dead);
+    snprintf(kept[6], sizeof kept[6], "state.jsonx.tmp-%ld-1", dead);
+    for (int i = 0; i < 2; i++)
+        write_named(dir, stale[i]);
+    for (int i = 0; i < 7; i++)
+        write_named(dir, kept[i]);
+    char *sub = afs_join(dir, "state.json.tmp-1-1"); /* pid 1 is alive, a directory anyway */
+    REQUIRE(mkdir(sub, 0700) == 0);
+
+    sync_adapter *a = open_adapter(path, NULL, 0);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    for (int i = 0; i < 2; i++)
+        CHECK(!exists_named(dir, stale[i]));
+    for (int i = 0; i < 7; i++)
+        CHECK(exists_named(dir, kept[i]));
+    CHECK(afs_exists(sub));
+    expect_record(a, "{\"n\":5}", 5);
+    sync_adapter_free(a);
+    free(sub);
+    free(path);
+    free(dir);
+}
+
 static void test_save_keeps_file_permissions(void)
 {
     char *dir = check_tmpdir("file-mode");
@@ -577,11 +643,39 @@ static void test_engine_failed_save_reported(void)
     sync_engine_free(e);
 }
 
+/* A store that cannot be read at start (here a FIFO: "not a regular file") may hold a record the
+ * engine never saw: every save is refused, and the store is left as it was. */
+static void test_engine_unread_store_never_overwritten(void)
+{
+    char *dir = check_tmpdir("file-unread");
+    char *path = afs_join(dir, "state.json");
+    REQUIRE(mkfifo(path, 0600) == 0);
+    aeng_errors errors;
+    sync_engine *e = aeng_new(open_adapter(path, NULL, 1), "{\"n\":1}", &errors);
+    REQUIRE(e);
+    CHECK_EQ_STR(errors.last_context, "load");
+    int before = errors.count;
+    sync_engine_set_state_json(e, "{\"n\":2}", 0);
+    expect_state(e, "{\"n\":2}", 1);
+    CHECK_EQ_INT(errors.count, before + 1);
+    CHECK_EQ_INT(errors.last_status, SYNC_EIO);
+    CHECK_EQ_STR(errors.last_context, "sync");
+    CHECK(strstr(errors.last_message, "saves are refused"));
+    CHECK_EQ_INT(sync_engine_sync(e), SYNC_EIO);
+    struct stat st;
+    CHECK(lstat(path, &st) == 0 && S_ISFIFO(st.st_mode));
+    CHECK_EQ_INT(afs_count(dir, "state.json.tmp-"), 0);
+    sync_engine_free(e);
+    free(path);
+    free(dir);
+}
+
 int main(void)
 {
     RUN(test_init_writes_nothing);
     RUN(test_record_format_and_restart);
     RUN(test_many_saves_leave_no_temp_files);
+    RUN(test_init_removes_stale_temp_files);
     RUN(test_save_keeps_file_permissions);
     RUN(test_failed_save_keeps_old_record);
     RUN(test_failed_rename_removes_temp_file);
@@ -598,5 +692,6 @@ int main(void)
     RUN(test_engine_restart);
     RUN(test_engine_corrupt_store);
     RUN(test_engine_failed_save_reported);
+    RUN(test_engine_unread_store_never_overwritten);
     return check_summary();
 }

@@ -2,7 +2,7 @@
  * crash_faults: a store that cannot be written, while the built-in server serves. For each adapter
  * and persist mode: a full disk (a 1 MiB tmpfs filled up), a file-size limit (RLIMIT_FSIZE, how a
  * quota looks), and a read-only store (a read-only bind mount, at start and, for the file adapter,
- * while serving; a SQLite store read-only at start is a known bug, run alone with "sqlite-ro").
+ * while serving; a SQLite store read-only at start runs alone with "sqlite-ro").
  * Each time: the store starts with a record at version 1; while the fault lasts,
  * every change is reported through on_error with context "sync", the clients and a newcomer are
  * still served the latest in-memory state, and the record on disk stays exactly version 1, intact;
@@ -335,10 +335,10 @@ out:
     free(dir);
 }
 
-/* Usage: crash_faults            every case but the known failure below
- *        crash_faults sqlite-ro   only a SQLite store that is read-only at start: the engine
- *                                 cannot open it, starts from the initial state and, once the
- *                                 store is writable, overwrites the record it never read. */
+/* Usage: crash_faults            every case but the one below
+ *        crash_faults sqlite-ro   only a SQLite store that is read-only at start (its own ctest,
+ *                                 crash.faults_sqlite_readonly: it was a bug, the store was not
+ *                                 loaded and later overwritten). */
 int main(int argc, char **argv)
 {
     int only_sqlite_ro = argc > 1 && strcmp(argv[1], "sqlite-ro") == 0;

@@ -176,7 +176,10 @@ SYNC_EXTERN int sync_engine_options_init(sync_engine_options *opts, unsigned int
  * load(). A loaded record replaces the state (and the version, when versioning is on). A store
  * that was never saved keeps initial_state_json. A store that cannot be read or parsed is
  * reported through sync_error_last() and the log, kept aside by the adapter, and the engine
- * starts from initial_state_json with version 0.
+ * starts from initial_state_json with version 0. When init() or load() fails for any other reason
+ * (an I/O error, not SYNC_ECORRUPT), the store may hold a record the engine never read: the
+ * engine still starts, but refuses every save (SYNC_EIO through on_error, context "sync") for
+ * its life, so that record is never overwritten; create the engine again once the store reads.
  * When the adapter finishes load() later (SYNC_PENDING), the engine is returned at once and
  * every message and call is queued until the load completes; on_error reports a load failure.
  * Starts the timers (SYNC_TIMERS_THREAD) when an interval is set.
