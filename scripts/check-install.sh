@@ -48,7 +48,9 @@ PKG_CONFIG_PATH=$libdir/pkgconfig make -s -C "$work/pc" >"$work/make.log" 2>&1 |
   { cat "$work/make.log"; fail "the pkg-config build failed"; }
 LD_LIBRARY_PATH=$libdir "$work/pc/standalone" || fail "the pkg-config build does not run"
 # It must really have loaded the installed copy, not one from elsewhere.
-LD_LIBRARY_PATH=$libdir ldd "$work/pc/standalone" | grep -q "libsync.so.0 => $libdir/" ||
+# (ldd's output is captured first: `ldd | grep -q` fails under pipefail when grep exits early.)
+loaded=$(LD_LIBRARY_PATH=$libdir ldd "$work/pc/standalone")
+grep -q "libsync.so.0 => $libdir/" <<<"$loaded" ||
   fail "the pkg-config build did not load $libdir/libsync.so.0"
 
 step "CMake find_package(libsync)"
@@ -59,7 +61,8 @@ rm -f "$work/cm/standalone"
   { cat "$work/cmake.log"; fail "the find_package build failed"; }
 # CMake puts the library's directory in the build tree's RPATH: no LD_LIBRARY_PATH needed.
 "$work/cm/build/standalone" || fail "the find_package build does not run"
-ldd "$work/cm/build/standalone" | grep -q "libsync.so.0 => $libdir/" ||
+loaded=$(ldd "$work/cm/build/standalone")
+grep -q "libsync.so.0 => $libdir/" <<<"$loaded" ||
   fail "the find_package build did not load $libdir/libsync.so.0"
 
 step "ok"
