@@ -63,6 +63,7 @@ for t in "${targets[@]}"; do
 done
 
 step "3. soak (${soak_seconds} s)"
+mkdir -p build-soak  # tee opens its log before soak.sh creates the build directory
 LIBSYNC_SOAK_BUILD=build-soak scripts/soak.sh --seconds "$soak_seconds" \
   --json-out build-soak/soak.json | tee build-soak/soak.log
 summary+=("$(grep -m1 '^soak: ' build-soak/soak.log)")
