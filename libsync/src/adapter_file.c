@@ -306,9 +306,9 @@ int sync_file_options_init(sync_file_options *opts, unsigned int version)
 {
     if (!opts)
         return sync_fail(SYNC_EINVAL, "options pointer is NULL");
-    if (version != SYNC_FILE_OPTIONS_VERSION)
-        return sync_fail(SYNC_EINVAL, "unknown file options version %u (this library knows %u)",
-                         version, SYNC_FILE_OPTIONS_VERSION);
+    int rc = sync_check_options_version(version, SYNC_FILE_OPTIONS_VERSION, "file");
+    if (rc != SYNC_OK)
+        return rc;
     *opts = (sync_file_options)SYNC_FILE_OPTIONS_INIT;
     sync_error_clear();
     return SYNC_OK;
@@ -321,9 +321,9 @@ int sync_adapter_file_new(sync_adapter **out, const sync_file_options *opts)
     *out = NULL;
     if (!opts)
         return sync_fail(SYNC_EINVAL, "options pointer is NULL");
-    if (opts->version == 0 || opts->version > SYNC_FILE_OPTIONS_VERSION)
-        return sync_fail(SYNC_EINVAL, "unknown file options version %u (this library knows %u)",
-                         opts->version, SYNC_FILE_OPTIONS_VERSION);
+    int version_rc = sync_check_options_version(opts->version, SYNC_FILE_OPTIONS_VERSION, "file");
+    if (version_rc != SYNC_OK)
+        return version_rc;
     if (!opts->file_path || !*opts->file_path)
         return sync_fail(SYNC_EINVAL, "file_path is required");
     if (opts->backups_dir && !*opts->backups_dir)

@@ -539,9 +539,9 @@ int sync_sqlite_options_init(sync_sqlite_options *opts, unsigned int version)
 {
     if (!opts)
         return sync_fail(SYNC_EINVAL, "options pointer is NULL");
-    if (version != SYNC_SQLITE_OPTIONS_VERSION)
-        return sync_fail(SYNC_EINVAL, "unknown SQLite options version %u (this library knows %u)",
-                         version, SYNC_SQLITE_OPTIONS_VERSION);
+    int rc = sync_check_options_version(version, SYNC_SQLITE_OPTIONS_VERSION, "SQLite");
+    if (rc != SYNC_OK)
+        return rc;
     *opts = (sync_sqlite_options)SYNC_SQLITE_OPTIONS_INIT;
     sync_error_clear();
     return SYNC_OK;
@@ -554,9 +554,10 @@ int sync_adapter_sqlite_new(sync_adapter **out, const sync_sqlite_options *opts)
     *out = NULL;
     if (!opts)
         return sync_fail(SYNC_EINVAL, "options pointer is NULL");
-    if (opts->version == 0 || opts->version > SYNC_SQLITE_OPTIONS_VERSION)
-        return sync_fail(SYNC_EINVAL, "unknown SQLite options version %u (this library knows %u)",
-                         opts->version, SYNC_SQLITE_OPTIONS_VERSION);
+    int version_rc =
+        sync_check_options_version(opts->version, SYNC_SQLITE_OPTIONS_VERSION, "SQLite");
+    if (version_rc != SYNC_OK)
+        return version_rc;
     if (!opts->path || !*opts->path)
         return sync_fail(SYNC_EINVAL, "path is required");
     const char *table = opts->table_name ? opts->table_name : SQLITE_DEFAULT_TABLE;

@@ -176,8 +176,9 @@ int sync_engine_options_init(sync_engine_options *opts, unsigned int version)
 {
     if (!opts)
         return sync_fail(SYNC_EINVAL, "sync_engine_options_init: opts is NULL");
-    if (version != SYNC_ENGINE_OPTIONS_VERSION)
-        return sync_fail(SYNC_EINVAL, "sync_engine_options_init: unknown version %u", version);
+    int rc = sync_check_options_version(version, SYNC_ENGINE_OPTIONS_VERSION, "engine");
+    if (rc != SYNC_OK)
+        return rc;
     sync_engine_options defaults = SYNC_ENGINE_OPTIONS_INIT;
     *opts = defaults;
     return SYNC_OK;

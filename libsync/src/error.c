@@ -18,6 +18,14 @@ int sync_fail(int status, const char *fmt, ...)
     return status;
 }
 
+int sync_check_options_version(unsigned int version, unsigned int known, const char *what)
+{
+    if (version == 0 || version > known)
+        return sync_fail(SYNC_EINVAL, "unknown %s options version %u (this library knows %u)", what,
+                         version, known);
+    return SYNC_OK;
+}
+
 void sync_error_clear(void)
 {
     last_error[0] = '\0';

@@ -90,8 +90,9 @@ int sync_server_options_init(sync_server_options *opts, unsigned int version)
 {
     if (!opts)
         return sync_fail(SYNC_EINVAL, "options is NULL");
-    if (version != SYNC_SERVER_OPTIONS_VERSION)
-        return sync_fail(SYNC_EINVAL, "unknown server options version %u", version);
+    int rc = sync_check_options_version(version, SYNC_SERVER_OPTIONS_VERSION, "server");
+    if (rc != SYNC_OK)
+        return rc;
     sync_server_options init = SYNC_SERVER_OPTIONS_INIT;
     *opts = init;
     sync_error_clear();
@@ -100,8 +101,9 @@ int sync_server_options_init(sync_server_options *opts, unsigned int version)
 
 static int check_options(const sync_server_options *o)
 {
-    if (o->version != SYNC_SERVER_OPTIONS_VERSION)
-        return sync_fail(SYNC_EINVAL, "unknown server options version %u", o->version);
+    int rc = sync_check_options_version(o->version, SYNC_SERVER_OPTIONS_VERSION, "server");
+    if (rc != SYNC_OK)
+        return rc;
     if (o->port < 0 || o->port > 65535)
         return sync_fail(SYNC_EINVAL, "port %d is out of range", o->port);
     if (o->max_connections < 0)
