@@ -629,3 +629,13 @@ void sync_engine_set_deadline_listener(sync_engine *engine, sync_deadline_change
     engine->deadline_userdata = userdata;
     sync_engine_unlock(engine);
 }
+
+void sync_engine_set_state_listener(sync_engine *engine, sync_state_listener_cb cb, void *userdata)
+{
+    if (!engine)
+        return;
+    sync_engine_lock(engine);
+    engine->state_listener = cb;
+    engine->state_listener_userdata = userdata;
+    sync_engine_unlock(engine);
+}

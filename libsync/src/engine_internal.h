@@ -235,6 +235,8 @@ struct sync_engine {
     int timer_detached;
     int timer_joined;
     sync_deadline_changed_cb deadline_cb;
+    sync_state_listener_cb state_listener;
+    void *state_listener_userdata;
     void *deadline_userdata;
 
     sync_engine_stats stats;

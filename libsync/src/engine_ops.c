@@ -233,6 +233,10 @@ static int save_finish(sync_engine *engine, sync_op *op)
  * list cannot change under this walk: no snapshot, no reference per connection. */
 static void notify_pull_conns(sync_engine *engine, int force)
 {
+    if (engine->state_listener) {
+        engine->state_listener(engine->state_listener_userdata, force);
+        return;
+    }
     for (sync_conn *c = engine->conns; c; c = c->next)
         if (sync_conn_is_pull(c))
             sync_conn_notify_state(c, force);

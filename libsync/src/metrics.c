@@ -201,6 +201,9 @@ char *server_metrics_render(sync_server *server, size_t *len)
                    "WebSocket payload bytes received.", server->bytes_in);
     server_counter(&b, "libsync_server_frames_sent_total", "counter",
                    "WebSocket frames written to sockets.", server->frames_sent);
+    server_counter(&b, "libsync_server_broadcasts_cut_short_total", "counter",
+                   "Broadcasts that stopped to read waiting input and went on with a newer state.",
+                   server->broadcasts_cut_short);
     server_counter(&b, "libsync_server_bytes_sent_total", "counter",
                    "WebSocket payload bytes written to sockets.", server->bytes_sent);
     server_counter(&b, "libsync_server_closed_slow_total", "counter",

@@ -124,6 +124,7 @@ static int check_options(const sync_server_options *o)
 
 static void server_release(sync_server *server)
 {
+    server_broadcast_release(server);
     if (server->auth_free_userdata)
         server->auth_free_userdata(server->auth_userdata);
     for (size_t i = 0; i < server->mount_count; i++)
@@ -166,6 +167,7 @@ int sync_server_new(sync_server **out, const sync_server_options *opts)
     }
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
+    server_broadcast_init(s);
     s->auth = opts->auth;
     s->auth_userdata = opts->auth_userdata;
     s->auth_free_userdata = opts->auth_free_userdata;
@@ -309,6 +311,7 @@ void server_process_wakes(sync_server *server)
     for (size_t i = 0; i < server->engine_count; i++)
         if (atomic_exchange(&server->engines[i]->deadline_moved, false))
             engine_timer_arm(server->engines[i]);
+    server_broadcast_flush(server);
 }
 
 /* ---- the lws protocol callback ----------------------------------------------------------- */
@@ -432,9 +435,11 @@ int sync_server_listen(sync_server *server)
     server->stopping = false;
     atomic_store(&server->ended, false);
     atomic_store(&server->wake_context, ctx);
-    for (size_t i = 0; i < server->engine_count; i++)
+    for (size_t i = 0; i < server->engine_count; i++) {
         sync_engine_set_deadline_listener(server->engines[i]->engine, deadline_moved,
                                           server->engines[i]);
+        server_broadcast_attach(server->engines[i], true);
+    }
     sync_error_clear();
     return SYNC_OK;
 }
@@ -489,6 +494,7 @@ static void serve(sync_server *server)
 
     for (size_t i = 0; i < server->engine_count; i++) {
         sync_engine_set_deadline_listener(server->engines[i]->engine, NULL, NULL);
+        server_broadcast_attach(server->engines[i], false);
         lws_sul_cancel(&server->engines[i]->timer);
     }
     lws_sul_cancel(&server->stop_timer);
@@ -584,8 +590,10 @@ void sync_server_free(sync_server *server)
             pthread_join(server->thread, NULL);
     } else if (server->context && !atomic_load(&server->serving)) {
         /* listened but never served */
-        for (size_t i = 0; i < server->engine_count; i++)
+        for (size_t i = 0; i < server->engine_count; i++) {
             sync_engine_set_deadline_listener(server->engines[i]->engine, NULL, NULL);
+            server_broadcast_attach(server->engines[i], false);
+        }
         atomic_store(&server->wake_context, NULL);
         while (atomic_load(&server->wakers))
             sched_yield();

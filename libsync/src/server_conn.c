@@ -251,6 +251,7 @@ int server_conn_established(server_conn *c, struct lws *wsi)
 void server_conn_closed(server_conn *c)
 {
     sync_server *s = c->server;
+    server_broadcast_leave(c);
     pthread_mutex_lock(&s->lock);
     unlink_wake_locked(c);
     c->wsi = NULL;
@@ -383,6 +384,8 @@ int server_conn_writeable(server_conn *c)
     sync_frame *frame = NULL;
     bool pull = false, force = false;
 
+    if (c->write_failed)
+        return -1;
     pthread_mutex_lock(&s->lock);
     if (c->close_pending) {
         int code = c->close_code;
@@ -408,12 +411,15 @@ int server_conn_writeable(server_conn *c)
     if (frame) {
         if (is_state_frame(frame) && frame->seq > c->last_sent_seq)
             c->last_sent_seq = frame->seq;
+        sync_frame_kind kind = frame->kind;
         int n = lws_write(wsi, (unsigned char *)sync_frame_text(frame), frame->len, LWS_WRITE_TEXT);
         sync_frame_unref(frame);
         if (n < 0)
             return -1;
         s->frames_sent++;
         s->bytes_sent += (uint64_t)n;
+        if (kind == SYNC_FRAME_INITIAL_STATE)
+            server_broadcast_join(c);
     }
 
     pthread_mutex_lock(&s->lock);

@@ -23,6 +23,8 @@
 /* Tags the lws opaque user pointer of a wsi: an HTTP response in progress or a WebSocket. */
 enum server_wsi_kind { SERVER_WSI_HTTP = 1, SERVER_WSI_WS = 2 };
 
+typedef struct server_conn server_conn;
+
 /* One distinct engine mounted on the server (an engine on several paths appears once). */
 typedef struct server_engine {
     sync_server *server;
@@ -30,14 +32,22 @@ typedef struct server_engine {
     const char *path; /* the first path it was mounted on: its metrics label */
     lws_sorted_usec_list_t timer;
     atomic_bool deadline_moved;
+    /* The engine's state moved on (set from any thread by the state listener); the service
+     * thread writes the new frame to every live connection at the end of its loop turn. */
+    atomic_bool state_moved;
+    atomic_bool state_force;
+    /* Service thread: the connections that have their initial state, a ring walked from the
+     * cursor so that a broadcast cut short by new input resumes where it stopped. */
+    server_conn *live_head;
+    server_conn *cursor;
+    size_t live_count;
+    bool flush_pending; /* a broadcast stopped early: some live connections may be behind */
 } server_engine;
 
 typedef struct server_mount {
     char *path;
     server_engine *eng;
 } server_mount;
-
-typedef struct server_conn server_conn;
 
 struct sync_server {
     /* options, copied */
@@ -89,6 +99,9 @@ struct sync_server {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     server_conn *wake_head; /* connections with work for the service thread, under lock */
+    /* Readiness of every WebSocket's input, polled by a long broadcast (server_broadcast.c); -1
+     * when it could not be created (broadcasts then never stop early). */
+    int input_epfd;
 
     /* service-thread counters (read by /metrics on the same thread) */
     int ws_open;
@@ -98,6 +111,7 @@ struct sync_server {
     uint64_t bytes_in;
     uint64_t messages_in;
     uint64_t frames_sent;
+    uint64_t broadcasts_cut_short;
     uint64_t bytes_sent;
     atomic_uint_fast64_t closed_slow; /* also counted by transport ops on other threads */
     uint64_t closed_too_big;
@@ -130,6 +144,10 @@ struct server_conn {
 
     /* Service thread only: */
     uint64_t last_sent_seq;
+    bool live; /* in eng->live_head: the end-of-turn broadcast writes to it */
+    bool write_failed;
+    server_conn *live_next;
+    server_conn *live_prev;
     char *rx_buf;
     size_t rx_len;
     size_t rx_cap;
@@ -158,6 +176,18 @@ int server_conn_writeable(server_conn *c);
 void server_conn_closed(server_conn *c);
 /* Service thread, under server->lock: hands a connection's pending work to lws. */
 void server_conn_wake_locked(server_conn *c);
+
+/* server_broadcast.c: the end-of-turn broadcast of each engine's newest state frame. */
+/* Any thread: registers (or removes) the server as the engine's state listener (transport.h). */
+void server_broadcast_attach(server_engine *eng, bool on);
+void server_broadcast_init(sync_server *server);
+void server_broadcast_release(sync_server *server);
+/* Service thread, after each loop turn: writes each moved engine's frame to its live connections.
+ */
+void server_broadcast_flush(sync_server *server);
+/* Service thread: a connection starts (after its initial state) or stops receiving broadcasts. */
+void server_broadcast_join(server_conn *c);
+void server_broadcast_leave(server_conn *c);
 
 /* server_upgrade.c: 0 to let the upgrade proceed, else the HTTP status already sent. */
 int server_upgrade_check(sync_server *server, struct lws *wsi);

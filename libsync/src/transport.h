@@ -48,4 +48,14 @@ typedef void (*sync_deadline_changed_cb)(void *userdata);
 void sync_engine_set_deadline_listener(sync_engine *engine, sync_deadline_changed_cb cb,
                                        void *userdata);
 
+/*
+ * A transport that owns every pull connection of an engine (the built-in server) can be told of a
+ * change once instead of once per connection: with a listener set, the engine calls it where it
+ * would call each pull connection's state_changed, and the transport finds the connections behind
+ * (their last sent seq is older than the engine's) itself. Same rules as state_changed: engine lock
+ * held, any thread, no call back into the engine. NULL restores the per-connection calls.
+ */
+typedef void (*sync_state_listener_cb)(void *userdata, int force);
+void sync_engine_set_state_listener(sync_engine *engine, sync_state_listener_cb cb, void *userdata);
+
 #endif

@@ -1,0 +1,221 @@
+/*
+ * The built-in server's broadcast: the engine says once per change that its state moved on
+ * (transport.h's state listener), and at the end of each service loop turn every live connection
+ * that is behind is written the one shared frame of the newest state, straight away.
+ *
+ * Why at the end of the turn: every message lws read in that turn is applied first, so one frame
+ * (and one save, with SYNC_PERSIST_BEFORE_SEND) covers them all. Why straight away rather than
+ * through lws_callback_on_writable(): that costs a poll() over every socket and a dispatch per
+ * connection before the first byte leaves, on every change. A connection with anything else to
+ * write first (queued frames, lws's own unsent remainder, a close) still goes through the
+ * writeable callback, which pulls the newest frame after its queue (server_conn.c).
+ *
+ * Why a broadcast may stop early: writing to thousands of sockets takes milliseconds, and input
+ * that arrives meanwhile would wait behind all of it. Every few writes the broadcast asks an epoll
+ * set of every connection's socket (one syscall, whatever the count) whether input is waiting; if
+ * so it ends the turn, lws reads and applies the input, and the next turn resumes at the cursor
+ * with the newer frame. The connections not yet written skip the intermediate state (lossless:
+ * a state supersedes the previous one), and the first client sees a change sooner.
+ */
+#include "server_internal.h"
+
+#include <sys/epoll.h>
+#include <unistd.h>
+
+/* Rounds of "moved again while flushing" handled in one call before the loop is told to come
+ * back instead: a save finishing inside the pull can move the state once more. */
+enum { FLUSH_ROUNDS = 4 };
+/* Writes between two looks for input, and the least share of the connections written before a
+ * broadcast may stop (each stop costs lws a poll() over every socket: it must buy enough writes).
+ */
+enum { INPUT_CHECK_EVERY = 8, MIN_WRITES_BEFORE_STOP = 16, MIN_SHARE_BEFORE_STOP = 8 };
+
+void server_broadcast_init(sync_server *server)
+{
+    server->input_epfd = epoll_create1(EPOLL_CLOEXEC);
+}
+
+void server_broadcast_release(sync_server *server)
+{
+    if (server->input_epfd >= 0)
+        close(server->input_epfd);
+    server->input_epfd = -1;
+}
+
+static void state_moved(void *userdata, int force)
+{
+    server_engine *eng = userdata;
+    if (force)
+        atomic_store(&eng->state_force, true);
+    /* On the service thread the end of the current turn flushes; elsewhere the loop is asleep. */
+    if (!atomic_exchange(&eng->state_moved, true) && !server_on_service_thread(eng->server))
+        server_wake(eng->server);
+}
+
+void server_broadcast_attach(server_engine *eng, bool on)
+{
+    sync_engine_set_state_listener(eng->engine, on ? state_moved : NULL, on ? eng : NULL);
+}
+
+void server_broadcast_join(server_conn *c)
+{
+    if (c->live)
+        return;
+    server_engine *eng = c->eng;
+    sync_server *s = c->server;
+    c->live = true;
+    /* the state may have moved past its initial state while that frame was queued, and the
+     * flush of that move skipped it: the next flush checks it again */
+    atomic_store(&eng->state_moved, true);
+    c->live_prev = NULL;
+    c->live_next = eng->live_head;
+    if (eng->live_head)
+        eng->live_head->live_prev = c;
+    eng->live_head = c;
+    eng->live_count++;
+    if (s->input_epfd >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+        epoll_ctl(s->input_epfd, EPOLL_CTL_ADD, lws_get_socket_fd(c->wsi), &ev);
+    }
+}
+
+void server_broadcast_leave(server_conn *c)
+{
+    if (!c->live)
+        return;
+    server_engine *eng = c->eng;
+    sync_server *s = c->server;
+    if (s->input_epfd >= 0 && c->wsi) {
+        struct epoll_event ev = {0};
+        epoll_ctl(s->input_epfd, EPOLL_CTL_DEL, lws_get_socket_fd(c->wsi), &ev);
+    }
+    if (eng->cursor == c)
+        eng->cursor = c->live_next;
+    if (c->live_prev)
+        c->live_prev->live_next = c->live_next;
+    else
+        eng->live_head = c->live_next;
+    if (c->live_next)
+        c->live_next->live_prev = c->live_prev;
+    eng->live_count--;
+    c->live = false;
+    c->live_next = c->live_prev = NULL;
+}
+
+/* Leaves the frame to the writeable callback, which sends what is queued first. */
+static void defer_to_writeable(server_conn *c, bool force)
+{
+    sync_server *s = c->server;
+    pthread_mutex_lock(&s->lock);
+    if (c->wsi) {
+        if (force)
+            c->force = true;
+        atomic_store_explicit(&c->state_moved, true, memory_order_release);
+        server_conn_wake_locked(c);
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Whether it wrote (or handed over) anything: a connection already at `frame` costs nothing. */
+static bool flush_conn(server_conn *c, sync_frame *frame, bool force)
+{
+    sync_server *s = c->server;
+    if (!force && c->last_sent_seq >= frame->seq)
+        return false;
+    pthread_mutex_lock(&s->lock);
+    bool direct = c->wsi && !c->ring_count && !c->close_pending && !s->stopping;
+    pthread_mutex_unlock(&s->lock);
+    if (!direct || c->write_failed || lws_partial_buffered(c->wsi)) {
+        defer_to_writeable(c, force);
+        return true;
+    }
+    if (frame->seq > c->last_sent_seq)
+        c->last_sent_seq = frame->seq;
+    /* Outside its writeable callback lws still sends what the socket takes and keeps the rest,
+     * asking for POLLOUT itself; lws_partial_buffered() then routes later frames above. */
+    int n = lws_write(c->wsi, (unsigned char *)sync_frame_text(frame), frame->len, LWS_WRITE_TEXT);
+    if (n < 0) {
+        c->write_failed = true; /* the writeable callback closes it */
+        lws_callback_on_writable(c->wsi);
+        return true;
+    }
+    s->frames_sent++;
+    s->bytes_sent += (uint64_t)n;
+    return true;
+}
+
+static bool input_waiting(sync_server *s)
+{
+    struct epoll_event ev;
+    return s->input_epfd >= 0 && epoll_wait(s->input_epfd, &ev, 1, 0) > 0;
+}
+
+/* One walk of the live ring from the cursor, writing `frame` where it is newer; false when it
+ * stopped early for input (the cursor then names the first connection not visited). A forced
+ * broadcast goes to everyone in one walk: stopping would need a record of who already had it. */
+static bool flush_walk(server_engine *eng, sync_frame *frame, bool force)
+{
+    sync_server *s = eng->server;
+    size_t min_writes = eng->live_count / MIN_SHARE_BEFORE_STOP;
+    if (min_writes < MIN_WRITES_BEFORE_STOP)
+        min_writes = MIN_WRITES_BEFORE_STOP;
+    size_t written = 0, unchecked = 0;
+    server_conn *c = eng->cursor ? eng->cursor : eng->live_head;
+    for (size_t left = eng->live_count; left && c; left--) {
+        server_conn *next = c->live_next ? c->live_next : eng->live_head;
+        if (flush_conn(c, frame, force)) {
+            written++;
+            unchecked++;
+        }
+        c = next;
+        if (!force && left > 1 && written >= min_writes && unchecked >= INPUT_CHECK_EVERY) {
+            unchecked = 0;
+            if (input_waiting(s)) {
+                s->broadcasts_cut_short++;
+                eng->cursor = c;
+                return false;
+            }
+        }
+    }
+    eng->cursor = c;
+    return true;
+}
+
+static void flush_engine(server_engine *eng)
+{
+    for (int round = 0; round < FLUSH_ROUNDS; round++) {
+        bool moved = atomic_exchange(&eng->state_moved, false);
+        if (!moved && !eng->flush_pending)
+            return;
+        if (!eng->live_head) {
+            eng->flush_pending = false;
+            atomic_store(&eng->state_force, false);
+            return; /* nobody to send to: no pull, so no save forced ahead of its time */
+        }
+        bool force = atomic_load(&eng->state_force);
+        /* NULL while the newest state waits for its save or for pending work: the engine calls
+         * the listener again when it is ready, and the force is kept for then. */
+        sync_frame *frame = sync_engine_pull_state_frame(eng->engine, 0, 1);
+        if (!frame)
+            return;
+        if (force)
+            atomic_store(&eng->state_force, false);
+        bool complete = flush_walk(eng, frame, force);
+        sync_frame_unref(frame);
+        eng->flush_pending = !complete;
+        if (!complete) {
+            /* lws reads the input next turn; the wake makes sure that turn does not sleep even
+             * if lws is not polling that socket for input (a closing connection) */
+            lws_cancel_service(eng->server->context);
+            return;
+        }
+    }
+    if (atomic_load(&eng->state_moved))
+        lws_cancel_service(eng->server->context);
+}
+
+void server_broadcast_flush(sync_server *server)
+{
+    for (size_t i = 0; i < server->engine_count; i++)
+        flush_engine(server->engines[i]);
+}

@@ -1,0 +1,296 @@
+/* The built-in server's broadcast under load, over real sockets: a broadcast that stops for
+ * waiting input and resumes with a newer state, clients vanishing in the middle of one, a forced
+ * broadcast, and frames queued for one client staying ahead of the state that follows them. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "server_fixture.h"
+#include "ws_client.h"
+
+static const char increment[] = "{\"type\":\"increment\",\"amount\":1}";
+
+static long long elapsed_ms(const struct timespec *since)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long long)(now.tv_sec - since->tv_sec) * 1000 +
+           (now.tv_nsec - since->tv_nsec) / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Reads state frames until the counter is `want`. Returns the frames it took, -1 on timeout or
+ * close, -2 when the counter ever went backwards or past `want`. */
+static int read_to_counter(ws_client *c, long long want, int timeout_ms)
+{
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    long long seen = -1;
+    int frames = 0;
+    while (elapsed_ms(&start) < timeout_ms) {
+        char *text = ws_read_text(c, timeout_ms - (int)elapsed_ms(&start));
+        if (!text)
+            return -1;
+        long long v = ws_json_int(text, "counter");
+        free(text);
+        if (v < 0)
+            continue; /* not a state frame */
+        frames++;
+        if (v < seen || v > want)
+            return -2;
+        seen = v;
+        if (v == want)
+            return frames;
+    }
+    return -1;
+}
+
+/* The value of one /metrics sample without labels, or -1. */
+static long long metric(int port, const char *name)
+{
+    char *body = NULL;
+    long long value = -1;
+    if (http_request(port, "GET", "/metrics", NULL, &body, NULL) == 200 && body) {
+        size_t n = strlen(name);
+        for (const char *line = body; line && *line; line = strchr(line, '\n')) {
+            if (*line == '\n')
+                line++;
+            if (strncmp(line, name, n) == 0 && line[n] == ' ') {
+                value = atoll(line + n + 1);
+                break;
+            }
+        }
+    }
+    free(body);
+    return value;
+}
+
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+/* Connects n clients and reads each one's initial state; returns how many made it. */
+static int connect_all(int port, ws_client **clients, int n)
+{
+    int ok = 0;
+    for (int i = 0; i < n; i++) {
+        clients[i] = ws_connect(port, "/", NULL, NULL);
+        char *text = clients[i] ? ws_read_text(clients[i], 5000) : NULL;
+        if (text && strstr(text, "initial_state"))
+            ok++;
+        free(text);
+    }
+    return ok;
+}
+
+static void free_all(ws_client **clients, int n)
+{
+    for (int i = 0; i < n; i++)
+        ws_client_free(clients[i]);
+}
+
+/* Bursts of increments from one client while the server writes to hundreds: the broadcast must
+ * stop for the waiting input (the metric says it did) and every client still ends on exactly the
+ * last counter, never seeing it go backwards, with most intermediate states skipped. */
+static void test_broadcast_cut_short_by_input_still_converges(void)
+{
+    enum { N = 400, BURSTS = 40, PER_BURST = 50, TOTAL = BURSTS * PER_BURST };
+    raise_fd_limit();
+    sync_engine *engine = fixture_counter_engine(0);
+    REQUIRE(engine);
+    sync_server *server = fixture_server(NULL, "/", engine);
+    REQUIRE(server);
+    int port = sync_server_port(server);
+    ws_client **clients = calloc(N, sizeof *clients);
+    REQUIRE(clients);
+    CHECK_EQ_INT(connect_all(port, clients, N), N);
+
+    for (int b = 0; b < BURSTS && clients[0]; b++) {
+        for (int i = 0; i < PER_BURST; i++)
+            CHECK_EQ_INT(ws_send_text(clients[0], increment), 0);
+        sleep_ms(1);
+    }
+    int most_frames = 0;
+    for (int i = 0; i < N; i++) {
+        int frames = clients[i] ? read_to_counter(clients[i], TOTAL, 20000) : -1;
+        CHECK(frames > 0);
+        if (frames > most_frames)
+            most_frames = frames;
+    }
+    CHECK(most_frames < TOTAL);
+    CHECK_EQ_INT(sync_engine_get_version(engine), TOTAL);
+    CHECK(metric(port, "libsync_server_broadcasts_cut_short_total") > 0);
+    free_all(clients, N);
+    free(clients);
+    sync_server_free(server);
+    sync_engine_free(engine);
+}
+
+typedef struct sender_args {
+    ws_client *client;
+    int total;
+    int failed;
+} sender_args;
+
+static void *send_increments(void *arg)
+{
+    sender_args *a = arg;
+    for (int i = 0; i < a->total; i++) {
+        if (ws_send_text(a->client, increment) != 0)
+            a->failed++;
+        if (i % 100 == 99)
+            sleep_ms(1);
+    }
+    return NULL;
+}
+
+/* Half the clients reset their connections (RST, no close frame) while broadcasts are written to
+ * them: the others still converge, and the server counts the survivors only. */
+static void test_clients_resetting_mid_broadcast(void)
+{
+    enum { N = 200, TOTAL = 3000 };
+    raise_fd_limit();
+    sync_engine *engine = fixture_counter_engine(0);
+    REQUIRE(engine);
+    sync_server *server = fixture_server(NULL, "/", engine);
+    REQUIRE(server);
+    int port = sync_server_port(server);
+    ws_client *clients[N] = {0};
+    CHECK_EQ_INT(connect_all(port, clients, N), N);
+    REQUIRE(clients[0]);
+
+    sender_args args = {clients[0], TOTAL, 0};
+    pthread_t sender;
+    REQUIRE(pthread_create(&sender, NULL, send_increments, &args) == 0);
+    for (int i = 1; i < N; i += 2) {
+        struct linger hard = {1, 0};
+        if (clients[i])
+            setsockopt(ws_client_fd(clients[i]), SOL_SOCKET, SO_LINGER, &hard, sizeof hard);
+        ws_client_free(clients[i]);
+        clients[i] = NULL;
+        if (i % 20 == 1)
+            sleep_ms(2);
+    }
+    pthread_join(sender, NULL);
+    CHECK_EQ_INT(args.failed, 0);
+    for (int i = 0; i < N; i += 2)
+        CHECK(clients[i] && read_to_counter(clients[i], TOTAL, 20000) > 0);
+
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    long long open = -1;
+    while (elapsed_ms(&start) < 5000 &&
+           (open = metric(port, "libsync_server_connections")) != N / 2)
+        sleep_ms(20);
+    CHECK_EQ_INT(open, N / 2);
+    free_all(clients, N);
+    sync_server_free(server);
+    sync_engine_free(engine);
+}
+
+/* sync_engine_broadcast_state() sends the unchanged state to every client again. */
+static void test_forced_broadcast_reaches_everyone(void)
+{
+    enum { N = 60 };
+    sync_engine *engine = fixture_counter_engine(7);
+    REQUIRE(engine);
+    sync_server *server = fixture_server(NULL, "/", engine);
+    REQUIRE(server);
+    ws_client *clients[N] = {0};
+    CHECK_EQ_INT(connect_all(sync_server_port(server), clients, N), N);
+    for (int round = 0; round < 3; round++) {
+        CHECK(sync_engine_broadcast_state(engine) >= 0);
+        for (int i = 0; i < N; i++) {
+            char *text = clients[i] ? ws_read_text(clients[i], 5000) : NULL;
+            CHECK(text && strstr(text, "state_update") && ws_json_int(text, "counter") == 7);
+            free(text);
+        }
+    }
+    free_all(clients, N);
+    sync_server_free(server);
+    sync_engine_free(engine);
+}
+
+typedef struct ordered_send {
+    sync_engine *engine;
+    int sent;
+} ordered_send;
+
+/* A frame queued by on_connect (before the initial state, in the engine's order) and the
+ * states that follow: queued frames go first even though states usually skip the queue. */
+static void on_connect_send_hello(sync_engine *engine, sync_conn *conn, void *userdata)
+{
+    (void)engine;
+    int *sent = userdata;
+    static const char hello[] = "{\"type\":\"hello\"}";
+    if (sync_conn_send(conn, hello, sizeof hello - 1) == SYNC_OK)
+        (*sent)++;
+}
+
+static void test_queued_frames_stay_ahead_of_states(void)
+{
+    enum { JOINERS = 20, TOTAL = 400 };
+    sync_engine *engine = fixture_counter_engine(0);
+    REQUIRE(engine);
+    int sent = 0;
+    sync_hooks hooks = SYNC_HOOKS_INIT;
+    hooks.on_connect = on_connect_send_hello;
+    hooks.userdata = &sent;
+    REQUIRE(sync_engine_set_hooks(engine, &hooks) == SYNC_OK);
+    sync_server *server = fixture_server(NULL, "/", engine);
+    REQUIRE(server);
+    int port = sync_server_port(server);
+    ws_client *writer = ws_connect(port, "/", NULL, NULL);
+    REQUIRE(writer);
+    /* clients join while the counter moves: each must see hello, then its initial state, then
+     * only newer counters, however the joins and the broadcasts interleave */
+    ws_client *joiners[JOINERS] = {0};
+    for (int j = 0; j < JOINERS; j++) {
+        for (int i = 0; i < TOTAL / JOINERS; i++)
+            CHECK_EQ_INT(ws_send_text(writer, increment), 0);
+        joiners[j] = ws_connect(port, "/", NULL, NULL);
+    }
+    for (int j = 0; j < JOINERS; j++) {
+        REQUIRE(joiners[j]);
+        char *first = ws_read_text(joiners[j], 5000);
+        CHECK(first && strstr(first, "\"hello\""));
+        free(first);
+        char *second = ws_read_text(joiners[j], 5000);
+        CHECK(second && strstr(second, "initial_state"));
+        long long initial = second ? ws_json_int(second, "counter") : -1;
+        free(second);
+        CHECK(initial >= 0 && initial <= TOTAL);
+        if (initial >= 0 && initial < TOTAL)
+            CHECK(read_to_counter(joiners[j], TOTAL, 10000) > 0);
+    }
+    CHECK(read_to_counter(writer, TOTAL, 10000) > 0);
+    CHECK_EQ_INT(sent, JOINERS + 1);
+    free_all(joiners, JOINERS);
+    ws_client_free(writer);
+    sync_server_free(server);
+    sync_engine_free(engine);
+}
+
+int main(void)
+{
+    RUN(test_broadcast_cut_short_by_input_still_converges);
+    RUN(test_clients_resetting_mid_broadcast);
+    RUN(test_forced_broadcast_reaches_everyone);
+    RUN(test_queued_frames_stay_ahead_of_states);
+    return check_summary();
+}
