@@ -2,6 +2,7 @@
 // The quick start in Node: a shared counter served with the live page of examples/web.
 //
 //   node examples/node/counter_server.js [--port 3000] [--host 127.0.0.1] [--state counter.sqlite]
+//                                        [--pad BYTES]
 //
 // Open http://127.0.0.1:3000/ in a few tabs and click: every tab shows the same counter.
 // Ctrl-C stops the server cleanly (the state is saved first when --state is given).
@@ -18,8 +19,16 @@ const { values: args } = parseArgs({
     state: { type: 'string' },
     'web-dir': { type: 'string', default: path.join(__dirname, '..', 'web') },
     debug: { type: 'boolean', default: false },
+    // adds a "blob" of BYTES 'x' characters to the initial state (benchmark scenario D)
+    pad: { type: 'string', default: '0' },
   },
 });
+
+const padBytes = Number(args.pad);
+if (!Number.isInteger(padBytes) || padBytes < 0 || padBytes > 256 * 1024 * 1024) {
+  console.error(`counter_server: --pad must be 0..268435456 bytes, not '${args.pad}'`);
+  process.exit(2);
+}
 
 // The original's incrementHandler, line by line.
 const incrementHandler = {
@@ -32,7 +41,7 @@ const incrementHandler = {
 };
 
 const engine = new SyncEngine({
-  initialState: { counter: 0 },
+  initialState: padBytes > 0 ? { counter: 0, blob: 'x'.repeat(padBytes) } : { counter: 0 },
   messageHandlers: [incrementHandler],
   validateMessage: (raw) => {
     if (raw.type !== 'increment' || typeof raw.amount !== 'number')

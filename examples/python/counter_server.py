@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The quick start in Python: a shared counter served with the live page of examples/web.
 
-    python3 examples/python/counter_server.py [--port 3000] [--state counter.sqlite]
+    python3 examples/python/counter_server.py [--port 3000] [--state counter.sqlite] [--pad BYTES]
 
 Open http://127.0.0.1:3000/ in a few tabs and click: every tab shows the same counter.
 Ctrl-C stops the server cleanly (the state is saved first when --state is given).
@@ -31,10 +31,17 @@ def main() -> None:
     parser.add_argument("--web-dir", default=str(WEB_DIR), help="the page to serve")
     parser.add_argument("--state", help="SQLite file that keeps the counter across restarts")
     parser.add_argument("--debug", action="store_true", help="log every step of the engine")
+    parser.add_argument(
+        "--pad",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help='add a "blob" of BYTES x characters to the initial state (benchmark scenario D)',
+    )
     args = parser.parse_args()
 
     engine = syncengine.SyncEngine(
-        initial_state={"counter": 0},
+        initial_state={"counter": 0, "blob": "x" * args.pad} if args.pad > 0 else {"counter": 0},
         handlers={"increment": increment},
         adapter=syncengine.SQLiteAdapter(args.state) if args.state else None,
         heartbeat_interval_ms=30_000,
