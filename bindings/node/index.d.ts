@@ -182,6 +182,11 @@ export interface ServerOptions {
   tlsKeyPath?: string | null;
   /** Longest graceful stop in ms before remaining clients are dropped. 0 = 5000. */
   stopTimeoutMs?: number;
+  /**
+   * How long (ms) a broadcast may keep giving way to incoming messages before it must reach every
+   * client: the bound on how stale any client's state gets under load. 0 = 2 ms; -1 = never give way.
+   */
+  broadcastYieldMs?: number;
 }
 
 export class Server {

@@ -762,6 +762,7 @@ class Server {
     tlsCertPath = null,
     tlsKeyPath = null,
     stopTimeoutMs = 0,
+    broadcastYieldMs = 0,
   } = {}) {
     if (engines === null || typeof engines !== 'object') {
       throw new TypeError('Server: `engines` must map paths to engines');
@@ -774,7 +775,7 @@ class Server {
     }
     Object.assign(this, { host, port, engines, staticDir, maxMessageBytes, maxConnections });
     Object.assign(this, { rateLimitPerSec, rateLimitBurst, maxQueuedBytes, allowedOrigins });
-    Object.assign(this, { tlsCertPath, tlsKeyPath, stopTimeoutMs });
+    Object.assign(this, { tlsCertPath, tlsKeyPath, stopTimeoutMs, broadcastYieldMs });
     this._server = null;
     this._closing = null;
   }
@@ -796,6 +797,7 @@ class Server {
       this.tlsCertPath,
       this.tlsKeyPath,
       this.stopTimeoutMs,
+      this.broadcastYieldMs,
     );
     if (!server) throw lastError(Status.EINVAL);
     const mounted = [];

@@ -847,7 +847,7 @@ static sync_server *jsb_server_new(const char *host, int port, const char *stati
                                    double rate_limit_per_sec, int rate_limit_burst,
                                    double max_queued_bytes, const char *origins,
                                    const char *tls_cert_path, const char *tls_key_path,
-                                   int stop_timeout_ms)
+                                   int stop_timeout_ms, int broadcast_yield_ms)
 {
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.host = host;
@@ -861,6 +861,7 @@ static sync_server *jsb_server_new(const char *host, int port, const char *stati
     opts.tls_cert_path = tls_cert_path;
     opts.tls_key_path = tls_key_path;
     opts.stop_timeout_ms = stop_timeout_ms;
+    opts.broadcast_yield_ms = broadcast_yield_ms;
     char *copy = origins ? strdup(origins) : NULL;
     const char **list = NULL;
     if (copy) {
@@ -1028,7 +1029,7 @@ sync_server *jsb_server_new(const char *host, int port, const char *static_dir,
                             double rate_limit_per_sec, int rate_limit_burst,
                             double max_queued_bytes, const char *origins,
                             const char *tls_cert_path, const char *tls_key_path,
-                            int stop_timeout_ms);
+                            int stop_timeout_ms, int broadcast_yield_ms);
 int sync_server_mount(sync_server *server, const char *path, sync_engine *engine);
 int sync_server_port(const sync_server *server);
 int sync_server_start(sync_server *server);

@@ -644,7 +644,8 @@ static sync_server *pysync_server_new(const char *host, int port, const char *st
                                       double rate_limit_per_sec, int rate_limit_burst,
                                       size_t max_queued_bytes, PyObject *origins, PyObject *auth,
                                       const char *tls_cert_path, const char *tls_key_path,
-                                      int stop_timeout_ms, PyObject *log)
+                                      int stop_timeout_ms, int broadcast_yield_ms,
+                                      PyObject *log)
 {
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.host = host;
@@ -658,6 +659,7 @@ static sync_server *pysync_server_new(const char *host, int port, const char *st
     opts.tls_cert_path = tls_cert_path;
     opts.tls_key_path = tls_key_path;
     opts.stop_timeout_ms = stop_timeout_ms;
+    opts.broadcast_yield_ms = broadcast_yield_ms;
     if (log && log != Py_None) {
         opts.log = pysync_log;
         opts.log_userdata = log;

@@ -36,13 +36,14 @@ struct config {
     long heartbeat_ms;
     const char *tls_cert;
     const char *tls_key;
+    long broadcast_yield_ms;
 };
 
 static void usage(FILE *to)
 {
     fprintf(to, "usage: counter_server [--host H] [--port N] [--data-dir D] [--static DIR]\n"
                 "                      [--pad BYTES] [--heartbeat-ms MS]\n"
-                "                      [--tls-cert PEM --tls-key PEM]\n"
+                "                      [--tls-cert PEM --tls-key PEM] [--broadcast-yield-ms MS]\n"
                 "  --host H          address to listen on (default 127.0.0.1)\n"
                 "  --port N          TCP port, 0 picks a free one (default 3000)\n"
                 "  --data-dir D      directory of the SQLite store, created if missing "
@@ -52,7 +53,11 @@ static void usage(FILE *to)
                 "  --pad BYTES       add a \"blob\" of BYTES 'x' characters to the initial state\n"
                 "  --heartbeat-ms MS ping every client this often, 0 = off (default 30000);\n"
                 "                    a client silent for two intervals is closed\n"
-                "  --tls-cert/--tls-key  serve https/wss with this PEM certificate and key\n");
+                "  --tls-cert/--tls-key  serve https/wss with this PEM certificate and key\n"
+                "  --broadcast-yield-ms MS  how long a broadcast may give way to incoming\n"
+                "                    messages before it reaches every client: the bound on how\n"
+                "                    stale a client gets under load (0 = the library's 2 ms,\n"
+                "                    -1 = never give way)\n");
 }
 
 static int parse_long(const char *text, long min, long max, long *out)
@@ -100,6 +105,12 @@ static int parse_args(int argc, char **argv, struct config *cfg)
         } else if (strcmp(opt, "--heartbeat-ms") == 0) {
             if (parse_long(value, 0, INT_MAX, &cfg->heartbeat_ms) != 0) {
                 fprintf(stderr, "counter_server: --heartbeat-ms must be >= 0, not '%s'\n", value);
+                return -1;
+            }
+        } else if (strcmp(opt, "--broadcast-yield-ms") == 0) {
+            if (parse_long(value, -1, INT_MAX, &cfg->broadcast_yield_ms) != 0) {
+                fprintf(stderr, "counter_server: --broadcast-yield-ms must be >= -1, not '%s'\n",
+                        value);
                 return -1;
             }
         } else if (strcmp(opt, "--tls-cert") == 0) {
@@ -319,6 +330,7 @@ static int serve(const struct config *cfg, sync_engine *engine, int *served)
     opts.static_dir = cfg->static_dir;
     opts.tls_cert_path = cfg->tls_cert;
     opts.tls_key_path = cfg->tls_key;
+    opts.broadcast_yield_ms = (int)cfg->broadcast_yield_ms;
     sync_server *server = NULL;
     int rc = sync_server_new(&server, &opts);
     if (rc != SYNC_OK)
@@ -360,7 +372,8 @@ static int serve(const struct config *cfg, sync_engine *engine, int *served)
 
 int main(int argc, char **argv)
 {
-    struct config cfg = {"127.0.0.1", 3000, "./data", COUNTER_SERVER_WEB_DIR, 0, 30000, NULL, NULL};
+    struct config cfg = {"127.0.0.1", 3000, "./data", COUNTER_SERVER_WEB_DIR, 0, 30000,
+                         NULL,        NULL, 0};
     int parsed = parse_args(argc, argv, &cfg);
     if (parsed != 0) {
         usage(parsed > 0 ? stdout : stderr);

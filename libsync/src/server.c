@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <sched.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,13 @@ const server_mount *server_find_mount(const sync_server *server, const char *pat
 
 /* ---- options ----------------------------------------------------------------------------- */
 
+/* The bytes a caller's struct of that (known) version has: the fields after it do not exist. */
+static size_t options_size(unsigned int version)
+{
+    return version >= 2 ? sizeof(sync_server_options)
+                        : offsetof(sync_server_options, broadcast_yield_ms);
+}
+
 int sync_server_options_init(sync_server_options *opts, unsigned int version)
 {
     if (!opts)
@@ -94,7 +102,8 @@ int sync_server_options_init(sync_server_options *opts, unsigned int version)
     if (rc != SYNC_OK)
         return rc;
     sync_server_options init = SYNC_SERVER_OPTIONS_INIT;
-    *opts = init;
+    init.version = version;
+    memcpy(opts, &init, options_size(version));
     sync_error_clear();
     return SYNC_OK;
 }
@@ -108,6 +117,9 @@ static int check_options(const sync_server_options *o)
         return sync_fail(SYNC_EINVAL, "port %d is out of range", o->port);
     if (o->max_connections < 0)
         return sync_fail(SYNC_EINVAL, "max_connections is negative");
+    if (o->version >= 2 && o->broadcast_yield_ms < -1)
+        return sync_fail(SYNC_EINVAL, "broadcast_yield_ms must be -1, 0 or a number of ms, not %d",
+                         o->broadcast_yield_ms);
     if (o->rate_limit_per_sec < 0 || o->rate_limit_burst < 0)
         return sync_fail(SYNC_EINVAL, "rate limit is negative");
     if (o->stop_timeout_ms < 0)
@@ -181,6 +193,8 @@ int sync_server_new(sync_server **out, const sync_server_options *opts)
                         : (opts->rate_limit_per_sec > 1 ? opts->rate_limit_per_sec : 1);
     s->max_queued_bytes = opts->max_queued_bytes ? opts->max_queued_bytes : 4 * 1024 * 1024;
     s->stop_timeout_ms = opts->stop_timeout_ms ? opts->stop_timeout_ms : 5000;
+    int yield_ms = opts->version >= 2 ? opts->broadcast_yield_ms : 0;
+    s->broadcast_yield_ms = yield_ms ? yield_ms : SERVER_BROADCAST_YIELD_MS;
     s->log = opts->log;
     s->log_userdata = opts->log_userdata;
     s->host = strdup(opts->host ? opts->host : "127.0.0.1");

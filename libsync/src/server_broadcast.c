@@ -15,7 +15,10 @@
  * set of every connection's socket (one syscall, whatever the count) whether input is waiting; if
  * so it ends the turn, lws reads and applies the input, and the next turn resumes at the cursor
  * with the newer frame. The connections not yet written skip the intermediate state (lossless:
- * a state supersedes the previous one), and the first client sees a change sooner.
+ * a state supersedes the previous one), changes are applied without waiting for the fan-out, and
+ * fewer, fresher frames go out. Fairness: the cursor walks a ring, each turn writes a few frames
+ * at least, and a walk cut short for broadcast_yield_ms finishes without stopping, so no client
+ * waits for the newest state longer than that plus one walk.
  */
 #include "server_internal.h"
 
@@ -25,11 +28,9 @@
 /* Rounds of "moved again while flushing" handled in one call before the loop is told to come
  * back instead: a save finishing inside the pull can move the state once more. */
 enum { FLUSH_ROUNDS = 4 };
-/* Writes between two looks for input, and the least share of the connections written before a
- * broadcast may stop (each stop costs lws a poll() over every socket: it must buy enough writes).
- */
-enum { INPUT_CHECK_EVERY = 8, MIN_WRITES_BEFORE_STOP = 16, MIN_SHARE_BEFORE_STOP = 8 };
-
+/* Writes between two looks for input (each look is one epoll_wait), and the fewest writes a turn
+ * makes before it may stop: every turn moves the walk on, however busy the input. */
+enum { INPUT_CHECK_EVERY = 2, MIN_WRITES_BEFORE_STOP = 4 };
 void server_broadcast_init(sync_server *server)
 {
     server->input_epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -156,9 +157,12 @@ static bool input_waiting(sync_server *s)
 static bool flush_walk(server_engine *eng, sync_frame *frame, bool force)
 {
     sync_server *s = eng->server;
-    size_t min_writes = eng->live_count / MIN_SHARE_BEFORE_STOP;
-    if (min_writes < MIN_WRITES_BEFORE_STOP)
-        min_writes = MIN_WRITES_BEFORE_STOP;
+    if (!eng->flush_pending)
+        eng->walk_started_ms = sync_now_ms();
+    /* a walk cut short for broadcast_yield_ms runs to its end: however busy the input, every
+     * client gets the newest state at least that often (plus one walk) */
+    bool may_stop = !force && s->broadcast_yield_ms >= 0 &&
+                    sync_now_ms() - eng->walk_started_ms < s->broadcast_yield_ms;
     size_t written = 0, unchecked = 0;
     server_conn *c = eng->cursor ? eng->cursor : eng->live_head;
     for (size_t left = eng->live_count; left && c; left--) {
@@ -168,7 +172,8 @@ static bool flush_walk(server_engine *eng, sync_frame *frame, bool force)
             unchecked++;
         }
         c = next;
-        if (!force && left > 1 && written >= min_writes && unchecked >= INPUT_CHECK_EVERY) {
+        if (may_stop && left > 1 && written >= MIN_WRITES_BEFORE_STOP &&
+            unchecked >= INPUT_CHECK_EVERY) {
             unchecked = 0;
             if (input_waiting(s)) {
                 s->broadcasts_cut_short++;

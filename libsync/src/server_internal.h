@@ -2,7 +2,8 @@
  * The built-in server's private structures, shared by its modules: server.c (lifecycle, the
  * service loop, stop), server_conn.c (one WebSocket connection: the pull transport, its queue,
  * receive and write), server_upgrade.c (the upgrade checks and sync_request), http.c (static
- * files, /healthz, /metrics) and metrics.c (the Prometheus text).
+ * files, /healthz, /metrics), metrics.c (the Prometheus text) and server_broadcast.c (the
+ * end-of-turn broadcast).
  *
  * Threads: everything here belongs to the service thread except what `lock` guards (the
  * per-connection queue and flags, the wake list), which engines touch from any thread through
@@ -25,6 +26,9 @@ enum server_wsi_kind { SERVER_WSI_HTTP = 1, SERVER_WSI_WS = 2 };
 
 typedef struct server_conn server_conn;
 
+/* broadcast_yield_ms when the options leave it 0 */
+#define SERVER_BROADCAST_YIELD_MS 2
+
 /* One distinct engine mounted on the server (an engine on several paths appears once). */
 typedef struct server_engine {
     sync_server *server;
@@ -41,7 +45,8 @@ typedef struct server_engine {
     server_conn *live_head;
     server_conn *cursor;
     size_t live_count;
-    bool flush_pending; /* a broadcast stopped early: some live connections may be behind */
+    bool flush_pending;      /* a broadcast stopped early: some live connections may be behind */
+    int64_t walk_started_ms; /* when the walk that flush_pending continues began */
 } server_engine;
 
 typedef struct server_mount {
@@ -67,6 +72,7 @@ struct sync_server {
     char *tls_cert;
     char *tls_key;
     int stop_timeout_ms;
+    int broadcast_yield_ms; /* -1 = never */
     sync_log_cb log;
     void *log_userdata;
 

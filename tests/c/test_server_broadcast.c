@@ -2,6 +2,7 @@
  * waiting input and resumes with a newer state, clients vanishing in the middle of one, a forced
  * broadcast, and frames queued for one client staying ahead of the state that follows them. */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -104,16 +105,19 @@ static void free_all(ws_client **clients, int n)
         ws_client_free(clients[i]);
 }
 
-/* Bursts of increments from one client while the server writes to hundreds: the broadcast must
- * stop for the waiting input (the metric says it did) and every client still ends on exactly the
- * last counter, never seeing it go backwards, with most intermediate states skipped. */
-static void test_broadcast_cut_short_by_input_still_converges(void)
+/* Bursts of increments from one client while the server writes to hundreds. With the default
+ * broadcast_yield_ms the broadcast must stop for the waiting input (the metric says it did); with
+ * -1 it never does. Either way every client ends on exactly the last counter, never seeing it go
+ * backwards, with most intermediate states skipped. */
+static void bursts_to_many_clients(int yield_ms, long long *cut_short)
 {
     enum { N = 400, BURSTS = 40, PER_BURST = 50, TOTAL = BURSTS * PER_BURST };
     raise_fd_limit();
     sync_engine *engine = fixture_counter_engine(0);
     REQUIRE(engine);
-    sync_server *server = fixture_server(NULL, "/", engine);
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.broadcast_yield_ms = yield_ms;
+    sync_server *server = fixture_server(&opts, "/", engine);
     REQUIRE(server);
     int port = sync_server_port(server);
     ws_client **clients = calloc(N, sizeof *clients);
@@ -134,11 +138,55 @@ static void test_broadcast_cut_short_by_input_still_converges(void)
     }
     CHECK(most_frames < TOTAL);
     CHECK_EQ_INT(sync_engine_get_version(engine), TOTAL);
-    CHECK(metric(port, "libsync_server_broadcasts_cut_short_total") > 0);
+    *cut_short = metric(port, "libsync_server_broadcasts_cut_short_total");
     free_all(clients, N);
     free(clients);
     sync_server_free(server);
     sync_engine_free(engine);
+}
+
+static void test_broadcast_cut_short_by_input_still_converges(void)
+{
+    long long cut_short = -1;
+    bursts_to_many_clients(0, &cut_short);
+    CHECK(cut_short > 0);
+}
+
+static void test_broadcast_that_never_yields_still_converges(void)
+{
+    long long cut_short = -1;
+    bursts_to_many_clients(-1, &cut_short);
+    CHECK_EQ_INT(cut_short, 0);
+}
+
+/* Version 2 added broadcast_yield_ms: a caller built against version 1 has a shorter struct, which
+ * init must not write past and which the server must accept without reading the new field. */
+static void test_server_options_version_1_still_accepted(void)
+{
+    size_t v1_size = offsetof(sync_server_options, broadcast_yield_ms);
+    size_t raw_size = sizeof(sync_server_options) + 16;
+    unsigned char *raw = malloc(raw_size);
+    REQUIRE(raw);
+    memset(raw, 0xA5, raw_size);
+    sync_server_options *v1 = (sync_server_options *)(void *)raw;
+    CHECK_EQ_INT(sync_server_options_init(v1, 1), SYNC_OK);
+    CHECK_EQ_INT(v1->version, 1);
+    for (size_t i = v1_size; i < raw_size; i++)
+        CHECK(raw[i] == 0xA5);
+    sync_server *server = NULL;
+    CHECK_EQ_INT(sync_server_new(&server, v1), SYNC_OK); /* the 0xA5 bytes are never read */
+    sync_server_free(server);
+    free(raw);
+
+    sync_server_options bad = SYNC_SERVER_OPTIONS_INIT;
+    bad.broadcast_yield_ms = -2;
+    server = NULL;
+    CHECK_EQ_INT(sync_server_new(&server, &bad), SYNC_EINVAL);
+    CHECK(strstr(sync_error_last(), "broadcast_yield_ms") != NULL);
+    CHECK(server == NULL);
+    bad.version = SYNC_SERVER_OPTIONS_VERSION + 1;
+    bad.broadcast_yield_ms = 0;
+    CHECK_EQ_INT(sync_server_new(&server, &bad), SYNC_EINVAL);
 }
 
 typedef struct sender_args {
@@ -289,6 +337,8 @@ static void test_queued_frames_stay_ahead_of_states(void)
 int main(void)
 {
     RUN(test_broadcast_cut_short_by_input_still_converges);
+    RUN(test_broadcast_that_never_yields_still_converges);
+    RUN(test_server_options_version_1_still_accepted);
     RUN(test_clients_resetting_mid_broadcast);
     RUN(test_forced_broadcast_reaches_everyone);
     RUN(test_queued_frames_stay_ahead_of_states);

@@ -286,6 +286,28 @@ test('maxMessageBytes: a larger message closes its connection with 1009, state u
   assert.deepEqual(engine.getState(), { counter: 0 });
 });
 
+test('broadcastYieldMs: every client ends on the last state; -1 never cuts a broadcast short', async (t) => {
+  for (const broadcastYieldMs of [0, -1]) {
+    const engine = counterEngine();
+    const { server, port } = await serve(t, { engines: { '/counter': engine }, broadcastYieldMs });
+    assert.equal(server.broadcastYieldMs, broadcastYieldMs);
+    const clients = Array.from({ length: 40 }, () => client(port));
+    await Promise.all(clients.map((ws) => ws.opened));
+    await waitFor(() => clients.every((ws) => last(ws)));
+    for (let i = 0; i < 300; i++) clients[0].send(JSON.stringify({ type: 'increment', amount: 1 }));
+    await waitFor(() => clients.every((ws) => last(ws).data.counter === 300), 10000);
+    for (const ws of clients) {
+      const counters = ws.frames.filter((f) => f.type === 'state_update').map((f) => f.data.counter);
+      assert.deepEqual(counters, [...counters].sort((a, b) => a - b));
+      ws.close();
+    }
+    const { body } = await get(port, '/metrics');
+    const cut = Number(/^libsync_server_broadcasts_cut_short_total (\d+)$/m.exec(body)[1]);
+    if (broadcastYieldMs === -1) assert.equal(cut, 0);
+  }
+  await assert.rejects(new Server({ engines: {}, broadcastYieldMs: -2 }).listen(), /broadcast_yield_ms/);
+});
+
 test('TLS: with a certificate and key the server speaks wss', async (t) => {
   const dir = tmpDir(t);
   const cert = path.join(dir, 'cert.pem');

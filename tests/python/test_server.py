@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -70,6 +71,42 @@ def test_clients_get_initial_state_and_every_change(served, recorder):
     connected = [args[0] for args in recorder.calls["on_connect"]]
     assert all(isinstance(c, syncengine.Connection) for c in connected)
     assert len({c.id for c in connected}) == 2
+
+
+def metric(port, name):
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return int(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+@pytest.mark.parametrize("yield_ms", [0, -1, 50])
+def test_broadcast_yield_ms_every_client_ends_on_the_last_state(served, yield_ms):
+    """Increments pipelined while 60 clients are written to: whatever the broadcast_yield_ms,
+    every client ends on the final counter and never sees it go back; with -1 no broadcast is
+    ever cut short for input."""
+    engine, server = served(broadcast_yield_ms=yield_ms)
+    url = f"ws://127.0.0.1:{server.port}/counter"
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(connect(url)) for _ in range(60)]
+        for ws in clients:
+            assert recv_json(ws)["type"] == "initial_state"
+        for _ in range(500):
+            clients[0].send(msg("increment", amount=1))
+        for ws in clients:
+            seen = -1
+            while seen != 500:
+                frame = recv_until(ws, lambda f: f.get("type") == "state_update")
+                assert frame["data"]["counter"] >= seen
+                seen = frame["data"]["counter"]
+    if yield_ms == -1:
+        assert metric(server.port, "libsync_server_broadcasts_cut_short_total") == 0
+
+
+def test_broadcast_yield_ms_below_minus_one_is_refused():
+    with pytest.raises(syncengine.SyncValueError, match="broadcast_yield_ms"):
+        syncengine.Server(broadcast_yield_ms=-2)
 
 
 def test_handler_gets_a_connection_it_can_reply_to(served, make_engine):

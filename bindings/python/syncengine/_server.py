@@ -127,6 +127,10 @@ class Server:
     :class:`logging.Logger`) receives the server's and libwebsockets' log lines instead of stderr. Mounted engines
     broadcast every change on their own. Use as a context manager, or call :meth:`start` /
     :meth:`stop`, or :meth:`serve_forever` (Ctrl-C stops it cleanly).
+
+    ``broadcast_yield_ms`` bounds how stale a client gets under load: a broadcast gives way to
+    incoming messages (so they are applied without waiting for the whole fan-out) for at most
+    this long before it reaches every client. 0 = 2 ms; -1 = never give way.
     """
 
     def __init__(
@@ -146,6 +150,7 @@ class Server:
         tls_cert_path: "str | os.PathLike[str] | None" = None,
         tls_key_path: "str | os.PathLike[str] | None" = None,
         stop_timeout_ms: int = 0,
+        broadcast_yield_ms: int = 0,
         logger: Optional[logging.Logger] = None,
     ) -> None:
         from ._engine import log_sink
@@ -172,6 +177,7 @@ class Server:
             None if tls_cert_path is None else os.fspath(tls_cert_path),
             None if tls_key_path is None else os.fspath(tls_key_path),
             int(stop_timeout_ms),
+            int(broadcast_yield_ms),
             self._log_sink,
         )
         if ptr is None:

@@ -54,7 +54,10 @@ SYNC_EXTERN int sync_request_set_identity(sync_request *req, const char *identit
  */
 typedef int (*sync_auth_cb)(sync_request *req, void *userdata);
 
-#define SYNC_SERVER_OPTIONS_VERSION 1
+/* 2 added broadcast_yield_ms. A caller built against version 1 keeps passing 1 and the shorter
+ * struct: the library reads (and sync_server_options_init writes) only the fields of the version
+ * given. */
+#define SYNC_SERVER_OPTIONS_VERSION 2
 
 typedef struct sync_server_options {
     unsigned int version; /**< SYNC_SERVER_OPTIONS_VERSION */
@@ -93,12 +96,20 @@ typedef struct sync_server_options {
     /** Log sink for the server and libwebsockets; NULL = stderr (errors and warnings only). */
     sync_log_cb log;
     void *log_userdata;
+    /* ---- version 2 ---- */
+    /** How long a broadcast may keep giving way to incoming messages. Writing one state to
+     *  thousands of sockets takes milliseconds; when messages arrive meanwhile, the server stops,
+     *  applies them, and goes on with the newer state (clients not yet written skip the older
+     *  one). After this many milliseconds of that, the broadcast reaches every remaining client
+     *  before anything else is read: no client waits longer than this plus one broadcast for the
+     *  newest state. 0 = 2 ms; -1 = never give way (each broadcast reaches every client first). */
+    int broadcast_yield_ms;
 } sync_server_options;
 
 #define SYNC_SERVER_OPTIONS_INIT                                                                   \
     {                                                                                              \
         SYNC_SERVER_OPTIONS_VERSION, NULL, 0, NULL, 0, 0, 0, 0, 0, NULL, 0, NULL, NULL, NULL,      \
-            NULL, NULL, 0, NULL, NULL                                                              \
+            NULL, NULL, 0, NULL, NULL, 0                                                           \
     }
 
 SYNC_EXTERN int sync_server_options_init(sync_server_options *opts, unsigned int version);
