@@ -70,6 +70,14 @@ def main():
         return 1
     if opt.expect == "ok":
         good = run.returncode == 0 and report.get("ok") is True
+        # every increment reaches the last client no sooner than the first one, so each
+        # percentile of the all-clients latency is at least the same one of the first-observer's
+        first, every = report.get("latency_us") or {}, report.get("all_clients_latency_us") or {}
+        for q in ("p50", "p90", "p99", "max"):
+            if not (isinstance(every.get(q), int) and every[q] >= first.get(q, 0) > 0):
+                print(f"FAIL: all_clients_latency_us {q} = {every.get(q)} "
+                      f"against latency_us {q} = {first.get(q)}")
+                good = False
     else:
         good = (run.returncode == 1 and report.get("ok") is False
                 and opt.expect in (report.get("error") or ""))

@@ -31,6 +31,7 @@ enum { FLUSH_ROUNDS = 4 };
 /* Writes between two looks for input (each look is one epoll_wait), and the fewest writes a turn
  * makes before it may stop: every turn moves the walk on, however busy the input. */
 enum { INPUT_CHECK_EVERY = 2, MIN_WRITES_BEFORE_STOP = 4 };
+
 void server_broadcast_init(sync_server *server)
 {
     server->input_epfd = epoll_create1(EPOLL_CLOEXEC);
