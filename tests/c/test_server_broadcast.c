@@ -251,6 +251,39 @@ static void test_clients_resetting_mid_broadcast(void)
     sync_engine_free(engine);
 }
 
+/* Clients that send a close frame while broadcasts keep coming: lws is then in its closing
+ * handshake, where no state may be written any more; each still gets its close answered with its
+ * code, and the clients that stay converge. */
+static void test_clients_closing_gracefully_mid_broadcast(void)
+{
+    enum { N = 60, TOTAL = 2000 };
+    sync_engine *engine = fixture_counter_engine(0);
+    REQUIRE(engine);
+    sync_server *server = fixture_server(NULL, "/", engine);
+    REQUIRE(server);
+    ws_client *clients[N] = {0};
+    CHECK_EQ_INT(connect_all(sync_server_port(server), clients, N), N);
+    REQUIRE(clients[0]);
+    sender_args args = {clients[0], TOTAL, 0};
+    pthread_t sender;
+    REQUIRE(pthread_create(&sender, NULL, send_increments, &args) == 0);
+    int answered = 0;
+    for (int i = 1; i < N; i += 2) {
+        if (clients[i] && ws_send_close(clients[i], 4000 + i) == 0 &&
+            ws_wait_close(clients[i], 5000) == 4000 + i)
+            answered++;
+        ws_client_free(clients[i]);
+        clients[i] = NULL;
+    }
+    pthread_join(sender, NULL);
+    CHECK_EQ_INT(answered, N / 2);
+    for (int i = 0; i < N; i += 2)
+        CHECK(clients[i] && read_to_counter(clients[i], TOTAL, 20000) > 0);
+    free_all(clients, N);
+    sync_server_free(server);
+    sync_engine_free(engine);
+}
+
 /* sync_engine_broadcast_state() sends the unchanged state to every client again. */
 static void test_forced_broadcast_reaches_everyone(void)
 {
@@ -340,6 +373,7 @@ int main(void)
     RUN(test_broadcast_that_never_yields_still_converges);
     RUN(test_server_options_version_1_still_accepted);
     RUN(test_clients_resetting_mid_broadcast);
+    RUN(test_clients_closing_gracefully_mid_broadcast);
     RUN(test_forced_broadcast_reaches_everyone);
     RUN(test_queued_frames_stay_ahead_of_states);
     return check_summary();
