@@ -340,8 +340,7 @@ int sync_engine_dispose(sync_engine *engine)
         conn = next;
     }
     sync_engine_timers_stop(engine);
-    if (engine->deadline_cb)
-        engine->deadline_cb(engine->deadline_userdata);
+    sync_engine_notify_deadline(engine);
     sync_engine_unlock(engine);
     return SYNC_OK;
 }
@@ -619,23 +618,38 @@ void sync_engine_set_auto_broadcast(sync_engine *engine, int on)
     sync_engine_unlock(engine);
 }
 
-void sync_engine_set_deadline_listener(sync_engine *engine, sync_deadline_changed_cb cb,
-                                       void *userdata)
+int sync_engine_add_listener(sync_engine *engine, const sync_engine_listener *listener)
+{
+    if (!engine || !listener || !listener->state_moved || !listener->deadline_moved)
+        return sync_fail(SYNC_EINVAL,
+                         "sync_engine_add_listener: engine and callbacks are required");
+    sync_engine_lock(engine);
+    int rc = SYNC_OK;
+    if (engine->listener_count == SYNC_ENGINE_MAX_LISTENERS)
+        rc = sync_fail(SYNC_ELIMIT, "the engine is already served by %d servers",
+                       SYNC_ENGINE_MAX_LISTENERS);
+    else
+        engine->listeners[engine->listener_count++] = *listener;
+    sync_engine_unlock(engine);
+    return rc;
+}
+
+void sync_engine_remove_listener(sync_engine *engine, void *userdata)
 {
     if (!engine)
         return;
     sync_engine_lock(engine);
-    engine->deadline_cb = cb;
-    engine->deadline_userdata = userdata;
+    for (int i = 0; i < engine->listener_count; i++) {
+        if (engine->listeners[i].userdata != userdata)
+            continue;
+        engine->listeners[i] = engine->listeners[--engine->listener_count];
+        break;
+    }
     sync_engine_unlock(engine);
 }
 
-void sync_engine_set_state_listener(sync_engine *engine, sync_state_listener_cb cb, void *userdata)
+void sync_engine_notify_deadline(sync_engine *engine)
 {
-    if (!engine)
-        return;
-    sync_engine_lock(engine);
-    engine->state_listener = cb;
-    engine->state_listener_userdata = userdata;
-    sync_engine_unlock(engine);
+    for (int i = 0; i < engine->listener_count; i++)
+        engine->listeners[i].deadline_moved(engine->listeners[i].userdata);
 }

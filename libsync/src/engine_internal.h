@@ -234,10 +234,8 @@ struct sync_engine {
     int timer_stop;
     int timer_detached;
     int timer_joined;
-    sync_deadline_changed_cb deadline_cb;
-    sync_state_listener_cb state_listener;
-    void *state_listener_userdata;
-    void *deadline_userdata;
+    sync_engine_listener listeners[SYNC_ENGINE_MAX_LISTENERS];
+    int listener_count;
 
     sync_engine_stats stats;
 };

@@ -233,8 +233,9 @@ static int save_finish(sync_engine *engine, sync_op *op)
  * list cannot change under this walk: no snapshot, no reference per connection. */
 static void notify_pull_conns(sync_engine *engine, int force)
 {
-    if (engine->state_listener) {
-        engine->state_listener(engine->state_listener_userdata, force);
+    if (engine->listener_count) {
+        for (int i = 0; i < engine->listener_count; i++)
+            engine->listeners[i].state_moved(engine->listeners[i].userdata, force);
         return;
     }
     for (sync_conn *c = engine->conns; c; c = c->next)

@@ -70,9 +70,8 @@ static int tick_locked(sync_engine *engine, int64_t now)
         rc = op ? sync_op_submit(engine, op)
                 : sync_engine_report(engine, SYNC_ENOMEM, "sync", NULL, "out of memory");
     }
-    if (next_deadline(engine) != before && engine->deadline_cb &&
-        engine->timer_mode == SYNC_TIMERS_MANUAL)
-        engine->deadline_cb(engine->deadline_userdata);
+    if (next_deadline(engine) != before && engine->timer_mode == SYNC_TIMERS_MANUAL)
+        sync_engine_notify_deadline(engine);
     return rc == SYNC_PENDING ? SYNC_OK : rc;
 }
 

@@ -309,6 +309,29 @@ static void deadline_moved(void *userdata)
     server_wake(eng->server);
 }
 
+static void detach_engines(sync_server *server, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        sync_engine_remove_listener(server->engines[i]->engine, server->engines[i]);
+}
+
+/* Registers the server with each mounted engine: its changes and timer deadlines reach this
+ * server's service thread (and those of any other server that serves the same engine). */
+static int attach_engines(sync_server *server)
+{
+    for (size_t i = 0; i < server->engine_count; i++) {
+        sync_engine_listener listener = {server_broadcast_state_moved, deadline_moved,
+                                         server->engines[i]};
+        int rc = sync_engine_add_listener(server->engines[i]->engine, &listener);
+        if (rc != SYNC_OK) {
+            detach_engines(server, i);
+            return sync_fail(rc, "cannot serve the engine of %s: %s", server->engines[i]->path,
+                             sync_error_last());
+        }
+    }
+    return SYNC_OK;
+}
+
 void server_process_wakes(sync_server *server)
 {
     pthread_mutex_lock(&server->lock);
@@ -446,14 +469,17 @@ int sync_server_listen(sync_server *server)
         server->context = NULL;
         return sync_fail(SYNC_ENET, "cannot listen on %s:%d", server->host, server->port_option);
     }
+    int rc = attach_engines(server);
+    if (rc != SYNC_OK) {
+        lws_context_destroy(ctx);
+        server->context = NULL;
+        server->vhost = NULL;
+        server->port = -1;
+        return rc;
+    }
     server->stopping = false;
     atomic_store(&server->ended, false);
     atomic_store(&server->wake_context, ctx);
-    for (size_t i = 0; i < server->engine_count; i++) {
-        sync_engine_set_deadline_listener(server->engines[i]->engine, deadline_moved,
-                                          server->engines[i]);
-        server_broadcast_attach(server->engines[i], true);
-    }
     sync_error_clear();
     return SYNC_OK;
 }
@@ -506,11 +532,9 @@ static void serve(sync_server *server)
         server_process_wakes(server);
     }
 
-    for (size_t i = 0; i < server->engine_count; i++) {
-        sync_engine_set_deadline_listener(server->engines[i]->engine, NULL, NULL);
-        server_broadcast_attach(server->engines[i], false);
+    detach_engines(server, server->engine_count);
+    for (size_t i = 0; i < server->engine_count; i++)
         lws_sul_cancel(&server->engines[i]->timer);
-    }
     lws_sul_cancel(&server->stop_timer);
     atomic_store(&server->wake_context, NULL);
     while (atomic_load(&server->wakers))
@@ -604,10 +628,7 @@ void sync_server_free(sync_server *server)
             pthread_join(server->thread, NULL);
     } else if (server->context && !atomic_load(&server->serving)) {
         /* listened but never served */
-        for (size_t i = 0; i < server->engine_count; i++) {
-            sync_engine_set_deadline_listener(server->engines[i]->engine, NULL, NULL);
-            server_broadcast_attach(server->engines[i], false);
-        }
+        detach_engines(server, server->engine_count);
         atomic_store(&server->wake_context, NULL);
         while (atomic_load(&server->wakers))
             sched_yield();

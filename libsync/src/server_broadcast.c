@@ -1,7 +1,8 @@
 /*
  * The built-in server's broadcast: the engine says once per change that its state moved on
- * (transport.h's state listener), and at the end of each service loop turn every live connection
- * that is behind is written the one shared frame of the newest state, straight away.
+ * (the state_moved of transport.h's engine listener), and at the end of each service loop turn
+ * every live connection that is behind is written the one shared frame of the newest state,
+ * straight away.
  *
  * Why at the end of the turn: every message lws read in that turn is applied first, so one frame
  * (and one save, with SYNC_PERSIST_BEFORE_SEND) covers them all. Why straight away rather than
@@ -44,7 +45,7 @@ void server_broadcast_release(sync_server *server)
     server->input_epfd = -1;
 }
 
-static void state_moved(void *userdata, int force)
+void server_broadcast_state_moved(void *userdata, int force)
 {
     server_engine *eng = userdata;
     if (force)
@@ -52,11 +53,6 @@ static void state_moved(void *userdata, int force)
     /* On the service thread the end of the current turn flushes; elsewhere the loop is asleep. */
     if (!atomic_exchange(&eng->state_moved, true) && !server_on_service_thread(eng->server))
         server_wake(eng->server);
-}
-
-void server_broadcast_attach(server_engine *eng, bool on)
-{
-    sync_engine_set_state_listener(eng->engine, on ? state_moved : NULL, on ? eng : NULL);
 }
 
 void server_broadcast_join(server_conn *c)

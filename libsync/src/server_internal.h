@@ -36,7 +36,7 @@ typedef struct server_engine {
     const char *path; /* the first path it was mounted on: its metrics label */
     lws_sorted_usec_list_t timer;
     atomic_bool deadline_moved;
-    /* The engine's state moved on (set from any thread by the state listener); the service
+    /* The engine's state moved on (set from any thread by the engine listener); the service
      * thread writes the new frame to every live connection at the end of its loop turn. */
     atomic_bool state_moved;
     atomic_bool state_force;
@@ -184,8 +184,8 @@ void server_conn_closed(server_conn *c);
 void server_conn_wake_locked(server_conn *c);
 
 /* server_broadcast.c: the end-of-turn broadcast of each engine's newest state frame. */
-/* Any thread: registers (or removes) the server as the engine's state listener (transport.h). */
-void server_broadcast_attach(server_engine *eng, bool on);
+/* The engine listener's state_moved (transport.h): any thread, engine lock held. */
+void server_broadcast_state_moved(void *userdata, int force);
 void server_broadcast_init(sync_server *server);
 void server_broadcast_release(sync_server *server);
 /* Service thread, after each loop turn: writes each moved engine's frame to its live connections.

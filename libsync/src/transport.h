@@ -42,20 +42,33 @@ sync_frame *sync_engine_pull_state_frame(sync_engine *engine, uint64_t after_seq
 /* Sets auto_broadcast on an engine (the server turns it on for the engines it mounts). */
 void sync_engine_set_auto_broadcast(sync_engine *engine, int on);
 
-/* Engines mounted on a server are ticked by the server; this tells a SYNC_TIMERS_THREAD engine
- * nothing, and a manual one that its deadlines moved (the server re-arms its timer). */
-typedef void (*sync_deadline_changed_cb)(void *userdata);
-void sync_engine_set_deadline_listener(sync_engine *engine, sync_deadline_changed_cb cb,
-                                       void *userdata);
-
 /*
- * A transport that owns every pull connection of an engine (the built-in server) can be told of a
- * change once instead of once per connection: with a listener set, the engine calls it where it
- * would call each pull connection's state_changed, and the transport finds the connections behind
- * (their last sent seq is older than the engine's) itself. Same rules as state_changed: engine lock
- * held, any thread, no call back into the engine. NULL restores the per-connection calls.
+ * A transport that serves an engine's pull connections itself (the built-in server) registers as
+ * a listener. Engine lock held, any thread, no call back into the engine (like state_changed).
+ *
+ * state_moved: the state changed (or, with force, a broadcast was asked for). With at least one
+ * listener the engine calls this once per change instead of each pull connection's state_changed,
+ * and each transport finds its connections behind (last sent seq older than the engine's) itself.
+ *
+ * deadline_moved: the engine's timer deadlines moved. Engines mounted on a server are ticked by
+ * it: a SYNC_TIMERS_MANUAL engine's listener re-arms its timer; a SYNC_TIMERS_THREAD engine never
+ * calls it.
+ *
+ * Several listeners may serve one engine at once (one engine on a ws:// and a wss:// server).
  */
-typedef void (*sync_state_listener_cb)(void *userdata, int force);
-void sync_engine_set_state_listener(sync_engine *engine, sync_state_listener_cb cb, void *userdata);
+typedef struct sync_engine_listener {
+    void (*state_moved)(void *userdata, int force);
+    void (*deadline_moved)(void *userdata);
+    void *userdata;
+} sync_engine_listener;
+
+enum { SYNC_ENGINE_MAX_LISTENERS = 8 };
+
+/* Copies `listener`; SYNC_ELIMIT when SYNC_ENGINE_MAX_LISTENERS already serve the engine. */
+int sync_engine_add_listener(sync_engine *engine, const sync_engine_listener *listener);
+/* Removes the listener registered with `userdata` (nothing when there is none). */
+void sync_engine_remove_listener(sync_engine *engine, void *userdata);
+/* Calls every listener's deadline_moved (engine lock held). */
+void sync_engine_notify_deadline(sync_engine *engine);
 
 #endif

@@ -202,12 +202,26 @@ static void push_count_follows_open_and_close(void)
     fake_store_cleanup(&store);
 }
 
-static int deadline_calls;
+typedef struct listener_log {
+    int moved, forced, deadlines;
+} listener_log;
 
-static void on_deadline(void *userdata)
+static void log_state_moved(void *userdata, int force)
 {
-    (void)userdata;
-    deadline_calls++;
+    listener_log *log = userdata;
+    log->moved++;
+    log->forced += force;
+}
+
+static void log_deadline_moved(void *userdata)
+{
+    ((listener_log *)userdata)->deadlines++;
+}
+
+static int add_log_listener(sync_engine *e, listener_log *log)
+{
+    sync_engine_listener listener = {log_state_moved, log_deadline_moved, log};
+    return sync_engine_add_listener(e, &listener);
 }
 
 static void deadline_listener(void)
@@ -216,16 +230,72 @@ static void deadline_listener(void)
     opts.heartbeat_interval_ms = 100;
     sync_engine *e = NULL;
     REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    sync_engine_set_deadline_listener(e, on_deadline, NULL);
+    listener_log log = {0};
+    REQUIRE(add_log_listener(e, &log) == SYNC_OK);
     int64_t d = sync_engine_next_deadline_ms(e);
     sync_engine_tick(e, d - 10);
-    CHECK_EQ_INT(deadline_calls, 0);
+    CHECK_EQ_INT(log.deadlines, 0);
     sync_engine_tick(e, d);
-    CHECK_EQ_INT(deadline_calls, 1);
+    CHECK_EQ_INT(log.deadlines, 1);
     CHECK_EQ_INT(sync_engine_next_deadline_ms(e), d + 100);
     sync_engine_dispose(e);
-    CHECK_EQ_INT(deadline_calls, 2);
+    CHECK_EQ_INT(log.deadlines, 2);
     sync_engine_free(e);
+}
+
+/* With listeners (servers) the engine says "moved" once per change to each of them, whatever the
+ * number of pull connections, and no longer calls each connection's state_changed. */
+static void listeners_replace_the_per_connection_walk(void)
+{
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    sync_engine *e = NULL;
+    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
+    counter_register(e, 0);
+    sync_engine_set_auto_broadcast(e, 1);
+    listener_log a = {0}, b = {0};
+    REQUIRE(add_log_listener(e, &a) == SYNC_OK);
+    REQUIRE(add_log_listener(e, &b) == SYNC_OK);
+    pull_conn pcs[3];
+    for (int i = 0; i < 3; i++) {
+        pc_init(&pcs[i]);
+        CHECK_EQ_INT(sync_engine_handle_open(e, pcs[i].conn), SYNC_OK);
+    }
+    for (int i = 0; i < 4; i++)
+        counter_send(e, pcs[0].conn, "increment", 1);
+    CHECK_EQ_INT(a.moved, 4);
+    CHECK_EQ_INT(b.moved, 4);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(pcs[i].notified, 0);
+    sync_engine_broadcast_state(e);
+    CHECK_EQ_INT(a.forced, 1);
+    CHECK_EQ_INT(b.forced, 1);
+
+    /* one gone: only the other hears; both gone: back to each connection */
+    sync_engine_remove_listener(e, &a);
+    counter_send(e, pcs[0].conn, "increment", 1);
+    CHECK_EQ_INT(a.moved, 5);
+    CHECK_EQ_INT(b.moved, 6);
+    sync_engine_remove_listener(e, &b);
+    sync_engine_remove_listener(e, &b); /* unknown: nothing */
+    counter_send(e, pcs[0].conn, "increment", 1);
+    CHECK_EQ_INT(b.moved, 6);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(pcs[i].notified, 1);
+
+    /* bounded: the ninth server is refused with a reason */
+    listener_log many[SYNC_ENGINE_MAX_LISTENERS + 1];
+    memset(many, 0, sizeof many);
+    for (int i = 0; i < SYNC_ENGINE_MAX_LISTENERS; i++)
+        CHECK_EQ_INT(add_log_listener(e, &many[i]), SYNC_OK);
+    CHECK_EQ_INT(add_log_listener(e, &many[SYNC_ENGINE_MAX_LISTENERS]), SYNC_ELIMIT);
+    CHECK(strstr(sync_error_last(), "already served") != NULL);
+    sync_engine_listener incomplete = {log_state_moved, NULL, &a};
+    CHECK_EQ_INT(sync_engine_add_listener(e, &incomplete), SYNC_EINVAL);
+    for (int i = 0; i < SYNC_ENGINE_MAX_LISTENERS; i++)
+        sync_engine_remove_listener(e, &many[i]);
+    sync_engine_free(e);
+    for (int i = 0; i < 3; i++)
+        pc_cleanup(&pcs[i]);
 }
 
 int main(void)
@@ -234,5 +304,6 @@ int main(void)
     RUN(group_commit_before_send);
     RUN(push_count_follows_open_and_close);
     RUN(deadline_listener);
+    RUN(listeners_replace_the_per_connection_walk);
     return check_summary();
 }

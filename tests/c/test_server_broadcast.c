@@ -284,6 +284,40 @@ static void test_clients_closing_gracefully_mid_broadcast(void)
     sync_engine_free(engine);
 }
 
+/* One engine behind two servers at once (say ws:// and wss://, or two interfaces): a change made
+ * through either reaches the clients of both, and stopping one leaves the other serving. */
+static void test_one_engine_served_by_two_servers(void)
+{
+    enum { PER_SERVER = 20 };
+    sync_engine *engine = fixture_counter_engine(0);
+    REQUIRE(engine);
+    sync_server *first = fixture_server(NULL, "/", engine);
+    sync_server *second = fixture_server(NULL, "/", engine);
+    REQUIRE(first && second);
+    ws_client *a[PER_SERVER] = {0}, *b[PER_SERVER] = {0};
+    CHECK_EQ_INT(connect_all(sync_server_port(first), a, PER_SERVER), PER_SERVER);
+    CHECK_EQ_INT(connect_all(sync_server_port(second), b, PER_SERVER), PER_SERVER);
+    REQUIRE(a[0] && b[0]);
+    for (int i = 0; i < 100; i++) {
+        CHECK_EQ_INT(ws_send_text(a[0], increment), 0);
+        CHECK_EQ_INT(ws_send_text(b[0], increment), 0);
+    }
+    for (int i = 0; i < PER_SERVER; i++) {
+        CHECK(a[i] && read_to_counter(a[i], 200, 10000) > 0);
+        CHECK(b[i] && read_to_counter(b[i], 200, 10000) > 0);
+    }
+    CHECK_EQ_INT(sync_server_stop(first), SYNC_OK);
+    for (int i = 0; i < 50; i++)
+        CHECK_EQ_INT(ws_send_text(b[0], increment), 0);
+    for (int i = 0; i < PER_SERVER; i++)
+        CHECK(b[i] && read_to_counter(b[i], 250, 10000) > 0);
+    free_all(a, PER_SERVER);
+    free_all(b, PER_SERVER);
+    sync_server_free(first);
+    sync_server_free(second);
+    sync_engine_free(engine);
+}
+
 /* sync_engine_broadcast_state() sends the unchanged state to every client again. */
 static void test_forced_broadcast_reaches_everyone(void)
 {
@@ -374,6 +408,7 @@ int main(void)
     RUN(test_server_options_version_1_still_accepted);
     RUN(test_clients_resetting_mid_broadcast);
     RUN(test_clients_closing_gracefully_mid_broadcast);
+    RUN(test_one_engine_served_by_two_servers);
     RUN(test_forced_broadcast_reaches_everyone);
     RUN(test_queued_frames_stay_ahead_of_states);
     return check_summary();

@@ -120,7 +120,9 @@ SYNC_EXTERN int sync_server_new(sync_server **out, const sync_server_options *op
 /**
  * Mounts `engine` at `path` ("/" or "/counter"; copied): WebSocket upgrades to that exact path
  * join it. Only before listen. The engine is borrowed: it must outlive the server (free the
- * server first). SYNC_EINVAL for a path already mounted or not starting with '/'.
+ * server first). SYNC_EINVAL for a path already mounted or not starting with '/'. One engine may
+ * be mounted on several servers at once (ws:// and wss://, two interfaces): every change reaches
+ * the clients of all of them. Up to 8 servers per engine; listening on a ninth fails (SYNC_ELIMIT).
  */
 SYNC_EXTERN int sync_server_mount(sync_server *server, const char *path, sync_engine *engine);
 
