@@ -304,14 +304,9 @@ static void file_destroy(void *userdata)
 
 int sync_file_options_init(sync_file_options *opts, unsigned int version)
 {
-    if (!opts)
-        return sync_fail(SYNC_EINVAL, "options pointer is NULL");
-    int rc = sync_check_options_version(version, SYNC_FILE_OPTIONS_VERSION, "file");
-    if (rc != SYNC_OK)
-        return rc;
-    *opts = (sync_file_options)SYNC_FILE_OPTIONS_INIT;
-    sync_error_clear();
-    return SYNC_OK;
+    static const sync_file_options defaults = SYNC_FILE_OPTIONS_INIT;
+    return sync_options_init(opts, &defaults, sizeof defaults, version, SYNC_FILE_OPTIONS_VERSION,
+                             "file");
 }
 
 int sync_adapter_file_new(sync_adapter **out, const sync_file_options *opts)
@@ -319,9 +314,7 @@ int sync_adapter_file_new(sync_adapter **out, const sync_file_options *opts)
     if (!out)
         return sync_fail(SYNC_EINVAL, "out pointer is NULL");
     *out = NULL;
-    if (!opts)
-        return sync_fail(SYNC_EINVAL, "options pointer is NULL");
-    int version_rc = sync_check_options_version(opts->version, SYNC_FILE_OPTIONS_VERSION, "file");
+    int version_rc = sync_check_options(opts, SYNC_FILE_OPTIONS_VERSION, "file");
     if (version_rc != SYNC_OK)
         return version_rc;
     if (!opts->file_path || !*opts->file_path)

@@ -537,14 +537,9 @@ static int check_table_name(const char *name)
 
 int sync_sqlite_options_init(sync_sqlite_options *opts, unsigned int version)
 {
-    if (!opts)
-        return sync_fail(SYNC_EINVAL, "options pointer is NULL");
-    int rc = sync_check_options_version(version, SYNC_SQLITE_OPTIONS_VERSION, "SQLite");
-    if (rc != SYNC_OK)
-        return rc;
-    *opts = (sync_sqlite_options)SYNC_SQLITE_OPTIONS_INIT;
-    sync_error_clear();
-    return SYNC_OK;
+    static const sync_sqlite_options defaults = SYNC_SQLITE_OPTIONS_INIT;
+    return sync_options_init(opts, &defaults, sizeof defaults, version, SYNC_SQLITE_OPTIONS_VERSION,
+                             "SQLite");
 }
 
 int sync_adapter_sqlite_new(sync_adapter **out, const sync_sqlite_options *opts)
@@ -552,10 +547,7 @@ int sync_adapter_sqlite_new(sync_adapter **out, const sync_sqlite_options *opts)
     if (!out)
         return sync_fail(SYNC_EINVAL, "out pointer is NULL");
     *out = NULL;
-    if (!opts)
-        return sync_fail(SYNC_EINVAL, "options pointer is NULL");
-    int version_rc =
-        sync_check_options_version(opts->version, SYNC_SQLITE_OPTIONS_VERSION, "SQLite");
+    int version_rc = sync_check_options(opts, SYNC_SQLITE_OPTIONS_VERSION, "SQLite");
     if (version_rc != SYNC_OK)
         return version_rc;
     if (!opts->path || !*opts->path)

@@ -174,20 +174,14 @@ sync_frame *sync_engine_state_frame(sync_engine *engine, sync_frame_kind kind)
 
 int sync_engine_options_init(sync_engine_options *opts, unsigned int version)
 {
-    if (!opts)
-        return sync_fail(SYNC_EINVAL, "sync_engine_options_init: opts is NULL");
-    int rc = sync_check_options_version(version, SYNC_ENGINE_OPTIONS_VERSION, "engine");
-    if (rc != SYNC_OK)
-        return rc;
-    sync_engine_options defaults = SYNC_ENGINE_OPTIONS_INIT;
-    *opts = defaults;
-    return SYNC_OK;
+    static const sync_engine_options defaults = SYNC_ENGINE_OPTIONS_INIT;
+    return sync_options_init(opts, &defaults, sizeof defaults, version, SYNC_ENGINE_OPTIONS_VERSION,
+                             "engine");
 }
 
+/* After the version check: the fields of version 1 (the only one so far). */
 static const char *check_options(const sync_engine_options *opts)
 {
-    if (opts->version != SYNC_ENGINE_OPTIONS_VERSION)
-        return "unknown options version";
     if (opts->heartbeat_interval_ms < 0 || opts->ping_timeout_ms < 0 || opts->sync_interval_ms < 0)
         return "intervals must not be negative";
     if (opts->max_json_depth < 0)
@@ -217,6 +211,12 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
         *out = NULL;
     if (!out || !opts)
         return new_fail(opts, SYNC_EINVAL, "out and opts are required");
+    int version_rc = sync_check_options(opts, SYNC_ENGINE_OPTIONS_VERSION, "engine");
+    if (version_rc != SYNC_OK) {
+        char why[600];
+        snprintf(why, sizeof why, "%s", sync_error_last());
+        return new_fail(opts, version_rc, why);
+    }
     const char *problem = check_options(opts);
     if (problem)
         return new_fail(opts, SYNC_EINVAL, problem);

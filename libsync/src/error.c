@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 /* A thread-local buffer instead of a global pointer: two threads failing at once must each read
@@ -24,6 +25,29 @@ int sync_check_options_version(unsigned int version, unsigned int known, const c
         return sync_fail(SYNC_EINVAL, "unknown %s options version %u (this library knows %u)", what,
                          version, known);
     return SYNC_OK;
+}
+
+int sync_options_init(void *opts, const void *defaults, size_t size, unsigned int version,
+                      unsigned int known, const char *what)
+{
+    if (!opts)
+        return sync_fail(SYNC_EINVAL, "%s options pointer is NULL", what);
+    int rc = sync_check_options_version(version, known, what);
+    if (rc != SYNC_OK)
+        return rc;
+    memcpy(opts, defaults, size);
+    memcpy(opts, &version, sizeof version);
+    sync_error_clear();
+    return SYNC_OK;
+}
+
+int sync_check_options(const void *opts, unsigned int known, const char *what)
+{
+    if (!opts)
+        return sync_fail(SYNC_EINVAL, "%s options pointer is NULL", what);
+    unsigned int version;
+    memcpy(&version, opts, sizeof version);
+    return sync_check_options_version(version, known, what);
 }
 
 void sync_error_clear(void)

@@ -13,6 +13,16 @@ int sync_fail(int status, const char *fmt, ...) __attribute__((format(printf, 2,
  * header are refused with SYNC_EINVAL and "unknown <what> options version V (...)". */
 int sync_check_options_version(unsigned int version, unsigned int known, const char *what);
 
+/* The body of every *_options_init(opts, version): NULL and version checks, then the defaults of
+ * the fields that version has (`size`: the struct's size in that version, so an older caller's
+ * shorter struct is never written past) with `version` set. Every options struct starts with its
+ * `unsigned int version`. */
+int sync_options_init(void *opts, const void *defaults, size_t size, unsigned int version,
+                      unsigned int known, const char *what);
+
+/* The first check of every *_new(out, opts) after `out`: options given, of a known version. */
+int sync_check_options(const void *opts, unsigned int known, const char *what);
+
 /* Clears the detail at the start of a public call that succeeded. */
 void sync_error_clear(void);
 

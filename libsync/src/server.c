@@ -96,16 +96,9 @@ static size_t options_size(unsigned int version)
 
 int sync_server_options_init(sync_server_options *opts, unsigned int version)
 {
-    if (!opts)
-        return sync_fail(SYNC_EINVAL, "options is NULL");
-    int rc = sync_check_options_version(version, SYNC_SERVER_OPTIONS_VERSION, "server");
-    if (rc != SYNC_OK)
-        return rc;
-    sync_server_options init = SYNC_SERVER_OPTIONS_INIT;
-    init.version = version;
-    memcpy(opts, &init, options_size(version));
-    sync_error_clear();
-    return SYNC_OK;
+    static const sync_server_options defaults = SYNC_SERVER_OPTIONS_INIT;
+    return sync_options_init(opts, &defaults, options_size(version), version,
+                             SYNC_SERVER_OPTIONS_VERSION, "server");
 }
 
 static int check_options(const sync_server_options *o)
