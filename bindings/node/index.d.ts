@@ -90,6 +90,25 @@ export interface SyncEngineConfig<
   syncIntervalMs?: number;
 }
 
+/** SyncEngine.stats(): the engine's counters (libsync's sync_engine_stats). */
+export interface EngineStats {
+  stateVersion: number;
+  connections: number;
+  messagesIn: number;
+  messagesApplied: number;
+  messagesDropped: number;
+  handlerErrors: number;
+  framesOut: number;
+  bytesOut: number;
+  /** Times the state was serialised: once per version broadcast, however many clients. */
+  serialisations: number;
+  saves: number;
+  saveErrors: number;
+  lastSaveUs: number;
+  totalSaveUs: number;
+  stateBytes: number;
+}
+
 export class SyncEngine<
   TState = any,
   TMessage extends BaseMessage = BaseMessage,
@@ -107,6 +126,8 @@ export class SyncEngine<
   handleClose(ws: WS): Promise<void>;
   inject(rawMessage: string | Buffer): Promise<void>;
   readonly connectionCount: number;
+  /** Counters for monitoring; throws once the engine is disposed. */
+  stats(): EngineStats;
   getState(): TState;
   getVersion(): number;
   setState(state: TState, broadcast?: boolean): Promise<void>;

@@ -400,6 +400,13 @@ class SyncEngine {
     return this._engine ? Number(native.sync_engine_connection_count(this._engine)) : 0;
   }
 
+  /** Counters for monitoring (messages in/applied/dropped, frames and bytes out, saves...). */
+  stats() {
+    const json = native.jsb_engine_stats_json(this._live());
+    if (json == null) throw lastError(Status.ECLOSED);
+    return JSON.parse(json);
+  }
+
   _entryOf(ws) {
     if (ws === null || (typeof ws !== 'object' && typeof ws !== 'function')) {
       throw new TypeError('ws must be an object with send(text) and close()');

@@ -910,6 +910,33 @@ static int jsb_server_close(sync_server *server, jsb_sink *sink, double token)
     return SYNC_OK;
 }
 
+/* The engine's counters as a JSON object (caller frees), NULL when the engine is disposed. Every
+ * counter fits a JS number exactly below 2^53, far beyond what a process reaches. */
+static char *jsb_engine_stats_json(sync_engine *engine)
+{
+    sync_engine_stats s;
+    memset(&s, 0, sizeof s);
+    s.version = SYNC_ENGINE_STATS_VERSION;
+    if (sync_engine_get_stats(engine, &s) < 0)
+        return NULL;
+    char *json = (char *)malloc(768);
+    if (!json)
+        return NULL;
+    snprintf(json, 768,
+             "{\"stateVersion\":%lld,\"connections\":%llu,\"messagesIn\":%llu,"
+             "\"messagesApplied\":%llu,\"messagesDropped\":%llu,\"handlerErrors\":%llu,"
+             "\"framesOut\":%llu,\"bytesOut\":%llu,\"serialisations\":%llu,\"saves\":%llu,"
+             "\"saveErrors\":%llu,\"lastSaveUs\":%llu,\"totalSaveUs\":%llu,\"stateBytes\":%llu}",
+             (long long)s.state_version, (unsigned long long)s.connections,
+             (unsigned long long)s.messages_in, (unsigned long long)s.messages_applied,
+             (unsigned long long)s.messages_dropped, (unsigned long long)s.handler_errors,
+             (unsigned long long)s.frames_out, (unsigned long long)s.bytes_out,
+             (unsigned long long)s.serialisations, (unsigned long long)s.saves,
+             (unsigned long long)s.save_errors, (unsigned long long)s.last_save_us,
+             (unsigned long long)s.total_save_us, (unsigned long long)s.state_bytes);
+    return json;
+}
+
 %}
 
 %init %{
@@ -953,6 +980,7 @@ typedef struct jsb_sink jsb_sink;
 /* Strings the library hands over (caller owns, sync_free). */
 %typemap(newfree) char * "sync_free($1);";
 %newobject sync_engine_get_state_json;
+%newobject jsb_engine_stats_json;
 
 /* ---- the wrapped functions ----------------------------------------------------------------- */
 
@@ -993,6 +1021,7 @@ int sync_engine_handle_message(sync_engine *engine, sync_conn *conn, const char 
 int sync_engine_handle_close(sync_engine *engine, sync_conn *conn);
 int sync_engine_inject(sync_engine *engine, const char *text, size_t len);
 size_t sync_engine_connection_count(sync_engine *engine);
+char *jsb_engine_stats_json(sync_engine *engine);
 
 sync_conn *sync_msg_conn(const sync_msg *msg);
 const char *sync_msg_message_json(sync_msg *msg);

@@ -181,6 +181,30 @@ test('broadcast(text), setState(s, true) and connectionCount', async () => {
   assert.equal(engine.connectionCount, 0);
 });
 
+test('stats(): the counters follow what the engine did; a disposed engine throws ECLOSED', async () => {
+  const engine = new SyncEngine({ initialState: { n: 0 }, enableVersioning: true });
+  engine.on('add', (ws, m, getState, setState) => setState({ n: getState().n + m.by }));
+  const a = mockWs('a');
+  const b = mockWs('b');
+  await engine.handleOpen(a);
+  await engine.handleOpen(b);
+  await engine.handleMessage(a, '{"type":"add","by":2}');
+  await engine.handleMessage(a, '{"type":"add","by":3}');
+  await engine.handleMessage(a, 'not json');
+  const stats = engine.stats();
+  assert.equal(stats.stateVersion, 2);
+  assert.equal(stats.connections, 2);
+  assert.equal(stats.messagesIn, 3);
+  assert.equal(stats.messagesApplied, 2);
+  assert.equal(stats.messagesDropped, 1);
+  assert.equal(stats.serialisations, 2); // once per version, shared by both clients
+  assert.equal(stats.framesOut, a.frames.length + b.frames.length);
+  assert.equal(stats.stateBytes, JSON.stringify({ n: 5 }).length);
+  assert.equal(stats.saves, 0);
+  engine.dispose();
+  assert.throws(() => engine.stats(), (e) => e.code === 'ECLOSED');
+});
+
 test('Buffer and ArrayBuffer messages are read as UTF-8 text', async () => {
   const engine = new SyncEngine({
     initialState: { s: '' },

@@ -12,6 +12,7 @@ import {
   version,
 } from 'syncengine';
 import type {
+  EngineStats,
   BaseMessage,
   MessageHandler,
   SyncEngineHooks,
@@ -128,5 +129,7 @@ export async function main(): Promise<number> {
     version,
     engine.connectionCount,
   );
+  const stats: EngineStats = engine.stats();
+  console.log(stats.messagesApplied + stats.framesOut);
   return port;
 }
