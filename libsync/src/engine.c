@@ -16,13 +16,6 @@
 
 static const char ping_text[] = "{\"type\":\"ping\"}";
 
-int64_t sync_engine_now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /* ---- locking and lifetime ------------------------------------------------------------------- */
 
 void sync_engine_lock(sync_engine *engine)

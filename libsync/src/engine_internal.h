@@ -260,7 +260,6 @@ int sync_engine_report(sync_engine *engine, int status, const char *context, syn
 /* The state as compact JSON, serialised at most once per seq. NULL on ENOMEM. */
 const char *sync_engine_state_text(sync_engine *engine, size_t *len);
 sync_frame *sync_engine_state_frame(sync_engine *engine, sync_frame_kind kind);
-int64_t sync_engine_now_us(void);
 
 /* engine_ops.c */
 sync_op *sync_op_new(op_kind kind);

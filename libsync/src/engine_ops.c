@@ -132,7 +132,7 @@ static int adapter_invoke(sync_engine *engine, sync_op *op, adapter_call call)
         size_t len = 0;
         const char *text = sync_engine_state_text(engine, &len);
         op->save_seq = engine->seq;
-        op->t0_us = sync_engine_now_us();
+        op->t0_us = sync_now_us();
         rc = engine->store_unread
                  ? sync_fail(SYNC_EIO, "the store could not be read at start; saves are refused "
                                        "so its record is not overwritten (create the engine "
@@ -208,7 +208,7 @@ static int need_presend_save(sync_engine *engine)
 static int save_finish(sync_engine *engine, sync_op *op)
 {
     engine->saving_seq = 0;
-    uint64_t took = (uint64_t)(sync_engine_now_us() - op->t0_us);
+    uint64_t took = (uint64_t)(sync_now_us() - op->t0_us);
     engine->stats.last_save_us = took;
     engine->stats.total_save_us += took;
     if (op->arc < 0) {

@@ -23,6 +23,9 @@ int sync_options_init(void *opts, const void *defaults, size_t size, unsigned in
 /* The first check of every *_new(out, opts) after `out`: options given, of a known version. */
 int sync_check_options(const void *opts, unsigned int known, const char *what);
 
+/* The sync_now_ms() clock in microseconds (durations of saves, the broadcast's yield). */
+int64_t sync_now_us(void);
+
 /* Clears the detail at the start of a public call that succeeded. */
 void sync_error_clear(void);
 

@@ -23,6 +23,8 @@
  */
 #include "server_internal.h"
 
+#include "error.h"
+
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -155,11 +157,11 @@ static bool flush_walk(server_engine *eng, sync_frame *frame, bool force)
 {
     sync_server *s = eng->server;
     if (!eng->flush_pending)
-        eng->walk_started_ms = sync_now_ms();
+        eng->walk_started_us = sync_now_us();
     /* a walk cut short for broadcast_yield_ms runs to its end: however busy the input, every
      * client gets the newest state at least that often (plus one walk) */
     bool may_stop = !force && s->broadcast_yield_ms >= 0 &&
-                    sync_now_ms() - eng->walk_started_ms < s->broadcast_yield_ms;
+                    sync_now_us() - eng->walk_started_us < (int64_t)s->broadcast_yield_ms * 1000;
     size_t written = 0, unchecked = 0;
     server_conn *c = eng->cursor ? eng->cursor : eng->live_head;
     for (size_t left = eng->live_count; left && c; left--) {

@@ -46,7 +46,7 @@ typedef struct server_engine {
     server_conn *cursor;
     size_t live_count;
     bool flush_pending;      /* a broadcast stopped early: some live connections may be behind */
-    int64_t walk_started_ms; /* when the walk that flush_pending continues began */
+    int64_t walk_started_us; /* when the walk that flush_pending continues began */
 } server_engine;
 
 typedef struct server_mount {
