@@ -273,13 +273,8 @@ static int file_backup(void *userdata, sync_pending *pending, int64_t *out_times
     }
     /* Two backups in one millisecond get consecutive stamps instead of one replacing the other. */
     int64_t ms = sync_wall_ms();
-    if (fs_rename_stamped(tmp, prefix, ".json", &ms, NULL) != 0) {
-        rc = sync_fail(SYNC_EIO, "cannot name backup in %s: %s", fa->backups_dir, strerror(errno));
-        unlink(tmp);
-        goto out;
-    }
-    if (fa->fsync && fs_fsync_dir(fa->backups_dir) != 0) {
-        rc = sync_fail(SYNC_EIO, "cannot fsync directory %s: %s", fa->backups_dir, strerror(errno));
+    if (fs_publish_stamped(tmp, prefix, ".json", fa->backups_dir, fa->fsync, &ms) != 0) {
+        rc = sync_fail(SYNC_EIO, "cannot store backup in %s: %s", fa->backups_dir, strerror(errno));
         goto out;
     }
     *out_timestamp_ms = ms;

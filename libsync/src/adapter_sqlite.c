@@ -473,13 +473,8 @@ static int sqlite_backup(void *userdata, sync_pending *pending, int64_t *out_tim
         goto out;
     }
     int64_t ms = sync_wall_ms();
-    if (fs_rename_stamped(tmp, prefix, ".sqlite", &ms, NULL) != 0) {
-        rc = sync_fail(SYNC_EIO, "cannot name backup in %s: %s", sa->backups_dir, strerror(errno));
-        unlink(tmp);
-        goto out;
-    }
-    if (fs_fsync_dir(sa->backups_dir) != 0) {
-        rc = sync_fail(SYNC_EIO, "cannot fsync directory %s: %s", sa->backups_dir, strerror(errno));
+    if (fs_publish_stamped(tmp, prefix, ".sqlite", sa->backups_dir, 1, &ms) != 0) {
+        rc = sync_fail(SYNC_EIO, "cannot store backup in %s: %s", sa->backups_dir, strerror(errno));
         goto out;
     }
     *out_timestamp_ms = ms;
