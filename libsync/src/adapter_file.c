@@ -1,4 +1,5 @@
 /* The file store: one JSON record {"state":...,"version":...} replaced atomically on every save. */
+#include "backup_slot.h"
 #include "error.h"
 #include "fsutil.h"
 #include "json_check.h"
@@ -254,35 +255,17 @@ static int file_backup(void *userdata, sync_pending *pending, int64_t *out_times
             return sync_fail(SYNC_ESTATE, "nothing to back up: %s has never been saved", fa->path);
         return fail_read(fa);
     }
-    int rc = SYNC_OK;
-    char *tmp = NULL, *prefix = NULL, *tmp_base = NULL;
-    if (fs_mkdirs(fa->backups_dir) != 0) {
-        rc = sync_fail(SYNC_EIO, "cannot create backups directory %s: %s", fa->backups_dir,
-                       strerror(errno));
-        goto out;
+    backup_slot slot;
+    int rc = backup_slot_open(&slot, fa->backups_dir);
+    if (rc == SYNC_OK) {
+        struct iovec iov = {text, len};
+        if (fs_write_new_file(slot.tmp, 0, &iov, 1, fa->fsync) != 0)
+            rc = sync_fail(SYNC_EIO, "cannot write %s: %s", slot.tmp, strerror(errno));
+        else
+            rc = backup_slot_publish(&slot, ".json", fa->fsync, out_timestamp_ms);
     }
-    if (asprintf(&prefix, "%s/backup-", fa->backups_dir) < 0 ||
-        asprintf(&tmp_base, "%s/.backup", fa->backups_dir) < 0 || !(tmp = fs_temp_name(tmp_base))) {
-        rc = sync_fail(SYNC_ENOMEM, "out of memory");
-        goto out;
-    }
-    struct iovec iov = {text, len};
-    if (fs_write_new_file(tmp, 0, &iov, 1, fa->fsync) != 0) {
-        rc = sync_fail(SYNC_EIO, "cannot write %s: %s", tmp, strerror(errno));
-        goto out;
-    }
-    /* Two backups in one millisecond get consecutive stamps instead of one replacing the other. */
-    int64_t ms = sync_wall_ms();
-    if (fs_publish_stamped(tmp, prefix, ".json", fa->backups_dir, fa->fsync, &ms) != 0) {
-        rc = sync_fail(SYNC_EIO, "cannot store backup in %s: %s", fa->backups_dir, strerror(errno));
-        goto out;
-    }
-    *out_timestamp_ms = ms;
-out:
+    backup_slot_release(&slot);
     free(text);
-    free(tmp);
-    free(prefix);
-    free(tmp_base);
     return rc;
 }
 

@@ -1,4 +1,5 @@
 /* The SQLite store: one row (state JSON, version, updated_at) in a WAL-mode database. */
+#include "backup_slot.h"
 #include "error.h"
 #include "json_check.h"
 #include "fsutil.h"
@@ -432,30 +433,14 @@ static int sqlite_save(void *userdata, sync_pending *pending, const cJSON *state
     return rc;
 }
 
-/* Online backup into a temp file, then a rename that never replaces an existing backup. */
-static int sqlite_backup(void *userdata, sync_pending *pending, int64_t *out_timestamp_ms)
+/* SQLite's online backup of the whole database into a new file at `path`. */
+static int backup_into(sqlite_adapter *sa, const char *path)
 {
-    (void)pending;
-    sqlite_adapter *sa = userdata;
-    int rc = ensure_open(sa);
-    if (rc != SYNC_OK)
-        return rc;
-    if (fs_mkdirs(sa->backups_dir) != 0)
-        return sync_fail(SYNC_EIO, "cannot create backups directory %s: %s", sa->backups_dir,
-                         strerror(errno));
-    char *tmp_base = NULL, *tmp = NULL, *prefix = NULL;
-    if (asprintf(&tmp_base, "%s/.backup", sa->backups_dir) < 0)
-        tmp_base = NULL;
-    if (asprintf(&prefix, "%s/backup-", sa->backups_dir) < 0)
-        prefix = NULL;
-    tmp = tmp_base ? fs_temp_name(tmp_base) : NULL;
-    if (!tmp || !prefix) {
-        rc = sync_fail(SYNC_ENOMEM, "out of memory");
-        goto out;
-    }
+    int rc = SYNC_OK;
     sqlite3 *dst = NULL;
     int copied = 0;
-    if (sqlite3_open_v2(tmp, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) == SQLITE_OK) {
+    if (sqlite3_open_v2(path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) ==
+        SQLITE_OK) {
         /* Errors of init, step and finish all land in dst's error state. */
         sqlite3_backup *bk = sqlite3_backup_init(dst, "main", sa->db, "main");
         if (bk) {
@@ -464,24 +449,28 @@ static int sqlite_backup(void *userdata, sync_pending *pending, int64_t *out_tim
         }
     }
     if (!copied)
-        rc = dst ? fail_sqlite(dst, "cannot back up into", tmp)
-                 : sync_fail(SYNC_ENOMEM, "out of memory opening %s", tmp);
+        rc = dst ? fail_sqlite(dst, "cannot back up into", path)
+                 : sync_fail(SYNC_ENOMEM, "out of memory opening %s", path);
     if (sqlite3_close(dst) != SQLITE_OK && rc == SYNC_OK)
-        rc = sync_fail(SYNC_EIO, "cannot close backup %s", tmp);
-    if (rc != SYNC_OK) {
-        unlink(tmp);
-        goto out;
-    }
-    int64_t ms = sync_wall_ms();
-    if (fs_publish_stamped(tmp, prefix, ".sqlite", sa->backups_dir, 1, &ms) != 0) {
-        rc = sync_fail(SYNC_EIO, "cannot store backup in %s: %s", sa->backups_dir, strerror(errno));
-        goto out;
-    }
-    *out_timestamp_ms = ms;
-out:
-    free(tmp_base);
-    free(tmp);
-    free(prefix);
+        rc = sync_fail(SYNC_EIO, "cannot close backup %s", path);
+    return rc;
+}
+
+/* Online backup into a temp file, then a rename that never replaces an existing backup. */
+static int sqlite_backup(void *userdata, sync_pending *pending, int64_t *out_timestamp_ms)
+{
+    (void)pending;
+    sqlite_adapter *sa = userdata;
+    int rc = ensure_open(sa);
+    if (rc != SYNC_OK)
+        return rc;
+    backup_slot slot;
+    rc = backup_slot_open(&slot, sa->backups_dir);
+    if (rc == SYNC_OK)
+        rc = backup_into(sa, slot.tmp);
+    if (rc == SYNC_OK)
+        rc = backup_slot_publish(&slot, ".sqlite", 1, out_timestamp_ms);
+    backup_slot_release(&slot);
     return rc;
 }
 

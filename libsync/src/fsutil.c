@@ -211,18 +211,6 @@ int fs_rename_stamped(const char *from, const char *prefix, const char *suffix, 
     return -1;
 }
 
-int fs_publish_stamped(const char *tmp, const char *prefix, const char *suffix, const char *dir,
-                       int do_fsync, int64_t *inout_ms)
-{
-    if (fs_rename_stamped(tmp, prefix, suffix, inout_ms, NULL) != 0) {
-        int saved = errno;
-        unlink(tmp);
-        errno = saved;
-        return -1;
-    }
-    return do_fsync ? fs_fsync_dir(dir) : 0;
-}
-
 int fs_read_file(const char *path, char **out, size_t *out_len)
 {
     int fd;

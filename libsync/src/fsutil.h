@@ -39,12 +39,6 @@ int fs_fsync_dir(const char *dir);
 int fs_rename_stamped(const char *from, const char *prefix, const char *suffix, int64_t *inout_ms,
                       char **out_path);
 
-/* A finished backup's last steps: fs_rename_stamped() into `dir`, then (when do_fsync) the
- * directory's fsync so the new name survives a power loss. When the rename fails the temporary
- * file is removed. */
-int fs_publish_stamped(const char *tmp, const char *prefix, const char *suffix, const char *dir,
-                       int do_fsync, int64_t *inout_ms);
-
 /* Reads a whole regular file into a NUL-terminated buffer (caller frees). EISDIR for a
  * directory, EINVAL for anything else that is not a regular file (a FIFO, a device). */
 int fs_read_file(const char *path, char **out, size_t *out_len);

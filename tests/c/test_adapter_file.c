@@ -1,5 +1,6 @@
 /* The file adapter against real files: the record format, atomic replacement (no temp file left,
  * the old record intact after a failure), corrupt files kept aside, backups, I/O failures. */
+#include "adapter_backup_checks.h"
 #include "adapter_engine.h"
 #include "adapter_fs.h"
 #include "check.h"
@@ -386,6 +387,16 @@ static void test_backups(void)
     free(dir);
 }
 
+static sync_adapter *open_fsynced(const char *path, const char *backups_dir)
+{
+    return open_adapter(path, backups_dir, 1);
+}
+
+static void test_failed_backups(void)
+{
+    abk_check_failed_backups("file-failed-backup", open_fsynced, "state.json", ".json");
+}
+
 static void test_unreadable_and_unwritable(void)
 {
     /* /proc takes no new files, even from root. */
@@ -682,6 +693,7 @@ int main(void)
     RUN(test_corrupt_files_kept_aside);
     RUN(test_two_corrupt_files_both_kept);
     RUN(test_backups);
+    RUN(test_failed_backups);
     RUN(test_unreadable_and_unwritable);
     RUN(test_large_state);
     RUN(test_directory_removed_after_init);

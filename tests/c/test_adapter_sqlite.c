@@ -1,5 +1,6 @@
 /* The SQLite adapter against real database files: round trips, restarts, table names, WAL,
  * backups, corrupt rows and files kept aside, and I/O failures that leave it usable. */
+#include "adapter_backup_checks.h"
 #include "adapter_engine.h"
 #include "adapter_fs.h"
 #include "check.h"
@@ -347,6 +348,16 @@ static void test_backup(void)
     free(default_dir);
     free(path);
     free(dir);
+}
+
+static sync_adapter *open_default_table(const char *path, const char *backups_dir)
+{
+    return open_adapter(path, NULL, backups_dir);
+}
+
+static void test_failed_backups(void)
+{
+    abk_check_failed_backups("sqlite-failed-backup", open_default_table, "state.sqlite", ".sqlite");
 }
 
 static void expect_corrupt_row(const char *insert, const char *kept_state)
@@ -770,6 +781,7 @@ int main(void)
     RUN(test_bad_table_names);
     RUN(test_bad_options);
     RUN(test_backup);
+    RUN(test_failed_backups);
     RUN(test_corrupt_rows_kept_aside);
     RUN(test_corrupt_row_kept_even_when_locked);
     RUN(test_not_a_database_kept_aside);
