@@ -2,6 +2,7 @@
 #include "server_internal.h"
 
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,94 +69,85 @@ static void label(const char *value, char *out, size_t size)
     out[o] = '\0';
 }
 
-enum engine_metric {
-    M_CONNECTIONS,
-    M_MESSAGES_IN,
-    M_APPLIED,
-    M_DROPPED,
-    M_HANDLER_ERRORS,
-    M_FRAMES_OUT,
-    M_BYTES_OUT,
-    M_SERIALISATIONS,
-    M_STATE_VERSION,
-    M_STATE_BYTES,
-    M_SAVES,
-    M_SAVE_ERRORS,
-    M_SAVE_LAST,
-    M_SAVE_TOTAL,
-    M_COUNT
+/* How a field of sync_engine_stats is printed. */
+enum sample_kind {
+    SAMPLE_COUNT,   /* uint64_t */
+    SAMPLE_SIGNED,  /* int64_t (the version is -1 when versioning is off) */
+    SAMPLE_SIZE,    /* size_t */
+    SAMPLE_SECONDS, /* uint64_t microseconds, printed in seconds as Prometheus expects */
 };
 
-static const struct {
+typedef struct engine_metric {
     const char *name;
     const char *type;
     const char *help;
-} engine_metrics[M_COUNT] = {
-    {"libsync_connections", "gauge", "Open connections of the engine."},
-    {"libsync_messages_in_total", "counter", "Messages received (pong included)."},
-    {"libsync_messages_applied_total", "counter", "Messages whose handler succeeded."},
-    {"libsync_messages_dropped_total", "counter", "Messages dropped by any failure."},
-    {"libsync_handler_errors_total", "counter", "Handler failures."},
-    {"libsync_frames_out_total", "counter", "Frames handed to transports."},
-    {"libsync_bytes_out_total", "counter", "Bytes of frames handed to transports."},
-    {"libsync_serialisations_total", "counter", "Times the state was serialised."},
-    {"libsync_state_version", "gauge", "Current state version (-1 when versioning is off)."},
-    {"libsync_state_bytes", "gauge", "Size of the state as compact JSON."},
-    {"libsync_persist_saves_total", "counter", "Adapter saves that succeeded."},
-    {"libsync_persist_errors_total", "counter", "Adapter saves that failed."},
-    {"libsync_persist_last_seconds", "gauge", "Duration of the last save."},
-    {"libsync_persist_seconds_total", "counter", "Sum of all save durations."},
+    size_t offset; /* of the field in sync_engine_stats */
+    enum sample_kind kind;
+} engine_metric;
+
+#define STAT(field) offsetof(sync_engine_stats, field)
+
+static const engine_metric engine_metrics[] = {
+    {"libsync_connections", "gauge", "Open connections of the engine.", STAT(connections),
+     SAMPLE_COUNT},
+    {"libsync_messages_in_total", "counter", "Messages received (pong included).",
+     STAT(messages_in), SAMPLE_COUNT},
+    {"libsync_messages_applied_total", "counter", "Messages whose handler succeeded.",
+     STAT(messages_applied), SAMPLE_COUNT},
+    {"libsync_messages_dropped_total", "counter", "Messages dropped by any failure.",
+     STAT(messages_dropped), SAMPLE_COUNT},
+    {"libsync_handler_errors_total", "counter", "Handler failures.", STAT(handler_errors),
+     SAMPLE_COUNT},
+    {"libsync_frames_out_total", "counter", "Frames handed to transports.", STAT(frames_out),
+     SAMPLE_COUNT},
+    {"libsync_bytes_out_total", "counter", "Bytes of frames handed to transports.", STAT(bytes_out),
+     SAMPLE_COUNT},
+    {"libsync_serialisations_total", "counter", "Times the state was serialised.",
+     STAT(serialisations), SAMPLE_COUNT},
+    {"libsync_state_version", "gauge", "Current state version (-1 when versioning is off).",
+     STAT(state_version), SAMPLE_SIGNED},
+    {"libsync_state_bytes", "gauge", "Size of the state as compact JSON.", STAT(state_bytes),
+     SAMPLE_SIZE},
+    {"libsync_persist_saves_total", "counter", "Adapter saves that succeeded.", STAT(saves),
+     SAMPLE_COUNT},
+    {"libsync_persist_errors_total", "counter", "Adapter saves that failed.", STAT(save_errors),
+     SAMPLE_COUNT},
+    {"libsync_persist_last_seconds", "gauge", "Duration of the last save.", STAT(last_save_us),
+     SAMPLE_SECONDS},
+    {"libsync_persist_seconds_total", "counter", "Sum of all save durations.", STAT(total_save_us),
+     SAMPLE_SECONDS},
 };
 
-static void engine_value(text_buf *b, enum engine_metric m, const sync_engine_stats *st,
-                         const char *path)
+static void engine_sample(text_buf *b, const engine_metric *m, const sync_engine_stats *st,
+                          const char *path)
 {
-    const char *name = engine_metrics[m].name;
-    switch (m) {
-    case M_CONNECTIONS:
-        put(b, "%s{path=\"%s\"} %" PRIu64 "\n", name, path, st->connections);
+    const char *field = (const char *)st + m->offset;
+    put(b, "%s{path=\"%s\"} ", m->name, path);
+    switch (m->kind) {
+    case SAMPLE_COUNT: {
+        uint64_t v;
+        memcpy(&v, field, sizeof v);
+        put(b, "%" PRIu64 "\n", v);
         break;
-    case M_MESSAGES_IN:
-        put(b, "%s{path=\"%s\"} %" PRIu64 "\n", name, path, st->messages_in);
+    }
+    case SAMPLE_SIGNED: {
+        int64_t v;
+        memcpy(&v, field, sizeof v);
+        put(b, "%" PRId64 "\n", v);
         break;
-    case M_APPLIED:
-        put(b, "%s{path=\"%s\"} %" PRIu64 "\n", name, path, st->messages_applied);
+    }
+    case SAMPLE_SIZE: {
+        size_t v;
+        memcpy(&v, field, sizeof v);
+        put(b, "%zu\n", v);
         break;
-    case M_DROPPED:
-        put(b, "%s{path=\"%s\"} %" PRIu64 "\n", name, path, st->messages_dropped);
+    }
+    case SAMPLE_SECONDS: {
+        uint64_t us;
+        memcpy(&us, field, sizeof us);
+        put(b, "%.6f\n", (double)us / 1e6);
         break;
-    case M_HANDLER_ERRORS:
-        put(b, "%s{path=\"%s\"} %" PRIu64 "\n", name, path, st->handler_errors);
-        break;
-    case M_FRAMES_OUT:
-        put(b, "%s{path=\"%s\"} %" PRIu64 "\n", name, path, st->frames_out);
-        break;
-    case M_BYTES_OUT:
-        put(b, "%s{path=\"%s\"} %" PRIu64 "\n", name, path, st->bytes_out);
-        break;
-    case M_SERIALISATIONS:
-        put(b, "%s{path=\"%s\"} %" PRIu64 "\n", name, path, st->serialisations);
-        break;
-    case M_STATE_VERSION:
-        put(b, "%s{path=\"%s\"} %" PRId64 "\n", name, path, st->state_version);
-        break;
-    case M_STATE_BYTES:
-        put(b, "%s{path=\"%s\"} %zu\n", name, path, st->state_bytes);
-        break;
-    case M_SAVES:
-        put(b, "%s{path=\"%s\"} %" PRIu64 "\n", name, path, st->saves);
-        break;
-    case M_SAVE_ERRORS:
-        put(b, "%s{path=\"%s\"} %" PRIu64 "\n", name, path, st->save_errors);
-        break;
-    case M_SAVE_LAST:
-        put(b, "%s{path=\"%s\"} %.6f\n", name, path, (double)st->last_save_us / 1e6);
-        break;
-    case M_SAVE_TOTAL:
-        put(b, "%s{path=\"%s\"} %.6f\n", name, path, (double)st->total_save_us / 1e6);
-        break;
-    case M_COUNT:
-        break;
+    }
     }
 }
 
@@ -178,12 +170,13 @@ char *server_metrics_render(sync_server *server, size_t *len)
         sync_engine_get_stats(server->engines[i]->engine, &stats[i]);
     }
     /* every family once, with one sample per engine (labelled by its first mount path) */
-    for (int m = 0; m < M_COUNT; m++) {
-        header(&b, engine_metrics[m].name, engine_metrics[m].type, engine_metrics[m].help);
+    for (size_t m = 0; m < sizeof engine_metrics / sizeof engine_metrics[0]; m++) {
+        const engine_metric *metric = &engine_metrics[m];
+        header(&b, metric->name, metric->type, metric->help);
         for (size_t i = 0; i < n; i++) {
             char path[256];
             label(server->engines[i]->path, path, sizeof path);
-            engine_value(&b, (enum engine_metric)m, &stats[i], path);
+            engine_sample(&b, metric, &stats[i], path);
         }
     }
     free(stats);
