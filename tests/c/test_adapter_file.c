@@ -1,9 +1,9 @@
 /* The file adapter against real files: the record format, atomic replacement (no temp file left,
  * the old record intact after a failure), corrupt files kept aside, backups, I/O failures. */
-#include "adapter_backup_checks.h"
 #include "adapter_engine.h"
 #include "adapter_fs.h"
 #include "check.h"
+#include "store_contract.h"
 
 #include <libsync/libsync.h>
 #include <stdlib.h>
@@ -24,23 +24,12 @@ static sync_adapter *open_adapter(const char *path, const char *backups_dir, int
     return adapter;
 }
 
-static void expect_record(sync_adapter *adapter, const char *state, int64_t version)
+static sync_adapter *open_fsynced(const char *path, const char *backups_dir)
 {
-    char *loaded = NULL;
-    int64_t v = -99;
-    CHECK_EQ_INT(sync_adapter_load(adapter, &loaded, &v), SYNC_OK);
-    CHECK_EQ_STR(loaded, state);
-    CHECK_EQ_INT(v, version);
-    sync_free(loaded);
+    return open_adapter(path, backups_dir, 1);
 }
 
-static void expect_never_saved(sync_adapter *adapter)
-{
-    char *loaded = (char *)"sentinel";
-    int64_t v = -99;
-    CHECK_EQ_INT(sync_adapter_load(adapter, &loaded, &v), SYNC_OK);
-    CHECK(loaded == NULL);
-}
+static const store_kind file_store = {"file", "state.json", ".json", open_fsynced};
 
 static void test_init_writes_nothing(void)
 {
@@ -53,7 +42,7 @@ static void test_init_writes_nothing(void)
     struct stat st;
     CHECK(stat(parent, &st) == 0 && S_ISDIR(st.st_mode)); /* parent directories created */
     CHECK(!afs_exists(path)); /* the original's quirk wrote {"state":{},"version":0} here */
-    expect_never_saved(a);
+    store_expect_never_saved(a);
     CHECK(!afs_exists(path));
     sync_adapter_free(a);
     free(path);
@@ -72,45 +61,24 @@ static void test_record_format_and_restart(void)
     char *text = afs_read(path);
     CHECK_EQ_STR(text, "{\"state\":{\"counter\":5,\"tags\":[\"a\",\"b\"]},\"version\":12}\n");
     free(text);
-    expect_record(a, "{\"counter\":5,\"tags\":[\"a\",\"b\"]}", 12);
+    store_expect_record(a, "{\"counter\":5,\"tags\":[\"a\",\"b\"]}", 12);
     CHECK_EQ_INT(sync_adapter_save(a, "\"just a string\"", 13), SYNC_OK);
     sync_adapter_free(a);
 
     a = open_adapter(path, NULL, 1);
     REQUIRE(a);
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
-    expect_record(a, "\"just a string\"", 13);
+    store_expect_record(a, "\"just a string\"", 13);
     sync_adapter_free(a);
 
     /* A record written by hand (the original's files, pretty-printed) loads too. */
     REQUIRE(afs_write(path, "{\n  \"version\": 4,\n  \"state\": { \"n\": 1 }\n}\n") == 0);
     a = open_adapter(path, NULL, 1);
     REQUIRE(a);
-    expect_record(a, "{\"n\":1}", 4);
+    store_expect_record(a, "{\"n\":1}", 4);
     sync_adapter_free(a);
     free(path);
     free(dir);
-}
-
-static double save_many(const char *path, int do_fsync, int n)
-{
-    sync_adapter *a = open_adapter(path, NULL, do_fsync);
-    if (!a)
-        return -1;
-    char state[64];
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    int failures = 0;
-    for (int i = 1; i <= n; i++) {
-        snprintf(state, sizeof state, "{\"counter\":%d}", i);
-        failures += sync_adapter_save(a, state, i) != SYNC_OK;
-    }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    CHECK_EQ_INT(failures, 0);
-    snprintf(state, sizeof state, "{\"counter\":%d}", n);
-    expect_record(a, state, n);
-    sync_adapter_free(a);
-    return ((double)(t1.tv_sec - t0.tv_sec) * 1e6 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e3) / n;
 }
 
 static void test_many_saves_leave_no_temp_files(void)
@@ -118,8 +86,8 @@ static void test_many_saves_leave_no_temp_files(void)
     char *dir = check_tmpdir("file-many");
     char *synced = afs_join(dir, "synced.json");
     char *unsynced = afs_join(dir, "unsynced.json");
-    double us_sync = save_many(synced, 1, 100);
-    double us_nosync = save_many(unsynced, 0, 1000);
+    double us_sync = store_time_saves(open_adapter(synced, NULL, 1), 100);
+    double us_nosync = store_time_saves(open_adapter(unsynced, NULL, 0), 1000);
     CHECK(us_sync > 0 && us_nosync > 0);
     printf("file save, small state: %.1f us (fsync), %.1f us (no fsync)\n", us_sync, us_nosync);
     CHECK_EQ_INT(afs_count(dir, "synced.json.tmp-"), 0);
@@ -189,7 +157,7 @@ static void test_init_removes_stale_temp_files(void)
     for (int i = 0; i < 7; i++)
         CHECK(exists_named(dir, kept[i]));
     CHECK(afs_exists(sub));
-    expect_record(a, "{\"n\":5}", 5);
+    store_expect_record(a, "{\"n\":5}", 5);
     sync_adapter_free(a);
     free(sub);
     free(path);
@@ -236,7 +204,7 @@ static void test_failed_save_keeps_old_record(void)
 
     /* The same adapter saves again once there is room. */
     CHECK_EQ_INT(sync_adapter_save(a, "{\"small\":3}", 3), SYNC_OK);
-    expect_record(a, "{\"small\":3}", 3);
+    store_expect_record(a, "{\"small\":3}", 3);
     sync_adapter_free(a);
     free(path);
     free(dir);
@@ -295,9 +263,9 @@ static void expect_corrupt(const char *content, const char *reason)
     free(kept);
 
     /* The next save starts a new file; the corrupt one is never touched. */
-    expect_never_saved(a);
+    store_expect_never_saved(a);
     CHECK_EQ_INT(sync_adapter_save(a, "{\"fresh\":1}", 1), SYNC_OK);
-    expect_record(a, "{\"fresh\":1}", 1);
+    store_expect_record(a, "{\"fresh\":1}", 1);
     kept = afs_read(aside);
     CHECK_EQ_STR(kept, content);
     free(kept);
@@ -387,16 +355,6 @@ static void test_backups(void)
     free(dir);
 }
 
-static sync_adapter *open_fsynced(const char *path, const char *backups_dir)
-{
-    return open_adapter(path, backups_dir, 1);
-}
-
-static void test_failed_backups(void)
-{
-    abk_check_failed_backups("file-failed-backup", open_fsynced, "state.json", ".json");
-}
-
 static void test_unreadable_and_unwritable(void)
 {
     /* /proc takes no new files, even from root. */
@@ -406,7 +364,7 @@ static void test_unreadable_and_unwritable(void)
     CHECK(strstr(sync_error_last(), "/proc/self/libsync-test"));
     CHECK_EQ_INT(sync_adapter_save(a, "{}", 1), SYNC_EIO);
     CHECK_EQ_INT(sync_adapter_save(a, "{}", 2), SYNC_EIO); /* still answering */
-    expect_never_saved(a);
+    store_expect_never_saved(a);
     sync_adapter_free(a);
 
     /* A parent that is a regular file. */
@@ -491,10 +449,10 @@ static void test_read_only_directory(void)
     } else {
         CHECK_EQ_INT(sync_adapter_save(a, "{\"lost\":1}", 2), SYNC_EIO);
         CHECK(strstr(sync_error_last(), "Read-only file system"));
-        expect_record(a, "{\"kept\":1}", 1); /* reading still works */
+        store_expect_record(a, "{\"kept\":1}", 1); /* reading still works */
         afs_make_writable(sub);
         CHECK_EQ_INT(sync_adapter_save(a, "{\"back\":1}", 3), SYNC_OK);
-        expect_record(a, "{\"back\":1}", 3);
+        store_expect_record(a, "{\"back\":1}", 3);
         CHECK_EQ_INT(afs_count(sub, "state.json.tmp-"), 0);
     }
     sync_adapter_free(a);
@@ -536,7 +494,7 @@ static void test_directory_removed_after_init(void)
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
     REQUIRE(rmdir(sub) == 0);
     CHECK_EQ_INT(sync_adapter_save(a, "{\"n\":1}", 1), SYNC_OK);
-    expect_record(a, "{\"n\":1}", 1);
+    store_expect_record(a, "{\"n\":1}", 1);
     sync_adapter_free(a);
     free(path);
     free(sub);
@@ -573,14 +531,6 @@ static void test_bad_options(void)
     CHECK_EQ_INT(sync_file_options_init(NULL, SYNC_FILE_OPTIONS_VERSION), SYNC_EINVAL);
 }
 
-static void expect_state(sync_engine *engine, const char *state, int64_t version)
-{
-    char *json = aeng_state(engine);
-    CHECK_EQ_STR(json, state);
-    sync_free(json);
-    CHECK_EQ_INT(sync_engine_get_version(engine), version);
-}
-
 static void test_engine_restart(void)
 {
     char *dir = check_tmpdir("file-engine");
@@ -589,10 +539,10 @@ static void test_engine_restart(void)
     /* A fresh store yields initial_state (the original's quirk replaced it with {}). */
     sync_engine *e = aeng_new(open_adapter(path, NULL, 1), "{\"counter\":7}", &errors);
     REQUIRE(e);
-    expect_state(e, "{\"counter\":7}", 0);
+    store_expect_state(e, "{\"counter\":7}", 0);
     CHECK_EQ_INT(errors.count, 0);
     CHECK_EQ_INT(sync_engine_set_state_json(e, "{\"counter\":8}", 0), SYNC_OK);
-    expect_state(e, "{\"counter\":8}", 1);
+    store_expect_state(e, "{\"counter\":8}", 1);
     /* No backups_dir: the adapter has no backup, and the engine says so. */
     CHECK_EQ_INT(sync_engine_create_backup(e), SYNC_EUNSUPPORTED);
     sync_engine_free(e);
@@ -603,55 +553,11 @@ static void test_engine_restart(void)
     /* The restarted engine continues from the store, not from its initial state. */
     e = aeng_new(open_adapter(path, NULL, 1), "{\"counter\":0}", &errors);
     REQUIRE(e);
-    expect_state(e, "{\"counter\":8}", 1);
+    store_expect_state(e, "{\"counter\":8}", 1);
     CHECK_EQ_INT(errors.count, 0);
     sync_engine_free(e);
     free(path);
     free(dir);
-}
-
-static void test_engine_corrupt_store(void)
-{
-    char *dir = check_tmpdir("file-engine-corrupt");
-    char *path = afs_join(dir, "state.json");
-    REQUIRE(afs_write(path, "{\"state\":{\"n\":") == 0);
-    aeng_errors errors;
-    sync_engine *e = aeng_new(open_adapter(path, NULL, 1), "{\"n\":1}", &errors);
-    REQUIRE(e);
-    expect_state(e, "{\"n\":1}", 0);
-    CHECK_EQ_INT(errors.count, 1);
-    CHECK_EQ_INT(errors.last_status, SYNC_ECORRUPT);
-    CHECK_EQ_STR(errors.last_context, "load");
-    CHECK(strstr(errors.last_message, "kept aside"));
-    CHECK_EQ_INT(afs_count(dir, "state.json.corrupt-"), 1);
-    CHECK_EQ_INT(sync_engine_set_state_json(e, "{\"n\":2}", 0), SYNC_OK);
-    sync_engine_free(e);
-    e = aeng_new(open_adapter(path, NULL, 1), "{\"n\":0}", &errors);
-    REQUIRE(e);
-    expect_state(e, "{\"n\":2}", 1);
-    CHECK_EQ_INT(errors.count, 0);
-    sync_engine_free(e);
-    CHECK_EQ_INT(afs_count(dir, "state.json.corrupt-"), 1);
-    free(path);
-    free(dir);
-}
-
-static void test_engine_failed_save_reported(void)
-{
-    aeng_errors errors;
-    sync_engine *e =
-        aeng_new(open_adapter("/proc/self/libsync-test/state.json", NULL, 1), "{\"n\":1}", &errors);
-    REQUIRE(e);
-    expect_state(e, "{\"n\":1}", 0);
-    CHECK(errors.count >= 1);
-    int before = errors.count;
-    sync_engine_set_state_json(e, "{\"n\":2}", 0);
-    /* The change stays in memory and is served; the failed save is reported. */
-    expect_state(e, "{\"n\":2}", 1);
-    CHECK_EQ_INT(errors.count, before + 1);
-    CHECK_EQ_INT(errors.last_status, SYNC_EIO);
-    CHECK_EQ_STR(errors.last_context, "sync");
-    sync_engine_free(e);
 }
 
 /* A store that cannot be read at start (here a FIFO: "not a regular file") may hold a record the
@@ -667,7 +573,7 @@ static void test_engine_unread_store_never_overwritten(void)
     CHECK_EQ_STR(errors.last_context, "load");
     int before = errors.count;
     sync_engine_set_state_json(e, "{\"n\":2}", 0);
-    expect_state(e, "{\"n\":2}", 1);
+    store_expect_state(e, "{\"n\":2}", 1);
     CHECK_EQ_INT(errors.count, before + 1);
     CHECK_EQ_INT(errors.last_status, SYNC_EIO);
     CHECK_EQ_STR(errors.last_context, "sync");
@@ -679,6 +585,21 @@ static void test_engine_unread_store_never_overwritten(void)
     sync_engine_free(e);
     free(path);
     free(dir);
+}
+
+static void test_failed_backups(void)
+{
+    store_check_failed_backups(&file_store);
+}
+
+static void test_engine_corrupt_store(void)
+{
+    store_check_engine_on_corrupt_store(&file_store, "{\"state\":{\"n\":");
+}
+
+static void test_engine_failed_save_reported(void)
+{
+    store_check_engine_failed_save_reported(&file_store);
 }
 
 int main(void)

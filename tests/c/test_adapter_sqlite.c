@@ -1,9 +1,9 @@
 /* The SQLite adapter against real database files: round trips, restarts, table names, WAL,
  * backups, corrupt rows and files kept aside, and I/O failures that leave it usable. */
-#include "adapter_backup_checks.h"
 #include "adapter_engine.h"
 #include "adapter_fs.h"
 #include "check.h"
+#include "store_contract.h"
 
 #include <libsync/libsync.h>
 #include <sqlite3.h>
@@ -18,6 +18,24 @@ static sync_adapter *open_adapter(const char *path, const char *table, const cha
     opts.path = path;
     opts.table_name = table;
     opts.backups_dir = backups_dir;
+    sync_adapter *adapter = NULL;
+    if (sync_adapter_sqlite_new(&adapter, &opts) != SYNC_OK)
+        return NULL;
+    return adapter;
+}
+
+static sync_adapter *open_default_table(const char *path, const char *backups_dir)
+{
+    return open_adapter(path, NULL, backups_dir);
+}
+
+static const store_kind sqlite_store = {"sqlite", "state.sqlite", ".sqlite", open_default_table};
+
+static sync_adapter *open_durable(const char *path, sync_sqlite_durability durability)
+{
+    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
+    opts.path = path;
+    opts.durability = durability;
     sync_adapter *adapter = NULL;
     if (sync_adapter_sqlite_new(&adapter, &opts) != SYNC_OK)
         return NULL;
@@ -50,16 +68,6 @@ static int exec_on(const char *path, const char *sql)
     return rc;
 }
 
-static void expect_record(sync_adapter *adapter, const char *state, int64_t version)
-{
-    char *loaded = NULL;
-    int64_t v = -99;
-    CHECK_EQ_INT(sync_adapter_load(adapter, &loaded, &v), SYNC_OK);
-    CHECK_EQ_STR(loaded, state);
-    CHECK_EQ_INT(v, version);
-    sync_free(loaded);
-}
-
 static void test_never_saved_loads_null(void)
 {
     char *dir = check_tmpdir("sqlite-fresh");
@@ -86,16 +94,16 @@ static void test_round_trip_and_restart(void)
     REQUIRE(a);
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
     CHECK_EQ_INT(sync_adapter_save(a, "{\"counter\":5,\"s\":\"\\u00e9\"}", 3), SYNC_OK);
-    expect_record(a, "{\"counter\":5,\"s\":\"\\u00e9\"}", 3);
+    store_expect_record(a, "{\"counter\":5,\"s\":\"\\u00e9\"}", 3);
     CHECK_EQ_INT(sync_adapter_save(a, "[1,2,3]", 4), SYNC_OK);
-    expect_record(a, "[1,2,3]", 4);
+    store_expect_record(a, "[1,2,3]", 4);
     sync_adapter_free(a);
 
     /* A restart: a new adapter on the same file sees the last record. */
     a = open_adapter(path, NULL, NULL);
     REQUIRE(a);
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
-    expect_record(a, "[1,2,3]", 4);
+    store_expect_record(a, "[1,2,3]", 4);
     sync_adapter_free(a);
 
     /* One row, in the default table, with updated_at set. */
@@ -109,39 +117,13 @@ static void test_round_trip_and_restart(void)
     free(dir);
 }
 
-static double save_many(const char *path, sync_sqlite_durability durability, int n)
-{
-    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
-    opts.path = path;
-    opts.durability = durability;
-    sync_adapter *a = NULL;
-    if (sync_adapter_sqlite_new(&a, &opts) != SYNC_OK || sync_adapter_init(a) != SYNC_OK) {
-        sync_adapter_free(a);
-        return -1;
-    }
-    char state[64];
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    int failures = 0;
-    for (int i = 1; i <= n; i++) {
-        snprintf(state, sizeof state, "{\"counter\":%d,\"name\":\"demo\"}", i);
-        failures += sync_adapter_save(a, state, i) != SYNC_OK;
-    }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    CHECK_EQ_INT(failures, 0);
-    snprintf(state, sizeof state, "{\"counter\":%d,\"name\":\"demo\"}", n);
-    expect_record(a, state, n);
-    sync_adapter_free(a);
-    return ((double)(t1.tv_sec - t0.tv_sec) * 1e6 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e3) / n;
-}
-
 static void test_many_saves_and_speed(void)
 {
     char *dir = check_tmpdir("sqlite-many");
     char *fast = afs_join(dir, "process-safe.sqlite");
     char *safe = afs_join(dir, "power-safe.sqlite");
-    double us_normal = save_many(fast, SYNC_SQLITE_PROCESS_SAFE, 2000);
-    double us_full = save_many(safe, SYNC_SQLITE_POWER_SAFE, 200);
+    double us_normal = store_time_saves(open_durable(fast, SYNC_SQLITE_PROCESS_SAFE), 2000);
+    double us_full = store_time_saves(open_durable(safe, SYNC_SQLITE_POWER_SAFE), 200);
     CHECK(us_normal > 0);
     CHECK(us_full > 0);
     printf("sqlite save, small state: %.1f us (PROCESS_SAFE), %.1f us (POWER_SAFE)\n", us_normal,
@@ -159,7 +141,7 @@ static void test_in_memory_database(void)
     REQUIRE(a);
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
     CHECK_EQ_INT(sync_adapter_save(a, "{\"m\":1}", 5), SYNC_OK);
-    expect_record(a, "{\"m\":1}", 5);
+    store_expect_record(a, "{\"m\":1}", 5);
     int64_t ts = 0;
     CHECK_EQ_INT(sync_adapter_backup(a, &ts), SYNC_OK);
     char *copy = afs_find(backups, "backup-");
@@ -218,7 +200,7 @@ static void test_custom_table_name(void)
     sync_adapter_free(b);
     a = open_adapter(path, "my_custom_websocket_table", NULL);
     REQUIRE(a);
-    expect_record(a, "{\"x\":1}", 7);
+    store_expect_record(a, "{\"x\":1}", 7);
     sync_adapter_free(a);
     free(path);
     free(dir);
@@ -350,16 +332,6 @@ static void test_backup(void)
     free(dir);
 }
 
-static sync_adapter *open_default_table(const char *path, const char *backups_dir)
-{
-    return open_adapter(path, NULL, backups_dir);
-}
-
-static void test_failed_backups(void)
-{
-    abk_check_failed_backups("sqlite-failed-backup", open_default_table, "state.sqlite", ".sqlite");
-}
-
 static void expect_corrupt_row(const char *insert, const char *kept_state)
 {
     char *dir = check_tmpdir("sqlite-corrupt-row");
@@ -386,7 +358,7 @@ static void expect_corrupt_row(const char *insert, const char *kept_state)
     CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_OK);
     CHECK(loaded == NULL);
     CHECK_EQ_INT(sync_adapter_save(a, "{\"fresh\":true}", 1), SYNC_OK);
-    expect_record(a, "{\"fresh\":true}", 1);
+    store_expect_record(a, "{\"fresh\":true}", 1);
     kept = query_text(path, "SELECT coalesce(state, 'NULL') FROM websocket_state_corrupt");
     CHECK_EQ_STR(kept, kept_state);
     free(kept);
@@ -437,7 +409,7 @@ static void test_corrupt_row_kept_even_when_locked(void)
     sqlite3_close(other);
 
     CHECK_EQ_INT(sync_adapter_save(a, "{\"n\":3}", 3), SYNC_OK);
-    expect_record(a, "{\"n\":3}", 3);
+    store_expect_record(a, "{\"n\":3}", 3);
     char *kept = query_text(path, "SELECT state FROM websocket_state_corrupt");
     CHECK_EQ_STR(kept, "oops");
     free(kept);
@@ -486,7 +458,7 @@ static void test_not_a_database_kept_aside(void)
     CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_OK);
     CHECK(loaded == NULL);
     CHECK_EQ_INT(sync_adapter_save(a, "{\"n\":1}", 1), SYNC_OK);
-    expect_record(a, "{\"n\":1}", 1);
+    store_expect_record(a, "{\"n\":1}", 1);
     sync_adapter_free(a);
     content = afs_read(aside);
     CHECK(content && strcmp(content, junk) == 0);
@@ -517,7 +489,7 @@ static void test_broken_database_kept_aside(void)
     CHECK(strstr(sync_error_last(), "kept aside"));
     CHECK_EQ_INT(afs_count(dir, "state.sqlite.corrupt-"), 1);
     CHECK_EQ_INT(sync_adapter_save(a, "{\"n\":2}", 2), SYNC_OK);
-    expect_record(a, "{\"n\":2}", 2);
+    store_expect_record(a, "{\"n\":2}", 2);
     sync_adapter_free(a);
     free(path);
     free(dir);
@@ -600,7 +572,7 @@ static void test_read_only_database(void)
         a = open_adapter(path, NULL, NULL);
         REQUIRE(a);
         CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
-        expect_record(a, "{\"kept\":1}", 1);
+        store_expect_record(a, "{\"kept\":1}", 1);
         sync_adapter_free(a);
     }
     free(path);
@@ -627,13 +599,13 @@ static void test_disk_full(void)
     free(big);
 
     /* Nothing half-written, and the same adapter saves again once there is room. */
-    expect_record(a, "{\"small\":1}", 1);
+    store_expect_record(a, "{\"small\":1}", 1);
     CHECK_EQ_INT(sync_adapter_save(a, "{\"small\":3}", 3), SYNC_OK);
-    expect_record(a, "{\"small\":3}", 3);
+    store_expect_record(a, "{\"small\":3}", 3);
     sync_adapter_free(a);
     a = open_adapter(path, NULL, NULL);
     REQUIRE(a);
-    expect_record(a, "{\"small\":3}", 3);
+    store_expect_record(a, "{\"small\":3}", 3);
     sync_adapter_free(a);
     free(path);
     free(dir);
@@ -659,7 +631,7 @@ static void test_locked_database(void)
     CHECK_EQ_INT(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(other);
     CHECK_EQ_INT(sync_adapter_save(a, "{\"v\":3}", 3), SYNC_OK);
-    expect_record(a, "{\"v\":3}", 3);
+    store_expect_record(a, "{\"v\":3}", 3);
     sync_adapter_free(a);
     free(path);
     free(dir);
@@ -677,19 +649,11 @@ static void test_large_state(void)
     sync_adapter_free(a);
     a = open_adapter(path, NULL, NULL);
     REQUIRE(a);
-    expect_record(a, big, 77);
+    store_expect_record(a, big, 77);
     sync_adapter_free(a);
     free(big);
     free(path);
     free(dir);
-}
-
-static void expect_state(sync_engine *engine, const char *state, int64_t version)
-{
-    char *json = aeng_state(engine);
-    CHECK_EQ_STR(json, state);
-    sync_free(json);
-    CHECK_EQ_INT(sync_engine_get_version(engine), version);
 }
 
 static void test_engine_restart(void)
@@ -701,10 +665,10 @@ static void test_engine_restart(void)
     /* A fresh store yields initial_state (the original's quirk replaced it with {}). */
     sync_engine *e = aeng_new(open_adapter(path, NULL, NULL), "{\"counter\":7}", &errors);
     REQUIRE(e);
-    expect_state(e, "{\"counter\":7}", 0);
+    store_expect_state(e, "{\"counter\":7}", 0);
     CHECK_EQ_INT(errors.count, 0);
     CHECK_EQ_INT(sync_engine_set_state_json(e, "{\"counter\":8}", 0), SYNC_OK);
-    expect_state(e, "{\"counter\":8}", 1);
+    store_expect_state(e, "{\"counter\":8}", 1);
     CHECK_EQ_INT(sync_engine_create_backup(e), SYNC_OK);
     CHECK_EQ_INT(afs_count(backups, "backup-"), 1);
     sync_engine_free(e);
@@ -715,7 +679,7 @@ static void test_engine_restart(void)
     /* The restarted engine continues from the store, not from its initial state. */
     e = aeng_new(open_adapter(path, NULL, NULL), "{\"counter\":0}", &errors);
     REQUIRE(e);
-    expect_state(e, "{\"counter\":8}", 1);
+    store_expect_state(e, "{\"counter\":8}", 1);
     CHECK_EQ_INT(errors.count, 0);
     sync_engine_free(e);
     free(backups);
@@ -723,51 +687,22 @@ static void test_engine_restart(void)
     free(dir);
 }
 
+static void test_failed_backups(void)
+{
+    store_check_failed_backups(&sqlite_store);
+}
+
 static void test_engine_corrupt_store(void)
 {
-    char *dir = check_tmpdir("sqlite-engine-corrupt");
-    char *path = afs_join(dir, "state.sqlite");
     char junk[1024];
     memset(junk, 'j', sizeof junk - 1);
     junk[sizeof junk - 1] = '\0';
-    REQUIRE(afs_write(path, junk) == 0);
-    aeng_errors errors;
-    sync_engine *e = aeng_new(open_adapter(path, NULL, NULL), "{\"n\":1}", &errors);
-    REQUIRE(e);
-    expect_state(e, "{\"n\":1}", 0);
-    CHECK_EQ_INT(errors.count, 1);
-    CHECK_EQ_INT(errors.last_status, SYNC_ECORRUPT);
-    CHECK_EQ_STR(errors.last_context, "load");
-    CHECK(strstr(errors.last_message, "kept aside"));
-    CHECK_EQ_INT(afs_count(dir, "state.sqlite.corrupt-"), 1);
-    CHECK_EQ_INT(sync_engine_set_state_json(e, "{\"n\":2}", 0), SYNC_OK);
-    sync_engine_free(e);
-    e = aeng_new(open_adapter(path, NULL, NULL), "{\"n\":0}", &errors);
-    REQUIRE(e);
-    expect_state(e, "{\"n\":2}", 1);
-    CHECK_EQ_INT(errors.count, 0);
-    sync_engine_free(e);
-    CHECK_EQ_INT(afs_count(dir, "state.sqlite.corrupt-"), 1);
-    free(path);
-    free(dir);
+    store_check_engine_on_corrupt_store(&sqlite_store, junk);
 }
 
 static void test_engine_failed_save_reported(void)
 {
-    aeng_errors errors;
-    sync_engine *e = aeng_new(open_adapter("/proc/self/libsync-test/state.sqlite", NULL, NULL),
-                              "{\"n\":1}", &errors);
-    REQUIRE(e);
-    expect_state(e, "{\"n\":1}", 0);
-    CHECK(errors.count >= 1);
-    int before = errors.count;
-    sync_engine_set_state_json(e, "{\"n\":2}", 0);
-    /* The change stays in memory and is served; the failed save is reported. */
-    expect_state(e, "{\"n\":2}", 1);
-    CHECK_EQ_INT(errors.count, before + 1);
-    CHECK_EQ_INT(errors.last_status, SYNC_EIO);
-    CHECK_EQ_STR(errors.last_context, "sync");
-    sync_engine_free(e);
+    store_check_engine_failed_save_reported(&sqlite_store);
 }
 
 int main(void)
