@@ -3,13 +3,16 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <netdb.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "error.h"
 
@@ -152,12 +155,13 @@ static void server_release(sync_server *server)
 
 int sync_server_new(sync_server **out, const sync_server_options *opts)
 {
+    if (out)
+        *out = NULL;
     if (!out || !opts) {
         if (opts && opts->auth_free_userdata)
             opts->auth_free_userdata(opts->auth_userdata);
         return sync_fail(SYNC_EINVAL, "out or options is NULL");
     }
-    *out = NULL;
     int rc = check_options(opts);
     if (rc != SYNC_OK) {
         if (opts->auth_free_userdata)
@@ -409,12 +413,62 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason, vo
 
 /* ---- listen, serve, stop ----------------------------------------------------------------- */
 
+/* Binds host:port the way lws will (SO_REUSEADDR) and lets go at once, so that a port in use is
+ * reported with its errno before lws is asked: lws 4.1 leaks its context's registrations when
+ * lws_create_context() fails to bind. 0 = bindable, or not a numeric address lws resolves itself
+ * (an interface name): then lws decides. */
+static int probe_bind(const char *host, int port, int *out_errno)
+{
+    char service[16];
+    snprintf(service, sizeof service, "%d", port);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
+    struct addrinfo *addrs = NULL;
+    if (getaddrinfo(host, service, &hints, &addrs) != 0)
+        return 0;
+    int rc = 0;
+    int fd = socket(addrs->ai_family, addrs->ai_socktype | SOCK_CLOEXEC, addrs->ai_protocol);
+    if (fd >= 0) {
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, addrs->ai_addr, addrs->ai_addrlen) != 0) {
+            *out_errno = errno;
+            rc = -1;
+        }
+        close(fd);
+    }
+    freeaddrinfo(addrs);
+    return rc;
+}
+
+/* A certificate or key that cannot be opened is reported with its errno before lws is asked
+ * (which would only say that the context failed, and leak on the way: see probe_bind()). */
+static int check_readable(const char *what, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return sync_fail(SYNC_ENET, "cannot read the TLS %s %s: %s", what, path, strerror(errno));
+    fclose(f);
+    return SYNC_OK;
+}
+
 int sync_server_listen(sync_server *server)
 {
     if (!server)
         return sync_fail(SYNC_EINVAL, "server is NULL");
     if (server->context)
         return sync_fail(SYNC_ESTATE, "the server is already listening");
+    if (server->tls_cert) {
+        int rc = check_readable("certificate", server->tls_cert);
+        if (rc == SYNC_OK)
+            rc = check_readable("key", server->tls_key);
+        if (rc != SYNC_OK)
+            return rc;
+    }
+    int bind_errno = 0;
+    if (server->port_option != 0 && probe_bind(server->host, server->port_option, &bind_errno) != 0)
+        return sync_fail(SYNC_ENET, "cannot listen on %s:%d: %s", server->host, server->port_option,
+                         strerror(bind_errno));
 
     pthread_mutex_lock(&lws_log_lock);
     lws_log_server = server;
