@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "adapter_fs.h"
 #include "check.h"
 #include "server_fixture.h"
 #include "ws_client.h"
@@ -295,12 +296,8 @@ static void test_client_that_never_reads(void)
     /* explicit frames pile up once the socket buffers are full: over the budget, the silent
      * client is dropped; the reading one keeps up */
     size_t size = 256 * 1024;
-    char *text = malloc(size + 1);
+    char *text = afs_big_state(size);
     REQUIRE(text);
-    memset(text, 'z', size);
-    text[0] = '"';
-    text[size - 1] = '"';
-    text[size] = '\0';
     int dropped = 0;
     for (int i = 0; i < 400 && !dropped; i++) {
         sync_engine_broadcast_text(engine, text, size);

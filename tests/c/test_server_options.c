@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "adapter_engine.h"
+#include "adapter_fs.h"
 #include "check.h"
 #include "server_fixture.h"
 #include "ws_client.h"
@@ -268,12 +269,8 @@ static void test_stop_timeout_ends_a_stuck_stop(void)
 
     /* 32 MiB in 128 frames: far more than loopback's socket buffers hold */
     size_t size = 256 * 1024;
-    char *text = malloc(size + 1);
+    char *text = afs_big_state(size);
     REQUIRE(text);
-    memset(text, 'q', size);
-    text[0] = '"';
-    text[size - 1] = '"';
-    text[size] = '\0';
     for (int i = 0; i < 128; i++) {
         CHECK_EQ_INT(sync_engine_broadcast_text(engine, text, size), SYNC_OK);
         char *got = ws_read_text(reader, 3000); /* the reader keeps up, so it is not stuck */
