@@ -1,6 +1,7 @@
 /* The built-in server's broadcast under load, over real sockets: a broadcast that stops for
  * waiting input and resumes with a newer state, clients vanishing in the middle of one, a forced
- * broadcast, and frames queued for one client staying ahead of the state that follows them. */
+ * broadcast, frames queued for one client staying ahead of the state that follows them, and an
+ * engine that an embedder's own transport shares with the server. */
 #include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -401,6 +402,91 @@ static void test_queued_frames_stay_ahead_of_states(void)
     sync_engine_free(engine);
 }
 
+/* An embedder's own transport beside the server: what it was last sent, from any thread. */
+typedef struct push_peer {
+    pthread_mutex_t lock;
+    long long counter; /* of the last state frame */
+    int frames;
+} push_peer;
+
+static int push_peer_send(void *userdata, const char *text, size_t len)
+{
+    (void)len;
+    push_peer *peer = userdata;
+    long long v = ws_json_int(text, "counter");
+    pthread_mutex_lock(&peer->lock);
+    if (v >= 0) {
+        peer->counter = v;
+        peer->frames++;
+    }
+    pthread_mutex_unlock(&peer->lock);
+    return SYNC_OK;
+}
+
+static long long push_peer_wait(push_peer *peer, long long want, int timeout_ms)
+{
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    long long v;
+    for (;;) {
+        pthread_mutex_lock(&peer->lock);
+        v = peer->counter;
+        pthread_mutex_unlock(&peer->lock);
+        if (v == want || elapsed_ms(&start) > timeout_ms)
+            return v;
+        sleep_ms(2);
+    }
+}
+
+/* One engine mounted on the server and also fed by an embedder's transport (push: the engine
+ * sends its frames itself). Changes from either side reach both, and the server's clients go
+ * on converging after the embedder's connection leaves. */
+static void test_engine_shared_with_an_embedder_transport(void)
+{
+    enum { N = 20 };
+    sync_engine *engine = fixture_counter_engine(0);
+    REQUIRE(engine);
+    sync_server *server = fixture_server(NULL, "/", engine);
+    REQUIRE(server);
+    ws_client *clients[N] = {0};
+    REQUIRE(connect_all(sync_server_port(server), clients, N) == N);
+
+    push_peer peer = {.lock = PTHREAD_MUTEX_INITIALIZER, .counter = -1};
+    sync_conn_callbacks cb = SYNC_CONN_CALLBACKS_INIT;
+    cb.send = push_peer_send;
+    sync_conn *conn = NULL;
+    REQUIRE(sync_conn_new(&conn, &cb, &peer) == SYNC_OK);
+    CHECK_EQ_INT(sync_engine_handle_open(engine, conn), SYNC_OK);
+    CHECK_EQ_INT(push_peer_wait(&peer, 0, 3000), 0); /* its initial_state */
+    CHECK_EQ_INT(sync_engine_connection_count(engine), N + 1);
+
+    /* from a WebSocket client: every other client and the embedder's peer see it */
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(ws_send_text(clients[0], increment), 0);
+    for (int i = 0; i < N; i++)
+        CHECK(read_to_counter(clients[i], 3, 5000) > 0);
+    CHECK_EQ_INT(push_peer_wait(&peer, 3, 3000), 3);
+
+    /* from the embedder's peer: the server's clients see it */
+    for (int i = 0; i < 4; i++)
+        CHECK(sync_engine_handle_message(engine, conn, increment, strlen(increment)) >= 0);
+    for (int i = 0; i < N; i++)
+        CHECK(read_to_counter(clients[i], 7, 5000) > 0);
+    CHECK_EQ_INT(push_peer_wait(&peer, 7, 3000), 7);
+
+    /* the peer leaves; the server alone goes on */
+    CHECK_EQ_INT(sync_engine_handle_close(engine, conn), SYNC_OK);
+    sync_conn_free(conn);
+    CHECK_EQ_INT(ws_send_text(clients[N - 1], increment), 0);
+    for (int i = 0; i < N; i++)
+        CHECK(read_to_counter(clients[i], 8, 5000) > 0);
+    CHECK_EQ_INT(push_peer_wait(&peer, 7, 0), 7);
+
+    free_all(clients, N);
+    sync_server_free(server);
+    sync_engine_free(engine);
+}
+
 int main(void)
 {
     RUN(test_broadcast_cut_short_by_input_still_converges);
@@ -411,5 +497,6 @@ int main(void)
     RUN(test_one_engine_served_by_two_servers);
     RUN(test_forced_broadcast_reaches_everyone);
     RUN(test_queued_frames_stay_ahead_of_states);
+    RUN(test_engine_shared_with_an_embedder_transport);
     return check_summary();
 }
