@@ -1,7 +1,8 @@
 /* The built-in server's broadcast under load, over real sockets: a broadcast that stops for
  * waiting input and resumes with a newer state, clients vanishing in the middle of one, a forced
- * broadcast, frames queued for one client staying ahead of the state that follows them, and an
- * engine that an embedder's own transport shares with the server. */
+ * broadcast, frames queued for one client staying ahead of the state that follows them, an
+ * engine that an embedder's own transport shares with the server, and sends from another thread
+ * to clients that are going away. */
 #include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -402,6 +403,113 @@ static void test_queued_frames_stay_ahead_of_states(void)
     sync_engine_free(engine);
 }
 
+/* The server's connections, kept by on_connect for a thread of the test's own. */
+typedef struct conn_list {
+    pthread_mutex_t lock;
+    sync_conn *conns[256];
+    int count;
+    int stop;
+    int sent, closed;
+} conn_list;
+
+static void on_connect_keep(sync_engine *engine, sync_conn *conn, void *userdata)
+{
+    (void)engine;
+    conn_list *list = userdata;
+    pthread_mutex_lock(&list->lock);
+    if (list->count < 256)
+        list->conns[list->count++] = sync_conn_ref(conn);
+    pthread_mutex_unlock(&list->lock);
+}
+
+static void *send_to_every_conn(void *arg)
+{
+    conn_list *list = arg;
+    static const char note[] = "{\"type\":\"note\"}";
+    for (int round = 0; round < 2000; round++) {
+        pthread_mutex_lock(&list->lock);
+        int stop = list->stop;
+        for (int i = 0; i < list->count && !stop; i++) {
+            int rc = sync_conn_send(list->conns[i], note, sizeof note - 1);
+            if (rc == SYNC_OK)
+                list->sent++;
+            else if (rc == SYNC_ECLOSED)
+                list->closed++;
+        }
+        pthread_mutex_unlock(&list->lock);
+        if (stop)
+            break;
+        if (round % 8 == 7)
+            sleep_ms(1);
+    }
+    return NULL;
+}
+
+/* Another thread keeps sending to every connection (each send asks the service thread for a
+ * write) while clients reset or close: a connection that goes away with a write request pending
+ * is taken off the server's list of them, sends to it fail with SYNC_ECLOSED, and the survivors
+ * get everything and converge. */
+static void test_sends_from_another_thread_while_clients_vanish(void)
+{
+    enum { N = 120 };
+    raise_fd_limit();
+    sync_engine *engine = fixture_counter_engine(0);
+    REQUIRE(engine);
+    conn_list list = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    sync_hooks hooks = SYNC_HOOKS_INIT;
+    hooks.on_connect = on_connect_keep;
+    hooks.userdata = &list;
+    REQUIRE(sync_engine_set_hooks(engine, &hooks) == SYNC_OK);
+    sync_server *server = fixture_server(NULL, "/", engine);
+    REQUIRE(server);
+    int port = sync_server_port(server);
+    ws_client *clients[N] = {0};
+    CHECK_EQ_INT(connect_all(port, clients, N), N);
+
+    pthread_t sender;
+    REQUIRE(pthread_create(&sender, NULL, send_to_every_conn, &list) == 0);
+    int survivors = 0;
+    for (int i = 0; i < N; i++) {
+        if (i % 3 == 0) {
+            survivors++;
+            continue;
+        }
+        if (i % 3 == 1 && clients[i]) {
+            struct linger hard = {1, 0};
+            setsockopt(ws_client_fd(clients[i]), SOL_SOCKET, SO_LINGER, &hard, sizeof hard);
+        } else if (clients[i]) {
+            ws_send_close(clients[i], 1000);
+        }
+        ws_client_free(clients[i]);
+        clients[i] = NULL;
+        sleep_ms(1);
+    }
+    sleep_ms(20);
+    pthread_mutex_lock(&list.lock);
+    list.stop = 1;
+    pthread_mutex_unlock(&list.lock);
+    pthread_join(sender, NULL);
+    CHECK(list.sent > 0);
+    CHECK(list.closed > 0);
+
+    REQUIRE(clients[0]);
+    CHECK_EQ_INT(ws_send_text(clients[0], increment), 0);
+    for (int i = 0; i < N; i += 3)
+        CHECK(clients[i] && read_to_counter(clients[i], 1, 20000) > 0);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    long long open = -1;
+    while (elapsed_ms(&start) < 5000 &&
+           (open = metric(port, "libsync_server_connections")) != survivors)
+        sleep_ms(20);
+    CHECK_EQ_INT(open, survivors);
+    free_all(clients, N);
+    sync_server_free(server);
+    for (int i = 0; i < list.count; i++)
+        sync_conn_free(list.conns[i]);
+    sync_engine_free(engine);
+}
+
 /* An embedder's own transport beside the server: what it was last sent, from any thread. */
 typedef struct push_peer {
     pthread_mutex_t lock;
@@ -498,5 +606,6 @@ int main(void)
     RUN(test_forced_broadcast_reaches_everyone);
     RUN(test_queued_frames_stay_ahead_of_states);
     RUN(test_engine_shared_with_an_embedder_transport);
+    RUN(test_sends_from_another_thread_while_clients_vanish);
     return check_summary();
 }
