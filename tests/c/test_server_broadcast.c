@@ -78,6 +78,18 @@ static long long metric(int port, const char *name)
     return value;
 }
 
+/* The server's open connections once they reach `want` (closes are processed a little later
+ * than the client sees them), or what they are after 5 s. */
+static long long open_connections_settled(int port, long long want)
+{
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    long long open = -1;
+    while ((open = metric(port, "libsync_server_connections")) != want && elapsed_ms(&start) < 5000)
+        sleep_ms(20);
+    return open;
+}
+
 static void raise_fd_limit(void)
 {
     struct rlimit rl;
@@ -241,13 +253,7 @@ static void test_clients_resetting_mid_broadcast(void)
     for (int i = 0; i < N; i += 2)
         CHECK(clients[i] && read_to_counter(clients[i], TOTAL, 20000) > 0);
 
-    struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    long long open = -1;
-    while (elapsed_ms(&start) < 5000 &&
-           (open = metric(port, "libsync_server_connections")) != N / 2)
-        sleep_ms(20);
-    CHECK_EQ_INT(open, N / 2);
+    CHECK_EQ_INT(open_connections_settled(port, N / 2), N / 2);
     free_all(clients, N);
     sync_server_free(server);
     sync_engine_free(engine);
@@ -496,13 +502,7 @@ static void test_sends_from_another_thread_while_clients_vanish(void)
     CHECK_EQ_INT(ws_send_text(clients[0], increment), 0);
     for (int i = 0; i < N; i += 3)
         CHECK(clients[i] && read_to_counter(clients[i], 1, 20000) > 0);
-    struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    long long open = -1;
-    while (elapsed_ms(&start) < 5000 &&
-           (open = metric(port, "libsync_server_connections")) != survivors)
-        sleep_ms(20);
-    CHECK_EQ_INT(open, survivors);
+    CHECK_EQ_INT(open_connections_settled(port, survivors), survivors);
     free_all(clients, N);
     sync_server_free(server);
     for (int i = 0; i < list.count; i++)
