@@ -354,6 +354,26 @@ typedef struct ordered_send {
     int sent;
 } ordered_send;
 
+/* A counter engine whose on_connect hook is `on_connect`, served at "/"; NULL (and no engine)
+ * when either cannot be made. */
+static sync_server *serve_with_on_connect(void (*on_connect)(sync_engine *, sync_conn *, void *),
+                                          void *userdata, sync_engine **out_engine)
+{
+    sync_engine *engine = fixture_counter_engine(0);
+    sync_hooks hooks = SYNC_HOOKS_INIT;
+    hooks.on_connect = on_connect;
+    hooks.userdata = userdata;
+    sync_server *server = NULL;
+    if (engine && sync_engine_set_hooks(engine, &hooks) == SYNC_OK)
+        server = fixture_server(NULL, "/", engine);
+    if (!server) {
+        sync_engine_free(engine);
+        engine = NULL;
+    }
+    *out_engine = engine;
+    return server;
+}
+
 /* A frame queued by on_connect (before the initial state, in the engine's order) and the
  * states that follow: queued frames go first even though states usually skip the queue. */
 static void on_connect_send_hello(sync_engine *engine, sync_conn *conn, void *userdata)
@@ -368,14 +388,9 @@ static void on_connect_send_hello(sync_engine *engine, sync_conn *conn, void *us
 static void test_queued_frames_stay_ahead_of_states(void)
 {
     enum { JOINERS = 20, TOTAL = 400 };
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
     int sent = 0;
-    sync_hooks hooks = SYNC_HOOKS_INIT;
-    hooks.on_connect = on_connect_send_hello;
-    hooks.userdata = &sent;
-    REQUIRE(sync_engine_set_hooks(engine, &hooks) == SYNC_OK);
-    sync_server *server = fixture_server(NULL, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = serve_with_on_connect(on_connect_send_hello, &sent, &engine);
     REQUIRE(server);
     int port = sync_server_port(server);
     ws_client *writer = ws_connect(port, "/", NULL, NULL);
@@ -459,14 +474,9 @@ static void test_sends_from_another_thread_while_clients_vanish(void)
 {
     enum { N = 120 };
     raise_fd_limit();
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
     conn_list list = {.lock = PTHREAD_MUTEX_INITIALIZER};
-    sync_hooks hooks = SYNC_HOOKS_INIT;
-    hooks.on_connect = on_connect_keep;
-    hooks.userdata = &list;
-    REQUIRE(sync_engine_set_hooks(engine, &hooks) == SYNC_OK);
-    sync_server *server = fixture_server(NULL, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = serve_with_on_connect(on_connect_keep, &list, &engine);
     REQUIRE(server);
     int port = sync_server_port(server);
     ws_client *clients[N] = {0};
