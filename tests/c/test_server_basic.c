@@ -282,6 +282,24 @@ static void test_http_routes(void)
     /* no static directory: plain GETs elsewhere are 404 */
     CHECK_EQ_INT(http_request(port, "GET", "/", NULL, NULL, NULL), 404);
     CHECK_EQ_INT(http_request(port, "GET", "/counter", NULL, NULL, NULL), 404);
+
+    /* HEAD answers like GET without a body; other methods are 405, with or without a body */
+    body = NULL;
+    head = NULL;
+    CHECK_EQ_INT(http_request(port, "HEAD", "/healthz", NULL, &body, &head), 200);
+    CHECK(body == NULL || body[0] == '\0');
+    CHECK(head && strstr(head, "text/plain"));
+    free(head);
+    free(body);
+    CHECK_EQ_INT(http_request(port, "DELETE", "/healthz", NULL, NULL, NULL), 405);
+    char *reply = http_raw(port,
+                           "POST /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 11\r\n"
+                           "Connection: close\r\n\r\nhello world",
+                           3000);
+    CHECK(reply && strncmp(reply, "HTTP/1.1 405", 12) == 0);
+    free(reply);
+    /* and the server still serves */
+    CHECK_EQ_INT(http_request(port, "GET", "/healthz", NULL, NULL, NULL), 200);
     ws_client_free(c);
     sync_server_free(server);
     sync_engine_free(engine);
@@ -314,6 +332,10 @@ static void test_static_files(void)
     write_file(www, "style.css", "body{}");
     write_file(www, "data.json", "{}");
     write_file(sub, "index.html", "sub index");
+    write_file(www, "blob.bin", "\x01\x02");
+    char fifo[1024];
+    snprintf(fifo, sizeof fifo, "%s/pipe", www);
+    CHECK(mkfifo(fifo, 0600) == 0);
     write_file(tmp, "secret.txt", "TOP-SECRET");
     char link[1024];
     snprintf(link, sizeof link, "%s/leak.txt", www);
@@ -354,6 +376,16 @@ static void test_static_files(void)
     CHECK_EQ_STR(body, "sub index");
     free(body);
     CHECK_EQ_INT(http_request(port, "GET", "/missing.html", NULL, NULL, NULL), 404);
+    body = NULL;
+    CHECK_EQ_INT(http_request(port, "GET", "/sub", NULL, &body, NULL), 200); /* a directory */
+    CHECK_EQ_STR(body, "sub index");
+    free(body);
+    head = NULL;
+    CHECK_EQ_INT(http_request(port, "GET", "/blob.bin", NULL, NULL, &head), 200);
+    CHECK(head && strstr(head, "application/octet-stream"));
+    free(head);
+    /* not a regular file: refused at once, never opened (a FIFO would block a reader) */
+    CHECK_EQ_INT(http_request(port, "GET", "/pipe", NULL, NULL, NULL), 404);
 
     /* nothing outside the directory, however the path is spelled */
     const char *escapes[] = {"/../secret.txt", "/%2e%2e/secret.txt", "/sub/../../secret.txt",
