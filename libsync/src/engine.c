@@ -417,8 +417,8 @@ int sync_engine_on(sync_engine *engine, const char *type, sync_step_cb handler, 
         if (strcmp(h->type, type) == 0) {
             step_entry old = h->step;
             h->step = step;
-            free_step(&old);
             sync_engine_unlock(engine);
+            free_step(&old); /* unlocked: a binding's release may run arbitrary code */
             return SYNC_OK;
         }
     }
@@ -453,10 +453,10 @@ int sync_engine_off(sync_engine *engine, const char *type)
         handler_entry *h = *link;
         if (strcmp(h->type, type) == 0) {
             *link = h->next;
+            sync_engine_unlock(engine);
             free_step(&h->step);
             free(h->type);
             free(h);
-            sync_engine_unlock(engine);
             return SYNC_OK;
         }
     }
@@ -474,10 +474,10 @@ int sync_engine_set_validator(sync_engine *engine, sync_step_cb validator, void 
     engine->validator.cb = validator;
     engine->validator.userdata = validator ? userdata : NULL;
     engine->validator.free_userdata = validator ? free_userdata : NULL;
+    sync_engine_unlock(engine);
     free_step(&old);
     if (!validator && free_userdata)
         free_userdata(userdata);
-    sync_engine_unlock(engine);
     return SYNC_OK;
 }
 
@@ -524,9 +524,9 @@ int sync_engine_set_hooks(sync_engine *engine, const sync_hooks *hooks)
     else
         memset(&engine->hooks, 0, sizeof engine->hooks);
     engine->hooks.version = SYNC_HOOKS_VERSION;
+    sync_engine_unlock(engine);
     if (old.free_userdata)
         old.free_userdata(old.userdata);
-    sync_engine_unlock(engine);
     return SYNC_OK;
 }
 
