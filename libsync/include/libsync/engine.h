@@ -214,7 +214,8 @@ typedef int (*sync_step_cb)(sync_msg *msg, void *userdata);
 /**
  * Registers the handler for messages whose "type" equals `type` (copied). Replaces an existing
  * handler for that type (its free_userdata runs). free_userdata (may be NULL) runs when the
- * handler is replaced, when the engine is freed, and when registration fails.
+ * handler is replaced or removed, when the engine is freed, and when registration fails; always
+ * with the engine unlocked, so it may call into the engine or wait for a thread that does.
  */
 SYNC_EXTERN int sync_engine_on(sync_engine *engine, const char *type, sync_step_cb handler,
                                void *userdata, sync_free_cb free_userdata);
