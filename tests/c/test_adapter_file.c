@@ -246,10 +246,7 @@ static void expect_corrupt(const char *content, const char *reason)
     sync_adapter *a = open_adapter(path, NULL, 1);
     REQUIRE(a);
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
-    char *loaded = NULL;
-    int64_t v = 0;
-    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_ECORRUPT);
-    CHECK(loaded == NULL);
+    store_expect_load_fails(a, SYNC_ECORRUPT);
     if (!strstr(sync_error_last(), reason)) {
         fprintf(stderr, "  \"%s\" lacks \"%s\"\n", sync_error_last(), reason);
         CHECK(strstr(sync_error_last(), reason));

@@ -77,10 +77,7 @@ static void test_never_saved_loads_null(void)
     CHECK(!afs_exists(path)); /* _new opens nothing */
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
     CHECK(afs_exists(path)); /* parent directories created */
-    char *loaded = (char *)"sentinel";
-    int64_t v = -99;
-    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_OK);
-    CHECK(loaded == NULL);
+    store_expect_never_saved(a);
     sync_adapter_free(a);
     free(path);
     free(dir);
@@ -192,10 +189,7 @@ static void test_custom_table_name(void)
     sync_adapter *b = open_adapter(path, "select", NULL);
     REQUIRE(b);
     CHECK_EQ_INT(sync_adapter_init(b), SYNC_OK);
-    char *loaded = (char *)"sentinel";
-    int64_t v = 0;
-    CHECK_EQ_INT(sync_adapter_load(b, &loaded, &v), SYNC_OK);
-    CHECK(loaded == NULL);
+    store_expect_never_saved(b);
     CHECK_EQ_INT(sync_adapter_save(b, "2", 2), SYNC_OK);
     sync_adapter_free(b);
     a = open_adapter(path, "my_custom_websocket_table", NULL);
@@ -341,10 +335,7 @@ static void expect_corrupt_row(const char *insert, const char *kept_state)
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
     CHECK_EQ_INT(exec_on(path, insert), SQLITE_OK);
 
-    char *loaded = NULL;
-    int64_t v = 0;
-    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_ECORRUPT);
-    CHECK(loaded == NULL);
+    store_expect_load_fails(a, SYNC_ECORRUPT);
     CHECK(strstr(sync_error_last(), "websocket_state_corrupt"));
     char *kept = query_text(path, "SELECT coalesce(state, 'NULL') FROM websocket_state_corrupt");
     CHECK_EQ_STR(kept, kept_state);
@@ -354,9 +345,7 @@ static void expect_corrupt_row(const char *insert, const char *kept_state)
     free(stamped);
 
     /* Kept aside once: the store now reads as never saved, and saving leaves the copy alone. */
-    loaded = (char *)"sentinel";
-    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_OK);
-    CHECK(loaded == NULL);
+    store_expect_never_saved(a);
     CHECK_EQ_INT(sync_adapter_save(a, "{\"fresh\":true}", 1), SYNC_OK);
     store_expect_record(a, "{\"fresh\":true}", 1);
     kept = query_text(path, "SELECT coalesce(state, 'NULL') FROM websocket_state_corrupt");
@@ -453,10 +442,7 @@ static void test_not_a_database_kept_aside(void)
     CHECK_EQ_INT(afs_count(dir, "state.sqlite.corrupt-"), 2);
 
     /* A fresh database took the name: never saved, then usable. */
-    char *loaded = (char *)"sentinel";
-    int64_t v = 0;
-    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_OK);
-    CHECK(loaded == NULL);
+    store_expect_never_saved(a);
     CHECK_EQ_INT(sync_adapter_save(a, "{\"n\":1}", 1), SYNC_OK);
     store_expect_record(a, "{\"n\":1}", 1);
     sync_adapter_free(a);
@@ -503,10 +489,7 @@ static void test_unwritable_paths(void)
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_EIO);
     CHECK(strstr(sync_error_last(), "/proc/self/libsync-test"));
     CHECK_EQ_INT(sync_adapter_save(a, "{}", 1), SYNC_EIO); /* still answers, still failing */
-    char *loaded = NULL;
-    int64_t v = 0;
-    CHECK_EQ_INT(sync_adapter_load(a, &loaded, &v), SYNC_EIO);
-    CHECK(loaded == NULL);
+    store_expect_load_fails(a, SYNC_EIO);
     sync_adapter_free(a);
 
     /* The path is a directory. */

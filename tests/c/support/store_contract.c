@@ -26,6 +26,14 @@ void store_expect_never_saved(sync_adapter *adapter)
     CHECK(loaded == NULL);
 }
 
+void store_expect_load_fails(sync_adapter *adapter, int status)
+{
+    char *loaded = NULL;
+    int64_t v = 0;
+    CHECK_EQ_INT(sync_adapter_load(adapter, &loaded, &v), status);
+    CHECK(loaded == NULL);
+}
+
 void store_expect_state(sync_engine *engine, const char *state, int64_t version)
 {
     char *json = aeng_state(engine);

@@ -22,6 +22,9 @@ void store_expect_record(sync_adapter *adapter, const char *state, int64_t versi
 /* A load finds nothing saved: NULL state. */
 void store_expect_never_saved(sync_adapter *adapter);
 
+/* A load fails with `status` and hands back no state. */
+void store_expect_load_fails(sync_adapter *adapter, int status);
+
 /* The engine holds exactly `state` at `version`. */
 void store_expect_state(sync_engine *engine, const char *state, int64_t version);
 
