@@ -93,7 +93,9 @@ const server_mount *server_find_mount(const sync_server *server, const char *pat
 /* The bytes a caller's struct of that (known) version has: the fields after it do not exist. */
 static size_t options_size(unsigned int version)
 {
-    return version >= 2 ? sizeof(sync_server_options)
+    if (version >= 3)
+        return sizeof(sync_server_options);
+    return version == 2 ? offsetof(sync_server_options, auth_timeout_ms)
                         : offsetof(sync_server_options, broadcast_yield_ms);
 }
 
@@ -116,6 +118,8 @@ static int check_options(const sync_server_options *o)
     if (o->version >= 2 && o->broadcast_yield_ms < -1)
         return sync_fail(SYNC_EINVAL, "broadcast_yield_ms must be -1, 0 or a number of ms, not %d",
                          o->broadcast_yield_ms);
+    if (o->version >= 3 && o->auth_timeout_ms < 0)
+        return sync_fail(SYNC_EINVAL, "auth_timeout_ms is negative");
     if (o->rate_limit_per_sec < 0 || o->rate_limit_burst < 0)
         return sync_fail(SYNC_EINVAL, "rate limit is negative");
     if (o->stop_timeout_ms < 0)
@@ -192,6 +196,8 @@ int sync_server_new(sync_server **out, const sync_server_options *opts)
     s->stop_timeout_ms = opts->stop_timeout_ms ? opts->stop_timeout_ms : 5000;
     int yield_ms = opts->version >= 2 ? opts->broadcast_yield_ms : 0;
     s->broadcast_yield_ms = yield_ms ? yield_ms : SERVER_BROADCAST_YIELD_MS;
+    int auth_timeout_ms = opts->version >= 3 ? opts->auth_timeout_ms : 0;
+    s->auth_timeout_ms = auth_timeout_ms ? auth_timeout_ms : SERVER_AUTH_TIMEOUT_MS;
     s->log = opts->log;
     s->log_userdata = opts->log_userdata;
     s->host = strdup(opts->host ? opts->host : "127.0.0.1");

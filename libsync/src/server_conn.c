@@ -184,6 +184,24 @@ static void op_close(void *userdata, int code, const char *reason)
         server_wake(s);
 }
 
+/* A message that arrived before a deferred auth decision. */
+struct server_held_msg {
+    struct server_held_msg *next;
+    size_t len;
+    char text[];
+};
+
+static void free_held(server_conn *c)
+{
+    while (c->held_head) {
+        struct server_held_msg *next = c->held_head->next;
+        free(c->held_head);
+        c->held_head = next;
+    }
+    c->held_tail = NULL;
+    c->held_bytes = 0;
+}
+
 static void op_free(void *userdata)
 {
     server_conn *c = userdata;
@@ -192,6 +210,8 @@ static void op_free(void *userdata)
         sync_frame_unref(frame);
     free(c->rx_buf);
     free(c->identity);
+    free(c->auth_identity);
+    free_held(c);
     free(c);
 }
 
@@ -219,28 +239,40 @@ server_conn *server_conn_new(sync_server *server, server_engine *eng, char *iden
     return c;
 }
 
+/* The deferred request (if any) stops pointing at a connection that goes away. */
+static void stop_waiting_for_auth(server_conn *c)
+{
+    pthread_mutex_lock(&server_auth_lock);
+    if (c->auth_request) {
+        server_request_detach_locked(c->auth_request);
+        c->auth_request = NULL;
+    }
+    pthread_mutex_unlock(&server_auth_lock);
+    lws_sul_cancel(&c->auth_timer);
+}
+
 void server_conn_abandon(server_conn *c)
 {
+    stop_waiting_for_auth(c);
     c->server->ws_open--;
     op_free(c);
 }
 
-int server_conn_established(server_conn *c, struct lws *wsi)
+/* The connection joins its engine: a transport handle, the identity, handle_open (which queues
+ * the initial state). -1 when the handle cannot be made. */
+static int join_engine(server_conn *c)
 {
     sync_server *s = c->server;
     int rc = sync_conn_new_transport(&c->conn, &conn_ops, c);
     if (rc != SYNC_OK) {
         server_log(s, SYNC_LOG_ERROR, "cannot create a connection: %s", sync_error_last());
-        return -1; /* still owned by the wsi: WSI_DESTROY abandons it */
+        return -1;
     }
     if (c->identity) {
         sync_conn_set_identity(c->conn, c->identity);
         free(c->identity);
         c->identity = NULL;
     }
-    pthread_mutex_lock(&s->lock);
-    c->wsi = wsi;
-    pthread_mutex_unlock(&s->lock);
     s->accepted++;
     rc = sync_engine_handle_open(c->eng->engine, c->conn);
     if (rc < 0)
@@ -248,9 +280,48 @@ int server_conn_established(server_conn *c, struct lws *wsi)
     return 0;
 }
 
+static void close_soon(server_conn *c, int code);
+
+static void auth_timed_out(lws_sorted_usec_list_t *sul)
+{
+    server_conn *c = lws_container_of(sul, server_conn, auth_timer);
+    close_soon(c, SERVER_CLOSE_AUTH_BASE + 408);
+}
+
+int server_conn_established(server_conn *c, struct lws *wsi)
+{
+    sync_server *s = c->server;
+    pthread_mutex_lock(&s->lock);
+    c->wsi = wsi;
+    bool decided = c->auth_decision != SERVER_AUTH_UNDECIDED;
+    pthread_mutex_unlock(&s->lock);
+    if (!c->auth_waiting)
+        return join_engine(c); /* on failure still owned by the wsi: WSI_DESTROY abandons it */
+    lws_sul_schedule(lws_get_context(wsi), 0, &c->auth_timer, auth_timed_out,
+                     (lws_usec_t)s->auth_timeout_ms * LWS_US_PER_MS);
+    if (decided)
+        lws_callback_on_writable(wsi);
+    return 0;
+}
+
+void server_conn_auth_decided_locked(server_conn *c, int status, char *identity)
+{
+    sync_server *s = c->server;
+    pthread_mutex_lock(&s->lock);
+    c->auth_decision = status;
+    free(c->auth_identity);
+    c->auth_identity = identity;
+    bool wake = request_write_locked(c);
+    pthread_mutex_unlock(&s->lock);
+    if (wake)
+        server_wake(s);
+}
+
 void server_conn_closed(server_conn *c)
 {
     sync_server *s = c->server;
+    stop_waiting_for_auth(c);
+    free_held(c);
     server_broadcast_leave(c);
     pthread_mutex_lock(&s->lock);
     unlink_wake_locked(c);
@@ -304,9 +375,37 @@ static void close_soon(server_conn *c, int code)
     pthread_mutex_unlock(&c->server->lock);
 }
 
+/* Keeps a message for after the auth decision; over max_message_bytes in all the client is
+ * closed (1008): an unauthenticated client must not make the server hold much. */
+static void hold(server_conn *c, const char *text, size_t len)
+{
+    sync_server *s = c->server;
+    struct server_held_msg *m = NULL;
+    if (c->held_bytes + len <= s->max_message_bytes)
+        m = malloc(sizeof *m + len);
+    if (!m) {
+        free_held(c);
+        close_soon(c, LWS_CLOSE_STATUS_POLICY_VIOLATION);
+        return;
+    }
+    m->next = NULL;
+    m->len = len;
+    memcpy(m->text, text, len);
+    if (c->held_tail)
+        c->held_tail->next = m;
+    else
+        c->held_head = m;
+    c->held_tail = m;
+    c->held_bytes += len;
+}
+
 static void deliver(server_conn *c, const char *text, size_t len)
 {
     sync_server *s = c->server;
+    if (c->auth_waiting) {
+        hold(c, text, len);
+        return;
+    }
     s->messages_in++;
     int verdict = rate_check(c);
     if (verdict) {
@@ -377,6 +476,56 @@ static bool is_state_frame(const sync_frame *frame)
     return frame->kind == SYNC_FRAME_INITIAL_STATE || frame->kind == SYNC_FRAME_STATE_UPDATE;
 }
 
+/* The messages held during a deferred auth, in the order they came, once it accepted. */
+static void deliver_held(server_conn *c)
+{
+    struct server_held_msg *m = c->held_head;
+    c->held_head = c->held_tail = NULL;
+    c->held_bytes = 0;
+    while (m) {
+        struct server_held_msg *next = m->next;
+        deliver(c, m->text, m->len);
+        free(m);
+        m = next;
+    }
+}
+
+/* A writable connection that waits for a deferred auth decision: applies it once it came.
+ * Returns 1 when it was accepted just now (go on: its initial state is queued), 0 while it waits,
+ * -1 to close (lws sends the close frame). */
+static int serve_auth_wait(server_conn *c)
+{
+    sync_server *s = c->server;
+    pthread_mutex_lock(&s->lock);
+    int close_code = c->close_pending ? c->close_code : 0;
+    int status = c->auth_decision;
+    char *identity = NULL;
+    if (!close_code && status != SERVER_AUTH_UNDECIDED) {
+        identity = c->auth_identity;
+        c->auth_identity = NULL;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (close_code)
+        return close_now(c->wsi, (enum lws_close_status)close_code, "");
+    if (status == SERVER_AUTH_UNDECIDED)
+        return s->stopping ? close_now(c->wsi, LWS_CLOSE_STATUS_GOINGAWAY, "server stopping") : 0;
+    lws_sul_cancel(&c->auth_timer);
+    c->auth_waiting = false;
+    if (status != 0) {
+        free(identity);
+        free_held(c);
+        s->refused++;
+        return close_now(c->wsi, (enum lws_close_status)(SERVER_CLOSE_AUTH_BASE + status),
+                         "refused by auth");
+    }
+    free(c->identity);
+    c->identity = identity;
+    if (join_engine(c) != 0)
+        return -1;
+    deliver_held(c);
+    return 1;
+}
+
 int server_conn_writeable(server_conn *c)
 {
     sync_server *s = c->server;
@@ -386,6 +535,11 @@ int server_conn_writeable(server_conn *c)
 
     if (c->write_failed)
         return -1;
+    if (c->auth_waiting) {
+        int rc = serve_auth_wait(c);
+        if (rc <= 0)
+            return rc;
+    }
     pthread_mutex_lock(&s->lock);
     if (c->close_pending) {
         int code = c->close_code;

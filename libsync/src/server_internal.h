@@ -28,6 +28,8 @@ typedef struct server_conn server_conn;
 
 /* broadcast_yield_ms when the options leave it 0 */
 #define SERVER_BROADCAST_YIELD_MS 2
+/* auth_timeout_ms when the options leave it 0 */
+#define SERVER_AUTH_TIMEOUT_MS 10000
 
 /* One distinct engine mounted on the server (an engine on several paths appears once). */
 typedef struct server_engine {
@@ -73,6 +75,7 @@ struct sync_server {
     char *tls_key;
     int stop_timeout_ms;
     int broadcast_yield_ms; /* -1 = never */
+    int auth_timeout_ms;
     sync_log_cb log;
     void *log_userdata;
 
@@ -129,7 +132,18 @@ struct server_conn {
     sync_server *server;
     server_engine *eng;
     sync_conn *conn;
-    char *identity; /* from the auth callback, until the connection is established */
+    char *identity; /* from the auth callback, until the connection joins its engine */
+
+    /* A deferred auth decision (sync_request_defer): until it is applied the connection is
+     * upgraded but not joined (c->conn is NULL), and what the client sends is held. */
+    bool auth_waiting;                 /* service thread */
+    sync_request *auth_request;        /* under server_auth_lock: the request still undecided */
+    int auth_decision;                 /* under server->lock: SERVER_AUTH_UNDECIDED or a status */
+    char *auth_identity;               /* under server->lock: the identity that came with it */
+    struct server_held_msg *held_head; /* service thread: messages sent before the decision */
+    struct server_held_msg *held_tail;
+    size_t held_bytes;
+    lws_sorted_usec_list_t auth_timer; /* service thread: auth_timeout_ms */
 
     /* Under server->lock: */
     struct lws *wsi; /* NULL once closed */
@@ -197,6 +211,19 @@ void server_broadcast_leave(server_conn *c);
 
 /* server_upgrade.c: 0 to let the upgrade proceed, else the HTTP status already sent. */
 int server_upgrade_check(sync_server *server, struct lws *wsi);
+/* Guards the link between a deferred request and its connection in both directions: the decision
+ * comes from any thread, the connection may close on the service thread at the same time. Taken
+ * before server->lock. */
+extern pthread_mutex_t server_auth_lock;
+enum { SERVER_AUTH_UNDECIDED = -1 };
+/* A deferred auth's refusal closes with this + the HTTP status (4401, 4403; 4408: timed out). */
+enum { SERVER_CLOSE_AUTH_BASE = 4000 };
+/* Service thread, server_auth_lock held: the connection no longer waits for `req` (it closed). */
+void server_request_detach_locked(sync_request *req);
+
+/* server_conn.c, deferred auth: */
+/* Any thread, server_auth_lock held: records the decision and wakes the service thread. */
+void server_conn_auth_decided_locked(server_conn *c, int status, char *identity);
 
 /* http.c: the LWS_CALLBACK_HTTP* reasons. */
 int server_http_callback(sync_server *server, struct lws *wsi, enum lws_callback_reasons reason,

@@ -1,6 +1,7 @@
 /*
  * The gate in front of every WebSocket upgrade: route to a mounted engine (404), stopping or
- * full (503), Origin allow-list (403), then the user's auth callback through sync_request.
+ * full (503), Origin allow-list (403), then the user's auth callback through sync_request, whose
+ * decision may also come later, from any thread (sync_request_defer / sync_request_complete).
  */
 #include "server_internal.h"
 
@@ -16,13 +17,21 @@ typedef struct request_string {
 } request_string;
 
 struct sync_request {
-    struct lws *wsi;
+    struct lws *wsi; /* NULL once the callback returned: headers are gone with lws's tables */
     char *path;
     char *query;
     char peer[64];
-    char *identity;
     request_string *strings; /* header values handed out, freed after the callback */
+    /* Under server_auth_lock (a deferred request is decided from any thread): */
+    char *identity;
+    bool deferred;
+    bool linked;        /* the upgrade made (or failed to make) its connection */
+    bool decided_early; /* sync_request_complete() ran before that */
+    int early_status;
+    server_conn *conn; /* the connection waiting for the decision; NULL once it closed */
 };
+
+pthread_mutex_t server_auth_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* A copy of a header value that lives as long as the request. */
 static const char *keep(sync_request *req, int len, int (*copy)(struct lws *, char *, int, void *),
@@ -68,7 +77,7 @@ const char *sync_request_peer(const sync_request *req)
 
 const char *sync_request_header(const sync_request *req, const char *name)
 {
-    if (!req || !name || !*name || strlen(name) > 120)
+    if (!req || !req->wsi || !name || !*name || strlen(name) > 120)
         return NULL;
     sync_request *r = (sync_request *)(uintptr_t)req;
     size_t name_len = strlen(name);
@@ -103,10 +112,83 @@ int sync_request_set_identity(sync_request *req, const char *identity_json)
     char *copy = NULL;
     if (identity_json && !(copy = strdup(identity_json)))
         return sync_fail(SYNC_ENOMEM, "out of memory for the identity");
-    free(req->identity);
+    pthread_mutex_lock(&server_auth_lock);
+    char *old = req->identity;
     req->identity = copy;
+    pthread_mutex_unlock(&server_auth_lock);
+    free(old);
     sync_error_clear();
     return SYNC_OK;
+}
+
+sync_request *sync_request_defer(sync_request *req)
+{
+    if (!req || !req->wsi) {
+        sync_fail(SYNC_ESTATE, "sync_request_defer: only inside the auth callback");
+        return NULL;
+    }
+    req->deferred = true;
+    sync_error_clear();
+    return req;
+}
+
+static void release_strings(sync_request *req)
+{
+    while (req->strings) {
+        request_string *next = req->strings->next;
+        free(req->strings);
+        req->strings = next;
+    }
+}
+
+static void request_free(sync_request *req)
+{
+    release_strings(req);
+    free(req->path);
+    free(req->query);
+    free(req->identity);
+    free(req);
+}
+
+/* The status a refusal is sent with: the callback's when it is an HTTP error status. */
+static int refusal_status(int status)
+{
+    return status >= 400 && status <= 599 ? status : HTTP_STATUS_FORBIDDEN;
+}
+
+int sync_request_complete(sync_request *req, int status)
+{
+    if (!req)
+        return sync_fail(SYNC_EINVAL, "request is NULL");
+    if (status != 0)
+        status = refusal_status(status);
+    pthread_mutex_lock(&server_auth_lock);
+    if (!req->linked) {
+        /* decided before the upgrade made its connection: the upgrade applies it */
+        req->decided_early = true;
+        req->early_status = status;
+        pthread_mutex_unlock(&server_auth_lock);
+        sync_error_clear();
+        return SYNC_OK;
+    }
+    server_conn *c = req->conn;
+    if (c) {
+        c->auth_request = NULL;
+        server_conn_auth_decided_locked(c, status, status == 0 ? req->identity : NULL);
+        if (status == 0)
+            req->identity = NULL;
+    }
+    pthread_mutex_unlock(&server_auth_lock);
+    request_free(req);
+    if (!c)
+        return sync_fail(SYNC_ECLOSED, "the client left before the auth decision");
+    sync_error_clear();
+    return SYNC_OK;
+}
+
+void server_request_detach_locked(sync_request *req)
+{
+    req->conn = NULL;
 }
 
 static bool origin_allowed(sync_server *server, struct lws *wsi)
@@ -155,28 +237,68 @@ static int refuse(sync_server *server, struct lws *wsi, int status)
     return 1;
 }
 
-static int run_auth(sync_server *server, struct lws *wsi, const char *path, char **identity)
+/* Runs the auth callback. Returns 0 (accepted, *identity set), an HTTP status to refuse, or
+ * SYNC_PENDING with *deferred set when the callback deferred its decision. */
+static int run_auth(sync_server *server, struct lws *wsi, const char *path, char **identity,
+                    sync_request **deferred)
 {
-    sync_request req;
-    memset(&req, 0, sizeof req);
-    req.wsi = wsi;
-    req.path = (char *)(uintptr_t)path;
-    req.query = copy_query(wsi);
-    lws_get_peer_simple(wsi, req.peer, sizeof req.peer);
+    sync_request *req = calloc(1, sizeof *req);
+    if (!req)
+        return HTTP_STATUS_SERVICE_UNAVAILABLE;
+    req->wsi = wsi;
+    req->path = strdup(path);
+    req->query = copy_query(wsi);
+    lws_get_peer_simple(wsi, req->peer, sizeof req->peer);
     /* IPv4 clients of the dual-stack socket show up as IPv4-mapped IPv6 */
-    if (strncmp(req.peer, "::ffff:", 7) == 0 && strchr(req.peer, '.'))
-        memmove(req.peer, req.peer + 7, strlen(req.peer + 7) + 1);
-    int status = req.query ? server->auth(&req, server->auth_userdata) : 500;
-    while (req.strings) {
-        request_string *next = req.strings->next;
-        free(req.strings);
-        req.strings = next;
+    if (strncmp(req->peer, "::ffff:", 7) == 0 && strchr(req->peer, '.'))
+        memmove(req->peer, req->peer + 7, strlen(req->peer + 7) + 1);
+    int status = req->path && req->query ? server->auth(req, server->auth_userdata) : 500;
+    release_strings(req);
+    req->wsi = NULL;
+    if (req->deferred) {
+        /* from now on only sync_request_complete() decides, whatever was returned */
+        *deferred = req;
+        return SYNC_PENDING;
     }
-    free(req.query);
-    if (status == 0)
-        *identity = req.identity;
-    else
-        free(req.identity);
+    if (status == SYNC_PENDING)
+        status = 500; /* pending without sync_request_defer(): nothing could ever decide */
+    if (status == 0) {
+        *identity = req->identity;
+        req->identity = NULL;
+    }
+    request_free(req);
+    return status;
+}
+
+/* Ties a deferred request to the connection that waits for it. Returns 0, or the HTTP status to
+ * refuse with when the decision already came and was a refusal. */
+static int link_deferred(sync_request *req, server_conn *c)
+{
+    pthread_mutex_lock(&server_auth_lock);
+    req->linked = true;
+    if (!c) {
+        /* the connection could not be made: a later sync_request_complete() says ECLOSED */
+        bool decided = req->decided_early;
+        pthread_mutex_unlock(&server_auth_lock);
+        if (decided)
+            request_free(req);
+        return 0;
+    }
+    if (!req->decided_early) {
+        req->conn = c;
+        c->auth_request = req;
+        c->auth_waiting = true;
+        c->auth_decision = SERVER_AUTH_UNDECIDED;
+        pthread_mutex_unlock(&server_auth_lock);
+        return 0;
+    }
+    int status = req->early_status;
+    if (status == 0) {
+        c->identity = req->identity;
+        req->identity = NULL;
+    }
+    pthread_mutex_unlock(&server_auth_lock);
+    request_free(req);
     return status;
 }
 
@@ -194,18 +316,25 @@ int server_upgrade_check(sync_server *server, struct lws *wsi)
     if (!origin_allowed(server, wsi))
         return refuse(server, wsi, HTTP_STATUS_FORBIDDEN);
     char *identity = NULL;
+    sync_request *deferred = NULL;
     if (server->auth) {
-        int status = run_auth(server, wsi, mount->path, &identity);
-        if (status != 0) {
-            if (status < 400 || status > 599)
-                status = HTTP_STATUS_FORBIDDEN;
-            return refuse(server, wsi, status);
-        }
+        int status = run_auth(server, wsi, mount->path, &identity, &deferred);
+        if (status != 0 && status != SYNC_PENDING)
+            return refuse(server, wsi, refusal_status(status));
     }
     server_conn *c = server_conn_new(server, mount->eng, identity);
     if (!c) {
         free(identity);
+        if (deferred)
+            link_deferred(deferred, NULL);
         return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
+    }
+    if (deferred) {
+        int status = link_deferred(deferred, c);
+        if (status != 0) {
+            server_conn_abandon(c);
+            return refuse(server, wsi, status);
+        }
     }
     lws_set_opaque_user_data(wsi, c);
     return 0;

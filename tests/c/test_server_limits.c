@@ -43,14 +43,6 @@ static ws_client *open_client(sync_server *server, const char *headers)
     return c;
 }
 
-static long long counter_of(sync_engine *e)
-{
-    char *json = sync_engine_get_state_json(e);
-    long long v = ws_json_int(json, "counter");
-    sync_free(json);
-    return v;
-}
-
 static void test_message_size_and_fragments(void)
 {
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
@@ -89,7 +81,7 @@ static void test_message_size_and_fragments(void)
     CHECK_EQ_INT(ws_wait_close(c, 3000), 1009);
     ws_client_free(c);
     free(big);
-    CHECK_EQ_INT(counter_of(engine), 3);
+    CHECK_EQ_INT(fixture_counter_value(engine), 3);
     finish(server);
 }
 
@@ -114,7 +106,7 @@ static void test_rate_limit(void)
         free(text);
     }
     CHECK(errors >= 1);
-    long long applied = counter_of(engine);
+    long long applied = fixture_counter_value(engine);
     CHECK(applied >= 5 && applied <= 6);
     /* a sustained flood is closed with 1008 */
     for (int i = 0; i < 20; i++)

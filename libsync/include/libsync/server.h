@@ -18,7 +18,8 @@
  * Closing codes. 1001 at a graceful stop; 1003 for a binary frame (the protocol is JSON text);
  * 1007 for text that is not UTF-8; 1008 for a rate-limit flood or a client that lets more than
  * max_queued_bytes of frames pile up; 1009 for a message over max_message_bytes; 1002 for frames
- * that break RFC 6455. Refused upgrades get an HTTP status: 404 (no engine on that path), 503
+ * that break RFC 6455; 4000 + an HTTP status for a deferred auth that refused (4408: not decided
+ * in time). Refused upgrades get an HTTP status: 404 (no engine on that path), 503
  * (max_connections reached, or stopping), 403 (Origin not allowed), or the auth callback's.
  */
 #ifndef LIBSYNC_SERVER_H
@@ -51,13 +52,36 @@ SYNC_EXTERN int sync_request_set_identity(sync_request *req, const char *identit
  * Decides whether a WebSocket upgrade may proceed. Runs on the service thread before the
  * connection joins an engine. Returns 0 to accept, or an HTTP status (401, 403, 429...) to refuse
  * the upgrade with that status. Must not block for long: every connection waits.
+ *
+ * To decide later (a database, another service, a JavaScript promise), call sync_request_defer()
+ * and return SYNC_PENDING; then call sync_request_complete() once, from any thread. The client is
+ * upgraded meanwhile but not joined: it is sent nothing, and what it sends is held (up to
+ * max_message_bytes in all) and applied in order once it is accepted. A refusal then closes the
+ * WebSocket with code 4000 + the HTTP status (4401, 4403...), and a connection still undecided
+ * after auth_timeout_ms is closed with 4408.
  */
 typedef int (*sync_auth_cb)(sync_request *req, void *userdata);
 
-/* 2 added broadcast_yield_ms. A caller built against version 1 keeps passing 1 and the shorter
- * struct: the library reads (and sync_server_options_init writes) only the fields of the version
- * given. */
-#define SYNC_SERVER_OPTIONS_VERSION 2
+/**
+ * Inside the auth callback: keeps `req` for a decision after the callback returns SYNC_PENDING.
+ * Path, query, peer and the identity stay readable; headers do not (read the ones needed before
+ * returning). Returns `req`, or NULL when it cannot be kept (out of memory: then refuse).
+ */
+SYNC_EXTERN sync_request *sync_request_defer(sync_request *req);
+
+/**
+ * The decision on a deferred request: 0 accepts (with the identity set by
+ * sync_request_set_identity(), from any thread before this call), an HTTP status 400..599
+ * refuses (anything else refuses with 403). Any thread, exactly once per deferred request; the
+ * request is freed. SYNC_ECLOSED when the client left (or the server stopped) before the decision,
+ * which is then dropped.
+ */
+SYNC_EXTERN int sync_request_complete(sync_request *req, int status);
+
+/* 2 added broadcast_yield_ms, 3 auth_timeout_ms. A caller built against an older version keeps
+ * passing it and the shorter struct: the library reads (and sync_server_options_init writes) only
+ * the fields of the version given. */
+#define SYNC_SERVER_OPTIONS_VERSION 3
 
 typedef struct sync_server_options {
     unsigned int version; /**< SYNC_SERVER_OPTIONS_VERSION */
@@ -104,12 +128,16 @@ typedef struct sync_server_options {
      *  before anything else is read: no client waits longer than this plus one broadcast for the
      *  newest state. 0 = 2 ms; -1 = never give way (each broadcast reaches every client first). */
     int broadcast_yield_ms;
+    /* ---- version 3 ---- */
+    /** How long a deferred auth decision (sync_request_defer) may take before the connection is
+     *  closed with 4408. 0 = 10000 ms. */
+    int auth_timeout_ms;
 } sync_server_options;
 
 #define SYNC_SERVER_OPTIONS_INIT                                                                   \
     {                                                                                              \
         SYNC_SERVER_OPTIONS_VERSION, NULL, 0, NULL, 0, 0, 0, 0, 0, NULL, 0, NULL, NULL, NULL,      \
-            NULL, NULL, 0, NULL, NULL, 0                                                           \
+            NULL, NULL, 0, NULL, NULL, 0, 0                                                        \
     }
 
 SYNC_EXTERN int sync_server_options_init(sync_server_options *opts, unsigned int version);

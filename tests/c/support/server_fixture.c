@@ -1,6 +1,7 @@
 #include "server_fixture.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int on_increment(sync_msg *msg, void *userdata)
@@ -39,6 +40,15 @@ sync_engine *fixture_counter_engine(int start)
         return NULL;
     }
     return engine;
+}
+
+long long fixture_counter_value(sync_engine *engine)
+{
+    char *json = sync_engine_get_state_json(engine);
+    const char *at = json ? strstr(json, "\"counter\":") : NULL;
+    long long v = at ? strtoll(at + 10, NULL, 10) : -1;
+    sync_free(json);
+    return v;
 }
 
 sync_server *fixture_server(const sync_server_options *opts, const char *path, sync_engine *engine)

@@ -10,6 +10,9 @@
 /* A counter engine starting at `start`; NULL on failure. */
 sync_engine *fixture_counter_engine(int start);
 
+/* The engine's "counter", or -1 when it has none. */
+long long fixture_counter_value(sync_engine *engine);
+
 /* A server on 127.0.0.1, port 0, with `opts` (NULL = defaults) and `engine` mounted at `path`,
  * started on its background thread. NULL on failure. */
 sync_server *fixture_server(const sync_server_options *opts, const char *path, sync_engine *engine);

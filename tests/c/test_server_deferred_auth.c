@@ -1,0 +1,337 @@
+/* Auth decided later (sync_request_defer / sync_request_complete), over real sockets: accepted
+ * from another thread with the messages sent meanwhile applied in order, refused with 4000 +
+ * status, decided inside the callback, a client that leaves first, the timeout, too much sent
+ * while waiting, a stop while waiting, and bad arguments. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "server_fixture.h"
+#include "ws_client.h"
+
+/* What the auth callback does with each request. */
+enum auth_mode {
+    DEFER,                /* keep it for the test thread */
+    DEFER_ACCEPT_AT_ONCE, /* defer, then complete(0) before returning */
+    DEFER_REFUSE_AT_ONCE, /* defer, then complete(403) before returning */
+    PENDING_WITHOUT_DEFER,
+};
+
+typedef struct auth_box {
+    pthread_mutex_t lock;
+    enum auth_mode mode;
+    sync_request *waiting; /* the deferred request, for the test thread */
+    int calls;
+} auth_box;
+
+static int deferring_auth(sync_request *req, void *userdata)
+{
+    auth_box *box = userdata;
+    pthread_mutex_lock(&box->lock);
+    box->calls++;
+    enum auth_mode mode = box->mode;
+    pthread_mutex_unlock(&box->lock);
+    if (mode == PENDING_WITHOUT_DEFER)
+        return SYNC_PENDING;
+    sync_request *kept = sync_request_defer(req);
+    if (!kept)
+        return 500;
+    if (mode == DEFER_ACCEPT_AT_ONCE) {
+        sync_request_set_identity(kept, "{\"user\":\"early\"}");
+        sync_request_complete(kept, 0);
+    } else if (mode == DEFER_REFUSE_AT_ONCE) {
+        sync_request_complete(kept, 403);
+    } else {
+        pthread_mutex_lock(&box->lock);
+        box->waiting = kept;
+        pthread_mutex_unlock(&box->lock);
+    }
+    return SYNC_PENDING;
+}
+
+/* The request the callback deferred, once it did (NULL after 3 s). */
+static sync_request *take_waiting(auth_box *box)
+{
+    for (int i = 0; i < 300; i++) {
+        pthread_mutex_lock(&box->lock);
+        sync_request *req = box->waiting;
+        box->waiting = NULL;
+        pthread_mutex_unlock(&box->lock);
+        if (req)
+            return req;
+        usleep(10000);
+    }
+    return NULL;
+}
+
+typedef struct fixture {
+    auth_box box;
+    sync_engine *engine;
+    sync_server *server;
+    int port;
+} fixture;
+
+static int setup(fixture *f, enum auth_mode mode, int auth_timeout_ms, size_t max_message_bytes)
+{
+    memset(f, 0, sizeof *f);
+    pthread_mutex_init(&f->box.lock, NULL);
+    f->box.mode = mode;
+    f->engine = fixture_counter_engine(0);
+    if (!f->engine)
+        return -1;
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.auth = deferring_auth;
+    opts.auth_userdata = &f->box;
+    opts.auth_timeout_ms = auth_timeout_ms;
+    opts.max_message_bytes = max_message_bytes;
+    opts.log = fixture_quiet_log;
+    f->server = fixture_server(&opts, "/", f->engine);
+    if (!f->server)
+        return -1;
+    f->port = sync_server_port(f->server);
+    return 0;
+}
+
+static void teardown(fixture *f)
+{
+    sync_server_free(f->server);
+    sync_engine_free(f->engine);
+    pthread_mutex_destroy(&f->box.lock);
+}
+
+/* Until the server counts no open connection (it notices a close on its own time); 3 s at most. */
+static void wait_no_connections(int port)
+{
+    for (int i = 0; i < 300; i++) {
+        char *body = NULL;
+        int done = http_request(port, "GET", "/metrics", NULL, &body, NULL) == 200 && body &&
+                   strstr(body, "\nlibsync_server_connections 0\n");
+        free(body);
+        if (done)
+            return;
+        usleep(10000);
+    }
+}
+
+/* A client upgraded and waiting for its decision, and the request the callback deferred. */
+static ws_client *connect_waiting(fixture *f, sync_request **req)
+{
+    ws_client *c = ws_connect(f->port, "/", NULL, NULL);
+    *req = c ? take_waiting(&f->box) : NULL;
+    if (c && !*req) {
+        ws_client_free(c);
+        c = NULL;
+    }
+    return c;
+}
+
+/* Once the client is gone the decision finds nobody: SYNC_ECLOSED, the request is freed, and
+ * nothing the client sent was applied. */
+static void expect_late_decision_dropped(fixture *f, sync_request *req)
+{
+    wait_no_connections(f->port);
+    CHECK_EQ_INT(sync_request_complete(req, 0), SYNC_ECLOSED);
+    CHECK(strstr(sync_error_last(), "left before the auth decision"));
+    CHECK_EQ_INT(sync_engine_connection_count(f->engine), 0);
+    CHECK_EQ_INT(fixture_counter_value(f->engine), 0);
+}
+
+static void test_accepted_later_applies_what_was_sent_meanwhile(void)
+{
+    fixture f;
+    REQUIRE(setup(&f, DEFER, 0, 0) == 0);
+    int status = 0;
+    ws_client *c = ws_connect(f.port, "/", NULL, &status);
+    REQUIRE(c);
+    CHECK_EQ_INT(status, 101); /* upgraded at once; the decision comes later */
+    sync_request *req = take_waiting(&f.box);
+    REQUIRE(req);
+    CHECK_EQ_STR(sync_request_path(req), "/");
+    CHECK_EQ_STR(sync_request_peer(req), "127.0.0.1");
+    CHECK(sync_request_header(req, "host") == NULL); /* headers are gone after the callback */
+
+    CHECK_EQ_INT(ws_send_text(c, "{\"type\":\"increment\",\"amount\":2}"), 0);
+    CHECK_EQ_INT(ws_send_text(c, "{\"type\":\"increment\",\"amount\":3}"), 0);
+    CHECK_EQ_INT(ws_send_text(c, "{\"type\":\"whoami\"}"), 0);
+    char *text = ws_read_text(c, 300);
+    CHECK(text == NULL); /* nothing before the decision: not even the initial state */
+    free(text);
+    CHECK_EQ_INT(sync_engine_connection_count(f.engine), 0);
+    CHECK_EQ_INT(fixture_counter_value(f.engine), 0);
+
+    CHECK_EQ_INT(sync_request_set_identity(req, "{\"user\":\"ann\"}"), SYNC_OK);
+    CHECK_EQ_INT(sync_request_complete(req, 0), SYNC_OK);
+    text = ws_read_text(c, 3000);
+    CHECK(text && strstr(text, "initial_state") && ws_json_int(text, "counter") == 0);
+    free(text);
+    /* then the held messages, in order: 2, 5, and whoami with the identity given */
+    int saw_identity = 0;
+    long long last = 0;
+    for (int i = 0; i < 6 && !(saw_identity && last == 5); i++) {
+        text = ws_read_text(c, 3000);
+        if (!text)
+            break;
+        if (strcmp(text, "{\"user\":\"ann\"}") == 0)
+            saw_identity = 1;
+        else if (ws_json_int(text, "counter") >= 0)
+            last = ws_json_int(text, "counter");
+        free(text);
+    }
+    CHECK(saw_identity);
+    CHECK_EQ_INT(last, 5);
+    CHECK_EQ_INT(fixture_counter_value(f.engine), 5);
+    CHECK_EQ_INT(sync_engine_connection_count(f.engine), 1);
+    ws_client_free(c);
+    teardown(&f);
+}
+
+static void test_refused_later_closes_with_4000_plus_status(void)
+{
+    fixture f;
+    REQUIRE(setup(&f, DEFER, 0, 0) == 0);
+    sync_request *req = NULL;
+    ws_client *c = connect_waiting(&f, &req);
+    REQUIRE(c);
+    CHECK_EQ_INT(ws_send_text(c, "{\"type\":\"increment\",\"amount\":9}"), 0);
+    CHECK_EQ_INT(sync_request_complete(req, 401), SYNC_OK);
+    CHECK_EQ_INT(ws_wait_close(c, 3000), 4401);
+    ws_client_free(c);
+
+    /* a status that is no HTTP error refuses as 403 */
+    c = connect_waiting(&f, &req);
+    REQUIRE(c);
+    CHECK_EQ_INT(sync_request_complete(req, 200), SYNC_OK);
+    CHECK_EQ_INT(ws_wait_close(c, 3000), 4403);
+    ws_client_free(c);
+    CHECK_EQ_INT(fixture_counter_value(f.engine),
+                 0); /* what the refused client sent was never applied */
+    CHECK_EQ_INT(sync_engine_connection_count(f.engine), 0);
+    teardown(&f);
+}
+
+static void test_decided_inside_the_callback(void)
+{
+    fixture f;
+    REQUIRE(setup(&f, DEFER_ACCEPT_AT_ONCE, 0, 0) == 0);
+    ws_client *c = ws_connect(f.port, "/", NULL, NULL);
+    REQUIRE(c);
+    char *text = ws_read_text(c, 3000);
+    CHECK(text && strstr(text, "initial_state"));
+    free(text);
+    CHECK_EQ_INT(ws_send_text(c, "{\"type\":\"whoami\"}"), 0);
+    text = ws_read_text(c, 3000);
+    CHECK_EQ_STR(text, "{\"user\":\"early\"}");
+    free(text);
+    ws_client_free(c);
+
+    /* a refusal that came before the upgrade finished is still an HTTP refusal */
+    pthread_mutex_lock(&f.box.lock);
+    f.box.mode = DEFER_REFUSE_AT_ONCE;
+    pthread_mutex_unlock(&f.box.lock);
+    int status = 0;
+    CHECK(ws_connect(f.port, "/", NULL, &status) == NULL);
+    CHECK_EQ_INT(status, 403);
+
+    /* SYNC_PENDING without sync_request_defer(): nothing could decide, so it is refused */
+    pthread_mutex_lock(&f.box.lock);
+    f.box.mode = PENDING_WITHOUT_DEFER;
+    pthread_mutex_unlock(&f.box.lock);
+    CHECK(ws_connect(f.port, "/", NULL, &status) == NULL);
+    CHECK_EQ_INT(status, 500);
+    teardown(&f);
+}
+
+static void test_client_leaves_before_the_decision(void)
+{
+    fixture f;
+    REQUIRE(setup(&f, DEFER, 0, 0) == 0);
+    sync_request *req = NULL;
+    ws_client *c = connect_waiting(&f, &req);
+    REQUIRE(c);
+    CHECK_EQ_INT(ws_send_text(c, "{\"type\":\"increment\",\"amount\":1}"), 0); /* held */
+    struct linger hard = {1, 0};
+    setsockopt(ws_client_fd(c), SOL_SOCKET, SO_LINGER, &hard, sizeof hard);
+    ws_client_free(c);
+    expect_late_decision_dropped(&f, req);
+    teardown(&f);
+}
+
+static void test_undecided_connection_times_out(void)
+{
+    fixture f;
+    REQUIRE(setup(&f, DEFER, 300, 0) == 0);
+    sync_request *req = NULL;
+    ws_client *c = connect_waiting(&f, &req);
+    REQUIRE(c);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK_EQ_INT(ws_wait_close(c, 5000), 4408);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    CHECK(ms >= 200 && ms < 3000);
+    ws_client_free(c);
+    expect_late_decision_dropped(&f, req);
+    teardown(&f);
+}
+
+static void test_too_much_sent_while_waiting(void)
+{
+    fixture f;
+    REQUIRE(setup(&f, DEFER, 0, 1024) == 0);
+    sync_request *req = NULL;
+    ws_client *c = connect_waiting(&f, &req);
+    REQUIRE(c);
+    char msg[600];
+    snprintf(msg, sizeof msg, "{\"type\":\"increment\",\"pad\":\"%0500d\"}", 0);
+    CHECK_EQ_INT(ws_send_text(c, msg), 0);
+    CHECK_EQ_INT(ws_send_text(c, msg), 0); /* over 1024 bytes held: closed */
+    CHECK_EQ_INT(ws_wait_close(c, 3000), 1008);
+    ws_client_free(c);
+    expect_late_decision_dropped(&f, req);
+    teardown(&f);
+}
+
+static void test_stop_while_waiting(void)
+{
+    fixture f;
+    REQUIRE(setup(&f, DEFER, 0, 0) == 0);
+    sync_request *req = NULL;
+    ws_client *c = connect_waiting(&f, &req);
+    REQUIRE(c);
+    CHECK_EQ_INT(sync_server_stop(f.server), SYNC_OK);
+    CHECK_EQ_INT(ws_wait_close(c, 3000), 1001);
+    ws_client_free(c);
+    sync_server_free(f.server);
+    f.server = NULL;
+    /* decided after the server is gone: dropped, never touching it */
+    CHECK_EQ_INT(sync_request_complete(req, 0), SYNC_ECLOSED);
+    teardown(&f);
+}
+
+static void test_misuse(void)
+{
+    CHECK(sync_request_defer(NULL) == NULL);
+    CHECK_EQ_INT(sync_request_complete(NULL, 0), SYNC_EINVAL);
+    sync_server_options bad = SYNC_SERVER_OPTIONS_INIT;
+    bad.auth_timeout_ms = -1;
+    sync_server *none = NULL;
+    CHECK_EQ_INT(sync_server_new(&none, &bad), SYNC_EINVAL);
+    CHECK(strstr(sync_error_last(), "auth_timeout_ms is negative"));
+}
+
+int main(void)
+{
+    RUN(test_accepted_later_applies_what_was_sent_meanwhile);
+    RUN(test_refused_later_closes_with_4000_plus_status);
+    RUN(test_decided_inside_the_callback);
+    RUN(test_client_leaves_before_the_decision);
+    RUN(test_undecided_connection_times_out);
+    RUN(test_too_much_sent_while_waiting);
+    RUN(test_stop_while_waiting);
+    RUN(test_misuse);
+    return check_summary();
+}
