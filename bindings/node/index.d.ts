@@ -174,6 +174,8 @@ export { SQLiteAdapter as SQLiteWebSocketAdapter, FileAdapter as FileWebSocketAd
 /** A client of the built-in Server. */
 export class ServerConnection implements WebSocketLike {
   readonly id: number;
+  /** What the server's `auth` callback attached (parsed JSON), or null. */
+  readonly identity: unknown;
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }
@@ -205,10 +207,35 @@ export interface ServerOptions {
   stopTimeoutMs?: number;
   /**
    * How long (ms) a broadcast may keep giving way to incoming messages before it must reach every
-   * client: the bound on how stale any client's state gets under load. 0 = 2 ms; -1 = never give way.
+   * client: the bound on how stale any client's state gets under load. 0 = 2 ms; -1 = never give
+   * way.
    */
   broadcastYieldMs?: number;
+  /**
+   * Decides each WebSocket upgrade, sync or async. The client is held (sent nothing, its messages
+   * kept in order) until it settles: true/undefined/null accepts, false refuses (close 4401), a
+   * number is an HTTP status (0 accepts; 403 closes with 4403), any other JSON value accepts and
+   * becomes the connection's identity. Throwing or rejecting refuses (4500).
+   */
+  auth?: ((request: AuthRequest) => AuthDecision | Promise<AuthDecision>) | null;
+  /** Header names the auth callback sees besides authorization, cookie, origin, host,
+   *  user-agent, sec-websocket-protocol and x-forwarded-for. */
+  authHeaders?: string[];
+  /** Undecided after this many ms: closed with 4408. 0 = 10000. */
+  authTimeoutMs?: number;
 }
+
+export interface AuthRequest {
+  path: string;
+  /** The raw query string without "?" ("" when none). */
+  query: string;
+  /** The client's address ("127.0.0.1"). */
+  peer: string;
+  /** Lower-case names; only the headers the client sent. */
+  headers: Record<string, string>;
+}
+
+export type AuthDecision = boolean | number | null | undefined | { [key: string]: unknown };
 
 export class Server {
   constructor(options: ServerOptions);

@@ -254,6 +254,15 @@ class ServerConnection {
     this.id = id;
   }
 
+  /** What the server's `auth` callback attached (parsed JSON), or null. */
+  get identity() {
+    if (this._identity === undefined) {
+      const text = this._conn ? native.sync_conn_identity(this._conn) : null;
+      this._identity = text == null ? null : JSON.parse(text);
+    }
+    return this._identity;
+  }
+
   send(text) {
     if (!this._conn) throw new SyncError(Status.ECLOSED, 'connection is closed');
     const rc = native.sync_conn_send(this._conn, textOf(text));
@@ -754,6 +763,18 @@ class SyncEngine {
  * The libwebsockets server: engines mounted on paths, static files, /healthz, /metrics. Sockets
  * live on a service thread of the C library; every JavaScript callback still runs on this thread.
  */
+// The request headers an auth callback always sees (when the client sent them); `authHeaders`
+// adds others.
+const AUTH_HEADERS = [
+  'authorization',
+  'cookie',
+  'origin',
+  'host',
+  'user-agent',
+  'sec-websocket-protocol',
+  'x-forwarded-for',
+];
+
 class Server {
   constructor({
     host = '127.0.0.1',
@@ -770,6 +791,9 @@ class Server {
     tlsKeyPath = null,
     stopTimeoutMs = 0,
     broadcastYieldMs = 0,
+    auth = null,
+    authHeaders = [],
+    authTimeoutMs = 0,
   } = {}) {
     if (engines === null || typeof engines !== 'object') {
       throw new TypeError('Server: `engines` must map paths to engines');
@@ -783,6 +807,13 @@ class Server {
     Object.assign(this, { host, port, engines, staticDir, maxMessageBytes, maxConnections });
     Object.assign(this, { rateLimitPerSec, rateLimitBurst, maxQueuedBytes, allowedOrigins });
     Object.assign(this, { tlsCertPath, tlsKeyPath, stopTimeoutMs, broadcastYieldMs });
+    if (auth !== null && typeof auth !== 'function') {
+      throw new TypeError('Server: `auth` must be a function (request) => decision');
+    }
+    if (!Array.isArray(authHeaders) || authHeaders.some((h) => !/^[A-Za-z0-9-]{1,120}$/.test(h))) {
+      throw new TypeError('Server: `authHeaders` must be an array of header names');
+    }
+    Object.assign(this, { auth, authHeaders, authTimeoutMs });
     this._server = null;
     this._closing = null;
   }
@@ -791,6 +822,11 @@ class Server {
   async listen() {
     if (this._server) return this.port;
     const origins = this.allowedOrigins && this.allowedOrigins.length ? this.allowedOrigins : null;
+    const authSink = this.auth
+      ? native.jsb_sink_new((ev, slot, request, info) => this._authorize(request, info))
+      : null;
+    const extraHeaders = this.authHeaders.map((h) => h.toLowerCase());
+    const headerNames = [...new Set([...AUTH_HEADERS, ...extraHeaders])];
     const server = native.jsb_server_new(
       this.host,
       this.port,
@@ -805,7 +841,11 @@ class Server {
       this.tlsKeyPath,
       this.stopTimeoutMs,
       this.broadcastYieldMs,
+      authSink,
+      headerNames.join('\n'),
+      this.authTimeoutMs,
     );
+    if (authSink) native.jsb_sink_release(authSink); // the server holds its own reference
     if (!server) throw lastError(Status.EINVAL);
     const mounted = [];
     try {
@@ -828,6 +868,33 @@ class Server {
     native.jsb_keepalive(1);
     this.port = native.sync_server_port(server);
     return this.port;
+  }
+
+  /**
+   * Runs the user's auth callback for one upgrade request (deferred by the server, which holds
+   * the client until this decides) and hands the decision back: true/undefined/null accepts,
+   * false refuses with 401, a number is an HTTP status (0 accepts), any other value accepts and
+   * becomes the connection's identity. A callback that throws or rejects refuses with 500.
+   */
+  async _authorize(request, info) {
+    let status = 500;
+    let identity = null;
+    try {
+      const result = await this.auth(JSON.parse(info));
+      if (result === undefined || result === null || result === true) status = 0;
+      else if (result === false) status = 401;
+      else if (typeof result === 'number') status = result;
+      else {
+        identity = JSON.stringify(result);
+        if (identity === undefined) throw new TypeError('the identity is not JSON');
+        status = 0;
+      }
+    } catch (err) {
+      console.error('syncengine: auth callback failed:', err);
+      status = 500;
+      identity = null;
+    }
+    native.jsb_request_complete(request, status, identity);
   }
 
   /** Graceful stop (saves every engine, closes clients); the event loop keeps running meanwhile. */

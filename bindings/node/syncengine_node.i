@@ -47,7 +47,8 @@ enum jsb_job_kind {
     JOB_EVENT,        /* a hook, a send or close, an idle notice: call the sink, nothing back */
     JOB_ADAPTER,      /* an adapter call to run and complete */
     JOB_ADAPTER_FAIL, /* complete a pending adapter call with an error */
-    JOB_UNREF         /* drop one sink reference on the main thread */
+    JOB_UNREF,        /* drop one sink reference on the main thread */
+    JOB_AUTH          /* a deferred upgrade request for the server's JS auth callback */
 };
 
 /* A callback copied off a foreign thread (or a deferred completion), run on the main thread. */
@@ -60,6 +61,7 @@ struct jsb_job {
     sync_msg *msg;
     sync_pending *pending;
     sync_conn *conn; /* one reference held by the job, or NULL */
+    sync_request *request; /* JOB_AUTH: deferred, completed by index.js (or here if never run) */
     char *s1, *s2;
     double n1, n2;
     int status;
@@ -155,6 +157,8 @@ jsb_job *jsb_job_new(jsb_job_kind kind, const char *event, jsb_sink *sink, doubl
 
 void jsb_job_free(jsb_job *job)
 {
+    if (job->request)
+        sync_request_complete(job->request, 503); /* never reached JS: refuse, free it */
     if (job->conn)
         sync_conn_free(job->conn);
     free(job->s1);
@@ -523,6 +527,73 @@ int jsb_adapter_backup(void *ud, sync_pending *pending, int64_t *out_ts)
     return jsb_adapter_call(ud, "backup", pending, NULL, 0, 0, NULL, NULL, out_ts);
 }
 
+/* ---- the server's auth callback in JavaScript ----------------------------------------------- */
+
+/* The userdata of a JS auth callback: its sink and the header names it is shown. */
+struct jsb_auth {
+    jsb_sink *sink;
+    char **headers;
+    size_t header_count;
+};
+
+void jsb_auth_free(void *userdata)
+{
+    jsb_auth *auth = (jsb_auth *)userdata;
+    if (!auth)
+        return;
+    for (size_t i = 0; i < auth->header_count; i++)
+        free(auth->headers[i]);
+    free(auth->headers);
+    if (auth->sink)
+        jsb_sink_unref(auth->sink);
+    free(auth);
+}
+
+/* {"path","query","peer","headers":{name: value}}: everything JS may look at, copied now because
+ * the request's headers are gone once this callback returns. */
+char *jsb_auth_request_json(const jsb_auth *auth, sync_request *req)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON *headers = cJSON_CreateObject();
+    if (!o || !headers) {
+        cJSON_Delete(o);
+        cJSON_Delete(headers);
+        return NULL;
+    }
+    cJSON_AddStringToObject(o, "path", sync_request_path(req));
+    cJSON_AddStringToObject(o, "query", sync_request_query(req));
+    cJSON_AddStringToObject(o, "peer", sync_request_peer(req));
+    cJSON_AddItemToObject(o, "headers", headers);
+    for (size_t i = 0; i < auth->header_count; i++) {
+        const char *value = sync_request_header(req, auth->headers[i]);
+        if (value)
+            cJSON_AddStringToObject(headers, auth->headers[i], value);
+    }
+    char *json = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return json;
+}
+
+/* Runs on the service thread, where JavaScript cannot: the request is deferred and handed to the
+ * main thread, whose (possibly async) callback decides with jsb_request_complete. */
+int jsb_auth_cb(sync_request *req, void *userdata)
+{
+    jsb_auth *auth = (jsb_auth *)userdata;
+    char *json = jsb_auth_request_json(auth, req);
+    sync_request *kept = json ? sync_request_defer(req) : NULL;
+    jsb_job *job = kept ? jsb_job_new(JOB_AUTH, "auth", auth->sink, 0) : NULL;
+    if (!job) {
+        free(json);
+        if (kept)
+            sync_request_complete(kept, 503);
+        return 503;
+    }
+    job->request = kept;
+    job->s1 = json;
+    jsb_post(job);
+    return SYNC_PENDING;
+}
+
 /* ---- the main thread's side of the queue -------------------------------------------------- */
 
 void jsb_run_job(jsb_job *job)
@@ -558,6 +629,12 @@ void jsb_run_job(jsb_job *job)
     }
     case JOB_UNREF:
         break; /* jsb_job_free drops the reference */
+    case JOB_AUTH:
+        /* index.js owns the request from here: it calls jsb_request_complete once */
+        jsb_call(job->sink, "auth", job->slot, jsb_ptr(job->request, SWIGTYPE_p_sync_request),
+                 jsb_str(job->s1));
+        job->request = NULL;
+        break;
     }
 }
 
@@ -847,9 +924,38 @@ static sync_server *jsb_server_new(const char *host, int port, const char *stati
                                    double rate_limit_per_sec, int rate_limit_burst,
                                    double max_queued_bytes, const char *origins,
                                    const char *tls_cert_path, const char *tls_key_path,
-                                   int stop_timeout_ms, int broadcast_yield_ms)
+                                   int stop_timeout_ms, int broadcast_yield_ms,
+                                   jsb_sink *auth_sink, const char *auth_headers,
+                                   int auth_timeout_ms)
 {
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.auth_timeout_ms = auth_timeout_ms;
+    if (auth_sink) {
+        /* `auth_headers`: the header names the JS callback sees, separated by newlines */
+        jsb_auth *auth = (jsb_auth *)calloc(1, sizeof *auth);
+        if (!auth)
+            return NULL;
+        auth->sink = auth_sink;
+        auth_sink->refs.fetch_add(1);
+        size_t count = 0;
+        for (const char *c = auth_headers; c && *c; c++)
+            count += *c == '\n';
+        auth->headers = (char **)calloc(count + 1, sizeof *auth->headers);
+        for (const char *line = auth_headers; auth->headers && line && *line;) {
+            const char *end = strchr(line, '\n');
+            size_t len = end ? (size_t)(end - line) : strlen(line);
+            if (len && (auth->headers[auth->header_count] = jsb_strdup(line, len)))
+                auth->header_count++;
+            line = end ? end + 1 : NULL;
+        }
+        if (!auth->headers) {
+            jsb_auth_free(auth);
+            return NULL;
+        }
+        opts.auth = jsb_auth_cb;
+        opts.auth_userdata = auth;
+        opts.auth_free_userdata = jsb_auth_free;
+    }
     opts.host = host;
     opts.port = port;
     opts.static_dir = static_dir;
@@ -871,6 +977,7 @@ static sync_server *jsb_server_new(const char *host, int port, const char *stati
         list = (const char **)calloc(count, sizeof *list);
         if (!list) {
             free(copy);
+            jsb_auth_free(opts.auth_userdata);
             return NULL;
         }
         size_t n = 0;
@@ -888,6 +995,15 @@ static sync_server *jsb_server_new(const char *host, int port, const char *stati
     free(list);
     free(copy);
     return rc == SYNC_OK ? server : NULL;
+}
+
+/* The JS auth callback's decision: 0 accepts (with `identity_json` when not null), an HTTP
+ * status refuses. SYNC_ECLOSED when the client left meanwhile. */
+static int jsb_request_complete(sync_request *request, int status, const char *identity_json)
+{
+    if (status == 0 && identity_json)
+        sync_request_set_identity(request, identity_json);
+    return sync_request_complete(request, status);
 }
 
 /* Stops and frees the server on a libuv worker (a graceful stop waits for clients to close),
@@ -988,7 +1104,8 @@ typedef struct jsb_sink jsb_sink;
                               const char *table_name, const char *backups_dir,
                               const char *error_message, const char *state_json, const char *host,
                               const char *static_dir, const char *origins,
-                              const char *tls_cert_path, const char *tls_key_path };
+                              const char *tls_cert_path, const char *tls_key_path,
+                              const char *auth_headers, const char *identity_json };
 
 typedef struct sync_engine sync_engine;
 typedef struct sync_conn sync_conn;
@@ -996,6 +1113,7 @@ typedef struct sync_msg sync_msg;
 typedef struct sync_adapter sync_adapter;
 typedef struct sync_pending sync_pending;
 typedef struct sync_server sync_server;
+typedef struct sync_request sync_request;
 
 jsb_sink *jsb_sink_new(jsb_js_value fn);
 void jsb_sink_release(jsb_sink *sink);
@@ -1011,6 +1129,7 @@ void sync_engine_free(sync_engine *engine);
 
 sync_conn *jsb_conn_new(jsb_sink *sink);
 double jsb_conn_id(sync_conn *conn);
+const char *sync_conn_identity(const sync_conn *conn);
 void sync_conn_free(sync_conn *conn);
 sync_conn *sync_conn_ref(sync_conn *conn);
 int sync_conn_send(sync_conn *conn, const char *text, size_t len);
@@ -1058,7 +1177,9 @@ sync_server *jsb_server_new(const char *host, int port, const char *static_dir,
                             double rate_limit_per_sec, int rate_limit_burst,
                             double max_queued_bytes, const char *origins,
                             const char *tls_cert_path, const char *tls_key_path,
-                            int stop_timeout_ms, int broadcast_yield_ms);
+                            int stop_timeout_ms, int broadcast_yield_ms, jsb_sink *auth_sink,
+                            const char *auth_headers, int auth_timeout_ms);
+int jsb_request_complete(sync_request *request, int status, const char *identity_json);
 int sync_server_mount(sync_server *server, const char *path, sync_engine *engine);
 int sync_server_port(const sync_server *server);
 int sync_server_start(sync_server *server);

@@ -7,6 +7,8 @@ import {
   FileWebSocketAdapter,
   Server,
   ServerConnection,
+  AuthRequest,
+  AuthDecision,
   SyncError,
   Status,
   version,
@@ -116,15 +118,23 @@ export async function main(): Promise<number> {
     port: 0,
     engines: { '/counter': engine, '/other': other },
     staticDir: 'examples/web',
+    authHeaders: ['X-Api-Key'],
+    authTimeoutMs: 5000,
+    auth: async (req: AuthRequest): Promise<AuthDecision> => {
+      if (req.headers['x-api-key'] !== 'k') return 401;
+      return { user: req.query };
+    },
   });
   const port: number = await server.listen();
   await server.close();
   engine.dispose();
   const conn: ServerConnection | null = null;
+  const who: unknown = conn === null ? null : (conn as ServerConnection).identity;
   console.log(
     file.filePath,
     original.length,
     conn,
+    who,
     Status.EHANDLER,
     version,
     engine.connectionCount,
