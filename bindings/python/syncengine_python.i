@@ -460,6 +460,8 @@ const char *sync_request_query(const sync_request *req);
 const char *sync_request_header(const sync_request *req, const char *name);
 const char *sync_request_peer(const sync_request *req);
 int sync_request_set_identity(sync_request *req, const char *identity_json);
+sync_request *sync_request_defer(sync_request *req);
+int sync_request_complete(sync_request *req, int status);
 int sync_server_mount(sync_server *server, const char *path, sync_engine *engine);
 int sync_server_listen(sync_server *server);
 int sync_server_port(const sync_server *server);
@@ -645,9 +647,10 @@ static sync_server *pysync_server_new(const char *host, int port, const char *st
                                       size_t max_queued_bytes, PyObject *origins, PyObject *auth,
                                       const char *tls_cert_path, const char *tls_key_path,
                                       int stop_timeout_ms, int broadcast_yield_ms,
-                                      PyObject *log)
+                                      PyObject *log, int auth_timeout_ms)
 {
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.auth_timeout_ms = auth_timeout_ms;
     opts.host = host;
     opts.port = port;
     opts.static_dir = static_dir;

@@ -17,7 +17,7 @@ import pytest
 from websockets.sync.client import connect
 
 import syncengine
-from conftest import EXAMPLES_DIR, WEB_DIR, increment, msg, wait_until
+from conftest import EXAMPLES_DIR, WEB_DIR, increment, msg, raw_upgrade_status, wait_until
 
 
 def recv_json(ws, timeout=5.0):
@@ -189,24 +189,6 @@ def test_gil_is_released_while_waiting_for_the_engine(served):
         assert gate_opened == [True]
         frame = recv_until(ws, lambda f: f.get("data") == {"counter": 100})
         assert frame["version"] == 1
-
-
-def raw_upgrade_status(port, path, headers):
-    """The HTTP status line a WebSocket upgrade request gets (HTTP/1.0 or 1.1)."""
-    import socket
-
-    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
-             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        data = b""
-        while b"\r\n" not in data:
-            chunk = sock.recv(1024)
-            if not chunk:
-                break
-            data += chunk
-    return data.split(b"\r\n", 1)[0].decode()
 
 
 def test_auth_refuses_and_attaches_identity(make_engine):

@@ -32,7 +32,7 @@ from ._errors import (
     SyncNetworkError,
     SyncValueError,
 )
-from ._server import Connection, Request, Server
+from ._server import Connection, PendingAuth, Request, RequestCopy, Server
 
 __version__: str = native.sync_version_string()
 version_number: int = native.sync_version_number()
@@ -53,7 +53,9 @@ __all__ = [
     "Handler",
     "JSON",
     "Middleware",
+    "PendingAuth",
     "Request",
+    "RequestCopy",
     "SQLiteAdapter",
     "Server",
     "Status",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import inspect
 import json
 import logging
 import os
@@ -88,25 +90,147 @@ class Request:
 
         check(native.sync_request_set_identity(self._ptr, dumps(identity)))
 
+    def defer(self) -> "PendingAuth":
+        """Decides later: return the :class:`PendingAuth` this gives from ``auth``, and call its
+        :meth:`PendingAuth.decide` once, from any thread. Read what you need (headers above all)
+        before returning: the request's headers are gone once the callback returns."""
+        ptr = native.sync_request_defer(self._ptr)
+        if ptr is None:
+            raise error_for(Status.ESTATE, native.sync_error_last())
+        return PendingAuth(ptr, self.path, self.query, self.peer)
+
+
+# The request headers a coroutine ``auth`` always sees (when the client sent them); the server's
+# ``auth_headers`` adds others.
+AUTH_HEADERS = (
+    "authorization",
+    "cookie",
+    "origin",
+    "host",
+    "user-agent",
+    "sec-websocket-protocol",
+    "x-forwarded-for",
+)
+
+
+class RequestCopy:
+    """What a coroutine ``auth`` is given: a :class:`Request` read at once (it runs after the
+    upgrade callback returned, when the request's headers are gone), with the same read API."""
+
+    __slots__ = ("path", "query", "peer", "_headers")
+
+    def __init__(self, request: Request, header_names: Sequence[str]) -> None:
+        self.path, self.query, self.peer = request.path, request.query, request.peer
+        self._headers = {}
+        for name in header_names:
+            value = request.header(name)
+            if value is not None:
+                self._headers[name.lower()] = value
+
+    def header(self, name: str) -> Optional[str]:
+        """A header's value by case-insensitive name, or None (only the copied headers)."""
+        return self._headers.get(name.lower())
+
+
+class PendingAuth:
+    """An upgrade whose auth decision comes later (:meth:`Request.defer`). The client is upgraded
+    but held: sent nothing, its messages kept (up to ``max_message_bytes``) and applied in order
+    once accepted. A refusal closes it with 4000 + status; undecided after ``auth_timeout_ms`` it
+    is closed with 4408. Dropped without a decision, it refuses with 503."""
+
+    __slots__ = ("_ptr", "_lock", "path", "query", "peer")
+
+    def __init__(self, ptr: Any, path: str, query: str, peer: str) -> None:
+        self._ptr = ptr
+        self._lock = threading.Lock()
+        self.path, self.query, self.peer = path, query, peer
+
+    def decide(self, decision: Any) -> bool:
+        """The decision, as ``auth`` would return it: True/None accepts, False refuses with 401,
+        an int is an HTTP status (0 accepts), other plain data accepts and becomes the identity.
+        Once only (later calls raise). Returns False when the client left meanwhile."""
+        with self._lock:
+            ptr, self._ptr = self._ptr, None
+        if ptr is None:
+            raise SyncClosedError(Status.ESTATE, "this auth decision was already made")
+        status = _auth_status(decision, lambda identity: _set_identity(ptr, identity))
+        return native.sync_request_complete(ptr, status) == Status.OK
+
+    def accept(self, identity: Any = None) -> bool:
+        return self.decide(True if identity is None else identity)
+
+    def refuse(self, status: int = 401) -> bool:
+        return self.decide(int(status) or 401)
+
+    def __del__(self) -> None:
+        ptr, self._ptr = getattr(self, "_ptr", None), None
+        if ptr is not None:
+            native.sync_request_complete(ptr, 503)
+
+
+def _set_identity(ptr: Any, identity: Any) -> None:
+    from ._engine import dumps
+
+    check(native.sync_request_set_identity(ptr, dumps(identity)))
+
+
+def _auth_status(result: Any, set_identity: Callable[[Any], None]) -> int:
+    """The status for an auth decision (see :data:`AuthCallback`)."""
+    if result is None or result is True:
+        return 0
+    if result is False:
+        return 401
+    if isinstance(result, int):
+        return result
+    set_identity(result)
+    return 0
+
 
 AuthCallback = Callable[[Request], Any]
 """``auth(request)``: True/None accepts, False refuses with 401, an int refuses with that HTTP
-status; a dict or other plain data accepts and becomes the connection's identity."""
+status; a dict or other plain data accepts and becomes the connection's identity. To decide
+later, return ``request.defer()`` (see :class:`PendingAuth`), or, with the server's
+``auth_loop``, make ``auth`` a coroutine function: it runs on that asyncio loop, given a
+:class:`RequestCopy`, and its result is the decision."""
 
 
-def _make_auth(fn: AuthCallback) -> Callable[[Any], int]:
+
+def _decide_when_done(pending: PendingAuth) -> Callable[[Any], None]:
+    def done(future: Any) -> None:
+        try:
+            decision = future.result()
+        except BaseException:
+            print(f"syncengine: auth coroutine failed:\n{traceback.format_exc()}", file=sys.stderr)
+            decision = 500
+        try:
+            pending.decide(decision)
+        except Exception:
+            print(f"syncengine: auth decision failed:\n{traceback.format_exc()}", file=sys.stderr)
+
+    return done
+
+
+def _make_auth(
+    fn: AuthCallback, loop: Optional[asyncio.AbstractEventLoop], header_names: Sequence[str]
+) -> Callable[[Any], int]:
+    is_coroutine = inspect.iscoroutinefunction(fn)
+
     def auth(req_ptr: Any) -> int:
         request = Request(req_ptr)
         try:
-            result = fn(request)
-            if result is None or result is True:
-                return 0
-            if result is False:
-                return 401
-            if isinstance(result, int):
-                return result
-            request.set_identity(result)
-            return 0
+            result = fn(RequestCopy(request, header_names) if is_coroutine else request)
+            if isinstance(result, PendingAuth):
+                return Status.PENDING
+            if inspect.isawaitable(result):
+                if loop is None:
+                    if inspect.iscoroutine(result):
+                        result.close()
+                    raise TypeError("an async auth callback needs Server(auth_loop=...)")
+                pending = request.defer()
+                future = asyncio.run_coroutine_threadsafe(_awaited(result), loop)
+                future.add_done_callback(_decide_when_done(pending))
+                return Status.PENDING
+            return _auth_status(result, request.set_identity)
         except Exception:
             print(f"syncengine: auth callback failed:\n{traceback.format_exc()}", file=sys.stderr)
             return 500
@@ -114,6 +238,10 @@ def _make_auth(fn: AuthCallback) -> Callable[[Any], int]:
             request._ptr = None
 
     return auth
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 _live_servers: "weakref.WeakSet[Server]" = weakref.WeakSet()
@@ -131,6 +259,12 @@ class Server:
     ``broadcast_yield_ms`` bounds how stale a client gets under load: a broadcast gives way to
     incoming messages (so they are applied without waiting for the whole fan-out) for at most
     this long before it reaches every client. 0 = 2 ms; -1 = never give way.
+
+    ``auth`` decides each upgrade (see :data:`AuthCallback`); it may decide later
+    (:meth:`Request.defer`), or be a coroutine function run on ``auth_loop``: it is then given a
+    :class:`RequestCopy` (path, query, peer, and the headers of :data:`AUTH_HEADERS` plus
+    ``auth_headers``). A client whose decision takes longer than ``auth_timeout_ms`` (0 = 10 s)
+    is closed with 4408.
     """
 
     def __init__(
@@ -152,6 +286,9 @@ class Server:
         stop_timeout_ms: int = 0,
         broadcast_yield_ms: int = 0,
         logger: Optional[logging.Logger] = None,
+        auth_loop: Optional[asyncio.AbstractEventLoop] = None,
+        auth_headers: Sequence[str] = (),
+        auth_timeout_ms: int = 0,
     ) -> None:
         from ._engine import log_sink
 
@@ -173,12 +310,15 @@ class Server:
             int(rate_limit_burst),
             int(max_queued_bytes),
             None if allowed_origins is None else [str(o) for o in allowed_origins],
-            None if auth is None else _make_auth(auth),
+            None
+            if auth is None
+            else _make_auth(auth, auth_loop, [*AUTH_HEADERS, *(h.lower() for h in auth_headers)]),
             None if tls_cert_path is None else os.fspath(tls_cert_path),
             None if tls_key_path is None else os.fspath(tls_key_path),
             int(stop_timeout_ms),
             int(broadcast_yield_ms),
             self._log_sink,
+            int(auth_timeout_ms),
         )
         if ptr is None:
             raise error_for(native.pysync_last_status(), native.sync_error_last())

@@ -1,0 +1,184 @@
+"""The built-in server's auth decided later, from Python: ``request.defer()`` completed from
+another thread, a coroutine ``auth`` on an asyncio loop, refusals as close codes, a decision
+dropped without being made, and the misuses, with real ``websockets`` clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+import syncengine
+from conftest import increment, msg, raw_upgrade_status, wait_until
+
+
+def recv_json(ws, timeout=5):
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def close_code(ws, timeout=5):
+    """The close code the server ended the connection with."""
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            ws.recv(timeout=timeout)
+    return closed.value.rcvd.code if closed.value.rcvd else None
+
+
+def counter_engine(make_engine, seen):
+    return make_engine(
+        initial_state={"counter": 0},
+        handlers={"increment": increment, "who": lambda c, m, g, s: seen.append(c.identity)},
+    )
+
+
+def test_deferred_then_accepted_from_another_thread(make_engine):
+    seen = []
+    pending = []
+
+    def auth(request):
+        token = request.header("authorization")  # headers: read before returning
+        deferred = request.defer()
+        pending.append((deferred, token))
+        return deferred
+
+    engine = counter_engine(make_engine, seen)
+    with syncengine.Server(engines={"/": engine}, auth=auth) as server:
+        url = f"ws://127.0.0.1:{server.port}/?room=3"
+        with connect(url, additional_headers={"Authorization": "Bearer ann"}) as ws:
+            ws.send(msg("increment", amount=4))
+            ws.send(msg("who"))
+            assert wait_until(lambda: pending)
+            with pytest.raises(TimeoutError):
+                ws.recv(timeout=0.3)  # held: nothing before the decision
+            assert engine.get_state() == {"counter": 0}
+            deferred, token = pending[0]
+            assert (deferred.path, deferred.query, deferred.peer) == ("/", "room=3", "127.0.0.1")
+            result = []
+            decide = lambda: result.append(deferred.accept({"token": token}))  # noqa: E731
+            decider = threading.Thread(target=decide)
+            decider.start()
+            decider.join()
+            assert result == [True]
+            first = recv_json(ws)
+            assert first["type"] == "initial_state"
+            assert wait_until(lambda: engine.get_state() == {"counter": 4})
+            assert wait_until(lambda: seen)
+            with pytest.raises(syncengine.SyncError):
+                deferred.accept()  # once only
+    assert seen == [{"token": "Bearer ann"}]
+
+
+def test_refused_later_and_dropped_without_a_decision(make_engine):
+    pending = []
+
+    def auth(request):
+        if request.query == "drop":
+            request.defer()  # dropped at once, still inside the callback: an HTTP 503
+            return syncengine.Status.PENDING
+        deferred = request.defer()
+        pending.append(deferred)
+        return deferred
+
+    engine = counter_engine(make_engine, [])
+    with syncengine.Server(engines={"/": engine}, auth=auth) as server:
+        with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            assert wait_until(lambda: pending)
+            assert pending.pop().refuse(403) is True
+            assert close_code(ws) == 4403
+        assert " 503 " in raw_upgrade_status(server.port, "/?drop", {})
+
+
+def test_client_gone_before_the_decision(make_engine):
+    pending = []
+
+    def auth(request):
+        deferred = request.defer()
+        pending.append(deferred)
+        return deferred
+
+    engine = counter_engine(make_engine, [])
+    with syncengine.Server(engines={"/": engine}, auth=auth) as server:
+        with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            ws.send(msg("increment", amount=1))
+            assert wait_until(lambda: pending)
+        assert wait_until(lambda: engine.stats()["connections"] == 0 and _no_clients(server))
+        assert pending[0].accept() is False  # nobody waits any more
+        assert engine.get_state() == {"counter": 0}
+
+
+def _no_clients(server):
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as r:
+        return "\nlibsync_server_connections 0\n" in r.read().decode()
+
+
+def test_coroutine_auth_on_an_asyncio_loop(make_engine, capfd):
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    seen = []
+
+    async def auth(request):
+        assert isinstance(request, syncengine.RequestCopy)
+        await asyncio.sleep(0.05)
+        if request.query == "bad":
+            raise RuntimeError("token service down")
+        if request.header("X-Api-Key") != "k1":
+            return False
+        return {"user": request.query, "agent": request.header("user-agent")}
+
+    try:
+        engine = counter_engine(make_engine, seen)
+        server = syncengine.Server(
+            engines={"/": engine}, auth=auth, auth_loop=loop, auth_headers=["X-Api-Key"]
+        )
+        with server:
+            key = {"X-Api-Key": "k1"}
+            with connect(f"ws://127.0.0.1:{server.port}/?bo", additional_headers=key,
+                         user_agent_header="tester/1") as ws:
+                assert recv_json(ws)["type"] == "initial_state"
+                ws.send(msg("who"))
+                assert wait_until(lambda: seen)
+            with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+                assert close_code(ws) == 4401
+            with connect(f"ws://127.0.0.1:{server.port}/?bad", additional_headers=key) as ws:
+                assert close_code(ws) == 4500
+        assert seen == [{"user": "bo", "agent": "tester/1"}]
+        assert "token service down" in capfd.readouterr().err
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(5)
+        loop.close()
+
+
+def test_coroutine_auth_without_a_loop_refuses(make_engine, capfd):
+    async def auth(request):
+        return True
+
+    engine = counter_engine(make_engine, [])
+    with syncengine.Server(engines={"/": engine}, auth=auth) as server:
+        assert " 500 " in raw_upgrade_status(server.port, "/", {})
+    assert "needs Server(auth_loop=...)" in capfd.readouterr().err
+
+
+def test_auth_timeout(make_engine):
+    kept = []
+
+    def auth(request):
+        deferred = request.defer()
+        kept.append(deferred)  # kept, never decided
+        return deferred
+
+    engine = counter_engine(make_engine, [])
+    with syncengine.Server(engines={"/": engine}, auth=auth, auth_timeout_ms=300) as server:
+        with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            assert close_code(ws) == 4408
+        assert wait_until(lambda: _no_clients(server))
+        assert kept[0].accept() is False
+    with pytest.raises(syncengine.SyncError):
+        syncengine.Server(engines={}, auth_timeout_ms=-1)
