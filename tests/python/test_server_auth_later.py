@@ -28,6 +28,17 @@ def close_code(ws, timeout=5):
     return closed.value.rcvd.code if closed.value.rcvd else None
 
 
+def deferring_auth(pending):
+    """An auth that decides nothing itself: each request's PendingAuth goes to `pending`."""
+
+    def auth(request):
+        deferred = request.defer()
+        pending.append(deferred)
+        return deferred
+
+    return auth
+
+
 def counter_engine(make_engine, seen):
     return make_engine(
         initial_state={"counter": 0},
@@ -75,13 +86,13 @@ def test_deferred_then_accepted_from_another_thread(make_engine):
 def test_refused_later_and_dropped_without_a_decision(make_engine):
     pending = []
 
+    keep = deferring_auth(pending)
+
     def auth(request):
         if request.query == "drop":
             request.defer()  # dropped at once, still inside the callback: an HTTP 503
             return syncengine.Status.PENDING
-        deferred = request.defer()
-        pending.append(deferred)
-        return deferred
+        return keep(request)
 
     engine = counter_engine(make_engine, [])
     with syncengine.Server(engines={"/": engine}, auth=auth) as server:
@@ -94,12 +105,7 @@ def test_refused_later_and_dropped_without_a_decision(make_engine):
 
 def test_client_gone_before_the_decision(make_engine):
     pending = []
-
-    def auth(request):
-        deferred = request.defer()
-        pending.append(deferred)
-        return deferred
-
+    auth = deferring_auth(pending)
     engine = counter_engine(make_engine, [])
     with syncengine.Server(engines={"/": engine}, auth=auth) as server:
         with connect(f"ws://127.0.0.1:{server.port}/") as ws:
@@ -167,13 +173,8 @@ def test_coroutine_auth_without_a_loop_refuses(make_engine, capfd):
 
 
 def test_auth_timeout(make_engine):
-    kept = []
-
-    def auth(request):
-        deferred = request.defer()
-        kept.append(deferred)  # kept, never decided
-        return deferred
-
+    kept = []  # kept, never decided
+    auth = deferring_auth(kept)
     engine = counter_engine(make_engine, [])
     with syncengine.Server(engines={"/": engine}, auth=auth, auth_timeout_ms=300) as server:
         with connect(f"ws://127.0.0.1:{server.port}/") as ws:
