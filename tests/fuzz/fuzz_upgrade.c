@@ -5,13 +5,14 @@
  *
  * One server runs in this process (engines at "/" and "/room", a static directory, an Origin
  * allow-list, an auth callback that reads the path, the query, several headers and a header whose
- * name comes from the query). Each input is sent over a real socket on 127.0.0.1:
- *   line 1       the request target ("/room?token=a&x=1"), sent as is
- *   other lines  header lines, each sent with "\r\n" ("X-F: " in front of one without ':')
- * When the first byte is 'H' the request is plain HTTP; otherwise the WebSocket upgrade headers
- * come first. After a 101 the client asks "whoami" (the handler replies with the identity the
- * auth callback attached) and closes. A request the server waits on (a body it was promised)
- * is given up after 150 ms; the server must never crash and must accept the next connection.
+ * name comes from the query, and that may defer its decision: "Bearer later-N" decides N at once,
+ * "Bearer wait" leaves the client held until the next step of this input decides it). Each input is
+ * sent over a real socket on 127.0.0.1: line 1       the request target ("/room?token=a&x=1"), sent
+ * as is other lines  header lines, each sent with "\r\n" ("X-F: " in front of one without ':') When
+ * the first byte is 'H' the request is plain HTTP; otherwise the WebSocket upgrade headers come
+ * first. After a 101 the client asks "whoami" (the handler replies with the identity the auth
+ * callback attached) and closes. A request the server waits on (a body it was promised) is given up
+ * after 150 ms; the server must never crash and must accept the next connection.
  */
 #include <libsync/libsync.h>
 
@@ -20,6 +21,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +53,41 @@ static int on_whoami(sync_msg *msg, void *userdata)
     const char *identity = sync_conn_identity(sync_msg_conn(msg));
     const char *text = identity ? identity : "null";
     return sync_msg_reply(msg, text, strlen(text));
+}
+
+/* A request whose decision waits for the next input ("Bearer wait"), decided from the fuzzing
+ * thread while the service thread runs: by then its client may be gone. */
+static pthread_mutex_t g_waiting_lock = PTHREAD_MUTEX_INITIALIZER;
+static sync_request *g_waiting;
+
+static void decide_waiting(int status)
+{
+    pthread_mutex_lock(&g_waiting_lock);
+    sync_request *req = g_waiting;
+    g_waiting = NULL;
+    pthread_mutex_unlock(&g_waiting_lock);
+    if (req) {
+        int rc = sync_request_complete(req, status);
+        if (rc != SYNC_OK && rc != SYNC_ECLOSED)
+            fail("a deferred decision failed");
+    }
+}
+
+/* "Bearer later-N" decides N at once after deferring; "Bearer wait" decides with the next input. */
+static int defer_auth(sync_request *req, const char *token)
+{
+    sync_request *kept = sync_request_defer(req);
+    if (!kept)
+        fail("sync_request_defer failed inside the callback");
+    if (strcmp(token, "Bearer wait") == 0) {
+        decide_waiting(0);
+        pthread_mutex_lock(&g_waiting_lock);
+        g_waiting = kept;
+        pthread_mutex_unlock(&g_waiting_lock);
+    } else if (sync_request_complete(kept, atoi(token + 13)) != SYNC_OK) {
+        fail("an early decision failed");
+    }
+    return SYNC_PENDING;
 }
 
 /* Reads what a real auth callback reads, and refuses or accepts from it. */
@@ -85,6 +122,8 @@ static int auth(sync_request *req, void *userdata)
     const char *token = sync_request_header(req, "authorization");
     if (token && strcmp(token, "Bearer deny") == 0)
         return 401;
+    if (token && (strncmp(token, "Bearer later-", 13) == 0 || strcmp(token, "Bearer wait") == 0))
+        return defer_auth(req, token);
     if (token && strncmp(token, "Bearer status-", 14) == 0)
         return atoi(token + 14); /* any number: out-of-range ones must become 403 */
     if (token) {
@@ -108,6 +147,7 @@ static void stop_all(void)
 {
     sync_server_free(g_server);
     g_server = NULL;
+    decide_waiting(0); /* its client is gone with the server: this frees the request */
     sync_engine_free(g_engine);
     g_engine = NULL;
     unlink(g_index);
@@ -270,6 +310,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char buf[8192];
     static const char *const head_end[] = {"\r\n\r\n", NULL};
     read_until(fd, buf, sizeof buf, now_ms() + 150, head_end);
+    decide_waiting(size % 2 ? 0 : 403); /* a client held by "Bearer wait" is decided now */
     if (strncmp(buf, "HTTP/1.1 101", 12) == 0) {
         /* the reply to whoami: the identity the auth callback attached, or null */
         static const char *const reply[] = {"null", "{\"token\"", NULL};
