@@ -63,9 +63,10 @@ SYNC_EXTERN int sync_request_set_identity(sync_request *req, const char *identit
 typedef int (*sync_auth_cb)(sync_request *req, void *userdata);
 
 /**
- * Inside the auth callback: keeps `req` for a decision after the callback returns SYNC_PENDING.
- * Path, query, peer and the identity stay readable; headers do not (read the ones needed before
- * returning). Returns `req`, or NULL when it cannot be kept (out of memory: then refuse).
+ * Inside the auth callback: keeps `req` for a decision made with sync_request_complete(), even
+ * before the callback returns; once deferred, only that call decides, whatever the callback
+ * returns (SYNC_PENDING by convention). Path, query and peer stay readable; headers do not (read
+ * the ones needed before returning). Returns `req`, or NULL (SYNC_ESTATE) outside the callback.
  */
 SYNC_EXTERN sync_request *sync_request_defer(sync_request *req);
 
