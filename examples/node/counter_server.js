@@ -2,12 +2,15 @@
 // The quick start in Node: a shared counter served with the live page of examples/web.
 //
 //   node examples/node/counter_server.js [--port 3000] [--host 127.0.0.1] [--state counter.sqlite]
-//                                        [--pad BYTES]
+//                                        [--pad BYTES] [--token SECRET]
 //
-// Open http://127.0.0.1:3000/ in a few tabs and click: every tab shows the same counter.
+// Open http://127.0.0.1:3000/ in a few tabs and click: every tab shows the same counter. With
+// --token, only clients that bring it (?token=SECRET on the page, which passes it on, or an
+// "Authorization: Bearer SECRET" header) get in; the others are closed with 4401.
 // Ctrl-C stops the server cleanly (the state is saved first when --state is given).
 'use strict';
 
+const crypto = require('crypto');
 const path = require('path');
 const { parseArgs } = require('util');
 const { SyncEngine, SQLiteAdapter, Server } = require('syncengine');
@@ -21,6 +24,7 @@ const { values: args } = parseArgs({
     debug: { type: 'boolean', default: false },
     // adds a "blob" of BYTES 'x' characters to the initial state (benchmark scenario D)
     pad: { type: 'string', default: '0' },
+    token: { type: 'string' },
   },
 });
 
@@ -56,12 +60,28 @@ const engine = new SyncEngine({
   hooks: { onError: (error, context) => console.error(`error in ${context}: ${error.message}`) },
 });
 
+// Constant-time, so the comparison does not tell how much of a guess was right.
+function sameSecret(given, secret) {
+  const a = crypto.createHash('sha256').update(given || '').digest();
+  const b = crypto.createHash('sha256').update(secret).digest();
+  return crypto.timingSafeEqual(a, b);
+}
+
+// An auth callback may be async (a database, a token service): the server holds the client until
+// it answers. This one only compares; what it returns becomes ws.identity in handlers.
+async function auth(req) {
+  const bearer = (req.headers.authorization || '').replace(/^Bearer /, '');
+  const given = new URLSearchParams(req.query).get('token') || bearer;
+  return sameSecret(given, args.token) ? { peer: req.peer } : false;
+}
+
 // The page talks to "/" (and to "/counter" with ?path=/counter): one engine, two routes.
 const server = new Server({
   host: args.host,
   port: Number(args.port),
   engines: { '/': engine, '/counter': engine },
   staticDir: args['web-dir'],
+  auth: args.token ? auth : null,
 });
 
 server.listen().then(

@@ -1,12 +1,16 @@
 // The demo client: one WebSocket to the counter engine, the seed's protocol, no dependencies.
-// The engine is at "/" (as in the seed); "?path=/counter" picks the other route to it.
+// The engine is at "/" (as in the seed); "?path=/counter" picks the other route to it, and
+// "?token=..." is passed on to a server that asks for one.
 'use strict';
 
 (() => {
   const params = new URLSearchParams(window.location.search);
   const path = params.get('path') || '/';
+  // a server started with a token lets in only the clients that bring it
+  const token = params.get('token');
+  const query = token ? `?token=${encodeURIComponent(token)}` : '';
   const scheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:';
-  const url = `${scheme}//${window.location.host}${path}`;
+  const url = `${scheme}//${window.location.host}${path}${query}`;
 
   const counterEl = document.getElementById('counter');
   const versionEl = document.getElementById('version');

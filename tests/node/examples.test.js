@@ -50,8 +50,8 @@ async function portOf(child) {
   return Number(child.output().match(/listening on http:\/\/[^:]+:(\d+)\//)[1]);
 }
 
-async function increment(port, amount) {
-  const ws = new WebSocket(`ws://127.0.0.1:${port}/`);
+async function increment(port, amount, query = '') {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/${query}`);
   const frames = [];
   ws.on('message', (data) => frames.push(JSON.parse(data.toString())));
   await new Promise((resolve, reject) => {
@@ -90,6 +90,32 @@ test('counter_server.js serves examples/web and the counter, and keeps it across
   assert.equal(again.before, 5);
   second.kill('SIGTERM');
   assert.equal(await second.exited, 0);
+});
+
+test('counter_server.js --token: only clients that bring the token get in', async (t) => {
+  const child = startCounter(t, ['--token', 's3cret']);
+  const port = await portOf(child);
+  for (const query of ['', '?token=wrong']) {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/${query}`);
+    const frames = [];
+    ws.on('message', (data) => frames.push(data.toString()));
+    const code = await new Promise((resolve) => ws.once('close', resolve));
+    assert.equal(code, 4401, `no way in with "${query}"`);
+    assert.equal(frames.length, 0);
+  }
+  const viaQuery = await increment(port, 3, '?token=s3cret');
+  assert.equal(viaQuery.frames[0].type, 'initial_state');
+  const bearer = new WebSocket(`ws://127.0.0.1:${port}/`, {
+    headers: { Authorization: 'Bearer s3cret' },
+  });
+  const first = await new Promise((resolve, reject) => {
+    bearer.once('message', (data) => resolve(JSON.parse(data.toString())));
+    bearer.once('error', reject);
+  });
+  assert.equal(first.data.counter, 3);
+  bearer.close();
+  child.kill('SIGTERM');
+  assert.equal(await child.exited, 0);
 });
 
 test('zod_validation.js applies valid messages and reports each invalid one', () => {
