@@ -1,7 +1,8 @@
 /* Auth decided later (sync_request_defer / sync_request_complete), over real sockets: accepted
  * from another thread with the messages sent meanwhile applied in order, refused with 4000 +
  * status, decided inside the callback, a client that leaves first, the timeout, too much sent
- * while waiting, a stop while waiting, and bad arguments. */
+ * while waiting, a stop while waiting, many decisions from another thread while clients reset,
+ * and bad arguments. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@ enum auth_mode {
     DEFER_ACCEPT_AT_ONCE, /* defer, then complete(0) before returning */
     DEFER_REFUSE_AT_ONCE, /* defer, then complete(403) before returning */
     PENDING_WITHOUT_DEFER,
+    DEFER_QUEUE, /* append to `queue` for a decider thread */
 };
 
 typedef struct auth_box {
@@ -26,6 +28,8 @@ typedef struct auth_box {
     enum auth_mode mode;
     sync_request *waiting; /* the deferred request, for the test thread */
     int calls;
+    sync_request *queue[256]; /* DEFER_QUEUE */
+    int queued;
 } auth_box;
 
 static int deferring_auth(sync_request *req, void *userdata)
@@ -45,6 +49,13 @@ static int deferring_auth(sync_request *req, void *userdata)
         sync_request_complete(kept, 0);
     } else if (mode == DEFER_REFUSE_AT_ONCE) {
         sync_request_complete(kept, 403);
+    } else if (mode == DEFER_QUEUE) {
+        pthread_mutex_lock(&box->lock);
+        if (box->queued < 256)
+            box->queue[box->queued++] = kept;
+        else
+            sync_request_complete(kept, 503);
+        pthread_mutex_unlock(&box->lock);
     } else {
         pthread_mutex_lock(&box->lock);
         box->waiting = kept;
@@ -312,6 +323,83 @@ static void test_stop_while_waiting(void)
     teardown(&f);
 }
 
+/* Decides every queued request from its own thread as it comes: client i ("?i=N") is refused
+ * when i % 3 == 0, accepted otherwise; counts what sync_request_complete said. */
+typedef struct decider {
+    auth_box *box;
+    int expected;
+    int decided, closed, failed;
+} decider;
+
+static void *decide_all(void *arg)
+{
+    decider *d = arg;
+    for (int spins = 0; d->decided < d->expected && spins < 3000; spins++) {
+        pthread_mutex_lock(&d->box->lock);
+        sync_request *req = d->decided < d->box->queued ? d->box->queue[d->decided] : NULL;
+        pthread_mutex_unlock(&d->box->lock);
+        if (!req) {
+            usleep(2000);
+            continue;
+        }
+        int i = atoi(sync_request_query(req) + 2);
+        int rc = sync_request_complete(req, i % 3 == 0 ? 403 : 0);
+        d->closed += rc == SYNC_ECLOSED;
+        d->failed += rc != SYNC_OK && rc != SYNC_ECLOSED;
+        d->decided++;
+        if (i % 4 == 0)
+            usleep(500);
+    }
+    return NULL;
+}
+
+/* Many clients waiting at once, decided from another thread while some of them reset: each
+ * decision reaches its own client (accepted ones get the state, refused ones 4403), the ones that
+ * left are dropped, nothing leaks (ASan) and nothing races (TSan). */
+static void test_many_decisions_from_another_thread(void)
+{
+    enum { N = 90 };
+    fixture f;
+    REQUIRE(setup(&f, DEFER_QUEUE, 0, 0) == 0);
+    decider d = {&f.box, N, 0, 0, 0};
+    pthread_t thread;
+    REQUIRE(pthread_create(&thread, NULL, decide_all, &d) == 0);
+    ws_client *clients[N] = {0};
+    for (int i = 0; i < N; i++) {
+        char route[32];
+        snprintf(route, sizeof route, "/?i=%d", i);
+        clients[i] = ws_connect(f.port, route, NULL, NULL);
+        CHECK(clients[i] != NULL);
+        if (clients[i] && i % 5 == 0) { /* leaves at once, decided or not */
+            struct linger hard = {1, 0};
+            setsockopt(ws_client_fd(clients[i]), SOL_SOCKET, SO_LINGER, &hard, sizeof hard);
+            ws_client_free(clients[i]);
+            clients[i] = NULL;
+        }
+    }
+    pthread_join(thread, NULL);
+    CHECK_EQ_INT(d.decided, N);
+    CHECK_EQ_INT(d.failed, 0);
+    int accepted = 0;
+    for (int i = 0; i < N; i++) {
+        if (!clients[i])
+            continue;
+        if (i % 3 == 0) {
+            CHECK_EQ_INT(ws_wait_close(clients[i], 3000), 4403);
+        } else {
+            char *text = ws_read_text(clients[i], 3000);
+            CHECK(text && strstr(text, "initial_state"));
+            free(text);
+            accepted++;
+        }
+    }
+    CHECK(d.closed <= N / 5 + 1);
+    CHECK_EQ_INT(sync_engine_connection_count(f.engine), accepted);
+    for (int i = 0; i < N; i++)
+        ws_client_free(clients[i]);
+    teardown(&f);
+}
+
 static void test_misuse(void)
 {
     CHECK(sync_request_defer(NULL) == NULL);
@@ -332,6 +420,7 @@ int main(void)
     RUN(test_undecided_connection_times_out);
     RUN(test_too_much_sent_while_waiting);
     RUN(test_stop_while_waiting);
+    RUN(test_many_decisions_from_another_thread);
     RUN(test_misuse);
     return check_summary();
 }
