@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds libsync and starts the demo: the counter server of examples/c/counter_server.c, with its
 # state in ./data (SQLite), serving the web page of examples/web/. Open the printed URL in two tabs.
-#   scripts/run-demo.sh [--port N] [--host H] [--data-dir D]
+#   scripts/run-demo.sh [--port N] [--host H] [--data-dir D] [--token SECRET] (see --help)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --minimal

@@ -3,7 +3,7 @@
  * over WebSocket together with the demo page of examples/web/.
  *
  *   counter_server [--host H] [--port N] [--data-dir D] [--static DIR] [--pad BYTES]
- *                  [--heartbeat-ms MS] [--tls-cert PEM --tls-key PEM]
+ *                  [--heartbeat-ms MS] [--tls-cert PEM --tls-key PEM] [--token SECRET]
  *
  * Open http://127.0.0.1:3000/ in two browser tabs and click: both follow the same counter.
  * Messages: {"type":"increment","amount":N}, {"type":"decrement","amount":N}, {"type":"reset"}.
@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,7 @@ struct config {
     const char *tls_cert;
     const char *tls_key;
     long broadcast_yield_ms;
+    const char *token;
 };
 
 static void usage(FILE *to)
@@ -44,6 +46,7 @@ static void usage(FILE *to)
     fprintf(to, "usage: counter_server [--host H] [--port N] [--data-dir D] [--static DIR]\n"
                 "                      [--pad BYTES] [--heartbeat-ms MS]\n"
                 "                      [--tls-cert PEM --tls-key PEM] [--broadcast-yield-ms MS]\n"
+                "                      [--token SECRET]\n"
                 "  --host H          address to listen on (default 127.0.0.1)\n"
                 "  --port N          TCP port, 0 picks a free one (default 3000)\n"
                 "  --data-dir D      directory of the SQLite store, created if missing "
@@ -57,7 +60,10 @@ static void usage(FILE *to)
                 "  --broadcast-yield-ms MS  how long a broadcast may give way to incoming\n"
                 "                    messages before it reaches every client: the bound on how\n"
                 "                    stale a client gets under load (0 = the library's 2 ms,\n"
-                "                    -1 = never give way)\n");
+                "                    -1 = never give way)\n"
+                "  --token SECRET    let in only WebSocket clients that bring it: ?token=SECRET\n"
+                "                    (the page passes its own ?token= on) or the header\n"
+                "                    \"Authorization: Bearer SECRET\"; others get HTTP 401\n");
 }
 
 static int parse_long(const char *text, long min, long max, long *out)
@@ -113,6 +119,13 @@ static int parse_args(int argc, char **argv, struct config *cfg)
                         value);
                 return -1;
             }
+        } else if (strcmp(opt, "--token") == 0) {
+            if (!*value || strpbrk(value, "&#%+ ")) {
+                fprintf(stderr, "counter_server: --token must be non-empty, without & # %% + or "
+                                "spaces (it travels in a URL)\n");
+                return -1;
+            }
+            cfg->token = value;
         } else if (strcmp(opt, "--tls-cert") == 0) {
             cfg->tls_cert = value;
         } else if (strcmp(opt, "--tls-key") == 0) {
@@ -320,6 +333,49 @@ static int create_engine(const struct config *cfg, sync_engine **out)
     return 0;
 }
 
+/* Compares in time that depends on the lengths only, not on where a guess first goes wrong. */
+static int same_secret(const char *given, size_t given_len, const char *secret)
+{
+    size_t secret_len = strlen(secret);
+    unsigned char diff = given_len != secret_len;
+    for (size_t i = 0; i < secret_len; i++)
+        diff |= (unsigned char)(secret[i] ^ (i < given_len ? given[i] : 0));
+    return diff == 0;
+}
+
+/* The value of `name` in a raw query string ("a=1&token=x"), and its length; NULL when absent. */
+static const char *query_param(const char *query, const char *name, size_t *len)
+{
+    size_t name_len = strlen(name);
+    for (const char *p = query; p && *p; p = strchr(p, '&') ? strchr(p, '&') + 1 : NULL) {
+        if (strncmp(p, name, name_len) == 0 && p[name_len] == '=') {
+            const char *value = p + name_len + 1;
+            *len = strcspn(value, "&");
+            return value;
+        }
+    }
+    return NULL;
+}
+
+/* --token: the secret from the query (what a browser page can send) or a Bearer header. */
+static int token_auth(sync_request *req, void *userdata)
+{
+    const char *secret = userdata;
+    size_t len = 0;
+    const char *given = query_param(sync_request_query(req), "token", &len);
+    if (!given) {
+        const char *header = sync_request_header(req, "authorization");
+        if (header && strncmp(header, "Bearer ", 7) == 0) {
+            given = header + 7;
+            len = strlen(given);
+        }
+    }
+    if (!given || !same_secret(given, len, secret))
+        return 401;
+    sync_request_set_identity(req, "{\"via\":\"token\"}");
+    return 0;
+}
+
 /* Serves until SIGINT/SIGTERM. The server's graceful stop saves the state and closes every
  * client with 1001. */
 static int serve(const struct config *cfg, sync_engine *engine, int *served)
@@ -331,6 +387,10 @@ static int serve(const struct config *cfg, sync_engine *engine, int *served)
     opts.tls_cert_path = cfg->tls_cert;
     opts.tls_key_path = cfg->tls_key;
     opts.broadcast_yield_ms = (int)cfg->broadcast_yield_ms;
+    if (cfg->token) {
+        opts.auth = token_auth;
+        opts.auth_userdata = (void *)(uintptr_t)cfg->token;
+    }
     sync_server *server = NULL;
     int rc = sync_server_new(&server, &opts);
     if (rc != SYNC_OK)
@@ -372,8 +432,11 @@ static int serve(const struct config *cfg, sync_engine *engine, int *served)
 
 int main(int argc, char **argv)
 {
-    struct config cfg = {"127.0.0.1", 3000, "./data", COUNTER_SERVER_WEB_DIR, 0, 30000,
-                         NULL,        NULL, 0};
+    struct config cfg = {.host = "127.0.0.1",
+                         .port = 3000,
+                         .data_dir = "./data",
+                         .static_dir = COUNTER_SERVER_WEB_DIR,
+                         .heartbeat_ms = 30000};
     int parsed = parse_args(argc, argv, &cfg);
     if (parsed != 0) {
         usage(parsed > 0 ? stdout : stderr);

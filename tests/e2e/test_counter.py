@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -268,3 +269,35 @@ def test_command_line_errors(servers, tmp_path):
                           capture_output=True, timeout=20)
     assert done.returncode == 1 and b"cannot listen" in done.stderr, done
     assert b"Address already in use" in done.stderr, done
+
+
+def test_token_lets_in_only_clients_that_bring_it(servers):
+    srv = servers("--token", "s3cret")
+    status = http_get(srv.http + "/healthz")[0]  # HTTP is not gated: only WebSocket upgrades
+    assert status == 200
+
+    def upgrade_status(target, headers=""):
+        """The status line an upgrade request gets (lws refuses with HTTP/1.0, which websockets
+        clients call invalid rather than report)."""
+        with socket.create_connection((srv.host, srv.port), timeout=10) as sock:
+            sock.sendall((f"GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                          "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                          f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n").encode())
+            return sock.recv(256).split(b"\r\n", 1)[0].decode()
+
+    assert " 401 " in upgrade_status("/")
+    assert " 401 " in upgrade_status("/?token=wrong")
+    assert " 401 " in upgrade_status("/", "Authorization: Bearer s3cre\r\n")
+    assert " 101 " in upgrade_status("/?token=s3cret")
+
+    async def scenario():
+        async with client(srv.ws("/?path=x&token=s3cret")) as ws:
+            await initial_state(ws)
+            await send(ws, "increment", amount=2)
+            await wait_for_counter(ws, 2)
+        async with client(srv.ws("/counter"), additional_headers={"Authorization": "Bearer s3cret"}) as ws:
+            assert (await initial_state(ws))["data"]["counter"] == 2
+
+    run(scenario())
+    done = subprocess.run([srvmod.binary(), "--token", "a&b"], capture_output=True, timeout=20)
+    assert done.returncode == 2 and b"--token must be" in done.stderr, done
