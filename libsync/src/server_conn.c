@@ -242,12 +242,7 @@ server_conn *server_conn_new(sync_server *server, server_engine *eng, char *iden
 /* The deferred request (if any) stops pointing at a connection that goes away. */
 static void stop_waiting_for_auth(server_conn *c)
 {
-    pthread_mutex_lock(&server_auth_lock);
-    if (c->auth_request) {
-        server_request_detach_locked(c->auth_request);
-        c->auth_request = NULL;
-    }
-    pthread_mutex_unlock(&server_auth_lock);
+    server_auth_forget(c);
     lws_sul_cancel(&c->auth_timer);
 }
 

@@ -137,7 +137,7 @@ struct server_conn {
     /* A deferred auth decision (sync_request_defer): until it is applied the connection is
      * upgraded but not joined (c->conn is NULL), and what the client sends is held. */
     bool auth_waiting;                 /* service thread */
-    sync_request *auth_request;        /* under server_auth_lock: the request still undecided */
+    sync_request *auth_request;        /* under the auth lock: the request still undecided */
     int auth_decision;                 /* under server->lock: SERVER_AUTH_UNDECIDED or a status */
     char *auth_identity;               /* under server->lock: the identity that came with it */
     struct server_held_msg *held_head; /* service thread: messages sent before the decision */
@@ -211,18 +211,16 @@ void server_broadcast_leave(server_conn *c);
 
 /* server_upgrade.c: 0 to let the upgrade proceed, else the HTTP status already sent. */
 int server_upgrade_check(sync_server *server, struct lws *wsi);
-/* Guards the link between a deferred request and its connection in both directions: the decision
- * comes from any thread, the connection may close on the service thread at the same time. Taken
- * before server->lock. */
-extern pthread_mutex_t server_auth_lock;
 enum { SERVER_AUTH_UNDECIDED = -1 };
 /* A deferred auth's refusal closes with this + the HTTP status (4401, 4403; 4408: timed out). */
 enum { SERVER_CLOSE_AUTH_BASE = 4000 };
-/* Service thread, server_auth_lock held: the connection no longer waits for `req` (it closed). */
-void server_request_detach_locked(sync_request *req);
+/* Service thread: a connection that goes away stops being the one its deferred request decides
+ * (a later sync_request_complete() then says SYNC_ECLOSED). */
+void server_auth_forget(server_conn *c);
 
 /* server_conn.c, deferred auth: */
-/* Any thread, server_auth_lock held: records the decision and wakes the service thread. */
+/* Any thread, with server_upgrade.c's auth lock held (so `c` is alive): records the decision and
+ * wakes the service thread. */
 void server_conn_auth_decided_locked(server_conn *c, int status, char *identity);
 
 /* http.c: the LWS_CALLBACK_HTTP* reasons. */

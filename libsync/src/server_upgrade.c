@@ -31,7 +31,9 @@ struct sync_request {
     server_conn *conn; /* the connection waiting for the decision; NULL once it closed */
 };
 
-pthread_mutex_t server_auth_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Links a deferred request and its connection both ways: the decision comes from any thread while
+ * the connection may close on the service thread. Taken before server->lock. */
+static pthread_mutex_t server_auth_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* A copy of a header value that lives as long as the request. */
 static const char *keep(sync_request *req, int len, int (*copy)(struct lws *, char *, int, void *),
@@ -186,9 +188,14 @@ int sync_request_complete(sync_request *req, int status)
     return SYNC_OK;
 }
 
-void server_request_detach_locked(sync_request *req)
+void server_auth_forget(server_conn *c)
 {
-    req->conn = NULL;
+    pthread_mutex_lock(&server_auth_lock);
+    if (c->auth_request) {
+        c->auth_request->conn = NULL;
+        c->auth_request = NULL;
+    }
+    pthread_mutex_unlock(&server_auth_lock);
 }
 
 static bool origin_allowed(sync_server *server, struct lws *wsi)

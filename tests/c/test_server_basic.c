@@ -12,22 +12,14 @@
 #include "server_fixture.h"
 #include "ws_client.h"
 
-static long long elapsed_ms(const struct timespec *since)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (long long)(now.tv_sec - since->tv_sec) * 1000 +
-           (now.tv_nsec - since->tv_nsec) / 1000000;
-}
-
 /* Reads text frames until one shows counter == want; returns how many frames that took, or -1. */
 static int read_until_counter(ws_client *c, long long want, int timeout_ms)
 {
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     int frames = 0;
-    while (elapsed_ms(&start) < timeout_ms) {
-        char *text = ws_read_text(c, timeout_ms - (int)elapsed_ms(&start));
+    while (check_elapsed_ms(&start) < timeout_ms) {
+        char *text = ws_read_text(c, timeout_ms - (int)check_elapsed_ms(&start));
         if (!text)
             return -1;
         frames++;
@@ -58,7 +50,7 @@ static void test_start_mode_stop_sends_1001(void)
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     CHECK_EQ_INT(sync_server_stop(server), SYNC_OK);
-    CHECK(elapsed_ms(&t0) < 3000);
+    CHECK(check_elapsed_ms(&t0) < 3000);
     CHECK_EQ_INT(ws_wait_close(c, 2000), 1001);
     ws_client_free(c);
     /* the port no longer takes WebSocket clients */
@@ -129,7 +121,7 @@ static void test_stop_ends_within_timeout_with_a_silent_client(void)
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     sync_server_stop(server);
-    long long took = elapsed_ms(&t0);
+    long long took = check_elapsed_ms(&t0);
     CHECK(took < 1500);
     ws_client_free(c);
     sync_server_free(server);

@@ -18,14 +18,6 @@
 
 static const char increment[] = "{\"type\":\"increment\",\"amount\":1}";
 
-static long long elapsed_ms(const struct timespec *since)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (long long)(now.tv_sec - since->tv_sec) * 1000 +
-           (now.tv_nsec - since->tv_nsec) / 1000000;
-}
-
 static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -40,8 +32,8 @@ static int read_to_counter(ws_client *c, long long want, int timeout_ms)
     clock_gettime(CLOCK_MONOTONIC, &start);
     long long seen = -1;
     int frames = 0;
-    while (elapsed_ms(&start) < timeout_ms) {
-        char *text = ws_read_text(c, timeout_ms - (int)elapsed_ms(&start));
+    while (check_elapsed_ms(&start) < timeout_ms) {
+        char *text = ws_read_text(c, timeout_ms - (int)check_elapsed_ms(&start));
         if (!text)
             return -1;
         long long v = ws_json_int(text, "counter");
@@ -56,38 +48,6 @@ static int read_to_counter(ws_client *c, long long want, int timeout_ms)
             return frames;
     }
     return -1;
-}
-
-/* The value of one /metrics sample without labels, or -1. */
-static long long metric(int port, const char *name)
-{
-    char *body = NULL;
-    long long value = -1;
-    if (http_request(port, "GET", "/metrics", NULL, &body, NULL) == 200 && body) {
-        size_t n = strlen(name);
-        for (const char *line = body; line && *line; line = strchr(line, '\n')) {
-            if (*line == '\n')
-                line++;
-            if (strncmp(line, name, n) == 0 && line[n] == ' ') {
-                value = atoll(line + n + 1);
-                break;
-            }
-        }
-    }
-    free(body);
-    return value;
-}
-
-/* The server's open connections once they reach `want` (closes are processed a little later
- * than the client sees them), or what they are after 5 s. */
-static long long open_connections_settled(int port, long long want)
-{
-    struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    long long open = -1;
-    while ((open = metric(port, "libsync_server_connections")) != want && elapsed_ms(&start) < 5000)
-        sleep_ms(20);
-    return open;
 }
 
 static void raise_fd_limit(void)
@@ -152,7 +112,7 @@ static void bursts_to_many_clients(int yield_ms, long long *cut_short)
     }
     CHECK(most_frames < TOTAL);
     CHECK_EQ_INT(sync_engine_get_version(engine), TOTAL);
-    *cut_short = metric(port, "libsync_server_broadcasts_cut_short_total");
+    *cut_short = fixture_metric(port, "libsync_server_broadcasts_cut_short_total");
     free_all(clients, N);
     free(clients);
     sync_server_free(server);
@@ -253,7 +213,7 @@ static void test_clients_resetting_mid_broadcast(void)
     for (int i = 0; i < N; i += 2)
         CHECK(clients[i] && read_to_counter(clients[i], TOTAL, 20000) > 0);
 
-    CHECK_EQ_INT(open_connections_settled(port, N / 2), N / 2);
+    CHECK_EQ_INT(fixture_open_connections(port, N / 2), N / 2);
     free_all(clients, N);
     sync_server_free(server);
     sync_engine_free(engine);
@@ -512,7 +472,7 @@ static void test_sends_from_another_thread_while_clients_vanish(void)
     CHECK_EQ_INT(ws_send_text(clients[0], increment), 0);
     for (int i = 0; i < N; i += 3)
         CHECK(clients[i] && read_to_counter(clients[i], 1, 20000) > 0);
-    CHECK_EQ_INT(open_connections_settled(port, survivors), survivors);
+    CHECK_EQ_INT(fixture_open_connections(port, survivors), survivors);
     free_all(clients, N);
     sync_server_free(server);
     for (int i = 0; i < list.count; i++)
@@ -550,7 +510,7 @@ static long long push_peer_wait(push_peer *peer, long long want, int timeout_ms)
         pthread_mutex_lock(&peer->lock);
         v = peer->counter;
         pthread_mutex_unlock(&peer->lock);
-        if (v == want || elapsed_ms(&start) > timeout_ms)
+        if (v == want || check_elapsed_ms(&start) > timeout_ms)
             return v;
         sleep_ms(2);
     }

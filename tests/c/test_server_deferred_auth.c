@@ -114,20 +114,6 @@ static void teardown(fixture *f)
     pthread_mutex_destroy(&f->box.lock);
 }
 
-/* Until the server counts no open connection (it notices a close on its own time); 3 s at most. */
-static void wait_no_connections(int port)
-{
-    for (int i = 0; i < 300; i++) {
-        char *body = NULL;
-        int done = http_request(port, "GET", "/metrics", NULL, &body, NULL) == 200 && body &&
-                   strstr(body, "\nlibsync_server_connections 0\n");
-        free(body);
-        if (done)
-            return;
-        usleep(10000);
-    }
-}
-
 /* A client upgraded and waiting for its decision, and the request the callback deferred. */
 static ws_client *connect_waiting(fixture *f, sync_request **req)
 {
@@ -144,7 +130,7 @@ static ws_client *connect_waiting(fixture *f, sync_request **req)
  * nothing the client sent was applied. */
 static void expect_late_decision_dropped(fixture *f, sync_request *req)
 {
-    wait_no_connections(f->port);
+    fixture_open_connections(f->port, 0);
     CHECK_EQ_INT(sync_request_complete(req, 0), SYNC_ECLOSED);
     CHECK(strstr(sync_error_last(), "left before the auth decision"));
     CHECK_EQ_INT(sync_engine_connection_count(f->engine), 0);
@@ -230,13 +216,7 @@ static void test_decided_inside_the_callback(void)
     REQUIRE(setup(&f, DEFER_ACCEPT_AT_ONCE, 0, 0) == 0);
     ws_client *c = ws_connect(f.port, "/", NULL, NULL);
     REQUIRE(c);
-    char *text = ws_read_text(c, 3000);
-    CHECK(text && strstr(text, "initial_state"));
-    free(text);
-    CHECK_EQ_INT(ws_send_text(c, "{\"type\":\"whoami\"}"), 0);
-    text = ws_read_text(c, 3000);
-    CHECK_EQ_STR(text, "{\"user\":\"early\"}");
-    free(text);
+    fixture_expect_joined(c, "{\"user\":\"early\"}");
     ws_client_free(c);
 
     /* a refusal that came before the upgrade finished is still an HTTP refusal */
@@ -278,11 +258,10 @@ static void test_undecided_connection_times_out(void)
     sync_request *req = NULL;
     ws_client *c = connect_waiting(&f, &req);
     REQUIRE(c);
-    struct timespec t0, t1;
+    struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     CHECK_EQ_INT(ws_wait_close(c, 5000), 4408);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    long long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    long long ms = check_elapsed_ms(&t0);
     CHECK(ms >= 200 && ms < 3000);
     ws_client_free(c);
     expect_late_decision_dropped(&f, req);

@@ -241,13 +241,6 @@ static void test_failed_sync_at_stop_logged(void)
     sync_engine_free(engine);
 }
 
-static long long ms_since(const struct timespec *t0)
-{
-    struct timespec t1;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    return (long long)(t1.tv_sec - t0->tv_sec) * 1000 + (t1.tv_nsec - t0->tv_nsec) / 1000000;
-}
-
 /* A client that never reads, with megabytes queued for it: the stop cannot deliver them nor the
  * close, so it ends at stop_timeout_ms, and the connection is closed on the way out. */
 static void test_stop_timeout_ends_a_stuck_stop(void)
@@ -283,7 +276,7 @@ static void test_stop_timeout_ends_a_stuck_stop(void)
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     CHECK_EQ_INT(sync_server_stop(server), SYNC_OK);
-    long long took = ms_since(&t0);
+    long long took = check_elapsed_ms(&t0);
     fprintf(stderr, "  stop with a stuck client took %lld ms (stop_timeout_ms %d)\n", took,
             TIMEOUT_MS);
     CHECK(took >= TIMEOUT_MS - 50); /* it did wait for the stuck client */

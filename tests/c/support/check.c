@@ -46,3 +46,11 @@ char *check_tmpdir(const char *name)
         abort();
     return path;
 }
+
+long long check_elapsed_ms(const struct timespec *since)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long long)(now.tv_sec - since->tv_sec) * 1000 +
+           (now.tv_nsec - since->tv_nsec) / 1000000;
+}

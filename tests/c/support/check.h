@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 extern int check_failures_in_case;
 extern int check_cases_passed;
@@ -57,6 +58,9 @@ void check_run(const char *name, void (*fn)(void));
 
 /* Prints the summary line and returns the process exit status (0 when nothing failed). */
 int check_summary(void);
+
+/* Milliseconds on the monotonic clock since `since` (taken with clock_gettime(CLOCK_MONOTONIC)). */
+long long check_elapsed_ms(const struct timespec *since);
 
 /* A fresh empty directory for this test under $LIBSYNC_TEST_TMP (or /tmp); caller frees. */
 char *check_tmpdir(const char *name);

@@ -1,8 +1,13 @@
 #include "server_fixture.h"
 
+#include "check.h"
+#include "ws_client.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 static int on_increment(sync_msg *msg, void *userdata)
 {
@@ -45,8 +50,7 @@ sync_engine *fixture_counter_engine(int start)
 long long fixture_counter_value(sync_engine *engine)
 {
     char *json = sync_engine_get_state_json(engine);
-    const char *at = json ? strstr(json, "\"counter\":") : NULL;
-    long long v = at ? strtoll(at + 10, NULL, 10) : -1;
+    long long v = ws_json_int(json, "counter");
     sync_free(json);
     return v;
 }
@@ -70,4 +74,45 @@ void fixture_quiet_log(sync_log_level level, const char *message, void *userdata
     (void)level;
     (void)message;
     (void)userdata;
+}
+
+void fixture_expect_joined(ws_client *c, const char *identity_json)
+{
+    char *text = ws_read_text(c, 3000);
+    CHECK(text && strstr(text, "initial_state"));
+    free(text);
+    CHECK_EQ_INT(ws_send_text(c, "{\"type\":\"whoami\"}"), 0);
+    text = ws_read_text(c, 3000);
+    CHECK_EQ_STR(text, identity_json);
+    free(text);
+}
+
+long long fixture_metric(int port, const char *name)
+{
+    char *body = NULL;
+    long long value = -1;
+    if (http_request(port, "GET", "/metrics", NULL, &body, NULL) == 200 && body) {
+        size_t n = strlen(name);
+        for (const char *line = body; line && *line; line = strchr(line, '\n')) {
+            if (*line == '\n')
+                line++;
+            if (strncmp(line, name, n) == 0 && line[n] == ' ') {
+                value = atoll(line + n + 1);
+                break;
+            }
+        }
+    }
+    free(body);
+    return value;
+}
+
+long long fixture_open_connections(int port, long long want)
+{
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    long long open = -1;
+    while ((open = fixture_metric(port, "libsync_server_connections")) != want &&
+           check_elapsed_ms(&start) < 5000)
+        usleep(20000);
+    return open;
 }

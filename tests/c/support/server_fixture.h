@@ -7,6 +7,8 @@
 
 #include <libsync/libsync.h>
 
+#include "ws_client.h"
+
 /* A counter engine starting at `start`; NULL on failure. */
 sync_engine *fixture_counter_engine(int start);
 
@@ -16,6 +18,17 @@ long long fixture_counter_value(sync_engine *engine);
 /* A server on 127.0.0.1, port 0, with `opts` (NULL = defaults) and `engine` mounted at `path`,
  * started on its background thread. NULL on failure. */
 sync_server *fixture_server(const sync_server_options *opts, const char *path, sync_engine *engine);
+
+/* `c` has joined the counter engine: it reads its initial state, and "whoami" answers
+ * `identity_json` (the text the auth callback attached). */
+void fixture_expect_joined(ws_client *c, const char *identity_json);
+
+/* The value of one /metrics sample without labels ("libsync_server_connections"), or -1. */
+long long fixture_metric(int port, const char *name);
+
+/* The server's open connections once they reach `want` (a close is processed a little after the
+ * client sees it), or what they are after 5 s. */
+long long fixture_open_connections(int port, long long want);
 
 /* A log sink that drops everything (tests that provoke warnings on purpose). */
 void fixture_quiet_log(sync_log_level level, const char *message, void *userdata);

@@ -105,6 +105,17 @@ void store_check_engine_on_corrupt_store(const store_kind *store, const char *ju
     free(dir);
 }
 
+void store_expect_save_fails_change_kept(sync_engine *engine, const aeng_errors *errors)
+{
+    int before = errors->count;
+    sync_engine_set_state_json(engine, "{\"n\":2}", 0);
+    /* The change stays in memory and is served; the failed save is reported. */
+    store_expect_state(engine, "{\"n\":2}", 1);
+    CHECK_EQ_INT(errors->count, before + 1);
+    CHECK_EQ_INT(errors->last_status, SYNC_EIO);
+    CHECK_EQ_STR(errors->last_context, "sync");
+}
+
 void store_check_engine_failed_save_reported(const store_kind *store)
 {
     char path[128];
@@ -114,13 +125,7 @@ void store_check_engine_failed_save_reported(const store_kind *store)
     REQUIRE(e);
     store_expect_state(e, "{\"n\":1}", 0);
     CHECK(errors.count >= 1);
-    int before = errors.count;
-    sync_engine_set_state_json(e, "{\"n\":2}", 0);
-    /* The change stays in memory and is served; the failed save is reported. */
-    store_expect_state(e, "{\"n\":2}", 1);
-    CHECK_EQ_INT(errors.count, before + 1);
-    CHECK_EQ_INT(errors.last_status, SYNC_EIO);
-    CHECK_EQ_STR(errors.last_context, "sync");
+    store_expect_save_fails_change_kept(e, &errors);
     sync_engine_free(e);
 }
 

@@ -8,6 +8,8 @@
 
 #include <libsync/libsync.h>
 
+#include "adapter_engine.h"
+
 typedef struct store_kind {
     const char *name;       /* prefix of the test directories: "file", "sqlite" */
     const char *file_name;  /* the store's file in its directory: "state.json" */
@@ -32,6 +34,10 @@ void store_expect_state(sync_engine *engine, const char *state, int64_t version)
  * succeeded and that the last one loads back, and frees it; the mean microseconds per save (-1
  * when the adapter is NULL or its init failed). */
 double store_time_saves(sync_adapter *adapter, int n);
+
+/* A change to {"n":2} on an engine (at version 0) whose store cannot save: the change stays in
+ * memory at version 1, and exactly one SYNC_EIO in "sync" is reported to `errors`. */
+void store_expect_save_fails_change_kept(sync_engine *engine, const aeng_errors *errors);
 
 /* An engine started on a store holding `junk`: it reports SYNC_ECORRUPT in "load", starts from
  * its initial state, keeps the junk aside once, and its next save is what a restart finds. */
