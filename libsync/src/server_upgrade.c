@@ -21,13 +21,16 @@ struct sync_request {
     char *path;
     char *query;
     char peer[64];
-    request_string *strings; /* header values handed out, freed after the callback */
+    request_string *strings;   /* header values handed out, freed after the callback */
+    pthread_t callback_thread; /* the service thread that runs the callback */
     /* Under server_auth_lock (a deferred request is decided from any thread): */
     char *identity;
     bool deferred;
-    bool linked;        /* the upgrade made (or failed to make) its connection */
-    bool decided_early; /* sync_request_complete() ran before that */
-    int early_status;
+    bool in_callback;
+    bool decided_in_callback; /* by the callback's own thread: answered like a returned status */
+    bool linked;              /* the upgrade made (or failed to make) its connection */
+    bool decided;             /* sync_request_complete() ran before that */
+    int decision;
     server_conn *conn; /* the connection waiting for the decision; NULL once it closed */
 };
 
@@ -166,9 +169,13 @@ int sync_request_complete(sync_request *req, int status)
         status = refusal_status(status);
     pthread_mutex_lock(&server_auth_lock);
     if (!req->linked) {
-        /* decided before the upgrade made its connection: the upgrade applies it */
-        req->decided_early = true;
-        req->early_status = status;
+        /* Decided before the upgrade made its connection: the upgrade applies it. Only the
+         * callback's own thread gets an HTTP answer; a decision from elsewhere may beat the
+         * callback's return or not, so the client sees the same close code either way. */
+        req->decided = true;
+        req->decision = status;
+        req->decided_in_callback =
+            req->in_callback && pthread_equal(pthread_self(), req->callback_thread);
         pthread_mutex_unlock(&server_auth_lock);
         sync_error_clear();
         return SYNC_OK;
@@ -259,14 +266,22 @@ static int run_auth(sync_server *server, struct lws *wsi, const char *path, char
     /* IPv4 clients of the dual-stack socket show up as IPv4-mapped IPv6 */
     if (strncmp(req->peer, "::ffff:", 7) == 0 && strchr(req->peer, '.'))
         memmove(req->peer, req->peer + 7, strlen(req->peer + 7) + 1);
+    req->callback_thread = pthread_self();
+    req->in_callback = true;
     int status = req->path && req->query ? server->auth(req, server->auth_userdata) : 500;
     release_strings(req);
     req->wsi = NULL;
-    if (req->deferred) {
+    pthread_mutex_lock(&server_auth_lock);
+    req->in_callback = false;
+    bool answered = req->decided_in_callback;
+    pthread_mutex_unlock(&server_auth_lock);
+    if (req->deferred && !answered) {
         /* from now on only sync_request_complete() decides, whatever was returned */
         *deferred = req;
         return SYNC_PENDING;
     }
+    if (answered)
+        status = req->decision;
     if (status == SYNC_PENDING)
         status = 500; /* pending without sync_request_defer(): nothing could ever decide */
     if (status == 0) {
@@ -277,36 +292,30 @@ static int run_auth(sync_server *server, struct lws *wsi, const char *path, char
     return status;
 }
 
-/* Ties a deferred request to the connection that waits for it. Returns 0, or the HTTP status to
- * refuse with when the decision already came and was a refusal. */
-static int link_deferred(sync_request *req, server_conn *c)
+/* Ties a deferred request to the connection that waits for it (NULL when it could not be made:
+ * a later sync_request_complete() then says ECLOSED). */
+static void link_deferred(sync_request *req, server_conn *c)
 {
     pthread_mutex_lock(&server_auth_lock);
     req->linked = true;
-    if (!c) {
-        /* the connection could not be made: a later sync_request_complete() says ECLOSED */
-        bool decided = req->decided_early;
-        pthread_mutex_unlock(&server_auth_lock);
-        if (decided)
-            request_free(req);
-        return 0;
-    }
-    if (!req->decided_early) {
-        req->conn = c;
-        c->auth_request = req;
+    bool decided = req->decided;
+    if (c) {
         c->auth_waiting = true;
         c->auth_decision = SERVER_AUTH_UNDECIDED;
-        pthread_mutex_unlock(&server_auth_lock);
-        return 0;
-    }
-    int status = req->early_status;
-    if (status == 0) {
-        c->identity = req->identity;
-        req->identity = NULL;
+        if (decided) {
+            /* came from another thread before the connection existed: applied once established */
+            server_conn_auth_decided_locked(c, req->decision,
+                                            req->decision == 0 ? req->identity : NULL);
+            if (req->decision == 0)
+                req->identity = NULL;
+        } else {
+            req->conn = c;
+            c->auth_request = req;
+        }
     }
     pthread_mutex_unlock(&server_auth_lock);
-    request_free(req);
-    return status;
+    if (decided)
+        request_free(req);
 }
 
 int server_upgrade_check(sync_server *server, struct lws *wsi)
@@ -336,13 +345,8 @@ int server_upgrade_check(sync_server *server, struct lws *wsi)
             link_deferred(deferred, NULL);
         return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
     }
-    if (deferred) {
-        int status = link_deferred(deferred, c);
-        if (status != 0) {
-            server_conn_abandon(c);
-            return refuse(server, wsi, status);
-        }
-    }
+    if (deferred)
+        link_deferred(deferred, c);
     lws_set_opaque_user_data(wsi, c);
     return 0;
 }

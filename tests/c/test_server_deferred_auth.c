@@ -1,8 +1,8 @@
 /* Auth decided later (sync_request_defer / sync_request_complete), over real sockets: accepted
  * from another thread with the messages sent meanwhile applied in order, refused with 4000 +
- * status, decided inside the callback, a client that leaves first, the timeout, too much sent
- * while waiting, a stop while waiting, many decisions from another thread while clients reset,
- * and bad arguments. */
+ * status, decided inside the callback or elsewhere before it returned, a client that leaves first,
+ * the timeout, too much sent while waiting, a stop while waiting, many decisions from another
+ * thread while clients reset, and bad arguments. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +20,9 @@ enum auth_mode {
     DEFER_ACCEPT_AT_ONCE, /* defer, then complete(0) before returning */
     DEFER_REFUSE_AT_ONCE, /* defer, then complete(403) before returning */
     PENDING_WITHOUT_DEFER,
-    DEFER_QUEUE, /* append to `queue` for a decider thread */
+    DEFER_QUEUE,                     /* append to `queue` for a decider thread */
+    DEFER_DECIDED_ELSEWHERE_AT_ONCE, /* another thread completes with `elsewhere_status`, joined
+                                        before the callback returns */
 };
 
 typedef struct auth_box {
@@ -30,7 +32,22 @@ typedef struct auth_box {
     int calls;
     sync_request *queue[256]; /* DEFER_QUEUE */
     int queued;
+    int elsewhere_status; /* DEFER_DECIDED_ELSEWHERE_AT_ONCE */
 } auth_box;
+
+typedef struct elsewhere {
+    sync_request *req;
+    int status;
+} elsewhere;
+
+static void *complete_elsewhere(void *arg)
+{
+    elsewhere *e = arg;
+    if (e->status == 0)
+        sync_request_set_identity(e->req, "{\"user\":\"elsewhere\"}");
+    sync_request_complete(e->req, e->status);
+    return NULL;
+}
 
 static int deferring_auth(sync_request *req, void *userdata)
 {
@@ -49,6 +66,14 @@ static int deferring_auth(sync_request *req, void *userdata)
         sync_request_complete(kept, 0);
     } else if (mode == DEFER_REFUSE_AT_ONCE) {
         sync_request_complete(kept, 403);
+    } else if (mode == DEFER_DECIDED_ELSEWHERE_AT_ONCE) {
+        pthread_mutex_lock(&box->lock);
+        elsewhere e = {kept, box->elsewhere_status};
+        pthread_mutex_unlock(&box->lock);
+        pthread_t thread;
+        if (pthread_create(&thread, NULL, complete_elsewhere, &e) != 0)
+            return sync_request_complete(kept, 503), SYNC_PENDING;
+        pthread_join(thread, NULL);
     } else if (mode == DEFER_QUEUE) {
         pthread_mutex_lock(&box->lock);
         if (box->queued < 256)
@@ -236,6 +261,34 @@ static void test_decided_inside_the_callback(void)
     teardown(&f);
 }
 
+/* A decision from another thread is a close code (or a join) even when it beats the callback's
+ * return: whether it does is a race, and the client must not see it. */
+static void test_decided_elsewhere_before_the_callback_returned(void)
+{
+    fixture f;
+    REQUIRE(setup(&f, DEFER_DECIDED_ELSEWHERE_AT_ONCE, 0, 0) == 0);
+    f.box.elsewhere_status = 0;
+    ws_client *c = ws_connect(f.port, "/", NULL, NULL);
+    REQUIRE(c);
+    fixture_expect_joined(c, "{\"user\":\"elsewhere\"}");
+    ws_client_free(c);
+
+    pthread_mutex_lock(&f.box.lock);
+    f.box.elsewhere_status = 429;
+    pthread_mutex_unlock(&f.box.lock);
+    int status = 0;
+    c = ws_connect(f.port, "/", NULL, &status);
+    CHECK_EQ_INT(status, 101);
+    if (c) {
+        CHECK_EQ_INT(ws_send_text(c, "{\"type\":\"increment\",\"amount\":3}"), 0);
+        CHECK_EQ_INT(ws_wait_close(c, 3000), 4429);
+        ws_client_free(c);
+    }
+    CHECK_EQ_INT(fixture_counter_value(f.engine), 0);
+    CHECK_EQ_INT(sync_engine_connection_count(f.engine), 0);
+    teardown(&f);
+}
+
 static void test_client_leaves_before_the_decision(void)
 {
     fixture f;
@@ -395,6 +448,7 @@ int main(void)
     RUN(test_accepted_later_applies_what_was_sent_meanwhile);
     RUN(test_refused_later_closes_with_4000_plus_status);
     RUN(test_decided_inside_the_callback);
+    RUN(test_decided_elsewhere_before_the_callback_returned);
     RUN(test_client_leaves_before_the_decision);
     RUN(test_undecided_connection_times_out);
     RUN(test_too_much_sent_while_waiting);

@@ -75,7 +75,9 @@ SYNC_EXTERN sync_request *sync_request_defer(sync_request *req);
  * sync_request_set_identity(), from any thread before this call), an HTTP status 400..599
  * refuses (anything else refuses with 403). Any thread, exactly once per deferred request; the
  * request is freed. SYNC_ECLOSED when the client left (or the server stopped) before the decision,
- * which is then dropped.
+ * which is then dropped. Made inside the callback on its own thread, the decision is answered like
+ * a returned status (a refusal is an HTTP response); made on any other thread, even before the
+ * callback returned, the client is always upgraded first (a refusal is a 4000 + status close).
  */
 SYNC_EXTERN int sync_request_complete(sync_request *req, int status);
 
