@@ -117,9 +117,12 @@ test('onPingTimeout and close for a connection that never answers; pong keeps on
   const engine = new SyncEngine({ hooks, heartbeatIntervalMs: 25, pingTimeoutMs: 400 });
   const silent = mockWs('silent');
   const lively = mockWs('lively');
+  let disposed = false; // a pong still queued when the test ends must not reach a disposed engine
   lively.send = (text) => {
     lively.frames.push(JSON.parse(text));
-    if (JSON.parse(text).type === 'ping') setImmediate(() => engine.handleMessage(lively, 'pong'));
+    if (JSON.parse(text).type === 'ping') {
+      setImmediate(() => disposed || engine.handleMessage(lively, 'pong'));
+    }
   };
   await engine.handleOpen(silent);
   await engine.handleOpen(lively);
@@ -130,6 +133,7 @@ test('onPingTimeout and close for a connection that never answers; pong keeps on
   assert.ok(calls.onPingTimeout.every(([ws]) => ws === silent));
   assert.equal(lively.closes, 0);
   assert.ok(calls.onPong.length >= 1);
+  disposed = true;
   engine.dispose();
 });
 
