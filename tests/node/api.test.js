@@ -250,4 +250,6 @@ test('Status codes and the library version are exported', () => {
   assert.equal(Status.PENDING, 1);
   assert.ok(Status.EHANDLER < 0);
   assert.match(version, /^0\.\d+\.\d+/);
+  // the package says the version of the library it wraps
+  assert.equal(require('syncengine/package.json').version, version);
 });

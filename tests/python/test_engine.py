@@ -413,12 +413,24 @@ def test_hooks_run_on_the_timer_thread_while_python_threads_run(make_engine, rec
     assert recorder.count("on_ping") >= 3
 
 
+def test_the_package_says_the_library_version():
+    import pathlib
+    import tomllib
+
+    pyproject = pathlib.Path(__file__).resolve().parents[2] / "bindings" / "python" / "pyproject.toml"
+    assert tomllib.loads(pyproject.read_text())["project"]["version"] == syncengine.__version__
+
+
 def test_help_texts():
     assert "handler" in syncengine.SyncEngine.__doc__
     for name in ("handle_message", "set_state", "sync", "create_backup", "dispose"):
         assert getattr(syncengine.SyncEngine, name).__doc__
     assert syncengine.Server.__doc__ and syncengine.SQLiteAdapter.__doc__ and syncengine.FileAdapter.__doc__
-    assert syncengine.__version__
+    assert syncengine.__version__ == "%d.%d.%d" % (
+        syncengine.version_number // 1000000,
+        syncengine.version_number // 1000 % 1000,
+        syncengine.version_number % 1000,
+    )
     assert json.loads(json.dumps(syncengine.Status.OK)) == 0
 
 

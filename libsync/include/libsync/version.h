@@ -9,9 +9,13 @@
 #include "libsync/common.h"
 
 #define SYNC_VERSION_MAJOR 0
-#define SYNC_VERSION_MINOR 1
+#define SYNC_VERSION_MINOR 2
 #define SYNC_VERSION_PATCH 0
-#define SYNC_VERSION_STRING "0.1.0"
+#define SYNC_VERSION_STR_(x) #x
+#define SYNC_VERSION_STR(x) SYNC_VERSION_STR_(x)
+#define SYNC_VERSION_STRING                                                                        \
+    SYNC_VERSION_STR(SYNC_VERSION_MAJOR)                                                           \
+    "." SYNC_VERSION_STR(SYNC_VERSION_MINOR) "." SYNC_VERSION_STR(SYNC_VERSION_PATCH)
 #define SYNC_SOVERSION 0
 
 /** Packs a version for compile-time comparisons: SYNC_VERSION_NUMBER >= SYNC_MAKE_VERSION(0,2,0).
@@ -26,7 +30,7 @@ extern "C" {
 
 /** Version of the library loaded at run time, as SYNC_MAKE_VERSION packs it. */
 SYNC_EXTERN int sync_version_number(void);
-/** Version string of the library loaded at run time ("0.1.0"); static, never freed. */
+/** Version string of the library loaded at run time ("0.2.0"); static, never freed. */
 SYNC_EXTERN const char *sync_version_string(void);
 
 #ifdef __cplusplus
