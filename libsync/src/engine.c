@@ -2,6 +2,7 @@
  * read-side of the state. The ordered work itself lives in engine_ops.c. */
 #include <limits.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,14 +166,27 @@ sync_frame *sync_engine_state_frame(sync_engine *engine, sync_frame_kind kind)
 
 /* ---- options and creation ------------------------------------------------------------------- */
 
+/* The bytes a caller's struct of that (known) version has: the fields after it do not exist. */
+static size_t options_size(unsigned int version)
+{
+    return version >= 2 ? sizeof(sync_engine_options)
+                        : offsetof(sync_engine_options, step_timeout_ms);
+}
+
 int sync_engine_options_init(sync_engine_options *opts, unsigned int version)
 {
     static const sync_engine_options defaults = SYNC_ENGINE_OPTIONS_INIT;
-    return sync_options_init(opts, &defaults, sizeof defaults, version, SYNC_ENGINE_OPTIONS_VERSION,
-                             "engine");
+    return sync_options_init(opts, &defaults, options_size(version), version,
+                             SYNC_ENGINE_OPTIONS_VERSION, "engine");
 }
 
-/* After the version check: the fields of version 1 (the only one so far). */
+/* A field of version 2 or later, read only when the caller's struct has it. */
+static int64_t option_step_timeout_ms(const sync_engine_options *opts)
+{
+    return opts->version >= 2 ? opts->step_timeout_ms : 0;
+}
+
+/* After the version check: the fields the caller's version has. */
 static const char *check_options(const sync_engine_options *opts)
 {
     if (opts->heartbeat_interval_ms < 0 || opts->ping_timeout_ms < 0 || opts->sync_interval_ms < 0)
@@ -185,6 +199,8 @@ static const char *check_options(const sync_engine_options *opts)
         return "unknown timer_mode";
     if (opts->hooks && opts->hooks->version != SYNC_HOOKS_VERSION)
         return "unknown hooks version";
+    if (option_step_timeout_ms(opts) < 0)
+        return "step_timeout_ms must not be negative";
     return NULL;
 }
 
@@ -258,6 +274,8 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
     engine->heartbeat_ms = opts->heartbeat_interval_ms;
     engine->ping_timeout_ms = opts->ping_timeout_ms;
     engine->sync_ms = opts->sync_interval_ms;
+    engine->step_timeout_ms = option_step_timeout_ms(opts);
+    engine->step_deadline_ms = -1;
     engine->log = opts->log;
     engine->log_userdata = opts->log_userdata;
     if (opts->hooks)
@@ -292,7 +310,7 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
             sync_fail(rc, "%s", saved_error); /* the engine still works, from initial state */
     }
     if (engine->timer_mode == SYNC_TIMERS_THREAD &&
-        (engine->heartbeat_ms > 0 || engine->sync_ms > 0)) {
+        (engine->heartbeat_ms > 0 || engine->sync_ms > 0 || engine->step_timeout_ms > 0)) {
         int rc = sync_engine_timers_start(engine);
         if (rc != SYNC_OK) {
             sync_engine_free(engine);

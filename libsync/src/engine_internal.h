@@ -146,6 +146,8 @@ struct sync_msg {
     int early_status;
     int resumed;
     int resume_status;
+    int timed_out; /* its step passed step_timeout_ms: dropped, waits for the late completion */
+    int orphaned;  /* outlived its op; holds an engine reference until sync_msg_complete() */
 };
 
 /* ---- the engine ----------------------------------------------------------------------------- */
@@ -181,6 +183,7 @@ struct sync_engine {
     int64_t heartbeat_ms;
     int64_t ping_timeout_ms;
     int64_t sync_ms;
+    int64_t step_timeout_ms;
     sync_log_cb log;
     void *log_userdata;
     sync_hooks hooks;
@@ -228,6 +231,7 @@ struct sync_engine {
     /* timers */
     int64_t next_heartbeat_ms;
     int64_t next_sync_ms;
+    int64_t step_deadline_ms; /* when the step awaiting its completion times out; -1 none */
     pthread_cond_t timer_cond;
     pthread_t timer_thread;
     int timer_started;
@@ -287,12 +291,18 @@ int sync_msg_run(sync_engine *engine, sync_op *op);
 /* Drops a message: counts it, reports it, and with reply_errors tells the sender. */
 int sync_msg_drop(sync_engine *engine, sync_conn *conn, int status, const char *context,
                   const char *detail);
+/* Frees the message, or keeps a timed-out one (and a reference on its engine) for the late
+ * sync_msg_complete() that frees it. */
 void sync_msg_free(sync_msg *msg);
+/* Fails the step awaiting its completion once step_deadline_ms passed (engine lock held). */
+void sync_msg_time_out(sync_engine *engine);
 
 /* engine_timers.c */
 int sync_engine_timers_start(sync_engine *engine);
 /* Stops the timer thread: joined when possible, detached when called from it. */
 void sync_engine_timers_stop(sync_engine *engine);
 void sync_engine_timers_join(sync_engine *engine);
+/* A deadline came closer: wakes whoever ticks the engine (its thread, the server, the embedder). */
+void sync_engine_timers_moved(sync_engine *engine);
 
 #endif

@@ -33,10 +33,8 @@ int sync_msg_drop(sync_engine *engine, sync_conn *conn, int status, const char *
     return status;
 }
 
-void sync_msg_free(sync_msg *msg)
+static void msg_release(sync_msg *msg)
 {
-    if (!msg)
-        return;
     cJSON_Delete(msg->message);
     cJSON_Delete(msg->working);
     cJSON_free(msg->message_json);
@@ -44,6 +42,24 @@ void sync_msg_free(sync_msg *msg)
     free(msg->error);
     free(msg->handler_type);
     free(msg);
+}
+
+void sync_msg_free(sync_msg *msg)
+{
+    if (!msg)
+        return;
+    if (!msg->timed_out) {
+        msg_release(msg);
+        return;
+    }
+    /* The step that timed out still holds `msg` and will complete it: keep it until then, with
+     * the engine it locks. Its connection went with the op. */
+    msg->orphaned = 1;
+    msg->op = NULL;
+    msg->conn = NULL;
+    cJSON_Delete(msg->working);
+    msg->working = NULL;
+    atomic_fetch_add(&msg->engine->refs, 1);
 }
 
 static const char *message_type(const cJSON *message)
@@ -66,7 +82,8 @@ static int step_failed(sync_engine *engine, sync_msg *msg, int status, int as_st
 {
     char detail[700];
     snprintf(detail, sizeof detail, "%s", msg->error ? msg->error : sync_strerror(status));
-    return sync_msg_drop(engine, msg->conn, as_status, context, detail);
+    return sync_msg_drop(engine, msg->conn, status == SYNC_ETIMEDOUT ? status : as_status, context,
+                         detail);
 }
 
 /* Calls one user step, noticing a completion that arrives before the step returns. */
@@ -80,6 +97,11 @@ static int call_step(sync_msg *msg, const step_entry *step)
     if (rc == SYNC_PENDING) {
         if (!msg->early) {
             msg->phase = PHASE_AWAITING;
+            sync_engine *engine = msg->engine;
+            if (engine->step_timeout_ms > 0) {
+                engine->step_deadline_ms = sync_now_ms() + engine->step_timeout_ms;
+                sync_engine_timers_moved(engine);
+            }
             return SYNC_PENDING;
         }
         rc = msg->early_status;
@@ -202,12 +224,21 @@ int sync_msg_complete(sync_msg *msg, int status)
         return sync_fail(SYNC_EINVAL, "sync_msg_complete: msg is NULL");
     sync_engine *engine = msg->engine;
     sync_engine_lock(engine);
+    if (msg->orphaned) {
+        msg_release(msg);
+        sync_engine_unref_later(engine);
+        sync_engine_unlock(engine);
+        return sync_fail(SYNC_ETIMEDOUT,
+                         "sync_msg_complete: the step had timed out (step_timeout_ms) and its "
+                         "message was dropped");
+    }
     if (status == SYNC_PENDING)
         status = SYNC_EHANDLER;
     if (msg->phase == PHASE_IN_CALL && !msg->early) {
         msg->early = 1;
         msg->early_status = status;
     } else if (msg->phase == PHASE_AWAITING) {
+        engine->step_deadline_ms = -1;
         msg->phase = PHASE_IDLE;
         msg->resumed = 1;
         msg->resume_status = status;
@@ -218,6 +249,39 @@ int sync_msg_complete(sync_msg *msg, int status)
     }
     sync_engine_unlock(engine);
     return SYNC_OK;
+}
+
+void sync_msg_time_out(sync_engine *engine)
+{
+    engine->step_deadline_ms = -1;
+    sync_msg *msg = engine->cur ? engine->cur->msg : NULL;
+    if (!msg || msg->phase != PHASE_AWAITING)
+        return;
+    char what[300];
+    if (msg->step == STEP_VALIDATOR)
+        snprintf(what, sizeof what, "the validator");
+    else if (msg->step == STEP_MIDDLEWARE)
+        snprintf(what, sizeof what, "middleware %zu", msg->mw_index);
+    else
+        snprintf(what, sizeof what, "the handler for \"%.200s\"", msg->handler_type);
+    char reason[400];
+    snprintf(reason, sizeof reason, "%s did not finish within step_timeout_ms (%lld ms)", what,
+             (long long)engine->step_timeout_ms);
+    free(msg->error);
+    msg->error = strdup(reason);
+    msg->timed_out = 1;
+    msg->phase = PHASE_IDLE;
+    msg->resumed = 1;
+    msg->resume_status = SYNC_ETIMEDOUT;
+    sync_op_continue(engine);
+}
+
+/* Calls through a message whose step timed out change nothing and answer nobody. */
+static int refuse_if_timed_out(const sync_msg *msg, const char *what)
+{
+    if (!msg->timed_out)
+        return SYNC_OK;
+    return sync_fail(SYNC_ETIMEDOUT, "%s: the step timed out and its message was dropped", what);
 }
 
 /* ---- what a step may call ------------------------------------------------------------------- */
@@ -261,6 +325,12 @@ int sync_msg_replace(sync_msg *msg, cJSON *message)
         return sync_fail(SYNC_EINVAL, "sync_msg_replace: msg and message are required");
     }
     sync_engine_lock(msg->engine);
+    int rc = refuse_if_timed_out(msg, "sync_msg_replace");
+    if (rc != SYNC_OK) {
+        sync_engine_unlock(msg->engine);
+        cJSON_Delete(message);
+        return rc;
+    }
     if (message != msg->message) {
         cJSON_Delete(msg->message);
         msg->message = message;
@@ -315,6 +385,10 @@ cJSON *sync_msg_state_mut(sync_msg *msg)
     if (!msg)
         return NULL;
     sync_engine_lock(msg->engine);
+    if (refuse_if_timed_out(msg, "sync_msg_state_mut") != SYNC_OK) {
+        sync_engine_unlock(msg->engine);
+        return NULL;
+    }
     if (msg->step != STEP_HANDLER) {
         sync_engine_unlock(msg->engine);
         sync_fail(SYNC_ESTATE, "sync_msg_state_mut: only a handler may change the state");
@@ -334,10 +408,13 @@ int sync_msg_set_state(sync_msg *msg, cJSON *state)
         return sync_fail(SYNC_EINVAL, "sync_msg_set_state: msg and state are required");
     }
     sync_engine_lock(msg->engine);
-    if (msg->step != STEP_HANDLER) {
+    int rc = refuse_if_timed_out(msg, "sync_msg_set_state");
+    if (rc == SYNC_OK && msg->step != STEP_HANDLER)
+        rc = sync_fail(SYNC_ESTATE, "sync_msg_set_state: only a handler may change the state");
+    if (rc != SYNC_OK) {
         sync_engine_unlock(msg->engine);
         cJSON_Delete(state);
-        return sync_fail(SYNC_ESTATE, "sync_msg_set_state: only a handler may change the state");
+        return rc;
     }
     if (state != msg->working) {
         cJSON_Delete(msg->working);
@@ -362,13 +439,18 @@ int sync_msg_reply(sync_msg *msg, const char *text, size_t len)
 {
     if (!msg || (!text && len))
         return sync_fail(SYNC_EINVAL, "sync_msg_reply: msg and text are required");
-    if (!msg->conn)
-        return SYNC_OK;
-    sync_frame *frame = sync_frame_new_text(SYNC_FRAME_TEXT, text ? text : "", len);
-    if (!frame)
-        return sync_fail(SYNC_ENOMEM, "out of memory copying a %zu-byte reply", len);
     sync_engine_lock(msg->engine);
-    int rc = sync_engine_send(msg->engine, msg->conn, frame, "reply");
+    int rc = refuse_if_timed_out(msg, "sync_msg_reply");
+    if (rc != SYNC_OK || !msg->conn) {
+        sync_engine_unlock(msg->engine);
+        return rc;
+    }
+    sync_frame *frame = sync_frame_new_text(SYNC_FRAME_TEXT, text ? text : "", len);
+    if (!frame) {
+        sync_engine_unlock(msg->engine);
+        return sync_fail(SYNC_ENOMEM, "out of memory copying a %zu-byte reply", len);
+    }
+    rc = sync_engine_send(msg->engine, msg->conn, frame, "reply");
     sync_engine_unlock(msg->engine);
     sync_frame_unref(frame);
     return rc;

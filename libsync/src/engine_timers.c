@@ -1,5 +1,6 @@
-/* Heartbeat and sync interval: run by the embedder (tick/next_deadline), by the server, or by a
- * thread of the engine's own that sleeps on a condition variable until the next deadline. */
+/* Heartbeat, sync interval and step timeout: run by the embedder (tick/next_deadline), by the
+ * server, or by a thread of the engine's own that sleeps on a condition variable until the next
+ * deadline. */
 #include <errno.h>
 #include <stdlib.h>
 #include <time.h>
@@ -7,15 +8,19 @@
 #include "engine_internal.h"
 #include "error.h"
 
-static int64_t next_deadline(const sync_engine *engine)
+static int64_t earliest(int64_t a, int64_t b)
 {
-    int64_t a = engine->next_heartbeat_ms;
-    int64_t b = engine->next_sync_ms;
     if (a < 0)
         return b;
     if (b < 0)
         return a;
     return a < b ? a : b;
+}
+
+static int64_t next_deadline(const sync_engine *engine)
+{
+    return earliest(earliest(engine->next_heartbeat_ms, engine->next_sync_ms),
+                    engine->step_deadline_ms);
 }
 
 static void heartbeat(sync_engine *engine, int64_t now)
@@ -60,7 +65,9 @@ static int tick_locked(sync_engine *engine, int64_t now)
 {
     int64_t before = next_deadline(engine);
     int rc = SYNC_OK;
-    if (engine->next_heartbeat_ms >= 0 && now >= engine->next_heartbeat_ms) {
+    if (engine->step_deadline_ms >= 0 && now >= engine->step_deadline_ms)
+        sync_msg_time_out(engine);
+    if (!engine->disposed && engine->next_heartbeat_ms >= 0 && now >= engine->next_heartbeat_ms) {
         engine->next_heartbeat_ms = advance(engine->next_heartbeat_ms, engine->heartbeat_ms, now);
         heartbeat(engine, now);
     }
@@ -126,6 +133,14 @@ static void *timer_main(void *arg)
     /* The thread's own reference: the engine may be freed before a detached thread ends. */
     sync_engine_unref(engine);
     return NULL;
+}
+
+void sync_engine_timers_moved(sync_engine *engine)
+{
+    if (engine->timer_mode == SYNC_TIMERS_THREAD)
+        pthread_cond_broadcast(&engine->timer_cond);
+    else
+        sync_engine_notify_deadline(engine);
 }
 
 int sync_engine_timers_start(sync_engine *engine)

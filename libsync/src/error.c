@@ -101,6 +101,8 @@ const char *sync_strerror(int status)
         return "limit reached";
     case SYNC_EUNSUPPORTED:
         return "not supported";
+    case SYNC_ETIMEDOUT:
+        return "timed out";
     default:
         return "unknown status";
     }

@@ -39,23 +39,24 @@ typedef enum sync_status {
     /** Accepted; the work completes later (a completion call, or queued behind another
      *  operation of the same engine that is still running). Not an error. */
     SYNC_PENDING = 1,
-    SYNC_EINVAL = -1,       /**< invalid argument (NULL handle, bad option value, bad name) */
-    SYNC_ENOMEM = -2,       /**< out of memory */
-    SYNC_EPARSE = -3,       /**< text is not valid UTF-8 or not valid JSON */
-    SYNC_EMESSAGE = -4,     /**< valid JSON but not a message (not an object, no string "type") */
-    SYNC_ETOOBIG = -5,      /**< over a size limit (message bytes, state bytes) */
-    SYNC_ETOODEEP = -6,     /**< JSON nested deeper than the configured limit */
-    SYNC_ENOHANDLER = -7,   /**< no handler registered for the message type */
-    SYNC_EREJECTED = -8,    /**< the validator or a middleware refused the message */
-    SYNC_EHANDLER = -9,     /**< a handler (or other user callback) failed */
-    SYNC_EIO = -10,         /**< persistence I/O failed (unreadable, read-only, disk full) */
-    SYNC_ECORRUPT = -11,    /**< a store exists but cannot be parsed; it was kept aside */
-    SYNC_ECLOSED = -12,     /**< the connection, engine or server is closed or disposed */
-    SYNC_ESTATE = -13,      /**< the call is not valid in the current state of the object */
-    SYNC_ESEND = -14,       /**< a transport failed to send a frame */
-    SYNC_ENET = -15,        /**< network setup failed (bind, listen, TLS context) */
-    SYNC_ELIMIT = -16,      /**< a configured limit was reached (connections, rate, buffer) */
-    SYNC_EUNSUPPORTED = -17 /**< the operation is not supported (e.g. adapter without backup) */
+    SYNC_EINVAL = -1,        /**< invalid argument (NULL handle, bad option value, bad name) */
+    SYNC_ENOMEM = -2,        /**< out of memory */
+    SYNC_EPARSE = -3,        /**< text is not valid UTF-8 or not valid JSON */
+    SYNC_EMESSAGE = -4,      /**< valid JSON but not a message (not an object, no string "type") */
+    SYNC_ETOOBIG = -5,       /**< over a size limit (message bytes, state bytes) */
+    SYNC_ETOODEEP = -6,      /**< JSON nested deeper than the configured limit */
+    SYNC_ENOHANDLER = -7,    /**< no handler registered for the message type */
+    SYNC_EREJECTED = -8,     /**< the validator or a middleware refused the message */
+    SYNC_EHANDLER = -9,      /**< a handler (or other user callback) failed */
+    SYNC_EIO = -10,          /**< persistence I/O failed (unreadable, read-only, disk full) */
+    SYNC_ECORRUPT = -11,     /**< a store exists but cannot be parsed; it was kept aside */
+    SYNC_ECLOSED = -12,      /**< the connection, engine or server is closed or disposed */
+    SYNC_ESTATE = -13,       /**< the call is not valid in the current state of the object */
+    SYNC_ESEND = -14,        /**< a transport failed to send a frame */
+    SYNC_ENET = -15,         /**< network setup failed (bind, listen, TLS context) */
+    SYNC_ELIMIT = -16,       /**< a configured limit was reached (connections, rate, buffer) */
+    SYNC_EUNSUPPORTED = -17, /**< the operation is not supported (e.g. adapter without backup) */
+    SYNC_ETIMEDOUT = -18     /**< a step did not finish within its time limit (step_timeout_ms) */
 } sync_status;
 
 /** Fixed English text for a status code; never NULL, never freed. */

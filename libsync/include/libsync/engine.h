@@ -104,7 +104,7 @@ typedef enum sync_persist_mode {
     SYNC_PERSIST_MANUAL = 2
 } sync_persist_mode;
 
-/** Who runs the heartbeat and sync-interval timers. */
+/** Who runs the heartbeat, sync-interval and step-timeout timers. */
 typedef enum sync_timer_mode {
     /** The embedder calls sync_engine_tick() when sync_engine_next_deadline_ms() is due (or
      *  the built-in server does, when the engine is mounted on it). No hidden thread. */
@@ -114,7 +114,7 @@ typedef enum sync_timer_mode {
     SYNC_TIMERS_THREAD = 1
 } sync_timer_mode;
 
-#define SYNC_ENGINE_OPTIONS_VERSION 1
+#define SYNC_ENGINE_OPTIONS_VERSION 2
 
 typedef struct sync_engine_options {
     /** Must be SYNC_ENGINE_OPTIONS_VERSION (set by SYNC_ENGINE_OPTIONS_INIT). */
@@ -155,12 +155,22 @@ typedef struct sync_engine_options {
     /** Hooks in place from the start, so a failing load() at creation reaches on_error (copied;
      *  NULL = none; their free_userdata runs with the engine, or when sync_engine_new fails). */
     const sync_hooks *hooks;
+    /* ---- version 2 ---- */
+    /** Longest a validator, middleware or handler that returned SYNC_PENDING may take before
+     *  its sync_msg_complete(). After it the step fails with SYNC_ETIMEDOUT: the message is
+     *  dropped and reported like a failed step (its changes rolled back) and the messages behind
+     *  it run. The late sync_msg_complete() then returns SYNC_ETIMEDOUT and frees the message;
+     *  until it comes the message keeps a reference on the engine. Timed by the same clock as
+     *  the heartbeat (sync_engine_tick(), the server, or the engine's timer thread). Adapter calls
+     *  are not timed out: a save abandoned here could still land after a newer one.
+     *  0 = never (the original waits for ever). */
+    int64_t step_timeout_ms;
 } sync_engine_options;
 
 #define SYNC_ENGINE_OPTIONS_INIT                                                                   \
     {                                                                                              \
         SYNC_ENGINE_OPTIONS_VERSION, NULL, 1, NULL, 0, 0, 0, SYNC_PERSIST_ON_CHANGE,               \
-            SYNC_TIMERS_MANUAL, 0, 0, 0, 0, 0, NULL, NULL, NULL                                    \
+            SYNC_TIMERS_MANUAL, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0                                 \
     }
 
 /** Fills `opts` with the defaults of SYNC_ENGINE_OPTIONS_INIT. `version` must be
@@ -273,7 +283,10 @@ SYNC_EXTERN int sync_msg_set_error(sync_msg *msg, const char *reason);
  * Finishes a step that returned SYNC_PENDING. `status` is what the step would have returned
  * (SYNC_OK or a negative status). Call exactly once, from any thread; the rest of the pipeline
  * (and the queued work behind it) then runs on the calling thread before this returns.
- * After this call `msg` must not be used. Returns SYNC_EINVAL when msg is not pending.
+ * After this call `msg` must not be used. Returns SYNC_EINVAL when msg is not pending, and
+ * SYNC_ETIMEDOUT when the step had already timed out (step_timeout_ms): the message was dropped
+ * then, and is freed now. Until then, calls that would change the state or answer through a
+ * timed-out message fail with SYNC_ETIMEDOUT.
  */
 SYNC_EXTERN int sync_msg_complete(sync_msg *msg, int status);
 
@@ -386,8 +399,10 @@ SYNC_EXTERN int sync_engine_when_idle(sync_engine *engine, sync_done_cb done, vo
 /* Timers                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
 
-/** Runs the heartbeat and sync interval when they are due at `now_ms` (sync_now_ms() clock;
- *  pass -1 for "now"). Safe to call early or often: does only what is due. */
+/** Runs the heartbeat, the sync interval and the step timeout when they are due at `now_ms`
+ *  (sync_now_ms() clock; pass -1 for "now"). Safe to call early or often: does only what is
+ *  due. With step_timeout_ms set, a call that returned SYNC_PENDING may have brought the next
+ *  deadline closer: ask sync_engine_next_deadline_ms() again after it. */
 SYNC_EXTERN int sync_engine_tick(sync_engine *engine, int64_t now_ms);
 /** The sync_now_ms() time at which the next timer is due, or -1 when no timer is set. */
 SYNC_EXTERN int64_t sync_engine_next_deadline_ms(sync_engine *engine);
