@@ -22,6 +22,7 @@
 %constant int SYNC_ENET = SYNC_ENET;
 %constant int SYNC_ELIMIT = SYNC_ELIMIT;
 %constant int SYNC_EUNSUPPORTED = SYNC_EUNSUPPORTED;
+%constant int SYNC_ETIMEDOUT = SYNC_ETIMEDOUT;
 
 const char *sync_strerror(int status);
 const char *sync_error_last(void);

@@ -88,6 +88,10 @@ export interface SyncEngineConfig<
   enableVersioning?: boolean;
   /** Save through the adapter every interval. 0 = off. */
   syncIntervalMs?: number;
+  /** Longest a handler, validator or middleware promise may stay pending; after it the message is
+   *  dropped with an ETIMEDOUT error (onError, state rolled back) and the queue moves on. The late
+   *  settlement is ignored, and setState after it throws. 0 = never (the default). */
+  stepTimeoutMs?: number;
 }
 
 /** SyncEngine.stats(): the engine's counters (libsync's sync_engine_stats). */
@@ -274,7 +278,8 @@ export const Status: Readonly<
     | 'ESEND'
     | 'ENET'
     | 'ELIMIT'
-    | 'EUNSUPPORTED',
+    | 'EUNSUPPORTED'
+    | 'ETIMEDOUT',
     number
   >
 >;

@@ -287,6 +287,7 @@ class SyncEngine {
     this._outstanding = 0; // JS promises the C side still waits for
     this._mounts = 0;
     this._timer = null;
+    this._stepTimeoutMs = config.stepTimeoutMs ?? 0;
     this._disposed = false;
     this._engine = null;
     this._sink = native.jsb_sink_new((ev, slot, a, b, c, d, e) =>
@@ -324,6 +325,7 @@ class SyncEngine {
         ms(config.heartbeatIntervalMs, 'heartbeatIntervalMs'),
         ms(config.pingTimeoutMs, 'pingTimeoutMs'),
         ms(config.syncIntervalMs, 'syncIntervalMs'),
+        ms(config.stepTimeoutMs, 'stepTimeoutMs'),
         config.debug ? 1 : 0,
         hookMask,
       );
@@ -512,7 +514,13 @@ class SyncEngine {
   }
 
   async _settle(rc) {
-    if (rc === PENDING) await this._whenIdle();
+    if (rc !== PENDING) return;
+    if (!(this._stepTimeoutMs > 0)) return this._whenIdle();
+    // A step left pending may have brought the step timeout's deadline closer than the timer;
+    // while the caller waits, that timer alone may be what ends the wait: it keeps Node alive.
+    this._armTimer(true);
+    await this._whenIdle();
+    this._armTimer();
   }
 
   _whenIdle() {
@@ -550,7 +558,9 @@ class SyncEngine {
     native.jsb_sink_release(this._sink);
   }
 
-  _armTimer() {
+  _armTimer(keepAlive = false) {
+    if (this._timer) clearTimeout(this._timer);
+    this._timer = null;
     if (!this._engine || this._disposed) return;
     const due = Number(native.sync_engine_next_deadline_ms(this._engine));
     if (due < 0) return;
@@ -559,9 +569,9 @@ class SyncEngine {
       this._timer = null;
       if (!this._engine || this._disposed) return;
       native.sync_engine_tick(this._engine, -1);
-      this._armTimer();
+      this._armTimer(keepAlive);
     }, delay);
-    this._timer.unref();
+    if (!keepAlive) this._timer.unref();
   }
 
   // -- events from C --

@@ -776,7 +776,8 @@ enum {
 static sync_engine *jsb_engine_new(jsb_sink *sink, const char *initial_state_json,
                                    int enable_versioning, sync_adapter *adapter,
                                    double heartbeat_ms, double ping_timeout_ms,
-                                   double sync_interval_ms, int debug, int hook_mask)
+                                   double sync_interval_ms, double step_timeout_ms, int debug,
+                                   int hook_mask)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.initial_state_json = initial_state_json;
@@ -785,6 +786,7 @@ static sync_engine *jsb_engine_new(jsb_sink *sink, const char *initial_state_jso
     opts.heartbeat_interval_ms = (int64_t)heartbeat_ms;
     opts.ping_timeout_ms = (int64_t)ping_timeout_ms;
     opts.sync_interval_ms = (int64_t)sync_interval_ms;
+    opts.step_timeout_ms = (int64_t)step_timeout_ms;
     opts.timer_mode = SYNC_TIMERS_MANUAL;
     opts.debug = debug;
     sync_hooks hooks = SYNC_HOOKS_INIT;
@@ -1121,7 +1123,8 @@ void jsb_keepalive(int delta);
 
 sync_engine *jsb_engine_new(jsb_sink *sink, const char *initial_state_json, int enable_versioning,
                             sync_adapter *adapter, double heartbeat_ms, double ping_timeout_ms,
-                            double sync_interval_ms, int debug, int hook_mask);
+                            double sync_interval_ms, double step_timeout_ms, int debug,
+                            int hook_mask);
 int jsb_engine_step(sync_engine *engine, int kind, const char *type, jsb_sink *sink, double slot);
 int sync_engine_off(sync_engine *engine, const char *type);
 int sync_engine_dispose(sync_engine *engine);

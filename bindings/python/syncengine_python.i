@@ -481,7 +481,7 @@ void sync_server_free(sync_server *server);
 static sync_engine *pysync_engine_new(const char *initial_state_json, int enable_versioning,
                                       sync_adapter *adapter, long long heartbeat_interval_ms,
                                       long long ping_timeout_ms, long long sync_interval_ms,
-                                      int persist_mode, int timers_thread, int auto_broadcast,
+                                      long long step_timeout_ms, int persist_mode, int timers_thread, int auto_broadcast,
                                       int reply_errors, size_t max_message_bytes,
                                       int max_json_depth, int debug, PyObject *log,
                                       PyObject *dispatch, int hook_mask)
@@ -494,6 +494,7 @@ static sync_engine *pysync_engine_new(const char *initial_state_json, int enable
     opts.heartbeat_interval_ms = heartbeat_interval_ms;
     opts.ping_timeout_ms = ping_timeout_ms;
     opts.sync_interval_ms = sync_interval_ms;
+    opts.step_timeout_ms = step_timeout_ms;
     opts.persist_mode = (sync_persist_mode)persist_mode;
     opts.timer_mode = timers_thread ? SYNC_TIMERS_THREAD : SYNC_TIMERS_MANUAL;
     opts.auto_broadcast = auto_broadcast;

@@ -104,6 +104,69 @@ def test_async_handlers_apply_in_arrival_order(make_engine):
     assert len(errors) == 1 and "async boom" in errors[0][0] and errors[0][1] == "handler:fail"
 
 
+def test_a_stuck_async_handler_is_given_up_after_step_timeout_ms(make_engine):
+    """Over a real socket: the stuck handler's change is rolled back, its sender gets an error
+    frame, the async handler queued behind it runs (on the loop, although the timeout fired on the
+    engine's thread), and the stuck one's late set_state is refused."""
+    late = []
+    errors = []
+    release = None
+
+    async def stuck(conn, message, get_state, set_state):
+        set_state({"counter": 99})
+        await release.wait()
+        try:
+            set_state({"counter": 98})
+        except syncengine.SyncError as exc:
+            late.append(exc.status)
+
+    async def add(conn, message, get_state, set_state):
+        await asyncio.sleep(0)
+        set_state({"counter": get_state()["counter"] + message["amount"]})
+
+    engine = make_engine(initial_state={"counter": 0}, handlers={"stuck": stuck, "add": add},
+                         step_timeout_ms=150, reply_errors=True,
+                         hooks={"on_error": lambda err, ctx: errors.append((err.status, ctx))})
+
+    async def handler(websocket):
+        conn = syncengine.AsyncioConnection(websocket)
+        engine.handle_open(conn)
+        try:
+            async for raw in websocket:
+                engine.handle_message(conn, raw)
+                engine.broadcast_state()
+        finally:
+            engine.handle_close(conn)
+
+    async def main():
+        nonlocal release
+        release = asyncio.Event()
+        async with websockets.serve(handler, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with websockets.connect(f"ws://127.0.0.1:{port}") as ws:
+                assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "initial_state"
+                await ws.send(msg("stuck"))
+                await ws.send(msg("add", amount=3))
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert frame["type"] == "error" and frame["context"] == "handler:stuck"
+                assert "step_timeout_ms (150 ms)" in frame["error"]
+                for _ in range(300):
+                    if engine.get_state() == {"counter": 3}:
+                        break
+                    await asyncio.sleep(0.01)
+                assert engine.get_state() == {"counter": 3}
+                release.set()
+                for _ in range(100):
+                    if late:
+                        break
+                    await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert errors == [(syncengine.Status.ETIMEDOUT, "handler:stuck")]
+    assert late == [syncengine.Status.ETIMEDOUT]
+    assert engine.get_state() == {"counter": 3} and engine.get_version() == 1
+
+
 def test_frames_from_many_threads_arrive_in_engine_order(make_engine):
     engine = make_engine(initial_state={"counter": 0}, handlers={"increment": increment})
 

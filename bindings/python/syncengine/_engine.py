@@ -199,8 +199,13 @@ class SyncEngine:
     ``validate(message) -> message`` runs first on every parsed message and raises to refuse
     it; pydantic models and dataclasses it returns are turned back into plain data.
 
-    With ``heartbeat_interval_ms`` or ``sync_interval_ms`` the engine runs its timers on a
-    thread of its own. Every method may be called from any thread. ``debug=True`` logs every
+    ``step_timeout_ms``: an ``async def`` handler still running after this long is given up: the
+    message is dropped with ``Status.ETIMEDOUT`` (``on_error``, state rolled back) and the
+    messages behind it run; its ``set_state`` raises from then on and its result is ignored.
+    0 (the default) waits for ever, like the original.
+
+    With ``heartbeat_interval_ms``, ``sync_interval_ms`` or ``step_timeout_ms`` the engine runs its
+    timers on a thread of its own. Every method may be called from any thread. ``debug=True`` logs every
     step (to stderr, or to ``logger``, a :class:`logging.Logger`, when given); errors without an
     ``on_error`` hook are logged the same way.
     """
@@ -224,6 +229,7 @@ class SyncEngine:
         reply_errors: bool = False,
         max_message_bytes: int = 0,
         max_json_depth: int = 0,
+        step_timeout_ms: int = 0,
         logger: logging.Logger | None = None,
     ) -> None:
         from ._adapters import native_adapter
@@ -235,6 +241,9 @@ class SyncEngine:
         self._bridges: dict[int, _ConnBridge] = {}  # sync_conn_id -> bridge
         self._server_conns: dict[int, Any] = {}
         self._pending = threading.local()
+        # the event loop async def handlers last ran on: where one started on a thread without a
+        # loop of its own (the engine's timer thread, after a step timeout) runs
+        self._async_loop: asyncio.AbstractEventLoop | None = None
         self._hooks: dict[str, Callable[..., Any]] = {}
         for name, fn in (hooks or {}).items():
             if name not in _HOOK_BITS:
@@ -249,6 +258,7 @@ class SyncEngine:
             ("heartbeat_interval_ms", heartbeat_interval_ms),
             ("ping_timeout_ms", ping_timeout_ms),
             ("sync_interval_ms", sync_interval_ms),
+            ("step_timeout_ms", step_timeout_ms),
         ):
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0")
@@ -267,8 +277,9 @@ class SyncEngine:
             int(heartbeat_interval_ms),
             int(ping_timeout_ms),
             int(sync_interval_ms),
+            int(step_timeout_ms),
             _PERSIST_MODES[persist_mode],
-            1 if (heartbeat_interval_ms or sync_interval_ms) else 0,
+            1 if (heartbeat_interval_ms or sync_interval_ms or step_timeout_ms) else 0,
             1 if auto_broadcast else 0,
             1 if reply_errors else 0,
             int(max_message_bytes),
@@ -591,17 +602,23 @@ def _make_handler(ref: Callable[[], SyncEngine | None], fn: Handler) -> Callable
 
 
 def _finish_later(engine: SyncEngine, msg: Any, awaitable: Any, live: list) -> None:
-    """An async def handler: runs on the event loop of the thread that called handle_message; the
-    engine queues every later message of this engine until it completes (sync_msg_complete)."""
+    """An async def handler: runs on the event loop of the thread that called handle_message (from
+    a thread without one, on the loop async handlers last ran on); the engine queues every later
+    message of this engine until it completes (sync_msg_complete)."""
     try:
         loop = asyncio.get_running_loop()
+        engine._async_loop = loop
+        on_this_thread = True
     except RuntimeError:
-        if inspect.iscoroutine(awaitable):
-            awaitable.close()
-        raise TypeError(
-            "an async def handler needs a running asyncio event loop on the thread that calls "
-            "handle_message (the built-in server's thread has none): define it with def"
-        ) from None
+        loop = engine._async_loop
+        on_this_thread = False
+        if loop is None or loop.is_closed() or not loop.is_running():
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            raise TypeError(
+                "an async def handler needs a running asyncio event loop on the thread that calls "
+                "handle_message (the built-in server's thread has none): define it with def"
+            ) from None
 
     async def finish() -> None:
         # `engine` is held strongly here: the C engine must outlive the pending message.
@@ -616,12 +633,17 @@ def _finish_later(engine: SyncEngine, msg: Any, awaitable: Any, live: list) -> N
             status = Status.EHANDLER
         finally:
             live[0] = False
-        native.sync_msg_complete(msg, status)
+        if native.sync_msg_complete(msg, status) == Status.ETIMEDOUT:
+            # dropped at step_timeout_ms and reported then: nothing reads what was noted since
+            engine._pending.text = None
         if interrupt is not None:
             raise interrupt
         _resume(None)
 
-    loop.create_task(finish())
+    if on_this_thread:
+        loop.create_task(finish())
+    else:
+        asyncio.run_coroutine_threadsafe(finish(), loop)
 
 
 def _make_transform(ref: Callable[[], SyncEngine | None], fn: Callable[[Any], Any]) -> Callable[[Any], int]:

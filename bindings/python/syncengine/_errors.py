@@ -29,6 +29,7 @@ class Status(enum.IntEnum):
     ENET = -15
     ELIMIT = -16
     EUNSUPPORTED = -17
+    ETIMEDOUT = -18
 
     @classmethod
     def of(cls, value: int) -> "Status | int":
