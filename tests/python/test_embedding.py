@@ -12,8 +12,8 @@ import syncengine
 from conftest import increment, msg
 
 
-def test_engine_inside_a_websockets_server(make_engine):
-    engine = make_engine(initial_state={"counter": 0}, handlers={"increment": increment})
+def websocket_handler(engine):
+    """The `websockets` connection handler of the README: every message, then a broadcast."""
 
     async def handler(websocket):
         conn = syncengine.AsyncioConnection(websocket)
@@ -24,6 +24,14 @@ def test_engine_inside_a_websockets_server(make_engine):
                 engine.broadcast_state()
         finally:
             engine.handle_close(conn)
+
+    return handler
+
+
+def test_engine_inside_a_websockets_server(make_engine):
+    engine = make_engine(initial_state={"counter": 0}, handlers={"increment": increment})
+
+    handler = websocket_handler(engine)
 
     async def recv_until(ws, predicate):
         while True:
@@ -128,15 +136,7 @@ def test_a_stuck_async_handler_is_given_up_after_step_timeout_ms(make_engine):
                          step_timeout_ms=150, reply_errors=True,
                          hooks={"on_error": lambda err, ctx: errors.append((err.status, ctx))})
 
-    async def handler(websocket):
-        conn = syncengine.AsyncioConnection(websocket)
-        engine.handle_open(conn)
-        try:
-            async for raw in websocket:
-                engine.handle_message(conn, raw)
-                engine.broadcast_state()
-        finally:
-            engine.handle_close(conn)
+    handler = websocket_handler(engine)
 
     async def main():
         nonlocal release
@@ -170,15 +170,7 @@ def test_a_stuck_async_handler_is_given_up_after_step_timeout_ms(make_engine):
 def test_frames_from_many_threads_arrive_in_engine_order(make_engine):
     engine = make_engine(initial_state={"counter": 0}, handlers={"increment": increment})
 
-    async def handler(websocket):
-        conn = syncengine.AsyncioConnection(websocket)
-        engine.handle_open(conn)
-        try:
-            async for raw in websocket:
-                engine.handle_message(conn, raw)
-                engine.broadcast_state()
-        finally:
-            engine.handle_close(conn)
+    handler = websocket_handler(engine)
 
     async def main():
         async with websockets.serve(handler, "127.0.0.1", 0) as server:
