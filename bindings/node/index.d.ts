@@ -92,6 +92,20 @@ export interface SyncEngineConfig<
    *  dropped with an ETIMEDOUT error (onError, state rolled back) and the queue moves on. The late
    *  settlement is ignored, and setState after it throws. 0 = never (the default). */
   stepTimeoutMs?: number;
+  /** When changes are saved: 'onChange' (default, the original's: each change before it is
+   *  broadcast), 'beforeSend' (group commit: once per version about to be sent, before any client
+   *  gets it), 'manual' (only sync(), syncIntervalMs and dispose). */
+  persistMode?: 'onChange' | 'beforeSend' | 'manual';
+  /** Every change is broadcast on its own (coalesced: a client may skip intermediate versions,
+   *  never the latest). Default false: only broadcastState() and setState(s, true), as the
+   *  original. */
+  autoBroadcast?: boolean;
+  /** A dropped message is answered with {"type":"error","error","context"} to its sender. */
+  replyErrors?: boolean;
+  /** Largest accepted message in bytes (ETOOBIG beyond). 0 = 1 MiB. */
+  maxMessageBytes?: number;
+  /** Deepest accepted nesting of a message (ETOODEEP beyond). 0 = 64. */
+  maxJsonDepth?: number;
 }
 
 /** SyncEngine.stats(): the engine's counters (libsync's sync_engine_stats). */

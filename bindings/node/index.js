@@ -34,6 +34,23 @@ const Status = Object.freeze(
   ),
 );
 
+/** persistMode names (libsync's sync_persist_mode). */
+const PERSIST_MODES = Object.freeze({ onChange: 0, beforeSend: 1, manual: 2 });
+
+function persistModeOf(name = 'onChange') {
+  if (!Object.hasOwn(PERSIST_MODES, name))
+    throw new TypeError(
+      `SyncEngine: persistMode must be one of ${Object.keys(PERSIST_MODES).join(', ')}`,
+    );
+  return PERSIST_MODES[name];
+}
+
+function depthOf(depth = 0) {
+  if (!Number.isInteger(depth) || depth < 0 || depth > 2147483647)
+    throw new TypeError('SyncEngine: maxJsonDepth must be an integer >= 0');
+  return depth;
+}
+
 class SyncError extends Error {
   constructor(status, message, context) {
     super(message || native.sync_strerror(status));
@@ -326,6 +343,11 @@ class SyncEngine {
         ms(config.pingTimeoutMs, 'pingTimeoutMs'),
         ms(config.syncIntervalMs, 'syncIntervalMs'),
         ms(config.stepTimeoutMs, 'stepTimeoutMs'),
+        persistModeOf(config.persistMode),
+        config.autoBroadcast ? 1 : 0,
+        config.replyErrors ? 1 : 0,
+        ms(config.maxMessageBytes, 'maxMessageBytes'),
+        depthOf(config.maxJsonDepth),
         config.debug ? 1 : 0,
         hookMask,
       );

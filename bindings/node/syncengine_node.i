@@ -776,7 +776,9 @@ enum {
 static sync_engine *jsb_engine_new(jsb_sink *sink, const char *initial_state_json,
                                    int enable_versioning, sync_adapter *adapter,
                                    double heartbeat_ms, double ping_timeout_ms,
-                                   double sync_interval_ms, double step_timeout_ms, int debug,
+                                   double sync_interval_ms, double step_timeout_ms,
+                                   int persist_mode, int auto_broadcast, int reply_errors,
+                                   double max_message_bytes, int max_json_depth, int debug,
                                    int hook_mask)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
@@ -787,6 +789,11 @@ static sync_engine *jsb_engine_new(jsb_sink *sink, const char *initial_state_jso
     opts.ping_timeout_ms = (int64_t)ping_timeout_ms;
     opts.sync_interval_ms = (int64_t)sync_interval_ms;
     opts.step_timeout_ms = (int64_t)step_timeout_ms;
+    opts.persist_mode = (sync_persist_mode)persist_mode;
+    opts.auto_broadcast = auto_broadcast;
+    opts.reply_errors = reply_errors;
+    opts.max_message_bytes = (size_t)max_message_bytes;
+    opts.max_json_depth = max_json_depth;
     opts.timer_mode = SYNC_TIMERS_MANUAL;
     opts.debug = debug;
     sync_hooks hooks = SYNC_HOOKS_INIT;
@@ -1123,8 +1130,9 @@ void jsb_keepalive(int delta);
 
 sync_engine *jsb_engine_new(jsb_sink *sink, const char *initial_state_json, int enable_versioning,
                             sync_adapter *adapter, double heartbeat_ms, double ping_timeout_ms,
-                            double sync_interval_ms, double step_timeout_ms, int debug,
-                            int hook_mask);
+                            double sync_interval_ms, double step_timeout_ms, int persist_mode,
+                            int auto_broadcast, int reply_errors, double max_message_bytes,
+                            int max_json_depth, int debug, int hook_mask);
 int jsb_engine_step(sync_engine *engine, int kind, const char *type, jsb_sink *sink, double slot);
 int sync_engine_off(sync_engine *engine, const char *type);
 int sync_engine_dispose(sync_engine *engine);
