@@ -1,10 +1,11 @@
 /*
  * libFuzzer target: the message path. The input is split at '\n' into up to 32 raw frames, each
  * handed to sync_engine_handle_message() of a fresh engine (validator, two middlewares, handlers
- * of every kind: changes, replace, reply, failure, rollback, and a step that finishes later), from
- * two push connections. Invariants checked on every run: every frame the engine sends is JSON,
- * state versions only grow, a dropped message leaves state and version untouched, and the engine
- * ends consistent (the state it serves parses, its version equals the applied changes).
+ * of every kind: changes, replace, reply, failure, rollback, and a step that finishes later or is
+ * given up at its step timeout), from two push connections. Invariants checked on every run: every
+ * frame the engine sends is JSON, state versions only grow, a dropped message leaves state and
+ * version untouched, and the engine ends consistent (the state it serves parses, its version equals
+ * the applied changes).
  */
 #include <libsync/libsync.h>
 
@@ -162,6 +163,25 @@ static void on_error(sync_engine *engine, int status, const char *message, const
         fail("an error report without a status, message or context", message, 0);
 }
 
+/* Lets the pending step's deadline pass: the messages queued behind it run (counted in
+ * `applied`), and the step's late calls and completion are refused without changing anything. */
+static void give_up(sync_engine *engine, sync_msg *m, int64_t *applied)
+{
+    int64_t due = sync_engine_next_deadline_ms(engine);
+    if (due < 0)
+        fail("a pending step has no deadline", NULL, 0);
+    int64_t v0 = sync_engine_get_version(engine);
+    sync_engine_tick(engine, due);
+    int64_t v1 = sync_engine_get_version(engine);
+    *applied += v1 - v0;
+    if (sync_msg_set_state_json(m, "{\"late\":1}") != SYNC_ETIMEDOUT ||
+        sync_msg_reply(m, "late", 4) != SYNC_ETIMEDOUT ||
+        sync_msg_complete(m, SYNC_OK) != SYNC_ETIMEDOUT)
+        fail("a timed-out step was not refused", NULL, 0);
+    if (sync_engine_get_version(engine) != v1)
+        fail("a timed-out step changed the version", NULL, 0);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     sync_hooks hooks = SYNC_HOOKS_INIT;
@@ -171,6 +191,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     eo.reply_errors = 1;
     eo.max_message_bytes = 4096;
     eo.max_json_depth = 16;
+    eo.step_timeout_ms = 1000; /* never reached by the clock: the tick below jumps to it */
     eo.hooks = &hooks;
     sync_engine *engine = NULL;
     if (sync_engine_new(&engine, &eo) != SYNC_OK)
@@ -213,7 +234,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             sync_free(after);
         }
         sync_free(before_state);
-        if (g_pending && (n % 3 == 2 || !nl)) {
+        if (g_pending && n % 5 == 4) {
+            sync_msg *m = g_pending;
+            g_pending = NULL;
+            give_up(engine, m, &applied);
+        } else if (g_pending && (n % 3 == 2 || !nl)) {
             sync_msg *m = g_pending;
             g_pending = NULL;
             int64_t v0 = sync_engine_get_version(engine);
