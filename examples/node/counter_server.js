@@ -2,7 +2,7 @@
 // The quick start in Node: a shared counter served with the live page of examples/web.
 //
 //   node examples/node/counter_server.js [--port 3000] [--host 127.0.0.1] [--state counter.sqlite]
-//                                        [--pad BYTES] [--token SECRET]
+//                                        [--pad BYTES] [--token SECRET] [--step-timeout-ms MS]
 //
 // Open http://127.0.0.1:3000/ in a few tabs and click: every tab shows the same counter. With
 // --token, only clients that bring it (?token=SECRET on the page, which passes it on, or an
@@ -25,6 +25,8 @@ const { values: args } = parseArgs({
     // adds a "blob" of BYTES 'x' characters to the initial state (benchmark scenario D)
     pad: { type: 'string', default: '0' },
     token: { type: 'string' },
+    // an async handler that never settles would hold every later message back: give up on it
+    'step-timeout-ms': { type: 'string', default: '5000' },
   },
 });
 
@@ -44,6 +46,12 @@ const incrementHandler = {
   },
 };
 
+const stepTimeoutMs = Number(args['step-timeout-ms']);
+if (!Number.isInteger(stepTimeoutMs) || stepTimeoutMs < 0) {
+  console.error(`counter_server: --step-timeout-ms must be 0 (never) or more`);
+  process.exit(2);
+}
+
 const engine = new SyncEngine({
   initialState: padBytes > 0 ? { counter: 0, blob: 'x'.repeat(padBytes) } : { counter: 0 },
   messageHandlers: [incrementHandler],
@@ -56,6 +64,7 @@ const engine = new SyncEngine({
   enableVersioning: true,
   heartbeatIntervalMs: 30000,
   pingTimeoutMs: 90000,
+  stepTimeoutMs,
   debug: args.debug,
   hooks: { onError: (error, context) => console.error(`error in ${context}: ${error.message}`) },
 });

@@ -276,6 +276,7 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
     engine->sync_ms = opts->sync_interval_ms;
     engine->step_timeout_ms = option_step_timeout_ms(opts);
     engine->step_deadline_ms = -1;
+    engine->ticker_deadline_ms = -1;
     engine->log = opts->log;
     engine->log_userdata = opts->log_userdata;
     if (opts->hooks)
@@ -654,6 +655,8 @@ void sync_engine_remove_listener(sync_engine *engine, void *userdata)
         if (engine->listeners[i].userdata != userdata)
             continue;
         engine->listeners[i] = engine->listeners[--engine->listener_count];
+        /* it may have been the one waiting on the ticker deadline: the next step tells everyone */
+        engine->ticker_deadline_ms = -1;
         break;
     }
     sync_engine_unlock(engine);

@@ -232,6 +232,9 @@ struct sync_engine {
     int64_t next_heartbeat_ms;
     int64_t next_sync_ms;
     int64_t step_deadline_ms; /* when the step awaiting its completion times out; -1 none */
+    /* The deadline whoever ticks the engine last asked for and waits on (-1: none): a step
+     * deadline later than it needs no wake-up, the tick at it finds the next one. */
+    int64_t ticker_deadline_ms;
     pthread_cond_t timer_cond;
     pthread_t timer_thread;
     int timer_started;

@@ -99,8 +99,11 @@ static int call_step(sync_msg *msg, const step_entry *step)
             msg->phase = PHASE_AWAITING;
             sync_engine *engine = msg->engine;
             if (engine->step_timeout_ms > 0) {
-                engine->step_deadline_ms = sync_now_ms() + engine->step_timeout_ms;
-                sync_engine_timers_moved(engine);
+                int64_t deadline = sync_now_ms() + engine->step_timeout_ms;
+                engine->step_deadline_ms = deadline;
+                /* one wake-up per message would cost a busy server dearly; most need none */
+                if (engine->ticker_deadline_ms < 0 || engine->ticker_deadline_ms > deadline)
+                    sync_engine_timers_moved(engine);
             }
             return SYNC_PENDING;
         }

@@ -102,6 +102,7 @@ int64_t sync_engine_next_deadline_ms(sync_engine *engine)
         return -1;
     sync_engine_lock(engine);
     int64_t deadline = engine->disposed ? -1 : next_deadline(engine);
+    engine->ticker_deadline_ms = deadline;
     sync_engine_unlock(engine);
     return deadline;
 }
@@ -114,6 +115,7 @@ static void *timer_main(void *arg)
     sync_engine_lock(engine);
     while (!engine->timer_stop) {
         int64_t deadline = next_deadline(engine);
+        engine->ticker_deadline_ms = deadline;
         int64_t now = sync_now_ms();
         if (deadline >= 0 && now >= deadline) {
             tick_locked(engine, now);

@@ -206,6 +206,36 @@ static void engine_thread_times_out_by_itself(void)
     sync_engine_free(e);
 }
 
+/* A step armed while the ticker already waits on an earlier deadline wakes nobody: the tick at the
+ * earlier deadline finds the later one. It must still time out, on the engine's thread and on the
+ * server's (through its listener). */
+static void later_deadline_found_by_the_earlier_tick(void)
+{
+    for (int on_server = 0; on_server < 2; on_server++) {
+        hook_log log = {0};
+        sync_engine *e = new_engine(120, on_server ? SYNC_TIMERS_MANUAL : SYNC_TIMERS_THREAD, &log);
+        REQUIRE(e);
+        sync_server *server = on_server ? fixture_server(NULL, "/", e) : NULL;
+        REQUIRE(!on_server || server);
+        sync_msg *first = inject_slow(e);
+        REQUIRE(first);
+        sleep_ms(60); /* the ticker waits on the first deadline */
+        CHECK_EQ_INT(sync_msg_complete(first, SYNC_OK), SYNC_OK);
+        int64_t started = sync_now_ms();
+        sync_msg *second = inject_slow(e); /* its deadline comes after the one waited on */
+        REQUIRE(second);
+        for (int i = 0; i < 300 && atomic_load(&log.errors) == 0; i++)
+            sleep_ms(10);
+        CHECK_EQ_INT(log.errors, 1);
+        CHECK_EQ_INT(log.last_error_status, SYNC_ETIMEDOUT);
+        CHECK(sync_now_ms() - started >= 120);
+        CHECK_EQ_INT(sync_msg_complete(second, SYNC_OK), SYNC_ETIMEDOUT);
+        CHECK(counter_value(e) == 99); /* the first one's change, applied in time */
+        sync_server_free(server);
+        sync_engine_free(e);
+    }
+}
+
 typedef struct racer {
     sync_msg *msg;
     int delay_ms;
@@ -315,6 +345,7 @@ int main(void)
     RUN(validator_times_out_as_rejected_in_time);
     RUN(late_completion_after_the_engine_was_freed);
     RUN(engine_thread_times_out_by_itself);
+    RUN(later_deadline_found_by_the_earlier_tick);
     RUN(completions_racing_the_deadline);
     RUN(options_of_version_1_and_bad_values);
     RUN(server_times_out_a_stuck_handler);
