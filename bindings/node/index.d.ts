@@ -116,6 +116,8 @@ export interface EngineStats {
   messagesApplied: number;
   messagesDropped: number;
   handlerErrors: number;
+  /** Steps given up at stepTimeoutMs. */
+  stepsTimedOut: number;
   framesOut: number;
   bytesOut: number;
   /** Times the state was serialised: once per version broadcast, however many clients. */

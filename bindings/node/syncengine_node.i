@@ -1051,14 +1051,16 @@ static char *jsb_engine_stats_json(sync_engine *engine)
              "{\"stateVersion\":%lld,\"connections\":%llu,\"messagesIn\":%llu,"
              "\"messagesApplied\":%llu,\"messagesDropped\":%llu,\"handlerErrors\":%llu,"
              "\"framesOut\":%llu,\"bytesOut\":%llu,\"serialisations\":%llu,\"saves\":%llu,"
-             "\"saveErrors\":%llu,\"lastSaveUs\":%llu,\"totalSaveUs\":%llu,\"stateBytes\":%llu}",
+             "\"saveErrors\":%llu,\"lastSaveUs\":%llu,\"totalSaveUs\":%llu,\"stateBytes\":%llu,"
+             "\"stepsTimedOut\":%llu}",
              (long long)s.state_version, (unsigned long long)s.connections,
              (unsigned long long)s.messages_in, (unsigned long long)s.messages_applied,
              (unsigned long long)s.messages_dropped, (unsigned long long)s.handler_errors,
              (unsigned long long)s.frames_out, (unsigned long long)s.bytes_out,
              (unsigned long long)s.serialisations, (unsigned long long)s.saves,
              (unsigned long long)s.save_errors, (unsigned long long)s.last_save_us,
-             (unsigned long long)s.total_save_us, (unsigned long long)s.state_bytes);
+             (unsigned long long)s.total_save_us, (unsigned long long)s.state_bytes,
+             (unsigned long long)s.steps_timed_out);
     return json;
 }
 

@@ -562,7 +562,7 @@ static PyObject *pysync_engine_stats(sync_engine *engine)
     Py_BEGIN_ALLOW_THREADS status = sync_engine_get_stats(engine, &s);
     Py_END_ALLOW_THREADS if (status < 0) Py_RETURN_NONE;
     return Py_BuildValue(
-        "{sLsKsKsKsKsKsKsKsKsKsKsKsKsn}", "state_version", (long long)s.state_version,
+        "{sLsKsKsKsKsKsKsKsKsKsKsKsKsnsK}", "state_version", (long long)s.state_version,
         "connections", (unsigned long long)s.connections, "messages_in",
         (unsigned long long)s.messages_in, "messages_applied",
         (unsigned long long)s.messages_applied, "messages_dropped",
@@ -572,7 +572,7 @@ static PyObject *pysync_engine_stats(sync_engine *engine)
         (unsigned long long)s.serialisations, "saves", (unsigned long long)s.saves, "save_errors",
         (unsigned long long)s.save_errors, "last_save_us", (unsigned long long)s.last_save_us,
         "total_save_us", (unsigned long long)s.total_save_us, "state_bytes",
-        (Py_ssize_t)s.state_bytes);
+        (Py_ssize_t)s.state_bytes, "steps_timed_out", (unsigned long long)s.steps_timed_out);
 }
 
 /* A connection whose transport is the Python object `bridge` (methods send(text) -> status and

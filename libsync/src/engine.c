@@ -607,15 +607,17 @@ int sync_engine_get_stats(sync_engine *engine, sync_engine_stats *out)
 {
     if (!engine || !out)
         return sync_fail(SYNC_EINVAL, "sync_engine_get_stats: engine and out are required");
-    if (out->version != SYNC_ENGINE_STATS_VERSION)
-        return sync_fail(SYNC_EINVAL, "sync_engine_get_stats: unknown stats version %u",
-                         out->version);
+    unsigned int version = out->version;
+    if (version == 0 || version > SYNC_ENGINE_STATS_VERSION)
+        return sync_fail(SYNC_EINVAL, "sync_engine_get_stats: unknown stats version %u", version);
     sync_engine_lock(engine);
-    *out = engine->stats;
-    out->version = SYNC_ENGINE_STATS_VERSION;
-    out->state_version = atomic_load(&engine->version);
-    out->connections = atomic_load(&engine->conn_count);
+    sync_engine_stats stats = engine->stats;
     sync_engine_unlock(engine);
+    stats.version = version;
+    stats.state_version = atomic_load(&engine->version);
+    stats.connections = atomic_load(&engine->conn_count);
+    /* a caller built against an older version has only that version's fields */
+    memcpy(out, &stats, version >= 2 ? sizeof stats : offsetof(sync_engine_stats, steps_timed_out));
     return SYNC_OK;
 }
 

@@ -273,6 +273,7 @@ void sync_msg_time_out(sync_engine *engine)
     free(msg->error);
     msg->error = strdup(reason);
     msg->timed_out = 1;
+    engine->stats.steps_timed_out++;
     msg->phase = PHASE_IDLE;
     msg->resumed = 1;
     msg->resume_status = SYNC_ETIMEDOUT;

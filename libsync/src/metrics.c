@@ -98,6 +98,8 @@ static const engine_metric engine_metrics[] = {
      STAT(messages_dropped), SAMPLE_COUNT},
     {"libsync_handler_errors_total", "counter", "Handler failures.", STAT(handler_errors),
      SAMPLE_COUNT},
+    {"libsync_steps_timed_out_total", "counter", "Steps given up at step_timeout_ms.",
+     STAT(steps_timed_out), SAMPLE_COUNT},
     {"libsync_frames_out_total", "counter", "Frames handed to transports.", STAT(frames_out),
      SAMPLE_COUNT},
     {"libsync_bytes_out_total", "counter", "Bytes of frames handed to transports.", STAT(bytes_out),

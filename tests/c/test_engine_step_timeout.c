@@ -136,6 +136,21 @@ static void ticked_timeout_drops_the_step_and_runs_the_next(void)
     CHECK(counter_value(e) == 5);
     CHECK_EQ_INT(sync_engine_get_version(e), 1);
 
+    sync_engine_stats stats = {.version = SYNC_ENGINE_STATS_VERSION};
+    REQUIRE(sync_engine_get_stats(e, &stats) == SYNC_OK);
+    CHECK_EQ_INT((int)stats.steps_timed_out, 1);
+    CHECK_EQ_INT((int)stats.messages_dropped, 1);
+    CHECK_EQ_INT((int)stats.messages_applied, 1);
+    /* a caller built against stats version 1: the bytes after its struct are not its own */
+    sync_engine_stats old;
+    memset(&old, 0xA5, sizeof old);
+    old.version = 1;
+    REQUIRE(sync_engine_get_stats(e, &old) == SYNC_OK);
+    CHECK_EQ_INT((int)old.messages_dropped, 1);
+    CHECK(((const unsigned char *)&old)[offsetof(sync_engine_stats, steps_timed_out)] == 0xA5);
+    old.version = SYNC_ENGINE_STATS_VERSION + 1;
+    CHECK_EQ_INT(sync_engine_get_stats(e, &old), SYNC_EINVAL);
+
     sync_engine_free(e);
     fake_conn_release(fake);
 }
@@ -333,6 +348,8 @@ static void server_times_out_a_stuck_handler(void)
     sync_msg *msg = take_parked(1000);
     REQUIRE(msg);
     CHECK_EQ_INT(sync_msg_complete(msg, SYNC_OK), SYNC_ETIMEDOUT);
+    CHECK_EQ_INT(
+        fixture_metric(sync_server_port(server), "libsync_steps_timed_out_total{path=\"/\"}"), 1);
     ws_client_free(c);
     sync_server_free(server);
     sync_engine_free(e);

@@ -68,6 +68,7 @@ test('a handler that never settles is dropped with ETIMEDOUT; the next message a
   assert.deepEqual(late, ['ETIMEDOUT']);
   await engine.handleMessage(ws, JSON.stringify({ type: 'increment', amount: 1 }));
   assert.deepEqual(engine.getState(), { counter: 5 }); // the late settlement changed nothing
+  assert.equal(engine.stats().stepsTimedOut, 1);
   assert.equal(Status.ETIMEDOUT, -18);
 });
 

@@ -165,6 +165,7 @@ def test_a_stuck_async_handler_is_given_up_after_step_timeout_ms(make_engine):
     assert errors == [(syncengine.Status.ETIMEDOUT, "handler:stuck")]
     assert late == [syncengine.Status.ETIMEDOUT]
     assert engine.get_state() == {"counter": 3} and engine.get_version() == 1
+    assert engine.stats()["steps_timed_out"] == 1
 
 
 def test_frames_from_many_threads_arrive_in_engine_order(make_engine):

@@ -414,10 +414,12 @@ SYNC_EXTERN int sync_engine_set_hooks(sync_engine *engine, const sync_hooks *hoo
 /* Statistics (for /metrics and monitoring)                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
-#define SYNC_ENGINE_STATS_VERSION 1
+#define SYNC_ENGINE_STATS_VERSION 2
 
 typedef struct sync_engine_stats {
-    unsigned int version;      /**< set by the caller to SYNC_ENGINE_STATS_VERSION */
+    /** Set by the caller: SYNC_ENGINE_STATS_VERSION, or an older version, whose fields alone are
+     *  written. */
+    unsigned int version;
     int64_t state_version;     /**< current version */
     uint64_t connections;      /**< open connections */
     uint64_t messages_in;      /**< messages received (pong included) */
@@ -432,6 +434,8 @@ typedef struct sync_engine_stats {
     uint64_t last_save_us;     /**< duration of the last save, microseconds */
     uint64_t total_save_us;    /**< sum of all save durations, microseconds */
     size_t state_bytes;        /**< size of the state as compact JSON at the last serialisation */
+    /* ---- version 2 ---- */
+    uint64_t steps_timed_out; /**< steps given up at step_timeout_ms (each also a drop) */
 } sync_engine_stats;
 
 SYNC_EXTERN int sync_engine_get_stats(sync_engine *engine, sync_engine_stats *out);

@@ -23,7 +23,8 @@ sync_server *fixture_server(const sync_server_options *opts, const char *path, s
  * `identity_json` (the text the auth callback attached). */
 void fixture_expect_joined(ws_client *c, const char *identity_json);
 
-/* The value of one /metrics sample without labels ("libsync_server_connections"), or -1. */
+/* The value of one /metrics sample, named with its labels as printed ("libsync_server_connections",
+ * "libsync_messages_in_total{path=\"/\"}"), or -1. */
 long long fixture_metric(int port, const char *name);
 
 /* The server's open connections once they reach `want` (a close is processed a little after the
