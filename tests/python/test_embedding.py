@@ -112,6 +112,45 @@ def test_async_handlers_apply_in_arrival_order(make_engine):
     assert len(errors) == 1 and "async boom" in errors[0][0] and errors[0][1] == "handler:fail"
 
 
+def test_async_validator_and_middleware_hold_the_queue(make_engine):
+    """async def validators and middleware finish later like async handlers: what they return
+    replaces the message, a raise refuses it, and the messages behind wait, in order."""
+    seen = []
+
+    async def validate(message):
+        await asyncio.sleep(0.02 if message.get("slow") else 0)
+        if message.get("amount", 0) < 0:
+            raise ValueError("negative")
+        return message
+
+    async def double(message):
+        await asyncio.sleep(0)
+        return {**message, "amount": message["amount"] * 2}
+
+    def record(conn, message, get_state, set_state):
+        seen.append(message["amount"])
+        set_state({"counter": get_state()["counter"] + message["amount"]})
+
+    errors = []
+    engine = make_engine(initial_state={"counter": 0}, handlers={"add": record}, validate=validate,
+                         middleware=[double],
+                         hooks={"on_error": lambda err, ctx: errors.append((err.status, ctx, str(err)))})
+
+    async def main():
+        statuses = [engine.inject(msg("add", amount=a, slow=a == 1)) for a in (1, -5, 3)]
+        assert statuses[0] == syncengine.Status.PENDING
+        for _ in range(300):
+            if engine.get_version() == 2 and errors:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert seen == [2, 6]
+    assert engine.get_state() == {"counter": 8}
+    assert [(status, ctx) for status, ctx, _ in errors] == [(syncengine.Status.EREJECTED, "validateMessage")]
+    assert "negative" in errors[0][2]
+
+
 def test_a_stuck_async_handler_is_given_up_after_step_timeout_ms(make_engine):
     """Over a real socket: the stuck handler's change is rolled back, its sender gets an error
     frame, the async handler queued behind it runs (on the loop, although the timeout fired on the

@@ -601,10 +601,18 @@ def _make_handler(ref: Callable[[], SyncEngine | None], fn: Handler) -> Callable
     return step
 
 
-def _finish_later(engine: SyncEngine, msg: Any, awaitable: Any, live: list) -> None:
-    """An async def handler: runs on the event loop of the thread that called handle_message (from
-    a thread without one, on the loop async handlers last ran on); the engine queues every later
-    message of this engine until it completes (sync_msg_complete)."""
+def _finish_later(
+    engine: SyncEngine,
+    msg: Any,
+    awaitable: Any,
+    live: list,
+    settle: Callable[[Any], int] = lambda result: Status.OK,
+    failure: int = Status.EHANDLER,
+) -> None:
+    """An async def step: runs on the event loop of the thread that called handle_message (from
+    a thread without one, on the loop async steps last ran on); the engine queues every later
+    message of this engine until it completes (sync_msg_complete) with settle(its result), or
+    with `failure` when it raises."""
     try:
         loop = asyncio.get_running_loop()
         engine._async_loop = loop
@@ -616,8 +624,9 @@ def _finish_later(engine: SyncEngine, msg: Any, awaitable: Any, live: list) -> N
             if inspect.iscoroutine(awaitable):
                 awaitable.close()
             raise TypeError(
-                "an async def handler needs a running asyncio event loop on the thread that calls "
-                "handle_message (the built-in server's thread has none): define it with def"
+                "an async def handler, validator or middleware needs a running asyncio event loop "
+                "on the thread that calls handle_message (the built-in server's thread has none): "
+                "define it with def"
             ) from None
 
     async def finish() -> None:
@@ -625,12 +634,12 @@ def _finish_later(engine: SyncEngine, msg: Any, awaitable: Any, live: list) -> N
         status = Status.OK
         interrupt: BaseException | None = None
         try:
-            await awaitable
+            status = settle(await awaitable)
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 interrupt = exc
             native.sync_msg_set_error(msg, _note_error(weakref.ref(engine)))
-            status = Status.EHANDLER
+            status = failure
         finally:
             live[0] = False
         if native.sync_msg_complete(msg, status) == Status.ETIMEDOUT:
@@ -646,8 +655,18 @@ def _finish_later(engine: SyncEngine, msg: Any, awaitable: Any, live: list) -> N
         asyncio.run_coroutine_threadsafe(finish(), loop)
 
 
+def _replace_message(msg: Any, text: str, result: Any) -> int:
+    """What a validator or middleware returned becomes the message (None keeps it)."""
+    if result is not None:
+        new_text = dumps(result)
+        if new_text != text:
+            check(native.sync_msg_replace_json(msg, new_text))
+    return Status.OK
+
+
 def _make_transform(ref: Callable[[], SyncEngine | None], fn: Callable[[Any], Any]) -> Callable[[Any], int]:
-    """A validator or middleware: fn(message) -> message (None keeps it), raises to refuse."""
+    """A validator or middleware: fn(message) -> message (None keeps it), raises to refuse; an
+    async def one holds the engine's queue until it finishes, like an async handler."""
 
     def step(msg: Any) -> int:
         engine = ref()
@@ -658,11 +677,14 @@ def _make_transform(ref: Callable[[], SyncEngine | None], fn: Callable[[Any], An
             try:
                 text = native.sync_msg_message_json(msg)
                 result = fn(_loads(text))
-                if result is not None:
-                    new_text = dumps(result)
-                    if new_text != text:
-                        check(native.sync_msg_replace_json(msg, new_text))
-                return Status.OK
+                if inspect.isawaitable(result):
+
+                    def settle(value: Any) -> int:
+                        return _replace_message(msg, text, value)
+
+                    _finish_later(engine, msg, result, [True], settle, Status.EREJECTED)
+                    return Status.PENDING
+                return _replace_message(msg, text, result)
             except BaseException as exc:
                 _defer_interrupt(exc)
                 native.sync_msg_set_error(msg, _note_error(ref))
