@@ -193,13 +193,16 @@ struct server_held_msg {
 
 static void free_held(server_conn *c)
 {
-    while (c->held_head) {
-        struct server_held_msg *next = c->held_head->next;
-        free(c->held_head);
-        c->held_head = next;
+    server_auth_wait *w = c->auth;
+    if (!w)
+        return;
+    while (w->held_head) {
+        struct server_held_msg *next = w->held_head->next;
+        free(w->held_head);
+        w->held_head = next;
     }
-    c->held_tail = NULL;
-    c->held_bytes = 0;
+    w->held_tail = NULL;
+    w->held_bytes = 0;
 }
 
 static void op_free(void *userdata)
@@ -210,8 +213,11 @@ static void op_free(void *userdata)
         sync_frame_unref(frame);
     free(c->rx_buf);
     free(c->identity);
-    free(c->auth_identity);
-    free_held(c);
+    if (c->auth) {
+        free(c->auth->identity);
+        free_held(c);
+        free(c->auth);
+    }
     free(c);
 }
 
@@ -243,7 +249,8 @@ server_conn *server_conn_new(sync_server *server, server_engine *eng, char *iden
 static void stop_waiting_for_auth(server_conn *c)
 {
     server_auth_forget(c);
-    lws_sul_cancel(&c->auth_timer);
+    if (c->auth)
+        lws_sul_cancel(&c->auth->timer);
 }
 
 void server_conn_abandon(server_conn *c)
@@ -279,8 +286,8 @@ static void close_soon(server_conn *c, int code);
 
 static void auth_timed_out(lws_sorted_usec_list_t *sul)
 {
-    server_conn *c = lws_container_of(sul, server_conn, auth_timer);
-    close_soon(c, SERVER_CLOSE_AUTH_BASE + 408);
+    server_auth_wait *w = lws_container_of(sul, server_auth_wait, timer);
+    close_soon(w->conn, SERVER_CLOSE_AUTH_BASE + 408);
 }
 
 int server_conn_established(server_conn *c, struct lws *wsi)
@@ -288,11 +295,11 @@ int server_conn_established(server_conn *c, struct lws *wsi)
     sync_server *s = c->server;
     pthread_mutex_lock(&s->lock);
     c->wsi = wsi;
-    bool decided = c->auth_decision != SERVER_AUTH_UNDECIDED;
+    bool decided = c->auth && c->auth->decision != SERVER_AUTH_UNDECIDED;
     pthread_mutex_unlock(&s->lock);
     if (!c->auth_waiting)
         return join_engine(c); /* on failure still owned by the wsi: WSI_DESTROY abandons it */
-    lws_sul_schedule(lws_get_context(wsi), 0, &c->auth_timer, auth_timed_out,
+    lws_sul_schedule(lws_get_context(wsi), 0, &c->auth->timer, auth_timed_out,
                      (lws_usec_t)s->auth_timeout_ms * LWS_US_PER_MS);
     if (decided)
         lws_callback_on_writable(wsi);
@@ -303,9 +310,9 @@ void server_conn_auth_decided_locked(server_conn *c, int status, char *identity)
 {
     sync_server *s = c->server;
     pthread_mutex_lock(&s->lock);
-    c->auth_decision = status;
-    free(c->auth_identity);
-    c->auth_identity = identity;
+    c->auth->decision = status;
+    free(c->auth->identity);
+    c->auth->identity = identity;
     bool wake = request_write_locked(c);
     pthread_mutex_unlock(&s->lock);
     if (wake)
@@ -375,8 +382,9 @@ static void close_soon(server_conn *c, int code)
 static void hold(server_conn *c, const char *text, size_t len)
 {
     sync_server *s = c->server;
+    server_auth_wait *w = c->auth;
     struct server_held_msg *m = NULL;
-    if (c->held_bytes + len <= s->max_message_bytes)
+    if (w->held_bytes + len <= s->max_message_bytes)
         m = malloc(sizeof *m + len);
     if (!m) {
         free_held(c);
@@ -386,12 +394,12 @@ static void hold(server_conn *c, const char *text, size_t len)
     m->next = NULL;
     m->len = len;
     memcpy(m->text, text, len);
-    if (c->held_tail)
-        c->held_tail->next = m;
+    if (w->held_tail)
+        w->held_tail->next = m;
     else
-        c->held_head = m;
-    c->held_tail = m;
-    c->held_bytes += len;
+        w->held_head = m;
+    w->held_tail = m;
+    w->held_bytes += len;
 }
 
 static void deliver(server_conn *c, const char *text, size_t len)
@@ -474,9 +482,10 @@ static bool is_state_frame(const sync_frame *frame)
 /* The messages held during a deferred auth, in the order they came, once it accepted. */
 static void deliver_held(server_conn *c)
 {
-    struct server_held_msg *m = c->held_head;
-    c->held_head = c->held_tail = NULL;
-    c->held_bytes = 0;
+    server_auth_wait *w = c->auth;
+    struct server_held_msg *m = w->held_head;
+    w->held_head = w->held_tail = NULL;
+    w->held_bytes = 0;
     while (m) {
         struct server_held_msg *next = m->next;
         deliver(c, m->text, m->len);
@@ -493,18 +502,18 @@ static int serve_auth_wait(server_conn *c)
     sync_server *s = c->server;
     pthread_mutex_lock(&s->lock);
     int close_code = c->close_pending ? c->close_code : 0;
-    int status = c->auth_decision;
+    int status = c->auth->decision;
     char *identity = NULL;
     if (!close_code && status != SERVER_AUTH_UNDECIDED) {
-        identity = c->auth_identity;
-        c->auth_identity = NULL;
+        identity = c->auth->identity;
+        c->auth->identity = NULL;
     }
     pthread_mutex_unlock(&s->lock);
     if (close_code)
         return close_now(c->wsi, (enum lws_close_status)close_code, "");
     if (status == SERVER_AUTH_UNDECIDED)
         return s->stopping ? close_now(c->wsi, LWS_CLOSE_STATUS_GOINGAWAY, "server stopping") : 0;
-    lws_sul_cancel(&c->auth_timer);
+    lws_sul_cancel(&c->auth->timer);
     c->auth_waiting = false;
     if (status != 0) {
         free(identity);

@@ -126,6 +126,18 @@ struct sync_server {
     uint64_t closed_too_big;
 };
 
+/* What a connection waiting for a deferred auth decision needs; only those connections have it. */
+typedef struct server_auth_wait {
+    server_conn *conn;
+    sync_request *request;             /* under the auth lock: the request still undecided */
+    int decision;                      /* under server->lock: SERVER_AUTH_UNDECIDED or a status */
+    char *identity;                    /* under server->lock: the identity that came with it */
+    struct server_held_msg *held_head; /* service thread: messages sent before the decision */
+    struct server_held_msg *held_tail;
+    size_t held_bytes;
+    lws_sorted_usec_list_t timer; /* service thread: auth_timeout_ms */
+} server_auth_wait;
+
 /* One WebSocket connection; the userdata of its sync_conn, freed with the last reference. */
 struct server_conn {
     int kind; /* SERVER_WSI_WS */
@@ -136,14 +148,9 @@ struct server_conn {
 
     /* A deferred auth decision (sync_request_defer): until it is applied the connection is
      * upgraded but not joined (c->conn is NULL), and what the client sends is held. */
-    bool auth_waiting;                 /* service thread */
-    sync_request *auth_request;        /* under the auth lock: the request still undecided */
-    int auth_decision;                 /* under server->lock: SERVER_AUTH_UNDECIDED or a status */
-    char *auth_identity;               /* under server->lock: the identity that came with it */
-    struct server_held_msg *held_head; /* service thread: messages sent before the decision */
-    struct server_held_msg *held_tail;
-    size_t held_bytes;
-    lws_sorted_usec_list_t auth_timer; /* service thread: auth_timeout_ms */
+    bool auth_waiting;      /* service thread */
+    server_auth_wait *auth; /* set once by the upgrade, freed with the connection; NULL when the
+                               auth answered at once (most connections: they pay 8 bytes) */
 
     /* Under server->lock: */
     struct lws *wsi; /* NULL once closed */

@@ -182,7 +182,7 @@ int sync_request_complete(sync_request *req, int status)
     }
     server_conn *c = req->conn;
     if (c) {
-        c->auth_request = NULL;
+        c->auth->request = NULL;
         server_conn_auth_decided_locked(c, status, status == 0 ? req->identity : NULL);
         if (status == 0)
             req->identity = NULL;
@@ -198,9 +198,9 @@ int sync_request_complete(sync_request *req, int status)
 void server_auth_forget(server_conn *c)
 {
     pthread_mutex_lock(&server_auth_lock);
-    if (c->auth_request) {
-        c->auth_request->conn = NULL;
-        c->auth_request = NULL;
+    if (c->auth && c->auth->request) {
+        c->auth->request->conn = NULL;
+        c->auth->request = NULL;
     }
     pthread_mutex_unlock(&server_auth_lock);
 }
@@ -293,15 +293,21 @@ static int run_auth(sync_server *server, struct lws *wsi, const char *path, char
 }
 
 /* Ties a deferred request to the connection that waits for it (NULL when it could not be made:
- * a later sync_request_complete() then says ECLOSED). */
-static void link_deferred(sync_request *req, server_conn *c)
+ * a later sync_request_complete() then says ECLOSED). -1 when the connection could not be given
+ * its waiting state: the request is then treated as if it had none. */
+static int link_deferred(sync_request *req, server_conn *c)
 {
+    server_auth_wait *wait = c ? calloc(1, sizeof *wait) : NULL;
+    if (!wait)
+        c = NULL;
     pthread_mutex_lock(&server_auth_lock);
     req->linked = true;
     bool decided = req->decided;
     if (c) {
+        wait->conn = c;
+        wait->decision = SERVER_AUTH_UNDECIDED;
+        c->auth = wait;
         c->auth_waiting = true;
-        c->auth_decision = SERVER_AUTH_UNDECIDED;
         if (decided) {
             /* came from another thread before the connection existed: applied once established */
             server_conn_auth_decided_locked(c, req->decision,
@@ -310,12 +316,13 @@ static void link_deferred(sync_request *req, server_conn *c)
                 req->identity = NULL;
         } else {
             req->conn = c;
-            c->auth_request = req;
+            wait->request = req;
         }
     }
     pthread_mutex_unlock(&server_auth_lock);
     if (decided)
         request_free(req);
+    return c ? 0 : -1;
 }
 
 int server_upgrade_check(sync_server *server, struct lws *wsi)
@@ -345,8 +352,10 @@ int server_upgrade_check(sync_server *server, struct lws *wsi)
             link_deferred(deferred, NULL);
         return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
     }
-    if (deferred)
-        link_deferred(deferred, c);
+    if (deferred && link_deferred(deferred, c) != 0) {
+        server_conn_abandon(c);
+        return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
+    }
     lws_set_opaque_user_data(wsi, c);
     return 0;
 }
