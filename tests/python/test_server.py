@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -132,6 +133,43 @@ def test_handler_exception_through_the_server(served, recorder):
         frame = recv_until(ws, lambda f: f.get("type") == "state_update")
         assert frame["data"] == {"counter": 1}
     assert any("ZeroDivisionError" in str(err) for err, _ in recorder.errors())
+
+
+def test_async_steps_behind_the_server_run_on_the_engines_async_loop(make_engine):
+    """With SyncEngine(async_loop=...), async def handlers and validators work behind the built-in
+    server: they run on that loop, in arrival order, and their changes reach the client."""
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    on_loop = []
+
+    async def slow_add(conn, message, get_state, set_state):
+        await asyncio.sleep(0.01)
+        on_loop.append(threading.current_thread() is runner)
+        set_state({"counter": get_state()["counter"] * 10 + message["amount"]})
+
+    async def validate(message):
+        await asyncio.sleep(0)
+        return message
+
+    try:
+        engine = make_engine(initial_state={"counter": 0}, handlers={"add": slow_add},
+                             validate=validate, async_loop=loop, step_timeout_ms=5000)
+        with syncengine.Server(engines={"/": engine}) as server:
+            with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+                assert recv_json(ws)["type"] == "initial_state"
+                for amount in (1, 2, 3):
+                    ws.send(msg("add", amount=amount))
+                recv_until(ws, lambda f: f.get("type") == "state_update" and f["data"]["counter"] == 123)
+        assert on_loop == [True, True, True]
+        assert engine.get_version() == 3
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(5)
+        loop.close()
+
+    with pytest.raises(TypeError, match="async_loop must be an asyncio event loop"):
+        make_engine(async_loop="not a loop")
 
 
 def test_static_files_and_health(served):

@@ -199,6 +199,11 @@ class SyncEngine:
     ``validate(message) -> message`` runs first on every parsed message and raises to refuse
     it; pydantic models and dataclasses it returns are turned back into plain data.
 
+    ``async_loop``: the asyncio loop (running on a thread of yours) where ``async def`` handlers,
+    validators and middleware run when they start on a thread without a running loop: the
+    built-in server's service thread, or the engine's timer thread. Without it they run on the
+    loop of the thread that calls ``handle_message``.
+
     ``step_timeout_ms``: an ``async def`` handler still running after this long is given up: the
     message is dropped with ``Status.ETIMEDOUT`` (``on_error``, state rolled back) and the
     messages behind it run; its ``set_state`` raises from then on and its result is ignored.
@@ -230,6 +235,7 @@ class SyncEngine:
         max_message_bytes: int = 0,
         max_json_depth: int = 0,
         step_timeout_ms: int = 0,
+        async_loop: asyncio.AbstractEventLoop | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         from ._adapters import native_adapter
@@ -241,9 +247,11 @@ class SyncEngine:
         self._bridges: dict[int, _ConnBridge] = {}  # sync_conn_id -> bridge
         self._server_conns: dict[int, Any] = {}
         self._pending = threading.local()
-        # the event loop async def handlers last ran on: where one started on a thread without a
-        # loop of its own (the engine's timer thread, after a step timeout) runs
-        self._async_loop: asyncio.AbstractEventLoop | None = None
+        # where an async def step that starts on a thread without a running loop (the built-in
+        # server's, the engine's timer thread) runs: async_loop, else the loop one last ran on
+        if async_loop is not None and not isinstance(async_loop, asyncio.AbstractEventLoop):
+            raise TypeError("async_loop must be an asyncio event loop")
+        self._async_loop: asyncio.AbstractEventLoop | None = async_loop
         self._hooks: dict[str, Callable[..., Any]] = {}
         for name, fn in (hooks or {}).items():
             if name not in _HOOK_BITS:
@@ -624,9 +632,9 @@ def _finish_later(
             if inspect.iscoroutine(awaitable):
                 awaitable.close()
             raise TypeError(
-                "an async def handler, validator or middleware needs a running asyncio event loop "
-                "on the thread that calls handle_message (the built-in server's thread has none): "
-                "define it with def"
+                "an async def handler, validator or middleware needs a running asyncio event loop: "
+                "call handle_message from one, or give the engine one with "
+                "SyncEngine(async_loop=...) (the built-in server's thread has none)"
             ) from None
 
     async def finish() -> None:
