@@ -374,10 +374,8 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason, vo
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
         return server->stopping ? -1 : 0;
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
-        if (!in || strcmp(in, "websocket") != 0) {
-            lws_return_http_status(wsi, HTTP_STATUS_BAD_REQUEST, NULL);
-            return 1;
-        }
+        if (!in || strcmp(in, "websocket") != 0)
+            return server_refuse_upgrade(wsi, HTTP_STATUS_BAD_REQUEST);
         return server_upgrade_check(server, wsi);
     case LWS_CALLBACK_ESTABLISHED:
         if (!c)

@@ -224,6 +224,9 @@ enum { SERVER_CLOSE_AUTH_BASE = 4000 };
 /* Service thread: a connection that goes away stops being the one its deferred request decides
  * (a later sync_request_complete() then says SYNC_ECLOSED). */
 void server_auth_forget(server_conn *c);
+/* Answers an upgrade request with an HTTP/1.1 error status and closes; returns what the lws
+ * callback returns. */
+int server_refuse_upgrade(struct lws *wsi, int status);
 
 /* server_conn.c, deferred auth: */
 /* Any thread, with server_upgrade.c's auth lock held (so `c` is alive): records the decision and

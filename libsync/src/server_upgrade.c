@@ -244,11 +244,52 @@ static char *copy_query(struct lws *wsi)
     return query;
 }
 
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 408:
+        return "Request Timeout";
+    case 429:
+        return "Too Many Requests";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return status < 500 ? "Client Error" : "Server Error";
+    }
+}
+
+int server_refuse_upgrade(struct lws *wsi, int status)
+{
+    /* lws_return_http_status() would answer an upgrade request with an HTTP/1.0 status line
+     * (lws 4.1 has not recorded the request's version yet), which WebSocket clients reject as
+     * invalid instead of reporting the status, and with an HTML page that links a stylesheet. */
+    unsigned char buf[LWS_PRE + 256];
+    char *head = (char *)buf + LWS_PRE;
+    const char *phrase = reason_phrase(status);
+    int body_len = snprintf(NULL, 0, "%d %s\n", status, phrase);
+    int n = snprintf(head, sizeof buf - LWS_PRE,
+                     "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                     "content-length: %d\r\nconnection: close\r\n\r\n%d %s\n",
+                     status, phrase, body_len, status, phrase);
+    if (n > 0 && (size_t)n < sizeof buf - LWS_PRE)
+        lws_write(wsi, (unsigned char *)head, (size_t)n, LWS_WRITE_HTTP_HEADERS);
+    return 1; /* closes the connection once that is written */
+}
+
 static int refuse(sync_server *server, struct lws *wsi, int status)
 {
     server->refused++;
-    lws_return_http_status(wsi, (unsigned int)status, NULL);
-    return 1;
+    return server_refuse_upgrade(wsi, status);
 }
 
 /* Runs the auth callback. Returns 0 (accepted, *identity set), an HTTP status to refuse, or

@@ -149,7 +149,7 @@ def msg(type_name, **fields):
 
 
 def raw_upgrade_status(port, path, headers):
-    """The HTTP status line a WebSocket upgrade request gets (HTTP/1.0 or 1.1)."""
+    """The HTTP status line a WebSocket upgrade request gets."""
     lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]
     lines += [f"{k}: {v}" for k, v in headers.items()]

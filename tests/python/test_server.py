@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 import syncengine
@@ -270,6 +271,20 @@ def test_allowed_origins(make_engine):
     with syncengine.Server(engines={"/": engine}, allowed_origins=["http://good.example"]) as server:
         assert " 403 " in raw_upgrade_status(server.port, "/", {"Origin": "http://evil.example"})
         assert " 101 " in raw_upgrade_status(server.port, "/", {"Origin": "http://good.example"})
+
+
+def test_refused_upgrades_are_http_1_1_statuses_clients_can_report(make_engine):
+    """A WebSocket client reports a refusal's status (it calls an HTTP/1.0 answer invalid)."""
+    engine = make_engine(initial_state={})
+    with syncengine.Server(engines={"/": engine}, auth=lambda request: request.query == "ok") as server:
+        assert raw_upgrade_status(server.port, "/nowhere", {}) == "HTTP/1.1 404 Not Found"
+        assert raw_upgrade_status(server.port, "/", {}) == "HTTP/1.1 401 Unauthorized"
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{server.port}/")
+        assert refused.value.response.status_code == 401
+        assert refused.value.response.body == b"401 Unauthorized\n"
+        with connect(f"ws://127.0.0.1:{server.port}/?ok") as ws:
+            assert recv_json(ws)["type"] == "initial_state"
 
 
 def test_serve_forever_stops_from_another_thread(make_engine):
