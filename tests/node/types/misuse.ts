@@ -8,3 +8,4 @@ const engine = new SyncEngine<State>({ initialState: { counter: 0 } });
 engine.setState({ count: 1 });
 new Server({ port: 0 });
 engine.getVersion().toUpperCase();
+new SyncEngine<State>({ persistMode: 'sometimes' });

@@ -81,6 +81,12 @@ const config: SyncEngineConfig<MyAppState, MyAppMessage> = {
   heartbeatIntervalMs: 0,
   pingTimeoutMs: 0,
   syncIntervalMs: 0,
+  stepTimeoutMs: 5000,
+  persistMode: 'beforeSend',
+  autoBroadcast: true,
+  replyErrors: true,
+  maxMessageBytes: 65536,
+  maxJsonDepth: 32,
 };
 
 export async function main(): Promise<number> {
@@ -140,6 +146,6 @@ export async function main(): Promise<number> {
     engine.connectionCount,
   );
   const stats: EngineStats = engine.stats();
-  console.log(stats.messagesApplied + stats.framesOut);
+  console.log(stats.messagesApplied + stats.framesOut + stats.stepsTimedOut);
   return port;
 }
