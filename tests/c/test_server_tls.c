@@ -78,6 +78,12 @@ static void test_tls_round_trip(void)
     free(text);
     ws_client_free(c);
 
+    /* a refused upgrade reaches the client through TLS as its status */
+    c = tls_client(port);
+    REQUIRE(c);
+    CHECK_EQ_INT(ws_handshake(c, "/elsewhere", NULL, 5000), 404);
+    ws_client_free(c);
+
     /* plain text to the TLS port gets no WebSocket */
     int status = 0;
     CHECK(ws_connect(port, "/counter", NULL, &status) == NULL);
