@@ -87,6 +87,19 @@ void fixture_expect_joined(ws_client *c, const char *identity_json)
     free(text);
 }
 
+ws_client *fixture_join(int port, const char *path)
+{
+    ws_client *c = ws_connect(port, path, NULL, NULL);
+    char *text = c ? ws_read_text(c, 3000) : NULL;
+    CHECK(text && strstr(text, "initial_state"));
+    if (!text) {
+        ws_client_free(c);
+        c = NULL;
+    }
+    free(text);
+    return c;
+}
+
 long long fixture_metric(int port, const char *name)
 {
     char *body = NULL;

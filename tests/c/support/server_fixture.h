@@ -19,6 +19,9 @@ long long fixture_counter_value(sync_engine *engine);
  * started on its background thread. NULL on failure. */
 sync_server *fixture_server(const sync_server_options *opts, const char *path, sync_engine *engine);
 
+/* A client of `path` that has read its initial state; NULL (and a failed check) otherwise. */
+ws_client *fixture_join(int port, const char *path);
+
 /* `c` has joined the counter engine: it reads its initial state, and "whoami" answers
  * `identity_json` (the text the auth callback attached). */
 void fixture_expect_joined(ws_client *c, const char *identity_json);
