@@ -94,6 +94,38 @@ char *jsb_strdup(const char *s, size_t len)
     return copy;
 }
 
+void jsb_free_lines(char **lines, size_t count)
+{
+    for (size_t i = 0; lines && i < count; i++)
+        free(lines[i]);
+    free(lines);
+}
+
+/* A list index.js passes as one string (Array.join('\n')), as copies of its lines; NULL on
+ * ENOMEM. Free with jsb_free_lines. */
+char **jsb_split_lines(const char *text, size_t *count)
+{
+    size_t n = 1;
+    for (const char *c = text; *c; c++)
+        n += *c == '\n';
+    char **lines = (char **)calloc(n, sizeof *lines);
+    if (!lines)
+        return NULL;
+    size_t i = 0;
+    for (const char *line = text;; i++) {
+        const char *end = strchr(line, '\n');
+        if (!(lines[i] = jsb_strdup(line, end ? (size_t)(end - line) : strlen(line)))) {
+            jsb_free_lines(lines, i);
+            return NULL;
+        }
+        if (!end)
+            break;
+        line = end + 1;
+    }
+    *count = i + 1;
+    return lines;
+}
+
 char *jsb_print(const cJSON *value)
 {
     return value ? cJSON_PrintUnformatted(value) : NULL;
@@ -541,9 +573,7 @@ void jsb_auth_free(void *userdata)
     jsb_auth *auth = (jsb_auth *)userdata;
     if (!auth)
         return;
-    for (size_t i = 0; i < auth->header_count; i++)
-        free(auth->headers[i]);
-    free(auth->headers);
+    jsb_free_lines(auth->headers, auth->header_count);
     if (auth->sink)
         jsb_sink_unref(auth->sink);
     free(auth);
@@ -946,17 +976,7 @@ static sync_server *jsb_server_new(const char *host, int port, const char *stati
             return NULL;
         auth->sink = auth_sink;
         auth_sink->refs.fetch_add(1);
-        size_t count = 0;
-        for (const char *c = auth_headers; c && *c; c++)
-            count += *c == '\n';
-        auth->headers = (char **)calloc(count + 1, sizeof *auth->headers);
-        for (const char *line = auth_headers; auth->headers && line && *line;) {
-            const char *end = strchr(line, '\n');
-            size_t len = end ? (size_t)(end - line) : strlen(line);
-            if (len && (auth->headers[auth->header_count] = jsb_strdup(line, len)))
-                auth->header_count++;
-            line = end ? end + 1 : NULL;
-        }
+        auth->headers = jsb_split_lines(auth_headers ? auth_headers : "", &auth->header_count);
         if (!auth->headers) {
             jsb_auth_free(auth);
             return NULL;
@@ -977,32 +997,17 @@ static sync_server *jsb_server_new(const char *host, int port, const char *stati
     opts.tls_key_path = tls_key_path;
     opts.stop_timeout_ms = stop_timeout_ms;
     opts.broadcast_yield_ms = broadcast_yield_ms;
-    char *copy = origins ? strdup(origins) : NULL;
-    const char **list = NULL;
-    if (copy) {
-        size_t count = 1;
-        for (const char *c = copy; *c; c++)
-            count += *c == '\n';
-        list = (const char **)calloc(count, sizeof *list);
-        if (!list) {
-            free(copy);
-            jsb_auth_free(opts.auth_userdata);
-            return NULL;
-        }
-        size_t n = 0;
-        for (char *line = copy, *next; line; line = next) {
-            next = strchr(line, '\n');
-            if (next)
-                *next++ = '\0';
-            list[n++] = line;
-        }
-        opts.allowed_origins = list;
-        opts.allowed_origins_count = n;
+    size_t origin_count = 0;
+    char **origin_list = origins ? jsb_split_lines(origins, &origin_count) : NULL;
+    if (origins && !origin_list) {
+        jsb_auth_free(opts.auth_userdata);
+        return NULL;
     }
+    opts.allowed_origins = (const char *const *)origin_list;
+    opts.allowed_origins_count = origin_count;
     sync_server *server = NULL;
     int rc = sync_server_new(&server, &opts);
-    free(list);
-    free(copy);
+    jsb_free_lines(origin_list, origin_count);
     return rc == SYNC_OK ? server : NULL;
 }
 

@@ -443,18 +443,14 @@ int sync_msg_reply(sync_msg *msg, const char *text, size_t len)
 {
     if (!msg || (!text && len))
         return sync_fail(SYNC_EINVAL, "sync_msg_reply: msg and text are required");
+    /* copied before the engine is locked: other threads wait on that lock */
+    sync_frame *frame = sync_frame_new_text(SYNC_FRAME_TEXT, text ? text : "", len);
+    if (!frame)
+        return sync_fail(SYNC_ENOMEM, "out of memory copying a %zu-byte reply", len);
     sync_engine_lock(msg->engine);
     int rc = refuse_if_timed_out(msg, "sync_msg_reply");
-    if (rc != SYNC_OK || !msg->conn) {
-        sync_engine_unlock(msg->engine);
-        return rc;
-    }
-    sync_frame *frame = sync_frame_new_text(SYNC_FRAME_TEXT, text ? text : "", len);
-    if (!frame) {
-        sync_engine_unlock(msg->engine);
-        return sync_fail(SYNC_ENOMEM, "out of memory copying a %zu-byte reply", len);
-    }
-    rc = sync_engine_send(msg->engine, msg->conn, frame, "reply");
+    if (rc == SYNC_OK && msg->conn)
+        rc = sync_engine_send(msg->engine, msg->conn, frame, "reply");
     sync_engine_unlock(msg->engine);
     sync_frame_unref(frame);
     return rc;

@@ -387,16 +387,14 @@ int server_upgrade_check(sync_server *server, struct lws *wsi)
             return refuse(server, wsi, refusal_status(status));
     }
     server_conn *c = server_conn_new(server, mount->eng, identity);
-    if (!c) {
+    if (!c)
         free(identity);
-        if (deferred)
-            link_deferred(deferred, NULL);
-        return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
-    }
-    if (deferred && link_deferred(deferred, c) != 0) {
+    if (deferred && link_deferred(deferred, c) != 0 && c) {
         server_conn_abandon(c);
-        return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
+        c = NULL;
     }
+    if (!c)
+        return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
     lws_set_opaque_user_data(wsi, c);
     return 0;
 }

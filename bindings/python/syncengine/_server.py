@@ -194,7 +194,6 @@ later, return ``request.defer()`` (see :class:`PendingAuth`), or, with the serve
 :class:`RequestCopy`, and its result is the decision."""
 
 
-
 def _decide_when_done(pending: PendingAuth) -> Callable[[Any], None]:
     def done(future: Any) -> None:
         try:
