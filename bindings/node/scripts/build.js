@@ -1,13 +1,17 @@
 'use strict';
-// `npm install` of this package: builds the addon with CMake + SWIG from the libsync source tree
-// this directory lives in, against the local Node headers (nothing is downloaded). The result is
-// build/bindings/node/syncengine.node, which index.js loads.
+// The package's install script: builds the addon with CMake + SWIG against the local Node headers
+// (nothing is downloaded: no node-gyp, no header tarball). libsync is compiled from the sources
+// the tarball carries (vendor/, put there by `npm pack`) or, for a package installed straight from
+// a checkout, from the checkout around it, and linked in statically: the result,
+// build/bindings/node/syncengine.node, which index.js loads, needs no libsync.so and holds no path
+// into the tree it was built from.
 const { execFileSync } = require('child_process');
 const fs = require('fs');
 const path = require('path');
 
 const pkg = path.resolve(__dirname, '..');
-const root = path.resolve(pkg, '..', '..');
+const vendor = path.join(pkg, 'vendor');
+const root = fs.existsSync(vendor) ? vendor : path.resolve(pkg, '..', '..');
 const build = path.join(pkg, 'build');
 // The headers of the running node: <prefix>/include/node (/usr/include/node for /usr/bin/node),
 // or npm's --nodedir.
@@ -18,7 +22,8 @@ const include = nodedir
 
 if (!fs.existsSync(path.join(root, 'libsync', 'include', 'libsync', 'libsync.h'))) {
   console.error(
-    `syncengine: ${root} is not a libsync source tree; install from bindings/node of one`,
+    `syncengine: no libsync sources in ${root}; install the tarball \`npm pack\` makes in ` +
+      'bindings/node of a libsync checkout',
   );
   process.exit(1);
 }
@@ -29,18 +34,23 @@ if (!fs.existsSync(path.join(include, 'node.h'))) {
   process.exit(1);
 }
 
+// A build directory configured from another source tree (an older layout of this package) would
+// make CMake refuse: start that one afresh.
+const cache = path.join(build, 'CMakeCache.txt');
+if (fs.existsSync(cache) && !fs.readFileSync(cache, 'utf8').includes(`CMAKE_HOME_DIRECTORY:INTERNAL=${pkg}\n`)) {
+  fs.rmSync(build, { recursive: true, force: true });
+}
+
 const run = (cmd, args) => execFileSync(cmd, args, { stdio: 'inherit' });
 run('cmake', [
   '-S',
-  root,
+  pkg,
   '-B',
   build,
   '-DCMAKE_BUILD_TYPE=Release',
-  '-DBUILD_TESTING=OFF',
-  '-DLIBSYNC_BUILD_PYTHON=OFF',
-  '-DLIBSYNC_BUILD_EXAMPLES=OFF',
-  '-DLIBSYNC_BUILD_BENCH=OFF',
-  '-DLIBSYNC_BUILD_NODE=ON',
+  `-DLIBSYNC_ROOT=${root}`,
+  // a newer compiler's new warning must not break a user's install
+  '-DLIBSYNC_WERROR=OFF',
   `-DNODE_INCLUDE_DIR=${include}`,
 ]);
 run('cmake', ['--build', build, '--target', 'syncengine_node', '-j', '2']);
