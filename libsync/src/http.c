@@ -1,4 +1,5 @@
 /* Plain HTTP on the server's port: GET /healthz, GET /metrics and the static directory. */
+#include "error.h"
 #include "server_internal.h"
 
 #include <stdlib.h>
@@ -134,6 +135,45 @@ static int serve_static(sync_server *server, struct lws *wsi, const char *uri)
     return 0;
 }
 
+int sync_server_set_metrics_token(sync_server *server, const char *token)
+{
+    if (!server)
+        return sync_fail(SYNC_EINVAL, "server is NULL");
+    if (token && !*token)
+        return sync_fail(SYNC_EINVAL, "the metrics token is empty");
+    if (server->context || atomic_load(&server->serving))
+        return sync_fail(SYNC_ESTATE, "set the metrics token before the server listens");
+    char *copy = NULL;
+    if (token && !(copy = strdup(token)))
+        return sync_fail(SYNC_ENOMEM, "out of memory for the metrics token");
+    free(server->metrics_token);
+    server->metrics_token = copy;
+    return SYNC_OK;
+}
+
+/* Compares in time that depends on the lengths only, not on where a guess first goes wrong. */
+static bool same_secret(const char *given, size_t given_len, const char *secret)
+{
+    size_t secret_len = strlen(secret);
+    unsigned char diff = given_len != secret_len;
+    for (size_t i = 0; i < secret_len; i++)
+        diff |= (unsigned char)(secret[i] ^ (i < given_len ? given[i] : 0));
+    return diff == 0;
+}
+
+/* Whether a GET /metrics brings the metrics token (Bearer header or ?token=). */
+static bool metrics_allowed(sync_server *server, struct lws *wsi)
+{
+    if (!server->metrics_token)
+        return true;
+    char value[512];
+    int n = lws_hdr_copy(wsi, value, sizeof value, WSI_TOKEN_HTTP_AUTHORIZATION);
+    if (n > 7 && strncmp(value, "Bearer ", 7) == 0)
+        return same_secret(value + 7, (size_t)n - 7, server->metrics_token);
+    const char *given = lws_get_urlarg_by_name(wsi, "token=", value, (int)sizeof value);
+    return given && same_secret(given, strlen(given), server->metrics_token);
+}
+
 static int on_request(sync_server *server, struct lws *wsi, const char *uri)
 {
     bool head = lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) > 0;
@@ -142,6 +182,9 @@ static int on_request(sync_server *server, struct lws *wsi, const char *uri)
     if (strcmp(uri, "/healthz") == 0)
         return respond(wsi, HTTP_STATUS_OK, "text/plain; charset=utf-8", "ok", 2, head);
     if (strcmp(uri, "/metrics") == 0) {
+        if (!metrics_allowed(server, wsi))
+            return respond(wsi, HTTP_STATUS_UNAUTHORIZED, "text/plain; charset=utf-8",
+                           "the metrics need a token\n", 25, head);
         size_t len = 0;
         char *text = server_metrics_render(server, &len);
         if (!text)

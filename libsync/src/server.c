@@ -150,6 +150,7 @@ static void server_release(sync_server *server)
     free(server->origins);
     free(server->host);
     free(server->static_dir);
+    free(server->metrics_token);
     free(server->tls_cert);
     free(server->tls_key);
     pthread_mutex_destroy(&server->lock);

@@ -61,6 +61,7 @@ struct sync_server {
     char *host;
     int port_option;
     char *static_dir; /* realpath of the directory, or NULL */
+    char *metrics_token; /* sync_server_set_metrics_token(), or NULL: /metrics is public */
     size_t max_message_bytes;
     int max_connections;
     double rate_per_sec;

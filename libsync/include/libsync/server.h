@@ -157,6 +157,14 @@ SYNC_EXTERN int sync_server_new(sync_server **out, const sync_server_options *op
  */
 SYNC_EXTERN int sync_server_mount(sync_server *server, const char *path, sync_engine *engine);
 
+/**
+ * Requires `token` (copied) for GET /metrics: a request must bring "Authorization: Bearer TOKEN"
+ * or "?token=TOKEN", else it is answered 401. NULL makes /metrics public again (the default).
+ * Only before listen (SYNC_ESTATE after); SYNC_EINVAL for an empty token. /healthz and the static
+ * directory stay public.
+ */
+SYNC_EXTERN int sync_server_set_metrics_token(sync_server *server, const char *token);
+
 /** Binds and listens. SYNC_ENET (with the reason in sync_error_last()) when that fails. */
 SYNC_EXTERN int sync_server_listen(sync_server *server);
 
