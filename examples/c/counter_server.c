@@ -3,7 +3,8 @@
  * over WebSocket together with the demo page of examples/web/.
  *
  *   counter_server [--host H] [--port N] [--data-dir D] [--static DIR] [--pad BYTES]
- *                  [--heartbeat-ms MS] [--tls-cert PEM --tls-key PEM] [--token SECRET]
+ *                  [--heartbeat-ms MS] [--tls-cert PEM --tls-key PEM]
+ *                  [--token SECRET | --token-file PATH]   (or env LIBSYNC_DEMO_TOKEN)
  *
  * Open http://127.0.0.1:3000/ in two browser tabs and click: both follow the same counter.
  * Messages: {"type":"increment","amount":N}, {"type":"decrement","amount":N}, {"type":"reset"}.
@@ -13,6 +14,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,31 +41,43 @@ struct config {
     const char *tls_key;
     long broadcast_yield_ms;
     const char *token;
+    const char *token_file;
+    char *token_owned; /* read from --token-file or the environment */
 };
+
+/* The environment variable that may hold the token, so that it is not in argv (ps). */
+#define TOKEN_ENV "LIBSYNC_DEMO_TOKEN"
 
 static void usage(FILE *to)
 {
-    fprintf(to, "usage: counter_server [--host H] [--port N] [--data-dir D] [--static DIR]\n"
-                "                      [--pad BYTES] [--heartbeat-ms MS]\n"
-                "                      [--tls-cert PEM --tls-key PEM] [--broadcast-yield-ms MS]\n"
-                "                      [--token SECRET]\n"
-                "  --host H          address to listen on (default 127.0.0.1)\n"
-                "  --port N          TCP port, 0 picks a free one (default 3000)\n"
-                "  --data-dir D      directory of the SQLite store, created if missing "
-                "(default ./data)\n"
-                "  --static DIR      directory served at / (default: the source tree's "
-                "examples/web)\n"
-                "  --pad BYTES       add a \"blob\" of BYTES 'x' characters to the initial state\n"
-                "  --heartbeat-ms MS ping every client this often, 0 = off (default 30000);\n"
-                "                    a client silent for two intervals is closed\n"
-                "  --tls-cert/--tls-key  serve https/wss with this PEM certificate and key\n"
-                "  --broadcast-yield-ms MS  how long a broadcast may give way to incoming\n"
-                "                    messages before it reaches every client: the bound on how\n"
-                "                    stale a client gets under load (0 = the library's 2 ms,\n"
-                "                    -1 = never give way)\n"
-                "  --token SECRET    let in only WebSocket clients that bring it: ?token=SECRET\n"
-                "                    (the page passes its own ?token= on) or the header\n"
-                "                    \"Authorization: Bearer SECRET\"; others get HTTP 401\n");
+    fprintf(to,
+            "usage: counter_server [--host H] [--port N] [--data-dir D] [--static DIR]\n"
+            "                      [--pad BYTES] [--heartbeat-ms MS]\n"
+            "                      [--tls-cert PEM --tls-key PEM] [--broadcast-yield-ms MS]\n"
+            "                      [--token SECRET | --token-file PATH]\n"
+            "  --host H          address to listen on (default 127.0.0.1)\n"
+            "  --port N          TCP port, 0 picks a free one (default 3000)\n"
+            "  --data-dir D      directory of the SQLite store, created if missing "
+            "(default ./data)\n"
+            "  --static DIR      directory served at / (default: the source tree's "
+            "examples/web)\n"
+            "  --pad BYTES       add a \"blob\" of BYTES 'x' characters to the initial state\n"
+            "  --heartbeat-ms MS ping every client this often, 0 = off (default 30000);\n"
+            "                    a client silent for two intervals is closed\n"
+            "  --tls-cert/--tls-key  serve https/wss with this PEM certificate and key\n"
+            "  --broadcast-yield-ms MS  how long a broadcast may give way to incoming\n"
+            "                    messages before it reaches every client: the bound on how\n"
+            "                    stale a client gets under load (0 = the library's 2 ms,\n"
+            "                    -1 = never give way)\n"
+            "  --token SECRET    let in only WebSocket clients that bring it: ?token=SECRET\n"
+            "                    (the page passes its own ?token= on) or the header\n"
+            "                    \"Authorization: Bearer SECRET\"; others get HTTP 401, or\n"
+            "                    close 4401 when a browser page asks (it cannot see a status).\n"
+            "                    GET /metrics then needs the token too; /healthz and the\n"
+            "                    page's static files stay public (they hold no secret)\n"
+            "  --token-file PATH the token is the first line of this file (argv, and so ps,\n"
+            "                    does not show it); without either option the environment\n"
+            "                    variable " TOKEN_ENV " is used when set\n");
 }
 
 static int parse_long(const char *text, long min, long max, long *out)
@@ -75,6 +89,64 @@ static int parse_long(const char *text, long min, long max, long *out)
         return -1;
     *out = value;
     return 0;
+}
+
+/* A token travels in a URL the page builds by hand: keep to characters that need no escaping. */
+static int check_token(const char *token, const char *from)
+{
+    if (!*token || strpbrk(token, "&#%+ \t\r\n")) {
+        fprintf(stderr,
+                "counter_server: %s must be non-empty, without & # %% + or "
+                "spaces (it travels in a URL)\n",
+                from);
+        return -1;
+    }
+    return 0;
+}
+
+/* The first line of `path`, without its line ending. */
+static char *read_token_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "counter_server: --token-file %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    char line[1024];
+    char *token = NULL;
+    if (fgets(line, sizeof line, f) != NULL) {
+        line[strcspn(line, "\r\n")] = '\0';
+        token = strdup(line);
+    }
+    fclose(f);
+    if (token == NULL)
+        fprintf(stderr, "counter_server: --token-file %s is empty\n", path);
+    return token;
+}
+
+/* --token, --token-file or the environment, in that order; at most one of the options. */
+static int resolve_token(struct config *cfg)
+{
+    if (cfg->token && cfg->token_file) {
+        fprintf(stderr, "counter_server: give --token or --token-file, not both\n");
+        return -1;
+    }
+    const char *from = "--token";
+    if (cfg->token_file) {
+        if ((cfg->token_owned = read_token_file(cfg->token_file)) == NULL)
+            return -1;
+        cfg->token = cfg->token_owned;
+        from = "the token in --token-file";
+    } else if (!cfg->token) {
+        const char *env = getenv(TOKEN_ENV);
+        if (env == NULL || *env == '\0')
+            return 0;
+        if ((cfg->token_owned = strdup(env)) == NULL)
+            return -1;
+        cfg->token = cfg->token_owned;
+        from = TOKEN_ENV;
+    }
+    return check_token(cfg->token, from);
 }
 
 /* Returns 0 to go on, 1 when --help was asked, -1 on a bad command line (already reported). */
@@ -120,12 +192,9 @@ static int parse_args(int argc, char **argv, struct config *cfg)
                 return -1;
             }
         } else if (strcmp(opt, "--token") == 0) {
-            if (!*value || strpbrk(value, "&#%+ ")) {
-                fprintf(stderr, "counter_server: --token must be non-empty, without & # %% + or "
-                                "spaces (it travels in a URL)\n");
-                return -1;
-            }
             cfg->token = value;
+        } else if (strcmp(opt, "--token-file") == 0) {
+            cfg->token_file = value;
         } else if (strcmp(opt, "--tls-cert") == 0) {
             cfg->tls_cert = value;
         } else if (strcmp(opt, "--tls-key") == 0) {
@@ -139,7 +208,7 @@ static int parse_args(int argc, char **argv, struct config *cfg)
         fprintf(stderr, "counter_server: --tls-cert and --tls-key go together\n");
         return -1;
     }
-    return 0;
+    return resolve_token(cfg);
 }
 
 /* mkdir -p: the data directory may be several levels below an existing one. */
@@ -357,6 +426,31 @@ static const char *query_param(const char *query, const char *name, size_t *len)
     return NULL;
 }
 
+static void *refuse_as_close(void *req)
+{
+    sync_request_complete(req, 401);
+    return NULL;
+}
+
+/* A browser is never shown an upgrade's HTTP status (its page sees close code 1006, as for a
+ * server that is down): a page must be upgraded and then closed with 4401 to learn that it is not
+ * authorised. A decision made on another thread does exactly that (sync_request_complete). */
+static int refuse_page(sync_request *req)
+{
+    sync_request *kept = sync_request_defer(req);
+    pthread_t thread;
+    pthread_attr_t attr;
+    if (kept == NULL || pthread_attr_init(&attr) != 0)
+        return 401;
+    int rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (rc == 0)
+        rc = pthread_create(&thread, &attr, refuse_as_close, kept);
+    pthread_attr_destroy(&attr);
+    if (rc != 0)
+        sync_request_complete(kept, 401); /* on this thread: answered as HTTP 401 */
+    return SYNC_PENDING;
+}
+
 /* --token: the secret from the query (what a browser page can send) or a Bearer header. */
 static int token_auth(sync_request *req, void *userdata)
 {
@@ -371,7 +465,7 @@ static int token_auth(sync_request *req, void *userdata)
         }
     }
     if (!given || !same_secret(given, len, secret))
-        return 401;
+        return sync_request_header(req, "origin") ? refuse_page(req) : 401;
     sync_request_set_identity(req, "{\"via\":\"token\"}");
     return 0;
 }
@@ -395,6 +489,11 @@ static int serve(const struct config *cfg, sync_engine *engine, int *served)
     int rc = sync_server_new(&server, &opts);
     if (rc != SYNC_OK)
         return fail("cannot create the server", rc);
+    /* The token guards the figures too; the static files hold no secret and stay public. */
+    if (cfg->token && (rc = sync_server_set_metrics_token(server, cfg->token)) != SYNC_OK) {
+        sync_server_free(server);
+        return fail("cannot set the metrics token", rc);
+    }
     /* One engine, two routes: the seed's clients connect to "/", the page may use "/counter". */
     if ((rc = sync_server_mount(server, "/", engine)) != SYNC_OK ||
         (rc = sync_server_mount(server, "/counter", engine)) != SYNC_OK) {
@@ -413,10 +512,12 @@ static int serve(const struct config *cfg, sync_engine *engine, int *served)
         sync_server_free(server);
         return 1;
     }
-    /* An IPv6 address goes in brackets so the printed URL can be opened as it is. */
+    /* An IPv6 address goes in brackets, and the token comes along, so the printed URL can be
+     * opened as it is. */
     int ipv6 = strchr(cfg->host, ':') != NULL;
-    printf("listening on %s://%s%s%s:%d\n", cfg->tls_cert ? "https" : "http", ipv6 ? "[" : "",
-           cfg->host, ipv6 ? "]" : "", sync_server_port(server));
+    printf("listening on %s://%s%s%s:%d%s%s\n", cfg->tls_cert ? "https" : "http", ipv6 ? "[" : "",
+           cfg->host, ipv6 ? "]" : "", sync_server_port(server), cfg->token ? "/?token=" : "",
+           cfg->token ? cfg->token : "");
     fflush(stdout);
 
     *served = 1;
@@ -439,6 +540,7 @@ int main(int argc, char **argv)
                          .heartbeat_ms = 30000};
     int parsed = parse_args(argc, argv, &cfg);
     if (parsed != 0) {
+        free(cfg.token_owned);
         usage(parsed > 0 ? stdout : stderr);
         return parsed > 0 ? 0 : 2;
     }
@@ -446,8 +548,10 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     sync_engine *engine = NULL;
-    if (create_engine(&cfg, &engine) != 0)
+    if (create_engine(&cfg, &engine) != 0) {
+        free(cfg.token_owned);
         return 1;
+    }
     int served = 0;
     int rc = serve(&cfg, engine, &served);
     if (served) {
@@ -464,5 +568,6 @@ int main(int argc, char **argv)
         cJSON_Delete(state);
     }
     sync_engine_free(engine);
+    free(cfg.token_owned);
     return rc;
 }

@@ -24,6 +24,12 @@
   const BACKOFF_MAX_MS = 8000;
   let attempt = 0;
   let socket = null;
+  // How the server last closed a connection that was open ("code 1001: server stopping"): kept
+  // while reconnect attempts fail, which a browser reports as 1006 whatever the server had said.
+  let lastClose = '';
+  // Close codes a server gives a page it does not let in (4000 + HTTP 401/403): retrying with
+  // the same URL cannot help.
+  const REFUSED = new Set([4401, 4403]);
 
   function setStatus(kind, text) {
     document.body.dataset.status = kind;
@@ -68,6 +74,10 @@
     }
   }
 
+  function describeClose(event) {
+    return `code ${event.code}${event.reason ? `: ${event.reason}` : ''}`;
+  }
+
   function scheduleReconnect(reason) {
     const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt);
     const delay = Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
@@ -80,7 +90,9 @@
     setStatus('connecting', `connecting to ${url}…`);
     const ws = new WebSocket(url);
     socket = ws;
+    let opened = false;
     ws.addEventListener('open', () => {
+      opened = true;
       attempt = 0;
       showError('');
       setStatus('open', 'connected');
@@ -89,7 +101,22 @@
     ws.addEventListener('close', (event) => {
       if (socket !== ws) return;
       socket = null;
-      scheduleReconnect(event.code ? `code ${event.code}` : 'no answer');
+      if (REFUSED.has(event.code)) {
+        document.body.dataset.closeCode = String(event.code);
+        setStatus('refused', `not authorised (${describeClose(event)}): open the link the ` +
+          'server printed, with its ?token=');
+        return;
+      }
+      if (opened) {
+        lastClose = describeClose(event);
+        document.body.dataset.closeCode = String(event.code);
+        scheduleReconnect(lastClose);
+      } else {
+        // 1006: no WebSocket came up (the server is down, or refused with an HTTP status that a
+        // page is never shown).
+        scheduleReconnect(lastClose ? `server not reachable; it last closed with ${lastClose}`
+          : 'server not reachable');
+      }
     });
   }
 

@@ -97,3 +97,82 @@ test('two tabs stay in step and survive a server restart', { timeout: 120000 }, 
     assert.equal(code, 0, server.stderr());
   }
 });
+
+async function withBrowser(fn) {
+  accessSync(CHROMIUM, constants.X_OK);
+  const profile = mkdtempSync(join(tmpdir(), 'libsync-chromium-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 640, height: 480 },
+  });
+  try {
+    return await fn(context);
+  } finally {
+    await context.close();
+    rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+// Counts the WebSockets a page opens, to see whether it keeps retrying.
+const COUNT_SOCKETS = () => {
+  const Native = window.WebSocket;
+  window.__sockets = 0;
+  window.WebSocket = class extends Native {
+    constructor(...args) { super(...args); window.__sockets += 1; }
+  };
+};
+
+test('a page without the token says "not authorised" and stops retrying', { timeout: 120000 }, async () => {
+  const server = await startServer({ args: ['--token', 's3cret'] });
+  try {
+    await withBrowser(async (context) => {
+      const page = await context.newPage();
+      await page.addInitScript(COUNT_SOCKETS);
+      const requests = [];
+      page.on('request', (req) => requests.push(new URL(req.url()).pathname));
+      await page.goto(`${server.http}/`);
+      await expectStatus(page, 'refused');
+      assert.match(await page.textContent('#status'), /not authorised \(code 4401/);
+      assert.equal(await page.evaluate(() => document.body.dataset.closeCode), '4401');
+      // Several backoff periods later it has not tried again.
+      await new Promise((resolve) => setTimeout(resolve, 2500));
+      assert.equal(await page.evaluate(() => window.__sockets), 1);
+      assert.equal(await page.evaluate(() => document.body.dataset.status), 'refused');
+      // The page asks for nothing it does not have (no /favicon.ico).
+      assert.deepEqual(requests.filter((p) => p.endsWith('.ico')), []);
+
+      // The URL the server printed lets the page in.
+      assert.equal(server.url, `${server.http}/?token=s3cret`);
+      const allowed = await context.newPage();
+      await allowed.goto(server.url);
+      await expectStatus(allowed, 'open');
+      await expectText(allowed, '#counter', '0');
+    });
+  } finally {
+    assert.equal(await server.stop(), 0, server.stderr());
+  }
+});
+
+test('the page shows the close code the server sent, also while it cannot reconnect', { timeout: 120000 }, async () => {
+  const server = await startServer({});
+  let stopped = false;
+  try {
+    await withBrowser(async (context) => {
+      const page = await context.newPage();
+      await page.goto(`${server.http}/`);
+      await expectStatus(page, 'open');
+      assert.equal(await server.stop('SIGTERM'), 0, server.stderr());
+      stopped = true;
+      await page.waitForFunction(() => /code 1001/.test(document.getElementById('status').textContent));
+      assert.equal(await page.evaluate(() => document.body.dataset.closeCode), '1001');
+      // A reconnect attempt against the stopped server fails with 1006 in the browser; the page
+      // still tells what the server said when it closed.
+      await page.waitForFunction(() => /not reachable/.test(document.getElementById('status').textContent),
+        null, { timeout: 20000 });
+      const status = await page.textContent('#status');
+      assert.match(status, /last closed with code 1001/, status);
+      assert.doesNotMatch(status, /1006/, status);
+    });
+  } finally {
+    if (!stopped) await server.stop();
+  }
+});

@@ -13,12 +13,12 @@ export function serverBinary() {
   return path;
 }
 
-export async function startServer({ args = [], dataDir, port = 0, timeoutMs = 20000 } = {}) {
+export async function startServer({ args = [], dataDir, port = 0, timeoutMs = 20000, env } = {}) {
   const ownDir = dataDir ? null : mkdtempSync(join(tmpdir(), 'libsync-e2e-'));
   const dir = dataDir ?? join(ownDir, 'data');
   const child = spawn(serverBinary(),
     ['--port', String(port), '--data-dir', dir, '--heartbeat-ms', '0', ...args],
-    { stdio: ['ignore', 'pipe', 'pipe'] });
+    { stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
   let stderr = '';
   child.stderr.on('data', (chunk) => { stderr += chunk; });
 
@@ -31,8 +31,8 @@ export async function startServer({ args = [], dataDir, port = 0, timeoutMs = 20
       const line = out.split('\n')[0];
       if (out.includes('\n')) {
         clearTimeout(timer);
-        const m = /^listening on (https?):\/\/([^:/\s]+):(\d+)$/.exec(line);
-        if (m) resolve({ host: m[2], port: Number(m[3]) });
+        const m = /^listening on (https?):\/\/([^:/\s]+):(\d+)(\/\S*)?$/.exec(line);
+        if (m) resolve({ host: m[2], port: Number(m[3]), url: line.slice('listening on '.length) });
         else reject(new Error(`unexpected first line: ${JSON.stringify(line)}\n${stderr}`));
       }
     });

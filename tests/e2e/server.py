@@ -11,7 +11,8 @@ import signal
 import subprocess
 import time
 
-LISTENING = re.compile(r"^listening on (https?)://([^:/\s]+):(\d+)$")
+# With a token the printed URL carries it ("/?token=..."), so it can be opened as it is.
+LISTENING = re.compile(r"^listening on (https?)://([^:/\s]+):(\d+)(/\S*)?$")
 
 
 def binary():
@@ -55,6 +56,7 @@ class CounterServer:
             self.kill()
             raise AssertionError(f"unexpected first line from counter_server: {line!r}\n{self.stderr()}")
         self.scheme, self.host, self.port = match.group(1), match.group(2), int(match.group(3))
+        self.url = line[len("listening on "):]
         return self
 
     def _read_line(self, timeout):

@@ -300,3 +300,81 @@ def test_token_lets_in_only_clients_that_bring_it(servers):
     run(scenario())
     done = subprocess.run([srvmod.binary(), "--token", "a&b"], capture_output=True, timeout=20)
     assert done.returncode == 2 and b"--token must be" in done.stderr, done
+
+
+def metrics_status(srv, suffix="", headers=None):
+    request = urllib.request.Request(srv.http + "/metrics" + suffix, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_token_guards_metrics_and_is_printed_in_the_url(servers):
+    srv = servers("--token", "s3cret")
+    # The printed URL opens the page with the token, as it is.
+    assert srv.url == f"http://{srv.host}:{srv.port}/?token=s3cret", srv.url
+    assert metrics_status(srv) == 401
+    assert metrics_status(srv, "?token=wrong") == 401
+    assert metrics_status(srv, "", {"Authorization": "Bearer s3cre"}) == 401
+    assert metrics_status(srv, "?token=s3cret") == 200
+    assert metrics_status(srv, "", {"Authorization": "Bearer s3cret"}) == 200
+    # What holds no secret stays public: the page, its script, /healthz.
+    for path in ("/", "/app.js", "/healthz"):
+        assert http_get(srv.http + path)[0] == 200, path
+    # Without a token, /metrics is public.
+    plain = servers()
+    assert plain.url == f"http://{plain.host}:{plain.port}"
+    assert metrics_status(plain) == 200
+
+
+def test_token_from_a_file_or_the_environment(servers, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("fr0m-file\n")
+    env = dict(os.environ, LIBSYNC_DEMO_TOKEN="fr0m-env")
+    for srv, token in ((servers("--token-file", str(token_file)), "fr0m-file"),
+                       (servers(env=env), "fr0m-env"),
+                       # an option wins over the environment
+                       (servers("--token-file", str(token_file), env=env), "fr0m-file")):
+        assert srv.url.endswith(f"/?token={token}"), srv.url
+        assert metrics_status(srv) == 401
+        assert metrics_status(srv, f"?token={token}") == 200
+
+        async def scenario():
+            with pytest.raises(Exception) as refused:
+                async with client(srv.ws("/?token=other")):
+                    pass
+            assert "401" in str(refused.value)
+            async with client(srv.ws(f"/?token={token}")) as ws:
+                await initial_state(ws)
+
+        run(scenario())
+
+    for args, message in (((("--token-file", str(tmp_path / "missing"))), b"No such file"),
+                          (("--token", "a", "--token-file", str(token_file)), b"not both")):
+        done = subprocess.run([srvmod.binary(), *args], capture_output=True, timeout=20)
+        assert done.returncode == 2 and message in done.stderr, done
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    done = subprocess.run([srvmod.binary(), "--token-file", str(empty)], capture_output=True, timeout=20)
+    assert done.returncode == 2 and b"is empty" in done.stderr, done
+    done = subprocess.run([srvmod.binary()], capture_output=True, timeout=20,
+                          env=dict(os.environ, LIBSYNC_DEMO_TOKEN="a b"))
+    assert done.returncode == 2 and b"LIBSYNC_DEMO_TOKEN must be" in done.stderr, done
+
+
+def test_token_refuses_a_browser_page_with_close_4401(servers):
+    """A page is never shown an upgrade's HTTP status, so a request with an Origin (a browser's)
+    is upgraded and closed with 4401: the page can tell "not authorised" from "server down"."""
+    srv = servers("--token", "s3cret")
+
+    async def scenario():
+        async with client(srv.ws("/?token=wrong"), origin=f"http://{srv.host}:{srv.port}") as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await recv_json(ws)
+            assert closed.value.rcvd.code == 4401, closed.value
+        async with client(srv.ws("/?token=s3cret"), origin=f"http://{srv.host}:{srv.port}") as ws:
+            await initial_state(ws)
+
+    run(scenario())
