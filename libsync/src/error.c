@@ -82,7 +82,7 @@ const char *sync_strerror(int status)
     case SYNC_ENOHANDLER:
         return "no handler for the message type";
     case SYNC_EREJECTED:
-        return "message rejected by validation or middleware";
+        return "message rejected";
     case SYNC_EHANDLER:
         return "handler failed";
     case SYNC_EIO:

@@ -46,7 +46,7 @@ typedef enum sync_status {
     SYNC_ETOOBIG = -5,       /**< over a size limit (message bytes, state bytes) */
     SYNC_ETOODEEP = -6,      /**< JSON nested deeper than the configured limit */
     SYNC_ENOHANDLER = -7,    /**< no handler registered for the message type */
-    SYNC_EREJECTED = -8,     /**< the validator or a middleware refused the message */
+    SYNC_EREJECTED = -8,     /**< a validator, middleware or handler refused the message */
     SYNC_EHANDLER = -9,      /**< a handler (or other user callback) failed */
     SYNC_EIO = -10,          /**< persistence I/O failed (unreadable, read-only, disk full) */
     SYNC_ECORRUPT = -11,     /**< a store exists but cannot be parsed; it was kept aside */
