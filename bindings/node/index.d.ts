@@ -243,6 +243,9 @@ export interface ServerOptions {
   authHeaders?: string[];
   /** Undecided after this many ms: closed with 4408. 0 = 10000. */
   authTimeoutMs?: number;
+  /** When set, GET /metrics needs it ("Authorization: Bearer T" or "?token=T"), else 401.
+   *  /healthz and the static files stay public. Default: /metrics is public. */
+  metricsToken?: string | null;
 }
 
 export interface AuthRequest {

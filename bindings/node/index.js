@@ -826,6 +826,7 @@ class Server {
     auth = null,
     authHeaders = [],
     authTimeoutMs = 0,
+    metricsToken = null,
   } = {}) {
     if (engines === null || typeof engines !== 'object') {
       throw new TypeError('Server: `engines` must map paths to engines');
@@ -845,7 +846,10 @@ class Server {
     if (!Array.isArray(authHeaders) || authHeaders.some((h) => !/^[A-Za-z0-9-]{1,120}$/.test(h))) {
       throw new TypeError('Server: `authHeaders` must be an array of header names');
     }
-    Object.assign(this, { auth, authHeaders, authTimeoutMs });
+    if (metricsToken !== null && (typeof metricsToken !== 'string' || !metricsToken)) {
+      throw new TypeError('Server: `metricsToken` must be a non-empty string');
+    }
+    Object.assign(this, { auth, authHeaders, authTimeoutMs, metricsToken });
     this._server = null;
     this._closing = null;
   }
@@ -881,6 +885,10 @@ class Server {
     if (!server) throw lastError(Status.EINVAL);
     const mounted = [];
     try {
+      if (this.metricsToken) {
+        const rc = native.sync_server_set_metrics_token(server, this.metricsToken);
+        if (rc < 0) throw lastError(rc);
+      }
       for (const [route, engine] of Object.entries(this.engines)) {
         if (!(engine instanceof SyncEngine))
           throw new TypeError(`engines["${route}"] is not a SyncEngine`);

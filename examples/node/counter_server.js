@@ -2,7 +2,8 @@
 // The quick start in Node: a shared counter served with the live page of examples/web.
 //
 //   node examples/node/counter_server.js [--port 3000] [--host 127.0.0.1] [--state counter.sqlite]
-//                                        [--pad BYTES] [--token SECRET] [--step-timeout-ms MS]
+//                                        [--pad BYTES] [--token SECRET | --token-file PATH]
+//                                        [--step-timeout-ms MS] [--help]
 //
 // Open http://127.0.0.1:3000/ in a few tabs and click: every tab shows the same counter. With
 // --token, only clients that bring it (?token=SECRET on the page, which passes it on, or an
@@ -11,24 +12,75 @@
 'use strict';
 
 const crypto = require('crypto');
+const fs = require('fs');
 const path = require('path');
 const { parseArgs } = require('util');
 const { SyncEngine, SQLiteAdapter, Server } = require('syncengine');
 
-const { values: args } = parseArgs({
-  options: {
-    host: { type: 'string', default: '127.0.0.1' },
-    port: { type: 'string', default: '3000' },
-    state: { type: 'string' },
-    'web-dir': { type: 'string', default: path.join(__dirname, '..', 'web') },
-    debug: { type: 'boolean', default: false },
-    // adds a "blob" of BYTES 'x' characters to the initial state (benchmark scenario D)
-    pad: { type: 'string', default: '0' },
-    token: { type: 'string' },
-    // an async handler that never settles would hold every later message back: give up on it
-    'step-timeout-ms': { type: 'string', default: '5000' },
-  },
-});
+const USAGE = `usage: node counter_server.js [options]
+  --host H             address to listen on (default 127.0.0.1)
+  --port N             TCP port, 0 picks a free one (default 3000)
+  --state FILE         SQLite file that keeps the counter across restarts (default: in memory)
+  --web-dir DIR        the page to serve (default: examples/web)
+  --pad BYTES          add a "blob" of BYTES 'x' characters to the initial state
+  --token SECRET       let in only WebSocket clients that bring it (?token=SECRET, which the
+                       page passes on, or "Authorization: Bearer SECRET"); others are closed
+                       with 4401. GET /metrics then needs it too; /healthz and the page's static
+                       files stay public (they hold no secret)
+  --token-file PATH    the token is the first line of this file (not in argv, so not in ps);
+                       without either option LIBSYNC_DEMO_TOKEN is used when set
+  --step-timeout-ms MS give up on a handler step pending this long (default 5000, 0 = never)
+  --debug              log every step of the engine
+  --help               this text
+`;
+
+function usageError(message) {
+  console.error(`counter_server: ${message}\n${USAGE}`);
+  process.exit(2);
+}
+
+let args;
+try {
+  ({ values: args } = parseArgs({
+    options: {
+      host: { type: 'string', default: '127.0.0.1' },
+      port: { type: 'string', default: '3000' },
+      state: { type: 'string' },
+      'web-dir': { type: 'string', default: path.join(__dirname, '..', 'web') },
+      debug: { type: 'boolean', default: false },
+      // adds a "blob" of BYTES 'x' characters to the initial state (benchmark scenario D)
+      pad: { type: 'string', default: '0' },
+      token: { type: 'string' },
+      'token-file': { type: 'string' },
+      // an async handler that never settles would hold every later message back: give up on it
+      'step-timeout-ms': { type: 'string', default: '5000' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  }));
+} catch (err) {
+  usageError(err.message);
+}
+if (args.help) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
+
+// The token: --token, --token-file, or the environment, so that it need not be in argv (ps).
+let token = args.token;
+if (token !== undefined && args['token-file'] !== undefined)
+  usageError('give --token or --token-file, not both');
+if (args['token-file'] !== undefined) {
+  try {
+    token = fs.readFileSync(args['token-file'], 'utf8').split(/\r?\n/)[0];
+  } catch (err) {
+    usageError(`--token-file ${args['token-file']}: ${err.message}`);
+  }
+} else if (token === undefined && process.env.LIBSYNC_DEMO_TOKEN) {
+  token = process.env.LIBSYNC_DEMO_TOKEN;
+}
+// It travels in a URL the page builds by hand: keep to characters that need no escaping.
+if (token !== undefined && (!token || /[&#%+\s]/.test(token)))
+  usageError('the token must be non-empty, without & # % + or spaces (it travels in a URL)');
 
 const padBytes = Number(args.pad);
 if (!Number.isInteger(padBytes) || padBytes < 0 || padBytes > 256 * 1024 * 1024) {
@@ -81,7 +133,7 @@ function sameSecret(given, secret) {
 async function auth(req) {
   const bearer = (req.headers.authorization || '').replace(/^Bearer /, '');
   const given = new URLSearchParams(req.query).get('token') || bearer;
-  return sameSecret(given, args.token) ? { peer: req.peer } : false;
+  return sameSecret(given, token) ? { peer: req.peer } : false;
 }
 
 // The page talks to "/" (and to "/counter" with ?path=/counter): one engine, two routes.
@@ -90,11 +142,15 @@ const server = new Server({
   port: Number(args.port),
   engines: { '/': engine, '/counter': engine },
   staticDir: args['web-dir'],
-  auth: args.token ? auth : null,
+  auth: token ? auth : null,
+  // the figures too; the static files hold no secret and stay public
+  metricsToken: token || null,
 });
 
 server.listen().then(
-  (port) => console.log(`counter server listening on http://${args.host}:${port}/`),
+  // with the token, so that the printed URL opens the page as it is
+  (port) => console.log(`counter server listening on http://${args.host}:${port}/` +
+    (token ? `?token=${token}` : '')),
   (err) => {
     console.error(`counter server: ${err.message}`);
     process.exit(1);

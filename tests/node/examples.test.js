@@ -118,6 +118,69 @@ test('counter_server.js --token: only clients that bring the token get in', asyn
   assert.equal(await child.exited, 0);
 });
 
+function getWith(port, urlPath, headers) {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port, path: urlPath, headers }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode));
+      })
+      .on('error', reject);
+  });
+}
+
+test('counter_server.js: the token from a file or the environment, printed in the URL, guards /metrics', async (t) => {
+  const file = path.join(tmpDir(t), 'token');
+  fs.writeFileSync(file, 'fr0m-file\n');
+  const cases = [
+    { args: ['--token-file', file], token: 'fr0m-file' },
+    { args: [], token: 'fr0m-env', extraEnv: { LIBSYNC_DEMO_TOKEN: 'fr0m-env' } },
+  ];
+  for (const { args, token, extraEnv } of cases) {
+    const child = spawn(
+      process.execPath,
+      [path.join(examples, 'counter_server.js'), '--port', '0', ...args],
+      { env: { ...env, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    t.after(() => child.exitCode === null && child.kill('SIGKILL'));
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    child.output = () => out;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    const port = await portOf(child);
+    assert.match(out, new RegExp(`listening on http://127\\.0\\.0\\.1:${port}/\\?token=${token}\\n`));
+    assert.equal(await getWith(port, '/metrics'), 401);
+    assert.equal(await getWith(port, '/metrics?token=wrong'), 401);
+    assert.equal(await getWith(port, `/metrics?token=${token}`), 200);
+    assert.equal(await getWith(port, '/metrics', { Authorization: `Bearer ${token}` }), 200);
+    assert.equal(await getWith(port, '/'), 200); // the page holds no secret
+    assert.equal(await getWith(port, '/healthz'), 200);
+    await increment(port, 1, `?token=${token}`);
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0);
+  }
+});
+
+test('counter_server.js --help prints the usage; a bad command line is a usage error', () => {
+  const script = path.join(examples, 'counter_server.js');
+  const help = spawnSync(process.execPath, [script, '--help'], { env, encoding: 'utf8', timeout: 20000 });
+  assert.equal(help.status, 0, help.stderr);
+  assert.match(help.stdout, /^usage: node counter_server\.js/);
+  assert.match(help.stdout, /--token-file PATH/);
+  for (const [args, message] of [
+    [['--bogus'], /Unknown option '--bogus'/],
+    [['--token', 'a', '--token-file', 'x'], /not both/],
+    [['--token-file', '/nonexistent/token'], /ENOENT/],
+    [['--token', 'a b'], /the token must be non-empty/],
+  ]) {
+    const r = spawnSync(process.execPath, [script, ...args], { env, encoding: 'utf8', timeout: 20000 });
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, message);
+    assert.match(r.stderr, /usage:/);
+  }
+});
+
 test('zod_validation.js applies valid messages and reports each invalid one', () => {
   const r = spawnSync(process.execPath, [path.join(examples, 'zod_validation.js')], {
     env,

@@ -126,6 +126,7 @@ export async function main(): Promise<number> {
     staticDir: 'examples/web',
     authHeaders: ['X-Api-Key'],
     authTimeoutMs: 5000,
+    metricsToken: 'm3trics',
     auth: async (req: AuthRequest): Promise<AuthDecision> => {
       if (req.headers['x-api-key'] !== 'k') return 401;
       return { user: req.query };
