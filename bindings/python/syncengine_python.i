@@ -463,6 +463,7 @@ int sync_request_set_identity(sync_request *req, const char *identity_json);
 sync_request *sync_request_defer(sync_request *req);
 int sync_request_complete(sync_request *req, int status);
 int sync_server_mount(sync_server *server, const char *path, sync_engine *engine);
+int sync_server_set_metrics_token(sync_server *server, const char *token);
 int sync_server_listen(sync_server *server);
 int sync_server_port(const sync_server *server);
 int sync_server_start(sync_server *server);

@@ -182,6 +182,27 @@ def test_static_files_and_health(served):
         assert resp.status == 200
 
 
+def test_metrics_token_guards_metrics(served):
+    def status(server, suffix="", headers=None):
+        request = urllib.request.Request(f"http://127.0.0.1:{server.port}/metrics{suffix}",
+                                         headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    _, server = served(static_dir=WEB_DIR, metrics_token="m3trics")
+    assert status(server) == 401
+    assert status(server, "?token=wrong") == 401
+    assert status(server, "?token=m3trics") == 200
+    assert status(server, "", {"Authorization": "Bearer m3trics"}) == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as resp:
+        assert resp.status == 200
+    with pytest.raises(syncengine.SyncError):
+        syncengine.Server(metrics_token="")
+
+
 def test_threads_set_state_while_the_server_runs(served):
     engine, server = served()
     with connect(f"ws://127.0.0.1:{server.port}/counter") as ws:

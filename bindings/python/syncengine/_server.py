@@ -264,6 +264,10 @@ class Server:
     :class:`RequestCopy` (path, query, peer, and the headers of :data:`AUTH_HEADERS` plus
     ``auth_headers``). A client whose decision takes longer than ``auth_timeout_ms`` (0 = 10 s)
     is closed with 4408.
+
+    ``metrics_token``, when given, guards ``GET /metrics``: a request must bring
+    ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``, else it is answered 401. ``/healthz`` and
+    the static files stay public.
     """
 
     def __init__(
@@ -288,6 +292,7 @@ class Server:
         auth_loop: Optional[asyncio.AbstractEventLoop] = None,
         auth_headers: Sequence[str] = (),
         auth_timeout_ms: int = 0,
+        metrics_token: Optional[str] = None,
     ) -> None:
         from ._engine import log_sink
 
@@ -324,6 +329,8 @@ class Server:
         self._ptr = ptr
         _live_servers.add(self)
         try:
+            if metrics_token is not None:
+                check(native.sync_server_set_metrics_token(ptr, str(metrics_token)))
             for path, engine in (engines or {}).items():
                 self.mount(path, engine)
         except BaseException:
