@@ -2,7 +2,8 @@
  * libsync — the engine: one JSON application state, its version, the connections that watch it,
  * and the pipeline that turns client messages into state changes.
  *
- * Wire protocol (JSON text frames), compatible with the original TypeScript library:
+ * Wire protocol (JSON text frames; a client that reads only "type" and "data" needs nothing else,
+ * docs/PORTING.md maps the API to the TypeScript library it re-creates):
  *   server -> client  {"type":"initial_state","data":STATE,"version":V}   on open
  *   server -> client  {"type":"state_update","data":STATE,"version":V}    on every broadcast
  *   server -> client  {"type":"ping"}                                      every heartbeat
@@ -56,7 +57,7 @@ typedef struct sync_adapter sync_adapter; /**< a persistence backend (adapter.h)
 #define SYNC_HOOKS_VERSION 1
 
 /**
- * The original's hooks. Every member may be NULL. JSON values and strings passed to a hook are
+ * Event hooks. Every member may be NULL. JSON values and strings passed to a hook are
  * borrowed for the duration of the call. Hooks run with the engine's lock held on the thread
  * that drives the engine; a hook may call the engine's functions (get_state, broadcast...).
  */
@@ -72,9 +73,11 @@ typedef struct sync_hooks {
     void (*on_ping)(sync_engine *engine, sync_conn *conn, void *userdata);
     void (*on_pong)(sync_engine *engine, sync_conn *conn, void *userdata);
     void (*on_ping_timeout)(sync_engine *engine, sync_conn *conn, void *userdata);
-    /** Every reported error: its status, a readable message, the context where it happened
-     *  ("handleMessage", "validateMessage", "middleware", "handler:increment", "sync", "load",
-     *  "backup", "handleOpen", "broadcast", "heartbeat"), and the connection involved or NULL. */
+    /** Every reported error: its status, a readable message, the context where it happened, and
+     *  the connection involved or NULL. Contexts: "handleMessage" (a message as received: size,
+     *  UTF-8, JSON, depth, shape, no handler for its type), "validateMessage" (the validator),
+     *  "middleware", "handler:<type>" (that type's handler), "handleOpen" (joining a connection),
+     *  "broadcast", "heartbeat", "sync", "load" and "backup" (the adapter's save, load, backup). */
     void (*on_error)(sync_engine *engine, int status, const char *message, const char *context,
                      sync_conn *conn, void *userdata);
     void *userdata;
@@ -93,8 +96,8 @@ typedef struct sync_hooks {
 
 /** When a changed state is written to the adapter. See docs/ARCHITECTURE.md "Durability". */
 typedef enum sync_persist_mode {
-    /** The original's behaviour: every change is saved (sync()) as part of the change, before
-     *  the change is broadcast and before the call that made it returns. */
+    /** Every change is saved (sync()) as part of the change, before the change is broadcast and
+     *  before the call that made it returns. */
     SYNC_PERSIST_ON_CHANGE = 0,
     /** Group commit: changes are saved once per version that is about to be sent, before any
      *  client receives it. States that no client ever saw may be lost by a crash; every state a
@@ -109,8 +112,7 @@ typedef enum sync_timer_mode {
     /** The embedder calls sync_engine_tick() when sync_engine_next_deadline_ms() is due (or
      *  the built-in server does, when the engine is mounted on it). No hidden thread. */
     SYNC_TIMERS_MANUAL = 0,
-    /** The engine starts one thread of its own that ticks it, like the original's setInterval.
-     *  Hooks then run on that thread. */
+    /** The engine starts one thread of its own that ticks it. Hooks then run on that thread. */
     SYNC_TIMERS_THREAD = 1
 } sync_timer_mode;
 
@@ -137,7 +139,7 @@ typedef struct sync_engine_options {
     sync_persist_mode persist_mode;
     sync_timer_mode timer_mode;
     /** 1: every change is broadcast to all connections on its own (coalesced: a connection may
-     *  skip intermediate versions but always ends on the latest). 0: as the original, only
+     *  skip intermediate versions but always ends on the latest). 0: only
      *  sync_engine_broadcast_state() and set_state(..., broadcast=1) broadcast. */
     int auto_broadcast;
     /** 1: a message that is dropped also gets {"type":"error",...} sent back to its sender. */
@@ -147,7 +149,7 @@ typedef struct sync_engine_options {
     size_t max_message_bytes;
     /** Deepest accepted nesting of arrays/objects in a message. 0 = default (64). */
     int max_json_depth;
-    /** 1: log every step at SYNC_LOG_DEBUG (the original's `debug: true`). */
+    /** 1: log every step of the pipeline at SYNC_LOG_DEBUG. */
     int debug;
     /** Log sink; NULL logs to stderr. Errors go to on_error when it is set, else here. */
     sync_log_cb log;
@@ -163,7 +165,7 @@ typedef struct sync_engine_options {
      *  until it comes the message keeps a reference on the engine. Timed by the same clock as
      *  the heartbeat (sync_engine_tick(), the server, or the engine's timer thread). Adapter calls
      *  are not timed out: a save abandoned here could still land after a newer one.
-     *  0 = never (the original waits for ever). */
+     *  0 = never: a step that is never completed holds the engine's queue for ever. */
     int64_t step_timeout_ms;
 } sync_engine_options;
 
@@ -198,7 +200,7 @@ SYNC_EXTERN int sync_engine_options_init(sync_engine_options *opts, unsigned int
 SYNC_EXTERN int sync_engine_new(sync_engine **out, const sync_engine_options *opts);
 
 /**
- * The original's dispose(): closes every connection (their close callback runs exactly once,
+ * Closes every connection (their close callback runs exactly once,
  * with code 1001), forgets them, stops every timer. Does not save (call sync() first if needed).
  * Later calls on the engine return SYNC_ECLOSED. Idempotent.
  */
@@ -233,12 +235,12 @@ SYNC_EXTERN int sync_engine_on(sync_engine *engine, const char *type, sync_step_
 /** Removes the handler for `type`. SYNC_ENOHANDLER when there was none. */
 SYNC_EXTERN int sync_engine_off(sync_engine *engine, const char *type);
 
-/** Sets (or with NULL clears) the validator, the original's validateMessage: it sees the parsed
+/** Sets (or with NULL clears) the validator: it sees the parsed
  *  message (any JSON value) first and may replace it (sync_msg_replace). Same free rules. */
 SYNC_EXTERN int sync_engine_set_validator(sync_engine *engine, sync_step_cb validator,
                                           void *userdata, sync_free_cb free_userdata);
 
-/** Appends a middleware, the original's use(): runs after the validator, in order of
+/** Appends a middleware: runs after the validator, in order of
  *  registration; may replace the message or drop it. Same free rules. */
 SYNC_EXTERN int sync_engine_use(sync_engine *engine, sync_step_cb middleware, void *userdata,
                                 sync_free_cb free_userdata);
@@ -269,7 +271,7 @@ SYNC_EXTERN const char *sync_msg_state_json(sync_msg *msg);
 /** Handler: a private, mutable copy of the state (made on first call, O(state)); the changes
  *  become the new state when the handler succeeds and vanish when it fails. Borrowed. */
 SYNC_EXTERN cJSON *sync_msg_state_mut(sync_msg *msg);
-/** Handler: the original's setState(new): `state` becomes the new state if the handler succeeds.
+/** Handler: replaces the whole state: `state` becomes the new state if the handler succeeds.
  *  Takes ownership. Several calls in one handler make one change (one version step). */
 SYNC_EXTERN int sync_msg_set_state(sync_msg *msg, cJSON *state);
 /** Same from JSON text (copied). SYNC_EPARSE when it is not JSON. */
@@ -335,12 +337,14 @@ SYNC_EXTERN int sync_conn_send(sync_conn *conn, const char *text, size_t len);
 /** Asks the connection's transport to close it. */
 SYNC_EXTERN int sync_conn_close(sync_conn *conn, int code, const char *reason);
 
-/** The original's handleOpen: joins the set, last-pong = now, on_connect, then sends
- *  initial_state. If that send fails: reported and the connection is closed. */
+/** A connection opened: it joins the engine's connections, its last pong is now, on_connect
+ *  runs, then it is sent initial_state. If that send fails: reported and the connection is
+ *  closed. */
 SYNC_EXTERN int sync_engine_handle_open(sync_engine *engine, sync_conn *conn);
 
 /**
- * The original's handleMessage. `text` (len bytes, need not be NUL-terminated) is copied.
+ * A connection sent `text` (len bytes, need not be NUL-terminated; copied): "pong" marks it
+ * alive, anything else runs through the message pipeline.
  * Returns SYNC_OK when the message was handled (and any change applied) before returning,
  * SYNC_PENDING when it was queued or a step finishes later, or the negative status of why it was
  * dropped (also reported through on_error). Does not broadcast unless auto_broadcast is set.
@@ -348,7 +352,8 @@ SYNC_EXTERN int sync_engine_handle_open(sync_engine *engine, sync_conn *conn);
 SYNC_EXTERN int sync_engine_handle_message(sync_engine *engine, sync_conn *conn, const char *text,
                                            size_t len);
 
-/** The original's handleClose: leaves the set, then on_disconnect. Idempotent per connection. */
+/** A connection closed: it leaves the engine's connections, then on_disconnect runs.
+ *  Idempotent per connection. */
 SYNC_EXTERN int sync_engine_handle_close(sync_engine *engine, sync_conn *conn);
 
 /** Runs `text` through the pipeline as if a connection-less client had sent it (server-side
@@ -369,7 +374,7 @@ SYNC_EXTERN char *sync_engine_get_state_json(sync_engine *engine);
 /** Current version (-1 when versioning is off). */
 SYNC_EXTERN int64_t sync_engine_get_version(sync_engine *engine);
 
-/** The original's setState(new, broadcast) from outside a handler: version + 1, on_state_change
+/** Replaces the state from outside a handler: version + 1, on_state_change
  *  when different, persist per persist_mode, then broadcast when asked (or auto_broadcast).
  *  Takes ownership of `state` (also on failure). Queued (SYNC_PENDING) behind pending work. */
 SYNC_EXTERN int sync_engine_set_state(sync_engine *engine, cJSON *state, int broadcast);
@@ -382,10 +387,10 @@ SYNC_EXTERN int sync_engine_broadcast_state(sync_engine *engine);
 /** Sends one text frame (copied) to every open connection. */
 SYNC_EXTERN int sync_engine_broadcast_text(sync_engine *engine, const char *text, size_t len);
 
-/** The original's sync(): adapter save(state, version), then on_sync. SYNC_OK without adapter.
+/** Saves: adapter save(state, version), then on_sync. SYNC_OK without adapter.
  *  SYNC_PENDING when queued or the adapter finishes later. */
 SYNC_EXTERN int sync_engine_sync(sync_engine *engine);
-/** The original's createBackup(): adapter backup(), then on_backup(timestamp, version).
+/** Backs up: adapter backup(), then on_backup(timestamp, version).
  *  SYNC_EUNSUPPORTED when the adapter cannot back up; SYNC_OK and nothing done without adapter. */
 SYNC_EXTERN int sync_engine_create_backup(sync_engine *engine);
 
