@@ -129,8 +129,9 @@ typedef struct sync_engine_options {
     sync_adapter *adapter;
     /** Heartbeat: every interval each connection gets {"type":"ping"}. 0 = off. */
     int64_t heartbeat_interval_ms;
-    /** A connection that has not sent "pong" for this long is closed (with on_ping_timeout).
-     *  0 = never. Checked at each heartbeat. */
+    /** A connection from which nothing arrived for this long (no message, no "pong", no
+     *  sync_engine_handle_alive()) is closed with SYNC_CLOSE_PING_TIMEOUT "ping timeout" (after
+     *  on_ping_timeout). 0 = never. Checked at each heartbeat. */
     int64_t ping_timeout_ms;
     /** Periodic sync(): every interval, save the state through the adapter. 0 = off. */
     int64_t sync_interval_ms;
@@ -347,6 +348,22 @@ SYNC_EXTERN int sync_engine_handle_open(sync_engine *engine, sync_conn *conn);
  */
 SYNC_EXTERN int sync_engine_handle_message(sync_engine *engine, sync_conn *conn, const char *text,
                                            size_t len);
+
+/**
+ * The connection showed it is alive in a way the engine does not see: a WebSocket-level pong
+ * frame (or any other traffic the transport handles itself). Refreshes its last-pong time, so the
+ * heartbeat does not close it; does not run on_pong (that stays the answer to the text "pong").
+ * Every message passed to sync_engine_handle_message() already counts, "pong" included. The
+ * built-in server calls this for every WebSocket pong frame. SYNC_ESTATE when the connection is
+ * not open in this engine.
+ */
+SYNC_EXTERN int sync_engine_handle_alive(sync_engine *engine, sync_conn *conn);
+
+/** The close code of a connection the heartbeat found dead: nothing arrived from it (no message,
+ *  no "pong", no sync_engine_handle_alive()) for ping_timeout_ms. The reason is
+ *  SYNC_CLOSE_PING_TIMEOUT_REASON. */
+#define SYNC_CLOSE_PING_TIMEOUT 4001
+#define SYNC_CLOSE_PING_TIMEOUT_REASON "ping timeout"
 
 /** The original's handleClose: leaves the set, then on_disconnect. Idempotent per connection. */
 SYNC_EXTERN int sync_engine_handle_close(sync_engine *engine, sync_conn *conn);
