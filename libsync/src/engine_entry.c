@@ -173,7 +173,7 @@ static int set_state(sync_engine *engine, cJSON *state, int broadcast, int check
     if (bad != SYNC_OK) {
         /* like a failed handler: nothing changes, and on_error hears of it */
         rc = sync_engine_report(engine, bad, "setState", NULL,
-                                "the new state is not valid JSON: %s; state and version are "
+                                "the new state cannot be sent as JSON: %s; state and version are "
                                 "unchanged",
                                 why);
         sync_engine_unlock(engine);

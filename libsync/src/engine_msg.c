@@ -149,7 +149,7 @@ static int check_new_state(sync_msg *msg)
     if (rc == SYNC_OK)
         return rc;
     char reason[600];
-    snprintf(reason, sizeof reason, "the state the handler made is not valid JSON: %s",
+    snprintf(reason, sizeof reason, "the state the handler made cannot be sent as JSON: %s",
              sync_error_last());
     free(msg->error);
     msg->error = strdup(reason);
