@@ -79,7 +79,8 @@ export interface SyncEngineConfig<
   hooks?: SyncEngineHooks<TState, WS>;
   /** Heartbeat: {"type":"ping"} to every connection every interval. 0 = off. */
   heartbeatIntervalMs?: number;
-  /** Close a connection that has not answered "pong" for this long. 0 = never. */
+  /** Close a connection from which nothing (no message, no "pong") arrived for this long, with
+   *  close(4001, "ping timeout"). 0 = never. */
   pingTimeoutMs?: number;
   /** Gets the parsed message (String(raw) gives its JSON text); returns it or throws. */
   validateMessage?: (rawMessage: unknown) => MaybePromise<TMessage>;
