@@ -144,6 +144,9 @@ export class SyncEngine<
   use(middleware: Middleware<TMessage>): this;
   handleOpen(ws: WS): Promise<void>;
   handleMessage(ws: WS, rawMessage: string | Buffer | ArrayBuffer | Buffer[]): Promise<void>;
+  /** A WebSocket-level pong (or other sign of life the engine does not see): the heartbeat keeps
+   *  `ws`. Messages already count. False when `ws` is not open in this engine. */
+  handleAlive(ws: WS): boolean;
   handleClose(ws: WS): Promise<void>;
   inject(rawMessage: string | Buffer): Promise<void>;
   readonly connectionCount: number;

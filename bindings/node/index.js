@@ -450,6 +450,17 @@ class SyncEngine {
     await this._settle(native.sync_engine_handle_message(engine, conn, textOf(raw)));
   }
 
+  /**
+   * The client showed it is alive in a way the engine does not see, such as a WebSocket-level pong
+   * (`ws.on('pong', () => engine.handleAlive(ws))`): the heartbeat keeps it. Messages already
+   * count. Does not run onPong. False when `ws` is not open in this engine.
+   */
+  handleAlive(ws) {
+    const engine = this._live();
+    const entry = this._byWs.get(ws);
+    return !!entry && native.sync_engine_handle_alive(engine, entry.conn) === OK;
+  }
+
   /** A client went away. */
   async handleClose(ws) {
     const entry = this._byWs.get(ws);

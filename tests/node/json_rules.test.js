@@ -130,3 +130,22 @@ test('a connection that sends messages but never answers a ping stays open', asy
   assert.equal(calls.onPong.length, 0);
   engine.dispose();
 });
+
+test('handleAlive (a WebSocket pong of your own server) keeps a connection; onPong does not run', async () => {
+  const { calls, hooks } = hookRecorder();
+  const engine = new SyncEngine({ hooks, heartbeatIntervalMs: 25, pingTimeoutMs: 300 });
+  const ponger = mockWs('ponger');
+  const silent = mockWs('silent');
+  assert.equal(engine.handleAlive(ponger), false); // not open yet
+  await engine.handleOpen(ponger);
+  await engine.handleOpen(silent);
+  const until = Date.now() + 1200;
+  while (Date.now() < until) {
+    assert.equal(engine.handleAlive(ponger), true);
+    await sleep(50);
+  }
+  await waitFor(() => silent.closes >= 1, 3000, 'the silent connection to close');
+  assert.equal(ponger.closes, 0);
+  assert.equal(calls.onPong.length, 0);
+  engine.dispose();
+});

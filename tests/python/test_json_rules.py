@@ -82,3 +82,20 @@ def test_messages_keep_a_connection_alive_without_pong(make_engine, recorder):
     assert busy.closes == 0
     assert all(args[0] is silent for args in recorder.calls["on_ping_timeout"])
     assert recorder.count("on_pong") == 0
+
+
+def test_handle_alive_keeps_a_connection_without_on_pong(make_engine, recorder):
+    engine = make_engine(initial_state={"counter": 0}, hooks=recorder.hooks(),
+                         heartbeat_interval_ms=25, ping_timeout_ms=300)
+    ponger = MockConn("ponger")
+    silent = MockConn("silent")
+    assert engine.handle_alive(ponger) == Status.ESTATE  # not open yet
+    engine.handle_open(ponger)
+    engine.handle_open(silent)
+    until = time.monotonic() + 1.2
+    while time.monotonic() < until:
+        assert engine.handle_alive(ponger) == Status.OK  # e.g. a WebSocket pong of your server
+        time.sleep(0.05)
+    assert wait_until(lambda: silent.closes >= 1, timeout=3.0)
+    assert ponger.closes == 0
+    assert recorder.count("on_pong") == 0

@@ -410,6 +410,16 @@ class SyncEngine:
         ptr = self._p()
         return _resume(Status.of(native.sync_engine_handle_message(ptr, self._bridge(conn).ptr, raw)))
 
+    def handle_alive(self, conn: ConnectionLike) -> Status:
+        """``conn`` showed it is alive in a way the engine does not see, such as a WebSocket-level
+        pong of your own server: the heartbeat keeps it (messages already count). Does not run
+        ``on_pong``. ``Status.ESTATE`` when ``conn`` is not open in this engine."""
+        ptr = self._p()
+        bridge = self._conns.get(id(conn))
+        if bridge is None:
+            return Status.ESTATE
+        return Status.of(native.sync_engine_handle_alive(ptr, bridge.ptr))
+
     def handle_close(self, conn: ConnectionLike) -> Status:
         """The original's handleClose: ``conn`` leaves, then ``on_disconnect``."""
         ptr = self._p()
