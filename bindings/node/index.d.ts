@@ -79,7 +79,8 @@ export interface SyncEngineConfig<
   hooks?: SyncEngineHooks<TState, WS>;
   /** Heartbeat: {"type":"ping"} to every connection every interval. 0 = off. */
   heartbeatIntervalMs?: number;
-  /** Close a connection that has not answered "pong" for this long. 0 = never. */
+  /** Close a connection from which nothing (no message, no "pong") arrived for this long, with
+   *  close(4001, "ping timeout"). 0 = never. */
   pingTimeoutMs?: number;
   /** Gets the parsed message (String(raw) gives its JSON text); returns it or throws. */
   validateMessage?: (rawMessage: unknown) => MaybePromise<TMessage>;
@@ -143,6 +144,9 @@ export class SyncEngine<
   use(middleware: Middleware<TMessage>): this;
   handleOpen(ws: WS): Promise<void>;
   handleMessage(ws: WS, rawMessage: string | Buffer | ArrayBuffer | Buffer[]): Promise<void>;
+  /** A WebSocket-level pong (or other sign of life the engine does not see): the heartbeat keeps
+   *  `ws`. Messages already count. False when `ws` is not open in this engine. */
+  handleAlive(ws: WS): boolean;
   handleClose(ws: WS): Promise<void>;
   inject(rawMessage: string | Buffer): Promise<void>;
   readonly connectionCount: number;

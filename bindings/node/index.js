@@ -116,6 +116,43 @@ function textOf(raw) {
   return String(raw);
 }
 
+// Where `root` holds NaN or an infinity, as JSON.stringify sees it (toJSON applied), or null.
+function nonFinite(root) {
+  const stack = [[root, '$', '']];
+  while (stack.length) {
+    let [value, at, key] = stack.pop();
+    if (value !== null && typeof value === 'object' && typeof value.toJSON === 'function') {
+      value = value.toJSON(key);
+    }
+    if (typeof value === 'number') {
+      if (!Number.isFinite(value)) return { value: String(value), at };
+    } else if (Array.isArray(value)) {
+      for (let i = value.length - 1; i >= 0; i--) stack.push([value[i], `${at}[${i}]`, String(i)]);
+    } else if (value !== null && typeof value === 'object') {
+      for (const k of Object.keys(value).reverse()) stack.push([value[k], `${at}.${k}`, k]);
+    }
+  }
+  return null;
+}
+
+// JSON text of a state or message. JSON.stringify writes NaN and the infinities as null, so a state
+// holding one would reach the clients and the store as null: refused instead, like libsync refuses
+// them in C. The walk runs only when the text holds a null at all.
+function jsonOf(value, what) {
+  const json = JSON.stringify(value);
+  if (json === undefined) throw new TypeError(`${what}: the state must be JSON`);
+  if (json.includes('null')) {
+    const bad = nonFinite(value);
+    if (bad) {
+      throw new SyncError(
+        Status.EINVAL,
+        `${what}: a non-finite number (${bad.value}) at ${bad.at}: JSON has no such number`,
+      );
+    }
+  }
+  return json;
+}
+
 // The validator sees the parsed message, as in the original; String(raw) still gives the JSON text,
 // so validators written as `JSON.parse(String(raw))` (the seed README's) work too.
 function parsedWithText(json) {
@@ -316,8 +353,7 @@ class SyncEngine {
       if (typeof this._hooks[name] === 'function') hookMask |= bit;
     }
     const initial = config.initialState ?? config.defaultState ?? {};
-    const initialJson = JSON.stringify(initial);
-    if (initialJson === undefined) throw new TypeError('SyncEngine: initialState must be JSON');
+    const initialJson = jsonOf(initial, 'SyncEngine: initialState');
     let adapterPtr = null;
     try {
       if (config.adapter instanceof NativeAdapter) adapterPtr = config.adapter._take();
@@ -414,6 +450,17 @@ class SyncEngine {
     await this._settle(native.sync_engine_handle_message(engine, conn, textOf(raw)));
   }
 
+  /**
+   * The client showed it is alive in a way the engine does not see, such as a WebSocket-level pong
+   * (`ws.on('pong', () => engine.handleAlive(ws))`): the heartbeat keeps it. Messages already
+   * count. Does not run onPong. False when `ws` is not open in this engine.
+   */
+  handleAlive(ws) {
+    const engine = this._live();
+    const entry = this._byWs.get(ws);
+    return !!entry && native.sync_engine_handle_alive(engine, entry.conn) === OK;
+  }
+
   /** A client went away. */
   async handleClose(ws) {
     const entry = this._byWs.get(ws);
@@ -488,8 +535,7 @@ class SyncEngine {
 
   /** The original's setState(new, broadcast=false), from outside a handler. */
   async setState(state, broadcast = false) {
-    const json = JSON.stringify(state);
-    if (json === undefined) throw new TypeError('setState: the state must be JSON');
+    const json = jsonOf(state, 'setState');
     const rc = native.sync_engine_set_state_json(this._live(), json, broadcast ? 1 : 0);
     if (rc < 0) throw lastError(rc);
     await this._settle(rc);
@@ -722,9 +768,14 @@ class SyncEngine {
     };
     const finish = (value) => {
       if (step.role === 'handler' || value === undefined) return OK;
-      const json = JSON.stringify(value);
-      if (json === undefined)
-        return fail(new Error(`${step.role} returned a value that is not JSON`));
+      let json;
+      try {
+        json = jsonOf(value, step.role);
+      } catch (err) {
+        return fail(
+          err instanceof SyncError ? err : new Error(`${step.role} returned a value that is not JSON`),
+        );
+      }
       const rc = native.sync_msg_replace_json(msg, json);
       return rc < 0 ? fail(new Error(`${step.role} returned a message that cannot be used`)) : OK;
     };
@@ -742,8 +793,7 @@ class SyncEngine {
         };
         const setState = (state) => {
           live();
-          const text = JSON.stringify(state);
-          if (text === undefined) throw new TypeError('setState: the state must be JSON');
+          const text = jsonOf(state, 'setState');
           const rc = native.sync_msg_set_state_json(msg, text);
           if (rc < 0) throw lastError(rc);
         };

@@ -419,6 +419,7 @@ int sync_engine_off(sync_engine *engine, const char *type);
 int sync_engine_handle_open(sync_engine *engine, sync_conn *conn);
 int sync_engine_handle_message(sync_engine *engine, sync_conn *conn, const char *text, size_t len);
 int sync_engine_handle_close(sync_engine *engine, sync_conn *conn);
+int sync_engine_handle_alive(sync_engine *engine, sync_conn *conn);
 int sync_engine_inject(sync_engine *engine, const char *text, size_t len);
 size_t sync_engine_connection_count(sync_engine *engine);
 char *sync_engine_get_state_json(sync_engine *engine);

@@ -57,6 +57,7 @@ wss.on('connection', (ws) => {
     await engine.handleMessage(ws, data.toString());
     await engine.broadcastState(); // the original's pattern: broadcast after every message
   });
+  ws.on('pong', () => engine.handleAlive(ws)); // a WebSocket-level pong also keeps it alive
   ws.on('close', () => engine.handleClose(ws));
 });
 

@@ -156,12 +156,19 @@ static int file_load(void *userdata, sync_pending *pending, char **out_state_jso
     while (end < text + len && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
         end++;
     int trailing = end != text + len;
+    /* What the engine's parser refuses (\u0000, a duplicate name, a non-finite number) is kept
+     * aside like any corrupt record. */
+    char refused[300] = "";
+    if (sync_json_check_depth(text, len, 0) != SYNC_OK || sync_json_check_tree(root) != SYNC_OK)
+        snprintf(refused, sizeof refused, "%s", sync_error_last());
     free(text);
     const cJSON *state = cJSON_GetObjectItemCaseSensitive(root, "state");
     int64_t version = 0;
     const char *why = NULL;
     if (trailing)
         why = "unexpected bytes after the JSON record";
+    else if (refused[0])
+        why = refused;
     else if (!cJSON_IsObject(root))
         why = "the record is not a JSON object";
     else if (!state)

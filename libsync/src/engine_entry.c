@@ -81,9 +81,12 @@ static int message_enter(sync_engine *engine, sync_conn *conn, const char *text,
     if (rc != SYNC_OK)
         return rc;
     engine->stats.messages_in++;
+    /* Whatever the client sends shows it is alive, not only its answer to a ping: a busy client
+     * that never answers one must not be closed as dead. */
+    if (conn && engine->ping_timeout_ms > 0)
+        conn->last_pong_ms = sync_now_ms();
     if (len == 4 && memcmp(text, "pong", 4) == 0) {
         if (conn) {
-            conn->last_pong_ms = sync_now_ms();
             SYNC_DEBUG(engine, "pong from connection %llu", (unsigned long long)conn->id);
             if (engine->hooks.on_pong)
                 engine->hooks.on_pong(engine, conn, engine->hooks.userdata);
@@ -126,19 +129,54 @@ int sync_engine_handle_message(sync_engine *engine, sync_conn *conn, const char 
     return message_enter(engine, conn, text, len, "sync_engine_handle_message");
 }
 
+int sync_engine_handle_alive(sync_engine *engine, sync_conn *conn)
+{
+    if (!conn)
+        return sync_fail(SYNC_EINVAL, "sync_engine_handle_alive: conn is NULL");
+    int rc = enter(engine, "sync_engine_handle_alive");
+    if (rc != SYNC_OK)
+        return rc;
+    if (conn->engine != engine || conn->state != CONN_OPEN) {
+        sync_engine_unlock(engine);
+        return sync_fail(SYNC_ESTATE, "sync_engine_handle_alive: connection %llu is not open here",
+                         (unsigned long long)conn->id);
+    }
+    conn->last_pong_ms = sync_now_ms();
+    sync_engine_unlock(engine);
+    return SYNC_OK;
+}
+
 int sync_engine_inject(sync_engine *engine, const char *text, size_t len)
 {
     return message_enter(engine, NULL, text, len, "sync_engine_inject");
 }
 
-int sync_engine_set_state(sync_engine *engine, cJSON *state, int broadcast)
+/* `checked`: the state was just parsed from text, which runs the same check. */
+static int set_state(sync_engine *engine, cJSON *state, int broadcast, int checked)
 {
     if (!state) {
         return sync_fail(SYNC_EINVAL, "sync_engine_set_state: state is NULL");
     }
+    /* checked before the lock: the state is ours already, and a big one takes a moment */
+    int bad = checked ? SYNC_OK : sync_json_check_tree(state);
+    char why[600];
+    if (bad != SYNC_OK) {
+        snprintf(why, sizeof why, "%s", sync_error_last());
+        cJSON_Delete(state);
+    }
     int rc = enter(engine, "sync_engine_set_state");
     if (rc != SYNC_OK) {
-        cJSON_Delete(state);
+        if (bad == SYNC_OK)
+            cJSON_Delete(state);
+        return rc;
+    }
+    if (bad != SYNC_OK) {
+        /* like a failed handler: nothing changes, and on_error hears of it */
+        rc = sync_engine_report(engine, bad, "setState", NULL,
+                                "the new state cannot be sent as JSON: %s; state and version are "
+                                "unchanged",
+                                why);
+        sync_engine_unlock(engine);
         return rc;
     }
     sync_op *op = sync_op_new(OP_SET_STATE);
@@ -151,6 +189,11 @@ int sync_engine_set_state(sync_engine *engine, cJSON *state, int broadcast)
     return submit_new(engine, op, "sync_engine_set_state");
 }
 
+int sync_engine_set_state(sync_engine *engine, cJSON *state, int broadcast)
+{
+    return set_state(engine, state, broadcast, 0);
+}
+
 int sync_engine_set_state_json(sync_engine *engine, const char *json, int broadcast)
 {
     if (!engine || !json)
@@ -159,7 +202,7 @@ int sync_engine_set_state_json(sync_engine *engine, const char *json, int broadc
     int rc = sync_json_parse(json, strlen(json), 0, &state);
     if (rc != SYNC_OK)
         return rc;
-    return sync_engine_set_state(engine, state, broadcast);
+    return set_state(engine, state, broadcast, 1);
 }
 
 int sync_engine_broadcast_state(sync_engine *engine)

@@ -135,7 +135,9 @@ struct sync_msg {
     sync_conn *conn;
     cJSON *message;
     char *message_json;
-    cJSON *working; /* the handler's private state, NULL until it writes */
+    cJSON *working;      /* the handler's private state, NULL until it writes */
+    int working_checked; /* `working` came from checked JSON text and nobody could change it since
+                          */
     char *state_json;
     char *error;
     char *handler_type;

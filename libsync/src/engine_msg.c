@@ -141,6 +141,21 @@ static int check_type(sync_engine *engine, sync_msg *msg)
     return SYNC_OK;
 }
 
+/* A state that JSON cannot carry (clients would get null where the handler wrote Infinity; a
+ * reload would differ from what ran) fails the handler like any error of its own. */
+static int check_new_state(sync_msg *msg)
+{
+    int rc = sync_json_check_tree(msg->working);
+    if (rc == SYNC_OK)
+        return rc;
+    char reason[600];
+    snprintf(reason, sizeof reason, "the state the handler made cannot be sent as JSON: %s",
+             sync_error_last());
+    free(msg->error);
+    msg->error = strdup(reason);
+    return rc;
+}
+
 static int handler_failed(sync_engine *engine, sync_msg *msg, int rc)
 {
     engine->stats.handler_errors++;
@@ -209,6 +224,8 @@ int sync_msg_run(sync_engine *engine, sync_op *op)
             msg->mw_index++;
             break;
         default:
+            if (rc == SYNC_OK && msg->working && !msg->working_checked)
+                rc = check_new_state(msg);
             if (rc != SYNC_OK)
                 return handler_failed(engine, msg, rc);
             engine->stats.messages_applied++;
@@ -322,11 +339,18 @@ const char *sync_msg_message_json(sync_msg *msg)
     return text;
 }
 
-int sync_msg_replace(sync_msg *msg, cJSON *message)
+static int msg_replace(sync_msg *msg, cJSON *message, int checked)
 {
     if (!msg || !message) {
         cJSON_Delete(message);
         return sync_fail(SYNC_EINVAL, "sync_msg_replace: msg and message are required");
+    }
+    /* the steps after it must read what every other parser would read from its text */
+    if (!checked && message != msg->message && sync_json_check_tree(message) != SYNC_OK) {
+        char why[600];
+        snprintf(why, sizeof why, "sync_msg_replace: %s", sync_error_last());
+        cJSON_Delete(message);
+        return sync_fail(SYNC_EINVAL, "%s", why);
     }
     sync_engine_lock(msg->engine);
     int rc = refuse_if_timed_out(msg, "sync_msg_replace");
@@ -345,6 +369,11 @@ int sync_msg_replace(sync_msg *msg, cJSON *message)
     return SYNC_OK;
 }
 
+int sync_msg_replace(sync_msg *msg, cJSON *message)
+{
+    return msg_replace(msg, message, 0);
+}
+
 int sync_msg_replace_json(sync_msg *msg, const char *json)
 {
     if (!msg || !json)
@@ -353,7 +382,7 @@ int sync_msg_replace_json(sync_msg *msg, const char *json)
     int rc = sync_json_parse(json, strlen(json), 0, &message);
     if (rc != SYNC_OK)
         return rc;
-    return sync_msg_replace(msg, message);
+    return msg_replace(msg, message, 1);
 }
 
 const cJSON *sync_msg_state(sync_msg *msg)
@@ -400,12 +429,13 @@ cJSON *sync_msg_state_mut(sync_msg *msg)
     }
     if (!msg->working && !(msg->working = cJSON_Duplicate(msg->engine->state, 1)))
         sync_fail(SYNC_ENOMEM, "out of memory copying the state");
+    msg->working_checked = 0; /* the caller may change it from now on */
     cJSON *state = msg->working;
     sync_engine_unlock(msg->engine);
     return state;
 }
 
-int sync_msg_set_state(sync_msg *msg, cJSON *state)
+static int msg_set_state(sync_msg *msg, cJSON *state, int checked)
 {
     if (!msg || !state) {
         cJSON_Delete(state);
@@ -424,8 +454,14 @@ int sync_msg_set_state(sync_msg *msg, cJSON *state)
         cJSON_Delete(msg->working);
         msg->working = state;
     }
+    msg->working_checked = checked;
     sync_engine_unlock(msg->engine);
     return SYNC_OK;
+}
+
+int sync_msg_set_state(sync_msg *msg, cJSON *state)
+{
+    return msg_set_state(msg, state, 0);
 }
 
 int sync_msg_set_state_json(sync_msg *msg, const char *json)
@@ -436,7 +472,7 @@ int sync_msg_set_state_json(sync_msg *msg, const char *json)
     int rc = sync_json_parse(json, strlen(json), 0, &state);
     if (rc != SYNC_OK)
         return rc;
-    return sync_msg_set_state(msg, state);
+    return msg_set_state(msg, state, 1);
 }
 
 int sync_msg_reply(sync_msg *msg, const char *text, size_t len)

@@ -40,7 +40,7 @@ static void heartbeat(sync_engine *engine, int64_t now)
             SYNC_DEBUG(engine, "connection %llu missed its pong", (unsigned long long)conn->id);
             if (engine->hooks.on_ping_timeout)
                 engine->hooks.on_ping_timeout(engine, conn, engine->hooks.userdata);
-            sync_conn_request_close(conn, 1000, "ping timeout");
+            sync_conn_request_close(conn, SYNC_CLOSE_PING_TIMEOUT, SYNC_CLOSE_PING_TIMEOUT_REASON);
             continue;
         }
         if (sync_engine_send(engine, conn, engine->ping_frame, "heartbeat") == SYNC_OK &&

@@ -1,6 +1,7 @@
 #include "json_check.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,16 +60,24 @@ int sync_json_check_depth(const char *text, size_t len, int max_depth)
     for (size_t i = 0; i < len; i++) {
         char c = text[i];
         if (in_string) {
-            if (c == '\\')
+            if (c == '\\') {
+                /* cJSON ends a C string at \u0000: "increment\u0000evil" would be read as
+                 * "increment" here and as the whole text by every other parser. */
+                if (len - i > 5 && memcmp(text + i + 1, "u0000", 5) == 0)
+                    return sync_fail(SYNC_EPARSE,
+                                     "\\u0000 (NUL) in a JSON string at offset %zu: libsync keeps "
+                                     "strings as C strings and would cut it there",
+                                     i);
                 i++;
-            else if (c == '"')
+            } else if (c == '"') {
                 in_string = 0;
+            }
             continue;
         }
         if (c == '"') {
             in_string = 1;
         } else if (c == '[' || c == '{') {
-            if (++depth > max_depth)
+            if (max_depth > 0 && ++depth > max_depth)
                 return sync_fail(SYNC_ETOODEEP, "JSON nests deeper than %d levels (offset %zu)",
                                  max_depth, i);
         } else if (c == ']' || c == '}') {
@@ -78,16 +87,201 @@ int sync_json_check_depth(const char *text, size_t len, int max_depth)
     return SYNC_OK;
 }
 
-/* Recursion is bounded by cJSON's own nesting limit (CJSON_NESTING_LIMIT). */
-static int all_finite(const cJSON *item)
+/* ---- the tree check ------------------------------------------------------------------------ */
+
+/* An object with more members than this finds duplicate names through a hash set; below it a
+ * pairwise compare is cheaper than building one. */
+#define SMALL_OBJECT 16
+
+typedef struct tree_walk {
+    const cJSON **stack; /* stack[d]: the member being visited at depth d */
+    size_t cap;
+    const cJSON *inline_stack[64];
+    const cJSON **slots; /* hash set of member names, reused from object to object */
+    size_t slot_cap;
+} tree_walk;
+
+static uint32_t name_hash(const char *s)
 {
-    for (; item; item = item->next) {
-        if (cJSON_IsNumber(item) && !isfinite(item->valuedouble))
-            return 0;
-        if (item->child && !all_finite(item->child))
-            return 0;
+    uint32_t h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+static int same_name(const char *a, const char *b)
+{
+    return a[0] == b[0] && strcmp(a, b) == 0;
+}
+
+/* The first member of `object` whose name an earlier member already has, or NULL. A member
+ * without a name counts as a duplicate (nothing could read it back). */
+static const cJSON *duplicate_member(tree_walk *w, const cJSON *object, int *nomem)
+{
+    size_t n = 0;
+    for (const cJSON *m = object->child; m; m = m->next) {
+        if (!m->string)
+            return m;
+        n++;
     }
-    return 1;
+    if (n <= SMALL_OBJECT) {
+        for (const cJSON *m = object->child; m; m = m->next)
+            for (const cJSON *k = object->child; k != m; k = k->next)
+                if (same_name(k->string, m->string))
+                    return m;
+        return NULL;
+    }
+    size_t cap = 64;
+    while (cap < 2 * n)
+        cap *= 2;
+    if (cap > w->slot_cap) {
+        const cJSON **slots = realloc(w->slots, cap * sizeof *slots);
+        if (!slots) {
+            *nomem = 1;
+            return NULL;
+        }
+        w->slots = slots;
+        w->slot_cap = cap;
+    }
+    memset(w->slots, 0, cap * sizeof *w->slots);
+    for (const cJSON *m = object->child; m; m = m->next) {
+        size_t i = name_hash(m->string) & (cap - 1);
+        while (w->slots[i]) {
+            if (same_name(w->slots[i]->string, m->string))
+                return m;
+            i = (i + 1) & (cap - 1);
+        }
+        w->slots[i] = m;
+    }
+    return NULL;
+}
+
+/* Appends printable text to the path, with control characters, quotes and backslashes shown as
+ * '?' so a hostile name cannot shape a log line or an error frame. */
+static void path_add(char *path, size_t cap, size_t *len, const char *text)
+{
+    for (; *text && *len + 1 < cap; text++) {
+        unsigned char c = (unsigned char)*text;
+        path[(*len)++] = (c < 0x20 || c == '"' || c == '\\') ? '?' : (char)c;
+    }
+    path[*len] = '\0';
+}
+
+/* "$.items[3].price": where stack[0..depth] leads. */
+static void describe_path(const tree_walk *w, size_t depth, char *path, size_t cap)
+{
+    size_t len = 0;
+    path[0] = '\0';
+    path_add(path, cap, &len, "$");
+    for (size_t d = 1; d <= depth; d++) {
+        const cJSON *parent = w->stack[d - 1];
+        const cJSON *item = w->stack[d];
+        char part[32];
+        if (cJSON_IsObject(parent)) {
+            path_add(path, cap, &len, ".");
+            path_add(path, cap, &len, item->string ? item->string : "");
+        } else {
+            size_t index = 0;
+            for (const cJSON *k = parent->child; k && k != item; k = k->next)
+                index++;
+            snprintf(part, sizeof part, "[%zu]", index);
+            path_add(path, cap, &len, part);
+        }
+        if (len + 4 >= cap) {
+            path_add(path, cap, &len, "...");
+            break;
+        }
+    }
+}
+
+static int walk_push(tree_walk *w, size_t depth, const cJSON *item)
+{
+    if (depth >= w->cap) {
+        size_t cap = w->cap * 2;
+        const cJSON **stack = malloc(cap * sizeof *stack);
+        if (!stack)
+            return -1;
+        memcpy(stack, w->stack, w->cap * sizeof *stack);
+        if (w->stack != w->inline_stack)
+            free(w->stack);
+        w->stack = stack;
+        w->cap = cap;
+    }
+    w->stack[depth] = item;
+    return 0;
+}
+
+/* Iterative: a tree a handler built may nest deeper than any stack would allow. `parsed`: the
+ * tree was just read from text, whose failures are SYNC_EPARSE. */
+static int check_tree(const cJSON *root, int parsed)
+{
+    int status = parsed ? SYNC_EPARSE : SYNC_EINVAL;
+    if (!root)
+        return SYNC_OK;
+    tree_walk w = {.stack = NULL, .cap = 64};
+    w.stack = w.inline_stack;
+    w.stack[0] = root;
+    size_t depth = 0;
+    int rc = SYNC_OK;
+    for (;;) {
+        const cJSON *item = w.stack[depth];
+        if (cJSON_IsNumber(item) && !isfinite(item->valuedouble)) {
+            char path[256];
+            describe_path(&w, depth, path, sizeof path);
+            if (parsed)
+                rc = sync_fail(status, "JSON number out of range (not finite) at %s", path);
+            else
+                rc = sync_fail(status, "a non-finite number (%s) at %s: JSON has no such number",
+                               isnan(item->valuedouble) ? "NaN"
+                               : item->valuedouble > 0  ? "Infinity"
+                                                        : "-Infinity",
+                               path);
+            break;
+        }
+        if (item->child && (cJSON_IsObject(item) || cJSON_IsArray(item))) {
+            if (cJSON_IsObject(item)) {
+                int nomem = 0;
+                const cJSON *dup = duplicate_member(&w, item, &nomem);
+                if (nomem) {
+                    rc = sync_fail(SYNC_ENOMEM, "out of memory checking member names");
+                    break;
+                }
+                if (dup) {
+                    char path[256];
+                    describe_path(&w, depth, path, sizeof path);
+                    char name[96];
+                    size_t len = 0;
+                    name[0] = '\0';
+                    path_add(name, sizeof name, &len, dup->string ? dup->string : "");
+                    rc = sync_fail(status,
+                                   dup->string ? "duplicate name \"%s\" in the object at %s"
+                                               : "a member without a name%s in the object at %s",
+                                   name, path);
+                    break;
+                }
+            }
+            if (walk_push(&w, depth + 1, item->child) != 0) {
+                rc = sync_fail(SYNC_ENOMEM, "out of memory walking nested JSON");
+                break;
+            }
+            depth++;
+            continue;
+        }
+        while (depth > 0 && !w.stack[depth]->next)
+            depth--;
+        if (depth == 0)
+            break;
+        w.stack[depth] = w.stack[depth]->next;
+    }
+    if (w.stack != w.inline_stack)
+        free(w.stack);
+    free(w.slots);
+    return rc;
+}
+
+int sync_json_check_tree(const cJSON *root)
+{
+    return check_tree(root, 0);
 }
 
 int sync_json_parse(const char *text, size_t len, int max_depth, cJSON **out)
@@ -96,7 +290,7 @@ int sync_json_parse(const char *text, size_t len, int max_depth, cJSON **out)
     int rc = sync_json_check_utf8(text, len);
     if (rc != SYNC_OK)
         return rc;
-    if (max_depth > 0 && (rc = sync_json_check_depth(text, len, max_depth)) != SYNC_OK)
+    if ((rc = sync_json_check_depth(text, len, max_depth)) != SYNC_OK)
         return rc;
     /* cJSON only rejects trailing bytes when it sees the terminating NUL inside the length it was
      * given, so parse a terminated copy. */
@@ -113,9 +307,10 @@ int sync_json_parse(const char *text, size_t len, int max_depth, cJSON **out)
         return sync_fail(SYNC_EPARSE, "invalid JSON at offset %zu", pos);
     }
     free(copy);
-    if (!all_finite(value)) {
+    rc = check_tree(value, 1);
+    if (rc != SYNC_OK) {
         cJSON_Delete(value);
-        return sync_fail(SYNC_EPARSE, "JSON number out of range (not finite)");
+        return rc;
     }
     *out = value;
     return SYNC_OK;

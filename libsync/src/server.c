@@ -384,6 +384,11 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason, vo
         return server_conn_established(c, wsi);
     case LWS_CALLBACK_RECEIVE:
         return c ? server_conn_receive(c, in, len) : -1;
+    case LWS_CALLBACK_RECEIVE_PONG:
+        /* a client's WebSocket-level pong shows it is alive as well as the text "pong" does */
+        if (c && c->conn)
+            sync_engine_handle_alive(c->eng->engine, c->conn);
+        return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return c ? server_conn_writeable(c) : 0;
     case LWS_CALLBACK_CLOSED:

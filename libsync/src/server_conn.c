@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "json_check.h"
 
 static const char rate_error[] =
     "{\"type\":\"error\",\"error\":\"rate limit exceeded: message dropped\",\"context\":"
@@ -172,14 +173,37 @@ static void op_state_changed(void *userdata, int force)
         server_wake(s);
 }
 
+/* A copy of `reason` that fits a close frame (123 bytes, cut at a character boundary), or NULL
+ * when there is none or it is not UTF-8 (a peer must fail a close frame whose reason is not). */
+static char *close_reason_copy(const char *reason)
+{
+    if (!reason || !*reason)
+        return NULL;
+    size_t len = strnlen(reason, 124);
+    if (len > 123) {
+        len = 123;
+        while (len > 0 && ((unsigned char)reason[len] & 0xC0u) == 0x80u)
+            len--;
+    }
+    if (sync_json_check_utf8(reason, len) != SYNC_OK)
+        return NULL;
+    return strndup(reason, len);
+}
+
 static void op_close(void *userdata, int code, const char *reason)
 {
-    (void)reason;
     server_conn *c = userdata;
     sync_server *s = c->server;
+    /* copied before the lock: the caller's reason may not outlive this call */
+    char *copy = close_reason_copy(reason);
     pthread_mutex_lock(&s->lock);
+    if (c->wsi && !c->close_pending) {
+        c->close_reason = copy; /* the first close decides, like its code */
+        copy = NULL;
+    }
     bool wake = close_locked(c, code > 0 ? code : LWS_CLOSE_STATUS_NORMAL);
     pthread_mutex_unlock(&s->lock);
+    free(copy);
     if (wake)
         server_wake(s);
 }
@@ -213,6 +237,7 @@ static void op_free(void *userdata)
         sync_frame_unref(frame);
     free(c->rx_buf);
     free(c->identity);
+    free(c->close_reason);
     if (c->auth) {
         free(c->auth->identity);
         free_held(c);
@@ -547,8 +572,9 @@ int server_conn_writeable(server_conn *c)
     pthread_mutex_lock(&s->lock);
     if (c->close_pending) {
         int code = c->close_code;
+        const char *reason = c->close_reason; /* set once, freed only with the connection */
         pthread_mutex_unlock(&s->lock);
-        return close_now(wsi, (enum lws_close_status)code, "");
+        return close_now(wsi, (enum lws_close_status)code, reason ? reason : "");
     }
     frame = queue_pop(c);
     if (!frame && atomic_load_explicit(&c->state_moved, memory_order_relaxed)) {

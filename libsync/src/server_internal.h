@@ -167,6 +167,7 @@ struct server_conn {
     bool close_pending;
     bool close_armed;
     uint16_t close_code;
+    char *close_reason; /* NULL: none; set once with close_pending, freed with the connection */
     server_conn *wake_next;
     server_conn *wake_prev;
 

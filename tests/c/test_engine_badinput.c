@@ -56,6 +56,11 @@ static void each_bad_message(void)
     strcpy(deep_strings, "{\"type\":\"increment\",\"amount\":1,\"s\":\"");
     memset(deep_strings + strlen(deep_strings), '[', 10000);
     strcpy(deep_strings + strlen("{\"type\":\"increment\",\"amount\":1,\"s\":\"") + 10000, "\"}");
+    /* 40 members (a hash set finds the name, not the pairwise compare), the last repeats one */
+    char big_dup[1024] = "{\"type\":\"increment\",\"amount\":1";
+    for (int i = 0; i < 40; i++)
+        snprintf(big_dup + strlen(big_dup), sizeof big_dup - strlen(big_dup), ",\"k%d\":%d", i, i);
+    strcat(big_dup, ",\"k17\":0}");
     char *huge = malloc(40000);
     memset(huge, ' ', 40000);
     memcpy(huge, "{\"type\":\"increment\",\"amount\":1}", 31);
@@ -79,6 +84,19 @@ static void each_bad_message(void)
         {"1e999", "{\"type\":\"increment\",\"amount\":1e999}", 0, SYNC_EPARSE},
         {"-1e999", "{\"type\":\"increment\",\"amount\":-1e999}", 0, SYNC_EPARSE},
         {"over the size limit", huge, 40000, SYNC_ETOOBIG},
+        /* cJSON ends a string at \u0000: the handler "increment" must not run for this type */
+        {"nul in the type", "{\"type\":\"increment\\u0000evil\",\"amount\":1}", 0, SYNC_EPARSE},
+        {"nul in a key", "{\"type\":\"increment\",\"amount\":1,\"a\\u0000b\":1}", 0, SYNC_EPARSE},
+        {"nul in a value", "{\"type\":\"increment\",\"amount\":1,\"s\":[\"\\u0000\"]}", 0,
+         SYNC_EPARSE},
+        /* cJSON reads the first of two names, JavaScript the last: a gateway would differ */
+        {"duplicate type", "{\"type\":\"increment\",\"type\":\"decrement\",\"amount\":1}", 0,
+         SYNC_EPARSE},
+        {"duplicate amount", "{\"type\":\"increment\",\"amount\":1,\"amount\":100}", 0,
+         SYNC_EPARSE},
+        {"duplicate deep",
+         "{\"type\":\"increment\",\"amount\":1,\"x\":[{\"a\":{\"b\":1,\"b\":2}}]}", 0, SYNC_EPARSE},
+        {"duplicate in a big object", big_dup, 0, SYNC_EPARSE},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         hook_log log = {0};
@@ -116,7 +134,16 @@ static void each_bad_message(void)
     CHECK_EQ_INT(sync_engine_inject(e, deep_strings, strlen(deep_strings)), SYNC_OK);
     const char *buffer = "{\"type\":\"increment\",\"amount\":2}GARBAGE";
     CHECK_EQ_INT(sync_engine_inject(e, buffer, 31), SYNC_OK);
-    CHECK_EQ_INT(counter_value(e), 4);
+    /* an escaped backslash before "u0000" is no NUL; equal names in different objects are fine */
+    const char *odd = "{\"type\":\"increment\",\"amount\":1,\"s\":\"\\\\u0000\","
+                      "\"x\":{\"amount\":2,\"y\":{\"amount\":3}},\"z\":[{\"a\":1},{\"a\":1}]}";
+    CHECK_EQ_INT(sync_engine_inject(e, odd, strlen(odd)), SYNC_OK);
+    char big_ok[1024] = "{\"type\":\"increment\",\"amount\":1";
+    for (int i = 0; i < 40; i++)
+        snprintf(big_ok + strlen(big_ok), sizeof big_ok - strlen(big_ok), ",\"k%d\":%d", i, i);
+    strcat(big_ok, "}");
+    CHECK_EQ_INT(sync_engine_inject(e, big_ok, strlen(big_ok)), SYNC_OK);
+    CHECK_EQ_INT(counter_value(e), 6);
     CHECK_EQ_INT(log.errors, 0);
     sync_engine_free(e);
     free(deep);

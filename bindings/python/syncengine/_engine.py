@@ -116,7 +116,28 @@ def log_sink(logger: logging.Logger) -> Callable[[int, str], None]:
 
 def dumps(value: Any) -> str:
     """Compact JSON text of a state or message; TypeError/ValueError for what JSON cannot hold."""
-    return json.dumps(_plain(value), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    plain = _plain(value)
+    try:
+        return json.dumps(plain, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except ValueError as exc:
+        bad = _non_finite(plain)
+        if bad is None:
+            raise
+        raise ValueError(f"a non-finite number ({bad[1]}) at {bad[0]}: JSON has no such number") from exc
+
+
+def _non_finite(root: Any) -> tuple[str, str] | None:
+    """Where `root` holds NaN or an infinity (path, "Infinity"/"-Infinity"/"NaN"), or None."""
+    stack = [(root, "$")]
+    while stack:
+        value, at = stack.pop()
+        if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+            return at, "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+        if isinstance(value, dict):
+            stack.extend((v, f"{at}.{k}") for k, v in reversed(list(value.items())))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, f"{at}[{i}]") for i, v in reversed(list(enumerate(value))))
+    return None
 
 
 def _plain(value: Any) -> Any:
@@ -409,6 +430,16 @@ class SyncEngine:
         reported to ``on_error``). Does not broadcast (call :meth:`broadcast_state`)."""
         ptr = self._p()
         return _resume(Status.of(native.sync_engine_handle_message(ptr, self._bridge(conn).ptr, raw)))
+
+    def handle_alive(self, conn: ConnectionLike) -> Status:
+        """``conn`` showed it is alive in a way the engine does not see, such as a WebSocket-level
+        pong of your own server: the heartbeat keeps it (messages already count). Does not run
+        ``on_pong``. ``Status.ESTATE`` when ``conn`` is not open in this engine."""
+        ptr = self._p()
+        bridge = self._conns.get(id(conn))
+        if bridge is None:
+            return Status.ESTATE
+        return Status.of(native.sync_engine_handle_alive(ptr, bridge.ptr))
 
     def handle_close(self, conn: ConnectionLike) -> Status:
         """The original's handleClose: ``conn`` leaves, then ``on_disconnect``."""

@@ -41,7 +41,8 @@ typedef enum sync_status {
     SYNC_PENDING = 1,
     SYNC_EINVAL = -1,        /**< invalid argument (NULL handle, bad option value, bad name) */
     SYNC_ENOMEM = -2,        /**< out of memory */
-    SYNC_EPARSE = -3,        /**< text is not valid UTF-8 or not valid JSON */
+    SYNC_EPARSE = -3,        /**< text is not valid UTF-8, not valid JSON, or JSON libsync
+                                  refuses (non-finite number, \u0000, repeated member name) */
     SYNC_EMESSAGE = -4,      /**< valid JSON but not a message (not an object, no string "type") */
     SYNC_ETOOBIG = -5,       /**< over a size limit (message bytes, state bytes) */
     SYNC_ETOODEEP = -6,      /**< JSON nested deeper than the configured limit */

@@ -10,12 +10,17 @@
  *   server -> client  {"type":"error","error":TEXT,"context":CTX}          to the sender of a bad
  *                                                                          message (opt-in)
  *   client -> server  pong                                                 (bare text, not JSON)
+ * With ping_timeout_ms set, anything a client sends counts as life (a message, "pong", and what a
+ * transport reports with sync_engine_handle_alive()); a client silent that long is closed with
+ * SYNC_CLOSE_PING_TIMEOUT.
  *   client -> server  {"type":"<name>", ...}                               application message
  *
  * Message pipeline (one message at a time per engine, strictly in arrival order):
- *   "pong" check -> size limit -> UTF-8 + JSON parse (depth limit, finite numbers)
- *   -> validator -> middleware[0..n) -> must be an object with a string "type"
- *   -> handler for that type -> commit (version + 1, on_state_change, persist, broadcast).
+ *   "pong" check -> size limit -> UTF-8 + JSON parse (depth limit, finite numbers, no \u0000 in a
+ *   string, no repeated member name) -> validator -> middleware[0..n) -> must be an object with a
+ *   string "type" -> handler for that type -> state check (finite numbers, no repeated name: else
+ *   the handler fails with SYNC_EINVAL) -> commit (version + 1, on_state_change, persist,
+ *   broadcast).
  * A failure at any step drops the message, reports it through on_error and leaves state and
  * version exactly as they were (a handler's partial change is rolled back).
  *
@@ -131,8 +136,9 @@ typedef struct sync_engine_options {
     sync_adapter *adapter;
     /** Heartbeat: every interval each connection gets {"type":"ping"}. 0 = off. */
     int64_t heartbeat_interval_ms;
-    /** A connection that has not sent "pong" for this long is closed (with on_ping_timeout).
-     *  0 = never. Checked at each heartbeat. */
+    /** A connection from which nothing arrived for this long (no message, no "pong", no
+     *  sync_engine_handle_alive()) is closed with SYNC_CLOSE_PING_TIMEOUT "ping timeout" (after
+     *  on_ping_timeout). 0 = never. Checked at each heartbeat. */
     int64_t ping_timeout_ms;
     /** Periodic sync(): every interval, save the state through the adapter. 0 = off. */
     int64_t sync_interval_ms;
@@ -257,7 +263,9 @@ SYNC_EXTERN const cJSON *sync_msg_message(const sync_msg *msg);
 SYNC_EXTERN const char *sync_msg_type(const sync_msg *msg);
 /** The message as compact JSON text. Borrowed, valid during the step. NULL only on ENOMEM. */
 SYNC_EXTERN const char *sync_msg_message_json(sync_msg *msg);
-/** Replaces the message for the following steps; takes ownership of `message`. */
+/** Replaces the message for the following steps; takes ownership of `message` (also on failure).
+ *  SYNC_EINVAL when it holds a non-finite number or repeats a member name (the steps after it
+ *  must read what any other parser would read from its text). */
 SYNC_EXTERN int sync_msg_replace(sync_msg *msg, cJSON *message);
 /** Same from JSON text (copied). SYNC_EPARSE when it is not JSON. */
 SYNC_EXTERN int sync_msg_replace_json(sync_msg *msg, const char *json);
@@ -272,7 +280,10 @@ SYNC_EXTERN const char *sync_msg_state_json(sync_msg *msg);
  *  become the new state when the handler succeeds and vanish when it fails. Borrowed. */
 SYNC_EXTERN cJSON *sync_msg_state_mut(sync_msg *msg);
 /** Handler: replaces the whole state: `state` becomes the new state if the handler succeeds.
- *  Takes ownership. Several calls in one handler make one change (one version step). */
+ *  Takes ownership. Several calls in one handler make one change (one version step). Whatever the
+ *  handler leaves (through this or sync_msg_state_mut) is checked when it returns SYNC_OK: a
+ *  state with NaN, an infinity or a repeated member name fails the handler with SYNC_EINVAL
+ *  (rolled back, reported, an error frame with reply_errors), as JSON cannot carry it. */
 SYNC_EXTERN int sync_msg_set_state(sync_msg *msg, cJSON *state);
 /** Same from JSON text (copied). SYNC_EPARSE when it is not JSON. */
 SYNC_EXTERN int sync_msg_set_state_json(sync_msg *msg, const char *json);
@@ -352,6 +363,22 @@ SYNC_EXTERN int sync_engine_handle_open(sync_engine *engine, sync_conn *conn);
 SYNC_EXTERN int sync_engine_handle_message(sync_engine *engine, sync_conn *conn, const char *text,
                                            size_t len);
 
+/**
+ * The connection showed it is alive in a way the engine does not see: a WebSocket-level pong
+ * frame (or any other traffic the transport handles itself). Refreshes its last-pong time, so the
+ * heartbeat does not close it; does not run on_pong (that stays the answer to the text "pong").
+ * Every message passed to sync_engine_handle_message() already counts, "pong" included. The
+ * built-in server calls this for every WebSocket pong frame. SYNC_ESTATE when the connection is
+ * not open in this engine.
+ */
+SYNC_EXTERN int sync_engine_handle_alive(sync_engine *engine, sync_conn *conn);
+
+/** The close code of a connection the heartbeat found dead: nothing arrived from it (no message,
+ *  no "pong", no sync_engine_handle_alive()) for ping_timeout_ms. The reason is
+ *  SYNC_CLOSE_PING_TIMEOUT_REASON. */
+#define SYNC_CLOSE_PING_TIMEOUT 4001
+#define SYNC_CLOSE_PING_TIMEOUT_REASON "ping timeout"
+
 /** A connection closed: it leaves the engine's connections, then on_disconnect runs.
  *  Idempotent per connection. */
 SYNC_EXTERN int sync_engine_handle_close(sync_engine *engine, sync_conn *conn);
@@ -376,7 +403,9 @@ SYNC_EXTERN int64_t sync_engine_get_version(sync_engine *engine);
 
 /** Replaces the state from outside a handler: version + 1, on_state_change
  *  when different, persist per persist_mode, then broadcast when asked (or auto_broadcast).
- *  Takes ownership of `state` (also on failure). Queued (SYNC_PENDING) behind pending work. */
+ *  Takes ownership of `state` (also on failure). Queued (SYNC_PENDING) behind pending work.
+ *  SYNC_EINVAL at once (also reported through on_error, context "setState"; nothing changes) when
+ *  the state holds NaN, an infinity or a repeated member name: JSON cannot carry it. */
 SYNC_EXTERN int sync_engine_set_state(sync_engine *engine, cJSON *state, int broadcast);
 /** Same from JSON text (copied). */
 SYNC_EXTERN int sync_engine_set_state_json(sync_engine *engine, const char *json, int broadcast);

@@ -19,7 +19,10 @@
  * 1007 for text that is not UTF-8; 1008 for a rate-limit flood or a client that lets more than
  * max_queued_bytes of frames pile up; 1009 for a message over max_message_bytes; 1002 for frames
  * that break RFC 6455; 4000 + an HTTP status for a deferred auth that refused (4408: not decided
- * in time). Refused upgrades get an HTTP status: 404 (no engine on that path), 503
+ * in time); 4001 (SYNC_CLOSE_PING_TIMEOUT, reason "ping timeout") when the heartbeat found nothing
+ * arrived from a client for ping_timeout_ms (a message, the text "pong" or a WebSocket pong frame
+ * all count). A reason given to sync_conn_close() is sent with its code (cut to 123 bytes; none
+ * when it is not UTF-8). Refused upgrades get an HTTP status: 404 (no engine on that path), 503
  * (max_connections reached, or stopping), 403 (Origin not allowed), or the auth callback's.
  */
 #ifndef LIBSYNC_SERVER_H

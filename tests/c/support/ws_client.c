@@ -358,3 +358,26 @@ long long ws_json_int(const char *text, const char *key)
         return -1;
     return strtoll(p + strlen(pattern), NULL, 10);
 }
+
+int ws_wait_close_reason(ws_client *c, int timeout_ms, char *reason, size_t cap)
+{
+    if (cap)
+        reason[0] = '\0';
+    long long deadline = now_ms() + timeout_ms;
+    for (;;) {
+        long long left = deadline - now_ms();
+        char *p = NULL;
+        size_t n = 0;
+        int op = ws_read_frame(c, left > 0 ? (int)left : 0, &p, &n);
+        if (op == WS_CLOSE) {
+            int code = n >= 2 ? ((unsigned char)p[0] << 8) | (unsigned char)p[1] : 1005;
+            if (cap && n > 2)
+                snprintf(reason, cap, "%.*s", (int)(n - 2), p + 2);
+            free(p);
+            return code;
+        }
+        free(p);
+        if (op < 0)
+            return -1;
+    }
+}

@@ -42,6 +42,8 @@ char *ws_read_text(ws_client *c, int timeout_ms);
 /* Reads until a close frame and returns its status code (1005 when it has none), or -1 when
  * the connection ends without one or nothing arrives in time. */
 int ws_wait_close(ws_client *c, int timeout_ms);
+/* Like ws_wait_close; the close frame's reason (NUL terminated, cut to cap) goes to `reason`. */
+int ws_wait_close_reason(ws_client *c, int timeout_ms, char *reason, size_t cap);
 /* 1 when the peer closed the TCP connection (EOF) within timeout_ms, 0 otherwise. */
 int ws_wait_eof(ws_client *c, int timeout_ms);
 
