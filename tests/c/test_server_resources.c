@@ -76,6 +76,7 @@ static void run_child(int port_fd, int lines_fd)
     if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
         _exit(2);
     log_fd = lines_fd;
+    fcntl(log_fd, F_SETFL, O_NONBLOCK); /* a flood of lines must not block the server on the pipe */
     sync_engine *engine = fixture_counter_engine(0);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.log = log_to_pipe;
@@ -124,7 +125,6 @@ static void count_lines(int fd, int *lines, int *accept_lines)
 {
     char buf[4096];
     ssize_t n;
-    static char last[64];
     while ((n = read(fd, buf, sizeof buf)) > 0) {
         for (ssize_t i = 0; i < n; i++)
             if (buf[i] == '\n')
@@ -135,7 +135,6 @@ static void count_lines(int fd, int *lines, int *accept_lines)
             (*accept_lines)++;
             p += 6;
         }
-        (void)last;
     }
 }
 
@@ -163,6 +162,7 @@ static void test_descriptor_limit(void)
     int joined = 0, refusal = 0, lines = 0, accept_lines = 0;
     if (port <= 0 || !ws || !idle)
         goto done;
+    int64_t started = now_ms();
 
     /* 256 descriptors, 64 kept for stores and logs, 32 for answering: 160 WebSocket clients */
     CHECK_EQ_INT(fixture_metric(port, "libsync_server_connection_limit"), 160);
@@ -187,12 +187,14 @@ static void test_descriptor_limit(void)
      * newest at accept instead of failing accept() in a loop, and its CPU stays low. */
     for (int i = 0; i < IDLE; i++)
         idle[i] = ws_client_tcp(port);
+    count_lines(log_pipe[0], &lines, &accept_lines);
     long long cpu0 = cpu_ms(pid);
     int64_t t0 = now_ms();
     for (int round = 0; round < 20; round++) {
         ws_client *c = ws_client_tcp(port); /* keeps knocking */
         sleep_ms(100);
         ws_client_free(c);
+        count_lines(log_pipe[0], &lines, &accept_lines);
     }
     long long used = cpu_ms(pid) - cpu0;
     int64_t wall = now_ms() - t0;
@@ -206,8 +208,9 @@ static void test_descriptor_limit(void)
     count_lines(log_pipe[0], &lines, &accept_lines);
     fprintf(stderr, "  %d log lines, %d about accepting\n", lines, accept_lines);
     /* the spin wrote thousands of "accept: errno 24" lines; now at most one line a second */
-    CHECK(lines <= 3 + (int)(wall / 1000));
-    CHECK(accept_lines <= 1 + (int)(wall / 1000));
+    int seconds = (int)((now_ms() - started) / 1000) + 1;
+    CHECK(lines <= 2 + seconds);
+    CHECK(accept_lines <= seconds);
 
     /* when clients leave, new ones get in, and /healthz answers */
     for (int i = 0; i < IDLE; i++) {
@@ -457,6 +460,17 @@ static void test_request_stop_from_a_signal_handler(void)
     int port = sync_server_port(signalled_server);
     ws_client *mute = fixture_join(port, "/");
     REQUIRE(mute);
+    /* a state of 16 MiB that the client never reads: its write stays pending, and the graceful
+     * stop waits for it (up to stop_timeout_ms) */
+    size_t big_len = 16u << 20;
+    char *big = malloc(big_len + 64);
+    REQUIRE(big);
+    int n = snprintf(big, 64, "{\"counter\":1,\"pad\":\"");
+    memset(big + n, 'p', big_len);
+    strcpy(big + n + big_len, "\"}");
+    CHECK_EQ_INT(sync_engine_set_state_json(engine, big, 1), SYNC_OK);
+    free(big);
+    sleep_ms(300);
 
     struct sigaction sa, old;
     memset(&sa, 0, sizeof sa);
@@ -471,8 +485,7 @@ static void test_request_stop_from_a_signal_handler(void)
     CHECK_EQ_INT(atomic_load(&handler_rc), SYNC_OK);
     sigaction(SIGUSR1, &old, NULL);
 
-    /* the stop goes on without the handler: the client is told 1001, new upgrades are refused */
-    CHECK_EQ_INT(ws_wait_close(mute, 3000), 1001);
+    /* the stop goes on without the handler, and ends within stop_timeout_ms */
     CHECK_EQ_INT(sync_server_stop(signalled_server), SYNC_OK); /* waits for the end */
     CHECK(now_ms() - t0 < 3000 + 2500);
     CHECK(ws_connect(port, "/", NULL, NULL) == NULL);
