@@ -80,7 +80,7 @@ static void lws_log_sink(int level, const char *line)
             return;
         }
         if (accept_log_suppressed)
-            snprintf(message + n, sizeof message - n, " (and %u more in the last second)",
+            snprintf(message + n, sizeof message - n, " (%u more since the last such line)",
                      accept_log_suppressed);
         accept_log_ms = now;
         accept_log_suppressed = 0;
@@ -755,11 +755,14 @@ int sync_server_start(sync_server *server)
 
 int sync_server_request_stop(sync_server *server)
 {
-    /* Only what a signal handler may do: no lock, no errno-setting library call, no log. */
+    /* Only what a signal handler may do: atomics and one eventfd write; no lock, no log, and
+     * errno as the interrupted code left it. */
     if (!server)
         return SYNC_EINVAL;
+    int saved_errno = errno;
     atomic_store(&server->stop_requested, true);
     server_wake(server);
+    errno = saved_errno;
     return SYNC_OK;
 }
 

@@ -394,7 +394,6 @@ static void close_soon(server_conn *c, int code)
     close_soon_because(c, code, NULL);
 }
 
-
 /* max_buffered_bytes is spent: this connection, whose next piece would go over it, is closed
  * (1013: the server is busy, not the client wrong) and what it had buffered is given back. */
 static void buffer_budget_spent(server_conn *c)

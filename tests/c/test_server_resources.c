@@ -66,6 +66,27 @@ static void child_on_term(int sig)
     sync_server_request_stop(child_server);
 }
 
+/* SIGUSR2 takes every free descriptor (as a store or a log might), the next one gives them back:
+ * accept() then fails with EMFILE, a path the reserve alone never reaches. */
+static int hog[256];
+static int hogged;
+
+static void child_on_usr2(int sig)
+{
+    (void)sig;
+    int saved_errno = errno;
+    if (hogged) {
+        for (int i = 0; i < hogged; i++)
+            close(hog[i]);
+        hogged = 0;
+    } else {
+        int fd;
+        while (hogged < 256 && (fd = dup(0)) >= 0)
+            hog[hogged++] = fd;
+    }
+    errno = saved_errno;
+}
+
 /* The child: a server on its main thread under a low descriptor limit; its port goes to
  * `port_fd`, its log lines to `lines_fd`; SIGTERM stops it. */
 static void run_child(int port_fd, int lines_fd)
@@ -88,6 +109,8 @@ static void run_child(int port_fd, int lines_fd)
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = child_on_term;
     sigaction(SIGTERM, &sa, NULL);
+    sa.sa_handler = child_on_usr2;
+    sigaction(SIGUSR2, &sa, NULL);
     int port = sync_server_port(child_server);
     if (write(port_fd, &port, sizeof port) != sizeof port)
         _exit(4);
@@ -211,6 +234,35 @@ static void test_descriptor_limit(void)
     int seconds = (int)((now_ms() - started) / 1000) + 1;
     CHECK(lines <= 2 + seconds);
     CHECK(accept_lines <= seconds);
+
+    /* Every descriptor taken by something else: accept() fails with EMFILE. The server stops
+     * polling the listen socket for a while each time instead of retrying at once. */
+    for (int i = 0; i < IDLE; i++) {
+        ws_client_free(idle[i]);
+        idle[i] = NULL;
+    }
+    sleep_ms(300);
+    kill(pid, SIGUSR2);
+    sleep_ms(200);
+    for (int i = 0; i < 10; i++)
+        idle[i] = ws_client_tcp(port); /* wait in the listen backlog */
+    count_lines(log_pipe[0], &lines, &accept_lines);
+    int accept_lines_before = accept_lines;
+    cpu0 = cpu_ms(pid);
+    t0 = now_ms();
+    for (int round = 0; round < 20; round++) {
+        sleep_ms(100);
+        count_lines(log_pipe[0], &lines, &accept_lines);
+    }
+    used = cpu_ms(pid) - cpu0;
+    wall = now_ms() - t0;
+    fprintf(stderr, "  server CPU %lld ms in %lld ms with accept failing, %d lines about it\n",
+            used, (long long)wall, accept_lines - accept_lines_before);
+    CHECK(cpu0 >= 0 && used < wall / 4);
+    CHECK(accept_lines - accept_lines_before <= 1 + (int)(wall / 1000) + 1);
+    CHECK(accept_lines > accept_lines_before); /* the failure was seen, and logged */
+    kill(pid, SIGUSR2); /* the descriptors come back: the waiting connections are accepted */
+    CHECK_EQ_INT(http_request(port, "GET", "/healthz", NULL, NULL, NULL), 200);
 
     /* when clients leave, new ones get in, and /healthz answers */
     for (int i = 0; i < IDLE; i++) {
