@@ -481,6 +481,59 @@ static void test_partial_message_budget(void)
     sync_engine_free(engine);
 }
 
+static _Atomic(sync_request *) deferred_request;
+
+static int defer_forever(sync_request *req, void *userdata)
+{
+    (void)userdata;
+    atomic_store(&deferred_request, sync_request_defer(req));
+    return SYNC_PENDING;
+}
+
+/* Messages held while a deferred auth decides count against the same budget. */
+static void test_held_messages_count_against_the_budget(void)
+{
+    sync_engine *engine = fixture_counter_engine(0);
+    REQUIRE(engine);
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.log = fixture_quiet_log;
+    opts.auth = defer_forever;
+#if SYNC_SERVER_OPTIONS_VERSION >= 4
+    opts.max_buffered_bytes = 100 * 1024;
+#endif
+    sync_server *server = fixture_server(&opts, "/", engine);
+    REQUIRE(server);
+    int port = sync_server_port(server);
+    atomic_store(&deferred_request, NULL);
+    int status = -1;
+    ws_client *c = ws_connect(port, "/", NULL, &status);
+    REQUIRE(c);
+    /* each 30000-byte message is reassembled (32 KiB) and then held (30000 bytes): two fit in
+     * 100 KiB, the third does not */
+    char msg[30001];
+    int n = snprintf(msg, sizeof msg, "{\"type\":\"increment\",\"amount\":1,\"pad\":\"");
+    memset(msg + n, 'p', sizeof msg - 1 - (size_t)n - 2);
+    strcpy(msg + sizeof msg - 3, "\"}");
+    CHECK_EQ_INT(ws_send_text(c, msg), 0);
+    CHECK_EQ_INT(wait_metric(port, "libsync_server_buffered_bytes", 30000), 30000);
+    CHECK_EQ_INT(ws_send_text(c, msg), 0);
+    CHECK_EQ_INT(wait_metric(port, "libsync_server_buffered_bytes", 60000), 60000);
+    CHECK_EQ_INT(ws_send_text(c, msg), 0);
+    char reason[128] = "";
+    CHECK_EQ_INT(read_close(c, reason, sizeof reason), 1013);
+    CHECK_EQ_STR(reason, "server busy: message buffer budget spent");
+    CHECK_EQ_INT(wait_metric(port, "libsync_server_buffered_bytes", 0), 0);
+    CHECK_EQ_INT(fixture_counter_value(engine), 0); /* nothing held was applied */
+    ws_client_free(c);
+    fixture_open_connections(port, 0);
+    sync_request *req = atomic_load(&deferred_request);
+    CHECK(req != NULL);
+    if (req)
+        CHECK_EQ_INT(sync_request_complete(req, 403), SYNC_ECLOSED);
+    sync_server_free(server);
+    sync_engine_free(engine);
+}
+
 /* ---- stop from a signal handler --------------------------------------------------------- */
 
 static sync_server *signalled_server;
@@ -635,6 +688,7 @@ int main(void)
     RUN(test_descriptor_limit);
     RUN(test_idle_and_slow_connections_do_not_starve_handshakes);
     RUN(test_partial_message_budget);
+    RUN(test_held_messages_count_against_the_budget);
     RUN(test_request_stop_from_a_signal_handler);
     RUN(test_request_stop_ends_run);
 #if SYNC_SERVER_OPTIONS_VERSION >= 4
