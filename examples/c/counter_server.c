@@ -330,7 +330,8 @@ static void on_error(sync_engine *engine, int status, const char *message, const
 static void on_stop_signal(int sig)
 {
     (void)sig;
-    sync_server_stop(g_server);
+    /* only sets a flag and wakes the service thread: safe in a signal handler */
+    sync_server_request_stop(g_server);
 }
 
 static int set_signal(int sig, void (*handler)(int))

@@ -206,6 +206,19 @@ char *server_metrics_render(sync_server *server, size_t *len)
                    (uint64_t)atomic_load(&server->closed_slow));
     server_counter(&b, "libsync_server_closed_too_big_total", "counter",
                    "Connections closed for a message over the size limit.", server->closed_too_big);
+    server_counter(
+        &b, "libsync_server_closed_buffer_budget_total", "counter",
+        "Connections closed with 1013: the server-wide partial-message budget was spent.",
+        server->closed_buffer_budget);
+    server_counter(&b, "libsync_server_buffered_bytes", "gauge",
+                   "Bytes of partial messages buffered (reassembly and deferred auth).",
+                   (uint64_t)server->buffered_bytes);
+    server_counter(&b, "libsync_server_connection_limit", "gauge",
+                   "WebSocket connections allowed: max_connections capped by the open-file limit.",
+                   (uint64_t)server->max_connections);
+    server_counter(&b, "libsync_server_connections_closed_at_accept_total", "counter",
+                   "TCP connections closed at accept: the open-file limit was near.",
+                   server->tcp_refused);
     if (b.failed) {
         free(b.data);
         return NULL;

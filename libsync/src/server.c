@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -54,6 +55,13 @@ void server_log(sync_server *server, sync_log_level level, const char *fmt, ...)
     log_emit(server, level, message);
 }
 
+/* lws logs "accept: errno N" and returns to poll, where the listen socket is still readable: at
+ * the descriptor limit that is a busy loop writing thousands of lines a second. The line is the
+ * only sign lws gives of it, so it both pauses accepting (serve() acts on accept_failed) and is
+ * let through at most once a second, with the count of those held back. */
+static int64_t accept_log_ms;
+static unsigned accept_log_suppressed;
+
 static void lws_log_sink(int level, const char *line)
 {
     char message[512];
@@ -62,6 +70,21 @@ static void lws_log_sink(int level, const char *line)
     while (n && (message[n - 1] == '\n' || message[n - 1] == '\r'))
         message[--n] = '\0';
     pthread_mutex_lock(&lws_log_lock);
+    if (strncmp(line, "accept: errno", 13) == 0) {
+        if (lws_log_server)
+            atomic_store(&lws_log_server->accept_failed, true);
+        int64_t now = sync_now_ms();
+        if (accept_log_ms && now - accept_log_ms < 1000) {
+            accept_log_suppressed++;
+            pthread_mutex_unlock(&lws_log_lock);
+            return;
+        }
+        if (accept_log_suppressed)
+            snprintf(message + n, sizeof message - n, " (%u more since the last such line)",
+                     accept_log_suppressed);
+        accept_log_ms = now;
+        accept_log_suppressed = 0;
+    }
     log_emit(lws_log_server, level == LLL_ERR ? SYNC_LOG_ERROR : SYNC_LOG_WARN, message);
     pthread_mutex_unlock(&lws_log_lock);
 }
@@ -71,6 +94,9 @@ bool server_on_service_thread(const sync_server *server)
     return atomic_load(&server->serving) && pthread_equal(pthread_self(), server->service_thread);
 }
 
+/* Async-signal-safe (sync_server_request_stop): atomics, and lws_cancel_service(), which in lws
+ * 4.1 is an eventfd_write() behind a log call that returns at once unless LLL_DEBUG is enabled
+ * (the server sets ERR|WARN at listen). */
 void server_wake(sync_server *server)
 {
     atomic_fetch_add(&server->wakers, 1);
@@ -93,8 +119,10 @@ const server_mount *server_find_mount(const sync_server *server, const char *pat
 /* The bytes a caller's struct of that (known) version has: the fields after it do not exist. */
 static size_t options_size(unsigned int version)
 {
-    if (version >= 3)
+    if (version >= 4)
         return sizeof(sync_server_options);
+    if (version == 3)
+        return offsetof(sync_server_options, handshake_timeout_ms);
     return version == 2 ? offsetof(sync_server_options, auth_timeout_ms)
                         : offsetof(sync_server_options, broadcast_yield_ms);
 }
@@ -120,6 +148,8 @@ static int check_options(const sync_server_options *o)
                          o->broadcast_yield_ms);
     if (o->version >= 3 && o->auth_timeout_ms < 0)
         return sync_fail(SYNC_EINVAL, "auth_timeout_ms is negative");
+    if (o->version >= 4 && o->handshake_timeout_ms < 0)
+        return sync_fail(SYNC_EINVAL, "handshake_timeout_ms is negative");
     if (o->rate_limit_per_sec < 0 || o->rate_limit_burst < 0)
         return sync_fail(SYNC_EINVAL, "rate limit is negative");
     if (o->stop_timeout_ms < 0)
@@ -188,7 +218,8 @@ int sync_server_new(sync_server **out, const sync_server_options *opts)
     s->port_option = opts->port;
     s->port = -1;
     s->max_message_bytes = opts->max_message_bytes ? opts->max_message_bytes : 1024 * 1024;
-    s->max_connections = opts->max_connections ? opts->max_connections : 100000;
+    s->max_connections_option = opts->max_connections ? opts->max_connections : 100000;
+    s->max_connections = s->max_connections_option;
     s->rate_per_sec = opts->rate_limit_per_sec;
     s->rate_burst = opts->rate_limit_burst > 0
                         ? opts->rate_limit_burst
@@ -199,6 +230,10 @@ int sync_server_new(sync_server **out, const sync_server_options *opts)
     s->broadcast_yield_ms = yield_ms ? yield_ms : SERVER_BROADCAST_YIELD_MS;
     int auth_timeout_ms = opts->version >= 3 ? opts->auth_timeout_ms : 0;
     s->auth_timeout_ms = auth_timeout_ms ? auth_timeout_ms : SERVER_AUTH_TIMEOUT_MS;
+    int handshake_ms = opts->version >= 4 ? opts->handshake_timeout_ms : 0;
+    s->handshake_timeout_ms = handshake_ms ? handshake_ms : SERVER_HANDSHAKE_TIMEOUT_MS;
+    size_t buffered = opts->version >= 4 ? opts->max_buffered_bytes : 0;
+    s->max_buffered_bytes = buffered ? buffered : SERVER_MAX_BUFFERED_BYTES;
     s->log = opts->log;
     s->log_userdata = opts->log_userdata;
     s->host = strdup(opts->host ? opts->host : "127.0.0.1");
@@ -355,6 +390,53 @@ void server_process_wakes(sync_server *server)
     server_broadcast_flush(server);
 }
 
+/* ---- the descriptor limit ---------------------------------------------------------------- */
+
+static void accept_resume(lws_sorted_usec_list_t *sul)
+{
+    sync_server *server = lws_container_of(sul, sync_server, accept_timer);
+    server->accept_paused = false;
+    if (server->listen_wsi && !server->stopping)
+        lws_rx_flow_control(server->listen_wsi, 1);
+}
+
+void server_pause_accept(sync_server *server)
+{
+    /* lws also turns accepting back on whenever a connection closes, which frees a descriptor */
+    if (!server->listen_wsi || server->accept_paused)
+        return;
+    server->accept_paused = true;
+    lws_rx_flow_control(server->listen_wsi, 0);
+    lws_sul_schedule(server->context, 0, &server->accept_timer, accept_resume,
+                     (lws_usec_t)SERVER_ACCEPT_PAUSE_MS * LWS_US_PER_MS);
+}
+
+/* A new TCP connection: accept() returns the lowest free descriptor, so `fd` descriptors are in
+ * use below it. In the last SERVER_FD_RESERVE the connection is closed at once (nothing is left
+ * to answer it with, and the reserve belongs to stores and logs) and accepting pauses. */
+static int filter_connection(sync_server *server, struct lws *listen_wsi, int fd)
+{
+    server->listen_wsi = listen_wsi;
+    if (server->stopping)
+        return -1;
+    if (fd < server->fd_limit - SERVER_FD_RESERVE)
+        return 0;
+    server->tcp_refused++;
+    int64_t now = sync_now_ms();
+    if (!server->fd_log_ms || now - server->fd_log_ms >= 1000) {
+        server_log(server, SYNC_LOG_WARN,
+                   "at the open-file limit (%d): closing new connections (%u more since the last "
+                   "warning)",
+                   server->fd_limit, server->fd_log_suppressed);
+        server->fd_log_ms = now;
+        server->fd_log_suppressed = 0;
+    } else {
+        server->fd_log_suppressed++;
+    }
+    server_pause_accept(server);
+    return -1;
+}
+
 /* ---- the lws protocol callback ----------------------------------------------------------- */
 
 static int server_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -373,7 +455,7 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason, vo
         server_process_wakes(server);
         return 0;
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
-        return server->stopping ? -1 : 0;
+        return filter_connection(server, wsi, (int)(intptr_t)in);
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
         if (!in || strcmp(in, "websocket") != 0)
             return server_refuse_upgrade(wsi, HTTP_STATUS_BAD_REQUEST);
@@ -505,8 +587,27 @@ int sync_server_listen(sync_server *server)
     info.ka_time = 60;
     info.ka_probes = 3;
     info.ka_interval = 10;
-    /* Enough header tables for a burst of concurrent handshakes; they are released after each. */
-    info.max_http_header_pool = 64;
+    /* lws gives every accepted connection a header table at once and times it out
+     * timeout_secs_ah_idle later, whatever arrives meanwhile: that bounds both a connection that
+     * sends nothing and a head sent a byte at a time. With a pool smaller than the connections
+     * that may exist, new clients wait in a queue behind idle ones (and time out there), so the
+     * pool is one table per descriptor; tables are allocated only while held. */
+    info.timeout_secs_ah_idle = (unsigned)((server->handshake_timeout_ms + 999) / 1000);
+    struct rlimit nofile;
+    server->fd_limit = 1024;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0)
+        server->fd_limit = nofile.rlim_cur == RLIM_INFINITY || nofile.rlim_cur > (1u << 24)
+                               ? 1 << 24
+                               : (int)nofile.rlim_cur;
+    info.max_http_header_pool2 = (unsigned)server->fd_limit;
+    int fd_conns = server->fd_limit - SERVER_FD_RESERVE - SERVER_FD_ANSWER;
+    server->max_connections = server->max_connections_option < fd_conns
+                                  ? server->max_connections_option
+                                  : (fd_conns > 1 ? fd_conns : 1);
+    if (server->max_connections < server->max_connections_option)
+        server_log(server, SYNC_LOG_INFO,
+                   "serving at most %d WebSocket connections: the open-file limit is %d",
+                   server->max_connections, server->fd_limit);
     if (server->tls_cert) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
         info.ssl_cert_filepath = server->tls_cert;
@@ -586,6 +687,8 @@ static void serve(sync_server *server)
             server_log(server, SYNC_LOG_ERROR, "the service loop failed");
             break;
         }
+        if (atomic_exchange(&server->accept_failed, false))
+            server_pause_accept(server);
         server_process_wakes(server);
     }
 
@@ -593,6 +696,9 @@ static void serve(sync_server *server)
     for (size_t i = 0; i < server->engine_count; i++)
         lws_sul_cancel(&server->engines[i]->timer);
     lws_sul_cancel(&server->stop_timer);
+    lws_sul_cancel(&server->accept_timer);
+    server->accept_paused = false;
+    server->listen_wsi = NULL;
     atomic_store(&server->wake_context, NULL);
     while (atomic_load(&server->wakers))
         sched_yield();
@@ -653,6 +759,19 @@ int sync_server_start(sync_server *server)
     return SYNC_OK;
 }
 
+int sync_server_request_stop(sync_server *server)
+{
+    /* Only what a signal handler may do: atomics and one eventfd write; no lock, no log, and
+     * errno as the interrupted code left it. */
+    if (!server)
+        return SYNC_EINVAL;
+    int saved_errno = errno;
+    atomic_store(&server->stop_requested, true);
+    server_wake(server);
+    errno = saved_errno;
+    return SYNC_OK;
+}
+
 int sync_server_stop(sync_server *server)
 {
     if (!server)
@@ -661,8 +780,8 @@ int sync_server_stop(sync_server *server)
     server_wake(server);
     if (!server->thread_started || server_on_service_thread(server))
         return SYNC_OK;
-    /* Bounded wait with async-signal-safe calls only: a signal handler that interrupted a thread
-     * holding an engine lock the service thread needs gives up after the timeout. */
+    /* Bounded: a service thread that cannot finish (an engine lock held for good) is given up
+     * after the timeout. */
     int64_t give_up = sync_now_ms() + server->stop_timeout_ms + 2000;
     while (!atomic_load(&server->ended) && sync_now_ms() < give_up) {
         struct timespec ts = {0, 2 * 1000 * 1000};

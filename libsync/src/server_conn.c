@@ -220,6 +220,9 @@ static void free_held(server_conn *c)
     server_auth_wait *w = c->auth;
     if (!w)
         return;
+    /* held_bytes is 0 by the time op_free may run on another thread */
+    if (w->held_bytes)
+        c->server->buffered_bytes -= w->held_bytes;
     while (w->held_head) {
         struct server_held_msg *next = w->held_head->next;
         free(w->held_head);
@@ -254,6 +257,15 @@ static const sync_transport_ops conn_ops = {
 };
 
 /* ---- lifecycle (service thread) ---------------------------------------------------------- */
+
+/* The reassembly buffer goes back (service thread), and its bytes to the server-wide budget. */
+static void rx_release(server_conn *c)
+{
+    c->server->buffered_bytes -= c->rx_cap;
+    free(c->rx_buf);
+    c->rx_buf = NULL;
+    c->rx_len = c->rx_cap = 0;
+}
 
 server_conn *server_conn_new(sync_server *server, server_engine *eng, char *identity)
 {
@@ -355,9 +367,7 @@ void server_conn_closed(server_conn *c)
     c->wsi = NULL;
     pthread_mutex_unlock(&s->lock);
     s->ws_open--;
-    free(c->rx_buf);
-    c->rx_buf = NULL;
-    c->rx_len = c->rx_cap = 0;
+    rx_release(c);
     if (c->conn) {
         sync_conn *conn = c->conn;
         sync_engine_handle_close(c->eng->engine, conn);
@@ -395,11 +405,32 @@ static int rate_check(server_conn *c)
 
 /* Closes after what is already queued has gone, and reads (and drops) whatever the peer still
  * sends meanwhile, so the close frame is not lost to a reset for unread input. */
-static void close_soon(server_conn *c, int code)
+static void close_soon_because(server_conn *c, int code, const char *reason)
 {
+    char *copy = close_reason_copy(reason);
     pthread_mutex_lock(&c->server->lock);
+    if (!c->close_pending && c->wsi) {
+        c->close_reason = copy;
+        copy = NULL;
+    }
     close_locked(c, code);
     pthread_mutex_unlock(&c->server->lock);
+    free(copy);
+}
+
+static void close_soon(server_conn *c, int code)
+{
+    close_soon_because(c, code, NULL);
+}
+
+/* max_buffered_bytes is spent: this connection, whose next piece would go over it, is closed
+ * (1013: the server is busy, not the client wrong) and what it had buffered is given back. */
+static void buffer_budget_spent(server_conn *c)
+{
+    c->server->closed_buffer_budget++;
+    rx_release(c);
+    free_held(c);
+    close_soon_because(c, 1013, "server busy: message buffer budget spent");
 }
 
 /* Keeps a message for after the auth decision; over max_message_bytes in all the client is
@@ -409,6 +440,10 @@ static void hold(server_conn *c, const char *text, size_t len)
     sync_server *s = c->server;
     server_auth_wait *w = c->auth;
     struct server_held_msg *m = NULL;
+    if (s->buffered_bytes + len > s->max_buffered_bytes) {
+        buffer_budget_spent(c);
+        return;
+    }
     if (w->held_bytes + len <= s->max_message_bytes)
         m = malloc(sizeof *m + len);
     if (!m) {
@@ -416,6 +451,7 @@ static void hold(server_conn *c, const char *text, size_t len)
         close_soon(c, LWS_CLOSE_STATUS_POLICY_VIOLATION);
         return;
     }
+    s->buffered_bytes += len;
     m->next = NULL;
     m->len = len;
     memcpy(m->text, text, len);
@@ -464,9 +500,7 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
     bool complete = lws_is_final_fragment(wsi) && remaining == 0;
     if (c->rx_len + len + (complete ? 0 : remaining) > s->max_message_bytes) {
         s->closed_too_big++;
-        free(c->rx_buf);
-        c->rx_buf = NULL;
-        c->rx_len = c->rx_cap = 0;
+        rx_release(c);
         close_soon(c, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE);
         return 0;
     }
@@ -480,9 +514,14 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
             cap *= 2;
         if (cap < c->rx_len + len)
             cap = c->rx_len + len;
+        if (s->buffered_bytes + (cap - c->rx_cap) > s->max_buffered_bytes) {
+            buffer_budget_spent(c);
+            return 0;
+        }
         char *buf = realloc(c->rx_buf, cap);
         if (!buf)
             return close_now(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+        s->buffered_bytes += cap - c->rx_cap;
         c->rx_buf = buf;
         c->rx_cap = cap;
     }
@@ -491,9 +530,7 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
     if (!complete)
         return 0;
     deliver(c, c->rx_buf, c->rx_len);
-    free(c->rx_buf);
-    c->rx_buf = NULL;
-    c->rx_len = c->rx_cap = 0;
+    rx_release(c);
     return 0;
 }
 
@@ -510,6 +547,7 @@ static void deliver_held(server_conn *c)
     server_auth_wait *w = c->auth;
     struct server_held_msg *m = w->held_head;
     w->held_head = w->held_tail = NULL;
+    c->server->buffered_bytes -= w->held_bytes;
     w->held_bytes = 0;
     while (m) {
         struct server_held_msg *next = m->next;
@@ -527,6 +565,7 @@ static int serve_auth_wait(server_conn *c)
     sync_server *s = c->server;
     pthread_mutex_lock(&s->lock);
     int close_code = c->close_pending ? c->close_code : 0;
+    const char *close_reason = c->close_reason;
     int status = c->auth->decision;
     char *identity = NULL;
     if (!close_code && status != SERVER_AUTH_UNDECIDED) {
@@ -535,7 +574,8 @@ static int serve_auth_wait(server_conn *c)
     }
     pthread_mutex_unlock(&s->lock);
     if (close_code)
-        return close_now(c->wsi, (enum lws_close_status)close_code, "");
+        return close_now(c->wsi, (enum lws_close_status)close_code,
+                         close_reason ? close_reason : "");
     if (status == SERVER_AUTH_UNDECIDED)
         return s->stopping ? close_now(c->wsi, LWS_CLOSE_STATUS_GOINGAWAY, "server stopping") : 0;
     lws_sul_cancel(&c->auth->timer);

@@ -30,6 +30,20 @@ typedef struct server_conn server_conn;
 #define SERVER_BROADCAST_YIELD_MS 2
 /* auth_timeout_ms when the options leave it 0 */
 #define SERVER_AUTH_TIMEOUT_MS 10000
+/* handshake_timeout_ms when the options leave it 0: a browser on a slow link sends its upgrade
+ * within a round trip or two, so a head still incomplete after this is idle or a slowloris. */
+#define SERVER_HANDSHAKE_TIMEOUT_MS 5000
+/* max_buffered_bytes when the options leave it 0: 64 messages of the default 1 MiB limit at once
+ * (most messages arrive whole and are never buffered). */
+#define SERVER_MAX_BUFFERED_BYTES ((size_t)64 * 1024 * 1024)
+/* Descriptors under RLIMIT_NOFILE kept for what is not a connection: stdio, the lws wake eventfd,
+ * the broadcast epoll, each store's database, WAL, shared memory, journal and temporary files,
+ * static files being served, log files. */
+#define SERVER_FD_RESERVE 64
+/* Above the WebSocket limit, connections still accepted to answer them (503, /healthz). */
+#define SERVER_FD_ANSWER 32
+/* How long accepting pauses at the descriptor limit (or after accept failed for want of one). */
+#define SERVER_ACCEPT_PAUSE_MS 250
 
 /* One distinct engine mounted on the server (an engine on several paths appears once). */
 typedef struct server_engine {
@@ -63,7 +77,8 @@ struct sync_server {
     char *static_dir; /* realpath of the directory, or NULL */
     char *metrics_token; /* sync_server_set_metrics_token(), or NULL: /metrics is public */
     size_t max_message_bytes;
-    int max_connections;
+    int max_connections_option;
+    int max_connections; /* the option capped by the descriptor limit (at listen) */
     double rate_per_sec;
     double rate_burst;
     size_t max_queued_bytes;
@@ -77,6 +92,8 @@ struct sync_server {
     int stop_timeout_ms;
     int broadcast_yield_ms; /* -1 = never */
     int auth_timeout_ms;
+    int handshake_timeout_ms;
+    size_t max_buffered_bytes;
     sync_log_cb log;
     void *log_userdata;
 
@@ -90,6 +107,15 @@ struct sync_server {
     struct lws_vhost *vhost;
     int port;
 
+    /* The descriptor limit (service thread): RLIMIT_NOFILE at listen, and accept pausing at it. */
+    int fd_limit;
+    struct lws *listen_wsi; /* seen by the first FILTER_NETWORK_CONNECTION */
+    bool accept_paused;
+    lws_sorted_usec_list_t accept_timer;
+    atomic_bool accept_failed; /* lws logged an accept that failed for want of a descriptor */
+    int64_t fd_log_ms;         /* the "descriptor limit" warning: at most one a second */
+    unsigned fd_log_suppressed;
+
     /* The context other threads may wake (lws_cancel_service), published while serving; the
      * service thread waits for wakers to leave before it destroys the context. */
     _Atomic(struct lws_context *) wake_context;
@@ -98,7 +124,7 @@ struct sync_server {
     pthread_t thread; /* the background thread of sync_server_start */
     pthread_t service_thread;
     atomic_bool serving;
-    atomic_bool stop_requested;
+    atomic_bool stop_requested; /* set by sync_server_request_stop(), maybe in a signal handler */
     atomic_bool ended;
     bool thread_started;
     atomic_bool thread_joined;
@@ -125,6 +151,11 @@ struct sync_server {
     uint64_t bytes_sent;
     atomic_uint_fast64_t closed_slow; /* also counted by transport ops on other threads */
     uint64_t closed_too_big;
+    uint64_t closed_buffer_budget;
+    uint64_t tcp_refused; /* connections closed at accept: at the descriptor limit */
+    /* Bytes of partial messages held server-wide (rx reassembly capacity and messages held for a
+     * deferred auth), against max_buffered_bytes. */
+    size_t buffered_bytes;
 };
 
 /* What a connection waiting for a deferred auth decision needs; only those connections have it. */
@@ -194,6 +225,10 @@ const server_mount *server_find_mount(const sync_server *server, const char *pat
 /* Processes the wake list and moved deadlines (service thread, on LWS_CALLBACK_EVENT_WAIT_CANCELLED
  * and after every loop turn). */
 void server_process_wakes(sync_server *server);
+
+/* server.c: at the descriptor limit (or after accept failed for want of one), stops polling the
+ * listen socket for SERVER_ACCEPT_PAUSE_MS (service thread). */
+void server_pause_accept(sync_server *server);
 
 /* server_conn.c */
 server_conn *server_conn_new(sync_server *server, server_engine *eng, char *identity);

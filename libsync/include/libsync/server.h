@@ -6,9 +6,9 @@
  * Threads. One service thread owns every socket: the thread inside sync_server_run(), or the
  * thread sync_server_start() creates. Engines mounted on a running server may be used from any
  * thread (set_state, broadcast, ...): their frames are handed to the service thread, which is woken
- * with lws_cancel_service(). sync_server_stop() may be called from any thread and from a signal
- * handler. Every other sync_server_* function must not run concurrently with itself on the same
- * server.
+ * with lws_cancel_service(). sync_server_stop() may be called from any thread, and
+ * sync_server_request_stop() also from a signal handler. Every other sync_server_* function must
+ * not run concurrently with itself on the same server.
  *
  * Broadcast. A changed state is serialised once per version and the same frame is shared by every
  * connection. A connection that cannot keep up is sent the latest state when it can write again,
@@ -17,7 +17,8 @@
  *
  * Closing codes. 1001 at a graceful stop; 1003 for a binary frame (the protocol is JSON text);
  * 1007 for text that is not UTF-8; 1008 for a rate-limit flood or a client that lets more than
- * max_queued_bytes of frames pile up; 1009 for a message over max_message_bytes; 1002 for frames
+ * max_queued_bytes of frames pile up; 1009 for a message over max_message_bytes; 1013 when the
+ * server-wide max_buffered_bytes is spent; 1002 for frames
  * that break RFC 6455; 4000 + an HTTP status for a deferred auth that refused (4408: not decided
  * in time); 4001 (SYNC_CLOSE_PING_TIMEOUT, reason "ping timeout") when the heartbeat found nothing
  * arrived from a client for ping_timeout_ms (a message, the text "pong" or a WebSocket pong frame
@@ -84,10 +85,10 @@ SYNC_EXTERN sync_request *sync_request_defer(sync_request *req);
  */
 SYNC_EXTERN int sync_request_complete(sync_request *req, int status);
 
-/* 2 added broadcast_yield_ms, 3 auth_timeout_ms. A caller built against an older version keeps
- * passing it and the shorter struct: the library reads (and sync_server_options_init writes) only
- * the fields of the version given. */
-#define SYNC_SERVER_OPTIONS_VERSION 3
+/* 2 added broadcast_yield_ms, 3 auth_timeout_ms, 4 handshake_timeout_ms and max_buffered_bytes. A
+ * caller built against an older version keeps passing it and the shorter struct: the library reads
+ * (and sync_server_options_init writes) only the fields of the version given. */
+#define SYNC_SERVER_OPTIONS_VERSION 4
 
 typedef struct sync_server_options {
     unsigned int version; /**< SYNC_SERVER_OPTIONS_VERSION */
@@ -100,7 +101,11 @@ typedef struct sync_server_options {
     const char *static_dir;
     /** Largest accepted message; a larger one closes the connection with 1009. 0 = 1 MiB. */
     size_t max_message_bytes;
-    /** Most open WebSocket connections; more are refused (HTTP 503). 0 = 100000. */
+    /** Most open WebSocket connections; more are refused (HTTP 503). 0 = 100000. The server also
+     *  caps it at what the process's open-file limit (RLIMIT_NOFILE, read at listen) leaves after
+     *  a reserve of 96 descriptors: 64 for stores, logs and files, 32 for connections that are
+     *  answered 503 or served /healthz. Near the limit new TCP connections are closed at once and
+     *  accepting pauses briefly instead of failing in a loop. */
     int max_connections;
     /** Per-connection message rate: sustained messages per second, and burst. A connection over
      *  its budget has the message dropped with an error frame, and is closed with 1008 when it
@@ -138,12 +143,24 @@ typedef struct sync_server_options {
     /** How long a deferred auth decision (sync_request_defer) may take before the connection is
      *  closed with 4408. 0 = 10000 ms. */
     int auth_timeout_ms;
+    /* ---- version 4 ---- */
+    /** How long a connection may take from accept to a complete request head (the WebSocket
+     *  upgrade or an HTTP request); one that has sent nothing or an incomplete head by then is
+     *  dropped, and so is an idle HTTP keep-alive connection's next request head. Rounded up to
+     *  whole seconds (libwebsockets keeps this timeout in seconds). 0 = 5000 ms. */
+    int handshake_timeout_ms;
+    /** Server-wide budget for partial messages: the reassembly buffers of messages that arrive
+     *  in several pieces and the messages held while a deferred auth decides. A connection whose
+     *  next piece would go over it is closed with 1013 (Try Again Later) and the reason "server
+     *  busy: message buffer budget spent". Queued outgoing frames are not counted here: each
+     *  connection's are capped by max_queued_bytes. 0 = 64 MiB. */
+    size_t max_buffered_bytes;
 } sync_server_options;
 
 #define SYNC_SERVER_OPTIONS_INIT                                                                   \
     {                                                                                              \
         SYNC_SERVER_OPTIONS_VERSION, NULL, 0, NULL, 0, 0, 0, 0, 0, NULL, 0, NULL, NULL, NULL,      \
-            NULL, NULL, 0, NULL, NULL, 0, 0                                                        \
+            NULL, NULL, 0, NULL, NULL, 0, 0, 0, 0                                                  \
     }
 
 SYNC_EXTERN int sync_server_options_init(sync_server_options *opts, unsigned int version);
@@ -182,11 +199,21 @@ SYNC_EXTERN int sync_server_run(sync_server *server);
 SYNC_EXTERN int sync_server_start(sync_server *server);
 
 /**
+ * Asks for a graceful stop and returns at once: the call for signal handlers. It only sets an
+ * atomic flag and wakes the service thread (an eventfd write), so it is async-signal-safe and
+ * never blocks; the service thread then does what sync_server_stop() describes, and
+ * sync_server_run() returns. Any thread; a server that is not serving stops as soon as it
+ * serves. To wait for a background server to end, call sync_server_stop() or sync_server_free()
+ * afterwards (outside the handler).
+ */
+SYNC_EXTERN int sync_server_request_stop(sync_server *server);
+
+/**
  * Graceful stop: stop accepting, persist every mounted engine (sync), send close 1001 to every
- * connection, and end the service loop within stop_timeout_ms. From any thread (and
- * async-signal-safe: it only sets a flag and wakes the service thread). When the server runs on a
- * background thread, this call waits for it to end, except from a signal handler or from the
- * service thread itself, where it returns at once.
+ * connection, and end the service loop within stop_timeout_ms. From any thread, but NOT from a
+ * signal handler (use sync_server_request_stop() there): when the server runs on a background
+ * thread this call waits for it to end and joins it. From the service thread itself it returns
+ * at once. SYNC_ESTATE when the server did not end within stop_timeout_ms + 2 s.
  */
 SYNC_EXTERN int sync_server_stop(sync_server *server);
 
