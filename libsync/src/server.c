@@ -142,6 +142,7 @@ static void server_release(sync_server *server)
     for (size_t i = 0; i < server->mount_count; i++)
         free(server->mounts[i].path);
     free(server->mounts);
+    free(server->echo_path);
     for (size_t i = 0; i < server->engine_count; i++)
         free(server->engines[i]);
     free(server->engines);
@@ -374,9 +375,9 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason, vo
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
         return server->stopping ? -1 : 0;
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
-        if (!in || strcmp(in, "websocket") != 0)
-            return server_refuse_upgrade(wsi, HTTP_STATUS_BAD_REQUEST);
-        return server_upgrade_check(server, wsi);
+        return server_upgrade_check(server, wsi, in);
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        return server_peer_close(wsi, in, len);
     case LWS_CALLBACK_ESTABLISHED:
         if (!c)
             return -1;
@@ -501,6 +502,9 @@ int sync_server_listen(sync_server *server)
     info.ka_interval = 10;
     /* Enough header tables for a burst of concurrent handshakes; they are released after each. */
     info.max_http_header_pool = 64;
+    /* Room for a request head past our own limits on a target or a header (414, 431, answered
+     * from the upgrade callback): lws 4.1 drops a head it cannot hold without an answer. */
+    info.max_http_header_data = SERVER_MAX_HEADER_DATA;
     if (server->tls_cert) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
         info.ssl_cert_filepath = server->tls_cert;

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Runs the Autobahn TestSuite (wstest -m fuzzingclient) against autobahn_echo_server and fails on
+any case of the targeted sections whose behavior or behaviorClose is not OK, NON-STRICT or
+INFORMATIONAL. Prints the summary table of docs/SECURITY.md.
+
+  run_autobahn.py --server BUILD/tests/autobahn/autobahn_echo_server --out DIR [--cases 1.*,2.*]
+
+The suite runs on Python 2.7: LIBSYNC_AUTOBAHN_PYTHON (default: pyenv's 2.7.18) with the
+packages that scripts/install-deps.sh put in LIBSYNC_AUTOBAHN_DIR/site (default
+~/.cache/libsync-autobahn)."""
+import argparse
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+SECTIONS = ["1", "2", "3", "4", "5", "6", "7", "9", "10"]
+ACCEPTED = {"OK", "NON-STRICT", "INFORMATIONAL"}
+
+
+def python27():
+    explicit = os.environ.get("LIBSYNC_AUTOBAHN_PYTHON")
+    if explicit:
+        return explicit
+    roots = []
+    try:
+        roots.append(subprocess.run(["pyenv", "root"], capture_output=True, text=True,
+                                    check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    roots.append(os.path.expanduser("~/.pyenv"))
+    for root in roots:
+        candidate = os.path.join(root, "versions", "2.7.18", "bin", "python")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    sys.exit("run_autobahn: no Python 2.7.18 (pyenv) found; set LIBSYNC_AUTOBAHN_PYTHON")
+
+
+def section_of(case_id):
+    return case_id.split(".", 1)[0]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--server", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--cases", default=",".join(s + ".*" for s in SECTIONS))
+    ap.add_argument("--timeout", type=float, default=1500)
+    args = ap.parse_args()
+
+    site = os.path.join(os.environ.get("LIBSYNC_AUTOBAHN_DIR",
+                                       os.path.expanduser("~/.cache/libsync-autobahn")), "site")
+    if not os.path.isfile(os.path.join(site, "autobahntestsuite", "__init__.py")):
+        sys.exit(f"run_autobahn: the Autobahn TestSuite is not in {site}: run scripts/install-deps.sh")
+    py = python27()
+
+    shutil.rmtree(args.out, ignore_errors=True)
+    os.makedirs(args.out)
+    server = subprocess.Popen([args.server], stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline().split()
+        if len(line) != 2 or line[0] != "port":
+            sys.exit("run_autobahn: the echo server did not start")
+        port = int(line[1])
+        cases = [c for c in args.cases.split(",") if c]
+        spec = {
+            "outdir": os.path.join(args.out, "reports", "servers"),
+            "servers": [{"agent": "libsync", "url": f"ws://127.0.0.1:{port}/echo"}],
+            "cases": cases,
+            # permessage-deflate is not offered
+            "exclude-cases": ["12.*", "13.*"],
+            "exclude-agent-cases": {},
+        }
+        spec_path = os.path.join(args.out, "fuzzingclient.json")
+        with open(spec_path, "w") as f:
+            json.dump(spec, f, indent=2)
+        env = dict(os.environ, PYTHONPATH=site)
+        started = time.monotonic()
+        with open(os.path.join(args.out, "wstest.log"), "w") as log:
+            rc = subprocess.run([py, "-m", "autobahntestsuite.wstest", "-m", "fuzzingclient",
+                                 "-s", spec_path], cwd=args.out, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, timeout=args.timeout).returncode
+        elapsed = time.monotonic() - started
+        if server.poll() is not None:
+            sys.exit(f"run_autobahn: the echo server died (exit {server.returncode})")
+        if rc != 0:
+            sys.exit(f"run_autobahn: wstest exited {rc}; see {args.out}/wstest.log")
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    if server.returncode not in (0, None):
+        sys.exit(f"run_autobahn: the echo server exited {server.returncode} at stop")
+
+    with open(os.path.join(args.out, "reports", "servers", "index.json")) as f:
+        results = json.load(f)["libsync"]
+    table = collections.OrderedDict((s, collections.Counter()) for s in SECTIONS)
+    failed = []
+    for case_id, r in sorted(results.items(), key=lambda kv: [int(p) for p in kv[0].split(".")]):
+        sec = section_of(case_id)
+        counts = table.setdefault(sec, collections.Counter())
+        counts["cases"] += 1
+        verdicts = (r.get("behavior"), r.get("behaviorClose"))
+        if any(v not in ACCEPTED for v in verdicts):
+            counts["FAILED"] += 1
+            failed.append(f"{case_id}: behavior {verdicts[0]}, behaviorClose {verdicts[1]}")
+        else:
+            # the weaker of the two verdicts counts
+            for v in ("INFORMATIONAL", "NON-STRICT", "OK"):
+                if v in verdicts:
+                    counts[v] += 1
+                    break
+    print("| section | cases | OK | NON-STRICT | INFORMATIONAL | FAILED |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    total = collections.Counter()
+    for sec, c in table.items():
+        if not c["cases"]:
+            continue
+        total.update(c)
+        print(f"| {sec} | {c['cases']} | {c['OK']} | {c['NON-STRICT']} | {c['INFORMATIONAL']} | "
+              f"{c['FAILED']} |")
+    print(f"| all | {total['cases']} | {total['OK']} | {total['NON-STRICT']} | "
+          f"{total['INFORMATIONAL']} | {total['FAILED']} |")
+    print(f"wstest took {elapsed:.0f} s")
+    for line in failed:
+        print("FAILED " + line)
+    if not total["cases"]:
+        sys.exit("run_autobahn: the report holds no case")
+    print(f"{total['cases'] - total['FAILED']} passed, {total['FAILED']} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
