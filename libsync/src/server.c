@@ -505,6 +505,7 @@ int sync_server_listen(sync_server *server)
     /* Room for a request head past our own limits on a target or a header (414, 431, answered
      * from the upgrade callback): lws 4.1 drops a head it cannot hold without an answer. */
     info.max_http_header_data = SERVER_MAX_HEADER_DATA;
+    info.token_limits = &server_token_limits;
     if (server->tls_cert) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
         info.ssl_cert_filepath = server->tls_cert;

@@ -227,9 +227,12 @@ int server_upgrade_check(sync_server *server, struct lws *wsi, const char *upgra
 int server_peer_close(struct lws *wsi, const unsigned char *payload, size_t len);
 /* A request head lws 4.1 parses whole (it drops a longer one without an answer). */
 #define SERVER_MAX_HEADER_DATA 16384
-/* Longest request target and header value answered: longer ones get 414 / 431. */
+/* Longest request target and header value accepted: longer ones get 414 / 431. */
 #define SERVER_MAX_REQUEST_TARGET 8192
 #define SERVER_MAX_HEADER_VALUE 8192
+/* lws stops storing a header it knows at SERVER_MAX_HEADER_VALUE bytes instead of failing the
+ * request (it skips the rest), so a long one is still answered (431) and not dropped. */
+extern const struct lws_token_limits server_token_limits;
 /* Tests only, never exported (the Autobahn TestSuite, tests/autobahn): WebSocket upgrades to
  * `path` echo every message back, text as text and binary as binary, through the same
  * connection, limits and write path as engine connections; no engine, no Origin or auth check.

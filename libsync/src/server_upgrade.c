@@ -441,6 +441,9 @@ static bool subprotocol_acceptable(sync_server *server, struct lws *wsi)
     return false;
 }
 
+const struct lws_token_limits server_token_limits = {
+    .token_limit = {[0 ... WSI_TOKEN_COUNT - 1] = SERVER_MAX_HEADER_VALUE}};
+
 static bool is_request_target(int token)
 {
     switch (token) {
