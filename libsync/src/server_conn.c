@@ -559,6 +559,11 @@ int server_conn_writeable(server_conn *c)
 
     if (c->write_failed)
         return -1;
+    /* lws failed the connection itself (a frame that breaks RFC 6455) and its close frame went
+     * out: nothing may follow it (section 5.5.1), and lws would otherwise keep the socket up to
+     * 5 s for an acknowledgement it may not recognise. -1 ends it now. */
+    if (lws_get_close_length(wsi) > 0)
+        return -1;
     if (c->auth_waiting) {
         int rc = serve_auth_wait(c);
         if (rc <= 0)

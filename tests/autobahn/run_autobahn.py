@@ -21,6 +21,17 @@ import time
 SECTIONS = ["1", "2", "3", "4", "5", "6", "7", "9", "10"]
 ACCEPTED = {"OK", "NON-STRICT", "INFORMATIONAL"}
 
+# Defects of libwebsockets 4.1 that libsync cannot reach (docs/SECURITY.md says why): such a
+# case may give exactly this (behavior, behaviorClose) besides a passing verdict; any other
+# failure fails the run.
+LWS_41_DEFECTS = {
+    # lws answers one ping at a time: a ping that arrives while its pong to an earlier one is
+    # still unsent is dropped (whether the 10 pings of these cases arrive in one read or several
+    # is a matter of timing)
+    "2.10": ("FAILED", "OK"),
+    "2.11": ("FAILED", "OK"),
+}
+
 
 def python27():
     explicit = os.environ.get("LIBSYNC_AUTOBAHN_PYTHON")
@@ -109,7 +120,9 @@ def main():
         counts = table.setdefault(sec, collections.Counter())
         counts["cases"] += 1
         verdicts = (r.get("behavior"), r.get("behaviorClose"))
-        if any(v not in ACCEPTED for v in verdicts):
+        if verdicts == LWS_41_DEFECTS.get(case_id):
+            counts["lws 4.1"] += 1
+        elif any(v not in ACCEPTED for v in verdicts):
             counts["FAILED"] += 1
             failed.append(f"{case_id}: behavior {verdicts[0]}, behaviorClose {verdicts[1]}")
         else:
@@ -118,17 +131,17 @@ def main():
                 if v in verdicts:
                     counts[v] += 1
                     break
-    print("| section | cases | OK | NON-STRICT | INFORMATIONAL | FAILED |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| section | cases | OK | NON-STRICT | INFORMATIONAL | lws 4.1 defect | FAILED |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     total = collections.Counter()
     for sec, c in table.items():
         if not c["cases"]:
             continue
         total.update(c)
         print(f"| {sec} | {c['cases']} | {c['OK']} | {c['NON-STRICT']} | {c['INFORMATIONAL']} | "
-              f"{c['FAILED']} |")
+              f"{c['lws 4.1']} | {c['FAILED']} |")
     print(f"| all | {total['cases']} | {total['OK']} | {total['NON-STRICT']} | "
-          f"{total['INFORMATIONAL']} | {total['FAILED']} |")
+          f"{total['INFORMATIONAL']} | {total['lws 4.1']} | {total['FAILED']} |")
     print(f"wstest took {elapsed:.0f} s")
     for line in failed:
         print("FAILED " + line)

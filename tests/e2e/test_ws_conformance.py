@@ -253,3 +253,49 @@ def assert_still_serving(server):
     opcode, payload = raw.recv_frame()
     assert opcode == 0x1 and b"counter" in payload
     raw.close()
+
+
+# ---- a frame that breaks the protocol -------------------------------------------------------
+
+def read_until_end(raw, timeout=5):
+    """Every frame until the TCP connection ends: [(opcode, payload)], and the seconds it took."""
+    started = time.monotonic()
+    frames = []
+    while time.monotonic() - started < timeout:
+        try:
+            frames.append(raw.recv_frame(timeout=max(0.1, timeout - (time.monotonic() - started))))
+        except (EOFError, ConnectionResetError):
+            break
+        except TimeoutError:
+            break
+    return frames, time.monotonic() - started
+
+
+RSV_FRAME_WITH_PAYLOAD = bytes([0x80 | 0x50 | 0x1, 0x80 | 8]) + b"\0\0\0\0" + b"abcdefgh"
+
+
+def test_protocol_error_ends_the_connection_at_once(server):
+    raw = open_client(server)
+    raw.sock.sendall(RSV_FRAME_WITH_PAYLOAD)
+    frames, took = read_until_end(raw)
+    raw.close()
+    assert frames and frames[-1][0] == 0x8
+    assert struct.unpack("!H", frames[-1][1][:2])[0] == 1002
+    # lws 4.1 alone would wait 5 s for a close acknowledgement it cannot parse
+    assert took < 3
+    assert_still_serving(server)
+
+
+def test_nothing_follows_the_close_frame(server):
+    raw = open_client(server)
+    # a message with a reply and a broadcast, then a frame that fails the connection, at once
+    message = b'{"type":"increment","amount":1}'
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(message))
+    raw.sock.sendall(bytes([0x81, 0x80 | len(message)]) + mask + masked + RSV_FRAME_WITH_PAYLOAD)
+    frames, took = read_until_end(raw)
+    raw.close()
+    opcodes = [op for op, _ in frames]
+    assert 0x8 in opcodes
+    assert opcodes.index(0x8) == len(opcodes) - 1, f"frames after the close frame: {opcodes}"
+    assert took < 3
