@@ -481,7 +481,8 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
         c->rx_buf = buf;
         c->rx_cap = cap;
     }
-    memcpy(c->rx_buf + c->rx_len, in, len);
+    if (len) /* an empty fragment may come with no buffer at all (memcpy from NULL is UB) */
+        memcpy(c->rx_buf + c->rx_len, in, len);
     c->rx_len += len;
     if (!complete)
         return 0;

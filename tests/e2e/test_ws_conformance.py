@@ -299,3 +299,21 @@ def test_nothing_follows_the_close_frame(server):
     assert 0x8 in opcodes
     assert opcodes.index(0x8) == len(opcodes) - 1, f"frames after the close frame: {opcodes}"
     assert took < 3
+
+
+def test_empty_fragments_make_one_message(server):
+    """Empty fragments are legal (RFC 6455 section 5.4); the server reassembles around them (an
+    empty first fragment once made the UBSan build abort)."""
+    raw = open_client(server)
+    raw.send_frame(0x1, b"", fin=False)
+    raw.send_frame(0x0, b'{"type":"increment",', fin=False)
+    raw.send_frame(0x0, b"", fin=False)
+    raw.send_frame(0x0, b'"amount":5}', fin=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        opcode, payload = raw.recv_frame()
+        if opcode == 0x1 and b'"counter":5' in payload:
+            break
+    else:
+        pytest.fail("the reassembled increment was not applied")
+    raw.close()
