@@ -492,7 +492,9 @@ int sync_server_listen(sync_server *server)
     info.iface = server->host;
     info.protocols = server->protocols;
     info.user = server;
-    info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
+    /* No LWS_SERVER_OPTION_VALIDATE_UTF8: server_conn.c checks text itself, as lws 4.1 would
+     * drop a close frame with an invalid reason without the 1007 answer (server_peer_close). */
+    info.options = LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
     /* Stalled handshakes and idle HTTP keep-alives end after this; TCP keepalive finds peers
      * that vanished without a FIN. */
     info.timeout_secs = 10;

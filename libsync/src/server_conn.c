@@ -465,6 +465,12 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
         close_soon(c, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE);
         return 0;
     }
+    /* checked as it arrives, so a client cannot make the server buffer a message that is
+     * already known to be invalid */
+    if (!binary && (!server_utf8_step(&c->utf8_state, in, len) || (complete && c->utf8_state))) {
+        c->utf8_state = 0;
+        return close_now(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "invalid UTF-8");
+    }
     if (complete && c->rx_len == 0) {
         deliver(c, in, len, binary);
         return 0;

@@ -235,16 +235,43 @@ def test_empty_close_is_answered(server):
     assert payload == b""
 
 
-def test_invalid_utf8_close_reason_fails_the_connection(server):
+@pytest.mark.parametrize("reason", [b"\xc3\x28", b"ok \xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82"])
+def test_invalid_utf8_close_reason_is_answered_with_1007(server, reason):
     raw = open_client(server)
-    answer, took = close_answer(raw, struct.pack("!H", 1000) + b"\xc3\x28")
+    answer, took = close_answer(raw, struct.pack("!H", 1000) + reason)
     raw.close()
-    # lws 4.1 checks the reason before libsync sees the frame and drops the TCP connection
-    # without a close frame, which RFC 6455 section 7.1.7 allows ("Fail the WebSocket
-    # Connection"); docs/SECURITY.md says so.
-    assert answer in (None, 1007)
+    assert answer == 1007
     assert took < 3
     assert_still_serving(server)
+
+
+@pytest.mark.parametrize("fragments", [
+    [b'{"type":"increment","x":"\xc3', b'\x28"}'],       # split inside a character
+    [b'{"type":"increment","x":"\xe2\x82', b'"}'],       # a character cut short at the end
+    [b'{"type":"increment","x":"\xed\xa0\x80"}'],       # a UTF-16 surrogate
+])
+def test_invalid_utf8_text_closes_with_1007(server, fragments):
+    raw = open_client(server)
+    for i, fragment in enumerate(fragments):
+        raw.send_frame(0x1 if i == 0 else 0x0, fragment, fin=i == len(fragments) - 1)
+    assert raw.wait_close(timeout=5) == 1007
+    raw.close()
+    assert_still_serving(server)
+
+
+def test_utf8_split_across_fragments_is_accepted(server):
+    raw = open_client(server)
+    text = '{"type":"increment","amount":1,"note":"€ ✓ 😀"}'.encode()
+    cut = text.index("😀".encode()) + 2
+    raw.send_frame(0x1, text[:cut], fin=False)
+    raw.send_frame(0x0, text[cut:], fin=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        opcode, payload = raw.recv_frame()
+        assert opcode == 0x1
+        if b'"counter":1' in payload:
+            break
+    raw.close()
 
 
 def assert_still_serving(server):
