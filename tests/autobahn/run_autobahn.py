@@ -55,6 +55,39 @@ def section_of(case_id):
     return case_id.split(".", 1)[0]
 
 
+def run_wstest(py, site, port, cases, out, timeout):
+    """Runs the fuzzingclient on `cases`; returns {case id: (behavior, behaviorClose)} and the
+    seconds it took."""
+    spec = {
+        "outdir": os.path.join(out, "reports", "servers"),
+        "servers": [{"agent": "libsync", "url": f"ws://127.0.0.1:{port}/echo"}],
+        "cases": cases,
+        # permessage-deflate is not offered
+        "exclude-cases": ["12.*", "13.*"],
+        "exclude-agent-cases": {},
+    }
+    os.makedirs(out, exist_ok=True)
+    spec_path = os.path.join(out, "fuzzingclient.json")
+    with open(spec_path, "w") as f:
+        json.dump(spec, f, indent=2)
+    env = dict(os.environ, PYTHONPATH=site)
+    started = time.monotonic()
+    with open(os.path.join(out, "wstest.log"), "w") as log:
+        rc = subprocess.run([py, "-m", "autobahntestsuite.wstest", "-m", "fuzzingclient",
+                             "-s", spec_path], cwd=out, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, timeout=timeout).returncode
+    elapsed = time.monotonic() - started
+    if rc != 0:
+        sys.exit(f"run_autobahn: wstest exited {rc}; see {out}/wstest.log")
+    with open(os.path.join(out, "reports", "servers", "index.json")) as f:
+        results = json.load(f)["libsync"]
+    return {k: (r.get("behavior"), r.get("behaviorClose")) for k, r in results.items()}, elapsed
+
+
+def passes(case_id, verdicts):
+    return all(v in ACCEPTED for v in verdicts) or verdicts == LWS_41_DEFECTS.get(case_id)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--server", required=True)
@@ -72,34 +105,22 @@ def main():
     shutil.rmtree(args.out, ignore_errors=True)
     os.makedirs(args.out)
     server = subprocess.Popen([args.server], stdout=subprocess.PIPE, text=True)
+    retried = {}
     try:
         line = server.stdout.readline().split()
         if len(line) != 2 or line[0] != "port":
             sys.exit("run_autobahn: the echo server did not start")
         port = int(line[1])
         cases = [c for c in args.cases.split(",") if c]
-        spec = {
-            "outdir": os.path.join(args.out, "reports", "servers"),
-            "servers": [{"agent": "libsync", "url": f"ws://127.0.0.1:{port}/echo"}],
-            "cases": cases,
-            # permessage-deflate is not offered
-            "exclude-cases": ["12.*", "13.*"],
-            "exclude-agent-cases": {},
-        }
-        spec_path = os.path.join(args.out, "fuzzingclient.json")
-        with open(spec_path, "w") as f:
-            json.dump(spec, f, indent=2)
-        env = dict(os.environ, PYTHONPATH=site)
-        started = time.monotonic()
-        with open(os.path.join(args.out, "wstest.log"), "w") as log:
-            rc = subprocess.run([py, "-m", "autobahntestsuite.wstest", "-m", "fuzzingclient",
-                                 "-s", spec_path], cwd=args.out, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, timeout=args.timeout).returncode
-        elapsed = time.monotonic() - started
+        results, elapsed = run_wstest(py, site, port, cases, args.out, args.timeout)
+        # Most cases give the server 1 s to end the TCP connection: on a loaded machine a case
+        # can miss that. A failing case runs once more on its own; what fails twice fails.
+        again = sorted(k for k, v in results.items() if not passes(k, v))
+        if again:
+            retried, _ = run_wstest(py, site, port, again, os.path.join(args.out, "retry"),
+                                    args.timeout)
         if server.poll() is not None:
             sys.exit(f"run_autobahn: the echo server died (exit {server.returncode})")
-        if rc != 0:
-            sys.exit(f"run_autobahn: wstest exited {rc}; see {args.out}/wstest.log")
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
@@ -111,18 +132,19 @@ def main():
     if server.returncode not in (0, None):
         sys.exit(f"run_autobahn: the echo server exited {server.returncode} at stop")
 
-    with open(os.path.join(args.out, "reports", "servers", "index.json")) as f:
-        results = json.load(f)["libsync"]
     table = collections.OrderedDict((s, collections.Counter()) for s in SECTIONS)
     failed = []
-    for case_id, r in sorted(results.items(), key=lambda kv: [int(p) for p in kv[0].split(".")]):
-        sec = section_of(case_id)
-        counts = table.setdefault(sec, collections.Counter())
+    for case_id in sorted(results, key=lambda k: [int(p) for p in k.split(".")]):
+        verdicts = results[case_id]
+        counts = table.setdefault(section_of(case_id), collections.Counter())
         counts["cases"] += 1
-        verdicts = (r.get("behavior"), r.get("behaviorClose"))
+        if case_id in retried:
+            print(f"retried {case_id}: first behavior {verdicts[0]}, behaviorClose {verdicts[1]}; "
+                  f"then {retried[case_id][0]}, {retried[case_id][1]}")
+            verdicts = retried[case_id]
         if verdicts == LWS_41_DEFECTS.get(case_id):
             counts["lws 4.1"] += 1
-        elif any(v not in ACCEPTED for v in verdicts):
+        elif not passes(case_id, verdicts):
             counts["FAILED"] += 1
             failed.append(f"{case_id}: behavior {verdicts[0]}, behaviorClose {verdicts[1]}")
         else:
