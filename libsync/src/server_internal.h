@@ -234,6 +234,10 @@ bool server_utf8_step(uint32_t *state, const unsigned char *p, size_t len);
 /* Longest request target and header value accepted: longer ones get 414 / 431. */
 #define SERVER_MAX_REQUEST_TARGET 8192
 #define SERVER_MAX_HEADER_VALUE 8192
+/* 0, or 414 / 431 for a request target or a header over those limits (lws holds up to
+ * SERVER_MAX_HEADER_DATA in all; it drops a longer request before any callback). Upgrades and
+ * plain HTTP requests alike. */
+int server_request_size_status(struct lws *wsi);
 /* lws stops storing a header it knows at SERVER_MAX_HEADER_VALUE bytes instead of failing the
  * request (it skips the rest), so a long one is still answered (431) and not dropped. */
 extern const struct lws_token_limits server_token_limits;

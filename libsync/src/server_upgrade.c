@@ -462,9 +462,7 @@ static bool is_request_target(int token)
     }
 }
 
-/* 0, or 414 / 431 for a request target or a header value over our limits (lws holds up to
- * SERVER_MAX_HEADER_DATA in all; it drops a longer request before any callback). */
-static int request_size_status(struct lws *wsi)
+int server_request_size_status(struct lws *wsi)
 {
     for (int t = 0; t < (int)WSI_TOKEN_COUNT; t++) {
         int len = lws_hdr_total_length(wsi, (enum lws_token_indexes)t);
@@ -478,7 +476,7 @@ static int request_size_status(struct lws *wsi)
 
 static int handshake_check(sync_server *server, struct lws *wsi, const char *upgrade)
 {
-    int status = request_size_status(wsi);
+    int status = server_request_size_status(wsi);
     if (status)
         return refuse(server, wsi, status);
     /* RFC 6455 4.2.1: "websocket" in any case; Connection is a token list holding "Upgrade" */

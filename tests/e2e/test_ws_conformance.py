@@ -344,3 +344,26 @@ def test_empty_fragments_make_one_message(server):
     else:
         pytest.fail("the reassembled increment was not applied")
     raw.close()
+
+
+def http_status(port, path, headers=()):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", *headers, "Connection: close"]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = b""
+    try:
+        while b"\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except (ConnectionResetError, socket.timeout):
+        pass
+    sock.close()
+    return int(data.split()[1]) if data.startswith(b"HTTP/") else None
+
+
+def test_plain_http_requests_too_long_are_answered(server):
+    assert http_status(server.port, "/healthz", ["Cookie: " + "a" * 10000]) == 431
+    assert http_status(server.port, "/healthz?" + "a" * 9000) == 414
+    assert http_status(server.port, "/healthz", ["Cookie: " + "a" * 5000]) == 200
