@@ -63,3 +63,28 @@ for dir in tests/e2e tests/node bindings/node examples/node; do
     fi
   fi
 done
+
+# The Autobahn TestSuite (tests/autobahn) runs on Python 2.7 (pyenv's 2.7.18), from its own
+# folder, installed once. Its zope.interface needs the zope namespace package declared.
+autobahn_dir=${LIBSYNC_AUTOBAHN_DIR:-$HOME/.cache/libsync-autobahn}
+if [ ! -f "$autobahn_dir/site/autobahntestsuite/__init__.py" ] ||
+  [ ! -f "$autobahn_dir/site/zope/__init__.py" ]; then
+  py27=${LIBSYNC_AUTOBAHN_PYTHON:-}
+  if [ -z "$py27" ]; then
+    pyenv_root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+    py27=$pyenv_root/versions/2.7.18/bin/python
+  fi
+  if [ ! -x "$py27" ]; then
+    echo "install-deps: no Python 2.7.18 for the Autobahn TestSuite (pyenv install 2.7.18, or set LIBSYNC_AUTOBAHN_PYTHON)" >&2
+    exit 1
+  fi
+  echo "install-deps: the Autobahn TestSuite into $autobahn_dir"
+  mkdir -p "$autobahn_dir"
+  "$py27" -m pip install -q --disable-pip-version-check --no-warn-script-location \
+    --target "$autobahn_dir/site" autobahntestsuite==25.10.1 2>&1 | grep -v DEPRECATION >&2 || true
+  echo "__import__('pkg_resources').declare_namespace(__name__)" >"$autobahn_dir/site/zope/__init__.py"
+  [ -f "$autobahn_dir/site/autobahntestsuite/__init__.py" ] || {
+    echo "install-deps: installing autobahntestsuite failed" >&2
+    exit 1
+  }
+fi

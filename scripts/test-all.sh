@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test suite of libsync: installs what is missing, builds with warnings as errors, runs
-# the C, ABI, install, Python, Node, end-to-end and browser suites (ctest), then the C and
-# end-to-end suites again under AddressSanitizer + UndefinedBehaviorSanitizer, the threaded
+# the C, ABI, install, Python, Node, end-to-end, browser and Autobahn TestSuite suites (ctest),
+# then the C, end-to-end and Autobahn suites again under AddressSanitizer +
+# UndefinedBehaviorSanitizer, the threaded
 # tests under ThreadSanitizer, and the bounded fault suites (scripts/test-faults.sh).
 #   scripts/test-all.sh              everything
 #   LIBSYNC_SKIP_SANITIZERS=1 ...    only the normal build
@@ -22,12 +23,12 @@ step "all suites"
 ctest --test-dir build --output-on-failure -j"$jobs" --timeout 600
 
 if [ "${LIBSYNC_SKIP_SANITIZERS:-0}" != 1 ]; then
-  step "C and end-to-end suites under ASan + UBSan"
+  step "C, end-to-end and Autobahn suites under ASan + UBSan"
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLIBSYNC_SANITIZE=address,undefined \
     -DLIBSYNC_BUILD_PYTHON=OFF -DLIBSYNC_BUILD_NODE=OFF -DLIBSYNC_BUILD_BENCH=OFF >/dev/null
   cmake --build build-asan -j"$jobs"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    ctest --test-dir build-asan --output-on-failure -j"$jobs" -L 'c|e2e' -LE 'browser|install' \
+    ctest --test-dir build-asan --output-on-failure -j"$jobs" -L 'c|e2e|autobahn' -LE 'browser|install' \
     --timeout 600
 
   step "threaded tests under TSan"

@@ -18,7 +18,8 @@ typedef enum sync_frame_kind {
     SYNC_FRAME_TEXT = 0,          /* a reply, an error frame, a broadcast text */
     SYNC_FRAME_PING = 1,          /* {"type":"ping"} */
     SYNC_FRAME_INITIAL_STATE = 2, /* {"type":"initial_state","data":...} */
-    SYNC_FRAME_STATE_UPDATE = 3   /* {"type":"state_update","data":...} */
+    SYNC_FRAME_STATE_UPDATE = 3,  /* {"type":"state_update","data":...} */
+    SYNC_FRAME_BINARY = 4         /* bytes sent as a binary message (the server's test echo) */
 } sync_frame_kind;
 
 typedef struct sync_frame {

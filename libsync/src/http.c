@@ -176,6 +176,9 @@ static bool metrics_allowed(sync_server *server, struct lws *wsi)
 
 static int on_request(sync_server *server, struct lws *wsi, const char *uri)
 {
+    int too_long = server_request_size_status(wsi);
+    if (too_long)
+        return status_only(wsi, (unsigned)too_long);
     bool head = lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) > 0;
     if (!head && lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0)
         return status_only(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED);

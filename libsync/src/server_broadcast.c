@@ -125,7 +125,9 @@ static bool flush_conn(server_conn *c, sync_frame *frame, bool force)
     pthread_mutex_lock(&s->lock);
     bool direct = c->wsi && !c->ring_count && !c->close_pending && !s->stopping;
     pthread_mutex_unlock(&s->lock);
-    if (!direct || c->write_failed || lws_partial_buffered(c->wsi)) {
+    /* a connection lws is closing (lws_get_close_length) is ended by the writeable callback */
+    if (!direct || c->write_failed || lws_partial_buffered(c->wsi) ||
+        lws_get_close_length(c->wsi) > 0) {
         defer_to_writeable(c, force);
         return true;
     }

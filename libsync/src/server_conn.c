@@ -275,6 +275,7 @@ server_conn *server_conn_new(sync_server *server, server_engine *eng, char *iden
     c->kind = SERVER_WSI_WS;
     c->server = server;
     c->eng = eng;
+    c->echo = eng == NULL;
     c->identity = identity;
     c->tokens = server->rate_burst;
     c->tokens_ms = sync_now_ms();
@@ -334,6 +335,8 @@ int server_conn_established(server_conn *c, struct lws *wsi)
     c->wsi = wsi;
     bool decided = c->auth && c->auth->decision != SERVER_AUTH_UNDECIDED;
     pthread_mutex_unlock(&s->lock);
+    if (c->echo)
+        return 0;
     if (!c->auth_waiting)
         return join_engine(c); /* on failure still owned by the wsi: WSI_DESTROY abandons it */
     lws_sul_schedule(lws_get_context(wsi), 0, &c->auth->timer, auth_timed_out,
@@ -463,7 +466,20 @@ static void hold(server_conn *c, const char *text, size_t len)
     w->held_bytes += len;
 }
 
-static void deliver(server_conn *c, const char *text, size_t len)
+/* server_mount_echo(): the message goes back through the queue like an engine's reply. */
+static void echo_back(server_conn *c, const char *data, size_t len, bool binary)
+{
+    sync_frame *frame =
+        sync_frame_new_text(binary ? SYNC_FRAME_BINARY : SYNC_FRAME_TEXT, data, len);
+    if (!frame) {
+        close_soon(c, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION);
+        return;
+    }
+    op_send_frame(c, frame); /* over max_queued_bytes it closes the connection itself */
+    sync_frame_unref(frame);
+}
+
+static void deliver(server_conn *c, const char *text, size_t len, bool binary)
 {
     sync_server *s = c->server;
     if (c->auth_waiting) {
@@ -480,7 +496,10 @@ static void deliver(server_conn *c, const char *text, size_t len)
             sync_conn_send(c->conn, rate_error, sizeof rate_error - 1);
         return;
     }
-    sync_engine_handle_message(c->eng->engine, c->conn, text, len);
+    if (c->echo)
+        echo_back(c, text, len, binary);
+    else
+        sync_engine_handle_message(c->eng->engine, c->conn, text, len);
 }
 
 int server_conn_receive(server_conn *c, const void *in, size_t len)
@@ -493,7 +512,8 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
     pthread_mutex_unlock(&s->lock);
     if (closing)
         return 0;
-    if (lws_frame_is_binary(wsi))
+    bool binary = lws_frame_is_binary(wsi);
+    if (binary && !c->echo)
         return close_now(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
                          "binary frames are not supported");
     size_t remaining = lws_remaining_packet_payload(wsi);
@@ -504,8 +524,14 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
         close_soon(c, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE);
         return 0;
     }
+    /* checked as it arrives, so a client cannot make the server buffer a message that is
+     * already known to be invalid */
+    if (!binary && (!server_utf8_step(&c->utf8_state, in, len) || (complete && c->utf8_state))) {
+        c->utf8_state = 0;
+        return close_now(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "invalid UTF-8");
+    }
     if (complete && c->rx_len == 0) {
-        deliver(c, in, len);
+        deliver(c, in, len, binary);
         return 0;
     }
     if (c->rx_len + len > c->rx_cap) {
@@ -525,11 +551,12 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
         c->rx_buf = buf;
         c->rx_cap = cap;
     }
-    memcpy(c->rx_buf + c->rx_len, in, len);
+    if (len) /* an empty fragment may come with no buffer at all (memcpy from NULL is UB) */
+        memcpy(c->rx_buf + c->rx_len, in, len);
     c->rx_len += len;
     if (!complete)
         return 0;
-    deliver(c, c->rx_buf, c->rx_len);
+    deliver(c, c->rx_buf, c->rx_len, binary);
     rx_release(c);
     return 0;
 }
@@ -551,7 +578,7 @@ static void deliver_held(server_conn *c)
     w->held_bytes = 0;
     while (m) {
         struct server_held_msg *next = m->next;
-        deliver(c, m->text, m->len);
+        deliver(c, m->text, m->len, false);
         free(m);
         m = next;
     }
@@ -604,6 +631,11 @@ int server_conn_writeable(server_conn *c)
 
     if (c->write_failed)
         return -1;
+    /* lws failed the connection itself (a frame that breaks RFC 6455) and its close frame went
+     * out: nothing may follow it (section 5.5.1), and lws would otherwise keep the socket up to
+     * 5 s for an acknowledgement it may not recognise. -1 ends it now. */
+    if (lws_get_close_length(wsi) > 0)
+        return -1;
     if (c->auth_waiting) {
         int rc = serve_auth_wait(c);
         if (rc <= 0)
@@ -636,7 +668,8 @@ int server_conn_writeable(server_conn *c)
         if (is_state_frame(frame) && frame->seq > c->last_sent_seq)
             c->last_sent_seq = frame->seq;
         sync_frame_kind kind = frame->kind;
-        int n = lws_write(wsi, (unsigned char *)sync_frame_text(frame), frame->len, LWS_WRITE_TEXT);
+        int n = lws_write(wsi, (unsigned char *)sync_frame_text(frame), frame->len,
+                          kind == SYNC_FRAME_BINARY ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
         sync_frame_unref(frame);
         if (n < 0)
             return -1;

@@ -99,6 +99,7 @@ struct sync_server {
 
     server_mount *mounts;
     size_t mount_count;
+    char *echo_path; /* server_mount_echo(): tests only */
     server_engine **engines;
     size_t engine_count;
 
@@ -177,6 +178,7 @@ struct server_conn {
     server_engine *eng;
     sync_conn *conn;
     char *identity; /* from the auth callback, until the connection joins its engine */
+    bool echo;      /* on server_mount_echo()'s path: no engine, messages come back */
 
     /* A deferred auth decision (sync_request_defer): until it is applied the connection is
      * upgraded but not joined (c->conn is NULL), and what the client sends is held. */
@@ -208,6 +210,7 @@ struct server_conn {
     bool write_failed;
     server_conn *live_next;
     server_conn *live_prev;
+    uint32_t utf8_state; /* server_utf8_step() across the fragments of a text message */
     char *rx_buf;
     size_t rx_len;
     size_t rx_cap;
@@ -230,7 +233,7 @@ void server_process_wakes(sync_server *server);
  * listen socket for SERVER_ACCEPT_PAUSE_MS (service thread). */
 void server_pause_accept(sync_server *server);
 
-/* server_conn.c */
+/* server_conn.c; eng NULL: an echo connection (server_mount_echo) */
 server_conn *server_conn_new(sync_server *server, server_engine *eng, char *identity);
 /* Drops a connection that never became a WebSocket. */
 void server_conn_abandon(server_conn *c);
@@ -253,8 +256,33 @@ void server_broadcast_flush(sync_server *server);
 void server_broadcast_join(server_conn *c);
 void server_broadcast_leave(server_conn *c);
 
-/* server_upgrade.c: 0 to let the upgrade proceed, else the HTTP status already sent. */
-int server_upgrade_check(sync_server *server, struct lws *wsi);
+/* server_upgrade.c: LWS_CALLBACK_HTTP_CONFIRM_UPGRADE (`upgrade`: the Upgrade header's value).
+ * Checks the RFC 6455 handshake headers, then the gate. 0 to let the upgrade proceed, else what
+ * the callback returns (the refusal's HTTP status was sent). */
+int server_upgrade_check(sync_server *server, struct lws *wsi, const char *upgrade);
+/* LWS_CALLBACK_WS_PEER_INITIATED_CLOSE: 0 lets lws echo the peer's close frame; -1 after
+ * answering a close frame that breaks RFC 6455 section 7.4 / 5.5.1 with 1002 (or 1007). */
+int server_peer_close(struct lws *wsi, const unsigned char *payload, size_t len);
+/* Checks that `len` more bytes continue valid UTF-8; `*state` (0 at a character boundary)
+ * carries a character split across calls. false at the first byte that cannot be UTF-8. */
+bool server_utf8_step(uint32_t *state, const unsigned char *p, size_t len);
+/* A request head lws 4.1 parses whole (it drops a longer one without an answer). */
+#define SERVER_MAX_HEADER_DATA 16384
+/* Longest request target and header value accepted: longer ones get 414 / 431. */
+#define SERVER_MAX_REQUEST_TARGET 8192
+#define SERVER_MAX_HEADER_VALUE 8192
+/* 0, or 414 / 431 for a request target or a header over those limits (lws holds up to
+ * SERVER_MAX_HEADER_DATA in all; it drops a longer request before any callback). Upgrades and
+ * plain HTTP requests alike. */
+int server_request_size_status(struct lws *wsi);
+/* lws stops storing a header it knows at SERVER_MAX_HEADER_VALUE bytes instead of failing the
+ * request (it skips the rest), so a long one is still answered (431) and not dropped. */
+extern const struct lws_token_limits server_token_limits;
+/* Tests only, never exported (the Autobahn TestSuite, tests/autobahn): WebSocket upgrades to
+ * `path` echo every message back, text as text and binary as binary, through the same
+ * connection, limits and write path as engine connections; no engine, no Origin or auth check.
+ * Before listen. */
+int server_mount_echo(sync_server *server, const char *path);
 enum { SERVER_AUTH_UNDECIDED = -1 };
 /* A deferred auth's refusal closes with this + the HTTP status (4401, 4403; 4408: timed out). */
 enum { SERVER_CLOSE_AUTH_BASE = 4000 };

@@ -1,7 +1,9 @@
 /*
- * The gate in front of every WebSocket upgrade: route to a mounted engine (404), stopping or
- * full (503), Origin allow-list (403), then the user's auth callback through sync_request, whose
- * decision may also come later, from any thread (sync_request_defer / sync_request_complete).
+ * The gate in front of every WebSocket upgrade: the RFC 6455 handshake headers that lws 4.1
+ * does not check or drops without an answer (400, 414, 426, 431), route to a mounted engine
+ * (404), stopping or full (503), Origin allow-list (403), then the user's auth callback through
+ * sync_request, whose decision may also come later, from any thread (sync_request_defer /
+ * sync_request_complete). Also the peer's close frame, which lws 4.1 checks only in part.
  */
 #include "server_internal.h"
 
@@ -257,8 +259,14 @@ static const char *reason_phrase(int status)
         return "Not Found";
     case 408:
         return "Request Timeout";
+    case 414:
+        return "URI Too Long";
+    case 426:
+        return "Upgrade Required";
     case 429:
         return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
     case 500:
         return "Internal Server Error";
     case 503:
@@ -268,28 +276,43 @@ static const char *reason_phrase(int status)
     }
 }
 
-int server_refuse_upgrade(struct lws *wsi, int status)
+/* `header`: an extra header line with its CRLF, or ""; `why`: said after the status in the
+ * body ("" for none). */
+static int refuse_with(struct lws *wsi, int status, const char *header, const char *why)
 {
     /* lws_return_http_status() would answer an upgrade request with an HTTP/1.0 status line
      * (lws 4.1 has not recorded the request's version yet), which WebSocket clients reject as
      * invalid instead of reporting the status, and with an HTML page that links a stylesheet. */
-    unsigned char buf[LWS_PRE + 256];
+    unsigned char buf[LWS_PRE + 512];
     char *head = (char *)buf + LWS_PRE;
     const char *phrase = reason_phrase(status);
-    int body_len = snprintf(NULL, 0, "%d %s\n", status, phrase);
+    const char *sep = *why ? ": " : "";
+    int body_len = snprintf(NULL, 0, "%d %s%s%s\n", status, phrase, sep, why);
     int n = snprintf(head, sizeof buf - LWS_PRE,
                      "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                     "content-length: %d\r\nconnection: close\r\n\r\n%d %s\n",
-                     status, phrase, body_len, status, phrase);
+                     "%scontent-length: %d\r\nconnection: close\r\n\r\n%d %s%s%s\n",
+                     status, phrase, header, body_len, status, phrase, sep, why);
     if (n > 0 && (size_t)n < sizeof buf - LWS_PRE)
         lws_write(wsi, (unsigned char *)head, (size_t)n, LWS_WRITE_HTTP_HEADERS);
     return 1; /* closes the connection once that is written */
+}
+
+int server_refuse_upgrade(struct lws *wsi, int status)
+{
+    return refuse_with(wsi, status, "", "");
 }
 
 static int refuse(sync_server *server, struct lws *wsi, int status)
 {
     server->refused++;
     return server_refuse_upgrade(wsi, status);
+}
+
+static int refuse_why(sync_server *server, struct lws *wsi, int status, const char *header,
+                      const char *why)
+{
+    server->refused++;
+    return refuse_with(wsi, status, header, why);
 }
 
 /* Runs the auth callback. Returns 0 (accepted, *identity set), an HTTP status to refuse, or
@@ -366,17 +389,232 @@ static int link_deferred(sync_request *req, server_conn *c)
     return c ? 0 : -1;
 }
 
-int server_upgrade_check(sync_server *server, struct lws *wsi)
+/* ---- RFC 6455 section 4.2.1: the handshake headers --------------------------------------- */
+
+/* Whether a comma-separated header holds `token` (case-insensitive), as in
+ * "Connection: keep-alive, Upgrade". */
+static bool header_has_token(struct lws *wsi, enum lws_token_indexes idx, const char *token)
 {
+    char value[512];
+    int len = lws_hdr_total_length(wsi, idx);
+    if (len <= 0 || len >= (int)sizeof value || lws_hdr_copy(wsi, value, sizeof value, idx) < 0)
+        return false;
+    char *save = NULL;
+    for (char *t = strtok_r(value, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save))
+        if (strcasecmp(t, token) == 0)
+            return true;
+    return false;
+}
+
+/* Sec-WebSocket-Key: base64 of 16 bytes, which is 22 characters and "==". */
+static bool key_valid(struct lws *wsi)
+{
+    char key[32];
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_KEY) != 24 ||
+        lws_hdr_copy(wsi, key, sizeof key, WSI_TOKEN_KEY) != 24)
+        return false;
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (int i = 0; i < 22; i++)
+        if (!key[i] || !strchr(alphabet, key[i]))
+            return false;
+    return key[22] == '=' && key[23] == '=';
+}
+
+/* Whether the client's subprotocol list is absent or names one the server speaks. lws 4.1
+ * would drop the connection without an answer when it names none: the server may not accept
+ * without selecting one, as lws binds every WebSocket to one of its protocols. A subprotocol
+ * the server speaks is an entry in server->protocols (lws answers it with its name). */
+static bool subprotocol_acceptable(sync_server *server, struct lws *wsi)
+{
+    int len = lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL);
+    if (len <= 0)
+        return true;
+    char list[512];
+    if (len >= (int)sizeof list || lws_hdr_copy(wsi, list, sizeof list, WSI_TOKEN_PROTOCOL) < 0)
+        return false;
+    char *save = NULL;
+    for (char *t = strtok_r(list, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save))
+        for (const struct lws_protocols *p = server->protocols; p->name; p++)
+            if (strcmp(p->name, t) == 0)
+                return true;
+    return false;
+}
+
+const struct lws_token_limits server_token_limits = {
+    .token_limit = {[0 ... WSI_TOKEN_COUNT - 1] = SERVER_MAX_HEADER_VALUE}};
+
+static bool is_request_target(int token)
+{
+    switch (token) {
+    case WSI_TOKEN_GET_URI:
+    case WSI_TOKEN_POST_URI:
+    case WSI_TOKEN_OPTIONS_URI:
+    case WSI_TOKEN_PUT_URI:
+    case WSI_TOKEN_PATCH_URI:
+    case WSI_TOKEN_DELETE_URI:
+    case WSI_TOKEN_CONNECT:
+    case WSI_TOKEN_HEAD_URI:
+    case WSI_TOKEN_HTTP_URI_ARGS:
+        return true;
+    default:
+        return false;
+    }
+}
+
+int server_request_size_status(struct lws *wsi)
+{
+    for (int t = 0; t < (int)WSI_TOKEN_COUNT; t++) {
+        int len = lws_hdr_total_length(wsi, (enum lws_token_indexes)t);
+        if (is_request_target(t) && len >= SERVER_MAX_REQUEST_TARGET)
+            return 414;
+        if (!is_request_target(t) && len >= SERVER_MAX_HEADER_VALUE)
+            return 431;
+    }
+    return 0;
+}
+
+static int handshake_check(sync_server *server, struct lws *wsi, const char *upgrade)
+{
+    int status = server_request_size_status(wsi);
+    if (status)
+        return refuse(server, wsi, status);
+    /* RFC 6455 4.2.1: "websocket" in any case; Connection is a token list holding "Upgrade" */
+    if (!upgrade || strcasecmp(upgrade, "websocket") != 0)
+        return refuse_why(server, wsi, HTTP_STATUS_BAD_REQUEST, "", "Upgrade is not websocket");
+    if (!header_has_token(wsi, WSI_TOKEN_CONNECTION, "upgrade"))
+        return refuse_why(server, wsi, HTTP_STATUS_BAD_REQUEST, "", "Connection has no Upgrade");
+    char version[8];
+    int vlen = lws_hdr_total_length(wsi, WSI_TOKEN_VERSION);
+    if (vlen <= 0)
+        return refuse_why(server, wsi, HTTP_STATUS_BAD_REQUEST, "", "no Sec-WebSocket-Version");
+    if (vlen != 2 || lws_hdr_copy(wsi, version, sizeof version, WSI_TOKEN_VERSION) != 2 ||
+        strcmp(version, "13") != 0)
+        return refuse_why(server, wsi, 426, "sec-websocket-version: 13\r\n",
+                          "only Sec-WebSocket-Version 13");
+    if (!key_valid(wsi))
+        return refuse_why(server, wsi, HTTP_STATUS_BAD_REQUEST, "",
+                          "Sec-WebSocket-Key is not base64 of 16 bytes");
+    if (!subprotocol_acceptable(server, wsi))
+        return refuse_why(server, wsi, HTTP_STATUS_BAD_REQUEST, "",
+                          "no supported subprotocol offered");
+    return 0;
+}
+
+/* ---- RFC 6455 section 7.4 / 5.5.1: the peer's close frame --------------------------------- */
+
+/* Close codes a peer may send: the defined ones (1004-1006 and 1015 must never be sent) and
+ * the ranges for libraries (3000-3999) and applications (4000-4999). */
+static bool close_code_valid(unsigned code)
+{
+    if (code >= 3000 && code <= 4999)
+        return true;
+    return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014);
+}
+
+bool server_utf8_step(uint32_t *state, const unsigned char *p, size_t len)
+{
+    /* bits 0-7: continuation bytes still due; 8-15 and 16-23: the range the next one must be
+     * in (narrower after E0, ED, F0 and F4: no overlong forms, surrogates or past U+10FFFF) */
+    unsigned need = *state & 0xff, lo = (*state >> 8) & 0xff, hi = (*state >> 16) & 0xff;
+    for (size_t i = 0; i < len; i++) {
+        unsigned b = p[i];
+        if (need) {
+            if (b < lo || b > hi)
+                return false;
+            need--;
+            lo = 0x80;
+            hi = 0xbf;
+        } else if (b >= 0x80) {
+            lo = 0x80;
+            hi = 0xbf;
+            if (b >= 0xc2 && b <= 0xdf)
+                need = 1;
+            else if (b >= 0xe0 && b <= 0xef)
+                need = 2;
+            else if (b >= 0xf0 && b <= 0xf4)
+                need = 3;
+            else
+                return false;
+            if (b == 0xe0)
+                lo = 0xa0;
+            else if (b == 0xed)
+                hi = 0x9f;
+            else if (b == 0xf0)
+                lo = 0x90;
+            else if (b == 0xf4)
+                hi = 0x8f;
+        }
+    }
+    *state = need ? need | lo << 8 | hi << 16 : 0;
+    return true;
+}
+
+/* A close frame of ours, written raw: lws 4.1's API has no write type for one, and
+ * lws_close_reason() would make lws wait up to 5 s for an acknowledgement that a peer which
+ * already sent its close never sends. lws calls server_peer_close only with nothing of ours
+ * half-written. */
+static int answer_close(struct lws *wsi, unsigned code)
+{
+    unsigned char frame[LWS_PRE + 4];
+    frame[LWS_PRE] = 0x88; /* FIN, close */
+    frame[LWS_PRE + 1] = 2;
+    frame[LWS_PRE + 2] = (unsigned char)(code >> 8);
+    frame[LWS_PRE + 3] = (unsigned char)(code & 0xff);
+    lws_write(wsi, frame + LWS_PRE, 4, LWS_WRITE_RAW);
+    return -1; /* lws then drops the connection */
+}
+
+int server_peer_close(struct lws *wsi, const unsigned char *payload, size_t len)
+{
+    /* lws 4.1 answers 1002 for codes below 1000, 1004-1006 and 1012-2999 by itself, but echoes
+     * a 1-byte payload and codes of 5000 and up. */
+    if (len == 0)
+        return 0;
+    if (len == 1 || !close_code_valid((unsigned)payload[0] << 8 | payload[1]))
+        return answer_close(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR);
+    uint32_t state = 0;
+    if (!server_utf8_step(&state, payload + 2, len - 2) || state != 0)
+        return answer_close(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD);
+    return 0;
+}
+
+/* ---- the upgrade gate --------------------------------------------------------------------- */
+
+int server_mount_echo(sync_server *server, const char *path)
+{
+    if (!server || !path || path[0] != '/')
+        return sync_fail(SYNC_EINVAL, "echo path must start with '/'");
+    char *copy = strdup(path);
+    if (!copy)
+        return sync_fail(SYNC_ENOMEM, "out of memory for the echo path");
+    free(server->echo_path);
+    server->echo_path = copy;
+    return SYNC_OK;
+}
+
+int server_upgrade_check(sync_server *server, struct lws *wsi, const char *upgrade)
+{
+    int rc = handshake_check(server, wsi, upgrade);
+    if (rc)
+        return rc;
     char path[1024];
     int len = lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI);
     if (len <= 0)
         return refuse(server, wsi, HTTP_STATUS_NOT_FOUND);
     const server_mount *mount = server_find_mount(server, path);
-    if (!mount)
+    bool echo = !mount && server->echo_path && strcmp(server->echo_path, path) == 0;
+    if (!mount && !echo)
         return refuse(server, wsi, HTTP_STATUS_NOT_FOUND);
     if (server->stopping || server->ws_open >= server->max_connections)
         return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
+    if (echo) {
+        server_conn *c = server_conn_new(server, NULL, NULL);
+        if (!c)
+            return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
+        lws_set_opaque_user_data(wsi, c);
+        return 0;
+    }
     if (!origin_allowed(server, wsi))
         return refuse(server, wsi, HTTP_STATUS_FORBIDDEN);
     char *identity = NULL;

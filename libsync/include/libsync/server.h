@@ -16,15 +16,35 @@
  * get auto_broadcast on, and their heartbeat and sync timers are run by the service thread.
  *
  * Closing codes. 1001 at a graceful stop; 1003 for a binary frame (the protocol is JSON text);
- * 1007 for text that is not UTF-8; 1008 for a rate-limit flood or a client that lets more than
- * max_queued_bytes of frames pile up; 1009 for a message over max_message_bytes; 1013 when the
- * server-wide max_buffered_bytes is spent; 1002 for frames
- * that break RFC 6455; 4000 + an HTTP status for a deferred auth that refused (4408: not decided
- * in time); 4001 (SYNC_CLOSE_PING_TIMEOUT, reason "ping timeout") when the heartbeat found nothing
- * arrived from a client for ping_timeout_ms (a message, the text "pong" or a WebSocket pong frame
- * all count). A reason given to sync_conn_close() is sent with its code (cut to 123 bytes; none
- * when it is not UTF-8). Refused upgrades get an HTTP status: 404 (no engine on that path), 503
- * (max_connections reached, or stopping), 403 (Origin not allowed), or the auth callback's.
+ * 1007 for text that is not UTF-8 (checked as it arrives) and for a close frame whose reason is
+ * not; 1008 for a rate-limit flood or a client that lets more than max_queued_bytes of frames
+ * pile up; 1009 for a message over max_message_bytes; 1013 when the server-wide
+ * max_buffered_bytes is spent; 1002 for frames that break RFC 6455,
+ * among them a close frame with a 1-byte payload or with a code a peer may not send (below
+ * 1000, 1004-1006, 1012-2999, 5000 and up: libwebsockets 4.1 counts 1012-1014, registered after
+ * RFC 6455, among them); 4000 + an HTTP status for a deferred auth that refused (4408: not
+ * decided in time); 4001 (SYNC_CLOSE_PING_TIMEOUT, reason "ping timeout") when the heartbeat
+ * found nothing arrived from a client for ping_timeout_ms (a message, the text "pong" or a
+ * WebSocket pong frame all count). A reason given to sync_conn_close() is sent with its code
+ * (cut to 123 bytes; none when it is not UTF-8). Any other close code a client sends is echoed. Nothing is written after a close frame, and
+ * the TCP connection ends once it is out.
+ *
+ * Refused upgrades get an HTTP/1.1 status and a text/plain body that says why: 400 for a
+ * handshake that breaks RFC 6455 section 4.2.1 (Upgrade "h2c", a Connection header without the
+ * "Upgrade" token, a Sec-WebSocket-Key that is not base64 of 16 bytes, no
+ * Sec-WebSocket-Version; "websocket" is matched in any case, and libwebsockets itself answers
+ * 403 to other Upgrade values), 426 with "Sec-WebSocket-Version: 13" for another version, 414
+ * for a request target of 8 KiB or more, 431 for a header of 8 KiB or more, 404 (no engine on
+ * that path), 503 (max_connections reached, or stopping), 403 (Origin not allowed), or the auth
+ * callback's. libwebsockets 4.1 drops without an answer a request head over 16 KiB in all and,
+ * after the 10 s handshake timeout, one with a folded (obs-fold) header: it gives no callback
+ * for either.
+ *
+ * Subprotocols. The server speaks "libsync" (each one it speaks is an entry of its lws protocol
+ * table). A client that offers none is accepted without one; a client that offers "libsync"
+ * among others gets it in Sec-WebSocket-Protocol; a client that offers only others is refused
+ * with 400 ("no supported subprotocol offered"): accepting it without one is what a browser
+ * fails anyway, and libwebsockets 4.1 cannot do it.
  */
 #ifndef LIBSYNC_SERVER_H
 #define LIBSYNC_SERVER_H
