@@ -74,7 +74,7 @@ struct sync_server {
     /* options, copied */
     char *host;
     int port_option;
-    char *static_dir; /* realpath of the directory, or NULL */
+    char *static_dir;    /* realpath of the directory, or NULL */
     char *metrics_token; /* sync_server_set_metrics_token(), or NULL: /metrics is public */
     size_t max_message_bytes;
     int max_connections_option;

@@ -26,8 +26,8 @@
  * decided in time); 4001 (SYNC_CLOSE_PING_TIMEOUT, reason "ping timeout") when the heartbeat
  * found nothing arrived from a client for ping_timeout_ms (a message, the text "pong" or a
  * WebSocket pong frame all count). A reason given to sync_conn_close() is sent with its code
- * (cut to 123 bytes; none when it is not UTF-8). Any other close code a client sends is echoed. Nothing is written after a close frame, and
- * the TCP connection ends once it is out.
+ * (cut to 123 bytes; none when it is not UTF-8). Any other close code a client sends is echoed.
+ * Nothing is written after a close frame, and the TCP connection ends once it is out.
  *
  * Refused upgrades get an HTTP/1.1 status and a text/plain body that says why: 400 for a
  * handshake that breaks RFC 6455 section 4.2.1 (Upgrade "h2c", a Connection header without the
