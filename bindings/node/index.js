@@ -398,7 +398,7 @@ class SyncEngine {
     }
     this._engine = engine;
 
-    if (config.validateMessage) this._addStep(1, null, 'validateMessage', config.validateMessage);
+    if (config.validateMessage) this._addStep(1, null, 'validator', config.validateMessage);
     for (const handler of config.messageHandlers || []) this.on(handler.type, handler);
     this._ready = this._whenIdle();
     this._armTimer();
@@ -803,7 +803,7 @@ class SyncEngine {
           getState,
           setState,
         );
-      } else if (step.role === 'validateMessage') {
+      } else if (step.role === 'validator') {
         result = step.fn(parsedWithText(json));
       } else {
         result = step.fn(JSON.parse(json));

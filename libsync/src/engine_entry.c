@@ -98,7 +98,7 @@ static int message_enter(sync_engine *engine, sync_conn *conn, const char *text,
         char detail[128];
         snprintf(detail, sizeof detail, "message of %zu bytes is over the %zu-byte limit", len,
                  engine->max_message_bytes);
-        rc = sync_msg_drop(engine, conn, SYNC_ETOOBIG, "handleMessage", detail);
+        rc = sync_msg_drop(engine, conn, SYNC_ETOOBIG, "message", detail);
         sync_engine_unlock(engine);
         return rc;
     }
@@ -107,7 +107,7 @@ static int message_enter(sync_engine *engine, sync_conn *conn, const char *text,
     if (rc != SYNC_OK) {
         char detail[600];
         snprintf(detail, sizeof detail, "%s", sync_error_last());
-        rc = sync_msg_drop(engine, conn, rc, "handleMessage", detail);
+        rc = sync_msg_drop(engine, conn, rc, "message", detail);
         sync_engine_unlock(engine);
         return rc;
     }
@@ -172,7 +172,7 @@ static int set_state(sync_engine *engine, cJSON *state, int broadcast, int check
     }
     if (bad != SYNC_OK) {
         /* like a failed handler: nothing changes, and on_error hears of it */
-        rc = sync_engine_report(engine, bad, "setState", NULL,
+        rc = sync_engine_report(engine, bad, "set_state", NULL,
                                 "the new state cannot be sent as JSON: %s; state and version are "
                                 "unchanged",
                                 why);

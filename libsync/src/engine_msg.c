@@ -25,7 +25,7 @@ int sync_msg_drop(sync_engine *engine, sync_conn *conn, int status, const char *
         cJSON_Delete(reply);
         sync_frame *frame = text ? sync_frame_new_text(SYNC_FRAME_TEXT, text, strlen(text)) : NULL;
         if (frame)
-            sync_engine_send(engine, conn, frame, "handleMessage");
+            sync_engine_send(engine, conn, frame, "message");
         sync_frame_unref(frame);
         cJSON_free(text);
         sync_fail(status, "%s", message);
@@ -129,15 +129,15 @@ static int check_type(sync_engine *engine, sync_msg *msg)
 {
     const char *type = message_type(msg->message);
     if (!cJSON_IsObject(msg->message) || !type)
-        return sync_msg_drop(engine, msg->conn, SYNC_EMESSAGE, "handleMessage",
+        return sync_msg_drop(engine, msg->conn, SYNC_EMESSAGE, "message",
                              "a message must be a JSON object with a string \"type\"");
     if (!find_handler(engine, type)) {
         char detail[300];
         snprintf(detail, sizeof detail, "no handler for message type \"%.200s\"", type);
-        return sync_msg_drop(engine, msg->conn, SYNC_ENOHANDLER, "handleMessage", detail);
+        return sync_msg_drop(engine, msg->conn, SYNC_ENOHANDLER, "message", detail);
     }
     if (!(msg->handler_type = strdup(type)))
-        return sync_msg_drop(engine, msg->conn, SYNC_ENOMEM, "handleMessage", "out of memory");
+        return sync_msg_drop(engine, msg->conn, SYNC_ENOMEM, "message", "out of memory");
     return SYNC_OK;
 }
 
@@ -170,7 +170,7 @@ int sync_msg_run(sync_engine *engine, sync_op *op)
     sync_msg *msg = op->msg;
     if (!msg) {
         if (!(msg = calloc(1, sizeof *msg)))
-            return sync_msg_drop(engine, op->conn, SYNC_ENOMEM, "handleMessage", "out of memory");
+            return sync_msg_drop(engine, op->conn, SYNC_ENOMEM, "message", "out of memory");
         msg->engine = engine;
         msg->op = op;
         msg->conn = op->conn;
@@ -194,7 +194,7 @@ int sync_msg_run(sync_engine *engine, sync_op *op)
         } else {
             const step_entry *step = current_step(engine, msg);
             if (!step && msg->step == STEP_HANDLER)
-                return sync_msg_drop(engine, msg->conn, SYNC_ENOHANDLER, "handleMessage",
+                return sync_msg_drop(engine, msg->conn, SYNC_ENOHANDLER, "message",
                                      "the handler was removed");
             if (!step) {
                 msg->step = msg->step == STEP_VALIDATOR ? STEP_MIDDLEWARE : STEP_TYPE;
@@ -215,7 +215,7 @@ int sync_msg_run(sync_engine *engine, sync_op *op)
         switch (msg->step) {
         case STEP_VALIDATOR:
             if (rc != SYNC_OK)
-                return step_failed(engine, msg, rc, SYNC_EREJECTED, "validateMessage");
+                return step_failed(engine, msg, rc, SYNC_EREJECTED, "validator");
             msg->step = STEP_MIDDLEWARE;
             break;
         case STEP_MIDDLEWARE:

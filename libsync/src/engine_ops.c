@@ -398,10 +398,10 @@ static int open_run(sync_engine *engine, sync_op *op)
                 return SYNC_OK;
             sync_frame *frame = sync_engine_state_frame(engine, SYNC_FRAME_INITIAL_STATE);
             if (!frame)
-                return sync_engine_report(engine, SYNC_ENOMEM, "handleOpen", conn,
+                return sync_engine_report(engine, SYNC_ENOMEM, "open", conn,
                                           "out of memory building initial_state");
             sync_frame_ref(frame);
-            int rc = sync_engine_send(engine, conn, frame, "handleOpen");
+            int rc = sync_engine_send(engine, conn, frame, "open");
             sync_frame_unref(frame);
             if (rc < 0) {
                 sync_conn_request_close(conn, 1011, "initial state could not be sent");

@@ -111,7 +111,7 @@ static void original_validator_rejects(void)
     CHECK_EQ_INT(sync_engine_get_version(f.engine), 0);
     CHECK_EQ_INT(f.log.state_changes, 0);
     CHECK_EQ_INT(f.log.errors, 1);
-    CHECK_EQ_STR(f.log.last_error_context, "validateMessage");
+    CHECK_EQ_STR(f.log.last_error_context, "validator");
     CHECK(strstr(f.log.last_error_message, "amount must be a number") != NULL);
     fixture_close(&f);
 }
@@ -388,7 +388,7 @@ static void b05_open(void)
     fake_conn *bad = fake_conn_new();
     bad->fail_send = 1;
     CHECK(sync_engine_handle_open(e, bad->conn) < 0);
-    CHECK_EQ_STR(log.last_error_context, "handleOpen");
+    CHECK_EQ_STR(log.last_error_context, "open");
     CHECK_EQ_INT(fake_conn_closes(bad), 1);
     sync_engine_free(e);
     fake_conn_release(c);
@@ -436,11 +436,11 @@ static void b08_parse_and_validation(void)
     sync_engine *e = plain_engine("{\"counter\":0}", 1, &log);
     counter_register(e, 1);
     CHECK_EQ_INT(sync_engine_inject(e, "{nope", 5), SYNC_EPARSE);
-    CHECK_EQ_STR(log.last_error_context, "handleMessage");
+    CHECK_EQ_STR(log.last_error_context, "message");
     CHECK_EQ_INT(counter_send(e, NULL, "increment", 2), SYNC_OK);
     const char *missing = "{\"type\":\"increment\"}";
     CHECK_EQ_INT(sync_engine_inject(e, missing, strlen(missing)), SYNC_EREJECTED);
-    CHECK_EQ_STR(log.last_error_context, "validateMessage");
+    CHECK_EQ_STR(log.last_error_context, "validator");
     CHECK_EQ_INT(counter_value(e), 2);
     CHECK_EQ_INT(sync_engine_get_version(e), 1);
     CHECK_EQ_INT(log.errors, 2);
@@ -497,7 +497,7 @@ static void b10_unknown_type_reported(void)
     CHECK_EQ_INT(counter_send(e, NULL, "multiply", 2), SYNC_ENOHANDLER);
     CHECK_EQ_INT(log.errors, 1);
     CHECK_EQ_INT(log.last_error_status, SYNC_ENOHANDLER);
-    CHECK_EQ_STR(log.last_error_context, "handleMessage");
+    CHECK_EQ_STR(log.last_error_context, "message");
     CHECK(strstr(log.last_error_message, "multiply") != NULL);
     CHECK_EQ_INT(sync_engine_get_version(e), 0);
     sync_engine_free(e);

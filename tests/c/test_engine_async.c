@@ -241,7 +241,7 @@ static void async_validator_and_middleware(void)
     sync_msg_set_error(parked_step, "no thanks");
     CHECK_EQ_INT(sync_msg_complete(parked_step, SYNC_EREJECTED), SYNC_OK);
     CHECK_EQ_INT(log.last_error_status, SYNC_EREJECTED);
-    CHECK_EQ_STR(log.last_error_context, "validateMessage");
+    CHECK_EQ_STR(log.last_error_context, "validator");
     CHECK(strstr(log.last_error_message, "no thanks") != NULL);
     CHECK_EQ_INT(counter_value(e), 0);
 

@@ -110,14 +110,14 @@ static void each_bad_message(void)
         CHECK_EQ_INT(rc, cases[i].status);
         CHECK_EQ_INT(log.errors, 1);
         CHECK_EQ_INT(log.last_error_status, cases[i].status);
-        CHECK_EQ_STR(log.last_error_context, "handleMessage");
+        CHECK_EQ_STR(log.last_error_context, "message");
         CHECK(sync_error_last()[0] != '\0');
         CHECK(state_is_untouched(e));
         /* The sender got a valid JSON error frame. */
         CHECK_EQ_INT(fake_conn_frames(c), 2);
         cJSON *reply = fake_conn_frame_json(c, 1);
         CHECK_EQ_STR(cJSON_GetStringValue(cJSON_GetObjectItem(reply, "type")), "error");
-        CHECK_EQ_STR(cJSON_GetStringValue(cJSON_GetObjectItem(reply, "context")), "handleMessage");
+        CHECK_EQ_STR(cJSON_GetStringValue(cJSON_GetObjectItem(reply, "context")), "message");
         CHECK(cJSON_GetStringValue(cJSON_GetObjectItem(reply, "error")) != NULL);
         cJSON_Delete(reply);
         sync_engine_stats stats = {.version = SYNC_ENGINE_STATS_VERSION};

@@ -198,7 +198,7 @@ static void set_state_from_outside(void)
     CHECK_EQ_INT(sync_engine_set_state(e, state, 1), SYNC_EINVAL);
     CHECK(strstr(sync_error_last(), "-Infinity) at $.deep.x") != NULL);
     CHECK_EQ_INT(log.errors, 1);
-    CHECK_EQ_STR(log.last_error_context, "setState");
+    CHECK_EQ_STR(log.last_error_context, "set_state");
     CHECK_EQ_INT(sync_engine_get_version(e), 0);
     CHECK_EQ_INT(store.saves, 0);
     CHECK_EQ_INT(fake_conn_frames(c), 1);

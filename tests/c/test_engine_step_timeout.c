@@ -182,7 +182,7 @@ static void validator_times_out_as_rejected_in_time(void)
     CHECK_EQ_INT(counter_send(e, NULL, "increment", 2), SYNC_PENDING);
     CHECK_EQ_INT(sync_engine_tick(e, sync_engine_next_deadline_ms(e)), SYNC_OK);
     CHECK_EQ_INT(log.last_error_status, SYNC_ETIMEDOUT);
-    CHECK_EQ_STR(log.last_error_context, "validateMessage");
+    CHECK_EQ_STR(log.last_error_context, "validator");
     CHECK(strstr(log.last_error_message, "the validator did not finish"));
     CHECK(counter_value(e) == 2);
     CHECK_EQ_INT(sync_msg_complete(msg, SYNC_OK), SYNC_ETIMEDOUT);

@@ -91,7 +91,7 @@ test('replyErrors answers a dropped message to its sender only', async (t) => {
   const errors = sender.frames.filter((f) => f.type === 'error');
   assert.equal(errors.length, 1);
   assert.match(errors[0].error, /no handler for message type "nope"/);
-  assert.equal(errors[0].context, 'handleMessage');
+  assert.equal(errors[0].context, 'message');
   assert.ok(!other.frames.some((f) => f.type === 'error'));
 });
 

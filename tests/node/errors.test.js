@@ -95,7 +95,7 @@ for (const kind of ['throw', 'reject']) {
     assert.equal(calls.onError.length, 1);
     assert.equal(calls.onError[0][0].status, Status.EREJECTED);
     assert.match(calls.onError[0][0].message, /invalid message/);
-    assert.equal(calls.onError[0][1], 'validateMessage');
+    assert.equal(calls.onError[0][1], 'validator');
     engine.dispose();
   });
 

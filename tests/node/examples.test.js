@@ -189,7 +189,7 @@ test('zod_validation.js applies valid messages and reports each invalid one', ()
   });
   assert.equal(r.status, 0, r.stderr);
   const lines = r.stdout.trim().split('\n');
-  assert.equal(lines.filter((l) => l.startsWith('rejected (validateMessage)')).length, 3);
+  assert.equal(lines.filter((l) => l.startsWith('rejected (validator)')).length, 3);
   assert.match(r.stdout, /amount: Number must be greater than 0/);
   assert.equal(lines.at(-1), 'final state {"counter":2,"name":"team board"} at version 2');
 });

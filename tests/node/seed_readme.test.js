@@ -118,7 +118,7 @@ test('zod: messageSchema.parse(JSON.parse(String(raw))), and schema.parse(raw) a
     await mySyncManager.handleMessage(ws, JSON.stringify({ type: 'increment', amount: '3' }));
     await mySyncManager.handleMessage(ws, JSON.stringify({ type: 'reset' }));
     assert.equal(mySyncManager.getState().counter, 3);
-    assert.deepEqual(errors, ['validateMessage', 'validateMessage']);
+    assert.deepEqual(errors, ['validator', 'validator']);
     mySyncManager.dispose();
   }
 });

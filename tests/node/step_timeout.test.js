@@ -84,7 +84,7 @@ test('a validator that never settles times out too', async (t) => {
   assert.deepEqual(engine.getState(), { counter: 2 });
   assert.deepEqual(
     errors.map(([code, context]) => [code, context]),
-    [['ETIMEDOUT', 'validateMessage']],
+    [['ETIMEDOUT', 'validator']],
   );
 });
 

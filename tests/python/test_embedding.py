@@ -147,7 +147,7 @@ def test_async_validator_and_middleware_hold_the_queue(make_engine):
     asyncio.run(main())
     assert seen == [2, 6]
     assert engine.get_state() == {"counter": 8}
-    assert [(status, ctx) for status, ctx, _ in errors] == [(syncengine.Status.EREJECTED, "validateMessage")]
+    assert [(status, ctx) for status, ctx, _ in errors] == [(syncengine.Status.EREJECTED, "validator")]
     assert "negative" in errors[0][2]
 
 

@@ -79,10 +79,11 @@ typedef struct sync_hooks {
     void (*on_pong)(sync_engine *engine, sync_conn *conn, void *userdata);
     void (*on_ping_timeout)(sync_engine *engine, sync_conn *conn, void *userdata);
     /** Every reported error: its status, a readable message, the context where it happened, and
-     *  the connection involved or NULL. Contexts: "handleMessage" (a message as received: size,
-     *  UTF-8, JSON, depth, shape, no handler for its type), "validateMessage" (the validator),
-     *  "middleware", "handler:<type>" (that type's handler), "handleOpen" (joining a connection),
-     *  "broadcast", "heartbeat", "sync", "load" and "backup" (the adapter's save, load, backup). */
+     *  the connection involved or NULL. Contexts: "message" (a message as received: size,
+     *  UTF-8, JSON, depth, shape, no handler for its type), "validator", "middleware",
+     *  "handler:<type>" (that type's handler), "open" (joining a connection), "set_state" (a state
+     *  given from outside a handler), "broadcast", "heartbeat", "sync", "load" and "backup" (the
+     *  adapter's save, load, backup). */
     void (*on_error)(sync_engine *engine, int status, const char *message, const char *context,
                      sync_conn *conn, void *userdata);
     void *userdata;
@@ -404,7 +405,7 @@ SYNC_EXTERN int64_t sync_engine_get_version(sync_engine *engine);
 /** Replaces the state from outside a handler: version + 1, on_state_change
  *  when different, persist per persist_mode, then broadcast when asked (or auto_broadcast).
  *  Takes ownership of `state` (also on failure). Queued (SYNC_PENDING) behind pending work.
- *  SYNC_EINVAL at once (also reported through on_error, context "setState"; nothing changes) when
+ *  SYNC_EINVAL at once (also reported through on_error, context "set_state"; nothing changes) when
  *  the state holds NaN, an infinity or a repeated member name: JSON cannot carry it. */
 SYNC_EXTERN int sync_engine_set_state(sync_engine *engine, cJSON *state, int broadcast);
 /** Same from JSON text (copied). */
