@@ -302,7 +302,7 @@ def main():
     for md in args.files:
         for line, word, marks, xfail, code in blocks(md):
             label = f"{os.path.relpath(md, ROOT)}:{line} ```{word}{''.join(' ' + m for m in sorted(marks))}"
-            where = os.path.join(args.workdir, f"{os.path.basename(md)}-{line}")
+            where = os.path.join(args.workdir, f"{os.path.relpath(md, ROOT).replace(os.sep, '_')}-{line}")
             error = None
             if word not in LANGS:
                 error = f"no rule to check ```{word} blocks (see {sys.argv[0]})"
