@@ -40,6 +40,12 @@ soname=$(readelf -d "$real" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
 [ "$soname" = libsync.so.0 ] || fail "SONAME is '$soname', not libsync.so.0"
 [ -f "$libdir/cmake/libsync/libsync-config.cmake" ] || fail "no CMake package file"
 [ -f "$libdir/cmake/libsync/libsync-config-version.cmake" ] || fail "no CMake version file"
+# bin/libsync-loadgen is installed exactly when the bench is built (README.md says so).
+if [ -x "$build/bench/libsync-loadgen" ]; then
+  [ -x "$prefix/bin/libsync-loadgen" ] || fail "the bench is built but bin/libsync-loadgen is not installed"
+else
+  [ ! -e "$prefix/bin/libsync-loadgen" ] || fail "bin/libsync-loadgen installed without the bench"
+fi
 # Nothing private leaks into the installed tree.
 extra=$(find "$prefix/include" -type f ! -path '*/include/libsync/*.h')
 [ -z "$extra" ] || fail "unexpected files under include/: $extra"
