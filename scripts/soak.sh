@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${LIBSYNC_SOAK_BUILD:-build-soak}
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLIBSYNC_BUILD_PYTHON=OFF \
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLIBSYNC_WERROR=ON -DLIBSYNC_BUILD_PYTHON=OFF \
   -DLIBSYNC_BUILD_NODE=OFF >/dev/null
 cmake --build "$build" -j"$(nproc 2>/dev/null || echo 2)" --target counter_server libsync-loadgen \
   >/dev/null

@@ -28,7 +28,7 @@ done
 
 step "1. crash suite under ASan + UBSan ($kills kills per adapter)"
 # Same configuration as the ASan pass of scripts/test-all.sh: the tree is shared, not rebuilt.
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLIBSYNC_SANITIZE=address,undefined \
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLIBSYNC_SANITIZE=address,undefined -DLIBSYNC_WERROR=ON \
   -DLIBSYNC_BUILD_PYTHON=OFF -DLIBSYNC_BUILD_NODE=OFF -DLIBSYNC_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j"$jobs" --target crash_child crash_kill crash_faults
 LIBSYNC_CRASH_KILLS=$kills ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
@@ -40,7 +40,7 @@ while IFS= read -r line; do summary+=("$line"); done < <(grep -oE 'crash\.(sqlit
 step "2. fuzzing under ASan + UBSan (clang, ${fuzz_seconds} s per target)"
 # The clang tree builds only what fuzzing needs: the libFuzzer targets and their replays link the
 # static archive of the library.
-CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLIBSYNC_FUZZ=ON \
+CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLIBSYNC_FUZZ=ON -DLIBSYNC_WERROR=ON \
   -DLIBSYNC_SANITIZE=address,undefined -DLIBSYNC_FUZZ_SECONDS="$fuzz_seconds" \
   -DLIBSYNC_BUILD_PYTHON=OFF -DLIBSYNC_BUILD_NODE=OFF -DLIBSYNC_BUILD_BENCH=OFF \
   -DLIBSYNC_BUILD_EXAMPLES=OFF >/dev/null

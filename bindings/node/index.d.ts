@@ -85,7 +85,8 @@ export interface SyncEngineConfig<
   /** Gets the parsed message (String(raw) gives its JSON text); returns it or throws. */
   validateMessage?: (rawMessage: unknown) => MaybePromise<TMessage>;
   adapter?: PersistenceAdapter<TState> | SQLiteAdapter<TState> | FileAdapter<TState>;
-  /** Version starts at 0 and grows by 1 per change; off (default): version is -1. */
+  /** Version starts at 0 and grows by 1 per change, sent in every state frame (default true);
+   *  false: version is -1 and frames have no "version", as in the original. */
   enableVersioning?: boolean;
   /** Save through the adapter every interval. 0 = off. */
   syncIntervalMs?: number;

@@ -373,7 +373,7 @@ class SyncEngine {
       engine = native.jsb_engine_new(
         this._sink,
         initialJson,
-        config.enableVersioning ? 1 : 0,
+        (config.enableVersioning ?? true) ? 1 : 0,
         adapterPtr,
         ms(config.heartbeatIntervalMs, 'heartbeatIntervalMs'),
         ms(config.pingTimeoutMs, 'pingTimeoutMs'),

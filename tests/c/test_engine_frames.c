@@ -62,6 +62,10 @@ static void once_per_version(void)
 
 static void frame_shapes(void)
 {
+    /* Versioning is on by default, in C as in Python and Node: every state frame has "version". */
+    sync_engine_options filled;
+    REQUIRE(sync_engine_options_init(&filled, SYNC_ENGINE_OPTIONS_VERSION) == SYNC_OK);
+    CHECK_EQ_INT(filled.enable_versioning, 1);
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.initial_state_json = "{\"a\":[1,\"x\"]}";
     sync_engine *e = NULL;

@@ -25,6 +25,35 @@ test('on() adds or replaces a handler, off() removes it', async () => {
   engine.dispose();
 });
 
+test('frames carry the version by default, as in C and Python; enableVersioning: false omits it', async () => {
+  const handlers = [
+    { type: 'add', handle: (ws, m, getState, setState) => setState({ n: getState().n + m.by }) },
+  ];
+  const on = new SyncEngine({ initialState: { n: 0 }, messageHandlers: handlers });
+  const a = mockWs();
+  await on.handleOpen(a);
+  await on.handleMessage(a, '{"type":"add","by":2}');
+  await on.broadcastState();
+  assert.deepEqual(a.frames, [
+    { type: 'initial_state', data: { n: 0 }, version: 0 },
+    { type: 'state_update', data: { n: 2 }, version: 1 },
+  ]);
+  assert.equal(on.getVersion(), 1);
+  on.dispose();
+
+  const off = new SyncEngine({ initialState: { n: 0 }, messageHandlers: handlers, enableVersioning: false });
+  const b = mockWs();
+  await off.handleOpen(b);
+  await off.handleMessage(b, '{"type":"add","by":2}');
+  await off.broadcastState();
+  assert.deepEqual(b.frames, [
+    { type: 'initial_state', data: { n: 0 } },
+    { type: 'state_update', data: { n: 2 } },
+  ]);
+  assert.equal(off.getVersion(), -1);
+  off.dispose();
+});
+
 test('inject runs without a connection: the handler gets ws null', async () => {
   let seen;
   const engine = new SyncEngine({
@@ -224,7 +253,7 @@ test('initialState: any JSON value; bad options are refused', () => {
   engine.dispose();
   const empty = new SyncEngine();
   assert.deepEqual(empty.getState(), {});
-  assert.equal(empty.getVersion(), -1);
+  assert.equal(empty.getVersion(), 0); // versioning is on by default
   empty.dispose();
   assert.throws(() => new SyncEngine({ heartbeatIntervalMs: -1 }), TypeError);
   assert.throws(() => new SyncEngine({ initialState: () => 1 }), TypeError);

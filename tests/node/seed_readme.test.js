@@ -60,8 +60,8 @@ test('the quick start: handleMessage then broadcastState, as in the Bun server',
       ['state_update', 5],
     ],
   );
-  // enableVersioning is off by default, as in the original: version -1.
-  assert.equal(mySyncManager.getVersion(), -1);
+  // Versioning is on by default (as in C and Python): one change, version 1.
+  assert.equal(mySyncManager.getVersion(), 1);
   mySyncManager.dispose();
 });
 

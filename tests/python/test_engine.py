@@ -28,11 +28,28 @@ def test_defaults_without_adapter(make_engine):
     assert engine.get_version() == 0
 
 
+def test_frames_carry_the_version_by_default(make_engine):
+    # The same default as the C options and the Node engine: every state frame has "version".
+    engine = counter_engine(make_engine)
+    conn = MockConn()
+    engine.handle_open(conn)
+    engine.handle_message(conn, msg("increment", amount=2))
+    engine.broadcast_state()
+    assert conn.frames == [
+        {"type": "initial_state", "data": {"counter": 0}, "version": 0},
+        {"type": "state_update", "data": {"counter": 2}, "version": 1},
+    ]
+
+
 def test_versioning_off_keeps_minus_one(make_engine):
     engine = counter_engine(make_engine, enable_versioning=False)
-    engine.handle_message(MockConn(), msg("increment", amount=2))
+    conn = MockConn()
+    engine.handle_open(conn)
+    engine.handle_message(conn, msg("increment", amount=2))
     assert engine.get_state() == {"counter": 2}
     assert engine.get_version() == -1
+    engine.broadcast_state()
+    assert conn.frames[-1] == {"type": "state_update", "data": {"counter": 2}}
 
 
 def test_state_crosses_as_plain_python_values(make_engine):
