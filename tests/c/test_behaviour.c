@@ -1,5 +1,6 @@
-/* Every numbered point of BEHAVIOUR.md and every case of the original's own test suite, through
- * the public API, with fake connections and an in-memory adapter. */
+/* The engine's observable behaviour, case by case, through the public API with fake connections
+ * and an in-memory adapter: a counter app end to end, then each step (load, open, message,
+ * broadcast, sync, timers, dispose) on its own. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -14,7 +15,7 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-/* The original suite's fixture: versioning on, in-memory adapter holding {counter:0} v0. */
+/* A counter app: versioning on, in-memory adapter holding {counter:0} v0. */
 typedef struct fixture {
     sync_engine *engine;
     fake_store store;
@@ -44,9 +45,10 @@ static void fixture_close(fixture *f)
     fake_store_cleanup(&f->store);
 }
 
-/* ---- the original's test suite -------------------------------------------------------------- */
+/* ---- a counter app end to end: load, messages, timers, backup, dispose ------------------------
+ */
 
-static void original_init_loads_once(void)
+static void counter_app_loads_store_once(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
@@ -57,7 +59,7 @@ static void original_init_loads_once(void)
     fixture_close(&f);
 }
 
-static void original_open_sends_initial_state(void)
+static void counter_app_open_sends_initial_state(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
@@ -72,7 +74,7 @@ static void original_open_sends_initial_state(void)
     fake_conn_release(c);
 }
 
-static void original_increment(void)
+static void counter_app_increment_commits_and_saves(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
@@ -87,7 +89,7 @@ static void original_increment(void)
     fixture_close(&f);
 }
 
-static void original_decrement(void)
+static void counter_app_decrement_from_a_connection_commits(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
@@ -101,7 +103,7 @@ static void original_decrement(void)
     fake_conn_release(c);
 }
 
-static void original_validator_rejects(void)
+static void counter_app_validator_rejects_bad_amount(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
@@ -116,7 +118,7 @@ static void original_validator_rejects(void)
     fixture_close(&f);
 }
 
-static void original_middleware_doubles(void)
+static void counter_app_middleware_rewrites_message(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
@@ -126,7 +128,7 @@ static void original_middleware_doubles(void)
     fixture_close(&f);
 }
 
-static void original_pong(void)
+static void counter_app_pong_is_recorded(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
@@ -141,14 +143,14 @@ static void original_pong(void)
     fake_conn_release(c);
 }
 
-static void original_heartbeat(void)
+static void counter_app_heartbeat_pings(void)
 {
     fixture f;
     int64_t start = sync_now_ms();
     fixture_open(&f, 1, 50, 0);
     fake_conn *c = fake_conn_new();
     sync_engine_handle_open(f.engine, c->conn);
-    /* The original asserts "more than once within 120 ms"; a loaded machine gets up to 1 s. */
+    /* Two pings take 100 ms; a loaded machine gets up to 1 s. */
     while (f.log.pings < 2 && sync_now_ms() - start < 1000)
         sleep_ms(5);
     CHECK(f.log.pings >= 2);
@@ -161,7 +163,7 @@ static void original_heartbeat(void)
     fake_conn_release(c);
 }
 
-static void original_broadcast_two_connections(void)
+static void counter_app_broadcast_reaches_every_connection(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
@@ -184,7 +186,7 @@ static void original_broadcast_two_connections(void)
     fake_conn_release(b);
 }
 
-static void original_backup(void)
+static void counter_app_backup_reaches_store(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
@@ -194,7 +196,7 @@ static void original_backup(void)
     fixture_close(&f);
 }
 
-static void original_sync_interval(void)
+static void counter_app_sync_interval_saves(void)
 {
     fixture f;
     int64_t start = sync_now_ms();
@@ -215,7 +217,7 @@ static void original_sync_interval(void)
     fixture_close(&f);
 }
 
-static void original_dispose_closes_once(void)
+static void counter_app_dispose_closes_each_connection_once(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
@@ -236,7 +238,7 @@ static void original_dispose_closes_once(void)
     fake_conn_release(b);
 }
 
-/* ---- BEHAVIOUR.md, point by point ----------------------------------------------------------- */
+/* ---- each step on its own: state, version, load, connections, messages, sync, timers -------- */
 
 static sync_engine *plain_engine(const char *initial, int versioning, hook_log *log)
 {
@@ -251,7 +253,7 @@ static sync_engine *plain_engine(const char *initial, int versioning, hook_log *
     return engine;
 }
 
-static void b01_initial_state(void)
+static void initial_state_given_or_empty_object(void)
 {
     sync_engine *e = plain_engine("{\"counter\":7,\"name\":\"x\"}", 1, NULL);
     char *json = sync_engine_get_state_json(e);
@@ -265,7 +267,7 @@ static void b01_initial_state(void)
     sync_engine_free(e);
 }
 
-static void b02_version_start(void)
+static void version_starts_at_0_or_stays_minus_1_without_versioning(void)
 {
     sync_engine *on = plain_engine(NULL, 1, NULL);
     sync_engine *off = plain_engine(NULL, 0, NULL);
@@ -292,7 +294,7 @@ static sync_engine *store_engine(fake_store *store, const char *initial, int ver
     return engine;
 }
 
-static void b03_load(void)
+static void load_takes_stored_state_and_reports_store_errors(void)
 {
     fake_store store;
     fake_store_init(&store, "{\"counter\":42}", 9);
@@ -310,7 +312,7 @@ static void b03_load(void)
     sync_engine_free(e);
     fake_store_cleanup(&store);
 
-    /* Quirk fixed: a store that was never saved yields initial_state. */
+    /* A store that was never saved yields initial_state. */
     fake_store_init(&store, NULL, 0);
     e = store_engine(&store, "{\"counter\":3}", 1, NULL);
     CHECK_EQ_INT(counter_value(e), 3);
@@ -354,7 +356,7 @@ static void b03_load(void)
     fake_store_cleanup(&store);
 }
 
-static void b04_timers_start(void)
+static void timers_armed_only_when_configured(void)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     sync_engine *e = NULL;
@@ -370,7 +372,7 @@ static void b04_timers_start(void)
     sync_engine_free(e);
 }
 
-static void b05_open(void)
+static void open_sends_initial_state_once_and_closes_on_send_failure(void)
 {
     hook_log log = {0};
     sync_engine *e = plain_engine("{\"counter\":1}", 1, &log);
@@ -395,7 +397,7 @@ static void b05_open(void)
     fake_conn_release(bad);
 }
 
-static void b06_close(void)
+static void close_is_idempotent(void)
 {
     hook_log log = {0};
     sync_engine *e = plain_engine(NULL, 1, &log);
@@ -412,7 +414,7 @@ static void b06_close(void)
     fake_conn_release(c);
 }
 
-static void b07_pong_only(void)
+static void only_exact_pong_text_is_a_pong(void)
 {
     hook_log log = {0};
     sync_engine *e = plain_engine(NULL, 1, &log);
@@ -430,7 +432,7 @@ static void b07_pong_only(void)
     fake_conn_release(c);
 }
 
-static void b08_parse_and_validation(void)
+static void bad_json_and_invalid_messages_rejected_without_change(void)
 {
     hook_log log = {0};
     sync_engine *e = plain_engine("{\"counter\":0}", 1, &log);
@@ -465,7 +467,7 @@ static int mw_second(sync_msg *msg, void *userdata)
     return userdata ? SYNC_EREJECTED : SYNC_OK;
 }
 
-static void b09_middleware_order_and_failure(void)
+static void middleware_runs_in_order_and_failure_stops_message(void)
 {
     hook_log log = {0};
     sync_engine *e = plain_engine("{\"counter\":0}", 1, &log);
@@ -489,7 +491,7 @@ static void b09_middleware_order_and_failure(void)
     sync_engine_free(e);
 }
 
-static void b10_unknown_type_reported(void)
+static void unknown_message_type_reported(void)
 {
     hook_log log = {0};
     sync_engine *e = plain_engine("{\"counter\":0}", 1, &log);
@@ -518,7 +520,7 @@ static int change_then_fail(sync_msg *msg, void *userdata)
     return SYNC_EHANDLER;
 }
 
-static void b11_handler_set_state(void)
+static void handler_commits_only_on_success(void)
 {
     hook_log log = {0};
     sync_engine *e = plain_engine("{\"counter\":0}", 1, &log);
@@ -529,7 +531,7 @@ static void b11_handler_set_state(void)
     CHECK_EQ_INT(sync_engine_get_version(e), 1);
     CHECK_EQ_INT(log.state_changes, 0);
 
-    /* Quirk fixed: a failing handler leaves state and version exactly as they were. */
+    /* A failing handler leaves state and version exactly as they were. */
     CHECK_EQ_INT(sync_engine_inject(e, "{\"type\":\"fail\"}", 15), SYNC_EHANDLER);
     char *json = sync_engine_get_state_json(e);
     CHECK_EQ_STR(json, "{\"counter\":0}");
@@ -544,7 +546,7 @@ static void b11_handler_set_state(void)
     sync_engine_free(e);
 }
 
-static void b12_no_broadcast_unless_asked(void)
+static void no_broadcast_unless_handler_asks(void)
 {
     sync_engine *e = plain_engine("{\"counter\":0}", 1, NULL);
     counter_register(e, 0);
@@ -569,7 +571,7 @@ static void b12_no_broadcast_unless_asked(void)
     fake_conn_release(c);
 }
 
-static void b13_broadcast_failure_isolated(void)
+static void broadcast_failure_on_one_connection_spares_others(void)
 {
     hook_log log = {0};
     sync_engine *e = plain_engine("{\"counter\":0}", 1, &log);
@@ -591,7 +593,7 @@ static void b13_broadcast_failure_isolated(void)
     fake_conn_release(good2);
 }
 
-static void b14_set_state_outside(void)
+static void set_state_from_outside_commits_and_broadcasts(void)
 {
     hook_log log = {0};
     sync_engine *e = plain_engine("{\"counter\":0}", 1, &log);
@@ -610,7 +612,7 @@ static void b14_set_state_outside(void)
     fake_conn_release(c);
 }
 
-static void b15_sync(void)
+static void sync_saves_and_reports_store_errors(void)
 {
     hook_log log = {0};
     fake_store store;
@@ -637,7 +639,7 @@ static void b15_sync(void)
     sync_engine_free(e);
 }
 
-static void b16_sync_interval_manual_tick(void)
+static void sync_interval_saves_on_manual_tick(void)
 {
     fake_store store;
     fake_store_init(&store, NULL, 0);
@@ -656,7 +658,7 @@ static void b16_sync_interval_manual_tick(void)
     fake_store_cleanup(&store);
 }
 
-static void b17_backup(void)
+static void backup_unsupported_failing_or_done(void)
 {
     hook_log log = {0};
     fake_store store;
@@ -682,7 +684,7 @@ static void b17_backup(void)
     sync_engine_free(e);
 }
 
-static void b18_heartbeat_and_timeout(void)
+static void heartbeat_pings_and_closes_silent_connections(void)
 {
     hook_log log = {0};
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
@@ -717,7 +719,7 @@ static void b18_heartbeat_and_timeout(void)
     fake_conn_release(silent);
 }
 
-static void b19_get_state_version(void)
+static void get_state_returns_any_json_and_version(void)
 {
     sync_engine *e = plain_engine("[1,2,3]", 1, NULL);
     cJSON *state = sync_engine_get_state(e);
@@ -731,7 +733,7 @@ static void b19_get_state_version(void)
     sync_engine_free(e);
 }
 
-static void b20_dispose(void)
+static void dispose_closes_connections_and_refuses_later_calls(void)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.heartbeat_interval_ms = 1000;
@@ -765,7 +767,7 @@ static void capture_log(sync_log_level level, const char *message, void *userdat
         cap->debugs++;
 }
 
-static void b21_errors_and_debug_log(void)
+static void errors_go_to_on_error_else_log_and_debug_logs_steps(void)
 {
     log_capture cap = {0};
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
@@ -796,38 +798,38 @@ static void b21_errors_and_debug_log(void)
 
 int main(void)
 {
-    RUN(original_init_loads_once);
-    RUN(original_open_sends_initial_state);
-    RUN(original_increment);
-    RUN(original_decrement);
-    RUN(original_validator_rejects);
-    RUN(original_middleware_doubles);
-    RUN(original_pong);
-    RUN(original_heartbeat);
-    RUN(original_broadcast_two_connections);
-    RUN(original_backup);
-    RUN(original_sync_interval);
-    RUN(original_dispose_closes_once);
-    RUN(b01_initial_state);
-    RUN(b02_version_start);
-    RUN(b03_load);
-    RUN(b04_timers_start);
-    RUN(b05_open);
-    RUN(b06_close);
-    RUN(b07_pong_only);
-    RUN(b08_parse_and_validation);
-    RUN(b09_middleware_order_and_failure);
-    RUN(b10_unknown_type_reported);
-    RUN(b11_handler_set_state);
-    RUN(b12_no_broadcast_unless_asked);
-    RUN(b13_broadcast_failure_isolated);
-    RUN(b14_set_state_outside);
-    RUN(b15_sync);
-    RUN(b16_sync_interval_manual_tick);
-    RUN(b17_backup);
-    RUN(b18_heartbeat_and_timeout);
-    RUN(b19_get_state_version);
-    RUN(b20_dispose);
-    RUN(b21_errors_and_debug_log);
+    RUN(counter_app_loads_store_once);
+    RUN(counter_app_open_sends_initial_state);
+    RUN(counter_app_increment_commits_and_saves);
+    RUN(counter_app_decrement_from_a_connection_commits);
+    RUN(counter_app_validator_rejects_bad_amount);
+    RUN(counter_app_middleware_rewrites_message);
+    RUN(counter_app_pong_is_recorded);
+    RUN(counter_app_heartbeat_pings);
+    RUN(counter_app_broadcast_reaches_every_connection);
+    RUN(counter_app_backup_reaches_store);
+    RUN(counter_app_sync_interval_saves);
+    RUN(counter_app_dispose_closes_each_connection_once);
+    RUN(initial_state_given_or_empty_object);
+    RUN(version_starts_at_0_or_stays_minus_1_without_versioning);
+    RUN(load_takes_stored_state_and_reports_store_errors);
+    RUN(timers_armed_only_when_configured);
+    RUN(open_sends_initial_state_once_and_closes_on_send_failure);
+    RUN(close_is_idempotent);
+    RUN(only_exact_pong_text_is_a_pong);
+    RUN(bad_json_and_invalid_messages_rejected_without_change);
+    RUN(middleware_runs_in_order_and_failure_stops_message);
+    RUN(unknown_message_type_reported);
+    RUN(handler_commits_only_on_success);
+    RUN(no_broadcast_unless_handler_asks);
+    RUN(broadcast_failure_on_one_connection_spares_others);
+    RUN(set_state_from_outside_commits_and_broadcasts);
+    RUN(sync_saves_and_reports_store_errors);
+    RUN(sync_interval_saves_on_manual_tick);
+    RUN(backup_unsupported_failing_or_done);
+    RUN(heartbeat_pings_and_closes_silent_connections);
+    RUN(get_state_returns_any_json_and_version);
+    RUN(dispose_closes_connections_and_refuses_later_calls);
+    RUN(errors_go_to_on_error_else_log_and_debug_logs_steps);
     return check_summary();
 }
