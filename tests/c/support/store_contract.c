@@ -6,6 +6,7 @@
 #include "check.h"
 
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <time.h>
 
 void store_expect_record(sync_adapter *adapter, const char *state, int64_t version)
@@ -196,4 +197,252 @@ void store_check_failed_backups(const store_kind *store)
 {
     check_backups_dir_blocked(store);
     check_backup_disk_full(store);
+}
+
+void store_check_fresh_store(const store_kind *store)
+{
+    char *dir = store_dir(store, "fresh");
+    char *parent = afs_join(dir, "a/b");
+    char *path = afs_join(parent, store->file_name);
+    sync_adapter *a = store->open(path, NULL);
+    REQUIRE(a);
+    CHECK(!afs_exists(path)); /* _new opens nothing */
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    struct stat st;
+    CHECK(stat(parent, &st) == 0 && S_ISDIR(st.st_mode)); /* parent directories created */
+    CHECK_EQ_INT(afs_exists(path), store->init_creates_file);
+    store_expect_never_saved(a);
+    CHECK_EQ_INT(afs_exists(path), store->init_creates_file); /* a load writes nothing */
+    sync_adapter_free(a);
+    free(path);
+    free(parent);
+    free(dir);
+}
+
+void store_check_round_trip_and_restart(const store_kind *store)
+{
+    static const char *const records[] = {
+        "{\"counter\":5,\"s\":\"\xc3\xa9\",\"tags\":[\"a\",\"b\"]}", "[1,2,3]", "\"just a string\"",
+        "12.5"};
+    char *dir = store_dir(store, "roundtrip");
+    char *path = afs_join(dir, store->file_name);
+    sync_adapter *a = store->open(path, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    int n = (int)(sizeof records / sizeof records[0]);
+    for (int i = 0; i < n; i++) {
+        CHECK_EQ_INT(sync_adapter_save(a, records[i], 10 + i), SYNC_OK);
+        store_expect_record(a, records[i], 10 + i);
+    }
+    CHECK_EQ_INT(sync_adapter_save(a, records[0], 12), SYNC_OK);
+    sync_adapter_free(a);
+    store->check_on_disk(path, records[0], 12);
+
+    a = store->open(path, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    store_expect_record(a, records[0], 12);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
+void store_check_large_state(const store_kind *store)
+{
+    char *dir = store_dir(store, "large");
+    char *path = afs_join(dir, store->file_name);
+    sync_adapter *a = store->open(path, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    char *big = afs_big_state(64 * 1024);
+    CHECK_EQ_INT(sync_adapter_save(a, big, 64), SYNC_OK);
+    sync_adapter_free(a);
+    a = store->open(path, NULL);
+    REQUIRE(a);
+    store_expect_record(a, big, 64);
+    sync_adapter_free(a);
+    free(big);
+    free(path);
+    free(dir);
+}
+
+void store_check_disk_full_keeps_old_record(const store_kind *store)
+{
+    char *dir = store_dir(store, "full");
+    char *path = afs_join(dir, store->file_name);
+    char temp[128];
+    snprintf(temp, sizeof temp, "%s.tmp-", store->file_name);
+    sync_adapter *a = store->open(path, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"small\":1}", 1), SYNC_OK);
+
+    char *big = afs_big_state(512 * 1024);
+    afs_limit_file_size(128 * 1024);
+    int rc = sync_adapter_save(a, big, 2);
+    afs_limit_file_size(0);
+    free(big);
+    CHECK_EQ_INT(rc, SYNC_EIO);
+    fprintf(stderr, "  disk full: %s\n", sync_error_last());
+    CHECK(sync_error_last()[0] != '\0');
+    if (store->disk_full_reason)
+        CHECK(strstr(sync_error_last(), store->disk_full_reason));
+    CHECK_EQ_INT(afs_count(dir, temp), 0);
+    store->check_on_disk(path, "{\"small\":1}", 1);
+    store_expect_record(a, "{\"small\":1}", 1);
+
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"small\":3}", 3), SYNC_OK);
+    store_expect_record(a, "{\"small\":3}", 3);
+    sync_adapter_free(a);
+    a = store->open(path, NULL);
+    REQUIRE(a);
+    store_expect_record(a, "{\"small\":3}", 3);
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
+void store_check_unwritable_paths(const store_kind *store)
+{
+    /* /proc takes no new files, even from root. */
+    char proc[128];
+    snprintf(proc, sizeof proc, "/proc/self/libsync-test/%s", store->file_name);
+    sync_adapter *a = store->open(proc, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_EIO);
+    CHECK(strstr(sync_error_last(), "/proc/self/libsync-test"));
+    CHECK_EQ_INT(sync_adapter_save(a, "{}", 1), SYNC_EIO);
+    CHECK_EQ_INT(sync_adapter_save(a, "{}", 2), SYNC_EIO); /* still answering, still failing */
+    sync_adapter_free(a);
+
+    /* A parent that is a regular file. */
+    char *dir = store_dir(store, "notdir");
+    char *file = afs_join(dir, "plain");
+    REQUIRE(afs_write(file, "x") == 0);
+    char *below = afs_join(file, store->file_name);
+    a = store->open(below, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_EIO);
+    CHECK(strstr(sync_error_last(), "Not a directory"));
+    store_expect_load_fails(a, SYNC_EIO);
+    sync_adapter_free(a);
+    free(below);
+    free(file);
+    free(dir);
+}
+
+/* "<dir>/backup-<ts><ext>"; caller frees. */
+static char *backup_path(const store_kind *store, const char *dir, int64_t ts)
+{
+    char name[64];
+    snprintf(name, sizeof name, "backup-%" PRId64 "%s", ts, store->backup_ext);
+    return afs_join(dir, name);
+}
+
+void store_check_backups(const store_kind *store)
+{
+    char *dir = store_dir(store, "backup");
+    char *path = afs_join(dir, store->file_name);
+    char *backups = afs_join(dir, "not/yet/there");
+    sync_adapter *a = store->open(path, backups);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    CHECK(!afs_exists(backups)); /* created on the first backup, not before */
+    int64_t t1 = 0, t2 = 0;
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"n\":1}", 1), SYNC_OK);
+    int64_t before = sync_wall_ms();
+    CHECK_EQ_INT(sync_adapter_backup(a, &t1), SYNC_OK);
+    CHECK(t1 >= before && t1 <= sync_wall_ms() + 1000);
+    CHECK_EQ_INT(sync_adapter_save(a, "{\"n\":2}", 2), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_backup(a, &t2), SYNC_OK); /* same millisecond, likely */
+    CHECK(t2 != t1);
+    CHECK_EQ_INT(afs_count(backups, "backup-"), 2);
+    CHECK_EQ_INT(afs_count(backups, ".backup"), 0); /* no temporary copy left */
+    char *first = backup_path(store, backups, t1);
+    char *second = backup_path(store, backups, t2);
+    store->check_on_disk(first, "{\"n\":1}", 1);
+    store->check_on_disk(second, "{\"n\":2}", 2);
+    free(first);
+    free(second);
+    sync_adapter_free(a);
+
+    /* Without backups_dir: beside the store where it has a default, else no backup at all. */
+    a = store->open(path, NULL);
+    REQUIRE(a);
+    CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
+    if (store->default_backups) {
+        char *def = NULL;
+        REQUIRE(asprintf(&def, "%s%s", path, store->default_backups) > 0);
+        CHECK_EQ_INT(sync_adapter_backup(a, &t1), SYNC_OK);
+        CHECK_EQ_INT(afs_count(def, "backup-"), 1);
+        char *copy = backup_path(store, def, t1);
+        store->check_on_disk(copy, "{\"n\":2}", 2);
+        free(copy);
+        free(def);
+    } else {
+        CHECK_EQ_INT(sync_adapter_backup(a, &t1), SYNC_EUNSUPPORTED);
+    }
+    sync_adapter_free(a);
+    free(backups);
+    free(path);
+    free(dir);
+}
+
+void store_check_engine_restart(const store_kind *store)
+{
+    char *dir = store_dir(store, "engine");
+    char *path = afs_join(dir, store->file_name);
+    aeng_errors errors;
+    /* A fresh store yields initial_state. */
+    sync_engine *e = aeng_new(store->open(path, NULL), "{\"counter\":7}", &errors);
+    REQUIRE(e);
+    store_expect_state(e, "{\"counter\":7}", 0);
+    CHECK_EQ_INT(errors.count, 0);
+    CHECK_EQ_INT(sync_engine_set_state_json(e, "{\"counter\":8}", 0), SYNC_OK);
+    store_expect_state(e, "{\"counter\":8}", 1);
+    /* The engine reports what the store says about backups without a backups_dir. */
+    CHECK_EQ_INT(sync_engine_create_backup(e),
+                 store->default_backups ? SYNC_OK : SYNC_EUNSUPPORTED);
+    sync_engine_free(e);
+    store->check_on_disk(path, "{\"counter\":8}", 1);
+
+    /* The restarted engine continues from the store, not from its initial state. */
+    e = aeng_new(store->open(path, NULL), "{\"counter\":0}", &errors);
+    REQUIRE(e);
+    store_expect_state(e, "{\"counter\":8}", 1);
+    CHECK_EQ_INT(errors.count, 0);
+    sync_engine_free(e);
+    free(path);
+    free(dir);
+}
+
+static const store_kind *contract_store;
+
+#define CONTRACT_CASE(check)                                                                       \
+    static void run_##check(void)                                                                  \
+    {                                                                                              \
+        store_check_##check(contract_store);                                                       \
+    }
+CONTRACT_CASE(fresh_store)
+CONTRACT_CASE(round_trip_and_restart)
+CONTRACT_CASE(large_state)
+CONTRACT_CASE(disk_full_keeps_old_record)
+CONTRACT_CASE(unwritable_paths)
+CONTRACT_CASE(backups)
+CONTRACT_CASE(failed_backups)
+CONTRACT_CASE(engine_restart)
+CONTRACT_CASE(engine_failed_save_reported)
+
+void store_run_contract(const store_kind *store)
+{
+    contract_store = store;
+    check_run("store: fresh store", run_fresh_store);
+    check_run("store: round trip and restart", run_round_trip_and_restart);
+    check_run("store: large state", run_large_state);
+    check_run("store: disk full keeps the old record", run_disk_full_keeps_old_record);
+    check_run("store: unwritable paths", run_unwritable_paths);
+    check_run("store: backups", run_backups);
+    check_run("store: failed backups", run_failed_backups);
+    check_run("store: engine restart", run_engine_restart);
+    check_run("store: engine reports failed saves", run_engine_failed_save_reported);
 }
