@@ -162,3 +162,43 @@ def raw_upgrade_status(port, path, headers):
                 break
             data += chunk
     return data.split(b"\r\n", 1)[0].decode()
+
+
+def counter_engine(make_engine, recorder=None, **kwargs):
+    kwargs.setdefault("initial_state", {"counter": 0})
+    kwargs.setdefault("handlers", {"increment": increment})
+    if recorder is not None:
+        kwargs.setdefault("hooks", recorder.hooks())
+    return make_engine(**kwargs)
+
+
+def recv_json(ws, timeout=5.0):
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def recv_until(ws, predicate, timeout=5.0):
+    """Reads frames until one satisfies `predicate` (pings are skipped); returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("no matching frame in time")
+        frame = json.loads(ws.recv(timeout=left))
+        if predicate(frame):
+            return frame
+
+
+def websocket_handler(engine):
+    """The `websockets` connection handler of the README: every message, then a broadcast."""
+
+    async def handler(websocket):
+        conn = syncengine.AsyncioConnection(websocket)
+        engine.handle_open(conn)
+        try:
+            async for raw in websocket:
+                engine.handle_message(conn, raw)
+                engine.broadcast_state()
+        finally:
+            engine.handle_close(conn)
+
+    return handler

@@ -1,4 +1,5 @@
-"""The engine through Python: construction, state, hooks, and errors in every kind of callback."""
+"""The engine through Python: construction, state, handlers, stats, threads and the package itself
+(hooks: test_hooks.py; errors: test_errors.py; async steps: test_engine_async.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,7 @@ import threading
 import pytest
 
 import syncengine
-from conftest import MemoryAdapter, MockConn, increment, msg, wait_until
-
-
-def counter_engine(make_engine, recorder=None, **kwargs):
-    kwargs.setdefault("initial_state", {"counter": 0})
-    kwargs.setdefault("handlers", {"increment": increment})
-    if recorder is not None:
-        kwargs.setdefault("hooks", recorder.hooks())
-    return make_engine(**kwargs)
+from conftest import MockConn, counter_engine, increment, msg
 
 
 # ---- construction and state ------------------------------------------------------------------
@@ -122,12 +115,6 @@ def test_set_state_outside_a_handler_with_and_without_broadcast(make_engine, rec
     assert recorder.calls["on_state_change"] == [({"counter": 0}, {"counter": 7}), ({"counter": 7}, {"counter": 8})]
 
 
-def test_set_state_equal_state_skips_on_state_change(make_engine, recorder):
-    engine = counter_engine(make_engine, recorder)
-    engine.set_state({"counter": 0})
-    assert recorder.count("on_state_change") == 0
-
-
 def test_set_state_refuses_what_json_cannot_hold(make_engine):
     engine = counter_engine(make_engine)
     with pytest.raises(TypeError):
@@ -204,202 +191,6 @@ def test_stats_and_connection_count(make_engine):
     assert engine.connection_count == 0
 
 
-def test_after_dispose_calls_raise(make_engine):
-    engine = counter_engine(make_engine)
-    engine.dispose()
-    with pytest.raises(syncengine.SyncClosedError):
-        engine.get_state()
-    with pytest.raises(syncengine.SyncClosedError):
-        engine.handle_message(MockConn(), msg("increment", amount=1))
-    engine.dispose()
-
-
-# ---- hooks -----------------------------------------------------------------------------------
-
-
-def test_connect_and_disconnect_hooks(make_engine, recorder):
-    engine = counter_engine(make_engine, recorder)
-    conn = MockConn()
-    engine.handle_open(conn)
-    engine.handle_close(conn)
-    assert recorder.calls["on_connect"] == [(conn,)]
-    assert recorder.calls["on_disconnect"] == [(conn,)]
-    engine.handle_close(conn)
-    assert recorder.count("on_disconnect") == 1
-
-
-def test_ping_timeout_closes_a_silent_connection(make_engine, recorder):
-    engine = counter_engine(make_engine, recorder, heartbeat_interval_ms=20, ping_timeout_ms=40)
-    silent = MockConn("silent")
-    engine.handle_open(silent)
-    assert wait_until(lambda: recorder.count("on_ping_timeout") >= 1, timeout=3.0)
-    assert recorder.calls["on_ping_timeout"][0][0] is silent
-    assert wait_until(lambda: silent.closes >= 1, timeout=1.0)
-
-
-def test_pong_keeps_a_connection_alive(make_engine, recorder):
-    engine = counter_engine(make_engine, recorder, heartbeat_interval_ms=20, ping_timeout_ms=200)
-    chatty = MockConn("chatty")
-    engine.handle_open(chatty)
-    for _ in range(15):
-        engine.handle_message(chatty, "pong")
-        wait_until(lambda: False, timeout=0.02)
-    assert recorder.count("on_ping_timeout") == 0
-    assert chatty.closes == 0
-
-
-def test_unknown_type_and_bad_json_reach_on_error(make_engine, recorder):
-    engine = counter_engine(make_engine, recorder)
-    conn = MockConn()
-    assert engine.handle_message(conn, msg("nope")) == syncengine.Status.ENOHANDLER
-    assert engine.handle_message(conn, "{bad") == syncengine.Status.EPARSE
-    assert engine.handle_message(conn, "[1,2]") == syncengine.Status.EMESSAGE
-    statuses = [err.status for err, _ in recorder.errors()]
-    assert statuses == [syncengine.Status.ENOHANDLER, syncengine.Status.EPARSE, syncengine.Status.EMESSAGE]
-    for err, context in recorder.errors():
-        assert isinstance(err, syncengine.SyncError)
-        assert err.context == context
-        assert err.connection is conn
-    assert engine.get_version() == 0
-
-
-def test_errors_without_on_error_go_to_the_log(make_engine, capfd):
-    engine = counter_engine(make_engine)
-    engine.handle_message(MockConn(), msg("nope"))
-    assert engine.get_version() == 0
-
-
-def test_set_hooks_replaces_them(make_engine, recorder):
-    engine = counter_engine(make_engine)
-    engine.set_hooks(recorder.hooks(only={"on_state_change"}))
-    engine.set_state({"counter": 1})
-    assert recorder.count("on_state_change") == 1
-
-
-# ---- an exception in each kind of callback ----------------------------------------------------
-
-
-class Boom(Exception):
-    pass
-
-
-def raising(*args):
-    raise Boom("boom from Python")
-
-
-def assert_reported(recorder, context_part):
-    errors = recorder.errors()
-    assert errors, "on_error was not called"
-    err, context = errors[-1]
-    assert context_part in context
-    text = str(err)
-    assert "Traceback" in text and "Boom" in text and "boom from Python" in text
-    return err
-
-
-def test_exception_in_handler_rolls_back(make_engine, recorder):
-    def set_then_fail(conn, message, get_state, set_state):
-        set_state({"counter": 100})
-        raise Boom("boom from Python")
-
-    engine = counter_engine(make_engine, recorder, handlers={"bad": set_then_fail})
-    status = engine.handle_message(MockConn(), msg("bad"))
-    assert status == syncengine.Status.EHANDLER
-    assert engine.get_state() == {"counter": 0}
-    assert engine.get_version() == 0
-    assert recorder.count("on_state_change") == 0
-    assert assert_reported(recorder, "handler:bad").status == syncengine.Status.EHANDLER
-
-
-def test_async_handler_is_reported_not_run(make_engine, recorder):
-    async def handler(conn, message, get_state, set_state):
-        set_state({"counter": 1})
-
-    engine = counter_engine(make_engine, recorder, handlers={"a": handler})
-    assert engine.handle_message(MockConn(), msg("a")) < 0
-    assert engine.get_state() == {"counter": 0}
-    assert "async def" in str(recorder.errors()[-1][0])
-
-
-def test_exception_in_validator(make_engine, recorder):
-    engine = counter_engine(make_engine, recorder, validate=raising)
-    assert engine.handle_message(MockConn(), msg("increment", amount=1)) < 0
-    assert engine.get_state() == {"counter": 0} and engine.get_version() == 0
-    assert_reported(recorder, "validat")
-
-
-def test_exception_in_middleware(make_engine, recorder):
-    engine = counter_engine(make_engine, recorder)
-    engine.use(raising)
-    assert engine.handle_message(MockConn(), msg("increment", amount=1)) < 0
-    assert engine.get_state() == {"counter": 0} and engine.get_version() == 0
-    assert_reported(recorder, "middleware")
-
-
-@pytest.mark.parametrize("hook", ["on_connect", "on_disconnect", "on_state_change", "on_sync", "on_pong"])
-def test_exception_in_a_hook(make_engine, recorder, hook):
-    hooks = recorder.hooks(only={"on_error"})
-    hooks[hook] = raising
-    engine = counter_engine(make_engine, hooks=hooks, adapter=MemoryAdapter())
-    conn = MockConn()
-    engine.handle_open(conn)
-    engine.handle_message(conn, msg("increment", amount=1))
-    engine.handle_message(conn, "pong")
-    engine.handle_close(conn)
-    assert_reported(recorder, hook)
-    assert engine.get_state() == {"counter": 1}
-
-
-def test_exception_in_on_error_goes_to_stderr(make_engine, capfd):
-    engine = counter_engine(make_engine, hooks={"on_error": raising})
-    engine.handle_message(MockConn(), msg("nope"))
-    assert "boom from Python" in capfd.readouterr().err
-    assert engine.get_version() == 0
-
-
-def test_exception_in_connection_send_is_reported(make_engine, recorder):
-    class BrokenConn(MockConn):
-        def send(self, text):
-            raise Boom("boom from Python")
-
-    engine = counter_engine(make_engine, recorder)
-    good, bad = MockConn("good"), BrokenConn("bad")
-    engine.handle_open(good)
-    engine.handle_open(bad)
-    engine.set_state({"counter": 3}, broadcast=True)
-    assert good.of_type("state_update")[-1]["data"] == {"counter": 3}
-    assert any("boom from Python" in str(err) for err, _ in recorder.errors())
-
-
-@pytest.mark.parametrize("method", ["save", "backup"])
-def test_exception_in_adapter_is_reported(make_engine, recorder, method):
-    adapter = MemoryAdapter({"counter": 0}, 0)
-    setattr(adapter, method, raising)
-    engine = counter_engine(make_engine, recorder, adapter=adapter)
-    engine.sync() if method == "save" else engine.create_backup()
-    err = assert_reported(recorder, "sync" if method == "save" else "backup")
-    assert f"adapter {method}() failed" in str(err)
-
-
-@pytest.mark.parametrize("method", ["init", "load"])
-def test_exception_in_adapter_startup_falls_back_to_initial_state(make_engine, recorder, method):
-    adapter = MemoryAdapter({"counter": 50}, 9)
-    setattr(adapter, method, raising)
-    engine = counter_engine(make_engine, recorder, adapter=adapter, initial_state={"counter": 1})
-    assert engine.get_state() == {"counter": 1}
-    assert engine.get_version() == 0
-    assert_reported(recorder, "load" if method == "load" else "")
-
-
-def test_adapter_record_without_version_is_reported(make_engine, recorder):
-    adapter = MemoryAdapter()
-    adapter.record = {"state": {"counter": 3}}
-    engine = counter_engine(make_engine, recorder, adapter=adapter)
-    assert engine.get_state() == {"counter": 0}
-    assert engine.get_version() == 0
-    assert "version" in str(recorder.errors()[-1][0])
-
-
 # ---- threads ----------------------------------------------------------------------------------
 
 
@@ -419,15 +210,6 @@ def test_threads_share_one_engine(make_engine):
         t.join(timeout=30)
     assert engine.get_state() == {"counter": 800}
     assert engine.get_version() == 800
-
-
-def test_hooks_run_on_the_timer_thread_while_python_threads_run(make_engine, recorder):
-    engine = counter_engine(make_engine, recorder, heartbeat_interval_ms=10)
-    engine.handle_open(MockConn())
-    spins = 0
-    while recorder.count("on_ping") < 3 and spins < 5_000_000:
-        spins += 1  # a busy Python thread must not starve the engine's own thread
-    assert recorder.count("on_ping") >= 3
 
 
 def test_the_package_says_the_library_version():
@@ -451,45 +233,6 @@ def test_help_texts():
     assert json.loads(json.dumps(syncengine.Status.OK)) == 0
 
 
-def test_keyboard_interrupt_in_a_handler_rolls_back_then_reaches_the_caller(make_engine, recorder):
-    def interrupted(conn, message, get_state, set_state):
-        set_state({"counter": 5})
-        raise KeyboardInterrupt
-
-    engine = counter_engine(make_engine, recorder, handlers={"i": interrupted, "increment": increment})
-    with pytest.raises(KeyboardInterrupt):
-        engine.handle_message(MockConn(), msg("i"))
-    assert engine.get_state() == {"counter": 0} and engine.get_version() == 0
-    assert engine.handle_message(MockConn(), msg("increment", amount=1)) == syncengine.Status.OK
-    assert engine.get_state() == {"counter": 1}
-
-
-def test_debug_and_errors_go_to_a_python_logger(make_engine, caplog):
-    import logging
-
-    logger = logging.getLogger("test.syncengine")
-    with caplog.at_level(logging.DEBUG, logger="test.syncengine"):
-        engine = counter_engine(make_engine, debug=True, logger=logger)
-        engine.handle_message(MockConn(), msg("increment", amount=1))
-        engine.handle_message(MockConn(), msg("nope"))
-    debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
-    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert any("increment" in r.getMessage() for r in debug)
-    assert any("nope" in r.getMessage() for r in errors)
-
-
-def test_failed_initial_send_is_reported_and_closes(make_engine, recorder):
-    class Refusing(MockConn):
-        def send(self, text):
-            raise ConnectionResetError("peer went away")
-
-    engine = counter_engine(make_engine, recorder)
-    conn = Refusing()
-    engine.handle_open(conn)
-    assert conn.closes == 1
-    assert any("peer went away" in str(err) for err, _ in recorder.errors())
-
-
 def test_decorators(make_engine):
     engine = make_engine(initial_state={"counter": 0})
 
@@ -504,23 +247,3 @@ def test_decorators(make_engine):
     assert callable(add) and callable(triple)
     engine.handle_message(MockConn(), msg("add", n=2))
     assert engine.get_state() == {"counter": 6}
-
-
-def test_bad_input_gets_a_status_never_a_crash(make_engine, recorder):
-    engine = counter_engine(make_engine, recorder, max_message_bytes=4096, max_json_depth=16)
-    conn = MockConn()
-    S = syncengine.Status
-    assert engine.handle_message(conn, b"\xff\xfe{}") == S.EPARSE
-    assert engine.handle_message(conn, "[" * 50 + "]" * 50) == S.ETOODEEP
-    assert engine.handle_message(conn, "x" * 5000) == S.ETOOBIG
-    assert engine.handle_message(conn, '{"type":"increment","amount":1}\x00tail') == S.EPARSE
-    assert engine.handle_message(conn, '{"type":"increment","amount":1e999}') < 0
-    assert engine.handle_message(conn, '{"type":42}') == S.EMESSAGE
-    assert engine.handle_message(conn, "") == S.EPARSE
-    with pytest.raises(TypeError):
-        engine.handle_message(conn, 12)
-    with pytest.raises(UnicodeEncodeError):
-        engine.handle_message(conn, "\udcff")
-    assert engine.handle_message(conn, bytearray(msg("increment", amount=2).encode())) == S.OK
-    assert engine.get_state() == {"counter": 2} and engine.get_version() == 1
-    assert len(recorder.errors()) == 7

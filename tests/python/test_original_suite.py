@@ -1,4 +1,4 @@
-"""The original library's own test suite (BEHAVIOUR.md, last section), case by case, in Python."""
+"""A counter app end to end, case by case (the cases of the original library's own suite), in Python."""
 
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -15,27 +14,10 @@ import urllib.error
 import urllib.request
 
 import pytest
-from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 import syncengine
-from conftest import EXAMPLES_DIR, WEB_DIR, increment, msg, raw_upgrade_status, wait_until
-
-
-def recv_json(ws, timeout=5.0):
-    return json.loads(ws.recv(timeout=timeout))
-
-
-def recv_until(ws, predicate, timeout=5.0):
-    """Reads frames until one satisfies `predicate` (pings are skipped); returns it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError("no matching frame in time")
-        frame = json.loads(ws.recv(timeout=left))
-        if predicate(frame):
-            return frame
+from conftest import EXAMPLES_DIR, WEB_DIR, increment, msg, recv_json, recv_until, wait_until
 
 
 @pytest.fixture
@@ -136,43 +118,6 @@ def test_handler_exception_through_the_server(served, recorder):
     assert any("ZeroDivisionError" in str(err) for err, _ in recorder.errors())
 
 
-def test_async_steps_behind_the_server_run_on_the_engines_async_loop(make_engine):
-    """With SyncEngine(async_loop=...), async def handlers and validators work behind the built-in
-    server: they run on that loop, in arrival order, and their changes reach the client."""
-    loop = asyncio.new_event_loop()
-    runner = threading.Thread(target=loop.run_forever, daemon=True)
-    runner.start()
-    on_loop = []
-
-    async def slow_add(conn, message, get_state, set_state):
-        await asyncio.sleep(0.01)
-        on_loop.append(threading.current_thread() is runner)
-        set_state({"counter": get_state()["counter"] * 10 + message["amount"]})
-
-    async def validate(message):
-        await asyncio.sleep(0)
-        return message
-
-    try:
-        engine = make_engine(initial_state={"counter": 0}, handlers={"add": slow_add},
-                             validate=validate, async_loop=loop, step_timeout_ms=5000)
-        with syncengine.Server(engines={"/": engine}) as server:
-            with connect(f"ws://127.0.0.1:{server.port}/") as ws:
-                assert recv_json(ws)["type"] == "initial_state"
-                for amount in (1, 2, 3):
-                    ws.send(msg("add", amount=amount))
-                recv_until(ws, lambda f: f.get("type") == "state_update" and f["data"]["counter"] == 123)
-        assert on_loop == [True, True, True]
-        assert engine.get_version() == 3
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        runner.join(5)
-        loop.close()
-
-    with pytest.raises(TypeError, match="async_loop must be an asyncio event loop"):
-        make_engine(async_loop="not a loop")
-
-
 def test_static_files_and_health(served):
     _, server = served(static_dir=WEB_DIR)
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=5) as resp:
@@ -249,63 +194,6 @@ def test_gil_is_released_while_waiting_for_the_engine(served):
         assert gate_opened == [True]
         frame = recv_until(ws, lambda f: f.get("data") == {"counter": 100})
         assert frame["version"] == 1
-
-
-def test_auth_refuses_and_attaches_identity(make_engine):
-    seen = []
-
-    def auth(request):
-        token = request.header("authorization")
-        if token != "Bearer good":
-            return 403
-        return {"user": "ada", "path": request.path}
-
-    engine = make_engine(initial_state={}, handlers={"who": lambda c, m, g, s: seen.append(c.identity)})
-    with syncengine.Server(engines={"/room": engine}, auth=auth) as server:
-        url = f"ws://127.0.0.1:{server.port}/room"
-        assert " 403 " in raw_upgrade_status(server.port, "/room", {"Authorization": "Bearer bad"})
-        assert " 403 " in raw_upgrade_status(server.port, "/room", {})
-        with connect(url, additional_headers={"Authorization": "Bearer good"}) as ws:
-            recv_json(ws)
-            ws.send(msg("who"))
-            assert wait_until(lambda: seen, timeout=5)
-    assert seen == [{"user": "ada", "path": "/room"}]
-
-
-def test_auth_false_and_failing_callbacks_refuse(make_engine, capfd):
-    def auth(request):
-        if request.query == "crash=1":
-            raise RuntimeError("auth bug")
-        return request.query == "let=me"
-
-    engine = make_engine(initial_state={})
-    with syncengine.Server(engines={"/": engine}, auth=auth) as server:
-        assert " 401 " in raw_upgrade_status(server.port, "/?let=no", {})
-        assert " 500 " in raw_upgrade_status(server.port, "/?crash=1", {})
-        with connect(f"ws://127.0.0.1:{server.port}/?let=me") as ws:
-            assert recv_json(ws)["type"] == "initial_state"
-    assert "auth bug" in capfd.readouterr().err
-
-
-def test_allowed_origins(make_engine):
-    engine = make_engine(initial_state={})
-    with syncengine.Server(engines={"/": engine}, allowed_origins=["http://good.example"]) as server:
-        assert " 403 " in raw_upgrade_status(server.port, "/", {"Origin": "http://evil.example"})
-        assert " 101 " in raw_upgrade_status(server.port, "/", {"Origin": "http://good.example"})
-
-
-def test_refused_upgrades_are_http_1_1_statuses_clients_can_report(make_engine):
-    """A WebSocket client reports a refusal's status (it calls an HTTP/1.0 answer invalid)."""
-    engine = make_engine(initial_state={})
-    with syncengine.Server(engines={"/": engine}, auth=lambda request: request.query == "ok") as server:
-        assert raw_upgrade_status(server.port, "/nowhere", {}) == "HTTP/1.1 404 Not Found"
-        assert raw_upgrade_status(server.port, "/", {}) == "HTTP/1.1 401 Unauthorized"
-        with pytest.raises(InvalidStatus) as refused:
-            connect(f"ws://127.0.0.1:{server.port}/")
-        assert refused.value.response.status_code == 401
-        assert refused.value.response.body == b"401 Unauthorized\n"
-        with connect(f"ws://127.0.0.1:{server.port}/?ok") as ws:
-            assert recv_json(ws)["type"] == "initial_state"
 
 
 def test_serve_forever_stops_from_another_thread(make_engine):

@@ -1,23 +1,19 @@
-"""The built-in server's auth decided later, from Python: ``request.defer()`` completed from
-another thread, a coroutine ``auth`` on an asyncio loop, refusals as close codes, a decision
-dropped without being made, and the misuses, with real ``websockets`` clients."""
+"""The built-in server's auth from Python, with real ``websockets`` clients: a callback that refuses
+or attaches an identity, allowed origins, refusals as HTTP/1.1 statuses; and auth decided later:
+``request.defer()`` completed from another thread, a coroutine ``auth`` on an asyncio loop,
+refusals as close codes, a decision dropped without being made, and the misuses."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 import syncengine
-from conftest import increment, msg, raw_upgrade_status, wait_until
-
-
-def recv_json(ws, timeout=5):
-    return json.loads(ws.recv(timeout=timeout))
+from conftest import increment, msg, raw_upgrade_status, recv_json, wait_until
 
 
 def close_code(ws, timeout=5):
@@ -39,7 +35,7 @@ def deferring_auth(pending):
     return auth
 
 
-def counter_engine(make_engine, seen):
+def identity_engine(make_engine, seen):
     return make_engine(
         initial_state={"counter": 0},
         handlers={"increment": increment, "who": lambda c, m, g, s: seen.append(c.identity)},
@@ -56,7 +52,7 @@ def test_deferred_then_accepted_from_another_thread(make_engine):
         pending.append((deferred, token))
         return deferred
 
-    engine = counter_engine(make_engine, seen)
+    engine = identity_engine(make_engine, seen)
     with syncengine.Server(engines={"/": engine}, auth=auth) as server:
         url = f"ws://127.0.0.1:{server.port}/?room=3"
         with connect(url, additional_headers={"Authorization": "Bearer ann"}) as ws:
@@ -94,7 +90,7 @@ def test_refused_later_and_dropped_without_a_decision(make_engine):
             return syncengine.Status.PENDING
         return keep(request)
 
-    engine = counter_engine(make_engine, [])
+    engine = identity_engine(make_engine, [])
     with syncengine.Server(engines={"/": engine}, auth=auth) as server:
         with connect(f"ws://127.0.0.1:{server.port}/") as ws:
             assert wait_until(lambda: pending)
@@ -106,7 +102,7 @@ def test_refused_later_and_dropped_without_a_decision(make_engine):
 def test_client_gone_before_the_decision(make_engine):
     pending = []
     auth = deferring_auth(pending)
-    engine = counter_engine(make_engine, [])
+    engine = identity_engine(make_engine, [])
     with syncengine.Server(engines={"/": engine}, auth=auth) as server:
         with connect(f"ws://127.0.0.1:{server.port}/") as ws:
             ws.send(msg("increment", amount=1))
@@ -139,7 +135,7 @@ def test_coroutine_auth_on_an_asyncio_loop(make_engine, capfd):
         return {"user": request.query, "agent": request.header("user-agent")}
 
     try:
-        engine = counter_engine(make_engine, seen)
+        engine = identity_engine(make_engine, seen)
         server = syncengine.Server(
             engines={"/": engine}, auth=auth, auth_loop=loop, auth_headers=["X-Api-Key"]
         )
@@ -166,7 +162,7 @@ def test_coroutine_auth_without_a_loop_refuses(make_engine, capfd):
     async def auth(request):
         return True
 
-    engine = counter_engine(make_engine, [])
+    engine = identity_engine(make_engine, [])
     with syncengine.Server(engines={"/": engine}, auth=auth) as server:
         assert " 500 " in raw_upgrade_status(server.port, "/", {})
     assert "needs Server(auth_loop=...)" in capfd.readouterr().err
@@ -175,7 +171,7 @@ def test_coroutine_auth_without_a_loop_refuses(make_engine, capfd):
 def test_auth_timeout(make_engine):
     kept = []  # kept, never decided
     auth = deferring_auth(kept)
-    engine = counter_engine(make_engine, [])
+    engine = identity_engine(make_engine, [])
     with syncengine.Server(engines={"/": engine}, auth=auth, auth_timeout_ms=300) as server:
         with connect(f"ws://127.0.0.1:{server.port}/") as ws:
             assert close_code(ws) == 4408
@@ -183,3 +179,60 @@ def test_auth_timeout(make_engine):
         assert kept[0].accept() is False
     with pytest.raises(syncengine.SyncError):
         syncengine.Server(engines={}, auth_timeout_ms=-1)
+
+
+def test_auth_refuses_and_attaches_identity(make_engine):
+    seen = []
+
+    def auth(request):
+        token = request.header("authorization")
+        if token != "Bearer good":
+            return 403
+        return {"user": "ada", "path": request.path}
+
+    engine = make_engine(initial_state={}, handlers={"who": lambda c, m, g, s: seen.append(c.identity)})
+    with syncengine.Server(engines={"/room": engine}, auth=auth) as server:
+        url = f"ws://127.0.0.1:{server.port}/room"
+        assert " 403 " in raw_upgrade_status(server.port, "/room", {"Authorization": "Bearer bad"})
+        assert " 403 " in raw_upgrade_status(server.port, "/room", {})
+        with connect(url, additional_headers={"Authorization": "Bearer good"}) as ws:
+            recv_json(ws)
+            ws.send(msg("who"))
+            assert wait_until(lambda: seen, timeout=5)
+    assert seen == [{"user": "ada", "path": "/room"}]
+
+
+def test_auth_false_and_failing_callbacks_refuse(make_engine, capfd):
+    def auth(request):
+        if request.query == "crash=1":
+            raise RuntimeError("auth bug")
+        return request.query == "let=me"
+
+    engine = make_engine(initial_state={})
+    with syncengine.Server(engines={"/": engine}, auth=auth) as server:
+        assert " 401 " in raw_upgrade_status(server.port, "/?let=no", {})
+        assert " 500 " in raw_upgrade_status(server.port, "/?crash=1", {})
+        with connect(f"ws://127.0.0.1:{server.port}/?let=me") as ws:
+            assert recv_json(ws)["type"] == "initial_state"
+    assert "auth bug" in capfd.readouterr().err
+
+
+def test_allowed_origins(make_engine):
+    engine = make_engine(initial_state={})
+    with syncengine.Server(engines={"/": engine}, allowed_origins=["http://good.example"]) as server:
+        assert " 403 " in raw_upgrade_status(server.port, "/", {"Origin": "http://evil.example"})
+        assert " 101 " in raw_upgrade_status(server.port, "/", {"Origin": "http://good.example"})
+
+
+def test_refused_upgrades_are_http_1_1_statuses_clients_can_report(make_engine):
+    """A WebSocket client reports a refusal's status (it calls an HTTP/1.0 answer invalid)."""
+    engine = make_engine(initial_state={})
+    with syncengine.Server(engines={"/": engine}, auth=lambda request: request.query == "ok") as server:
+        assert raw_upgrade_status(server.port, "/nowhere", {}) == "HTTP/1.1 404 Not Found"
+        assert raw_upgrade_status(server.port, "/", {}) == "HTTP/1.1 401 Unauthorized"
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{server.port}/")
+        assert refused.value.response.status_code == 401
+        assert refused.value.response.body == b"401 Unauthorized\n"
+        with connect(f"ws://127.0.0.1:{server.port}/?ok") as ws:
+            assert recv_json(ws)["type"] == "initial_state"
