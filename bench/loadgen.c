@@ -220,14 +220,14 @@ static void send_handshake(struct conn *c)
     memcpy(nonce, &a, 8);
     memcpy(nonce + 8, &b, 8);
     ws_make_key(nonce, c->key);
-    char req[1024];
+    char host[512], req[1024];
     bool v6 = strchr(lg.opt.host, ':') != NULL; /* an IPv6 literal goes in brackets */
-    int n = snprintf(req, sizeof req,
-                     "GET %s HTTP/1.1\r\nHost: %s%s%s:%s\r\nUpgrade: websocket\r\n"
-                     "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                     "Sec-WebSocket-Version: 13\r\n\r\n",
-                     lg.opt.path, v6 ? "[" : "", lg.opt.host, v6 ? "]" : "", lg.opt.port, c->key);
-    if (n < 0 || (size_t)n >= sizeof req) {
+    int hn = snprintf(host, sizeof host, "%s%s%s:%s", v6 ? "[" : "", lg.opt.host, v6 ? "]" : "",
+                      lg.opt.port);
+    int n = hn < 0 || (size_t)hn >= sizeof host
+                ? -1
+                : ws_write_request(req, sizeof req, host, lg.opt.path, c->key, NULL);
+    if (n < 0) {
         conn_lost(c, "request too long");
         return;
     }

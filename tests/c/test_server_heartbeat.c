@@ -50,7 +50,7 @@ static int drain(ws_client *c)
 {
     for (;;) {
         int op = ws_read_frame(c, 1, NULL, NULL);
-        if (op == WS_CLOSE)
+        if (op == WS_OP_CLOSE)
             return 1;
         if (op < 0)
             return ws_wait_eof(c, 0);
@@ -77,7 +77,7 @@ static void only_a_silent_client_times_out(void)
     /* five timeouts long */
     while (now_ms() - start < 2000 && !busy_closed && !ponger_closed) {
         ws_send_text(busy, "{\"type\":\"increment\"}");
-        ws_send_frame(ponger, WS_PONG, 1, "alive", 5);
+        ws_send_frame(ponger, WS_OP_PONG, 1, "alive", 5);
         busy_closed = drain(busy);
         ponger_closed = drain(ponger);
         usleep(100 * 1000);

@@ -58,7 +58,7 @@ static void test_message_size_and_fragments(void)
     memset(msg + n, 'p', 1500);
     strcpy(msg + n + 1500, "\"}");
     size_t len = strlen(msg);
-    CHECK_EQ_INT(ws_send_frame(c, WS_TEXT, 0, msg, 500), 0);
+    CHECK_EQ_INT(ws_send_frame(c, WS_OP_TEXT, 0, msg, 500), 0);
     CHECK_EQ_INT(ws_send_frame(c, 0, 0, msg + 500, 500), 0);
     CHECK_EQ_INT(ws_send_frame(c, 0, 1, msg + 1000, len - 1000), 0);
     char *text = ws_read_text(c, 3000);
@@ -69,14 +69,14 @@ static void test_message_size_and_fragments(void)
     char *big = malloc(3000);
     REQUIRE(big);
     memset(big, ' ', 3000);
-    CHECK_EQ_INT(ws_send_frame(c, WS_TEXT, 1, big, 3000), 0);
+    CHECK_EQ_INT(ws_send_frame(c, WS_OP_TEXT, 1, big, 3000), 0);
     CHECK_EQ_INT(ws_wait_close(c, 3000), 1009);
     ws_client_free(c);
 
     /* over the limit only when the fragments add up: 1009 too */
     c = open_client(server, NULL);
     REQUIRE(c);
-    CHECK_EQ_INT(ws_send_frame(c, WS_TEXT, 0, big, 1500), 0);
+    CHECK_EQ_INT(ws_send_frame(c, WS_OP_TEXT, 0, big, 1500), 0);
     CHECK_EQ_INT(ws_send_frame(c, 0, 1, big, 1500), 0);
     CHECK_EQ_INT(ws_wait_close(c, 3000), 1009);
     ws_client_free(c);
@@ -232,13 +232,13 @@ static void test_bad_frames(void)
 
     ws_client *c = open_client(server, NULL);
     REQUIRE(c);
-    CHECK_EQ_INT(ws_send_frame(c, WS_BINARY, 1, "\x01\x02\x03", 3), 0);
+    CHECK_EQ_INT(ws_send_frame(c, WS_OP_BINARY, 1, "\x01\x02\x03", 3), 0);
     CHECK_EQ_INT(ws_wait_close(c, 3000), 1003);
     ws_client_free(c);
 
     c = open_client(server, NULL);
     REQUIRE(c);
-    CHECK_EQ_INT(ws_send_frame(c, WS_TEXT, 1, "{\"type\":\"\xff\xfe\"}", 13), 0);
+    CHECK_EQ_INT(ws_send_frame(c, WS_OP_TEXT, 1, "{\"type\":\"\xff\xfe\"}", 13), 0);
     CHECK_EQ_INT(ws_wait_close(c, 3000), 1007);
     ws_client_free(c);
 

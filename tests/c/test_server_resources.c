@@ -407,7 +407,7 @@ static int read_close(ws_client *c, char *reason, size_t size)
         char *payload = NULL;
         size_t len = 0;
         int op = ws_read_frame(c, 1000, &payload, &len);
-        if (op == WS_CLOSE) {
+        if (op == WS_OP_CLOSE) {
             int code =
                 len >= 2 ? ((unsigned char)payload[0] << 8 | (unsigned char)payload[1]) : 1005;
             snprintf(reason, size, "%.*s", len > 2 ? (int)(len - 2) : 0,
@@ -458,12 +458,12 @@ static void test_partial_message_budget(void)
         REQUIRE(c[i]);
     }
     for (int i = 0; i < N - 1; i++) {
-        CHECK_EQ_INT(ws_send_frame(c[i], WS_TEXT, 0, head, sizeof head), 0);
+        CHECK_EQ_INT(ws_send_frame(c[i], WS_OP_TEXT, 0, head, sizeof head), 0);
         CHECK_EQ_INT(wait_metric(port, "libsync_server_buffered_bytes", (i + 1) * 16384LL),
                      (i + 1) * 16384LL);
     }
     /* the one that would go over the budget is closed with 1013 and a reason */
-    CHECK_EQ_INT(ws_send_frame(c[N - 1], WS_TEXT, 0, head, sizeof head), 0);
+    CHECK_EQ_INT(ws_send_frame(c[N - 1], WS_OP_TEXT, 0, head, sizeof head), 0);
     char reason[128] = "";
     CHECK_EQ_INT(read_close(c[N - 1], reason, sizeof reason), 1013);
     CHECK_EQ_STR(reason, "server busy: message buffer budget spent");

@@ -218,14 +218,14 @@ static void drain(ws_client *c, long long *max_version, int *updates, int timeou
     char *text = NULL;
     int op;
     while ((op = ws_read_frame(c, timeout_ms, &text, NULL)) >= 0) {
-        if (op == WS_TEXT && strstr(text, "\"type\":\"state_update\"") && updates)
+        if (op == WS_OP_TEXT && strstr(text, "\"type\":\"state_update\"") && updates)
             (*updates)++;
-        long long v = op == WS_TEXT ? ws_json_int(text, "version") : -1;
+        long long v = op == WS_OP_TEXT ? ws_json_int(text, "version") : -1;
         if (v > *max_version)
             *max_version = v;
         free(text);
         text = NULL;
-        if (op == WS_CLOSE)
+        if (op == WS_OP_CLOSE)
             break;
     }
 }

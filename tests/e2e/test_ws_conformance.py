@@ -11,72 +11,7 @@ import time
 import pytest
 
 import wsraw
-
-KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's own example: base64 of 16 bytes
-
-
-def standard_headers(**replace):
-    headers = {
-        "Upgrade": "websocket",
-        "Connection": "Upgrade",
-        "Sec-WebSocket-Key": KEY,
-        "Sec-WebSocket-Version": "13",
-    }
-    for name, value in replace.items():
-        name = name.replace("_", "-")
-        if value is None:
-            headers.pop(name, None)
-        else:
-            headers[name] = value
-    return headers
-
-
-def handshake(port, headers, path="/", extra_lines=()):
-    """Sends one upgrade request; returns (status code, {lower-case header: value}, body, sock).
-    The status is None when the server closed without answering."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    lines += list(extra_lines)
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-    data = b""
-    deadline = time.monotonic() + 15
-    while b"\r\n\r\n" not in data and time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            break
-        if not chunk:
-            break
-        data += chunk
-    if b"\r\n\r\n" not in data:
-        sock.close()
-        return None, {}, b"", None
-    head, body = data.split(b"\r\n\r\n", 1)
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    parsed = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        parsed[name.strip().lower()] = value.strip()
-    status = int(status_line.split()[1])
-    if status != 101:
-        # a refusal's body is short; read it to its end
-        length = int(parsed.get("content-length", "0"))
-        while len(body) < length and time.monotonic() < deadline:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            body += chunk
-        sock.close()
-        sock = None
-    return status, parsed, body, sock
-
-
-def accept_value(key):
-    import hashlib
-
-    digest = hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
-    return base64.b64encode(digest).decode()
+from wsraw import KEY, accept_value, handshake, standard_headers
 
 
 # ---- the opening handshake (RFC 6455 section 4.2.1) -----------------------------------------

@@ -1,10 +1,14 @@
 """A raw RFC 6455 client over a plain socket, for what a well-behaved library will not send:
-binary and invalid UTF-8 frames, garbage after the handshake, clients that never read."""
+upgrade requests with any headers, binary and invalid UTF-8 frames, garbage after the handshake,
+clients that never read. (The C tests and the load generator share tools/wsclient instead.)"""
 import base64
+import hashlib
 import os
 import socket
 import struct
 import time
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's own example: base64 of 16 bytes
 
 
 class RawWs:
@@ -73,30 +77,84 @@ def _mask_big(payload, mask):
     return (int.from_bytes(payload, "big") ^ int.from_bytes(whole, "big")).to_bytes(len(payload), "big")
 
 
-def connect(port, path="/", host="127.0.0.1", timeout=10, rcvbuf=None):
-    """Opens a WebSocket by hand; returns a RawWs after the 101 answer."""
+def standard_headers(**replace):
+    """The upgrade request's headers; name=value replaces one (underscores for dashes), None drops it."""
+    headers = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": KEY,
+        "Sec-WebSocket-Version": "13",
+    }
+    for name, value in replace.items():
+        name = name.replace("_", "-")
+        if value is None:
+            headers.pop(name, None)
+        else:
+            headers[name] = value
+    return headers
+
+
+def accept_value(key):
+    """The Sec-WebSocket-Accept a server must answer `key` with."""
+    digest = hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+    return base64.b64encode(digest).decode()
+
+
+def handshake(port, headers, path="/", extra_lines=(), host="127.0.0.1", timeout=15, rcvbuf=None):
+    """Sends one upgrade request; returns (status code, {lower-case header: value}, body, sock).
+    After a 101 the body is what already came after the head and sock is the open socket; after a
+    refusal the body is read to its end and sock is None. The status is None when the server
+    closed without answering."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(timeout)
     sock.connect((host, port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
-    )
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines += list(extra_lines)
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
     data = b""
     deadline = time.monotonic() + timeout
-    while b"\r\n\r\n" not in data:
-        if time.monotonic() > deadline:
-            raise TimeoutError("no handshake answer")
-        chunk = sock.recv(4096)
+    while b"\r\n\r\n" not in data and time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
         if not chunk:
-            raise EOFError(f"connection closed during the handshake: {data!r}")
+            break
         data += chunk
-    head, rest = data.split(b"\r\n\r\n", 1)
-    status = head.split(b"\r\n", 1)[0]
-    if b" 101 " not in status + b" ":
+    if b"\r\n\r\n" not in data:
         sock.close()
-        raise ConnectionError(f"upgrade refused: {status.decode(errors='replace')}")
+        return None, {}, b"", None
+    head, body = data.split(b"\r\n\r\n", 1)
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    status = int(status_line.split()[1])
+    if status != 101:
+        # a refusal's body is short; read it to its end
+        length = int(parsed.get("content-length", "0"))
+        while len(body) < length and time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        sock.close()
+        sock = None
+    return status, parsed, body, sock
+
+
+def connect(port, path="/", host="127.0.0.1", timeout=10, rcvbuf=None):
+    """Opens a WebSocket by hand; returns a RawWs after a 101 answer with the right accept."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    status, headers, rest, sock = handshake(port, standard_headers(Sec_WebSocket_Key=key), path,
+                                            host=host, timeout=timeout, rcvbuf=rcvbuf)
+    if status != 101:
+        raise ConnectionError(f"upgrade refused: {status}")
+    if headers.get("sec-websocket-accept") != accept_value(key):
+        sock.close()
+        raise ConnectionError(f"wrong Sec-WebSocket-Accept: {headers.get('sec-websocket-accept')}")
     return RawWs(sock, rest)

@@ -1,18 +1,19 @@
 /*
- * A small blocking RFC 6455 client for the server tests: the upgrade handshake (with extra
- * headers), masked frames, frames read with a timeout, raw bytes; plus one-shot HTTP requests.
+ * A small blocking RFC 6455 client for the server tests, on the frame functions of wsproto.h
+ * (which the load generator shares): the upgrade handshake (with extra headers, the accept
+ * checked), masked frames, frames read with a timeout, raw bytes; plus one-shot HTTP requests.
  * Every read has a timeout so a test never hangs. Talks over a TCP socket to 127.0.0.1, or over
- * a pair of pipes (e.g. to an `openssl s_client` child for TLS).
+ * a pair of pipes (e.g. to an `openssl s_client` child for TLS). Opcodes: WS_OP_* of wsproto.h.
  */
-#ifndef LIBSYNC_TEST_WS_CLIENT_H
-#define LIBSYNC_TEST_WS_CLIENT_H
+#ifndef LIBSYNC_WS_CLIENT_H
+#define LIBSYNC_WS_CLIENT_H
 
 #include <stddef.h>
 #include <sys/types.h>
 
-typedef struct ws_client ws_client;
+#include "wsproto.h"
 
-enum { WS_TEXT = 1, WS_BINARY = 2, WS_CLOSE = 8, WS_PING = 9, WS_PONG = 10 };
+typedef struct ws_client ws_client;
 
 /* A TCP connection to 127.0.0.1:port (no handshake yet); NULL on failure. */
 ws_client *ws_client_tcp(int port);
@@ -21,7 +22,8 @@ ws_client *ws_client_tcp(int port);
 ws_client *ws_client_fds(int rfd, int wfd, pid_t child);
 
 /* Sends the upgrade request for `path` (with `extra_headers`, each ending in "\r\n", or NULL)
- * and reads the response head. Returns the HTTP status (101 when upgraded) or -1. */
+ * and reads the response head. Returns the HTTP status (101 when upgraded: a 101 without the
+ * right Sec-WebSocket-Accept is -1) or -1. */
 int ws_handshake(ws_client *c, const char *path, const char *extra_headers, int timeout_ms);
 
 /* ws_client_tcp + ws_handshake; NULL unless the status is 101 (*status gets it when not NULL). */

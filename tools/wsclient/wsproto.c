@@ -1,93 +1,18 @@
+/* See wsproto.h. */
 #include "wsproto.h"
 
 #include <ctype.h>
+#include <openssl/evp.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
 static const char WS_GUID[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-static uint32_t rol32(uint32_t x, unsigned n)
-{
-    return (x << n) | (x >> (32 - n));
-}
-
-static void sha1_block(uint32_t h[5], const uint8_t block[64])
-{
-    uint32_t w[80];
-    for (int i = 0; i < 16; i++)
-        w[i] = (uint32_t)block[4 * i] << 24 | (uint32_t)block[4 * i + 1] << 16 |
-               (uint32_t)block[4 * i + 2] << 8 | (uint32_t)block[4 * i + 3];
-    for (int i = 16; i < 80; i++)
-        w[i] = rol32(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
-    for (int i = 0; i < 80; i++) {
-        uint32_t f, k;
-        if (i < 20) {
-            f = (b & c) | (~b & d);
-            k = 0x5A827999;
-        } else if (i < 40) {
-            f = b ^ c ^ d;
-            k = 0x6ED9EBA1;
-        } else if (i < 60) {
-            f = (b & c) | (b & d) | (c & d);
-            k = 0x8F1BBCDC;
-        } else {
-            f = b ^ c ^ d;
-            k = 0xCA62C1D6;
-        }
-        uint32_t t = rol32(a, 5) + f + e + k + w[i];
-        e = d;
-        d = c;
-        c = rol32(b, 30);
-        b = a;
-        a = t;
-    }
-    h[0] += a;
-    h[1] += b;
-    h[2] += c;
-    h[3] += d;
-    h[4] += e;
-}
-
-/* Handshake inputs are short (key + GUID = 60 bytes), so the whole padded message fits in a small
- * stack buffer. */
-static void sha1(const uint8_t *msg, size_t len, uint8_t digest[20])
-{
-    uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
-    uint8_t buf[128];
-    size_t padded = (len + 9 + 63) / 64 * 64;
-    memset(buf, 0, sizeof buf);
-    memcpy(buf, msg, len);
-    buf[len] = 0x80;
-    uint64_t bits = (uint64_t)len * 8;
-    for (int i = 0; i < 8; i++)
-        buf[padded - 1 - (size_t)i] = (uint8_t)(bits >> (8 * i));
-    for (size_t off = 0; off < padded; off += 64)
-        sha1_block(h, buf + off);
-    for (int i = 0; i < 5; i++) {
-        digest[4 * i] = (uint8_t)(h[i] >> 24);
-        digest[4 * i + 1] = (uint8_t)(h[i] >> 16);
-        digest[4 * i + 2] = (uint8_t)(h[i] >> 8);
-        digest[4 * i + 3] = (uint8_t)h[i];
-    }
-}
-
 static void base64(const uint8_t *in, size_t len, char *out)
 {
-    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        if (i + 1 < len)
-            v |= (uint32_t)in[i + 1] << 8;
-        if (i + 2 < len)
-            v |= in[i + 2];
-        out[o++] = tbl[(v >> 18) & 63];
-        out[o++] = tbl[(v >> 12) & 63];
-        out[o++] = i + 1 < len ? tbl[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < len ? tbl[v & 63] : '=';
-    }
-    out[o] = '\0';
+    /* EVP_EncodeBlock writes 4 characters per 3 bytes (padded) and a NUL. */
+    EVP_EncodeBlock((unsigned char *)out, in, (int)len);
 }
 
 void ws_make_key(const uint8_t nonce[16], char key[WS_KEY_LEN + 1])
@@ -99,11 +24,31 @@ void ws_expected_accept(const char *key, char accept[WS_ACCEPT_LEN + 1])
 {
     uint8_t joined[WS_KEY_LEN + sizeof WS_GUID];
     size_t klen = strlen(key);
+    if (klen > WS_KEY_LEN) {
+        accept[0] = '\0'; /* not a key this client made: matches no Sec-WebSocket-Accept */
+        return;
+    }
     memcpy(joined, key, klen);
     memcpy(joined + klen, WS_GUID, sizeof WS_GUID - 1);
-    uint8_t digest[20];
-    sha1(joined, klen + sizeof WS_GUID - 1, digest);
-    base64(digest, sizeof digest, accept);
+    uint8_t digest[EVP_MAX_MD_SIZE];
+    unsigned int dlen = 0;
+    if (EVP_Digest(joined, klen + sizeof WS_GUID - 1, digest, &dlen, EVP_sha1(), NULL) != 1 ||
+        dlen != 20) {
+        accept[0] = '\0'; /* matches no Sec-WebSocket-Accept */
+        return;
+    }
+    base64(digest, dlen, accept);
+}
+
+int ws_write_request(char *out, size_t cap, const char *host, const char *path, const char *key,
+                     const char *extra_headers)
+{
+    int n = snprintf(out, cap,
+                     "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                     "Sec-WebSocket-Version: 13\r\n%s\r\n",
+                     path, host, key, extra_headers ? extra_headers : "");
+    return n < 0 || (size_t)n >= cap ? -1 : n;
 }
 
 const char *ws_check_response(const char *head, size_t len, const char *key)
@@ -113,6 +58,8 @@ const char *ws_check_response(const char *head, size_t len, const char *key)
         return "handshake: status is not 101";
     char want[WS_ACCEPT_LEN + 1];
     ws_expected_accept(key, want);
+    if (want[0] == '\0')
+        return "handshake: no Sec-WebSocket-Accept to expect for this key";
     static const char name[] = "sec-websocket-accept:";
     const char *end = head + len;
     for (const char *line = head; line < end;) {
@@ -175,11 +122,11 @@ int ws_parse_header(const uint8_t *buf, size_t len, struct ws_frame_header *h)
     return 1;
 }
 
-size_t ws_write_client_frame(uint8_t *out, int opcode, const void *payload, size_t len,
-                             const uint8_t mask[4])
+size_t ws_write_client_header(uint8_t *out, int opcode, int fin, uint64_t len,
+                              const uint8_t mask[4])
 {
     size_t pos = 0;
-    out[pos++] = (uint8_t)(0x80 | (opcode & 0x0F));
+    out[pos++] = (uint8_t)((fin ? 0x80 : 0) | (opcode & 0x0F));
     if (len < 126) {
         out[pos++] = (uint8_t)(0x80 | len);
     } else if (len <= 0xFFFF) {
@@ -189,10 +136,16 @@ size_t ws_write_client_frame(uint8_t *out, int opcode, const void *payload, size
     } else {
         out[pos++] = 0x80 | 127;
         for (int i = 7; i >= 0; i--)
-            out[pos++] = (uint8_t)((uint64_t)len >> (8 * i));
+            out[pos++] = (uint8_t)(len >> (8 * i));
     }
     memcpy(out + pos, mask, 4);
-    pos += 4;
+    return pos + 4;
+}
+
+size_t ws_write_client_frame(uint8_t *out, int opcode, const void *payload, size_t len,
+                             const uint8_t mask[4])
+{
+    size_t pos = ws_write_client_header(out, opcode, 1, len, mask);
     memcpy(out + pos, payload, len);
     ws_unmask(out + pos, len, mask);
     return pos + len;

@@ -1,4 +1,6 @@
+/* See ws_client.h. */
 #include "ws_client.h"
+#include "wsproto.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -137,22 +139,26 @@ static void consume(ws_client *c, size_t n)
 
 int ws_handshake(ws_client *c, const char *path, const char *extra_headers, int timeout_ms)
 {
+    /* The RFC's sample nonce: a fixed key keeps every request of a test the same. */
+    static const uint8_t nonce[16] = "the sample nonce";
+    char key[WS_KEY_LEN + 1];
+    ws_make_key(nonce, key);
     char req[4096];
-    int n = snprintf(req, sizeof req,
-                     "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                     "Sec-WebSocket-Version: 13\r\n%s\r\n",
-                     path, extra_headers ? extra_headers : "");
-    if (n <= 0 || (size_t)n >= sizeof req || ws_send_raw(c, req, (size_t)n) != 0)
+    int n = ws_write_request(req, sizeof req, "127.0.0.1", path, key, extra_headers);
+    if (n < 0 || ws_send_raw(c, req, (size_t)n) != 0)
         return -1;
     long long deadline = now_ms() + timeout_ms;
     for (;;) {
         unsigned char *end = c->len >= 4 ? memmem(c->buf, c->len, "\r\n\r\n", 4) : NULL;
         if (end) {
+            size_t head = (size_t)(end - c->buf) + 4;
             int status = -1;
             if (sscanf((const char *)c->buf, "HTTP/%*d.%*d %d", &status) != 1)
                 status = -1;
-            consume(c, (size_t)(end - c->buf) + 4);
+            /* An upgrade is only an upgrade with the right Sec-WebSocket-Accept. */
+            if (status == 101 && ws_check_response((const char *)c->buf, head, key) != NULL)
+                status = -1;
+            consume(c, head);
             return status;
         }
         if (fill(c, deadline) <= 0)
@@ -175,30 +181,14 @@ ws_client *ws_connect(int port, const char *path, const char *extra_headers, int
 
 int ws_send_frame(ws_client *c, int opcode, int fin, const void *data, size_t len)
 {
-    unsigned char head[14];
-    size_t h = 0;
-    head[h++] = (unsigned char)((fin ? 0x80 : 0) | (opcode & 0x0f));
-    if (len < 126) {
-        head[h++] = (unsigned char)(0x80 | len);
-    } else if (len < 65536) {
-        head[h++] = 0x80 | 126;
-        head[h++] = (unsigned char)(len >> 8);
-        head[h++] = (unsigned char)len;
-    } else {
-        head[h++] = 0x80 | 127;
-        for (int i = 7; i >= 0; i--)
-            head[h++] = (unsigned char)((uint64_t)len >> (8 * i));
-    }
-    unsigned char mask[4] = {0x12, 0x34, 0x56, 0x78};
-    memcpy(head + h, mask, 4);
-    h += 4;
-    unsigned char *frame = malloc(h + len + 1);
+    static const uint8_t mask[4] = {0x12, 0x34, 0x56, 0x78};
+    uint8_t *frame = malloc(WS_MAX_CLIENT_HEADER + len + 1);
     if (!frame)
         return -1;
-    memcpy(frame, head, h);
-    const unsigned char *src = data;
-    for (size_t i = 0; i < len; i++)
-        frame[h + i] = src[i] ^ mask[i & 3];
+    size_t h = ws_write_client_header(frame, opcode, fin, len, mask);
+    if (len)
+        memcpy(frame + h, data, len);
+    ws_unmask(frame + h, len, mask);
     int rc = ws_send_raw(c, frame, h + len);
     free(frame);
     return rc;
@@ -206,51 +196,40 @@ int ws_send_frame(ws_client *c, int opcode, int fin, const void *data, size_t le
 
 int ws_send_text(ws_client *c, const char *text)
 {
-    return ws_send_frame(c, WS_TEXT, 1, text, strlen(text));
+    return ws_send_frame(c, WS_OP_TEXT, 1, text, strlen(text));
 }
 
 int ws_send_close(ws_client *c, int code)
 {
     unsigned char body[2] = {(unsigned char)(code >> 8), (unsigned char)code};
-    return ws_send_frame(c, WS_CLOSE, 1, body, 2);
+    return ws_send_frame(c, WS_OP_CLOSE, 1, body, 2);
 }
 
 int ws_read_frame(ws_client *c, int timeout_ms, char **payload, size_t *len)
 {
     long long deadline = now_ms() + timeout_ms;
     for (;;) {
-        if (c->len >= 2) {
-            size_t h = 2;
-            uint64_t n = c->buf[1] & 0x7f;
-            int masked = c->buf[1] & 0x80;
-            if (n == 126 && c->len >= 4) {
-                n = ((uint64_t)c->buf[2] << 8) | c->buf[3];
-                h = 4;
-            } else if (n == 127 && c->len >= 10) {
-                n = 0;
-                for (int i = 0; i < 8; i++)
-                    n = (n << 8) | c->buf[2 + i];
-                h = 10;
-            } else if (n >= 126) {
-                h = 0; /* header incomplete */
+        struct ws_frame_header h;
+        int r = ws_parse_header(c->buf, c->len, &h);
+        if (r < 0)
+            return -1;
+        if (r > 0 && c->len - h.header_len >= h.payload_len) {
+            size_t n = (size_t)h.payload_len;
+            uint8_t *body = c->buf + h.header_len;
+            if (h.masked)
+                ws_unmask(body, n, h.mask);
+            if (payload) {
+                char *p = malloc(n + 1);
+                if (!p)
+                    return -1;
+                memcpy(p, body, n);
+                p[n] = '\0';
+                *payload = p;
             }
-            if (masked)
-                h += 4;
-            if (h && c->len >= h + n) {
-                int opcode = c->buf[0] & 0x0f;
-                if (payload) {
-                    char *p = malloc((size_t)n + 1);
-                    if (!p)
-                        return -1;
-                    memcpy(p, c->buf + h, (size_t)n);
-                    p[n] = '\0';
-                    *payload = p;
-                }
-                if (len)
-                    *len = (size_t)n;
-                consume(c, h + (size_t)n);
-                return opcode;
-            }
+            if (len)
+                *len = n;
+            consume(c, h.header_len + n);
+            return h.opcode;
         }
         if (fill(c, deadline) <= 0)
             return -1;
@@ -264,31 +243,17 @@ char *ws_read_text(ws_client *c, int timeout_ms)
         long long left = deadline - now_ms();
         char *p = NULL;
         int op = ws_read_frame(c, left > 0 ? (int)left : 0, &p, NULL);
-        if (op == WS_TEXT)
+        if (op == WS_OP_TEXT)
             return p;
         free(p);
-        if (op < 0 || op == WS_CLOSE)
+        if (op < 0 || op == WS_OP_CLOSE)
             return NULL;
     }
 }
 
 int ws_wait_close(ws_client *c, int timeout_ms)
 {
-    long long deadline = now_ms() + timeout_ms;
-    for (;;) {
-        long long left = deadline - now_ms();
-        char *p = NULL;
-        size_t n = 0;
-        int op = ws_read_frame(c, left > 0 ? (int)left : 0, &p, &n);
-        if (op == WS_CLOSE) {
-            int code = n >= 2 ? ((unsigned char)p[0] << 8) | (unsigned char)p[1] : 1005;
-            free(p);
-            return code;
-        }
-        free(p);
-        if (op < 0)
-            return -1;
-    }
+    return ws_wait_close_reason(c, timeout_ms, NULL, 0);
 }
 
 int ws_wait_eof(ws_client *c, int timeout_ms)
@@ -369,7 +334,7 @@ int ws_wait_close_reason(ws_client *c, int timeout_ms, char *reason, size_t cap)
         char *p = NULL;
         size_t n = 0;
         int op = ws_read_frame(c, left > 0 ? (int)left : 0, &p, &n);
-        if (op == WS_CLOSE) {
+        if (op == WS_OP_CLOSE) {
             int code = n >= 2 ? ((unsigned char)p[0] << 8) | (unsigned char)p[1] : 1005;
             if (cap && n > 2)
                 snprintf(reason, cap, "%.*s", (int)(n - 2), p + 2);
