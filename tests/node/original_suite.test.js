@@ -1,5 +1,6 @@
 'use strict';
-// BEHAVIOUR.md, "The original's own test suite": each case through the JavaScript API.
+// A counter app end to end, case by case (the cases of the original library's own suite), through
+// the JavaScript API.
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { SyncEngine } = require('syncengine');
