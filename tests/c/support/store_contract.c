@@ -78,32 +78,49 @@ static char *store_dir(const store_kind *store, const char *what)
     return check_tmpdir(name);
 }
 
+/* A fresh directory for one check and the store's path in it. */
+typedef struct store_place {
+    char *dir;
+    char *path;
+} store_place;
+
+static store_place place_new(const store_kind *store, const char *what)
+{
+    store_place place = {store_dir(store, what), NULL};
+    place.path = afs_join(place.dir, store->file_name);
+    return place;
+}
+
+static void place_free(store_place *place)
+{
+    free(place->path);
+    free(place->dir);
+}
+
 void store_check_engine_on_corrupt_store(const store_kind *store, const char *junk)
 {
-    char *dir = store_dir(store, "engine-corrupt");
-    char *path = afs_join(dir, store->file_name);
+    store_place p = place_new(store, "engine-corrupt");
     char aside[128];
     snprintf(aside, sizeof aside, "%s.corrupt-", store->file_name);
-    REQUIRE(afs_write(path, junk) == 0);
+    REQUIRE(afs_write(p.path, junk) == 0);
     aeng_errors errors;
-    sync_engine *e = aeng_new(store->open(path, NULL), "{\"n\":1}", &errors);
+    sync_engine *e = aeng_new(store->open(p.path, NULL), "{\"n\":1}", &errors);
     REQUIRE(e);
     store_expect_state(e, "{\"n\":1}", 0);
     CHECK_EQ_INT(errors.count, 1);
     CHECK_EQ_INT(errors.last_status, SYNC_ECORRUPT);
     CHECK_EQ_STR(errors.last_context, "load");
     CHECK(strstr(errors.last_message, "kept aside"));
-    CHECK_EQ_INT(afs_count(dir, aside), 1);
+    CHECK_EQ_INT(afs_count(p.dir, aside), 1);
     CHECK_EQ_INT(sync_engine_set_state_json(e, "{\"n\":2}", 0), SYNC_OK);
     sync_engine_free(e);
-    e = aeng_new(store->open(path, NULL), "{\"n\":0}", &errors);
+    e = aeng_new(store->open(p.path, NULL), "{\"n\":0}", &errors);
     REQUIRE(e);
     store_expect_state(e, "{\"n\":2}", 1);
     CHECK_EQ_INT(errors.count, 0);
     sync_engine_free(e);
-    CHECK_EQ_INT(afs_count(dir, aside), 1);
-    free(path);
-    free(dir);
+    CHECK_EQ_INT(afs_count(p.dir, aside), 1);
+    place_free(&p);
 }
 
 void store_expect_save_fails_change_kept(sync_engine *engine, const aeng_errors *errors)
@@ -132,12 +149,11 @@ void store_check_engine_failed_save_reported(const store_kind *store)
 
 static void check_backups_dir_blocked(const store_kind *store)
 {
-    char *dir = store_dir(store, "backup-blocked");
-    char *path = afs_join(dir, store->file_name);
-    char *blocker = afs_join(dir, "blocker");
+    store_place p = place_new(store, "backup-blocked");
+    char *blocker = afs_join(p.dir, "blocker");
     char *backups = afs_join(blocker, "backups");
     REQUIRE(afs_write(blocker, "not a directory") == 0);
-    sync_adapter *a = store->open(path, backups);
+    sync_adapter *a = store->open(p.path, backups);
     REQUIRE(a);
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
     CHECK_EQ_INT(sync_adapter_save(a, "{\"n\":1}", 1), SYNC_OK);
@@ -151,16 +167,14 @@ static void check_backups_dir_blocked(const store_kind *store)
     sync_adapter_free(a);
     free(backups);
     free(blocker);
-    free(path);
-    free(dir);
+    place_free(&p);
 }
 
 static void check_backup_disk_full(const store_kind *store)
 {
-    char *dir = store_dir(store, "backup-full");
-    char *path = afs_join(dir, store->file_name);
-    char *backups = afs_join(dir, "backups");
-    sync_adapter *a = store->open(path, backups);
+    store_place p = place_new(store, "backup-full");
+    char *backups = afs_join(p.dir, "backups");
+    sync_adapter *a = store->open(p.path, backups);
     REQUIRE(a);
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
     char *big = afs_big_state(256 * 1024);
@@ -189,8 +203,7 @@ static void check_backup_disk_full(const store_kind *store)
     sync_adapter_free(a);
     free(big);
     free(backups);
-    free(path);
-    free(dir);
+    place_free(&p);
 }
 
 void store_check_failed_backups(const store_kind *store)
@@ -224,9 +237,8 @@ void store_check_round_trip_and_restart(const store_kind *store)
     static const char *const records[] = {
         "{\"counter\":5,\"s\":\"\xc3\xa9\",\"tags\":[\"a\",\"b\"]}", "[1,2,3]", "\"just a string\"",
         "12.5"};
-    char *dir = store_dir(store, "roundtrip");
-    char *path = afs_join(dir, store->file_name);
-    sync_adapter *a = store->open(path, NULL);
+    store_place p = place_new(store, "roundtrip");
+    sync_adapter *a = store->open(p.path, NULL);
     REQUIRE(a);
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
     int n = (int)(sizeof records / sizeof records[0]);
@@ -234,45 +246,41 @@ void store_check_round_trip_and_restart(const store_kind *store)
         CHECK_EQ_INT(sync_adapter_save(a, records[i], 10 + i), SYNC_OK);
         store_expect_record(a, records[i], 10 + i);
     }
-    CHECK_EQ_INT(sync_adapter_save(a, records[0], 12), SYNC_OK);
+    CHECK_EQ_INT(sync_adapter_save(a, records[0], 20), SYNC_OK);
     sync_adapter_free(a);
-    store->check_on_disk(path, records[0], 12);
+    store->check_on_disk(p.path, records[0], 20);
 
-    a = store->open(path, NULL);
+    a = store->open(p.path, NULL);
     REQUIRE(a);
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
-    store_expect_record(a, records[0], 12);
+    store_expect_record(a, records[0], 20);
     sync_adapter_free(a);
-    free(path);
-    free(dir);
+    place_free(&p);
 }
 
 void store_check_large_state(const store_kind *store)
 {
-    char *dir = store_dir(store, "large");
-    char *path = afs_join(dir, store->file_name);
-    sync_adapter *a = store->open(path, NULL);
+    store_place p = place_new(store, "large");
+    sync_adapter *a = store->open(p.path, NULL);
     REQUIRE(a);
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
     char *big = afs_big_state(64 * 1024);
     CHECK_EQ_INT(sync_adapter_save(a, big, 64), SYNC_OK);
     sync_adapter_free(a);
-    a = store->open(path, NULL);
+    a = store->open(p.path, NULL);
     REQUIRE(a);
     store_expect_record(a, big, 64);
     sync_adapter_free(a);
     free(big);
-    free(path);
-    free(dir);
+    place_free(&p);
 }
 
 void store_check_disk_full_keeps_old_record(const store_kind *store)
 {
-    char *dir = store_dir(store, "full");
-    char *path = afs_join(dir, store->file_name);
+    store_place p = place_new(store, "full");
     char temp[128];
     snprintf(temp, sizeof temp, "%s.tmp-", store->file_name);
-    sync_adapter *a = store->open(path, NULL);
+    sync_adapter *a = store->open(p.path, NULL);
     REQUIRE(a);
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
     CHECK_EQ_INT(sync_adapter_save(a, "{\"small\":1}", 1), SYNC_OK);
@@ -287,19 +295,18 @@ void store_check_disk_full_keeps_old_record(const store_kind *store)
     CHECK(sync_error_last()[0] != '\0');
     if (store->disk_full_reason)
         CHECK(strstr(sync_error_last(), store->disk_full_reason));
-    CHECK_EQ_INT(afs_count(dir, temp), 0);
-    store->check_on_disk(path, "{\"small\":1}", 1);
+    CHECK_EQ_INT(afs_count(p.dir, temp), 0);
+    store->check_on_disk(p.path, "{\"small\":1}", 1);
     store_expect_record(a, "{\"small\":1}", 1);
 
     CHECK_EQ_INT(sync_adapter_save(a, "{\"small\":3}", 3), SYNC_OK);
     store_expect_record(a, "{\"small\":3}", 3);
     sync_adapter_free(a);
-    a = store->open(path, NULL);
+    a = store->open(p.path, NULL);
     REQUIRE(a);
     store_expect_record(a, "{\"small\":3}", 3);
     sync_adapter_free(a);
-    free(path);
-    free(dir);
+    place_free(&p);
 }
 
 void store_check_unwritable_paths(const store_kind *store)
@@ -341,10 +348,9 @@ static char *backup_path(const store_kind *store, const char *dir, int64_t ts)
 
 void store_check_backups(const store_kind *store)
 {
-    char *dir = store_dir(store, "backup");
-    char *path = afs_join(dir, store->file_name);
-    char *backups = afs_join(dir, "not/yet/there");
-    sync_adapter *a = store->open(path, backups);
+    store_place p = place_new(store, "backup");
+    char *backups = afs_join(p.dir, "not/yet/there");
+    sync_adapter *a = store->open(p.path, backups);
     REQUIRE(a);
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
     CHECK(!afs_exists(backups)); /* created on the first backup, not before */
@@ -367,12 +373,12 @@ void store_check_backups(const store_kind *store)
     sync_adapter_free(a);
 
     /* Without backups_dir: beside the store where it has a default, else no backup at all. */
-    a = store->open(path, NULL);
+    a = store->open(p.path, NULL);
     REQUIRE(a);
     CHECK_EQ_INT(sync_adapter_init(a), SYNC_OK);
     if (store->default_backups) {
         char *def = NULL;
-        REQUIRE(asprintf(&def, "%s%s", path, store->default_backups) > 0);
+        REQUIRE(asprintf(&def, "%s%s", p.path, store->default_backups) > 0);
         CHECK_EQ_INT(sync_adapter_backup(a, &t1), SYNC_OK);
         CHECK_EQ_INT(afs_count(def, "backup-"), 1);
         char *copy = backup_path(store, def, t1);
@@ -384,17 +390,15 @@ void store_check_backups(const store_kind *store)
     }
     sync_adapter_free(a);
     free(backups);
-    free(path);
-    free(dir);
+    place_free(&p);
 }
 
 void store_check_engine_restart(const store_kind *store)
 {
-    char *dir = store_dir(store, "engine");
-    char *path = afs_join(dir, store->file_name);
+    store_place p = place_new(store, "engine");
     aeng_errors errors;
     /* A fresh store yields initial_state. */
-    sync_engine *e = aeng_new(store->open(path, NULL), "{\"counter\":7}", &errors);
+    sync_engine *e = aeng_new(store->open(p.path, NULL), "{\"counter\":7}", &errors);
     REQUIRE(e);
     store_expect_state(e, "{\"counter\":7}", 0);
     CHECK_EQ_INT(errors.count, 0);
@@ -404,16 +408,15 @@ void store_check_engine_restart(const store_kind *store)
     CHECK_EQ_INT(sync_engine_create_backup(e),
                  store->default_backups ? SYNC_OK : SYNC_EUNSUPPORTED);
     sync_engine_free(e);
-    store->check_on_disk(path, "{\"counter\":8}", 1);
+    store->check_on_disk(p.path, "{\"counter\":8}", 1);
 
     /* The restarted engine continues from the store, not from its initial state. */
-    e = aeng_new(store->open(path, NULL), "{\"counter\":0}", &errors);
+    e = aeng_new(store->open(p.path, NULL), "{\"counter\":0}", &errors);
     REQUIRE(e);
     store_expect_state(e, "{\"counter\":8}", 1);
     CHECK_EQ_INT(errors.count, 0);
     sync_engine_free(e);
-    free(path);
-    free(dir);
+    place_free(&p);
 }
 
 static const store_kind *contract_store;
