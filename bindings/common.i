@@ -7,9 +7,11 @@
  *    the language sets by name, so a new field of the C struct needs no edit here. The fields
  *    that hold host callbacks or lists (hooks, log, auth, allowed origins) are hidden: the
  *    language's constructor fills them.
- *  - Constructors `int f(T **out, ...)`: the host sees `f(...)` returning the handle, and a
+ *  - Constructors `int f(..., T **out)`: the host sees `f(...)` returning the handle, and a
  *    negative status raises the binding's own exception, made by the factory the binding
- *    registers (sync_bridge_set_error_factory) from the status and sync_error_last().
+ *    registers (sync_bridge_set_error_factory) from the status and sync_error_last(). The `out`
+ *    parameter comes last in the bridges' functions, unlike libsync's: SWIG's JavaScript module
+ *    numbers the inputs after a parameter that takes none one too far.
  *  - The hook bits (SYNC_BRIDGE_ON_*, one per sync_hooks callback, in its order) and
  *    sync_bridge_pick_hooks(), which keeps of a language's hook table those a mask selects.
  *
@@ -110,7 +112,7 @@ typedef struct sync_pending sync_pending;
 typedef struct sync_server sync_server;
 typedef struct sync_request sync_request;
 
-/* ---- constructors: `int f(T **out, ...)` returns the handle or raises ---------------------- */
+/* ---- constructors: `int f(..., T **out)` returns the handle or raises ---------------------- */
 
 %define SYNC_BRIDGE_OUT(TYPE)
 %typemap(in, numinputs=0) TYPE **out (TYPE *handle = NULL) "$1 = &handle;";
@@ -239,7 +241,17 @@ SYNC_BRIDGE_OUT(sync_conn)
 %typemap(newfree) char * "sync_free($1);";
 %newobject sync_engine_get_state_json;
 %newobject sync_engine_stats_json;
-int sync_adapter_sqlite_new(sync_adapter **out, const sync_sqlite_options *opts);
-int sync_adapter_file_new(sync_adapter **out, const sync_file_options *opts);
+%rename(sync_adapter_sqlite_new) sync_bridge_adapter_sqlite_new;
+%rename(sync_adapter_file_new) sync_bridge_adapter_file_new;
+%inline %{
+static int sync_bridge_adapter_sqlite_new(const sync_sqlite_options *opts, sync_adapter **out)
+{
+    return sync_adapter_sqlite_new(out, opts);
+}
+static int sync_bridge_adapter_file_new(const sync_file_options *opts, sync_adapter **out)
+{
+    return sync_adapter_file_new(out, opts);
+}
+%}
 /* The engine's statistics as JSON with the C field names as keys, or NULL (disposed). */
 char *sync_engine_stats_json(sync_engine *engine);

@@ -488,8 +488,8 @@ static void sync_bridge_set_error_factory(PyObject *factory)
 /* Creates an engine from `opts` (a sync_engine_options the package filled; its adapter is taken
  * over in every case). `dispatch(name, *args)` receives the hooks selected by `hook_mask`
  * (SYNC_BRIDGE_ON_*), `log(level, text)` the log lines (both may be None). */
-static int pysync_engine_new(sync_engine **out, sync_engine_options *opts, PyObject *log,
-                             PyObject *dispatch, int hook_mask)
+static int pysync_engine_new(sync_engine_options *opts, PyObject *log, PyObject *dispatch,
+                             int hook_mask, sync_engine **out)
 {
     sync_hooks hooks = SYNC_HOOKS_INIT;
     if (log && log != Py_None) {
@@ -542,7 +542,7 @@ static int pysync_engine_set_hooks(sync_engine *engine, PyObject *dispatch, int 
 
 /* A connection whose transport is the Python object `bridge` (methods send(text) -> status and
  * close(code, reason)). The caller owns the returned reference (sync_conn_free). */
-static int pysync_conn_new(sync_conn **out, PyObject *bridge)
+static int pysync_conn_new(PyObject *bridge, sync_conn **out)
 {
     sync_conn_callbacks cbs = SYNC_CONN_CALLBACKS_INIT;
     cbs.send = pysync_conn_send;
@@ -556,7 +556,7 @@ static int pysync_conn_new(sync_conn **out, PyObject *bridge)
 }
 
 /* An adapter whose store is the Python object `bridge` (see the callbacks above). */
-static int pysync_adapter_new(sync_adapter **out, PyObject *bridge, int can_backup)
+static int pysync_adapter_new(PyObject *bridge, int can_backup, sync_adapter **out)
 {
     sync_adapter_vtable vt;
     memset(&vt, 0, sizeof vt);
@@ -574,8 +574,8 @@ static int pysync_adapter_new(sync_adapter **out, PyObject *bridge, int can_back
 
 /* Creates a server from `opts`; `origins` is a list of str or None, `auth` fn(request) -> int or
  * None, `log` fn(level, text) or None. */
-static int pysync_server_new(sync_server **out, sync_server_options *opts, PyObject *origins,
-                             PyObject *auth, PyObject *log)
+static int pysync_server_new(sync_server_options *opts, PyObject *origins, PyObject *auth,
+                             PyObject *log, sync_server **out)
 {
     if (log && log != Py_None) {
         opts->log = pysync_log;
