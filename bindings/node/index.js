@@ -888,6 +888,7 @@ const SERVER_OPTIONS = {
   stopTimeoutMs: 0,
   broadcastYieldMs: 0,
   authTimeoutMs: 0,
+  handshakeTimeoutMs: 0,
 };
 
 const SERVER_OPTIONS_SET = Object.fromEntries(

@@ -266,6 +266,9 @@ class Server:
     ``auth_headers``). A client whose decision takes longer than ``auth_timeout_ms`` (0 = 10 s)
     is closed with 4408.
 
+    ``handshake_timeout_ms`` (0 = 5 s, rounded up to whole seconds) drops a client that has not
+    sent a complete request head (the upgrade or an HTTP request) by then.
+
     ``metrics_token``, when given, guards ``GET /metrics``: a request must bring
     ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``, else it is answered 401. ``/healthz`` and
     the static files stay public.
@@ -294,6 +297,7 @@ class Server:
         auth_headers: Sequence[str] = (),
         auth_timeout_ms: int = 0,
         metrics_token: Optional[str] = None,
+        handshake_timeout_ms: int = 0,
     ) -> None:
         from ._engine import log_sink
 
