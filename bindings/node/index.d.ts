@@ -248,6 +248,9 @@ export interface ServerOptions {
   authHeaders?: string[];
   /** Undecided after this many ms: closed with 4408. 0 = 10000. */
   authTimeoutMs?: number;
+  /** A client that has not sent a complete request head (the upgrade or an HTTP request) after
+   *  this many ms is dropped. Rounded up to whole seconds. 0 = 5000. */
+  handshakeTimeoutMs?: number;
   /** When set, GET /metrics needs it ("Authorization: Bearer T" or "?token=T"), else 401.
    *  /healthz and the static files stay public. Default: /metrics is public. */
   metricsToken?: string | null;

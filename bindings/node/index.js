@@ -66,6 +66,22 @@ function lastError(status) {
   return new SyncError(status, detail || native.sync_strerror(status));
 }
 
+// What the native constructors (engine, server, adapters, connections) throw when libsync refuses.
+native.sync_bridge_set_error_factory(
+  (status, detail) => new SyncError(status, detail || native.sync_strerror(status)),
+);
+
+// libsync's option structs are filled from the camelCase names of their fields.
+const snakeCase = (name) => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+const camelCase = (name) => name.replace(/_([a-z])/g, (_, c) => c.toUpperCase());
+
+function fillOptions(opts, values, table) {
+  for (const [name, convert] of Object.entries(table)) {
+    opts[snakeCase(name)] = convert(values[name], name);
+  }
+  return opts;
+}
+
 function errorText(err) {
   if (err instanceof Error) return err.message || String(err);
   if (typeof err === 'string') return err;
@@ -164,13 +180,36 @@ function parsedWithText(json) {
 }
 
 const HOOK_BITS = {
-  onStateChange: 1,
-  onSync: 2,
-  onBackup: 4,
-  onPing: 8,
-  onPong: 16,
-  onPingTimeout: 32,
-  onError: 64,
+  onStateChange: native.SYNC_BRIDGE_ON_STATE_CHANGE,
+  onSync: native.SYNC_BRIDGE_ON_SYNC,
+  onBackup: native.SYNC_BRIDGE_ON_BACKUP,
+  onPing: native.SYNC_BRIDGE_ON_PING,
+  onPong: native.SYNC_BRIDGE_ON_PONG,
+  onPingTimeout: native.SYNC_BRIDGE_ON_PING_TIMEOUT,
+  onError: native.SYNC_BRIDGE_ON_ERROR,
+};
+
+const msOption = (v, name) => {
+  const n = v ?? 0;
+  if (typeof n !== 'number' || !(n >= 0)) throw new TypeError(`SyncEngine: ${name} must be >= 0`);
+  return n;
+};
+const flagOption = (v) => (v ? 1 : 0);
+
+// The SyncEngine options that are a field of sync_engine_options (camelCase of the field's name),
+// each with its check: a new engine option is one line here.
+const ENGINE_OPTIONS = {
+  enableVersioning: (v) => flagOption(v ?? true),
+  heartbeatIntervalMs: msOption,
+  pingTimeoutMs: msOption,
+  syncIntervalMs: msOption,
+  stepTimeoutMs: msOption,
+  persistMode: (v) => persistModeOf(v),
+  autoBroadcast: flagOption,
+  replyErrors: flagOption,
+  maxMessageBytes: msOption,
+  maxJsonDepth: (v) => depthOf(v),
+  debug: flagOption,
 };
 
 // ---- adapters ----------------------------------------------------------------------------------
@@ -178,9 +217,7 @@ const HOOK_BITS = {
 class NativeAdapter {
   // The C adapter is created when an engine takes it (the engine owns and frees it).
   _take() {
-    const ptr = this._create();
-    if (!ptr) throw lastError(Status.EINVAL);
-    return ptr;
+    return this._create();
   }
 }
 
@@ -196,7 +233,12 @@ class SQLiteAdapter extends NativeAdapter {
   }
 
   _create() {
-    return native.jsb_sqlite_new(this.path, this.tableName, this.backupsDir, this.durability);
+    const opts = new native.sync_sqlite_options();
+    opts.path = this.path;
+    opts.table_name = this.tableName;
+    opts.backups_dir = this.backupsDir;
+    opts.durability = this.durability;
+    return native.sync_adapter_sqlite_new(opts);
   }
 }
 
@@ -213,7 +255,11 @@ class FileAdapter extends NativeAdapter {
   }
 
   _create() {
-    return native.jsb_file_new(this.filePath, this.backupsDir, this.fsync);
+    const opts = new native.sync_file_options();
+    opts.file_path = this.filePath;
+    opts.backups_dir = this.backupsDir;
+    opts.fsync = this.fsync;
+    return native.sync_adapter_file_new(opts);
   }
 }
 
@@ -293,10 +339,11 @@ function customAdapter(adapter, track) {
       );
     return PENDING;
   });
-  const ptr = native.jsb_adapter_js_new(sink, typeof adapter.backup === 'function' ? 1 : 0);
-  native.jsb_sink_release(sink); // the C adapter holds its own reference
-  if (!ptr) throw lastError(Status.ENOMEM);
-  return ptr;
+  try {
+    return native.jsb_adapter_js_new(sink, typeof adapter.backup === 'function' ? 1 : 0);
+  } finally {
+    native.jsb_sink_release(sink); // the C adapter holds its own reference
+  }
 }
 
 // ---- connections of the built-in server -------------------------------------------------------
@@ -348,51 +395,19 @@ class SyncEngine {
       this._event(ev, slot, a, b, c, d, e),
     );
 
-    let hookMask = 0;
+    let hookMask = native.SYNC_BRIDGE_ON_CONNECT | native.SYNC_BRIDGE_ON_DISCONNECT;
     for (const [name, bit] of Object.entries(HOOK_BITS)) {
       if (typeof this._hooks[name] === 'function') hookMask |= bit;
     }
     const initial = config.initialState ?? config.defaultState ?? {};
-    const initialJson = jsonOf(initial, 'SyncEngine: initialState');
-    let adapterPtr = null;
-    try {
-      if (config.adapter instanceof NativeAdapter) adapterPtr = config.adapter._take();
-      else if (config.adapter) adapterPtr = customAdapter(config.adapter, () => this._track());
-    } catch (err) {
-      native.jsb_sink_release(this._sink);
-      throw err;
-    }
-    const ms = (v, name) => {
-      const n = v ?? 0;
-      if (typeof n !== 'number' || !(n >= 0))
-        throw new TypeError(`SyncEngine: ${name} must be >= 0`);
-      return n;
-    };
     let engine;
     try {
-      engine = native.jsb_engine_new(
-        this._sink,
-        initialJson,
-        (config.enableVersioning ?? true) ? 1 : 0,
-        adapterPtr,
-        ms(config.heartbeatIntervalMs, 'heartbeatIntervalMs'),
-        ms(config.pingTimeoutMs, 'pingTimeoutMs'),
-        ms(config.syncIntervalMs, 'syncIntervalMs'),
-        ms(config.stepTimeoutMs, 'stepTimeoutMs'),
-        persistModeOf(config.persistMode),
-        config.autoBroadcast ? 1 : 0,
-        config.replyErrors ? 1 : 0,
-        ms(config.maxMessageBytes, 'maxMessageBytes'),
-        depthOf(config.maxJsonDepth),
-        config.debug ? 1 : 0,
-        hookMask,
-      );
+      const opts = fillOptions(new native.sync_engine_options(), config, ENGINE_OPTIONS);
+      opts.initial_state_json = jsonOf(initial, 'SyncEngine: initialState');
+      if (config.adapter instanceof NativeAdapter) opts.adapter = config.adapter._take();
+      else if (config.adapter) opts.adapter = customAdapter(config.adapter, () => this._track());
+      engine = native.jsb_engine_new(this._sink, opts, hookMask);
     } catch (err) {
-      native.jsb_sink_release(this._sink);
-      throw err;
-    }
-    if (!engine) {
-      const err = lastError(Status.EINVAL);
       native.jsb_sink_release(this._sink);
       throw err;
     }
@@ -482,9 +497,10 @@ class SyncEngine {
 
   /** Counters for monitoring (messages in/applied/dropped, frames and bytes out, saves...). */
   stats() {
-    const json = native.jsb_engine_stats_json(this._live());
+    const json = native.sync_engine_stats_json(this._live());
     if (json == null) throw lastError(Status.ECLOSED);
-    return JSON.parse(json);
+    const stats = Object.entries(JSON.parse(json));
+    return Object.fromEntries(stats.map(([name, value]) => [camelCase(name), value]));
   }
 
   _entryOf(ws) {
@@ -494,7 +510,6 @@ class SyncEngine {
     let entry = this._byWs.get(ws);
     if (!entry) {
       const conn = native.jsb_conn_new(this._sink);
-      if (!conn) throw lastError(Status.ENOMEM);
       entry = { ws, conn, id: native.jsb_conn_id(conn), own: true };
       this._byWs.set(ws, entry);
       this._byId.set(entry.id, entry);
@@ -857,27 +872,41 @@ const AUTH_HEADERS = [
   'x-forwarded-for',
 ];
 
+// The Server options that are a field of sync_server_options (camelCase of the field's name) and
+// their defaults: a new server option is one line here.
+const SERVER_OPTIONS = {
+  host: '127.0.0.1',
+  port: 0,
+  staticDir: null,
+  maxMessageBytes: 0,
+  maxConnections: 0,
+  rateLimitPerSec: 0,
+  rateLimitBurst: 0,
+  maxQueuedBytes: 0,
+  tlsCertPath: null,
+  tlsKeyPath: null,
+  stopTimeoutMs: 0,
+  broadcastYieldMs: 0,
+  authTimeoutMs: 0,
+  handshakeTimeoutMs: 0,
+};
+
+const SERVER_OPTIONS_SET = Object.fromEntries(
+  Object.keys(SERVER_OPTIONS).map((name) => [name, (value) => value]),
+);
+
 class Server {
-  constructor({
-    host = '127.0.0.1',
-    port = 0,
-    engines = {},
-    staticDir = null,
-    maxMessageBytes = 0,
-    maxConnections = 0,
-    rateLimitPerSec = 0,
-    rateLimitBurst = 0,
-    maxQueuedBytes = 0,
-    allowedOrigins = null,
-    tlsCertPath = null,
-    tlsKeyPath = null,
-    stopTimeoutMs = 0,
-    broadcastYieldMs = 0,
-    auth = null,
-    authHeaders = [],
-    authTimeoutMs = 0,
-    metricsToken = null,
-  } = {}) {
+  constructor(config = {}) {
+    const {
+      engines = {},
+      allowedOrigins = null,
+      auth = null,
+      authHeaders = [],
+      metricsToken = null,
+    } = config;
+    for (const [name, value] of Object.entries(SERVER_OPTIONS)) {
+      this[name] = config[name] === undefined ? value : config[name];
+    }
     if (engines === null || typeof engines !== 'object') {
       throw new TypeError('Server: `engines` must map paths to engines');
     }
@@ -887,9 +916,7 @@ class Server {
     if ((allowedOrigins || []).some((o) => typeof o !== 'string' || !o || o.includes('\n'))) {
       throw new TypeError('Server: each allowed origin must be a non-empty one-line string');
     }
-    Object.assign(this, { host, port, engines, staticDir, maxMessageBytes, maxConnections });
-    Object.assign(this, { rateLimitPerSec, rateLimitBurst, maxQueuedBytes, allowedOrigins });
-    Object.assign(this, { tlsCertPath, tlsKeyPath, stopTimeoutMs, broadcastYieldMs });
+    Object.assign(this, { engines, allowedOrigins });
     if (auth !== null && typeof auth !== 'function') {
       throw new TypeError('Server: `auth` must be a function (request) => decision');
     }
@@ -899,7 +926,7 @@ class Server {
     if (metricsToken !== null && (typeof metricsToken !== 'string' || !metricsToken)) {
       throw new TypeError('Server: `metricsToken` must be a non-empty string');
     }
-    Object.assign(this, { auth, authHeaders, authTimeoutMs, metricsToken });
+    Object.assign(this, { auth, authHeaders, metricsToken });
     this._server = null;
     this._closing = null;
   }
@@ -913,26 +940,18 @@ class Server {
       : null;
     const extraHeaders = this.authHeaders.map((h) => h.toLowerCase());
     const headerNames = [...new Set([...AUTH_HEADERS, ...extraHeaders])];
-    const server = native.jsb_server_new(
-      this.host,
-      this.port,
-      this.staticDir,
-      this.maxMessageBytes,
-      this.maxConnections,
-      this.rateLimitPerSec,
-      this.rateLimitBurst,
-      this.maxQueuedBytes,
-      origins && origins.join('\n'),
-      this.tlsCertPath,
-      this.tlsKeyPath,
-      this.stopTimeoutMs,
-      this.broadcastYieldMs,
-      authSink,
-      headerNames.join('\n'),
-      this.authTimeoutMs,
-    );
-    if (authSink) native.jsb_sink_release(authSink); // the server holds its own reference
-    if (!server) throw lastError(Status.EINVAL);
+    let server;
+    try {
+      const opts = fillOptions(new native.sync_server_options(), this, SERVER_OPTIONS_SET);
+      server = native.jsb_server_new(
+        opts,
+        origins && origins.join('\n'),
+        authSink,
+        headerNames.join('\n'),
+      );
+    } finally {
+      if (authSink) native.jsb_sink_release(authSink); // the server holds its own reference
+    }
     const mounted = [];
     try {
       if (this.metricsToken) {

@@ -14,8 +14,30 @@
  */
 %module syncengine
 
+/* A parameter or option field with one of these names: a string, or null/undefined for NULL.
+ * Defined before common.i so that its option structs' string fields take null too. */
+%typemap(in, fragment = "SWIG_AsCharPtrAndSize") const char *nullable
+    (char *buf = 0, int alloc = 0) {
+  if ($input->IsNullOrUndefined()) {
+    $1 = 0;
+  } else {
+    int res = SWIG_AsCharPtrAndSize($input, &buf, NULL, &alloc);
+    if (!SWIG_IsOK(res))
+      SWIG_exception_fail(SWIG_ArgError(res), "in method '$symname', expected a string or null");
+    $1 = buf;
+  }
+}
+%typemap(freearg) const char *nullable {
+  if (alloc$argnum == SWIG_NEWOBJ) %delete_array(buf$argnum);
+}
+%apply const char *nullable { const char *initial_state_json, const char *type, const char *reason,
+                              const char *table_name, const char *backups_dir,
+                              const char *error_message, const char *state_json, const char *host,
+                              const char *static_dir, const char *origins,
+                              const char *tls_cert_path, const char *tls_key_path,
+                              const char *auth_headers, const char *identity_json };
+
 %include "common.i"
-%include <stdint.i>
 
 %{
 #include <node.h>
@@ -75,6 +97,8 @@ int jsb_keepalive_count;      /* main thread only */
 bool jsb_shut_down;           /* guarded by jsb_lock: Node is exiting, the async handle is gone */
 /* Heap-held: a static v8::Global would be destroyed after V8 at exit. */
 v8::Global<v8::Context> *jsb_context;
+/* (status, detail) => SyncError, registered by index.js: what a failed constructor throws. */
+v8::Global<v8::Function> *jsb_error_factory;
 
 bool jsb_on_main_thread(void)
 {
@@ -295,6 +319,27 @@ char *jsb_cstr(v8::Local<v8::Value> v)
 double jsb_number(v8::Local<v8::Value> v)
 {
     return v->IsNumber() ? v.As<v8::Number>()->Value() : 0;
+}
+
+/* ---- common.i's constructors: the failure becomes index.js's SyncError ---------------------- */
+
+#define SYNC_BRIDGE_SET_RESULT(result, value) ((result) = (value))
+
+void sync_bridge_raise(int status)
+{
+    v8::Isolate *iso = v8::Isolate::GetCurrent();
+    v8::Local<v8::Value> error;
+    if (jsb_error_factory && !jsb_error_factory->IsEmpty()) {
+        v8::Local<v8::Value> argv[2] = {jsb_num(status), jsb_str(sync_error_last())};
+        v8::TryCatch tc(iso);
+        if (!jsb_error_factory->Get(iso)
+                 ->Call(jsb_context->Get(iso), v8::Undefined(iso), 2, argv)
+                 .ToLocal(&error))
+            error.Clear();
+    }
+    if (error.IsEmpty())
+        error = v8::Exception::Error(jsb_str(sync_strerror(status)).As<v8::String>());
+    iso->ThrowException(error);
 }
 
 /* ---- pipeline steps ---------------------------------------------------------------------- */
@@ -733,6 +778,8 @@ void jsb_module_cleanup(void *)
     jsb_shut_down = true;
     uv_mutex_unlock(&jsb_lock);
     jsb_context->Reset();
+    if (jsb_error_factory)
+        jsb_error_factory->Reset();
     uv_close((uv_handle_t *)&jsb_async, NULL);
 }
 
@@ -790,70 +837,47 @@ static void jsb_keepalive(int delta)
     }
 }
 
-enum {
-    JSB_HOOK_STATE_CHANGE = 1,
-    JSB_HOOK_SYNC = 2,
-    JSB_HOOK_BACKUP = 4,
-    JSB_HOOK_PING = 8,
-    JSB_HOOK_PONG = 16,
-    JSB_HOOK_PING_TIMEOUT = 32,
-    JSB_HOOK_ERROR = 64
-};
-
-/* An engine whose timers index.js drives (SYNC_TIMERS_MANUAL) and whose hooks go to `sink`.
- * connect/disconnect always reach the sink (index.js tracks the server's connections with them);
- * the other hooks only when `hook_mask` asks, so an unused hook costs no serialisation. */
-static sync_engine *jsb_engine_new(jsb_sink *sink, const char *initial_state_json,
-                                   int enable_versioning, sync_adapter *adapter,
-                                   double heartbeat_ms, double ping_timeout_ms,
-                                   double sync_interval_ms, double step_timeout_ms,
-                                   int persist_mode, int auto_broadcast, int reply_errors,
-                                   double max_message_bytes, int max_json_depth, int debug,
-                                   int hook_mask)
+/* index.js's (status, detail) => SyncError, thrown by a failed constructor. */
+static void sync_bridge_set_error_factory(jsb_js_value fn)
 {
-    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
-    opts.initial_state_json = initial_state_json;
-    opts.enable_versioning = enable_versioning;
-    opts.adapter = adapter;
-    opts.heartbeat_interval_ms = (int64_t)heartbeat_ms;
-    opts.ping_timeout_ms = (int64_t)ping_timeout_ms;
-    opts.sync_interval_ms = (int64_t)sync_interval_ms;
-    opts.step_timeout_ms = (int64_t)step_timeout_ms;
-    opts.persist_mode = (sync_persist_mode)persist_mode;
-    opts.auto_broadcast = auto_broadcast;
-    opts.reply_errors = reply_errors;
-    opts.max_message_bytes = (size_t)max_message_bytes;
-    opts.max_json_depth = max_json_depth;
-    opts.timer_mode = SYNC_TIMERS_MANUAL;
-    opts.debug = debug;
-    sync_hooks hooks = SYNC_HOOKS_INIT;
-    hooks.on_connect = jsb_on_connect;
-    hooks.on_disconnect = jsb_on_disconnect;
-    if (hook_mask & JSB_HOOK_STATE_CHANGE)
-        hooks.on_state_change = jsb_on_state_change;
-    if (hook_mask & JSB_HOOK_SYNC)
-        hooks.on_sync = jsb_on_sync;
-    if (hook_mask & JSB_HOOK_BACKUP)
-        hooks.on_backup = jsb_on_backup;
-    if (hook_mask & JSB_HOOK_PING)
-        hooks.on_ping = jsb_on_ping;
-    if (hook_mask & JSB_HOOK_PONG)
-        hooks.on_pong = jsb_on_pong;
-    if (hook_mask & JSB_HOOK_PING_TIMEOUT)
-        hooks.on_ping_timeout = jsb_on_ping_timeout;
-    if (hook_mask & JSB_HOOK_ERROR)
-        hooks.on_error = jsb_on_error;
+    if (!fn->IsFunction())
+        return;
+    if (!jsb_error_factory)
+        jsb_error_factory = new v8::Global<v8::Function>();
+    jsb_error_factory->Reset(v8::Isolate::GetCurrent(), fn.As<v8::Function>());
+}
+
+/* An engine from `opts` (its adapter is taken over in every case) whose timers index.js drives
+ * (SYNC_TIMERS_MANUAL) and whose hooks go to `sink`: those `hook_mask` (SYNC_BRIDGE_ON_*)
+ * selects, so an unused hook costs no serialisation. */
+static int jsb_engine_new(jsb_sink *sink, sync_engine_options *opts, int hook_mask,
+                          sync_engine **out)
+{
+    sync_hooks all = SYNC_HOOKS_INIT;
+    all.on_connect = jsb_on_connect;
+    all.on_disconnect = jsb_on_disconnect;
+    all.on_state_change = jsb_on_state_change;
+    all.on_sync = jsb_on_sync;
+    all.on_backup = jsb_on_backup;
+    all.on_ping = jsb_on_ping;
+    all.on_pong = jsb_on_pong;
+    all.on_ping_timeout = jsb_on_ping_timeout;
+    all.on_error = jsb_on_error;
+    sync_hooks hooks = sync_bridge_pick_hooks(&all, hook_mask);
     hooks.userdata = jsb_cb_new(sink, 0);
     if (!hooks.userdata) {
-        sync_adapter_free(adapter);
-        return NULL;
+        sync_adapter_free(opts->adapter);
+        opts->adapter = NULL;
+        return SYNC_ENOMEM;
     }
     hooks.free_userdata = jsb_cb_free;
-    opts.hooks = &hooks;
-    sync_engine *engine = NULL;
-    if (sync_engine_new(&engine, &opts) != SYNC_OK)
-        return NULL;
-    return engine;
+    opts->hooks = &hooks;
+    opts->timer_mode = SYNC_TIMERS_MANUAL;
+    int rc = sync_engine_new(out, opts);
+    /* the options object lives on in JS: no pointer into this call stays in it */
+    opts->hooks = NULL;
+    opts->adapter = NULL;
+    return rc;
 }
 
 /* kind: 0 handler for `type`, 1 validator, 2 middleware. */
@@ -871,7 +895,7 @@ static int jsb_engine_step(sync_engine *engine, int kind, const char *type, jsb_
 }
 
 /* A connection whose send/close go to sink("send"/"close", id). The caller owns one reference. */
-static sync_conn *jsb_conn_new(jsb_sink *sink)
+static int jsb_conn_new(jsb_sink *sink, sync_conn **out)
 {
     sync_conn_callbacks callbacks = SYNC_CONN_CALLBACKS_INIT;
     callbacks.send = jsb_conn_send;
@@ -879,14 +903,14 @@ static sync_conn *jsb_conn_new(jsb_sink *sink)
     callbacks.free_userdata = jsb_cb_free;
     jsb_cb *cb = jsb_cb_new(sink, 0);
     if (!cb)
-        return NULL;
-    sync_conn *conn = NULL;
-    if (sync_conn_new(&conn, &callbacks, cb) != SYNC_OK) {
-        jsb_cb_free(cb);
-        return NULL;
+        return SYNC_ENOMEM;
+    int rc = sync_conn_new(out, &callbacks, cb);
+    if (rc < 0) {
+        jsb_cb_free(cb); /* sync_conn_new runs no free_userdata when it fails */
+        return rc;
     }
-    cb->slot = (double)sync_conn_id(conn);
-    return conn;
+    cb->slot = (double)sync_conn_id(*out);
+    return rc;
 }
 
 static double jsb_conn_id(sync_conn *conn)
@@ -913,7 +937,7 @@ static int jsb_when_idle(sync_engine *engine, jsb_sink *sink, double token)
     return rc;
 }
 
-static sync_adapter *jsb_adapter_js_new(jsb_sink *sink, int can_backup)
+static int jsb_adapter_js_new(jsb_sink *sink, int can_backup, sync_adapter **out)
 {
     sync_adapter_vtable vt = {};
     vt.version = SYNC_ADAPTER_VTABLE_VERSION;
@@ -924,91 +948,51 @@ static sync_adapter *jsb_adapter_js_new(jsb_sink *sink, int can_backup)
     vt.destroy = jsb_cb_free;
     jsb_cb *cb = jsb_cb_new(sink, 0);
     if (!cb)
-        return NULL;
-    sync_adapter *adapter = NULL;
-    if (sync_adapter_new(&adapter, &vt, cb) != SYNC_OK)
-        return NULL; /* destroy(cb) has run */
-    return adapter;
+        return SYNC_ENOMEM;
+    return sync_adapter_new(out, &vt, cb); /* on failure destroy(cb) has run */
 }
 
-static sync_adapter *jsb_sqlite_new(const char *path, const char *table_name,
-                                    const char *backups_dir, int durability)
+/* A server from `opts`; `origins`: the allowed Origin values separated by newlines, or NULL for
+ * any; `auth_sink` the JS auth callback (or NULL), shown the headers `auth_headers` names
+ * (separated by newlines). */
+static int jsb_server_new(sync_server_options *opts, const char *origins, jsb_sink *auth_sink,
+                          const char *auth_headers, sync_server **out)
 {
-    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
-    opts.path = path;
-    opts.table_name = table_name;
-    opts.backups_dir = backups_dir;
-    opts.durability = durability ? SYNC_SQLITE_POWER_SAFE : SYNC_SQLITE_PROCESS_SAFE;
-    sync_adapter *adapter = NULL;
-    if (sync_adapter_sqlite_new(&adapter, &opts) != SYNC_OK)
-        return NULL;
-    return adapter;
-}
-
-static sync_adapter *jsb_file_new(const char *file_path, const char *backups_dir, int fsync_each)
-{
-    sync_file_options opts = SYNC_FILE_OPTIONS_INIT;
-    opts.file_path = file_path;
-    opts.backups_dir = backups_dir;
-    opts.fsync = fsync_each;
-    sync_adapter *adapter = NULL;
-    if (sync_adapter_file_new(&adapter, &opts) != SYNC_OK)
-        return NULL;
-    return adapter;
-}
-
-/* `origins`: the allowed Origin values separated by newlines, or NULL for any. */
-static sync_server *jsb_server_new(const char *host, int port, const char *static_dir,
-                                   double max_message_bytes, int max_connections,
-                                   double rate_limit_per_sec, int rate_limit_burst,
-                                   double max_queued_bytes, const char *origins,
-                                   const char *tls_cert_path, const char *tls_key_path,
-                                   int stop_timeout_ms, int broadcast_yield_ms,
-                                   jsb_sink *auth_sink, const char *auth_headers,
-                                   int auth_timeout_ms)
-{
-    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
-    opts.auth_timeout_ms = auth_timeout_ms;
+    jsb_auth *auth = NULL;
     if (auth_sink) {
-        /* `auth_headers`: the header names the JS callback sees, separated by newlines */
-        jsb_auth *auth = (jsb_auth *)calloc(1, sizeof *auth);
+        auth = (jsb_auth *)calloc(1, sizeof *auth);
         if (!auth)
-            return NULL;
+            return SYNC_ENOMEM;
         auth->sink = auth_sink;
         auth_sink->refs.fetch_add(1);
         auth->headers = jsb_split_lines(auth_headers ? auth_headers : "", &auth->header_count);
         if (!auth->headers) {
             jsb_auth_free(auth);
-            return NULL;
+            return SYNC_ENOMEM;
         }
-        opts.auth = jsb_auth_cb;
-        opts.auth_userdata = auth;
-        opts.auth_free_userdata = jsb_auth_free;
     }
-    opts.host = host;
-    opts.port = port;
-    opts.static_dir = static_dir;
-    opts.max_message_bytes = (size_t)max_message_bytes;
-    opts.max_connections = max_connections;
-    opts.rate_limit_per_sec = rate_limit_per_sec;
-    opts.rate_limit_burst = rate_limit_burst;
-    opts.max_queued_bytes = (size_t)max_queued_bytes;
-    opts.tls_cert_path = tls_cert_path;
-    opts.tls_key_path = tls_key_path;
-    opts.stop_timeout_ms = stop_timeout_ms;
-    opts.broadcast_yield_ms = broadcast_yield_ms;
     size_t origin_count = 0;
     char **origin_list = origins ? jsb_split_lines(origins, &origin_count) : NULL;
     if (origins && !origin_list) {
-        jsb_auth_free(opts.auth_userdata);
-        return NULL;
+        jsb_auth_free(auth);
+        return SYNC_ENOMEM;
     }
-    opts.allowed_origins = (const char *const *)origin_list;
-    opts.allowed_origins_count = origin_count;
-    sync_server *server = NULL;
-    int rc = sync_server_new(&server, &opts);
+    opts->allowed_origins = (const char *const *)origin_list;
+    opts->allowed_origins_count = origin_count;
+    if (auth) {
+        opts->auth = jsb_auth_cb;
+        opts->auth_userdata = auth;
+        opts->auth_free_userdata = jsb_auth_free; /* also when sync_server_new fails */
+    }
+    int rc = sync_server_new(out, opts);
     jsb_free_lines(origin_list, origin_count);
-    return rc == SYNC_OK ? server : NULL;
+    /* the options object lives on in JS: no pointer into this call stays in it */
+    opts->allowed_origins = NULL;
+    opts->allowed_origins_count = 0;
+    opts->auth = NULL;
+    opts->auth_userdata = NULL;
+    opts->auth_free_userdata = NULL;
+    return rc;
 }
 
 /* The JS auth callback's decision: 0 accepts (with `identity_json` when not null), an HTTP
@@ -1040,35 +1024,6 @@ static int jsb_server_close(sync_server *server, jsb_sink *sink, double token)
     return SYNC_OK;
 }
 
-/* The engine's counters as a JSON object (caller frees), NULL when the engine is disposed. Every
- * counter fits a JS number exactly below 2^53, far beyond what a process reaches. */
-static char *jsb_engine_stats_json(sync_engine *engine)
-{
-    sync_engine_stats s;
-    memset(&s, 0, sizeof s);
-    s.version = SYNC_ENGINE_STATS_VERSION;
-    if (sync_engine_get_stats(engine, &s) < 0)
-        return NULL;
-    char *json = (char *)malloc(768);
-    if (!json)
-        return NULL;
-    snprintf(json, 768,
-             "{\"stateVersion\":%lld,\"connections\":%llu,\"messagesIn\":%llu,"
-             "\"messagesApplied\":%llu,\"messagesDropped\":%llu,\"handlerErrors\":%llu,"
-             "\"framesOut\":%llu,\"bytesOut\":%llu,\"serialisations\":%llu,\"saves\":%llu,"
-             "\"saveErrors\":%llu,\"lastSaveUs\":%llu,\"totalSaveUs\":%llu,\"stateBytes\":%llu,"
-             "\"stepsTimedOut\":%llu}",
-             (long long)s.state_version, (unsigned long long)s.connections,
-             (unsigned long long)s.messages_in, (unsigned long long)s.messages_applied,
-             (unsigned long long)s.messages_dropped, (unsigned long long)s.handler_errors,
-             (unsigned long long)s.frames_out, (unsigned long long)s.bytes_out,
-             (unsigned long long)s.serialisations, (unsigned long long)s.saves,
-             (unsigned long long)s.save_errors, (unsigned long long)s.last_save_us,
-             (unsigned long long)s.total_save_us, (unsigned long long)s.state_bytes,
-             (unsigned long long)s.steps_timed_out);
-    return json;
-}
-
 %}
 
 %init %{
@@ -1079,22 +1034,6 @@ static char *jsb_engine_stats_json(sync_engine *engine)
 
 typedef struct jsb_sink jsb_sink;
 %typemap(in) jsb_js_value "$1 = $input;"
-
-/* A parameter named `nullable`: a string, or null/undefined for NULL. */
-%typemap(in, fragment = "SWIG_AsCharPtrAndSize") const char *nullable
-    (char *buf = 0, int alloc = 0) {
-  if ($input->IsNullOrUndefined()) {
-    $1 = 0;
-  } else {
-    int res = SWIG_AsCharPtrAndSize($input, &buf, NULL, &alloc);
-    if (!SWIG_IsOK(res))
-      SWIG_exception_fail(SWIG_ArgError(res), "in method '$symname', expected a string or null");
-    $1 = buf;
-  }
-}
-%typemap(freearg) const char *nullable {
-  if (alloc$argnum == SWIG_NEWOBJ) %delete_array(buf$argnum);
-}
 
 /* (text, len): a JS string as UTF-8 bytes, embedded NULs included. */
 %typemap(in, fragment = "SWIG_AsCharPtrAndSize") (const char *text, size_t len)
@@ -1109,43 +1048,20 @@ typedef struct jsb_sink jsb_sink;
   if (alloc$argnum == SWIG_NEWOBJ) %delete_array(buf$argnum);
 }
 
-/* Strings the library hands over (caller owns, sync_free). */
-%typemap(newfree) char * "sync_free($1);";
-%newobject sync_engine_get_state_json;
-%newobject jsb_engine_stats_json;
-
 /* ---- the wrapped functions ----------------------------------------------------------------- */
-
-%apply const char *nullable { const char *initial_state_json, const char *type, const char *reason,
-                              const char *table_name, const char *backups_dir,
-                              const char *error_message, const char *state_json, const char *host,
-                              const char *static_dir, const char *origins,
-                              const char *tls_cert_path, const char *tls_key_path,
-                              const char *auth_headers, const char *identity_json };
-
-typedef struct sync_engine sync_engine;
-typedef struct sync_conn sync_conn;
-typedef struct sync_msg sync_msg;
-typedef struct sync_adapter sync_adapter;
-typedef struct sync_pending sync_pending;
-typedef struct sync_server sync_server;
-typedef struct sync_request sync_request;
 
 jsb_sink *jsb_sink_new(jsb_js_value fn);
 void jsb_sink_release(jsb_sink *sink);
 void jsb_keepalive(int delta);
 
-sync_engine *jsb_engine_new(jsb_sink *sink, const char *initial_state_json, int enable_versioning,
-                            sync_adapter *adapter, double heartbeat_ms, double ping_timeout_ms,
-                            double sync_interval_ms, double step_timeout_ms, int persist_mode,
-                            int auto_broadcast, int reply_errors, double max_message_bytes,
-                            int max_json_depth, int debug, int hook_mask);
+void sync_bridge_set_error_factory(jsb_js_value fn);
+int jsb_engine_new(jsb_sink *sink, sync_engine_options *opts, int hook_mask, sync_engine **out);
 int jsb_engine_step(sync_engine *engine, int kind, const char *type, jsb_sink *sink, double slot);
 int sync_engine_off(sync_engine *engine, const char *type);
 int sync_engine_dispose(sync_engine *engine);
 void sync_engine_free(sync_engine *engine);
 
-sync_conn *jsb_conn_new(jsb_sink *sink);
+int jsb_conn_new(jsb_sink *sink, sync_conn **out);
 double jsb_conn_id(sync_conn *conn);
 const char *sync_conn_identity(const sync_conn *conn);
 void sync_conn_free(sync_conn *conn);
@@ -1159,7 +1075,6 @@ int sync_engine_handle_close(sync_engine *engine, sync_conn *conn);
 int sync_engine_handle_alive(sync_engine *engine, sync_conn *conn);
 int sync_engine_inject(sync_engine *engine, const char *text, size_t len);
 size_t sync_engine_connection_count(sync_engine *engine);
-char *jsb_engine_stats_json(sync_engine *engine);
 
 sync_conn *sync_msg_conn(const sync_msg *msg);
 const char *sync_msg_message_json(sync_msg *msg);
@@ -1181,23 +1096,15 @@ int sync_engine_tick(sync_engine *engine, int64_t now_ms);
 int64_t sync_engine_next_deadline_ms(sync_engine *engine);
 int64_t sync_now_ms(void);
 
-sync_adapter *jsb_adapter_js_new(jsb_sink *sink, int can_backup);
-sync_adapter *jsb_sqlite_new(const char *path, const char *table_name, const char *backups_dir,
-                             int durability);
-sync_adapter *jsb_file_new(const char *file_path, const char *backups_dir, int fsync_each);
+int jsb_adapter_js_new(jsb_sink *sink, int can_backup, sync_adapter **out);
 int sync_pending_complete(sync_pending *pending, int status, const char *error_message);
 int sync_pending_complete_load(sync_pending *pending, int status, const char *state_json,
                                int64_t version, const char *error_message);
 int sync_pending_complete_backup(sync_pending *pending, int status, int64_t timestamp_ms,
                                  const char *error_message);
 
-sync_server *jsb_server_new(const char *host, int port, const char *static_dir,
-                            double max_message_bytes, int max_connections,
-                            double rate_limit_per_sec, int rate_limit_burst,
-                            double max_queued_bytes, const char *origins,
-                            const char *tls_cert_path, const char *tls_key_path,
-                            int stop_timeout_ms, int broadcast_yield_ms, jsb_sink *auth_sink,
-                            const char *auth_headers, int auth_timeout_ms);
+int jsb_server_new(sync_server_options *opts, const char *origins, jsb_sink *auth_sink,
+                   const char *auth_headers, sync_server **out);
 int jsb_request_complete(sync_request *request, int status, const char *identity_json);
 int sync_server_mount(sync_server *server, const char *path, sync_engine *engine);
 int sync_server_set_metrics_token(sync_server *server, const char *token);

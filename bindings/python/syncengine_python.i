@@ -10,7 +10,6 @@
  * C is one strong reference, released with the GIL by the matching free_userdata.
  */
 
-%include <stdint.i>
 
 %{
 #include <stdarg.h>
@@ -80,6 +79,31 @@ static PyObject *pysync_ptr(void *ptr, swig_type_info *type)
     return SWIG_NewPointerObj(ptr, type, 0);
 }
 
+/* ---- common.i's constructors: the failure becomes the package's exception ------------------- */
+
+#define SYNC_BRIDGE_SET_RESULT(result, value)                                                       \
+    do {                                                                                           \
+        Py_XDECREF(result);                                                                        \
+        result = (value);                                                                          \
+    } while (0)
+
+/* syncengine._errors.error_for(status, detail), registered when the package is imported. */
+static PyObject *pysync_error_factory;
+
+static void sync_bridge_raise(int status)
+{
+    const char *detail = sync_error_last();
+    PyObject *exc = pysync_error_factory
+                        ? PyObject_CallFunction(pysync_error_factory, "is", status, detail)
+                        : NULL;
+    if (exc) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    } else if (!PyErr_Occurred()) {
+        PyErr_Format(PyExc_RuntimeError, "libsync: %s", detail);
+    }
+}
+
 /* ---- pipeline steps: fn(msg) -> status ---------------------------------------------------- */
 
 static int pysync_step(sync_msg *msg, void *userdata)
@@ -101,18 +125,6 @@ static int pysync_step(sync_msg *msg, void *userdata)
 }
 
 /* ---- hooks: dispatch(name, *args) --------------------------------------------------------- */
-
-enum {
-    PYSYNC_ON_CONNECT = 1 << 0,
-    PYSYNC_ON_DISCONNECT = 1 << 1,
-    PYSYNC_ON_STATE_CHANGE = 1 << 2,
-    PYSYNC_ON_SYNC = 1 << 3,
-    PYSYNC_ON_BACKUP = 1 << 4,
-    PYSYNC_ON_PING = 1 << 5,
-    PYSYNC_ON_PONG = 1 << 6,
-    PYSYNC_ON_PING_TIMEOUT = 1 << 7,
-    PYSYNC_ON_ERROR = 1 << 8
-};
 
 /* Calls dispatch with the tuple built from `format`, whose first item is the hook's name. The
  * package's dispatch catches the user's exceptions and routes them to on_error. */
@@ -218,17 +230,20 @@ static void pysync_on_error(sync_engine *e, int status, const char *message, con
     PyGILState_Release(gil);
 }
 
+/* Every hook goes to `dispatch`; `mask` (SYNC_BRIDGE_ON_*) keeps those the user set. */
 static void pysync_fill_hooks(sync_hooks *hooks, PyObject *dispatch, int mask)
 {
-    hooks->on_connect = (mask & PYSYNC_ON_CONNECT) ? pysync_on_connect : NULL;
-    hooks->on_disconnect = (mask & PYSYNC_ON_DISCONNECT) ? pysync_on_disconnect : NULL;
-    hooks->on_state_change = (mask & PYSYNC_ON_STATE_CHANGE) ? pysync_on_state_change : NULL;
-    hooks->on_sync = (mask & PYSYNC_ON_SYNC) ? pysync_on_sync : NULL;
-    hooks->on_backup = (mask & PYSYNC_ON_BACKUP) ? pysync_on_backup : NULL;
-    hooks->on_ping = (mask & PYSYNC_ON_PING) ? pysync_on_ping : NULL;
-    hooks->on_pong = (mask & PYSYNC_ON_PONG) ? pysync_on_pong : NULL;
-    hooks->on_ping_timeout = (mask & PYSYNC_ON_PING_TIMEOUT) ? pysync_on_ping_timeout : NULL;
-    hooks->on_error = (mask & PYSYNC_ON_ERROR) ? pysync_on_error : NULL;
+    sync_hooks all = SYNC_HOOKS_INIT;
+    all.on_connect = pysync_on_connect;
+    all.on_disconnect = pysync_on_disconnect;
+    all.on_state_change = pysync_on_state_change;
+    all.on_sync = pysync_on_sync;
+    all.on_backup = pysync_on_backup;
+    all.on_ping = pysync_on_ping;
+    all.on_pong = pysync_on_pong;
+    all.on_ping_timeout = pysync_on_ping_timeout;
+    all.on_error = pysync_on_error;
+    *hooks = sync_bridge_pick_hooks(&all, mask);
     Py_INCREF(dispatch);
     hooks->userdata = dispatch;
     hooks->free_userdata = pysync_decref;
@@ -366,18 +381,7 @@ static int pysync_auth(sync_request *req, void *userdata)
     return status;
 }
 
-/* Status of the last pysync_*_new call that failed; written and read with the GIL held, read by
- * the package right after the call (the detail is in sync_error_last()). */
-static int pysync_fail_status;
 %}
-
-/* Opaque handles: SWIG passes them around as pointer objects. */
-typedef struct sync_engine sync_engine;
-typedef struct sync_conn sync_conn;
-typedef struct sync_msg sync_msg;
-typedef struct sync_adapter sync_adapter;
-typedef struct sync_server sync_server;
-typedef struct sync_request sync_request;
 
 /* Text + length arguments take a str (sent as UTF-8) or any bytes-like object (sent as is, so
  * invalid UTF-8 reaches libsync and is refused there with SYNC_EPARSE like from any client). */
@@ -404,10 +408,6 @@ typedef struct sync_request sync_request;
     if (is_view$argnum)
         PyBuffer_Release(&view$argnum);
 }
-
-/* Strings that the caller owns are copied into Python and released with sync_free. */
-%newobject sync_engine_get_state_json;
-%typemap(newfree) char * "sync_free($1);";
 
 int64_t sync_now_ms(void);
 int64_t sync_wall_ms(void);
@@ -477,52 +477,38 @@ void sync_server_free(sync_server *server);
  */
 %nothread;
 %inline %{
-/* Creates an engine. `dispatch(name, *args)` receives the hooks selected by `hook_mask` (or
- * None). Returns NULL on failure: the status is in pysync_last_status(), the detail in
- * sync_error_last(). The adapter is taken over in every case. */
-static sync_engine *pysync_engine_new(const char *initial_state_json, int enable_versioning,
-                                      sync_adapter *adapter, long long heartbeat_interval_ms,
-                                      long long ping_timeout_ms, long long sync_interval_ms,
-                                      long long step_timeout_ms, int persist_mode, int timers_thread, int auto_broadcast,
-                                      int reply_errors, size_t max_message_bytes,
-                                      int max_json_depth, int debug, PyObject *log,
-                                      PyObject *dispatch, int hook_mask)
+/* The package's error_for(status, detail): what a failed constructor raises. */
+static void sync_bridge_set_error_factory(PyObject *factory)
 {
-    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    Py_XINCREF(factory);
+    Py_XDECREF(pysync_error_factory);
+    pysync_error_factory = factory;
+}
+
+/* Creates an engine from `opts` (a sync_engine_options the package filled; its adapter is taken
+ * over in every case). `dispatch(name, *args)` receives the hooks selected by `hook_mask`
+ * (SYNC_BRIDGE_ON_*), `log(level, text)` the log lines (both may be None). */
+static int pysync_engine_new(sync_engine_options *opts, PyObject *log, PyObject *dispatch,
+                             int hook_mask, sync_engine **out)
+{
     sync_hooks hooks = SYNC_HOOKS_INIT;
-    opts.initial_state_json = initial_state_json;
-    opts.enable_versioning = enable_versioning;
-    opts.adapter = adapter;
-    opts.heartbeat_interval_ms = heartbeat_interval_ms;
-    opts.ping_timeout_ms = ping_timeout_ms;
-    opts.sync_interval_ms = sync_interval_ms;
-    opts.step_timeout_ms = step_timeout_ms;
-    opts.persist_mode = (sync_persist_mode)persist_mode;
-    opts.timer_mode = timers_thread ? SYNC_TIMERS_THREAD : SYNC_TIMERS_MANUAL;
-    opts.auto_broadcast = auto_broadcast;
-    opts.reply_errors = reply_errors;
-    opts.max_message_bytes = max_message_bytes;
-    opts.max_json_depth = max_json_depth;
-    opts.debug = debug;
     if (log && log != Py_None) {
-        opts.log = pysync_log;
-        opts.log_userdata = log;
+        opts->log = pysync_log;
+        opts->log_userdata = log;
     }
     if (dispatch && dispatch != Py_None) {
         pysync_fill_hooks(&hooks, dispatch, hook_mask);
-        opts.hooks = &hooks;
+        opts->hooks = &hooks;
     }
-    sync_engine *engine = NULL;
     int status;
-    Py_BEGIN_ALLOW_THREADS status = sync_engine_new(&engine, &opts);
-    Py_END_ALLOW_THREADS pysync_fail_status = status;
-    return status < 0 ? NULL : engine;
-}
-
-/* Status of the last pysync_*_new call that returned NULL (GIL-protected). */
-static int pysync_last_status(void)
-{
-    return pysync_fail_status;
+    Py_BEGIN_ALLOW_THREADS status = sync_engine_new(out, opts);
+    Py_END_ALLOW_THREADS
+    /* the options object lives on in Python: no pointer into this frame stays in it */
+    opts->adapter = NULL;
+    opts->hooks = NULL;
+    opts->log = NULL;
+    opts->log_userdata = NULL;
+    return status;
 }
 
 /* Registers fn(msg) -> status as the handler of `type` (kind 0), the validator (1; None clears
@@ -554,51 +540,23 @@ static int pysync_engine_set_hooks(sync_engine *engine, PyObject *dispatch, int 
     Py_END_ALLOW_THREADS return status;
 }
 
-/* Statistics as a dict, or None when the engine refuses (disposed). */
-static PyObject *pysync_engine_stats(sync_engine *engine)
-{
-    sync_engine_stats s;
-    memset(&s, 0, sizeof s);
-    s.version = SYNC_ENGINE_STATS_VERSION;
-    int status;
-    Py_BEGIN_ALLOW_THREADS status = sync_engine_get_stats(engine, &s);
-    Py_END_ALLOW_THREADS if (status < 0) Py_RETURN_NONE;
-    return Py_BuildValue(
-        "{sLsKsKsKsKsKsKsKsKsKsKsKsKsnsK}", "state_version", (long long)s.state_version,
-        "connections", (unsigned long long)s.connections, "messages_in",
-        (unsigned long long)s.messages_in, "messages_applied",
-        (unsigned long long)s.messages_applied, "messages_dropped",
-        (unsigned long long)s.messages_dropped, "handler_errors",
-        (unsigned long long)s.handler_errors, "frames_out", (unsigned long long)s.frames_out,
-        "bytes_out", (unsigned long long)s.bytes_out, "serialisations",
-        (unsigned long long)s.serialisations, "saves", (unsigned long long)s.saves, "save_errors",
-        (unsigned long long)s.save_errors, "last_save_us", (unsigned long long)s.last_save_us,
-        "total_save_us", (unsigned long long)s.total_save_us, "state_bytes",
-        (Py_ssize_t)s.state_bytes, "steps_timed_out", (unsigned long long)s.steps_timed_out);
-}
-
 /* A connection whose transport is the Python object `bridge` (methods send(text) -> status and
  * close(code, reason)). The caller owns the returned reference (sync_conn_free). */
-static sync_conn *pysync_conn_new(PyObject *bridge)
+static int pysync_conn_new(PyObject *bridge, sync_conn **out)
 {
     sync_conn_callbacks cbs = SYNC_CONN_CALLBACKS_INIT;
     cbs.send = pysync_conn_send;
     cbs.close = pysync_conn_close;
     cbs.free_userdata = pysync_decref;
-    sync_conn *conn = NULL;
     Py_INCREF(bridge);
-    int status = sync_conn_new(&conn, &cbs, bridge);
-    pysync_fail_status = status;
-    if (status < 0) {
-        /* sync_conn_new runs no free_userdata when it fails: the reference is dropped here. */
-        Py_DECREF(bridge);
-        return NULL;
-    }
-    return conn;
+    int status = sync_conn_new(out, &cbs, bridge);
+    if (status < 0)
+        Py_DECREF(bridge); /* sync_conn_new runs no free_userdata when it fails */
+    return status;
 }
 
 /* An adapter whose store is the Python object `bridge` (see the callbacks above). */
-static sync_adapter *pysync_adapter_new(PyObject *bridge, int can_backup)
+static int pysync_adapter_new(PyObject *bridge, int can_backup, sync_adapter **out)
 {
     sync_adapter_vtable vt;
     memset(&vt, 0, sizeof vt);
@@ -608,106 +566,55 @@ static sync_adapter *pysync_adapter_new(PyObject *bridge, int can_backup)
     vt.save = pysync_adapter_save;
     vt.backup = can_backup ? pysync_adapter_backup : NULL;
     vt.destroy = pysync_decref;
-    sync_adapter *adapter = NULL;
     Py_INCREF(bridge);
     int status;
-    Py_BEGIN_ALLOW_THREADS status = sync_adapter_new(&adapter, &vt, bridge);
-    Py_END_ALLOW_THREADS pysync_fail_status = status;
-    return status < 0 ? NULL : adapter;
+    Py_BEGIN_ALLOW_THREADS status = sync_adapter_new(out, &vt, bridge);
+    Py_END_ALLOW_THREADS return status;
 }
 
-static sync_adapter *pysync_sqlite_adapter_new(const char *path, const char *table_name,
-                                               const char *backups_dir, int power_safe,
-                                               int busy_timeout_ms)
+/* Creates a server from `opts`; `origins` is a list of str or None, `auth` fn(request) -> int or
+ * None, `log` fn(level, text) or None. */
+static int pysync_server_new(sync_server_options *opts, PyObject *origins, PyObject *auth,
+                             PyObject *log, sync_server **out)
 {
-    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
-    opts.path = path;
-    opts.table_name = table_name;
-    opts.backups_dir = backups_dir;
-    opts.durability = power_safe ? SYNC_SQLITE_POWER_SAFE : SYNC_SQLITE_PROCESS_SAFE;
-    opts.busy_timeout_ms = busy_timeout_ms;
-    sync_adapter *adapter = NULL;
-    pysync_fail_status = sync_adapter_sqlite_new(&adapter, &opts);
-    return pysync_fail_status < 0 ? NULL : adapter;
-}
-
-static sync_adapter *pysync_file_adapter_new(const char *file_path, const char *backups_dir,
-                                             int fsync_each_save)
-{
-    sync_file_options opts = SYNC_FILE_OPTIONS_INIT;
-    opts.file_path = file_path;
-    opts.backups_dir = backups_dir;
-    opts.fsync = fsync_each_save;
-    sync_adapter *adapter = NULL;
-    pysync_fail_status = sync_adapter_file_new(&adapter, &opts);
-    return pysync_fail_status < 0 ? NULL : adapter;
-}
-
-/* Creates a server; `origins` is a list of str or None, `auth` fn(request) -> int or None. */
-static sync_server *pysync_server_new(const char *host, int port, const char *static_dir,
-                                      size_t max_message_bytes, int max_connections,
-                                      double rate_limit_per_sec, int rate_limit_burst,
-                                      size_t max_queued_bytes, PyObject *origins, PyObject *auth,
-                                      const char *tls_cert_path, const char *tls_key_path,
-                                      int stop_timeout_ms, int broadcast_yield_ms,
-                                      PyObject *log, int auth_timeout_ms)
-{
-    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
-    opts.auth_timeout_ms = auth_timeout_ms;
-    opts.host = host;
-    opts.port = port;
-    opts.static_dir = static_dir;
-    opts.max_message_bytes = max_message_bytes;
-    opts.max_connections = max_connections;
-    opts.rate_limit_per_sec = rate_limit_per_sec;
-    opts.rate_limit_burst = rate_limit_burst;
-    opts.max_queued_bytes = max_queued_bytes;
-    opts.tls_cert_path = tls_cert_path;
-    opts.tls_key_path = tls_key_path;
-    opts.stop_timeout_ms = stop_timeout_ms;
-    opts.broadcast_yield_ms = broadcast_yield_ms;
     if (log && log != Py_None) {
-        opts.log = pysync_log;
-        opts.log_userdata = log;
+        opts->log = pysync_log;
+        opts->log_userdata = log;
     }
     const char **list = NULL;
-    Py_ssize_t count = 0;
     if (origins && origins != Py_None) {
-        count = PyList_Check(origins) ? PyList_Size(origins) : 0;
+        Py_ssize_t count = PyList_Check(origins) ? PyList_Size(origins) : 0;
         list = calloc((size_t)count + 1, sizeof *list);
         for (Py_ssize_t i = 0; list && i < count; i++)
             list[i] = PyUnicode_AsUTF8(PyList_GetItem(origins, i));
         if (PyErr_Occurred() || !list) {
+            int status = list ? SYNC_EINVAL : SYNC_ENOMEM;
             PyErr_Clear();
             free(list);
-            pysync_fail_status = SYNC_EINVAL;
-            return NULL;
+            opts->log = NULL;
+            opts->log_userdata = NULL;
+            return status;
         }
-        opts.allowed_origins = list;
-        opts.allowed_origins_count = (size_t)count;
+        opts->allowed_origins = list;
+        opts->allowed_origins_count = (size_t)count;
     }
     if (auth && auth != Py_None) {
         Py_INCREF(auth);
-        opts.auth = pysync_auth;
-        opts.auth_userdata = auth;
-        opts.auth_free_userdata = pysync_decref;
+        opts->auth = pysync_auth;
+        opts->auth_userdata = auth;
+        opts->auth_free_userdata = pysync_decref;
     }
-    sync_server *server = NULL;
     int status;
-    Py_BEGIN_ALLOW_THREADS status = sync_server_new(&server, &opts);
+    Py_BEGIN_ALLOW_THREADS status = sync_server_new(out, opts);
     Py_END_ALLOW_THREADS free(list);
-    pysync_fail_status = status;
-    return status < 0 ? NULL : server;
+    opts->allowed_origins = NULL;
+    opts->allowed_origins_count = 0;
+    opts->auth = NULL;
+    opts->auth_userdata = NULL;
+    opts->auth_free_userdata = NULL;
+    opts->log = NULL;
+    opts->log_userdata = NULL;
+    return status;
 }
 %}
 %thread;
-
-%constant int PYSYNC_ON_CONNECT = PYSYNC_ON_CONNECT;
-%constant int PYSYNC_ON_DISCONNECT = PYSYNC_ON_DISCONNECT;
-%constant int PYSYNC_ON_STATE_CHANGE = PYSYNC_ON_STATE_CHANGE;
-%constant int PYSYNC_ON_SYNC = PYSYNC_ON_SYNC;
-%constant int PYSYNC_ON_BACKUP = PYSYNC_ON_BACKUP;
-%constant int PYSYNC_ON_PING = PYSYNC_ON_PING;
-%constant int PYSYNC_ON_PONG = PYSYNC_ON_PONG;
-%constant int PYSYNC_ON_PING_TIMEOUT = PYSYNC_ON_PING_TIMEOUT;
-%constant int PYSYNC_ON_ERROR = PYSYNC_ON_ERROR;

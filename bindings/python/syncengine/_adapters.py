@@ -8,7 +8,7 @@ import weakref
 from typing import Any, Literal, Mapping, Optional, Protocol
 
 from . import native
-from ._errors import Status, error_for
+from ._errors import Status
 
 
 class Adapter(Protocol):
@@ -26,12 +26,6 @@ class Adapter(Protocol):
 
 def _os_path(path: "str | os.PathLike[str] | None") -> Optional[str]:
     return None if path is None else os.fspath(path)
-
-
-def _created(ptr: Any) -> Any:
-    if ptr is None:
-        raise error_for(native.pysync_last_status(), native.sync_error_last())
-    return ptr
 
 
 class SQLiteAdapter:
@@ -62,15 +56,13 @@ class SQLiteAdapter:
         native.sync_adapter_free(self._new())  # checks the options now
 
     def _new(self) -> Any:
-        return _created(
-            native.pysync_sqlite_adapter_new(
-                self.path,
-                self.table_name,
-                self.backups_dir,
-                1 if self.durability == "power" else 0,
-                self.busy_timeout_ms,
-            )
-        )
+        opts = native.sync_sqlite_options()
+        opts.path = self.path
+        opts.table_name = self.table_name
+        opts.backups_dir = self.backups_dir
+        opts.durability = 1 if self.durability == "power" else 0  # SYNC_SQLITE_POWER_SAFE
+        opts.busy_timeout_ms = self.busy_timeout_ms
+        return native.sync_adapter_sqlite_new(opts)
 
     def __repr__(self) -> str:
         return f"SQLiteAdapter({self.path!r}, table_name={self.table_name!r})"
@@ -97,9 +89,11 @@ class FileAdapter:
         native.sync_adapter_free(self._new())
 
     def _new(self) -> Any:
-        return _created(
-            native.pysync_file_adapter_new(self.file_path, self.backups_dir, 1 if self.fsync else 0)
-        )
+        opts = native.sync_file_options()
+        opts.file_path = self.file_path
+        opts.backups_dir = self.backups_dir
+        opts.fsync = 1 if self.fsync else 0
+        return native.sync_adapter_file_new(opts)
 
     def __repr__(self) -> str:
         return f"FileAdapter({self.file_path!r}, backups_dir={self.backups_dir!r})"
@@ -170,4 +164,4 @@ def native_adapter(adapter: Any, engine: Any) -> Any:
     if not callable(getattr(adapter, "load", None)) or not callable(getattr(adapter, "save", None)):
         raise TypeError("an adapter needs load() and save() methods (and optionally init(), backup())")
     can_backup = callable(getattr(adapter, "backup", None))
-    return _created(native.pysync_adapter_new(_AdapterBridge(adapter, engine), 1 if can_backup else 0))
+    return native.pysync_adapter_new(_AdapterBridge(adapter, engine), 1 if can_backup else 0)

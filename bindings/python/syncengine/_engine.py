@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol, Union, overload
 
 from . import native
 from ._errors import Status, SyncClosedError, SyncError, check, error_for
+from ._options import fill
 
 JSON = Union[dict, list, str, int, float, bool, None]
 """A value that crosses between Python and libsync: plain dict/list/str/numbers/bool/None."""
@@ -51,7 +52,7 @@ HOOK_NAMES = (
     "on_ping_timeout",
     "on_error",
 )
-_HOOK_BITS = {name: getattr(native, "PYSYNC_" + name.upper()) for name in HOOK_NAMES}
+_HOOK_BITS = {name: getattr(native, "SYNC_BRIDGE_" + name.upper()) for name in HOOK_NAMES}
 _PERSIST_MODES = {"on_change": 0, "before_send": 1, "manual": 2}
 
 # Engines whose callbacks are running on this thread: such an engine must not be freed from
@@ -261,6 +262,7 @@ class SyncEngine:
     ) -> None:
         from ._adapters import native_adapter
 
+        given = dict(locals())
         self._ptr: Any = None
         self._disposed = False
         self._mounts = 0
@@ -296,31 +298,19 @@ class SyncEngine:
 
         # Held for the engine's whole life: C borrows it (see pysync_log).
         self._log_sink = None if logger is None else log_sink(logger)
+        # The keyword arguments named like a field of sync_engine_options are that field.
+        opts = fill(native.sync_engine_options(), given, skip=("adapter", "persist_mode"))
         c_adapter = native_adapter(adapter, self) if adapter is not None else None
         self._adapter = adapter
         ref = weakref.ref(self)
-        ptr = native.pysync_engine_new(
-            initial_json,
-            1 if enable_versioning else 0,
-            c_adapter,
-            int(heartbeat_interval_ms),
-            int(ping_timeout_ms),
-            int(sync_interval_ms),
-            int(step_timeout_ms),
-            _PERSIST_MODES[persist_mode],
-            1 if (heartbeat_interval_ms or sync_interval_ms or step_timeout_ms) else 0,
-            1 if auto_broadcast else 0,
-            1 if reply_errors else 0,
-            int(max_message_bytes),
-            int(max_json_depth),
-            1 if debug else 0,
-            self._log_sink,
-            _make_dispatch(ref),
-            self._hook_mask(),
+        opts.initial_state_json = initial_json
+        opts.adapter = c_adapter
+        opts.persist_mode = _PERSIST_MODES[persist_mode]
+        if heartbeat_interval_ms or sync_interval_ms or step_timeout_ms:
+            opts.timer_mode = 1  # SYNC_TIMERS_THREAD
+        self._ptr = native.pysync_engine_new(
+            opts, self._log_sink, _make_dispatch(ref), self._hook_mask()
         )
-        if ptr is None:
-            raise error_for(native.pysync_last_status(), native.sync_error_last())
-        self._ptr = ptr
         _live_engines.add(self)
         _resume(None)
         try:
@@ -413,8 +403,6 @@ class SyncEngine:
                 raise TypeError("a connection needs a send(text) method")
             bridge = _ConnBridge(self, conn)
             bridge.ptr = native.pysync_conn_new(bridge)
-            if bridge.ptr is None:
-                raise error_for(native.pysync_last_status(), native.sync_error_last())
             self._conns[id(conn)] = bridge
             self._bridges[native.sync_conn_id(bridge.ptr)] = bridge
         return bridge
@@ -530,10 +518,10 @@ class SyncEngine:
 
     def stats(self) -> dict[str, int]:
         """Counters for monitoring: messages in/applied/dropped, frames and bytes out, saves..."""
-        result = native.pysync_engine_stats(self._p())
-        if result is None:
+        text = native.sync_engine_stats_json(self._p())
+        if text is None:
             check(Status.ECLOSED)
-        return result
+        return json.loads(text)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 

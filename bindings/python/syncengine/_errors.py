@@ -104,3 +104,7 @@ def check(status: int) -> "Status | int":
     if status < 0:
         raise error_for(status, native.sync_error_last())
     return Status.of(status)
+
+
+# What the native constructors (engine, server, adapters, connections) raise when libsync refuses.
+native.sync_bridge_set_error_factory(error_for)

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from . import native
 from ._errors import Status, SyncClosedError, check, error_for
+from ._options import fill
 
 
 class Connection:
@@ -265,6 +266,9 @@ class Server:
     ``auth_headers``). A client whose decision takes longer than ``auth_timeout_ms`` (0 = 10 s)
     is closed with 4408.
 
+    ``handshake_timeout_ms`` (0 = 5 s, rounded up to whole seconds) drops a client that has not
+    sent a complete request head (the upgrade or an HTTP request) by then.
+
     ``metrics_token``, when given, guards ``GET /metrics``: a request must bring
     ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``, else it is answered 401. ``/healthz`` and
     the static files stay public.
@@ -293,9 +297,11 @@ class Server:
         auth_headers: Sequence[str] = (),
         auth_timeout_ms: int = 0,
         metrics_token: Optional[str] = None,
+        handshake_timeout_ms: int = 0,
     ) -> None:
         from ._engine import log_sink
 
+        given = dict(locals())
         self._ptr: Any = None
         # Held for the server's whole life: C borrows it.
         self._log_sink = None if logger is None else log_sink(logger)
@@ -304,28 +310,16 @@ class Server:
         self._stopped = threading.Event()
         # start() and stop() may race (serve_forever on one thread, stop() on another).
         self._state_lock = threading.RLock()
+        # The keyword arguments named like a field of sync_server_options are that field.
+        opts = fill(native.sync_server_options(), given)
         ptr = native.pysync_server_new(
-            host,
-            int(port),
-            None if static_dir is None else os.fspath(static_dir),
-            int(max_message_bytes),
-            int(max_connections),
-            float(rate_limit_per_sec),
-            int(rate_limit_burst),
-            int(max_queued_bytes),
+            opts,
             None if allowed_origins is None else [str(o) for o in allowed_origins],
             None
             if auth is None
             else _make_auth(auth, auth_loop, [*AUTH_HEADERS, *(h.lower() for h in auth_headers)]),
-            None if tls_cert_path is None else os.fspath(tls_cert_path),
-            None if tls_key_path is None else os.fspath(tls_key_path),
-            int(stop_timeout_ms),
-            int(broadcast_yield_ms),
             self._log_sink,
-            int(auth_timeout_ms),
         )
-        if ptr is None:
-            raise error_for(native.pysync_last_status(), native.sync_error_last())
         self._ptr = ptr
         _live_servers.add(self)
         try:

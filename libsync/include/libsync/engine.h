@@ -474,6 +474,10 @@ typedef struct sync_engine_stats {
 } sync_engine_stats;
 
 SYNC_EXTERN int sync_engine_get_stats(sync_engine *engine, sync_engine_stats *out);
+/** The same statistics as one compact JSON object whose keys are the field names above
+ *  ({"state_version":3,"connections":1,...}; `version` left out), integers exact. Caller owns it
+ *  (sync_free). NULL on failure (sync_error_last()). */
+SYNC_EXTERN char *sync_engine_stats_json(sync_engine *engine);
 
 #ifdef __cplusplus
 }
