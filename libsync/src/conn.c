@@ -129,13 +129,7 @@ int sync_conn_push_frame(sync_conn *conn, sync_frame *frame)
 
 int sync_conn_is_pull(const sync_conn *conn)
 {
-    return conn->is_transport && conn->ops.state_changed != NULL;
-}
-
-void sync_conn_notify_state(sync_conn *conn, int force)
-{
-    if (!atomic_load(&conn->close_requested))
-        conn->ops.state_changed(conn->userdata, force);
+    return conn->is_transport;
 }
 
 void sync_conn_request_close(sync_conn *conn, int code, const char *reason)
