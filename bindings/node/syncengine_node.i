@@ -881,10 +881,8 @@ static sync_conn *jsb_conn_new(jsb_sink *sink)
     if (!cb)
         return NULL;
     sync_conn *conn = NULL;
-    if (sync_conn_new(&conn, &callbacks, cb) != SYNC_OK) {
-        jsb_cb_free(cb);
-        return NULL;
-    }
+    if (sync_conn_new(&conn, &callbacks, cb) != SYNC_OK)
+        return NULL; /* it ran jsb_cb_free(cb) (common.h) */
     cb->slot = (double)sync_conn_id(conn);
     return conn;
 }

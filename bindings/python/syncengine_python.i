@@ -286,7 +286,7 @@ static int pysync_adapter_load(void *userdata, sync_pending *pending, char **out
         if (status == SYNC_OK && json != Py_None) {
             const char *utf8 = PyUnicode_AsUTF8(json);
             if (utf8) {
-                *out_state_json = strdup(utf8);
+                *out_state_json = sync_strdup(utf8);
                 *out_version = (int64_t)version;
                 if (!*out_state_json)
                     status = SYNC_ENOMEM;
@@ -589,11 +589,8 @@ static sync_conn *pysync_conn_new(PyObject *bridge)
     Py_INCREF(bridge);
     int status = sync_conn_new(&conn, &cbs, bridge);
     pysync_fail_status = status;
-    if (status < 0) {
-        /* sync_conn_new runs no free_userdata when it fails: the reference is dropped here. */
-        Py_DECREF(bridge);
-        return NULL;
-    }
+    if (status < 0)
+        return NULL; /* its free_userdata dropped the reference (common.h) */
     return conn;
 }
 

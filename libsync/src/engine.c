@@ -34,6 +34,9 @@ static void engine_destroy(sync_engine *engine)
     free(engine->middleware);
     pthread_cond_destroy(&engine->timer_cond);
     pthread_mutex_destroy(&engine->lock);
+    /* last: every log line of the engine is behind */
+    if (engine->log_free_userdata)
+        engine->log_free_userdata(engine->log_userdata);
     free(engine);
 }
 
@@ -110,7 +113,9 @@ int sync_engine_report(sync_engine *engine, int status, const char *context, syn
 /* The bytes a caller's struct of that (known) version has: the fields after it do not exist. */
 static size_t options_size(unsigned int version)
 {
-    return version >= 2 ? sizeof(sync_engine_options)
+    if (version >= 3)
+        return sizeof(sync_engine_options);
+    return version == 2 ? offsetof(sync_engine_options, log_free_userdata)
                         : offsetof(sync_engine_options, step_timeout_ms);
 }
 
@@ -145,12 +150,21 @@ static const char *check_options(const sync_engine_options *opts)
     return NULL;
 }
 
+static sync_free_cb option_log_free_userdata(const sync_engine_options *opts)
+{
+    return opts->version >= 3 ? opts->log_free_userdata : NULL;
+}
+
+/* Every failure releases what the options handed over, once (common.h). */
 static int new_fail(const sync_engine_options *opts, int status, const char *what)
 {
     if (opts) {
         sync_adapter_free(opts->adapter);
         if (opts->hooks && opts->hooks->free_userdata)
             opts->hooks->free_userdata(opts->hooks->userdata);
+        sync_free_cb log_free = option_log_free_userdata(opts);
+        if (log_free)
+            log_free(opts->log_userdata);
     }
     return sync_fail(status, "sync_engine_new: %s", what);
 }
@@ -220,6 +234,7 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
     engine->ticker_deadline_ms = -1;
     engine->log = opts->log;
     engine->log_userdata = opts->log_userdata;
+    engine->log_free_userdata = option_log_free_userdata(opts);
     if (opts->hooks)
         engine->hooks = *opts->hooks;
     engine->hooks.version = SYNC_HOOKS_VERSION;

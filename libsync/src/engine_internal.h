@@ -190,6 +190,7 @@ struct sync_engine {
     int64_t step_timeout_ms;
     sync_log_cb log;
     void *log_userdata;
+    sync_free_cb log_free_userdata;
     sync_hooks hooks;
     sync_adapter *adapter;
 

@@ -23,7 +23,7 @@ sync_op *sync_op_new(op_kind kind)
 static void op_clear_adapter_result(sync_op *op)
 {
     free(op->aerr);
-    free(op->ajson);
+    sync_free(op->ajson); /* an adapter's loaded state: sync_malloc'd (adapter.h) */
     op->aerr = NULL;
     op->ajson = NULL;
 }

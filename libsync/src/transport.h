@@ -26,7 +26,9 @@ typedef struct sync_transport_ops {
     void (*free_userdata)(void *userdata);
 } sync_transport_ops;
 
-/* Like sync_conn_new(), with a transport's private ops (copied). */
+/* Like sync_conn_new(), with a transport's private ops (copied). Private, so not bound by
+ * common.h's rule: on failure the userdata stays the transport's (the server's connection object
+ * lives on with its socket and is freed with it). */
 int sync_conn_new_transport(sync_conn **out, const sync_transport_ops *ops, void *userdata);
 
 /*
