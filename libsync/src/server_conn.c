@@ -635,7 +635,10 @@ int server_conn_writeable(server_conn *c)
     }
     pthread_mutex_unlock(&s->lock);
 
-    if (pull)
+    /* Behind the feed's head: the flush makes it sendable (saved first with
+     * SYNC_PERSIST_BEFORE_SEND, once per record whoever asks first), so a connection the end of
+     * the turn handed over here gets the newest state, not a turn later. */
+    if (pull && sync_feed_flush(c->eng->engine))
         frame = sync_feed_read(c->eng->engine, c->last_sent_seq, force);
     if (frame && frame->kind == SYNC_FRAME_STATE_UPDATE && frame->seq < c->last_sent_seq) {
         /* an explicit state frame older than one already sent: never move a client back */
