@@ -42,8 +42,9 @@ typedef struct sync_engine_listener {
 
 enum { SYNC_ENGINE_MAX_LISTENERS = 8 };
 
-/* The head record: what the newest commit produced. The state itself is the engine's committed
- * state (engine->state), borrowed. */
+/* The head record: what the newest commit produced. Its state and version are the engine's
+ * committed ones (engine->state, engine->version), not copied: the feed keeps the head only, so
+ * they always belong to it. */
 typedef struct sync_feed_record {
     uint64_t seq; /* one per commit, also when user-visible versioning is off */
     /* its compact JSON, reused from change to change: most changes fit the last buffer */
