@@ -155,6 +155,28 @@ static void adapter_state_allocated_with_sync_strdup(void)
 
 /* ---- engines -------------------------------------------------------------------------------- */
 
+/* Room for an options struct of the current version (plus slack), filled with 0xA5: a caller of
+ * an older version owns only its first bytes, and libsync must neither write nor read the rest
+ * (read as a function pointer, 0xA5... would crash). */
+enum { SLACK = 16 };
+
+static unsigned char *older_struct(size_t size)
+{
+    unsigned char *raw = malloc(size + SLACK);
+    if (!raw)
+        abort();
+    memset(raw, 0xA5, size + SLACK);
+    return raw;
+}
+
+static int untouched_from(const unsigned char *raw, size_t from, size_t size)
+{
+    for (size_t i = from; i < size + SLACK; i++)
+        if (raw[i] != 0xA5)
+            return 0;
+    return 1;
+}
+
 static int log_freed, hooks_freed, logged_after_free;
 
 static void log_free(void *userdata)
@@ -245,16 +267,12 @@ static void engine_releases_log_userdata_after_its_last_line(void)
  * by init nor read past by sync_engine_new (the 0xA5 bytes would be a wild function pointer). */
 static void engine_options_version_2_still_accepted(void)
 {
-    size_t v2_size = offsetof(sync_engine_options, log_free_userdata);
-    size_t raw_size = sizeof(sync_engine_options) + 16;
-    unsigned char *raw = malloc(raw_size);
-    REQUIRE(raw);
-    memset(raw, 0xA5, raw_size);
+    unsigned char *raw = older_struct(sizeof(sync_engine_options));
     sync_engine_options *v2 = (sync_engine_options *)(void *)raw;
     CHECK_EQ_INT(sync_engine_options_init(v2, 2), SYNC_OK);
     CHECK_EQ_INT(v2->version, 2);
-    for (size_t i = v2_size; i < raw_size; i++)
-        CHECK(raw[i] == 0xA5);
+    CHECK(untouched_from(raw, offsetof(sync_engine_options, log_free_userdata),
+                         sizeof(sync_engine_options)));
     sync_engine *engine = NULL;
     CHECK_EQ_INT(sync_engine_new(&engine, v2), SYNC_OK);
     sync_engine_free(engine);
@@ -346,16 +364,12 @@ static void server_new_failure_releases_userdata_once(void)
 /* Version 5 added log_free_userdata: a version-4 caller keeps working. */
 static void server_options_version_4_still_accepted(void)
 {
-    size_t v4_size = offsetof(sync_server_options, log_free_userdata);
-    size_t raw_size = sizeof(sync_server_options) + 16;
-    unsigned char *raw = malloc(raw_size);
-    REQUIRE(raw);
-    memset(raw, 0xA5, raw_size);
+    unsigned char *raw = older_struct(sizeof(sync_server_options));
     sync_server_options *v4 = (sync_server_options *)(void *)raw;
     CHECK_EQ_INT(sync_server_options_init(v4, 4), SYNC_OK);
     CHECK_EQ_INT(v4->version, 4);
-    for (size_t i = v4_size; i < raw_size; i++)
-        CHECK(raw[i] == 0xA5);
+    CHECK(untouched_from(raw, offsetof(sync_server_options, log_free_userdata),
+                         sizeof(sync_server_options)));
     sync_server *server = NULL;
     CHECK_EQ_INT(sync_server_new(&server, v4), SYNC_OK);
     sync_server_free(server);
