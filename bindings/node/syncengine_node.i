@@ -905,10 +905,8 @@ static int jsb_conn_new(jsb_sink *sink, sync_conn **out)
     if (!cb)
         return SYNC_ENOMEM;
     int rc = sync_conn_new(out, &callbacks, cb);
-    if (rc < 0) {
-        jsb_cb_free(cb); /* sync_conn_new runs no free_userdata when it fails */
-        return rc;
-    }
+    if (rc < 0)
+        return rc; /* it ran jsb_cb_free(cb) (common.h) */
     cb->slot = (double)sync_conn_id(*out);
     return rc;
 }

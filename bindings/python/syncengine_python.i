@@ -301,7 +301,7 @@ static int pysync_adapter_load(void *userdata, sync_pending *pending, char **out
         if (status == SYNC_OK && json != Py_None) {
             const char *utf8 = PyUnicode_AsUTF8(json);
             if (utf8) {
-                *out_state_json = strdup(utf8);
+                *out_state_json = sync_strdup(utf8);
                 *out_version = (int64_t)version;
                 if (!*out_state_json)
                     status = SYNC_ENOMEM;
@@ -549,10 +549,8 @@ static int pysync_conn_new(PyObject *bridge, sync_conn **out)
     cbs.close = pysync_conn_close;
     cbs.free_userdata = pysync_decref;
     Py_INCREF(bridge);
-    int status = sync_conn_new(out, &cbs, bridge);
-    if (status < 0)
-        Py_DECREF(bridge); /* sync_conn_new runs no free_userdata when it fails */
-    return status;
+    /* on failure its free_userdata has dropped the reference (common.h) */
+    return sync_conn_new(out, &cbs, bridge);
 }
 
 /* An adapter whose store is the Python object `bridge` (see the callbacks above). */

@@ -183,8 +183,8 @@ static int file_load(void *userdata, sync_pending *pending, char **out_state_jso
     cJSON_Delete(root);
     if (!printed)
         return sync_fail(SYNC_ENOMEM, "out of memory printing the loaded state");
-    /* The engine frees with free(); cJSON may have been given another allocator. */
-    *out_state_json = strdup(printed);
+    /* Released with sync_free(); cJSON may have been given another allocator. */
+    *out_state_json = sync_strdup(printed);
     cJSON_free(printed);
     if (!*out_state_json)
         return sync_fail(SYNC_ENOMEM, "out of memory");

@@ -371,7 +371,7 @@ static int sqlite_load(void *userdata, sync_pending *pending, char **out_state_j
         sqlite3_reset(sa->load_stmt);
         return keep_row_aside(sa, why);
     }
-    char *copy = malloc(len + 1);
+    char *copy = sync_malloc(len + 1); /* released with sync_free() */
     if (copy) {
         memcpy(copy, text, len);
         copy[len] = '\0';

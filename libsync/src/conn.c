@@ -1,5 +1,6 @@
 /* Connection handles: reference counting, identity, and the bridge from the engine to either a
  * public push transport (sync_conn_callbacks) or a private one (transport.h). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,20 +23,38 @@ static sync_conn *conn_alloc(void *userdata)
     return conn;
 }
 
+/* Every failure of a constructor releases the userdata it was given, once (common.h). */
+static int new_fail(sync_free_cb free_userdata, void *userdata, int status, const char *what)
+{
+    if (free_userdata)
+        free_userdata(userdata);
+    return sync_fail(status, "%s", what);
+}
+
 int sync_conn_new(sync_conn **out, const sync_conn_callbacks *callbacks, void *userdata)
 {
     if (out)
         *out = NULL;
-    if (!out || !callbacks)
+    if (!callbacks)
         return sync_fail(SYNC_EINVAL, "sync_conn_new: out and callbacks are required");
-    if (callbacks->version != SYNC_CONN_CALLBACKS_VERSION)
-        return sync_fail(SYNC_EINVAL, "sync_conn_new: unknown callbacks version %u",
-                         callbacks->version);
+    /* free_userdata is a field of version 1, which every version has */
+    sync_free_cb free_userdata = callbacks->free_userdata;
+    if (!out)
+        return new_fail(free_userdata, userdata, SYNC_EINVAL,
+                        "sync_conn_new: out and callbacks are required");
+    if (callbacks->version != SYNC_CONN_CALLBACKS_VERSION) {
+        char why[96];
+        snprintf(why, sizeof why, "sync_conn_new: unknown callbacks version %u",
+                 callbacks->version);
+        return new_fail(free_userdata, userdata, SYNC_EINVAL, why);
+    }
     if (!callbacks->send)
-        return sync_fail(SYNC_EINVAL, "sync_conn_new: callbacks->send is required");
+        return new_fail(free_userdata, userdata, SYNC_EINVAL,
+                        "sync_conn_new: callbacks->send is required");
     sync_conn *conn = conn_alloc(userdata);
     if (!conn)
-        return sync_fail(SYNC_ENOMEM, "out of memory creating a connection");
+        return new_fail(free_userdata, userdata, SYNC_ENOMEM,
+                        "out of memory creating a connection");
     conn->callbacks = *callbacks;
     *out = conn;
     return SYNC_OK;
@@ -129,13 +148,7 @@ int sync_conn_push_frame(sync_conn *conn, sync_frame *frame)
 
 int sync_conn_is_pull(const sync_conn *conn)
 {
-    return conn->is_transport && conn->ops.state_changed != NULL;
-}
-
-void sync_conn_notify_state(sync_conn *conn, int force)
-{
-    if (!atomic_load(&conn->close_requested))
-        conn->ops.state_changed(conn->userdata, force);
+    return conn->is_transport;
 }
 
 void sync_conn_request_close(sync_conn *conn, int code, const char *reason)

@@ -29,13 +29,14 @@ static void engine_destroy(sync_engine *engine)
 {
     sync_adapter_free(engine->adapter);
     cJSON_Delete(engine->state);
-    free(engine->json);
-    sync_frame_unref(engine->update_frame);
-    sync_frame_unref(engine->initial_frame);
+    sync_feed_release(&engine->feed);
     sync_frame_unref(engine->ping_frame);
     free(engine->middleware);
     pthread_cond_destroy(&engine->timer_cond);
     pthread_mutex_destroy(&engine->lock);
+    /* last: every log line of the engine is behind */
+    if (engine->log_free_userdata)
+        engine->log_free_userdata(engine->log_userdata);
     free(engine);
 }
 
@@ -107,69 +108,14 @@ int sync_engine_report(sync_engine *engine, int status, const char *context, syn
     return status;
 }
 
-/* ---- serialise once ------------------------------------------------------------------------- */
-
-/* cJSON_PrintPreallocated wants a few bytes of slack beyond the text it writes. */
-#define PRINT_SLACK 64
-
-const char *sync_engine_state_text(sync_engine *engine, size_t *len)
-{
-    if (!engine->json || engine->json_seq != engine->seq) {
-        if (engine->json_cap > 0 && engine->json_cap <= INT_MAX &&
-            cJSON_PrintPreallocated(engine->state, engine->json, (int)engine->json_cap, 0)) {
-            engine->json_len = strlen(engine->json);
-        } else {
-            char *text = cJSON_PrintUnformatted(engine->state);
-            if (!text)
-                return NULL;
-            size_t text_len = strlen(text);
-            size_t cap = text_len + text_len / 2 + PRINT_SLACK;
-            char *buffer = malloc(cap);
-            if (!buffer) {
-                cJSON_free(text);
-                return NULL;
-            }
-            memcpy(buffer, text, text_len + 1);
-            cJSON_free(text);
-            free(engine->json);
-            engine->json = buffer;
-            engine->json_cap = cap;
-            engine->json_len = text_len;
-        }
-        engine->json_seq = engine->seq;
-        engine->stats.serialisations++;
-        engine->stats.state_bytes = engine->json_len;
-    }
-    if (len)
-        *len = engine->json_len;
-    return engine->json;
-}
-
-sync_frame *sync_engine_state_frame(sync_engine *engine, sync_frame_kind kind)
-{
-    sync_frame **slot =
-        kind == SYNC_FRAME_INITIAL_STATE ? &engine->initial_frame : &engine->update_frame;
-    if (*slot && (*slot)->seq == engine->seq)
-        return *slot;
-    size_t len = 0;
-    const char *text = sync_engine_state_text(engine, &len);
-    if (!text)
-        return NULL;
-    sync_frame *frame = sync_frame_new_state(
-        kind, text, len, engine->versioning ? engine->version : -1, engine->seq);
-    if (!frame)
-        return NULL;
-    sync_frame_unref(*slot);
-    *slot = frame;
-    return frame;
-}
-
 /* ---- options and creation ------------------------------------------------------------------- */
 
 /* The bytes a caller's struct of that (known) version has: the fields after it do not exist. */
 static size_t options_size(unsigned int version)
 {
-    return version >= 2 ? sizeof(sync_engine_options)
+    if (version >= 3)
+        return sizeof(sync_engine_options);
+    return version == 2 ? offsetof(sync_engine_options, log_free_userdata)
                         : offsetof(sync_engine_options, step_timeout_ms);
 }
 
@@ -204,12 +150,21 @@ static const char *check_options(const sync_engine_options *opts)
     return NULL;
 }
 
+static sync_free_cb option_log_free_userdata(const sync_engine_options *opts)
+{
+    return opts->version >= 3 ? opts->log_free_userdata : NULL;
+}
+
+/* Every failure releases what the options handed over, once (common.h). */
 static int new_fail(const sync_engine_options *opts, int status, const char *what)
 {
     if (opts) {
         sync_adapter_free(opts->adapter);
         if (opts->hooks && opts->hooks->free_userdata)
             opts->hooks->free_userdata(opts->hooks->userdata);
+        sync_free_cb log_free = option_log_free_userdata(opts);
+        if (log_free)
+            log_free(opts->log_userdata);
     }
     return sync_fail(status, "sync_engine_new: %s", what);
 }
@@ -279,12 +234,13 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
     engine->ticker_deadline_ms = -1;
     engine->log = opts->log;
     engine->log_userdata = opts->log_userdata;
+    engine->log_free_userdata = option_log_free_userdata(opts);
     if (opts->hooks)
         engine->hooks = *opts->hooks;
     engine->hooks.version = SYNC_HOOKS_VERSION;
     engine->adapter = opts->adapter;
     engine->state = state;
-    engine->seq = 1;
+    engine->feed.head.seq = 1;
     atomic_init(&engine->version, engine->versioning ? 0 : -1);
     engine->ping_frame = ping;
     engine->stats.version = SYNC_ENGINE_STATS_VERSION;
@@ -342,7 +298,7 @@ int sync_engine_dispose(sync_engine *engine)
     sync_conn *conn = engine->conns;
     engine->conns = NULL;
     atomic_store(&engine->conn_count, 0);
-    engine->push_count = 0;
+    engine->feed.push_count = 0;
     while (conn) {
         sync_conn *next = conn->next;
         conn->prev = conn->next = NULL;
@@ -630,42 +586,4 @@ void sync_engine_set_auto_broadcast(sync_engine *engine, int on)
     sync_engine_lock(engine);
     engine->auto_broadcast = on ? 1 : 0;
     sync_engine_unlock(engine);
-}
-
-int sync_engine_add_listener(sync_engine *engine, const sync_engine_listener *listener)
-{
-    if (!engine || !listener || !listener->state_moved || !listener->deadline_moved)
-        return sync_fail(SYNC_EINVAL,
-                         "sync_engine_add_listener: engine and callbacks are required");
-    sync_engine_lock(engine);
-    int rc = SYNC_OK;
-    if (engine->listener_count == SYNC_ENGINE_MAX_LISTENERS)
-        rc = sync_fail(SYNC_ELIMIT, "the engine is already served by %d servers",
-                       SYNC_ENGINE_MAX_LISTENERS);
-    else
-        engine->listeners[engine->listener_count++] = *listener;
-    sync_engine_unlock(engine);
-    return rc;
-}
-
-void sync_engine_remove_listener(sync_engine *engine, void *userdata)
-{
-    if (!engine)
-        return;
-    sync_engine_lock(engine);
-    for (int i = 0; i < engine->listener_count; i++) {
-        if (engine->listeners[i].userdata != userdata)
-            continue;
-        engine->listeners[i] = engine->listeners[--engine->listener_count];
-        /* it may have been the one waiting on the ticker deadline: the next step tells everyone */
-        engine->ticker_deadline_ms = -1;
-        break;
-    }
-    sync_engine_unlock(engine);
-}
-
-void sync_engine_notify_deadline(sync_engine *engine)
-{
-    for (int i = 0; i < engine->listener_count; i++)
-        engine->listeners[i].deadline_moved(engine->listeners[i].userdata);
 }

@@ -1,5 +1,5 @@
 /* The public calls that feed the engine's ordered work: connections opening, messages, state
- * changes from outside, broadcasts, sync, backup, when_idle, and the pull side of transports. */
+ * changes from outside, broadcasts, sync, backup, when_idle. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -277,32 +277,4 @@ int sync_engine_when_idle(sync_engine *engine, sync_done_cb done, void *userdata
         op->done_userdata = userdata;
     }
     return submit_new(engine, op, "sync_engine_when_idle");
-}
-
-sync_frame *sync_engine_pull_state_frame(sync_engine *engine, uint64_t after_seq, int force)
-{
-    if (enter(engine, "sync_engine_pull_state_frame") != SYNC_OK)
-        return NULL;
-    sync_frame *frame = NULL;
-    if (engine->seq > after_seq || force) {
-        int ready = engine->saving_seq != engine->seq;
-        if (!ready) {
-            engine->pull_waiting = 1;
-        } else if (engine->adapter && engine->persist_mode == SYNC_PERSIST_BEFORE_SEND &&
-                   engine->persisted_seq != engine->seq &&
-                   engine->persist_tried_seq != engine->seq) {
-            /* Saving needs the adapter to itself: wait while other work runs. */
-            if (engine->busy || !sync_op_persist_now(engine)) {
-                engine->pull_waiting = 1;
-                ready = 0;
-            }
-        }
-        if (ready) {
-            frame = sync_engine_state_frame(engine, SYNC_FRAME_STATE_UPDATE);
-            if (frame)
-                sync_frame_ref(frame);
-        }
-    }
-    sync_engine_unlock(engine);
-    return frame;
 }

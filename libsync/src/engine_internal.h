@@ -7,6 +7,7 @@
 
 #include "libsync/adapter.h"
 #include "libsync/engine.h"
+#include "feed.h"
 #include "frame.h"
 #include "transport.h"
 
@@ -40,9 +41,9 @@ struct sync_conn {
 
 /* Sends one frame through the connection's transport (shared frame or public send). */
 int sync_conn_push_frame(sync_conn *conn, sync_frame *frame);
-/* 1 when the transport pulls state frames (state_changed op). */
+/* 1 for a transport's connection: its transport reads the feed itself (a feed reader); 0 for a
+ * push connection (sync_conn_new), which the engine sends each record. */
 int sync_conn_is_pull(const sync_conn *conn);
-void sync_conn_notify_state(sync_conn *conn, int force);
 /* Asks the transport to close; only the first request reaches it. */
 void sync_conn_request_close(sync_conn *conn, int code, const char *reason);
 
@@ -89,7 +90,7 @@ typedef enum op_kind {
     OP_SYNC,
     OP_BACKUP,
     OP_OPEN,
-    OP_PERSIST,
+    OP_FLUSH, /* a transport asked for the head to be saved before it sends it */
     OP_WHEN_IDLE
 } op_kind;
 
@@ -101,6 +102,7 @@ typedef struct sync_op {
     int stage;    /* progress of the op */
     int csub;     /* progress of its commit */
     int bsub;     /* progress of its broadcast */
+    int psub;     /* progress of its save of the feed's head */
     int ref_held; /* the op keeps the engine alive while it waits */
     sync_conn *conn;
     cJSON *message;
@@ -188,34 +190,24 @@ struct sync_engine {
     int64_t step_timeout_ms;
     sync_log_cb log;
     void *log_userdata;
+    sync_free_cb log_free_userdata;
     sync_hooks hooks;
     sync_adapter *adapter;
 
-    /* state */
+    /* state: the committed state, its version; its records, their persistence and their
+     * consumers are the feed's */
     cJSON *state;
-    uint64_t seq;
     _Atomic int64_t version;
-    uint64_t persisted_seq;
-    uint64_t persist_tried_seq;
-    uint64_t saving_seq; /* seq of a save still in flight, 0 when none */
+    sync_feed feed;
     /* init() or load() failed for a reason other than a corrupt record: the store may hold a
      * record the engine never read, so every save is refused rather than overwrite it. */
     int store_unread;
 
-    /* serialise once per seq */
-    char *json; /* reused from change to change: most changes fit the last buffer */
-    size_t json_len;
-    size_t json_cap;
-    uint64_t json_seq;
-    sync_frame *update_frame;
-    sync_frame *initial_frame;
     sync_frame *ping_frame;
 
     /* connections */
     sync_conn *conns;
     atomic_size_t conn_count;
-    size_t push_count; /* conns without state_changed: only they need a pre-send save or a walk
-                          that survives re-entry (their public send callback may call back in) */
 
     /* pipeline */
     handler_entry *handlers;
@@ -228,7 +220,6 @@ struct sync_engine {
     sync_op *cur;
     sync_op *queue_head;
     sync_op *queue_tail;
-    int pull_waiting;
 
     /* timers */
     int64_t next_heartbeat_ms;
@@ -243,8 +234,6 @@ struct sync_engine {
     int timer_stop;
     int timer_detached;
     int timer_joined;
-    sync_engine_listener listeners[SYNC_ENGINE_MAX_LISTENERS];
-    int listener_count;
 
     sync_engine_stats stats;
 };
@@ -266,8 +255,11 @@ void sync_engine_log(sync_engine *engine, sync_log_level level, const char *fmt,
 /* Reports an error: sync_error_last(), then on_error or the log. Returns status. */
 int sync_engine_report(sync_engine *engine, int status, const char *context, sync_conn *conn,
                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-/* The state as compact JSON, serialised at most once per seq. NULL on ENOMEM. */
+
+/* feed.c */
+/* The head's state as compact JSON, serialised at most once per record. NULL on ENOMEM. */
 const char *sync_engine_state_text(sync_engine *engine, size_t *len);
+/* The head's frame of that kind, built once per record (borrowed). NULL on ENOMEM. */
 sync_frame *sync_engine_state_frame(sync_engine *engine, sync_frame_kind kind);
 
 /* engine_ops.c */
@@ -275,9 +267,6 @@ sync_op *sync_op_new(op_kind kind);
 void sync_op_free(sync_engine *engine, sync_op *op);
 /* Runs `op` now, or queues it behind running work (SYNC_PENDING). Takes ownership. */
 int sync_op_submit(sync_engine *engine, sync_op *op);
-/* Saves the current state for a pull transport when the engine is idle; 1 when it is done
- * (saved or the save failed and was reported), 0 when it finishes later. */
-int sync_op_persist_now(sync_engine *engine);
 /* Resumes the current op after a completion. */
 void sync_op_continue(sync_engine *engine);
 /* Drops queued work at dispose; when_idle callbacks get SYNC_ECLOSED. */

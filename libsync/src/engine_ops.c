@@ -1,6 +1,10 @@
 /* The engine's ordered work: one operation at a time, each a resumable state machine (commit,
  * persistence, broadcast, open, sync, backup, load), queued behind any operation still waiting for
- * a completion. The public calls that change or send the state enter here. */
+ * a completion. The public calls that change or send the state enter here.
+ *
+ * A commit appends a record to the feed (feed.h); every save of it goes through persist_run(),
+ * which asks the feed's one persistence policy whether this point needs one; publish() hands the
+ * record to the feed's consumers: the readers (servers) are told, push connections are sent it. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,7 +23,7 @@ sync_op *sync_op_new(op_kind kind)
 static void op_clear_adapter_result(sync_op *op)
 {
     free(op->aerr);
-    free(op->ajson);
+    sync_free(op->ajson); /* an adapter's loaded state: sync_malloc'd (adapter.h) */
     op->aerr = NULL;
     op->ajson = NULL;
 }
@@ -88,7 +92,7 @@ void sync_engine_close_conn(sync_engine *engine, sync_conn *conn)
     conn->state = CONN_CLOSED;
     atomic_fetch_sub(&engine->conn_count, 1);
     if (!sync_conn_is_pull(conn))
-        engine->push_count--;
+        engine->feed.push_count--;
     SYNC_DEBUG(engine, "connection %llu closed", (unsigned long long)conn->id);
     if (engine->hooks.on_disconnect)
         engine->hooks.on_disconnect(engine, conn, engine->hooks.userdata);
@@ -131,7 +135,7 @@ static int adapter_invoke(sync_engine *engine, sync_op *op, adapter_call call)
     case CALL_SAVE: {
         size_t len = 0;
         const char *text = sync_engine_state_text(engine, &len);
-        op->save_seq = engine->seq;
+        op->save_seq = engine->feed.head.seq;
         op->t0_us = sync_now_us();
         rc = engine->store_unread
                  ? sync_fail(SYNC_EIO, "the store could not be read at start; saves are refused "
@@ -150,7 +154,7 @@ static int adapter_invoke(sync_engine *engine, sync_op *op, adapter_call call)
     if (rc == SYNC_PENDING && !pending->done) {
         pending->awaiting = 1;
         if (call == CALL_SAVE)
-            engine->saving_seq = engine->seq;
+            engine->feed.saving_seq = engine->feed.head.seq;
         return SYNC_PENDING;
     }
     if (rc == SYNC_PENDING) {
@@ -198,16 +202,11 @@ void sync_engine_adapter_completed(sync_engine *engine, sync_pending *pending)
 
 /* ---- persistence ---------------------------------------------------------------------------- */
 
-static int need_presend_save(sync_engine *engine)
-{
-    return engine->adapter && engine->persist_mode == SYNC_PERSIST_BEFORE_SEND &&
-           engine->persisted_seq != engine->seq && engine->persist_tried_seq != engine->seq;
-}
-
 /* Accounts a finished save and runs on_sync; a failure is reported (context "sync"). */
 static int save_finish(sync_engine *engine, sync_op *op)
 {
-    engine->saving_seq = 0;
+    sync_feed *f = &engine->feed;
+    f->saving_seq = 0;
     uint64_t took = (uint64_t)(sync_now_us() - op->t0_us);
     engine->stats.last_save_us = took;
     engine->stats.total_save_us += took;
@@ -218,8 +217,8 @@ static int save_finish(sync_engine *engine, sync_op *op)
                                   op->aerr ? op->aerr : sync_strerror(op->arc));
     }
     engine->stats.saves++;
-    if (op->save_seq > engine->persisted_seq)
-        engine->persisted_seq = op->save_seq;
+    if (op->save_seq > f->persisted_seq)
+        f->persisted_seq = op->save_seq;
     SYNC_DEBUG(engine, "saved version %lld", (long long)atomic_load(&engine->version));
     if (engine->hooks.on_sync)
         engine->hooks.on_sync(engine, engine->state, atomic_load(&engine->version),
@@ -227,53 +226,55 @@ static int save_finish(sync_engine *engine, sync_op *op)
     return SYNC_OK;
 }
 
-/* ---- broadcast ------------------------------------------------------------------------------ */
+enum { P_ASK, P_SAVED, P_DONE };
 
-/* state_changed never calls back into the engine (transport.h), so with the engine lock held the
- * list cannot change under this walk: no snapshot, no reference per connection. */
-static void notify_pull_conns(sync_engine *engine, int force)
+/* The one place the head is saved: when the feed's policy says `point` needs a save. SYNC_PENDING
+ * while an adapter finishes later (the op resumes here); else SYNC_OK, or the reported status of a
+ * failed save (the caller goes on: a state that could not be saved is still served). Each op
+ * passes here once per point (op->psub is reset by the caller between two points). */
+static int persist_run(sync_engine *engine, sync_op *op, sync_feed_point point)
 {
-    if (engine->listener_count) {
-        for (int i = 0; i < engine->listener_count; i++)
-            engine->listeners[i].state_moved(engine->listeners[i].userdata, force);
-        return;
-    }
-    for (sync_conn *c = engine->conns; c; c = c->next)
-        if (sync_conn_is_pull(c))
-            sync_conn_notify_state(c, force);
-}
-
-static sync_frame *state_update_ref(sync_engine *engine)
-{
-    sync_frame *frame = sync_engine_state_frame(engine, SYNC_FRAME_STATE_UPDATE);
-    return frame ? sync_frame_ref(frame) : NULL;
-}
-
-static int send_state_to_all(sync_engine *engine, int force)
-{
-    if (engine->push_count == 0) {
-        SYNC_DEBUG(engine, "broadcast version %lld to %zu pull connections",
-                   (long long)atomic_load(&engine->version), atomic_load(&engine->conn_count));
-        notify_pull_conns(engine, force);
+    switch (op->psub) {
+    case P_ASK:
+        if (!sync_feed_save_due(engine, point)) {
+            op->psub = P_DONE;
+            return SYNC_OK;
+        }
+        engine->feed.persist_tried_seq = engine->feed.head.seq;
+        op->psub = P_SAVED;
+        if (adapter_invoke(engine, op, CALL_SAVE) == SYNC_PENDING)
+            return SYNC_PENDING;
+        /* fall through */
+    case P_SAVED:
+        op->psub = P_DONE;
+        return save_finish(engine, op);
+    default:
         return SYNC_OK;
     }
+}
+
+/* ---- broadcast ------------------------------------------------------------------------------ */
+
+static int push_to_all(sync_engine *engine)
+{
     size_t count = 0;
     sync_conn **conns = sync_engine_conn_snapshot(engine, &count);
     if (!conns && atomic_load(&engine->conn_count) > 0)
         return sync_engine_report(engine, SYNC_ENOMEM, "broadcast", NULL, "out of memory");
     sync_frame *frame = NULL;
     int result = SYNC_OK;
-    SYNC_DEBUG(engine, "broadcast version %lld to %zu connections",
-               (long long)atomic_load(&engine->version), count);
     for (size_t i = 0; i < count; i++) {
-        if (sync_conn_is_pull(conns[i])) {
-            sync_conn_notify_state(conns[i], force);
+        if (sync_conn_is_pull(conns[i]))
             continue;
-        }
-        if (!frame && !(frame = state_update_ref(engine))) {
-            result = sync_engine_report(engine, SYNC_ENOMEM, "broadcast", NULL,
-                                        "out of memory building the state frame");
-            break;
+        if (!frame) {
+            frame = sync_engine_state_frame(engine, SYNC_FRAME_STATE_UPDATE);
+            if (!frame) {
+                result = sync_engine_report(engine, SYNC_ENOMEM, "broadcast", NULL,
+                                            "out of memory building the state frame");
+                break;
+            }
+            /* a send may call back in and replace the head's frame: this walk keeps its own */
+            sync_frame_ref(frame);
         }
         int rc = sync_engine_send(engine, conns[i], frame, "broadcast");
         if (rc < 0 && rc != SYNC_ECLOSED && result == SYNC_OK)
@@ -284,152 +285,113 @@ static int send_state_to_all(sync_engine *engine, int force)
     return result;
 }
 
-enum { B_START, B_SAVED, B_SEND };
+enum { B_FLUSH, B_SEND };
 
+/* Hands the head to the feed's consumers: readers hear that it moved (they flush and read it
+ * themselves), push connections are sent it after the flush their send needs. */
 static int broadcast_run(sync_engine *engine, sync_op *op, int force)
 {
-    for (;;) {
-        switch (op->bsub) {
-        case B_START:
-            if (!need_presend_save(engine) || engine->push_count == 0) {
-                op->bsub = B_SEND;
-                break;
-            }
-            engine->persist_tried_seq = engine->seq;
-            op->bsub = B_SAVED;
-            if (adapter_invoke(engine, op, CALL_SAVE) == SYNC_PENDING)
+    if (op->bsub == B_FLUSH) {
+        if (engine->feed.push_count > 0) {
+            if (persist_run(engine, op, FEED_SENDING) == SYNC_PENDING)
                 return SYNC_PENDING;
-            break;
-        case B_SAVED:
-            save_finish(engine, op);
-            op->bsub = B_SEND;
-            break;
-        default:
-            return send_state_to_all(engine, force);
         }
+        op->bsub = B_SEND;
     }
+    SYNC_DEBUG(engine, "broadcast version %lld to %zu connections",
+               (long long)atomic_load(&engine->version), atomic_load(&engine->conn_count));
+    sync_feed_notify_readers(engine, force);
+    return engine->feed.push_count ? push_to_all(engine) : SYNC_OK;
 }
 
 /* ---- commit --------------------------------------------------------------------------------- */
 
-enum { C_APPLY, C_SAVED, C_BROADCAST };
+enum { C_APPLY, C_PERSIST, C_BROADCAST };
 
 static int commit_run(sync_engine *engine, sync_op *op)
 {
-    for (;;) {
-        switch (op->csub) {
-        case C_APPLY: {
-            cJSON *old = engine->state;
-            engine->state = op->state;
-            op->state = NULL;
-            engine->seq++;
-            if (engine->versioning)
-                atomic_fetch_add(&engine->version, 1);
-            SYNC_DEBUG(engine, "commit: version %lld", (long long)atomic_load(&engine->version));
-            if (engine->hooks.on_state_change && !cJSON_Compare(old, engine->state, 1))
-                engine->hooks.on_state_change(engine, old, engine->state, engine->hooks.userdata);
-            cJSON_Delete(old);
-            if (engine->disposed)
-                return SYNC_OK;
-            if (engine->adapter && engine->persist_mode == SYNC_PERSIST_ON_CHANGE) {
-                op->csub = C_SAVED;
-                if (adapter_invoke(engine, op, CALL_SAVE) == SYNC_PENDING)
-                    return SYNC_PENDING;
-            } else {
-                op->csub = C_BROADCAST;
-            }
-            break;
-        }
-        case C_SAVED:
-            save_finish(engine, op);
-            op->csub = C_BROADCAST;
-            break;
-        default:
-            if (engine->disposed || !(op->broadcast || engine->auto_broadcast))
-                return SYNC_OK;
-            /* The change itself is done whatever a send did; failed sends were reported. */
-            return broadcast_run(engine, op, op->broadcast) == SYNC_PENDING ? SYNC_PENDING
-                                                                            : SYNC_OK;
-        }
+    switch (op->csub) {
+    case C_APPLY: {
+        cJSON *old = engine->state;
+        engine->state = op->state;
+        op->state = NULL;
+        sync_feed_append(engine);
+        SYNC_DEBUG(engine, "commit: version %lld", (long long)atomic_load(&engine->version));
+        if (engine->hooks.on_state_change && !cJSON_Compare(old, engine->state, 1))
+            engine->hooks.on_state_change(engine, old, engine->state, engine->hooks.userdata);
+        cJSON_Delete(old);
+        if (engine->disposed)
+            return SYNC_OK;
+        op->csub = C_PERSIST;
+    }
+        /* fall through */
+    case C_PERSIST:
+        if (persist_run(engine, op, FEED_APPENDED) == SYNC_PENDING)
+            return SYNC_PENDING;
+        op->csub = C_BROADCAST;
+        op->psub = P_ASK;
+        /* fall through */
+    default:
+        if (engine->disposed || !(op->broadcast || engine->auto_broadcast))
+            return SYNC_OK;
+        /* The change itself is done whatever a send did; failed sends were reported. */
+        return broadcast_run(engine, op, op->broadcast) == SYNC_PENDING ? SYNC_PENDING : SYNC_OK;
     }
 }
 
 /* ---- the operations ------------------------------------------------------------------------- */
 
-enum { O_JOIN, O_SAVED, O_SEND };
+enum { O_JOIN, O_PERSIST, O_SEND };
 
 static int open_run(sync_engine *engine, sync_op *op)
 {
     sync_conn *conn = op->conn;
-    for (;;) {
-        switch (op->stage) {
-        case O_JOIN:
-            if (conn->state == CONN_CLOSED)
-                return SYNC_OK; /* closed while its open waited in the queue */
-            conn->state = CONN_OPEN;
-            conn->last_pong_ms = sync_now_ms();
-            conn->next = engine->conns;
-            if (engine->conns)
-                engine->conns->prev = conn;
-            engine->conns = sync_conn_ref(conn);
-            atomic_fetch_add(&engine->conn_count, 1);
-            if (!sync_conn_is_pull(conn))
-                engine->push_count++;
-            SYNC_DEBUG(engine, "connection %llu opened", (unsigned long long)conn->id);
-            if (engine->hooks.on_connect)
-                engine->hooks.on_connect(engine, conn, engine->hooks.userdata);
-            if (engine->disposed || conn->state != CONN_OPEN)
-                return SYNC_OK;
-            if (need_presend_save(engine)) {
-                engine->persist_tried_seq = engine->seq;
-                op->stage = O_SAVED;
-                if (adapter_invoke(engine, op, CALL_SAVE) == SYNC_PENDING)
-                    return SYNC_PENDING;
-            } else {
-                op->stage = O_SEND;
-            }
-            break;
-        case O_SAVED:
-            save_finish(engine, op);
-            op->stage = O_SEND;
-            break;
-        default: {
-            if (engine->disposed || conn->state != CONN_OPEN)
-                return SYNC_OK;
-            sync_frame *frame = sync_engine_state_frame(engine, SYNC_FRAME_INITIAL_STATE);
-            if (!frame)
-                return sync_engine_report(engine, SYNC_ENOMEM, "open", conn,
-                                          "out of memory building initial_state");
-            sync_frame_ref(frame);
-            int rc = sync_engine_send(engine, conn, frame, "open");
-            sync_frame_unref(frame);
-            if (rc < 0) {
-                sync_conn_request_close(conn, 1011, "initial state could not be sent");
-                return rc;
-            }
+    switch (op->stage) {
+    case O_JOIN:
+        if (conn->state == CONN_CLOSED)
+            return SYNC_OK; /* closed while its open waited in the queue */
+        conn->state = CONN_OPEN;
+        conn->last_pong_ms = sync_now_ms();
+        conn->next = engine->conns;
+        if (engine->conns)
+            engine->conns->prev = conn;
+        engine->conns = sync_conn_ref(conn);
+        atomic_fetch_add(&engine->conn_count, 1);
+        if (!sync_conn_is_pull(conn))
+            engine->feed.push_count++;
+        SYNC_DEBUG(engine, "connection %llu opened", (unsigned long long)conn->id);
+        if (engine->hooks.on_connect)
+            engine->hooks.on_connect(engine, conn, engine->hooks.userdata);
+        if (engine->disposed || conn->state != CONN_OPEN)
             return SYNC_OK;
+        op->stage = O_PERSIST;
+        /* fall through */
+    case O_PERSIST:
+        /* the initial state is a frame of the head like any other */
+        if (persist_run(engine, op, FEED_SENDING) == SYNC_PENDING)
+            return SYNC_PENDING;
+        op->stage = O_SEND;
+        /* fall through */
+    default: {
+        if (engine->disposed || conn->state != CONN_OPEN)
+            return SYNC_OK;
+        sync_frame *frame = sync_engine_state_frame(engine, SYNC_FRAME_INITIAL_STATE);
+        if (!frame)
+            return sync_engine_report(engine, SYNC_ENOMEM, "open", conn,
+                                      "out of memory building initial_state");
+        sync_frame_ref(frame);
+        int rc = sync_engine_send(engine, conn, frame, "open");
+        sync_frame_unref(frame);
+        if (rc < 0) {
+            sync_conn_request_close(conn, 1011, "initial state could not be sent");
+            return rc;
         }
-        }
+        return SYNC_OK;
+    }
     }
 }
 
 enum { S_START, S_DONE };
-
-static int sync_run(sync_engine *engine, sync_op *op)
-{
-    if (op->stage == S_START) {
-        if (!engine->adapter)
-            return SYNC_OK;
-        /* A persist op (pull transport) saves only what was not saved or tried yet. */
-        if (op->kind == OP_PERSIST && !need_presend_save(engine))
-            return SYNC_OK;
-        engine->persist_tried_seq = engine->seq;
-        op->stage = S_DONE;
-        if (adapter_invoke(engine, op, CALL_SAVE) == SYNC_PENDING)
-            return SYNC_PENDING;
-    }
-    return save_finish(engine, op);
-}
 
 static int backup_run(sync_engine *engine, sync_op *op)
 {
@@ -464,8 +426,7 @@ static void load_apply(sync_engine *engine, sync_op *op)
     }
     cJSON_Delete(engine->state);
     engine->state = state;
-    engine->seq++;
-    engine->persisted_seq = engine->seq;
+    sync_feed_append_saved(engine);
     if (engine->versioning)
         atomic_store(&engine->version, op->aversion >= 0 ? op->aversion : 0);
     SYNC_DEBUG(engine, "load: version %lld", (long long)atomic_load(&engine->version));
@@ -535,8 +496,9 @@ static int op_run(sync_engine *engine, sync_op *op)
     case OP_BROADCAST:
         return broadcast_run(engine, op, 1);
     case OP_SYNC:
-    case OP_PERSIST:
-        return sync_run(engine, op);
+        return persist_run(engine, op, FEED_SYNC);
+    case OP_FLUSH:
+        return persist_run(engine, op, FEED_SENDING);
     case OP_BACKUP:
         return backup_run(engine, op);
     case OP_OPEN:
@@ -555,19 +517,12 @@ static void op_wait(sync_op *op)
     op->ref_held = 1;
 }
 
-static void notify_pulls(sync_engine *engine)
-{
-    engine->pull_waiting = 0;
-    notify_pull_conns(engine, 0);
-}
-
 static void op_finish(sync_engine *engine, sync_op *op)
 {
     engine->cur = NULL;
     engine->busy = 0;
     sync_op_free(engine, op);
-    if (engine->pull_waiting && !engine->disposed)
-        notify_pulls(engine);
+    sync_feed_op_finished(engine);
 }
 
 static void op_drain(sync_engine *engine)
@@ -642,12 +597,4 @@ void sync_op_drop_queue(sync_engine *engine)
         sync_op_free(engine, op);
         op = next;
     }
-}
-
-int sync_op_persist_now(sync_engine *engine)
-{
-    sync_op *op = sync_op_new(OP_PERSIST);
-    if (!op)
-        return 1; /* serve the frame unsaved rather than never */
-    return sync_op_submit(engine, op) != SYNC_PENDING;
 }

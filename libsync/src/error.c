@@ -133,3 +133,19 @@ void sync_free(void *ptr)
 {
     free(ptr);
 }
+
+void *sync_malloc(size_t size)
+{
+    return malloc(size ? size : 1);
+}
+
+char *sync_strdup(const char *text)
+{
+    if (!text)
+        return NULL;
+    size_t len = strlen(text) + 1;
+    char *copy = sync_malloc(len);
+    if (copy)
+        memcpy(copy, text, len);
+    return copy;
+}

@@ -119,8 +119,10 @@ const server_mount *server_find_mount(const sync_server *server, const char *pat
 /* The bytes a caller's struct of that (known) version has: the fields after it do not exist. */
 static size_t options_size(unsigned int version)
 {
-    if (version >= 4)
+    if (version >= 5)
         return sizeof(sync_server_options);
+    if (version == 4)
+        return offsetof(sync_server_options, log_free_userdata);
     if (version == 3)
         return offsetof(sync_server_options, handshake_timeout_ms);
     return version == 2 ? offsetof(sync_server_options, auth_timeout_ms)
@@ -186,30 +188,42 @@ static void server_release(sync_server *server)
     free(server->tls_key);
     pthread_mutex_destroy(&server->lock);
     pthread_cond_destroy(&server->cond);
+    /* last: the server logs nothing after this */
+    if (server->log_free_userdata)
+        server->log_free_userdata(server->log_userdata);
     free(server);
+}
+
+static sync_free_cb option_log_free_userdata(const sync_server_options *opts)
+{
+    return opts->version >= 5 ? opts->log_free_userdata : NULL;
+}
+
+/* Every failure before the server holds them releases the options' userdata, once (common.h). */
+static int new_fail(const sync_server_options *opts, int status)
+{
+    if (opts) {
+        if (opts->auth_free_userdata)
+            opts->auth_free_userdata(opts->auth_userdata);
+        sync_free_cb log_free = option_log_free_userdata(opts);
+        if (log_free)
+            log_free(opts->log_userdata);
+    }
+    return status;
 }
 
 int sync_server_new(sync_server **out, const sync_server_options *opts)
 {
     if (out)
         *out = NULL;
-    if (!out || !opts) {
-        if (opts && opts->auth_free_userdata)
-            opts->auth_free_userdata(opts->auth_userdata);
-        return sync_fail(SYNC_EINVAL, "out or options is NULL");
-    }
+    if (!out || !opts)
+        return new_fail(opts, sync_fail(SYNC_EINVAL, "out or options is NULL"));
     int rc = check_options(opts);
-    if (rc != SYNC_OK) {
-        if (opts->auth_free_userdata)
-            opts->auth_free_userdata(opts->auth_userdata);
-        return rc;
-    }
+    if (rc != SYNC_OK)
+        return new_fail(opts, rc);
     sync_server *s = calloc(1, sizeof *s);
-    if (!s) {
-        if (opts->auth_free_userdata)
-            opts->auth_free_userdata(opts->auth_userdata);
-        return sync_fail(SYNC_ENOMEM, "out of memory for the server");
-    }
+    if (!s)
+        return new_fail(opts, sync_fail(SYNC_ENOMEM, "out of memory for the server"));
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     server_broadcast_init(s);
@@ -237,6 +251,7 @@ int sync_server_new(sync_server **out, const sync_server_options *opts)
     s->max_buffered_bytes = buffered ? buffered : SERVER_MAX_BUFFERED_BYTES;
     s->log = opts->log;
     s->log_userdata = opts->log_userdata;
+    s->log_free_userdata = option_log_free_userdata(opts);
     s->host = strdup(opts->host ? opts->host : "127.0.0.1");
     s->tls_cert = dup_or_null(opts->tls_cert_path);
     s->tls_key = dup_or_null(opts->tls_key_path);

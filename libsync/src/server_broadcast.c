@@ -1,8 +1,9 @@
 /*
- * The built-in server's broadcast: the engine says once per change that its state moved on
- * (the state_moved of transport.h's engine listener), and at the end of each service loop turn
- * every live connection that is behind is written the one shared frame of the newest state,
- * straight away.
+ * The built-in server's broadcast: the server reads each engine's change feed (feed.h). The engine
+ * says once per record that the head moved on (the state_moved of transport.h's listener), and at
+ * the end of each service loop turn the server flushes the head (its save, with
+ * SYNC_PERSIST_BEFORE_SEND) and writes the one shared frame of it to every live connection that
+ * is behind, straight away.
  *
  * Why at the end of the turn: every message lws read in that turn is applied first, so one frame
  * (and one save, with SYNC_PERSIST_BEFORE_SEND) covers them all. Why straight away rather than
@@ -29,7 +30,7 @@
 #include <unistd.h>
 
 /* Rounds of "moved again while flushing" handled in one call before the loop is told to come
- * back instead: a save finishing inside the pull can move the state once more. */
+ * back instead: a save finishing inside the flush can move the state once more. */
 enum { FLUSH_ROUNDS = 4 };
 /* Writes between two looks for input (each look is one epoll_wait), and the fewest writes a turn
  * makes before it may stop: every turn moves the walk on, however busy the input. */
@@ -199,9 +200,12 @@ static void flush_engine(server_engine *eng)
             return; /* nobody to send to: no pull, so no save forced ahead of its time */
         }
         bool force = atomic_load(&eng->state_force);
-        /* NULL while the newest state waits for its save or for pending work: the engine calls
-         * the listener again when it is ready, and the force is kept for then. */
-        sync_frame *frame = sync_engine_pull_state_frame(eng->engine, 0, 1);
+        /* One flush for every change of this turn (group commit), then a read of the feed's
+         * head. Not ready while the head waits for its save or for pending work: the engine calls
+         * the listener again when it is, and the force is kept for then. */
+        if (!sync_feed_flush(eng->engine))
+            return;
+        sync_frame *frame = sync_feed_read(eng->engine, 0, 1);
         if (!frame)
             return;
         if (force)

@@ -152,27 +152,6 @@ static int op_send_frame(void *userdata, sync_frame *frame)
     return SYNC_OK;
 }
 
-static void op_state_changed(void *userdata, int force)
-{
-    server_conn *c = userdata;
-    sync_server *s = c->server;
-    /* A broadcast reaches every connection: when this one already has a pull due, its write
-     * will fetch whatever is newest then, so there is nothing to add (and no lock to take). */
-    if (!force && atomic_load_explicit(&c->state_moved, memory_order_acquire))
-        return;
-    bool wake = false;
-    pthread_mutex_lock(&s->lock);
-    if (force)
-        c->force = true;
-    if (c->wsi && !atomic_load_explicit(&c->state_moved, memory_order_relaxed)) {
-        atomic_store_explicit(&c->state_moved, true, memory_order_release);
-        wake = request_write_locked(c);
-    }
-    pthread_mutex_unlock(&s->lock);
-    if (wake)
-        server_wake(s);
-}
-
 /* A copy of `reason` that fits a close frame (123 bytes, cut at a character boundary), or NULL
  * when there is none or it is not UTF-8 (a peer must fail a close frame whose reason is not). */
 static char *close_reason_copy(const char *reason)
@@ -251,7 +230,6 @@ static void op_free(void *userdata)
 
 static const sync_transport_ops conn_ops = {
     .send_frame = op_send_frame,
-    .state_changed = op_state_changed,
     .close = op_close,
     .free_userdata = op_free,
 };
@@ -657,8 +635,11 @@ int server_conn_writeable(server_conn *c)
     }
     pthread_mutex_unlock(&s->lock);
 
-    if (pull)
-        frame = sync_engine_pull_state_frame(c->eng->engine, c->last_sent_seq, force);
+    /* Behind the feed's head: the flush makes it sendable (saved first with
+     * SYNC_PERSIST_BEFORE_SEND, once per record whoever asks first), so a connection the end of
+     * the turn handed over here gets the newest state, not a turn later. */
+    if (pull && sync_feed_flush(c->eng->engine))
+        frame = sync_feed_read(c->eng->engine, c->last_sent_seq, force);
     if (frame && frame->kind == SYNC_FRAME_STATE_UPDATE && frame->seq < c->last_sent_seq) {
         /* an explicit state frame older than one already sent: never move a client back */
         sync_frame_unref(frame);

@@ -96,6 +96,7 @@ struct sync_server {
     size_t max_buffered_bytes;
     sync_log_cb log;
     void *log_userdata;
+    sync_free_cb log_free_userdata;
 
     server_mount *mounts;
     size_t mount_count;

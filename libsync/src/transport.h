@@ -1,9 +1,9 @@
 /*
  * The private contract between the engine and a transport that wants more than the public
- * send/close callbacks: shared frames (no copy per connection) and "pull" broadcasts, where the
- * engine only says the state moved on and the transport fetches the latest frame when its socket
- * can take it. The built-in server is such a transport; sync_conn_new() wraps the public
- * callbacks into a push transport.
+ * send/close callbacks: shared frames (no copy per connection) and reading the change feed
+ * (feed.h) itself, where the engine only says the head moved on and the transport fetches the
+ * newest frame when its sockets can take it. The built-in server is such a transport;
+ * sync_conn_new() makes push connections, which the engine sends each record itself.
  *
  * Locking: the engine calls these ops with its own lock held, from whichever thread drives it.
  * An op may take a lock of the transport's own (engine lock -> transport lock), so a transport must
@@ -12,58 +12,60 @@
 #ifndef LIBSYNC_SRC_TRANSPORT_H
 #define LIBSYNC_SRC_TRANSPORT_H
 
-#include "libsync/engine.h"
+#include "feed.h"
 #include "frame.h"
+#include "libsync/engine.h"
 
 typedef struct sync_transport_ops {
-    /* Queues or sends a frame; the transport takes its own reference when it keeps it.
-     * Returns SYNC_OK or a negative status (then the engine reports it). */
+    /* Queues or sends a frame (the initial state, replies, pings, broadcast texts); the
+     * transport takes its own reference when it keeps it. Returns SYNC_OK or a negative status
+     * (then the engine reports it). State updates are not sent through it: the transport reads
+     * them from the feed. */
     int (*send_frame)(void *userdata, sync_frame *frame);
-    /* The state changed (or, with force, a broadcast was asked for). The transport later calls
-     * sync_engine_pull_state_frame() when it can write. NULL = a push transport: the engine sends
-     * state frames through send_frame itself. It must not call into the engine: the engine walks
-     * its connection list while calling it. */
-    void (*state_changed)(void *userdata, int force);
     void (*close)(void *userdata, int code, const char *reason);
     void (*free_userdata)(void *userdata);
 } sync_transport_ops;
 
-/* Like sync_conn_new(), with a transport's private ops (copied). */
+/* Like sync_conn_new(), with a transport's private ops (copied). Private, so not bound by
+ * common.h's rule: on failure the userdata stays the transport's (the server's connection object
+ * lives on with its socket and is freed with it). */
 int sync_conn_new_transport(sync_conn **out, const sync_transport_ops *ops, void *userdata);
 
 /*
- * Pull mode: a new reference to the state_update frame of the current state when it is newer
- * than `after_seq` (or when `force`), else NULL. The frame is built once per change and shared.
- * Also NULL while the current state still waits to be persisted (SYNC_PERSIST_BEFORE_SEND with an
- * adapter that finishes later): state_changed() is called again once it is saved.
+ * Reads the feed's head: a new reference to the state_update frame of the newest record when it
+ * is newer than `after_seq` (or when `force`) and may be sent, else NULL. The frame is built once
+ * per record and shared. No side effects: while the head still has to be saved first
+ * (SYNC_PERSIST_BEFORE_SEND) or its save is in flight, this is NULL until a flush made it
+ * sendable.
  */
-sync_frame *sync_engine_pull_state_frame(sync_engine *engine, uint64_t after_seq, int force);
+sync_frame *sync_feed_read(sync_engine *engine, uint64_t after_seq, int force);
+
+/*
+ * Makes the head sendable: in SYNC_PERSIST_BEFORE_SEND saves it unless it was saved or tried
+ * already. 1 when it is sendable now; 0 when that finishes later (an adapter that completes later,
+ * or other work of the engine first), and then every listener's state_moved is called again. The
+ * server calls it once per loop turn and engine, for all the changes of that turn: group commit.
+ */
+int sync_feed_flush(sync_engine *engine);
 
 /* Sets auto_broadcast on an engine (the server turns it on for the engines it mounts). */
 void sync_engine_set_auto_broadcast(sync_engine *engine, int on);
 
 /*
- * A transport that serves an engine's pull connections itself (the built-in server) registers as
- * a listener. Engine lock held, any thread, no call back into the engine (like state_changed).
+ * A transport that serves connections of an engine (the built-in server) registers as a listener:
+ * a reader of its feed. Engine lock held, any thread, no call back into the engine.
  *
- * state_moved: the state changed (or, with force, a broadcast was asked for). With at least one
- * listener the engine calls this once per change instead of each pull connection's state_changed,
- * and each transport finds its connections behind (last sent seq older than the engine's) itself.
+ * state_moved: a record was appended (or, with force, a broadcast was asked for), once per record
+ * for the whole engine; each transport finds its connections behind (last sent seq older than the
+ * head's) itself, then flushes and reads.
  *
  * deadline_moved: the engine's timer deadlines moved. Engines mounted on a server are ticked by
  * it: a SYNC_TIMERS_MANUAL engine's listener re-arms its timer; a SYNC_TIMERS_THREAD engine never
  * calls it.
  *
- * Several listeners may serve one engine at once (one engine on a ws:// and a wss:// server).
+ * Several listeners may serve one engine at once (one engine on a ws:// and a wss:// server), up to
+ * SYNC_ENGINE_MAX_LISTENERS (feed.h).
  */
-typedef struct sync_engine_listener {
-    void (*state_moved)(void *userdata, int force);
-    void (*deadline_moved)(void *userdata);
-    void *userdata;
-} sync_engine_listener;
-
-enum { SYNC_ENGINE_MAX_LISTENERS = 8 };
-
 /* Copies `listener`; SYNC_ELIMIT when SYNC_ENGINE_MAX_LISTENERS already serve the engine. */
 int sync_engine_add_listener(sync_engine *engine, const sync_engine_listener *listener);
 /* Removes the listener registered with `userdata` (nothing when there is none). */

@@ -1,5 +1,6 @@
-/* The private transport contract (transport.h) the built-in server relies on: shared frames,
- * pull broadcasts, group commit before send, and deadline notifications. */
+/* The private transport contract (transport.h) the built-in server relies on: the change feed
+ * (one notice per record to each reader, a read with no side effects, an explicit flush: group
+ * commit before send), shared frames, and deadline notifications. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,11 +29,24 @@ static int pc_send_frame(void *userdata, sync_frame *frame)
     return SYNC_OK;
 }
 
-static void pc_state_changed(void *userdata, int force)
+/* The transport's reader of the feed: one per engine, like a server. */
+static void pc_state_moved(void *userdata, int force)
 {
     pull_conn *pc = userdata;
     pc->notified++;
     pc->forced += force;
+}
+
+static void pc_deadline_moved(void *userdata)
+{
+    (void)userdata;
+}
+
+static void pc_listen(sync_engine *e, pull_conn *pc)
+{
+    sync_engine_listener listener = {pc_state_moved, pc_deadline_moved, pc};
+    if (sync_engine_add_listener(e, &listener) != SYNC_OK)
+        abort();
 }
 
 static void pc_close(void *userdata, int code, const char *reason)
@@ -45,7 +59,7 @@ static void pc_close(void *userdata, int code, const char *reason)
 static void pc_init(pull_conn *pc)
 {
     memset(pc, 0, sizeof *pc);
-    sync_transport_ops ops = {pc_send_frame, pc_state_changed, pc_close, NULL};
+    sync_transport_ops ops = {pc_send_frame, pc_close, NULL};
     if (sync_conn_new_transport(&pc->conn, &ops, pc) != SYNC_OK)
         abort();
 }
@@ -57,10 +71,12 @@ static void pc_cleanup(pull_conn *pc)
     sync_conn_free(pc->conn);
 }
 
-/* What the server does when the socket is writable. */
+/* What the server does at the end of a loop turn: flush the head, then read it. */
 static sync_frame *pc_pull(sync_engine *e, pull_conn *pc, int force)
 {
-    sync_frame *frame = sync_engine_pull_state_frame(e, pc->sent_seq, force);
+    if (!sync_feed_flush(e))
+        return NULL;
+    sync_frame *frame = sync_feed_read(e, pc->sent_seq, force);
     if (frame)
         pc_send_frame(pc, frame), sync_frame_unref(frame);
     return frame;
@@ -75,6 +91,7 @@ static void pull_broadcast(void)
     sync_engine_set_auto_broadcast(e, 1);
     pull_conn pc;
     pc_init(&pc);
+    pc_listen(e, &pc);
     CHECK_EQ_INT(sync_engine_handle_open(e, pc.conn), SYNC_OK);
     REQUIRE(pc.count == 1);
     CHECK_EQ_INT(pc.frames[0]->kind, SYNC_FRAME_INITIAL_STATE);
@@ -99,7 +116,8 @@ static void pull_broadcast(void)
     CHECK_EQ_INT(stats.serialisations, 2);
     sync_engine_dispose(e);
     CHECK_EQ_INT(pc.closes, 1);
-    CHECK(sync_engine_pull_state_frame(e, 0, 1) == NULL);
+    CHECK(sync_feed_read(e, 0, 1) == NULL);
+    CHECK_EQ_INT(sync_feed_flush(e), 0);
     sync_engine_free(e);
     pc_cleanup(&pc);
 }
@@ -117,10 +135,14 @@ static void group_commit_before_send(void)
     counter_register(e, 0);
     pull_conn pc;
     pc_init(&pc);
+    pc_listen(e, &pc);
     sync_engine_handle_open(e, pc.conn);
     CHECK_EQ_INT(store.saves, 0); /* the loaded state is already in the store */
     for (int i = 0; i < 4; i++)
         counter_send(e, pc.conn, "increment", 1);
+    CHECK_EQ_INT(store.saves, 0);
+    /* reading never saves: the unsaved head is not handed out, and nothing is written */
+    CHECK(sync_feed_read(e, pc.sent_seq, 1) == NULL);
     CHECK_EQ_INT(store.saves, 0);
     CHECK(pc_pull(e, &pc, 0) != NULL);
     CHECK_EQ_INT(store.saves, 1); /* four changes, one save, before the frame left */
@@ -171,6 +193,7 @@ static void push_count_follows_open_and_close(void)
     counter_register(e, 0);
     pull_conn pc;
     pc_init(&pc);
+    pc_listen(e, &pc);
     fake_conn *push[2] = {fake_conn_new(), fake_conn_new()};
     sync_engine_handle_open(e, pc.conn);
     for (int i = 0; i < 2; i++)
@@ -243,9 +266,9 @@ static void deadline_listener(void)
     sync_engine_free(e);
 }
 
-/* With listeners (servers) the engine says "moved" once per change to each of them, whatever the
- * number of pull connections, and no longer calls each connection's state_changed. */
-static void listeners_replace_the_per_connection_walk(void)
+/* The engine says "moved" once per change to each reader (server), whatever the number of its
+ * connections; a connection of a transport hears nothing itself. */
+static void one_notice_per_change_and_reader(void)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     sync_engine *e = NULL;
@@ -270,7 +293,7 @@ static void listeners_replace_the_per_connection_walk(void)
     CHECK_EQ_INT(a.forced, 1);
     CHECK_EQ_INT(b.forced, 1);
 
-    /* one gone: only the other hears; both gone: back to each connection */
+    /* one gone: only the other hears; both gone: nobody */
     sync_engine_remove_listener(e, &a);
     counter_send(e, pcs[0].conn, "increment", 1);
     CHECK_EQ_INT(a.moved, 5);
@@ -280,7 +303,7 @@ static void listeners_replace_the_per_connection_walk(void)
     counter_send(e, pcs[0].conn, "increment", 1);
     CHECK_EQ_INT(b.moved, 6);
     for (int i = 0; i < 3; i++)
-        CHECK_EQ_INT(pcs[i].notified, 1);
+        CHECK_EQ_INT(pcs[i].notified, 0);
 
     /* bounded: the ninth server is refused with a reason */
     listener_log many[SYNC_ENGINE_MAX_LISTENERS + 1];
@@ -304,6 +327,6 @@ int main(void)
     RUN(group_commit_before_send);
     RUN(push_count_follows_open_and_close);
     RUN(deadline_listener);
-    RUN(listeners_replace_the_per_connection_walk);
+    RUN(one_notice_per_change_and_reader);
     return check_summary();
 }

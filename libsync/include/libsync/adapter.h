@@ -35,10 +35,11 @@ typedef struct sync_adapter_vtable {
     int (*init)(void *userdata, sync_pending *pending);
     /**
      * Reads the saved record. Finishing synchronously: set *out_state_json to a string the
-     * adapter allocated with malloc (the engine frees it) or to NULL when the store has never
-     * been saved, *out_version to the saved version, and return SYNC_OK. SYNC_ECORRUPT when the
-     * store exists but cannot be parsed (the adapter must keep it aside, never overwrite it).
-     * Finishing later: return SYNC_PENDING and call sync_pending_complete_load().
+     * adapter allocated with sync_malloc() or sync_strdup() (libsync releases it with
+     * sync_free()) or to NULL when the store has never been saved, *out_version to the saved
+     * version, and return SYNC_OK. SYNC_ECORRUPT when the store exists but cannot be parsed (the
+     * adapter must keep it aside, never overwrite it). Finishing later: return SYNC_PENDING and
+     * call sync_pending_complete_load().
      */
     int (*load)(void *userdata, sync_pending *pending, char **out_state_json, int64_t *out_version);
     /**
@@ -57,8 +58,10 @@ typedef struct sync_adapter_vtable {
     void (*destroy)(void *userdata);
 } sync_adapter_vtable;
 
-/** Wraps a vtable (copied) and userdata into an adapter handle. On failure destroy(userdata)
- *  has already run. */
+/** Wraps a vtable (copied) and userdata into an adapter handle. destroy(userdata) runs exactly
+ *  once (common.h): with sync_adapter_free() or the engine that owns the adapter, or before a
+ *  failure returns (NULL `out`, unknown version, no load/save, out of memory). A NULL vtable has
+ *  no destroy to run. */
 SYNC_EXTERN int sync_adapter_new(sync_adapter **out, const sync_adapter_vtable *vtable,
                                  void *userdata);
 /** Frees an adapter that was not handed to an engine. NULL is a no-op. */

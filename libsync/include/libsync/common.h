@@ -12,8 +12,17 @@
  *     handed out are borrowed unless the comment says the caller owns them; a borrowed value stays
  *     valid only for the duration stated next to the function (usually: the callback it was
  *     given to).
- *   - Memory that libsync hands to the caller is released with sync_free(), never with free()
- *     from another allocator.
+ *   - One allocator across the boundary: memory that libsync hands to the caller is released with
+ *     sync_free(), and memory the caller hands to libsync to release (an adapter's loaded state)
+ *     is allocated with sync_malloc() or sync_strdup(); never free()/malloc() from another
+ *     allocator (a binding, a DLL with its own C runtime).
+ *   - Userdata with a free callback (`free_userdata`, `auth_free_userdata`, `log_free_userdata`,
+ *     an adapter's `destroy`): from the call that receives it, libsync owns it and runs the free
+ *     callback exactly once. That holds for every constructor and registration on every path:
+ *     when it succeeds, once the object (or the registration) lets go of the userdata; when it
+ *     fails for any reason (a NULL `out` or other bad argument, an unknown struct version, a wrong
+ *     option value, out of memory), before it returns. The caller never frees it itself. The one
+ *     exception is a call that cannot find the callback: the struct that holds it is NULL.
  */
 #ifndef LIBSYNC_COMMON_H
 #define LIBSYNC_COMMON_H
@@ -78,6 +87,13 @@ SYNC_EXTERN int64_t sync_wall_ms(void);
 
 /** Releases memory that a libsync function documented as "caller owns, free with sync_free". */
 SYNC_EXTERN void sync_free(void *ptr);
+
+/** Allocates `size` bytes (at least 1) that libsync may release with sync_free(); NULL when out
+ *  of memory. For memory handed to libsync, such as an adapter's loaded state. */
+SYNC_EXTERN void *sync_malloc(size_t size);
+
+/** A copy of `text` made with sync_malloc(); NULL when `text` is NULL or out of memory. */
+SYNC_EXTERN char *sync_strdup(const char *text);
 
 /** Destructor for a userdata pointer; called exactly once when libsync drops it. */
 typedef void (*sync_free_cb)(void *userdata);

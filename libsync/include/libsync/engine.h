@@ -122,7 +122,9 @@ typedef enum sync_timer_mode {
     SYNC_TIMERS_THREAD = 1
 } sync_timer_mode;
 
-#define SYNC_ENGINE_OPTIONS_VERSION 2
+/* 2 added step_timeout_ms, 3 log_free_userdata. A caller built against an older version keeps
+ * passing it and the shorter struct: only the fields of the version given are read. */
+#define SYNC_ENGINE_OPTIONS_VERSION 3
 
 typedef struct sync_engine_options {
     /** Must be SYNC_ENGINE_OPTIONS_VERSION (set by SYNC_ENGINE_OPTIONS_INIT). */
@@ -174,12 +176,16 @@ typedef struct sync_engine_options {
      *  are not timed out: a save abandoned here could still land after a newer one.
      *  0 = never: a step that is never completed holds the engine's queue for ever. */
     int64_t step_timeout_ms;
+    /* ---- version 3 ---- */
+    /** Releases log_userdata (may be NULL): exactly once, when the engine is destroyed (after its
+     *  last log line) or before a failing sync_engine_new() returns (common.h). */
+    sync_free_cb log_free_userdata;
 } sync_engine_options;
 
 #define SYNC_ENGINE_OPTIONS_INIT                                                                   \
     {                                                                                              \
         SYNC_ENGINE_OPTIONS_VERSION, NULL, 1, NULL, 0, 0, 0, SYNC_PERSIST_ON_CHANGE,               \
-            SYNC_TIMERS_MANUAL, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0                                 \
+            SYNC_TIMERS_MANUAL, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0, NULL                           \
     }
 
 /** Fills `opts` with the defaults of SYNC_ENGINE_OPTIONS_INIT. `version` must be
@@ -328,7 +334,9 @@ typedef struct sync_conn_callbacks {
     }
 
 /** Creates a connection handle for the embedder's own transport. The caller owns one reference
- *  (release with sync_conn_free()); an engine holds another while the connection is open. */
+ *  (release with sync_conn_free()); an engine holds another while the connection is open.
+ *  callbacks->free_userdata runs exactly once (common.h): with the last reference, or before a
+ *  failure returns (NULL `out`, unknown version, no send, out of memory). */
 SYNC_EXTERN int sync_conn_new(sync_conn **out, const sync_conn_callbacks *callbacks,
                               void *userdata);
 /** Releases the caller's reference. NULL is a no-op. */

@@ -105,10 +105,11 @@ SYNC_EXTERN sync_request *sync_request_defer(sync_request *req);
  */
 SYNC_EXTERN int sync_request_complete(sync_request *req, int status);
 
-/* 2 added broadcast_yield_ms, 3 auth_timeout_ms, 4 handshake_timeout_ms and max_buffered_bytes. A
+/* 2 added broadcast_yield_ms, 3 auth_timeout_ms, 4 handshake_timeout_ms and max_buffered_bytes,
+ * 5 log_free_userdata. A
  * caller built against an older version keeps passing it and the shorter struct: the library reads
  * (and sync_server_options_init writes) only the fields of the version given. */
-#define SYNC_SERVER_OPTIONS_VERSION 4
+#define SYNC_SERVER_OPTIONS_VERSION 5
 
 typedef struct sync_server_options {
     unsigned int version; /**< SYNC_SERVER_OPTIONS_VERSION */
@@ -142,7 +143,7 @@ typedef struct sync_server_options {
     /** Authentication; NULL = everyone. */
     sync_auth_cb auth;
     void *auth_userdata;
-    sync_free_cb auth_free_userdata; /**< runs when the server is freed or creation fails */
+    sync_free_cb auth_free_userdata; /**< runs once: when the server is freed or creation fails */
     /** TLS: both PEM paths (copied) or both NULL. With them the server speaks https/wss only. */
     const char *tls_cert_path;
     const char *tls_key_path;
@@ -175,12 +176,16 @@ typedef struct sync_server_options {
      *  busy: message buffer budget spent". Queued outgoing frames are not counted here: each
      *  connection's are capped by max_queued_bytes. 0 = 64 MiB. */
     size_t max_buffered_bytes;
+    /* ---- version 5 ---- */
+    /** Releases log_userdata (may be NULL): exactly once, when the server is freed (after its
+     *  last log line) or before a failing sync_server_new() returns (common.h). */
+    sync_free_cb log_free_userdata;
 } sync_server_options;
 
 #define SYNC_SERVER_OPTIONS_INIT                                                                   \
     {                                                                                              \
         SYNC_SERVER_OPTIONS_VERSION, NULL, 0, NULL, 0, 0, 0, 0, 0, NULL, 0, NULL, NULL, NULL,      \
-            NULL, NULL, 0, NULL, NULL, 0, 0, 0, 0                                                  \
+            NULL, NULL, 0, NULL, NULL, 0, 0, 0, 0, NULL                                            \
     }
 
 SYNC_EXTERN int sync_server_options_init(sync_server_options *opts, unsigned int version);
