@@ -572,9 +572,13 @@ int jsb_adapter_call(void *ud, const char *op, sync_pending *pending, const char
         jsb_post(job);
         return SYNC_PENDING;
     }
-    if (out_json) {
-        *out_json = res.text;
-        res.text = NULL;
+    if (out_json && res.text) {
+        /* the engine takes the state and frees it with sync_free(): allocate it with libsync */
+        *out_json = sync_strdup(res.text);
+        if (!*out_json) {
+            free(res.text);
+            return SYNC_ENOMEM;
+        }
     }
     if (out_version)
         *out_version = (int64_t)res.num;
