@@ -31,11 +31,9 @@ static void fixture_open(fixture *f, int validate, int64_t heartbeat_ms, int64_t
     opts.heartbeat_interval_ms = heartbeat_ms;
     opts.sync_interval_ms = sync_ms;
     opts.timer_mode = heartbeat_ms || sync_ms ? SYNC_TIMERS_THREAD : SYNC_TIMERS_MANUAL;
-    sync_hooks hooks = hook_log_hooks(&f->log);
-    opts.hooks = &hooks;
-    if (sync_engine_new(&f->engine, &opts) != SYNC_OK)
+    f->engine = counter_engine(&opts, &f->log, validate);
+    if (!f->engine)
         abort();
-    counter_register(f->engine, validate);
 }
 
 static void fixture_close(fixture *f)
@@ -240,17 +238,23 @@ static void counter_app_dispose_closes_each_connection_once(void)
 
 /* ---- each step on its own: state, version, load, connections, messages, sync, timers -------- */
 
-static sync_engine *plain_engine(const char *initial, int versioning, hook_log *log)
+/* An engine on `store` (none when NULL), its hooks counting into `log` (none when NULL). */
+static sync_engine *store_engine(fake_store *store, const char *initial, int versioning,
+                                 hook_log *log)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.initial_state_json = initial;
     opts.enable_versioning = versioning;
-    sync_hooks hooks = log ? hook_log_hooks(log) : (sync_hooks)SYNC_HOOKS_INIT;
-    opts.hooks = log ? &hooks : NULL;
-    sync_engine *engine = NULL;
-    if (sync_engine_new(&engine, &opts) != SYNC_OK)
+    opts.adapter = store ? fake_adapter_new(store) : NULL;
+    sync_engine *engine = hooked_engine(&opts, log);
+    if (!engine)
         abort();
     return engine;
+}
+
+static sync_engine *plain_engine(const char *initial, int versioning, hook_log *log)
+{
+    return store_engine(NULL, initial, versioning, log);
 }
 
 static void initial_state_given_or_empty_object(void)
@@ -277,21 +281,6 @@ static void version_starts_at_0_or_stays_minus_1_without_versioning(void)
     CHECK_EQ_INT(sync_engine_get_version(off), -1);
     sync_engine_free(on);
     sync_engine_free(off);
-}
-
-static sync_engine *store_engine(fake_store *store, const char *initial, int versioning,
-                                 hook_log *log)
-{
-    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
-    opts.initial_state_json = initial;
-    opts.enable_versioning = versioning;
-    opts.adapter = fake_adapter_new(store);
-    sync_hooks hooks = log ? hook_log_hooks(log) : (sync_hooks)SYNC_HOOKS_INIT;
-    opts.hooks = log ? &hooks : NULL;
-    sync_engine *engine = NULL;
-    if (sync_engine_new(&engine, &opts) != SYNC_OK)
-        abort();
-    return engine;
 }
 
 static void load_takes_stored_state_and_reports_store_errors(void)
@@ -690,10 +679,8 @@ static void heartbeat_pings_and_closes_silent_connections(void)
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.heartbeat_interval_ms = 100;
     opts.ping_timeout_ms = 250;
-    sync_hooks hooks = hook_log_hooks(&log);
-    opts.hooks = &hooks;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
+    sync_engine *e = hooked_engine(&opts, &log);
+    REQUIRE(e);
     fake_conn *alive = fake_conn_new();
     fake_conn *silent = fake_conn_new();
     sync_engine_handle_open(e, alive->conn);
@@ -773,9 +760,8 @@ static void errors_go_to_on_error_else_log_and_debug_logs_steps(void)
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.log = capture_log;
     opts.log_userdata = &cap;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
     CHECK_EQ_INT(sync_engine_inject(e, "[]", 2), SYNC_EMESSAGE);
     CHECK_EQ_INT(cap.errors, 1);
     CHECK_EQ_INT(cap.debugs, 0);

@@ -45,10 +45,8 @@ static sync_engine *new_engine(const char *initial, hook_log *log)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.initial_state_json = initial;
-    sync_hooks hooks = hook_log_hooks(log);
-    opts.hooks = &hooks;
-    sync_engine *e = NULL;
-    if (sync_engine_new(&e, &opts) != SYNC_OK)
+    sync_engine *e = hooked_engine(&opts, log);
+    if (!e)
         abort();
     return e;
 }
@@ -271,11 +269,8 @@ static void async_adapter_load_and_save(void)
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.initial_state_json = "{\"counter\":0}";
     opts.adapter = fake_adapter_new(&store);
-    sync_hooks hooks = hook_log_hooks(&log);
-    opts.hooks = &hooks;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, &log, 0);
+    REQUIRE(e);
     fake_conn *c = fake_conn_new();
     /* Usable at once: work waits for the load. */
     CHECK_EQ_INT(sync_engine_handle_open(e, c->conn), SYNC_PENDING);
@@ -326,10 +321,8 @@ static void async_load_failure_reported(void)
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.initial_state_json = "{\"counter\":3}";
     opts.adapter = fake_adapter_new(&store);
-    sync_hooks hooks = hook_log_hooks(&log);
-    opts.hooks = &hooks;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
+    sync_engine *e = hooked_engine(&opts, &log);
+    REQUIRE(e);
     fake_store_finish(&store, SYNC_OK);
     fake_store_finish(&store, SYNC_ECORRUPT);
     CHECK_EQ_INT(log.last_error_status, SYNC_ECORRUPT);

@@ -20,12 +20,9 @@ static sync_engine *engine_with(hook_log *log, int reply_errors, size_t max_byte
     opts.initial_state_json = "{\"counter\":1}";
     opts.reply_errors = reply_errors;
     opts.max_message_bytes = max_bytes;
-    sync_hooks hooks = hook_log_hooks(log);
-    opts.hooks = &hooks;
-    sync_engine *e = NULL;
-    if (sync_engine_new(&e, &opts) != SYNC_OK)
+    sync_engine *e = counter_engine(&opts, log, 0);
+    if (!e)
         abort();
-    counter_register(e, 0);
     return e;
 }
 
@@ -156,11 +153,8 @@ static void depth_limit_is_configurable(void)
     hook_log log = {0};
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.max_json_depth = 3;
-    sync_hooks hooks = hook_log_hooks(&log);
-    opts.hooks = &hooks;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, &log, 0);
+    REQUIRE(e);
     const char *ok = "{\"type\":\"increment\",\"amount\":1,\"x\":[[1]]}";
     const char *deep = "{\"type\":\"increment\",\"amount\":1,\"x\":[[[1]]]}";
     CHECK_EQ_INT(sync_engine_inject(e, ok, strlen(ok)), SYNC_OK);

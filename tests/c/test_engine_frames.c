@@ -23,9 +23,8 @@ static void once_per_version(void)
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.initial_state_json = "{\"counter\":0}";
     opts.adapter = fake_adapter_new(&store); /* the save shares the same text */
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
     fake_conn *conns[CONNS];
     for (int i = 0; i < CONNS; i++) {
         conns[i] = fake_conn_new();
@@ -90,9 +89,8 @@ static void versioning_off(void)
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.enable_versioning = 0;
     opts.auto_broadcast = 1;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
     fake_conn *c = fake_conn_new();
     sync_engine_handle_open(e, c->conn);
     counter_send(e, c->conn, "increment", 3);

@@ -22,12 +22,9 @@ static sync_engine *engine_with(hook_log *log, fake_store *store, const char *in
     opts.auto_broadcast = 1;
     opts.adapter = store ? fake_adapter_new(store) : NULL;
     opts.persist_mode = SYNC_PERSIST_ON_CHANGE;
-    sync_hooks hooks = hook_log_hooks(log);
-    opts.hooks = &hooks;
-    sync_engine *e = NULL;
-    if (sync_engine_new(&e, &opts) != SYNC_OK)
+    sync_engine *e = counter_engine(&opts, log, 0);
+    if (!e)
         abort();
-    counter_register(e, 0);
     return e;
 }
 

@@ -69,9 +69,8 @@ static sync_frame *pc_pull(sync_engine *e, pull_conn *pc, int force)
 static void pull_broadcast(void)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
     sync_engine_set_auto_broadcast(e, 1);
     pull_conn pc;
     pc_init(&pc);
@@ -112,9 +111,8 @@ static void group_commit_before_send(void)
     opts.adapter = fake_adapter_new(&store);
     opts.persist_mode = SYNC_PERSIST_BEFORE_SEND;
     opts.auto_broadcast = 1;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
     pull_conn pc;
     pc_init(&pc);
     sync_engine_handle_open(e, pc.conn);
@@ -166,9 +164,8 @@ static void push_count_follows_open_and_close(void)
     opts.adapter = fake_adapter_new(&store);
     opts.persist_mode = SYNC_PERSIST_BEFORE_SEND;
     opts.auto_broadcast = 1;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
     pull_conn pc;
     pc_init(&pc);
     fake_conn *push[2] = {fake_conn_new(), fake_conn_new()};
@@ -248,9 +245,8 @@ static void deadline_listener(void)
 static void listeners_replace_the_per_connection_walk(void)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
     sync_engine_set_auto_broadcast(e, 1);
     listener_log a = {0}, b = {0};
     REQUIRE(add_log_listener(e, &a) == SYNC_OK);

@@ -89,9 +89,8 @@ static void increments_are_exact(void)
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.initial_state_json = "{\"counter\":0}";
     opts.heartbeat_interval_ms = 1;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
     fake_conn *a = fake_conn_new();
     fake_conn *b = fake_conn_new();
     sync_engine_handle_open(e, a->conn);
@@ -148,9 +147,8 @@ static void no_version_is_lost(void)
     opts.auto_broadcast = 1;
     opts.timer_mode = SYNC_TIMERS_THREAD;
     opts.sync_interval_ms = 1;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
     fake_conn *a = fake_conn_new();
     fake_conn *b = fake_conn_new();
     sync_engine_handle_open(e, a->conn);

@@ -346,3 +346,15 @@ sync_hooks hook_log_hooks(hook_log *log)
     hooks.userdata = log;
     return hooks;
 }
+
+sync_engine *hooked_engine(const sync_engine_options *opts, hook_log *log)
+{
+    sync_engine_options with_log = *opts;
+    sync_hooks hooks;
+    if (log) {
+        hooks = hook_log_hooks(log);
+        with_log.hooks = &hooks;
+    }
+    sync_engine *engine = NULL;
+    return sync_engine_new(&engine, &with_log) == SYNC_OK ? engine : NULL;
+}

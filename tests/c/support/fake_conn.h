@@ -70,4 +70,8 @@ typedef struct hook_log {
 /* Hooks that count into `log` (which must outlive the engine). */
 sync_hooks hook_log_hooks(hook_log *log);
 
+/* An engine with `opts` whose hooks count into `log` (replacing opts->hooks; when `log` is NULL
+ * the hooks of `opts` stay); NULL when sync_engine_new failed. */
+sync_engine *hooked_engine(const sync_engine_options *opts, hook_log *log);
+
 #endif
