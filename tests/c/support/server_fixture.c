@@ -36,8 +36,13 @@ sync_engine *fixture_counter_engine(int start)
     snprintf(initial, sizeof initial, "{\"counter\":%d}", start);
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.initial_state_json = initial;
+    return fixture_engine(&opts);
+}
+
+sync_engine *fixture_engine(const sync_engine_options *opts)
+{
     sync_engine *engine = NULL;
-    if (sync_engine_new(&engine, &opts) != SYNC_OK)
+    if (sync_engine_new(&engine, opts) != SYNC_OK)
         return NULL;
     if (sync_engine_on(engine, "increment", on_increment, NULL, NULL) != SYNC_OK ||
         sync_engine_on(engine, "whoami", on_whoami, NULL, NULL) != SYNC_OK) {

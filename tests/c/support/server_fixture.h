@@ -12,6 +12,10 @@
 /* A counter engine starting at `start`; NULL on failure. */
 sync_engine *fixture_counter_engine(int start);
 
+/* The same handlers on an engine made with `opts` ("increment" adds "amount", or 1 without one);
+ * NULL on failure. */
+sync_engine *fixture_engine(const sync_engine_options *opts);
+
 /* The engine's "counter", or -1 when it has none. */
 long long fixture_counter_value(sync_engine *engine);
 
