@@ -87,11 +87,10 @@ static void bursts_to_many_clients(int yield_ms, long long *cut_short)
 {
     enum { N = 400, BURSTS = 40, PER_BURST = 50, TOTAL = BURSTS * PER_BURST };
     raise_fd_limit();
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.broadcast_yield_ms = yield_ms;
-    sync_server *server = fixture_server(&opts, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, &opts, "/", &engine);
     REQUIRE(server);
     int port = sync_server_port(server);
     ws_client **clients = calloc(N, sizeof *clients);
@@ -187,9 +186,8 @@ static void test_clients_resetting_mid_broadcast(void)
 {
     enum { N = 200, TOTAL = 3000 };
     raise_fd_limit();
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
-    sync_server *server = fixture_server(NULL, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, NULL, "/", &engine);
     REQUIRE(server);
     int port = sync_server_port(server);
     ws_client *clients[N] = {0};
@@ -225,9 +223,8 @@ static void test_clients_resetting_mid_broadcast(void)
 static void test_clients_closing_gracefully_mid_broadcast(void)
 {
     enum { N = 60, TOTAL = 2000 };
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
-    sync_server *server = fixture_server(NULL, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, NULL, "/", &engine);
     REQUIRE(server);
     ws_client *clients[N] = {0};
     CHECK_EQ_INT(connect_all(sync_server_port(server), clients, N), N);
@@ -290,9 +287,8 @@ static void test_one_engine_served_by_two_servers(void)
 static void test_forced_broadcast_reaches_everyone(void)
 {
     enum { N = 60 };
-    sync_engine *engine = fixture_counter_engine(7);
-    REQUIRE(engine);
-    sync_server *server = fixture_server(NULL, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(7, NULL, "/", &engine);
     REQUIRE(server);
     ws_client *clients[N] = {0};
     CHECK_EQ_INT(connect_all(sync_server_port(server), clients, N), N);
@@ -522,9 +518,8 @@ static long long push_peer_wait(push_peer *peer, long long want, int timeout_ms)
 static void test_engine_shared_with_an_embedder_transport(void)
 {
     enum { N = 20 };
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
-    sync_server *server = fixture_server(NULL, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, NULL, "/", &engine);
     REQUIRE(server);
     ws_client *clients[N] = {0};
     REQUIRE(connect_all(sync_server_port(server), clients, N) == N);

@@ -343,14 +343,13 @@ static void *drip(void *arg)
 static void test_idle_and_slow_connections_do_not_starve_handshakes(void)
 {
     raise_nofile();
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.log = fixture_quiet_log;
 #if SYNC_SERVER_OPTIONS_VERSION >= 4
     opts.handshake_timeout_ms = 2000;
 #endif
-    sync_server *server = fixture_server(&opts, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, &opts, "/", &engine);
     REQUIRE(server);
     int port = sync_server_port(server);
 
@@ -436,14 +435,13 @@ static long long wait_metric(int port, const char *name, long long want)
 
 static void test_partial_message_budget(void)
 {
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.log = fixture_quiet_log;
 #if SYNC_SERVER_OPTIONS_VERSION >= 4
     opts.max_buffered_bytes = 64 * 1024;
 #endif
-    sync_server *server = fixture_server(&opts, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, &opts, "/", &engine);
     REQUIRE(server);
     int port = sync_server_port(server);
 
@@ -493,15 +491,14 @@ static int defer_forever(sync_request *req, void *userdata)
 /* Messages held while a deferred auth decides count against the same budget. */
 static void test_held_messages_count_against_the_budget(void)
 {
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.log = fixture_quiet_log;
     opts.auth = defer_forever;
 #if SYNC_SERVER_OPTIONS_VERSION >= 4
     opts.max_buffered_bytes = 100 * 1024;
 #endif
-    sync_server *server = fixture_server(&opts, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, &opts, "/", &engine);
     REQUIRE(server);
     int port = sync_server_port(server);
     atomic_store(&deferred_request, NULL);
@@ -555,12 +552,11 @@ static void on_usr1(int sig)
  * handler's call must still return at once, and the server end afterwards. */
 static void test_request_stop_from_a_signal_handler(void)
 {
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.log = fixture_quiet_log;
     opts.stop_timeout_ms = 3000;
-    signalled_server = fixture_server(&opts, "/", engine);
+    sync_engine *engine = NULL;
+    signalled_server = fixture_counter_server(0, &opts, "/", &engine);
     REQUIRE(signalled_server);
     int port = sync_server_port(signalled_server);
     ws_client *mute = fixture_join(port, "/");

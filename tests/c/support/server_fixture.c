@@ -74,6 +74,18 @@ sync_server *fixture_server(const sync_server_options *opts, const char *path, s
     return server;
 }
 
+sync_server *fixture_counter_server(int start, const sync_server_options *opts, const char *path,
+                                    sync_engine **engine)
+{
+    *engine = fixture_counter_engine(start);
+    sync_server *server = *engine ? fixture_server(opts, path, *engine) : NULL;
+    if (!server) {
+        sync_engine_free(*engine);
+        *engine = NULL;
+    }
+    return server;
+}
+
 void fixture_quiet_log(sync_log_level level, const char *message, void *userdata)
 {
     (void)level;

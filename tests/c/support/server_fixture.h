@@ -23,6 +23,11 @@ long long fixture_counter_value(sync_engine *engine);
  * started on its background thread. NULL on failure. */
 sync_server *fixture_server(const sync_server_options *opts, const char *path, sync_engine *engine);
 
+/* A counter engine starting at `start` served at `path` by fixture_server(opts): the server, with
+ * the engine in *engine. NULL (and *engine NULL) on failure. */
+sync_server *fixture_counter_server(int start, const sync_server_options *opts, const char *path,
+                                    sync_engine **engine);
+
 /* A client of `path` that has read its initial state; NULL (and a failed check) otherwise. */
 ws_client *fixture_join(int port, const char *path);
 
