@@ -103,15 +103,22 @@ static void pull_broadcast(void)
     pc_cleanup(&pc);
 }
 
+/* A counter engine that saves to `store` (starting at {"counter":0}, version 0) before it sends,
+ * and broadcasts every change; NULL on failure. */
+static sync_engine *before_send_engine(fake_store *store)
+{
+    fake_store_init(store, "{\"counter\":0}", 0);
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    opts.adapter = fake_adapter_new(store);
+    opts.persist_mode = SYNC_PERSIST_BEFORE_SEND;
+    opts.auto_broadcast = 1;
+    return counter_engine(&opts, NULL, 0);
+}
+
 static void group_commit_before_send(void)
 {
     fake_store store;
-    fake_store_init(&store, "{\"counter\":0}", 0);
-    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
-    opts.adapter = fake_adapter_new(&store);
-    opts.persist_mode = SYNC_PERSIST_BEFORE_SEND;
-    opts.auto_broadcast = 1;
-    sync_engine *e = counter_engine(&opts, NULL, 0);
+    sync_engine *e = before_send_engine(&store);
     REQUIRE(e);
     pull_conn pc;
     pc_init(&pc);
@@ -159,12 +166,7 @@ static void group_commit_before_send(void)
 static void push_count_follows_open_and_close(void)
 {
     fake_store store;
-    fake_store_init(&store, "{\"counter\":0}", 0);
-    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
-    opts.adapter = fake_adapter_new(&store);
-    opts.persist_mode = SYNC_PERSIST_BEFORE_SEND;
-    opts.auto_broadcast = 1;
-    sync_engine *e = counter_engine(&opts, NULL, 0);
+    sync_engine *e = before_send_engine(&store);
     REQUIRE(e);
     pull_conn pc;
     pc_init(&pc);

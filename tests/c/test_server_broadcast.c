@@ -136,20 +136,13 @@ static void test_broadcast_that_never_yields_still_converges(void)
  * init must not write past and which the server must accept without reading the new field. */
 static void test_server_options_version_1_still_accepted(void)
 {
-    size_t v1_size = offsetof(sync_server_options, broadcast_yield_ms);
-    size_t raw_size = sizeof(sync_server_options) + 16;
-    unsigned char *raw = malloc(raw_size);
-    REQUIRE(raw);
-    memset(raw, 0xA5, raw_size);
-    sync_server_options *v1 = (sync_server_options *)(void *)raw;
-    CHECK_EQ_INT(sync_server_options_init(v1, 1), SYNC_OK);
-    CHECK_EQ_INT(v1->version, 1);
-    for (size_t i = v1_size; i < raw_size; i++)
-        CHECK(raw[i] == 0xA5);
+    sync_server_options *v1 =
+        fixture_old_options(1, offsetof(sync_server_options, broadcast_yield_ms));
+    REQUIRE(v1);
     sync_server *server = NULL;
     CHECK_EQ_INT(sync_server_new(&server, v1), SYNC_OK); /* the 0xA5 bytes are never read */
     sync_server_free(server);
-    free(raw);
+    free(v1);
 
     sync_server_options bad = SYNC_SERVER_OPTIONS_INIT;
     bad.broadcast_yield_ms = -2;

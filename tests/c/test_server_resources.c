@@ -644,16 +644,9 @@ static void test_version_4_options(void)
 
     /* a caller built against version 3 passes the shorter struct: init writes nothing past it,
      * and the server reads nothing past it (the defaults apply) */
-    size_t v3_size = offsetof(sync_server_options, handshake_timeout_ms);
-    size_t raw_size = sizeof(sync_server_options) + 16;
-    unsigned char *raw = malloc(raw_size);
-    REQUIRE(raw);
-    memset(raw, 0xA5, raw_size);
-    sync_server_options *v3 = (sync_server_options *)(void *)raw;
-    CHECK_EQ_INT(sync_server_options_init(v3, 3), SYNC_OK);
-    CHECK_EQ_INT(v3->version, 3);
-    for (size_t i = v3_size; i < raw_size; i++)
-        CHECK(raw[i] == 0xA5);
+    sync_server_options *v3 =
+        fixture_old_options(3, offsetof(sync_server_options, handshake_timeout_ms));
+    REQUIRE(v3);
     v3->log = fixture_quiet_log;
     sync_engine *engine = fixture_counter_engine(0);
     REQUIRE(engine);
@@ -667,7 +660,7 @@ static void test_version_4_options(void)
         sync_server_free(server);
     }
     sync_engine_free(engine);
-    free(raw);
+    free(v3);
 
     sync_server_options filled;
     CHECK_EQ_INT(sync_server_options_init(&filled, SYNC_SERVER_OPTIONS_VERSION), SYNC_OK);

@@ -86,6 +86,21 @@ sync_server *fixture_counter_server(int start, const sync_server_options *opts, 
     return server;
 }
 
+sync_server_options *fixture_old_options(int version, size_t end)
+{
+    size_t raw_size = sizeof(sync_server_options) + 16;
+    unsigned char *raw = malloc(raw_size);
+    if (!raw)
+        return NULL;
+    memset(raw, 0xA5, raw_size);
+    sync_server_options *opts = (sync_server_options *)(void *)raw;
+    CHECK_EQ_INT(sync_server_options_init(opts, version), SYNC_OK);
+    CHECK_EQ_INT(opts->version, version);
+    for (size_t i = end; i < raw_size; i++)
+        CHECK(raw[i] == 0xA5);
+    return opts;
+}
+
 void fixture_quiet_log(sync_log_level level, const char *message, void *userdata)
 {
     (void)level;

@@ -43,6 +43,11 @@ long long fixture_metric(int port, const char *name);
  * client sees it), or what they are after 5 s. */
 long long fixture_open_connections(int port, long long want);
 
+/* The options of a caller built against `version`, whose struct ends at byte `end`: initialised by
+ * sync_server_options_init(version) in a larger buffer filled with 0xA5, checking that it succeeds,
+ * sets the version and writes nothing past `end`. Caller frees; NULL when out of memory. */
+sync_server_options *fixture_old_options(int version, size_t end);
+
 /* A log sink that drops everything (tests that provoke warnings on purpose). */
 void fixture_quiet_log(sync_log_level level, const char *message, void *userdata);
 
