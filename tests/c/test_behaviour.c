@@ -91,8 +91,7 @@ static void counter_app_decrement_from_a_connection_commits(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(f.engine, c->conn);
+    fake_conn *c = fake_conn_open(f.engine);
     CHECK_EQ_INT(counter_send(f.engine, c->conn, "decrement", 3), SYNC_OK);
     CHECK_EQ_INT(counter_value(f.engine), -3);
     CHECK_EQ_INT(sync_engine_get_version(f.engine), 1);
@@ -130,8 +129,7 @@ static void counter_app_pong_is_recorded(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(f.engine, c->conn);
+    fake_conn *c = fake_conn_open(f.engine);
     CHECK_EQ_INT(sync_engine_handle_message(f.engine, c->conn, "pong", 4), SYNC_OK);
     CHECK_EQ_INT(f.log.pongs, 1);
     CHECK_EQ_INT(f.log.errors, 0);
@@ -146,8 +144,7 @@ static void counter_app_heartbeat_pings(void)
     fixture f;
     int64_t start = sync_now_ms();
     fixture_open(&f, 1, 50, 0);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(f.engine, c->conn);
+    fake_conn *c = fake_conn_open(f.engine);
     /* Two pings take 100 ms; a loaded machine gets up to 1 s. */
     while (f.log.pings < 2 && sync_now_ms() - start < 1000)
         sleep_ms(5);
@@ -165,10 +162,8 @@ static void counter_app_broadcast_reaches_every_connection(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
-    fake_conn *a = fake_conn_new();
-    fake_conn *b = fake_conn_new();
-    sync_engine_handle_open(f.engine, a->conn);
-    sync_engine_handle_open(f.engine, b->conn);
+    fake_conn *a = fake_conn_open(f.engine);
+    fake_conn *b = fake_conn_open(f.engine);
     CHECK_EQ_INT(counter_send(f.engine, a->conn, "increment", 5), SYNC_OK);
     CHECK_EQ_INT(sync_engine_broadcast_state(f.engine), SYNC_OK);
     char type[32];
@@ -390,8 +385,7 @@ static void close_is_idempotent(void)
 {
     hook_log log = {0};
     sync_engine *e = plain_engine(NULL, 1, &log);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     CHECK_EQ_INT(sync_engine_handle_close(e, c->conn), SYNC_OK);
     CHECK_EQ_INT(sync_engine_connection_count(e), 0);
     CHECK_EQ_INT(log.disconnects, 1);
@@ -408,8 +402,7 @@ static void only_exact_pong_text_is_a_pong(void)
     hook_log log = {0};
     sync_engine *e = plain_engine(NULL, 1, &log);
     counter_register(e, 0);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     CHECK_EQ_INT(sync_engine_handle_message(e, c->conn, "pong", 4), SYNC_OK);
     CHECK_EQ_INT(log.pongs, 1);
     CHECK_EQ_INT(log.errors, 0);
@@ -539,8 +532,7 @@ static void no_broadcast_unless_handler_asks(void)
 {
     sync_engine *e = plain_engine("{\"counter\":0}", 1, NULL);
     counter_register(e, 0);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     counter_send(e, c->conn, "increment", 1);
     CHECK_EQ_INT(fake_conn_frames(c), 1);
     sync_engine_free(e);
@@ -586,8 +578,7 @@ static void set_state_from_outside_commits_and_broadcasts(void)
 {
     hook_log log = {0};
     sync_engine *e = plain_engine("{\"counter\":0}", 1, &log);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     CHECK_EQ_INT(sync_engine_set_state_json(e, "{\"counter\":5}", 0), SYNC_OK);
     CHECK_EQ_INT(fake_conn_frames(c), 1);
     CHECK_EQ_INT(sync_engine_get_version(e), 1);
@@ -681,10 +672,8 @@ static void heartbeat_pings_and_closes_silent_connections(void)
     opts.ping_timeout_ms = 250;
     sync_engine *e = hooked_engine(&opts, &log);
     REQUIRE(e);
-    fake_conn *alive = fake_conn_new();
-    fake_conn *silent = fake_conn_new();
-    sync_engine_handle_open(e, alive->conn);
-    sync_engine_handle_open(e, silent->conn);
+    fake_conn *alive = fake_conn_open(e);
+    fake_conn *silent = fake_conn_open(e);
     int64_t t = sync_engine_next_deadline_ms(e);
     CHECK_EQ_INT(sync_engine_tick(e, t), SYNC_OK);
     CHECK_EQ_INT(log.pings, 2);
@@ -727,8 +716,7 @@ static void dispose_closes_connections_and_refuses_later_calls(void)
     opts.sync_interval_ms = 1000;
     sync_engine *e = NULL;
     REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     CHECK_EQ_INT(sync_engine_dispose(e), SYNC_OK);
     CHECK_EQ_INT(fake_conn_closes(c), 1);
     CHECK_EQ_INT(sync_engine_connection_count(e), 0);

@@ -397,8 +397,7 @@ static void reentrant_calls_are_queued(void)
     opts.hooks = &hooks;
     sync_engine *e = NULL;
     REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     sync_engine_on(e, "re", reentrant_handler, NULL, NULL);
     hook_broadcasts = 0;
     CHECK_EQ_INT(sync_engine_inject(e, "{\"type\":\"re\"}", 13), SYNC_OK);

@@ -98,8 +98,7 @@ static void each_bad_message(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         hook_log log = {0};
         sync_engine *e = engine_with(&log, 1, 32768);
-        fake_conn *c = fake_conn_new();
-        sync_engine_handle_open(e, c->conn);
+        fake_conn *c = fake_conn_open(e);
         size_t len = cases[i].len ? cases[i].len : strlen(cases[i].text);
         int rc = sync_engine_handle_message(e, c->conn, cases[i].text, len);
         if (rc != cases[i].status)
@@ -326,8 +325,7 @@ static void after_dispose(void)
 {
     hook_log log = {0};
     sync_engine *e = engine_with(&log, 0, 0);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     CHECK_EQ_INT(sync_engine_dispose(e), SYNC_OK);
     fake_conn *late = fake_conn_new();
     freed_count = 0;
@@ -381,8 +379,7 @@ static void random_input_never_crashes(void)
 {
     hook_log log = {0};
     sync_engine *e = engine_with(&log, 1, 4096);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     unsigned seed = 12345;
     const char *base = "{\"type\":\"increment\",\"amount\":1,\"x\":[\"\\u00e9\",{\"y\":null}]}";
     size_t base_len = strlen(base);

@@ -69,8 +69,7 @@ static void frame_shapes(void)
     opts.initial_state_json = "{\"a\":[1,\"x\"]}";
     sync_engine *e = NULL;
     REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     sync_engine_set_state_json(e, "{\"b\":true}", 1);
     sync_engine_broadcast_text(e, "hello", 5);
     REQUIRE(fake_conn_frames(c) == 3);
@@ -91,8 +90,7 @@ static void versioning_off(void)
     opts.auto_broadcast = 1;
     sync_engine *e = counter_engine(&opts, NULL, 0);
     REQUIRE(e);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     counter_send(e, c->conn, "increment", 3);
     CHECK_EQ_INT(sync_engine_get_version(e), -1);
     REQUIRE(fake_conn_frames(c) == 2);
@@ -122,10 +120,8 @@ static void replies_go_to_sender_only(void)
     sync_engine *e = NULL;
     REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
     sync_engine_on(e, "echo", reply_handler, NULL, NULL);
-    fake_conn *a = fake_conn_new();
-    fake_conn *b = fake_conn_new();
-    sync_engine_handle_open(e, a->conn);
-    sync_engine_handle_open(e, b->conn);
+    fake_conn *a = fake_conn_open(e);
+    fake_conn *b = fake_conn_open(e);
     const char *text = "{ \"type\" : \"echo\", \"n\" : 1 }";
     CHECK_EQ_INT(sync_engine_handle_message(e, a->conn, text, strlen(text)), SYNC_OK);
     CHECK_EQ_INT(fake_conn_frames(a), 2);

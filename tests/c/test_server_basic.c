@@ -385,11 +385,8 @@ static void test_static_files(void)
     }
 
     /* a WebSocket upgrade to "/" still reaches the engine */
-    ws_client *c = ws_connect(port, "/", NULL, NULL);
+    ws_client *c = fixture_join(port, "/");
     CHECK(c != NULL);
-    char *text = c ? ws_read_text(c, 3000) : NULL;
-    CHECK(text && strstr(text, "initial_state"));
-    free(text);
     ws_client_free(c);
     sync_server_free(server);
     sync_engine_free(engine);

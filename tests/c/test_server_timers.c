@@ -141,11 +141,8 @@ static void test_restart_after_stop(void)
     CHECK_EQ_INT(sync_server_start(server), SYNC_ESTATE);
     CHECK_EQ_INT(sync_server_stop(server), SYNC_OK);
     CHECK_EQ_INT(sync_server_start(server), SYNC_OK);
-    ws_client *c = ws_connect(sync_server_port(server), "/", NULL, NULL);
+    ws_client *c = fixture_join(sync_server_port(server), "/");
     CHECK(c != NULL);
-    char *text = c ? ws_read_text(c, 2000) : NULL;
-    CHECK(text && strstr(text, "initial_state"));
-    free(text);
     ws_client_free(c);
     sync_server_free(server);
     sync_engine_free(engine);

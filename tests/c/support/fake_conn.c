@@ -358,3 +358,10 @@ sync_engine *hooked_engine(const sync_engine_options *opts, hook_log *log)
     sync_engine *engine = NULL;
     return sync_engine_new(&engine, &with_log) == SYNC_OK ? engine : NULL;
 }
+
+fake_conn *fake_conn_open(sync_engine *engine)
+{
+    fake_conn *fake = fake_conn_new();
+    sync_engine_handle_open(engine, fake->conn);
+    return fake;
+}

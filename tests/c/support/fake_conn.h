@@ -22,6 +22,8 @@ typedef struct fake_conn {
 
 /* A fake connection; the fake lives until the last reference to its sync_conn is gone. */
 fake_conn *fake_conn_new(void);
+/* A fake connection opened on `engine` (sync_engine_handle_open, its status not checked). */
+fake_conn *fake_conn_open(sync_engine *engine);
 /* Releases the test's reference. */
 void fake_conn_release(fake_conn *fake);
 size_t fake_conn_frames(fake_conn *fake);
