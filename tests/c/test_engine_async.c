@@ -260,16 +260,23 @@ static void async_validator_and_middleware(void)
     sync_engine_free(e);
 }
 
+/* A counter engine starting at `initial` on `store`, which holds {"counter":10} at version 4 and
+ * finishes every call only when told (fake_store_finish); its hooks count into `log`. */
+static sync_engine *async_store_engine(fake_store *store, const char *initial, hook_log *log)
+{
+    fake_store_init(store, "{\"counter\":10}", 4);
+    store->async = 1;
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    opts.initial_state_json = initial;
+    opts.adapter = fake_adapter_new(store);
+    return counter_engine(&opts, log, 0);
+}
+
 static void async_adapter_load_and_save(void)
 {
     hook_log log = {0};
     fake_store store;
-    fake_store_init(&store, "{\"counter\":10}", 4);
-    store.async = 1;
-    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
-    opts.initial_state_json = "{\"counter\":0}";
-    opts.adapter = fake_adapter_new(&store);
-    sync_engine *e = counter_engine(&opts, &log, 0);
+    sync_engine *e = async_store_engine(&store, "{\"counter\":0}", &log);
     REQUIRE(e);
     fake_conn *c = fake_conn_new();
     /* Usable at once: work waits for the load. */
@@ -316,12 +323,7 @@ static void async_load_failure_reported(void)
 {
     hook_log log = {0};
     fake_store store;
-    fake_store_init(&store, "{\"counter\":10}", 4);
-    store.async = 1;
-    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
-    opts.initial_state_json = "{\"counter\":3}";
-    opts.adapter = fake_adapter_new(&store);
-    sync_engine *e = hooked_engine(&opts, &log);
+    sync_engine *e = async_store_engine(&store, "{\"counter\":3}", &log);
     REQUIRE(e);
     fake_store_finish(&store, SYNC_OK);
     fake_store_finish(&store, SYNC_ECORRUPT);
