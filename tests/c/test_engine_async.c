@@ -220,19 +220,12 @@ static void async_failure_rolls_back(void)
 
 static sync_msg *parked_step;
 
-static int park_step(sync_msg *msg, void *userdata)
-{
-    (void)userdata;
-    parked_step = msg;
-    return SYNC_PENDING;
-}
-
 static void async_validator_and_middleware(void)
 {
     hook_log log = {0};
     sync_engine *e = new_engine("{\"counter\":0}", &log);
     counter_register(e, 0);
-    sync_engine_set_validator(e, park_step, NULL, NULL);
+    sync_engine_set_validator(e, fake_park, &parked_step, NULL);
     parked_step = NULL;
     CHECK_EQ_INT(counter_send(e, NULL, "increment", 1), SYNC_PENDING);
     REQUIRE(parked_step != NULL);
@@ -247,7 +240,7 @@ static void async_validator_and_middleware(void)
     parked_step = NULL;
     CHECK_EQ_INT(counter_send(e, NULL, "increment", 1), SYNC_PENDING);
     sync_engine_set_validator(e, NULL, NULL, NULL);
-    sync_engine_use(e, park_step, NULL, NULL);
+    sync_engine_use(e, fake_park, &parked_step, NULL);
     sync_msg *validating = parked_step;
     parked_step = NULL;
     CHECK_EQ_INT(sync_msg_complete(validating, SYNC_OK), SYNC_OK);

@@ -365,3 +365,9 @@ fake_conn *fake_conn_open(sync_engine *engine)
     sync_engine_handle_open(engine, fake->conn);
     return fake;
 }
+
+int fake_park(sync_msg *msg, void *userdata)
+{
+    *(sync_msg **)userdata = msg;
+    return SYNC_PENDING;
+}

@@ -57,6 +57,10 @@ sync_adapter *fake_adapter_new(fake_store *store);
 int fake_store_finish(fake_store *store, int status);
 int fake_store_has_pending(fake_store *store);
 
+/* A step (handler, validator or middleware) that leaves its message for the test to complete: it
+ * stores the message in the sync_msg * that `userdata` points to and returns SYNC_PENDING. */
+int fake_park(sync_msg *msg, void *userdata);
+
 /* Hook counters shared by the suites. */
 /* Counters are atomic because SYNC_TIMERS_THREAD runs hooks on the engine's own thread. */
 typedef struct hook_log {
