@@ -31,11 +31,9 @@ static void fixture_open(fixture *f, int validate, int64_t heartbeat_ms, int64_t
     opts.heartbeat_interval_ms = heartbeat_ms;
     opts.sync_interval_ms = sync_ms;
     opts.timer_mode = heartbeat_ms || sync_ms ? SYNC_TIMERS_THREAD : SYNC_TIMERS_MANUAL;
-    sync_hooks hooks = hook_log_hooks(&f->log);
-    opts.hooks = &hooks;
-    if (sync_engine_new(&f->engine, &opts) != SYNC_OK)
+    f->engine = counter_engine(&opts, &f->log, validate);
+    if (!f->engine)
         abort();
-    counter_register(f->engine, validate);
 }
 
 static void fixture_close(fixture *f)
@@ -93,8 +91,7 @@ static void counter_app_decrement_from_a_connection_commits(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(f.engine, c->conn);
+    fake_conn *c = fake_conn_open(f.engine);
     CHECK_EQ_INT(counter_send(f.engine, c->conn, "decrement", 3), SYNC_OK);
     CHECK_EQ_INT(counter_value(f.engine), -3);
     CHECK_EQ_INT(sync_engine_get_version(f.engine), 1);
@@ -132,8 +129,7 @@ static void counter_app_pong_is_recorded(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(f.engine, c->conn);
+    fake_conn *c = fake_conn_open(f.engine);
     CHECK_EQ_INT(sync_engine_handle_message(f.engine, c->conn, "pong", 4), SYNC_OK);
     CHECK_EQ_INT(f.log.pongs, 1);
     CHECK_EQ_INT(f.log.errors, 0);
@@ -148,8 +144,7 @@ static void counter_app_heartbeat_pings(void)
     fixture f;
     int64_t start = sync_now_ms();
     fixture_open(&f, 1, 50, 0);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(f.engine, c->conn);
+    fake_conn *c = fake_conn_open(f.engine);
     /* Two pings take 100 ms; a loaded machine gets up to 1 s. */
     while (f.log.pings < 2 && sync_now_ms() - start < 1000)
         sleep_ms(5);
@@ -167,10 +162,8 @@ static void counter_app_broadcast_reaches_every_connection(void)
 {
     fixture f;
     fixture_open(&f, 1, 0, 0);
-    fake_conn *a = fake_conn_new();
-    fake_conn *b = fake_conn_new();
-    sync_engine_handle_open(f.engine, a->conn);
-    sync_engine_handle_open(f.engine, b->conn);
+    fake_conn *a = fake_conn_open(f.engine);
+    fake_conn *b = fake_conn_open(f.engine);
     CHECK_EQ_INT(counter_send(f.engine, a->conn, "increment", 5), SYNC_OK);
     CHECK_EQ_INT(sync_engine_broadcast_state(f.engine), SYNC_OK);
     char type[32];
@@ -240,17 +233,23 @@ static void counter_app_dispose_closes_each_connection_once(void)
 
 /* ---- each step on its own: state, version, load, connections, messages, sync, timers -------- */
 
-static sync_engine *plain_engine(const char *initial, int versioning, hook_log *log)
+/* An engine on `store` (none when NULL), its hooks counting into `log` (none when NULL). */
+static sync_engine *store_engine(fake_store *store, const char *initial, int versioning,
+                                 hook_log *log)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.initial_state_json = initial;
     opts.enable_versioning = versioning;
-    sync_hooks hooks = log ? hook_log_hooks(log) : (sync_hooks)SYNC_HOOKS_INIT;
-    opts.hooks = log ? &hooks : NULL;
-    sync_engine *engine = NULL;
-    if (sync_engine_new(&engine, &opts) != SYNC_OK)
+    opts.adapter = store ? fake_adapter_new(store) : NULL;
+    sync_engine *engine = hooked_engine(&opts, log);
+    if (!engine)
         abort();
     return engine;
+}
+
+static sync_engine *plain_engine(const char *initial, int versioning, hook_log *log)
+{
+    return store_engine(NULL, initial, versioning, log);
 }
 
 static void initial_state_given_or_empty_object(void)
@@ -277,21 +276,6 @@ static void version_starts_at_0_or_stays_minus_1_without_versioning(void)
     CHECK_EQ_INT(sync_engine_get_version(off), -1);
     sync_engine_free(on);
     sync_engine_free(off);
-}
-
-static sync_engine *store_engine(fake_store *store, const char *initial, int versioning,
-                                 hook_log *log)
-{
-    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
-    opts.initial_state_json = initial;
-    opts.enable_versioning = versioning;
-    opts.adapter = fake_adapter_new(store);
-    sync_hooks hooks = log ? hook_log_hooks(log) : (sync_hooks)SYNC_HOOKS_INIT;
-    opts.hooks = log ? &hooks : NULL;
-    sync_engine *engine = NULL;
-    if (sync_engine_new(&engine, &opts) != SYNC_OK)
-        abort();
-    return engine;
 }
 
 static void load_takes_stored_state_and_reports_store_errors(void)
@@ -401,8 +385,7 @@ static void close_is_idempotent(void)
 {
     hook_log log = {0};
     sync_engine *e = plain_engine(NULL, 1, &log);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     CHECK_EQ_INT(sync_engine_handle_close(e, c->conn), SYNC_OK);
     CHECK_EQ_INT(sync_engine_connection_count(e), 0);
     CHECK_EQ_INT(log.disconnects, 1);
@@ -419,8 +402,7 @@ static void only_exact_pong_text_is_a_pong(void)
     hook_log log = {0};
     sync_engine *e = plain_engine(NULL, 1, &log);
     counter_register(e, 0);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     CHECK_EQ_INT(sync_engine_handle_message(e, c->conn, "pong", 4), SYNC_OK);
     CHECK_EQ_INT(log.pongs, 1);
     CHECK_EQ_INT(log.errors, 0);
@@ -550,8 +532,7 @@ static void no_broadcast_unless_handler_asks(void)
 {
     sync_engine *e = plain_engine("{\"counter\":0}", 1, NULL);
     counter_register(e, 0);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     counter_send(e, c->conn, "increment", 1);
     CHECK_EQ_INT(fake_conn_frames(c), 1);
     sync_engine_free(e);
@@ -597,8 +578,7 @@ static void set_state_from_outside_commits_and_broadcasts(void)
 {
     hook_log log = {0};
     sync_engine *e = plain_engine("{\"counter\":0}", 1, &log);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     CHECK_EQ_INT(sync_engine_set_state_json(e, "{\"counter\":5}", 0), SYNC_OK);
     CHECK_EQ_INT(fake_conn_frames(c), 1);
     CHECK_EQ_INT(sync_engine_get_version(e), 1);
@@ -690,14 +670,10 @@ static void heartbeat_pings_and_closes_silent_connections(void)
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.heartbeat_interval_ms = 100;
     opts.ping_timeout_ms = 250;
-    sync_hooks hooks = hook_log_hooks(&log);
-    opts.hooks = &hooks;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    fake_conn *alive = fake_conn_new();
-    fake_conn *silent = fake_conn_new();
-    sync_engine_handle_open(e, alive->conn);
-    sync_engine_handle_open(e, silent->conn);
+    sync_engine *e = hooked_engine(&opts, &log);
+    REQUIRE(e);
+    fake_conn *alive = fake_conn_open(e);
+    fake_conn *silent = fake_conn_open(e);
     int64_t t = sync_engine_next_deadline_ms(e);
     CHECK_EQ_INT(sync_engine_tick(e, t), SYNC_OK);
     CHECK_EQ_INT(log.pings, 2);
@@ -740,8 +716,7 @@ static void dispose_closes_connections_and_refuses_later_calls(void)
     opts.sync_interval_ms = 1000;
     sync_engine *e = NULL;
     REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     CHECK_EQ_INT(sync_engine_dispose(e), SYNC_OK);
     CHECK_EQ_INT(fake_conn_closes(c), 1);
     CHECK_EQ_INT(sync_engine_connection_count(e), 0);
@@ -773,9 +748,8 @@ static void errors_go_to_on_error_else_log_and_debug_logs_steps(void)
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.log = capture_log;
     opts.log_userdata = &cap;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
     CHECK_EQ_INT(sync_engine_inject(e, "[]", 2), SYNC_EMESSAGE);
     CHECK_EQ_INT(cap.errors, 1);
     CHECK_EQ_INT(cap.debugs, 0);

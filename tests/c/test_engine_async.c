@@ -45,10 +45,8 @@ static sync_engine *new_engine(const char *initial, hook_log *log)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.initial_state_json = initial;
-    sync_hooks hooks = hook_log_hooks(log);
-    opts.hooks = &hooks;
-    sync_engine *e = NULL;
-    if (sync_engine_new(&e, &opts) != SYNC_OK)
+    sync_engine *e = hooked_engine(&opts, log);
+    if (!e)
         abort();
     return e;
 }
@@ -222,19 +220,12 @@ static void async_failure_rolls_back(void)
 
 static sync_msg *parked_step;
 
-static int park_step(sync_msg *msg, void *userdata)
-{
-    (void)userdata;
-    parked_step = msg;
-    return SYNC_PENDING;
-}
-
 static void async_validator_and_middleware(void)
 {
     hook_log log = {0};
     sync_engine *e = new_engine("{\"counter\":0}", &log);
     counter_register(e, 0);
-    sync_engine_set_validator(e, park_step, NULL, NULL);
+    sync_engine_set_validator(e, fake_park, &parked_step, NULL);
     parked_step = NULL;
     CHECK_EQ_INT(counter_send(e, NULL, "increment", 1), SYNC_PENDING);
     REQUIRE(parked_step != NULL);
@@ -249,7 +240,7 @@ static void async_validator_and_middleware(void)
     parked_step = NULL;
     CHECK_EQ_INT(counter_send(e, NULL, "increment", 1), SYNC_PENDING);
     sync_engine_set_validator(e, NULL, NULL, NULL);
-    sync_engine_use(e, park_step, NULL, NULL);
+    sync_engine_use(e, fake_park, &parked_step, NULL);
     sync_msg *validating = parked_step;
     parked_step = NULL;
     CHECK_EQ_INT(sync_msg_complete(validating, SYNC_OK), SYNC_OK);
@@ -262,20 +253,24 @@ static void async_validator_and_middleware(void)
     sync_engine_free(e);
 }
 
+/* A counter engine starting at `initial` on `store`, which holds {"counter":10} at version 4 and
+ * finishes every call only when told (fake_store_finish); its hooks count into `log`. */
+static sync_engine *async_store_engine(fake_store *store, const char *initial, hook_log *log)
+{
+    fake_store_init(store, "{\"counter\":10}", 4);
+    store->async = 1;
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    opts.initial_state_json = initial;
+    opts.adapter = fake_adapter_new(store);
+    return counter_engine(&opts, log, 0);
+}
+
 static void async_adapter_load_and_save(void)
 {
     hook_log log = {0};
     fake_store store;
-    fake_store_init(&store, "{\"counter\":10}", 4);
-    store.async = 1;
-    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
-    opts.initial_state_json = "{\"counter\":0}";
-    opts.adapter = fake_adapter_new(&store);
-    sync_hooks hooks = hook_log_hooks(&log);
-    opts.hooks = &hooks;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = async_store_engine(&store, "{\"counter\":0}", &log);
+    REQUIRE(e);
     fake_conn *c = fake_conn_new();
     /* Usable at once: work waits for the load. */
     CHECK_EQ_INT(sync_engine_handle_open(e, c->conn), SYNC_PENDING);
@@ -321,15 +316,8 @@ static void async_load_failure_reported(void)
 {
     hook_log log = {0};
     fake_store store;
-    fake_store_init(&store, "{\"counter\":10}", 4);
-    store.async = 1;
-    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
-    opts.initial_state_json = "{\"counter\":3}";
-    opts.adapter = fake_adapter_new(&store);
-    sync_hooks hooks = hook_log_hooks(&log);
-    opts.hooks = &hooks;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
+    sync_engine *e = async_store_engine(&store, "{\"counter\":3}", &log);
+    REQUIRE(e);
     fake_store_finish(&store, SYNC_OK);
     fake_store_finish(&store, SYNC_ECORRUPT);
     CHECK_EQ_INT(log.last_error_status, SYNC_ECORRUPT);
@@ -404,8 +392,7 @@ static void reentrant_calls_are_queued(void)
     opts.hooks = &hooks;
     sync_engine *e = NULL;
     REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     sync_engine_on(e, "re", reentrant_handler, NULL, NULL);
     hook_broadcasts = 0;
     CHECK_EQ_INT(sync_engine_inject(e, "{\"type\":\"re\"}", 13), SYNC_OK);

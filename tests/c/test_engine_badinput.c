@@ -20,12 +20,9 @@ static sync_engine *engine_with(hook_log *log, int reply_errors, size_t max_byte
     opts.initial_state_json = "{\"counter\":1}";
     opts.reply_errors = reply_errors;
     opts.max_message_bytes = max_bytes;
-    sync_hooks hooks = hook_log_hooks(log);
-    opts.hooks = &hooks;
-    sync_engine *e = NULL;
-    if (sync_engine_new(&e, &opts) != SYNC_OK)
+    sync_engine *e = counter_engine(&opts, log, 0);
+    if (!e)
         abort();
-    counter_register(e, 0);
     return e;
 }
 
@@ -101,8 +98,7 @@ static void each_bad_message(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         hook_log log = {0};
         sync_engine *e = engine_with(&log, 1, 32768);
-        fake_conn *c = fake_conn_new();
-        sync_engine_handle_open(e, c->conn);
+        fake_conn *c = fake_conn_open(e);
         size_t len = cases[i].len ? cases[i].len : strlen(cases[i].text);
         int rc = sync_engine_handle_message(e, c->conn, cases[i].text, len);
         if (rc != cases[i].status)
@@ -156,11 +152,8 @@ static void depth_limit_is_configurable(void)
     hook_log log = {0};
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.max_json_depth = 3;
-    sync_hooks hooks = hook_log_hooks(&log);
-    opts.hooks = &hooks;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, &log, 0);
+    REQUIRE(e);
     const char *ok = "{\"type\":\"increment\",\"amount\":1,\"x\":[[1]]}";
     const char *deep = "{\"type\":\"increment\",\"amount\":1,\"x\":[[[1]]]}";
     CHECK_EQ_INT(sync_engine_inject(e, ok, strlen(ok)), SYNC_OK);
@@ -332,8 +325,7 @@ static void after_dispose(void)
 {
     hook_log log = {0};
     sync_engine *e = engine_with(&log, 0, 0);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     CHECK_EQ_INT(sync_engine_dispose(e), SYNC_OK);
     fake_conn *late = fake_conn_new();
     freed_count = 0;
@@ -387,8 +379,7 @@ static void random_input_never_crashes(void)
 {
     hook_log log = {0};
     sync_engine *e = engine_with(&log, 1, 4096);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     unsigned seed = 12345;
     const char *base = "{\"type\":\"increment\",\"amount\":1,\"x\":[\"\\u00e9\",{\"y\":null}]}";
     size_t base_len = strlen(base);

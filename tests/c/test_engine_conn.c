@@ -68,19 +68,12 @@ static void last_reference_frees_once(void)
 
 static sync_msg *parked;
 
-static int park(sync_msg *msg, void *userdata)
-{
-    (void)userdata;
-    parked = msg;
-    return SYNC_PENDING;
-}
-
 static void queued_message_keeps_connection(void)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     sync_engine *e = NULL;
     REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    sync_engine_on(e, "slow", park, NULL, NULL);
+    sync_engine_on(e, "slow", fake_park, &parked, NULL);
     counter_register(e, 0);
     counted c = {0};
     sync_conn *conn = counted_conn(&c);

@@ -23,9 +23,8 @@ static void once_per_version(void)
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.initial_state_json = "{\"counter\":0}";
     opts.adapter = fake_adapter_new(&store); /* the save shares the same text */
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
     fake_conn *conns[CONNS];
     for (int i = 0; i < CONNS; i++) {
         conns[i] = fake_conn_new();
@@ -70,8 +69,7 @@ static void frame_shapes(void)
     opts.initial_state_json = "{\"a\":[1,\"x\"]}";
     sync_engine *e = NULL;
     REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     sync_engine_set_state_json(e, "{\"b\":true}", 1);
     sync_engine_broadcast_text(e, "hello", 5);
     REQUIRE(fake_conn_frames(c) == 3);
@@ -90,11 +88,9 @@ static void versioning_off(void)
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.enable_versioning = 0;
     opts.auto_broadcast = 1;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
+    fake_conn *c = fake_conn_open(e);
     counter_send(e, c->conn, "increment", 3);
     CHECK_EQ_INT(sync_engine_get_version(e), -1);
     REQUIRE(fake_conn_frames(c) == 2);
@@ -124,10 +120,8 @@ static void replies_go_to_sender_only(void)
     sync_engine *e = NULL;
     REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
     sync_engine_on(e, "echo", reply_handler, NULL, NULL);
-    fake_conn *a = fake_conn_new();
-    fake_conn *b = fake_conn_new();
-    sync_engine_handle_open(e, a->conn);
-    sync_engine_handle_open(e, b->conn);
+    fake_conn *a = fake_conn_open(e);
+    fake_conn *b = fake_conn_open(e);
     const char *text = "{ \"type\" : \"echo\", \"n\" : 1 }";
     CHECK_EQ_INT(sync_engine_handle_message(e, a->conn, text, strlen(text)), SYNC_OK);
     CHECK_EQ_INT(fake_conn_frames(a), 2);

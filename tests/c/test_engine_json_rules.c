@@ -22,12 +22,9 @@ static sync_engine *engine_with(hook_log *log, fake_store *store, const char *in
     opts.auto_broadcast = 1;
     opts.adapter = store ? fake_adapter_new(store) : NULL;
     opts.persist_mode = SYNC_PERSIST_ON_CHANGE;
-    sync_hooks hooks = hook_log_hooks(log);
-    opts.hooks = &hooks;
-    sync_engine *e = NULL;
-    if (sync_engine_new(&e, &opts) != SYNC_OK)
+    sync_engine *e = counter_engine(&opts, log, 0);
+    if (!e)
         abort();
-    counter_register(e, 0);
     return e;
 }
 
@@ -152,8 +149,7 @@ static void every_handler_path_is_checked(void)
         sync_engine_on(e, "set", set_value, NULL, NULL);
         sync_engine_on(e, "dup", add_twice, NULL, NULL);
         sync_engine_on(e, "nan", later_nan, NULL, NULL);
-        fake_conn *c = fake_conn_new();
-        sync_engine_handle_open(e, c->conn);
+        fake_conn *c = fake_conn_open(e);
         g_value = cases[i].value;
         g_pending_wanted = cases[i].pending;
         g_pending = NULL;
@@ -191,8 +187,7 @@ static void set_state_from_outside(void)
     fake_store store;
     fake_store_init(&store, NULL, 0);
     sync_engine *e = engine_with(&log, &store, "{\"counter\":1}");
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     cJSON *state = cJSON_CreateObject();
     cJSON_AddNumberToObject(cJSON_AddObjectToObject(state, "deep"), "x", -INFINITY);
     CHECK_EQ_INT(sync_engine_set_state(e, state, 1), SYNC_EINVAL);

@@ -19,9 +19,8 @@ static void fields_match_the_struct(void)
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.initial_state_json = "{\"counter\":0}";
     opts.auto_broadcast = 1;
-    sync_engine *engine = NULL;
-    REQUIRE(sync_engine_new(&engine, &opts) == SYNC_OK);
-    counter_register(engine, 1);
+    sync_engine *engine = counter_engine(&opts, NULL, 1);
+    REQUIRE(engine);
     fake_conn *client = fake_conn_new();
     CHECK_EQ_INT(sync_engine_handle_open(engine, client->conn), SYNC_OK);
     CHECK_EQ_INT(counter_send(engine, client->conn, "increment", 2), SYNC_OK);

@@ -70,10 +70,8 @@ static sync_engine *new_engine(int64_t step_timeout_ms, sync_timer_mode timers, 
     opts.step_timeout_ms = step_timeout_ms;
     opts.timer_mode = timers;
     opts.reply_errors = 1;
-    sync_hooks hooks = hook_log_hooks(log);
-    opts.hooks = &hooks;
-    sync_engine *e = NULL;
-    if (sync_engine_new(&e, &opts) != SYNC_OK)
+    sync_engine *e = hooked_engine(&opts, log);
+    if (!e)
         return NULL;
     counter_register(e, 0);
     sync_engine_on(e, "slow", park_after_writing, NULL, NULL);

@@ -85,9 +85,8 @@ static sync_frame *pc_pull(sync_engine *e, pull_conn *pc, int force)
 static void pull_broadcast(void)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
     sync_engine_set_auto_broadcast(e, 1);
     pull_conn pc;
     pc_init(&pc);
@@ -122,17 +121,23 @@ static void pull_broadcast(void)
     pc_cleanup(&pc);
 }
 
+/* A counter engine that saves to `store` (starting at {"counter":0}, version 0) before it sends,
+ * and broadcasts every change; NULL on failure. */
+static sync_engine *before_send_engine(fake_store *store)
+{
+    fake_store_init(store, "{\"counter\":0}", 0);
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    opts.adapter = fake_adapter_new(store);
+    opts.persist_mode = SYNC_PERSIST_BEFORE_SEND;
+    opts.auto_broadcast = 1;
+    return counter_engine(&opts, NULL, 0);
+}
+
 static void group_commit_before_send(void)
 {
     fake_store store;
-    fake_store_init(&store, "{\"counter\":0}", 0);
-    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
-    opts.adapter = fake_adapter_new(&store);
-    opts.persist_mode = SYNC_PERSIST_BEFORE_SEND;
-    opts.auto_broadcast = 1;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = before_send_engine(&store);
+    REQUIRE(e);
     pull_conn pc;
     pc_init(&pc);
     pc_listen(e, &pc);
@@ -183,14 +188,8 @@ static void group_commit_before_send(void)
 static void push_count_follows_open_and_close(void)
 {
     fake_store store;
-    fake_store_init(&store, "{\"counter\":0}", 0);
-    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
-    opts.adapter = fake_adapter_new(&store);
-    opts.persist_mode = SYNC_PERSIST_BEFORE_SEND;
-    opts.auto_broadcast = 1;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = before_send_engine(&store);
+    REQUIRE(e);
     pull_conn pc;
     pc_init(&pc);
     pc_listen(e, &pc);
@@ -271,9 +270,8 @@ static void deadline_listener(void)
 static void one_notice_per_change_and_reader(void)
 {
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
     sync_engine_set_auto_broadcast(e, 1);
     listener_log a = {0}, b = {0};
     REQUIRE(add_log_listener(e, &a) == SYNC_OK);

@@ -87,11 +87,10 @@ static void bursts_to_many_clients(int yield_ms, long long *cut_short)
 {
     enum { N = 400, BURSTS = 40, PER_BURST = 50, TOTAL = BURSTS * PER_BURST };
     raise_fd_limit();
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.broadcast_yield_ms = yield_ms;
-    sync_server *server = fixture_server(&opts, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, &opts, "/", &engine);
     REQUIRE(server);
     int port = sync_server_port(server);
     ws_client **clients = calloc(N, sizeof *clients);
@@ -137,20 +136,13 @@ static void test_broadcast_that_never_yields_still_converges(void)
  * init must not write past and which the server must accept without reading the new field. */
 static void test_server_options_version_1_still_accepted(void)
 {
-    size_t v1_size = offsetof(sync_server_options, broadcast_yield_ms);
-    size_t raw_size = sizeof(sync_server_options) + 16;
-    unsigned char *raw = malloc(raw_size);
-    REQUIRE(raw);
-    memset(raw, 0xA5, raw_size);
-    sync_server_options *v1 = (sync_server_options *)(void *)raw;
-    CHECK_EQ_INT(sync_server_options_init(v1, 1), SYNC_OK);
-    CHECK_EQ_INT(v1->version, 1);
-    for (size_t i = v1_size; i < raw_size; i++)
-        CHECK(raw[i] == 0xA5);
+    sync_server_options *v1 =
+        fixture_old_options(1, offsetof(sync_server_options, broadcast_yield_ms));
+    REQUIRE(v1);
     sync_server *server = NULL;
     CHECK_EQ_INT(sync_server_new(&server, v1), SYNC_OK); /* the 0xA5 bytes are never read */
     sync_server_free(server);
-    free(raw);
+    free(v1);
 
     sync_server_options bad = SYNC_SERVER_OPTIONS_INIT;
     bad.broadcast_yield_ms = -2;
@@ -187,9 +179,8 @@ static void test_clients_resetting_mid_broadcast(void)
 {
     enum { N = 200, TOTAL = 3000 };
     raise_fd_limit();
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
-    sync_server *server = fixture_server(NULL, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, NULL, "/", &engine);
     REQUIRE(server);
     int port = sync_server_port(server);
     ws_client *clients[N] = {0};
@@ -225,9 +216,8 @@ static void test_clients_resetting_mid_broadcast(void)
 static void test_clients_closing_gracefully_mid_broadcast(void)
 {
     enum { N = 60, TOTAL = 2000 };
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
-    sync_server *server = fixture_server(NULL, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, NULL, "/", &engine);
     REQUIRE(server);
     ws_client *clients[N] = {0};
     CHECK_EQ_INT(connect_all(sync_server_port(server), clients, N), N);
@@ -290,9 +280,8 @@ static void test_one_engine_served_by_two_servers(void)
 static void test_forced_broadcast_reaches_everyone(void)
 {
     enum { N = 60 };
-    sync_engine *engine = fixture_counter_engine(7);
-    REQUIRE(engine);
-    sync_server *server = fixture_server(NULL, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(7, NULL, "/", &engine);
     REQUIRE(server);
     ws_client *clients[N] = {0};
     CHECK_EQ_INT(connect_all(sync_server_port(server), clients, N), N);
@@ -522,9 +511,8 @@ static long long push_peer_wait(push_peer *peer, long long want, int timeout_ms)
 static void test_engine_shared_with_an_embedder_transport(void)
 {
     enum { N = 20 };
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
-    sync_server *server = fixture_server(NULL, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, NULL, "/", &engine);
     REQUIRE(server);
     ws_client *clients[N] = {0};
     REQUIRE(connect_all(sync_server_port(server), clients, N) == N);

@@ -11,16 +11,6 @@
 #include "server_fixture.h"
 #include "ws_client.h"
 
-static int on_increment(sync_msg *msg, void *userdata)
-{
-    (void)userdata;
-    cJSON *counter = cJSON_GetObjectItemCaseSensitive(sync_msg_state_mut(msg), "counter");
-    if (!cJSON_IsNumber(counter))
-        return SYNC_EHANDLER;
-    cJSON_SetNumberValue(counter, counter->valuedouble + 1);
-    return SYNC_OK;
-}
-
 static hook_log g_log;
 
 static sync_engine *heartbeat_engine(int64_t heartbeat_ms, int64_t ping_timeout_ms)
@@ -31,11 +21,7 @@ static sync_engine *heartbeat_engine(int64_t heartbeat_ms, int64_t ping_timeout_
     opts.ping_timeout_ms = ping_timeout_ms;
     sync_hooks hooks = hook_log_hooks(&g_log);
     opts.hooks = &hooks;
-    sync_engine *engine = NULL;
-    if (sync_engine_new(&engine, &opts) != SYNC_OK)
-        return NULL;
-    sync_engine_on(engine, "increment", on_increment, NULL, NULL);
-    return engine;
+    return fixture_engine(&opts);
 }
 
 static long long now_ms(void)

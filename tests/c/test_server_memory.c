@@ -121,9 +121,8 @@ static void test_idle_connection_memory(void)
     close(to_child[0]);
     close(from_child[1]);
 
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
-    sync_server *server = fixture_server(NULL, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, NULL, "/", &engine);
     REQUIRE(server);
     int port = sync_server_port(server);
     /* warm up: the first connections size lws's tables and the allocator's arenas */

@@ -246,13 +246,12 @@ static void test_failed_sync_at_stop_logged(void)
 static void test_stop_timeout_ends_a_stuck_stop(void)
 {
     enum { TIMEOUT_MS = 400 };
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
     sync_server_options o = fresh();
     o.stop_timeout_ms = TIMEOUT_MS;
     o.max_queued_bytes = 256u * 1024 * 1024; /* never dropped for being slow */
     o.log = fixture_quiet_log;
-    sync_server *server = fixture_server(&o, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, &o, "/", &engine);
     REQUIRE(server);
     ws_client *stuck = ws_connect(sync_server_port(server), "/", NULL, NULL);
     REQUIRE(stuck);

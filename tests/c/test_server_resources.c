@@ -343,14 +343,13 @@ static void *drip(void *arg)
 static void test_idle_and_slow_connections_do_not_starve_handshakes(void)
 {
     raise_nofile();
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.log = fixture_quiet_log;
 #if SYNC_SERVER_OPTIONS_VERSION >= 4
     opts.handshake_timeout_ms = 2000;
 #endif
-    sync_server *server = fixture_server(&opts, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, &opts, "/", &engine);
     REQUIRE(server);
     int port = sync_server_port(server);
 
@@ -436,14 +435,13 @@ static long long wait_metric(int port, const char *name, long long want)
 
 static void test_partial_message_budget(void)
 {
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.log = fixture_quiet_log;
 #if SYNC_SERVER_OPTIONS_VERSION >= 4
     opts.max_buffered_bytes = 64 * 1024;
 #endif
-    sync_server *server = fixture_server(&opts, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, &opts, "/", &engine);
     REQUIRE(server);
     int port = sync_server_port(server);
 
@@ -493,15 +491,14 @@ static int defer_forever(sync_request *req, void *userdata)
 /* Messages held while a deferred auth decides count against the same budget. */
 static void test_held_messages_count_against_the_budget(void)
 {
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.log = fixture_quiet_log;
     opts.auth = defer_forever;
 #if SYNC_SERVER_OPTIONS_VERSION >= 4
     opts.max_buffered_bytes = 100 * 1024;
 #endif
-    sync_server *server = fixture_server(&opts, "/", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, &opts, "/", &engine);
     REQUIRE(server);
     int port = sync_server_port(server);
     atomic_store(&deferred_request, NULL);
@@ -555,12 +552,11 @@ static void on_usr1(int sig)
  * handler's call must still return at once, and the server end afterwards. */
 static void test_request_stop_from_a_signal_handler(void)
 {
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.log = fixture_quiet_log;
     opts.stop_timeout_ms = 3000;
-    signalled_server = fixture_server(&opts, "/", engine);
+    sync_engine *engine = NULL;
+    signalled_server = fixture_counter_server(0, &opts, "/", &engine);
     REQUIRE(signalled_server);
     int port = sync_server_port(signalled_server);
     ws_client *mute = fixture_join(port, "/");
@@ -648,16 +644,9 @@ static void test_version_4_options(void)
 
     /* a caller built against version 3 passes the shorter struct: init writes nothing past it,
      * and the server reads nothing past it (the defaults apply) */
-    size_t v3_size = offsetof(sync_server_options, handshake_timeout_ms);
-    size_t raw_size = sizeof(sync_server_options) + 16;
-    unsigned char *raw = malloc(raw_size);
-    REQUIRE(raw);
-    memset(raw, 0xA5, raw_size);
-    sync_server_options *v3 = (sync_server_options *)(void *)raw;
-    CHECK_EQ_INT(sync_server_options_init(v3, 3), SYNC_OK);
-    CHECK_EQ_INT(v3->version, 3);
-    for (size_t i = v3_size; i < raw_size; i++)
-        CHECK(raw[i] == 0xA5);
+    sync_server_options *v3 =
+        fixture_old_options(3, offsetof(sync_server_options, handshake_timeout_ms));
+    REQUIRE(v3);
     v3->log = fixture_quiet_log;
     sync_engine *engine = fixture_counter_engine(0);
     REQUIRE(engine);
@@ -671,7 +660,7 @@ static void test_version_4_options(void)
         sync_server_free(server);
     }
     sync_engine_free(engine);
-    free(raw);
+    free(v3);
 
     sync_server_options filled;
     CHECK_EQ_INT(sync_server_options_init(&filled, SYNC_SERVER_OPTIONS_VERSION), SYNC_OK);

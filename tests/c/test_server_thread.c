@@ -59,9 +59,7 @@ static void *injector(void *arg)
 
 static void test_foreign_threads_while_clients_send(void)
 {
-    engine = fixture_counter_engine(0);
-    REQUIRE(engine);
-    sync_server *server = fixture_server(NULL, "/", engine);
+    sync_server *server = fixture_counter_server(0, NULL, "/", &engine);
     REQUIRE(server);
     port = sync_server_port(server);
 
@@ -91,9 +89,7 @@ static void *state_setter(void *arg)
 
 static void test_set_state_from_a_foreign_thread(void)
 {
-    engine = fixture_counter_engine(0);
-    REQUIRE(engine);
-    sync_server *server = fixture_server(NULL, "/", engine);
+    sync_server *server = fixture_counter_server(0, NULL, "/", &engine);
     REQUIRE(server);
     port = sync_server_port(server);
     ws_client *clients[3];

@@ -56,13 +56,12 @@ static void test_tls_round_trip(void)
              key, cert);
     REQUIRE(system(cmd) == 0);
 
-    sync_engine *engine = fixture_counter_engine(0);
-    REQUIRE(engine);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.tls_cert_path = cert;
     opts.tls_key_path = key;
     opts.log = fixture_quiet_log;
-    sync_server *server = fixture_server(&opts, "/counter", engine);
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, &opts, "/counter", &engine);
     REQUIRE(server);
     int port = sync_server_port(server);
 

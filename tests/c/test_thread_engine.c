@@ -89,13 +89,10 @@ static void increments_are_exact(void)
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.initial_state_json = "{\"counter\":0}";
     opts.heartbeat_interval_ms = 1;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
-    fake_conn *a = fake_conn_new();
-    fake_conn *b = fake_conn_new();
-    sync_engine_handle_open(e, a->conn);
-    sync_engine_handle_open(e, b->conn);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
+    fake_conn *a = fake_conn_open(e);
+    fake_conn *b = fake_conn_open(e);
     ctx ca = {.engine = e, .conn = a};
     ctx cb = {.engine = e, .conn = b};
     pthread_t t[5];
@@ -148,13 +145,10 @@ static void no_version_is_lost(void)
     opts.auto_broadcast = 1;
     opts.timer_mode = SYNC_TIMERS_THREAD;
     opts.sync_interval_ms = 1;
-    sync_engine *e = NULL;
-    REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    counter_register(e, 0);
-    fake_conn *a = fake_conn_new();
-    fake_conn *b = fake_conn_new();
-    sync_engine_handle_open(e, a->conn);
-    sync_engine_handle_open(e, b->conn);
+    sync_engine *e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
+    fake_conn *a = fake_conn_open(e);
+    fake_conn *b = fake_conn_open(e);
     ctx ca = {.engine = e, .conn = a};
     setter_ctx s1 = {e, 1}, s2 = {e, 2};
     pthread_t t[5];
@@ -262,8 +256,7 @@ static void dispose_from_timer_thread_hook(void)
     opts.hooks = &hooks;
     sync_engine *e = NULL;
     REQUIRE(sync_engine_new(&e, &opts) == SYNC_OK);
-    fake_conn *c = fake_conn_new();
-    sync_engine_handle_open(e, c->conn);
+    fake_conn *c = fake_conn_open(e);
     int64_t start = sync_now_ms();
     while (fake_conn_closes(c) == 0 && sync_now_ms() - start < 2000)
         ;

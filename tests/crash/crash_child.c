@@ -1,7 +1,8 @@
 /*
- * crash_child: the process the crash suite kills. A counter engine ({"counter":0}, handler
- * "increment" adds 1) persisted by the SQLite or the file adapter, served by the built-in server
- * on 127.0.0.1 with a free port, which it prints as "port N" on stdout before serving forever.
+ * crash_child: the process the crash suite kills. The server tests' counter engine ({"counter":0},
+ * handler "increment" adds 1 to it when the message has no "amount") persisted by the SQLite or the
+ * file adapter, served by the built-in server on 127.0.0.1 with a free port, which it prints as
+ * "port N" on stdout before serving forever.
  *
  *   crash_child sqlite|file STORE_PATH before_send|on_change [nofsync]
  *
@@ -10,19 +11,10 @@
  */
 #include <libsync/libsync.h>
 
+#include "server_fixture.h"
+
 #include <stdio.h>
 #include <string.h>
-
-static int on_increment(sync_msg *msg, void *userdata)
-{
-    (void)userdata;
-    cJSON *state = sync_msg_state_mut(msg);
-    cJSON *counter = state ? cJSON_GetObjectItemCaseSensitive(state, "counter") : NULL;
-    if (!cJSON_IsNumber(counter))
-        return SYNC_EHANDLER;
-    cJSON_SetNumberValue(counter, counter->valuedouble + 1);
-    return SYNC_OK;
-}
 
 static void on_error(sync_engine *engine, int status, const char *message, const char *context,
                      sync_conn *conn, void *userdata)
@@ -74,10 +66,8 @@ int main(int argc, char **argv)
     sync_engine *engine = NULL;
     sync_server *server = NULL;
     sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
-    if (sync_engine_new(&engine, &eo) != SYNC_OK ||
-        sync_engine_on(engine, "increment", on_increment, NULL, NULL) != SYNC_OK ||
-        sync_server_new(&server, &so) != SYNC_OK || sync_server_mount(server, "/", engine) ||
-        sync_server_listen(server) != SYNC_OK) {
+    if ((engine = fixture_engine(&eo)) == NULL || sync_server_new(&server, &so) != SYNC_OK ||
+        sync_server_mount(server, "/", engine) || sync_server_listen(server) != SYNC_OK) {
         fprintf(stderr, "crash_child: setup: %s\n", sync_error_last());
         sync_server_free(server);
         sync_engine_free(engine);

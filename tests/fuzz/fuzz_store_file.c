@@ -4,6 +4,8 @@
  * a load either succeeds with a state that is JSON, or reports SYNC_ECORRUPT/SYNC_EIO having kept
  * the file aside (never left in place to be overwritten); an engine always starts, serving JSON.
  */
+#include "fuzz_support.h"
+
 #include <libsync/libsync.h>
 
 #include <dirent.h>
@@ -56,13 +58,6 @@ static sync_adapter *adapter(void)
     return a;
 }
 
-static void quiet(sync_log_level level, const char *message, void *userdata)
-{
-    (void)level;
-    (void)message;
-    (void)userdata;
-}
-
 static void remove_dir(void)
 {
     clean_dir();
@@ -73,10 +68,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    if (!mkdtemp(g_dir))
-        fail("mkdtemp");
+    fuzz_scratch_dir(g_dir, "store.json", g_path, sizeof g_path, fail);
     atexit(remove_dir);
-    snprintf(g_path, sizeof g_path, "%s/store.json", g_dir);
     return 0;
 }
 
@@ -87,9 +80,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sync_adapter *a = adapter();
     char *json = NULL;
     int64_t version = -7;
-    int rc = sync_adapter_init(a);
-    if (rc == SYNC_OK)
-        rc = sync_adapter_load(a, &json, &version);
+    int rc = fuzz_init_and_load(a, &json, &version);
     if (rc == SYNC_OK) {
         if (!json)
             fail("an existing store loaded as never saved");
@@ -110,32 +101,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* The same bytes through an engine: it always starts and serves JSON. */
     clean_dir();
     write_store(data, size);
-    sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
-    eo.initial_state_json = "{\"fresh\":true}";
-    eo.adapter = adapter();
-    eo.log = quiet;
-    sync_engine *engine = NULL;
-    if (sync_engine_new(&engine, &eo) != SYNC_OK)
-        fail("the engine did not start");
-    char *state = sync_engine_get_state_json(engine);
-    cJSON *parsed = state ? cJSON_Parse(state) : NULL;
-    if (!parsed)
-        fail("the engine serves a state that is not JSON");
-    if (rc == SYNC_OK) {
-        cJSON *stored = cJSON_Parse(json);
-        /* a negative stored version restarts at 0 */
-        int64_t expect = version < 0 ? 0 : version;
-        /* compared as compact text: cJSON_Compare cannot tell duplicate keys apart */
-        char *stored_text = stored ? cJSON_PrintUnformatted(stored) : NULL;
-        if (sync_engine_get_version(engine) != expect || !stored_text ||
-            strcmp(stored_text, state) != 0)
-            fail("the engine started from another state than the one the adapter loaded");
-        cJSON_free(stored_text);
-        cJSON_Delete(stored);
-    }
-    cJSON_Delete(parsed);
-    sync_free(state);
+    fuzz_check_engine_start(adapter(), rc == SYNC_OK ? json : NULL, version, fail);
     sync_free(json);
-    sync_engine_free(engine);
     return 0;
 }

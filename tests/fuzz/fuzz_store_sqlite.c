@@ -6,6 +6,8 @@
  * a JSON state or reports the row as corrupt having moved it aside (the table is then empty), and
  * an engine always starts, serving JSON.
  */
+#include "fuzz_support.h"
+
 #include <libsync/libsync.h>
 
 #include <sqlite3.h>
@@ -36,13 +38,6 @@ static sync_adapter *adapter(void)
     return a;
 }
 
-static void quiet(sync_log_level level, const char *message, void *userdata)
-{
-    (void)level;
-    (void)message;
-    (void)userdata;
-}
-
 static void remove_dir(void)
 {
     sqlite3_close(g_db);
@@ -60,9 +55,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    if (!mkdtemp(g_dir))
-        fail("mkdtemp");
-    snprintf(g_path, sizeof g_path, "%s/store.sqlite", g_dir);
+    fuzz_scratch_dir(g_dir, "store.sqlite", g_path, sizeof g_path, fail);
     atexit(remove_dir);
     /* The adapter creates its table; this connection then writes the rows. */
     sync_adapter *a = adapter();
@@ -141,9 +134,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sync_adapter *a = adapter();
     char *json = NULL;
     int64_t version = -7;
-    int rc = sync_adapter_init(a);
-    if (rc == SYNC_OK)
-        rc = sync_adapter_load(a, &json, &version);
+    int rc = fuzz_init_and_load(a, &json, &version);
     sync_adapter_free(a);
     if (rc == SYNC_OK && json) {
         cJSON *state = cJSON_Parse(json);
@@ -162,32 +153,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     write_row(data, size);
-    sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
-    eo.initial_state_json = "{\"fresh\":true}";
-    eo.adapter = adapter();
-    eo.log = quiet;
-    sync_engine *engine = NULL;
-    if (sync_engine_new(&engine, &eo) != SYNC_OK)
-        fail("the engine did not start");
-    char *state = sync_engine_get_state_json(engine);
-    cJSON *parsed = state ? cJSON_Parse(state) : NULL;
-    if (!parsed)
-        fail("the engine serves a state that is not JSON");
-    if (rc == SYNC_OK && json) {
-        cJSON *stored = cJSON_Parse(json);
-        /* a negative stored version restarts at 0 */
-        int64_t expect = version < 0 ? 0 : version;
-        /* compared as compact text: cJSON_Compare cannot tell duplicate keys apart */
-        char *stored_text = stored ? cJSON_PrintUnformatted(stored) : NULL;
-        if (sync_engine_get_version(engine) != expect || !stored_text ||
-            strcmp(stored_text, state) != 0)
-            fail("the engine started from another state than the one the adapter loaded");
-        cJSON_free(stored_text);
-        cJSON_Delete(stored);
-    }
-    cJSON_Delete(parsed);
-    sync_free(state);
+    fuzz_check_engine_start(adapter(), rc == SYNC_OK ? json : NULL, version, fail);
     sync_free(json);
-    sync_engine_free(engine);
     return 0;
 }

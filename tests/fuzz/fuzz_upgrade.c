@@ -14,6 +14,8 @@
  * callback attached) and closes. A request the server waits on (a body it was promised) is given up
  * after 150 ms; the server must never crash and must accept the next connection.
  */
+#include "fuzz_support.h"
+
 #include <libsync/libsync.h>
 
 #include <arpa/inet.h>
@@ -38,13 +40,6 @@ static void fail(const char *what)
 {
     fprintf(stderr, "fuzz_upgrade: %s\n", what);
     abort();
-}
-
-static void quiet(sync_log_level level, const char *message, void *userdata)
-{
-    (void)level;
-    (void)message;
-    (void)userdata;
 }
 
 static int on_whoami(sync_msg *msg, void *userdata)
@@ -158,16 +153,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    if (!mkdtemp(g_static))
-        fail("mkdtemp");
-    snprintf(g_index, sizeof g_index, "%s/index.html", g_static);
+    fuzz_scratch_dir(g_static, "index.html", g_index, sizeof g_index, fail);
     FILE *f = fopen(g_index, "w");
     if (!f || fputs("<!doctype html><title>fuzz</title>\n", f) < 0 || fclose(f) != 0)
         fail("cannot write index.html");
 
     sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
     eo.initial_state_json = "{\"counter\":0}";
-    eo.log = quiet;
+    eo.log = fuzz_quiet_log;
     if (sync_engine_new(&g_engine, &eo) != SYNC_OK ||
         sync_engine_on(g_engine, "whoami", on_whoami, NULL, NULL) != SYNC_OK)
         fail("engine");
@@ -178,7 +171,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     so.allowed_origins_count = 2;
     so.auth = auth;
     so.max_message_bytes = 4096;
-    so.log = quiet;
+    so.log = fuzz_quiet_log;
     if (sync_server_new(&g_server, &so) != SYNC_OK ||
         sync_server_mount(g_server, "/", g_engine) != SYNC_OK ||
         sync_server_mount(g_server, "/room", g_engine) != SYNC_OK ||

@@ -6,21 +6,14 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const WebSocket = require('ws');
 const { SyncEngine, Server } = require('syncengine');
-const { sleep, waitFor } = require('./helpers');
+const { sleep, waitFor, incrementSync } = require('./helpers');
 
 function counterEngine() {
   return new SyncEngine({
     initialState: { counter: 0 },
     enableVersioning: true,
     messageHandlers: [
-      {
-        type: 'increment',
-        handle(ws, message, getState, setState) {
-          const state = getState();
-          state.counter += message.amount;
-          setState(state);
-        },
-      },
+      incrementSync,
       {
         type: 'whoami',
         handle(ws) {

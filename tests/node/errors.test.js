@@ -4,17 +4,27 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { SyncEngine, SyncError, Status } = require('syncengine');
-const { mockWs, hookRecorder, waitFor } = require('./helpers');
+const { mockWs, recordedEngine, waitFor, incrementSync: increment } = require('./helpers');
 
-const increment = {
-  type: 'increment',
-  handle(ws, message, getState, setState) {
-    const state = getState();
-    state.counter += message.amount;
-    setState(state);
-  },
-};
 const inc = (amount = 1) => JSON.stringify({ type: 'increment', amount });
+
+/** A versioned counter engine from {counter: 0} with `increment`, its hooks recorded in `calls`;
+ * `options` add to or replace these. */
+function recordedCounter(options = {}) {
+  return recordedEngine({
+    initialState: { counter: 0 },
+    enableVersioning: true,
+    messageHandlers: [increment],
+    ...options,
+  });
+}
+
+/** Exactly one error was reported: its message matches `pattern`, its context is `context`. */
+function expectOneError(calls, pattern, context) {
+  assert.equal(calls.onError.length, 1);
+  assert.match(calls.onError[0][0].message, pattern);
+  assert.equal(calls.onError[0][1], context);
+}
 
 function failing(kind, message) {
   return kind === 'throw'
@@ -29,11 +39,7 @@ function failing(kind, message) {
 
 for (const kind of ['throw', 'reject']) {
   test(`${kind} in a handler: dropped, onError(handler:<type>), state and version unchanged`, async () => {
-    const { calls, hooks } = hookRecorder();
-    const engine = new SyncEngine({
-      initialState: { counter: 0 },
-      enableVersioning: true,
-      hooks,
+    const { calls, engine } = recordedCounter({
       messageHandlers: [increment, { type: 'boom', handle: failing(kind, 'handler broke') }],
     });
     const ws = mockWs();
@@ -55,11 +61,9 @@ for (const kind of ['throw', 'reject']) {
   });
 
   test(`${kind} after setState in a handler: the change is rolled back`, async () => {
-    const { calls, hooks } = hookRecorder();
-    const engine = new SyncEngine({
+    const { calls, engine } = recordedEngine({
       initialState: { counter: 7 },
       enableVersioning: true,
-      hooks,
       messageHandlers: [
         {
           type: 'half',
@@ -81,39 +85,22 @@ for (const kind of ['throw', 'reject']) {
   });
 
   test(`${kind} in validateMessage: dropped with EREJECTED, context validateMessage`, async () => {
-    const { calls, hooks } = hookRecorder();
-    const engine = new SyncEngine({
-      initialState: { counter: 0 },
-      enableVersioning: true,
-      hooks,
-      validateMessage: failing(kind, 'invalid message'),
-      messageHandlers: [increment],
-    });
+    const { calls, engine } = recordedCounter({ validateMessage: failing(kind, 'invalid message') });
     await engine.handleMessage(mockWs(), inc(5));
     assert.deepEqual(engine.getState(), { counter: 0 });
     assert.equal(engine.getVersion(), 0);
-    assert.equal(calls.onError.length, 1);
+    expectOneError(calls, /invalid message/, 'validator');
     assert.equal(calls.onError[0][0].status, Status.EREJECTED);
-    assert.match(calls.onError[0][0].message, /invalid message/);
-    assert.equal(calls.onError[0][1], 'validator');
     engine.dispose();
   });
 
   test(`${kind} in a middleware: dropped, context middleware`, async () => {
-    const { calls, hooks } = hookRecorder();
-    const engine = new SyncEngine({
-      initialState: { counter: 0 },
-      enableVersioning: true,
-      hooks,
-      messageHandlers: [increment],
-    });
+    const { calls, engine } = recordedCounter();
     engine.use(failing(kind, 'middleware broke'));
     await engine.handleMessage(mockWs(), inc(5));
     assert.deepEqual(engine.getState(), { counter: 0 });
     assert.equal(engine.getVersion(), 0);
-    assert.equal(calls.onError.length, 1);
-    assert.match(calls.onError[0][0].message, /middleware broke/);
-    assert.equal(calls.onError[0][1], 'middleware');
+    expectOneError(calls, /middleware broke/, 'middleware');
     engine.dispose();
   });
 
@@ -153,38 +140,27 @@ for (const kind of ['throw', 'reject']) {
   });
 
   test(`${kind} in an adapter's save: onError(sync), state kept in memory`, async () => {
-    const { calls, hooks } = hookRecorder();
-    const engine = new SyncEngine({
-      initialState: { counter: 0 },
-      enableVersioning: true,
-      hooks,
+    const { calls, engine } = recordedCounter({
       adapter: { load: () => null, save: failing(kind, 'disk full') },
-      messageHandlers: [increment],
     });
     await engine.ready();
     await engine.handleMessage(mockWs(), inc(4));
     assert.deepEqual(engine.getState(), { counter: 4 });
     assert.equal(calls.onSync.length, 0);
-    assert.equal(calls.onError.length, 1);
-    assert.match(calls.onError[0][0].message, /disk full/);
-    assert.equal(calls.onError[0][1], 'sync');
+    expectOneError(calls, /disk full/, 'sync');
     engine.dispose();
   });
 
   test(`${kind} in an adapter's load: initialState, version 0, reported`, async () => {
-    const { calls, hooks } = hookRecorder();
-    const engine = new SyncEngine({
+    const { calls, engine } = recordedEngine({
       initialState: { counter: 42 },
       enableVersioning: true,
-      hooks,
       adapter: { load: failing(kind, 'cannot read'), save() {} },
     });
     await engine.ready();
     assert.deepEqual(engine.getState(), { counter: 42 });
     assert.equal(engine.getVersion(), 0);
-    assert.equal(calls.onError.length, 1);
-    assert.match(calls.onError[0][0].message, /cannot read/);
-    assert.equal(calls.onError[0][1], 'load');
+    expectOneError(calls, /cannot read/, 'load');
     engine.dispose();
   });
 
@@ -213,11 +189,9 @@ for (const kind of ['throw', 'reject']) {
   });
 
   test(`${kind} in an adapter's init: reported, initialState, version 0`, async () => {
-    const { calls, hooks } = hookRecorder();
-    const engine = new SyncEngine({
+    const { calls, engine } = recordedEngine({
       initialState: { counter: 9 },
       enableVersioning: true,
-      hooks,
       adapter: {
         init: failing(kind, 'cannot create table'),
         load: () => ({ state: { counter: 1 }, version: 5 }),
@@ -233,17 +207,13 @@ for (const kind of ['throw', 'reject']) {
   });
 
   test(`${kind} in an adapter's backup: onError(backup), no onBackup`, async () => {
-    const { calls, hooks } = hookRecorder();
-    const engine = new SyncEngine({
-      hooks,
+    const { calls, engine } = recordedEngine({
       adapter: { load: () => null, save() {}, backup: failing(kind, 'no space for backup') },
     });
     await engine.ready();
     await engine.createBackup();
     assert.equal(calls.onBackup.length, 0);
-    assert.equal(calls.onError.length, 1);
-    assert.match(calls.onError[0][0].message, /no space for backup/);
-    assert.equal(calls.onError[0][1], 'backup');
+    expectOneError(calls, /no space for backup/, 'backup');
     engine.dispose();
   });
 
@@ -267,12 +237,7 @@ for (const kind of ['throw', 'reject']) {
 }
 
 test('a ws whose send throws: reported, the connection is closed, others still get frames', async () => {
-  const { calls, hooks } = hookRecorder();
-  const engine = new SyncEngine({
-    initialState: { counter: 0 },
-    hooks,
-    messageHandlers: [increment],
-  });
+  const { calls, engine } = recordedCounter();
   const good = mockWs('good');
   const bad = mockWs('bad');
   await engine.handleOpen(good);
@@ -290,13 +255,7 @@ test('a ws whose send throws: reported, the connection is closed, others still g
 });
 
 test('bad input is reported and dropped: not JSON, no type, unknown type', async () => {
-  const { calls, hooks } = hookRecorder();
-  const engine = new SyncEngine({
-    initialState: { counter: 0 },
-    enableVersioning: true,
-    hooks,
-    messageHandlers: [increment],
-  });
+  const { calls, engine } = recordedCounter();
   const ws = mockWs();
   for (const raw of ['{not json', '[1,2]', '{"amount":1}', '{"type":"nobody"}', '']) {
     await engine.handleMessage(ws, raw);

@@ -7,7 +7,7 @@ const fs = require('fs');
 const http = require('http');
 const path = require('path');
 const WebSocket = require('ws');
-const { tmpDir, waitFor } = require('./helpers');
+const { tmpDir, waitFor, httpGet: get } = require('./helpers');
 
 const examples = path.resolve(__dirname, '..', '..', 'examples', 'node');
 const webDir = path.resolve(__dirname, '..', '..', 'examples', 'web');
@@ -27,18 +27,6 @@ function startCounter(t, args) {
   child.output = () => out;
   child.exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
   return child;
-}
-
-function get(port, urlPath) {
-  return new Promise((resolve, reject) => {
-    http
-      .get({ host: '127.0.0.1', port, path: urlPath }, (res) => {
-        let body = '';
-        res.on('data', (chunk) => (body += chunk));
-        res.on('end', () => resolve({ status: res.statusCode, body }));
-      })
-      .on('error', reject);
-  });
 }
 
 async function portOf(child) {

@@ -3,20 +3,10 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { SyncEngine } = require('syncengine');
-const { mockWs, sleep, waitFor, hookRecorder } = require('./helpers');
-
-const counter = {
-  type: 'increment',
-  async handle(ws, message, getState, setState) {
-    const state = await getState();
-    state.counter += message.amount;
-    await setState(state);
-  },
-};
+const { mockWs, sleep, waitFor, recordedEngine, increment: counter } = require('./helpers');
 
 test('onConnect and onDisconnect get the connection, once each', async () => {
-  const { calls, hooks } = hookRecorder();
-  const engine = new SyncEngine({ hooks });
+  const { calls, engine } = recordedEngine();
   const ws = mockWs();
   await engine.handleOpen(ws);
   assert.equal(engine.connectionCount, 1);
@@ -29,11 +19,9 @@ test('onConnect and onDisconnect get the connection, once each', async () => {
 });
 
 test('onStateChange only when the state differs as JSON', async () => {
-  const { calls, hooks } = hookRecorder();
-  const engine = new SyncEngine({
+  const { calls, engine } = recordedEngine({
     initialState: { counter: 1 },
     enableVersioning: true,
-    hooks,
     messageHandlers: [counter],
   });
   const ws = mockWs();
@@ -49,12 +37,10 @@ test('onStateChange only when the state differs as JSON', async () => {
 });
 
 test('onSync(state, version) after every save, and from sync()', async () => {
-  const { calls, hooks } = hookRecorder();
   const saved = [];
-  const engine = new SyncEngine({
+  const { calls, engine } = recordedEngine({
     initialState: { n: 0 },
     enableVersioning: true,
-    hooks,
     adapter: { load: () => null, save: (state, version) => saved.push([state, version]) },
   });
   await engine.ready();
@@ -72,10 +58,8 @@ test('onSync(state, version) after every save, and from sync()', async () => {
 });
 
 test('onBackup(timestampMs, version) with the adapter timestamp', async () => {
-  const { calls, hooks } = hookRecorder();
-  const engine = new SyncEngine({
+  const { calls, engine } = recordedEngine({
     enableVersioning: true,
-    hooks,
     adapter: {
       load: () => ({ state: { a: 1 }, version: 4 }),
       save() {},
@@ -89,8 +73,7 @@ test('onBackup(timestampMs, version) with the adapter timestamp', async () => {
 });
 
 test('createBackup without backup() in the adapter does nothing, reports nothing fatal', async () => {
-  const { calls, hooks } = hookRecorder();
-  const engine = new SyncEngine({ hooks, adapter: { load: () => null, save() {} } });
+  const { calls, engine } = recordedEngine({ adapter: { load: () => null, save() {} } });
   await engine.ready();
   await engine.createBackup();
   assert.equal(calls.onBackup.length, 0);
@@ -98,8 +81,7 @@ test('createBackup without backup() in the adapter does nothing, reports nothing
 });
 
 test('onPing for each connection at each heartbeat; a ping frame goes out', async () => {
-  const { calls, hooks } = hookRecorder();
-  const engine = new SyncEngine({ hooks, heartbeatIntervalMs: 20 });
+  const { calls, engine } = recordedEngine({ heartbeatIntervalMs: 20 });
   const a = mockWs('a');
   const b = mockWs('b');
   await engine.handleOpen(a);
@@ -112,9 +94,8 @@ test('onPing for each connection at each heartbeat; a ping frame goes out', asyn
 });
 
 test('onPingTimeout and close for a connection that never answers; pong keeps one alive', async () => {
-  const { calls, hooks } = hookRecorder();
   // Generous timeout: the lively client must never miss it, even on a loaded machine.
-  const engine = new SyncEngine({ hooks, heartbeatIntervalMs: 25, pingTimeoutMs: 400 });
+  const { calls, engine } = recordedEngine({ heartbeatIntervalMs: 25, pingTimeoutMs: 400 });
   const silent = mockWs('silent');
   const lively = mockWs('lively');
   let disposed = false; // a pong still queued when the test ends must not reach a disposed engine
@@ -138,8 +119,7 @@ test('onPingTimeout and close for a connection that never answers; pong keeps on
 });
 
 test('onError(error, context) has the status, the message and the connection', async () => {
-  const { calls, hooks } = hookRecorder();
-  const engine = new SyncEngine({ hooks });
+  const { calls, engine } = recordedEngine();
   const ws = mockWs();
   await engine.handleMessage(ws, '{"type":"unknown"}');
   assert.equal(calls.onError.length, 1);

@@ -5,7 +5,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { SyncEngine, SyncError, Status } = require('syncengine');
-const { mockWs, hookRecorder, waitFor, sleep } = require('./helpers');
+const { mockWs, recordedEngine, waitFor, sleep } = require('./helpers');
 
 const increment = {
   type: 'increment',
@@ -16,7 +16,6 @@ const increment = {
 };
 
 test('a handler making the counter Infinity is rolled back; clients and store never see null', async () => {
-  const { calls, hooks } = hookRecorder();
   const store = { record: null, saves: 0 };
   const adapter = {
     load: () => store.record,
@@ -25,12 +24,11 @@ test('a handler making the counter Infinity is rolled back; clients and store ne
       store.record = { state, version };
     },
   };
-  const engine = new SyncEngine({
+  const { calls, engine } = recordedEngine({
     initialState: { counter: 0 },
     enableVersioning: true,
     replyErrors: true,
     adapter,
-    hooks,
     messageHandlers: [increment],
   });
   await engine.ready();
@@ -73,11 +71,9 @@ test('setState from outside refuses NaN and infinities with EINVAL', async () =>
 });
 
 test('duplicate names and \\u0000 are refused before any handler sees the message', async () => {
-  const { calls, hooks } = hookRecorder();
   const seen = [];
-  const engine = new SyncEngine({
+  const { calls, engine } = recordedEngine({
     initialState: { counter: 0 },
-    hooks,
     messageHandlers: [
       {
         type: 'increment',
@@ -102,10 +98,8 @@ test('duplicate names and \\u0000 are refused before any handler sees the messag
 });
 
 test('a connection that sends messages but never answers a ping stays open', async () => {
-  const { calls, hooks } = hookRecorder();
-  const engine = new SyncEngine({
+  const { calls, engine } = recordedEngine({
     initialState: { counter: 0 },
-    hooks,
     heartbeatIntervalMs: 25,
     pingTimeoutMs: 300,
     messageHandlers: [increment],
@@ -132,8 +126,7 @@ test('a connection that sends messages but never answers a ping stays open', asy
 });
 
 test('handleAlive (a WebSocket pong of your own server) keeps a connection; onPong does not run', async () => {
-  const { calls, hooks } = hookRecorder();
-  const engine = new SyncEngine({ hooks, heartbeatIntervalMs: 25, pingTimeoutMs: 300 });
+  const { calls, engine } = recordedEngine({ heartbeatIntervalMs: 25, pingTimeoutMs: 300 });
   const ponger = mockWs('ponger');
   const silent = mockWs('silent');
   assert.equal(engine.handleAlive(ponger), false); // not open yet

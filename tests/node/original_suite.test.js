@@ -4,7 +4,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { SyncEngine } = require('syncengine');
-const { mockWs, sleep, hookRecorder } = require('./helpers');
+const { mockWs, sleep, hookRecorder, increment } = require('./helpers');
 
 function memoryAdapter() {
   const adapter = {
@@ -41,14 +41,7 @@ async function setup(extra = {}) {
       return raw;
     },
     messageHandlers: [
-      {
-        type: 'increment',
-        async handle(ws, message, getState, setState) {
-          const state = await getState();
-          state.counter += message.amount;
-          await setState(state);
-        },
-      },
+      increment,
       {
         type: 'decrement',
         async handle(ws, message, getState, setState) {
@@ -62,6 +55,16 @@ async function setup(extra = {}) {
   });
   await engine.ready();
   return { engine, adapter, calls };
+}
+
+/** setup() with two connections, "a" and "b", open on it. */
+async function setupWithTwo() {
+  const { engine } = await setup();
+  const a = mockWs('a');
+  const b = mockWs('b');
+  await engine.handleOpen(a);
+  await engine.handleOpen(b);
+  return { engine, a, b };
 }
 
 test('init calls the adapter init once and load once; state {counter:0}, version 0', async () => {
@@ -169,11 +172,7 @@ test('heartbeat at 50 ms: within 120 ms onPing has run more than once', async ()
 });
 
 test('two connections, increment 5, broadcastState: each got initial + update with counter 5', async () => {
-  const { engine } = await setup();
-  const a = mockWs('a');
-  const b = mockWs('b');
-  await engine.handleOpen(a);
-  await engine.handleOpen(b);
+  const { engine, a, b } = await setupWithTwo();
   await engine.handleMessage(a, JSON.stringify({ type: 'increment', amount: 5 }));
   await engine.broadcastState();
   for (const ws of [a, b]) {
@@ -204,11 +203,7 @@ test('sync interval at 50 ms: within 120 ms save has run more than once', async 
 });
 
 test('dispose with two open connections closes each exactly once', async () => {
-  const { engine } = await setup();
-  const a = mockWs('a');
-  const b = mockWs('b');
-  await engine.handleOpen(a);
-  await engine.handleOpen(b);
+  const { engine, a, b } = await setupWithTwo();
   engine.dispose();
   assert.equal(a.closes, 1);
   assert.equal(b.closes, 1);

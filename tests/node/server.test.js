@@ -5,27 +5,17 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('fs');
 const { spawn, spawnSync } = require('child_process');
-const http = require('http');
 const path = require('path');
 const { isMainThread } = require('worker_threads');
 const WebSocket = require('ws');
 const { SyncEngine, Server, SQLiteAdapter } = require('syncengine');
-const { tmpDir, sleep, waitFor, hookRecorder } = require('./helpers');
+const { tmpDir, sleep, waitFor, hookRecorder, increment, httpGet: get } = require('./helpers');
 
 function counterEngine(extra = {}) {
   return new SyncEngine({
     initialState: { counter: 0 },
     enableVersioning: true,
-    messageHandlers: [
-      {
-        type: 'increment',
-        async handle(ws, message, getState, setState) {
-          const state = await getState();
-          state.counter += message.amount;
-          await setState(state);
-        },
-      },
-    ],
+    messageHandlers: [increment],
     ...extra,
   });
 }
@@ -58,18 +48,6 @@ async function serve(t, options) {
 
 const last = (ws) =>
   ws.frames.filter((f) => f.type === 'state_update' || f.type === 'initial_state').at(-1);
-
-function get(port, urlPath) {
-  return new Promise((resolve, reject) => {
-    http
-      .get({ host: '127.0.0.1', port, path: urlPath }, (res) => {
-        let body = '';
-        res.on('data', (chunk) => (body += chunk));
-        res.on('end', () => resolve({ status: res.statusCode, body }));
-      })
-      .on('error', reject);
-  });
-}
 
 test('clients get initial_state, every change reaches every client, hooks run on the main thread', async (t) => {
   const threads = new Set();

@@ -138,48 +138,65 @@ def garbage_messages():
     ]
 
 
-def garbage(port, stop, counts):
-    msgs = garbage_messages()
-    rng = random.Random(7)
+def drain(ws, bufsize):
+    """Reads what has arrived on `ws` without waiting for more."""
+    ws.sock.setblocking(False)
+    try:
+        while ws.sock.recv(bufsize):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+    ws.sock.setblocking(True)
+
+
+def reconnecting(port, stop, counts, name, step):
+    """Runs step(ws) over one connection until `stop`. A new connection (counted as <name>_joins)
+    replaces one that step closed (it returns False) or that failed (<name>_reconnects)."""
     ws = None
     while not stop.is_set():
         try:
             if ws is None:
                 ws = wsraw.connect(port, timeout=5)
-                counts.add("garbage_joins")
-            kind, payload = rng.choice(msgs)
-            if kind == "big" and rng.random() > 0.05:
-                continue
-            if kind == "text":
-                ws.send_text(payload)
-            elif kind == "binary":
-                ws.send_frame(0x2, payload)
-            elif kind == "raw":
-                ws.sock.sendall(payload)
-            else:
-                ws.send_text(payload)
-            counts.add("garbage_sent")
-            if kind in ("raw", "binary", "big"):
-                ws.wait_close(timeout=5)  # the server closes these: 1002/1003/1009
-                ws.close()
+                counts.add(name + "_joins")
+            if step(ws) is False:
                 ws = None
-            else:
-                ws.sock.setblocking(False)
-                try:
-                    while ws.sock.recv(65536):
-                        pass
-                except (BlockingIOError, InterruptedError):
-                    pass
-                ws.sock.setblocking(True)
-            time.sleep(0.005)
         except (OSError, EOFError, TimeoutError, ConnectionError):
-            counts.add("garbage_reconnects")
+            counts.add(name + "_reconnects")
             if ws:
                 ws.close()
             ws = None
             time.sleep(0.05)
     if ws:
         ws.close()
+
+
+def garbage(port, stop, counts):
+    msgs = garbage_messages()
+    rng = random.Random(7)
+
+    def step(ws):
+        kind, payload = rng.choice(msgs)
+        if kind == "big" and rng.random() > 0.05:
+            return True
+        if kind == "text":
+            ws.send_text(payload)
+        elif kind == "binary":
+            ws.send_frame(0x2, payload)
+        elif kind == "raw":
+            ws.sock.sendall(payload)
+        else:
+            ws.send_text(payload)
+        counts.add("garbage_sent")
+        kept = kind not in ("raw", "binary", "big")
+        if kept:
+            drain(ws, 65536)
+        else:
+            ws.wait_close(timeout=5)  # the server closes these: 1002/1003/1009
+            ws.close()
+        time.sleep(0.005)
+        return kept
+
+    reconnecting(port, stop, counts, "garbage", step)
 
 
 def flooder(port, stop, counts):
@@ -187,30 +204,14 @@ def flooder(port, stop, counts):
     batch = []
     for i in range(50):
         batch.append(b"pong" if i % 2 else b'{"type":"increment","amount":"flood"}')
-    ws = None
-    while not stop.is_set():
-        try:
-            if ws is None:
-                ws = wsraw.connect(port, timeout=5)
-                counts.add("flooder_joins")
-            for payload in batch:
-                ws.send_text(payload)
-            counts.add("flood_sent", len(batch))
-            ws.sock.setblocking(False)
-            try:
-                while ws.sock.recv(262144):
-                    pass
-            except (BlockingIOError, InterruptedError):
-                pass
-            ws.sock.setblocking(True)
-        except (OSError, EOFError, TimeoutError, ConnectionError):
-            counts.add("flooder_reconnects")
-            if ws:
-                ws.close()
-            ws = None
-            time.sleep(0.05)
-    if ws:
-        ws.close()
+
+    def step(ws):
+        for payload in batch:
+            ws.send_text(payload)
+        counts.add("flood_sent", len(batch))
+        drain(ws, 262144)
+
+    reconnecting(port, stop, counts, "flooder", step)
 
 
 def loadgen_round(loadgen, port, pid, clients, senders, window, messages):

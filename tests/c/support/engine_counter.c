@@ -63,6 +63,14 @@ void counter_register(sync_engine *engine, int validate)
         sync_engine_set_validator(engine, counter_require_amount, NULL, NULL);
 }
 
+sync_engine *counter_engine(const sync_engine_options *opts, hook_log *log, int validate)
+{
+    sync_engine *engine = hooked_engine(opts, log);
+    if (engine)
+        counter_register(engine, validate);
+    return engine;
+}
+
 double counter_value(sync_engine *engine)
 {
     cJSON *state = sync_engine_get_state(engine);

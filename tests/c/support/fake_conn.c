@@ -346,3 +346,28 @@ sync_hooks hook_log_hooks(hook_log *log)
     hooks.userdata = log;
     return hooks;
 }
+
+sync_engine *hooked_engine(const sync_engine_options *opts, hook_log *log)
+{
+    sync_engine_options with_log = *opts;
+    sync_hooks hooks;
+    if (log) {
+        hooks = hook_log_hooks(log);
+        with_log.hooks = &hooks;
+    }
+    sync_engine *engine = NULL;
+    return sync_engine_new(&engine, &with_log) == SYNC_OK ? engine : NULL;
+}
+
+fake_conn *fake_conn_open(sync_engine *engine)
+{
+    fake_conn *fake = fake_conn_new();
+    sync_engine_handle_open(engine, fake->conn);
+    return fake;
+}
+
+int fake_park(sync_msg *msg, void *userdata)
+{
+    *(sync_msg **)userdata = msg;
+    return SYNC_PENDING;
+}

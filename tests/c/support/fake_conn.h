@@ -22,6 +22,8 @@ typedef struct fake_conn {
 
 /* A fake connection; the fake lives until the last reference to its sync_conn is gone. */
 fake_conn *fake_conn_new(void);
+/* A fake connection opened on `engine` (sync_engine_handle_open, its status not checked). */
+fake_conn *fake_conn_open(sync_engine *engine);
 /* Releases the test's reference. */
 void fake_conn_release(fake_conn *fake);
 size_t fake_conn_frames(fake_conn *fake);
@@ -55,6 +57,10 @@ sync_adapter *fake_adapter_new(fake_store *store);
 int fake_store_finish(fake_store *store, int status);
 int fake_store_has_pending(fake_store *store);
 
+/* A step (handler, validator or middleware) that leaves its message for the test to complete: it
+ * stores the message in the sync_msg * that `userdata` points to and returns SYNC_PENDING. */
+int fake_park(sync_msg *msg, void *userdata);
+
 /* Hook counters shared by the suites. */
 /* Counters are atomic because SYNC_TIMERS_THREAD runs hooks on the engine's own thread. */
 typedef struct hook_log {
@@ -69,5 +75,9 @@ typedef struct hook_log {
 
 /* Hooks that count into `log` (which must outlive the engine). */
 sync_hooks hook_log_hooks(hook_log *log);
+
+/* An engine with `opts` whose hooks count into `log` (replacing opts->hooks; when `log` is NULL
+ * the hooks of `opts` stay); NULL when sync_engine_new failed. */
+sync_engine *hooked_engine(const sync_engine_options *opts, hook_log *log);
 
 #endif

@@ -36,8 +36,13 @@ sync_engine *fixture_counter_engine(int start)
     snprintf(initial, sizeof initial, "{\"counter\":%d}", start);
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     opts.initial_state_json = initial;
+    return fixture_engine(&opts);
+}
+
+sync_engine *fixture_engine(const sync_engine_options *opts)
+{
     sync_engine *engine = NULL;
-    if (sync_engine_new(&engine, &opts) != SYNC_OK)
+    if (sync_engine_new(&engine, opts) != SYNC_OK)
         return NULL;
     if (sync_engine_on(engine, "increment", on_increment, NULL, NULL) != SYNC_OK ||
         sync_engine_on(engine, "whoami", on_whoami, NULL, NULL) != SYNC_OK) {
@@ -67,6 +72,33 @@ sync_server *fixture_server(const sync_server_options *opts, const char *path, s
         return NULL;
     }
     return server;
+}
+
+sync_server *fixture_counter_server(int start, const sync_server_options *opts, const char *path,
+                                    sync_engine **engine)
+{
+    *engine = fixture_counter_engine(start);
+    sync_server *server = *engine ? fixture_server(opts, path, *engine) : NULL;
+    if (!server) {
+        sync_engine_free(*engine);
+        *engine = NULL;
+    }
+    return server;
+}
+
+sync_server_options *fixture_old_options(int version, size_t end)
+{
+    size_t raw_size = sizeof(sync_server_options) + 16;
+    unsigned char *raw = malloc(raw_size);
+    if (!raw)
+        return NULL;
+    memset(raw, 0xA5, raw_size);
+    sync_server_options *opts = (sync_server_options *)(void *)raw;
+    CHECK_EQ_INT(sync_server_options_init(opts, version), SYNC_OK);
+    CHECK_EQ_INT(opts->version, version);
+    for (size_t i = end; i < raw_size; i++)
+        CHECK(raw[i] == 0xA5);
+    return opts;
 }
 
 void fixture_quiet_log(sync_log_level level, const char *message, void *userdata)

@@ -12,12 +12,21 @@
 /* A counter engine starting at `start`; NULL on failure. */
 sync_engine *fixture_counter_engine(int start);
 
+/* The same handlers on an engine made with `opts` ("increment" adds "amount", or 1 without one);
+ * NULL on failure. */
+sync_engine *fixture_engine(const sync_engine_options *opts);
+
 /* The engine's "counter", or -1 when it has none. */
 long long fixture_counter_value(sync_engine *engine);
 
 /* A server on 127.0.0.1, port 0, with `opts` (NULL = defaults) and `engine` mounted at `path`,
  * started on its background thread. NULL on failure. */
 sync_server *fixture_server(const sync_server_options *opts, const char *path, sync_engine *engine);
+
+/* A counter engine starting at `start` served at `path` by fixture_server(opts): the server, with
+ * the engine in *engine. NULL (and *engine NULL) on failure. */
+sync_server *fixture_counter_server(int start, const sync_server_options *opts, const char *path,
+                                    sync_engine **engine);
 
 /* A client of `path` that has read its initial state; NULL (and a failed check) otherwise. */
 ws_client *fixture_join(int port, const char *path);
@@ -33,6 +42,11 @@ long long fixture_metric(int port, const char *name);
 /* The server's open connections once they reach `want` (a close is processed a little after the
  * client sees it), or what they are after 5 s. */
 long long fixture_open_connections(int port, long long want);
+
+/* The options of a caller built against `version`, whose struct ends at byte `end`: initialised by
+ * sync_server_options_init(version) in a larger buffer filled with 0xA5, checking that it succeeds,
+ * sets the version and writes nothing past `end`. Caller frees; NULL when out of memory. */
+sync_server_options *fixture_old_options(int version, size_t end);
 
 /* A log sink that drops everything (tests that provoke warnings on purpose). */
 void fixture_quiet_log(sync_log_level level, const char *message, void *userdata);
