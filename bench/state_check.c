@@ -12,7 +12,7 @@
 
 #include <libsync/common.h>
 
-#include "json_check.h"
+#include "engine/json_check.h"
 
 static double now_us(void)
 {

@@ -7,7 +7,7 @@
 #include "check.h"
 #include "engine_counter.h"
 #include "fake_conn.h"
-#include "transport.h"
+#include "engine/transport.h"
 
 typedef struct pull_conn {
     sync_conn *conn;

@@ -2,7 +2,7 @@
 #include "backup_slot.h"
 #include "error.h"
 #include "fsutil.h"
-#include "json_check.h"
+#include "engine/json_check.h"
 #include "libsync/adapter.h"
 
 #include <dirent.h>

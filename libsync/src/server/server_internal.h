@@ -17,9 +17,9 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
-#include "frame.h"
+#include "engine/frame.h"
 #include "libsync/server.h"
-#include "transport.h"
+#include "engine/transport.h"
 
 /* Tags the lws opaque user pointer of a wsi: an HTTP response in progress or a WebSocket. */
 enum server_wsi_kind { SERVER_WSI_HTTP = 1, SERVER_WSI_WS = 2 };

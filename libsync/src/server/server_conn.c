@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "error.h"
-#include "json_check.h"
+#include "engine/json_check.h"
 
 static const char rate_error[] =
     "{\"type\":\"error\",\"error\":\"rate limit exceeded: message dropped\",\"context\":"

@@ -21,8 +21,8 @@
  *
  * Reading the feed (sync_feed_read) has no side effects: it never saves. A transport that must not
  * send an unsaved state asks for a flush (sync_feed_flush): the server once per loop turn for all
- * the changes of that turn (group commit), and before a writeable callback reads. Everything here runs with the engine lock held, except the calls
- * transport.h exports, which take it.
+ * the changes of that turn (group commit), and before a writeable callback reads. Everything here
+ * runs with the engine lock held, except the calls transport.h exports, which take it.
  */
 #ifndef LIBSYNC_SRC_FEED_H
 #define LIBSYNC_SRC_FEED_H
