@@ -10,7 +10,7 @@
  * their own detail (cJSON's global error pointer is the counter-example). */
 static _Thread_local char last_error[512];
 
-int sync_fail(int status, const char *fmt, ...)
+int sync__fail(int status, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -19,38 +19,38 @@ int sync_fail(int status, const char *fmt, ...)
     return status;
 }
 
-int sync_check_options_version(unsigned int version, unsigned int known, const char *what)
+int sync__check_options_version(unsigned int version, unsigned int known, const char *what)
 {
     if (version == 0 || version > known)
-        return sync_fail(SYNC_EINVAL, "unknown %s options version %u (this library knows %u)", what,
-                         version, known);
+        return sync__fail(SYNC_EINVAL, "unknown %s options version %u (this library knows %u)",
+                          what, version, known);
     return SYNC_OK;
 }
 
-int sync_options_init(void *opts, const void *defaults, size_t size, unsigned int version,
-                      unsigned int known, const char *what)
+int sync__options_init(void *opts, const void *defaults, size_t size, unsigned int version,
+                       unsigned int known, const char *what)
 {
     if (!opts)
-        return sync_fail(SYNC_EINVAL, "%s options pointer is NULL", what);
-    int rc = sync_check_options_version(version, known, what);
+        return sync__fail(SYNC_EINVAL, "%s options pointer is NULL", what);
+    int rc = sync__check_options_version(version, known, what);
     if (rc != SYNC_OK)
         return rc;
     memcpy(opts, defaults, size);
     memcpy(opts, &version, sizeof version);
-    sync_error_clear();
+    sync__error_clear();
     return SYNC_OK;
 }
 
-int sync_check_options(const void *opts, unsigned int known, const char *what)
+int sync__check_options(const void *opts, unsigned int known, const char *what)
 {
     if (!opts)
-        return sync_fail(SYNC_EINVAL, "%s options pointer is NULL", what);
+        return sync__fail(SYNC_EINVAL, "%s options pointer is NULL", what);
     unsigned int version;
     memcpy(&version, opts, sizeof version);
-    return sync_check_options_version(version, known, what);
+    return sync__check_options_version(version, known, what);
 }
 
-void sync_error_clear(void)
+void sync__error_clear(void)
 {
     last_error[0] = '\0';
 }
@@ -115,7 +115,7 @@ int64_t sync_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int64_t sync_now_us(void)
+int64_t sync__now_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -14,7 +14,7 @@ int sync_adapter_new(sync_adapter **out, const sync_adapter_vtable *vtable, void
     if (out)
         *out = NULL;
     if (!vtable)
-        return sync_fail(SYNC_EINVAL, "sync_adapter_new: vtable is NULL");
+        return sync__fail(SYNC_EINVAL, "sync_adapter_new: vtable is NULL");
     const char *problem = NULL;
     if (!out)
         problem = "out is NULL";
@@ -26,8 +26,8 @@ int sync_adapter_new(sync_adapter **out, const sync_adapter_vtable *vtable, void
     if (!adapter) {
         if (vtable->destroy)
             vtable->destroy(userdata);
-        return problem ? sync_fail(SYNC_EINVAL, "sync_adapter_new: %s", problem)
-                       : sync_fail(SYNC_ENOMEM, "out of memory creating an adapter");
+        return problem ? sync__fail(SYNC_EINVAL, "sync_adapter_new: %s", problem)
+                       : sync__fail(SYNC_ENOMEM, "out of memory creating an adapter");
     }
     adapter->vt = *vtable;
     adapter->userdata = userdata;
@@ -44,7 +44,7 @@ void sync_adapter_free(sync_adapter *adapter)
     free(adapter);
 }
 
-void sync_pending_free(sync_pending *pending)
+void sync__pending_free(sync_pending *pending)
 {
     if (!pending)
         return;
@@ -62,7 +62,7 @@ static int direct_call(sync_adapter *adapter, adapter_call call, const char *sta
 {
     sync_pending *pending = calloc(1, sizeof *pending);
     if (!pending)
-        return sync_fail(SYNC_ENOMEM, "out of memory");
+        return sync__fail(SYNC_ENOMEM, "out of memory");
     pending->call = call;
     pending->in_call = 1;
     char *json = NULL;
@@ -80,8 +80,8 @@ static int direct_call(sync_adapter *adapter, adapter_call call, const char *sta
     case CALL_SAVE:
         state = cJSON_Parse(state_json);
         if (!state) {
-            sync_pending_free(pending);
-            return sync_fail(SYNC_EPARSE, "sync_adapter_save: state_json is not JSON");
+            sync__pending_free(pending);
+            return sync__fail(SYNC_EPARSE, "sync_adapter_save: state_json is not JSON");
         }
         rc = adapter->vt.save(adapter->userdata, pending, state, state_json, strlen(state_json),
                               version);
@@ -92,7 +92,7 @@ static int direct_call(sync_adapter *adapter, adapter_call call, const char *sta
     }
     cJSON_Delete(state);
     if (rc != SYNC_PENDING) {
-        sync_pending_free(pending);
+        sync__pending_free(pending);
         if (rc < 0) {
             free(json);
             return rc;
@@ -103,8 +103,9 @@ static int direct_call(sync_adapter *adapter, adapter_call call, const char *sta
         if (!pending->done) {
             pending->orphaned = 1;
             pthread_mutex_unlock(&direct_lock);
-            return sync_fail(SYNC_EUNSUPPORTED,
-                             "the adapter finishes later; direct calls need a synchronous adapter");
+            return sync__fail(
+                SYNC_EUNSUPPORTED,
+                "the adapter finishes later; direct calls need a synchronous adapter");
         }
         pthread_mutex_unlock(&direct_lock);
         rc = pending->status;
@@ -113,8 +114,8 @@ static int direct_call(sync_adapter *adapter, adapter_call call, const char *sta
         loaded_version = pending->version;
         ts = pending->timestamp_ms;
         if (rc < 0)
-            sync_fail(rc, "%s", pending->error ? pending->error : sync_strerror(rc));
-        sync_pending_free(pending);
+            sync__fail(rc, "%s", pending->error ? pending->error : sync_strerror(rc));
+        sync__pending_free(pending);
         if (rc < 0) {
             free(json);
             return rc;
@@ -134,7 +135,7 @@ static int direct_call(sync_adapter *adapter, adapter_call call, const char *sta
 int sync_adapter_init(sync_adapter *adapter)
 {
     if (!adapter)
-        return sync_fail(SYNC_EINVAL, "sync_adapter_init: adapter is NULL");
+        return sync__fail(SYNC_EINVAL, "sync_adapter_init: adapter is NULL");
     return direct_call(adapter, CALL_INIT, NULL, 0, NULL, NULL, NULL);
 }
 
@@ -143,23 +144,23 @@ int sync_adapter_load(sync_adapter *adapter, char **out_state_json, int64_t *out
     if (out_state_json)
         *out_state_json = NULL;
     if (!adapter || !out_state_json || !out_version)
-        return sync_fail(SYNC_EINVAL, "sync_adapter_load: adapter and outputs are required");
+        return sync__fail(SYNC_EINVAL, "sync_adapter_load: adapter and outputs are required");
     return direct_call(adapter, CALL_LOAD, NULL, 0, out_state_json, out_version, NULL);
 }
 
 int sync_adapter_save(sync_adapter *adapter, const char *state_json, int64_t version)
 {
     if (!adapter || !state_json)
-        return sync_fail(SYNC_EINVAL, "sync_adapter_save: adapter and state_json are required");
+        return sync__fail(SYNC_EINVAL, "sync_adapter_save: adapter and state_json are required");
     return direct_call(adapter, CALL_SAVE, state_json, version, NULL, NULL, NULL);
 }
 
 int sync_adapter_backup(sync_adapter *adapter, int64_t *out_timestamp_ms)
 {
     if (!adapter)
-        return sync_fail(SYNC_EINVAL, "sync_adapter_backup: adapter is NULL");
+        return sync__fail(SYNC_EINVAL, "sync_adapter_backup: adapter is NULL");
     if (!adapter->vt.backup)
-        return sync_fail(SYNC_EUNSUPPORTED, "this adapter cannot make backups");
+        return sync__fail(SYNC_EUNSUPPORTED, "this adapter cannot make backups");
     return direct_call(adapter, CALL_BACKUP, NULL, 0, NULL, NULL, out_timestamp_ms);
 }
 
@@ -169,7 +170,7 @@ static int complete(sync_pending *pending, int status, const char *state_json, i
                     int64_t timestamp_ms, const char *error_message)
 {
     if (!pending)
-        return sync_fail(SYNC_EINVAL, "completion: pending is NULL");
+        return sync__fail(SYNC_EINVAL, "completion: pending is NULL");
     if (status == SYNC_PENDING || status > 0)
         status = SYNC_EIO;
     char *json_copy = state_json ? strdup(state_json) : NULL;
@@ -183,17 +184,17 @@ static int complete(sync_pending *pending, int status, const char *state_json, i
     }
     sync_engine *engine = pending->engine;
     if (engine)
-        sync_engine_lock(engine);
+        sync__engine_lock(engine);
     else
         pthread_mutex_lock(&direct_lock);
     if (pending->done || (!pending->in_call && !pending->awaiting && !pending->orphaned)) {
         if (engine)
-            sync_engine_unlock(engine);
+            sync__engine_unlock(engine);
         else
             pthread_mutex_unlock(&direct_lock);
         free(json_copy);
         free(error_copy);
-        return sync_fail(SYNC_EINVAL, "completion: this call is not pending");
+        return sync__fail(SYNC_EINVAL, "completion: this call is not pending");
     }
     pending->status = status;
     pending->state_json = json_copy;
@@ -204,13 +205,13 @@ static int complete(sync_pending *pending, int status, const char *state_json, i
         /* Finished before the callback returned: the caller picks the result up. */
         pending->done = 1;
     } else if (pending->orphaned) {
-        sync_pending_free(pending);
+        sync__pending_free(pending);
     } else {
         pending->awaiting = 0;
-        sync_engine_adapter_completed(engine, pending);
+        sync__engine_adapter_completed(engine, pending);
     }
     if (engine)
-        sync_engine_unlock(engine);
+        sync__engine_unlock(engine);
     else
         pthread_mutex_unlock(&direct_lock);
     return SYNC_OK;

@@ -189,8 +189,8 @@ struct server_conn {
 
     /* Under server->lock: */
     struct lws *wsi; /* NULL once closed */
-    sync_frame **ring;
-    sync_frame *inline_ring[2];
+    sync__frame **ring;
+    sync__frame *inline_ring[2];
     uint32_t ring_cap;
     uint32_t ring_head;
     uint32_t ring_count;
