@@ -10,6 +10,7 @@
 
 #include "engine_internal.h"
 #include "error.h"
+#include "options.h"
 #include "json_check.h"
 
 #define DEFAULT_MAX_MESSAGE_BYTES ((size_t)1 << 20)

@@ -1,4 +1,4 @@
-/* The engine's private structures, shared by engine*.c, conn.c and adapter.c. */
+/* The engine's private structures, shared by engine*.c, conn.c, feed.c and completion.c. */
 #ifndef LIBSYNC_SRC_ENGINE_INTERNAL_H
 #define LIBSYNC_SRC_ENGINE_INTERNAL_H
 
@@ -7,6 +7,7 @@
 
 #include "libsync/adapter.h"
 #include "libsync/engine.h"
+#include "completion.h"
 #include "feed.h"
 #include "frame.h"
 #include "transport.h"
@@ -49,33 +50,6 @@ void sync__conn_request_close(sync_conn *conn, int code, const char *reason);
 
 /* ---- adapters ------------------------------------------------------------------------------- */
 
-struct sync_adapter {
-    sync_adapter_vtable vt;
-    void *userdata;
-};
-
-typedef enum adapter_call { CALL_INIT, CALL_LOAD, CALL_SAVE, CALL_BACKUP } adapter_call;
-
-struct sync__op;
-
-/* One adapter call's completion token. With an engine its fields are guarded by the engine's
- * lock; without one (direct sync_adapter_* use) by a lock in adapter.c. */
-struct sync_pending {
-    sync_engine *engine;
-    struct sync__op *op;
-    adapter_call call;
-    int in_call;  /* the adapter callback has not returned yet */
-    int done;     /* completed while in_call */
-    int awaiting; /* the callback returned SYNC_PENDING; a completion continues the op */
-    int orphaned; /* direct use gave up waiting; the completion frees the token */
-    int status;
-    char *error;
-    char *state_json;
-    int64_t version;
-    int64_t timestamp_ms;
-};
-
-void sync__pending_free(sync_pending *pending);
 /* Continues the engine's operation with the result of its completed adapter call (engine lock
  * held by the caller). Frees the token. */
 void sync__engine_adapter_completed(sync_engine *engine, sync_pending *pending);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "engine_internal.h"
+#include "clock.h"
 #include "error.h"
 #include "json_check.h"
 

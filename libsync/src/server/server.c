@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "options.h"
 
 _Static_assert(LWS_PRE <= SYNC__FRAME_HEADROOM, "frames need LWS_PRE bytes of headroom");
 

@@ -24,6 +24,7 @@
  */
 #include "server_internal.h"
 
+#include "clock.h"
 #include "error.h"
 
 #include <sys/epoll.h>

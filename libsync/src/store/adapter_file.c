@@ -1,6 +1,7 @@
 /* The file store: one JSON record {"state":...,"version":...} replaced atomically on every save. */
 #include "backup_slot.h"
 #include "error.h"
+#include "options.h"
 #include "fsutil.h"
 #include "engine/json_check.h"
 #include "libsync/adapter.h"

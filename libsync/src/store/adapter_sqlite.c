@@ -1,6 +1,7 @@
 /* The SQLite store: one row (state JSON, version, updated_at) in a WAL-mode database. */
 #include "backup_slot.h"
 #include "error.h"
+#include "options.h"
 #include "engine/json_check.h"
 #include "fsutil.h"
 #include "libsync/adapter.h"
