@@ -12,7 +12,7 @@
 
 #include <libsync/common.h>
 
-#include "json_check.h"
+#include "engine/json_check.h"
 
 static double now_us(void)
 {
@@ -75,7 +75,7 @@ static void measure(const char *name, cJSON *state, int rounds)
     cJSON_free(text);
     double t0 = now_us();
     for (int i = 0; i < rounds; i++)
-        if (sync_json_check_tree(state) != SYNC_OK)
+        if (sync__json_check_tree(state) != SYNC_OK)
             abort();
     double t1 = now_us();
     for (int i = 0; i < rounds; i++)

@@ -1,16 +1,14 @@
+/* Status codes as text, and the per-thread detail of the last failure (sync__fail). */
 #include "error.h"
 
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
 /* A thread-local buffer instead of a global pointer: two threads failing at once must each read
  * their own detail (cJSON's global error pointer is the counter-example). */
 static _Thread_local char last_error[512];
 
-int sync_fail(int status, const char *fmt, ...)
+int sync__fail(int status, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -19,38 +17,7 @@ int sync_fail(int status, const char *fmt, ...)
     return status;
 }
 
-int sync_check_options_version(unsigned int version, unsigned int known, const char *what)
-{
-    if (version == 0 || version > known)
-        return sync_fail(SYNC_EINVAL, "unknown %s options version %u (this library knows %u)", what,
-                         version, known);
-    return SYNC_OK;
-}
-
-int sync_options_init(void *opts, const void *defaults, size_t size, unsigned int version,
-                      unsigned int known, const char *what)
-{
-    if (!opts)
-        return sync_fail(SYNC_EINVAL, "%s options pointer is NULL", what);
-    int rc = sync_check_options_version(version, known, what);
-    if (rc != SYNC_OK)
-        return rc;
-    memcpy(opts, defaults, size);
-    memcpy(opts, &version, sizeof version);
-    sync_error_clear();
-    return SYNC_OK;
-}
-
-int sync_check_options(const void *opts, unsigned int known, const char *what)
-{
-    if (!opts)
-        return sync_fail(SYNC_EINVAL, "%s options pointer is NULL", what);
-    unsigned int version;
-    memcpy(&version, opts, sizeof version);
-    return sync_check_options_version(version, known, what);
-}
-
-void sync_error_clear(void)
+void sync__error_clear(void)
 {
     last_error[0] = '\0';
 }
@@ -106,46 +73,4 @@ const char *sync_strerror(int status)
     default:
         return "unknown status";
     }
-}
-
-int64_t sync_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t sync_now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-int64_t sync_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-void sync_free(void *ptr)
-{
-    free(ptr);
-}
-
-void *sync_malloc(size_t size)
-{
-    return malloc(size ? size : 1);
-}
-
-char *sync_strdup(const char *text)
-{
-    if (!text)
-        return NULL;
-    size_t len = strlen(text) + 1;
-    char *copy = sync_malloc(len);
-    if (copy)
-        memcpy(copy, text, len);
-    return copy;
 }

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 
 #include "libsync/server.h"
-#include "server_internal.h"
+#include "server/server_internal.h"
 
 static sync_server *server;
 

@@ -7,23 +7,23 @@
 #include "check.h"
 #include "engine_counter.h"
 #include "fake_conn.h"
-#include "transport.h"
+#include "engine/transport.h"
 
 typedef struct pull_conn {
     sync_conn *conn;
     int notified;
     int forced;
     int closes;
-    sync_frame *frames[16];
+    sync__frame *frames[16];
     int count;
     uint64_t sent_seq;
 } pull_conn;
 
-static int pc_send_frame(void *userdata, sync_frame *frame)
+static int pc_send_frame(void *userdata, sync__frame *frame)
 {
     pull_conn *pc = userdata;
     if (pc->count < 16)
-        pc->frames[pc->count++] = sync_frame_ref(frame);
+        pc->frames[pc->count++] = sync__frame_ref(frame);
     if (frame->seq > pc->sent_seq)
         pc->sent_seq = frame->seq;
     return SYNC_OK;
@@ -44,8 +44,8 @@ static void pc_deadline_moved(void *userdata)
 
 static void pc_listen(sync_engine *e, pull_conn *pc)
 {
-    sync_engine_listener listener = {pc_state_moved, pc_deadline_moved, pc};
-    if (sync_engine_add_listener(e, &listener) != SYNC_OK)
+    sync__engine_listener listener = {pc_state_moved, pc_deadline_moved, pc};
+    if (sync__engine_add_listener(e, &listener) != SYNC_OK)
         abort();
 }
 
@@ -59,26 +59,26 @@ static void pc_close(void *userdata, int code, const char *reason)
 static void pc_init(pull_conn *pc)
 {
     memset(pc, 0, sizeof *pc);
-    sync_transport_ops ops = {pc_send_frame, pc_close, NULL};
-    if (sync_conn_new_transport(&pc->conn, &ops, pc) != SYNC_OK)
+    sync__transport_ops ops = {pc_send_frame, pc_close, NULL};
+    if (sync__conn_new_transport(&pc->conn, &ops, pc) != SYNC_OK)
         abort();
 }
 
 static void pc_cleanup(pull_conn *pc)
 {
     for (int i = 0; i < pc->count; i++)
-        sync_frame_unref(pc->frames[i]);
+        sync__frame_unref(pc->frames[i]);
     sync_conn_free(pc->conn);
 }
 
 /* What the server does at the end of a loop turn: flush the head, then read it. */
-static sync_frame *pc_pull(sync_engine *e, pull_conn *pc, int force)
+static sync__frame *pc_pull(sync_engine *e, pull_conn *pc, int force)
 {
-    if (!sync_feed_flush(e))
+    if (!sync__feed_flush(e))
         return NULL;
-    sync_frame *frame = sync_feed_read(e, pc->sent_seq, force);
+    sync__frame *frame = sync__feed_read(e, pc->sent_seq, force);
     if (frame)
-        pc_send_frame(pc, frame), sync_frame_unref(frame);
+        pc_send_frame(pc, frame), sync__frame_unref(frame);
     return frame;
 }
 
@@ -87,22 +87,22 @@ static void pull_broadcast(void)
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     sync_engine *e = counter_engine(&opts, NULL, 0);
     REQUIRE(e);
-    sync_engine_set_auto_broadcast(e, 1);
+    sync__engine_set_auto_broadcast(e, 1);
     pull_conn pc;
     pc_init(&pc);
     pc_listen(e, &pc);
     CHECK_EQ_INT(sync_engine_handle_open(e, pc.conn), SYNC_OK);
     REQUIRE(pc.count == 1);
-    CHECK_EQ_INT(pc.frames[0]->kind, SYNC_FRAME_INITIAL_STATE);
+    CHECK_EQ_INT(pc.frames[0]->kind, SYNC__FRAME_INITIAL_STATE);
     CHECK(pc_pull(e, &pc, 0) == NULL); /* nothing newer than the initial state */
     for (int i = 0; i < 5; i++)
         counter_send(e, pc.conn, "increment", 1);
     CHECK_EQ_INT(pc.notified, 5);
     CHECK_EQ_INT(pc.count, 1); /* nothing pushed: the transport pulls */
-    sync_frame *frame = pc_pull(e, &pc, 0);
+    sync__frame *frame = pc_pull(e, &pc, 0);
     REQUIRE(frame != NULL);
     CHECK_EQ_INT(pc.count, 2);
-    CHECK_EQ_STR(sync_frame_text(pc.frames[1]),
+    CHECK_EQ_STR(sync__frame_text(pc.frames[1]),
                  "{\"type\":\"state_update\",\"data\":{\"counter\":5},\"version\":5}");
     CHECK(pc_pull(e, &pc, 0) == NULL);
     /* An explicit broadcast forces a resend of the same frame, shared, not rebuilt. */
@@ -115,8 +115,8 @@ static void pull_broadcast(void)
     CHECK_EQ_INT(stats.serialisations, 2);
     sync_engine_dispose(e);
     CHECK_EQ_INT(pc.closes, 1);
-    CHECK(sync_feed_read(e, 0, 1) == NULL);
-    CHECK_EQ_INT(sync_feed_flush(e), 0);
+    CHECK(sync__feed_read(e, 0, 1) == NULL);
+    CHECK_EQ_INT(sync__feed_flush(e), 0);
     sync_engine_free(e);
     pc_cleanup(&pc);
 }
@@ -147,7 +147,7 @@ static void group_commit_before_send(void)
         counter_send(e, pc.conn, "increment", 1);
     CHECK_EQ_INT(store.saves, 0);
     /* reading never saves: the unsaved head is not handed out, and nothing is written */
-    CHECK(sync_feed_read(e, pc.sent_seq, 1) == NULL);
+    CHECK(sync__feed_read(e, pc.sent_seq, 1) == NULL);
     CHECK_EQ_INT(store.saves, 0);
     CHECK(pc_pull(e, &pc, 0) != NULL);
     CHECK_EQ_INT(store.saves, 1); /* four changes, one save, before the frame left */
@@ -242,8 +242,8 @@ static void log_deadline_moved(void *userdata)
 
 static int add_log_listener(sync_engine *e, listener_log *log)
 {
-    sync_engine_listener listener = {log_state_moved, log_deadline_moved, log};
-    return sync_engine_add_listener(e, &listener);
+    sync__engine_listener listener = {log_state_moved, log_deadline_moved, log};
+    return sync__engine_add_listener(e, &listener);
 }
 
 static void deadline_listener(void)
@@ -272,7 +272,7 @@ static void one_notice_per_change_and_reader(void)
     sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
     sync_engine *e = counter_engine(&opts, NULL, 0);
     REQUIRE(e);
-    sync_engine_set_auto_broadcast(e, 1);
+    sync__engine_set_auto_broadcast(e, 1);
     listener_log a = {0}, b = {0};
     REQUIRE(add_log_listener(e, &a) == SYNC_OK);
     REQUIRE(add_log_listener(e, &b) == SYNC_OK);
@@ -292,28 +292,28 @@ static void one_notice_per_change_and_reader(void)
     CHECK_EQ_INT(b.forced, 1);
 
     /* one gone: only the other hears; both gone: nobody */
-    sync_engine_remove_listener(e, &a);
+    sync__engine_remove_listener(e, &a);
     counter_send(e, pcs[0].conn, "increment", 1);
     CHECK_EQ_INT(a.moved, 5);
     CHECK_EQ_INT(b.moved, 6);
-    sync_engine_remove_listener(e, &b);
-    sync_engine_remove_listener(e, &b); /* unknown: nothing */
+    sync__engine_remove_listener(e, &b);
+    sync__engine_remove_listener(e, &b); /* unknown: nothing */
     counter_send(e, pcs[0].conn, "increment", 1);
     CHECK_EQ_INT(b.moved, 6);
     for (int i = 0; i < 3; i++)
         CHECK_EQ_INT(pcs[i].notified, 0);
 
     /* bounded: the ninth server is refused with a reason */
-    listener_log many[SYNC_ENGINE_MAX_LISTENERS + 1];
+    listener_log many[SYNC__ENGINE_MAX_LISTENERS + 1];
     memset(many, 0, sizeof many);
-    for (int i = 0; i < SYNC_ENGINE_MAX_LISTENERS; i++)
+    for (int i = 0; i < SYNC__ENGINE_MAX_LISTENERS; i++)
         CHECK_EQ_INT(add_log_listener(e, &many[i]), SYNC_OK);
-    CHECK_EQ_INT(add_log_listener(e, &many[SYNC_ENGINE_MAX_LISTENERS]), SYNC_ELIMIT);
+    CHECK_EQ_INT(add_log_listener(e, &many[SYNC__ENGINE_MAX_LISTENERS]), SYNC_ELIMIT);
     CHECK(strstr(sync_error_last(), "already served") != NULL);
-    sync_engine_listener incomplete = {log_state_moved, NULL, &a};
-    CHECK_EQ_INT(sync_engine_add_listener(e, &incomplete), SYNC_EINVAL);
-    for (int i = 0; i < SYNC_ENGINE_MAX_LISTENERS; i++)
-        sync_engine_remove_listener(e, &many[i]);
+    sync__engine_listener incomplete = {log_state_moved, NULL, &a};
+    CHECK_EQ_INT(sync__engine_add_listener(e, &incomplete), SYNC_EINVAL);
+    for (int i = 0; i < SYNC__ENGINE_MAX_LISTENERS; i++)
+        sync__engine_remove_listener(e, &many[i]);
     sync_engine_free(e);
     for (int i = 0; i < 3; i++)
         pc_cleanup(&pcs[i]);

@@ -7,9 +7,9 @@
  * never a backlog (a later patch slot will keep the previous record to diff against).
  *
  *                      commit (engine_ops.c)
- *                         |  sync_feed_append
+ *                         |  sync__feed_append
  *                         v
- *                 +---- feed head ----+   persistence policy: sync_feed_save_due()
+ *                 +---- feed head ----+   persistence policy: sync__feed_save_due()
  *                 |  seq, version,    |-> ON_CHANGE: saved at append
  *                 |  state, frames    |   BEFORE_SEND: saved by a flush, before a frame leaves
  *                 +-------------------+   MANUAL: sync() only
@@ -19,10 +19,10 @@
  *  then flush once |
  *  per loop turn and read)
  *
- * Reading the feed (sync_feed_read) has no side effects: it never saves. A transport that must not
- * send an unsaved state asks for a flush (sync_feed_flush): the server once per loop turn for all
- * the changes of that turn (group commit), and before a writeable callback reads. Everything here runs with the engine lock held, except the calls
- * transport.h exports, which take it.
+ * Reading the feed (sync__feed_read) has no side effects: it never saves. A transport that must not
+ * send an unsaved state asks for a flush (sync__feed_flush): the server once per loop turn for all
+ * the changes of that turn (group commit), and before a writeable callback reads. Everything here
+ * runs with the engine lock held, except the calls transport.h exports, which take it.
  */
 #ifndef LIBSYNC_SRC_FEED_H
 #define LIBSYNC_SRC_FEED_H
@@ -34,64 +34,64 @@
 #include "libsync/engine.h"
 
 /* A transport that serves the engine's connections itself (transport.h's listener). */
-typedef struct sync_engine_listener {
+typedef struct sync__engine_listener {
     void (*state_moved)(void *userdata, int force);
     void (*deadline_moved)(void *userdata);
     void *userdata;
-} sync_engine_listener;
+} sync__engine_listener;
 
-enum { SYNC_ENGINE_MAX_LISTENERS = 8 };
+enum { SYNC__ENGINE_MAX_LISTENERS = 8 };
 
 /* The head record: what the newest commit produced. Its state and version are the engine's
  * committed ones (engine->state, engine->version), not copied: the feed keeps the head only, so
  * they always belong to it. */
-typedef struct sync_feed_record {
+typedef struct sync__feed_record {
     uint64_t seq; /* one per commit, also when user-visible versioning is off */
     /* its compact JSON, reused from change to change: most changes fit the last buffer */
     char *json;
     size_t json_len;
     size_t json_cap;
     uint64_t json_seq;
-    sync_frame *update_frame;
-    sync_frame *initial_frame;
-} sync_feed_record;
+    sync__frame *update_frame;
+    sync__frame *initial_frame;
+} sync__feed_record;
 
-typedef struct sync_feed {
-    sync_feed_record head;
+typedef struct sync__feed {
+    sync__feed_record head;
     /* persistence of the head */
     uint64_t persisted_seq;
     uint64_t persist_tried_seq;
     uint64_t saving_seq; /* seq of a save still in flight, 0 when none */
     int flush_waiting;   /* a flush could not finish at once: readers hear again when it does */
     /* consumers */
-    sync_engine_listener readers[SYNC_ENGINE_MAX_LISTENERS];
+    sync__engine_listener readers[SYNC__ENGINE_MAX_LISTENERS];
     int reader_count;
     size_t push_count; /* push connections: the engine sends them each record itself, after the
                           flush, in a walk that survives re-entry (their send may call back in) */
-} sync_feed;
+} sync__feed;
 
 /* Where the persistence policy is asked. */
-typedef enum sync_feed_point {
+typedef enum sync__feed_point {
     FEED_APPENDED, /* a record was just appended (ON_CHANGE saves here) */
     FEED_SENDING,  /* a frame of the head is about to leave (BEFORE_SEND saves here, once) */
     FEED_SYNC      /* sync(), the sync interval, a server's stop: always, with an adapter */
-} sync_feed_point;
+} sync__feed_point;
 
 struct sync_engine;
 
 /* The persistence policy: 1 when the head must be saved at `point` before going on. */
-int sync_feed_save_due(const struct sync_engine *engine, sync_feed_point point);
+int sync__feed_save_due(const struct sync_engine *engine, sync__feed_point point);
 /* 1 when a frame of the head may leave now (saved, or its save failed and was reported, or no
  * save is due before sending). */
-int sync_feed_sendable(const struct sync_engine *engine);
+int sync__feed_sendable(const struct sync_engine *engine);
 /* A new record: seq (and the version when versioning is on) + 1 for the state just committed. */
-void sync_feed_append(struct sync_engine *engine);
+void sync__feed_append(struct sync_engine *engine);
 /* A record that is already in the store (the load at start). */
-void sync_feed_append_saved(struct sync_engine *engine);
+void sync__feed_append_saved(struct sync_engine *engine);
 /* Tells every reader that the head moved (or, with force, that a broadcast was asked for). */
-void sync_feed_notify_readers(struct sync_engine *engine, int force);
+void sync__feed_notify_readers(struct sync_engine *engine, int force);
 /* Runs when an operation ends: a flush that could not finish at once is done now. */
-void sync_feed_op_finished(struct sync_engine *engine);
-void sync_feed_release(sync_feed *feed);
+void sync__feed_op_finished(struct sync_engine *engine);
+void sync__feed_release(sync__feed *feed);
 
 #endif

@@ -11,22 +11,22 @@
 
 /* SYNC_OK, or SYNC_EPARSE (with sync_error_last() naming the byte offset) when `text` is not
  * well-formed UTF-8 or contains a NUL byte. */
-int sync_json_check_utf8(const char *text, size_t len);
+int sync__json_check_utf8(const char *text, size_t len);
 
 /* SYNC_OK; SYNC_ETOODEEP when arrays/objects nest deeper than max_depth (> 0; strings are
  * skipped); SYNC_EPARSE when a string holds the escape \u0000. */
-int sync_json_check_depth(const char *text, size_t len, int max_depth);
+int sync__json_check_depth(const char *text, size_t len, int max_depth);
 
 /* SYNC_OK, or SYNC_EINVAL (sync_error_last() names the path, "$.items[3].price") when the tree
  * holds a non-finite number or an object with two members of the same name (or one without a
  * name); SYNC_ENOMEM. Iterative, O(nodes + name bytes): what a handler built may be checked
  * before it becomes the state. */
-int sync_json_check_tree(const cJSON *root);
+int sync__json_check_tree(const cJSON *root);
 
 /* Parses exactly `len` bytes (no NUL needed) into *out (caller owns). max_depth <= 0 leaves only
  * cJSON's own nesting limit. Runs every check above; on failure returns SYNC_EPARSE (also for a
  * non-finite number, \u0000 or a duplicate name), SYNC_ETOODEEP or SYNC_ENOMEM with the detail in
  * sync_error_last(). */
-int sync_json_parse(const char *text, size_t len, int max_depth, cJSON **out);
+int sync__json_parse(const char *text, size_t len, int max_depth, cJSON **out);
 
 #endif

@@ -24,6 +24,7 @@
  */
 #include "server_internal.h"
 
+#include "clock.h"
 #include "error.h"
 
 #include <sys/epoll.h>
@@ -118,7 +119,7 @@ static void defer_to_writeable(server_conn *c, bool force)
 }
 
 /* Whether it wrote (or handed over) anything: a connection already at `frame` costs nothing. */
-static bool flush_conn(server_conn *c, sync_frame *frame, bool force)
+static bool flush_conn(server_conn *c, sync__frame *frame, bool force)
 {
     sync_server *s = c->server;
     if (!force && c->last_sent_seq >= frame->seq)
@@ -136,7 +137,7 @@ static bool flush_conn(server_conn *c, sync_frame *frame, bool force)
         c->last_sent_seq = frame->seq;
     /* Outside its writeable callback lws still sends what the socket takes and keeps the rest,
      * asking for POLLOUT itself; lws_partial_buffered() then routes later frames above. */
-    int n = lws_write(c->wsi, (unsigned char *)sync_frame_text(frame), frame->len, LWS_WRITE_TEXT);
+    int n = lws_write(c->wsi, (unsigned char *)sync__frame_text(frame), frame->len, LWS_WRITE_TEXT);
     if (n < 0) {
         c->write_failed = true; /* the writeable callback closes it */
         lws_callback_on_writable(c->wsi);
@@ -156,15 +157,15 @@ static bool input_waiting(sync_server *s)
 /* One walk of the live ring from the cursor, writing `frame` where it is newer; false when it
  * stopped early for input (the cursor then names the first connection not visited). A forced
  * broadcast goes to everyone in one walk: stopping would need a record of who already had it. */
-static bool flush_walk(server_engine *eng, sync_frame *frame, bool force)
+static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
 {
     sync_server *s = eng->server;
     if (!eng->flush_pending)
-        eng->walk_started_us = sync_now_us();
+        eng->walk_started_us = sync__now_us();
     /* a walk cut short for broadcast_yield_ms runs to its end: however busy the input, every
      * client gets the newest state at least that often (plus one walk) */
     bool may_stop = !force && s->broadcast_yield_ms >= 0 &&
-                    sync_now_us() - eng->walk_started_us < (int64_t)s->broadcast_yield_ms * 1000;
+                    sync__now_us() - eng->walk_started_us < (int64_t)s->broadcast_yield_ms * 1000;
     size_t written = 0, unchecked = 0;
     server_conn *c = eng->cursor ? eng->cursor : eng->live_head;
     for (size_t left = eng->live_count; left && c; left--) {
@@ -203,15 +204,15 @@ static void flush_engine(server_engine *eng)
         /* One flush for every change of this turn (group commit), then a read of the feed's
          * head. Not ready while the head waits for its save or for pending work: the engine calls
          * the listener again when it is, and the force is kept for then. */
-        if (!sync_feed_flush(eng->engine))
+        if (!sync__feed_flush(eng->engine))
             return;
-        sync_frame *frame = sync_feed_read(eng->engine, 0, 1);
+        sync__frame *frame = sync__feed_read(eng->engine, 0, 1);
         if (!frame)
             return;
         if (force)
             atomic_store(&eng->state_force, false);
         bool complete = flush_walk(eng, frame, force);
-        sync_frame_unref(frame);
+        sync__frame_unref(frame);
         eng->flush_pending = !complete;
         if (!complete) {
             /* lws reads the input next turn; the wake makes sure that turn does not sleep even

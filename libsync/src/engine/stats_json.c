@@ -18,7 +18,7 @@ char *sync_engine_stats_json(sync_engine *engine)
     size_t size = 0;
     FILE *out = open_memstream(&json, &size);
     if (!out) {
-        sync_fail(SYNC_ENOMEM, "sync_engine_stats_json: out of memory");
+        sync__fail(SYNC_ENOMEM, "sync_engine_stats_json: out of memory");
         return NULL;
     }
     fprintf(out,
@@ -33,7 +33,7 @@ char *sync_engine_stats_json(sync_engine *engine)
             s.last_save_us, s.total_save_us, s.state_bytes, s.steps_timed_out);
     if (fclose(out) != 0 || !json) {
         free(json);
-        sync_fail(SYNC_ENOMEM, "sync_engine_stats_json: out of memory");
+        sync__fail(SYNC_ENOMEM, "sync_engine_stats_json: out of memory");
         return NULL;
     }
     return json;

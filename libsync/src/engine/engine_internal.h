@@ -1,4 +1,4 @@
-/* The engine's private structures, shared by engine*.c, conn.c and adapter.c. */
+/* The engine's private structures, shared by engine*.c, conn.c, feed.c and completion.c. */
 #ifndef LIBSYNC_SRC_ENGINE_INTERNAL_H
 #define LIBSYNC_SRC_ENGINE_INTERNAL_H
 
@@ -7,6 +7,7 @@
 
 #include "libsync/adapter.h"
 #include "libsync/engine.h"
+#include "completion.h"
 #include "feed.h"
 #include "frame.h"
 #include "transport.h"
@@ -24,7 +25,7 @@ struct sync_conn {
     atomic_uint refs;
     uint64_t id;
     int is_transport; /* 1: private transport ops; 0: public callbacks */
-    sync_transport_ops ops;
+    sync__transport_ops ops;
     sync_conn_callbacks callbacks;
     void *userdata;
     atomic_int close_requested;
@@ -40,45 +41,18 @@ struct sync_conn {
 };
 
 /* Sends one frame through the connection's transport (shared frame or public send). */
-int sync_conn_push_frame(sync_conn *conn, sync_frame *frame);
+int sync__conn_push_frame(sync_conn *conn, sync__frame *frame);
 /* 1 for a transport's connection: its transport reads the feed itself (a feed reader); 0 for a
  * push connection (sync_conn_new), which the engine sends each record. */
-int sync_conn_is_pull(const sync_conn *conn);
+int sync__conn_is_pull(const sync_conn *conn);
 /* Asks the transport to close; only the first request reaches it. */
-void sync_conn_request_close(sync_conn *conn, int code, const char *reason);
+void sync__conn_request_close(sync_conn *conn, int code, const char *reason);
 
 /* ---- adapters ------------------------------------------------------------------------------- */
 
-struct sync_adapter {
-    sync_adapter_vtable vt;
-    void *userdata;
-};
-
-typedef enum adapter_call { CALL_INIT, CALL_LOAD, CALL_SAVE, CALL_BACKUP } adapter_call;
-
-struct sync_op;
-
-/* One adapter call's completion token. With an engine its fields are guarded by the engine's
- * lock; without one (direct sync_adapter_* use) by a lock in adapter.c. */
-struct sync_pending {
-    sync_engine *engine;
-    struct sync_op *op;
-    adapter_call call;
-    int in_call;  /* the adapter callback has not returned yet */
-    int done;     /* completed while in_call */
-    int awaiting; /* the callback returned SYNC_PENDING; a completion continues the op */
-    int orphaned; /* direct use gave up waiting; the completion frees the token */
-    int status;
-    char *error;
-    char *state_json;
-    int64_t version;
-    int64_t timestamp_ms;
-};
-
-void sync_pending_free(sync_pending *pending);
 /* Continues the engine's operation with the result of its completed adapter call (engine lock
  * held by the caller). Frees the token. */
-void sync_engine_adapter_completed(sync_engine *engine, sync_pending *pending);
+void sync__engine_adapter_completed(sync_engine *engine, sync_pending *pending);
 
 /* ---- operations ----------------------------------------------------------------------------- */
 
@@ -96,9 +70,9 @@ typedef enum op_kind {
 
 /* One unit of the engine's strictly ordered work. Each op is a small state machine so that any
  * step (a user callback or an adapter call) can finish later and the op resumes where it was. */
-typedef struct sync_op {
+typedef struct sync__op {
     op_kind kind;
-    struct sync_op *next;
+    struct sync__op *next;
     int stage;    /* progress of the op */
     int csub;     /* progress of its commit */
     int bsub;     /* progress of its broadcast */
@@ -119,7 +93,7 @@ typedef struct sync_op {
     int64_t ats;
     int64_t t0_us;
     uint64_t save_seq;
-} sync_op;
+} sync__op;
 
 typedef enum msg_step {
     STEP_VALIDATOR,
@@ -133,7 +107,7 @@ typedef enum msg_phase { PHASE_IDLE, PHASE_IN_CALL, PHASE_AWAITING } msg_phase;
 
 struct sync_msg {
     sync_engine *engine;
-    sync_op *op;
+    sync__op *op;
     sync_conn *conn;
     cJSON *message;
     char *message_json;
@@ -198,12 +172,12 @@ struct sync_engine {
      * consumers are the feed's */
     cJSON *state;
     _Atomic int64_t version;
-    sync_feed feed;
+    sync__feed feed;
     /* init() or load() failed for a reason other than a corrupt record: the store may hold a
      * record the engine never read, so every save is refused rather than overwrite it. */
     int store_unread;
 
-    sync_frame *ping_frame;
+    sync__frame *ping_frame;
 
     /* connections */
     sync_conn *conns;
@@ -217,9 +191,9 @@ struct sync_engine {
 
     /* operations */
     int busy;
-    sync_op *cur;
-    sync_op *queue_head;
-    sync_op *queue_tail;
+    sync__op *cur;
+    sync__op *queue_head;
+    sync__op *queue_tail;
 
     /* timers */
     int64_t next_heartbeat_ms;
@@ -239,64 +213,65 @@ struct sync_engine {
 };
 
 /* engine.c */
-void sync_engine_lock(sync_engine *engine);
+void sync__engine_lock(sync_engine *engine);
 /* Unlocks; the outermost unlock also drops references released while the lock was held. */
-void sync_engine_unlock(sync_engine *engine);
-void sync_engine_unref_later(sync_engine *engine);
+void sync__engine_unlock(sync_engine *engine);
+void sync__engine_unref_later(sync_engine *engine);
 /* Drops a reference; the last one destroys the engine. Never with the lock held. */
-void sync_engine_unref(sync_engine *engine);
-void sync_engine_log(sync_engine *engine, sync_log_level level, const char *fmt, ...)
+void sync__engine_unref(sync_engine *engine);
+void sync__engine_log(sync_engine *engine, sync_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-#define SYNC_DEBUG(e, ...)                                                                         \
+#define SYNC__DEBUG(e, ...)                                                                        \
     do {                                                                                           \
         if ((e)->debug)                                                                            \
-            sync_engine_log((e), SYNC_LOG_DEBUG, __VA_ARGS__);                                     \
+            sync__engine_log((e), SYNC_LOG_DEBUG, __VA_ARGS__);                                    \
     } while (0)
 /* Reports an error: sync_error_last(), then on_error or the log. Returns status. */
-int sync_engine_report(sync_engine *engine, int status, const char *context, sync_conn *conn,
-                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+int sync__engine_report(sync_engine *engine, int status, const char *context, sync_conn *conn,
+                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* feed.c */
 /* The head's state as compact JSON, serialised at most once per record. NULL on ENOMEM. */
-const char *sync_engine_state_text(sync_engine *engine, size_t *len);
+const char *sync__engine_state_text(sync_engine *engine, size_t *len);
 /* The head's frame of that kind, built once per record (borrowed). NULL on ENOMEM. */
-sync_frame *sync_engine_state_frame(sync_engine *engine, sync_frame_kind kind);
+sync__frame *sync__engine_state_frame(sync_engine *engine, sync__frame_kind kind);
 
 /* engine_ops.c */
-sync_op *sync_op_new(op_kind kind);
-void sync_op_free(sync_engine *engine, sync_op *op);
+sync__op *sync__op_new(op_kind kind);
+void sync__op_free(sync_engine *engine, sync__op *op);
 /* Runs `op` now, or queues it behind running work (SYNC_PENDING). Takes ownership. */
-int sync_op_submit(sync_engine *engine, sync_op *op);
+int sync__op_submit(sync_engine *engine, sync__op *op);
 /* Resumes the current op after a completion. */
-void sync_op_continue(sync_engine *engine);
+void sync__op_continue(sync_engine *engine);
 /* Drops queued work at dispose; when_idle callbacks get SYNC_ECLOSED. */
-void sync_op_drop_queue(sync_engine *engine);
+void sync__op_drop_queue(sync_engine *engine);
 /* Sends a frame to one connection, counting it; failures are reported under `context`. */
-int sync_engine_send(sync_engine *engine, sync_conn *conn, sync_frame *frame, const char *context);
+int sync__engine_send(sync_engine *engine, sync_conn *conn, sync__frame *frame,
+                      const char *context);
 /* Leaves the set and runs on_disconnect (open connections only). */
-void sync_engine_close_conn(sync_engine *engine, sync_conn *conn);
+void sync__engine_close_conn(sync_engine *engine, sync_conn *conn);
 /* The open connections, each with a reference (release with sync_conn_free). */
-sync_conn **sync_engine_conn_snapshot(sync_engine *engine, size_t *count);
+sync_conn **sync__engine_conn_snapshot(sync_engine *engine, size_t *count);
 
 /* engine_msg.c */
 /* Runs the message's pipeline steps: SYNC_OK when its handler succeeded, SYNC_PENDING while a
  * step is pending, else the (reported) reason it was dropped. */
-int sync_msg_run(sync_engine *engine, sync_op *op);
+int sync__msg_run(sync_engine *engine, sync__op *op);
 /* Drops a message: counts it, reports it, and with reply_errors tells the sender. */
-int sync_msg_drop(sync_engine *engine, sync_conn *conn, int status, const char *context,
-                  const char *detail);
+int sync__msg_drop(sync_engine *engine, sync_conn *conn, int status, const char *context,
+                   const char *detail);
 /* Frees the message, or keeps a timed-out one (and a reference on its engine) for the late
  * sync_msg_complete() that frees it. */
-void sync_msg_free(sync_msg *msg);
+void sync__msg_free(sync_msg *msg);
 /* Fails the step awaiting its completion once step_deadline_ms passed (engine lock held). */
-void sync_msg_time_out(sync_engine *engine);
+void sync__msg_time_out(sync_engine *engine);
 
 /* engine_timers.c */
-int sync_engine_timers_start(sync_engine *engine);
+int sync__engine_timers_start(sync_engine *engine);
 /* Stops the timer thread: joined when possible, detached when called from it. */
-void sync_engine_timers_stop(sync_engine *engine);
-void sync_engine_timers_join(sync_engine *engine);
+void sync__engine_timers_stop(sync_engine *engine);
+void sync__engine_timers_join(sync_engine *engine);
 /* A deadline came closer: wakes whoever ticks the engine (its thread, the server, the embedder). */
-void sync_engine_timers_moved(sync_engine *engine);
+void sync__engine_timers_moved(sync_engine *engine);
 
 #endif

@@ -26,9 +26,9 @@ static int64_t next_deadline(const sync_engine *engine)
 static void heartbeat(sync_engine *engine, int64_t now)
 {
     size_t count = 0;
-    sync_conn **conns = sync_engine_conn_snapshot(engine, &count);
+    sync_conn **conns = sync__engine_conn_snapshot(engine, &count);
     if (!conns && atomic_load(&engine->conn_count) > 0) {
-        sync_engine_report(engine, SYNC_ENOMEM, "heartbeat", NULL, "out of memory");
+        sync__engine_report(engine, SYNC_ENOMEM, "heartbeat", NULL, "out of memory");
         return;
     }
     for (size_t i = 0; i < count && !engine->disposed; i++) {
@@ -37,13 +37,13 @@ static void heartbeat(sync_engine *engine, int64_t now)
             continue;
         if (engine->ping_timeout_ms > 0 && now - conn->last_pong_ms > engine->ping_timeout_ms) {
             conn->timed_out = 1;
-            SYNC_DEBUG(engine, "connection %llu missed its pong", (unsigned long long)conn->id);
+            SYNC__DEBUG(engine, "connection %llu missed its pong", (unsigned long long)conn->id);
             if (engine->hooks.on_ping_timeout)
                 engine->hooks.on_ping_timeout(engine, conn, engine->hooks.userdata);
-            sync_conn_request_close(conn, SYNC_CLOSE_PING_TIMEOUT, SYNC_CLOSE_PING_TIMEOUT_REASON);
+            sync__conn_request_close(conn, SYNC_CLOSE_PING_TIMEOUT, SYNC_CLOSE_PING_TIMEOUT_REASON);
             continue;
         }
-        if (sync_engine_send(engine, conn, engine->ping_frame, "heartbeat") == SYNC_OK &&
+        if (sync__engine_send(engine, conn, engine->ping_frame, "heartbeat") == SYNC_OK &&
             engine->hooks.on_ping)
             engine->hooks.on_ping(engine, conn, engine->hooks.userdata);
     }
@@ -66,33 +66,33 @@ static int tick_locked(sync_engine *engine, int64_t now)
     int64_t before = next_deadline(engine);
     int rc = SYNC_OK;
     if (engine->step_deadline_ms >= 0 && now >= engine->step_deadline_ms)
-        sync_msg_time_out(engine);
+        sync__msg_time_out(engine);
     if (!engine->disposed && engine->next_heartbeat_ms >= 0 && now >= engine->next_heartbeat_ms) {
         engine->next_heartbeat_ms = advance(engine->next_heartbeat_ms, engine->heartbeat_ms, now);
         heartbeat(engine, now);
     }
     if (!engine->disposed && engine->next_sync_ms >= 0 && now >= engine->next_sync_ms) {
         engine->next_sync_ms = advance(engine->next_sync_ms, engine->sync_ms, now);
-        sync_op *op = sync_op_new(OP_SYNC);
-        rc = op ? sync_op_submit(engine, op)
-                : sync_engine_report(engine, SYNC_ENOMEM, "sync", NULL, "out of memory");
+        sync__op *op = sync__op_new(OP_SYNC);
+        rc = op ? sync__op_submit(engine, op)
+                : sync__engine_report(engine, SYNC_ENOMEM, "sync", NULL, "out of memory");
     }
     if (next_deadline(engine) != before && engine->timer_mode == SYNC_TIMERS_MANUAL)
-        sync_engine_notify_deadline(engine);
+        sync__engine_notify_deadline(engine);
     return rc == SYNC_PENDING ? SYNC_OK : rc;
 }
 
 int sync_engine_tick(sync_engine *engine, int64_t now_ms)
 {
     if (!engine)
-        return sync_fail(SYNC_EINVAL, "sync_engine_tick: engine is NULL");
-    sync_engine_lock(engine);
+        return sync__fail(SYNC_EINVAL, "sync_engine_tick: engine is NULL");
+    sync__engine_lock(engine);
     if (engine->disposed) {
-        sync_engine_unlock(engine);
-        return sync_fail(SYNC_ECLOSED, "sync_engine_tick: the engine is disposed");
+        sync__engine_unlock(engine);
+        return sync__fail(SYNC_ECLOSED, "sync_engine_tick: the engine is disposed");
     }
     int rc = tick_locked(engine, now_ms < 0 ? sync_now_ms() : now_ms);
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     return rc;
 }
 
@@ -100,10 +100,10 @@ int64_t sync_engine_next_deadline_ms(sync_engine *engine)
 {
     if (!engine)
         return -1;
-    sync_engine_lock(engine);
+    sync__engine_lock(engine);
     int64_t deadline = engine->disposed ? -1 : next_deadline(engine);
     engine->ticker_deadline_ms = deadline;
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     return deadline;
 }
 
@@ -112,7 +112,7 @@ int64_t sync_engine_next_deadline_ms(sync_engine *engine)
 static void *timer_main(void *arg)
 {
     sync_engine *engine = arg;
-    sync_engine_lock(engine);
+    sync__engine_lock(engine);
     while (!engine->timer_stop) {
         int64_t deadline = next_deadline(engine);
         engine->ticker_deadline_ms = deadline;
@@ -131,33 +131,33 @@ static void *timer_main(void *arg)
         }
         engine->lock_depth = 1;
     }
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     /* The thread's own reference: the engine may be freed before a detached thread ends. */
-    sync_engine_unref(engine);
+    sync__engine_unref(engine);
     return NULL;
 }
 
-void sync_engine_timers_moved(sync_engine *engine)
+void sync__engine_timers_moved(sync_engine *engine)
 {
     if (engine->timer_mode == SYNC_TIMERS_THREAD)
         pthread_cond_broadcast(&engine->timer_cond);
     else
-        sync_engine_notify_deadline(engine);
+        sync__engine_notify_deadline(engine);
 }
 
-int sync_engine_timers_start(sync_engine *engine)
+int sync__engine_timers_start(sync_engine *engine)
 {
     atomic_fetch_add(&engine->refs, 1);
     int err = pthread_create(&engine->timer_thread, NULL, timer_main, engine);
     if (err != 0) {
         atomic_fetch_sub(&engine->refs, 1);
-        return sync_fail(SYNC_ENOMEM, "could not start the timer thread (error %d)", err);
+        return sync__fail(SYNC_ENOMEM, "could not start the timer thread (error %d)", err);
     }
     engine->timer_started = 1;
     return SYNC_OK;
 }
 
-void sync_engine_timers_stop(sync_engine *engine)
+void sync__engine_timers_stop(sync_engine *engine)
 {
     engine->timer_stop = 1;
     if (!engine->timer_started || engine->timer_joined || engine->timer_detached)
@@ -178,14 +178,14 @@ void sync_engine_timers_stop(sync_engine *engine)
     /* Otherwise a hook on another thread disposed: sync_engine_free() joins. */
 }
 
-void sync_engine_timers_join(sync_engine *engine)
+void sync__engine_timers_join(sync_engine *engine)
 {
-    sync_engine_lock(engine);
+    sync__engine_lock(engine);
     int join = engine->timer_started && !engine->timer_joined && !engine->timer_detached &&
                !pthread_equal(pthread_self(), engine->timer_thread);
     if (join)
         engine->timer_joined = 1;
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     if (join)
         pthread_join(engine->timer_thread, NULL);
 }

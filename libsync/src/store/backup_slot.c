@@ -14,7 +14,7 @@ int backup_slot_open(backup_slot *slot, const char *dir)
 {
     *slot = (backup_slot){.dir = dir};
     if (fs_mkdirs(dir) != 0)
-        return sync_fail(SYNC_EIO, "cannot create backups directory %s: %s", dir, strerror(errno));
+        return sync__fail(SYNC_EIO, "cannot create backups directory %s: %s", dir, strerror(errno));
     char *tmp_base = NULL;
     if (asprintf(&tmp_base, "%s/.backup", dir) < 0)
         tmp_base = NULL;
@@ -23,7 +23,7 @@ int backup_slot_open(backup_slot *slot, const char *dir)
     slot->tmp = tmp_base ? fs_temp_name(tmp_base) : NULL;
     free(tmp_base);
     if (!slot->tmp || !slot->prefix)
-        return sync_fail(SYNC_ENOMEM, "out of memory naming a backup in %s", dir);
+        return sync__fail(SYNC_ENOMEM, "out of memory naming a backup in %s", dir);
     return SYNC_OK;
 }
 
@@ -31,11 +31,11 @@ int backup_slot_publish(backup_slot *slot, const char *suffix, int do_fsync, int
 {
     int64_t ms = sync_wall_ms();
     if (fs_rename_stamped(slot->tmp, slot->prefix, suffix, &ms, NULL) != 0)
-        return sync_fail(SYNC_EIO, "cannot store backup in %s: %s", slot->dir, strerror(errno));
+        return sync__fail(SYNC_EIO, "cannot store backup in %s: %s", slot->dir, strerror(errno));
     slot->published = 1;
     if (do_fsync && fs_fsync_dir(slot->dir) != 0)
-        return sync_fail(SYNC_EIO, "cannot sync backups directory %s: %s", slot->dir,
-                         strerror(errno));
+        return sync__fail(SYNC_EIO, "cannot sync backups directory %s: %s", slot->dir,
+                          strerror(errno));
     *out_ms = ms;
     return SYNC_OK;
 }

@@ -1,8 +1,9 @@
 /* The file store: one JSON record {"state":...,"version":...} replaced atomically on every save. */
 #include "backup_slot.h"
 #include "error.h"
+#include "options.h"
 #include "fsutil.h"
-#include "json_check.h"
+#include "engine/json_check.h"
 #include "libsync/adapter.h"
 
 #include <dirent.h>
@@ -75,7 +76,7 @@ static int file_init(void *userdata, sync_pending *pending)
     /* Nothing is written here: a store that was never saved must load as "never saved" so the
      * engine keeps its initial state (the original wrote an empty record and wiped it). */
     if (fs_mkdirs(fa->dir) != 0)
-        return sync_fail(SYNC_EIO, "cannot create directory %s: %s", fa->dir, strerror(errno));
+        return sync__fail(SYNC_EIO, "cannot create directory %s: %s", fa->dir, strerror(errno));
     remove_stale_temp_files(fa);
     return SYNC_OK;
 }
@@ -86,19 +87,19 @@ static int keep_aside(file_adapter *fa, const char *why)
 {
     char *prefix = NULL;
     if (asprintf(&prefix, "%s.corrupt-", fa->path) < 0)
-        return sync_fail(SYNC_ENOMEM, "out of memory");
+        return sync__fail(SYNC_ENOMEM, "out of memory");
     int64_t ms = sync_wall_ms();
     char *aside = NULL;
     int rc = fs_rename_stamped(fa->path, prefix, "", &ms, &aside);
     int err = errno;
     free(prefix);
     if (rc != 0)
-        return sync_fail(SYNC_EIO, "state file %s is corrupt (%s) and cannot be moved aside: %s",
-                         fa->path, why, strerror(err));
+        return sync__fail(SYNC_EIO, "state file %s is corrupt (%s) and cannot be moved aside: %s",
+                          fa->path, why, strerror(err));
     if (fa->fsync)
         fs_fsync_dir(fa->dir);
-    rc = sync_fail(SYNC_ECORRUPT, "state file %s is corrupt (%s); kept aside as %s", fa->path, why,
-                   aside);
+    rc = sync__fail(SYNC_ECORRUPT, "state file %s is corrupt (%s); kept aside as %s", fa->path, why,
+                    aside);
     free(aside);
     return rc;
 }
@@ -106,8 +107,8 @@ static int keep_aside(file_adapter *fa, const char *why)
 static int fail_read(const file_adapter *fa)
 {
     if (errno == EINVAL)
-        return sync_fail(SYNC_EIO, "cannot read state file %s: not a regular file", fa->path);
-    return sync_fail(SYNC_EIO, "cannot read state file %s: %s", fa->path, strerror(errno));
+        return sync__fail(SYNC_EIO, "cannot read state file %s: not a regular file", fa->path);
+    return sync__fail(SYNC_EIO, "cannot read state file %s: %s", fa->path, strerror(errno));
 }
 
 static int version_of(const cJSON *item, int64_t *out)
@@ -137,7 +138,7 @@ static int file_load(void *userdata, sync_pending *pending, char **out_state_jso
     }
     /* The engine refuses text that is not UTF-8 (or holds a NUL); such a store must be kept
      * aside here, or the engine would start afresh and overwrite it. */
-    if (sync_json_check_utf8(text, len) != SYNC_OK) {
+    if (sync__json_check_utf8(text, len) != SYNC_OK) {
         char why[160];
         snprintf(why, sizeof why, "%s", sync_error_last());
         free(text);
@@ -159,7 +160,7 @@ static int file_load(void *userdata, sync_pending *pending, char **out_state_jso
     /* What the engine's parser refuses (\u0000, a duplicate name, a non-finite number) is kept
      * aside like any corrupt record. */
     char refused[300] = "";
-    if (sync_json_check_depth(text, len, 0) != SYNC_OK || sync_json_check_tree(root) != SYNC_OK)
+    if (sync__json_check_depth(text, len, 0) != SYNC_OK || sync__json_check_tree(root) != SYNC_OK)
         snprintf(refused, sizeof refused, "%s", sync_error_last());
     free(text);
     const cJSON *state = cJSON_GetObjectItemCaseSensitive(root, "state");
@@ -182,12 +183,12 @@ static int file_load(void *userdata, sync_pending *pending, char **out_state_jso
     char *printed = cJSON_PrintUnformatted(state);
     cJSON_Delete(root);
     if (!printed)
-        return sync_fail(SYNC_ENOMEM, "out of memory printing the loaded state");
+        return sync__fail(SYNC_ENOMEM, "out of memory printing the loaded state");
     /* Released with sync_free(); cJSON may have been given another allocator. */
     *out_state_json = sync_strdup(printed);
     cJSON_free(printed);
     if (!*out_state_json)
-        return sync_fail(SYNC_ENOMEM, "out of memory");
+        return sync__fail(SYNC_ENOMEM, "out of memory");
     *out_version = version;
     return SYNC_OK;
 }
@@ -198,7 +199,7 @@ static int replace_file(file_adapter *fa, const char *target, const struct iovec
 {
     char *tmp = fs_temp_name(target);
     if (!tmp)
-        return sync_fail(SYNC_ENOMEM, "out of memory");
+        return sync__fail(SYNC_ENOMEM, "out of memory");
     /* A store someone restricted (chmod 600: the state may hold secrets) stays restricted. */
     struct stat st;
     mode_t mode = stat(target, &st) == 0 && S_ISREG(st.st_mode) ? (st.st_mode & 07777) : 0;
@@ -206,19 +207,19 @@ static int replace_file(file_adapter *fa, const char *target, const struct iovec
     if (rc != 0 && errno == ENOENT && fs_mkdirs(fa->dir) == 0)
         rc = fs_write_new_file(tmp, mode, iov, iovcnt, fa->fsync); /* the directory was removed */
     if (rc != 0) {
-        rc = sync_fail(SYNC_EIO, "cannot write %s: %s", tmp, strerror(errno));
+        rc = sync__fail(SYNC_EIO, "cannot write %s: %s", tmp, strerror(errno));
         free(tmp);
         return rc;
     }
     if (rename(tmp, target) != 0) {
-        rc = sync_fail(SYNC_EIO, "cannot rename %s to %s: %s", tmp, target, strerror(errno));
+        rc = sync__fail(SYNC_EIO, "cannot rename %s to %s: %s", tmp, target, strerror(errno));
         unlink(tmp);
         free(tmp);
         return rc;
     }
     free(tmp);
     if (fa->fsync && fs_fsync_dir(fa->dir) != 0)
-        return sync_fail(SYNC_EIO, "cannot fsync directory %s: %s", fa->dir, strerror(errno));
+        return sync__fail(SYNC_EIO, "cannot fsync directory %s: %s", fa->dir, strerror(errno));
     return SYNC_OK;
 }
 
@@ -230,10 +231,10 @@ static int file_save(void *userdata, sync_pending *pending, const cJSON *state,
     char *printed = NULL;
     if (!state_json) {
         if (!state)
-            return sync_fail(SYNC_EINVAL, "save without a state");
+            return sync__fail(SYNC_EINVAL, "save without a state");
         printed = cJSON_PrintUnformatted(state);
         if (!printed)
-            return sync_fail(SYNC_ENOMEM, "out of memory serialising the state");
+            return sync__fail(SYNC_ENOMEM, "out of memory serialising the state");
         state_json = printed;
         state_len = strlen(printed);
     }
@@ -259,7 +260,7 @@ static int file_backup(void *userdata, sync_pending *pending, int64_t *out_times
     size_t len = 0;
     if (fs_read_file(fa->path, &text, &len) != 0) {
         if (errno == ENOENT)
-            return sync_fail(SYNC_ESTATE, "nothing to back up: %s has never been saved", fa->path);
+            return sync__fail(SYNC_ESTATE, "nothing to back up: %s has never been saved", fa->path);
         return fail_read(fa);
     }
     backup_slot slot;
@@ -267,7 +268,7 @@ static int file_backup(void *userdata, sync_pending *pending, int64_t *out_times
     if (rc == SYNC_OK) {
         struct iovec iov = {text, len};
         if (fs_write_new_file(slot.tmp, 0, &iov, 1, fa->fsync) != 0)
-            rc = sync_fail(SYNC_EIO, "cannot write %s: %s", slot.tmp, strerror(errno));
+            rc = sync__fail(SYNC_EIO, "cannot write %s: %s", slot.tmp, strerror(errno));
         else
             rc = backup_slot_publish(&slot, ".json", fa->fsync, out_timestamp_ms);
     }
@@ -290,36 +291,36 @@ static void file_destroy(void *userdata)
 int sync_file_options_init(sync_file_options *opts, unsigned int version)
 {
     static const sync_file_options defaults = SYNC_FILE_OPTIONS_INIT;
-    return sync_options_init(opts, &defaults, sizeof defaults, version, SYNC_FILE_OPTIONS_VERSION,
-                             "file");
+    return sync__options_init(opts, &defaults, sizeof defaults, version, SYNC_FILE_OPTIONS_VERSION,
+                              "file");
 }
 
 int sync_adapter_file_new(sync_adapter **out, const sync_file_options *opts)
 {
     if (!out)
-        return sync_fail(SYNC_EINVAL, "out pointer is NULL");
+        return sync__fail(SYNC_EINVAL, "out pointer is NULL");
     *out = NULL;
-    int version_rc = sync_check_options(opts, SYNC_FILE_OPTIONS_VERSION, "file");
+    int version_rc = sync__check_options(opts, SYNC_FILE_OPTIONS_VERSION, "file");
     if (version_rc != SYNC_OK)
         return version_rc;
     if (!opts->file_path || !*opts->file_path)
-        return sync_fail(SYNC_EINVAL, "file_path is required");
+        return sync__fail(SYNC_EINVAL, "file_path is required");
     if (opts->backups_dir && !*opts->backups_dir)
-        return sync_fail(SYNC_EINVAL, "backups_dir is empty (use NULL for no backups)");
+        return sync__fail(SYNC_EINVAL, "backups_dir is empty (use NULL for no backups)");
     size_t len = strlen(opts->file_path);
     if (opts->file_path[len - 1] == '/')
-        return sync_fail(SYNC_EINVAL, "file_path %s names a directory", opts->file_path);
+        return sync__fail(SYNC_EINVAL, "file_path %s names a directory", opts->file_path);
 
     file_adapter *fa = calloc(1, sizeof *fa);
     if (!fa)
-        return sync_fail(SYNC_ENOMEM, "out of memory");
+        return sync__fail(SYNC_ENOMEM, "out of memory");
     fa->fsync = opts->fsync != 0;
     fa->path = strdup(opts->file_path);
     fa->dir = fa->path ? fs_dirname(fa->path) : NULL;
     fa->backups_dir = opts->backups_dir ? strdup(opts->backups_dir) : NULL;
     if (!fa->path || !fa->dir || (opts->backups_dir && !fa->backups_dir)) {
         file_destroy(fa);
-        return sync_fail(SYNC_ENOMEM, "out of memory");
+        return sync__fail(SYNC_ENOMEM, "out of memory");
     }
     sync_adapter_vtable vt = {
         .version = SYNC_ADAPTER_VTABLE_VERSION,
@@ -331,6 +332,6 @@ int sync_adapter_file_new(sync_adapter **out, const sync_file_options *opts)
     };
     int rc = sync_adapter_new(out, &vt, fa);
     if (rc == SYNC_OK)
-        sync_error_clear();
+        sync__error_clear();
     return rc;
 }

@@ -10,6 +10,7 @@
 
 #include "engine_internal.h"
 #include "error.h"
+#include "options.h"
 #include "json_check.h"
 
 #define DEFAULT_MAX_MESSAGE_BYTES ((size_t)1 << 20)
@@ -19,7 +20,7 @@ static const char ping_text[] = "{\"type\":\"ping\"}";
 
 /* ---- locking and lifetime ------------------------------------------------------------------- */
 
-void sync_engine_lock(sync_engine *engine)
+void sync__engine_lock(sync_engine *engine)
 {
     pthread_mutex_lock(&engine->lock);
     engine->lock_depth++;
@@ -29,8 +30,8 @@ static void engine_destroy(sync_engine *engine)
 {
     sync_adapter_free(engine->adapter);
     cJSON_Delete(engine->state);
-    sync_feed_release(&engine->feed);
-    sync_frame_unref(engine->ping_frame);
+    sync__feed_release(&engine->feed);
+    sync__frame_unref(engine->ping_frame);
     free(engine->middleware);
     pthread_cond_destroy(&engine->timer_cond);
     pthread_mutex_destroy(&engine->lock);
@@ -40,18 +41,18 @@ static void engine_destroy(sync_engine *engine)
     free(engine);
 }
 
-void sync_engine_unref(sync_engine *engine)
+void sync__engine_unref(sync_engine *engine)
 {
     if (atomic_fetch_sub_explicit(&engine->refs, 1, memory_order_acq_rel) == 1)
         engine_destroy(engine);
 }
 
-void sync_engine_unref_later(sync_engine *engine)
+void sync__engine_unref_later(sync_engine *engine)
 {
     engine->deferred_unrefs++;
 }
 
-void sync_engine_unlock(sync_engine *engine)
+void sync__engine_unlock(sync_engine *engine)
 {
     unsigned unrefs = 0;
     if (--engine->lock_depth == 0) {
@@ -60,7 +61,7 @@ void sync_engine_unlock(sync_engine *engine)
     }
     pthread_mutex_unlock(&engine->lock);
     while (unrefs--)
-        sync_engine_unref(engine);
+        sync__engine_unref(engine);
 }
 
 /* ---- logging and error reports -------------------------------------------------------------- */
@@ -80,7 +81,7 @@ static void engine_vlog(sync_engine *engine, sync_log_level level, const char *f
     fprintf(stderr, "libsync %s: %s\n", names[level], text);
 }
 
-void sync_engine_log(sync_engine *engine, sync_log_level level, const char *fmt, ...)
+void sync__engine_log(sync_engine *engine, sync_log_level level, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -88,8 +89,8 @@ void sync_engine_log(sync_engine *engine, sync_log_level level, const char *fmt,
     va_end(ap);
 }
 
-int sync_engine_report(sync_engine *engine, int status, const char *context, sync_conn *conn,
-                       const char *fmt, ...)
+int sync__engine_report(sync_engine *engine, int status, const char *context, sync_conn *conn,
+                        const char *fmt, ...)
 {
     char detail[768];
     va_list ap;
@@ -98,13 +99,13 @@ int sync_engine_report(sync_engine *engine, int status, const char *context, syn
     va_end(ap);
     char message[1024];
     snprintf(message, sizeof message, "%s: %s", sync_strerror(status), detail);
-    sync_fail(status, "%s", message);
+    sync__fail(status, "%s", message);
     if (engine->hooks.on_error)
         engine->hooks.on_error(engine, status, message, context, conn, engine->hooks.userdata);
     else
-        sync_engine_log(engine, SYNC_LOG_ERROR, "%s: %s", context, message);
+        sync__engine_log(engine, SYNC_LOG_ERROR, "%s: %s", context, message);
     /* A hook may have made libsync calls that overwrote this thread's detail. */
-    sync_fail(status, "%s", message);
+    sync__fail(status, "%s", message);
     return status;
 }
 
@@ -122,8 +123,8 @@ static size_t options_size(unsigned int version)
 int sync_engine_options_init(sync_engine_options *opts, unsigned int version)
 {
     static const sync_engine_options defaults = SYNC_ENGINE_OPTIONS_INIT;
-    return sync_options_init(opts, &defaults, options_size(version), version,
-                             SYNC_ENGINE_OPTIONS_VERSION, "engine");
+    return sync__options_init(opts, &defaults, options_size(version), version,
+                              SYNC_ENGINE_OPTIONS_VERSION, "engine");
 }
 
 /* A field of version 2 or later, read only when the caller's struct has it. */
@@ -166,7 +167,7 @@ static int new_fail(const sync_engine_options *opts, int status, const char *wha
         if (log_free)
             log_free(opts->log_userdata);
     }
-    return sync_fail(status, "sync_engine_new: %s", what);
+    return sync__fail(status, "sync_engine_new: %s", what);
 }
 
 int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
@@ -175,7 +176,7 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
         *out = NULL;
     if (!out || !opts)
         return new_fail(opts, SYNC_EINVAL, "out and opts are required");
-    int version_rc = sync_check_options(opts, SYNC_ENGINE_OPTIONS_VERSION, "engine");
+    int version_rc = sync__check_options(opts, SYNC_ENGINE_OPTIONS_VERSION, "engine");
     if (version_rc != SYNC_OK) {
         char why[600];
         snprintf(why, sizeof why, "%s", sync_error_last());
@@ -187,7 +188,7 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
     cJSON *state = NULL;
     if (opts->initial_state_json) {
         int rc =
-            sync_json_parse(opts->initial_state_json, strlen(opts->initial_state_json), 0, &state);
+            sync__json_parse(opts->initial_state_json, strlen(opts->initial_state_json), 0, &state);
         if (rc != SYNC_OK) {
             char why[600];
             snprintf(why, sizeof why, "initial_state_json: %s", sync_error_last());
@@ -197,10 +198,10 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
         return new_fail(opts, SYNC_ENOMEM, "out of memory");
     }
     sync_engine *engine = calloc(1, sizeof *engine);
-    sync_frame *ping = sync_frame_new_text(SYNC_FRAME_PING, ping_text, sizeof ping_text - 1);
+    sync__frame *ping = sync__frame_new_text(SYNC__FRAME_PING, ping_text, sizeof ping_text - 1);
     if (!engine || !ping) {
         free(engine);
-        sync_frame_unref(ping);
+        sync__frame_unref(ping);
         cJSON_Delete(state);
         return new_fail(opts, SYNC_ENOMEM, "out of memory");
     }
@@ -249,26 +250,26 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
     engine->next_heartbeat_ms = engine->heartbeat_ms > 0 ? now + engine->heartbeat_ms : -1;
     engine->next_sync_ms = engine->sync_ms > 0 ? now + engine->sync_ms : -1;
 
-    SYNC_DEBUG(engine, "engine created (versioning %d, persist mode %d)", engine->versioning,
-               (int)engine->persist_mode);
+    SYNC__DEBUG(engine, "engine created (versioning %d, persist mode %d)", engine->versioning,
+                (int)engine->persist_mode);
     if (engine->adapter) {
-        sync_op *load = sync_op_new(OP_LOAD);
+        sync__op *load = sync__op_new(OP_LOAD);
         if (!load) {
             sync_engine_free(engine);
-            return sync_fail(SYNC_ENOMEM, "sync_engine_new: out of memory");
+            return sync__fail(SYNC_ENOMEM, "sync_engine_new: out of memory");
         }
         char saved_error[512] = "";
-        sync_engine_lock(engine);
-        int rc = sync_op_submit(engine, load);
+        sync__engine_lock(engine);
+        int rc = sync__op_submit(engine, load);
         if (rc < 0)
             snprintf(saved_error, sizeof saved_error, "%s", sync_error_last());
-        sync_engine_unlock(engine);
+        sync__engine_unlock(engine);
         if (rc < 0)
-            sync_fail(rc, "%s", saved_error); /* the engine still works, from initial state */
+            sync__fail(rc, "%s", saved_error); /* the engine still works, from initial state */
     }
     if (engine->timer_mode == SYNC_TIMERS_THREAD &&
         (engine->heartbeat_ms > 0 || engine->sync_ms > 0 || engine->step_timeout_ms > 0)) {
-        int rc = sync_engine_timers_start(engine);
+        int rc = sync__engine_timers_start(engine);
         if (rc != SYNC_OK) {
             sync_engine_free(engine);
             return rc;
@@ -283,17 +284,17 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
 int sync_engine_dispose(sync_engine *engine)
 {
     if (!engine)
-        return sync_fail(SYNC_EINVAL, "sync_engine_dispose: engine is NULL");
-    sync_engine_lock(engine);
+        return sync__fail(SYNC_EINVAL, "sync_engine_dispose: engine is NULL");
+    sync__engine_lock(engine);
     if (engine->disposed) {
-        sync_engine_unlock(engine);
+        sync__engine_unlock(engine);
         return SYNC_OK;
     }
-    SYNC_DEBUG(engine, "dispose: closing %zu connections", atomic_load(&engine->conn_count));
+    SYNC__DEBUG(engine, "dispose: closing %zu connections", atomic_load(&engine->conn_count));
     engine->disposed = 1;
     engine->next_heartbeat_ms = -1;
     engine->next_sync_ms = -1;
-    sync_op_drop_queue(engine);
+    sync__op_drop_queue(engine);
     /* Forget the set first so a transport that reports the close at once finds nothing left. */
     sync_conn *conn = engine->conns;
     engine->conns = NULL;
@@ -303,13 +304,13 @@ int sync_engine_dispose(sync_engine *engine)
         sync_conn *next = conn->next;
         conn->prev = conn->next = NULL;
         conn->state = CONN_CLOSED;
-        sync_conn_request_close(conn, 1001, "going away");
+        sync__conn_request_close(conn, 1001, "going away");
         sync_conn_free(conn);
         conn = next;
     }
-    sync_engine_timers_stop(engine);
-    sync_engine_notify_deadline(engine);
-    sync_engine_unlock(engine);
+    sync__engine_timers_stop(engine);
+    sync__engine_notify_deadline(engine);
+    sync__engine_unlock(engine);
     return SYNC_OK;
 }
 
@@ -325,8 +326,8 @@ void sync_engine_free(sync_engine *engine)
     if (!engine)
         return;
     sync_engine_dispose(engine);
-    sync_engine_timers_join(engine);
-    sync_engine_lock(engine);
+    sync__engine_timers_join(engine);
+    sync__engine_lock(engine);
     handler_entry *handlers = engine->handlers;
     engine->handlers = NULL;
     step_entry validator = engine->validator;
@@ -337,7 +338,7 @@ void sync_engine_free(sync_engine *engine)
     engine->middleware_count = 0;
     sync_hooks hooks = engine->hooks;
     memset(&engine->hooks, 0, sizeof engine->hooks);
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
 
     while (handlers) {
         handler_entry *next = handlers->next;
@@ -352,7 +353,7 @@ void sync_engine_free(sync_engine *engine)
     free(middleware);
     if (hooks.free_userdata)
         hooks.free_userdata(hooks.userdata);
-    sync_engine_unref(engine);
+    sync__engine_unref(engine);
 }
 
 /* ---- registration --------------------------------------------------------------------------- */
@@ -364,14 +365,14 @@ static int enter_register(sync_engine *engine, void *userdata, sync_free_cb free
     if (!engine) {
         if (free_userdata)
             free_userdata(userdata);
-        return sync_fail(SYNC_EINVAL, "%s: engine is NULL", what);
+        return sync__fail(SYNC_EINVAL, "%s: engine is NULL", what);
     }
-    sync_engine_lock(engine);
+    sync__engine_lock(engine);
     if (engine->disposed) {
-        sync_engine_unlock(engine);
+        sync__engine_unlock(engine);
         if (free_userdata)
             free_userdata(userdata);
-        return sync_fail(SYNC_ECLOSED, "%s: the engine is disposed", what);
+        return sync__fail(SYNC_ECLOSED, "%s: the engine is disposed", what);
     }
     return SYNC_OK;
 }
@@ -382,7 +383,7 @@ int sync_engine_on(sync_engine *engine, const char *type, sync_step_cb handler, 
     if (engine && (!type || !handler)) {
         if (free_userdata)
             free_userdata(userdata);
-        return sync_fail(SYNC_EINVAL, "sync_engine_on: type and handler are required");
+        return sync__fail(SYNC_EINVAL, "sync_engine_on: type and handler are required");
     }
     int rc = enter_register(engine, userdata, free_userdata, "sync_engine_on");
     if (rc != SYNC_OK)
@@ -392,7 +393,7 @@ int sync_engine_on(sync_engine *engine, const char *type, sync_step_cb handler, 
         if (strcmp(h->type, type) == 0) {
             step_entry old = h->step;
             h->step = step;
-            sync_engine_unlock(engine);
+            sync__engine_unlock(engine);
             free_step(&old); /* unlocked: a binding's release may run arbitrary code */
             return SYNC_OK;
         }
@@ -402,41 +403,41 @@ int sync_engine_on(sync_engine *engine, const char *type, sync_step_cb handler, 
     if (!entry || !copy) {
         free(entry);
         free(copy);
-        sync_engine_unlock(engine);
+        sync__engine_unlock(engine);
         if (free_userdata)
             free_userdata(userdata);
-        return sync_fail(SYNC_ENOMEM, "out of memory registering handler \"%s\"", type);
+        return sync__fail(SYNC_ENOMEM, "out of memory registering handler \"%s\"", type);
     }
     entry->type = copy;
     entry->step = step;
     entry->next = engine->handlers;
     engine->handlers = entry;
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     return SYNC_OK;
 }
 
 int sync_engine_off(sync_engine *engine, const char *type)
 {
     if (!engine || !type)
-        return sync_fail(SYNC_EINVAL, "sync_engine_off: engine and type are required");
-    sync_engine_lock(engine);
+        return sync__fail(SYNC_EINVAL, "sync_engine_off: engine and type are required");
+    sync__engine_lock(engine);
     if (engine->disposed) {
-        sync_engine_unlock(engine);
-        return sync_fail(SYNC_ECLOSED, "sync_engine_off: the engine is disposed");
+        sync__engine_unlock(engine);
+        return sync__fail(SYNC_ECLOSED, "sync_engine_off: the engine is disposed");
     }
     for (handler_entry **link = &engine->handlers; *link; link = &(*link)->next) {
         handler_entry *h = *link;
         if (strcmp(h->type, type) == 0) {
             *link = h->next;
-            sync_engine_unlock(engine);
+            sync__engine_unlock(engine);
             free_step(&h->step);
             free(h->type);
             free(h);
             return SYNC_OK;
         }
     }
-    sync_engine_unlock(engine);
-    return sync_fail(SYNC_ENOHANDLER, "no handler registered for \"%s\"", type);
+    sync__engine_unlock(engine);
+    return sync__fail(SYNC_ENOHANDLER, "no handler registered for \"%s\"", type);
 }
 
 int sync_engine_set_validator(sync_engine *engine, sync_step_cb validator, void *userdata,
@@ -449,7 +450,7 @@ int sync_engine_set_validator(sync_engine *engine, sync_step_cb validator, void 
     engine->validator.cb = validator;
     engine->validator.userdata = validator ? userdata : NULL;
     engine->validator.free_userdata = validator ? free_userdata : NULL;
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     free_step(&old);
     if (!validator && free_userdata)
         free_userdata(userdata);
@@ -462,21 +463,21 @@ int sync_engine_use(sync_engine *engine, sync_step_cb middleware, void *userdata
     if (engine && !middleware) {
         if (free_userdata)
             free_userdata(userdata);
-        return sync_fail(SYNC_EINVAL, "sync_engine_use: middleware is NULL");
+        return sync__fail(SYNC_EINVAL, "sync_engine_use: middleware is NULL");
     }
     int rc = enter_register(engine, userdata, free_userdata, "sync_engine_use");
     if (rc != SYNC_OK)
         return rc;
     step_entry *grown = realloc(engine->middleware, (engine->middleware_count + 1) * sizeof *grown);
     if (!grown) {
-        sync_engine_unlock(engine);
+        sync__engine_unlock(engine);
         if (free_userdata)
             free_userdata(userdata);
-        return sync_fail(SYNC_ENOMEM, "out of memory adding a middleware");
+        return sync__fail(SYNC_ENOMEM, "out of memory adding a middleware");
     }
     engine->middleware = grown;
     grown[engine->middleware_count++] = (step_entry){middleware, userdata, free_userdata};
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     return SYNC_OK;
 }
 
@@ -487,8 +488,8 @@ int sync_engine_set_hooks(sync_engine *engine, const sync_hooks *hooks)
     if (hooks && hooks->version != SYNC_HOOKS_VERSION) {
         if (free_userdata)
             free_userdata(userdata);
-        return sync_fail(SYNC_EINVAL, "sync_engine_set_hooks: unknown hooks version %u",
-                         hooks->version);
+        return sync__fail(SYNC_EINVAL, "sync_engine_set_hooks: unknown hooks version %u",
+                          hooks->version);
     }
     int rc = enter_register(engine, userdata, free_userdata, "sync_engine_set_hooks");
     if (rc != SYNC_OK)
@@ -499,7 +500,7 @@ int sync_engine_set_hooks(sync_engine *engine, const sync_hooks *hooks)
     else
         memset(&engine->hooks, 0, sizeof engine->hooks);
     engine->hooks.version = SYNC_HOOKS_VERSION;
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     if (old.free_userdata)
         old.free_userdata(old.userdata);
     return SYNC_OK;
@@ -510,45 +511,45 @@ int sync_engine_set_hooks(sync_engine *engine, const sync_hooks *hooks)
 cJSON *sync_engine_get_state(sync_engine *engine)
 {
     if (!engine) {
-        sync_fail(SYNC_EINVAL, "sync_engine_get_state: engine is NULL");
+        sync__fail(SYNC_EINVAL, "sync_engine_get_state: engine is NULL");
         return NULL;
     }
-    sync_engine_lock(engine);
+    sync__engine_lock(engine);
     cJSON *copy = NULL;
     if (engine->disposed)
-        sync_fail(SYNC_ECLOSED, "sync_engine_get_state: the engine is disposed");
+        sync__fail(SYNC_ECLOSED, "sync_engine_get_state: the engine is disposed");
     else if (!(copy = cJSON_Duplicate(engine->state, 1)))
-        sync_fail(SYNC_ENOMEM, "out of memory copying the state");
-    sync_engine_unlock(engine);
+        sync__fail(SYNC_ENOMEM, "out of memory copying the state");
+    sync__engine_unlock(engine);
     return copy;
 }
 
 char *sync_engine_get_state_json(sync_engine *engine)
 {
     if (!engine) {
-        sync_fail(SYNC_EINVAL, "sync_engine_get_state_json: engine is NULL");
+        sync__fail(SYNC_EINVAL, "sync_engine_get_state_json: engine is NULL");
         return NULL;
     }
-    sync_engine_lock(engine);
+    sync__engine_lock(engine);
     char *copy = NULL;
     if (engine->disposed) {
-        sync_fail(SYNC_ECLOSED, "sync_engine_get_state_json: the engine is disposed");
+        sync__fail(SYNC_ECLOSED, "sync_engine_get_state_json: the engine is disposed");
     } else {
         size_t len = 0;
-        const char *text = sync_engine_state_text(engine, &len);
+        const char *text = sync__engine_state_text(engine, &len);
         if (text && (copy = malloc(len + 1)))
             memcpy(copy, text, len + 1);
         if (!copy)
-            sync_fail(SYNC_ENOMEM, "out of memory serialising the state");
+            sync__fail(SYNC_ENOMEM, "out of memory serialising the state");
     }
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     return copy;
 }
 
 int64_t sync_engine_get_version(sync_engine *engine)
 {
     if (!engine) {
-        sync_fail(SYNC_EINVAL, "sync_engine_get_version: engine is NULL");
+        sync__fail(SYNC_EINVAL, "sync_engine_get_version: engine is NULL");
         return -1;
     }
     return atomic_load(&engine->version);
@@ -562,13 +563,13 @@ size_t sync_engine_connection_count(sync_engine *engine)
 int sync_engine_get_stats(sync_engine *engine, sync_engine_stats *out)
 {
     if (!engine || !out)
-        return sync_fail(SYNC_EINVAL, "sync_engine_get_stats: engine and out are required");
+        return sync__fail(SYNC_EINVAL, "sync_engine_get_stats: engine and out are required");
     unsigned int version = out->version;
     if (version == 0 || version > SYNC_ENGINE_STATS_VERSION)
-        return sync_fail(SYNC_EINVAL, "sync_engine_get_stats: unknown stats version %u", version);
-    sync_engine_lock(engine);
+        return sync__fail(SYNC_EINVAL, "sync_engine_get_stats: unknown stats version %u", version);
+    sync__engine_lock(engine);
     sync_engine_stats stats = engine->stats;
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     stats.version = version;
     stats.state_version = atomic_load(&engine->version);
     stats.connections = atomic_load(&engine->conn_count);
@@ -579,11 +580,11 @@ int sync_engine_get_stats(sync_engine *engine, sync_engine_stats *out)
 
 /* ---- transport.h settings ------------------------------------------------------------------- */
 
-void sync_engine_set_auto_broadcast(sync_engine *engine, int on)
+void sync__engine_set_auto_broadcast(sync_engine *engine, int on)
 {
     if (!engine)
         return;
-    sync_engine_lock(engine);
+    sync__engine_lock(engine);
     engine->auto_broadcast = on ? 1 : 0;
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
 }

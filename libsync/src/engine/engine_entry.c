@@ -12,39 +12,39 @@
 static int enter(sync_engine *engine, const char *what)
 {
     if (!engine)
-        return sync_fail(SYNC_EINVAL, "%s: engine is NULL", what);
-    sync_engine_lock(engine);
+        return sync__fail(SYNC_EINVAL, "%s: engine is NULL", what);
+    sync__engine_lock(engine);
     if (engine->disposed) {
-        sync_engine_unlock(engine);
-        return sync_fail(SYNC_ECLOSED, "%s: the engine is disposed", what);
+        sync__engine_unlock(engine);
+        return sync__fail(SYNC_ECLOSED, "%s: the engine is disposed", what);
     }
     return SYNC_OK;
 }
 
-static int submit_new(sync_engine *engine, sync_op *op, const char *what)
+static int submit_new(sync_engine *engine, sync__op *op, const char *what)
 {
     if (!op) {
-        sync_engine_unlock(engine);
-        return sync_fail(SYNC_ENOMEM, "%s: out of memory", what);
+        sync__engine_unlock(engine);
+        return sync__fail(SYNC_ENOMEM, "%s: out of memory", what);
     }
-    int rc = sync_op_submit(engine, op);
-    sync_engine_unlock(engine);
+    int rc = sync__op_submit(engine, op);
+    sync__engine_unlock(engine);
     return rc;
 }
 
 int sync_engine_handle_open(sync_engine *engine, sync_conn *conn)
 {
     if (!conn)
-        return sync_fail(SYNC_EINVAL, "sync_engine_handle_open: conn is NULL");
+        return sync__fail(SYNC_EINVAL, "sync_engine_handle_open: conn is NULL");
     int rc = enter(engine, "sync_engine_handle_open");
     if (rc != SYNC_OK)
         return rc;
     if (conn->state != CONN_NEW) {
-        sync_engine_unlock(engine);
-        return sync_fail(SYNC_ESTATE, "sync_engine_handle_open: connection %llu was opened before",
-                         (unsigned long long)conn->id);
+        sync__engine_unlock(engine);
+        return sync__fail(SYNC_ESTATE, "sync_engine_handle_open: connection %llu was opened before",
+                          (unsigned long long)conn->id);
     }
-    sync_op *op = sync_op_new(OP_OPEN);
+    sync__op *op = sync__op_new(OP_OPEN);
     if (op) {
         conn->engine = engine;
         conn->state = CONN_OPENING;
@@ -56,17 +56,17 @@ int sync_engine_handle_open(sync_engine *engine, sync_conn *conn)
 int sync_engine_handle_close(sync_engine *engine, sync_conn *conn)
 {
     if (!conn)
-        return sync_fail(SYNC_EINVAL, "sync_engine_handle_close: conn is NULL");
+        return sync__fail(SYNC_EINVAL, "sync_engine_handle_close: conn is NULL");
     int rc = enter(engine, "sync_engine_handle_close");
     if (rc != SYNC_OK)
         return rc;
     if (conn->engine == engine) {
         if (conn->state == CONN_OPEN)
-            sync_engine_close_conn(engine, conn);
+            sync__engine_close_conn(engine, conn);
         else if (conn->state == CONN_OPENING)
             conn->state = CONN_CLOSED; /* its queued open will skip it */
     }
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     return SYNC_OK;
 }
 
@@ -76,7 +76,7 @@ static int message_enter(sync_engine *engine, sync_conn *conn, const char *text,
                          const char *what)
 {
     if (!text && len)
-        return sync_fail(SYNC_EINVAL, "%s: text is NULL", what);
+        return sync__fail(SYNC_EINVAL, "%s: text is NULL", what);
     int rc = enter(engine, what);
     if (rc != SYNC_OK)
         return rc;
@@ -87,32 +87,32 @@ static int message_enter(sync_engine *engine, sync_conn *conn, const char *text,
         conn->last_pong_ms = sync_now_ms();
     if (len == 4 && memcmp(text, "pong", 4) == 0) {
         if (conn) {
-            SYNC_DEBUG(engine, "pong from connection %llu", (unsigned long long)conn->id);
+            SYNC__DEBUG(engine, "pong from connection %llu", (unsigned long long)conn->id);
             if (engine->hooks.on_pong)
                 engine->hooks.on_pong(engine, conn, engine->hooks.userdata);
         }
-        sync_engine_unlock(engine);
+        sync__engine_unlock(engine);
         return SYNC_OK;
     }
     if (len > engine->max_message_bytes) {
         char detail[128];
         snprintf(detail, sizeof detail, "message of %zu bytes is over the %zu-byte limit", len,
                  engine->max_message_bytes);
-        rc = sync_msg_drop(engine, conn, SYNC_ETOOBIG, "message", detail);
-        sync_engine_unlock(engine);
+        rc = sync__msg_drop(engine, conn, SYNC_ETOOBIG, "message", detail);
+        sync__engine_unlock(engine);
         return rc;
     }
     cJSON *message = NULL;
-    rc = sync_json_parse(text ? text : "", len, engine->max_json_depth, &message);
+    rc = sync__json_parse(text ? text : "", len, engine->max_json_depth, &message);
     if (rc != SYNC_OK) {
         char detail[600];
         snprintf(detail, sizeof detail, "%s", sync_error_last());
-        rc = sync_msg_drop(engine, conn, rc, "message", detail);
-        sync_engine_unlock(engine);
+        rc = sync__msg_drop(engine, conn, rc, "message", detail);
+        sync__engine_unlock(engine);
         return rc;
     }
-    SYNC_DEBUG(engine, "message of %zu bytes parsed", len);
-    sync_op *op = sync_op_new(OP_MESSAGE);
+    SYNC__DEBUG(engine, "message of %zu bytes parsed", len);
+    sync__op *op = sync__op_new(OP_MESSAGE);
     if (!op) {
         cJSON_Delete(message);
     } else {
@@ -125,24 +125,24 @@ static int message_enter(sync_engine *engine, sync_conn *conn, const char *text,
 int sync_engine_handle_message(sync_engine *engine, sync_conn *conn, const char *text, size_t len)
 {
     if (!conn)
-        return sync_fail(SYNC_EINVAL, "sync_engine_handle_message: conn is NULL");
+        return sync__fail(SYNC_EINVAL, "sync_engine_handle_message: conn is NULL");
     return message_enter(engine, conn, text, len, "sync_engine_handle_message");
 }
 
 int sync_engine_handle_alive(sync_engine *engine, sync_conn *conn)
 {
     if (!conn)
-        return sync_fail(SYNC_EINVAL, "sync_engine_handle_alive: conn is NULL");
+        return sync__fail(SYNC_EINVAL, "sync_engine_handle_alive: conn is NULL");
     int rc = enter(engine, "sync_engine_handle_alive");
     if (rc != SYNC_OK)
         return rc;
     if (conn->engine != engine || conn->state != CONN_OPEN) {
-        sync_engine_unlock(engine);
-        return sync_fail(SYNC_ESTATE, "sync_engine_handle_alive: connection %llu is not open here",
-                         (unsigned long long)conn->id);
+        sync__engine_unlock(engine);
+        return sync__fail(SYNC_ESTATE, "sync_engine_handle_alive: connection %llu is not open here",
+                          (unsigned long long)conn->id);
     }
     conn->last_pong_ms = sync_now_ms();
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     return SYNC_OK;
 }
 
@@ -155,10 +155,10 @@ int sync_engine_inject(sync_engine *engine, const char *text, size_t len)
 static int set_state(sync_engine *engine, cJSON *state, int broadcast, int checked)
 {
     if (!state) {
-        return sync_fail(SYNC_EINVAL, "sync_engine_set_state: state is NULL");
+        return sync__fail(SYNC_EINVAL, "sync_engine_set_state: state is NULL");
     }
     /* checked before the lock: the state is ours already, and a big one takes a moment */
-    int bad = checked ? SYNC_OK : sync_json_check_tree(state);
+    int bad = checked ? SYNC_OK : sync__json_check_tree(state);
     char why[600];
     if (bad != SYNC_OK) {
         snprintf(why, sizeof why, "%s", sync_error_last());
@@ -172,14 +172,14 @@ static int set_state(sync_engine *engine, cJSON *state, int broadcast, int check
     }
     if (bad != SYNC_OK) {
         /* like a failed handler: nothing changes, and on_error hears of it */
-        rc = sync_engine_report(engine, bad, "set_state", NULL,
-                                "the new state cannot be sent as JSON: %s; state and version are "
-                                "unchanged",
-                                why);
-        sync_engine_unlock(engine);
+        rc = sync__engine_report(engine, bad, "set_state", NULL,
+                                 "the new state cannot be sent as JSON: %s; state and version are "
+                                 "unchanged",
+                                 why);
+        sync__engine_unlock(engine);
         return rc;
     }
-    sync_op *op = sync_op_new(OP_SET_STATE);
+    sync__op *op = sync__op_new(OP_SET_STATE);
     if (!op) {
         cJSON_Delete(state);
     } else {
@@ -197,9 +197,9 @@ int sync_engine_set_state(sync_engine *engine, cJSON *state, int broadcast)
 int sync_engine_set_state_json(sync_engine *engine, const char *json, int broadcast)
 {
     if (!engine || !json)
-        return sync_fail(SYNC_EINVAL, "sync_engine_set_state_json: engine and json are required");
+        return sync__fail(SYNC_EINVAL, "sync_engine_set_state_json: engine and json are required");
     cJSON *state = NULL;
-    int rc = sync_json_parse(json, strlen(json), 0, &state);
+    int rc = sync__json_parse(json, strlen(json), 0, &state);
     if (rc != SYNC_OK)
         return rc;
     return set_state(engine, state, broadcast, 1);
@@ -210,33 +210,33 @@ int sync_engine_broadcast_state(sync_engine *engine)
     int rc = enter(engine, "sync_engine_broadcast_state");
     if (rc != SYNC_OK)
         return rc;
-    return submit_new(engine, sync_op_new(OP_BROADCAST), "sync_engine_broadcast_state");
+    return submit_new(engine, sync__op_new(OP_BROADCAST), "sync_engine_broadcast_state");
 }
 
 int sync_engine_broadcast_text(sync_engine *engine, const char *text, size_t len)
 {
     if (!text && len)
-        return sync_fail(SYNC_EINVAL, "sync_engine_broadcast_text: text is NULL");
+        return sync__fail(SYNC_EINVAL, "sync_engine_broadcast_text: text is NULL");
     int rc = enter(engine, "sync_engine_broadcast_text");
     if (rc != SYNC_OK)
         return rc;
-    sync_frame *frame = sync_frame_new_text(SYNC_FRAME_TEXT, text ? text : "", len);
+    sync__frame *frame = sync__frame_new_text(SYNC__FRAME_TEXT, text ? text : "", len);
     if (!frame) {
-        sync_engine_unlock(engine);
-        return sync_fail(SYNC_ENOMEM, "out of memory copying a %zu-byte frame", len);
+        sync__engine_unlock(engine);
+        return sync__fail(SYNC_ENOMEM, "out of memory copying a %zu-byte frame", len);
     }
     size_t count = 0;
-    sync_conn **conns = sync_engine_conn_snapshot(engine, &count);
+    sync_conn **conns = sync__engine_conn_snapshot(engine, &count);
     int result = SYNC_OK;
     for (size_t i = 0; i < count; i++) {
-        rc = sync_engine_send(engine, conns[i], frame, "broadcast");
+        rc = sync__engine_send(engine, conns[i], frame, "broadcast");
         if (rc < 0 && rc != SYNC_ECLOSED && result == SYNC_OK)
             result = rc;
         sync_conn_free(conns[i]);
     }
     free(conns);
-    sync_frame_unref(frame);
-    sync_engine_unlock(engine);
+    sync__frame_unref(frame);
+    sync__engine_unlock(engine);
     return result;
 }
 
@@ -245,7 +245,7 @@ int sync_engine_sync(sync_engine *engine)
     int rc = enter(engine, "sync_engine_sync");
     if (rc != SYNC_OK)
         return rc;
-    return submit_new(engine, sync_op_new(OP_SYNC), "sync_engine_sync");
+    return submit_new(engine, sync__op_new(OP_SYNC), "sync_engine_sync");
 }
 
 int sync_engine_create_backup(sync_engine *engine)
@@ -254,24 +254,24 @@ int sync_engine_create_backup(sync_engine *engine)
     if (rc != SYNC_OK)
         return rc;
     if (!engine->adapter) {
-        sync_engine_unlock(engine);
+        sync__engine_unlock(engine);
         return SYNC_OK;
     }
     if (!engine->adapter->vt.backup) {
-        sync_engine_unlock(engine);
-        return sync_fail(SYNC_EUNSUPPORTED, "this engine's adapter cannot make backups");
+        sync__engine_unlock(engine);
+        return sync__fail(SYNC_EUNSUPPORTED, "this engine's adapter cannot make backups");
     }
-    return submit_new(engine, sync_op_new(OP_BACKUP), "sync_engine_create_backup");
+    return submit_new(engine, sync__op_new(OP_BACKUP), "sync_engine_create_backup");
 }
 
 int sync_engine_when_idle(sync_engine *engine, sync_done_cb done, void *userdata)
 {
     if (!done)
-        return sync_fail(SYNC_EINVAL, "sync_engine_when_idle: done is NULL");
+        return sync__fail(SYNC_EINVAL, "sync_engine_when_idle: done is NULL");
     int rc = enter(engine, "sync_engine_when_idle");
     if (rc != SYNC_OK)
         return rc;
-    sync_op *op = sync_op_new(OP_WHEN_IDLE);
+    sync__op *op = sync__op_new(OP_WHEN_IDLE);
     if (op) {
         op->done = done;
         op->done_userdata = userdata;

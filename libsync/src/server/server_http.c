@@ -138,14 +138,14 @@ static int serve_static(sync_server *server, struct lws *wsi, const char *uri)
 int sync_server_set_metrics_token(sync_server *server, const char *token)
 {
     if (!server)
-        return sync_fail(SYNC_EINVAL, "server is NULL");
+        return sync__fail(SYNC_EINVAL, "server is NULL");
     if (token && !*token)
-        return sync_fail(SYNC_EINVAL, "the metrics token is empty");
+        return sync__fail(SYNC_EINVAL, "the metrics token is empty");
     if (server->context || atomic_load(&server->serving))
-        return sync_fail(SYNC_ESTATE, "set the metrics token before the server listens");
+        return sync__fail(SYNC_ESTATE, "set the metrics token before the server listens");
     char *copy = NULL;
     if (token && !(copy = strdup(token)))
-        return sync_fail(SYNC_ENOMEM, "out of memory for the metrics token");
+        return sync__fail(SYNC_ENOMEM, "out of memory for the metrics token");
     free(server->metrics_token);
     server->metrics_token = copy;
     return SYNC_OK;

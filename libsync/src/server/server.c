@@ -16,8 +16,9 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "options.h"
 
-_Static_assert(LWS_PRE <= SYNC_FRAME_HEADROOM, "frames need LWS_PRE bytes of headroom");
+_Static_assert(LWS_PRE <= SYNC__FRAME_HEADROOM, "frames need LWS_PRE bytes of headroom");
 
 /* Per-connection receive buffer of lws. Messages larger than this arrive in several RECEIVE
  * callbacks and are reassembled by server_conn.c; keeping it small keeps idle connections small. */
@@ -132,37 +133,37 @@ static size_t options_size(unsigned int version)
 int sync_server_options_init(sync_server_options *opts, unsigned int version)
 {
     static const sync_server_options defaults = SYNC_SERVER_OPTIONS_INIT;
-    return sync_options_init(opts, &defaults, options_size(version), version,
-                             SYNC_SERVER_OPTIONS_VERSION, "server");
+    return sync__options_init(opts, &defaults, options_size(version), version,
+                              SYNC_SERVER_OPTIONS_VERSION, "server");
 }
 
 static int check_options(const sync_server_options *o)
 {
-    int rc = sync_check_options_version(o->version, SYNC_SERVER_OPTIONS_VERSION, "server");
+    int rc = sync__check_options_version(o->version, SYNC_SERVER_OPTIONS_VERSION, "server");
     if (rc != SYNC_OK)
         return rc;
     if (o->port < 0 || o->port > 65535)
-        return sync_fail(SYNC_EINVAL, "port %d is out of range", o->port);
+        return sync__fail(SYNC_EINVAL, "port %d is out of range", o->port);
     if (o->max_connections < 0)
-        return sync_fail(SYNC_EINVAL, "max_connections is negative");
+        return sync__fail(SYNC_EINVAL, "max_connections is negative");
     if (o->version >= 2 && o->broadcast_yield_ms < -1)
-        return sync_fail(SYNC_EINVAL, "broadcast_yield_ms must be -1, 0 or a number of ms, not %d",
-                         o->broadcast_yield_ms);
+        return sync__fail(SYNC_EINVAL, "broadcast_yield_ms must be -1, 0 or a number of ms, not %d",
+                          o->broadcast_yield_ms);
     if (o->version >= 3 && o->auth_timeout_ms < 0)
-        return sync_fail(SYNC_EINVAL, "auth_timeout_ms is negative");
+        return sync__fail(SYNC_EINVAL, "auth_timeout_ms is negative");
     if (o->version >= 4 && o->handshake_timeout_ms < 0)
-        return sync_fail(SYNC_EINVAL, "handshake_timeout_ms is negative");
+        return sync__fail(SYNC_EINVAL, "handshake_timeout_ms is negative");
     if (o->rate_limit_per_sec < 0 || o->rate_limit_burst < 0)
-        return sync_fail(SYNC_EINVAL, "rate limit is negative");
+        return sync__fail(SYNC_EINVAL, "rate limit is negative");
     if (o->stop_timeout_ms < 0)
-        return sync_fail(SYNC_EINVAL, "stop_timeout_ms is negative");
+        return sync__fail(SYNC_EINVAL, "stop_timeout_ms is negative");
     if (!o->tls_cert_path != !o->tls_key_path)
-        return sync_fail(SYNC_EINVAL, "TLS needs both a certificate and a key path");
+        return sync__fail(SYNC_EINVAL, "TLS needs both a certificate and a key path");
     if (o->allowed_origins_count && !o->allowed_origins)
-        return sync_fail(SYNC_EINVAL, "allowed_origins is NULL with a count");
+        return sync__fail(SYNC_EINVAL, "allowed_origins is NULL with a count");
     for (size_t i = 0; i < o->allowed_origins_count; i++)
         if (!o->allowed_origins[i])
-            return sync_fail(SYNC_EINVAL, "allowed_origins[%zu] is NULL", i);
+            return sync__fail(SYNC_EINVAL, "allowed_origins[%zu] is NULL", i);
     return SYNC_OK;
 }
 
@@ -217,13 +218,13 @@ int sync_server_new(sync_server **out, const sync_server_options *opts)
     if (out)
         *out = NULL;
     if (!out || !opts)
-        return new_fail(opts, sync_fail(SYNC_EINVAL, "out or options is NULL"));
+        return new_fail(opts, sync__fail(SYNC_EINVAL, "out or options is NULL"));
     int rc = check_options(opts);
     if (rc != SYNC_OK)
         return new_fail(opts, rc);
     sync_server *s = calloc(1, sizeof *s);
     if (!s)
-        return new_fail(opts, sync_fail(SYNC_ENOMEM, "out of memory for the server"));
+        return new_fail(opts, sync__fail(SYNC_ENOMEM, "out of memory for the server"));
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     server_broadcast_init(s);
@@ -259,7 +260,7 @@ int sync_server_new(sync_server **out, const sync_server_options *opts)
     if (opts->static_dir) {
         s->static_dir = realpath(opts->static_dir, NULL);
         if (!s->static_dir) {
-            rc = sync_fail(SYNC_EINVAL, "static_dir %s: %s", opts->static_dir, strerror(errno));
+            rc = sync__fail(SYNC_EINVAL, "static_dir %s: %s", opts->static_dir, strerror(errno));
             server_release(s);
             return rc;
         }
@@ -275,10 +276,10 @@ int sync_server_new(sync_server **out, const sync_server_options *opts)
     }
     if (oom) {
         server_release(s);
-        return sync_fail(SYNC_ENOMEM, "out of memory for the server options");
+        return sync__fail(SYNC_ENOMEM, "out of memory for the server options");
     }
     *out = s;
-    sync_error_clear();
+    sync__error_clear();
     return SYNC_OK;
 }
 
@@ -287,15 +288,15 @@ int sync_server_new(sync_server **out, const sync_server_options *opts)
 int sync_server_mount(sync_server *server, const char *path, sync_engine *engine)
 {
     if (!server || !path || !engine)
-        return sync_fail(SYNC_EINVAL, "server, path or engine is NULL");
+        return sync__fail(SYNC_EINVAL, "server, path or engine is NULL");
     if (path[0] != '/')
-        return sync_fail(SYNC_EINVAL, "mount path \"%s\" does not start with '/'", path);
+        return sync__fail(SYNC_EINVAL, "mount path \"%s\" does not start with '/'", path);
     if (strchr(path, '?') || strchr(path, '#'))
-        return sync_fail(SYNC_EINVAL, "mount path \"%s\" has a query or fragment", path);
+        return sync__fail(SYNC_EINVAL, "mount path \"%s\" has a query or fragment", path);
     if (server->context || atomic_load(&server->serving))
-        return sync_fail(SYNC_ESTATE, "mount before the server listens");
+        return sync__fail(SYNC_ESTATE, "mount before the server listens");
     if (server_find_mount(server, path))
-        return sync_fail(SYNC_EINVAL, "path \"%s\" is already mounted", path);
+        return sync__fail(SYNC_EINVAL, "path \"%s\" is already mounted", path);
 
     server_engine *eng = NULL;
     for (size_t i = 0; i < server->engine_count; i++)
@@ -306,7 +307,7 @@ int sync_server_mount(sync_server *server, const char *path, sync_engine *engine
         copy ? realloc(server->mounts, (server->mount_count + 1) * sizeof *mounts) : NULL;
     if (!mounts) {
         free(copy);
-        return sync_fail(SYNC_ENOMEM, "out of memory for a mount");
+        return sync__fail(SYNC_ENOMEM, "out of memory for a mount");
     }
     server->mounts = mounts;
     if (!eng) {
@@ -317,7 +318,7 @@ int sync_server_mount(sync_server *server, const char *path, sync_engine *engine
         eng = engines ? calloc(1, sizeof *eng) : NULL;
         if (!eng) {
             free(copy);
-            return sync_fail(SYNC_ENOMEM, "out of memory for a mount");
+            return sync__fail(SYNC_ENOMEM, "out of memory for a mount");
         }
         eng->server = server;
         eng->engine = engine;
@@ -327,8 +328,8 @@ int sync_server_mount(sync_server *server, const char *path, sync_engine *engine
     mounts[server->mount_count].path = copy;
     mounts[server->mount_count].eng = eng;
     server->mount_count++;
-    sync_engine_set_auto_broadcast(engine, 1);
-    sync_error_clear();
+    sync__engine_set_auto_broadcast(engine, 1);
+    sync__error_clear();
     return SYNC_OK;
 }
 
@@ -367,7 +368,7 @@ static void deadline_moved(void *userdata)
 static void detach_engines(sync_server *server, size_t count)
 {
     for (size_t i = 0; i < count; i++)
-        sync_engine_remove_listener(server->engines[i]->engine, server->engines[i]);
+        sync__engine_remove_listener(server->engines[i]->engine, server->engines[i]);
 }
 
 /* Registers the server with each mounted engine: its changes and timer deadlines reach this
@@ -375,13 +376,13 @@ static void detach_engines(sync_server *server, size_t count)
 static int attach_engines(sync_server *server)
 {
     for (size_t i = 0; i < server->engine_count; i++) {
-        sync_engine_listener listener = {server_broadcast_state_moved, deadline_moved,
-                                         server->engines[i]};
-        int rc = sync_engine_add_listener(server->engines[i]->engine, &listener);
+        sync__engine_listener listener = {server_broadcast_state_moved, deadline_moved,
+                                          server->engines[i]};
+        int rc = sync__engine_add_listener(server->engines[i]->engine, &listener);
         if (rc != SYNC_OK) {
             detach_engines(server, i);
-            return sync_fail(rc, "cannot serve the engine of %s: %s", server->engines[i]->path,
-                             sync_error_last());
+            return sync__fail(rc, "cannot serve the engine of %s: %s", server->engines[i]->path,
+                              sync_error_last());
         }
     }
     return SYNC_OK;
@@ -555,7 +556,7 @@ static int check_readable(const char *what, const char *path)
 {
     FILE *f = fopen(path, "r");
     if (!f)
-        return sync_fail(SYNC_ENET, "cannot read the TLS %s %s: %s", what, path, strerror(errno));
+        return sync__fail(SYNC_ENET, "cannot read the TLS %s %s: %s", what, path, strerror(errno));
     fclose(f);
     return SYNC_OK;
 }
@@ -563,9 +564,9 @@ static int check_readable(const char *what, const char *path)
 int sync_server_listen(sync_server *server)
 {
     if (!server)
-        return sync_fail(SYNC_EINVAL, "server is NULL");
+        return sync__fail(SYNC_EINVAL, "server is NULL");
     if (server->context)
-        return sync_fail(SYNC_ESTATE, "the server is already listening");
+        return sync__fail(SYNC_ESTATE, "the server is already listening");
     if (server->tls_cert) {
         int rc = check_readable("certificate", server->tls_cert);
         if (rc == SYNC_OK)
@@ -575,8 +576,8 @@ int sync_server_listen(sync_server *server)
     }
     int bind_errno = 0;
     if (server->port_option != 0 && probe_bind(server->host, server->port_option, &bind_errno) != 0)
-        return sync_fail(SYNC_ENET, "cannot listen on %s:%d: %s", server->host, server->port_option,
-                         strerror(bind_errno));
+        return sync__fail(SYNC_ENET, "cannot listen on %s:%d: %s", server->host,
+                          server->port_option, strerror(bind_errno));
 
     pthread_mutex_lock(&lws_log_lock);
     lws_log_server = server;
@@ -639,15 +640,15 @@ int sync_server_listen(sync_server *server)
     }
     struct lws_context *ctx = lws_create_context(&info);
     if (!ctx)
-        return sync_fail(SYNC_ENET, "cannot listen on %s:%d%s", server->host, server->port_option,
-                         server->tls_cert ? " (or the TLS certificate/key cannot be loaded)" : "");
+        return sync__fail(SYNC_ENET, "cannot listen on %s:%d%s", server->host, server->port_option,
+                          server->tls_cert ? " (or the TLS certificate/key cannot be loaded)" : "");
     server->context = ctx;
     server->vhost = lws_get_vhost_by_name(ctx, "default");
     server->port = server->vhost ? lws_get_vhost_listen_port(server->vhost) : -1;
     if (server->port <= 0) {
         lws_context_destroy(ctx);
         server->context = NULL;
-        return sync_fail(SYNC_ENET, "cannot listen on %s:%d", server->host, server->port_option);
+        return sync__fail(SYNC_ENET, "cannot listen on %s:%d", server->host, server->port_option);
     }
     int rc = attach_engines(server);
     if (rc != SYNC_OK) {
@@ -660,7 +661,7 @@ int sync_server_listen(sync_server *server)
     server->stopping = false;
     atomic_store(&server->ended, false);
     atomic_store(&server->wake_context, ctx);
-    sync_error_clear();
+    sync__error_clear();
     return SYNC_OK;
 }
 
@@ -736,16 +737,16 @@ static void serve(sync_server *server)
 int sync_server_run(sync_server *server)
 {
     if (!server)
-        return sync_fail(SYNC_EINVAL, "server is NULL");
+        return sync__fail(SYNC_EINVAL, "server is NULL");
     if (server->thread_started || atomic_load(&server->serving))
-        return sync_fail(SYNC_ESTATE, "the server is already running");
+        return sync__fail(SYNC_ESTATE, "the server is already running");
     if (!server->context) {
         int rc = sync_server_listen(server);
         if (rc != SYNC_OK)
             return rc;
     }
     serve(server);
-    sync_error_clear();
+    sync__error_clear();
     return SYNC_OK;
 }
 
@@ -758,11 +759,11 @@ static void *service_main(void *arg)
 int sync_server_start(sync_server *server)
 {
     if (!server)
-        return sync_fail(SYNC_EINVAL, "server is NULL");
+        return sync__fail(SYNC_EINVAL, "server is NULL");
     if (server->thread_started && !atomic_load(&server->thread_joined))
-        return sync_fail(SYNC_ESTATE, "the server is already running");
+        return sync__fail(SYNC_ESTATE, "the server is already running");
     if (atomic_load(&server->serving))
-        return sync_fail(SYNC_ESTATE, "the server is already running");
+        return sync__fail(SYNC_ESTATE, "the server is already running");
     if (!server->context) {
         int rc = sync_server_listen(server);
         if (rc != SYNC_OK)
@@ -771,13 +772,13 @@ int sync_server_start(sync_server *server)
     atomic_store(&server->thread_joined, false);
     int err = pthread_create(&server->thread, NULL, service_main, server);
     if (err)
-        return sync_fail(SYNC_ENOMEM, "cannot start the service thread: %s", strerror(err));
+        return sync__fail(SYNC_ENOMEM, "cannot start the service thread: %s", strerror(err));
     server->thread_started = true;
     pthread_mutex_lock(&server->lock);
     while (!atomic_load(&server->serving) && !atomic_load(&server->ended))
         pthread_cond_wait(&server->cond, &server->lock);
     pthread_mutex_unlock(&server->lock);
-    sync_error_clear();
+    sync__error_clear();
     return SYNC_OK;
 }
 

@@ -9,11 +9,11 @@
 
 /* ---- the persistence policy ----------------------------------------------------------------- */
 
-int sync_feed_save_due(const sync_engine *engine, sync_feed_point point)
+int sync__feed_save_due(const sync_engine *engine, sync__feed_point point)
 {
     if (!engine->adapter)
         return 0;
-    const sync_feed *f = &engine->feed;
+    const sync__feed *f = &engine->feed;
     switch (point) {
     case FEED_APPENDED:
         return engine->persist_mode == SYNC_PERSIST_ON_CHANGE;
@@ -28,41 +28,41 @@ int sync_feed_save_due(const sync_engine *engine, sync_feed_point point)
     return 0;
 }
 
-int sync_feed_sendable(const sync_engine *engine)
+int sync__feed_sendable(const sync_engine *engine)
 {
-    const sync_feed *f = &engine->feed;
-    return f->saving_seq != f->head.seq && !sync_feed_save_due(engine, FEED_SENDING);
+    const sync__feed *f = &engine->feed;
+    return f->saving_seq != f->head.seq && !sync__feed_save_due(engine, FEED_SENDING);
 }
 
 /* ---- records -------------------------------------------------------------------------------- */
 
-void sync_feed_append(sync_engine *engine)
+void sync__feed_append(sync_engine *engine)
 {
     engine->feed.head.seq++;
     if (engine->versioning)
         atomic_fetch_add(&engine->version, 1);
 }
 
-void sync_feed_append_saved(sync_engine *engine)
+void sync__feed_append_saved(sync_engine *engine)
 {
     engine->feed.head.seq++;
     engine->feed.persisted_seq = engine->feed.head.seq;
 }
 
-void sync_feed_release(sync_feed *feed)
+void sync__feed_release(sync__feed *feed)
 {
     free(feed->head.json);
-    sync_frame_unref(feed->head.update_frame);
-    sync_frame_unref(feed->head.initial_frame);
+    sync__frame_unref(feed->head.update_frame);
+    sync__frame_unref(feed->head.initial_frame);
     memset(&feed->head, 0, sizeof feed->head);
 }
 
 /* cJSON_PrintPreallocated wants a few bytes of slack beyond the text it writes. */
 #define PRINT_SLACK 64
 
-const char *sync_engine_state_text(sync_engine *engine, size_t *len)
+const char *sync__engine_state_text(sync_engine *engine, size_t *len)
 {
-    sync_feed_record *r = &engine->feed.head;
+    sync__feed_record *r = &engine->feed.head;
     if (!r->json || r->json_seq != r->seq) {
         if (r->json_cap > 0 && r->json_cap <= INT_MAX &&
             cJSON_PrintPreallocated(engine->state, r->json, (int)r->json_cap, 0)) {
@@ -94,40 +94,40 @@ const char *sync_engine_state_text(sync_engine *engine, size_t *len)
     return r->json;
 }
 
-sync_frame *sync_engine_state_frame(sync_engine *engine, sync_frame_kind kind)
+sync__frame *sync__engine_state_frame(sync_engine *engine, sync__frame_kind kind)
 {
-    sync_feed_record *r = &engine->feed.head;
-    sync_frame **slot = kind == SYNC_FRAME_INITIAL_STATE ? &r->initial_frame : &r->update_frame;
+    sync__feed_record *r = &engine->feed.head;
+    sync__frame **slot = kind == SYNC__FRAME_INITIAL_STATE ? &r->initial_frame : &r->update_frame;
     if (*slot && (*slot)->seq == r->seq)
         return *slot;
     size_t len = 0;
-    const char *text = sync_engine_state_text(engine, &len);
+    const char *text = sync__engine_state_text(engine, &len);
     if (!text)
         return NULL;
-    sync_frame *frame = sync_frame_new_state(
+    sync__frame *frame = sync__frame_new_state(
         kind, text, len, engine->versioning ? atomic_load(&engine->version) : -1, r->seq);
     if (!frame)
         return NULL;
-    sync_frame_unref(*slot);
+    sync__frame_unref(*slot);
     *slot = frame;
     return frame;
 }
 
 /* ---- consumers ------------------------------------------------------------------------------ */
 
-void sync_feed_notify_readers(sync_engine *engine, int force)
+void sync__feed_notify_readers(sync_engine *engine, int force)
 {
-    sync_feed *f = &engine->feed;
+    sync__feed *f = &engine->feed;
     for (int i = 0; i < f->reader_count; i++)
         f->readers[i].state_moved(f->readers[i].userdata, force);
 }
 
-void sync_feed_op_finished(sync_engine *engine)
+void sync__feed_op_finished(sync_engine *engine)
 {
     if (!engine->feed.flush_waiting || engine->disposed)
         return;
     engine->feed.flush_waiting = 0;
-    sync_feed_notify_readers(engine, 0);
+    sync__feed_notify_readers(engine, 0);
 }
 
 /* ---- transport.h: read, flush, readers ------------------------------------------------------ */
@@ -136,80 +136,80 @@ static int enter(sync_engine *engine)
 {
     if (!engine)
         return 0;
-    sync_engine_lock(engine);
+    sync__engine_lock(engine);
     if (engine->disposed) {
-        sync_engine_unlock(engine);
+        sync__engine_unlock(engine);
         return 0;
     }
     return 1;
 }
 
-sync_frame *sync_feed_read(sync_engine *engine, uint64_t after_seq, int force)
+sync__frame *sync__feed_read(sync_engine *engine, uint64_t after_seq, int force)
 {
     if (!enter(engine))
         return NULL;
-    sync_frame *frame = NULL;
-    if ((engine->feed.head.seq > after_seq || force) && sync_feed_sendable(engine)) {
-        frame = sync_engine_state_frame(engine, SYNC_FRAME_STATE_UPDATE);
+    sync__frame *frame = NULL;
+    if ((engine->feed.head.seq > after_seq || force) && sync__feed_sendable(engine)) {
+        frame = sync__engine_state_frame(engine, SYNC__FRAME_STATE_UPDATE);
         if (frame)
-            sync_frame_ref(frame);
+            sync__frame_ref(frame);
     }
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     return frame;
 }
 
-int sync_feed_flush(sync_engine *engine)
+int sync__feed_flush(sync_engine *engine)
 {
     if (!enter(engine))
         return 0;
-    sync_feed *f = &engine->feed;
+    sync__feed *f = &engine->feed;
     int ready = 1;
     if (f->saving_seq == f->head.seq) {
         ready = 0;
-    } else if (sync_feed_save_due(engine, FEED_SENDING)) {
+    } else if (sync__feed_save_due(engine, FEED_SENDING)) {
         /* the save needs the adapter to itself: it waits while other work runs */
-        sync_op *op = engine->busy ? NULL : sync_op_new(OP_FLUSH);
+        sync__op *op = engine->busy ? NULL : sync__op_new(OP_FLUSH);
         if (op) {
-            ready = sync_op_submit(engine, op) != SYNC_PENDING;
+            ready = sync__op_submit(engine, op) != SYNC_PENDING;
         } else if (engine->busy) {
             ready = 0;
         } else {
             /* serve the state unsaved rather than never (availability), as a failed save does */
             f->persist_tried_seq = f->head.seq;
-            sync_engine_report(engine, SYNC_ENOMEM, "sync", NULL,
-                               "out of memory starting the save of version %lld",
-                               (long long)atomic_load(&engine->version));
+            sync__engine_report(engine, SYNC_ENOMEM, "sync", NULL,
+                                "out of memory starting the save of version %lld",
+                                (long long)atomic_load(&engine->version));
         }
     }
     if (!ready)
         f->flush_waiting = 1;
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     return ready;
 }
 
-int sync_engine_add_listener(sync_engine *engine, const sync_engine_listener *listener)
+int sync__engine_add_listener(sync_engine *engine, const sync__engine_listener *listener)
 {
     if (!engine || !listener || !listener->state_moved || !listener->deadline_moved)
-        return sync_fail(SYNC_EINVAL,
-                         "sync_engine_add_listener: engine and callbacks are required");
-    sync_engine_lock(engine);
-    sync_feed *f = &engine->feed;
+        return sync__fail(SYNC_EINVAL,
+                          "sync__engine_add_listener: engine and callbacks are required");
+    sync__engine_lock(engine);
+    sync__feed *f = &engine->feed;
     int rc = SYNC_OK;
-    if (f->reader_count == SYNC_ENGINE_MAX_LISTENERS)
-        rc = sync_fail(SYNC_ELIMIT, "the engine is already served by %d servers",
-                       SYNC_ENGINE_MAX_LISTENERS);
+    if (f->reader_count == SYNC__ENGINE_MAX_LISTENERS)
+        rc = sync__fail(SYNC_ELIMIT, "the engine is already served by %d servers",
+                        SYNC__ENGINE_MAX_LISTENERS);
     else
         f->readers[f->reader_count++] = *listener;
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     return rc;
 }
 
-void sync_engine_remove_listener(sync_engine *engine, void *userdata)
+void sync__engine_remove_listener(sync_engine *engine, void *userdata)
 {
     if (!engine)
         return;
-    sync_engine_lock(engine);
-    sync_feed *f = &engine->feed;
+    sync__engine_lock(engine);
+    sync__feed *f = &engine->feed;
     for (int i = 0; i < f->reader_count; i++) {
         if (f->readers[i].userdata != userdata)
             continue;
@@ -218,12 +218,12 @@ void sync_engine_remove_listener(sync_engine *engine, void *userdata)
         engine->ticker_deadline_ms = -1;
         break;
     }
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
 }
 
-void sync_engine_notify_deadline(sync_engine *engine)
+void sync__engine_notify_deadline(sync_engine *engine)
 {
-    sync_feed *f = &engine->feed;
+    sync__feed *f = &engine->feed;
     for (int i = 0; i < f->reader_count; i++)
         f->readers[i].deadline_moved(f->readers[i].userdata);
 }

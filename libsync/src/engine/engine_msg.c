@@ -8,11 +8,11 @@
 #include "error.h"
 #include "json_check.h"
 
-int sync_msg_drop(sync_engine *engine, sync_conn *conn, int status, const char *context,
-                  const char *detail)
+int sync__msg_drop(sync_engine *engine, sync_conn *conn, int status, const char *context,
+                   const char *detail)
 {
     engine->stats.messages_dropped++;
-    sync_engine_report(engine, status, context, conn, "%s", detail);
+    sync__engine_report(engine, status, context, conn, "%s", detail);
     if (engine->reply_errors && conn) {
         char message[1024];
         snprintf(message, sizeof message, "%s", sync_error_last());
@@ -23,12 +23,13 @@ int sync_msg_drop(sync_engine *engine, sync_conn *conn, int status, const char *
             cJSON_AddStringToObject(reply, "context", context))
             text = cJSON_PrintUnformatted(reply);
         cJSON_Delete(reply);
-        sync_frame *frame = text ? sync_frame_new_text(SYNC_FRAME_TEXT, text, strlen(text)) : NULL;
+        sync__frame *frame =
+            text ? sync__frame_new_text(SYNC__FRAME_TEXT, text, strlen(text)) : NULL;
         if (frame)
-            sync_engine_send(engine, conn, frame, "message");
-        sync_frame_unref(frame);
+            sync__engine_send(engine, conn, frame, "message");
+        sync__frame_unref(frame);
         cJSON_free(text);
-        sync_fail(status, "%s", message);
+        sync__fail(status, "%s", message);
     }
     return status;
 }
@@ -44,7 +45,7 @@ static void msg_release(sync_msg *msg)
     free(msg);
 }
 
-void sync_msg_free(sync_msg *msg)
+void sync__msg_free(sync_msg *msg)
 {
     if (!msg)
         return;
@@ -82,8 +83,8 @@ static int step_failed(sync_engine *engine, sync_msg *msg, int status, int as_st
 {
     char detail[700];
     snprintf(detail, sizeof detail, "%s", msg->error ? msg->error : sync_strerror(status));
-    return sync_msg_drop(engine, msg->conn, status == SYNC_ETIMEDOUT ? status : as_status, context,
-                         detail);
+    return sync__msg_drop(engine, msg->conn, status == SYNC_ETIMEDOUT ? status : as_status, context,
+                          detail);
 }
 
 /* Calls one user step, noticing a completion that arrives before the step returns. */
@@ -103,7 +104,7 @@ static int call_step(sync_msg *msg, const step_entry *step)
                 engine->step_deadline_ms = deadline;
                 /* one wake-up per message would cost a busy server dearly; most need none */
                 if (engine->ticker_deadline_ms < 0 || engine->ticker_deadline_ms > deadline)
-                    sync_engine_timers_moved(engine);
+                    sync__engine_timers_moved(engine);
             }
             return SYNC_PENDING;
         }
@@ -129,15 +130,15 @@ static int check_type(sync_engine *engine, sync_msg *msg)
 {
     const char *type = message_type(msg->message);
     if (!cJSON_IsObject(msg->message) || !type)
-        return sync_msg_drop(engine, msg->conn, SYNC_EMESSAGE, "message",
-                             "a message must be a JSON object with a string \"type\"");
+        return sync__msg_drop(engine, msg->conn, SYNC_EMESSAGE, "message",
+                              "a message must be a JSON object with a string \"type\"");
     if (!find_handler(engine, type)) {
         char detail[300];
         snprintf(detail, sizeof detail, "no handler for message type \"%.200s\"", type);
-        return sync_msg_drop(engine, msg->conn, SYNC_ENOHANDLER, "message", detail);
+        return sync__msg_drop(engine, msg->conn, SYNC_ENOHANDLER, "message", detail);
     }
     if (!(msg->handler_type = strdup(type)))
-        return sync_msg_drop(engine, msg->conn, SYNC_ENOMEM, "message", "out of memory");
+        return sync__msg_drop(engine, msg->conn, SYNC_ENOMEM, "message", "out of memory");
     return SYNC_OK;
 }
 
@@ -145,7 +146,7 @@ static int check_type(sync_engine *engine, sync_msg *msg)
  * reload would differ from what ran) fails the handler like any error of its own. */
 static int check_new_state(sync_msg *msg)
 {
-    int rc = sync_json_check_tree(msg->working);
+    int rc = sync__json_check_tree(msg->working);
     if (rc == SYNC_OK)
         return rc;
     char reason[600];
@@ -165,12 +166,12 @@ static int handler_failed(sync_engine *engine, sync_msg *msg, int rc)
     return step_failed(engine, msg, rc, rc < 0 ? rc : SYNC_EHANDLER, context);
 }
 
-int sync_msg_run(sync_engine *engine, sync_op *op)
+int sync__msg_run(sync_engine *engine, sync__op *op)
 {
     sync_msg *msg = op->msg;
     if (!msg) {
         if (!(msg = calloc(1, sizeof *msg)))
-            return sync_msg_drop(engine, op->conn, SYNC_ENOMEM, "message", "out of memory");
+            return sync__msg_drop(engine, op->conn, SYNC_ENOMEM, "message", "out of memory");
         msg->engine = engine;
         msg->op = op;
         msg->conn = op->conn;
@@ -194,18 +195,18 @@ int sync_msg_run(sync_engine *engine, sync_op *op)
         } else {
             const step_entry *step = current_step(engine, msg);
             if (!step && msg->step == STEP_HANDLER)
-                return sync_msg_drop(engine, msg->conn, SYNC_ENOHANDLER, "message",
-                                     "the handler was removed");
+                return sync__msg_drop(engine, msg->conn, SYNC_ENOHANDLER, "message",
+                                      "the handler was removed");
             if (!step) {
                 msg->step = msg->step == STEP_VALIDATOR ? STEP_MIDDLEWARE : STEP_TYPE;
                 continue;
             }
             if (msg->step == STEP_VALIDATOR)
-                SYNC_DEBUG(engine, "validator");
+                SYNC__DEBUG(engine, "validator");
             else if (msg->step == STEP_MIDDLEWARE)
-                SYNC_DEBUG(engine, "middleware %zu", msg->mw_index);
+                SYNC__DEBUG(engine, "middleware %zu", msg->mw_index);
             else
-                SYNC_DEBUG(engine, "handler \"%s\"", msg->handler_type);
+                SYNC__DEBUG(engine, "handler \"%s\"", msg->handler_type);
             rc = call_step(msg, step);
             if (rc == SYNC_PENDING)
                 return rc;
@@ -241,16 +242,16 @@ int sync_msg_run(sync_engine *engine, sync_op *op)
 int sync_msg_complete(sync_msg *msg, int status)
 {
     if (!msg)
-        return sync_fail(SYNC_EINVAL, "sync_msg_complete: msg is NULL");
+        return sync__fail(SYNC_EINVAL, "sync_msg_complete: msg is NULL");
     sync_engine *engine = msg->engine;
-    sync_engine_lock(engine);
+    sync__engine_lock(engine);
     if (msg->orphaned) {
         msg_release(msg);
-        sync_engine_unref_later(engine);
-        sync_engine_unlock(engine);
-        return sync_fail(SYNC_ETIMEDOUT,
-                         "sync_msg_complete: the step had timed out (step_timeout_ms) and its "
-                         "message was dropped");
+        sync__engine_unref_later(engine);
+        sync__engine_unlock(engine);
+        return sync__fail(SYNC_ETIMEDOUT,
+                          "sync_msg_complete: the step had timed out (step_timeout_ms) and its "
+                          "message was dropped");
     }
     if (status == SYNC_PENDING)
         status = SYNC_EHANDLER;
@@ -262,16 +263,16 @@ int sync_msg_complete(sync_msg *msg, int status)
         msg->phase = PHASE_IDLE;
         msg->resumed = 1;
         msg->resume_status = status;
-        sync_op_continue(engine);
+        sync__op_continue(engine);
     } else {
-        sync_engine_unlock(engine);
-        return sync_fail(SYNC_EINVAL, "sync_msg_complete: the message is not pending");
+        sync__engine_unlock(engine);
+        return sync__fail(SYNC_EINVAL, "sync_msg_complete: the message is not pending");
     }
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     return SYNC_OK;
 }
 
-void sync_msg_time_out(sync_engine *engine)
+void sync__msg_time_out(sync_engine *engine)
 {
     engine->step_deadline_ms = -1;
     sync_msg *msg = engine->cur ? engine->cur->msg : NULL;
@@ -294,7 +295,7 @@ void sync_msg_time_out(sync_engine *engine)
     msg->phase = PHASE_IDLE;
     msg->resumed = 1;
     msg->resume_status = SYNC_ETIMEDOUT;
-    sync_op_continue(engine);
+    sync__op_continue(engine);
 }
 
 /* Calls through a message whose step timed out change nothing and answer nobody. */
@@ -302,7 +303,7 @@ static int refuse_if_timed_out(const sync_msg *msg, const char *what)
 {
     if (!msg->timed_out)
         return SYNC_OK;
-    return sync_fail(SYNC_ETIMEDOUT, "%s: the step timed out and its message was dropped", what);
+    return sync__fail(SYNC_ETIMEDOUT, "%s: the step timed out and its message was dropped", what);
 }
 
 /* ---- what a step may call ------------------------------------------------------------------- */
@@ -331,11 +332,11 @@ const char *sync_msg_message_json(sync_msg *msg)
 {
     if (!msg)
         return NULL;
-    sync_engine_lock(msg->engine);
+    sync__engine_lock(msg->engine);
     if (!msg->message_json)
         msg->message_json = cJSON_PrintUnformatted(msg->message);
     const char *text = msg->message_json;
-    sync_engine_unlock(msg->engine);
+    sync__engine_unlock(msg->engine);
     return text;
 }
 
@@ -343,19 +344,19 @@ static int msg_replace(sync_msg *msg, cJSON *message, int checked)
 {
     if (!msg || !message) {
         cJSON_Delete(message);
-        return sync_fail(SYNC_EINVAL, "sync_msg_replace: msg and message are required");
+        return sync__fail(SYNC_EINVAL, "sync_msg_replace: msg and message are required");
     }
     /* the steps after it must read what every other parser would read from its text */
-    if (!checked && message != msg->message && sync_json_check_tree(message) != SYNC_OK) {
+    if (!checked && message != msg->message && sync__json_check_tree(message) != SYNC_OK) {
         char why[600];
         snprintf(why, sizeof why, "sync_msg_replace: %s", sync_error_last());
         cJSON_Delete(message);
-        return sync_fail(SYNC_EINVAL, "%s", why);
+        return sync__fail(SYNC_EINVAL, "%s", why);
     }
-    sync_engine_lock(msg->engine);
+    sync__engine_lock(msg->engine);
     int rc = refuse_if_timed_out(msg, "sync_msg_replace");
     if (rc != SYNC_OK) {
-        sync_engine_unlock(msg->engine);
+        sync__engine_unlock(msg->engine);
         cJSON_Delete(message);
         return rc;
     }
@@ -365,7 +366,7 @@ static int msg_replace(sync_msg *msg, cJSON *message, int checked)
         cJSON_free(msg->message_json);
         msg->message_json = NULL;
     }
-    sync_engine_unlock(msg->engine);
+    sync__engine_unlock(msg->engine);
     return SYNC_OK;
 }
 
@@ -377,9 +378,9 @@ int sync_msg_replace(sync_msg *msg, cJSON *message)
 int sync_msg_replace_json(sync_msg *msg, const char *json)
 {
     if (!msg || !json)
-        return sync_fail(SYNC_EINVAL, "sync_msg_replace_json: msg and json are required");
+        return sync__fail(SYNC_EINVAL, "sync_msg_replace_json: msg and json are required");
     cJSON *message = NULL;
-    int rc = sync_json_parse(json, strlen(json), 0, &message);
+    int rc = sync__json_parse(json, strlen(json), 0, &message);
     if (rc != SYNC_OK)
         return rc;
     return msg_replace(msg, message, 1);
@@ -389,9 +390,9 @@ const cJSON *sync_msg_state(sync_msg *msg)
 {
     if (!msg)
         return NULL;
-    sync_engine_lock(msg->engine);
+    sync__engine_lock(msg->engine);
     const cJSON *state = msg->working ? msg->working : msg->engine->state;
-    sync_engine_unlock(msg->engine);
+    sync__engine_unlock(msg->engine);
     return state;
 }
 
@@ -400,16 +401,16 @@ const char *sync_msg_state_json(sync_msg *msg)
     if (!msg)
         return NULL;
     sync_engine *engine = msg->engine;
-    sync_engine_lock(engine);
+    sync__engine_lock(engine);
     const char *text;
     if (msg->working) {
         cJSON_free(msg->state_json);
         msg->state_json = cJSON_PrintUnformatted(msg->working);
         text = msg->state_json;
     } else {
-        text = sync_engine_state_text(engine, NULL);
+        text = sync__engine_state_text(engine, NULL);
     }
-    sync_engine_unlock(engine);
+    sync__engine_unlock(engine);
     return text;
 }
 
@@ -417,21 +418,21 @@ cJSON *sync_msg_state_mut(sync_msg *msg)
 {
     if (!msg)
         return NULL;
-    sync_engine_lock(msg->engine);
+    sync__engine_lock(msg->engine);
     if (refuse_if_timed_out(msg, "sync_msg_state_mut") != SYNC_OK) {
-        sync_engine_unlock(msg->engine);
+        sync__engine_unlock(msg->engine);
         return NULL;
     }
     if (msg->step != STEP_HANDLER) {
-        sync_engine_unlock(msg->engine);
-        sync_fail(SYNC_ESTATE, "sync_msg_state_mut: only a handler may change the state");
+        sync__engine_unlock(msg->engine);
+        sync__fail(SYNC_ESTATE, "sync_msg_state_mut: only a handler may change the state");
         return NULL;
     }
     if (!msg->working && !(msg->working = cJSON_Duplicate(msg->engine->state, 1)))
-        sync_fail(SYNC_ENOMEM, "out of memory copying the state");
+        sync__fail(SYNC_ENOMEM, "out of memory copying the state");
     msg->working_checked = 0; /* the caller may change it from now on */
     cJSON *state = msg->working;
-    sync_engine_unlock(msg->engine);
+    sync__engine_unlock(msg->engine);
     return state;
 }
 
@@ -439,14 +440,14 @@ static int msg_set_state(sync_msg *msg, cJSON *state, int checked)
 {
     if (!msg || !state) {
         cJSON_Delete(state);
-        return sync_fail(SYNC_EINVAL, "sync_msg_set_state: msg and state are required");
+        return sync__fail(SYNC_EINVAL, "sync_msg_set_state: msg and state are required");
     }
-    sync_engine_lock(msg->engine);
+    sync__engine_lock(msg->engine);
     int rc = refuse_if_timed_out(msg, "sync_msg_set_state");
     if (rc == SYNC_OK && msg->step != STEP_HANDLER)
-        rc = sync_fail(SYNC_ESTATE, "sync_msg_set_state: only a handler may change the state");
+        rc = sync__fail(SYNC_ESTATE, "sync_msg_set_state: only a handler may change the state");
     if (rc != SYNC_OK) {
-        sync_engine_unlock(msg->engine);
+        sync__engine_unlock(msg->engine);
         cJSON_Delete(state);
         return rc;
     }
@@ -455,7 +456,7 @@ static int msg_set_state(sync_msg *msg, cJSON *state, int checked)
         msg->working = state;
     }
     msg->working_checked = checked;
-    sync_engine_unlock(msg->engine);
+    sync__engine_unlock(msg->engine);
     return SYNC_OK;
 }
 
@@ -467,9 +468,9 @@ int sync_msg_set_state(sync_msg *msg, cJSON *state)
 int sync_msg_set_state_json(sync_msg *msg, const char *json)
 {
     if (!msg || !json)
-        return sync_fail(SYNC_EINVAL, "sync_msg_set_state_json: msg and json are required");
+        return sync__fail(SYNC_EINVAL, "sync_msg_set_state_json: msg and json are required");
     cJSON *state = NULL;
-    int rc = sync_json_parse(json, strlen(json), 0, &state);
+    int rc = sync__json_parse(json, strlen(json), 0, &state);
     if (rc != SYNC_OK)
         return rc;
     return msg_set_state(msg, state, 1);
@@ -478,30 +479,30 @@ int sync_msg_set_state_json(sync_msg *msg, const char *json)
 int sync_msg_reply(sync_msg *msg, const char *text, size_t len)
 {
     if (!msg || (!text && len))
-        return sync_fail(SYNC_EINVAL, "sync_msg_reply: msg and text are required");
+        return sync__fail(SYNC_EINVAL, "sync_msg_reply: msg and text are required");
     /* copied before the engine is locked: other threads wait on that lock */
-    sync_frame *frame = sync_frame_new_text(SYNC_FRAME_TEXT, text ? text : "", len);
+    sync__frame *frame = sync__frame_new_text(SYNC__FRAME_TEXT, text ? text : "", len);
     if (!frame)
-        return sync_fail(SYNC_ENOMEM, "out of memory copying a %zu-byte reply", len);
-    sync_engine_lock(msg->engine);
+        return sync__fail(SYNC_ENOMEM, "out of memory copying a %zu-byte reply", len);
+    sync__engine_lock(msg->engine);
     int rc = refuse_if_timed_out(msg, "sync_msg_reply");
     if (rc == SYNC_OK && msg->conn)
-        rc = sync_engine_send(msg->engine, msg->conn, frame, "reply");
-    sync_engine_unlock(msg->engine);
-    sync_frame_unref(frame);
+        rc = sync__engine_send(msg->engine, msg->conn, frame, "reply");
+    sync__engine_unlock(msg->engine);
+    sync__frame_unref(frame);
     return rc;
 }
 
 int sync_msg_set_error(sync_msg *msg, const char *reason)
 {
     if (!msg)
-        return sync_fail(SYNC_EINVAL, "sync_msg_set_error: msg is NULL");
+        return sync__fail(SYNC_EINVAL, "sync_msg_set_error: msg is NULL");
     char *copy = reason ? strdup(reason) : NULL;
     if (reason && !copy)
-        return sync_fail(SYNC_ENOMEM, "out of memory copying an error reason");
-    sync_engine_lock(msg->engine);
+        return sync__fail(SYNC_ENOMEM, "out of memory copying an error reason");
+    sync__engine_lock(msg->engine);
     free(msg->error);
     msg->error = copy;
-    sync_engine_unlock(msg->engine);
+    sync__engine_unlock(msg->engine);
     return SYNC_OK;
 }

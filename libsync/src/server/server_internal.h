@@ -1,8 +1,8 @@
 /*
  * The built-in server's private structures, shared by its modules: server.c (lifecycle, the
  * service loop, stop), server_conn.c (one WebSocket connection: the pull transport, its queue,
- * receive and write), server_upgrade.c (the upgrade checks and sync_request), http.c (static
- * files, /healthz, /metrics), metrics.c (the Prometheus text) and server_broadcast.c (the
+ * receive and write), server_upgrade.c (the upgrade checks and sync_request), server_http.c (static
+ * files, /healthz, /metrics), server_metrics.c (the Prometheus text) and server_broadcast.c (the
  * end-of-turn broadcast).
  *
  * Threads: everything here belongs to the service thread except what `lock` guards (the
@@ -17,9 +17,9 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
-#include "frame.h"
+#include "engine/frame.h"
 #include "libsync/server.h"
-#include "transport.h"
+#include "engine/transport.h"
 
 /* Tags the lws opaque user pointer of a wsi: an HTTP response in progress or a WebSocket. */
 enum server_wsi_kind { SERVER_WSI_HTTP = 1, SERVER_WSI_WS = 2 };
@@ -189,8 +189,8 @@ struct server_conn {
 
     /* Under server->lock: */
     struct lws *wsi; /* NULL once closed */
-    sync_frame **ring;
-    sync_frame *inline_ring[2];
+    sync__frame **ring;
+    sync__frame *inline_ring[2];
     uint32_t ring_cap;
     uint32_t ring_head;
     uint32_t ring_count;
@@ -299,12 +299,12 @@ int server_refuse_upgrade(struct lws *wsi, int status);
  * wakes the service thread. */
 void server_conn_auth_decided_locked(server_conn *c, int status, char *identity);
 
-/* http.c: the LWS_CALLBACK_HTTP* reasons. */
+/* server_http.c: the LWS_CALLBACK_HTTP* reasons. */
 int server_http_callback(sync_server *server, struct lws *wsi, enum lws_callback_reasons reason,
                          void *in, size_t len);
 void server_http_free(struct lws *wsi);
 
-/* metrics.c: the Prometheus text of /metrics; caller frees. NULL on ENOMEM. */
+/* server_metrics.c: the Prometheus text of /metrics; caller frees. NULL on ENOMEM. */
 char *server_metrics_render(sync_server *server, size_t *len);
 
 #endif

@@ -9,18 +9,19 @@
 #include <string.h>
 
 #include "engine_internal.h"
+#include "clock.h"
 #include "error.h"
 #include "json_check.h"
 
-sync_op *sync_op_new(op_kind kind)
+sync__op *sync__op_new(op_kind kind)
 {
-    sync_op *op = calloc(1, sizeof *op);
+    sync__op *op = calloc(1, sizeof *op);
     if (op)
         op->kind = kind;
     return op;
 }
 
-static void op_clear_adapter_result(sync_op *op)
+static void op_clear_adapter_result(sync__op *op)
 {
     free(op->aerr);
     sync_free(op->ajson); /* an adapter's loaded state: sync_malloc'd (adapter.h) */
@@ -28,23 +29,23 @@ static void op_clear_adapter_result(sync_op *op)
     op->ajson = NULL;
 }
 
-void sync_op_free(sync_engine *engine, sync_op *op)
+void sync__op_free(sync_engine *engine, sync__op *op)
 {
     if (!op)
         return;
-    sync_msg_free(op->msg);
+    sync__msg_free(op->msg);
     cJSON_Delete(op->message);
     cJSON_Delete(op->state);
     sync_conn_free(op->conn);
     op_clear_adapter_result(op);
     if (op->ref_held)
-        sync_engine_unref_later(engine);
+        sync__engine_unref_later(engine);
     free(op);
 }
 
 /* ---- connections ---------------------------------------------------------------------------- */
 
-sync_conn **sync_engine_conn_snapshot(sync_engine *engine, size_t *count)
+sync_conn **sync__engine_conn_snapshot(sync_engine *engine, size_t *count)
 {
     size_t n = atomic_load(&engine->conn_count);
     *count = 0;
@@ -65,11 +66,11 @@ static void release_snapshot(sync_conn **list, size_t count)
     free(list);
 }
 
-int sync_engine_send(sync_engine *engine, sync_conn *conn, sync_frame *frame, const char *context)
+int sync__engine_send(sync_engine *engine, sync_conn *conn, sync__frame *frame, const char *context)
 {
     if (atomic_load(&conn->close_requested))
         return SYNC_ECLOSED;
-    int rc = sync_conn_push_frame(conn, frame);
+    int rc = sync__conn_push_frame(conn, frame);
     if (rc == SYNC_OK) {
         engine->stats.frames_out++;
         engine->stats.bytes_out += frame->len;
@@ -77,10 +78,10 @@ int sync_engine_send(sync_engine *engine, sync_conn *conn, sync_frame *frame, co
     }
     if (rc == SYNC_ECLOSED)
         return rc;
-    return sync_engine_report(engine, SYNC_ESEND, context, conn, "%s", sync_error_last());
+    return sync__engine_report(engine, SYNC_ESEND, context, conn, "%s", sync_error_last());
 }
 
-void sync_engine_close_conn(sync_engine *engine, sync_conn *conn)
+void sync__engine_close_conn(sync_engine *engine, sync_conn *conn)
 {
     if (conn->prev)
         conn->prev->next = conn->next;
@@ -91,9 +92,9 @@ void sync_engine_close_conn(sync_engine *engine, sync_conn *conn)
     conn->prev = conn->next = NULL;
     conn->state = CONN_CLOSED;
     atomic_fetch_sub(&engine->conn_count, 1);
-    if (!sync_conn_is_pull(conn))
+    if (!sync__conn_is_pull(conn))
         engine->feed.push_count--;
-    SYNC_DEBUG(engine, "connection %llu closed", (unsigned long long)conn->id);
+    SYNC__DEBUG(engine, "connection %llu closed", (unsigned long long)conn->id);
     if (engine->hooks.on_disconnect)
         engine->hooks.on_disconnect(engine, conn, engine->hooks.userdata);
     sync_conn_free(conn);
@@ -103,7 +104,7 @@ void sync_engine_close_conn(sync_engine *engine, sync_conn *conn)
 
 /* Calls the adapter for `op`. SYNC_PENDING: the op waits and resumes on completion. Otherwise the
  * result is in op->arc (and op->ajson/aversion/ats) and SYNC_OK is returned. */
-static int adapter_invoke(sync_engine *engine, sync_op *op, adapter_call call)
+static int adapter_invoke(sync_engine *engine, sync__op *op, adapter_call call)
 {
     op_clear_adapter_result(op);
     op->arc = SYNC_OK;
@@ -111,7 +112,7 @@ static int adapter_invoke(sync_engine *engine, sync_op *op, adapter_call call)
     op->ats = 0;
     sync_pending *pending = calloc(1, sizeof *pending);
     if (!pending) {
-        op->arc = sync_fail(SYNC_ENOMEM, "out of memory");
+        op->arc = sync__fail(SYNC_ENOMEM, "out of memory");
         return SYNC_OK;
     }
     pending->engine = engine;
@@ -123,8 +124,8 @@ static int adapter_invoke(sync_engine *engine, sync_op *op, adapter_call call)
     int64_t version = 0;
     int64_t ts = 0;
     int rc = SYNC_OK;
-    /* What the adapter reports through sync_fail() becomes the detail of a failure. */
-    sync_error_clear();
+    /* What the adapter reports through sync__fail() becomes the detail of a failure. */
+    sync__error_clear();
     switch (call) {
     case CALL_INIT:
         rc = adapter->vt.init(adapter->userdata, pending);
@@ -134,16 +135,16 @@ static int adapter_invoke(sync_engine *engine, sync_op *op, adapter_call call)
         break;
     case CALL_SAVE: {
         size_t len = 0;
-        const char *text = sync_engine_state_text(engine, &len);
+        const char *text = sync__engine_state_text(engine, &len);
         op->save_seq = engine->feed.head.seq;
-        op->t0_us = sync_now_us();
+        op->t0_us = sync__now_us();
         rc = engine->store_unread
-                 ? sync_fail(SYNC_EIO, "the store could not be read at start; saves are refused "
-                                       "so its record is not overwritten (create the engine "
-                                       "again once the store is readable)")
+                 ? sync__fail(SYNC_EIO, "the store could not be read at start; saves are refused "
+                                        "so its record is not overwritten (create the engine "
+                                        "again once the store is readable)")
              : text ? adapter->vt.save(adapter->userdata, pending, engine->state, text, len,
                                        atomic_load(&engine->version))
-                    : sync_fail(SYNC_ENOMEM, "out of memory serialising the state");
+                    : sync__fail(SYNC_ENOMEM, "out of memory serialising the state");
         break;
     }
     case CALL_BACKUP:
@@ -171,7 +172,7 @@ static int adapter_invoke(sync_engine *engine, sync_op *op, adapter_call call)
     }
     if (rc < 0 && !op->aerr)
         op->aerr = strdup(sync_error_last()[0] ? sync_error_last() : sync_strerror(rc));
-    sync_pending_free(pending);
+    sync__pending_free(pending);
     op->arc = rc;
     op->ajson = json;
     op->aversion = version;
@@ -179,11 +180,11 @@ static int adapter_invoke(sync_engine *engine, sync_op *op, adapter_call call)
     return SYNC_OK;
 }
 
-void sync_engine_adapter_completed(sync_engine *engine, sync_pending *pending)
+void sync__engine_adapter_completed(sync_engine *engine, sync_pending *pending)
 {
-    sync_op *op = pending->op;
+    sync__op *op = pending->op;
     if (engine->cur != op) {
-        sync_pending_free(pending);
+        sync__pending_free(pending);
         return;
     }
     op_clear_adapter_result(op);
@@ -196,30 +197,30 @@ void sync_engine_adapter_completed(sync_engine *engine, sync_pending *pending)
     op->ats = pending->timestamp_ms;
     pending->state_json = NULL;
     pending->error = NULL;
-    sync_pending_free(pending);
-    sync_op_continue(engine);
+    sync__pending_free(pending);
+    sync__op_continue(engine);
 }
 
 /* ---- persistence ---------------------------------------------------------------------------- */
 
 /* Accounts a finished save and runs on_sync; a failure is reported (context "sync"). */
-static int save_finish(sync_engine *engine, sync_op *op)
+static int save_finish(sync_engine *engine, sync__op *op)
 {
-    sync_feed *f = &engine->feed;
+    sync__feed *f = &engine->feed;
     f->saving_seq = 0;
-    uint64_t took = (uint64_t)(sync_now_us() - op->t0_us);
+    uint64_t took = (uint64_t)(sync__now_us() - op->t0_us);
     engine->stats.last_save_us = took;
     engine->stats.total_save_us += took;
     if (op->arc < 0) {
         engine->stats.save_errors++;
-        return sync_engine_report(engine, op->arc, "sync", NULL, "save of version %lld failed: %s",
-                                  (long long)atomic_load(&engine->version),
-                                  op->aerr ? op->aerr : sync_strerror(op->arc));
+        return sync__engine_report(engine, op->arc, "sync", NULL, "save of version %lld failed: %s",
+                                   (long long)atomic_load(&engine->version),
+                                   op->aerr ? op->aerr : sync_strerror(op->arc));
     }
     engine->stats.saves++;
     if (op->save_seq > f->persisted_seq)
         f->persisted_seq = op->save_seq;
-    SYNC_DEBUG(engine, "saved version %lld", (long long)atomic_load(&engine->version));
+    SYNC__DEBUG(engine, "saved version %lld", (long long)atomic_load(&engine->version));
     if (engine->hooks.on_sync)
         engine->hooks.on_sync(engine, engine->state, atomic_load(&engine->version),
                               engine->hooks.userdata);
@@ -232,11 +233,11 @@ enum { P_ASK, P_SAVED, P_DONE };
  * while an adapter finishes later (the op resumes here); else SYNC_OK, or the reported status of a
  * failed save (the caller goes on: a state that could not be saved is still served). Each op
  * passes here once per point (op->psub is reset by the caller between two points). */
-static int persist_run(sync_engine *engine, sync_op *op, sync_feed_point point)
+static int persist_run(sync_engine *engine, sync__op *op, sync__feed_point point)
 {
     switch (op->psub) {
     case P_ASK:
-        if (!sync_feed_save_due(engine, point)) {
+        if (!sync__feed_save_due(engine, point)) {
             op->psub = P_DONE;
             return SYNC_OK;
         }
@@ -258,29 +259,29 @@ static int persist_run(sync_engine *engine, sync_op *op, sync_feed_point point)
 static int push_to_all(sync_engine *engine)
 {
     size_t count = 0;
-    sync_conn **conns = sync_engine_conn_snapshot(engine, &count);
+    sync_conn **conns = sync__engine_conn_snapshot(engine, &count);
     if (!conns && atomic_load(&engine->conn_count) > 0)
-        return sync_engine_report(engine, SYNC_ENOMEM, "broadcast", NULL, "out of memory");
-    sync_frame *frame = NULL;
+        return sync__engine_report(engine, SYNC_ENOMEM, "broadcast", NULL, "out of memory");
+    sync__frame *frame = NULL;
     int result = SYNC_OK;
     for (size_t i = 0; i < count; i++) {
-        if (sync_conn_is_pull(conns[i]))
+        if (sync__conn_is_pull(conns[i]))
             continue;
         if (!frame) {
-            frame = sync_engine_state_frame(engine, SYNC_FRAME_STATE_UPDATE);
+            frame = sync__engine_state_frame(engine, SYNC__FRAME_STATE_UPDATE);
             if (!frame) {
-                result = sync_engine_report(engine, SYNC_ENOMEM, "broadcast", NULL,
-                                            "out of memory building the state frame");
+                result = sync__engine_report(engine, SYNC_ENOMEM, "broadcast", NULL,
+                                             "out of memory building the state frame");
                 break;
             }
             /* a send may call back in and replace the head's frame: this walk keeps its own */
-            sync_frame_ref(frame);
+            sync__frame_ref(frame);
         }
-        int rc = sync_engine_send(engine, conns[i], frame, "broadcast");
+        int rc = sync__engine_send(engine, conns[i], frame, "broadcast");
         if (rc < 0 && rc != SYNC_ECLOSED && result == SYNC_OK)
             result = rc;
     }
-    sync_frame_unref(frame);
+    sync__frame_unref(frame);
     release_snapshot(conns, count);
     return result;
 }
@@ -289,7 +290,7 @@ enum { B_FLUSH, B_SEND };
 
 /* Hands the head to the feed's consumers: readers hear that it moved (they flush and read it
  * themselves), push connections are sent it after the flush their send needs. */
-static int broadcast_run(sync_engine *engine, sync_op *op, int force)
+static int broadcast_run(sync_engine *engine, sync__op *op, int force)
 {
     if (op->bsub == B_FLUSH) {
         if (engine->feed.push_count > 0) {
@@ -298,9 +299,9 @@ static int broadcast_run(sync_engine *engine, sync_op *op, int force)
         }
         op->bsub = B_SEND;
     }
-    SYNC_DEBUG(engine, "broadcast version %lld to %zu connections",
-               (long long)atomic_load(&engine->version), atomic_load(&engine->conn_count));
-    sync_feed_notify_readers(engine, force);
+    SYNC__DEBUG(engine, "broadcast version %lld to %zu connections",
+                (long long)atomic_load(&engine->version), atomic_load(&engine->conn_count));
+    sync__feed_notify_readers(engine, force);
     return engine->feed.push_count ? push_to_all(engine) : SYNC_OK;
 }
 
@@ -308,15 +309,15 @@ static int broadcast_run(sync_engine *engine, sync_op *op, int force)
 
 enum { C_APPLY, C_PERSIST, C_BROADCAST };
 
-static int commit_run(sync_engine *engine, sync_op *op)
+static int commit_run(sync_engine *engine, sync__op *op)
 {
     switch (op->csub) {
     case C_APPLY: {
         cJSON *old = engine->state;
         engine->state = op->state;
         op->state = NULL;
-        sync_feed_append(engine);
-        SYNC_DEBUG(engine, "commit: version %lld", (long long)atomic_load(&engine->version));
+        sync__feed_append(engine);
+        SYNC__DEBUG(engine, "commit: version %lld", (long long)atomic_load(&engine->version));
         if (engine->hooks.on_state_change && !cJSON_Compare(old, engine->state, 1))
             engine->hooks.on_state_change(engine, old, engine->state, engine->hooks.userdata);
         cJSON_Delete(old);
@@ -343,7 +344,7 @@ static int commit_run(sync_engine *engine, sync_op *op)
 
 enum { O_JOIN, O_PERSIST, O_SEND };
 
-static int open_run(sync_engine *engine, sync_op *op)
+static int open_run(sync_engine *engine, sync__op *op)
 {
     sync_conn *conn = op->conn;
     switch (op->stage) {
@@ -357,9 +358,9 @@ static int open_run(sync_engine *engine, sync_op *op)
             engine->conns->prev = conn;
         engine->conns = sync_conn_ref(conn);
         atomic_fetch_add(&engine->conn_count, 1);
-        if (!sync_conn_is_pull(conn))
+        if (!sync__conn_is_pull(conn))
             engine->feed.push_count++;
-        SYNC_DEBUG(engine, "connection %llu opened", (unsigned long long)conn->id);
+        SYNC__DEBUG(engine, "connection %llu opened", (unsigned long long)conn->id);
         if (engine->hooks.on_connect)
             engine->hooks.on_connect(engine, conn, engine->hooks.userdata);
         if (engine->disposed || conn->state != CONN_OPEN)
@@ -375,15 +376,15 @@ static int open_run(sync_engine *engine, sync_op *op)
     default: {
         if (engine->disposed || conn->state != CONN_OPEN)
             return SYNC_OK;
-        sync_frame *frame = sync_engine_state_frame(engine, SYNC_FRAME_INITIAL_STATE);
+        sync__frame *frame = sync__engine_state_frame(engine, SYNC__FRAME_INITIAL_STATE);
         if (!frame)
-            return sync_engine_report(engine, SYNC_ENOMEM, "open", conn,
-                                      "out of memory building initial_state");
-        sync_frame_ref(frame);
-        int rc = sync_engine_send(engine, conn, frame, "open");
-        sync_frame_unref(frame);
+            return sync__engine_report(engine, SYNC_ENOMEM, "open", conn,
+                                       "out of memory building initial_state");
+        sync__frame_ref(frame);
+        int rc = sync__engine_send(engine, conn, frame, "open");
+        sync__frame_unref(frame);
         if (rc < 0) {
-            sync_conn_request_close(conn, 1011, "initial state could not be sent");
+            sync__conn_request_close(conn, 1011, "initial state could not be sent");
             return rc;
         }
         return SYNC_OK;
@@ -393,7 +394,7 @@ static int open_run(sync_engine *engine, sync_op *op)
 
 enum { S_START, S_DONE };
 
-static int backup_run(sync_engine *engine, sync_op *op)
+static int backup_run(sync_engine *engine, sync__op *op)
 {
     if (op->stage == S_START) {
         op->stage = S_DONE;
@@ -401,40 +402,40 @@ static int backup_run(sync_engine *engine, sync_op *op)
             return SYNC_PENDING;
     }
     if (op->arc < 0)
-        return sync_engine_report(engine, op->arc, "backup", NULL, "backup failed: %s",
-                                  op->aerr ? op->aerr : sync_strerror(op->arc));
-    SYNC_DEBUG(engine, "backup made at %lld", (long long)op->ats);
+        return sync__engine_report(engine, op->arc, "backup", NULL, "backup failed: %s",
+                                   op->aerr ? op->aerr : sync_strerror(op->arc));
+    SYNC__DEBUG(engine, "backup made at %lld", (long long)op->ats);
     if (engine->hooks.on_backup)
         engine->hooks.on_backup(engine, op->ats, atomic_load(&engine->version),
                                 engine->hooks.userdata);
     return SYNC_OK;
 }
 
-static void load_apply(sync_engine *engine, sync_op *op)
+static void load_apply(sync_engine *engine, sync__op *op)
 {
     if (!op->ajson) {
-        SYNC_DEBUG(engine, "load: the store was never saved; keeping the initial state");
+        SYNC__DEBUG(engine, "load: the store was never saved; keeping the initial state");
         return;
     }
     cJSON *state = NULL;
-    if (sync_json_parse(op->ajson, strlen(op->ajson), 0, &state) != SYNC_OK) {
-        sync_engine_report(engine, SYNC_ECORRUPT, "load", NULL,
-                           "the stored state is not valid JSON (%s); starting from the initial "
-                           "state",
-                           sync_error_last());
+    if (sync__json_parse(op->ajson, strlen(op->ajson), 0, &state) != SYNC_OK) {
+        sync__engine_report(engine, SYNC_ECORRUPT, "load", NULL,
+                            "the stored state is not valid JSON (%s); starting from the initial "
+                            "state",
+                            sync_error_last());
         return;
     }
     cJSON_Delete(engine->state);
     engine->state = state;
-    sync_feed_append_saved(engine);
+    sync__feed_append_saved(engine);
     if (engine->versioning)
         atomic_store(&engine->version, op->aversion >= 0 ? op->aversion : 0);
-    SYNC_DEBUG(engine, "load: version %lld", (long long)atomic_load(&engine->version));
+    SYNC__DEBUG(engine, "load: version %lld", (long long)atomic_load(&engine->version));
 }
 
 enum { L_INIT, L_INITED, L_LOAD, L_LOADED };
 
-static int load_run(sync_engine *engine, sync_op *op)
+static int load_run(sync_engine *engine, sync__op *op)
 {
     for (;;) {
         switch (op->stage) {
@@ -450,7 +451,7 @@ static int load_run(sync_engine *engine, sync_op *op)
         case L_INITED:
             if (op->arc < 0) {
                 engine->store_unread = op->arc != SYNC_ECORRUPT;
-                return sync_engine_report(
+                return sync__engine_report(
                     engine, op->arc, "load", NULL,
                     "adapter init failed: %s; starting from the initial state",
                     op->aerr ? op->aerr : sync_strerror(op->arc));
@@ -462,9 +463,9 @@ static int load_run(sync_engine *engine, sync_op *op)
         default:
             if (op->arc < 0) {
                 engine->store_unread = op->arc != SYNC_ECORRUPT;
-                return sync_engine_report(engine, op->arc, "load", NULL,
-                                          "load failed: %s; starting from the initial state",
-                                          op->aerr ? op->aerr : sync_strerror(op->arc));
+                return sync__engine_report(engine, op->arc, "load", NULL,
+                                           "load failed: %s; starting from the initial state",
+                                           op->aerr ? op->aerr : sync_strerror(op->arc));
             }
             load_apply(engine, op);
             return SYNC_OK;
@@ -474,7 +475,7 @@ static int load_run(sync_engine *engine, sync_op *op)
 
 enum { M_PIPELINE, M_COMMIT };
 
-static int op_run(sync_engine *engine, sync_op *op)
+static int op_run(sync_engine *engine, sync__op *op)
 {
     if (engine->disposed)
         return SYNC_ECLOSED;
@@ -483,7 +484,7 @@ static int op_run(sync_engine *engine, sync_op *op)
         return load_run(engine, op);
     case OP_MESSAGE:
         if (op->stage == M_PIPELINE) {
-            int rc = sync_msg_run(engine, op);
+            int rc = sync__msg_run(engine, op);
             if (rc != SYNC_OK || !op->msg->working)
                 return rc;
             op->state = op->msg->working;
@@ -512,23 +513,23 @@ static int op_run(sync_engine *engine, sync_op *op)
 
 /* ---- the queue ------------------------------------------------------------------------------ */
 
-static void op_wait(sync_op *op)
+static void op_wait(sync__op *op)
 {
     op->ref_held = 1;
 }
 
-static void op_finish(sync_engine *engine, sync_op *op)
+static void op_finish(sync_engine *engine, sync__op *op)
 {
     engine->cur = NULL;
     engine->busy = 0;
-    sync_op_free(engine, op);
-    sync_feed_op_finished(engine);
+    sync__op_free(engine, op);
+    sync__feed_op_finished(engine);
 }
 
 static void op_drain(sync_engine *engine)
 {
     while (!engine->busy && engine->queue_head && !engine->disposed) {
-        sync_op *op = engine->queue_head;
+        sync__op *op = engine->queue_head;
         engine->queue_head = op->next;
         if (!engine->queue_head)
             engine->queue_tail = NULL;
@@ -546,7 +547,7 @@ static void op_drain(sync_engine *engine)
     }
 }
 
-int sync_op_submit(sync_engine *engine, sync_op *op)
+int sync__op_submit(sync_engine *engine, sync__op *op)
 {
     if (engine->busy) {
         if (engine->queue_tail)
@@ -554,7 +555,7 @@ int sync_op_submit(sync_engine *engine, sync_op *op)
         else
             engine->queue_head = op;
         engine->queue_tail = op;
-        SYNC_DEBUG(engine, "queued behind pending work");
+        SYNC__DEBUG(engine, "queued behind pending work");
         return SYNC_PENDING;
     }
     engine->busy = 1;
@@ -572,9 +573,9 @@ int sync_op_submit(sync_engine *engine, sync_op *op)
     return rc;
 }
 
-void sync_op_continue(sync_engine *engine)
+void sync__op_continue(sync_engine *engine)
 {
-    sync_op *op = engine->cur;
+    sync__op *op = engine->cur;
     if (!op)
         return;
     int rc = engine->disposed ? SYNC_ECLOSED : op_run(engine, op);
@@ -584,17 +585,17 @@ void sync_op_continue(sync_engine *engine)
     op_drain(engine);
 }
 
-void sync_op_drop_queue(sync_engine *engine)
+void sync__op_drop_queue(sync_engine *engine)
 {
-    sync_op *op = engine->queue_head;
+    sync__op *op = engine->queue_head;
     engine->queue_head = engine->queue_tail = NULL;
     while (op) {
-        sync_op *next = op->next;
+        sync__op *next = op->next;
         if (op->kind == OP_WHEN_IDLE)
             op->done(engine, SYNC_ECLOSED, op->done_userdata);
         if (op->kind == OP_OPEN && op->conn->state == CONN_OPENING)
             op->conn->state = CONN_CLOSED;
-        sync_op_free(engine, op);
+        sync__op_free(engine, op);
         op = next;
     }
 }

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "error.h"
-#include "json_check.h"
+#include "engine/json_check.h"
 
 static const char rate_error[] =
     "{\"type\":\"error\",\"error\":\"rate limit exceeded: message dropped\",\"context\":"
@@ -17,11 +17,11 @@ static const char rate_error[] =
 
 /* ---- the frame queue (under server->lock) ------------------------------------------------ */
 
-static bool queue_push(server_conn *c, sync_frame *frame)
+static bool queue_push(server_conn *c, sync__frame *frame)
 {
     if (c->ring_count == c->ring_cap) {
         uint32_t cap = c->ring_cap ? c->ring_cap * 2 : 2;
-        sync_frame **ring;
+        sync__frame **ring;
         if (cap <= 2) {
             ring = c->inline_ring;
         } else {
@@ -43,11 +43,11 @@ static bool queue_push(server_conn *c, sync_frame *frame)
     return true;
 }
 
-static sync_frame *queue_pop(server_conn *c)
+static sync__frame *queue_pop(server_conn *c)
 {
     if (!c->ring_count)
         return NULL;
-    sync_frame *frame = c->ring[c->ring_head];
+    sync__frame *frame = c->ring[c->ring_head];
     c->ring_head = (c->ring_head + 1) % c->ring_cap;
     c->ring_count--;
     c->queued_bytes -= frame->len;
@@ -120,7 +120,7 @@ static bool close_locked(server_conn *c, int code)
 
 /* ---- transport ops (any thread, engine lock held) ---------------------------------------- */
 
-static int op_send_frame(void *userdata, sync_frame *frame)
+static int op_send_frame(void *userdata, sync__frame *frame)
 {
     server_conn *c = userdata;
     sync_server *s = c->server;
@@ -136,19 +136,19 @@ static int op_send_frame(void *userdata, sync_frame *frame)
     } else if (!queue_push(c, frame)) {
         rc = SYNC_ENOMEM;
     } else {
-        sync_frame_ref(frame);
+        sync__frame_ref(frame);
         wake = request_write_locked(c);
     }
     pthread_mutex_unlock(&s->lock);
     if (wake)
         server_wake(s);
     if (rc == SYNC_ELIMIT)
-        return sync_fail(rc, "connection closed: over %zu bytes of frames queued",
-                         s->max_queued_bytes);
+        return sync__fail(rc, "connection closed: over %zu bytes of frames queued",
+                          s->max_queued_bytes);
     if (rc == SYNC_ENOMEM)
-        return sync_fail(rc, "out of memory queueing a frame");
+        return sync__fail(rc, "out of memory queueing a frame");
     if (rc == SYNC_ECLOSED)
-        return sync_fail(rc, "connection is closed");
+        return sync__fail(rc, "connection is closed");
     return SYNC_OK;
 }
 
@@ -164,7 +164,7 @@ static char *close_reason_copy(const char *reason)
         while (len > 0 && ((unsigned char)reason[len] & 0xC0u) == 0x80u)
             len--;
     }
-    if (sync_json_check_utf8(reason, len) != SYNC_OK)
+    if (sync__json_check_utf8(reason, len) != SYNC_OK)
         return NULL;
     return strndup(reason, len);
 }
@@ -214,9 +214,9 @@ static void free_held(server_conn *c)
 static void op_free(void *userdata)
 {
     server_conn *c = userdata;
-    sync_frame *frame;
+    sync__frame *frame;
     while ((frame = queue_pop(c)))
-        sync_frame_unref(frame);
+        sync__frame_unref(frame);
     free(c->rx_buf);
     free(c->identity);
     free(c->close_reason);
@@ -228,7 +228,7 @@ static void op_free(void *userdata)
     free(c);
 }
 
-static const sync_transport_ops conn_ops = {
+static const sync__transport_ops conn_ops = {
     .send_frame = op_send_frame,
     .close = op_close,
     .free_userdata = op_free,
@@ -281,7 +281,7 @@ void server_conn_abandon(server_conn *c)
 static int join_engine(server_conn *c)
 {
     sync_server *s = c->server;
-    int rc = sync_conn_new_transport(&c->conn, &conn_ops, c);
+    int rc = sync__conn_new_transport(&c->conn, &conn_ops, c);
     if (rc != SYNC_OK) {
         server_log(s, SYNC_LOG_ERROR, "cannot create a connection: %s", sync_error_last());
         return -1;
@@ -447,14 +447,14 @@ static void hold(server_conn *c, const char *text, size_t len)
 /* server_mount_echo(): the message goes back through the queue like an engine's reply. */
 static void echo_back(server_conn *c, const char *data, size_t len, bool binary)
 {
-    sync_frame *frame =
-        sync_frame_new_text(binary ? SYNC_FRAME_BINARY : SYNC_FRAME_TEXT, data, len);
+    sync__frame *frame =
+        sync__frame_new_text(binary ? SYNC__FRAME_BINARY : SYNC__FRAME_TEXT, data, len);
     if (!frame) {
         close_soon(c, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION);
         return;
     }
     op_send_frame(c, frame); /* over max_queued_bytes it closes the connection itself */
-    sync_frame_unref(frame);
+    sync__frame_unref(frame);
 }
 
 static void deliver(server_conn *c, const char *text, size_t len, bool binary)
@@ -541,9 +541,9 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
 
 /* ---- write ------------------------------------------------------------------------------- */
 
-static bool is_state_frame(const sync_frame *frame)
+static bool is_state_frame(const sync__frame *frame)
 {
-    return frame->kind == SYNC_FRAME_INITIAL_STATE || frame->kind == SYNC_FRAME_STATE_UPDATE;
+    return frame->kind == SYNC__FRAME_INITIAL_STATE || frame->kind == SYNC__FRAME_STATE_UPDATE;
 }
 
 /* The messages held during a deferred auth, in the order they came, once it accepted. */
@@ -604,7 +604,7 @@ int server_conn_writeable(server_conn *c)
 {
     sync_server *s = c->server;
     struct lws *wsi = c->wsi;
-    sync_frame *frame = NULL;
+    sync__frame *frame = NULL;
     bool pull = false, force = false;
 
     if (c->write_failed)
@@ -638,25 +638,25 @@ int server_conn_writeable(server_conn *c)
     /* Behind the feed's head: the flush makes it sendable (saved first with
      * SYNC_PERSIST_BEFORE_SEND, once per record whoever asks first), so a connection the end of
      * the turn handed over here gets the newest state, not a turn later. */
-    if (pull && sync_feed_flush(c->eng->engine))
-        frame = sync_feed_read(c->eng->engine, c->last_sent_seq, force);
-    if (frame && frame->kind == SYNC_FRAME_STATE_UPDATE && frame->seq < c->last_sent_seq) {
+    if (pull && sync__feed_flush(c->eng->engine))
+        frame = sync__feed_read(c->eng->engine, c->last_sent_seq, force);
+    if (frame && frame->kind == SYNC__FRAME_STATE_UPDATE && frame->seq < c->last_sent_seq) {
         /* an explicit state frame older than one already sent: never move a client back */
-        sync_frame_unref(frame);
+        sync__frame_unref(frame);
         frame = NULL;
     }
     if (frame) {
         if (is_state_frame(frame) && frame->seq > c->last_sent_seq)
             c->last_sent_seq = frame->seq;
-        sync_frame_kind kind = frame->kind;
-        int n = lws_write(wsi, (unsigned char *)sync_frame_text(frame), frame->len,
-                          kind == SYNC_FRAME_BINARY ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
-        sync_frame_unref(frame);
+        sync__frame_kind kind = frame->kind;
+        int n = lws_write(wsi, (unsigned char *)sync__frame_text(frame), frame->len,
+                          kind == SYNC__FRAME_BINARY ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
+        sync__frame_unref(frame);
         if (n < 0)
             return -1;
         s->frames_sent++;
         s->bytes_sent += (uint64_t)n;
-        if (kind == SYNC_FRAME_INITIAL_STATE)
+        if (kind == SYNC__FRAME_INITIAL_STATE)
             server_broadcast_join(c);
     }
 

@@ -115,27 +115,27 @@ const char *sync_request_header(const sync_request *req, const char *name)
 int sync_request_set_identity(sync_request *req, const char *identity_json)
 {
     if (!req)
-        return sync_fail(SYNC_EINVAL, "request is NULL");
+        return sync__fail(SYNC_EINVAL, "request is NULL");
     char *copy = NULL;
     if (identity_json && !(copy = strdup(identity_json)))
-        return sync_fail(SYNC_ENOMEM, "out of memory for the identity");
+        return sync__fail(SYNC_ENOMEM, "out of memory for the identity");
     pthread_mutex_lock(&server_auth_lock);
     char *old = req->identity;
     req->identity = copy;
     pthread_mutex_unlock(&server_auth_lock);
     free(old);
-    sync_error_clear();
+    sync__error_clear();
     return SYNC_OK;
 }
 
 sync_request *sync_request_defer(sync_request *req)
 {
     if (!req || !req->wsi) {
-        sync_fail(SYNC_ESTATE, "sync_request_defer: only inside the auth callback");
+        sync__fail(SYNC_ESTATE, "sync_request_defer: only inside the auth callback");
         return NULL;
     }
     req->deferred = true;
-    sync_error_clear();
+    sync__error_clear();
     return req;
 }
 
@@ -166,7 +166,7 @@ static int refusal_status(int status)
 int sync_request_complete(sync_request *req, int status)
 {
     if (!req)
-        return sync_fail(SYNC_EINVAL, "request is NULL");
+        return sync__fail(SYNC_EINVAL, "request is NULL");
     if (status != 0)
         status = refusal_status(status);
     pthread_mutex_lock(&server_auth_lock);
@@ -179,7 +179,7 @@ int sync_request_complete(sync_request *req, int status)
         req->decided_in_callback =
             req->in_callback && pthread_equal(pthread_self(), req->callback_thread);
         pthread_mutex_unlock(&server_auth_lock);
-        sync_error_clear();
+        sync__error_clear();
         return SYNC_OK;
     }
     server_conn *c = req->conn;
@@ -192,8 +192,8 @@ int sync_request_complete(sync_request *req, int status)
     pthread_mutex_unlock(&server_auth_lock);
     request_free(req);
     if (!c)
-        return sync_fail(SYNC_ECLOSED, "the client left before the auth decision");
-    sync_error_clear();
+        return sync__fail(SYNC_ECLOSED, "the client left before the auth decision");
+    sync__error_clear();
     return SYNC_OK;
 }
 
@@ -584,10 +584,10 @@ int server_peer_close(struct lws *wsi, const unsigned char *payload, size_t len)
 int server_mount_echo(sync_server *server, const char *path)
 {
     if (!server || !path || path[0] != '/')
-        return sync_fail(SYNC_EINVAL, "echo path must start with '/'");
+        return sync__fail(SYNC_EINVAL, "echo path must start with '/'");
     char *copy = strdup(path);
     if (!copy)
-        return sync_fail(SYNC_ENOMEM, "out of memory for the echo path");
+        return sync__fail(SYNC_ENOMEM, "out of memory for the echo path");
     free(server->echo_path);
     server->echo_path = copy;
     return SYNC_OK;

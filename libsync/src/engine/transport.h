@@ -16,20 +16,20 @@
 #include "frame.h"
 #include "libsync/engine.h"
 
-typedef struct sync_transport_ops {
+typedef struct sync__transport_ops {
     /* Queues or sends a frame (the initial state, replies, pings, broadcast texts); the
      * transport takes its own reference when it keeps it. Returns SYNC_OK or a negative status
      * (then the engine reports it). State updates are not sent through it: the transport reads
      * them from the feed. */
-    int (*send_frame)(void *userdata, sync_frame *frame);
+    int (*send_frame)(void *userdata, sync__frame *frame);
     void (*close)(void *userdata, int code, const char *reason);
     void (*free_userdata)(void *userdata);
-} sync_transport_ops;
+} sync__transport_ops;
 
 /* Like sync_conn_new(), with a transport's private ops (copied). Private, so not bound by
  * common.h's rule: on failure the userdata stays the transport's (the server's connection object
  * lives on with its socket and is freed with it). */
-int sync_conn_new_transport(sync_conn **out, const sync_transport_ops *ops, void *userdata);
+int sync__conn_new_transport(sync_conn **out, const sync__transport_ops *ops, void *userdata);
 
 /*
  * Reads the feed's head: a new reference to the state_update frame of the newest record when it
@@ -38,7 +38,7 @@ int sync_conn_new_transport(sync_conn **out, const sync_transport_ops *ops, void
  * (SYNC_PERSIST_BEFORE_SEND) or its save is in flight, this is NULL until a flush made it
  * sendable.
  */
-sync_frame *sync_feed_read(sync_engine *engine, uint64_t after_seq, int force);
+sync__frame *sync__feed_read(sync_engine *engine, uint64_t after_seq, int force);
 
 /*
  * Makes the head sendable: in SYNC_PERSIST_BEFORE_SEND saves it unless it was saved or tried
@@ -46,10 +46,10 @@ sync_frame *sync_feed_read(sync_engine *engine, uint64_t after_seq, int force);
  * or other work of the engine first), and then every listener's state_moved is called again. The
  * server calls it once per loop turn and engine, for all the changes of that turn: group commit.
  */
-int sync_feed_flush(sync_engine *engine);
+int sync__feed_flush(sync_engine *engine);
 
 /* Sets auto_broadcast on an engine (the server turns it on for the engines it mounts). */
-void sync_engine_set_auto_broadcast(sync_engine *engine, int on);
+void sync__engine_set_auto_broadcast(sync_engine *engine, int on);
 
 /*
  * A transport that serves connections of an engine (the built-in server) registers as a listener:
@@ -64,13 +64,13 @@ void sync_engine_set_auto_broadcast(sync_engine *engine, int on);
  * calls it.
  *
  * Several listeners may serve one engine at once (one engine on a ws:// and a wss:// server), up to
- * SYNC_ENGINE_MAX_LISTENERS (feed.h).
+ * SYNC__ENGINE_MAX_LISTENERS (feed.h).
  */
-/* Copies `listener`; SYNC_ELIMIT when SYNC_ENGINE_MAX_LISTENERS already serve the engine. */
-int sync_engine_add_listener(sync_engine *engine, const sync_engine_listener *listener);
+/* Copies `listener`; SYNC_ELIMIT when SYNC__ENGINE_MAX_LISTENERS already serve the engine. */
+int sync__engine_add_listener(sync_engine *engine, const sync__engine_listener *listener);
 /* Removes the listener registered with `userdata` (nothing when there is none). */
-void sync_engine_remove_listener(sync_engine *engine, void *userdata);
+void sync__engine_remove_listener(sync_engine *engine, void *userdata);
 /* Calls every listener's deadline_moved (engine lock held). */
-void sync_engine_notify_deadline(sync_engine *engine);
+void sync__engine_notify_deadline(sync_engine *engine);
 
 #endif

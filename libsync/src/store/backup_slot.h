@@ -1,7 +1,7 @@
 /*
  * The part of a backup both stores share: a temporary file in the backups directory, which the
  * store fills its own way, then published as "backup-<ms><suffix>" without ever replacing an
- * earlier backup. Failures are reported through sync_fail(), naming the directory and the step.
+ * earlier backup. Failures are reported through sync__fail(), naming the directory and the step.
  */
 #ifndef LIBSYNC_SRC_BACKUP_SLOT_H
 #define LIBSYNC_SRC_BACKUP_SLOT_H

@@ -28,7 +28,7 @@ static int new_fail(sync_free_cb free_userdata, void *userdata, int status, cons
 {
     if (free_userdata)
         free_userdata(userdata);
-    return sync_fail(status, "%s", what);
+    return sync__fail(status, "%s", what);
 }
 
 int sync_conn_new(sync_conn **out, const sync_conn_callbacks *callbacks, void *userdata)
@@ -36,7 +36,7 @@ int sync_conn_new(sync_conn **out, const sync_conn_callbacks *callbacks, void *u
     if (out)
         *out = NULL;
     if (!callbacks)
-        return sync_fail(SYNC_EINVAL, "sync_conn_new: out and callbacks are required");
+        return sync__fail(SYNC_EINVAL, "sync_conn_new: out and callbacks are required");
     /* free_userdata is a field of version 1, which every version has */
     sync_free_cb free_userdata = callbacks->free_userdata;
     if (!out)
@@ -60,15 +60,16 @@ int sync_conn_new(sync_conn **out, const sync_conn_callbacks *callbacks, void *u
     return SYNC_OK;
 }
 
-int sync_conn_new_transport(sync_conn **out, const sync_transport_ops *ops, void *userdata)
+int sync__conn_new_transport(sync_conn **out, const sync__transport_ops *ops, void *userdata)
 {
     if (out)
         *out = NULL;
     if (!out || !ops || !ops->send_frame)
-        return sync_fail(SYNC_EINVAL, "sync_conn_new_transport: out and ops->send_frame required");
+        return sync__fail(SYNC_EINVAL,
+                          "sync__conn_new_transport: out and ops->send_frame required");
     sync_conn *conn = conn_alloc(userdata);
     if (!conn)
-        return sync_fail(SYNC_ENOMEM, "out of memory creating a connection");
+        return sync__fail(SYNC_ENOMEM, "out of memory creating a connection");
     conn->is_transport = 1;
     conn->ops = *ops;
     *out = conn;
@@ -121,10 +122,10 @@ const char *sync_conn_identity(const sync_conn *conn)
 int sync_conn_set_identity(sync_conn *conn, const char *identity_json)
 {
     if (!conn)
-        return sync_fail(SYNC_EINVAL, "sync_conn_set_identity: conn is NULL");
+        return sync__fail(SYNC_EINVAL, "sync_conn_set_identity: conn is NULL");
     char *copy = NULL;
     if (identity_json && !(copy = strdup(identity_json)))
-        return sync_fail(SYNC_ENOMEM, "out of memory copying an identity");
+        return sync__fail(SYNC_ENOMEM, "out of memory copying an identity");
     pthread_mutex_lock(&conn->identity_lock);
     char *old = conn->identity;
     conn->identity = copy;
@@ -133,25 +134,25 @@ int sync_conn_set_identity(sync_conn *conn, const char *identity_json)
     return SYNC_OK;
 }
 
-int sync_conn_push_frame(sync_conn *conn, sync_frame *frame)
+int sync__conn_push_frame(sync_conn *conn, sync__frame *frame)
 {
     if (atomic_load(&conn->close_requested))
-        return sync_fail(SYNC_ECLOSED, "connection %llu is closing", (unsigned long long)conn->id);
+        return sync__fail(SYNC_ECLOSED, "connection %llu is closing", (unsigned long long)conn->id);
     int rc = conn->is_transport
                  ? conn->ops.send_frame(conn->userdata, frame)
-                 : conn->callbacks.send(conn->userdata, sync_frame_text(frame), frame->len);
+                 : conn->callbacks.send(conn->userdata, sync__frame_text(frame), frame->len);
     if (rc < 0)
-        return sync_fail(rc, "send to connection %llu failed: %s", (unsigned long long)conn->id,
-                         sync_strerror(rc));
+        return sync__fail(rc, "send to connection %llu failed: %s", (unsigned long long)conn->id,
+                          sync_strerror(rc));
     return SYNC_OK;
 }
 
-int sync_conn_is_pull(const sync_conn *conn)
+int sync__conn_is_pull(const sync_conn *conn)
 {
     return conn->is_transport;
 }
 
-void sync_conn_request_close(sync_conn *conn, int code, const char *reason)
+void sync__conn_request_close(sync_conn *conn, int code, const char *reason)
 {
     if (atomic_exchange(&conn->close_requested, 1))
         return;
@@ -164,19 +165,19 @@ void sync_conn_request_close(sync_conn *conn, int code, const char *reason)
 int sync_conn_send(sync_conn *conn, const char *text, size_t len)
 {
     if (!conn || (!text && len))
-        return sync_fail(SYNC_EINVAL, "sync_conn_send: conn and text are required");
-    sync_frame *frame = sync_frame_new_text(SYNC_FRAME_TEXT, text ? text : "", len);
+        return sync__fail(SYNC_EINVAL, "sync_conn_send: conn and text are required");
+    sync__frame *frame = sync__frame_new_text(SYNC__FRAME_TEXT, text ? text : "", len);
     if (!frame)
-        return sync_fail(SYNC_ENOMEM, "out of memory copying a %zu-byte frame", len);
-    int rc = sync_conn_push_frame(conn, frame);
-    sync_frame_unref(frame);
+        return sync__fail(SYNC_ENOMEM, "out of memory copying a %zu-byte frame", len);
+    int rc = sync__conn_push_frame(conn, frame);
+    sync__frame_unref(frame);
     return rc;
 }
 
 int sync_conn_close(sync_conn *conn, int code, const char *reason)
 {
     if (!conn)
-        return sync_fail(SYNC_EINVAL, "sync_conn_close: conn is NULL");
-    sync_conn_request_close(conn, code, reason);
+        return sync__fail(SYNC_EINVAL, "sync_conn_close: conn is NULL");
+    sync__conn_request_close(conn, code, reason);
     return SYNC_OK;
 }

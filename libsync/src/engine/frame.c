@@ -5,41 +5,41 @@
 #include <stdlib.h>
 #include <string.h>
 
-static sync_frame *frame_alloc(sync_frame_kind kind, size_t len)
+static sync__frame *frame_alloc(sync__frame_kind kind, size_t len)
 {
-    sync_frame *frame = malloc(sizeof *frame + SYNC_FRAME_HEADROOM + len + 1);
+    sync__frame *frame = malloc(sizeof *frame + SYNC__FRAME_HEADROOM + len + 1);
     if (!frame)
         return NULL;
     atomic_init(&frame->refs, 1);
     frame->kind = kind;
     frame->seq = 0;
     frame->len = len;
-    sync_frame_text(frame)[len] = '\0';
+    sync__frame_text(frame)[len] = '\0';
     return frame;
 }
 
-sync_frame *sync_frame_new_text(sync_frame_kind kind, const char *text, size_t len)
+sync__frame *sync__frame_new_text(sync__frame_kind kind, const char *text, size_t len)
 {
-    sync_frame *frame = frame_alloc(kind, len);
+    sync__frame *frame = frame_alloc(kind, len);
     if (frame)
-        memcpy(sync_frame_text(frame), text, len);
+        memcpy(sync__frame_text(frame), text, len);
     return frame;
 }
 
-sync_frame *sync_frame_new_state(sync_frame_kind kind, const char *state_json, size_t state_len,
-                                 int64_t version, uint64_t seq)
+sync__frame *sync__frame_new_state(sync__frame_kind kind, const char *state_json, size_t state_len,
+                                   int64_t version, uint64_t seq)
 {
-    const char *type = kind == SYNC_FRAME_INITIAL_STATE ? "initial_state" : "state_update";
+    const char *type = kind == SYNC__FRAME_INITIAL_STATE ? "initial_state" : "state_update";
     char head[48];
     char tail[48];
     int head_len = snprintf(head, sizeof head, "{\"type\":\"%s\",\"data\":", type);
     int tail_len = version >= 0 ? snprintf(tail, sizeof tail, ",\"version\":%" PRId64 "}", version)
                                 : snprintf(tail, sizeof tail, "}");
     size_t len = (size_t)head_len + state_len + (size_t)tail_len;
-    sync_frame *frame = frame_alloc(kind, len);
+    sync__frame *frame = frame_alloc(kind, len);
     if (!frame)
         return NULL;
-    char *text = sync_frame_text(frame);
+    char *text = sync__frame_text(frame);
     memcpy(text, head, (size_t)head_len);
     memcpy(text + head_len, state_json, state_len);
     memcpy(text + (size_t)head_len + state_len, tail, (size_t)tail_len);
@@ -47,13 +47,13 @@ sync_frame *sync_frame_new_state(sync_frame_kind kind, const char *state_json, s
     return frame;
 }
 
-sync_frame *sync_frame_ref(sync_frame *frame)
+sync__frame *sync__frame_ref(sync__frame *frame)
 {
     atomic_fetch_add_explicit(&frame->refs, 1, memory_order_relaxed);
     return frame;
 }
 
-void sync_frame_unref(sync_frame *frame)
+void sync__frame_unref(sync__frame *frame)
 {
     if (frame && atomic_fetch_sub_explicit(&frame->refs, 1, memory_order_acq_rel) == 1)
         free(frame);

@@ -1,7 +1,8 @@
 /* The SQLite store: one row (state JSON, version, updated_at) in a WAL-mode database. */
 #include "backup_slot.h"
 #include "error.h"
-#include "json_check.h"
+#include "options.h"
+#include "engine/json_check.h"
 #include "fsutil.h"
 #include "libsync/adapter.h"
 
@@ -48,8 +49,9 @@ static int fail_sqlite(sqlite3 *db, const char *what, const char *path)
     int code = sqlite3_extended_errcode(db);
     int sys = sqlite3_system_errno(db);
     if ((code & 0xff) == SQLITE_IOERR && sys != 0)
-        return sync_fail(SYNC_EIO, "%s %s: %s (%s)", what, path, sqlite3_errmsg(db), strerror(sys));
-    return sync_fail(SYNC_EIO, "%s %s: %s", what, path, sqlite3_errmsg(db));
+        return sync__fail(SYNC_EIO, "%s %s: %s (%s)", what, path, sqlite3_errmsg(db),
+                          strerror(sys));
+    return sync__fail(SYNC_EIO, "%s %s: %s", what, path, sqlite3_errmsg(db));
 }
 
 static void close_db(sqlite_adapter *sa)
@@ -99,8 +101,8 @@ static int open_and_prepare(sqlite_adapter *sa, int *sqlite_rc)
             rc = SQLITE_OK;
             if (!mode || (strcmp(mode, "wal") != 0 && !is_memory(sa))) {
                 sqlite3_finalize(stmt);
-                int status = sync_fail(SYNC_EIO, "cannot enable WAL on %s: journal_mode stays %s",
-                                       sa->path, mode ? mode : "unknown");
+                int status = sync__fail(SYNC_EIO, "cannot enable WAL on %s: journal_mode stays %s",
+                                        sa->path, mode ? mode : "unknown");
                 close_db(sa);
                 *sqlite_rc = SQLITE_ERROR;
                 return status;
@@ -136,9 +138,9 @@ static int open_and_prepare(sqlite_adapter *sa, int *sqlite_rc)
     *sqlite_rc = rc;
     if (rc == SQLITE_OK)
         return SYNC_OK;
-    int status = rc == SQLITE_NOMEM ? sync_fail(SYNC_ENOMEM, "out of memory")
+    int status = rc == SQLITE_NOMEM ? sync__fail(SYNC_ENOMEM, "out of memory")
                  : sa->db           ? fail_sqlite(sa->db, step, sa->path)
-                                    : sync_fail(SYNC_ENOMEM, "out of memory opening %s", sa->path);
+                                    : sync__fail(SYNC_ENOMEM, "out of memory opening %s", sa->path);
     close_db(sa);
     return status;
 }
@@ -210,14 +212,14 @@ static int keep_file_aside(sqlite_adapter *sa, char **out_aside)
 {
     char *prefix = NULL;
     if (asprintf(&prefix, "%s.corrupt-", sa->path) < 0)
-        return sync_fail(SYNC_ENOMEM, "out of memory");
+        return sync__fail(SYNC_ENOMEM, "out of memory");
     int64_t ms = sync_wall_ms();
     int rc = fs_rename_stamped(sa->path, prefix, "", &ms, out_aside);
     int err = errno;
     free(prefix);
     if (rc != 0)
-        return sync_fail(SYNC_EIO, "%s is not a SQLite database and cannot be moved aside: %s",
-                         sa->path, strerror(err));
+        return sync__fail(SYNC_EIO, "%s is not a SQLite database and cannot be moved aside: %s",
+                          sa->path, strerror(err));
     static const char *const companions[] = {"-wal", "-shm"};
     for (size_t i = 0; i < sizeof companions / sizeof companions[0]; i++) {
         char *from = NULL, *to = NULL;
@@ -257,12 +259,12 @@ static int ensure_open(sqlite_adapter *sa)
     if (sa->db)
         return SYNC_OK;
     if (!is_memory(sa) && fs_mkdirs_parent(sa->path) != 0)
-        return sync_fail(SYNC_EIO, "cannot create the directory of %s: %s", sa->path,
-                         strerror(errno));
+        return sync__fail(SYNC_EIO, "cannot create the directory of %s: %s", sa->path,
+                          strerror(errno));
     /* SQLite would block forever reading a FIFO, and says little about a directory. */
     struct stat st;
     if (!is_memory(sa) && stat(sa->path, &st) == 0 && !S_ISREG(st.st_mode))
-        return sync_fail(SYNC_EIO, "cannot open SQLite database %s: not a regular file", sa->path);
+        return sync__fail(SYNC_EIO, "cannot open SQLite database %s: not a regular file", sa->path);
     int sqlite_rc = SQLITE_NOTADB;
     int rc = SYNC_OK;
     if (is_memory(sa) || !lacks_sqlite_header(sa->path)) {
@@ -281,9 +283,9 @@ static int ensure_open(sqlite_adapter *sa)
         return rc;
     rc = open_and_prepare(sa, &sqlite_rc);
     if (rc == SYNC_OK)
-        rc = sync_fail(SYNC_ECORRUPT,
-                       "%s is not a usable SQLite database; kept aside as %s, starting a new one",
-                       sa->path, aside);
+        rc = sync__fail(SYNC_ECORRUPT,
+                        "%s is not a usable SQLite database; kept aside as %s, starting a new one",
+                        sa->path, aside);
     free(aside);
     return rc;
 }
@@ -302,22 +304,23 @@ static int keep_row_aside(sqlite_adapter *sa, const char *why)
                  "DELETE FROM \"%s\" WHERE id = 1;"
                  "COMMIT",
                  sa->table, sa->table, sync_wall_ms(), sa->table, sa->table) < 0)
-        return sync_fail(SYNC_ENOMEM, "out of memory");
+        return sync__fail(SYNC_ENOMEM, "out of memory");
     int rc = exec_sql(sa->db, sql);
     free(sql);
     if (rc != SQLITE_OK) {
         sa->row_to_keep = why;
-        int status = sync_fail(SYNC_EIO,
-                               "the row of %s in %s is corrupt (%s) and cannot be kept "
-                               "aside: %s",
-                               sa->table, sa->path, why, sqlite3_errmsg(sa->db));
+        int status = sync__fail(SYNC_EIO,
+                                "the row of %s in %s is corrupt (%s) and cannot be kept "
+                                "aside: %s",
+                                sa->table, sa->path, why, sqlite3_errmsg(sa->db));
         if (!sqlite3_get_autocommit(sa->db))
             exec_sql(sa->db, "ROLLBACK");
         return status;
     }
     sa->row_to_keep = NULL;
-    return sync_fail(SYNC_ECORRUPT, "the row of %s in %s is corrupt (%s); kept aside in %s_corrupt",
-                     sa->table, sa->path, why, sa->table);
+    return sync__fail(SYNC_ECORRUPT,
+                      "the row of %s in %s is corrupt (%s); kept aside in %s_corrupt", sa->table,
+                      sa->path, why, sa->table);
 }
 
 static int sqlite_init(void *userdata, sync_pending *pending)
@@ -332,7 +335,7 @@ static int sqlite_init(void *userdata, sync_pending *pending)
 static int is_json(const char *text, size_t len)
 {
     cJSON *value = NULL;
-    if (sync_json_parse(text, len, 0, &value) != SYNC_OK)
+    if (sync__json_parse(text, len, 0, &value) != SYNC_OK)
         return 0;
     cJSON_Delete(value);
     return 1;
@@ -379,7 +382,7 @@ static int sqlite_load(void *userdata, sync_pending *pending, char **out_state_j
     }
     sqlite3_reset(sa->load_stmt);
     if (!copy)
-        return sync_fail(SYNC_ENOMEM, "out of memory loading %zu bytes", len);
+        return sync__fail(SYNC_ENOMEM, "out of memory loading %zu bytes", len);
     *out_state_json = copy;
     return SYNC_OK;
 }
@@ -395,21 +398,21 @@ static int sqlite_save(void *userdata, sync_pending *pending, const cJSON *state
     if (rc != SYNC_OK)
         return rc;
     if (sa->read_only) {
-        /* ensure_open() left why the writable open failed; copied before sync_fail() reuses it. */
+        /* ensure_open() left why the writable open failed; copied before sync__fail() reuses it. */
         char why[256];
         snprintf(why, sizeof why, "%s", sync_error_last());
-        return sync_fail(SYNC_EIO, "cannot save to %s: opened read-only for load (%s)", sa->path,
-                         why);
+        return sync__fail(SYNC_EIO, "cannot save to %s: opened read-only for load (%s)", sa->path,
+                          why);
     }
     if (sa->row_to_keep && (rc = keep_row_aside(sa, sa->row_to_keep)) != SYNC_ECORRUPT)
         return rc;
     char *printed = NULL;
     if (!state_json) {
         if (!state)
-            return sync_fail(SYNC_EINVAL, "save without a state");
+            return sync__fail(SYNC_EINVAL, "save without a state");
         printed = cJSON_PrintUnformatted(state);
         if (!printed)
-            return sync_fail(SYNC_ENOMEM, "out of memory serialising the state");
+            return sync__fail(SYNC_ENOMEM, "out of memory serialising the state");
         state_json = printed;
         state_len = strlen(printed);
     }
@@ -450,9 +453,9 @@ static int backup_into(sqlite_adapter *sa, const char *path)
     }
     if (!copied)
         rc = dst ? fail_sqlite(dst, "cannot back up into", path)
-                 : sync_fail(SYNC_ENOMEM, "out of memory opening %s", path);
+                 : sync__fail(SYNC_ENOMEM, "out of memory opening %s", path);
     if (sqlite3_close(dst) != SQLITE_OK && rc == SYNC_OK)
-        rc = sync_fail(SYNC_EIO, "cannot close backup %s", path);
+        rc = sync__fail(SYNC_EIO, "cannot close backup %s", path);
     return rc;
 }
 
@@ -491,10 +494,10 @@ static int check_table_name(const char *name)
 {
     size_t len = strlen(name);
     if (len == 0)
-        return sync_fail(SYNC_EINVAL, "table name is empty");
+        return sync__fail(SYNC_EINVAL, "table name is empty");
     if (len > SQLITE_TABLE_MAX)
-        return sync_fail(SYNC_EINVAL, "table name is %zu characters long, over the limit of %d",
-                         len, SQLITE_TABLE_MAX);
+        return sync__fail(SYNC_EINVAL, "table name is %zu characters long, over the limit of %d",
+                          len, SQLITE_TABLE_MAX);
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)name[i];
         int letter = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
@@ -502,54 +505,54 @@ static int check_table_name(const char *name)
         if (letter || (digit && i > 0))
             continue;
         if (c == '"' || c == '\'' || c == '`')
-            return sync_fail(SYNC_EINVAL, "table name contains a quote (%c) at position %zu",
-                             (char)c, i);
+            return sync__fail(SYNC_EINVAL, "table name contains a quote (%c) at position %zu",
+                              (char)c, i);
         if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
-            return sync_fail(SYNC_EINVAL, "table name contains white space at position %zu", i);
+            return sync__fail(SYNC_EINVAL, "table name contains white space at position %zu", i);
         if (digit)
-            return sync_fail(SYNC_EINVAL, "table name starts with a digit");
-        return sync_fail(SYNC_EINVAL,
-                         "table name contains byte 0x%02x at position %zu; only letters, digits "
-                         "and _ are allowed",
-                         c, i);
+            return sync__fail(SYNC_EINVAL, "table name starts with a digit");
+        return sync__fail(SYNC_EINVAL,
+                          "table name contains byte 0x%02x at position %zu; only letters, digits "
+                          "and _ are allowed",
+                          c, i);
     }
     if (strncasecmp(name, "sqlite_", 7) == 0)
-        return sync_fail(SYNC_EINVAL, "table name %s is reserved: SQLite keeps sqlite_* for itself",
-                         name);
+        return sync__fail(SYNC_EINVAL,
+                          "table name %s is reserved: SQLite keeps sqlite_* for itself", name);
     return SYNC_OK;
 }
 
 int sync_sqlite_options_init(sync_sqlite_options *opts, unsigned int version)
 {
     static const sync_sqlite_options defaults = SYNC_SQLITE_OPTIONS_INIT;
-    return sync_options_init(opts, &defaults, sizeof defaults, version, SYNC_SQLITE_OPTIONS_VERSION,
-                             "SQLite");
+    return sync__options_init(opts, &defaults, sizeof defaults, version,
+                              SYNC_SQLITE_OPTIONS_VERSION, "SQLite");
 }
 
 int sync_adapter_sqlite_new(sync_adapter **out, const sync_sqlite_options *opts)
 {
     if (!out)
-        return sync_fail(SYNC_EINVAL, "out pointer is NULL");
+        return sync__fail(SYNC_EINVAL, "out pointer is NULL");
     *out = NULL;
-    int version_rc = sync_check_options(opts, SYNC_SQLITE_OPTIONS_VERSION, "SQLite");
+    int version_rc = sync__check_options(opts, SYNC_SQLITE_OPTIONS_VERSION, "SQLite");
     if (version_rc != SYNC_OK)
         return version_rc;
     if (!opts->path || !*opts->path)
-        return sync_fail(SYNC_EINVAL, "path is required");
+        return sync__fail(SYNC_EINVAL, "path is required");
     const char *table = opts->table_name ? opts->table_name : SQLITE_DEFAULT_TABLE;
     int rc = check_table_name(table);
     if (rc != SYNC_OK)
         return rc;
     if (opts->backups_dir && !*opts->backups_dir)
-        return sync_fail(SYNC_EINVAL, "backups_dir is empty (use NULL for <path>.backups)");
+        return sync__fail(SYNC_EINVAL, "backups_dir is empty (use NULL for <path>.backups)");
     if (opts->durability != SYNC_SQLITE_PROCESS_SAFE && opts->durability != SYNC_SQLITE_POWER_SAFE)
-        return sync_fail(SYNC_EINVAL, "unknown durability %d", (int)opts->durability);
+        return sync__fail(SYNC_EINVAL, "unknown durability %d", (int)opts->durability);
     if (opts->busy_timeout_ms < 0)
-        return sync_fail(SYNC_EINVAL, "busy_timeout_ms is negative (%d)", opts->busy_timeout_ms);
+        return sync__fail(SYNC_EINVAL, "busy_timeout_ms is negative (%d)", opts->busy_timeout_ms);
 
     sqlite_adapter *sa = calloc(1, sizeof *sa);
     if (!sa)
-        return sync_fail(SYNC_ENOMEM, "out of memory");
+        return sync__fail(SYNC_ENOMEM, "out of memory");
     sa->durability = opts->durability;
     sa->busy_timeout_ms = opts->busy_timeout_ms ? opts->busy_timeout_ms : SQLITE_DEFAULT_BUSY_MS;
     sa->path = strdup(opts->path);
@@ -560,7 +563,7 @@ int sync_adapter_sqlite_new(sync_adapter **out, const sync_sqlite_options *opts)
         sa->backups_dir = NULL;
     if (!sa->path || !sa->table || !sa->backups_dir) {
         sqlite_destroy(sa);
-        return sync_fail(SYNC_ENOMEM, "out of memory");
+        return sync__fail(SYNC_ENOMEM, "out of memory");
     }
     sync_adapter_vtable vt = {
         .version = SYNC_ADAPTER_VTABLE_VERSION,
@@ -572,6 +575,6 @@ int sync_adapter_sqlite_new(sync_adapter **out, const sync_sqlite_options *opts)
     };
     rc = sync_adapter_new(out, &vt, sa);
     if (rc == SYNC_OK)
-        sync_error_clear();
+        sync__error_clear();
     return rc;
 }

@@ -8,14 +8,14 @@
 
 #include "error.h"
 
-int sync_json_check_utf8(const char *text, size_t len)
+int sync__json_check_utf8(const char *text, size_t len)
 {
     const unsigned char *s = (const unsigned char *)text;
     size_t i = 0;
     while (i < len) {
         unsigned char c = s[i];
         if (c == 0)
-            return sync_fail(SYNC_EPARSE, "NUL byte at offset %zu", i);
+            return sync__fail(SYNC_EPARSE, "NUL byte at offset %zu", i);
         if (c < 0x80) {
             i++;
             continue;
@@ -36,24 +36,24 @@ int sync_json_check_utf8(const char *text, size_t len)
             cp = c & 0x07u;
             min = 0x10000;
         } else {
-            return sync_fail(SYNC_EPARSE, "invalid UTF-8 lead byte 0x%02x at offset %zu", c, i);
+            return sync__fail(SYNC_EPARSE, "invalid UTF-8 lead byte 0x%02x at offset %zu", c, i);
         }
         if (len - i <= need)
-            return sync_fail(SYNC_EPARSE, "truncated UTF-8 sequence at offset %zu", i);
+            return sync__fail(SYNC_EPARSE, "truncated UTF-8 sequence at offset %zu", i);
         for (size_t k = 1; k <= need; k++) {
             unsigned char cc = s[i + k];
             if ((cc & 0xC0u) != 0x80u)
-                return sync_fail(SYNC_EPARSE, "invalid UTF-8 continuation at offset %zu", i + k);
+                return sync__fail(SYNC_EPARSE, "invalid UTF-8 continuation at offset %zu", i + k);
             cp = (cp << 6) | (cc & 0x3Fu);
         }
         if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return sync_fail(SYNC_EPARSE, "invalid UTF-8 code point at offset %zu", i);
+            return sync__fail(SYNC_EPARSE, "invalid UTF-8 code point at offset %zu", i);
         i += need + 1;
     }
     return SYNC_OK;
 }
 
-int sync_json_check_depth(const char *text, size_t len, int max_depth)
+int sync__json_check_depth(const char *text, size_t len, int max_depth)
 {
     int depth = 0;
     int in_string = 0;
@@ -64,10 +64,10 @@ int sync_json_check_depth(const char *text, size_t len, int max_depth)
                 /* cJSON ends a C string at \u0000: "increment\u0000evil" would be read as
                  * "increment" here and as the whole text by every other parser. */
                 if (len - i > 5 && memcmp(text + i + 1, "u0000", 5) == 0)
-                    return sync_fail(SYNC_EPARSE,
-                                     "\\u0000 (NUL) in a JSON string at offset %zu: libsync keeps "
-                                     "strings as C strings and would cut it there",
-                                     i);
+                    return sync__fail(SYNC_EPARSE,
+                                      "\\u0000 (NUL) in a JSON string at offset %zu: libsync keeps "
+                                      "strings as C strings and would cut it there",
+                                      i);
                 i++;
             } else if (c == '"') {
                 in_string = 0;
@@ -78,8 +78,8 @@ int sync_json_check_depth(const char *text, size_t len, int max_depth)
             in_string = 1;
         } else if (c == '[' || c == '{') {
             if (max_depth > 0 && ++depth > max_depth)
-                return sync_fail(SYNC_ETOODEEP, "JSON nests deeper than %d levels (offset %zu)",
-                                 max_depth, i);
+                return sync__fail(SYNC_ETOODEEP, "JSON nests deeper than %d levels (offset %zu)",
+                                  max_depth, i);
         } else if (c == ']' || c == '}') {
             depth--;
         }
@@ -229,13 +229,13 @@ static int check_tree(const cJSON *root, int parsed)
             char path[256];
             describe_path(&w, depth, path, sizeof path);
             if (parsed)
-                rc = sync_fail(status, "JSON number out of range (not finite) at %s", path);
+                rc = sync__fail(status, "JSON number out of range (not finite) at %s", path);
             else
-                rc = sync_fail(status, "a non-finite number (%s) at %s: JSON has no such number",
-                               isnan(item->valuedouble) ? "NaN"
-                               : item->valuedouble > 0  ? "Infinity"
-                                                        : "-Infinity",
-                               path);
+                rc = sync__fail(status, "a non-finite number (%s) at %s: JSON has no such number",
+                                isnan(item->valuedouble) ? "NaN"
+                                : item->valuedouble > 0  ? "Infinity"
+                                                         : "-Infinity",
+                                path);
             break;
         }
         if (item->child && (cJSON_IsObject(item) || cJSON_IsArray(item))) {
@@ -243,7 +243,7 @@ static int check_tree(const cJSON *root, int parsed)
                 int nomem = 0;
                 const cJSON *dup = duplicate_member(&w, item, &nomem);
                 if (nomem) {
-                    rc = sync_fail(SYNC_ENOMEM, "out of memory checking member names");
+                    rc = sync__fail(SYNC_ENOMEM, "out of memory checking member names");
                     break;
                 }
                 if (dup) {
@@ -253,15 +253,15 @@ static int check_tree(const cJSON *root, int parsed)
                     size_t len = 0;
                     name[0] = '\0';
                     path_add(name, sizeof name, &len, dup->string ? dup->string : "");
-                    rc = sync_fail(status,
-                                   dup->string ? "duplicate name \"%s\" in the object at %s"
-                                               : "a member without a name%s in the object at %s",
-                                   name, path);
+                    rc = sync__fail(status,
+                                    dup->string ? "duplicate name \"%s\" in the object at %s"
+                                                : "a member without a name%s in the object at %s",
+                                    name, path);
                     break;
                 }
             }
             if (walk_push(&w, depth + 1, item->child) != 0) {
-                rc = sync_fail(SYNC_ENOMEM, "out of memory walking nested JSON");
+                rc = sync__fail(SYNC_ENOMEM, "out of memory walking nested JSON");
                 break;
             }
             depth++;
@@ -279,24 +279,24 @@ static int check_tree(const cJSON *root, int parsed)
     return rc;
 }
 
-int sync_json_check_tree(const cJSON *root)
+int sync__json_check_tree(const cJSON *root)
 {
     return check_tree(root, 0);
 }
 
-int sync_json_parse(const char *text, size_t len, int max_depth, cJSON **out)
+int sync__json_parse(const char *text, size_t len, int max_depth, cJSON **out)
 {
     *out = NULL;
-    int rc = sync_json_check_utf8(text, len);
+    int rc = sync__json_check_utf8(text, len);
     if (rc != SYNC_OK)
         return rc;
-    if ((rc = sync_json_check_depth(text, len, max_depth)) != SYNC_OK)
+    if ((rc = sync__json_check_depth(text, len, max_depth)) != SYNC_OK)
         return rc;
     /* cJSON only rejects trailing bytes when it sees the terminating NUL inside the length it was
      * given, so parse a terminated copy. */
     char *copy = malloc(len + 1);
     if (!copy)
-        return sync_fail(SYNC_ENOMEM, "out of memory copying %zu bytes of JSON", len);
+        return sync__fail(SYNC_ENOMEM, "out of memory copying %zu bytes of JSON", len);
     memcpy(copy, text, len);
     copy[len] = '\0';
     const char *end = NULL;
@@ -304,7 +304,7 @@ int sync_json_parse(const char *text, size_t len, int max_depth, cJSON **out)
     if (!value) {
         size_t pos = end && end >= copy ? (size_t)(end - copy) : 0;
         free(copy);
-        return sync_fail(SYNC_EPARSE, "invalid JSON at offset %zu", pos);
+        return sync__fail(SYNC_EPARSE, "invalid JSON at offset %zu", pos);
     }
     free(copy);
     rc = check_tree(value, 1);
