@@ -404,16 +404,6 @@ static int create_engine(const struct config *cfg, sync_engine **out)
     return 0;
 }
 
-/* Compares in time that depends on the lengths only, not on where a guess first goes wrong. */
-static int same_secret(const char *given, size_t given_len, const char *secret)
-{
-    size_t secret_len = strlen(secret);
-    unsigned char diff = given_len != secret_len;
-    for (size_t i = 0; i < secret_len; i++)
-        diff |= (unsigned char)(secret[i] ^ (i < given_len ? given[i] : 0));
-    return diff == 0;
-}
-
 /* The value of `name` in a raw query string ("a=1&token=x"), and its length; NULL when absent. */
 static const char *query_param(const char *query, const char *name, size_t *len)
 {
@@ -466,7 +456,7 @@ static int token_auth(sync_request *req, void *userdata)
             len = strlen(given);
         }
     }
-    if (!given || !same_secret(given, len, secret))
+    if (!given || !sync_secret_equal(given, len, secret))
         return sync_request_header(req, "origin") ? refuse_page(req) : 401;
     sync_request_set_identity(req, "{\"via\":\"token\"}");
     return 0;

@@ -75,8 +75,25 @@ static void bad_calls(void)
     sync_server_free(server);
 }
 
+/* The comparison the metrics token and the demo's auth use; its timing is not measured here (a
+ * unit test cannot tell a few nanoseconds apart on a shared machine), only its answers. */
+static void secret_equal(void)
+{
+    CHECK(sync_secret_equal("s3cret", 6, "s3cret") == 1);
+    CHECK(sync_secret_equal("s3cret-and-more", 6, "s3cret") == 1); /* only given_len bytes count */
+    CHECK(sync_secret_equal("s3cre", 5, "s3cret") == 0);
+    CHECK(sync_secret_equal("s3cretX", 7, "s3cret") == 0);
+    CHECK(sync_secret_equal("S3cret", 6, "s3cret") == 0);
+    CHECK(sync_secret_equal("s3cres", 6, "s3cret") == 0);
+    CHECK(sync_secret_equal("", 0, "") == 1);
+    CHECK(sync_secret_equal("", 0, "x") == 0);
+    CHECK(sync_secret_equal(NULL, 0, "x") == 0);
+    CHECK(sync_secret_equal("x", 1, NULL) == 0);
+}
+
 int main(void)
 {
+    RUN(secret_equal);
     RUN(metrics_need_the_token);
     RUN(bad_calls);
     return check_summary();

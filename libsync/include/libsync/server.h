@@ -105,6 +105,13 @@ SYNC_EXTERN sync_request *sync_request_defer(sync_request *req);
  */
 SYNC_EXTERN int sync_request_complete(sync_request *req, int status);
 
+/**
+ * 1 when `given` (given_len bytes, need not be NUL-terminated) equals the NUL-terminated `secret`,
+ * else 0, in a time that depends on the lengths only, never on where a guess first goes wrong: the
+ * comparison an auth callback needs for a token read from a header or the query.
+ */
+SYNC_EXTERN int sync_secret_equal(const char *given, size_t given_len, const char *secret);
+
 /* 2 added broadcast_yield_ms, 3 auth_timeout_ms, 4 handshake_timeout_ms and max_buffered_bytes,
  * 5 log_free_userdata. A
  * caller built against an older version keeps passing it and the shorter struct: the library reads

@@ -21,6 +21,23 @@ static int enter(sync_engine *engine, const char *what)
     return SYNC_OK;
 }
 
+/* enter() for the calls about one connection, which must be given. */
+static int enter_conn(sync_engine *engine, const sync_conn *conn, const char *what)
+{
+    if (!conn)
+        return sync__fail(SYNC_EINVAL, "%s: conn is NULL", what);
+    return enter(engine, what);
+}
+
+/* Unlocks and refuses a call about a connection in the wrong state. */
+static int refuse_conn(sync_engine *engine, const sync_conn *conn, const char *what,
+                       const char *why)
+{
+    sync__engine_unlock(engine);
+    return sync__fail(SYNC_ESTATE, "%s: connection %llu %s", what, (unsigned long long)conn->id,
+                      why);
+}
+
 static int submit_new(sync_engine *engine, sync__op *op, const char *what)
 {
     if (!op) {
@@ -34,16 +51,11 @@ static int submit_new(sync_engine *engine, sync__op *op, const char *what)
 
 int sync_engine_handle_open(sync_engine *engine, sync_conn *conn)
 {
-    if (!conn)
-        return sync__fail(SYNC_EINVAL, "sync_engine_handle_open: conn is NULL");
-    int rc = enter(engine, "sync_engine_handle_open");
+    int rc = enter_conn(engine, conn, "sync_engine_handle_open");
     if (rc != SYNC_OK)
         return rc;
-    if (conn->state != CONN_NEW) {
-        sync__engine_unlock(engine);
-        return sync__fail(SYNC_ESTATE, "sync_engine_handle_open: connection %llu was opened before",
-                          (unsigned long long)conn->id);
-    }
+    if (conn->state != CONN_NEW)
+        return refuse_conn(engine, conn, "sync_engine_handle_open", "was opened before");
     sync__op *op = sync__op_new(OP_OPEN);
     if (op) {
         conn->engine = engine;
@@ -55,9 +67,7 @@ int sync_engine_handle_open(sync_engine *engine, sync_conn *conn)
 
 int sync_engine_handle_close(sync_engine *engine, sync_conn *conn)
 {
-    if (!conn)
-        return sync__fail(SYNC_EINVAL, "sync_engine_handle_close: conn is NULL");
-    int rc = enter(engine, "sync_engine_handle_close");
+    int rc = enter_conn(engine, conn, "sync_engine_handle_close");
     if (rc != SYNC_OK)
         return rc;
     if (conn->engine == engine) {
@@ -131,16 +141,11 @@ int sync_engine_handle_message(sync_engine *engine, sync_conn *conn, const char 
 
 int sync_engine_handle_alive(sync_engine *engine, sync_conn *conn)
 {
-    if (!conn)
-        return sync__fail(SYNC_EINVAL, "sync_engine_handle_alive: conn is NULL");
-    int rc = enter(engine, "sync_engine_handle_alive");
+    int rc = enter_conn(engine, conn, "sync_engine_handle_alive");
     if (rc != SYNC_OK)
         return rc;
-    if (conn->engine != engine || conn->state != CONN_OPEN) {
-        sync__engine_unlock(engine);
-        return sync__fail(SYNC_ESTATE, "sync_engine_handle_alive: connection %llu is not open here",
-                          (unsigned long long)conn->id);
-    }
+    if (conn->engine != engine || conn->state != CONN_OPEN)
+        return refuse_conn(engine, conn, "sync_engine_handle_alive", "is not open here");
     conn->last_pong_ms = sync_now_ms();
     sync__engine_unlock(engine);
     return SYNC_OK;

@@ -151,16 +151,6 @@ int sync_server_set_metrics_token(sync_server *server, const char *token)
     return SYNC_OK;
 }
 
-/* Compares in time that depends on the lengths only, not on where a guess first goes wrong. */
-static bool same_secret(const char *given, size_t given_len, const char *secret)
-{
-    size_t secret_len = strlen(secret);
-    unsigned char diff = given_len != secret_len;
-    for (size_t i = 0; i < secret_len; i++)
-        diff |= (unsigned char)(secret[i] ^ (i < given_len ? given[i] : 0));
-    return diff == 0;
-}
-
 /* Whether a GET /metrics brings the metrics token (Bearer header or ?token=). */
 static bool metrics_allowed(sync_server *server, struct lws *wsi)
 {
@@ -169,9 +159,9 @@ static bool metrics_allowed(sync_server *server, struct lws *wsi)
     char value[512];
     int n = lws_hdr_copy(wsi, value, sizeof value, WSI_TOKEN_HTTP_AUTHORIZATION);
     if (n > 7 && strncmp(value, "Bearer ", 7) == 0)
-        return same_secret(value + 7, (size_t)n - 7, server->metrics_token);
+        return sync_secret_equal(value + 7, (size_t)n - 7, server->metrics_token);
     const char *given = lws_get_urlarg_by_name(wsi, "token=", value, (int)sizeof value);
-    return given && same_secret(given, strlen(given), server->metrics_token);
+    return given && sync_secret_equal(given, strlen(given), server->metrics_token);
 }
 
 static int on_request(sync_server *server, struct lws *wsi, const char *uri)

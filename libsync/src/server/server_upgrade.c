@@ -139,6 +139,17 @@ sync_request *sync_request_defer(sync_request *req)
     return req;
 }
 
+int sync_secret_equal(const char *given, size_t given_len, const char *secret)
+{
+    if (!given || !secret)
+        return 0;
+    size_t secret_len = strlen(secret);
+    unsigned char diff = given_len != secret_len;
+    for (size_t i = 0; i < secret_len; i++)
+        diff |= (unsigned char)(secret[i] ^ (i < given_len ? given[i] : 0));
+    return diff == 0;
+}
+
 static void release_strings(sync_request *req)
 {
     while (req->strings) {
