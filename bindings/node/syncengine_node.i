@@ -75,7 +75,6 @@ enum jsb_job_kind {
 
 /* A callback copied off a foreign thread (or a deferred completion), run on the main thread. */
 struct jsb_job {
-    jsb_job *next;
     jsb_job_kind kind;
     const char *event; /* static text */
     jsb_sink *sink;    /* one reference held by the job */
@@ -91,10 +90,9 @@ struct jsb_job {
 
 uv_thread_t jsb_main_thread;
 uv_async_t jsb_async;
-uv_mutex_t jsb_lock;
-jsb_job *jsb_head, *jsb_tail; /* guarded by jsb_lock */
-int jsb_keepalive_count;      /* main thread only */
-bool jsb_shut_down;           /* guarded by jsb_lock: Node is exiting, the async handle is gone */
+sync_executor *jsb_executor; /* the jobs for the main thread; closed when Node exits */
+int jsb_keepalive_count;     /* main thread only */
+std::atomic<bool> jsb_shutting_down; /* set when Node exits: V8 is no longer to be touched */
 /* Heap-held: a static v8::Global would be destroyed after V8 at exit. */
 v8::Global<v8::Context> *jsb_context;
 /* (status, detail) => SyncError, registered by index.js: what a failed constructor throws. */
@@ -155,27 +153,21 @@ char *jsb_print(const cJSON *value)
     return value ? cJSON_PrintUnformatted(value) : NULL;
 }
 
-/* Queues a job for the main thread and wakes it. */
+void jsb_run_job_and_free(void *job);
+void jsb_job_drop(void *job);
+
+/* Queues a job for the main thread; the executor wakes it (jsb_wake). */
 void jsb_post(jsb_job *job)
 {
-    /* A job posted by the main thread itself (a deferred completion) must keep the loop alive
-     * until it ran; foreign threads post only while a server keeps the handle referenced. */
-    bool main_thread = jsb_on_main_thread();
-    uv_mutex_lock(&jsb_lock);
-    if (jsb_shut_down) {
-        /* Node is exiting under a still-running server thread: drop it (V8 is gone). */
-        uv_mutex_unlock(&jsb_lock);
+    /* Once Node is exiting under a still-running server thread, the executor refuses and
+     * jsb_job_drop lets go of the job without V8 (gone by then). */
+    if (sync_executor_post(jsb_executor, jsb_run_job_and_free, jsb_job_drop, job) != SYNC_OK)
         return;
-    }
-    if (main_thread)
+    /* A job posted by the main thread itself (a deferred completion) must keep the loop alive
+     * until it ran; foreign threads post only while a server keeps the handle referenced. Only
+     * the main thread runs jobs, so this one cannot have run yet. */
+    if (jsb_on_main_thread())
         uv_ref((uv_handle_t *)&jsb_async);
-    if (jsb_tail)
-        jsb_tail->next = job;
-    else
-        jsb_head = job;
-    jsb_tail = job;
-    uv_async_send(&jsb_async);
-    uv_mutex_unlock(&jsb_lock);
 }
 
 void jsb_sink_unref(jsb_sink *sink)
@@ -717,31 +709,46 @@ void jsb_run_job(jsb_job *job)
     }
 }
 
+/* The executor's run callback, inside jsb_drain's scopes. */
+void jsb_run_job_and_free(void *job)
+{
+    {
+        /* Runs process.nextTick callbacks and promise reactions after each job. */
+        v8::Isolate *iso = v8::Isolate::GetCurrent();
+        node::CallbackScope callback_scope(iso, v8::Object::New(iso), {0, 0});
+        jsb_run_job((jsb_job *)job);
+    }
+    jsb_job_free((jsb_job *)job);
+}
+
+/* The executor's drop callback: a job that never runs. Before Node exits (a post out of memory)
+ * it is released as usual; after, only what needs no V8, as the sink may not be touched. */
+void jsb_job_drop(void *p)
+{
+    jsb_job *job = (jsb_job *)p;
+    if (!jsb_shutting_down.load() && job->kind != JOB_UNREF) {
+        jsb_job_free(job);
+        return;
+    }
+    /* A dropped JOB_UNREF must not unref again: that would post another one, without end. */
+    free(job->s1);
+    free(job->s2);
+    free(job);
+}
+
+/* The executor's wake-up, from any thread: the loop calls jsb_drain soon. */
+void jsb_wake(void *)
+{
+    uv_async_send(&jsb_async);
+}
+
 void jsb_drain(uv_async_t *)
 {
     v8::Isolate *iso = v8::Isolate::GetCurrent();
     v8::HandleScope scope(iso);
     v8::Local<v8::Context> ctx = jsb_context->Get(iso);
     v8::Context::Scope context_scope(ctx);
-    for (;;) {
-        uv_mutex_lock(&jsb_lock);
-        jsb_job *job = jsb_head;
-        jsb_head = NULL;
-        jsb_tail = NULL;
-        uv_mutex_unlock(&jsb_lock);
-        if (!job)
-            break;
-        while (job) {
-            jsb_job *next = job->next;
-            {
-                /* Runs process.nextTick callbacks and promise reactions after each job. */
-                node::CallbackScope callback_scope(iso, v8::Object::New(iso), {0, 0});
-                jsb_run_job(job);
-            }
-            jsb_job_free(job);
-            job = next;
-        }
-    }
+    sync_executor_run(jsb_executor);
     if (jsb_keepalive_count <= 0)
         uv_unref((uv_handle_t *)&jsb_async);
 }
@@ -778,9 +785,10 @@ void jsb_server_close_done(uv_work_t *work, int)
 /* Node is shutting down: let its loop close cleanly. */
 void jsb_module_cleanup(void *)
 {
-    uv_mutex_lock(&jsb_lock);
-    jsb_shut_down = true;
-    uv_mutex_unlock(&jsb_lock);
+    /* Closed, not freed: a server thread may still post (refused) until the process ends. Once
+     * close returns no jsb_wake is in flight, so the async handle can go. */
+    jsb_shutting_down.store(true);
+    sync_executor_close(jsb_executor);
     jsb_context->Reset();
     if (jsb_error_factory)
         jsb_error_factory->Reset();
@@ -796,7 +804,8 @@ void jsb_module_init(v8::Local<v8::Context> context)
     v8::Isolate *iso = context->GetIsolate();
     jsb_main_thread = uv_thread_self();
     jsb_context = new v8::Global<v8::Context>(iso, context);
-    uv_mutex_init(&jsb_lock);
+    if (sync_executor_new(&jsb_executor, jsb_wake, NULL, NULL) != SYNC_OK)
+        abort(); /* out of memory while loading the addon: no way to run callbacks */
     uv_async_init(node::GetCurrentEventLoop(iso), &jsb_async, jsb_drain);
     uv_unref((uv_handle_t *)&jsb_async);
     node::AddEnvironmentCleanupHook(iso, jsb_module_cleanup, NULL);
@@ -833,10 +842,7 @@ static void jsb_keepalive(int delta)
         uv_ref((uv_handle_t *)&jsb_async);
     else if (before > 0 && jsb_keepalive_count <= 0) {
         /* Jobs a stopping server posted still hold the loop; jsb_drain lets go after them. */
-        uv_mutex_lock(&jsb_lock);
-        bool idle = jsb_head == NULL;
-        uv_mutex_unlock(&jsb_lock);
-        if (idle)
+        if (sync_executor_pending(jsb_executor) == 0)
             uv_unref((uv_handle_t *)&jsb_async);
     }
 }

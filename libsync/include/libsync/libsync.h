@@ -10,5 +10,6 @@
 #include "libsync/engine.h"
 #include "libsync/adapter.h"
 #include "libsync/server.h"
+#include "libsync/executor.h"
 
 #endif /* LIBSYNC_LIBSYNC_H */
