@@ -26,30 +26,33 @@ struct sync_executor {
     sync_free_cb free_userdata;
 };
 
+/* A failed creation keeps the ownership rule (common.h): the userdata is released once. */
+static int new_failed(void *userdata, sync_free_cb free_userdata, int status, const char *why)
+{
+    if (free_userdata)
+        free_userdata(userdata);
+    return sync__fail(status, "%s", why);
+}
+
 int sync_executor_new(sync_executor **out, void (*wake)(void *userdata), void *userdata,
                       sync_free_cb free_userdata)
 {
-    if (out)
-        *out = NULL;
-    sync_executor *ex = out ? calloc(1, sizeof *ex) : NULL;
-    if (!ex) {
-        if (free_userdata)
-            free_userdata(userdata);
-        return out ? sync__fail(SYNC_ENOMEM, "out of memory for an executor")
-                   : sync__fail(SYNC_EINVAL, "sync_executor_new: out is NULL");
-    }
+    if (!out)
+        return new_failed(userdata, free_userdata, SYNC_EINVAL, "sync_executor_new: out is NULL");
+    *out = NULL;
+    sync_executor *ex = calloc(1, sizeof *ex);
+    if (!ex)
+        return new_failed(userdata, free_userdata, SYNC_ENOMEM, "out of memory for an executor");
     if (pthread_mutex_init(&ex->lock, NULL) != 0) {
         free(ex);
-        if (free_userdata)
-            free_userdata(userdata);
-        return sync__fail(SYNC_ENOMEM, "cannot create the executor's mutex");
+        return new_failed(userdata, free_userdata, SYNC_ENOMEM,
+                          "cannot create the executor's mutex");
     }
     if (pthread_cond_init(&ex->idle, NULL) != 0) {
         pthread_mutex_destroy(&ex->lock);
         free(ex);
-        if (free_userdata)
-            free_userdata(userdata);
-        return sync__fail(SYNC_ENOMEM, "cannot create the executor's condition variable");
+        return new_failed(userdata, free_userdata, SYNC_ENOMEM,
+                          "cannot create the executor's condition variable");
     }
     ex->wake = wake;
     ex->userdata = userdata;
@@ -59,20 +62,24 @@ int sync_executor_new(sync_executor **out, void (*wake)(void *userdata), void *u
     return SYNC_OK;
 }
 
+/* A job that will not run goes to its drop callback before the post returns (executor.h). */
+static int post_failed(sync_executor_drop_cb drop, void *job, int status, const char *why)
+{
+    if (drop)
+        drop(job);
+    return sync__fail(status, "%s", why);
+}
+
 int sync_executor_post(sync_executor *ex, sync_executor_run_cb run, sync_executor_drop_cb drop,
                        void *job)
 {
-    if (!ex || !run) {
-        if (drop)
-            drop(job);
-        return sync__fail(SYNC_EINVAL, "sync_executor_post: %s is NULL", ex ? "run" : "executor");
-    }
+    if (!ex || !run)
+        return post_failed(drop, job, SYNC_EINVAL,
+                           ex ? "sync_executor_post: run is NULL"
+                              : "sync_executor_post: executor is NULL");
     sync_executor_node *node = malloc(sizeof *node);
-    if (!node) {
-        if (drop)
-            drop(job);
-        return sync__fail(SYNC_ENOMEM, "out of memory for an executor job");
-    }
+    if (!node)
+        return post_failed(drop, job, SYNC_ENOMEM, "out of memory for an executor job");
     node->next = NULL;
     node->run = run;
     node->drop = drop;
@@ -81,9 +88,7 @@ int sync_executor_post(sync_executor *ex, sync_executor_run_cb run, sync_executo
     if (ex->closed) {
         pthread_mutex_unlock(&ex->lock);
         free(node);
-        if (drop)
-            drop(job);
-        return sync__fail(SYNC_ECLOSED, "the executor is closed");
+        return post_failed(drop, job, SYNC_ECLOSED, "the executor is closed");
     }
     int wake = ex->head == NULL && ex->wake != NULL;
     if (ex->tail)
