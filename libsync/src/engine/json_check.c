@@ -8,48 +8,56 @@
 
 #include "error.h"
 
+size_t sync__utf8_accept(uint32_t *state, const void *bytes, size_t len)
+{
+    /* bits 0-7: continuation bytes still due; 8-15 and 16-23: the range the next one must be
+     * in (narrower after E0, ED, F0 and F4: no overlong forms, surrogates or past U+10FFFF) */
+    const unsigned char *p = bytes;
+    unsigned need = *state & 0xff, lo = (*state >> 8) & 0xff, hi = (*state >> 16) & 0xff;
+    for (size_t i = 0; i < len; i++) {
+        unsigned b = p[i];
+        if (need) {
+            if (b < lo || b > hi)
+                return i;
+            need--;
+            lo = 0x80;
+            hi = 0xbf;
+        } else if (b >= 0x80) {
+            lo = 0x80;
+            hi = 0xbf;
+            if (b >= 0xc2 && b <= 0xdf)
+                need = 1;
+            else if (b >= 0xe0 && b <= 0xef)
+                need = 2;
+            else if (b >= 0xf0 && b <= 0xf4)
+                need = 3;
+            else
+                return i;
+            if (b == 0xe0)
+                lo = 0xa0;
+            else if (b == 0xed)
+                hi = 0x9f;
+            else if (b == 0xf0)
+                lo = 0x90;
+            else if (b == 0xf4)
+                hi = 0x8f;
+        }
+    }
+    *state = need ? need | lo << 8 | hi << 16 : 0;
+    return len;
+}
+
 int sync__json_check_utf8(const char *text, size_t len)
 {
-    const unsigned char *s = (const unsigned char *)text;
-    size_t i = 0;
-    while (i < len) {
-        unsigned char c = s[i];
-        if (c == 0)
-            return sync__fail(SYNC_EPARSE, "NUL byte at offset %zu", i);
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t need;
-        uint32_t cp;
-        uint32_t min;
-        if (c >= 0xC2 && c <= 0xDF) {
-            need = 1;
-            cp = c & 0x1Fu;
-            min = 0x80;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            need = 2;
-            cp = c & 0x0Fu;
-            min = 0x800;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            need = 3;
-            cp = c & 0x07u;
-            min = 0x10000;
-        } else {
-            return sync__fail(SYNC_EPARSE, "invalid UTF-8 lead byte 0x%02x at offset %zu", c, i);
-        }
-        if (len - i <= need)
-            return sync__fail(SYNC_EPARSE, "truncated UTF-8 sequence at offset %zu", i);
-        for (size_t k = 1; k <= need; k++) {
-            unsigned char cc = s[i + k];
-            if ((cc & 0xC0u) != 0x80u)
-                return sync__fail(SYNC_EPARSE, "invalid UTF-8 continuation at offset %zu", i + k);
-            cp = (cp << 6) | (cc & 0x3Fu);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return sync__fail(SYNC_EPARSE, "invalid UTF-8 code point at offset %zu", i);
-        i += need + 1;
-    }
+    const char *nul = memchr(text, '\0', len);
+    if (nul)
+        return sync__fail(SYNC_EPARSE, "NUL byte at offset %zu", (size_t)(nul - text));
+    uint32_t state = 0;
+    size_t valid = sync__utf8_accept(&state, text, len);
+    if (valid != len)
+        return sync__fail(SYNC_EPARSE, "invalid UTF-8 at offset %zu", valid);
+    if (state)
+        return sync__fail(SYNC_EPARSE, "truncated UTF-8 sequence at the end (offset %zu)", len);
     return SYNC_OK;
 }
 

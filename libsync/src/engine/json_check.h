@@ -8,6 +8,13 @@
 
 #include <cjson/cJSON.h>
 #include <stddef.h>
+#include <stdint.h>
+
+/* Well-formed UTF-8 (RFC 3629: no overlong forms, surrogates or code points past U+10FFFF),
+ * checked in pieces: `*state` (0 at the start of a text) carries an unfinished sequence from one
+ * call to the next. Returns how many bytes of `bytes` were valid: `len` when all were; the text is
+ * complete and valid when, after its last piece, that is `len` and `*state` is 0. */
+size_t sync__utf8_accept(uint32_t *state, const void *bytes, size_t len);
 
 /* SYNC_OK, or SYNC_EPARSE (with sync_error_last() naming the byte offset) when `text` is not
  * well-formed UTF-8 or contains a NUL byte. */

@@ -504,7 +504,8 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
     }
     /* checked as it arrives, so a client cannot make the server buffer a message that is
      * already known to be invalid */
-    if (!binary && (!server_utf8_step(&c->utf8_state, in, len) || (complete && c->utf8_state))) {
+    if (!binary &&
+        (sync__utf8_accept(&c->utf8_state, in, len) != len || (complete && c->utf8_state))) {
         c->utf8_state = 0;
         return close_now(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "invalid UTF-8");
     }

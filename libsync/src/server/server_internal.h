@@ -211,7 +211,7 @@ struct server_conn {
     bool write_failed;
     server_conn *live_next;
     server_conn *live_prev;
-    uint32_t utf8_state; /* server_utf8_step() across the fragments of a text message */
+    uint32_t utf8_state; /* sync__utf8_accept() across the fragments of a text message */
     char *rx_buf;
     size_t rx_len;
     size_t rx_cap;
@@ -264,9 +264,6 @@ int server_upgrade_check(sync_server *server, struct lws *wsi, const char *upgra
 /* LWS_CALLBACK_WS_PEER_INITIATED_CLOSE: 0 lets lws echo the peer's close frame; -1 after
  * answering a close frame that breaks RFC 6455 section 7.4 / 5.5.1 with 1002 (or 1007). */
 int server_peer_close(struct lws *wsi, const unsigned char *payload, size_t len);
-/* Checks that `len` more bytes continue valid UTF-8; `*state` (0 at a character boundary)
- * carries a character split across calls. false at the first byte that cannot be UTF-8. */
-bool server_utf8_step(uint32_t *state, const unsigned char *p, size_t len);
 /* A request head lws 4.1 parses whole (it drops a longer one without an answer). */
 #define SERVER_MAX_HEADER_DATA 16384
 /* Longest request target and header value accepted: longer ones get 414 / 431. */

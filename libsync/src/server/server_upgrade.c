@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "engine/json_check.h"
 #include "error.h"
 
 typedef struct request_string {
@@ -523,44 +524,6 @@ static bool close_code_valid(unsigned code)
     return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014);
 }
 
-bool server_utf8_step(uint32_t *state, const unsigned char *p, size_t len)
-{
-    /* bits 0-7: continuation bytes still due; 8-15 and 16-23: the range the next one must be
-     * in (narrower after E0, ED, F0 and F4: no overlong forms, surrogates or past U+10FFFF) */
-    unsigned need = *state & 0xff, lo = (*state >> 8) & 0xff, hi = (*state >> 16) & 0xff;
-    for (size_t i = 0; i < len; i++) {
-        unsigned b = p[i];
-        if (need) {
-            if (b < lo || b > hi)
-                return false;
-            need--;
-            lo = 0x80;
-            hi = 0xbf;
-        } else if (b >= 0x80) {
-            lo = 0x80;
-            hi = 0xbf;
-            if (b >= 0xc2 && b <= 0xdf)
-                need = 1;
-            else if (b >= 0xe0 && b <= 0xef)
-                need = 2;
-            else if (b >= 0xf0 && b <= 0xf4)
-                need = 3;
-            else
-                return false;
-            if (b == 0xe0)
-                lo = 0xa0;
-            else if (b == 0xed)
-                hi = 0x9f;
-            else if (b == 0xf0)
-                lo = 0x90;
-            else if (b == 0xf4)
-                hi = 0x8f;
-        }
-    }
-    *state = need ? need | lo << 8 | hi << 16 : 0;
-    return true;
-}
-
 /* A close frame of ours, written raw: lws 4.1's API has no write type for one, and
  * lws_close_reason() would make lws wait up to 5 s for an acknowledgement that a peer which
  * already sent its close never sends. lws calls server_peer_close only with nothing of ours
@@ -585,7 +548,7 @@ int server_peer_close(struct lws *wsi, const unsigned char *payload, size_t len)
     if (len == 1 || !close_code_valid((unsigned)payload[0] << 8 | payload[1]))
         return answer_close(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR);
     uint32_t state = 0;
-    if (!server_utf8_step(&state, payload + 2, len - 2) || state != 0)
+    if (sync__utf8_accept(&state, payload + 2, len - 2) != len - 2 || state != 0)
         return answer_close(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD);
     return 0;
 }
