@@ -10,6 +10,7 @@
 #include "libsync/engine.h"
 #include "libsync/adapter.h"
 #include "libsync/server.h"
+#include "libsync/rooms.h"
 #include "libsync/executor.h"
 
 #endif /* LIBSYNC_LIBSYNC_H */

@@ -113,10 +113,10 @@ SYNC_EXTERN int sync_request_complete(sync_request *req, int status);
 SYNC_EXTERN int sync_secret_equal(const char *given, size_t given_len, const char *secret);
 
 /* 2 added broadcast_yield_ms, 3 auth_timeout_ms, 4 handshake_timeout_ms and max_buffered_bytes,
- * 5 log_free_userdata. A
+ * 5 log_free_userdata, 6 room_idle_ms and max_rooms (rooms.h). A
  * caller built against an older version keeps passing it and the shorter struct: the library reads
  * (and sync_server_options_init writes) only the fields of the version given. */
-#define SYNC_SERVER_OPTIONS_VERSION 5
+#define SYNC_SERVER_OPTIONS_VERSION 6
 
 typedef struct sync_server_options {
     unsigned int version; /**< SYNC_SERVER_OPTIONS_VERSION */
@@ -187,12 +187,19 @@ typedef struct sync_server_options {
     /** Releases log_userdata (may be NULL): exactly once, when the server is freed (after its
      *  last log line) or before a failing sync_server_new() returns (common.h). */
     sync_free_cb log_free_userdata;
+    /* ---- version 6 ---- */
+    /** A room (rooms.h) with no client for this long is saved and unloaded. 0 = 30000 ms;
+     *  -1 = rooms stay loaded until max_rooms needs their place or the server is freed. */
+    int room_idle_ms;
+    /** Most rooms loaded at once, over every room mount; beyond it the least recently used idle
+     *  room is unloaded, and a join that finds none idle is refused with 503. 0 = 100000. */
+    int max_rooms;
 } sync_server_options;
 
 #define SYNC_SERVER_OPTIONS_INIT                                                                   \
     {                                                                                              \
         SYNC_SERVER_OPTIONS_VERSION, NULL, 0, NULL, 0, 0, 0, 0, 0, NULL, 0, NULL, NULL, NULL,      \
-            NULL, NULL, 0, NULL, NULL, 0, 0, 0, 0, NULL                                            \
+            NULL, NULL, 0, NULL, NULL, 0, 0, 0, 0, NULL, 0, 0                                      \
     }
 
 SYNC_EXTERN int sync_server_options_init(sync_server_options *opts, unsigned int version);

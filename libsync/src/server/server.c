@@ -120,8 +120,10 @@ const server_mount *server_find_mount(const sync_server *server, const char *pat
 /* The bytes a caller's struct of that (known) version has: the fields after it do not exist. */
 static size_t options_size(unsigned int version)
 {
-    if (version >= 5)
+    if (version >= 6)
         return sizeof(sync_server_options);
+    if (version == 5)
+        return offsetof(sync_server_options, room_idle_ms);
     if (version == 4)
         return offsetof(sync_server_options, log_free_userdata);
     if (version == 3)
