@@ -5,7 +5,12 @@
  * reach base + k, so a server may coalesce states freely: only the highest counter each client has
  * seen matters. It fails (exit 1) when the clients do not all reach base + M in time, when any
  * client sees a counter above base + M, or when a client's counter goes backwards.
- * With --idle it instead opens N connections and reports the server's RSS per connection. */
+ * With --rooms R the clients are spread over R rooms (client i joins PATH + "r" + i % R, sender i
+ * sends to room i % R) and each room is counted as above on its own: a send is acknowledged by
+ * the clients of its room, and every room must converge on its own final counter.
+ * With --idle it instead opens N connections and reports the server's RSS per connection; with
+ * --unload-wait-ms it then closes them, samples the RSS of the rooms left idle, waits, and samples
+ * it again once the server had time to unload them. */
 #include "wsproto.h"
 
 #include <errno.h>
@@ -46,13 +51,27 @@ struct conn {
     char key[WS_KEY_LEN + 1];
     /* Sender bookkeeping (only the first S connections send). */
     long quota, sent, inflight;
+    struct room *room;
+};
+
+/* One state being counted: the whole server, or one room of it. Send number k (0-based, in the
+ * order the room's sends left) is acknowledged once a client of the room saw base + k + 1. */
+struct room {
+    long clients, quota;
+    int64_t base, target, max_seen_any;
+    long total_sent, total_acked, converged_clients;
+    uint64_t *send_ns;
+    int *send_by;
+    /* How many of the room's clients have seen send k: the last one times the staleness every
+     * client is guaranteed, which coalescing must not buy speed with. */
+    uint32_t *seen_by;
 };
 
 struct options {
-    long clients, senders, window, messages;
+    long clients, senders, window, messages, rooms;
     const char *host, *port, *path;
     long server_pid;
-    long connect_timeout_ms, timeout_ms, linger_ms, idle_wait_ms, connect_parallel;
+    long connect_timeout_ms, timeout_ms, linger_ms, idle_wait_ms, unload_wait_ms, connect_parallel;
     size_t max_frame;
     bool idle;
 };
@@ -69,19 +88,14 @@ static struct {
     int epfd;
     struct addrinfo *addr;
     uint64_t rng;
-    /* Phase flags: running = increments are being counted against base/target. */
+    struct room *rooms;
+    /* Phase flags: running = increments are being counted against each room's base/target. */
     bool running;
-    int64_t base, target;
     long ready, converged_clients;
-    /* Per send number k (0-based): when it was sent and by which sender. */
-    uint64_t *send_ns;
-    int *send_by;
+    /* Over every room: first-ack latency of each acknowledged send, and the time until the last
+     * client of its room saw it. */
     long total_sent, total_acked;
-    int64_t max_seen_any;
     uint32_t *latency_us;
-    /* Per send number k: how many clients have seen it, and when the last of them did (from its
-     * send): the staleness every client is guaranteed, which coalescing must not buy speed with. */
-    uint32_t *seen_by;
     uint32_t *all_latency_us;
     long all_seen;
     struct stats st;
@@ -213,6 +227,16 @@ static void start_connect(struct conn *c)
         conn_lost(c, strerror(errno));
 }
 
+/* The path a client joins: --path itself, or with --rooms, --path + "r" + its room's index. */
+static const char *conn_path(const struct conn *c)
+{
+    static char path[512];
+    if (lg.opt.rooms <= 1)
+        return lg.opt.path;
+    snprintf(path, sizeof path, "%sr%ld", lg.opt.path, (long)(c->room - lg.rooms));
+    return path;
+}
+
 static void send_handshake(struct conn *c)
 {
     uint8_t nonce[16];
@@ -226,7 +250,7 @@ static void send_handshake(struct conn *c)
                       lg.opt.port);
     int n = hn < 0 || (size_t)hn >= sizeof host
                 ? -1
-                : ws_write_request(req, sizeof req, host, lg.opt.path, c->key, NULL);
+                : ws_write_request(req, sizeof req, host, conn_path(c), c->key, NULL);
     if (n < 0) {
         conn_lost(c, "request too long");
         return;
@@ -280,38 +304,43 @@ static bool find_counter(const uint8_t *p, size_t len, int64_t *out)
 
 static void pump_senders(void);
 
-static void acknowledge_up_to(int64_t value, uint64_t now)
+static uint32_t micros_since(uint64_t then, uint64_t now)
 {
-    while (lg.total_acked < lg.total_sent && lg.base + lg.total_acked + 1 <= value) {
-        long k = lg.total_acked++;
-        uint64_t d = (now - lg.send_ns[k]) / 1000u;
-        lg.latency_us[k] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
-        lg.conns[lg.send_by[k]].inflight--;
+    uint64_t d = (now - then) / 1000u;
+    return d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+}
+
+static void acknowledge_up_to(struct room *r, int64_t value, uint64_t now)
+{
+    while (r->total_acked < r->total_sent && r->base + r->total_acked + 1 <= value) {
+        long k = r->total_acked++;
+        lg.latency_us[lg.total_acked++] = micros_since(r->send_ns[k], now);
+        lg.conns[r->send_by[k]].inflight--;
     }
 }
 
 /* One client's counter moved from `from` to `to`: each increment in between has one more
- * observer. */
-static void count_seen(int64_t from, int64_t to)
+ * observer in its room. */
+static void count_seen(struct room *r, int64_t from, int64_t to)
 {
-    int64_t lo = from > lg.base ? from : lg.base;
-    int64_t hi = to < lg.target ? to : lg.target;
-    if (hi > lg.base + lg.total_sent)
-        hi = lg.base + lg.total_sent; /* not sent by us: nothing to time */
+    int64_t lo = from > r->base ? from : r->base;
+    int64_t hi = to < r->target ? to : r->target;
+    if (hi > r->base + r->total_sent)
+        hi = r->base + r->total_sent; /* not sent by us: nothing to time */
     uint64_t now = 0;
     for (int64_t v = lo + 1; v <= hi; v++) {
-        long k = (long)(v - lg.base - 1);
-        if (++lg.seen_by[k] != (uint32_t)lg.opt.clients)
+        long k = (long)(v - r->base - 1);
+        if (++r->seen_by[k] != (uint32_t)r->clients)
             continue;
         if (!now)
             now = now_ns();
-        uint64_t d = (now - lg.send_ns[k]) / 1000u;
-        lg.all_latency_us[lg.all_seen++] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+        lg.all_latency_us[lg.all_seen++] = micros_since(r->send_ns[k], now);
     }
 }
 
 static void on_state(struct conn *c, int64_t value)
 {
+    struct room *r = c->room;
     if (c->state == CS_WAIT_INITIAL) {
         c->state = CS_READY;
         lg.ready++;
@@ -324,21 +353,23 @@ static void on_state(struct conn *c, int64_t value)
         c->seen_any = true;
         return;
     }
-    if (value > lg.target) {
+    if (value > r->target) {
         if (value > lg.st.overshoot_value)
             lg.st.overshoot_value = value;
         fail("client %d saw counter %" PRId64 " above the final %" PRId64, c->index, value,
-             lg.target);
+             r->target);
     }
     if (value > c->max_seen) {
-        if (value >= lg.target && c->max_seen < lg.target)
+        if (value >= r->target && c->max_seen < r->target) {
             lg.converged_clients++;
-        count_seen(c->max_seen, value);
+            r->converged_clients++;
+        }
+        count_seen(r, c->max_seen, value);
         c->max_seen = value;
     }
-    if (value > lg.max_seen_any) {
-        lg.max_seen_any = value;
-        acknowledge_up_to(value, now_ns());
+    if (value > r->max_seen_any) {
+        r->max_seen_any = value;
+        acknowledge_up_to(r, value, now_ns());
     }
 }
 
@@ -532,11 +563,13 @@ static void pump_senders(void)
         struct conn *c = &lg.conns[i];
         if (c->state != CS_READY)
             continue;
+        struct room *r = c->room;
         bool queued = false;
         while (c->inflight < lg.opt.window && c->sent < c->quota) {
             queue_frame(c, WS_OP_TEXT, inc, sizeof inc - 1);
-            lg.send_ns[lg.total_sent] = 0;
-            lg.send_by[lg.total_sent] = (int)i;
+            r->send_ns[r->total_sent] = 0;
+            r->send_by[r->total_sent] = (int)i;
+            r->total_sent++;
             lg.total_sent++;
             c->sent++;
             c->inflight++;
@@ -546,8 +579,8 @@ static void pump_senders(void)
             continue;
         /* Stamp just before the bytes leave, so latency excludes the time spent queueing. */
         uint64_t t = now_ns();
-        for (long k = lg.total_sent - 1; k >= 0 && lg.send_ns[k] == 0; k--)
-            lg.send_ns[k] = t;
+        for (long k = r->total_sent - 1; k >= 0 && r->send_ns[k] == 0; k--)
+            r->send_ns[k] = t;
         flush_out(c);
     }
 }
@@ -706,7 +739,8 @@ static void usage(FILE *to)
         "  -m, --messages M         increments in total (default 1000)\n"
         "  -H, --host HOST          server host (default 127.0.0.1)\n"
         "  -p, --port PORT          server port (required)\n"
-        "      --path PATH          WebSocket path (default /)\n"
+        "      --path PATH          WebSocket path (default /); with --rooms, the rooms' prefix\n"
+        "      --rooms R            spread clients and senders over R rooms (default 1)\n"
         "      --server-pid PID     sample this process's RSS and CPU\n"
         "      --connect-timeout-ms connecting every client (default 30000)\n"
         "      --timeout-ms MS      converging after the first send (default 60000)\n"
@@ -715,6 +749,7 @@ static void usage(FILE *to)
         "      --max-frame BYTES    largest accepted message (default 67108864)\n"
         "      --idle               only connect, wait, and report server RSS per connection\n"
         "      --idle-wait-ms MS    wait before sampling in --idle mode (default 2000)\n"
+        "      --unload-wait-ms MS  --idle: then disconnect, sample, wait MS, sample again\n"
         "Prints one JSON line; exits 0 when every client converged on the exact final\n"
         "counter, 1 when not (timeout, overshoot, regression, lost connection), 2 on bad usage.\n",
         to);
@@ -739,6 +774,7 @@ static void parse_args(int argc, char **argv)
                           .senders = 1,
                           .window = 1,
                           .messages = 1000,
+                          .rooms = 1,
                           .host = "127.0.0.1",
                           .path = "/",
                           .connect_timeout_ms = 30000,
@@ -747,7 +783,19 @@ static void parse_args(int argc, char **argv)
                           .idle_wait_ms = 2000,
                           .connect_parallel = 256,
                           .max_frame = 64u << 20};
-    enum { O_PATH = 256, O_PID, O_CTO, O_TO, O_LINGER, O_PAR, O_MAXF, O_IDLE, O_IDLEW };
+    enum {
+        O_PATH = 256,
+        O_PID,
+        O_CTO,
+        O_TO,
+        O_LINGER,
+        O_PAR,
+        O_MAXF,
+        O_IDLE,
+        O_IDLEW,
+        O_ROOMS,
+        O_UNLOADW
+    };
     static const struct option longs[] = {
         {"clients", required_argument, 0, 'n'},
         {"senders", required_argument, 0, 's'},
@@ -764,6 +812,8 @@ static void parse_args(int argc, char **argv)
         {"max-frame", required_argument, 0, O_MAXF},
         {"idle", no_argument, 0, O_IDLE},
         {"idle-wait-ms", required_argument, 0, O_IDLEW},
+        {"rooms", required_argument, 0, O_ROOMS},
+        {"unload-wait-ms", required_argument, 0, O_UNLOADW},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -815,6 +865,12 @@ static void parse_args(int argc, char **argv)
         case O_IDLEW:
             o->idle_wait_ms = parse_long(optarg, "--idle-wait-ms", 0);
             break;
+        case O_ROOMS:
+            o->rooms = parse_long(optarg, "--rooms", 1);
+            break;
+        case O_UNLOADW:
+            o->unload_wait_ms = parse_long(optarg, "--unload-wait-ms", 0);
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -831,17 +887,35 @@ static void parse_args(int argc, char **argv)
         fprintf(stderr, "loadgen: need 1 <= senders <= clients when messages > 0\n");
         exit(2);
     }
+    if (o->rooms > o->clients || (!o->idle && o->senders < o->rooms && o->messages > 0)) {
+        fprintf(stderr, "loadgen: need rooms <= clients, and a sender per room\n");
+        exit(2);
+    }
 }
 
-static int report_idle(double connect_ms, long rss_before, long rss_after)
+/* RSS samples of --idle: before connecting, with every client connected, and with --unload-wait-ms
+ * once they left (rooms still loaded) and after the wait (rooms unloaded). -1 = not sampled. */
+struct idle_rss {
+    long before, connected, left, unloaded;
+};
+
+static int report_idle(double connect_ms, struct idle_rss rss)
 {
-    long per_conn =
-        rss_before >= 0 && rss_after >= 0 ? (rss_after - rss_before) * 1024 / lg.opt.clients : -1;
-    printf("{\"ok\":%s,\"mode\":\"idle\",\"clients\":%ld,\"connected\":%ld,\"connect_ms\":%.3f,"
-           "\"server_rss_before_kb\":%ld,\"server_rss_after_kb\":%ld,"
-           "\"rss_per_conn_bytes\":%ld,\"loadgen_cpu_s\":%.3f",
-           lg.error[0] ? "false" : "true", lg.opt.clients, lg.ready, connect_ms, rss_before,
-           rss_after, per_conn, self_cpu_s());
+    bool sampled = rss.before >= 0 && rss.connected >= 0;
+    long per_conn = sampled ? (rss.connected - rss.before) * 1024 / lg.opt.clients : -1;
+    long per_room =
+        rss.before >= 0 && rss.left >= 0 ? (rss.left - rss.before) * 1024 / lg.opt.rooms : -1;
+    printf("{\"ok\":%s,\"mode\":\"idle\",\"clients\":%ld,\"rooms\":%ld,\"connected\":%ld,"
+           "\"connect_ms\":%.3f,\"server_rss_before_kb\":%ld,\"server_rss_after_kb\":%ld,"
+           "\"rss_per_conn_bytes\":%ld,\"server_rss_left_kb\":%ld,\"rss_per_idle_room_bytes\":%ld,"
+           "\"server_rss_unloaded_kb\":%ld,\"rss_unloaded_pct_of_before\":%.1f,"
+           "\"loadgen_cpu_s\":%.3f",
+           lg.error[0] ? "false" : "true", lg.opt.clients, lg.opt.rooms, lg.ready, connect_ms,
+           rss.before, rss.connected, per_conn, rss.left, per_room, rss.unloaded,
+           rss.before > 0 && rss.unloaded >= 0
+               ? 100.0 * (double)rss.unloaded / (double)rss.before
+               : -1.0,
+           self_cpu_s());
     print_error_field();
     puts("}");
     return lg.error[0] ? 1 : 0;
@@ -855,8 +929,11 @@ static int report_run(double connect_ms, double converge_ms, double cpu_s, doubl
     qsort(lg.all_latency_us, (size_t)na, sizeof *lg.all_latency_us, cmp_u32);
     bool ok = !lg.error[0];
     double secs = converge_ms / 1000.0;
-    printf("{\"ok\":%s,\"mode\":\"run\",\"clients\":%ld,\"senders\":%ld,\"window\":%ld,"
-           "\"messages\":%ld,\"base\":%" PRId64 ",\"final\":%" PRId64 ",\"connect_ms\":%.3f,"
+    /* base, final and max_seen are room 0's: the whole server's without --rooms. */
+    const struct room *r0 = lg.rooms;
+    printf("{\"ok\":%s,\"mode\":\"run\",\"clients\":%ld,\"rooms\":%ld,\"senders\":%ld,"
+           "\"window\":%ld,\"messages\":%ld,\"base\":%" PRId64 ",\"final\":%" PRId64
+           ",\"connect_ms\":%.3f,"
            "\"converge_ms\":%.3f,\"msgs_per_s\":%.1f,\"sent\":%ld,\"acked\":%ld,"
            "\"converged_clients\":%ld,\"state_frames\":%" PRIu64 ",\"state_bytes\":%" PRIu64
            ",\"bytes_received\":%" PRIu64 ",\"frames_per_client\":%.1f,\"other_frames\":%" PRIu64
@@ -864,12 +941,12 @@ static int report_run(double connect_ms, double converge_ms, double cpu_s, doubl
            ",\"latency_us\":{\"p50\":%u,\"p90\":%u,\"p99\":%u,\"max\":%u},"
            "\"all_clients_latency_us\":{\"p50\":%u,\"p90\":%u,\"p99\":%u,\"max\":%u},"
            "\"loadgen_cpu_s\":%.3f,\"loadgen_cpu_pct\":%.1f",
-           ok ? "true" : "false", lg.opt.clients, lg.opt.senders, lg.opt.window, lg.opt.messages,
-           lg.base, lg.target, connect_ms, converge_ms,
+           ok ? "true" : "false", lg.opt.clients, lg.opt.rooms, lg.opt.senders, lg.opt.window,
+           lg.opt.messages, r0->base, r0->target, connect_ms, converge_ms,
            ok && secs > 0 ? (double)lg.opt.messages / secs : 0.0, lg.total_sent, lg.total_acked,
            lg.converged_clients, lg.st.state_frames, lg.st.state_bytes, lg.st.bytes_received,
            (double)lg.st.state_frames / (double)lg.opt.clients, lg.st.other_frames, lg.st.app_pings,
-           lg.st.regressions, lg.max_seen_any, percentile(lg.latency_us, n, 0.50),
+           lg.st.regressions, r0->max_seen_any, percentile(lg.latency_us, n, 0.50),
            percentile(lg.latency_us, n, 0.90), percentile(lg.latency_us, n, 0.99),
            n ? lg.latency_us[n - 1] : 0, percentile(lg.all_latency_us, na, 0.50),
            percentile(lg.all_latency_us, na, 0.90), percentile(lg.all_latency_us, na, 0.99),
@@ -901,24 +978,36 @@ int main(int argc, char **argv)
     }
     lg.epfd = epoll_create1(EPOLL_CLOEXEC);
     lg.conns = calloc((size_t)o->clients, sizeof *lg.conns);
-    lg.send_ns = calloc((size_t)o->messages + 1, sizeof *lg.send_ns);
-    lg.send_by = calloc((size_t)o->messages + 1, sizeof *lg.send_by);
+    lg.rooms = calloc((size_t)o->rooms, sizeof *lg.rooms);
     lg.latency_us = calloc((size_t)o->messages + 1, sizeof *lg.latency_us);
-    lg.seen_by = calloc((size_t)o->messages + 1, sizeof *lg.seen_by);
     lg.all_latency_us = calloc((size_t)o->messages + 1, sizeof *lg.all_latency_us);
-    if (lg.epfd < 0 || !lg.conns || !lg.send_ns || !lg.send_by || !lg.latency_us || !lg.seen_by ||
-        !lg.all_latency_us) {
+    if (lg.epfd < 0 || !lg.conns || !lg.rooms || !lg.latency_us || !lg.all_latency_us) {
         fprintf(stderr, "loadgen: setup failed\n");
         return 3;
     }
     for (long i = 0; i < o->clients; i++) {
-        lg.conns[i].fd = -1;
-        lg.conns[i].index = (int)i;
+        struct conn *c = &lg.conns[i];
+        c->fd = -1;
+        c->index = (int)i;
+        c->room = &lg.rooms[i % o->rooms];
+        c->room->clients++;
         if (i < o->senders)
-            lg.conns[i].quota = o->messages / o->senders + (i < o->messages % o->senders);
+            c->quota = o->messages / o->senders + (i < o->messages % o->senders);
+        c->room->quota += c->quota;
+    }
+    for (long i = 0; i < o->rooms; i++) {
+        struct room *r = &lg.rooms[i];
+        r->send_ns = calloc((size_t)r->quota + 1, sizeof *r->send_ns);
+        r->send_by = calloc((size_t)r->quota + 1, sizeof *r->send_by);
+        r->seen_by = calloc((size_t)r->quota + 1, sizeof *r->seen_by);
+        if (!r->send_ns || !r->send_by || !r->seen_by) {
+            fprintf(stderr, "loadgen: setup failed\n");
+            return 3;
+        }
     }
 
-    long rss_before = o->server_pid ? proc_status_kb(o->server_pid, "VmRSS") : -1;
+    struct idle_rss rss = {-1, -1, -1, -1};
+    rss.before = o->server_pid ? proc_status_kb(o->server_pid, "VmRSS") : -1;
     uint64_t t_start = now_ns();
     if (!loop_until(all_ready, t_start + (uint64_t)o->connect_timeout_ms * 1000000u, false))
         fail("only %ld of %ld clients connected within %ld ms", lg.ready, o->clients,
@@ -928,22 +1017,45 @@ int main(int argc, char **argv)
     if (o->idle) {
         if (!lg.error[0])
             loop_until(never, now_ns() + (uint64_t)o->idle_wait_ms * 1000000u, false);
-        long rss_after = o->server_pid ? proc_status_kb(o->server_pid, "VmRSS") : -1;
-        return report_idle(connect_ms, rss_before, rss_after);
+        rss.connected = o->server_pid ? proc_status_kb(o->server_pid, "VmRSS") : -1;
+        if (o->unload_wait_ms > 0 && o->server_pid && !lg.error[0]) {
+            for (long i = 0; i < o->clients; i++)
+                conn_close(&lg.conns[i]);
+            /* The server notices the closes within a loop turn or two. */
+            struct timespec settle = {0, 500 * 1000000L};
+            nanosleep(&settle, NULL);
+            rss.left = proc_status_kb(o->server_pid, "VmRSS");
+            struct timespec wait = {o->unload_wait_ms / 1000,
+                                    (o->unload_wait_ms % 1000) * 1000000L};
+            nanosleep(&wait, NULL);
+            rss.unloaded = proc_status_kb(o->server_pid, "VmRSS");
+        }
+        return report_idle(connect_ms, rss);
     }
 
-    /* Every client's initial state names the same counter when nobody has sent yet. */
-    lg.base = INT64_MIN;
-    for (long i = 0; i < o->clients; i++)
-        if (lg.conns[i].seen_any && lg.conns[i].max_seen > lg.base)
-            lg.base = lg.conns[i].max_seen;
-    if (lg.base == INT64_MIN)
-        lg.base = 0;
-    lg.target = lg.base + o->messages;
-    lg.max_seen_any = lg.base;
-    for (long i = 0; i < o->clients; i++)
-        if (lg.conns[i].max_seen >= lg.target)
+    /* Every client of a room names the same counter in its initial state when nobody has sent
+     * yet. */
+    for (long i = 0; i < o->rooms; i++)
+        lg.rooms[i].base = INT64_MIN;
+    for (long i = 0; i < o->clients; i++) {
+        struct conn *c = &lg.conns[i];
+        if (c->seen_any && c->max_seen > c->room->base)
+            c->room->base = c->max_seen;
+    }
+    for (long i = 0; i < o->rooms; i++) {
+        struct room *r = &lg.rooms[i];
+        if (r->base == INT64_MIN)
+            r->base = 0;
+        r->target = r->base + r->quota;
+        r->max_seen_any = r->base;
+    }
+    for (long i = 0; i < o->clients; i++) {
+        struct conn *c = &lg.conns[i];
+        if (c->max_seen >= c->room->target) {
             lg.converged_clients++;
+            c->room->converged_clients++;
+        }
+    }
 
     double cpu0 = self_cpu_s();
     double srv0 = o->server_pid ? proc_cpu_s(o->server_pid) : 0;
@@ -954,11 +1066,19 @@ int main(int argc, char **argv)
         pump_senders();
         bool in_time = loop_until(all_converged, t0 + (uint64_t)o->timeout_ms * 1000000u, true);
         converge_ms = (double)(now_ns() - t0) / 1e6;
-        if (!in_time)
-            fail("%ld of %ld clients reached %" PRId64 " within %ld ms (highest seen %" PRId64
-                 ", %ld of %ld increments sent)",
-                 lg.converged_clients, o->clients, lg.target, o->timeout_ms, lg.max_seen_any,
-                 lg.total_sent, o->messages);
+        if (!in_time) {
+            const struct room *r = lg.rooms;
+            for (long i = 0; i < o->rooms; i++)
+                if (lg.rooms[i].converged_clients < lg.rooms[i].clients) {
+                    r = &lg.rooms[i];
+                    break;
+                }
+            fail("%ld of %ld clients converged within %ld ms; in room %ld, %ld of %ld reached "
+                 "%" PRId64 " (highest seen %" PRId64 ", %ld of %ld increments sent)",
+                 lg.converged_clients, o->clients, o->timeout_ms, (long)(r - lg.rooms),
+                 r->converged_clients, r->clients, r->target, r->max_seen_any, r->total_sent,
+                 r->quota);
+        }
     }
     double cpu_s = self_cpu_s() - cpu0;
     double srv_cpu_s = o->server_pid ? proc_cpu_s(o->server_pid) - srv0 : 0;
@@ -974,10 +1094,13 @@ int main(int argc, char **argv)
         free(lg.conns[i].out);
     }
     free(lg.conns);
-    free(lg.send_ns);
-    free(lg.send_by);
+    for (long i = 0; i < o->rooms; i++) {
+        free(lg.rooms[i].send_ns);
+        free(lg.rooms[i].send_by);
+        free(lg.rooms[i].seen_by);
+    }
+    free(lg.rooms);
     free(lg.latency_us);
-    free(lg.seen_by);
     free(lg.all_latency_us);
     freeaddrinfo(lg.addr);
     close(lg.epfd);
