@@ -38,20 +38,6 @@ static long temp_name_pid(const char *tail)
     return p == n || *p ? -1 : pid;
 }
 
-/* The record name before ".tmp-" in a temp file name matches: `base` exactly, or with `base`
- * NULL any name ending in ".json" (the file room store's records). */
-static const char *temp_tail(const char *name, const char *base)
-{
-    if (base) {
-        size_t base_len = strlen(base);
-        if (strncmp(name, base, base_len) != 0 || strncmp(name + base_len, ".tmp-", 5) != 0)
-            return NULL;
-        return name + base_len + 5;
-    }
-    const char *at = strstr(name, ".json.tmp-");
-    return at && at != name ? at + 10 : NULL;
-}
-
 void file_record_remove_stale_temps(const char *dir, const char *base)
 {
     DIR *d = opendir(dir);
@@ -59,10 +45,10 @@ void file_record_remove_stale_temps(const char *dir, const char *base)
         return;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        const char *tail = temp_tail(e->d_name, base);
-        if (!tail)
+        size_t base_len = strlen(base);
+        if (strncmp(e->d_name, base, base_len) != 0 || strncmp(e->d_name + base_len, ".tmp-", 5))
             continue;
-        long pid = temp_name_pid(tail);
+        long pid = temp_name_pid(e->d_name + base_len + 5);
         if (pid <= 0 || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
             continue;
         struct stat st;
@@ -77,7 +63,8 @@ void file_record_remove_stale_temps(const char *dir, const char *base)
 static int keep_aside(const file_record *fa, const char *why)
 {
     char *prefix = NULL;
-    if (asprintf(&prefix, "%s.corrupt-", fa->path) < 0)
+    if (fa->aside_prefix ? !(prefix = strdup(fa->aside_prefix))
+                         : asprintf(&prefix, "%s.corrupt-", fa->path) < 0)
         return sync__fail(SYNC_ENOMEM, "out of memory");
     int64_t ms = sync_wall_ms();
     char *aside = NULL;
@@ -186,7 +173,7 @@ int file_record_load(const file_record *fa, char **out_state_json, int64_t *out_
 static int replace_file(const file_record *fa, const char *target, const struct iovec *iov,
                         int iovcnt)
 {
-    char *tmp = fs_temp_name(target);
+    char *tmp = fs_temp_name(fa->temp_base ? fa->temp_base : target);
     if (!tmp)
         return sync__fail(SYNC_ENOMEM, "out of memory");
     /* A store someone restricted (chmod 600: the state may hold secrets) stays restricted. */
