@@ -439,7 +439,8 @@ static int sorted_names(const char *listed, char **out)
         }
         items[n++] = item;
     }
-    qsort(items, (size_t)n, sizeof *items, compare_names);
+    if (n > 1)
+        qsort(items, (size_t)n, sizeof *items, compare_names);
     /* Relink in sorted order. */
     array->child = NULL;
     for (int i = 0; i < n; i++) {
