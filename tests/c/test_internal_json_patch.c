@@ -545,9 +545,15 @@ static void random_edit(cJSON **root)
     uint32_t n = (uint32_t)cJSON_GetArraySize(c);
     uint32_t what = rnd(6);
     if (cJSON_IsArray(c)) {
-        if (what < 2 || n == 0)
-            cJSON_InsertItemInArray(c, (int)rnd(n + 1), random_value(2));
-        else if (what == 2)
+        if (what < 2 || n == 0) {
+            /* cJSON 1.7.15 refuses an insert at the end (and leaves the item to the caller) */
+            uint32_t at = rnd(n + 1);
+            cJSON *v = random_value(2);
+            if (at == n)
+                cJSON_AddItemToArray(c, v);
+            else if (!cJSON_InsertItemInArray(c, (int)at, v))
+                cJSON_Delete(v);
+        } else if (what == 2)
             cJSON_DeleteItemFromArray(c, (int)rnd(n));
         else if (what == 3)
             cJSON_AddItemToArray(c, random_value(2));
