@@ -45,7 +45,7 @@ static void check_diff(const cJSON *a, const cJSON *b)
     if (sync__json_patch_apply_text(&back, p.reverse, p.reverse_len) != SYNC_OK ||
         !sync__json_equal(back, a, 0))
         fail("the reverse patch does not take b back to a", p.reverse, tb);
-    sync__json_patch small;
+    sync__json_patch small = {0};
     if (p.len > 2 && sync__json_diff(a, b, p.len - 1, 0, &small) != SYNC_ETOOBIG)
         fail("the size check let a longer patch through", ta, tb);
     sync__json_patch_clear(&small);
