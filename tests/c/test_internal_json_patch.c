@@ -642,6 +642,26 @@ static int check_diff_apply(const cJSON *a, const cJSON *b, int round)
     return ok;
 }
 
+/* 0 and -0 are equal doubles, but state frames print them as "0" and "-0" (cJSON 1.7.15): a
+ * change from one to the other must reach the client (found by fuzz_json_patch). */
+static void test_negative_zero(void)
+{
+    cJSON *a = parse("{\"z\":0,\"y\":[-0]}"), *b = parse("{\"z\":-0,\"y\":[0]}");
+    char *ta = cJSON_PrintUnformatted(a), *tb = cJSON_PrintUnformatted(b);
+    if (strcmp(ta, tb) != 0) {
+        sync__json_patch p;
+        REQUIRE(sync__json_diff(a, b, 0, 0, &p) == SYNC_OK);
+        CHECK_EQ_INT(p.ops, 2);
+        CHECK(!sync__json_equal(a, b, 1));
+        CHECK(check_diff_apply(a, b, -1));
+        sync__json_patch_clear(&p);
+    }
+    cJSON_free(ta);
+    cJSON_free(tb);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+}
+
 static void test_property_diff_apply(void)
 {
     int failures = 0;
@@ -879,6 +899,7 @@ int main(void)
     RUN(test_apply_hostile);
     RUN(test_numbers_exact);
     RUN(test_diff_shapes);
+    RUN(test_negative_zero);
     RUN(test_property_diff_apply);
     RUN(test_property_compose);
     RUN(test_large_state_small_patches);

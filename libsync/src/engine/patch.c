@@ -1,5 +1,6 @@
 #include "patch.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,7 +208,9 @@ static size_t count_from(const cJSON *it)
  * patch need not either. Comparing the doubles first keeps the common case free of printing. */
 static int same_number(const cJSON *a, const cJSON *b)
 {
-    if (a->valuedouble == b->valuedouble && a->valueint == b->valueint)
+    /* equal non-zero doubles are the same bits; 0 and -0 are equal but print "0" and "-0" */
+    if (a->valuedouble == b->valuedouble && a->valueint == b->valueint &&
+        (a->valuedouble != 0 || signbit(a->valuedouble) == signbit(b->valuedouble)))
         return 1;
     char ta[64], tb[64];
     if (!cJSON_PrintPreallocated((cJSON *)a, ta, (int)sizeof ta, 0) ||
