@@ -826,6 +826,14 @@ static void test_large_state_small_patches(void)
     CHECK(diff_size(a, f, "one inserted at the front") <= 200);
     cJSON_Delete(f);
 
+    /* a capped log on the items: the oldest dropped, a new one appended */
+    cJSON *g = cJSON_Duplicate(a, 1);
+    cJSON *gi = cJSON_GetObjectItemCaseSensitive(g, "items");
+    cJSON_DeleteItemFromArray(gi, 0);
+    cJSON_AddItemToArray(gi, cJSON_CreateString("newest"));
+    CHECK(diff_size(a, g, "capped log: first out, one in") <= 200);
+    cJSON_Delete(g);
+
     /* the wide map: one member deleted and added again (now last), one new, one gone */
     cJSON *d = cJSON_Duplicate(a, 1);
     cJSON *map = cJSON_GetObjectItemCaseSensitive(d, "users");
@@ -871,6 +879,15 @@ static void test_diff_shapes(void)
         {"true", "false", 1},
         {"null", "null", 0},
         {"{\"a\":{\"b\":1}}", "{\"a\":{\"b\":1,\"c\":2}}", 1},
+        /* a capped log: the first dropped, one appended */
+        {"[1,2,3,4,5,6,7,8]", "[2,3,4,5,6,7,8,9]", 2},
+        /* inside the middle: one added, one changed, one removed */
+        {"[1,2,3,4,5]", "[1,9,2,3,5]", 2},
+        {"[1,2,3,4,5,6]", "[1,2,7,4,6]", 2},
+        {"[{\"id\":1},{\"id\":2},{\"id\":3},{\"id\":4}]",
+         "[{\"id\":2},{\"id\":3,\"x\":1},{\"id\":4},{\"id\":5}]", 3},
+        /* nothing in common within reach: pairwise */
+        {"[1,2,3]", "[4,5,6,7]", 4},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         cJSON *a = parse(cases[i].a), *b = parse(cases[i].b);

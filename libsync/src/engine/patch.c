@@ -390,6 +390,125 @@ static int same(diff_ctx *c, const cJSON *a, const cJSON *b, int depth)
     return eq == 1;
 }
 
+/* A deep hash: equal values (diff's equality) hash alike, except numbers that differ in their
+ * bits but print alike, which then only miss an alignment (a larger patch, never a wrong one). */
+static uint64_t hash_value(const cJSON *v, int depth)
+{
+    uint64_t h = 1469598103934665603u ^ (uint64_t)TYPE_OF(v);
+    if (depth > SYNC__JSON_PATCH_MAX_DEPTH)
+        return h;
+    switch (TYPE_OF(v)) {
+    case cJSON_Number: {
+        double d = v->valuedouble;
+        uint64_t bits;
+        memcpy(&bits, &d, sizeof bits);
+        return (h ^ bits) * 1099511628211u;
+    }
+    case cJSON_String:
+    case cJSON_Raw:
+        for (const char *s = v->valuestring ? v->valuestring : ""; *s; s++)
+            h = (h ^ (unsigned char)*s) * 1099511628211u;
+        return h;
+    case cJSON_Array:
+    case cJSON_Object:
+        for (const cJSON *it = v->child; it; it = it->next) {
+            if (TYPE_OF(v) == cJSON_Object)
+                for (const char *s = name_of(it); *s; s++)
+                    h = (h ^ (unsigned char)*s) * 1099511628211u;
+            h = (h ^ hash_value(it, depth + 1)) * 1099511628211u;
+        }
+        return h;
+    default:
+        return h;
+    }
+}
+
+enum { RESYNC_WINDOW = 16 }; /* how far past a difference the middle of an array looks */
+
+/* The middle of two arrays (after the common prefix and suffix), `pre` elements in: walked in
+ * step while elements are equal; at a difference, the nearest pair of equal elements within
+ * RESYNC_WINDOW steps on both sides is found, what lies between is diffed pairwise and the
+ * surplus removed or added. So an insertion or removal inside the array, or a window that
+ * drops its first element and appends one (a capped log), is a few ops and not a replacement
+ * of every element after it. Elements are compared by hash first, then deeply. */
+static void diff_middle(diff_ctx *c, const cJSON *xa, size_t ma, const cJSON *xb, size_t mb,
+                        size_t pre, int depth)
+{
+    const cJSON **ea = malloc(ma * sizeof *ea), **eb = malloc(mb * sizeof *eb);
+    uint64_t *ha = malloc(ma * sizeof *ha), *hb = malloc(mb * sizeof *hb);
+    if (!ea || !eb || !ha || !hb) {
+        c->status = SYNC_ENOMEM;
+        goto done;
+    }
+    for (size_t k = 0; k < ma; k++, xa = xa->next) {
+        ea[k] = xa;
+        ha[k] = hash_value(xa, depth + 1);
+    }
+    for (size_t k = 0; k < mb; k++, xb = xb->next) {
+        eb[k] = xb;
+        hb[k] = hash_value(xb, depth + 1);
+    }
+#define MIDDLE_EQ(x, y) (ha[x] == hb[y] && same(c, ea[x], eb[y], depth + 1))
+    size_t i = 0, j = 0, pos = pre;
+    while (i < ma && j < mb && !c->status) {
+        if (MIDDLE_EQ(i, j)) {
+            i++;
+            j++;
+            pos++;
+            continue;
+        }
+        size_t di = 1, dj = 1;
+        int found = 0;
+        /* the nearest pair: max(di, dj) smallest, then closest to the diagonal (a changed
+         * element before an insertion or a removal) */
+        for (size_t step = 1; step <= RESYNC_WINDOW && !found; step++)
+            for (size_t d = 0; d <= step && !found; d++)
+                for (int side = 0; side < (d ? 2 : 1) && !found; side++) {
+                    size_t ti = side ? step : step - d, tj = side ? step - d : step;
+                    if (i + ti < ma && j + tj < mb && MIDDLE_EQ(i + ti, j + tj)) {
+                        di = ti;
+                        dj = tj;
+                        found = 1;
+                    }
+                }
+        /* not found: this pair differs, diff it and go on */
+        size_t pairs = di < dj ? di : dj;
+        for (size_t k = 0; k < pairs && !c->status; k++, pos++) {
+            size_t mark = path_push_index(c, pos);
+            diff_rec(c, ea[i + k], eb[j + k], depth + 1);
+            path_pop(c, mark);
+        }
+        for (size_t k = pairs; k < di && !c->status; k++) {
+            size_t mark = path_push_index(c, pos);
+            emit(c, "remove", 0, NULL, "add", ea[i + k]);
+            path_pop(c, mark);
+        }
+        for (size_t k = pairs; k < dj && !c->status; k++, pos++) {
+            size_t mark = path_push_index(c, pos);
+            emit(c, "add", 0, eb[j + k], "remove", NULL);
+            path_pop(c, mark);
+        }
+        i += di;
+        j += dj;
+    }
+#undef MIDDLE_EQ
+    for (; j < mb && !c->status; j++, pos++) {
+        size_t mark = path_push_index(c, pos);
+        emit(c, "add", 0, eb[j], "remove", NULL);
+        path_pop(c, mark);
+    }
+    for (; i < ma && !c->status; i++) {
+        size_t mark = path_push_index(c, pos);
+        emit(c, "remove", 0, NULL, "add", ea[i]);
+        path_pop(c, mark);
+    }
+done:
+    free(ea);
+    free(eb);
+    free(ha);
+    free(hb);
+}
+
 static void diff_array(diff_ctx *c, const cJSON *a, const cJSON *b, int depth)
 {
     size_t na = count_from(a->child), nb = count_from(b->child);
@@ -411,6 +530,10 @@ static void diff_array(diff_ctx *c, const cJSON *a, const cJSON *b, int depth)
         }
     }
     size_t ma = na - pre - suf, mb = nb - pre - suf;
+    if (ma && mb && (ma > 1 || mb > 1)) {
+        diff_middle(c, xa, ma, xb, mb, pre, depth);
+        return;
+    }
     size_t k = 0;
     for (; k < ma && k < mb && !c->status; k++, xa = xa->next, xb = xb->next) {
         size_t mark = path_push_index(c, pre + k);
