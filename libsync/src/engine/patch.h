@@ -43,8 +43,9 @@ typedef struct sync__json_patch {
 
 /* The ops that turn `from` into `to` (both borrowed), written as the text the wire carries.
  * Linear in the size of the two trees: arrays are trimmed of their common prefix and suffix and
- * the middle is diffed element by element (then added or removed at its end), objects are walked
- * in order and matched by a hash of their names only where the orders part.
+ * the middle is walked in step, realigned at a difference on the nearest equal pair within 16
+ * elements (an insertion, a removal, a capped log are a few ops); objects are walked in order and
+ * matched by a hash of their names only where the orders part.
  * `max_len` > 0 is the caller's budget (the length of the whole state's text): when the patch
  * text would be longer, the diff stops early and returns SYNC_ETOOBIG (send the state instead).
  * Returns SYNC_OK, SYNC_ETOOBIG, SYNC_EINVAL (NULL input) or SYNC_ENOMEM; *out is filled only
