@@ -173,6 +173,32 @@ static void test_whole_document(void)
 }
 
 /* The same pointers escaped by the diff: ~ as ~0, / as ~1, the empty name as "/". */
+/* A move from a path to itself is remove + add (RFC 6902 4.4): an object member goes to the end
+ * (how the diff says "this member moved in order"), an array element stays. '-' is a plain name
+ * in an object. */
+static void test_move_to_itself_and_dash_members(void)
+{
+    char *out = NULL;
+    CHECK_EQ_INT(apply_texts("{\"a\":1,\"b\":2}",
+                             "[{\"op\":\"move\",\"from\":\"/a\",\"path\":\"/a\"}]", &out),
+                 SYNC_OK);
+    CHECK_EQ_STR(out, "{\"b\":2,\"a\":1}");
+    cJSON_free(out);
+    CHECK_EQ_INT(
+        apply_texts("[1,2,3]", "[{\"op\":\"move\",\"from\":\"/1\",\"path\":\"/1\"}]", &out),
+        SYNC_OK);
+    CHECK_EQ_STR(out, "[1,2,3]");
+    cJSON_free(out);
+    /* replacing a member keeps its place; adding an existing one replaces it in place */
+    CHECK_EQ_INT(apply_texts("{\"a\":1,\"b\":2}",
+                             "[{\"op\":\"add\",\"path\":\"/a\",\"value\":3},{\"op\":\"add\","
+                             "\"path\":\"/-\",\"value\":4}]",
+                             &out),
+                 SYNC_OK);
+    CHECK_EQ_STR(out, "{\"a\":3,\"b\":2,\"-\":4}");
+    cJSON_free(out);
+}
+
 static void test_diff_escapes_paths(void)
 {
     cJSON *a = parse("{\"a/b\":1,\"m~n\":2,\"\":3,\"~1\":4,\"/\":{\"\":5},\"q\\\"\\\\\\n\":6}");
@@ -910,6 +936,7 @@ int main(void)
     RUN(test_rfc6902_appendix_a);
     RUN(test_rfc6901_pointers);
     RUN(test_whole_document);
+    RUN(test_move_to_itself_and_dash_members);
     RUN(test_diff_escapes_paths);
     RUN(test_apply_errors);
     RUN(test_apply_is_atomic);
