@@ -772,6 +772,34 @@ static void test_property_compose(void)
     CHECK_EQ_INT(failures, 0);
 }
 
+/* A stored reverse patch that does not fit fails the composition with apply's error. */
+static void test_compose_errors(void)
+{
+    cJSON *cur = parse("{\"counter\":3,\"list\":[1,2]}");
+    const char *good = "[{\"op\":\"replace\",\"path\":\"/counter\",\"value\":2}]";
+    const char *bad = "[{\"op\":\"remove\",\"path\":\"/list/5\"}]";
+    const char *list[2] = {good, bad};
+    size_t lens[2] = {strlen(good), strlen(bad)};
+    sync__json_patch p;
+    CHECK_EQ_INT(sync__json_diff_since(cur, list, lens, 2, 0, &p), SYNC_ESTATE);
+    CHECK(strstr(sync_error_last(), "out of range") != NULL);
+    CHECK(p.text == NULL);
+    list[1] = "[{";
+    lens[1] = 2;
+    CHECK_EQ_INT(sync__json_diff_since(cur, list, lens, 2, 0, &p), SYNC_EPARSE);
+    CHECK_EQ_INT(sync__json_diff_since(cur, NULL, NULL, 1, 0, &p), SYNC_EINVAL);
+    /* the size check applies to the composed patch too */
+    CHECK_EQ_INT(sync__json_diff_since(cur, list, lens, 1, 10, &p), SYNC_ETOOBIG);
+    REQUIRE(sync__json_diff_since(cur, list, lens, 1, 0, &p) == SYNC_OK);
+    CHECK_EQ_STR(p.text, "[{\"op\":\"replace\",\"path\":\"/counter\",\"value\":3}]");
+    sync__json_patch_clear(&p);
+    /* the current state is never touched */
+    char *text = cJSON_PrintUnformatted(cur);
+    CHECK_EQ_STR(text, "{\"counter\":3,\"list\":[1,2]}");
+    cJSON_free(text);
+    cJSON_Delete(cur);
+}
+
 /* ---- size and speed on large states -------------------------------------------------------- */
 
 static double ms_since(const struct timespec *t0)
@@ -946,6 +974,7 @@ int main(void)
     RUN(test_negative_zero);
     RUN(test_property_diff_apply);
     RUN(test_property_compose);
+    RUN(test_compose_errors);
     RUN(test_large_state_small_patches);
     return check_summary();
 }
