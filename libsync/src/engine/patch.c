@@ -313,6 +313,28 @@ static void write_op(buf *b, const char *op, const buf *path, int with_from, con
     buf_str(b, "}");
 }
 
+/* Appends one reverse op at the current path, as its own segment. */
+static void emit_reverse(diff_ctx *c, const char *op, const cJSON *value)
+{
+    if (c->nsegs == c->segcap) {
+        size_t cap = c->segcap ? c->segcap * 2 : 16;
+        size_t *segs = realloc(c->segs, cap * 2 * sizeof *segs);
+        if (!segs) {
+            c->status = SYNC_ENOMEM;
+            return;
+        }
+        c->segs = segs;
+        c->segcap = cap;
+    }
+    size_t start = c->rev.len;
+    write_op(&c->rev, op, &c->path, 0, value);
+    c->segs[2 * c->nsegs] = start;
+    c->segs[2 * c->nsegs + 1] = c->rev.len - start;
+    c->nsegs++;
+    if (c->rev.oom)
+        c->status = SYNC_ENOMEM;
+}
+
 /* One operation at the current path; its reverse (op `rop` with `rvalue`) when asked for. */
 static void emit(diff_ctx *c, const char *op, int with_from, const cJSON *value, const char *rop,
                  const cJSON *rvalue)
@@ -327,23 +349,8 @@ static void emit(diff_ctx *c, const char *op, int with_from, const cJSON *value,
         c->status = SYNC_ETOOBIG;
         return;
     }
-    if (c->want_reverse && rop) {
-        if (c->nsegs == c->segcap) {
-            size_t cap = c->segcap ? c->segcap * 2 : 16;
-            size_t *segs = realloc(c->segs, cap * 2 * sizeof *segs);
-            if (!segs) {
-                c->status = SYNC_ENOMEM;
-                return;
-            }
-            c->segs = segs;
-            c->segcap = cap;
-        }
-        size_t start = c->rev.len;
-        write_op(&c->rev, rop, &c->path, 0, rvalue);
-        c->segs[2 * c->nsegs] = start;
-        c->segs[2 * c->nsegs + 1] = c->rev.len - start;
-        c->nsegs++;
-    }
+    if (c->want_reverse && rop)
+        emit_reverse(c, rop, rvalue);
     if (c->out.oom || c->rev.oom || c->path.oom)
         c->status = SYNC_ENOMEM;
 }
@@ -553,8 +560,41 @@ static void diff_array(diff_ctx *c, const cJSON *a, const cJSON *b, int depth)
     }
 }
 
+/* Whether `v` prints in about `*budget` bytes or less (an estimate that stops early). */
+static int fits(const cJSON *v, size_t *budget, int depth)
+{
+    size_t cost = 8;
+    if (v->string)
+        cost += strnlen(v->string, *budget + 1);
+    if ((TYPE_OF(v) == cJSON_String || TYPE_OF(v) == cJSON_Raw) && v->valuestring)
+        cost += strnlen(v->valuestring, *budget + 1);
+    if (cost > *budget || depth > SYNC__JSON_PATCH_MAX_DEPTH)
+        return 0;
+    *budget -= cost;
+    for (const cJSON *it = v->child; it; it = it->next)
+        if (!fits(it, budget, depth + 1))
+            return 0;
+    return 1;
+}
+
+/* The reverse of an object whose members parted order: a removed member added back would land
+ * at the end, so when the object is small its reverse is the whole object as it was, in place of
+ * the reverse ops of everything inside it (emitted since `seg_mark`, a move has none). A composed
+ * patch then keeps member order exactly; a larger object keeps the per-member reverse (right
+ * values, and a member that was removed from the middle comes back at the end). */
+static void reverse_whole_object(diff_ctx *c, const cJSON *a, size_t seg_mark, size_t rev_mark)
+{
+    size_t budget = SYNC__JSON_PATCH_EXACT_REVERSE_BYTES;
+    if (!c->want_reverse || c->status || !fits(a, &budget, 0))
+        return;
+    c->nsegs = seg_mark;
+    c->rev.len = rev_mark;
+    emit_reverse(c, "replace", a);
+}
+
 static void diff_object(diff_ctx *c, const cJSON *a, const cJSON *b, int depth)
 {
+    size_t seg_mark = c->nsegs, rev_mark = c->rev.len, ops_mark = c->ops;
     /* in step while the names agree: the common case, no index needed */
     const cJSON *xa = a->child, *xb = b->child;
     for (; xa && xb && !c->status && strcmp(name_of(xa), name_of(xb)) == 0;
@@ -566,10 +606,13 @@ static void diff_object(diff_ctx *c, const cJSON *a, const cJSON *b, int depth)
     if (c->status || (!xa && !xb))
         return;
     if (!xb) {
-        for (; xa && !c->status; xa = xa->next) {
-            size_t mark = path_push_key(c, name_of(xa));
-            emit(c, "remove", 0, NULL, "add", xa);
+        /* the last first: the reverse adds them back in their order */
+        for (const cJSON *it = a->child->prev;; it = it->prev) {
+            size_t mark = path_push_key(c, name_of(it));
+            emit(c, "remove", 0, NULL, "add", it);
             path_pop(c, mark);
+            if (it == xa || c->status)
+                break;
         }
         return;
     }
@@ -629,6 +672,8 @@ static void diff_object(diff_ctx *c, const cJSON *a, const cJSON *b, int depth)
     index_free(&ix);
     free(match);
     free(used);
+    if (c->ops > ops_mark)
+        reverse_whole_object(c, a, seg_mark, rev_mark);
 }
 
 static void diff_rec(diff_ctx *c, const cJSON *a, const cJSON *b, int depth)

@@ -27,6 +27,9 @@
 #include <stddef.h>
 
 enum { SYNC__JSON_PATCH_MAX_DEPTH = 512 };
+/* An object whose members parted order gets a reverse that restores it whole (order included)
+ * when it prints in about this many bytes or less. */
+enum { SYNC__JSON_PATCH_EXACT_REVERSE_BYTES = 4096 };
 
 /* sync__json_diff flags */
 enum { SYNC__JSON_DIFF_REVERSE = 1 }; /* also build the patch that turns `to` back into `from` */
@@ -36,8 +39,10 @@ typedef struct sync__json_patch {
     char *text; /* "[...]": the ops that turn `from` into `to`, "[]" when they are equal */
     size_t len;
     size_t ops;    /* how many operations `text` holds */
-    char *reverse; /* with SYNC__JSON_DIFF_REVERSE: the ops that turn `to` back into a state equal
-                      to `from` (member order aside: a removed member comes back at the end) */
+    char *reverse; /* with SYNC__JSON_DIFF_REVERSE: the ops that turn `to` back into `from`,
+                      member order included, except in an object over
+                      SYNC__JSON_PATCH_EXACT_REVERSE_BYTES whose members parted order (a
+                      removal before its end, a move): values right, order maybe not */
     size_t reverse_len;
 } sync__json_patch;
 
@@ -79,8 +84,11 @@ int sync__json_patch_apply_text(cJSON **doc, const char *text, size_t len);
  * `reverse[count-1]` the oldest's (base+1 -> base). The base state is rebuilt on a copy of
  * `current` and diffed against it, so the result is as small as one diff, however many versions
  * lie between, and costs one copy plus one diff of the state (computed once per base and version,
- * shared by every client at that base). Same results as sync__json_diff, plus the errors of
- * sync__json_patch_apply_text for a stored reverse patch that does not apply. */
+ * shared by every client at that base). The client ends on a state that serialises like
+ * `current`, unless a wide object (see `reverse` above) lost members from its middle or reordered
+ * between base and current: then only that object's member order may differ. Same results as
+ * sync__json_diff, plus the errors of sync__json_patch_apply_text for a stored reverse patch that
+ * does not apply. */
 int sync__json_diff_since(const cJSON *current, const char *const *reverse,
                           const size_t *reverse_len, size_t count, size_t max_len,
                           sync__json_patch *out);
