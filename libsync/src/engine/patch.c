@@ -879,11 +879,10 @@ static int apply_fail(const applier *ap, int status, const char *ptr, const char
                       ptr, strlen(ptr) > 200 ? "..." : "", what);
 }
 
-static int log_push(applier *ap, cJSON *parent, cJSON *item, cJSON *old, cJSON *next)
+/* Room was reserved before the change was made (log_reserve), so recording cannot fail. */
+static void log_push(applier *ap, cJSON *parent, cJSON *item, cJSON *old, cJSON *next)
 {
-    /* room was reserved before the change was made (log_reserve) */
     ap->log[ap->n++] = (undo){parent, item, old, next};
-    return SYNC_OK;
 }
 
 static int log_reserve(applier *ap, size_t more)
