@@ -44,7 +44,7 @@ CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLIBSYNC_FU
   -DLIBSYNC_SANITIZE=address,undefined -DLIBSYNC_FUZZ_SECONDS="$fuzz_seconds" \
   -DLIBSYNC_BUILD_PYTHON=OFF -DLIBSYNC_BUILD_NODE=OFF -DLIBSYNC_BUILD_BENCH=OFF \
   -DLIBSYNC_BUILD_EXAMPLES=OFF >/dev/null
-targets=(fuzz_message fuzz_store_file fuzz_store_sqlite fuzz_upgrade)
+targets=(fuzz_message fuzz_store_file fuzz_store_sqlite fuzz_upgrade fuzz_json_patch)
 build_targets=()
 for t in "${targets[@]}"; do build_targets+=("$t" "${t}_replay"); done
 cmake --build build-fuzz -j"$jobs" --target "${build_targets[@]}"
