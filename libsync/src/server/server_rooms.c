@@ -517,16 +517,19 @@ static void room_timer_fired(lws_sorted_usec_list_t *sul)
     }
 }
 
+static server_room *room_of(server_conn *c);
+
 static void unlink_waiting(server_conn *c)
 {
-    server_room *r = c->room;
-    if (c->room_prev)
-        c->room_prev->room_next = c->room_next;
+    server_room *r = room_of(c);
+    server_auth_wait *w = c->auth;
+    if (w->room_prev)
+        w->room_prev->auth->room_next = w->room_next;
     else if (r->wait_head == c)
-        r->wait_head = c->room_next;
-    if (c->room_next)
-        c->room_next->room_prev = c->room_prev;
-    c->room_next = c->room_prev = NULL;
+        r->wait_head = w->room_next;
+    if (w->room_next)
+        w->room_next->auth->room_prev = w->room_prev;
+    w->room_next = w->room_prev = NULL;
 }
 
 /* Service thread: the waiting clients of a room that became ready (or failed, or was deleted). */
@@ -535,9 +538,9 @@ static void wake_waiting(server_room *r, int close_code)
     server_conn *c = r->wait_head;
     r->wait_head = NULL;
     while (c) {
-        server_conn *next = c->room_next;
-        c->room_next = c->room_prev = NULL;
-        c->room_wait = close_code;
+        server_conn *next = c->auth->room_next;
+        c->auth->room_next = c->auth->room_prev = NULL;
+        c->room_wait = (uint16_t)close_code;
         if (c->wsi)
             lws_callback_on_writable(c->wsi);
         c = next;
@@ -794,37 +797,55 @@ server_room *server_rooms_need(sync_rooms *rooms, const char *name)
     return failed ? NULL : r;
 }
 
-int server_rooms_conn_attach(server_conn *c)
+/* eng is the room's first member */
+static server_room *room_of(server_conn *c)
 {
-    server_room *r = c->room;
+    return (server_room *)(void *)c->eng;
+}
+
+int server_rooms_conn_ready(server_conn *c)
+{
+    server_room *r = room_of(c);
+    pthread_mutex_lock(&c->server->rooms_lock);
+    bool ready = r->state == ROOM_READY && !r->deleting;
+    pthread_mutex_unlock(&c->server->rooms_lock);
+    c->room_wait = 0;
+    return ready;
+}
+
+void server_rooms_conn_attach(server_conn *c)
+{
+    server_room *r = room_of(c);
     sync_server *s = c->server;
     pthread_mutex_lock(&s->rooms_lock);
     int state = r->state;
     bool deleting = r->deleting;
     pthread_mutex_unlock(&s->rooms_lock);
+    /* the state changes on other threads, but the waiting list is walked on this one (a room
+     * that became ready or failed after this look wakes its list, with c in it, afterwards) */
     if (state == ROOM_READY && !deleting) {
         c->room_wait = 0;
-        return 1;
+        return;
     }
     if (state == ROOM_FAILED || state == ROOM_GONE) {
         c->room_wait = SYNC_CLOSE_ROOM_UNAVAILABLE;
-        return 0;
+        return;
     }
     c->room_wait = 1;
-    c->room_prev = NULL;
-    c->room_next = r->wait_head;
+    c->auth->room_prev = NULL;
+    c->auth->room_next = r->wait_head;
     if (r->wait_head)
-        r->wait_head->room_prev = c;
+        r->wait_head->auth->room_prev = c;
     r->wait_head = c;
-    return 0;
 }
 
 void server_rooms_conn_joined(server_conn *c)
 {
     sync_server *s = c->server;
+    server_room *r = room_of(c);
     pthread_mutex_lock(&s->rooms_lock);
-    c->room->waiters--;
-    c->room->joined++;
+    r->waiters--;
+    r->joined++;
     c->room_joined = true;
     pthread_mutex_unlock(&s->rooms_lock);
 }
@@ -832,18 +853,19 @@ void server_rooms_conn_joined(server_conn *c)
 void server_rooms_conn_live(server_conn *c)
 {
     /* server_broadcast_join() asked for one more flush: a room's flushes run from rooms_due */
-    due(c->server, c->room, DUE_FLUSH);
+    due(c->server, room_of(c), DUE_FLUSH);
 }
 
 void server_rooms_conn_gone(server_conn *c)
 {
-    server_room *r = c->room;
-    if (!r)
+    if (!c->is_room)
         return;
+    server_room *r = room_of(c);
     sync_server *s = c->server;
     if (c->room_wait == 1)
         unlink_waiting(c);
-    c->room = NULL;
+    c->room_wait = 0;
+    c->is_room = false;
     pthread_mutex_lock(&s->rooms_lock);
     if (c->room_joined)
         r->joined--;
