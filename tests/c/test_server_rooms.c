@@ -989,6 +989,104 @@ static void rooms_before_listen_and_a_graceful_stop_saves_them(void)
     sync_server_free(server);
 }
 
+/* The built-in stores, real files: two rooms saved when idle, seen again after the unload and by
+ * a new server on the same database or directory, listed, one deleted. */
+static void built_in_store_keeps_rooms(int file_store)
+{
+    char *dir = check_tmpdir(file_store ? "rooms_file" : "rooms_sqlite");
+    REQUIRE(dir);
+    char db[512], rooms_dir[512];
+    snprintf(db, sizeof db, "%s/rooms.sqlite", dir);
+    snprintf(rooms_dir, sizeof rooms_dir, "%s/rooms", dir);
+    for (int round = 0; round < 2; round++) {
+        sync_room_store *store = NULL;
+        if (file_store) {
+            sync_file_rooms_options fo = SYNC_FILE_ROOMS_OPTIONS_INIT;
+            fo.dir = rooms_dir;
+            REQUIRE(sync_room_store_file_new(&store, &fo) == SYNC_OK);
+        } else {
+            sync_sqlite_options so = SYNC_SQLITE_OPTIONS_INIT;
+            so.path = db;
+            REQUIRE(sync_room_store_sqlite_new(&store, &so) == SYNC_OK);
+        }
+        sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+        opts.room_idle_ms = 150;
+        fixture f;
+        REQUIRE(fixture_start(&f, &opts, store) == 0);
+        long long ca = -1, cb = -1;
+        ws_client *a = join(&f, "/rooms/Board%201", &ca);
+        ws_client *b = join(&f, "/rooms/board%201", &cb); /* case-sensitive: another room */
+        REQUIRE(a && b);
+        CHECK_EQ_INT(ca, round == 0 ? 0 : 2);
+        CHECK_EQ_INT(cb, round == 0 ? 0 : 1);
+        CHECK_EQ_INT(increment(a, ca + 1), 0);
+        CHECK_EQ_INT(increment(a, ca + 2), 0);
+        CHECK_EQ_INT(increment(b, cb + 1), 0);
+        ws_client_free(a);
+        ws_client_free(b);
+        CHECK_EQ_INT(wait_loaded(f.rooms, 0, 5000), 0);
+        long long again = -1;
+        a = join(&f, "/rooms/Board%201", &again);
+        CHECK_EQ_INT(again, ca + 2);
+        ws_client_free(a);
+        char *list = NULL;
+        CHECK_EQ_INT(sync_rooms_list(f.rooms, &list), SYNC_OK);
+        CHECK_EQ_STR(list, round == 0 ? "[\"Board 1\",\"board 1\"]"
+                                      : "[\"Board 1\",\"board 1\",\"gone\"]");
+        sync_free(list);
+        if (round == 0) {
+            sync_engine *engine = NULL;
+            CHECK_EQ_INT(sync_rooms_acquire(f.rooms, "gone", &engine), SYNC_OK);
+            CHECK_EQ_INT(sync_engine_set_state_json(engine, "{\"counter\":1}", 0), SYNC_OK);
+            CHECK_EQ_INT(sync_rooms_release(f.rooms, engine), SYNC_OK);
+        } else {
+            CHECK_EQ_INT(sync_rooms_delete(f.rooms, "gone"), SYNC_OK);
+            CHECK_EQ_INT(sync_rooms_list(f.rooms, &list), SYNC_OK);
+            CHECK_EQ_STR(list, "[\"Board 1\",\"board 1\"]");
+            sync_free(list);
+        }
+        sync_server_free(f.server); /* saves what is still loaded */
+    }
+    free(dir);
+}
+
+static void sqlite_store_keeps_rooms(void)
+{
+    built_in_store_keeps_rooms(0);
+}
+
+static void file_store_keeps_rooms(void)
+{
+    built_in_store_keeps_rooms(1);
+}
+
+/* The template's heartbeat reaches a room's clients: the server ticks its rooms. */
+static void rooms_are_ticked(void)
+{
+    sync_server *server = NULL;
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    REQUIRE(sync_server_new(&server, &opts) == SYNC_OK);
+    sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
+    sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
+    eo.heartbeat_interval_ms = 100;
+    ro.engine_options = &eo;
+    REQUIRE(sync_server_mount_rooms(server, "/tick/", &ro, NULL) == SYNC_OK);
+    REQUIRE(sync_server_start(server) == SYNC_OK);
+    ws_client *c = ws_connect(sync_server_port(server), "/tick/one", NULL, NULL);
+    REQUIRE(c);
+    int pings = 0;
+    for (int i = 0; i < 20 && pings < 2; i++) {
+        char *text = NULL;
+        size_t len = 0;
+        if (ws_read_frame(c, 2000, &text, &len) == 1 && strstr(text, "\"ping\""))
+            pings++;
+        free(text);
+    }
+    CHECK_EQ_INT(pings, 2);
+    ws_client_free(c);
+    sync_server_free(server);
+}
+
 static void mount_and_options_are_checked(void)
 {
     sync_server *server = NULL;
@@ -1047,6 +1145,9 @@ int main(void)
     RUN(metrics_count_rooms_and_sum_their_engines);
     RUN(rooms_without_clients);
     RUN(rooms_before_listen_and_a_graceful_stop_saves_them);
+    RUN(sqlite_store_keeps_rooms);
+    RUN(file_store_keeps_rooms);
+    RUN(rooms_are_ticked);
     RUN(mount_and_options_are_checked);
     return check_summary();
 }

@@ -574,13 +574,15 @@ static void room_process_due(sync_server *s)
         /* not freeable yet: the last one to let go puts it back (room_let_go_locked) */
         pthread_mutex_unlock(&s->rooms_lock);
 
+        (void)fail;
         if (service && (flags & DUE_WAKE))
-            wake_waiting(r, state == ROOM_FAILED
-                                ? (fail == SYNC_ELIMIT ? 4503 : SYNC_CLOSE_ROOM_UNAVAILABLE)
-                            : deleting ? SYNC_CLOSE_ROOM_DELETED
-                                       : 0);
-        if (service && (flags & DUE_TIMER) && r->eng.engine &&
-            atomic_exchange(&r->eng.deadline_moved, false))
+            wake_waiting(r, state == ROOM_FAILED ? SYNC_CLOSE_ROOM_UNAVAILABLE
+                            : deleting           ? SYNC_CLOSE_ROOM_DELETED
+                                                 : 0);
+        /* a room just ready: its first deadlines were set before the server listened to it */
+        bool arm = (flags & DUE_WAKE) && state == ROOM_READY && !deleting;
+        if (service && r->eng.engine &&
+            (arm || ((flags & DUE_TIMER) && atomic_exchange(&r->eng.deadline_moved, false))))
             room_timer_arm(r);
         if (service && (flags & DUE_FLUSH) && r->eng.engine && state == ROOM_READY) {
             server_broadcast_flush_engine(&r->eng);
@@ -597,6 +599,11 @@ static void room_process_due(sync_server *s)
                 r->rooms->unloaded++;
                 if (r->waiters) {
                     /* a join (or acquire) came while it unloaded: load it afresh */
+                    atomic_store(&r->eng.state_moved, false);
+                    atomic_store(&r->eng.state_force, false);
+                    atomic_store(&r->eng.deadline_moved, false);
+                    r->eng.flush_pending = false;
+                    r->eng.cursor = NULL;
                     r->state = ROOM_CREATING;
                     r->deleting = false;
                     s->rooms_loaded++;
@@ -1182,8 +1189,38 @@ int sync_server_mount_rooms(sync_server *server, const char *prefix, const sync_
     return SYNC_OK;
 }
 
+/* Rooms whose store load is still in flight (its completion would reach a freed room): waited
+ * for, up to 5 s, before the rooms are freed. A deferred setup must be completed (or refused) by
+ * its owner before the server is freed. */
+static void wait_for_loads(sync_server *s)
+{
+    int64_t give_up = sync_now_ms() + 5000;
+    pthread_mutex_lock(&s->rooms_lock);
+    for (;;) {
+        bool loading = false;
+        for (size_t m = 0; m < s->room_mount_count && !loading; m++) {
+            sync_rooms *rooms = s->room_mounts[m];
+            for (size_t b = 0; b < rooms->bucket_count && !loading; b++)
+                for (server_room *r = rooms->buckets[b]; r && !loading; r = r->hash_next)
+                    loading = r->state == ROOM_CREATING && !r->setup && r->eng.engine;
+        }
+        if (!loading || sync_now_ms() >= give_up)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&s->rooms_cond, &s->rooms_lock, &ts);
+    }
+    pthread_mutex_unlock(&s->rooms_lock);
+}
+
 void server_rooms_release(sync_server *s)
 {
+    wait_for_loads(s);
     /* every loaded room is saved, then freed; nothing serves any more */
     for (size_t m = 0; m < s->room_mount_count; m++) {
         sync_rooms *rooms = s->room_mounts[m];
