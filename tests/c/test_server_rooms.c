@@ -54,12 +54,13 @@ typedef struct later {
     int status;
     char *json;
     int64_t version;
+    int delay_ms;
 } later;
 
 static void *finish_later(void *arg)
 {
     later *l = arg;
-    sleep_ms(l->m->delay_ms);
+    sleep_ms(l->delay_ms);
     if (l->is_load) {
         sync_pending_complete_load(l->pending, l->status, l->json, l->version,
                                    l->status ? "the test store fails this room" : NULL);
@@ -89,10 +90,11 @@ static int mem_load(void *ud, sync_pending *pending, const char *room, char **ou
     char *json = r ? strdup(r->json) : NULL;
     int64_t version = r ? r->version : 0;
     int async = m->async_load;
+    int delay = m->delay_ms;
     pthread_mutex_unlock(&m->lock);
     if (async) {
         later *l = calloc(1, sizeof *l);
-        *l = (later){m, pending, 1, status, json, version};
+        *l = (later){m, pending, 1, status, json, version, delay};
         run_later(l);
         return SYNC_PENDING;
     }
@@ -124,11 +126,12 @@ static int mem_save(void *ud, sync_pending *pending, const char *room, const cJS
     r->json = strndup(json, len);
     r->version = version;
     int async = m->async_save;
+    int delay = m->delay_ms;
     pthread_mutex_unlock(&m->lock);
     if (async) {
         atomic_fetch_add(&m->saving, 1);
         later *l = calloc(1, sizeof *l);
-        *l = (later){m, pending, 0, 0, NULL, 0};
+        *l = (later){m, pending, 0, 0, NULL, 0, delay};
         run_later(l);
         return SYNC_PENDING;
     }
@@ -631,7 +634,7 @@ static void max_rooms_evicts_the_least_recently_used_then_refuses(void)
 typedef struct sender {
     ws_client *c;
     atomic_int stop;
-    int close_code;
+    atomic_int close_code;
 } sender;
 
 static void *send_until_closed(void *arg)
@@ -671,11 +674,11 @@ static void deleted_room_closes_its_clients_and_starts_afresh(void)
     CHECK_EQ_INT(sync_rooms_delete(f.rooms, "doomed"), SYNC_OK);
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    while (!s.close_code && check_elapsed_ms(&t0) < 5000)
+    while (!atomic_load(&s.close_code) && check_elapsed_ms(&t0) < 5000)
         sleep_ms(10);
     atomic_store(&s.stop, 1);
     pthread_join(t, NULL);
-    CHECK_EQ_INT(s.close_code, SYNC_CLOSE_ROOM_DELETED);
+    CHECK_EQ_INT(atomic_load(&s.close_code), SYNC_CLOSE_ROOM_DELETED);
     ws_client_free(c);
     CHECK_EQ_INT(wait_loaded(f.rooms, 0, 5000), 0);
     char *json = mem_get(m, "doomed");
@@ -881,14 +884,14 @@ static void metrics_count_rooms_and_sum_their_engines(void)
 
 typedef struct async_box {
     atomic_int calls;
-    int status;
+    atomic_int status;
     _Atomic(sync_engine *) engine;
 } async_box;
 
 static void on_ready(int status, sync_engine *engine, void *userdata)
 {
     async_box *box = userdata;
-    box->status = status;
+    atomic_store(&box->status, status);
     atomic_store(&box->engine, engine);
     atomic_fetch_add(&box->calls, 1);
 }
@@ -919,7 +922,7 @@ static void rooms_without_clients(void)
     async_box box = {0};
     CHECK_EQ_INT(sync_rooms_acquire_async(f.rooms, "offline", on_ready, &box), SYNC_OK);
     CHECK_EQ_INT(atomic_load(&box.calls), 1); /* loaded: done ran before the call returned */
-    CHECK_EQ_INT(box.status, SYNC_OK);
+    CHECK_EQ_INT(atomic_load(&box.status), SYNC_OK);
     CHECK_EQ_INT(sync_engine_set_state_json(atomic_load(&box.engine), "{\"counter\":42}", 1),
                  SYNC_OK);
     char *text = ws_read_text(c, 3000);
@@ -934,7 +937,7 @@ static void rooms_without_clients(void)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     while (!atomic_load(&box2.calls) && check_elapsed_ms(&t0) < 5000)
         sleep_ms(5);
-    CHECK_EQ_INT(box2.status, SYNC_OK);
+    CHECK_EQ_INT(atomic_load(&box2.status), SYNC_OK);
     if (atomic_load(&box2.engine))
         CHECK_EQ_INT(sync_rooms_release(f.rooms, atomic_load(&box2.engine)), SYNC_OK);
     /* the list: stored and loaded rooms, sorted */
