@@ -14,6 +14,7 @@
 #include "adapter_engine.h"
 #include "adapter_fs.h"
 #include "check.h"
+#include "room_stores.h"
 
 /* ---- the stores, described once ---------------------------------------------------------------
  */
@@ -24,30 +25,7 @@ typedef struct kind {
     sync_room_store *(*open)(const char *dir);
 } kind;
 
-static sync_room_store *open_sqlite(const char *dir)
-{
-    char *path = afs_join(dir, "rooms.sqlite");
-    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
-    opts.path = path;
-    sync_room_store *store = NULL;
-    int rc = sync_room_store_sqlite_new(&store, &opts);
-    free(path);
-    return rc == SYNC_OK ? store : NULL;
-}
-
-static sync_room_store *open_file(const char *dir)
-{
-    char *path = afs_join(dir, "rooms");
-    sync_file_rooms_options opts = SYNC_FILE_ROOMS_OPTIONS_INIT;
-    opts.dir = path;
-    opts.fsync = 0; /* the crash test covers durability; here speed matters */
-    sync_room_store *store = NULL;
-    int rc = sync_room_store_file_new(&store, &opts);
-    free(path);
-    return rc == SYNC_OK ? store : NULL;
-}
-
-static const kind kinds[] = {{"sqlite", open_sqlite}, {"file", open_file}};
+static const kind kinds[] = {{"sqlite", rs_open_sqlite}, {"file", rs_open_file}};
 #define KINDS (sizeof kinds / sizeof kinds[0])
 
 static char *load_text(sync_room_store *store, const char *room, int64_t *version)
@@ -195,7 +173,7 @@ static void file_names_are_safe(void)
     };
     const size_t count = sizeof names / sizeof names[0];
     char *dir = check_tmpdir("file-names");
-    sync_room_store *store = open_file(dir);
+    sync_room_store *store = rs_open_file(dir);
     REQUIRE(store);
     for (size_t i = 0; i < count; i++) {
         char state[64];
@@ -286,7 +264,7 @@ static void file_names_are_safe(void)
 static void sqlite_names_are_case_sensitive(void)
 {
     char *dir = check_tmpdir("sqlite-case");
-    sync_room_store *store = open_sqlite(dir);
+    sync_room_store *store = rs_open_sqlite(dir);
     REQUIRE(store);
     CHECK_EQ_INT(sync_room_store_save(store, "Room", "{\"who\":\"Room\"}", 1), SYNC_OK);
     CHECK_EQ_INT(sync_room_store_save(store, "room", "{\"who\":\"room\"}", 2), SYNC_OK);
@@ -502,7 +480,7 @@ static void engines_keep_their_rooms(void)
 static void file_corrupt_room_is_kept_aside(void)
 {
     char *dir = check_tmpdir("file-corrupt");
-    sync_room_store *store = open_file(dir);
+    sync_room_store *store = rs_open_file(dir);
     REQUIRE(store);
     CHECK_EQ_INT(sync_room_store_save(store, "good", "{\"ok\":1}", 1), SYNC_OK);
     CHECK_EQ_INT(sync_room_store_save(store, "bad", "{\"ok\":2}", 1), SYNC_OK);
@@ -565,7 +543,7 @@ static void file_corrupt_room_is_kept_aside(void)
     char *mine = afs_join(rooms_dir, mine_name);
     afs_write(stale, "half");
     afs_write(mine, "half");
-    store = open_file(dir);
+    store = rs_open_file(dir);
     REQUIRE(store);
     CHECK_EQ_INT(sync_room_store_list(store, &list), SYNC_OK);
     CHECK_EQ_STR(list, "[\"bad\",\"good\"]");
@@ -587,7 +565,7 @@ static void file_corrupt_room_is_kept_aside(void)
 static void sqlite_corrupt_row_is_kept_aside(void)
 {
     char *dir = check_tmpdir("sqlite-corrupt");
-    sync_room_store *store = open_sqlite(dir);
+    sync_room_store *store = rs_open_sqlite(dir);
     REQUIRE(store);
     CHECK_EQ_INT(sync_room_store_save(store, "good", "{\"ok\":1}", 1), SYNC_OK);
     CHECK_EQ_INT(sync_room_store_save(store, "bad", "{\"ok\":2}", 1), SYNC_OK);
@@ -677,7 +655,7 @@ static void options(void)
 
     /* not JSON: refused before the store */
     dir = check_tmpdir("file-json");
-    store = open_file(dir);
+    store = rs_open_file(dir);
     REQUIRE(store);
     CHECK_EQ_INT(sync_room_store_save(store, "r", "{nope", 1), SYNC_EPARSE);
     CHECK_EQ_INT(sync_room_store_save(store, "r", NULL, 1), SYNC_EINVAL);

@@ -13,6 +13,7 @@
 #include "adapter_engine.h"
 #include "adapter_fs.h"
 #include "check.h"
+#include "room_stores.h"
 
 static void sleep_ms(int ms)
 {
@@ -155,37 +156,14 @@ static void concurrent_saves(sync_room_store *(*open)(const char *), const char 
     free(dir);
 }
 
-static sync_room_store *open_sqlite(const char *dir)
-{
-    char *path = afs_join(dir, "rooms.sqlite");
-    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
-    opts.path = path;
-    sync_room_store *store = NULL;
-    int rc = sync_room_store_sqlite_new(&store, &opts);
-    free(path);
-    return rc == SYNC_OK ? store : NULL;
-}
-
-static sync_room_store *open_file(const char *dir)
-{
-    char *path = afs_join(dir, "rooms");
-    sync_file_rooms_options opts = SYNC_FILE_ROOMS_OPTIONS_INIT;
-    opts.dir = path;
-    opts.fsync = 0;
-    sync_room_store *store = NULL;
-    int rc = sync_room_store_file_new(&store, &opts);
-    free(path);
-    return rc == SYNC_OK ? store : NULL;
-}
-
 static void sqlite_concurrent_saves(void)
 {
-    concurrent_saves(open_sqlite, "sqlite-threads");
+    concurrent_saves(rs_open_sqlite, "sqlite-threads");
 }
 
 static void file_concurrent_saves(void)
 {
-    concurrent_saves(open_file, "file-threads");
+    concurrent_saves(rs_open_file, "file-threads");
 }
 
 /* ---- a store that finishes later --------------------------------------------------------------

@@ -4,6 +4,7 @@
 
 #include "error.h"
 #include "fsutil.h"
+#include "store_json.h"
 #include "engine/json_check.h"
 #include "libsync/common.h"
 
@@ -155,15 +156,10 @@ int file_record_load(const file_record *fa, char **out_state_json, int64_t *out_
         cJSON_Delete(root);
         return keep_aside(fa, why);
     }
-    char *printed = cJSON_PrintUnformatted(state);
+    *out_state_json = store_print(state); /* released with sync_free() */
     cJSON_Delete(root);
-    if (!printed)
-        return sync__fail(SYNC_ENOMEM, "out of memory printing the loaded state");
-    /* Released with sync_free(); cJSON may have been given another allocator. */
-    *out_state_json = sync_strdup(printed);
-    cJSON_free(printed);
     if (!*out_state_json)
-        return sync__fail(SYNC_ENOMEM, "out of memory");
+        return sync__fail(SYNC_ENOMEM, "out of memory printing the loaded state");
     *out_version = version;
     return SYNC_OK;
 }
@@ -203,15 +199,9 @@ int file_record_save(const file_record *fa, const cJSON *state, const char *stat
                      size_t state_len, int64_t version)
 {
     char *printed = NULL;
-    if (!state_json) {
-        if (!state)
-            return sync__fail(SYNC_EINVAL, "save without a state");
-        printed = cJSON_PrintUnformatted(state);
-        if (!printed)
-            return sync__fail(SYNC_ENOMEM, "out of memory serialising the state");
-        state_json = printed;
-        state_len = strlen(printed);
-    }
+    int rc = store_state_text(state, &state_json, &state_len, &printed);
+    if (rc != SYNC_OK)
+        return rc;
     /* The state arrives serialised: the record is built around its bytes, never re-printed. */
     static const char head[] = "{\"state\":";
     char tail[48];
@@ -221,7 +211,7 @@ int file_record_save(const file_record *fa, const cJSON *state, const char *stat
         {(void *)state_json, state_len},
         {tail, (size_t)tail_len},
     };
-    int rc = replace_file(fa, fa->path, iov, 3);
+    rc = replace_file(fa, fa->path, iov, 3);
     cJSON_free(printed);
     return rc;
 }

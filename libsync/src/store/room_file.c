@@ -6,6 +6,7 @@
 #include "fsutil.h"
 #include "options.h"
 #include "room_name.h"
+#include "store_json.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -148,10 +149,8 @@ static int rooms_list(void *userdata, sync_pending *pending, char **out_names_js
     }
     if (d)
         closedir(d);
-    char *printed = oom ? NULL : cJSON_PrintUnformatted(names);
+    *out_names_json = oom ? NULL : store_print(names);
     cJSON_Delete(names);
-    *out_names_json = printed ? sync_strdup(printed) : NULL;
-    cJSON_free(printed);
     if (!*out_names_json)
         return sync__fail(SYNC_ENOMEM, "out of memory listing %s", fr->dir);
     return SYNC_OK;
