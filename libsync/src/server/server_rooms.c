@@ -398,6 +398,9 @@ static void room_ready(server_room *r, int status)
     r->waiters -= n;
     if (status >= 0)
         r->holds += n;
+    /* everyone who wanted it may have gone meanwhile (a client that left while it loaded) */
+    if (status >= 0 && idle_check_locked(s, r))
+        wake |= due_locked(s, r, DUE_IDLE);
     sync_engine *engine = status >= 0 ? r->eng.engine : NULL;
     pthread_cond_broadcast(&s->rooms_cond);
     pthread_mutex_unlock(&s->rooms_lock);
@@ -621,6 +624,14 @@ static void room_process_due_only(sync_server *s, bool unloaded_only)
             server_broadcast_flush_engine(&r->eng);
             if (r->eng.flush_pending || atomic_load(&r->eng.state_moved))
                 due(s, r, DUE_FLUSH);
+        }
+        if ((flags & DUE_UNLOADED) && state == ROOM_FAILED && !r->eng.engine) {
+            /* failed before it had an engine */
+            pthread_mutex_lock(&s->rooms_lock);
+            r->state = ROOM_GONE;
+            pthread_mutex_unlock(&s->rooms_lock);
+            if (service && r->wait_head)
+                wake_waiting(r, SYNC_CLOSE_ROOM_UNAVAILABLE);
         }
         if (freeable) {
             if (service && r->wait_head && state == ROOM_FAILED)
