@@ -1,14 +1,18 @@
 /*
  * counter_server — the seed's quick start in C: one shared counter, persisted in SQLite, served
- * over WebSocket together with the demo page of examples/web/.
+ * over WebSocket together with the demo page of examples/web/; plus rooms, each a counter of its
+ * own, created when first joined.
  *
  *   counter_server [--host H] [--port N] [--data-dir D] [--static DIR] [--pad BYTES]
  *                  [--heartbeat-ms MS] [--tls-cert PEM --tls-key PEM]
+ *                  [--room-idle-ms MS] [--max-rooms N]
  *                  [--token SECRET | --token-file PATH]   (or env LIBSYNC_DEMO_TOKEN)
  *
  * Open http://127.0.0.1:3000/ in two browser tabs and click: both follow the same counter.
  * Messages: {"type":"increment","amount":N}, {"type":"decrement","amount":N}, {"type":"reset"}.
- * The engine is reachable at ws://HOST:PORT/ (as in the seed) and at ws://HOST:PORT/counter.
+ * The default room is at ws://HOST:PORT/ (as in the seed) and at ws://HOST:PORT/counter, stored in
+ * D/counter.sqlite; room NAME is at ws://HOST:PORT/rooms/NAME (the page: /?room=NAME), stored as
+ * a row of D/rooms.sqlite.
  */
 #include <libsync/libsync.h>
 
@@ -40,6 +44,8 @@ struct config {
     const char *tls_cert;
     const char *tls_key;
     long broadcast_yield_ms;
+    long room_idle_ms;
+    long max_rooms;
     const char *token;
     const char *token_file;
     char *token_owned; /* read from --token-file or the environment */
@@ -54,6 +60,7 @@ static void usage(FILE *to)
             "usage: counter_server [--host H] [--port N] [--data-dir D] [--static DIR]\n"
             "                      [--pad BYTES] [--heartbeat-ms MS]\n"
             "                      [--tls-cert PEM --tls-key PEM] [--broadcast-yield-ms MS]\n"
+            "                      [--room-idle-ms MS] [--max-rooms N]\n"
             "                      [--token SECRET | --token-file PATH]\n"
             "  --host H          address to listen on (default 127.0.0.1)\n"
             "  --port N          TCP port, 0 picks a free one (default 3000)\n"
@@ -70,6 +77,10 @@ static void usage(FILE *to)
             "                    messages before it reaches every client: the bound on how\n"
             "                    stale a client gets under load (0 = the library's 2 ms,\n"
             "                    -1 = never give way)\n"
+            "  --room-idle-ms MS a room (/rooms/NAME) without clients for this long is saved\n"
+            "                    and unloaded (0 = the library's 30000, -1 = never)\n"
+            "  --max-rooms N     most rooms loaded at once; then the least recently used idle\n"
+            "                    one is unloaded, or a join is refused with 503 (0 = 100000)\n"
             "  --token SECRET    let in only WebSocket clients that bring it: ?token=SECRET\n"
             "                    (the page passes its own ?token= on) or the header\n"
             "                    \"Authorization: Bearer SECRET\"; others get HTTP 401, or\n"
@@ -190,6 +201,16 @@ static int parse_args(int argc, char **argv, struct config *cfg)
             if (parse_long(value, -1, INT_MAX, &cfg->broadcast_yield_ms) != 0) {
                 fprintf(stderr, "counter_server: --broadcast-yield-ms must be >= -1, not '%s'\n",
                         value);
+                return -1;
+            }
+        } else if (strcmp(opt, "--room-idle-ms") == 0) {
+            if (parse_long(value, -1, INT_MAX, &cfg->room_idle_ms) != 0) {
+                fprintf(stderr, "counter_server: --room-idle-ms must be >= -1, not '%s'\n", value);
+                return -1;
+            }
+        } else if (strcmp(opt, "--max-rooms") == 0) {
+            if (parse_long(value, 0, INT_MAX, &cfg->max_rooms) != 0) {
+                fprintf(stderr, "counter_server: --max-rooms must be >= 0, not '%s'\n", value);
                 return -1;
             }
         } else if (strcmp(opt, "--token") == 0) {
@@ -350,6 +371,42 @@ static int fail(const char *what, int status)
     return 1;
 }
 
+/* "<data dir>/<file>", malloc'd; NULL (reported) when out of memory. */
+static char *data_path(const struct config *cfg, const char *file)
+{
+    size_t len = strlen(cfg->data_dir) + 1 + strlen(file) + 1;
+    char *path = malloc(len);
+    if (path == NULL)
+        fprintf(stderr, "counter_server: out of memory\n");
+    else
+        snprintf(path, len, "%s/%s", cfg->data_dir, file);
+    return path;
+}
+
+/* What every counter has, the default room and each of the rooms: one set of options. */
+static void counter_engine_options(const struct config *cfg, sync_engine_options *opts)
+{
+    sync_engine_options_init(opts, SYNC_ENGINE_OPTIONS_VERSION);
+    opts->enable_versioning = 1;
+    opts->heartbeat_interval_ms = cfg->heartbeat_ms;
+    opts->ping_timeout_ms = 2 * cfg->heartbeat_ms;
+    opts->persist_mode = SYNC_PERSIST_BEFORE_SEND;
+    opts->reply_errors = 1;
+}
+
+static int add_counter_handlers(sync_engine *engine)
+{
+    sync_hooks hooks = SYNC_HOOKS_INIT;
+    hooks.on_error = on_error;
+    int rc;
+    if ((rc = sync_engine_on(engine, "increment", on_increment, NULL, NULL)) != SYNC_OK ||
+        (rc = sync_engine_on(engine, "decrement", on_decrement, NULL, NULL)) != SYNC_OK ||
+        (rc = sync_engine_on(engine, "reset", on_reset, NULL, NULL)) != SYNC_OK ||
+        (rc = sync_engine_set_hooks(engine, &hooks)) != SYNC_OK)
+        return rc;
+    return SYNC_OK;
+}
+
 static int create_engine(const struct config *cfg, sync_engine **out)
 {
     if (make_dirs(cfg->data_dir) != 0) {
@@ -357,16 +414,13 @@ static int create_engine(const struct config *cfg, sync_engine **out)
                 strerror(errno));
         return 1;
     }
-    size_t path_len = strlen(cfg->data_dir) + sizeof "/counter.sqlite";
-    char *db_path = malloc(path_len);
+    char *db_path = data_path(cfg, "counter.sqlite");
     char *initial = initial_state_json(cfg->pad_bytes);
     if (db_path == NULL || initial == NULL) {
         free(db_path);
         free(initial);
-        fprintf(stderr, "counter_server: out of memory\n");
         return 1;
     }
-    snprintf(db_path, path_len, "%s/counter.sqlite", cfg->data_dir);
 
     sync_sqlite_options sqlite_opts = SYNC_SQLITE_OPTIONS_INIT;
     sqlite_opts.path = db_path;
@@ -378,30 +432,67 @@ static int create_engine(const struct config *cfg, sync_engine **out)
         return fail("cannot create the SQLite adapter", rc);
     }
 
+    /* Hooks from the start, so that a failing load at creation is reported too. */
     sync_hooks hooks = SYNC_HOOKS_INIT;
     hooks.on_error = on_error;
-    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    sync_engine_options opts;
+    counter_engine_options(cfg, &opts);
     opts.initial_state_json = initial;
-    opts.enable_versioning = 1;
     opts.adapter = adapter;
-    opts.heartbeat_interval_ms = cfg->heartbeat_ms;
-    opts.ping_timeout_ms = 2 * cfg->heartbeat_ms;
-    opts.persist_mode = SYNC_PERSIST_BEFORE_SEND;
-    opts.reply_errors = 1;
     opts.hooks = &hooks;
     rc = sync_engine_new(out, &opts);
     free(initial);
     if (rc != SYNC_OK)
         return fail("cannot create the engine", rc);
 
-    if ((rc = sync_engine_on(*out, "increment", on_increment, NULL, NULL)) != SYNC_OK ||
-        (rc = sync_engine_on(*out, "decrement", on_decrement, NULL, NULL)) != SYNC_OK ||
-        (rc = sync_engine_on(*out, "reset", on_reset, NULL, NULL)) != SYNC_OK) {
+    if ((rc = add_counter_handlers(*out)) != SYNC_OK) {
         sync_engine_free(*out);
         *out = NULL;
         return fail("cannot register the handlers", rc);
     }
     return 0;
+}
+
+/* Every room is a counter like the default one, starting from the same initial state. */
+static int setup_room(sync_room_setup *setup, void *userdata)
+{
+    const char *initial = userdata;
+    int rc = add_counter_handlers(sync_room_setup_engine(setup));
+    if (rc == SYNC_OK)
+        rc = sync_room_setup_set_initial_state_json(setup, initial);
+    return rc;
+}
+
+/* Rooms at /rooms/NAME, one row each in <data dir>/rooms.sqlite. */
+static int mount_rooms(const struct config *cfg, sync_server *server)
+{
+    char *db_path = data_path(cfg, "rooms.sqlite");
+    char *initial = initial_state_json(cfg->pad_bytes);
+    if (db_path == NULL || initial == NULL) {
+        free(db_path);
+        free(initial);
+        return SYNC_ENOMEM;
+    }
+    sync_sqlite_options sqlite_opts = SYNC_SQLITE_OPTIONS_INIT;
+    sqlite_opts.path = db_path;
+    sync_room_store *store = NULL;
+    int rc = sync_room_store_sqlite_new(&store, &sqlite_opts);
+    free(db_path);
+    if (rc != SYNC_OK) {
+        free(initial);
+        return rc;
+    }
+    sync_engine_options engine_opts;
+    counter_engine_options(cfg, &engine_opts);
+    sync_rooms_options opts = SYNC_ROOMS_OPTIONS_INIT;
+    opts.setup = setup_room;
+    opts.setup_userdata = initial;
+    opts.setup_free_userdata = free;
+    opts.engine_options = &engine_opts;
+    opts.store = store;
+    rc = sync_server_mount_rooms(server, "/rooms/", &opts, NULL);
+    sync_room_store_free(store); /* the mount holds its own reference */
+    return rc;
 }
 
 /* The value of `name` in a raw query string ("a=1&token=x"), and its length; NULL when absent. */
@@ -473,6 +564,8 @@ static int serve(const struct config *cfg, sync_engine *engine, int *served)
     opts.tls_cert_path = cfg->tls_cert;
     opts.tls_key_path = cfg->tls_key;
     opts.broadcast_yield_ms = (int)cfg->broadcast_yield_ms;
+    opts.room_idle_ms = (int)cfg->room_idle_ms;
+    opts.max_rooms = (int)cfg->max_rooms;
     if (cfg->token) {
         opts.auth = token_auth;
         opts.auth_userdata = (void *)(uintptr_t)cfg->token;
@@ -491,6 +584,10 @@ static int serve(const struct config *cfg, sync_engine *engine, int *served)
         (rc = sync_server_mount(server, "/counter", engine)) != SYNC_OK) {
         sync_server_free(server);
         return fail("cannot mount the engine", rc);
+    }
+    if ((rc = mount_rooms(cfg, server)) != SYNC_OK) {
+        sync_server_free(server);
+        return fail("cannot mount the rooms", rc);
     }
     if ((rc = sync_server_listen(server)) != SYNC_OK) {
         sync_server_free(server);

@@ -1,11 +1,13 @@
-// The demo client: one WebSocket to the counter engine, the seed's protocol, no dependencies.
-// The engine is at "/" (as in the seed); "?path=/counter" picks the other route to it, and
-// "?token=..." is passed on to a server that asks for one.
+// The demo client: one WebSocket to a counter, the seed's protocol, no dependencies.
+// The default room is at "/" (as in the seed; "?path=/counter" picks the other route to it);
+// "?room=NAME" joins room NAME at "/rooms/NAME", a counter of its own that the server creates on
+// first join; "?token=..." is passed on to a server that asks for one.
 'use strict';
 
 (() => {
   const params = new URLSearchParams(window.location.search);
-  const path = params.get('path') || '/';
+  const room = params.get('room');
+  const path = room ? `/rooms/${encodeURIComponent(room)}` : params.get('path') || '/';
   // a server started with a token lets in only the clients that bring it
   const token = params.get('token');
   const query = token ? `?token=${encodeURIComponent(token)}` : '';
@@ -16,6 +18,10 @@
   const versionEl = document.getElementById('version');
   const statusEl = document.getElementById('status');
   const errorEl = document.getElementById('error');
+  const roomEl = document.getElementById('room');
+  roomEl.textContent = room ? `room “${room}”` : 'the default room';
+  document.body.dataset.room = room || '';
+  if (room) document.title = `libsync counter: ${room}`;
   const buttons = Array.from(document.querySelectorAll('button[data-amount]'));
 
   // Reconnect backoff: 250 ms doubling up to 8 s, with jitter so that many tabs of a restarted
@@ -27,9 +33,9 @@
   // How the server last closed a connection that was open ("code 1001: server stopping"): kept
   // while reconnect attempts fail, which a browser reports as 1006 whatever the server had said.
   let lastClose = '';
-  // Close codes a server gives a page it does not let in (4000 + HTTP 401/403): retrying with
-  // the same URL cannot help.
-  const REFUSED = new Set([4401, 4403]);
+  // Close codes a server gives a page it does not let in (4000 + HTTP 401/403) or whose room it
+  // deleted (4410): retrying with the same URL cannot help.
+  const REFUSED = new Set([4401, 4403, 4410]);
 
   function setStatus(kind, text) {
     document.body.dataset.status = kind;
@@ -103,8 +109,9 @@
       socket = null;
       if (REFUSED.has(event.code)) {
         document.body.dataset.closeCode = String(event.code);
-        setStatus('refused', `not authorised (${describeClose(event)}): open the link the ` +
-          'server printed, with its ?token=');
+        setStatus('refused', event.code === 4410 ? `room deleted (${describeClose(event)})`
+          : `not authorised (${describeClose(event)}): open the link the server printed, with ` +
+            'its ?token=');
         return;
       }
       if (opened) {

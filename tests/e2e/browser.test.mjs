@@ -98,6 +98,52 @@ test('two tabs stay in step and survive a server restart', { timeout: 120000 }, 
   }
 });
 
+test('two rooms are two counters: each shared by its own tabs, both kept apart', { timeout: 120000 }, async () => {
+  const server = await startServer({});
+  try {
+    await withBrowser(async (context) => {
+      const pageErrors = [];
+      const open = async (query) => {
+        const page = await context.newPage();
+        page.on('pageerror', (err) => pageErrors.push(err.message));
+        await page.goto(`${server.http}/${query}`);
+        await expectStatus(page, 'open');
+        return page;
+      };
+      // Two tabs in room "alpha", one in "béta" (a name that needs encoding), one in the
+      // default room.
+      const [alpha1, alpha2, beta, plain] = [await open('?room=alpha'), await open('?room=alpha'),
+        await open('?room=b%C3%A9ta'), await open('')];
+      assert.equal(await alpha1.textContent('#room'), 'room “alpha”');
+      assert.equal(await beta.textContent('#room'), 'room “béta”');
+      assert.equal(await plain.textContent('#room'), 'the default room');
+      for (const page of [alpha1, alpha2, beta, plain]) await expectText(page, '#counter', '0');
+
+      await alpha1.click('#inc10');
+      await expectText(alpha2, '#counter', '10');
+      await beta.click('#inc');
+      await expectText(beta, '#counter', '1');
+      await alpha2.click('#dec');
+      await expectText(alpha1, '#counter', '9');
+      await plain.click('#inc');
+      await expectText(plain, '#counter', '1');
+      // Each room counted only its own clicks, versions included.
+      await expectText(alpha1, '#version', '2');
+      await expectText(beta, '#version', '1');
+      await expectText(beta, '#counter', '1');
+      await expectText(plain, '#version', '1');
+      await alpha1.screenshot({ path: join(ARTIFACTS, 'demo-room-alpha.png') });
+      await beta.screenshot({ path: join(ARTIFACTS, 'demo-room-beta.png') });
+
+      const metrics = await (await fetch(`${server.http}/metrics`)).text();
+      assert.match(metrics, /^libsync_rooms_loaded 2$/m, metrics);
+      assert.deepEqual(pageErrors, []);
+    });
+  } finally {
+    assert.equal(await server.stop(), 0, server.stderr());
+  }
+});
+
 async function withBrowser(fn) {
   accessSync(CHROMIUM, constants.X_OK);
   const profile = mkdtempSync(join(tmpdir(), 'libsync-chromium-'));
