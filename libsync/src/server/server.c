@@ -610,7 +610,8 @@ int sync_server_listen(sync_server *server)
      * timeout_secs_ah_idle later, whatever arrives meanwhile: that bounds both a connection that
      * sends nothing and a head sent a byte at a time. With a pool smaller than the connections
      * that may exist, new clients wait in a queue behind idle ones (and time out there), so the
-     * pool is one table per descriptor; tables are allocated only while held. */
+     * pool is one table per descriptor; tables are allocated only while held, and mapped apart
+     * from the heap so that many handshakes at once do not fragment it (server_alloc.c). */
     info.timeout_secs_ah_idle = (unsigned)((server->handshake_timeout_ms + 999) / 1000);
     struct rlimit nofile;
     server->fd_limit = 1024;
@@ -638,6 +639,7 @@ int sync_server_listen(sync_server *server)
         /* WebSocket over HTTP/2 streams is not what the clients expect: stay on HTTP/1.1. */
         info.alpn = "http/1.1";
     }
+    server_alloc_install();
     struct lws_context *ctx = lws_create_context(&info);
     if (!ctx)
         return sync__fail(SYNC_ENET, "cannot listen on %s:%d%s", server->host, server->port_option,

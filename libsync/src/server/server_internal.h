@@ -257,6 +257,12 @@ void server_broadcast_flush(sync_server *server);
 void server_broadcast_join(server_conn *c);
 void server_broadcast_leave(server_conn *c);
 
+/* server_alloc.c: installs the allocator of libwebsockets (once per process, before the first
+ * context), which maps the header tables of handshakes apart from the heap. */
+void server_alloc_install(void);
+/* Tests: the header-table blocks mapped now, and ever. */
+void server_alloc_stats(size_t *mapped_now, uint64_t *mapped_ever);
+
 /* server_upgrade.c: LWS_CALLBACK_HTTP_CONFIRM_UPGRADE (`upgrade`: the Upgrade header's value).
  * Checks the RFC 6455 handshake headers, then the gate. 0 to let the upgrade proceed, else what
  * the callback returns (the refusal's HTTP status was sent). */
