@@ -485,7 +485,7 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason, vo
         return c ? server_conn_receive(c, in, len) : -1;
     case LWS_CALLBACK_RECEIVE_PONG:
         /* a client's WebSocket-level pong shows it is alive as well as the text "pong" does */
-        if (c && c->conn)
+        if (c && c->joined)
             sync_engine_handle_alive(c->eng->engine, c->conn);
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
