@@ -1,5 +1,6 @@
 /* Connection handles: reference counting, identity, and the bridge from the engine to either a
  * public push transport (sync_conn_callbacks) or a private one (transport.h). */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,17 +10,27 @@
 
 static atomic_uint_fast64_t next_conn_id = 1;
 
-static sync_conn *conn_alloc(void *userdata)
+/* A push connection's callbacks live right after its struct (sync_conn is a multiple of their
+ * alignment). */
+static sync_conn_callbacks *push_callbacks(const sync_conn *conn)
 {
-    sync_conn *conn = calloc(1, sizeof *conn);
+    return (sync_conn_callbacks *)(uintptr_t)(conn + 1);
+}
+
+_Static_assert(sizeof(sync_conn) % _Alignof(sync_conn_callbacks) == 0,
+               "push callbacks follow the struct");
+
+static sync_conn *conn_alloc(void *userdata, size_t extra)
+{
+    sync_conn *conn = calloc(1, sizeof *conn + extra);
     if (!conn)
         return NULL;
     atomic_init(&conn->refs, 1);
     atomic_init(&conn->close_requested, 0);
+    atomic_init(&conn->identity, NULL);
     conn->id = (uint64_t)atomic_fetch_add(&next_conn_id, 1);
     conn->userdata = userdata;
     conn->state = CONN_NEW;
-    pthread_mutex_init(&conn->identity_lock, NULL);
     return conn;
 }
 
@@ -51,11 +62,11 @@ int sync_conn_new(sync_conn **out, const sync_conn_callbacks *callbacks, void *u
     if (!callbacks->send)
         return new_fail(free_userdata, userdata, SYNC_EINVAL,
                         "sync_conn_new: callbacks->send is required");
-    sync_conn *conn = conn_alloc(userdata);
+    sync_conn *conn = conn_alloc(userdata, sizeof *callbacks);
     if (!conn)
         return new_fail(free_userdata, userdata, SYNC_ENOMEM,
                         "out of memory creating a connection");
-    conn->callbacks = *callbacks;
+    *push_callbacks(conn) = *callbacks;
     *out = conn;
     return SYNC_OK;
 }
@@ -67,11 +78,10 @@ int sync__conn_new_transport(sync_conn **out, const sync__transport_ops *ops, vo
     if (!out || !ops || !ops->send_frame)
         return sync__fail(SYNC_EINVAL,
                           "sync__conn_new_transport: out and ops->send_frame required");
-    sync_conn *conn = conn_alloc(userdata);
+    sync_conn *conn = conn_alloc(userdata, 0);
     if (!conn)
         return sync__fail(SYNC_ENOMEM, "out of memory creating a connection");
-    conn->is_transport = 1;
-    conn->ops = *ops;
+    conn->ops = ops;
     *out = conn;
     return SYNC_OK;
 }
@@ -88,11 +98,10 @@ void sync_conn_free(sync_conn *conn)
     if (!conn || atomic_fetch_sub_explicit(&conn->refs, 1, memory_order_acq_rel) != 1)
         return;
     sync_free_cb free_userdata =
-        conn->is_transport ? conn->ops.free_userdata : conn->callbacks.free_userdata;
+        conn->ops ? conn->ops->free_userdata : push_callbacks(conn)->free_userdata;
     if (free_userdata)
         free_userdata(conn->userdata);
-    pthread_mutex_destroy(&conn->identity_lock);
-    free(conn->identity);
+    free(atomic_load(&conn->identity));
     free(conn);
 }
 
@@ -100,7 +109,7 @@ void *sync_conn_userdata(const sync_conn *conn)
 {
     /* A transport's userdata is its private connection object: the public API promises NULL there.
      */
-    return conn && !conn->is_transport ? conn->userdata : NULL;
+    return conn && !conn->ops ? conn->userdata : NULL;
 }
 
 uint64_t sync_conn_id(const sync_conn *conn)
@@ -110,13 +119,7 @@ uint64_t sync_conn_id(const sync_conn *conn)
 
 const char *sync_conn_identity(const sync_conn *conn)
 {
-    if (!conn)
-        return NULL;
-    sync_conn *mut = (sync_conn *)conn;
-    pthread_mutex_lock(&mut->identity_lock);
-    const char *identity = conn->identity;
-    pthread_mutex_unlock(&mut->identity_lock);
-    return identity;
+    return conn ? atomic_load(&conn->identity) : NULL;
 }
 
 int sync_conn_set_identity(sync_conn *conn, const char *identity_json)
@@ -126,11 +129,7 @@ int sync_conn_set_identity(sync_conn *conn, const char *identity_json)
     char *copy = NULL;
     if (identity_json && !(copy = strdup(identity_json)))
         return sync__fail(SYNC_ENOMEM, "out of memory copying an identity");
-    pthread_mutex_lock(&conn->identity_lock);
-    char *old = conn->identity;
-    conn->identity = copy;
-    pthread_mutex_unlock(&conn->identity_lock);
-    free(old);
+    free(atomic_exchange(&conn->identity, copy));
     return SYNC_OK;
 }
 
@@ -138,9 +137,9 @@ int sync__conn_push_frame(sync_conn *conn, sync__frame *frame)
 {
     if (atomic_load(&conn->close_requested))
         return sync__fail(SYNC_ECLOSED, "connection %llu is closing", (unsigned long long)conn->id);
-    int rc = conn->is_transport
-                 ? conn->ops.send_frame(conn->userdata, frame)
-                 : conn->callbacks.send(conn->userdata, sync__frame_text(frame), frame->len);
+    int rc = conn->ops
+                 ? conn->ops->send_frame(conn->userdata, frame)
+                 : push_callbacks(conn)->send(conn->userdata, sync__frame_text(frame), frame->len);
     if (rc < 0)
         return sync__fail(rc, "send to connection %llu failed: %s", (unsigned long long)conn->id,
                           sync_strerror(rc));
@@ -149,7 +148,7 @@ int sync__conn_push_frame(sync_conn *conn, sync__frame *frame)
 
 int sync__conn_is_pull(const sync_conn *conn)
 {
-    return conn->is_transport;
+    return conn->ops != NULL;
 }
 
 void sync__conn_request_close(sync_conn *conn, int code, const char *reason)
@@ -157,7 +156,7 @@ void sync__conn_request_close(sync_conn *conn, int code, const char *reason)
     if (atomic_exchange(&conn->close_requested, 1))
         return;
     void (*close_cb)(void *, int, const char *) =
-        conn->is_transport ? conn->ops.close : conn->callbacks.close;
+        conn->ops ? conn->ops->close : push_callbacks(conn)->close;
     if (close_cb)
         close_cb(conn->userdata, code, reason);
 }

@@ -21,21 +21,24 @@ typedef enum conn_state {
     CONN_CLOSED = 3 /* terminal: a closed connection is never reopened */
 } conn_state;
 
+/* One per connection, so kept small (docs/PERFORMANCE.md, idle memory): the transport's ops are
+ * shared, not copied, and a push connection's callbacks follow the struct in the same block. */
 struct sync_conn {
     atomic_uint refs;
+    atomic_uchar close_requested;
+    /* Guarded by the lock of the engine the connection belongs to: */
+    unsigned char state; /* conn_state */
+    unsigned char timed_out;
     uint64_t id;
-    int is_transport; /* 1: private transport ops; 0: public callbacks */
-    sync__transport_ops ops;
-    sync_conn_callbacks callbacks;
+    /* A transport's private ops (static, outliving the connection), or NULL for a push
+     * connection (sync_conn_new), whose sync_conn_callbacks follow the struct. */
+    const sync__transport_ops *ops;
     void *userdata;
-    atomic_int close_requested;
-    pthread_mutex_t identity_lock;
-    char *identity;
-    /* Guarded by the lock of the engine the connection belongs to. */
+    /* Set and read from any thread: an atomic pointer, the old text freed by the setter. */
+    _Atomic(char *) identity;
+    /* Guarded by the lock of the engine the connection belongs to: */
     sync_engine *engine;
-    conn_state state;
     int64_t last_pong_ms;
-    int timed_out;
     sync_conn *prev;
     sync_conn *next;
 };

@@ -26,8 +26,9 @@ typedef struct sync__transport_ops {
     void (*free_userdata)(void *userdata);
 } sync__transport_ops;
 
-/* Like sync_conn_new(), with a transport's private ops (copied). Private, so not bound by
- * common.h's rule: on failure the userdata stays the transport's (the server's connection object
+/* Like sync_conn_new(), with a transport's private ops, which are not copied: they must outlive
+ * the connection (a static table; every connection of a transport shares it). Private, so not bound
+ * by common.h's rule: on failure the userdata stays the transport's (the server's connection object
  * lives on with its socket and is freed with it). */
 int sync__conn_new_transport(sync_conn **out, const sync__transport_ops *ops, void *userdata);
 

@@ -499,7 +499,7 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason, vo
         return c ? server_conn_receive(c, in, len) : -1;
     case LWS_CALLBACK_RECEIVE_PONG:
         /* a client's WebSocket-level pong shows it is alive as well as the text "pong" does */
-        if (c && c->conn)
+        if (c && c->joined)
             sync_engine_handle_alive(c->eng->engine, c->conn);
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
@@ -624,7 +624,8 @@ int sync_server_listen(sync_server *server)
      * timeout_secs_ah_idle later, whatever arrives meanwhile: that bounds both a connection that
      * sends nothing and a head sent a byte at a time. With a pool smaller than the connections
      * that may exist, new clients wait in a queue behind idle ones (and time out there), so the
-     * pool is one table per descriptor; tables are allocated only while held. */
+     * pool is one table per descriptor; tables are allocated only while held, and mapped apart
+     * from the heap so that many handshakes at once do not fragment it (server_alloc.c). */
     info.timeout_secs_ah_idle = (unsigned)((server->handshake_timeout_ms + 999) / 1000);
     struct rlimit nofile;
     server->fd_limit = 1024;
@@ -652,6 +653,7 @@ int sync_server_listen(sync_server *server)
         /* WebSocket over HTTP/2 streams is not what the clients expect: stay on HTTP/1.1. */
         info.alpn = "http/1.1";
     }
+    server_alloc_install();
     struct lws_context *ctx = lws_create_context(&info);
     if (!ctx)
         return sync__fail(SYNC_ENET, "cannot listen on %s:%d%s", server->host, server->port_option,

@@ -18,22 +18,17 @@ static const char rate_error[] =
 
 /* ---- the frame queue (under server->lock) ------------------------------------------------ */
 
+/* The ring is allocated while frames wait (an idle connection has none) */
 static bool queue_push(server_conn *c, sync__frame *frame)
 {
     if (c->ring_count == c->ring_cap) {
         uint32_t cap = c->ring_cap ? c->ring_cap * 2 : 2;
-        sync__frame **ring;
-        if (cap <= 2) {
-            ring = c->inline_ring;
-        } else {
-            ring = malloc(cap * sizeof *ring);
-            if (!ring)
-                return false;
-        }
+        sync__frame **ring = malloc(cap * sizeof *ring);
+        if (!ring)
+            return false;
         for (uint32_t i = 0; i < c->ring_count; i++)
             ring[i] = c->ring[(c->ring_head + i) % c->ring_cap];
-        if (c->ring && c->ring != c->inline_ring)
-            free(c->ring);
+        free(c->ring);
         c->ring = ring;
         c->ring_cap = cap;
         c->ring_head = 0;
@@ -52,8 +47,8 @@ static sync__frame *queue_pop(server_conn *c)
     c->ring_head = (c->ring_head + 1) % c->ring_cap;
     c->ring_count--;
     c->queued_bytes -= frame->len;
-    if (!c->ring_count && c->ring != c->inline_ring) {
-        /* a burst is over: give the heap ring back so idle connections stay small */
+    if (!c->ring_count) {
+        /* the queue is empty: give the ring back so idle connections stay small */
         free(c->ring);
         c->ring = NULL;
         c->ring_cap = 0;
@@ -218,8 +213,7 @@ static void op_free(void *userdata)
     sync__frame *frame;
     while ((frame = queue_pop(c)))
         sync__frame_unref(frame);
-    free(c->rx_buf);
-    free(c->identity);
+    free(c->rx);
     free(c->close_reason);
     if (c->auth) {
         free(c->auth->identity);
@@ -240,10 +234,11 @@ static const sync__transport_ops conn_ops = {
 /* The reassembly buffer goes back (service thread), and its bytes to the server-wide budget. */
 static void rx_release(server_conn *c)
 {
-    c->server->buffered_bytes -= c->rx_cap;
-    free(c->rx_buf);
-    c->rx_buf = NULL;
-    c->rx_len = c->rx_cap = 0;
+    if (!c->rx)
+        return;
+    c->server->buffered_bytes -= c->rx->cap;
+    free(c->rx);
+    c->rx = NULL;
 }
 
 server_conn *server_conn_new(sync_server *server, server_engine *eng, char *identity)
@@ -255,9 +250,20 @@ server_conn *server_conn_new(sync_server *server, server_engine *eng, char *iden
     c->server = server;
     c->eng = eng;
     c->echo = eng == NULL;
-    c->identity = identity;
-    c->tokens = server->rate_burst;
+    c->tokens = (float)server->rate_burst;
     c->tokens_ms = sync_now_ms();
+    /* The engine's handle is made now, so that it holds the identity until the connection
+     * joins (at ESTABLISHED, or once a deferred auth accepted). */
+    if (eng && (sync__conn_new_transport(&c->conn, &conn_ops, c) != SYNC_OK ||
+                (identity && sync_conn_set_identity(c->conn, identity) != SYNC_OK))) {
+        server_log(server, SYNC_LOG_ERROR, "cannot create a connection: %s", sync_error_last());
+        if (c->conn)
+            sync_conn_free(c->conn); /* frees c */
+        else
+            free(c);
+        return NULL;
+    }
+    free(identity);
     server->ws_open++;
     return c;
 }
@@ -275,31 +281,23 @@ void server_conn_abandon(server_conn *c)
     stop_waiting_for_auth(c);
     server_rooms_conn_gone(c);
     c->server->ws_open--;
-    op_free(c);
+    if (c->conn)
+        sync_conn_free(c->conn); /* the last reference: frees c */
+    else
+        op_free(c);
 }
 
-/* The connection joins its engine: a transport handle, the identity, handle_open (which queues
- * the initial state). -1 when the handle cannot be made. */
-static int join_engine(server_conn *c)
+/* The connection joins its engine: handle_open (which queues the initial state). */
+static void join_engine(server_conn *c)
 {
     sync_server *s = c->server;
-    int rc = sync__conn_new_transport(&c->conn, &conn_ops, c);
-    if (rc != SYNC_OK) {
-        server_log(s, SYNC_LOG_ERROR, "cannot create a connection: %s", sync_error_last());
-        return -1;
-    }
-    if (c->identity) {
-        sync_conn_set_identity(c->conn, c->identity);
-        free(c->identity);
-        c->identity = NULL;
-    }
     s->accepted++;
     if (c->is_room)
         server_rooms_conn_joined(c);
-    rc = sync_engine_handle_open(c->eng->engine, c->conn);
+    c->joined = true;
+    int rc = sync_engine_handle_open(c->eng->engine, c->conn);
     if (rc < 0)
         server_log(s, SYNC_LOG_WARN, "open on %s failed: %s", c->eng->path, sync_error_last());
-    return 0;
 }
 
 static void close_soon(server_conn *c, int code);
@@ -319,8 +317,10 @@ int server_conn_established(server_conn *c, struct lws *wsi)
     pthread_mutex_unlock(&s->lock);
     if (c->echo)
         return 0;
-    if (!c->auth_waiting)
-        return join_engine(c); /* on failure still owned by the wsi: WSI_DESTROY abandons it */
+    if (!c->auth_waiting) {
+        join_engine(c);
+        return 0;
+    }
     lws_sul_schedule(lws_get_context(wsi), 0, &c->auth->timer, auth_timed_out,
                      (lws_usec_t)s->auth_timeout_ms * LWS_US_PER_MS);
     /* a room may have become ready (or failed) before the connection existed */
@@ -356,7 +356,8 @@ void server_conn_closed(server_conn *c)
     rx_release(c);
     if (c->conn) {
         sync_conn *conn = c->conn;
-        sync_engine_handle_close(c->eng->engine, conn);
+        if (c->joined)
+            sync_engine_handle_close(c->eng->engine, conn);
         server_rooms_conn_gone(c); /* after: the room's engine lives while a client is in it */
         sync_conn_free(conn);      /* may free c with the last reference */
     } else {
@@ -381,14 +382,15 @@ static int rate_check(server_conn *c)
     if (s->rate_per_sec <= 0)
         return 0;
     int64_t now = sync_now_ms();
-    c->tokens += (double)(now - c->tokens_ms) * s->rate_per_sec / 1000.0;
+    double tokens = c->tokens + (double)(now - c->tokens_ms) * s->rate_per_sec / 1000.0;
     c->tokens_ms = now;
-    if (c->tokens > s->rate_burst)
-        c->tokens = s->rate_burst;
-    c->tokens -= 1.0;
-    if (c->tokens >= 0)
+    if (tokens > s->rate_burst)
+        tokens = s->rate_burst;
+    tokens -= 1.0;
+    c->tokens = (float)tokens;
+    if (tokens >= 0)
         return 0;
-    return c->tokens <= -s->rate_burst ? -1 : 1;
+    return tokens <= -s->rate_burst ? -1 : 1;
 }
 
 /* Closes after what is already queued has gone, and reads (and drops) whatever the peer still
@@ -503,7 +505,9 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
                          "binary frames are not supported");
     size_t remaining = lws_remaining_packet_payload(wsi);
     bool complete = lws_is_final_fragment(wsi) && remaining == 0;
-    if (c->rx_len + len + (complete ? 0 : remaining) > s->max_message_bytes) {
+    size_t rx_len = c->rx ? c->rx->len : 0;
+    size_t rx_cap = c->rx ? c->rx->cap : 0;
+    if (rx_len + len + (complete ? 0 : remaining) > s->max_message_bytes) {
         s->closed_too_big++;
         rx_release(c);
         close_soon(c, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE);
@@ -516,33 +520,36 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
         c->utf8_state = 0;
         return close_now(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "invalid UTF-8");
     }
-    if (complete && c->rx_len == 0) {
+    if (complete && rx_len == 0) {
         deliver(c, in, len, binary);
         return 0;
     }
-    if (c->rx_len + len > c->rx_cap) {
-        size_t cap = c->rx_cap ? c->rx_cap : 1024;
-        while (cap < c->rx_len + len + remaining && cap < s->max_message_bytes)
+    if (rx_len + len > rx_cap) {
+        size_t cap = rx_cap ? rx_cap : 1024;
+        while (cap < rx_len + len + remaining && cap < s->max_message_bytes)
             cap *= 2;
-        if (cap < c->rx_len + len)
-            cap = c->rx_len + len;
-        if (s->buffered_bytes + (cap - c->rx_cap) > s->max_buffered_bytes) {
+        if (cap < rx_len + len)
+            cap = rx_len + len;
+        if (s->buffered_bytes + (cap - rx_cap) > s->max_buffered_bytes) {
             buffer_budget_spent(c);
             return 0;
         }
-        char *buf = realloc(c->rx_buf, cap);
-        if (!buf)
+        server_rx *rx = realloc(c->rx, sizeof *rx + cap);
+        if (!rx)
             return close_now(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
-        s->buffered_bytes += cap - c->rx_cap;
-        c->rx_buf = buf;
-        c->rx_cap = cap;
+        s->buffered_bytes += cap - rx_cap;
+        rx->len = rx_len;
+        rx->cap = cap;
+        c->rx = rx;
     }
-    if (len) /* an empty fragment may come with no buffer at all (memcpy from NULL is UB) */
-        memcpy(c->rx_buf + c->rx_len, in, len);
-    c->rx_len += len;
+    if (len) { /* an empty fragment may come with no buffer at all (memcpy from NULL is UB) */
+        memcpy(c->rx->data + rx_len, in, len);
+        c->rx->len += len;
+    }
     if (!complete)
         return 0;
-    deliver(c, c->rx_buf, c->rx_len, binary);
+    /* rx_len + len > 0 here (a whole message in one piece went out above), so c->rx exists */
+    deliver(c, c->rx->data, c->rx->len, binary);
     rx_release(c);
     return 0;
 }
@@ -615,10 +622,13 @@ static int serve_auth_wait(server_conn *c)
         return close_now(c->wsi, (enum lws_close_status)(SERVER_CLOSE_AUTH_BASE + status),
                          "refused by auth");
     }
-    free(c->identity);
-    c->identity = identity;
-    if (join_engine(c) != 0)
+    int rc = identity ? sync_conn_set_identity(c->conn, identity) : SYNC_OK;
+    free(identity);
+    if (rc != SYNC_OK) {
+        server_log(s, SYNC_LOG_ERROR, "cannot attach the identity: %s", sync_error_last());
         return -1;
+    }
+    join_engine(c);
     deliver_held(c);
     return 1;
 }

@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "engine/frame.h"
 #include "libsync/server.h"
@@ -195,56 +196,70 @@ typedef struct server_auth_wait {
     server_conn *room_prev;
 } server_auth_wait;
 
-/* One WebSocket connection; the userdata of its sync_conn, freed with the last reference. */
+/* A message being reassembled from several fragments or RECEIVE callbacks (service thread). */
+typedef struct server_rx {
+    size_t len;
+    size_t cap; /* of data[], counted against max_buffered_bytes */
+    char data[];
+} server_rx;
+
+/* One WebSocket connection; the userdata of its sync_conn, freed with the last reference. There
+ * is one per connection, so it is packed (152 bytes): what only some connections need (a deferred
+ * auth, a message in pieces, a queue of more than zero frames, a close reason) hangs off it and
+ * is allocated when needed. Bit-fields guarded by different locks or threads are kept apart by
+ * state_moved: never one memory location (C11), so no write of one loses a write of another. */
 struct server_conn {
-    int kind; /* SERVER_WSI_WS */
+    int kind;            /* SERVER_WSI_WS */
+    uint32_t utf8_state; /* service thread: sync__utf8_accept() across the fragments of a text */
+    /* Service thread: */
+    bool echo : 1; /* on server_mount_echo()'s path: no engine, messages come back */
+    bool
+        auth_waiting : 1; /* a deferred auth (sync_request_defer) not yet applied: the
+                             connection is upgraded but not joined, what the client sends is held */
+    bool joined : 1;      /* sync_engine_handle_open() was called */
+    bool live : 1;        /* in eng->live_head: the end-of-turn broadcast writes to it */
+    bool write_failed : 1;
+    /* A room mount's connection (its room is the server_room whose eng it is), and whether it
+     * joined the room's engine. */
+    bool is_room : 1;
+    bool room_joined : 1;
+    atomic_bool state_moved; /* under server->lock; also read without it: the broadcast fast path */
+    /* Under server->lock: */
+    bool force : 1;
+    bool in_wake : 1;
+    bool close_pending : 1;
+    bool close_armed : 1;
+    uint16_t close_code;
+    /* Service thread, a room's connection: 1 while the room is being created, then 0 or the close
+     * code of a room that failed or was deleted. In the padding: connections stay small. */
+    uint16_t room_wait;
+    float tokens; /* service thread: the rate limit's bucket */
+    /* Under server->lock: the queue of explicit frames, a ring allocated only while not empty */
+    uint32_t ring_cap;
+    uint32_t ring_head;
+    uint32_t ring_count;
+
     sync_server *server;
     server_engine *eng;
+    /* The engine's handle, made with the connection (NULL on the echo path); it holds the
+     * identity the auth callback attached. */
     sync_conn *conn;
-    char *identity; /* from the auth callback, until the connection joins its engine */
-    bool echo;      /* on server_mount_echo()'s path: no engine, messages come back */
-    /* A room mount's connection (its room is the server_room whose eng it is): whether it joined
-     * the room's engine, and (service thread) 1 while the room is being created, then 0 or the
-     * close code of a room that failed or was deleted. In the padding: connections stay small. */
-    bool is_room;
-    bool room_joined;
-    uint16_t room_wait;
-
-    /* A deferred auth decision (sync_request_defer): until it is applied the connection is
-     * upgraded but not joined (c->conn is NULL), and what the client sends is held. */
-    bool auth_waiting;      /* service thread */
     server_auth_wait *auth; /* set once by the upgrade, freed with the connection; NULL when the
                                auth answered at once (most connections: they pay 8 bytes) */
 
     /* Under server->lock: */
     struct lws *wsi; /* NULL once closed */
     sync__frame **ring;
-    sync__frame *inline_ring[2];
-    uint32_t ring_cap;
-    uint32_t ring_head;
-    uint32_t ring_count;
     size_t queued_bytes;
-    atomic_bool state_moved; /* also read without the lock: the broadcast fast path */
-    bool force;
-    bool in_wake;
-    bool close_pending;
-    bool close_armed;
-    uint16_t close_code;
     char *close_reason; /* NULL: none; set once with close_pending, freed with the connection */
     server_conn *wake_next;
     server_conn *wake_prev;
 
     /* Service thread only: */
     uint64_t last_sent_seq;
-    bool live; /* in eng->live_head: the end-of-turn broadcast writes to it */
-    bool write_failed;
     server_conn *live_next;
     server_conn *live_prev;
-    uint32_t utf8_state; /* sync__utf8_accept() across the fragments of a text message */
-    char *rx_buf;
-    size_t rx_len;
-    size_t rx_cap;
-    double tokens;
+    server_rx *rx; /* NULL unless a message is being reassembled */
     int64_t tokens_ms;
 };
 
@@ -287,6 +302,12 @@ void server_broadcast_flush(sync_server *server);
 /* Service thread: a connection starts (after its initial state) or stops receiving broadcasts. */
 void server_broadcast_join(server_conn *c);
 void server_broadcast_leave(server_conn *c);
+
+/* server_alloc.c: installs the allocator of libwebsockets (once per process, before the first
+ * context), which maps the header tables of handshakes apart from the heap. */
+void server_alloc_install(void);
+/* Tests: the header-table blocks mapped now, and ever. */
+void server_alloc_stats(size_t *mapped_now, uint64_t *mapped_ever);
 
 /* server_upgrade.c: LWS_CALLBACK_HTTP_CONFIRM_UPGRADE (`upgrade`: the Upgrade header's value).
  * Checks the RFC 6455 handshake headers, then the gate. 0 to let the upgrade proceed, else what

@@ -591,9 +591,7 @@ static int wait_for_room(server_conn *c)
         if (!wait)
             return -1;
         wait->conn = c;
-        wait->decision = 0; /* the auth accepted (or there is none) */
-        wait->identity = c->identity;
-        c->identity = NULL;
+        wait->decision = 0; /* the auth accepted (or there is none); the identity is on c->conn */
         c->auth = wait;
     }
     c->auth_waiting = true;
