@@ -136,7 +136,7 @@ test('two rooms are two counters: each shared by its own tabs, both kept apart',
       await beta.screenshot({ path: join(ARTIFACTS, 'demo-room-beta.png') });
 
       const metrics = await (await fetch(`${server.http}/metrics`)).text();
-      assert.match(metrics, /^libsync_rooms_loaded 2$/m, metrics);
+      assert.match(metrics, /^libsync_rooms_loaded\{path="\/rooms\/"\} 2$/m, metrics);
       assert.deepEqual(pageErrors, []);
     });
   } finally {

@@ -15,10 +15,11 @@ from helpers import client, current_state, initial_state, run, send, wait_for_co
 
 
 def metric(srv, name):
-    """The value of an unlabelled sample of /metrics."""
+    """The value of a sample of /metrics: the room mount's (labelled with its prefix) or the
+    server's."""
     with urllib.request.urlopen(srv.http + "/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    found = re.search(rf"^{re.escape(name)}(?:{{path=\"/rooms/\"}})? (\S+)$", text, re.M)
     assert found, f"{name} not in /metrics:\n{text}"
     return float(found.group(1))
 
