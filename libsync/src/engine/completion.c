@@ -32,6 +32,28 @@ int sync__pending_settle_direct(sync_pending *pending)
     return done;
 }
 
+sync_pending *sync__pending_new_relay(void (*relay)(sync_pending *), void *ctx)
+{
+    sync_pending *pending = calloc(1, sizeof *pending);
+    if (!pending)
+        return NULL;
+    pending->in_call = 1;
+    pending->relay = relay;
+    pending->relay_ctx = ctx;
+    return pending;
+}
+
+int sync__pending_settle_relay(sync_pending *pending)
+{
+    pthread_mutex_lock(&direct_lock);
+    pending->in_call = 0;
+    int done = pending->done;
+    if (!done)
+        pending->awaiting = 1;
+    pthread_mutex_unlock(&direct_lock);
+    return done;
+}
+
 /* ---- completions ---------------------------------------------------------------------------- */
 
 static int complete(sync_pending *pending, int status, const char *state_json, int64_t version,
@@ -69,11 +91,16 @@ static int complete(sync_pending *pending, int status, const char *state_json, i
     pending->error = error_copy;
     pending->version = version;
     pending->timestamp_ms = timestamp_ms;
+    int relay = 0;
     if (pending->in_call) {
         /* Finished before the callback returned: the caller picks the result up. */
         pending->done = 1;
     } else if (pending->orphaned) {
         sync__pending_free(pending);
+    } else if (!engine && pending->relay) {
+        pending->awaiting = 0;
+        pending->done = 1;
+        relay = 1;
     } else {
         pending->awaiting = 0;
         sync__engine_adapter_completed(engine, pending);
@@ -82,6 +109,9 @@ static int complete(sync_pending *pending, int status, const char *state_json, i
         sync__engine_unlock(engine);
     else
         pthread_mutex_unlock(&direct_lock);
+    /* After the unlock: the relay may complete other tokens, which takes the lock again. */
+    if (relay)
+        pending->relay(pending);
     return SYNC_OK;
 }
 

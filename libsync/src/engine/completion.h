@@ -33,6 +33,10 @@ struct sync_pending {
     char *state_json;
     int64_t version;
     int64_t timestamp_ms;
+    /* Without an engine: where a late completion goes (room stores chain their calls through
+     * it); NULL for a direct sync_adapter_* call. Runs outside every lock and owns the token. */
+    void (*relay)(sync_pending *pending);
+    void *relay_ctx;
 };
 
 void sync__pending_free(sync_pending *pending);
@@ -41,5 +45,14 @@ void sync__pending_free(sync_pending *pending);
  * the callback returned (its result is in it); 0 when it was not, and then the token is orphaned:
  * the late completion frees it, the caller must not touch it again. */
 int sync__pending_settle_direct(sync_pending *pending);
+
+/* A token without an engine whose late completion runs relay(token) (any thread, no lock held);
+ * in_call is set as for a callback about to run. NULL when out of memory. */
+sync_pending *sync__pending_new_relay(void (*relay)(sync_pending *), void *ctx);
+
+/* For a relay token whose callback returned SYNC_PENDING: 1 when it was completed before the
+ * callback returned (the caller reads the result and frees it); 0 when it was not: the relay
+ * runs on completion and owns the token from then on. */
+int sync__pending_settle_relay(sync_pending *pending);
 
 #endif
