@@ -81,6 +81,11 @@ class Request:
     def peer(self) -> str:
         return native.sync_request_peer(self._ptr) or ""
 
+    @property
+    def room(self) -> Optional[str]:
+        """The room the request joins (see :meth:`Server.rooms`), or None for another path."""
+        return native.sync_request_room(self._ptr)
+
     def header(self, name: str) -> Optional[str]:
         """A header's value by case-insensitive name, or None."""
         return native.sync_request_header(self._ptr, name)
@@ -118,10 +123,11 @@ class RequestCopy:
     """What a coroutine ``auth`` is given: a :class:`Request` read at once (it runs after the
     upgrade callback returned, when the request's headers are gone), with the same read API."""
 
-    __slots__ = ("path", "query", "peer", "_headers")
+    __slots__ = ("path", "query", "peer", "room", "_headers")
 
     def __init__(self, request: Request, header_names: Sequence[str]) -> None:
         self.path, self.query, self.peer = request.path, request.query, request.peer
+        self.room = request.room
         self._headers = {}
         for name in header_names:
             value = request.header(name)
@@ -269,6 +275,11 @@ class Server:
     ``handshake_timeout_ms`` (0 = 5 s, rounded up to whole seconds) drops a client that has not
     sent a complete request head (the upgrade or an HTTP request) by then.
 
+    ``room_idle_ms`` (0 = 30 s; -1 = never) unloads a room (:meth:`rooms`) that has had no client
+    for that long, after saving it; ``max_rooms`` (0 = 100,000) bounds the rooms loaded at once:
+    beyond it the least recently used idle room is unloaded, and a join that finds none idle is
+    refused with 503.
+
     ``metrics_token``, when given, guards ``GET /metrics``: a request must bring
     ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``, else it is answered 401. ``/healthz`` and
     the static files stay public.
@@ -298,6 +309,8 @@ class Server:
         auth_timeout_ms: int = 0,
         metrics_token: Optional[str] = None,
         handshake_timeout_ms: int = 0,
+        room_idle_ms: int = 0,
+        max_rooms: int = 0,
     ) -> None:
         from ._engine import log_sink
 
@@ -306,6 +319,7 @@ class Server:
         # Held for the server's whole life: C borrows it.
         self._log_sink = None if logger is None else log_sink(logger)
         self._engines: dict[str, Any] = {}
+        self._rooms: dict[str, Any] = {}
         self._running = False
         self._stopped = threading.Event()
         # start() and stop() may race (serve_forever on one thread, stop() on another).
@@ -341,6 +355,47 @@ class Server:
         check(native.sync_server_mount(self._p(), path, engine._p()))
         engine._mounts += 1
         self._engines[path] = engine
+
+    def rooms(
+        self,
+        prefix: str,
+        setup: Optional[Callable[[Any], Any]] = None,
+        *,
+        store: Any = None,
+        initial_state: Any = None,
+        handlers: Any = None,
+        enable_versioning: bool = True,
+        debug: bool = False,
+        hooks: Optional[Mapping[str, Callable[..., Any]]] = None,
+        validate: Optional[Callable[[Any], Any]] = None,
+        heartbeat_interval_ms: int = 0,
+        ping_timeout_ms: int = 0,
+        sync_interval_ms: int = 0,
+        middleware: Sequence[Callable[[Any], Any]] = (),
+        persist_mode: str = "on_change",
+        reply_errors: bool = False,
+        max_message_bytes: int = 0,
+        max_json_depth: int = 0,
+        step_timeout_ms: int = 0,
+        async_loop: Optional[asyncio.AbstractEventLoop] = None,
+        logger: Optional[logging.Logger] = None,
+    ) -> Any:
+        """Mounts rooms at ``prefix`` ("/rooms/"; only before the server listens): a client joining
+        ``/rooms/NAME`` gets the engine of room NAME, created on its first join with the engine
+        options given here (those of :class:`SyncEngine`; ``handlers``, ``hooks``, ``validate``
+        and ``middleware`` go to every room) and ``setup(room)`` (sync or ``async def``, see
+        :data:`RoomSetup`), its state loaded from ``store`` (:class:`SQLiteRoomStore`,
+        :class:`FileRoomStore`, a custom :class:`RoomStore`, or None: in memory only). A room
+        with no client for ``room_idle_ms`` (a server option) is saved and unloaded. Returns the
+        :class:`Rooms`, which reads, sets, lists and deletes rooms without clients."""
+        from ._rooms import mount_rooms
+
+        given = dict(locals())
+        for name in ("self", "prefix", "setup", "store", "mount_rooms"):
+            given.pop(name, None)
+        rooms = mount_rooms(self, prefix, setup, store, given)
+        self._rooms[prefix] = rooms
+        return rooms
 
     @property
     def engines(self) -> dict[str, Any]:
