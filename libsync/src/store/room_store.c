@@ -154,7 +154,9 @@ static int init_start(sync_room_store *store)
 /* The outcome of a finished init, as a return value with its message. Lock held. */
 static int init_result_locked(sync_room_store *store)
 {
-    if (store->init_status >= 0)
+    /* A store whose init kept something corrupt aside works: the calls that waited for that init
+     * were told, later ones go on. */
+    if (store->init_status >= 0 || store->init_status == SYNC_ECORRUPT)
         return SYNC_OK;
     return sync__fail(store->init_status, "room store init failed: %s",
                       store->init_error ? store->init_error : sync_strerror(store->init_status));
@@ -348,7 +350,7 @@ static int direct_call(sync_room_store *store, room_call call, const char *room,
                        int64_t *out_version)
 {
     int rc = direct_init(store);
-    if (rc < 0)
+    if (rc < 0 && rc != SYNC_ECORRUPT)
         return rc;
     waiter w;
     waiter_init(&w);

@@ -1,0 +1,32 @@
+/* One JSON record {"state":...,"version":...} in a file of its own: the file adapter's store and
+ * each room of the file room store. Loading keeps an unreadable file aside (renamed to
+ * "<path>.corrupt-<ms>", SYNC_ECORRUPT); saving writes a temp file beside it and renames it over,
+ * so a crash at any instant leaves the old record or the new one. */
+#ifndef LIBSYNC_SRC_STORE_FILE_RECORD_H
+#define LIBSYNC_SRC_STORE_FILE_RECORD_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct file_record {
+    char *path;
+    char *dir; /* the directory holding path: fsynced after each rename */
+    int fsync;
+} file_record;
+
+/* As an adapter's load: *out_state_json (sync_malloc) NULL when the file does not exist. */
+int file_record_load(const file_record *fr, char **out_state_json, int64_t *out_version);
+
+/* As an adapter's save (state_json, or state when it is NULL). */
+int file_record_save(const file_record *fr, const cJSON *state, const char *state_json,
+                     size_t state_len, int64_t version);
+
+/* The SYNC_EIO of a read that failed (errno set by fs_read_file()), naming the file. */
+int file_record_fail_read(const file_record *fr);
+
+/* Removes the temp files of saves that a killed process left in `dir`: "<base>.tmp-<pid>-<n>"
+ * (with `base` NULL: "<anything>.json.tmp-<pid>-<n>") whose process is gone. */
+void file_record_remove_stale_temps(const char *dir, const char *base);
+
+#endif
