@@ -38,6 +38,8 @@ void sync__op_free(sync_engine *engine, sync__op *op)
     cJSON_Delete(op->state);
     sync_conn_free(op->conn);
     op_clear_adapter_result(op);
+    if (op->kind == OP_LOAD && op->done) /* dropped at dispose before it finished */
+        op->done(engine, SYNC_ECLOSED, op->done_userdata);
     if (op->ref_held)
         sync__engine_unref_later(engine);
     free(op);
@@ -480,8 +482,17 @@ static int op_run(sync_engine *engine, sync__op *op)
     if (engine->disposed)
         return SYNC_ECLOSED;
     switch (op->kind) {
-    case OP_LOAD:
-        return load_run(engine, op);
+    case OP_LOAD: {
+        int rc = load_run(engine, op);
+        if (rc != SYNC_PENDING && op->done) {
+            /* a room's load (engine_room.h): refused only when the record could not be read */
+            sync_done_cb done = op->done;
+            op->done = NULL;
+            done(engine, engine->store_unread ? (rc < 0 ? rc : SYNC_EIO) : SYNC_OK,
+                 op->done_userdata);
+        }
+        return rc;
+    }
     case OP_MESSAGE:
         if (op->stage == M_PIPELINE) {
             int rc = sync__msg_run(engine, op);

@@ -155,6 +155,11 @@ static int check_options(const sync_server_options *o)
         return sync__fail(SYNC_EINVAL, "auth_timeout_ms is negative");
     if (o->version >= 4 && o->handshake_timeout_ms < 0)
         return sync__fail(SYNC_EINVAL, "handshake_timeout_ms is negative");
+    if (o->version >= 6 && o->room_idle_ms < -1)
+        return sync__fail(SYNC_EINVAL, "room_idle_ms must be -1, 0 or a number of ms, not %d",
+                          o->room_idle_ms);
+    if (o->version >= 6 && o->max_rooms < 0)
+        return sync__fail(SYNC_EINVAL, "max_rooms is negative");
     if (o->rate_limit_per_sec < 0 || o->rate_limit_burst < 0)
         return sync__fail(SYNC_EINVAL, "rate limit is negative");
     if (o->stop_timeout_ms < 0)
@@ -171,6 +176,7 @@ static int check_options(const sync_server_options *o)
 
 static void server_release(sync_server *server)
 {
+    server_rooms_release(server);
     server_broadcast_release(server);
     if (server->auth_free_userdata)
         server->auth_free_userdata(server->auth_userdata);
@@ -230,6 +236,7 @@ int sync_server_new(sync_server **out, const sync_server_options *opts)
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     server_broadcast_init(s);
+    server_rooms_init(s);
     s->auth = opts->auth;
     s->auth_userdata = opts->auth_userdata;
     s->auth_free_userdata = opts->auth_free_userdata;
@@ -252,6 +259,10 @@ int sync_server_new(sync_server **out, const sync_server_options *opts)
     s->handshake_timeout_ms = handshake_ms ? handshake_ms : SERVER_HANDSHAKE_TIMEOUT_MS;
     size_t buffered = opts->version >= 4 ? opts->max_buffered_bytes : 0;
     s->max_buffered_bytes = buffered ? buffered : SERVER_MAX_BUFFERED_BYTES;
+    int idle_ms = opts->version >= 6 ? opts->room_idle_ms : 0;
+    s->room_idle_ms = idle_ms ? idle_ms : SERVER_ROOM_IDLE_MS;
+    int max_rooms = opts->version >= 6 ? opts->max_rooms : 0;
+    s->max_rooms = max_rooms ? max_rooms : SERVER_MAX_ROOMS;
     s->log = opts->log;
     s->log_userdata = opts->log_userdata;
     s->log_free_userdata = option_log_free_userdata(opts);
@@ -407,6 +418,7 @@ void server_process_wakes(sync_server *server)
         if (atomic_exchange(&server->engines[i]->deadline_moved, false))
             engine_timer_arm(server->engines[i]);
     server_broadcast_flush(server);
+    server_rooms_process(server);
 }
 
 /* ---- the descriptor limit ---------------------------------------------------------------- */
@@ -689,6 +701,7 @@ static void begin_stop(sync_server *server)
             server_log(server, SYNC_LOG_ERROR, "sync of %s at stop failed: %s",
                        server->engines[i]->path, sync_error_last());
     }
+    server_rooms_sync_all(server);
     /* Every connection writes what is still due, then closes with 1001 (server_conn.c). */
     lws_callback_on_writable_all_protocol(server->context, &server->protocols[0]);
 }
@@ -702,6 +715,7 @@ static void serve(sync_server *server)
     pthread_mutex_unlock(&server->lock);
     for (size_t i = 0; i < server->engine_count; i++)
         engine_timer_arm(server->engines[i]);
+    server_rooms_serve_start(server);
 
     for (;;) {
         if (atomic_load(&server->stop_requested) && !server->stopping)
@@ -720,6 +734,7 @@ static void serve(sync_server *server)
     detach_engines(server, server->engine_count);
     for (size_t i = 0; i < server->engine_count; i++)
         lws_sul_cancel(&server->engines[i]->timer);
+    server_rooms_serve_end(server);
     lws_sul_cancel(&server->stop_timer);
     lws_sul_cancel(&server->accept_timer);
     server->accept_paused = false;

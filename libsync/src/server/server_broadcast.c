@@ -189,7 +189,7 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
     return true;
 }
 
-static void flush_engine(server_engine *eng)
+void server_broadcast_flush_engine(server_engine *eng)
 {
     for (int round = 0; round < FLUSH_ROUNDS; round++) {
         bool moved = atomic_exchange(&eng->state_moved, false);
@@ -228,5 +228,5 @@ static void flush_engine(server_engine *eng)
 void server_broadcast_flush(sync_server *server)
 {
     for (size_t i = 0; i < server->engine_count; i++)
-        flush_engine(server->engines[i]);
+        server_broadcast_flush_engine(server->engines[i]);
 }

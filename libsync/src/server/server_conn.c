@@ -10,6 +10,7 @@
 
 #include "error.h"
 #include "engine/json_check.h"
+#include "libsync/rooms.h"
 
 static const char rate_error[] =
     "{\"type\":\"error\",\"error\":\"rate limit exceeded: message dropped\",\"context\":"
@@ -272,6 +273,7 @@ static void stop_waiting_for_auth(server_conn *c)
 void server_conn_abandon(server_conn *c)
 {
     stop_waiting_for_auth(c);
+    server_rooms_conn_gone(c);
     c->server->ws_open--;
     op_free(c);
 }
@@ -292,6 +294,8 @@ static int join_engine(server_conn *c)
         c->identity = NULL;
     }
     s->accepted++;
+    if (c->room)
+        server_rooms_conn_joined(c);
     rc = sync_engine_handle_open(c->eng->engine, c->conn);
     if (rc < 0)
         server_log(s, SYNC_LOG_WARN, "open on %s failed: %s", c->eng->path, sync_error_last());
@@ -319,7 +323,8 @@ int server_conn_established(server_conn *c, struct lws *wsi)
         return join_engine(c); /* on failure still owned by the wsi: WSI_DESTROY abandons it */
     lws_sul_schedule(lws_get_context(wsi), 0, &c->auth->timer, auth_timed_out,
                      (lws_usec_t)s->auth_timeout_ms * LWS_US_PER_MS);
-    if (decided)
+    /* a room may have become ready (or failed) before the connection existed */
+    if (decided || c->room_wait != 1)
         lws_callback_on_writable(wsi);
     return 0;
 }
@@ -352,8 +357,10 @@ void server_conn_closed(server_conn *c)
     if (c->conn) {
         sync_conn *conn = c->conn;
         sync_engine_handle_close(c->eng->engine, conn);
-        sync_conn_free(conn); /* may free c with the last reference */
+        server_rooms_conn_gone(c); /* after: the room's engine lives while a client is in it */
+        sync_conn_free(conn);      /* may free c with the last reference */
     } else {
+        server_rooms_conn_gone(c);
         op_free(c);
     }
 }
@@ -569,12 +576,16 @@ static void deliver_held(server_conn *c)
 static int serve_auth_wait(server_conn *c)
 {
     sync_server *s = c->server;
+    /* a room connection also waits for its room (server_rooms.c): 1 while it is created, then 0
+     * or the close code of a room that failed or was deleted */
+    bool room_pending = c->room_wait == 1;
+    int room_refused = c->room_wait > 1 ? c->room_wait : 0;
     pthread_mutex_lock(&s->lock);
     int close_code = c->close_pending ? c->close_code : 0;
     const char *close_reason = c->close_reason;
     int status = c->auth->decision;
     char *identity = NULL;
-    if (!close_code && status != SERVER_AUTH_UNDECIDED) {
+    if (!close_code && status == 0 && !room_pending && !room_refused) {
         identity = c->auth->identity;
         c->auth->identity = NULL;
     }
@@ -582,7 +593,18 @@ static int serve_auth_wait(server_conn *c)
     if (close_code)
         return close_now(c->wsi, (enum lws_close_status)close_code,
                          close_reason ? close_reason : "");
-    if (status == SERVER_AUTH_UNDECIDED)
+    if (room_refused && status != SERVER_AUTH_UNDECIDED && status != 0)
+        room_refused = 0; /* the auth's refusal is the one the client hears */
+    if (room_refused) {
+        lws_sul_cancel(&c->auth->timer);
+        c->auth_waiting = false;
+        free_held(c);
+        s->refused++;
+        return close_now(c->wsi, (enum lws_close_status)room_refused,
+                         room_refused == SYNC_CLOSE_ROOM_DELETED ? "room deleted"
+                                                                 : "room unavailable");
+    }
+    if (status == SERVER_AUTH_UNDECIDED || (status == 0 && room_pending))
         return s->stopping ? close_now(c->wsi, LWS_CLOSE_STATUS_GOINGAWAY, "server stopping") : 0;
     lws_sul_cancel(&c->auth->timer);
     c->auth_waiting = false;

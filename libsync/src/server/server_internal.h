@@ -25,6 +25,7 @@
 enum server_wsi_kind { SERVER_WSI_HTTP = 1, SERVER_WSI_WS = 2 };
 
 typedef struct server_conn server_conn;
+typedef struct server_room server_room; /* server_rooms.c */
 
 /* broadcast_yield_ms when the options leave it 0 */
 #define SERVER_BROADCAST_YIELD_MS 2
@@ -36,6 +37,9 @@ typedef struct server_conn server_conn;
 /* max_buffered_bytes when the options leave it 0: 64 messages of the default 1 MiB limit at once
  * (most messages arrive whole and are never buffered). */
 #define SERVER_MAX_BUFFERED_BYTES ((size_t)64 * 1024 * 1024)
+/* room_idle_ms and max_rooms when the options leave them 0 */
+#define SERVER_ROOM_IDLE_MS 30000
+#define SERVER_MAX_ROOMS 100000
 /* Descriptors under RLIMIT_NOFILE kept for what is not a connection: stdio, the lws wake eventfd,
  * the broadcast epoll, each store's database, WAL, shared memory, journal and temporary files,
  * static files being served, log files. */
@@ -100,7 +104,23 @@ struct sync_server {
 
     server_mount *mounts;
     size_t mount_count;
-    char *echo_path; /* server_mount_echo(): tests only */
+    /* Room mounts (server_rooms.c). rooms_lock guards every mount's table and room counters, the
+     * idle list and rooms_due; lock order: an engine's lock, then rooms_lock (never the reverse:
+     * nothing calls into an engine while holding it); rooms_lock and server->lock never nest. */
+    struct sync_rooms **room_mounts;
+    size_t room_mount_count;
+    int room_idle_ms; /* -1 = never */
+    int max_rooms;
+    pthread_mutex_t rooms_lock;
+    pthread_cond_t rooms_cond;
+    size_t rooms_loaded;    /* rooms with an engine that are not unloading, every mount */
+    server_room *idle_head; /* idle rooms, least recently used first */
+    server_room *idle_tail;
+    server_room *rooms_due; /* rooms with work for the service thread (or the next caller) */
+    lws_sorted_usec_list_t rooms_idle_timer;
+    bool rooms_idle_armed;
+    bool rooms_quiet; /* the loop ended: no room timer is armed any more */
+    char *echo_path;  /* server_mount_echo(): tests only */
     server_engine **engines;
     size_t engine_count;
 
@@ -179,7 +199,14 @@ struct server_conn {
     server_engine *eng;
     sync_conn *conn;
     char *identity; /* from the auth callback, until the connection joins its engine */
-    bool echo;      /* on server_mount_echo()'s path: no engine, messages come back */
+    /* A room mount's connection: its room (eng is &room->eng) and, while the room is being
+     * created, whether it is ready (service thread): 1 waiting, 0 ready, else a close code. */
+    server_room *room;
+    int room_wait;
+    bool room_joined;
+    server_conn *room_next; /* in the room's list of waiting connections */
+    server_conn *room_prev;
+    bool echo; /* on server_mount_echo()'s path: no engine, messages come back */
 
     /* A deferred auth decision (sync_request_defer): until it is applied the connection is
      * upgraded but not joined (c->conn is NULL), and what the client sends is held. */
@@ -246,6 +273,8 @@ void server_conn_closed(server_conn *c);
 void server_conn_wake_locked(server_conn *c);
 
 /* server_broadcast.c: the end-of-turn broadcast of each engine's newest state frame. */
+/* Service thread: one engine's flush (a room's, which is not in server->engines). */
+void server_broadcast_flush_engine(server_engine *eng);
 /* The engine listener's state_moved (transport.h): any thread, engine lock held. */
 void server_broadcast_state_moved(void *userdata, int force);
 void server_broadcast_init(sync_server *server);
@@ -300,6 +329,37 @@ void server_conn_auth_decided_locked(server_conn *c, int status, char *identity)
 int server_http_callback(sync_server *server, struct lws *wsi, enum lws_callback_reasons reason,
                          void *in, size_t len);
 void server_http_free(struct lws *wsi);
+
+/* server_rooms.c */
+void server_rooms_init(sync_server *server);
+/* Frees every room (saved first) and mount; at sync_server_free. */
+void server_rooms_release(sync_server *server);
+/* The upgrade gate for a path under a room mount: 0 when `path` is no room mount's; else an HTTP
+ * status to refuse with (400 bad name, 503 none idle or the room failed), or -1 with *out_room
+ * (the caller holds it as a waiting client: server_rooms_conn_gone() lets go). */
+int server_rooms_match(sync_server *server, const char *path, struct sync_rooms **out_mount,
+                       char **out_name);
+/* After the other checks and the auth: the room, counted as needed by the caller's connection.
+ * NULL: refuse with 503 (max_rooms and none idle, or its creation failed at once). */
+server_room *server_rooms_need(struct sync_rooms *mount, const char *name);
+server_engine *server_room_engine(server_room *room);
+/* 1 when the room is ready to join now (0: the connection waits; server_rooms.c wakes it). */
+int server_rooms_conn_attach(server_conn *c);
+/* A connection joined its room's engine / went away (service thread). */
+void server_rooms_conn_joined(server_conn *c);
+void server_rooms_conn_gone(server_conn *c);
+/* Service thread, each loop turn: broadcasts, timers, finished creations and unloads. */
+void server_rooms_process(sync_server *server);
+/* At serve start / end (service thread): arm / cancel every room's timers. */
+void server_rooms_serve_start(sync_server *server);
+void server_rooms_serve_end(sync_server *server);
+/* At a graceful stop: saves every loaded room. */
+void server_rooms_sync_all(sync_server *server);
+/* /metrics: appends the room families and sums the mounts' engines into stats per mount. */
+size_t server_rooms_mount_count(sync_server *server);
+const char *server_rooms_prefix(sync_server *server, size_t i);
+void server_rooms_stats(sync_server *server, size_t i, sync_engine_stats *sum, uint64_t *loaded,
+                        uint64_t *created, uint64_t *unloaded, uint64_t *refused);
 
 /* server_metrics.c: the Prometheus text of /metrics; caller frees. NULL on ENOMEM. */
 char *server_metrics_render(sync_server *server, size_t *len);

@@ -164,24 +164,54 @@ char *server_metrics_render(sync_server *server, size_t *len)
 {
     text_buf b = {NULL, 0, 0, false};
     size_t n = server->engine_count;
-    sync_engine_stats *stats = calloc(n ? n : 1, sizeof *stats);
-    if (!stats)
+    size_t nr = server_rooms_mount_count(server);
+    sync_engine_stats *stats = calloc(n + nr ? n + nr : 1, sizeof *stats);
+    uint64_t *room_counts = calloc(nr ? nr * 4 : 1, sizeof *room_counts);
+    if (!stats || !room_counts) {
+        free(stats);
+        free(room_counts);
         return NULL;
+    }
     for (size_t i = 0; i < n; i++) {
         stats[i].version = SYNC_ENGINE_STATS_VERSION;
         sync_engine_get_stats(server->engines[i]->engine, &stats[i]);
     }
+    /* a room mount's rooms are one sample, labelled by its prefix: a label per room would be
+     * unbounded cardinality. Counters include the rooms unloaded since. */
+    for (size_t i = 0; i < nr; i++)
+        server_rooms_stats(server, i, &stats[n + i], &room_counts[4 * i], &room_counts[4 * i + 1],
+                           &room_counts[4 * i + 2], &room_counts[4 * i + 3]);
     /* every family once, with one sample per engine (labelled by its first mount path) */
     for (size_t m = 0; m < sizeof engine_metrics / sizeof engine_metrics[0]; m++) {
         const engine_metric *metric = &engine_metrics[m];
         header(&b, metric->name, metric->type, metric->help);
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < n + nr; i++) {
             char path[256];
-            label(server->engines[i]->path, path, sizeof path);
+            label(i < n ? server->engines[i]->path : server_rooms_prefix(server, i - n), path,
+                  sizeof path);
             engine_sample(&b, metric, &stats[i], path);
         }
     }
     free(stats);
+    static const struct {
+        const char *name, *type, *help;
+    } room_families[] = {
+        {"libsync_rooms_loaded", "gauge", "Rooms loaded (or loading, or unloading) now."},
+        {"libsync_rooms_created_total", "counter", "Rooms created and loaded."},
+        {"libsync_rooms_unloaded_total", "counter", "Rooms saved and unloaded (idle, evicted)."},
+        {"libsync_rooms_refused_total", "counter",
+         "Joins refused: a bad room name, max_rooms with none idle, a room that failed to load."},
+    };
+    for (size_t f = 0; nr && f < 4; f++) {
+        header(&b, room_families[f].name, room_families[f].type, room_families[f].help);
+        for (size_t i = 0; i < nr; i++) {
+            char path[256];
+            label(server_rooms_prefix(server, i), path, sizeof path);
+            put(&b, "%s{path=\"%s\"} %" PRIu64 "\n", room_families[f].name, path,
+                room_counts[4 * i + f]);
+        }
+    }
+    free(room_counts);
     server_counter(&b, "libsync_server_connections", "gauge", "Open WebSocket connections.",
                    (uint64_t)(server->ws_open > 0 ? server->ws_open : 0));
     server_counter(&b, "libsync_server_connections_accepted_total", "counter",

@@ -13,6 +13,7 @@
 
 #include "engine/json_check.h"
 #include "error.h"
+#include "libsync/rooms.h"
 
 typedef struct request_string {
     struct request_string *next;
@@ -22,6 +23,7 @@ typedef struct request_string {
 struct sync_request {
     struct lws *wsi; /* NULL once the callback returned: headers are gone with lws's tables */
     char *path;
+    char *room; /* the decoded room name, or NULL */
     char *query;
     char peer[64];
     request_string *strings;   /* header values handed out, freed after the callback */
@@ -71,6 +73,11 @@ static int copy_custom(struct lws *wsi, char *dst, int len, void *arg)
 const char *sync_request_path(const sync_request *req)
 {
     return req ? req->path : NULL;
+}
+
+const char *sync_request_room(const sync_request *req)
+{
+    return req ? req->room : NULL;
 }
 
 const char *sync_request_query(const sync_request *req)
@@ -164,6 +171,7 @@ static void request_free(sync_request *req)
 {
     release_strings(req);
     free(req->path);
+    free(req->room);
     free(req->query);
     free(req->identity);
     free(req);
@@ -329,14 +337,19 @@ static int refuse_why(sync_server *server, struct lws *wsi, int status, const ch
 
 /* Runs the auth callback. Returns 0 (accepted, *identity set), an HTTP status to refuse, or
  * SYNC_PENDING with *deferred set when the callback deferred its decision. */
-static int run_auth(sync_server *server, struct lws *wsi, const char *path, char **identity,
-                    sync_request **deferred)
+static int run_auth(sync_server *server, struct lws *wsi, const char *path, const char *room,
+                    char **identity, sync_request **deferred)
 {
     sync_request *req = calloc(1, sizeof *req);
     if (!req)
         return HTTP_STATUS_SERVICE_UNAVAILABLE;
     req->wsi = wsi;
     req->path = strdup(path);
+    req->room = room ? strdup(room) : NULL;
+    if (room && !req->room) {
+        request_free(req);
+        return HTTP_STATUS_SERVICE_UNAVAILABLE;
+    }
     req->query = copy_query(wsi);
     lws_get_peer_simple(wsi, req->peer, sizeof req->peer);
     /* IPv4 clients of the dual-stack socket show up as IPv4-mapped IPv6 */
@@ -567,21 +580,51 @@ int server_mount_echo(sync_server *server, const char *path)
     return SYNC_OK;
 }
 
+/* A room connection that cannot join yet (its room is being created): it waits like a deferred
+ * auth, with the auth's identity kept for the join. -1 when that state cannot be made. */
+static int wait_for_room(server_conn *c)
+{
+    if (server_rooms_conn_attach(c))
+        return 0;
+    if (!c->auth) {
+        server_auth_wait *wait = calloc(1, sizeof *wait);
+        if (!wait)
+            return -1;
+        wait->conn = c;
+        wait->decision = 0; /* the auth accepted (or there is none) */
+        wait->identity = c->identity;
+        c->identity = NULL;
+        c->auth = wait;
+    }
+    c->auth_waiting = true;
+    return 0;
+}
+
 int server_upgrade_check(sync_server *server, struct lws *wsi, const char *upgrade)
 {
     int rc = handshake_check(server, wsi, upgrade);
     if (rc)
         return rc;
-    char path[1024];
+    /* below SERVER_MAX_REQUEST_TARGET: longer ones were answered 414 */
+    char path[SERVER_MAX_REQUEST_TARGET + 1];
     int len = lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI);
     if (len <= 0)
         return refuse(server, wsi, HTTP_STATUS_NOT_FOUND);
     const server_mount *mount = server_find_mount(server, path);
     bool echo = !mount && server->echo_path && strcmp(server->echo_path, path) == 0;
-    if (!mount && !echo)
-        return refuse(server, wsi, HTTP_STATUS_NOT_FOUND);
-    if (server->stopping || server->ws_open >= server->max_connections)
+    struct sync_rooms *rooms = NULL;
+    char *room_name = NULL;
+    if (!mount && !echo) {
+        int status = server_rooms_match(server, path, &rooms, &room_name);
+        if (status == 0)
+            return refuse(server, wsi, HTTP_STATUS_NOT_FOUND);
+        if (status > 0)
+            return refuse_why(server, wsi, status, "", "bad room name");
+    }
+    if (server->stopping || server->ws_open >= server->max_connections) {
+        free(room_name);
         return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
+    }
     if (echo) {
         server_conn *c = server_conn_new(server, NULL, NULL);
         if (!c)
@@ -589,24 +632,49 @@ int server_upgrade_check(sync_server *server, struct lws *wsi, const char *upgra
         lws_set_opaque_user_data(wsi, c);
         return 0;
     }
-    if (!origin_allowed(server, wsi))
+    if (!origin_allowed(server, wsi)) {
+        free(room_name);
         return refuse(server, wsi, HTTP_STATUS_FORBIDDEN);
+    }
     char *identity = NULL;
     sync_request *deferred = NULL;
     if (server->auth) {
-        int status = run_auth(server, wsi, mount->path, &identity, &deferred);
-        if (status != 0 && status != SYNC_PENDING)
+        int status =
+            run_auth(server, wsi, mount ? mount->path : path, room_name, &identity, &deferred);
+        if (status != 0 && status != SYNC_PENDING) {
+            free(room_name);
             return refuse(server, wsi, refusal_status(status));
+        }
     }
-    server_conn *c = server_conn_new(server, mount->eng, identity);
-    if (!c)
+    server_room *room = NULL;
+    if (rooms) {
+        room = server_rooms_need(rooms, room_name);
+        free(room_name);
+        if (!room) {
+            free(identity);
+            if (deferred)
+                link_deferred(deferred, NULL);
+            return refuse_why(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "", "room unavailable");
+        }
+    }
+    server_conn *c =
+        server_conn_new(server, room ? server_room_engine(room) : mount->eng, identity);
+    if (!c) {
         free(identity);
-    if (deferred && link_deferred(deferred, c) != 0 && c) {
-        server_conn_abandon(c);
-        c = NULL;
-    }
-    if (!c)
+        if (deferred)
+            link_deferred(deferred, NULL);
+        if (room) {
+            /* the room was counted for a connection that never came to be */
+            server_conn gone = {.server = server, .room = room};
+            server_rooms_conn_gone(&gone);
+        }
         return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
+    }
+    c->room = room;
+    if ((deferred && link_deferred(deferred, c) != 0) || (room && wait_for_room(c) != 0)) {
+        server_conn_abandon(c); /* lets the room go too */
+        return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
+    }
     lws_set_opaque_user_data(wsi, c);
     return 0;
 }
