@@ -679,8 +679,11 @@ int server_conn_writeable(server_conn *c)
             return -1;
         s->frames_sent++;
         s->bytes_sent += (uint64_t)n;
-        if (kind == SYNC__FRAME_INITIAL_STATE)
+        if (kind == SYNC__FRAME_INITIAL_STATE) {
             server_broadcast_join(c);
+            if (c->room)
+                server_rooms_conn_live(c);
+        }
     }
 
     pthread_mutex_lock(&s->lock);

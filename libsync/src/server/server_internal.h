@@ -119,6 +119,7 @@ struct sync_server {
     server_room *rooms_due; /* rooms with work for the service thread (or the next caller) */
     lws_sorted_usec_list_t rooms_idle_timer;
     bool rooms_idle_armed;
+    int64_t rooms_idle_at;
     bool rooms_quiet; /* the loop ended: no room timer is armed any more */
     char *echo_path;  /* server_mount_echo(): tests only */
     server_engine **engines;
@@ -348,6 +349,8 @@ int server_rooms_conn_attach(server_conn *c);
 /* A connection joined its room's engine / went away (service thread). */
 void server_rooms_conn_joined(server_conn *c);
 void server_rooms_conn_gone(server_conn *c);
+/* A room connection got its initial state and joined the broadcast (service thread). */
+void server_rooms_conn_live(server_conn *c);
 /* Service thread, each loop turn: broadcasts, timers, finished creations and unloads. */
 void server_rooms_process(sync_server *server);
 /* At serve start / end (service thread): arm / cancel every room's timers. */

@@ -32,6 +32,7 @@
  */
 #include "server_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,6 +49,7 @@ enum {
     DUE_TIMER = 2,    /* its deadline moved: re-arm its timer */
     DUE_WAKE = 4,     /* it became ready or failed: wake its waiting clients */
     DUE_UNLOADED = 8, /* its unload (or failure) finished: free the engine */
+    DUE_IDLE = 16,    /* it became idle: the idle timer may need arming */
 };
 
 typedef struct async_waiter {
@@ -253,8 +255,9 @@ static void room_state_moved(void *userdata, int force)
     server_room *r = userdata;
     if (force)
         atomic_store(&r->eng.state_force, true);
-    if (!atomic_exchange(&r->eng.state_moved, true))
-        due(r->eng.server, r, DUE_FLUSH);
+    /* always queued (once): the broadcast join also sets state_moved, without queueing */
+    atomic_store(&r->eng.state_moved, true);
+    due(r->eng.server, r, DUE_FLUSH);
 }
 
 static void room_deadline_moved(void *userdata)
@@ -629,7 +632,7 @@ static bool room_let_go_locked(sync_server *s, server_room *r)
         ((r->state == ROOM_UNLOADING && r->unload_done) || r->state == ROOM_FAILED))
         return due_locked(s, r, DUE_UNLOADED);
     if (idle_check_locked(s, r))
-        return true;
+        return due_locked(s, r, DUE_IDLE);
     room_free_if_unused_locked(r);
     return false;
 }
@@ -668,6 +671,9 @@ static void arm_idle_timer(sync_server *s)
         s->rooms_idle_armed = false;
         return;
     }
+    if (s->rooms_idle_armed && s->rooms_idle_at == at)
+        return; /* armed for that already: every loop turn comes here */
+    s->rooms_idle_at = at;
     int64_t wait_ms = at - sync_now_ms();
     lws_sul_schedule(s->context, 0, &s->rooms_idle_timer, idle_timer_fired,
                      (lws_usec_t)(wait_ms > 0 ? wait_ms : 0) * LWS_US_PER_MS + 1000);
@@ -707,12 +713,13 @@ static enum need need_locked(sync_rooms *rooms, const char *name, server_room **
     }
     r = calloc(1, sizeof *r);
     char *copy = r ? strdup(name) : NULL;
+    if (r)
+        r->name = copy;
     if (!copy || !table_add(rooms, r)) {
         free(copy);
         free(r);
         return NEED_NOMEM;
     }
-    r->name = copy;
     r->rooms = rooms;
     r->eng.server = s;
     r->eng.path = rooms->prefix;
@@ -737,45 +744,7 @@ static enum need need(sync_rooms *rooms, const char *name, server_room **out)
     return n;
 }
 
-/* ---- percent-decoding and the gate ------------------------------------------------------- */
-
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* The room name of a path under a prefix, percent-decoded; NULL when a '%' is not followed by
- * two hex digits, the decoded name holds NUL, or out of memory. */
-static char *decode_name(const char *text)
-{
-    size_t len = strlen(text);
-    char *out = malloc(len + 1);
-    if (!out)
-        return NULL;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (text[i] != '%') {
-            out[o++] = text[i];
-            continue;
-        }
-        int hi = i + 2 < len + 1 ? hex_digit(text[i + 1]) : -1;
-        int lo = hi >= 0 ? hex_digit(text[i + 2]) : -1;
-        if (lo < 0 || (hi == 0 && lo == 0)) {
-            free(out);
-            return NULL;
-        }
-        out[o++] = (char)(hi * 16 + lo);
-        i += 2;
-    }
-    out[o] = '\0';
-    return out;
-}
+/* ---- the gate ---------------------------------------------------------------------------- */
 
 server_engine *server_room_engine(server_room *room)
 {
@@ -793,7 +762,9 @@ int server_rooms_match(sync_server *s, const char *path, sync_rooms **out_mount,
             rooms = s->room_mounts[i];
     if (!rooms)
         return 0;
-    char *name = decode_name(path + rooms->prefix_len);
+    /* lws has percent-decoded the path (a bad escape was refused with 403, "%00" ends it) and
+     * resolved its dot segments ("/rooms/.." is "/"): what follows the prefix is the name */
+    char *name = strdup(path + rooms->prefix_len);
     if (!name || sync_room_name_check(name) != SYNC_OK) {
         pthread_mutex_lock(&s->rooms_lock);
         rooms->refused++;
@@ -858,6 +829,12 @@ void server_rooms_conn_joined(server_conn *c)
     pthread_mutex_unlock(&s->rooms_lock);
 }
 
+void server_rooms_conn_live(server_conn *c)
+{
+    /* server_broadcast_join() asked for one more flush: a room's flushes run from rooms_due */
+    due(c->server, c->room, DUE_FLUSH);
+}
+
 void server_rooms_conn_gone(server_conn *c)
 {
     server_room *r = c->room;
@@ -874,10 +851,8 @@ void server_rooms_conn_gone(server_conn *c)
         r->waiters--;
     bool wake = room_let_go_locked(s, r);
     pthread_mutex_unlock(&s->rooms_lock);
-    if (wake)
-        due(s, r, 0); /* handled by the end of this turn */
-    if (server_on_service_thread(s))
-        arm_idle_timer(s);
+    if (wake && !server_on_service_thread(s))
+        server_wake(s);
 }
 
 /* ---- the service thread ------------------------------------------------------------------ */
@@ -1500,7 +1475,8 @@ int sync_rooms_delete(sync_rooms *rooms, const char *name)
         pthread_mutex_lock(&s->rooms_lock);
         r->unload_done = true;
         r->pins--;
-        bool wake = room_let_go_locked(s, r) || due_locked(s, r, DUE_WAKE);
+        bool wake = due_locked(s, r, DUE_WAKE); /* clients waiting for it hear 4410 */
+        wake |= room_let_go_locked(s, r);
         pthread_mutex_unlock(&s->rooms_lock);
         if (wake)
             server_wake(s);
