@@ -26,6 +26,8 @@ module.exports = function installRooms(core) {
   /** Throws a SyncError (EINVAL) when `name` may not name a room. */
   function checkRoomName(name) {
     if (typeof name !== 'string') throw new TypeError('a room name must be a string');
+    // C would see the name cut at the NUL: another, valid, room
+    if (name.includes('\0')) throw new SyncError(Status.EINVAL, 'room name has a NUL character');
     const rc = native.sync_room_name_check(name);
     if (rc < 0) throw lastError(rc);
   }

@@ -365,7 +365,9 @@ def test_bad_room_names_are_refused():
         # libwebsockets folds "..", also percent-encoded, itself: refused all the same
         for path in ("/rooms/..", "/rooms/%2e%2e"):
             assert raw_upgrade_status(server.port, path, {}).split()[1] in ("400", "404"), path
-        for path in ( "/rooms/a%2Fb", "/rooms/a%00b", "/rooms/" + "x" * 81):
+        # libwebsockets drops a request whose path decodes to a NUL before any callback
+        assert raw_upgrade_status(server.port, "/rooms/a%00b", {}) in ("", "HTTP/1.1 400 Bad Request")
+        for path in ("/rooms/a%2Fb", "/rooms/a%5Cb", "/rooms/a%01b", "/rooms/" + "x" * 81):
             assert raw_upgrade_status(server.port, path, {}) == "HTTP/1.1 400 Bad Request", path
         for name in ("", ".", "..", "a/b", "a\\b", "a\x00b", "x" * 81):
             with pytest.raises(syncengine.SyncValueError):

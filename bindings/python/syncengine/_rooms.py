@@ -29,7 +29,7 @@ from ._engine import (
     dumps,
     log_sink,
 )
-from ._errors import Status, SyncClosedError, SyncError, check
+from ._errors import Status, SyncClosedError, SyncError, SyncValueError, check
 from ._options import fill
 
 ROOM_NAME_MAX: int = native.SYNC_ROOM_NAME_MAX
@@ -45,6 +45,8 @@ def check_room_name(name: str) -> None:
     no control character, no ``/`` or ``\\``, not ``.`` or ``..``."""
     if not isinstance(name, str):
         raise TypeError("a room name must be a str")
+    if "\x00" in name:  # C would see the name cut at the NUL: another, valid, room
+        raise SyncValueError(Status.EINVAL, "room name has a NUL character")
     check(native.sync_room_name_check(name))
 
 
