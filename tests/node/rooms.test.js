@@ -361,3 +361,43 @@ test('misuse gives clear errors', async (t) => {
   await server.close();
   await assert.rejects(rooms.getState('a'), (err) => err.status === Status.ECLOSED);
 });
+
+test('engine options, handlers and hooks given to rooms apply to every room', async (t) => {
+  const connects = [];
+  const { rooms, port } = await serve(t, null, {
+    initialState: { counter: 0 },
+    messageHandlers: [incrementSync],
+    hooks: { onConnect: (ws) => connects.push(ws) },
+    replyErrors: true,
+  });
+  for (const name of ['x', 'y']) {
+    const ws = join(port, name);
+    assert.deepEqual((await frame(ws, (f) => f.type === 'initial_state')).data, { counter: 0 });
+    ws.send(JSON.stringify({ type: 'increment', amount: 2 }));
+    await frame(ws, counterIs(2));
+    ws.send(JSON.stringify({ type: 'nope' }));
+    await frame(ws, (f) => f.type === 'error');
+    ws.close();
+  }
+  await waitFor(() => connects.length === 2, 5000, 'onConnect of both rooms');
+  assert.ok(connects.every((ws) => typeof ws.id === 'number'));
+  assert.deepEqual(await rooms.getState('x'), { counter: 2 });
+});
+
+test('maxRooms refuses a join and an acquire when no room is idle', async (t) => {
+  const { rooms, port } = await serve(t, setupLog(), {}, { maxRooms: 1 });
+  const a = join(port, 'a');
+  await frame(a, (f) => f.type === 'initial_state');
+  assert.equal(await join(port, 'b').refused, 503);
+  await assert.rejects(rooms.getState('b'), (err) => err.status === Status.ELIMIT);
+  a.close();
+  await a.closed;
+  // once "a" is idle it makes way (least recently used) for "b"
+  let state = null;
+  for (const deadline = Date.now() + 10000; state === null && Date.now() < deadline; ) {
+    state = await rooms.getState('b').catch(() => null);
+    if (state === null) await sleep(20);
+  }
+  assert.deepEqual(state, { counter: 0, room: 'b' });
+  await waitFor(() => rooms.loadedCount === 1, 10000, '"a" to finish unloading');
+});

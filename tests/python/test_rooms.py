@@ -403,3 +403,49 @@ def test_misuse_gives_clear_errors():
                 engine.dispose()
     with pytest.raises(syncengine.SyncClosedError):
         rooms.get_state("a")  # the server is closed
+
+
+def test_engine_options_handlers_and_hooks_given_to_rooms_apply_to_every_room():
+    connects = []
+    server = syncengine.Server()
+    rooms = server.rooms(
+        "/rooms/",
+        None,
+        initial_state={"counter": 0},
+        handlers={"increment": increment},
+        hooks={"on_connect": lambda conn: connects.append(conn)},
+        reply_errors=True,
+    )
+    with server:
+        for name in ("x", "y"):
+            with join(server, name) as ws:
+                assert recv_json(ws)["data"] == {"counter": 0}
+                ws.send(msg("increment", amount=2))
+                counter_of(ws, 2)
+                ws.send(msg("nope"))
+                assert recv_until(ws, lambda f: f.get("type") == "error")["type"] == "error"
+        assert wait_until(lambda: len(connects) == 2)
+        assert all(isinstance(c, syncengine.Connection) for c in connects)
+        assert rooms.get_state("x") == {"counter": 2}
+
+
+def test_max_rooms_refuses_when_none_is_idle():
+    server = syncengine.Server(max_rooms=1)
+    rooms = server.rooms("/rooms/", SetupLog())
+    with server:
+        with join(server, "a") as ws:
+            recv_json(ws)
+            assert raw_upgrade_status(server.port, "/rooms/b", {}) == "HTTP/1.1 503 Service Unavailable"
+            with pytest.raises(syncengine.SyncError) as err:
+                rooms.get_state("b")
+            assert err.value.status == syncengine.Status.ELIMIT
+        # once "a" is idle it makes way (least recently used) for "b"
+        assert wait_until(lambda: _state_or_none(rooms, "b") is not None, timeout=10)
+        assert wait_until(lambda: rooms.loaded_count == 1, timeout=10)  # "a" finishes unloading
+
+
+def _state_or_none(rooms, name):
+    try:
+        return rooms.get_state(name)
+    except syncengine.SyncError:
+        return None
