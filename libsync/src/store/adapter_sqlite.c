@@ -6,6 +6,7 @@
 #include "fsutil.h"
 #include "libsync/adapter.h"
 #include "sqlite_db.h"
+#include "store_json.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -142,31 +143,17 @@ static int sqlite_save(void *userdata, sync_pending *pending, const cJSON *state
     if (sa->row_to_keep && (rc = keep_row_aside(sa, sa->row_to_keep)) != SYNC_ECORRUPT)
         return rc;
     char *printed = NULL;
-    if (!state_json) {
-        if (!state)
-            return sync__fail(SYNC_EINVAL, "save without a state");
-        printed = cJSON_PrintUnformatted(state);
-        if (!printed)
-            return sync__fail(SYNC_ENOMEM, "out of memory serialising the state");
-        state_json = printed;
-        state_len = strlen(printed);
-    }
+    rc = store_state_text(state, &state_json, &state_len, &printed);
+    if (rc != SYNC_OK)
+        return rc;
     /* One UPSERT is one implicit transaction; the text is bound in place, without a copy. */
     sqlite3_stmt *st = sa->db.stmt[SAVE_STMT];
-    int step = sqlite3_bind_text64(st, 1, state_json, state_len, SQLITE_STATIC, SQLITE_UTF8);
-    if (step == SQLITE_OK)
-        step = sqlite3_bind_int64(st, 2, version);
-    if (step == SQLITE_OK)
-        step = sqlite3_bind_int64(st, 3, sync_wall_ms());
-    if (step == SQLITE_OK)
-        step = sqlite3_step(st);
-    rc = step == SQLITE_DONE ? SYNC_OK : sqlite_db_fail(sa->db.db, "cannot save to", sa->db.path);
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    /* After SQLITE_FULL and some I/O errors SQLite may leave a transaction open; end it so the
-     * next save starts clean. */
-    if (rc != SYNC_OK && !sqlite3_get_autocommit(sa->db.db))
-        sqlite_db_exec(sa->db.db, "ROLLBACK");
+    int bound = sqlite3_bind_text64(st, 1, state_json, state_len, SQLITE_STATIC, SQLITE_UTF8);
+    if (bound == SQLITE_OK)
+        bound = sqlite3_bind_int64(st, 2, version);
+    if (bound == SQLITE_OK)
+        bound = sqlite3_bind_int64(st, 3, sync_wall_ms());
+    rc = sqlite_db_write(&sa->db, st, bound, "cannot save to");
     cJSON_free(printed);
     return rc;
 }

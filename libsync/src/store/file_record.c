@@ -4,6 +4,7 @@
 
 #include "error.h"
 #include "fsutil.h"
+#include "store_json.h"
 #include "engine/json_check.h"
 #include "libsync/common.h"
 
@@ -38,20 +39,6 @@ static long temp_name_pid(const char *tail)
     return p == n || *p ? -1 : pid;
 }
 
-/* The record name before ".tmp-" in a temp file name matches: `base` exactly, or with `base`
- * NULL any name ending in ".json" (the file room store's records). */
-static const char *temp_tail(const char *name, const char *base)
-{
-    if (base) {
-        size_t base_len = strlen(base);
-        if (strncmp(name, base, base_len) != 0 || strncmp(name + base_len, ".tmp-", 5) != 0)
-            return NULL;
-        return name + base_len + 5;
-    }
-    const char *at = strstr(name, ".json.tmp-");
-    return at && at != name ? at + 10 : NULL;
-}
-
 void file_record_remove_stale_temps(const char *dir, const char *base)
 {
     DIR *d = opendir(dir);
@@ -59,10 +46,10 @@ void file_record_remove_stale_temps(const char *dir, const char *base)
         return;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        const char *tail = temp_tail(e->d_name, base);
-        if (!tail)
+        size_t base_len = strlen(base);
+        if (strncmp(e->d_name, base, base_len) != 0 || strncmp(e->d_name + base_len, ".tmp-", 5))
             continue;
-        long pid = temp_name_pid(tail);
+        long pid = temp_name_pid(e->d_name + base_len + 5);
         if (pid <= 0 || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
             continue;
         struct stat st;
@@ -77,7 +64,8 @@ void file_record_remove_stale_temps(const char *dir, const char *base)
 static int keep_aside(const file_record *fa, const char *why)
 {
     char *prefix = NULL;
-    if (asprintf(&prefix, "%s.corrupt-", fa->path) < 0)
+    if (fa->aside_prefix ? !(prefix = strdup(fa->aside_prefix))
+                         : asprintf(&prefix, "%s.corrupt-", fa->path) < 0)
         return sync__fail(SYNC_ENOMEM, "out of memory");
     int64_t ms = sync_wall_ms();
     char *aside = NULL;
@@ -168,15 +156,10 @@ int file_record_load(const file_record *fa, char **out_state_json, int64_t *out_
         cJSON_Delete(root);
         return keep_aside(fa, why);
     }
-    char *printed = cJSON_PrintUnformatted(state);
+    *out_state_json = store_print(state); /* released with sync_free() */
     cJSON_Delete(root);
-    if (!printed)
-        return sync__fail(SYNC_ENOMEM, "out of memory printing the loaded state");
-    /* Released with sync_free(); cJSON may have been given another allocator. */
-    *out_state_json = sync_strdup(printed);
-    cJSON_free(printed);
     if (!*out_state_json)
-        return sync__fail(SYNC_ENOMEM, "out of memory");
+        return sync__fail(SYNC_ENOMEM, "out of memory printing the loaded state");
     *out_version = version;
     return SYNC_OK;
 }
@@ -186,7 +169,7 @@ int file_record_load(const file_record *fa, char **out_state_json, int64_t *out_
 static int replace_file(const file_record *fa, const char *target, const struct iovec *iov,
                         int iovcnt)
 {
-    char *tmp = fs_temp_name(target);
+    char *tmp = fs_temp_name(fa->temp_base ? fa->temp_base : target);
     if (!tmp)
         return sync__fail(SYNC_ENOMEM, "out of memory");
     /* A store someone restricted (chmod 600: the state may hold secrets) stays restricted. */
@@ -216,15 +199,9 @@ int file_record_save(const file_record *fa, const cJSON *state, const char *stat
                      size_t state_len, int64_t version)
 {
     char *printed = NULL;
-    if (!state_json) {
-        if (!state)
-            return sync__fail(SYNC_EINVAL, "save without a state");
-        printed = cJSON_PrintUnformatted(state);
-        if (!printed)
-            return sync__fail(SYNC_ENOMEM, "out of memory serialising the state");
-        state_json = printed;
-        state_len = strlen(printed);
-    }
+    int rc = store_state_text(state, &state_json, &state_len, &printed);
+    if (rc != SYNC_OK)
+        return rc;
     /* The state arrives serialised: the record is built around its bytes, never re-printed. */
     static const char head[] = "{\"state\":";
     char tail[48];
@@ -234,7 +211,7 @@ int file_record_save(const file_record *fa, const cJSON *state, const char *stat
         {(void *)state_json, state_len},
         {tail, (size_t)tail_len},
     };
-    int rc = replace_file(fa, fa->path, iov, 3);
+    rc = replace_file(fa, fa->path, iov, 3);
     cJSON_free(printed);
     return rc;
 }

@@ -13,6 +13,10 @@ typedef struct file_record {
     char *path;
     char *dir; /* the directory holding path: fsynced after each rename */
     int fsync;
+    /* Temp files are "<temp_base>.tmp-<pid>-<n>"; NULL: "<path>.tmp-<pid>-<n>". */
+    const char *temp_base;
+    /* A corrupt file becomes "<aside_prefix><ms>"; NULL: "<path>.corrupt-<ms>". */
+    const char *aside_prefix;
 } file_record;
 
 /* As an adapter's load: *out_state_json (sync_malloc) NULL when the file does not exist. */
@@ -26,7 +30,7 @@ int file_record_save(const file_record *fr, const cJSON *state, const char *stat
 int file_record_fail_read(const file_record *fr);
 
 /* Removes the temp files of saves that a killed process left in `dir`: "<base>.tmp-<pid>-<n>"
- * (with `base` NULL: "<anything>.json.tmp-<pid>-<n>") whose process is gone. */
+ * whose process is gone. */
 void file_record_remove_stale_temps(const char *dir, const char *base);
 
 #endif

@@ -6,6 +6,7 @@
 #include "fsutil.h"
 #include "options.h"
 #include "room_name.h"
+#include "store_json.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -19,18 +20,46 @@ typedef struct file_rooms {
     int fsync;
 } file_rooms;
 
+/* File names stay within NAME_MAX (255) for the longest encoding (240 + ".json"): temp files are
+ * "<dir>/.tmp-<pid>-<n>" (never a room: no encoding starts with '.'), and the kept copy of a
+ * corrupt record is "<encoding>.json.corrupt-<ms>", its encoding cut to ASIDE_KEEP bytes and
+ * marked with '~' (never in an encoding) when the whole would not fit. */
+#define TEMP_BASE ""
+#define ASIDE_KEEP 200
+
+static void record_free(file_record *rec)
+{
+    free(rec->path);
+    free((char *)rec->temp_base);
+    free((char *)rec->aside_prefix);
+}
+
 /* The record of `room` (checked here too: a custom caller of the vtable gets no shortcut). */
 static int room_record(const file_rooms *fr, const char *room, file_record *out)
 {
+    memset(out, 0, sizeof *out);
     int rc = sync_room_name_check(room);
     if (rc != SYNC_OK)
         return rc;
     char encoded[SYNC__ROOM_ENCODED_MAX + 1];
-    sync__room_name_encode(room, encoded);
+    size_t len = sync__room_name_encode(room, encoded);
     out->dir = fr->dir;
     out->fsync = fr->fsync;
+    char *temp_base = NULL, *aside = NULL;
+    int cut = len > ASIDE_KEEP;
     if (asprintf(&out->path, "%s/%s.json", fr->dir, encoded) < 0)
+        out->path = NULL;
+    if (asprintf(&temp_base, "%s/%s", fr->dir, TEMP_BASE) < 0)
+        temp_base = NULL;
+    if (asprintf(&aside, "%s/%.*s%s.json.corrupt-", fr->dir, cut ? ASIDE_KEEP : (int)len, encoded,
+                 cut ? "~" : "") < 0)
+        aside = NULL;
+    out->temp_base = temp_base;
+    out->aside_prefix = aside;
+    if (!out->path || !temp_base || !aside) {
+        record_free(out);
         return sync__fail(SYNC_ENOMEM, "out of memory");
+    }
     return SYNC_OK;
 }
 
@@ -40,7 +69,7 @@ static int rooms_init(void *userdata, sync_pending *pending)
     file_rooms *fr = userdata;
     if (fs_mkdirs(fr->dir) != 0)
         return sync__fail(SYNC_EIO, "cannot create directory %s: %s", fr->dir, strerror(errno));
-    file_record_remove_stale_temps(fr->dir, NULL);
+    file_record_remove_stale_temps(fr->dir, TEMP_BASE);
     return SYNC_OK;
 }
 
@@ -55,7 +84,7 @@ static int rooms_load(void *userdata, sync_pending *pending, const char *room,
     if (rc != SYNC_OK)
         return rc;
     rc = file_record_load(&rec, out_state_json, out_version);
-    free(rec.path);
+    record_free(&rec);
     return rc;
 }
 
@@ -68,7 +97,7 @@ static int rooms_save(void *userdata, sync_pending *pending, const char *room, c
     if (rc != SYNC_OK)
         return rc;
     rc = file_record_save(&rec, state, state_json, state_len, version);
-    free(rec.path);
+    record_free(&rec);
     return rc;
 }
 
@@ -84,7 +113,7 @@ static int rooms_remove(void *userdata, sync_pending *pending, const char *room)
         rc = sync__fail(SYNC_EIO, "cannot remove %s: %s", rec.path, strerror(errno));
     else if (fr->fsync && fs_fsync_dir(fr->dir) != 0 && errno != ENOENT)
         rc = sync__fail(SYNC_EIO, "cannot fsync directory %s: %s", fr->dir, strerror(errno));
-    free(rec.path);
+    record_free(&rec);
     return rc;
 }
 
@@ -120,10 +149,8 @@ static int rooms_list(void *userdata, sync_pending *pending, char **out_names_js
     }
     if (d)
         closedir(d);
-    char *printed = oom ? NULL : cJSON_PrintUnformatted(names);
+    *out_names_json = oom ? NULL : store_print(names);
     cJSON_Delete(names);
-    *out_names_json = printed ? sync_strdup(printed) : NULL;
-    cJSON_free(printed);
     if (!*out_names_json)
         return sync__fail(SYNC_ENOMEM, "out of memory listing %s", fr->dir);
     return SYNC_OK;

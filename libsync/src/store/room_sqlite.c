@@ -3,6 +3,7 @@
 #include "error.h"
 #include "options.h"
 #include "sqlite_db.h"
+#include "store_json.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -152,28 +153,18 @@ static int write_locked(sqlite_rooms *sr, int which, const char *room, const cha
     if (rc != SYNC_OK)
         return rc;
     sqlite3_stmt *st = sr->db.stmt[which];
-    int step = sqlite3_bind_text(st, 1, room, -1, SQLITE_STATIC);
+    int bound = sqlite3_bind_text(st, 1, room, -1, SQLITE_STATIC);
     if (which == SAVE_STMT) {
-        if (step == SQLITE_OK)
-            step = sqlite3_bind_text64(st, 2, json, len, SQLITE_STATIC, SQLITE_UTF8);
-        if (step == SQLITE_OK)
-            step = sqlite3_bind_int64(st, 3, version);
-        if (step == SQLITE_OK)
-            step = sqlite3_bind_int64(st, 4, sync_wall_ms());
+        if (bound == SQLITE_OK)
+            bound = sqlite3_bind_text64(st, 2, json, len, SQLITE_STATIC, SQLITE_UTF8);
+        if (bound == SQLITE_OK)
+            bound = sqlite3_bind_int64(st, 3, version);
+        if (bound == SQLITE_OK)
+            bound = sqlite3_bind_int64(st, 4, sync_wall_ms());
     }
-    if (step == SQLITE_OK)
-        step = sqlite3_step(st);
-    rc = step == SQLITE_DONE ? SYNC_OK
-                             : sqlite_db_fail(sr->db.db,
-                                              which == SAVE_STMT ? "cannot save a room to"
-                                                                 : "cannot remove a room from",
-                                              sr->db.path);
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    /* After SQLITE_FULL and some I/O errors SQLite may leave a transaction open. */
-    if (rc != SYNC_OK && !sqlite3_get_autocommit(sr->db.db))
-        sqlite_db_exec(sr->db.db, "ROLLBACK");
-    return rc;
+    return sqlite_db_write(&sr->db, st, bound,
+                           which == SAVE_STMT ? "cannot save a room to"
+                                              : "cannot remove a room from");
 }
 
 static int rooms_save(void *userdata, sync_pending *pending, const char *room, const cJSON *state,
@@ -185,15 +176,9 @@ static int rooms_save(void *userdata, sync_pending *pending, const char *room, c
     if (rc != SYNC_OK)
         return rc;
     char *printed = NULL;
-    if (!state_json) {
-        if (!state)
-            return sync__fail(SYNC_EINVAL, "save without a state");
-        printed = cJSON_PrintUnformatted(state);
-        if (!printed)
-            return sync__fail(SYNC_ENOMEM, "out of memory serialising the state");
-        state_json = printed;
-        state_len = strlen(printed);
-    }
+    rc = store_state_text(state, &state_json, &state_len, &printed);
+    if (rc != SYNC_OK)
+        return rc;
     pthread_mutex_lock(&sr->lock);
     rc = write_locked(sr, SAVE_STMT, room, state_json, state_len, version);
     pthread_mutex_unlock(&sr->lock);
@@ -250,12 +235,10 @@ static int rooms_list(void *userdata, sync_pending *pending, char **out_names_js
     pthread_mutex_lock(&sr->lock);
     int rc = list_locked(sr, names);
     pthread_mutex_unlock(&sr->lock);
-    char *printed = rc == SYNC_OK ? cJSON_PrintUnformatted(names) : NULL;
+    *out_names_json = rc == SYNC_OK ? store_print(names) : NULL;
     cJSON_Delete(names);
     if (rc != SYNC_OK)
         return rc;
-    *out_names_json = printed ? sync_strdup(printed) : NULL;
-    cJSON_free(printed);
     return *out_names_json ? SYNC_OK : sync__fail(SYNC_ENOMEM, "out of memory listing rooms");
 }
 

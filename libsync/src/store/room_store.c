@@ -11,6 +11,7 @@
 #include "engine/json_check.h"
 #include "error.h"
 #include "libsync/rooms.h"
+#include "store_json.h"
 
 enum { INIT_NONE, INIT_RUNNING, INIT_DONE };
 
@@ -439,7 +440,8 @@ static int sorted_names(const char *listed, char **out)
         }
         items[n++] = item;
     }
-    qsort(items, (size_t)n, sizeof *items, compare_names);
+    if (n > 1)
+        qsort(items, (size_t)n, sizeof *items, compare_names);
     /* Relink in sorted order. */
     array->child = NULL;
     for (int i = 0; i < n; i++) {
@@ -449,10 +451,8 @@ static int sorted_names(const char *listed, char **out)
     if (n)
         array->child = items[0];
     free(items);
-    char *printed = cJSON_PrintUnformatted(array);
+    *out = store_print(array);
     cJSON_Delete(array);
-    *out = printed ? sync_strdup(printed) : NULL;
-    cJSON_free(printed);
     if (!*out)
         return sync__fail(SYNC_ENOMEM, "out of memory");
     return SYNC_OK;

@@ -305,6 +305,17 @@ static int check_table_name(const char *name)
     return SYNC_OK;
 }
 
+int sqlite_db_write(sqlite_db *d, sqlite3_stmt *st, int bound, const char *what)
+{
+    int step = bound == SQLITE_OK ? sqlite3_step(st) : bound;
+    int rc = step == SQLITE_DONE ? SYNC_OK : sqlite_db_fail(d->db, what, d->path);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc != SYNC_OK && !sqlite3_get_autocommit(d->db))
+        sqlite_db_exec(d->db, "ROLLBACK");
+    return rc;
+}
+
 int sqlite_db_open_for_write(sqlite_db *sa)
 {
     if (sa->read_only)

@@ -58,6 +58,11 @@ int sqlite_db_open_for_write(sqlite_db *d);
 /* SQLite's message (and the OS error behind an I/O failure) as SYNC_EIO. */
 int sqlite_db_fail(sqlite3 *db, const char *what, const char *path);
 
+/* Steps a prepared write whose binding returned `bound`, then resets it and clears its bindings;
+ * a failure ("<what> <path>: ...") rolls back a transaction SQLite left open (after SQLITE_FULL and
+ * some I/O errors), so the next write starts clean. */
+int sqlite_db_write(sqlite_db *d, sqlite3_stmt *st, int bound, const char *what);
+
 /* sqlite3_exec() without callbacks. */
 int sqlite_db_exec(sqlite3 *db, const char *sql);
 
