@@ -54,12 +54,13 @@ typedef struct later {
     int status;
     char *json;
     int64_t version;
+    int delay_ms;
 } later;
 
 static void *finish_later(void *arg)
 {
     later *l = arg;
-    sleep_ms(l->m->delay_ms);
+    sleep_ms(l->delay_ms);
     if (l->is_load) {
         sync_pending_complete_load(l->pending, l->status, l->json, l->version,
                                    l->status ? "the test store fails this room" : NULL);
@@ -89,10 +90,11 @@ static int mem_load(void *ud, sync_pending *pending, const char *room, char **ou
     char *json = r ? strdup(r->json) : NULL;
     int64_t version = r ? r->version : 0;
     int async = m->async_load;
+    int delay = m->delay_ms;
     pthread_mutex_unlock(&m->lock);
     if (async) {
         later *l = calloc(1, sizeof *l);
-        *l = (later){m, pending, 1, status, json, version};
+        *l = (later){m, pending, 1, status, json, version, delay};
         run_later(l);
         return SYNC_PENDING;
     }
@@ -124,11 +126,12 @@ static int mem_save(void *ud, sync_pending *pending, const char *room, const cJS
     r->json = strndup(json, len);
     r->version = version;
     int async = m->async_save;
+    int delay = m->delay_ms;
     pthread_mutex_unlock(&m->lock);
     if (async) {
         atomic_fetch_add(&m->saving, 1);
         later *l = calloc(1, sizeof *l);
-        *l = (later){m, pending, 0, 0, NULL, 0};
+        *l = (later){m, pending, 0, 0, NULL, 0, delay};
         run_later(l);
         return SYNC_PENDING;
     }
@@ -631,7 +634,7 @@ static void max_rooms_evicts_the_least_recently_used_then_refuses(void)
 typedef struct sender {
     ws_client *c;
     atomic_int stop;
-    int close_code;
+    atomic_int close_code;
 } sender;
 
 static void *send_until_closed(void *arg)
@@ -671,11 +674,11 @@ static void deleted_room_closes_its_clients_and_starts_afresh(void)
     CHECK_EQ_INT(sync_rooms_delete(f.rooms, "doomed"), SYNC_OK);
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    while (!s.close_code && check_elapsed_ms(&t0) < 5000)
+    while (!atomic_load(&s.close_code) && check_elapsed_ms(&t0) < 5000)
         sleep_ms(10);
     atomic_store(&s.stop, 1);
     pthread_join(t, NULL);
-    CHECK_EQ_INT(s.close_code, SYNC_CLOSE_ROOM_DELETED);
+    CHECK_EQ_INT(atomic_load(&s.close_code), SYNC_CLOSE_ROOM_DELETED);
     ws_client_free(c);
     CHECK_EQ_INT(wait_loaded(f.rooms, 0, 5000), 0);
     char *json = mem_get(m, "doomed");
@@ -881,14 +884,14 @@ static void metrics_count_rooms_and_sum_their_engines(void)
 
 typedef struct async_box {
     atomic_int calls;
-    int status;
+    atomic_int status;
     _Atomic(sync_engine *) engine;
 } async_box;
 
 static void on_ready(int status, sync_engine *engine, void *userdata)
 {
     async_box *box = userdata;
-    box->status = status;
+    atomic_store(&box->status, status);
     atomic_store(&box->engine, engine);
     atomic_fetch_add(&box->calls, 1);
 }
@@ -919,7 +922,7 @@ static void rooms_without_clients(void)
     async_box box = {0};
     CHECK_EQ_INT(sync_rooms_acquire_async(f.rooms, "offline", on_ready, &box), SYNC_OK);
     CHECK_EQ_INT(atomic_load(&box.calls), 1); /* loaded: done ran before the call returned */
-    CHECK_EQ_INT(box.status, SYNC_OK);
+    CHECK_EQ_INT(atomic_load(&box.status), SYNC_OK);
     CHECK_EQ_INT(sync_engine_set_state_json(atomic_load(&box.engine), "{\"counter\":42}", 1),
                  SYNC_OK);
     char *text = ws_read_text(c, 3000);
@@ -934,7 +937,7 @@ static void rooms_without_clients(void)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     while (!atomic_load(&box2.calls) && check_elapsed_ms(&t0) < 5000)
         sleep_ms(5);
-    CHECK_EQ_INT(box2.status, SYNC_OK);
+    CHECK_EQ_INT(atomic_load(&box2.status), SYNC_OK);
     if (atomic_load(&box2.engine))
         CHECK_EQ_INT(sync_rooms_release(f.rooms, atomic_load(&box2.engine)), SYNC_OK);
     /* the list: stored and loaded rooms, sorted */
@@ -985,6 +988,104 @@ static void rooms_before_listen_and_a_graceful_stop_saves_them(void)
     char *json = mem_get(m, "early");
     CHECK(json && strstr(json, "\"counter\":6"));
     free(json);
+    ws_client_free(c);
+    sync_server_free(server);
+}
+
+/* The built-in stores, real files: two rooms saved when idle, seen again after the unload and by
+ * a new server on the same database or directory, listed, one deleted. */
+static void built_in_store_keeps_rooms(int file_store)
+{
+    char *dir = check_tmpdir(file_store ? "rooms_file" : "rooms_sqlite");
+    REQUIRE(dir);
+    char db[512], rooms_dir[512];
+    snprintf(db, sizeof db, "%s/rooms.sqlite", dir);
+    snprintf(rooms_dir, sizeof rooms_dir, "%s/rooms", dir);
+    for (int round = 0; round < 2; round++) {
+        sync_room_store *store = NULL;
+        if (file_store) {
+            sync_file_rooms_options fo = SYNC_FILE_ROOMS_OPTIONS_INIT;
+            fo.dir = rooms_dir;
+            REQUIRE(sync_room_store_file_new(&store, &fo) == SYNC_OK);
+        } else {
+            sync_sqlite_options so = SYNC_SQLITE_OPTIONS_INIT;
+            so.path = db;
+            REQUIRE(sync_room_store_sqlite_new(&store, &so) == SYNC_OK);
+        }
+        sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+        opts.room_idle_ms = 150;
+        fixture f;
+        REQUIRE(fixture_start(&f, &opts, store) == 0);
+        long long ca = -1, cb = -1;
+        ws_client *a = join(&f, "/rooms/Board%201", &ca);
+        ws_client *b = join(&f, "/rooms/board%201", &cb); /* case-sensitive: another room */
+        REQUIRE(a && b);
+        CHECK_EQ_INT(ca, round == 0 ? 0 : 2);
+        CHECK_EQ_INT(cb, round == 0 ? 0 : 1);
+        CHECK_EQ_INT(increment(a, ca + 1), 0);
+        CHECK_EQ_INT(increment(a, ca + 2), 0);
+        CHECK_EQ_INT(increment(b, cb + 1), 0);
+        ws_client_free(a);
+        ws_client_free(b);
+        CHECK_EQ_INT(wait_loaded(f.rooms, 0, 5000), 0);
+        long long again = -1;
+        a = join(&f, "/rooms/Board%201", &again);
+        CHECK_EQ_INT(again, ca + 2);
+        ws_client_free(a);
+        char *list = NULL;
+        CHECK_EQ_INT(sync_rooms_list(f.rooms, &list), SYNC_OK);
+        CHECK_EQ_STR(list, round == 0 ? "[\"Board 1\",\"board 1\"]"
+                                      : "[\"Board 1\",\"board 1\",\"gone\"]");
+        sync_free(list);
+        if (round == 0) {
+            sync_engine *engine = NULL;
+            CHECK_EQ_INT(sync_rooms_acquire(f.rooms, "gone", &engine), SYNC_OK);
+            CHECK_EQ_INT(sync_engine_set_state_json(engine, "{\"counter\":1}", 0), SYNC_OK);
+            CHECK_EQ_INT(sync_rooms_release(f.rooms, engine), SYNC_OK);
+        } else {
+            CHECK_EQ_INT(sync_rooms_delete(f.rooms, "gone"), SYNC_OK);
+            CHECK_EQ_INT(sync_rooms_list(f.rooms, &list), SYNC_OK);
+            CHECK_EQ_STR(list, "[\"Board 1\",\"board 1\"]");
+            sync_free(list);
+        }
+        sync_server_free(f.server); /* saves what is still loaded */
+    }
+    free(dir);
+}
+
+static void sqlite_store_keeps_rooms(void)
+{
+    built_in_store_keeps_rooms(0);
+}
+
+static void file_store_keeps_rooms(void)
+{
+    built_in_store_keeps_rooms(1);
+}
+
+/* The template's heartbeat reaches a room's clients: the server ticks its rooms. */
+static void rooms_are_ticked(void)
+{
+    sync_server *server = NULL;
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    REQUIRE(sync_server_new(&server, &opts) == SYNC_OK);
+    sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
+    sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
+    eo.heartbeat_interval_ms = 100;
+    ro.engine_options = &eo;
+    REQUIRE(sync_server_mount_rooms(server, "/tick/", &ro, NULL) == SYNC_OK);
+    REQUIRE(sync_server_start(server) == SYNC_OK);
+    ws_client *c = ws_connect(sync_server_port(server), "/tick/one", NULL, NULL);
+    REQUIRE(c);
+    int pings = 0;
+    for (int i = 0; i < 20 && pings < 2; i++) {
+        char *text = NULL;
+        size_t len = 0;
+        if (ws_read_frame(c, 2000, &text, &len) == 1 && strstr(text, "\"ping\""))
+            pings++;
+        free(text);
+    }
+    CHECK_EQ_INT(pings, 2);
     ws_client_free(c);
     sync_server_free(server);
 }
@@ -1047,6 +1148,9 @@ int main(void)
     RUN(metrics_count_rooms_and_sum_their_engines);
     RUN(rooms_without_clients);
     RUN(rooms_before_listen_and_a_graceful_stop_saves_them);
+    RUN(sqlite_store_keeps_rooms);
+    RUN(file_store_keeps_rooms);
+    RUN(rooms_are_ticked);
     RUN(mount_and_options_are_checked);
     return check_summary();
 }

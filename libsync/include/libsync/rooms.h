@@ -172,8 +172,10 @@ typedef struct sync_room_setup sync_room_setup; /**< one room being created */
  * was never saved (sync_room_setup_set_initial_state_json()). Returns SYNC_OK, a negative status
  * to refuse the room (its joins are refused with HTTP 503; nothing is created), or, after
  * sync_room_setup_defer(), SYNC_PENDING to finish later with sync_room_setup_complete() (the
- * joining clients are upgraded and held meanwhile, like a deferred auth). Runs on the thread that
- * needs the room: the server's service thread for a join, the caller of sync_rooms_acquire().
+ * joining clients are upgraded and held meanwhile, like a deferred auth, and closed with 4408 if
+ * the room is not ready within auth_timeout_ms). Runs on the thread that needs the room: the
+ * server's service thread for a join, the caller of sync_rooms_acquire() (the service thread
+ * when the room was unloading and is loaded afresh once that finished).
  */
 typedef int (*sync_room_setup_cb)(sync_room_setup *setup, void *userdata);
 

@@ -1,14 +1,15 @@
 /*
  * libsync — the built-in WebSocket server (libwebsockets). One call turns engines into a running
- * real-time service: engines are mounted on URL paths ("rooms"), an optional static directory is
- * served over HTTP on the same port, with GET /healthz and GET /metrics (Prometheus text).
+ * real-time service: engines are mounted on URL paths, or created per room under a prefix
+ * (sync_server_mount_rooms, rooms.h), an optional static directory is served over HTTP on the same
+ * port, with GET /healthz and GET /metrics (Prometheus text).
  *
  * Threads. One service thread owns every socket: the thread inside sync_server_run(), or the
  * thread sync_server_start() creates. Engines mounted on a running server may be used from any
  * thread (set_state, broadcast, ...): their frames are handed to the service thread, which is woken
  * with lws_cancel_service(). sync_server_stop() may be called from any thread, and
- * sync_server_request_stop() also from a signal handler. Every other sync_server_* function must
- * not run concurrently with itself on the same server.
+ * sync_server_request_stop() also from a signal handler; sync_rooms_* (rooms.h) from any thread.
+ * Every other sync_server_* function must not run concurrently with itself on the same server.
  *
  * Broadcast. A changed state is serialised once per version and the same frame is shared by every
  * connection. A connection that cannot keep up is sent the latest state when it can write again,
@@ -25,9 +26,11 @@
  * RFC 6455, among them); 4000 + an HTTP status for a deferred auth that refused (4408: not
  * decided in time); 4001 (SYNC_CLOSE_PING_TIMEOUT, reason "ping timeout") when the heartbeat
  * found nothing arrived from a client for ping_timeout_ms (a message, the text "pong" or a
- * WebSocket pong frame all count). A reason given to sync_conn_close() is sent with its code
- * (cut to 123 bytes; none when it is not UTF-8). Any other close code a client sends is echoed.
- * Nothing is written after a close frame, and the TCP connection ends once it is out.
+ * WebSocket pong frame all count); 4410 (SYNC_CLOSE_ROOM_DELETED) for the clients of a room
+ * sync_rooms_delete() removed and 4503 (SYNC_CLOSE_ROOM_UNAVAILABLE) for clients held while their
+ * room was created when that failed (rooms.h). A reason given to sync_conn_close() is sent with its
+ * code (cut to 123 bytes; none when it is not UTF-8). Any other close code a client sends is
+ * echoed. Nothing is written after a close frame, and the TCP connection ends once it is out.
  *
  * Refused upgrades get an HTTP/1.1 status and a text/plain body that says why: 400 for a
  * handshake that breaks RFC 6455 section 4.2.1 (Upgrade "h2c", a Connection header without the
@@ -35,10 +38,11 @@
  * Sec-WebSocket-Version; "websocket" is matched in any case, and libwebsockets itself answers
  * 403 to other Upgrade values), 426 with "Sec-WebSocket-Version: 13" for another version, 414
  * for a request target of 8 KiB or more, 431 for a header of 8 KiB or more, 404 (no engine on
- * that path), 503 (max_connections reached, or stopping), 403 (Origin not allowed), or the auth
- * callback's. libwebsockets 4.1 drops without an answer a request head over 16 KiB in all and,
- * after the 10 s handshake timeout, one with a folded (obs-fold) header: it gives no callback
- * for either.
+ * that path), 400 for a bad room name under a room mount (rooms.h), 503 (max_connections reached,
+ * or stopping; under a room mount also max_rooms with none idle, or a room whose setup or load
+ * failed at once), 403 (Origin not allowed), or the auth callback's. libwebsockets 4.1 drops
+ * without an answer a request head over 16 KiB in all and, after the 10 s handshake timeout, one
+ * with a folded (obs-fold) header: it gives no callback for either.
  *
  * Subprotocols. The server speaks "libsync" (each one it speaks is an entry of its lws protocol
  * table). A client that offers none is accepted without one; a client that offers "libsync"
@@ -248,15 +252,16 @@ SYNC_EXTERN int sync_server_start(sync_server *server);
 SYNC_EXTERN int sync_server_request_stop(sync_server *server);
 
 /**
- * Graceful stop: stop accepting, persist every mounted engine (sync), send close 1001 to every
- * connection, and end the service loop within stop_timeout_ms. From any thread, but NOT from a
- * signal handler (use sync_server_request_stop() there): when the server runs on a background
- * thread this call waits for it to end and joins it. From the service thread itself it returns
- * at once. SYNC_ESTATE when the server did not end within stop_timeout_ms + 2 s.
+ * Graceful stop: stop accepting, persist every mounted engine and loaded room (sync), send close
+ * 1001 to every connection, and end the service loop within stop_timeout_ms. From any thread, but
+ * NOT from a signal handler (use sync_server_request_stop() there): when the server runs on a
+ * background thread this call waits for it to end and joins it. From the service thread itself it
+ * returns at once. SYNC_ESTATE when the server did not end within stop_timeout_ms + 2 s.
  */
 SYNC_EXTERN int sync_server_stop(sync_server *server);
 
-/** Stops (if running), then frees. Mounted engines are left to their owner (not freed). */
+/** Stops (if running), then frees. Mounted engines are left to their owner (not freed); loaded
+ *  rooms are saved and freed. */
 SYNC_EXTERN void sync_server_free(sync_server *server);
 
 #ifdef __cplusplus

@@ -294,7 +294,7 @@ static int join_engine(server_conn *c)
         c->identity = NULL;
     }
     s->accepted++;
-    if (c->room)
+    if (c->is_room)
         server_rooms_conn_joined(c);
     rc = sync_engine_handle_open(c->eng->engine, c->conn);
     if (rc < 0)
@@ -681,7 +681,7 @@ int server_conn_writeable(server_conn *c)
         s->bytes_sent += (uint64_t)n;
         if (kind == SYNC__FRAME_INITIAL_STATE) {
             server_broadcast_join(c);
-            if (c->room)
+            if (c->is_room)
                 server_rooms_conn_live(c);
         }
     }

@@ -191,6 +191,8 @@ typedef struct server_auth_wait {
     struct server_held_msg *held_tail;
     size_t held_bytes;
     lws_sorted_usec_list_t timer; /* service thread: auth_timeout_ms */
+    server_conn *room_next;       /* service thread: in its room's list of waiting connections */
+    server_conn *room_prev;
 } server_auth_wait;
 
 /* One WebSocket connection; the userdata of its sync_conn, freed with the last reference. */
@@ -200,14 +202,13 @@ struct server_conn {
     server_engine *eng;
     sync_conn *conn;
     char *identity; /* from the auth callback, until the connection joins its engine */
-    /* A room mount's connection: its room (eng is &room->eng) and, while the room is being
-     * created, whether it is ready (service thread): 1 waiting, 0 ready, else a close code. */
-    server_room *room;
-    int room_wait;
+    bool echo;      /* on server_mount_echo()'s path: no engine, messages come back */
+    /* A room mount's connection (its room is the server_room whose eng it is): whether it joined
+     * the room's engine, and (service thread) 1 while the room is being created, then 0 or the
+     * close code of a room that failed or was deleted. In the padding: connections stay small. */
+    bool is_room;
     bool room_joined;
-    server_conn *room_next; /* in the room's list of waiting connections */
-    server_conn *room_prev;
-    bool echo; /* on server_mount_echo()'s path: no engine, messages come back */
+    uint16_t room_wait;
 
     /* A deferred auth decision (sync_request_defer): until it is applied the connection is
      * upgraded but not joined (c->conn is NULL), and what the client sends is held. */
@@ -344,8 +345,11 @@ int server_rooms_match(sync_server *server, const char *path, struct sync_rooms 
  * NULL: refuse with 503 (max_rooms and none idle, or its creation failed at once). */
 server_room *server_rooms_need(struct sync_rooms *mount, const char *name);
 server_engine *server_room_engine(server_room *room);
-/* 1 when the room is ready to join now (0: the connection waits; server_rooms.c wakes it). */
-int server_rooms_conn_attach(server_conn *c);
+/* 1 when the connection's room is ready to join now. */
+int server_rooms_conn_ready(server_conn *c);
+/* A connection that waits (its auth wait state made): waits for its room too, unless it became
+ * ready meanwhile; server_rooms.c wakes it. */
+void server_rooms_conn_attach(server_conn *c);
 /* A connection joined its room's engine / went away (service thread). */
 void server_rooms_conn_joined(server_conn *c);
 void server_rooms_conn_gone(server_conn *c);

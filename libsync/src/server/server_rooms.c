@@ -517,16 +517,19 @@ static void room_timer_fired(lws_sorted_usec_list_t *sul)
     }
 }
 
+static server_room *room_of(server_conn *c);
+
 static void unlink_waiting(server_conn *c)
 {
-    server_room *r = c->room;
-    if (c->room_prev)
-        c->room_prev->room_next = c->room_next;
+    server_room *r = room_of(c);
+    server_auth_wait *w = c->auth;
+    if (w->room_prev)
+        w->room_prev->auth->room_next = w->room_next;
     else if (r->wait_head == c)
-        r->wait_head = c->room_next;
-    if (c->room_next)
-        c->room_next->room_prev = c->room_prev;
-    c->room_next = c->room_prev = NULL;
+        r->wait_head = w->room_next;
+    if (w->room_next)
+        w->room_next->auth->room_prev = w->room_prev;
+    w->room_next = w->room_prev = NULL;
 }
 
 /* Service thread: the waiting clients of a room that became ready (or failed, or was deleted). */
@@ -535,9 +538,9 @@ static void wake_waiting(server_room *r, int close_code)
     server_conn *c = r->wait_head;
     r->wait_head = NULL;
     while (c) {
-        server_conn *next = c->room_next;
-        c->room_next = c->room_prev = NULL;
-        c->room_wait = close_code;
+        server_conn *next = c->auth->room_next;
+        c->auth->room_next = c->auth->room_prev = NULL;
+        c->room_wait = (uint16_t)close_code;
         if (c->wsi)
             lws_callback_on_writable(c->wsi);
         c = next;
@@ -571,13 +574,15 @@ static void room_process_due(sync_server *s)
         /* not freeable yet: the last one to let go puts it back (room_let_go_locked) */
         pthread_mutex_unlock(&s->rooms_lock);
 
+        (void)fail;
         if (service && (flags & DUE_WAKE))
-            wake_waiting(r, state == ROOM_FAILED
-                                ? (fail == SYNC_ELIMIT ? 4503 : SYNC_CLOSE_ROOM_UNAVAILABLE)
-                            : deleting ? SYNC_CLOSE_ROOM_DELETED
-                                       : 0);
-        if (service && (flags & DUE_TIMER) && r->eng.engine &&
-            atomic_exchange(&r->eng.deadline_moved, false))
+            wake_waiting(r, state == ROOM_FAILED ? SYNC_CLOSE_ROOM_UNAVAILABLE
+                            : deleting           ? SYNC_CLOSE_ROOM_DELETED
+                                                 : 0);
+        /* a room just ready: its first deadlines were set before the server listened to it */
+        bool arm = (flags & DUE_WAKE) && state == ROOM_READY && !deleting;
+        if (service && r->eng.engine &&
+            (arm || ((flags & DUE_TIMER) && atomic_exchange(&r->eng.deadline_moved, false))))
             room_timer_arm(r);
         if (service && (flags & DUE_FLUSH) && r->eng.engine && state == ROOM_READY) {
             server_broadcast_flush_engine(&r->eng);
@@ -594,6 +599,11 @@ static void room_process_due(sync_server *s)
                 r->rooms->unloaded++;
                 if (r->waiters) {
                     /* a join (or acquire) came while it unloaded: load it afresh */
+                    atomic_store(&r->eng.state_moved, false);
+                    atomic_store(&r->eng.state_force, false);
+                    atomic_store(&r->eng.deadline_moved, false);
+                    r->eng.flush_pending = false;
+                    r->eng.cursor = NULL;
                     r->state = ROOM_CREATING;
                     r->deleting = false;
                     s->rooms_loaded++;
@@ -794,37 +804,55 @@ server_room *server_rooms_need(sync_rooms *rooms, const char *name)
     return failed ? NULL : r;
 }
 
-int server_rooms_conn_attach(server_conn *c)
+/* eng is the room's first member */
+static server_room *room_of(server_conn *c)
 {
-    server_room *r = c->room;
+    return (server_room *)(void *)c->eng;
+}
+
+int server_rooms_conn_ready(server_conn *c)
+{
+    server_room *r = room_of(c);
+    pthread_mutex_lock(&c->server->rooms_lock);
+    bool ready = r->state == ROOM_READY && !r->deleting;
+    pthread_mutex_unlock(&c->server->rooms_lock);
+    c->room_wait = 0;
+    return ready;
+}
+
+void server_rooms_conn_attach(server_conn *c)
+{
+    server_room *r = room_of(c);
     sync_server *s = c->server;
     pthread_mutex_lock(&s->rooms_lock);
     int state = r->state;
     bool deleting = r->deleting;
     pthread_mutex_unlock(&s->rooms_lock);
+    /* the state changes on other threads, but the waiting list is walked on this one (a room
+     * that became ready or failed after this look wakes its list, with c in it, afterwards) */
     if (state == ROOM_READY && !deleting) {
         c->room_wait = 0;
-        return 1;
+        return;
     }
     if (state == ROOM_FAILED || state == ROOM_GONE) {
         c->room_wait = SYNC_CLOSE_ROOM_UNAVAILABLE;
-        return 0;
+        return;
     }
     c->room_wait = 1;
-    c->room_prev = NULL;
-    c->room_next = r->wait_head;
+    c->auth->room_prev = NULL;
+    c->auth->room_next = r->wait_head;
     if (r->wait_head)
-        r->wait_head->room_prev = c;
+        r->wait_head->auth->room_prev = c;
     r->wait_head = c;
-    return 0;
 }
 
 void server_rooms_conn_joined(server_conn *c)
 {
     sync_server *s = c->server;
+    server_room *r = room_of(c);
     pthread_mutex_lock(&s->rooms_lock);
-    c->room->waiters--;
-    c->room->joined++;
+    r->waiters--;
+    r->joined++;
     c->room_joined = true;
     pthread_mutex_unlock(&s->rooms_lock);
 }
@@ -832,18 +860,19 @@ void server_rooms_conn_joined(server_conn *c)
 void server_rooms_conn_live(server_conn *c)
 {
     /* server_broadcast_join() asked for one more flush: a room's flushes run from rooms_due */
-    due(c->server, c->room, DUE_FLUSH);
+    due(c->server, room_of(c), DUE_FLUSH);
 }
 
 void server_rooms_conn_gone(server_conn *c)
 {
-    server_room *r = c->room;
-    if (!r)
+    if (!c->is_room)
         return;
+    server_room *r = room_of(c);
     sync_server *s = c->server;
     if (c->room_wait == 1)
         unlink_waiting(c);
-    c->room = NULL;
+    c->room_wait = 0;
+    c->is_room = false;
     pthread_mutex_lock(&s->rooms_lock);
     if (c->room_joined)
         r->joined--;
@@ -1160,8 +1189,38 @@ int sync_server_mount_rooms(sync_server *server, const char *prefix, const sync_
     return SYNC_OK;
 }
 
+/* Rooms whose store load is still in flight (its completion would reach a freed room): waited
+ * for, up to 5 s, before the rooms are freed. A deferred setup must be completed (or refused) by
+ * its owner before the server is freed. */
+static void wait_for_loads(sync_server *s)
+{
+    int64_t give_up = sync_now_ms() + 5000;
+    pthread_mutex_lock(&s->rooms_lock);
+    for (;;) {
+        bool loading = false;
+        for (size_t m = 0; m < s->room_mount_count && !loading; m++) {
+            sync_rooms *rooms = s->room_mounts[m];
+            for (size_t b = 0; b < rooms->bucket_count && !loading; b++)
+                for (server_room *r = rooms->buckets[b]; r && !loading; r = r->hash_next)
+                    loading = r->state == ROOM_CREATING && !r->setup && r->eng.engine;
+        }
+        if (!loading || sync_now_ms() >= give_up)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&s->rooms_cond, &s->rooms_lock, &ts);
+    }
+    pthread_mutex_unlock(&s->rooms_lock);
+}
+
 void server_rooms_release(sync_server *s)
 {
+    wait_for_loads(s);
     /* every loaded room is saved, then freed; nothing serves any more */
     for (size_t m = 0; m < s->room_mount_count; m++) {
         sync_rooms *rooms = s->room_mounts[m];

@@ -584,7 +584,7 @@ int server_mount_echo(sync_server *server, const char *path)
  * auth, with the auth's identity kept for the join. -1 when that state cannot be made. */
 static int wait_for_room(server_conn *c)
 {
-    if (server_rooms_conn_attach(c))
+    if (server_rooms_conn_ready(c) && !c->auth)
         return 0;
     if (!c->auth) {
         server_auth_wait *wait = calloc(1, sizeof *wait);
@@ -597,6 +597,7 @@ static int wait_for_room(server_conn *c)
         c->auth = wait;
     }
     c->auth_waiting = true;
+    server_rooms_conn_attach(c);
     return 0;
 }
 
@@ -665,12 +666,12 @@ int server_upgrade_check(sync_server *server, struct lws *wsi, const char *upgra
             link_deferred(deferred, NULL);
         if (room) {
             /* the room was counted for a connection that never came to be */
-            server_conn gone = {.server = server, .room = room};
+            server_conn gone = {.server = server, .eng = server_room_engine(room), .is_room = true};
             server_rooms_conn_gone(&gone);
         }
         return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
     }
-    c->room = room;
+    c->is_room = room != NULL;
     if ((deferred && link_deferred(deferred, c) != 0) || (room && wait_for_room(c) != 0)) {
         server_conn_abandon(c); /* lets the room go too */
         return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);

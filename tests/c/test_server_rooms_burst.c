@@ -1,0 +1,144 @@
+/* 10,000 distinct rooms joined in a burst over real sockets: each created once, all loaded or
+ * unloaded in a bounded time, and once they have unloaded the process's memory is back near what
+ * it was before (rooms free what they hold). */
+#include <malloc.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "server_fixture.h"
+#include "ws_client.h"
+
+enum { ROOMS = 10000, THREADS = 4 };
+
+static atomic_int setups;
+
+static int room_setup(sync_room_setup *setup, void *userdata)
+{
+    (void)userdata;
+    atomic_fetch_add(&setups, 1);
+    char initial[160];
+    snprintf(initial, sizeof initial, "{\"room\":\"%s\",\"items\":[1,2,3]}",
+             sync_room_setup_name(setup));
+    return sync_room_setup_set_initial_state_json(setup, initial);
+}
+
+/* Resident set size in KiB (/proc/self/statm), after giving freed memory back to the kernel. */
+static long rss_kib(void)
+{
+    malloc_trim(0);
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, resident = 0;
+    if (!f)
+        return -1;
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+        resident = -1;
+    fclose(f);
+    return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+typedef struct worker {
+    int port;
+    int first, count;
+    const char *tag;
+    int ok;
+} worker;
+
+static void *join_rooms(void *arg)
+{
+    worker *w = arg;
+    for (int i = w->first; i < w->first + w->count; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/rooms/%s-%d", w->tag, i);
+        ws_client *c = ws_connect(w->port, path, NULL, NULL);
+        char *text = c ? ws_read_text(c, 10000) : NULL;
+        w->ok += text && strstr(text, "initial_state") != NULL;
+        free(text);
+        ws_client_free(c);
+    }
+    return NULL;
+}
+
+static int burst(int port, const char *tag, int rooms)
+{
+    pthread_t threads[THREADS];
+    worker workers[THREADS];
+    for (int t = 0; t < THREADS; t++) {
+        workers[t] = (worker){port, t * (rooms / THREADS), rooms / THREADS, tag, 0};
+        pthread_create(&threads[t], NULL, join_rooms, &workers[t]);
+    }
+    int ok = 0;
+    for (int t = 0; t < THREADS; t++) {
+        pthread_join(threads[t], NULL);
+        ok += workers[t].ok;
+    }
+    return ok;
+}
+
+static size_t wait_loaded(sync_rooms *rooms, size_t want, int timeout_ms)
+{
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    size_t n;
+    while ((n = sync_rooms_loaded_count(rooms)) != want && check_elapsed_ms(&t0) < timeout_ms) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return n;
+}
+
+static void ten_thousand_rooms_in_a_burst(void)
+{
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.room_idle_ms = 1000;
+    sync_server *server = NULL;
+    REQUIRE(sync_server_new(&server, &opts) == SYNC_OK);
+    sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
+    ro.setup = room_setup;
+    sync_rooms *rooms = NULL;
+    REQUIRE(sync_server_mount_rooms(server, "/rooms/", &ro, &rooms) == SYNC_OK);
+    REQUIRE(sync_server_start(server) == SYNC_OK);
+    int port = sync_server_port(server);
+
+    /* warm up (threads, lws tables, allocator arenas), then the baseline */
+    CHECK_EQ_INT(burst(port, "warm", 400), 400);
+    CHECK_EQ_INT(wait_loaded(rooms, 0, 30000), 0);
+    long baseline = rss_kib();
+
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK_EQ_INT(burst(port, "room", ROOMS), ROOMS);
+    long long took = check_elapsed_ms(&t0);
+    size_t loaded = sync_rooms_loaded_count(rooms);
+    long peak = rss_kib();
+    long long unloaded = fixture_metric(port, "libsync_rooms_unloaded_total{path=\"/rooms/\"}");
+    fprintf(stderr, "  %d rooms joined in %lld ms; %zu loaded at the end; RSS %ld KiB -> %ld KiB\n",
+            ROOMS, took, loaded, baseline, peak);
+    CHECK(took < 120000);
+    CHECK_EQ_INT(atomic_load(&setups), ROOMS + 400);
+    CHECK_EQ_INT(fixture_metric(port, "libsync_rooms_created_total{path=\"/rooms/\"}"),
+                 ROOMS + 400);
+    /* every room is loaded or was unloaded already (room_idle_ms passed for the first ones) */
+    CHECK(loaded > 0);
+    CHECK(unloaded >= 400 && (long long)loaded + unloaded <= ROOMS + 400 + 1);
+
+    CHECK_EQ_INT(wait_loaded(rooms, 0, 60000), 0);
+    long after = rss_kib();
+    fprintf(stderr, "  after unloading: RSS %ld KiB (baseline %ld KiB)\n", after, baseline);
+    CHECK_EQ_INT(fixture_metric(port, "libsync_rooms_unloaded_total{path=\"/rooms/\"}"),
+                 ROOMS + 400);
+    /* back near the baseline: within 10 % (and 4 MiB for allocator slack) */
+    CHECK(after <= baseline + baseline / 10 + 4096);
+    sync_server_free(server);
+}
+
+int main(void)
+{
+    RUN(ten_thousand_rooms_in_a_burst);
+    return check_summary();
+}
