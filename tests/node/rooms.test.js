@@ -401,3 +401,23 @@ test('maxRooms refuses a join and an acquire when no room is idle', async (t) =>
   assert.deepEqual(state, { counter: 0, room: 'b' });
   await waitFor(() => rooms.loadedCount === 1, 10000, '"a" to finish unloading');
 });
+
+test('unloaded rooms let go of their engine objects', async (t) => {
+  const { rooms } = await serve(t, setupLog(), {}, { maxRooms: 2 });
+  const engines = [];
+  for (let i = 0; i < 200; i++) {
+    // each acquire evicts the least recently used idle room
+    engines.push(await rooms.acquire(`r${i}`, (engine) => engine));
+  }
+  await waitFor(() => rooms.loadedCount <= 2, 10000, 'rooms to unload');
+  await waitFor(() => rooms._byKey.size <= 2, 10000, 'engine objects to be let go');
+  const gone = engines.filter((engine) => {
+    try {
+      engine.getState();
+      return false;
+    } catch (err) {
+      return err.status === Status.ECLOSED;
+    }
+  });
+  assert.ok(gone.length >= 198, `${gone.length} of 200 engine objects know they are gone`);
+});

@@ -449,3 +449,18 @@ def _state_or_none(rooms, name):
         return rooms.get_state(name)
     except syncengine.SyncError:
         return None
+
+
+def test_unloaded_rooms_release_their_python_objects():
+    import gc
+
+    server = syncengine.Server(max_rooms=2)
+    rooms = server.rooms("/rooms/", SetupLog())
+    with server:
+        for i in range(300):  # each acquire evicts the least recently used idle room
+            assert rooms.get_state(f"r{i}")["room"] == f"r{i}"
+        assert wait_until(lambda: rooms.loaded_count <= 2, timeout=10)
+        gc.collect()
+        live = [o for o in gc.get_objects() if isinstance(o, syncengine.RoomEngine)]
+        assert len(live) <= 3, live
+        assert len(rooms._engines) <= 3
