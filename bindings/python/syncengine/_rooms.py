@@ -4,6 +4,7 @@ when idle, thousands per process (libsync's rooms.h)."""
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import inspect
 import json
@@ -19,13 +20,10 @@ from typing import Any, Literal, Optional, Protocol
 from . import native
 from ._engine import (
     _HOOK_BITS,
-    _make_dispatch,
-    Handler,
-    Middleware,
-    PersistMode,
+    _PERSIST_MODES,
     SyncEngine,
     Validator,
-    _PERSIST_MODES,
+    _make_dispatch,
     dumps,
     log_sink,
 )
@@ -163,9 +161,12 @@ class _RoomStoreBridge:
             complete(pending, res, error)
 
         asyncio.run_coroutine_threadsafe(_awaited(result), loop).add_done_callback(done)
-        return (Status.PENDING, None, 0) if op == "load" else (
-            (Status.PENDING, None) if op == "list" else Status.PENDING
-        )
+        # the shape of this call's result, as the bridge parses it (syncengine_python_rooms.i)
+        if op == "load":
+            return (Status.PENDING, None, 0)
+        if op == "list":
+            return (Status.PENDING, None)
+        return Status.PENDING
 
     @staticmethod
     def _done_status(pending: Any, res: Any, error: Optional[str]) -> None:
@@ -540,7 +541,7 @@ class Rooms:
             else:
                 engine.broadcast(text)
 
-    def list(self) -> list[str]:
+    def list(self) -> builtins.list[str]:
         """The names of every room stored or loaded, sorted by byte value."""
         return json.loads(native.pysync_rooms_list(self._p()))
 

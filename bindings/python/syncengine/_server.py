@@ -13,11 +13,14 @@ import traceback
 import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import native
 from ._errors import Status, SyncClosedError, check, error_for
 from ._options import fill
+
+if TYPE_CHECKING:
+    from ._rooms import Rooms, RoomSetup
 
 
 class Connection:
@@ -359,7 +362,7 @@ class Server:
     def rooms(
         self,
         prefix: str,
-        setup: Optional[Callable[[Any], Any]] = None,
+        setup: Optional[RoomSetup] = None,
         *,
         store: Any = None,
         initial_state: Any = None,
@@ -379,7 +382,7 @@ class Server:
         step_timeout_ms: int = 0,
         async_loop: Optional[asyncio.AbstractEventLoop] = None,
         logger: Optional[logging.Logger] = None,
-    ) -> Any:
+    ) -> Rooms:
         """Mounts rooms at ``prefix`` ("/rooms/"; only before the server listens): a client joining
         ``/rooms/NAME`` gets the engine of room NAME, created on its first join with the engine
         options given here (those of :class:`SyncEngine`; ``handlers``, ``hooks``, ``validate``
