@@ -6,6 +6,7 @@ read, set, broadcast, listed and deleted without clients; auth sees the room; ba
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -73,12 +74,12 @@ def test_two_rooms_are_independent_and_each_is_set_up_once(tmp_path):
     setup = SetupLog(delay=0.05)
     server = syncengine.Server()
     rooms = server.rooms("/rooms/", setup, store=syncengine.SQLiteRoomStore(tmp_path / "rooms.db"))
-    with server:
+    with server, contextlib.ExitStack() as stack:
         # three first joins of room "a" at once, one of "b"
         results = {}
 
         def open_one(key, name):
-            ws = join(server, name)
+            ws = stack.enter_context(join(server, name))
             results[key] = (ws, recv_json(ws))
 
         threads = [threading.Thread(target=open_one, args=(i, "a")) for i in range(3)]
@@ -102,8 +103,6 @@ def test_two_rooms_are_independent_and_each_is_set_up_once(tmp_path):
         assert rooms.get_state("b") == {"counter": 2, "room": "b"}
         assert setup.count("a") == 1 and setup.count("b") == 1
         assert rooms.loaded_count == 2
-        for ws in (a1, a2, a3, b):
-            ws.close()
 
 
 def test_async_setup_runs_on_the_loop_and_holds_the_join(loop_thread):
