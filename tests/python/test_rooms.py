@@ -128,14 +128,22 @@ def test_async_setup_runs_on_the_loop_and_holds_the_join(loop_thread):
                 ws.send(msg("increment", amount=1))
                 got["second"] = counter_of(ws, 101)
 
+        def second_client():
+            with join(server, "slow") as ws:
+                got["other"] = recv_json(ws)["data"]
+
         t = threading.Thread(target=client)
         t.start()
         assert started.wait(5)
-        time.sleep(0.1)
-        assert "first" not in got  # nothing sent before setup finished
+        t2 = threading.Thread(target=second_client)  # joins while the room is being set up
+        t2.start()
+        time.sleep(0.2)
+        assert "first" not in got and "other" not in got  # nothing sent before setup finished
         loop_thread.call_soon_threadsafe(release.set)
         t.join(10)
+        t2.join(10)
         assert got["first"]["data"] == {"counter": 100, "room": "slow"}
+        assert got["other"]["room"] == "slow"
         assert got["second"] == {"counter": 101, "room": "slow"}
         assert len(calls) == 1 and calls[0][1] != threading.current_thread().name
 
