@@ -244,6 +244,24 @@ static int on_whoami(sync_msg *msg, void *userdata)
     return sync_msg_reply(msg, text, strlen(text));
 }
 
+/* "poke": sets room "target" (loading it) from inside another room's handler, on the service
+ * thread, with the blocking acquire. */
+static _Atomic(sync_rooms *) poke_rooms;
+
+static int on_poke(sync_msg *msg, void *userdata)
+{
+    (void)userdata;
+    sync_engine *engine = NULL;
+    int rc = sync_rooms_acquire(atomic_load(&poke_rooms), "target", &engine);
+    if (rc != SYNC_OK)
+        return rc;
+    rc = sync_engine_set_state_json(engine, "{\"counter\":7}", 1);
+    sync_rooms_release(atomic_load(&poke_rooms), engine);
+    if (rc < 0 && rc != SYNC_PENDING)
+        return rc;
+    return sync_msg_reply(msg, "\"poked\"", 7);
+}
+
 static int room_setup(sync_room_setup *setup, void *userdata)
 {
     setup_box *box = userdata;
@@ -254,7 +272,8 @@ static int room_setup(sync_room_setup *setup, void *userdata)
         return SYNC_EINVAL;
     sync_engine *engine = sync_room_setup_engine(setup);
     if (sync_engine_on(engine, "increment", on_increment, NULL, NULL) != SYNC_OK ||
-        sync_engine_on(engine, "whoami", on_whoami, NULL, NULL) != SYNC_OK)
+        sync_engine_on(engine, "whoami", on_whoami, NULL, NULL) != SYNC_OK ||
+        sync_engine_on(engine, "poke", on_poke, NULL, NULL) != SYNC_OK)
         return SYNC_EINVAL;
     char initial[160];
     snprintf(initial, sizeof initial, "{\"counter\":0,\"room\":\"%s\"}",
@@ -859,6 +878,87 @@ static void auth_sees_the_room(void)
     sync_server_free(f.server);
 }
 
+static _Atomic(sync_request *) deferred_request;
+
+static int deferring_auth(sync_request *req, void *userdata)
+{
+    (void)userdata;
+    char identity[96];
+    snprintf(identity, sizeof identity, "{\"room\":\"%s\"}", sync_request_room(req));
+    sync_request_set_identity(req, identity);
+    atomic_store(&deferred_request, sync_request_defer(req));
+    return SYNC_PENDING;
+}
+
+static void *complete_auth(void *arg)
+{
+    (void)arg;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    sync_request *req = NULL;
+    while (!(req = atomic_exchange(&deferred_request, NULL)) && check_elapsed_ms(&t0) < 5000)
+        sleep_ms(5);
+    if (req) {
+        sleep_ms(300); /* after the room is ready: the auth is the last to decide */
+        sync_request_complete(req, 0);
+    }
+    return NULL;
+}
+
+/* A deferred auth and a deferred room setup: the client waits for both, in either order, and
+ * what it sent meanwhile is applied once it joined; a room never ready closes it with 4408. */
+static void deferred_auth_and_deferred_setup(void)
+{
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.auth = deferring_auth;
+    opts.auth_timeout_ms = 1500;
+    fixture f;
+    REQUIRE(fixture_start(&f, &opts, NULL) == 0);
+    atomic_store(&f.box.defer, 1);
+    completer comp = {&f.box, SYNC_OK};
+    pthread_t ta, ts;
+    pthread_create(&ts, NULL, complete_setup, &comp);
+    pthread_create(&ta, NULL, complete_auth, NULL);
+    int status = 0;
+    ws_client *c = ws_connect(f.port, "/rooms/both", NULL, &status);
+    CHECK_EQ_INT(status, 101);
+    REQUIRE(c);
+    CHECK_EQ_INT(ws_send_text(c, "{\"type\":\"increment\"}"), 0);
+    char *text = ws_read_text(c, 5000);
+    CHECK(text && strstr(text, "initial_state"));
+    free(text);
+    CHECK_EQ_INT(ws_send_text(c, "{\"type\":\"whoami\"}"), 0);
+    for (int i = 0; i < 5; i++) {
+        text = ws_read_text(c, 3000);
+        if (!text || !strstr(text, "state_update"))
+            break;
+        free(text);
+    }
+    CHECK_EQ_STR(text, "{\"room\":\"both\"}");
+    free(text);
+    pthread_join(ta, NULL);
+    pthread_join(ts, NULL);
+    ws_client_free(c);
+    sync_engine *engine = NULL;
+    REQUIRE(sync_rooms_acquire(f.rooms, "both", &engine) == SYNC_OK);
+    CHECK_EQ_INT(fixture_counter_value(engine), 1);
+    sync_rooms_release(f.rooms, engine);
+    /* the setup never completes: closed with 4408 once auth_timeout_ms passed */
+    pthread_create(&ta, NULL, complete_auth, NULL);
+    c = ws_connect(f.port, "/rooms/stuck", NULL, &status);
+    CHECK_EQ_INT(status, 101);
+    if (c) {
+        CHECK_EQ_INT(ws_wait_close(c, 5000), 4408);
+        ws_client_free(c);
+    }
+    pthread_join(ta, NULL);
+    sync_room_setup *stuck = atomic_exchange(&f.box.kept, NULL);
+    CHECK(stuck != NULL);
+    if (stuck)
+        CHECK_EQ_INT(sync_room_setup_complete(stuck, SYNC_EINVAL), SYNC_OK);
+    sync_server_free(f.server);
+}
+
 static void metrics_count_rooms_and_sum_their_engines(void)
 {
     fixture f;
@@ -947,6 +1047,25 @@ static void rooms_without_clients(void)
     sync_free(list);
     CHECK_EQ_INT(sync_rooms_acquire(NULL, "x", &engine), SYNC_EINVAL);
     CHECK_EQ_INT(sync_rooms_release(f.rooms, NULL), SYNC_EINVAL);
+    sync_server_free(f.server);
+}
+
+static void a_room_handler_uses_another_room(void)
+{
+    fixture f;
+    REQUIRE(fixture_start(&f, NULL, NULL) == 0);
+    atomic_store(&poke_rooms, f.rooms);
+    ws_client *c = join(&f, "/rooms/poker", NULL);
+    REQUIRE(c);
+    CHECK_EQ_INT(ws_send_text(c, "{\"type\":\"poke\"}"), 0);
+    char *text = ws_read_text(c, 5000);
+    CHECK_EQ_STR(text, "\"poked\"");
+    free(text);
+    long long counter = -1;
+    ws_client *t = join(&f, "/rooms/target", &counter);
+    CHECK_EQ_INT(counter, 7);
+    ws_client_free(t);
+    ws_client_free(c);
     sync_server_free(f.server);
 }
 
@@ -1145,8 +1264,10 @@ int main(void)
     RUN(store_failing_one_room_refuses_it_alone);
     RUN(deferred_setup_completed_from_another_thread);
     RUN(auth_sees_the_room);
+    RUN(deferred_auth_and_deferred_setup);
     RUN(metrics_count_rooms_and_sum_their_engines);
     RUN(rooms_without_clients);
+    RUN(a_room_handler_uses_another_room);
     RUN(rooms_before_listen_and_a_graceful_stop_saves_them);
     RUN(sqlite_store_keeps_rooms);
     RUN(file_store_keeps_rooms);

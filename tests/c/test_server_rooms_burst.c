@@ -14,7 +14,14 @@
 #include "server_fixture.h"
 #include "ws_client.h"
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+/* sanitizers multiply the cost of each room and keep freed memory aside: fewer rooms, no RSS */
+#define SANITIZED 1
+enum { ROOMS = 2000, THREADS = 4 };
+#else
+#define SANITIZED 0
 enum { ROOMS = 10000, THREADS = 4 };
+#endif
 
 static atomic_int setups;
 
@@ -114,9 +121,10 @@ static void ten_thousand_rooms_in_a_burst(void)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     CHECK_EQ_INT(burst(port, "room", ROOMS), ROOMS);
     long long took = check_elapsed_ms(&t0);
+    /* unloaded first: a room unloaded between the two reads is in neither */
+    long long unloaded = fixture_metric(port, "libsync_rooms_unloaded_total{path=\"/rooms/\"}");
     size_t loaded = sync_rooms_loaded_count(rooms);
     long peak = rss_kib();
-    long long unloaded = fixture_metric(port, "libsync_rooms_unloaded_total{path=\"/rooms/\"}");
     fprintf(stderr, "  %d rooms joined in %lld ms; %zu loaded at the end; RSS %ld KiB -> %ld KiB\n",
             ROOMS, took, loaded, baseline, peak);
     CHECK(took < 120000);
@@ -133,7 +141,8 @@ static void ten_thousand_rooms_in_a_burst(void)
     CHECK_EQ_INT(fixture_metric(port, "libsync_rooms_unloaded_total{path=\"/rooms/\"}"),
                  ROOMS + 400);
     /* back near the baseline: within 10 % (and 4 MiB for allocator slack) */
-    CHECK(after <= baseline + baseline / 10 + 4096);
+    if (!SANITIZED)
+        CHECK(after <= baseline + baseline / 10 + 4096);
     sync_server_free(server);
 }
 

@@ -551,9 +551,19 @@ static void arm_idle_timer(sync_server *s);
 
 /* Runs what rooms asked for: on the service thread each loop turn, and in a sync_rooms_* call
  * while the server does not serve (then nothing about sockets is left to do). */
+static void room_process_due_only(sync_server *s, bool unloaded_only);
+
 static void room_process_due(sync_server *s)
 {
-    bool service = server_on_service_thread(s);
+    room_process_due_only(s, false);
+}
+
+/* unloaded_only: a blocking sync_rooms_acquire() on the service thread (a room's handler that
+ * needs another room) frees the engines of unloaded rooms so that a room it waits for can load
+ * afresh, and leaves the rest (socket writes) for the end of the turn. */
+static void room_process_due_only(sync_server *s, bool unloaded_only)
+{
+    bool service = server_on_service_thread(s) && !unloaded_only;
     pthread_mutex_lock(&s->rooms_lock);
     server_room *list = s->rooms_due;
     s->rooms_due = NULL;
@@ -565,6 +575,15 @@ static void room_process_due(sync_server *s)
         r->due_next = NULL;
         unsigned flags = r->due_flags;
         r->due_flags = 0;
+        if (unloaded_only) {
+            unsigned later = flags & ~(unsigned)DUE_UNLOADED;
+            flags &= DUE_UNLOADED;
+            if (later) {
+                /* back on the list for the end of the turn (a wake makes sure it comes) */
+                due_locked(s, r, later);
+                lws_cancel_service(s->context);
+            }
+        }
         int state = r->state;
         int fail = r->fail_status;
         bool deleting = r->deleting;
@@ -1364,6 +1383,9 @@ int sync_rooms_acquire(sync_rooms *rooms, const char *name, sync_engine **out)
         while (!w.done) {
             pthread_mutex_unlock(&w.lock);
             drain_if_idle_server(rooms->server);
+            /* on the service thread nobody else frees an unloaded room this one waits for */
+            if (server_on_service_thread(rooms->server))
+                room_process_due_only(rooms->server, true);
             pthread_mutex_lock(&w.lock);
             if (w.done)
                 break;
