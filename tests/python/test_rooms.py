@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 import syncengine
@@ -362,6 +362,38 @@ def test_auth_sees_the_room():
     assert ("/rooms/open", "open") in seen
     assert ("/plain", None) in seen
     engine.dispose()
+
+
+def test_a_deferred_and_a_coroutine_auth_see_the_room(loop_thread):
+    pending = []
+
+    def deferring(request):
+        deferred = request.defer()
+        pending.append(deferred)
+        return deferred
+
+    async def coroutine(request):
+        return 403 if request.room == "secret" else {"room": request.room}
+
+    for auth, kwargs in ((deferring, {}), (coroutine, {"auth_loop": loop_thread})):
+        server = syncengine.Server(auth=auth, **kwargs)
+        server.rooms("/rooms/", lambda room: room.set_initial_state({"room": room.name}))
+        with server:
+            if auth is deferring:
+                with join(server, "held") as ws:
+                    assert wait_until(lambda: pending)
+                    assert pending[0].room == "held"
+                    pending[0].decide(pending[0].room == "held")
+                    assert recv_json(ws)["data"] == {"room": "held"}
+            else:
+                # refused: at the upgrade (403) or, decided after it, closed with 4403
+                try:
+                    with join(server, "secret") as ws:
+                        assert close_code(ws) == 4403
+                except InvalidStatus as refused:
+                    assert refused.response.status_code == 403
+                with join(server, "open") as ws:
+                    assert recv_json(ws)["data"] == {"room": "open"}
 
 
 def test_bad_room_names_are_refused():

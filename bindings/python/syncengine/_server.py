@@ -106,7 +106,7 @@ class Request:
         ptr = native.sync_request_defer(self._ptr)
         if ptr is None:
             raise error_for(Status.ESTATE, native.sync_error_last())
-        return PendingAuth(ptr, self.path, self.query, self.peer)
+        return PendingAuth(ptr, self.path, self.query, self.peer, self.room)
 
 
 # The request headers a coroutine ``auth`` always sees (when the client sent them); the server's
@@ -148,12 +148,14 @@ class PendingAuth:
     once accepted. A refusal closes it with 4000 + status; undecided after ``auth_timeout_ms`` it
     is closed with 4408. Dropped without a decision, it refuses with 503."""
 
-    __slots__ = ("_ptr", "_lock", "path", "query", "peer")
+    __slots__ = ("_ptr", "_lock", "path", "query", "peer", "room")
 
-    def __init__(self, ptr: Any, path: str, query: str, peer: str) -> None:
+    def __init__(
+        self, ptr: Any, path: str, query: str, peer: str, room: Optional[str] = None
+    ) -> None:
         self._ptr = ptr
         self._lock = threading.Lock()
-        self.path, self.query, self.peer = path, query, peer
+        self.path, self.query, self.peer, self.room = path, query, peer, room
 
     def decide(self, decision: Any) -> bool:
         """The decision, as ``auth`` would return it: True/None accepts, False refuses with 401,
