@@ -293,6 +293,9 @@ typedef struct fixture {
     setup_box box;
 } fixture;
 
+/* The rooms' engine template of the next fixture_start() (NULL: the defaults). */
+static const sync_engine_options *next_template;
+
 /* A started server with rooms at /rooms/ (store may be NULL) and `opts` (NULL = defaults). */
 static int fixture_start(fixture *f, sync_server_options *opts, sync_room_store *store)
 {
@@ -306,6 +309,8 @@ static int fixture_start(fixture *f, sync_server_options *opts, sync_room_store 
     ro.setup = room_setup;
     ro.setup_userdata = &f->box;
     ro.store = store;
+    ro.engine_options = next_template;
+    next_template = NULL;
     int rc = sync_server_mount_rooms(f->server, "/rooms/", &ro, &f->rooms);
     sync_room_store_free(store); /* the mount took its reference */
     if (rc != SYNC_OK || sync_server_start(f->server) != SYNC_OK) {
@@ -554,12 +559,22 @@ static void idle_room_is_saved_unloaded_and_seen_again(void)
     char *json = mem_get(m, "saved");
     CHECK(json && strstr(json, "\"counter\":3"));
     free(json);
-    CHECK_EQ_INT(fixture_metric(f.port, "libsync_rooms_unloaded_total{path=\"/rooms/\"}"), 1);
+    /* a room only visited has nothing to save: no record, no store call */
+    int saves = atomic_load(&m->saves);
+    c = join(&f, "/rooms/visited", NULL);
+    CHECK(c != NULL);
+    ws_client_free(c);
+    CHECK_EQ_INT(wait_loaded(f.rooms, 0, 5000), 0);
+    CHECK_EQ_INT(atomic_load(&m->saves), saves);
+    json = mem_get(m, "visited");
+    CHECK(json == NULL);
+    free(json);
+    CHECK_EQ_INT(fixture_metric(f.port, "libsync_rooms_unloaded_total{path=\"/rooms/\"}"), 2);
     long long counter = -1;
     c = join(&f, "/rooms/saved", &counter);
     CHECK(c != NULL);
     CHECK_EQ_INT(counter, 3);
-    CHECK_EQ_INT(atomic_load(&f.box.calls), 2);
+    CHECK_EQ_INT(atomic_load(&f.box.calls), 3);
     /* the unloaded room's counters are still in the sums */
     CHECK(fixture_metric(f.port, "libsync_messages_applied_total{path=\"/rooms/\"}") >= 3);
     ws_client_free(c);
@@ -573,6 +588,10 @@ static void join_racing_an_unload_waits_and_loads_afresh(void)
     REQUIRE(store);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.room_idle_ms = 100;
+    /* changes are saved by the unload only (persist mode manual): its save is the one in flight */
+    sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
+    eo.persist_mode = SYNC_PERSIST_MANUAL;
+    next_template = &eo;
     fixture f;
     REQUIRE(fixture_start(&f, &opts, store) == 0);
     ws_client *c = join(&f, "/rooms/racy", NULL);

@@ -188,7 +188,7 @@ SYNC_EXTERN int sync_room_setup_set_initial_state_json(sync_room_setup *setup, c
 /** Inside the setup callback: keeps `setup` for sync_room_setup_complete(). Returns `setup`. */
 SYNC_EXTERN sync_room_setup *sync_room_setup_defer(sync_room_setup *setup);
 /** Finishes a deferred setup: SYNC_OK goes on to load, a negative status refuses the room.
- *  Any thread, exactly once. */
+ *  Any thread, exactly once, before the server is freed (which frees a setup still deferred). */
 SYNC_EXTERN int sync_room_setup_complete(sync_room_setup *setup, int status);
 
 #define SYNC_ROOMS_OPTIONS_VERSION 1

@@ -69,3 +69,19 @@ void sync__engine_close_all(sync_engine *engine, int code, const char *reason)
         sync__conn_request_close(c, code, reason);
     sync__engine_unlock(engine);
 }
+
+uint64_t sync__engine_head_seq(sync_engine *engine)
+{
+    sync__engine_lock(engine);
+    uint64_t seq = engine->feed.head.seq;
+    sync__engine_unlock(engine);
+    return seq;
+}
+
+int sync__engine_head_unsaved(sync_engine *engine)
+{
+    sync__engine_lock(engine);
+    int unsaved = engine->adapter && engine->feed.persisted_seq != engine->feed.head.seq;
+    sync__engine_unlock(engine);
+    return unsaved;
+}

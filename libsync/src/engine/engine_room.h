@@ -22,6 +22,12 @@
 int sync__engine_attach_load(sync_engine *engine, const char *initial_json, sync_adapter *adapter,
                              sync_done_cb done, void *userdata);
 
+/* The head record's sequence number (one per change), and whether it is still to be saved: a
+ * room unloads without a save when nothing changed since it loaded, or its last change was saved.
+ */
+uint64_t sync__engine_head_seq(sync_engine *engine);
+int sync__engine_head_unsaved(sync_engine *engine);
+
 /* Asks every open connection to close with `code` and `reason` (a deleted room's clients). */
 void sync__engine_close_all(sync_engine *engine, int code, const char *reason);
 

@@ -41,6 +41,9 @@
 #include "libsync/rooms.h"
 #include "options.h"
 
+/* Idle rooms unloaded per loop turn at most. */
+enum { ROOMS_UNLOAD_BATCH = 64 };
+
 enum room_state { ROOM_CREATING, ROOM_READY, ROOM_UNLOADING, ROOM_FAILED, ROOM_GONE };
 
 /* Work a room has for the service thread (room->due_flags). */
@@ -89,6 +92,7 @@ struct server_room {
     sync_room_setup *setup;
     /* service thread */
     server_conn *wait_head; /* connections waiting for it to be ready */
+    uint64_t loaded_seq;    /* its engine's head right after the load */
     bool timer_armed;
 };
 
@@ -273,8 +277,9 @@ static void room_ready(server_room *r, int status);
 
 static void room_loaded(sync_engine *engine, int status, void *userdata)
 {
-    (void)engine;
-    room_ready(userdata, status);
+    server_room *r = userdata;
+    r->loaded_seq = sync__engine_head_seq(engine); /* the record just loaded */
+    room_ready(r, status);
 }
 
 /* After the setup: the initial state, the store's adapter, the load. */
@@ -393,6 +398,9 @@ static void room_ready(server_room *r, int status)
     r->waiters -= n;
     if (status >= 0)
         r->holds += n;
+    /* everyone who wanted it may have gone meanwhile (a client that left while it loaded) */
+    if (status >= 0 && idle_check_locked(s, r))
+        wake |= due_locked(s, r, DUE_IDLE);
     sync_engine *engine = status >= 0 ? r->eng.engine : NULL;
     pthread_cond_broadcast(&s->rooms_cond);
     pthread_mutex_unlock(&s->rooms_lock);
@@ -433,10 +441,19 @@ static void room_unload_begin_locked(sync_server *s, server_room *r)
     s->rooms_loaded--;
 }
 
+/* A room nobody changed since it loaded has nothing to save (no record for a room that was only
+ * visited), nor has one whose last change was saved already. */
+static bool room_needs_save(server_room *r)
+{
+    return r->state != ROOM_CREATING && r->eng.engine &&
+           sync__engine_head_seq(r->eng.engine) != r->loaded_seq &&
+           sync__engine_head_unsaved(r->eng.engine);
+}
+
 static void room_unload_run(server_room *r)
 {
     sync_engine *engine = r->eng.engine;
-    if (!r->deleting) {
+    if (!r->deleting && room_needs_save(r)) {
         int rc = sync_engine_sync(engine);
         if (rc < 0 && rc != SYNC_PENDING)
             server_log(r->eng.server, SYNC_LOG_ERROR, "saving room \"%s\" before unloading: %s",
@@ -608,6 +625,14 @@ static void room_process_due_only(sync_server *s, bool unloaded_only)
             if (r->eng.flush_pending || atomic_load(&r->eng.state_moved))
                 due(s, r, DUE_FLUSH);
         }
+        if ((flags & DUE_UNLOADED) && state == ROOM_FAILED && !r->eng.engine) {
+            /* failed before it had an engine */
+            pthread_mutex_lock(&s->rooms_lock);
+            r->state = ROOM_GONE;
+            pthread_mutex_unlock(&s->rooms_lock);
+            if (service && r->wait_head)
+                wake_waiting(r, SYNC_CLOSE_ROOM_UNAVAILABLE);
+        }
         if (freeable) {
             if (service && r->wait_head && state == ROOM_FAILED)
                 wake_waiting(r, SYNC_CLOSE_ROOM_UNAVAILABLE);
@@ -673,11 +698,18 @@ static void idle_timer_fired(lws_sorted_usec_list_t *sul)
     sync_server *s = lws_container_of(sul, sync_server, rooms_idle_timer);
     s->rooms_idle_armed = false;
     int64_t now = sync_now_ms();
-    for (;;) {
+    /* a bounded batch per turn: each unload may save (a store transaction), and the clients of
+     * the other rooms must not wait for thousands of them; the rest go next turn */
+    for (int n = 0;; n++) {
         pthread_mutex_lock(&s->rooms_lock);
         server_room *r = s->idle_head;
         if (!r || s->room_idle_ms < 0 || now - r->idle_since_ms < s->room_idle_ms) {
             pthread_mutex_unlock(&s->rooms_lock);
+            break;
+        }
+        if (n == ROOMS_UNLOAD_BATCH) {
+            pthread_mutex_unlock(&s->rooms_lock);
+            lws_cancel_service(s->context); /* the next turn re-arms the timer, already due */
             break;
         }
         room_unload_begin_locked(s, r);
@@ -980,6 +1012,8 @@ void server_rooms_sync_all(sync_server *s)
     size_t n = 0;
     server_room **list = pin_all(s, &n);
     for (size_t i = 0; i < n; i++) {
+        if (!room_needs_save(list[i]))
+            continue;
         int rc = sync_engine_sync(list[i]->eng.engine);
         if (rc < 0 && rc != SYNC_PENDING)
             server_log(s, SYNC_LOG_ERROR, "sync of room \"%s\" at stop failed: %s", list[i]->name,
@@ -1248,7 +1282,7 @@ void server_rooms_release(sync_server *s)
             while (r) {
                 server_room *next = r->hash_next;
                 if (r->eng.engine) {
-                    if (r->state == ROOM_READY && !r->deleting)
+                    if (r->state == ROOM_READY && !r->deleting && room_needs_save(r))
                         sync_engine_sync(r->eng.engine);
                     sync__engine_remove_listener(r->eng.engine, r);
                     sync_engine_free(r->eng.engine);
