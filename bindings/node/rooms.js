@@ -314,6 +314,7 @@ module.exports = function installRooms(core) {
       this._waits = new Map(); // token -> callback of a pending acquire/list/delete
       this._nextToken = 1;
       this._busy = new Map(); // token -> [promise, resolve] of a list/delete running on a worker
+      this._settingUp = new Set(); // Rooms whose setup is not finished
     }
 
     _mount(server) {
@@ -339,6 +340,9 @@ module.exports = function installRooms(core) {
     // The server is closing: what waits is told; its handle is about to be freed.
     _unmount() {
       this._handle = null;
+      // the server frees the setups still deferred: their Room objects must not use them
+      for (const room of this._settingUp) room._setup = null;
+      this._settingUp.clear();
       const waits = [...this._waits.values()];
       this._waits.clear();
       for (const fail of waits) fail(null, Status.ECLOSED, null, 'the server is closed');
@@ -388,16 +392,22 @@ module.exports = function installRooms(core) {
 
     _runSetup(setupPtr, name, enginePtr) {
       let room = null;
+      const handle = this._handle;
       const finish = (status) => {
-        if (room) room._setup = null;
-        native.sync_room_setup_complete(setupPtr, status);
+        if (room) {
+          room._setup = null;
+          this._settingUp.delete(room);
+        }
+        // Once unmounted the server is being freed, and frees a setup still deferred with it.
+        if (this._handle === handle) native.sync_room_setup_complete(setupPtr, status);
       };
-      if (!this._handle) return finish(Status.ECLOSED);
+      if (!handle) return undefined;
       let result;
       try {
         const engine = new RoomEngine(enginePtr, name, this);
         this._byKey.set(native.jsb_engine_key(enginePtr), engine);
         room = new Room(name, engine, setupPtr);
+        this._settingUp.add(room);
         result = this._setup ? this._setup(room) : undefined;
       } catch (err) {
         console.error(`syncengine: room setup failed for "${name}":`, err);

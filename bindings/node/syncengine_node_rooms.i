@@ -46,15 +46,19 @@ void jsb_room_job_free(jsb_room_job *job)
 }
 
 /* What a job that never reaches JavaScript must still finish, so that no setup, acquire or store
- * call waits for ever. Pure C: also safe while Node exits. */
+ * call waits for ever. Pure C. While Node exits a server may already be freed, and with it its
+ * deferred setups and holds: only the store's pending calls, which a server being freed waits
+ * for, are finished then. */
 void jsb_room_job_abandon(jsb_room_job *job)
 {
+    bool exiting = jsb_shutting_down.load();
     switch (job->kind) {
     case RJOB_SETUP:
-        sync_room_setup_complete(job->setup, SYNC_ECLOSED);
+        if (!exiting)
+            sync_room_setup_complete(job->setup, SYNC_ECLOSED);
         break;
     case RJOB_READY:
-        if (job->status >= 0 && job->engine)
+        if (!exiting && job->status >= 0 && job->engine)
             sync_rooms_release(job->rooms, job->engine);
         break;
     case RJOB_STORE:

@@ -421,3 +421,26 @@ test('unloaded rooms let go of their engine objects', async (t) => {
   });
   assert.ok(gone.length >= 198, `${gone.length} of 200 engine objects know they are gone`);
 });
+
+test('a server closed during an async setup is not touched after it', async () => {
+  let release;
+  const gate = new Promise((resolve) => (release = resolve));
+  let started;
+  const entered = new Promise((resolve) => (started = resolve));
+  let lateChecked = false;
+  const server = new Server();
+  server.rooms('/rooms/', async (room) => {
+    started();
+    await gate;
+    assert.throws(() => room.setInitialState({ late: true }), SyncError); // the setup is gone
+    lateChecked = true;
+  });
+  const port = await server.listen();
+  const ws = join(port, 'pending');
+  await entered;
+  await server.close(); // frees the setup still deferred
+  release(); // the setup finishes after the server is gone: nothing completes it
+  await sleep(50);
+  assert.notEqual(await ws.closed, undefined);
+  assert.ok(lateChecked);
+});

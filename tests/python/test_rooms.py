@@ -503,3 +503,45 @@ def test_unloaded_rooms_release_their_python_objects():
         live = [o for o in gc.get_objects() if isinstance(o, syncengine.RoomEngine)]
         assert len(live) <= 3, live
         assert len(rooms._engines) <= 3
+
+
+def test_a_server_closed_during_an_async_setup_is_not_touched_after(loop_thread):
+    started = threading.Event()
+    release = asyncio.Event()
+
+    late = []
+
+    async def setup(room):
+        started.set()
+        await release.wait()
+        try:
+            room.set_initial_state({"late": True})
+        except syncengine.SyncError as exc:
+            late.append(exc)
+
+    server = syncengine.Server()
+    server.rooms("/rooms/", setup, async_loop=loop_thread)
+    server.start()
+    got = []
+
+    def client():
+        try:
+            with join(server, "pending") as ws:
+                got.append(close_code(ws))
+        except Exception as exc:  # the server went away under the client
+            got.append(exc)
+
+    t = threading.Thread(target=client)
+    t.start()
+    assert started.wait(5)
+    server.close()  # frees the setup still deferred
+    finished = asyncio.run_coroutine_threadsafe(_set_and_yield(release), loop_thread)
+    finished.result(5)  # the setup finishes after the server is gone: nothing completes it
+    t.join(10)
+    assert got
+    assert len(late) == 1 and late[0].status == syncengine.Status.ESTATE
+
+
+async def _set_and_yield(event):
+    event.set()
+    await asyncio.sleep(0.05)

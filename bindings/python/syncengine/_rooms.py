@@ -336,19 +336,24 @@ class Room:
     """What ``setup`` is given for a room being created: its ``name`` and ``engine``, and
     :meth:`set_initial_state` for a room its store has no record of."""
 
-    __slots__ = ("_ptr", "name", "engine")
+    __slots__ = ("_ptr", "_lock", "name", "engine")
 
     def __init__(self, ptr: Any, name: str, engine: RoomEngine) -> None:
         self._ptr = ptr
+        self._lock: Optional[threading.Lock] = None  # set once deferred: see Rooms._setup_later
         self.name = name
         self.engine = engine
 
     def set_initial_state(self, state: Any) -> None:
         """The state of this room when its store has none (replaces the rooms' initial_state).
         Only during setup."""
-        if self._ptr is None:
-            raise SyncError(Status.ESTATE, "set_initial_state() after the room's setup finished")
-        check(native.sync_room_setup_set_initial_state_json(self._ptr, dumps(state)))
+        text = dumps(state)
+        with self._lock or contextlib.nullcontext():
+            if self._ptr is None:
+                raise SyncError(
+                    Status.ESTATE, "set_initial_state() after the room's setup finished"
+                )
+            check(native.sync_room_setup_set_initial_state_json(self._ptr, text))
 
     def __repr__(self) -> str:
         return f"<Room {self.name!r}>"
@@ -403,6 +408,10 @@ class Rooms:
         self._middleware: tuple = tuple(given.get("middleware") or ())
         self._engines: dict[int, RoomEngine] = {}
         self._lock = threading.Lock()
+        # deferred setups not completed yet; completed under _setup_lock, so that a server being
+        # freed (which frees them) and a completion never overlap
+        self._deferred: dict[int, Room] = {}
+        self._setup_lock = threading.Lock()
         self._ptr: Any = None
 
         opts = fill(native.sync_engine_options(), given, skip=("persist_mode",))
@@ -457,6 +466,10 @@ class Rooms:
                 awaitable.close()
             raise TypeError("an async def setup needs Server.rooms(..., async_loop=a running loop)")
         ptr = native.sync_room_setup_defer(room._ptr)
+        token = id(room)
+        with self._setup_lock:
+            self._deferred[token] = room
+            room._lock = self._setup_lock
 
         def done(future: Any) -> None:
             status = Status.OK
@@ -469,11 +482,21 @@ class Rooms:
                     file=sys.stderr,
                 )
                 status = Status.EHANDLER
-            room._ptr = None
-            native.sync_room_setup_complete(ptr, status)
+            with self._setup_lock:
+                room._ptr = None
+                if self._deferred.pop(token, None) is None:
+                    return  # the server was freed, and the setup with it
+                native.sync_room_setup_complete(ptr, status)
 
         asyncio.run_coroutine_threadsafe(_awaited(awaitable), loop).add_done_callback(done)
         return Status.PENDING
+
+    def _abandon_setups(self) -> None:
+        """The server is about to be freed: deferred setups are no longer to be completed."""
+        with self._setup_lock:
+            for room in self._deferred.values():
+                room._ptr = None
+            self._deferred.clear()
 
     # ---- rooms without clients -------------------------------------------------------------------
 

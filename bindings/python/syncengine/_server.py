@@ -454,6 +454,8 @@ class Server:
         if self._ptr is None:
             return
         self.stop()
+        for rooms in self._rooms.values():
+            rooms._abandon_setups()  # the server frees a setup still deferred
         ptr, self._ptr = self._ptr, None
         native.sync_server_free(ptr)
         engines, self._engines = self._engines, {}
