@@ -545,3 +545,15 @@ def test_a_server_closed_during_an_async_setup_is_not_touched_after(loop_thread)
 async def _set_and_yield(event):
     event.set()
     await asyncio.sleep(0.05)
+
+
+def test_closing_the_server_inside_acquire_is_safe():
+    server = syncengine.Server()
+    rooms = server.rooms("/rooms/", SetupLog())
+    with server:
+        with rooms.acquire("a") as engine:
+            server.close()  # frees the room and its hold
+            with pytest.raises(syncengine.SyncClosedError):
+                engine.get_state()
+    with pytest.raises(syncengine.SyncClosedError):
+        rooms.get_state("a")

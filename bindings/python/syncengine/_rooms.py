@@ -412,6 +412,7 @@ class Rooms:
         # freed (which frees them) and a completion never overlap
         self._deferred: dict[int, Room] = {}
         self._setup_lock = threading.Lock()
+        self._freeing = False  # the server is being freed: its handles are no longer to be used
         self._ptr: Any = None
 
         opts = fill(native.sync_engine_options(), given, skip=("persist_mode",))
@@ -494,6 +495,7 @@ class Rooms:
     def _abandon_setups(self) -> None:
         """The server is about to be freed: deferred setups are no longer to be completed."""
         with self._setup_lock:
+            self._freeing = True
             for room in self._deferred.values():
                 room._ptr = None
             self._deferred.clear()
@@ -540,7 +542,9 @@ class Rooms:
                 raise SyncError(Status.ESTATE, f"room {name!r} has no engine object")
             yield engine
         finally:
-            native.sync_rooms_release(rooms, ptr)
+            with self._setup_lock:
+                if not self._freeing:  # else the server let go of every hold itself
+                    native.sync_rooms_release(rooms, ptr)
 
     def get_state(self, name: str) -> Any:
         """A copy of room ``name``'s state (its initial state when it was never saved)."""
