@@ -186,6 +186,8 @@ module.exports = function installRooms(core) {
       const { enginePtr } = config[ROOM];
       this._mounts = 1; // never freed from JavaScript: the mount owns it
       this._hooksGen = 1;
+      this._key = native.jsb_engine_key(enginePtr);
+      this._released = false;
       const rc = native.jsb_room_engine_hooks(enginePtr, this._sink, hookMask, this._hooksGen);
       if (rc < 0) throw lastError(rc);
       return enginePtr;
@@ -224,24 +226,29 @@ module.exports = function installRooms(core) {
       return super._dispatch(ev, slot, ...rest);
     }
 
-    // libsync freed the C engine (the room unloaded, was deleted, or failed to load).
-    _gone() {
-      if (!this._engine) return;
-      const engine = this._engine;
+    // The server is closing (it frees every room on a worker thread, and that news may come
+    // after close() resolved): no call reaches the C engine from now on.
+    _detach() {
       this._engine = null;
       this._disposed = true;
+    }
+
+    // libsync freed the C engine (the room unloaded, was deleted, or failed to load).
+    _gone() {
+      if (this._released) return;
+      this._released = true;
+      this._detach();
       for (const entry of [...this._byId.values()]) this._forget(entry);
       for (const resolve of this._idle.values()) resolve();
       this._idle.clear();
       const byKey = this._rooms._byKey;
-      const key = native.jsb_engine_key(engine);
-      if (byKey.get(key) === this) byKey.delete(key);
+      if (byKey.get(this._key) === this) byKey.delete(this._key);
       native.jsb_sink_release(this._sink);
     }
 
     /** A room's engine is not disposed by hand: rooms.delete(name) removes a room. */
     dispose() {
-      if (this._engine)
+      if (!this._released)
         throw new SyncError(Status.ESTATE, "a room's engine belongs to its room: use rooms.delete()");
     }
   }
@@ -343,6 +350,7 @@ module.exports = function installRooms(core) {
       // the server frees the setups still deferred: their Room objects must not use them
       for (const room of this._settingUp) room._setup = null;
       this._settingUp.clear();
+      for (const engine of this._byKey.values()) engine._detach();
       const waits = [...this._waits.values()];
       this._waits.clear();
       for (const fail of waits) fail(null, Status.ECLOSED, null, 'the server is closed');

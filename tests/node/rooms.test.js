@@ -444,3 +444,16 @@ test('a server closed during an async setup is not touched after it', async () =
   assert.notEqual(await ws.closed, undefined);
   assert.ok(lateChecked);
 });
+
+test('closing the server inside acquire is safe; its room engines refuse calls at once', async () => {
+  const server = new Server();
+  const rooms = server.rooms('/rooms/', setupLog());
+  await server.listen();
+  let engine;
+  await rooms.acquire('a', async (e) => {
+    engine = e;
+    await server.close(); // frees the room and its hold
+  });
+  assert.throws(() => engine.getState(), (err) => err.status === Status.ECLOSED);
+  await assert.rejects(rooms.getState('a'), (err) => err.status === Status.ECLOSED);
+});
