@@ -340,7 +340,7 @@ class Room:
 
     def __init__(self, ptr: Any, name: str, engine: RoomEngine) -> None:
         self._ptr = ptr
-        self._lock: Optional[threading.Lock] = None  # set once deferred: see Rooms._setup_later
+        self._lock: Any = None  # the rooms' setup lock once deferred: see Rooms._setup_later
         self.name = name
         self.engine = engine
 
@@ -411,7 +411,8 @@ class Rooms:
         # deferred setups not completed yet; completed under _setup_lock, so that a server being
         # freed (which frees them) and a completion never overlap
         self._deferred: dict[int, Room] = {}
-        self._setup_lock = threading.Lock()
+        # reentrant: a release may create a room (and run its setup) on this very thread
+        self._setup_lock = threading.RLock()
         self._freeing = False  # the server is being freed: its handles are no longer to be used
         self._ptr: Any = None
 
