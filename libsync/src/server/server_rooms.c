@@ -332,7 +332,9 @@ static void room_create(server_room *r)
         room_ready(r, rc);
         return;
     }
+    pthread_mutex_lock(&r->eng.server->rooms_lock); /* read under it by release, list, stats */
     r->eng.engine = engine;
+    pthread_mutex_unlock(&r->eng.server->rooms_lock);
     sync_room_setup *setup = calloc(1, sizeof *setup);
     if (!setup) {
         room_ready(r, sync__fail(SYNC_ENOMEM, "out of memory for a room setup"));
@@ -445,9 +447,12 @@ static void room_unload_begin_locked(sync_server *s, server_room *r)
  * visited), nor has one whose last change was saved already. */
 static bool room_needs_save(server_room *r)
 {
-    return r->state != ROOM_CREATING && r->eng.engine &&
-           sync__engine_head_seq(r->eng.engine) != r->loaded_seq &&
-           sync__engine_head_unsaved(r->eng.engine);
+    pthread_mutex_lock(&r->eng.server->rooms_lock);
+    sync_engine *engine = r->state != ROOM_CREATING ? r->eng.engine : NULL;
+    pthread_mutex_unlock(&r->eng.server->rooms_lock);
+    /* the caller pins the room: its engine stays */
+    return engine && sync__engine_head_seq(engine) != r->loaded_seq &&
+           sync__engine_head_unsaved(engine);
 }
 
 static void room_unload_run(server_room *r)
@@ -602,30 +607,30 @@ static void room_process_due_only(sync_server *s, bool unloaded_only)
             }
         }
         int state = r->state;
-        int fail = r->fail_status;
         bool deleting = r->deleting;
-        bool freeable = (flags & DUE_UNLOADED) && r->eng.engine && !r->joined && !r->holds &&
+        /* set by the thread that creates the room; freed only here */
+        bool has_engine = r->eng.engine != NULL;
+        bool freeable = (flags & DUE_UNLOADED) && has_engine && !r->joined && !r->holds &&
                         !r->pins &&
                         (state == ROOM_FAILED || (state == ROOM_UNLOADING && r->unload_done));
         /* not freeable yet: the last one to let go puts it back (room_let_go_locked) */
         pthread_mutex_unlock(&s->rooms_lock);
 
-        (void)fail;
         if (service && (flags & DUE_WAKE))
             wake_waiting(r, state == ROOM_FAILED ? SYNC_CLOSE_ROOM_UNAVAILABLE
                             : deleting           ? SYNC_CLOSE_ROOM_DELETED
                                                  : 0);
         /* a room just ready: its first deadlines were set before the server listened to it */
         bool arm = (flags & DUE_WAKE) && state == ROOM_READY && !deleting;
-        if (service && r->eng.engine &&
+        if (service && has_engine &&
             (arm || ((flags & DUE_TIMER) && atomic_exchange(&r->eng.deadline_moved, false))))
             room_timer_arm(r);
-        if (service && (flags & DUE_FLUSH) && r->eng.engine && state == ROOM_READY) {
+        if (service && (flags & DUE_FLUSH) && has_engine && state == ROOM_READY) {
             server_broadcast_flush_engine(&r->eng);
             if (r->eng.flush_pending || atomic_load(&r->eng.state_moved))
                 due(s, r, DUE_FLUSH);
         }
-        if ((flags & DUE_UNLOADED) && state == ROOM_FAILED && !r->eng.engine) {
+        if ((flags & DUE_UNLOADED) && state == ROOM_FAILED && !has_engine) {
             /* failed before it had an engine */
             pthread_mutex_lock(&s->rooms_lock);
             r->state = ROOM_GONE;
