@@ -557,3 +557,23 @@ def test_closing_the_server_inside_acquire_is_safe():
                 engine.get_state()
     with pytest.raises(syncengine.SyncClosedError):
         rooms.get_state("a")
+
+
+def test_blocking_calls_refuse_to_wait_on_the_loop_that_runs_async_setup(loop_thread):
+    async def setup(room):
+        room.set_initial_state({"room": room.name})
+
+    server = syncengine.Server()
+    rooms = server.rooms("/rooms/", setup, async_loop=loop_thread)
+    with server:
+
+        async def on_the_loop():
+            return rooms.get_state("a")
+
+        with pytest.raises(RuntimeError, match="executor"):
+            asyncio.run_coroutine_threadsafe(on_the_loop(), loop_thread).result(5)
+
+        async def in_an_executor():
+            return await asyncio.get_running_loop().run_in_executor(None, rooms.get_state, "a")
+
+        assert asyncio.run_coroutine_threadsafe(in_an_executor(), loop_thread).result(5) == {"room": "a"}
