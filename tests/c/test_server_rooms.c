@@ -620,6 +620,46 @@ static void join_racing_an_unload_waits_and_loads_afresh(void)
     sync_server_free(f.server);
 }
 
+/* A delete while the room's unload is saving: the remove waits for the save, so the record does
+ * not come back after it. */
+static void delete_racing_an_unload_removes_after_the_save(void)
+{
+    mem_store *m = NULL;
+    sync_room_store *store = mem_store_new(&m);
+    REQUIRE(store);
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.room_idle_ms = 50;
+    sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
+    eo.persist_mode = SYNC_PERSIST_MANUAL;
+    next_template = &eo;
+    fixture f;
+    REQUIRE(fixture_start(&f, &opts, store) == 0);
+    ws_client *c = join(&f, "/rooms/short", NULL);
+    REQUIRE(c);
+    CHECK_EQ_INT(increment(c, 1), 0);
+    pthread_mutex_lock(&m->lock);
+    m->async_save = 1;
+    m->delay_ms = 300;
+    pthread_mutex_unlock(&m->lock);
+    ws_client_free(c);
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (atomic_load(&m->saving) == 0 && check_elapsed_ms(&t0) < 5000)
+        sleep_ms(2);
+    CHECK_EQ_INT(atomic_load(&m->saving), 1);
+    CHECK_EQ_INT(sync_rooms_delete(f.rooms, "short"), SYNC_OK);
+    CHECK_EQ_INT(atomic_load(&m->saving), 0); /* the delete waited for the save */
+    sleep_ms(100);
+    char *json = mem_get(m, "short");
+    CHECK(json == NULL);
+    free(json);
+    long long counter = -1;
+    c = join(&f, "/rooms/short", &counter);
+    CHECK_EQ_INT(counter, 0);
+    ws_client_free(c);
+    sync_server_free(f.server);
+}
+
 static void max_rooms_evicts_the_least_recently_used_then_refuses(void)
 {
     mem_store *m = NULL;
@@ -1382,6 +1422,7 @@ int main(void)
     RUN(bad_names_are_refused_before_anything_exists);
     RUN(idle_room_is_saved_unloaded_and_seen_again);
     RUN(join_racing_an_unload_waits_and_loads_afresh);
+    RUN(delete_racing_an_unload_removes_after_the_save);
     RUN(max_rooms_evicts_the_least_recently_used_then_refuses);
     RUN(deleted_room_closes_its_clients_and_starts_afresh);
     RUN(store_failing_one_room_refuses_it_alone);

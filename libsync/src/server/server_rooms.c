@@ -1556,7 +1556,10 @@ int sync_rooms_delete(sync_rooms *rooms, const char *name)
     server_room *r = table_find(rooms, name);
     /* a room still being created is deleted once it is (a bounded wait: creation finishes or
      * fails on its own, a deferred setup within its caller's time) */
-    while (r && r->state == ROOM_CREATING) {
+    /* a room still being created, or being unloaded (its save may be in flight: the store must
+     * not get the remove meanwhile), is deleted once that is over. Bounded by the creation or the
+     * save themselves; a delete already under way is left to finish on its own. */
+    while (r && (r->state == ROOM_CREATING || (r->state == ROOM_UNLOADING && !r->deleting))) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 20 * 1000 * 1000;
@@ -1566,9 +1569,10 @@ int sync_rooms_delete(sync_rooms *rooms, const char *name)
         }
         pthread_cond_timedwait(&s->rooms_cond, &s->rooms_lock, &ts);
         r = table_find(rooms, name);
-        if (!atomic_load(&s->serving)) {
+        bool service = server_on_service_thread(s);
+        if (!atomic_load(&s->serving) || service) {
             pthread_mutex_unlock(&s->rooms_lock);
-            room_process_due(s);
+            room_process_due_only(s, service);
             pthread_mutex_lock(&s->rooms_lock);
             r = table_find(rooms, name);
         }
