@@ -210,8 +210,9 @@ export interface ServerOptions {
   host?: string;
   /** 0 (default) picks a free port. */
   port?: number;
-  /** URL path -> engine; WebSocket upgrades to that exact path join it. */
-  engines: Record<string, SyncEngine<any, any, any>>;
+  /** URL path -> engine; WebSocket upgrades to that exact path join it. Default none (rooms
+   *  only, see Server#rooms). */
+  engines?: Record<string, SyncEngine<any, any, any>>;
   /** Served over HTTP ("index.html" for "/"). */
   staticDir?: string | null;
   /** Largest accepted message; a larger one closes the connection with 1009. 0 = 1 MiB. */
@@ -251,6 +252,12 @@ export interface ServerOptions {
   /** A client that has not sent a complete request head (the upgrade or an HTTP request) after
    *  this many ms is dropped. Rounded up to whole seconds. 0 = 5000. */
   handshakeTimeoutMs?: number;
+  /** A room (Server#rooms) with no client for this long is saved and unloaded. 0 = 30000;
+   *  -1 = never. */
+  roomIdleMs?: number;
+  /** Most rooms loaded at once (all mounts): beyond it the least recently used idle room is
+   *  unloaded, and a join that finds none idle is refused with 503. 0 = 100000. */
+  maxRooms?: number;
   /** When set, GET /metrics needs it ("Authorization: Bearer T" or "?token=T"), else 401.
    *  /healthz and the static files stay public. Default: /metrics is public. */
   metricsToken?: string | null;
@@ -262,6 +269,8 @@ export interface AuthRequest {
   query: string;
   /** The client's address ("127.0.0.1"). */
   peer: string;
+  /** The room joined (Server#rooms), decoded; null for a path that is not a room. */
+  room: string | null;
   /** Lower-case names; only the headers the client sent. */
   headers: Record<string, string>;
 }
@@ -269,12 +278,136 @@ export interface AuthRequest {
 export type AuthDecision = boolean | number | null | undefined | { [key: string]: unknown };
 
 export class Server {
-  constructor(options: ServerOptions);
+  constructor(options?: ServerOptions);
+  /**
+   * Mounts rooms at `prefix` ("/rooms/"), before listen(): a client joining "/rooms/NAME" gets
+   * the engine of room NAME, created on its first join with `options` and `setup(room)`, its state
+   * loaded from `options.store`; an idle room unloads after roomIdleMs.
+   */
+  rooms<TState = any, TMessage extends BaseMessage = BaseMessage>(
+    prefix: string,
+    setup?: RoomSetup<TState, TMessage> | null,
+    options?: RoomsOptions<TState, TMessage>,
+  ): Rooms<TState, TMessage>;
   /** Resolves with the port listened on. */
   listen(): Promise<number>;
   close(): Promise<void>;
   readonly port: number;
 }
+
+// ---- rooms ------------------------------------------------------------------------------------
+
+/** A room store written in JavaScript: the adapter interface with the room name in every call.
+ *  Each method may be sync or async; calls for one room never overlap. */
+export interface RoomStore<TState = any> {
+  init?(): MaybePromise<void>;
+  /** Room `room`'s saved record, or null/undefined when it was never saved. */
+  load(room: string): MaybePromise<{ state: TState; version: number } | null | undefined>;
+  save(room: string, state: TState, version: number): MaybePromise<void>;
+  /** Forgets room `room` (no error when there was none). */
+  remove(room: string): MaybePromise<void>;
+  /** The names of every stored room. */
+  list(): MaybePromise<Iterable<string>>;
+}
+
+export interface SQLiteRoomStoreOptions {
+  path: string;
+  /** Default "websocket_rooms"; [A-Za-z_][A-Za-z0-9_]{0,63}. */
+  tableName?: string;
+  durability?: 'process' | 'power';
+  busyTimeoutMs?: number;
+}
+
+/** Every room in one SQLite database, a row per room keyed by its name. */
+export class SQLiteRoomStore<TState = any> {
+  constructor(options: SQLiteRoomStoreOptions);
+  readonly path: string;
+  private readonly __state?: TState;
+}
+
+export interface FileRoomStoreOptions {
+  /** Created when missing; a JSON file per room, its name encoded to stay inside. */
+  dir: string;
+  /** fsync each save (default true). */
+  fsync?: boolean;
+}
+
+export class FileRoomStore<TState = any> {
+  constructor(options: FileRoomStoreOptions);
+  readonly dir: string;
+  private readonly __state?: TState;
+}
+
+/** The engine of one room, made and freed by its mount: valid in setup, in its own handlers and
+ *  hooks, and while acquired; afterwards every call throws a SyncError ECLOSED. */
+export class RoomEngine<
+  TState = any,
+  TMessage extends BaseMessage = BaseMessage,
+> extends SyncEngine<TState, TMessage, ServerConnection> {
+  readonly room: string;
+  /** Replaces every hook. */
+  setHooks(hooks: SyncEngineHooks<TState, ServerConnection>): void;
+  /** Throws: a room is removed with rooms.delete(name). */
+  dispose(): void;
+}
+
+/** What setup is given for a room being created. */
+export class Room<TState = any, TMessage extends BaseMessage = BaseMessage> {
+  readonly name: string;
+  readonly engine: RoomEngine<TState, TMessage>;
+  /** The state of this room when its store has none. Only during setup. */
+  setInitialState(state: TState): void;
+}
+
+/** Registers handlers, validator, middleware and hooks on room.engine; may be async (the joining
+ *  clients are held meanwhile). Throwing, rejecting or returning false refuses the room. */
+export type RoomSetup<TState = any, TMessage extends BaseMessage = BaseMessage> = (
+  room: Room<TState, TMessage>,
+) => MaybePromise<void | boolean>;
+
+export interface RoomsOptions<TState = any, TMessage extends BaseMessage = BaseMessage>
+  extends Omit<SyncEngineConfig<TState, TMessage, ServerConnection>, 'adapter'> {
+  /** Where rooms are kept; default: in memory only (an unloaded room starts afresh). */
+  store?: RoomStore<TState> | SQLiteRoomStore<TState> | FileRoomStore<TState> | null;
+}
+
+/** One hold of a loaded room (rooms.acquire(name)). */
+export class RoomLease<TState = any, TMessage extends BaseMessage = BaseMessage> {
+  readonly engine: RoomEngine<TState, TMessage>;
+  release(): void;
+}
+
+/** The rooms of one mount. Every method works whether the room is loaded or not (it is loaded for
+ *  the call and unloads again once idle); they need the server listening. */
+export class Rooms<TState = any, TMessage extends BaseMessage = BaseMessage> {
+  readonly prefix: string;
+  acquire(name: string): Promise<RoomLease<TState, TMessage>>;
+  /** Runs `fn` with the room's engine held; resolves to its result. */
+  acquire<R>(
+    name: string,
+    fn: (engine: RoomEngine<TState, TMessage>) => MaybePromise<R>,
+  ): Promise<R>;
+  getState(name: string): Promise<TState>;
+  getVersion(name: string): Promise<number>;
+  /** version + 1, saved, sent to the room's clients. */
+  setState(name: string, state: TState): Promise<void>;
+  /** The state to the room's clients, or `text` as one frame. */
+  broadcast(name: string, text?: string): Promise<void>;
+  /** Every room stored or loaded, sorted by byte value. */
+  list(): Promise<string[]>;
+  /** Closes the room's clients with 4410, unloads it without saving, removes its record. */
+  delete(name: string): Promise<void>;
+  readonly loadedCount: number;
+}
+
+/** Throws a SyncError (EINVAL) when `name` may not name a room. */
+export function checkRoomName(name: string): void;
+/** Longest room name in bytes (80). */
+export const ROOM_NAME_MAX: number;
+/** Close code of the clients of a deleted room (4410). */
+export const CLOSE_ROOM_DELETED: number;
+/** Close code of clients held while their room failed to set up or load (4503). */
+export const CLOSE_ROOM_UNAVAILABLE: number;
 
 export class SyncError extends Error {
   readonly status: number;

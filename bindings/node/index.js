@@ -406,7 +406,7 @@ class SyncEngine {
       opts.initial_state_json = jsonOf(initial, 'SyncEngine: initialState');
       if (config.adapter instanceof NativeAdapter) opts.adapter = config.adapter._take();
       else if (config.adapter) opts.adapter = customAdapter(config.adapter, () => this._track());
-      engine = native.jsb_engine_new(this._sink, opts, hookMask);
+      engine = this._newEngine(opts, hookMask, config);
     } catch (err) {
       native.jsb_sink_release(this._sink);
       throw err;
@@ -417,6 +417,11 @@ class SyncEngine {
     for (const handler of config.messageHandlers || []) this.on(handler.type, handler);
     this._ready = this._whenIdle();
     this._armTimer();
+  }
+
+  // A room's engine (rooms.js) is made by libsync instead.
+  _newEngine(opts, hookMask) {
+    return native.jsb_engine_new(this._sink, opts, hookMask);
   }
 
   // -- registration --
@@ -889,6 +894,8 @@ const SERVER_OPTIONS = {
   broadcastYieldMs: 0,
   authTimeoutMs: 0,
   handshakeTimeoutMs: 0,
+  roomIdleMs: 0,
+  maxRooms: 0,
 };
 
 const SERVER_OPTIONS_SET = Object.fromEntries(
@@ -929,6 +936,21 @@ class Server {
     Object.assign(this, { auth, authHeaders, metricsToken });
     this._server = null;
     this._closing = null;
+    this._roomMounts = [];
+  }
+
+  /**
+   * Mounts rooms at `prefix` ('/rooms/'), before listen(): a client joining /rooms/NAME gets the
+   * engine of room NAME, created on its first join with `options` (SyncEngine's, plus `store`)
+   * and `setup(room)` (sync or async). Returns the Rooms (rooms.js).
+   */
+  rooms(prefix, setup, options = {}) {
+    if (this._server) throw new SyncError(Status.ESTATE, 'Server.rooms: mount before listen()');
+    const mount = new roomsModule.Rooms(prefix, setup, options);
+    if (this._roomMounts.some((m) => m.prefix === mount.prefix))
+      throw new SyncError(Status.EINVAL, `Server.rooms: "${prefix}" is already mounted`);
+    this._roomMounts.push(mount);
+    return mount;
   }
 
   /** Binds and serves; resolves with the port. */
@@ -966,9 +988,11 @@ class Server {
         engine._mounts++;
         mounted.push(engine);
       }
+      for (const mount of this._roomMounts) mount._mount(server);
       const rc = native.sync_server_start(server);
       if (rc < 0) throw lastError(rc);
     } catch (err) {
+      for (const mount of this._roomMounts) mount._unmount();
       await this._free(server, mounted);
       throw err;
     }
@@ -1011,7 +1035,11 @@ class Server {
     if (!this._server) return this._closing || Promise.resolve();
     const server = this._server;
     this._server = null;
-    this._closing = this._free(server, this._mounted).then(() => native.jsb_keepalive(-1));
+    const busy = Promise.all(this._roomMounts.map((mount) => mount._drain()));
+    for (const mount of this._roomMounts) mount._unmount();
+    this._closing = busy
+      .then(() => this._free(server, this._mounted))
+      .then(() => native.jsb_keepalive(-1));
     return this._closing;
   }
 
@@ -1032,8 +1060,23 @@ class Server {
   }
 }
 
+const roomsModule = require('./rooms.js')({
+  native,
+  SyncEngine,
+  SyncError,
+  Status,
+  ENGINE_OPTIONS,
+  fillOptions,
+  jsonOf,
+  lastError,
+  errorText,
+  isThenable,
+  completeSoon,
+});
+
 module.exports = {
   SyncEngine,
+  ...roomsModule.exports,
   SQLiteAdapter,
   FileAdapter,
   // The original's names.

@@ -634,6 +634,11 @@ char *jsb_auth_request_json(const jsb_auth *auth, sync_request *req)
     cJSON_AddStringToObject(o, "path", sync_request_path(req));
     cJSON_AddStringToObject(o, "query", sync_request_query(req));
     cJSON_AddStringToObject(o, "peer", sync_request_peer(req));
+    const char *room = sync_request_room(req);
+    if (room)
+        cJSON_AddStringToObject(o, "room", room);
+    else
+        cJSON_AddNullToObject(o, "room");
     cJSON_AddItemToObject(o, "headers", headers);
     for (size_t i = 0; i < auth->header_count; i++) {
         const char *value = sync_request_header(req, auth->headers[i]);
@@ -1119,3 +1124,5 @@ int sync_server_set_metrics_token(sync_server *server, const char *token);
 int sync_server_port(const sync_server *server);
 int sync_server_start(sync_server *server);
 int jsb_server_close(sync_server *server, jsb_sink *sink, double token);
+
+%include "node/syncengine_node_rooms.i"

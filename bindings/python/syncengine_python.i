@@ -616,3 +616,5 @@ static int pysync_server_new(sync_server_options *opts, PyObject *origins, PyObj
 }
 %}
 %thread;
+
+%include "python/syncengine_python_rooms.i"

@@ -23,6 +23,7 @@ const SOURCES = [
   'bindings/syncengine.i',
   'bindings/common.i',
   'bindings/node/syncengine_node.i',
+  'bindings/node/syncengine_node_rooms.i',
 ];
 
 function clean() {

@@ -32,6 +32,19 @@ from ._errors import (
     SyncNetworkError,
     SyncValueError,
 )
+from ._rooms import (
+    CLOSE_ROOM_DELETED,
+    CLOSE_ROOM_UNAVAILABLE,
+    ROOM_NAME_MAX,
+    FileRoomStore,
+    Room,
+    RoomEngine,
+    RoomSetup,
+    RoomStore,
+    Rooms,
+    SQLiteRoomStore,
+    check_room_name,
+)
 from ._server import Connection, PendingAuth, Request, RequestCopy, Server
 
 __version__: str = native.sync_version_string()
@@ -46,17 +59,27 @@ def strerror(status: int) -> str:
 __all__ = [
     "Adapter",
     "AsyncioConnection",
+    "CLOSE_ROOM_DELETED",
+    "CLOSE_ROOM_UNAVAILABLE",
     "Connection",
     "ConnectionLike",
     "FileAdapter",
+    "FileRoomStore",
     "HOOK_NAMES",
     "Handler",
     "JSON",
     "Middleware",
     "PendingAuth",
+    "ROOM_NAME_MAX",
     "Request",
     "RequestCopy",
+    "Room",
+    "RoomEngine",
+    "RoomSetup",
+    "RoomStore",
+    "Rooms",
     "SQLiteAdapter",
+    "SQLiteRoomStore",
     "Server",
     "Status",
     "SyncClosedError",
@@ -66,5 +89,6 @@ __all__ = [
     "SyncNetworkError",
     "SyncValueError",
     "Validator",
+    "check_room_name",
     "strerror",
 ]

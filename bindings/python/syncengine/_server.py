@@ -13,11 +13,14 @@ import traceback
 import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import native
 from ._errors import Status, SyncClosedError, check, error_for
 from ._options import fill
+
+if TYPE_CHECKING:
+    from ._rooms import Rooms, RoomSetup
 
 
 class Connection:
@@ -81,6 +84,11 @@ class Request:
     def peer(self) -> str:
         return native.sync_request_peer(self._ptr) or ""
 
+    @property
+    def room(self) -> Optional[str]:
+        """The room the request joins (see :meth:`Server.rooms`), or None for another path."""
+        return native.sync_request_room(self._ptr)
+
     def header(self, name: str) -> Optional[str]:
         """A header's value by case-insensitive name, or None."""
         return native.sync_request_header(self._ptr, name)
@@ -98,7 +106,7 @@ class Request:
         ptr = native.sync_request_defer(self._ptr)
         if ptr is None:
             raise error_for(Status.ESTATE, native.sync_error_last())
-        return PendingAuth(ptr, self.path, self.query, self.peer)
+        return PendingAuth(ptr, self.path, self.query, self.peer, self.room)
 
 
 # The request headers a coroutine ``auth`` always sees (when the client sent them); the server's
@@ -118,10 +126,11 @@ class RequestCopy:
     """What a coroutine ``auth`` is given: a :class:`Request` read at once (it runs after the
     upgrade callback returned, when the request's headers are gone), with the same read API."""
 
-    __slots__ = ("path", "query", "peer", "_headers")
+    __slots__ = ("path", "query", "peer", "room", "_headers")
 
     def __init__(self, request: Request, header_names: Sequence[str]) -> None:
         self.path, self.query, self.peer = request.path, request.query, request.peer
+        self.room = request.room
         self._headers = {}
         for name in header_names:
             value = request.header(name)
@@ -139,12 +148,14 @@ class PendingAuth:
     once accepted. A refusal closes it with 4000 + status; undecided after ``auth_timeout_ms`` it
     is closed with 4408. Dropped without a decision, it refuses with 503."""
 
-    __slots__ = ("_ptr", "_lock", "path", "query", "peer")
+    __slots__ = ("_ptr", "_lock", "path", "query", "peer", "room")
 
-    def __init__(self, ptr: Any, path: str, query: str, peer: str) -> None:
+    def __init__(
+        self, ptr: Any, path: str, query: str, peer: str, room: Optional[str] = None
+    ) -> None:
         self._ptr = ptr
         self._lock = threading.Lock()
-        self.path, self.query, self.peer = path, query, peer
+        self.path, self.query, self.peer, self.room = path, query, peer, room
 
     def decide(self, decision: Any) -> bool:
         """The decision, as ``auth`` would return it: True/None accepts, False refuses with 401,
@@ -269,6 +280,11 @@ class Server:
     ``handshake_timeout_ms`` (0 = 5 s, rounded up to whole seconds) drops a client that has not
     sent a complete request head (the upgrade or an HTTP request) by then.
 
+    ``room_idle_ms`` (0 = 30 s; -1 = never) unloads a room (:meth:`rooms`) that has had no client
+    for that long, after saving it; ``max_rooms`` (0 = 100,000) bounds the rooms loaded at once:
+    beyond it the least recently used idle room is unloaded, and a join that finds none idle is
+    refused with 503.
+
     ``metrics_token``, when given, guards ``GET /metrics``: a request must bring
     ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``, else it is answered 401. ``/healthz`` and
     the static files stay public.
@@ -298,6 +314,8 @@ class Server:
         auth_timeout_ms: int = 0,
         metrics_token: Optional[str] = None,
         handshake_timeout_ms: int = 0,
+        room_idle_ms: int = 0,
+        max_rooms: int = 0,
     ) -> None:
         from ._engine import log_sink
 
@@ -306,6 +324,7 @@ class Server:
         # Held for the server's whole life: C borrows it.
         self._log_sink = None if logger is None else log_sink(logger)
         self._engines: dict[str, Any] = {}
+        self._rooms: dict[str, Any] = {}
         self._running = False
         self._stopped = threading.Event()
         # start() and stop() may race (serve_forever on one thread, stop() on another).
@@ -341,6 +360,47 @@ class Server:
         check(native.sync_server_mount(self._p(), path, engine._p()))
         engine._mounts += 1
         self._engines[path] = engine
+
+    def rooms(
+        self,
+        prefix: str,
+        setup: Optional[RoomSetup] = None,
+        *,
+        store: Any = None,
+        initial_state: Any = None,
+        handlers: Any = None,
+        enable_versioning: bool = True,
+        debug: bool = False,
+        hooks: Optional[Mapping[str, Callable[..., Any]]] = None,
+        validate: Optional[Callable[[Any], Any]] = None,
+        heartbeat_interval_ms: int = 0,
+        ping_timeout_ms: int = 0,
+        sync_interval_ms: int = 0,
+        middleware: Sequence[Callable[[Any], Any]] = (),
+        persist_mode: str = "on_change",
+        reply_errors: bool = False,
+        max_message_bytes: int = 0,
+        max_json_depth: int = 0,
+        step_timeout_ms: int = 0,
+        async_loop: Optional[asyncio.AbstractEventLoop] = None,
+        logger: Optional[logging.Logger] = None,
+    ) -> Rooms:
+        """Mounts rooms at ``prefix`` ("/rooms/"; only before the server listens): a client joining
+        ``/rooms/NAME`` gets the engine of room NAME, created on its first join with the engine
+        options given here (those of :class:`SyncEngine`; ``handlers``, ``hooks``, ``validate``
+        and ``middleware`` go to every room) and ``setup(room)`` (sync or ``async def``, see
+        :data:`RoomSetup`), its state loaded from ``store`` (:class:`SQLiteRoomStore`,
+        :class:`FileRoomStore`, a custom :class:`RoomStore`, or None: in memory only). A room
+        with no client for ``room_idle_ms`` (a server option) is saved and unloaded. Returns the
+        :class:`Rooms`, which reads, sets, lists and deletes rooms without clients."""
+        from ._rooms import mount_rooms
+
+        given = dict(locals())
+        for name in ("self", "prefix", "setup", "store", "mount_rooms"):
+            given.pop(name, None)
+        rooms = mount_rooms(self, prefix, setup, store, given)
+        self._rooms[prefix] = rooms
+        return rooms
 
     @property
     def engines(self) -> dict[str, Any]:
@@ -394,6 +454,8 @@ class Server:
         if self._ptr is None:
             return
         self.stop()
+        for rooms in self._rooms.values():
+            rooms._abandon_setups()  # the server frees a setup still deferred
         ptr, self._ptr = self._ptr, None
         native.sync_server_free(ptr)
         engines, self._engines = self._engines, {}

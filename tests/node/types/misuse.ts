@@ -6,6 +6,8 @@ interface State {
 }
 const engine = new SyncEngine<State>({ initialState: { counter: 0 } });
 engine.setState({ count: 1 });
-new Server({ port: 0 });
+new Server({ port: '0' });
 engine.getVersion().toUpperCase();
 new SyncEngine<State>({ persistMode: 'sometimes' });
+new Server().rooms<State>('/r/', (room) => room.setInitialState({ count: 1 }));
+new Server().rooms<State>('/r/', null, { store: { load: () => null } });

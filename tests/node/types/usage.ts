@@ -12,6 +12,15 @@ import {
   SyncError,
   Status,
   version,
+  Rooms,
+  Room,
+  RoomEngine,
+  SQLiteRoomStore,
+  FileRoomStore,
+  checkRoomName,
+  ROOM_NAME_MAX,
+  CLOSE_ROOM_DELETED,
+  CLOSE_ROOM_UNAVAILABLE,
 } from 'syncengine';
 import type {
   EngineStats,
@@ -21,6 +30,10 @@ import type {
   PersistenceAdapter,
   WebSocketLike,
   SyncEngineConfig,
+  RoomStore,
+  RoomSetup,
+  RoomsOptions,
+  RoomLease,
 } from 'syncengine';
 
 interface MyAppState {
@@ -149,4 +162,61 @@ export async function main(): Promise<number> {
   const stats: EngineStats = engine.stats();
   console.log(stats.messagesApplied + stats.framesOut + stats.stepsTimedOut);
   return port;
+}
+
+// ---- rooms ------------------------------------------------------------------------------------
+
+const boards: RoomStore<MyAppState> = {
+  async load(room: string) {
+    return room === 'new' ? null : { state: { counter: room.length }, version: 1 };
+  },
+  async save(room, state, v) {
+    console.log(room, state.counter, v);
+  },
+  remove(room) {
+    console.log(room);
+  },
+  list: () => ['a', 'b'],
+};
+
+const setupRoom: RoomSetup<MyAppState, MyAppMessage> = async (room: Room<MyAppState, MyAppMessage>) => {
+  room.setInitialState({ counter: room.name.length });
+  const engine: RoomEngine<MyAppState, MyAppMessage> = room.engine;
+  engine.on('increment', incrementHandler);
+  engine.setHooks({ onConnect: (ws: ServerConnection) => console.log(ws.id, engine.room) });
+};
+
+export async function roomsMain(): Promise<string[]> {
+  const server = new Server({ roomIdleMs: 30000, maxRooms: 1000 });
+  const options: RoomsOptions<MyAppState, MyAppMessage> = {
+    store: new SQLiteRoomStore<MyAppState>({ path: 'rooms.db', tableName: 'boards' }),
+    initialState: { counter: 0 },
+    messageHandlers: [incrementHandler],
+    hooks: { onError: (err, context) => console.log(err.message, context) },
+    persistMode: 'onChange',
+  };
+  const rooms: Rooms<MyAppState, MyAppMessage> = server.rooms('/rooms/', setupRoom, options);
+  server.rooms<MyAppState>('/files/', null, { store: new FileRoomStore({ dir: 'rooms' }) });
+  server.rooms<MyAppState>('/custom/', (room) => room.setInitialState({ counter: 1 }), {
+    store: boards,
+  });
+  new Server({
+    auth: (req: AuthRequest) => (req.room === null || req.room.startsWith('team-') ? true : 403),
+  });
+  await server.listen();
+  const state: MyAppState = await rooms.getState('a');
+  const v: number = await rooms.getVersion('a');
+  await rooms.setState('a', { counter: state.counter + v });
+  await rooms.broadcast('a');
+  await rooms.broadcast('a', JSON.stringify({ type: 'notice' }));
+  const lease: RoomLease<MyAppState, MyAppMessage> = await rooms.acquire('a');
+  const held: MyAppState = lease.engine.getState();
+  lease.release();
+  const count: number = await rooms.acquire('a', (engine) => engine.connectionCount);
+  await rooms.delete('b');
+  checkRoomName('a');
+  console.log(held, count, rooms.loadedCount, ROOM_NAME_MAX, CLOSE_ROOM_DELETED, CLOSE_ROOM_UNAVAILABLE);
+  const names: string[] = await rooms.list();
+  await server.close();
+  return names;
 }
