@@ -677,8 +677,27 @@ class SyncEngine {
 
   _dispatch(ev, slot, a, b, c, d, e, transient) {
     switch (ev) {
-      case 'step':
-        return this._runStep(this._steps[slot], a, transient);
+      case 'step': {
+        // Called by C on this thread: the status goes back to C (slices as in _runQueue).
+        const msg = a;
+        const status = this._runStep(this._steps[slot], msg, transient, (st, done) =>
+          completeSoon(() => {
+            done();
+            native.sync_msg_complete(msg, st);
+          }),
+        );
+        if (status === PENDING || inSlice()) return status;
+        // Slice used up (a long drain of queued messages): finish this one on the next loop turn.
+        const done = this._track();
+        setImmediate(() => {
+          done();
+          native.sync_msg_complete(msg, status);
+        });
+        return PENDING;
+      }
+      case 'steps':
+        this._runQueue(slot, a, transient);
+        return true;
       case 'send': {
         const entry = this._byId.get(slot);
         if (!entry) return Status.ECLOSED;
@@ -772,9 +791,54 @@ class SyncEngine {
     else console.error(`syncengine: ${context}:`, error);
   }
 
-  // One validator/middleware/handler call. Returns the status for C, or PENDING and completes the
-  // message when the promise settles; getState/setState work only until then.
-  _runStep(step, msg, transient) {
+  // The steps a wake-up from another thread brings (one call for every message waiting): runs the
+  // step of `msg`, completes it with sync_msg_complete_next, which commits it (or rolls it back)
+  // and hands back the next step of this engine, pending, instead of calling into JS again; and so
+  // on until the queue is empty. An async step ends the loop: its settlement goes on with it, and
+  // the messages behind it wait in the engine's queue meanwhile. Past the 10 ms slice the rest
+  // goes on after setImmediate. Owns `msg` (and each step handed back): completes every one.
+  _runQueue(slot, msg, transient) {
+    let cur = msg;
+    let curSlot = slot;
+    while (cur) {
+      const at = cur;
+      let status;
+      try {
+        status = this._runStep(this._steps[curSlot], at, transient, (st, done) =>
+          completeSoon(() => {
+            done();
+            this._completeAndRun(at, st);
+          }),
+        );
+      } catch (err) {
+        process.emitWarning(`syncengine: step: ${errorText(err)}`);
+        status = Status.EHANDLER;
+      }
+      if (status === PENDING) return;
+      if (!inSlice()) {
+        const done = this._track();
+        setImmediate(() => {
+          done();
+          this._completeAndRun(at, status);
+        });
+        return;
+      }
+      const next = native.jsb_msg_complete_next(at, status);
+      cur = next ? next[0] : null;
+      curSlot = next ? next[1] : 0;
+    }
+  }
+
+  // Completes a step that finished later and runs the queue the engine hands back.
+  _completeAndRun(msg, status) {
+    const next = native.jsb_msg_complete_next(msg, status);
+    if (next) this._event('steps', next[1], next[0]);
+  }
+
+  // One validator/middleware/handler call. Returns the status, or PENDING and calls
+  // complete(status, done) when the promise settles (done() ends the engine's wait for it, right
+  // before the completion); getState/setState work only until then.
+  _runStep(step, msg, transient, complete) {
     if (!step) return Status.EHANDLER;
     let open = true;
     const live = () => {
@@ -829,15 +893,7 @@ class SyncEngine {
     }
     if (!isThenable(result)) {
       open = false;
-      const status = finish(result);
-      if (inSlice()) return status;
-      // Slice used up (a long drain of queued messages): finish this one on the next loop turn.
-      const done = this._track();
-      setImmediate(() => {
-        done();
-        native.sync_msg_complete(msg, status);
-      });
-      return PENDING;
+      return finish(result);
     }
     const done = this._track();
     Promise.resolve(result)
@@ -845,10 +901,7 @@ class SyncEngine {
       .catch(fail)
       .then((status) => {
         open = false;
-        completeSoon(() => {
-          done();
-          native.sync_msg_complete(msg, status);
-        });
+        complete(status, done);
       });
     return PENDING;
   }

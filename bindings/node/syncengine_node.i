@@ -673,11 +673,14 @@ void jsb_run_job(jsb_job *job)
     v8::HandleScope scope(iso);
     switch (job->kind) {
     case JOB_STEP: {
-        int status = jsb_status_of(
-            jsb_call(job->sink, "step", job->slot, jsb_ptr(job->msg, SWIGTYPE_p_sync_msg)),
-            SYNC_EHANDLER);
-        if (status != SYNC_PENDING)
-            sync_msg_complete(job->msg, status);
+        /* One entry for every message waiting: index.js runs this step, completes it with
+         * sync_msg_complete_next and runs each step the engine hands back (the messages queued
+         * behind it) in the same call, until the queue is empty or a step is pending. It owns
+         * the message once it answers true. */
+        v8::Local<v8::Value> taken =
+            jsb_call(job->sink, "steps", job->slot, jsb_ptr(job->msg, SWIGTYPE_p_sync_msg));
+        if (!taken->IsTrue())
+            sync_msg_complete(job->msg, SYNC_EHANDLER);
         break;
     }
     case JOB_EVENT:
@@ -816,6 +819,27 @@ void jsb_module_init(v8::Local<v8::Context> context)
 /* ---- what index.js calls (wrapped by SWIG below) ------------------------------------------- */
 
 typedef v8::Local<v8::Value> jsb_js_value;
+
+/* Completes `msg` and hands back the next step of this bridge the engine reached, pending: null,
+ * or [msg, slot] for index.js to run in the same loop (sync_msg_complete_next). */
+static jsb_js_value jsb_msg_complete_next(sync_msg *msg, int status)
+{
+    v8::Isolate *iso = v8::Isolate::GetCurrent();
+    sync_msg *next = NULL;
+    void *userdata = NULL;
+    sync_msg_complete_next(msg, status, &next, &userdata);
+    if (!next)
+        return v8::Null(iso);
+    v8::Local<v8::Array> pair = v8::Array::New(iso, 2);
+    v8::Local<v8::Context> ctx = iso->GetCurrentContext();
+    if (pair->Set(ctx, 0, jsb_ptr(next, SWIGTYPE_p_sync_msg)).IsNothing() ||
+        pair->Set(ctx, 1, jsb_num(((jsb_cb *)userdata)->slot)).IsNothing()) {
+        /* cannot happen short of a V8 failure: never leave the engine waiting */
+        sync_msg_complete(next, SYNC_EHANDLER);
+        return v8::Null(iso);
+    }
+    return pair;
+}
 
 static jsb_sink *jsb_sink_new(jsb_js_value fn)
 {
@@ -1042,6 +1066,7 @@ static int jsb_server_close(sync_server *server, jsb_sink *sink, double token)
 
 typedef struct jsb_sink jsb_sink;
 %typemap(in) jsb_js_value "$1 = $input;"
+%typemap(out) jsb_js_value "$result = $1;"
 
 /* (text, len): a JS string as UTF-8 bytes, embedded NULs included. */
 %typemap(in, fragment = "SWIG_AsCharPtrAndSize") (const char *text, size_t len)
@@ -1091,6 +1116,7 @@ const char *sync_msg_state_json(sync_msg *msg);
 int sync_msg_set_state_json(sync_msg *msg, const char *json);
 int sync_msg_set_error(sync_msg *msg, const char *reason);
 int sync_msg_complete(sync_msg *msg, int status);
+jsb_js_value jsb_msg_complete_next(sync_msg *msg, int status);
 
 char *sync_engine_get_state_json(sync_engine *engine);
 int64_t sync_engine_get_version(sync_engine *engine);
