@@ -845,17 +845,20 @@ class SyncEngine {
       if (!open)
         throw new SyncError(Status.ESTATE, 'getState/setState used after the handler finished');
     };
+    let json;
     const finish = (value) => {
       if (step.role === 'handler' || value === undefined) return OK;
-      let json;
+      let text;
       try {
-        json = jsonOf(value, step.role);
+        text = jsonOf(value, step.role);
       } catch (err) {
         return fail(
           err instanceof SyncError ? err : new Error(`${step.role} returned a value that is not JSON`),
         );
       }
-      const rc = native.sync_msg_replace_json(msg, json);
+      // The message it was given, unchanged (`return raw`): nothing to parse again in C.
+      if (text === json) return OK;
+      const rc = native.sync_msg_replace_json(msg, text);
       return rc < 0 ? fail(new Error(`${step.role} returned a message that cannot be used`)) : OK;
     };
     const fail = (err) => {
@@ -864,7 +867,7 @@ class SyncEngine {
     };
     let result;
     try {
-      const json = native.sync_msg_message_json(msg);
+      json = native.sync_msg_message_json(msg);
       if (step.role === 'handler') {
         const getState = () => {
           live();
@@ -876,8 +879,10 @@ class SyncEngine {
           const rc = native.sync_msg_set_state_json(msg, text);
           if (rc < 0) throw lastError(rc);
         };
+        const id = native.jsb_msg_conn_id(msg);
+        const entry = id ? this._byId.get(id) : null;
         result = step.fn(
-          this._wsOf(native.sync_msg_conn(msg), transient),
+          entry ? entry.ws : this._wsOf(native.sync_msg_conn(msg), transient),
           JSON.parse(json),
           getState,
           setState,

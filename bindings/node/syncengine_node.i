@@ -950,6 +950,12 @@ static double jsb_conn_id(sync_conn *conn)
     return conn ? (double)sync_conn_id(conn) : 0;
 }
 
+/* The id of the connection that sent `msg` (0: none), without a wrapper object for it. */
+static double jsb_msg_conn_id(sync_msg *msg)
+{
+    return jsb_conn_id(sync_msg_conn(msg));
+}
+
 static void jsb_idle_done(sync_engine *, int status, void *ud)
 {
     jsb_cb *cb = (jsb_cb *)ud;
@@ -1096,6 +1102,7 @@ void sync_engine_free(sync_engine *engine);
 
 int jsb_conn_new(jsb_sink *sink, sync_conn **out);
 double jsb_conn_id(sync_conn *conn);
+double jsb_msg_conn_id(sync_msg *msg);
 const char *sync_conn_identity(const sync_conn *conn);
 void sync_conn_free(sync_conn *conn);
 sync_conn *sync_conn_ref(sync_conn *conn);
