@@ -165,6 +165,33 @@ static void other_callbacks_run_and_the_order_holds(void)
     sync_engine_free(e);
 }
 
+/* The hand-off follows the callback the completed step was called with, also when its handler
+ * was replaced by another callback meanwhile; the replaced message type's next handler is the
+ * new callback, called as usual. */
+static void the_callback_that_ran_decides_what_is_handed_out(void)
+{
+    hook_log log = {0};
+    sync_engine *e = new_engine(&log, 0);
+    trampoline_calls = 0;
+    other_calls = 0;
+    CHECK_EQ_INT(send_msg(e, NULL, "add", 1), SYNC_PENDING);
+    CHECK_EQ_INT(send_msg(e, NULL, "add", 2), SYNC_PENDING);
+    sync_msg *next = NULL;
+    void *ud = NULL;
+    CHECK_EQ_INT(sync_msg_complete_next(parked, SYNC_OK, &next, &ud), SYNC_OK);
+    REQUIRE(next && ud == ADD); /* message 1 at its handler */
+    REQUIRE(sync_engine_on(e, "add", other_step, NULL, NULL) == SYNC_OK);
+    CHECK_EQ_INT(sync_msg_complete_next(next, run_step(next, ud), &next, &ud), SYNC_OK);
+    REQUIRE(next && ud == VALIDATOR); /* message 2's validator: the trampoline's */
+    CHECK_EQ_INT(trampoline_calls, 1);
+    CHECK_EQ_INT(sync_msg_complete_next(next, SYNC_OK, &next, &ud), SYNC_OK);
+    CHECK(next == NULL && ud == NULL); /* its handler is other_step now: called, not handed out */
+    CHECK_EQ_INT(other_calls, 1);
+    CHECK_EQ_STR(state_of(e), "{\"log\":[1]}");
+    CHECK_EQ_INT(sync_engine_get_version(e), 1); /* other_step changed nothing */
+    sync_engine_free(e);
+}
+
 /* complete_next(NULL out pointers) is sync_msg_complete: the next step is called, not handed out.
  */
 static void without_next_it_is_a_plain_completion(void)
@@ -251,6 +278,7 @@ int main(void)
 {
     RUN(one_loop_runs_the_whole_queue_in_order);
     RUN(other_callbacks_run_and_the_order_holds);
+    RUN(the_callback_that_ran_decides_what_is_handed_out);
     RUN(without_next_it_is_a_plain_completion);
     RUN(a_handed_out_step_times_out);
     RUN(free_with_a_handed_out_step);

@@ -120,6 +120,7 @@ struct sync_msg {
     msg_step step;
     size_t mw_index;
     msg_phase phase;
+    sync_step_cb called_cb; /* the callback of the step last called (or handed out) */
     int early;
     int early_status;
     int resumed;

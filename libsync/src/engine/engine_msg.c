@@ -96,6 +96,7 @@ static int call_step(sync_msg *msg, const step_entry *step)
     msg->error = NULL;
     msg->phase = PHASE_IN_CALL;
     msg->early = 0;
+    msg->called_cb = step->cb;
     sync_engine *engine = msg->engine;
     int rc;
     if (engine->handoff_cb && step->cb == engine->handoff_cb && !engine->handoff_msg) {
@@ -280,14 +281,13 @@ int sync_msg_complete_next(sync_msg *msg, int status, sync_msg **next, void **ne
         msg->early = 1;
         msg->early_status = status;
     } else if (msg->phase == PHASE_AWAITING) {
-        /* The callback of the step being completed (NULL when it was unregistered meanwhile:
-         * then nothing is handed out). Saved and restored: a hook run by this completion may
-         * complete another engine's message the same way. */
+        /* The callback the completed step was called with (even if it was unregistered or
+         * replaced meanwhile). Saved and restored: a hook run by this completion may complete
+         * another message the same way. */
         sync_step_cb saved_cb = engine->handoff_cb;
         sync_msg *saved_msg = engine->handoff_msg;
         void *saved_userdata = engine->handoff_userdata;
-        const step_entry *step = next ? current_step(engine, msg) : NULL;
-        engine->handoff_cb = step ? step->cb : NULL;
+        engine->handoff_cb = next ? msg->called_cb : NULL;
         engine->handoff_msg = NULL;
         engine->handoff_userdata = NULL;
         engine->step_deadline_ms = -1;
