@@ -318,8 +318,9 @@ SYNC_EXTERN int sync_msg_complete(sync_msg *msg, int status);
  * The engine goes on as sync_msg_complete() does (the rest of this message's pipeline, its
  * commit, the queued work behind it), except that the first step it reaches whose callback is
  * the one the step of `msg` was called with (the same sync_step_cb function, whatever its
- * userdata; also when that step was unregistered or replaced meanwhile) is not called: that message is left pending at that step exactly as if the callback had
- * returned SYNC_PENDING, and is handed out through `*next` with that step's userdata in
+ * userdata; also when that step was unregistered or replaced meanwhile) is not called: that message
+ * is left pending at that step exactly as if the callback had returned SYNC_PENDING, and is handed
+ * out through `*next` with that step's userdata in
  * `*next_userdata`. The caller then runs the step itself and completes it (with this function
  * or sync_msg_complete()) exactly once; step_timeout_ms applies as to any pending step. When
  * the work stops elsewhere first (the queue is empty, an adapter call or a step of another
