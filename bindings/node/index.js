@@ -901,13 +901,18 @@ class SyncEngine {
       return finish(result);
     }
     const done = this._track();
-    Promise.resolve(result)
-      .then(finish, fail)
-      .catch(fail)
-      .then((status) => {
-        open = false;
-        complete(status, done);
-      });
+    // One reaction, not a chain of three: its turn comes right after the handler's own awaits.
+    const settle = (fn) => (value) => {
+      let status;
+      try {
+        status = fn(value);
+      } catch (err) {
+        status = step.role === 'handler' ? Status.EHANDLER : Status.EREJECTED;
+      }
+      open = false;
+      complete(status, done);
+    };
+    Promise.resolve(result).then(settle(finish), settle(fail));
     return PENDING;
   }
 }
