@@ -682,8 +682,27 @@ class SyncEngine {
 
   _dispatch(ev, slot, a, b, c, d, e, transient) {
     switch (ev) {
-      case 'step':
-        return this._runStep(this._steps[slot], a, transient);
+      case 'step': {
+        // Called by C on this thread: the status goes back to C (slices as in _runQueue).
+        const msg = a;
+        const status = this._runStep(this._steps[slot], msg, transient, (st, done) =>
+          completeSoon(() => {
+            done();
+            native.sync_msg_complete(msg, st);
+          }),
+        );
+        if (status === PENDING || inSlice()) return status;
+        // Slice used up (a long drain of queued messages): finish this one on the next loop turn.
+        const done = this._track();
+        setImmediate(() => {
+          done();
+          native.sync_msg_complete(msg, status);
+        });
+        return PENDING;
+      }
+      case 'steps':
+        this._runQueue(slot, a, transient);
+        return true;
       case 'send': {
         const entry = this._byId.get(slot);
         if (!entry) return Status.ECLOSED;
@@ -777,26 +796,74 @@ class SyncEngine {
     else console.error(`syncengine: ${context}:`, error);
   }
 
-  // One validator/middleware/handler call. Returns the status for C, or PENDING and completes the
-  // message when the promise settles; getState/setState work only until then.
-  _runStep(step, msg, transient) {
+  // The steps a wake-up from another thread brings (one call for every message waiting): runs the
+  // step of `msg`, completes it with sync_msg_complete_next, which commits it (or rolls it back)
+  // and hands back the next step of this engine, pending, instead of calling into JS again; and so
+  // on until the queue is empty. An async step ends the loop: its settlement goes on with it, and
+  // the messages behind it wait in the engine's queue meanwhile. Past the 10 ms slice the rest
+  // goes on after setImmediate. Owns `msg` (and each step handed back): completes every one.
+  _runQueue(slot, msg, transient) {
+    let cur = msg;
+    let curSlot = slot;
+    while (cur) {
+      const at = cur;
+      let status;
+      try {
+        status = this._runStep(this._steps[curSlot], at, transient, (st, done) =>
+          completeSoon(() => {
+            done();
+            this._completeAndRun(at, st);
+          }),
+        );
+      } catch (err) {
+        process.emitWarning(`syncengine: step: ${errorText(err)}`);
+        status = Status.EHANDLER;
+      }
+      if (status === PENDING) return;
+      if (!inSlice()) {
+        const done = this._track();
+        setImmediate(() => {
+          done();
+          this._completeAndRun(at, status);
+        });
+        return;
+      }
+      const next = native.jsb_msg_complete_next(at, status);
+      cur = next ? next[0] : null;
+      curSlot = next ? next[1] : 0;
+    }
+  }
+
+  // Completes a step that finished later and runs the queue the engine hands back.
+  _completeAndRun(msg, status) {
+    const next = native.jsb_msg_complete_next(msg, status);
+    if (next) this._event('steps', next[1], next[0]);
+  }
+
+  // One validator/middleware/handler call. Returns the status, or PENDING and calls
+  // complete(status, done) when the promise settles (done() ends the engine's wait for it, right
+  // before the completion); getState/setState work only until then.
+  _runStep(step, msg, transient, complete) {
     if (!step) return Status.EHANDLER;
     let open = true;
     const live = () => {
       if (!open)
         throw new SyncError(Status.ESTATE, 'getState/setState used after the handler finished');
     };
+    let json;
     const finish = (value) => {
       if (step.role === 'handler' || value === undefined) return OK;
-      let json;
+      let text;
       try {
-        json = jsonOf(value, step.role);
+        text = jsonOf(value, step.role);
       } catch (err) {
         return fail(
           err instanceof SyncError ? err : new Error(`${step.role} returned a value that is not JSON`),
         );
       }
-      const rc = native.sync_msg_replace_json(msg, json);
+      // The message it was given, unchanged (`return raw`): nothing to parse again in C.
+      if (text === json) return OK;
+      const rc = native.sync_msg_replace_json(msg, text);
       return rc < 0 ? fail(new Error(`${step.role} returned a message that cannot be used`)) : OK;
     };
     const fail = (err) => {
@@ -805,7 +872,7 @@ class SyncEngine {
     };
     let result;
     try {
-      const json = native.sync_msg_message_json(msg);
+      json = native.sync_msg_message_json(msg);
       if (step.role === 'handler') {
         const getState = () => {
           live();
@@ -817,8 +884,10 @@ class SyncEngine {
           const rc = native.sync_msg_set_state_json(msg, text);
           if (rc < 0) throw lastError(rc);
         };
+        const id = native.jsb_msg_conn_id(msg);
+        const entry = id ? this._byId.get(id) : null;
         result = step.fn(
-          this._wsOf(native.sync_msg_conn(msg), transient),
+          entry ? entry.ws : this._wsOf(native.sync_msg_conn(msg), transient),
           JSON.parse(json),
           getState,
           setState,
@@ -834,27 +903,21 @@ class SyncEngine {
     }
     if (!isThenable(result)) {
       open = false;
-      const status = finish(result);
-      if (inSlice()) return status;
-      // Slice used up (a long drain of queued messages): finish this one on the next loop turn.
-      const done = this._track();
-      setImmediate(() => {
-        done();
-        native.sync_msg_complete(msg, status);
-      });
-      return PENDING;
+      return finish(result);
     }
     const done = this._track();
-    Promise.resolve(result)
-      .then(finish, fail)
-      .catch(fail)
-      .then((status) => {
-        open = false;
-        completeSoon(() => {
-          done();
-          native.sync_msg_complete(msg, status);
-        });
-      });
+    // One reaction, not a chain of three: its turn comes right after the handler's own awaits.
+    const settle = (fn) => (value) => {
+      let status;
+      try {
+        status = fn(value);
+      } catch (err) {
+        status = step.role === 'handler' ? Status.EHANDLER : Status.EREJECTED;
+      }
+      open = false;
+      complete(status, done);
+    };
+    Promise.resolve(result).then(settle(finish), settle(fail));
     return PENDING;
   }
 }

@@ -678,11 +678,14 @@ void jsb_run_job(jsb_job *job)
     v8::HandleScope scope(iso);
     switch (job->kind) {
     case JOB_STEP: {
-        int status = jsb_status_of(
-            jsb_call(job->sink, "step", job->slot, jsb_ptr(job->msg, SWIGTYPE_p_sync_msg)),
-            SYNC_EHANDLER);
-        if (status != SYNC_PENDING)
-            sync_msg_complete(job->msg, status);
+        /* One entry for every message waiting: index.js runs this step, completes it with
+         * sync_msg_complete_next and runs each step the engine hands back (the messages queued
+         * behind it) in the same call, until the queue is empty or a step is pending. It owns
+         * the message once it answers true. */
+        v8::Local<v8::Value> taken =
+            jsb_call(job->sink, "steps", job->slot, jsb_ptr(job->msg, SWIGTYPE_p_sync_msg));
+        if (!taken->IsTrue())
+            sync_msg_complete(job->msg, SYNC_EHANDLER);
         break;
     }
     case JOB_EVENT:
@@ -822,6 +825,27 @@ void jsb_module_init(v8::Local<v8::Context> context)
 
 typedef v8::Local<v8::Value> jsb_js_value;
 
+/* Completes `msg` and hands back the next step of this bridge the engine reached, pending: null,
+ * or [msg, slot] for index.js to run in the same loop (sync_msg_complete_next). */
+static jsb_js_value jsb_msg_complete_next(sync_msg *msg, int status)
+{
+    v8::Isolate *iso = v8::Isolate::GetCurrent();
+    sync_msg *next = NULL;
+    void *userdata = NULL;
+    sync_msg_complete_next(msg, status, &next, &userdata);
+    if (!next)
+        return v8::Null(iso);
+    v8::Local<v8::Array> pair = v8::Array::New(iso, 2);
+    v8::Local<v8::Context> ctx = iso->GetCurrentContext();
+    if (pair->Set(ctx, 0, jsb_ptr(next, SWIGTYPE_p_sync_msg)).IsNothing() ||
+        pair->Set(ctx, 1, jsb_num(((jsb_cb *)userdata)->slot)).IsNothing()) {
+        /* cannot happen short of a V8 failure: never leave the engine waiting */
+        sync_msg_complete(next, SYNC_EHANDLER);
+        return v8::Null(iso);
+    }
+    return pair;
+}
+
 static jsb_sink *jsb_sink_new(jsb_js_value fn)
 {
     if (!fn->IsFunction())
@@ -929,6 +953,12 @@ static int jsb_conn_new(jsb_sink *sink, sync_conn **out)
 static double jsb_conn_id(sync_conn *conn)
 {
     return conn ? (double)sync_conn_id(conn) : 0;
+}
+
+/* The id of the connection that sent `msg` (0: none), without a wrapper object for it. */
+static double jsb_msg_conn_id(sync_msg *msg)
+{
+    return jsb_conn_id(sync_msg_conn(msg));
 }
 
 static void jsb_idle_done(sync_engine *, int status, void *ud)
@@ -1047,6 +1077,7 @@ static int jsb_server_close(sync_server *server, jsb_sink *sink, double token)
 
 typedef struct jsb_sink jsb_sink;
 %typemap(in) jsb_js_value "$1 = $input;"
+%typemap(out) jsb_js_value "$result = $1;"
 
 /* (text, len): a JS string as UTF-8 bytes, embedded NULs included. */
 %typemap(in, fragment = "SWIG_AsCharPtrAndSize") (const char *text, size_t len)
@@ -1076,6 +1107,7 @@ void sync_engine_free(sync_engine *engine);
 
 int jsb_conn_new(jsb_sink *sink, sync_conn **out);
 double jsb_conn_id(sync_conn *conn);
+double jsb_msg_conn_id(sync_msg *msg);
 const char *sync_conn_identity(const sync_conn *conn);
 void sync_conn_free(sync_conn *conn);
 sync_conn *sync_conn_ref(sync_conn *conn);
@@ -1096,6 +1128,7 @@ const char *sync_msg_state_json(sync_msg *msg);
 int sync_msg_set_state_json(sync_msg *msg, const char *json);
 int sync_msg_set_error(sync_msg *msg, const char *reason);
 int sync_msg_complete(sync_msg *msg, int status);
+jsb_js_value jsb_msg_complete_next(sync_msg *msg, int status);
 
 char *sync_engine_get_state_json(sync_engine *engine);
 int64_t sync_engine_get_version(sync_engine *engine);

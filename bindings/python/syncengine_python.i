@@ -12,7 +12,9 @@
 
 
 %{
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -62,6 +64,24 @@ static int pysync_status_of(PyObject *result, int fallback)
     return (int)status;
 }
 
+/* token (int) -> step callable, see the step runner below; GIL */
+static PyObject *pysync_live_steps;
+
+/* A step's registration ends: its token is no longer found, then its reference goes. */
+static void pysync_step_free(void *userdata)
+{
+    if (!userdata || !Py_IsInitialized())
+        return;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *token = PyLong_FromVoidPtr(userdata);
+    if (pysync_live_steps && token && PyDict_GetItemWithError(pysync_live_steps, token) == userdata)
+        PyDict_DelItem(pysync_live_steps, token);
+    PyErr_Clear();
+    Py_XDECREF(token);
+    Py_DECREF((PyObject *)userdata);
+    PyGILState_Release(gil);
+}
+
 static void pysync_decref(void *userdata)
 {
     /* Objects still held while the interpreter shuts down are left to the OS. */
@@ -104,10 +124,87 @@ static void sync_bridge_raise(int status)
     }
 }
 
+/* ---- the step runner: steps reached on libsync's threads run in batches on a Python thread -- */
+
+/*
+ * A step that the engine reaches on a thread of libsync's own (the built-in server's service
+ * thread, an engine's timer thread) is not run there: the GIL would be taken and released once
+ * per message, and the service thread would run Python instead of reading and writing sockets.
+ * It returns SYNC_PENDING and is posted, untouched, to an executor; the package's runner thread
+ * ("syncengine-steps") takes every job waiting in one wake-up and runs them with the GIL held
+ * once, each with the loop of syncengine._engine._run_queue: the step, then
+ * sync_msg_complete_next, which commits (or rolls back) that message and hands back the next step
+ * the engine reaches (the messages queued meanwhile), and so on. Steps reached on Python threads
+ * (handle_message, inject, an asyncio completion) run at once on that thread, as before.
+ *
+ * Step callables are looked up by token (their address) in pysync_live_steps, a dict that the
+ * registration fills and its free_userdata empties under the GIL: a token that a job or
+ * sync_msg_complete_next hands over after its step was replaced is then not found (the message
+ * is dropped with SYNC_ENOHANDLER) instead of pointing at a freed object.
+ */
+static sync_executor *pysync_runner;
+static pthread_mutex_t pysync_runner_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pysync_runner_cond = PTHREAD_COND_INITIALIZER;
+static int pysync_runner_woken;         /* guarded by pysync_runner_lock */
+static int pysync_runner_stopping;      /* guarded by pysync_runner_lock */
+static atomic_int pysync_runner_on;     /* the runner thread takes jobs */
+static PyObject *pysync_runner_batch;   /* the list pysync_runner_take fills; GIL */
+
+typedef struct pysync_job {
+    sync_msg *msg;
+    void *token;
+} pysync_job;
+
+static void pysync_runner_wake(void *userdata)
+{
+    (void)userdata;
+    pthread_mutex_lock(&pysync_runner_lock);
+    pysync_runner_woken = 1;
+    pthread_cond_signal(&pysync_runner_cond);
+    pthread_mutex_unlock(&pysync_runner_lock);
+}
+
+/* Runs inside pysync_runner_take (GIL held): the job becomes an item of its batch. */
+static void pysync_job_take(void *p)
+{
+    pysync_job *job = (pysync_job *)p;
+    PyObject *item = Py_BuildValue("(NN)", SWIG_NewPointerObj(job->msg, SWIGTYPE_p_sync_msg, 0),
+                                   PyLong_FromVoidPtr(job->token));
+    if (!item || PyList_Append(pysync_runner_batch, item) < 0) {
+        PyErr_Clear();
+        /* the engine's lock is never waited for with the GIL held */
+        Py_BEGIN_ALLOW_THREADS sync_msg_complete(job->msg, SYNC_ENOMEM);
+        Py_END_ALLOW_THREADS
+    }
+    Py_XDECREF(item);
+    free(job);
+}
+
+/* A job that never runs (the runner stopped, or the post failed): its step fails. When the post
+ * failed, the step is still in its call, which then returns this status. */
+static void pysync_job_drop(void *p)
+{
+    pysync_job *job = (pysync_job *)p;
+    sync_msg_set_error(job->msg, "the Python step runner has stopped");
+    sync_msg_complete(job->msg, SYNC_ECLOSED);
+    free(job);
+}
+
 /* ---- pipeline steps: fn(msg) -> status ---------------------------------------------------- */
 
 static int pysync_step(sync_msg *msg, void *userdata)
 {
+    /* No Python thread state: a thread of libsync's. Hand the step to the runner thread. */
+    if (atomic_load(&pysync_runner_on) && !PyGILState_GetThisThreadState()) {
+        pysync_job *job = (pysync_job *)calloc(1, sizeof *job);
+        if (job) {
+            job->msg = msg;
+            job->token = userdata;
+            /* on failure the drop has completed the message (with the step still in its call) */
+            sync_executor_post(pysync_runner, pysync_job_take, pysync_job_drop, job);
+            return SYNC_PENDING;
+        }
+    }
     PyGILState_STATE gil = PyGILState_Ensure();
     int status = SYNC_EHANDLER;
     PyObject *arg = pysync_ptr(msg, SWIGTYPE_p_sync_msg);
@@ -520,12 +617,119 @@ static int pysync_engine_step(sync_engine *engine, int kind, const char *type, P
         Py_BEGIN_ALLOW_THREADS status = sync_engine_set_validator(engine, NULL, NULL, NULL);
         Py_END_ALLOW_THREADS return status;
     }
+    if (!pysync_live_steps && !(pysync_live_steps = PyDict_New()))
+        return SYNC_ENOMEM;
+    PyObject *token = PyLong_FromVoidPtr(fn);
+    if (!token || PyDict_SetItem(pysync_live_steps, token, fn) < 0) {
+        Py_XDECREF(token);
+        PyErr_Clear();
+        return SYNC_ENOMEM;
+    }
+    Py_DECREF(token);
     Py_INCREF(fn);
     Py_BEGIN_ALLOW_THREADS if (kind == 0) status =
-        sync_engine_on(engine, type, pysync_step, fn, pysync_decref);
-    else if (kind == 1) status = sync_engine_set_validator(engine, pysync_step, fn, pysync_decref);
-    else status = sync_engine_use(engine, pysync_step, fn, pysync_decref);
+        sync_engine_on(engine, type, pysync_step, fn, pysync_step_free);
+    else if (kind == 1) status =
+        sync_engine_set_validator(engine, pysync_step, fn, pysync_step_free);
+    else status = sync_engine_use(engine, pysync_step, fn, pysync_step_free);
     Py_END_ALLOW_THREADS return status;
+}
+
+/* The step callable a token stands for, or None when its registration is gone. */
+static PyObject *pysync_step_of(PyObject *token)
+{
+    PyObject *fn = pysync_live_steps ? PyDict_GetItemWithError(pysync_live_steps, token) : NULL;
+    if (!fn) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(fn);
+    return fn;
+}
+
+/* Completes `msg` with `status` and returns (next message or None, its step's token or 0, the
+ * completion's status): the next step of this bridge the engine reached, pending, for the
+ * caller's loop to run (sync_msg_complete_next). */
+static PyObject *pysync_msg_complete_next(sync_msg *msg, int status)
+{
+    sync_msg *next = NULL;
+    void *token = NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = sync_msg_complete_next(msg, status, &next, &token);
+    Py_END_ALLOW_THREADS if (!next) return Py_BuildValue("(Oii)", Py_None, 0, rc);
+    return Py_BuildValue("(NNi)", SWIG_NewPointerObj(next, SWIGTYPE_p_sync_msg, 0),
+                         PyLong_FromVoidPtr(token), rc);
+}
+
+/* The id of the connection that sent `msg`, 0 for none (one crossing instead of two). */
+static unsigned long long pysync_msg_conn_id(sync_msg *msg)
+{
+    sync_conn *conn = sync_msg_conn(msg);
+    return conn ? (unsigned long long)sync_conn_id(conn) : 0;
+}
+
+/* The runner thread's side: starts taking jobs (once per process; 0 when it already had). */
+static int pysync_runner_start(void)
+{
+    if (atomic_load(&pysync_runner_on))
+        return 0;
+    sync_executor *ex = NULL;
+    if (sync_executor_new(&ex, pysync_runner_wake, NULL, NULL) < 0)
+        return SYNC_ENOMEM;
+    pysync_runner = ex;
+    pthread_mutex_lock(&pysync_runner_lock);
+    pysync_runner_stopping = 0;
+    pthread_mutex_unlock(&pysync_runner_lock);
+    atomic_store(&pysync_runner_on, 1);
+    return 1;
+}
+
+/* Waits (GIL released) until jobs are queued, then takes every one: a list of (msg, token), or
+ * None once pysync_runner_stop was called. */
+static PyObject *pysync_runner_take(void)
+{
+    int stopping = 0;
+    Py_BEGIN_ALLOW_THREADS pthread_mutex_lock(&pysync_runner_lock);
+    while (!pysync_runner_woken && !pysync_runner_stopping)
+        pthread_cond_wait(&pysync_runner_cond, &pysync_runner_lock);
+    pysync_runner_woken = 0;
+    stopping = pysync_runner_stopping;
+    pthread_mutex_unlock(&pysync_runner_lock);
+    Py_END_ALLOW_THREADS
+    PyObject *batch = PyList_New(0);
+    if (!batch)
+        return NULL;
+    /* Even when stopping: what was posted before runs. */
+    pysync_runner_batch = batch;
+    sync_executor_run(pysync_runner);
+    pysync_runner_batch = NULL;
+    if (stopping && PyList_GET_SIZE(batch) == 0) {
+        Py_DECREF(batch);
+        Py_RETURN_NONE;
+    }
+    return batch;
+}
+
+/* Steps reached on libsync's threads run there again (taking the GIL each); the runner's next
+ * take returns what is left, then None. */
+static void pysync_runner_stop(void)
+{
+    atomic_store(&pysync_runner_on, 0);
+    pthread_mutex_lock(&pysync_runner_lock);
+    pysync_runner_stopping = 1;
+    pthread_cond_signal(&pysync_runner_cond);
+    pthread_mutex_unlock(&pysync_runner_lock);
+}
+
+/* The runner thread, once its take returned None: a post that raced with the stop is dropped
+ * (its step fails with SYNC_ECLOSED) rather than left waiting. The closed executor stays
+ * allocated: a libsync thread may still be posting to it. A later start makes a new one. */
+static void pysync_runner_close(void)
+{
+    sync_executor *ex = pysync_runner;
+    pysync_runner = NULL;
+    Py_BEGIN_ALLOW_THREADS sync_executor_close(ex);
+    Py_END_ALLOW_THREADS
 }
 
 /* Replaces the hooks (dispatch None clears them). */

@@ -117,6 +117,9 @@ const engine = new SyncEngine({
   heartbeatIntervalMs: 30000,
   pingTimeoutMs: 90000,
   stepTimeoutMs,
+  // Like the C demo: every version a client receives was saved first, and the changes of one
+  // loop turn are saved once (group commit) instead of once each.
+  persistMode: 'beforeSend',
   debug: args.debug,
   hooks: { onError: (error, context) => console.error(`error in ${context}: ${error.message}`) },
 });

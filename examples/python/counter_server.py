@@ -46,6 +46,9 @@ def main() -> None:
         adapter=syncengine.SQLiteAdapter(args.state) if args.state else None,
         heartbeat_interval_ms=30_000,
         ping_timeout_ms=90_000,
+        # Like the C demo: every version a client receives was saved first, and the changes of
+        # one loop turn are saved once (group commit) instead of once each.
+        persist_mode="before_send",
         debug=args.debug,
         hooks={"on_error": lambda error, context: print(f"error in {context}: {error}")},
     )

@@ -168,32 +168,35 @@ def test_threads_set_state_while_the_server_runs(served):
         assert frame["data"] == final
 
 
-def test_gil_is_released_while_waiting_for_the_engine(served):
-    """A handler on the service thread holds the engine; a Python thread calling set_state waits
-    for it without holding the GIL, so the main thread can still run and let the handler finish."""
+def test_a_call_made_while_a_handler_runs_is_queued_behind_it(served):
+    """A handler of a served engine runs on the step runner thread, its message pending in the
+    engine; set_state from another Python thread meanwhile is queued behind it (Status.PENDING)
+    and applied after it, while the handler blocks without holding the GIL."""
     engine, server = served()
     entered, gate = threading.Event(), threading.Event()
     gate_opened = []
+    where = []
 
     def slow(conn, message, get_state, set_state):
+        where.append(threading.current_thread().name)
         entered.set()
         gate_opened.append(gate.wait(5))
+        state = get_state()
+        state["counter"] = 7
+        set_state(state)
 
     engine.on("slow", slow)
     with connect(f"ws://127.0.0.1:{server.port}/counter") as ws:
         recv_json(ws)
         ws.send(msg("slow"))
         assert entered.wait(5)
-        writer = threading.Thread(target=engine.set_state, args=({"counter": 100},), kwargs={"broadcast": True})
-        writer.start()
-        time.sleep(0.05)
-        assert writer.is_alive()  # waiting for the engine the handler holds
-        gate.set()  # runs only because the waiting thread released the GIL
-        writer.join(5)
-        assert not writer.is_alive()
-        assert gate_opened == [True]
+        assert engine.set_state({"counter": 100}, broadcast=True) == syncengine.Status.PENDING
+        assert engine.get_state() == {"counter": 0}  # the handler's message comes first
+        gate.set()
         frame = recv_until(ws, lambda f: f.get("data") == {"counter": 100})
-        assert frame["version"] == 1
+        assert frame["version"] == 2  # 1 was the handler's change
+        assert gate_opened == [True]
+        assert where == ["syncengine-steps"]
 
 
 def test_serve_forever_stops_from_another_thread(make_engine):

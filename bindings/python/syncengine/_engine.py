@@ -115,11 +115,15 @@ def log_sink(logger: logging.Logger) -> Callable[[int, str], None]:
     return sink
 
 
+# One encoder for every dumps(): json.dumps() with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
+
+
 def dumps(value: Any) -> str:
     """Compact JSON text of a state or message; TypeError/ValueError for what JSON cannot hold."""
-    plain = _plain(value)
+    plain = value if type(value) is dict or type(value) is list else _plain(value)
     try:
-        return json.dumps(plain, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        return _encode(plain)
     except ValueError as exc:
         bad = _non_finite(plain)
         if bad is None:
@@ -312,6 +316,7 @@ class SyncEngine:
             opts, self._log_sink, _make_dispatch(ref), self._hook_mask()
         )
         _live_engines.add(self)
+        _start_runner()
         _resume(None)
         try:
             for type_name, fn in handler_items:
@@ -451,6 +456,16 @@ class SyncEngine:
     def connection_count(self) -> int:
         """Number of open connections."""
         return int(native.sync_engine_connection_count(self._p()))
+
+    def _conn_by_id(self, cid: int, msg: Any) -> Any:
+        """The Python object for the connection `cid` that sent `msg` (see _conn_object)."""
+        bridge = self._bridges.get(cid)
+        if bridge is not None:
+            return bridge.target
+        conn = self._server_conns.get(cid)
+        if conn is not None:
+            return conn
+        return self._conn_object(native.sync_msg_conn(msg))
 
     def _conn_object(self, cptr: Any) -> Any:
         """The Python object that stands for a C connection in handlers and hooks."""
@@ -592,7 +607,33 @@ def _handler_items(handlers: Any) -> list[tuple[str, Handler]]:
 # ---- the wrappers C calls (through the bridge in syncengine_python.i) -------------------------
 
 
+# The extension module itself: its functions skip the Python-level wrappers SWIG writes in
+# native.py (one call less per crossing, on the path every message takes).
+_c = getattr(native, "_native", native)
+
+# json.loads without its whitespace checks, for the compact JSON libsync hands out (a message or
+# state text from C never starts or ends with whitespace).
+_scan_once = json.JSONDecoder().scan_once
+
+
+def _loads_compact(text: str) -> Any:
+    try:
+        value, end = _scan_once(text, 0)
+    except StopIteration:
+        return json.loads(text)  # raises the usual JSONDecodeError
+    return value if end == len(text) else json.loads(text)
+
+
 def _make_handler(ref: Callable[[], SyncEngine | None], fn: Handler) -> Callable[[Any], int]:
+    # Run once per message, often thousands of times a second: the names it uses are bound here.
+    state_json = _c.sync_msg_state_json
+    set_state_json = _c.sync_msg_set_state_json
+    message_json = _c.sync_msg_message_json
+    msg_conn_id = _c.pysync_msg_conn_id
+    loads = _loads_compact
+    isawaitable = inspect.isawaitable
+    ok, pending, failed = Status.OK, Status.PENDING, Status.EHANDLER
+
     def step(msg: Any) -> int:
         engine = ref()
         if engine is None:
@@ -603,29 +644,112 @@ def _make_handler(ref: Callable[[], SyncEngine | None], fn: Handler) -> Callable
         def get_state() -> Any:
             if not live[0]:
                 raise SyncError(Status.ESTATE, "get_state() used after the handler returned")
-            return _loads(native.sync_msg_state_json(msg))
+            return loads(state_json(msg))
 
         def set_state(state: Any) -> None:
             if not live[0]:
                 raise SyncError(Status.ESTATE, "set_state() used after the handler returned")
-            check(native.sync_msg_set_state_json(msg, dumps(state)))
+            rc = set_state_json(msg, dumps(state))
+            if rc < 0:
+                check(rc)
 
-        with _InCallback(engine):
-            try:
-                conn = engine._conn_object(native.sync_msg_conn(msg))
-                result = fn(conn, _loads(native.sync_msg_message_json(msg)), get_state, set_state)
-                if inspect.isawaitable(result):
-                    _finish_later(engine, msg, result, live)
-                    return Status.PENDING
-                live[0] = False
-                return Status.OK
-            except BaseException as exc:
-                live[0] = False
-                _defer_interrupt(exc)
-                native.sync_msg_set_error(msg, _note_error(ref))
-                return Status.EHANDLER
+        active = _active_set()
+        key = id(engine)
+        added = key not in active
+        if added:
+            active.add(key)
+        try:
+            cid = msg_conn_id(msg)
+            conn = engine._conn_by_id(cid, msg) if cid else None
+            result = fn(conn, loads(message_json(msg)), get_state, set_state)
+            if result is not None and isawaitable(result):
+                _finish_later(engine, msg, result, live)
+                return pending
+            live[0] = False
+            return ok
+        except BaseException as exc:
+            live[0] = False
+            _defer_interrupt(exc)
+            native.sync_msg_set_error(msg, _note_error(ref))
+            return failed
+        finally:
+            if added:
+                active.discard(key)
 
     return step
+
+
+# ---- the step runner (see "the step runner" in syncengine_python.i) --------------------------
+
+_runner_lock = threading.Lock()
+_runner_thread: threading.Thread | None = None
+
+
+def _start_runner() -> None:
+    """Starts the thread that runs, in batches, the steps libsync's own threads reach (once)."""
+    global _runner_thread
+    with _runner_lock:
+        if _runner_thread is not None:
+            return
+        if native.pysync_runner_start() < 0:
+            return  # out of memory: such steps keep running on libsync's threads, one at a time
+        _runner_thread = threading.Thread(target=_runner_main, name="syncengine-steps", daemon=True)
+        _runner_thread.start()
+
+
+def _stop_runner() -> None:
+    """Steps reached on libsync's threads run there again; the runner thread ends."""
+    global _runner_thread
+    with _runner_lock:
+        thread, _runner_thread = _runner_thread, None
+        if thread is None:
+            return
+        native.pysync_runner_stop()
+    if thread is not threading.current_thread():
+        thread.join(5)
+
+
+def _runner_main() -> None:
+    take = native.pysync_runner_take
+    while True:
+        batch = take()  # every step posted since the last take, waiting with the GIL released
+        if batch is None:
+            break
+        for msg, token in batch:
+            _run_queue(msg, token)
+    native.pysync_runner_close()
+
+
+def _run_queue(msg: Any, token: int) -> None:
+    """Runs the step `token` names for `msg`, completes it and runs each next step the engine
+    hands back (sync_msg_complete_next: the messages queued behind it, each committed or rolled
+    back before the next runs), until none is left or a step is pending (an async def one, which
+    goes on with _complete_and_run when it finishes)."""
+    step_of = _c.pysync_step_of
+    complete_next = _c.pysync_msg_complete_next
+    while msg is not None:
+        step = step_of(token)
+        if step is None:
+            native.sync_msg_set_error(msg, "the step was unregistered before it ran")
+            status = Status.ENOHANDLER
+        else:
+            try:
+                status = step(msg)
+            except BaseException as exc:  # the wrappers catch the user's errors: a bug of ours
+                _defer_interrupt(exc)
+                native.sync_msg_set_error(msg, _exception_text("syncengine step wrapper"))
+                status = Status.EHANDLER
+        if status == Status.PENDING:
+            return
+        msg, token, _ = complete_next(msg, status)
+
+
+def _complete_and_run(msg: Any, status: int) -> int:
+    """Completes a pending step and runs the queue behind it here; the completion's status."""
+    msg, token, rc = native.pysync_msg_complete_next(msg, status)
+    if msg is not None:
+        _run_queue(msg, token)
+    return rc
 
 
 def _finish_later(
@@ -669,7 +793,7 @@ def _finish_later(
             status = failure
         finally:
             live[0] = False
-        if native.sync_msg_complete(msg, status) == Status.ETIMEDOUT:
+        if _complete_and_run(msg, status) == Status.ETIMEDOUT:
             # dropped at step_timeout_ms and reported then: nothing reads what was noted since
             engine._pending.text = None
         if interrupt is not None:
@@ -785,6 +909,7 @@ def _report_hook_failure(engine: SyncEngine, name: str) -> None:
 
 @atexit.register
 def _dispose_all() -> None:
+    _stop_runner()
     # Timer threads must not call into an interpreter that is shutting down.
     for engine in list(_live_engines):
         try:

@@ -310,6 +310,29 @@ SYNC_EXTERN int sync_msg_set_error(sync_msg *msg, const char *reason);
  */
 SYNC_EXTERN int sync_msg_complete(sync_msg *msg, int status);
 
+/**
+ * Completes `msg` like sync_msg_complete() and hands back the next step of the same callback,
+ * so that a binding runs a whole queue of messages in one loop of its own instead of being
+ * called once per step (one entry into Python or JavaScript for every message waiting).
+ *
+ * The engine goes on as sync_msg_complete() does (the rest of this message's pipeline, its
+ * commit, the queued work behind it), except that the first step it reaches whose callback is
+ * the one the step of `msg` was called with (the same sync_step_cb function, whatever its
+ * userdata; also when that step was unregistered or replaced meanwhile) is not called: that
+ * message is left pending at that step exactly as if the callback had returned SYNC_PENDING,
+ * and is handed out through `*next` with that step's userdata in `*next_userdata`. The caller
+ * then runs the step itself and completes it (with this function or sync_msg_complete())
+ * exactly once; step_timeout_ms applies as to any pending step. When the work stops elsewhere
+ * first (the queue is empty, an adapter call or a step of another callback is pending), `*next`
+ * and `*next_userdata` are NULL. Order and atomicity are those of sync_msg_complete(): messages
+ * run one at a time in arrival order, and each one's change is committed (or rolled back)
+ * before the next one's step is handed out.
+ * `next` and `next_userdata` may be NULL only together (then this is sync_msg_complete()).
+ * Errors: those of sync_msg_complete() (with `*next` NULL).
+ */
+SYNC_EXTERN int sync_msg_complete_next(sync_msg *msg, int status, sync_msg **next,
+                                       void **next_userdata);
+
 /* ------------------------------------------------------------------------------------------ */
 /* Connections: any transport (the built-in server, or an embedder's own WebSocket server)       */
 /* ------------------------------------------------------------------------------------------ */

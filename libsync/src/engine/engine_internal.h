@@ -123,6 +123,7 @@ struct sync_msg {
     msg_step step;
     size_t mw_index;
     msg_phase phase;
+    sync_step_cb called_cb; /* the callback of the step last called (or handed out) */
     int early;
     int early_status;
     int resumed;
@@ -194,6 +195,11 @@ struct sync_engine {
 
     /* operations */
     int busy;
+    /* Set during sync_msg_complete_next(): the first step of this callback the work reaches is
+     * not called but left pending and handed out (handoff_msg, handoff_userdata). */
+    sync_step_cb handoff_cb;
+    sync_msg *handoff_msg;
+    void *handoff_userdata;
     sync__op *cur;
     sync__op *queue_head;
     sync__op *queue_tail;

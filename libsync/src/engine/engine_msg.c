@@ -87,18 +87,28 @@ static int step_failed(sync_engine *engine, sync_msg *msg, int status, int as_st
                           detail);
 }
 
-/* Calls one user step, noticing a completion that arrives before the step returns. */
+/* Calls one user step, noticing a completion that arrives before the step returns. Inside
+ * sync_msg_complete_next() the first step of the completing callback is not called but handed
+ * out, pending, to the caller, which runs it in its own loop. */
 static int call_step(sync_msg *msg, const step_entry *step)
 {
     free(msg->error);
     msg->error = NULL;
     msg->phase = PHASE_IN_CALL;
     msg->early = 0;
-    int rc = step->cb(msg, step->userdata);
+    msg->called_cb = step->cb;
+    sync_engine *engine = msg->engine;
+    int rc;
+    if (engine->handoff_cb && step->cb == engine->handoff_cb && !engine->handoff_msg) {
+        engine->handoff_msg = msg;
+        engine->handoff_userdata = step->userdata;
+        rc = SYNC_PENDING;
+    } else {
+        rc = step->cb(msg, step->userdata);
+    }
     if (rc == SYNC_PENDING) {
         if (!msg->early) {
             msg->phase = PHASE_AWAITING;
-            sync_engine *engine = msg->engine;
             if (engine->step_timeout_ms > 0) {
                 int64_t deadline = sync_now_ms() + engine->step_timeout_ms;
                 engine->step_deadline_ms = deadline;
@@ -241,8 +251,20 @@ int sync__msg_run(sync_engine *engine, sync__op *op)
 
 int sync_msg_complete(sync_msg *msg, int status)
 {
+    return sync_msg_complete_next(msg, status, NULL, NULL);
+}
+
+int sync_msg_complete_next(sync_msg *msg, int status, sync_msg **next, void **next_userdata)
+{
+    if (next)
+        *next = NULL;
+    if (next_userdata)
+        *next_userdata = NULL;
     if (!msg)
         return sync__fail(SYNC_EINVAL, "sync_msg_complete: msg is NULL");
+    if (!next != !next_userdata)
+        return sync__fail(SYNC_EINVAL,
+                          "sync_msg_complete_next: next and next_userdata go together");
     sync_engine *engine = msg->engine;
     sync__engine_lock(engine);
     if (msg->orphaned) {
@@ -259,11 +281,27 @@ int sync_msg_complete(sync_msg *msg, int status)
         msg->early = 1;
         msg->early_status = status;
     } else if (msg->phase == PHASE_AWAITING) {
+        /* The callback the completed step was called with (even if it was unregistered or
+         * replaced meanwhile). Saved and restored: a hook run by this completion may complete
+         * another message the same way. */
+        sync_step_cb saved_cb = engine->handoff_cb;
+        sync_msg *saved_msg = engine->handoff_msg;
+        void *saved_userdata = engine->handoff_userdata;
+        engine->handoff_cb = next ? msg->called_cb : NULL;
+        engine->handoff_msg = NULL;
+        engine->handoff_userdata = NULL;
         engine->step_deadline_ms = -1;
         msg->phase = PHASE_IDLE;
         msg->resumed = 1;
         msg->resume_status = status;
         sync__op_continue(engine);
+        if (next && engine->handoff_msg) {
+            *next = engine->handoff_msg;
+            *next_userdata = engine->handoff_userdata;
+        }
+        engine->handoff_cb = saved_cb;
+        engine->handoff_msg = saved_msg;
+        engine->handoff_userdata = saved_userdata;
     } else {
         sync__engine_unlock(engine);
         return sync__fail(SYNC_EINVAL, "sync_msg_complete: the message is not pending");
