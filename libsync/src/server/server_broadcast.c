@@ -36,6 +36,11 @@ enum { FLUSH_ROUNDS = 4 };
 /* Writes between two looks for input (each look is one epoll_wait), and the fewest writes a turn
  * makes before it may stop: every turn moves the walk on, however busy the input. */
 enum { INPUT_CHECK_EVERY = 2, MIN_WRITES_BEFORE_STOP = 4 };
+/* Once a walk has given way to every input for broadcast_yield_ms, a turn writes at least this
+ * fraction of the connections before it gives way again: a walk then spans at most this many
+ * more turns, so each connection gets the newest state within one (longer) pass, and the
+ * per-turn cost (lws 4.1 polls every descriptor) is spread over many writes. */
+enum { BROADCAST_SLICES = 32 };
 
 void server_broadcast_init(sync_server *server)
 {
@@ -154,18 +159,25 @@ static bool input_waiting(sync_server *s)
     return s->input_epfd >= 0 && epoll_wait(s->input_epfd, &ev, 1, 0) > 0;
 }
 
-/* One walk of the live ring from the cursor, writing `frame` where it is newer; false when it
- * stopped early for input (the cursor then names the first connection not visited). A forced
- * broadcast goes to everyone in one walk: stopping would need a record of who already had it. */
+/* One turn's share of the walk, from the cursor: writes `frame` to each live connection that is
+ * behind; false when it stopped early for input (the cursor then names the first connection not
+ * visited). A forced broadcast goes to everyone in one turn: stopping would need a record of who
+ * already had it. */
 static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
 {
     sync_server *s = eng->server;
-    if (!eng->flush_pending)
-        eng->walk_started_us = sync__now_us();
-    /* a walk cut short for broadcast_yield_ms runs to its end: however busy the input, every
-     * client gets the newest state at least that often (plus one walk) */
-    bool may_stop = !force && s->broadcast_yield_ms >= 0 &&
-                    sync__now_us() - eng->walk_started_us < (int64_t)s->broadcast_yield_ms * 1000;
+    int64_t now = sync__now_us();
+    /* A walk is one pass over the ring, however many turns it spans; each new one gives way to
+     * any input during its first broadcast_yield_ms again. */
+    if (!eng->flush_pending || eng->walk_visited >= eng->live_count) {
+        eng->walk_started_us = now;
+        eng->walk_visited = 0;
+    }
+    bool may_stop = !force && s->broadcast_yield_ms >= 0;
+    size_t min_writes = MIN_WRITES_BEFORE_STOP;
+    if (now - eng->walk_started_us >= (int64_t)s->broadcast_yield_ms * 1000 &&
+        eng->live_count / BROADCAST_SLICES > min_writes)
+        min_writes = eng->live_count / BROADCAST_SLICES;
     size_t written = 0, unchecked = 0;
     server_conn *c = eng->cursor ? eng->cursor : eng->live_head;
     for (size_t left = eng->live_count; left && c; left--) {
@@ -174,9 +186,9 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
             written++;
             unchecked++;
         }
+        eng->walk_visited++;
         c = next;
-        if (may_stop && left > 1 && written >= MIN_WRITES_BEFORE_STOP &&
-            unchecked >= INPUT_CHECK_EVERY) {
+        if (may_stop && left > 1 && written >= min_writes && unchecked >= INPUT_CHECK_EVERY) {
             unchecked = 0;
             if (input_waiting(s)) {
                 s->broadcasts_cut_short++;
