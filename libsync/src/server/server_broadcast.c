@@ -18,9 +18,13 @@
  * so it ends the turn, lws reads and applies the input, and the next turn resumes at the cursor
  * with the newer frame. The connections not yet written skip the intermediate state (lossless:
  * a state supersedes the previous one), changes are applied without waiting for the fan-out, and
- * fewer, fresher frames go out. Fairness: the cursor walks a ring, each turn writes a few frames
- * at least, and a walk cut short for broadcast_yield_ms finishes without stopping, so no client
- * waits for the newest state longer than that plus one walk.
+ * fewer, fresher frames go out. Fairness: the cursor walks a ring and each turn writes a few
+ * frames at least; once a walk (one pass over the ring) has given way for broadcast_yield_ms,
+ * each turn writes at least 1/BROADCAST_SLICES of the connections before it gives way again, so
+ * a walk spans a bounded number of turns and no client waits for the newest state longer than
+ * one such walk. The walk keeps giving way in slices rather than running to its end: with 10,000
+ * clients a walk is tens of milliseconds, and input held for all of it would cap the changes
+ * applied per walk at what the clients had in flight when it began.
  */
 #include "server_internal.h"
 
