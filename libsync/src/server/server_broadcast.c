@@ -20,11 +20,11 @@
  * a state supersedes the previous one), changes are applied without waiting for the fan-out, and
  * fewer, fresher frames go out. Fairness: the cursor walks a ring and each turn writes a few
  * frames at least; once a walk (one pass over the ring) has given way for broadcast_yield_ms,
- * each turn writes at least 1/BROADCAST_SLICES of the connections before it gives way again, so
- * a walk spans a bounded number of turns and no client waits for the newest state longer than
- * one such walk. The walk keeps giving way in slices rather than running to its end: with 10,000
- * clients a walk is tens of milliseconds, and input held for all of it would cap the changes
- * applied per walk at what the clients had in flight when it began.
+ * each turn writes at least 1/BROADCAST_SLICES of the connections (and MIN_SLICE_WRITES) before
+ * it gives way again, so a walk spans a bounded number of turns and no client waits for the
+ * newest state longer than one such walk. The walk keeps giving way in slices rather than running
+ * to its end: with 10,000 clients a walk is tens of milliseconds, and input held for all of it
+ * would cap the changes applied per walk at what the clients had in flight when it began.
  */
 #include "server_internal.h"
 
@@ -41,10 +41,12 @@ enum { FLUSH_ROUNDS = 4 };
  * makes before it may stop: every turn moves the walk on, however busy the input. */
 enum { INPUT_CHECK_EVERY = 2, MIN_WRITES_BEFORE_STOP = 4 };
 /* Once a walk has given way to every input for broadcast_yield_ms, a turn writes at least this
- * fraction of the connections before it gives way again: a walk then spans at most this many
- * more turns, so each connection gets the newest state within one (longer) pass, and the
- * per-turn cost (lws 4.1 polls every descriptor) is spread over many writes. */
-enum { BROADCAST_SLICES = 32 };
+ * fraction of the connections (and at least MIN_SLICE_WRITES) before it gives way again: a walk
+ * then spans at most this many more turns, so each connection gets the newest state within one
+ * (longer) pass, and the per-turn cost (lws 4.1 polls every descriptor; a save per version with
+ * SYNC_PERSIST_BEFORE_SEND) is spread over many writes. With fewer than 32 * 32 clients a walk
+ * then needs only a few more turns, close to running to its end. */
+enum { BROADCAST_SLICES = 32, MIN_SLICE_WRITES = 32 };
 
 void server_broadcast_init(sync_server *server)
 {
@@ -179,9 +181,10 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
     }
     bool may_stop = !force && s->broadcast_yield_ms >= 0;
     size_t min_writes = MIN_WRITES_BEFORE_STOP;
-    if (now - eng->walk_started_us >= (int64_t)s->broadcast_yield_ms * 1000 &&
-        eng->live_count / BROADCAST_SLICES > min_writes)
-        min_writes = eng->live_count / BROADCAST_SLICES;
+    if (now - eng->walk_started_us >= (int64_t)s->broadcast_yield_ms * 1000)
+        min_writes = eng->live_count / BROADCAST_SLICES > MIN_SLICE_WRITES
+                         ? eng->live_count / BROADCAST_SLICES
+                         : MIN_SLICE_WRITES;
     size_t written = 0, unchecked = 0;
     server_conn *c = eng->cursor ? eng->cursor : eng->live_head;
     for (size_t left = eng->live_count; left && c; left--) {
