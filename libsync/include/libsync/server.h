@@ -163,10 +163,10 @@ typedef struct sync_server_options {
     /** How long a broadcast gives way to any incoming message. Writing one state to thousands
      *  of sockets takes milliseconds; when messages arrive meanwhile, the server stops, applies
      *  them, and goes on with the newer state (clients not yet written skip the older one). After
-     *  this many milliseconds of that, the broadcast writes at least 1/32 of the clients (and at
-     *  least 32) between two stops, so it reaches every client within a bounded number of stops:
-     *  no client waits longer than that one broadcast for the newest state. 0 = 2 ms; -1 = never
-     *  give way (each broadcast reaches every client first). */
+     *  this many milliseconds of that, the broadcast makes one pass over every client in slices of
+     *  at least 1/32 of them (and at least 32), reading input only between slices: no client
+     *  waits longer than this plus that pass for the newest state. 0 = 2 ms; -1 = never give way
+     *  (each broadcast reaches every client first). */
     int broadcast_yield_ms;
     /* ---- version 3 ---- */
     /** How long a deferred auth decision (sync_request_defer) may take before the connection is

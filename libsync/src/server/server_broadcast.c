@@ -19,12 +19,12 @@
  * with the newer frame. The connections not yet written skip the intermediate state (lossless:
  * a state supersedes the previous one), changes are applied without waiting for the fan-out, and
  * fewer, fresher frames go out. Fairness: the cursor walks a ring and each turn writes a few
- * frames at least; once a walk (one pass over the ring) has given way for broadcast_yield_ms,
- * each turn writes at least 1/BROADCAST_SLICES of the connections (and MIN_SLICE_WRITES) before
- * it gives way again, so a walk spans a bounded number of turns and no client waits for the
- * newest state longer than one such walk. The walk keeps giving way in slices rather than running
- * to its end: with 10,000 clients a walk is tens of milliseconds, and input held for all of it
- * would cap the changes applied per walk at what the clients had in flight when it began.
+ * frames at least; once a broadcast has given way for broadcast_yield_ms, it makes one whole pass
+ * over the ring in slices of at least 1/BROADCAST_SLICES of the connections (and
+ * MIN_SLICE_WRITES), so no client waits for the newest state longer than that plus one such pass.
+ * The pass reads input between its slices rather than running to its end: with 10,000 clients
+ * it takes tens of milliseconds, and input held for all of it would cap the changes it carries
+ * at what the clients had in flight when it began.
  */
 #include "server_internal.h"
 
@@ -40,12 +40,11 @@ enum { FLUSH_ROUNDS = 4 };
 /* Writes between two looks for input (each look is one epoll_wait), and the fewest writes a turn
  * makes before it may stop: every turn moves the walk on, however busy the input. */
 enum { INPUT_CHECK_EVERY = 2, MIN_WRITES_BEFORE_STOP = 4 };
-/* Once a walk has given way to every input for broadcast_yield_ms, a turn writes at least this
- * fraction of the connections (and at least MIN_SLICE_WRITES) before it gives way again: a walk
- * then spans at most this many more turns, so each connection gets the newest state within one
- * (longer) pass, and the per-turn cost (lws 4.1 polls every descriptor; a save per version with
- * SYNC_PERSIST_BEFORE_SEND) is spread over many writes. With fewer than 32 * 32 clients a walk
- * then needs only a few more turns, close to running to its end. */
+/* The sliced pass after broadcast_yield_ms: each turn writes at least this fraction of the
+ * connections (and at least MIN_SLICE_WRITES) before it gives way again, so the pass spans at
+ * most BROADCAST_SLICES turns and the per-turn cost (lws 4.1 polls every descriptor; a save per
+ * version with SYNC_PERSIST_BEFORE_SEND) is spread over many writes. Below 32 * 32 clients the
+ * pass takes a few turns, close to running to its end. */
 enum { BROADCAST_SLICES = 32, MIN_SLICE_WRITES = 32 };
 
 void server_broadcast_init(sync_server *server)
@@ -173,15 +172,19 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
 {
     sync_server *s = eng->server;
     int64_t now = sync__now_us();
-    /* A walk is one pass over the ring, however many turns it spans; each new one gives way to
-     * any input during its first broadcast_yield_ms again. */
-    if (!eng->flush_pending || eng->walk_visited >= eng->live_count) {
+    /* A walk gives way to any input for its first broadcast_yield_ms, then makes one whole pass
+     * over the ring in slices, however many turns each part spans; then a new walk begins. Like
+     * a walk that ran to its end, the sliced pass bounds how stale a client gets. */
+    int64_t yield_us = (int64_t)s->broadcast_yield_ms * 1000;
+    bool sliced = eng->flush_pending && now - eng->walk_started_us >= yield_us;
+    if (!eng->flush_pending || (sliced && eng->walk_visited >= eng->live_count)) {
         eng->walk_started_us = now;
         eng->walk_visited = 0;
+        sliced = yield_us <= 0;
     }
     bool may_stop = !force && s->broadcast_yield_ms >= 0;
     size_t min_writes = MIN_WRITES_BEFORE_STOP;
-    if (now - eng->walk_started_us >= (int64_t)s->broadcast_yield_ms * 1000)
+    if (sliced)
         min_writes = eng->live_count / BROADCAST_SLICES > MIN_SLICE_WRITES
                          ? eng->live_count / BROADCAST_SLICES
                          : MIN_SLICE_WRITES;
@@ -193,7 +196,8 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
             written++;
             unchecked++;
         }
-        eng->walk_visited++;
+        if (sliced)
+            eng->walk_visited++;
         c = next;
         if (may_stop && left > 1 && written >= min_writes && unchecked >= INPUT_CHECK_EVERY) {
             unchecked = 0;
