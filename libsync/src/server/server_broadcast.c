@@ -43,9 +43,9 @@ enum { INPUT_CHECK_EVERY = 2, MIN_WRITES_BEFORE_STOP = 4 };
 /* The sliced pass after broadcast_yield_ms: each turn writes at least this fraction of the
  * connections (and at least MIN_SLICE_WRITES) before it gives way again, so the pass spans at
  * most BROADCAST_SLICES turns and the per-turn cost (lws 4.1 polls every descriptor; a save per
- * version with SYNC_PERSIST_BEFORE_SEND) is spread over many writes. Below 32 * 32 clients the
- * pass takes a few turns, close to running to its end. */
-enum { BROADCAST_SLICES = 32, MIN_SLICE_WRITES = 32 };
+ * version with SYNC_PERSIST_BEFORE_SEND, both as large as the state) is spread over many writes.
+ * Up to MIN_SLICE_WRITES clients the pass is one turn, as when it ran to its end. */
+enum { BROADCAST_SLICES = 32, MIN_SLICE_WRITES = 128 };
 
 void server_broadcast_init(sync_server *server)
 {
