@@ -43,9 +43,10 @@ enum { INPUT_CHECK_EVERY = 2, MIN_WRITES_BEFORE_STOP = 4 };
 /* The sliced pass after broadcast_yield_ms: each turn writes at least this fraction of the
  * connections (and at least MIN_SLICE_WRITES) before it gives way again, so the pass spans at
  * most BROADCAST_SLICES turns and the per-turn cost (lws 4.1 polls every descriptor; a save per
- * version with SYNC_PERSIST_BEFORE_SEND, both as large as the state) is spread over many writes.
- * Up to MIN_SLICE_WRITES clients the pass is one turn, as when it ran to its end. */
-enum { BROADCAST_SLICES = 32, MIN_SLICE_WRITES = 128 };
+ * version with SYNC_PERSIST_BEFORE_SEND) is spread over many writes. A pass over at most
+ * SLICED_ABOVE connections runs to its end in one turn: it is short, and a turn's own cost (the
+ * state serialised and saved once more) is then as large as a slice of writes. */
+enum { BROADCAST_SLICES = 32, MIN_SLICE_WRITES = 32, SLICED_ABOVE = 128 };
 
 void server_broadcast_init(sync_server *server)
 {
@@ -184,7 +185,9 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
     }
     bool may_stop = !force && s->broadcast_yield_ms >= 0;
     size_t min_writes = MIN_WRITES_BEFORE_STOP;
-    if (sliced)
+    if (sliced && eng->live_count <= SLICED_ABOVE)
+        min_writes = eng->live_count; /* never reached: one turn to the end */
+    else if (sliced)
         min_writes = eng->live_count / BROADCAST_SLICES > MIN_SLICE_WRITES
                          ? eng->live_count / BROADCAST_SLICES
                          : MIN_SLICE_WRITES;
