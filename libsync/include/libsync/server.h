@@ -164,8 +164,8 @@ typedef struct sync_server_options {
      *  of sockets takes milliseconds; when messages arrive meanwhile, the server stops, applies
      *  them, and goes on with the newer state (clients not yet written skip the older one). After
      *  this many milliseconds of that, the broadcast makes one pass over every client in slices of
-     *  at least 1/32 of them (and at least 128), reading input only between slices: no client
-     *  waits longer than this plus that pass for the newest state. 0 = 2 ms; -1 = never give way
+     *  at least 1/32 of them (at least 32; up to 128 clients, one slice), reading input only
+     *  between slices: no client waits longer than this plus that pass for the newest state. 0 = 2 ms; -1 = never give way
      *  (each broadcast reaches every client first). */
     int broadcast_yield_ms;
     /* ---- version 3 ---- */
