@@ -607,6 +607,12 @@ static bool span_int(struct span s, int64_t *out)
     return true;
 }
 
+/* How much of a frame an error message quotes: frames are not NUL-terminated. */
+static int shown(size_t len, int most)
+{
+    return len < (size_t)most ? (int)len : most;
+}
+
 struct v2frame {
     struct span type, data, version, base, epoch, ops;
 };
@@ -656,8 +662,8 @@ static bool apply_op(void *ctx, struct span elem)
     struct v2op o = {0};
     lg.st.patch_ops++;
     if (!each_member(elem, op_member, &o) || !o.op.p || !o.path.p || o.path.p[0] != '"') {
-        fail("client %d: a patch operation that is not {\"op\",\"path\",...}: %.60s", c->index,
-             (const char *)elem.p);
+        fail("client %d: a patch operation that is not {\"op\",\"path\",...}: %.*s", c->index,
+             shown(elem.len, 60), (const char *)elem.p);
         return false;
     }
     bool sets = string_is(o.op, "replace") || string_is(o.op, "add");
@@ -668,8 +674,8 @@ static bool apply_op(void *ctx, struct span elem)
             return true;
         }
         fail("client %d: a patch operation on /counter that does not set it to an integer: "
-             "%.80s",
-             c->index, (const char *)elem.p);
+             "%.*s",
+             c->index, shown(elem.len, 80), (const char *)elem.p);
         return false;
     }
     if (string_is(o.path, "")) {
@@ -700,8 +706,8 @@ static void on_message_v2(struct conn *c, const uint8_t *p, size_t len)
 {
     struct v2frame f = {0};
     if (!each_member((struct span){p, len}, v2_member, &f) || !f.type.p) {
-        fail("client %d: a v2 frame that is not a JSON object with a type: %.60s", c->index,
-             (const char *)p);
+        fail("client %d: a v2 frame that is not a JSON object with a type: %.*s", c->index,
+             shown(len, 60), (const char *)p);
         return;
     }
     bool initial = string_is(f.type, "initial_state");

@@ -5,7 +5,8 @@ load generator's tests can show it passes a correct server and fails a wrong one
 modes: good (coalesces broadcasts, like a fast server may), overshoot (applies increments twice),
 drop (ignores every 7th increment), regress (sends one stale state to each client),
 bad-accept (answers the handshake with a wrong Sec-WebSocket-Accept),
-gap (v2: one patch names a base the client is not at).
+gap (v2: one patch names a base the client is not at), bad-v2 (v2: broadcasts are cut short
+and end in an open string: not JSON).
 --fragment splits each state frame in three with a WebSocket ping between the parts;
 --ping-first sends {"type":"ping"} and a WebSocket ping on open and withholds initial_state until
 both are answered.
@@ -104,7 +105,10 @@ class Server:
 
     def flush_v2(self, writer):
         base = self.v2[writer]
-        if self.opt.mode == "gap" and self.flushes == 4:
+        if self.opt.mode == "bad-v2" and self.flushes >= 3:
+            self.send_text(writer, b'{"type":"patch","base":%d,"ops":[{"op":"replace","path":"/co'
+                           % base)
+        elif self.opt.mode == "gap" and self.flushes == 4:
             # the right ops under a base the client is not at (one past it)
             self.send_patch(writer, base, self.version, named_base=base + 1)
         elif self.flushes % 7 == 3:
@@ -226,7 +230,8 @@ async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--mode", default="good",
-                    choices=["good", "overshoot", "drop", "regress", "bad-accept", "gap"])
+                    choices=["good", "overshoot", "drop", "regress", "bad-accept", "gap",
+                             "bad-v2"])
     ap.add_argument("--pad", type=int, default=0)
     ap.add_argument("--fragment", action="store_true")
     ap.add_argument("--ping-first", action="store_true")
