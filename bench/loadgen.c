@@ -10,7 +10,15 @@
  * the clients of its room, and every room must converge on its own final counter.
  * With --idle it instead opens N connections and reports the server's RSS per connection; with
  * --unload-wait-ms it then closes them, samples the RSS of the rooms left idle, waits, and samples
- * it again once the server had time to unload them. */
+ * it again once the server had time to unload them.
+ * With --v2 the clients offer the subprotocol libsync.v2 and follow its frames: initial_state and
+ * state_update carry the state and its version, a patch carries RFC 6902 operations from the
+ * version the client has (its base, checked: a wrong one is a gap) to the next. A client follows
+ * its counter through the operations on /counter and never parses the state.
+ * With --resume-storm, N clients connect and converge, are all dropped at once, one more client
+ * sends M increments over --storm-ms, and the N reconnect together, with ?since=V&epoch=E under
+ * --v2 (unless --storm-full): it reports the bytes they received and the time until every one of
+ * them saw the final counter. */
 #include "wsproto.h"
 
 #include <errno.h>
@@ -24,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/random.h>
 #include <sys/resource.h>
@@ -48,6 +57,13 @@ struct conn {
     size_t out_off, out_len, out_cap;
     bool seen_any;
     int64_t max_seen;
+    /* v2: the version and epoch of the state the client holds, and its counter (what the
+     * patches it applied left there). */
+    bool has_version, resuming, storm_done;
+    int64_t version, counter;
+    char epoch[128];
+    /* Bytes read from the socket, and of them the HTTP response head, since the last connect. */
+    uint64_t bytes_in, head_bytes;
     char key[WS_KEY_LEN + 1];
     /* Sender bookkeeping (only the first S connections send). */
     long quota, sent, inflight;
@@ -73,11 +89,14 @@ struct options {
     long server_pid;
     long connect_timeout_ms, timeout_ms, linger_ms, idle_wait_ms, unload_wait_ms, connect_parallel;
     size_t max_frame;
-    bool idle;
+    bool idle, v2, storm, storm_full;
+    long storm_ms;
 };
 
 struct stats {
     uint64_t state_frames, state_bytes, bytes_received, other_frames, app_pings;
+    /* v2: patches (and their operations) and whole states (initial_state, state_update). */
+    uint64_t patch_frames, patch_bytes, patch_ops, full_frames;
     uint64_t regressions;
     int64_t overshoot_value;
 };
@@ -99,6 +118,17 @@ static struct {
     uint32_t *all_latency_us;
     long all_seen;
     struct stats st;
+    /* Connections: the N clients, and with --resume-storm the sender after them. */
+    long nconns;
+    /* --resume-storm: in its reconnect phase, how many of the N saw the final counter, and how
+     * many resumed with a patch (the rest got a whole state). */
+    bool storm_reconnecting;
+    long storm_converged, storm_resumed_patch;
+    /* The counted run: bytes read and state frames received from its first send until every
+     * client converged (initial states and handshakes are before it). */
+    uint64_t run_bytes, run_frames;
+    /* Longest epoll wait: short while the storm's sender paces its increments. */
+    int max_wait_ms;
     char error[256];
 } lg;
 
@@ -237,6 +267,25 @@ static const char *conn_path(const struct conn *c)
     return path;
 }
 
+/* The epoch goes back to the server in a query string: everything but RFC 3986's unreserved
+ * characters is percent-encoded. */
+static void percent_encode(const char *in, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p && o + 4 < cap; p++) {
+        if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+            *p == '-' || *p == '.' || *p == '_' || *p == '~') {
+            out[o++] = (char)*p;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[*p >> 4];
+            out[o++] = hex[*p & 15];
+        }
+    }
+    out[o] = '\0';
+}
+
 static void send_handshake(struct conn *c)
 {
     uint8_t nonce[16];
@@ -244,13 +293,26 @@ static void send_handshake(struct conn *c)
     memcpy(nonce, &a, 8);
     memcpy(nonce + 8, &b, 8);
     ws_make_key(nonce, c->key);
-    char host[512], req[1024];
+    char host[512], target[1024], req[2048];
     bool v6 = strchr(lg.opt.host, ':') != NULL; /* an IPv6 literal goes in brackets */
     int hn = snprintf(host, sizeof host, "%s%s%s:%s", v6 ? "[" : "", lg.opt.host, v6 ? "]" : "",
                       lg.opt.port);
+    const char *path = conn_path(c);
+    if (c->resuming) {
+        char epoch[3 * sizeof c->epoch + 1];
+        percent_encode(c->epoch, epoch, sizeof epoch);
+        int tn = snprintf(target, sizeof target, "%s%csince=%" PRId64 "&epoch=%s", path,
+                          strchr(path, '?') ? '&' : '?', c->version, epoch);
+        if (tn < 0 || (size_t)tn >= sizeof target) {
+            conn_lost(c, "request too long");
+            return;
+        }
+        path = target;
+    }
+    const char *extra = lg.opt.v2 ? "Sec-WebSocket-Protocol: libsync.v2\r\n" : NULL;
     int n = hn < 0 || (size_t)hn >= sizeof host
                 ? -1
-                : ws_write_request(req, sizeof req, host, conn_path(c), c->key, NULL);
+                : ws_write_request(req, sizeof req, host, path, c->key, extra);
     if (n < 0) {
         conn_lost(c, "request too long");
         return;
@@ -347,6 +409,19 @@ static void on_state(struct conn *c, int64_t value)
     }
     if (c->seen_any && value < c->max_seen)
         lg.st.regressions++;
+    c->counter = value;
+    if (lg.storm_reconnecting && c->index < lg.opt.clients) {
+        if (value > r->target) {
+            if (value > lg.st.overshoot_value)
+                lg.st.overshoot_value = value;
+            fail("client %d saw counter %" PRId64 " above the final %" PRId64, c->index, value,
+                 r->target);
+        }
+        if (value == r->target && !c->storm_done) {
+            c->storm_done = true;
+            lg.storm_converged++;
+        }
+    }
     if (!lg.running) {
         if (!c->seen_any || value > c->max_seen)
             c->max_seen = value;
@@ -373,10 +448,358 @@ static void on_state(struct conn *c, int64_t value)
     }
 }
 
+/* ---- v2 frames ----
+ * A frame is a JSON object; the few members needed are found by walking its top level and
+ * skipping each value (strings with memchr), so a 1 MiB state in an initial_state costs a scan,
+ * and a patch costs its own few bytes. */
+struct span {
+    const uint8_t *p; /* NULL: absent */
+    size_t len;
+};
+
+static const uint8_t *skip_ws(const uint8_t *p, const uint8_t *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* p at the opening quote; returns just past the closing one, NULL when unterminated. */
+static const uint8_t *skip_string(const uint8_t *p, const uint8_t *end)
+{
+    const uint8_t *from = ++p;
+    for (;;) {
+        const uint8_t *q = memchr(p, '"', (size_t)(end - p));
+        if (!q)
+            return NULL;
+        size_t backslashes = 0;
+        for (const uint8_t *b = q; b > from && b[-1] == '\\'; b--)
+            backslashes++;
+        if (backslashes % 2 == 0)
+            return q + 1;
+        p = q + 1;
+    }
+}
+
+/* p at a value; returns just past it, NULL when it is malformed or cut short. */
+static const uint8_t *skip_value(const uint8_t *p, const uint8_t *end)
+{
+    if (p >= end)
+        return NULL;
+    if (*p == '"')
+        return skip_string(p, end);
+    if (*p == '{' || *p == '[') {
+        int depth = 0;
+        while (p < end) {
+            switch (*p) {
+            case '"':
+                p = skip_string(p, end);
+                if (!p)
+                    return NULL;
+                continue;
+            case '{':
+            case '[':
+                depth++;
+                break;
+            case '}':
+            case ']':
+                if (--depth == 0)
+                    return p + 1;
+                break;
+            default:
+                break;
+            }
+            p++;
+        }
+        return NULL;
+    }
+    const uint8_t *start = p;
+    while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\t' &&
+           *p != '\n' && *p != '\r')
+        p++;
+    return p > start ? p : NULL;
+}
+
+typedef bool (*member_fn)(void *ctx, struct span key, struct span value);
+
+/* Calls fn with each member of the object in v (key without its quotes). False when v is not a
+ * well-formed object or fn returned false. */
+static bool each_member(struct span v, member_fn fn, void *ctx)
+{
+    const uint8_t *end = v.p + v.len, *p = skip_ws(v.p, end);
+    if (p >= end || *p != '{')
+        return false;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == '}')
+        return true;
+    for (;;) {
+        if (p >= end || *p != '"')
+            return false;
+        const uint8_t *kend = skip_string(p, end);
+        if (!kend)
+            return false;
+        struct span key = {p + 1, (size_t)(kend - p - 2)};
+        p = skip_ws(kend, end);
+        if (p >= end || *p != ':')
+            return false;
+        const uint8_t *val = skip_ws(p + 1, end);
+        const uint8_t *vend = skip_value(val, end);
+        if (!vend || !fn(ctx, key, (struct span){val, (size_t)(vend - val)}))
+            return false;
+        p = skip_ws(vend, end);
+        if (p < end && *p == ',') {
+            p = skip_ws(p + 1, end);
+            continue;
+        }
+        return p < end && *p == '}';
+    }
+}
+
+/* Calls fn with each element of the array in v. */
+static bool each_element(struct span v, bool (*fn)(void *ctx, struct span elem), void *ctx)
+{
+    const uint8_t *end = v.p + v.len, *p = skip_ws(v.p, end);
+    if (p >= end || *p != '[')
+        return false;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == ']')
+        return true;
+    for (;;) {
+        const uint8_t *eend = skip_value(p, end);
+        if (!eend || !fn(ctx, (struct span){p, (size_t)(eend - p)}))
+            return false;
+        p = skip_ws(eend, end);
+        if (p < end && *p == ',') {
+            p = skip_ws(p + 1, end);
+            continue;
+        }
+        return p < end && *p == ']';
+    }
+}
+
+static bool span_is(struct span s, const char *lit)
+{
+    size_t n = strlen(lit);
+    return s.p && s.len == n && memcmp(s.p, lit, n) == 0;
+}
+
+/* A string value (quotes included in s) equal to lit, compared without unescaping. */
+static bool string_is(struct span s, const char *lit)
+{
+    size_t n = strlen(lit);
+    return s.p && s.len == n + 2 && s.p[0] == '"' && memcmp(s.p + 1, lit, n) == 0;
+}
+
+/* An integer value and nothing else. */
+static bool span_int(struct span s, int64_t *out)
+{
+    if (!s.p || !s.len)
+        return false;
+    int64_t v;
+    if (!parse_counter_at(s.p, s.p + s.len, &v))
+        return false;
+    const uint8_t *q = s.p + (s.p[0] == '-');
+    while (q < s.p + s.len && *q >= '0' && *q <= '9')
+        q++;
+    if (q != s.p + s.len)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* How much of a frame an error message quotes: frames are not NUL-terminated. */
+static int shown(size_t len, int most)
+{
+    return len < (size_t)most ? (int)len : most;
+}
+
+struct v2frame {
+    struct span type, data, version, base, epoch, ops;
+};
+
+static bool v2_member(void *ctx, struct span key, struct span value)
+{
+    struct v2frame *f = ctx;
+    if (span_is(key, "type"))
+        f->type = value;
+    else if (span_is(key, "data"))
+        f->data = value;
+    else if (span_is(key, "version"))
+        f->version = value;
+    else if (span_is(key, "base"))
+        f->base = value;
+    else if (span_is(key, "epoch"))
+        f->epoch = value;
+    else if (span_is(key, "ops"))
+        f->ops = value;
+    return true;
+}
+
+struct v2op {
+    struct span op, path, value, from;
+};
+
+static bool op_member(void *ctx, struct span key, struct span value)
+{
+    struct v2op *o = ctx;
+    if (span_is(key, "op"))
+        o->op = value;
+    else if (span_is(key, "path"))
+        o->path = value;
+    else if (span_is(key, "value"))
+        o->value = value;
+    else if (span_is(key, "from"))
+        o->from = value;
+    return true;
+}
+
+/* One operation of a patch, applied to what the client follows: its counter at /counter. An
+ * operation elsewhere leaves the counter as it was; one that takes /counter away, or moves or
+ * copies something onto it, is not what a counter increment can produce and fails the run. */
+static bool apply_op(void *ctx, struct span elem)
+{
+    struct conn *c = ctx;
+    struct v2op o = {0};
+    lg.st.patch_ops++;
+    if (!each_member(elem, op_member, &o) || !o.op.p || !o.path.p || o.path.p[0] != '"') {
+        fail("client %d: a patch operation that is not {\"op\",\"path\",...}: %.*s", c->index,
+             shown(elem.len, 60), (const char *)elem.p);
+        return false;
+    }
+    bool sets = string_is(o.op, "replace") || string_is(o.op, "add");
+    if (string_is(o.path, "/counter")) {
+        int64_t v;
+        if (sets && span_int(o.value, &v)) {
+            c->counter = v;
+            return true;
+        }
+        fail("client %d: a patch operation on /counter that does not set it to an integer: "
+             "%.*s",
+             c->index, shown(elem.len, 80), (const char *)elem.p);
+        return false;
+    }
+    if (string_is(o.path, "")) {
+        int64_t v;
+        if (sets && o.value.p && find_counter(o.value.p, o.value.len, &v)) {
+            c->counter = v;
+            return true;
+        }
+        fail("client %d: a patch replaced the whole state with one without a counter", c->index);
+        return false;
+    }
+    if (string_is(o.from, "/counter") && string_is(o.op, "move")) {
+        fail("client %d: a patch moved /counter away", c->index);
+        return false;
+    }
+    return true;
+}
+
+static bool v2_version(struct conn *c, struct span s, const char *what, int64_t *out)
+{
+    if (span_int(s, out))
+        return true;
+    fail("client %d: %s without an integer version", c->index, what);
+    return false;
+}
+
+static void on_message_v2(struct conn *c, const uint8_t *p, size_t len)
+{
+    struct v2frame f = {0};
+    if (!each_member((struct span){p, len}, v2_member, &f) || !f.type.p) {
+        fail("client %d: a v2 frame that is not a JSON object with a type: %.*s", c->index,
+             shown(len, 60), (const char *)p);
+        return;
+    }
+    bool initial = string_is(f.type, "initial_state");
+    if (initial || string_is(f.type, "state_update")) {
+        const char *what = initial ? "initial_state" : "state_update";
+        int64_t version, value;
+        if (!v2_version(c, f.version, what, &version))
+            return;
+        if (!f.data.p || !find_counter(f.data.p, f.data.len, &value)) {
+            fail("client %d: %s without a counter in its data", c->index, what);
+            return;
+        }
+        if (initial) {
+            if (!f.epoch.p || f.epoch.p[0] != '"' || f.epoch.len - 2 >= sizeof c->epoch ||
+                memchr(f.epoch.p + 1, '\\', f.epoch.len - 2)) {
+                fail("client %d: initial_state without a plain string epoch of under %zu "
+                     "bytes",
+                     c->index, sizeof c->epoch);
+                return;
+            }
+            memcpy(c->epoch, f.epoch.p + 1, f.epoch.len - 2);
+            c->epoch[f.epoch.len - 2] = '\0';
+        } else if (!c->has_version) {
+            fail("client %d: state_update before initial_state", c->index);
+            return;
+        } else if (version < c->version) {
+            fail("client %d: state_update to version %" PRId64 " after version %" PRId64, c->index,
+                 version, c->version);
+            return;
+        }
+        c->version = version;
+        c->has_version = true;
+        c->resuming = false;
+        lg.st.state_frames++;
+        lg.st.state_bytes += len;
+        lg.st.full_frames++;
+        on_state(c, value);
+        return;
+    }
+    if (string_is(f.type, "patch")) {
+        int64_t base, version;
+        if (!span_int(f.base, &base) || !span_int(f.version, &version) || !f.ops.p) {
+            fail("client %d: a patch without integer base and version and ops", c->index);
+            return;
+        }
+        if (!c->has_version) {
+            fail("client %d: a patch before initial_state", c->index);
+            return;
+        }
+        if (base != c->version) {
+            fail("client %d: a patch from base %" PRId64 " but the client is at version %" PRId64
+                 " (a gap)",
+                 c->index, base, c->version);
+            return;
+        }
+        if (version < base) {
+            fail("client %d: a patch from version %" PRId64 " back to %" PRId64, c->index, base,
+                 version);
+            return;
+        }
+        if (c->state == CS_WAIT_INITIAL && c->resuming)
+            lg.storm_resumed_patch++;
+        c->resuming = false;
+        if (!each_element(f.ops, apply_op, c)) {
+            if (!lg.error[0])
+                fail("client %d: a patch whose ops are not an array of operations", c->index);
+            return;
+        }
+        c->version = version;
+        lg.st.state_frames++;
+        lg.st.state_bytes += len;
+        lg.st.patch_frames++;
+        lg.st.patch_bytes += len;
+        on_state(c, c->counter);
+        return;
+    }
+    if (string_is(f.type, "ping")) {
+        lg.st.app_pings++;
+        queue_frame(c, WS_OP_TEXT, "pong", 4);
+        return;
+    }
+    lg.st.other_frames++;
+}
+
 static void on_message(struct conn *c, int opcode, const uint8_t *p, size_t len)
 {
     if (opcode != WS_OP_TEXT) {
         lg.st.other_frames++;
+        return;
+    }
+    if (lg.opt.v2) {
+        on_message_v2(c, p, len);
         return;
     }
     int64_t value;
@@ -485,6 +908,28 @@ static size_t parse_frames(struct conn *c)
     return need;
 }
 
+/* The value of header `name` (lower case, without the colon) in an HTTP response head, after
+ * its leading blanks; NULL when absent. */
+static const char *header_value(const char *head, size_t len, const char *name)
+{
+    size_t nlen = strlen(name);
+    const char *end = head + len;
+    for (const char *line = head; line < end;) {
+        const char *eol = memchr(line, '\n', (size_t)(end - line));
+        if (!eol)
+            break;
+        if ((size_t)(eol - line) > nlen && strncasecmp(line, name, nlen) == 0 &&
+            line[nlen] == ':') {
+            const char *v = line + nlen + 1;
+            while (v < eol && (*v == ' ' || *v == '\t'))
+                v++;
+            return v;
+        }
+        line = eol + 1;
+    }
+    return NULL;
+}
+
 static void on_handshake_bytes(struct conn *c)
 {
     uint8_t *end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
@@ -496,9 +941,40 @@ static void on_handshake_bytes(struct conn *c)
     size_t head = (size_t)(end - c->in) + 4;
     const char *bad = ws_check_response((const char *)c->in, head, c->key);
     if (bad) {
-        conn_lost(c, bad);
+        if (lg.opt.v2 && strstr(bad, "101")) {
+            /* lws refuses an upgrade that offers only subprotocols it does not know. bench/run
+             * reads the "no v2:" prefix as "this server has no v2" (n/a, not a failure). */
+            char why[200];
+            const uint8_t *eol = memchr(c->in, '\r', head);
+            snprintf(why, sizeof why,
+                     "no v2: the server refused the handshake offering subprotocol libsync.v2 "
+                     "(%.*s)",
+                     (int)(eol ? eol - c->in : 40), (const char *)c->in);
+            conn_lost(c, why);
+        } else {
+            conn_lost(c, bad);
+        }
         return;
     }
+    if (lg.opt.v2) {
+        const char *proto = header_value((const char *)c->in, head, "sec-websocket-protocol");
+        size_t plen = proto ? strcspn(proto, "\r\n") : 0;
+        while (plen && (proto[plen - 1] == ' ' || proto[plen - 1] == '\t'))
+            plen--;
+        if (!proto) {
+            conn_lost(c, "no v2: the server did not select the subprotocol libsync.v2 (it answers "
+                         "v1)");
+            return;
+        }
+        if (plen != 10 || memcmp(proto, "libsync.v2", 10) != 0) {
+            char why[200];
+            snprintf(why, sizeof why, "the server selected subprotocol '%.*s', not libsync.v2",
+                     (int)(plen < 60 ? plen : 60), proto);
+            conn_lost(c, why);
+            return;
+        }
+    }
+    c->head_bytes += head;
     memmove(c->in, c->in + head, c->in_len - head);
     c->in_len -= head;
     c->state = CS_WAIT_INITIAL;
@@ -525,6 +1001,7 @@ static void on_readable(struct conn *c)
             break;
         }
         lg.st.bytes_received += (uint64_t)n;
+        c->bytes_in += (uint64_t)n;
         c->in_len += (size_t)n;
         if (c->state == CS_HANDSHAKE)
             on_handshake_bytes(c);
@@ -556,9 +1033,10 @@ static void on_event(struct conn *c, uint32_t events)
         flush_out(c);
 }
 
+static const char inc[] = "{\"type\":\"increment\",\"amount\":1}";
+
 static void pump_senders(void)
 {
-    static const char inc[] = "{\"type\":\"increment\",\"amount\":1}";
     for (long i = 0; i < lg.opt.senders; i++) {
         struct conn *c = &lg.conns[i];
         if (c->state != CS_READY)
@@ -585,8 +1063,9 @@ static void pump_senders(void)
     }
 }
 
-/* Runs the loop until done() or the deadline; returns false on timeout. */
-static bool loop_until(bool (*done)(void), uint64_t deadline, bool pump)
+/* Runs the loop until done() or the deadline, calling pump (when not NULL) after each turn;
+ * returns false on timeout. */
+static bool loop_until(bool (*done)(void), uint64_t deadline, void (*pump)(void))
 {
     struct epoll_event evs[256];
     while (!done()) {
@@ -596,8 +1075,8 @@ static bool loop_until(bool (*done)(void), uint64_t deadline, bool pump)
         if (now >= deadline)
             return false;
         int wait_ms = (int)((deadline - now) / 1000000u) + 1;
-        if (wait_ms > 100)
-            wait_ms = 100;
+        if (wait_ms > lg.max_wait_ms)
+            wait_ms = lg.max_wait_ms;
         int n = epoll_wait(lg.epfd, evs, 256, wait_ms);
         if (n < 0 && errno != EINTR) {
             fail("epoll_wait: %s", strerror(errno));
@@ -606,7 +1085,7 @@ static bool loop_until(bool (*done)(void), uint64_t deadline, bool pump)
         for (int i = 0; i < n; i++)
             on_event(evs[i].data.ptr, evs[i].events);
         if (pump)
-            pump_senders();
+            pump();
     }
     return true;
 }
@@ -617,10 +1096,10 @@ static bool all_ready(void)
 {
     /* Keep at most connect_parallel handshakes in flight so the server's accept backlog never
      * overflows (an overflow costs a one-second SYN retransmit). */
-    while (next_to_connect < lg.opt.clients &&
-           next_to_connect - lg.ready < lg.opt.connect_parallel && !lg.error[0])
+    while (next_to_connect < lg.nconns && next_to_connect - lg.ready < lg.opt.connect_parallel &&
+           !lg.error[0])
         start_connect(&lg.conns[next_to_connect++]);
-    return lg.ready == lg.opt.clients;
+    return lg.ready == lg.nconns;
 }
 
 static bool all_converged(void)
@@ -750,8 +1229,17 @@ static void usage(FILE *to)
         "      --idle               only connect, wait, and report server RSS per connection\n"
         "      --idle-wait-ms MS    wait before sampling in --idle mode (default 2000)\n"
         "      --unload-wait-ms MS  --idle: then disconnect, sample, wait MS, sample again\n"
+        "      --v2                 offer subprotocol libsync.v2 and follow its patches (fails,\n"
+        "                           its error starting \"no v2:\", when the server lacks it)\n"
+        "      --resume-storm       N clients converge, drop together; one more client sends M\n"
+        "                           increments over --storm-ms; the N reconnect at once (with\n"
+        "                           ?since=V&epoch=E under --v2) and must all see the final "
+        "counter\n"
+        "      --storm-ms MS        how long the changes go on while they are away (default 1000)\n"
+        "      --storm-full         reconnect without since/epoch: whole states, to compare\n"
         "Prints one JSON line; exits 0 when every client converged on the exact final\n"
-        "counter, 1 when not (timeout, overshoot, regression, lost connection), 2 on bad usage.\n",
+        "counter, 1 when not (timeout, overshoot, regression, gap, lost connection), 2 on bad\n"
+        "usage.\n",
         to);
 }
 
@@ -782,6 +1270,7 @@ static void parse_args(int argc, char **argv)
                           .linger_ms = 50,
                           .idle_wait_ms = 2000,
                           .connect_parallel = 256,
+                          .storm_ms = 1000,
                           .max_frame = 64u << 20};
     enum {
         O_PATH = 256,
@@ -794,7 +1283,11 @@ static void parse_args(int argc, char **argv)
         O_IDLE,
         O_IDLEW,
         O_ROOMS,
-        O_UNLOADW
+        O_UNLOADW,
+        O_V2,
+        O_STORM,
+        O_STORM_MS,
+        O_STORM_FULL
     };
     static const struct option longs[] = {
         {"clients", required_argument, 0, 'n'},
@@ -814,6 +1307,10 @@ static void parse_args(int argc, char **argv)
         {"idle-wait-ms", required_argument, 0, O_IDLEW},
         {"rooms", required_argument, 0, O_ROOMS},
         {"unload-wait-ms", required_argument, 0, O_UNLOADW},
+        {"v2", no_argument, 0, O_V2},
+        {"resume-storm", no_argument, 0, O_STORM},
+        {"storm-ms", required_argument, 0, O_STORM_MS},
+        {"storm-full", no_argument, 0, O_STORM_FULL},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -871,6 +1368,18 @@ static void parse_args(int argc, char **argv)
         case O_UNLOADW:
             o->unload_wait_ms = parse_long(optarg, "--unload-wait-ms", 0);
             break;
+        case O_V2:
+            o->v2 = true;
+            break;
+        case O_STORM:
+            o->storm = true;
+            break;
+        case O_STORM_MS:
+            o->storm_ms = parse_long(optarg, "--storm-ms", 0);
+            break;
+        case O_STORM_FULL:
+            o->storm_full = true;
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -881,6 +1390,19 @@ static void parse_args(int argc, char **argv)
     }
     if (optind != argc || !o->port) {
         usage(stderr);
+        exit(2);
+    }
+    if (o->storm) {
+        /* The storm's sender is a client of its own, after the N that are dropped. */
+        if (o->idle || o->rooms > 1) {
+            fprintf(stderr, "loadgen: --resume-storm works on one room, not with --idle\n");
+            exit(2);
+        }
+        o->senders = 0;
+        return;
+    }
+    if (o->storm_full) {
+        fprintf(stderr, "loadgen: --storm-full goes with --resume-storm\n");
         exit(2);
     }
     if (o->senders > o->clients || (o->senders == 0 && o->messages > 0 && !o->idle)) {
@@ -912,13 +1434,20 @@ static int report_idle(double connect_ms, struct idle_rss rss)
            "\"loadgen_cpu_s\":%.3f",
            lg.error[0] ? "false" : "true", lg.opt.clients, lg.opt.rooms, lg.ready, connect_ms,
            rss.before, rss.connected, per_conn, rss.left, per_room, rss.unloaded,
-           rss.before > 0 && rss.unloaded >= 0
-               ? 100.0 * (double)rss.unloaded / (double)rss.before
-               : -1.0,
+           rss.before > 0 && rss.unloaded >= 0 ? 100.0 * (double)rss.unloaded / (double)rss.before
+                                               : -1.0,
            self_cpu_s());
     print_error_field();
     puts("}");
     return lg.error[0] ? 1 : 0;
+}
+
+static void print_wire_fields(void)
+{
+    printf(",\"v2\":%s,\"patch_frames\":%" PRIu64 ",\"patch_bytes\":%" PRIu64
+           ",\"patch_ops\":%" PRIu64 ",\"full_frames\":%" PRIu64,
+           lg.opt.v2 ? "true" : "false", lg.st.patch_frames, lg.st.patch_bytes, lg.st.patch_ops,
+           lg.st.full_frames);
 }
 
 static int report_run(double connect_ms, double converge_ms, double cpu_s, double srv_cpu_s)
@@ -951,6 +1480,15 @@ static int report_run(double connect_ms, double converge_ms, double cpu_s, doubl
            n ? lg.latency_us[n - 1] : 0, percentile(lg.all_latency_us, na, 0.50),
            percentile(lg.all_latency_us, na, 0.90), percentile(lg.all_latency_us, na, 0.99),
            na ? lg.all_latency_us[na - 1] : 0, cpu_s, secs > 0 ? 100.0 * cpu_s / secs : 0.0);
+    print_wire_fields();
+    /* What reaching each client costs on the wire: per state frame it received (an update,
+     * whole or patch), and per increment sent. */
+    printf(",\"run_bytes_received\":%" PRIu64 ",\"run_state_frames\":%" PRIu64
+           ",\"wire_bytes_per_update\":%.1f,\"wire_bytes_per_client_per_increment\":%.1f",
+           lg.run_bytes, lg.run_frames,
+           lg.run_frames ? (double)lg.run_bytes / (double)lg.run_frames : -1.0,
+           lg.opt.messages ? (double)lg.run_bytes / (double)lg.opt.clients / (double)lg.opt.messages
+                           : -1.0);
     if (lg.opt.server_pid)
         printf(",\"server_pid\":%ld,\"server_rss_kb\":%ld,\"server_hwm_kb\":%ld,"
                "\"server_cpu_s\":%.3f,\"server_cpu_pct\":%.1f",
@@ -962,11 +1500,163 @@ static int report_run(double connect_ms, double converge_ms, double cpu_s, doubl
     return ok ? 0 : 1;
 }
 
+static int run_counted(double connect_ms);
+static int run_storm(double connect_ms);
+
+/* ---- --resume-storm ----
+ * Clients 0..N-1 are dropped and come back; client N is the sender that changes the state while
+ * they are away. */
+static uint64_t storm_t0;
+static long storm_next;
+
+static struct conn *storm_sender(void)
+{
+    return &lg.conns[lg.opt.clients];
+}
+
+/* Spreads the sender's M increments evenly over --storm-ms. */
+static void storm_pump(void)
+{
+    struct conn *s = storm_sender();
+    if (s->state != CS_READY || s->sent >= s->quota)
+        return;
+    uint64_t span = (uint64_t)lg.opt.storm_ms * 1000000u, elapsed = now_ns() - storm_t0;
+    long due =
+        elapsed >= span ? s->quota : (long)((double)s->quota * (double)elapsed / (double)span) + 1;
+    if (due > s->quota)
+        due = s->quota;
+    if (s->sent >= due)
+        return;
+    while (s->sent < due) {
+        queue_frame(s, WS_OP_TEXT, inc, sizeof inc - 1);
+        s->sent++;
+    }
+    flush_out(s);
+}
+
+/* Every increment sent and seen applied by the sender, and --storm-ms gone by. */
+static bool storm_changes_done(void)
+{
+    struct conn *s = storm_sender();
+    return s->sent == s->quota && s->seen_any && s->max_seen >= s->room->target &&
+           now_ns() - storm_t0 >= (uint64_t)lg.opt.storm_ms * 1000000u;
+}
+
+static bool storm_all_back(void)
+{
+    while (storm_next < lg.opt.clients && storm_next - lg.ready < lg.opt.connect_parallel &&
+           !lg.error[0])
+        start_connect(&lg.conns[storm_next++]);
+    return lg.storm_converged == lg.opt.clients;
+}
+
+static void conn_forget_socket(struct conn *c)
+{
+    conn_close(c);
+    c->state = CS_IDLE;
+    c->in_len = c->msg_len = 0;
+    c->in_message = false;
+    c->out_off = c->out_len = 0;
+    c->epollout = false;
+    c->bytes_in = c->head_bytes = 0;
+}
+
+static int run_storm(double connect_ms)
+{
+    const struct options *o = &lg.opt;
+    struct conn *snd = storm_sender();
+    struct room *r = lg.rooms;
+    int64_t min_version = INT64_MAX, max_version = INT64_MIN;
+    for (long i = 0; i < o->clients; i++) {
+        const struct conn *c = &lg.conns[i];
+        if (c->version < min_version)
+            min_version = c->version;
+        if (c->version > max_version)
+            max_version = c->version;
+    }
+    double changes_ms = 0, converge_ms = 0, cpu_s = 0, srv_cpu_s = 0;
+    uint64_t bytes = 0, heads = 0, frames0 = 0, frames = 0;
+    if (!lg.error[0]) {
+        /* All N go at once, with RST: to the server, a network that dropped them. */
+        for (long i = 0; i < o->clients; i++)
+            conn_forget_socket(&lg.conns[i]);
+        storm_t0 = now_ns();
+        lg.max_wait_ms = 1;
+        storm_pump();
+        bool done =
+            loop_until(storm_changes_done,
+                       storm_t0 + (uint64_t)(o->storm_ms + o->timeout_ms) * 1000000u, storm_pump);
+        lg.max_wait_ms = 100;
+        changes_ms = (double)(now_ns() - storm_t0) / 1e6;
+        if (!done)
+            fail("the sender saw %" PRId64 " of %ld increments applied within %ld ms",
+                 snd->max_seen - r->base, snd->quota, o->storm_ms + o->timeout_ms);
+    }
+    if (!lg.error[0]) {
+        for (long i = 0; i < o->clients; i++) {
+            struct conn *c = &lg.conns[i];
+            c->resuming = o->v2 && !o->storm_full && c->has_version;
+            if (!c->resuming)
+                c->has_version = false;
+        }
+        lg.ready = 0;
+        storm_next = 0;
+        lg.storm_reconnecting = true;
+        frames0 = lg.st.state_frames;
+        double cpu0 = self_cpu_s();
+        double srv0 = o->server_pid ? proc_cpu_s(o->server_pid) : 0;
+        uint64_t t0 = now_ns();
+        bool in_time = loop_until(storm_all_back, t0 + (uint64_t)o->timeout_ms * 1000000u, NULL);
+        converge_ms = (double)(now_ns() - t0) / 1e6;
+        cpu_s = self_cpu_s() - cpu0;
+        srv_cpu_s = o->server_pid ? proc_cpu_s(o->server_pid) - srv0 : 0;
+        for (long i = 0; i < o->clients; i++) {
+            bytes += lg.conns[i].bytes_in;
+            heads += lg.conns[i].head_bytes;
+        }
+        frames = lg.st.state_frames - frames0;
+        if (!in_time)
+            fail("%ld of %ld clients saw the final counter %" PRId64 " within %ld ms of "
+                 "reconnecting (%ld had a state again)",
+                 lg.storm_converged, o->clients, r->target, o->timeout_ms, lg.ready);
+    }
+    if (!lg.error[0] && o->linger_ms > 0)
+        loop_until(never, now_ns() + (uint64_t)o->linger_ms * 1000000u, NULL);
+    if (!lg.error[0] && lg.st.regressions)
+        fail("%" PRIu64 " state frames went backwards", lg.st.regressions);
+    bool ok = !lg.error[0];
+    printf("{\"ok\":%s,\"mode\":\"storm\",\"clients\":%ld,\"messages\":%ld,\"storm_ms\":%ld,"
+           "\"resume\":%s,\"base\":%" PRId64 ",\"final\":%" PRId64 ",\"versions_at_drop\":[%" PRId64
+           ",%" PRId64 "],\"connect_ms\":%.3f,\"changes_ms\":%.3f,\"reconnect_converge_ms\":%.3f,"
+           "\"converged_clients\":%ld,\"storm_bytes\":%" PRIu64 ",\"storm_bytes_per_client\":%.1f,"
+           "\"storm_frame_bytes\":%" PRIu64 ",\"storm_state_frames\":%" PRIu64
+           ",\"resumed_by_patch\":%ld,\"resumed_by_full\":%ld,\"state_frames\":%" PRIu64
+           ",\"bytes_received\":%" PRIu64 ",\"regressions\":%" PRIu64 ",\"loadgen_cpu_s\":%.3f",
+           ok ? "true" : "false", o->clients, o->messages, o->storm_ms,
+           o->v2 && !o->storm_full ? "true" : "false", r->base, r->target,
+           min_version == INT64_MAX ? 0 : min_version, max_version == INT64_MIN ? 0 : max_version,
+           connect_ms, changes_ms, converge_ms, lg.storm_converged, bytes,
+           (double)bytes / (double)o->clients, bytes - heads, frames, lg.storm_resumed_patch,
+           lg.ready - lg.storm_resumed_patch, lg.st.state_frames, lg.st.bytes_received,
+           lg.st.regressions, cpu_s);
+    print_wire_fields();
+    if (o->server_pid)
+        printf(",\"server_pid\":%ld,\"server_rss_kb\":%ld,\"server_hwm_kb\":%ld,"
+               "\"server_cpu_s\":%.3f",
+               o->server_pid, proc_status_kb(o->server_pid, "VmRSS"),
+               proc_status_kb(o->server_pid, "VmHWM"), srv_cpu_s);
+    print_error_field();
+    puts("}");
+    return ok ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     parse_args(argc, argv);
     const struct options *o = &lg.opt;
-    raise_nofile(o->clients + 64);
+    lg.nconns = o->clients + (o->storm ? 1 : 0);
+    lg.max_wait_ms = 100;
+    raise_nofile(lg.nconns + 64);
     if (getrandom(&lg.rng, sizeof lg.rng, 0) != sizeof lg.rng || lg.rng == 0)
         lg.rng = now_ns() | 1;
 
@@ -977,7 +1667,7 @@ int main(int argc, char **argv)
         return 2;
     }
     lg.epfd = epoll_create1(EPOLL_CLOEXEC);
-    lg.conns = calloc((size_t)o->clients, sizeof *lg.conns);
+    lg.conns = calloc((size_t)lg.nconns, sizeof *lg.conns);
     lg.rooms = calloc((size_t)o->rooms, sizeof *lg.rooms);
     lg.latency_us = calloc((size_t)o->messages + 1, sizeof *lg.latency_us);
     lg.all_latency_us = calloc((size_t)o->messages + 1, sizeof *lg.all_latency_us);
@@ -985,7 +1675,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "loadgen: setup failed\n");
         return 3;
     }
-    for (long i = 0; i < o->clients; i++) {
+    for (long i = 0; i < lg.nconns; i++) {
         struct conn *c = &lg.conns[i];
         c->fd = -1;
         c->index = (int)i;
@@ -993,6 +1683,8 @@ int main(int argc, char **argv)
         c->room->clients++;
         if (i < o->senders)
             c->quota = o->messages / o->senders + (i < o->messages % o->senders);
+        if (o->storm && i == o->clients)
+            c->quota = o->messages;
         c->room->quota += c->quota;
     }
     for (long i = 0; i < o->rooms; i++) {
@@ -1009,14 +1701,14 @@ int main(int argc, char **argv)
     struct idle_rss rss = {-1, -1, -1, -1};
     rss.before = o->server_pid ? proc_status_kb(o->server_pid, "VmRSS") : -1;
     uint64_t t_start = now_ns();
-    if (!loop_until(all_ready, t_start + (uint64_t)o->connect_timeout_ms * 1000000u, false))
-        fail("only %ld of %ld clients connected within %ld ms", lg.ready, o->clients,
+    if (!loop_until(all_ready, t_start + (uint64_t)o->connect_timeout_ms * 1000000u, NULL))
+        fail("only %ld of %ld clients connected within %ld ms", lg.ready, lg.nconns,
              o->connect_timeout_ms);
     double connect_ms = (double)(now_ns() - t_start) / 1e6;
 
     if (o->idle) {
         if (!lg.error[0])
-            loop_until(never, now_ns() + (uint64_t)o->idle_wait_ms * 1000000u, false);
+            loop_until(never, now_ns() + (uint64_t)o->idle_wait_ms * 1000000u, NULL);
         rss.connected = o->server_pid ? proc_status_kb(o->server_pid, "VmRSS") : -1;
         if (o->unload_wait_ms > 0 && o->server_pid && !lg.error[0]) {
             for (long i = 0; i < o->clients; i++)
@@ -1037,7 +1729,7 @@ int main(int argc, char **argv)
      * yet. */
     for (long i = 0; i < o->rooms; i++)
         lg.rooms[i].base = INT64_MIN;
-    for (long i = 0; i < o->clients; i++) {
+    for (long i = 0; i < lg.nconns; i++) {
         struct conn *c = &lg.conns[i];
         if (c->seen_any && c->max_seen > c->room->base)
             c->room->base = c->max_seen;
@@ -1049,45 +1741,8 @@ int main(int argc, char **argv)
         r->target = r->base + r->quota;
         r->max_seen_any = r->base;
     }
-    for (long i = 0; i < o->clients; i++) {
-        struct conn *c = &lg.conns[i];
-        if (c->max_seen >= c->room->target) {
-            lg.converged_clients++;
-            c->room->converged_clients++;
-        }
-    }
-
-    double cpu0 = self_cpu_s();
-    double srv0 = o->server_pid ? proc_cpu_s(o->server_pid) : 0;
-    uint64_t t0 = now_ns();
-    lg.running = true;
-    double converge_ms = 0;
-    if (!lg.error[0]) {
-        pump_senders();
-        bool in_time = loop_until(all_converged, t0 + (uint64_t)o->timeout_ms * 1000000u, true);
-        converge_ms = (double)(now_ns() - t0) / 1e6;
-        if (!in_time) {
-            const struct room *r = lg.rooms;
-            for (long i = 0; i < o->rooms; i++)
-                if (lg.rooms[i].converged_clients < lg.rooms[i].clients) {
-                    r = &lg.rooms[i];
-                    break;
-                }
-            fail("%ld of %ld clients converged within %ld ms; in room %ld, %ld of %ld reached "
-                 "%" PRId64 " (highest seen %" PRId64 ", %ld of %ld increments sent)",
-                 lg.converged_clients, o->clients, o->timeout_ms, (long)(r - lg.rooms),
-                 r->converged_clients, r->clients, r->target, r->max_seen_any, r->total_sent,
-                 r->quota);
-        }
-    }
-    double cpu_s = self_cpu_s() - cpu0;
-    double srv_cpu_s = o->server_pid ? proc_cpu_s(o->server_pid) - srv0 : 0;
-    if (!lg.error[0] && o->linger_ms > 0)
-        loop_until(never, now_ns() + (uint64_t)o->linger_ms * 1000000u, false);
-    if (!lg.error[0] && lg.st.regressions)
-        fail("%" PRIu64 " state frames went backwards", lg.st.regressions);
-    int rc = report_run(connect_ms, converge_ms, cpu_s, srv_cpu_s);
-    for (long i = 0; i < o->clients; i++) {
+    int rc = o->storm ? run_storm(connect_ms) : run_counted(connect_ms);
+    for (long i = 0; i < lg.nconns; i++) {
         conn_close(&lg.conns[i]);
         free(lg.conns[i].in);
         free(lg.conns[i].msg);
@@ -1105,4 +1760,52 @@ int main(int argc, char **argv)
     freeaddrinfo(lg.addr);
     close(lg.epfd);
     return rc;
+}
+
+/* The counted run: senders keep their windows full until every client saw the final counter. */
+static int run_counted(double connect_ms)
+{
+    const struct options *o = &lg.opt;
+    for (long i = 0; i < o->clients; i++) {
+        struct conn *c = &lg.conns[i];
+        if (c->max_seen >= c->room->target) {
+            lg.converged_clients++;
+            c->room->converged_clients++;
+        }
+    }
+
+    double cpu0 = self_cpu_s();
+    double srv0 = o->server_pid ? proc_cpu_s(o->server_pid) : 0;
+    uint64_t bytes0 = lg.st.bytes_received, frames0 = lg.st.state_frames;
+    uint64_t t0 = now_ns();
+    lg.running = true;
+    double converge_ms = 0;
+    if (!lg.error[0]) {
+        pump_senders();
+        bool in_time =
+            loop_until(all_converged, t0 + (uint64_t)o->timeout_ms * 1000000u, pump_senders);
+        converge_ms = (double)(now_ns() - t0) / 1e6;
+        lg.run_bytes = lg.st.bytes_received - bytes0;
+        lg.run_frames = lg.st.state_frames - frames0;
+        if (!in_time) {
+            const struct room *r = lg.rooms;
+            for (long i = 0; i < o->rooms; i++)
+                if (lg.rooms[i].converged_clients < lg.rooms[i].clients) {
+                    r = &lg.rooms[i];
+                    break;
+                }
+            fail("%ld of %ld clients converged within %ld ms; in room %ld, %ld of %ld reached "
+                 "%" PRId64 " (highest seen %" PRId64 ", %ld of %ld increments sent)",
+                 lg.converged_clients, o->clients, o->timeout_ms, (long)(r - lg.rooms),
+                 r->converged_clients, r->clients, r->target, r->max_seen_any, r->total_sent,
+                 r->quota);
+        }
+    }
+    double cpu_s = self_cpu_s() - cpu0;
+    double srv_cpu_s = o->server_pid ? proc_cpu_s(o->server_pid) - srv0 : 0;
+    if (!lg.error[0] && o->linger_ms > 0)
+        loop_until(never, now_ns() + (uint64_t)o->linger_ms * 1000000u, NULL);
+    if (!lg.error[0] && lg.st.regressions)
+        fail("%" PRIu64 " state frames went backwards", lg.st.regressions);
+    return report_run(connect_ms, converge_ms, cpu_s, srv_cpu_s);
 }
