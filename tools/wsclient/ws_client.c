@@ -1,4 +1,7 @@
 /* See ws_client.h. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* strcasestr */
+#endif
 #include "ws_client.h"
 #include "wsproto.h"
 
@@ -24,6 +27,7 @@ struct ws_client {
     unsigned char *buf; /* bytes read and not yet consumed */
     size_t len;
     size_t cap;
+    char protocol[64]; /* the Sec-WebSocket-Protocol the server selected, "" when none */
 };
 
 static long long now_ms(void)
@@ -64,6 +68,11 @@ ws_client *ws_client_tcp(int port)
     if (!c)
         close(fd);
     return c;
+}
+
+const char *ws_client_protocol(const ws_client *c)
+{
+    return c->protocol;
 }
 
 int ws_client_fd(const ws_client *c)
@@ -158,6 +167,18 @@ int ws_handshake(ws_client *c, const char *path, const char *extra_headers, int 
             /* An upgrade is only an upgrade with the right Sec-WebSocket-Accept. */
             if (status == 101 && ws_check_response((const char *)c->buf, head, key) != NULL)
                 status = -1;
+            c->protocol[0] = '\0';
+            const char *p = strcasestr((const char *)c->buf, "\r\nSec-WebSocket-Protocol:");
+            if (p && p < (const char *)c->buf + head) {
+                p += strlen("\r\nSec-WebSocket-Protocol:");
+                while (*p == ' ' || *p == '\t')
+                    p++;
+                size_t n = strcspn(p, " \t\r\n");
+                if (n >= sizeof c->protocol)
+                    n = sizeof c->protocol - 1;
+                memcpy(c->protocol, p, n);
+                c->protocol[n] = '\0';
+            }
             consume(c, head);
             return status;
         }

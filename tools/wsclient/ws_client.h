@@ -50,6 +50,8 @@ int ws_wait_close_reason(ws_client *c, int timeout_ms, char *reason, size_t cap)
 int ws_wait_eof(ws_client *c, int timeout_ms);
 
 int ws_client_fd(const ws_client *c);
+/* The subprotocol the server selected in its 101 (Sec-WebSocket-Protocol), "" when none. */
+const char *ws_client_protocol(const ws_client *c);
 void ws_client_free(ws_client *c);
 
 /* One HTTP/1.1 request (Connection: close). Returns the status or -1; the body (NUL terminated,

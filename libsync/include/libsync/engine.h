@@ -124,7 +124,7 @@ typedef enum sync_timer_mode {
 
 /* 2 added step_timeout_ms, 3 log_free_userdata. A caller built against an older version keeps
  * passing it and the shorter struct: only the fields of the version given are read. */
-#define SYNC_ENGINE_OPTIONS_VERSION 3
+#define SYNC_ENGINE_OPTIONS_VERSION 4
 
 typedef struct sync_engine_options {
     /** Must be SYNC_ENGINE_OPTIONS_VERSION (set by SYNC_ENGINE_OPTIONS_INIT). */
@@ -180,12 +180,20 @@ typedef struct sync_engine_options {
     /** Releases log_userdata (may be NULL): exactly once, when the engine is destroyed (after its
      *  last log line) or before a failing sync_engine_new() returns (common.h). */
     sync_free_cb log_free_userdata;
+    /* ---- version 4 ---- */
+    /** Recent history kept for v2 clients (docs/PROTOCOL.md): the reverse patches of up to this
+     *  many versions, from which a client behind by several versions, or resuming with
+     *  ?since=V, gets one composed patch. 0 = default (256); -1 = off: no diff at commit, v2
+     *  clients get whole states and every resume an initial_state. */
+    int resume_history_versions;
+    /** Bytes of reverse patches kept at most (the oldest go first). 0 = default (1 MiB). */
+    size_t resume_history_bytes;
 } sync_engine_options;
 
 #define SYNC_ENGINE_OPTIONS_INIT                                                                   \
     {                                                                                              \
         SYNC_ENGINE_OPTIONS_VERSION, NULL, 1, NULL, 0, 0, 0, SYNC_PERSIST_ON_CHANGE,               \
-            SYNC_TIMERS_MANUAL, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0, NULL                           \
+            SYNC_TIMERS_MANUAL, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0, NULL, 0, 0                     \
     }
 
 /** Fills `opts` with the defaults of SYNC_ENGINE_OPTIONS_INIT. `version` must be

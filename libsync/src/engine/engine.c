@@ -31,6 +31,7 @@ static void engine_destroy(sync_engine *engine)
     sync_adapter_free(engine->adapter);
     cJSON_Delete(engine->state);
     sync__feed_release(&engine->feed);
+    sync__delta_release(&engine->delta);
     sync__frame_unref(engine->ping_frame);
     free(engine->middleware);
     pthread_cond_destroy(&engine->timer_cond);
@@ -114,8 +115,10 @@ int sync__engine_report(sync_engine *engine, int status, const char *context, sy
 /* The bytes a caller's struct of that (known) version has: the fields after it do not exist. */
 static size_t options_size(unsigned int version)
 {
-    if (version >= 3)
+    if (version >= 4)
         return sizeof(sync_engine_options);
+    if (version == 3)
+        return offsetof(sync_engine_options, resume_history_versions);
     return version == 2 ? offsetof(sync_engine_options, log_free_userdata)
                         : offsetof(sync_engine_options, step_timeout_ms);
 }
@@ -148,6 +151,8 @@ static const char *check_options(const sync_engine_options *opts)
         return "unknown hooks version";
     if (option_step_timeout_ms(opts) < 0)
         return "step_timeout_ms must not be negative";
+    if (opts->version >= 4 && opts->resume_history_versions < -1)
+        return "resume_history_versions must be -1 (off), 0 (default) or positive";
     return NULL;
 }
 
@@ -233,6 +238,8 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
     engine->step_timeout_ms = option_step_timeout_ms(opts);
     engine->step_deadline_ms = -1;
     engine->ticker_deadline_ms = -1;
+    sync__delta_init(&engine->delta, opts->version >= 4 ? opts->resume_history_versions : 0,
+                     opts->version >= 4 ? opts->resume_history_bytes : 0);
     engine->log = opts->log;
     engine->log_userdata = opts->log_userdata;
     engine->log_free_userdata = option_log_free_userdata(opts);

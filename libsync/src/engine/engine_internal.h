@@ -8,6 +8,7 @@
 #include "libsync/adapter.h"
 #include "libsync/engine.h"
 #include "completion.h"
+#include "delta.h"
 #include "feed.h"
 #include "frame.h"
 #include "transport.h"
@@ -177,6 +178,7 @@ struct sync_engine {
     cJSON *state;
     _Atomic int64_t version;
     sync__feed feed;
+    sync__delta delta; /* v2: patches, the history they are composed from, the epoch */
     /* init() or load() failed for a reason other than a corrupt record: the store may hold a
      * record the engine never read, so every save is refused rather than overwrite it. */
     int store_unread;

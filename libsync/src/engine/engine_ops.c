@@ -319,6 +319,7 @@ static int commit_run(sync_engine *engine, sync__op *op)
         engine->state = op->state;
         op->state = NULL;
         sync__feed_append(engine);
+        sync__delta_commit(engine, old, engine->state);
         SYNC__DEBUG(engine, "commit: version %lld", (long long)atomic_load(&engine->version));
         if (engine->hooks.on_state_change && !cJSON_Compare(old, engine->state, 1))
             engine->hooks.on_state_change(engine, old, engine->state, engine->hooks.userdata);
@@ -430,6 +431,7 @@ static void load_apply(sync_engine *engine, sync__op *op)
     cJSON_Delete(engine->state);
     engine->state = state;
     sync__feed_append_saved(engine);
+    sync__delta_reset(engine);
     if (engine->versioning)
         atomic_store(&engine->version, op->aversion >= 0 ? op->aversion : 0);
     SYNC__DEBUG(engine, "load: version %lld", (long long)atomic_load(&engine->version));

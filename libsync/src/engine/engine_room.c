@@ -47,6 +47,7 @@ int sync__engine_attach_load(sync_engine *engine, const char *initial_json, sync
         sync__frame_unref(head->initial_frame);
         head->update_frame = head->initial_frame = NULL;
         head->seq++;
+        sync__delta_reset(engine);
     }
     if (!adapter) {
         sync__engine_unlock(engine);

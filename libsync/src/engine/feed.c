@@ -158,6 +158,27 @@ sync__frame *sync__feed_read(sync_engine *engine, uint64_t after_seq, int force)
     return frame;
 }
 
+sync__frame *sync__feed_read_v2(sync_engine *engine, uint64_t after_seq, int64_t base, int force)
+{
+    if (!enter(engine))
+        return NULL;
+    sync__frame *frame = NULL;
+    if ((engine->feed.head.seq > after_seq || force) && sync__feed_sendable(engine)) {
+        frame = sync__delta_frame(engine, force ? -1 : base);
+        if (frame)
+            sync__frame_ref(frame);
+    }
+    sync__engine_unlock(engine);
+    return frame;
+}
+
+sync__frame *sync__feed_join_frame_locked(sync_engine *engine, int64_t since, const char *epoch,
+                                          int *resumed)
+{
+    sync__frame *frame = sync__delta_join_frame(engine, since, epoch, resumed);
+    return frame ? sync__frame_ref(frame) : NULL;
+}
+
 int sync__feed_flush(sync_engine *engine)
 {
     if (!enter(engine))

@@ -13,6 +13,7 @@ static sync__frame *frame_alloc(sync__frame_kind kind, size_t len)
     atomic_init(&frame->refs, 1);
     frame->kind = kind;
     frame->seq = 0;
+    frame->version = -1;
     frame->len = len;
     sync__frame_text(frame)[len] = '\0';
     return frame;
@@ -44,6 +45,23 @@ sync__frame *sync__frame_new_state(sync__frame_kind kind, const char *state_json
     memcpy(text + head_len, state_json, state_len);
     memcpy(text + (size_t)head_len + state_len, tail, (size_t)tail_len);
     frame->seq = seq;
+    frame->version = version;
+    return frame;
+}
+
+sync__frame *sync__frame_new_parts(sync__frame_kind kind, const char *head, size_t head_len,
+                                   const char *body, size_t body_len, const char *tail,
+                                   size_t tail_len, int64_t version, uint64_t seq)
+{
+    sync__frame *frame = frame_alloc(kind, head_len + body_len + tail_len);
+    if (!frame)
+        return NULL;
+    char *text = sync__frame_text(frame);
+    memcpy(text, head, head_len);
+    memcpy(text + head_len, body, body_len);
+    memcpy(text + head_len + body_len, tail, tail_len);
+    frame->seq = seq;
+    frame->version = version;
     return frame;
 }
 

@@ -19,7 +19,8 @@ typedef enum sync__frame_kind {
     SYNC__FRAME_PING = 1,          /* {"type":"ping"} */
     SYNC__FRAME_INITIAL_STATE = 2, /* {"type":"initial_state","data":...} */
     SYNC__FRAME_STATE_UPDATE = 3,  /* {"type":"state_update","data":...} */
-    SYNC__FRAME_BINARY = 4         /* bytes sent as a binary message (the server's test echo) */
+    SYNC__FRAME_BINARY = 4,        /* bytes sent as a binary message (the server's test echo) */
+    SYNC__FRAME_PATCH = 5          /* v2: {"type":"patch","base":B,"version":V,"ops":[...]} */
 } sync__frame_kind;
 
 typedef struct sync__frame {
@@ -28,6 +29,9 @@ typedef struct sync__frame {
     /* The engine's change sequence this state frame shows (grows by one per change, also when
      * user-visible versioning is off); 0 for frames that are not state frames. */
     uint64_t seq;
+    /* The version a state or patch frame brings its client to (-1: versioning off, or not a
+     * state frame). */
+    int64_t version;
     size_t len;
     /* SYNC__FRAME_HEADROOM bytes of headroom, then len bytes of text, then a NUL. */
     unsigned char storage[];
@@ -40,6 +44,11 @@ sync__frame *sync__frame_new_text(sync__frame_kind kind, const char *text, size_
  * (copied); the version member is left out when version < 0 (versioning off). */
 sync__frame *sync__frame_new_state(sync__frame_kind kind, const char *state_json, size_t state_len,
                                    int64_t version, uint64_t seq);
+
+/* HEAD + BODY + TAIL (copied): the v2 frames built around a state's or a patch's text. */
+sync__frame *sync__frame_new_parts(sync__frame_kind kind, const char *head, size_t head_len,
+                                   const char *body, size_t body_len, const char *tail,
+                                   size_t tail_len, int64_t version, uint64_t seq);
 
 static inline char *sync__frame_text(sync__frame *frame)
 {

@@ -49,6 +49,24 @@ sync__frame *sync__feed_read(sync_engine *engine, uint64_t after_seq, int force)
  */
 int sync__feed_flush(sync_engine *engine);
 
+/*
+ * The v2 wire (docs/PROTOCOL.md, delta.h). Like sync__feed_read, for a client whose last frame
+ * brought it to version `base`: the head's shared patch frame from `base` (built once per base
+ * and version), or its state_update frame when that is smaller, `base` is out of the history, or
+ * with `force`. NULL when nothing is newer than `after_seq` or the head is not sendable yet.
+ */
+sync__frame *sync__feed_read_v2(sync_engine *engine, uint64_t after_seq, int64_t base, int force);
+
+/*
+ * Engine lock held (from a transport's send_frame, given the initial state): the first frame of
+ * a v2 connection instead. With `epoch` naming the engine's history and `since` a version the head
+ * can be reached from, the patch from `since` (*resumed = 1; empty ops when nothing changed);
+ * else the v2 initial_state, which carries the version and the epoch. A new reference; NULL on
+ * ENOMEM.
+ */
+sync__frame *sync__feed_join_frame_locked(sync_engine *engine, int64_t since, const char *epoch,
+                                          int *resumed);
+
 /* Sets auto_broadcast on an engine (the server turns it on for the engines it mounts). */
 void sync__engine_set_auto_broadcast(sync_engine *engine, int on);
 

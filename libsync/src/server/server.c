@@ -599,10 +599,13 @@ int sync_server_listen(sync_server *server)
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_sink);
 
     memset(server->protocols, 0, sizeof server->protocols);
-    server->protocols[0].name = "libsync";
+    server->protocols[0].name = SERVER_PROTOCOL_V1;
     server->protocols[0].callback = server_callback;
     server->protocols[0].rx_buffer_size = SERVER_RX_BUFFER;
     server->protocols[0].tx_packet_size = SERVER_TX_PACKET_SIZE;
+    /* v2 differs only in the frames a connection gets (server_conn.c, server_broadcast.c) */
+    server->protocols[1] = server->protocols[0];
+    server->protocols[1].name = SERVER_PROTOCOL_V2;
 
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
@@ -706,6 +709,7 @@ static void begin_stop(sync_server *server)
     server_rooms_sync_all(server);
     /* Every connection writes what is still due, then closes with 1001 (server_conn.c). */
     lws_callback_on_writable_all_protocol(server->context, &server->protocols[0]);
+    lws_callback_on_writable_all_protocol(server->context, &server->protocols[1]);
 }
 
 static void serve(sync_server *server)

@@ -118,8 +118,45 @@ static void defer_to_writeable(server_conn *c, bool force)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* The patch frames one walk hands out, by base: most v2 clients are at the same base, so the
+ * engine (its lock, its cache of frames) is asked once per base and walk, not per client. */
+enum { WALK_BASES = 4 };
+typedef struct walk_frames {
+    int64_t base[WALK_BASES];
+    sync__frame *frame[WALK_BASES];
+    size_t count;
+} walk_frames;
+
+static void walk_frames_release(walk_frames *w)
+{
+    for (size_t i = 0; i < w->count; i++)
+        sync__frame_unref(w->frame[i]);
+    w->count = 0;
+}
+
+/* What a v2 client at `base` gets instead of the state frame `frame` (borrowed either way). */
+static sync__frame *v2_frame(server_engine *eng, walk_frames *w, int64_t base, sync__frame *frame)
+{
+    for (size_t i = 0; i < w->count; i++)
+        if (w->base[i] == base)
+            return w->frame[i];
+    sync__frame *f = sync__feed_read_v2(eng->engine, 0, base, 0);
+    if (!f || f->seq < frame->seq) {
+        sync__frame_unref(f);
+        return frame; /* the head is not sendable after all: the state frame is */
+    }
+    if (w->count == WALK_BASES) {
+        /* a spread of bases: these clients pay a lookup each, the engine's cache still shares */
+        sync__frame_unref(w->frame[w->count - 1]);
+        w->count--;
+    }
+    w->base[w->count] = base;
+    w->frame[w->count++] = f;
+    return f;
+}
+
 /* Whether it wrote (or handed over) anything: a connection already at `frame` costs nothing. */
-static bool flush_conn(server_conn *c, sync__frame *frame, bool force)
+static bool flush_conn(server_conn *c, sync__frame *frame, bool force, walk_frames *w)
 {
     sync_server *s = c->server;
     if (!force && c->last_sent_seq >= frame->seq)
@@ -133,8 +170,12 @@ static bool flush_conn(server_conn *c, sync__frame *frame, bool force)
         defer_to_writeable(c, force);
         return true;
     }
+    if (c->v2 && !force)
+        frame = v2_frame(c->eng, w, c->v2->last_version, frame);
     if (frame->seq > c->last_sent_seq)
         c->last_sent_seq = frame->seq;
+    if (c->v2)
+        c->v2->last_version = frame->version;
     /* Outside its writeable callback lws still sends what the socket takes and keeps the rest,
      * asking for POLLOUT itself; lws_partial_buffered() then routes later frames above. */
     int n = lws_write(c->wsi, (unsigned char *)sync__frame_text(frame), frame->len, LWS_WRITE_TEXT);
@@ -167,10 +208,11 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
     bool may_stop = !force && s->broadcast_yield_ms >= 0 &&
                     sync__now_us() - eng->walk_started_us < (int64_t)s->broadcast_yield_ms * 1000;
     size_t written = 0, unchecked = 0;
+    walk_frames w = {.count = 0};
     server_conn *c = eng->cursor ? eng->cursor : eng->live_head;
     for (size_t left = eng->live_count; left && c; left--) {
         server_conn *next = c->live_next ? c->live_next : eng->live_head;
-        if (flush_conn(c, frame, force)) {
+        if (flush_conn(c, frame, force, &w)) {
             written++;
             unchecked++;
         }
@@ -181,11 +223,13 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
             if (input_waiting(s)) {
                 s->broadcasts_cut_short++;
                 eng->cursor = c;
+                walk_frames_release(&w);
                 return false;
             }
         }
     }
     eng->cursor = c;
+    walk_frames_release(&w);
     return true;
 }
 

@@ -116,12 +116,32 @@ static bool close_locked(server_conn *c, int code)
 
 /* ---- transport ops (any thread, engine lock held) ---------------------------------------- */
 
+/* Engine lock held: a v2 connection's first frame is the v2 initial_state, or the patch that
+ * resumes it (a new reference, or NULL on ENOMEM). */
+static sync__frame *v2_join_frame(server_conn *c)
+{
+    sync_server *s = c->server;
+    int resumed = 0;
+    sync__frame *frame = sync__feed_join_frame_locked(
+        c->eng->engine, c->v2->since, c->v2->epoch[0] ? c->v2->epoch : NULL, &resumed);
+    if (frame && c->v2->since >= 0)
+        atomic_fetch_add(resumed ? &s->resumes_patch : &s->resumes_state, 1);
+    return frame;
+}
+
 static int op_send_frame(void *userdata, sync__frame *frame)
 {
     server_conn *c = userdata;
     sync_server *s = c->server;
     int rc = SYNC_OK;
     bool wake = false;
+    sync__frame *own = NULL;
+    if (c->v2 && frame->kind == SYNC__FRAME_INITIAL_STATE) {
+        own = v2_join_frame(c);
+        if (!own)
+            return sync__fail(SYNC_ENOMEM, "out of memory building the first v2 frame");
+        frame = own;
+    }
     pthread_mutex_lock(&s->lock);
     if (!c->wsi || c->close_pending) {
         rc = SYNC_ECLOSED;
@@ -136,6 +156,7 @@ static int op_send_frame(void *userdata, sync__frame *frame)
         wake = request_write_locked(c);
     }
     pthread_mutex_unlock(&s->lock);
+    sync__frame_unref(own);
     if (wake)
         server_wake(s);
     if (rc == SYNC_ELIMIT)
@@ -215,6 +236,7 @@ static void op_free(void *userdata)
         sync__frame_unref(frame);
     free(c->rx);
     free(c->close_reason);
+    free(c->v2);
     if (c->auth) {
         free(c->auth->identity);
         free_held(c);
@@ -268,6 +290,36 @@ server_conn *server_conn_new(sync_server *server, server_engine *eng, char *iden
     return c;
 }
 
+/* A decimal version, 0 to INT64_MAX, nothing else. */
+static int64_t parse_version(const char *text)
+{
+    if (!*text || strlen(text) > 18)
+        return -1;
+    int64_t v = 0;
+    for (const char *p = text; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        v = v * 10 + (*p - '0');
+    }
+    return v;
+}
+
+void server_conn_take_resume(server_conn *c, struct lws *wsi)
+{
+    char since[32], epoch[SYNC__EPOCH_MAX + 2];
+    if (lws_get_urlarg_by_name(wsi, "since=", since, (int)sizeof since) == NULL)
+        return;
+    server_v2 *v2 = calloc(1, sizeof *v2);
+    if (!v2)
+        return;
+    v2->since = parse_version(since);
+    v2->last_version = -1;
+    const char *e = lws_get_urlarg_by_name(wsi, "epoch=", epoch, (int)sizeof epoch);
+    if (e && strlen(e) <= SYNC__EPOCH_MAX)
+        strcpy(v2->epoch, e);
+    c->v2 = v2;
+}
+
 /* The deferred request (if any) stops pointing at a connection that goes away. */
 static void stop_waiting_for_auth(server_conn *c)
 {
@@ -311,6 +363,19 @@ static void auth_timed_out(lws_sorted_usec_list_t *sul)
 int server_conn_established(server_conn *c, struct lws *wsi)
 {
     sync_server *s = c->server;
+    /* lws selected the subprotocol from the client's offer: v2 frames, or v1 byte for byte */
+    const struct lws_protocols *protocol = lws_get_protocol(wsi);
+    bool v2 = !c->echo && protocol && strcmp(protocol->name, SERVER_PROTOCOL_V2) == 0;
+    if (v2 && !c->v2) {
+        c->v2 = calloc(1, sizeof *c->v2);
+        if (!c->v2)
+            return -1;
+        c->v2->since = -1;
+        c->v2->last_version = -1;
+    } else if (!v2) {
+        free(c->v2);
+        c->v2 = NULL;
+    }
     pthread_mutex_lock(&s->lock);
     c->wsi = wsi;
     bool decided = c->auth && c->auth->decision != SERVER_AUTH_UNDECIDED;
@@ -558,7 +623,8 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
 
 static bool is_state_frame(const sync__frame *frame)
 {
-    return frame->kind == SYNC__FRAME_INITIAL_STATE || frame->kind == SYNC__FRAME_STATE_UPDATE;
+    return frame->kind == SYNC__FRAME_INITIAL_STATE || frame->kind == SYNC__FRAME_STATE_UPDATE ||
+           frame->kind == SYNC__FRAME_PATCH;
 }
 
 /* The messages held during a deferred auth, in the order they came, once it accepted. */
@@ -672,8 +738,11 @@ int server_conn_writeable(server_conn *c)
      * SYNC_PERSIST_BEFORE_SEND, once per record whoever asks first), so a connection the end of
      * the turn handed over here gets the newest state, not a turn later. */
     if (pull && sync__feed_flush(c->eng->engine))
-        frame = sync__feed_read(c->eng->engine, c->last_sent_seq, force);
-    if (frame && frame->kind == SYNC__FRAME_STATE_UPDATE && frame->seq < c->last_sent_seq) {
+        frame =
+            c->v2 ? sync__feed_read_v2(c->eng->engine, c->last_sent_seq, c->v2->last_version, force)
+                  : sync__feed_read(c->eng->engine, c->last_sent_seq, force);
+    if (frame && (frame->kind == SYNC__FRAME_STATE_UPDATE || frame->kind == SYNC__FRAME_PATCH) &&
+        frame->seq < c->last_sent_seq) {
         /* an explicit state frame older than one already sent: never move a client back */
         sync__frame_unref(frame);
         frame = NULL;
@@ -681,6 +750,8 @@ int server_conn_writeable(server_conn *c)
     if (frame) {
         if (is_state_frame(frame) && frame->seq > c->last_sent_seq)
             c->last_sent_seq = frame->seq;
+        if (c->v2 && is_state_frame(frame))
+            c->v2->last_version = frame->version;
         sync__frame_kind kind = frame->kind;
         int n = lws_write(wsi, (unsigned char *)sync__frame_text(frame), frame->len,
                           kind == SYNC__FRAME_BINARY ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
@@ -689,7 +760,8 @@ int server_conn_writeable(server_conn *c)
             return -1;
         s->frames_sent++;
         s->bytes_sent += (uint64_t)n;
-        if (kind == SYNC__FRAME_INITIAL_STATE) {
+        /* the first state frame, a v2 resume's patch included, makes it live */
+        if (!c->live && (kind == SYNC__FRAME_INITIAL_STATE || kind == SYNC__FRAME_PATCH)) {
             server_broadcast_join(c);
             if (c->is_room)
                 server_rooms_conn_live(c);

@@ -20,12 +20,25 @@
 
 #include "engine/frame.h"
 #include "libsync/server.h"
+#include "engine/delta.h"
 #include "engine/transport.h"
 
 /* Tags the lws opaque user pointer of a wsi: an HTTP response in progress or a WebSocket. */
 enum server_wsi_kind { SERVER_WSI_HTTP = 1, SERVER_WSI_WS = 2 };
 
 typedef struct server_conn server_conn;
+
+/* The subprotocols, in the order of server->protocols (lws answers a client with the name of the
+ * entry it selected). */
+#define SERVER_PROTOCOL_V1 "libsync"
+#define SERVER_PROTOCOL_V2 "libsync.v2"
+
+/* What only a v2 connection has (docs/PROTOCOL.md): its resume point and where it stands. */
+typedef struct server_v2 {
+    int64_t since;                   /* ?since=V of its URL, -1 when absent */
+    char epoch[SYNC__EPOCH_MAX + 1]; /* ?epoch=E, "" when absent */
+    int64_t last_version; /* service thread: the version its last state or patch frame reached */
+} server_v2;
 typedef struct server_room server_room; /* server_rooms.c */
 
 /* broadcast_yield_ms when the options leave it 0 */
@@ -126,7 +139,7 @@ struct sync_server {
     server_engine **engines;
     size_t engine_count;
 
-    struct lws_protocols protocols[2];
+    struct lws_protocols protocols[3]; /* v1, v2, the terminator */
     struct lws_context *context;
     struct lws_vhost *vhost;
     int port;
@@ -172,6 +185,8 @@ struct sync_server {
     uint64_t messages_in;
     uint64_t frames_sent;
     uint64_t broadcasts_cut_short;
+    atomic_uint_fast64_t resumes_patch; /* v2 resumes served by a patch / by the whole state */
+    atomic_uint_fast64_t resumes_state;
     uint64_t bytes_sent;
     atomic_uint_fast64_t closed_slow; /* also counted by transport ops on other threads */
     uint64_t closed_too_big;
@@ -244,6 +259,8 @@ struct server_conn {
     /* The engine's handle, made with the connection (NULL on the echo path); it holds the
      * identity the auth callback attached. */
     sync_conn *conn;
+    /* A v2 connection's (set before it joins, freed with it); NULL on v1 */
+    server_v2 *v2;
     server_auth_wait *auth; /* set once by the upgrade, freed with the connection; NULL when the
                                auth answered at once (most connections: they pay 8 bytes) */
 
@@ -278,6 +295,10 @@ void server_process_wakes(sync_server *server);
  * listen socket for SERVER_ACCEPT_PAUSE_MS (service thread). */
 void server_pause_accept(sync_server *server);
 
+/* server_conn.c: the resume point of the upgrade's URL (?since=V&epoch=E), kept for the
+ * connection in case lws selects the v2 subprotocol (ESTABLISHED decides). Out of memory, or a
+ * malformed value, only means no resume: the client gets an initial_state. */
+void server_conn_take_resume(server_conn *c, struct lws *wsi);
 /* server_conn.c; eng NULL: an echo connection (server_mount_echo) */
 server_conn *server_conn_new(sync_server *server, server_engine *eng, char *identity);
 /* Drops a connection that never became a WebSocket. */

@@ -229,6 +229,11 @@ char *server_metrics_render(sync_server *server, size_t *len)
     server_counter(&b, "libsync_server_broadcasts_cut_short_total", "counter",
                    "Broadcasts that stopped to read waiting input and went on with a newer state.",
                    server->broadcasts_cut_short);
+    server_counter(&b, "libsync_server_resumes_patch_total", "counter",
+                   "v2 resumes (?since=V) served by a patch.", atomic_load(&server->resumes_patch));
+    server_counter(&b, "libsync_server_resumes_state_total", "counter",
+                   "v2 resumes (?since=V) served by the whole state (initial_state).",
+                   atomic_load(&server->resumes_state));
     server_counter(&b, "libsync_server_bytes_sent_total", "counter",
                    "WebSocket payload bytes written to sockets.", server->bytes_sent);
     server_counter(&b, "libsync_server_closed_slow_total", "counter",

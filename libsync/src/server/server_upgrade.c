@@ -670,6 +670,7 @@ int server_upgrade_check(sync_server *server, struct lws *wsi, const char *upgra
         return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
     }
     c->is_room = room != NULL;
+    server_conn_take_resume(c, wsi);
     if ((deferred && link_deferred(deferred, c) != 0) || (room && wait_for_room(c) != 0)) {
         server_conn_abandon(c); /* lets the room go too */
         return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);

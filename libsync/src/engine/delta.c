@@ -1,0 +1,312 @@
+/* "Diff once, send to many" (delta.h): the forward and reverse ops of each commit, the bounded
+ * history, the shared patch frames of the head, the v2 first frame and the epoch. */
+#include "delta.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "engine_internal.h"
+#include "patch.h"
+
+void sync__delta_init(sync__delta *d, int versions, size_t bytes)
+{
+    memset(d, 0, sizeof *d);
+    d->off = versions < 0;
+    d->max_versions = versions > 0 ? (size_t)versions : SYNC__HISTORY_VERSIONS;
+    d->max_bytes = bytes ? bytes : SYNC__HISTORY_BYTES;
+    d->forward_version = -1;
+    sync__delta_new_epoch(d->epoch);
+}
+
+void sync__delta_new_epoch(char *out)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    unsigned char bytes[16];
+    if (getrandom(bytes, sizeof bytes, 0) != (ssize_t)sizeof bytes) {
+        /* no entropy to be had: the clock still makes a restart's epoch differ */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t x = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+        for (size_t i = 0; i < sizeof bytes; i++) {
+            x = x * 6364136223846793005u + 1442695040888963407u;
+            bytes[i] = (unsigned char)(x >> 56);
+        }
+    }
+    for (size_t i = 0; i < sizeof bytes; i++)
+        out[i] = alphabet[bytes[i] & 63];
+    out[sizeof bytes] = '\0';
+}
+
+static void drop_frames(sync__delta *d)
+{
+    for (size_t i = 0; i < d->frame_count; i++)
+        sync__frame_unref(d->frames[i].frame);
+    d->frame_count = 0;
+    d->frame_next = 0;
+    sync__frame_unref(d->initial);
+    d->initial = NULL;
+}
+
+static void drop_ring(sync__delta *d)
+{
+    for (size_t i = 0; i < d->count; i++)
+        free(d->ring[(d->ring_head + i) % d->ring_cap].ops);
+    d->count = 0;
+    d->ring_head = 0;
+    d->bytes = 0;
+}
+
+static void drop_history(sync__delta *d)
+{
+    drop_ring(d);
+    free(d->forward);
+    d->forward = NULL;
+    d->forward_len = 0;
+    d->forward_version = -1;
+}
+
+void sync__delta_release(sync__delta *d)
+{
+    drop_frames(d);
+    drop_history(d);
+    free(d->ring);
+    d->ring = NULL;
+    d->ring_cap = 0;
+}
+
+void sync__delta_reset(sync_engine *engine)
+{
+    drop_frames(&engine->delta);
+    drop_history(&engine->delta);
+}
+
+static void pop_oldest(sync__delta *d)
+{
+    sync__delta_rev *r = &d->ring[d->ring_head];
+    d->bytes -= r->len;
+    free(r->ops);
+    r->ops = NULL;
+    d->ring_head = (d->ring_head + 1) % d->ring_cap;
+    d->count--;
+}
+
+void sync__delta_commit(sync_engine *engine, const cJSON *old, const cJSON *new_state)
+{
+    sync__delta *d = &engine->delta;
+    if (d->off || !engine->versioning)
+        return;
+    int64_t version = atomic_load(&engine->version);
+    sync__json_patch p = {0};
+    if (sync__json_diff(old, new_state, 0, SYNC__JSON_DIFF_REVERSE, &p) != SYNC_OK) {
+        /* no way back past this version: clients behind it get the state */
+        drop_history(d);
+        return;
+    }
+    free(d->forward);
+    d->forward = p.text;
+    d->forward_len = p.len;
+    d->forward_version = version;
+    if (p.reverse_len > d->max_bytes) {
+        free(p.reverse);
+        drop_ring(d);
+        return;
+    }
+    if (d->count == d->ring_cap) {
+        if (d->count == d->max_versions) {
+            pop_oldest(d);
+        } else {
+            size_t cap = d->ring_cap ? d->ring_cap * 2 : 8;
+            if (cap > d->max_versions)
+                cap = d->max_versions;
+            sync__delta_rev *ring = malloc(cap * sizeof *ring);
+            if (!ring) {
+                free(p.reverse);
+                drop_ring(d); /* the forward ops are kept; the history restarts here */
+                return;
+            }
+            for (size_t i = 0; i < d->count; i++)
+                ring[i] = d->ring[(d->ring_head + i) % d->ring_cap];
+            free(d->ring);
+            d->ring = ring;
+            d->ring_cap = cap;
+            d->ring_head = 0;
+        }
+    }
+    while (d->count && d->bytes + p.reverse_len > d->max_bytes)
+        pop_oldest(d);
+    sync__delta_rev *r = &d->ring[(d->ring_head + d->count) % d->ring_cap];
+    r->version = version;
+    r->ops = p.reverse;
+    r->len = p.reverse_len;
+    d->count++;
+    d->bytes += p.reverse_len;
+}
+
+/* The oldest version a patch can start from (the head's when there is no history). */
+static int64_t oldest_base(const sync__delta *d, int64_t head)
+{
+    if (!d->count)
+        return d->forward_version == head ? head - 1 : head;
+    const sync__delta_rev *oldest = &d->ring[d->ring_head];
+    const sync__delta_rev *newest = &d->ring[(d->ring_head + d->count - 1) % d->ring_cap];
+    if (newest->version != head)
+        return d->forward_version == head ? head - 1 : head;
+    return oldest->version - 1;
+}
+
+/* The ops from `base` to the head, as malloc()ed text; SYNC_ETOOBIG when longer than max_len. */
+static int compose(sync_engine *engine, int64_t base, int64_t head, size_t max_len, char **out,
+                   size_t *out_len)
+{
+    sync__delta *d = &engine->delta;
+    size_t n = (size_t)(head - base);
+    const char **texts = malloc(n * sizeof *texts);
+    size_t *lens = malloc(n * sizeof *lens);
+    if (!texts || !lens) {
+        free(texts);
+        free(lens);
+        return SYNC_ENOMEM;
+    }
+    /* newest first */
+    for (size_t i = 0; i < n; i++) {
+        const sync__delta_rev *r = &d->ring[(d->ring_head + d->count - 1 - i) % d->ring_cap];
+        texts[i] = r->ops;
+        lens[i] = r->len;
+    }
+    sync__json_patch p = {0};
+    int rc = sync__json_diff_since(engine->state, texts, lens, n, max_len, &p);
+    free(texts);
+    free(lens);
+    if (rc != SYNC_OK)
+        return rc;
+    free(p.reverse);
+    *out = p.text;
+    *out_len = p.len;
+    return SYNC_OK;
+}
+
+static sync__frame *patch_frame(sync_engine *engine, int64_t base)
+{
+    sync__delta *d = &engine->delta;
+    int64_t head = atomic_load(&engine->version);
+    uint64_t seq = engine->feed.head.seq;
+    sync__frame *state = sync__engine_state_frame(engine, SYNC__FRAME_STATE_UPDATE);
+    if (!state)
+        return NULL;
+    if (base > head || base < oldest_base(d, head))
+        return state;
+    const char *ops = NULL;
+    size_t ops_len = 0;
+    char *owned = NULL;
+    if (base == head) {
+        ops = "[]";
+        ops_len = 2;
+    } else if (base == head - 1 && d->forward_version == head) {
+        ops = d->forward;
+        ops_len = d->forward_len;
+    } else {
+        int rc = compose(engine, base, head, state->len, &owned, &ops_len);
+        if (rc == SYNC_ETOOBIG)
+            return state;
+        if (rc != SYNC_OK) {
+            if (rc != SYNC_ENOMEM)
+                sync__engine_log(engine, SYNC_LOG_WARN,
+                                 "patch from version %" PRId64 " to %" PRId64 ": %s", base, head,
+                                 sync_error_last());
+            return state;
+        }
+        ops = owned;
+    }
+    char head_text[96];
+    int head_len = snprintf(
+        head_text, sizeof head_text,
+        "{\"type\":\"patch\",\"base\":%" PRId64 ",\"version\":%" PRId64 ",\"ops\":", base, head);
+    if ((size_t)head_len + ops_len + 1 >= state->len && base != head) {
+        free(owned);
+        return state;
+    }
+    sync__frame *frame = sync__frame_new_parts(SYNC__FRAME_PATCH, head_text, (size_t)head_len, ops,
+                                               ops_len, "}", 1, head, seq);
+    free(owned);
+    if (frame)
+        d->patches_built++;
+    return frame;
+}
+
+sync__frame *sync__delta_frame(sync_engine *engine, int64_t base)
+{
+    sync__delta *d = &engine->delta;
+    if (!engine->versioning || d->off || base < 0)
+        return sync__engine_state_frame(engine, SYNC__FRAME_STATE_UPDATE);
+    uint64_t seq = engine->feed.head.seq;
+    if (d->frames_seq != seq) {
+        drop_frames(d);
+        d->frames_seq = seq;
+    }
+    for (size_t i = 0; i < d->frame_count; i++)
+        if (d->frames[i].base == base)
+            return d->frames[i].frame;
+    sync__frame *frame = patch_frame(engine, base);
+    if (!frame)
+        return NULL;
+    if (frame->kind == SYNC__FRAME_STATE_UPDATE)
+        sync__frame_ref(frame); /* the cache holds its own reference either way */
+    size_t slot;
+    if (d->frame_count < SYNC__DELTA_FRAMES) {
+        slot = d->frame_count++;
+    } else {
+        slot = d->frame_next;
+        d->frame_next = (d->frame_next + 1) % SYNC__DELTA_FRAMES;
+        sync__frame_unref(d->frames[slot].frame);
+    }
+    d->frames[slot].base = base;
+    d->frames[slot].frame = frame;
+    return frame;
+}
+
+static sync__frame *initial_frame(sync_engine *engine)
+{
+    sync__delta *d = &engine->delta;
+    uint64_t seq = engine->feed.head.seq;
+    if (d->frames_seq != seq) {
+        drop_frames(d);
+        d->frames_seq = seq;
+    }
+    if (d->initial)
+        return d->initial;
+    size_t len = 0;
+    const char *text = sync__engine_state_text(engine, &len);
+    if (!text)
+        return NULL;
+    int64_t version = atomic_load(&engine->version);
+    static const char head[] = "{\"type\":\"initial_state\",\"data\":";
+    char tail[SYNC__EPOCH_MAX + 64];
+    int tail_len = snprintf(tail, sizeof tail, ",\"version\":%" PRId64 ",\"epoch\":\"%s\"}",
+                            version, d->epoch);
+    d->initial = sync__frame_new_parts(SYNC__FRAME_INITIAL_STATE, head, sizeof head - 1, text, len,
+                                       tail, (size_t)tail_len, version, seq);
+    return d->initial;
+}
+
+sync__frame *sync__delta_join_frame(sync_engine *engine, int64_t since, const char *epoch,
+                                    int *resumed)
+{
+    *resumed = 0;
+    if (!engine->versioning)
+        return sync__engine_state_frame(engine, SYNC__FRAME_INITIAL_STATE);
+    if (since >= 0 && epoch && strcmp(epoch, engine->delta.epoch) == 0 && !engine->delta.off) {
+        sync__frame *frame = sync__delta_frame(engine, since);
+        if (!frame)
+            return NULL;
+        if (frame->kind == SYNC__FRAME_PATCH) {
+            *resumed = 1;
+            return frame;
+        }
+    }
+    return initial_frame(engine);
+}
