@@ -94,6 +94,11 @@ export interface SyncEngineConfig<
    *  dropped with an ETIMEDOUT error (onError, state rolled back) and the queue moves on. The late
    *  settlement is ignored, and setState after it throws. 0 = never (the default). */
   stepTimeoutMs?: number;
+  /** v2 clients (subprotocol libsync.v2, docs/PROTOCOL.md): versions of history kept to send a
+   *  client behind, or resuming with ?since=V, one composed patch. 0 = 256; -1 = off. */
+  resumeHistoryVersions?: number;
+  /** Bytes of that history kept at most. 0 = 1 MiB. */
+  resumeHistoryBytes?: number;
   /** When changes are saved: 'onChange' (default, the original's: each change before it is
    *  broadcast), 'beforeSend' (group commit: once per version about to be sent, before any client
    *  gets it), 'manual' (only sync(), syncIntervalMs and dispose). */

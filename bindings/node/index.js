@@ -204,6 +204,12 @@ const ENGINE_OPTIONS = {
   pingTimeoutMs: msOption,
   syncIntervalMs: msOption,
   stepTimeoutMs: msOption,
+  resumeHistoryVersions: (v) => {
+    const n = v ?? 0;
+    if (!Number.isInteger(n) || n < -1) throw new TypeError('SyncEngine: resumeHistoryVersions must be an integer >= -1');
+    return n;
+  },
+  resumeHistoryBytes: msOption,
   persistMode: (v) => persistModeOf(v),
   autoBroadcast: flagOption,
   replyErrors: flagOption,

@@ -281,6 +281,25 @@ static void engine_options_version_2_still_accepted(void)
     free(raw);
 }
 
+/* Version 4 added the resume history's bounds: a version-3 caller's struct ends before them
+ * (0xA5 bytes read there would be a negative count: refused). */
+static void engine_options_version_3_still_accepted(void)
+{
+    unsigned char *raw = older_struct(sizeof(sync_engine_options));
+    sync_engine_options *v3 = (sync_engine_options *)(void *)raw;
+    CHECK_EQ_INT(sync_engine_options_init(v3, 3), SYNC_OK);
+    CHECK_EQ_INT(v3->version, 3);
+    CHECK(untouched_from(raw, offsetof(sync_engine_options, resume_history_versions),
+                         sizeof(sync_engine_options)));
+    sync_engine *engine = NULL;
+    CHECK_EQ_INT(sync_engine_new(&engine, v3), SYNC_OK);
+    sync_engine_free(engine);
+    sync_engine_options v4 = SYNC_ENGINE_OPTIONS_INIT;
+    v4.resume_history_versions = -2;
+    CHECK_EQ_INT(sync_engine_new(&engine, &v4), SYNC_EINVAL);
+    free(raw);
+}
+
 static int never(sync_msg *msg, void *userdata)
 {
     (void)msg;
@@ -386,6 +405,7 @@ int main(void)
     RUN(engine_new_failure_releases_userdata_once);
     RUN(engine_releases_log_userdata_after_its_last_line);
     RUN(engine_options_version_2_still_accepted);
+    RUN(engine_options_version_3_still_accepted);
     RUN(registration_failure_releases_userdata_once);
     RUN(server_new_failure_releases_userdata_once);
     RUN(server_options_version_4_still_accepted);

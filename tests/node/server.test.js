@@ -358,3 +358,32 @@ test('process.exit while the server is busy ends cleanly', () => {
     assert.equal(r.status, 0, r.stderr);
   }
 });
+
+test('a v2 client (subprotocol libsync.v2) gets patches and resumes with ?since=V&epoch=E', async (t) => {
+  const pad = 'a member long enough that a patch of the counter is shorter than the state';
+  const engine = counterEngine({ initialState: { counter: 0, pad }, resumeHistoryVersions: 16 });
+  const { port } = await serve(t, { port: 0, engines: { '/counter': engine } });
+  const v2 = (route) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}${route}`, ['libsync.v2']);
+    ws.frames = [];
+    ws.on('message', (data) => ws.frames.push(JSON.parse(data.toString())));
+    return ws;
+  };
+  const ws = v2('/counter');
+  await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+  assert.equal(ws.protocol, 'libsync.v2');
+  await waitFor(() => ws.frames.length === 1);
+  const first = ws.frames[0];
+  assert.equal(first.type, 'initial_state');
+  assert.equal(typeof first.epoch, 'string');
+  ws.send(JSON.stringify({ type: 'increment', amount: 2 }));
+  await waitFor(() => ws.frames.length === 2);
+  assert.deepEqual(ws.frames[1], {
+    type: 'patch', base: 0, version: 1, ops: [{ op: 'replace', path: '/counter', value: 2 }],
+  });
+  ws.close();
+  const again = v2(`/counter?since=1&epoch=${first.epoch}`);
+  await waitFor(() => again.frames.length === 1);
+  assert.deepEqual(again.frames[0], { type: 'patch', base: 1, version: 1, ops: [] });
+  again.close();
+});

@@ -282,3 +282,26 @@ def test_no_deadlock_between_timers_server_threads_and_python_adapter(make_engin
             frame = recv_until(ws, lambda f: f.get("version") == version, timeout=10)
             assert frame["data"] == final and final["touched"] is True
     assert adapter.calls["save"] > 1
+
+
+def test_a_v2_client_gets_patches(make_engine):
+    # the subprotocol libsync.v2 (docs/PROTOCOL.md): the C server speaks it for Python engines too
+    pad = "a member long enough that a patch of the counter is shorter than the state"
+    engine = make_engine(initial_state={"counter": 0, "pad": pad},
+                         handlers={"increment": increment}, resume_history_versions=16)
+    server = syncengine.Server(engines={"/counter": engine}).start()
+    try:
+        url = f"ws://127.0.0.1:{server.port}/counter"
+        with connect(url, subprotocols=["libsync.v2"]) as ws:
+            assert ws.subprotocol == "libsync.v2"
+            first = recv_json(ws)
+            assert first["type"] == "initial_state" and first["version"] == 0
+            epoch = first["epoch"]
+            ws.send(msg("increment", amount=2))
+            frame = recv_until(ws, lambda f: f.get("type") == "patch")
+            assert frame == {"type": "patch", "base": 0, "version": 1,
+                             "ops": [{"op": "replace", "path": "/counter", "value": 2}]}
+        with connect(f"{url}?since=1&epoch={epoch}", subprotocols=["libsync.v2"]) as ws:
+            assert recv_json(ws) == {"type": "patch", "base": 1, "version": 1, "ops": []}
+    finally:
+        server.close()

@@ -235,6 +235,11 @@ class SyncEngine:
     messages behind it run; its ``set_state`` raises from then on and its result is ignored.
     0 (the default) waits for ever, like the original.
 
+    ``resume_history_versions`` / ``resume_history_bytes``: the history kept for v2 clients
+    (subprotocol ``libsync.v2``, docs/PROTOCOL.md), from which a client behind by several
+    versions, or resuming with ``?since=V``, gets one composed patch. 0 = 256 versions / 1 MiB;
+    ``resume_history_versions=-1`` turns it off.
+
     With ``heartbeat_interval_ms``, ``sync_interval_ms`` or ``step_timeout_ms`` the engine runs its
     timers on a thread of its own. Every method may be called from any thread. ``debug=True`` logs every
     step (to stderr, or to ``logger``, a :class:`logging.Logger`, when given); errors without an
@@ -261,6 +266,8 @@ class SyncEngine:
         max_message_bytes: int = 0,
         max_json_depth: int = 0,
         step_timeout_ms: int = 0,
+        resume_history_versions: int = 0,
+        resume_history_bytes: int = 0,
         async_loop: asyncio.AbstractEventLoop | None = None,
         logger: logging.Logger | None = None,
     ) -> None:

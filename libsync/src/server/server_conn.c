@@ -124,7 +124,7 @@ static sync__frame *v2_join_frame(server_conn *c)
     int resumed = 0;
     sync__frame *frame = sync__feed_join_frame_locked(
         c->eng->engine, c->v2->since, c->v2->epoch[0] ? c->v2->epoch : NULL, &resumed);
-    if (frame && c->v2->since >= 0)
+    if (frame && c->v2->since != -1)
         atomic_fetch_add(resumed ? &s->resumes_patch : &s->resumes_state, 1);
     return frame;
 }
@@ -306,13 +306,16 @@ static int64_t parse_version(const char *text)
 
 void server_conn_take_resume(server_conn *c, struct lws *wsi)
 {
-    char since[32], epoch[SYNC__EPOCH_MAX + 2];
-    if (lws_get_urlarg_by_name(wsi, "since=", since, (int)sizeof since) == NULL)
+    char since[40], epoch[SYNC__EPOCH_MAX + 16];
+    /* lws 4.1 copies "name=value" into the buffer and returns where the value starts */
+    const char *s = lws_get_urlarg_by_name(wsi, "since=", since, (int)sizeof since);
+    if (!s)
         return;
     server_v2 *v2 = calloc(1, sizeof *v2);
     if (!v2)
         return;
-    v2->since = parse_version(since);
+    int64_t v = parse_version(s);
+    v2->since = v < 0 ? -2 : v; /* malformed: still a resume asked for, served by the state */
     v2->last_version = -1;
     const char *e = lws_get_urlarg_by_name(wsi, "epoch=", epoch, (int)sizeof epoch);
     if (e && strlen(e) <= SYNC__EPOCH_MAX)
