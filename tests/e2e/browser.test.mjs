@@ -230,7 +230,9 @@ test('the page shows the close code the server sent, also while it cannot reconn
 test('after a SIGKILL and a restart the page resumes with a patch and shows the right counter', { timeout: 120000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'libsync-resume-'));
   const dataDir = join(dir, 'data');
-  let server = await startServer({ dataDir, args: HEARTBEAT });
+  // Some bulk beside the counter, so that a patch is the smaller frame (a server sends the whole
+  // state instead when that is smaller, also to resume).
+  let server = await startServer({ dataDir, args: [...HEARTBEAT, '--pad', '256'] });
   try {
     await withBrowser(async (context) => {
       const pageErrors = [];

@@ -10,6 +10,10 @@ import WebSocket from 'ws';
 import { SyncClient } from '../../clients/js/src/index.js';
 import { startServer } from './server.mjs';
 
+// A state with some bulk beside the counter, so that a patch is the smaller frame (a server sends
+// the whole state instead when that is smaller, also to resume).
+const PAD = ['--pad', '256'];
+
 async function until(predicate, what, timeoutMs = 20000) {
   const end = Date.now() + timeoutMs;
   while (!predicate()) {
@@ -23,7 +27,7 @@ async function restartOn(port, dataDir) {
   const end = Date.now() + 10000;
   for (;;) {
     try {
-      return await startServer({ port, dataDir });
+      return await startServer({ port, dataDir, args: PAD });
     } catch (err) {
       if (Date.now() > end) throw err;
       await new Promise((resolve) => setTimeout(resolve, 200));
@@ -43,7 +47,7 @@ function follow(url, options = {}) {
 async function killAndResume(protocol) {
   const dir = mkdtempSync(join(tmpdir(), 'libsync-client-'));
   const dataDir = join(dir, 'data');
-  let server = await startServer({ dataDir });
+  let server = await startServer({ dataDir, args: PAD });
   const { client, frames } = follow(server.ws('/rooms/resume'), { protocol });
   try {
     await until(() => client.version === 0, 'the initial state');
