@@ -246,3 +246,14 @@ test('a refusal close code stops the client; close() ends it cleanly', async () 
     await server.close();
   }
 });
+
+test('bad arguments are TypeErrors; without a WebSocket (Node < 22) the error says what to pass', () => {
+  assert.throws(() => new SyncClient('', { WebSocket }), TypeError);
+  assert.throws(() => new SyncClient('ftp://host/', { WebSocket }), TypeError);
+  assert.throws(() => new SyncClient('ws://127.0.0.1:1/', { WebSocket, protocol: 'v3' }), TypeError);
+  assert.throws(() => new SyncClient('ws://127.0.0.1:1/', { WebSocket, queueLimit: -1 }), TypeError);
+  assert.throws(() => new SyncClient('ws://127.0.0.1:1/', { WebSocket: 42 }), /options\.WebSocket/);
+  if (typeof globalThis.WebSocket !== 'function') {
+    assert.throws(() => new SyncClient('ws://127.0.0.1:1/'), /options\.WebSocket/);
+  }
+});
