@@ -1,10 +1,10 @@
-// The demo client: a counter kept in step by libsync's JavaScript client (clients/js, served to
-// this page as ./libsync/index.js by the build), which speaks the v2 wire when the server does
-// (patches, resume after a drop) and the seed's v1 otherwise.
+// The demo client: a counter kept in step by libsync's JavaScript client (libsync.js, a copy of
+// clients/js/src/libsync.js kept here so that every server of this page can serve it as it is),
+// which speaks the v2 wire when the server does (patches, resume after a drop) and v1 otherwise.
 // The default room is at "/" (as in the seed; "?path=/counter" picks the other route to it);
 // "?room=NAME" joins room NAME at "/rooms/NAME", a counter of its own that the server creates on
 // first join; "?token=..." is passed on to a server that asks for one.
-import { connect } from './libsync/index.js';
+import { connect } from './libsync.js';
 
 const params = new URLSearchParams(window.location.search);
 const room = params.get('room');

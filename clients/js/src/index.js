@@ -1,5 +1,5 @@
-// libsync's JavaScript client: ESM, no dependencies, browsers and Node >= 18.
+// libsync's JavaScript client: everything is in libsync.js, one file a page can serve as it is.
 export {
   SyncClient, connect, backoffDelay, resumeUrl, SUBPROTOCOL, REFUSED_CLOSE_CODES, CLOSE_RESYNC,
-} from './client.js';
-export { applyPatch, parsePointer, PatchError } from './patch.js';
+  applyPatch, parsePointer, PatchError,
+} from './libsync.js';
