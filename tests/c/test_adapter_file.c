@@ -29,13 +29,18 @@ static sync_adapter *open_fsynced(const char *path, const char *backups_dir)
     return open_adapter(path, backups_dir, 1);
 }
 
-/* The record format: one JSON object and a newline, written whole (pretty-printing is not kept). */
+/* The record format: one JSON object and a newline, written whole (pretty-printing is not kept).
+ * An engine's saves add the epoch of its history last ({...,"epoch":"E"}), left out here. */
 static void check_on_disk(const char *path, const char *state, int64_t version)
 {
     char *want = NULL;
     if (asprintf(&want, "{\"state\":%s,\"version\":%" PRId64 "}\n", state, version) < 0)
         abort();
     char *text = afs_read(path);
+    char *epoch = text ? strstr(text, ",\"epoch\":\"") : NULL;
+    char *end = epoch ? strstr(epoch, "\"}\n") : NULL;
+    if (end)
+        memmove(epoch, end + 1, strlen(end + 1) + 1);
     CHECK_EQ_STR(text, want);
     free(text);
     free(want);

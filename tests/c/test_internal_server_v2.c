@@ -10,9 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
+#include "adapter_fs.h"
 #include "check.h"
 #include "engine/patch.h"
 #include "server_fixture.h"
@@ -480,12 +482,20 @@ static cJSON *random_edit(const cJSON *state)
     return next;
 }
 
-static const char mixed_initial[] =
-    "{\"list\":[],\"pad\":\"a member that never changes, so that most patches are shorter than "
-    "the state, as they are for the states of real applications (a document, a board)\"}";
+/* {"list":[],"pad":"..."}: a member that never changes, so that most patches are shorter than
+ * the state, as they are for the states of real applications (a document, a board) */
+static char mixed_initial[2200];
+static void make_mixed_initial(void)
+{
+    char pad[2048];
+    memset(pad, 'x', sizeof pad - 1);
+    pad[sizeof pad - 1] = '\0';
+    snprintf(mixed_initial, sizeof mixed_initial, "{\"list\":[],\"pad\":\"%s\"}", pad);
+}
 
 static void test_many_clients_at_mixed_bases_converge(void)
 {
+    make_mixed_initial();
     sync_engine *engine = history_engine(0);
     REQUIRE(engine);
     REQUIRE(sync_engine_set_state_json(engine, mixed_initial, 0) == SYNC_OK);
@@ -546,12 +556,175 @@ static void test_many_clients_at_mixed_bases_converge(void)
     /* a resume is served by the state when that is shorter than the patch */
     long long by_patch = fixture_metric(port, "libsync_server_resumes_patch_total");
     CHECK_EQ_INT(by_patch + fixture_metric(port, "libsync_server_resumes_state_total"), resumed);
+    if (by_patch <= resumed / 2)
+        fprintf(stderr, "by patch %lld of %d\n", by_patch, resumed);
     CHECK(by_patch > resumed / 2);
     for (int i = 0; i < joined; i++)
         v2_free(&clients[i]);
     cJSON_Delete(state);
     sync_server_free(server);
     sync_engine_free(engine);
+}
+
+/* ---- the epoch: kept by the built-in stores ------------------------------------------------ */
+
+static sync_adapter *store_adapter(int sqlite, const char *path, const char *backups)
+{
+    sync_adapter *a = NULL;
+    if (sqlite) {
+        sync_sqlite_options o = SYNC_SQLITE_OPTIONS_INIT;
+        o.path = path;
+        o.backups_dir = backups;
+        return sync_adapter_sqlite_new(&a, &o) == SYNC_OK ? a : NULL;
+    }
+    sync_file_options o = SYNC_FILE_OPTIONS_INIT;
+    o.file_path = path;
+    o.backups_dir = backups;
+    o.fsync = 0;
+    return sync_adapter_file_new(&a, &o) == SYNC_OK ? a : NULL;
+}
+
+/* An engine on the store at `path`, served; its epoch in *epoch (from a v2 join). */
+static sync_server *serve_store(int sqlite, const char *path, const char *backups,
+                                sync_engine **engine, char *epoch, long long *version)
+{
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    opts.initial_state_json = padded;
+    opts.auto_broadcast = 1;
+    opts.adapter = store_adapter(sqlite, path, backups);
+    *engine = opts.adapter ? fixture_engine(&opts) : NULL;
+    sync_server *server = *engine ? fixture_server(NULL, "/", *engine) : NULL;
+    if (!server)
+        return NULL;
+    v2_client c;
+    if (v2_connect(&c, sync_server_port(server), "/") == 0) {
+        char *text = ws_read_text(c.ws, 5000);
+        if (text && v2_apply(&c, text)) {
+            snprintf(epoch, 80, "%s", c.epoch);
+            *version = c.version;
+        }
+        free(text);
+    }
+    v2_free(&c);
+    return server;
+}
+
+static void stop_store(sync_server *server, sync_engine *engine)
+{
+    sync_server_free(server);
+    sync_engine_free(engine);
+}
+
+static void epoch_with_store(int sqlite)
+{
+    char *dir = check_tmpdir(sqlite ? "v2-epoch-sqlite" : "v2-epoch-file");
+    char *path = afs_join(dir, sqlite ? "state.sqlite" : "state.json");
+    char *backups = afs_join(dir, "backups");
+    sync_engine *engine = NULL;
+    char e1[80] = "", e2[80] = "", e3[80] = "", e4[80] = "";
+    long long v = -1;
+    sync_server *server = serve_store(sqlite, path, backups, &engine, e1, &v);
+    REQUIRE(server);
+    CHECK_EQ_INT(v, 0);
+    CHECK(e1[0] != '\0');
+    REQUIRE(sync_engine_set_state_json(engine, "{\"counter\":1,\"pad\":\"p\"}", 0) == SYNC_OK);
+    REQUIRE(sync_engine_set_state_json(engine, "{\"counter\":2,\"pad\":\"p\"}", 0) == SYNC_OK);
+    CHECK_EQ_INT(sync_engine_create_backup(engine), SYNC_OK);
+    REQUIRE(sync_engine_set_state_json(engine, "{\"counter\":3,\"pad\":\"p\"}", 0) == SYNC_OK);
+    stop_store(server, engine);
+
+    /* an ordinary restart: the same epoch, and a client at version 3 resumes with empty ops */
+    server = serve_store(sqlite, path, backups, &engine, e2, &v);
+    REQUIRE(server);
+    CHECK_EQ_STR(e2, e1);
+    CHECK_EQ_INT(v, 3);
+    char query[200];
+    snprintf(query, sizeof query, "?since=3&epoch=%s", e1);
+    char *text = first_frame(sync_server_port(server), query);
+    CHECK_EQ_STR(text, "{\"type\":\"patch\",\"base\":3,\"version\":3,\"ops\":[]}");
+    free(text);
+    stop_store(server, engine);
+
+    /* the backup restored: its versions are another history (2 here was 2 there too, but what
+     * follows differs), so its epoch is new and a resume gets the whole state */
+    char *copy = afs_find(backups, "backup-");
+    REQUIRE(copy);
+    char *copy_path = strdup(copy);
+    char *bytes = NULL;
+    size_t len = 0;
+    {
+        FILE *in = fopen(copy_path, "rb");
+        REQUIRE(in);
+        fseek(in, 0, SEEK_END);
+        len = (size_t)ftell(in);
+        fseek(in, 0, SEEK_SET);
+        bytes = malloc(len);
+        REQUIRE(bytes && fread(bytes, 1, len, in) == len);
+        fclose(in);
+    }
+    if (sqlite) {
+        char *wal = NULL, *shm = NULL;
+        REQUIRE(asprintf(&wal, "%s-wal", path) > 0 && asprintf(&shm, "%s-shm", path) > 0);
+        unlink(wal);
+        unlink(shm);
+        free(wal);
+        free(shm);
+    }
+    FILE *out = fopen(path, "wb");
+    REQUIRE(out && fwrite(bytes, 1, len, out) == len);
+    fclose(out);
+    free(bytes);
+    server = serve_store(sqlite, path, backups, &engine, e3, &v);
+    REQUIRE(server);
+    CHECK_EQ_INT(v, 2);
+    CHECK(e3[0] && strcmp(e3, e1) != 0);
+    snprintf(query, sizeof query, "?since=2&epoch=%s", e1);
+    text = first_frame(sync_server_port(server), query);
+    CHECK(text && strstr(text, "{\"type\":\"initial_state\"") == text);
+    free(text);
+    stop_store(server, engine);
+
+    /* the store emptied: a fresh history */
+    unlink(path);
+    server = serve_store(sqlite, path, backups, &engine, e4, &v);
+    REQUIRE(server);
+    CHECK_EQ_INT(v, 0);
+    CHECK(e4[0] && strcmp(e4, e3) != 0 && strcmp(e4, e1) != 0);
+    stop_store(server, engine);
+    free(copy_path);
+    free(copy);
+    free(backups);
+    free(path);
+    free(dir);
+}
+
+static void test_epoch_survives_a_restart_with_sqlite(void)
+{
+    epoch_with_store(1);
+}
+
+static void test_epoch_survives_a_restart_with_a_file(void)
+{
+    epoch_with_store(0);
+}
+
+static void test_epoch_without_a_store_is_new_at_each_start(void)
+{
+    sync_engine *a = history_engine(0), *b = history_engine(0);
+    REQUIRE(a && b);
+    sync_server *sa = fixture_server(NULL, "/", a), *sb = fixture_server(NULL, "/", b);
+    REQUIRE(sa && sb);
+    v2_client ca, cb;
+    REQUIRE(v2_connect(&ca, sync_server_port(sa), "/") == 0);
+    REQUIRE(v2_connect(&cb, sync_server_port(sb), "/") == 0);
+    CHECK(v2_read_to(&ca, 0, 5000) == 0 && v2_read_to(&cb, 0, 5000) == 0);
+    CHECK(ca.epoch[0] && cb.epoch[0] && strcmp(ca.epoch, cb.epoch) != 0);
+    v2_free(&ca);
+    v2_free(&cb);
+    sync_server_free(sa);
+    sync_server_free(sb);
+    sync_engine_free(a);
+    sync_engine_free(b);
 }
 
 int main(void)
@@ -563,5 +736,8 @@ int main(void)
     RUN(test_resume);
     RUN(test_history_off_sends_states);
     RUN(test_many_clients_at_mixed_bases_converge);
+    RUN(test_epoch_survives_a_restart_with_sqlite);
+    RUN(test_epoch_survives_a_restart_with_a_file);
+    RUN(test_epoch_without_a_store_is_new_at_each_start);
     return check_summary();
 }

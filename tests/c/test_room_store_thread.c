@@ -469,6 +469,9 @@ static void late_store_engines_share_one_init(void)
     CHECK_EQ_INT(atomic_load(&ls.destroys), 0); /* the engines hold the store */
     for (int i = 0; i < STARTERS; i++)
         sync_engine_free(starters[i].engine);
+    /* The worker's last completion call may still be returning, holding its token's reference. */
+    for (int i = 0; i < 200 && atomic_load(&ls.destroys) == 0; i++)
+        sleep_ms(10);
     CHECK_EQ_INT(atomic_load(&ls.destroys), 1);
     late_close(&ls);
 }
@@ -498,6 +501,8 @@ static void late_store_direct_use(void)
     CHECK(json == NULL);
     CHECK_EQ_INT(atomic_load(&ls.inits), 1);
     sync_room_store_free(store);
+    for (int i = 0; i < 200 && atomic_load(&ls.destroys) == 0; i++)
+        sleep_ms(10);
     CHECK_EQ_INT(atomic_load(&ls.destroys), 1);
     late_close(&ls);
 }

@@ -132,6 +132,102 @@ static void test_broadcast_that_never_yields_still_converges(void)
     CHECK_EQ_INT(cut_short, 0);
 }
 
+/* A walk over hundreds of clients with a large state takes milliseconds. One client sends an
+ * increment, waits until it sees it, waits twice broadcast_yield_ms more and sends the next: each
+ * one arrives after the walk that carries the previous state stopped giving way to every input.
+ * The walk still reads input between its slices, so the next increment is applied before that walk
+ * ends and the clients it had not reached yet skip the state in between; every client still ends
+ * on the last counter, never going backwards. (A walk that ran to its end once the yield time was
+ * spent showed every client every state here.) A reader thread drains the other clients meanwhile,
+ * so no socket buffer fills and every write is a direct one. */
+enum { SLICE_N = 400, SLICE_ROUNDS = 10, SLICE_PAD = 64 * 1024 };
+
+typedef struct slice_readers {
+    ws_client **clients;
+    unsigned seen[SLICE_N]; /* bit k: the client saw counter k */
+    int backwards;
+    int done;
+} slice_readers;
+
+static void *drain_clients(void *arg)
+{
+    slice_readers *r = arg;
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    long long last[SLICE_N];
+    for (int i = 0; i < SLICE_N; i++)
+        last[i] = 0;
+    int finished = 1; /* the sender, clients[SLICE_N - 1], is read by the test itself */
+    while (finished < SLICE_N && check_elapsed_ms(&start) < 60000) {
+        for (int i = 0; i < SLICE_N - 1; i++) {
+            if (!r->clients[i] || last[i] == SLICE_ROUNDS)
+                continue;
+            char *text;
+            while ((text = ws_read_text(r->clients[i], 0))) {
+                long long v = ws_json_int(text, "counter");
+                free(text);
+                if (v < 0)
+                    continue;
+                if (v < last[i] || v > SLICE_ROUNDS)
+                    r->backwards++;
+                else
+                    r->seen[i] |= 1u << v;
+                last[i] = v;
+                if (v == SLICE_ROUNDS) {
+                    finished++;
+                    break;
+                }
+            }
+        }
+    }
+    r->done = finished;
+    return NULL;
+}
+
+static void test_long_walk_gives_way_between_slices(void)
+{
+    raise_fd_limit();
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.broadcast_yield_ms = 1;
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, &opts, "/", &engine);
+    REQUIRE(server);
+    char *json = malloc(SLICE_PAD + 64);
+    REQUIRE(json);
+    int head = snprintf(json, 64, "{\"counter\":0,\"pad\":\"");
+    memset(json + head, 'x', SLICE_PAD);
+    strcpy(json + head + SLICE_PAD, "\"}");
+    CHECK_EQ_INT(sync_engine_set_state_json(engine, json, 0), SYNC_OK);
+    free(json);
+    int port = sync_server_port(server);
+    slice_readers *r = calloc(1, sizeof *r);
+    ws_client **clients = calloc(SLICE_N, sizeof *clients);
+    REQUIRE(r && clients);
+    r->clients = clients;
+    CHECK_EQ_INT(connect_all(port, clients, SLICE_N), SLICE_N);
+    ws_client *sender = clients[SLICE_N - 1];
+    pthread_t reader;
+    REQUIRE(pthread_create(&reader, NULL, drain_clients, r) == 0);
+    for (int k = 1; k <= SLICE_ROUNDS && sender; k++) {
+        CHECK_EQ_INT(ws_send_text(sender, increment), 0);
+        CHECK(read_to_counter(sender, k, 20000) > 0);
+        sleep_ms(2 * opts.broadcast_yield_ms);
+    }
+    pthread_join(reader, NULL);
+    CHECK_EQ_INT(r->done, SLICE_N);
+    CHECK_EQ_INT(r->backwards, 0);
+    int skipped = 0;
+    for (int i = 0; i < SLICE_N - 1; i++)
+        if (r->seen[i] != ((2u << SLICE_ROUNDS) - 2))
+            skipped++;
+    CHECK(skipped > 0);
+    free_all(clients, SLICE_N);
+    free(clients);
+    free(r);
+    sync_server_free(server);
+    sync_engine_free(engine);
+}
+
 /* Version 2 added broadcast_yield_ms: a caller built against version 1 has a shorter struct, which
  * init must not write past and which the server must accept without reading the new field. */
 static void test_server_options_version_1_still_accepted(void)
@@ -557,6 +653,7 @@ int main(void)
 {
     RUN(test_broadcast_cut_short_by_input_still_converges);
     RUN(test_broadcast_that_never_yields_still_converges);
+    RUN(test_long_walk_gives_way_between_slices);
     RUN(test_server_options_version_1_still_accepted);
     RUN(test_clients_resetting_mid_broadcast);
     RUN(test_clients_closing_gracefully_mid_broadcast);

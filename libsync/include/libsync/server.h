@@ -164,12 +164,13 @@ typedef struct sync_server_options {
     sync_log_cb log;
     void *log_userdata;
     /* ---- version 2 ---- */
-    /** How long a broadcast may keep giving way to incoming messages. Writing one state to
-     *  thousands of sockets takes milliseconds; when messages arrive meanwhile, the server stops,
-     *  applies them, and goes on with the newer state (clients not yet written skip the older
-     *  one). After this many milliseconds of that, the broadcast reaches every remaining client
-     *  before anything else is read: no client waits longer than this plus one broadcast for the
-     *  newest state. 0 = 2 ms; -1 = never give way (each broadcast reaches every client first). */
+    /** How long a broadcast gives way to any incoming message. Writing one state to thousands
+     *  of sockets takes milliseconds; when messages arrive meanwhile, the server stops, applies
+     *  them, and goes on with the newer state (clients not yet written skip the older one). After
+     *  this many milliseconds of that, the broadcast makes one pass over every client in slices of
+     *  at least 1/32 of them (at least 32; up to 128 clients, one slice), reading input only
+     *  between slices: no client waits longer than this plus that pass for the newest state. 0 = 2 ms; -1 = never give way
+     *  (each broadcast reaches every client first). */
     int broadcast_yield_ms;
     /* ---- version 3 ---- */
     /** How long a deferred auth decision (sync_request_defer) may take before the connection is

@@ -9,10 +9,26 @@
 #include "libsync/adapter.h"
 #include "libsync/engine.h"
 
+/* What a built-in store does beyond the public vtable: keep the epoch of its history (delta.h)
+ * in the same record as the state and the version, so it survives a restart and changes with the
+ * store. Custom adapters have none: their engine gets a fresh epoch at each start. */
+typedef struct sync__adapter_epoch {
+    /* The epoch the last load read; NULL or "" when the record had none (old or never saved). */
+    const char *(*loaded)(void *userdata);
+    /* The epoch every later save writes with its record (copied). */
+    void (*set)(void *userdata, const char *epoch);
+} sync__adapter_epoch;
+
 struct sync_adapter {
     sync_adapter_vtable vt;
     void *userdata;
+    const sync__adapter_epoch *epoch; /* NULL: this store keeps no epoch */
 };
+
+/* A built-in store's epoch ops (static), set once after sync_adapter_new(). */
+void sync__adapter_set_epoch_ops(sync_adapter *adapter, const sync__adapter_epoch *ops);
+/* 1 when `epoch` is one the wire carries as is: 1 to SYNC__EPOCH_MAX of [A-Za-z0-9_-]. */
+int sync__epoch_valid(const char *epoch);
 
 typedef enum adapter_call { CALL_INIT, CALL_LOAD, CALL_SAVE, CALL_BACKUP } adapter_call;
 

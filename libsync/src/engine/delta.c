@@ -42,6 +42,35 @@ void sync__delta_new_epoch(char *out)
     out[sizeof bytes] = '\0';
 }
 
+static void drop_frames(sync__delta *d);
+
+int sync__epoch_valid(const char *epoch)
+{
+    if (!epoch)
+        return 0;
+    size_t n = strspn(epoch, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_");
+    return n > 0 && n <= SYNC__EPOCH_MAX && epoch[n] == '\0';
+}
+
+void sync__adapter_set_epoch_ops(sync_adapter *adapter, const sync__adapter_epoch *ops)
+{
+    if (adapter)
+        adapter->epoch = ops;
+}
+
+void sync__delta_adopt_epoch(sync_engine *engine)
+{
+    sync_adapter *a = engine->adapter;
+    if (!a || !a->epoch)
+        return;
+    const char *kept = a->epoch->loaded(a->userdata);
+    if (sync__epoch_valid(kept) && strcmp(kept, engine->delta.epoch) != 0) {
+        strcpy(engine->delta.epoch, kept);
+        drop_frames(&engine->delta); /* an initial frame may carry the old epoch */
+    }
+    a->epoch->set(a->userdata, engine->delta.epoch);
+}
+
 static void drop_frames(sync__delta *d)
 {
     for (size_t i = 0; i < d->frame_count; i++)

@@ -67,6 +67,9 @@ void sync__delta_init(sync__delta *d, int versions, size_t bytes);
 void sync__delta_release(sync__delta *d);
 /* A fresh random epoch into `out` (SYNC__EPOCH_MAX + 1 bytes). */
 void sync__delta_new_epoch(char *out);
+/* After the store loaded (or failed to): the epoch its record kept becomes the engine's; without
+ * one the engine keeps its fresh epoch and has the store write it with every save. */
+void sync__delta_adopt_epoch(struct sync_engine *engine);
 /* The commit of `new_state` over `old` made the head's version (engine lock held). */
 void sync__delta_commit(struct sync_engine *engine, const cJSON *old, const cJSON *new_state);
 /* The history breaks (a load, a room's attach): no patch reaches back before the head. */

@@ -453,6 +453,8 @@ static int load_run(sync_engine *engine, sync__op *op)
                 return SYNC_PENDING;
             break;
         case L_INITED:
+            /* whatever happens to the load, the saves from now on write this engine's epoch */
+            sync__delta_adopt_epoch(engine);
             if (op->arc < 0) {
                 engine->store_unread = op->arc != SYNC_ECORRUPT;
                 return sync__engine_report(
@@ -472,6 +474,7 @@ static int load_run(sync_engine *engine, sync__op *op)
                                            op->aerr ? op->aerr : sync_strerror(op->arc));
             }
             load_apply(engine, op);
+            sync__delta_adopt_epoch(engine);
             return SYNC_OK;
         }
     }

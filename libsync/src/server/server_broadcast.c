@@ -18,9 +18,13 @@
  * so it ends the turn, lws reads and applies the input, and the next turn resumes at the cursor
  * with the newer frame. The connections not yet written skip the intermediate state (lossless:
  * a state supersedes the previous one), changes are applied without waiting for the fan-out, and
- * fewer, fresher frames go out. Fairness: the cursor walks a ring, each turn writes a few frames
- * at least, and a walk cut short for broadcast_yield_ms finishes without stopping, so no client
- * waits for the newest state longer than that plus one walk.
+ * fewer, fresher frames go out. Fairness: the cursor walks a ring and each turn writes a few
+ * frames at least; once a broadcast has given way for broadcast_yield_ms, it makes one whole pass
+ * over the ring in slices of at least 1/BROADCAST_SLICES of the connections (and
+ * MIN_SLICE_WRITES), so no client waits for the newest state longer than that plus one such pass.
+ * The pass reads input between its slices rather than running to its end: with 10,000 clients
+ * it takes tens of milliseconds, and input held for all of it would cap the changes it carries
+ * at what the clients had in flight when it began.
  */
 #include "server_internal.h"
 
@@ -36,6 +40,13 @@ enum { FLUSH_ROUNDS = 4 };
 /* Writes between two looks for input (each look is one epoll_wait), and the fewest writes a turn
  * makes before it may stop: every turn moves the walk on, however busy the input. */
 enum { INPUT_CHECK_EVERY = 2, MIN_WRITES_BEFORE_STOP = 4 };
+/* The sliced pass after broadcast_yield_ms: each turn writes at least this fraction of the
+ * connections (and at least MIN_SLICE_WRITES) before it gives way again, so the pass spans at
+ * most BROADCAST_SLICES turns and the per-turn cost (lws 4.1 polls every descriptor; a save per
+ * version with SYNC_PERSIST_BEFORE_SEND) is spread over many writes. A pass over at most
+ * SLICED_ABOVE connections runs to its end in one turn: it is short, and a turn's own cost (the
+ * state serialised and saved once more) is then as large as a slice of writes. */
+enum { BROADCAST_SLICES = 32, MIN_SLICE_WRITES = 32, SLICED_ABOVE = 128 };
 
 void server_broadcast_init(sync_server *server)
 {
@@ -195,18 +206,32 @@ static bool input_waiting(sync_server *s)
     return s->input_epfd >= 0 && epoll_wait(s->input_epfd, &ev, 1, 0) > 0;
 }
 
-/* One walk of the live ring from the cursor, writing `frame` where it is newer; false when it
- * stopped early for input (the cursor then names the first connection not visited). A forced
- * broadcast goes to everyone in one walk: stopping would need a record of who already had it. */
+/* One turn's share of the walk, from the cursor: writes `frame` to each live connection that is
+ * behind; false when it stopped early for input (the cursor then names the first connection not
+ * visited). A forced broadcast goes to everyone in one turn: stopping would need a record of who
+ * already had it. */
 static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
 {
     sync_server *s = eng->server;
-    if (!eng->flush_pending)
-        eng->walk_started_us = sync__now_us();
-    /* a walk cut short for broadcast_yield_ms runs to its end: however busy the input, every
-     * client gets the newest state at least that often (plus one walk) */
-    bool may_stop = !force && s->broadcast_yield_ms >= 0 &&
-                    sync__now_us() - eng->walk_started_us < (int64_t)s->broadcast_yield_ms * 1000;
+    int64_t now = sync__now_us();
+    /* A walk gives way to any input for its first broadcast_yield_ms, then makes one whole pass
+     * over the ring in slices, however many turns each part spans; then a new walk begins. Like
+     * a walk that ran to its end, the sliced pass bounds how stale a client gets. */
+    int64_t yield_us = (int64_t)s->broadcast_yield_ms * 1000;
+    bool sliced = eng->flush_pending && now - eng->walk_started_us >= yield_us;
+    if (!eng->flush_pending || (sliced && eng->walk_visited >= eng->live_count)) {
+        eng->walk_started_us = now;
+        eng->walk_visited = 0;
+        sliced = yield_us <= 0;
+    }
+    bool may_stop = !force && s->broadcast_yield_ms >= 0;
+    size_t min_writes = MIN_WRITES_BEFORE_STOP;
+    if (sliced && eng->live_count <= SLICED_ABOVE)
+        min_writes = eng->live_count; /* never reached: one turn to the end */
+    else if (sliced)
+        min_writes = eng->live_count / BROADCAST_SLICES > MIN_SLICE_WRITES
+                         ? eng->live_count / BROADCAST_SLICES
+                         : MIN_SLICE_WRITES;
     size_t written = 0, unchecked = 0;
     walk_frames w = {.count = 0};
     server_conn *c = eng->cursor ? eng->cursor : eng->live_head;
@@ -216,9 +241,10 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
             written++;
             unchecked++;
         }
+        if (sliced)
+            eng->walk_visited++;
         c = next;
-        if (may_stop && left > 1 && written >= MIN_WRITES_BEFORE_STOP &&
-            unchecked >= INPUT_CHECK_EVERY) {
+        if (may_stop && left > 1 && written >= min_writes && unchecked >= INPUT_CHECK_EVERY) {
             unchecked = 0;
             if (input_waiting(s)) {
                 s->broadcasts_cut_short++;

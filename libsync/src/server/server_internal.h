@@ -81,6 +81,7 @@ typedef struct server_engine {
     size_t live_count;
     bool flush_pending;      /* a broadcast stopped early: some live connections may be behind */
     int64_t walk_started_us; /* when the walk that flush_pending continues began */
+    size_t walk_visited;     /* connections visited in its sliced pass */
 } server_engine;
 
 typedef struct server_mount {

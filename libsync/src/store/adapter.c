@@ -28,6 +28,7 @@ int sync_adapter_new(sync_adapter **out, const sync_adapter_vtable *vtable, void
     }
     adapter->vt = *vtable;
     adapter->userdata = userdata;
+    adapter->epoch = NULL;
     *out = adapter;
     return SYNC_OK;
 }

@@ -4,6 +4,8 @@
 #include "error.h"
 #include "options.h"
 #include "fsutil.h"
+#include "engine/completion.h"
+#include "engine/delta.h"
 #include "engine/json_check.h"
 #include "libsync/adapter.h"
 
@@ -22,7 +24,22 @@
 typedef struct file_adapter {
     file_record rec; /* path, its directory (fsynced after each rename), fsync */
     char *backups_dir;
+    char loaded_epoch[SYNC__EPOCH_MAX + 1]; /* what the last load read, "" none */
+    char epoch[SYNC__EPOCH_MAX + 1];        /* what saves write, "" none */
 } file_adapter;
+
+static const char *file_epoch_loaded(void *userdata)
+{
+    return ((file_adapter *)userdata)->loaded_epoch;
+}
+
+static void file_epoch_set(void *userdata, const char *epoch)
+{
+    file_adapter *fa = userdata;
+    snprintf(fa->epoch, sizeof fa->epoch, "%s", sync__epoch_valid(epoch) ? epoch : "");
+}
+
+static const sync__adapter_epoch file_epoch = {file_epoch_loaded, file_epoch_set};
 
 static int file_init(void *userdata, sync_pending *pending)
 {
@@ -41,15 +58,16 @@ static int file_load(void *userdata, sync_pending *pending, char **out_state_jso
                      int64_t *out_version)
 {
     (void)pending;
-    return file_record_load(&((file_adapter *)userdata)->rec, out_state_json, out_version);
+    file_adapter *fa = userdata;
+    return file_record_load_epoch(&fa->rec, out_state_json, out_version, fa->loaded_epoch);
 }
 
 static int file_save(void *userdata, sync_pending *pending, const cJSON *state,
                      const char *state_json, size_t state_len, int64_t version)
 {
     (void)pending;
-    return file_record_save(&((file_adapter *)userdata)->rec, state, state_json, state_len,
-                            version);
+    file_adapter *fa = userdata;
+    return file_record_save_epoch(&fa->rec, state, state_json, state_len, version, fa->epoch);
 }
 
 static int file_backup(void *userdata, sync_pending *pending, int64_t *out_timestamp_ms)
@@ -63,6 +81,31 @@ static int file_backup(void *userdata, sync_pending *pending, int64_t *out_times
             return sync__fail(SYNC_ESTATE, "nothing to back up: %s has never been saved",
                               fa->rec.path);
         return file_record_fail_read(&fa->rec);
+    }
+    /* The copy gets an epoch of its own: restoring it breaks the history its versions had here,
+     * and clients that resume with the old epoch must get the whole state, not a patch. */
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    char fresh[SYNC__EPOCH_MAX + 1];
+    sync__delta_new_epoch(fresh);
+    char *copy = NULL;
+    if (cJSON_IsObject(root)) {
+        cJSON_DeleteItemFromObjectCaseSensitive(root, "epoch");
+        if (cJSON_AddStringToObject(root, "epoch", fresh))
+            copy = cJSON_PrintUnformatted(root);
+    }
+    cJSON_Delete(root);
+    if (copy) {
+        free(text);
+        len = strlen(copy);
+        text = malloc(len + 2);
+        if (text) {
+            memcpy(text, copy, len);
+            text[len++] = '\n'; /* the record's format: one object and a newline */
+            text[len] = '\0';
+        }
+        cJSON_free(copy);
+        if (!text)
+            return sync__fail(SYNC_ENOMEM, "out of memory");
     }
     backup_slot slot;
     int rc = backup_slot_open(&slot, fa->backups_dir);
@@ -132,7 +175,9 @@ int sync_adapter_file_new(sync_adapter **out, const sync_file_options *opts)
         .destroy = file_destroy,
     };
     int rc = sync_adapter_new(out, &vt, fa);
-    if (rc == SYNC_OK)
+    if (rc == SYNC_OK) {
+        sync__adapter_set_epoch_ops(*out, &file_epoch);
         sync__error_clear();
+    }
     return rc;
 }

@@ -1,5 +1,7 @@
 /* The SQLite store: one row (state JSON, version, updated_at) in a WAL-mode database. */
 #include "backup_slot.h"
+#include "engine/completion.h"
+#include "engine/delta.h"
 #include "error.h"
 #include "options.h"
 #include "engine/json_check.h"
@@ -17,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <stdbool.h>
 #include <unistd.h>
 
 #define SQLITE_DEFAULT_TABLE "websocket_state"
@@ -27,6 +30,10 @@ static const sqlite_schema single_row = {
     .create = {"CREATE TABLE IF NOT EXISTS \"",
                "\" (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT, version INTEGER, "
                "updated_at INTEGER)"},
+    /* The epoch of the row's history, in a table of its own so that the row's table keeps the
+     * columns tools know; a database of an older libsync gets it at its next writable open. */
+    .extra = {"CREATE TABLE IF NOT EXISTS \"",
+              "_epoch\" (id INTEGER PRIMARY KEY CHECK (id = 1), epoch TEXT)"},
     .prepared =
         {
             {"SELECT state, version FROM \"", "\" WHERE id = 1"},
@@ -45,7 +52,43 @@ typedef struct sqlite_adapter {
     /* A corrupt row found by load() that could not be moved to <table>_corrupt yet: the next save
      * must move it first instead of overwriting it. */
     const char *row_to_keep;
+    char loaded_epoch[SYNC__EPOCH_MAX + 1]; /* what the last load read, "" none */
+    char epoch[SYNC__EPOCH_MAX + 1];        /* what saves write, "" none */
+    char stored_epoch[SYNC__EPOCH_MAX + 1]; /* what the database holds, as far as we know */
 } sqlite_adapter;
+
+static const char *sqlite_epoch_loaded(void *userdata)
+{
+    return ((sqlite_adapter *)userdata)->loaded_epoch;
+}
+
+static void sqlite_epoch_set(void *userdata, const char *epoch)
+{
+    sqlite_adapter *sa = userdata;
+    snprintf(sa->epoch, sizeof sa->epoch, "%s", sync__epoch_valid(epoch) ? epoch : "");
+}
+
+static const sync__adapter_epoch sqlite_epoch = {sqlite_epoch_loaded, sqlite_epoch_set};
+
+/* The epoch of the row, read apart from it: a database opened read-only may have a table of an
+ * older libsync, without the column; then there is none. */
+static void read_epoch(sqlite_adapter *sa)
+{
+    sa->loaded_epoch[0] = '\0';
+    char *sql = NULL;
+    if (asprintf(&sql, "SELECT epoch FROM \"%s_epoch\" WHERE id = 1", sa->db.table) < 0)
+        return;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(sa->db.db, sql, -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        const char *e = (const char *)sqlite3_column_text(st, 0);
+        if (sync__epoch_valid(e))
+            strcpy(sa->loaded_epoch, e);
+    }
+    strcpy(sa->stored_epoch, sa->loaded_epoch);
+    sqlite3_finalize(st);
+    free(sql);
+}
 
 /* Moves the single row into <table>_corrupt (with the time it was kept) and empties the table,
  * in one transaction: the bad record survives every later save. */
@@ -97,6 +140,7 @@ static int sqlite_load(void *userdata, sync_pending *pending, char **out_state_j
     if (rc != SYNC_OK)
         return rc;
     int step = sqlite3_step(sa->db.stmt[LOAD_STMT]);
+    sa->loaded_epoch[0] = '\0';
     if (step == SQLITE_DONE) {
         sqlite3_reset(sa->db.stmt[LOAD_STMT]);
         return SYNC_OK;
@@ -129,6 +173,7 @@ static int sqlite_load(void *userdata, sync_pending *pending, char **out_state_j
     if (!copy)
         return sync__fail(SYNC_ENOMEM, "out of memory loading %zu bytes", len);
     *out_state_json = copy;
+    read_epoch(sa);
     return SYNC_OK;
 }
 
@@ -153,7 +198,34 @@ static int sqlite_save(void *userdata, sync_pending *pending, const cJSON *state
         bound = sqlite3_bind_int64(st, 2, version);
     if (bound == SQLITE_OK)
         bound = sqlite3_bind_int64(st, 3, sync_wall_ms());
+    /* The first save of an engine whose epoch the database does not hold yet writes it in the
+     * same transaction: the row and the history it belongs to never part. */
+    bool new_epoch = sa->epoch[0] && strcmp(sa->epoch, sa->stored_epoch) != 0;
+    char *epoch_sql = NULL;
+    if (new_epoch &&
+        asprintf(&epoch_sql, "INSERT OR REPLACE INTO \"%s_epoch\" (id, epoch) VALUES (1, '%s')",
+                 sa->db.table, sa->epoch) < 0) {
+        cJSON_free(printed);
+        return sync__fail(SYNC_ENOMEM, "out of memory");
+    }
+    if (new_epoch && sqlite_db_exec(sa->db.db, "BEGIN IMMEDIATE") != SQLITE_OK) {
+        sqlite3_clear_bindings(st);
+        free(epoch_sql);
+        cJSON_free(printed);
+        return sqlite_db_fail(sa->db.db, "cannot save to", sa->db.path);
+    }
     rc = sqlite_db_write(&sa->db, st, bound, "cannot save to");
+    if (new_epoch && rc == SYNC_OK) {
+        if (sqlite_db_exec(sa->db.db, epoch_sql) != SQLITE_OK ||
+            sqlite_db_exec(sa->db.db, "COMMIT") != SQLITE_OK) {
+            rc = sqlite_db_fail(sa->db.db, "cannot save to", sa->db.path);
+            if (!sqlite3_get_autocommit(sa->db.db))
+                sqlite_db_exec(sa->db.db, "ROLLBACK");
+        } else {
+            strcpy(sa->stored_epoch, sa->epoch);
+        }
+    }
+    free(epoch_sql);
     cJSON_free(printed);
     return rc;
 }
@@ -172,6 +244,21 @@ static int backup_into(sqlite_adapter *sa, const char *path)
             int step = sqlite3_backup_step(bk, -1);
             copied = sqlite3_backup_finish(bk) == SQLITE_OK && step == SQLITE_DONE;
         }
+    }
+    if (copied) {
+        /* The copy gets an epoch of its own: restoring it breaks the history its versions had
+         * here, and clients that resume with the old epoch must get the whole state. */
+        char fresh[SYNC__EPOCH_MAX + 1];
+        sync__delta_new_epoch(fresh);
+        char *sql = NULL;
+        if (asprintf(&sql,
+                     "CREATE TABLE IF NOT EXISTS \"%s_epoch\" (id INTEGER PRIMARY KEY CHECK (id "
+                     "= 1), epoch TEXT); INSERT OR REPLACE INTO \"%s_epoch\" (id, epoch) VALUES "
+                     "(1, '%s')",
+                     sa->db.table, sa->db.table, fresh) < 0)
+            sql = NULL;
+        copied = sql && sqlite_db_exec(dst, sql) == SQLITE_OK;
+        free(sql);
     }
     if (!copied)
         rc = dst ? sqlite_db_fail(dst, "cannot back up into", path)
@@ -251,7 +338,9 @@ int sync_adapter_sqlite_new(sync_adapter **out, const sync_sqlite_options *opts)
         .destroy = sqlite_destroy,
     };
     rc = sync_adapter_new(out, &vt, sa);
-    if (rc == SYNC_OK)
+    if (rc == SYNC_OK) {
+        sync__adapter_set_epoch_ops(*out, &sqlite_epoch);
         sync__error_clear();
+    }
     return rc;
 }

@@ -5,6 +5,8 @@
 #include "error.h"
 #include "fsutil.h"
 #include "store_json.h"
+#include "engine/completion.h"
+#include "engine/delta.h"
 #include "engine/json_check.h"
 #include "libsync/common.h"
 
@@ -103,6 +105,14 @@ static int version_of(const cJSON *item, int64_t *out)
 
 int file_record_load(const file_record *fa, char **out_state_json, int64_t *out_version)
 {
+    return file_record_load_epoch(fa, out_state_json, out_version, NULL);
+}
+
+int file_record_load_epoch(const file_record *fa, char **out_state_json, int64_t *out_version,
+                           char *epoch)
+{
+    if (epoch)
+        epoch[0] = '\0';
     *out_state_json = NULL;
     *out_version = 0;
     char *text = NULL;
@@ -157,6 +167,9 @@ int file_record_load(const file_record *fa, char **out_state_json, int64_t *out_
         return keep_aside(fa, why);
     }
     *out_state_json = store_print(state); /* released with sync_free() */
+    const char *kept = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(root, "epoch"));
+    if (epoch && sync__epoch_valid(kept))
+        strcpy(epoch, kept);
     cJSON_Delete(root);
     if (!*out_state_json)
         return sync__fail(SYNC_ENOMEM, "out of memory printing the loaded state");
@@ -198,14 +211,23 @@ static int replace_file(const file_record *fa, const char *target, const struct 
 int file_record_save(const file_record *fa, const cJSON *state, const char *state_json,
                      size_t state_len, int64_t version)
 {
+    return file_record_save_epoch(fa, state, state_json, state_len, version, NULL);
+}
+
+int file_record_save_epoch(const file_record *fa, const cJSON *state, const char *state_json,
+                           size_t state_len, int64_t version, const char *epoch)
+{
     char *printed = NULL;
     int rc = store_state_text(state, &state_json, &state_len, &printed);
     if (rc != SYNC_OK)
         return rc;
     /* The state arrives serialised: the record is built around its bytes, never re-printed. */
     static const char head[] = "{\"state\":";
-    char tail[48];
-    int tail_len = snprintf(tail, sizeof tail, ",\"version\":%" PRId64 "}\n", version);
+    char tail[48 + SYNC__EPOCH_MAX];
+    int tail_len = epoch && *epoch
+                       ? snprintf(tail, sizeof tail, ",\"version\":%" PRId64 ",\"epoch\":\"%s\"}\n",
+                                  version, epoch)
+                       : snprintf(tail, sizeof tail, ",\"version\":%" PRId64 "}\n", version);
     struct iovec iov[3] = {
         {(void *)head, sizeof head - 1},
         {(void *)state_json, state_len},

@@ -26,6 +26,14 @@ int file_record_load(const file_record *fr, char **out_state_json, int64_t *out_
 int file_record_save(const file_record *fr, const cJSON *state, const char *state_json,
                      size_t state_len, int64_t version);
 
+/* The same with the epoch of the record's history (delta.h): load fills `epoch` (SYNC__EPOCH_MAX
+ * + 1 bytes; "" when the record has none or it is not a valid epoch), save writes `epoch` as the
+ * member "epoch" unless it is NULL or "". */
+int file_record_load_epoch(const file_record *fr, char **out_state_json, int64_t *out_version,
+                           char *epoch);
+int file_record_save_epoch(const file_record *fr, const cJSON *state, const char *state_json,
+                           size_t state_len, int64_t version, const char *epoch);
+
 /* The SYNC_EIO of a read that failed (errno set by fs_read_file()), naming the file. */
 int file_record_fail_read(const file_record *fr);
 

@@ -100,6 +100,8 @@ static int open_and_prepare(sqlite_db *sa, int *sqlite_rc)
         step = "cannot create the table in";
         rc = table_sql(sa, schema->create.before, schema->create.after, NULL);
     }
+    if (rc == SQLITE_OK && schema->extra.before)
+        table_sql(sa, schema->extra.before, schema->extra.after, NULL);
     step = "unexpected table schema in";
     for (size_t i = 0; rc == SQLITE_OK && i < schema->prepared_count; i++)
         rc = table_sql(sa, schema->prepared[i].before, schema->prepared[i].after, &sa->stmt[i]);

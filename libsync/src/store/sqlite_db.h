@@ -19,6 +19,9 @@ typedef struct sqlite_sql {
 
 typedef struct sqlite_schema {
     sqlite_sql create; /* CREATE TABLE IF NOT EXISTS, run at every open */
+    /* Run after it at every writable open, its failure ignored: a table beside it that a
+     * database of an older libsync lacks. before NULL: none. */
+    sqlite_sql extra;
     /* Kept prepared in sqlite_db.stmt[]; the first read_count are the reads, which are all a
      * read-only open prepares. */
     sqlite_sql prepared[SQLITE_DB_MAX_STMTS];
