@@ -48,7 +48,7 @@ async function killAndResume(protocol) {
   const dir = mkdtempSync(join(tmpdir(), 'libsync-client-'));
   const dataDir = join(dir, 'data');
   let server = await startServer({ dataDir, args: PAD });
-  const { client, frames } = follow(server.ws('/rooms/resume'), { protocol });
+  const { client, frames } = follow(server.ws('/'), { protocol });
   try {
     await until(() => client.version === 0, 'the initial state');
     assert.equal(client.protocol, protocol);
