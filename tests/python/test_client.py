@@ -159,6 +159,50 @@ def test_queue_is_bounded_and_close_is_final(counter):
     run(main())
 
 
+def test_resumes_with_a_patch_after_the_server_restarts_on_its_store(make_engine, tmp_path):
+    """A server stopped and started again on the same port and SQLite store keeps the epoch: the
+    client, sending through its queue meanwhile, resumes with a patch from its version."""
+    store = tmp_path / "counter.sqlite"
+
+    def engine():
+        return make_engine(initial_state={"counter": 0, "pad": "x" * 256},
+                           handlers={"increment": increment},
+                           adapter=syncengine.SQLiteAdapter(store))
+
+    async def main():
+        first = syncengine.Server(engines={"/": engine()}).start()
+        port = first.port
+        frames = []
+        client = syncengine.Client(f"ws://127.0.0.1:{port}/", min_delay=0.05, max_delay=0.2,
+                                   on_state=lambda s, v, info: frames.append((v, info)))
+        second = None
+        try:
+            await client.start()
+            client.send("increment", {"amount": 4})
+            await client.wait_for(lambda s, v: v == 1, timeout=10)
+            epoch = client.epoch
+            await asyncio.to_thread(first.close)
+
+            async def down():
+                while client.status != "disconnected":
+                    await asyncio.sleep(0.01)
+            await asyncio.wait_for(down(), 10)
+            assert client.send("increment", {"amount": 1}) and client.queued == 1
+            seen = len(frames)
+            second = syncengine.Server(port=port, engines={"/": engine()}).start()
+            await client.wait_for(lambda s, v: v == 2, timeout=20)
+            version, info = frames[seen]
+            assert (version, info["frame"], info["base"]) == (1, "patch", 1)
+            assert client.epoch == epoch and client.state["counter"] == 5
+        finally:
+            await client.close()
+            first.close()
+            if second is not None:
+                second.close()
+
+    run(main())
+
+
 # ---- against a scripted server ------------------------------------------------------------------
 
 
