@@ -260,7 +260,10 @@ def test_a_server_that_refuses_v2_gets_v1_and_backoff_grows():
     async def main():
         script = Scripted(v2=False)
 
+        offers = []
+
         def refuse_offer(connection, request):
+            offers.append(request.headers.get("Sec-WebSocket-Protocol"))
             if request.headers.get("Sec-WebSocket-Protocol"):
                 return connection.respond(400, "unknown subprotocol\n")
             return None
@@ -276,9 +279,16 @@ def test_a_server_that_refuses_v2_gets_v1_and_backoff_grows():
                 await plain.send(json.dumps({"type": "initial_state", "data": {}, "version": 0}))
                 await client.wait_for(lambda s, v: v == 0, timeout=10)
                 assert client.protocol == "v1"
+                # a drop: the client offers v2 again (the server might have been only down)
+                await plain.close(1011)
+                again = await script.nth(2)
+                assert offers == ["libsync.v2", None, "libsync.v2", None]
+                await again.send(json.dumps({"type": "state_update", "data": {}, "version": 1}))
+                await client.wait_for(lambda s, v: v == 1, timeout=10)
                 # the server goes away: delays 0.04, 0.08, 0.16, 0.16
+                statuses.clear()
                 srv.close()
-                await plain.close(1001)
+                await again.close(1001)
 
                 async def delays():
                     while len([d for s, d in statuses if s == "disconnected"]) < 5:

@@ -127,7 +127,6 @@ class Client(Generic[S]):
         self._ws: Any = None
         self._live = False
         self._closed = False
-        self._server_v1 = False
         self._task: Optional[asyncio.Task[None]] = None
         self._wake: Optional[asyncio.Event] = None
         self._changed: Optional[asyncio.Condition] = None
@@ -262,7 +261,8 @@ class Client(Generic[S]):
         while not self._closed:
             resuming = self._resume and self.epoch is not None and self.version is not None
             url = resume_url(self._url, self.version, self.epoch) if resuming else self._url  # type: ignore[arg-type]
-            offer_v2 = self._offer == "v2" and not plain_next and not self._server_v1
+            # every reconnect offers v2 again: the server may have been down, not v1-only
+            offer_v2 = self._offer == "v2" and not plain_next
             plain_next = False
             self._set_status("connecting", {"url": url, "attempt": attempt})
             try:
@@ -378,8 +378,6 @@ class Client(Generic[S]):
         if not self._live:
             # The first state of a connection: the server let this client in; the queue goes now.
             self._live = True
-            if self._offer == "v2" and self.protocol == "v1":
-                self._server_v1 = True
             assert self._wake is not None
             self._wake.set()
 

@@ -276,9 +276,9 @@ export class SyncClient {
     this._lastClose = null;
     // A server that only speaks v1 may refuse a v2 offer outright (libwebsockets answers 400 to
     // a subprotocol it does not know): an offer that fails before the socket opens is retried at
-    // once without it, and once a plain connection got its state this client stays on v1.
+    // once without it. Each reconnect offers v2 again: a server that was merely down when the
+    // offer failed (and up for the plain retry) must not keep this client on v1.
     this._plainNext = false;
-    this._serverV1 = false;
     this._open();
   }
 
@@ -365,7 +365,7 @@ export class SyncClient {
     if (this._closed) return;
     const resuming = this._resume && this.epoch !== undefined && this.version !== undefined;
     const url = resuming ? resumeUrl(this._url, this.version, this.epoch) : this._url;
-    const offerV2 = this._offer === 'v2' && !this._plainNext && !this._serverV1;
+    const offerV2 = this._offer === 'v2' && !this._plainNext;
     this._plainNext = false;
     this._setStatus('connecting', { url, attempt: this._attempt });
     let ws;
@@ -480,7 +480,6 @@ export class SyncClient {
     // The first state of a connection: the server has let this client in, so what waited goes now.
     this._live = true;
     this._attempt = 0;
-    if (this._offer === 'v2' && this.protocol === 'v1') this._serverV1 = true;
     const queue = this._queue;
     this._queue = [];
     for (const text of queue) ws.send(text);
