@@ -727,6 +727,45 @@ static void test_epoch_without_a_store_is_new_at_each_start(void)
     sync_engine_free(b);
 }
 
+/* A room deleted and created again is another history: a new epoch, and a resume with the old
+ * one gets the whole state. Rooms speak v2 like plain mounts. */
+static void test_room_deleted_and_created_again_has_a_new_epoch(void)
+{
+    sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
+    sync_server *server = NULL;
+    REQUIRE(sync_server_new(&server, &so) == SYNC_OK);
+    sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
+    eo.initial_state_json = padded;
+    sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
+    ro.engine_options = &eo;
+    sync_rooms *rooms = NULL;
+    REQUIRE(sync_server_mount_rooms(server, "/rooms/", &ro, &rooms) == SYNC_OK);
+    REQUIRE(sync_server_start(server) == SYNC_OK);
+    int port = sync_server_port(server);
+    v2_client c;
+    REQUIRE(v2_connect(&c, port, "/rooms/a") == 0);
+    CHECK_EQ_STR(ws_client_protocol(c.ws), "libsync.v2");
+    REQUIRE(v2_read_to(&c, 0, 5000) == 0);
+    char e1[80];
+    snprintf(e1, sizeof e1, "%s", c.epoch);
+    char path[200];
+    snprintf(path, sizeof path, "/rooms/a?since=0&epoch=%s", e1);
+    ws_client *again = ws_connect(port, path, v2_header, NULL);
+    char *text = again ? ws_read_text(again, 5000) : NULL;
+    CHECK_EQ_STR(text, "{\"type\":\"patch\",\"base\":0,\"version\":0,\"ops\":[]}");
+    free(text);
+    ws_client_free(again);
+    v2_free(&c);
+    CHECK_EQ_INT(sync_rooms_delete(rooms, "a"), SYNC_OK);
+    again = ws_connect(port, path, v2_header, NULL);
+    text = again ? ws_read_text(again, 5000) : NULL;
+    CHECK(text && strstr(text, "{\"type\":\"initial_state\"") == text);
+    CHECK(text && !strstr(text, e1));
+    free(text);
+    ws_client_free(again);
+    sync_server_free(server);
+}
+
 int main(void)
 {
     RUN(test_v1_clients_see_no_difference);
@@ -739,5 +778,6 @@ int main(void)
     RUN(test_epoch_survives_a_restart_with_sqlite);
     RUN(test_epoch_survives_a_restart_with_a_file);
     RUN(test_epoch_without_a_store_is_new_at_each_start);
+    RUN(test_room_deleted_and_created_again_has_a_new_epoch);
     return check_summary();
 }

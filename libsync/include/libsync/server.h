@@ -44,9 +44,10 @@
  * without an answer a request head over 16 KiB in all and, after the 10 s handshake timeout, one
  * with a folded (obs-fold) header: it gives no callback for either.
  *
- * Subprotocols. The server speaks "libsync" (each one it speaks is an entry of its lws protocol
- * table). A client that offers none is accepted without one; a client that offers "libsync"
- * among others gets it in Sec-WebSocket-Protocol; a client that offers only others is refused
+ * Subprotocols. The server speaks "libsync" (v1: whole states) and "libsync.v2" (patches and
+ * resume, docs/PROTOCOL.md); each one it speaks is an entry of its lws protocol table. A client
+ * that offers none is accepted without one and gets v1; a client that offers one of them among
+ * others gets the first of its list that the server speaks in Sec-WebSocket-Protocol; a client that offers only others is refused
  * with 400 ("no supported subprotocol offered"): accepting it without one is what a browser
  * fails anyway, and libwebsockets 4.1 cannot do it.
  */

@@ -127,7 +127,7 @@ static void pop_oldest(sync__delta *d)
 void sync__delta_commit(sync_engine *engine, const cJSON *old, const cJSON *new_state)
 {
     sync__delta *d = &engine->delta;
-    if (d->off || !engine->versioning)
+    if (d->off || !d->used || !engine->versioning)
         return;
     int64_t version = atomic_load(&engine->version);
     sync__json_patch p = {0};
@@ -326,6 +326,7 @@ sync__frame *sync__delta_join_frame(sync_engine *engine, int64_t since, const ch
                                     int *resumed)
 {
     *resumed = 0;
+    engine->delta.used = 1;
     if (!engine->versioning)
         return sync__engine_state_frame(engine, SYNC__FRAME_INITIAL_STATE);
     if (since >= 0 && epoch && strcmp(epoch, engine->delta.epoch) == 0 && !engine->delta.off) {

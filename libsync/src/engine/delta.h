@@ -39,6 +39,8 @@ typedef struct sync__delta_rev {
 
 typedef struct sync__delta {
     int off;             /* resume_history_versions < 0: no diffs, v2 clients get states */
+    int used;            /* a v2 connection joined once: from then on every commit is diffed
+                            (before, an engine that only v1 clients ever saw pays nothing) */
     size_t max_versions; /* bounds of the history */
     size_t max_bytes;
     sync__delta_rev *ring; /* the reverse ops of the newest versions, oldest first */

@@ -220,7 +220,7 @@ typedef struct server_rx {
 } server_rx;
 
 /* One WebSocket connection; the userdata of its sync_conn, freed with the last reference. There
- * is one per connection, so it is packed (152 bytes): what only some connections need (a deferred
+ * is one per connection, so it is packed (160 bytes): what only some connections need (a deferred
  * auth, a message in pieces, a queue of more than zero frames, a close reason) hangs off it and
  * is allocated when needed. Bit-fields guarded by different locks or threads are kept apart by
  * state_moved: never one memory location (C11), so no write of one loses a write of another. */
