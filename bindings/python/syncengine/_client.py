@@ -53,7 +53,7 @@ def backoff_delay(attempt: int, min_delay: float = 0.25, max_delay: float = 8.0,
     """Seconds before reconnect attempt ``attempt`` (0 = the first after a drop): the ceiling
     ``min_delay * 2**attempt`` capped at ``max_delay``, of which a random half is waited."""
     ceiling = min(max_delay, min_delay * 2 ** min(attempt, 30))
-    return ceiling / 2 + random() * (ceiling / 2)
+    return float(ceiling / 2 + random() * (ceiling / 2))
 
 
 def resume_url(url: str, version: int, epoch: str) -> str:
@@ -254,21 +254,25 @@ class Client(Generic[S]):
     async def _run(self) -> None:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed
+        from websockets.typing import Subprotocol
 
         attempt = 0
         plain_next = False
         last_close: Optional[Dict[str, Any]] = None
         while not self._closed:
-            resuming = self._resume and self.epoch is not None and self.version is not None
-            url = resume_url(self._url, self.version, self.epoch) if resuming else self._url  # type: ignore[arg-type]
+            resuming = False
+            url = self._url
+            if self._resume and self.epoch is not None and self.version is not None:
+                resuming = True
+                url = resume_url(self._url, self.version, self.epoch)
             # every reconnect offers v2 again: the server may have been down, not v1-only
             offer_v2 = self._offer == "v2" and not plain_next
             plain_next = False
             self._set_status("connecting", {"url": url, "attempt": attempt})
             try:
-                ws = await connect(url, subprotocols=[SUBPROTOCOL] if offer_v2 else None,  # type: ignore[list-item]
-                                   open_timeout=self._open_timeout, max_size=self._max_size,
-                                   compression=None)
+                offer = [Subprotocol(SUBPROTOCOL)] if offer_v2 else None
+                ws = await connect(url, subprotocols=offer, open_timeout=self._open_timeout,
+                                   max_size=self._max_size, compression=None)
             except asyncio.CancelledError:
                 raise
             except Exception as err:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Set
 
 __all__ = ["PatchError", "apply_patch", "parse_pointer"]
 
@@ -76,7 +76,7 @@ def apply_patch(document: Any, ops: Sequence[Any]) -> Any:
     untouched) when an operation is malformed, a path does not exist, or a ``test`` fails."""
     if not isinstance(ops, list):
         raise PatchError("a patch is a list of operations")
-    owned: set = set()  # ids of the containers this apply created (written in place)
+    owned: Set[int] = set()  # ids of the containers this apply created (written in place)
     keep: List[Any] = []  # keeps them alive, so their ids stay theirs
     root = [document]
 
