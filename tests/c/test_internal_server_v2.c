@@ -766,6 +766,108 @@ static void test_room_deleted_and_created_again_has_a_new_epoch(void)
     sync_server_free(server);
 }
 
+/* A server of rooms kept in `store`; its mount in *rooms. */
+static sync_server *serve_rooms(sync_room_store *store, sync_rooms **rooms)
+{
+    sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
+    sync_server *server = NULL;
+    if (sync_server_new(&server, &so) != SYNC_OK) {
+        sync_room_store_free(store);
+        return NULL;
+    }
+    sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
+    eo.initial_state_json = padded;
+    sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
+    ro.engine_options = &eo;
+    ro.store = store;
+    int rc = sync_server_mount_rooms(server, "/rooms/", &ro, rooms);
+    sync_room_store_free(store);
+    if (rc != SYNC_OK || sync_server_start(server) != SYNC_OK) {
+        sync_server_free(server);
+        return NULL;
+    }
+    return server;
+}
+
+/* Joins room `name` as a v2 client and returns its epoch and version. */
+static void room_epoch_of(int port, const char *name, char *epoch, long long *version)
+{
+    char path[120];
+    snprintf(path, sizeof path, "/rooms/%s", name);
+    v2_client c;
+    epoch[0] = '\0';
+    if (v2_connect(&c, port, path) == 0) {
+        char *text = ws_read_text(c.ws, 5000);
+        if (text && v2_apply(&c, text)) {
+            snprintf(epoch, 80, "%s", c.epoch);
+            *version = c.version;
+        }
+        free(text);
+    }
+    v2_free(&c);
+}
+
+static sync_room_store *room_store(int sqlite, const char *dir)
+{
+    sync_room_store *store = NULL;
+    char *path = afs_join(dir, "rooms.sqlite");
+    int rc;
+    if (sqlite) {
+        sync_sqlite_options o = SYNC_SQLITE_OPTIONS_INIT;
+        o.path = path;
+        rc = sync_room_store_sqlite_new(&store, &o);
+    } else {
+        sync_file_rooms_options o = SYNC_FILE_ROOMS_OPTIONS_INIT;
+        o.dir = dir;
+        o.fsync = 0;
+        rc = sync_room_store_file_new(&store, &o);
+    }
+    free(path);
+    return rc == SYNC_OK ? store : NULL;
+}
+
+static void room_epoch_with_store(int sqlite)
+{
+    char *dir = check_tmpdir(sqlite ? "v2-rooms-sqlite" : "v2-rooms-file");
+    sync_rooms *rooms = NULL;
+    sync_server *server = serve_rooms(room_store(sqlite, dir), &rooms);
+    REQUIRE(server);
+    char e1[80], e2[80], e3[80];
+    long long v = -1;
+    room_epoch_of(sync_server_port(server), "a", e1, &v);
+    CHECK(e1[0]);
+    sync_engine *engine = NULL;
+    REQUIRE(sync_rooms_acquire(rooms, "a", &engine) == SYNC_OK);
+    CHECK(sync_engine_set_state_json(engine, "{\"counter\":4}", 0) == SYNC_OK);
+    CHECK(sync_engine_sync(engine) >= 0);
+    sync_rooms_release(rooms, engine);
+    sync_server_free(server);
+
+    /* loaded again by another server: the same history */
+    server = serve_rooms(room_store(sqlite, dir), &rooms);
+    REQUIRE(server);
+    room_epoch_of(sync_server_port(server), "a", e2, &v);
+    CHECK_EQ_STR(e2, e1);
+    CHECK_EQ_INT(v, 1);
+    /* deleted, then created again: another history */
+    CHECK_EQ_INT(sync_rooms_delete(rooms, "a"), SYNC_OK);
+    room_epoch_of(sync_server_port(server), "a", e3, &v);
+    CHECK(e3[0] && strcmp(e3, e1) != 0);
+    CHECK_EQ_INT(v, 0);
+    sync_server_free(server);
+    free(dir);
+}
+
+static void test_room_epoch_kept_by_the_sqlite_room_store(void)
+{
+    room_epoch_with_store(1);
+}
+
+static void test_room_epoch_kept_by_the_file_room_store(void)
+{
+    room_epoch_with_store(0);
+}
+
 int main(void)
 {
     RUN(test_v1_clients_see_no_difference);
@@ -779,5 +881,7 @@ int main(void)
     RUN(test_epoch_survives_a_restart_with_a_file);
     RUN(test_epoch_without_a_store_is_new_at_each_start);
     RUN(test_room_deleted_and_created_again_has_a_new_epoch);
+    RUN(test_room_epoch_kept_by_the_sqlite_room_store);
+    RUN(test_room_epoch_kept_by_the_file_room_store);
     return check_summary();
 }

@@ -6,6 +6,8 @@
 #include "fsutil.h"
 #include "options.h"
 #include "room_name.h"
+#include "room_epoch.h"
+#include "engine/delta.h"
 #include "store_json.h"
 
 #include <dirent.h>
@@ -73,6 +75,28 @@ static int rooms_init(void *userdata, sync_pending *pending)
     return SYNC_OK;
 }
 
+static int rooms_load_epoch(void *userdata, sync_pending *pending, const char *room,
+                            char **out_state_json, int64_t *out_version, char *epoch)
+{
+    (void)pending;
+    *out_state_json = NULL;
+    *out_version = 0;
+    epoch[0] = '\0';
+    file_record rec;
+    int rc = room_record(userdata, room, &rec);
+    if (rc != SYNC_OK)
+        return rc;
+    rc = file_record_load_epoch(&rec, out_state_json, out_version, epoch);
+    record_free(&rec);
+    return rc;
+}
+
+static int rooms_save_epoch(void *userdata, sync_pending *pending, const char *room,
+                            const cJSON *state, const char *state_json, size_t state_len,
+                            int64_t version, const char *epoch, int fresh);
+
+static const sync__room_store_epoch file_rooms_epoch = {rooms_load_epoch, rooms_save_epoch};
+
 static int rooms_load(void *userdata, sync_pending *pending, const char *room,
                       char **out_state_json, int64_t *out_version)
 {
@@ -97,6 +121,22 @@ static int rooms_save(void *userdata, sync_pending *pending, const char *room, c
     if (rc != SYNC_OK)
         return rc;
     rc = file_record_save(&rec, state, state_json, state_len, version);
+    record_free(&rec);
+    return rc;
+}
+
+/* The record is written whole: its "epoch" member goes with every save. */
+static int rooms_save_epoch(void *userdata, sync_pending *pending, const char *room,
+                            const cJSON *state, const char *state_json, size_t state_len,
+                            int64_t version, const char *epoch, int fresh)
+{
+    (void)pending;
+    (void)fresh;
+    file_record rec;
+    int rc = room_record(userdata, room, &rec);
+    if (rc != SYNC_OK)
+        return rc;
+    rc = file_record_save_epoch(&rec, state, state_json, state_len, version, epoch);
     record_free(&rec);
     return rc;
 }
@@ -201,5 +241,8 @@ int sync_room_store_file_new(sync_room_store **out, const sync_file_rooms_option
         .list = rooms_list,
         .destroy = rooms_destroy,
     };
-    return sync_room_store_new(out, &vt, fr);
+    rc = sync_room_store_new(out, &vt, fr);
+    if (rc == SYNC_OK)
+        sync__room_store_set_epoch_ops(*out, &file_rooms_epoch);
+    return rc;
 }

@@ -4,6 +4,9 @@
 #include "options.h"
 #include "sqlite_db.h"
 #include "store_json.h"
+#include "room_epoch.h"
+#include "engine/completion.h"
+#include "engine/delta.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -21,6 +24,9 @@ static const sqlite_schema room_rows = {
     .create = {"CREATE TABLE IF NOT EXISTS \"",
                "\" (name TEXT NOT NULL PRIMARY KEY, state TEXT, version INTEGER, "
                "updated_at INTEGER)"},
+    /* Each room's epoch, apart so that the rooms' table keeps the columns tools know. */
+    .extra = {"CREATE TABLE IF NOT EXISTS \"",
+              "_epoch\" (name TEXT NOT NULL PRIMARY KEY, epoch TEXT)"},
     .prepared =
         {
             {"SELECT state, version FROM \"", "\" WHERE name = ?1"},
@@ -186,6 +192,81 @@ static int rooms_save(void *userdata, sync_pending *pending, const char *room, c
     return rc;
 }
 
+/* The room's epoch, read apart from its row (a table of an older libsync opened read-only may
+ * have none); "" when there is none. */
+static void read_epoch_locked(sqlite_rooms *sr, const char *room, char *epoch)
+{
+    epoch[0] = '\0';
+    char *sql =
+        sqlite3_mprintf("SELECT epoch FROM \"%s_epoch\" WHERE name = %Q", sr->db.table, room);
+    sqlite3_stmt *st = NULL;
+    if (sql && sqlite3_prepare_v2(sr->db.db, sql, -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        const char *e = (const char *)sqlite3_column_text(st, 0);
+        if (sync__epoch_valid(e))
+            strcpy(epoch, e);
+    }
+    sqlite3_finalize(st);
+    sqlite3_free(sql);
+}
+
+static int rooms_load_epoch(void *userdata, sync_pending *pending, const char *room,
+                            char **out_state_json, int64_t *out_version, char *epoch)
+{
+    (void)pending;
+    sqlite_rooms *sr = userdata;
+    *out_state_json = NULL;
+    *out_version = 0;
+    epoch[0] = '\0';
+    int rc = sync_room_name_check(room);
+    if (rc != SYNC_OK)
+        return rc;
+    pthread_mutex_lock(&sr->lock);
+    rc = load_locked(sr, room, out_state_json, out_version);
+    if (rc == SYNC_OK && *out_state_json)
+        read_epoch_locked(sr, room, epoch);
+    pthread_mutex_unlock(&sr->lock);
+    return rc;
+}
+
+/* A fresh epoch goes in the transaction of the save: the row and its history never part. */
+static int rooms_save_epoch(void *userdata, sync_pending *pending, const char *room,
+                            const cJSON *state, const char *state_json, size_t state_len,
+                            int64_t version, const char *epoch, int fresh)
+{
+    if (!epoch || !fresh)
+        return rooms_save(userdata, pending, room, state, state_json, state_len, version);
+    sqlite_rooms *sr = userdata;
+    int rc = sync_room_name_check(room);
+    if (rc != SYNC_OK)
+        return rc;
+    char *printed = NULL;
+    rc = store_state_text(state, &state_json, &state_len, &printed);
+    if (rc != SYNC_OK)
+        return rc;
+    char *sql = sqlite3_mprintf("INSERT OR REPLACE INTO \"%s_epoch\" (name, epoch) VALUES (%Q, %Q)",
+                                sr->db.table, room, epoch);
+    pthread_mutex_lock(&sr->lock);
+    rc = sql ? sqlite_db_open_for_write(&sr->db) : sync__fail(SYNC_ENOMEM, "out of memory");
+    if (rc == SYNC_OK && sqlite_db_exec(sr->db.db, "BEGIN IMMEDIATE") != SQLITE_OK)
+        rc = sqlite_db_fail(sr->db.db, "cannot save a room to", sr->db.path);
+    else if (rc == SYNC_OK) {
+        rc = write_locked(sr, SAVE_STMT, room, state_json, state_len, version);
+        if (rc == SYNC_OK && (sqlite_db_exec(sr->db.db, sql) != SQLITE_OK ||
+                              sqlite_db_exec(sr->db.db, "COMMIT") != SQLITE_OK)) {
+            rc = sqlite_db_fail(sr->db.db, "cannot save a room to", sr->db.path);
+            if (!sqlite3_get_autocommit(sr->db.db))
+                sqlite_db_exec(sr->db.db, "ROLLBACK");
+        }
+    }
+    pthread_mutex_unlock(&sr->lock);
+    sqlite3_free(sql);
+    cJSON_free(printed);
+    return rc;
+}
+
+static const sync__room_store_epoch sqlite_rooms_epoch = {rooms_load_epoch, rooms_save_epoch};
+
 static int rooms_remove(void *userdata, sync_pending *pending, const char *room)
 {
     (void)pending;
@@ -278,5 +359,8 @@ int sync_room_store_sqlite_new(sync_room_store **out, const sync_sqlite_options 
         .list = rooms_list,
         .destroy = rooms_destroy,
     };
-    return sync_room_store_new(out, &vt, sr);
+    rc = sync_room_store_new(out, &vt, sr);
+    if (rc == SYNC_OK)
+        sync__room_store_set_epoch_ops(*out, &sqlite_rooms_epoch);
+    return rc;
 }

@@ -4,6 +4,7 @@
  * finishes later. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,6 +13,9 @@
 #include "error.h"
 #include "libsync/rooms.h"
 #include "store_json.h"
+#include "room_epoch.h"
+#include "engine/completion.h"
+#include "engine/delta.h"
 
 enum { INIT_NONE, INIT_RUNNING, INIT_DONE };
 
@@ -26,7 +30,14 @@ struct sync_room_store {
     /* Tokens of calls that wait for the init in flight: completed with its result. */
     sync_pending **waiters;
     size_t waiter_count, waiter_cap;
+    const sync__room_store_epoch *epoch; /* a built-in store's (room_epoch.h), or NULL */
 };
+
+void sync__room_store_set_epoch_ops(sync_room_store *store, const sync__room_store_epoch *ops)
+{
+    if (store)
+        store->epoch = ops;
+}
 
 int sync_room_store_new(sync_room_store **out, const sync_room_store_vtable *vtable, void *userdata)
 {
@@ -204,7 +215,23 @@ static int init_once(sync_room_store *store, sync_pending *pending)
 typedef struct room_adapter {
     sync_room_store *store;
     char *room;
+    char loaded_epoch[SYNC__EPOCH_MAX + 1]; /* the record's, "" none */
+    char epoch[SYNC__EPOCH_MAX + 1];        /* the engine's, written with the next save */
+    char stored_epoch[SYNC__EPOCH_MAX + 1]; /* what the store holds, as far as we know */
 } room_adapter;
+
+static const char *room_epoch_loaded(void *userdata)
+{
+    return ((room_adapter *)userdata)->loaded_epoch;
+}
+
+static void room_epoch_set(void *userdata, const char *epoch)
+{
+    room_adapter *ra = userdata;
+    snprintf(ra->epoch, sizeof ra->epoch, "%s", sync__epoch_valid(epoch) ? epoch : "");
+}
+
+static const sync__adapter_epoch room_epoch = {room_epoch_loaded, room_epoch_set};
 
 static int room_init(void *userdata, sync_pending *pending)
 {
@@ -216,6 +243,13 @@ static int room_load(void *userdata, sync_pending *pending, char **out_state_jso
                      int64_t *out_version)
 {
     room_adapter *ra = userdata;
+    if (ra->store->epoch) {
+        int rc = ra->store->epoch->load(ra->store->userdata, pending, ra->room, out_state_json,
+                                        out_version, ra->loaded_epoch);
+        /* the built-in stores finish at once: what they read is what the store holds */
+        snprintf(ra->stored_epoch, sizeof ra->stored_epoch, "%s", ra->loaded_epoch);
+        return rc;
+    }
     return ra->store->vt.load(ra->store->userdata, pending, ra->room, out_state_json, out_version);
 }
 
@@ -223,6 +257,15 @@ static int room_save(void *userdata, sync_pending *pending, const cJSON *state,
                      const char *state_json, size_t state_len, int64_t version)
 {
     room_adapter *ra = userdata;
+    if (ra->store->epoch) {
+        /* the epoch is written by the first save that finds the store without it */
+        int fresh = ra->epoch[0] && strcmp(ra->epoch, ra->stored_epoch) != 0;
+        int rc = ra->store->epoch->save(ra->store->userdata, pending, ra->room, state, state_json,
+                                        state_len, version, ra->epoch[0] ? ra->epoch : NULL, fresh);
+        if (rc == SYNC_OK && fresh)
+            memcpy(ra->stored_epoch, ra->epoch, sizeof ra->epoch);
+        return rc;
+    }
     return ra->store->vt.save(ra->store->userdata, pending, ra->room, state, state_json, state_len,
                               version);
 }
@@ -258,9 +301,13 @@ int sync_room_store_adapter(sync_adapter **out, sync_room_store *store, const ch
         .backup = NULL,
         .destroy = room_destroy,
     };
+    int kept = store->epoch != NULL;
     rc = sync_adapter_new(out, &vt, ra);
-    if (rc == SYNC_OK)
+    if (rc == SYNC_OK) {
+        if (kept)
+            sync__adapter_set_epoch_ops(*out, &room_epoch);
         sync__error_clear();
+    }
     return rc;
 }
 
