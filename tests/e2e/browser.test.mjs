@@ -235,13 +235,13 @@ test('after a SIGKILL and a restart the page resumes with a patch and shows the 
       const pageErrors = [];
       const page = await context.newPage();
       page.on('pageerror', (err) => pageErrors.push(err.message));
-      await page.goto(`${server.http}/`);
+      await page.goto(`${server.http}/?room=resume`);
       await expectStatus(page, 'open');
       await expectText(page, '#counter', '0');
       assert.equal(await page.evaluate(() => document.body.dataset.wire), 'v2');
 
       // A stream of changes from another client (the seed's wire), which the page follows.
-      const writer = new WebSocket(server.ws('/'));
+      const writer = new WebSocket(server.ws('/rooms/resume'));
       await new Promise((resolve, reject) => { writer.once('open', resolve); writer.once('error', reject); });
       for (let i = 0; i < 40; i += 1) writer.send(JSON.stringify({ type: 'increment', amount: 3 }));
       await expectText(page, '#counter', '120');

@@ -44,11 +44,11 @@ function follow(url, options = {}) {
   return { client, frames };
 }
 
-async function killAndResume(protocol) {
+async function killAndResume(protocol, path = '/') {
   const dir = mkdtempSync(join(tmpdir(), 'libsync-client-'));
   const dataDir = join(dir, 'data');
   let server = await startServer({ dataDir, args: PAD });
-  const { client, frames } = follow(server.ws('/'), { protocol });
+  const { client, frames } = follow(server.ws(path), { protocol });
   try {
     await until(() => client.version === 0, 'the initial state');
     assert.equal(client.protocol, protocol);
@@ -83,6 +83,12 @@ test('v2: after SIGKILL and restart the client resumes with a patch from its ver
   assert.equal(resumedWith.base, 30);
   assert.equal(resumedWith.version, 30);
   assert.deepEqual(resumedWith.ops, []);
+});
+
+test('v2 in a room: its epoch survives the restart too', { timeout: 120000 }, async () => {
+  const { resumedWith } = await killAndResume('v2', '/rooms/r%C3%A9sum%C3%A9');
+  assert.equal(resumedWith.frame, 'patch');
+  assert.equal(resumedWith.base, 30);
 });
 
 test('v1: the seed wire, a whole state after the restart', { timeout: 120000 }, async () => {
