@@ -300,6 +300,27 @@ def test_a_server_that_refuses_v2_gets_v1_and_backoff_grows():
     run(main())
 
 
+def test_other_frames_go_to_on_message_and_pings_are_answered():
+    async def main():
+        script = Scripted()
+        messages = []
+        async with serve(script.handler, "127.0.0.1", 0, select_subprotocol=script.select) as srv:
+            url = f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/"
+            async with syncengine.Client(url, on_message=messages.append) as client:
+                conn = await script.nth(1)
+                await conn.send(json.dumps({"type": "initial_state", "data": [], "version": 0,
+                                            "epoch": "e"}))
+                await conn.send(json.dumps({"type": "error", "error": "no handler"}))
+                await conn.send("not json")
+                await conn.send(json.dumps({"type": "ping"}))
+                assert await asyncio.wait_for(conn.recv(), 10) == "pong"
+                assert messages == [{"type": "error", "error": "no handler"},
+                                    {"type": "unreadable", "data": "not json"}]
+                assert client.state == [] and client.version == 0
+
+    run(main())
+
+
 def test_refusal_code_stops_the_client():
     async def main():
         script = Scripted()
