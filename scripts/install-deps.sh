@@ -54,7 +54,7 @@ if ! pip_install -r tests/requirements.txt 2>/tmp/libsync-pip.err; then
 fi
 
 # Node packages of each JavaScript suite (locked versions).
-for dir in tests/e2e tests/node bindings/node examples/node; do
+for dir in tests/e2e tests/node bindings/node examples/node clients/js; do
   if [ -f "$dir/package.json" ]; then
     if [ -f "$dir/package-lock.json" ]; then
       (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error --ignore-scripts)

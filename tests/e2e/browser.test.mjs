@@ -1,11 +1,12 @@
 // The demo page in headless Chromium: two tabs follow one counter, and both come back (with the
-// persisted counter) after the server restarts.
+// persisted counter) after the server restarts; after a SIGKILL the page resumes with a patch.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, mkdirSync, rmSync, accessSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
+import WebSocket from 'ws';
 import { startServer } from './server.mjs';
 
 const CHROMIUM = process.env.LIBSYNC_CHROMIUM || '/usr/bin/chromium';
@@ -220,5 +221,53 @@ test('the page shows the close code the server sent, also while it cannot reconn
     });
   } finally {
     if (!stopped) await server.stop();
+  }
+});
+
+test('after a SIGKILL and a restart the page resumes with a patch and shows the right counter', { timeout: 120000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'libsync-resume-'));
+  const dataDir = join(dir, 'data');
+  // Some bulk beside the counter, so that a patch is the smaller frame (a server sends the whole
+  // state instead when that is smaller, also to resume).
+  let server = await startServer({ dataDir, args: [...HEARTBEAT, '--pad', '256'] });
+  try {
+    await withBrowser(async (context) => {
+      const pageErrors = [];
+      const page = await context.newPage();
+      page.on('pageerror', (err) => pageErrors.push(err.message));
+      await page.goto(`${server.http}/?room=resume`);
+      await expectStatus(page, 'open');
+      await expectText(page, '#counter', '0');
+      assert.equal(await page.evaluate(() => document.body.dataset.wire), 'v2');
+
+      // A stream of changes from another client (the seed's wire), which the page follows.
+      const writer = new WebSocket(server.ws('/rooms/resume'));
+      await new Promise((resolve, reject) => { writer.once('open', resolve); writer.once('error', reject); });
+      for (let i = 0; i < 40; i += 1) writer.send(JSON.stringify({ type: 'increment', amount: 3 }));
+      await expectText(page, '#counter', '120');
+      await expectText(page, '#version', '40');
+      writer.terminate();
+
+      // The server dies without a word; the page notices and retries.
+      const port = server.port;
+      await server.stop('SIGKILL');
+      await expectStatus(page, 'closed');
+      server = await restartOn(port, dataDir);
+      // Back on the same port and data: the page asked to resume from version 40 and its first
+      // frame was a patch from exactly there.
+      await expectStatus(page, 'open', 30000);
+      await page.waitForFunction(() => document.body.dataset.patchBase === '40', null, { timeout: 15000 });
+      assert.equal(await page.evaluate(() => document.body.dataset.frame), 'patch');
+      await expectText(page, '#counter', '120');
+      await expectText(page, '#version', '40');
+      await page.click('#inc10');
+      await expectText(page, '#counter', '130');
+      await expectText(page, '#version', '41');
+      await page.screenshot({ path: join(ARTIFACTS, 'demo-resumed.png') });
+      assert.deepEqual(pageErrors, []);
+    });
+  } finally {
+    assert.equal(await server.stop(), 0, server.stderr());
+    rmSync(dir, { recursive: true, force: true });
   }
 });

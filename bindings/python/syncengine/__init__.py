@@ -23,6 +23,7 @@ from __future__ import annotations
 from . import native
 from ._adapters import Adapter, FileAdapter, SQLiteAdapter
 from ._asyncio import AsyncioConnection
+from ._client import Client, ClientStatus
 from ._engine import JSON, HOOK_NAMES, ConnectionLike, Handler, Middleware, SyncEngine, Validator
 from ._errors import (
     Status,
@@ -45,6 +46,7 @@ from ._rooms import (
     SQLiteRoomStore,
     check_room_name,
 )
+from ._patch import PatchError, apply_patch
 from ._server import Connection, PendingAuth, Request, RequestCopy, Server
 
 __version__: str = native.sync_version_string()
@@ -61,6 +63,8 @@ __all__ = [
     "AsyncioConnection",
     "CLOSE_ROOM_DELETED",
     "CLOSE_ROOM_UNAVAILABLE",
+    "Client",
+    "ClientStatus",
     "Connection",
     "ConnectionLike",
     "FileAdapter",
@@ -69,6 +73,7 @@ __all__ = [
     "Handler",
     "JSON",
     "Middleware",
+    "PatchError",
     "PendingAuth",
     "ROOM_NAME_MAX",
     "Request",
@@ -89,6 +94,7 @@ __all__ = [
     "SyncNetworkError",
     "SyncValueError",
     "Validator",
+    "apply_patch",
     "check_room_name",
     "strerror",
 ]
