@@ -152,6 +152,45 @@ SYNC_EXTERN int sync_file_options_init(sync_file_options *opts, unsigned int ver
  * the directory. A file that cannot be parsed is renamed to "<file>.corrupt-<ms>" and reported. */
 SYNC_EXTERN int sync_adapter_file_new(sync_adapter **out, const sync_file_options *opts);
 
+/* ------------------------------------------------------------------------------------------ */
+/* Redis                                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+#define SYNC_REDIS_OPTIONS_VERSION 1
+
+/** Where the Redis adapter and the Redis room store (rooms.h) keep their records. */
+typedef struct sync_redis_options {
+    unsigned int version; /**< SYNC_REDIS_OPTIONS_VERSION */
+    /** "redis://[[user]:password@]host[:port][/db]" (copied). Required. Port 6379 and database 0
+     *  when left out. */
+    const char *url;
+    /** Prepended to every key (copied); NULL = "libsync:". The adapter keeps its record in the
+     *  hash "<prefix>state", the room store room NAME in "<prefix>room:NAME" and the room names
+     *  in the set "<prefix>rooms". */
+    const char *key_prefix;
+    /** Milliseconds to wait for a connection. 0 = default (2000). */
+    int connect_timeout_ms;
+    /** Milliseconds to wait for a command's reply before the call fails with SYNC_EIO and the
+     *  connection is dropped (the next call connects again). 0 = default (5000). */
+    int command_timeout_ms;
+} sync_redis_options;
+
+#define SYNC_REDIS_OPTIONS_INIT                                                                    \
+    {                                                                                              \
+        SYNC_REDIS_OPTIONS_VERSION, NULL, NULL, 0, 0                                               \
+    }
+
+SYNC_EXTERN int sync_redis_options_init(sync_redis_options *opts, unsigned int version);
+/**
+ * Creates the Redis adapter: one hash "<prefix>state" with the fields state, version, epoch and
+ * updated_at, all written by one HSET per save (atomic in Redis). init() connects; a lost
+ * connection fails the call in flight with SYNC_EIO and is opened again by the next call. A
+ * record that cannot be parsed is renamed to "<key>.corrupt-<ms>" and reported as SYNC_ECORRUPT.
+ * No backup (SYNC_EUNSUPPORTED): Redis persistence (RDB/AOF) is where copies come from.
+ * SYNC_EUNSUPPORTED when libsync was built without Redis support (LIBSYNC_WITH_REDIS=OFF).
+ */
+SYNC_EXTERN int sync_adapter_redis_new(sync_adapter **out, const sync_redis_options *opts);
+
 #ifdef __cplusplus
 }
 #endif
