@@ -523,6 +523,31 @@ static void redis_killed_and_restarted(void)
     sync_room_store_free(store);
 }
 
+/* A big save on a connection whose Redis died: the write fails with EPIPE, which must be an
+ * SYNC_EIO and not a SIGPIPE that kills the process. */
+static void big_save_to_a_dead_redis_is_an_error(void)
+{
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "t%d:", ++prefix_counter);
+    sync_room_store *store = open_rooms(prefix);
+    REQUIRE(store);
+    signal(SIGPIPE, SIG_DFL); /* libwebsockets ignores it once a server ran in this process */
+    CHECK_EQ_INT(sync_room_store_save(store, "big", "{}", 1), SYNC_OK); /* connected */
+    size_t len = 16u << 20;
+    char *big = malloc(len + 16);
+    REQUIRE(big);
+    big[0] = '"';
+    memset(big + 1, 'x', len);
+    strcpy(big + 1 + len, "\"");
+    redis_kill(&redis);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(sync_room_store_save(store, "big", big, 2), SYNC_EIO);
+    REQUIRE(redis_restart(&redis) == 0);
+    expect_room(store, "big", "{}", 1);
+    free(big);
+    sync_room_store_free(store);
+}
+
 static void engine_keeps_changes_while_redis_is_down(void)
 {
     char prefix[32];
@@ -730,7 +755,6 @@ static void unreachable_redis_fails_init(void)
 
 int main(void)
 {
-    signal(SIGPIPE, SIG_DFL); /* a write to a closed Redis socket must not kill the process */
     sync_room_store *probe = NULL;
     sync_redis_options o = SYNC_REDIS_OPTIONS_INIT;
     o.url = "redis://127.0.0.1:6379";
@@ -753,6 +777,7 @@ int main(void)
     RUN(stalled_redis_times_out);
     RUN(redis_killed_and_restarted);
     RUN(engine_keeps_changes_while_redis_is_down);
+    RUN(big_save_to_a_dead_redis_is_an_error);
     redis_stop(&redis);
     return check_summary();
 }
