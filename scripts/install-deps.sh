@@ -13,10 +13,10 @@ sudo_cmd=""
 if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
 
 apt_packages=(build-essential cmake pkg-config libwebsockets-dev libcjson-dev libsqlite3-dev
-  libssl-dev openssl)
+  libssl-dev openssl libhiredis-dev)
 if [ "$minimal" = 0 ]; then
   apt_packages+=(swig clang clang-format libclang-rt-14-dev valgrind chromium sqlite3 procps
-    python3-dev python3-venv nodejs npm libnode-dev)
+    python3-dev python3-venv nodejs npm libnode-dev redis-server)
 fi
 
 missing=()
