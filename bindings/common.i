@@ -151,6 +151,7 @@ SYNC_BRIDGE_OUT(sync_conn)
 %ignore sync_server_options::log_userdata;
 %ignore sync_sqlite_options::version;
 %ignore sync_file_options::version;
+%ignore sync_redis_options::version;
 
 %extend sync_engine_options {
     sync_engine_options()
@@ -215,6 +216,22 @@ SYNC_BRIDGE_OUT(sync_conn)
     }
 }
 
+%extend sync_redis_options {
+    sync_redis_options()
+    {
+        sync_redis_options *o = (sync_redis_options *)calloc(1, sizeof *o);
+        if (o)
+            sync_redis_options_init(o, SYNC_REDIS_OPTIONS_VERSION);
+        return o;
+    }
+    ~sync_redis_options()
+    {
+        free((char *)$self->url);
+        free((char *)$self->key_prefix);
+        free($self);
+    }
+}
+
 /* Only the option structs of the headers: their functions, other structs and constants are
  * declared by hand where a bridge wraps them. */
 %rename("$ignore", %$isfunction) "";
@@ -225,6 +242,7 @@ SYNC_BRIDGE_OUT(sync_conn)
 %rename("%s") sync_server_options;
 %rename("%s") sync_sqlite_options;
 %rename("%s") sync_file_options;
+%rename("%s") sync_redis_options;
 #define SYNC_EXTERN
 %include "libsync/common.h"
 %include "libsync/engine.h"
@@ -243,6 +261,7 @@ SYNC_BRIDGE_OUT(sync_conn)
 %newobject sync_engine_stats_json;
 %rename(sync_adapter_sqlite_new) sync_bridge_adapter_sqlite_new;
 %rename(sync_adapter_file_new) sync_bridge_adapter_file_new;
+%rename(sync_adapter_redis_new) sync_bridge_adapter_redis_new;
 %inline %{
 static int sync_bridge_adapter_sqlite_new(const sync_sqlite_options *opts, sync_adapter **out)
 {
@@ -251,6 +270,10 @@ static int sync_bridge_adapter_sqlite_new(const sync_sqlite_options *opts, sync_
 static int sync_bridge_adapter_file_new(const sync_file_options *opts, sync_adapter **out)
 {
     return sync_adapter_file_new(out, opts);
+}
+static int sync_bridge_adapter_redis_new(const sync_redis_options *opts, sync_adapter **out)
+{
+    return sync_adapter_redis_new(out, opts);
 }
 %}
 /* The engine's statistics as JSON with the C field names as keys, or NULL (disposed). */

@@ -84,7 +84,7 @@ export interface SyncEngineConfig<
   pingTimeoutMs?: number;
   /** Gets the parsed message (String(raw) gives its JSON text); returns it or throws. */
   validateMessage?: (rawMessage: unknown) => MaybePromise<TMessage>;
-  adapter?: PersistenceAdapter<TState> | SQLiteAdapter<TState> | FileAdapter<TState>;
+  adapter?: PersistenceAdapter<TState> | SQLiteAdapter<TState> | FileAdapter<TState> | RedisAdapter<TState>;
   /** Version starts at 0 and grows by 1 per change, sent in every state frame (default true);
    *  false: version is -1 and frames have no "version", as in the original. */
   enableVersioning?: boolean;
@@ -196,6 +196,25 @@ export interface FileAdapterOptions {
 export class FileAdapter<TState = any> {
   constructor(options: FileAdapterOptions);
   readonly filePath: string;
+  private readonly __state?: TState;
+}
+
+export interface RedisOptions {
+  /** "redis://[[user]:password@]host[:port][/db]". */
+  url: string;
+  /** Prepended to every key; default "libsync:". */
+  keyPrefix?: string;
+  /** Default 2000. */
+  connectTimeoutMs?: number;
+  /** Default 5000: a call without a reply by then fails (SyncError EIO). */
+  commandTimeoutMs?: number;
+}
+
+/** Redis store: the hash "<keyPrefix>state" (state, version, epoch), one HSET per save. Throws
+ *  SyncError EUNSUPPORTED when libsync was built without Redis support. */
+export class RedisAdapter<TState = any> {
+  constructor(options: RedisOptions);
+  readonly url: string;
   private readonly __state?: TState;
 }
 
@@ -343,6 +362,14 @@ export class FileRoomStore<TState = any> {
   private readonly __state?: TState;
 }
 
+/** Every room in Redis: the hash "<keyPrefix>room:NAME" per room, the names in the set
+ *  "<keyPrefix>rooms", one MULTI/EXEC per save. */
+export class RedisRoomStore<TState = any> {
+  constructor(options: RedisOptions);
+  readonly url: string;
+  private readonly __state?: TState;
+}
+
 /** The engine of one room, made and freed by its mount: valid in setup, in its own handlers and
  *  hooks, and while acquired; afterwards every call throws a SyncError ECLOSED. */
 export class RoomEngine<
@@ -373,7 +400,7 @@ export type RoomSetup<TState = any, TMessage extends BaseMessage = BaseMessage> 
 export interface RoomsOptions<TState = any, TMessage extends BaseMessage = BaseMessage>
   extends Omit<SyncEngineConfig<TState, TMessage, ServerConnection>, 'adapter'> {
   /** Where rooms are kept; default: in memory only (an unloaded room starts afresh). */
-  store?: RoomStore<TState> | SQLiteRoomStore<TState> | FileRoomStore<TState> | null;
+  store?: RoomStore<TState> | SQLiteRoomStore<TState> | FileRoomStore<TState> | RedisRoomStore<TState> | null;
 }
 
 /** One hold of a loaded room (rooms.acquire(name)). */

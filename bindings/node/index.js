@@ -269,6 +269,27 @@ class FileAdapter extends NativeAdapter {
   }
 }
 
+/** Redis store: the hash "<keyPrefix>state" (state, version, epoch), one HSET per save. */
+class RedisAdapter extends NativeAdapter {
+  constructor({ url, keyPrefix, connectTimeoutMs, commandTimeoutMs } = {}) {
+    super();
+    if (typeof url !== 'string' || !url) throw new TypeError('RedisAdapter: `url` is required');
+    this.url = url;
+    this.keyPrefix = keyPrefix ?? null;
+    this.connectTimeoutMs = connectTimeoutMs ?? 0;
+    this.commandTimeoutMs = commandTimeoutMs ?? 0;
+  }
+
+  _create() {
+    const opts = new native.sync_redis_options();
+    opts.url = this.url;
+    opts.key_prefix = this.keyPrefix;
+    opts.connect_timeout_ms = this.connectTimeoutMs;
+    opts.command_timeout_ms = this.commandTimeoutMs;
+    return native.sync_adapter_redis_new(opts);
+  }
+}
+
 // A custom adapter: any object with init(), load(), save(state, version) and optionally backup(),
 // each sync or async. Returns [status, ...] as syncengine_node.i expects, or PENDING and completes.
 function customAdapter(adapter, track) {
@@ -1147,6 +1168,7 @@ module.exports = {
   SyncEngine,
   ...roomsModule.exports,
   SQLiteAdapter,
+  RedisAdapter,
   FileAdapter,
   // The original's names.
   SQLiteWebSocketAdapter: SQLiteAdapter,

@@ -4,6 +4,7 @@ import syncengine from './index.js';
 export const {
   SyncEngine,
   SQLiteAdapter,
+  RedisAdapter,
   FileAdapter,
   SQLiteWebSocketAdapter,
   FileWebSocketAdapter,
@@ -15,6 +16,7 @@ export const {
   RoomLease,
   SQLiteRoomStore,
   FileRoomStore,
+  RedisRoomStore,
   checkRoomName,
   ROOM_NAME_MAX,
   CLOSE_ROOM_DELETED,

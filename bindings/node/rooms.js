@@ -77,6 +77,28 @@ module.exports = function installRooms(core) {
     }
   }
 
+  /** Every room in Redis: a hash per room, its name in a set, one MULTI/EXEC per save. */
+  class RedisRoomStore extends NativeRoomStore {
+    constructor({ url, keyPrefix, connectTimeoutMs, commandTimeoutMs } = {}) {
+      super();
+      if (typeof url !== 'string' || !url) throw new TypeError('RedisRoomStore: `url` is required');
+      this.url = url;
+      this.keyPrefix = keyPrefix ?? null;
+      this.connectTimeoutMs = connectTimeoutMs ?? 0;
+      this.commandTimeoutMs = commandTimeoutMs ?? 0;
+      native.sync_room_store_free(this._create()); // checks the options now
+    }
+
+    _create() {
+      const opts = new native.sync_redis_options();
+      opts.url = this.url;
+      opts.key_prefix = this.keyPrefix;
+      opts.connect_timeout_ms = this.connectTimeoutMs;
+      opts.command_timeout_ms = this.commandTimeoutMs;
+      return native.sync_room_store_redis_new(opts);
+    }
+  }
+
   const STORE_METHODS = ['load', 'save', 'remove', 'list'];
 
   function checkStore(store) {
@@ -546,6 +568,7 @@ module.exports = function installRooms(core) {
       RoomLease,
       SQLiteRoomStore,
       FileRoomStore,
+      RedisRoomStore,
       checkRoomName,
       ROOM_NAME_MAX: native.SYNC_ROOM_NAME_MAX,
       CLOSE_ROOM_DELETED: native.SYNC_CLOSE_ROOM_DELETED,

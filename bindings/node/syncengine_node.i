@@ -32,6 +32,7 @@
 }
 %apply const char *nullable { const char *initial_state_json, const char *type, const char *reason,
                               const char *table_name, const char *backups_dir,
+                              const char *key_prefix,
                               const char *error_message, const char *state_json, const char *host,
                               const char *static_dir, const char *origins,
                               const char *tls_cert_path, const char *tls_key_path,

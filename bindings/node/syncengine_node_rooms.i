@@ -411,6 +411,11 @@ static int jsb_room_store_file_new(const sync_file_rooms_options *opts, sync_roo
 {
     return sync_room_store_file_new(out, opts);
 }
+
+static int jsb_room_store_redis_new(const sync_redis_options *opts, sync_room_store **out)
+{
+    return sync_room_store_redis_new(out, opts);
+}
 %}
 
 typedef struct sync_room_store sync_room_store;
@@ -464,3 +469,5 @@ int jsb_room_store_js_new(jsb_sink *sink, sync_room_store **out);
 %rename(sync_room_store_file_new) jsb_room_store_file_new;
 int jsb_room_store_sqlite_new(const sync_sqlite_options *opts, sync_room_store **out);
 int jsb_room_store_file_new(const sync_file_rooms_options *opts, sync_room_store **out);
+%rename(sync_room_store_redis_new) jsb_room_store_redis_new;
+int jsb_room_store_redis_new(const sync_redis_options *opts, sync_room_store **out);

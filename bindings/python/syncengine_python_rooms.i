@@ -204,6 +204,7 @@ int sync_pending_complete_list(sync_pending *pending, int status, const char *na
 
 %rename(sync_room_store_sqlite_new) pysync_room_store_sqlite_new;
 %rename(sync_room_store_file_new) pysync_room_store_file_new;
+%rename(sync_room_store_redis_new) pysync_room_store_redis_new;
 %inline %{
 static int pysync_room_store_sqlite_new(const sync_sqlite_options *opts, sync_room_store **out)
 {
@@ -213,6 +214,10 @@ static int pysync_room_store_file_new(const sync_file_rooms_options *opts,
                                       sync_room_store **out)
 {
     return sync_room_store_file_new(out, opts);
+}
+static int pysync_room_store_redis_new(const sync_redis_options *opts, sync_room_store **out)
+{
+    return sync_room_store_redis_new(out, opts);
 }
 %}
 

@@ -4,6 +4,7 @@
  * Redis killed and restarted mid-use, a stalled Redis, corrupt records, and rooms saved from many
  * threads at once. Skipped (77) when libsync was built without Redis support. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -433,8 +434,8 @@ static void server_rooms_live_in_redis(void)
 typedef struct saver {
     sync_room_store *store;
     char room[32];
-    volatile int stop;
-    int ok, failed, other; /* saves by outcome */
+    atomic_int stop;
+    atomic_int ok, failed, other; /* saves by outcome */
     int64_t last_ok;       /* the version of the last save that succeeded */
     long long longest_ms;  /* the slowest call */
 } saver;
@@ -442,7 +443,7 @@ typedef struct saver {
 static void *save_loop(void *arg)
 {
     saver *s = arg;
-    for (int64_t v = 1; !s->stop && v < 100000; v++) {
+    for (int64_t v = 1; !atomic_load(&s->stop) && v < 100000; v++) {
         char state[64];
         snprintf(state, sizeof state, "{\"n\":%lld}", (long long)v);
         struct timespec t0;
@@ -499,11 +500,11 @@ static void redis_killed_and_restarted(void)
     CHECK(check_elapsed_ms(&t0) < 5000);
     int failed_while_down[SAVERS];
     for (int i = 0; i < SAVERS; i++)
-        failed_while_down[i] = savers[i].failed;
+        failed_while_down[i] = atomic_load(&savers[i].failed);
     REQUIRE(redis_restart(&redis) == 0);
     usleep(300000);
     for (int i = 0; i < SAVERS; i++) {
-        savers[i].stop = 1;
+        atomic_store(&savers[i].stop, 1);
         pthread_join(threads[i], NULL);
         CHECK(failed_while_down[i] > 0);
         CHECK(savers[i].ok > 0);

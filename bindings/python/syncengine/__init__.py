@@ -21,7 +21,7 @@ Inside your own server, hand connections (any object with ``send(text)`` and ``c
 from __future__ import annotations
 
 from . import native
-from ._adapters import Adapter, FileAdapter, SQLiteAdapter
+from ._adapters import Adapter, FileAdapter, RedisAdapter, SQLiteAdapter
 from ._asyncio import AsyncioConnection
 from ._client import Client, ClientStatus
 from ._engine import JSON, HOOK_NAMES, ConnectionLike, Handler, Middleware, SyncEngine, Validator
@@ -38,6 +38,7 @@ from ._rooms import (
     CLOSE_ROOM_UNAVAILABLE,
     ROOM_NAME_MAX,
     FileRoomStore,
+    RedisRoomStore,
     Room,
     RoomEngine,
     RoomSetup,
@@ -77,6 +78,8 @@ __all__ = [
     "PendingAuth",
     "ROOM_NAME_MAX",
     "Request",
+    "RedisAdapter",
+    "RedisRoomStore",
     "RequestCopy",
     "Room",
     "RoomEngine",

@@ -68,6 +68,38 @@ class SQLiteAdapter:
         return f"SQLiteAdapter({self.path!r}, table_name={self.table_name!r})"
 
 
+class RedisAdapter:
+    """The state, its version and its epoch in the Redis hash ``<key_prefix>state``, one HSET per
+    save. ``url`` is ``redis://[[user]:password@]host[:port][/db]``. No backups (Redis persistence
+    makes the copies). Raises :class:`SyncError` (``EUNSUPPORTED``) when libsync was built without
+    Redis support."""
+
+    def __init__(
+        self,
+        url: str,
+        key_prefix: Optional[str] = None,
+        *,
+        connect_timeout_ms: int = 0,
+        command_timeout_ms: int = 0,
+    ) -> None:
+        self.url = url
+        self.key_prefix = key_prefix
+        self.connect_timeout_ms = int(connect_timeout_ms)
+        self.command_timeout_ms = int(command_timeout_ms)
+        native.sync_adapter_free(self._new())  # checks the options now
+
+    def _new(self) -> Any:
+        opts = native.sync_redis_options()
+        opts.url = self.url
+        opts.key_prefix = self.key_prefix
+        opts.connect_timeout_ms = self.connect_timeout_ms
+        opts.command_timeout_ms = self.command_timeout_ms
+        return native.sync_adapter_redis_new(opts)
+
+    def __repr__(self) -> str:
+        return f"RedisAdapter({self.url!r}, key_prefix={self.key_prefix!r})"
+
+
 class FileAdapter:
     """The state in one JSON file ``{"state": ..., "version": ...}`` (the original's FileWebSocketAdapter).
 
@@ -159,7 +191,7 @@ class _AdapterBridge:
 
 def native_adapter(adapter: Any, engine: Any) -> Any:
     """A new C adapter for one engine (the engine owns it from then on)."""
-    if isinstance(adapter, (SQLiteAdapter, FileAdapter)):
+    if isinstance(adapter, (SQLiteAdapter, FileAdapter, RedisAdapter)):
         return adapter._new()
     if not callable(getattr(adapter, "load", None)) or not callable(getattr(adapter, "save", None)):
         raise TypeError("an adapter needs load() and save() methods (and optionally init(), backup())")

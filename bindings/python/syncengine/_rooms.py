@@ -122,6 +122,39 @@ class FileRoomStore:
         return f"FileRoomStore({self.dir!r}, fsync={self.fsync})"
 
 
+class RedisRoomStore:
+    """Every room in Redis: the hash ``<key_prefix>room:NAME`` per room and the names in the set
+    ``<key_prefix>rooms``, one MULTI/EXEC per save. ``url`` is
+    ``redis://[[user]:password@]host[:port][/db]``; a call without a reply within
+    ``command_timeout_ms`` fails. Raises :class:`SyncError` (``EUNSUPPORTED``) when libsync was
+    built without Redis support."""
+
+    def __init__(
+        self,
+        url: str,
+        key_prefix: Optional[str] = None,
+        *,
+        connect_timeout_ms: int = 0,
+        command_timeout_ms: int = 0,
+    ) -> None:
+        self.url = url
+        self.key_prefix = key_prefix
+        self.connect_timeout_ms = int(connect_timeout_ms)
+        self.command_timeout_ms = int(command_timeout_ms)
+        native.sync_room_store_free(self._new())  # checks the options now
+
+    def _new(self) -> Any:
+        opts = native.sync_redis_options()
+        opts.url = self.url
+        opts.key_prefix = self.key_prefix
+        opts.connect_timeout_ms = self.connect_timeout_ms
+        opts.command_timeout_ms = self.command_timeout_ms
+        return native.sync_room_store_redis_new(opts)
+
+    def __repr__(self) -> str:
+        return f"RedisRoomStore({self.url!r}, key_prefix={self.key_prefix!r})"
+
+
 def _report(what: str) -> None:
     print(f"syncengine: {what}:\n{traceback.format_exc()}", file=sys.stderr)
 
@@ -214,7 +247,7 @@ class _RoomStoreBridge:
 
 
 def _native_store(store: Any, loop: Optional[asyncio.AbstractEventLoop]) -> Any:
-    if isinstance(store, (SQLiteRoomStore, FileRoomStore)):
+    if isinstance(store, (SQLiteRoomStore, FileRoomStore, RedisRoomStore)):
         return store._new()
     for name in ("load", "save", "remove", "list"):
         if not callable(getattr(store, name, None)):
@@ -607,5 +640,6 @@ __all__ = [
     "RoomStore",
     "Rooms",
     "SQLiteRoomStore",
+    "RedisRoomStore",
     "check_room_name",
 ]
