@@ -1,6 +1,6 @@
 'use strict';
 // RedisAdapter and RedisRoomStore against a real redis-server that the test starts on a free port
-// (AOF, appendfsync everysec), over real sockets. Skipped only when libsync was built without
+// (AOF, appendfsync always), over real sockets. Skipped only when libsync was built without
 // Redis support.
 const test = require('node:test');
 const assert = require('node:assert/strict');
@@ -60,7 +60,7 @@ async function startRedis(t) {
   const dir = tmpDir(t);
   const port = await freePort();
   const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir,
-    '--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec',
+    '--save', '', '--appendonly', 'yes', '--appendfsync', 'always',
     '--logfile', path.join(dir, 'redis.log')], { stdio: 'ignore' });
   const exited = new Promise((resolve) => proc.once('exit', resolve));
   t.after(async () => {

@@ -1,5 +1,5 @@
 """RedisAdapter and RedisRoomStore against a real redis-server that the test starts on a free port
-(AOF, appendfsync everysec), over real sockets. Skipped only when libsync was built without Redis
+(AOF, appendfsync always), over real sockets. Skipped only when libsync was built without Redis
 support."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def redis_url(tmp_path_factory):
     data = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", "",
-         "--appendonly", "yes", "--appendfsync", "everysec", "--logfile", str(data / "redis.log")],
+         "--appendonly", "yes", "--appendfsync", "always", "--logfile", str(data / "redis.log")],
         stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 15

@@ -185,8 +185,8 @@ SYNC_EXTERN int sync_redis_options_init(sync_redis_options *opts, unsigned int v
  * Creates the Redis adapter: one hash "<prefix>state" with the fields state, version, epoch and
  * updated_at, all written by one HSET per save (atomic in Redis). init() connects; a lost
  * connection fails the call in flight with SYNC_EIO and is opened again by the next call. A
- * record that cannot be parsed is renamed to "<key>.corrupt-<ms>" and reported as SYNC_ECORRUPT.
- * No backup (SYNC_EUNSUPPORTED): Redis persistence (RDB/AOF) is where copies come from.
+ * record that cannot be parsed is renamed to "<prefix>corrupt:state:<ms>-<random>" and reported
+ * as SYNC_ECORRUPT. No backup (SYNC_EUNSUPPORTED): Redis persistence (RDB/AOF) is where copies come from.
  * SYNC_EUNSUPPORTED when libsync was built without Redis support (LIBSYNC_WITH_REDIS=OFF).
  */
 SYNC_EXTERN int sync_adapter_redis_new(sync_adapter **out, const sync_redis_options *opts);

@@ -164,8 +164,9 @@ SYNC_EXTERN int sync_room_store_file_new(sync_room_store **out,
  * version, epoch, updated_at) and its name is in the set "<prefix>rooms"; a save writes both in
  * one MULTI/EXEC transaction, a remove deletes both likewise. One connection shared by every
  * thread under a mutex, opened by init() and again by the first call after it was lost. A record
- * that cannot be parsed is renamed to "<key>.corrupt-<ms>" (and leaves the set) and reported as
- * SYNC_ECORRUPT. SYNC_EUNSUPPORTED when libsync was built without Redis support.
+ * that cannot be parsed is renamed to "<prefix>corrupt:room:NAME:<ms>-<random>" (and leaves the
+ * set) and reported as SYNC_ECORRUPT. SYNC_EUNSUPPORTED when libsync was built without Redis
+ * support.
  */
 SYNC_EXTERN int sync_room_store_redis_new(sync_room_store **out, const sync_redis_options *opts);
 

@@ -200,7 +200,8 @@ static int conn_fail(redis_conn *c, const char *what)
     char reason[200] = "connection lost";
     if (c->ctx && c->ctx->err) {
         /* hiredis says "Resource temporarily unavailable" when the reply timeout passed */
-        if (c->ctx->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK))
+        if (c->ctx->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK ||
+                                            strstr(c->ctx->errstr, "temporarily unavailable")))
             snprintf(reason, sizeof reason, "no reply within %d ms", c->command_timeout_ms);
         else
             snprintf(reason, sizeof reason, "%s", c->ctx->errstr);
@@ -338,12 +339,20 @@ static void free_replies(redisReply **replies, size_t count)
             freeReplyObject(replies[i]);
 }
 
-/* Renames the bad record aside (and takes `member` out of the set) in one transaction. */
+/* Renames the bad record to "<prefix>corrupt:<key without prefix>:<ms>-<random>" (and takes
+ * `member` out of the set) in one transaction. */
 static int keep_aside(redis_conn *c, const char *key, const char *set_key, const char *member,
                       const char *name, const char *why)
 {
+    /* Apart from every room's key (no room name reaches the "corrupt:" keys), and unique: a
+     * record kept aside earlier is never overwritten. */
+    char nonce[SYNC__EPOCH_MAX + 1];
+    sync__delta_new_epoch(nonce);
+    size_t prefix_len = strlen(c->prefix);
+    const char *rest = strncmp(key, c->prefix, prefix_len) == 0 ? key + prefix_len : key;
     char *aside = NULL;
-    if (asprintf(&aside, "%s.corrupt-%lld", key, (long long)sync_wall_ms()) < 0)
+    if (asprintf(&aside, "%scorrupt:%s:%lld-%.8s", c->prefix, rest, (long long)sync_wall_ms(),
+                 nonce) < 0)
         return sync__fail(SYNC_ENOMEM, "out of memory");
     const char *multi[] = {"MULTI"}, *rename[] = {"RENAME", key, aside},
                *srem[] = {"SREM", set_key, member}, *exec[] = {"EXEC"};

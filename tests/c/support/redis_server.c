@@ -150,7 +150,7 @@ static int spawn(redis_server *r)
     char *argv[] = {
         "redis-server", "--port",      port, "--bind",       "127.0.0.1", "--dir",
         r->dir,         "--save",      "",   "--appendonly", "yes",       "--appendfsync",
-        "everysec",     "--daemonize", "no", "--logfile",    log,         NULL};
+        "always",       "--daemonize", "no", "--logfile",    log,         NULL};
     r->pid = fork();
     if (r->pid == 0) {
         /* A test that crashes must not leave its Redis behind. */

@@ -15,7 +15,7 @@ typedef struct redis_server {
 } redis_server;
 
 /* Starts redis-server in a fresh test directory named `name` (appendonly yes, appendfsync
- * everysec, no RDB snapshots) and waits (bounded) until it answers PING. 0, or -1 with a line on
+ * always, no RDB snapshots) and waits (bounded) until it answers PING. 0, or -1 with a line on
  * stderr. */
 int redis_start(redis_server *r, const char *name);
 
