@@ -549,6 +549,25 @@ static void big_save_to_a_dead_redis_is_an_error(void)
     sync_room_store_free(store);
 }
 
+/* A room store made while Redis is down serves its rooms once Redis is up: the first failure is
+ * not kept (a store's init runs once, so an init that failed would fail it for good). */
+static void room_store_opened_while_redis_is_down(void)
+{
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "t%d:", ++prefix_counter);
+    redis_kill(&redis);
+    sync_room_store *store = open_rooms(prefix);
+    REQUIRE(store);
+    char *json = NULL;
+    int64_t v = 0;
+    CHECK_EQ_INT(sync_room_store_load(store, "late", &json, &v), SYNC_EIO);
+    CHECK(strstr(sync_error_last(), "cannot connect to Redis at 127.0.0.1:") != NULL);
+    REQUIRE(redis_restart(&redis) == 0);
+    CHECK_EQ_INT(sync_room_store_save(store, "late", "{\"up\":1}", 1), SYNC_OK);
+    expect_room(store, "late", "{\"up\":1}", 1);
+    sync_room_store_free(store);
+}
+
 static void engine_keeps_changes_while_redis_is_down(void)
 {
     char prefix[32];
@@ -786,6 +805,7 @@ int main(void)
     RUN(stalled_redis_times_out);
     RUN(redis_killed_and_restarted);
     RUN(engine_keeps_changes_while_redis_is_down);
+    RUN(room_store_opened_while_redis_is_down);
     RUN(big_save_to_a_dead_redis_is_an_error);
     redis_stop(&redis);
     return check_summary();

@@ -163,7 +163,8 @@ SYNC_EXTERN int sync_room_store_file_new(sync_room_store **out,
  * The built-in Redis room store: room NAME is the hash "<prefix>room:NAME" (fields state,
  * version, epoch, updated_at) and its name is in the set "<prefix>rooms"; a save writes both in
  * one MULTI/EXEC transaction, a remove deletes both likewise. One connection shared by every
- * thread under a mutex, opened by init() and again by the first call after it was lost. A record
+ * thread under a mutex, opened by the first call and again by the first call after it was lost
+ * (a Redis that is down fails the calls meanwhile with SYNC_EIO, never the store). A record
  * that cannot be parsed is renamed to "<prefix>corrupt:room:NAME:<ms>-<random>" (and leaves the
  * set) and reported as SYNC_ECORRUPT. SYNC_EUNSUPPORTED when libsync was built without Redis
  * support.

@@ -30,15 +30,8 @@ static char *room_key(const redis_rooms *rr, const char *room)
     return asprintf(&key, "%sroom:%s", rr->conn.prefix, room) < 0 ? NULL : key;
 }
 
-static int rooms_init(void *userdata, sync_pending *pending)
-{
-    (void)pending;
-    redis_rooms *rr = userdata;
-    pthread_mutex_lock(&rr->lock);
-    int rc = redis_conn_open(&rr->conn);
-    pthread_mutex_unlock(&rr->lock);
-    return rc;
-}
+/* No init: a room store's init runs once and its failure fails the store for good, while a Redis
+ * that is down now may be up for the next room; every call connects when it is not connected. */
 
 static int rooms_load_epoch(void *userdata, sync_pending *pending, const char *room,
                             char **out_state_json, int64_t *out_version, char *epoch)
@@ -212,7 +205,7 @@ int sync_room_store_redis_new(sync_room_store **out, const sync_redis_options *o
     }
     sync_room_store_vtable vt = {
         .version = SYNC_ROOM_STORE_VTABLE_VERSION,
-        .init = rooms_init,
+        .init = NULL,
         .load = rooms_load,
         .save = rooms_save,
         .remove = rooms_remove,
