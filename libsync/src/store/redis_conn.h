@@ -60,9 +60,9 @@ int redis_parse_int64(const char *text, size_t len, int64_t *out);
 /* Reads the record at `key`: *out_state_json (sync_malloc) NULL when there is none, `epoch`
  * (SYNC__EPOCH_MAX + 1 bytes, may be NULL) "" when it has none. A record that cannot be parsed
  * (not a hash, state missing or not JSON, version not an integer) is renamed to
- * "<prefix>corrupt:<key without prefix>:<ms>-<random>" (and `member` removed from the set `set_key` in the same transaction when
- * given) and reported as SYNC_ECORRUPT; SYNC_EIO when that fails. `name` names the record in
- * reasons. */
+ * "<prefix>corrupt:<key without prefix>:<ms>-<random>" (and `member` removed from the set
+ * `set_key` in the same transaction when given) and reported as SYNC_ECORRUPT; SYNC_EIO when that
+ * fails. `name` names the record in reasons. */
 int redis_record_load(redis_conn *c, const char *key, const char *set_key, const char *member,
                       const char *name, char **out_state_json, int64_t *out_version, char *epoch);
 
