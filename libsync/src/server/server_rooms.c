@@ -144,27 +144,33 @@ static server_room *table_find(sync_rooms *rooms, const char *name)
     return NULL;
 }
 
+/* Rehashes into n buckets; false when out of memory (the table stays as it was). */
+static bool table_resize(sync_rooms *rooms, size_t n)
+{
+    server_room **b = calloc(n, sizeof *b);
+    if (!b)
+        return false;
+    for (size_t i = 0; i < rooms->bucket_count; i++) {
+        server_room *r = rooms->buckets[i];
+        while (r) {
+            server_room *next = r->hash_next;
+            size_t j = name_hash(r->name) % n;
+            r->hash_next = b[j];
+            b[j] = r;
+            r = next;
+        }
+    }
+    free(rooms->buckets);
+    rooms->buckets = b;
+    rooms->bucket_count = n;
+    return true;
+}
+
 static bool table_add(sync_rooms *rooms, server_room *room)
 {
-    if (rooms->count + 1 > rooms->bucket_count * 2 / 3 + 1 || !rooms->bucket_count) {
-        size_t n = rooms->bucket_count ? rooms->bucket_count * 2 : 64;
-        server_room **b = calloc(n, sizeof *b);
-        if (!b)
-            return false;
-        for (size_t i = 0; i < rooms->bucket_count; i++) {
-            server_room *r = rooms->buckets[i];
-            while (r) {
-                server_room *next = r->hash_next;
-                size_t j = name_hash(r->name) % n;
-                r->hash_next = b[j];
-                b[j] = r;
-                r = next;
-            }
-        }
-        free(rooms->buckets);
-        rooms->buckets = b;
-        rooms->bucket_count = n;
-    }
+    if ((rooms->count + 1 > rooms->bucket_count * 2 / 3 + 1 || !rooms->bucket_count) &&
+        !table_resize(rooms, rooms->bucket_count ? rooms->bucket_count * 2 : 64))
+        return false;
     size_t j = name_hash(room->name) % rooms->bucket_count;
     room->hash_next = rooms->buckets[j];
     rooms->buckets[j] = room;
@@ -182,6 +188,10 @@ static void table_remove(sync_rooms *rooms, server_room *room)
             *link = room->hash_next;
             room->hash_next = NULL;
             rooms->count--;
+            /* a wave of unloaded rooms gives its buckets back too (halving at 1/8 full keeps
+             * the rehashes amortised); a failed shrink keeps the larger table */
+            if (rooms->bucket_count > 64 && rooms->count < rooms->bucket_count / 8)
+                table_resize(rooms, rooms->bucket_count / 2);
             return;
         }
 }
