@@ -263,7 +263,7 @@ static void due(sync_server *s, server_room *r, unsigned flags)
 static void room_free_if_unused_locked(server_room *r)
 {
     if (r->state != ROOM_GONE || r->waiters || r->joined || r->holds || r->pins || r->due_flags ||
-        r->eng.engine || r->async_head || r->timer_armed)
+        r->eng.engine || r->async_head)
         return;
     free(r->name);
     free(r);
@@ -611,7 +611,7 @@ static void room_free_engine(server_room *r)
     sync_engine_stats st = {.version = SYNC_ENGINE_STATS_VERSION};
     sync_engine_get_stats(engine, &st);
     sync__engine_remove_listener(engine, r);
-    /* off the service thread the heap is not ours: rooms_timer_fired drops it (engine gone) */
+    /* off the service thread nothing serves (drain_if_idle_server): the heap is empty */
     if (server_on_service_thread(s))
         timer_remove(s, r);
     sync_engine_free(engine);
@@ -648,11 +648,8 @@ static void rooms_timer_fired(lws_sorted_usec_list_t *sul)
         if (r->timer_at > now)
             break;
         timer_remove(s, r);
-        if (!r->eng.engine) {
-            pthread_mutex_lock(&s->rooms_lock);
-            room_free_if_unused_locked(r);
-            pthread_mutex_unlock(&s->rooms_lock);
-        } else {
+        /* in the heap only while it has an engine (room_free_engine takes it out) */
+        if (r->eng.engine) {
             sync_engine_tick(r->eng.engine, -1);
             int64_t deadline = sync_engine_next_deadline_ms(r->eng.engine);
             if (deadline >= 0 && !timer_set(s, r, deadline > now ? deadline : now + 1))
