@@ -1422,6 +1422,20 @@ static void wait_for_loads(sync_server *s)
 void server_rooms_release(sync_server *s)
 {
     wait_for_loads(s);
+    /* failed rooms waiting to be freed are out of the tables; first, while every room on the
+     * due list is still there to read (the tables' rooms are freed below) */
+    for (server_room *d = s->rooms_due, *next; d; d = next) {
+        next = d->due_next;
+        if (d->state == ROOM_FAILED || d->state == ROOM_GONE) {
+            if (d->eng.engine) {
+                sync__engine_remove_listener(d->eng.engine, d);
+                sync_engine_free(d->eng.engine);
+            }
+            free(d->name);
+            free(d);
+        }
+    }
+    s->rooms_due = NULL;
     /* every loaded room is saved, then freed; nothing serves any more */
     for (size_t m = 0; m < s->room_mount_count; m++) {
         sync_rooms *rooms = s->room_mounts[m];
@@ -1456,21 +1470,7 @@ void server_rooms_release(sync_server *s)
         free(rooms->prefix);
         free(rooms);
     }
-    /* failed rooms waiting to be freed are out of the tables */
-    server_room *r = s->rooms_due;
-    while (r) {
-        server_room *next = r->due_next;
-        if (r->state == ROOM_FAILED || r->state == ROOM_GONE) {
-            if (r->eng.engine) {
-                sync__engine_remove_listener(r->eng.engine, r);
-                sync_engine_free(r->eng.engine);
-            }
-            free(r->name);
-            free(r);
-        }
-        r = next;
-    }
-    s->rooms_due = NULL;
+    s->rooms_due = NULL; /* the saves above may have queued rooms freed since */
     free(s->room_timers);
     s->room_timers = NULL;
     s->room_timer_count = s->room_timer_cap = 0;
