@@ -581,6 +581,46 @@ static void idle_room_is_saved_unloaded_and_seen_again(void)
     sync_server_free(f.server);
 }
 
+/* Saving before each send (persist mode before_send, as counter_server does): a room only
+ * visited still writes nothing (its initial state is the setup's, made again on the next load),
+ * and its first change is in the store before the client that made it sees it. */
+static void visited_room_writes_nothing_before_send(void)
+{
+    mem_store *m = NULL;
+    sync_room_store *store = mem_store_new(&m);
+    REQUIRE(store);
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.room_idle_ms = 100;
+    sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
+    eo.persist_mode = SYNC_PERSIST_BEFORE_SEND;
+    next_template = &eo;
+    fixture f;
+    REQUIRE(fixture_start(&f, &opts, store) == 0);
+    ws_client *c = join(&f, "/rooms/visited", NULL);
+    ws_client *d = join(&f, "/rooms/visited", NULL);
+    CHECK(c != NULL && d != NULL);
+    ws_client_free(c);
+    ws_client_free(d);
+    CHECK_EQ_INT(wait_loaded(f.rooms, 0, 5000), 0);
+    CHECK_EQ_INT(atomic_load(&m->saves), 0);
+    char *json = mem_get(m, "visited");
+    CHECK(json == NULL);
+    free(json);
+    c = join(&f, "/rooms/changed", NULL);
+    REQUIRE(c);
+    CHECK_EQ_INT(increment(c, 1), 0);
+    json = mem_get(m, "changed");
+    CHECK(json && strstr(json, "\"counter\":1"));
+    free(json);
+    ws_client_free(c);
+    CHECK_EQ_INT(wait_loaded(f.rooms, 0, 5000), 0);
+    long long counter = -1;
+    c = join(&f, "/rooms/changed", &counter);
+    CHECK_EQ_INT(counter, 1);
+    ws_client_free(c);
+    sync_server_free(f.server);
+}
+
 static void join_racing_an_unload_waits_and_loads_afresh(void)
 {
     mem_store *m = NULL;
@@ -1421,6 +1461,7 @@ int main(void)
     RUN(concurrent_first_joins_create_once);
     RUN(bad_names_are_refused_before_anything_exists);
     RUN(idle_room_is_saved_unloaded_and_seen_again);
+    RUN(visited_room_writes_nothing_before_send);
     RUN(join_racing_an_unload_waits_and_loads_afresh);
     RUN(delete_racing_an_unload_removes_after_the_save);
     RUN(max_rooms_evicts_the_least_recently_used_then_refuses);

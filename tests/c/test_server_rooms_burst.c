@@ -35,10 +35,9 @@ static int room_setup(sync_room_setup *setup, void *userdata)
     return sync_room_setup_set_initial_state_json(setup, initial);
 }
 
-/* Resident set size in KiB (/proc/self/statm), after giving freed memory back to the kernel. */
-static long rss_kib(void)
+/* Resident set size in KiB (/proc/self/statm), as the process has it. */
+static long rss_as_is_kib(void)
 {
-    malloc_trim(0);
     FILE *f = fopen("/proc/self/statm", "r");
     long pages = 0, resident = 0;
     if (!f)
@@ -47,6 +46,13 @@ static long rss_kib(void)
         resident = -1;
     fclose(f);
     return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* The same after giving freed memory back to the kernel. */
+static long rss_kib(void)
+{
+    malloc_trim(0);
+    return rss_as_is_kib();
 }
 
 typedef struct worker {
@@ -146,8 +152,54 @@ static void ten_thousand_rooms_in_a_burst(void)
     sync_server_free(server);
 }
 
+/* A wave of rooms that go idle together unloads in a bounded time on a server nothing else
+ * wakes, and the memory they held goes back to the system without anyone trimming the heap:
+ * the server does so after the wave (glibc alone keeps it, RSS stays at its peak). */
+static void an_unload_wave_gives_memory_back(void)
+{
+    enum { WAVE = SANITIZED ? 1000 : 5000, IDLE_MS = 500 };
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.room_idle_ms = IDLE_MS;
+    sync_server *server = NULL;
+    REQUIRE(sync_server_new(&server, &opts) == SYNC_OK);
+    sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
+    ro.setup = room_setup;
+    sync_rooms *rooms = NULL;
+    REQUIRE(sync_server_mount_rooms(server, "/rooms/", &ro, &rooms) == SYNC_OK);
+    REQUIRE(sync_server_start(server) == SYNC_OK);
+    int port = sync_server_port(server);
+
+    CHECK_EQ_INT(burst(port, "warm", 400), 400);
+    CHECK_EQ_INT(wait_loaded(rooms, 0, 30000), 0);
+    malloc_trim(0); /* the baseline: the warm-up's memory given back */
+    long baseline = rss_as_is_kib();
+
+    CHECK_EQ_INT(burst(port, "wave", WAVE), WAVE);
+    long peak = rss_as_is_kib();
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK_EQ_INT(wait_loaded(rooms, 0, IDLE_MS + 30000), 0);
+    long long took = check_elapsed_ms(&t0);
+    /* the allocator's return happens on the service thread right after the last unloads */
+    long after = rss_as_is_kib();
+    for (int i = 0; i < 50 && after > baseline + baseline / 10 + 2048; i++) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        after = rss_as_is_kib();
+    }
+    fprintf(stderr, "  %d rooms unloaded %lld ms after the burst; RSS %ld -> %ld -> %ld KiB\n",
+            WAVE, took, baseline, peak, after);
+    CHECK(took < IDLE_MS + 30000);
+    CHECK_EQ_INT(fixture_metric(port, "libsync_rooms_unloaded_total{path=\"/rooms/\"}"),
+                 WAVE + 400);
+    if (!SANITIZED)
+        CHECK(after <= baseline + baseline / 10 + 2048);
+    sync_server_free(server);
+}
+
 int main(void)
 {
     RUN(ten_thousand_rooms_in_a_burst);
+    RUN(an_unload_wave_gives_memory_back);
     return check_summary();
 }

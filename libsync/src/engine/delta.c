@@ -102,6 +102,8 @@ static void drop_history(sync__delta *d)
 void sync__delta_release(sync__delta *d)
 {
     drop_frames(d);
+    free(d->frames);
+    d->frames = NULL;
     drop_history(d);
     free(d->ring);
     d->ring = NULL;
@@ -280,6 +282,8 @@ sync__frame *sync__delta_frame(sync_engine *engine, int64_t base)
     for (size_t i = 0; i < d->frame_count; i++)
         if (d->frames[i].base == base)
             return d->frames[i].frame;
+    if (!d->frames && !(d->frames = malloc(SYNC__DELTA_FRAMES * sizeof *d->frames)))
+        return NULL; /* out of memory: the caller's failure path, as for the frame itself */
     sync__frame *frame = patch_frame(engine, base);
     if (!frame)
         return NULL;

@@ -51,10 +51,12 @@ typedef struct sync__delta {
     char *forward; /* ops from forward_version - 1 to forward_version */
     size_t forward_len;
     int64_t forward_version; /* -1: none */
-    struct {
+    /* SYNC__DELTA_FRAMES slots, allocated when the first patch frame is asked for (an engine
+     * never serving a v2 client, most idle rooms, keeps none) */
+    struct sync__delta_slot {
         int64_t base;
         sync__frame *frame; /* a patch frame, or the head's state_update when that is smaller */
-    } frames[SYNC__DELTA_FRAMES];
+    } * frames;
     size_t frame_count;
     size_t frame_next; /* replaced next when full */
     uint64_t frames_seq;

@@ -31,6 +31,7 @@ static void engine_destroy(sync_engine *engine)
     sync_adapter_free(engine->adapter);
     cJSON_Delete(engine->state);
     sync__feed_release(&engine->feed);
+    free(engine->feed.readers);
     sync__delta_release(&engine->delta);
     sync__frame_unref(engine->ping_frame);
     free(engine->middleware);

@@ -159,6 +159,9 @@ struct sync_engine {
     sync_persist_mode persist_mode;
     sync_timer_mode timer_mode;
     int auto_broadcast;
+    /* a room's (engine_room.c): with no record in the store, the initial state counts as saved,
+     * since the next load makes it again; the first change writes the record */
+    int initial_needs_no_save;
     int reply_errors;
     int debug;
     size_t max_message_bytes;

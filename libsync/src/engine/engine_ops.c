@@ -418,6 +418,11 @@ static void load_apply(sync_engine *engine, sync__op *op)
 {
     if (!op->ajson) {
         SYNC__DEBUG(engine, "load: the store was never saved; keeping the initial state");
+        /* a room only visited writes no record (nor, saving before each send, a transaction
+         * per room on its first join): a crash leaves no record, and the next load makes the
+         * same initial state again (a fresh epoch: a client resuming from it gets it whole) */
+        if (engine->initial_needs_no_save)
+            engine->feed.persisted_seq = engine->feed.head.seq;
         return;
     }
     cJSON *state = NULL;

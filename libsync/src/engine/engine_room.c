@@ -56,6 +56,7 @@ int sync__engine_attach_load(sync_engine *engine, const char *initial_json, sync
         return SYNC_OK;
     }
     engine->adapter = adapter;
+    engine->initial_needs_no_save = 1;
     load->done = done;
     load->done_userdata = userdata;
     int rc = sync__op_submit(engine, load);

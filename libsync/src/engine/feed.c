@@ -216,11 +216,16 @@ int sync__engine_add_listener(sync_engine *engine, const sync__engine_listener *
     sync__engine_lock(engine);
     sync__feed *f = &engine->feed;
     int rc = SYNC_OK;
+    sync__engine_listener *grown = NULL;
     if (f->reader_count == SYNC__ENGINE_MAX_LISTENERS)
         rc = sync__fail(SYNC_ELIMIT, "the engine is already served by %d servers",
                         SYNC__ENGINE_MAX_LISTENERS);
-    else
+    else if (!(grown = realloc(f->readers, (size_t)(f->reader_count + 1) * sizeof *grown)))
+        rc = sync__fail(SYNC_ENOMEM, "out of memory adding a server to an engine");
+    else {
+        f->readers = grown;
         f->readers[f->reader_count++] = *listener;
+    }
     sync__engine_unlock(engine);
     return rc;
 }
@@ -235,6 +240,10 @@ void sync__engine_remove_listener(sync_engine *engine, void *userdata)
         if (f->readers[i].userdata != userdata)
             continue;
         f->readers[i] = f->readers[--f->reader_count];
+        if (!f->reader_count) {
+            free(f->readers);
+            f->readers = NULL;
+        }
         /* it may have been the one waiting on the ticker deadline: the next step tells everyone */
         engine->ticker_deadline_ms = -1;
         break;

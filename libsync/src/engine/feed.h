@@ -64,7 +64,8 @@ typedef struct sync__feed {
     uint64_t saving_seq; /* seq of a save still in flight, 0 when none */
     int flush_waiting;   /* a flush could not finish at once: readers hear again when it does */
     /* consumers */
-    sync__engine_listener readers[SYNC__ENGINE_MAX_LISTENERS];
+    /* as many as serve it (one, for a room: thousands of idle rooms each keep only theirs) */
+    sync__engine_listener *readers;
     int reader_count;
     size_t push_count; /* push connections: the engine sends them each record itself, after the
                           flush, in a walk that survives re-entry (their send may call back in) */

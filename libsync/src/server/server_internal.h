@@ -136,7 +136,16 @@ struct sync_server {
     bool rooms_idle_armed;
     int64_t rooms_idle_at;
     bool rooms_quiet; /* the loop ended: no room timer is armed any more */
-    char *echo_path;  /* server_mount_echo(): tests only */
+    /* Service thread: the rooms' engine deadlines, a binary min-heap under one lws timer. lws
+     * keeps its timers in a sorted list (insertion walks it), so a timer per room made 10,000
+     * rooms cost O(n) per re-arm. */
+    server_room **room_timers;
+    size_t room_timer_count, room_timer_cap;
+    lws_sorted_usec_list_t rooms_timer;
+    bool rooms_timer_armed;
+    int64_t rooms_timer_at;
+    size_t rooms_freed_since_trim; /* engines freed since the heap was last trimmed */
+    char *echo_path;               /* server_mount_echo(): tests only */
     server_engine **engines;
     size_t engine_count;
 

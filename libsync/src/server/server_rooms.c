@@ -35,6 +35,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "engine/engine_room.h"
 #include "error.h"
@@ -43,6 +46,8 @@
 
 /* Idle rooms unloaded per loop turn at most. */
 enum { ROOMS_UNLOAD_BATCH = 64 };
+/* Engines freed before the allocator is asked to give free memory back (see rooms_trim). */
+enum { ROOMS_TRIM_AFTER = 256 };
 
 enum room_state { ROOM_CREATING, ROOM_READY, ROOM_UNLOADING, ROOM_FAILED, ROOM_GONE };
 
@@ -93,7 +98,9 @@ struct server_room {
     /* service thread */
     server_conn *wait_head; /* connections waiting for it to be ready */
     uint64_t loaded_seq;    /* its engine's head right after the load */
-    bool timer_armed;
+    bool timer_armed;       /* in server->room_timers, at timer_index */
+    size_t timer_index;
+    int64_t timer_at; /* its engine's next deadline, ms */
 };
 
 struct sync_rooms {
@@ -137,27 +144,33 @@ static server_room *table_find(sync_rooms *rooms, const char *name)
     return NULL;
 }
 
+/* Rehashes into n buckets; false when out of memory (the table stays as it was). */
+static bool table_resize(sync_rooms *rooms, size_t n)
+{
+    server_room **b = calloc(n, sizeof *b);
+    if (!b)
+        return false;
+    for (size_t i = 0; i < rooms->bucket_count; i++) {
+        server_room *r = rooms->buckets[i];
+        while (r) {
+            server_room *next = r->hash_next;
+            size_t j = name_hash(r->name) % n;
+            r->hash_next = b[j];
+            b[j] = r;
+            r = next;
+        }
+    }
+    free(rooms->buckets);
+    rooms->buckets = b;
+    rooms->bucket_count = n;
+    return true;
+}
+
 static bool table_add(sync_rooms *rooms, server_room *room)
 {
-    if (rooms->count + 1 > rooms->bucket_count * 2 / 3 + 1 || !rooms->bucket_count) {
-        size_t n = rooms->bucket_count ? rooms->bucket_count * 2 : 64;
-        server_room **b = calloc(n, sizeof *b);
-        if (!b)
-            return false;
-        for (size_t i = 0; i < rooms->bucket_count; i++) {
-            server_room *r = rooms->buckets[i];
-            while (r) {
-                server_room *next = r->hash_next;
-                size_t j = name_hash(r->name) % n;
-                r->hash_next = b[j];
-                b[j] = r;
-                r = next;
-            }
-        }
-        free(rooms->buckets);
-        rooms->buckets = b;
-        rooms->bucket_count = n;
-    }
+    if ((rooms->count + 1 > rooms->bucket_count * 2 / 3 + 1 || !rooms->bucket_count) &&
+        !table_resize(rooms, rooms->bucket_count ? rooms->bucket_count * 2 : 64))
+        return false;
     size_t j = name_hash(room->name) % rooms->bucket_count;
     room->hash_next = rooms->buckets[j];
     rooms->buckets[j] = room;
@@ -175,6 +188,10 @@ static void table_remove(sync_rooms *rooms, server_room *room)
             *link = room->hash_next;
             room->hash_next = NULL;
             rooms->count--;
+            /* a wave of unloaded rooms gives its buckets back too (halving at 1/8 full keeps
+             * the rehashes amortised); a failed shrink keeps the larger table */
+            if (rooms->bucket_count > 64 && rooms->count < rooms->bucket_count / 8)
+                table_resize(rooms, rooms->bucket_count / 2);
             return;
         }
 }
@@ -489,6 +506,103 @@ static void add_stats(sync_engine_stats *sum, const sync_engine_stats *st)
     sum->steps_timed_out += st->steps_timed_out;
 }
 
+/* ---- the rooms' timers (service thread) -------------------------------------------------- */
+
+static void timer_swap(sync_server *s, size_t a, size_t b)
+{
+    server_room *t = s->room_timers[a];
+    s->room_timers[a] = s->room_timers[b];
+    s->room_timers[b] = t;
+    s->room_timers[a]->timer_index = a;
+    s->room_timers[b]->timer_index = b;
+}
+
+static void timer_sift(sync_server *s, size_t i)
+{
+    server_room **h = s->room_timers;
+    while (i > 0 && h[(i - 1) / 2]->timer_at > h[i]->timer_at) {
+        timer_swap(s, i, (i - 1) / 2);
+        i = (i - 1) / 2;
+    }
+    for (;;) {
+        size_t l = 2 * i + 1, m = i;
+        if (l < s->room_timer_count && h[l]->timer_at < h[m]->timer_at)
+            m = l;
+        if (l + 1 < s->room_timer_count && h[l + 1]->timer_at < h[m]->timer_at)
+            m = l + 1;
+        if (m == i)
+            return;
+        timer_swap(s, i, m);
+        i = m;
+    }
+}
+
+static void timer_remove(sync_server *s, server_room *r)
+{
+    if (!r->timer_armed)
+        return;
+    size_t i = r->timer_index;
+    r->timer_armed = false;
+    s->room_timer_count--;
+    if (i == s->room_timer_count)
+        return;
+    s->room_timers[i] = s->room_timers[s->room_timer_count];
+    s->room_timers[i]->timer_index = i;
+    timer_sift(s, i);
+}
+
+/* Puts (or moves) r in the heap at `at`; false when out of memory. */
+static bool timer_set(sync_server *s, server_room *r, int64_t at)
+{
+    if (!r->timer_armed) {
+        if (s->room_timer_count == s->room_timer_cap) {
+            size_t cap = s->room_timer_cap ? s->room_timer_cap * 2 : 64;
+            server_room **h = realloc(s->room_timers, cap * sizeof *h);
+            if (!h)
+                return false;
+            s->room_timers = h;
+            s->room_timer_cap = cap;
+        }
+        r->timer_index = s->room_timer_count++;
+        s->room_timers[r->timer_index] = r;
+        r->timer_armed = true;
+    }
+    r->timer_at = at;
+    timer_sift(s, r->timer_index);
+    return true;
+}
+
+static void rooms_timer_fired(lws_sorted_usec_list_t *sul);
+
+/* The one lws timer follows the heap's earliest deadline. */
+static void rooms_timer_sync(sync_server *s)
+{
+    if (!s->room_timer_count || !s->context || s->rooms_quiet) {
+        if (s->rooms_timer_armed)
+            lws_sul_cancel(&s->rooms_timer);
+        s->rooms_timer_armed = false;
+        return;
+    }
+    int64_t at = s->room_timers[0]->timer_at;
+    if (s->rooms_timer_armed && s->rooms_timer_at == at)
+        return;
+    int64_t wait_ms = at - sync_now_ms();
+    lws_sul_schedule(s->context, 0, &s->rooms_timer, rooms_timer_fired,
+                     (lws_usec_t)(wait_ms > 0 ? wait_ms : 0) * LWS_US_PER_MS);
+    s->rooms_timer_armed = true;
+    s->rooms_timer_at = at;
+}
+
+/* Releases the heap when no room is in it (the server stops, or a wave of rooms unloaded). */
+static void timer_heap_shrink(sync_server *s)
+{
+    if (s->room_timer_count || !s->room_timers)
+        return;
+    free(s->room_timers);
+    s->room_timers = NULL;
+    s->room_timer_cap = 0;
+}
+
 /* The engine of an unloaded or failed room goes (no lock held; never inside its callbacks). */
 static void room_free_engine(server_room *r)
 {
@@ -497,9 +611,9 @@ static void room_free_engine(server_room *r)
     sync_engine_stats st = {.version = SYNC_ENGINE_STATS_VERSION};
     sync_engine_get_stats(engine, &st);
     sync__engine_remove_listener(engine, r);
-    if (r->timer_armed && server_on_service_thread(s))
-        lws_sul_cancel(&r->eng.timer);
-    r->timer_armed = false;
+    /* off the service thread nothing serves (drain_if_idle_server): the heap is empty */
+    if (server_on_service_thread(s))
+        timer_remove(s, r);
     sync_engine_free(engine);
     pthread_mutex_lock(&s->rooms_lock);
     r->eng.engine = NULL;
@@ -509,34 +623,41 @@ static void room_free_engine(server_room *r)
 
 /* ---- the due list ------------------------------------------------------------------------ */
 
-static void room_timer_fired(lws_sorted_usec_list_t *sul);
-
 static void room_timer_arm(server_room *r)
 {
     sync_server *s = r->eng.server;
     int64_t deadline = r->eng.engine && !s->rooms_quiet && s->context
                            ? sync_engine_next_deadline_ms(r->eng.engine)
                            : -1;
-    if (deadline < 0) {
-        if (r->timer_armed)
-            lws_sul_cancel(&r->eng.timer);
-        r->timer_armed = false;
-        return;
+    if (deadline < 0 || !timer_set(s, r, deadline)) {
+        if (deadline >= 0)
+            server_log(s, SYNC_LOG_ERROR, "out of memory arming the timer of room \"%s\"", r->name);
+        timer_remove(s, r);
     }
-    int64_t wait_ms = deadline - sync_now_ms();
-    lws_sul_schedule(s->context, 0, &r->eng.timer, room_timer_fired,
-                     (lws_usec_t)(wait_ms > 0 ? wait_ms : 0) * LWS_US_PER_MS);
-    r->timer_armed = true;
+    rooms_timer_sync(s);
 }
 
-static void room_timer_fired(lws_sorted_usec_list_t *sul)
+static void rooms_timer_fired(lws_sorted_usec_list_t *sul)
 {
-    server_room *r = lws_container_of(sul, server_room, eng.timer);
-    r->timer_armed = false;
-    if (r->eng.engine) {
-        sync_engine_tick(r->eng.engine, -1);
-        room_timer_arm(r);
+    sync_server *s = lws_container_of(sul, sync_server, rooms_timer);
+    s->rooms_timer_armed = false;
+    int64_t now = sync_now_ms();
+    /* bounded: a tick that leaves its deadline due puts the room back; it waits for next turn */
+    for (size_t n = s->room_timer_count; n && s->room_timer_count; n--) {
+        server_room *r = s->room_timers[0];
+        if (r->timer_at > now)
+            break;
+        timer_remove(s, r);
+        /* in the heap only while it has an engine (room_free_engine takes it out) */
+        if (r->eng.engine) {
+            sync_engine_tick(r->eng.engine, -1);
+            int64_t deadline = sync_engine_next_deadline_ms(r->eng.engine);
+            if (deadline >= 0 && !timer_set(s, r, deadline > now ? deadline : now + 1))
+                server_log(s, SYNC_LOG_ERROR, "out of memory arming the timer of room \"%s\"",
+                           r->name);
+        }
     }
+    rooms_timer_sync(s);
 }
 
 static server_room *room_of(server_conn *c);
@@ -642,6 +763,7 @@ static void room_process_due_only(sync_server *s, bool unloaded_only)
             if (service && r->wait_head && state == ROOM_FAILED)
                 wake_waiting(r, SYNC_CLOSE_ROOM_UNAVAILABLE);
             room_free_engine(r);
+            s->rooms_freed_since_trim++;
             pthread_mutex_lock(&s->rooms_lock);
             bool again = false;
             if (state == ROOM_UNLOADING) {
@@ -698,11 +820,30 @@ static bool room_let_go_locked(sync_server *s, server_room *r)
 
 /* ---- idle unloading ---------------------------------------------------------------------- */
 
+/* glibc keeps what a wave of unloaded rooms freed (thousands of small blocks spread over the
+ * heap) for reuse and never gives it back to the system by itself: RSS would stay at its peak.
+ * Once a wave has unloaded (no more due) and enough engines went, the free pages are returned. */
+static void rooms_trim(sync_server *s)
+{
+    if (s->rooms_freed_since_trim < ROOMS_TRIM_AFTER)
+        return;
+    s->rooms_freed_since_trim = 0;
+    pthread_mutex_lock(&s->rooms_lock);
+    bool all_gone = s->room_timer_count == 0;
+    pthread_mutex_unlock(&s->rooms_lock);
+    if (all_gone)
+        timer_heap_shrink(s);
+#if defined(__GLIBC__)
+    malloc_trim(0);
+#endif
+}
+
 static void idle_timer_fired(lws_sorted_usec_list_t *sul)
 {
     sync_server *s = lws_container_of(sul, sync_server, rooms_idle_timer);
     s->rooms_idle_armed = false;
     int64_t now = sync_now_ms();
+    bool more = false;
     /* a bounded batch per turn: each unload may save (a store transaction), and the clients of
      * the other rooms must not wait for thousands of them; the rest go next turn */
     for (int n = 0;; n++) {
@@ -713,6 +854,7 @@ static void idle_timer_fired(lws_sorted_usec_list_t *sul)
             break;
         }
         if (n == ROOMS_UNLOAD_BATCH) {
+            more = true;
             pthread_mutex_unlock(&s->rooms_lock);
             lws_cancel_service(s->context); /* the next turn re-arms the timer, already due */
             break;
@@ -722,6 +864,8 @@ static void idle_timer_fired(lws_sorted_usec_list_t *sul)
         room_unload_run(r);
     }
     room_process_due(s);
+    if (!more)
+        rooms_trim(s);
 }
 
 static void arm_idle_timer(sync_server *s)
@@ -1001,12 +1145,11 @@ void server_rooms_serve_end(sync_server *s)
     s->rooms_quiet = true;
     size_t n = 0;
     server_room **list = pin_all(s, &n);
-    for (size_t i = 0; i < n; i++) {
-        if (list[i]->timer_armed)
-            lws_sul_cancel(&list[i]->eng.timer);
-        list[i]->timer_armed = false;
-    }
+    for (size_t i = 0; i < n; i++)
+        timer_remove(s, list[i]);
     unpin_all(s, list, n);
+    rooms_timer_sync(s);
+    timer_heap_shrink(s);
     if (s->rooms_idle_armed)
         lws_sul_cancel(&s->rooms_idle_timer);
     s->rooms_idle_armed = false;
@@ -1279,6 +1422,20 @@ static void wait_for_loads(sync_server *s)
 void server_rooms_release(sync_server *s)
 {
     wait_for_loads(s);
+    /* failed rooms waiting to be freed are out of the tables; first, while every room on the
+     * due list is still there to read (the tables' rooms are freed below) */
+    for (server_room *d = s->rooms_due, *next; d; d = next) {
+        next = d->due_next;
+        if (d->state == ROOM_FAILED || d->state == ROOM_GONE) {
+            if (d->eng.engine) {
+                sync__engine_remove_listener(d->eng.engine, d);
+                sync_engine_free(d->eng.engine);
+            }
+            free(d->name);
+            free(d);
+        }
+    }
+    s->rooms_due = NULL;
     /* every loaded room is saved, then freed; nothing serves any more */
     for (size_t m = 0; m < s->room_mount_count; m++) {
         sync_rooms *rooms = s->room_mounts[m];
@@ -1304,6 +1461,8 @@ void server_rooms_release(sync_server *s)
             }
         }
         free(rooms->buckets);
+        rooms->buckets = NULL;
+        rooms->bucket_count = 0;
         if (rooms->setup_free_userdata)
             rooms->setup_free_userdata(rooms->setup_userdata);
         sync_room_store_free(rooms->store);
@@ -1311,21 +1470,10 @@ void server_rooms_release(sync_server *s)
         free(rooms->prefix);
         free(rooms);
     }
-    /* failed rooms waiting to be freed are out of the tables */
-    server_room *r = s->rooms_due;
-    while (r) {
-        server_room *next = r->due_next;
-        if (r->state == ROOM_FAILED || r->state == ROOM_GONE) {
-            if (r->eng.engine) {
-                sync__engine_remove_listener(r->eng.engine, r);
-                sync_engine_free(r->eng.engine);
-            }
-            free(r->name);
-            free(r);
-        }
-        r = next;
-    }
-    s->rooms_due = NULL;
+    s->rooms_due = NULL; /* the saves above may have queued rooms freed since */
+    free(s->room_timers);
+    s->room_timers = NULL;
+    s->room_timer_count = s->room_timer_cap = 0;
     free(s->room_mounts);
     pthread_mutex_destroy(&s->rooms_lock);
     pthread_cond_destroy(&s->rooms_cond);

@@ -215,14 +215,15 @@ static int init_once(sync_room_store *store, sync_pending *pending)
 typedef struct room_adapter {
     sync_room_store *store;
     char *room;
-    char loaded_epoch[SYNC__EPOCH_MAX + 1]; /* the record's, "" none */
-    char epoch[SYNC__EPOCH_MAX + 1];        /* the engine's, written with the next save */
-    char stored_epoch[SYNC__EPOCH_MAX + 1]; /* what the store holds, as far as we know */
+    char epoch[SYNC__EPOCH_MAX + 1]; /* the engine's, written with the next save */
+    /* what the store holds, as far as we know: the record's at load, which the engine adopts
+     * right after it (so it is also the loaded epoch; one buffer less per loaded room) */
+    char stored_epoch[SYNC__EPOCH_MAX + 1];
 } room_adapter;
 
 static const char *room_epoch_loaded(void *userdata)
 {
-    return ((room_adapter *)userdata)->loaded_epoch;
+    return ((room_adapter *)userdata)->stored_epoch;
 }
 
 static void room_epoch_set(void *userdata, const char *epoch)
@@ -245,10 +246,8 @@ static int room_load(void *userdata, sync_pending *pending, char **out_state_jso
     room_adapter *ra = userdata;
     if (ra->store->epoch) {
         int rc = ra->store->epoch->load(ra->store->userdata, pending, ra->room, out_state_json,
-                                        out_version, ra->loaded_epoch);
-        /* the built-in stores finish at once: what they read is what the store holds */
-        snprintf(ra->stored_epoch, sizeof ra->stored_epoch, "%s", ra->loaded_epoch);
-        return rc;
+                                        out_version, ra->stored_epoch);
+        return rc; /* the built-in stores finish at once: what they read is what it holds */
     }
     return ra->store->vt.load(ra->store->userdata, pending, ra->room, out_state_json, out_version);
 }
