@@ -6,6 +6,7 @@
  * holds: the counter equals the messages forwarded, the published versions have no gap and no
  * duplicate, and the dead owner's late write is refused. Skipped (77) without Redis support. */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -419,6 +420,100 @@ static void bad_input_and_dead_redis(void)
     redis_conn_release(&c);
 }
 
+/* ---- races and restarts ------------------------------------------------------------------- */
+
+enum { RACERS = 8 };
+
+typedef struct racer {
+    pthread_t thread;
+    int index;
+    atomic_int *go;
+    int64_t token;
+    int rc;
+} racer;
+
+static void *race_main(void *arg)
+{
+    racer *r = arg;
+    redis_conn c;
+    r->rc = conn_open(&c);
+    if (r->rc != SYNC_OK)
+        return NULL;
+    r->rc = redis_conn_open(&c); /* connected before the start, so they all ask at once */
+    char node[16];
+    snprintf(node, sizeof node, "racer-%d", r->index);
+    while (r->rc == SYNC_OK && !atomic_load(r->go))
+        sched_yield();
+    if (r->rc == SYNC_OK)
+        r->rc = redis_lease_acquire(&c, "race", node, 5000, &r->token);
+    redis_conn_release(&c);
+    return NULL;
+}
+
+static void nodes_racing_for_a_room_get_one_lease(void)
+{
+    for (int round = 0; round < 5; round++) {
+        new_prefix();
+        atomic_int go = 0;
+        racer r[RACERS];
+        for (int i = 0; i < RACERS; i++) {
+            r[i] = (racer){.index = i, .go = &go};
+            REQUIRE(pthread_create(&r[i].thread, NULL, race_main, &r[i]) == 0);
+        }
+        sleep_ms(100);
+        atomic_store(&go, 1);
+        int winners = 0;
+        for (int i = 0; i < RACERS; i++) {
+            pthread_join(r[i].thread, NULL);
+            CHECK_EQ_INT(r[i].rc, SYNC_OK);
+            if (r[i].token > 0) {
+                winners++;
+                CHECK_EQ_INT(r[i].token, 1);
+            }
+        }
+        CHECK_EQ_INT(winners, 1);
+    }
+}
+
+/* Redis killed and restarted (AOF, appendfsync always): the lease and the token counter come
+ * back, so the holder keeps its room and a later owner's token is still larger than every
+ * earlier one — tokens never go back, which fencing relies on. */
+static void tokens_survive_a_redis_restart(void)
+{
+    new_prefix();
+    redis_conn a, b;
+    REQUIRE(conn_open(&a) == SYNC_OK);
+    REQUIRE(conn_open(&b) == SYNC_OK);
+    int64_t t1 = 0, t2 = 0, tb = 0;
+    REQUIRE(redis_lease_acquire(&a, "r", "node-a", 200, &t1) == SYNC_OK && t1 > 0);
+    sleep_ms(400);
+    REQUIRE(redis_lease_acquire(&a, "r", "node-a", 30000, &t2) == SYNC_OK);
+    CHECK(t2 > t1);
+    CHECK_EQ_INT(redis_fenced_save(&a, "r", t2, "{\"n\":1}", 7, 1, NULL, "1-1"), SYNC_OK);
+    redis_kill(&redis);
+    /* While Redis is down: an error, never a lease or a write. */
+    CHECK_EQ_INT(redis_lease_renew(&a, "r", t2, 30000), SYNC_EIO);
+    CHECK_EQ_INT(redis_fenced_save(&a, "r", t2, "{\"n\":2}", 7, 2, NULL, "1-2"), SYNC_EIO);
+    REQUIRE(redis_restart(&redis) == 0);
+    CHECK_EQ_INT(redis_lease_acquire(&b, "r", "node-b", 5000, &tb), SYNC_OK);
+    CHECK_EQ_INT(tb, 0); /* a still holds it */
+    CHECK_EQ_INT(redis_lease_renew(&a, "r", t2, 30000), SYNC_OK);
+    CHECK_EQ_INT(redis_lease_release(&a, "r", t2), SYNC_OK);
+    CHECK_EQ_INT(redis_lease_acquire(&b, "r", "node-b", 5000, &tb), SYNC_OK);
+    CHECK(tb > t2);
+    CHECK_EQ_INT(redis_fenced_save(&a, "r", t2, "{\"n\":3}", 7, 3, NULL, "1-3"), SYNC_ESTATE);
+    char *json = NULL;
+    int64_t v = 0;
+    char applied[REDIS_STREAM_ID_MAX];
+    CHECK_EQ_INT(redis_fenced_load(&b, "r", &json, &v, NULL, applied), SYNC_OK);
+    CHECK_EQ_STR(json, "{\"n\":1}");
+    CHECK_EQ_INT(v, 1);
+    CHECK_EQ_STR(applied, "1-1");
+    sync_free(json);
+    redis_conn_release(&a);
+    redis_conn_release(&b);
+}
+
 int main(void)
 {
     if (redis_start(&redis, "redis_cluster") != 0)
@@ -427,6 +522,8 @@ int main(void)
     RUN(stale_owner_is_fenced_out);
     RUN(forwarded_messages_survive_a_dead_owner);
     RUN(bad_input_and_dead_redis);
+    RUN(nodes_racing_for_a_room_get_one_lease);
+    RUN(tokens_survive_a_redis_restart);
     redis_stop(&redis);
     return check_summary();
 }
