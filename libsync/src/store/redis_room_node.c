@@ -124,6 +124,27 @@ static int apply_entry(redis_room_node *n, owned *o, const redis_entry *e)
     return SYNC_OK;
 }
 
+/* Renews the lease when a third of it has passed: 1 while this node still owns the room. Lost
+ * when fenced out, or when no renewal succeeded for a whole lease (another node may own it). */
+static int keep_lease(redis_room_node *n, owned *o)
+{
+    if (!o->token)
+        return 0;
+    int64_t now = sync_now_ms();
+    if (now - o->renewed_ms < n->lease_ms / 3)
+        return 1;
+    int rc = redis_lease_renew(&n->own_conn, n->room, o->token, n->lease_ms);
+    if (rc == SYNC_OK) {
+        o->renewed_ms = now;
+        return 1;
+    }
+    if (rc == SYNC_ESTATE || now - o->renewed_ms >= n->lease_ms) {
+        lose(n, o);
+        return 0;
+    }
+    return 1;
+}
+
 static void *owner_main(void *arg)
 {
     redis_room_node *n = arg;
@@ -137,16 +158,8 @@ static void *owner_main(void *arg)
                 sleep_ms(retry_ms);
             continue;
         }
-        int64_t now = sync_now_ms();
-        if (now - o.renewed_ms >= n->lease_ms / 3) {
-            int rc = redis_lease_renew(&n->own_conn, n->room, o.token, n->lease_ms);
-            if (rc == SYNC_OK) {
-                o.renewed_ms = now;
-            } else if (rc == SYNC_ESTATE || now - o.renewed_ms >= n->lease_ms) {
-                lose(n, &o);
-                continue;
-            }
-        }
+        if (!keep_lease(n, &o))
+            continue;
         redis_entry *entries = NULL;
         size_t count = 0;
         if (redis_stream_read(&n->own_conn, n->room, o.applied, 32, block_ms, &entries, &count) !=
@@ -154,7 +167,8 @@ static void *owner_main(void *arg)
             sleep_ms(retry_ms);
             continue;
         }
-        for (size_t i = 0; i < count && o.token && !atomic_load(&n->stop); i++)
+        /* Renewed between entries too: a burst of slow handlers must not outlast the lease. */
+        for (size_t i = 0; i < count && !atomic_load(&n->stop) && keep_lease(n, &o); i++)
             if (apply_entry(n, &o, &entries[i]) != SYNC_OK)
                 break;
         redis_entries_free(entries, count);
