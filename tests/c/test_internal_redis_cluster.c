@@ -645,9 +645,9 @@ static void three_nodes_survive_a_killed_owner(void)
     /* kill -9 of the owner, in process: its threads stop where they are, no release, no write. */
     atomic_store(&dead[owner], 1);
     pthread_join(senders[owner].thread, NULL);
-    redis_room_node_kill(nodes[owner]);
     struct timespec killed;
     clock_gettime(CLOCK_MONOTONIC, &killed);
+    redis_room_node_kill(nodes[owner]);
     int next = -1;
     while (next < 0 && check_elapsed_ms(&killed) < 10000) {
         for (int i = 0; i < 3; i++)
