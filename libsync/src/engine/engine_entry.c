@@ -157,7 +157,8 @@ int sync_engine_inject(sync_engine *engine, const char *text, size_t len)
 }
 
 /* `checked`: the state was just parsed from text, which runs the same check. */
-static int set_state(sync_engine *engine, cJSON *state, int broadcast, int checked)
+static int set_state(sync_engine *engine, cJSON *state, int broadcast, int checked,
+                     int64_t adopt_version)
 {
     if (!state) {
         return sync__fail(SYNC_EINVAL, "sync_engine_set_state: state is NULL");
@@ -190,13 +191,23 @@ static int set_state(sync_engine *engine, cJSON *state, int broadcast, int check
     } else {
         op->state = state;
         op->broadcast = broadcast ? 1 : 0;
+        op->adopt_version = adopt_version;
     }
     return submit_new(engine, op, "sync_engine_set_state");
 }
 
 int sync_engine_set_state(sync_engine *engine, cJSON *state, int broadcast)
 {
-    return set_state(engine, state, broadcast, 0);
+    return set_state(engine, state, broadcast, 0, 0);
+}
+
+int sync__engine_adopt_state(sync_engine *engine, cJSON *state, int64_t version)
+{
+    if (version < 1) {
+        cJSON_Delete(state);
+        return sync__fail(SYNC_EINVAL, "adopted version must be >= 1");
+    }
+    return set_state(engine, state, 1, 0, version);
 }
 
 int sync_engine_set_state_json(sync_engine *engine, const char *json, int broadcast)
@@ -207,7 +218,7 @@ int sync_engine_set_state_json(sync_engine *engine, const char *json, int broadc
     int rc = sync__json_parse(json, strlen(json), 0, &state);
     if (rc != SYNC_OK)
         return rc;
-    return set_state(engine, state, broadcast, 1);
+    return set_state(engine, state, broadcast, 1, 0);
 }
 
 int sync_engine_broadcast_state(sync_engine *engine)

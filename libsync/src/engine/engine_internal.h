@@ -87,6 +87,8 @@ typedef struct sync__op {
     sync_msg *msg;
     cJSON *state;
     int broadcast;
+    /* > 0: an OP_SET_STATE that adopts another node's version (sync__engine_adopt_state) */
+    int64_t adopt_version;
     sync_done_cb done;
     void *done_userdata;
     /* Result of the op's last adapter call. */
@@ -252,6 +254,12 @@ sync__frame *sync__engine_state_frame(sync_engine *engine, sync__frame_kind kind
 
 /* engine_ops.c */
 sync__op *sync__op_new(op_kind kind);
+
+/* A replica's set_state (docs/SCALING.md): `state` (taken) becomes the state at exactly `version`,
+ * which another node's engine gave it, and is broadcast. Dropped when not newer than the engine's
+ * version by the time it runs; a jump over versions drops the patch history, so clients get the
+ * whole state. SYNC_EINVAL when version < 1. */
+int sync__engine_adopt_state(sync_engine *engine, cJSON *state, int64_t version);
 void sync__op_free(sync_engine *engine, sync__op *op);
 /* Runs `op` now, or queues it behind running work (SYNC_PENDING). Takes ownership. */
 int sync__op_submit(sync_engine *engine, sync__op *op);

@@ -315,11 +315,23 @@ static int commit_run(sync_engine *engine, sync__op *op)
 {
     switch (op->csub) {
     case C_APPLY: {
+        int jumped = 0;
+        if (op->adopt_version > 0 && engine->versioning) {
+            int64_t current = atomic_load(&engine->version);
+            if (op->adopt_version <= current)
+                return SYNC_OK; /* a replica got an older change late: already past it */
+            if (op->adopt_version != current + 1) {
+                atomic_store(&engine->version, op->adopt_version - 1);
+                jumped = 1;
+            }
+        }
         cJSON *old = engine->state;
         engine->state = op->state;
         op->state = NULL;
         sync__feed_append(engine);
         sync__delta_commit(engine, old, engine->state);
+        if (jumped)
+            sync__delta_reset(engine); /* no patch spans the jump: clients behind get the state */
         SYNC__DEBUG(engine, "commit: version %lld", (long long)atomic_load(&engine->version));
         if (engine->hooks.on_state_change && !cJSON_Compare(old, engine->state, 1))
             engine->hooks.on_state_change(engine, old, engine->state, engine->hooks.userdata);

@@ -1,0 +1,441 @@
+/* Lease, fencing, forwarding and publishing for a room served by several nodes (redis_cluster.h).
+ * Each step that reads and then writes is one Lua script, so no other node's command runs between
+ * the check and the write. */
+#include "redis_cluster.h"
+
+#include "error.h"
+#include "libsync/common.h"
+#include "libsync/rooms.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef LIBSYNC_HAVE_REDIS
+
+/* KEYS: lease, fence counter. ARGV: node, ttl. A lease held by the same node is extended with its
+ * token; a free one gets the next token, which no node had for this room. */
+static const char ACQUIRE_LUA[] =
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if cur then\n"
+    "  local t, n = string.match(cur, '^(%d+) (.*)$')\n"
+    "  if n == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]); return tonumber(t) end\n"
+    "  return 0\n"
+    "end\n"
+    "local t = redis.call('INCR', KEYS[2])\n"
+    "redis.call('SET', KEYS[1], t .. ' ' .. ARGV[1], 'PX', ARGV[2])\n"
+    "return t\n";
+
+/* KEYS: lease. ARGV: token, ttl (renew) or token (release). */
+static const char RENEW_LUA[] = "local cur = redis.call('GET', KEYS[1])\n"
+                                "if cur and string.match(cur, '^(%d+) ') == ARGV[1] then\n"
+                                "  redis.call('PEXPIRE', KEYS[1], ARGV[2]); return 1\n"
+                                "end\n"
+                                "return 0\n";
+
+static const char RELEASE_LUA[] =
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if cur and string.match(cur, '^(%d+) ') == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
+    "return 1\n";
+
+/* KEYS: lease, record, stream. ARGV: token, state, version, epoch ('' none), applied ('' none),
+ * now. The lease must be held with the token (a stalled owner whose lease expired writes nothing,
+ * even when nobody took the room yet: it must take the lease again and reload), and the record
+ * must not carry a later token (belt and braces: tokens only grow). */
+static const char SAVE_LUA[] =
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if not cur or string.match(cur, '^(%d+) ') ~= ARGV[1] then return 0 end\n"
+    "local f = redis.call('HGET', KEYS[2], 'fence')\n"
+    "if f and tonumber(f) > tonumber(ARGV[1]) then return 0 end\n"
+    "redis.call('HSET', KEYS[2], 'state', ARGV[2], 'version', ARGV[3], 'updated_at', ARGV[6],\n"
+    "           'fence', ARGV[1])\n"
+    "if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'epoch', ARGV[4]) end\n"
+    "if ARGV[5] ~= '' then\n"
+    "  redis.call('HSET', KEYS[2], 'applied', ARGV[5])\n"
+    "  redis.call('XTRIM', KEYS[3], 'MINID', ARGV[5])\n"
+    "end\n"
+    "return 1\n";
+
+static int check_room(const char *room)
+{
+    return room ? sync_room_name_check(room) : sync__fail(SYNC_EINVAL, "room is NULL");
+}
+
+static int check_node(const char *node)
+{
+    size_t len = node ? strlen(node) : 0;
+    if (len == 0 || len > REDIS_NODE_ID_MAX)
+        return sync__fail(SYNC_EINVAL, "node id must be 1 to %d bytes", REDIS_NODE_ID_MAX);
+    for (size_t i = 0; i < len; i++)
+        if (node[i] <= ' ' || node[i] > '~')
+            return sync__fail(SYNC_EINVAL, "node id must be printable ASCII without spaces");
+    return SYNC_OK;
+}
+
+static char *key_of(const redis_conn *c, const char *kind, const char *room)
+{
+    char *key = NULL;
+    return asprintf(&key, "%s%s:%s", c->prefix, kind, room) < 0 ? NULL : key;
+}
+
+/* Runs `script` on `nkeys` keys of `room` (kinds[]) and `nargs` arguments; the integer it returns
+ * into *out. */
+static int eval_int(redis_conn *c, const char *script, const char *room, int nkeys,
+                    const char *const *kinds, int nargs, const char **args, const size_t *lens,
+                    long long *out, const char *what)
+{
+    const char *argv[12];
+    size_t argvlen[12];
+    char *keys[3] = {NULL, NULL, NULL};
+    char nbuf[8];
+    snprintf(nbuf, sizeof nbuf, "%d", nkeys);
+    int argc = 0;
+    argv[argc] = "EVAL";
+    argvlen[argc++] = 4;
+    argv[argc] = script;
+    argvlen[argc++] = strlen(script);
+    argv[argc] = nbuf;
+    argvlen[argc++] = strlen(nbuf);
+    int rc = SYNC_OK;
+    for (int i = 0; i < nkeys; i++) {
+        keys[i] = key_of(c, kinds[i], room);
+        if (!keys[i]) {
+            rc = sync__fail(SYNC_ENOMEM, "out of memory");
+            goto done;
+        }
+        argv[argc] = keys[i];
+        argvlen[argc++] = strlen(keys[i]);
+    }
+    for (int i = 0; i < nargs; i++) {
+        argv[argc] = args[i];
+        argvlen[argc++] = lens ? lens[i] : strlen(args[i]);
+    }
+    redisReply *reply = NULL;
+    rc = redis_conn_command(c, &reply, what, argc, argv, argvlen);
+    if (rc == SYNC_OK) {
+        if (reply->type == REDIS_REPLY_INTEGER)
+            *out = reply->integer;
+        else
+            rc = redis_conn_reply_fail(c, reply, what);
+        freeReplyObject(reply);
+    }
+done:
+    for (int i = 0; i < nkeys; i++)
+        free(keys[i]);
+    return rc;
+}
+
+int redis_lease_acquire(redis_conn *c, const char *room, const char *node, int ttl_ms,
+                        int64_t *out_token)
+{
+    *out_token = 0;
+    int rc = check_room(room);
+    if (rc == SYNC_OK)
+        rc = check_node(node);
+    if (rc != SYNC_OK)
+        return rc;
+    if (ttl_ms <= 0)
+        return sync__fail(SYNC_EINVAL, "lease must last at least 1 ms");
+    static const char *const kinds[] = {"lease", "fence"};
+    char tbuf[16];
+    snprintf(tbuf, sizeof tbuf, "%d", ttl_ms);
+    const char *args[] = {node, tbuf};
+    long long token = 0;
+    rc = eval_int(c, ACQUIRE_LUA, room, 2, kinds, 2, args, NULL, &token,
+                  "cannot take the lease of a room in");
+    if (rc == SYNC_OK)
+        *out_token = (int64_t)token;
+    return rc;
+}
+
+int redis_lease_renew(redis_conn *c, const char *room, int64_t token, int ttl_ms)
+{
+    int rc = check_room(room);
+    if (rc != SYNC_OK)
+        return rc;
+    if (ttl_ms <= 0 || token <= 0)
+        return sync__fail(SYNC_EINVAL, "bad lease token or duration");
+    static const char *const kinds[] = {"lease"};
+    char kbuf[24], tbuf[16];
+    snprintf(kbuf, sizeof kbuf, "%lld", (long long)token);
+    snprintf(tbuf, sizeof tbuf, "%d", ttl_ms);
+    const char *args[] = {kbuf, tbuf};
+    long long held = 0;
+    rc = eval_int(c, RENEW_LUA, room, 1, kinds, 2, args, NULL, &held,
+                  "cannot renew the lease of a room in");
+    if (rc == SYNC_OK && !held)
+        rc = sync__fail(SYNC_ESTATE, "the lease of room %s is no longer held with token %lld", room,
+                        (long long)token);
+    return rc;
+}
+
+int redis_lease_release(redis_conn *c, const char *room, int64_t token)
+{
+    int rc = check_room(room);
+    if (rc != SYNC_OK)
+        return rc;
+    static const char *const kinds[] = {"lease"};
+    char kbuf[24];
+    snprintf(kbuf, sizeof kbuf, "%lld", (long long)token);
+    const char *args[] = {kbuf};
+    long long ignored = 0;
+    return eval_int(c, RELEASE_LUA, room, 1, kinds, 1, args, NULL, &ignored,
+                    "cannot release the lease of a room in");
+}
+
+int redis_fenced_save(redis_conn *c, const char *room, int64_t token, const char *json, size_t len,
+                      int64_t version, const char *epoch, const char *applied)
+{
+    int rc = check_room(room);
+    if (rc != SYNC_OK)
+        return rc;
+    if (token <= 0 || !json)
+        return sync__fail(SYNC_EINVAL, "bad token or no state");
+    static const char *const kinds[] = {"lease", "room", "stream"};
+    char kbuf[24], vbuf[24], nbuf[24];
+    snprintf(kbuf, sizeof kbuf, "%lld", (long long)token);
+    snprintf(vbuf, sizeof vbuf, "%lld", (long long)version);
+    snprintf(nbuf, sizeof nbuf, "%lld", (long long)sync_wall_ms());
+    const char *args[] = {kbuf, json, vbuf, epoch ? epoch : "", applied ? applied : "", nbuf};
+    size_t lens[] = {strlen(kbuf),    len,         strlen(vbuf), strlen(args[3]),
+                     strlen(args[4]), strlen(nbuf)};
+    long long written = 0;
+    rc = eval_int(c, SAVE_LUA, room, 3, kinds, 6, args, lens, &written, "cannot save a room to");
+    if (rc == SYNC_OK && !written)
+        rc = sync__fail(SYNC_ESTATE,
+                        "room %s not saved: token %lld no longer holds its lease (fenced out)",
+                        room, (long long)token);
+    return rc;
+}
+
+int redis_fenced_load(redis_conn *c, const char *room, char **out_state_json, int64_t *out_version,
+                      char *epoch, char *applied)
+{
+    *out_state_json = NULL;
+    *out_version = 0;
+    snprintf(applied, REDIS_STREAM_ID_MAX, "0-0");
+    int rc = check_room(room);
+    if (rc != SYNC_OK)
+        return rc;
+    char *key = key_of(c, "room", room);
+    if (!key)
+        return sync__fail(SYNC_ENOMEM, "out of memory");
+    char name[SYNC_ROOM_NAME_MAX + 16];
+    snprintf(name, sizeof name, "room %s", room);
+    rc = redis_record_load(c, key, NULL, NULL, name, out_state_json, out_version, epoch);
+    if (rc == SYNC_OK) {
+        /* A second read is safe: only the lease holder writes the record, and that is us. */
+        const char *argv[] = {"HGET", key, "applied"};
+        redisReply *reply = NULL;
+        rc = redis_conn_command(c, &reply, "cannot load from", 3, argv, NULL);
+        if (rc == SYNC_OK) {
+            if (reply->type == REDIS_REPLY_STRING && reply->len < REDIS_STREAM_ID_MAX) {
+                memcpy(applied, reply->str, reply->len);
+                applied[reply->len] = '\0';
+            } else if (reply->type != REDIS_REPLY_NIL) {
+                rc = redis_conn_reply_fail(c, reply, "cannot load from");
+            }
+            freeReplyObject(reply);
+        }
+        if (rc != SYNC_OK) {
+            sync_free(*out_state_json);
+            *out_state_json = NULL;
+            *out_version = 0;
+        }
+    }
+    free(key);
+    return rc;
+}
+
+int redis_forward(redis_conn *c, const char *room, const char *node, const char *msg, size_t len,
+                  char *out_id)
+{
+    if (out_id)
+        out_id[0] = '\0';
+    int rc = check_room(room);
+    if (rc == SYNC_OK)
+        rc = check_node(node);
+    if (rc != SYNC_OK)
+        return rc;
+    if (!msg)
+        return sync__fail(SYNC_EINVAL, "message is NULL");
+    char *key = key_of(c, "stream", room);
+    if (!key)
+        return sync__fail(SYNC_ENOMEM, "out of memory");
+    const char *argv[] = {"XADD", key, "*", "node", node, "msg", msg};
+    size_t lens[] = {4, strlen(key), 1, 4, strlen(node), 3, len};
+    redisReply *reply = NULL;
+    rc = redis_conn_command(c, &reply, "cannot forward a message through", 7, argv, lens);
+    if (rc == SYNC_OK) {
+        if (reply->type != REDIS_REPLY_STRING || reply->len >= REDIS_STREAM_ID_MAX)
+            rc = redis_conn_reply_fail(c, reply, "cannot forward a message through");
+        else if (out_id) {
+            memcpy(out_id, reply->str, reply->len);
+            out_id[reply->len] = '\0';
+        }
+        freeReplyObject(reply);
+    }
+    free(key);
+    return rc;
+}
+
+void redis_entries_free(redis_entry *entries, size_t count)
+{
+    if (!entries)
+        return;
+    for (size_t i = 0; i < count; i++)
+        sync_free(entries[i].msg);
+    sync_free(entries);
+}
+
+/* One XREAD entry [id, [field, value, ...]] into `e`: 1, or 0 when it is not one we wrote. */
+static int parse_entry(const redisReply *r, redis_entry *e)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len >= REDIS_STREAM_ID_MAX ||
+        r->element[1]->type != REDIS_REPLY_ARRAY)
+        return 0;
+    memcpy(e->id, r->element[0]->str, r->element[0]->len);
+    e->id[r->element[0]->len] = '\0';
+    const redisReply *f = r->element[1];
+    const redisReply *node = NULL, *msg = NULL;
+    for (size_t i = 0; i + 1 < f->elements; i += 2) {
+        const redisReply *k = f->element[i], *v = f->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        if (k->len == 4 && memcmp(k->str, "node", 4) == 0)
+            node = v;
+        else if (k->len == 3 && memcmp(k->str, "msg", 3) == 0)
+            msg = v;
+    }
+    if (!node || !msg || node->len > REDIS_NODE_ID_MAX)
+        return 0;
+    memcpy(e->node, node->str, node->len);
+    e->node[node->len] = '\0';
+    e->msg = sync_malloc(msg->len + 1);
+    if (!e->msg)
+        return -1;
+    memcpy(e->msg, msg->str, msg->len);
+    e->msg[msg->len] = '\0';
+    e->len = msg->len;
+    return 1;
+}
+
+int redis_stream_read(redis_conn *c, const char *room, const char *after, size_t max, int block_ms,
+                      redis_entry **out, size_t *count)
+{
+    *out = NULL;
+    *count = 0;
+    int rc = check_room(room);
+    if (rc != SYNC_OK)
+        return rc;
+    if (!after || max == 0 || block_ms < 0)
+        return sync__fail(SYNC_EINVAL, "bad stream read");
+    char *key = key_of(c, "stream", room);
+    if (!key)
+        return sync__fail(SYNC_ENOMEM, "out of memory");
+    char mbuf[24], bbuf[16];
+    snprintf(mbuf, sizeof mbuf, "%zu", max);
+    snprintf(bbuf, sizeof bbuf, "%d", block_ms);
+    const char *with_block[] = {"XREAD", "COUNT", mbuf, "BLOCK", bbuf, "STREAMS", key, after};
+    const char *without[] = {"XREAD", "COUNT", mbuf, "STREAMS", key, after};
+    redisReply *reply = NULL;
+    rc = block_ms > 0
+             ? redis_conn_command(c, &reply, "cannot read a room's stream in", 8, with_block, NULL)
+             : redis_conn_command(c, &reply, "cannot read a room's stream in", 6, without, NULL);
+    free(key);
+    if (rc != SYNC_OK)
+        return rc;
+    if (reply->type == REDIS_REPLY_NIL) {
+        freeReplyObject(reply);
+        return SYNC_OK;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 1 ||
+        reply->element[0]->type != REDIS_REPLY_ARRAY || reply->element[0]->elements != 2 ||
+        reply->element[0]->element[1]->type != REDIS_REPLY_ARRAY) {
+        rc = redis_conn_reply_fail(c, reply, "cannot read a room's stream in");
+        freeReplyObject(reply);
+        return rc;
+    }
+    const redisReply *list = reply->element[0]->element[1];
+    redis_entry *entries = list->elements ? sync_malloc(list->elements * sizeof *entries) : NULL;
+    if (list->elements && !entries) {
+        freeReplyObject(reply);
+        return sync__fail(SYNC_ENOMEM, "out of memory");
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < list->elements; i++) {
+        int got = parse_entry(list->element[i], &entries[n]);
+        if (got < 0) {
+            redis_entries_free(entries, n);
+            freeReplyObject(reply);
+            return sync__fail(SYNC_ENOMEM, "out of memory");
+        }
+        /* An entry without our fields (written by something else) is skipped, not fatal: its id
+         * still moves the reader on, as the next read starts after the last id we return. */
+        if (got == 0) {
+            if (list->element[i]->type == REDIS_REPLY_ARRAY && list->element[i]->elements == 2 &&
+                list->element[i]->element[0]->type == REDIS_REPLY_STRING &&
+                list->element[i]->element[0]->len < REDIS_STREAM_ID_MAX) {
+                memset(&entries[n], 0, sizeof entries[n]);
+                memcpy(entries[n].id, list->element[i]->element[0]->str,
+                       list->element[i]->element[0]->len);
+                entries[n].msg = NULL;
+                n++;
+            }
+            continue;
+        }
+        n++;
+    }
+    freeReplyObject(reply);
+    if (n == 0) {
+        sync_free(entries);
+        return SYNC_OK;
+    }
+    *out = entries;
+    *count = n;
+    return SYNC_OK;
+}
+
+int redis_publish_change(redis_conn *c, const char *room, int64_t version, const char *json,
+                         size_t len, long long *receivers)
+{
+    if (receivers)
+        *receivers = 0;
+    int rc = check_room(room);
+    if (rc != SYNC_OK)
+        return rc;
+    if (!json)
+        return sync__fail(SYNC_EINVAL, "no state");
+    char *channel = key_of(c, "changes", room);
+    if (!channel)
+        return sync__fail(SYNC_ENOMEM, "out of memory");
+    char vbuf[24];
+    int vlen = snprintf(vbuf, sizeof vbuf, "%lld ", (long long)version);
+    char *payload = sync_malloc((size_t)vlen + len + 1);
+    if (!payload) {
+        free(channel);
+        return sync__fail(SYNC_ENOMEM, "out of memory");
+    }
+    memcpy(payload, vbuf, (size_t)vlen);
+    memcpy(payload + vlen, json, len);
+    payload[(size_t)vlen + len] = '\0';
+    const char *argv[] = {"PUBLISH", channel, payload};
+    size_t lens[] = {7, strlen(channel), (size_t)vlen + len};
+    redisReply *reply = NULL;
+    rc = redis_conn_command(c, &reply, "cannot publish a change through", 3, argv, lens);
+    if (rc == SYNC_OK) {
+        if (reply->type == REDIS_REPLY_INTEGER) {
+            if (receivers)
+                *receivers = reply->integer;
+        } else {
+            rc = redis_conn_reply_fail(c, reply, "cannot publish a change through");
+        }
+        freeReplyObject(reply);
+    }
+    sync_free(payload);
+    free(channel);
+    return rc;
+}
+
+#endif
