@@ -623,6 +623,13 @@ int sync_server_listen(sync_server *server)
     info.ka_time = 60;
     info.ka_probes = 3;
     info.ka_interval = 10;
+    /* No lws "validity" timer: lws 4.1 keeps one per connection in its single time-sorted timer
+     * list, 300 s out, so setting it on every new connection (and on every pong) walks all the
+     * others: quadratic in the clients connected. Liveness is the heartbeat's
+     * (heartbeat_interval_ms, ping_timeout_ms), with the timeouts above. */
+    static const lws_retry_bo_t no_validity_timer = {.secs_since_valid_ping = 0,
+                                                     .secs_since_valid_hangup = 0};
+    info.retry_and_idle_policy = &no_validity_timer;
     /* lws gives every accepted connection a header table at once and times it out
      * timeout_secs_ah_idle later, whatever arrives meanwhile: that bounds both a connection that
      * sends nothing and a head sent a byte at a time. With a pool smaller than the connections
