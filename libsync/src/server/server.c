@@ -24,7 +24,7 @@ _Static_assert(LWS_PRE <= SYNC__FRAME_HEADROOM, "frames need LWS_PRE bytes of he
  * callbacks and are reassembled by server_conn.c; keeping it small keeps idle connections small. */
 #define SERVER_RX_BUFFER 128
 #define SERVER_RX_ROUNDS 8
-/* Left at 0, lws caps each write at the receive buffer size: a 64 KiB state would leave in 256-byte
+/* Left at 0, lws caps each write at the receive buffer size: a 64 KiB state would leave in 128-byte
  * sends. Frames are written straight from their shared buffer, so a large cap costs no memory. */
 #define SERVER_TX_PACKET_SIZE (1u << 20)
 
