@@ -22,8 +22,9 @@ _Static_assert(LWS_PRE <= SYNC__FRAME_HEADROOM, "frames need LWS_PRE bytes of he
 
 /* Per-connection receive buffer of lws. Messages larger than this arrive in several RECEIVE
  * callbacks and are reassembled by server_conn.c; keeping it small keeps idle connections small. */
-#define SERVER_RX_BUFFER 256
-/* Left at 0, lws caps each write at the receive buffer size: a 64 KiB state would leave in 256-byte
+#define SERVER_RX_BUFFER 128
+#define SERVER_RX_ROUNDS 8
+/* Left at 0, lws caps each write at the receive buffer size: a 64 KiB state would leave in 128-byte
  * sends. Frames are written straight from their shared buffer, so a large cap costs no memory. */
 #define SERVER_TX_PACKET_SIZE (1u << 20)
 
@@ -468,6 +469,51 @@ static int filter_connection(sync_server *server, struct lws *listen_wsi, int fd
     return -1;
 }
 
+/* ---- reading a busy socket more than once per turn ----------------------------------------- */
+
+/* The callbacks of one read come together, so a change of socket ends the previous read; a read
+ * that delivered at least half the buffer's payload may have been cut at the buffer's size. */
+static void rx_read_done(sync_server *server)
+{
+    if (server->rx_fd >= 0 && server->rx_bytes >= SERVER_RX_BUFFER / 2 &&
+        server->rx_more_count < sizeof server->rx_more / sizeof server->rx_more[0])
+        server->rx_more[server->rx_more_count++] = server->rx_fd;
+    server->rx_fd = -1;
+    server->rx_bytes = 0;
+}
+
+static void rx_account(sync_server *server, struct lws *wsi, size_t len)
+{
+    int fd = (int)lws_get_socket_fd(wsi);
+    if (fd != server->rx_fd) {
+        rx_read_done(server);
+        server->rx_fd = fd;
+    }
+    server->rx_bytes += len;
+}
+
+/* Reads again, up to SERVER_RX_ROUNDS times, the sockets whose read filled lws's buffer: a busy
+ * client gets through as much input per turn as with a larger buffer, while an idle connection
+ * holds only the small one. A socket with nothing left answers EAGAIN, which lws ignores. */
+static void rx_drain(sync_server *server)
+{
+    for (int round = 0; round < SERVER_RX_ROUNDS; round++) {
+        rx_read_done(server);
+        size_t n = server->rx_more_count;
+        if (n == 0)
+            return;
+        int fds[sizeof server->rx_more / sizeof server->rx_more[0]];
+        memcpy(fds, server->rx_more, n * sizeof fds[0]);
+        server->rx_more_count = 0;
+        for (size_t i = 0; i < n; i++) {
+            struct lws_pollfd pfd = {.fd = fds[i], .events = LWS_POLLIN, .revents = LWS_POLLIN};
+            lws_service_fd(server->context, &pfd);
+        }
+    }
+    rx_read_done(server);
+    server->rx_more_count = 0;
+}
+
 /* ---- the lws protocol callback ----------------------------------------------------------- */
 
 static int server_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -496,6 +542,8 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason, vo
             return -1;
         return server_conn_established(c, wsi);
     case LWS_CALLBACK_RECEIVE:
+        if (c)
+            rx_account(server, wsi, len);
         return c ? server_conn_receive(c, in, len) : -1;
     case LWS_CALLBACK_RECEIVE_PONG:
         /* a client's WebSocket-level pong shows it is alive as well as the text "pong" does */
@@ -623,6 +671,13 @@ int sync_server_listen(sync_server *server)
     info.ka_time = 60;
     info.ka_probes = 3;
     info.ka_interval = 10;
+    /* No lws "validity" timer: lws 4.1 keeps one per connection in its single time-sorted timer
+     * list, 300 s out, so setting it on every new connection (and on every pong) walks all the
+     * others: quadratic in the clients connected. Liveness is the heartbeat's
+     * (heartbeat_interval_ms, ping_timeout_ms), with the timeouts above. */
+    static const lws_retry_bo_t no_validity_timer = {.secs_since_valid_ping = 0,
+                                                     .secs_since_valid_hangup = 0};
+    info.retry_and_idle_policy = &no_validity_timer;
     /* lws gives every accepted connection a header table at once and times it out
      * timeout_secs_ah_idle later, whatever arrives meanwhile: that bounds both a connection that
      * sends nothing and a head sent a byte at a time. With a pool smaller than the connections
@@ -715,6 +770,9 @@ static void begin_stop(sync_server *server)
 static void serve(sync_server *server)
 {
     server->service_thread = pthread_self();
+    server->rx_fd = -1;
+    server->rx_bytes = 0;
+    server->rx_more_count = 0;
     atomic_store(&server->serving, true);
     pthread_mutex_lock(&server->lock);
     pthread_cond_broadcast(&server->cond);
@@ -732,6 +790,7 @@ static void serve(sync_server *server)
             server_log(server, SYNC_LOG_ERROR, "the service loop failed");
             break;
         }
+        rx_drain(server);
         if (atomic_exchange(&server->accept_failed, false))
             server_pause_accept(server);
         server_process_wakes(server);

@@ -163,6 +163,14 @@ struct sync_server {
     int64_t fd_log_ms;         /* the "descriptor limit" warning: at most one a second */
     unsigned fd_log_suppressed;
 
+    /* Sockets whose last read may have left input behind (server.c, serve): lws 4.1 reads at
+     * most rx_buffer_size + LWS_PRE bytes per socket per turn. Descriptors, not wsi pointers, so
+     * a connection closed meanwhile is only a failed lookup. */
+    int rx_fd;       /* the socket whose read the RECEIVE callbacks now report */
+    size_t rx_bytes; /* payload bytes that read delivered so far */
+    int rx_more[64];
+    size_t rx_more_count;
+
     /* The context other threads may wake (lws_cancel_service), published while serving; the
      * service thread waits for wakers to leave before it destroys the context. */
     _Atomic(struct lws_context *) wake_context;
