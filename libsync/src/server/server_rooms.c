@@ -474,21 +474,23 @@ static bool room_needs_save(server_room *r)
 
 static void room_unload_run(server_room *r)
 {
+    /* Once the pin is let go the service thread may free r: nothing reads r after the unlock. */
+    sync_server *s = r->eng.server;
     sync_engine *engine = r->eng.engine;
     if (!r->deleting && room_needs_save(r)) {
         int rc = sync_engine_sync(engine);
         if (rc < 0 && rc != SYNC_PENDING)
-            server_log(r->eng.server, SYNC_LOG_ERROR, "saving room \"%s\" before unloading: %s",
-                       r->name, sync_error_last());
+            server_log(s, SYNC_LOG_ERROR, "saving room \"%s\" before unloading: %s", r->name,
+                       sync_error_last());
     }
     if (sync_engine_when_idle(engine, room_unloaded, r) < 0)
         room_unloaded(engine, SYNC_ECLOSED, r); /* disposed (deleted): nothing is pending */
-    pthread_mutex_lock(&r->eng.server->rooms_lock);
+    pthread_mutex_lock(&s->rooms_lock);
     r->pins--;
-    bool wake = r->unload_done && due_locked(r->eng.server, r, DUE_UNLOADED);
-    pthread_mutex_unlock(&r->eng.server->rooms_lock);
-    if (wake && !server_on_service_thread(r->eng.server))
-        server_wake(r->eng.server);
+    bool wake = r->unload_done && due_locked(s, r, DUE_UNLOADED);
+    pthread_mutex_unlock(&s->rooms_lock);
+    if (wake && !server_on_service_thread(s))
+        server_wake(s);
 }
 
 static void add_stats(sync_engine_stats *sum, const sync_engine_stats *st)
