@@ -68,11 +68,9 @@ class SQLiteAdapter:
         return f"SQLiteAdapter({self.path!r}, table_name={self.table_name!r})"
 
 
-class RedisAdapter:
-    """The state, its version and its epoch in the Redis hash ``<key_prefix>state``, one HSET per
-    save. ``url`` is ``redis://[[user]:password@]host[:port][/db]``. No backups (Redis persistence
-    makes the copies). Raises :class:`SyncError` (``EUNSUPPORTED``) when libsync was built without
-    Redis support."""
+class _RedisConnection:
+    """What the Redis adapter and the Redis room store share: where Redis is and how long to wait
+    for it, turned into ``sync_redis_options`` for each native store made from it."""
 
     def __init__(
         self,
@@ -86,18 +84,37 @@ class RedisAdapter:
         self.key_prefix = key_prefix
         self.connect_timeout_ms = int(connect_timeout_ms)
         self.command_timeout_ms = int(command_timeout_ms)
-        native.sync_adapter_free(self._new())  # checks the options now
+        self._release(self._new())  # checks the options now
 
     def _new(self) -> Any:
+        raise NotImplementedError
+
+    def _release(self, native_store: Any) -> None:
+        raise NotImplementedError
+
+    def _options(self) -> Any:
         opts = native.sync_redis_options()
         opts.url = self.url
         opts.key_prefix = self.key_prefix
         opts.connect_timeout_ms = self.connect_timeout_ms
         opts.command_timeout_ms = self.command_timeout_ms
-        return native.sync_adapter_redis_new(opts)
+        return opts
 
     def __repr__(self) -> str:
-        return f"RedisAdapter({self.url!r}, key_prefix={self.key_prefix!r})"
+        return f"{type(self).__name__}({self.url!r}, key_prefix={self.key_prefix!r})"
+
+
+class RedisAdapter(_RedisConnection):
+    """The state, its version and its epoch in the Redis hash ``<key_prefix>state``, one HSET per
+    save. ``url`` is ``redis://[[user]:password@]host[:port][/db]``. No backups (Redis persistence
+    makes the copies). Raises :class:`SyncError` (``EUNSUPPORTED``) when libsync was built without
+    Redis support."""
+
+    def _new(self) -> Any:
+        return native.sync_adapter_redis_new(self._options())
+
+    def _release(self, native_store: Any) -> None:
+        native.sync_adapter_free(native_store)
 
 
 class FileAdapter:

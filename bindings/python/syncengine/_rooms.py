@@ -27,6 +27,7 @@ from ._engine import (
     dumps,
     log_sink,
 )
+from ._adapters import _RedisConnection
 from ._errors import Status, SyncClosedError, SyncError, SyncValueError, check
 from ._options import fill
 
@@ -122,37 +123,18 @@ class FileRoomStore:
         return f"FileRoomStore({self.dir!r}, fsync={self.fsync})"
 
 
-class RedisRoomStore:
+class RedisRoomStore(_RedisConnection):
     """Every room in Redis: the hash ``<key_prefix>room:NAME`` per room and the names in the set
     ``<key_prefix>rooms``, one MULTI/EXEC per save. ``url`` is
     ``redis://[[user]:password@]host[:port][/db]``; a call without a reply within
     ``command_timeout_ms`` fails. Raises :class:`SyncError` (``EUNSUPPORTED``) when libsync was
     built without Redis support."""
 
-    def __init__(
-        self,
-        url: str,
-        key_prefix: Optional[str] = None,
-        *,
-        connect_timeout_ms: int = 0,
-        command_timeout_ms: int = 0,
-    ) -> None:
-        self.url = url
-        self.key_prefix = key_prefix
-        self.connect_timeout_ms = int(connect_timeout_ms)
-        self.command_timeout_ms = int(command_timeout_ms)
-        native.sync_room_store_free(self._new())  # checks the options now
-
     def _new(self) -> Any:
-        opts = native.sync_redis_options()
-        opts.url = self.url
-        opts.key_prefix = self.key_prefix
-        opts.connect_timeout_ms = self.connect_timeout_ms
-        opts.command_timeout_ms = self.command_timeout_ms
-        return native.sync_room_store_redis_new(opts)
+        return native.sync_room_store_redis_new(self._options())
 
-    def __repr__(self) -> str:
-        return f"RedisRoomStore({self.url!r}, key_prefix={self.key_prefix!r})"
+    def _release(self, native_store: Any) -> None:
+        native.sync_room_store_free(native_store)
 
 
 def _report(what: str) -> None:
