@@ -33,6 +33,7 @@ static atomic_int handler_runs;
 static _Atomic uint64_t seen_conn_id;
 static char seen_identity[128];
 static int seen_conn_null;
+static int seen_userdata;
 
 /* "probe": records the connection it runs for, replies twice and sets state.probed. */
 static int probe_handler(sync_msg *msg, void *userdata)
@@ -42,6 +43,7 @@ static int probe_handler(sync_msg *msg, void *userdata)
     sync_conn *conn = sync_msg_conn(msg);
     seen_conn_null = conn == NULL;
     seen_conn_id = sync_conn_id(conn);
+    seen_userdata = sync_conn_userdata(conn) != NULL;
     const char *identity = sync_conn_identity(conn);
     snprintf(seen_identity, sizeof seen_identity, "%s", identity ? identity : "(null)");
     char reply[200];
@@ -443,6 +445,7 @@ static void test_apply_remote_runs_the_pipeline_without_committing(void)
     CHECK_EQ_STR(o.state, "{\"counter\":1,\"probed\":true}");
     CHECK_EQ_INT(seen_conn_id, 4242);
     CHECK_EQ_STR(seen_identity, "{\"user\":\"ann\"}");
+    CHECK(!seen_userdata); /* as for the server's connections: nothing of the stand-in's own */
     REQUIRE(o.reply_count == 2);
     CHECK_EQ_STR(o.replies[0], "{\"type\":\"probe\",\"conn\":4242}");
     CHECK_EQ_STR(o.replies[1], "second");

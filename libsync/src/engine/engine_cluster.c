@@ -255,21 +255,28 @@ int sync__remote_run(sync_engine *engine, sync__op *op)
     return rc;
 }
 
-/* A push connection that stands in for the sender on the owner node. */
+static int sink_send_frame(void *userdata, sync__frame *frame)
+{
+    return sink_send(userdata, sync__frame_text(frame), frame->len);
+}
+
+/* A transport's connection, not a push one: sync_conn_userdata() gives NULL, as for the server's
+ * own connections, and the step cannot take the sink for its own data. */
+static const sync__transport_ops standin_ops = {sink_send_frame, sink_close, sink_free};
+
+/* The connection that stands in for the sender on the owner node. */
 static int standin_new(const sync__remote_msg *msg, sync_conn **out, sync__remote_sink **sink_out)
 {
     sync__remote_sink *sink = calloc(1, sizeof *sink);
     if (!sink)
         return sync__fail(SYNC_ENOMEM, "out of memory");
     pthread_mutex_init(&sink->lock, NULL);
-    sync_conn_callbacks cb = SYNC_CONN_CALLBACKS_INIT;
-    cb.send = sink_send;
-    cb.close = sink_close;
-    cb.free_userdata = sink_free;
     sync_conn *conn = NULL;
-    int rc = sync_conn_new(&conn, &cb, sink); /* frees the sink when it fails */
-    if (rc != SYNC_OK)
+    int rc = sync__conn_new_transport(&conn, &standin_ops, sink);
+    if (rc != SYNC_OK) {
+        sink_free(sink);
         return rc;
+    }
     sync__conn_set_id(conn, msg->conn_id);
     if (msg->identity_json && (rc = sync_conn_set_identity(conn, msg->identity_json)) != SYNC_OK) {
         sync_conn_free(conn);

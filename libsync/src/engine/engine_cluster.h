@@ -77,15 +77,16 @@ typedef void (*sync__remote_done_fn)(void *userdata, sync__remote_result *result
 /* Runs `msg` through the engine's validator, middleware and handler, as sync_engine_handle_message
  * would for a client of this node, against the engine's committed state, but commits, saves and
  * broadcasts nothing: `done` gets the new state. The pipeline's sync_msg_conn() is a stand-in
- * connection with the message's identity and id (sync_conn_id()); what is sent to it is captured
- * into the result's replies (after done, sends to it fail with SYNC_ECLOSED); closing it reaches
- * nobody (later sends fail, as on a closing connection). An injected message (conn_id 0) runs
- * without a connection (sync_msg_conn() NULL), as it would on its node. The owner's
- * max_message_bytes and max_json_depth apply again. Queued behind every op submitted before it
- * (an adoption queued first is the state it runs against); async steps, step_timeout_ms and
- * rollback work as for any message. A message that is not valid JSON or not a message is refused
- * through `done` like any pipeline refusal. SYNC_OK when queued (done will run), else an error
- * and done never runs (SYNC_ECLOSED after dispose, SYNC_EINVAL, SYNC_ENOMEM). */
+ * connection with the message's identity and id (sync_conn_id(); sync_conn_userdata() NULL, as
+ * for the server's connections); what is sent to it is captured into the result's replies (after
+ * done, sends to it fail with SYNC_ECLOSED); closing it reaches nobody (later sends fail, as on a
+ * closing connection). An injected message (conn_id 0) runs without a connection (sync_msg_conn()
+ * NULL), as it would on its node. The owner's max_message_bytes and max_json_depth apply again.
+ * Queued behind every op submitted before it (an adoption queued first is the state it runs
+ * against); async steps, step_timeout_ms and rollback work as for any message. A message that is
+ * not valid JSON or not a message is refused through `done` like any pipeline refusal. SYNC_OK
+ * when queued (done will run), else an error and done never runs (SYNC_ECLOSED after dispose,
+ * SYNC_EINVAL, SYNC_ENOMEM). */
 int sync__engine_apply_remote(sync_engine *engine, const sync__remote_msg *msg,
                               sync__remote_done_fn done, void *userdata);
 
