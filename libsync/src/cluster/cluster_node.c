@@ -287,6 +287,8 @@ int sync__cluster_attach(sync__cluster *cl, const char *key, sync_engine *engine
                          sync__cluster_ready_fn ready, void *userdata, cluster_room **out)
 {
     *out = NULL;
+    if (!cl->started)
+        return sync__fail(SYNC_ESTATE, "a clustered room loads once the server listens");
     int rc = redis_cluster_key_check(key);
     if (rc != SYNC_OK)
         return rc;

@@ -328,10 +328,8 @@ static void room_cluster_attach(sync_engine *engine, int status, void *userdata)
     /* under rooms_lock: a failure the node reports at once (room_ready takes it) cannot free
      * the engine before r->cluster says it must be detached first */
     pthread_mutex_lock(&s->rooms_lock);
-    int rc = atomic_load(&s->serving) || s->context
-                 ? sync__cluster_attach(s->cluster, key, r->eng.engine, room_cluster_ready, r,
-                                        &r->cluster)
-                 : sync__fail(SYNC_ESTATE, "a clustered room loads once the server listens");
+    int rc =
+        sync__cluster_attach(s->cluster, key, r->eng.engine, room_cluster_ready, r, &r->cluster);
     pthread_mutex_unlock(&s->rooms_lock);
     free(key);
     if (rc != SYNC_OK)
