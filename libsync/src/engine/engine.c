@@ -28,6 +28,8 @@ void sync__engine_lock(sync_engine *engine)
 
 static void engine_destroy(sync_engine *engine)
 {
+    /* every outermost unlock hands them on; none is left unless a path forgot to unlock */
+    sync__remote_deliver(sync__remote_take(engine));
     sync_adapter_free(engine->adapter);
     cJSON_Delete(engine->state);
     sync__feed_release(&engine->feed);
