@@ -38,8 +38,7 @@ cluster_room *cluster_find_locked(sync__cluster *cl, const char *key, size_t len
 {
     if (!cl->bucket_count)
         return NULL;
-    for (cluster_room *r = cl->buckets[key_hash(key, len) % cl->bucket_count]; r;
-         r = r->hash_next)
+    for (cluster_room *r = cl->buckets[key_hash(key, len) % cl->bucket_count]; r; r = r->hash_next)
         if (strlen(r->key) == len && memcmp(r->key, key, len) == 0)
             return r;
     return NULL;
