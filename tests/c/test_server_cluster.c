@@ -34,8 +34,10 @@ static int on_increment(sync_msg *msg, void *userdata)
     (void)userdata;
     cJSON *state = sync_msg_state_mut(msg);
     cJSON *counter = state ? cJSON_GetObjectItemCaseSensitive(state, "counter") : NULL;
-    if (!cJSON_IsNumber(counter))
-        return sync_msg_set_error(msg, "no counter");
+    if (!cJSON_IsNumber(counter)) {
+        sync_msg_set_error(msg, "no counter");
+        return SYNC_EINVAL;
+    }
     cJSON_SetNumberValue(counter, counter->valuedouble + 1);
     static const char ack[] = "{\"type\":\"ack\"}";
     return sync_msg_reply(msg, ack, strlen(ack));
@@ -44,7 +46,8 @@ static int on_increment(sync_msg *msg, void *userdata)
 static int on_bad(sync_msg *msg, void *userdata)
 {
     (void)userdata;
-    return sync_msg_set_error(msg, "bad is always refused");
+    sync_msg_set_error(msg, "bad is always refused");
+    return SYNC_EINVAL;
 }
 
 static int add_handlers(sync_engine *engine)
@@ -56,7 +59,9 @@ static int add_handlers(sync_engine *engine)
 static void engine_options(sync_engine_options *opts)
 {
     sync_engine_options_init(opts, SYNC_ENGINE_OPTIONS_VERSION);
-    opts->initial_state_json = "{\"counter\":0}";
+    /* the note makes the state bigger than a patch of the counter: a resume gets the patch */
+    opts->initial_state_json = "{\"counter\":0,\"note\":\"a counter shared by every node of the "
+                               "cluster, whichever node its clients joined\"}";
     opts->reply_errors = 1;
     opts->resume_history_versions = 256;
 }
@@ -70,6 +75,7 @@ static int setup_room(sync_room_setup *setup, void *userdata)
 typedef struct node {
     sync_engine *engine;
     sync_server *server;
+    sync_rooms *rooms;
     int port;
     char id[16];
 } node;
@@ -102,7 +108,7 @@ static int node_start(node *n, int index, const char *prefix)
     engine_options(&room_eo);
     room_eo.timer_mode = SYNC_TIMERS_MANUAL;
     ro.engine_options = &room_eo;
-    NODE_REQUIRE(sync_server_mount_rooms(n->server, "/rooms/", &ro, NULL) == SYNC_OK);
+    NODE_REQUIRE(sync_server_mount_rooms(n->server, "/rooms/", &ro, &n->rooms) == SYNC_OK);
     sync_redis_options redis_opts = SYNC_REDIS_OPTIONS_INIT;
     redis_opts.url = redis.url;
     redis_opts.key_prefix = prefix;
@@ -166,6 +172,8 @@ static void read_one(client *c, int timeout_ms)
     char *text = ws_read_text(c->ws, timeout_ms);
     if (!text)
         return;
+    if (getenv("CLUSTER_TEST_DEBUG"))
+        fprintf(stderr, "    < %s\n", text);
     if (strstr(text, "\"type\":\"ack\""))
         c->acks++;
     else if (strstr(text, "\"type\":\"error\""))
@@ -354,6 +362,9 @@ static void v2_resumes_on_another_node(void)
     node nodes[2];
     for (int i = 0; i < 2; i++)
         REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
+    /* a node keeps the patch history once a v2 client used it (as on one node): node 1 has one */
+    ws_client *watcher = join(nodes[1].port, "/", "Sec-WebSocket-Protocol: libsync.v2\r\n", 10000);
+    REQUIRE(watcher != NULL);
     client sender;
     client_join(&sender, nodes[0].port, "/", 10000);
     struct timespec start;
@@ -370,6 +381,8 @@ static void v2_resumes_on_another_node(void)
     char epoch[80];
     snprintf(epoch, sizeof epoch, "%.*s", (int)strcspn(ep + 9, "\""), ep + 9);
     CHECK_EQ_INT(ws_json_int(first, "version"), 3);
+    if (getenv("CLUSTER_TEST_DEBUG"))
+        fprintf(stderr, "    first on node 0: %s\n", first);
     free(first);
     for (int i = 0; i < 2; i++)
         CHECK_EQ_INT(ws_send_text(sender.ws, "{\"type\":\"increment\"}"), 0);
@@ -384,6 +397,7 @@ static void v2_resumes_on_another_node(void)
     CHECK_EQ_STR(text, "{\"type\":\"patch\",\"base\":3,\"version\":5,\"ops\":[{\"op\":\"replace\","
                        "\"path\":\"/counter\",\"value\":5}]}");
     free(text);
+    ws_client_free(watcher);
     ws_client_free(sender.ws);
     for (int i = 0; i < 2; i++)
         node_stop(&nodes[i]);
@@ -460,6 +474,44 @@ static void redis_lost_and_back(void)
         node_stop(&nodes[i]);
 }
 
+/* A node whose clients of a room left unloads it and gives its lease up; the other goes on. */
+static void room_unloaded_on_owner(void)
+{
+    const char *prefix = fresh_prefix("unload");
+    node nodes[2];
+    for (int i = 0; i < 2; i++)
+        REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
+    client c[2];
+    for (int i = 0; i < 2; i++)
+        client_join(&c[i], nodes[i].port, "/rooms/gamma", 10000);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    CHECK_EQ_INT(ws_send_text(c[0].ws, "{\"type\":\"increment\"}"), 0);
+    await_acks(&c[0], 1, &start);
+    char owner_id[80];
+    owner_of(prefix, "/rooms/gamma", owner_id, sizeof owner_id);
+    int owner = strcmp(owner_id, nodes[0].id) == 0 ? 0 : 1;
+    REQUIRE(strcmp(owner_id, nodes[owner].id) == 0);
+    int other = 1 - owner;
+    ws_client_free(c[owner].ws);
+    /* room_idle_ms is 1000: the owner unloads the room and gives its lease up */
+    while (sync_rooms_loaded_count(nodes[owner].rooms) > 0 && check_elapsed_ms(&start) < 15000)
+        sleep_ms(20);
+    CHECK_EQ_INT(sync_rooms_loaded_count(nodes[owner].rooms), 0);
+    CHECK_EQ_INT(sync_rooms_loaded_count(nodes[other].rooms), 1);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(ws_send_text(c[other].ws, "{\"type\":\"increment\"}"), 0);
+    await_acks(&c[other], other == 0 ? 4 : 3, &start);
+    await_version(&c[other], 4, &start);
+    CHECK_EQ_INT(c[other].version, 4);
+    char now_owner[80];
+    owner_of(prefix, "/rooms/gamma", now_owner, sizeof now_owner);
+    CHECK_EQ_STR(now_owner, nodes[other].id);
+    ws_client_free(c[other].ws);
+    for (int i = 0; i < 2; i++)
+        node_stop(&nodes[i]);
+}
+
 static void bad_options(void)
 {
     sync_server *server = NULL;
@@ -505,7 +557,8 @@ int main(void)
     {
         sync_server *probe = NULL;
         sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
-        REQUIRE(sync_server_new(&probe, &so) == SYNC_OK);
+        if (sync_server_new(&probe, &so) != SYNC_OK)
+            return 1;
         sync_cluster_options co = SYNC_CLUSTER_OPTIONS_INIT;
         co.url = "redis://127.0.0.1:1";
         int rc = sync_server_join_cluster(probe, &co);
@@ -522,6 +575,7 @@ int main(void)
     RUN(refusal_reaches_sender_on_other_node);
     RUN(v2_resumes_on_another_node);
     RUN(owner_stopped_under_load);
+    RUN(room_unloaded_on_owner);
     RUN(redis_lost_and_back);
     redis_stop(&redis);
     return check_summary();

@@ -100,8 +100,9 @@ struct sync__cluster {
     size_t qcount, qbytes;
 
     atomic_bool stop;
-    atomic_bool up;          /* the listener is subscribed */
-    atomic_bool owner_up;    /* the owner thread's last Redis call succeeded */
+    atomic_bool killed;       /* sync__cluster_kill: nothing more reaches Redis from this node */
+    atomic_bool up;           /* the listener is subscribed */
+    atomic_bool owner_up;     /* the owner thread's last Redis call succeeded */
     pthread_mutex_t sub_lock; /* sub_fd against stop */
     int sub_fd;
 
@@ -131,8 +132,8 @@ void cluster_forward_drain(sync__cluster *cl);
 /* cluster_listen.c */
 void *cluster_listen_main(void *arg);
 /* Publishes a change on the room's channel: "<version> <epoch> <state>". */
-int cluster_publish_change(sync__cluster *cl, redis_conn *c, const cluster_room *r,
-                           int64_t version, const char *epoch, const char *state, size_t len);
+int cluster_publish_change(sync__cluster *cl, redis_conn *c, const cluster_room *r, int64_t version,
+                           const char *epoch, const char *state, size_t len);
 /* Adopts a change into the room's engine (newer versions only, the engine drops the others). */
 void cluster_adopt(cluster_room *r, int64_t version, const char *epoch, const char *state,
                    size_t len);

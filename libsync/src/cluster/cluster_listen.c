@@ -17,8 +17,8 @@
 
 #ifdef LIBSYNC_HAVE_REDIS
 
-int cluster_publish_change(sync__cluster *cl, redis_conn *c, const cluster_room *r,
-                           int64_t version, const char *epoch, const char *state, size_t len)
+int cluster_publish_change(sync__cluster *cl, redis_conn *c, const cluster_room *r, int64_t version,
+                           const char *epoch, const char *state, size_t len)
 {
     char *channel = NULL;
     if (asprintf(&channel, "%schanges:%s", cl->prefix, r->key) < 0)
@@ -128,7 +128,8 @@ static void on_reply(sync__cluster *cl, const redisReply *data)
 
 static void on_message(sync__cluster *cl, const redisReply *m)
 {
-    if (m->type != REDIS_REPLY_ARRAY || m->elements < 3 || m->element[0]->type != REDIS_REPLY_STRING)
+    if (m->type != REDIS_REPLY_ARRAY || m->elements < 3 ||
+        m->element[0]->type != REDIS_REPLY_STRING)
         return;
     const char *kind = m->element[0]->str;
     if (strcmp(kind, "pmessage") == 0 && m->elements == 4 &&

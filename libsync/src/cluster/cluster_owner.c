@@ -68,7 +68,7 @@ static void lose(cluster_room *r)
 
 static void give_up(owner *o, cluster_room *r)
 {
-    if (r->token)
+    if (r->token && !atomic_load(&o->cl->killed))
         redis_lease_release(o->c, r->key, r->token);
     lose(r);
 }
@@ -325,8 +325,8 @@ static void route_reply(owner *o, cluster_room *r, const redis_entry *ent, const
     if (asprintf(&channel, "%sreply:%s", cl->prefix, ent->node) < 0)
         return;
     char head[64];
-    int head_len = snprintf(head, sizeof head, "%llu %zu ", (unsigned long long)ent->conn_id,
-                            strlen(r->key));
+    int head_len =
+        snprintf(head, sizeof head, "%llu %zu ", (unsigned long long)ent->conn_id, strlen(r->key));
     size_t key_len = strlen(r->key);
     char *payload = malloc((size_t)head_len + key_len + len);
     if (payload) {
@@ -348,7 +348,7 @@ static void route_reply(owner *o, cluster_room *r, const redis_entry *ent, const
 static void finish(owner *o, cluster_room *r, sync__remote_result *res)
 {
     const redis_entry *ent = &r->entries[r->entry_next - 1];
-    if (!r->token) {
+    if (!r->token || atomic_load(&o->cl->killed)) {
         sync__remote_result_clear(res); /* lost meanwhile: the next owner applies it again */
         return;
     }
@@ -356,8 +356,8 @@ static void finish(owner *o, cluster_room *r, sync__remote_result *res)
     const char *state = changed ? res->state_json : r->state;
     int64_t version = changed ? r->version + 1 : r->version;
     /* A refused message is saved too (its applied id): no later owner runs it again. */
-    int rc = redis_fenced_save(o->c, r->key, r->token, state, strlen(state), version, NULL,
-                               ent->id);
+    int rc =
+        redis_fenced_save(o->c, r->key, r->token, state, strlen(state), version, NULL, ent->id);
     if (rc != SYNC_OK) {
         /* fenced out, or unknown whether saved: this node no longer knows the room's state */
         sync__remote_result_clear(res);
@@ -476,8 +476,8 @@ static void read_streams(owner *o, int block_ms)
         argv[a++] = list[i]->applied;
     }
     redisReply *reply = NULL;
-    int rc = redis_conn_command(o->c, &reply, "cannot read the rooms' streams in", (int)a, argv,
-                                NULL);
+    int rc =
+        redis_conn_command(o->c, &reply, "cannot read the rooms' streams in", (int)a, argv, NULL);
     free(argv);
     if (rc != SYNC_OK) {
         free(list);
@@ -588,7 +588,7 @@ void *cluster_owner_main(void *arg)
     if (o.tick_ms < 10)
         o.tick_ms = 10;
     int64_t next_keep = 0;
-    while (!atomic_load(&cl->stop)) {
+    while (!atomic_load(&cl->stop) && !atomic_load(&cl->killed)) {
         snapshot(&o);
         int64_t now = sync_now_ms();
         for (size_t i = 0; i < o.count; i++) {
@@ -619,8 +619,8 @@ void *cluster_owner_main(void *arg)
         if (owned) {
             /* blocks while there is nothing to do, never past the next lease turn; a short
              * block while a room has an apply in flight (its done wakes nobody in XREAD) */
-            int block = waiting ? 2 : (int)(until_keep < 50 ? (until_keep > 1 ? until_keep : 1)
-                                                              : 50);
+            int block =
+                waiting ? 2 : (int)(until_keep < 50 ? (until_keep > 1 ? until_keep : 1) : 50);
             read_streams(&o, block);
             continue;
         }

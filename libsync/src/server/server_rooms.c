@@ -101,7 +101,7 @@ struct server_room {
     uint64_t loaded_seq;    /* its engine's head right after the load */
     bool timer_armed;       /* in server->room_timers, at timer_index */
     size_t timer_index;
-    int64_t timer_at; /* its engine's next deadline, ms */
+    int64_t timer_at;             /* its engine's next deadline, ms */
     struct cluster_room *cluster; /* a clustered server's: the room in the cluster, while loaded */
 };
 
@@ -354,9 +354,9 @@ static void room_after_setup(server_room *r, sync_room_setup *setup, int status)
     sync_adapter *adapter = NULL;
     if (r->eng.server->cluster) {
         /* the state lives in Redis: the mount's store is not used */
-        int rc = sync__engine_attach_load(r->eng.engine,
-                                          initial ? initial : rooms->initial_state_json, NULL,
-                                          room_cluster_attach, r);
+        int rc =
+            sync__engine_attach_load(r->eng.engine, initial ? initial : rooms->initial_state_json,
+                                     NULL, room_cluster_attach, r);
         free(initial);
         if (rc < 0 && rc != SYNC_PENDING)
             room_ready(r, rc);
