@@ -5,7 +5,7 @@ examples/c/counter_server.c ({"counter": 0}; "increment" / "decrement" by a nume
 joined to the cluster on Redis. Two test-only extras: "bad" is always refused, and an increment
 with "ack": true is answered {"type": "ack"} (a reply the owner routes to the sender's node).
 
-    cluster_node.py --redis URL --prefix P --node-id ID [--lease-ms MS]
+    cluster_node.py --redis URL [--prefix P] --node-id ID [--lease-ms MS]
 
 Prints "port N" once it serves; SIGTERM stops it gracefully through Server.request_stop() (from
 the signal handler) and it prints "stopped"."""
@@ -55,7 +55,7 @@ HANDLERS = {"increment": increment, "decrement": decrement, "reset": reset, "bad
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--redis", required=True)
-    parser.add_argument("--prefix", required=True)
+    parser.add_argument("--prefix", help="key prefix (default libsync:, the demo's)")
     parser.add_argument("--node-id", required=True)
     parser.add_argument("--lease-ms", type=int, default=0)
     args = parser.parse_args()
@@ -64,11 +64,11 @@ def main() -> None:
     engine = syncengine.SyncEngine(**options)
     server = syncengine.Server(port=0, engines={"/": engine, "/counter": engine})
     server.rooms("/rooms/", **options)
-    server.join_cluster(
-        redis=syncengine.RedisOptions(args.redis, args.prefix),
-        node_id=args.node_id,
-        lease_ms=args.lease_ms,
-    )
+    if args.prefix is None:
+        server.join_cluster(args.redis, node_id=args.node_id, lease_ms=args.lease_ms)
+    else:
+        server.join_cluster(redis=syncengine.RedisOptions(args.redis, args.prefix),
+                            node_id=args.node_id, lease_ms=args.lease_ms)
     signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
     server.start()
     print(f"port {server.port}", flush=True)
