@@ -5,7 +5,7 @@ examples/c/counter_server.c ({"counter": 0}; "increment" / "decrement" by a nume
 joined to the cluster on Redis. Two test-only extras: "bad" is always refused, and an increment
 with "ack": true is answered {"type": "ack"} (a reply the owner routes to the sender's node).
 
-    cluster_node.py --redis URL [--prefix P] --node-id ID [--lease-ms MS]
+    cluster_node.py --redis URL [--prefix P] --node-id ID [--lease-ms MS] [--async]
 
 Prints "port N" once it serves; SIGTERM stops it gracefully through Server.request_stop() (from
 the signal handler) and it prints "stopped"."""
@@ -13,8 +13,10 @@ the signal handler) and it prints "stopped"."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import signal
+import threading
 
 import syncengine
 
@@ -49,6 +51,11 @@ def bad(conn, message, get_state, set_state):
     raise ValueError("bad is always refused")
 
 
+async def increment_async(conn, message, get_state, set_state):
+    await asyncio.sleep(0)
+    increment(conn, message, get_state, set_state)
+
+
 HANDLERS = {"increment": increment, "decrement": decrement, "reset": reset, "bad": bad}
 
 
@@ -58,9 +65,16 @@ def main() -> None:
     parser.add_argument("--prefix", help="key prefix (default libsync:, the demo's)")
     parser.add_argument("--node-id", required=True)
     parser.add_argument("--lease-ms", type=int, default=0)
+    parser.add_argument("--async", dest="use_async", action="store_true",
+                        help="increment is an async def handler, run on an asyncio loop thread")
     args = parser.parse_args()
 
     options = dict(initial_state={"counter": 0}, handlers=HANDLERS, reply_errors=True)
+    loop = None
+    if args.use_async:
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+        options.update(handlers={**HANDLERS, "increment": increment_async}, async_loop=loop)
     engine = syncengine.SyncEngine(**options)
     server = syncengine.Server(port=0, engines={"/": engine, "/counter": engine})
     server.rooms("/rooms/", **options)

@@ -1,7 +1,8 @@
 """Python servers as nodes of one cluster on Redis (Server.join_cluster), against a real
 redis-server started by the test, each node a separate Python process (tests/python/cluster_node.py)
 serving real WebSocket clients: increments from clients on both nodes converge on every client to
-the same version and a counter equal to the acknowledged increments (the fixed mount and a room);
+the same version and a counter equal to the acknowledged increments (the fixed mount, owned by the
+node whose increment is an ``async def`` handler, and a room owned by the other, whose is not);
 a message the handler refuses gets its error frame on the node that does not own the room; the
 nodes stop through Server.request_stop() called from their SIGTERM handler. Plus the checks of
 join_cluster's arguments. Skipped only when libsync was built without Redis support (where
@@ -108,12 +109,15 @@ class NodeProcess:
             self.proc.wait()
 
 
-def python_node(url: str, prefix: "str | None", node_id: str) -> NodeProcess:
-    """A Python node (cluster_node.py); `prefix` None: the default key prefix, "libsync:"."""
+def python_node(url: str, prefix: "str | None", node_id: str, use_async: bool = False) -> NodeProcess:
+    """A Python node (cluster_node.py); `prefix` None: the default key prefix, "libsync:";
+    `use_async`: its increment is an ``async def`` handler."""
     argv = [sys.executable, str(HERE / "cluster_node.py"), "--redis", url, "--node-id", node_id,
             "--lease-ms", str(LEASE_MS)]
     if prefix is not None:
         argv += ["--prefix", prefix]
+    if use_async:
+        argv.append("--async")
     return NodeProcess(argv, node_id)
 
 
@@ -263,7 +267,12 @@ def test_join_cluster_checks_its_arguments_and_its_moment():
 @needs_redis
 def test_two_python_nodes_converge_and_route_refusals_to_the_sender(redis_url):  # noqa: F811
     prefix = f"py-cluster-{os.getpid()}:"
-    nodes = [python_node(redis_url, prefix, f"py-{i}") for i in range(2)]
+    # py-0's increment is an async def handler, py-1's a plain one; py-0 starts alone, so it owns
+    # the fixed mount's room "/" (a room's lease goes to the first node that serves it), and
+    # the room "/rooms/doc" is joined on py-1 first: each kind of handler runs as the owner
+    nodes = [python_node(redis_url, prefix, "py-0", use_async=True)]
+    assert lease_owner(redis_url, prefix, "/") == "py-0"
+    nodes.append(python_node(redis_url, prefix, "py-1"))
     clients: list = []
     rooms: list = []
     try:
@@ -271,7 +280,9 @@ def test_two_python_nodes_converge_and_route_refusals_to_the_sender(redis_url): 
         # two clients on each node, on the fixed mount ("/" and "/counter": one room) and a room
         clients = [Client(ports[0], "/"), Client(ports[0], "/counter"),
                    Client(ports[1], "/"), Client(ports[1], "/counter")]
-        rooms = [Client(ports[0], "/rooms/doc"), Client(ports[1], "/rooms/doc")]
+        rooms = [Client(ports[1], "/rooms/doc")]
+        assert lease_owner(redis_url, prefix, "/rooms/doc") == "py-1"
+        rooms.insert(0, Client(ports[0], "/rooms/doc"))
         for c in clients + rooms:
             c.recv_until(lambda f: f.get("type") == "initial_state")
         drive(clients, 15, ack=True)
@@ -281,9 +292,8 @@ def test_two_python_nodes_converge_and_route_refusals_to_the_sender(redis_url): 
         assert version == 60 and room_version == 20, (version, room_version)
 
         # a refusal by the handler reaches its sender on the node that does not own the room
-        owner = lease_owner(redis_url, prefix, "/")
-        assert owner in ("py-0", "py-1")
-        other = clients[2] if owner == "py-0" else clients[0]
+        assert lease_owner(redis_url, prefix, "/") == "py-0"
+        other = clients[2]  # on py-1
         other.ws.send(msg("bad"))
         frame = other.recv_until(lambda f: f.get("type") == "error")
         assert "bad is always refused" in frame["error"], frame
