@@ -267,6 +267,13 @@ static void spread_clients_converge(void)
     node nodes[NODES];
     for (int i = 0; i < NODES; i++)
         REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
+    /* listen returned once the node was ready: a join at once is not answered 503 */
+    for (int i = 0; i < NODES; i++) {
+        int status = 0;
+        ws_client *at_once = ws_connect(nodes[i].port, "/", NULL, &status);
+        CHECK_EQ_INT(status, 101);
+        ws_client_free(at_once);
+    }
     int acked = converge_on("/", prefix, nodes);
     for (int i = 0; i < NODES; i++) {
         CHECK_EQ_INT(sync_engine_get_version(nodes[i].engine), acked);
