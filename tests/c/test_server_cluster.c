@@ -267,6 +267,13 @@ static void spread_clients_converge(void)
     node nodes[NODES];
     for (int i = 0; i < NODES; i++)
         REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
+    /* listen returned once the node was ready: a join at once is not answered 503 */
+    for (int i = 0; i < NODES; i++) {
+        int status = 0;
+        ws_client *at_once = ws_connect(nodes[i].port, "/", NULL, &status);
+        CHECK_EQ_INT(status, 101);
+        ws_client_free(at_once);
+    }
     int acked = converge_on("/", prefix, nodes);
     for (int i = 0; i < NODES; i++) {
         CHECK_EQ_INT(sync_engine_get_version(nodes[i].engine), acked);
@@ -514,6 +521,14 @@ static void room_unloaded_on_owner(void)
 
 static void bad_options(void)
 {
+    sync_cluster_options init;
+    memset(&init, 0xA5, sizeof init);
+    CHECK_EQ_INT(sync_cluster_options_init(&init, 1), SYNC_OK);
+    CHECK_EQ_INT(init.version, 1);
+    CHECK(init.redis == NULL && init.url == NULL && init.node_id == NULL);
+    CHECK_EQ_INT(init.lease_ms, 0);
+    CHECK_EQ_INT(sync_cluster_options_init(&init, 0), SYNC_EINVAL);
+    CHECK_EQ_INT(sync_cluster_options_init(&init, SYNC_CLUSTER_OPTIONS_VERSION + 1), SYNC_EINVAL);
     sync_server *server = NULL;
     sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
     REQUIRE(sync_server_new(&server, &so) == SYNC_OK);
@@ -526,6 +541,14 @@ static void bad_options(void)
     co.lease_ms = 5;
     CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_EINVAL);
     co.lease_ms = 0;
+    co.url = "http://127.0.0.1:1";
+    CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_EINVAL);
+    co.url = "redis://127.0.0.1:1";
+    sync_redis_options ro = SYNC_REDIS_OPTIONS_INIT;
+    ro.url = co.url;
+    co.redis = &ro;
+    CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_EINVAL); /* both */
+    co.redis = NULL;
     /* a fixed mount whose engine has an adapter cannot be clustered */
     char path[512];
     snprintf(path, sizeof path, "%s/cluster-adapter-%d.json",
@@ -546,6 +569,11 @@ static void bad_options(void)
     CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_OK);
     CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_ESTATE);
     CHECK_EQ_INT(sync_server_mount(server, "/stored", engine), SYNC_EINVAL);
+    sync_server_free(server);
+    /* only before listen */
+    REQUIRE(sync_server_new(&server, &so) == SYNC_OK);
+    REQUIRE(sync_server_listen(server) == SYNC_OK);
+    CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_ESTATE);
     sync_server_free(server);
     sync_engine_free(engine);
     unlink(path);

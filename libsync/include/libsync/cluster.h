@@ -62,7 +62,9 @@ SYNC_EXTERN int sync_cluster_options_init(sync_cluster_options *opts, unsigned i
 /**
  * Makes every mount of `server` (those made before and after this call) a room of the cluster
  * `opts` describes. Only before listen (SYNC_ESTATE after), once per server (SYNC_ESTATE). The
- * node connects to Redis when the server listens. SYNC_EINVAL for bad options or a fixed mount
+ * node connects to Redis when the server listens: sync_server_listen() (and start, run) waits up
+ * to 3 s for it to subscribe and load the fixed mounts' rooms, then listens anyway (joins are
+ * refused with 503 until the node is ready). SYNC_EINVAL for bad options or a fixed mount
  * whose engine has an adapter; SYNC_EUNSUPPORTED when libsync was built without Redis support.
  */
 SYNC_EXTERN int sync_server_join_cluster(sync_server *server, const sync_cluster_options *opts);

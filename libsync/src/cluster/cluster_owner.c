@@ -429,14 +429,15 @@ static void apply_room(owner *o, cluster_room *r)
     }
 }
 
-/* One XREAD over the streams of the owned rooms that have nothing left to apply. */
-static void read_streams(owner *o, int block_ms)
+/* One XREAD over the streams of the owned rooms that have nothing left to apply: the number of
+ * streams read (0: none to read, nothing waited for). */
+static size_t read_streams(owner *o, int block_ms)
 {
     sync__cluster *cl = o->cl;
     size_t n = 0;
     cluster_room **list = malloc((o->count ? o->count : 1) * sizeof *list);
     if (!list)
-        return;
+        return 0;
     pthread_mutex_lock(&cl->lock);
     for (size_t i = 0; i < o->count; i++) {
         cluster_room *r = o->rooms[i];
@@ -447,13 +448,13 @@ static void read_streams(owner *o, int block_ms)
     pthread_mutex_unlock(&cl->lock);
     if (!n) {
         free(list);
-        return;
+        return 0;
     }
     size_t argc = 6 + 2 * n;
     const char **argv = malloc(argc * sizeof *argv);
     if (!argv) {
         free(list);
-        return;
+        return 0;
     }
     char count[16], block[16];
     snprintf(count, sizeof count, "%d", CLUSTER_READ_COUNT);
@@ -482,7 +483,7 @@ static void read_streams(owner *o, int block_ms)
     if (rc != SYNC_OK) {
         free(list);
         cluster_sleep_ms(o->tick_ms / 4 > 0 ? o->tick_ms / 4 : 1);
-        return;
+        return n;
     }
     /* [[stream, [[id, [field, value...]], ...]], ...] in the order asked */
     size_t at = 0;
@@ -531,6 +532,7 @@ static void read_streams(owner *o, int block_ms)
         }
     freeReplyObject(reply);
     free(list);
+    return n;
 }
 
 /* ---- the loop ---------------------------------------------------------------------------- */
@@ -616,19 +618,17 @@ void *cluster_owner_main(void *arg)
             pthread_mutex_unlock(&cl->lock);
         }
         int64_t until_keep = next_keep - sync_now_ms();
-        if (owned) {
-            /* blocks while there is nothing to do, never past the next lease turn; a short
-             * block while a room has an apply in flight (its done wakes nobody in XREAD) */
-            int block =
-                waiting ? 2 : (int)(until_keep < 50 ? (until_keep > 1 ? until_keep : 1) : 50);
-            read_streams(&o, block);
+        int wait_ms = (int)(until_keep < 50 ? (until_keep > 1 ? until_keep : 1) : 50);
+        /* blocks in XREAD while there is nothing to do, never past the next lease turn; a short
+         * block while a room has an apply in flight (its done cannot wake an XREAD) */
+        if (owned && read_streams(&o, waiting ? 2 : wait_ms) > 0)
             continue;
-        }
+        /* nothing to read: wait for a wake-up (an apply's result, a new room, stop) */
         pthread_mutex_lock(&cl->lock);
         if (!cl->owner_wake && !atomic_load(&cl->stop) && until_keep > 0) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
-            long long ns = (long long)ts.tv_nsec + (until_keep > 50 ? 50 : until_keep) * 1000000LL;
+            long long ns = (long long)ts.tv_nsec + (long long)wait_ms * 1000000LL;
             ts.tv_sec += (time_t)(ns / 1000000000LL);
             ts.tv_nsec = (long)(ns % 1000000000LL);
             pthread_cond_timedwait(&cl->cond, &cl->lock, &ts);
