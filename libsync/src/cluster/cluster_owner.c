@@ -206,7 +206,10 @@ static void takeover(owner *o, cluster_room *r, int64_t token, int64_t now)
     cluster_room_unuse(r);
     /* before the first apply, which runs against the engine's committed state */
     cluster_adopt(r, version, epoch, state, strlen(state));
-    cluster_publish_change(cl, o->c, r, version, epoch, state, strlen(state));
+    /* Not published: the other nodes would stay behind until the next change. Dropping the room
+     * makes the next lease turn take it again (this node still holds the lease) and republish. */
+    if (cluster_publish_change(cl, o->c, r, version, epoch, state, strlen(state)) != SYNC_OK)
+        lose(r);
 }
 
 /* Renews, takes or loses the leases of the rooms in the snapshot. */
@@ -365,6 +368,7 @@ static void finish(owner *o, cluster_room *r, sync__remote_result *res)
         return;
     }
     snprintf(r->applied, sizeof r->applied, "%s", ent->id);
+    bool published = true;
     if (changed) {
         sync_free(r->state);
         r->state = res->state_json;
@@ -374,12 +378,15 @@ static void finish(owner *o, cluster_room *r, sync__remote_result *res)
         pthread_mutex_lock(&o->cl->lock);
         snprintf(epoch, sizeof epoch, "%s", r->epoch);
         pthread_mutex_unlock(&o->cl->lock);
-        cluster_publish_change(o->cl, o->c, r, version, epoch, r->state, strlen(r->state));
+        published = cluster_publish_change(o->cl, o->c, r, version, epoch, r->state,
+                                           strlen(r->state)) == SYNC_OK;
         cluster_adopt(r, version, epoch, r->state, strlen(r->state));
     }
     for (size_t i = 0; i < res->reply_count; i++)
         route_reply(o, r, ent, res->replies[i], res->reply_lens[i]);
     sync__remote_result_clear(res);
+    if (!published)
+        lose(r); /* saved but not published: retaken (and republished) at the next lease turn */
 }
 
 /* Applies the room's read entries while they finish at once; stops at one in flight. */
