@@ -5,7 +5,7 @@
  *
  *   counter_server [--host H] [--port N] [--data-dir D] [--static DIR] [--pad BYTES]
  *                  [--heartbeat-ms MS] [--tls-cert PEM --tls-key PEM]
- *                  [--room-idle-ms MS] [--max-rooms N]
+ *                  [--room-idle-ms MS] [--max-rooms N] [--event-loop poll|epoll]
  *                  [--token SECRET | --token-file PATH]   (or env LIBSYNC_DEMO_TOKEN)
  *
  * Open http://127.0.0.1:3000/ in two browser tabs and click: both follow the same counter.
@@ -46,6 +46,7 @@ struct config {
     long broadcast_yield_ms;
     long room_idle_ms;
     long max_rooms;
+    int event_loop; /* sync_event_loop */
     const char *token;
     const char *token_file;
     char *token_owned; /* read from --token-file or the environment */
@@ -61,6 +62,7 @@ static void usage(FILE *to)
             "                      [--pad BYTES] [--heartbeat-ms MS]\n"
             "                      [--tls-cert PEM --tls-key PEM] [--broadcast-yield-ms MS]\n"
             "                      [--room-idle-ms MS] [--max-rooms N]\n"
+            "                      [--event-loop poll|epoll]\n"
             "                      [--token SECRET | --token-file PATH]\n"
             "  --host H          address to listen on (default 127.0.0.1)\n"
             "  --port N          TCP port, 0 picks a free one (default 3000)\n"
@@ -81,6 +83,8 @@ static void usage(FILE *to)
             "                    and unloaded (0 = the library's 30000, -1 = never)\n"
             "  --max-rooms N     most rooms loaded at once; then the least recently used idle\n"
             "                    one is unloaded, or a join is refused with 503 (0 = 100000)\n"
+            "  --event-loop L    poll (libwebsockets' own loop) or epoll (libev); default:\n"
+            "                    the library's (LIBSYNC_EVENT_LOOP in the environment, or poll)\n"
             "  --token SECRET    let in only WebSocket clients that bring it: ?token=SECRET\n"
             "                    (the page passes its own ?token= on) or the header\n"
             "                    \"Authorization: Bearer SECRET\"; others get HTTP 401, or\n"
@@ -211,6 +215,16 @@ static int parse_args(int argc, char **argv, struct config *cfg)
         } else if (strcmp(opt, "--max-rooms") == 0) {
             if (parse_long(value, 0, INT_MAX, &cfg->max_rooms) != 0) {
                 fprintf(stderr, "counter_server: --max-rooms must be >= 0, not '%s'\n", value);
+                return -1;
+            }
+        } else if (strcmp(opt, "--event-loop") == 0) {
+            if (strcmp(value, "poll") == 0) {
+                cfg->event_loop = SYNC_EVENT_LOOP_POLL;
+            } else if (strcmp(value, "epoll") == 0) {
+                cfg->event_loop = SYNC_EVENT_LOOP_EPOLL;
+            } else {
+                fprintf(stderr, "counter_server: --event-loop must be poll or epoll, not '%s'\n",
+                        value);
                 return -1;
             }
         } else if (strcmp(opt, "--token") == 0) {
@@ -566,6 +580,7 @@ static int serve(const struct config *cfg, sync_engine *engine, int *served)
     opts.broadcast_yield_ms = (int)cfg->broadcast_yield_ms;
     opts.room_idle_ms = (int)cfg->room_idle_ms;
     opts.max_rooms = (int)cfg->max_rooms;
+    opts.event_loop = cfg->event_loop;
     if (cfg->token) {
         opts.auth = token_auth;
         opts.auth_userdata = (void *)(uintptr_t)cfg->token;

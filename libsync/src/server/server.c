@@ -2,6 +2,7 @@
 #include "server_internal.h"
 
 #include <errno.h>
+#include <ev.h>
 #include <limits.h>
 #include <netdb.h>
 #include <sched.h>
@@ -121,8 +122,10 @@ const server_mount *server_find_mount(const sync_server *server, const char *pat
 /* The bytes a caller's struct of that (known) version has: the fields after it do not exist. */
 static size_t options_size(unsigned int version)
 {
-    if (version >= 6)
+    if (version >= 7)
         return sizeof(sync_server_options);
+    if (version == 6)
+        return offsetof(sync_server_options, event_loop);
     if (version == 5)
         return offsetof(sync_server_options, room_idle_ms);
     if (version == 4)
@@ -138,6 +141,19 @@ int sync_server_options_init(sync_server_options *opts, unsigned int version)
     static const sync_server_options defaults = SYNC_SERVER_OPTIONS_INIT;
     return sync__options_init(opts, &defaults, options_size(version), version,
                               SYNC_SERVER_OPTIONS_VERSION, "server");
+}
+
+/* SYNC_EVENT_LOOP_DEFAULT: LIBSYNC_EVENT_LOOP=poll|epoll from the environment, so that a whole
+ * test suite or a binding's server can run on either loop without a new option in every
+ * language; otherwise poll (docs/PERFORMANCE.md: epoll costs idle connections more memory). */
+static int default_event_loop(int chosen)
+{
+    if (chosen != SYNC_EVENT_LOOP_DEFAULT)
+        return chosen;
+    const char *env = getenv("LIBSYNC_EVENT_LOOP");
+    if (env && strcmp(env, "epoll") == 0)
+        return SYNC_EVENT_LOOP_EPOLL;
+    return SYNC_EVENT_LOOP_POLL;
 }
 
 static int check_options(const sync_server_options *o)
@@ -161,6 +177,9 @@ static int check_options(const sync_server_options *o)
                           o->room_idle_ms);
     if (o->version >= 6 && o->max_rooms < 0)
         return sync__fail(SYNC_EINVAL, "max_rooms is negative");
+    if (o->version >= 7 &&
+        (o->event_loop < SYNC_EVENT_LOOP_DEFAULT || o->event_loop > SYNC_EVENT_LOOP_EPOLL))
+        return sync__fail(SYNC_EINVAL, "event_loop %d is not a sync_event_loop", o->event_loop);
     if (o->rate_limit_per_sec < 0 || o->rate_limit_burst < 0)
         return sync__fail(SYNC_EINVAL, "rate limit is negative");
     if (o->stop_timeout_ms < 0)
@@ -264,6 +283,7 @@ int sync_server_new(sync_server **out, const sync_server_options *opts)
     s->room_idle_ms = idle_ms ? idle_ms : SERVER_ROOM_IDLE_MS;
     int max_rooms = opts->version >= 6 ? opts->max_rooms : 0;
     s->max_rooms = max_rooms ? max_rooms : SERVER_MAX_ROOMS;
+    s->event_loop = default_event_loop(opts->version >= 7 ? opts->event_loop : 0);
     s->log = opts->log;
     s->log_userdata = opts->log_userdata;
     s->log_free_userdata = option_log_free_userdata(opts);
@@ -368,8 +388,8 @@ static void engine_timer_arm(server_engine *eng)
     int64_t wait_ms = deadline - sync_now_ms();
     if (wait_ms < 0)
         wait_ms = 0;
-    lws_sul_schedule(eng->server->context, 0, &eng->timer, engine_timer_fired,
-                     (lws_usec_t)wait_ms * LWS_US_PER_MS);
+    server_sul_schedule(eng->server, &eng->timer, engine_timer_fired,
+                        (lws_usec_t)wait_ms * LWS_US_PER_MS);
 }
 
 static void deadline_moved(void *userdata)
@@ -439,8 +459,8 @@ void server_pause_accept(sync_server *server)
         return;
     server->accept_paused = true;
     lws_rx_flow_control(server->listen_wsi, 0);
-    lws_sul_schedule(server->context, 0, &server->accept_timer, accept_resume,
-                     (lws_usec_t)SERVER_ACCEPT_PAUSE_MS * LWS_US_PER_MS);
+    server_sul_schedule(server, &server->accept_timer, accept_resume,
+                        (lws_usec_t)SERVER_ACCEPT_PAUSE_MS * LWS_US_PER_MS);
 }
 
 /* A new TCP connection: accept() returns the lowest free descriptor, so `fd` descriptors are in
@@ -512,6 +532,134 @@ static void rx_drain(sync_server *server)
     }
     rx_read_done(server);
     server->rx_more_count = 0;
+}
+
+/* ---- the event loop ------------------------------------------------------------------------ */
+
+/* SYNC_EVENT_LOOP_EPOLL: lws 4.1 on libev (Debian's libwebsockets-evlib-ev plugin), on a loop the
+ * server owns and runs one turn at a time (lws's "foreign loop"), so that the turn keeps its shape:
+ * lws services what is ready, then the server's rx rounds, accept pausing and wakes. Each lws
+ * connection holds two ev_io watchers; a turn costs the descriptors ready, not the ones open.
+ *
+ * The server's own timers do not go to lws there. lws 4.1's libev glue re-arms its one libev
+ * timer from an ev_idle watcher, which libev runs only in a turn with nothing else ready (never
+ * under steady load), and re-arms it with ev_timer_set() on a watcher that may be active (libev
+ * then keeps the old due time): a timer scheduled earlier than the one lws armed, or between
+ * descriptors, fired late or not at all (the rooms' unload and a deferred room setup's 4408 never
+ * came). So the server keeps them in its own list, sorted like lws's (the same
+ * lws_sorted_usec_list_t, so lws_sul_cancel() still removes one), under one ev_timer of its own. */
+struct server_evloop {
+    struct ev_loop *loop;
+    ev_timer timer; /* due when the head of `suls` is */
+    lws_dll2_owner_t suls;
+    sync_server *server;
+};
+
+/* Ripe timers run per firing at most this many times, so that one that keeps rescheduling itself
+ * for now cannot hold the loop; the rest run in the next turn. */
+enum { EVL_TIMER_BATCH = 64 };
+
+static int sul_compare(const lws_dll2_t *d, const lws_dll2_t *i)
+{
+    lws_usec_t a = lws_container_of(d, lws_sorted_usec_list_t, list)->us;
+    lws_usec_t b = lws_container_of(i, lws_sorted_usec_list_t, list)->us;
+    return a > b ? 1 : a < b ? -1 : 0;
+}
+
+static void evl_timer_sync(struct server_evloop *evl)
+{
+    ev_timer_stop(evl->loop, &evl->timer);
+    lws_dll2_t *head = lws_dll2_get_head(&evl->suls);
+    if (!head)
+        return;
+    lws_usec_t wait = lws_container_of(head, lws_sorted_usec_list_t, list)->us - lws_now_usecs();
+    /* libev's clock for the timer is the loop's cached one, which lags: bring it up to date */
+    ev_now_update(evl->loop);
+    ev_timer_set(&evl->timer, wait > 0 ? (ev_tstamp)wait / 1e6 : 0., 0.);
+    ev_timer_start(evl->loop, &evl->timer);
+}
+
+static void evl_timer_fired(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct server_evloop *evl = w->data;
+    lws_usec_t now = lws_now_usecs();
+    for (int n = 0; n < EVL_TIMER_BATCH; n++) {
+        lws_dll2_t *head = lws_dll2_get_head(&evl->suls);
+        if (!head)
+            break;
+        lws_sorted_usec_list_t *sul = lws_container_of(head, lws_sorted_usec_list_t, list);
+        if (sul->us > now)
+            break;
+        lws_dll2_remove(&sul->list);
+        sul->us = 0;
+        sul->cb(sul);
+    }
+    evl_timer_sync(evl);
+}
+
+static int evl_create(sync_server *server)
+{
+    struct server_evloop *evl = calloc(1, sizeof *evl);
+    if (!evl)
+        return sync__fail(SYNC_ENOMEM, "out of memory");
+    /* NOSIGMASK: no signal watchers here, and the application owns the signal mask */
+    evl->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV | EVFLAG_NOSIGMASK);
+    if (!evl->loop) {
+        free(evl);
+        return sync__fail(SYNC_ENET, "cannot create the epoll event loop");
+    }
+    evl->server = server;
+    ev_timer_init(&evl->timer, evl_timer_fired, 0., 0.);
+    evl->timer.data = evl;
+    server->evl = evl;
+    return SYNC_OK;
+}
+
+/* After lws_context_destroy(): lws has stopped every watcher of its connections, and the server
+ * has cancelled its timers (a connection's auth timer goes with its CLOSED callback). */
+static void evl_destroy(sync_server *server)
+{
+    struct server_evloop *evl = server->evl;
+    if (!evl)
+        return;
+    while (lws_dll2_get_head(&evl->suls))
+        lws_sul_cancel(
+            lws_container_of(lws_dll2_get_head(&evl->suls), lws_sorted_usec_list_t, list));
+    ev_timer_stop(evl->loop, &evl->timer);
+    ev_loop_destroy(evl->loop);
+    free(evl);
+    server->evl = NULL;
+}
+
+void server_sul_schedule(sync_server *server, lws_sorted_usec_list_t *sul, sul_cb_t cb,
+                         lws_usec_t us)
+{
+    struct server_evloop *evl = server->evl;
+    if (!evl) {
+        lws_sul_schedule(server->context, 0, sul, cb, us);
+        return;
+    }
+    lws_dll2_remove(&sul->list);
+    sul->cb = cb;
+    sul->us = lws_now_usecs() + us;
+    lws_dll2_add_sorted(&sul->list, &evl->suls, sul_compare);
+    if (lws_dll2_get_head(&evl->suls) == &sul->list || !ev_is_active(&evl->timer))
+        evl_timer_sync(evl);
+}
+
+/* One turn of lws: what is ready is serviced, then the sockets whose read filled lws's buffer are
+ * read again (rx_drain: also what lws's libev glue would leave to its idle watcher, input that TLS
+ * holds decrypted). */
+static int loop_turn(sync_server *server)
+{
+    if (server->evl)
+        ev_run(server->evl->loop, EVRUN_ONCE);
+    else if (lws_service(server->context, 0) < 0)
+        return -1;
+    rx_drain(server);
+    return 0;
 }
 
 /* ---- the lws protocol callback ----------------------------------------------------------- */
@@ -711,23 +859,38 @@ int sync_server_listen(sync_server *server)
         /* WebSocket over HTTP/2 streams is not what the clients expect: stay on HTTP/1.1. */
         info.alpn = "http/1.1";
     }
+    void *foreign_loops[1] = {NULL};
+    if (server->event_loop == SYNC_EVENT_LOOP_EPOLL) {
+        int rc = evl_create(server);
+        if (rc != SYNC_OK)
+            return rc;
+        info.options |= LWS_SERVER_OPTION_LIBEV;
+        foreign_loops[0] = server->evl->loop;
+        info.foreign_loops = foreign_loops;
+    }
     server_alloc_install();
     struct lws_context *ctx = lws_create_context(&info);
-    if (!ctx)
-        return sync__fail(SYNC_ENET, "cannot listen on %s:%d%s", server->host, server->port_option,
-                          server->tls_cert ? " (or the TLS certificate/key cannot be loaded)" : "");
+    if (!ctx) {
+        evl_destroy(server);
+        return sync__fail(
+            SYNC_ENET, "cannot listen on %s:%d%s%s", server->host, server->port_option,
+            server->tls_cert ? " (or the TLS certificate/key cannot be loaded)" : "",
+            server->evl ? " (or libwebsockets' libev event library cannot be loaded)" : "");
+    }
     server->context = ctx;
     server->vhost = lws_get_vhost_by_name(ctx, "default");
     server->port = server->vhost ? lws_get_vhost_listen_port(server->vhost) : -1;
     if (server->port <= 0) {
         lws_context_destroy(ctx);
         server->context = NULL;
+        evl_destroy(server);
         return sync__fail(SYNC_ENET, "cannot listen on %s:%d", server->host, server->port_option);
     }
     int rc = attach_engines(server);
     if (rc != SYNC_OK) {
         lws_context_destroy(ctx);
         server->context = NULL;
+        evl_destroy(server);
         server->vhost = NULL;
         server->port = -1;
         return rc;
@@ -753,8 +916,8 @@ static void begin_stop(sync_server *server)
 {
     server->stopping = true;
     server->stop_deadline_ms = sync_now_ms() + server->stop_timeout_ms;
-    lws_sul_schedule(server->context, 0, &server->stop_timer, stop_timer_fired,
-                     (lws_usec_t)server->stop_timeout_ms * LWS_US_PER_MS);
+    server_sul_schedule(server, &server->stop_timer, stop_timer_fired,
+                        (lws_usec_t)server->stop_timeout_ms * LWS_US_PER_MS);
     for (size_t i = 0; i < server->engine_count; i++) {
         int rc = sync_engine_sync(server->engines[i]->engine);
         if (rc < 0)
@@ -786,11 +949,10 @@ static void serve(sync_server *server)
             begin_stop(server);
         if (server->stopping && (server->ws_open == 0 || sync_now_ms() >= server->stop_deadline_ms))
             break;
-        if (lws_service(server->context, 0) < 0) {
+        if (loop_turn(server) < 0) {
             server_log(server, SYNC_LOG_ERROR, "the service loop failed");
             break;
         }
-        rx_drain(server);
         if (atomic_exchange(&server->accept_failed, false))
             server_pause_accept(server);
         server_process_wakes(server);
@@ -810,6 +972,7 @@ static void serve(sync_server *server)
     /* Closes the connections left after the timeout; their CLOSED callbacks still run here. */
     lws_context_destroy(server->context);
     server->context = NULL;
+    evl_destroy(server);
     server->vhost = NULL;
     atomic_store(&server->serving, false);
     atomic_store(&server->stop_requested, false);
@@ -915,6 +1078,7 @@ void sync_server_free(sync_server *server)
             sched_yield();
         lws_context_destroy(server->context);
         server->context = NULL;
+        evl_destroy(server);
     }
     pthread_mutex_lock(&lws_log_lock);
     if (lws_log_server == server)

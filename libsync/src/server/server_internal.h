@@ -149,6 +149,10 @@ struct sync_server {
     server_engine **engines;
     size_t engine_count;
 
+    int event_loop; /* SYNC_EVENT_LOOP_POLL or SYNC_EVENT_LOOP_EPOLL, resolved at new */
+    /* EPOLL: the libev loop lws runs on (server.c), from listen until the context is destroyed */
+    struct server_evloop *evl;
+
     struct lws_protocols protocols[3]; /* v1, v2, the terminator */
     struct lws_context *context;
     struct lws_vhost *vhost;
@@ -304,6 +308,10 @@ void server_log(sync_server *server, sync_log_level level, const char *fmt, ...)
 bool server_on_service_thread(const sync_server *server);
 /* Wakes the service thread from any thread (async-signal-safe). */
 void server_wake(sync_server *server);
+/* lws_sul_schedule() for the server's own timers: on the epoll loop they are the server's, not
+ * lws's (server.c, the event loop). lws_sul_cancel() cancels either. */
+void server_sul_schedule(sync_server *server, lws_sorted_usec_list_t *sul, sul_cb_t cb,
+                         lws_usec_t us);
 const server_mount *server_find_mount(const sync_server *server, const char *path);
 /* Processes the wake list and moved deadlines (service thread, on LWS_CALLBACK_EVENT_WAIT_CANCELLED
  * and after every loop turn). */
