@@ -388,8 +388,8 @@ static void engine_timer_arm(server_engine *eng)
     int64_t wait_ms = deadline - sync_now_ms();
     if (wait_ms < 0)
         wait_ms = 0;
-    server_sul_schedule(eng->server, &eng->timer, engine_timer_fired,
-                        (lws_usec_t)wait_ms * LWS_US_PER_MS);
+    lws_sul_schedule(eng->server->context, 0, &eng->timer, engine_timer_fired,
+                     (lws_usec_t)wait_ms * LWS_US_PER_MS);
 }
 
 static void deadline_moved(void *userdata)
@@ -459,8 +459,8 @@ void server_pause_accept(sync_server *server)
         return;
     server->accept_paused = true;
     lws_rx_flow_control(server->listen_wsi, 0);
-    server_sul_schedule(server, &server->accept_timer, accept_resume,
-                        (lws_usec_t)SERVER_ACCEPT_PAUSE_MS * LWS_US_PER_MS);
+    lws_sul_schedule(server->context, 0, &server->accept_timer, accept_resume,
+                     (lws_usec_t)SERVER_ACCEPT_PAUSE_MS * LWS_US_PER_MS);
 }
 
 /* A new TCP connection: accept() returns the lowest free descriptor, so `fd` descriptors are in
@@ -531,7 +531,11 @@ static void rx_drain(sync_server *server)
         }
     }
     rx_read_done(server);
-    server->rx_more_count = 0;
+    /* On epoll the sockets still full are read again first thing next turn: lws's libev glue
+     * leaves input that TLS holds decrypted to an idle watcher, which libev runs only in a turn
+     * with nothing else ready (poll: lws's own turn forces that service). */
+    if (!server->evl)
+        server->rx_more_count = 0;
 }
 
 /* ---- the event loop ------------------------------------------------------------------------ */
@@ -541,62 +545,31 @@ static void rx_drain(sync_server *server)
  * lws services what is ready, then the server's rx rounds, accept pausing and wakes. Each lws
  * connection holds two ev_io watchers; a turn costs the descriptors ready, not the ones open.
  *
- * The server's own timers do not go to lws there. lws 4.1's libev glue re-arms its one libev
+ * Timers (lws_sul: the server's and lws's own, such as the handshake and close timeouts) are run
+ * by the server at the start of each turn, as lws_service() does on poll, with one ev_timer of its
+ * own due when the earliest is. lws 4.1's libev glue cannot be left to it: it re-arms its libev
  * timer from an ev_idle watcher, which libev runs only in a turn with nothing else ready (never
- * under steady load), and re-arms it with ev_timer_set() on a watcher that may be active (libev
- * then keeps the old due time): a timer scheduled earlier than the one lws armed, or between
- * descriptors, fired late or not at all (the rooms' unload and a deferred room setup's 4408 never
- * came). So the server keeps them in its own list, sorted like lws's (the same
- * lws_sorted_usec_list_t, so lws_sul_cancel() still removes one), under one ev_timer of its own. */
+ * under steady load), and with ev_timer_set() on a watcher that may be active (libev then keeps the
+ * old due time). A timer scheduled between descriptors fired late or not at all: the rooms'
+ * unload, a deferred room setup's 4408, the close of a client that never reads. */
 struct server_evloop {
     struct ev_loop *loop;
-    ev_timer timer; /* due when the head of `suls` is */
-    lws_dll2_owner_t suls;
-    sync_server *server;
+    ev_timer timer;         /* due when the earliest lws_sul is; firing only ends the wait */
+    lws_usec_t timer_at;    /* when `timer` is due, in lws_now_usecs() time */
+    lws_dll2_owner_t *suls; /* the service thread's LWS_COUNT_PT_SUL_OWNERS timer lists */
+    lws_sorted_usec_list_t probe;
 };
-
-/* Ripe timers run per firing at most this many times, so that one that keeps rescheduling itself
- * for now cannot hold the loop; the rest run in the next turn. */
-enum { EVL_TIMER_BATCH = 64 };
-
-static int sul_compare(const lws_dll2_t *d, const lws_dll2_t *i)
-{
-    lws_usec_t a = lws_container_of(d, lws_sorted_usec_list_t, list)->us;
-    lws_usec_t b = lws_container_of(i, lws_sorted_usec_list_t, list)->us;
-    return a > b ? 1 : a < b ? -1 : 0;
-}
-
-static void evl_timer_sync(struct server_evloop *evl)
-{
-    ev_timer_stop(evl->loop, &evl->timer);
-    lws_dll2_t *head = lws_dll2_get_head(&evl->suls);
-    if (!head)
-        return;
-    lws_usec_t wait = lws_container_of(head, lws_sorted_usec_list_t, list)->us - lws_now_usecs();
-    /* libev's clock for the timer is the loop's cached one, which lags: bring it up to date */
-    ev_now_update(evl->loop);
-    ev_timer_set(&evl->timer, wait > 0 ? (ev_tstamp)wait / 1e6 : 0., 0.);
-    ev_timer_start(evl->loop, &evl->timer);
-}
 
 static void evl_timer_fired(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
+    (void)w;
     (void)revents;
-    struct server_evloop *evl = w->data;
-    lws_usec_t now = lws_now_usecs();
-    for (int n = 0; n < EVL_TIMER_BATCH; n++) {
-        lws_dll2_t *head = lws_dll2_get_head(&evl->suls);
-        if (!head)
-            break;
-        lws_sorted_usec_list_t *sul = lws_container_of(head, lws_sorted_usec_list_t, list);
-        if (sul->us > now)
-            break;
-        lws_dll2_remove(&sul->list);
-        sul->us = 0;
-        sul->cb(sul);
-    }
-    evl_timer_sync(evl);
+}
+
+static void evl_probe_fired(lws_sorted_usec_list_t *sul)
+{
+    (void)sul;
 }
 
 static int evl_create(sync_server *server)
@@ -610,54 +583,65 @@ static int evl_create(sync_server *server)
         free(evl);
         return sync__fail(SYNC_ENET, "cannot create the epoll event loop");
     }
-    evl->server = server;
     ev_timer_init(&evl->timer, evl_timer_fired, 0., 0.);
-    evl->timer.data = evl;
     server->evl = evl;
     return SYNC_OK;
 }
 
-/* After lws_context_destroy(): lws has stopped every watcher of its connections, and the server
- * has cancelled its timers (a connection's auth timer goes with its CLOSED callback). */
+/* Once the context exists: lws's timer lists are where a timer scheduled on it lands (lws exports
+ * __lws_sul_service_ripe() for code that runs them, but not the lists). */
+static int evl_attach(sync_server *server)
+{
+    struct server_evloop *evl = server->evl;
+    lws_sul_schedule(server->context, 0, &evl->probe, evl_probe_fired, LWS_US_PER_SEC);
+    evl->suls = evl->probe.list.owner;
+    lws_sul_cancel(&evl->probe);
+    if (!evl->suls)
+        return sync__fail(SYNC_ENET, "libwebsockets' timers cannot be found");
+    return SYNC_OK;
+}
+
+/* After lws_context_destroy(): lws has stopped every watcher of its connections. */
 static void evl_destroy(sync_server *server)
 {
     struct server_evloop *evl = server->evl;
     if (!evl)
         return;
-    while (lws_dll2_get_head(&evl->suls))
-        lws_sul_cancel(
-            lws_container_of(lws_dll2_get_head(&evl->suls), lws_sorted_usec_list_t, list));
     ev_timer_stop(evl->loop, &evl->timer);
     ev_loop_destroy(evl->loop);
     free(evl);
     server->evl = NULL;
 }
 
-void server_sul_schedule(sync_server *server, lws_sorted_usec_list_t *sul, sul_cb_t cb,
-                         lws_usec_t us)
+/* Runs the timers that are due and sets `timer` for the next one. */
+static void evl_run_timers(struct server_evloop *evl)
 {
-    struct server_evloop *evl = server->evl;
-    if (!evl) {
-        lws_sul_schedule(server->context, 0, sul, cb, us);
+    lws_usec_t now = lws_now_usecs();
+    lws_usec_t wait = __lws_sul_service_ripe(evl->suls, LWS_COUNT_PT_SUL_OWNERS, now);
+    if (wait == 0) { /* no timer at all */
+        ev_timer_stop(evl->loop, &evl->timer);
         return;
     }
-    lws_dll2_remove(&sul->list);
-    sul->cb = cb;
-    sul->us = lws_now_usecs() + us;
-    lws_dll2_add_sorted(&sul->list, &evl->suls, sul_compare);
-    if (lws_dll2_get_head(&evl->suls) == &sul->list || !ev_is_active(&evl->timer))
-        evl_timer_sync(evl);
+    if (ev_is_active(&evl->timer) && evl->timer_at == now + wait)
+        return;
+    ev_timer_stop(evl->loop, &evl->timer);
+    /* libev counts from the loop's cached time, which lags: bring it up to date */
+    ev_now_update(evl->loop);
+    ev_timer_set(&evl->timer, (ev_tstamp)wait / 1e6, 0.);
+    ev_timer_start(evl->loop, &evl->timer);
+    evl->timer_at = now + wait;
 }
 
 /* One turn of lws: what is ready is serviced, then the sockets whose read filled lws's buffer are
- * read again (rx_drain: also what lws's libev glue would leave to its idle watcher, input that TLS
- * holds decrypted). */
+ * read again (rx_drain); on epoll a turn does not wait while such sockets are left over. */
 static int loop_turn(sync_server *server)
 {
-    if (server->evl)
-        ev_run(server->evl->loop, EVRUN_ONCE);
-    else if (lws_service(server->context, 0) < 0)
+    if (server->evl) {
+        evl_run_timers(server->evl);
+        ev_run(server->evl->loop, server->rx_more_count ? EVRUN_NOWAIT : EVRUN_ONCE);
+    } else if (lws_service(server->context, 0) < 0) {
         return -1;
+    }
     rx_drain(server);
     return 0;
 }
@@ -886,7 +870,9 @@ int sync_server_listen(sync_server *server)
         evl_destroy(server);
         return sync__fail(SYNC_ENET, "cannot listen on %s:%d", server->host, server->port_option);
     }
-    int rc = attach_engines(server);
+    int rc = server->evl ? evl_attach(server) : SYNC_OK;
+    if (rc == SYNC_OK)
+        rc = attach_engines(server);
     if (rc != SYNC_OK) {
         lws_context_destroy(ctx);
         server->context = NULL;
@@ -916,8 +902,8 @@ static void begin_stop(sync_server *server)
 {
     server->stopping = true;
     server->stop_deadline_ms = sync_now_ms() + server->stop_timeout_ms;
-    server_sul_schedule(server, &server->stop_timer, stop_timer_fired,
-                        (lws_usec_t)server->stop_timeout_ms * LWS_US_PER_MS);
+    lws_sul_schedule(server->context, 0, &server->stop_timer, stop_timer_fired,
+                     (lws_usec_t)server->stop_timeout_ms * LWS_US_PER_MS);
     for (size_t i = 0; i < server->engine_count; i++) {
         int rc = sync_engine_sync(server->engines[i]->engine);
         if (rc < 0)

@@ -389,8 +389,8 @@ int server_conn_established(server_conn *c, struct lws *wsi)
         join_engine(c);
         return 0;
     }
-    server_sul_schedule(s, &c->auth->timer, auth_timed_out,
-                        (lws_usec_t)s->auth_timeout_ms * LWS_US_PER_MS);
+    lws_sul_schedule(lws_get_context(wsi), 0, &c->auth->timer, auth_timed_out,
+                     (lws_usec_t)s->auth_timeout_ms * LWS_US_PER_MS);
     /* a room may have become ready (or failed) before the connection existed */
     if (decided || c->room_wait != 1)
         lws_callback_on_writable(wsi);

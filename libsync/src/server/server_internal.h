@@ -308,10 +308,6 @@ void server_log(sync_server *server, sync_log_level level, const char *fmt, ...)
 bool server_on_service_thread(const sync_server *server);
 /* Wakes the service thread from any thread (async-signal-safe). */
 void server_wake(sync_server *server);
-/* lws_sul_schedule() for the server's own timers: on the epoll loop they are the server's, not
- * lws's (server.c, the event loop). lws_sul_cancel() cancels either. */
-void server_sul_schedule(sync_server *server, lws_sorted_usec_list_t *sul, sul_cb_t cb,
-                         lws_usec_t us);
 const server_mount *server_find_mount(const sync_server *server, const char *path);
 /* Processes the wake list and moved deadlines (service thread, on LWS_CALLBACK_EVENT_WAIT_CANCELLED
  * and after every loop turn). */

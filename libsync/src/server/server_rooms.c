@@ -589,8 +589,8 @@ static void rooms_timer_sync(sync_server *s)
     if (s->rooms_timer_armed && s->rooms_timer_at == at)
         return;
     int64_t wait_ms = at - sync_now_ms();
-    server_sul_schedule(s, &s->rooms_timer, rooms_timer_fired,
-                        (lws_usec_t)(wait_ms > 0 ? wait_ms : 0) * LWS_US_PER_MS);
+    lws_sul_schedule(s->context, 0, &s->rooms_timer, rooms_timer_fired,
+                     (lws_usec_t)(wait_ms > 0 ? wait_ms : 0) * LWS_US_PER_MS);
     s->rooms_timer_armed = true;
     s->rooms_timer_at = at;
 }
@@ -887,8 +887,8 @@ static void arm_idle_timer(sync_server *s)
         return; /* armed for that already: every loop turn comes here */
     s->rooms_idle_at = at;
     int64_t wait_ms = at - sync_now_ms();
-    server_sul_schedule(s, &s->rooms_idle_timer, idle_timer_fired,
-                        (lws_usec_t)(wait_ms > 0 ? wait_ms : 0) * LWS_US_PER_MS + 1000);
+    lws_sul_schedule(s->context, 0, &s->rooms_idle_timer, idle_timer_fired,
+                     (lws_usec_t)(wait_ms > 0 ? wait_ms : 0) * LWS_US_PER_MS + 1000);
     s->rooms_idle_armed = true;
 }
 
