@@ -531,10 +531,11 @@ static void rx_drain(sync_server *server)
         }
     }
     rx_read_done(server);
-    /* On epoll the sockets still full are read again first thing next turn: lws's libev glue
-     * leaves input that TLS holds decrypted to an idle watcher, which libev runs only in a turn
-     * with nothing else ready (poll: lws's own turn forces that service). */
-    if (!server->evl)
+    /* With TLS on epoll, the sockets still full are read again first thing next turn: lws's libev
+     * glue leaves input that TLS holds decrypted to an idle watcher, which libev runs only in a
+     * turn with nothing else ready (poll: lws's own turn forces that service). Without TLS what is
+     * left is in the socket, and epoll reports it. */
+    if (!server->evl || !server->tls_cert)
         server->rx_more_count = 0;
 }
 
