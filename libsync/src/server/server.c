@@ -856,11 +856,12 @@ int sync_server_listen(sync_server *server)
     server_alloc_install();
     struct lws_context *ctx = lws_create_context(&info);
     if (!ctx) {
+        bool on_libev = server->evl != NULL;
         evl_destroy(server);
         return sync__fail(
             SYNC_ENET, "cannot listen on %s:%d%s%s", server->host, server->port_option,
             server->tls_cert ? " (or the TLS certificate/key cannot be loaded)" : "",
-            server->evl ? " (or libwebsockets' libev event library cannot be loaded)" : "");
+            on_libev ? " (or libwebsockets' libev event library cannot be loaded)" : "");
     }
     server->context = ctx;
     server->vhost = lws_get_vhost_by_name(ctx, "default");
