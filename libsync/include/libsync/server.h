@@ -127,8 +127,10 @@ SYNC_EXTERN int sync_secret_equal(const char *given, size_t given_len, const cha
  *  serve the same protocol with the same threads, timers and graceful stop; they differ in cost.
  *  POLL is libwebsockets' own loop: one poll() over every descriptor per turn, whose cost grows
  *  with the connections open. EPOLL runs libwebsockets on libev with its epoll backend: a turn
- *  costs what is ready, not what is open, for about 110 bytes more per connection (libev's two
- *  watchers in every libwebsockets connection). docs/PERFORMANCE.md has the measurements. */
+ *  costs what is ready, not what is open (with 10,000 clients, 1.5-2.1x the increments per second
+ *  of POLL in bench/run's scenario F), for about 125 bytes more per connection (libev's two
+ *  watchers in every libwebsockets connection, and its entry per descriptor). Needs lws's libev
+ *  event library (Debian: libwebsockets-evlib-ev); without it listen fails with SYNC_ENET. */
 typedef enum sync_event_loop {
     SYNC_EVENT_LOOP_DEFAULT = 0, /**< the library's choice: SYNC_EVENT_LOOP_POLL in this release */
     SYNC_EVENT_LOOP_POLL = 1,
