@@ -134,6 +134,45 @@ test('maxBufferedBytes closes a client whose message goes over the budget with 1
           'the big message applied');
         client.ws.terminate();
       }
+    } finally {
+      await server.close();
+      await engine.dispose();
+    }
+  }
+});
+
+test('requestStop() returns at once; the server closes its clients (1001) and stops accepting', async () => {
+  const engine = new SyncEngine({ initialState: { counter: 0 } });
+  const server = new Server({ engines: { '/': engine } });
+  assert.equal(server.requestStop(), false); // not listening
+  const port = await server.listen();
+  try {
+    const client = await openClient(port);
+    await waitFor(() => client.frames.length > 0, 5000, 'initial_state');
+    const start = Date.now();
+    assert.equal(server.requestStop(), true);
+    assert.ok(Date.now() - start < 500, 'requestStop() waited');
+    assert.equal((await within(client.closedP, 10000, 'close')).code, 1001);
+    const refused = () =>
+      new Promise((resolve) => {
+        const sock = net.connect(port, '127.0.0.1');
+        sock.on('connect', () => {
+          sock.destroy();
+          resolve(false);
+        });
+        sock.on('error', () => resolve(true));
+      });
+    const deadline = Date.now() + 10000;
+    while (!(await refused())) {
+      assert.ok(Date.now() < deadline, 'still accepting after requestStop()');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  } finally {
+    await server.close(); // frees the stopped server
+    await engine.dispose();
+  }
+});
+
 // This process's descriptors that are epoll instances (Node's own loop holds some).
 function epollInstances() {
   const fs = require('fs');
@@ -174,39 +213,6 @@ for (const [eventLoop, epolls] of [
       await server.close();
       await engine.dispose();
     }
-  }
-});
-
-test('requestStop() returns at once; the server closes its clients (1001) and stops accepting', async () => {
-  const engine = new SyncEngine({ initialState: { counter: 0 } });
-  const server = new Server({ engines: { '/': engine } });
-  assert.equal(server.requestStop(), false); // not listening
-  const port = await server.listen();
-  try {
-    const client = await openClient(port);
-    await waitFor(() => client.frames.length > 0, 5000, 'initial_state');
-    const start = Date.now();
-    assert.equal(server.requestStop(), true);
-    assert.ok(Date.now() - start < 500, 'requestStop() waited');
-    assert.equal((await within(client.closedP, 10000, 'close')).code, 1001);
-    const refused = () =>
-      new Promise((resolve) => {
-        const sock = net.connect(port, '127.0.0.1');
-        sock.on('connect', () => {
-          sock.destroy();
-          resolve(false);
-        });
-        sock.on('error', () => resolve(true));
-      });
-    const deadline = Date.now() + 10000;
-    while (!(await refused())) {
-      assert.ok(Date.now() < deadline, 'still accepting after requestStop()');
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  } finally {
-    await server.close(); // frees the stopped server
-    await engine.dispose();
-  }
   });
 }
 
