@@ -358,9 +358,10 @@ static void finish(owner *o, cluster_room *r, sync__remote_result *res)
     bool changed = res->status == SYNC_OK && res->state_json;
     const char *state = changed ? res->state_json : r->state;
     int64_t version = changed ? r->version + 1 : r->version;
-    /* A refused message is saved too (its applied id): no later owner runs it again. */
-    int rc =
-        redis_fenced_save(o->c, r->key, r->token, state, strlen(state), version, NULL, ent->id);
+    /* A refused message is saved too (its applied id): no later owner runs it again. A change
+     * is published by the save's script itself, once written. */
+    int rc = redis_fenced_save_publish(o->c, r->key, r->token, state, strlen(state), version, NULL,
+                                       ent->id, changed);
     if (rc != SYNC_OK) {
         /* fenced out, or unknown whether saved: this node no longer knows the room's state */
         sync__remote_result_clear(res);
@@ -368,7 +369,6 @@ static void finish(owner *o, cluster_room *r, sync__remote_result *res)
         return;
     }
     snprintf(r->applied, sizeof r->applied, "%s", ent->id);
-    bool published = true;
     if (changed) {
         sync_free(r->state);
         r->state = res->state_json;
@@ -378,15 +378,11 @@ static void finish(owner *o, cluster_room *r, sync__remote_result *res)
         pthread_mutex_lock(&o->cl->lock);
         snprintf(epoch, sizeof epoch, "%s", r->epoch);
         pthread_mutex_unlock(&o->cl->lock);
-        published = cluster_publish_change(o->cl, o->c, r, version, epoch, r->state,
-                                           strlen(r->state)) == SYNC_OK;
         cluster_adopt(r, version, epoch, r->state, strlen(r->state));
     }
     for (size_t i = 0; i < res->reply_count; i++)
         route_reply(o, r, ent, res->replies[i], res->reply_lens[i]);
     sync__remote_result_clear(res);
-    if (!published)
-        lose(r); /* saved but not published: retaken (and republished) at the next lease turn */
 }
 
 /* Applies the room's read entries while they finish at once; stops at one in flight. */

@@ -72,6 +72,26 @@ int redis_cluster_key_check(const char *room)
     return SYNC_OK;
 }
 
+/* SAVE_LUA, then (ARGV[7] a channel) PUBLISH "<version> <epoch> <state>" on it in the same script:
+ * a change is published exactly when it was saved, in one round trip. */
+static const char SAVE_PUBLISH_LUA[] =
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if not cur or string.match(cur, '^(%d+) ') ~= ARGV[1] then return 0 end\n"
+    "local f = redis.call('HGET', KEYS[2], 'fence')\n"
+    "if f and tonumber(f) > tonumber(ARGV[1]) then return 0 end\n"
+    "redis.call('HSET', KEYS[2], 'state', ARGV[2], 'version', ARGV[3], 'updated_at', ARGV[6],\n"
+    "           'fence', ARGV[1])\n"
+    "if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'epoch', ARGV[4]) end\n"
+    "if ARGV[5] ~= '' then\n"
+    "  redis.call('HSET', KEYS[2], 'applied', ARGV[5])\n"
+    "  redis.call('XTRIM', KEYS[3], 'MINID', ARGV[5])\n"
+    "end\n"
+    "if ARGV[7] ~= '' then\n"
+    "  local ep = redis.call('HGET', KEYS[2], 'epoch') or ''\n"
+    "  redis.call('PUBLISH', ARGV[7], ARGV[3] .. ' ' .. ep .. ' ' .. ARGV[2])\n"
+    "end\n"
+    "return 1\n";
+
 static int check_room(const char *room)
 {
     return redis_cluster_key_check(room);
@@ -100,8 +120,10 @@ static int eval_int(redis_conn *c, const char *script, const char *room, int nke
                     const char *const *kinds, int nargs, const char **args, const size_t *lens,
                     long long *out, const char *what)
 {
-    const char *argv[12];
-    size_t argvlen[12];
+    const char *argv[16];
+    size_t argvlen[16];
+    if (3 + nkeys + nargs > 16)
+        return sync__fail(SYNC_EINVAL, "too many script arguments");
     char *keys[3] = {NULL, NULL, NULL};
     char nbuf[8];
     snprintf(nbuf, sizeof nbuf, "%d", nkeys);
@@ -217,6 +239,38 @@ int redis_fenced_save(redis_conn *c, const char *room, int64_t token, const char
                      strlen(args[4]), strlen(nbuf)};
     long long written = 0;
     rc = eval_int(c, SAVE_LUA, room, 3, kinds, 6, args, lens, &written, "cannot save a room to");
+    if (rc == SYNC_OK && !written)
+        rc = sync__fail(SYNC_ESTATE,
+                        "room %s not saved: token %lld no longer holds its lease (fenced out)",
+                        room, (long long)token);
+    return rc;
+}
+
+int redis_fenced_save_publish(redis_conn *c, const char *room, int64_t token, const char *json,
+                              size_t len, int64_t version, const char *epoch, const char *applied,
+                              bool publish)
+{
+    int rc = check_room(room);
+    if (rc != SYNC_OK)
+        return rc;
+    if (token <= 0 || !json)
+        return sync__fail(SYNC_EINVAL, "bad token or no state");
+    char *channel = NULL;
+    if (publish && asprintf(&channel, "%schanges:%s", c->prefix, room) < 0)
+        return sync__fail(SYNC_ENOMEM, "out of memory");
+    static const char *const kinds[] = {"lease", "room", "stream"};
+    char kbuf[24], vbuf[24], nbuf[24];
+    snprintf(kbuf, sizeof kbuf, "%lld", (long long)token);
+    snprintf(vbuf, sizeof vbuf, "%lld", (long long)version);
+    snprintf(nbuf, sizeof nbuf, "%lld", (long long)sync_wall_ms());
+    const char *args[] = {
+        kbuf, json, vbuf, epoch ? epoch : "", applied ? applied : "", nbuf, channel ? channel : ""};
+    size_t lens[] = {strlen(kbuf),    len,          strlen(vbuf),   strlen(args[3]),
+                     strlen(args[4]), strlen(nbuf), strlen(args[6])};
+    long long written = 0;
+    rc = eval_int(c, SAVE_PUBLISH_LUA, room, 3, kinds, 7, args, lens, &written,
+                  "cannot save a room to");
+    free(channel);
     if (rc == SYNC_OK && !written)
         rc = sync__fail(SYNC_ESTATE,
                         "room %s not saved: token %lld no longer holds its lease (fenced out)",

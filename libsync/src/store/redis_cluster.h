@@ -16,6 +16,7 @@
 #ifndef LIBSYNC_SRC_STORE_REDIS_CLUSTER_H
 #define LIBSYNC_SRC_STORE_REDIS_CLUSTER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -53,6 +54,13 @@ int redis_lease_release(redis_conn *c, const char *room, int64_t token);
  * `applied`. SYNC_OK; SYNC_ESTATE when fenced out, the record then untouched. */
 int redis_fenced_save(redis_conn *c, const char *room, int64_t token, const char *json, size_t len,
                       int64_t version, const char *epoch, const char *applied);
+
+/* redis_fenced_save, and when `publish` the change published on the room's channel in the same
+ * script once written: "<version> <epoch> <state>" (the record's epoch). One round trip; a change
+ * is published if and only if it was saved. */
+int redis_fenced_save_publish(redis_conn *c, const char *room, int64_t token, const char *json,
+                              size_t len, int64_t version, const char *epoch, const char *applied,
+                              bool publish);
 
 /* Reads the record as redis_record_load (a corrupt one kept aside, SYNC_ECORRUPT) plus the id of
  * the last applied stream entry into `applied` (REDIS_STREAM_ID_MAX bytes): "0-0" when none. */
