@@ -122,10 +122,10 @@ static int eval_int(redis_conn *c, const char *script, const char *room, int nke
 {
     const char *argv[16];
     size_t argvlen[16];
-    if (3 + nkeys + nargs > 16)
+    if (nkeys < 0 || nkeys > 3 || nargs < 0 || 3 + nkeys + nargs > 16)
         return sync__fail(SYNC_EINVAL, "too many script arguments");
     char *keys[3] = {NULL, NULL, NULL};
-    char nbuf[8];
+    char nbuf[16];
     snprintf(nbuf, sizeof nbuf, "%d", nkeys);
     int argc = 0;
     argv[argc] = "EVAL";
