@@ -7,7 +7,8 @@
  * is the room whose key is its path ("/" or "/counter"), a room mount's room NAME
  * (sync_server_mount_rooms) the room whose key is prefix + NAME ("/rooms/NAME"). The room's
  * state, version and epoch live in Redis: a room mount's room store is not used for its rooms,
- * and a fixed mount's engine must have no adapter.
+ * and a fixed mount's engine must have no adapter. sync_rooms_delete() and sync_rooms_list() act
+ * on this node only (the mount's store, its loaded rooms), not on the records in Redis.
  *
  * One node owns a room at a time through a lease in Redis with a fencing token; every node
  * forwards its clients' messages to the room's stream in Redis, the owner runs them one at a time

@@ -347,20 +347,11 @@ static void route_reply(owner *o, cluster_room *r, const redis_entry *ent, const
     free(channel);
 }
 
-/* The result of the entry in flight: saved (fenced), published, adopted here, replies routed. */
-static void finish(owner *o, cluster_room *r, sync__remote_result *res)
+/* After the save of the entry in flight (rc): applied, adopted here, replies routed; or, fenced
+ * out or unknown, the room dropped (the next owner applies the entry again). */
+static void finish(owner *o, cluster_room *r, sync__remote_result *res, int64_t version, int rc)
 {
     const redis_entry *ent = &r->entries[r->entry_next - 1];
-    if (!r->token || atomic_load(&o->cl->killed)) {
-        sync__remote_result_clear(res); /* lost meanwhile: the next owner applies it again */
-        return;
-    }
-    bool changed = res->status == SYNC_OK && res->state_json;
-    const char *state = changed ? res->state_json : r->state;
-    int64_t version = changed ? r->version + 1 : r->version;
-    /* A refused message is saved too (its applied id): no later owner runs it again. */
-    int rc =
-        redis_fenced_save(o->c, r->key, r->token, state, strlen(state), version, NULL, ent->id);
     if (rc != SYNC_OK) {
         /* fenced out, or unknown whether saved: this node no longer knows the room's state */
         sync__remote_result_clear(res);
@@ -368,8 +359,7 @@ static void finish(owner *o, cluster_room *r, sync__remote_result *res)
         return;
     }
     snprintf(r->applied, sizeof r->applied, "%s", ent->id);
-    bool published = true;
-    if (changed) {
+    if (version != r->version) {
         sync_free(r->state);
         r->state = res->state_json;
         res->state_json = NULL;
@@ -378,38 +368,38 @@ static void finish(owner *o, cluster_room *r, sync__remote_result *res)
         pthread_mutex_lock(&o->cl->lock);
         snprintf(epoch, sizeof epoch, "%s", r->epoch);
         pthread_mutex_unlock(&o->cl->lock);
-        published = cluster_publish_change(o->cl, o->c, r, version, epoch, r->state,
-                                           strlen(r->state)) == SYNC_OK;
         cluster_adopt(r, version, epoch, r->state, strlen(r->state));
     }
     for (size_t i = 0; i < res->reply_count; i++)
         route_reply(o, r, ent, res->replies[i], res->reply_lens[i]);
     sync__remote_result_clear(res);
-    if (!published)
-        lose(r); /* saved but not published: retaken (and republished) at the next lease turn */
 }
 
-/* Applies the room's read entries while they finish at once; stops at one in flight. */
-static void apply_room(owner *o, cluster_room *r)
+/* Takes the result of the room's entry in flight: 1 when there was one. */
+static int take_result(cluster_room *r, sync__remote_result *res)
+{
+    sync__cluster *cl = r->cl;
+    pthread_mutex_lock(&cl->lock);
+    int got = r->has_result;
+    if (got) {
+        *res = r->result;
+        memset(&r->result, 0, sizeof r->result);
+        r->has_result = false;
+        r->inflight = false;
+        pthread_cond_broadcast(&cl->cond); /* a detach may wait for it */
+    }
+    pthread_mutex_unlock(&cl->lock);
+    return got;
+}
+
+/* Runs the room's next read entry through its engine unless one is in flight. */
+static void submit_next(owner *o, cluster_room *r)
 {
     sync__cluster *cl = o->cl;
-    for (;;) {
-        sync__remote_result res;
-        pthread_mutex_lock(&cl->lock);
-        bool got = r->has_result;
-        bool busy = r->inflight && !got;
-        if (got) {
-            res = r->result;
-            memset(&r->result, 0, sizeof r->result);
-            r->has_result = false;
-            r->inflight = false;
-            pthread_cond_broadcast(&cl->cond); /* a detach may wait for it */
-        }
-        pthread_mutex_unlock(&cl->lock);
-        if (got)
-            finish(o, r, &res);
-        if (busy || !r->token || r->entry_next >= r->entry_count)
-            return;
+    pthread_mutex_lock(&cl->lock);
+    bool busy = r->inflight || r->has_result;
+    pthread_mutex_unlock(&cl->lock);
+    while (!busy && r->token && r->entry_next < r->entry_count) {
         redis_entry *ent = &r->entries[r->entry_next++];
         if (!ent->msg) {
             snprintf(r->applied, sizeof r->applied, "%s", ent->id); /* not one a node wrote */
@@ -431,9 +421,61 @@ static void apply_room(owner *o, cluster_room *r)
             pthread_cond_broadcast(&cl->cond);
             pthread_mutex_unlock(&cl->lock);
             give_up(o, r);
-            return;
         }
+        return;
     }
+}
+
+/* Applies the owned rooms' read entries in rounds: each round runs the next entry of every room
+ * that has none in flight, then saves every result of the round in one pipelined round trip
+ * (each room's save its own fenced script), then adopts them. Handlers that finish at once make
+ * a round per entry; a room whose handler pends waits for its result while the others go on. */
+static void apply_rooms(owner *o)
+{
+    sync__cluster *cl = o->cl;
+    size_t cap = o->count ? o->count : 1;
+    cluster_room **rooms = malloc(cap * sizeof *rooms);
+    sync__remote_result *results = malloc(cap * sizeof *results);
+    redis_save_req *reqs = malloc(cap * sizeof *reqs);
+    if (!rooms || !results || !reqs) {
+        free(rooms);
+        free(results);
+        free(reqs);
+        return;
+    }
+    for (int round = 0; round < CLUSTER_READ_COUNT + 1; round++) {
+        size_t n = 0;
+        for (size_t i = 0; i < o->count; i++) {
+            cluster_room *r = o->rooms[i];
+            if (!r->token)
+                continue;
+            submit_next(o, r);
+            if (!take_result(r, &results[n]))
+                continue;
+            if (!r->token || atomic_load(&cl->killed)) {
+                sync__remote_result_clear(&results[n]); /* lost meanwhile: applied again later */
+                continue;
+            }
+            bool changed = results[n].status == SYNC_OK && results[n].state_json;
+            /* a refused message is saved too (its applied id): no later owner runs it again */
+            reqs[n] = (redis_save_req){.room = r->key,
+                                       .token = r->token,
+                                       .json = changed ? results[n].state_json : r->state,
+                                       .version = changed ? r->version + 1 : r->version,
+                                       .applied = r->entries[r->entry_next - 1].id,
+                                       .publish = changed};
+            reqs[n].len = strlen(reqs[n].json);
+            rooms[n++] = r;
+        }
+        if (!n)
+            break;
+        redis_fenced_save_publish_many(o->c, reqs, n);
+        for (size_t i = 0; i < n; i++)
+            finish(o, rooms[i], &results[i], reqs[i].version, reqs[i].rc);
+    }
+    free(rooms);
+    free(results);
+    free(reqs);
 }
 
 /* One XREAD over the streams of the owned rooms that have nothing left to apply: the number of
@@ -612,13 +654,13 @@ void *cluster_owner_main(void *arg)
             next_keep = now + o.tick_ms;
             keep_leases(&o);
         }
+        apply_rooms(&o);
         bool owned = false, waiting = false;
         for (size_t i = 0; i < o.count; i++) {
             cluster_room *r = o.rooms[i];
             if (!r->token)
                 continue;
             owned = true;
-            apply_room(&o, r);
             pthread_mutex_lock(&cl->lock);
             if (r->inflight || r->has_result || r->entry_next < r->entry_count)
                 waiting = true;
