@@ -132,7 +132,11 @@ async function leaseOwner(url, prefix, room) {
   const deadline = Date.now() + 10000;
   for (;;) {
     const value = await redisGet(url, `${prefix}lease:${room}`);
-    if (value) return value.slice(value.indexOf(' ') + 1);
+    // "<token> <node id>/<incarnation>": Redis names the process, not only its id
+    if (value) {
+      const member = value.slice(value.indexOf(' ') + 1);
+      return member.slice(0, member.lastIndexOf('/'));
+    }
     assert.ok(Date.now() < deadline, `no node took the lease of ${room} in time`);
     await new Promise((r) => setTimeout(r, 50));
   }

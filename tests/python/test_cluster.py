@@ -63,7 +63,8 @@ def lease_owner(url: str, prefix: str, room: str, timeout: float = 10.0) -> str:
     while True:
         value = redis_get(url, f"{prefix}lease:{room}")
         if value:
-            return value.split(" ", 1)[1]
+            # "<token> <node id>/<incarnation>": Redis names the process, not only its id
+            return value.split(" ", 1)[1].rsplit("/", 1)[0]
         assert time.monotonic() < deadline, f"no node took the lease of {room} in time"
         time.sleep(0.05)
 
