@@ -128,6 +128,95 @@ def test_v2_follows_the_counter_and_resumes_with_a_patch_after_a_drop(counter):
     run(main())
 
 
+class FlakyProxy:
+    """A TCP proxy on 127.0.0.1 in front of a server that plays it down for the next `refuse`
+    connections (the handshake read, then the connection cut: no HTTP answer, as a server killed
+    or not yet listening gives), and records which handshakes offered the v2 subprotocol."""
+
+    def __init__(self, target_port):
+        self.target_port = target_port
+        self.refuse = 0
+        self.offers = []
+        self.transports = set()
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader, writer):
+        self.transports.add(writer.transport)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.offers.append("libsync.v2" if b"libsync.v2" in head else None)
+            if self.refuse > 0:
+                self.refuse -= 1
+                writer.transport.abort()
+                return
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            self.transports.add(up_writer.transport)
+            up_writer.write(head)
+
+            async def pipe(src, dst):
+                try:
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                finally:
+                    dst.transport.abort()
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer),
+                                 return_exceptions=True)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.transport.abort()
+
+    async def close(self):
+        self.server.close()
+        for transport in self.transports:
+            transport.abort()
+        await self.server.wait_closed()
+
+
+def test_a_server_down_when_the_offer_failed_does_not_leave_the_client_on_v1(counter):
+    """The offer after a drop fails as it does against a server that is down (restarting), and
+    the server is up for the next connection: the client must come back on v2 and resume, not
+    stay on v1 for the rest of the session."""
+    async def main():
+        port = int(counter.rsplit(":", 1)[1].split("/", 1)[0])
+        proxy = FlakyProxy(port)
+        proxy_port = await proxy.start()
+        frames = []
+        statuses = []
+        client = syncengine.Client(f"ws://127.0.0.1:{proxy_port}/counter", min_delay=0.05,
+                                   max_delay=0.2,
+                                   on_state=lambda s, v, info: frames.append((v, dict(info))),
+                                   on_status=lambda s, d: statuses.append((s, d)))
+        try:
+            async with client:
+                client.send("increment", {"amount": 3})
+                await client.wait_for(lambda s, v: v == 1, timeout=10)
+                assert client.protocol == "v2"
+                epoch = client.epoch
+                seen = len(frames)
+                proxy.refuse = 1
+                statuses.clear()
+                client.send("drop")
+                await client.wait_for(lambda s, v: len(frames) > seen, timeout=20)
+                await asyncio.sleep(0.2)
+                assert client.protocol == "v2", "the client is back on v2"
+                # the failed offer, the probe without it (closed unused), the offer again
+                assert proxy.offers[1:] == ["libsync.v2", None, "libsync.v2"]
+                assert client.epoch == epoch
+                version, info = frames[seen]
+                assert (version, info["frame"], info["base"]) == (1, "patch", 1)
+                assert len(frames) == seen + 1, "nothing from the probe"
+                assert [d["protocol"] for s, d in statuses if s == "open"] == ["v2"]
+                client.send("increment", {"amount": 1})
+                assert (await client.wait_for(lambda s, v: v == 2, timeout=10))["counter"] == 4
+        finally:
+            await proxy.close()
+
+    run(main())
+
+
 def test_v1_gets_whole_states_and_no_epoch(counter):
     async def main():
         async with syncengine.Client(counter, protocol="v1") as client:
@@ -274,15 +363,21 @@ def test_a_server_that_refuses_v2_gets_v1_and_backoff_grows():
             client = syncengine.Client(url, min_delay=0.04, max_delay=0.16, random=lambda: 1.0,
                                        on_status=lambda s, d: statuses.append((s, d)))
             async with client:
-                plain = await script.nth(1)
+                # the refused offer, a probe without it (the server is up: closed unused), the
+                # offer again (refused again), and a plain connection, kept
+                plain = await script.nth(2)
+                assert offers == ["libsync.v2", None, "libsync.v2", None]
+                probe = script.connections[0]
+                await probe.wait_closed()
+                assert (probe.close_code, probe.close_reason) == (4002, "probe")
                 assert plain.subprotocol is None
                 await plain.send(json.dumps({"type": "initial_state", "data": {}, "version": 0}))
                 await client.wait_for(lambda s, v: v == 0, timeout=10)
                 assert client.protocol == "v1"
                 # a drop: the client offers v2 again (the server might have been only down)
                 await plain.close(1011)
-                again = await script.nth(2)
-                assert offers == ["libsync.v2", None, "libsync.v2", None]
+                again = await script.nth(4)
+                assert offers[4:] == ["libsync.v2", None, "libsync.v2", None]
                 await again.send(json.dumps({"type": "state_update", "data": {}, "version": 1}))
                 await client.wait_for(lambda s, v: v == 1, timeout=10)
                 # the server goes away: delays 0.04, 0.08, 0.16, 0.16

@@ -24,6 +24,7 @@ from typing import (
 from ._patch import PatchError, apply_patch
 
 __all__ = [
+    "CLOSE_PROBE",
     "CLOSE_RESYNC",
     "Client",
     "ClientStatus",
@@ -40,6 +41,9 @@ REFUSED_CLOSE_CODES = frozenset({4401, 4403, 4410})
 # How the client closes a socket whose frames no longer follow from its state (a patch from
 # another base, or one that does not apply); it reconnects at once for a whole state.
 CLOSE_RESYNC = 4000
+# How the client closes a probe: a connection made without the v2 offer after an offer failed
+# before the handshake completed, only to learn whether the server is up (see Client).
+CLOSE_PROBE = 4002
 
 S = TypeVar("S")
 ClientStatus = Literal["connecting", "open", "disconnected", "refused", "closed"]
@@ -73,7 +77,11 @@ class Client(Generic[S]):
     ``await client.start()`` ... ``await client.close()``; inside a running event loop.
 
     ``protocol="v2"`` (default) offers the ``libsync.v2`` subprotocol and falls back to v1 when
-    the server refuses it; ``"v1"`` never offers it. While the client is not connected (or not
+    the server refuses it; ``"v1"`` never offers it. A failed offer may also mean the server was
+    down (restarting): the client then probes at once without the offer; when the probe connects,
+    the server is up, so the probe is closed unused (:data:`CLOSE_PROBE`) and v2 offered again at
+    once; only when that offer fails too does the client keep a connection without it (v1). A
+    server that was down never leaves the client on v1. While the client is not connected (or not
     yet given its state), :meth:`send` queues up to ``queue_limit`` messages and refuses more
     (returns False) rather than drop older ones.
     """
@@ -257,7 +265,10 @@ class Client(Generic[S]):
         from websockets.typing import Subprotocol
 
         attempt = 0
-        plain_next = False
+        # how the next connection is made: "offer" (v2, the normal path), "probe" (without the
+        # offer, closed once it connects), "reoffer" (v2 again: the probe found the server up) or
+        # "plain" (without the offer, kept: the server is up and refused v2 twice)
+        step = "offer"
         last_close: Optional[Dict[str, Any]] = None
         while not self._closed:
             resuming = False
@@ -266,8 +277,10 @@ class Client(Generic[S]):
                 resuming = True
                 url = resume_url(self._url, self.version, self.epoch)
             # every reconnect offers v2 again: the server may have been down, not v1-only
-            offer_v2 = self._offer == "v2" and not plain_next
-            plain_next = False
+            if self._offer != "v2":
+                step = "plain"
+            offer_v2 = step in ("offer", "reoffer")
+            this_step, step = step, "offer"
             self._set_status("connecting", {"url": url, "attempt": attempt})
             try:
                 offer = [Subprotocol(SUBPROTOCOL)] if offer_v2 else None
@@ -276,9 +289,11 @@ class Client(Generic[S]):
             except asyncio.CancelledError:
                 raise
             except Exception as err:
-                if offer_v2:
-                    # a v1 server may refuse the offer itself (libwebsockets answers 400)
-                    plain_next = True
+                if this_step in ("offer", "reoffer"):
+                    # A v1 server may refuse the offer itself (libwebsockets answers 400), but a
+                    # server that is down fails it too: probe first, keep a plain connection only
+                    # after an offer made while the server was up failed.
+                    step = "probe" if this_step == "offer" else "plain"
                     continue
                 delay = backoff_delay(attempt, self._min_delay, self._max_delay, self._random)
                 attempt += 1
@@ -287,6 +302,15 @@ class Client(Generic[S]):
                 await asyncio.sleep(delay)
                 continue
 
+            if this_step == "probe":
+                # the server is up now: this connection is not used (what it brought is not
+                # read), and its close is no drop
+                try:
+                    await ws.close(CLOSE_PROBE, "probe")
+                except Exception:  # already gone
+                    pass
+                step = "reoffer"
+                continue
             self._ws = ws
             self.protocol = "v2" if ws.subprotocol == SUBPROTOCOL else "v1"
             self._set_status("open", {"protocol": self.protocol, "resuming": resuming})

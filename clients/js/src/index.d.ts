@@ -21,6 +21,8 @@ export function parsePointer(pointer: string): string[];
 export const SUBPROTOCOL: 'libsync.v2';
 export const REFUSED_CLOSE_CODES: readonly number[];
 export const CLOSE_RESYNC: 4000;
+/** The code a probe connection (made without the v2 offer, to learn whether the server is up) is closed with. */
+export const CLOSE_PROBE: 4002;
 
 export type Status = 'connecting' | 'open' | 'disconnected' | 'refused' | 'closed';
 

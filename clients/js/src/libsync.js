@@ -202,6 +202,9 @@ export const REFUSED_CLOSE_CODES = Object.freeze([4401, 4403, 4410]);
 // The code this client closes with when its state went out of step with the server's (a patch
 // whose base is not its version): it reconnects at once for a whole state.
 export const CLOSE_RESYNC = 4000;
+// The code this client closes a probe with: a connection made without the v2 offer after an
+// offer failed before the socket opened, only to learn whether the server is up (see _open).
+export const CLOSE_PROBE = 4002;
 
 const OPEN = 1;
 
@@ -274,11 +277,16 @@ export class SyncClient {
     this._timer = null;
     this._closed = false;
     this._lastClose = null;
-    // A server that only speaks v1 may refuse a v2 offer outright (libwebsockets answers 400 to
-    // a subprotocol it does not know): an offer that fails before the socket opens is retried at
-    // once without it. Each reconnect offers v2 again: a server that was merely down when the
-    // offer failed (and up for the plain retry) must not keep this client on v1.
-    this._plainNext = false;
+    // How the next connection is made: 'offer' (v2, the normal path), 'probe', 'reoffer' or
+    // 'plain'. A server that only speaks v1 may refuse a v2 offer outright (libwebsockets answers
+    // 400 to a subprotocol it does not know), but an offer also fails before the socket opens when
+    // the server is merely down, and a browser cannot tell the two apart (no HTTP status). So a
+    // failed offer is followed at once by a probe without it: when the probe opens, the server is
+    // up, the probe is closed unused (CLOSE_PROBE) and v2 offered again at once ('reoffer'); only
+    // when that offer fails before open too does the client connect without it and keep that
+    // connection ('plain', v1). A server that was down never leaves the client on v1. Each
+    // reconnect starts with the offer again.
+    this._step = 'offer';
     this._open();
   }
 
@@ -365,8 +373,9 @@ export class SyncClient {
     if (this._closed) return;
     const resuming = this._resume && this.epoch !== undefined && this.version !== undefined;
     const url = resuming ? resumeUrl(this._url, this.version, this.epoch) : this._url;
-    const offerV2 = this._offer === 'v2' && !this._plainNext;
-    this._plainNext = false;
+    const step = this._offer === 'v2' ? this._step : 'plain';
+    this._step = 'offer';
+    const offerV2 = step === 'offer' || step === 'reoffer';
     this._setStatus('connecting', { url, attempt: this._attempt });
     let ws;
     try {
@@ -379,6 +388,19 @@ export class SyncClient {
     let opened = false;
     ws.addEventListener('open', () => {
       if (this._ws !== ws) return;
+      if (step === 'probe') {
+        // The server is up: whatever it sends on this connection is ignored (this._ws is no
+        // longer it), and its close is not a drop.
+        this._ws = null;
+        try {
+          ws.close(CLOSE_PROBE, 'probe');
+        } catch {
+          // already closing
+        }
+        this._step = 'reoffer';
+        this._timer = setTimeout(() => this._open(), 0);
+        return;
+      }
       opened = true;
       this.protocol = ws.protocol === SUBPROTOCOL ? 'v2' : 'v1';
       this._setStatus('open', { protocol: this.protocol, resuming });
@@ -398,8 +420,10 @@ export class SyncClient {
       }
       if (opened) {
         this._lastClose = detail;
-      } else if (offerV2) {
-        this._plainNext = true;
+      } else if (step === 'offer') {
+        this._step = 'probe';
+      } else if (step === 'reoffer') {
+        this._step = 'plain';
       }
       this._retry({ ...detail, opened, lastClose: this._lastClose });
     });
@@ -409,9 +433,11 @@ export class SyncClient {
 
   _retry(detail) {
     if (this._closed) return;
-    const delayMs = this._plainNext ? 0 : backoffDelay(this._attempt, this._minDelayMs,
-      this._maxDelayMs, this._random);
-    if (!this._plainNext) this._attempt += 1;
+    // the probe, and the plain connection after a refused re-offer, go at once (not a new attempt)
+    const now = this._step !== 'offer';
+    const delayMs = now ? 0 : backoffDelay(this._attempt, this._minDelayMs, this._maxDelayMs,
+      this._random);
+    if (!now) this._attempt += 1;
     this._setStatus('disconnected', { ...detail, delayMs, attempt: this._attempt });
     this._timer = setTimeout(() => this._open(), delayMs);
   }

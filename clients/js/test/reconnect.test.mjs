@@ -141,8 +141,11 @@ test('v1 fallback: a server that takes no subprotocol gets plain connections and
   const { client } = recordingClient(server.url);
   try {
     // ws refuses a reply without the offered subprotocol, as libwebsockets refuses the offer:
-    // the client retries at once without it.
-    const plain = await server.connection(2);
+    // the client probes at once without it (closed as soon as it opens: the server is up), offers
+    // v2 again, and only when that fails too keeps a plain connection.
+    const plain = await server.connection(4);
+    assert.deepEqual(server.connections.map((c) => c.offered),
+      [SUBPROTOCOL, undefined, SUBPROTOCOL, undefined]);
     assert.equal(server.connections[0].protocol, '');
     assert.equal(plain.protocol, '');
     send(plain, { type: 'initial_state', data: { counter: 5 }, version: 2 });
@@ -152,9 +155,9 @@ test('v1 fallback: a server that takes no subprotocol gets plain connections and
     assert.equal(client.epoch, undefined);
     plain.socket.terminate();
     // Each reconnect offers v2 again (the server may have been only down), then falls back.
-    const offer = await server.connection(3);
-    const next = await server.connection(4);
-    assert.deepEqual(server.connections.map((c) => c.offered),
+    const offer = await server.connection(5);
+    const next = await server.connection(8);
+    assert.deepEqual(server.connections.slice(4).map((c) => c.offered),
       [SUBPROTOCOL, undefined, SUBPROTOCOL, undefined]);
     assert.equal(offer.protocol, '');
     assert.equal(next.url, '/', 'a v1 client does not ask to resume');
