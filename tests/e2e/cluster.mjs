@@ -257,7 +257,7 @@ export class Member {
     this.home = home;
     this.path = path;
     this.sender = sender;
-    this.name = name ?? `${sender >= 0 ? 's' : 'r'}${home}:${cluster.members.length}`;
+    this.name = name ?? `${sender >= 0 ? `s${sender}` : `r${cluster.members.length}`}(home n${home})`;
     this.node = home;
     this.socket = null;
     this.sent = 0;
@@ -269,6 +269,7 @@ export class Member {
     this.rehoming = false;
     this.versions = []; // [version, node] in the order received
     this.repeats = 0;
+    this.repeatFrames = [];
     this.lastChange = Date.now();
     const self = this;
     class Routed extends WebSocket {
@@ -289,8 +290,12 @@ export class Member {
         const last = this.versions.length ? this.versions[this.versions.length - 1][0] : -1;
         if (version < last) {
           ledger.violation(`${this.name}: version ${version} (${info.frame}) after ${last}, node ${this.node}`);
-        } else if (version === last && info.frame !== 'initial_state') {
+        } else if (version === last && info.frame !== 'initial_state' &&
+                   !(info.frame === 'patch' && info.base === version)) {
+          // The same version again, neither the first state of a new connection nor the empty
+          // patch that answers a resume from the current version: reported.
           this.repeats += 1;
+          this.repeatFrames.push(`${info.frame}@v${version}/n${this.node}`);
         }
         this.versions.push([version, this.node]);
         this.lastChange = Date.now();
