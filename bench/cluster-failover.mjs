@@ -43,7 +43,7 @@ try {
   const rates = [];
   cluster.startLoad(load);
   for (let round = 1; round <= rounds; round += 1) {
-    const owner = await until(() => cluster.owner(), 'an owner', 15000);
+    const owner = await until(() => cluster.owner('/'), 'an owner', 15000);
     await until(() => cluster.members.every((m) => m.open), 'every client connected', 20000);
     const v0 = Math.max(...cluster.members.map((m) => m.version));
     const t0 = performance.now();

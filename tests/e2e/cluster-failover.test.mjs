@@ -33,26 +33,30 @@ test(`the owner node killed (SIGKILL) under load, ${ROUNDS} rounds`, { skip, tim
     await until(() => cluster.members.every((m) => m.open), 'every client joined');
     cluster.startLoad({ window: 4, perSecond: 30 });
     for (let round = 1; round <= ROUNDS; round += 1) {
-      const owner = await until(() => cluster.owner(), 'an owner of the room', 15000);
+      const owner = await until(() => cluster.owner('/'), 'an owner of the room', 15000);
       assert.ok(owner.index >= 0, `owner ${owner.node} is one of ours`);
       // Load on every node (those clients of the dead node included) before the kill.
       await until(() => cluster.members.every((m) => m.open), 'every client connected', 15000);
       await sleep(150 + Math.floor(Math.random() * 200));
       const before = maxVersion(cluster.members);
       const survivors = cluster.members.filter((m) => m.node !== owner.index);
+      // Every third round the dead node comes back at once, with the same node id, before its
+      // lease ran out (a supervisor restarting a crashed process).
+      const quick = round % 3 === 0;
       const t0 = performance.now();
       await cluster.kill(owner.index);
+      if (quick) await cluster.restart(owner.index);
       await until(() => survivors.every((m) => m.version > before), () =>
         `round ${round}: a version after ${before} on every surviving client: ${
           survivors.map((m) => `${m.name}@n${m.node}:v${m.version}`).join(' ')}`, 20000, 5);
       failover.push(performance.now() - t0);
-      const next = await until(() => cluster.owner(), 'the new owner', 15000);
-      assert.notEqual(next.node, owner.node, `round ${round}: the room has a new owner`);
-      assert.ok(next.token > owner.token, `round ${round}: fencing token ${next.token} after ${owner.token}`);
+      const next = await until(() => cluster.owner('/'), 'the new owner', 15000);
+      if (!quick) assert.notEqual(next.node, owner.node, `round ${round}: the room has a new owner`);
+      assert.ok(next.token > owner.token, `round ${round}: fencing token ${next.token} after ${owner.token} (${owner.node} -> ${next.node})`);
       // The dead node's clients are on other nodes and past the kill too.
       await until(() => cluster.members.every((m) => m.open && m.version > before),
         `round ${round}: the dead node's clients back elsewhere`, 20000);
-      await cluster.restart(owner.index);
+      if (!quick) await cluster.restart(owner.index);
       cluster.stopLoad();
       const final = await cluster.converge(cluster.members, { timeoutMs: 30000, quietMs: 300 });
       const { lost } = cluster.checkFinal(final);
@@ -87,7 +91,7 @@ test('the owner stopped (SIGSTOP) past its lease: the others go on, and once con
       await until(() => cluster.members.every((m) => m.open), 'every client joined');
       cluster.startLoad({ window: 4, perSecond: 30 });
       for (let round = 1; round <= 3; round += 1) {
-        const owner = await until(() => cluster.owner(), 'an owner', 15000);
+        const owner = await until(() => cluster.owner('/'), 'an owner', 15000);
         await until(() => cluster.members.every((m) => m.open), 'every client connected', 15000);
         await sleep(300);
         const before = maxVersion(cluster.members);
@@ -97,7 +101,7 @@ test('the owner stopped (SIGSTOP) past its lease: the others go on, and once con
         try {
           // The others take the room over and go on while it sleeps.
           const next = await until(async () => {
-            const o = await cluster.owner();
+            const o = await cluster.owner('/');
             return o && o.node !== owner.node ? o : null;
           }, 'another node owning the room', leaseMs + 15000);
           assert.ok(next.token > owner.token);
@@ -114,9 +118,9 @@ test('the owner stopped (SIGSTOP) past its lease: the others go on, and once con
         const { lost } = cluster.checkFinal(final);
         assertClean(cluster, `SIGSTOP round ${round}`);
         // The record was last written by the current owner's token, never by the stale one.
-        const now = await cluster.owner();
+        const now = await cluster.owner('/');
         const records = [];
-        for (const key of await cluster.redis.keys('*room:*')) {
+        for (const key of (await cluster.redis.keys('*room:*')).filter((k) => k.endsWith('room:/'))) {
           const fence = (await cluster.redis.cli(['HGET', key, 'fence']).catch(() => '')).trim();
           if (fence !== '') records.push({ key, fence: Number(fence) });
         }
