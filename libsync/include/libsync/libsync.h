@@ -12,5 +12,6 @@
 #include "libsync/server.h"
 #include "libsync/rooms.h"
 #include "libsync/executor.h"
+#include "libsync/cluster.h"
 
 #endif /* LIBSYNC_LIBSYNC_H */

@@ -117,6 +117,11 @@ uint64_t sync_conn_id(const sync_conn *conn)
     return conn ? conn->id : 0;
 }
 
+void sync__conn_set_id(sync_conn *conn, uint64_t id)
+{
+    conn->id = id;
+}
+
 const char *sync_conn_identity(const sync_conn *conn)
 {
     return conn ? atomic_load(&conn->identity) : NULL;

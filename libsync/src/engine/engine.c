@@ -28,6 +28,8 @@ void sync__engine_lock(sync_engine *engine)
 
 static void engine_destroy(sync_engine *engine)
 {
+    /* every outermost unlock hands them on; none is left unless a path forgot to unlock */
+    sync__remote_deliver(sync__remote_take(engine));
     sync_adapter_free(engine->adapter);
     cJSON_Delete(engine->state);
     sync__feed_release(&engine->feed);
@@ -36,6 +38,7 @@ static void engine_destroy(sync_engine *engine)
     sync__frame_unref(engine->ping_frame);
     free(engine->middleware);
     pthread_cond_destroy(&engine->timer_cond);
+    pthread_cond_destroy(&engine->forward_cond);
     pthread_mutex_destroy(&engine->lock);
     /* last: every log line of the engine is behind */
     if (engine->log_free_userdata)
@@ -57,11 +60,16 @@ void sync__engine_unref_later(sync_engine *engine)
 void sync__engine_unlock(sync_engine *engine)
 {
     unsigned unrefs = 0;
+    struct sync__remote_delivery *deliveries = NULL;
     if (--engine->lock_depth == 0) {
         unrefs = engine->deferred_unrefs;
         engine->deferred_unrefs = 0;
+        if (engine->remote_deliveries)
+            deliveries = sync__remote_take(engine);
     }
     pthread_mutex_unlock(&engine->lock);
+    /* before the unrefs: a done callback reads nothing of the engine, but may call into it */
+    sync__remote_deliver(deliveries);
     while (unrefs--)
         sync__engine_unref(engine);
 }
@@ -223,6 +231,7 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
     pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
     pthread_cond_init(&engine->timer_cond, &cattr);
     pthread_condattr_destroy(&cattr);
+    pthread_cond_init(&engine->forward_cond, NULL);
 
     engine->versioning = opts->enable_versioning ? 1 : 0;
     engine->persist_mode = opts->persist_mode;

@@ -40,7 +40,10 @@ typedef struct sync__cluster_link {
  * - its state changes only through sync__engine_adopt_state(): sync_engine_set_state() and
  *   sync_engine_set_state_json() return SYNC_EUNSUPPORTED ("in a cluster the state changes
  *   through messages").
- * SYNC_EINVAL for a NULL engine or a link without forward. */
+ * SYNC_EINVAL for a NULL engine or a link without forward; SYNC_ECLOSED to link a disposed engine
+ * (unlinking always works). Once it returns, no forward call of the previous link is running or
+ * will start (it waits for them), so the old userdata may go; except when called from inside a
+ * forward call or a hook of this engine, where it cannot wait. */
 int sync__engine_set_cluster_link(sync_engine *engine, const sync__cluster_link *link);
 
 /* A message a node forwarded, as the owner read it from the room's stream. */
@@ -65,25 +68,33 @@ typedef struct sync__remote_result {
 
 /* Gets the result of a run (owned by the callee: release with sync__remote_result_clear()).
  * Called once, on the thread that finished the last step (possibly inside
- * sync__engine_apply_remote() when nothing pended), with the engine lock not held. */
+ * sync__engine_apply_remote() when nothing pended), with the engine lock not held. `result`
+ * itself points into the engine's storage, valid for the call: the callee owns its contents, so it
+ * clears it there or copies the struct and clears the copy later. A run dropped by the engine's
+ * dispose gets status SYNC_ECLOSED. */
 typedef void (*sync__remote_done_fn)(void *userdata, sync__remote_result *result);
 
 /* Runs `msg` through the engine's validator, middleware and handler, as sync_engine_handle_message
  * would for a client of this node, against the engine's committed state, but commits, saves and
  * broadcasts nothing: `done` gets the new state. The pipeline's sync_msg_conn() is a stand-in
- * connection with the message's identity and id (sync_conn_id()); what is sent to it is captured
- * into the result's replies; closing it does nothing. Queued behind every op submitted before it
- * (an adoption queued first is the state it runs against); async steps, step_timeout_ms and
- * rollback work as for any message. A message that is not valid JSON or not a message is refused
- * through `done` like any pipeline refusal. SYNC_OK when queued (done will run), else an error
- * and done never runs (SYNC_ECLOSED after dispose, SYNC_EINVAL, SYNC_ENOMEM). */
+ * connection with the message's identity and id (sync_conn_id(); sync_conn_userdata() NULL, as
+ * for the server's connections); what is sent to it is captured into the result's replies (after
+ * done, sends to it fail with SYNC_ECLOSED); closing it reaches nobody (later sends fail, as on a
+ * closing connection). An injected message (conn_id 0) runs without a connection (sync_msg_conn()
+ * NULL), as it would on its node. The owner's max_message_bytes and max_json_depth apply again.
+ * Queued behind every op submitted before it (an adoption queued first is the state it runs
+ * against); async steps, step_timeout_ms and rollback work as for any message. A message that is
+ * not valid JSON or not a message is refused through `done` like any pipeline refusal. SYNC_OK
+ * when queued (done will run), else an error and done never runs (SYNC_ECLOSED after dispose,
+ * SYNC_EINVAL, SYNC_ENOMEM). */
 int sync__engine_apply_remote(sync_engine *engine, const sync__remote_msg *msg,
                               sync__remote_done_fn done, void *userdata);
 
 void sync__remote_result_clear(sync__remote_result *result);
 
 /* Sends a frame the owner produced for connection `conn_id` of this engine (a reply, an error
- * frame), from any thread. SYNC_OK, or SYNC_ECLOSED when no open connection has that id. */
+ * frame), from any thread. SYNC_OK, or SYNC_ECLOSED when no open connection has that id (or it is
+ * closing, or the engine is disposed); a failed send is reported (on_error) as SYNC_ESEND. */
 int sync__engine_send_to_conn(sync_engine *engine, uint64_t conn_id, const char *text, size_t len);
 
 /* Sets the epoch of the engine's history (v2 resume, delta.h) to the one the room's record in
@@ -92,7 +103,8 @@ int sync__engine_send_to_conn(sync_engine *engine, uint64_t conn_id, const char 
  * history (clients behind then get the whole state). */
 int sync__engine_set_epoch(sync_engine *engine, const char *epoch);
 
-/* The engine's epoch into `out` (SYNC__EPOCH_MAX + 1 bytes): what a new record should carry. */
+/* The engine's epoch into `out` (SYNC__EPOCH_MAX + 1 bytes): what a new record should carry.
+ * "" for a NULL engine. */
 void sync__engine_get_epoch(sync_engine *engine, char *out);
 
 #endif

@@ -122,6 +122,10 @@ static int message_enter(sync_engine *engine, sync_conn *conn, const char *text,
         return rc;
     }
     SYNC__DEBUG(engine, "message of %zu bytes parsed", len);
+    if (engine->cluster.forward) {
+        cJSON_Delete(message); /* the owner node parses it again where it runs */
+        return sync__cluster_forward(engine, conn, text ? text : "", len);
+    }
     sync__op *op = sync__op_new(OP_MESSAGE);
     if (!op) {
         cJSON_Delete(message);
@@ -171,6 +175,11 @@ static int set_state(sync_engine *engine, cJSON *state, int broadcast, int check
         cJSON_Delete(state);
     }
     int rc = enter(engine, "sync_engine_set_state");
+    if (rc == SYNC_OK && adopt_version == 0 && engine->cluster.forward) {
+        sync__engine_unlock(engine);
+        rc = sync__fail(SYNC_EUNSUPPORTED, "sync_engine_set_state: the engine serves a room of a "
+                                           "cluster, where the state changes through messages");
+    }
     if (rc != SYNC_OK) {
         if (bad == SYNC_OK)
             cJSON_Delete(state);

@@ -9,6 +9,7 @@
 #include "libsync/engine.h"
 #include "completion.h"
 #include "delta.h"
+#include "engine_cluster.h"
 #include "feed.h"
 #include "frame.h"
 #include "transport.h"
@@ -44,6 +45,9 @@ struct sync_conn {
     sync_conn *next;
 };
 
+/* Gives a stand-in connection that never opens in an engine (sync__engine_apply_remote) the id
+ * its original has on another node, so sync_conn_id() reads the same there. */
+void sync__conn_set_id(sync_conn *conn, uint64_t id);
 /* Sends one frame through the connection's transport (shared frame or public send). */
 int sync__conn_push_frame(sync_conn *conn, sync__frame *frame);
 /* 1 for a transport's connection: its transport reads the feed itself (a feed reader); 0 for a
@@ -69,7 +73,8 @@ typedef enum op_kind {
     OP_BACKUP,
     OP_OPEN,
     OP_FLUSH, /* a transport asked for the head to be saved before it sends it */
-    OP_WHEN_IDLE
+    OP_WHEN_IDLE,
+    OP_REMOTE /* a message another node forwarded, run without a commit (engine_cluster.h) */
 } op_kind;
 
 /* One unit of the engine's strictly ordered work. Each op is a small state machine so that any
@@ -99,6 +104,12 @@ typedef struct sync__op {
     int64_t ats;
     int64_t t0_us;
     uint64_t save_seq;
+    /* OP_REMOTE: the forwarded text, and where its result goes (remote_delivery is NULL once
+     * the result was handed on; engine_cluster.c) */
+    char *remote_text;
+    size_t remote_len;
+    struct sync__remote_delivery *remote_delivery; /* allocated up front: done always runs */
+    struct sync__remote_sink *remote_sink; /* the stand-in's captured frames (owned by it) */
 } sync__op;
 
 typedef enum msg_step {
@@ -225,6 +236,16 @@ struct sync_engine {
     int timer_detached;
     int timer_joined;
 
+    /* cluster (engine_cluster.h): the link while linked (forward NULL: not linked); the
+     * forward calls running outside the lock, which an unlink waits for */
+    sync__cluster_link cluster;
+    int forwarding;
+    int forward_waiters;
+    pthread_cond_t forward_cond;
+    /* results of OP_REMOTE runs, handed to their done callbacks at the outermost unlock */
+    struct sync__remote_delivery *remote_deliveries;
+    struct sync__remote_delivery *remote_deliveries_tail;
+
     sync_engine_stats stats;
 };
 
@@ -287,6 +308,19 @@ int sync__msg_drop(sync_engine *engine, sync_conn *conn, int status, const char 
 void sync__msg_free(sync_msg *msg);
 /* Fails the step awaiting its completion once step_deadline_ms passed (engine lock held). */
 void sync__msg_time_out(sync_engine *engine);
+
+/* engine_cluster.c */
+/* Hands a linked engine's parsed client message to its link (lock held on entry, released
+ * on return); a refusal is reported as a dropped message. */
+int sync__cluster_forward(sync_engine *engine, sync_conn *conn, const char *text, size_t len);
+/* Runs an OP_REMOTE (lock held). */
+int sync__remote_run(sync_engine *engine, sync__op *op);
+/* Frees what an OP_REMOTE holds; a result not handed on yet goes out as SYNC_ECLOSED. */
+void sync__remote_op_release(sync_engine *engine, sync__op *op);
+/* Takes the results waiting for their done callbacks (lock held): the caller delivers them with
+ * sync__remote_deliver() once the lock is released. */
+struct sync__remote_delivery *sync__remote_take(sync_engine *engine);
+void sync__remote_deliver(struct sync__remote_delivery *list);
 
 /* engine_timers.c */
 int sync__engine_timers_start(sync_engine *engine);

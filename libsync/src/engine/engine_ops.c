@@ -33,6 +33,8 @@ void sync__op_free(sync_engine *engine, sync__op *op)
 {
     if (!op)
         return;
+    if (op->kind == OP_REMOTE)
+        sync__remote_op_release(engine, op);
     sync__msg_free(op->msg);
     cJSON_Delete(op->message);
     cJSON_Delete(op->state);
@@ -540,6 +542,8 @@ static int op_run(sync_engine *engine, sync__op *op)
     case OP_WHEN_IDLE:
         op->done(engine, SYNC_OK, op->done_userdata);
         return SYNC_OK;
+    case OP_REMOTE:
+        return sync__remote_run(engine, op);
     }
     return SYNC_EINVAL;
 }

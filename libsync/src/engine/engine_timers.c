@@ -121,6 +121,12 @@ static void *timer_main(void *arg)
             tick_locked(engine, now);
             continue;
         }
+        if (engine->remote_deliveries) {
+            /* a result this thread finished (a step timed out) goes out before it sleeps */
+            sync__engine_unlock(engine);
+            sync__engine_lock(engine);
+            continue;
+        }
         /* The wait gives the lock away: let other threads count their own depth from zero. */
         engine->lock_depth = 0;
         if (deadline < 0) {

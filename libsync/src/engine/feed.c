@@ -11,7 +11,8 @@
 
 int sync__feed_save_due(const sync_engine *engine, sync__feed_point point)
 {
-    if (!engine->adapter)
+    /* a cluster's room is saved by its owner node, fenced (engine_cluster.h) */
+    if (!engine->adapter || engine->cluster.forward)
         return 0;
     const sync__feed *f = &engine->feed;
     switch (point) {

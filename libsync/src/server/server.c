@@ -178,6 +178,7 @@ static int check_options(const sync_server_options *o)
 static void server_release(sync_server *server)
 {
     server_rooms_release(server);
+    server_cluster_release(server);
     server_broadcast_release(server);
     if (server->auth_free_userdata)
         server->auth_free_userdata(server->auth_userdata);
@@ -311,6 +312,9 @@ int sync_server_mount(sync_server *server, const char *path, sync_engine *engine
         return sync__fail(SYNC_ESTATE, "mount before the server listens");
     if (server_find_mount(server, path))
         return sync__fail(SYNC_EINVAL, "path \"%s\" is already mounted", path);
+    int checked = server_cluster_check_engine(server, path, engine);
+    if (checked != SYNC_OK)
+        return checked;
 
     server_engine *eng = NULL;
     for (size_t i = 0; i < server->engine_count; i++)
@@ -725,6 +729,11 @@ int sync_server_listen(sync_server *server)
         return sync__fail(SYNC_ENET, "cannot listen on %s:%d", server->host, server->port_option);
     }
     int rc = attach_engines(server);
+    if (rc == SYNC_OK) {
+        rc = server_cluster_listen(server);
+        if (rc != SYNC_OK)
+            detach_engines(server, server->engine_count);
+    }
     if (rc != SYNC_OK) {
         lws_context_destroy(ctx);
         server->context = NULL;

@@ -82,6 +82,7 @@ typedef struct server_engine {
     bool flush_pending;      /* a broadcast stopped early: some live connections may be behind */
     int64_t walk_started_us; /* when the walk that flush_pending continues began */
     size_t walk_visited;     /* connections visited in its sliced pass */
+    struct cluster_room *cluster_room; /* a clustered fixed mount's room (server_cluster.c) */
 } server_engine;
 
 typedef struct server_mount {
@@ -119,6 +120,7 @@ struct sync_server {
 
     server_mount *mounts;
     size_t mount_count;
+    struct sync__cluster *cluster; /* sync_server_join_cluster(), NULL: none */
     /* Room mounts (server_rooms.c). rooms_lock guards every mount's table and room counters, the
      * idle list and rooms_due; lock order: an engine's lock, then rooms_lock (never the reverse:
      * nothing calls into an engine while holding it); rooms_lock and server->lock never nest. */
@@ -391,6 +393,17 @@ void server_conn_auth_decided_locked(server_conn *c, int status, char *identity)
 int server_http_callback(sync_server *server, struct lws *wsi, enum lws_callback_reasons reason,
                          void *in, size_t len);
 void server_http_free(struct lws *wsi);
+
+/* server_cluster.c */
+/* SYNC_EINVAL when the server is clustered and `engine` has an adapter. */
+int server_cluster_check_engine(sync_server *server, const char *path, sync_engine *engine);
+/* At listen: starts the node and attaches every fixed mount. */
+int server_cluster_listen(sync_server *server);
+/* The upgrade gate of a clustered server: 0, or 503 (no Redis; a fixed mount's room `eng` not
+ * loaded yet). */
+int server_cluster_gate(sync_server *server, const server_engine *eng);
+/* At free, after the rooms: detaches the fixed mounts and stops the node. */
+void server_cluster_release(sync_server *server);
 
 /* server_rooms.c */
 void server_rooms_init(sync_server *server);

@@ -39,6 +39,7 @@
 #include <malloc.h>
 #endif
 
+#include "cluster/cluster.h"
 #include "engine/engine_room.h"
 #include "error.h"
 #include "libsync/rooms.h"
@@ -100,7 +101,8 @@ struct server_room {
     uint64_t loaded_seq;    /* its engine's head right after the load */
     bool timer_armed;       /* in server->room_timers, at timer_index */
     size_t timer_index;
-    int64_t timer_at; /* its engine's next deadline, ms */
+    int64_t timer_at;             /* its engine's next deadline, ms */
+    struct cluster_room *cluster; /* a clustered server's: the room in the cluster, while loaded */
 };
 
 struct sync_rooms {
@@ -299,6 +301,41 @@ static void room_loaded(sync_engine *engine, int status, void *userdata)
     room_ready(r, status);
 }
 
+/* A clustered room's record came from Redis (any thread). */
+static void room_cluster_ready(void *userdata, int status)
+{
+    server_room *r = userdata;
+    r->loaded_seq = sync__engine_head_seq(r->eng.engine);
+    room_ready(r, status);
+}
+
+/* A clustered room's engine (initial state, no adapter) joins the cluster as the room
+ * prefix + name; its record is loaded from Redis by the node, which calls room_cluster_ready. */
+static void room_cluster_attach(sync_engine *engine, int status, void *userdata)
+{
+    (void)engine;
+    server_room *r = userdata;
+    sync_server *s = r->eng.server;
+    if (status < 0) {
+        room_ready(r, status);
+        return;
+    }
+    char *key = NULL;
+    if (asprintf(&key, "%s%s", r->rooms->prefix, r->name) < 0) {
+        room_ready(r, sync__fail(SYNC_ENOMEM, "out of memory"));
+        return;
+    }
+    /* under rooms_lock: a failure the node reports at once (room_ready takes it) cannot free
+     * the engine before r->cluster says it must be detached first */
+    pthread_mutex_lock(&s->rooms_lock);
+    int rc =
+        sync__cluster_attach(s->cluster, key, r->eng.engine, room_cluster_ready, r, &r->cluster);
+    pthread_mutex_unlock(&s->rooms_lock);
+    free(key);
+    if (rc != SYNC_OK)
+        room_ready(r, rc);
+}
+
 /* After the setup: the initial state, the store's adapter, the load. */
 static void room_after_setup(server_room *r, sync_room_setup *setup, int status)
 {
@@ -315,6 +352,16 @@ static void room_after_setup(server_room *r, sync_room_setup *setup, int status)
     }
     sync_rooms *rooms = r->rooms;
     sync_adapter *adapter = NULL;
+    if (r->eng.server->cluster) {
+        /* the state lives in Redis: the mount's store is not used */
+        int rc =
+            sync__engine_attach_load(r->eng.engine, initial ? initial : rooms->initial_state_json,
+                                     NULL, room_cluster_attach, r);
+        free(initial);
+        if (rc < 0 && rc != SYNC_PENDING)
+            room_ready(r, rc);
+        return;
+    }
     if (rooms->store) {
         int rc = sync_room_store_adapter(&adapter, rooms->store, r->name);
         if (rc != SYNC_OK) {
@@ -612,6 +659,11 @@ static void room_free_engine(server_room *r)
     sync_engine *engine = r->eng.engine;
     sync_engine_stats st = {.version = SYNC_ENGINE_STATS_VERSION};
     sync_engine_get_stats(engine, &st);
+    pthread_mutex_lock(&s->rooms_lock);
+    struct cluster_room *room = r->cluster;
+    r->cluster = NULL;
+    pthread_mutex_unlock(&s->rooms_lock);
+    sync__cluster_detach(room); /* gives its lease up: another node goes on */
     sync__engine_remove_listener(engine, r);
     /* off the service thread nothing serves (drain_if_idle_server): the heap is empty */
     if (server_on_service_thread(s))

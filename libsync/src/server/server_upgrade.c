@@ -7,6 +7,8 @@
  */
 #include "server_internal.h"
 
+#include "cluster/cluster.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -623,6 +625,12 @@ int server_upgrade_check(sync_server *server, struct lws *wsi, const char *upgra
     if (server->stopping || server->ws_open >= server->max_connections) {
         free(room_name);
         return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
+    }
+    if (!echo && server_cluster_gate(server, mount ? mount->eng : NULL) != 0) {
+        free(room_name);
+        return refuse_why(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "",
+                          sync__cluster_available(server->cluster) ? "room loading"
+                                                                   : "redis unavailable");
     }
     if (echo) {
         server_conn *c = server_conn_new(server, NULL, NULL);

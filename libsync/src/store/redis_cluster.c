@@ -56,9 +56,25 @@ static const char SAVE_LUA[] =
     "end\n"
     "return 1\n";
 
+int redis_cluster_key_check(const char *room)
+{
+    if (!room)
+        return sync__fail(SYNC_EINVAL, "room is NULL");
+    /* A room name, or a server's key for a room (its URL path: "/", "/rooms/NAME"). */
+    if (!strchr(room, '/'))
+        return sync_room_name_check(room);
+    size_t len = strlen(room);
+    if (len > REDIS_CLUSTER_KEY_MAX)
+        return sync__fail(SYNC_EINVAL, "room key longer than %d bytes", REDIS_CLUSTER_KEY_MAX);
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)room[i] < 0x20 || room[i] == 0x7f)
+            return sync__fail(SYNC_EINVAL, "room key has a control character");
+    return SYNC_OK;
+}
+
 static int check_room(const char *room)
 {
-    return room ? sync_room_name_check(room) : sync__fail(SYNC_EINVAL, "room is NULL");
+    return redis_cluster_key_check(room);
 }
 
 static int check_node(const char *node)
@@ -283,14 +299,16 @@ void redis_entries_free(redis_entry *entries, size_t count)
 {
     if (!entries)
         return;
-    for (size_t i = 0; i < count; i++)
+    for (size_t i = 0; i < count; i++) {
         sync_free(entries[i].msg);
+        sync_free(entries[i].identity);
+    }
     sync_free(entries);
 }
 
-/* One XREAD entry [id, [field, value, ...]] into `e`: 1, or 0 when it is not one we wrote. */
-static int parse_entry(const redisReply *r, redis_entry *e)
+int redis_entry_parse(const redisReply *r, redis_entry *e)
 {
+    memset(e, 0, sizeof *e);
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len >= REDIS_STREAM_ID_MAX ||
         r->element[1]->type != REDIS_REPLY_ARRAY)
@@ -298,7 +316,7 @@ static int parse_entry(const redisReply *r, redis_entry *e)
     memcpy(e->id, r->element[0]->str, r->element[0]->len);
     e->id[r->element[0]->len] = '\0';
     const redisReply *f = r->element[1];
-    const redisReply *node = NULL, *msg = NULL;
+    const redisReply *node = NULL, *msg = NULL, *conn = NULL, *ident = NULL;
     for (size_t i = 0; i + 1 < f->elements; i += 2) {
         const redisReply *k = f->element[i], *v = f->element[i + 1];
         if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
@@ -307,6 +325,10 @@ static int parse_entry(const redisReply *r, redis_entry *e)
             node = v;
         else if (k->len == 3 && memcmp(k->str, "msg", 3) == 0)
             msg = v;
+        else if (k->len == 4 && memcmp(k->str, "conn", 4) == 0)
+            conn = v;
+        else if (k->len == 5 && memcmp(k->str, "ident", 5) == 0)
+            ident = v;
     }
     if (!node || !msg || node->len > REDIS_NODE_ID_MAX)
         return 0;
@@ -318,6 +340,19 @@ static int parse_entry(const redisReply *r, redis_entry *e)
     memcpy(e->msg, msg->str, msg->len);
     e->msg[msg->len] = '\0';
     e->len = msg->len;
+    int64_t id = 0;
+    if (conn && redis_parse_int64(conn->str, conn->len, &id) && id > 0)
+        e->conn_id = (uint64_t)id;
+    if (ident && ident->len) {
+        e->identity = sync_malloc(ident->len + 1);
+        if (!e->identity) {
+            sync_free(e->msg);
+            e->msg = NULL;
+            return -1;
+        }
+        memcpy(e->identity, ident->str, ident->len);
+        e->identity[ident->len] = '\0';
+    }
     return 1;
 }
 
@@ -365,7 +400,7 @@ int redis_stream_read(redis_conn *c, const char *room, const char *after, size_t
     }
     size_t n = 0;
     for (size_t i = 0; i < list->elements; i++) {
-        int got = parse_entry(list->element[i], &entries[n]);
+        int got = redis_entry_parse(list->element[i], &entries[n]);
         if (got < 0) {
             redis_entries_free(entries, n);
             freeReplyObject(reply);

@@ -26,6 +26,12 @@
 #define REDIS_STREAM_ID_MAX 48
 /* A node id: 1 to 64 printable ASCII bytes without spaces. */
 #define REDIS_NODE_ID_MAX 64
+/* Longest room key: a room name, or a server's URL path of a room (no control characters). */
+#define REDIS_CLUSTER_KEY_MAX 1024
+
+/* SYNC_OK when `room` may be a room's key: a room name (sync_room_name_check) or, when it has a
+ * '/', 1 to REDIS_CLUSTER_KEY_MAX bytes without control characters. */
+int redis_cluster_key_check(const char *room);
 
 /* Takes the lease of `room` for `node` for `ttl_ms` when nobody holds it, with a new token; when
  * `node` holds it already, extends it and keeps its token. *out_token is the token, or 0 when
@@ -63,7 +69,13 @@ typedef struct redis_entry {
     char node[REDIS_NODE_ID_MAX + 1];
     char *msg; /* NUL-terminated, sync_malloc */
     size_t len;
+    uint64_t conn_id; /* field "conn": the sender's connection on its node, 0 when none */
+    char *identity;   /* field "ident": its identity (JSON, sync_malloc), NULL when none */
 } redis_entry;
+
+/* One XREAD entry [id, [field, value, ...]] into `e` (zeroed first): 1, 0 when it is not one a
+ * node wrote (no node or msg), -1 out of memory. */
+int redis_entry_parse(const redisReply *r, redis_entry *e);
 
 /* Up to `max` entries after the id `after`, in stream order, waiting up to `block_ms` (0: not at
  * all; keep it under the connection's command timeout) when there are none. *out (sync_malloc,

@@ -1,0 +1,647 @@
+/* The owner thread (cluster_internal.h): for every room attached to this node, on one Redis
+ * connection,
+ * - loads the room's record into its engine (first load, and again after every resubscription):
+ *   the record's epoch, then its version (sync__engine_adopt_state);
+ * - every lease_ms / 6, one Lua script per CLUSTER_BATCH rooms renews the leases it holds and
+ *   takes those that are free (a new fencing token each time);
+ * - takes a room over: fenced load, the record's epoch created when it has none, the loaded
+ *   version adopted by the local engine before the first apply, and republished (the last owner
+ *   may have died between its save and its publish);
+ * - reads the streams of the rooms it owns, one XREAD over all of them, and applies each entry
+ *   through the engine (sync__engine_apply_remote: one entry in flight per room, rooms in
+ *   parallel), then the fenced save of state + version + applied id, the publish, the local
+ *   adoption, and the replies routed to the sender's node.
+ * A room whose save is refused (fenced out) or fails is dropped at once: nothing more is
+ * applied until the node owns it again and reloaded it. */
+#include "cluster/cluster_internal.h"
+
+#include "error.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef LIBSYNC_HAVE_REDIS
+
+/* KEYS: lease, fence of each room. ARGV: node, ttl, then each room's token ('0': not owned).
+ * An owned room's lease is renewed when it still carries the token (else 0: lost); a room not
+ * owned is taken when its lease is free (INCR of its fence: a new token) or kept when this node
+ * holds it already. Returns each room's token, 0 where another node holds it. */
+static const char KEEP_LUA[] =
+    "local out = {}\n"
+    "for i = 1, #ARGV - 2 do\n"
+    "  local lease, tok = KEYS[2 * i - 1], ARGV[2 + i]\n"
+    "  local cur = redis.call('GET', lease)\n"
+    "  local t, n\n"
+    "  if cur then t, n = string.match(cur, '^(%d+) (.*)$') end\n"
+    "  if tok ~= '0' then\n"
+    "    if t == tok then redis.call('PEXPIRE', lease, ARGV[2]); out[i] = tonumber(tok)\n"
+    "    else out[i] = 0 end\n"
+    "  elseif cur then\n"
+    "    if n == ARGV[1] then redis.call('PEXPIRE', lease, ARGV[2]); out[i] = tonumber(t)\n"
+    "    else out[i] = 0 end\n"
+    "  else\n"
+    "    local nt = redis.call('INCR', KEYS[2 * i])\n"
+    "    redis.call('SET', lease, nt .. ' ' .. ARGV[1], 'PX', ARGV[2])\n"
+    "    out[i] = nt\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+typedef struct owner {
+    sync__cluster *cl;
+    redis_conn *c;
+    int tick_ms;
+    cluster_room **rooms; /* this turn's snapshot */
+    size_t count, cap;
+} owner;
+
+static void lose(cluster_room *r)
+{
+    r->token = 0;
+    sync_free(r->state);
+    r->state = NULL;
+    redis_entries_free(r->entries, r->entry_count);
+    r->entries = NULL;
+    r->entry_count = r->entry_next = 0;
+}
+
+static void give_up(owner *o, cluster_room *r)
+{
+    if (r->token)
+        redis_lease_release(o->c, r->key, r->token);
+    lose(r);
+}
+
+/* ---- loads ------------------------------------------------------------------------------- */
+
+static void room_idle(sync_engine *engine, int status, void *userdata)
+{
+    (void)engine;
+    (void)status;
+    cluster_room *r = userdata;
+    sync__cluster *cl = r->cl;
+    pthread_mutex_lock(&cl->lock);
+    r->ready = true;
+    sync__cluster_ready_fn fn = r->ready_fn;
+    void *ud = r->ready_userdata;
+    r->ready_fn = NULL;
+    pthread_mutex_unlock(&cl->lock);
+    cluster_room_unuse(r); /* the use load() kept for this callback */
+    if (fn)
+        fn(ud, SYNC_OK);
+}
+
+static void load(owner *o, cluster_room *r)
+{
+    sync__cluster *cl = o->cl;
+    sync_engine *e = cluster_room_use(r);
+    if (!e)
+        return;
+    pthread_mutex_lock(&cl->lock);
+    r->need_load = false;
+    bool link = !r->linked;
+    r->linked = true;
+    bool first = !r->ready;
+    pthread_mutex_unlock(&cl->lock);
+    if (link) {
+        sync__cluster_link l = {cluster_forward, r};
+        int rc = sync__engine_set_cluster_link(e, &l);
+        if (rc != SYNC_OK) {
+            pthread_mutex_lock(&cl->lock);
+            r->linked = false;
+            sync__cluster_ready_fn fn = r->ready_fn;
+            r->ready_fn = NULL;
+            pthread_mutex_unlock(&cl->lock);
+            cluster_room_unuse(r);
+            if (fn)
+                fn(r->ready_userdata, rc);
+            return;
+        }
+    }
+    char *state = NULL;
+    int64_t version = 0;
+    char epoch[SYNC__EPOCH_MAX + 1] = "";
+    char applied[REDIS_STREAM_ID_MAX];
+    int rc = redis_fenced_load(o->c, r->key, &state, &version, epoch, applied);
+    if (rc == SYNC_ECORRUPT)
+        rc = SYNC_OK; /* kept aside: the room starts afresh */
+    if (rc != SYNC_OK) {
+        pthread_mutex_lock(&cl->lock);
+        sync__cluster_ready_fn fn = r->ready_fn;
+        r->ready_fn = NULL;
+        if (!fn)
+            r->need_load = true; /* a reload: tried again next turn */
+        r->load_retry_ms = sync_now_ms() + o->tick_ms;
+        pthread_mutex_unlock(&cl->lock);
+        cluster_room_unuse(r);
+        if (fn)
+            fn(r->ready_userdata, rc);
+        return;
+    }
+    if (state)
+        cluster_adopt(r, version, epoch, state, strlen(state));
+    sync_free(state);
+    if (!first) {
+        cluster_room_unuse(r);
+        return;
+    }
+    /* ready once the adoption ran: a client that joins then gets the loaded version */
+    if (sync_engine_when_idle(e, room_idle, r) < 0)
+        room_idle(e, SYNC_ECLOSED, r); /* the use is its */
+}
+
+/* ---- leases and takeover ----------------------------------------------------------------- */
+
+static void takeover(owner *o, cluster_room *r, int64_t token, int64_t now)
+{
+    sync__cluster *cl = o->cl;
+    r->token = token;
+    r->renewed_ms = now;
+    sync_engine *e = cluster_room_use(r);
+    if (!e) {
+        give_up(o, r);
+        return;
+    }
+    char *state = NULL;
+    int64_t version = 0;
+    char epoch[SYNC__EPOCH_MAX + 1] = "";
+    char applied[REDIS_STREAM_ID_MAX];
+    int rc = redis_fenced_load(o->c, r->key, &state, &version, epoch, applied);
+    if (rc == SYNC_ECORRUPT)
+        rc = SYNC_OK;
+    if (rc != SYNC_OK) {
+        cluster_room_unuse(r);
+        give_up(o, r);
+        return;
+    }
+    bool save = !epoch[0];
+    /* The engine's version is newer than the record only when Redis lost writes (a restart
+     * without persistence): its clients saw that version, so it stays. */
+    int64_t local = sync_engine_get_version(e);
+    if (!state || local > version) {
+        sync_free(state);
+        state = sync_engine_get_state_json(e);
+        version = local > 0 ? local : 0;
+        save = true;
+    }
+    if (!epoch[0]) {
+        pthread_mutex_lock(&cl->lock);
+        snprintf(epoch, sizeof epoch, "%s", r->epoch);
+        pthread_mutex_unlock(&cl->lock);
+        if (!epoch[0])
+            sync__engine_get_epoch(e, epoch);
+    }
+    if (!state ||
+        (save && redis_fenced_save(o->c, r->key, token, state, strlen(state), version, epoch,
+                                   strcmp(applied, "0-0") ? applied : NULL) != SYNC_OK)) {
+        sync_free(state);
+        cluster_room_unuse(r);
+        give_up(o, r);
+        return;
+    }
+    r->state = state;
+    r->version = version;
+    snprintf(r->applied, sizeof r->applied, "%s", applied);
+    cluster_room_unuse(r);
+    /* before the first apply, which runs against the engine's committed state */
+    cluster_adopt(r, version, epoch, state, strlen(state));
+    cluster_publish_change(cl, o->c, r, version, epoch, state, strlen(state));
+}
+
+/* Renews, takes or loses the leases of the rooms in the snapshot. */
+static void keep_leases(owner *o)
+{
+    sync__cluster *cl = o->cl;
+    char ttl[16];
+    snprintf(ttl, sizeof ttl, "%d", cl->lease_ms);
+    size_t want = 0;
+    cluster_room **list = malloc((o->count ? o->count : 1) * sizeof *list);
+    if (!list)
+        return;
+    pthread_mutex_lock(&cl->lock);
+    for (size_t i = 0; i < o->count; i++)
+        if (o->rooms[i]->ready && !o->rooms[i]->detached)
+            list[want++] = o->rooms[i];
+    pthread_mutex_unlock(&cl->lock);
+    for (size_t start = 0; start < want; start += CLUSTER_BATCH) {
+        size_t n = want - start < CLUSTER_BATCH ? want - start : CLUSTER_BATCH;
+        size_t argc = 3 + 2 * n + 2 + n;
+        const char **argv = calloc(argc, sizeof *argv);
+        char **owned = calloc(3 * n, sizeof *owned);
+        if (!argv || !owned) {
+            free(argv);
+            free(owned);
+            break;
+        }
+        char nkeys[16];
+        snprintf(nkeys, sizeof nkeys, "%zu", 2 * n);
+        size_t a = 0;
+        argv[a++] = "EVAL";
+        argv[a++] = KEEP_LUA;
+        argv[a++] = nkeys;
+        bool oom = false;
+        for (size_t i = 0; i < n; i++) {
+            cluster_room *r = list[start + i];
+            if (asprintf(&owned[3 * i], "%slease:%s", cl->prefix, r->key) < 0 ||
+                asprintf(&owned[3 * i + 1], "%sfence:%s", cl->prefix, r->key) < 0)
+                oom = true;
+            argv[a++] = owned[3 * i];
+            argv[a++] = owned[3 * i + 1];
+        }
+        argv[a++] = cl->node;
+        argv[a++] = ttl;
+        for (size_t i = 0; i < n; i++) {
+            if (asprintf(&owned[3 * i + 2], "%lld", (long long)list[start + i]->token) < 0)
+                oom = true;
+            argv[a++] = owned[3 * i + 2];
+        }
+        int64_t now = sync_now_ms();
+        redisReply *reply = NULL;
+        int rc = oom ? SYNC_ENOMEM
+                     : redis_conn_command(o->c, &reply, "cannot keep the leases in", (int)argc,
+                                          argv, NULL);
+        bool ok = rc == SYNC_OK && reply->type == REDIS_REPLY_ARRAY && reply->elements == n;
+        atomic_store(&cl->owner_up, ok);
+        for (size_t i = 0; i < n; i++) {
+            cluster_room *r = list[start + i];
+            if (!ok) {
+                /* unknown: still the owner until a whole lease passed without a renewal */
+                if (r->token && now - r->renewed_ms >= cl->lease_ms)
+                    lose(r);
+                continue;
+            }
+            const redisReply *t = reply->element[i];
+            int64_t token = t->type == REDIS_REPLY_INTEGER ? (int64_t)t->integer : 0;
+            if (r->token) {
+                if (token == r->token)
+                    r->renewed_ms = now;
+                else
+                    lose(r);
+            } else if (token > 0) {
+                takeover(o, r, token, now);
+            }
+        }
+        if (reply)
+            freeReplyObject(reply);
+        for (size_t i = 0; i < 3 * n; i++)
+            free(owned[i]);
+        free(owned);
+        free(argv);
+    }
+    free(list);
+}
+
+/* ---- applying ---------------------------------------------------------------------------- */
+
+static void apply_done(void *userdata, sync__remote_result *result)
+{
+    cluster_room *r = userdata;
+    sync__cluster *cl = r->cl;
+    pthread_mutex_lock(&cl->lock);
+    r->result = *result; /* its contents are ours now; the holder is the engine's */
+    r->has_result = true;
+    cl->owner_wake = true;
+    pthread_cond_broadcast(&cl->cond);
+    pthread_mutex_unlock(&cl->lock);
+}
+
+/* A frame the owner's run sent to the sender: to its connection here, or to its node. */
+static void route_reply(owner *o, cluster_room *r, const redis_entry *ent, const char *frame,
+                        size_t len)
+{
+    sync__cluster *cl = o->cl;
+    if (!ent->conn_id)
+        return;
+    if (strcmp(ent->node, cl->node) == 0) {
+        sync_engine *e = cluster_room_use(r);
+        if (e) {
+            sync__engine_send_to_conn(e, ent->conn_id, frame, len);
+            cluster_room_unuse(r);
+        }
+        return;
+    }
+    char *channel = NULL;
+    if (asprintf(&channel, "%sreply:%s", cl->prefix, ent->node) < 0)
+        return;
+    char head[64];
+    int head_len =
+        snprintf(head, sizeof head, "%llu %zu ", (unsigned long long)ent->conn_id, strlen(r->key));
+    size_t key_len = strlen(r->key);
+    char *payload = malloc((size_t)head_len + key_len + len);
+    if (payload) {
+        memcpy(payload, head, (size_t)head_len);
+        memcpy(payload + head_len, r->key, key_len);
+        memcpy(payload + (size_t)head_len + key_len, frame, len);
+        const char *argv[] = {"PUBLISH", channel, payload};
+        size_t lens[] = {7, strlen(channel), (size_t)head_len + key_len + len};
+        redisReply *reply = NULL;
+        if (redis_conn_command(o->c, &reply, "cannot route a reply through", 3, argv, lens) ==
+            SYNC_OK)
+            freeReplyObject(reply);
+        free(payload);
+    }
+    free(channel);
+}
+
+/* The result of the entry in flight: saved (fenced), published, adopted here, replies routed. */
+static void finish(owner *o, cluster_room *r, sync__remote_result *res)
+{
+    const redis_entry *ent = &r->entries[r->entry_next - 1];
+    if (!r->token) {
+        sync__remote_result_clear(res); /* lost meanwhile: the next owner applies it again */
+        return;
+    }
+    bool changed = res->status == SYNC_OK && res->state_json;
+    const char *state = changed ? res->state_json : r->state;
+    int64_t version = changed ? r->version + 1 : r->version;
+    /* A refused message is saved too (its applied id): no later owner runs it again. */
+    int rc =
+        redis_fenced_save(o->c, r->key, r->token, state, strlen(state), version, NULL, ent->id);
+    if (rc != SYNC_OK) {
+        /* fenced out, or unknown whether saved: this node no longer knows the room's state */
+        sync__remote_result_clear(res);
+        give_up(o, r);
+        return;
+    }
+    snprintf(r->applied, sizeof r->applied, "%s", ent->id);
+    if (changed) {
+        sync_free(r->state);
+        r->state = res->state_json;
+        res->state_json = NULL;
+        r->version = version;
+        char epoch[SYNC__EPOCH_MAX + 1];
+        pthread_mutex_lock(&o->cl->lock);
+        snprintf(epoch, sizeof epoch, "%s", r->epoch);
+        pthread_mutex_unlock(&o->cl->lock);
+        cluster_publish_change(o->cl, o->c, r, version, epoch, r->state, strlen(r->state));
+        cluster_adopt(r, version, epoch, r->state, strlen(r->state));
+    }
+    for (size_t i = 0; i < res->reply_count; i++)
+        route_reply(o, r, ent, res->replies[i], res->reply_lens[i]);
+    sync__remote_result_clear(res);
+}
+
+/* Applies the room's read entries while they finish at once; stops at one in flight. */
+static void apply_room(owner *o, cluster_room *r)
+{
+    sync__cluster *cl = o->cl;
+    for (;;) {
+        sync__remote_result res;
+        pthread_mutex_lock(&cl->lock);
+        bool got = r->has_result;
+        bool busy = r->inflight && !got;
+        if (got) {
+            res = r->result;
+            memset(&r->result, 0, sizeof r->result);
+            r->has_result = false;
+            r->inflight = false;
+            pthread_cond_broadcast(&cl->cond); /* a detach may wait for it */
+        }
+        pthread_mutex_unlock(&cl->lock);
+        if (got)
+            finish(o, r, &res);
+        if (busy || !r->token || r->entry_next >= r->entry_count)
+            return;
+        redis_entry *ent = &r->entries[r->entry_next++];
+        if (!ent->msg) {
+            snprintf(r->applied, sizeof r->applied, "%s", ent->id); /* not one a node wrote */
+            continue;
+        }
+        sync_engine *e = cluster_room_use(r);
+        if (!e)
+            return;
+        pthread_mutex_lock(&cl->lock);
+        r->inflight = true;
+        pthread_mutex_unlock(&cl->lock);
+        sync__remote_msg msg = {ent->msg, ent->len, ent->identity, ent->conn_id};
+        int rc = sync__engine_apply_remote(e, &msg, apply_done, r);
+        cluster_room_unuse(r);
+        if (rc != SYNC_OK) {
+            /* not run (the engine is going): nothing is saved, the next owner runs it */
+            pthread_mutex_lock(&cl->lock);
+            r->inflight = false;
+            pthread_cond_broadcast(&cl->cond);
+            pthread_mutex_unlock(&cl->lock);
+            give_up(o, r);
+            return;
+        }
+    }
+}
+
+/* One XREAD over the streams of the owned rooms that have nothing left to apply. */
+static void read_streams(owner *o, int block_ms)
+{
+    sync__cluster *cl = o->cl;
+    size_t n = 0;
+    cluster_room **list = malloc((o->count ? o->count : 1) * sizeof *list);
+    if (!list)
+        return;
+    pthread_mutex_lock(&cl->lock);
+    for (size_t i = 0; i < o->count; i++) {
+        cluster_room *r = o->rooms[i];
+        if (r->token && !r->detached && !r->inflight && r->entry_next >= r->entry_count &&
+            n < CLUSTER_BATCH * 4)
+            list[n++] = r;
+    }
+    pthread_mutex_unlock(&cl->lock);
+    if (!n) {
+        free(list);
+        return;
+    }
+    size_t argc = 6 + 2 * n;
+    const char **argv = malloc(argc * sizeof *argv);
+    if (!argv) {
+        free(list);
+        return;
+    }
+    char count[16], block[16];
+    snprintf(count, sizeof count, "%d", CLUSTER_READ_COUNT);
+    snprintf(block, sizeof block, "%d", block_ms);
+    size_t a = 0;
+    argv[a++] = "XREAD";
+    argv[a++] = "COUNT";
+    argv[a++] = count;
+    if (block_ms > 0) {
+        argv[a++] = "BLOCK";
+        argv[a++] = block;
+    }
+    argv[a++] = "STREAMS";
+    for (size_t i = 0; i < n; i++)
+        argv[a++] = list[i]->stream_key;
+    for (size_t i = 0; i < n; i++) {
+        redis_entries_free(list[i]->entries, list[i]->entry_count);
+        list[i]->entries = NULL;
+        list[i]->entry_count = list[i]->entry_next = 0;
+        argv[a++] = list[i]->applied;
+    }
+    redisReply *reply = NULL;
+    int rc =
+        redis_conn_command(o->c, &reply, "cannot read the rooms' streams in", (int)a, argv, NULL);
+    free(argv);
+    if (rc != SYNC_OK) {
+        free(list);
+        cluster_sleep_ms(o->tick_ms / 4 > 0 ? o->tick_ms / 4 : 1);
+        return;
+    }
+    /* [[stream, [[id, [field, value...]], ...]], ...] in the order asked */
+    size_t at = 0;
+    if (reply->type == REDIS_REPLY_ARRAY)
+        for (size_t s = 0; s < reply->elements; s++) {
+            const redisReply *st = reply->element[s];
+            if (st->type != REDIS_REPLY_ARRAY || st->elements != 2 ||
+                st->element[0]->type != REDIS_REPLY_STRING ||
+                st->element[1]->type != REDIS_REPLY_ARRAY)
+                continue;
+            size_t k = 0;
+            for (; k < n; k++) {
+                cluster_room *r = list[(at + k) % n];
+                if (strlen(r->stream_key) == st->element[0]->len &&
+                    memcmp(r->stream_key, st->element[0]->str, st->element[0]->len) == 0)
+                    break;
+            }
+            if (k == n)
+                continue;
+            cluster_room *r = list[(at + k) % n];
+            at = (at + k + 1) % n;
+            const redisReply *es = st->element[1];
+            r->entries = es->elements ? sync_malloc(es->elements * sizeof *r->entries) : NULL;
+            if (!r->entries)
+                continue;
+            size_t got = 0;
+            for (size_t i = 0; i < es->elements; i++) {
+                int p = redis_entry_parse(es->element[i], &r->entries[got]);
+                if (p < 0)
+                    break;
+                if (p == 0) {
+                    /* not one a node wrote: skipped, but its id moves the reader on */
+                    const redisReply *x = es->element[i];
+                    if (x->type == REDIS_REPLY_ARRAY && x->elements == 2 &&
+                        x->element[0]->type == REDIS_REPLY_STRING &&
+                        x->element[0]->len < REDIS_STREAM_ID_MAX) {
+                        memset(&r->entries[got], 0, sizeof r->entries[got]);
+                        memcpy(r->entries[got].id, x->element[0]->str, x->element[0]->len);
+                        got++;
+                    }
+                    continue;
+                }
+                got++;
+            }
+            r->entry_count = got;
+        }
+    freeReplyObject(reply);
+    free(list);
+}
+
+/* ---- the loop ---------------------------------------------------------------------------- */
+
+/* This turn's rooms; the detached ones are unlinked from the list, their leases given up and
+ * their list reference dropped. */
+static void snapshot(owner *o)
+{
+    sync__cluster *cl = o->cl;
+    cluster_room *gone = NULL;
+    pthread_mutex_lock(&cl->lock);
+    o->count = 0;
+    bool reload = cl->reload_all;
+    cl->reload_all = false;
+    cl->owner_wake = false;
+    for (cluster_room *r = cl->rooms, *next; r; r = next) {
+        next = r->next;
+        if (r->detached && !r->engine) {
+            if (r->prev)
+                r->prev->next = r->next;
+            else
+                cl->rooms = r->next;
+            if (r->next)
+                r->next->prev = r->prev;
+            r->prev = NULL;
+            r->next = gone;
+            gone = r;
+            continue;
+        }
+        if (reload && r->ready)
+            r->need_load = true;
+        if (o->count == o->cap) {
+            size_t cap = o->cap ? o->cap * 2 : 64;
+            cluster_room **grown = realloc(o->rooms, cap * sizeof *grown);
+            if (!grown)
+                break;
+            o->rooms = grown;
+            o->cap = cap;
+        }
+        o->rooms[o->count++] = r;
+    }
+    pthread_mutex_unlock(&cl->lock);
+    while (gone) {
+        cluster_room *next = gone->next;
+        give_up(o, gone);
+        cluster_room_unref(gone);
+        gone = next;
+    }
+}
+
+void *cluster_owner_main(void *arg)
+{
+    sync__cluster *cl = arg;
+    owner o = {.cl = cl, .c = &cl->own_conn, .tick_ms = cl->lease_ms / 6};
+    if (o.tick_ms < 10)
+        o.tick_ms = 10;
+    int64_t next_keep = 0;
+    while (!atomic_load(&cl->stop)) {
+        snapshot(&o);
+        int64_t now = sync_now_ms();
+        for (size_t i = 0; i < o.count; i++) {
+            cluster_room *r = o.rooms[i];
+            pthread_mutex_lock(&cl->lock);
+            bool need = r->need_load && !r->detached && now >= r->load_retry_ms;
+            pthread_mutex_unlock(&cl->lock);
+            if (need)
+                load(&o, r);
+        }
+        if (now >= next_keep) {
+            next_keep = now + o.tick_ms;
+            keep_leases(&o);
+        }
+        bool owned = false, waiting = false;
+        for (size_t i = 0; i < o.count; i++) {
+            cluster_room *r = o.rooms[i];
+            if (!r->token)
+                continue;
+            owned = true;
+            apply_room(&o, r);
+            pthread_mutex_lock(&cl->lock);
+            if (r->inflight || r->has_result || r->entry_next < r->entry_count)
+                waiting = true;
+            pthread_mutex_unlock(&cl->lock);
+        }
+        int64_t until_keep = next_keep - sync_now_ms();
+        if (owned) {
+            /* blocks while there is nothing to do, never past the next lease turn; a short
+             * block while a room has an apply in flight (its done wakes nobody in XREAD) */
+            int block =
+                waiting ? 2 : (int)(until_keep < 50 ? (until_keep > 1 ? until_keep : 1) : 50);
+            read_streams(&o, block);
+            continue;
+        }
+        pthread_mutex_lock(&cl->lock);
+        if (!cl->owner_wake && !atomic_load(&cl->stop) && until_keep > 0) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            long long ns = (long long)ts.tv_nsec + (until_keep > 50 ? 50 : until_keep) * 1000000LL;
+            ts.tv_sec += (time_t)(ns / 1000000000LL);
+            ts.tv_nsec = (long)(ns % 1000000000LL);
+            pthread_cond_timedwait(&cl->cond, &cl->lock, &ts);
+        }
+        pthread_mutex_unlock(&cl->lock);
+    }
+    /* stopping: give up what this node holds, so another node takes over at once */
+    snapshot(&o);
+    for (size_t i = 0; i < o.count; i++)
+        if (o.rooms[i]->token)
+            give_up(&o, o.rooms[i]);
+    free(o.rooms);
+    return NULL;
+}
+
+#endif

@@ -1,0 +1,541 @@
+/* Servers in one cluster on Redis (cluster.h), through the public API only: a real redis-server
+ * started by the test, three sync_servers joined to it on three ports, WebSocket clients spread
+ * over them. Every client ends on the same version and state, equal to the acknowledged
+ * increments; the owner's server stopped under load, the others take over; a v2 client resumes
+ * on another node by patch; Redis killed, the clients are closed with 4503 and joins refused
+ * with 503 until it is back; a refused message's error frame reaches its sender on a node that
+ * does not own the room. Skipped (77) without Redis support. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libsync/libsync.h>
+
+#include "check.h"
+#include "redis_server.h"
+#include "ws_client.h"
+
+enum { NODES = 3, CLIENTS_PER_NODE = 2, INCREMENTS = 30, LEASE_MS = 1000 };
+
+static redis_server redis;
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* "increment": counter + 1 and an ack to the sender; "bad": refused with an error. */
+static int on_increment(sync_msg *msg, void *userdata)
+{
+    (void)userdata;
+    cJSON *state = sync_msg_state_mut(msg);
+    cJSON *counter = state ? cJSON_GetObjectItemCaseSensitive(state, "counter") : NULL;
+    if (!cJSON_IsNumber(counter)) {
+        sync_msg_set_error(msg, "no counter");
+        return SYNC_EINVAL;
+    }
+    cJSON_SetNumberValue(counter, counter->valuedouble + 1);
+    static const char ack[] = "{\"type\":\"ack\"}";
+    return sync_msg_reply(msg, ack, strlen(ack));
+}
+
+static int on_bad(sync_msg *msg, void *userdata)
+{
+    (void)userdata;
+    sync_msg_set_error(msg, "bad is always refused");
+    return SYNC_EINVAL;
+}
+
+static int add_handlers(sync_engine *engine)
+{
+    int rc = sync_engine_on(engine, "increment", on_increment, NULL, NULL);
+    return rc == SYNC_OK ? sync_engine_on(engine, "bad", on_bad, NULL, NULL) : rc;
+}
+
+static void engine_options(sync_engine_options *opts)
+{
+    sync_engine_options_init(opts, SYNC_ENGINE_OPTIONS_VERSION);
+    /* the note makes the state bigger than a patch of the counter: a resume gets the patch */
+    opts->initial_state_json = "{\"counter\":0,\"note\":\"a counter shared by every node of the "
+                               "cluster, whichever node its clients joined\"}";
+    opts->reply_errors = 1;
+    opts->resume_history_versions = 256;
+}
+
+static int setup_room(sync_room_setup *setup, void *userdata)
+{
+    (void)userdata;
+    return add_handlers(sync_room_setup_engine(setup));
+}
+
+typedef struct node {
+    sync_engine *engine;
+    sync_server *server;
+    int port;
+    char id[16];
+} node;
+
+/* A node serving "/" and "/rooms/NAME" in the cluster under `prefix`. Returns SYNC_OK, or
+ * SYNC_EUNSUPPORTED without Redis support. */
+#define NODE_REQUIRE(cond)                                                                         \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            CHECK(cond);                                                                           \
+            return SYNC_EINVAL;                                                                    \
+        }                                                                                          \
+    } while (0)
+
+static int node_start(node *n, int index, const char *prefix)
+{
+    memset(n, 0, sizeof *n);
+    snprintf(n->id, sizeof n->id, "node-%d", index);
+    sync_engine_options eo;
+    engine_options(&eo);
+    NODE_REQUIRE(sync_engine_new(&n->engine, &eo) == SYNC_OK);
+    NODE_REQUIRE(add_handlers(n->engine) == SYNC_OK);
+    sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
+    so.room_idle_ms = 1000;
+    NODE_REQUIRE(sync_server_new(&n->server, &so) == SYNC_OK);
+    NODE_REQUIRE(sync_server_mount(n->server, "/", n->engine) == SYNC_OK);
+    sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
+    ro.setup = setup_room;
+    sync_engine_options room_eo;
+    engine_options(&room_eo);
+    room_eo.timer_mode = SYNC_TIMERS_MANUAL;
+    ro.engine_options = &room_eo;
+    NODE_REQUIRE(sync_server_mount_rooms(n->server, "/rooms/", &ro, NULL) == SYNC_OK);
+    sync_redis_options redis_opts = SYNC_REDIS_OPTIONS_INIT;
+    redis_opts.url = redis.url;
+    redis_opts.key_prefix = prefix;
+    sync_cluster_options co = SYNC_CLUSTER_OPTIONS_INIT;
+    co.redis = &redis_opts;
+    co.node_id = n->id;
+    co.lease_ms = LEASE_MS;
+    int rc = sync_server_join_cluster(n->server, &co);
+    if (rc != SYNC_OK)
+        return rc;
+    NODE_REQUIRE(sync_server_start(n->server) == SYNC_OK);
+    n->port = sync_server_port(n->server);
+    return SYNC_OK;
+}
+
+static void node_stop(node *n)
+{
+    if (n->server) {
+        sync_server_stop(n->server);
+        sync_server_free(n->server);
+        n->server = NULL;
+    }
+    sync_engine_free(n->engine);
+    n->engine = NULL;
+}
+
+/* Joins `path` on `port`, retrying while the node answers 503 (no Redis yet, room loading). */
+static ws_client *join(int port, const char *path, const char *headers, int timeout_ms)
+{
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        int status = 0;
+        ws_client *c = ws_connect(port, path, headers, &status);
+        if (c)
+            return c;
+        if (status != 503 || check_elapsed_ms(&start) > timeout_ms)
+            return NULL;
+        sleep_ms(20);
+    }
+}
+
+typedef struct client {
+    ws_client *ws;
+    int acks, errors;
+    long long version; /* the last version seen, -1 none */
+    long long counter;
+    int went_back, mismatched;
+} client;
+
+static void client_join(client *c, int port, const char *path, int timeout_ms)
+{
+    memset(c, 0, sizeof *c);
+    c->version = -1;
+    c->ws = join(port, path, NULL, timeout_ms);
+    REQUIRE(c->ws != NULL);
+}
+
+static void read_one(client *c, int timeout_ms)
+{
+    char *text = ws_read_text(c->ws, timeout_ms);
+    if (!text)
+        return;
+    if (getenv("CLUSTER_TEST_DEBUG"))
+        fprintf(stderr, "    < %s\n", text);
+    if (strstr(text, "\"type\":\"ack\""))
+        c->acks++;
+    else if (strstr(text, "\"type\":\"error\""))
+        c->errors++;
+    else {
+        long long v = ws_json_int(text, "version"), counter = ws_json_int(text, "counter");
+        if (v >= 0) {
+            if (v < c->version) {
+                fprintf(stderr, "    version %lld after %lld: %s\n", v, c->version, text);
+                c->went_back++;
+            }
+            if (counter != v)
+                c->mismatched++;
+            c->version = v;
+            c->counter = counter;
+        }
+    }
+    free(text);
+}
+
+static void await_acks(client *c, int acks, const struct timespec *start)
+{
+    while (c->acks < acks && check_elapsed_ms(start) < 30000)
+        read_one(c, 500);
+}
+
+static void await_version(client *c, long long version, const struct timespec *start)
+{
+    while (c->version < version && check_elapsed_ms(start) < 30000)
+        read_one(c, 500);
+}
+
+static char prefix_buf[64];
+static const char *fresh_prefix(const char *name)
+{
+    snprintf(prefix_buf, sizeof prefix_buf, "%s:", name);
+    return prefix_buf;
+}
+
+/* The node id holding the lease of room `key`, "" when none. */
+static void owner_of(const char *prefix, const char *key, char *out, size_t size)
+{
+    char lease[256];
+    snprintf(lease, sizeof lease, "%slease:%s", prefix, key);
+    const char *argv[] = {"GET", lease};
+    char *value = redis_get_bulk(&redis, 2, argv);
+    const char *space = value ? strchr(value, ' ') : NULL;
+    snprintf(out, size, "%s", space ? space + 1 : "");
+    free(value);
+}
+
+static int converge_on(const char *path, const char *prefix, node *nodes)
+{
+    enum { COUNT = NODES * CLIENTS_PER_NODE };
+    client clients[COUNT];
+    for (int i = 0; i < COUNT; i++)
+        client_join(&clients[i], nodes[i % NODES].port, path, 10000);
+    for (int round = 0; round < INCREMENTS; round++)
+        for (int i = 0; i < COUNT; i++) {
+            CHECK_EQ_INT(ws_send_text(clients[i].ws, "{\"type\":\"increment\"}"), 0);
+            read_one(&clients[i], 0);
+        }
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    int acked = 0;
+    for (int i = 0; i < COUNT; i++) {
+        await_acks(&clients[i], INCREMENTS, &start);
+        CHECK_EQ_INT(clients[i].acks, INCREMENTS);
+        acked += clients[i].acks;
+    }
+    for (int i = 0; i < COUNT; i++) {
+        await_version(&clients[i], acked, &start);
+        CHECK_EQ_INT(clients[i].version, acked);
+        CHECK_EQ_INT(clients[i].counter, acked);
+        CHECK_EQ_INT(clients[i].went_back, 0);
+        CHECK_EQ_INT(clients[i].mismatched, 0);
+        CHECK_EQ_INT(clients[i].errors, 0);
+    }
+    char owner[80];
+    owner_of(prefix, path, owner, sizeof owner);
+    printf("    %s: %d increments from %d clients on %d nodes converged in %lld ms (owner %s)\n",
+           path, acked, COUNT, NODES, check_elapsed_ms(&start), owner);
+    for (int i = 0; i < COUNT; i++)
+        ws_client_free(clients[i].ws);
+    return acked;
+}
+
+static void spread_clients_converge(void)
+{
+    const char *prefix = fresh_prefix("converge");
+    node nodes[NODES];
+    for (int i = 0; i < NODES; i++)
+        REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
+    int acked = converge_on("/", prefix, nodes);
+    for (int i = 0; i < NODES; i++) {
+        CHECK_EQ_INT(sync_engine_get_version(nodes[i].engine), acked);
+    }
+    converge_on("/rooms/alpha", prefix, nodes);
+    for (int i = 0; i < NODES; i++)
+        node_stop(&nodes[i]);
+}
+
+static void owner_stopped_under_load(void)
+{
+    const char *prefix = fresh_prefix("failover");
+    node nodes[NODES];
+    for (int i = 0; i < NODES; i++)
+        REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
+    enum { COUNT = NODES * CLIENTS_PER_NODE, HALF = INCREMENTS / 2 };
+    client clients[COUNT];
+    for (int i = 0; i < COUNT; i++)
+        client_join(&clients[i], nodes[i % NODES].port, "/", 10000);
+    for (int round = 0; round < HALF; round++)
+        for (int i = 0; i < COUNT; i++)
+            CHECK_EQ_INT(ws_send_text(clients[i].ws, "{\"type\":\"increment\"}"), 0);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (int i = 0; i < COUNT; i++)
+        await_acks(&clients[i], HALF, &start);
+    char owner_id[80];
+    owner_of(prefix, "/", owner_id, sizeof owner_id);
+    int owner = -1;
+    for (int i = 0; i < NODES; i++)
+        if (strcmp(nodes[i].id, owner_id) == 0)
+            owner = i;
+    REQUIRE(owner >= 0);
+    /* the other nodes' clients go on sending while the owner stops */
+    for (int round = HALF; round < INCREMENTS; round++)
+        for (int i = 0; i < COUNT; i++)
+            if (i % NODES != owner)
+                CHECK_EQ_INT(ws_send_text(clients[i].ws, "{\"type\":\"increment\"}"), 0);
+    struct timespec stopped;
+    clock_gettime(CLOCK_MONOTONIC, &stopped);
+    node_stop(&nodes[owner]);
+    /* its clients come back on another node and send the rest */
+    int other = (owner + 1) % NODES;
+    for (int i = 0; i < COUNT; i++) {
+        if (i % NODES != owner)
+            continue;
+        int acks = clients[i].acks;
+        ws_client_free(clients[i].ws);
+        client_join(&clients[i], nodes[other].port, "/", 10000);
+        clients[i].acks = acks;
+        for (int round = HALF; round < INCREMENTS; round++)
+            CHECK_EQ_INT(ws_send_text(clients[i].ws, "{\"type\":\"increment\"}"), 0);
+    }
+    int acked = 0;
+    for (int i = 0; i < COUNT; i++) {
+        await_acks(&clients[i], INCREMENTS, &start);
+        CHECK_EQ_INT(clients[i].acks, INCREMENTS);
+        acked += clients[i].acks;
+    }
+    for (int i = 0; i < COUNT; i++) {
+        await_version(&clients[i], acked, &start);
+        CHECK_EQ_INT(clients[i].version, acked);
+        CHECK_EQ_INT(clients[i].counter, acked);
+        CHECK_EQ_INT(clients[i].went_back, 0);
+        CHECK_EQ_INT(clients[i].mismatched, 0);
+    }
+    char now_owner[80];
+    owner_of(prefix, "/", now_owner, sizeof now_owner);
+    CHECK(strcmp(now_owner, owner_id) != 0);
+    printf("    owner %s stopped: %d acknowledged increments converged %lld ms after the stop "
+           "(owner now %s)\n",
+           owner_id, acked, check_elapsed_ms(&stopped), now_owner);
+    for (int i = 0; i < COUNT; i++)
+        ws_client_free(clients[i].ws);
+    for (int i = 0; i < NODES; i++)
+        node_stop(&nodes[i]);
+}
+
+/* The first text frame of a v2 join to `port` with `query`; caller frees. */
+static char *v2_first_frame(int port, const char *query)
+{
+    char path[300];
+    snprintf(path, sizeof path, "/%s", query);
+    ws_client *c = join(port, path, "Sec-WebSocket-Protocol: libsync.v2\r\n", 10000);
+    char *text = c ? ws_read_text(c, 5000) : NULL;
+    ws_client_free(c);
+    return text;
+}
+
+static void v2_resumes_on_another_node(void)
+{
+    const char *prefix = fresh_prefix("resume");
+    node nodes[2];
+    for (int i = 0; i < 2; i++)
+        REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
+    /* a node keeps the patch history once a v2 client used it (as on one node): node 1 has one */
+    ws_client *watcher = join(nodes[1].port, "/", "Sec-WebSocket-Protocol: libsync.v2\r\n", 10000);
+    REQUIRE(watcher != NULL);
+    client sender;
+    client_join(&sender, nodes[0].port, "/", 10000);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(ws_send_text(sender.ws, "{\"type\":\"increment\"}"), 0);
+    await_acks(&sender, 3, &start);
+    await_version(&sender, 3, &start);
+    /* a v2 client of node 0 at version 3 */
+    char *first = v2_first_frame(nodes[0].port, "");
+    REQUIRE(first != NULL);
+    const char *ep = strstr(first, "\"epoch\":\"");
+    REQUIRE(ep != NULL);
+    char epoch[80];
+    snprintf(epoch, sizeof epoch, "%.*s", (int)strcspn(ep + 9, "\""), ep + 9);
+    CHECK_EQ_INT(ws_json_int(first, "version"), 3);
+    if (getenv("CLUSTER_TEST_DEBUG"))
+        fprintf(stderr, "    first on node 0: %s\n", first);
+    free(first);
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ_INT(ws_send_text(sender.ws, "{\"type\":\"increment\"}"), 0);
+    await_acks(&sender, 5, &start);
+    await_version(&sender, 5, &start);
+    /* node 1 has version 5 too (it adopted every published version) */
+    while (sync_engine_get_version(nodes[1].engine) < 5 && check_elapsed_ms(&start) < 10000)
+        sleep_ms(10);
+    char query[200];
+    snprintf(query, sizeof query, "?since=3&epoch=%s", epoch);
+    char *text = v2_first_frame(nodes[1].port, query);
+    CHECK_EQ_STR(text, "{\"type\":\"patch\",\"base\":3,\"version\":5,\"ops\":[{\"op\":\"replace\","
+                       "\"path\":\"/counter\",\"value\":5}]}");
+    free(text);
+    ws_client_free(watcher);
+    ws_client_free(sender.ws);
+    for (int i = 0; i < 2; i++)
+        node_stop(&nodes[i]);
+}
+
+static void refusal_reaches_sender_on_other_node(void)
+{
+    const char *prefix = fresh_prefix("refusal");
+    node nodes[2];
+    for (int i = 0; i < 2; i++)
+        REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
+    client a, b;
+    client_join(&a, nodes[0].port, "/", 10000);
+    client_join(&b, nodes[1].port, "/", 10000);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    CHECK_EQ_INT(ws_send_text(a.ws, "{\"type\":\"increment\"}"), 0);
+    await_acks(&a, 1, &start);
+    char owner_id[80];
+    owner_of(prefix, "/", owner_id, sizeof owner_id);
+    client *other = strcmp(owner_id, nodes[0].id) == 0 ? &b : &a;
+    CHECK_EQ_INT(ws_send_text(other->ws, "{\"type\":\"bad\"}"), 0);
+    CHECK_EQ_INT(ws_send_text(other->ws, "{\"type\":\"nosuchtype\"}"), 0);
+    while (other->errors < 2 && check_elapsed_ms(&start) < 10000)
+        read_one(other, 500);
+    CHECK_EQ_INT(other->errors, 2);
+    CHECK_EQ_INT(sync_engine_get_version(nodes[0].engine), 1);
+    ws_client_free(a.ws);
+    ws_client_free(b.ws);
+    for (int i = 0; i < 2; i++)
+        node_stop(&nodes[i]);
+}
+
+static void redis_lost_and_back(void)
+{
+    const char *prefix = fresh_prefix("lost");
+    node nodes[2];
+    for (int i = 0; i < 2; i++)
+        REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
+    client a, b;
+    client_join(&a, nodes[0].port, "/", 10000);
+    client_join(&b, nodes[1].port, "/rooms/beta", 10000);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    CHECK_EQ_INT(ws_send_text(a.ws, "{\"type\":\"increment\"}"), 0);
+    await_acks(&a, 1, &start);
+    redis_kill(&redis);
+    struct timespec killed;
+    clock_gettime(CLOCK_MONOTONIC, &killed);
+    char reason[128] = "";
+    CHECK_EQ_INT(ws_wait_close_reason(a.ws, 10000, reason, sizeof reason), 4503);
+    CHECK_EQ_STR(reason, "redis unavailable");
+    CHECK_EQ_INT(ws_wait_close(b.ws, 10000), 4503);
+    printf("    clients closed %lld ms after Redis was killed\n", check_elapsed_ms(&killed));
+    int status = 0;
+    ws_client *refused = ws_connect(nodes[0].port, "/", NULL, &status);
+    CHECK(refused == NULL);
+    CHECK_EQ_INT(status, 503);
+    ws_client_free(refused);
+    REQUIRE(redis_restart(&redis) == 0);
+    ws_client_free(a.ws);
+    ws_client_free(b.ws);
+    /* the nodes reconnect by themselves; the record survived (appendfsync always) */
+    client_join(&a, nodes[1].port, "/", 15000);
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    await_version(&a, 1, &start);
+    CHECK_EQ_INT(a.version, 1);
+    CHECK_EQ_INT(ws_send_text(a.ws, "{\"type\":\"increment\"}"), 0);
+    await_acks(&a, 1, &start);
+    await_version(&a, 2, &start);
+    CHECK_EQ_INT(a.version, 2);
+    ws_client_free(a.ws);
+    for (int i = 0; i < 2; i++)
+        node_stop(&nodes[i]);
+}
+
+static void bad_options(void)
+{
+    sync_server *server = NULL;
+    sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
+    REQUIRE(sync_server_new(&server, &so) == SYNC_OK);
+    sync_cluster_options co = SYNC_CLUSTER_OPTIONS_INIT;
+    CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_EINVAL); /* no Redis */
+    co.url = "redis://127.0.0.1:1";
+    co.node_id = "has space";
+    CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_EINVAL);
+    co.node_id = NULL;
+    co.lease_ms = 5;
+    CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_EINVAL);
+    co.lease_ms = 0;
+    /* a fixed mount whose engine has an adapter cannot be clustered */
+    char path[512];
+    snprintf(path, sizeof path, "%s/cluster-adapter-%d.json",
+             getenv("LIBSYNC_TEST_TMP") ? getenv("LIBSYNC_TEST_TMP") : "/tmp", (int)getpid());
+    sync_file_options fo = SYNC_FILE_OPTIONS_INIT;
+    fo.file_path = path;
+    sync_adapter *adapter = NULL;
+    REQUIRE(sync_adapter_file_new(&adapter, &fo) == SYNC_OK);
+    sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
+    eo.adapter = adapter;
+    sync_engine *engine = NULL;
+    REQUIRE(sync_engine_new(&engine, &eo) == SYNC_OK);
+    REQUIRE(sync_server_mount(server, "/stored", engine) == SYNC_OK);
+    CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_EINVAL);
+    CHECK(strstr(sync_error_last(), "adapter") != NULL);
+    sync_server_free(server);
+    REQUIRE(sync_server_new(&server, &so) == SYNC_OK);
+    CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_OK);
+    CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_ESTATE);
+    CHECK_EQ_INT(sync_server_mount(server, "/stored", engine), SYNC_EINVAL);
+    sync_server_free(server);
+    sync_engine_free(engine);
+    unlink(path);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    {
+        sync_server *probe = NULL;
+        sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
+        REQUIRE(sync_server_new(&probe, &so) == SYNC_OK);
+        sync_cluster_options co = SYNC_CLUSTER_OPTIONS_INIT;
+        co.url = "redis://127.0.0.1:1";
+        int rc = sync_server_join_cluster(probe, &co);
+        sync_server_free(probe);
+        if (rc == SYNC_EUNSUPPORTED) {
+            printf("SKIP: libsync was built without Redis support\n");
+            return 77;
+        }
+    }
+    if (redis_start(&redis, "server_cluster") != 0)
+        return 1;
+    RUN(bad_options);
+    RUN(spread_clients_converge);
+    RUN(refusal_reaches_sender_on_other_node);
+    RUN(v2_resumes_on_another_node);
+    RUN(owner_stopped_under_load);
+    RUN(redis_lost_and_back);
+    redis_stop(&redis);
+    return check_summary();
+}
