@@ -7,12 +7,15 @@
  *                  [--heartbeat-ms MS] [--tls-cert PEM --tls-key PEM]
  *                  [--room-idle-ms MS] [--max-rooms N]
  *                  [--token SECRET | --token-file PATH]   (or env LIBSYNC_DEMO_TOKEN)
+ *                  [--redis redis://HOST:PORT [--node-id ID] [--lease-ms MS]]
  *
  * Open http://127.0.0.1:3000/ in two browser tabs and click: both follow the same counter.
  * Messages: {"type":"increment","amount":N}, {"type":"decrement","amount":N}, {"type":"reset"}.
  * The default room is at ws://HOST:PORT/ (as in the seed) and at ws://HOST:PORT/counter, stored in
  * D/counter.sqlite; room NAME is at ws://HOST:PORT/rooms/NAME (the page: /?room=NAME), stored as
- * a row of D/rooms.sqlite.
+ * a row of D/rooms.sqlite. With --redis the server joins a cluster (docs/SCALING.md): the default
+ * room and every room live in Redis, and any number of counter_servers on the same Redis (other
+ * ports, other machines) serve the same counters; --data-dir is then accepted but not used.
  */
 #include <libsync/libsync.h>
 
@@ -49,6 +52,9 @@ struct config {
     const char *token;
     const char *token_file;
     char *token_owned; /* read from --token-file or the environment */
+    const char *redis_url;
+    const char *node_id;
+    long lease_ms;
 };
 
 /* The environment variable that may hold the token, so that it is not in argv (ps). */
@@ -62,6 +68,8 @@ static void usage(FILE *to)
             "                      [--tls-cert PEM --tls-key PEM] [--broadcast-yield-ms MS]\n"
             "                      [--room-idle-ms MS] [--max-rooms N]\n"
             "                      [--token SECRET | --token-file PATH]\n"
+            "                      [--redis redis://[:PASSWORD@]HOST:PORT[/DB] [--node-id ID]\n"
+            "                       [--lease-ms MS]]\n"
             "  --host H          address to listen on (default 127.0.0.1)\n"
             "  --port N          TCP port, 0 picks a free one (default 3000)\n"
             "  --data-dir D      directory of the SQLite store, created if missing "
@@ -89,7 +97,17 @@ static void usage(FILE *to)
             "                    page's static files stay public (they hold no secret)\n"
             "  --token-file PATH the token is the first line of this file (argv, and so ps,\n"
             "                    does not show it); without either option the environment\n"
-            "                    variable " TOKEN_ENV " is used when set\n");
+            "                    variable " TOKEN_ENV " is used when set\n"
+            "  --redis URL       join the cluster on this Redis: the counter at / (and\n"
+            "                    /counter) and every room /rooms/NAME live in Redis, and\n"
+            "                    every counter_server given the same URL serves the same\n"
+            "                    counters (a client may join any of them); --data-dir is\n"
+            "                    then accepted but not used. A node that loses Redis\n"
+            "                    refuses joins (503) and closes its clients with 4503\n"
+            "  --node-id ID      this node's id in the cluster (default\n"
+            "                    <hostname>-<pid>-<random>)\n"
+            "  --lease-ms MS     how long a room's owner may go silent before another node\n"
+            "                    takes the room over (default 1500: takeover within 2 s)\n");
 }
 
 static int parse_long(const char *text, long min, long max, long *out)
@@ -213,6 +231,15 @@ static int parse_args(int argc, char **argv, struct config *cfg)
                 fprintf(stderr, "counter_server: --max-rooms must be >= 0, not '%s'\n", value);
                 return -1;
             }
+        } else if (strcmp(opt, "--redis") == 0) {
+            cfg->redis_url = value;
+        } else if (strcmp(opt, "--node-id") == 0) {
+            cfg->node_id = value;
+        } else if (strcmp(opt, "--lease-ms") == 0) {
+            if (parse_long(value, 100, INT_MAX, &cfg->lease_ms) != 0) {
+                fprintf(stderr, "counter_server: --lease-ms must be >= 100, not '%s'\n", value);
+                return -1;
+            }
         } else if (strcmp(opt, "--token") == 0) {
             cfg->token = value;
         } else if (strcmp(opt, "--token-file") == 0) {
@@ -228,6 +255,10 @@ static int parse_args(int argc, char **argv, struct config *cfg)
     }
     if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
         fprintf(stderr, "counter_server: --tls-cert and --tls-key go together\n");
+        return -1;
+    }
+    if (!cfg->redis_url && (cfg->node_id || cfg->lease_ms)) {
+        fprintf(stderr, "counter_server: --node-id and --lease-ms need --redis\n");
         return -1;
     }
     return resolve_token(cfg);
@@ -422,10 +453,14 @@ static int create_engine(const struct config *cfg, sync_engine **out)
         return 1;
     }
 
-    sync_sqlite_options sqlite_opts = SYNC_SQLITE_OPTIONS_INIT;
-    sqlite_opts.path = db_path;
+    /* In a cluster the state lives in Redis: a clustered engine has no adapter. */
     sync_adapter *adapter = NULL;
-    int rc = sync_adapter_sqlite_new(&adapter, &sqlite_opts);
+    int rc = SYNC_OK;
+    if (!cfg->redis_url) {
+        sync_sqlite_options sqlite_opts = SYNC_SQLITE_OPTIONS_INIT;
+        sqlite_opts.path = db_path;
+        rc = sync_adapter_sqlite_new(&adapter, &sqlite_opts);
+    }
     free(db_path);
     if (rc != SYNC_OK) {
         free(initial);
@@ -473,10 +508,14 @@ static int mount_rooms(const struct config *cfg, sync_server *server)
         free(initial);
         return SYNC_ENOMEM;
     }
-    sync_sqlite_options sqlite_opts = SYNC_SQLITE_OPTIONS_INIT;
-    sqlite_opts.path = db_path;
+    /* In a cluster the rooms live in Redis: no room store. */
     sync_room_store *store = NULL;
-    int rc = sync_room_store_sqlite_new(&store, &sqlite_opts);
+    int rc = SYNC_OK;
+    if (!cfg->redis_url) {
+        sync_sqlite_options sqlite_opts = SYNC_SQLITE_OPTIONS_INIT;
+        sqlite_opts.path = db_path;
+        rc = sync_room_store_sqlite_new(&store, &sqlite_opts);
+    }
     free(db_path);
     if (rc != SYNC_OK) {
         free(initial);
@@ -588,6 +627,17 @@ static int serve(const struct config *cfg, sync_engine *engine, int *served)
     if ((rc = mount_rooms(cfg, server)) != SYNC_OK) {
         sync_server_free(server);
         return fail("cannot mount the rooms", rc);
+    }
+    if (cfg->redis_url) {
+        sync_cluster_options cluster = SYNC_CLUSTER_OPTIONS_INIT;
+        cluster.url = cfg->redis_url;
+        cluster.node_id = cfg->node_id;
+        cluster.lease_ms = (int)cfg->lease_ms;
+        if ((rc = sync_server_join_cluster(server, &cluster)) != SYNC_OK) {
+            sync_server_free(server);
+            return fail("cannot join the cluster", rc);
+        }
+        fprintf(stderr, "counter_server: joined the cluster on Redis\n");
     }
     if ((rc = sync_server_listen(server)) != SYNC_OK) {
         sync_server_free(server);

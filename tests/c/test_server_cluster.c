@@ -75,6 +75,7 @@ static int setup_room(sync_room_setup *setup, void *userdata)
 typedef struct node {
     sync_engine *engine;
     sync_server *server;
+    sync_rooms *rooms;
     int port;
     char id[16];
 } node;
@@ -107,7 +108,7 @@ static int node_start(node *n, int index, const char *prefix)
     engine_options(&room_eo);
     room_eo.timer_mode = SYNC_TIMERS_MANUAL;
     ro.engine_options = &room_eo;
-    NODE_REQUIRE(sync_server_mount_rooms(n->server, "/rooms/", &ro, NULL) == SYNC_OK);
+    NODE_REQUIRE(sync_server_mount_rooms(n->server, "/rooms/", &ro, &n->rooms) == SYNC_OK);
     sync_redis_options redis_opts = SYNC_REDIS_OPTIONS_INIT;
     redis_opts.url = redis.url;
     redis_opts.key_prefix = prefix;
@@ -473,6 +474,44 @@ static void redis_lost_and_back(void)
         node_stop(&nodes[i]);
 }
 
+/* A node whose clients of a room left unloads it and gives its lease up; the other goes on. */
+static void room_unloaded_on_owner(void)
+{
+    const char *prefix = fresh_prefix("unload");
+    node nodes[2];
+    for (int i = 0; i < 2; i++)
+        REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
+    client c[2];
+    for (int i = 0; i < 2; i++)
+        client_join(&c[i], nodes[i].port, "/rooms/gamma", 10000);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    CHECK_EQ_INT(ws_send_text(c[0].ws, "{\"type\":\"increment\"}"), 0);
+    await_acks(&c[0], 1, &start);
+    char owner_id[80];
+    owner_of(prefix, "/rooms/gamma", owner_id, sizeof owner_id);
+    int owner = strcmp(owner_id, nodes[0].id) == 0 ? 0 : 1;
+    REQUIRE(strcmp(owner_id, nodes[owner].id) == 0);
+    int other = 1 - owner;
+    ws_client_free(c[owner].ws);
+    /* room_idle_ms is 1000: the owner unloads the room and gives its lease up */
+    while (sync_rooms_loaded_count(nodes[owner].rooms) > 0 && check_elapsed_ms(&start) < 15000)
+        sleep_ms(20);
+    CHECK_EQ_INT(sync_rooms_loaded_count(nodes[owner].rooms), 0);
+    CHECK_EQ_INT(sync_rooms_loaded_count(nodes[other].rooms), 1);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(ws_send_text(c[other].ws, "{\"type\":\"increment\"}"), 0);
+    await_acks(&c[other], other == 0 ? 4 : 3, &start);
+    await_version(&c[other], 4, &start);
+    CHECK_EQ_INT(c[other].version, 4);
+    char now_owner[80];
+    owner_of(prefix, "/rooms/gamma", now_owner, sizeof now_owner);
+    CHECK_EQ_STR(now_owner, nodes[other].id);
+    ws_client_free(c[other].ws);
+    for (int i = 0; i < 2; i++)
+        node_stop(&nodes[i]);
+}
+
 static void bad_options(void)
 {
     sync_server *server = NULL;
@@ -518,7 +557,8 @@ int main(void)
     {
         sync_server *probe = NULL;
         sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
-        REQUIRE(sync_server_new(&probe, &so) == SYNC_OK);
+        if (sync_server_new(&probe, &so) != SYNC_OK)
+            return 1;
         sync_cluster_options co = SYNC_CLUSTER_OPTIONS_INIT;
         co.url = "redis://127.0.0.1:1";
         int rc = sync_server_join_cluster(probe, &co);
@@ -535,6 +575,7 @@ int main(void)
     RUN(refusal_reaches_sender_on_other_node);
     RUN(v2_resumes_on_another_node);
     RUN(owner_stopped_under_load);
+    RUN(room_unloaded_on_owner);
     RUN(redis_lost_and_back);
     redis_stop(&redis);
     return check_summary();

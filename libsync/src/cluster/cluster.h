@@ -29,6 +29,10 @@ int sync__cluster_start(sync__cluster *cl);
  * frees the node. Every room must have been detached. NULL is a no-op. */
 void sync__cluster_free(sync__cluster *cl);
 
+/* Tests of failover: stops the threads at once, as a node killed now would: nothing more is
+ * saved, published or released (its leases expire on their own). Detach the rooms, then free. */
+void sync__cluster_kill(sync__cluster *cl);
+
 /* 1 while the node's subscription to Redis is up: joins are refused (503) meanwhile. */
 bool sync__cluster_available(sync__cluster *cl);
 

@@ -139,7 +139,7 @@ void *cluster_forward_main(void *arg)
         pthread_mutex_lock(&cl->qlock);
         while (!cl->qhead && !atomic_load(&cl->stop))
             pthread_cond_wait(&cl->qcond, &cl->qlock);
-        if (!cl->qhead) {
+        if (!cl->qhead || atomic_load(&cl->killed)) {
             pthread_mutex_unlock(&cl->qlock);
             break;
         }

@@ -100,6 +100,7 @@ struct sync__cluster {
     size_t qcount, qbytes;
 
     atomic_bool stop;
+    atomic_bool killed;       /* sync__cluster_kill: nothing more reaches Redis from this node */
     atomic_bool up;           /* the listener is subscribed */
     atomic_bool owner_up;     /* the owner thread's last Redis call succeeded */
     pthread_mutex_t sub_lock; /* sub_fd against stop */

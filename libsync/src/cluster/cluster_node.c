@@ -365,10 +365,8 @@ void sync__cluster_detach(cluster_room *r)
         sync__engine_set_cluster_link(engine, NULL);
 }
 
-void sync__cluster_free(sync__cluster *cl)
+static void stop_threads(sync__cluster *cl)
 {
-    if (!cl)
-        return;
     if (cl->started) {
         atomic_store(&cl->stop, true);
         cluster_wake_owner(cl);
@@ -384,6 +382,21 @@ void sync__cluster_free(sync__cluster *cl)
         pthread_join(cl->owner_thread, NULL); /* releases the leases it holds */
         cl->started = false;
     }
+}
+
+void sync__cluster_kill(sync__cluster *cl)
+{
+    if (!cl)
+        return;
+    atomic_store(&cl->killed, true);
+    stop_threads(cl);
+}
+
+void sync__cluster_free(sync__cluster *cl)
+{
+    if (!cl)
+        return;
+    stop_threads(cl);
     cluster_forward_drain(cl);
     while (cl->rooms) {
         cluster_room *r = cl->rooms;
@@ -422,6 +435,11 @@ int sync__cluster_start(sync__cluster *cl)
 }
 
 void sync__cluster_free(sync__cluster *cl)
+{
+    (void)cl;
+}
+
+void sync__cluster_kill(sync__cluster *cl)
 {
     (void)cl;
 }

@@ -68,7 +68,7 @@ static void lose(cluster_room *r)
 
 static void give_up(owner *o, cluster_room *r)
 {
-    if (r->token)
+    if (r->token && !atomic_load(&o->cl->killed))
         redis_lease_release(o->c, r->key, r->token);
     lose(r);
 }
@@ -348,7 +348,7 @@ static void route_reply(owner *o, cluster_room *r, const redis_entry *ent, const
 static void finish(owner *o, cluster_room *r, sync__remote_result *res)
 {
     const redis_entry *ent = &r->entries[r->entry_next - 1];
-    if (!r->token) {
+    if (!r->token || atomic_load(&o->cl->killed)) {
         sync__remote_result_clear(res); /* lost meanwhile: the next owner applies it again */
         return;
     }
@@ -588,7 +588,7 @@ void *cluster_owner_main(void *arg)
     if (o.tick_ms < 10)
         o.tick_ms = 10;
     int64_t next_keep = 0;
-    while (!atomic_load(&cl->stop)) {
+    while (!atomic_load(&cl->stop) && !atomic_load(&cl->killed)) {
         snapshot(&o);
         int64_t now = sync_now_ms();
         for (size_t i = 0; i < o.count; i++) {
