@@ -5,7 +5,7 @@
 // The harness and how acknowledged increments are counted: cluster.mjs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Cluster, redisMissing, sleep, until, tryJoin } from './cluster.mjs';
+import { Cluster, redisMissing, sleep, until, tryJoin, firstFrame } from './cluster.mjs';
 
 const skip = redisMissing() ?? false;
 
@@ -77,7 +77,8 @@ test('Redis killed and restarted under load (appendfsync always): nothing acknow
         const { lost, increments } = cluster.checkFinal(final);
         cluster.members.forEach((m, i) => assert.ok(m.acked >= acked[i]));
         assertClean(cluster, `after an outage of ${downMs} ms`);
-        console.log(`# Redis down ${downMs} ms: converged on version ${final.version}, ${increments} increments, ${lost} sent but never applied, closes: ${
+        console.log(`# Redis down ${downMs} ms: converged on version ${final.version}, ${increments} increments, ${lost} sent but never applied (${cluster.members.reduce((n, m) => n + m.refused, 0)} refused by an error frame: ${
+          JSON.stringify(cluster.members.flatMap((m) => m.errors)[0] ?? null)}), closes: ${
           JSON.stringify(cluster.members.flatMap((m) => m.closes.map((c) => c.code)))}`);
         cluster.startLoad({ window: 4, perSecond: 40 });
       }
@@ -132,11 +133,10 @@ test('a node that loses Redis closes its clients with 4503, answers joins with 5
       for (let i = 0; i < cluster.nodes.length; i += 1) {
         const r = await tryJoin(cluster.url(i, '/'));
         assert.ok(r.opened, `node ${i} lets a client in again (${r.status})`);
-        const first = await new Promise((resolve) => r.opened.once('message', (d) => resolve(JSON.parse(String(d)))));
+        const first = await firstFrame(r.opened).finally(() => r.opened.terminate());
         assert.equal(first.type, 'initial_state');
         assert.equal(first.version, before.version);
         assert.deepEqual(first.data, before.state);
-        r.opened.terminate();
       }
       // And writes go through again.
       cluster.startLoad({ window: 2, perSecond: 20 });
@@ -205,8 +205,7 @@ test('rooms: unloaded on one node while another serves them; a later join on any
       for (let i = 0; i < 3; i += 1) {
         const r = await tryJoin(cluster.url(i, path));
         assert.ok(r.opened, `join on node ${i}: ${r.status}`);
-        const first = await new Promise((resolve) => r.opened.once('message', (m) => resolve(JSON.parse(String(m)))));
-        r.opened.terminate();
+        const first = await firstFrame(r.opened).finally(() => r.opened.terminate());
         assert.equal(first.type, 'initial_state');
         assert.equal(first.version, mid.version, `node ${i}`);
         assert.deepEqual(first.data, mid.state, `node ${i}`);
