@@ -27,6 +27,7 @@ test(`the owner node killed (SIGKILL) under load, ${ROUNDS} rounds`, { skip, tim
   const leaseMs = 600;
   const cluster = await Cluster.start({ nodes: 3, senders: 4, leaseMs });
   const failover = [];
+  const quickBack = []; // rounds where the dead node came back at once
   let lostTotal = 0;
   try {
     cluster.spread({ senders: 4, readers: 2 });
@@ -45,14 +46,20 @@ test(`the owner node killed (SIGKILL) under load, ${ROUNDS} rounds`, { skip, tim
       const quick = round % 3 === 0;
       const t0 = performance.now();
       await cluster.kill(owner.index);
+      // The dead owner may have saved a last version whose publish is still on its way: a
+      // version past the record's is the new owner's.
+      const saved = await cluster.recordVersion('/');
       if (quick) await cluster.restart(owner.index);
-      await until(() => survivors.every((m) => m.version > before), () =>
+      await until(() => survivors.every((m) => m.version > Math.max(before, saved)), () =>
         `round ${round}: a version after ${before} on every surviving client: ${
           survivors.map((m) => `${m.name}@n${m.node}:v${m.version}`).join(' ')}`, 20000, 5);
-      failover.push(performance.now() - t0);
+      (quick ? quickBack : failover).push(performance.now() - t0);
       const next = await until(() => cluster.owner('/'), 'the new owner', 15000);
       if (!quick) assert.notEqual(next.node, owner.node, `round ${round}: the room has a new owner`);
-      assert.ok(next.token > owner.token, `round ${round}: fencing token ${next.token} after ${owner.token} (${owner.node} -> ${next.node})`);
+      // A node back with the same id inherits its dead process's lease and token (see the test
+      // of a reused id below): harmless here, since that process is dead.
+      if (quick && next.node === owner.node) assert.ok(next.token >= owner.token);
+      else assert.ok(next.token > owner.token, `round ${round}: fencing token ${next.token} after ${owner.token} (${owner.node} -> ${next.node})`);
       // The dead node's clients are on other nodes and past the kill too.
       await until(() => cluster.members.every((m) => m.open && m.version > before),
         `round ${round}: the dead node's clients back elsewhere`, 20000);
@@ -71,10 +78,12 @@ test(`the owner node killed (SIGKILL) under load, ${ROUNDS} rounds`, { skip, tim
     const { increments } = cluster.checkFinal(final);
     assertClean(cluster, 'at the end');
     const sorted = [...failover].sort((a, b) => a - b);
-    console.log(`# ${ROUNDS} kills, lease ${leaseMs} ms: failover (kill -> every surviving client saw a new version) ` +
+    console.log(`# ${ROUNDS} kills, lease ${leaseMs} ms: failover in the ${failover.length} rounds with the node kept down (kill -> every surviving client saw a new version) ` +
       `min ${sorted[0].toFixed(0)} ms, median ${pct(sorted, 0.5).toFixed(0)} ms, p90 ${pct(sorted, 0.9).toFixed(0)} ms, ` +
       `max ${sorted[sorted.length - 1].toFixed(0)} ms; ${increments} increments applied, ${lostTotal} sent to a dying node and never applied, ` +
-      `${cluster.members.reduce((s, m) => s + m.repeats, 0)} repeated versions`);
+      `${cluster.members.reduce((s, m) => s + m.repeats, 0)} repeated versions ${
+        JSON.stringify(cluster.members.flatMap((m) => m.repeatFrames.map((f) => `${m.name}:${f}`)))}; ` +
+      `node back at once with its id (${quickBack.length} rounds): max ${Math.max(...quickBack).toFixed(0)} ms`);
     // The lease plus a poll and a Redis round trip, with room for a loaded machine.
     assert.ok(sorted[sorted.length - 1] < leaseMs + 5000, `failover ${sorted[sorted.length - 1]} ms`);
   } finally {
@@ -135,6 +144,42 @@ test('the owner stopped (SIGSTOP) past its lease: the others go on, and once con
         for (const m of cluster.members) m.rehome();
         cluster.startLoad({ window: 4, perSecond: 30 });
       }
+    } finally {
+      await stopCluster(cluster);
+    }
+  });
+
+// A process restarted with the --node-id of one that is only stalled (SIGSTOP: a paused VM, a
+// supervisor that gave up on it) must not share that process's lease: with the same token both
+// would own the room once the old one wakes. Known defect of the lease (it names the node, not the
+// process): marked todo so that it runs and reports without failing the suite until it is fixed.
+test('a process restarted with the node id of a stalled owner does not share its lease',
+  { skip, todo: 'the lease value names the node id, not the process: a twin keeps the token', timeout: 120000 }, async () => {
+    const leaseMs = 800;
+    const cluster = await Cluster.start({ nodes: 3, senders: 4, leaseMs });
+    try {
+      cluster.spread({ senders: 4, readers: 2 });
+      await until(() => cluster.members.every((m) => m.open), 'every client joined');
+      cluster.startLoad({ window: 4, perSecond: 30 });
+      await sleep(1000);
+      const owner = await until(() => cluster.owner('/'), 'an owner', 15000);
+      cluster.signal(owner.index, 'SIGSTOP');
+      let twinLease;
+      try {
+        const twin = await cluster.addNode(owner.node);
+        const reader = cluster.member({ home: twin });
+        await until(() => reader.open, 'a client on the twin');
+        await sleep(leaseMs);
+        twinLease = await cluster.owner('/');
+      } finally {
+        cluster.signal(owner.index, 'SIGCONT');
+      }
+      await sleep(2000);
+      cluster.stopLoad();
+      const final = await cluster.converge(cluster.members, { timeoutMs: 20000 });
+      cluster.checkFinal(final);
+      assertClean(cluster, 'after the twin');
+      assert.ok(twinLease.token > owner.token, `the twin holds the stalled owner's token ${owner.token}`);
     } finally {
       await stopCluster(cluster);
     }

@@ -489,6 +489,14 @@ export class Cluster {
     return { index: this.nodeById(m[2]), token: Number(m[1]), key: keys[0], node: m[2] };
   }
 
+  // The version in the room's record in Redis (the key ending with `room:<room>`), or -1.
+  async recordVersion(room) {
+    const keys = (await this.redis.keys('*room:*')).filter((k) => k.endsWith(`room:${room}`));
+    if (keys.length !== 1) return -1;
+    const v = (await this.redis.cli(['HGET', keys[0], 'version'])).trim();
+    return v === '' ? -1 : Number(v);
+  }
+
   signal(i, sig) {
     process.kill(this.nodes[i].server.pid, sig);
   }
@@ -498,6 +506,14 @@ export class Cluster {
     n.up = false;
     if (n.server.alive()) process.kill(n.server.pid, 'SIGKILL');
     if (!(await waitExit(null, n.server.exited, 10000))) throw new Error(`node ${i} did not die of SIGKILL`);
+  }
+
+  // One more node (with the given id: tests of a reused id), on a port of its own.
+  async addNode(id) {
+    const dataDir = join(this.dir, `node${this.nodes.length}`);
+    const server = await startNode(this.redis, { id, leaseMs: this.leaseMs, dataDir, args: this.args });
+    this.nodes.push({ id, port: server.port, dataDir, server, up: true });
+    return this.nodes.length - 1;
   }
 
   // The same port and data directory again; retried while the old socket lingers.
