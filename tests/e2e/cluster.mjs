@@ -374,6 +374,7 @@ export class Cluster {
     this.ledger = null;
     this.ledgerPath = '/';
     this.loadTimer = null;
+    this.appliedThoughRefused = 0; // increments applied although an error frame refused them
   }
 
   // N nodes on one fresh redis-server; `senders` is how many members will send (for the ledger).
@@ -420,12 +421,20 @@ export class Cluster {
   startLoad({ window = 4, perSecond = 50, members = this.members } = {}) {
     this.stopLoad();
     const tickMs = 10;
-    const per = Math.max(1, Math.round(perSecond * tickMs / 1000));
-    let budget = 0;
+    const credit = new Map(members.map((m) => [m, 0]));
+    let last = performance.now();
     this.loadTimer = setInterval(() => {
-      budget = per;
+      const now = performance.now();
+      const earned = (perSecond * (now - last)) / 1000;
+      last = now;
       for (const m of members) {
-        for (let i = 0; i < budget && m.canSend(window); i += 1) m.sendIncrement();
+        // Credit unused for a while (a full window) does not pile up into a burst.
+        let c = Math.min(credit.get(m) + earned, Math.max(1, perSecond / 10));
+        while (c >= 1 && m.canSend(window)) {
+          m.sendIncrement();
+          c -= 1;
+        }
+        credit.set(m, c);
       }
     }, tickMs);
   }
@@ -448,7 +457,7 @@ export class Cluster {
       if (path === this.ledgerPath) {
         const digits = this.ledger.decode(members[0].state?.counter);
         if (!digits) return false;
-        for (const m of members) if (m.sender >= 0 && m.drops === 0 && digits[m.sender] !== m.sent - m.refused) return false;
+        for (const m of members) if (m.sender >= 0 && m.drops === 0 && digits[m.sender] < m.sent - m.refused) return false;
       }
       return members.every((m) => Date.now() - m.lastChange >= quietMs);
     }, () => `convergence: ${describe()}`, timeoutMs, 20);
@@ -462,15 +471,19 @@ export class Cluster {
     const digits = this.ledger.decode(final.state?.counter);
     if (!digits) throw new Error(`final counter ${final.state?.counter} is not a sum of our increments`);
     let lost = 0;
+    this.appliedThoughRefused = 0;
     for (const m of this.members) {
       if (m.sender < 0) continue;
       const n = digits[m.sender];
       if (n < m.acked) this.ledger.violation(`${m.name}: final count ${n} below the ${m.acked} it saw acknowledged`);
       if (n > m.sent) this.ledger.violation(`${m.name}: final count ${n} above the ${m.sent} it sent (applied twice)`);
-      if (m.drops === 0 && n !== m.sent - m.refused) {
+      // A refusal by error frame may come for a message Redis took after all (its answer lost
+      // with the connection): between sent - refused and sent.
+      if (m.drops === 0 && n < m.sent - m.refused) {
         this.ledger.violation(`${m.name}: never dropped, but ${n} of ${m.sent} applied (${m.refused} refused: ${JSON.stringify(m.errors.slice(0, 2))})`);
       }
       lost += m.sent - n;
+      if (m.refused && n > m.sent - m.refused) this.appliedThoughRefused += n - (m.sent - m.refused);
     }
     const sum = digits.reduce((s, d) => s + d, 0);
     if (sum !== final.version) this.ledger.violation(`final version ${final.version} holds ${sum} increments`);

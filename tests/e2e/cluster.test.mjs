@@ -77,7 +77,8 @@ test('Redis killed and restarted under load (appendfsync always): nothing acknow
         const { lost, increments } = cluster.checkFinal(final);
         cluster.members.forEach((m, i) => assert.ok(m.acked >= acked[i]));
         assertClean(cluster, `after an outage of ${downMs} ms`);
-        console.log(`# Redis down ${downMs} ms: converged on version ${final.version}, ${increments} increments, ${lost} sent but never applied (${cluster.members.reduce((n, m) => n + m.refused, 0)} refused by an error frame: ${
+        console.log(`# Redis down ${downMs} ms: converged on version ${final.version}, ${increments} increments, ${lost} sent but never applied, ${
+          cluster.appliedThoughRefused} applied though refused (${cluster.members.reduce((n, m) => n + m.refused, 0)} refused by an error frame: ${
           JSON.stringify(cluster.members.flatMap((m) => m.errors)[0] ?? null)}), closes: ${
           JSON.stringify(cluster.members.flatMap((m) => m.closes.map((c) => c.code)))}`);
         cluster.startLoad({ window: 4, perSecond: 40 });
