@@ -78,6 +78,14 @@ async function waitExit(proc, exited, ms) {
   return r;
 }
 
+// The stacks of every thread of a process (gdb, when installed), for a report.
+function stacks(pid) {
+  const r = spawnSync('gdb', ['-p', String(pid), '-batch', '-ex', 'thread apply all bt'],
+    { encoding: 'utf8', timeout: 60000 });
+  if (r.error) return `(no stacks: ${r.error.message})`;
+  return r.stdout.split('\n').filter((l) => /^(Thread|#)/.test(l)).join('\n');
+}
+
 export class Redis {
   constructor(dir) {
     this.dir = dir;
@@ -552,8 +560,20 @@ export class Cluster {
     const codes = [];
     for (const n of this.nodes) {
       try { process.kill(n.server.pid, 'SIGCONT'); } catch { /* gone */ }
-      if (n.up && n.server.alive()) codes.push({ id: n.id, code: await n.server.stop('SIGTERM', 20000).catch((e) => e.message), stderr: n.server.stderr() });
-      else await n.server.stop('SIGKILL').catch(() => {});
+      if (n.up && n.server.alive()) {
+        process.kill(n.server.pid, 'SIGTERM');
+        let code;
+        if (await waitExit(null, n.server.exited, 20000)) {
+          code = await n.server.stop();
+        } else {
+          // A node that does not stop: its threads' stacks say where it hangs.
+          code = `did not stop within 20 s of SIGTERM; its threads:\n${stacks(n.server.pid)}`;
+          await n.server.stop('SIGKILL').catch(() => {});
+        }
+        codes.push({ id: n.id, code, stderr: n.server.stderr() });
+      } else {
+        await n.server.stop('SIGKILL').catch(() => {});
+      }
     }
     if (this.redis) await this.redis.stop();
     rmSync(this.dir, { recursive: true, force: true });
