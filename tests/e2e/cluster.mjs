@@ -352,6 +352,11 @@ export class Member {
 
   // May send one more: connected with its state, within its window of unacknowledged sends.
   canSend(window) {
+    if (this.sender >= 0 && this.sent >= this.cluster.ledger.limit && !this.cluster.exhausted) {
+      // Its digit of the counter is full: it stops, and waits that expect more say why.
+      this.cluster.exhausted = `${this.name} sent the ${this.sent} increments its digit holds`;
+      console.error(`cluster harness: ${this.cluster.exhausted}`);
+    }
     return this.sender >= 0 && this.open && this.sent < this.cluster.ledger.limit &&
       this.sent - Math.max(this.acked, this.floor) < window;
   }
