@@ -3,7 +3,7 @@
  *
  *  - Status codes, their texts, the version.
  *  - The option structs of libsync's headers themselves (sync_engine_options, sync_server_options,
- *    sync_sqlite_options, sync_file_options): a host object made with the C defaults whose fields
+ *    sync_sqlite_options, sync_file_options, sync_redis_options, sync_cluster_options): a host object made with the C defaults whose fields
  *    the language sets by name, so a new field of the C struct needs no edit here. The fields
  *    that hold host callbacks or lists (hooks, log, auth, allowed origins) are hidden: the
  *    language's constructor fills them.
@@ -152,6 +152,7 @@ SYNC_BRIDGE_OUT(sync_conn)
 %ignore sync_sqlite_options::version;
 %ignore sync_file_options::version;
 %ignore sync_redis_options::version;
+%ignore sync_cluster_options::version;
 
 %extend sync_engine_options {
     sync_engine_options()
@@ -232,6 +233,24 @@ SYNC_BRIDGE_OUT(sync_conn)
     }
 }
 
+/* `redis` is borrowed: the host keeps the sync_redis_options it set alive until the call that
+ * reads it (sync_server_join_cluster copies it). */
+%extend sync_cluster_options {
+    sync_cluster_options()
+    {
+        sync_cluster_options *o = (sync_cluster_options *)calloc(1, sizeof *o);
+        if (o)
+            sync_cluster_options_init(o, SYNC_CLUSTER_OPTIONS_VERSION);
+        return o;
+    }
+    ~sync_cluster_options()
+    {
+        free((char *)$self->url);
+        free((char *)$self->node_id);
+        free($self);
+    }
+}
+
 /* Only the option structs of the headers: their functions, other structs and constants are
  * declared by hand where a bridge wraps them. */
 %rename("$ignore", %$isfunction) "";
@@ -243,11 +262,13 @@ SYNC_BRIDGE_OUT(sync_conn)
 %rename("%s") sync_sqlite_options;
 %rename("%s") sync_file_options;
 %rename("%s") sync_redis_options;
+%rename("%s") sync_cluster_options;
 #define SYNC_EXTERN
 %include "libsync/common.h"
 %include "libsync/engine.h"
 %include "libsync/adapter.h"
 %include "libsync/server.h"
+%include "libsync/cluster.h"
 %rename("%s", %$isfunction) "";
 %rename("%s", %$isclass) "";
 %rename("%s", %$isenumitem) "";
@@ -276,5 +297,9 @@ static int sync_bridge_adapter_redis_new(const sync_redis_options *opts, sync_ad
     return sync_adapter_redis_new(out, opts);
 }
 %}
+/* The server calls both bridges wrap as they are: joining a cluster (before listen; the options
+ * are copied) and the stop request that returns at once (any thread, signal handlers too). */
+int sync_server_join_cluster(sync_server *server, const sync_cluster_options *opts);
+int sync_server_request_stop(sync_server *server);
 /* The engine's statistics as JSON with the C field names as keys, or NULL (disposed). */
 char *sync_engine_stats_json(sync_engine *engine);

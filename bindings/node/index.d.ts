@@ -276,6 +276,10 @@ export interface ServerOptions {
   /** A client that has not sent a complete request head (the upgrade or an HTTP request) after
    *  this many ms is dropped. Rounded up to whole seconds. 0 = 5000. */
   handshakeTimeoutMs?: number;
+  /** Server-wide budget for partial messages (those that arrive in pieces, and those held while
+   *  a deferred auth decides): a client whose next piece would go over it is closed with 1013
+   *  ("server busy: message buffer budget spent"). 0 = 64 MiB. */
+  maxBufferedBytes?: number;
   /** A room (Server#rooms) with no client for this long is saved and unloaded. 0 = 30000;
    *  -1 = never. */
   roomIdleMs?: number;
@@ -301,6 +305,25 @@ export interface AuthRequest {
 
 export type AuthDecision = boolean | number | null | undefined | { [key: string]: unknown };
 
+/** Server#joinCluster: where the cluster's Redis is (`url`, or `redis` for a key prefix or
+ *  timeouts; exactly one of the two) and this node's settings. */
+export interface ClusterOptions {
+  /** "redis://[[user]:password@]host[:port][/db]". */
+  url?: string | null;
+  /** The cluster's Redis with a key prefix (every node of a cluster must use the same; default
+   *  "libsync:") or timeouts. */
+  redis?: RedisOptions | null;
+  /** This node's id: 1 to 64 printable ASCII characters without spaces, unique in the cluster.
+   *  Default: "<hostname>-<pid>-<random>". */
+  nodeId?: string | null;
+  /** How long a room's owner keeps the room without renewing its lease; a dead owner's rooms are
+   *  taken over within about leaseMs * 7 / 6. 0 = 1500; else at least 100. */
+  leaseMs?: number;
+  /** Most client messages waiting to be forwarded to Redis on this node; one beyond is refused
+   *  (an error frame with replyErrors). 0 = 65536. */
+  maxForwardQueue?: number;
+}
+
 export class Server {
   constructor(options?: ServerOptions);
   /**
@@ -313,8 +336,22 @@ export class Server {
     setup?: RoomSetup<TState, TMessage> | null,
     options?: RoomsOptions<TState, TMessage>,
   ): Rooms<TState, TMessage>;
+  /**
+   * Makes this server a node of a cluster on Redis, before listen(): every mount (engines and
+   * rooms) is then a room that any node of the cluster serves, its state in Redis (a mounted
+   * engine must have no adapter; a room mount's store is not used). Checked now: throws SyncError
+   * EINVAL for bad options, ESTATE after listen() or a second time, EUNSUPPORTED when libsync was
+   * built without Redis. Returns the server.
+   */
+  joinCluster(options: ClusterOptions): this;
   /** Resolves with the port listened on. */
   listen(): Promise<number>;
+  /**
+   * Asks the listening server for a graceful stop and returns at once (it stops accepting, saves,
+   * closes its clients with 1001 on its own thread); close() afterwards frees it. False when the
+   * server is not listening.
+   */
+  requestStop(): boolean;
   close(): Promise<void>;
   readonly port: number;
 }

@@ -562,7 +562,9 @@ class SyncEngine {
     if (!conn) return null;
     const id = native.jsb_conn_id(conn);
     const entry = this._byId.get(id);
-    if (entry) return entry.ws;
+    // That very connection, not one with the same id: in a cluster the owner runs another node's
+    // message with a stand-in carrying the sender's id on its node.
+    if (entry && native.jsb_conn_same(entry.conn, conn)) return entry.ws;
     const ws = new ServerConnection(conn, id);
     transient.push(ws);
     return ws;
@@ -878,6 +880,14 @@ class SyncEngine {
         throw new SyncError(Status.ESTATE, 'getState/setState used after the handler finished');
     };
     let json;
+    let held = null; // a ServerConnection made for this step (see the handler below)
+    const release = () => {
+      if (!held) return;
+      const conn = held._conn;
+      held._conn = null;
+      held = null;
+      native.sync_conn_free(conn);
+    };
     const finish = (value) => {
       if (step.role === 'handler' || value === undefined) return OK;
       let text;
@@ -912,9 +922,18 @@ class SyncEngine {
           if (rc < 0) throw lastError(rc);
         };
         const id = native.jsb_msg_conn_id(msg);
-        const entry = id ? this._byId.get(id) : null;
+        let entry = id ? this._byId.get(id) : null;
+        if (entry && !native.jsb_msg_conn_is(msg, entry.conn)) entry = null; // see _wsOf
+        let ws = entry ? entry.ws : null;
+        if (!ws && id) {
+          // A connection this layer holds no entry for, such as the stand-in with which a
+          // cluster's owner runs another node's message: held until the handler finished, so an
+          // async handler can still reply after its awaits (the reply goes to the sender's node).
+          ws = new ServerConnection(native.sync_conn_ref(native.sync_msg_conn(msg)), id);
+          held = ws;
+        }
         result = step.fn(
-          entry ? entry.ws : this._wsOf(native.sync_msg_conn(msg), transient),
+          ws,
           JSON.parse(json),
           getState,
           setState,
@@ -926,10 +945,12 @@ class SyncEngine {
       }
     } catch (err) {
       open = false;
+      release();
       return fail(err);
     }
     if (!isThenable(result)) {
       open = false;
+      release();
       return finish(result);
     }
     const done = this._track();
@@ -942,6 +963,7 @@ class SyncEngine {
         status = step.role === 'handler' ? Status.EHANDLER : Status.EREJECTED;
       }
       open = false;
+      release();
       complete(status, done);
     };
     Promise.resolve(result).then(settle(finish), settle(fail));
@@ -984,6 +1006,7 @@ const SERVER_OPTIONS = {
   broadcastYieldMs: 0,
   authTimeoutMs: 0,
   handshakeTimeoutMs: 0,
+  maxBufferedBytes: 0,
   roomIdleMs: 0,
   maxRooms: 0,
 };
@@ -991,6 +1014,30 @@ const SERVER_OPTIONS = {
 const SERVER_OPTIONS_SET = Object.fromEntries(
   Object.keys(SERVER_OPTIONS).map((name) => [name, (value) => value]),
 );
+
+// Calls fn(sync_cluster_options) made from Server.joinCluster's options; the sync_redis_options it
+// points to is referenced here until fn returned (libsync copies both).
+function withClusterOptions(cluster, fn) {
+  const opts = new native.sync_cluster_options();
+  let redis = null;
+  if (cluster.redis) {
+    const { url, keyPrefix, connectTimeoutMs, commandTimeoutMs } = cluster.redis;
+    redis = new native.sync_redis_options();
+    redis.url = url;
+    redis.key_prefix = keyPrefix ?? null;
+    redis.connect_timeout_ms = connectTimeoutMs ?? 0;
+    redis.command_timeout_ms = commandTimeoutMs ?? 0;
+    opts.redis = redis;
+  }
+  opts.url = cluster.url;
+  opts.node_id = cluster.nodeId;
+  opts.lease_ms = cluster.leaseMs;
+  opts.max_forward_queue = cluster.maxForwardQueue;
+  const rc = fn(opts);
+  opts.redis = null;
+  redis = null;
+  return rc;
+}
 
 class Server {
   constructor(config = {}) {
@@ -1027,6 +1074,54 @@ class Server {
     this._server = null;
     this._closing = null;
     this._roomMounts = [];
+    this._cluster = null;
+  }
+
+  /**
+   * Makes this server a node of the cluster on Redis at `url` (or `redis`, RedisOptions for a
+   * key prefix or timeouts; one of the two), before listen(). Every mount is then a room of the
+   * cluster that any node serves (docs/SCALING.md). Checked now (SyncError: EINVAL for bad
+   * options, ESTATE after listen() or a second time, EUNSUPPORTED without Redis support); the
+   * node joins at listen(). Returns the server.
+   */
+  joinCluster(options = {}) {
+    if (options === null || typeof options !== 'object')
+      throw new TypeError('Server.joinCluster: options must be an object');
+    if (this._server || this._closing)
+      throw new SyncError(Status.ESTATE, 'Server.joinCluster: join the cluster before listen()');
+    if (this._cluster)
+      throw new SyncError(Status.ESTATE, 'Server.joinCluster: the server is in a cluster already');
+    const { url = null, redis = null, nodeId = null, leaseMs = 0, maxForwardQueue = 0 } = options;
+    if (url !== null && typeof url !== 'string')
+      throw new TypeError('Server.joinCluster: `url` must be a string');
+    if (redis !== null && (typeof redis !== 'object' || typeof redis.url !== 'string'))
+      throw new TypeError('Server.joinCluster: `redis` must be RedisOptions ({ url, keyPrefix, ... })');
+    if ((url === null) === (redis === null))
+      throw new SyncError(Status.EINVAL, 'Server.joinCluster: give either `url` or `redis`');
+    if (nodeId !== null && typeof nodeId !== 'string')
+      throw new TypeError('Server.joinCluster: `nodeId` must be a string');
+    for (const [name, value] of [['leaseMs', leaseMs], ['maxForwardQueue', maxForwardQueue]]) {
+      if (!Number.isInteger(value) || value < 0)
+        throw new TypeError(`Server.joinCluster: \`${name}\` must be an integer >= 0`);
+    }
+    const cluster = { url, redis: redis && { ...redis }, nodeId, leaseMs, maxForwardQueue };
+    const rc = withClusterOptions(cluster, (opts) => native.jsb_cluster_check(opts));
+    if (rc < 0)
+      throw new SyncError(rc, native.jsb_cluster_check_reason() || native.sync_strerror(rc));
+    this._cluster = cluster;
+    return this;
+  }
+
+  /**
+   * Asks the listening server for a graceful stop and returns at once: it stops accepting, saves,
+   * and closes every client (1001) on its own thread. close() afterwards frees it (and waits for
+   * the end). False when the server is not listening.
+   */
+  requestStop() {
+    if (!this._server) return false;
+    const rc = native.sync_server_request_stop(this._server);
+    if (rc < 0) throw lastError(rc);
+    return true;
   }
 
   /**
@@ -1068,6 +1163,12 @@ class Server {
     try {
       if (this.metricsToken) {
         const rc = native.sync_server_set_metrics_token(server, this.metricsToken);
+        if (rc < 0) throw lastError(rc);
+      }
+      if (this._cluster) {
+        const rc = withClusterOptions(this._cluster, (opts) =>
+          native.sync_server_join_cluster(server, opts),
+        );
         if (rc < 0) throw lastError(rc);
       }
       for (const [route, engine] of Object.entries(this.engines)) {

@@ -32,7 +32,7 @@
 }
 %apply const char *nullable { const char *initial_state_json, const char *type, const char *reason,
                               const char *table_name, const char *backups_dir,
-                              const char *key_prefix,
+                              const char *key_prefix, const char *url, const char *node_id,
                               const char *error_message, const char *state_json, const char *host,
                               const char *static_dir, const char *origins,
                               const char *tls_cert_path, const char *tls_key_path,
@@ -45,6 +45,7 @@
 #include <uv.h>
 
 #include <atomic>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -962,6 +963,45 @@ static double jsb_msg_conn_id(sync_msg *msg)
     return jsb_conn_id(sync_msg_conn(msg));
 }
 
+/* Checks cluster options as sync_server_join_cluster does, on a server made for the check and
+ * freed (the Server makes its own only at listen). Returns the status; the reason of a refusal
+ * stays in jsb_cluster_check_reason() (main thread only), whatever freeing the probe does to
+ * sync_error_last(). */
+static char jsb_cluster_reason[512];
+
+static int jsb_cluster_check(const sync_cluster_options *opts)
+{
+    jsb_cluster_reason[0] = '\0';
+    sync_server_options so;
+    sync_server_options_init(&so, SYNC_SERVER_OPTIONS_VERSION);
+    sync_server *probe = NULL;
+    int rc = sync_server_new(&probe, &so);
+    if (rc == SYNC_OK)
+        rc = sync_server_join_cluster(probe, opts);
+    if (rc != SYNC_OK && sync_error_last())
+        snprintf(jsb_cluster_reason, sizeof jsb_cluster_reason, "%s", sync_error_last());
+    sync_server_free(probe);
+    return rc;
+}
+
+static const char *jsb_cluster_check_reason(void)
+{
+    return jsb_cluster_reason;
+}
+
+/* Whether `a` is the connection `b` (not merely one with the same id: in a cluster the owner runs
+ * another node's message with a stand-in that carries the sender's id on its node). */
+static int jsb_conn_same(sync_conn *a, sync_conn *b)
+{
+    return a && a == b;
+}
+
+/* Whether `msg` was sent by `conn` (jsb_conn_same without a wrapper for the message's). */
+static int jsb_msg_conn_is(sync_msg *msg, sync_conn *conn)
+{
+    return jsb_conn_same(sync_msg_conn(msg), conn);
+}
+
 static void jsb_idle_done(sync_engine *, int status, void *ud)
 {
     jsb_cb *cb = (jsb_cb *)ud;
@@ -1109,6 +1149,10 @@ void sync_engine_free(sync_engine *engine);
 int jsb_conn_new(jsb_sink *sink, sync_conn **out);
 double jsb_conn_id(sync_conn *conn);
 double jsb_msg_conn_id(sync_msg *msg);
+int jsb_cluster_check(const sync_cluster_options *opts);
+const char *jsb_cluster_check_reason(void);
+int jsb_conn_same(sync_conn *a, sync_conn *b);
+int jsb_msg_conn_is(sync_msg *msg, sync_conn *conn);
 const char *sync_conn_identity(const sync_conn *conn);
 void sync_conn_free(sync_conn *conn);
 sync_conn *sync_conn_ref(sync_conn *conn);

@@ -150,6 +150,84 @@ static void stale_owner_is_fenced_out(void)
     redis_conn_release(&b);
 }
 
+/* Several rooms' saves in one round trip: each fenced on its own (a stale token fails alone), a
+ * change published with its record's epoch, a refused message's save (publish off) not. */
+static void saves_of_several_rooms_at_once(void)
+{
+    new_prefix();
+    redis_conn a;
+    REQUIRE(conn_open(&a) == SYNC_OK);
+    int64_t t1 = 0, t2 = 0, t3 = 0;
+    REQUIRE(redis_lease_acquire(&a, "/r1", "n", 5000, &t1) == SYNC_OK && t1 > 0);
+    REQUIRE(redis_lease_acquire(&a, "/rooms/r2", "n", 5000, &t2) == SYNC_OK && t2 > 0);
+    REQUIRE(redis_lease_acquire(&a, "r3", "n", 5000, &t3) == SYNC_OK && t3 > 0);
+    REQUIRE(redis_fenced_save(&a, "/r1", t1, "{\"n\":0}", 7, 0, "EPOCH1", NULL) == SYNC_OK);
+    /* a subscriber of the change channels */
+    char pattern[64];
+    snprintf(pattern, sizeof pattern, "%schanges:*", prefix);
+    redis_conn sub;
+    REQUIRE(conn_open(&sub) == SYNC_OK);
+    REQUIRE(redis_conn_open(&sub) == SYNC_OK);
+    redisReply *reply = redisCommand(sub.ctx, "PSUBSCRIBE %s", pattern);
+    REQUIRE(reply != NULL);
+    freeReplyObject(reply);
+    redis_save_req reqs[4] = {
+        {.room = "/r1",
+         .token = t1,
+         .json = "{\"n\":1}",
+         .len = 7,
+         .version = 1,
+         .applied = "5-0",
+         .publish = true},
+        {.room = "/rooms/r2",
+         .token = t2 + 1,
+         .json = "{\"n\":9}",
+         .len = 7,
+         .version = 9,
+         .applied = "6-0",
+         .publish = true},
+        {.room = "r3",
+         .token = t3,
+         .json = "{\"n\":0}",
+         .len = 7,
+         .version = 0,
+         .applied = "7-0",
+         .publish = false},
+        {.room = "", .token = t3, .json = "{}", .len = 2, .version = 1, .publish = true},
+    };
+    CHECK_EQ_INT(redis_fenced_save_publish_many(&a, reqs, 4), SYNC_OK);
+    CHECK_EQ_INT(reqs[0].rc, SYNC_OK);
+    CHECK_EQ_INT(reqs[1].rc, SYNC_ESTATE); /* not its token */
+    CHECK_EQ_INT(reqs[2].rc, SYNC_OK);
+    CHECK_EQ_INT(reqs[3].rc, SYNC_EINVAL); /* a bad room fails alone */
+    char *v = raw_hget("room", "/r1", "version");
+    CHECK_EQ_STR(v, "1");
+    free(v);
+    v = raw_hget("room", "/r1", "applied");
+    CHECK_EQ_STR(v, "5-0");
+    free(v);
+    v = raw_hget("room", "/rooms/r2", "version");
+    CHECK(v == NULL); /* fenced out: nothing written */
+    free(v);
+    v = raw_hget("room", "r3", "applied");
+    CHECK_EQ_STR(v, "7-0");
+    free(v);
+    /* exactly one publish: /r1's, with its record's epoch */
+    REQUIRE(redisGetReply(sub.ctx, (void **)&reply) == REDIS_OK && reply);
+    CHECK(reply->type == REDIS_REPLY_ARRAY && reply->elements == 4);
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 4)
+        CHECK_EQ_STR(reply->element[3]->str, "1 EPOCH1 {\"n\":1}");
+    freeReplyObject(reply);
+    struct timeval quick = {0, 300 * 1000};
+    redisSetTimeout(sub.ctx, quick);
+    reply = NULL;
+    CHECK(redisGetReply(sub.ctx, (void **)&reply) != REDIS_OK); /* nothing more */
+    if (reply)
+        freeReplyObject(reply);
+    redis_conn_release(&sub);
+    redis_conn_release(&a);
+}
+
 /* ---- forwarding, order and failover ------------------------------------------------------- */
 
 enum { NODES = 3, PER_NODE = 150, TOTAL = NODES * PER_NODE, LEASE_MS = 400 };
@@ -531,6 +609,7 @@ int main(void)
         return 1;
     RUN(one_holder_and_tokens_grow);
     RUN(stale_owner_is_fenced_out);
+    RUN(saves_of_several_rooms_at_once);
     RUN(forwarded_messages_survive_a_dead_owner);
     RUN(bad_input_and_dead_redis);
     RUN(nodes_racing_for_a_room_get_one_lease);

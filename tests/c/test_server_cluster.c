@@ -90,6 +90,11 @@ typedef struct node {
         }                                                                                          \
     } while (0)
 
+/* Cluster options of the next node_start() (tests that need others set them, then put them
+ * back). */
+static int next_lease_ms = LEASE_MS;
+static size_t next_max_forward_queue = 0;
+
 static int node_start(node *n, int index, const char *prefix)
 {
     memset(n, 0, sizeof *n);
@@ -115,7 +120,8 @@ static int node_start(node *n, int index, const char *prefix)
     sync_cluster_options co = SYNC_CLUSTER_OPTIONS_INIT;
     co.redis = &redis_opts;
     co.node_id = n->id;
-    co.lease_ms = LEASE_MS;
+    co.lease_ms = next_lease_ms;
+    co.max_forward_queue = next_max_forward_queue;
     int rc = sync_server_join_cluster(n->server, &co);
     if (rc != SYNC_OK)
         return rc;
@@ -267,6 +273,13 @@ static void spread_clients_converge(void)
     node nodes[NODES];
     for (int i = 0; i < NODES; i++)
         REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
+    /* listen returned once the node was ready: a join at once is not answered 503 */
+    for (int i = 0; i < NODES; i++) {
+        int status = 0;
+        ws_client *at_once = ws_connect(nodes[i].port, "/", NULL, &status);
+        CHECK_EQ_INT(status, 101);
+        ws_client_free(at_once);
+    }
     int acked = converge_on("/", prefix, nodes);
     for (int i = 0; i < NODES; i++) {
         CHECK_EQ_INT(sync_engine_get_version(nodes[i].engine), acked);
@@ -512,8 +525,53 @@ static void room_unloaded_on_owner(void)
         node_stop(&nodes[i]);
 }
 
+/* Redis stalls (SIGSTOP): the forwarder waits on its XADD, the queue fills, and a message
+ * beyond max_forward_queue is refused at once with an error frame; the server never waits. */
+static void full_forward_queue_refuses(void)
+{
+    const char *prefix = fresh_prefix("queue");
+    next_lease_ms = 6000; /* the node stays "up" for the whole stall */
+    next_max_forward_queue = 4;
+    node n;
+    int rc = node_start(&n, 0, prefix);
+    next_lease_ms = LEASE_MS;
+    next_max_forward_queue = 0;
+    REQUIRE(rc == SYNC_OK);
+    client c;
+    client_join(&c, n.port, "/", 10000);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    CHECK_EQ_INT(ws_send_text(c.ws, "{\"type\":\"increment\"}"), 0);
+    await_acks(&c, 1, &start);
+    redis_signal(&redis, SIGSTOP);
+    for (int i = 0; i < 20; i++)
+        CHECK_EQ_INT(ws_send_text(c.ws, "{\"type\":\"increment\"}"), 0);
+    struct timespec sent;
+    clock_gettime(CLOCK_MONOTONIC, &sent);
+    while (c.errors < 15 && check_elapsed_ms(&sent) < 1500)
+        read_one(&c, 100);
+    /* 4 queued, and at least one taken by the stalled forwarder: up to 15 refused */
+    CHECK(c.errors >= 10 && c.errors <= 15);
+    CHECK(check_elapsed_ms(&sent) < 2000);
+    redis_signal(&redis, SIGCONT);
+    /* what was queued is applied once Redis answers again */
+    while (c.acks < 21 - c.errors && check_elapsed_ms(&start) < 20000)
+        read_one(&c, 200);
+    CHECK_EQ_INT(c.acks + c.errors, 21);
+    ws_client_free(c.ws);
+    node_stop(&n);
+}
+
 static void bad_options(void)
 {
+    sync_cluster_options init;
+    memset(&init, 0xA5, sizeof init);
+    CHECK_EQ_INT(sync_cluster_options_init(&init, 1), SYNC_OK);
+    CHECK_EQ_INT(init.version, 1);
+    CHECK(init.redis == NULL && init.url == NULL && init.node_id == NULL);
+    CHECK_EQ_INT(init.lease_ms, 0);
+    CHECK_EQ_INT(sync_cluster_options_init(&init, 0), SYNC_EINVAL);
+    CHECK_EQ_INT(sync_cluster_options_init(&init, SYNC_CLUSTER_OPTIONS_VERSION + 1), SYNC_EINVAL);
     sync_server *server = NULL;
     sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
     REQUIRE(sync_server_new(&server, &so) == SYNC_OK);
@@ -526,6 +584,14 @@ static void bad_options(void)
     co.lease_ms = 5;
     CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_EINVAL);
     co.lease_ms = 0;
+    co.url = "http://127.0.0.1:1";
+    CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_EINVAL);
+    co.url = "redis://127.0.0.1:1";
+    sync_redis_options ro = SYNC_REDIS_OPTIONS_INIT;
+    ro.url = co.url;
+    co.redis = &ro;
+    CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_EINVAL); /* both */
+    co.redis = NULL;
     /* a fixed mount whose engine has an adapter cannot be clustered */
     char path[512];
     snprintf(path, sizeof path, "%s/cluster-adapter-%d.json",
@@ -546,6 +612,11 @@ static void bad_options(void)
     CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_OK);
     CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_ESTATE);
     CHECK_EQ_INT(sync_server_mount(server, "/stored", engine), SYNC_EINVAL);
+    sync_server_free(server);
+    /* only before listen */
+    REQUIRE(sync_server_new(&server, &so) == SYNC_OK);
+    REQUIRE(sync_server_listen(server) == SYNC_OK);
+    CHECK_EQ_INT(sync_server_join_cluster(server, &co), SYNC_ESTATE);
     sync_server_free(server);
     sync_engine_free(engine);
     unlink(path);
@@ -576,6 +647,7 @@ int main(void)
     RUN(v2_resumes_on_another_node);
     RUN(owner_stopped_under_load);
     RUN(room_unloaded_on_owner);
+    RUN(full_forward_queue_refuses);
     RUN(redis_lost_and_back);
     redis_stop(&redis);
     return check_summary();

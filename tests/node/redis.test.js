@@ -4,77 +4,17 @@
 // Redis support.
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const net = require('net');
-const path = require('path');
-const { spawn, spawnSync } = require('child_process');
 const WebSocket = require('ws');
 const {
   SyncEngine,
   Server,
   RedisAdapter,
   RedisRoomStore,
-  Status,
 } = require('syncengine');
-const { mockWs, tmpDir, waitFor, incrementSync } = require('./helpers');
+const { mockWs, waitFor, incrementSync } = require('./helpers');
+const { redisSupported, startRedis } = require('./redis_server');
 
-function supported() {
-  try {
-    new RedisRoomStore({ url: 'redis://127.0.0.1:1' });
-    return true;
-  } catch (err) {
-    if (err.status === Status.EUNSUPPORTED) return false;
-    throw err;
-  }
-}
-const skip = supported() ? false : 'libsync built without Redis support';
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function ping(port) {
-  return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1');
-    s.setTimeout(1000, () => s.destroy());
-    s.on('connect', () => s.write('PING\r\n'));
-    s.on('data', (d) => {
-      resolve(d.toString().startsWith('+PONG'));
-      s.destroy();
-    });
-    s.on('error', () => resolve(false));
-    s.on('close', () => resolve(false));
-  });
-}
-
-/** A redis-server of this test, stopped after it. */
-async function startRedis(t) {
-  assert.equal(spawnSync('redis-server', ['--version']).status, 0,
-    'redis-server not found (scripts/install-deps.sh installs it)');
-  const dir = tmpDir(t);
-  const port = await freePort();
-  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir,
-    '--save', '', '--appendonly', 'yes', '--appendfsync', 'always',
-    '--logfile', path.join(dir, 'redis.log')], { stdio: 'ignore' });
-  const exited = new Promise((resolve) => proc.once('exit', resolve));
-  t.after(async () => {
-    proc.kill('SIGTERM');
-    await exited;
-  });
-  const deadline = Date.now() + 15000;
-  while (!(await ping(port))) {
-    assert.equal(proc.exitCode, null, 'redis-server exited at start');
-    assert.ok(Date.now() < deadline, 'redis-server did not answer within 15 s');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return `redis://127.0.0.1:${port}`;
-}
+const skip = redisSupported() ? false : 'libsync built without Redis support';
 
 test('RedisAdapter: state and version survive a restart of the engine', { skip }, async (t) => {
   const url = await startRedis(t);

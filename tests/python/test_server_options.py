@@ -3,6 +3,8 @@ the package's exception with libsync's status and reason; real sockets on 127.0.
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import time
 
@@ -56,3 +58,100 @@ def test_stats_hold_every_counter_of_the_c_struct():
     ]
     assert stats["messages_applied"] == 1
     engine.dispose()
+
+
+def test_max_buffered_bytes_closes_a_client_over_the_budget_with_1013():
+    """A 10,000-byte message reaches the server in pieces (its receive buffer is smaller): with a
+    1 KiB budget its reassembly does not fit and the client is closed with 1013; with the default
+    budget (64 MiB) the same message is applied."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from conftest import increment, recv_json, recv_until
+
+    big = json.dumps({"type": "increment", "amount": 1, "pad": "p" * 10_000})
+    for budget in (1024, 0):
+        engine = syncengine.SyncEngine({"counter": 0}, handlers={"increment": increment})
+        with syncengine.Server(port=0, engines={"/": engine}, max_buffered_bytes=budget) as server:
+            with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+                assert recv_json(ws)["type"] == "initial_state"
+                ws.send(big)
+                if budget:
+                    with pytest.raises(ConnectionClosed) as closed:
+                        while True:
+                            ws.recv(timeout=10)
+                    assert closed.value.rcvd.code == 1013
+                    assert closed.value.rcvd.reason == "server busy: message buffer budget spent"
+                else:
+                    recv_until(ws, lambda f: f.get("data", {}).get("counter") == 1)
+        assert engine.get_state()["counter"] == (0 if budget else 1)
+        engine.dispose()
+
+
+def _close_code(ws) -> int:
+    from websockets.exceptions import ConnectionClosed
+
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            ws.recv(timeout=10)
+    return closed.value.rcvd.code if closed.value.rcvd else -1
+
+
+def test_request_stop_returns_at_once_and_the_server_stops_on_its_own():
+    from websockets.sync.client import connect
+
+    engine = syncengine.SyncEngine({"counter": 0})
+    server = syncengine.Server(port=0, engines={"/": engine}, stop_timeout_ms=3000).start()
+    try:
+        port = server.port
+        with connect(f"ws://127.0.0.1:{port}/") as ws:
+            ws.recv(timeout=5)
+            start = time.monotonic()
+            server.request_stop()
+            assert time.monotonic() - start < 0.5  # it does not wait for the stop
+            assert _close_code(ws) == 1001  # the graceful stop's "going away"
+        deadline = time.monotonic() + 10
+        while True:  # no longer accepting
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                break
+            assert time.monotonic() < deadline, "still accepting after request_stop()"
+            time.sleep(0.05)
+    finally:
+        server.close()
+        engine.dispose()
+
+
+def test_request_stop_from_a_signal_handler_ends_serve_forever():
+    import signal
+    import threading
+
+    from websockets.sync.client import connect
+
+    engine = syncengine.SyncEngine({"counter": 0})
+    server = syncengine.Server(port=0, engines={"/": engine})
+    codes: list = []
+
+    def client() -> None:
+        deadline = time.monotonic() + 10
+        while server.port <= 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            ws.recv(timeout=5)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            codes.append(_close_code(ws))
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: server.request_stop())
+    thread = threading.Thread(target=client)
+    try:
+        thread.start()
+        start = time.monotonic()
+        server.serve_forever(poll_interval=0.05)  # returns once the handler asked for the stop
+        assert time.monotonic() - start < 15
+        thread.join(10)
+        assert codes == [1001]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        server.close()
+        engine.dispose()

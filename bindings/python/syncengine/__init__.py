@@ -21,7 +21,7 @@ Inside your own server, hand connections (any object with ``send(text)`` and ``c
 from __future__ import annotations
 
 from . import native
-from ._adapters import Adapter, FileAdapter, RedisAdapter, SQLiteAdapter
+from ._adapters import Adapter, FileAdapter, RedisAdapter, RedisOptions, SQLiteAdapter
 from ._asyncio import AsyncioConnection
 from ._client import Client, ClientStatus
 from ._engine import JSON, HOOK_NAMES, ConnectionLike, Handler, Middleware, SyncEngine, Validator
@@ -79,6 +79,7 @@ __all__ = [
     "ROOM_NAME_MAX",
     "Request",
     "RedisAdapter",
+    "RedisOptions",
     "RedisRoomStore",
     "RequestCopy",
     "Room",

@@ -68,9 +68,13 @@ class SQLiteAdapter:
         return f"SQLiteAdapter({self.path!r}, table_name={self.table_name!r})"
 
 
-class _RedisConnection:
-    """What the Redis adapter and the Redis room store share: where Redis is and how long to wait
-    for it, turned into ``sync_redis_options`` for each native store made from it."""
+class RedisOptions:
+    """Where a Redis is and how long to wait for it (libsync's ``sync_redis_options``): what
+    :meth:`Server.join_cluster` takes as ``redis=``, and what :class:`RedisAdapter` and
+    :class:`RedisRoomStore` are made of (either of those is accepted there too). ``url`` is
+    ``redis://[[user]:password@]host[:port][/db]``; ``key_prefix`` (None = ``"libsync:"``) is
+    prepended to every key; 0 for a timeout is libsync's default (connect 2 s, command 5 s).
+    Checked where it is used."""
 
     def __init__(
         self,
@@ -80,17 +84,14 @@ class _RedisConnection:
         connect_timeout_ms: int = 0,
         command_timeout_ms: int = 0,
     ) -> None:
+        if not isinstance(url, str):
+            raise TypeError("url must be a str")
+        if key_prefix is not None and not isinstance(key_prefix, str):
+            raise TypeError("key_prefix must be a str or None")
         self.url = url
         self.key_prefix = key_prefix
         self.connect_timeout_ms = int(connect_timeout_ms)
         self.command_timeout_ms = int(command_timeout_ms)
-        self._release(self._new())  # checks the options now
-
-    def _new(self) -> Any:
-        raise NotImplementedError
-
-    def _release(self, native_store: Any) -> None:
-        raise NotImplementedError
 
     def _options(self) -> Any:
         opts = native.sync_redis_options()
@@ -102,6 +103,33 @@ class _RedisConnection:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r}, key_prefix={self.key_prefix!r})"
+
+
+class _RedisConnection(RedisOptions):
+    """What the Redis adapter and the Redis room store share: their options, checked at once by
+    making (and freeing) a native store from them."""
+
+    def __init__(
+        self,
+        url: str,
+        key_prefix: Optional[str] = None,
+        *,
+        connect_timeout_ms: int = 0,
+        command_timeout_ms: int = 0,
+    ) -> None:
+        super().__init__(
+            url,
+            key_prefix,
+            connect_timeout_ms=connect_timeout_ms,
+            command_timeout_ms=command_timeout_ms,
+        )
+        self._release(self._new())  # checks the options now
+
+    def _new(self) -> Any:
+        raise NotImplementedError
+
+    def _release(self, native_store: Any) -> None:
+        raise NotImplementedError
 
 
 class RedisAdapter(_RedisConnection):

@@ -466,26 +466,23 @@ class SyncEngine:
 
     def _conn_by_id(self, cid: int, msg: Any) -> Any:
         """The Python object for the connection `cid` that sent `msg` (see _conn_object)."""
-        bridge = self._bridges.get(cid)
-        if bridge is not None:
-            return bridge.target
-        conn = self._server_conns.get(cid)
-        if conn is not None:
-            return conn
         return self._conn_object(native.sync_msg_conn(msg))
 
     def _conn_object(self, cptr: Any) -> Any:
-        """The Python object that stands for a C connection in handlers and hooks."""
+        """The Python object that stands for a C connection in handlers and hooks. Found by id,
+        but only when it is that very connection: in a cluster the owner runs another node's
+        message with a stand-in connection that carries the sender's id on its node, which may
+        be the id of a client of this node too."""
         if cptr is None:
             return None
         from ._server import Connection
 
         cid = native.sync_conn_id(cptr)
         bridge = self._bridges.get(cid)
-        if bridge is not None:
+        if bridge is not None and bridge.ptr == cptr:
             return bridge.target
         conn = self._server_conns.get(cid)
-        if conn is None:
+        if conn is None or conn._ptr != cptr:
             conn = Connection(cptr)
         return conn
 

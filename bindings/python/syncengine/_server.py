@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from . import native
-from ._errors import Status, SyncClosedError, check, error_for
+from ._adapters import RedisOptions
+from ._errors import Status, SyncClosedError, SyncValueError, check, error_for
 from ._options import fill
 
 if TYPE_CHECKING:
@@ -285,6 +286,14 @@ class Server:
     beyond it the least recently used idle room is unloaded, and a join that finds none idle is
     refused with 503.
 
+    ``max_buffered_bytes`` (0 = 64 MiB) is the server-wide budget for partial messages (those
+    that arrive in several pieces, and those held while a deferred ``auth`` decides): a client
+    whose next piece would go over it is closed with 1013 ("server busy: message buffer budget
+    spent"). Each client's queued outgoing frames are bounded by ``max_queued_bytes`` instead.
+
+    :meth:`join_cluster` makes the server a node of a cluster on Redis: every mount is then a
+    room that any node of the cluster serves.
+
     ``metrics_token``, when given, guards ``GET /metrics``: a request must bring
     ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``, else it is answered 401. ``/healthz`` and
     the static files stay public.
@@ -314,6 +323,7 @@ class Server:
         auth_timeout_ms: int = 0,
         metrics_token: Optional[str] = None,
         handshake_timeout_ms: int = 0,
+        max_buffered_bytes: int = 0,
         room_idle_ms: int = 0,
         max_rooms: int = 0,
     ) -> None:
@@ -327,6 +337,8 @@ class Server:
         self._rooms: dict[str, Any] = {}
         self._running = False
         self._stopped = threading.Event()
+        # request_stop() may run in a signal handler: a plain flag, which serve_forever polls.
+        self._stop_requested = False
         # start() and stop() may race (serve_forever on one thread, stop() on another).
         self._state_lock = threading.RLock()
         # The keyword arguments named like a field of sync_server_options are that field.
@@ -402,6 +414,60 @@ class Server:
         self._rooms[prefix] = rooms
         return rooms
 
+    def join_cluster(
+        self,
+        url: Optional[str] = None,
+        *,
+        redis: Optional[RedisOptions] = None,
+        node_id: Optional[str] = None,
+        lease_ms: int = 0,
+        max_forward_queue: int = 0,
+    ) -> "Server":
+        """Makes this server a node of the cluster on Redis at ``url`` (or ``redis``, a
+        :class:`RedisOptions` — or a :class:`RedisAdapter` / :class:`RedisRoomStore`, whose
+        connection settings it takes — for a key prefix or timeouts; give one of the two). Every
+        mount, made before or after this call, is then a room of the cluster: a fixed mount the
+        room named by its path, ``rooms("/rooms/")`` the room ``/rooms/NAME`` per name; its state
+        lives in Redis, so a mounted engine must have no adapter, and a room mount's store is not
+        used. A client may connect to any node: one node at a time (the room's owner) runs its
+        handlers, every node's clients see the same versions (docs/SCALING.md).
+
+        ``node_id`` (1 to 64 printable ASCII bytes without spaces; None = host, pid and a random
+        part) must be unique in the cluster. ``lease_ms`` (0 = 1500, else at least 100) is how long
+        a dead owner keeps its rooms before another node takes them over. ``max_forward_queue``
+        (0 = 65,536) bounds the client messages waiting to go to Redis on this node; one beyond is
+        refused (an error frame with ``reply_errors``).
+
+        Only before the server listens and once (:class:`SyncError` ``ESTATE``);
+        :class:`SyncValueError` for bad options or a mounted engine with an adapter;
+        :class:`SyncError` ``EUNSUPPORTED`` when libsync was built without Redis support. The node
+        connects when the server starts; while Redis is unreachable, joins are refused with 503
+        and, after a lease, clients are closed with :data:`CLOSE_ROOM_UNAVAILABLE`. Returns the
+        server."""
+        if (url is None) == (redis is None):
+            raise SyncValueError(Status.EINVAL, "join_cluster needs either url or redis (not both)")
+        if url is not None and not isinstance(url, str):
+            raise TypeError("url must be a str")
+        if redis is not None and not isinstance(redis, RedisOptions):
+            raise TypeError("redis must be a RedisOptions (or a RedisAdapter / RedisRoomStore)")
+        if node_id is not None and not isinstance(node_id, str):
+            raise TypeError("node_id must be a str or None")
+        for name, value in (("lease_ms", lease_ms), ("max_forward_queue", max_forward_queue)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int")
+        if max_forward_queue < 0:
+            raise SyncValueError(Status.EINVAL, "max_forward_queue must be 0 (default) or more")
+        opts = native.sync_cluster_options()
+        redis_opts = None if redis is None else redis._options()
+        opts.url = url
+        opts.redis = redis_opts  # borrowed by opts: kept alive until the call returns
+        opts.node_id = node_id
+        opts.lease_ms = lease_ms
+        opts.max_forward_queue = max_forward_queue
+        check(native.sync_server_join_cluster(self._p(), opts))
+        del redis_opts
+        return self
+
     @property
     def engines(self) -> dict[str, Any]:
         """The mounted engines by path."""
@@ -437,12 +503,23 @@ class Server:
             if self._ptr is not None and self._running:
                 self._running = False
                 native.sync_server_stop(self._ptr)
+            self._stop_requested = False  # as libsync's flag: it ends with the serving
+
+    def request_stop(self) -> None:
+        """Asks for a graceful stop and returns at once: the server stops accepting, saves, closes
+        every client (1001) on its own thread, and :meth:`serve_forever` returns. Safe in a signal
+        handler (it sets a flag and wakes the server's thread, never waits). Any thread; a server
+        not serving yet stops as soon as it serves. :meth:`stop` or :meth:`close` afterwards
+        wait for the end."""
+        self._stop_requested = True
+        check(native.sync_server_request_stop(self._p()))
 
     def serve_forever(self, poll_interval: float = 0.1) -> None:
-        """Serves until :meth:`stop` (from another thread) or Ctrl-C, then stops gracefully."""
+        """Serves until :meth:`stop` (from another thread), :meth:`request_stop` or Ctrl-C, then
+        stops gracefully."""
         self.start()
         try:
-            while not self._stopped.wait(poll_interval):
+            while not self._stopped.wait(poll_interval) and not self._stop_requested:
                 pass
         except KeyboardInterrupt:
             pass

@@ -7,7 +7,8 @@
  * is the room whose key is its path ("/" or "/counter"), a room mount's room NAME
  * (sync_server_mount_rooms) the room whose key is prefix + NAME ("/rooms/NAME"). The room's
  * state, version and epoch live in Redis: a room mount's room store is not used for its rooms,
- * and a fixed mount's engine must have no adapter.
+ * and a fixed mount's engine must have no adapter. sync_rooms_delete() and sync_rooms_list() act
+ * on this node only (the mount's store, its loaded rooms), not on the records in Redis.
  *
  * One node owns a room at a time through a lease in Redis with a fencing token; every node
  * forwards its clients' messages to the room's stream in Redis, the owner runs them one at a time
@@ -62,7 +63,9 @@ SYNC_EXTERN int sync_cluster_options_init(sync_cluster_options *opts, unsigned i
 /**
  * Makes every mount of `server` (those made before and after this call) a room of the cluster
  * `opts` describes. Only before listen (SYNC_ESTATE after), once per server (SYNC_ESTATE). The
- * node connects to Redis when the server listens. SYNC_EINVAL for bad options or a fixed mount
+ * node connects to Redis when the server listens: sync_server_listen() (and start, run) waits up
+ * to 3 s for it to subscribe and load the fixed mounts' rooms, then listens anyway (joins are
+ * refused with 503 until the node is ready). SYNC_EINVAL for bad options or a fixed mount
  * whose engine has an adapter; SYNC_EUNSUPPORTED when libsync was built without Redis support.
  */
 SYNC_EXTERN int sync_server_join_cluster(sync_server *server, const sync_cluster_options *opts);

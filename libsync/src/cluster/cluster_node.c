@@ -358,11 +358,14 @@ void sync__cluster_detach(cluster_room *r)
     bool linked = r->linked;
     r->engine = NULL;
     r->linked = false;
+    /* kept until the link is gone: a forward still running on another thread names the room */
+    atomic_fetch_add(&r->refs, 1);
     cl->owner_wake = true; /* it gives the lease up and frees the room */
     pthread_cond_broadcast(&cl->cond);
     pthread_mutex_unlock(&cl->lock);
     if (linked)
         sync__engine_set_cluster_link(engine, NULL);
+    cluster_room_unref(r);
 }
 
 static void stop_threads(sync__cluster *cl)

@@ -206,7 +206,10 @@ static void takeover(owner *o, cluster_room *r, int64_t token, int64_t now)
     cluster_room_unuse(r);
     /* before the first apply, which runs against the engine's committed state */
     cluster_adopt(r, version, epoch, state, strlen(state));
-    cluster_publish_change(cl, o->c, r, version, epoch, state, strlen(state));
+    /* Not published: the other nodes would stay behind until the next change. Dropping the room
+     * makes the next lease turn take it again (this node still holds the lease) and republish. */
+    if (cluster_publish_change(cl, o->c, r, version, epoch, state, strlen(state)) != SYNC_OK)
+        lose(r);
 }
 
 /* Renews, takes or loses the leases of the rooms in the snapshot. */
@@ -344,20 +347,11 @@ static void route_reply(owner *o, cluster_room *r, const redis_entry *ent, const
     free(channel);
 }
 
-/* The result of the entry in flight: saved (fenced), published, adopted here, replies routed. */
-static void finish(owner *o, cluster_room *r, sync__remote_result *res)
+/* After the save of the entry in flight (rc): applied, adopted here, replies routed; or, fenced
+ * out or unknown, the room dropped (the next owner applies the entry again). */
+static void finish(owner *o, cluster_room *r, sync__remote_result *res, int64_t version, int rc)
 {
     const redis_entry *ent = &r->entries[r->entry_next - 1];
-    if (!r->token || atomic_load(&o->cl->killed)) {
-        sync__remote_result_clear(res); /* lost meanwhile: the next owner applies it again */
-        return;
-    }
-    bool changed = res->status == SYNC_OK && res->state_json;
-    const char *state = changed ? res->state_json : r->state;
-    int64_t version = changed ? r->version + 1 : r->version;
-    /* A refused message is saved too (its applied id): no later owner runs it again. */
-    int rc =
-        redis_fenced_save(o->c, r->key, r->token, state, strlen(state), version, NULL, ent->id);
     if (rc != SYNC_OK) {
         /* fenced out, or unknown whether saved: this node no longer knows the room's state */
         sync__remote_result_clear(res);
@@ -365,7 +359,7 @@ static void finish(owner *o, cluster_room *r, sync__remote_result *res)
         return;
     }
     snprintf(r->applied, sizeof r->applied, "%s", ent->id);
-    if (changed) {
+    if (version != r->version) {
         sync_free(r->state);
         r->state = res->state_json;
         res->state_json = NULL;
@@ -374,7 +368,6 @@ static void finish(owner *o, cluster_room *r, sync__remote_result *res)
         pthread_mutex_lock(&o->cl->lock);
         snprintf(epoch, sizeof epoch, "%s", r->epoch);
         pthread_mutex_unlock(&o->cl->lock);
-        cluster_publish_change(o->cl, o->c, r, version, epoch, r->state, strlen(r->state));
         cluster_adopt(r, version, epoch, r->state, strlen(r->state));
     }
     for (size_t i = 0; i < res->reply_count; i++)
@@ -382,27 +375,31 @@ static void finish(owner *o, cluster_room *r, sync__remote_result *res)
     sync__remote_result_clear(res);
 }
 
-/* Applies the room's read entries while they finish at once; stops at one in flight. */
-static void apply_room(owner *o, cluster_room *r)
+/* Takes the result of the room's entry in flight: 1 when there was one. */
+static int take_result(cluster_room *r, sync__remote_result *res)
+{
+    sync__cluster *cl = r->cl;
+    pthread_mutex_lock(&cl->lock);
+    int got = r->has_result;
+    if (got) {
+        *res = r->result;
+        memset(&r->result, 0, sizeof r->result);
+        r->has_result = false;
+        r->inflight = false;
+        pthread_cond_broadcast(&cl->cond); /* a detach may wait for it */
+    }
+    pthread_mutex_unlock(&cl->lock);
+    return got;
+}
+
+/* Runs the room's next read entry through its engine unless one is in flight. */
+static void submit_next(owner *o, cluster_room *r)
 {
     sync__cluster *cl = o->cl;
-    for (;;) {
-        sync__remote_result res;
-        pthread_mutex_lock(&cl->lock);
-        bool got = r->has_result;
-        bool busy = r->inflight && !got;
-        if (got) {
-            res = r->result;
-            memset(&r->result, 0, sizeof r->result);
-            r->has_result = false;
-            r->inflight = false;
-            pthread_cond_broadcast(&cl->cond); /* a detach may wait for it */
-        }
-        pthread_mutex_unlock(&cl->lock);
-        if (got)
-            finish(o, r, &res);
-        if (busy || !r->token || r->entry_next >= r->entry_count)
-            return;
+    pthread_mutex_lock(&cl->lock);
+    bool busy = r->inflight || r->has_result;
+    pthread_mutex_unlock(&cl->lock);
+    while (!busy && r->token && r->entry_next < r->entry_count) {
         redis_entry *ent = &r->entries[r->entry_next++];
         if (!ent->msg) {
             snprintf(r->applied, sizeof r->applied, "%s", ent->id); /* not one a node wrote */
@@ -424,19 +421,72 @@ static void apply_room(owner *o, cluster_room *r)
             pthread_cond_broadcast(&cl->cond);
             pthread_mutex_unlock(&cl->lock);
             give_up(o, r);
-            return;
         }
+        return;
     }
 }
 
-/* One XREAD over the streams of the owned rooms that have nothing left to apply. */
-static void read_streams(owner *o, int block_ms)
+/* Applies the owned rooms' read entries in rounds: each round runs the next entry of every room
+ * that has none in flight, then saves every result of the round in one pipelined round trip
+ * (each room's save its own fenced script), then adopts them. Handlers that finish at once make
+ * a round per entry; a room whose handler pends waits for its result while the others go on. */
+static void apply_rooms(owner *o)
+{
+    sync__cluster *cl = o->cl;
+    size_t cap = o->count ? o->count : 1;
+    cluster_room **rooms = malloc(cap * sizeof *rooms);
+    sync__remote_result *results = malloc(cap * sizeof *results);
+    redis_save_req *reqs = malloc(cap * sizeof *reqs);
+    if (!rooms || !results || !reqs) {
+        free(rooms);
+        free(results);
+        free(reqs);
+        return;
+    }
+    for (int round = 0; round < CLUSTER_READ_COUNT + 1; round++) {
+        size_t n = 0;
+        for (size_t i = 0; i < o->count; i++) {
+            cluster_room *r = o->rooms[i];
+            if (!r->token)
+                continue;
+            submit_next(o, r);
+            if (!take_result(r, &results[n]))
+                continue;
+            if (!r->token || atomic_load(&cl->killed)) {
+                sync__remote_result_clear(&results[n]); /* lost meanwhile: applied again later */
+                continue;
+            }
+            bool changed = results[n].status == SYNC_OK && results[n].state_json;
+            /* a refused message is saved too (its applied id): no later owner runs it again */
+            reqs[n] = (redis_save_req){.room = r->key,
+                                       .token = r->token,
+                                       .json = changed ? results[n].state_json : r->state,
+                                       .version = changed ? r->version + 1 : r->version,
+                                       .applied = r->entries[r->entry_next - 1].id,
+                                       .publish = changed};
+            reqs[n].len = strlen(reqs[n].json);
+            rooms[n++] = r;
+        }
+        if (!n)
+            break;
+        redis_fenced_save_publish_many(o->c, reqs, n);
+        for (size_t i = 0; i < n; i++)
+            finish(o, rooms[i], &results[i], reqs[i].version, reqs[i].rc);
+    }
+    free(rooms);
+    free(results);
+    free(reqs);
+}
+
+/* One XREAD over the streams of the owned rooms that have nothing left to apply: the number of
+ * streams read (0: none to read, nothing waited for). */
+static size_t read_streams(owner *o, int block_ms)
 {
     sync__cluster *cl = o->cl;
     size_t n = 0;
     cluster_room **list = malloc((o->count ? o->count : 1) * sizeof *list);
     if (!list)
-        return;
+        return 0;
     pthread_mutex_lock(&cl->lock);
     for (size_t i = 0; i < o->count; i++) {
         cluster_room *r = o->rooms[i];
@@ -447,13 +497,13 @@ static void read_streams(owner *o, int block_ms)
     pthread_mutex_unlock(&cl->lock);
     if (!n) {
         free(list);
-        return;
+        return 0;
     }
     size_t argc = 6 + 2 * n;
     const char **argv = malloc(argc * sizeof *argv);
     if (!argv) {
         free(list);
-        return;
+        return 0;
     }
     char count[16], block[16];
     snprintf(count, sizeof count, "%d", CLUSTER_READ_COUNT);
@@ -482,7 +532,7 @@ static void read_streams(owner *o, int block_ms)
     if (rc != SYNC_OK) {
         free(list);
         cluster_sleep_ms(o->tick_ms / 4 > 0 ? o->tick_ms / 4 : 1);
-        return;
+        return n;
     }
     /* [[stream, [[id, [field, value...]], ...]], ...] in the order asked */
     size_t at = 0;
@@ -531,6 +581,7 @@ static void read_streams(owner *o, int block_ms)
         }
     freeReplyObject(reply);
     free(list);
+    return n;
 }
 
 /* ---- the loop ---------------------------------------------------------------------------- */
@@ -603,32 +654,30 @@ void *cluster_owner_main(void *arg)
             next_keep = now + o.tick_ms;
             keep_leases(&o);
         }
+        apply_rooms(&o);
         bool owned = false, waiting = false;
         for (size_t i = 0; i < o.count; i++) {
             cluster_room *r = o.rooms[i];
             if (!r->token)
                 continue;
             owned = true;
-            apply_room(&o, r);
             pthread_mutex_lock(&cl->lock);
             if (r->inflight || r->has_result || r->entry_next < r->entry_count)
                 waiting = true;
             pthread_mutex_unlock(&cl->lock);
         }
         int64_t until_keep = next_keep - sync_now_ms();
-        if (owned) {
-            /* blocks while there is nothing to do, never past the next lease turn; a short
-             * block while a room has an apply in flight (its done wakes nobody in XREAD) */
-            int block =
-                waiting ? 2 : (int)(until_keep < 50 ? (until_keep > 1 ? until_keep : 1) : 50);
-            read_streams(&o, block);
+        int wait_ms = (int)(until_keep < 50 ? (until_keep > 1 ? until_keep : 1) : 50);
+        /* blocks in XREAD while there is nothing to do, never past the next lease turn; a short
+         * block while a room has an apply in flight (its done cannot wake an XREAD) */
+        if (owned && read_streams(&o, waiting ? 2 : wait_ms) > 0)
             continue;
-        }
+        /* nothing to read: wait for a wake-up (an apply's result, a new room, stop) */
         pthread_mutex_lock(&cl->lock);
         if (!cl->owner_wake && !atomic_load(&cl->stop) && until_keep > 0) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
-            long long ns = (long long)ts.tv_nsec + (until_keep > 50 ? 50 : until_keep) * 1000000LL;
+            long long ns = (long long)ts.tv_nsec + (long long)wait_ms * 1000000LL;
             ts.tv_sec += (time_t)(ns / 1000000000LL);
             ts.tv_nsec = (long)(ns % 1000000000LL);
             pthread_cond_timedwait(&cl->cond, &cl->lock, &ts);

@@ -5,10 +5,14 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cluster/cluster.h"
 #include "engine/engine_internal.h"
 #include "error.h"
+
+/* Longest wait at listen for the node to be ready (subscribed, fixed mounts loaded). */
+#define SERVER_CLUSTER_READY_MS 3000
 
 int server_cluster_check_engine(sync_server *server, const char *path, sync_engine *engine)
 {
@@ -61,6 +65,19 @@ int server_cluster_listen(sync_server *server)
             continue; /* an engine on several paths is one room: its first path's */
         rc = sync__cluster_attach(server->cluster, server->mounts[i].path, eng->engine, NULL, NULL,
                                   &eng->cluster_room);
+    }
+    /* Ready before the server accepts, in the common case: subscribed to Redis and every fixed
+     * mount loaded, so a client that connects once listen returned is not answered 503. Bounded:
+     * with Redis down the server listens anyway and refuses joins until it is back. */
+    int64_t give_up = sync_now_ms() + SERVER_CLUSTER_READY_MS;
+    while (rc == SYNC_OK && sync_now_ms() < give_up) {
+        bool ready = sync__cluster_available(server->cluster);
+        for (size_t i = 0; ready && i < server->engine_count; i++)
+            ready = sync__cluster_room_ready(server->engines[i]->cluster_room);
+        if (ready)
+            break;
+        struct timespec ts = {0, 2 * 1000 * 1000};
+        nanosleep(&ts, NULL);
     }
     return rc;
 }

@@ -1482,6 +1482,8 @@ void server_rooms_release(sync_server *s)
         next = d->due_next;
         if (d->state == ROOM_FAILED || d->state == ROOM_GONE) {
             if (d->eng.engine) {
+                sync__cluster_detach(d->cluster); /* no node thread uses the engine after */
+                d->cluster = NULL;
                 sync__engine_remove_listener(d->eng.engine, d);
                 sync_engine_free(d->eng.engine);
             }
@@ -1500,6 +1502,8 @@ void server_rooms_release(sync_server *s)
                 if (r->eng.engine) {
                     if (r->state == ROOM_READY && !r->deleting && room_needs_save(r))
                         sync_engine_sync(r->eng.engine);
+                    sync__cluster_detach(r->cluster); /* gives its lease up */
+                    r->cluster = NULL;
                     sync__engine_remove_listener(r->eng.engine, r);
                     sync_engine_free(r->eng.engine);
                 }

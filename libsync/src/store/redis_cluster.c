@@ -72,6 +72,26 @@ int redis_cluster_key_check(const char *room)
     return SYNC_OK;
 }
 
+/* SAVE_LUA, then (ARGV[7] a channel) PUBLISH "<version> <epoch> <state>" on it in the same script:
+ * a change is published exactly when it was saved, in one round trip. */
+static const char SAVE_PUBLISH_LUA[] =
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if not cur or string.match(cur, '^(%d+) ') ~= ARGV[1] then return 0 end\n"
+    "local f = redis.call('HGET', KEYS[2], 'fence')\n"
+    "if f and tonumber(f) > tonumber(ARGV[1]) then return 0 end\n"
+    "redis.call('HSET', KEYS[2], 'state', ARGV[2], 'version', ARGV[3], 'updated_at', ARGV[6],\n"
+    "           'fence', ARGV[1])\n"
+    "if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'epoch', ARGV[4]) end\n"
+    "if ARGV[5] ~= '' then\n"
+    "  redis.call('HSET', KEYS[2], 'applied', ARGV[5])\n"
+    "  redis.call('XTRIM', KEYS[3], 'MINID', ARGV[5])\n"
+    "end\n"
+    "if ARGV[7] ~= '' then\n"
+    "  local ep = redis.call('HGET', KEYS[2], 'epoch') or ''\n"
+    "  redis.call('PUBLISH', ARGV[7], ARGV[3] .. ' ' .. ep .. ' ' .. ARGV[2])\n"
+    "end\n"
+    "return 1\n";
+
 static int check_room(const char *room)
 {
     return redis_cluster_key_check(room);
@@ -100,10 +120,12 @@ static int eval_int(redis_conn *c, const char *script, const char *room, int nke
                     const char *const *kinds, int nargs, const char **args, const size_t *lens,
                     long long *out, const char *what)
 {
-    const char *argv[12];
-    size_t argvlen[12];
+    const char *argv[16];
+    size_t argvlen[16];
+    if (nkeys < 0 || nkeys > 3 || nargs < 0 || 3 + nkeys + nargs > 16)
+        return sync__fail(SYNC_EINVAL, "too many script arguments");
     char *keys[3] = {NULL, NULL, NULL};
-    char nbuf[8];
+    char nbuf[16];
     snprintf(nbuf, sizeof nbuf, "%d", nkeys);
     int argc = 0;
     argv[argc] = "EVAL";
@@ -221,6 +243,137 @@ int redis_fenced_save(redis_conn *c, const char *room, int64_t token, const char
         rc = sync__fail(SYNC_ESTATE,
                         "room %s not saved: token %lld no longer holds its lease (fenced out)",
                         room, (long long)token);
+    return rc;
+}
+
+int redis_fenced_save_publish(redis_conn *c, const char *room, int64_t token, const char *json,
+                              size_t len, int64_t version, const char *epoch, const char *applied,
+                              bool publish)
+{
+    int rc = check_room(room);
+    if (rc != SYNC_OK)
+        return rc;
+    if (token <= 0 || !json)
+        return sync__fail(SYNC_EINVAL, "bad token or no state");
+    char *channel = NULL;
+    if (publish && asprintf(&channel, "%schanges:%s", c->prefix, room) < 0)
+        return sync__fail(SYNC_ENOMEM, "out of memory");
+    static const char *const kinds[] = {"lease", "room", "stream"};
+    char kbuf[24], vbuf[24], nbuf[24];
+    snprintf(kbuf, sizeof kbuf, "%lld", (long long)token);
+    snprintf(vbuf, sizeof vbuf, "%lld", (long long)version);
+    snprintf(nbuf, sizeof nbuf, "%lld", (long long)sync_wall_ms());
+    const char *args[] = {
+        kbuf, json, vbuf, epoch ? epoch : "", applied ? applied : "", nbuf, channel ? channel : ""};
+    size_t lens[] = {strlen(kbuf),    len,          strlen(vbuf),   strlen(args[3]),
+                     strlen(args[4]), strlen(nbuf), strlen(args[6])};
+    long long written = 0;
+    rc = eval_int(c, SAVE_PUBLISH_LUA, room, 3, kinds, 7, args, lens, &written,
+                  "cannot save a room to");
+    free(channel);
+    if (rc == SYNC_OK && !written)
+        rc = sync__fail(SYNC_ESTATE,
+                        "room %s not saved: token %lld no longer holds its lease (fenced out)",
+                        room, (long long)token);
+    return rc;
+}
+
+/* The 13 arguments of one save (EVAL script 3 keys 7 args), the strings it owns in `owned`. */
+enum { SAVE_ARGC = 13, SAVE_OWNED = 8 };
+
+static int save_args(redis_conn *c, const redis_save_req *q, const char **argv, size_t *lens,
+                     char **owned)
+{
+    int rc = check_room(q->room);
+    if (rc != SYNC_OK)
+        return rc;
+    if (q->token <= 0 || !q->json)
+        return sync__fail(SYNC_EINVAL, "bad token or no state");
+    if (asprintf(&owned[0], "%slease:%s", c->prefix, q->room) < 0 ||
+        asprintf(&owned[1], "%sroom:%s", c->prefix, q->room) < 0 ||
+        asprintf(&owned[2], "%sstream:%s", c->prefix, q->room) < 0 ||
+        asprintf(&owned[3], "%lld", (long long)q->token) < 0 ||
+        asprintf(&owned[4], "%lld", (long long)q->version) < 0 ||
+        asprintf(&owned[5], "%lld", (long long)sync_wall_ms()) < 0 ||
+        asprintf(&owned[6], "%schanges:%s", c->prefix, q->room) < 0)
+        return sync__fail(SYNC_ENOMEM, "out of memory");
+    const char *a[SAVE_ARGC] = {"EVAL",
+                                SAVE_PUBLISH_LUA,
+                                "3",
+                                owned[0],
+                                owned[1],
+                                owned[2],
+                                owned[3],
+                                q->json,
+                                owned[4],
+                                "",
+                                q->applied ? q->applied : "",
+                                owned[5],
+                                q->publish ? owned[6] : ""};
+    for (int i = 0; i < SAVE_ARGC; i++) {
+        argv[i] = a[i];
+        lens[i] = i == 7 ? q->len : strlen(a[i]);
+    }
+    return SYNC_OK;
+}
+
+int redis_fenced_save_publish_many(redis_conn *c, redis_save_req *reqs, size_t n)
+{
+    if (n == 0)
+        return SYNC_OK;
+    const char **argv = calloc(n * SAVE_ARGC, sizeof *argv);
+    size_t *lens = calloc(n * SAVE_ARGC, sizeof *lens);
+    char **owned = calloc(n * SAVE_OWNED, sizeof *owned);
+    const char *const **argvs = calloc(n, sizeof *argvs);
+    const size_t **lensv = calloc(n, sizeof *lensv);
+    int *argc = calloc(n, sizeof *argc);
+    redisReply **replies = calloc(n, sizeof *replies);
+    size_t *index = calloc(n, sizeof *index); /* the request of each command sent */
+    int rc = SYNC_OK;
+    if (!argv || !lens || !owned || !argvs || !lensv || !argc || !replies || !index)
+        rc = sync__fail(SYNC_ENOMEM, "out of memory");
+    size_t sent = 0;
+    for (size_t i = 0; rc == SYNC_OK && i < n; i++) {
+        reqs[i].rc = save_args(c, &reqs[i], &argv[i * SAVE_ARGC], &lens[i * SAVE_ARGC],
+                               &owned[i * SAVE_OWNED]);
+        if (reqs[i].rc != SYNC_OK)
+            continue; /* a bad request fails alone */
+        argvs[sent] = &argv[i * SAVE_ARGC];
+        lensv[sent] = &lens[i * SAVE_ARGC];
+        argc[sent] = SAVE_ARGC;
+        index[sent++] = i;
+    }
+    if (rc == SYNC_OK && sent)
+        rc = redis_conn_run(c, sent, argc, argvs, lensv, replies, "cannot save rooms to");
+    for (size_t k = 0; k < sent; k++) {
+        redis_save_req *q = &reqs[index[k]];
+        const redisReply *r = replies[k];
+        if (rc != SYNC_OK)
+            q->rc = rc;
+        else if (r->type == REDIS_REPLY_INTEGER)
+            q->rc = r->integer ? SYNC_OK
+                               : sync__fail(SYNC_ESTATE,
+                                            "room %s not saved: token %lld no longer holds its "
+                                            "lease (fenced out)",
+                                            q->room, (long long)q->token);
+        else
+            q->rc = redis_conn_reply_fail(c, r, "cannot save a room to");
+        if (replies[k])
+            freeReplyObject(replies[k]);
+    }
+    if (rc != SYNC_OK)
+        for (size_t i = 0; i < n; i++)
+            reqs[i].rc = rc;
+    for (size_t i = 0; owned && i < n * SAVE_OWNED; i++)
+        free(owned[i]);
+    free(argv);
+    free(lens);
+    free(owned);
+    free(argvs);
+    free(lensv);
+    free(argc);
+    free(replies);
+    free(index);
     return rc;
 }
 

@@ -16,6 +16,7 @@
 #ifndef LIBSYNC_SRC_STORE_REDIS_CLUSTER_H
 #define LIBSYNC_SRC_STORE_REDIS_CLUSTER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -53,6 +54,32 @@ int redis_lease_release(redis_conn *c, const char *room, int64_t token);
  * `applied`. SYNC_OK; SYNC_ESTATE when fenced out, the record then untouched. */
 int redis_fenced_save(redis_conn *c, const char *room, int64_t token, const char *json, size_t len,
                       int64_t version, const char *epoch, const char *applied);
+
+/* redis_fenced_save, and when `publish` the change published on the room's channel in the same
+ * script once written: "<version> <epoch> <state>" (the record's epoch). One round trip; a change
+ * is published if and only if it was saved. */
+int redis_fenced_save_publish(redis_conn *c, const char *room, int64_t token, const char *json,
+                              size_t len, int64_t version, const char *epoch, const char *applied,
+                              bool publish);
+
+/* One save of redis_fenced_save_publish_many: the arguments of redis_fenced_save_publish (no
+ * epoch: the record's stays), and its outcome in `rc`: SYNC_OK, SYNC_ESTATE (fenced out, nothing
+ * written), SYNC_EIO or SYNC_ENOMEM. */
+typedef struct redis_save_req {
+    const char *room;
+    int64_t token;
+    const char *json;
+    size_t len;
+    int64_t version;
+    const char *applied;
+    bool publish;
+    int rc;
+} redis_save_req;
+
+/* The saves of several rooms in one pipelined write and one round trip (each its own script, so
+ * each is atomic and fenced on its own). SYNC_OK when every reply came (see each rc); otherwise
+ * the connection failed, every rc is that status, and whether each save was written is unknown. */
+int redis_fenced_save_publish_many(redis_conn *c, redis_save_req *reqs, size_t n);
 
 /* Reads the record as redis_record_load (a corrupt one kept aside, SYNC_ECORRUPT) plus the id of
  * the last applied stream entry into `applied` (REDIS_STREAM_ID_MAX bytes): "0-0" when none. */

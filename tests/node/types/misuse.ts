@@ -11,3 +11,4 @@ engine.getVersion().toUpperCase();
 new SyncEngine<State>({ persistMode: 'sometimes' });
 new Server().rooms<State>('/r/', (room) => room.setInitialState({ count: 1 }));
 new Server().rooms<State>('/r/', null, { store: { load: () => null } });
+new Server().joinCluster({ url: 'redis://127.0.0.1:6379', leaseMs: '1500' });

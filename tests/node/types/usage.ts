@@ -203,6 +203,14 @@ export async function roomsMain(): Promise<string[]> {
   new Server({
     auth: (req: AuthRequest) => (req.room === null || req.room.startsWith('team-') ? true : 403),
   });
+  const node: Server = new Server({ maxBufferedBytes: 1 << 20 }).joinCluster({
+    redis: { url: 'redis://127.0.0.1:6379', keyPrefix: 'app:' },
+    nodeId: 'node-1',
+    leaseMs: 1500,
+    maxForwardQueue: 1000,
+  });
+  new Server().joinCluster({ url: 'redis://127.0.0.1:6379' });
+  const asked: boolean = node.requestStop();
   await server.listen();
   const state: MyAppState = await rooms.getState('a');
   const v: number = await rooms.getVersion('a');
@@ -212,7 +220,7 @@ export async function roomsMain(): Promise<string[]> {
   const lease: RoomLease<MyAppState, MyAppMessage> = await rooms.acquire('a');
   const held: MyAppState = lease.engine.getState();
   lease.release();
-  const count: number = await rooms.acquire('a', (engine) => engine.connectionCount);
+  const count: number = await rooms.acquire('a', (engine) => engine.connectionCount + (asked ? 0 : 1));
   await rooms.delete('b');
   checkRoomName('a');
   console.log(held, count, rooms.loadedCount, ROOM_NAME_MAX, CLOSE_ROOM_DELETED, CLOSE_ROOM_UNAVAILABLE);
