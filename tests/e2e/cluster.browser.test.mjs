@@ -15,8 +15,18 @@ const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
 async function expectText(page, selector, text, timeout = 15000) {
-  await page.waitForFunction(([sel, want]) => document.querySelector(sel)?.textContent === want,
-    [selector, text], { timeout });
+  try {
+    await page.waitForFunction(([sel, want]) => document.querySelector(sel)?.textContent === want,
+      [selector, text], { timeout });
+  } catch (err) {
+    // What the page shows instead, for the report.
+    const shown = await page.evaluate(() => ({
+      url: location.href, status: document.body.dataset.status,
+      counter: document.querySelector('#counter')?.textContent,
+      version: document.querySelector('#version')?.textContent,
+    })).catch(() => ({}));
+    throw new Error(`${selector} never showed ${text}: ${JSON.stringify(shown)} (${err.message.split('\n')[0]})`);
+  }
 }
 
 test('one page on node A, one on node B: clicks on both, both show the same count',
