@@ -12,7 +12,7 @@ minimal=0
 sudo_cmd=""
 if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
 
-apt_packages=(build-essential cmake pkg-config libwebsockets-dev libcjson-dev libsqlite3-dev
+apt_packages=(build-essential cmake pkg-config libwebsockets-dev libwebsockets-evlib-ev libev-dev libcjson-dev libsqlite3-dev
   libssl-dev openssl libhiredis-dev)
 if [ "$minimal" = 0 ]; then
   apt_packages+=(swig clang clang-format libclang-rt-14-dev valgrind chromium sqlite3 procps

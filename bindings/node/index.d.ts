@@ -286,6 +286,10 @@ export interface ServerOptions {
   /** Most rooms loaded at once (all mounts): beyond it the least recently used idle room is
    *  unloaded, and a join that finds none idle is refused with 503. 0 = 100000. */
   maxRooms?: number;
+  /** The service thread's event loop: 'poll' (libwebsockets' own), 'epoll' (libev: a turn costs
+   *  the sockets ready, not the ones open; about 125 bytes more per connection) or 'default'
+   *  (LIBSYNC_EVENT_LOOP from the environment, else poll). */
+  eventLoop?: 'default' | 'poll' | 'epoll';
   /** When set, GET /metrics needs it ("Authorization: Bearer T" or "?token=T"), else 401.
    *  /healthz and the static files stay public. Default: /metrics is public. */
   metricsToken?: string | null;

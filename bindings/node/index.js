@@ -1009,11 +1009,16 @@ const SERVER_OPTIONS = {
   maxBufferedBytes: 0,
   roomIdleMs: 0,
   maxRooms: 0,
+  eventLoop: 'default',
 };
+
+// sync_event_loop by name
+const EVENT_LOOPS = { default: 0, poll: 1, epoll: 2 };
 
 const SERVER_OPTIONS_SET = Object.fromEntries(
   Object.keys(SERVER_OPTIONS).map((name) => [name, (value) => value]),
 );
+SERVER_OPTIONS_SET.eventLoop = (value) => EVENT_LOOPS[value];
 
 // Calls fn(sync_cluster_options) made from Server.joinCluster's options; the sync_redis_options it
 // points to is referenced here until fn returned (libsync copies both).
@@ -1069,6 +1074,9 @@ class Server {
     }
     if (metricsToken !== null && (typeof metricsToken !== 'string' || !metricsToken)) {
       throw new TypeError('Server: `metricsToken` must be a non-empty string');
+    }
+    if (!Object.hasOwn(EVENT_LOOPS, this.eventLoop)) {
+      throw new TypeError("Server: `eventLoop` must be 'default', 'poll' or 'epoll'");
     }
     Object.assign(this, { auth, authHeaders, metricsToken });
     this._server = null;

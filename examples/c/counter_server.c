@@ -5,7 +5,7 @@
  *
  *   counter_server [--host H] [--port N] [--data-dir D] [--static DIR] [--pad BYTES]
  *                  [--heartbeat-ms MS] [--tls-cert PEM --tls-key PEM]
- *                  [--room-idle-ms MS] [--max-rooms N]
+ *                  [--room-idle-ms MS] [--max-rooms N] [--event-loop poll|epoll]
  *                  [--token SECRET | --token-file PATH]   (or env LIBSYNC_DEMO_TOKEN)
  *                  [--redis redis://HOST:PORT [--node-id ID] [--lease-ms MS]]
  *
@@ -49,6 +49,7 @@ struct config {
     long broadcast_yield_ms;
     long room_idle_ms;
     long max_rooms;
+    int event_loop; /* sync_event_loop */
     const char *token;
     const char *token_file;
     char *token_owned; /* read from --token-file or the environment */
@@ -67,6 +68,7 @@ static void usage(FILE *to)
             "                      [--pad BYTES] [--heartbeat-ms MS]\n"
             "                      [--tls-cert PEM --tls-key PEM] [--broadcast-yield-ms MS]\n"
             "                      [--room-idle-ms MS] [--max-rooms N]\n"
+            "                      [--event-loop poll|epoll]\n"
             "                      [--token SECRET | --token-file PATH]\n"
             "                      [--redis redis://[:PASSWORD@]HOST:PORT[/DB] [--node-id ID]\n"
             "                       [--lease-ms MS]]\n"
@@ -89,6 +91,8 @@ static void usage(FILE *to)
             "                    and unloaded (0 = the library's 30000, -1 = never)\n"
             "  --max-rooms N     most rooms loaded at once; then the least recently used idle\n"
             "                    one is unloaded, or a join is refused with 503 (0 = 100000)\n"
+            "  --event-loop L    poll (libwebsockets' own loop) or epoll (libev); default:\n"
+            "                    the library's (LIBSYNC_EVENT_LOOP in the environment, or poll)\n"
             "  --token SECRET    let in only WebSocket clients that bring it: ?token=SECRET\n"
             "                    (the page passes its own ?token= on) or the header\n"
             "                    \"Authorization: Bearer SECRET\"; others get HTTP 401, or\n"
@@ -238,6 +242,16 @@ static int parse_args(int argc, char **argv, struct config *cfg)
         } else if (strcmp(opt, "--lease-ms") == 0) {
             if (parse_long(value, 100, INT_MAX, &cfg->lease_ms) != 0) {
                 fprintf(stderr, "counter_server: --lease-ms must be >= 100, not '%s'\n", value);
+                return -1;
+            }
+        } else if (strcmp(opt, "--event-loop") == 0) {
+            if (strcmp(value, "poll") == 0) {
+                cfg->event_loop = SYNC_EVENT_LOOP_POLL;
+            } else if (strcmp(value, "epoll") == 0) {
+                cfg->event_loop = SYNC_EVENT_LOOP_EPOLL;
+            } else {
+                fprintf(stderr, "counter_server: --event-loop must be poll or epoll, not '%s'\n",
+                        value);
                 return -1;
             }
         } else if (strcmp(opt, "--token") == 0) {
@@ -605,6 +619,7 @@ static int serve(const struct config *cfg, sync_engine *engine, int *served)
     opts.broadcast_yield_ms = (int)cfg->broadcast_yield_ms;
     opts.room_idle_ms = (int)cfg->room_idle_ms;
     opts.max_rooms = (int)cfg->max_rooms;
+    opts.event_loop = cfg->event_loop;
     if (cfg->token) {
         opts.auth = token_auth;
         opts.auth_userdata = (void *)(uintptr_t)cfg->token;

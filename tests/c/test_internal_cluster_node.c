@@ -102,9 +102,12 @@ static int owner_index(char ids[NODES][16])
     char *value = redis_get_bulk(&redis, 2, argv);
     const char *space = value ? strchr(value, ' ') : NULL;
     int found = -1;
-    for (int i = 0; space && i < NODES; i++)
-        if (strcmp(space + 1, ids[i]) == 0)
+    /* the lease names the process: "<id>/<incarnation>" */
+    for (int i = 0; space && i < NODES; i++) {
+        size_t len = strlen(ids[i]);
+        if (strncmp(space + 1, ids[i], len) == 0 && space[1 + len] == '/' && space[2 + len])
             found = i;
+    }
     free(value);
     return found;
 }

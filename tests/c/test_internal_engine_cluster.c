@@ -15,6 +15,7 @@
 
 #include "check.h"
 #include "engine/engine_cluster.h"
+#include "engine/transport.h"
 #include "engine/engine_internal.h"
 #include "engine_counter.h"
 #include "error.h"
@@ -353,6 +354,8 @@ static void test_linked_state_changes_only_by_adoption(void)
     fake_store store;
     fake_store_init(&store, NULL, 0);
     sync_engine *engine = new_engine("{\"counter\":1}", 1, fake_adapter_new(&store), 0);
+    /* as a server's mount: every commit, an adopted one too, is broadcast */
+    sync__engine_set_auto_broadcast(engine, 1);
     fake_conn *a = fake_conn_open(engine);
     int saves_before = store.saves;
     forwarded f;
@@ -369,6 +372,9 @@ static void test_linked_state_changes_only_by_adoption(void)
     char type[32];
     CHECK_EQ_STR(fake_conn_frame_type(a, 1, type, sizeof type), "state_update");
     CHECK(fake_conn_frame_counter(a, 1) == 7);
+    /* the same version again (a republish after a takeover) is dropped: not sent twice */
+    CHECK_EQ_INT(sync__engine_adopt_state(engine, cJSON_Parse("{\"counter\":7}"), 1), SYNC_OK);
+    CHECK_EQ_INT(fake_conn_frames(a), 2);
     /* the owner's fenced save is the store: nothing through the adapter, not even on sync */
     CHECK_EQ_INT(sync_engine_sync(engine), SYNC_OK);
     CHECK_EQ_INT(store.saves, saves_before);

@@ -397,6 +397,22 @@ static void server_options_version_4_still_accepted(void)
     free(raw);
 }
 
+/* Version 7 added event_loop: a version-6 caller keeps working, and what lies past its struct
+ * (0xA5 bytes here, no valid event loop) is never read as one. */
+static void server_options_version_6_still_accepted(void)
+{
+    unsigned char *raw = older_struct(sizeof(sync_server_options));
+    sync_server_options *v6 = (sync_server_options *)(void *)raw;
+    CHECK_EQ_INT(sync_server_options_init(v6, 6), SYNC_OK);
+    CHECK_EQ_INT(v6->version, 6);
+    CHECK(untouched_from(raw, offsetof(sync_server_options, event_loop),
+                         sizeof(sync_server_options)));
+    sync_server *server = NULL;
+    CHECK_EQ_INT(sync_server_new(&server, v6), SYNC_OK);
+    sync_server_free(server);
+    free(raw);
+}
+
 int main(void)
 {
     RUN(conn_new_failure_releases_userdata_once);
@@ -409,5 +425,6 @@ int main(void)
     RUN(registration_failure_releases_userdata_once);
     RUN(server_new_failure_releases_userdata_once);
     RUN(server_options_version_4_still_accepted);
+    RUN(server_options_version_6_still_accepted);
     return check_summary();
 }

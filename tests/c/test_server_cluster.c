@@ -219,7 +219,8 @@ static const char *fresh_prefix(const char *name)
     return prefix_buf;
 }
 
-/* The node id holding the lease of room `key`, "" when none. */
+/* The node id holding the lease of room `key`, "" when none: the lease names "<id>/<incarnation>"
+ * (the process, not only its id). */
 static void owner_of(const char *prefix, const char *key, char *out, size_t size)
 {
     char lease[256];
@@ -228,6 +229,10 @@ static void owner_of(const char *prefix, const char *key, char *out, size_t size
     char *value = redis_get_bulk(&redis, 2, argv);
     const char *space = value ? strchr(value, ' ') : NULL;
     snprintf(out, size, "%s", space ? space + 1 : "");
+    char *incarnation = strrchr(out, '/');
+    CHECK(!space || (incarnation && strlen(incarnation) > 1));
+    if (incarnation)
+        *incarnation = '\0';
     free(value);
 }
 

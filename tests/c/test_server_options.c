@@ -96,6 +96,12 @@ static void test_wrong_values_refused(void)
     o.static_dir = "/nonexistent/libsync-static";
     expect_refused(&o, "static_dir /nonexistent/libsync-static");
     o = fresh();
+    o.event_loop = 3;
+    expect_refused(&o, "event_loop 3 is not a sync_event_loop");
+    o = fresh();
+    o.event_loop = -1;
+    expect_refused(&o, "event_loop -1 is not a sync_event_loop");
+    o = fresh();
     o.version = 0;
     expect_refused(&o, "unknown server options version 0");
     o = fresh();
@@ -115,6 +121,64 @@ static void test_wrong_values_refused(void)
     o.stop_timeout_ms = 0;
     CHECK_EQ_INT(sync_server_new(&server, &o), SYNC_OK);
     sync_server_free(server);
+}
+
+/* Descriptors of this process that are epoll instances. */
+static int count_epoll_fds(void)
+{
+    int n = 0;
+    char path[64], target[64];
+    for (int fd = 0; fd < 4096; fd++) {
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        ssize_t len = readlink(path, target, sizeof target - 1);
+        if (len <= 0)
+            continue;
+        target[len] = '\0';
+        if (strcmp(target, "anon_inode:[eventpoll]") == 0)
+            n++;
+    }
+    return n;
+}
+
+/* One client on a server with `loop`: served, then closed with 1001 by the graceful stop. Returns
+ * how many epoll instances the process had while it served. */
+static int serve_one_client_on(int loop, const char *reason)
+{
+    sync_server_options o = fresh();
+    o.event_loop = loop;
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(5, &o, "/", &engine);
+    if (!server) {
+        CHECK(!"the server starts");
+        return -1;
+    }
+    int epolls = count_epoll_fds();
+    ws_client *c = fixture_join(sync_server_port(server), "/");
+    if (c) {
+        CHECK_EQ_INT(ws_send_text(c, "{\"type\":\"increment\",\"amount\":2}"), 0);
+        char *text = ws_read_text(c, 5000);
+        CHECK(text && strstr(text, "\"counter\":7"));
+        free(text);
+        CHECK_EQ_INT(sync_server_stop(server), SYNC_OK);
+        char got[64] = "";
+        CHECK_EQ_INT(ws_wait_close_reason(c, 5000, got, sizeof got), 1001);
+        CHECK_EQ_STR(got, reason);
+        ws_client_free(c);
+    }
+    sync_server_free(server);
+    sync_engine_free(engine);
+    return epolls;
+}
+
+/* Both event loops serve, and stop with 1001 to every client; EPOLL really runs on its own epoll
+ * instance (one more than POLL's, whose only one is the broadcast's look for input), whatever
+ * LIBSYNC_EVENT_LOOP says (the explicit option wins over it). */
+static void test_event_loops_serve_and_stop_gracefully(void)
+{
+    int on_poll = serve_one_client_on(SYNC_EVENT_LOOP_POLL, "server stopping");
+    int on_epoll = serve_one_client_on(SYNC_EVENT_LOOP_EPOLL, "server stopping");
+    CHECK(on_poll >= 1);
+    CHECK_EQ_INT(on_epoll, on_poll + 1);
 }
 
 static void test_mount_paths_refused(void)
@@ -291,6 +355,7 @@ static void test_stop_timeout_ends_a_stuck_stop(void)
 int main(void)
 {
     RUN(test_wrong_values_refused);
+    RUN(test_event_loops_serve_and_stop_gracefully);
     RUN(test_mount_paths_refused);
     RUN(test_port_in_use_reported_and_retried);
     RUN(test_failed_sync_at_stop_logged);

@@ -172,3 +172,50 @@ test('requestStop() returns at once; the server closes its clients (1001) and st
     await engine.dispose();
   }
 });
+
+// This process's descriptors that are epoll instances (Node's own loop holds some).
+function epollInstances() {
+  const fs = require('fs');
+  let n = 0;
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    try {
+      if (fs.readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:[eventpoll]') n++;
+    } catch {
+      // closed while listed
+    }
+  }
+  return n;
+}
+
+for (const [eventLoop, epolls] of [
+  ['poll', 1],
+  ['epoll', 2],
+]) {
+  test(`eventLoop '${eventLoop}' serves on that loop`, async () => {
+    // a listening server holds one epoll instance of its own (the broadcast's look for input),
+    // and on the epoll loop one more: libev's
+    const engine = new SyncEngine({ initialState: { counter: 0 } });
+    const before = epollInstances();
+    const server = new Server({ engines: { '/': engine }, eventLoop });
+    const port = await server.listen();
+    try {
+      assert.equal(epollInstances() - before, epolls);
+      const status = await new Promise((resolve, reject) => {
+        require('http')
+          .get(`http://127.0.0.1:${port}/healthz`, (res) => {
+            res.resume();
+            resolve(res.statusCode);
+          })
+          .on('error', reject);
+      });
+      assert.equal(status, 200);
+    } finally {
+      await server.close();
+      await engine.dispose();
+    }
+  });
+}
+
+test('an unknown eventLoop is refused', () => {
+  assert.throws(() => new Server({ eventLoop: 'select' }), TypeError);
+});

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import time
+import urllib.request
 
 import pytest
 
@@ -155,3 +156,31 @@ def test_request_stop_from_a_signal_handler_ends_serve_forever():
         signal.signal(signal.SIGUSR1, previous)
         server.close()
         engine.dispose()
+def epoll_instances() -> int:
+    """This process's descriptors that are epoll instances."""
+    fds = os.listdir("/proc/self/fd")
+    n = 0
+    for fd in fds:
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventpoll]"
+        except OSError:
+            pass
+    return n
+
+
+@pytest.mark.parametrize("loop,epolls", [("poll", 1), ("epoll", 2)])
+def test_event_loop_serves_on_the_loop_asked_for(loop, epolls):
+    # a listening server holds one epoll instance of its own (the broadcast's look for input),
+    # and on the epoll loop one more: libev's
+    engine = syncengine.SyncEngine({"counter": 0})
+    before = epoll_instances()
+    with syncengine.Server(port=0, engines={"/": engine}, event_loop=loop) as server:
+        assert epoll_instances() - before == epolls
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as resp:
+            assert resp.status == 200
+    engine.dispose()
+
+
+def test_an_unknown_event_loop_is_refused():
+    with pytest.raises(ValueError, match="event_loop"):
+        syncengine.Server(port=0, event_loop="select")

@@ -42,7 +42,9 @@ typedef struct sync_cluster_options {
     /** Shorthand for a redis with only a URL: "redis://[[user]:password@]host[:port][/db]". */
     const char *url;
     /** This node's id (copied): 1 to 64 printable ASCII bytes without spaces, unique in the
-     *  cluster. NULL = "<hostname>-<pid>-<random>". */
+     *  cluster. NULL = "<hostname>-<pid>-<random>". In Redis (leases, streams, reply channels)
+     *  the node is "<id>/<incarnation>", random per process: a process restarted with the id of
+     *  one that is only stalled does not inherit its leases. */
     const char *node_id;
     /** How long a room's owner keeps the room without renewing its lease; the owner renews it
      *  every lease_ms / 6 and a dead owner's rooms are taken over within about lease_ms plus

@@ -47,9 +47,9 @@
  * Subprotocols. The server speaks "libsync" (v1: whole states) and "libsync.v2" (patches and
  * resume, docs/PROTOCOL.md); each one it speaks is an entry of its lws protocol table. A client
  * that offers none is accepted without one and gets v1; a client that offers one of them among
- * others gets the first of its list that the server speaks in Sec-WebSocket-Protocol; a client that offers only others is refused
- * with 400 ("no supported subprotocol offered"): accepting it without one is what a browser
- * fails anyway, and libwebsockets 4.1 cannot do it.
+ * others gets the first of its list that the server speaks in Sec-WebSocket-Protocol; a client that
+ * offers only others is refused with 400 ("no supported subprotocol offered"): accepting it without
+ * one is what a browser fails anyway, and libwebsockets 4.1 cannot do it.
  */
 #ifndef LIBSYNC_SERVER_H
 #define LIBSYNC_SERVER_H
@@ -121,7 +121,21 @@ SYNC_EXTERN int sync_secret_equal(const char *given, size_t given_len, const cha
  * 5 log_free_userdata, 6 room_idle_ms and max_rooms (rooms.h). A
  * caller built against an older version keeps passing it and the shorter struct: the library reads
  * (and sync_server_options_init writes) only the fields of the version given. */
-#define SYNC_SERVER_OPTIONS_VERSION 6
+#define SYNC_SERVER_OPTIONS_VERSION 7
+
+/** The event loop under the server's one service thread (sync_server_options.event_loop). Both
+ *  serve the same protocol with the same threads, timers and graceful stop; they differ in cost.
+ *  POLL is libwebsockets' own loop: one poll() over every descriptor per turn, whose cost grows
+ *  with the connections open. EPOLL runs libwebsockets on libev with its epoll backend: a turn
+ *  costs what is ready, not what is open (with 10,000 clients, 1.5-2.1x the increments per second
+ *  of POLL in bench/run's scenario F), for about 125 bytes more per connection (libev's two
+ *  watchers in every libwebsockets connection, and its entry per descriptor). Needs lws's libev
+ *  event library (Debian: libwebsockets-evlib-ev); without it listen fails with SYNC_ENET. */
+typedef enum sync_event_loop {
+    SYNC_EVENT_LOOP_DEFAULT = 0, /**< the library's choice: SYNC_EVENT_LOOP_POLL in this release */
+    SYNC_EVENT_LOOP_POLL = 1,
+    SYNC_EVENT_LOOP_EPOLL = 2
+} sync_event_loop;
 
 typedef struct sync_server_options {
     unsigned int version; /**< SYNC_SERVER_OPTIONS_VERSION */
@@ -170,8 +184,8 @@ typedef struct sync_server_options {
      *  them, and goes on with the newer state (clients not yet written skip the older one). After
      *  this many milliseconds of that, the broadcast makes one pass over every client in slices of
      *  at least 1/32 of them (at least 32; up to 128 clients, one slice), reading input only
-     *  between slices: no client waits longer than this plus that pass for the newest state. 0 = 2 ms; -1 = never give way
-     *  (each broadcast reaches every client first). */
+     *  between slices: no client waits longer than this plus that pass for the newest state. 0 = 2
+     * ms; -1 = never give way (each broadcast reaches every client first). */
     int broadcast_yield_ms;
     /* ---- version 3 ---- */
     /** How long a deferred auth decision (sync_request_defer) may take before the connection is
@@ -200,12 +214,15 @@ typedef struct sync_server_options {
     /** Most rooms loaded at once, over every room mount; beyond it the least recently used idle
      *  room is unloaded, and a join that finds none idle is refused with 503. 0 = 100000. */
     int max_rooms;
+    /* ---- version 7 ---- */
+    /** The event loop the service thread runs (sync_event_loop). 0 = SYNC_EVENT_LOOP_DEFAULT. */
+    int event_loop;
 } sync_server_options;
 
 #define SYNC_SERVER_OPTIONS_INIT                                                                   \
     {                                                                                              \
         SYNC_SERVER_OPTIONS_VERSION, NULL, 0, NULL, 0, 0, 0, 0, 0, NULL, 0, NULL, NULL, NULL,      \
-            NULL, NULL, 0, NULL, NULL, 0, 0, 0, 0, NULL, 0, 0                                      \
+            NULL, NULL, 0, NULL, NULL, 0, 0, 0, 0, NULL, 0, 0, 0                                   \
     }
 
 SYNC_EXTERN int sync_server_options_init(sync_server_options *opts, unsigned int version);

@@ -26,6 +26,10 @@
 #include "store/redis_cluster.h"
 #include "store/redis_conn.h"
 
+/* A node id as the user gives it (cluster.h); Redis sees it with "/" and the process's
+ * incarnation after it (REDIS_NODE_ID_MAX). */
+#define CLUSTER_NODE_ID_MAX 64
+#define CLUSTER_INCARNATION_LEN 12
 /* Defaults (cluster.h). */
 #define CLUSTER_LEASE_MS 1500
 #define CLUSTER_LEASE_MIN_MS 100

@@ -163,8 +163,9 @@ void cluster_close_all(sync__cluster *cl)
 static int check_node_id(const char *node)
 {
     size_t len = strlen(node);
-    if (len == 0 || len > REDIS_NODE_ID_MAX)
-        return sync__fail(SYNC_EINVAL, "cluster node id must be 1 to %d bytes", REDIS_NODE_ID_MAX);
+    if (len == 0 || len > CLUSTER_NODE_ID_MAX)
+        return sync__fail(SYNC_EINVAL, "cluster node id must be 1 to %d bytes",
+                          CLUSTER_NODE_ID_MAX);
     for (size_t i = 0; i < len; i++)
         if (node[i] <= ' ' || node[i] > '~')
             return sync__fail(SYNC_EINVAL,
@@ -228,6 +229,14 @@ int sync__cluster_new(sync__cluster **out, const sync_cluster_options *opts)
         snprintf(cl->node, sizeof cl->node, "%s", opts->node_id);
     else
         default_node_id(cl->node, sizeof cl->node);
+    /* Redis knows this process, not only its id: a process restarted with the id of one that is
+     * only stalled (SIGSTOP, a paused VM) must neither inherit its leases and their tokens (both
+     * would then write) nor get the replies meant for its connections (ids are per process). */
+    char incarnation[SYNC__EPOCH_MAX + 1];
+    sync__delta_new_epoch(incarnation);
+    size_t used = strlen(cl->node);
+    snprintf(cl->node + used, sizeof cl->node - used, "/%.*s", CLUSTER_INCARNATION_LEN,
+             incarnation);
     cl->lease_ms = opts->lease_ms ? opts->lease_ms : CLUSTER_LEASE_MS;
     cl->max_queue = opts->max_forward_queue ? opts->max_forward_queue : CLUSTER_MAX_FORWARD_QUEUE;
     pthread_mutex_init(&cl->lock, NULL);

@@ -216,7 +216,10 @@ int sync__engine_adopt_state(sync_engine *engine, cJSON *state, int64_t version)
         cJSON_Delete(state);
         return sync__fail(SYNC_EINVAL, "adopted version must be >= 1");
     }
-    return set_state(engine, state, 1, 0, version);
+    /* Not forced: a client that already has this version (it got it while this change was on
+     * its way) must not get it twice. Sent when the engine broadcasts its commits (auto_broadcast),
+     * as the owner's handler commit would be on a single node. */
+    return set_state(engine, state, 0, 0, version);
 }
 
 int sync_engine_set_state_json(sync_engine *engine, const char *json, int broadcast)

@@ -2,6 +2,7 @@
 #include "server_internal.h"
 
 #include <errno.h>
+#include <ev.h>
 #include <limits.h>
 #include <netdb.h>
 #include <sched.h>
@@ -121,8 +122,10 @@ const server_mount *server_find_mount(const sync_server *server, const char *pat
 /* The bytes a caller's struct of that (known) version has: the fields after it do not exist. */
 static size_t options_size(unsigned int version)
 {
-    if (version >= 6)
+    if (version >= 7)
         return sizeof(sync_server_options);
+    if (version == 6)
+        return offsetof(sync_server_options, event_loop);
     if (version == 5)
         return offsetof(sync_server_options, room_idle_ms);
     if (version == 4)
@@ -138,6 +141,19 @@ int sync_server_options_init(sync_server_options *opts, unsigned int version)
     static const sync_server_options defaults = SYNC_SERVER_OPTIONS_INIT;
     return sync__options_init(opts, &defaults, options_size(version), version,
                               SYNC_SERVER_OPTIONS_VERSION, "server");
+}
+
+/* SYNC_EVENT_LOOP_DEFAULT: LIBSYNC_EVENT_LOOP=poll|epoll from the environment, so that a whole
+ * test suite or a binding's server can run on either loop without a new option in every
+ * language; otherwise poll (epoll costs every connection about 125 bytes more: server.h). */
+static int default_event_loop(int chosen)
+{
+    if (chosen != SYNC_EVENT_LOOP_DEFAULT)
+        return chosen;
+    const char *env = getenv("LIBSYNC_EVENT_LOOP");
+    if (env && strcmp(env, "epoll") == 0)
+        return SYNC_EVENT_LOOP_EPOLL;
+    return SYNC_EVENT_LOOP_POLL;
 }
 
 static int check_options(const sync_server_options *o)
@@ -161,6 +177,9 @@ static int check_options(const sync_server_options *o)
                           o->room_idle_ms);
     if (o->version >= 6 && o->max_rooms < 0)
         return sync__fail(SYNC_EINVAL, "max_rooms is negative");
+    if (o->version >= 7 &&
+        (o->event_loop < SYNC_EVENT_LOOP_DEFAULT || o->event_loop > SYNC_EVENT_LOOP_EPOLL))
+        return sync__fail(SYNC_EINVAL, "event_loop %d is not a sync_event_loop", o->event_loop);
     if (o->rate_limit_per_sec < 0 || o->rate_limit_burst < 0)
         return sync__fail(SYNC_EINVAL, "rate limit is negative");
     if (o->stop_timeout_ms < 0)
@@ -265,6 +284,7 @@ int sync_server_new(sync_server **out, const sync_server_options *opts)
     s->room_idle_ms = idle_ms ? idle_ms : SERVER_ROOM_IDLE_MS;
     int max_rooms = opts->version >= 6 ? opts->max_rooms : 0;
     s->max_rooms = max_rooms ? max_rooms : SERVER_MAX_ROOMS;
+    s->event_loop = default_event_loop(opts->version >= 7 ? opts->event_loop : 0);
     s->log = opts->log;
     s->log_userdata = opts->log_userdata;
     s->log_free_userdata = option_log_free_userdata(opts);
@@ -515,7 +535,120 @@ static void rx_drain(sync_server *server)
         }
     }
     rx_read_done(server);
-    server->rx_more_count = 0;
+    /* With TLS on epoll, the sockets still full are read again first thing next turn: lws's libev
+     * glue leaves input that TLS holds decrypted to an idle watcher, which libev runs only in a
+     * turn with nothing else ready (poll: lws's own turn forces that service). Without TLS what is
+     * left is in the socket, and epoll reports it. */
+    if (!server->evl || !server->tls_cert)
+        server->rx_more_count = 0;
+}
+
+/* ---- the event loop ------------------------------------------------------------------------ */
+
+/* SYNC_EVENT_LOOP_EPOLL: lws 4.1 on libev (Debian's libwebsockets-evlib-ev plugin), on a loop the
+ * server owns and runs one turn at a time (lws's "foreign loop"), so that the turn keeps its shape:
+ * lws services what is ready, then the server's rx rounds, accept pausing and wakes. Each lws
+ * connection holds two ev_io watchers; a turn costs the descriptors ready, not the ones open.
+ *
+ * Timers (lws_sul: the server's and lws's own, such as the handshake and close timeouts) are run
+ * by the server at the start of each turn, as lws_service() does on poll, with one ev_timer of its
+ * own due when the earliest is. lws 4.1's libev glue cannot be left to it: it re-arms its libev
+ * timer from an ev_idle watcher, which libev runs only in a turn with nothing else ready (never
+ * under steady load), and with ev_timer_set() on a watcher that may be active (libev then keeps the
+ * old due time). A timer scheduled between descriptors fired late or not at all: the rooms'
+ * unload, a deferred room setup's 4408, the close of a client that never reads. */
+struct server_evloop {
+    struct ev_loop *loop;
+    ev_timer timer;         /* due when the earliest lws_sul is; firing only ends the wait */
+    lws_usec_t timer_at;    /* when `timer` is due, in lws_now_usecs() time */
+    lws_dll2_owner_t *suls; /* the service thread's LWS_COUNT_PT_SUL_OWNERS timer lists */
+    lws_sorted_usec_list_t probe;
+};
+
+static void evl_timer_fired(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+}
+
+static void evl_probe_fired(lws_sorted_usec_list_t *sul)
+{
+    (void)sul;
+}
+
+static int evl_create(sync_server *server)
+{
+    struct server_evloop *evl = calloc(1, sizeof *evl);
+    if (!evl)
+        return sync__fail(SYNC_ENOMEM, "out of memory");
+    /* NOSIGMASK: no signal watchers here, and the application owns the signal mask */
+    evl->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV | EVFLAG_NOSIGMASK);
+    if (!evl->loop) {
+        free(evl);
+        return sync__fail(SYNC_ENET, "cannot create the epoll event loop");
+    }
+    ev_timer_init(&evl->timer, evl_timer_fired, 0., 0.);
+    server->evl = evl;
+    return SYNC_OK;
+}
+
+/* Once the context exists: lws's timer lists are where a timer scheduled on it lands (lws exports
+ * __lws_sul_service_ripe() for code that runs them, but not the lists). */
+static int evl_attach(sync_server *server)
+{
+    struct server_evloop *evl = server->evl;
+    lws_sul_schedule(server->context, 0, &evl->probe, evl_probe_fired, LWS_US_PER_SEC);
+    evl->suls = evl->probe.list.owner;
+    lws_sul_cancel(&evl->probe);
+    if (!evl->suls)
+        return sync__fail(SYNC_ENET, "libwebsockets' timers cannot be found");
+    return SYNC_OK;
+}
+
+/* After lws_context_destroy(): lws has stopped every watcher of its connections. */
+static void evl_destroy(sync_server *server)
+{
+    struct server_evloop *evl = server->evl;
+    if (!evl)
+        return;
+    ev_timer_stop(evl->loop, &evl->timer);
+    ev_loop_destroy(evl->loop);
+    free(evl);
+    server->evl = NULL;
+}
+
+/* Runs the timers that are due and sets `timer` for the next one. */
+static void evl_run_timers(struct server_evloop *evl)
+{
+    lws_usec_t now = lws_now_usecs();
+    lws_usec_t wait = __lws_sul_service_ripe(evl->suls, LWS_COUNT_PT_SUL_OWNERS, now);
+    if (wait == 0) { /* no timer at all */
+        ev_timer_stop(evl->loop, &evl->timer);
+        return;
+    }
+    if (ev_is_active(&evl->timer) && evl->timer_at == now + wait)
+        return;
+    ev_timer_stop(evl->loop, &evl->timer);
+    /* libev counts from the loop's cached time, which lags: bring it up to date */
+    ev_now_update(evl->loop);
+    ev_timer_set(&evl->timer, (ev_tstamp)wait / 1e6, 0.);
+    ev_timer_start(evl->loop, &evl->timer);
+    evl->timer_at = now + wait;
+}
+
+/* One turn of lws: what is ready is serviced, then the sockets whose read filled lws's buffer are
+ * read again (rx_drain); on epoll a turn does not wait while such sockets are left over. */
+static int loop_turn(sync_server *server)
+{
+    if (server->evl) {
+        evl_run_timers(server->evl);
+        ev_run(server->evl->loop, server->rx_more_count ? EVRUN_NOWAIT : EVRUN_ONCE);
+    } else if (lws_service(server->context, 0) < 0) {
+        return -1;
+    }
+    rx_drain(server);
+    return 0;
 }
 
 /* ---- the lws protocol callback ----------------------------------------------------------- */
@@ -715,20 +848,37 @@ int sync_server_listen(sync_server *server)
         /* WebSocket over HTTP/2 streams is not what the clients expect: stay on HTTP/1.1. */
         info.alpn = "http/1.1";
     }
+    void *foreign_loops[1] = {NULL};
+    if (server->event_loop == SYNC_EVENT_LOOP_EPOLL) {
+        int rc = evl_create(server);
+        if (rc != SYNC_OK)
+            return rc;
+        info.options |= LWS_SERVER_OPTION_LIBEV;
+        foreign_loops[0] = server->evl->loop;
+        info.foreign_loops = foreign_loops;
+    }
     server_alloc_install();
     struct lws_context *ctx = lws_create_context(&info);
-    if (!ctx)
-        return sync__fail(SYNC_ENET, "cannot listen on %s:%d%s", server->host, server->port_option,
-                          server->tls_cert ? " (or the TLS certificate/key cannot be loaded)" : "");
+    if (!ctx) {
+        bool on_libev = server->evl != NULL;
+        evl_destroy(server);
+        return sync__fail(
+            SYNC_ENET, "cannot listen on %s:%d%s%s", server->host, server->port_option,
+            server->tls_cert ? " (or the TLS certificate/key cannot be loaded)" : "",
+            on_libev ? " (or libwebsockets' libev event library cannot be loaded)" : "");
+    }
     server->context = ctx;
     server->vhost = lws_get_vhost_by_name(ctx, "default");
     server->port = server->vhost ? lws_get_vhost_listen_port(server->vhost) : -1;
     if (server->port <= 0) {
         lws_context_destroy(ctx);
         server->context = NULL;
+        evl_destroy(server);
         return sync__fail(SYNC_ENET, "cannot listen on %s:%d", server->host, server->port_option);
     }
-    int rc = attach_engines(server);
+    int rc = server->evl ? evl_attach(server) : SYNC_OK;
+    if (rc == SYNC_OK)
+        rc = attach_engines(server);
     if (rc == SYNC_OK) {
         rc = server_cluster_listen(server);
         if (rc != SYNC_OK)
@@ -737,6 +887,7 @@ int sync_server_listen(sync_server *server)
     if (rc != SYNC_OK) {
         lws_context_destroy(ctx);
         server->context = NULL;
+        evl_destroy(server);
         server->vhost = NULL;
         server->port = -1;
         return rc;
@@ -795,11 +946,10 @@ static void serve(sync_server *server)
             begin_stop(server);
         if (server->stopping && (server->ws_open == 0 || sync_now_ms() >= server->stop_deadline_ms))
             break;
-        if (lws_service(server->context, 0) < 0) {
+        if (loop_turn(server) < 0) {
             server_log(server, SYNC_LOG_ERROR, "the service loop failed");
             break;
         }
-        rx_drain(server);
         if (atomic_exchange(&server->accept_failed, false))
             server_pause_accept(server);
         server_process_wakes(server);
@@ -819,6 +969,7 @@ static void serve(sync_server *server)
     /* Closes the connections left after the timeout; their CLOSED callbacks still run here. */
     lws_context_destroy(server->context);
     server->context = NULL;
+    evl_destroy(server);
     server->vhost = NULL;
     atomic_store(&server->serving, false);
     atomic_store(&server->stop_requested, false);
@@ -924,6 +1075,7 @@ void sync_server_free(sync_server *server)
             sched_yield();
         lws_context_destroy(server->context);
         server->context = NULL;
+        evl_destroy(server);
     }
     pthread_mutex_lock(&lws_log_lock);
     if (lws_log_server == server)

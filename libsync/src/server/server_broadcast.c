@@ -172,12 +172,20 @@ static bool flush_conn(server_conn *c, sync__frame *frame, bool force, walk_fram
     sync_server *s = c->server;
     if (!force && c->last_sent_seq >= frame->seq)
         return false;
-    pthread_mutex_lock(&s->lock);
-    bool direct = c->wsi && !c->ring_count && !c->close_pending && !s->stopping;
-    pthread_mutex_unlock(&s->lock);
     /* a connection lws is closing (lws_get_close_length) is ended by the writeable callback */
-    if (!direct || c->write_failed || lws_partial_buffered(c->wsi) ||
-        lws_get_close_length(c->wsi) > 0) {
+    bool lws_ready = c->wsi && !c->write_failed && !lws_partial_buffered(c->wsi) &&
+                     lws_get_close_length(c->wsi) == 0;
+    pthread_mutex_lock(&s->lock);
+    bool direct = lws_ready && !c->ring_count && !c->close_pending && !s->stopping;
+    if (direct && atomic_load_explicit(&c->state_moved, memory_order_relaxed)) {
+        /* An earlier turn handed this connection to the writeable callback (lws still held part
+         * of a frame then), which has not run yet: this newer frame supersedes that pull, which
+         * would send it a second time (forced) or find nothing newer. */
+        c->force = false;
+        atomic_store_explicit(&c->state_moved, false, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (!direct) {
         defer_to_writeable(c, force);
         return true;
     }

@@ -151,6 +151,10 @@ struct sync_server {
     server_engine **engines;
     size_t engine_count;
 
+    int event_loop; /* SYNC_EVENT_LOOP_POLL or SYNC_EVENT_LOOP_EPOLL, resolved at new */
+    /* EPOLL: the libev loop lws runs on (server.c), from listen until the context is destroyed */
+    struct server_evloop *evl;
+
     struct lws_protocols protocols[3]; /* v1, v2, the terminator */
     struct lws_context *context;
     struct lws_vhost *vhost;

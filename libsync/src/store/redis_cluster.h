@@ -25,8 +25,9 @@
 
 /* A stream id "<ms>-<seq>" fits in 2 * 20 digits + '-' + NUL. */
 #define REDIS_STREAM_ID_MAX 48
-/* A node id: 1 to 64 printable ASCII bytes without spaces. */
-#define REDIS_NODE_ID_MAX 64
+/* A member of a cluster as Redis knows it (the lease's holder, the sender of a stream entry): 1 to
+ * 96 printable ASCII bytes without spaces. A node's id plus the incarnation of its process. */
+#define REDIS_NODE_ID_MAX 96
 /* Longest room key: a room name, or a server's URL path of a room (no control characters). */
 #define REDIS_CLUSTER_KEY_MAX 1024
 
