@@ -504,15 +504,17 @@ export class Cluster {
   }
 
   // The node holding the lease of the room whose lease key ends with `room` (any when one lease
-  // exists and `room` is omitted): { index, token, key } or null when nobody holds it.
+  // exists and `room` is omitted): { index, token, key, node, incarnation } or null when nobody
+  // holds it.
   async owner(room) {
     const keys = (await this.redis.keys('*lease:*')).filter((k) => room === undefined || k.endsWith(`lease:${room}`));
     if (keys.length === 0) return null;
     if (keys.length > 1) throw new Error(`several leases match ${room}: ${keys.join(', ')}`);
     const value = (await this.redis.cli(['GET', keys[0]])).trim();
-    const m = /^(\d+) (\S+)$/.exec(value);
+    // "<token> <node id>/<incarnation>" (the incarnation: one per process)
+    const m = /^(\d+) ([^\s/]+)(?:\/(\S+))?$/.exec(value);
     if (!m) return null;
-    return { index: this.nodeById(m[2]), token: Number(m[1]), key: keys[0], node: m[2] };
+    return { index: this.nodeById(m[2]), token: Number(m[1]), key: keys[0], node: m[2], incarnation: m[3] ?? '' };
   }
 
   // The version in the room's record in Redis (the key ending with `room:<room>`), or -1.
