@@ -116,8 +116,11 @@ static void forward_batch(sync__cluster *cl, cluster_item **batch, size_t n)
     int rc = redis_conn_run(&cl->fwd_conn, n, argc, argv, lens, replies,
                             "cannot forward messages through");
     char why[300];
+    /* The connection failed mid-pipeline: Redis may have stored the entry before its answer was
+     * lost, so the sender is told the outcome is unknown (the state will show it), not that the
+     * message was dropped. */
     if (rc != SYNC_OK)
-        snprintf(why, sizeof why, "message not forwarded: %s", sync_error_last());
+        snprintf(why, sizeof why, "message may not have been forwarded: %s", sync_error_last());
     for (size_t i = 0; i < n; i++) {
         bool ok = rc == SYNC_OK && replies[i] && replies[i]->type == REDIS_REPLY_STRING;
         if (rc == SYNC_OK && !ok)
