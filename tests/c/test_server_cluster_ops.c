@@ -295,6 +295,22 @@ static void metrics_follow_the_cluster(void)
     increments(&c[other], 1);
     CHECK_EQ_INT(metric_when(pn, "libsync_cluster_applied_total", 1, 1), 1);
     CHECK_EQ_INT(fixture_metric(pn, "libsync_cluster_forwarded_total"), EACH + 1);
+    /* a record that carries a later token than the owner's (as a newer owner would write it)
+     * refuses the owner's save: counted, and nothing applied until the record lets it write */
+    CHECK_EQ_INT(fixture_metric(pn, "libsync_cluster_fenced_out_total"), 0);
+    const char *fence_up[] = {"HSET", "metrics:room:/rooms/m", "fence", "999999999"};
+    free(redis_raw(&redis, 4, fence_up));
+    CHECK_EQ_INT(ws_send_text(c[other].ws, "{\"type\":\"increment\"}"), 0);
+    CHECK(metric_when(pn, "libsync_cluster_fenced_out_total", 1, 1000000) >= 1);
+    CHECK_EQ_INT(fixture_metric(pn, "libsync_cluster_applied_total"), 1);
+    const char *fence_down[] = {"HDEL", "metrics:room:/rooms/m", "fence"};
+    free(redis_raw(&redis, 3, fence_down));
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (c[other].acks < EACH + 2 && check_elapsed_ms(&start) < 30000)
+        read_one(&c[other], 500);
+    CHECK_EQ_INT(c[other].acks, EACH + 2);
+    CHECK_EQ_INT(fixture_metric(pn, "libsync_cluster_applied_total"), 2);
     /* Redis goes: the node says so, and says it reconnected once Redis is back */
     redis_kill(&redis);
     CHECK_EQ_INT(metric_when(pn, "libsync_cluster_redis_up", 0, 0), 0);
