@@ -53,7 +53,8 @@ bool sync__cluster_available(sync__cluster *cl);
 
 const char *sync__cluster_node_id(const sync__cluster *cl);
 
-/* Before start: who hears of rooms deleted by another node. */
+/* Who hears of rooms deleted by another node: set before start, NULL before the server frees
+ * its rooms (a call already under way holds a use of its room). */
 void sync__cluster_on_deleted(sync__cluster *cl, sync__cluster_deleted_fn fn, void *userdata);
 
 void sync__cluster_get_stats(sync__cluster *cl, sync__cluster_stats *out);

@@ -116,7 +116,7 @@ struct sync__cluster {
     pthread_t owner_thread, forward_thread, listen_thread;
     bool started;
 
-    /* sync__cluster_on_deleted: set before start */
+    /* sync__cluster_on_deleted (under lock) */
     sync__cluster_deleted_fn on_deleted;
     void *on_deleted_userdata;
 

@@ -286,8 +286,10 @@ const char *sync__cluster_node_id(const sync__cluster *cl)
 
 void sync__cluster_on_deleted(sync__cluster *cl, sync__cluster_deleted_fn fn, void *userdata)
 {
+    pthread_mutex_lock(&cl->lock);
     cl->on_deleted = fn;
     cl->on_deleted_userdata = userdata;
+    pthread_mutex_unlock(&cl->lock);
 }
 
 void sync__cluster_get_stats(sync__cluster *cl, sync__cluster_stats *out)

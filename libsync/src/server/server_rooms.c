@@ -1489,6 +1489,9 @@ static void wait_for_loads(sync_server *s)
 
 void server_rooms_release(sync_server *s)
 {
+    /* the node's threads run until server_cluster_release: no more deletes reach the rooms */
+    if (s->cluster)
+        sync__cluster_on_deleted(s->cluster, NULL, NULL);
     wait_for_loads(s);
     /* failed rooms waiting to be freed are out of the tables; first, while every room on the
      * due list is still there to read (the tables' rooms are freed below) */
