@@ -5,6 +5,7 @@
  * starts the room afresh with a new epoch; sync_rooms_list() lists the rooms stored in Redis by
  * every node. Skipped (77) without Redis support. */
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -421,6 +422,71 @@ static void delete_closes_every_node(void)
         node_stop(&nodes[i]);
 }
 
+/* The room's keys go from Redis as a delete's script removes them, but no notice reaches the
+ * node (as when its subscription was down): `tombstone` leaves the delete's tombstone too. */
+static void drop_room_keys(const char *prefix, const char *key, bool tombstone)
+{
+    char names[3][256];
+    snprintf(names[0], sizeof names[0], "%slease:%s", prefix, key);
+    snprintf(names[1], sizeof names[1], "%sroom:%s", prefix, key);
+    snprintf(names[2], sizeof names[2], "%sstream:%s", prefix, key);
+    const char *del[] = {"DEL", names[0], names[1], names[2]};
+    CHECK(redis_get_int(&redis, 4, del) >= 2);
+    char fence[256], tomb[256];
+    snprintf(fence, sizeof fence, "%sfence:%s", prefix, key);
+    const char *incr[] = {"INCR", fence};
+    CHECK(redis_get_int(&redis, 2, incr) >= 2);
+    if (tombstone) {
+        snprintf(tomb, sizeof tomb, "%sdeleted:%s", prefix, key);
+        const char *set[] = {"SET", tomb, "1", "PX", "60000"};
+        free(redis_raw(&redis, 5, set));
+    }
+}
+
+/* A node that missed the delete's notice finds the record gone when it takes the room again:
+ * with the tombstone it unloads the room (4410) instead of writing its engine's state back, as
+ * it does when Redis lost the record without a delete. */
+static void missed_notice_does_not_bring_room_back(void)
+{
+    const char *prefix = "missed:";
+    node n;
+    REQUIRE(node_start(&n, 0, prefix) == SYNC_OK);
+    /* without a tombstone: Redis lost the record, the owner writes back what its clients saw */
+    client lost;
+    client_join(&lost, n.port, "/rooms/lost");
+    increments(&lost, 2);
+    drop_room_keys(prefix, "/rooms/lost", false);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    char *version = NULL;
+    while (!(version = record_field(prefix, "/rooms/lost", "version")) &&
+           check_elapsed_ms(&start) < 15000)
+        sleep_ms(20);
+    CHECK_EQ_STR(version, "2");
+    free(version);
+    ws_client_free(lost.ws);
+    /* with it: deleted, the clients hear so and the record stays gone */
+    client ghost;
+    client_join(&ghost, n.port, "/rooms/ghost");
+    increments(&ghost, 2);
+    drop_room_keys(prefix, "/rooms/ghost", true);
+    char reason[64] = "";
+    CHECK_EQ_INT(ws_wait_close_reason(ghost.ws, 15000, reason, sizeof reason),
+                 SYNC_CLOSE_ROOM_DELETED);
+    CHECK_EQ_STR(reason, "room deleted");
+    ws_client_free(ghost.ws);
+    sleep_ms(LEASE_MS / 2);
+    CHECK_EQ_INT(key_exists(prefix, "room", "/rooms/ghost"), 0);
+    /* joined again: afresh */
+    client_join(&ghost, n.port, "/rooms/ghost");
+    CHECK_EQ_INT(ghost.version, 0);
+    increments(&ghost, 1);
+    await_version(&ghost, 1);
+    CHECK_EQ_INT(ghost.counter, 1);
+    ws_client_free(ghost.ws);
+    node_stop(&n);
+}
+
 static void list_shows_every_node(void)
 {
     const char *prefix = "list:";
@@ -490,6 +556,7 @@ int main(void)
     RUN(no_cluster_no_figures);
     RUN(list_shows_every_node);
     RUN(delete_closes_every_node);
+    RUN(missed_notice_does_not_bring_room_back);
     RUN(metrics_follow_the_cluster);
     redis_stop(&redis);
     return check_summary();
