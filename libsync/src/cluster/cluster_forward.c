@@ -53,6 +53,7 @@ int cluster_forward(void *userdata, sync_conn *conn, const char *text, size_t le
     cl->qtail = item;
     cl->qcount++;
     cl->qbytes += len;
+    atomic_store(&cl->queued_count, cl->qcount);
     pthread_cond_signal(&cl->qcond);
     pthread_mutex_unlock(&cl->qlock);
     return SYNC_OK;
@@ -71,6 +72,7 @@ void cluster_forward_drain(sync__cluster *cl)
     cluster_item *items = cl->qhead;
     cl->qhead = cl->qtail = NULL;
     cl->qcount = cl->qbytes = 0;
+    atomic_store(&cl->queued_count, 0);
     pthread_mutex_unlock(&cl->qlock);
     while (items) {
         cluster_item *next = items->next;
@@ -127,7 +129,9 @@ static void forward_batch(sync__cluster *cl, cluster_item **batch, size_t n)
             snprintf(why, sizeof why, "message not forwarded: %s",
                      replies[i] && replies[i]->type == REDIS_REPLY_ERROR ? replies[i]->str
                                                                          : "unexpected reply");
-        if (!ok)
+        if (ok)
+            atomic_fetch_add(&cl->forwarded, 1);
+        else
             cluster_send_error(batch[i]->room, batch[i]->conn_id, why);
         if (rc == SYNC_OK && replies[i])
             freeReplyObject(replies[i]);
@@ -156,8 +160,12 @@ void *cluster_forward_main(void *arg)
         }
         if (!cl->qhead)
             cl->qtail = NULL;
+        /* the batch counts as waiting until Redis took it */
         pthread_mutex_unlock(&cl->qlock);
         forward_batch(cl, batch, n);
+        pthread_mutex_lock(&cl->qlock);
+        atomic_store(&cl->queued_count, cl->qcount);
+        pthread_mutex_unlock(&cl->qlock);
         for (size_t i = 0; i < n; i++)
             item_free(batch[i]);
     }
