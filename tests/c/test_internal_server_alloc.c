@@ -1,7 +1,7 @@
 /* The allocator the server installs in libwebsockets (server_alloc.c): the header table of every
  * handshake is mapped apart from the heap while the connection waits for its request head and
- * unmapped once the head is read; every other lws allocation stays on the heap, with realloc()
- * semantics for both kinds. Over real sockets on 127.0.0.1. */
+ * unmapped once the head is read; every other lws allocation goes to the connection slabs (or the
+ * heap when large), with realloc() semantics for every kind. Over real sockets on 127.0.0.1. */
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <netinet/in.h>
@@ -131,7 +131,21 @@ static void test_realloc_contract(void)
     CHECK(same);
     CHECK(lws_realloc(grown, 0, "lws_free") == NULL);
 
-    /* anything else is the heap's */
+    /* size 0 gives NULL, from NULL too: nothing is allocated that lws would never free */
+    CHECK(lws_realloc(NULL, 0, "lws_realloc") == NULL);
+    /* a small block grows past its size class and shrinks again, contents kept */
+    unsigned char *small = lws_realloc(NULL, 40, "wsi");
+    REQUIRE(small);
+    memset(small, 7, 40);
+    unsigned char *big = lws_realloc(small, 3000, "lws_realloc");
+    REQUIRE(big);
+    CHECK(big[0] == 7 && big[39] == 7);
+    unsigned char *shrunk = lws_realloc(big, 100, "lws_realloc");
+    REQUIRE(shrunk);
+    CHECK(shrunk[0] == 7 && shrunk[39] == 7);
+    CHECK(lws_realloc(shrunk, 0, "lws_free") == NULL);
+
+    /* anything larger is the heap's */
     char *other = lws_realloc(NULL, 20000, "rx_ubuf");
     REQUIRE(other);
     CHECK_EQ_INT(mapped_now(), idle);
