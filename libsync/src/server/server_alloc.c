@@ -185,7 +185,7 @@ static void unmap_block(void *ptr, size_t len)
 #define SLAB_CHUNK ((size_t)64 * 1024)
 #define SLAB_HEADER ((size_t)64)
 #define SLAB_MAX ((size_t)8192)
-#define SLAB_CLASSES 64
+#define SLAB_CLASSES 88
 
 typedef struct slab_chunk {
     struct slab_chunk *prev, *next; /* among its class's chunks with a free slot */
@@ -208,13 +208,14 @@ static uint8_t class_of_16[SLAB_MAX / 16 + 1]; /* (size + 15) / 16 -> class */
 static block_set chunks;
 static size_t slab_bytes; /* mapped chunks, for server_alloc_slab_bytes() */
 
-/* 16..512 by 16, then each doubling in eight steps up to 8192. */
+/* 16..1024 by 16 (lws' wsi and the like are just under 1 KiB), then each doubling in eight
+ * steps up to 8192. */
 static void slab_init(void)
 {
     size_t n = 0;
-    for (size_t sz = 16; sz <= 512; sz += 16)
+    for (size_t sz = 16; sz <= 1024; sz += 16)
         classes[n++].size = sz;
-    for (size_t base = 512; base < SLAB_MAX; base *= 2)
+    for (size_t base = 1024; base < SLAB_MAX; base *= 2)
         for (size_t k = 1; k <= 8; k++)
             classes[n++].size = base + k * (base / 8);
     size_t c = 0;
