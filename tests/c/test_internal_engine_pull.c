@@ -59,7 +59,7 @@ static void pc_close(void *userdata, int code, const char *reason)
 static void pc_init(pull_conn *pc)
 {
     memset(pc, 0, sizeof *pc);
-    static const sync__transport_ops ops = {pc_send_frame, pc_close, NULL};
+    static const sync__transport_ops ops = {.send_frame = pc_send_frame, .close = pc_close};
     if (sync__conn_new_transport(&pc->conn, &ops, pc) != SYNC_OK)
         abort();
 }

@@ -20,9 +20,10 @@ static sync_conn_callbacks *push_callbacks(const sync_conn *conn)
 _Static_assert(sizeof(sync_conn) % _Alignof(sync_conn_callbacks) == 0,
                "push callbacks follow the struct");
 
-static sync_conn *conn_alloc(void *userdata, size_t extra)
+static sync_conn *conn_alloc(void *userdata, size_t extra, const sync__transport_ops *ops)
 {
-    sync_conn *conn = calloc(1, sizeof *conn + extra);
+    sync_conn *conn = ops && ops->calloc_conn ? ops->calloc_conn(sizeof *conn + extra)
+                                              : calloc(1, sizeof *conn + extra);
     if (!conn)
         return NULL;
     atomic_init(&conn->refs, 1);
@@ -62,7 +63,7 @@ int sync_conn_new(sync_conn **out, const sync_conn_callbacks *callbacks, void *u
     if (!callbacks->send)
         return new_fail(free_userdata, userdata, SYNC_EINVAL,
                         "sync_conn_new: callbacks->send is required");
-    sync_conn *conn = conn_alloc(userdata, sizeof *callbacks);
+    sync_conn *conn = conn_alloc(userdata, sizeof *callbacks, NULL);
     if (!conn)
         return new_fail(free_userdata, userdata, SYNC_ENOMEM,
                         "out of memory creating a connection");
@@ -78,7 +79,7 @@ int sync__conn_new_transport(sync_conn **out, const sync__transport_ops *ops, vo
     if (!out || !ops || !ops->send_frame)
         return sync__fail(SYNC_EINVAL,
                           "sync__conn_new_transport: out and ops->send_frame required");
-    sync_conn *conn = conn_alloc(userdata, 0);
+    sync_conn *conn = conn_alloc(userdata, 0, ops);
     if (!conn)
         return sync__fail(SYNC_ENOMEM, "out of memory creating a connection");
     conn->ops = ops;
@@ -102,7 +103,10 @@ void sync_conn_free(sync_conn *conn)
     if (free_userdata)
         free_userdata(conn->userdata);
     free(atomic_load(&conn->identity));
-    free(conn);
+    if (conn->ops && conn->ops->free_conn)
+        conn->ops->free_conn(conn);
+    else
+        free(conn);
 }
 
 void *sync_conn_userdata(const sync_conn *conn)

@@ -262,7 +262,8 @@ static int sink_send_frame(void *userdata, sync__frame *frame)
 
 /* A transport's connection, not a push one: sync_conn_userdata() gives NULL, as for the server's
  * own connections, and the step cannot take the sink for its own data. */
-static const sync__transport_ops standin_ops = {sink_send_frame, sink_close, sink_free};
+static const sync__transport_ops standin_ops = {
+    .send_frame = sink_send_frame, .close = sink_close, .free_userdata = sink_free};
 
 /* The connection that stands in for the sender on the owner node. */
 static int standin_new(const sync__remote_msg *msg, sync_conn **out, sync__remote_sink **sink_out)

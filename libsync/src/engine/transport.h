@@ -24,6 +24,10 @@ typedef struct sync__transport_ops {
     int (*send_frame)(void *userdata, sync__frame *frame);
     void (*close)(void *userdata, int code, const char *reason);
     void (*free_userdata)(void *userdata);
+    /* Optional, both or neither: where the connection object itself lives (the server keeps its
+     * connections' memory apart from the rooms', server_alloc.c). NULL: calloc()/free(). */
+    void *(*calloc_conn)(size_t size);
+    void (*free_conn)(void *ptr);
 } sync__transport_ops;
 
 /* Like sync_conn_new(), with a transport's private ops, which are not copied: they must outlive

@@ -26,94 +26,100 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-/* The mapped blocks: an open-addressing set of (address, mapped length) with linear probing. It
- * holds the tables of the handshakes in flight, not one entry per connection. */
+/* A set of mapped blocks (address, mapped length): open addressing with linear probing. */
 typedef struct mapped_block {
     uintptr_t addr; /* 0: an empty slot */
     size_t len;
 } mapped_block;
 
+typedef struct block_set {
+    mapped_block *slots;
+    size_t cap; /* 0 or a power of two */
+    size_t count;
+} block_set;
+
 static pthread_mutex_t alloc_lock = PTHREAD_MUTEX_INITIALIZER;
-static mapped_block *blocks;
-static size_t block_cap; /* 0 or a power of two */
-static size_t block_count;
+/* The header tables of the handshakes in flight, not one entry per connection. */
+static block_set tables;
 static uint64_t blocks_mapped; /* ever, for server_alloc_stats() */
 static size_t page_size = 4096;
 
-static size_t home_of(uintptr_t addr)
+static size_t home_of(const block_set *set, uintptr_t addr)
 {
     uint64_t h = (uint64_t)(addr / page_size) * 0x9E3779B97F4A7C15ull;
-    return (size_t)(h >> 32) & (block_cap - 1);
+    return (size_t)(h >> 32) & (set->cap - 1);
 }
 
-static void insert_locked(uintptr_t addr, size_t len)
+static void insert_locked(block_set *set, uintptr_t addr, size_t len)
 {
-    size_t i = home_of(addr);
-    while (blocks[i].addr)
-        i = (i + 1) & (block_cap - 1);
-    blocks[i].addr = addr;
-    blocks[i].len = len;
-    block_count++;
+    size_t i = home_of(set, addr);
+    while (set->slots[i].addr)
+        i = (i + 1) & (set->cap - 1);
+    set->slots[i].addr = addr;
+    set->slots[i].len = len;
+    set->count++;
 }
 
 /* Room for one more block, the set kept at most half full. false: out of memory. */
-static bool reserve_locked(void)
+static bool reserve_locked(block_set *set)
 {
-    if ((block_count + 1) * 2 <= block_cap)
+    if ((set->count + 1) * 2 <= set->cap)
         return true;
-    size_t cap = block_cap ? block_cap * 2 : 64;
+    size_t cap = set->cap ? set->cap * 2 : 64;
     mapped_block *grown = calloc(cap, sizeof *grown);
     if (!grown)
         return false;
-    mapped_block *old = blocks;
-    size_t old_cap = block_cap;
-    blocks = grown;
-    block_cap = cap;
-    block_count = 0;
+    mapped_block *old = set->slots;
+    size_t old_cap = set->cap;
+    set->slots = grown;
+    set->cap = cap;
+    set->count = 0;
     for (size_t i = 0; i < old_cap; i++)
         if (old[i].addr)
-            insert_locked(old[i].addr, old[i].len);
+            insert_locked(set, old[i].addr, old[i].len);
     free(old);
     return true;
 }
 
-/* The slot of `addr`, or SIZE_MAX when it is not a mapped block. */
-static size_t find_locked(uintptr_t addr)
+/* The slot of `addr`, or SIZE_MAX when it is not in the set. */
+static size_t find_locked(const block_set *set, uintptr_t addr)
 {
-    if (!block_cap)
+    if (!set->cap)
         return SIZE_MAX;
-    for (size_t i = home_of(addr); blocks[i].addr; i = (i + 1) & (block_cap - 1))
-        if (blocks[i].addr == addr)
+    for (size_t i = home_of(set, addr); set->slots[i].addr; i = (i + 1) & (set->cap - 1))
+        if (set->slots[i].addr == addr)
             return i;
     return SIZE_MAX;
 }
 
 /* Backward-shift deletion: the entries after the slot in its run move up, so no tombstones. */
-static void remove_locked(size_t hole)
+static void remove_locked(block_set *set, size_t hole)
 {
-    for (size_t j = (hole + 1) & (block_cap - 1); blocks[j].addr; j = (j + 1) & (block_cap - 1)) {
-        size_t home = home_of(blocks[j].addr);
+    mapped_block *b = set->slots;
+    size_t mask = set->cap - 1;
+    for (size_t j = (hole + 1) & mask; b[j].addr; j = (j + 1) & mask) {
+        size_t home = home_of(set, b[j].addr);
         /* j may move to the hole when its home is not cyclically within (hole, j] */
         bool stays = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
         if (!stays) {
-            blocks[hole] = blocks[j];
+            b[hole] = b[j];
             hole = j;
         }
     }
-    blocks[hole].addr = 0;
-    blocks[hole].len = 0;
-    block_count--;
+    b[hole].addr = 0;
+    b[hole].len = 0;
+    set->count--;
 }
 
-/* The mapped length of `ptr`, or 0 when it came from the heap. */
+/* The mapped length of `ptr`, or 0 when it is not a header table. */
 static size_t mapped_len(const void *ptr)
 {
-    /* mappings are page-aligned: most heap pointers are not even looked up */
+    /* mappings are page-aligned: most pointers are not even looked up */
     if (((uintptr_t)ptr & (page_size - 1)) != 0)
         return 0;
     pthread_mutex_lock(&alloc_lock);
-    size_t i = find_locked((uintptr_t)ptr);
-    size_t len = i == SIZE_MAX ? 0 : blocks[i].len;
+    size_t i = find_locked(&tables, (uintptr_t)ptr);
+    size_t len = i == SIZE_MAX ? 0 : tables.slots[i].len;
     pthread_mutex_unlock(&alloc_lock);
     return len;
 }
@@ -126,9 +132,9 @@ static void *map_block(size_t size)
     if (p == MAP_FAILED)
         return NULL;
     pthread_mutex_lock(&alloc_lock);
-    bool ok = reserve_locked();
+    bool ok = reserve_locked(&tables);
     if (ok) {
-        insert_locked((uintptr_t)p, len);
+        insert_locked(&tables, (uintptr_t)p, len);
         blocks_mapped++;
     }
     pthread_mutex_unlock(&alloc_lock);
@@ -142,11 +148,271 @@ static void *map_block(size_t size)
 static void unmap_block(void *ptr, size_t len)
 {
     pthread_mutex_lock(&alloc_lock);
-    size_t i = find_locked((uintptr_t)ptr);
+    size_t i = find_locked(&tables, (uintptr_t)ptr);
     if (i != SIZE_MAX)
-        remove_locked(i);
+        remove_locked(&tables, i);
     pthread_mutex_unlock(&alloc_lock);
     munmap(ptr, len);
+}
+
+/* ---- connection memory: size-class slabs in mapped chunks ------------------------------------
+ *
+ * Every connection's memory (what lws allocates for it, the server's own objects) comes from
+ * here, apart from the heap that holds the engines of loaded rooms. On one heap, a wave of
+ * connections that close leaves its freed blocks between the live rooms' blocks, and glibc can
+ * give those pages back to the system neither by itself nor with malloc_trim (about 2.1 KB per
+ * loaded idle room in scenario RM, docs/PERFORMANCE.md). Here a chunk holds slots of one size;
+ * once its last slot is freed its pages go back (munmap, or madvise for the one chunk per class
+ * kept mapped so that a lone connection opening and closing does not map and unmap each time).
+ *
+ * Chunks are aligned to their size, so a pointer's chunk is found by masking; a set of the
+ * chunks tells slots apart from heap pointers. A slot has no header: classes step by at most an
+ * eighth of their size, which wastes about what glibc's chunk header and rounding waste.
+ * Larger blocks and every block under AddressSanitizer (which must see them to find misuse) are
+ * malloc()'d. One lock: lws allocates on the service thread, but a connection's objects may be
+ * freed on another (sync_conn_free from an application thread). */
+#if defined(__SANITIZE_ADDRESS__)
+#define SLAB_ENABLED 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SLAB_ENABLED 0
+#endif
+#endif
+#ifndef SLAB_ENABLED
+#define SLAB_ENABLED 1
+#endif
+
+#define SLAB_CHUNK ((size_t)64 * 1024)
+#define SLAB_HEADER ((size_t)64)
+#define SLAB_MAX ((size_t)8192)
+#define SLAB_CLASSES 88
+
+typedef struct slab_chunk {
+    struct slab_chunk *prev, *next; /* among its class's chunks with a free slot */
+    void *free_list;                /* freed slots, linked through their first word */
+    uint32_t used;                  /* slots handed out */
+    uint32_t bump;                  /* slots ever carved (the rest were never touched) */
+    uint32_t slots;
+    uint32_t cls;
+    bool listed;
+} slab_chunk;
+
+typedef struct slab_class {
+    size_t size;
+    slab_chunk *avail; /* chunks with a free slot */
+    slab_chunk *spare; /* an empty chunk whose pages went back, kept mapped */
+} slab_class;
+
+static slab_class classes[SLAB_CLASSES];
+static uint8_t class_of_16[SLAB_MAX / 16 + 1]; /* (size + 15) / 16 -> class */
+static block_set chunks;
+static size_t slab_bytes; /* mapped chunks, for server_alloc_slab_bytes() */
+
+/* 16..1024 by 16 (lws' wsi and the like are just under 1 KiB), then each doubling in eight
+ * steps up to 8192. */
+static void slab_init(void)
+{
+    size_t n = 0;
+    for (size_t sz = 16; sz <= 1024; sz += 16)
+        classes[n++].size = sz;
+    for (size_t base = 1024; base < SLAB_MAX; base *= 2)
+        for (size_t k = 1; k <= 8; k++)
+            classes[n++].size = base + k * (base / 8);
+    size_t c = 0;
+    for (size_t i = 0; i <= SLAB_MAX / 16; i++) {
+        while (classes[c].size < i * 16)
+            c++;
+        class_of_16[i] = (uint8_t)c;
+    }
+}
+
+static uintptr_t chunk_base(const void *ptr)
+{
+    return (uintptr_t)ptr & ~(uintptr_t)(SLAB_CHUNK - 1);
+}
+
+/* The chunk holding `ptr`, or NULL when it is not a slot. */
+static slab_chunk *chunk_of_locked(const void *ptr)
+{
+    uintptr_t base = chunk_base(ptr);
+    return find_locked(&chunks, base) == SIZE_MAX ? NULL : (slab_chunk *)base;
+}
+
+static void chunk_reset(slab_chunk *c, uint32_t cls)
+{
+    memset(c, 0, sizeof *c);
+    c->cls = cls;
+    c->slots = (uint32_t)((SLAB_CHUNK - SLAB_HEADER) / classes[cls].size);
+}
+
+static void avail_link(slab_chunk *c)
+{
+    slab_class *k = &classes[c->cls];
+    c->prev = NULL;
+    c->next = k->avail;
+    if (k->avail)
+        k->avail->prev = c;
+    k->avail = c;
+    c->listed = true;
+}
+
+static void avail_unlink(slab_chunk *c)
+{
+    slab_class *k = &classes[c->cls];
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        k->avail = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    c->listed = false;
+}
+
+/* A fresh chunk aligned to its size, registered; NULL when the system has none. */
+static slab_chunk *chunk_map_locked(uint32_t cls)
+{
+    if (!reserve_locked(&chunks))
+        return NULL;
+    void *raw =
+        mmap(NULL, 2 * SLAB_CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED)
+        return NULL;
+    uintptr_t start = (uintptr_t)raw;
+    uintptr_t base = (start + SLAB_CHUNK - 1) & ~(uintptr_t)(SLAB_CHUNK - 1);
+    if (base > start)
+        munmap(raw, base - start);
+    if (start + 2 * SLAB_CHUNK > base + SLAB_CHUNK)
+        munmap((void *)(base + SLAB_CHUNK), start + 2 * SLAB_CHUNK - (base + SLAB_CHUNK));
+    insert_locked(&chunks, base, SLAB_CHUNK);
+    slab_bytes += SLAB_CHUNK;
+    slab_chunk *c = (slab_chunk *)base;
+    chunk_reset(c, cls);
+    return c;
+}
+
+static void *slab_alloc(size_t size)
+{
+    uint32_t cls = class_of_16[(size + 15) / 16];
+    slab_class *k = &classes[cls];
+    pthread_mutex_lock(&alloc_lock);
+    slab_chunk *c = k->avail;
+    if (!c) {
+        c = k->spare;
+        k->spare = NULL;
+        if (!c)
+            c = chunk_map_locked(cls);
+        if (!c) {
+            pthread_mutex_unlock(&alloc_lock);
+            return NULL;
+        }
+        avail_link(c);
+    }
+    void *p = c->free_list;
+    if (p)
+        memcpy(&c->free_list, p, sizeof(void *));
+    else
+        p = (char *)c + SLAB_HEADER + (size_t)c->bump++ * k->size;
+    if (++c->used == c->slots)
+        avail_unlink(c);
+    pthread_mutex_unlock(&alloc_lock);
+    return p;
+}
+
+/* Frees a slot of `c` (the lock held); an empty chunk's pages go back. */
+static void slab_free_locked(slab_chunk *c, void *ptr)
+{
+    memcpy(ptr, &c->free_list, sizeof(void *));
+    c->free_list = ptr;
+    if (!c->listed)
+        avail_link(c);
+    if (--c->used)
+        return;
+    avail_unlink(c);
+    slab_class *k = &classes[c->cls];
+    if (!k->spare) {
+        /* the header's page stays; the slots' pages read as zeros when touched again */
+        madvise((char *)c + page_size, SLAB_CHUNK - page_size, MADV_DONTNEED);
+        chunk_reset(c, c->cls);
+        k->spare = c;
+        return;
+    }
+    size_t i = find_locked(&chunks, (uintptr_t)c);
+    if (i != SIZE_MAX)
+        remove_locked(&chunks, i);
+    slab_bytes -= SLAB_CHUNK;
+    munmap(c, SLAB_CHUNK);
+}
+
+static pthread_once_t slab_once = PTHREAD_ONCE_INIT;
+
+void *server_conn_malloc(size_t size)
+{
+    if (!SLAB_ENABLED || !size || size > SLAB_MAX)
+        return malloc(size);
+    pthread_once(&slab_once, slab_init);
+    void *p = slab_alloc(size);
+    return p ? p : malloc(size);
+}
+
+void *server_conn_calloc(size_t size)
+{
+    void *p = server_conn_malloc(size);
+    if (p)
+        memset(p, 0, size);
+    return p;
+}
+
+void server_conn_free(void *ptr)
+{
+    if (!ptr)
+        return;
+    if (SLAB_ENABLED) {
+        pthread_mutex_lock(&alloc_lock);
+        slab_chunk *c = chunk_of_locked(ptr);
+        if (c)
+            slab_free_locked(c, ptr);
+        pthread_mutex_unlock(&alloc_lock);
+        if (c)
+            return;
+    }
+    free(ptr);
+}
+
+void *server_conn_realloc(void *ptr, size_t size)
+{
+    /* size 0 frees and gives NULL, from NULL too (lws asks for 0 bytes and never frees them) */
+    if (!size) {
+        server_conn_free(ptr);
+        return NULL;
+    }
+    if (!ptr)
+        return server_conn_malloc(size);
+    size_t old = 0;
+    if (SLAB_ENABLED) {
+        pthread_mutex_lock(&alloc_lock);
+        slab_chunk *c = chunk_of_locked(ptr);
+        old = c ? classes[c->cls].size : 0;
+        pthread_mutex_unlock(&alloc_lock);
+    }
+    if (!old)
+        return realloc(ptr, size); /* a heap block stays on the heap */
+    if (size <= old)
+        return ptr;
+    void *moved = server_conn_malloc(size);
+    if (!moved)
+        return NULL; /* realloc() semantics: the old block stays */
+    memcpy(moved, ptr, old);
+    server_conn_free(ptr);
+    return moved;
+}
+
+size_t server_alloc_slab_bytes(void)
+{
+    pthread_mutex_lock(&alloc_lock);
+    size_t n = slab_bytes;
+    pthread_mutex_unlock(&alloc_lock);
+    return n;
 }
 
 /* The two allocations of a header table in lws 4.1 (lib/roles/http/parsers.c, _lws_create_ah). */
@@ -159,25 +425,21 @@ static void *lws_allocator(void *ptr, size_t size, const char *reason)
 {
     size_t mapped = ptr ? mapped_len(ptr) : 0;
     if (!mapped) {
-        if (!size) {
-            free(ptr);
-            return NULL;
-        }
-        if (!ptr && is_header_table(reason)) {
+        if (!ptr && size && is_header_table(reason)) {
             void *p = map_block(size);
             if (p)
                 return p;
         }
-        return realloc(ptr, size);
+        return server_conn_realloc(ptr, size);
     }
     if (size && size <= mapped)
         return ptr; /* still fits (lws does not resize its tables) */
     void *moved = NULL;
     if (size) {
-        moved = malloc(size);
+        moved = server_conn_malloc(size);
         if (!moved)
             return NULL; /* realloc() semantics: the old block stays */
-        memcpy(moved, ptr, mapped);
+        memcpy(moved, ptr, mapped < size ? mapped : size);
     }
     unmap_block(ptr, mapped);
     return moved;
@@ -190,6 +452,7 @@ static void install(void)
     long page = sysconf(_SC_PAGESIZE);
     if (page > 0)
         page_size = (size_t)page;
+    pthread_once(&slab_once, slab_init);
     lws_set_allocator(lws_allocator);
 }
 
@@ -202,7 +465,7 @@ void server_alloc_stats(size_t *mapped_now, uint64_t *mapped_ever)
 {
     pthread_mutex_lock(&alloc_lock);
     if (mapped_now)
-        *mapped_now = block_count;
+        *mapped_now = tables.count;
     if (mapped_ever)
         *mapped_ever = blocks_mapped;
     pthread_mutex_unlock(&alloc_lock);

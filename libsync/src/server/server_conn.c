@@ -23,12 +23,12 @@ static bool queue_push(server_conn *c, sync__frame *frame)
 {
     if (c->ring_count == c->ring_cap) {
         uint32_t cap = c->ring_cap ? c->ring_cap * 2 : 2;
-        sync__frame **ring = malloc(cap * sizeof *ring);
+        sync__frame **ring = server_conn_malloc(cap * sizeof *ring);
         if (!ring)
             return false;
         for (uint32_t i = 0; i < c->ring_count; i++)
             ring[i] = c->ring[(c->ring_head + i) % c->ring_cap];
-        free(c->ring);
+        server_conn_free(c->ring);
         c->ring = ring;
         c->ring_cap = cap;
         c->ring_head = 0;
@@ -49,7 +49,7 @@ static sync__frame *queue_pop(server_conn *c)
     c->queued_bytes -= frame->len;
     if (!c->ring_count) {
         /* the queue is empty: give the ring back so idle connections stay small */
-        free(c->ring);
+        server_conn_free(c->ring);
         c->ring = NULL;
         c->ring_cap = 0;
         c->ring_head = 0;
@@ -234,21 +234,23 @@ static void op_free(void *userdata)
     sync__frame *frame;
     while ((frame = queue_pop(c)))
         sync__frame_unref(frame);
-    free(c->rx);
+    server_conn_free(c->rx);
     free(c->close_reason);
-    free(c->v2);
+    server_conn_free(c->v2);
     if (c->auth) {
         free(c->auth->identity);
         free_held(c);
         free(c->auth);
     }
-    free(c);
+    server_conn_free(c);
 }
 
 static const sync__transport_ops conn_ops = {
     .send_frame = op_send_frame,
     .close = op_close,
     .free_userdata = op_free,
+    .calloc_conn = server_conn_calloc,
+    .free_conn = server_conn_free,
 };
 
 /* ---- lifecycle (service thread) ---------------------------------------------------------- */
@@ -259,13 +261,13 @@ static void rx_release(server_conn *c)
     if (!c->rx)
         return;
     c->server->buffered_bytes -= c->rx->cap;
-    free(c->rx);
+    server_conn_free(c->rx);
     c->rx = NULL;
 }
 
 server_conn *server_conn_new(sync_server *server, server_engine *eng, char *identity)
 {
-    server_conn *c = calloc(1, sizeof *c);
+    server_conn *c = server_conn_calloc(sizeof *c);
     if (!c)
         return NULL;
     c->kind = SERVER_WSI_WS;
@@ -282,7 +284,7 @@ server_conn *server_conn_new(sync_server *server, server_engine *eng, char *iden
         if (c->conn)
             sync_conn_free(c->conn); /* frees c */
         else
-            free(c);
+            server_conn_free(c);
         return NULL;
     }
     free(identity);
@@ -311,7 +313,7 @@ void server_conn_take_resume(server_conn *c, struct lws *wsi)
     const char *s = lws_get_urlarg_by_name(wsi, "since=", since, (int)sizeof since);
     if (!s)
         return;
-    server_v2 *v2 = calloc(1, sizeof *v2);
+    server_v2 *v2 = server_conn_calloc(sizeof *v2);
     if (!v2)
         return;
     int64_t v = parse_version(s);
@@ -370,13 +372,13 @@ int server_conn_established(server_conn *c, struct lws *wsi)
     const struct lws_protocols *protocol = lws_get_protocol(wsi);
     bool v2 = !c->echo && protocol && strcmp(protocol->name, SERVER_PROTOCOL_V2) == 0;
     if (v2 && !c->v2) {
-        c->v2 = calloc(1, sizeof *c->v2);
+        c->v2 = server_conn_calloc(sizeof *c->v2);
         if (!c->v2)
             return -1;
         c->v2->since = -1;
         c->v2->last_version = -1;
     } else if (!v2) {
-        free(c->v2);
+        server_conn_free(c->v2);
         c->v2 = NULL;
     }
     pthread_mutex_lock(&s->lock);
@@ -602,7 +604,7 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
             buffer_budget_spent(c);
             return 0;
         }
-        server_rx *rx = realloc(c->rx, sizeof *rx + cap);
+        server_rx *rx = server_conn_realloc(c->rx, sizeof *rx + cap);
         if (!rx)
             return close_now(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
         s->buffered_bytes += cap - rx_cap;

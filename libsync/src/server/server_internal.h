@@ -353,6 +353,15 @@ void server_broadcast_leave(server_conn *c);
 void server_alloc_install(void);
 /* Tests: the header-table blocks mapped now, and ever. */
 void server_alloc_stats(size_t *mapped_now, uint64_t *mapped_ever);
+/* Connection memory (lws' allocations, the server's objects of a connection): slabs mapped apart
+ * from the heap, whose pages go back once the connections close. malloc/calloc/realloc/free
+ * semantics; server_conn_free and server_conn_realloc also take heap pointers. */
+void *server_conn_malloc(size_t size);
+void *server_conn_calloc(size_t size);
+void *server_conn_realloc(void *ptr, size_t size);
+void server_conn_free(void *ptr);
+/* Tests: the bytes of slab chunks mapped now (0 under AddressSanitizer: no slabs). */
+size_t server_alloc_slab_bytes(void);
 
 /* server_upgrade.c: LWS_CALLBACK_HTTP_CONFIRM_UPGRADE (`upgrade`: the Upgrade header's value).
  * Checks the RFC 6455 handshake headers, then the gate. 0 to let the upgrade proceed, else what
