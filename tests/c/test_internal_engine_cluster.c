@@ -422,7 +422,7 @@ static int apply(sync_engine *engine, const char *text, uint64_t conn_id, const 
                  outcome *o)
 {
     memset(o, 0, sizeof *o);
-    sync__remote_msg msg = {text, strlen(text), identity, conn_id};
+    sync__remote_msg msg = {text, strlen(text), identity, conn_id, NULL};
     return sync__engine_apply_remote(engine, &msg, done, o);
 }
 
@@ -471,7 +471,7 @@ static void test_apply_remote_runs_the_pipeline_without_committing(void)
     CHECK(o.state_null);
 
     /* bad calls: done never runs */
-    sync__remote_msg msg = {"{}", 2, NULL, 1};
+    sync__remote_msg msg = {"{}", 2, NULL, 1, NULL};
     CHECK_EQ_INT(sync__engine_apply_remote(NULL, &msg, done, &o), SYNC_EINVAL);
     CHECK_EQ_INT(sync__engine_apply_remote(engine, NULL, done, &o), SYNC_EINVAL);
     CHECK_EQ_INT(sync__engine_apply_remote(engine, &msg, NULL, &o), SYNC_EINVAL);
