@@ -220,6 +220,21 @@ static void claims_are_fenced_and_only_grow(void)
     free(claimed);
     CHECK(redis_stream_id_cmp("9-0", "10-0") < 0 && redis_stream_id_cmp("10-2", "10-10") < 0 &&
           redis_stream_id_cmp("10-1", "10-1") == 0 && redis_stream_id_cmp("11-0", "10-9") > 0);
+    /* a clean stop withdraws the claim down to `applied`, only with the lease's token */
+    snprintf(value, sizeof value, "%lld node-b", (long long)tb);
+    free(redis_raw(&redis, 3, set));
+    CHECK_EQ_INT(redis_lease_release_unclaimed(&a, "/c", ta), SYNC_OK);
+    claimed = raw_hget("room", "/c", "claimed");
+    CHECK_EQ_STR(claimed, "12-0"); /* not its lease: untouched */
+    free(claimed);
+    CHECK_EQ_INT(redis_lease_release_unclaimed(&b, "/c", tb), SYNC_OK);
+    claimed = raw_hget("room", "/c", "claimed");
+    CHECK_EQ_STR(claimed, "10-0");
+    free(claimed);
+    const char *get[] = {"GET", lease};
+    char *held = redis_get_bulk(&redis, 2, get);
+    CHECK(held == NULL); /* released */
+    free(held);
     CHECK_EQ_INT(redis_fenced_claim(&b, "bad\x01", tb, "1-0"), SYNC_EINVAL);
     CHECK_EQ_INT(redis_fenced_claim(&b, "/c", 0, "1-0"), SYNC_EINVAL);
     redis_conn_release(&a);

@@ -57,6 +57,7 @@ typedef struct owner {
     int tick_ms;
     cluster_room **rooms; /* this turn's snapshot */
     size_t count, cap;
+    bool draining; /* stopping: the runs in flight are saved, nothing new runs */
 } owner;
 
 static void lose(cluster_room *r)
@@ -74,6 +75,22 @@ static void give_up(owner *o, cluster_room *r)
     if (r->token && !atomic_load(&o->cl->killed))
         redis_lease_release(o->c, r->key, r->token);
     lose(r);
+}
+
+/* A clean give-up (stop, detach) of a room whose every run was saved: the claim of an entry not
+ * started yet is withdrawn, so the next owner runs it instead of refusing it. A room with a run
+ * in flight or unsaved keeps its claim. */
+static void give_up_clean(owner *o, cluster_room *r)
+{
+    sync__cluster *cl = o->cl;
+    pthread_mutex_lock(&cl->lock);
+    bool idle = !r->inflight && !r->has_result;
+    pthread_mutex_unlock(&cl->lock);
+    if (r->token && idle && !atomic_load(&cl->killed)) {
+        redis_lease_release_unclaimed(o->c, r->key, r->token);
+        r->token = 0;
+    }
+    give_up(o, r);
 }
 
 /* ---- loads ------------------------------------------------------------------------------- */
@@ -433,7 +450,7 @@ static void claim_next(owner *o)
         pthread_mutex_lock(&cl->lock);
         bool busy = r->inflight || r->has_result;
         pthread_mutex_unlock(&cl->lock);
-        const char *id = busy ? NULL : to_claim(r);
+        const char *id = busy || o->draining ? NULL : to_claim(r);
         if (!id)
             continue;
         reqs[n] = (redis_claim_req){.room = r->key, .token = r->token, .id = id};
@@ -457,7 +474,7 @@ static void submit_next(owner *o, cluster_room *r)
 {
     sync__cluster *cl = o->cl;
     pthread_mutex_lock(&cl->lock);
-    bool busy = r->inflight || r->has_result;
+    bool busy = r->inflight || r->has_result || o->draining;
     pthread_mutex_unlock(&cl->lock);
     while (!busy && r->token && r->entry_next < r->entry_count) {
         redis_entry *ent = &r->entries[r->entry_next];
@@ -658,6 +675,36 @@ static size_t read_streams(owner *o, int block_ms)
 
 /* ---- the loop ---------------------------------------------------------------------------- */
 
+/* Stopping cleanly: the runs in flight finish and are saved (up to half a lease), so that their
+ * messages are neither lost nor refused by the next owner; nothing new starts. */
+static void drain(owner *o)
+{
+    sync__cluster *cl = o->cl;
+    o->draining = true;
+    int64_t until = sync_now_ms() + cl->lease_ms / 2;
+    while (!atomic_load(&cl->killed)) {
+        apply_rooms(o);
+        bool busy = false;
+        pthread_mutex_lock(&cl->lock);
+        for (size_t i = 0; i < o->count; i++)
+            if (o->rooms[i]->token && (o->rooms[i]->inflight || o->rooms[i]->has_result))
+                busy = true;
+        if (busy && sync_now_ms() < until) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 10 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&cl->cond, &cl->lock, &ts);
+        }
+        pthread_mutex_unlock(&cl->lock);
+        if (!busy || sync_now_ms() >= until)
+            break;
+    }
+}
+
 /* This turn's rooms; the detached ones are unlinked from the list, their leases given up and
  * their list reference dropped. */
 static void snapshot(owner *o)
@@ -698,7 +745,7 @@ static void snapshot(owner *o)
     pthread_mutex_unlock(&cl->lock);
     while (gone) {
         cluster_room *next = gone->next;
-        give_up(o, gone);
+        give_up_clean(o, gone);
         cluster_room_unref(gone);
         gone = next;
     }
@@ -758,9 +805,10 @@ void *cluster_owner_main(void *arg)
     }
     /* stopping: give up what this node holds, so another node takes over at once */
     snapshot(&o);
+    drain(&o);
     for (size_t i = 0; i < o.count; i++)
         if (o.rooms[i]->token)
-            give_up(&o, o.rooms[i]);
+            give_up_clean(&o, o.rooms[i]);
     free(o.rooms);
     return NULL;
 }

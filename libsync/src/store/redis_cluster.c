@@ -249,6 +249,34 @@ int redis_lease_release(redis_conn *c, const char *room, int64_t token)
                     "cannot release the lease of a room in");
 }
 
+/* KEYS: lease, record. ARGV: token. RELEASE_LUA, and first the claim withdrawn down to `applied`
+ * (the owner ran and saved everything up to it, and runs nothing now). */
+static const char RELEASE_UNCLAIM_LUA[] =
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if not cur or string.match(cur, '^(%d+) ') ~= ARGV[1] then return 0 end\n"
+    "local f = redis.call('HGET', KEYS[2], 'fence')\n"
+    "if not f or tonumber(f) <= tonumber(ARGV[1]) then\n"
+    "  local a = redis.call('HGET', KEYS[2], 'applied')\n"
+    "  if a then redis.call('HSET', KEYS[2], 'claimed', a)\n"
+    "  else redis.call('HDEL', KEYS[2], 'claimed') end\n"
+    "end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "return 1\n";
+
+int redis_lease_release_unclaimed(redis_conn *c, const char *room, int64_t token)
+{
+    int rc = check_room(room);
+    if (rc != SYNC_OK)
+        return rc;
+    static const char *const kinds[] = {"lease", "room"};
+    char kbuf[24];
+    snprintf(kbuf, sizeof kbuf, "%lld", (long long)token);
+    const char *args[] = {kbuf};
+    long long ignored = 0;
+    return eval_int(c, RELEASE_UNCLAIM_LUA, room, 2, kinds, 1, args, NULL, &ignored,
+                    "cannot release the lease of a room in");
+}
+
 int redis_fenced_save(redis_conn *c, const char *room, int64_t token, const char *json, size_t len,
                       int64_t version, const char *epoch, const char *applied)
 {

@@ -51,6 +51,11 @@ int redis_lease_renew(redis_conn *c, const char *room, int64_t token, int ttl_ms
  * SYNC_OK whether or not it was. */
 int redis_lease_release(redis_conn *c, const char *room, int64_t token);
 
+/* redis_lease_release for an owner that stops cleanly with nothing running: the record's claim is
+ * lowered to its `applied` id first (an entry claimed but never started runs on the next owner
+ * instead of being refused). Only when no handler of the room is running. */
+int redis_lease_release_unclaimed(redis_conn *c, const char *room, int64_t token);
+
 /* Writes the room's record (state, version, epoch or NULL, applied stream id or NULL) when the
  * lease is held with `token` and no later token wrote the record; trims the stream below
  * `applied`. SYNC_OK; SYNC_ESTATE when fenced out, the record then untouched. */
