@@ -523,6 +523,20 @@ static void test_apply_remote_refusals(void)
     CHECK_EQ_INT(o.status, SYNC_ENOHANDLER);
     CHECK_EQ_INT(o.reply_count, 1);
     CHECK_EQ_INT(errors, 5);
+    /* refused without running (a failed owner's claimed entry): no step runs, a dropped message */
+    int runs = handler_runs;
+    memset(&o, 0, sizeof o);
+    sync__remote_msg refused = {"{\"type\":\"increment\",\"amount\":1}", 31, NULL, 34,
+                                "the owner failed"};
+    CHECK_EQ_INT(sync__engine_apply_remote(engine, &refused, done, &o), SYNC_OK);
+    CHECK_EQ_INT(o.calls, 1);
+    CHECK_EQ_INT(o.status, SYNC_ESTATE);
+    CHECK(o.state_null);
+    CHECK_EQ_INT(handler_runs, runs);
+    REQUIRE(o.reply_count == 1);
+    check_error_frame(o.replies[0], "message", "the owner failed");
+    CHECK_EQ_INT(errors, 6);
+    CHECK_EQ_INT(last_error_conn, 34);
     CHECK_EQ_INT(sync_engine_get_version(engine), 0);
     CHECK_EQ_STR(state_json(engine), "{\"counter\":1}");
     sync_engine_free(engine);
@@ -533,6 +547,11 @@ static void test_apply_remote_refusals(void)
     CHECK_EQ_INT(o.status, SYNC_EREJECTED);
     CHECK_EQ_INT(o.reply_count, 0);
     CHECK_EQ_INT(errors, 1);
+    memset(&o, 0, sizeof o);
+    CHECK_EQ_INT(sync__engine_apply_remote(engine, &refused, done, &o), SYNC_OK);
+    CHECK_EQ_INT(o.status, SYNC_ESTATE);
+    CHECK_EQ_INT(o.reply_count, 0);
+    CHECK_EQ_INT(errors, 2);
     sync_engine_free(engine);
 }
 
