@@ -18,7 +18,10 @@
  * With --resume-storm, N clients connect and converge, are all dropped at once, one more client
  * sends M increments over --storm-ms, and the N reconnect together, with ?since=V&epoch=E under
  * --v2 (unless --storm-full): it reports the bytes they received and the time until every one of
- * them saw the final counter. */
+ * them saw the final counter.
+ * With --port P1,P2,... (several servers of one cluster, issue 18) client i connects to the
+ * (i mod count)-th port: the clients of every room, and the senders, are spread over the servers.
+ */
 #include "wsproto.h"
 
 #include <errno.h>
@@ -83,6 +86,8 @@ struct room {
     uint32_t *seen_by;
 };
 
+#define MAX_PORTS 16
+
 struct options {
     long clients, senders, window, messages, rooms;
     const char *host, *port, *path;
@@ -105,7 +110,10 @@ static struct {
     struct options opt;
     struct conn *conns;
     int epfd;
-    struct addrinfo *addr;
+    /* --port: one address per server; client i uses addrs[i % nports]. */
+    struct addrinfo *addrs[MAX_PORTS];
+    char *ports[MAX_PORTS];
+    int nports;
     uint64_t rng;
     struct room *rooms;
     /* Phase flags: running = increments are being counted against each room's base/target. */
@@ -234,9 +242,14 @@ static void queue_frame(struct conn *c, int opcode, const void *payload, size_t 
     c->out_len += ws_write_client_frame(c->out + c->out_len, opcode, payload, len, mask);
 }
 
+static const struct addrinfo *conn_addr(const struct conn *c)
+{
+    return lg.addrs[c->index % lg.nports];
+}
+
 static void start_connect(struct conn *c)
 {
-    int fd = socket(lg.addr->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(conn_addr(c)->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         fail("socket: %s", strerror(errno));
         c->state = CS_CLOSED;
@@ -253,7 +266,7 @@ static void start_connect(struct conn *c)
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
     epoll_ctl(lg.epfd, EPOLL_CTL_ADD, fd, &ev);
     c->epollout = true;
-    if (connect(fd, lg.addr->ai_addr, lg.addr->ai_addrlen) < 0 && errno != EINPROGRESS)
+    if (connect(fd, conn_addr(c)->ai_addr, conn_addr(c)->ai_addrlen) < 0 && errno != EINPROGRESS)
         conn_lost(c, strerror(errno));
 }
 
@@ -296,7 +309,7 @@ static void send_handshake(struct conn *c)
     char host[512], target[1024], req[2048];
     bool v6 = strchr(lg.opt.host, ':') != NULL; /* an IPv6 literal goes in brackets */
     int hn = snprintf(host, sizeof host, "%s%s%s:%s", v6 ? "[" : "", lg.opt.host, v6 ? "]" : "",
-                      lg.opt.port);
+                      lg.ports[c->index % lg.nports]);
     const char *path = conn_path(c);
     if (c->resuming) {
         char epoch[3 * sizeof c->epoch + 1];
@@ -1217,7 +1230,8 @@ static void usage(FILE *to)
         "  -w, --window W           unacknowledged increments per sender (default 1)\n"
         "  -m, --messages M         increments in total (default 1000)\n"
         "  -H, --host HOST          server host (default 127.0.0.1)\n"
-        "  -p, --port PORT          server port (required)\n"
+        "  -p, --port PORT[,PORT..] server port (required); several: client i uses the\n"
+        "                           (i mod count)-th (servers of one cluster)\n"
         "      --path PATH          WebSocket path (default /); with --rooms, the rooms' prefix\n"
         "      --rooms R            spread clients and senders over R rooms (default 1)\n"
         "      --server-pid PID     sample this process's RSS and CPU\n"
@@ -1661,9 +1675,22 @@ int main(int argc, char **argv)
         lg.rng = now_ns() | 1;
 
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM};
-    int gai = getaddrinfo(o->host, o->port, &hints, &lg.addr);
-    if (gai != 0) {
-        fprintf(stderr, "loadgen: %s:%s: %s\n", o->host, o->port, gai_strerror(gai));
+    char *port_list = strdup(o->port), *save = NULL;
+    for (char *port = strtok_r(port_list, ",", &save); port; port = strtok_r(NULL, ",", &save)) {
+        if (lg.nports == MAX_PORTS) {
+            fprintf(stderr, "loadgen: at most %d ports\n", MAX_PORTS);
+            return 2;
+        }
+        int gai = getaddrinfo(o->host, port, &hints, &lg.addrs[lg.nports]);
+        if (gai != 0) {
+            fprintf(stderr, "loadgen: %s:%s: %s\n", o->host, port, gai_strerror(gai));
+            return 2;
+        }
+        lg.ports[lg.nports++] = strdup(port);
+    }
+    free(port_list);
+    if (lg.nports == 0) {
+        fprintf(stderr, "loadgen: no port in '%s'\n", o->port);
         return 2;
     }
     lg.epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -1757,7 +1784,10 @@ int main(int argc, char **argv)
     free(lg.rooms);
     free(lg.latency_us);
     free(lg.all_latency_us);
-    freeaddrinfo(lg.addr);
+    for (int i = 0; i < lg.nports; i++) {
+        freeaddrinfo(lg.addrs[i]);
+        free(lg.ports[i]);
+    }
     close(lg.epfd);
     return rc;
 }

@@ -42,6 +42,8 @@ def main():
     ap.add_argument("--expect", required=True)
     ap.add_argument("--args", default="")
     ap.add_argument("--field", action="append", default=[])
+    # -p PORT,PORT,... (the server's port that many times): the path of several cluster nodes
+    ap.add_argument("--port-times", type=int, default=1)
     ap.add_argument("--server", nargs=argparse.REMAINDER, required=True)
     opt = ap.parse_args()
 
@@ -53,7 +55,8 @@ def main():
         try:
             host, port = wait_for_port(server, time.monotonic() + 20)
             run = subprocess.run(
-                [opt.loadgen, "-H", host, "-p", port, "--server-pid", str(server.pid)]
+                [opt.loadgen, "-H", host, "-p", ",".join([port] * opt.port_times),
+                 "--server-pid", str(server.pid)]
                 + shlex.split(opt.args),
                 capture_output=True, text=True, timeout=45)
         finally:

@@ -48,6 +48,10 @@ export async function startServer({ args = [], dataDir, port = 0, timeoutMs = 20
   }
   return {
     ...address,
+    pid: child.pid,
+    // Resolves with { code, signal } when the process has ended (for tests that kill it).
+    exited,
+    alive: () => child.exitCode === null && child.signalCode === null,
     dataDir: dir,
     http: `http://${address.host}:${address.port}`,
     ws: (path = '/') => `ws://${address.host}:${address.port}${path}`,

@@ -7,8 +7,14 @@
  * is the room whose key is its path ("/" or "/counter"), a room mount's room NAME
  * (sync_server_mount_rooms) the room whose key is prefix + NAME ("/rooms/NAME"). The room's
  * state, version and epoch live in Redis: a room mount's room store is not used for its rooms,
- * and a fixed mount's engine must have no adapter. sync_rooms_delete() and sync_rooms_list() act
- * on this node only (the mount's store, its loaded rooms), not on the records in Redis.
+ * and a fixed mount's engine must have no adapter. On a room mount, sync_rooms_delete() deletes
+ * the room from Redis (record, stream, lease; its fence grows so no owner writes it again) and
+ * every node closes its clients with SYNC_CLOSE_ROOM_DELETED and unloads it; sync_rooms_list()
+ * lists the rooms stored in Redis for the mount (any node's) plus those loaded here.
+ *
+ * GET /metrics of a clustered server adds the node's figures: libsync_cluster_redis_up,
+ * _rooms_owned, _rooms_attached, _forward_queue, _forwarded_total, _applied_total,
+ * _takeovers_total, _fenced_out_total, _redis_reconnects_total (docs/SCALING.md).
  *
  * One node owns a room at a time through a lease in Redis with a fencing token; every node
  * forwards its clients' messages to the room's stream in Redis, the owner runs them one at a time

@@ -259,11 +259,14 @@ SYNC_EXTERN int sync_rooms_acquire_async(sync_rooms *rooms, const char *name,
 SYNC_EXTERN int sync_rooms_release(sync_rooms *rooms, sync_engine *engine);
 
 /** *out_names_json: a JSON array of every room stored or loaded, sorted by byte value; caller
- *  owns it (sync_free). */
+ *  owns it (sync_free). On a clustered server (cluster.h) "stored" is the rooms in Redis under
+ *  the mount's prefix, whichever node created them (at most 1,000,000: SYNC_ELIMIT beyond). */
 SYNC_EXTERN int sync_rooms_list(sync_rooms *rooms, char **out_names_json);
 
 /** Deletes room `name`: its clients are closed with SYNC_CLOSE_ROOM_DELETED, it is unloaded
- *  without saving, and its record is removed from the store. A later join creates it afresh. */
+ *  without saving, and its record is removed from the store. A later join creates it afresh.
+ *  On a clustered server (cluster.h) the room is deleted from Redis and every node closes its
+ *  clients and unloads it; the record stays when Redis failed (SYNC_EIO). */
 SYNC_EXTERN int sync_rooms_delete(sync_rooms *rooms, const char *name);
 
 /** Rooms loaded now. */

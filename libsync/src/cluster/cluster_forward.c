@@ -53,6 +53,7 @@ int cluster_forward(void *userdata, sync_conn *conn, const char *text, size_t le
     cl->qtail = item;
     cl->qcount++;
     cl->qbytes += len;
+    atomic_store(&cl->queued_count, cl->qcount);
     pthread_cond_signal(&cl->qcond);
     pthread_mutex_unlock(&cl->qlock);
     return SYNC_OK;
@@ -71,6 +72,7 @@ void cluster_forward_drain(sync__cluster *cl)
     cluster_item *items = cl->qhead;
     cl->qhead = cl->qtail = NULL;
     cl->qcount = cl->qbytes = 0;
+    atomic_store(&cl->queued_count, 0);
     pthread_mutex_unlock(&cl->qlock);
     while (items) {
         cluster_item *next = items->next;
@@ -116,15 +118,20 @@ static void forward_batch(sync__cluster *cl, cluster_item **batch, size_t n)
     int rc = redis_conn_run(&cl->fwd_conn, n, argc, argv, lens, replies,
                             "cannot forward messages through");
     char why[300];
+    /* The connection failed mid-pipeline: Redis may have stored the entry before its answer was
+     * lost, so the sender is told the outcome is unknown (the state will show it), not that the
+     * message was dropped. */
     if (rc != SYNC_OK)
-        snprintf(why, sizeof why, "message not forwarded: %s", sync_error_last());
+        snprintf(why, sizeof why, "message may not have been forwarded: %s", sync_error_last());
     for (size_t i = 0; i < n; i++) {
         bool ok = rc == SYNC_OK && replies[i] && replies[i]->type == REDIS_REPLY_STRING;
         if (rc == SYNC_OK && !ok)
             snprintf(why, sizeof why, "message not forwarded: %s",
                      replies[i] && replies[i]->type == REDIS_REPLY_ERROR ? replies[i]->str
                                                                          : "unexpected reply");
-        if (!ok)
+        if (ok)
+            atomic_fetch_add(&cl->forwarded, 1);
+        else
             cluster_send_error(batch[i]->room, batch[i]->conn_id, why);
         if (rc == SYNC_OK && replies[i])
             freeReplyObject(replies[i]);
@@ -153,8 +160,12 @@ void *cluster_forward_main(void *arg)
         }
         if (!cl->qhead)
             cl->qtail = NULL;
+        /* the batch counts as waiting until Redis took it */
         pthread_mutex_unlock(&cl->qlock);
         forward_batch(cl, batch, n);
+        pthread_mutex_lock(&cl->qlock);
+        atomic_store(&cl->queued_count, cl->qcount);
+        pthread_mutex_unlock(&cl->qlock);
         for (size_t i = 0; i < n; i++)
             item_free(batch[i]);
     }

@@ -55,6 +55,9 @@ struct cluster_room {
     bool linked;    /* the engine has the cluster link */
     bool need_load; /* the owner thread (re)loads the record into the engine */
     bool ready;     /* the first load finished */
+    /* deleted cluster-wide (sync__cluster_delete, or a notice of another node's): never loaded,
+     * leased or saved again; the server unloads it and a later join attaches a new room */
+    bool deleted;
     sync__cluster_ready_fn ready_fn;
     void *ready_userdata;
     char epoch[SYNC__EPOCH_MAX + 1]; /* the one the engine was given, "" none yet */
@@ -114,6 +117,20 @@ struct sync__cluster {
 
     pthread_t owner_thread, forward_thread, listen_thread;
     bool started;
+
+    /* sync__cluster_on_deleted (under lock) */
+    sync__cluster_deleted_fn on_deleted;
+    void *on_deleted_userdata;
+
+    /* deletes and lists from any thread (sync__cluster_delete, _list), one at a time */
+    pthread_mutex_t admin_lock;
+    redis_conn admin_conn;
+
+    /* /metrics (sync__cluster_get_stats): written by the node's threads, read by anyone */
+    atomic_size_t owned_count;    /* the owner thread's rooms with a token, at its last turn */
+    atomic_size_t attached_count; /* room_count */
+    atomic_size_t queued_count;   /* qcount */
+    atomic_uint_fast64_t forwarded, applied, takeovers, fenced_out, reconnects;
 };
 
 /* cluster_node.c */
@@ -124,6 +141,9 @@ void cluster_room_unuse(cluster_room *r);
 /* The room of `key` (under cl->lock), NULL when none is attached. */
 cluster_room *cluster_find_locked(sync__cluster *cl, const char *key, size_t len);
 void cluster_wake_owner(sync__cluster *cl);
+/* Marks the room deleted (cl->lock not held) and tells the server, with a use of the room held
+ * (its engine and the server's room stay alive meanwhile). Not from the owner thread's apply. */
+void cluster_room_deleted(cluster_room *r);
 /* Every attached room's clients closed with 4503 "redis unavailable". */
 void cluster_close_all(sync__cluster *cl);
 void cluster_sleep_ms(int ms);

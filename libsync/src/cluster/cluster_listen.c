@@ -78,6 +78,28 @@ static void on_change(sync__cluster *cl, const redisReply *channel, const redisR
     const char *key = channel->str + plen;
     size_t key_len = channel->len - plen;
     const char *text = data->str, *end = data->str + data->len;
+    /* "deleted <node>": sync__cluster_delete; the deleting node unloaded its room itself (and
+     * may have loaded it afresh since) */
+    static const char deleted[] = "deleted ";
+    if (data->len > sizeof deleted - 1 && memcmp(text, deleted, sizeof deleted - 1) == 0) {
+        size_t node_len = data->len - (sizeof deleted - 1);
+        if (node_len == strlen(cl->node) &&
+            memcmp(text + sizeof deleted - 1, cl->node, node_len) == 0)
+            return;
+        pthread_mutex_lock(&cl->lock);
+        cluster_room *r = cluster_find_locked(cl, key, key_len);
+        /* a room whose first load has not started reads what the delete left: nothing */
+        if (r && (r->ready || !r->need_load))
+            atomic_fetch_add(&r->refs, 1);
+        else
+            r = NULL;
+        pthread_mutex_unlock(&cl->lock);
+        if (r) {
+            cluster_room_deleted(r);
+            cluster_room_unref(r);
+        }
+        return;
+    }
     const char *sp1 = memchr(text, ' ', data->len);
     const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(end - sp1 - 1)) : NULL;
     int64_t version = 0;
@@ -248,8 +270,12 @@ void *cluster_listen_main(void *arg)
     int64_t down_since = sync_now_ms();
     bool closed = false;
     int backoff_ms = 10;
+    bool subscribed_once = false;
     while (!atomic_load(&cl->stop)) {
         if (subscribe(cl) == SYNC_OK) {
+            if (subscribed_once)
+                atomic_fetch_add(&cl->reconnects, 1);
+            subscribed_once = true;
             atomic_store(&cl->up, true);
             backoff_ms = 10;
             closed = false;

@@ -73,6 +73,7 @@ static void table_remove_locked(sync__cluster *cl, cluster_room *r)
     if (*p) {
         *p = r->hash_next;
         cl->room_count--;
+        atomic_store(&cl->attached_count, cl->room_count);
     }
     r->hash_next = NULL;
 }
@@ -137,6 +138,28 @@ void cluster_send_error(cluster_room *r, uint64_t conn_id, const char *why)
         cluster_room_unuse(r);
     }
     cJSON_free(text);
+}
+
+void cluster_room_deleted(cluster_room *r)
+{
+    sync__cluster *cl = r->cl;
+    if (!r->ready_userdata)
+        return; /* a fixed mount's room: never deleted, its engine goes on */
+    pthread_mutex_lock(&cl->lock);
+    bool first = !r->deleted && !r->detached && r->engine;
+    r->deleted = true;
+    if (first)
+        r->uses++; /* the server's room and the engine stay while the server hears of it */
+    sync__cluster_deleted_fn fn = cl->on_deleted;
+    void *ud = cl->on_deleted_userdata, *room_ud = r->ready_userdata;
+    cl->owner_wake = true;
+    pthread_cond_broadcast(&cl->cond);
+    pthread_mutex_unlock(&cl->lock);
+    if (!first)
+        return;
+    if (fn)
+        fn(ud, room_ud);
+    cluster_room_unuse(r);
 }
 
 void cluster_close_all(sync__cluster *cl)
@@ -214,9 +237,9 @@ int sync__cluster_new(sync__cluster **out, const sync_cluster_options *opts)
     sync__cluster *cl = calloc(1, sizeof *cl);
     if (!cl)
         return sync__fail(SYNC_ENOMEM, "out of memory");
-    redis_conn *conns[] = {&cl->own_conn, &cl->fwd_conn, &cl->sub_conn};
+    redis_conn *conns[] = {&cl->own_conn, &cl->fwd_conn, &cl->sub_conn, &cl->admin_conn};
     int setup = 0;
-    for (; setup < 3; setup++)
+    for (; setup < 4; setup++)
         if ((rc = redis_conn_setup(conns[setup], &ro)) != SYNC_OK)
             break;
     if (rc != SYNC_OK) {
@@ -244,6 +267,7 @@ int sync__cluster_new(sync__cluster **out, const sync_cluster_options *opts)
     pthread_mutex_init(&cl->qlock, NULL);
     pthread_cond_init(&cl->qcond, NULL);
     pthread_mutex_init(&cl->sub_lock, NULL);
+    pthread_mutex_init(&cl->admin_lock, NULL);
     cl->sub_fd = -1;
     cl->prefix = strdup(cl->own_conn.prefix);
     if (!cl->prefix || asprintf(&cl->reply_channel, "%sreply:%s", cl->prefix, cl->node) < 0) {
@@ -258,6 +282,30 @@ int sync__cluster_new(sync__cluster **out, const sync_cluster_options *opts)
 const char *sync__cluster_node_id(const sync__cluster *cl)
 {
     return cl->node;
+}
+
+void sync__cluster_on_deleted(sync__cluster *cl, sync__cluster_deleted_fn fn, void *userdata)
+{
+    pthread_mutex_lock(&cl->lock);
+    cl->on_deleted = fn;
+    cl->on_deleted_userdata = userdata;
+    pthread_mutex_unlock(&cl->lock);
+}
+
+void sync__cluster_get_stats(sync__cluster *cl, sync__cluster_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!cl)
+        return;
+    out->redis_up = atomic_load(&cl->up);
+    out->rooms_owned = atomic_load(&cl->owned_count);
+    out->rooms_attached = atomic_load(&cl->attached_count);
+    out->forward_queue = atomic_load(&cl->queued_count);
+    out->forwarded = atomic_load(&cl->forwarded);
+    out->applied = atomic_load(&cl->applied);
+    out->takeovers = atomic_load(&cl->takeovers);
+    out->fenced_out = atomic_load(&cl->fenced_out);
+    out->reconnects = atomic_load(&cl->reconnects);
 }
 
 int sync__cluster_start(sync__cluster *cl)
@@ -330,6 +378,7 @@ int sync__cluster_attach(sync__cluster *cl, const char *key, sync_engine *engine
     r->hash_next = cl->buckets[at];
     cl->buckets[at] = r;
     cl->room_count++;
+    atomic_store(&cl->attached_count, cl->room_count);
     r->next = cl->rooms;
     if (cl->rooms)
         cl->rooms->prev = r;
@@ -419,6 +468,7 @@ void sync__cluster_free(sync__cluster *cl)
     redis_conn_release(&cl->own_conn);
     redis_conn_release(&cl->fwd_conn);
     redis_conn_release(&cl->sub_conn);
+    redis_conn_release(&cl->admin_conn);
     free(cl->prefix);
     free(cl->reply_channel);
     pthread_mutex_destroy(&cl->lock);
@@ -426,6 +476,7 @@ void sync__cluster_free(sync__cluster *cl)
     pthread_mutex_destroy(&cl->qlock);
     pthread_cond_destroy(&cl->qcond);
     pthread_mutex_destroy(&cl->sub_lock);
+    pthread_mutex_destroy(&cl->admin_lock);
     free(cl);
 }
 
@@ -466,6 +517,37 @@ const char *sync__cluster_node_id(const sync__cluster *cl)
 {
     (void)cl;
     return "";
+}
+
+void sync__cluster_on_deleted(sync__cluster *cl, sync__cluster_deleted_fn fn, void *userdata)
+{
+    (void)cl;
+    (void)fn;
+    (void)userdata;
+}
+
+void sync__cluster_get_stats(sync__cluster *cl, sync__cluster_stats *out)
+{
+    (void)cl;
+    memset(out, 0, sizeof *out);
+}
+
+int sync__cluster_delete(sync__cluster *cl, const char *key)
+{
+    (void)cl;
+    (void)key;
+    return SYNC_EUNSUPPORTED;
+}
+
+int sync__cluster_list(sync__cluster *cl, const char *key_prefix, size_t max, char ***out_names,
+                       size_t *out_count)
+{
+    (void)cl;
+    (void)key_prefix;
+    (void)max;
+    *out_names = NULL;
+    *out_count = 0;
+    return SYNC_EUNSUPPORTED;
 }
 
 int sync__cluster_attach(sync__cluster *cl, const char *key, sync_engine *engine,

@@ -95,6 +95,34 @@ static void give_up_clean(owner *o, cluster_room *r)
 
 /* ---- loads ------------------------------------------------------------------------------- */
 
+/* Whether the room was deleted lately (the tombstone sync__cluster_delete leaves): a record that
+ * is missing while this node's engine holds a version or an epoch of the room is then gone on
+ * purpose, not lost by Redis, and must not come back from the engine. */
+static bool deleted_lately(owner *o, const cluster_room *r)
+{
+    char *key = NULL;
+    if (asprintf(&key, "%sdeleted:%s", o->cl->prefix, r->key) < 0)
+        return false;
+    const char *argv[] = {"EXISTS", key};
+    redisReply *reply = NULL;
+    bool yes = false;
+    if (redis_conn_command(o->c, &reply, "cannot read the rooms of", 2, argv, NULL) == SYNC_OK) {
+        yes = reply->type == REDIS_REPLY_INTEGER && reply->integer > 0;
+        freeReplyObject(reply);
+    }
+    free(key);
+    return yes;
+}
+
+/* The room's epoch on this node ("" none yet). */
+static bool has_epoch(const cluster_room *r)
+{
+    pthread_mutex_lock(&r->cl->lock);
+    bool yes = r->epoch[0] != '\0';
+    pthread_mutex_unlock(&r->cl->lock);
+    return yes;
+}
+
 static void room_idle(sync_engine *engine, int status, void *userdata)
 {
     (void)engine;
@@ -163,7 +191,11 @@ static void load(owner *o, cluster_room *r)
         cluster_adopt(r, version, epoch, state, strlen(state));
     sync_free(state);
     if (!first) {
+        bool gone = !state && r->ready_userdata &&
+                    (sync_engine_get_version(e) > 0 || has_epoch(r)) && deleted_lately(o, r);
         cluster_room_unuse(r);
+        if (gone) /* deleted while this node did not listen */
+            cluster_room_deleted(r);
         return;
     }
     /* ready once the adoption ran: a client that joins then gets the loaded version */
@@ -199,10 +231,17 @@ static void takeover(owner *o, cluster_room *r, int64_t token, int64_t now)
     snprintf(r->claimed, sizeof r->claimed, "%s", claimed);
     snprintf(r->refuse_upto, sizeof r->refuse_upto, "%s",
              redis_stream_id_cmp(claimed, applied) > 0 ? claimed : "0-0");
+    int64_t local = sync_engine_get_version(e);
+    if (!state && r->ready_userdata && (local > 0 || has_epoch(r)) && deleted_lately(o, r)) {
+        /* deleted while this node's engine still held the room: it must not come back */
+        cluster_room_unuse(r);
+        give_up(o, r);
+        cluster_room_deleted(r);
+        return;
+    }
     bool save = !epoch[0];
     /* The engine's version is newer than the record only when Redis lost writes (a restart
      * without persistence): its clients saw that version, so it stays. */
-    int64_t local = sync_engine_get_version(e);
     if (!state || local > version) {
         sync_free(state);
         state = sync_engine_get_state_json(e);
@@ -217,8 +256,10 @@ static void takeover(owner *o, cluster_room *r, int64_t token, int64_t now)
             sync__engine_get_epoch(e, epoch);
     }
     if (!state ||
-        (save && redis_fenced_save(o->c, r->key, token, state, strlen(state), version, epoch,
-                                   strcmp(applied, "0-0") ? applied : NULL) != SYNC_OK)) {
+        (save && (rc = redis_fenced_save(o->c, r->key, token, state, strlen(state), version, epoch,
+                                         strcmp(applied, "0-0") ? applied : NULL)) != SYNC_OK)) {
+        if (rc == SYNC_ESTATE)
+            atomic_fetch_add(&cl->fenced_out, 1);
         sync_free(state);
         cluster_room_unuse(r);
         give_up(o, r);
@@ -234,6 +275,8 @@ static void takeover(owner *o, cluster_room *r, int64_t token, int64_t now)
      * makes the next lease turn take it again (this node still holds the lease) and republish. */
     if (cluster_publish_change(cl, o->c, r, version, epoch, state, strlen(state)) != SYNC_OK)
         lose(r);
+    else
+        atomic_fetch_add(&cl->takeovers, 1);
 }
 
 /* Renews, takes or loses the leases of the rooms in the snapshot. */
@@ -248,7 +291,7 @@ static void keep_leases(owner *o)
         return;
     pthread_mutex_lock(&cl->lock);
     for (size_t i = 0; i < o->count; i++)
-        if (o->rooms[i]->ready && !o->rooms[i]->detached)
+        if (o->rooms[i]->ready && !o->rooms[i]->detached && !o->rooms[i]->deleted)
             list[want++] = o->rooms[i];
     pthread_mutex_unlock(&cl->lock);
     for (size_t start = 0; start < want; start += CLUSTER_BATCH) {
@@ -378,11 +421,14 @@ static void finish(owner *o, cluster_room *r, sync__remote_result *res, int64_t 
     const redis_entry *ent = &r->entries[r->entry_next - 1];
     if (rc != SYNC_OK) {
         /* fenced out, or unknown whether saved: this node no longer knows the room's state */
+        if (rc == SYNC_ESTATE)
+            atomic_fetch_add(&o->cl->fenced_out, 1);
         sync__remote_result_clear(res);
         give_up(o, r);
         return;
     }
     snprintf(r->applied, sizeof r->applied, "%s", ent->id);
+    atomic_fetch_add(&o->cl->applied, 1);
     if (version != r->version) {
         sync_free(r->state);
         r->state = res->state_json;
@@ -730,7 +776,7 @@ static void snapshot(owner *o)
             gone = r;
             continue;
         }
-        if (reload && r->ready)
+        if (reload && r->ready && !r->deleted)
             r->need_load = true;
         if (o->count == o->cap) {
             size_t cap = o->cap ? o->cap * 2 : 64;
@@ -743,6 +789,15 @@ static void snapshot(owner *o)
         o->rooms[o->count++] = r;
     }
     pthread_mutex_unlock(&cl->lock);
+    /* deleted: the script took the lease away; nothing of the room is kept */
+    for (size_t i = 0; i < o->count; i++) {
+        cluster_room *r = o->rooms[i];
+        pthread_mutex_lock(&cl->lock);
+        bool deleted = r->deleted && !r->inflight;
+        pthread_mutex_unlock(&cl->lock);
+        if (deleted && (r->token || r->state))
+            lose(r);
+    }
     while (gone) {
         cluster_room *next = gone->next;
         give_up_clean(o, gone);
@@ -764,7 +819,7 @@ void *cluster_owner_main(void *arg)
         for (size_t i = 0; i < o.count; i++) {
             cluster_room *r = o.rooms[i];
             pthread_mutex_lock(&cl->lock);
-            bool need = r->need_load && !r->detached && now >= r->load_retry_ms;
+            bool need = r->need_load && !r->detached && !r->deleted && now >= r->load_retry_ms;
             pthread_mutex_unlock(&cl->lock);
             if (need)
                 load(&o, r);
@@ -775,16 +830,19 @@ void *cluster_owner_main(void *arg)
         }
         apply_rooms(&o);
         bool owned = false, waiting = false;
+        size_t owned_count = 0;
         for (size_t i = 0; i < o.count; i++) {
             cluster_room *r = o.rooms[i];
             if (!r->token)
                 continue;
             owned = true;
+            owned_count++;
             pthread_mutex_lock(&cl->lock);
             if (r->inflight || r->has_result || r->entry_next < r->entry_count)
                 waiting = true;
             pthread_mutex_unlock(&cl->lock);
         }
+        atomic_store(&cl->owned_count, owned_count);
         int64_t until_keep = next_keep - sync_now_ms();
         int wait_ms = (int)(until_keep < 50 ? (until_keep > 1 ? until_keep : 1) : 50);
         /* blocks in XREAD while there is nothing to do, never past the next lease turn; a short
@@ -804,6 +862,7 @@ void *cluster_owner_main(void *arg)
         pthread_mutex_unlock(&cl->lock);
     }
     /* stopping: give up what this node holds, so another node takes over at once */
+    atomic_store(&cl->owned_count, 0);
     snapshot(&o);
     drain(&o);
     for (size_t i = 0; i < o.count; i++)

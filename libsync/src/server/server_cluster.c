@@ -58,6 +58,7 @@ int server_cluster_listen(sync_server *server)
 {
     if (!server->cluster)
         return SYNC_OK;
+    sync__cluster_on_deleted(server->cluster, server_rooms_cluster_deleted, server);
     int rc = sync__cluster_start(server->cluster);
     for (size_t i = 0; rc == SYNC_OK && i < server->mount_count; i++) {
         server_engine *eng = server->mounts[i].eng;

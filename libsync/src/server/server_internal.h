@@ -408,6 +408,8 @@ int server_cluster_listen(sync_server *server);
 int server_cluster_gate(sync_server *server, const server_engine *eng);
 /* At free, after the rooms: detaches the fixed mounts and stops the node. */
 void server_cluster_release(sync_server *server);
+/* server_rooms.c: sync__cluster_deleted_fn of a clustered server (userdata: the server). */
+void server_rooms_cluster_deleted(void *server, void *room);
 
 /* server_rooms.c */
 void server_rooms_init(sync_server *server);

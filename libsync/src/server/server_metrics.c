@@ -1,6 +1,8 @@
 /* The Prometheus text exposition (format 0.0.4) of GET /metrics. */
 #include "server_internal.h"
 
+#include "cluster/cluster.h"
+
 #include <inttypes.h>
 #include <stddef.h>
 #include <stdarg.h>
@@ -254,6 +256,34 @@ char *server_metrics_render(sync_server *server, size_t *len)
     server_counter(&b, "libsync_server_connections_closed_at_accept_total", "counter",
                    "TCP connections closed at accept: the open-file limit was near.",
                    server->tcp_refused);
+    if (server->cluster) {
+        /* the node's figures (cluster.h), one sample each: per-room labels would be unbounded */
+        sync__cluster_stats cs;
+        sync__cluster_get_stats(server->cluster, &cs);
+        server_counter(&b, "libsync_cluster_redis_up", "gauge",
+                       "1 while the node's subscription to Redis is up, else 0.",
+                       cs.redis_up ? 1 : 0);
+        server_counter(&b, "libsync_cluster_rooms_owned", "gauge",
+                       "Rooms this node owns (holds the lease of) now.", cs.rooms_owned);
+        server_counter(&b, "libsync_cluster_rooms_attached", "gauge",
+                       "Rooms this node serves now (fixed mounts and loaded rooms).",
+                       cs.rooms_attached);
+        server_counter(&b, "libsync_cluster_forward_queue", "gauge",
+                       "Client messages waiting to be forwarded to Redis.", cs.forward_queue);
+        server_counter(&b, "libsync_cluster_forwarded_total", "counter",
+                       "Client messages of this node appended to their rooms' streams.",
+                       cs.forwarded);
+        server_counter(&b, "libsync_cluster_applied_total", "counter",
+                       "Stream entries this node applied as owner and saved (refused ones too).",
+                       cs.applied);
+        server_counter(&b, "libsync_cluster_takeovers_total", "counter",
+                       "Rooms this node took the lease of and loaded as owner.", cs.takeovers);
+        server_counter(&b, "libsync_cluster_fenced_out_total", "counter",
+                       "Saves refused because this node no longer held the room's lease.",
+                       cs.fenced_out);
+        server_counter(&b, "libsync_cluster_redis_reconnects_total", "counter",
+                       "Times the node subscribed to Redis again after losing it.", cs.reconnects);
+    }
     if (b.failed) {
         free(b.data);
         return NULL;

@@ -59,6 +59,7 @@ enum {
     DUE_WAKE = 4,     /* it became ready or failed: wake its waiting clients */
     DUE_UNLOADED = 8, /* its unload (or failure) finished: free the engine */
     DUE_IDLE = 16,    /* it became idle: the idle timer may need arming */
+    DUE_DELETE = 32,  /* another node deleted it from the cluster: close and unload it */
 };
 
 typedef struct async_waiter {
@@ -87,6 +88,7 @@ struct server_room {
     int fail_status;
     bool reload; /* a join arrived while unloading: create it again after */
     bool deleting;
+    bool cluster_deleted; /* another node deleted it: unloaded as soon as it is ready */
     bool unload_done;
     size_t waiters, joined, holds, pins;
     bool idle; /* on the idle list */
@@ -448,7 +450,7 @@ static void room_ready(server_room *r, int status)
     if (status >= 0) {
         r->state = ROOM_READY;
         rooms->created++;
-        wake = due_locked(s, r, DUE_WAKE);
+        wake = due_locked(s, r, DUE_WAKE | (r->cluster_deleted ? DUE_DELETE : 0));
     } else {
         r->state = ROOM_FAILED;
         r->fail_status = status;
@@ -755,6 +757,9 @@ static void room_process_due(sync_server *s)
     room_process_due_only(s, false);
 }
 
+static sync_engine *delete_begin_locked(sync_server *s, server_room *r);
+static void delete_end(sync_server *s, server_room *r, sync_engine *engine);
+
 /* unloaded_only: a blocking sync_rooms_acquire() on the service thread (a room's handler that
  * needs another room) frees the engines of unloaded rooms so that a room it waits for can load
  * afresh, and leaves the rest (socket writes) for the end of the turn. */
@@ -805,6 +810,14 @@ static void room_process_due_only(sync_server *s, bool unloaded_only)
             if (r->eng.flush_pending || atomic_load(&r->eng.state_moved))
                 due(s, r, DUE_FLUSH);
         }
+        if ((flags & DUE_DELETE) && !unloaded_only) {
+            /* a room still being created is deleted once ready (room_ready asks again) */
+            pthread_mutex_lock(&s->rooms_lock);
+            sync_engine *deleted = r->cluster_deleted ? delete_begin_locked(s, r) : NULL;
+            pthread_mutex_unlock(&s->rooms_lock);
+            if (deleted)
+                delete_end(s, r, deleted);
+        }
         if ((flags & DUE_UNLOADED) && state == ROOM_FAILED && !has_engine) {
             /* failed before it had an engine */
             pthread_mutex_lock(&s->rooms_lock);
@@ -831,6 +844,7 @@ static void room_process_due_only(sync_server *s, bool unloaded_only)
                     r->eng.cursor = NULL;
                     r->state = ROOM_CREATING;
                     r->deleting = false;
+                    r->cluster_deleted = false;
                     s->rooms_loaded++;
                     again = true;
                 } else {
@@ -1475,6 +1489,9 @@ static void wait_for_loads(sync_server *s)
 
 void server_rooms_release(sync_server *s)
 {
+    /* the node's threads run until server_cluster_release: no more deletes reach the rooms */
+    if (s->cluster)
+        sync__cluster_on_deleted(s->cluster, NULL, NULL);
     wait_for_loads(s);
     /* failed rooms waiting to be freed are out of the tables; first, while every room on the
      * due list is still there to read (the tables' rooms are freed below) */
@@ -1683,6 +1700,9 @@ int sync_rooms_release(sync_rooms *rooms, sync_engine *engine)
     return SYNC_OK;
 }
 
+/* Most rooms sync_rooms_list() lists from a cluster's Redis (SYNC_ELIMIT beyond). */
+#define SERVER_ROOMS_LIST_MAX 1000000
+
 static int compare_names(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -1695,7 +1715,28 @@ int sync_rooms_list(sync_rooms *rooms, char **out_names_json)
     if (!rooms || !out_names_json)
         return sync__fail(SYNC_EINVAL, "rooms and out are required");
     cJSON *stored = NULL;
-    if (rooms->store) {
+    if (rooms->server->cluster) {
+        /* the rooms stored in Redis by every node; the mount's store is not used */
+        char **names = NULL;
+        size_t count = 0;
+        int rc = sync__cluster_list(rooms->server->cluster, rooms->prefix, SERVER_ROOMS_LIST_MAX,
+                                    &names, &count);
+        if (rc != SYNC_OK)
+            return rc;
+        stored = cJSON_CreateArray();
+        for (size_t i = 0; i < count; i++) {
+            cJSON *name = stored ? cJSON_CreateString(names[i]) : NULL;
+            if (!name || !cJSON_AddItemToArray(stored, name)) {
+                cJSON_Delete(name);
+                cJSON_Delete(stored);
+                stored = NULL;
+            }
+            free(names[i]);
+        }
+        free(names);
+        if (!stored)
+            return sync__fail(SYNC_ENOMEM, "out of memory listing rooms");
+    } else if (rooms->store) {
         char *text = NULL;
         int rc = sync_room_store_list(rooms->store, &text);
         if (rc != SYNC_OK)
@@ -1783,16 +1824,7 @@ int sync_rooms_delete(sync_rooms *rooms, const char *name)
             r = table_find(rooms, name);
         }
     }
-    sync_engine *engine = NULL;
-    if (r && r->state == ROOM_READY && !r->deleting) {
-        r->deleting = true;
-        idle_unlink(s, r);
-        r->state = ROOM_UNLOADING;
-        r->unload_done = false;
-        r->pins++;
-        s->rooms_loaded--;
-        engine = r->eng.engine;
-    }
+    sync_engine *engine = r ? delete_begin_locked(s, r) : NULL;
     pthread_mutex_unlock(&s->rooms_lock);
     if (engine) {
         /* its clients hear why (the first close decides the code), then nothing more is applied
@@ -1800,21 +1832,75 @@ int sync_rooms_delete(sync_rooms *rooms, const char *name)
         sync__engine_close_all(engine, SYNC_CLOSE_ROOM_DELETED, "room deleted");
         sync_engine_dispose(engine);
     }
-    rc = rooms->store ? sync_room_store_remove(rooms->store, name) : SYNC_OK;
+    if (s->cluster) {
+        /* the room is the cluster's: its record, stream and lease go from Redis, and every
+         * other node closes its clients and unloads it */
+        char *key = NULL;
+        if (asprintf(&key, "%s%s", rooms->prefix, name) < 0) {
+            key = NULL;
+            rc = sync__fail(SYNC_ENOMEM, "out of memory");
+        } else {
+            rc = sync__cluster_delete(s->cluster, key);
+        }
+        free(key);
+    } else {
+        rc = rooms->store ? sync_room_store_remove(rooms->store, name) : SYNC_OK;
+    }
     if (engine) {
-        pthread_mutex_lock(&s->rooms_lock);
-        r->unload_done = true;
-        r->pins--;
-        bool wake = due_locked(s, r, DUE_WAKE); /* clients waiting for it hear 4410 */
-        wake |= room_let_go_locked(s, r);
-        pthread_mutex_unlock(&s->rooms_lock);
-        if (wake)
-            server_wake(s);
+        delete_end(s, r, NULL);
         drain_if_idle_server(s);
     }
     if (rc == SYNC_OK)
         sync__error_clear();
     return rc;
+}
+
+/* rooms_lock held: a ready room starts unloading for its deletion; its engine, which the caller
+ * closes and disposes (no lock held), then ends with delete_end(); NULL when it is not ready. */
+static sync_engine *delete_begin_locked(sync_server *s, server_room *r)
+{
+    if (r->state != ROOM_READY || r->deleting)
+        return NULL;
+    r->deleting = true;
+    idle_unlink(s, r);
+    r->state = ROOM_UNLOADING;
+    r->unload_done = false;
+    r->pins++;
+    s->rooms_loaded--;
+    return r->eng.engine;
+}
+
+/* After delete_begin_locked (no lock held). With `engine`, closes its clients with 4410 and
+ * disposes it first. */
+static void delete_end(sync_server *s, server_room *r, sync_engine *engine)
+{
+    if (engine) {
+        sync__engine_close_all(engine, SYNC_CLOSE_ROOM_DELETED, "room deleted");
+        sync_engine_dispose(engine);
+    }
+    pthread_mutex_lock(&s->rooms_lock);
+    r->unload_done = true;
+    r->pins--;
+    bool wake = due_locked(s, r, DUE_WAKE); /* clients waiting for it hear 4410 */
+    wake |= room_let_go_locked(s, r);
+    pthread_mutex_unlock(&s->rooms_lock);
+    if (wake)
+        server_wake(s);
+}
+
+/* The cluster's node thread: another node deleted the room (cluster.h). Only noted here; the
+ * service thread unloads it (DUE_DELETE), or the caller of a sync_rooms_* call that processes
+ * the due rooms while the server does not serve. */
+void server_rooms_cluster_deleted(void *server, void *room)
+{
+    sync_server *s = server;
+    server_room *r = room;
+    pthread_mutex_lock(&s->rooms_lock);
+    r->cluster_deleted = true;
+    bool wake = due_locked(s, r, DUE_DELETE);
+    pthread_mutex_unlock(&s->rooms_lock);
+    if (wake)
+        server_wake(s);
 }
 
 size_t sync_rooms_loaded_count(sync_rooms *rooms)
