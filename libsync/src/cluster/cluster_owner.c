@@ -505,10 +505,13 @@ static void claim_next(owner *o)
     if (n && !atomic_load(&cl->killed)) {
         redis_fenced_claim_many(o->c, reqs, n);
         for (size_t i = 0; i < n; i++) {
-            if (reqs[i].rc == SYNC_OK)
+            if (reqs[i].rc == SYNC_OK) {
                 snprintf(rooms[i]->claimed, sizeof rooms[i]->claimed, "%s", reqs[i].id);
-            else
-                give_up(o, rooms[i]);
+                continue;
+            }
+            if (reqs[i].rc == SYNC_ESTATE)
+                atomic_fetch_add(&cl->fenced_out, 1);
+            give_up(o, rooms[i]);
         }
     }
     free(rooms);
