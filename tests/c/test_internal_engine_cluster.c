@@ -422,7 +422,7 @@ static int apply(sync_engine *engine, const char *text, uint64_t conn_id, const 
                  outcome *o)
 {
     memset(o, 0, sizeof *o);
-    sync__remote_msg msg = {text, strlen(text), identity, conn_id};
+    sync__remote_msg msg = {text, strlen(text), identity, conn_id, NULL};
     return sync__engine_apply_remote(engine, &msg, done, o);
 }
 
@@ -471,7 +471,7 @@ static void test_apply_remote_runs_the_pipeline_without_committing(void)
     CHECK(o.state_null);
 
     /* bad calls: done never runs */
-    sync__remote_msg msg = {"{}", 2, NULL, 1};
+    sync__remote_msg msg = {"{}", 2, NULL, 1, NULL};
     CHECK_EQ_INT(sync__engine_apply_remote(NULL, &msg, done, &o), SYNC_EINVAL);
     CHECK_EQ_INT(sync__engine_apply_remote(engine, NULL, done, &o), SYNC_EINVAL);
     CHECK_EQ_INT(sync__engine_apply_remote(engine, &msg, NULL, &o), SYNC_EINVAL);
@@ -523,6 +523,20 @@ static void test_apply_remote_refusals(void)
     CHECK_EQ_INT(o.status, SYNC_ENOHANDLER);
     CHECK_EQ_INT(o.reply_count, 1);
     CHECK_EQ_INT(errors, 5);
+    /* refused without running (a failed owner's claimed entry): no step runs, a dropped message */
+    int runs = handler_runs;
+    memset(&o, 0, sizeof o);
+    sync__remote_msg refused = {"{\"type\":\"increment\",\"amount\":1}", 31, NULL, 34,
+                                "the owner failed"};
+    CHECK_EQ_INT(sync__engine_apply_remote(engine, &refused, done, &o), SYNC_OK);
+    CHECK_EQ_INT(o.calls, 1);
+    CHECK_EQ_INT(o.status, SYNC_ESTATE);
+    CHECK(o.state_null);
+    CHECK_EQ_INT(handler_runs, runs);
+    REQUIRE(o.reply_count == 1);
+    check_error_frame(o.replies[0], "message", "the owner failed");
+    CHECK_EQ_INT(errors, 6);
+    CHECK_EQ_INT(last_error_conn, 34);
     CHECK_EQ_INT(sync_engine_get_version(engine), 0);
     CHECK_EQ_STR(state_json(engine), "{\"counter\":1}");
     sync_engine_free(engine);
@@ -533,6 +547,11 @@ static void test_apply_remote_refusals(void)
     CHECK_EQ_INT(o.status, SYNC_EREJECTED);
     CHECK_EQ_INT(o.reply_count, 0);
     CHECK_EQ_INT(errors, 1);
+    memset(&o, 0, sizeof o);
+    CHECK_EQ_INT(sync__engine_apply_remote(engine, &refused, done, &o), SYNC_OK);
+    CHECK_EQ_INT(o.status, SYNC_ESTATE);
+    CHECK_EQ_INT(o.reply_count, 0);
+    CHECK_EQ_INT(errors, 2);
     sync_engine_free(engine);
 }
 

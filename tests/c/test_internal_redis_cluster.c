@@ -4,7 +4,8 @@
  * three nodes at once applied one at a time in stream order; and an owner that dies mid-stream
  * (no release, one message applied in memory only) taken over by another node from what Redis
  * holds: the counter equals the messages forwarded, the published versions have no gap and no
- * duplicate, and the dead owner's late write is refused. The node's threads over these steps are
+ * duplicate, and the dead owner's late write is refused; the claim of entries (at most once)
+ * fenced like the save and never lowered. The node's threads over these steps are
  * tested in test_internal_cluster_node.c. Skipped (77) without Redis support. */
 #include <pthread.h>
 #include <sched.h>
@@ -146,6 +147,96 @@ static void stale_owner_is_fenced_out(void)
     char *version = raw_hget("room", "r", "version");
     CHECK_EQ_STR(version, "5");
     free(version);
+    redis_conn_release(&a);
+    redis_conn_release(&b);
+}
+
+/* At most once: the claim is fenced like the save (a stale token's claim is refused, even with a
+ * forged lease), only ever raises `claimed` (ids compared as numbers, not as text), rides along
+ * with a save, and a new owner loads it. */
+static void claims_are_fenced_and_only_grow(void)
+{
+    new_prefix();
+    redis_conn a, b;
+    REQUIRE(conn_open(&a) == SYNC_OK);
+    REQUIRE(conn_open(&b) == SYNC_OK);
+    int64_t ta = 0, tb = 0;
+    REQUIRE(redis_lease_acquire(&a, "/c", "node-a", 300, &ta) == SYNC_OK && ta > 0);
+    CHECK_EQ_INT(redis_fenced_claim(&a, "/c", ta, "9-0"), SYNC_OK);
+    char *claimed = raw_hget("room", "/c", "claimed");
+    CHECK_EQ_STR(claimed, "9-0");
+    free(claimed);
+    /* never lowered; "10-0" is above "9-0" (as numbers, not as text) */
+    CHECK_EQ_INT(redis_fenced_claim(&a, "/c", ta, "8-5"), SYNC_OK);
+    claimed = raw_hget("room", "/c", "claimed");
+    CHECK_EQ_STR(claimed, "9-0");
+    free(claimed);
+    CHECK_EQ_INT(redis_fenced_claim(&a, "/c", ta, "10-0"), SYNC_OK);
+    claimed = raw_hget("room", "/c", "claimed");
+    CHECK_EQ_STR(claimed, "10-0");
+    free(claimed);
+    /* a save claims the next entry in the same script */
+    redis_save_req q = {.room = "/c",
+                        .token = ta,
+                        .json = "{\"n\":1}",
+                        .len = 7,
+                        .version = 1,
+                        .applied = "10-0",
+                        .claim = "10-1"};
+    CHECK_EQ_INT(redis_fenced_save_publish_many(&a, &q, 1), SYNC_OK);
+    CHECK_EQ_INT(q.rc, SYNC_OK);
+    claimed = raw_hget("room", "/c", "claimed");
+    CHECK_EQ_STR(claimed, "10-1");
+    free(claimed);
+    /* a stalls past its lease: its claim is refused, whether or not another node took over */
+    sleep_ms(600);
+    CHECK_EQ_INT(redis_fenced_claim(&a, "/c", ta, "11-0"), SYNC_ESTATE);
+    CHECK(strstr(sync_error_last(), "fenced out") != NULL);
+    REQUIRE(redis_lease_acquire(&b, "/c", "node-b", 5000, &tb) == SYNC_OK && tb > ta);
+    char *json = NULL;
+    int64_t v = -1;
+    char epoch[64], applied[REDIS_STREAM_ID_MAX], got[REDIS_STREAM_ID_MAX];
+    CHECK_EQ_INT(redis_fenced_load_claimed(&b, "/c", &json, &v, epoch, applied, got), SYNC_OK);
+    CHECK_EQ_STR(applied, "10-0");
+    CHECK_EQ_STR(got, "10-1"); /* b refuses 10-1: a may have run it */
+    sync_free(json);
+    CHECK_EQ_INT(redis_fenced_claim(&a, "/c", ta, "12-0"), SYNC_ESTATE);
+    redis_claim_req many[3] = {{.room = "/c", .token = tb, .id = "12-0"},
+                               {.room = "/c", .token = ta, .id = "13-0"},
+                               {.room = "/c", .token = tb, .id = ""}};
+    CHECK_EQ_INT(redis_fenced_claim_many(&b, many, 3), SYNC_OK);
+    CHECK_EQ_INT(many[0].rc, SYNC_OK);
+    CHECK_EQ_INT(many[1].rc, SYNC_ESTATE); /* the stale token fails alone */
+    CHECK_EQ_INT(many[2].rc, SYNC_EINVAL);
+    /* a lease forged back to a's token: the record carries b's later token, still refused */
+    char lease[160], value[64];
+    snprintf(lease, sizeof lease, "%slease:/c", prefix);
+    snprintf(value, sizeof value, "%lld node-a", (long long)ta);
+    const char *set[] = {"SET", lease, value};
+    free(redis_raw(&redis, 3, set));
+    CHECK_EQ_INT(redis_fenced_claim(&a, "/c", ta, "14-0"), SYNC_ESTATE);
+    claimed = raw_hget("room", "/c", "claimed");
+    CHECK_EQ_STR(claimed, "12-0");
+    free(claimed);
+    CHECK(redis_stream_id_cmp("9-0", "10-0") < 0 && redis_stream_id_cmp("10-2", "10-10") < 0 &&
+          redis_stream_id_cmp("10-1", "10-1") == 0 && redis_stream_id_cmp("11-0", "10-9") > 0);
+    /* a clean stop withdraws the claim down to `applied`, only with the lease's token */
+    snprintf(value, sizeof value, "%lld node-b", (long long)tb);
+    free(redis_raw(&redis, 3, set));
+    CHECK_EQ_INT(redis_lease_release_unclaimed(&a, "/c", ta), SYNC_OK);
+    claimed = raw_hget("room", "/c", "claimed");
+    CHECK_EQ_STR(claimed, "12-0"); /* not its lease: untouched */
+    free(claimed);
+    CHECK_EQ_INT(redis_lease_release_unclaimed(&b, "/c", tb), SYNC_OK);
+    claimed = raw_hget("room", "/c", "claimed");
+    CHECK_EQ_STR(claimed, "10-0");
+    free(claimed);
+    const char *get[] = {"GET", lease};
+    char *held = redis_get_bulk(&redis, 2, get);
+    CHECK(held == NULL); /* released */
+    free(held);
+    CHECK_EQ_INT(redis_fenced_claim(&b, "bad\x01", tb, "1-0"), SYNC_EINVAL);
+    CHECK_EQ_INT(redis_fenced_claim(&b, "/c", 0, "1-0"), SYNC_EINVAL);
     redis_conn_release(&a);
     redis_conn_release(&b);
 }
@@ -610,6 +701,7 @@ int main(void)
     RUN(one_holder_and_tokens_grow);
     RUN(stale_owner_is_fenced_out);
     RUN(saves_of_several_rooms_at_once);
+    RUN(claims_are_fenced_and_only_grow);
     RUN(forwarded_messages_survive_a_dead_owner);
     RUN(bad_input_and_dead_redis);
     RUN(nodes_racing_for_a_room_get_one_lease);

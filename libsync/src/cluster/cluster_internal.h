@@ -69,6 +69,8 @@ struct cluster_room {
     int64_t version;
     char *state; /* the last saved state (compact JSON, sync_malloc) */
     char applied[REDIS_STREAM_ID_MAX];
+    char claimed[REDIS_STREAM_ID_MAX];     /* the record's claim: entries up to it may have run */
+    char refuse_upto[REDIS_STREAM_ID_MAX]; /* a failed owner's claim: refused, never run again */
     int64_t renewed_ms;
     redis_entry *entries; /* read, not yet applied */
     size_t entry_count, entry_next;

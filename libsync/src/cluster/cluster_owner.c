@@ -10,7 +10,10 @@
  * - reads the streams of the rooms it owns, one XREAD over all of them, and applies each entry
  *   through the engine (sync__engine_apply_remote: one entry in flight per room, rooms in
  *   parallel), then the fenced save of state + version + applied id, the publish, the local
- *   adoption, and the replies routed to the sender's node.
+ *   adoption, and the replies routed to the sender's node;
+ * - runs each handler at most once: before it runs an entry the record's `claimed` id covers it
+ *   (redis_fenced_claim, or folded into the previous entry's save), and a new owner refuses the
+ *   entries after `applied` up to the claim it found instead of running them again.
  * A room whose save is refused (fenced out) or fails is dropped at once: nothing more is
  * applied until the node owns it again and reloaded it. */
 #include "cluster/cluster_internal.h"
@@ -54,6 +57,7 @@ typedef struct owner {
     int tick_ms;
     cluster_room **rooms; /* this turn's snapshot */
     size_t count, cap;
+    bool draining; /* stopping: the runs in flight are saved, nothing new runs */
 } owner;
 
 static void lose(cluster_room *r)
@@ -71,6 +75,22 @@ static void give_up(owner *o, cluster_room *r)
     if (r->token && !atomic_load(&o->cl->killed))
         redis_lease_release(o->c, r->key, r->token);
     lose(r);
+}
+
+/* A clean give-up (stop, detach) of a room whose every run was saved: the claim of an entry not
+ * started yet is withdrawn, so the next owner runs it instead of refusing it. A room with a run
+ * in flight or unsaved keeps its claim. */
+static void give_up_clean(owner *o, cluster_room *r)
+{
+    sync__cluster *cl = o->cl;
+    pthread_mutex_lock(&cl->lock);
+    bool idle = !r->inflight && !r->has_result;
+    pthread_mutex_unlock(&cl->lock);
+    if (r->token && idle && !atomic_load(&cl->killed)) {
+        redis_lease_release_unclaimed(o->c, r->key, r->token);
+        r->token = 0;
+    }
+    give_up(o, r);
 }
 
 /* ---- loads ------------------------------------------------------------------------------- */
@@ -198,8 +218,8 @@ static void takeover(owner *o, cluster_room *r, int64_t token, int64_t now)
     char *state = NULL;
     int64_t version = 0;
     char epoch[SYNC__EPOCH_MAX + 1] = "";
-    char applied[REDIS_STREAM_ID_MAX];
-    int rc = redis_fenced_load(o->c, r->key, &state, &version, epoch, applied);
+    char applied[REDIS_STREAM_ID_MAX], claimed[REDIS_STREAM_ID_MAX];
+    int rc = redis_fenced_load_claimed(o->c, r->key, &state, &version, epoch, applied, claimed);
     if (rc == SYNC_ECORRUPT)
         rc = SYNC_OK;
     if (rc != SYNC_OK) {
@@ -207,6 +227,10 @@ static void takeover(owner *o, cluster_room *r, int64_t token, int64_t now)
         give_up(o, r);
         return;
     }
+    /* the last owner may have run the entries after `applied` up to its claim: never again */
+    snprintf(r->claimed, sizeof r->claimed, "%s", claimed);
+    snprintf(r->refuse_upto, sizeof r->refuse_upto, "%s",
+             redis_stream_id_cmp(claimed, applied) > 0 ? claimed : "0-0");
     int64_t local = sync_engine_get_version(e);
     if (!state && r->ready_userdata && (local > 0 || has_epoch(r)) && deleted_lately(o, r)) {
         /* deleted while this node's engine still held the room: it must not come back */
@@ -391,7 +415,7 @@ static void route_reply(owner *o, cluster_room *r, const redis_entry *ent, const
 }
 
 /* After the save of the entry in flight (rc): applied, adopted here, replies routed; or, fenced
- * out or unknown, the room dropped (the next owner applies the entry again). */
+ * out or unknown, the room dropped (the next owner refuses the entry: it is claimed). */
 static void finish(owner *o, cluster_room *r, sync__remote_result *res, int64_t version, int rc)
 {
     const redis_entry *ent = &r->entries[r->entry_next - 1];
@@ -438,15 +462,75 @@ static int take_result(cluster_room *r, sync__remote_result *res)
     return got;
 }
 
+/* The error of an entry a failed owner may have run (its sender gets it with reply_errors). */
+static const char OWNER_FAILED[] = "not applied: the room's owner failed while running it";
+
+/* The id of the room's next read entry that is to run and is not claimed yet, else NULL. */
+static const char *to_claim(const cluster_room *r)
+{
+    for (size_t i = r->entry_next; i < r->entry_count; i++) {
+        const redis_entry *ent = &r->entries[i];
+        if (!ent->msg)
+            continue;
+        if (redis_stream_id_cmp(ent->id, r->refuse_upto) <= 0 ||
+            redis_stream_id_cmp(ent->id, r->claimed) <= 0)
+            return NULL;
+        return ent->id;
+    }
+    return NULL;
+}
+
+/* Claims the next entry of every owned room that has none in flight and whose next entry is not
+ * claimed yet (the first of a read; later ones are claimed by the previous entry's save): one
+ * pipelined round trip. A room whose claim is refused (fenced out) or unknown is dropped. */
+static void claim_next(owner *o)
+{
+    sync__cluster *cl = o->cl;
+    cluster_room **rooms = malloc((o->count ? o->count : 1) * sizeof *rooms);
+    redis_claim_req *reqs = malloc((o->count ? o->count : 1) * sizeof *reqs);
+    size_t n = 0;
+    for (size_t i = 0; rooms && reqs && i < o->count; i++) {
+        cluster_room *r = o->rooms[i];
+        if (!r->token)
+            continue;
+        pthread_mutex_lock(&cl->lock);
+        bool busy = r->inflight || r->has_result;
+        pthread_mutex_unlock(&cl->lock);
+        const char *id = busy || o->draining ? NULL : to_claim(r);
+        if (!id)
+            continue;
+        reqs[n] = (redis_claim_req){.room = r->key, .token = r->token, .id = id};
+        rooms[n++] = r;
+    }
+    if (n && !atomic_load(&cl->killed)) {
+        redis_fenced_claim_many(o->c, reqs, n);
+        for (size_t i = 0; i < n; i++) {
+            if (reqs[i].rc == SYNC_OK) {
+                snprintf(rooms[i]->claimed, sizeof rooms[i]->claimed, "%s", reqs[i].id);
+                continue;
+            }
+            if (reqs[i].rc == SYNC_ESTATE)
+                atomic_fetch_add(&cl->fenced_out, 1);
+            give_up(o, rooms[i]);
+        }
+    }
+    free(rooms);
+    free(reqs);
+}
+
 /* Runs the room's next read entry through its engine unless one is in flight. */
 static void submit_next(owner *o, cluster_room *r)
 {
     sync__cluster *cl = o->cl;
     pthread_mutex_lock(&cl->lock);
-    bool busy = r->inflight || r->has_result;
+    bool busy = r->inflight || r->has_result || o->draining;
     pthread_mutex_unlock(&cl->lock);
     while (!busy && r->token && r->entry_next < r->entry_count) {
-        redis_entry *ent = &r->entries[r->entry_next++];
+        redis_entry *ent = &r->entries[r->entry_next];
+        bool refuse = ent->msg && redis_stream_id_cmp(ent->id, r->refuse_upto) <= 0;
+        if (ent->msg && !refuse && redis_stream_id_cmp(ent->id, r->claimed) > 0)
+            return; /* run only once claimed (claim_next) */
+        r->entry_next++;
         if (!ent->msg) {
             snprintf(r->applied, sizeof r->applied, "%s", ent->id); /* not one a node wrote */
             continue;
@@ -457,11 +541,13 @@ static void submit_next(owner *o, cluster_room *r)
         pthread_mutex_lock(&cl->lock);
         r->inflight = true;
         pthread_mutex_unlock(&cl->lock);
-        sync__remote_msg msg = {ent->msg, ent->len, ent->identity, ent->conn_id};
+        sync__remote_msg msg = {ent->msg, ent->len, ent->identity, ent->conn_id,
+                                refuse ? OWNER_FAILED : NULL};
         int rc = sync__engine_apply_remote(e, &msg, apply_done, r);
         cluster_room_unuse(r);
         if (rc != SYNC_OK) {
-            /* not run (the engine is going): nothing is saved, the next owner runs it */
+            /* not run (the engine is going): nothing is saved; claimed, so the next owner
+             * refuses it (at most once) */
             pthread_mutex_lock(&cl->lock);
             r->inflight = false;
             pthread_cond_broadcast(&cl->cond);
@@ -490,6 +576,7 @@ static void apply_rooms(owner *o)
         return;
     }
     for (int round = 0; round < CLUSTER_READ_COUNT + 1; round++) {
+        claim_next(o);
         size_t n = 0;
         for (size_t i = 0; i < o->count; i++) {
             cluster_room *r = o->rooms[i];
@@ -499,7 +586,8 @@ static void apply_rooms(owner *o)
             if (!take_result(r, &results[n]))
                 continue;
             if (!r->token || atomic_load(&cl->killed)) {
-                sync__remote_result_clear(&results[n]); /* lost meanwhile: applied again later */
+                /* lost meanwhile: the next owner refuses it (claimed) */
+                sync__remote_result_clear(&results[n]);
                 continue;
             }
             bool changed = results[n].status == SYNC_OK && results[n].state_json;
@@ -509,15 +597,19 @@ static void apply_rooms(owner *o)
                                        .json = changed ? results[n].state_json : r->state,
                                        .version = changed ? r->version + 1 : r->version,
                                        .applied = r->entries[r->entry_next - 1].id,
-                                       .publish = changed};
+                                       .publish = changed,
+                                       .claim = to_claim(r)}; /* the next one: no round trip */
             reqs[n].len = strlen(reqs[n].json);
             rooms[n++] = r;
         }
         if (!n)
             break;
         redis_fenced_save_publish_many(o->c, reqs, n);
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
+            if (reqs[i].rc == SYNC_OK && reqs[i].claim)
+                snprintf(rooms[i]->claimed, sizeof rooms[i]->claimed, "%s", reqs[i].claim);
             finish(o, rooms[i], &results[i], reqs[i].version, reqs[i].rc);
+        }
     }
     free(rooms);
     free(results);
@@ -632,6 +724,36 @@ static size_t read_streams(owner *o, int block_ms)
 
 /* ---- the loop ---------------------------------------------------------------------------- */
 
+/* Stopping cleanly: the runs in flight finish and are saved (up to half a lease), so that their
+ * messages are neither lost nor refused by the next owner; nothing new starts. */
+static void drain(owner *o)
+{
+    sync__cluster *cl = o->cl;
+    o->draining = true;
+    int64_t until = sync_now_ms() + cl->lease_ms / 2;
+    while (!atomic_load(&cl->killed)) {
+        apply_rooms(o);
+        bool busy = false;
+        pthread_mutex_lock(&cl->lock);
+        for (size_t i = 0; i < o->count; i++)
+            if (o->rooms[i]->token && (o->rooms[i]->inflight || o->rooms[i]->has_result))
+                busy = true;
+        if (busy && sync_now_ms() < until) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 10 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&cl->cond, &cl->lock, &ts);
+        }
+        pthread_mutex_unlock(&cl->lock);
+        if (!busy || sync_now_ms() >= until)
+            break;
+    }
+}
+
 /* This turn's rooms; the detached ones are unlinked from the list, their leases given up and
  * their list reference dropped. */
 static void snapshot(owner *o)
@@ -681,7 +803,7 @@ static void snapshot(owner *o)
     }
     while (gone) {
         cluster_room *next = gone->next;
-        give_up(o, gone);
+        give_up_clean(o, gone);
         cluster_room_unref(gone);
         gone = next;
     }
@@ -745,9 +867,10 @@ void *cluster_owner_main(void *arg)
     /* stopping: give up what this node holds, so another node takes over at once */
     atomic_store(&cl->owned_count, 0);
     snapshot(&o);
+    drain(&o);
     for (size_t i = 0; i < o.count; i++)
         if (o.rooms[i]->token)
-            give_up(&o, o.rooms[i]);
+            give_up_clean(&o, o.rooms[i]);
     free(o.rooms);
     return NULL;
 }

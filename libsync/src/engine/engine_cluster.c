@@ -215,6 +215,8 @@ void sync__remote_op_release(sync_engine *engine, sync__op *op)
     remote_finish(engine, op, SYNC_ECLOSED); /* dropped at dispose before it finished */
     free(op->remote_text);
     op->remote_text = NULL;
+    free(op->remote_refuse);
+    op->remote_refuse = NULL;
 }
 
 /* The edge checks of a client's message (engine_entry.c), again: the owner's limits apply. */
@@ -243,6 +245,11 @@ enum { R_PARSE, R_PIPELINE };
 int sync__remote_run(sync_engine *engine, sync__op *op)
 {
     int rc = SYNC_OK;
+    if (op->remote_refuse) {
+        rc = sync__msg_drop(engine, op->conn, SYNC_ESTATE, "message", op->remote_refuse);
+        remote_finish(engine, op, rc);
+        return rc;
+    }
     if (op->stage == R_PARSE) {
         op->stage = R_PIPELINE;
         rc = remote_parse(engine, op);
@@ -297,12 +304,15 @@ int sync__engine_apply_remote(sync_engine *engine, const sync__remote_msg *msg,
     sync__op *op = sync__op_new(OP_REMOTE);
     struct sync__remote_delivery *d = calloc(1, sizeof *d);
     char *text = malloc(msg->len + 1);
-    int rc = op && d && text ? SYNC_OK : sync__fail(SYNC_ENOMEM, "out of memory");
+    char *refuse = msg->refuse ? strdup(msg->refuse) : NULL;
+    int rc = op && d && text && (refuse || !msg->refuse) ? SYNC_OK
+                                                         : sync__fail(SYNC_ENOMEM, "out of memory");
     /* An injected message (conn_id 0) has no connection, as on the node that took it. */
     if (rc == SYNC_OK && msg->conn_id != 0)
         rc = standin_new(msg, &op->conn, &op->remote_sink);
     if (rc != SYNC_OK) {
         free(text);
+        free(refuse);
         free(d);
         if (op)
             sync_conn_free(op->conn);
@@ -316,6 +326,7 @@ int sync__engine_apply_remote(sync_engine *engine, const sync__remote_msg *msg,
     d->userdata = userdata;
     op->remote_text = text;
     op->remote_len = msg->len;
+    op->remote_refuse = refuse;
     op->remote_delivery = d;
     sync__engine_lock(engine);
     if (engine->disposed) {

@@ -52,6 +52,10 @@ typedef struct sync__remote_msg {
     size_t len;
     const char *identity_json; /* the sending connection's identity (sync_conn_identity), NULL */
     uint64_t conn_id;          /* its id on its node (sync_conn_id), 0 for an injected message */
+    /* NULL: run it. Else the pipeline does not run: the message is refused with this reason
+     * (SYNC_ESTATE) as any dropped message (counted, on_error, the error frame with reply_errors
+     * captured into the result): an entry a failed owner may have run already. */
+    const char *refuse;
 } sync__remote_msg;
 
 /* What the owner's run of one forwarded message produced. */

@@ -110,6 +110,7 @@ typedef struct sync__op {
     size_t remote_len;
     struct sync__remote_delivery *remote_delivery; /* allocated up front: done always runs */
     struct sync__remote_sink *remote_sink; /* the stand-in's captured frames (owned by it) */
+    char *remote_refuse; /* refused without running the pipeline (sync__remote_msg.refuse) */
 } sync__op;
 
 typedef enum msg_step {

@@ -72,6 +72,22 @@ int redis_cluster_key_check(const char *room)
     return SYNC_OK;
 }
 
+/* Raises the record's `claimed` to the stream id `claim`, never lowers it: a claim a failed owner
+ * left stays until the entries it covers are applied. Ids compare as numbers ("<ms>-<seq>"). */
+#define CLAIM_RAISE_LUA                                                                            \
+    "  local c = redis.call('HGET', KEYS[2], 'claimed')\n"                                         \
+    "  local up = not c\n"                                                                         \
+    "  if c then\n"                                                                                \
+    "    local am, as = string.match(c, '^(%d+)-(%d+)$')\n"                                        \
+    "    local bm, bs = string.match(claim, '^(%d+)-(%d+)$')\n"                                    \
+    "    if not am then up = true\n"                                                               \
+    "    elseif bm then\n"                                                                         \
+    "      if #am ~= #bm then up = #am < #bm elseif am ~= bm then up = am < bm\n"                  \
+    "      elseif #as ~= #bs then up = #as < #bs else up = as < bs end\n"                          \
+    "    end\n"                                                                                    \
+    "  end\n"                                                                                      \
+    "  if up then redis.call('HSET', KEYS[2], 'claimed', claim) end\n"
+
 /* SAVE_LUA, then (ARGV[7] a channel) PUBLISH "<version> <epoch> <state>" on it in the same script:
  * a change is published exactly when it was saved, in one round trip. */
 static const char SAVE_PUBLISH_LUA[] =
@@ -86,11 +102,23 @@ static const char SAVE_PUBLISH_LUA[] =
     "  redis.call('HSET', KEYS[2], 'applied', ARGV[5])\n"
     "  redis.call('XTRIM', KEYS[3], 'MINID', ARGV[5])\n"
     "end\n"
+    "if ARGV[8] and ARGV[8] ~= '' then\n"
+    "  local claim = ARGV[8]\n" CLAIM_RAISE_LUA "end\n"
     "if ARGV[7] ~= '' then\n"
     "  local ep = redis.call('HGET', KEYS[2], 'epoch') or ''\n"
     "  redis.call('PUBLISH', ARGV[7], ARGV[3] .. ' ' .. ep .. ' ' .. ARGV[2])\n"
     "end\n"
     "return 1\n";
+
+/* KEYS: lease, record. ARGV: token, stream id. The claim (at-most-once): the record says the
+ * owner may be running the entries up to `claimed` before it runs them, fenced like the save. */
+static const char CLAIM_LUA[] =
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if not cur or string.match(cur, '^(%d+) ') ~= ARGV[1] then return 0 end\n"
+    "local f = redis.call('HGET', KEYS[2], 'fence')\n"
+    "if f and tonumber(f) > tonumber(ARGV[1]) then return 0 end\n"
+    "redis.call('HSET', KEYS[2], 'fence', ARGV[1])\n"
+    "local claim = ARGV[2]\n" CLAIM_RAISE_LUA "return 1\n";
 
 static int check_room(const char *room)
 {
@@ -221,6 +249,34 @@ int redis_lease_release(redis_conn *c, const char *room, int64_t token)
                     "cannot release the lease of a room in");
 }
 
+/* KEYS: lease, record. ARGV: token. RELEASE_LUA, and first the claim withdrawn down to `applied`
+ * (the owner ran and saved everything up to it, and runs nothing now). */
+static const char RELEASE_UNCLAIM_LUA[] =
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if not cur or string.match(cur, '^(%d+) ') ~= ARGV[1] then return 0 end\n"
+    "local f = redis.call('HGET', KEYS[2], 'fence')\n"
+    "if not f or tonumber(f) <= tonumber(ARGV[1]) then\n"
+    "  local a = redis.call('HGET', KEYS[2], 'applied')\n"
+    "  if a then redis.call('HSET', KEYS[2], 'claimed', a)\n"
+    "  else redis.call('HDEL', KEYS[2], 'claimed') end\n"
+    "end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "return 1\n";
+
+int redis_lease_release_unclaimed(redis_conn *c, const char *room, int64_t token)
+{
+    int rc = check_room(room);
+    if (rc != SYNC_OK)
+        return rc;
+    static const char *const kinds[] = {"lease", "room"};
+    char kbuf[24];
+    snprintf(kbuf, sizeof kbuf, "%lld", (long long)token);
+    const char *args[] = {kbuf};
+    long long ignored = 0;
+    return eval_int(c, RELEASE_UNCLAIM_LUA, room, 2, kinds, 1, args, NULL, &ignored,
+                    "cannot release the lease of a room in");
+}
+
 int redis_fenced_save(redis_conn *c, const char *room, int64_t token, const char *json, size_t len,
                       int64_t version, const char *epoch, const char *applied)
 {
@@ -278,8 +334,8 @@ int redis_fenced_save_publish(redis_conn *c, const char *room, int64_t token, co
     return rc;
 }
 
-/* The 13 arguments of one save (EVAL script 3 keys 7 args), the strings it owns in `owned`. */
-enum { SAVE_ARGC = 13, SAVE_OWNED = 8 };
+/* The 14 arguments of one save (EVAL script 3 keys 8 args), the strings it owns in `owned`. */
+enum { SAVE_ARGC = 14, SAVE_OWNED = 8 };
 
 static int save_args(redis_conn *c, const redis_save_req *q, const char **argv, size_t *lens,
                      char **owned)
@@ -309,7 +365,8 @@ static int save_args(redis_conn *c, const redis_save_req *q, const char **argv, 
                                 "",
                                 q->applied ? q->applied : "",
                                 owned[5],
-                                q->publish ? owned[6] : ""};
+                                q->publish ? owned[6] : "",
+                                q->claim ? q->claim : ""};
     for (int i = 0; i < SAVE_ARGC; i++) {
         argv[i] = a[i];
         lens[i] = i == 7 ? q->len : strlen(a[i]);
@@ -377,12 +434,121 @@ int redis_fenced_save_publish_many(redis_conn *c, redis_save_req *reqs, size_t n
     return rc;
 }
 
+int redis_stream_id_cmp(const char *a, const char *b)
+{
+    unsigned long long am = 0, as = 0, bm = 0, bs = 0;
+    sscanf(a, "%llu-%llu", &am, &as);
+    sscanf(b, "%llu-%llu", &bm, &bs);
+    if (am != bm)
+        return am < bm ? -1 : 1;
+    return as < bs ? -1 : as > bs ? 1 : 0;
+}
+
+int redis_fenced_claim_many(redis_conn *c, redis_claim_req *reqs, size_t n)
+{
+    if (n == 0)
+        return SYNC_OK;
+    enum { ARGC = 7, OWNED = 3 };
+    const char **argv = calloc(n * ARGC, sizeof *argv);
+    char **owned = calloc(n * OWNED, sizeof *owned);
+    const char *const **argvs = calloc(n, sizeof *argvs);
+    const size_t **lensv = calloc(n, sizeof *lensv); /* NULL each: hiredis takes strlen */
+    int *argc = calloc(n, sizeof *argc);
+    redisReply **replies = calloc(n, sizeof *replies);
+    size_t *index = calloc(n, sizeof *index); /* the request of each command sent */
+    int rc = SYNC_OK;
+    if (!argv || !owned || !argvs || !lensv || !argc || !replies || !index)
+        rc = sync__fail(SYNC_ENOMEM, "out of memory");
+    size_t sent = 0;
+    for (size_t i = 0; rc == SYNC_OK && i < n; i++) {
+        redis_claim_req *q = &reqs[i];
+        char **o = &owned[i * OWNED];
+        q->rc = check_room(q->room);
+        if (q->rc == SYNC_OK && (q->token <= 0 || !q->id || !q->id[0]))
+            q->rc = sync__fail(SYNC_EINVAL, "bad token or no stream id");
+        if (q->rc == SYNC_OK && (asprintf(&o[0], "%slease:%s", c->prefix, q->room) < 0 ||
+                                 asprintf(&o[1], "%sroom:%s", c->prefix, q->room) < 0 ||
+                                 asprintf(&o[2], "%lld", (long long)q->token) < 0))
+            q->rc = sync__fail(SYNC_ENOMEM, "out of memory");
+        if (q->rc != SYNC_OK)
+            continue; /* a bad request fails alone */
+        const char **a = &argv[i * ARGC];
+        a[0] = "EVAL";
+        a[1] = CLAIM_LUA;
+        a[2] = "2";
+        a[3] = o[0];
+        a[4] = o[1];
+        a[5] = o[2];
+        a[6] = q->id;
+        argvs[sent] = a;
+        argc[sent] = ARGC;
+        index[sent++] = i;
+    }
+    if (rc == SYNC_OK && sent)
+        rc = redis_conn_run(c, sent, argc, argvs, lensv, replies, "cannot claim entries in");
+    for (size_t k = 0; k < sent; k++) {
+        redis_claim_req *q = &reqs[index[k]];
+        const redisReply *r = replies[k];
+        if (rc != SYNC_OK)
+            q->rc = rc;
+        else if (r->type == REDIS_REPLY_INTEGER)
+            q->rc = r->integer ? SYNC_OK
+                               : sync__fail(SYNC_ESTATE,
+                                            "room %s: entries not claimed: token %lld no longer "
+                                            "holds its lease (fenced out)",
+                                            q->room, (long long)q->token);
+        else
+            q->rc = redis_conn_reply_fail(c, r, "cannot claim entries in");
+        if (replies[k])
+            freeReplyObject(replies[k]);
+    }
+    if (rc != SYNC_OK)
+        for (size_t i = 0; i < n; i++)
+            reqs[i].rc = rc;
+    for (size_t i = 0; owned && i < n * OWNED; i++)
+        free(owned[i]);
+    free(argv);
+    free(owned);
+    free(argvs);
+    free(lensv);
+    free(argc);
+    free(replies);
+    free(index);
+    return rc;
+}
+
+int redis_fenced_claim(redis_conn *c, const char *room, int64_t token, const char *id)
+{
+    redis_claim_req q = {.room = room, .token = token, .id = id};
+    int rc = redis_fenced_claim_many(c, &q, 1);
+    return rc != SYNC_OK ? rc : q.rc;
+}
+
 int redis_fenced_load(redis_conn *c, const char *room, char **out_state_json, int64_t *out_version,
                       char *epoch, char *applied)
+{
+    return redis_fenced_load_claimed(c, room, out_state_json, out_version, epoch, applied, NULL);
+}
+
+/* A reply field that is a stream id into `out`; nil leaves it. */
+static int stream_id_field(redis_conn *c, const redisReply *f, char *out)
+{
+    if (f->type == REDIS_REPLY_STRING && f->len < REDIS_STREAM_ID_MAX) {
+        memcpy(out, f->str, f->len);
+        out[f->len] = '\0';
+        return SYNC_OK;
+    }
+    return f->type == REDIS_REPLY_NIL ? SYNC_OK : redis_conn_reply_fail(c, f, "cannot load from");
+}
+
+int redis_fenced_load_claimed(redis_conn *c, const char *room, char **out_state_json,
+                              int64_t *out_version, char *epoch, char *applied, char *claimed)
 {
     *out_state_json = NULL;
     *out_version = 0;
     snprintf(applied, REDIS_STREAM_ID_MAX, "0-0");
+    if (claimed)
+        snprintf(claimed, REDIS_STREAM_ID_MAX, "0-0");
     int rc = check_room(room);
     if (rc != SYNC_OK)
         return rc;
@@ -394,14 +560,15 @@ int redis_fenced_load(redis_conn *c, const char *room, char **out_state_json, in
     rc = redis_record_load(c, key, NULL, NULL, name, out_state_json, out_version, epoch);
     if (rc == SYNC_OK) {
         /* A second read is safe: only the lease holder writes the record, and that is us. */
-        const char *argv[] = {"HGET", key, "applied"};
+        const char *argv[] = {"HMGET", key, "applied", "claimed"};
         redisReply *reply = NULL;
-        rc = redis_conn_command(c, &reply, "cannot load from", 3, argv, NULL);
+        rc = redis_conn_command(c, &reply, "cannot load from", 4, argv, NULL);
         if (rc == SYNC_OK) {
-            if (reply->type == REDIS_REPLY_STRING && reply->len < REDIS_STREAM_ID_MAX) {
-                memcpy(applied, reply->str, reply->len);
-                applied[reply->len] = '\0';
-            } else if (reply->type != REDIS_REPLY_NIL) {
+            if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
+                rc = stream_id_field(c, reply->element[0], applied);
+                if (rc == SYNC_OK && claimed)
+                    rc = stream_id_field(c, reply->element[1], claimed);
+            } else {
                 rc = redis_conn_reply_fail(c, reply, "cannot load from");
             }
             freeReplyObject(reply);

@@ -9,7 +9,8 @@
  * Keys, for room R under the connection's prefix P:
  *   P lease:R   "<token> <node>" with a TTL (PX): who owns R, until when
  *   P fence:R   the last token handed out for R (INCR): tokens never repeat, never go back
- *   P room:R    the record (state, version, epoch, updated_at) + applied (stream id) + fence
+ *   P room:R    the record (state, version, epoch, updated_at) + applied and claimed (stream
+ *               ids) + fence
  *   P stream:R  the forwarded messages (fields node, msg), trimmed below the applied id
  *   P changes:R the channel of applied changes ("<version> <state>")
  * Not thread-safe: one user of `c` at a time, like redis_conn. */
@@ -50,6 +51,11 @@ int redis_lease_renew(redis_conn *c, const char *room, int64_t token, int ttl_ms
  * SYNC_OK whether or not it was. */
 int redis_lease_release(redis_conn *c, const char *room, int64_t token);
 
+/* redis_lease_release for an owner that stops cleanly with nothing running: the record's claim is
+ * lowered to its `applied` id first (an entry claimed but never started runs on the next owner
+ * instead of being refused). Only when no handler of the room is running. */
+int redis_lease_release_unclaimed(redis_conn *c, const char *room, int64_t token);
+
 /* Writes the room's record (state, version, epoch or NULL, applied stream id or NULL) when the
  * lease is held with `token` and no later token wrote the record; trims the stream below
  * `applied`. SYNC_OK; SYNC_ESTATE when fenced out, the record then untouched. */
@@ -74,6 +80,7 @@ typedef struct redis_save_req {
     int64_t version;
     const char *applied;
     bool publish;
+    const char *claim; /* NULL, or the stream id `claimed` is raised to (redis_fenced_claim) */
     int rc;
 } redis_save_req;
 
@@ -82,10 +89,37 @@ typedef struct redis_save_req {
  * the connection failed, every rc is that status, and whether each save was written is unknown. */
 int redis_fenced_save_publish_many(redis_conn *c, redis_save_req *reqs, size_t n);
 
+/* At most once: before the owner runs an entry, the record says so. Raises the record's `claimed`
+ * stream id to `id` (never lowers it) when the lease is held with `token` and no later token wrote
+ * the record, as redis_fenced_save. A new owner refuses the entries after `applied` up to
+ * `claimed` (the last owner may have run them) instead of running them. SYNC_OK; SYNC_ESTATE when
+ * fenced out, the record then untouched. */
+int redis_fenced_claim(redis_conn *c, const char *room, int64_t token, const char *id);
+
+/* One claim of redis_fenced_claim_many, its outcome in `rc` (as redis_save_req's). */
+typedef struct redis_claim_req {
+    const char *room;
+    int64_t token;
+    const char *id;
+    int rc;
+} redis_claim_req;
+
+/* The claims of several rooms in one pipelined write and one round trip, each its own fenced
+ * script (as redis_fenced_save_publish_many). */
+int redis_fenced_claim_many(redis_conn *c, redis_claim_req *reqs, size_t n);
+
+/* Stream ids "<ms>-<seq>" compared as numbers: < 0, 0, > 0. */
+int redis_stream_id_cmp(const char *a, const char *b);
+
 /* Reads the record as redis_record_load (a corrupt one kept aside, SYNC_ECORRUPT) plus the id of
  * the last applied stream entry into `applied` (REDIS_STREAM_ID_MAX bytes): "0-0" when none. */
 int redis_fenced_load(redis_conn *c, const char *room, char **out_state_json, int64_t *out_version,
                       char *epoch, char *applied);
+
+/* redis_fenced_load, and the record's `claimed` stream id into `claimed` (REDIS_STREAM_ID_MAX
+ * bytes, may be NULL): "0-0" when none. */
+int redis_fenced_load_claimed(redis_conn *c, const char *room, char **out_state_json,
+                              int64_t *out_version, char *epoch, char *applied, char *claimed);
 
 /* Appends a client's message for `room` to its stream; `out_id` (REDIS_STREAM_ID_MAX bytes, may
  * be NULL) gets the entry's id. */
