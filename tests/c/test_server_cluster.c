@@ -23,21 +23,7 @@ enum { NODES = 3, CLIENTS_PER_NODE = 2, INCREMENTS = 30, LEASE_MS = 1000 };
 
 static redis_server redis;
 
-/* "increment": counter + 1 and an ack to the sender; "bad": refused with an error. */
-static int on_increment(sync_msg *msg, void *userdata)
-{
-    (void)userdata;
-    cJSON *state = sync_msg_state_mut(msg);
-    cJSON *counter = state ? cJSON_GetObjectItemCaseSensitive(state, "counter") : NULL;
-    if (!cJSON_IsNumber(counter)) {
-        sync_msg_set_error(msg, "no counter");
-        return SYNC_EINVAL;
-    }
-    cJSON_SetNumberValue(counter, counter->valuedouble + 1);
-    static const char ack[] = "{\"type\":\"ack\"}";
-    return sync_msg_reply(msg, ack, strlen(ack));
-}
-
+/* "bad": refused with an error. */
 static int on_bad(sync_msg *msg, void *userdata)
 {
     (void)userdata;
@@ -47,7 +33,7 @@ static int on_bad(sync_msg *msg, void *userdata)
 
 static int add_handlers(sync_engine *engine)
 {
-    int rc = sync_engine_on(engine, "increment", on_increment, NULL, NULL);
+    int rc = sync_engine_on(engine, "increment", cluster_on_increment, NULL, NULL);
     return rc == SYNC_OK ? sync_engine_on(engine, "bad", on_bad, NULL, NULL) : rc;
 }
 
@@ -555,20 +541,9 @@ static void bad_options(void)
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
-    {
-        sync_server *probe = NULL;
-        sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
-        if (sync_server_new(&probe, &so) != SYNC_OK)
-            return 1;
-        sync_cluster_options co = SYNC_CLUSTER_OPTIONS_INIT;
-        co.url = "redis://127.0.0.1:1";
-        int rc = sync_server_join_cluster(probe, &co);
-        sync_server_free(probe);
-        if (rc == SYNC_EUNSUPPORTED) {
-            printf("SKIP: libsync was built without Redis support\n");
-            return 77;
-        }
-    }
+    int skip = cluster_skip_status();
+    if (skip)
+        return skip;
     if (redis_start(&redis, "server_cluster") != 0)
         return 1;
     RUN(bad_options);

@@ -12,6 +12,20 @@ void cluster_sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
+int cluster_on_increment(sync_msg *msg, void *userdata)
+{
+    (void)userdata;
+    cJSON *state = sync_msg_state_mut(msg);
+    cJSON *counter = state ? cJSON_GetObjectItemCaseSensitive(state, "counter") : NULL;
+    if (!cJSON_IsNumber(counter)) {
+        sync_msg_set_error(msg, "no counter");
+        return SYNC_EINVAL;
+    }
+    cJSON_SetNumberValue(counter, counter->valuedouble + 1);
+    static const char ack[] = "{\"type\":\"ack\"}";
+    return sync_msg_reply(msg, ack, strlen(ack));
+}
+
 #define NODE_REQUIRE(cond)                                                                         \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
@@ -80,4 +94,21 @@ ws_client *cluster_join(int port, const char *path, const char *headers, int tim
             return NULL;
         cluster_sleep_ms(20);
     }
+}
+
+int cluster_skip_status(void)
+{
+    sync_server *probe = NULL;
+    sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
+    if (sync_server_new(&probe, &so) != SYNC_OK)
+        return 1;
+    sync_cluster_options co = SYNC_CLUSTER_OPTIONS_INIT;
+    co.url = "redis://127.0.0.1:1";
+    int rc = sync_server_join_cluster(probe, &co);
+    sync_server_free(probe);
+    if (rc == SYNC_EUNSUPPORTED) {
+        printf("SKIP: libsync was built without Redis support\n");
+        return 77;
+    }
+    return 0;
 }

@@ -20,6 +20,10 @@ typedef struct cluster_node {
     char id[16];
 } cluster_node;
 
+/* Handler of "increment": the state's "counter" + 1 and an ack ({"type":"ack"}) to the sender;
+ * refused with "no counter" when the state has none. */
+int cluster_on_increment(sync_msg *msg, void *userdata);
+
 /* What differs between the tests' nodes. */
 typedef struct cluster_node_config {
     const char *redis_url;
@@ -43,5 +47,9 @@ void cluster_node_stop(cluster_node *n);
 ws_client *cluster_join(int port, const char *path, const char *headers, int timeout_ms);
 
 void cluster_sleep_ms(int ms);
+
+/* What main() returns before running anything: 77 (having said SKIP) when libsync was built
+ * without Redis support, 1 when no server can be made, 0 to go on. */
+int cluster_skip_status(void);
 
 #endif
