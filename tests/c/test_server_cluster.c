@@ -332,19 +332,35 @@ static void v2_resumes_on_another_node(void)
         cluster_node_stop(&nodes[i]);
 }
 
+/* Two nodes in the cluster under `prefix`, `a` joined to "/" on the first and `b` to `b_path` on
+ * the second, and one increment of `a` acknowledged (`start`: when it was sent). 0 when a node or
+ * a client could not start (a failed check). */
+static int two_nodes_one_increment(const char *prefix, cluster_node *nodes, client *a, client *b,
+                                   const char *b_path, struct timespec *start)
+{
+    for (int i = 0; i < 2; i++) {
+        int rc = node_start(&nodes[i], i, prefix);
+        CHECK_EQ_INT(rc, SYNC_OK);
+        if (rc != SYNC_OK)
+            return 0;
+    }
+    client_join(a, nodes[0].port, "/", 10000);
+    client_join(b, nodes[1].port, b_path, 10000);
+    if (!a->ws || !b->ws)
+        return 0;
+    clock_gettime(CLOCK_MONOTONIC, start);
+    CHECK_EQ_INT(ws_send_text(a->ws, "{\"type\":\"increment\"}"), 0);
+    await_acks(a, 1, start);
+    return 1;
+}
+
 static void refusal_reaches_sender_on_other_node(void)
 {
     const char *prefix = fresh_prefix("refusal");
     cluster_node nodes[2];
-    for (int i = 0; i < 2; i++)
-        REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
     client a, b;
-    client_join(&a, nodes[0].port, "/", 10000);
-    client_join(&b, nodes[1].port, "/", 10000);
     struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    CHECK_EQ_INT(ws_send_text(a.ws, "{\"type\":\"increment\"}"), 0);
-    await_acks(&a, 1, &start);
+    REQUIRE(two_nodes_one_increment(prefix, nodes, &a, &b, "/", &start));
     char owner_id[80];
     owner_of(prefix, "/", owner_id, sizeof owner_id);
     client *other = strcmp(owner_id, nodes[0].id) == 0 ? &b : &a;
@@ -364,15 +380,9 @@ static void redis_lost_and_back(void)
 {
     const char *prefix = fresh_prefix("lost");
     cluster_node nodes[2];
-    for (int i = 0; i < 2; i++)
-        REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
     client a, b;
-    client_join(&a, nodes[0].port, "/", 10000);
-    client_join(&b, nodes[1].port, "/rooms/beta", 10000);
     struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    CHECK_EQ_INT(ws_send_text(a.ws, "{\"type\":\"increment\"}"), 0);
-    await_acks(&a, 1, &start);
+    REQUIRE(two_nodes_one_increment(prefix, nodes, &a, &b, "/rooms/beta", &start));
     redis_kill(&redis);
     struct timespec killed;
     clock_gettime(CLOCK_MONOTONIC, &killed);
