@@ -550,12 +550,9 @@ static void bad_options(void)
 
 int main(void)
 {
-    signal(SIGPIPE, SIG_IGN);
-    int skip = cluster_skip_status();
-    if (skip)
-        return skip;
-    if (redis_start(&redis, "server_cluster") != 0)
-        return 1;
+    int status = cluster_tests_begin(&redis, "server_cluster");
+    if (status != 0)
+        return status;
     RUN(bad_options);
     RUN(spread_clients_converge);
     RUN(refusal_reaches_sender_on_other_node);

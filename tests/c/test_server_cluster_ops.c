@@ -4,7 +4,6 @@
  * deletes the room from Redis and closes its clients on every node with 4410, and a later join
  * starts the room afresh with a new epoch; sync_rooms_list() lists the rooms stored in Redis by
  * every node. Skipped (77) without Redis support. */
-#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -450,12 +449,9 @@ static void list_shows_every_node(void)
 
 int main(void)
 {
-    signal(SIGPIPE, SIG_IGN);
-    int skip = cluster_skip_status();
-    if (skip)
-        return skip;
-    if (redis_start(&redis, "server_cluster_ops") != 0)
-        return 1;
+    int status = cluster_tests_begin(&redis, "server_cluster_ops");
+    if (status != 0)
+        return status;
     RUN(no_cluster_no_figures);
     RUN(list_shows_every_node);
     RUN(delete_closes_every_node);

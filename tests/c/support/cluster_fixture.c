@@ -1,5 +1,6 @@
 #include "cluster_fixture.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -96,8 +97,9 @@ ws_client *cluster_join(int port, const char *path, const char *headers, int tim
     }
 }
 
-int cluster_skip_status(void)
+int cluster_tests_begin(redis_server *redis, const char *name)
 {
+    signal(SIGPIPE, SIG_IGN);
     sync_server *probe = NULL;
     sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
     if (sync_server_new(&probe, &so) != SYNC_OK)
@@ -110,5 +112,5 @@ int cluster_skip_status(void)
         printf("SKIP: libsync was built without Redis support\n");
         return 77;
     }
-    return 0;
+    return redis_start(redis, name) != 0 ? 1 : 0;
 }

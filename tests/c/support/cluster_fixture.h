@@ -10,6 +10,7 @@
 
 #include <libsync/libsync.h>
 
+#include "redis_server.h"
 #include "ws_client.h"
 
 typedef struct cluster_node {
@@ -48,8 +49,9 @@ ws_client *cluster_join(int port, const char *path, const char *headers, int tim
 
 void cluster_sleep_ms(int ms);
 
-/* What main() returns before running anything: 77 (having said SKIP) when libsync was built
- * without Redis support, 1 when no server can be made, 0 to go on. */
-int cluster_skip_status(void);
+/* What main() does first: ignores SIGPIPE and starts `redis` (named `name`). 0 to run the tests;
+ * otherwise what main returns: 77 (having said SKIP) when libsync was built without Redis
+ * support, 1 on failure. */
+int cluster_tests_begin(redis_server *redis, const char *name);
 
 #endif
