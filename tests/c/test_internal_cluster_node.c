@@ -46,6 +46,7 @@ typedef struct published {
     size_t count;
     atomic_bool stop;
     redisContext *ctx;
+    pthread_t thread;
 } published;
 
 static void *subscribe_main(void *arg)
@@ -76,6 +77,40 @@ static void *subscribe_main(void *arg)
         freeReplyObject(r);
     }
     return NULL;
+}
+
+/* `p` records what is published on the changes channel of `room`, on its own thread until
+ * published_stop(). 0 when it could not subscribe (a failed check). */
+static int published_start(published *p, const char *room)
+{
+    memset(p, 0, sizeof *p);
+    pthread_mutex_init(&p->lock, NULL);
+    struct timeval tv = {0, 200 * 1000};
+    p->ctx = redisConnectWithTimeout("127.0.0.1", redis.port, tv);
+    if (!p->ctx || p->ctx->err) {
+        CHECK(p->ctx && !p->ctx->err);
+        return 0;
+    }
+    redisReply *sub = redisCommand(p->ctx, "SUBSCRIBE %schanges:%s", PREFIX, room);
+    if (!sub) {
+        CHECK(sub != NULL);
+        return 0;
+    }
+    freeReplyObject(sub);
+    redisSetTimeout(p->ctx, tv);
+    int rc = pthread_create(&p->thread, NULL, subscribe_main, p);
+    CHECK_EQ_INT(rc, 0);
+    return rc == 0;
+}
+
+/* Stops recording; what was recorded stays readable. */
+static void published_stop(published *p)
+{
+    atomic_store(&p->stop, true);
+    pthread_join(p->thread, NULL);
+    redisFree(p->ctx);
+    p->ctx = NULL;
+    pthread_mutex_destroy(&p->lock);
 }
 
 /* ---- senders ------------------------------------------------------------------------------ */
@@ -144,17 +179,7 @@ static void killed_owner_loses_nothing(void)
                 SYNC_OK);
     }
     published pub;
-    memset(&pub, 0, sizeof pub);
-    pthread_mutex_init(&pub.lock, NULL);
-    struct timeval tv = {0, 200 * 1000};
-    pub.ctx = redisConnectWithTimeout("127.0.0.1", redis.port, tv);
-    REQUIRE(pub.ctx && !pub.ctx->err);
-    redisReply *sub = redisCommand(pub.ctx, "SUBSCRIBE %schanges:/counter", PREFIX);
-    REQUIRE(sub != NULL);
-    freeReplyObject(sub);
-    redisSetTimeout(pub.ctx, tv);
-    pthread_t sub_thread;
-    REQUIRE(pthread_create(&sub_thread, NULL, subscribe_main, &pub) == 0);
+    REQUIRE(published_start(&pub, "/counter"));
 
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
@@ -222,8 +247,7 @@ static void killed_owner_loses_nothing(void)
         CHECK_EQ_INT(sync_engine_get_version(engines[i]), applied);
         CHECK_EQ_INT(fixture_counter_value(engines[i]), applied);
     }
-    atomic_store(&pub.stop, true);
-    pthread_join(sub_thread, NULL);
+    published_stop(&pub);
     /* published: never back, each version's state its own, no gap from 1 to the last */
     int back = 0, wrong = 0, gaps = 0;
     long long last = 0;
@@ -249,8 +273,6 @@ static void killed_owner_loses_nothing(void)
         sync__cluster_free(nodes[i]);
         sync_engine_free(engines[i]);
     }
-    redisFree(pub.ctx);
-    pthread_mutex_destroy(&pub.lock);
 }
 
 /* ---- at most once ------------------------------------------------------------------------ */
@@ -353,17 +375,7 @@ static void handler_runs_at_most_once_across_a_failover(void)
                 SYNC_OK);
     }
     published pub;
-    memset(&pub, 0, sizeof pub);
-    pthread_mutex_init(&pub.lock, NULL);
-    struct timeval tv = {0, 200 * 1000};
-    pub.ctx = redisConnectWithTimeout("127.0.0.1", redis.port, tv);
-    REQUIRE(pub.ctx && !pub.ctx->err);
-    redisReply *sub = redisCommand(pub.ctx, "SUBSCRIBE %schanges:/once", PREFIX);
-    REQUIRE(sub != NULL);
-    freeReplyObject(sub);
-    redisSetTimeout(pub.ctx, tv);
-    pthread_t sub_thread;
-    REQUIRE(pthread_create(&sub_thread, NULL, subscribe_main, &pub) == 0);
+    REQUIRE(published_start(&pub, "/once"));
 
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
@@ -417,8 +429,7 @@ static void handler_runs_at_most_once_across_a_failover(void)
     CHECK(v && strstr(v, "\"counter\":10"));
     free(v);
     CHECK_EQ_INT(sync_engine_get_version(engines[other]), BEFORE + AFTER);
-    atomic_store(&pub.stop, true);
-    pthread_join(sub_thread, NULL);
+    published_stop(&pub);
     int gaps = 0, wrong = 0;
     long long last = 0;
     for (size_t i = 0; i < pub.count; i++) {
@@ -442,8 +453,6 @@ static void handler_runs_at_most_once_across_a_failover(void)
         sync_engine_free(engines[i]);
     }
     release_parked();
-    redisFree(pub.ctx);
-    pthread_mutex_destroy(&pub.lock);
 }
 
 int main(void)

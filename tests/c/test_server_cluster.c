@@ -15,6 +15,7 @@
 #include <libsync/libsync.h>
 
 #include "check.h"
+#include "cluster_fixture.h"
 #include "redis_server.h"
 #include "ws_client.h"
 
@@ -22,27 +23,7 @@ enum { NODES = 3, CLIENTS_PER_NODE = 2, INCREMENTS = 30, LEASE_MS = 1000 };
 
 static redis_server redis;
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* "increment": counter + 1 and an ack to the sender; "bad": refused with an error. */
-static int on_increment(sync_msg *msg, void *userdata)
-{
-    (void)userdata;
-    cJSON *state = sync_msg_state_mut(msg);
-    cJSON *counter = state ? cJSON_GetObjectItemCaseSensitive(state, "counter") : NULL;
-    if (!cJSON_IsNumber(counter)) {
-        sync_msg_set_error(msg, "no counter");
-        return SYNC_EINVAL;
-    }
-    cJSON_SetNumberValue(counter, counter->valuedouble + 1);
-    static const char ack[] = "{\"type\":\"ack\"}";
-    return sync_msg_reply(msg, ack, strlen(ack));
-}
-
+/* "bad": refused with an error. */
 static int on_bad(sync_msg *msg, void *userdata)
 {
     (void)userdata;
@@ -52,7 +33,7 @@ static int on_bad(sync_msg *msg, void *userdata)
 
 static int add_handlers(sync_engine *engine)
 {
-    int rc = sync_engine_on(engine, "increment", on_increment, NULL, NULL);
+    int rc = sync_engine_on(engine, "increment", cluster_on_increment, NULL, NULL);
     return rc == SYNC_OK ? sync_engine_on(engine, "bad", on_bad, NULL, NULL) : rc;
 }
 
@@ -72,89 +53,18 @@ static int setup_room(sync_room_setup *setup, void *userdata)
     return add_handlers(sync_room_setup_engine(setup));
 }
 
-typedef struct node {
-    sync_engine *engine;
-    sync_server *server;
-    sync_rooms *rooms;
-    int port;
-    char id[16];
-} node;
-
-/* A node serving "/" and "/rooms/NAME" in the cluster under `prefix`. Returns SYNC_OK, or
- * SYNC_EUNSUPPORTED without Redis support. */
-#define NODE_REQUIRE(cond)                                                                         \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            CHECK(cond);                                                                           \
-            return SYNC_EINVAL;                                                                    \
-        }                                                                                          \
-    } while (0)
-
 /* Cluster options of the next node_start() (tests that need others set them, then put them
  * back). */
 static int next_lease_ms = LEASE_MS;
 static size_t next_max_forward_queue = 0;
 
-static int node_start(node *n, int index, const char *prefix)
+/* A node serving "/" and "/rooms/NAME" in the cluster under `prefix`. Returns SYNC_OK, or
+ * SYNC_EUNSUPPORTED without Redis support. */
+static int node_start(cluster_node *n, int index, const char *prefix)
 {
-    memset(n, 0, sizeof *n);
-    snprintf(n->id, sizeof n->id, "node-%d", index);
-    sync_engine_options eo;
-    engine_options(&eo);
-    NODE_REQUIRE(sync_engine_new(&n->engine, &eo) == SYNC_OK);
-    NODE_REQUIRE(add_handlers(n->engine) == SYNC_OK);
-    sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
-    so.room_idle_ms = 1000;
-    NODE_REQUIRE(sync_server_new(&n->server, &so) == SYNC_OK);
-    NODE_REQUIRE(sync_server_mount(n->server, "/", n->engine) == SYNC_OK);
-    sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
-    ro.setup = setup_room;
-    sync_engine_options room_eo;
-    engine_options(&room_eo);
-    room_eo.timer_mode = SYNC_TIMERS_MANUAL;
-    ro.engine_options = &room_eo;
-    NODE_REQUIRE(sync_server_mount_rooms(n->server, "/rooms/", &ro, &n->rooms) == SYNC_OK);
-    sync_redis_options redis_opts = SYNC_REDIS_OPTIONS_INIT;
-    redis_opts.url = redis.url;
-    redis_opts.key_prefix = prefix;
-    sync_cluster_options co = SYNC_CLUSTER_OPTIONS_INIT;
-    co.redis = &redis_opts;
-    co.node_id = n->id;
-    co.lease_ms = next_lease_ms;
-    co.max_forward_queue = next_max_forward_queue;
-    int rc = sync_server_join_cluster(n->server, &co);
-    if (rc != SYNC_OK)
-        return rc;
-    NODE_REQUIRE(sync_server_start(n->server) == SYNC_OK);
-    n->port = sync_server_port(n->server);
-    return SYNC_OK;
-}
-
-static void node_stop(node *n)
-{
-    if (n->server) {
-        sync_server_stop(n->server);
-        sync_server_free(n->server);
-        n->server = NULL;
-    }
-    sync_engine_free(n->engine);
-    n->engine = NULL;
-}
-
-/* Joins `path` on `port`, retrying while the node answers 503 (no Redis yet, room loading). */
-static ws_client *join(int port, const char *path, const char *headers, int timeout_ms)
-{
-    struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    for (;;) {
-        int status = 0;
-        ws_client *c = ws_connect(port, path, headers, &status);
-        if (c)
-            return c;
-        if (status != 503 || check_elapsed_ms(&start) > timeout_ms)
-            return NULL;
-        sleep_ms(20);
-    }
+    cluster_node_config config = {redis.url,  engine_options, add_handlers,
+                                  setup_room, next_lease_ms,  next_max_forward_queue};
+    return cluster_node_start(n, index, prefix, &config);
 }
 
 typedef struct client {
@@ -169,7 +79,7 @@ static void client_join(client *c, int port, const char *path, int timeout_ms)
 {
     memset(c, 0, sizeof *c);
     c->version = -1;
-    c->ws = join(port, path, NULL, timeout_ms);
+    c->ws = cluster_join(port, path, NULL, timeout_ms);
     REQUIRE(c->ws != NULL);
 }
 
@@ -236,7 +146,7 @@ static void owner_of(const char *prefix, const char *key, char *out, size_t size
     free(value);
 }
 
-static int converge_on(const char *path, const char *prefix, node *nodes)
+static int converge_on(const char *path, const char *prefix, cluster_node *nodes)
 {
     enum { COUNT = NODES * CLIENTS_PER_NODE };
     client clients[COUNT];
@@ -275,7 +185,7 @@ static int converge_on(const char *path, const char *prefix, node *nodes)
 static void spread_clients_converge(void)
 {
     const char *prefix = fresh_prefix("converge");
-    node nodes[NODES];
+    cluster_node nodes[NODES];
     for (int i = 0; i < NODES; i++)
         REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
     /* listen returned once the node was ready: a join at once is not answered 503 */
@@ -291,13 +201,13 @@ static void spread_clients_converge(void)
     }
     converge_on("/rooms/alpha", prefix, nodes);
     for (int i = 0; i < NODES; i++)
-        node_stop(&nodes[i]);
+        cluster_node_stop(&nodes[i]);
 }
 
 static void owner_stopped_under_load(void)
 {
     const char *prefix = fresh_prefix("failover");
-    node nodes[NODES];
+    cluster_node nodes[NODES];
     for (int i = 0; i < NODES; i++)
         REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
     enum { COUNT = NODES * CLIENTS_PER_NODE, HALF = INCREMENTS / 2 };
@@ -325,7 +235,7 @@ static void owner_stopped_under_load(void)
                 CHECK_EQ_INT(ws_send_text(clients[i].ws, "{\"type\":\"increment\"}"), 0);
     struct timespec stopped;
     clock_gettime(CLOCK_MONOTONIC, &stopped);
-    node_stop(&nodes[owner]);
+    cluster_node_stop(&nodes[owner]);
     /* its clients come back on another node and send the rest */
     int other = (owner + 1) % NODES;
     for (int i = 0; i < COUNT; i++) {
@@ -360,7 +270,7 @@ static void owner_stopped_under_load(void)
     for (int i = 0; i < COUNT; i++)
         ws_client_free(clients[i].ws);
     for (int i = 0; i < NODES; i++)
-        node_stop(&nodes[i]);
+        cluster_node_stop(&nodes[i]);
 }
 
 /* The first text frame of a v2 join to `port` with `query`; caller frees. */
@@ -368,7 +278,7 @@ static char *v2_first_frame(int port, const char *query)
 {
     char path[300];
     snprintf(path, sizeof path, "/%s", query);
-    ws_client *c = join(port, path, "Sec-WebSocket-Protocol: libsync.v2\r\n", 10000);
+    ws_client *c = cluster_join(port, path, "Sec-WebSocket-Protocol: libsync.v2\r\n", 10000);
     char *text = c ? ws_read_text(c, 5000) : NULL;
     ws_client_free(c);
     return text;
@@ -377,11 +287,12 @@ static char *v2_first_frame(int port, const char *query)
 static void v2_resumes_on_another_node(void)
 {
     const char *prefix = fresh_prefix("resume");
-    node nodes[2];
+    cluster_node nodes[2];
     for (int i = 0; i < 2; i++)
         REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
     /* a node keeps the patch history once a v2 client used it (as on one node): node 1 has one */
-    ws_client *watcher = join(nodes[1].port, "/", "Sec-WebSocket-Protocol: libsync.v2\r\n", 10000);
+    ws_client *watcher =
+        cluster_join(nodes[1].port, "/", "Sec-WebSocket-Protocol: libsync.v2\r\n", 10000);
     REQUIRE(watcher != NULL);
     client sender;
     client_join(&sender, nodes[0].port, "/", 10000);
@@ -408,7 +319,7 @@ static void v2_resumes_on_another_node(void)
     await_version(&sender, 5, &start);
     /* node 1 has version 5 too (it adopted every published version) */
     while (sync_engine_get_version(nodes[1].engine) < 5 && check_elapsed_ms(&start) < 10000)
-        sleep_ms(10);
+        cluster_sleep_ms(10);
     char query[200];
     snprintf(query, sizeof query, "?since=3&epoch=%s", epoch);
     char *text = v2_first_frame(nodes[1].port, query);
@@ -418,22 +329,38 @@ static void v2_resumes_on_another_node(void)
     ws_client_free(watcher);
     ws_client_free(sender.ws);
     for (int i = 0; i < 2; i++)
-        node_stop(&nodes[i]);
+        cluster_node_stop(&nodes[i]);
+}
+
+/* Two nodes in the cluster under `prefix`, `a` joined to "/" on the first and `b` to `b_path` on
+ * the second, and one increment of `a` acknowledged (`start`: when it was sent). 0 when a node or
+ * a client could not start (a failed check). */
+static int two_nodes_one_increment(const char *prefix, cluster_node *nodes, client *a, client *b,
+                                   const char *b_path, struct timespec *start)
+{
+    for (int i = 0; i < 2; i++) {
+        int rc = node_start(&nodes[i], i, prefix);
+        CHECK_EQ_INT(rc, SYNC_OK);
+        if (rc != SYNC_OK)
+            return 0;
+    }
+    client_join(a, nodes[0].port, "/", 10000);
+    client_join(b, nodes[1].port, b_path, 10000);
+    if (!a->ws || !b->ws)
+        return 0;
+    clock_gettime(CLOCK_MONOTONIC, start);
+    CHECK_EQ_INT(ws_send_text(a->ws, "{\"type\":\"increment\"}"), 0);
+    await_acks(a, 1, start);
+    return 1;
 }
 
 static void refusal_reaches_sender_on_other_node(void)
 {
     const char *prefix = fresh_prefix("refusal");
-    node nodes[2];
-    for (int i = 0; i < 2; i++)
-        REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
+    cluster_node nodes[2];
     client a, b;
-    client_join(&a, nodes[0].port, "/", 10000);
-    client_join(&b, nodes[1].port, "/", 10000);
     struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    CHECK_EQ_INT(ws_send_text(a.ws, "{\"type\":\"increment\"}"), 0);
-    await_acks(&a, 1, &start);
+    REQUIRE(two_nodes_one_increment(prefix, nodes, &a, &b, "/", &start));
     char owner_id[80];
     owner_of(prefix, "/", owner_id, sizeof owner_id);
     client *other = strcmp(owner_id, nodes[0].id) == 0 ? &b : &a;
@@ -446,22 +373,16 @@ static void refusal_reaches_sender_on_other_node(void)
     ws_client_free(a.ws);
     ws_client_free(b.ws);
     for (int i = 0; i < 2; i++)
-        node_stop(&nodes[i]);
+        cluster_node_stop(&nodes[i]);
 }
 
 static void redis_lost_and_back(void)
 {
     const char *prefix = fresh_prefix("lost");
-    node nodes[2];
-    for (int i = 0; i < 2; i++)
-        REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
+    cluster_node nodes[2];
     client a, b;
-    client_join(&a, nodes[0].port, "/", 10000);
-    client_join(&b, nodes[1].port, "/rooms/beta", 10000);
     struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    CHECK_EQ_INT(ws_send_text(a.ws, "{\"type\":\"increment\"}"), 0);
-    await_acks(&a, 1, &start);
+    REQUIRE(two_nodes_one_increment(prefix, nodes, &a, &b, "/rooms/beta", &start));
     redis_kill(&redis);
     struct timespec killed;
     clock_gettime(CLOCK_MONOTONIC, &killed);
@@ -489,14 +410,14 @@ static void redis_lost_and_back(void)
     CHECK_EQ_INT(a.version, 2);
     ws_client_free(a.ws);
     for (int i = 0; i < 2; i++)
-        node_stop(&nodes[i]);
+        cluster_node_stop(&nodes[i]);
 }
 
 /* A node whose clients of a room left unloads it and gives its lease up; the other goes on. */
 static void room_unloaded_on_owner(void)
 {
     const char *prefix = fresh_prefix("unload");
-    node nodes[2];
+    cluster_node nodes[2];
     for (int i = 0; i < 2; i++)
         REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
     client c[2];
@@ -514,7 +435,7 @@ static void room_unloaded_on_owner(void)
     ws_client_free(c[owner].ws);
     /* room_idle_ms is 1000: the owner unloads the room and gives its lease up */
     while (sync_rooms_loaded_count(nodes[owner].rooms) > 0 && check_elapsed_ms(&start) < 15000)
-        sleep_ms(20);
+        cluster_sleep_ms(20);
     CHECK_EQ_INT(sync_rooms_loaded_count(nodes[owner].rooms), 0);
     CHECK_EQ_INT(sync_rooms_loaded_count(nodes[other].rooms), 1);
     for (int i = 0; i < 3; i++)
@@ -527,7 +448,7 @@ static void room_unloaded_on_owner(void)
     CHECK_EQ_STR(now_owner, nodes[other].id);
     ws_client_free(c[other].ws);
     for (int i = 0; i < 2; i++)
-        node_stop(&nodes[i]);
+        cluster_node_stop(&nodes[i]);
 }
 
 /* Redis stalls (SIGSTOP): the forwarder waits on its XADD, the queue fills, and a message
@@ -537,7 +458,7 @@ static void full_forward_queue_refuses(void)
     const char *prefix = fresh_prefix("queue");
     next_lease_ms = 6000; /* the node stays "up" for the whole stall */
     next_max_forward_queue = 4;
-    node n;
+    cluster_node n;
     int rc = node_start(&n, 0, prefix);
     next_lease_ms = LEASE_MS;
     next_max_forward_queue = 0;
@@ -564,7 +485,7 @@ static void full_forward_queue_refuses(void)
         read_one(&c, 200);
     CHECK_EQ_INT(c.acks + c.errors, 21);
     ws_client_free(c.ws);
-    node_stop(&n);
+    cluster_node_stop(&n);
 }
 
 static void bad_options(void)
@@ -629,23 +550,9 @@ static void bad_options(void)
 
 int main(void)
 {
-    signal(SIGPIPE, SIG_IGN);
-    {
-        sync_server *probe = NULL;
-        sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
-        if (sync_server_new(&probe, &so) != SYNC_OK)
-            return 1;
-        sync_cluster_options co = SYNC_CLUSTER_OPTIONS_INIT;
-        co.url = "redis://127.0.0.1:1";
-        int rc = sync_server_join_cluster(probe, &co);
-        sync_server_free(probe);
-        if (rc == SYNC_EUNSUPPORTED) {
-            printf("SKIP: libsync was built without Redis support\n");
-            return 77;
-        }
-    }
-    if (redis_start(&redis, "server_cluster") != 0)
-        return 1;
+    int status = cluster_tests_begin(&redis, "server_cluster");
+    if (status != 0)
+        return status;
     RUN(bad_options);
     RUN(spread_clients_converge);
     RUN(refusal_reaches_sender_on_other_node);

@@ -4,7 +4,6 @@
  * deletes the room from Redis and closes its clients on every node with 4410, and a later join
  * starts the room afresh with a new epoch; sync_rooms_list() lists the rooms stored in Redis by
  * every node. Skipped (77) without Redis support. */
-#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +14,7 @@
 #include <libsync/libsync.h>
 
 #include "check.h"
+#include "cluster_fixture.h"
 #include "redis_server.h"
 #include "server_fixture.h"
 #include "ws_client.h"
@@ -23,27 +23,6 @@ enum { LEASE_MS = 1000 };
 
 static redis_server redis;
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* "increment": counter + 1 and an ack to the sender. */
-static int on_increment(sync_msg *msg, void *userdata)
-{
-    (void)userdata;
-    cJSON *state = sync_msg_state_mut(msg);
-    cJSON *counter = state ? cJSON_GetObjectItemCaseSensitive(state, "counter") : NULL;
-    if (!cJSON_IsNumber(counter)) {
-        sync_msg_set_error(msg, "no counter");
-        return SYNC_EINVAL;
-    }
-    cJSON_SetNumberValue(counter, counter->valuedouble + 1);
-    static const char ack[] = "{\"type\":\"ack\"}";
-    return sync_msg_reply(msg, ack, strlen(ack));
-}
-
 static void engine_options(sync_engine_options *opts)
 {
     sync_engine_options_init(opts, SYNC_ENGINE_OPTIONS_VERSION);
@@ -51,88 +30,22 @@ static void engine_options(sync_engine_options *opts)
     opts->reply_errors = 1;
 }
 
+static int add_handlers(sync_engine *engine)
+{
+    return sync_engine_on(engine, "increment", cluster_on_increment, NULL, NULL);
+}
+
 static int setup_room(sync_room_setup *setup, void *userdata)
 {
     (void)userdata;
-    return sync_engine_on(sync_room_setup_engine(setup), "increment", on_increment, NULL, NULL);
+    return add_handlers(sync_room_setup_engine(setup));
 }
-
-typedef struct node {
-    sync_engine *engine;
-    sync_server *server;
-    sync_rooms *rooms;
-    int port;
-    char id[16];
-} node;
-
-#define NODE_REQUIRE(cond)                                                                         \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            CHECK(cond);                                                                           \
-            return SYNC_EINVAL;                                                                    \
-        }                                                                                          \
-    } while (0)
 
 /* A node serving "/" and "/rooms/NAME" in the cluster under `prefix`. */
-static int node_start(node *n, int index, const char *prefix)
+static int node_start(cluster_node *n, int index, const char *prefix)
 {
-    memset(n, 0, sizeof *n);
-    snprintf(n->id, sizeof n->id, "node-%d", index);
-    sync_engine_options eo;
-    engine_options(&eo);
-    NODE_REQUIRE(sync_engine_new(&n->engine, &eo) == SYNC_OK);
-    NODE_REQUIRE(sync_engine_on(n->engine, "increment", on_increment, NULL, NULL) == SYNC_OK);
-    sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
-    so.room_idle_ms = 1000;
-    NODE_REQUIRE(sync_server_new(&n->server, &so) == SYNC_OK);
-    NODE_REQUIRE(sync_server_mount(n->server, "/", n->engine) == SYNC_OK);
-    sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
-    ro.setup = setup_room;
-    sync_engine_options room_eo;
-    engine_options(&room_eo);
-    room_eo.timer_mode = SYNC_TIMERS_MANUAL;
-    ro.engine_options = &room_eo;
-    NODE_REQUIRE(sync_server_mount_rooms(n->server, "/rooms/", &ro, &n->rooms) == SYNC_OK);
-    sync_redis_options redis_opts = SYNC_REDIS_OPTIONS_INIT;
-    redis_opts.url = redis.url;
-    redis_opts.key_prefix = prefix;
-    sync_cluster_options co = SYNC_CLUSTER_OPTIONS_INIT;
-    co.redis = &redis_opts;
-    co.node_id = n->id;
-    co.lease_ms = LEASE_MS;
-    int rc = sync_server_join_cluster(n->server, &co);
-    if (rc != SYNC_OK)
-        return rc;
-    NODE_REQUIRE(sync_server_start(n->server) == SYNC_OK);
-    n->port = sync_server_port(n->server);
-    return SYNC_OK;
-}
-
-static void node_stop(node *n)
-{
-    if (n->server) {
-        sync_server_stop(n->server);
-        sync_server_free(n->server);
-        n->server = NULL;
-    }
-    sync_engine_free(n->engine);
-    n->engine = NULL;
-}
-
-/* Joins `path` on `port`, retrying while the node answers 503 (no Redis yet, room loading). */
-static ws_client *join(int port, const char *path, const char *headers, int timeout_ms)
-{
-    struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    for (;;) {
-        int status = 0;
-        ws_client *c = ws_connect(port, path, headers, &status);
-        if (c)
-            return c;
-        if (status != 503 || check_elapsed_ms(&start) > timeout_ms)
-            return NULL;
-        sleep_ms(20);
-    }
+    cluster_node_config config = {redis.url, engine_options, add_handlers, setup_room, LEASE_MS, 0};
+    return cluster_node_start(n, index, prefix, &config);
 }
 
 typedef struct client {
@@ -167,7 +80,7 @@ static void client_join(client *c, int port, const char *path)
 {
     memset(c, 0, sizeof *c);
     c->version = -1;
-    c->ws = join(port, path, "Sec-WebSocket-Protocol: libsync.v2\r\n", 10000);
+    c->ws = cluster_join(port, path, "Sec-WebSocket-Protocol: libsync.v2\r\n", 10000);
     REQUIRE(c->ws != NULL);
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
@@ -236,7 +149,7 @@ static long long metric_when(int port, const char *name, long long at_least, lon
     long long v = -1;
     while (((v = fixture_metric(port, name)) < at_least || v > at_most) &&
            check_elapsed_ms(&start) < 15000)
-        sleep_ms(20);
+        cluster_sleep_ms(20);
     return v;
 }
 
@@ -245,7 +158,7 @@ static long long metric_when(int port, const char *name, long long at_least, lon
 static void metrics_follow_the_cluster(void)
 {
     const char *prefix = "metrics:";
-    node nodes[2];
+    cluster_node nodes[2];
     for (int i = 0; i < 2; i++)
         REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
     for (int i = 0; i < 2; i++) {
@@ -288,7 +201,7 @@ static void metrics_follow_the_cluster(void)
     long long owned = fixture_metric(pn, "libsync_cluster_rooms_owned");
     /* the owner stops: the other node takes its rooms over and applies from then on */
     ws_client_free(c[owner].ws);
-    node_stop(&nodes[owner]);
+    cluster_node_stop(&nodes[owner]);
     CHECK(metric_when(pn, "libsync_cluster_takeovers_total", takeovers + 1, 1000000) >=
           takeovers + 1);
     CHECK_EQ_INT(metric_when(pn, "libsync_cluster_rooms_owned", 2, 2), 2);
@@ -321,7 +234,7 @@ static void metrics_follow_the_cluster(void)
     CHECK_EQ_INT(metric_when(pn, "libsync_cluster_redis_up", 1, 1), 1);
     CHECK(fixture_metric(pn, "libsync_cluster_redis_reconnects_total") >= 1);
     ws_client_free(c[other].ws);
-    node_stop(&nodes[other]);
+    cluster_node_stop(&nodes[other]);
 }
 
 /* A server that did not join a cluster shows no cluster family. */
@@ -341,7 +254,7 @@ static void no_cluster_no_figures(void)
 static void delete_closes_every_node(void)
 {
     const char *prefix = "delete:";
-    node nodes[2];
+    cluster_node nodes[2];
     for (int i = 0; i < 2; i++)
         REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
     client c[2];
@@ -375,11 +288,11 @@ static void delete_closes_every_node(void)
     /* both nodes unloaded it */
     for (int i = 0; i < 2; i++) {
         while (sync_rooms_loaded_count(nodes[i].rooms) > 0 && check_elapsed_ms(&start) < 10000)
-            sleep_ms(20);
+            cluster_sleep_ms(20);
         CHECK_EQ_INT(sync_rooms_loaded_count(nodes[i].rooms), 0);
     }
     /* no owner brings it back from what its engine held: still gone a few lease turns later */
-    sleep_ms(LEASE_MS / 2);
+    cluster_sleep_ms(LEASE_MS / 2);
     CHECK_EQ_INT(key_exists(prefix, "room", "/rooms/doomed"), 0);
 
     /* a later join, on either node, starts the room afresh with a new epoch */
@@ -419,7 +332,7 @@ static void delete_closes_every_node(void)
     CHECK_EQ_INT(sync_rooms_delete(nodes[1].rooms, "never-was"), SYNC_OK);
     CHECK_EQ_INT(sync_rooms_delete(nodes[1].rooms, "a/b"), SYNC_EINVAL);
     for (int i = 0; i < 2; i++)
-        node_stop(&nodes[i]);
+        cluster_node_stop(&nodes[i]);
 }
 
 /* The room's keys go from Redis as a delete's script removes them, but no notice reaches the
@@ -449,7 +362,7 @@ static void drop_room_keys(const char *prefix, const char *key, bool tombstone)
 static void missed_notice_does_not_bring_room_back(void)
 {
     const char *prefix = "missed:";
-    node n;
+    cluster_node n;
     REQUIRE(node_start(&n, 0, prefix) == SYNC_OK);
     /* without a tombstone: Redis lost the record, the owner writes back what its clients saw */
     client lost;
@@ -461,7 +374,7 @@ static void missed_notice_does_not_bring_room_back(void)
     char *version = NULL;
     while (!(version = record_field(prefix, "/rooms/lost", "version")) &&
            check_elapsed_ms(&start) < 15000)
-        sleep_ms(20);
+        cluster_sleep_ms(20);
     CHECK_EQ_STR(version, "2");
     free(version);
     ws_client_free(lost.ws);
@@ -475,7 +388,7 @@ static void missed_notice_does_not_bring_room_back(void)
                  SYNC_CLOSE_ROOM_DELETED);
     CHECK_EQ_STR(reason, "room deleted");
     ws_client_free(ghost.ws);
-    sleep_ms(LEASE_MS / 2);
+    cluster_sleep_ms(LEASE_MS / 2);
     CHECK_EQ_INT(key_exists(prefix, "room", "/rooms/ghost"), 0);
     /* joined again: afresh */
     client_join(&ghost, n.port, "/rooms/ghost");
@@ -484,13 +397,13 @@ static void missed_notice_does_not_bring_room_back(void)
     await_version(&ghost, 1);
     CHECK_EQ_INT(ghost.counter, 1);
     ws_client_free(ghost.ws);
-    node_stop(&n);
+    cluster_node_stop(&n);
 }
 
 static void list_shows_every_node(void)
 {
     const char *prefix = "list:";
-    node nodes[2];
+    cluster_node nodes[2];
     for (int i = 0; i < 2; i++)
         REQUIRE(node_start(&nodes[i], i, prefix) == SYNC_OK);
     char *text = NULL;
@@ -519,7 +432,7 @@ static void list_shows_every_node(void)
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (int i = 0; i < 2; i++)
         while (sync_rooms_loaded_count(nodes[i].rooms) > 0 && check_elapsed_ms(&start) < 15000)
-            sleep_ms(20);
+            cluster_sleep_ms(20);
     CHECK_EQ_INT(sync_rooms_loaded_count(nodes[0].rooms) + sync_rooms_loaded_count(nodes[1].rooms),
                  0);
     CHECK_EQ_INT(sync_rooms_list(nodes[1].rooms, &text), SYNC_OK);
@@ -531,28 +444,14 @@ static void list_shows_every_node(void)
     sync_free(text);
     CHECK_EQ_INT(sync_rooms_list(nodes[0].rooms, NULL), SYNC_EINVAL);
     for (int i = 0; i < 2; i++)
-        node_stop(&nodes[i]);
+        cluster_node_stop(&nodes[i]);
 }
 
 int main(void)
 {
-    signal(SIGPIPE, SIG_IGN);
-    {
-        sync_server *probe = NULL;
-        sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
-        if (sync_server_new(&probe, &so) != SYNC_OK)
-            return 1;
-        sync_cluster_options co = SYNC_CLUSTER_OPTIONS_INIT;
-        co.url = "redis://127.0.0.1:1";
-        int rc = sync_server_join_cluster(probe, &co);
-        sync_server_free(probe);
-        if (rc == SYNC_EUNSUPPORTED) {
-            printf("SKIP: libsync was built without Redis support\n");
-            return 77;
-        }
-    }
-    if (redis_start(&redis, "server_cluster_ops") != 0)
-        return 1;
+    int status = cluster_tests_begin(&redis, "server_cluster_ops");
+    if (status != 0)
+        return status;
     RUN(no_cluster_no_figures);
     RUN(list_shows_every_node);
     RUN(delete_closes_every_node);

@@ -260,29 +260,31 @@ char *server_metrics_render(sync_server *server, size_t *len)
         /* the node's figures (cluster.h), one sample each: per-room labels would be unbounded */
         sync__cluster_stats cs;
         sync__cluster_get_stats(server->cluster, &cs);
-        server_counter(&b, "libsync_cluster_redis_up", "gauge",
-                       "1 while the node's subscription to Redis is up, else 0.",
-                       cs.redis_up ? 1 : 0);
-        server_counter(&b, "libsync_cluster_rooms_owned", "gauge",
-                       "Rooms this node owns (holds the lease of) now.", cs.rooms_owned);
-        server_counter(&b, "libsync_cluster_rooms_attached", "gauge",
-                       "Rooms this node serves now (fixed mounts and loaded rooms).",
-                       cs.rooms_attached);
-        server_counter(&b, "libsync_cluster_forward_queue", "gauge",
-                       "Client messages waiting to be forwarded to Redis.", cs.forward_queue);
-        server_counter(&b, "libsync_cluster_forwarded_total", "counter",
-                       "Client messages of this node appended to their rooms' streams.",
-                       cs.forwarded);
-        server_counter(&b, "libsync_cluster_applied_total", "counter",
-                       "Stream entries this node applied as owner and saved (refused ones too).",
-                       cs.applied);
-        server_counter(&b, "libsync_cluster_takeovers_total", "counter",
-                       "Rooms this node took the lease of and loaded as owner.", cs.takeovers);
-        server_counter(&b, "libsync_cluster_fenced_out_total", "counter",
-                       "Saves refused because this node no longer held the room's lease.",
-                       cs.fenced_out);
-        server_counter(&b, "libsync_cluster_redis_reconnects_total", "counter",
-                       "Times the node subscribed to Redis again after losing it.", cs.reconnects);
+        const struct {
+            const char *name, *type, *help;
+            uint64_t value;
+        } figures[] = {
+            {"libsync_cluster_redis_up", "gauge",
+             "1 while the node's subscription to Redis is up, else 0.", cs.redis_up ? 1 : 0},
+            {"libsync_cluster_rooms_owned", "gauge",
+             "Rooms this node owns (holds the lease of) now.", cs.rooms_owned},
+            {"libsync_cluster_rooms_attached", "gauge",
+             "Rooms this node serves now (fixed mounts and loaded rooms).", cs.rooms_attached},
+            {"libsync_cluster_forward_queue", "gauge",
+             "Client messages waiting to be forwarded to Redis.", cs.forward_queue},
+            {"libsync_cluster_forwarded_total", "counter",
+             "Client messages of this node appended to their rooms' streams.", cs.forwarded},
+            {"libsync_cluster_applied_total", "counter",
+             "Stream entries this node applied as owner and saved (refused ones too).", cs.applied},
+            {"libsync_cluster_takeovers_total", "counter",
+             "Rooms this node took the lease of and loaded as owner.", cs.takeovers},
+            {"libsync_cluster_fenced_out_total", "counter",
+             "Saves refused because this node no longer held the room's lease.", cs.fenced_out},
+            {"libsync_cluster_redis_reconnects_total", "counter",
+             "Times the node subscribed to Redis again after losing it.", cs.reconnects},
+        };
+        for (size_t i = 0; i < sizeof figures / sizeof figures[0]; i++)
+            server_counter(&b, figures[i].name, figures[i].type, figures[i].help, figures[i].value);
     }
     if (b.failed) {
         free(b.data);

@@ -374,13 +374,28 @@ static int save_args(redis_conn *c, const redis_save_req *q, const char **argv, 
     return SYNC_OK;
 }
 
-int redis_fenced_save_publish_many(redis_conn *c, redis_save_req *reqs, size_t n)
+/* A pipelined batch of fenced scripts, one a request, as the saves and the claims send them. */
+typedef struct fenced_batch {
+    int argc, owned; /* the arguments of one command, the strings it owns */
+    /* Checks request i and writes its command: SYNC_OK, or the failure of that request alone. */
+    int (*build)(redis_conn *c, void *reqs, size_t i, const char **argv, size_t *lens,
+                 char **owned);
+    /* Request i's outcome, and its room and token for the fenced-out message. */
+    int *(*outcome)(void *reqs, size_t i, const char **room, int64_t *token);
+    const char *not_done;            /* what a fenced-out request did not do, after its room */
+    const char *failed, *failed_one; /* the failure of the batch, of one command */
+} fenced_batch;
+
+/* Runs the commands of the requests that build, each outcome set from its reply (0: fenced
+ * out). SYNC_OK when every reply came; otherwise the connection's failure, every outcome too. */
+static int fenced_batch_run(redis_conn *c, const fenced_batch *b, void *reqs, size_t n)
 {
     if (n == 0)
         return SYNC_OK;
-    const char **argv = calloc(n * SAVE_ARGC, sizeof *argv);
-    size_t *lens = calloc(n * SAVE_ARGC, sizeof *lens);
-    char **owned = calloc(n * SAVE_OWNED, sizeof *owned);
+    const size_t argc_each = (size_t)b->argc, owned_each = (size_t)b->owned;
+    const char **argv = calloc(n * argc_each, sizeof *argv);
+    size_t *lens = calloc(n * argc_each, sizeof *lens);
+    char **owned = calloc(n * owned_each, sizeof *owned);
     const char *const **argvs = calloc(n, sizeof *argvs);
     const size_t **lensv = calloc(n, sizeof *lensv);
     int *argc = calloc(n, sizeof *argc);
@@ -389,39 +404,42 @@ int redis_fenced_save_publish_many(redis_conn *c, redis_save_req *reqs, size_t n
     int rc = SYNC_OK;
     if (!argv || !lens || !owned || !argvs || !lensv || !argc || !replies || !index)
         rc = sync__fail(SYNC_ENOMEM, "out of memory");
+    const char *room;
+    int64_t token;
     size_t sent = 0;
     for (size_t i = 0; rc == SYNC_OK && i < n; i++) {
-        reqs[i].rc = save_args(c, &reqs[i], &argv[i * SAVE_ARGC], &lens[i * SAVE_ARGC],
-                               &owned[i * SAVE_OWNED]);
-        if (reqs[i].rc != SYNC_OK)
+        int *q_rc = b->outcome(reqs, i, &room, &token);
+        *q_rc = b->build(c, reqs, i, &argv[i * argc_each], &lens[i * argc_each],
+                         &owned[i * owned_each]);
+        if (*q_rc != SYNC_OK)
             continue; /* a bad request fails alone */
-        argvs[sent] = &argv[i * SAVE_ARGC];
-        lensv[sent] = &lens[i * SAVE_ARGC];
-        argc[sent] = SAVE_ARGC;
+        argvs[sent] = &argv[i * argc_each];
+        lensv[sent] = &lens[i * argc_each];
+        argc[sent] = b->argc;
         index[sent++] = i;
     }
     if (rc == SYNC_OK && sent)
-        rc = redis_conn_run(c, sent, argc, argvs, lensv, replies, "cannot save rooms to");
+        rc = redis_conn_run(c, sent, argc, argvs, lensv, replies, b->failed);
     for (size_t k = 0; k < sent; k++) {
-        redis_save_req *q = &reqs[index[k]];
+        int *q_rc = b->outcome(reqs, index[k], &room, &token);
         const redisReply *r = replies[k];
         if (rc != SYNC_OK)
-            q->rc = rc;
+            *q_rc = rc;
         else if (r->type == REDIS_REPLY_INTEGER)
-            q->rc = r->integer ? SYNC_OK
+            *q_rc = r->integer ? SYNC_OK
                                : sync__fail(SYNC_ESTATE,
-                                            "room %s not saved: token %lld no longer holds its "
-                                            "lease (fenced out)",
-                                            q->room, (long long)q->token);
+                                            "room %s%s: token %lld no longer holds its lease "
+                                            "(fenced out)",
+                                            room, b->not_done, (long long)token);
         else
-            q->rc = redis_conn_reply_fail(c, r, "cannot save a room to");
+            *q_rc = redis_conn_reply_fail(c, r, b->failed_one);
         if (replies[k])
             freeReplyObject(replies[k]);
     }
     if (rc != SYNC_OK)
         for (size_t i = 0; i < n; i++)
-            reqs[i].rc = rc;
-    for (size_t i = 0; owned && i < n * SAVE_OWNED; i++)
+            *b->outcome(reqs, i, &room, &token) = rc;
+    for (size_t i = 0; owned && i < n * owned_each; i++)
         free(owned[i]);
     free(argv);
     free(lens);
@@ -434,6 +452,32 @@ int redis_fenced_save_publish_many(redis_conn *c, redis_save_req *reqs, size_t n
     return rc;
 }
 
+static int save_build(redis_conn *c, void *reqs, size_t i, const char **argv, size_t *lens,
+                      char **owned)
+{
+    return save_args(c, &((redis_save_req *)reqs)[i], argv, lens, owned);
+}
+
+static int *save_outcome(void *reqs, size_t i, const char **room, int64_t *token)
+{
+    redis_save_req *q = &((redis_save_req *)reqs)[i];
+    *room = q->room;
+    *token = q->token;
+    return &q->rc;
+}
+
+int redis_fenced_save_publish_many(redis_conn *c, redis_save_req *reqs, size_t n)
+{
+    static const fenced_batch batch = {.argc = SAVE_ARGC,
+                                       .owned = SAVE_OWNED,
+                                       .build = save_build,
+                                       .outcome = save_outcome,
+                                       .not_done = " not saved",
+                                       .failed = "cannot save rooms to",
+                                       .failed_one = "cannot save a room to"};
+    return fenced_batch_run(c, &batch, reqs, n);
+}
+
 int redis_stream_id_cmp(const char *a, const char *b)
 {
     unsigned long long am = 0, as = 0, bm = 0, bs = 0;
@@ -444,77 +488,48 @@ int redis_stream_id_cmp(const char *a, const char *b)
     return as < bs ? -1 : as > bs ? 1 : 0;
 }
 
+/* The 7 arguments of one claim (EVAL script 2 keys 2 args), the strings it owns in `owned`. */
+enum { CLAIM_ARGC = 7, CLAIM_OWNED = 3 };
+
+static int claim_build(redis_conn *c, void *reqs, size_t i, const char **argv, size_t *lens,
+                       char **owned)
+{
+    const redis_claim_req *q = &((redis_claim_req *)reqs)[i];
+    int rc = check_room(q->room);
+    if (rc != SYNC_OK)
+        return rc;
+    if (q->token <= 0 || !q->id || !q->id[0])
+        return sync__fail(SYNC_EINVAL, "bad token or no stream id");
+    if (asprintf(&owned[0], "%slease:%s", c->prefix, q->room) < 0 ||
+        asprintf(&owned[1], "%sroom:%s", c->prefix, q->room) < 0 ||
+        asprintf(&owned[2], "%lld", (long long)q->token) < 0)
+        return sync__fail(SYNC_ENOMEM, "out of memory");
+    const char *a[CLAIM_ARGC] = {"EVAL", CLAIM_LUA, "2", owned[0], owned[1], owned[2], q->id};
+    for (int k = 0; k < CLAIM_ARGC; k++) {
+        argv[k] = a[k];
+        lens[k] = strlen(a[k]);
+    }
+    return SYNC_OK;
+}
+
+static int *claim_outcome(void *reqs, size_t i, const char **room, int64_t *token)
+{
+    redis_claim_req *q = &((redis_claim_req *)reqs)[i];
+    *room = q->room;
+    *token = q->token;
+    return &q->rc;
+}
+
 int redis_fenced_claim_many(redis_conn *c, redis_claim_req *reqs, size_t n)
 {
-    if (n == 0)
-        return SYNC_OK;
-    enum { ARGC = 7, OWNED = 3 };
-    const char **argv = calloc(n * ARGC, sizeof *argv);
-    char **owned = calloc(n * OWNED, sizeof *owned);
-    const char *const **argvs = calloc(n, sizeof *argvs);
-    const size_t **lensv = calloc(n, sizeof *lensv); /* NULL each: hiredis takes strlen */
-    int *argc = calloc(n, sizeof *argc);
-    redisReply **replies = calloc(n, sizeof *replies);
-    size_t *index = calloc(n, sizeof *index); /* the request of each command sent */
-    int rc = SYNC_OK;
-    if (!argv || !owned || !argvs || !lensv || !argc || !replies || !index)
-        rc = sync__fail(SYNC_ENOMEM, "out of memory");
-    size_t sent = 0;
-    for (size_t i = 0; rc == SYNC_OK && i < n; i++) {
-        redis_claim_req *q = &reqs[i];
-        char **o = &owned[i * OWNED];
-        q->rc = check_room(q->room);
-        if (q->rc == SYNC_OK && (q->token <= 0 || !q->id || !q->id[0]))
-            q->rc = sync__fail(SYNC_EINVAL, "bad token or no stream id");
-        if (q->rc == SYNC_OK && (asprintf(&o[0], "%slease:%s", c->prefix, q->room) < 0 ||
-                                 asprintf(&o[1], "%sroom:%s", c->prefix, q->room) < 0 ||
-                                 asprintf(&o[2], "%lld", (long long)q->token) < 0))
-            q->rc = sync__fail(SYNC_ENOMEM, "out of memory");
-        if (q->rc != SYNC_OK)
-            continue; /* a bad request fails alone */
-        const char **a = &argv[i * ARGC];
-        a[0] = "EVAL";
-        a[1] = CLAIM_LUA;
-        a[2] = "2";
-        a[3] = o[0];
-        a[4] = o[1];
-        a[5] = o[2];
-        a[6] = q->id;
-        argvs[sent] = a;
-        argc[sent] = ARGC;
-        index[sent++] = i;
-    }
-    if (rc == SYNC_OK && sent)
-        rc = redis_conn_run(c, sent, argc, argvs, lensv, replies, "cannot claim entries in");
-    for (size_t k = 0; k < sent; k++) {
-        redis_claim_req *q = &reqs[index[k]];
-        const redisReply *r = replies[k];
-        if (rc != SYNC_OK)
-            q->rc = rc;
-        else if (r->type == REDIS_REPLY_INTEGER)
-            q->rc = r->integer ? SYNC_OK
-                               : sync__fail(SYNC_ESTATE,
-                                            "room %s: entries not claimed: token %lld no longer "
-                                            "holds its lease (fenced out)",
-                                            q->room, (long long)q->token);
-        else
-            q->rc = redis_conn_reply_fail(c, r, "cannot claim entries in");
-        if (replies[k])
-            freeReplyObject(replies[k]);
-    }
-    if (rc != SYNC_OK)
-        for (size_t i = 0; i < n; i++)
-            reqs[i].rc = rc;
-    for (size_t i = 0; owned && i < n * OWNED; i++)
-        free(owned[i]);
-    free(argv);
-    free(owned);
-    free(argvs);
-    free(lensv);
-    free(argc);
-    free(replies);
-    free(index);
-    return rc;
+    static const fenced_batch batch = {.argc = CLAIM_ARGC,
+                                       .owned = CLAIM_OWNED,
+                                       .build = claim_build,
+                                       .outcome = claim_outcome,
+                                       .not_done = ": entries not claimed",
+                                       .failed = "cannot claim entries in",
+                                       .failed_one = "cannot claim entries in"};
+    return fenced_batch_run(c, &batch, reqs, n);
 }
 
 int redis_fenced_claim(redis_conn *c, const char *room, int64_t token, const char *id)
