@@ -56,10 +56,12 @@ def test_a_c_a_python_and_a_node_node_serve_one_counter(redis_url, tmp_path):  #
     # room joined on it first, the Node node likewise. So each implementation runs the handlers
     # of the other two's clients.
     nodes = [c_node(redis_url, "c-0", tmp_path / "c-0")]
-    assert lease_owner(redis_url, "libsync:", "/") == "c-0"
-    nodes += [python_node(redis_url, None, "py-0"), node_node(redis_url, "js-0")]
     groups: dict = {}
     try:
+        # inside the try: a failed start or check still ends the nodes already started
+        assert lease_owner(redis_url, "libsync:", "/") == "c-0"
+        nodes.append(python_node(redis_url, None, "py-0"))
+        nodes.append(node_node(redis_url, "js-0"))
         groups["/"] = [Client(n.port, path) for n in nodes for path in ("/", "/counter")]
         for owner, room in ((nodes[1], "/rooms/py-owned"), (nodes[2], "/rooms/js-owned")):
             first = Client(owner.port, room)
@@ -98,4 +100,4 @@ def test_a_c_a_python_and_a_node_node_serve_one_counter(redis_url, tmp_path):  #
             for c in group:
                 c.ws.close()
         codes = [n.terminate() for n in nodes]
-    assert codes == [0, 0, 0], (codes, [n.errors for n in nodes])
+    assert codes == [0] * len(nodes) and len(nodes) == 3, (codes, [n.errors for n in nodes])
