@@ -192,6 +192,10 @@ static void claims_are_fenced_and_only_grow(void)
     sleep_ms(600);
     CHECK_EQ_INT(redis_fenced_claim(&a, "/c", ta, "11-0"), SYNC_ESTATE);
     CHECK(strstr(sync_error_last(), "fenced out") != NULL);
+    /* the refusal names the request's own room and token */
+    char want[64];
+    snprintf(want, sizeof want, "room /c: entries not claimed: token %lld ", (long long)ta);
+    CHECK(strstr(sync_error_last(), want) != NULL);
     REQUIRE(redis_lease_acquire(&b, "/c", "node-b", 5000, &tb) == SYNC_OK && tb > ta);
     char *json = NULL;
     int64_t v = -1;
@@ -291,6 +295,11 @@ static void saves_of_several_rooms_at_once(void)
     CHECK_EQ_INT(reqs[1].rc, SYNC_ESTATE); /* not its token */
     CHECK_EQ_INT(reqs[2].rc, SYNC_OK);
     CHECK_EQ_INT(reqs[3].rc, SYNC_EINVAL); /* a bad room fails alone */
+    /* the replies come after every request was built: the last failure is the fenced-out one,
+     * naming its own room and token */
+    char want[96];
+    snprintf(want, sizeof want, "room /rooms/r2 not saved: token %lld ", (long long)(t2 + 1));
+    CHECK(strstr(sync_error_last(), want) != NULL);
     char *v = raw_hget("room", "/r1", "version");
     CHECK_EQ_STR(v, "1");
     free(v);

@@ -7,6 +7,7 @@
 #include "libsync/common.h"
 #include "libsync/rooms.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -337,9 +338,9 @@ int redis_fenced_save_publish(redis_conn *c, const char *room, int64_t token, co
 /* The 14 arguments of one save (EVAL script 3 keys 8 args), the strings it owns in `owned`. */
 enum { SAVE_ARGC = 14, SAVE_OWNED = 8 };
 
-static int save_args(redis_conn *c, const redis_save_req *q, const char **argv, size_t *lens,
-                     char **owned)
+static int save_build(redis_conn *c, const void *req, const char **argv, size_t *lens, char **owned)
 {
+    const redis_save_req *q = req;
     int rc = check_room(q->room);
     if (rc != SYNC_OK)
         return rc;
@@ -374,17 +375,31 @@ static int save_args(redis_conn *c, const redis_save_req *q, const char **argv, 
     return SYNC_OK;
 }
 
-/* A pipelined batch of fenced scripts, one a request, as the saves and the claims send them. */
+/* A pipelined batch of fenced scripts, one a request, as the saves and the claims send them.
+ * Every request type has a room, a token and an outcome rc, found by their offsets. */
 typedef struct fenced_batch {
-    int argc, owned; /* the arguments of one command, the strings it owns */
-    /* Checks request i and writes its command: SYNC_OK, or the failure of that request alone. */
-    int (*build)(redis_conn *c, void *reqs, size_t i, const char **argv, size_t *lens,
-                 char **owned);
-    /* Request i's outcome, and its room and token for the fenced-out message. */
-    int *(*outcome)(void *reqs, size_t i, const char **room, int64_t *token);
+    size_t size;            /* of one request */
+    size_t room, token, rc; /* offsets of the request's members */
+    int argc, owned;        /* the arguments of one command, the strings it owns */
+    /* Checks the request and writes its command: SYNC_OK, or the failure of that request alone. */
+    int (*build)(redis_conn *c, const void *req, const char **argv, size_t *lens, char **owned);
     const char *not_done;            /* what a fenced-out request did not do, after its room */
     const char *failed, *failed_one; /* the failure of the batch, of one command */
 } fenced_batch;
+
+#define FENCED_REQ(type)                                                                           \
+    .size = sizeof(type), .room = offsetof(type, room), .token = offsetof(type, token),            \
+    .rc = offsetof(type, rc)
+
+static char *fenced_req(const fenced_batch *b, void *reqs, size_t i)
+{
+    return (char *)reqs + i * b->size;
+}
+
+static int *fenced_rc(const fenced_batch *b, void *reqs, size_t i)
+{
+    return (int *)(fenced_req(b, reqs, i) + b->rc);
+}
 
 /* Runs the commands of the requests that build, each outcome set from its reply (0: fenced
  * out). SYNC_OK when every reply came; otherwise the connection's failure, every outcome too. */
@@ -404,12 +419,10 @@ static int fenced_batch_run(redis_conn *c, const fenced_batch *b, void *reqs, si
     int rc = SYNC_OK;
     if (!argv || !lens || !owned || !argvs || !lensv || !argc || !replies || !index)
         rc = sync__fail(SYNC_ENOMEM, "out of memory");
-    const char *room;
-    int64_t token;
     size_t sent = 0;
     for (size_t i = 0; rc == SYNC_OK && i < n; i++) {
-        int *q_rc = b->outcome(reqs, i, &room, &token);
-        *q_rc = b->build(c, reqs, i, &argv[i * argc_each], &lens[i * argc_each],
+        int *q_rc = fenced_rc(b, reqs, i);
+        *q_rc = b->build(c, fenced_req(b, reqs, i), &argv[i * argc_each], &lens[i * argc_each],
                          &owned[i * owned_each]);
         if (*q_rc != SYNC_OK)
             continue; /* a bad request fails alone */
@@ -421,7 +434,10 @@ static int fenced_batch_run(redis_conn *c, const fenced_batch *b, void *reqs, si
     if (rc == SYNC_OK && sent)
         rc = redis_conn_run(c, sent, argc, argvs, lensv, replies, b->failed);
     for (size_t k = 0; k < sent; k++) {
-        int *q_rc = b->outcome(reqs, index[k], &room, &token);
+        const char *q = fenced_req(b, reqs, index[k]);
+        int *q_rc = fenced_rc(b, reqs, index[k]);
+        const char *room = *(const char *const *)(q + b->room);
+        const int64_t token = *(const int64_t *)(q + b->token);
         const redisReply *r = replies[k];
         if (rc != SYNC_OK)
             *q_rc = rc;
@@ -438,7 +454,7 @@ static int fenced_batch_run(redis_conn *c, const fenced_batch *b, void *reqs, si
     }
     if (rc != SYNC_OK)
         for (size_t i = 0; i < n; i++)
-            *b->outcome(reqs, i, &room, &token) = rc;
+            *fenced_rc(b, reqs, i) = rc;
     for (size_t i = 0; owned && i < n * owned_each; i++)
         free(owned[i]);
     free(argv);
@@ -452,26 +468,12 @@ static int fenced_batch_run(redis_conn *c, const fenced_batch *b, void *reqs, si
     return rc;
 }
 
-static int save_build(redis_conn *c, void *reqs, size_t i, const char **argv, size_t *lens,
-                      char **owned)
-{
-    return save_args(c, &((redis_save_req *)reqs)[i], argv, lens, owned);
-}
-
-static int *save_outcome(void *reqs, size_t i, const char **room, int64_t *token)
-{
-    redis_save_req *q = &((redis_save_req *)reqs)[i];
-    *room = q->room;
-    *token = q->token;
-    return &q->rc;
-}
-
 int redis_fenced_save_publish_many(redis_conn *c, redis_save_req *reqs, size_t n)
 {
-    static const fenced_batch batch = {.argc = SAVE_ARGC,
+    static const fenced_batch batch = {FENCED_REQ(redis_save_req),
+                                       .argc = SAVE_ARGC,
                                        .owned = SAVE_OWNED,
                                        .build = save_build,
-                                       .outcome = save_outcome,
                                        .not_done = " not saved",
                                        .failed = "cannot save rooms to",
                                        .failed_one = "cannot save a room to"};
@@ -491,10 +493,10 @@ int redis_stream_id_cmp(const char *a, const char *b)
 /* The 7 arguments of one claim (EVAL script 2 keys 2 args), the strings it owns in `owned`. */
 enum { CLAIM_ARGC = 7, CLAIM_OWNED = 3 };
 
-static int claim_build(redis_conn *c, void *reqs, size_t i, const char **argv, size_t *lens,
+static int claim_build(redis_conn *c, const void *req, const char **argv, size_t *lens,
                        char **owned)
 {
-    const redis_claim_req *q = &((redis_claim_req *)reqs)[i];
+    const redis_claim_req *q = req;
     int rc = check_room(q->room);
     if (rc != SYNC_OK)
         return rc;
@@ -512,20 +514,12 @@ static int claim_build(redis_conn *c, void *reqs, size_t i, const char **argv, s
     return SYNC_OK;
 }
 
-static int *claim_outcome(void *reqs, size_t i, const char **room, int64_t *token)
-{
-    redis_claim_req *q = &((redis_claim_req *)reqs)[i];
-    *room = q->room;
-    *token = q->token;
-    return &q->rc;
-}
-
 int redis_fenced_claim_many(redis_conn *c, redis_claim_req *reqs, size_t n)
 {
-    static const fenced_batch batch = {.argc = CLAIM_ARGC,
+    static const fenced_batch batch = {FENCED_REQ(redis_claim_req),
+                                       .argc = CLAIM_ARGC,
                                        .owned = CLAIM_OWNED,
                                        .build = claim_build,
-                                       .outcome = claim_outcome,
                                        .not_done = ": entries not claimed",
                                        .failed = "cannot claim entries in",
                                        .failed_one = "cannot claim entries in"};
