@@ -35,16 +35,10 @@ static int add_handlers(sync_engine *engine)
     return sync_engine_on(engine, "increment", cluster_on_increment, NULL, NULL);
 }
 
-static int setup_room(sync_room_setup *setup, void *userdata)
-{
-    (void)userdata;
-    return add_handlers(sync_room_setup_engine(setup));
-}
-
 /* A node serving "/" and "/rooms/NAME" in the cluster under `prefix`. */
 static int node_start(cluster_node *n, int index, const char *prefix)
 {
-    cluster_node_config config = {redis.url, engine_options, add_handlers, setup_room, LEASE_MS, 0};
+    cluster_node_config config = {redis.url, engine_options, add_handlers, LEASE_MS, 0};
     return cluster_node_start(n, index, prefix, &config);
 }
 
@@ -109,20 +103,9 @@ static void await_version(client *c, long long version)
         read_one(c, 500);
 }
 
-/* The node id holding the lease of room `key`, "" when none (the lease names
- * "<token> <id>/<incarnation>"). */
 static void owner_of(const char *prefix, const char *key, char *out, size_t size)
 {
-    char lease[256];
-    snprintf(lease, sizeof lease, "%slease:%s", prefix, key);
-    const char *argv[] = {"GET", lease};
-    char *value = redis_get_bulk(&redis, 2, argv);
-    const char *space = value ? strchr(value, ' ') : NULL;
-    snprintf(out, size, "%s", space ? space + 1 : "");
-    char *incarnation = strrchr(out, '/');
-    if (incarnation)
-        *incarnation = '\0';
-    free(value);
+    cluster_owner_of(&redis, prefix, key, out, size);
 }
 
 static long long key_exists(const char *prefix, const char *kind, const char *key)
