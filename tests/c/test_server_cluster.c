@@ -300,7 +300,7 @@ static void v2_resumes_on_another_node(void)
     await_version(&sender, 5, &start);
     /* node 1 has version 5 too (it adopted every published version) */
     while (sync_engine_get_version(nodes[1].engine) < 5 && check_elapsed_ms(&start) < 10000)
-        cluster_sleep_ms(10);
+        check_sleep_ms(10);
     char query[200];
     snprintf(query, sizeof query, "?since=3&epoch=%s", epoch);
     char *text = v2_first_frame(nodes[1].port, query);
@@ -416,7 +416,7 @@ static void room_unloaded_on_owner(void)
     ws_client_free(c[owner].ws);
     /* room_idle_ms is 1000: the owner unloads the room and gives its lease up */
     while (sync_rooms_loaded_count(nodes[owner].rooms) > 0 && check_elapsed_ms(&start) < 15000)
-        cluster_sleep_ms(20);
+        check_sleep_ms(20);
     CHECK_EQ_INT(sync_rooms_loaded_count(nodes[owner].rooms), 0);
     CHECK_EQ_INT(sync_rooms_loaded_count(nodes[other].rooms), 1);
     for (int i = 0; i < 3; i++)

@@ -132,7 +132,7 @@ static long long metric_when(int port, const char *name, long long at_least, lon
     long long v = -1;
     while (((v = fixture_metric(port, name)) < at_least || v > at_most) &&
            check_elapsed_ms(&start) < 15000)
-        cluster_sleep_ms(20);
+        check_sleep_ms(20);
     return v;
 }
 
@@ -271,11 +271,11 @@ static void delete_closes_every_node(void)
     /* both nodes unloaded it */
     for (int i = 0; i < 2; i++) {
         while (sync_rooms_loaded_count(nodes[i].rooms) > 0 && check_elapsed_ms(&start) < 10000)
-            cluster_sleep_ms(20);
+            check_sleep_ms(20);
         CHECK_EQ_INT(sync_rooms_loaded_count(nodes[i].rooms), 0);
     }
     /* no owner brings it back from what its engine held: still gone a few lease turns later */
-    cluster_sleep_ms(LEASE_MS / 2);
+    check_sleep_ms(LEASE_MS / 2);
     CHECK_EQ_INT(key_exists(prefix, "room", "/rooms/doomed"), 0);
 
     /* a later join, on either node, starts the room afresh with a new epoch */
@@ -357,7 +357,7 @@ static void missed_notice_does_not_bring_room_back(void)
     char *version = NULL;
     while (!(version = record_field(prefix, "/rooms/lost", "version")) &&
            check_elapsed_ms(&start) < 15000)
-        cluster_sleep_ms(20);
+        check_sleep_ms(20);
     CHECK_EQ_STR(version, "2");
     free(version);
     ws_client_free(lost.ws);
@@ -371,7 +371,7 @@ static void missed_notice_does_not_bring_room_back(void)
                  SYNC_CLOSE_ROOM_DELETED);
     CHECK_EQ_STR(reason, "room deleted");
     ws_client_free(ghost.ws);
-    cluster_sleep_ms(LEASE_MS / 2);
+    check_sleep_ms(LEASE_MS / 2);
     CHECK_EQ_INT(key_exists(prefix, "room", "/rooms/ghost"), 0);
     /* joined again: afresh */
     client_join(&ghost, n.port, "/rooms/ghost");
@@ -415,7 +415,7 @@ static void list_shows_every_node(void)
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (int i = 0; i < 2; i++)
         while (sync_rooms_loaded_count(nodes[i].rooms) > 0 && check_elapsed_ms(&start) < 15000)
-            cluster_sleep_ms(20);
+            check_sleep_ms(20);
     CHECK_EQ_INT(sync_rooms_loaded_count(nodes[0].rooms) + sync_rooms_loaded_count(nodes[1].rooms),
                  0);
     CHECK_EQ_INT(sync_rooms_list(nodes[1].rooms, &text), SYNC_OK);

@@ -41,12 +41,6 @@ static mem_record *mem_find(mem_store *m, const char *name)
     return NULL;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 typedef struct later {
     mem_store *m;
     sync_pending *pending;
@@ -60,7 +54,7 @@ typedef struct later {
 static void *finish_later(void *arg)
 {
     later *l = arg;
-    sleep_ms(l->delay_ms);
+    check_sleep_ms(l->delay_ms);
     if (l->is_load) {
         sync_pending_complete_load(l->pending, l->status, l->json, l->version,
                                    l->status ? "the test store fails this room" : NULL);
@@ -267,7 +261,7 @@ static int room_setup(sync_room_setup *setup, void *userdata)
     setup_box *box = userdata;
     atomic_fetch_add(&box->calls, 1);
     if (box->delay_ms)
-        sleep_ms(box->delay_ms);
+        check_sleep_ms(box->delay_ms);
     if (box->fail)
         return SYNC_EINVAL;
     sync_engine *engine = sync_room_setup_engine(setup);
@@ -391,7 +385,7 @@ static size_t wait_loaded(sync_rooms *rooms, size_t want, int timeout_ms)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     size_t n;
     while ((n = sync_rooms_loaded_count(rooms)) != want && check_elapsed_ms(&t0) < timeout_ms)
-        sleep_ms(10);
+        check_sleep_ms(10);
     return n;
 }
 
@@ -647,7 +641,7 @@ static void join_racing_an_unload_waits_and_loads_afresh(void)
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     while (atomic_load(&m->saving) == 0 && check_elapsed_ms(&t0) < 5000)
-        sleep_ms(2);
+        check_sleep_ms(2);
     CHECK_EQ_INT(atomic_load(&m->saving), 1);
     long long counter = -1;
     c = join(&f, "/rooms/racy", &counter);
@@ -685,11 +679,11 @@ static void delete_racing_an_unload_removes_after_the_save(void)
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     while (atomic_load(&m->saving) == 0 && check_elapsed_ms(&t0) < 5000)
-        sleep_ms(2);
+        check_sleep_ms(2);
     CHECK_EQ_INT(atomic_load(&m->saving), 1);
     CHECK_EQ_INT(sync_rooms_delete(f.rooms, "short"), SYNC_OK);
     CHECK_EQ_INT(atomic_load(&m->saving), 0); /* the delete waited for the save */
-    sleep_ms(100);
+    check_sleep_ms(100);
     char *json = mem_get(m, "short");
     CHECK(json == NULL);
     free(json);
@@ -738,7 +732,7 @@ static void max_rooms_evicts_the_least_recently_used_then_refuses(void)
     while (!a2 && check_elapsed_ms(&t0) < 5000) {
         a2 = join(&f, "/rooms/a", &counter);
         if (!a2)
-            sleep_ms(20);
+            check_sleep_ms(20);
     }
     CHECK(a2 != NULL);
     CHECK_EQ_INT(counter, 1);
@@ -788,12 +782,12 @@ static void deleted_room_closes_its_clients_and_starts_afresh(void)
     sender s = {c, 0, 0};
     pthread_t t;
     pthread_create(&t, NULL, send_until_closed, &s);
-    sleep_ms(100);
+    check_sleep_ms(100);
     CHECK_EQ_INT(sync_rooms_delete(f.rooms, "doomed"), SYNC_OK);
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     while (!atomic_load(&s.close_code) && check_elapsed_ms(&t0) < 5000)
-        sleep_ms(10);
+        check_sleep_ms(10);
     atomic_store(&s.stop, 1);
     pthread_join(t, NULL);
     CHECK_EQ_INT(atomic_load(&s.close_code), SYNC_CLOSE_ROOM_DELETED);
@@ -880,9 +874,9 @@ static void *complete_setup(void *arg)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     sync_room_setup *setup = NULL;
     while (!(setup = atomic_exchange(&c->box->kept, NULL)) && check_elapsed_ms(&t0) < 5000)
-        sleep_ms(5);
+        check_sleep_ms(5);
     if (setup) {
-        sleep_ms(150); /* the client sends while it waits */
+        check_sleep_ms(150); /* the client sends while it waits */
         sync_room_setup_complete(setup, c->status);
     }
     return NULL;
@@ -996,9 +990,9 @@ static void *complete_auth(void *arg)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     sync_request *req = NULL;
     while (!(req = atomic_exchange(&deferred_request, NULL)) && check_elapsed_ms(&t0) < 5000)
-        sleep_ms(5);
+        check_sleep_ms(5);
     if (req) {
-        sleep_ms(300); /* after the room is ready: the auth is the last to decide */
+        check_sleep_ms(300); /* after the room is ready: the auth is the last to decide */
         sync_request_complete(req, 0);
     }
     return NULL;
@@ -1109,7 +1103,7 @@ static void rooms_without_clients(void)
     REQUIRE(sync_rooms_acquire(f.rooms, "offline", &engine) == SYNC_OK);
     CHECK_EQ_INT(sync_engine_set_state_json(engine, "{\"counter\":41}", 1), SYNC_OK);
     CHECK_EQ_INT(sync_rooms_loaded_count(f.rooms), 1);
-    sleep_ms(300); /* held: not unloaded however idle */
+    check_sleep_ms(300); /* held: not unloaded however idle */
     CHECK_EQ_INT(sync_rooms_loaded_count(f.rooms), 1);
     CHECK_EQ_INT(sync_rooms_release(f.rooms, engine), SYNC_OK);
     CHECK_EQ_INT(sync_rooms_release(f.rooms, engine), SYNC_EINVAL); /* not held any more */
@@ -1135,7 +1129,7 @@ static void rooms_without_clients(void)
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     while (!atomic_load(&box2.calls) && check_elapsed_ms(&t0) < 5000)
-        sleep_ms(5);
+        check_sleep_ms(5);
     CHECK_EQ_INT(atomic_load(&box2.status), SYNC_OK);
     if (atomic_load(&box2.engine))
         CHECK_EQ_INT(sync_rooms_release(f.rooms, atomic_load(&box2.engine)), SYNC_OK);

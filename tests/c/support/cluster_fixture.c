@@ -8,12 +8,6 @@
 
 #include "check.h"
 
-void cluster_sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 void cluster_owner_of(const redis_server *redis, const char *prefix, const char *key, char *out,
                       size_t size)
 {
@@ -118,7 +112,7 @@ ws_client *cluster_join(int port, const char *path, const char *headers, int tim
             return c;
         if (status != 503 || check_elapsed_ms(&start) > timeout_ms)
             return NULL;
-        cluster_sleep_ms(20);
+        check_sleep_ms(20);
     }
 }
 

@@ -47,8 +47,6 @@ void cluster_node_stop(cluster_node *n);
 /* Joins `path` on `port`, retrying while the node answers 503 (no Redis yet, room loading). */
 ws_client *cluster_join(int port, const char *path, const char *headers, int timeout_ms);
 
-void cluster_sleep_ms(int ms);
-
 /* The node id holding the lease of room `key` in the cluster under `prefix`, into `out`: "" when
  * none. The lease names the process, "<token> <id>/<incarnation>": a lease without its
  * incarnation fails a check. */
