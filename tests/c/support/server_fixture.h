@@ -9,6 +9,9 @@
 
 #include "ws_client.h"
 
+/* Registers the counter handlers ("increment", "whoami") on `engine`. */
+int fixture_add_counter_handlers(sync_engine *engine);
+
 /* A counter engine starting at `start`; NULL on failure. */
 sync_engine *fixture_counter_engine(int start);
 
@@ -30,6 +33,23 @@ sync_server *fixture_counter_server(int start, const sync_server_options *opts, 
 
 /* A client of `path` that has read its initial state; NULL (and a failed check) otherwise. */
 ws_client *fixture_join(int port, const char *path);
+
+/* The same without a check, so that any thread may join: NULL when the connection or its initial
+ * state did not come within `timeout_ms`. The initial state's text in *initial when not NULL
+ * (caller frees). */
+ws_client *fixture_try_join(int port, const char *path, int timeout_ms, char **initial);
+
+/* A server on 127.0.0.1, port 0, with `opts` (NULL = defaults) and rooms at "/rooms/" mounted
+ * with `ro`, started on its background thread. NULL on failure. */
+sync_server *fixture_rooms_server(const sync_server_options *opts, const sync_rooms_options *ro,
+                                  sync_rooms **rooms);
+
+/* A room setup whose initial state is {"room":NAME,"items":[1,2,3]}; counts its calls in
+ * `userdata` (an atomic_int) unless NULL. */
+int fixture_items_room_setup(sync_room_setup *setup, void *userdata);
+
+/* The loaded rooms once they are `want` (polled), or what they are after `timeout_ms`. */
+size_t fixture_wait_loaded(sync_rooms *rooms, size_t want, int timeout_ms);
 
 /* `c` has joined the counter engine: it reads its initial state, and "whoami" answers
  * `identity_json` (the text the auth callback attached). */
