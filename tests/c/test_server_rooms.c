@@ -308,18 +308,7 @@ static ws_client *join(fixture *f, const char *path, long long *counter)
 /* Sends an increment and waits for the state that shows it (`want`). */
 static int increment(ws_client *c, long long want)
 {
-    if (ws_send_text(c, "{\"type\":\"increment\"}") != 0)
-        return -1;
-    for (int i = 0; i < 50; i++) {
-        char *text = ws_read_text(c, 3000);
-        if (!text)
-            return -1;
-        long long v = ws_json_int(text, "counter");
-        free(text);
-        if (v == want)
-            return 0;
-    }
-    return -1;
+    return fixture_increment(c, "counter", want);
 }
 
 /* The status of an upgrade to `path` of any length (ws_handshake's buffer is 4 KiB). */

@@ -175,6 +175,42 @@ int fixture_items_room_setup(sync_room_setup *setup, void *userdata)
     return sync_room_setup_set_initial_state_json(setup, initial);
 }
 
+int fixture_increment(ws_client *c, const char *field, long long want)
+{
+    if (ws_send_text(c, "{\"type\":\"increment\"}") != 0)
+        return -1;
+    for (int i = 0; i < 50; i++) {
+        char *text = ws_read_text(c, 3000);
+        if (!text)
+            return -1;
+        long long v = ws_json_int(text, field);
+        free(text);
+        if (v == want)
+            return 0;
+    }
+    return -1;
+}
+
+char *fixture_v2_first_frame(int port, const char *query)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/%s", query);
+    ws_client *ws = ws_connect(port, path, FIXTURE_V2_HEADER, NULL);
+    char *text = ws ? ws_read_text(ws, 5000) : NULL;
+    ws_client_free(ws);
+    return text;
+}
+
+void fixture_set_padded_counter(sync_engine *engine, int n)
+{
+    char json[160];
+    snprintf(json, sizeof json,
+             "{\"counter\":%d,\"pad\":"
+             "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"}",
+             n);
+    CHECK_EQ_INT(sync_engine_set_state_json(engine, json, 0), SYNC_OK);
+}
+
 size_t fixture_wait_loaded(sync_rooms *rooms, size_t want, int timeout_ms)
 {
     struct timespec t0;
