@@ -68,6 +68,20 @@ class SQLiteAdapter:
         return f"SQLiteAdapter({self.path!r}, table_name={self.table_name!r})"
 
 
+def _loaded(record: Any) -> tuple[int, Optional[str], int]:
+    """What a store written in Python returned from load(), as the bridge takes it: OK with the
+    state as JSON and its version, or with nothing (None: no record yet)."""
+    if record is None:
+        return (Status.OK, None, 0)
+    if not isinstance(record, Mapping) or "state" not in record or "version" not in record:
+        raise ValueError(
+            f"load() must return {{'state': ..., 'version': ...}} or None, not {record!r}"
+        )
+    from ._engine import dumps  # _engine imports this module
+
+    return (Status.OK, dumps(record["state"]), int(record["version"]))
+
+
 class RedisOptions:
     """Where a Redis is and how long to wait for it (libsync's ``sync_redis_options``): what
     :meth:`Server.join_cluster` takes as ``redis=``, and what :class:`RedisAdapter` and
@@ -201,16 +215,7 @@ class _AdapterBridge:
 
     def load(self) -> tuple[int, Optional[str], int]:
         try:
-            record = self.adapter.load()
-            if record is None:
-                return (Status.OK, None, 0)
-            if not isinstance(record, Mapping) or "state" not in record or "version" not in record:
-                raise ValueError(
-                    f"load() must return {{'state': ..., 'version': ...}} or None, not {record!r}"
-                )
-            from ._engine import dumps
-
-            return (Status.OK, dumps(record["state"]), int(record["version"]))
+            return _loaded(self.adapter.load())
         except BaseException as exc:
             self._failed("load", exc)
             return (Status.EIO, None, 0)
