@@ -27,7 +27,7 @@ from ._engine import (
     dumps,
     log_sink,
 )
-from ._adapters import _loaded, _RedisConnection
+from ._adapters import _loaded, _RedisConnection, _SQLiteFile
 from ._errors import Status, SyncClosedError, SyncError, SyncValueError, check
 from ._options import fill
 
@@ -71,7 +71,7 @@ class RoomStore(Protocol):
     def list(self) -> Iterable[str]: ...
 
 
-class SQLiteRoomStore:
+class SQLiteRoomStore(_SQLiteFile):
     """Every room in one SQLite database: a row per room (keyed by its name) in ``table_name``,
     one transaction per save. ``durability`` as :class:`SQLiteAdapter`'s."""
 
@@ -83,24 +83,11 @@ class SQLiteRoomStore:
         durability: Literal["process", "power"] = "process",
         busy_timeout_ms: int = 0,
     ) -> None:
-        if durability not in ("process", "power"):
-            raise ValueError('durability must be "process" or "power"')
-        self.path = os.fspath(path)
-        self.table_name = table_name
-        self.durability = durability
-        self.busy_timeout_ms = int(busy_timeout_ms)
+        self._sqlite_init(path, table_name, durability, busy_timeout_ms)
         native.sync_room_store_free(self._new())  # checks the options now
 
     def _new(self) -> Any:
-        opts = native.sync_sqlite_options()
-        opts.path = self.path
-        opts.table_name = self.table_name
-        opts.durability = 1 if self.durability == "power" else 0
-        opts.busy_timeout_ms = self.busy_timeout_ms
-        return native.sync_room_store_sqlite_new(opts)
-
-    def __repr__(self) -> str:
-        return f"SQLiteRoomStore({self.path!r}, table_name={self.table_name!r})"
+        return native.sync_room_store_sqlite_new(self._sqlite_options())
 
 
 class FileRoomStore:
