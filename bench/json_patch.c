@@ -14,47 +14,22 @@
 
 #include <libsync/common.h>
 
+#include "bench_common.h"
 #include "engine/patch.h"
-
-static double now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-}
-
-/* A counter and `records` records of a list (about 80 bytes each). */
-static cJSON *state_of(int records)
-{
-    cJSON *state = cJSON_CreateObject();
-    cJSON_AddNumberToObject(state, "counter", 0);
-    cJSON *items = cJSON_AddArrayToObject(state, "items");
-    for (int i = 0; i < records; i++) {
-        cJSON *item = cJSON_CreateObject();
-        char name[32];
-        snprintf(name, sizeof name, "item %d", i);
-        cJSON_AddNumberToObject(item, "id", i);
-        cJSON_AddStringToObject(item, "name", name);
-        cJSON_AddNumberToObject(item, "price", i * 1.25);
-        cJSON_AddBoolToObject(item, "stock", i % 2);
-        cJSON_AddItemToArray(items, item);
-    }
-    return state;
-}
 
 static void measure(const char *shape, const char *edit, const cJSON *a, const cJSON *b, int rounds)
 {
-    double t0 = now_us();
+    double t0 = bench_now_us();
     for (int i = 0; i < rounds; i++)
         cJSON_free(cJSON_PrintUnformatted(b));
-    double t1 = now_us();
+    double t1 = bench_now_us();
     sync__json_patch p = {0};
     for (int i = 0; i < rounds; i++) {
         sync__json_patch_clear(&p);
         if (sync__json_diff(a, b, 0, 0, &p) != SYNC_OK)
             abort();
     }
-    double t2 = now_us();
+    double t2 = bench_now_us();
     char *text = cJSON_PrintUnformatted(b);
     printf(
         "%-7s %-22s state %8zu bytes (print %7.0f us)  patch %4zu bytes, %zu ops, diff %7.0f us\n",
@@ -65,7 +40,7 @@ static void measure(const char *shape, const char *edit, const cJSON *a, const c
 
 static void run(const char *shape, int records, int rounds)
 {
-    cJSON *a = state_of(records);
+    cJSON *a = bench_records(records, 0);
     cJSON *b = cJSON_Duplicate(a, 1);
     cJSON_SetNumberValue(cJSON_GetObjectItemCaseSensitive(b, "counter"), 1);
     measure(shape, "counter + 1", a, b, rounds);
@@ -104,11 +79,11 @@ static void run(const char *shape, int records, int rounds)
         cJSON_Delete(cur);
         cur = next;
     }
-    double t0 = now_us();
+    double t0 = bench_now_us();
     sync__json_patch p;
     if (sync__json_diff_since(cur, (const char *const *)rev, rev_len, BEHIND, 0, &p) != SYNC_OK)
         abort();
-    double t1 = now_us();
+    double t1 = bench_now_us();
     printf("%-7s %-22s composed patch %zu bytes in %.0f us\n", shape, "100 versions behind", p.len,
            t1 - t0);
     sync__json_patch_clear(&p);

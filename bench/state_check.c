@@ -12,35 +12,13 @@
 
 #include <libsync/common.h>
 
+#include "bench_common.h"
 #include "engine/json_check.h"
-
-static double now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-}
 
 /* ~64 KiB of small objects: the shape of a list of records. */
 static cJSON *records(void)
 {
-    cJSON *state = cJSON_CreateObject();
-    cJSON_AddNumberToObject(state, "counter", 0);
-    cJSON *items = cJSON_AddArrayToObject(state, "items");
-    for (int i = 0; i < 700; i++) {
-        cJSON *item = cJSON_CreateObject();
-        char name[32];
-        snprintf(name, sizeof name, "item %d", i);
-        cJSON_AddNumberToObject(item, "id", i);
-        cJSON_AddStringToObject(item, "name", name);
-        cJSON_AddNumberToObject(item, "price", i * 1.25);
-        cJSON_AddBoolToObject(item, "stock", i % 2);
-        cJSON *tags = cJSON_AddArrayToObject(item, "tags");
-        cJSON_AddItemToArray(tags, cJSON_CreateString("a"));
-        cJSON_AddItemToArray(tags, cJSON_CreateString("b"));
-        cJSON_AddItemToArray(items, item);
-    }
-    return state;
+    return bench_records(700, 1);
 }
 
 /* ~64 KiB as one object with many members: the shape of a map keyed by id (the hash set). */
@@ -73,17 +51,17 @@ static void measure(const char *name, cJSON *state, int rounds)
     char *text = cJSON_PrintUnformatted(state);
     size_t bytes = strlen(text);
     cJSON_free(text);
-    double t0 = now_us();
+    double t0 = bench_now_us();
     for (int i = 0; i < rounds; i++)
         if (sync__json_check_tree(state) != SYNC_OK)
             abort();
-    double t1 = now_us();
+    double t1 = bench_now_us();
     for (int i = 0; i < rounds; i++)
         cJSON_free(cJSON_PrintUnformatted(state));
-    double t2 = now_us();
+    double t2 = bench_now_us();
     for (int i = 0; i < rounds; i++)
         cJSON_Delete(cJSON_Duplicate(state, 1));
-    double t3 = now_us();
+    double t3 = bench_now_us();
     double check = (t1 - t0) / rounds, print = (t2 - t1) / rounds, copy = (t3 - t2) / rounds;
     printf("%-8s %6zu bytes  check %8.1f us  print %8.1f us  copy %8.1f us  check/print %5.1f %%\n",
            name, bytes, check, print, copy, 100.0 * check / print);

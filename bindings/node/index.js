@@ -189,6 +189,15 @@ const HOOK_BITS = {
   onError: native.SYNC_BRIDGE_ON_ERROR,
 };
 
+/** The bridge's hook mask of `hooks`: connect and disconnect always, the others when set. */
+function hookMaskOf(hooks) {
+  let mask = native.SYNC_BRIDGE_ON_CONNECT | native.SYNC_BRIDGE_ON_DISCONNECT;
+  for (const [name, bit] of Object.entries(HOOK_BITS)) {
+    if (typeof hooks[name] === 'function') mask |= bit;
+  }
+  return mask;
+}
+
 const msOption = (v, name) => {
   const n = v ?? 0;
   if (typeof n !== 'number' || !(n >= 0)) throw new TypeError(`SyncEngine: ${name} must be >= 0`);
@@ -269,25 +278,54 @@ class FileAdapter extends NativeAdapter {
   }
 }
 
+/**
+ * What a Redis adapter and a Redis room store (named `who` in errors) are made of, checked:
+ * { url, keyPrefix, connectTimeoutMs, commandTimeoutMs }.
+ */
+function redisConfigOf(who, { url, keyPrefix, connectTimeoutMs, commandTimeoutMs } = {}) {
+  if (typeof url !== 'string' || !url) throw new TypeError(`${who}: \`url\` is required`);
+  return {
+    url,
+    keyPrefix: keyPrefix ?? null,
+    connectTimeoutMs: connectTimeoutMs ?? 0,
+    commandTimeoutMs: commandTimeoutMs ?? 0,
+  };
+}
+
+/** The native sync_redis_options of a redisConfigOf() result. */
+function nativeRedisOptions(config) {
+  const opts = new native.sync_redis_options();
+  opts.url = config.url;
+  opts.key_prefix = config.keyPrefix;
+  opts.connect_timeout_ms = config.connectTimeoutMs;
+  opts.command_timeout_ms = config.commandTimeoutMs;
+  return opts;
+}
+
 /** Redis store: the hash "<keyPrefix>state" (state, version, epoch), one HSET per save. */
 class RedisAdapter extends NativeAdapter {
-  constructor({ url, keyPrefix, connectTimeoutMs, commandTimeoutMs } = {}) {
+  constructor(options) {
     super();
-    if (typeof url !== 'string' || !url) throw new TypeError('RedisAdapter: `url` is required');
-    this.url = url;
-    this.keyPrefix = keyPrefix ?? null;
-    this.connectTimeoutMs = connectTimeoutMs ?? 0;
-    this.commandTimeoutMs = commandTimeoutMs ?? 0;
+    Object.assign(this, redisConfigOf('RedisAdapter', options));
   }
 
   _create() {
-    const opts = new native.sync_redis_options();
-    opts.url = this.url;
-    opts.key_prefix = this.keyPrefix;
-    opts.connect_timeout_ms = this.connectTimeoutMs;
-    opts.command_timeout_ms = this.commandTimeoutMs;
-    return native.sync_adapter_redis_new(opts);
+    return native.sync_adapter_redis_new(nativeRedisOptions(this));
   }
+}
+
+/**
+ * What a custom store's load() returned, as the bridge takes it: [OK, json, version] (json null:
+ * no record yet), or [EIO, why] naming `who`'s load().
+ */
+function loadedRecord(record, who) {
+  if (record === undefined || record === null) return [Status.OK, null, 0];
+  if (typeof record !== 'object' || !('state' in record) || !('version' in record)) {
+    return [Status.EIO, `${who} load() returned a record without state or version`];
+  }
+  const json = JSON.stringify(record.state);
+  if (json === undefined) return [Status.EIO, `${who} load() returned a state that is not JSON`];
+  return [Status.OK, json, Number(record.version) || 0];
 }
 
 // A custom adapter: any object with init(), load(), save(state, version) and optionally backup(),
@@ -300,16 +338,7 @@ function customAdapter(adapter, track) {
   }
   const results = {
     init: () => [OK],
-    load: (record) => {
-      if (record === undefined || record === null) return [OK, null, 0];
-      if (typeof record !== 'object' || !('state' in record) || !('version' in record)) {
-        return [Status.EIO, 'adapter load() returned a record without state or version'];
-      }
-      const json = JSON.stringify(record.state);
-      if (json === undefined)
-        return [Status.EIO, 'adapter load() returned a state that is not JSON'];
-      return [OK, json, Number(record.version) || 0];
-    },
+    load: (record) => loadedRecord(record, 'adapter'),
     save: () => [OK],
     backup: (ts) => [OK, typeof ts === 'number' && Number.isFinite(ts) ? ts : Date.now()],
   };
@@ -422,10 +451,7 @@ class SyncEngine {
       this._event(ev, slot, a, b, c, d, e),
     );
 
-    let hookMask = native.SYNC_BRIDGE_ON_CONNECT | native.SYNC_BRIDGE_ON_DISCONNECT;
-    for (const [name, bit] of Object.entries(HOOK_BITS)) {
-      if (typeof this._hooks[name] === 'function') hookMask |= bit;
-    }
+    const hookMask = hookMaskOf(this._hooks);
     const initial = config.initialState ?? config.defaultState ?? {};
     let engine;
     try {
@@ -1271,6 +1297,10 @@ const roomsModule = require('./rooms.js')({
   errorText,
   isThenable,
   completeSoon,
+  hookMaskOf,
+  redisConfigOf,
+  nativeRedisOptions,
+  loadedRecord,
 });
 
 module.exports = {

@@ -20,6 +20,10 @@ module.exports = function installRooms(core) {
     errorText,
     isThenable,
     completeSoon,
+    hookMaskOf,
+    redisConfigOf,
+    nativeRedisOptions,
+    loadedRecord,
   } = core;
   const OK = Status.OK;
 
@@ -79,23 +83,14 @@ module.exports = function installRooms(core) {
 
   /** Every room in Redis: a hash per room, its name in a set, one MULTI/EXEC per save. */
   class RedisRoomStore extends NativeRoomStore {
-    constructor({ url, keyPrefix, connectTimeoutMs, commandTimeoutMs } = {}) {
+    constructor(options) {
       super();
-      if (typeof url !== 'string' || !url) throw new TypeError('RedisRoomStore: `url` is required');
-      this.url = url;
-      this.keyPrefix = keyPrefix ?? null;
-      this.connectTimeoutMs = connectTimeoutMs ?? 0;
-      this.commandTimeoutMs = commandTimeoutMs ?? 0;
+      Object.assign(this, redisConfigOf('RedisRoomStore', options));
       native.sync_room_store_free(this._create()); // checks the options now
     }
 
     _create() {
-      const opts = new native.sync_redis_options();
-      opts.url = this.url;
-      opts.key_prefix = this.keyPrefix;
-      opts.connect_timeout_ms = this.connectTimeoutMs;
-      opts.command_timeout_ms = this.commandTimeoutMs;
-      return native.sync_room_store_redis_new(opts);
+      return native.sync_room_store_redis_new(nativeRedisOptions(this));
     }
   }
 
@@ -116,15 +111,7 @@ module.exports = function installRooms(core) {
   function customRoomStore(store) {
     const results = {
       init: () => [OK],
-      load: (record) => {
-        if (record === undefined || record === null) return [OK, null, 0];
-        if (typeof record !== 'object' || !('state' in record) || !('version' in record))
-          return [Status.EIO, 'room store load() returned a record without state or version'];
-        const json = JSON.stringify(record.state);
-        if (json === undefined)
-          return [Status.EIO, 'room store load() returned a state that is not JSON'];
-        return [OK, json, Number(record.version) || 0];
-      },
+      load: (record) => loadedRecord(record, 'room store'),
       save: () => [OK],
       remove: () => [OK],
       list: (names) => {
@@ -220,19 +207,7 @@ module.exports = function installRooms(core) {
     /** Replaces every hook (names as in SyncEngine's `hooks`). */
     setHooks(hooks = {}) {
       const engine = this._live();
-      let mask = native.SYNC_BRIDGE_ON_CONNECT | native.SYNC_BRIDGE_ON_DISCONNECT;
-      const bits = {
-        onStateChange: native.SYNC_BRIDGE_ON_STATE_CHANGE,
-        onSync: native.SYNC_BRIDGE_ON_SYNC,
-        onBackup: native.SYNC_BRIDGE_ON_BACKUP,
-        onPing: native.SYNC_BRIDGE_ON_PING,
-        onPong: native.SYNC_BRIDGE_ON_PONG,
-        onPingTimeout: native.SYNC_BRIDGE_ON_PING_TIMEOUT,
-        onError: native.SYNC_BRIDGE_ON_ERROR,
-      };
-      for (const [name, bit] of Object.entries(bits)) {
-        if (typeof hooks[name] === 'function') mask |= bit;
-      }
+      const mask = hookMaskOf(hooks);
       const gen = this._hooksGen + 1;
       const rc = native.jsb_room_engine_hooks(engine, this._sink, mask, gen);
       if (rc < 0) throw lastError(rc);

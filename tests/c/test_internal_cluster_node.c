@@ -17,6 +17,7 @@
 #include <libsync/libsync.h>
 
 #include "check.h"
+#include "cluster_fixture.h"
 #include "redis_server.h"
 #include "server_fixture.h"
 
@@ -30,12 +31,6 @@ enum { NODES = 3, PER_NODE = 60, LEASE_MS = 500, MAX_VERSIONS = 4096 };
 
 static redis_server redis;
 static const char PREFIX[] = "node-test:";
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 /* ---- what was published ------------------------------------------------------------------- */
 
@@ -113,6 +108,52 @@ static void published_stop(published *p)
     pthread_mutex_destroy(&p->lock);
 }
 
+/* What was recorded, in order: how often a version went back, skipped one (a gap) or came with
+ * another counter than itself, and the last (highest) version. */
+static void published_order(const published *p, int *back, int *gaps, int *wrong, long long *last)
+{
+    *back = *gaps = *wrong = 0;
+    *last = 0;
+    for (size_t i = 0; i < p->count; i++) {
+        if (p->versions[i] < *last)
+            (*back)++;
+        if (p->versions[i] > *last + 1)
+            (*gaps)++;
+        if (p->counters[i] != p->versions[i])
+            (*wrong)++;
+        if (p->versions[i] > *last)
+            *last = p->versions[i];
+    }
+}
+
+/* ---- nodes -------------------------------------------------------------------------------- */
+
+/* A node `id` of the cluster, started, with `engine` attached as room `key`. */
+static int node_attach(sync__cluster **node, const sync_redis_options *ro, const char *id,
+                       const char *key, sync_engine *engine, cluster_room **room)
+{
+    sync_cluster_options co = SYNC_CLUSTER_OPTIONS_INIT;
+    co.redis = ro;
+    co.node_id = id;
+    co.lease_ms = LEASE_MS;
+    int rc = sync__cluster_new(node, &co);
+    if (rc == SYNC_OK)
+        rc = sync__cluster_start(*node);
+    if (rc == SYNC_OK)
+        rc = sync__cluster_attach(*node, key, engine, NULL, NULL, room);
+    return rc;
+}
+
+static void nodes_free(sync__cluster **nodes, sync_engine **engines, cluster_room **rooms,
+                       int count)
+{
+    for (int i = 0; i < count; i++) {
+        sync__cluster_detach(rooms[i]);
+        sync__cluster_free(nodes[i]);
+        sync_engine_free(engines[i]);
+    }
+}
+
 /* ---- senders ------------------------------------------------------------------------------ */
 
 typedef struct sender {
@@ -128,27 +169,37 @@ static void *send_main(void *arg)
     for (int i = 0; i < s->count; i++) {
         if (sync_engine_inject(s->engine, msg, strlen(msg)) == SYNC_OK)
             s->accepted++;
-        sleep_ms(3);
+        check_sleep_ms(3);
     }
     return NULL;
 }
 
+/* The index in `ids` of the node holding the lease of `key`, -1 when none of them. */
 static int owner_of(const char *key, char ids[NODES][16], int count)
 {
-    char lease[64];
-    snprintf(lease, sizeof lease, "%slease:%s", PREFIX, key);
-    const char *argv[] = {"GET", lease};
-    char *value = redis_get_bulk(&redis, 2, argv);
-    const char *space = value ? strchr(value, ' ') : NULL;
-    int found = -1;
-    /* the lease names the process: "<id>/<incarnation>" */
-    for (int i = 0; space && i < count; i++) {
-        size_t len = strlen(ids[i]);
-        if (strncmp(space + 1, ids[i], len) == 0 && space[1 + len] == '/' && space[2 + len])
-            found = i;
+    char id[64];
+    cluster_owner_of(&redis, PREFIX, key, id, sizeof id);
+    for (int i = 0; i < count; i++)
+        if (strcmp(id, ids[i]) == 0)
+            return i;
+    return -1;
+}
+
+/* The owner of `key` once every node's room is ready and one holds it (bounded), or -1. */
+static int wait_owner(cluster_room **rooms, int count, const char *key, char ids[NODES][16])
+{
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (check_elapsed_ms(&start) < 10000) {
+        bool ready = true;
+        for (int i = 0; i < count; i++)
+            ready = ready && sync__cluster_room_ready(rooms[i]);
+        int owner = ready ? owner_of(key, ids, count) : -1;
+        if (owner >= 0)
+            return owner;
+        check_sleep_ms(10);
     }
-    free(value);
-    return found;
+    return -1;
 }
 
 static int owner_index(char ids[NODES][16])
@@ -167,31 +218,16 @@ static void killed_owner_loses_nothing(void)
     char ids[NODES][16];
     for (int i = 0; i < NODES; i++) {
         snprintf(ids[i], sizeof ids[i], "n%d", i);
-        sync_cluster_options co = SYNC_CLUSTER_OPTIONS_INIT;
-        co.redis = &ro;
-        co.node_id = ids[i];
-        co.lease_ms = LEASE_MS;
-        REQUIRE(sync__cluster_new(&nodes[i], &co) == SYNC_OK);
-        REQUIRE(sync__cluster_start(nodes[i]) == SYNC_OK);
         engines[i] = fixture_counter_engine(0);
         REQUIRE(engines[i] != NULL);
-        REQUIRE(sync__cluster_attach(nodes[i], "/counter", engines[i], NULL, NULL, &rooms[i]) ==
-                SYNC_OK);
+        REQUIRE(node_attach(&nodes[i], &ro, ids[i], "/counter", engines[i], &rooms[i]) == SYNC_OK);
     }
     published pub;
     REQUIRE(published_start(&pub, "/counter"));
 
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
-    int owner = -1;
-    while (check_elapsed_ms(&start) < 10000) {
-        bool ready = true;
-        for (int i = 0; i < NODES; i++)
-            ready = ready && sync__cluster_room_ready(rooms[i]);
-        if (ready && (owner = owner_index(ids)) >= 0)
-            break;
-        sleep_ms(10);
-    }
+    int owner = wait_owner(rooms, NODES, "/counter", ids);
     REQUIRE(owner >= 0);
     /* every node sends; the owner's sender stops before the kill and its queue drains */
     sender senders[NODES];
@@ -201,7 +237,7 @@ static void killed_owner_loses_nothing(void)
         REQUIRE(pthread_create(&threads[i], NULL, send_main, &senders[i]) == 0);
     }
     pthread_join(threads[owner], NULL);
-    sleep_ms(100);
+    check_sleep_ms(100);
     struct timespec killed;
     clock_gettime(CLOCK_MONOTONIC, &killed);
     sync__cluster_kill(nodes[owner]);
@@ -214,7 +250,7 @@ static void killed_owner_loses_nothing(void)
             takeover_ms = check_elapsed_ms(&killed);
             break;
         }
-        sleep_ms(5);
+        check_sleep_ms(5);
     }
     CHECK(new_owner >= 0);
     for (int i = 0; i < NODES; i++)
@@ -236,9 +272,9 @@ static void killed_owner_loses_nothing(void)
                 refused += (int)st.messages_dropped;
         if (sync_engine_get_version(engines[survivor]) >= accepted - refused)
             break;
-        sleep_ms(10);
+        check_sleep_ms(10);
     }
-    sleep_ms(200); /* anything applied twice would show now */
+    check_sleep_ms(200); /* anything applied twice would show now */
     CHECK(refused <= 1);
     int applied = accepted - refused;
     for (int i = 0; i < NODES; i++) {
@@ -249,18 +285,9 @@ static void killed_owner_loses_nothing(void)
     }
     published_stop(&pub);
     /* published: never back, each version's state its own, no gap from 1 to the last */
-    int back = 0, wrong = 0, gaps = 0;
-    long long last = 0;
-    for (size_t i = 0; i < pub.count; i++) {
-        if (pub.versions[i] < last)
-            back++;
-        if (pub.versions[i] > last + 1)
-            gaps++;
-        if (pub.counters[i] != pub.versions[i])
-            wrong++;
-        if (pub.versions[i] > last)
-            last = pub.versions[i];
-    }
+    int back, wrong, gaps;
+    long long last;
+    published_order(&pub, &back, &gaps, &wrong, &last);
     CHECK_EQ_INT(back, 0);
     CHECK_EQ_INT(gaps, 0);
     CHECK_EQ_INT(wrong, 0);
@@ -268,11 +295,7 @@ static void killed_owner_loses_nothing(void)
     printf("    %d messages applied once each, %d refused (claimed by the killed owner); owner n%d "
            "killed, n%d took over after %lld ms (lease %d ms); %zu publishes\n",
            applied, refused, owner, new_owner, takeover_ms, LEASE_MS, pub.count);
-    for (int i = 0; i < NODES; i++) {
-        sync__cluster_detach(rooms[i]);
-        sync__cluster_free(nodes[i]);
-        sync_engine_free(engines[i]);
-    }
+    nodes_free(nodes, engines, rooms, NODES);
 }
 
 /* ---- at most once ------------------------------------------------------------------------ */
@@ -359,58 +382,45 @@ static void handler_runs_at_most_once_across_a_failover(void)
     cluster_room *rooms[2];
     char ids[NODES][16] = {"m0", "m1", "m2-unused"};
     for (int i = 0; i < 2; i++) {
-        sync_cluster_options co = SYNC_CLUSTER_OPTIONS_INIT;
-        co.redis = &ro;
-        co.node_id = ids[i];
-        co.lease_ms = LEASE_MS;
-        REQUIRE(sync__cluster_new(&nodes[i], &co) == SYNC_OK);
-        REQUIRE(sync__cluster_start(nodes[i]) == SYNC_OK);
         sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
         eo.initial_state_json = "{\"counter\":0}";
         eo.reply_errors = 1;
         engines[i] = fixture_engine(&eo);
         REQUIRE(engines[i] != NULL);
         REQUIRE(sync_engine_on(engines[i], "slow", on_slow, NULL, NULL) == SYNC_OK);
-        REQUIRE(sync__cluster_attach(nodes[i], "/once", engines[i], NULL, NULL, &rooms[i]) ==
-                SYNC_OK);
+        REQUIRE(node_attach(&nodes[i], &ro, ids[i], "/once", engines[i], &rooms[i]) == SYNC_OK);
     }
     published pub;
     REQUIRE(published_start(&pub, "/once"));
 
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
-    int owner = -1;
-    while (check_elapsed_ms(&start) < 10000) {
-        if (sync__cluster_room_ready(rooms[0]) && sync__cluster_room_ready(rooms[1]) &&
-            (owner = owner_of("/once", ids, 2)) >= 0)
-            break;
-        sleep_ms(10);
-    }
+    int owner = wait_owner(rooms, 2, "/once", ids);
     REQUIRE(owner >= 0);
     int other = 1 - owner;
     /* the sender is a client of the other node, so it outlives the owner */
     fake_conn *fake = fake_conn_open(engines[other]);
     send_from(engines[other], fake, "{\"type\":\"increment\"}", BEFORE);
     while (sync_engine_get_version(engines[other]) < BEFORE && check_elapsed_ms(&start) < 20000)
-        sleep_ms(5);
+        check_sleep_ms(5);
     REQUIRE(sync_engine_get_version(engines[other]) == BEFORE);
     send_from(engines[other], fake, "{\"type\":\"slow\"}", 1);
     while (atomic_load(&slow_runs) < 1 && check_elapsed_ms(&start) < 20000)
-        sleep_ms(5);
+        check_sleep_ms(5);
     REQUIRE(atomic_load(&slow_runs) == 1); /* running on the owner */
     send_from(engines[other], fake, "{\"type\":\"increment\"}", AFTER);
-    sleep_ms(50); /* forwarded behind it */
+    check_sleep_ms(50); /* forwarded behind it */
     struct timespec killed;
     clock_gettime(CLOCK_MONOTONIC, &killed);
     sync__cluster_kill(nodes[owner]);
     while (owner_of("/once", ids, 2) != other && check_elapsed_ms(&killed) < 10000)
-        sleep_ms(5);
+        check_sleep_ms(5);
     CHECK_EQ_INT(owner_of("/once", ids, 2), other);
     while ((sync_engine_get_version(engines[other]) < BEFORE + AFTER ||
             owner_failed_frames(fake) < 1) &&
            check_elapsed_ms(&killed) < 10000)
-        sleep_ms(10);
-    sleep_ms(200); /* a second run, or anything applied twice, would show now */
+        check_sleep_ms(10);
+    check_sleep_ms(200); /* a second run, or anything applied twice, would show now */
     CHECK_EQ_INT(atomic_load(&slow_runs), 1);
     CHECK_EQ_INT(owner_failed_frames(fake), 1);
     CHECK_EQ_INT(sync_engine_get_version(engines[other]), BEFORE + AFTER);
@@ -421,7 +431,7 @@ static void handler_runs_at_most_once_across_a_failover(void)
 
     /* the killed owner's run finishes late: its result is never saved nor published */
     release_parked();
-    sleep_ms(300);
+    check_sleep_ms(300);
     char *v = record_field("/once", "version");
     CHECK_EQ_STR(v, "10");
     free(v);
@@ -430,16 +440,10 @@ static void handler_runs_at_most_once_across_a_failover(void)
     free(v);
     CHECK_EQ_INT(sync_engine_get_version(engines[other]), BEFORE + AFTER);
     published_stop(&pub);
-    int gaps = 0, wrong = 0;
-    long long last = 0;
-    for (size_t i = 0; i < pub.count; i++) {
-        if (pub.versions[i] > last + 1 || pub.versions[i] < last)
-            gaps++;
-        if (pub.counters[i] != pub.versions[i])
-            wrong++;
-        if (pub.versions[i] > last)
-            last = pub.versions[i];
-    }
+    int back, gaps, wrong;
+    long long last;
+    published_order(&pub, &back, &gaps, &wrong, &last);
+    CHECK_EQ_INT(back, 0);
     CHECK_EQ_INT(gaps, 0);
     CHECK_EQ_INT(wrong, 0);
     CHECK_EQ_INT(last, BEFORE + AFTER);
@@ -447,11 +451,7 @@ static void handler_runs_at_most_once_across_a_failover(void)
            "once each\n",
            atomic_load(&slow_runs), owner_failed_frames(fake), BEFORE + AFTER);
     fake_conn_release(fake);
-    for (int i = 0; i < 2; i++) {
-        sync__cluster_detach(rooms[i]);
-        sync__cluster_free(nodes[i]);
-        sync_engine_free(engines[i]);
-    }
+    nodes_free(nodes, engines, rooms, 2);
     release_parked();
 }
 

@@ -715,28 +715,6 @@ static void test_send_to_conn(void)
 
 /* ---- the epoch ------------------------------------------------------------------------------ */
 
-static const char v2_header[] = "Sec-WebSocket-Protocol: libsync.v2\r\n";
-
-static char *first_frame(int port, const char *query)
-{
-    char path[256];
-    snprintf(path, sizeof path, "/%s", query);
-    ws_client *ws = ws_connect(port, path, v2_header, NULL);
-    char *text = ws ? ws_read_text(ws, 5000) : NULL;
-    ws_client_free(ws);
-    return text;
-}
-
-static void set_counter(sync_engine *engine, int n)
-{
-    char json[160];
-    snprintf(json, sizeof json,
-             "{\"counter\":%d,\"pad\":"
-             "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"}",
-             n);
-    CHECK_EQ_INT(sync_engine_set_state_json(engine, json, 0), SYNC_OK);
-}
-
 static void test_epoch_reaches_v2_clients(void)
 {
     sync_engine *engine = fixture_counter_engine(0);
@@ -749,19 +727,19 @@ static void test_epoch_reaches_v2_clients(void)
     REQUIRE(server);
     int port = sync_server_port(server);
     /* a v2 client joined: from now on the engine keeps its history */
-    char *text = first_frame(port, "");
+    char *text = fixture_v2_first_frame(port, "");
     CHECK(text && strstr(text, before));
     free(text);
-    set_counter(engine, 1);
-    set_counter(engine, 2);
+    fixture_set_padded_counter(engine, 1);
+    fixture_set_padded_counter(engine, 2);
     char query[200];
     snprintf(query, sizeof query, "?since=1&epoch=%s", before);
-    text = first_frame(port, query);
+    text = fixture_v2_first_frame(port, query);
     CHECK(text && strstr(text, "{\"type\":\"patch\",\"base\":1,\"version\":2,") == text);
     free(text);
     /* the same epoch again keeps the history */
     CHECK_EQ_INT(sync__engine_set_epoch(engine, before), SYNC_OK);
-    text = first_frame(port, query);
+    text = fixture_v2_first_frame(port, query);
     CHECK(text && strstr(text, "{\"type\":\"patch\",\"base\":1,\"version\":2,") == text);
     free(text);
 
@@ -769,19 +747,19 @@ static void test_epoch_reaches_v2_clients(void)
     char now[SYNC__EPOCH_MAX + 1];
     sync__engine_get_epoch(engine, now);
     CHECK_EQ_STR(now, "room-epoch_7");
-    text = first_frame(port, "");
+    text = fixture_v2_first_frame(port, "");
     CHECK(text && strstr(text, "\"version\":2,\"epoch\":\"room-epoch_7\"}"));
     free(text);
     /* a different epoch dropped the history: even in the new epoch, 1 is no base any more */
-    text = first_frame(port, "?since=1&epoch=room-epoch_7");
+    text = fixture_v2_first_frame(port, "?since=1&epoch=room-epoch_7");
     CHECK(text && strstr(text, "{\"type\":\"initial_state\",") == text);
     free(text);
-    text = first_frame(port, query);
+    text = fixture_v2_first_frame(port, query);
     CHECK(text && strstr(text, "{\"type\":\"initial_state\",") == text);
     free(text);
     /* and it goes on from there */
-    set_counter(engine, 3);
-    text = first_frame(port, "?since=2&epoch=room-epoch_7");
+    fixture_set_padded_counter(engine, 3);
+    text = fixture_v2_first_frame(port, "?since=2&epoch=room-epoch_7");
     CHECK(text && strstr(text, "{\"type\":\"patch\",\"base\":2,\"version\":3,") == text);
     free(text);
 

@@ -28,12 +28,6 @@ static redis_server redis;
 static int prefix_counter;
 static char prefix[32];
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* A connection of one "node" under this case's prefix. */
 static int conn_open(redis_conn *c)
 {
@@ -111,7 +105,7 @@ static void stale_owner_is_fenced_out(void)
     CHECK_EQ_INT(redis_fenced_save(&a, "r", ta, "{\"n\":1}", 7, 1, "ep1", "1-1"), SYNC_OK);
     /* a stalls past its lease; nobody took the room yet: its write is still refused, since it
      * cannot know that nobody did. */
-    sleep_ms(600);
+    check_sleep_ms(600);
     CHECK_EQ_INT(redis_fenced_save(&a, "r", ta, "{\"n\":2}", 7, 2, "ep1", "1-2"), SYNC_ESTATE);
     CHECK_EQ_INT(redis_lease_renew(&a, "r", ta, 300), SYNC_ESTATE);
     /* b takes the room, loads what a saved, and writes. */
@@ -189,9 +183,13 @@ static void claims_are_fenced_and_only_grow(void)
     CHECK_EQ_STR(claimed, "10-1");
     free(claimed);
     /* a stalls past its lease: its claim is refused, whether or not another node took over */
-    sleep_ms(600);
+    check_sleep_ms(600);
     CHECK_EQ_INT(redis_fenced_claim(&a, "/c", ta, "11-0"), SYNC_ESTATE);
     CHECK(strstr(sync_error_last(), "fenced out") != NULL);
+    /* the refusal names the request's own room and token */
+    char want[64];
+    snprintf(want, sizeof want, "room /c: entries not claimed: token %lld ", (long long)ta);
+    CHECK(strstr(sync_error_last(), want) != NULL);
     REQUIRE(redis_lease_acquire(&b, "/c", "node-b", 5000, &tb) == SYNC_OK && tb > ta);
     char *json = NULL;
     int64_t v = -1;
@@ -291,6 +289,11 @@ static void saves_of_several_rooms_at_once(void)
     CHECK_EQ_INT(reqs[1].rc, SYNC_ESTATE); /* not its token */
     CHECK_EQ_INT(reqs[2].rc, SYNC_OK);
     CHECK_EQ_INT(reqs[3].rc, SYNC_EINVAL); /* a bad room fails alone */
+    /* the replies come after every request was built: the last failure is the fenced-out one,
+     * naming its own room and token */
+    char want[96];
+    snprintf(want, sizeof want, "room /rooms/r2 not saved: token %lld ", (long long)(t2 + 1));
+    CHECK(strstr(sync_error_last(), want) != NULL);
     char *v = raw_hget("room", "/r1", "version");
     CHECK_EQ_STR(v, "1");
     free(v);
@@ -344,7 +347,7 @@ static void *forward_main(void *arg)
         int len = snprintf(msg, sizeof msg, "{\"type\":\"inc\",\"from\":%d}", f->index);
         if (redis_forward(&c, "room", node, msg, (size_t)len, NULL) != SYNC_OK)
             f->failed = 1;
-        sleep_ms(2); /* spread over the failover */
+        check_sleep_ms(2); /* spread over the failover */
     }
     redis_conn_release(&c);
     return NULL;
@@ -488,7 +491,7 @@ static void forwarded_messages_survive_a_dead_owner(void)
     subscriber sub = {0};
     REQUIRE(pthread_create(&sub.thread, NULL, subscribe_main, &sub) == 0);
     while (!atomic_load(&sub.ready))
-        sleep_ms(5);
+        check_sleep_ms(5);
     REQUIRE(!sub.failed);
 
     redis_conn ca, cb;
@@ -519,7 +522,7 @@ static void forwarded_messages_survive_a_dead_owner(void)
         REQUIRE(redis_lease_acquire(&cb, "room", "node-b", LEASE_MS, &b.token) == SYNC_OK);
         if (b.token)
             break;
-        sleep_ms(20);
+        check_sleep_ms(20);
     }
     long long failover_ms = check_elapsed_ms(&died);
     REQUIRE(b.token > a.token);
@@ -640,7 +643,7 @@ static void nodes_racing_for_a_room_get_one_lease(void)
             r[i] = (racer){.index = i, .go = &go};
             REQUIRE(pthread_create(&r[i].thread, NULL, race_main, &r[i]) == 0);
         }
-        sleep_ms(100);
+        check_sleep_ms(100);
         atomic_store(&go, 1);
         int winners = 0;
         for (int i = 0; i < RACERS; i++) {
@@ -666,7 +669,7 @@ static void tokens_survive_a_redis_restart(void)
     REQUIRE(conn_open(&b) == SYNC_OK);
     int64_t t1 = 0, t2 = 0, tb = 0;
     REQUIRE(redis_lease_acquire(&a, "r", "node-a", 200, &t1) == SYNC_OK && t1 > 0);
-    sleep_ms(400);
+    check_sleep_ms(400);
     REQUIRE(redis_lease_acquire(&a, "r", "node-a", 30000, &t2) == SYNC_OK);
     CHECK(t2 > t1);
     CHECK_EQ_INT(redis_fenced_save(&a, "r", t2, "{\"n\":1}", 7, 1, NULL, "1-1"), SYNC_OK);

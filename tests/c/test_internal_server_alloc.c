@@ -170,15 +170,6 @@ static void test_realloc_contract(void)
     CHECK_EQ_INT(mapped_now(), idle);
 }
 
-static int room_setup(sync_room_setup *setup, void *userdata)
-{
-    (void)userdata;
-    char initial[160];
-    snprintf(initial, sizeof initial, "{\"room\":\"%s\",\"items\":[1,2,3]}",
-             sync_room_setup_name(setup));
-    return sync_room_setup_set_initial_state_json(setup, initial);
-}
-
 /* bytes of slab chunks once they are at most `bound`, or what they are after 10 s */
 static size_t wait_slab_at_most(size_t bound)
 {
@@ -201,13 +192,11 @@ static void test_closed_connections_give_their_pages_back(void)
     enum { ROOMS = 1000 };
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.room_idle_ms = 600000; /* the rooms stay loaded */
-    sync_server *server = NULL;
-    REQUIRE(sync_server_new(&server, &opts) == SYNC_OK);
     sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
-    ro.setup = room_setup;
+    ro.setup = fixture_items_room_setup;
     sync_rooms *rooms = NULL;
-    REQUIRE(sync_server_mount_rooms(server, "/rooms/", &ro, &rooms) == SYNC_OK);
-    REQUIRE(sync_server_start(server) == SYNC_OK);
+    sync_server *server = fixture_rooms_server(&opts, &ro, &rooms);
+    REQUIRE(server);
     int port = sync_server_port(server);
     size_t before = server_alloc_slab_bytes();
 
@@ -217,10 +206,8 @@ static void test_closed_connections_give_their_pages_back(void)
     for (int i = 0; i < ROOMS; i++) {
         char path[64];
         snprintf(path, sizeof path, "/rooms/r-%d", i);
-        clients[i] = ws_connect(port, path, NULL, NULL);
-        char *text = clients[i] ? ws_read_text(clients[i], 10000) : NULL;
-        joined += text && strstr(text, "initial_state") != NULL;
-        free(text);
+        clients[i] = fixture_try_join(port, path, 10000, NULL);
+        joined += clients[i] != NULL;
     }
     CHECK_EQ_INT(joined, ROOMS);
     size_t open = server_alloc_slab_bytes();

@@ -20,8 +20,6 @@
 #include "server_fixture.h"
 #include "ws_client.h"
 
-static const char v2_header[] = "Sec-WebSocket-Protocol: libsync.v2\r\n";
-
 /* A v2 client as the client libraries keep it: the state, its version, the epoch. */
 typedef struct v2_client {
     ws_client *ws;
@@ -68,7 +66,7 @@ static int v2_connect(v2_client *c, int port, const char *path)
 {
     memset(c, 0, sizeof *c);
     c->version = -1;
-    c->ws = ws_connect(port, path, v2_header, NULL);
+    c->ws = ws_connect(port, path, FIXTURE_V2_HEADER, NULL);
     return c->ws ? 0 : -1;
 }
 
@@ -315,32 +313,11 @@ static void test_state_update_when_the_patch_is_longer(void)
     sync_engine_free(engine);
 }
 
-/* Connects with `query` and returns the first frame's text (caller frees). */
-static char *first_frame(int port, const char *query)
-{
-    char path[256];
-    snprintf(path, sizeof path, "/%s", query);
-    ws_client *ws = ws_connect(port, path, v2_header, NULL);
-    char *text = ws ? ws_read_text(ws, 5000) : NULL;
-    ws_client_free(ws);
-    return text;
-}
-
-static void set_counter(sync_engine *engine, int n)
-{
-    char json[160];
-    snprintf(json, sizeof json,
-             "{\"counter\":%d,\"pad\":"
-             "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"}",
-             n);
-    CHECK(sync_engine_set_state_json(engine, json, 0) == SYNC_OK);
-}
-
 static void test_resume(void)
 {
     sync_engine *engine = history_engine(3);
     REQUIRE(engine);
-    set_counter(engine, 1); /* version n has counter n */
+    fixture_set_padded_counter(engine, 1); /* version n has counter n */
     sync_server *server = fixture_server(NULL, "/", engine);
     REQUIRE(server);
     int port = sync_server_port(server);
@@ -351,19 +328,19 @@ static void test_resume(void)
     snprintf(epoch, sizeof epoch, "%s", c.epoch);
     ws_client_free(c.ws);
     c.ws = NULL;
-    set_counter(engine, 2);
-    set_counter(engine, 3);
+    fixture_set_padded_counter(engine, 2);
+    fixture_set_padded_counter(engine, 3);
     char query[200];
     /* by patch: from 1 to 3 composed, and at the head with empty ops */
     snprintf(query, sizeof query, "?since=1&epoch=%s", epoch);
-    char *text = first_frame(port, query);
+    char *text = fixture_v2_first_frame(port, query);
     CHECK_EQ_STR(text, "{\"type\":\"patch\",\"base\":1,\"version\":3,\"ops\":[{\"op\":\"replace\","
                        "\"path\":\"/counter\",\"value\":3}]}");
     CHECK(text && v2_apply(&c, text));
     CHECK(v2_matches(&c, engine));
     free(text);
     snprintf(query, sizeof query, "?since=3&epoch=%s", epoch);
-    text = first_frame(port, query);
+    text = fixture_v2_first_frame(port, query);
     CHECK_EQ_STR(text, "{\"type\":\"patch\",\"base\":3,\"version\":3,\"ops\":[]}");
     free(text);
     /* by the whole state: another epoch, a future version, garbage, no epoch */
@@ -371,20 +348,20 @@ static void test_resume(void)
                              "?since=2"};
     for (size_t i = 0; i < 4; i++) {
         snprintf(query, sizeof query, refused[i], epoch);
-        text = first_frame(port, query);
+        text = fixture_v2_first_frame(port, query);
         CHECK(text && strstr(text, "{\"type\":\"initial_state\",\"data\":{\"counter\":3,") == text);
         CHECK(text && strstr(text, "\"version\":3,\"epoch\":\""));
         free(text);
     }
     for (int i = 4; i <= 6; i++)
-        set_counter(engine, i);
+        fixture_set_padded_counter(engine, i);
     /* three versions kept: 3 can still be reached, 2 no more */
     snprintf(query, sizeof query, "?since=3&epoch=%s", epoch);
-    text = first_frame(port, query);
+    text = fixture_v2_first_frame(port, query);
     CHECK(text && strstr(text, "{\"type\":\"patch\",\"base\":3,\"version\":6,") == text);
     free(text);
     snprintf(query, sizeof query, "?since=2&epoch=%s", epoch);
-    text = first_frame(port, query);
+    text = fixture_v2_first_frame(port, query);
     CHECK(text && strstr(text, "\"type\":\"initial_state\""));
     free(text);
     /* v1 clients ignore the query */
@@ -530,7 +507,7 @@ static void test_many_clients_at_mixed_bases_converge(void)
                 char path[200];
                 snprintf(path, sizeof path, "/?since=%lld&epoch=%s", c->version, c->epoch);
                 ws_client_free(c->ws);
-                c->ws = ws_connect(port, path, v2_header, NULL);
+                c->ws = ws_connect(port, path, FIXTURE_V2_HEADER, NULL);
                 REQUIRE(c->ws);
                 resumed++;
             }
@@ -640,7 +617,7 @@ static void epoch_with_store(int sqlite)
     CHECK_EQ_INT(v, 3);
     char query[200];
     snprintf(query, sizeof query, "?since=3&epoch=%s", e1);
-    char *text = first_frame(sync_server_port(server), query);
+    char *text = fixture_v2_first_frame(sync_server_port(server), query);
     CHECK_EQ_STR(text, "{\"type\":\"patch\",\"base\":3,\"version\":3,\"ops\":[]}");
     free(text);
     stop_store(server, engine);
@@ -679,7 +656,7 @@ static void epoch_with_store(int sqlite)
     CHECK_EQ_INT(v, 2);
     CHECK(e3[0] && strcmp(e3, e1) != 0);
     snprintf(query, sizeof query, "?since=2&epoch=%s", e1);
-    text = first_frame(sync_server_port(server), query);
+    text = fixture_v2_first_frame(sync_server_port(server), query);
     CHECK(text && strstr(text, "{\"type\":\"initial_state\"") == text);
     free(text);
     stop_store(server, engine);
@@ -750,14 +727,14 @@ static void test_room_deleted_and_created_again_has_a_new_epoch(void)
     snprintf(e1, sizeof e1, "%s", c.epoch);
     char path[200];
     snprintf(path, sizeof path, "/rooms/a?since=0&epoch=%s", e1);
-    ws_client *again = ws_connect(port, path, v2_header, NULL);
+    ws_client *again = ws_connect(port, path, FIXTURE_V2_HEADER, NULL);
     char *text = again ? ws_read_text(again, 5000) : NULL;
     CHECK_EQ_STR(text, "{\"type\":\"patch\",\"base\":0,\"version\":0,\"ops\":[]}");
     free(text);
     ws_client_free(again);
     v2_free(&c);
     CHECK_EQ_INT(sync_rooms_delete(rooms, "a"), SYNC_OK);
-    again = ws_connect(port, path, v2_header, NULL);
+    again = ws_connect(port, path, FIXTURE_V2_HEADER, NULL);
     text = again ? ws_read_text(again, 5000) : NULL;
     CHECK(text && strstr(text, "{\"type\":\"initial_state\"") == text);
     CHECK(text && !strstr(text, e1));
@@ -769,23 +746,13 @@ static void test_room_deleted_and_created_again_has_a_new_epoch(void)
 /* A server of rooms kept in `store`; its mount in *rooms. */
 static sync_server *serve_rooms(sync_room_store *store, sync_rooms **rooms)
 {
-    sync_server_options so = SYNC_SERVER_OPTIONS_INIT;
-    sync_server *server = NULL;
-    if (sync_server_new(&server, &so) != SYNC_OK) {
-        sync_room_store_free(store);
-        return NULL;
-    }
     sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
     eo.initial_state_json = padded;
     sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
     ro.engine_options = &eo;
     ro.store = store;
-    int rc = sync_server_mount_rooms(server, "/rooms/", &ro, rooms);
+    sync_server *server = fixture_rooms_server(NULL, &ro, rooms);
     sync_room_store_free(store);
-    if (rc != SYNC_OK || sync_server_start(server) != SYNC_OK) {
-        sync_server_free(server);
-        return NULL;
-    }
     return server;
 }
 

@@ -47,12 +47,6 @@ static void engine_options(sync_engine_options *opts)
     opts->resume_history_versions = 256;
 }
 
-static int setup_room(sync_room_setup *setup, void *userdata)
-{
-    (void)userdata;
-    return add_handlers(sync_room_setup_engine(setup));
-}
-
 /* Cluster options of the next node_start() (tests that need others set them, then put them
  * back). */
 static int next_lease_ms = LEASE_MS;
@@ -62,8 +56,8 @@ static size_t next_max_forward_queue = 0;
  * SYNC_EUNSUPPORTED without Redis support. */
 static int node_start(cluster_node *n, int index, const char *prefix)
 {
-    cluster_node_config config = {redis.url,  engine_options, add_handlers,
-                                  setup_room, next_lease_ms,  next_max_forward_queue};
+    cluster_node_config config = {redis.url, engine_options, add_handlers, next_lease_ms,
+                                  next_max_forward_queue};
     return cluster_node_start(n, index, prefix, &config);
 }
 
@@ -129,21 +123,33 @@ static const char *fresh_prefix(const char *name)
     return prefix_buf;
 }
 
-/* The node id holding the lease of room `key`, "" when none: the lease names "<id>/<incarnation>"
- * (the process, not only its id). */
 static void owner_of(const char *prefix, const char *key, char *out, size_t size)
 {
-    char lease[256];
-    snprintf(lease, sizeof lease, "%slease:%s", prefix, key);
-    const char *argv[] = {"GET", lease};
-    char *value = redis_get_bulk(&redis, 2, argv);
-    const char *space = value ? strchr(value, ' ') : NULL;
-    snprintf(out, size, "%s", space ? space + 1 : "");
-    char *incarnation = strrchr(out, '/');
-    CHECK(!space || (incarnation && strlen(incarnation) > 1));
-    if (incarnation)
-        *incarnation = '\0';
-    free(value);
+    cluster_owner_of(&redis, prefix, key, out, size);
+}
+
+/* Waits for every client's `increments` acks and then for the version they sum to, and checks
+ * that each ends there (state and version equal, never back; without errors when
+ * `expect_no_errors`). The acks in all. */
+static int await_converged(client *clients, int count, int increments, const struct timespec *start,
+                           int expect_no_errors)
+{
+    int acked = 0;
+    for (int i = 0; i < count; i++) {
+        await_acks(&clients[i], increments, start);
+        CHECK_EQ_INT(clients[i].acks, increments);
+        acked += clients[i].acks;
+    }
+    for (int i = 0; i < count; i++) {
+        await_version(&clients[i], acked, start);
+        CHECK_EQ_INT(clients[i].version, acked);
+        CHECK_EQ_INT(clients[i].counter, acked);
+        CHECK_EQ_INT(clients[i].went_back, 0);
+        CHECK_EQ_INT(clients[i].mismatched, 0);
+        if (expect_no_errors)
+            CHECK_EQ_INT(clients[i].errors, 0);
+    }
+    return acked;
 }
 
 static int converge_on(const char *path, const char *prefix, cluster_node *nodes)
@@ -159,20 +165,7 @@ static int converge_on(const char *path, const char *prefix, cluster_node *nodes
         }
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
-    int acked = 0;
-    for (int i = 0; i < COUNT; i++) {
-        await_acks(&clients[i], INCREMENTS, &start);
-        CHECK_EQ_INT(clients[i].acks, INCREMENTS);
-        acked += clients[i].acks;
-    }
-    for (int i = 0; i < COUNT; i++) {
-        await_version(&clients[i], acked, &start);
-        CHECK_EQ_INT(clients[i].version, acked);
-        CHECK_EQ_INT(clients[i].counter, acked);
-        CHECK_EQ_INT(clients[i].went_back, 0);
-        CHECK_EQ_INT(clients[i].mismatched, 0);
-        CHECK_EQ_INT(clients[i].errors, 0);
-    }
+    int acked = await_converged(clients, COUNT, INCREMENTS, &start, 1);
     char owner[80];
     owner_of(prefix, path, owner, sizeof owner);
     printf("    %s: %d increments from %d clients on %d nodes converged in %lld ms (owner %s)\n",
@@ -248,19 +241,7 @@ static void owner_stopped_under_load(void)
         for (int round = HALF; round < INCREMENTS; round++)
             CHECK_EQ_INT(ws_send_text(clients[i].ws, "{\"type\":\"increment\"}"), 0);
     }
-    int acked = 0;
-    for (int i = 0; i < COUNT; i++) {
-        await_acks(&clients[i], INCREMENTS, &start);
-        CHECK_EQ_INT(clients[i].acks, INCREMENTS);
-        acked += clients[i].acks;
-    }
-    for (int i = 0; i < COUNT; i++) {
-        await_version(&clients[i], acked, &start);
-        CHECK_EQ_INT(clients[i].version, acked);
-        CHECK_EQ_INT(clients[i].counter, acked);
-        CHECK_EQ_INT(clients[i].went_back, 0);
-        CHECK_EQ_INT(clients[i].mismatched, 0);
-    }
+    int acked = await_converged(clients, COUNT, INCREMENTS, &start, 0);
     char now_owner[80];
     owner_of(prefix, "/", now_owner, sizeof now_owner);
     CHECK(strcmp(now_owner, owner_id) != 0);
@@ -319,7 +300,7 @@ static void v2_resumes_on_another_node(void)
     await_version(&sender, 5, &start);
     /* node 1 has version 5 too (it adopted every published version) */
     while (sync_engine_get_version(nodes[1].engine) < 5 && check_elapsed_ms(&start) < 10000)
-        cluster_sleep_ms(10);
+        check_sleep_ms(10);
     char query[200];
     snprintf(query, sizeof query, "?since=3&epoch=%s", epoch);
     char *text = v2_first_frame(nodes[1].port, query);
@@ -435,7 +416,7 @@ static void room_unloaded_on_owner(void)
     ws_client_free(c[owner].ws);
     /* room_idle_ms is 1000: the owner unloads the room and gives its lease up */
     while (sync_rooms_loaded_count(nodes[owner].rooms) > 0 && check_elapsed_ms(&start) < 15000)
-        cluster_sleep_ms(20);
+        check_sleep_ms(20);
     CHECK_EQ_INT(sync_rooms_loaded_count(nodes[owner].rooms), 0);
     CHECK_EQ_INT(sync_rooms_loaded_count(nodes[other].rooms), 1);
     for (int i = 0; i < 3; i++)

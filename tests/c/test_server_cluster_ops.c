@@ -35,16 +35,10 @@ static int add_handlers(sync_engine *engine)
     return sync_engine_on(engine, "increment", cluster_on_increment, NULL, NULL);
 }
 
-static int setup_room(sync_room_setup *setup, void *userdata)
-{
-    (void)userdata;
-    return add_handlers(sync_room_setup_engine(setup));
-}
-
 /* A node serving "/" and "/rooms/NAME" in the cluster under `prefix`. */
 static int node_start(cluster_node *n, int index, const char *prefix)
 {
-    cluster_node_config config = {redis.url, engine_options, add_handlers, setup_room, LEASE_MS, 0};
+    cluster_node_config config = {redis.url, engine_options, add_handlers, LEASE_MS, 0};
     return cluster_node_start(n, index, prefix, &config);
 }
 
@@ -109,20 +103,9 @@ static void await_version(client *c, long long version)
         read_one(c, 500);
 }
 
-/* The node id holding the lease of room `key`, "" when none (the lease names
- * "<token> <id>/<incarnation>"). */
 static void owner_of(const char *prefix, const char *key, char *out, size_t size)
 {
-    char lease[256];
-    snprintf(lease, sizeof lease, "%slease:%s", prefix, key);
-    const char *argv[] = {"GET", lease};
-    char *value = redis_get_bulk(&redis, 2, argv);
-    const char *space = value ? strchr(value, ' ') : NULL;
-    snprintf(out, size, "%s", space ? space + 1 : "");
-    char *incarnation = strrchr(out, '/');
-    if (incarnation)
-        *incarnation = '\0';
-    free(value);
+    cluster_owner_of(&redis, prefix, key, out, size);
 }
 
 static long long key_exists(const char *prefix, const char *kind, const char *key)
@@ -149,7 +132,7 @@ static long long metric_when(int port, const char *name, long long at_least, lon
     long long v = -1;
     while (((v = fixture_metric(port, name)) < at_least || v > at_most) &&
            check_elapsed_ms(&start) < 15000)
-        cluster_sleep_ms(20);
+        check_sleep_ms(20);
     return v;
 }
 
@@ -288,11 +271,11 @@ static void delete_closes_every_node(void)
     /* both nodes unloaded it */
     for (int i = 0; i < 2; i++) {
         while (sync_rooms_loaded_count(nodes[i].rooms) > 0 && check_elapsed_ms(&start) < 10000)
-            cluster_sleep_ms(20);
+            check_sleep_ms(20);
         CHECK_EQ_INT(sync_rooms_loaded_count(nodes[i].rooms), 0);
     }
     /* no owner brings it back from what its engine held: still gone a few lease turns later */
-    cluster_sleep_ms(LEASE_MS / 2);
+    check_sleep_ms(LEASE_MS / 2);
     CHECK_EQ_INT(key_exists(prefix, "room", "/rooms/doomed"), 0);
 
     /* a later join, on either node, starts the room afresh with a new epoch */
@@ -374,7 +357,7 @@ static void missed_notice_does_not_bring_room_back(void)
     char *version = NULL;
     while (!(version = record_field(prefix, "/rooms/lost", "version")) &&
            check_elapsed_ms(&start) < 15000)
-        cluster_sleep_ms(20);
+        check_sleep_ms(20);
     CHECK_EQ_STR(version, "2");
     free(version);
     ws_client_free(lost.ws);
@@ -388,7 +371,7 @@ static void missed_notice_does_not_bring_room_back(void)
                  SYNC_CLOSE_ROOM_DELETED);
     CHECK_EQ_STR(reason, "room deleted");
     ws_client_free(ghost.ws);
-    cluster_sleep_ms(LEASE_MS / 2);
+    check_sleep_ms(LEASE_MS / 2);
     CHECK_EQ_INT(key_exists(prefix, "room", "/rooms/ghost"), 0);
     /* joined again: afresh */
     client_join(&ghost, n.port, "/rooms/ghost");
@@ -432,7 +415,7 @@ static void list_shows_every_node(void)
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (int i = 0; i < 2; i++)
         while (sync_rooms_loaded_count(nodes[i].rooms) > 0 && check_elapsed_ms(&start) < 15000)
-            cluster_sleep_ms(20);
+            check_sleep_ms(20);
     CHECK_EQ_INT(sync_rooms_loaded_count(nodes[0].rooms) + sync_rooms_loaded_count(nodes[1].rooms),
                  0);
     CHECK_EQ_INT(sync_rooms_list(nodes[1].rooms, &text), SYNC_OK);

@@ -41,12 +41,6 @@ static mem_record *mem_find(mem_store *m, const char *name)
     return NULL;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 typedef struct later {
     mem_store *m;
     sync_pending *pending;
@@ -60,7 +54,7 @@ typedef struct later {
 static void *finish_later(void *arg)
 {
     later *l = arg;
-    sleep_ms(l->delay_ms);
+    check_sleep_ms(l->delay_ms);
     if (l->is_load) {
         sync_pending_complete_load(l->pending, l->status, l->json, l->version,
                                    l->status ? "the test store fails this room" : NULL);
@@ -225,25 +219,6 @@ typedef struct setup_box {
     _Atomic(sync_room_setup *) kept;
 } setup_box;
 
-static int on_increment(sync_msg *msg, void *userdata)
-{
-    (void)userdata;
-    cJSON *state = sync_msg_state_mut(msg);
-    cJSON *counter = state ? cJSON_GetObjectItemCaseSensitive(state, "counter") : NULL;
-    if (!cJSON_IsNumber(counter))
-        return SYNC_EHANDLER;
-    cJSON_SetNumberValue(counter, counter->valuedouble + 1);
-    return SYNC_OK;
-}
-
-static int on_whoami(sync_msg *msg, void *userdata)
-{
-    (void)userdata;
-    const char *identity = sync_conn_identity(sync_msg_conn(msg));
-    const char *text = identity ? identity : "null";
-    return sync_msg_reply(msg, text, strlen(text));
-}
-
 /* "poke": sets room "target" (loading it) from inside another room's handler, on the service
  * thread, with the blocking acquire. */
 static _Atomic(sync_rooms *) poke_rooms;
@@ -267,12 +242,11 @@ static int room_setup(sync_room_setup *setup, void *userdata)
     setup_box *box = userdata;
     atomic_fetch_add(&box->calls, 1);
     if (box->delay_ms)
-        sleep_ms(box->delay_ms);
+        check_sleep_ms(box->delay_ms);
     if (box->fail)
         return SYNC_EINVAL;
     sync_engine *engine = sync_room_setup_engine(setup);
-    if (sync_engine_on(engine, "increment", on_increment, NULL, NULL) != SYNC_OK ||
-        sync_engine_on(engine, "whoami", on_whoami, NULL, NULL) != SYNC_OK ||
+    if (fixture_add_counter_handlers(engine) != SYNC_OK ||
         sync_engine_on(engine, "poke", on_poke, NULL, NULL) != SYNC_OK)
         return SYNC_EINVAL;
     char initial[160];
@@ -300,40 +274,32 @@ static const sync_engine_options *next_template;
 static int fixture_start(fixture *f, sync_server_options *opts, sync_room_store *store)
 {
     memset(f, 0, sizeof *f);
-    sync_server_options defaults = SYNC_SERVER_OPTIONS_INIT;
-    if (sync_server_new(&f->server, opts ? opts : &defaults) != SYNC_OK) {
-        sync_room_store_free(store);
-        return -1;
-    }
     sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
     ro.setup = room_setup;
     ro.setup_userdata = &f->box;
     ro.store = store;
     ro.engine_options = next_template;
     next_template = NULL;
-    int rc = sync_server_mount_rooms(f->server, "/rooms/", &ro, &f->rooms);
+    f->server = fixture_rooms_server(opts, &ro, &f->rooms);
     sync_room_store_free(store); /* the mount took its reference */
-    if (rc != SYNC_OK || sync_server_start(f->server) != SYNC_OK) {
-        sync_server_free(f->server);
+    if (!f->server)
         return -1;
-    }
     f->port = sync_server_port(f->server);
     return 0;
 }
 
+/* fixture_start() with a new mem_store (in *m). */
+static int fixture_start_mem(fixture *f, sync_server_options *opts, mem_store **m)
+{
+    sync_room_store *store = mem_store_new(m);
+    return store ? fixture_start(f, opts, store) : -1;
+}
+
 static ws_client *join(fixture *f, const char *path, long long *counter)
 {
-    int status = 0;
-    ws_client *c = ws_connect(f->port, path, NULL, &status);
-    if (!c)
-        return NULL;
-    char *text = ws_read_text(c, 5000);
-    if (!text || !strstr(text, "initial_state")) {
-        free(text);
-        ws_client_free(c);
-        return NULL;
-    }
-    if (counter)
+    char *text = NULL;
+    ws_client *c = fixture_try_join(f->port, path, 5000, counter ? &text : NULL);
+    if (c && counter)
         *counter = ws_json_int(text, "counter");
     free(text);
     return c;
@@ -342,18 +308,7 @@ static ws_client *join(fixture *f, const char *path, long long *counter)
 /* Sends an increment and waits for the state that shows it (`want`). */
 static int increment(ws_client *c, long long want)
 {
-    if (ws_send_text(c, "{\"type\":\"increment\"}") != 0)
-        return -1;
-    for (int i = 0; i < 50; i++) {
-        char *text = ws_read_text(c, 3000);
-        if (!text)
-            return -1;
-        long long v = ws_json_int(text, "counter");
-        free(text);
-        if (v == want)
-            return 0;
-    }
-    return -1;
+    return fixture_increment(c, "counter", want);
 }
 
 /* The status of an upgrade to `path` of any length (ws_handshake's buffer is 4 KiB). */
@@ -382,17 +337,6 @@ static int handshake_status(int port, const char *path)
     int status = ws_handshake(c, path, NULL, 5000);
     ws_client_free(c);
     return status;
-}
-
-/* Waits (bounded) for the loaded rooms to reach `want`. */
-static size_t wait_loaded(sync_rooms *rooms, size_t want, int timeout_ms)
-{
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    size_t n;
-    while ((n = sync_rooms_loaded_count(rooms)) != want && check_elapsed_ms(&t0) < timeout_ms)
-        sleep_ms(10);
-    return n;
 }
 
 /* ---- the cases ----------------------------------------------------------------------------- */
@@ -544,18 +488,16 @@ static void bad_names_are_refused_before_anything_exists(void)
 static void idle_room_is_saved_unloaded_and_seen_again(void)
 {
     mem_store *m = NULL;
-    sync_room_store *store = mem_store_new(&m);
-    REQUIRE(store);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.room_idle_ms = 200;
     fixture f;
-    REQUIRE(fixture_start(&f, &opts, store) == 0);
+    REQUIRE(fixture_start_mem(&f, &opts, &m) == 0);
     ws_client *c = join(&f, "/rooms/saved", NULL);
     REQUIRE(c);
     for (int i = 1; i <= 3; i++)
         CHECK_EQ_INT(increment(c, i), 0);
     ws_client_free(c);
-    CHECK_EQ_INT(wait_loaded(f.rooms, 0, 5000), 0);
+    CHECK_EQ_INT(fixture_wait_loaded(f.rooms, 0, 5000), 0);
     char *json = mem_get(m, "saved");
     CHECK(json && strstr(json, "\"counter\":3"));
     free(json);
@@ -564,7 +506,7 @@ static void idle_room_is_saved_unloaded_and_seen_again(void)
     c = join(&f, "/rooms/visited", NULL);
     CHECK(c != NULL);
     ws_client_free(c);
-    CHECK_EQ_INT(wait_loaded(f.rooms, 0, 5000), 0);
+    CHECK_EQ_INT(fixture_wait_loaded(f.rooms, 0, 5000), 0);
     CHECK_EQ_INT(atomic_load(&m->saves), saves);
     json = mem_get(m, "visited");
     CHECK(json == NULL);
@@ -587,21 +529,19 @@ static void idle_room_is_saved_unloaded_and_seen_again(void)
 static void visited_room_writes_nothing_before_send(void)
 {
     mem_store *m = NULL;
-    sync_room_store *store = mem_store_new(&m);
-    REQUIRE(store);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.room_idle_ms = 100;
     sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
     eo.persist_mode = SYNC_PERSIST_BEFORE_SEND;
     next_template = &eo;
     fixture f;
-    REQUIRE(fixture_start(&f, &opts, store) == 0);
+    REQUIRE(fixture_start_mem(&f, &opts, &m) == 0);
     ws_client *c = join(&f, "/rooms/visited", NULL);
     ws_client *d = join(&f, "/rooms/visited", NULL);
     CHECK(c != NULL && d != NULL);
     ws_client_free(c);
     ws_client_free(d);
-    CHECK_EQ_INT(wait_loaded(f.rooms, 0, 5000), 0);
+    CHECK_EQ_INT(fixture_wait_loaded(f.rooms, 0, 5000), 0);
     CHECK_EQ_INT(atomic_load(&m->saves), 0);
     char *json = mem_get(m, "visited");
     CHECK(json == NULL);
@@ -613,7 +553,7 @@ static void visited_room_writes_nothing_before_send(void)
     CHECK(json && strstr(json, "\"counter\":1"));
     free(json);
     ws_client_free(c);
-    CHECK_EQ_INT(wait_loaded(f.rooms, 0, 5000), 0);
+    CHECK_EQ_INT(fixture_wait_loaded(f.rooms, 0, 5000), 0);
     long long counter = -1;
     c = join(&f, "/rooms/changed", &counter);
     CHECK_EQ_INT(counter, 1);
@@ -621,36 +561,50 @@ static void visited_room_writes_nothing_before_send(void)
     sync_server_free(f.server);
 }
 
-static void join_racing_an_unload_waits_and_loads_afresh(void)
+/* A fixture whose room `name` a client changed `increments` times and left: the room idles out
+ * after `idle_ms` and its unload's save (the only one: persist mode manual) is in flight, taking
+ * `save_ms`. 0, or -1 with a failed check. */
+static int unload_saving(fixture *f, mem_store **m, int idle_ms, const char *name, int increments,
+                         int save_ms)
 {
-    mem_store *m = NULL;
-    sync_room_store *store = mem_store_new(&m);
-    REQUIRE(store);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
-    opts.room_idle_ms = 100;
-    /* changes are saved by the unload only (persist mode manual): its save is the one in flight */
+    opts.room_idle_ms = idle_ms;
     sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
     eo.persist_mode = SYNC_PERSIST_MANUAL;
     next_template = &eo;
-    fixture f;
-    REQUIRE(fixture_start(&f, &opts, store) == 0);
-    ws_client *c = join(&f, "/rooms/racy", NULL);
-    REQUIRE(c);
-    CHECK_EQ_INT(increment(c, 1), 0);
-    CHECK_EQ_INT(increment(c, 2), 0);
-    /* saves now take 400 ms: the unload's save is in flight when the next join arrives */
-    pthread_mutex_lock(&m->lock);
-    m->async_save = 1;
-    m->delay_ms = 400;
-    pthread_mutex_unlock(&m->lock);
+    int rc = fixture_start_mem(f, &opts, m);
+    CHECK_EQ_INT(rc, 0);
+    if (rc != 0)
+        return -1;
+    char path[64];
+    snprintf(path, sizeof path, "/rooms/%s", name);
+    ws_client *c = join(f, path, NULL);
+    CHECK(c != NULL);
+    if (!c)
+        return -1;
+    for (int i = 1; i <= increments; i++)
+        CHECK_EQ_INT(increment(c, i), 0);
+    pthread_mutex_lock(&(*m)->lock);
+    (*m)->async_save = 1;
+    (*m)->delay_ms = save_ms;
+    pthread_mutex_unlock(&(*m)->lock);
     ws_client_free(c);
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    while (atomic_load(&m->saving) == 0 && check_elapsed_ms(&t0) < 5000)
-        sleep_ms(2);
-    CHECK_EQ_INT(atomic_load(&m->saving), 1);
+    while (atomic_load(&(*m)->saving) == 0 && check_elapsed_ms(&t0) < 5000)
+        check_sleep_ms(2);
+    CHECK_EQ_INT(atomic_load(&(*m)->saving), 1);
+    return 0;
+}
+
+static void join_racing_an_unload_waits_and_loads_afresh(void)
+{
+    mem_store *m = NULL;
+    fixture f;
+    /* saves take 400 ms: the unload's save is in flight when the next join arrives */
+    REQUIRE(unload_saving(&f, &m, 100, "racy", 2, 400) == 0);
     long long counter = -1;
-    c = join(&f, "/rooms/racy", &counter);
+    ws_client *c = join(&f, "/rooms/racy", &counter);
     CHECK(c != NULL);
     CHECK_EQ_INT(counter, 2);
     CHECK_EQ_INT(atomic_load(&f.box.calls), 2); /* created afresh after the unload */
@@ -665,36 +619,16 @@ static void join_racing_an_unload_waits_and_loads_afresh(void)
 static void delete_racing_an_unload_removes_after_the_save(void)
 {
     mem_store *m = NULL;
-    sync_room_store *store = mem_store_new(&m);
-    REQUIRE(store);
-    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
-    opts.room_idle_ms = 50;
-    sync_engine_options eo = SYNC_ENGINE_OPTIONS_INIT;
-    eo.persist_mode = SYNC_PERSIST_MANUAL;
-    next_template = &eo;
     fixture f;
-    REQUIRE(fixture_start(&f, &opts, store) == 0);
-    ws_client *c = join(&f, "/rooms/short", NULL);
-    REQUIRE(c);
-    CHECK_EQ_INT(increment(c, 1), 0);
-    pthread_mutex_lock(&m->lock);
-    m->async_save = 1;
-    m->delay_ms = 300;
-    pthread_mutex_unlock(&m->lock);
-    ws_client_free(c);
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    while (atomic_load(&m->saving) == 0 && check_elapsed_ms(&t0) < 5000)
-        sleep_ms(2);
-    CHECK_EQ_INT(atomic_load(&m->saving), 1);
+    REQUIRE(unload_saving(&f, &m, 50, "short", 1, 300) == 0);
     CHECK_EQ_INT(sync_rooms_delete(f.rooms, "short"), SYNC_OK);
     CHECK_EQ_INT(atomic_load(&m->saving), 0); /* the delete waited for the save */
-    sleep_ms(100);
+    check_sleep_ms(100);
     char *json = mem_get(m, "short");
     CHECK(json == NULL);
     free(json);
     long long counter = -1;
-    c = join(&f, "/rooms/short", &counter);
+    ws_client *c = join(&f, "/rooms/short", &counter);
     CHECK_EQ_INT(counter, 0);
     ws_client_free(c);
     sync_server_free(f.server);
@@ -703,13 +637,11 @@ static void delete_racing_an_unload_removes_after_the_save(void)
 static void max_rooms_evicts_the_least_recently_used_then_refuses(void)
 {
     mem_store *m = NULL;
-    sync_room_store *store = mem_store_new(&m);
-    REQUIRE(store);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.room_idle_ms = -1; /* only max_rooms unloads */
     opts.max_rooms = 2;
     fixture f;
-    REQUIRE(fixture_start(&f, &opts, store) == 0);
+    REQUIRE(fixture_start_mem(&f, &opts, &m) == 0);
     ws_client *a = join(&f, "/rooms/a", NULL);
     REQUIRE(a);
     CHECK_EQ_INT(increment(a, 1), 0);
@@ -721,7 +653,7 @@ static void max_rooms_evicts_the_least_recently_used_then_refuses(void)
     /* a is idle (and least recently used): c takes its place, a is saved */
     ws_client *c = join(&f, "/rooms/c", NULL);
     REQUIRE(c);
-    CHECK_EQ_INT(wait_loaded(f.rooms, 2, 3000), 2);
+    CHECK_EQ_INT(fixture_wait_loaded(f.rooms, 2, 3000), 2);
     char *json = mem_get(m, "a");
     CHECK(json && strstr(json, "\"counter\":1"));
     free(json);
@@ -738,7 +670,7 @@ static void max_rooms_evicts_the_least_recently_used_then_refuses(void)
     while (!a2 && check_elapsed_ms(&t0) < 5000) {
         a2 = join(&f, "/rooms/a", &counter);
         if (!a2)
-            sleep_ms(20);
+            check_sleep_ms(20);
     }
     CHECK(a2 != NULL);
     CHECK_EQ_INT(counter, 1);
@@ -778,27 +710,25 @@ static void *send_until_closed(void *arg)
 static void deleted_room_closes_its_clients_and_starts_afresh(void)
 {
     mem_store *m = NULL;
-    sync_room_store *store = mem_store_new(&m);
-    REQUIRE(store);
     fixture f;
-    REQUIRE(fixture_start(&f, NULL, store) == 0);
+    REQUIRE(fixture_start_mem(&f, NULL, &m) == 0);
     ws_client *c = join(&f, "/rooms/doomed", NULL);
     REQUIRE(c);
     CHECK_EQ_INT(increment(c, 1), 0);
     sender s = {c, 0, 0};
     pthread_t t;
     pthread_create(&t, NULL, send_until_closed, &s);
-    sleep_ms(100);
+    check_sleep_ms(100);
     CHECK_EQ_INT(sync_rooms_delete(f.rooms, "doomed"), SYNC_OK);
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     while (!atomic_load(&s.close_code) && check_elapsed_ms(&t0) < 5000)
-        sleep_ms(10);
+        check_sleep_ms(10);
     atomic_store(&s.stop, 1);
     pthread_join(t, NULL);
     CHECK_EQ_INT(atomic_load(&s.close_code), SYNC_CLOSE_ROOM_DELETED);
     ws_client_free(c);
-    CHECK_EQ_INT(wait_loaded(f.rooms, 0, 5000), 0);
+    CHECK_EQ_INT(fixture_wait_loaded(f.rooms, 0, 5000), 0);
     char *json = mem_get(m, "doomed");
     CHECK(json == NULL); /* the record is gone, and nothing saved it again after */
     free(json);
@@ -825,13 +755,13 @@ static void deleted_room_closes_its_clients_and_starts_afresh(void)
 static void store_failing_one_room_refuses_it_alone(void)
 {
     mem_store *m = NULL;
-    sync_room_store *store = mem_store_new(&m);
-    REQUIRE(store);
-    snprintf(m->fail_load, sizeof m->fail_load, "broken");
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.log = fixture_quiet_log;
     fixture f;
-    REQUIRE(fixture_start(&f, &opts, store) == 0);
+    REQUIRE(fixture_start_mem(&f, &opts, &m) == 0);
+    pthread_mutex_lock(&m->lock);
+    snprintf(m->fail_load, sizeof m->fail_load, "broken");
+    pthread_mutex_unlock(&m->lock);
     /* a load that fails at once: the upgrade is answered 503 */
     CHECK_EQ_INT(handshake_status(f.port, "/rooms/broken"), 503);
     ws_client *ok = join(&f, "/rooms/fine", NULL);
@@ -880,9 +810,9 @@ static void *complete_setup(void *arg)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     sync_room_setup *setup = NULL;
     while (!(setup = atomic_exchange(&c->box->kept, NULL)) && check_elapsed_ms(&t0) < 5000)
-        sleep_ms(5);
+        check_sleep_ms(5);
     if (setup) {
-        sleep_ms(150); /* the client sends while it waits */
+        check_sleep_ms(150); /* the client sends while it waits */
         sync_room_setup_complete(setup, c->status);
     }
     return NULL;
@@ -927,7 +857,7 @@ static void deferred_setup_completed_from_another_thread(void)
         ws_client_free(c);
     }
     pthread_join(t, NULL);
-    CHECK_EQ_INT(wait_loaded(f.rooms, 1, 3000), 1);
+    CHECK_EQ_INT(fixture_wait_loaded(f.rooms, 1, 3000), 1);
     /* a setup that refuses at once: 503 */
     f.box.defer = 0;
     f.box.fail = 1;
@@ -996,9 +926,9 @@ static void *complete_auth(void *arg)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     sync_request *req = NULL;
     while (!(req = atomic_exchange(&deferred_request, NULL)) && check_elapsed_ms(&t0) < 5000)
-        sleep_ms(5);
+        check_sleep_ms(5);
     if (req) {
-        sleep_ms(300); /* after the room is ready: the auth is the last to decide */
+        check_sleep_ms(300); /* after the room is ready: the auth is the last to decide */
         sync_request_complete(req, 0);
     }
     return NULL;
@@ -1098,22 +1028,20 @@ static void on_ready(int status, sync_engine *engine, void *userdata)
 static void rooms_without_clients(void)
 {
     mem_store *m = NULL;
-    sync_room_store *store = mem_store_new(&m);
-    REQUIRE(store);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.room_idle_ms = 100;
     fixture f;
-    REQUIRE(fixture_start(&f, &opts, store) == 0);
+    REQUIRE(fixture_start_mem(&f, &opts, &m) == 0);
     /* set the state of a room nobody joined; it is saved and unloaded once released */
     sync_engine *engine = NULL;
     REQUIRE(sync_rooms_acquire(f.rooms, "offline", &engine) == SYNC_OK);
     CHECK_EQ_INT(sync_engine_set_state_json(engine, "{\"counter\":41}", 1), SYNC_OK);
     CHECK_EQ_INT(sync_rooms_loaded_count(f.rooms), 1);
-    sleep_ms(300); /* held: not unloaded however idle */
+    check_sleep_ms(300); /* held: not unloaded however idle */
     CHECK_EQ_INT(sync_rooms_loaded_count(f.rooms), 1);
     CHECK_EQ_INT(sync_rooms_release(f.rooms, engine), SYNC_OK);
     CHECK_EQ_INT(sync_rooms_release(f.rooms, engine), SYNC_EINVAL); /* not held any more */
-    CHECK_EQ_INT(wait_loaded(f.rooms, 0, 5000), 0);
+    CHECK_EQ_INT(fixture_wait_loaded(f.rooms, 0, 5000), 0);
     /* a client then sees it, and so does an asynchronous acquire (loads it once more) */
     long long counter = -1;
     ws_client *c = join(&f, "/rooms/offline", &counter);
@@ -1135,7 +1063,7 @@ static void rooms_without_clients(void)
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     while (!atomic_load(&box2.calls) && check_elapsed_ms(&t0) < 5000)
-        sleep_ms(5);
+        check_sleep_ms(5);
     CHECK_EQ_INT(atomic_load(&box2.status), SYNC_OK);
     if (atomic_load(&box2.engine))
         CHECK_EQ_INT(sync_rooms_release(f.rooms, atomic_load(&box2.engine)), SYNC_OK);
@@ -1245,7 +1173,7 @@ static void built_in_store_keeps_rooms(int file_store)
         CHECK_EQ_INT(increment(b, cb + 1), 0);
         ws_client_free(a);
         ws_client_free(b);
-        CHECK_EQ_INT(wait_loaded(f.rooms, 0, 5000), 0);
+        CHECK_EQ_INT(fixture_wait_loaded(f.rooms, 0, 5000), 0);
         long long again = -1;
         a = join(&f, "/rooms/Board%201", &again);
         CHECK_EQ_INT(again, ca + 2);
@@ -1382,14 +1310,12 @@ static void *churn_clients(void *arg)
 static void rooms_survive_churn_from_every_thread(void)
 {
     mem_store *m = NULL;
-    sync_room_store *store = mem_store_new(&m);
-    REQUIRE(store);
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.room_idle_ms = 20;
     opts.max_rooms = 6;
     opts.log = fixture_quiet_log;
     fixture f;
-    REQUIRE(fixture_start(&f, &opts, store) == 0);
+    REQUIRE(fixture_start_mem(&f, &opts, &m) == 0);
     enum { API = 3, CLIENTS = 2 };
     pthread_t threads[API + CLIENTS];
     churner churners[API + CLIENTS];
@@ -1404,7 +1330,7 @@ static void rooms_survive_churn_from_every_thread(void)
     }
     CHECK_EQ_INT(failures, 0);
     /* everything settles: every room unloads once nobody uses it */
-    CHECK_EQ_INT(wait_loaded(f.rooms, 0, 10000), 0);
+    CHECK_EQ_INT(fixture_wait_loaded(f.rooms, 0, 10000), 0);
     long long created = fixture_metric(f.port, "libsync_rooms_created_total{path=\"/rooms/\"}");
     long long unloaded = fixture_metric(f.port, "libsync_rooms_unloaded_total{path=\"/rooms/\"}");
     CHECK(created > 12);

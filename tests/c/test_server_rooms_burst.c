@@ -25,14 +25,15 @@ enum { ROOMS = 10000, THREADS = 4 };
 
 static atomic_int setups;
 
-static int room_setup(sync_room_setup *setup, void *userdata)
+/* A started server with rooms at /rooms/ (fixture_items_room_setup, counted in `setups`). */
+static sync_server *rooms_server(int room_idle_ms, sync_rooms **rooms)
 {
-    (void)userdata;
-    atomic_fetch_add(&setups, 1);
-    char initial[160];
-    snprintf(initial, sizeof initial, "{\"room\":\"%s\",\"items\":[1,2,3]}",
-             sync_room_setup_name(setup));
-    return sync_room_setup_set_initial_state_json(setup, initial);
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.room_idle_ms = room_idle_ms;
+    sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
+    ro.setup = fixture_items_room_setup;
+    ro.setup_userdata = &setups;
+    return fixture_rooms_server(&opts, &ro, rooms);
 }
 
 /* Resident set size in KiB (/proc/self/statm), as the process has it. */
@@ -59,6 +60,7 @@ typedef struct worker {
     int port;
     int first, count;
     const char *tag;
+    ws_client **clients; /* NULL: each client leaves once joined */
     int ok;
 } worker;
 
@@ -68,21 +70,24 @@ static void *join_rooms(void *arg)
     for (int i = w->first; i < w->first + w->count; i++) {
         char path[64];
         snprintf(path, sizeof path, "/rooms/%s-%d", w->tag, i);
-        ws_client *c = ws_connect(w->port, path, NULL, NULL);
-        char *text = c ? ws_read_text(c, 10000) : NULL;
-        w->ok += text && strstr(text, "initial_state") != NULL;
-        free(text);
-        ws_client_free(c);
+        ws_client *c = fixture_try_join(w->port, path, 10000, NULL);
+        w->ok += c != NULL;
+        if (w->clients)
+            w->clients[i] = c;
+        else
+            ws_client_free(c);
     }
     return NULL;
 }
 
-static int burst(int port, const char *tag, int rooms)
+/* Joins rooms "/rooms/TAG-0" to "/rooms/TAG-<rooms - 1>" from THREADS threads: how many joined.
+ * Their clients are kept in `clients` when not NULL, or leave at once. */
+static int burst(int port, const char *tag, int rooms, ws_client **clients)
 {
     pthread_t threads[THREADS];
     worker workers[THREADS];
     for (int t = 0; t < THREADS; t++) {
-        workers[t] = (worker){port, t * (rooms / THREADS), rooms / THREADS, tag, 0};
+        workers[t] = (worker){port, t * (rooms / THREADS), rooms / THREADS, tag, clients, 0};
         pthread_create(&threads[t], NULL, join_rooms, &workers[t]);
     }
     int ok = 0;
@@ -93,39 +98,21 @@ static int burst(int port, const char *tag, int rooms)
     return ok;
 }
 
-static size_t wait_loaded(sync_rooms *rooms, size_t want, int timeout_ms)
-{
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    size_t n;
-    while ((n = sync_rooms_loaded_count(rooms)) != want && check_elapsed_ms(&t0) < timeout_ms) {
-        struct timespec ts = {0, 20 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    return n;
-}
-
 static void ten_thousand_rooms_in_a_burst(void)
 {
-    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
-    opts.room_idle_ms = 1000;
-    sync_server *server = NULL;
-    REQUIRE(sync_server_new(&server, &opts) == SYNC_OK);
-    sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
-    ro.setup = room_setup;
     sync_rooms *rooms = NULL;
-    REQUIRE(sync_server_mount_rooms(server, "/rooms/", &ro, &rooms) == SYNC_OK);
-    REQUIRE(sync_server_start(server) == SYNC_OK);
+    sync_server *server = rooms_server(1000, &rooms);
+    REQUIRE(server);
     int port = sync_server_port(server);
 
     /* warm up (threads, lws tables, allocator arenas), then the baseline */
-    CHECK_EQ_INT(burst(port, "warm", 400), 400);
-    CHECK_EQ_INT(wait_loaded(rooms, 0, 30000), 0);
+    CHECK_EQ_INT(burst(port, "warm", 400, NULL), 400);
+    CHECK_EQ_INT(fixture_wait_loaded(rooms, 0, 30000), 0);
     long baseline = rss_kib();
 
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    CHECK_EQ_INT(burst(port, "room", ROOMS), ROOMS);
+    CHECK_EQ_INT(burst(port, "room", ROOMS, NULL), ROOMS);
     long long took = check_elapsed_ms(&t0);
     /* unloaded first: a room unloaded between the two reads is in neither */
     long long unloaded = fixture_metric(port, "libsync_rooms_unloaded_total{path=\"/rooms/\"}");
@@ -141,7 +128,7 @@ static void ten_thousand_rooms_in_a_burst(void)
     CHECK(loaded > 0);
     CHECK(unloaded >= 400 && (long long)loaded + unloaded <= ROOMS + 400 + 1);
 
-    CHECK_EQ_INT(wait_loaded(rooms, 0, 60000), 0);
+    CHECK_EQ_INT(fixture_wait_loaded(rooms, 0, 60000), 0);
     long after = rss_kib();
     fprintf(stderr, "  after unloading: RSS %ld KiB (baseline %ld KiB)\n", after, baseline);
     CHECK_EQ_INT(fixture_metric(port, "libsync_rooms_unloaded_total{path=\"/rooms/\"}"),
@@ -158,33 +145,26 @@ static void ten_thousand_rooms_in_a_burst(void)
 static void an_unload_wave_gives_memory_back(void)
 {
     enum { WAVE = SANITIZED ? 1000 : 5000, IDLE_MS = 500 };
-    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
-    opts.room_idle_ms = IDLE_MS;
-    sync_server *server = NULL;
-    REQUIRE(sync_server_new(&server, &opts) == SYNC_OK);
-    sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
-    ro.setup = room_setup;
     sync_rooms *rooms = NULL;
-    REQUIRE(sync_server_mount_rooms(server, "/rooms/", &ro, &rooms) == SYNC_OK);
-    REQUIRE(sync_server_start(server) == SYNC_OK);
+    sync_server *server = rooms_server(IDLE_MS, &rooms);
+    REQUIRE(server);
     int port = sync_server_port(server);
 
-    CHECK_EQ_INT(burst(port, "warm", 400), 400);
-    CHECK_EQ_INT(wait_loaded(rooms, 0, 30000), 0);
+    CHECK_EQ_INT(burst(port, "warm", 400, NULL), 400);
+    CHECK_EQ_INT(fixture_wait_loaded(rooms, 0, 30000), 0);
     malloc_trim(0); /* the baseline: the warm-up's memory given back */
     long baseline = rss_as_is_kib();
 
-    CHECK_EQ_INT(burst(port, "wave", WAVE), WAVE);
+    CHECK_EQ_INT(burst(port, "wave", WAVE, NULL), WAVE);
     long peak = rss_as_is_kib();
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    CHECK_EQ_INT(wait_loaded(rooms, 0, IDLE_MS + 30000), 0);
+    CHECK_EQ_INT(fixture_wait_loaded(rooms, 0, IDLE_MS + 30000), 0);
     long long took = check_elapsed_ms(&t0);
     /* the allocator's return happens on the service thread right after the last unloads */
     long after = rss_as_is_kib();
     for (int i = 0; i < 50 && after > baseline + baseline / 10 + 2048; i++) {
-        struct timespec ts = {0, 20 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        check_sleep_ms(20);
         after = rss_as_is_kib();
     }
     fprintf(stderr, "  %d rooms unloaded %lld ms after the burst; RSS %ld -> %ld -> %ld KiB\n",
@@ -197,27 +177,6 @@ static void an_unload_wave_gives_memory_back(void)
     sync_server_free(server);
 }
 
-typedef struct holder {
-    int port;
-    int first, count;
-    ws_client **clients;
-    int ok;
-} holder;
-
-static void *open_and_hold(void *arg)
-{
-    holder *h = arg;
-    for (int i = h->first; i < h->first + h->count; i++) {
-        char path[64];
-        snprintf(path, sizeof path, "/rooms/held-%d", i);
-        h->clients[i] = ws_connect(h->port, path, NULL, NULL);
-        char *text = h->clients[i] ? ws_read_text(h->clients[i], 10000) : NULL;
-        h->ok += text && strstr(text, "initial_state") != NULL;
-        free(text);
-    }
-    return NULL;
-}
-
 /* Many clients, each in its own room, all connected at once and then gone, the rooms still
  * loaded: what the process keeps beyond the rooms' live heap is the memory of connections that
  * closed. On one heap it stayed there (its pages held by the rooms' blocks allocated in between,
@@ -225,34 +184,17 @@ static void *open_and_hold(void *arg)
 static void closed_connections_leave_loaded_rooms_their_memory_only(void)
 {
     enum { HELD = SANITIZED ? 500 : 4000 };
-    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
-    opts.room_idle_ms = 600000; /* loaded throughout */
-    sync_server *server = NULL;
-    REQUIRE(sync_server_new(&server, &opts) == SYNC_OK);
-    sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
-    ro.setup = room_setup;
     sync_rooms *rooms = NULL;
-    REQUIRE(sync_server_mount_rooms(server, "/rooms/", &ro, &rooms) == SYNC_OK);
-    REQUIRE(sync_server_start(server) == SYNC_OK);
+    sync_server *server = rooms_server(600000, &rooms); /* loaded throughout */
+    REQUIRE(server);
     int port = sync_server_port(server);
 
-    CHECK_EQ_INT(burst(port, "warm", 400), 400); /* threads, lws tables, allocator arenas */
+    CHECK_EQ_INT(burst(port, "warm", 400, NULL), 400); /* threads, lws tables, allocator arenas */
     long baseline = rss_kib();
     struct mallinfo2 heap0 = mallinfo2();
 
     static ws_client *clients[HELD];
-    pthread_t threads[THREADS];
-    holder holders[THREADS];
-    for (int t = 0; t < THREADS; t++) {
-        holders[t] = (holder){port, t * (HELD / THREADS), HELD / THREADS, clients, 0};
-        pthread_create(&threads[t], NULL, open_and_hold, &holders[t]);
-    }
-    int ok = 0;
-    for (int t = 0; t < THREADS; t++) {
-        pthread_join(threads[t], NULL);
-        ok += holders[t].ok;
-    }
-    CHECK_EQ_INT(ok, HELD);
+    CHECK_EQ_INT(burst(port, "held", HELD, clients), HELD);
     for (int i = 0; i < HELD; i++)
         ws_client_free(clients[i]);
     CHECK_EQ_INT(fixture_open_connections(port, 0), 0);

@@ -296,22 +296,10 @@ static void engine_on_room_adapter_keeps_state_and_epoch(void)
 
 /* ---- a room mount over real sockets -------------------------------------------------------- */
 
-static int on_increment(sync_msg *msg, void *userdata)
-{
-    (void)userdata;
-    cJSON *state = sync_msg_state_mut(msg);
-    cJSON *counter = state ? cJSON_GetObjectItemCaseSensitive(state, "counter") : NULL;
-    if (!cJSON_IsNumber(counter))
-        return SYNC_EHANDLER;
-    cJSON_SetNumberValue(counter, counter->valuedouble + 1);
-    return SYNC_OK;
-}
-
 static int room_setup(sync_room_setup *setup, void *userdata)
 {
     (void)userdata;
-    if (sync_engine_on(sync_room_setup_engine(setup), "increment", on_increment, NULL, NULL) !=
-        SYNC_OK)
+    if (fixture_add_counter_handlers(sync_room_setup_engine(setup)) != SYNC_OK)
         return SYNC_EINVAL;
     return sync_room_setup_set_initial_state_json(setup, "{\"counter\":0}");
 }
@@ -320,27 +308,18 @@ static sync_server *rooms_server(sync_room_store *store, sync_rooms **rooms)
 {
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.room_idle_ms = 150;
-    sync_server *server = NULL;
-    if (sync_server_new(&server, &opts) != SYNC_OK) {
-        sync_room_store_free(store);
-        return NULL;
-    }
     sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
     ro.setup = room_setup;
     ro.store = store;
-    int rc = sync_server_mount_rooms(server, "/rooms/", &ro, rooms);
+    sync_server *server = fixture_rooms_server(&opts, &ro, rooms);
     sync_room_store_free(store);
-    if (rc != SYNC_OK || sync_server_start(server) != SYNC_OK) {
-        sync_server_free(server);
-        return NULL;
-    }
     return server;
 }
 
 /* A v2 client of `path` that read its initial state: its counter, version and epoch. */
 static ws_client *join(int port, const char *path, long long *counter, char *epoch, size_t cap)
 {
-    ws_client *c = ws_connect(port, path, "Sec-WebSocket-Protocol: libsync.v2\r\n", NULL);
+    ws_client *c = ws_connect(port, path, FIXTURE_V2_HEADER, NULL);
     if (!c)
         return NULL;
     char *text = ws_read_text(c, 5000);
@@ -362,25 +341,7 @@ static ws_client *join(int port, const char *path, long long *counter, char *epo
 /* Sends an increment and waits for the version that carries it. */
 static int increment(ws_client *c, long long want_version)
 {
-    if (ws_send_text(c, "{\"type\":\"increment\"}") != 0)
-        return -1;
-    for (int i = 0; i < 50; i++) {
-        char *text = ws_read_text(c, 3000);
-        if (!text)
-            return -1;
-        long long v = ws_json_int(text, "version");
-        free(text);
-        if (v == want_version)
-            return 0;
-    }
-    return -1;
-}
-
-static size_t wait_unloaded(sync_rooms *rooms)
-{
-    for (int i = 0; i < 500 && sync_rooms_loaded_count(rooms) > 0; i++)
-        usleep(10000);
-    return sync_rooms_loaded_count(rooms);
+    return fixture_increment(c, "version", want_version);
 }
 
 static void server_rooms_live_in_redis(void)
@@ -409,7 +370,7 @@ static void server_rooms_live_in_redis(void)
         CHECK_EQ_INT(increment(b, cb + 1), 0);
         ws_client_free(a);
         ws_client_free(b);
-        CHECK_EQ_INT(wait_unloaded(rooms), 0); /* saved to Redis and unloaded */
+        CHECK_EQ_INT(fixture_wait_loaded(rooms, 0, 5000), 0); /* saved to Redis and unloaded */
         long long again = -1;
         a = join(port, "/rooms/Board%201", &again, ea, sizeof ea);
         CHECK_EQ_INT(again, ca + 2);

@@ -16,6 +16,17 @@ const { redisSupported, startRedis } = require('./redis_server');
 
 const skip = redisSupported() ? false : 'libsync built without Redis support';
 
+test('RedisAdapter and RedisRoomStore are refused without a url, each by its name', () => {
+  assert.throws(() => new RedisAdapter({ keyPrefix: 'p:' }), {
+    name: 'TypeError',
+    message: 'RedisAdapter: `url` is required',
+  });
+  assert.throws(() => new RedisRoomStore(), {
+    name: 'TypeError',
+    message: 'RedisRoomStore: `url` is required',
+  });
+});
+
 test('RedisAdapter: state and version survive a restart of the engine', { skip }, async (t) => {
   const url = await startRedis(t);
   const run = async () => {

@@ -3,6 +3,7 @@ timeouts, replacing the hooks, and hooks called on the engine's timer thread."""
 
 from __future__ import annotations
 
+import pytest
 from conftest import MockConn, counter_engine, wait_until
 
 
@@ -46,6 +47,18 @@ def test_pong_keeps_a_connection_alive(make_engine, recorder):
 def test_set_hooks_replaces_them(make_engine, recorder):
     engine = counter_engine(make_engine)
     engine.set_hooks(recorder.hooks(only={"on_state_change"}))
+    engine.set_state({"counter": 1})
+    assert recorder.count("on_state_change") == 1
+
+
+def test_set_hooks_refuses_what_the_constructor_refuses(make_engine, recorder):
+    engine = counter_engine(make_engine, recorder)
+    with pytest.raises(ValueError, match="unknown hook 'on_nothing'"):
+        engine.set_hooks({"on_nothing": print})
+    # a hook that cannot be called is refused when set, not when it would run
+    with pytest.raises(TypeError, match="hook on_state_change must be callable"):
+        engine.set_hooks({"on_state_change": 5})
+    # refused: the hooks in place stay
     engine.set_state({"counter": 1})
     assert recorder.count("on_state_change") == 1
 

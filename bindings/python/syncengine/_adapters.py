@@ -28,7 +28,38 @@ def _os_path(path: "str | os.PathLike[str] | None") -> Optional[str]:
     return None if path is None else os.fspath(path)
 
 
-class SQLiteAdapter:
+class _SQLiteFile:
+    """What the SQLite adapter and the SQLite room store share: a database file and a table in it,
+    how durable a commit is and how long a write waits for a lock."""
+
+    def _sqlite_init(
+        self,
+        path: "str | os.PathLike[str]",
+        table_name: str,
+        durability: str,
+        busy_timeout_ms: int,
+    ) -> None:
+        if durability not in ("process", "power"):
+            raise ValueError('durability must be "process" or "power"')
+        self.path = os.fspath(path)
+        self.table_name = table_name
+        self.durability = durability
+        self.busy_timeout_ms = int(busy_timeout_ms)
+
+    def _sqlite_options(self, backups_dir: Optional[str] = None) -> Any:
+        opts = native.sync_sqlite_options()
+        opts.path = self.path
+        opts.table_name = self.table_name
+        opts.backups_dir = backups_dir
+        opts.durability = 1 if self.durability == "power" else 0  # SYNC_SQLITE_POWER_SAFE
+        opts.busy_timeout_ms = self.busy_timeout_ms
+        return opts
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r}, table_name={self.table_name!r})"
+
+
+class SQLiteAdapter(_SQLiteFile):
     """The whole state and its version in one SQLite table (the original's SQLiteWebSocketAdapter).
 
     ``durability="process"`` (WAL, synchronous=NORMAL) survives a crash of the process;
@@ -46,26 +77,26 @@ class SQLiteAdapter:
         durability: Literal["process", "power"] = "process",
         busy_timeout_ms: int = 0,
     ) -> None:
-        if durability not in ("process", "power"):
-            raise ValueError('durability must be "process" or "power"')
-        self.path = os.fspath(path)
-        self.table_name = table_name
+        self._sqlite_init(path, table_name, durability, busy_timeout_ms)
         self.backups_dir = _os_path(backups_dir)
-        self.durability = durability
-        self.busy_timeout_ms = int(busy_timeout_ms)
         native.sync_adapter_free(self._new())  # checks the options now
 
     def _new(self) -> Any:
-        opts = native.sync_sqlite_options()
-        opts.path = self.path
-        opts.table_name = self.table_name
-        opts.backups_dir = self.backups_dir
-        opts.durability = 1 if self.durability == "power" else 0  # SYNC_SQLITE_POWER_SAFE
-        opts.busy_timeout_ms = self.busy_timeout_ms
-        return native.sync_adapter_sqlite_new(opts)
+        return native.sync_adapter_sqlite_new(self._sqlite_options(self.backups_dir))
 
-    def __repr__(self) -> str:
-        return f"SQLiteAdapter({self.path!r}, table_name={self.table_name!r})"
+
+def _loaded(record: Any) -> tuple[int, Optional[str], int]:
+    """What a store written in Python returned from load(), as the bridge takes it: OK with the
+    state as JSON and its version, or with nothing (None: no record yet)."""
+    if record is None:
+        return (Status.OK, None, 0)
+    if not isinstance(record, Mapping) or "state" not in record or "version" not in record:
+        raise ValueError(
+            f"load() must return {{'state': ..., 'version': ...}} or None, not {record!r}"
+        )
+    from ._engine import dumps  # _engine imports this module
+
+    return (Status.OK, dumps(record["state"]), int(record["version"]))
 
 
 class RedisOptions:
@@ -201,16 +232,7 @@ class _AdapterBridge:
 
     def load(self) -> tuple[int, Optional[str], int]:
         try:
-            record = self.adapter.load()
-            if record is None:
-                return (Status.OK, None, 0)
-            if not isinstance(record, Mapping) or "state" not in record or "version" not in record:
-                raise ValueError(
-                    f"load() must return {{'state': ..., 'version': ...}} or None, not {record!r}"
-                )
-            from ._engine import dumps
-
-            return (Status.OK, dumps(record["state"]), int(record["version"]))
+            return _loaded(self.adapter.load())
         except BaseException as exc:
             self._failed("load", exc)
             return (Status.EIO, None, 0)

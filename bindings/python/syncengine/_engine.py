@@ -53,6 +53,20 @@ HOOK_NAMES = (
     "on_error",
 )
 _HOOK_BITS = {name: getattr(native, "SYNC_BRIDGE_" + name.upper()) for name in HOOK_NAMES}
+
+
+def _checked_hooks(hooks: Mapping[str, Any] | None) -> dict[str, Callable[..., Any]]:
+    """The hooks that are set (a None leaves that one unset), each a known name and callable:
+    what an engine, a room engine and a room mount take, checked the same way."""
+    checked: dict[str, Callable[..., Any]] = {}
+    for name, fn in (hooks or {}).items():
+        if name not in _HOOK_BITS:
+            raise ValueError(f"unknown hook {name!r}; hooks are {', '.join(HOOK_NAMES)}")
+        if fn is not None:
+            if not callable(fn):
+                raise TypeError(f"hook {name} must be callable")
+            checked[name] = fn
+    return checked
 _PERSIST_MODES = {"on_change": 0, "before_send": 1, "manual": 2}
 
 # Engines whose callbacks are running on this thread: such an engine must not be freed from
@@ -286,14 +300,7 @@ class SyncEngine:
         if async_loop is not None and not isinstance(async_loop, asyncio.AbstractEventLoop):
             raise TypeError("async_loop must be an asyncio event loop")
         self._async_loop: asyncio.AbstractEventLoop | None = async_loop
-        self._hooks: dict[str, Callable[..., Any]] = {}
-        for name, fn in (hooks or {}).items():
-            if name not in _HOOK_BITS:
-                raise ValueError(f"unknown hook {name!r}; hooks are {', '.join(HOOK_NAMES)}")
-            if fn is not None:
-                if not callable(fn):
-                    raise TypeError(f"hook {name} must be callable")
-                self._hooks[name] = fn
+        self._hooks = _checked_hooks(hooks)
         if persist_mode not in _PERSIST_MODES:
             raise ValueError(f"persist_mode must be one of {', '.join(_PERSIST_MODES)}")
         for name, value in (
@@ -397,13 +404,7 @@ class SyncEngine:
 
     def set_hooks(self, hooks: Mapping[str, Callable[..., Any]]) -> None:
         """Replaces all hooks (names as in the constructor)."""
-        new: dict[str, Callable[..., Any]] = {}
-        for name, fn in hooks.items():
-            if name not in _HOOK_BITS:
-                raise ValueError(f"unknown hook {name!r}")
-            if fn is not None:
-                new[name] = fn
-        self._hooks = new
+        self._hooks = _checked_hooks(hooks)
         check(native.pysync_engine_set_hooks(self._p(), _make_dispatch(weakref.ref(self)), self._hook_mask()))
 
     # ---- connections --------------------------------------------------------------------------

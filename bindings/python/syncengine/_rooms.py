@@ -19,15 +19,15 @@ from typing import Any, Literal, Optional, Protocol
 
 from . import native
 from ._engine import (
-    _HOOK_BITS,
     _PERSIST_MODES,
     SyncEngine,
     Validator,
+    _checked_hooks,
     _make_dispatch,
     dumps,
     log_sink,
 )
-from ._adapters import _RedisConnection
+from ._adapters import _loaded, _RedisConnection, _SQLiteFile
 from ._errors import Status, SyncClosedError, SyncError, SyncValueError, check
 from ._options import fill
 
@@ -71,7 +71,7 @@ class RoomStore(Protocol):
     def list(self) -> Iterable[str]: ...
 
 
-class SQLiteRoomStore:
+class SQLiteRoomStore(_SQLiteFile):
     """Every room in one SQLite database: a row per room (keyed by its name) in ``table_name``,
     one transaction per save. ``durability`` as :class:`SQLiteAdapter`'s."""
 
@@ -83,24 +83,11 @@ class SQLiteRoomStore:
         durability: Literal["process", "power"] = "process",
         busy_timeout_ms: int = 0,
     ) -> None:
-        if durability not in ("process", "power"):
-            raise ValueError('durability must be "process" or "power"')
-        self.path = os.fspath(path)
-        self.table_name = table_name
-        self.durability = durability
-        self.busy_timeout_ms = int(busy_timeout_ms)
+        self._sqlite_init(path, table_name, durability, busy_timeout_ms)
         native.sync_room_store_free(self._new())  # checks the options now
 
     def _new(self) -> Any:
-        opts = native.sync_sqlite_options()
-        opts.path = self.path
-        opts.table_name = self.table_name
-        opts.durability = 1 if self.durability == "power" else 0
-        opts.busy_timeout_ms = self.busy_timeout_ms
-        return native.sync_room_store_sqlite_new(opts)
-
-    def __repr__(self) -> str:
-        return f"SQLiteRoomStore({self.path!r}, table_name={self.table_name!r})"
+        return native.sync_room_store_sqlite_new(self._sqlite_options())
 
 
 class FileRoomStore:
@@ -191,19 +178,10 @@ class _RoomStoreBridge:
         return self._call("init", pending, (), lambda _: Status.OK, self._done_status, Status.EIO)
 
     def load(self, pending: Any, room: str) -> Any:
-        def convert(record: Any) -> tuple:
-            if record is None:
-                return (Status.OK, None, 0)
-            if not isinstance(record, Mapping) or "state" not in record or "version" not in record:
-                raise ValueError(
-                    f"load() must return {{'state': ..., 'version': ...}} or None, not {record!r}"
-                )
-            return (Status.OK, dumps(record["state"]), int(record["version"]))
-
         def complete(p: Any, res: tuple, error: Optional[str]) -> None:
             native.sync_pending_complete_load(p, res[0], res[1], res[2], error)
 
-        return self._call("load", pending, (room,), convert, complete, (Status.EIO, None, 0))
+        return self._call("load", pending, (room,), _loaded, complete, (Status.EIO, None, 0))
 
     def save(self, pending: Any, room: str, state_json: str, version: int) -> Any:
         return self._call(
@@ -305,14 +283,7 @@ class RoomEngine(SyncEngine):
 
     def set_hooks(self, hooks: Mapping[str, Callable[..., Any]]) -> None:
         """Replaces all hooks (names as in :class:`SyncEngine`)."""
-        new: dict[str, Callable[..., Any]] = {}
-        for name, fn in hooks.items():
-            if name not in _HOOK_BITS:
-                raise ValueError(f"unknown hook {name!r}")
-            if fn is not None:
-                if not callable(fn):
-                    raise TypeError(f"hook {name} must be callable")
-                new[name] = fn
+        new = _checked_hooks(hooks)
         old = self._hooks
         self._hooks = new
         try:
@@ -404,18 +375,13 @@ class Rooms:
         persist_mode = given.get("persist_mode", "on_change")
         if persist_mode not in _PERSIST_MODES:
             raise ValueError(f"persist_mode must be one of {', '.join(_PERSIST_MODES)}")
-        hooks = given.get("hooks") or {}
-        for name, fn in hooks.items():
-            if name not in _HOOK_BITS:
-                raise ValueError(f"unknown hook {name!r}")
-            if fn is not None and not callable(fn):
-                raise TypeError(f"hook {name} must be callable")
+        hooks = _checked_hooks(given.get("hooks"))
         self.prefix = prefix
         self.store = store
         self._server_ref = weakref.ref(server)
         self._setup = setup
         self._async_loop: Optional[asyncio.AbstractEventLoop] = async_loop
-        self._hooks = {name: fn for name, fn in hooks.items() if fn is not None}
+        self._hooks = hooks
         logger: Optional[logging.Logger] = given.get("logger")
         self._log_sink = None if logger is None else log_sink(logger)  # C borrows it
         self._handlers = given.get("handlers")

@@ -618,6 +618,19 @@ static void evl_destroy(sync_server *server)
     server->evl = NULL;
 }
 
+/* Ends the lws context: once no server_wake() can still reach it (a signal handler may be in
+ * one), it is destroyed, and with it the connections it still has (their CLOSED callbacks run
+ * here), then the event loop under it. */
+static void context_destroy(sync_server *server)
+{
+    atomic_store(&server->wake_context, NULL);
+    while (atomic_load(&server->wakers))
+        sched_yield();
+    lws_context_destroy(server->context);
+    server->context = NULL;
+    evl_destroy(server);
+}
+
 /* Runs the timers that are due and sets `timer` for the next one. */
 static void evl_run_timers(struct server_evloop *evl)
 {
@@ -963,13 +976,8 @@ static void serve(sync_server *server)
     lws_sul_cancel(&server->accept_timer);
     server->accept_paused = false;
     server->listen_wsi = NULL;
-    atomic_store(&server->wake_context, NULL);
-    while (atomic_load(&server->wakers))
-        sched_yield();
-    /* Closes the connections left after the timeout; their CLOSED callbacks still run here. */
-    lws_context_destroy(server->context);
-    server->context = NULL;
-    evl_destroy(server);
+    /* Closes the connections left after the timeout. */
+    context_destroy(server);
     server->vhost = NULL;
     atomic_store(&server->serving, false);
     atomic_store(&server->stop_requested, false);
@@ -1070,12 +1078,7 @@ void sync_server_free(sync_server *server)
     } else if (server->context && !atomic_load(&server->serving)) {
         /* listened but never served */
         detach_engines(server, server->engine_count);
-        atomic_store(&server->wake_context, NULL);
-        while (atomic_load(&server->wakers))
-            sched_yield();
-        lws_context_destroy(server->context);
-        server->context = NULL;
-        evl_destroy(server);
+        context_destroy(server);
     }
     pthread_mutex_lock(&lws_log_lock);
     if (lws_log_server == server)

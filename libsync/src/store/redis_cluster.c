@@ -7,6 +7,7 @@
 #include "libsync/common.h"
 #include "libsync/rooms.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,23 +39,15 @@ static const char RELEASE_LUA[] =
     "if cur and string.match(cur, '^(%d+) ') == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
     "return 1\n";
 
-/* KEYS: lease, record, stream. ARGV: token, state, version, epoch ('' none), applied ('' none),
- * now. The lease must be held with the token (a stalled owner whose lease expired writes nothing,
- * even when nobody took the room yet: it must take the lease again and reload), and the record
- * must not carry a later token (belt and braces: tokens only grow). */
-static const char SAVE_LUA[] =
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "if not cur or string.match(cur, '^(%d+) ') ~= ARGV[1] then return 0 end\n"
-    "local f = redis.call('HGET', KEYS[2], 'fence')\n"
+/* The fence of every write of the lease holder (KEYS[1] the lease, KEYS[2] the record, ARGV[1]
+ * the token): the lease must be held with the token (a stalled owner whose lease expired writes
+ * nothing, even when nobody took the room yet: it must take the lease again and reload), and the
+ * record must not carry a later token (belt and braces: tokens only grow). */
+#define FENCE_LUA                                                                                  \
+    "local cur = redis.call('GET', KEYS[1])\n"                                                     \
+    "if not cur or string.match(cur, '^(%d+) ') ~= ARGV[1] then return 0 end\n"                    \
+    "local f = redis.call('HGET', KEYS[2], 'fence')\n"                                             \
     "if f and tonumber(f) > tonumber(ARGV[1]) then return 0 end\n"
-    "redis.call('HSET', KEYS[2], 'state', ARGV[2], 'version', ARGV[3], 'updated_at', ARGV[6],\n"
-    "           'fence', ARGV[1])\n"
-    "if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'epoch', ARGV[4]) end\n"
-    "if ARGV[5] ~= '' then\n"
-    "  redis.call('HSET', KEYS[2], 'applied', ARGV[5])\n"
-    "  redis.call('XTRIM', KEYS[3], 'MINID', ARGV[5])\n"
-    "end\n"
-    "return 1\n";
 
 int redis_cluster_key_check(const char *room)
 {
@@ -88,13 +81,11 @@ int redis_cluster_key_check(const char *room)
     "  end\n"                                                                                      \
     "  if up then redis.call('HSET', KEYS[2], 'claimed', claim) end\n"
 
-/* SAVE_LUA, then (ARGV[7] a channel) PUBLISH "<version> <epoch> <state>" on it in the same script:
- * a change is published exactly when it was saved, in one round trip. */
-static const char SAVE_PUBLISH_LUA[] =
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "if not cur or string.match(cur, '^(%d+) ') ~= ARGV[1] then return 0 end\n"
-    "local f = redis.call('HGET', KEYS[2], 'fence')\n"
-    "if f and tonumber(f) > tonumber(ARGV[1]) then return 0 end\n"
+/* KEYS: lease, record, stream. ARGV: token, state, version, epoch ('' none), applied ('' none),
+ * now, channel ('' none), claim ('' none). Fenced (FENCE_LUA); the claim raised as CLAIM_LUA's;
+ * then, with a channel, PUBLISH "<version> <epoch> <state>" on it in the same script: a change is
+ * published exactly when it was saved, in one round trip. */
+static const char SAVE_PUBLISH_LUA[] = FENCE_LUA
     "redis.call('HSET', KEYS[2], 'state', ARGV[2], 'version', ARGV[3], 'updated_at', ARGV[6],\n"
     "           'fence', ARGV[1])\n"
     "if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'epoch', ARGV[4]) end\n"
@@ -112,13 +103,8 @@ static const char SAVE_PUBLISH_LUA[] =
 
 /* KEYS: lease, record. ARGV: token, stream id. The claim (at-most-once): the record says the
  * owner may be running the entries up to `claimed` before it runs them, fenced like the save. */
-static const char CLAIM_LUA[] =
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "if not cur or string.match(cur, '^(%d+) ') ~= ARGV[1] then return 0 end\n"
-    "local f = redis.call('HGET', KEYS[2], 'fence')\n"
-    "if f and tonumber(f) > tonumber(ARGV[1]) then return 0 end\n"
-    "redis.call('HSET', KEYS[2], 'fence', ARGV[1])\n"
-    "local claim = ARGV[2]\n" CLAIM_RAISE_LUA "return 1\n";
+static const char CLAIM_LUA[] = FENCE_LUA "redis.call('HSET', KEYS[2], 'fence', ARGV[1])\n"
+                                          "local claim = ARGV[2]\n" CLAIM_RAISE_LUA "return 1\n";
 
 static int check_room(const char *room)
 {
@@ -280,66 +266,31 @@ int redis_lease_release_unclaimed(redis_conn *c, const char *room, int64_t token
 int redis_fenced_save(redis_conn *c, const char *room, int64_t token, const char *json, size_t len,
                       int64_t version, const char *epoch, const char *applied)
 {
-    int rc = check_room(room);
-    if (rc != SYNC_OK)
-        return rc;
-    if (token <= 0 || !json)
-        return sync__fail(SYNC_EINVAL, "bad token or no state");
-    static const char *const kinds[] = {"lease", "room", "stream"};
-    char kbuf[24], vbuf[24], nbuf[24];
-    snprintf(kbuf, sizeof kbuf, "%lld", (long long)token);
-    snprintf(vbuf, sizeof vbuf, "%lld", (long long)version);
-    snprintf(nbuf, sizeof nbuf, "%lld", (long long)sync_wall_ms());
-    const char *args[] = {kbuf, json, vbuf, epoch ? epoch : "", applied ? applied : "", nbuf};
-    size_t lens[] = {strlen(kbuf),    len,         strlen(vbuf), strlen(args[3]),
-                     strlen(args[4]), strlen(nbuf)};
-    long long written = 0;
-    rc = eval_int(c, SAVE_LUA, room, 3, kinds, 6, args, lens, &written, "cannot save a room to");
-    if (rc == SYNC_OK && !written)
-        rc = sync__fail(SYNC_ESTATE,
-                        "room %s not saved: token %lld no longer holds its lease (fenced out)",
-                        room, (long long)token);
-    return rc;
+    return redis_fenced_save_publish(c, room, token, json, len, version, epoch, applied, false);
 }
 
 int redis_fenced_save_publish(redis_conn *c, const char *room, int64_t token, const char *json,
                               size_t len, int64_t version, const char *epoch, const char *applied,
                               bool publish)
 {
-    int rc = check_room(room);
-    if (rc != SYNC_OK)
-        return rc;
-    if (token <= 0 || !json)
-        return sync__fail(SYNC_EINVAL, "bad token or no state");
-    char *channel = NULL;
-    if (publish && asprintf(&channel, "%schanges:%s", c->prefix, room) < 0)
-        return sync__fail(SYNC_ENOMEM, "out of memory");
-    static const char *const kinds[] = {"lease", "room", "stream"};
-    char kbuf[24], vbuf[24], nbuf[24];
-    snprintf(kbuf, sizeof kbuf, "%lld", (long long)token);
-    snprintf(vbuf, sizeof vbuf, "%lld", (long long)version);
-    snprintf(nbuf, sizeof nbuf, "%lld", (long long)sync_wall_ms());
-    const char *args[] = {
-        kbuf, json, vbuf, epoch ? epoch : "", applied ? applied : "", nbuf, channel ? channel : ""};
-    size_t lens[] = {strlen(kbuf),    len,          strlen(vbuf),   strlen(args[3]),
-                     strlen(args[4]), strlen(nbuf), strlen(args[6])};
-    long long written = 0;
-    rc = eval_int(c, SAVE_PUBLISH_LUA, room, 3, kinds, 7, args, lens, &written,
-                  "cannot save a room to");
-    free(channel);
-    if (rc == SYNC_OK && !written)
-        rc = sync__fail(SYNC_ESTATE,
-                        "room %s not saved: token %lld no longer holds its lease (fenced out)",
-                        room, (long long)token);
-    return rc;
+    redis_save_req q = {.room = room,
+                        .token = token,
+                        .json = json,
+                        .len = len,
+                        .version = version,
+                        .epoch = epoch,
+                        .applied = applied,
+                        .publish = publish};
+    int rc = redis_fenced_save_publish_many(c, &q, 1);
+    return rc != SYNC_OK ? rc : q.rc;
 }
 
 /* The 14 arguments of one save (EVAL script 3 keys 8 args), the strings it owns in `owned`. */
 enum { SAVE_ARGC = 14, SAVE_OWNED = 8 };
 
-static int save_args(redis_conn *c, const redis_save_req *q, const char **argv, size_t *lens,
-                     char **owned)
+static int save_build(redis_conn *c, const void *req, const char **argv, size_t *lens, char **owned)
 {
+    const redis_save_req *q = req;
     int rc = check_room(q->room);
     if (rc != SYNC_OK)
         return rc;
@@ -362,7 +313,7 @@ static int save_args(redis_conn *c, const redis_save_req *q, const char **argv, 
                                 owned[3],
                                 q->json,
                                 owned[4],
-                                "",
+                                q->epoch ? q->epoch : "",
                                 q->applied ? q->applied : "",
                                 owned[5],
                                 q->publish ? owned[6] : "",
@@ -374,17 +325,31 @@ static int save_args(redis_conn *c, const redis_save_req *q, const char **argv, 
     return SYNC_OK;
 }
 
-/* A pipelined batch of fenced scripts, one a request, as the saves and the claims send them. */
+/* A pipelined batch of fenced scripts, one a request, as the saves and the claims send them.
+ * Every request type has a room, a token and an outcome rc, found by their offsets. */
 typedef struct fenced_batch {
-    int argc, owned; /* the arguments of one command, the strings it owns */
-    /* Checks request i and writes its command: SYNC_OK, or the failure of that request alone. */
-    int (*build)(redis_conn *c, void *reqs, size_t i, const char **argv, size_t *lens,
-                 char **owned);
-    /* Request i's outcome, and its room and token for the fenced-out message. */
-    int *(*outcome)(void *reqs, size_t i, const char **room, int64_t *token);
+    size_t size;            /* of one request */
+    size_t room, token, rc; /* offsets of the request's members */
+    int argc, owned;        /* the arguments of one command, the strings it owns */
+    /* Checks the request and writes its command: SYNC_OK, or the failure of that request alone. */
+    int (*build)(redis_conn *c, const void *req, const char **argv, size_t *lens, char **owned);
     const char *not_done;            /* what a fenced-out request did not do, after its room */
     const char *failed, *failed_one; /* the failure of the batch, of one command */
 } fenced_batch;
+
+#define FENCED_REQ(type)                                                                           \
+    .size = sizeof(type), .room = offsetof(type, room), .token = offsetof(type, token),            \
+    .rc = offsetof(type, rc)
+
+static char *fenced_req(const fenced_batch *b, void *reqs, size_t i)
+{
+    return (char *)reqs + i * b->size;
+}
+
+static int *fenced_rc(const fenced_batch *b, void *reqs, size_t i)
+{
+    return (int *)(fenced_req(b, reqs, i) + b->rc);
+}
 
 /* Runs the commands of the requests that build, each outcome set from its reply (0: fenced
  * out). SYNC_OK when every reply came; otherwise the connection's failure, every outcome too. */
@@ -404,12 +369,10 @@ static int fenced_batch_run(redis_conn *c, const fenced_batch *b, void *reqs, si
     int rc = SYNC_OK;
     if (!argv || !lens || !owned || !argvs || !lensv || !argc || !replies || !index)
         rc = sync__fail(SYNC_ENOMEM, "out of memory");
-    const char *room;
-    int64_t token;
     size_t sent = 0;
     for (size_t i = 0; rc == SYNC_OK && i < n; i++) {
-        int *q_rc = b->outcome(reqs, i, &room, &token);
-        *q_rc = b->build(c, reqs, i, &argv[i * argc_each], &lens[i * argc_each],
+        int *q_rc = fenced_rc(b, reqs, i);
+        *q_rc = b->build(c, fenced_req(b, reqs, i), &argv[i * argc_each], &lens[i * argc_each],
                          &owned[i * owned_each]);
         if (*q_rc != SYNC_OK)
             continue; /* a bad request fails alone */
@@ -419,9 +382,13 @@ static int fenced_batch_run(redis_conn *c, const fenced_batch *b, void *reqs, si
         index[sent++] = i;
     }
     if (rc == SYNC_OK && sent)
-        rc = redis_conn_run(c, sent, argc, argvs, lensv, replies, b->failed);
+        rc = redis_conn_run(c, sent, argc, argvs, lensv, replies,
+                            sent == 1 ? b->failed_one : b->failed);
     for (size_t k = 0; k < sent; k++) {
-        int *q_rc = b->outcome(reqs, index[k], &room, &token);
+        const char *q = fenced_req(b, reqs, index[k]);
+        int *q_rc = fenced_rc(b, reqs, index[k]);
+        const char *room = *(const char *const *)(q + b->room);
+        const int64_t token = *(const int64_t *)(q + b->token);
         const redisReply *r = replies[k];
         if (rc != SYNC_OK)
             *q_rc = rc;
@@ -438,7 +405,7 @@ static int fenced_batch_run(redis_conn *c, const fenced_batch *b, void *reqs, si
     }
     if (rc != SYNC_OK)
         for (size_t i = 0; i < n; i++)
-            *b->outcome(reqs, i, &room, &token) = rc;
+            *fenced_rc(b, reqs, i) = rc;
     for (size_t i = 0; owned && i < n * owned_each; i++)
         free(owned[i]);
     free(argv);
@@ -452,26 +419,12 @@ static int fenced_batch_run(redis_conn *c, const fenced_batch *b, void *reqs, si
     return rc;
 }
 
-static int save_build(redis_conn *c, void *reqs, size_t i, const char **argv, size_t *lens,
-                      char **owned)
-{
-    return save_args(c, &((redis_save_req *)reqs)[i], argv, lens, owned);
-}
-
-static int *save_outcome(void *reqs, size_t i, const char **room, int64_t *token)
-{
-    redis_save_req *q = &((redis_save_req *)reqs)[i];
-    *room = q->room;
-    *token = q->token;
-    return &q->rc;
-}
-
 int redis_fenced_save_publish_many(redis_conn *c, redis_save_req *reqs, size_t n)
 {
-    static const fenced_batch batch = {.argc = SAVE_ARGC,
+    static const fenced_batch batch = {FENCED_REQ(redis_save_req),
+                                       .argc = SAVE_ARGC,
                                        .owned = SAVE_OWNED,
                                        .build = save_build,
-                                       .outcome = save_outcome,
                                        .not_done = " not saved",
                                        .failed = "cannot save rooms to",
                                        .failed_one = "cannot save a room to"};
@@ -491,10 +444,10 @@ int redis_stream_id_cmp(const char *a, const char *b)
 /* The 7 arguments of one claim (EVAL script 2 keys 2 args), the strings it owns in `owned`. */
 enum { CLAIM_ARGC = 7, CLAIM_OWNED = 3 };
 
-static int claim_build(redis_conn *c, void *reqs, size_t i, const char **argv, size_t *lens,
+static int claim_build(redis_conn *c, const void *req, const char **argv, size_t *lens,
                        char **owned)
 {
-    const redis_claim_req *q = &((redis_claim_req *)reqs)[i];
+    const redis_claim_req *q = req;
     int rc = check_room(q->room);
     if (rc != SYNC_OK)
         return rc;
@@ -512,20 +465,12 @@ static int claim_build(redis_conn *c, void *reqs, size_t i, const char **argv, s
     return SYNC_OK;
 }
 
-static int *claim_outcome(void *reqs, size_t i, const char **room, int64_t *token)
-{
-    redis_claim_req *q = &((redis_claim_req *)reqs)[i];
-    *room = q->room;
-    *token = q->token;
-    return &q->rc;
-}
-
 int redis_fenced_claim_many(redis_conn *c, redis_claim_req *reqs, size_t n)
 {
-    static const fenced_batch batch = {.argc = CLAIM_ARGC,
+    static const fenced_batch batch = {FENCED_REQ(redis_claim_req),
+                                       .argc = CLAIM_ARGC,
                                        .owned = CLAIM_OWNED,
                                        .build = claim_build,
-                                       .outcome = claim_outcome,
                                        .not_done = ": entries not claimed",
                                        .failed = "cannot claim entries in",
                                        .failed_one = "cannot claim entries in"};

@@ -69,15 +69,16 @@ int redis_fenced_save_publish(redis_conn *c, const char *room, int64_t token, co
                               size_t len, int64_t version, const char *epoch, const char *applied,
                               bool publish);
 
-/* One save of redis_fenced_save_publish_many: the arguments of redis_fenced_save_publish (no
- * epoch: the record's stays), and its outcome in `rc`: SYNC_OK, SYNC_ESTATE (fenced out, nothing
- * written), SYNC_EIO or SYNC_ENOMEM. */
+/* One save of redis_fenced_save_publish_many: the arguments of redis_fenced_save_publish, and its
+ * outcome in `rc`: SYNC_OK, SYNC_ESTATE (fenced out, nothing written), SYNC_EINVAL, SYNC_EIO or
+ * SYNC_ENOMEM. */
 typedef struct redis_save_req {
     const char *room;
     int64_t token;
     const char *json;
     size_t len;
     int64_t version;
+    const char *epoch; /* NULL: the record's stays */
     const char *applied;
     bool publish;
     const char *claim; /* NULL, or the stream id `claimed` is raised to (redis_fenced_claim) */

@@ -54,3 +54,9 @@ long long check_elapsed_ms(const struct timespec *since)
     return (long long)(now.tv_sec - since->tv_sec) * 1000 +
            (now.tv_nsec - since->tv_nsec) / 1000000;
 }
+
+void check_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}

@@ -62,6 +62,9 @@ int check_summary(void);
 /* Milliseconds on the monotonic clock since `since` (taken with clock_gettime(CLOCK_MONOTONIC)). */
 long long check_elapsed_ms(const struct timespec *since);
 
+/* Sleeps `ms` milliseconds. */
+void check_sleep_ms(int ms);
+
 /* A fresh empty directory for this test under $LIBSYNC_TEST_TMP (or /tmp); caller frees. */
 char *check_tmpdir(const char *name);
 

@@ -2,15 +2,26 @@
 
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "check.h"
 
-void cluster_sleep_ms(int ms)
+void cluster_owner_of(const redis_server *redis, const char *prefix, const char *key, char *out,
+                      size_t size)
 {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
+    char lease[256];
+    snprintf(lease, sizeof lease, "%slease:%s", prefix, key);
+    const char *argv[] = {"GET", lease};
+    char *value = redis_get_bulk(redis, 2, argv);
+    const char *space = value ? strchr(value, ' ') : NULL;
+    snprintf(out, size, "%s", space ? space + 1 : "");
+    char *incarnation = strrchr(out, '/');
+    CHECK(!space || (incarnation && strlen(incarnation) > 1));
+    if (incarnation)
+        *incarnation = '\0';
+    free(value);
 }
 
 int cluster_on_increment(sync_msg *msg, void *userdata)
@@ -27,6 +38,12 @@ int cluster_on_increment(sync_msg *msg, void *userdata)
     return sync_msg_reply(msg, ack, strlen(ack));
 }
 
+static int node_setup_room(sync_room_setup *setup, void *userdata)
+{
+    const cluster_node *n = userdata;
+    return n->add_handlers(sync_room_setup_engine(setup));
+}
+
 #define NODE_REQUIRE(cond)                                                                         \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
@@ -40,6 +57,7 @@ int cluster_node_start(cluster_node *n, int index, const char *prefix,
 {
     memset(n, 0, sizeof *n);
     snprintf(n->id, sizeof n->id, "node-%d", index);
+    n->add_handlers = config->add_handlers;
     sync_engine_options eo;
     config->engine_options(&eo);
     NODE_REQUIRE(sync_engine_new(&n->engine, &eo) == SYNC_OK);
@@ -49,7 +67,8 @@ int cluster_node_start(cluster_node *n, int index, const char *prefix,
     NODE_REQUIRE(sync_server_new(&n->server, &so) == SYNC_OK);
     NODE_REQUIRE(sync_server_mount(n->server, "/", n->engine) == SYNC_OK);
     sync_rooms_options ro = SYNC_ROOMS_OPTIONS_INIT;
-    ro.setup = config->setup_room;
+    ro.setup = node_setup_room;
+    ro.setup_userdata = n;
     sync_engine_options room_eo;
     config->engine_options(&room_eo);
     room_eo.timer_mode = SYNC_TIMERS_MANUAL;
@@ -93,7 +112,7 @@ ws_client *cluster_join(int port, const char *path, const char *headers, int tim
             return c;
         if (status != 503 || check_elapsed_ms(&start) > timeout_ms)
             return NULL;
-        cluster_sleep_ms(20);
+        check_sleep_ms(20);
     }
 }
 

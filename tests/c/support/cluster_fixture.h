@@ -19,6 +19,7 @@ typedef struct cluster_node {
     sync_rooms *rooms;
     int port;
     char id[16];
+    int (*add_handlers)(sync_engine *engine); /* of "/" and of every room */
 } cluster_node;
 
 /* Handler of "increment": the state's "counter" + 1 and an ack ({"type":"ack"}) to the sender;
@@ -29,8 +30,7 @@ int cluster_on_increment(sync_msg *msg, void *userdata);
 typedef struct cluster_node_config {
     const char *redis_url;
     void (*engine_options)(sync_engine_options *opts); /* of "/" and of every room */
-    int (*add_handlers)(sync_engine *engine);          /* on "/" */
-    sync_room_setup_cb setup_room;
+    int (*add_handlers)(sync_engine *engine);          /* on "/" and on every room */
     int lease_ms;
     size_t max_forward_queue; /* 0 = the default */
 } cluster_node_config;
@@ -47,7 +47,11 @@ void cluster_node_stop(cluster_node *n);
 /* Joins `path` on `port`, retrying while the node answers 503 (no Redis yet, room loading). */
 ws_client *cluster_join(int port, const char *path, const char *headers, int timeout_ms);
 
-void cluster_sleep_ms(int ms);
+/* The node id holding the lease of room `key` in the cluster under `prefix`, into `out`: "" when
+ * none. The lease names the process, "<token> <id>/<incarnation>": a lease without its
+ * incarnation fails a check. */
+void cluster_owner_of(const redis_server *redis, const char *prefix, const char *key, char *out,
+                      size_t size);
 
 /* What main() does first: ignores SIGPIPE and starts `redis` (named `name`). 0 to run the tests;
  * otherwise what main returns: 77 (having said SKIP) when libsync was built without Redis

@@ -3,6 +3,7 @@
 #include "check.h"
 #include "ws_client.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,13 +40,18 @@ sync_engine *fixture_counter_engine(int start)
     return fixture_engine(&opts);
 }
 
+int fixture_add_counter_handlers(sync_engine *engine)
+{
+    int rc = sync_engine_on(engine, "increment", on_increment, NULL, NULL);
+    return rc == SYNC_OK ? sync_engine_on(engine, "whoami", on_whoami, NULL, NULL) : rc;
+}
+
 sync_engine *fixture_engine(const sync_engine_options *opts)
 {
     sync_engine *engine = NULL;
     if (sync_engine_new(&engine, opts) != SYNC_OK)
         return NULL;
-    if (sync_engine_on(engine, "increment", on_increment, NULL, NULL) != SYNC_OK ||
-        sync_engine_on(engine, "whoami", on_whoami, NULL, NULL) != SYNC_OK) {
+    if (fixture_add_counter_handlers(engine) != SYNC_OK) {
         sync_engine_free(engine);
         return NULL;
     }
@@ -119,17 +125,100 @@ void fixture_expect_joined(ws_client *c, const char *identity_json)
     free(text);
 }
 
+ws_client *fixture_try_join(int port, const char *path, int timeout_ms, char **initial)
+{
+    if (initial)
+        *initial = NULL;
+    ws_client *c = ws_connect(port, path, NULL, NULL);
+    char *text = c ? ws_read_text(c, timeout_ms) : NULL;
+    if (!text || !strstr(text, "initial_state")) {
+        free(text);
+        ws_client_free(c);
+        return NULL;
+    }
+    if (initial)
+        *initial = text;
+    else
+        free(text);
+    return c;
+}
+
 ws_client *fixture_join(int port, const char *path)
 {
-    ws_client *c = ws_connect(port, path, NULL, NULL);
-    char *text = c ? ws_read_text(c, 3000) : NULL;
-    CHECK(text && strstr(text, "initial_state"));
-    if (!text) {
-        ws_client_free(c);
-        c = NULL;
-    }
-    free(text);
+    ws_client *c = fixture_try_join(port, path, 3000, NULL);
+    CHECK(c != NULL);
     return c;
+}
+
+sync_server *fixture_rooms_server(const sync_server_options *opts, const sync_rooms_options *ro,
+                                  sync_rooms **rooms)
+{
+    sync_server_options defaults = SYNC_SERVER_OPTIONS_INIT;
+    sync_server *server = NULL;
+    if (sync_server_new(&server, opts ? opts : &defaults) != SYNC_OK)
+        return NULL;
+    if (sync_server_mount_rooms(server, "/rooms/", ro, rooms) != SYNC_OK ||
+        sync_server_start(server) != SYNC_OK) {
+        sync_server_free(server);
+        return NULL;
+    }
+    return server;
+}
+
+int fixture_items_room_setup(sync_room_setup *setup, void *userdata)
+{
+    if (userdata)
+        atomic_fetch_add((atomic_int *)userdata, 1);
+    char initial[160];
+    snprintf(initial, sizeof initial, "{\"room\":\"%s\",\"items\":[1,2,3]}",
+             sync_room_setup_name(setup));
+    return sync_room_setup_set_initial_state_json(setup, initial);
+}
+
+int fixture_increment(ws_client *c, const char *field, long long want)
+{
+    if (ws_send_text(c, "{\"type\":\"increment\"}") != 0)
+        return -1;
+    for (int i = 0; i < 50; i++) {
+        char *text = ws_read_text(c, 3000);
+        if (!text)
+            return -1;
+        long long v = ws_json_int(text, field);
+        free(text);
+        if (v == want)
+            return 0;
+    }
+    return -1;
+}
+
+char *fixture_v2_first_frame(int port, const char *query)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/%s", query);
+    ws_client *ws = ws_connect(port, path, FIXTURE_V2_HEADER, NULL);
+    char *text = ws ? ws_read_text(ws, 5000) : NULL;
+    ws_client_free(ws);
+    return text;
+}
+
+void fixture_set_padded_counter(sync_engine *engine, int n)
+{
+    char json[160];
+    snprintf(json, sizeof json,
+             "{\"counter\":%d,\"pad\":"
+             "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"}",
+             n);
+    CHECK_EQ_INT(sync_engine_set_state_json(engine, json, 0), SYNC_OK);
+}
+
+size_t fixture_wait_loaded(sync_rooms *rooms, size_t want, int timeout_ms)
+{
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    size_t n;
+    while ((n = sync_rooms_loaded_count(rooms)) != want && check_elapsed_ms(&t0) < timeout_ms)
+        check_sleep_ms(10);
+    return n;
 }
 
 long long fixture_metric(int port, const char *name)

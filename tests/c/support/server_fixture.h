@@ -9,6 +9,9 @@
 
 #include "ws_client.h"
 
+/* Registers the counter handlers ("increment", "whoami") on `engine`. */
+int fixture_add_counter_handlers(sync_engine *engine);
+
 /* A counter engine starting at `start`; NULL on failure. */
 sync_engine *fixture_counter_engine(int start);
 
@@ -30,6 +33,39 @@ sync_server *fixture_counter_server(int start, const sync_server_options *opts, 
 
 /* A client of `path` that has read its initial state; NULL (and a failed check) otherwise. */
 ws_client *fixture_join(int port, const char *path);
+
+/* The same without a check, so that any thread may join: NULL when the connection or its initial
+ * state did not come within `timeout_ms`. The initial state's text in *initial when not NULL
+ * (caller frees). */
+ws_client *fixture_try_join(int port, const char *path, int timeout_ms, char **initial);
+
+/* A server on 127.0.0.1, port 0, with `opts` (NULL = defaults) and rooms at "/rooms/" mounted
+ * with `ro`, started on its background thread. NULL on failure. The mount takes its own
+ * reference to ro->store: the caller still frees its own. */
+sync_server *fixture_rooms_server(const sync_server_options *opts, const sync_rooms_options *ro,
+                                  sync_rooms **rooms);
+
+/* A room setup whose initial state is {"room":NAME,"items":[1,2,3]}; counts its calls in
+ * `userdata` (an atomic_int) unless NULL. */
+int fixture_items_room_setup(sync_room_setup *setup, void *userdata);
+
+/* The loaded rooms once they are `want` (polled), or what they are after `timeout_ms`. */
+size_t fixture_wait_loaded(sync_rooms *rooms, size_t want, int timeout_ms);
+
+/* Sends {"type":"increment"} and reads (at most 50 frames) until one's `field` ("counter",
+ * "version") is `want`: 0, or -1 when none was. */
+int fixture_increment(ws_client *c, const char *field, long long want);
+
+/* The upgrade header of a protocol v2 client. */
+#define FIXTURE_V2_HEADER "Sec-WebSocket-Protocol: libsync.v2\r\n"
+
+/* The first text frame (caller frees) of a v2 client of "/" with `query` ("" or "?since=..."),
+ * NULL when none came within 5 s. */
+char *fixture_v2_first_frame(int port, const char *query);
+
+/* Sets `engine`'s state to {"counter":N,"pad":"<64 characters>"} (checked): a state longer than
+ * a patch of its counter. */
+void fixture_set_padded_counter(sync_engine *engine, int n);
 
 /* `c` has joined the counter engine: it reads its initial state, and "whoami" answers
  * `identity_json` (the text the auth callback attached). */
