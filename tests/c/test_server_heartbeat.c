@@ -46,9 +46,10 @@ static int drain(ws_client *c)
 static void only_a_silent_client_times_out(void)
 {
     memset(&g_log, 0, sizeof g_log);
-    /* pings every 100 ms, dead after 400 ms of nothing: the busy clients below act every 100 ms,
-     * so even a loaded machine leaves them far inside the timeout */
-    sync_engine *engine = heartbeat_engine(100, 400);
+    /* pings every 200 ms, dead after 1,200 ms of nothing: the busy clients below act every
+     * 100 ms, so even a loaded machine (a test thread stalled for a few hundred ms) leaves them
+     * far inside the timeout */
+    sync_engine *engine = heartbeat_engine(200, 1200);
     REQUIRE(engine);
     sync_server *server = fixture_server(NULL, "/", engine);
     REQUIRE(server);
@@ -60,8 +61,8 @@ static void only_a_silent_client_times_out(void)
 
     int busy_closed = 0, ponger_closed = 0;
     long long start = now_ms();
-    /* five timeouts long */
-    while (now_ms() - start < 2000 && !busy_closed && !ponger_closed) {
+    /* two and a half timeouts long */
+    while (now_ms() - start < 3000 && !busy_closed && !ponger_closed) {
         ws_send_text(busy, "{\"type\":\"increment\"}");
         ws_send_frame(ponger, WS_OP_PONG, 1, "alive", 5);
         busy_closed = drain(busy);
@@ -72,7 +73,7 @@ static void only_a_silent_client_times_out(void)
     CHECK(!ponger_closed);
 
     char reason[128];
-    CHECK_EQ_INT(ws_wait_close_reason(silent, 5000, reason, sizeof reason),
+    CHECK_EQ_INT(ws_wait_close_reason(silent, 8000, reason, sizeof reason),
                  SYNC_CLOSE_PING_TIMEOUT);
     CHECK_EQ_STR(reason, SYNC_CLOSE_PING_TIMEOUT_REASON);
     CHECK_EQ_INT(g_log.timeouts, 1);
