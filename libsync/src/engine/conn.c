@@ -87,6 +87,35 @@ int sync__conn_new_transport(sync_conn **out, const sync__transport_ops *ops, vo
     return SYNC_OK;
 }
 
+_Static_assert(sizeof(sync_conn) % SYNC__CONN_OBJECT_ALIGN == 0,
+               "a transport's object follows the struct");
+
+int sync__conn_new_transport_object(sync_conn **out, const sync__transport_ops *ops, size_t size)
+{
+    if (out)
+        *out = NULL;
+    if (!out || !ops || !ops->send_frame)
+        return sync__fail(SYNC_EINVAL,
+                          "sync__conn_new_transport_object: out and ops->send_frame required");
+    sync_conn *conn = conn_alloc(NULL, size, ops);
+    if (!conn)
+        return sync__fail(SYNC_ENOMEM, "out of memory creating a connection");
+    conn->ops = ops;
+    conn->userdata = conn + 1;
+    *out = conn;
+    return SYNC_OK;
+}
+
+void *sync__conn_object(sync_conn *conn)
+{
+    return conn + 1;
+}
+
+sync_conn *sync__conn_of(void *object)
+{
+    return (sync_conn *)object - 1;
+}
+
 sync_conn *sync_conn_ref(sync_conn *conn)
 {
     if (conn)

@@ -18,43 +18,88 @@ static const char rate_error[] =
 
 /* ---- the frame queue (under server->lock) ------------------------------------------------ */
 
+/* The out part with room for `cap` frames, what it held kept in order; false: out of memory. */
+static bool out_resize(server_conn *c, uint32_t cap)
+{
+    server_out *old = c->out;
+    server_out *out = server_conn_malloc(sizeof *out + (size_t)cap * sizeof out->ring[0]);
+    if (!out)
+        return false;
+    memset(out, 0, sizeof *out);
+    out->cap = cap;
+    if (old) {
+        out->close_reason = old->close_reason;
+        out->queued_bytes = old->queued_bytes;
+        out->count = old->count;
+        for (uint32_t i = 0; i < old->count; i++)
+            out->ring[i] = old->ring[(old->head + i) % old->cap];
+        server_conn_free(old);
+    }
+    c->out = out;
+    return true;
+}
+
+/* The out part goes back once nothing in it is needed, so idle connections stay small. */
+static void out_trim(server_conn *c)
+{
+    if (c->out && !c->out->count && !c->out->close_reason) {
+        server_conn_free(c->out);
+        c->out = NULL;
+    }
+}
+
+static size_t queued_count(const server_conn *c)
+{
+    return c->out ? c->out->count : 0;
+}
+
+static size_t queued_bytes(const server_conn *c)
+{
+    return c->out ? c->out->queued_bytes : 0;
+}
+
+static const char *close_reason_of(const server_conn *c)
+{
+    return c->out ? c->out->close_reason : NULL;
+}
+
 /* The ring is allocated while frames wait (an idle connection has none) */
 static bool queue_push(server_conn *c, sync__frame *frame)
 {
-    if (c->ring_count == c->ring_cap) {
-        uint32_t cap = c->ring_cap ? c->ring_cap * 2 : 2;
-        sync__frame **ring = server_conn_malloc(cap * sizeof *ring);
-        if (!ring)
-            return false;
-        for (uint32_t i = 0; i < c->ring_count; i++)
-            ring[i] = c->ring[(c->ring_head + i) % c->ring_cap];
-        server_conn_free(c->ring);
-        c->ring = ring;
-        c->ring_cap = cap;
-        c->ring_head = 0;
-    }
-    c->ring[(c->ring_head + c->ring_count) % c->ring_cap] = frame;
-    c->ring_count++;
-    c->queued_bytes += frame->len;
+    if (queued_count(c) == (c->out ? c->out->cap : 0) &&
+        !out_resize(c, c->out && c->out->cap ? c->out->cap * 2 : 2))
+        return false;
+    server_out *out = c->out;
+    out->ring[(out->head + out->count) % out->cap] = frame;
+    out->count++;
+    out->queued_bytes += frame->len;
     return true;
 }
 
 static sync__frame *queue_pop(server_conn *c)
 {
-    if (!c->ring_count)
+    server_out *out = c->out;
+    if (!out || !out->count)
         return NULL;
-    sync__frame *frame = c->ring[c->ring_head];
-    c->ring_head = (c->ring_head + 1) % c->ring_cap;
-    c->ring_count--;
-    c->queued_bytes -= frame->len;
-    if (!c->ring_count) {
-        /* the queue is empty: give the ring back so idle connections stay small */
-        server_conn_free(c->ring);
-        c->ring = NULL;
-        c->ring_cap = 0;
-        c->ring_head = 0;
-    }
+    sync__frame *frame = out->ring[out->head];
+    out->head = (out->head + 1) % out->cap;
+    out->count--;
+    out->queued_bytes -= frame->len;
+    out_trim(c);
     return frame;
+}
+
+/* Keeps the reason of the close being requested (`reason` is the connection's now); out of
+ * memory, the close goes without it. */
+static void set_close_reason_locked(server_conn *c, char *reason)
+{
+    if (!reason)
+        return;
+    if (!c->out && !out_resize(c, 0)) {
+        free(reason);
+        return;
+    }
+    c->out->close_reason = reason;
 }
 
 /* ---- waking the service thread ----------------------------------------------------------- */
@@ -74,7 +119,7 @@ void server_conn_wake_locked(server_conn *c)
 /* Called with server->lock held; returns whether the caller must wake the service thread. */
 static bool request_write_locked(server_conn *c)
 {
-    sync_server *s = c->server;
+    sync_server *s = c->eng->server;
     if (server_on_service_thread(s)) {
         server_conn_wake_locked(c);
         return false;
@@ -98,7 +143,7 @@ static void unlink_wake_locked(server_conn *c)
     if (c->wake_prev)
         c->wake_prev->wake_next = c->wake_next;
     else
-        c->server->wake_head = c->wake_next;
+        c->eng->server->wake_head = c->wake_next;
     if (c->wake_next)
         c->wake_next->wake_prev = c->wake_prev;
     c->in_wake = false;
@@ -120,7 +165,7 @@ static bool close_locked(server_conn *c, int code)
  * resumes it (a new reference, or NULL on ENOMEM). */
 static sync__frame *v2_join_frame(server_conn *c)
 {
-    sync_server *s = c->server;
+    sync_server *s = c->eng->server;
     int resumed = 0;
     sync__frame *frame = sync__feed_join_frame_locked(
         c->eng->engine, c->v2->since, c->v2->epoch[0] ? c->v2->epoch : NULL, &resumed);
@@ -132,7 +177,7 @@ static sync__frame *v2_join_frame(server_conn *c)
 static int op_send_frame(void *userdata, sync__frame *frame)
 {
     server_conn *c = userdata;
-    sync_server *s = c->server;
+    sync_server *s = c->eng->server;
     int rc = SYNC_OK;
     bool wake = false;
     sync__frame *own = NULL;
@@ -145,7 +190,7 @@ static int op_send_frame(void *userdata, sync__frame *frame)
     pthread_mutex_lock(&s->lock);
     if (!c->wsi || c->close_pending) {
         rc = SYNC_ECLOSED;
-    } else if (c->queued_bytes + frame->len > s->max_queued_bytes && c->ring_count) {
+    } else if (queued_bytes(c) + frame->len > s->max_queued_bytes && queued_count(c)) {
         s->closed_slow++;
         wake = close_locked(c, LWS_CLOSE_STATUS_POLICY_VIOLATION);
         rc = SYNC_ELIMIT;
@@ -189,12 +234,12 @@ static char *close_reason_copy(const char *reason)
 static void op_close(void *userdata, int code, const char *reason)
 {
     server_conn *c = userdata;
-    sync_server *s = c->server;
+    sync_server *s = c->eng->server;
     /* copied before the lock: the caller's reason may not outlive this call */
     char *copy = close_reason_copy(reason);
     pthread_mutex_lock(&s->lock);
     if (c->wsi && !c->close_pending) {
-        c->close_reason = copy; /* the first close decides, like its code */
+        set_close_reason_locked(c, copy); /* the first close decides, like its code */
         copy = NULL;
     }
     bool wake = close_locked(c, code > 0 ? code : LWS_CLOSE_STATUS_NORMAL);
@@ -218,7 +263,7 @@ static void free_held(server_conn *c)
         return;
     /* held_bytes is 0 by the time op_free may run on another thread */
     if (w->held_bytes)
-        c->server->buffered_bytes -= w->held_bytes;
+        c->eng->server->buffered_bytes -= w->held_bytes;
     while (w->held_head) {
         struct server_held_msg *next = w->held_head->next;
         free(w->held_head);
@@ -228,21 +273,25 @@ static void free_held(server_conn *c)
     w->held_bytes = 0;
 }
 
+/* What the connection holds; the connection itself goes with its handle's block. */
 static void op_free(void *userdata)
 {
     server_conn *c = userdata;
-    sync__frame *frame;
-    while ((frame = queue_pop(c)))
-        sync__frame_unref(frame);
+    if (c->out) {
+        sync__frame *frame;
+        while ((frame = queue_pop(c)))
+            sync__frame_unref(frame);
+        free(close_reason_of(c) ? c->out->close_reason : NULL);
+        server_conn_free(c->out);
+        c->out = NULL;
+    }
     server_conn_free(c->rx);
-    free(c->close_reason);
     server_conn_free(c->v2);
     if (c->auth) {
         free(c->auth->identity);
         free_held(c);
         free(c->auth);
     }
-    server_conn_free(c);
 }
 
 static const sync__transport_ops conn_ops = {
@@ -260,34 +309,29 @@ static void rx_release(server_conn *c)
 {
     if (!c->rx)
         return;
-    c->server->buffered_bytes -= c->rx->cap;
+    c->eng->server->buffered_bytes -= c->rx->cap;
     server_conn_free(c->rx);
     c->rx = NULL;
 }
 
 server_conn *server_conn_new(sync_server *server, server_engine *eng, char *identity)
 {
-    server_conn *c = server_conn_calloc(sizeof *c);
-    if (!c)
-        return NULL;
+    /* The engine's handle is made now, with the connection in its block, so that it holds the
+     * identity until the connection joins (at ESTABLISHED, or once a deferred auth accepted). */
+    sync_conn *conn = NULL;
+    if (sync__conn_new_transport_object(&conn, &conn_ops, sizeof(server_conn)) != SYNC_OK ||
+        (identity && sync_conn_set_identity(conn, identity) != SYNC_OK)) {
+        server_log(server, SYNC_LOG_ERROR, "cannot create a connection: %s", sync_error_last());
+        sync_conn_free(conn); /* NULL, or frees the connection with it */
+        return NULL;          /* the identity stays the caller's */
+    }
+    free(identity);
+    server_conn *c = sync__conn_object(conn);
     c->kind = SERVER_WSI_WS;
-    c->server = server;
-    c->eng = eng;
+    c->eng = eng ? eng : &server->echo_eng;
     c->echo = eng == NULL;
     c->tokens = (float)server->rate_burst;
     c->tokens_ms = sync_now_ms();
-    /* The engine's handle is made now, so that it holds the identity until the connection
-     * joins (at ESTABLISHED, or once a deferred auth accepted). */
-    if (eng && (sync__conn_new_transport(&c->conn, &conn_ops, c) != SYNC_OK ||
-                (identity && sync_conn_set_identity(c->conn, identity) != SYNC_OK))) {
-        server_log(server, SYNC_LOG_ERROR, "cannot create a connection: %s", sync_error_last());
-        if (c->conn)
-            sync_conn_free(c->conn); /* frees c */
-        else
-            server_conn_free(c);
-        return NULL;
-    }
-    free(identity);
     server->ws_open++;
     return c;
 }
@@ -337,22 +381,19 @@ void server_conn_abandon(server_conn *c)
 {
     stop_waiting_for_auth(c);
     server_rooms_conn_gone(c);
-    c->server->ws_open--;
-    if (c->conn)
-        sync_conn_free(c->conn); /* the last reference: frees c */
-    else
-        op_free(c);
+    c->eng->server->ws_open--;
+    sync_conn_free(server_conn_handle(c)); /* the last reference: frees c */
 }
 
 /* The connection joins its engine: handle_open (which queues the initial state). */
 static void join_engine(server_conn *c)
 {
-    sync_server *s = c->server;
+    sync_server *s = c->eng->server;
     s->accepted++;
     if (c->is_room)
         server_rooms_conn_joined(c);
     c->joined = true;
-    int rc = sync_engine_handle_open(c->eng->engine, c->conn);
+    int rc = sync_engine_handle_open(c->eng->engine, server_conn_handle(c));
     if (rc < 0)
         server_log(s, SYNC_LOG_WARN, "open on %s failed: %s", c->eng->path, sync_error_last());
 }
@@ -367,7 +408,7 @@ static void auth_timed_out(lws_sorted_usec_list_t *sul)
 
 int server_conn_established(server_conn *c, struct lws *wsi)
 {
-    sync_server *s = c->server;
+    sync_server *s = c->eng->server;
     /* lws selected the subprotocol from the client's offer: v2 frames, or v1 byte for byte */
     const struct lws_protocols *protocol = lws_get_protocol(wsi);
     bool v2 = !c->echo && protocol && strcmp(protocol->name, SERVER_PROTOCOL_V2) == 0;
@@ -401,7 +442,7 @@ int server_conn_established(server_conn *c, struct lws *wsi)
 
 void server_conn_auth_decided_locked(server_conn *c, int status, char *identity)
 {
-    sync_server *s = c->server;
+    sync_server *s = c->eng->server;
     pthread_mutex_lock(&s->lock);
     c->auth->decision = status;
     free(c->auth->identity);
@@ -414,7 +455,7 @@ void server_conn_auth_decided_locked(server_conn *c, int status, char *identity)
 
 void server_conn_closed(server_conn *c)
 {
-    sync_server *s = c->server;
+    sync_server *s = c->eng->server;
     stop_waiting_for_auth(c);
     free_held(c);
     server_broadcast_leave(c);
@@ -424,16 +465,11 @@ void server_conn_closed(server_conn *c)
     pthread_mutex_unlock(&s->lock);
     s->ws_open--;
     rx_release(c);
-    if (c->conn) {
-        sync_conn *conn = c->conn;
-        if (c->joined)
-            sync_engine_handle_close(c->eng->engine, conn);
-        server_rooms_conn_gone(c); /* after: the room's engine lives while a client is in it */
-        sync_conn_free(conn);      /* may free c with the last reference */
-    } else {
-        server_rooms_conn_gone(c);
-        op_free(c);
-    }
+    sync_conn *conn = server_conn_handle(c);
+    if (c->joined)
+        sync_engine_handle_close(c->eng->engine, conn);
+    server_rooms_conn_gone(c); /* after: the room's engine lives while a client is in it */
+    sync_conn_free(conn);      /* may free c with the last reference */
 }
 
 /* ---- receive ----------------------------------------------------------------------------- */
@@ -448,7 +484,7 @@ static int close_now(struct lws *wsi, enum lws_close_status code, const char *re
  * the debt reached a whole burst). */
 static int rate_check(server_conn *c)
 {
-    sync_server *s = c->server;
+    sync_server *s = c->eng->server;
     if (s->rate_per_sec <= 0)
         return 0;
     int64_t now = sync_now_ms();
@@ -468,13 +504,13 @@ static int rate_check(server_conn *c)
 static void close_soon_because(server_conn *c, int code, const char *reason)
 {
     char *copy = close_reason_copy(reason);
-    pthread_mutex_lock(&c->server->lock);
+    pthread_mutex_lock(&c->eng->server->lock);
     if (!c->close_pending && c->wsi) {
-        c->close_reason = copy;
+        set_close_reason_locked(c, copy);
         copy = NULL;
     }
     close_locked(c, code);
-    pthread_mutex_unlock(&c->server->lock);
+    pthread_mutex_unlock(&c->eng->server->lock);
     free(copy);
 }
 
@@ -487,7 +523,7 @@ static void close_soon(server_conn *c, int code)
  * (1013: the server is busy, not the client wrong) and what it had buffered is given back. */
 static void buffer_budget_spent(server_conn *c)
 {
-    c->server->closed_buffer_budget++;
+    c->eng->server->closed_buffer_budget++;
     rx_release(c);
     free_held(c);
     close_soon_because(c, 1013, "server busy: message buffer budget spent");
@@ -497,7 +533,7 @@ static void buffer_budget_spent(server_conn *c)
  * closed (1008): an unauthenticated client must not make the server hold much. */
 static void hold(server_conn *c, const char *text, size_t len)
 {
-    sync_server *s = c->server;
+    sync_server *s = c->eng->server;
     server_auth_wait *w = c->auth;
     struct server_held_msg *m = NULL;
     if (s->buffered_bytes + len > s->max_buffered_bytes) {
@@ -538,7 +574,7 @@ static void echo_back(server_conn *c, const char *data, size_t len, bool binary)
 
 static void deliver(server_conn *c, const char *text, size_t len, bool binary)
 {
-    sync_server *s = c->server;
+    sync_server *s = c->eng->server;
     if (c->auth_waiting) {
         hold(c, text, len);
         return;
@@ -550,18 +586,18 @@ static void deliver(server_conn *c, const char *text, size_t len, bool binary)
         if (verdict < 0)
             close_soon(c, LWS_CLOSE_STATUS_POLICY_VIOLATION);
         else
-            sync_conn_send(c->conn, rate_error, sizeof rate_error - 1);
+            sync_conn_send(server_conn_handle(c), rate_error, sizeof rate_error - 1);
         return;
     }
     if (c->echo)
         echo_back(c, text, len, binary);
     else
-        sync_engine_handle_message(c->eng->engine, c->conn, text, len);
+        sync_engine_handle_message(c->eng->engine, server_conn_handle(c), text, len);
 }
 
 int server_conn_receive(server_conn *c, const void *in, size_t len)
 {
-    sync_server *s = c->server;
+    sync_server *s = c->eng->server;
     struct lws *wsi = c->wsi;
     s->bytes_in += len;
     pthread_mutex_lock(&s->lock);
@@ -585,9 +621,10 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
     }
     /* checked as it arrives, so a client cannot make the server buffer a message that is
      * already known to be invalid */
-    if (!binary &&
-        (sync__utf8_accept(&c->utf8_state, in, len) != len || (complete && c->utf8_state))) {
-        c->utf8_state = 0;
+    uint32_t utf8 = c->rx ? c->rx->utf8_state : 0; /* a text in pieces is in c->rx */
+    if (!binary && (sync__utf8_accept(&utf8, in, len) != len || (complete && utf8))) {
+        if (c->rx)
+            c->rx->utf8_state = 0;
         return close_now(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "invalid UTF-8");
     }
     if (complete && rx_len == 0) {
@@ -608,6 +645,8 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
         if (!rx)
             return close_now(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
         s->buffered_bytes += cap - rx_cap;
+        if (!rx_cap)
+            rx->utf8_state = 0;
         rx->len = rx_len;
         rx->cap = cap;
         c->rx = rx;
@@ -615,6 +654,7 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
     if (len) { /* an empty fragment may come with no buffer at all (memcpy from NULL is UB) */
         memcpy(c->rx->data + rx_len, in, len);
         c->rx->len += len;
+        c->rx->utf8_state = utf8;
     }
     if (!complete)
         return 0;
@@ -638,7 +678,7 @@ static void deliver_held(server_conn *c)
     server_auth_wait *w = c->auth;
     struct server_held_msg *m = w->held_head;
     w->held_head = w->held_tail = NULL;
-    c->server->buffered_bytes -= w->held_bytes;
+    c->eng->server->buffered_bytes -= w->held_bytes;
     w->held_bytes = 0;
     while (m) {
         struct server_held_msg *next = m->next;
@@ -653,14 +693,14 @@ static void deliver_held(server_conn *c)
  * -1 to close (lws sends the close frame). */
 static int serve_auth_wait(server_conn *c)
 {
-    sync_server *s = c->server;
+    sync_server *s = c->eng->server;
     /* a room connection also waits for its room (server_rooms.c): 1 while it is created, then 0
      * or the close code of a room that failed or was deleted */
     bool room_pending = c->room_wait == 1;
     int room_refused = c->room_wait > 1 ? c->room_wait : 0;
     pthread_mutex_lock(&s->lock);
     int close_code = c->close_pending ? c->close_code : 0;
-    const char *close_reason = c->close_reason;
+    const char *close_reason = close_reason_of(c);
     int status = c->auth->decision;
     char *identity = NULL;
     if (!close_code && status == 0 && !room_pending && !room_refused) {
@@ -693,7 +733,7 @@ static int serve_auth_wait(server_conn *c)
         return close_now(c->wsi, (enum lws_close_status)(SERVER_CLOSE_AUTH_BASE + status),
                          "refused by auth");
     }
-    int rc = identity ? sync_conn_set_identity(c->conn, identity) : SYNC_OK;
+    int rc = identity ? sync_conn_set_identity(server_conn_handle(c), identity) : SYNC_OK;
     free(identity);
     if (rc != SYNC_OK) {
         server_log(s, SYNC_LOG_ERROR, "cannot attach the identity: %s", sync_error_last());
@@ -706,7 +746,7 @@ static int serve_auth_wait(server_conn *c)
 
 int server_conn_writeable(server_conn *c)
 {
-    sync_server *s = c->server;
+    sync_server *s = c->eng->server;
     struct lws *wsi = c->wsi;
     sync__frame *frame = NULL;
     bool pull = false, force = false;
@@ -726,7 +766,7 @@ int server_conn_writeable(server_conn *c)
     pthread_mutex_lock(&s->lock);
     if (c->close_pending) {
         int code = c->close_code;
-        const char *reason = c->close_reason; /* set once, freed only with the connection */
+        const char *reason = close_reason_of(c); /* set once, freed only with the connection */
         pthread_mutex_unlock(&s->lock);
         return close_now(wsi, (enum lws_close_status)code, reason ? reason : "");
     }
@@ -774,7 +814,7 @@ int server_conn_writeable(server_conn *c)
     }
 
     pthread_mutex_lock(&s->lock);
-    bool more = c->ring_count || atomic_load_explicit(&c->state_moved, memory_order_relaxed) ||
+    bool more = queued_count(c) || atomic_load_explicit(&c->state_moved, memory_order_relaxed) ||
                 c->close_pending;
     pthread_mutex_unlock(&s->lock);
     if (more || (frame && s->stopping)) {
