@@ -12,6 +12,11 @@
 #include "engine/json_check.h"
 #include "libsync/rooms.h"
 
+_Static_assert(_Alignof(server_conn) <= SYNC__CONN_OBJECT_ALIGN,
+               "the connection lives in its handle's block");
+_Static_assert(sizeof(server_conn) % _Alignof(server_rate) == 0,
+               "the rate bucket follows the connection");
+
 static const char rate_error[] =
     "{\"type\":\"error\",\"error\":\"rate limit exceeded: message dropped\",\"context\":"
     "\"rateLimit\"}";
@@ -319,7 +324,9 @@ server_conn *server_conn_new(sync_server *server, server_engine *eng, char *iden
     /* The engine's handle is made now, with the connection in its block, so that it holds the
      * identity until the connection joins (at ESTABLISHED, or once a deferred auth accepted). */
     sync_conn *conn = NULL;
-    if (sync__conn_new_transport_object(&conn, &conn_ops, sizeof(server_conn)) != SYNC_OK ||
+    bool rated = server->rate_per_sec > 0;
+    size_t size = sizeof(server_conn) + (rated ? sizeof(server_rate) : 0);
+    if (sync__conn_new_transport_object(&conn, &conn_ops, size) != SYNC_OK ||
         (identity && sync_conn_set_identity(conn, identity) != SYNC_OK)) {
         server_log(server, SYNC_LOG_ERROR, "cannot create a connection: %s", sync_error_last());
         sync_conn_free(conn); /* NULL, or frees the connection with it */
@@ -330,8 +337,11 @@ server_conn *server_conn_new(sync_server *server, server_engine *eng, char *iden
     c->kind = SERVER_WSI_WS;
     c->eng = eng ? eng : &server->echo_eng;
     c->echo = eng == NULL;
-    c->tokens = (float)server->rate_burst;
-    c->tokens_ms = sync_now_ms();
+    if (rated) {
+        server_rate *r = (server_rate *)(c + 1);
+        r->tokens = (float)server->rate_burst;
+        r->tokens_ms = sync_now_ms();
+    }
     server->ws_open++;
     return c;
 }
@@ -487,13 +497,14 @@ static int rate_check(server_conn *c)
     sync_server *s = c->eng->server;
     if (s->rate_per_sec <= 0)
         return 0;
+    server_rate *r = (server_rate *)(c + 1);
     int64_t now = sync_now_ms();
-    double tokens = c->tokens + (double)(now - c->tokens_ms) * s->rate_per_sec / 1000.0;
-    c->tokens_ms = now;
+    double tokens = r->tokens + (double)(now - r->tokens_ms) * s->rate_per_sec / 1000.0;
+    r->tokens_ms = now;
     if (tokens > s->rate_burst)
         tokens = s->rate_burst;
     tokens -= 1.0;
-    c->tokens = (float)tokens;
+    r->tokens = (float)tokens;
     if (tokens >= 0)
         return 0;
     return tokens <= -s->rate_burst ? -1 : 1;

@@ -258,7 +258,7 @@ typedef struct server_out {
 
 /* One WebSocket connection: the object of its engine handle (sync_conn), in the handle's block
  * (sync__conn_new_transport_object), freed with the last reference. There is one per connection,
- * so it is packed (112 bytes, with the handle 184): what only some connections need (a deferred
+ * so it is packed (96 bytes, with the handle 168): what only some connections need (a deferred
  * auth, v2, a message in pieces, frames waiting, a close reason) hangs off it and is allocated
  * when needed. Bit-fields guarded by different locks or threads are kept apart by state_moved:
  * never one memory location (C11), so no write of one loses a write of another. */
@@ -304,9 +304,14 @@ struct server_conn {
     server_conn *live_next;
     server_conn *live_prev;
     server_rx *rx; /* NULL unless a message is being reassembled */
-    float tokens;  /* the rate limit's bucket */
-    int64_t tokens_ms;
 };
+
+/* The rate limit's bucket (service thread), right after the connection in its block when the
+ * server has a rate limit (rate_limit_per_sec > 0): a server without one does not pay for it. */
+typedef struct server_rate {
+    float tokens;
+    int64_t tokens_ms;
+} server_rate;
 
 /* The engine's handle of a connection (the same block, sync__conn_of()). */
 static inline sync_conn *server_conn_handle(server_conn *c)
