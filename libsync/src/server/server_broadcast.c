@@ -75,7 +75,7 @@ void server_broadcast_join(server_conn *c)
     if (c->live)
         return;
     server_engine *eng = c->eng;
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     c->live = true;
     /* the state may have moved past its initial state while that frame was queued, and the
      * flush of that move skipped it: the next flush checks it again */
@@ -97,7 +97,7 @@ void server_broadcast_leave(server_conn *c)
     if (!c->live)
         return;
     server_engine *eng = c->eng;
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     if (s->input_epfd >= 0 && c->wsi) {
         struct epoll_event ev = {0};
         epoll_ctl(s->input_epfd, EPOLL_CTL_DEL, lws_get_socket_fd(c->wsi), &ev);
@@ -118,7 +118,7 @@ void server_broadcast_leave(server_conn *c)
 /* Leaves the frame to the writeable callback, which sends what is queued first. */
 static void defer_to_writeable(server_conn *c, bool force)
 {
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     pthread_mutex_lock(&s->lock);
     if (c->wsi) {
         if (force)
@@ -169,7 +169,7 @@ static sync__frame *v2_frame(server_engine *eng, walk_frames *w, int64_t base, s
 /* Whether it wrote (or handed over) anything: a connection already at `frame` costs nothing. */
 static bool flush_conn(server_conn *c, sync__frame *frame, bool force, walk_frames *w)
 {
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     if (!force && c->last_sent_seq >= frame->seq)
         return false;
     /* a connection lws is closing (lws_get_close_length) is ended by the writeable callback */

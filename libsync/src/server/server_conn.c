@@ -124,7 +124,7 @@ void server_conn_wake_locked(server_conn *c)
 /* Called with server->lock held; returns whether the caller must wake the service thread. */
 static bool request_write_locked(server_conn *c)
 {
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     if (server_on_service_thread(s)) {
         server_conn_wake_locked(c);
         return false;
@@ -148,7 +148,7 @@ static void unlink_wake_locked(server_conn *c)
     if (c->wake_prev)
         c->wake_prev->wake_next = c->wake_next;
     else
-        c->eng->server->wake_head = c->wake_next;
+        c->server->wake_head = c->wake_next;
     if (c->wake_next)
         c->wake_next->wake_prev = c->wake_prev;
     c->in_wake = false;
@@ -170,7 +170,7 @@ static bool close_locked(server_conn *c, int code)
  * resumes it (a new reference, or NULL on ENOMEM). */
 static sync__frame *v2_join_frame(server_conn *c)
 {
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     int resumed = 0;
     sync__frame *frame = sync__feed_join_frame_locked(
         c->eng->engine, c->v2->since, c->v2->epoch[0] ? c->v2->epoch : NULL, &resumed);
@@ -182,7 +182,7 @@ static sync__frame *v2_join_frame(server_conn *c)
 static int op_send_frame(void *userdata, sync__frame *frame)
 {
     server_conn *c = userdata;
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     int rc = SYNC_OK;
     bool wake = false;
     sync__frame *own = NULL;
@@ -239,7 +239,7 @@ static char *close_reason_copy(const char *reason)
 static void op_close(void *userdata, int code, const char *reason)
 {
     server_conn *c = userdata;
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     /* copied before the lock: the caller's reason may not outlive this call */
     char *copy = close_reason_copy(reason);
     pthread_mutex_lock(&s->lock);
@@ -268,7 +268,7 @@ static void free_held(server_conn *c)
         return;
     /* held_bytes is 0 by the time op_free may run on another thread */
     if (w->held_bytes)
-        c->eng->server->buffered_bytes -= w->held_bytes;
+        c->server->buffered_bytes -= w->held_bytes;
     while (w->held_head) {
         struct server_held_msg *next = w->held_head->next;
         free(w->held_head);
@@ -282,11 +282,11 @@ static void free_held(server_conn *c)
 static void op_free(void *userdata)
 {
     server_conn *c = userdata;
-    if (c->out) {
-        sync__frame *frame;
-        while ((frame = queue_pop(c)))
-            sync__frame_unref(frame);
-        free(close_reason_of(c) ? c->out->close_reason : NULL);
+    sync__frame *frame;
+    while ((frame = queue_pop(c)))
+        sync__frame_unref(frame);
+    if (c->out) { /* what is left in it is a close reason */
+        free(c->out->close_reason);
         server_conn_free(c->out);
         c->out = NULL;
     }
@@ -314,7 +314,7 @@ static void rx_release(server_conn *c)
 {
     if (!c->rx)
         return;
-    c->eng->server->buffered_bytes -= c->rx->cap;
+    c->server->buffered_bytes -= c->rx->cap;
     server_conn_free(c->rx);
     c->rx = NULL;
 }
@@ -335,7 +335,8 @@ server_conn *server_conn_new(sync_server *server, server_engine *eng, char *iden
     free(identity);
     server_conn *c = sync__conn_object(conn);
     c->kind = SERVER_WSI_WS;
-    c->eng = eng ? eng : &server->echo_eng;
+    c->server = server;
+    c->eng = eng;
     c->echo = eng == NULL;
     if (rated) {
         server_rate *r = (server_rate *)(c + 1);
@@ -391,14 +392,14 @@ void server_conn_abandon(server_conn *c)
 {
     stop_waiting_for_auth(c);
     server_rooms_conn_gone(c);
-    c->eng->server->ws_open--;
+    c->server->ws_open--;
     sync_conn_free(server_conn_handle(c)); /* the last reference: frees c */
 }
 
 /* The connection joins its engine: handle_open (which queues the initial state). */
 static void join_engine(server_conn *c)
 {
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     s->accepted++;
     if (c->is_room)
         server_rooms_conn_joined(c);
@@ -418,7 +419,7 @@ static void auth_timed_out(lws_sorted_usec_list_t *sul)
 
 int server_conn_established(server_conn *c, struct lws *wsi)
 {
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     /* lws selected the subprotocol from the client's offer: v2 frames, or v1 byte for byte */
     const struct lws_protocols *protocol = lws_get_protocol(wsi);
     bool v2 = !c->echo && protocol && strcmp(protocol->name, SERVER_PROTOCOL_V2) == 0;
@@ -452,7 +453,7 @@ int server_conn_established(server_conn *c, struct lws *wsi)
 
 void server_conn_auth_decided_locked(server_conn *c, int status, char *identity)
 {
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     pthread_mutex_lock(&s->lock);
     c->auth->decision = status;
     free(c->auth->identity);
@@ -465,7 +466,7 @@ void server_conn_auth_decided_locked(server_conn *c, int status, char *identity)
 
 void server_conn_closed(server_conn *c)
 {
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     stop_waiting_for_auth(c);
     free_held(c);
     server_broadcast_leave(c);
@@ -494,7 +495,7 @@ static int close_now(struct lws *wsi, enum lws_close_status code, const char *re
  * the debt reached a whole burst). */
 static int rate_check(server_conn *c)
 {
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     if (s->rate_per_sec <= 0)
         return 0;
     server_rate *r = (server_rate *)(c + 1);
@@ -515,13 +516,13 @@ static int rate_check(server_conn *c)
 static void close_soon_because(server_conn *c, int code, const char *reason)
 {
     char *copy = close_reason_copy(reason);
-    pthread_mutex_lock(&c->eng->server->lock);
+    pthread_mutex_lock(&c->server->lock);
     if (!c->close_pending && c->wsi) {
         set_close_reason_locked(c, copy);
         copy = NULL;
     }
     close_locked(c, code);
-    pthread_mutex_unlock(&c->eng->server->lock);
+    pthread_mutex_unlock(&c->server->lock);
     free(copy);
 }
 
@@ -534,7 +535,7 @@ static void close_soon(server_conn *c, int code)
  * (1013: the server is busy, not the client wrong) and what it had buffered is given back. */
 static void buffer_budget_spent(server_conn *c)
 {
-    c->eng->server->closed_buffer_budget++;
+    c->server->closed_buffer_budget++;
     rx_release(c);
     free_held(c);
     close_soon_because(c, 1013, "server busy: message buffer budget spent");
@@ -544,7 +545,7 @@ static void buffer_budget_spent(server_conn *c)
  * closed (1008): an unauthenticated client must not make the server hold much. */
 static void hold(server_conn *c, const char *text, size_t len)
 {
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     server_auth_wait *w = c->auth;
     struct server_held_msg *m = NULL;
     if (s->buffered_bytes + len > s->max_buffered_bytes) {
@@ -585,7 +586,7 @@ static void echo_back(server_conn *c, const char *data, size_t len, bool binary)
 
 static void deliver(server_conn *c, const char *text, size_t len, bool binary)
 {
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     if (c->auth_waiting) {
         hold(c, text, len);
         return;
@@ -608,7 +609,7 @@ static void deliver(server_conn *c, const char *text, size_t len, bool binary)
 
 int server_conn_receive(server_conn *c, const void *in, size_t len)
 {
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     struct lws *wsi = c->wsi;
     s->bytes_in += len;
     pthread_mutex_lock(&s->lock);
@@ -689,7 +690,7 @@ static void deliver_held(server_conn *c)
     server_auth_wait *w = c->auth;
     struct server_held_msg *m = w->held_head;
     w->held_head = w->held_tail = NULL;
-    c->eng->server->buffered_bytes -= w->held_bytes;
+    c->server->buffered_bytes -= w->held_bytes;
     w->held_bytes = 0;
     while (m) {
         struct server_held_msg *next = m->next;
@@ -704,7 +705,7 @@ static void deliver_held(server_conn *c)
  * -1 to close (lws sends the close frame). */
 static int serve_auth_wait(server_conn *c)
 {
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     /* a room connection also waits for its room (server_rooms.c): 1 while it is created, then 0
      * or the close code of a room that failed or was deleted */
     bool room_pending = c->room_wait == 1;
@@ -757,7 +758,7 @@ static int serve_auth_wait(server_conn *c)
 
 int server_conn_writeable(server_conn *c)
 {
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     struct lws *wsi = c->wsi;
     sync__frame *frame = NULL;
     bool pull = false, force = false;

@@ -148,7 +148,6 @@ struct sync_server {
     int64_t rooms_timer_at;
     size_t rooms_freed_since_trim; /* engines freed since the heap was last trimmed */
     char *echo_path;               /* server_mount_echo(): tests only */
-    server_engine echo_eng;        /* the echo path's connections': no engine */
     server_engine **engines;
     size_t engine_count;
 
@@ -258,7 +257,7 @@ typedef struct server_out {
 
 /* One WebSocket connection: the object of its engine handle (sync_conn), in the handle's block
  * (sync__conn_new_transport_object), freed with the last reference. There is one per connection,
- * so it is packed (96 bytes, with the handle 168): what only some connections need (a deferred
+ * so it is packed (104 bytes, with the handle 168): what only some connections need (a deferred
  * auth, v2, a message in pieces, frames waiting, a close reason) hangs off it and is allocated
  * when needed. Bit-fields guarded by different locks or threads are kept apart by state_moved:
  * never one memory location (C11), so no write of one loses a write of another. */
@@ -287,7 +286,10 @@ struct server_conn {
      * code of a room that failed or was deleted. In the padding: connections stay small. */
     uint16_t room_wait;
 
-    server_engine *eng; /* its server: eng->server; on the echo path the server's echo_eng */
+    /* Not eng->server: a room's eng goes with the room, and an application may still hold the
+     * engine handle and send through it (which finds the connection closed). */
+    sync_server *server;
+    server_engine *eng; /* NULL on the echo path */
     /* A v2 connection's (set before it joins, freed with it); NULL on v1 */
     server_v2 *v2;
     server_auth_wait *auth; /* set once by the upgrade, freed with the connection; NULL when the

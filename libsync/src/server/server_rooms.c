@@ -1081,9 +1081,9 @@ static server_room *room_of(server_conn *c)
 int server_rooms_conn_ready(server_conn *c)
 {
     server_room *r = room_of(c);
-    pthread_mutex_lock(&c->eng->server->rooms_lock);
+    pthread_mutex_lock(&c->server->rooms_lock);
     bool ready = r->state == ROOM_READY && !r->deleting;
-    pthread_mutex_unlock(&c->eng->server->rooms_lock);
+    pthread_mutex_unlock(&c->server->rooms_lock);
     c->room_wait = 0;
     return ready;
 }
@@ -1091,7 +1091,7 @@ int server_rooms_conn_ready(server_conn *c)
 void server_rooms_conn_attach(server_conn *c)
 {
     server_room *r = room_of(c);
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     pthread_mutex_lock(&s->rooms_lock);
     int state = r->state;
     bool deleting = r->deleting;
@@ -1116,7 +1116,7 @@ void server_rooms_conn_attach(server_conn *c)
 
 void server_rooms_conn_joined(server_conn *c)
 {
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     server_room *r = room_of(c);
     pthread_mutex_lock(&s->rooms_lock);
     r->waiters--;
@@ -1128,7 +1128,7 @@ void server_rooms_conn_joined(server_conn *c)
 void server_rooms_conn_live(server_conn *c)
 {
     /* server_broadcast_join() asked for one more flush: a room's flushes run from rooms_due */
-    due(c->eng->server, room_of(c), DUE_FLUSH);
+    due(c->server, room_of(c), DUE_FLUSH);
 }
 
 void server_rooms_conn_gone(server_conn *c)
@@ -1136,7 +1136,7 @@ void server_rooms_conn_gone(server_conn *c)
     if (!c->is_room)
         return;
     server_room *r = room_of(c);
-    sync_server *s = c->eng->server;
+    sync_server *s = c->server;
     if (c->room_wait == 1)
         unlink_waiting(c);
     c->room_wait = 0;

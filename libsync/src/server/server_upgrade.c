@@ -579,8 +579,6 @@ int server_mount_echo(sync_server *server, const char *path)
         return sync__fail(SYNC_ENOMEM, "out of memory for the echo path");
     free(server->echo_path);
     server->echo_path = copy;
-    server->echo_eng.server = server;
-    server->echo_eng.path = copy;
     return SYNC_OK;
 }
 
@@ -674,7 +672,7 @@ int server_upgrade_check(sync_server *server, struct lws *wsi, const char *upgra
             link_deferred(deferred, NULL);
         if (room) {
             /* the room was counted for a connection that never came to be */
-            server_conn gone = {.eng = server_room_engine(room), .is_room = true};
+            server_conn gone = {.server = server, .eng = server_room_engine(room), .is_room = true};
             server_rooms_conn_gone(&gone);
         }
         return refuse(server, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE);
