@@ -227,10 +227,41 @@ static void test_closed_connections_give_their_pages_back(void)
     sync_server_free(server);
 }
 
+/* Blocks of the sizes a connection keeps (lws' wsi on each loop, its receive buffer, the handle
+ * with the server's connection) and their neighbours' sizes: each holds its whole size without
+ * touching another, is aligned to 8, and to 16 when its size is a multiple of 16. */
+static void test_blocks_fit_their_size_and_alignment(void)
+{
+    static const size_t sizes[] = {8,   16,  24,  148,  152,  160,  168, 176,
+                                   224, 840, 952, 1000, 1024, 1100, 8192};
+    enum { EACH = 200 };
+    size_t n = sizeof sizes / sizeof sizes[0];
+    unsigned char *blocks[sizeof sizes / sizeof sizes[0]][EACH];
+    for (size_t i = 0; i < n; i++)
+        for (int j = 0; j < EACH; j++) {
+            blocks[i][j] = server_conn_malloc(sizes[i]);
+            REQUIRE(blocks[i][j]);
+            CHECK((uintptr_t)blocks[i][j] % (sizes[i] % 16 == 0 ? 16 : 8) == 0);
+            memset(blocks[i][j], (int)(i * 31 + (size_t)j) & 0xff, sizes[i]);
+        }
+    int intact = 1;
+    for (size_t i = 0; i < n; i++)
+        for (int j = 0; j < EACH; j++) {
+            unsigned char want = (unsigned char)((i * 31 + (size_t)j) & 0xff);
+            for (size_t k = 0; k < sizes[i]; k++)
+                intact &= blocks[i][j][k] == want;
+        }
+    CHECK(intact);
+    for (size_t i = 0; i < n; i++)
+        for (int j = 0; j < EACH; j++)
+            server_conn_free(blocks[i][j]);
+}
+
 int main(void)
 {
     RUN(test_header_tables_are_mapped_while_handshakes_wait);
     RUN(test_realloc_contract);
+    RUN(test_blocks_fit_their_size_and_alignment);
     RUN(test_closed_connections_give_their_pages_back);
     return check_summary();
 }

@@ -85,6 +85,45 @@ static void test_message_size_and_fragments(void)
     finish(server);
 }
 
+/* A character split between fragments: its first bytes arrive in one piece and the rest in the
+ * next, so the UTF-8 check carries its state across them (with the reassembly buffer). Split
+ * valid characters are applied; a split invalid sequence closes with 1007, also when the pieces
+ * are of a second message on the same connection. */
+static void test_utf8_split_across_fragments(void)
+{
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    sync_server *server = start(&opts);
+    REQUIRE(server);
+
+    ws_client *c = open_client(server, NULL);
+    REQUIRE(c);
+    /* U+00E9 (C3 A9) and U+1F600 (F0 9F 98 80), each cut after its first byte */
+    const char *a = "{\"type\":\"increment\",\"amount\":2,\"n\":\"\xc3";
+    const char *b = "\xa9 \xf0";
+    const char *d = "\x9f\x98\x80\"}";
+    CHECK_EQ_INT(ws_send_frame(c, WS_OP_TEXT, 0, a, strlen(a)), 0);
+    CHECK_EQ_INT(ws_send_frame(c, 0, 0, b, strlen(b)), 0);
+    CHECK_EQ_INT(ws_send_frame(c, 0, 1, d, strlen(d)), 0);
+    char *text = ws_read_text(c, 3000);
+    CHECK(text && ws_json_int(text, "counter") == 2);
+    free(text);
+    /* the next message: C3 then 28 is no character */
+    CHECK_EQ_INT(ws_send_frame(c, WS_OP_TEXT, 0, a, strlen(a)), 0);
+    CHECK_EQ_INT(ws_send_frame(c, 0, 1, "\x28\"}", 2), 0);
+    CHECK_EQ_INT(ws_wait_close(c, 3000), 1007);
+    ws_client_free(c);
+
+    /* a message that ends inside a character */
+    c = open_client(server, NULL);
+    REQUIRE(c);
+    CHECK_EQ_INT(ws_send_frame(c, WS_OP_TEXT, 0, "\"", 1), 0);
+    CHECK_EQ_INT(ws_send_frame(c, 0, 1, "\xf0\x9f", 2), 0);
+    CHECK_EQ_INT(ws_wait_close(c, 3000), 1007);
+    ws_client_free(c);
+    CHECK_EQ_INT(fixture_counter_value(engine), 2);
+    finish(server);
+}
+
 static void test_rate_limit(void)
 {
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
@@ -304,6 +343,7 @@ static void test_client_that_never_reads(void)
 int main(void)
 {
     RUN(test_message_size_and_fragments);
+    RUN(test_utf8_split_across_fragments);
     RUN(test_rate_limit);
     RUN(test_max_connections);
     RUN(test_allowed_origins);

@@ -219,6 +219,16 @@ typedef struct setup_box {
     _Atomic(sync_room_setup *) kept;
 } setup_box;
 
+/* "keep": the application holds the sender's handle past its connection (kept_conn). */
+static _Atomic(sync_conn *) kept_conn;
+
+static int on_keep(sync_msg *msg, void *userdata)
+{
+    (void)userdata;
+    sync_conn_free(atomic_exchange(&kept_conn, sync_conn_ref(sync_msg_conn(msg))));
+    return sync_msg_reply(msg, "\"kept\"", 6);
+}
+
 /* "poke": sets room "target" (loading it) from inside another room's handler, on the service
  * thread, with the blocking acquire. */
 static _Atomic(sync_rooms *) poke_rooms;
@@ -247,7 +257,8 @@ static int room_setup(sync_room_setup *setup, void *userdata)
         return SYNC_EINVAL;
     sync_engine *engine = sync_room_setup_engine(setup);
     if (fixture_add_counter_handlers(engine) != SYNC_OK ||
-        sync_engine_on(engine, "poke", on_poke, NULL, NULL) != SYNC_OK)
+        sync_engine_on(engine, "poke", on_poke, NULL, NULL) != SYNC_OK ||
+        sync_engine_on(engine, "keep", on_keep, NULL, NULL) != SYNC_OK)
         return SYNC_EINVAL;
     char initial[160];
     snprintf(initial, sizeof initial, "{\"counter\":0,\"room\":\"%s\"}",
@@ -557,6 +568,36 @@ static void visited_room_writes_nothing_before_send(void)
     long long counter = -1;
     c = join(&f, "/rooms/changed", &counter);
     CHECK_EQ_INT(counter, 1);
+    ws_client_free(c);
+    sync_server_free(f.server);
+}
+
+/* An application may hold a room client's handle past the client and past its room (unloaded,
+ * engine and all): sending and closing through it then find the connection closed, and the
+ * handle, the connection in its block, frees cleanly. */
+static void held_handle_outlives_its_room(void)
+{
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.room_idle_ms = 50;
+    fixture f;
+    REQUIRE(fixture_start(&f, &opts, NULL) == 0);
+    ws_client *c = join(&f, "/rooms/held", NULL);
+    REQUIRE(c);
+    CHECK_EQ_INT(ws_send_text(c, "{\"type\":\"keep\",\"id\":1}"), 0);
+    char *text = ws_read_text(c, 5000);
+    CHECK(text && strstr(text, "kept"));
+    free(text);
+    ws_client_free(c);
+    CHECK_EQ_INT(fixture_wait_loaded(f.rooms, 0, 5000), 0);
+    sync_conn *conn = atomic_exchange(&kept_conn, NULL);
+    REQUIRE(conn);
+    CHECK_EQ_INT(sync_conn_send(conn, "{}", 2), SYNC_ECLOSED);
+    CHECK_EQ_INT(sync_conn_close(conn, 1000, "gone already"), SYNC_OK);
+    CHECK(sync_conn_userdata(conn) == NULL);
+    sync_conn_free(conn);
+    /* the room loads afresh for the next client */
+    c = join(&f, "/rooms/held", NULL);
+    CHECK(c != NULL);
     ws_client_free(c);
     sync_server_free(f.server);
 }
@@ -1388,6 +1429,7 @@ int main(void)
     RUN(bad_names_are_refused_before_anything_exists);
     RUN(idle_room_is_saved_unloaded_and_seen_again);
     RUN(visited_room_writes_nothing_before_send);
+    RUN(held_handle_outlives_its_room);
     RUN(join_racing_an_unload_waits_and_loads_afresh);
     RUN(delete_racing_an_unload_removes_after_the_save);
     RUN(max_rooms_evicts_the_least_recently_used_then_refuses);

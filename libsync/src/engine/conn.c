@@ -1,5 +1,6 @@
 /* Connection handles: reference counting, identity, and the bridge from the engine to either a
  * public push transport (sync_conn_callbacks) or a private one (transport.h). */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,17 +21,39 @@ static sync_conn_callbacks *push_callbacks(const sync_conn *conn)
 _Static_assert(sizeof(sync_conn) % _Alignof(sync_conn_callbacks) == 0,
                "push callbacks follow the struct");
 
-static sync_conn *conn_alloc(void *userdata, size_t extra, const sync__transport_ops *ops)
+/* Where the userdata pointer is kept when it is not the transport's object in the block: after
+ * the struct, and after a push connection's callbacks. */
+static void **userdata_slot(const sync_conn *conn)
 {
-    sync_conn *conn = ops && ops->calloc_conn ? ops->calloc_conn(sizeof *conn + extra)
-                                              : calloc(1, sizeof *conn + extra);
+    char *trailer = (char *)(uintptr_t)(conn + 1);
+    return (void **)(trailer + (conn->ops ? 0 : sizeof(sync_conn_callbacks)));
+}
+
+static void *conn_userdata(const sync_conn *conn)
+{
+    return conn->has_object ? (void *)(uintptr_t)(conn + 1) : *userdata_slot(conn);
+}
+
+_Static_assert(sizeof(sync_conn_callbacks) % _Alignof(void *) == 0,
+               "the userdata pointer follows the callbacks");
+
+/* `extra`: the bytes after the struct (callbacks, an object); the userdata pointer, unless
+ * `object`, gets its own after them. */
+static sync_conn *conn_alloc(void *userdata, size_t extra, const sync__transport_ops *ops,
+                             bool object)
+{
+    size_t size = sizeof(sync_conn) + extra + (object ? 0 : sizeof(void *));
+    sync_conn *conn = ops && ops->calloc_conn ? ops->calloc_conn(size) : calloc(1, size);
     if (!conn)
         return NULL;
     atomic_init(&conn->refs, 1);
     atomic_init(&conn->close_requested, 0);
     atomic_init(&conn->identity, NULL);
     conn->id = (uint64_t)atomic_fetch_add(&next_conn_id, 1);
-    conn->userdata = userdata;
+    conn->ops = ops;
+    conn->has_object = object;
+    if (!object)
+        *userdata_slot(conn) = userdata;
     conn->state = CONN_NEW;
     return conn;
 }
@@ -63,7 +86,7 @@ int sync_conn_new(sync_conn **out, const sync_conn_callbacks *callbacks, void *u
     if (!callbacks->send)
         return new_fail(free_userdata, userdata, SYNC_EINVAL,
                         "sync_conn_new: callbacks->send is required");
-    sync_conn *conn = conn_alloc(userdata, sizeof *callbacks, NULL);
+    sync_conn *conn = conn_alloc(userdata, sizeof *callbacks, NULL, false);
     if (!conn)
         return new_fail(free_userdata, userdata, SYNC_ENOMEM,
                         "out of memory creating a connection");
@@ -79,12 +102,38 @@ int sync__conn_new_transport(sync_conn **out, const sync__transport_ops *ops, vo
     if (!out || !ops || !ops->send_frame)
         return sync__fail(SYNC_EINVAL,
                           "sync__conn_new_transport: out and ops->send_frame required");
-    sync_conn *conn = conn_alloc(userdata, 0, ops);
+    sync_conn *conn = conn_alloc(userdata, 0, ops, false);
     if (!conn)
         return sync__fail(SYNC_ENOMEM, "out of memory creating a connection");
-    conn->ops = ops;
     *out = conn;
     return SYNC_OK;
+}
+
+_Static_assert(sizeof(sync_conn) % SYNC__CONN_OBJECT_ALIGN == 0,
+               "a transport's object follows the struct");
+
+int sync__conn_new_transport_object(sync_conn **out, const sync__transport_ops *ops, size_t size)
+{
+    if (out)
+        *out = NULL;
+    if (!out || !ops || !ops->send_frame)
+        return sync__fail(SYNC_EINVAL,
+                          "sync__conn_new_transport_object: out and ops->send_frame required");
+    sync_conn *conn = conn_alloc(NULL, size, ops, true);
+    if (!conn)
+        return sync__fail(SYNC_ENOMEM, "out of memory creating a connection");
+    *out = conn;
+    return SYNC_OK;
+}
+
+void *sync__conn_object(sync_conn *conn)
+{
+    return conn + 1;
+}
+
+sync_conn *sync__conn_of(void *object)
+{
+    return (sync_conn *)object - 1;
 }
 
 sync_conn *sync_conn_ref(sync_conn *conn)
@@ -101,7 +150,7 @@ void sync_conn_free(sync_conn *conn)
     sync_free_cb free_userdata =
         conn->ops ? conn->ops->free_userdata : push_callbacks(conn)->free_userdata;
     if (free_userdata)
-        free_userdata(conn->userdata);
+        free_userdata(conn_userdata(conn));
     free(atomic_load(&conn->identity));
     if (conn->ops && conn->ops->free_conn)
         conn->ops->free_conn(conn);
@@ -113,7 +162,7 @@ void *sync_conn_userdata(const sync_conn *conn)
 {
     /* A transport's userdata is its private connection object: the public API promises NULL there.
      */
-    return conn && !conn->ops ? conn->userdata : NULL;
+    return conn && !conn->ops ? conn_userdata(conn) : NULL;
 }
 
 uint64_t sync_conn_id(const sync_conn *conn)
@@ -146,9 +195,9 @@ int sync__conn_push_frame(sync_conn *conn, sync__frame *frame)
 {
     if (atomic_load(&conn->close_requested))
         return sync__fail(SYNC_ECLOSED, "connection %llu is closing", (unsigned long long)conn->id);
-    int rc = conn->ops
-                 ? conn->ops->send_frame(conn->userdata, frame)
-                 : push_callbacks(conn)->send(conn->userdata, sync__frame_text(frame), frame->len);
+    int rc = conn->ops ? conn->ops->send_frame(conn_userdata(conn), frame)
+                       : push_callbacks(conn)->send(conn_userdata(conn), sync__frame_text(frame),
+                                                    frame->len);
     if (rc < 0)
         return sync__fail(rc, "send to connection %llu failed: %s", (unsigned long long)conn->id,
                           sync_strerror(rc));
@@ -167,7 +216,7 @@ void sync__conn_request_close(sync_conn *conn, int code, const char *reason)
     void (*close_cb)(void *, int, const char *) =
         conn->ops ? conn->ops->close : push_callbacks(conn)->close;
     if (close_cb)
-        close_cb(conn->userdata, code, reason);
+        close_cb(conn_userdata(conn), code, reason);
 }
 
 int sync_conn_send(sync_conn *conn, const char *text, size_t len)

@@ -31,11 +31,14 @@ struct sync_conn {
     /* Guarded by the lock of the engine the connection belongs to: */
     unsigned char state; /* conn_state */
     unsigned char timed_out;
+    /* Set at creation: 1 when the transport's object follows the struct and is the userdata
+     * (sync__conn_new_transport_object); else the userdata pointer follows it, after a push
+     * connection's callbacks (conn.c). No userdata field: the server keeps 10,000s of handles. */
+    unsigned char has_object;
     uint64_t id;
     /* A transport's private ops (static, outliving the connection), or NULL for a push
      * connection (sync_conn_new), whose sync_conn_callbacks follow the struct. */
     const sync__transport_ops *ops;
-    void *userdata;
     /* Set and read from any thread: an atomic pointer, the old text freed by the setter. */
     _Atomic(char *) identity;
     /* Guarded by the lock of the engine the connection belongs to: */

@@ -36,6 +36,17 @@ typedef struct sync__transport_ops {
  * lives on with its socket and is freed with it). */
 int sync__conn_new_transport(sync_conn **out, const sync__transport_ops *ops, void *userdata);
 
+/* Like sync__conn_new_transport, with the transport's connection object in the handle's own block,
+ * right after it: `size` bytes, zeroed, aligned to SYNC__CONN_OBJECT_ALIGN, given to the ops as
+ * their userdata and found again from the handle with sync__conn_object() and back with
+ * sync__conn_of(). One allocation per connection and no pointer from either to the other (the
+ * server keeps 10,000s of idle ones, docs/PERFORMANCE.md). ops->free_userdata releases what the
+ * object holds, not the object: it goes with the handle (ops->free_conn). */
+#define SYNC__CONN_OBJECT_ALIGN 8
+int sync__conn_new_transport_object(sync_conn **out, const sync__transport_ops *ops, size_t size);
+void *sync__conn_object(sync_conn *conn);
+sync_conn *sync__conn_of(void *object);
+
 /*
  * Reads the feed's head: a new reference to the state_update frame of the newest record when it
  * is newer than `after_seq` (or when `force`) and may be sent, else NULL. The frame is built once

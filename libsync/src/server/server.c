@@ -674,8 +674,8 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason, vo
     sync_server *server = ctx ? lws_context_user(ctx) : NULL;
     if (!server)
         return lws_callback_http_dummy(wsi, reason, user, in, len);
-    int *tag = lws_get_opaque_user_data(wsi);
-    server_conn *c = tag && *tag == SERVER_WSI_WS ? (server_conn *)tag : NULL;
+    const uint8_t *tag = lws_get_opaque_user_data(wsi);
+    server_conn *c = tag && *tag == SERVER_WSI_WS ? (server_conn *)(uintptr_t)tag : NULL;
 
     switch (reason) {
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
@@ -698,7 +698,7 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason, vo
     case LWS_CALLBACK_RECEIVE_PONG:
         /* a client's WebSocket-level pong shows it is alive as well as the text "pong" does */
         if (c && c->joined)
-            sync_engine_handle_alive(c->eng->engine, c->conn);
+            sync_engine_handle_alive(c->eng->engine, server_conn_handle(c));
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return c ? server_conn_writeable(c) : 0;

@@ -166,8 +166,12 @@ static void unmap_block(void *ptr, size_t len)
  * kept mapped so that a lone connection opening and closing does not map and unmap each time).
  *
  * Chunks are aligned to their size, so a pointer's chunk is found by masking; a set of the
- * chunks tells slots apart from heap pointers. A slot has no header: classes step by at most an
- * eighth of their size, which wastes about what glibc's chunk header and rounding waste.
+ * chunks tells slots apart from heap pointers. A slot has no header, and classes step by 8 bytes
+ * up to 1 KiB: what a connection keeps (lws' wsi of 840 or 952 bytes, its 148-byte receive
+ * buffer, the server's connection) fits its class to within 7 bytes, where glibc's header and
+ * 16-byte rounding cost 8 to 23 (docs/PERFORMANCE.md). Above 1 KiB classes step by an eighth.
+ * A slot is aligned to 16 when its class is a multiple of 16, else to 8: a type that needs 16
+ * (alignof(max_align_t)) has a size that is a multiple of 16, so its class is one.
  * Larger blocks and every block under AddressSanitizer (which must see them to find misuse) are
  * malloc()'d. One lock: lws allocates on the service thread, but a connection's objects may be
  * freed on another (sync_conn_free from an application thread). */
@@ -185,7 +189,7 @@ static void unmap_block(void *ptr, size_t len)
 #define SLAB_CHUNK ((size_t)64 * 1024)
 #define SLAB_HEADER ((size_t)64)
 #define SLAB_MAX ((size_t)8192)
-#define SLAB_CLASSES 88
+#define SLAB_CLASSES (1024 / 8 + 3 * 8)
 
 typedef struct slab_chunk {
     struct slab_chunk *prev, *next; /* among its class's chunks with a free slot */
@@ -204,25 +208,25 @@ typedef struct slab_class {
 } slab_class;
 
 static slab_class classes[SLAB_CLASSES];
-static uint8_t class_of_16[SLAB_MAX / 16 + 1]; /* (size + 15) / 16 -> class */
+static uint8_t class_of_8[SLAB_MAX / 8 + 1]; /* (size + 7) / 8 -> class */
+_Static_assert(SLAB_CLASSES <= 256, "a class number fits class_of_8");
 static block_set chunks;
 static size_t slab_bytes; /* mapped chunks, for server_alloc_slab_bytes() */
 
-/* 16..1024 by 16 (lws' wsi and the like are just under 1 KiB), then each doubling in eight
- * steps up to 8192. */
+/* 8..1024 by 8, then each doubling in eight steps up to 8192. */
 static void slab_init(void)
 {
     size_t n = 0;
-    for (size_t sz = 16; sz <= 1024; sz += 16)
+    for (size_t sz = 8; sz <= 1024; sz += 8)
         classes[n++].size = sz;
     for (size_t base = 1024; base < SLAB_MAX; base *= 2)
         for (size_t k = 1; k <= 8; k++)
             classes[n++].size = base + k * (base / 8);
     size_t c = 0;
-    for (size_t i = 0; i <= SLAB_MAX / 16; i++) {
-        while (classes[c].size < i * 16)
+    for (size_t i = 0; i <= SLAB_MAX / 8; i++) {
+        while (classes[c].size < i * 8)
             c++;
-        class_of_16[i] = (uint8_t)c;
+        class_of_8[i] = (uint8_t)c;
     }
 }
 
@@ -293,7 +297,7 @@ static slab_chunk *chunk_map_locked(uint32_t cls)
 
 static void *slab_alloc(size_t size)
 {
-    uint32_t cls = class_of_16[(size + 15) / 16];
+    uint32_t cls = class_of_8[(size + 7) / 8];
     slab_class *k = &classes[cls];
     pthread_mutex_lock(&alloc_lock);
     slab_chunk *c = k->avail;

@@ -176,7 +176,7 @@ static bool flush_conn(server_conn *c, sync__frame *frame, bool force, walk_fram
     bool lws_ready = c->wsi && !c->write_failed && !lws_partial_buffered(c->wsi) &&
                      lws_get_close_length(c->wsi) == 0;
     pthread_mutex_lock(&s->lock);
-    bool direct = lws_ready && !c->ring_count && !c->close_pending && !s->stopping;
+    bool direct = lws_ready && !(c->out && c->out->count) && !c->close_pending && !s->stopping;
     if (direct && atomic_load_explicit(&c->state_moved, memory_order_relaxed)) {
         /* An earlier turn handed this connection to the writeable callback (lws still held part
          * of a frame then), which has not run yet: this newer frame supersedes that pull, which

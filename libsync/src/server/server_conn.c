@@ -12,49 +12,99 @@
 #include "engine/json_check.h"
 #include "libsync/rooms.h"
 
+_Static_assert(_Alignof(server_conn) <= SYNC__CONN_OBJECT_ALIGN,
+               "the connection lives in its handle's block");
+_Static_assert(sizeof(server_conn) % _Alignof(server_rate) == 0,
+               "the rate bucket follows the connection");
+
 static const char rate_error[] =
     "{\"type\":\"error\",\"error\":\"rate limit exceeded: message dropped\",\"context\":"
     "\"rateLimit\"}";
 
 /* ---- the frame queue (under server->lock) ------------------------------------------------ */
 
+/* The out part with room for `cap` frames, what it held kept in order; false: out of memory. */
+static bool out_resize(server_conn *c, uint32_t cap)
+{
+    server_out *old = c->out;
+    server_out *out = server_conn_malloc(sizeof *out + (size_t)cap * sizeof out->ring[0]);
+    if (!out)
+        return false;
+    memset(out, 0, sizeof *out);
+    out->cap = cap;
+    if (old) {
+        out->close_reason = old->close_reason;
+        out->queued_bytes = old->queued_bytes;
+        out->count = old->count;
+        for (uint32_t i = 0; i < old->count; i++)
+            out->ring[i] = old->ring[(old->head + i) % old->cap];
+        server_conn_free(old);
+    }
+    c->out = out;
+    return true;
+}
+
+/* The out part goes back once nothing in it is needed, so idle connections stay small. */
+static void out_trim(server_conn *c)
+{
+    if (c->out && !c->out->count && !c->out->close_reason) {
+        server_conn_free(c->out);
+        c->out = NULL;
+    }
+}
+
+static size_t queued_count(const server_conn *c)
+{
+    return c->out ? c->out->count : 0;
+}
+
+static size_t queued_bytes(const server_conn *c)
+{
+    return c->out ? c->out->queued_bytes : 0;
+}
+
+static const char *close_reason_of(const server_conn *c)
+{
+    return c->out ? c->out->close_reason : NULL;
+}
+
 /* The ring is allocated while frames wait (an idle connection has none) */
 static bool queue_push(server_conn *c, sync__frame *frame)
 {
-    if (c->ring_count == c->ring_cap) {
-        uint32_t cap = c->ring_cap ? c->ring_cap * 2 : 2;
-        sync__frame **ring = server_conn_malloc(cap * sizeof *ring);
-        if (!ring)
-            return false;
-        for (uint32_t i = 0; i < c->ring_count; i++)
-            ring[i] = c->ring[(c->ring_head + i) % c->ring_cap];
-        server_conn_free(c->ring);
-        c->ring = ring;
-        c->ring_cap = cap;
-        c->ring_head = 0;
-    }
-    c->ring[(c->ring_head + c->ring_count) % c->ring_cap] = frame;
-    c->ring_count++;
-    c->queued_bytes += frame->len;
+    if (queued_count(c) == (c->out ? c->out->cap : 0) &&
+        !out_resize(c, c->out && c->out->cap ? c->out->cap * 2 : 2))
+        return false;
+    server_out *out = c->out;
+    out->ring[(out->head + out->count) % out->cap] = frame;
+    out->count++;
+    out->queued_bytes += frame->len;
     return true;
 }
 
 static sync__frame *queue_pop(server_conn *c)
 {
-    if (!c->ring_count)
+    server_out *out = c->out;
+    if (!out || !out->count)
         return NULL;
-    sync__frame *frame = c->ring[c->ring_head];
-    c->ring_head = (c->ring_head + 1) % c->ring_cap;
-    c->ring_count--;
-    c->queued_bytes -= frame->len;
-    if (!c->ring_count) {
-        /* the queue is empty: give the ring back so idle connections stay small */
-        server_conn_free(c->ring);
-        c->ring = NULL;
-        c->ring_cap = 0;
-        c->ring_head = 0;
-    }
+    sync__frame *frame = out->ring[out->head];
+    out->head = (out->head + 1) % out->cap;
+    out->count--;
+    out->queued_bytes -= frame->len;
+    out_trim(c);
     return frame;
+}
+
+/* Keeps the reason of the close being requested (`reason` is the connection's now); out of
+ * memory, the close goes without it. */
+static void set_close_reason_locked(server_conn *c, char *reason)
+{
+    if (!reason)
+        return;
+    if (!c->out && !out_resize(c, 0)) {
+        free(reason);
+        return;
+    }
+    c->out->close_reason = reason;
 }
 
 /* ---- waking the service thread ----------------------------------------------------------- */
@@ -145,7 +195,7 @@ static int op_send_frame(void *userdata, sync__frame *frame)
     pthread_mutex_lock(&s->lock);
     if (!c->wsi || c->close_pending) {
         rc = SYNC_ECLOSED;
-    } else if (c->queued_bytes + frame->len > s->max_queued_bytes && c->ring_count) {
+    } else if (queued_bytes(c) + frame->len > s->max_queued_bytes && queued_count(c)) {
         s->closed_slow++;
         wake = close_locked(c, LWS_CLOSE_STATUS_POLICY_VIOLATION);
         rc = SYNC_ELIMIT;
@@ -194,7 +244,7 @@ static void op_close(void *userdata, int code, const char *reason)
     char *copy = close_reason_copy(reason);
     pthread_mutex_lock(&s->lock);
     if (c->wsi && !c->close_pending) {
-        c->close_reason = copy; /* the first close decides, like its code */
+        set_close_reason_locked(c, copy); /* the first close decides, like its code */
         copy = NULL;
     }
     bool wake = close_locked(c, code > 0 ? code : LWS_CLOSE_STATUS_NORMAL);
@@ -228,21 +278,25 @@ static void free_held(server_conn *c)
     w->held_bytes = 0;
 }
 
+/* What the connection holds; the connection itself goes with its handle's block. */
 static void op_free(void *userdata)
 {
     server_conn *c = userdata;
     sync__frame *frame;
     while ((frame = queue_pop(c)))
         sync__frame_unref(frame);
+    if (c->out) { /* what is left in it is a close reason */
+        free(c->out->close_reason);
+        server_conn_free(c->out);
+        c->out = NULL;
+    }
     server_conn_free(c->rx);
-    free(c->close_reason);
     server_conn_free(c->v2);
     if (c->auth) {
         free(c->auth->identity);
         free_held(c);
         free(c->auth);
     }
-    server_conn_free(c);
 }
 
 static const sync__transport_ops conn_ops = {
@@ -267,27 +321,28 @@ static void rx_release(server_conn *c)
 
 server_conn *server_conn_new(sync_server *server, server_engine *eng, char *identity)
 {
-    server_conn *c = server_conn_calloc(sizeof *c);
-    if (!c)
-        return NULL;
+    /* The engine's handle is made now, with the connection in its block, so that it holds the
+     * identity until the connection joins (at ESTABLISHED, or once a deferred auth accepted). */
+    sync_conn *conn = NULL;
+    bool rated = server->rate_per_sec > 0;
+    size_t size = sizeof(server_conn) + (rated ? sizeof(server_rate) : 0);
+    if (sync__conn_new_transport_object(&conn, &conn_ops, size) != SYNC_OK ||
+        (identity && sync_conn_set_identity(conn, identity) != SYNC_OK)) {
+        server_log(server, SYNC_LOG_ERROR, "cannot create a connection: %s", sync_error_last());
+        sync_conn_free(conn); /* NULL, or frees the connection with it */
+        return NULL;          /* the identity stays the caller's */
+    }
+    free(identity);
+    server_conn *c = sync__conn_object(conn);
     c->kind = SERVER_WSI_WS;
     c->server = server;
     c->eng = eng;
     c->echo = eng == NULL;
-    c->tokens = (float)server->rate_burst;
-    c->tokens_ms = sync_now_ms();
-    /* The engine's handle is made now, so that it holds the identity until the connection
-     * joins (at ESTABLISHED, or once a deferred auth accepted). */
-    if (eng && (sync__conn_new_transport(&c->conn, &conn_ops, c) != SYNC_OK ||
-                (identity && sync_conn_set_identity(c->conn, identity) != SYNC_OK))) {
-        server_log(server, SYNC_LOG_ERROR, "cannot create a connection: %s", sync_error_last());
-        if (c->conn)
-            sync_conn_free(c->conn); /* frees c */
-        else
-            server_conn_free(c);
-        return NULL;
+    if (rated) {
+        server_rate *r = (server_rate *)(c + 1);
+        r->tokens = (float)server->rate_burst;
+        r->tokens_ms = sync_now_ms();
     }
-    free(identity);
     server->ws_open++;
     return c;
 }
@@ -338,10 +393,7 @@ void server_conn_abandon(server_conn *c)
     stop_waiting_for_auth(c);
     server_rooms_conn_gone(c);
     c->server->ws_open--;
-    if (c->conn)
-        sync_conn_free(c->conn); /* the last reference: frees c */
-    else
-        op_free(c);
+    sync_conn_free(server_conn_handle(c)); /* the last reference: frees c */
 }
 
 /* The connection joins its engine: handle_open (which queues the initial state). */
@@ -352,7 +404,7 @@ static void join_engine(server_conn *c)
     if (c->is_room)
         server_rooms_conn_joined(c);
     c->joined = true;
-    int rc = sync_engine_handle_open(c->eng->engine, c->conn);
+    int rc = sync_engine_handle_open(c->eng->engine, server_conn_handle(c));
     if (rc < 0)
         server_log(s, SYNC_LOG_WARN, "open on %s failed: %s", c->eng->path, sync_error_last());
 }
@@ -424,16 +476,11 @@ void server_conn_closed(server_conn *c)
     pthread_mutex_unlock(&s->lock);
     s->ws_open--;
     rx_release(c);
-    if (c->conn) {
-        sync_conn *conn = c->conn;
-        if (c->joined)
-            sync_engine_handle_close(c->eng->engine, conn);
-        server_rooms_conn_gone(c); /* after: the room's engine lives while a client is in it */
-        sync_conn_free(conn);      /* may free c with the last reference */
-    } else {
-        server_rooms_conn_gone(c);
-        op_free(c);
-    }
+    sync_conn *conn = server_conn_handle(c);
+    if (c->joined)
+        sync_engine_handle_close(c->eng->engine, conn);
+    server_rooms_conn_gone(c); /* after: the room's engine lives while a client is in it */
+    sync_conn_free(conn);      /* may free c with the last reference */
 }
 
 /* ---- receive ----------------------------------------------------------------------------- */
@@ -451,13 +498,14 @@ static int rate_check(server_conn *c)
     sync_server *s = c->server;
     if (s->rate_per_sec <= 0)
         return 0;
+    server_rate *r = (server_rate *)(c + 1);
     int64_t now = sync_now_ms();
-    double tokens = c->tokens + (double)(now - c->tokens_ms) * s->rate_per_sec / 1000.0;
-    c->tokens_ms = now;
+    double tokens = r->tokens + (double)(now - r->tokens_ms) * s->rate_per_sec / 1000.0;
+    r->tokens_ms = now;
     if (tokens > s->rate_burst)
         tokens = s->rate_burst;
     tokens -= 1.0;
-    c->tokens = (float)tokens;
+    r->tokens = (float)tokens;
     if (tokens >= 0)
         return 0;
     return tokens <= -s->rate_burst ? -1 : 1;
@@ -470,7 +518,7 @@ static void close_soon_because(server_conn *c, int code, const char *reason)
     char *copy = close_reason_copy(reason);
     pthread_mutex_lock(&c->server->lock);
     if (!c->close_pending && c->wsi) {
-        c->close_reason = copy;
+        set_close_reason_locked(c, copy);
         copy = NULL;
     }
     close_locked(c, code);
@@ -550,13 +598,13 @@ static void deliver(server_conn *c, const char *text, size_t len, bool binary)
         if (verdict < 0)
             close_soon(c, LWS_CLOSE_STATUS_POLICY_VIOLATION);
         else
-            sync_conn_send(c->conn, rate_error, sizeof rate_error - 1);
+            sync_conn_send(server_conn_handle(c), rate_error, sizeof rate_error - 1);
         return;
     }
     if (c->echo)
         echo_back(c, text, len, binary);
     else
-        sync_engine_handle_message(c->eng->engine, c->conn, text, len);
+        sync_engine_handle_message(c->eng->engine, server_conn_handle(c), text, len);
 }
 
 int server_conn_receive(server_conn *c, const void *in, size_t len)
@@ -585,9 +633,10 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
     }
     /* checked as it arrives, so a client cannot make the server buffer a message that is
      * already known to be invalid */
-    if (!binary &&
-        (sync__utf8_accept(&c->utf8_state, in, len) != len || (complete && c->utf8_state))) {
-        c->utf8_state = 0;
+    uint32_t utf8 = c->rx ? c->rx->utf8_state : 0; /* a text in pieces is in c->rx */
+    if (!binary && (sync__utf8_accept(&utf8, in, len) != len || (complete && utf8))) {
+        if (c->rx)
+            c->rx->utf8_state = 0;
         return close_now(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "invalid UTF-8");
     }
     if (complete && rx_len == 0) {
@@ -608,6 +657,8 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
         if (!rx)
             return close_now(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
         s->buffered_bytes += cap - rx_cap;
+        if (!rx_cap)
+            rx->utf8_state = 0;
         rx->len = rx_len;
         rx->cap = cap;
         c->rx = rx;
@@ -615,6 +666,7 @@ int server_conn_receive(server_conn *c, const void *in, size_t len)
     if (len) { /* an empty fragment may come with no buffer at all (memcpy from NULL is UB) */
         memcpy(c->rx->data + rx_len, in, len);
         c->rx->len += len;
+        c->rx->utf8_state = utf8;
     }
     if (!complete)
         return 0;
@@ -660,7 +712,7 @@ static int serve_auth_wait(server_conn *c)
     int room_refused = c->room_wait > 1 ? c->room_wait : 0;
     pthread_mutex_lock(&s->lock);
     int close_code = c->close_pending ? c->close_code : 0;
-    const char *close_reason = c->close_reason;
+    const char *close_reason = close_reason_of(c);
     int status = c->auth->decision;
     char *identity = NULL;
     if (!close_code && status == 0 && !room_pending && !room_refused) {
@@ -693,7 +745,7 @@ static int serve_auth_wait(server_conn *c)
         return close_now(c->wsi, (enum lws_close_status)(SERVER_CLOSE_AUTH_BASE + status),
                          "refused by auth");
     }
-    int rc = identity ? sync_conn_set_identity(c->conn, identity) : SYNC_OK;
+    int rc = identity ? sync_conn_set_identity(server_conn_handle(c), identity) : SYNC_OK;
     free(identity);
     if (rc != SYNC_OK) {
         server_log(s, SYNC_LOG_ERROR, "cannot attach the identity: %s", sync_error_last());
@@ -726,7 +778,7 @@ int server_conn_writeable(server_conn *c)
     pthread_mutex_lock(&s->lock);
     if (c->close_pending) {
         int code = c->close_code;
-        const char *reason = c->close_reason; /* set once, freed only with the connection */
+        const char *reason = close_reason_of(c); /* set once, freed only with the connection */
         pthread_mutex_unlock(&s->lock);
         return close_now(wsi, (enum lws_close_status)code, reason ? reason : "");
     }
@@ -774,7 +826,7 @@ int server_conn_writeable(server_conn *c)
     }
 
     pthread_mutex_lock(&s->lock);
-    bool more = c->ring_count || atomic_load_explicit(&c->state_moved, memory_order_relaxed) ||
+    bool more = queued_count(c) || atomic_load_explicit(&c->state_moved, memory_order_relaxed) ||
                 c->close_pending;
     pthread_mutex_unlock(&s->lock);
     if (more || (frame && s->stopping)) {

@@ -7,7 +7,7 @@
 #include <sys/stat.h>
 
 typedef struct http_response {
-    int kind; /* SERVER_WSI_HTTP */
+    uint8_t kind; /* SERVER_WSI_HTTP: first, like every lws user object of the server */
     size_t len;
     unsigned char buf[]; /* LWS_PRE bytes of headroom, then the body */
 } http_response;
@@ -42,7 +42,7 @@ static const char *content_type(const char *file)
 
 void server_http_free(struct lws *wsi)
 {
-    int *tag = lws_get_opaque_user_data(wsi);
+    uint8_t *tag = lws_get_opaque_user_data(wsi);
     if (tag && *tag == SERVER_WSI_HTTP) {
         lws_set_opaque_user_data(wsi, NULL);
         free(tag);
@@ -205,7 +205,7 @@ int server_http_callback(sync_server *server, struct lws *wsi, enum lws_callback
     case LWS_CALLBACK_HTTP_FILE_COMPLETION:
         return transaction_done(wsi);
     case LWS_CALLBACK_HTTP_WRITEABLE: {
-        int *tag = lws_get_opaque_user_data(wsi);
+        uint8_t *tag = lws_get_opaque_user_data(wsi);
         if (!tag || *tag != SERVER_WSI_HTTP)
             return 0;
         http_response *r = (http_response *)tag;

@@ -238,18 +238,31 @@ typedef struct server_auth_wait {
 /* A message being reassembled from several fragments or RECEIVE callbacks (service thread). */
 typedef struct server_rx {
     size_t len;
-    size_t cap; /* of data[], counted against max_buffered_bytes */
+    size_t cap;          /* of data[], counted against max_buffered_bytes */
+    uint32_t utf8_state; /* sync__utf8_accept() across the pieces of a text: 0 between messages */
     char data[];
 } server_rx;
 
-/* One WebSocket connection; the userdata of its sync_conn, freed with the last reference. There
- * is one per connection, so it is packed (160 bytes): what only some connections need (a deferred
- * auth, a message in pieces, a queue of more than zero frames, a close reason) hangs off it and
- * is allocated when needed. Bit-fields guarded by different locks or threads are kept apart by
- * state_moved: never one memory location (C11), so no write of one loses a write of another. */
+/* Under server->lock, what a connection has only while frames wait or once its close has a reason
+ * (an idle connection has none): its queue of explicit frames, a ring, and the close reason. */
+typedef struct server_out {
+    char
+        *close_reason; /* NULL: none; set once with close_pending, kept until the connection goes */
+    size_t queued_bytes;
+    uint32_t cap; /* of ring[] */
+    uint32_t head;
+    uint32_t count;
+    sync__frame *ring[];
+} server_out;
+
+/* One WebSocket connection: the object of its engine handle (sync_conn), in the handle's block
+ * (sync__conn_new_transport_object), freed with the last reference. There is one per connection,
+ * so it is packed (104 bytes, with the handle 168): what only some connections need (a deferred
+ * auth, v2, a message in pieces, frames waiting, a close reason) hangs off it and is allocated
+ * when needed. Bit-fields guarded by different locks or threads are kept apart by state_moved:
+ * never one memory location (C11), so no write of one loses a write of another. */
 struct server_conn {
-    int kind;            /* SERVER_WSI_WS */
-    uint32_t utf8_state; /* service thread: sync__utf8_accept() across the fragments of a text */
+    uint8_t kind; /* SERVER_WSI_WS: first, like every lws user object of the server */
     /* Service thread: */
     bool echo : 1; /* on server_mount_echo()'s path: no engine, messages come back */
     bool
@@ -272,17 +285,11 @@ struct server_conn {
     /* Service thread, a room's connection: 1 while the room is being created, then 0 or the close
      * code of a room that failed or was deleted. In the padding: connections stay small. */
     uint16_t room_wait;
-    float tokens; /* service thread: the rate limit's bucket */
-    /* Under server->lock: the queue of explicit frames, a ring allocated only while not empty */
-    uint32_t ring_cap;
-    uint32_t ring_head;
-    uint32_t ring_count;
 
+    /* Not eng->server: a room's eng goes with the room, and an application may still hold the
+     * engine handle and send through it (which finds the connection closed). */
     sync_server *server;
-    server_engine *eng;
-    /* The engine's handle, made with the connection (NULL on the echo path); it holds the
-     * identity the auth callback attached. */
-    sync_conn *conn;
+    server_engine *eng; /* NULL on the echo path */
     /* A v2 connection's (set before it joins, freed with it); NULL on v1 */
     server_v2 *v2;
     server_auth_wait *auth; /* set once by the upgrade, freed with the connection; NULL when the
@@ -290,9 +297,7 @@ struct server_conn {
 
     /* Under server->lock: */
     struct lws *wsi; /* NULL once closed */
-    sync__frame **ring;
-    size_t queued_bytes;
-    char *close_reason; /* NULL: none; set once with close_pending, freed with the connection */
+    server_out *out; /* NULL while no frame waits and no close reason was given */
     server_conn *wake_next;
     server_conn *wake_prev;
 
@@ -301,8 +306,20 @@ struct server_conn {
     server_conn *live_next;
     server_conn *live_prev;
     server_rx *rx; /* NULL unless a message is being reassembled */
-    int64_t tokens_ms;
 };
+
+/* The rate limit's bucket (service thread), right after the connection in its block when the
+ * server has a rate limit (rate_limit_per_sec > 0): a server without one does not pay for it. */
+typedef struct server_rate {
+    float tokens;
+    int64_t tokens_ms;
+} server_rate;
+
+/* The engine's handle of a connection (the same block, sync__conn_of()). */
+static inline sync_conn *server_conn_handle(server_conn *c)
+{
+    return sync__conn_of(c);
+}
 
 /* server.c */
 void server_log(sync_server *server, sync_log_level level, const char *fmt, ...)
