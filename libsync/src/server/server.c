@@ -426,8 +426,9 @@ static int attach_engines(sync_server *server)
     return SYNC_OK;
 }
 
-void server_process_wakes(sync_server *server)
+void server_process_wakes(sync_server *server, bool turn_end)
 {
+    server_broadcast_turn_begin(server, turn_end);
     pthread_mutex_lock(&server->lock);
     server_conn *c = server->wake_head;
     server->wake_head = NULL;
@@ -679,7 +680,7 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason, vo
 
     switch (reason) {
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
-        server_process_wakes(server);
+        server_process_wakes(server, false);
         return 0;
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
         return filter_connection(server, wsi, (int)(intptr_t)in);
@@ -946,6 +947,7 @@ static void serve(sync_server *server)
     server->rx_fd = -1;
     server->rx_bytes = 0;
     server->rx_more_count = 0;
+    server_broadcast_turn_begin(server, true);
     atomic_store(&server->serving, true);
     pthread_mutex_lock(&server->lock);
     pthread_cond_broadcast(&server->cond);
@@ -965,7 +967,7 @@ static void serve(sync_server *server)
         }
         if (atomic_exchange(&server->accept_failed, false))
             server_pause_accept(server);
-        server_process_wakes(server);
+        server_process_wakes(server, true);
     }
 
     detach_engines(server, server->engine_count);

@@ -15,16 +15,25 @@
  * Why a broadcast may stop early: writing to thousands of sockets takes milliseconds, and input
  * that arrives meanwhile would wait behind all of it. Every few writes the broadcast asks an epoll
  * set of every connection's socket (one syscall, whatever the count) whether input is waiting; if
- * so it ends the turn, lws reads and applies the input, and the next turn resumes at the cursor
- * with the newer frame. The connections not yet written skip the intermediate state (lossless:
- * a state supersedes the previous one), changes are applied without waiting for the fan-out, and
- * fewer, fresher frames go out. Fairness: the cursor walks a ring and each turn writes a few
- * frames at least; once a broadcast has given way for broadcast_yield_ms, it makes one whole pass
- * over the ring in slices of at least 1/BROADCAST_SLICES of the connections (and
- * MIN_SLICE_WRITES), so no client waits for the newest state longer than that plus one such pass.
- * The pass reads input between its slices rather than running to its end: with 10,000 clients
- * it takes tens of milliseconds, and input held for all of it would cap the changes it carries
- * at what the clients had in flight when it began.
+ * that input is for the engine being walked, it ends the walk, lws reads and applies the input,
+ * and the next turn resumes at the cursor with the newer frame. The connections not yet written
+ * skip the intermediate state (lossless: a state supersedes the previous one), changes are
+ * applied without waiting for the fan-out, and fewer, fresher frames go out. Fairness: the cursor
+ * walks a ring and each turn writes a few frames at least; once a broadcast has given way for
+ * broadcast_yield_ms, it makes one whole pass over the ring in slices of at least
+ * 1/BROADCAST_SLICES of the connections (and MIN_SLICE_WRITES), so no client waits for the newest
+ * state longer than that plus one such pass. The pass reads input between its slices rather than
+ * running to its end: with 10,000 clients it takes tens of milliseconds, and input held for all
+ * of it would cap the changes it carries at what the clients had in flight when it began.
+ *
+ * Many engines (rooms): input for another engine never supersedes this one's frame, and every
+ * stop costs a turn (a poll() over every descriptor on lws 4.1's poll loop, a wake, a save per
+ * flush), so the budget is the turn's, over every engine flushed in it. A walk over a few clients
+ * runs to its end; a walk gives way to another engine's input only once the turn has written its
+ * share (turn_share: a fraction of the open connections); and between two engines' flushes the
+ * turn gives way to any input once it has written that share, the engines left waiting, in the
+ * order they became due, for the next turn. A turn wakes the loop once at most. With one engine
+ * all of this is what it was: every waiting input is that engine's.
  */
 #include "server_internal.h"
 
@@ -47,6 +56,12 @@ enum { INPUT_CHECK_EVERY = 2, MIN_WRITES_BEFORE_STOP = 4 };
  * SLICED_ABOVE connections runs to its end in one turn: it is short, and a turn's own cost (the
  * state serialised and saved once more) is then as large as a slice of writes. */
 enum { BROADCAST_SLICES = 32, MIN_SLICE_WRITES = 32, SLICED_ABOVE = 128 };
+/* A walk over at most this many connections never stops: stopping would spare a few writes and
+ * make the rest of its clients wait a turn. */
+enum { SHORT_WALK = 16 };
+/* On the poll loop a turn writes at least this fraction of the connections before it gives way to
+ * another engine's input (turn_share). */
+enum { POLL_TURN_SLICES = 4 };
 
 void server_broadcast_init(sync_server *server)
 {
@@ -87,7 +102,9 @@ void server_broadcast_join(server_conn *c)
     eng->live_head = c;
     eng->live_count++;
     if (s->input_epfd >= 0) {
-        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+        /* the engine is only compared with the one being walked, never read through: a stale
+         * event costs nothing */
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = eng};
         epoll_ctl(s->input_epfd, EPOLL_CTL_ADD, lws_get_socket_fd(c->wsi), &ev);
     }
 }
@@ -208,10 +225,55 @@ static bool flush_conn(server_conn *c, sync__frame *frame, bool force, walk_fram
     return true;
 }
 
-static bool input_waiting(sync_server *s)
+void server_turn_wake(sync_server *s)
+{
+    if (s->turn_woken || !s->context)
+        return;
+    s->turn_woken = true;
+    lws_cancel_service(s->context);
+}
+
+void server_broadcast_turn_begin(sync_server *s, bool turn_end)
+{
+    s->turn_writes = 0;
+    s->turn_unchecked = 0;
+    if (turn_end) {
+        s->turn_yielded = false;
+        s->turn_woken = false;
+        s->turn_room_owed = true;
+    }
+}
+
+/* What a turn writes before it gives way to input for another engine: enough to spread the turn's
+ * own cost. On lws 4.1's poll loop that is a poll() over every descriptor, as long as hundreds of
+ * writes with 10,000 connections: a quarter of the connections. On epoll a turn costs what is
+ * ready: a slice, as in the sliced pass. */
+static size_t turn_share(const sync_server *s)
+{
+    size_t open = (size_t)(s->ws_open > 0 ? s->ws_open : 0);
+    size_t share = open / (s->evl ? BROADCAST_SLICES : POLL_TURN_SLICES);
+    return share > MIN_SLICE_WRITES ? share : MIN_SLICE_WRITES;
+}
+
+/* Whether input is waiting on a live connection: 0 none, 1 for `eng`, 2 for another engine only
+ * as far as this look tells (epoll reports one of the ready sockets, a different one each time). */
+static int input_waiting(sync_server *s, const server_engine *eng)
 {
     struct epoll_event ev;
-    return s->input_epfd >= 0 && epoll_wait(s->input_epfd, &ev, 1, 0) > 0;
+    if (s->input_epfd < 0 || epoll_wait(s->input_epfd, &ev, 1, 0) <= 0)
+        return 0;
+    return ev.data.ptr == eng ? 1 : 2;
+}
+
+bool server_broadcast_turn_open(sync_server *s)
+{
+    if (s->turn_yielded)
+        return false;
+    if (s->broadcast_yield_ms < 0 || s->turn_writes < turn_share(s) || !input_waiting(s, NULL))
+        return true;
+    s->turn_yielded = true;
+    server_turn_wake(s);
+    return false;
 }
 
 /* One turn's share of the walk, from the cursor: writes `frame` to each live connection that is
@@ -232,7 +294,7 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
         eng->walk_visited = 0;
         sliced = yield_us <= 0;
     }
-    bool may_stop = !force && s->broadcast_yield_ms >= 0;
+    bool may_stop = !force && s->broadcast_yield_ms >= 0 && eng->live_count > SHORT_WALK;
     size_t min_writes = MIN_WRITES_BEFORE_STOP;
     if (sliced && eng->live_count <= SLICED_ABOVE)
         min_writes = eng->live_count; /* never reached: one turn to the end */
@@ -240,21 +302,29 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
         min_writes = eng->live_count / BROADCAST_SLICES > MIN_SLICE_WRITES
                          ? eng->live_count / BROADCAST_SLICES
                          : MIN_SLICE_WRITES;
-    size_t written = 0, unchecked = 0;
+    size_t written = 0;
     walk_frames w = {.count = 0};
     server_conn *c = eng->cursor ? eng->cursor : eng->live_head;
     for (size_t left = eng->live_count; left && c; left--) {
         server_conn *next = c->live_next ? c->live_next : eng->live_head;
         if (flush_conn(c, frame, force, &w)) {
             written++;
-            unchecked++;
+            s->turn_writes++;
+            s->turn_unchecked++;
         }
         if (sliced)
             eng->walk_visited++;
         c = next;
-        if (may_stop && left > 1 && written >= min_writes && unchecked >= INPUT_CHECK_EVERY) {
-            unchecked = 0;
-            if (input_waiting(s)) {
+        if (may_stop && left > 1 && written >= min_writes &&
+            s->turn_unchecked >= INPUT_CHECK_EVERY) {
+            s->turn_unchecked = 0;
+            int input = input_waiting(s, eng);
+            /* another engine's input waits only once the turn has written its share; the turn
+             * then gives way to it altogether */
+            bool share_written = s->turn_writes >= turn_share(s);
+            if (input == 1 || (input == 2 && share_written)) {
+                if (input == 2)
+                    s->turn_yielded = true;
                 s->broadcasts_cut_short++;
                 eng->cursor = c;
                 walk_frames_release(&w);
@@ -269,6 +339,7 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
 
 void server_broadcast_flush_engine(server_engine *eng)
 {
+    sync_server *s = eng->server;
     for (int round = 0; round < FLUSH_ROUNDS; round++) {
         bool moved = atomic_exchange(&eng->state_moved, false);
         if (!moved && !eng->flush_pending)
@@ -295,16 +366,21 @@ void server_broadcast_flush_engine(server_engine *eng)
         if (!complete) {
             /* lws reads the input next turn; the wake makes sure that turn does not sleep even
              * if lws is not polling that socket for input (a closing connection) */
-            lws_cancel_service(eng->server->context);
+            server_turn_wake(s);
             return;
         }
     }
     if (atomic_load(&eng->state_moved))
-        lws_cancel_service(eng->server->context);
+        server_turn_wake(s);
 }
 
 void server_broadcast_flush(sync_server *server)
 {
-    for (size_t i = 0; i < server->engine_count; i++)
-        server_broadcast_flush_engine(server->engines[i]);
+    for (size_t i = 0; i < server->engine_count; i++) {
+        server_engine *eng = server->engines[i];
+        bool due = eng->flush_pending || atomic_load(&eng->state_moved);
+        /* a turn that gave way leaves the engine moved (or its walk pending) for the next */
+        if (due && server_broadcast_turn_open(server))
+            server_broadcast_flush_engine(eng);
+    }
 }

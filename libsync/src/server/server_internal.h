@@ -133,7 +133,10 @@ struct sync_server {
     size_t rooms_loaded;    /* rooms with an engine that are not unloading, every mount */
     server_room *idle_head; /* idle rooms, least recently used first */
     server_room *idle_tail;
-    server_room *rooms_due; /* rooms with work for the service thread (or the next caller) */
+    /* Rooms with work for the service thread (or the next caller), in the order they became due:
+     * a room whose flush waits for the next turn keeps its place ahead of rooms due later. */
+    server_room *rooms_due;
+    server_room *rooms_due_tail;
     lws_sorted_usec_list_t rooms_idle_timer;
     bool rooms_idle_armed;
     int64_t rooms_idle_at;
@@ -199,6 +202,13 @@ struct sync_server {
     /* Readiness of every WebSocket's input, polled by a long broadcast (server_broadcast.c); -1
      * when it could not be created (broadcasts then never stop early). */
     int input_epfd;
+    /* Service thread: the broadcast's share of the current loop turn, over every engine flushed
+     * in it (server_broadcast.c). */
+    size_t turn_writes;    /* frames written in this pass */
+    size_t turn_unchecked; /* written since the last look for input */
+    bool turn_yielded;     /* the turn gave way to input: the flushes left wait for the next */
+    bool turn_woken;       /* lws_cancel_service() called since the end of the last turn */
+    bool turn_room_owed;   /* no room flushed yet this turn: one is, however busy the turn */
 
     /* service-thread counters (read by /metrics on the same thread) */
     int ws_open;
@@ -329,8 +339,8 @@ bool server_on_service_thread(const sync_server *server);
 void server_wake(sync_server *server);
 const server_mount *server_find_mount(const sync_server *server, const char *path);
 /* Processes the wake list and moved deadlines (service thread, on LWS_CALLBACK_EVENT_WAIT_CANCELLED
- * and after every loop turn). */
-void server_process_wakes(sync_server *server);
+ * and, turn_end, after every loop turn). */
+void server_process_wakes(sync_server *server, bool turn_end);
 
 /* server.c: at the descriptor limit (or after accept failed for want of one), stops polling the
  * listen socket for SERVER_ACCEPT_PAUSE_MS (service thread). */
@@ -361,6 +371,16 @@ void server_broadcast_release(sync_server *server);
 /* Service thread, after each loop turn: writes each moved engine's frame to its live connections.
  */
 void server_broadcast_flush(sync_server *server);
+/* Service thread: a pass of flushes begins; turn_end: the one after lws read what was ready,
+ * which starts a new turn (inside lws's service, a turn that gave way to input flushes no more:
+ * lws reads that input first). */
+void server_broadcast_turn_begin(sync_server *server, bool turn_end);
+/* Service thread, before an engine's flush: whether this turn still flushes. False once the turn
+ * has written its share and input is waiting: the engine waits for the next turn (which this
+ * call makes sure comes without sleeping). */
+bool server_broadcast_turn_open(sync_server *server);
+/* Service thread: the next loop turn must not sleep (lws_cancel_service(), once per turn). */
+void server_turn_wake(sync_server *server);
 /* Service thread: a connection starts (after its initial state) or stops receiving broadcasts. */
 void server_broadcast_join(server_conn *c);
 void server_broadcast_leave(server_conn *c);

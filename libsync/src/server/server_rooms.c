@@ -245,8 +245,13 @@ static bool due_locked(sync_server *s, server_room *r, unsigned flags)
 {
     bool wake = !s->rooms_due;
     if (!r->due_flags) {
-        r->due_next = s->rooms_due;
-        s->rooms_due = r;
+        /* at the tail: a room left for the next turn stays ahead of rooms due after it */
+        r->due_next = NULL;
+        if (s->rooms_due_tail)
+            s->rooms_due_tail->due_next = r;
+        else
+            s->rooms_due = r;
+        s->rooms_due_tail = r;
     } else {
         wake = false;
     }
@@ -768,7 +773,7 @@ static void room_process_due_only(sync_server *s, bool unloaded_only)
     bool service = server_on_service_thread(s) && !unloaded_only;
     pthread_mutex_lock(&s->rooms_lock);
     server_room *list = s->rooms_due;
-    s->rooms_due = NULL;
+    s->rooms_due = s->rooms_due_tail = NULL;
     pthread_mutex_unlock(&s->rooms_lock);
     while (list) {
         pthread_mutex_lock(&s->rooms_lock);
@@ -806,7 +811,14 @@ static void room_process_due_only(sync_server *s, bool unloaded_only)
             (arm || ((flags & DUE_TIMER) && atomic_exchange(&r->eng.deadline_moved, false))))
             room_timer_arm(r);
         if (service && (flags & DUE_FLUSH) && has_engine && state == ROOM_READY) {
-            server_broadcast_flush_engine(&r->eng);
+            /* A turn that gave way to input leaves the room due for the next one, in its place;
+             * one room is flushed every turn however busy, so that the fixed mounts (flushed
+             * first) never hold the rooms back. */
+            bool open = server_broadcast_turn_open(s);
+            if (open || s->turn_room_owed) {
+                s->turn_room_owed = false;
+                server_broadcast_flush_engine(&r->eng);
+            }
             if (r->eng.flush_pending || atomic_load(&r->eng.state_moved))
                 due(s, r, DUE_FLUSH);
         }
@@ -868,8 +880,8 @@ static void room_process_due_only(sync_server *s, bool unloaded_only)
         pthread_mutex_lock(&s->rooms_lock);
         bool more = s->rooms_due != NULL;
         pthread_mutex_unlock(&s->rooms_lock);
-        if (more && s->context)
-            lws_cancel_service(s->context); /* the next turn must not sleep on it */
+        if (more)
+            server_turn_wake(s); /* the next turn must not sleep on it */
     }
 }
 
@@ -1508,7 +1520,7 @@ void server_rooms_release(sync_server *s)
             free(d);
         }
     }
-    s->rooms_due = NULL;
+    s->rooms_due = s->rooms_due_tail = NULL;
     /* every loaded room is saved, then freed; nothing serves any more */
     for (size_t m = 0; m < s->room_mount_count; m++) {
         sync_rooms *rooms = s->room_mounts[m];
@@ -1545,7 +1557,8 @@ void server_rooms_release(sync_server *s)
         free(rooms->prefix);
         free(rooms);
     }
-    s->rooms_due = NULL; /* the saves above may have queued rooms freed since */
+    /* the saves above may have queued rooms freed since */
+    s->rooms_due = s->rooms_due_tail = NULL;
     free(s->room_timers);
     s->room_timers = NULL;
     s->room_timer_count = s->room_timer_cap = 0;
