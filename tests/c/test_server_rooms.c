@@ -1447,7 +1447,7 @@ static void other_rooms_input_does_not_cut_a_broadcast(void)
     REQUIRE(fl.c);
     pthread_t flooder;
     REQUIRE(pthread_create(&flooder, NULL, flood_room, &fl) == 0);
-    sleep_ms(50); /* a backlog builds up */
+    check_sleep_ms(50); /* a backlog builds up */
     int missed = 0;
     for (int k = 1; k <= CALM_ROUNDS; k++)
         for (int r = 0; r < ROOMS; r++) {
