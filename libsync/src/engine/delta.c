@@ -99,6 +99,13 @@ static void drop_history(sync__delta *d)
     d->forward_version = -1;
 }
 
+void sync__delta_drop_frames(sync__delta *d)
+{
+    drop_frames(d);
+    free(d->frames);
+    d->frames = NULL;
+}
+
 void sync__delta_release(sync__delta *d)
 {
     drop_frames(d);

@@ -69,6 +69,8 @@ struct sync_engine;
 
 void sync__delta_init(sync__delta *d, int versions, size_t bytes);
 void sync__delta_release(sync__delta *d);
+/* The patch frames and the v2 initial_state go (built again when asked for). */
+void sync__delta_drop_frames(sync__delta *d);
 /* A fresh random epoch into `out` (SYNC__EPOCH_MAX + 1 bytes). */
 void sync__delta_new_epoch(char *out);
 /* After the store loaded (or failed to): the epoch its record kept becomes the engine's; without

@@ -18,6 +18,7 @@
  * the registry and go to realloc()/free().
  */
 #include "server_internal.h"
+#include "slab.h"
 
 #include <pthread.h>
 #include <stdint.h>
@@ -405,6 +406,16 @@ void *server_conn_realloc(void *ptr, size_t size)
     memcpy(moved, ptr, old);
     server_conn_free(ptr);
     return moved;
+}
+
+void *sync__slab_malloc(size_t size)
+{
+    return server_conn_malloc(size);
+}
+
+void sync__slab_free(void *ptr)
+{
+    server_conn_free(ptr);
 }
 
 size_t server_alloc_slab_bytes(void)
