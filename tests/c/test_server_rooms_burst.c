@@ -379,7 +379,7 @@ static void a_loaded_idle_room_keeps_two_kib_beyond_its_state(void)
     fprintf(stderr, "  %d idle rooms: RSS +%ld B per room (live heap %ld B, the state's %ld B)\n",
             IDLE, per_room, heap, state);
     if (!SANITIZED)
-        CHECK(per_room <= 2048 + state); /* about 1,820 B; 2,690 B before the idle rooms shrank */
+        CHECK(per_room <= 2048 + state); /* about 1,690 B; 2,665 B before the idle rooms shrank */
     sync_server_free(server);
     static const char *const files[] = {"", "-wal", "-shm", "-journal"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
