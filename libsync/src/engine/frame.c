@@ -10,9 +10,8 @@
 
 /* Frames come from the slabs: an idle room drops the frames it cached while it had clients
  * (sync__engine_drop_caches), and on the heap they would leave holes between the rooms' blocks. */
-static sync__frame *frame_alloc(sync__frame_kind kind, size_t len)
+static sync__frame *frame_init(sync__frame *frame, sync__frame_kind kind, size_t len)
 {
-    sync__frame *frame = sync__slab_malloc(sizeof *frame + SYNC__FRAME_HEADROOM + len + 1);
     if (!frame)
         return NULL;
     atomic_init(&frame->refs, 1);
@@ -22,6 +21,12 @@ static sync__frame *frame_alloc(sync__frame_kind kind, size_t len)
     frame->len = len;
     sync__frame_text(frame)[len] = '\0';
     return frame;
+}
+
+static sync__frame *frame_alloc(sync__frame_kind kind, size_t len)
+{
+    return frame_init(sync__slab_malloc(sizeof(sync__frame) + SYNC__FRAME_HEADROOM + len + 1), kind,
+                      len);
 }
 
 sync__frame *sync__frame_new_text(sync__frame_kind kind, const char *text, size_t len)
@@ -96,7 +101,13 @@ sync__frame *sync__frame_ping(void)
     pthread_mutex_lock(&ping_lock);
     frame = atomic_load_explicit(&ping_frame, memory_order_relaxed);
     if (!frame) {
-        frame = sync__frame_new_text(SYNC__FRAME_PING, ping_text, sizeof ping_text - 1);
+        /* on the heap: a block that lives as long as the process would keep its slab chunk,
+         * and the pages other frames freed there, resident */
+        size_t len = sizeof ping_text - 1;
+        frame = frame_init(malloc(sizeof *frame + SYNC__FRAME_HEADROOM + len + 1), SYNC__FRAME_PING,
+                           len);
+        if (frame)
+            memcpy(sync__frame_text(frame), ping_text, len);
         atomic_store_explicit(&ping_frame, frame, memory_order_release);
     }
     pthread_mutex_unlock(&ping_lock);

@@ -894,12 +894,17 @@ static bool room_let_go_locked(sync_server *s, server_room *r)
  * Once a wave has unloaded (no more due) and enough engines went, the free pages are returned. */
 static void rooms_trim(sync_server *s)
 {
-    if (s->rooms_freed_since_trim < ROOMS_TRIM_AFTER)
+    if (!s->rooms_freed_since_trim)
         return;
-    s->rooms_freed_since_trim = 0;
     pthread_mutex_lock(&s->rooms_lock);
     bool all_gone = s->room_timer_count == 0;
+    /* the wave is over (no idle room left to unload): its tail, however short, is given back
+     * too, or up to ROOMS_TRIM_AFTER rooms' blocks stay resident between the survivors' */
+    bool wave_over = !s->idle_head;
     pthread_mutex_unlock(&s->rooms_lock);
+    if (s->rooms_freed_since_trim < ROOMS_TRIM_AFTER && !wave_over)
+        return;
+    s->rooms_freed_since_trim = 0;
     if (all_gone)
         timer_heap_shrink(s);
 #if defined(__GLIBC__)
