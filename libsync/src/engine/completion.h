@@ -15,7 +15,9 @@
 typedef struct sync__adapter_epoch {
     /* The epoch the last load read; NULL or "" when the record had none (old or never saved). */
     const char *(*loaded)(void *userdata);
-    /* The epoch every later save writes with its record (copied). */
+    /* The epoch every later save writes with its record: the engine's own buffer, which lives as
+     * long as the engine and so as its adapter, and changes only through another call of set()
+     * (a store may keep the pointer instead of a copy). */
     void (*set)(void *userdata, const char *epoch);
 } sync__adapter_epoch;
 

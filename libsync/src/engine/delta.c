@@ -18,8 +18,15 @@ void sync__delta_init(sync__delta *d, int versions, size_t bytes)
     d->off = versions < 0;
     d->max_versions = versions > 0 ? (size_t)versions : SYNC__HISTORY_VERSIONS;
     d->max_bytes = bytes ? bytes : SYNC__HISTORY_BYTES;
-    d->forward_version = -1;
     sync__delta_new_epoch(d->epoch);
+}
+
+/* The v2 part, made on first use; NULL when out of memory. */
+static sync__delta_v2 *v2_of(sync__delta *d)
+{
+    if (!d->v2 && (d->v2 = calloc(1, sizeof *d->v2)))
+        d->v2->forward_version = -1;
+    return d->v2;
 }
 
 void sync__delta_new_epoch(char *out)
@@ -73,41 +80,56 @@ void sync__delta_adopt_epoch(sync_engine *engine)
 
 static void drop_frames(sync__delta *d)
 {
-    for (size_t i = 0; i < d->frame_count; i++)
-        sync__frame_unref(d->frames[i].frame);
-    d->frame_count = 0;
-    d->frame_next = 0;
-    sync__frame_unref(d->initial);
-    d->initial = NULL;
+    if (!d->v2)
+        return;
+    for (size_t i = 0; i < d->v2->frame_count; i++)
+        sync__frame_unref(d->v2->frames[i].frame);
+    d->v2->frame_count = 0;
+    d->v2->frame_next = 0;
+    sync__frame_unref(d->v2->initial);
+    d->v2->initial = NULL;
 }
 
 static void drop_ring(sync__delta *d)
 {
-    for (size_t i = 0; i < d->count; i++)
-        free(d->ring[(d->ring_head + i) % d->ring_cap].ops);
-    d->count = 0;
-    d->ring_head = 0;
-    d->bytes = 0;
+    if (!d->v2)
+        return;
+    for (size_t i = 0; i < d->v2->count; i++)
+        free(d->v2->ring[(d->v2->ring_head + i) % d->v2->ring_cap].ops);
+    d->v2->count = 0;
+    d->v2->ring_head = 0;
+    d->v2->bytes = 0;
 }
 
 static void drop_history(sync__delta *d)
 {
+    if (!d->v2)
+        return;
     drop_ring(d);
-    free(d->forward);
-    d->forward = NULL;
-    d->forward_len = 0;
-    d->forward_version = -1;
+    free(d->v2->forward);
+    d->v2->forward = NULL;
+    d->v2->forward_len = 0;
+    d->v2->forward_version = -1;
+}
+
+void sync__delta_drop_frames(sync__delta *d)
+{
+    if (!d->v2)
+        return;
+    drop_frames(d);
+    free(d->v2->frames);
+    d->v2->frames = NULL;
 }
 
 void sync__delta_release(sync__delta *d)
 {
-    drop_frames(d);
-    free(d->frames);
-    d->frames = NULL;
+    if (!d->v2)
+        return;
+    sync__delta_drop_frames(d);
     drop_history(d);
-    free(d->ring);
-    d->ring = NULL;
-    d->ring_cap = 0;
+    free(d->v2->ring);
+    free(d->v2);
+    d->v2 = NULL;
 }
 
 void sync__delta_reset(sync_engine *engine)
@@ -118,18 +140,18 @@ void sync__delta_reset(sync_engine *engine)
 
 static void pop_oldest(sync__delta *d)
 {
-    sync__delta_rev *r = &d->ring[d->ring_head];
-    d->bytes -= r->len;
+    sync__delta_rev *r = &d->v2->ring[d->v2->ring_head];
+    d->v2->bytes -= r->len;
     free(r->ops);
     r->ops = NULL;
-    d->ring_head = (d->ring_head + 1) % d->ring_cap;
-    d->count--;
+    d->v2->ring_head = (d->v2->ring_head + 1) % d->v2->ring_cap;
+    d->v2->count--;
 }
 
 void sync__delta_commit(sync_engine *engine, const cJSON *old, const cJSON *new_state)
 {
     sync__delta *d = &engine->delta;
-    if (d->off || !d->used || !engine->versioning)
+    if (d->off || !d->used || !d->v2 || !engine->versioning)
         return;
     int64_t version = atomic_load(&engine->version);
     sync__json_patch p = {0};
@@ -138,20 +160,20 @@ void sync__delta_commit(sync_engine *engine, const cJSON *old, const cJSON *new_
         drop_history(d);
         return;
     }
-    free(d->forward);
-    d->forward = p.text;
-    d->forward_len = p.len;
-    d->forward_version = version;
+    free(d->v2->forward);
+    d->v2->forward = p.text;
+    d->v2->forward_len = p.len;
+    d->v2->forward_version = version;
     if (p.reverse_len > d->max_bytes) {
         free(p.reverse);
         drop_ring(d);
         return;
     }
-    if (d->count == d->ring_cap) {
-        if (d->count == d->max_versions) {
+    if (d->v2->count == d->v2->ring_cap) {
+        if (d->v2->count == d->max_versions) {
             pop_oldest(d);
         } else {
-            size_t cap = d->ring_cap ? d->ring_cap * 2 : 8;
+            size_t cap = d->v2->ring_cap ? d->v2->ring_cap * 2 : 8;
             if (cap > d->max_versions)
                 cap = d->max_versions;
             sync__delta_rev *ring = malloc(cap * sizeof *ring);
@@ -160,33 +182,34 @@ void sync__delta_commit(sync_engine *engine, const cJSON *old, const cJSON *new_
                 drop_ring(d); /* the forward ops are kept; the history restarts here */
                 return;
             }
-            for (size_t i = 0; i < d->count; i++)
-                ring[i] = d->ring[(d->ring_head + i) % d->ring_cap];
-            free(d->ring);
-            d->ring = ring;
-            d->ring_cap = cap;
-            d->ring_head = 0;
+            for (size_t i = 0; i < d->v2->count; i++)
+                ring[i] = d->v2->ring[(d->v2->ring_head + i) % d->v2->ring_cap];
+            free(d->v2->ring);
+            d->v2->ring = ring;
+            d->v2->ring_cap = cap;
+            d->v2->ring_head = 0;
         }
     }
-    while (d->count && d->bytes + p.reverse_len > d->max_bytes)
+    while (d->v2->count && d->v2->bytes + p.reverse_len > d->max_bytes)
         pop_oldest(d);
-    sync__delta_rev *r = &d->ring[(d->ring_head + d->count) % d->ring_cap];
+    sync__delta_rev *r = &d->v2->ring[(d->v2->ring_head + d->v2->count) % d->v2->ring_cap];
     r->version = version;
     r->ops = p.reverse;
     r->len = p.reverse_len;
-    d->count++;
-    d->bytes += p.reverse_len;
+    d->v2->count++;
+    d->v2->bytes += p.reverse_len;
 }
 
 /* The oldest version a patch can start from (the head's when there is no history). */
 static int64_t oldest_base(const sync__delta *d, int64_t head)
 {
-    if (!d->count)
-        return d->forward_version == head ? head - 1 : head;
-    const sync__delta_rev *oldest = &d->ring[d->ring_head];
-    const sync__delta_rev *newest = &d->ring[(d->ring_head + d->count - 1) % d->ring_cap];
+    if (!d->v2->count)
+        return d->v2->forward_version == head ? head - 1 : head;
+    const sync__delta_rev *oldest = &d->v2->ring[d->v2->ring_head];
+    const sync__delta_rev *newest =
+        &d->v2->ring[(d->v2->ring_head + d->v2->count - 1) % d->v2->ring_cap];
     if (newest->version != head)
-        return d->forward_version == head ? head - 1 : head;
+        return d->v2->forward_version == head ? head - 1 : head;
     return oldest->version - 1;
 }
 
@@ -205,7 +228,8 @@ static int compose(sync_engine *engine, int64_t base, int64_t head, size_t max_l
     }
     /* newest first */
     for (size_t i = 0; i < n; i++) {
-        const sync__delta_rev *r = &d->ring[(d->ring_head + d->count - 1 - i) % d->ring_cap];
+        const sync__delta_rev *r =
+            &d->v2->ring[(d->v2->ring_head + d->v2->count - 1 - i) % d->v2->ring_cap];
         texts[i] = r->ops;
         lens[i] = r->len;
     }
@@ -237,9 +261,9 @@ static sync__frame *patch_frame(sync_engine *engine, int64_t base)
     if (base == head) {
         ops = "[]";
         ops_len = 2;
-    } else if (base == head - 1 && d->forward_version == head) {
-        ops = d->forward;
-        ops_len = d->forward_len;
+    } else if (base == head - 1 && d->v2->forward_version == head) {
+        ops = d->v2->forward;
+        ops_len = d->v2->forward_len;
     } else {
         int rc = compose(engine, base, head, state->len, &owned, &ops_len);
         if (rc == SYNC_ETOOBIG)
@@ -274,15 +298,17 @@ sync__frame *sync__delta_frame(sync_engine *engine, int64_t base)
     sync__delta *d = &engine->delta;
     if (!engine->versioning || d->off || base < 0)
         return sync__engine_state_frame(engine, SYNC__FRAME_STATE_UPDATE);
+    if (!v2_of(d))
+        return NULL; /* out of memory, as for the frame itself */
     uint64_t seq = engine->feed.head.seq;
-    if (d->frames_seq != seq) {
+    if (d->v2->frames_seq != seq) {
         drop_frames(d);
-        d->frames_seq = seq;
+        d->v2->frames_seq = seq;
     }
-    for (size_t i = 0; i < d->frame_count; i++)
-        if (d->frames[i].base == base)
-            return d->frames[i].frame;
-    if (!d->frames && !(d->frames = malloc(SYNC__DELTA_FRAMES * sizeof *d->frames)))
+    for (size_t i = 0; i < d->v2->frame_count; i++)
+        if (d->v2->frames[i].base == base)
+            return d->v2->frames[i].frame;
+    if (!d->v2->frames && !(d->v2->frames = malloc(SYNC__DELTA_FRAMES * sizeof *d->v2->frames)))
         return NULL; /* out of memory: the caller's failure path, as for the frame itself */
     sync__frame *frame = patch_frame(engine, base);
     if (!frame)
@@ -290,15 +316,15 @@ sync__frame *sync__delta_frame(sync_engine *engine, int64_t base)
     if (frame->kind == SYNC__FRAME_STATE_UPDATE)
         sync__frame_ref(frame); /* the cache holds its own reference either way */
     size_t slot;
-    if (d->frame_count < SYNC__DELTA_FRAMES) {
-        slot = d->frame_count++;
+    if (d->v2->frame_count < SYNC__DELTA_FRAMES) {
+        slot = d->v2->frame_count++;
     } else {
-        slot = d->frame_next;
-        d->frame_next = (d->frame_next + 1) % SYNC__DELTA_FRAMES;
-        sync__frame_unref(d->frames[slot].frame);
+        slot = d->v2->frame_next;
+        d->v2->frame_next = (d->v2->frame_next + 1) % SYNC__DELTA_FRAMES;
+        sync__frame_unref(d->v2->frames[slot].frame);
     }
-    d->frames[slot].base = base;
-    d->frames[slot].frame = frame;
+    d->v2->frames[slot].base = base;
+    d->v2->frames[slot].frame = frame;
     return frame;
 }
 
@@ -306,12 +332,12 @@ static sync__frame *initial_frame(sync_engine *engine)
 {
     sync__delta *d = &engine->delta;
     uint64_t seq = engine->feed.head.seq;
-    if (d->frames_seq != seq) {
+    if (d->v2->frames_seq != seq) {
         drop_frames(d);
-        d->frames_seq = seq;
+        d->v2->frames_seq = seq;
     }
-    if (d->initial)
-        return d->initial;
+    if (d->v2->initial)
+        return d->v2->initial;
     size_t len = 0;
     const char *text = sync__engine_state_text(engine, &len);
     if (!text)
@@ -321,18 +347,22 @@ static sync__frame *initial_frame(sync_engine *engine)
     char tail[SYNC__EPOCH_MAX + 64];
     int tail_len = snprintf(tail, sizeof tail, ",\"version\":%" PRId64 ",\"epoch\":\"%s\"}",
                             version, d->epoch);
-    d->initial = sync__frame_new_parts(SYNC__FRAME_INITIAL_STATE, head, sizeof head - 1, text, len,
-                                       tail, (size_t)tail_len, version, seq);
-    return d->initial;
+    d->v2->initial = sync__frame_new_parts(SYNC__FRAME_INITIAL_STATE, head, sizeof head - 1, text,
+                                           len, tail, (size_t)tail_len, version, seq);
+    return d->v2->initial;
 }
 
 sync__frame *sync__delta_join_frame(sync_engine *engine, int64_t since, const char *epoch,
                                     int *resumed)
 {
     *resumed = 0;
-    engine->delta.used = 1;
-    if (!engine->versioning)
+    if (!engine->versioning) {
+        engine->delta.used = 1;
         return sync__engine_state_frame(engine, SYNC__FRAME_INITIAL_STATE);
+    }
+    if (!v2_of(&engine->delta))
+        return NULL; /* out of memory: the join's failure path */
+    engine->delta.used = 1;
     if (since >= 0 && epoch && strcmp(epoch, engine->delta.epoch) == 0 && !engine->delta.off) {
         sync__frame *frame = sync__delta_frame(engine, since);
         if (!frame)

@@ -37,12 +37,9 @@ typedef struct sync__delta_rev {
     size_t len;
 } sync__delta_rev;
 
-typedef struct sync__delta {
-    int off;             /* resume_history_versions < 0: no diffs, v2 clients get states */
-    int used;            /* a v2 connection joined once: from then on every commit is diffed
-                            (before, an engine that only v1 clients ever saw pays nothing) */
-    size_t max_versions; /* bounds of the history */
-    size_t max_bytes;
+/* The history and the frames of the v2 wire: made when the first v2 client joins (an engine that
+ * only v1 clients ever saw, most idle rooms, keeps none). */
+typedef struct sync__delta_v2 {
     sync__delta_rev *ring; /* the reverse ops of the newest versions, oldest first */
     size_t ring_cap;
     size_t ring_head;
@@ -51,8 +48,8 @@ typedef struct sync__delta {
     char *forward; /* ops from forward_version - 1 to forward_version */
     size_t forward_len;
     int64_t forward_version; /* -1: none */
-    /* SYNC__DELTA_FRAMES slots, allocated when the first patch frame is asked for (an engine
-     * never serving a v2 client, most idle rooms, keeps none) */
+    /* SYNC__DELTA_FRAMES slots, allocated when the first patch frame is asked for, freed with
+     * the frames when the engine's last connection leaves */
     struct sync__delta_slot {
         int64_t base;
         sync__frame *frame; /* a patch frame, or the head's state_update when that is smaller */
@@ -61,6 +58,16 @@ typedef struct sync__delta {
     size_t frame_next; /* replaced next when full */
     uint64_t frames_seq;
     sync__frame *initial; /* the v2 initial_state of frames_seq */
+} sync__delta_v2;
+
+typedef struct sync__delta {
+    int off;             /* resume_history_versions < 0: no diffs, v2 clients get states */
+    int used;            /* a v2 connection joined once (v2 is allocated): from then on every
+                            commit is diffed (before, an engine that only v1 clients ever saw
+                            pays nothing) */
+    size_t max_versions; /* bounds of the history */
+    size_t max_bytes;
+    sync__delta_v2 *v2;
     char epoch[SYNC__EPOCH_MAX + 1];
     uint64_t patches_built;
 } sync__delta;
@@ -69,6 +76,8 @@ struct sync_engine;
 
 void sync__delta_init(sync__delta *d, int versions, size_t bytes);
 void sync__delta_release(sync__delta *d);
+/* The patch frames and the v2 initial_state go (built again when asked for). */
+void sync__delta_drop_frames(sync__delta *d);
 /* A fresh random epoch into `out` (SYNC__EPOCH_MAX + 1 bytes). */
 void sync__delta_new_epoch(char *out);
 /* After the store loaded (or failed to): the epoch its record kept becomes the engine's; without

@@ -16,9 +16,27 @@
 #define DEFAULT_MAX_MESSAGE_BYTES ((size_t)1 << 20)
 #define DEFAULT_MAX_JSON_DEPTH 64
 
-static const char ping_text[] = "{\"type\":\"ping\"}";
-
 /* ---- locking and lifetime ------------------------------------------------------------------- */
+
+sync__engine_waits *sync__engine_waits_get(sync_engine *engine)
+{
+    if (engine->waits)
+        return engine->waits;
+    sync__engine_waits *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    pthread_condattr_t cattr;
+    pthread_condattr_init(&cattr);
+    pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
+    int err = pthread_cond_init(&w->cond, &cattr);
+    pthread_condattr_destroy(&cattr);
+    if (err) {
+        free(w);
+        return NULL;
+    }
+    engine->waits = w;
+    return w;
+}
 
 void sync__engine_lock(sync_engine *engine)
 {
@@ -35,10 +53,11 @@ static void engine_destroy(sync_engine *engine)
     sync__feed_release(&engine->feed);
     free(engine->feed.readers);
     sync__delta_release(&engine->delta);
-    sync__frame_unref(engine->ping_frame);
     free(engine->middleware);
-    pthread_cond_destroy(&engine->timer_cond);
-    pthread_cond_destroy(&engine->forward_cond);
+    if (engine->waits) {
+        pthread_cond_destroy(&engine->waits->cond);
+        free(engine->waits);
+    }
     pthread_mutex_destroy(&engine->lock);
     /* last: every log line of the engine is behind */
     if (engine->log_free_userdata)
@@ -211,11 +230,9 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
     } else if (!(state = cJSON_CreateObject())) {
         return new_fail(opts, SYNC_ENOMEM, "out of memory");
     }
-    sync_engine *engine = calloc(1, sizeof *engine);
-    sync__frame *ping = sync__frame_new_text(SYNC__FRAME_PING, ping_text, sizeof ping_text - 1);
-    if (!engine || !ping) {
-        free(engine);
-        sync__frame_unref(ping);
+    /* the process's one ping frame, made once: the heartbeat never fails for want of it */
+    sync_engine *engine = sync__frame_ping() ? calloc(1, sizeof *engine) : NULL;
+    if (!engine) {
         cJSON_Delete(state);
         return new_fail(opts, SYNC_ENOMEM, "out of memory");
     }
@@ -226,12 +243,6 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
     pthread_mutex_init(&engine->lock, &attr);
     pthread_mutexattr_destroy(&attr);
-    pthread_condattr_t cattr;
-    pthread_condattr_init(&cattr);
-    pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
-    pthread_cond_init(&engine->timer_cond, &cattr);
-    pthread_condattr_destroy(&cattr);
-    pthread_cond_init(&engine->forward_cond, NULL);
 
     engine->versioning = opts->enable_versioning ? 1 : 0;
     engine->persist_mode = opts->persist_mode;
@@ -260,7 +271,6 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
     engine->state = state;
     engine->feed.head.seq = 1;
     atomic_init(&engine->version, engine->versioning ? 0 : -1);
-    engine->ping_frame = ping;
     engine->stats.version = SYNC_ENGINE_STATS_VERSION;
 
     int64_t now = sync_now_ms();
@@ -360,7 +370,6 @@ void sync_engine_free(sync_engine *engine)
     while (handlers) {
         handler_entry *next = handlers->next;
         free_step(&handlers->step);
-        free(handlers->type);
         free(handlers);
         handlers = next;
     }
@@ -415,17 +424,15 @@ int sync_engine_on(sync_engine *engine, const char *type, sync_step_cb handler, 
             return SYNC_OK;
         }
     }
-    handler_entry *entry = calloc(1, sizeof *entry);
-    char *copy = strdup(type);
-    if (!entry || !copy) {
-        free(entry);
-        free(copy);
+    size_t type_len = strlen(type);
+    handler_entry *entry = malloc(sizeof *entry + type_len + 1);
+    if (!entry) {
         sync__engine_unlock(engine);
         if (free_userdata)
             free_userdata(userdata);
         return sync__fail(SYNC_ENOMEM, "out of memory registering handler \"%s\"", type);
     }
-    entry->type = copy;
+    memcpy(entry->type, type, type_len + 1);
     entry->step = step;
     entry->next = engine->handlers;
     engine->handlers = entry;
@@ -448,7 +455,6 @@ int sync_engine_off(sync_engine *engine, const char *type)
             *link = h->next;
             sync__engine_unlock(engine);
             free_step(&h->step);
-            free(h->type);
             free(h);
             return SYNC_OK;
         }

@@ -35,7 +35,7 @@ int sync__cluster_forward(sync_engine *engine, sync_conn *conn, const char *text
     forwarding_in = outer;
     sync__engine_lock(engine);
     if (--engine->forwarding == 0 && engine->forward_waiters)
-        pthread_cond_broadcast(&engine->forward_cond);
+        pthread_cond_broadcast(&engine->waits->cond); /* made by the link */
     if (rc != SYNC_OK)
         rc = sync__msg_drop(engine, conn, rc, "message", detail);
     sync__engine_unlock(engine);
@@ -52,6 +52,10 @@ int sync__engine_set_cluster_link(sync_engine *engine, const sync__cluster_link 
         sync__engine_unlock(engine);
         return sync__fail(SYNC_ECLOSED, "sync__engine_set_cluster_link: the engine is disposed");
     }
+    if (link && !sync__engine_waits_get(engine)) {
+        sync__engine_unlock(engine);
+        return sync__fail(SYNC_ENOMEM, "sync__engine_set_cluster_link: out of memory");
+    }
     if (link)
         engine->cluster = *link;
     else
@@ -62,7 +66,7 @@ int sync__engine_set_cluster_link(sync_engine *engine, const sync__cluster_link 
     while (engine->forwarding > 0 && forwarding_in != engine && engine->lock_depth == 1) {
         engine->forward_waiters++;
         engine->lock_depth = 0;
-        pthread_cond_wait(&engine->forward_cond, &engine->lock);
+        pthread_cond_wait(&engine->waits->cond, &engine->lock);
         engine->lock_depth = 1;
         engine->forward_waiters--;
     }

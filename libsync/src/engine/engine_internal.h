@@ -158,10 +158,12 @@ typedef struct step_entry {
     sync_free_cb free_userdata;
 } step_entry;
 
+/* One block with its type's text (a room registers the same few handlers on each of its
+ * thousands of engines). */
 typedef struct handler_entry {
-    char *type;
     step_entry step;
     struct handler_entry *next;
+    char type[];
 } handler_entry;
 
 struct sync_engine {
@@ -169,20 +171,24 @@ struct sync_engine {
     pthread_mutex_t lock;
     int lock_depth;
     unsigned deferred_unrefs;
-    int disposed;
 
-    /* options */
-    int versioning;
-    sync_persist_mode persist_mode;
-    sync_timer_mode timer_mode;
-    int auto_broadcast;
+    /* options (flags and small enums in bytes: an engine per loaded room) */
+    unsigned char disposed;
+    unsigned char versioning;
+    unsigned char persist_mode; /* sync_persist_mode */
+    unsigned char timer_mode;   /* sync_timer_mode */
+    unsigned char auto_broadcast;
     /* a room's (engine_room.c): with no record in the store, the initial state counts as saved,
      * since the next load makes it again; the first change writes the record */
-    int initial_needs_no_save;
-    int reply_errors;
-    int debug;
-    size_t max_message_bytes;
+    unsigned char initial_needs_no_save;
+    unsigned char reply_errors;
+    unsigned char debug;
+    /* init() or load() failed for a reason other than a corrupt record: the store may hold a
+     * record the engine never read, so every save is refused rather than overwrite it. */
+    unsigned char store_unread;
+    unsigned char busy; /* an operation runs (engine_ops.c) */
     int max_json_depth;
+    size_t max_message_bytes;
     int64_t heartbeat_ms;
     int64_t ping_timeout_ms;
     int64_t sync_ms;
@@ -199,11 +205,6 @@ struct sync_engine {
     _Atomic int64_t version;
     sync__feed feed;
     sync__delta delta; /* v2: patches, the history they are composed from, the epoch */
-    /* init() or load() failed for a reason other than a corrupt record: the store may hold a
-     * record the engine never read, so every save is refused rather than overwrite it. */
-    int store_unread;
-
-    sync__frame *ping_frame;
 
     /* connections */
     sync_conn *conns;
@@ -216,7 +217,6 @@ struct sync_engine {
     size_t middleware_count;
 
     /* operations */
-    int busy;
     /* Set during sync_msg_complete_next(): the first step of this callback the work reaches is
      * not called but left pending and handed out (handoff_msg, handoff_userdata). */
     sync_step_cb handoff_cb;
@@ -233,19 +233,15 @@ struct sync_engine {
     /* The deadline whoever ticks the engine last asked for and waits on (-1: none): a step
      * deadline later than it needs no wake-up, the tick at it finds the next one. */
     int64_t ticker_deadline_ms;
-    pthread_cond_t timer_cond;
-    pthread_t timer_thread;
-    int timer_started;
-    int timer_stop;
-    int timer_detached;
-    int timer_joined;
+    /* the timer thread's, and the condition waits need: NULL until a thread starts or a link
+     * is set (most engines, every room of a single server, never wait) */
+    struct sync__engine_waits *waits;
 
     /* cluster (engine_cluster.h): the link while linked (forward NULL: not linked); the
      * forward calls running outside the lock, which an unlink waits for */
     sync__cluster_link cluster;
     int forwarding;
-    int forward_waiters;
-    pthread_cond_t forward_cond;
+    int forward_waiters; /* waiting on waits->cond */
     /* results of OP_REMOTE runs, handed to their done callbacks at the outermost unlock */
     struct sync__remote_delivery *remote_deliveries;
     struct sync__remote_delivery *remote_deliveries_tail;
@@ -253,7 +249,21 @@ struct sync_engine {
     sync_engine_stats stats;
 };
 
+/* What only some engines need: a timer thread (SYNC_TIMERS_THREAD), a wait for forward calls (a
+ * cluster link). One condition for both: each waiter checks its own reason when it wakes. */
+typedef struct sync__engine_waits {
+    pthread_cond_t cond; /* CLOCK_MONOTONIC, with the engine's lock */
+    pthread_t timer_thread;
+    int timer_started;
+    int timer_stop;
+    int timer_detached;
+    int timer_joined;
+} sync__engine_waits;
+
 /* engine.c */
+/* engine->waits, made on first use (engine lock held, or the engine not shared yet); NULL when
+ * out of memory. */
+sync__engine_waits *sync__engine_waits_get(sync_engine *engine);
 void sync__engine_lock(sync_engine *engine);
 /* Unlocks; the outermost unlock also drops references released while the lock was held. */
 void sync__engine_unlock(sync_engine *engine);

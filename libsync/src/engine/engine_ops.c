@@ -102,6 +102,8 @@ void sync__engine_close_conn(sync_engine *engine, sync_conn *conn)
     if (engine->hooks.on_disconnect)
         engine->hooks.on_disconnect(engine, conn, engine->hooks.userdata);
     sync_conn_free(conn);
+    if (!engine->conns)
+        sync__feed_drop_caches(engine);
 }
 
 /* ---- adapter calls -------------------------------------------------------------------------- */

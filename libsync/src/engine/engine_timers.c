@@ -27,6 +27,7 @@ static void heartbeat(sync_engine *engine, int64_t now)
 {
     size_t count = 0;
     sync_conn **conns = sync__engine_conn_snapshot(engine, &count);
+    sync__frame *ping = sync__frame_ping(); /* made by sync_engine_new() */
     if (!conns && atomic_load(&engine->conn_count) > 0) {
         sync__engine_report(engine, SYNC_ENOMEM, "heartbeat", NULL, "out of memory");
         return;
@@ -43,8 +44,7 @@ static void heartbeat(sync_engine *engine, int64_t now)
             sync__conn_request_close(conn, SYNC_CLOSE_PING_TIMEOUT, SYNC_CLOSE_PING_TIMEOUT_REASON);
             continue;
         }
-        if (sync__engine_send(engine, conn, engine->ping_frame, "heartbeat") == SYNC_OK &&
-            engine->hooks.on_ping)
+        if (sync__engine_send(engine, conn, ping, "heartbeat") == SYNC_OK && engine->hooks.on_ping)
             engine->hooks.on_ping(engine, conn, engine->hooks.userdata);
     }
     for (size_t i = 0; i < count; i++)
@@ -113,7 +113,8 @@ static void *timer_main(void *arg)
 {
     sync_engine *engine = arg;
     sync__engine_lock(engine);
-    while (!engine->timer_stop) {
+    sync__engine_waits *w = engine->waits;
+    while (!w->timer_stop) {
         int64_t deadline = next_deadline(engine);
         engine->ticker_deadline_ms = deadline;
         int64_t now = sync_now_ms();
@@ -130,10 +131,10 @@ static void *timer_main(void *arg)
         /* The wait gives the lock away: let other threads count their own depth from zero. */
         engine->lock_depth = 0;
         if (deadline < 0) {
-            pthread_cond_wait(&engine->timer_cond, &engine->lock);
+            pthread_cond_wait(&w->cond, &engine->lock);
         } else {
             struct timespec ts = {(time_t)(deadline / 1000), (long)(deadline % 1000) * 1000000L};
-            pthread_cond_timedwait(&engine->timer_cond, &engine->lock, &ts);
+            pthread_cond_timedwait(&w->cond, &engine->lock, &ts);
         }
         engine->lock_depth = 1;
     }
@@ -145,39 +146,44 @@ static void *timer_main(void *arg)
 
 void sync__engine_timers_moved(sync_engine *engine)
 {
-    if (engine->timer_mode == SYNC_TIMERS_THREAD)
-        pthread_cond_broadcast(&engine->timer_cond);
-    else
+    if (engine->timer_mode == SYNC_TIMERS_THREAD) {
+        if (engine->waits)
+            pthread_cond_broadcast(&engine->waits->cond);
+    } else
         sync__engine_notify_deadline(engine);
 }
 
 int sync__engine_timers_start(sync_engine *engine)
 {
+    sync__engine_waits *w = sync__engine_waits_get(engine);
+    if (!w)
+        return sync__fail(SYNC_ENOMEM, "out of memory starting the timer thread");
     atomic_fetch_add(&engine->refs, 1);
-    int err = pthread_create(&engine->timer_thread, NULL, timer_main, engine);
+    int err = pthread_create(&w->timer_thread, NULL, timer_main, engine);
     if (err != 0) {
         atomic_fetch_sub(&engine->refs, 1);
         return sync__fail(SYNC_ENOMEM, "could not start the timer thread (error %d)", err);
     }
-    engine->timer_started = 1;
+    w->timer_started = 1;
     return SYNC_OK;
 }
 
 void sync__engine_timers_stop(sync_engine *engine)
 {
-    engine->timer_stop = 1;
-    if (!engine->timer_started || engine->timer_joined || engine->timer_detached)
+    sync__engine_waits *w = engine->waits;
+    if (!w || !w->timer_started || w->timer_joined || w->timer_detached)
         return;
-    pthread_cond_broadcast(&engine->timer_cond);
-    if (pthread_equal(pthread_self(), engine->timer_thread)) {
+    w->timer_stop = 1;
+    pthread_cond_broadcast(&w->cond);
+    if (pthread_equal(pthread_self(), w->timer_thread)) {
         /* Disposed from one of the thread's own hooks: it ends by itself after the hook. */
-        pthread_detach(engine->timer_thread);
-        engine->timer_detached = 1;
+        pthread_detach(w->timer_thread);
+        w->timer_detached = 1;
     } else if (engine->lock_depth == 1) {
-        engine->timer_joined = 1;
+        w->timer_joined = 1;
         engine->lock_depth = 0;
         pthread_mutex_unlock(&engine->lock);
-        pthread_join(engine->timer_thread, NULL);
+        pthread_join(w->timer_thread, NULL);
         pthread_mutex_lock(&engine->lock);
         engine->lock_depth = 1;
     }
@@ -187,11 +193,12 @@ void sync__engine_timers_stop(sync_engine *engine)
 void sync__engine_timers_join(sync_engine *engine)
 {
     sync__engine_lock(engine);
-    int join = engine->timer_started && !engine->timer_joined && !engine->timer_detached &&
-               !pthread_equal(pthread_self(), engine->timer_thread);
+    sync__engine_waits *w = engine->waits;
+    int join = w && w->timer_started && !w->timer_joined && !w->timer_detached &&
+               !pthread_equal(pthread_self(), w->timer_thread);
     if (join)
-        engine->timer_joined = 1;
+        w->timer_joined = 1;
     sync__engine_unlock(engine);
     if (join)
-        pthread_join(engine->timer_thread, NULL);
+        pthread_join(w->timer_thread, NULL);
 }

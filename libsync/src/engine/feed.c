@@ -6,6 +6,7 @@
 
 #include "engine_internal.h"
 #include "error.h"
+#include "slab.h"
 
 /* ---- the persistence policy ----------------------------------------------------------------- */
 
@@ -52,7 +53,7 @@ void sync__feed_append_saved(sync_engine *engine)
 
 void sync__feed_release(sync__feed *feed)
 {
-    free(feed->head.json);
+    sync__slab_free(feed->head.json);
     sync__frame_unref(feed->head.update_frame);
     sync__frame_unref(feed->head.initial_frame);
     memset(&feed->head, 0, sizeof feed->head);
@@ -74,14 +75,14 @@ const char *sync__engine_state_text(sync_engine *engine, size_t *len)
                 return NULL;
             size_t text_len = strlen(text);
             size_t cap = text_len + text_len / 2 + PRINT_SLACK;
-            char *buffer = malloc(cap);
+            char *buffer = sync__slab_malloc(cap);
             if (!buffer) {
                 cJSON_free(text);
                 return NULL;
             }
             memcpy(buffer, text, text_len + 1);
             cJSON_free(text);
-            free(r->json);
+            sync__slab_free(r->json);
             r->json = buffer;
             r->json_cap = cap;
             r->json_len = text_len;
@@ -112,6 +113,23 @@ sync__frame *sync__engine_state_frame(sync_engine *engine, sync__frame_kind kind
     sync__frame_unref(*slot);
     *slot = frame;
     return frame;
+}
+
+void sync__feed_drop_caches(sync_engine *engine)
+{
+    sync__feed_record *r = &engine->feed.head;
+    sync__frame_unref(r->update_frame);
+    r->update_frame = NULL;
+    sync__frame_unref(r->initial_frame);
+    r->initial_frame = NULL;
+    sync__delta_drop_frames(&engine->delta);
+    /* running work may hold the text (a handler's sync_msg_state_json, a save in flight) */
+    if (!engine->busy && !engine->feed.saving_seq) {
+        sync__slab_free(r->json);
+        r->json = NULL;
+        r->json_len = r->json_cap = 0;
+        r->json_seq = 0;
+    }
 }
 
 /* ---- consumers ------------------------------------------------------------------------------ */

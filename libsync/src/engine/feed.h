@@ -94,5 +94,8 @@ void sync__feed_notify_readers(struct sync_engine *engine, int force);
 /* Runs when an operation ends: a flush that could not finish at once is done now. */
 void sync__feed_op_finished(struct sync_engine *engine);
 void sync__feed_release(sync__feed *feed);
+/* The engine's last connection left: the head's frames and its text go (slab memory; made again
+ * for the next reader). Thousands of idle rooms then keep only their state. */
+void sync__feed_drop_caches(struct sync_engine *engine);
 
 #endif

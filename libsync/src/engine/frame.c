@@ -3,11 +3,15 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
 
-static sync__frame *frame_alloc(sync__frame_kind kind, size_t len)
+#include "slab.h"
+
+/* Frames come from the slabs: an idle room drops the frames it cached while it had clients
+ * (sync__engine_drop_caches), and on the heap they would leave holes between the rooms' blocks. */
+static sync__frame *frame_init(sync__frame *frame, sync__frame_kind kind, size_t len)
 {
-    sync__frame *frame = malloc(sizeof *frame + SYNC__FRAME_HEADROOM + len + 1);
     if (!frame)
         return NULL;
     atomic_init(&frame->refs, 1);
@@ -17,6 +21,12 @@ static sync__frame *frame_alloc(sync__frame_kind kind, size_t len)
     frame->len = len;
     sync__frame_text(frame)[len] = '\0';
     return frame;
+}
+
+static sync__frame *frame_alloc(sync__frame_kind kind, size_t len)
+{
+    return frame_init(sync__slab_malloc(sizeof(sync__frame) + SYNC__FRAME_HEADROOM + len + 1), kind,
+                      len);
 }
 
 sync__frame *sync__frame_new_text(sync__frame_kind kind, const char *text, size_t len)
@@ -74,5 +84,32 @@ sync__frame *sync__frame_ref(sync__frame *frame)
 void sync__frame_unref(sync__frame *frame)
 {
     if (frame && atomic_fetch_sub_explicit(&frame->refs, 1, memory_order_acq_rel) == 1)
-        free(frame);
+        sync__slab_free(frame);
+}
+
+static const char ping_text[] = "{\"type\":\"ping\"}";
+/* Kept for the life of the process (its one reference is never dropped): an engine per room
+ * would otherwise hold a copy of the same 15 bytes. */
+static _Atomic(sync__frame *) ping_frame;
+static pthread_mutex_t ping_lock = PTHREAD_MUTEX_INITIALIZER;
+
+sync__frame *sync__frame_ping(void)
+{
+    sync__frame *frame = atomic_load_explicit(&ping_frame, memory_order_acquire);
+    if (frame)
+        return frame;
+    pthread_mutex_lock(&ping_lock);
+    frame = atomic_load_explicit(&ping_frame, memory_order_relaxed);
+    if (!frame) {
+        /* on the heap: a block that lives as long as the process would keep its slab chunk,
+         * and the pages other frames freed there, resident */
+        size_t len = sizeof ping_text - 1;
+        frame = frame_init(malloc(sizeof *frame + SYNC__FRAME_HEADROOM + len + 1), SYNC__FRAME_PING,
+                           len);
+        if (frame)
+            memcpy(sync__frame_text(frame), ping_text, len);
+        atomic_store_explicit(&ping_frame, frame, memory_order_release);
+    }
+    pthread_mutex_unlock(&ping_lock);
+    return frame;
 }

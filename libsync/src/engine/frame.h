@@ -55,6 +55,10 @@ static inline char *sync__frame_text(sync__frame *frame)
     return (char *)frame->storage + SYNC__FRAME_HEADROOM;
 }
 
+/* {"type":"ping"}: one frame for the whole process, made by the first call (NULL when it found no
+ * memory; the next call tries again). Borrowed: sending it takes references like any frame. */
+sync__frame *sync__frame_ping(void);
+
 sync__frame *sync__frame_ref(sync__frame *frame);
 /* Drops one reference; frees the frame with the last. NULL is a no-op. */
 void sync__frame_unref(sync__frame *frame);

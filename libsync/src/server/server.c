@@ -320,6 +320,18 @@ int sync_server_new(sync_server **out, const sync_server_options *opts)
 
 /* ---- mounts ------------------------------------------------------------------------------ */
 
+/* A mounted engine's lws timer beside it: a room's engine has none (the rooms share one timer,
+ * server_rooms.c), and its server_engine is part of each loaded room. */
+typedef struct server_mounted {
+    server_engine eng; /* first: server->engines holds &eng, and frees it */
+    lws_sorted_usec_list_t timer;
+} server_mounted;
+
+static lws_sorted_usec_list_t *engine_timer(server_engine *eng)
+{
+    return &((server_mounted *)eng)->timer;
+}
+
 int sync_server_mount(sync_server *server, const char *path, sync_engine *engine)
 {
     if (!server || !path || !engine)
@@ -353,7 +365,8 @@ int sync_server_mount(sync_server *server, const char *path, sync_engine *engine
             realloc(server->engines, (server->engine_count + 1) * sizeof *engines);
         if (engines)
             server->engines = engines;
-        eng = engines ? calloc(1, sizeof *eng) : NULL;
+        server_mounted *mounted = engines ? calloc(1, sizeof *mounted) : NULL;
+        eng = mounted ? &mounted->eng : NULL;
         if (!eng) {
             free(copy);
             return sync__fail(SYNC_ENOMEM, "out of memory for a mount");
@@ -377,7 +390,7 @@ static void engine_timer_arm(server_engine *eng);
 
 static void engine_timer_fired(lws_sorted_usec_list_t *sul)
 {
-    server_engine *eng = lws_container_of(sul, server_engine, timer);
+    server_engine *eng = &lws_container_of(sul, server_mounted, timer)->eng;
     sync_engine_tick(eng->engine, -1);
     engine_timer_arm(eng);
 }
@@ -386,13 +399,13 @@ static void engine_timer_arm(server_engine *eng)
 {
     int64_t deadline = sync_engine_next_deadline_ms(eng->engine);
     if (deadline < 0) {
-        lws_sul_cancel(&eng->timer);
+        lws_sul_cancel(engine_timer(eng));
         return;
     }
     int64_t wait_ms = deadline - sync_now_ms();
     if (wait_ms < 0)
         wait_ms = 0;
-    lws_sul_schedule(eng->server->context, 0, &eng->timer, engine_timer_fired,
+    lws_sul_schedule(eng->server->context, 0, engine_timer(eng), engine_timer_fired,
                      (lws_usec_t)wait_ms * LWS_US_PER_MS);
 }
 
@@ -972,7 +985,7 @@ static void serve(sync_server *server)
 
     detach_engines(server, server->engine_count);
     for (size_t i = 0; i < server->engine_count; i++)
-        lws_sul_cancel(&server->engines[i]->timer);
+        lws_sul_cancel(engine_timer(server->engines[i]));
     server_rooms_serve_end(server);
     lws_sul_cancel(&server->stop_timer);
     lws_sul_cancel(&server->accept_timer);

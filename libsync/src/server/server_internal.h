@@ -68,7 +68,6 @@ typedef struct server_engine {
     sync_server *server;
     sync_engine *engine;
     const char *path; /* the first path it was mounted on: its metrics label */
-    lws_sorted_usec_list_t timer;
     atomic_bool deadline_moved;
     /* The engine's state moved on (set from any thread by the engine listener); the service
      * thread writes the new frame to every live connection at the end of its loop turn. */

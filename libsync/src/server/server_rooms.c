@@ -90,8 +90,10 @@ struct server_room {
     bool deleting;
     bool cluster_deleted; /* another node deleted it: unloaded as soon as it is ready */
     bool unload_done;
-    size_t waiters, joined, holds, pins;
-    bool idle; /* on the idle list */
+    bool idle;        /* on the idle list */
+    bool timer_armed; /* service thread: in server->room_timers, at timer_index */
+    /* (32 bits: a room struct per loaded room, and nothing counts 4 billion times on one) */
+    uint32_t waiters, joined, holds, pins;
     int64_t idle_since_ms;
     server_room *idle_prev, *idle_next;
     unsigned due_flags;
@@ -101,8 +103,7 @@ struct server_room {
     /* service thread */
     server_conn *wait_head; /* connections waiting for it to be ready */
     uint64_t loaded_seq;    /* its engine's head right after the load */
-    bool timer_armed;       /* in server->room_timers, at timer_index */
-    size_t timer_index;
+    uint32_t timer_index;
     int64_t timer_at;             /* its engine's next deadline, ms */
     struct cluster_room *cluster; /* a clustered server's: the room in the cluster, while loaded */
 };
@@ -465,7 +466,7 @@ static void room_ready(server_room *r, int status)
         wake = due_locked(s, r, DUE_WAKE | DUE_UNLOADED);
     }
     /* holds for the acquire callers told below, which now own them */
-    size_t n = 0;
+    uint32_t n = 0;
     for (async_waiter *w = waiters; w; w = w->next)
         n++;
     r->waiters -= n;
@@ -569,8 +570,8 @@ static void timer_swap(sync_server *s, size_t a, size_t b)
     server_room *t = s->room_timers[a];
     s->room_timers[a] = s->room_timers[b];
     s->room_timers[b] = t;
-    s->room_timers[a]->timer_index = a;
-    s->room_timers[b]->timer_index = b;
+    s->room_timers[a]->timer_index = (uint32_t)a;
+    s->room_timers[b]->timer_index = (uint32_t)b;
 }
 
 static void timer_sift(sync_server *s, size_t i)
@@ -603,7 +604,7 @@ static void timer_remove(sync_server *s, server_room *r)
     if (i == s->room_timer_count)
         return;
     s->room_timers[i] = s->room_timers[s->room_timer_count];
-    s->room_timers[i]->timer_index = i;
+    s->room_timers[i]->timer_index = (uint32_t)i;
     timer_sift(s, i);
 }
 
@@ -619,7 +620,7 @@ static bool timer_set(sync_server *s, server_room *r, int64_t at)
             s->room_timers = h;
             s->room_timer_cap = cap;
         }
-        r->timer_index = s->room_timer_count++;
+        r->timer_index = (uint32_t)s->room_timer_count++;
         s->room_timers[r->timer_index] = r;
         r->timer_armed = true;
     }
@@ -905,12 +906,17 @@ static bool room_let_go_locked(sync_server *s, server_room *r)
  * Once a wave has unloaded (no more due) and enough engines went, the free pages are returned. */
 static void rooms_trim(sync_server *s)
 {
-    if (s->rooms_freed_since_trim < ROOMS_TRIM_AFTER)
+    if (!s->rooms_freed_since_trim)
         return;
-    s->rooms_freed_since_trim = 0;
     pthread_mutex_lock(&s->rooms_lock);
     bool all_gone = s->room_timer_count == 0;
+    /* the wave is over (no idle room left to unload): its tail, however short, is given back
+     * too, or up to ROOMS_TRIM_AFTER rooms' blocks stay resident between the survivors' */
+    bool wave_over = !s->idle_head;
     pthread_mutex_unlock(&s->rooms_lock);
+    if (s->rooms_freed_since_trim < ROOMS_TRIM_AFTER && !wave_over)
+        return;
+    s->rooms_freed_since_trim = 0;
     if (all_gone)
         timer_heap_shrink(s);
 #if defined(__GLIBC__)

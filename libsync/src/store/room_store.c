@@ -212,13 +212,16 @@ static int init_once(sync_room_store *store, sync_pending *pending)
 
 /* ---- the adapter of one room ---------------------------------------------------------------- */
 
+/* One block per loaded room, its name inside. */
 typedef struct room_adapter {
     sync_room_store *store;
-    char *room;
-    char epoch[SYNC__EPOCH_MAX + 1]; /* the engine's, written with the next save */
+    /* the engine's (sync__adapter_epoch.set: its buffer, not a copy), written with the next save;
+     * NULL until set, or when not valid */
+    const char *epoch;
     /* what the store holds, as far as we know: the record's at load, which the engine adopts
      * right after it (so it is also the loaded epoch; one buffer less per loaded room) */
     char stored_epoch[SYNC__EPOCH_MAX + 1];
+    char room[];
 } room_adapter;
 
 static const char *room_epoch_loaded(void *userdata)
@@ -229,7 +232,7 @@ static const char *room_epoch_loaded(void *userdata)
 static void room_epoch_set(void *userdata, const char *epoch)
 {
     room_adapter *ra = userdata;
-    snprintf(ra->epoch, sizeof ra->epoch, "%s", sync__epoch_valid(epoch) ? epoch : "");
+    ra->epoch = sync__epoch_valid(epoch) ? epoch : NULL;
 }
 
 static const sync__adapter_epoch room_epoch = {room_epoch_loaded, room_epoch_set};
@@ -258,11 +261,11 @@ static int room_save(void *userdata, sync_pending *pending, const cJSON *state,
     room_adapter *ra = userdata;
     if (ra->store->epoch) {
         /* the epoch is written by the first save that finds the store without it */
-        int fresh = ra->epoch[0] && strcmp(ra->epoch, ra->stored_epoch) != 0;
+        int fresh = ra->epoch && strcmp(ra->epoch, ra->stored_epoch) != 0;
         int rc = ra->store->epoch->save(ra->store->userdata, pending, ra->room, state, state_json,
-                                        state_len, version, ra->epoch[0] ? ra->epoch : NULL, fresh);
+                                        state_len, version, ra->epoch, fresh);
         if (rc == SYNC_OK && fresh)
-            memcpy(ra->stored_epoch, ra->epoch, sizeof ra->epoch);
+            snprintf(ra->stored_epoch, sizeof ra->stored_epoch, "%s", ra->epoch);
         return rc;
     }
     return ra->store->vt.save(ra->store->userdata, pending, ra->room, state, state_json, state_len,
@@ -273,7 +276,6 @@ static void room_destroy(void *userdata)
 {
     room_adapter *ra = userdata;
     sync_room_store_free(ra->store);
-    free(ra->room);
     free(ra);
 }
 
@@ -286,11 +288,11 @@ int sync_room_store_adapter(sync_adapter **out, sync_room_store *store, const ch
     int rc = sync_room_name_check(room);
     if (rc != SYNC_OK)
         return rc;
-    room_adapter *ra = calloc(1, sizeof *ra);
-    if (!ra || !(ra->room = strdup(room))) {
-        free(ra);
+    size_t room_len = strlen(room);
+    room_adapter *ra = calloc(1, sizeof *ra + room_len + 1);
+    if (!ra)
         return sync__fail(SYNC_ENOMEM, "out of memory");
-    }
+    memcpy(ra->room, room, room_len + 1);
     ra->store = sync_room_store_ref(store);
     sync_adapter_vtable vt = {
         .version = SYNC_ADAPTER_VTABLE_VERSION,
