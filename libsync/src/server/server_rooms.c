@@ -901,6 +901,20 @@ static bool room_let_go_locked(sync_server *s, server_room *r)
 
 /* ---- idle unloading ---------------------------------------------------------------------- */
 
+/* Under AddressSanitizer or ThreadSanitizer the sanitizer's allocator serves every malloc and
+ * glibc's heap is never set up: malloc_trim() would set it up lazily, racing another server's
+ * service thread doing the same (a crash inside glibc under TSan), to give back nothing. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define LIBSYNC_SANITIZED_MALLOC 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define LIBSYNC_SANITIZED_MALLOC 1
+#endif
+#endif
+#ifndef LIBSYNC_SANITIZED_MALLOC
+#define LIBSYNC_SANITIZED_MALLOC 0
+#endif
+
 /* glibc keeps what a wave of unloaded rooms freed (thousands of small blocks spread over the
  * heap) for reuse and never gives it back to the system by itself: RSS would stay at its peak.
  * Once a wave has unloaded (no more due) and enough engines went, the free pages are returned. */
@@ -919,7 +933,7 @@ static void rooms_trim(sync_server *s)
     s->rooms_freed_since_trim = 0;
     if (all_gone)
         timer_heap_shrink(s);
-#if defined(__GLIBC__)
+#if defined(__GLIBC__) && !LIBSYNC_SANITIZED_MALLOC
     malloc_trim(0);
 #endif
 }
