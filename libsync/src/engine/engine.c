@@ -245,8 +245,8 @@ int sync_engine_new(sync_engine **out, const sync_engine_options *opts)
     pthread_mutexattr_destroy(&attr);
 
     engine->versioning = opts->enable_versioning ? 1 : 0;
-    engine->persist_mode = opts->persist_mode;
-    engine->timer_mode = opts->timer_mode;
+    engine->persist_mode = (unsigned char)opts->persist_mode;
+    engine->timer_mode = (unsigned char)opts->timer_mode;
     engine->auto_broadcast = opts->auto_broadcast ? 1 : 0;
     engine->reply_errors = opts->reply_errors ? 1 : 0;
     engine->debug = opts->debug ? 1 : 0;
