@@ -35,6 +35,10 @@ static sync_server *lws_log_server;
 /* Set while this thread tries lws on libev for SYNC_EVENT_LOOP_DEFAULT: what lws says of a libev
  * event library it cannot load is not an error then, as listen goes on with poll. */
 static _Thread_local bool lws_log_demoted;
+/* Set once SYNC_EVENT_LOOP_DEFAULT found that lws cannot load its libev event library: later
+ * servers go to poll at once. lws 4.1 leaks a directory entry on each failed load (lws_dir()), and
+ * what is not installed now will not be during this process. */
+static atomic_bool evlib_unloadable;
 
 static char *dup_or_null(const char *s)
 {
@@ -885,7 +889,8 @@ int sync_server_listen(sync_server *server)
     server_alloc_install();
     struct lws_context *ctx = NULL;
     bool on_libev = false;
-    if (server->event_loop != SYNC_EVENT_LOOP_POLL) {
+    if (server->event_loop == SYNC_EVENT_LOOP_EPOLL ||
+        (server->event_loop == SYNC_EVENT_LOOP_DEFAULT && !atomic_load(&evlib_unloadable))) {
         int rc = evl_create(server);
         if (rc != SYNC_OK)
             return rc;
@@ -904,6 +909,8 @@ int sync_server_listen(sync_server *server)
     if (!ctx && server->event_loop != SYNC_EVENT_LOOP_EPOLL) {
         ctx = lws_create_context(&info);
         if (ctx && on_libev)
+            atomic_store(&evlib_unloadable, true);
+        if (ctx && server->event_loop == SYNC_EVENT_LOOP_DEFAULT)
             server_log(server, SYNC_LOG_INFO,
                        "serving on the poll event loop: libwebsockets' libev event library "
                        "(Debian: libwebsockets-evlib-ev) cannot be loaded");
