@@ -901,6 +901,21 @@ static bool room_let_go_locked(sync_server *s, server_room *r)
 
 /* ---- idle unloading ---------------------------------------------------------------------- */
 
+/* Under a sanitizer that replaces malloc, glibc's heap is not the one in use, and malloc_trim()
+ * would initialise it from whichever thread calls first: two service threads trimming at once
+ * both took glibc's main arena with one reference, and the second to exit aborted in glibc
+ * ("a->attached_threads > 0"). */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define ROOMS_MALLOC_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define ROOMS_MALLOC_SANITIZED 1
+#endif
+#endif
+#ifndef ROOMS_MALLOC_SANITIZED
+#define ROOMS_MALLOC_SANITIZED 0
+#endif
+
 /* glibc keeps what a wave of unloaded rooms freed (thousands of small blocks spread over the
  * heap) for reuse and never gives it back to the system by itself: RSS would stay at its peak.
  * Once a wave has unloaded (no more due) and enough engines went, the free pages are returned. */
@@ -919,7 +934,7 @@ static void rooms_trim(sync_server *s)
     s->rooms_freed_since_trim = 0;
     if (all_gone)
         timer_heap_shrink(s);
-#if defined(__GLIBC__)
+#if defined(__GLIBC__) && !ROOMS_MALLOC_SANITIZED
     malloc_trim(0);
 #endif
 }
