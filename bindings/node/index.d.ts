@@ -287,8 +287,10 @@ export interface ServerOptions {
    *  unloaded, and a join that finds none idle is refused with 503. 0 = 100000. */
   maxRooms?: number;
   /** The service thread's event loop: 'poll' (libwebsockets' own), 'epoll' (libev: a turn costs
-   *  the sockets ready, not the ones open; about 125 bytes more per connection) or 'default'
-   *  (LIBSYNC_EVENT_LOOP from the environment, else poll). */
+   *  the sockets ready, not the ones open; about 130 bytes more per connection; listen fails
+   *  without libwebsockets' libev event library) or 'default' (LIBSYNC_EVENT_LOOP from the
+   *  environment, else epoll where that library loads and poll where it does not).
+   *  Server#runningEventLoop tells which one runs. */
   eventLoop?: 'default' | 'poll' | 'epoll';
   /** When set, GET /metrics needs it ("Authorization: Bearer T" or "?token=T"), else 401.
    *  /healthz and the static files stay public. Default: /metrics is public. */
@@ -358,6 +360,9 @@ export class Server {
   requestStop(): boolean;
   close(): Promise<void>;
   readonly port: number;
+  /** The event loop the server serves on once listen() resolved ('default' resolved); null
+   *  before. */
+  readonly runningEventLoop: 'poll' | 'epoll' | null;
 }
 
 // ---- rooms ------------------------------------------------------------------------------------

@@ -1040,6 +1040,7 @@ const SERVER_OPTIONS = {
 
 // sync_event_loop by name
 const EVENT_LOOPS = { default: 0, poll: 1, epoll: 2 };
+const RUNNING_EVENT_LOOPS = { 1: 'poll', 2: 'epoll' };
 
 const SERVER_OPTIONS_SET = Object.fromEntries(
   Object.keys(SERVER_OPTIONS).map((name) => [name, (value) => value]),
@@ -1105,6 +1106,7 @@ class Server {
       throw new TypeError("Server: `eventLoop` must be 'default', 'poll' or 'epoll'");
     }
     Object.assign(this, { auth, authHeaders, metricsToken });
+    this.runningEventLoop = null;
     this._server = null;
     this._closing = null;
     this._roomMounts = [];
@@ -1225,6 +1227,7 @@ class Server {
     this._mounted = mounted;
     native.jsb_keepalive(1);
     this.port = native.sync_server_port(server);
+    this.runningEventLoop = RUNNING_EVENT_LOOPS[native.sync_server_event_loop(server)] ?? null;
     return this.port;
   }
 

@@ -1200,6 +1200,7 @@ int jsb_request_complete(sync_request *request, int status, const char *identity
 int sync_server_mount(sync_server *server, const char *path, sync_engine *engine);
 int sync_server_set_metrics_token(sync_server *server, const char *token);
 int sync_server_port(const sync_server *server);
+int sync_server_event_loop(const sync_server *server);
 int sync_server_start(sync_server *server);
 int jsb_server_close(sync_server *server, jsb_sink *sink, double token);
 

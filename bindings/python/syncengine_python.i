@@ -564,6 +564,7 @@ int sync_server_mount(sync_server *server, const char *path, sync_engine *engine
 int sync_server_set_metrics_token(sync_server *server, const char *token);
 int sync_server_listen(sync_server *server);
 int sync_server_port(const sync_server *server);
+int sync_server_event_loop(const sync_server *server);
 int sync_server_start(sync_server *server);
 int sync_server_stop(sync_server *server);
 void sync_server_free(sync_server *server);

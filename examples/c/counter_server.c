@@ -92,7 +92,9 @@ static void usage(FILE *to)
             "  --max-rooms N     most rooms loaded at once; then the least recently used idle\n"
             "                    one is unloaded, or a join is refused with 503 (0 = 100000)\n"
             "  --event-loop L    poll (libwebsockets' own loop) or epoll (libev); default:\n"
-            "                    the library's (LIBSYNC_EVENT_LOOP in the environment, or poll)\n"
+            "                    the library's (LIBSYNC_EVENT_LOOP in the environment, else\n"
+            "                    epoll where libwebsockets' libev event library loads, else\n"
+            "                    poll; the one chosen is printed on stderr)\n"
             "  --token SECRET    let in only WebSocket clients that bring it: ?token=SECRET\n"
             "                    (the page passes its own ?token= on) or the header\n"
             "                    \"Authorization: Bearer SECRET\"; others get HTTP 401, or\n"
@@ -669,6 +671,8 @@ static int serve(const struct config *cfg, sync_engine *engine, int *served)
     /* An IPv6 address goes in brackets, and the token comes along, so the printed URL can be
      * opened as it is. */
     int ipv6 = strchr(cfg->host, ':') != NULL;
+    fprintf(stderr, "counter_server: serving on the %s event loop\n",
+            sync_server_event_loop(server) == SYNC_EVENT_LOOP_EPOLL ? "epoll" : "poll");
     printf("listening on %s://%s%s%s:%d%s%s\n", cfg->tls_cert ? "https" : "http", ipv6 ? "[" : "",
            cfg->host, ipv6 ? "]" : "", sync_server_port(server), cfg->token ? "/?token=" : "",
            cfg->token ? cfg->token : "");

@@ -298,8 +298,10 @@ class Server:
     room that any node of the cluster serves.
 
     ``event_loop`` is the service thread's loop: ``"poll"`` (libwebsockets' own), ``"epoll"``
-    (libev: a turn costs the sockets ready, not the ones open; about 125 bytes more per
-    connection) or ``"default"`` (``LIBSYNC_EVENT_LOOP`` from the environment, else poll).
+    (libev: a turn costs the sockets ready, not the ones open; about 130 bytes more per
+    connection; fails to listen without libwebsockets' libev event library) or ``"default"``
+    (``LIBSYNC_EVENT_LOOP`` from the environment, else epoll where that library loads and poll
+    where it does not). :attr:`running_event_loop` tells which one a listening server runs.
 
     ``metrics_token``, when given, guards ``GET /metrics``: a request must bring
     ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``, else it is answered 401. ``/healthz`` and
@@ -488,6 +490,13 @@ class Server:
     def port(self) -> int:
         """The TCP port listened on (-1 before listening)."""
         return int(native.sync_server_port(self._p()))
+
+    @property
+    def running_event_loop(self) -> Optional[str]:
+        """The event loop the server serves on, ``"poll"`` or ``"epoll"`` (``event_loop="default"``
+        resolved); None before it listened."""
+        loop = int(native.sync_server_event_loop(self._p()))
+        return {1: "poll", 2: "epoll"}.get(loop)
 
     @property
     def url(self) -> str:

@@ -127,12 +127,16 @@ SYNC_EXTERN int sync_secret_equal(const char *given, size_t given_len, const cha
  *  serve the same protocol with the same threads, timers and graceful stop; they differ in cost.
  *  POLL is libwebsockets' own loop: one poll() over every descriptor per turn, whose cost grows
  *  with the connections open. EPOLL runs libwebsockets on libev with its epoll backend: a turn
- *  costs what is ready, not what is open (with 10,000 clients, 1.5-2.1x the increments per second
- *  of POLL in bench/run's scenario F), for about 125 bytes more per connection (libev's two
- *  watchers in every libwebsockets connection, and its entry per descriptor). Needs lws's libev
- *  event library (Debian: libwebsockets-evlib-ev); without it listen fails with SYNC_ENET. */
+ *  costs what is ready, not what is open (1.2-2x the increments per second of POLL in bench/run's
+ *  fan-outs C and F, with 1,000 and 10,000 clients), for about 130 bytes more per connection
+ *  (libev's two watchers in every libwebsockets connection, and its entry per descriptor). EPOLL
+ *  needs lws's libev event library (Debian: libwebsockets-evlib-ev): without it an explicit EPOLL
+ *  fails listen with SYNC_ENET, and DEFAULT serves on POLL (logged at SYNC_LOG_INFO). The
+ *  environment variable LIBSYNC_EVENT_LOOP=poll|epoll, read by sync_server_new(), turns DEFAULT
+ *  into that explicit choice. sync_server_event_loop() tells which loop a listening server runs. */
 typedef enum sync_event_loop {
-    SYNC_EVENT_LOOP_DEFAULT = 0, /**< the library's choice: SYNC_EVENT_LOOP_POLL in this release */
+    /** the library's choice: EPOLL where lws's libev event library loads, else POLL */
+    SYNC_EVENT_LOOP_DEFAULT = 0,
     SYNC_EVENT_LOOP_POLL = 1,
     SYNC_EVENT_LOOP_EPOLL = 2
 } sync_event_loop;
@@ -252,6 +256,11 @@ SYNC_EXTERN int sync_server_listen(sync_server *server);
 
 /** The port listened on (useful after port 0), or -1 before listen. */
 SYNC_EXTERN int sync_server_port(const sync_server *server);
+
+/** The event loop the server serves on: SYNC_EVENT_LOOP_POLL or SYNC_EVENT_LOOP_EPOLL once it
+ *  has listened (SYNC_EVENT_LOOP_DEFAULT's choice included; it stays after a stop), and
+ *  SYNC_EVENT_LOOP_DEFAULT before. SYNC_EINVAL for NULL. */
+SYNC_EXTERN int sync_server_event_loop(const sync_server *server);
 
 /** Serves on the calling thread until sync_server_stop(); listens first if needed.
  *  Returns SYNC_OK after a graceful stop. */

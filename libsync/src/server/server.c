@@ -32,6 +32,13 @@ _Static_assert(LWS_PRE <= SYNC__FRAME_HEADROOM, "frames need LWS_PRE bytes of he
 /* lws logs through one process-wide sink; it goes to the most recently listening server. */
 static pthread_mutex_t lws_log_lock = PTHREAD_MUTEX_INITIALIZER;
 static sync_server *lws_log_server;
+/* Set while this thread tries lws on libev for SYNC_EVENT_LOOP_DEFAULT: what lws says of a libev
+ * event library it cannot load is not an error then, as listen goes on with poll. */
+static _Thread_local bool lws_log_demoted;
+/* Set once SYNC_EVENT_LOOP_DEFAULT found that lws cannot load its libev event library: later
+ * servers go to poll at once. lws 4.1 leaks a directory entry on each failed load (lws_dir()), and
+ * what is not installed now will not be during this process. */
+static atomic_bool evlib_unloadable;
 
 static char *dup_or_null(const char *s)
 {
@@ -88,7 +95,8 @@ static void lws_log_sink(int level, const char *line)
         accept_log_ms = now;
         accept_log_suppressed = 0;
     }
-    log_emit(lws_log_server, level == LLL_ERR ? SYNC_LOG_ERROR : SYNC_LOG_WARN, message);
+    sync_log_level as = level == LLL_ERR ? SYNC_LOG_ERROR : SYNC_LOG_WARN;
+    log_emit(lws_log_server, lws_log_demoted ? SYNC_LOG_DEBUG : as, message);
     pthread_mutex_unlock(&lws_log_lock);
 }
 
@@ -145,7 +153,8 @@ int sync_server_options_init(sync_server_options *opts, unsigned int version)
 
 /* SYNC_EVENT_LOOP_DEFAULT: LIBSYNC_EVENT_LOOP=poll|epoll from the environment, so that a whole
  * test suite or a binding's server can run on either loop without a new option in every
- * language; otherwise poll (epoll costs every connection about 125 bytes more: server.h). */
+ * language (an explicit choice: epoll then fails without lws's libev event library); otherwise
+ * DEFAULT stays, and listen takes epoll if lws can load its libev event library, else poll. */
 static int default_event_loop(int chosen)
 {
     if (chosen != SYNC_EVENT_LOOP_DEFAULT)
@@ -153,7 +162,9 @@ static int default_event_loop(int chosen)
     const char *env = getenv("LIBSYNC_EVENT_LOOP");
     if (env && strcmp(env, "epoll") == 0)
         return SYNC_EVENT_LOOP_EPOLL;
-    return SYNC_EVENT_LOOP_POLL;
+    if (env && strcmp(env, "poll") == 0)
+        return SYNC_EVENT_LOOP_POLL;
+    return SYNC_EVENT_LOOP_DEFAULT;
 }
 
 static int check_options(const sync_server_options *o)
@@ -875,20 +886,37 @@ int sync_server_listen(sync_server *server)
         /* WebSocket over HTTP/2 streams is not what the clients expect: stay on HTTP/1.1. */
         info.alpn = "http/1.1";
     }
-    void *foreign_loops[1] = {NULL};
-    if (server->event_loop == SYNC_EVENT_LOOP_EPOLL) {
+    server_alloc_install();
+    struct lws_context *ctx = NULL;
+    bool on_libev = false;
+    if (server->event_loop == SYNC_EVENT_LOOP_EPOLL ||
+        (server->event_loop == SYNC_EVENT_LOOP_DEFAULT && !atomic_load(&evlib_unloadable))) {
         int rc = evl_create(server);
         if (rc != SYNC_OK)
             return rc;
-        info.options |= LWS_SERVER_OPTION_LIBEV;
-        foreign_loops[0] = server->evl->loop;
-        info.foreign_loops = foreign_loops;
+        struct lws_context_creation_info on_ev = info;
+        void *foreign_loops[1] = {server->evl->loop};
+        on_ev.options |= LWS_SERVER_OPTION_LIBEV;
+        on_ev.foreign_loops = foreign_loops;
+        lws_log_demoted = server->event_loop == SYNC_EVENT_LOOP_DEFAULT;
+        ctx = lws_create_context(&on_ev);
+        lws_log_demoted = false;
+        on_libev = true;
+        if (!ctx)
+            evl_destroy(server);
     }
-    server_alloc_install();
-    struct lws_context *ctx = lws_create_context(&info);
+    /* DEFAULT: a machine without lws's libev event library still serves, on poll */
+    if (!ctx && server->event_loop != SYNC_EVENT_LOOP_EPOLL) {
+        ctx = lws_create_context(&info);
+        if (ctx && on_libev)
+            atomic_store(&evlib_unloadable, true);
+        if (ctx && server->event_loop == SYNC_EVENT_LOOP_DEFAULT)
+            server_log(server, SYNC_LOG_INFO,
+                       "serving on the poll event loop: libwebsockets' libev event library "
+                       "(Debian: libwebsockets-evlib-ev) cannot be loaded");
+        on_libev = false;
+    }
     if (!ctx) {
-        bool on_libev = server->evl != NULL;
-        evl_destroy(server);
         return sync__fail(
             SYNC_ENET, "cannot listen on %s:%d%s%s", server->host, server->port_option,
             server->tls_cert ? " (or the TLS certificate/key cannot be loaded)" : "",
@@ -920,6 +948,8 @@ int sync_server_listen(sync_server *server)
         return rc;
     }
     server->stopping = false;
+    atomic_store(&server->event_loop_running,
+                 server->evl ? SYNC_EVENT_LOOP_EPOLL : SYNC_EVENT_LOOP_POLL);
     atomic_store(&server->ended, false);
     atomic_store(&server->wake_context, ctx);
     sync__error_clear();
@@ -929,6 +959,13 @@ int sync_server_listen(sync_server *server)
 int sync_server_port(const sync_server *server)
 {
     return server ? server->port : -1;
+}
+
+int sync_server_event_loop(const sync_server *server)
+{
+    if (!server)
+        return sync__fail(SYNC_EINVAL, "server is NULL");
+    return atomic_load(&server->event_loop_running);
 }
 
 static void stop_timer_fired(lws_sorted_usec_list_t *sul)

@@ -153,7 +153,11 @@ struct sync_server {
     server_engine **engines;
     size_t engine_count;
 
-    int event_loop; /* SYNC_EVENT_LOOP_POLL or SYNC_EVENT_LOOP_EPOLL, resolved at new */
+    /* The loop asked for, resolved at new: POLL, EPOLL, or DEFAULT (epoll where lws's libev event
+     * library loads, else poll: decided at listen). `event_loop_running` is the one listen chose
+     * (POLL or EPOLL), DEFAULT before the first listen; sync_server_event_loop() reads it. */
+    int event_loop;
+    atomic_int event_loop_running;
     /* EPOLL: the libev loop lws runs on (server.c), from listen until the context is destroyed */
     struct server_evloop *evl;
 
