@@ -127,8 +127,8 @@ SYNC_EXTERN int sync_secret_equal(const char *given, size_t given_len, const cha
  *  serve the same protocol with the same threads, timers and graceful stop; they differ in cost.
  *  POLL is libwebsockets' own loop: one poll() over every descriptor per turn, whose cost grows
  *  with the connections open. EPOLL runs libwebsockets on libev with its epoll backend: a turn
- *  costs what is ready, not what is open (1.2-2x the increments per second of POLL in bench/run's
- *  fan-outs C and F, with 1,000 and 10,000 clients), for about 130 bytes more per connection
+ *  costs what is ready, not what is open (1.1-1.5x the increments per second of POLL in bench/run's
+ *  fan-out C with 1,000 clients, 2x in F with 10,000), for about 130 bytes more per connection
  *  (libev's two watchers in every libwebsockets connection, and its entry per descriptor). EPOLL
  *  needs lws's libev event library (Debian: libwebsockets-evlib-ev): without it an explicit EPOLL
  *  fails listen with SYNC_ENET, and DEFAULT serves on POLL (logged at SYNC_LOG_INFO). The
