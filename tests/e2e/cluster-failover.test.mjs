@@ -23,16 +23,27 @@ async function stopCluster(cluster) {
   for (const { id, code, stderr } of codes) assert.equal(code, 0, `node ${id} exit code ${code}\n${stderr}`);
 }
 
-test(`the owner node killed (SIGKILL) under load, ${ROUNDS} rounds`, { skip, timeout: 300000 }, async () => {
-  const leaseMs = 600;
+// Three nodes with the given lease, four senders and two readers spread over them, under load.
+async function startLoadedCluster(leaseMs) {
   const cluster = await Cluster.start({ nodes: 3, senders: 4, leaseMs });
-  const failover = [];
-  const quickBack = []; // rounds where the dead node came back at once
-  let lostTotal = 0;
   try {
     cluster.spread({ senders: 4, readers: 2 });
     await until(() => cluster.members.every((m) => m.open), 'every client joined');
     cluster.startLoad({ window: 4, perSecond: 30 });
+    return cluster;
+  } catch (err) {
+    await cluster.stop();
+    throw err;
+  }
+}
+
+test(`the owner node killed (SIGKILL) under load, ${ROUNDS} rounds`, { skip, timeout: 300000 }, async () => {
+  const leaseMs = 600;
+  const cluster = await startLoadedCluster(leaseMs);
+  const failover = [];
+  const quickBack = []; // rounds where the dead node came back at once
+  let lostTotal = 0;
+  try {
     for (let round = 1; round <= ROUNDS; round += 1) {
       const owner = await until(() => cluster.owner('/'), 'an owner of the room', 15000);
       assert.ok(owner.index >= 0, `owner ${owner.node} is one of ours`);
@@ -93,11 +104,8 @@ test(`the owner node killed (SIGKILL) under load, ${ROUNDS} rounds`, { skip, tim
 test('the owner stopped (SIGSTOP) past its lease: the others go on, and once continued its writes are refused',
   { skip, timeout: 180000 }, async () => {
     const leaseMs = 800;
-    const cluster = await Cluster.start({ nodes: 3, senders: 4, leaseMs });
+    const cluster = await startLoadedCluster(leaseMs);
     try {
-      cluster.spread({ senders: 4, readers: 2 });
-      await until(() => cluster.members.every((m) => m.open), 'every client joined');
-      cluster.startLoad({ window: 4, perSecond: 30 });
       for (let round = 1; round <= 3; round += 1) {
         const owner = await until(() => cluster.owner('/'), 'an owner', 15000);
         await until(() => cluster.members.every((m) => m.open), 'every client connected', 15000);
@@ -155,11 +163,8 @@ test('the owner stopped (SIGSTOP) past its lease: the others go on, and once con
 test('a process restarted with the node id of a stalled owner does not share its lease',
   { skip, timeout: 120000 }, async () => {
     const leaseMs = 800;
-    const cluster = await Cluster.start({ nodes: 3, senders: 4, leaseMs });
+    const cluster = await startLoadedCluster(leaseMs);
     try {
-      cluster.spread({ senders: 4, readers: 2 });
-      await until(() => cluster.members.every((m) => m.open), 'every client joined');
-      cluster.startLoad({ window: 4, perSecond: 30 });
       await sleep(1000);
       const owner = await until(() => cluster.owner('/'), 'an owner', 15000);
       cluster.signal(owner.index, 'SIGSTOP');
