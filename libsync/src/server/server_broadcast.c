@@ -13,7 +13,7 @@
  * writeable callback, which pulls the newest frame after its queue (server_conn.c).
  *
  * Why a broadcast may stop early: writing to thousands of sockets takes milliseconds, and input
- * that arrives meanwhile would wait behind all of it. Every few writes the broadcast asks an epoll
+ * that arrives meanwhile would wait behind all of it. After every write the broadcast asks an epoll
  * set of every connection's socket (one syscall, whatever the count) whether input is waiting; if
  * that input is for the engine being walked, it ends the walk, lws reads and applies the input,
  * and the next turn resumes at the cursor with the newer frame. The connections not yet written
@@ -47,8 +47,14 @@
  * back instead: a save finishing inside the flush can move the state once more. */
 enum { FLUSH_ROUNDS = 4 };
 /* Writes between two looks for input (each look is one epoll_wait), and the fewest writes a turn
- * makes before it may stop: every turn moves the walk on, however busy the input. */
-enum { INPUT_CHECK_EVERY = 2, MIN_WRITES_BEFORE_STOP = 4 };
+ * makes before it may stop: every turn moves the walk on, however busy the input. One of each:
+ * the first frame of a turn already answers every message applied in it (a sender learns that
+ * its change landed from whichever client sees it first), and each further frame written while
+ * input waits goes to a client that the next turn's frame supersedes. The staleness of the rest
+ * is bounded by the sliced pass after broadcast_yield_ms, not by these writes: a floor of 4
+ * writes, looking every 2, sent about 1.8 times the frames in B (100 clients, 10 senders) for
+ * the same slowest-client latency (docs/PERFORMANCE.md, "One write per turn"). */
+enum { INPUT_CHECK_EVERY = 1, MIN_WRITES_BEFORE_STOP = 1 };
 /* The sliced pass after broadcast_yield_ms: each turn writes at least this fraction of the
  * connections (and at least MIN_SLICE_WRITES) before it gives way again, so the pass spans at
  * most BROADCAST_SLICES turns and the per-turn cost (lws 4.1 polls every descriptor; a save per
