@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -227,6 +229,74 @@ static void test_closed_connections_give_their_pages_back(void)
     sync_server_free(server);
 }
 
+/* pages of [p, p + len) resident now */
+static size_t resident_pages(void *p, size_t len)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    unsigned char vec[64 * 1024 / 512];
+    size_t n = (len + page - 1) / page;
+    if (n > sizeof vec || mincore(p, len, vec) != 0)
+        return SIZE_MAX;
+    size_t resident = 0;
+    for (size_t i = 0; i < n; i++)
+        resident += vec[i] & 1;
+    return resident;
+}
+
+static long minor_faults_of_this_thread(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_THREAD, &ru);
+    return ru.ru_minflt;
+}
+
+/* A size class whose blocks come and go (the reassembly buffer of a message split between two
+ * reads, each turn) keeps the first 16 KiB of its emptied chunk resident, so taking a block again
+ * costs no page fault (nor the madvise before it); the rest of the chunk goes back at once, and
+ * those first pages at a trim point. */
+static void test_an_emptied_chunk_keeps_its_first_pages_until_trimmed(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    return; /* AddressSanitizer sees every block: no slabs then */
+#endif
+    enum { BLOCK = 6000, SLOTS = 10, WARM = 16 * 1024, CHUNK = 64 * 1024 };
+    server_alloc_install();
+    server_alloc_trim_spares();
+    /* a whole chunk of a class nothing else here uses (6,144-byte slots, 10 per chunk) */
+    unsigned char *blocks[SLOTS];
+    for (int i = 0; i < SLOTS; i++) {
+        blocks[i] = server_conn_malloc(BLOCK);
+        REQUIRE(blocks[i]);
+        memset(blocks[i], i + 1, BLOCK);
+    }
+    unsigned char *chunk = (unsigned char *)((uintptr_t)blocks[0] & ~(uintptr_t)(CHUNK - 1));
+    int one_chunk = 1;
+    for (int i = 0; i < SLOTS; i++)
+        one_chunk &= (unsigned char *)((uintptr_t)blocks[i] & ~(uintptr_t)(CHUNK - 1)) == chunk;
+    REQUIRE(one_chunk);
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    CHECK_EQ_INT(resident_pages(chunk, WARM), WARM / page);
+    CHECK(resident_pages(chunk + WARM, CHUNK - WARM) >= (CHUNK - WARM) / page - 1);
+    for (int i = 0; i < SLOTS; i++)
+        server_conn_free(blocks[i]);
+    CHECK_EQ_INT(resident_pages(chunk, WARM), WARM / page);
+    CHECK_EQ_INT(resident_pages(chunk + WARM, CHUNK - WARM), 0);
+
+    /* the block comes back in the same chunk, without a fault, many times over */
+    long faults = minor_faults_of_this_thread();
+    for (int i = 0; i < 100; i++) {
+        unsigned char *again = server_conn_malloc(BLOCK);
+        REQUIRE(again);
+        CHECK((unsigned char *)((uintptr_t)again & ~(uintptr_t)(CHUNK - 1)) == chunk);
+        memset(again, 0x5a, BLOCK);
+        server_conn_free(again);
+    }
+    CHECK_EQ_INT(minor_faults_of_this_thread() - faults, 0);
+
+    server_alloc_trim_spares();
+    CHECK_EQ_INT(resident_pages(chunk, CHUNK), 0);
+}
+
 /* Blocks of the sizes a connection keeps (lws' wsi on each loop, its receive buffer, the handle
  * with the server's connection) and their neighbours' sizes: each holds its whole size without
  * touching another, is aligned to 8, and to 16 when its size is a multiple of 16. */
@@ -262,6 +332,7 @@ int main(void)
     RUN(test_header_tables_are_mapped_while_handshakes_wait);
     RUN(test_realloc_contract);
     RUN(test_blocks_fit_their_size_and_alignment);
+    RUN(test_an_emptied_chunk_keeps_its_first_pages_until_trimmed);
     RUN(test_closed_connections_give_their_pages_back);
     return check_summary();
 }

@@ -215,6 +215,7 @@ struct sync_server {
 
     /* service-thread counters (read by /metrics on the same thread) */
     int ws_open;
+    bool spares_to_trim; /* a connection closed since the slabs' warm pages last went back */
     uint64_t accepted;
     uint64_t refused;
     uint64_t rate_limited;
@@ -400,6 +401,10 @@ void *server_conn_malloc(size_t size);
 void *server_conn_calloc(size_t size);
 void *server_conn_realloc(void *ptr, size_t size);
 void server_conn_free(void *ptr);
+/* Gives back the first pages an empty chunk of each size class keeps resident (a class whose few
+ * blocks come and go costs no syscall that way): where the server returns memory after a wave of
+ * frees (rooms unloaded, the last connection gone). */
+void server_alloc_trim_spares(void);
 /* Tests: the bytes of slab chunks mapped now (0 under AddressSanitizer: no slabs). */
 size_t server_alloc_slab_bytes(void);
 

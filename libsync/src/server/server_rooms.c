@@ -933,6 +933,7 @@ static void rooms_trim(sync_server *s)
     s->rooms_freed_since_trim = 0;
     if (all_gone)
         timer_heap_shrink(s);
+    server_alloc_trim_spares();
 #if defined(__GLIBC__) && !LIBSYNC_SANITIZED_MALLOC
     malloc_trim(0);
 #endif
