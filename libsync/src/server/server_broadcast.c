@@ -13,11 +13,11 @@
  * writeable callback, which pulls the newest frame after its queue (server_conn.c).
  *
  * Why a broadcast may stop early: writing to thousands of sockets takes milliseconds, and input
- * that arrives meanwhile would wait behind all of it. After every write the broadcast asks an epoll
- * set of every connection's socket (one syscall, whatever the count) whether input is waiting; if
- * that input is for the engine being walked, it ends the walk, lws reads and applies the input,
- * and the next turn resumes at the cursor with the newer frame. The connections not yet written
- * skip the intermediate state (lossless: a state supersedes the previous one), changes are
+ * that arrives meanwhile would wait behind all of it. Every write or two the broadcast asks an
+ * epoll set of every connection's socket (one syscall, whatever the count) whether input is
+ * waiting; if that input is for the engine being walked, it ends the walk, lws reads and applies
+ * the input, and the next turn resumes at the cursor with the newer frame. The connections not yet
+ * written skip the intermediate state (lossless: a state supersedes the previous one), changes are
  * applied without waiting for the fan-out, and fewer, fresher frames go out. Fairness: the cursor
  * walks a ring and each turn writes a few frames at least; once a broadcast has given way for
  * broadcast_yield_ms, it makes one whole pass over the ring in slices of at least
@@ -47,14 +47,18 @@
  * back instead: a save finishing inside the flush can move the state once more. */
 enum { FLUSH_ROUNDS = 4 };
 /* Writes between two looks for input (each look is one epoll_wait), and the fewest writes a turn
- * makes before it may stop: every turn moves the walk on, however busy the input. One of each:
- * the first frame of a turn already answers every message applied in it (a sender learns that
- * its change landed from whichever client sees it first), and each further frame written while
- * input waits goes to a client that the next turn's frame supersedes. The staleness of the rest
- * is bounded by the sliced pass after broadcast_yield_ms, not by these writes: a floor of 4
- * writes, looking every 2, sent about 1.8 times the frames in B (100 clients, 10 senders) for
- * the same slowest-client latency (docs/PERFORMANCE.md, "One write per turn"). */
-enum { INPUT_CHECK_EVERY = 1, MIN_WRITES_BEFORE_STOP = 1 };
+ * makes before it may stop: every turn moves the walk on, however busy the input. A walk over more
+ * than SLICED_ABOVE clients stops at the first write after which input waits: that first frame
+ * already answers every message applied in the turn (a sender learns that its change landed from
+ * whichever client sees it first), the writes after it go to clients that the next turn's frame
+ * supersedes, and the sliced pass bounds the staleness of the rest (C and F: about 1.2x the
+ * throughput, the slowest client no later). A narrower walk keeps a floor of 4 writes, looking
+ * every 2: with a floor of 1, each turn moved its ring on less, more of its clients waited for the
+ * whole pass after broadcast_yield_ms, and the slowest client's p99 in scenario A (100 clients,
+ * one sender) came later than bun-raw's (docs/PERFORMANCE.md, "Wide walks stop at the first
+ * write"). */
+enum { INPUT_CHECK_EVERY = 2, MIN_WRITES_BEFORE_STOP = 4 };
+enum { WIDE_INPUT_CHECK_EVERY = 1, WIDE_MIN_WRITES_BEFORE_STOP = 1 };
 /* The sliced pass after broadcast_yield_ms: each turn writes at least this fraction of the
  * connections (and at least MIN_SLICE_WRITES) before it gives way again, so the pass spans at
  * most BROADCAST_SLICES turns and the per-turn cost (lws 4.1 polls every descriptor; a save per
@@ -301,8 +305,10 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
         sliced = yield_us <= 0;
     }
     bool may_stop = !force && s->broadcast_yield_ms >= 0 && eng->live_count > SHORT_WALK;
-    size_t min_writes = MIN_WRITES_BEFORE_STOP;
-    if (sliced && eng->live_count <= SLICED_ABOVE)
+    bool wide = eng->live_count > SLICED_ABOVE;
+    size_t min_writes = wide ? WIDE_MIN_WRITES_BEFORE_STOP : MIN_WRITES_BEFORE_STOP;
+    size_t check_every = wide ? WIDE_INPUT_CHECK_EVERY : INPUT_CHECK_EVERY;
+    if (sliced && !wide)
         min_writes = eng->live_count; /* never reached: one turn to the end */
     else if (sliced)
         min_writes = eng->live_count / BROADCAST_SLICES > MIN_SLICE_WRITES
@@ -321,8 +327,7 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
         if (sliced)
             eng->walk_visited++;
         c = next;
-        if (may_stop && left > 1 && written >= min_writes &&
-            s->turn_unchecked >= INPUT_CHECK_EVERY) {
+        if (may_stop && left > 1 && written >= min_writes && s->turn_unchecked >= check_every) {
             s->turn_unchecked = 0;
             int input = input_waiting(s, eng);
             /* another engine's input waits only once the turn has written its share; the turn
