@@ -257,6 +257,8 @@ static bool due_locked(sync_server *s, server_room *r, unsigned flags)
     } else {
         wake = false;
     }
+    if (!(r->due_flags & ~(unsigned)DUE_FLUSH) && (flags & ~(unsigned)DUE_FLUSH))
+        s->rooms_due_more++;
     r->due_flags |= flags;
     return wake;
 }
@@ -798,19 +800,24 @@ static void turn_batch_end(turn_batch *b)
         sync__room_store_batch_end(b->store[i]);
 }
 
-/* rooms_lock held, the turn given way and its room flushed: the rooms at the head of `list` that
- * only wait for a flush go back on the due list as they are, in one splice (they stay in order,
- * ahead of rooms that became due after them). Returns the rest of `list`. */
-static server_room *put_back_flushes_locked(sync_server *s, server_room *list, const turn_batch *b)
+/* rooms_lock held, the turn given way and its room flushed: the rooms at the head of `list` (whose
+ * last room is `tail`) that only wait for a flush go back on the due list as they are, in one
+ * splice, in their order. Returns the rest of `list`. When no room due has more to do than a flush
+ * the whole list goes at once, without a look at each room (a room in it that is no longer ready,
+ * or has nothing to send, is dropped by the turn that reaches it); else the rooms up to the first
+ * with more to do (or the room the turn owes its flush). */
+static server_room *put_back_flushes_locked(sync_server *s, server_room *list, server_room *tail,
+                                            const turn_batch *b)
 {
     server_room *last = NULL;
-    for (server_room *r = list; r; r = r->due_next) {
-        /* exactly what the pass would do for it: not flushed, put back */
-        if (r->due_flags != DUE_FLUSH || r->state != ROOM_READY || !r->eng.engine ||
-            (b && &r->eng == b->owed) ||
-            !(r->eng.flush_pending || atomic_load(&r->eng.state_moved)))
-            break;
-        last = r;
+    if (!s->rooms_due_more && !(b && b->owed)) {
+        last = tail;
+    } else {
+        for (server_room *r = list; r; r = r->due_next) {
+            if (r->due_flags != DUE_FLUSH || (b && &r->eng == b->owed))
+                break;
+            last = r;
+        }
     }
     if (!last)
         return list;
@@ -830,12 +837,13 @@ static void due_pass(sync_server *s, bool unloaded_only, bool service, turn_batc
 {
     pthread_mutex_lock(&s->rooms_lock);
     server_room *list = s->rooms_due;
+    server_room *tail = s->rooms_due_tail;
     s->rooms_due = s->rooms_due_tail = NULL;
     pthread_mutex_unlock(&s->rooms_lock);
     while (list) {
         pthread_mutex_lock(&s->rooms_lock);
         if (service && s->turn_yielded && !s->turn_room_owed) {
-            list = put_back_flushes_locked(s, list, batch);
+            list = put_back_flushes_locked(s, list, tail, batch);
             if (!list) {
                 pthread_mutex_unlock(&s->rooms_lock);
                 break;
@@ -845,6 +853,8 @@ static void due_pass(sync_server *s, bool unloaded_only, bool service, turn_batc
         list = r->due_next;
         r->due_next = NULL;
         unsigned flags = r->due_flags;
+        if (flags & ~(unsigned)DUE_FLUSH)
+            s->rooms_due_more--;
         r->due_flags = 0;
         if (unloaded_only) {
             unsigned later = flags & ~(unsigned)DUE_UNLOADED;
