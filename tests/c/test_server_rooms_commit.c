@@ -4,6 +4,7 @@
  * someone else, or one row refused) is reported by each room like a failed save, the other rooms'
  * rows are still written, and the server goes on serving. The database is read by a connection of
  * the test's own. */
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -375,11 +376,86 @@ static void one_refused_row_does_not_fail_the_others(void)
     stop(&f);
 }
 
+typedef struct flood {
+    ws_client *c;
+    atomic_int stop;
+    long long sent;
+} flood;
+
+/* Increments as fast as the server takes them: input is waiting at every look a turn takes. */
+static void *flood_room(void *arg)
+{
+    flood *fl = arg;
+    while (!atomic_load(&fl->stop)) {
+        for (int i = 0; i < 64; i++)
+            if (ws_send_text(fl->c, "{\"type\":\"increment\"}") != 0)
+                return NULL;
+        fl->sent += 64;
+        char *text;
+        while ((text = ws_read_text(fl->c, 0)))
+            free(text);
+    }
+    return NULL;
+}
+
+/* Many rooms due in one turn while another room floods: the turn saves them all, walks its share,
+ * gives way and puts the rooms left back on the due list (in one splice); the turns after it walk
+ * them. Every client of every room gets every counter, each room's row holds it. */
+static void a_turn_that_gives_way_leaves_no_room_behind(void)
+{
+    fixture f;
+    REQUIRE(start(&f, "rooms_commit_yield", 5000) == 0);
+    enum { YIELD_ROOMS = ROOMS / 2, PER_ROOM = 4, YIELD_ROUNDS = 3 };
+    ws_client *clients[YIELD_ROOMS][PER_ROOM] = {{NULL}};
+    ws_client *gate = fixture_join(f.port, "/rooms/gate");
+    REQUIRE(gate);
+    for (int r = 0; r < YIELD_ROOMS; r++) {
+        char path[64];
+        snprintf(path, sizeof path, "/rooms/y-%d", r);
+        for (int i = 0; i < PER_ROOM; i++) {
+            clients[r][i] = fixture_join(f.port, path);
+            REQUIRE(clients[r][i]);
+        }
+    }
+    flood fl = {.c = fixture_join(f.port, "/rooms/busy"), .stop = 0, .sent = 0};
+    REQUIRE(fl.c);
+    pthread_t flooder;
+    REQUIRE(pthread_create(&flooder, NULL, flood_room, &fl) == 0);
+    int missed = 0;
+    for (int k = 1; k <= YIELD_ROUNDS; k++) {
+        ws_client *first[YIELD_ROOMS];
+        for (int r = 0; r < YIELD_ROOMS; r++)
+            first[r] = clients[r][0];
+        burst_in_one_turn(gate, first, YIELD_ROOMS);
+        /* (a room left behind fails the first read that waits for it: no need to wait more) */
+        for (int r = 0; r < YIELD_ROOMS && !missed; r++)
+            for (int i = 0; i < PER_ROOM && !missed; i++)
+                missed += read_counter(clients[r][i], k) != 0;
+    }
+    atomic_store(&fl.stop, 1);
+    pthread_join(flooder, NULL);
+    CHECK_EQ_INT(missed, 0);
+    CHECK(fl.sent > 1000);
+    for (int r = 0; r < YIELD_ROOMS; r++) {
+        char room[32];
+        snprintf(room, sizeof room, "y-%d", r);
+        CHECK_EQ_INT(stored_counter(f.reader, room), YIELD_ROUNDS);
+    }
+    CHECK_EQ_INT(atomic_load(&sync_errors), 0);
+    for (int r = 0; r < YIELD_ROOMS; r++)
+        for (int i = 0; i < PER_ROOM; i++)
+            ws_client_free(clients[r][i]);
+    ws_client_free(fl.c);
+    ws_client_free(gate);
+    stop(&f);
+}
+
 int main(void)
 {
     RUN(rooms_changed_in_one_turn_are_saved_by_one_transaction);
     RUN(no_client_receives_a_state_that_is_not_committed);
     RUN(a_batch_that_cannot_commit_is_reported_by_every_room);
     RUN(one_refused_row_does_not_fail_the_others);
+    RUN(a_turn_that_gives_way_leaves_no_room_behind);
     return check_summary();
 }
