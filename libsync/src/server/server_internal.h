@@ -136,6 +136,9 @@ struct sync_server {
      * a room whose flush waits for the next turn keeps its place ahead of rooms due later. */
     server_room *rooms_due;
     server_room *rooms_due_tail;
+    /* Rooms due (on that list or on the one a pass is working through) for more than a flush: none,
+     * and a turn that gave way puts every room it has left back at once. */
+    size_t rooms_due_more;
     lws_sorted_usec_list_t rooms_idle_timer;
     bool rooms_idle_armed;
     int64_t rooms_idle_at;

@@ -44,6 +44,7 @@
 #include "error.h"
 #include "libsync/rooms.h"
 #include "options.h"
+#include "store/room_batch.h"
 
 /* Idle rooms unloaded per loop turn at most. */
 enum { ROOMS_UNLOAD_BATCH = 64 };
@@ -256,6 +257,8 @@ static bool due_locked(sync_server *s, server_room *r, unsigned flags)
     } else {
         wake = false;
     }
+    if (!(r->due_flags & ~(unsigned)DUE_FLUSH) && (flags & ~(unsigned)DUE_FLUSH))
+        s->rooms_due_more++;
     r->due_flags |= flags;
     return wake;
 }
@@ -766,22 +769,92 @@ static void room_process_due(sync_server *s)
 static sync_engine *delete_begin_locked(sync_server *s, server_room *r);
 static void delete_end(sync_server *s, server_room *r, sync_engine *engine);
 
-/* unloaded_only: a blocking sync_rooms_acquire() on the service thread (a room's handler that
- * needs another room) frees the engines of unloaded rooms so that a room it waits for can load
- * afresh, and leaves the rest (socket writes) for the end of the turn. */
-static void room_process_due_only(sync_server *s, bool unloaded_only)
+/* The room stores whose saves one pass keeps for a single transaction (room_batch.h): the
+ * built-in SQLite store's; a turn rarely sees more than one store (one per room mount). */
+enum { TURN_BATCH_STORES = 4 };
+typedef struct turn_batch {
+    sync_room_store *store[TURN_BATCH_STORES];
+    size_t count;
+    bool open;           /* stores may join: the first pass of a turn */
+    server_engine *owed; /* the turn's owed room, whose save the batch holds */
+} turn_batch;
+
+/* Opens the batch of `store` for this turn unless it is open already. */
+static void turn_batch_join(turn_batch *b, sync_room_store *store)
 {
-    bool service = server_on_service_thread(s) && !unloaded_only;
+    if (!b || !b->open || !store)
+        return;
+    for (size_t i = 0; i < b->count; i++)
+        if (b->store[i] == store)
+            return;
+    if (b->count < TURN_BATCH_STORES && sync__room_store_batch_begin(store))
+        b->store[b->count++] = store;
+}
+
+/* Closes every batch of the turn: each store writes what it kept in one transaction and completes
+ * the saves, which makes their rooms due again (sendable now). */
+static void turn_batch_end(turn_batch *b)
+{
+    b->open = false;
+    for (size_t i = 0; i < b->count; i++)
+        sync__room_store_batch_end(b->store[i]);
+}
+
+/* rooms_lock held, the turn given way and its room flushed: the rooms at the head of `list` (whose
+ * last room is `tail`) that only wait for a flush go back on the due list as they are, in one
+ * splice, in their order. Returns the rest of `list`. When no room due has more to do than a flush
+ * the whole list goes at once, without a look at each room (a room in it that is no longer ready,
+ * or has nothing to send, is dropped by the turn that reaches it); else the rooms up to the first
+ * with more to do (or the room the turn owes its flush). */
+static server_room *put_back_flushes_locked(sync_server *s, server_room *list, server_room *tail,
+                                            const turn_batch *b)
+{
+    server_room *last = NULL;
+    if (!s->rooms_due_more && !(b && b->owed)) {
+        last = tail;
+    } else {
+        for (server_room *r = list; r; r = r->due_next) {
+            if (r->due_flags != DUE_FLUSH || (b && &r->eng == b->owed))
+                break;
+            last = r;
+        }
+    }
+    if (!last)
+        return list;
+    server_room *rest = last->due_next;
+    last->due_next = NULL;
+    if (s->rooms_due_tail)
+        s->rooms_due_tail->due_next = list;
+    else
+        s->rooms_due = list;
+    s->rooms_due_tail = last;
+    return rest;
+}
+
+/* One pass over the rooms due: `batch` (service thread only) holds the saves this pass starts
+ * until turn_batch_end(). */
+static void due_pass(sync_server *s, bool unloaded_only, bool service, turn_batch *batch)
+{
     pthread_mutex_lock(&s->rooms_lock);
     server_room *list = s->rooms_due;
+    server_room *tail = s->rooms_due_tail;
     s->rooms_due = s->rooms_due_tail = NULL;
     pthread_mutex_unlock(&s->rooms_lock);
     while (list) {
         pthread_mutex_lock(&s->rooms_lock);
+        if (service && s->turn_yielded && !s->turn_room_owed) {
+            list = put_back_flushes_locked(s, list, tail, batch);
+            if (!list) {
+                pthread_mutex_unlock(&s->rooms_lock);
+                break;
+            }
+        }
         server_room *r = list;
         list = r->due_next;
         r->due_next = NULL;
         unsigned flags = r->due_flags;
+        if (flags & ~(unsigned)DUE_FLUSH)
+            s->rooms_due_more--;
         r->due_flags = 0;
         if (unloaded_only) {
             unsigned later = flags & ~(unsigned)DUE_UNLOADED;
@@ -816,8 +889,16 @@ static void room_process_due_only(sync_server *s, bool unloaded_only)
              * one room is flushed every turn however busy, so that the fixed mounts (flushed
              * first) never hold the rooms back. */
             bool open = server_broadcast_turn_open(s);
-            if (open || s->turn_room_owed) {
+            bool owed = batch && batch->owed == &r->eng;
+            if (open || s->turn_room_owed || owed) {
+                if (!open && s->turn_room_owed && batch && batch->open)
+                    batch->owed = &r->eng; /* its frame goes in the second pass, saved */
+                else if (owed)
+                    batch->owed = NULL;
                 s->turn_room_owed = false;
+                /* with the batch open a save is kept, and the flush waits for it: the engine
+                 * calls the listener again when the batch's end completes it */
+                turn_batch_join(batch, r->rooms->store);
                 server_broadcast_flush_engine(&r->eng);
             }
             if (r->eng.flush_pending || atomic_load(&r->eng.state_moved))
@@ -876,14 +957,36 @@ static void room_process_due_only(sync_server *s, bool unloaded_only)
         room_free_if_unused_locked(r); /* nothing below touches r */
         pthread_mutex_unlock(&s->rooms_lock);
     }
-    if (service) {
-        arm_idle_timer(s);
-        pthread_mutex_lock(&s->rooms_lock);
-        bool more = s->rooms_due != NULL;
-        pthread_mutex_unlock(&s->rooms_lock);
-        if (more)
-            server_turn_wake(s); /* the next turn must not sleep on it */
+}
+
+/* unloaded_only: a blocking sync_rooms_acquire() on the service thread (a room's handler that
+ * needs another room) frees the engines of unloaded rooms so that a room it waits for can load
+ * afresh, and leaves the rest (socket writes) for the end of the turn.
+ *
+ * On the service thread a turn's rooms are saved together: the first pass starts the save of
+ * every room it flushes (a store that batches keeps them), the batch's end writes them in one
+ * transaction and completes them (the rooms become due again, now sendable), and a second pass
+ * sends their frames, in the same turn: a room waits for no other turn than it did with a save
+ * of its own. */
+static void room_process_due_only(sync_server *s, bool unloaded_only)
+{
+    bool service = server_on_service_thread(s) && !unloaded_only;
+    if (!service) {
+        due_pass(s, unloaded_only, false, NULL);
+        return;
     }
+    turn_batch batch = {.count = 0, .open = true, .owed = NULL};
+    due_pass(s, false, true, &batch);
+    if (batch.count) {
+        turn_batch_end(&batch);
+        due_pass(s, false, true, &batch);
+    }
+    arm_idle_timer(s);
+    pthread_mutex_lock(&s->rooms_lock);
+    bool more = s->rooms_due != NULL;
+    pthread_mutex_unlock(&s->rooms_lock);
+    if (more)
+        server_turn_wake(s); /* the next turn must not sleep on it */
 }
 
 /* rooms_lock held: one count on the room less; a room whose engine waits for that to be freed,

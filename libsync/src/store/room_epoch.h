@@ -16,10 +16,13 @@ typedef struct sync__room_store_epoch {
                 int64_t *out_version, char *epoch);
     /* As the vtable's save, with the record's epoch (NULL: none): written with the record,
      * atomically; `fresh` says the store may not hold it yet (a store that keeps the epoch apart
-     * from the record writes it then only). */
+     * from the record writes it then only). A fresh epoch written by a save that returns
+     * SYNC_PENDING (a batched one, room_batch.h) is copied into `stored` (SYNC__EPOCH_MAX + 1
+     * bytes, the room's own, alive until the completion) once it is committed; a save that
+     * finishes at once leaves that to the caller. */
     int (*save)(void *userdata, sync_pending *pending, const char *room, const cJSON *state,
                 const char *state_json, size_t state_len, int64_t version, const char *epoch,
-                int fresh);
+                int fresh, char *stored);
 } sync__room_store_epoch;
 
 /* A built-in store's ops (static), set once after sync_room_store_new(). */

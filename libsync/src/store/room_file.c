@@ -93,7 +93,7 @@ static int rooms_load_epoch(void *userdata, sync_pending *pending, const char *r
 
 static int rooms_save_epoch(void *userdata, sync_pending *pending, const char *room,
                             const cJSON *state, const char *state_json, size_t state_len,
-                            int64_t version, const char *epoch, int fresh);
+                            int64_t version, const char *epoch, int fresh, char *stored);
 
 static const sync__room_store_epoch file_rooms_epoch = {rooms_load_epoch, rooms_save_epoch};
 
@@ -128,10 +128,11 @@ static int rooms_save(void *userdata, sync_pending *pending, const char *room, c
 /* The record is written whole: its "epoch" member goes with every save. */
 static int rooms_save_epoch(void *userdata, sync_pending *pending, const char *room,
                             const cJSON *state, const char *state_json, size_t state_len,
-                            int64_t version, const char *epoch, int fresh)
+                            int64_t version, const char *epoch, int fresh, char *stored)
 {
     (void)pending;
     (void)fresh;
+    (void)stored;
     file_record rec;
     int rc = room_record(userdata, room, &rec);
     if (rc != SYNC_OK)

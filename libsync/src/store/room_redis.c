@@ -68,10 +68,11 @@ static int rooms_load(void *userdata, sync_pending *pending, const char *room,
  * its history can never part. */
 static int rooms_save_epoch(void *userdata, sync_pending *pending, const char *room,
                             const cJSON *state, const char *state_json, size_t state_len,
-                            int64_t version, const char *epoch, int fresh)
+                            int64_t version, const char *epoch, int fresh, char *stored)
 {
     (void)pending;
     (void)fresh;
+    (void)stored;
     redis_rooms *rr = userdata;
     int rc = sync_room_name_check(room);
     if (rc != SYNC_OK)
@@ -97,8 +98,8 @@ static int rooms_save_epoch(void *userdata, sync_pending *pending, const char *r
 static int rooms_save(void *userdata, sync_pending *pending, const char *room, const cJSON *state,
                       const char *state_json, size_t state_len, int64_t version)
 {
-    return rooms_save_epoch(userdata, pending, room, state, state_json, state_len, version, NULL,
-                            0);
+    return rooms_save_epoch(userdata, pending, room, state, state_json, state_len, version, NULL, 0,
+                            NULL);
 }
 
 static const sync__room_store_epoch redis_rooms_epoch = {rooms_load_epoch, rooms_save_epoch};

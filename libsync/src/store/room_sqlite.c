@@ -1,14 +1,20 @@
 /* The SQLite room store: a row per room, keyed by its name, in one WAL database; one connection
- * that a mutex hands to one call at a time (calls for different rooms come from many threads). */
+ * that a mutex hands to one call at a time (calls for different rooms come from many threads).
+ * A save is one transaction, except in a batch (room_batch.h): the saves of a server's loop turn
+ * are kept (copied) and written together at its end, one transaction for them all, which is also
+ * one lock of the file and one WAL sync instead of one per room. The transaction is open only
+ * inside the end, under the mutex: no other call ever runs inside it. */
 #include "error.h"
 #include "options.h"
 #include "sqlite_db.h"
 #include "store_json.h"
+#include "room_batch.h"
 #include "room_epoch.h"
 #include "engine/completion.h"
 #include "engine/delta.h"
 
 #include <inttypes.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,9 +47,27 @@ static const sqlite_schema room_rows = {
 };
 enum { LOAD_STMT, LIST_STMT, SAVE_STMT, REMOVE_STMT };
 
+/* A save kept by the open batch (room_batch.h): what it writes, copied, and its token. */
+typedef struct kept_save {
+    sync_pending *pending;
+    char *room;
+    char *json;
+    size_t len;
+    int64_t version;
+    char *epoch;  /* a fresh epoch written beside the row, or NULL */
+    char *stored; /* where that epoch is noted once committed (the room's adapter) */
+    int status;
+    char *error;
+} kept_save;
+
 typedef struct sqlite_rooms {
     pthread_mutex_t lock;
     sqlite_db db;
+    /* The batch (under lock): open for one thread at a time; its saves are written at the end. */
+    int batch_open;
+    pthread_t batch_thread;
+    kept_save *kept;
+    size_t kept_count, kept_cap;
 } sqlite_rooms;
 
 static int rooms_init(void *userdata, sync_pending *pending)
@@ -150,8 +174,8 @@ static int rooms_load(void *userdata, sync_pending *pending, const char *room,
     return rc;
 }
 
-/* Runs a prepared write bound to `room` (and the record for a save); one statement is one
- * transaction. */
+/* Runs a prepared write bound to `room` (and the record for a save); outside a transaction, one
+ * statement is one transaction. */
 static int write_locked(sqlite_rooms *sr, int which, const char *room, const char *json, size_t len,
                         int64_t version)
 {
@@ -173,11 +197,85 @@ static int write_locked(sqlite_rooms *sr, int which, const char *room, const cha
                                               : "cannot remove a room from");
 }
 
-static int rooms_save(void *userdata, sync_pending *pending, const char *room, const cJSON *state,
-                      const char *state_json, size_t state_len, int64_t version)
+/* The row of a save and, when fresh, its epoch, on the open connection, inside the caller's
+ * transaction if it has one (a failed statement rolls that back: sqlite_db_write). */
+static int put_locked(sqlite_rooms *sr, const char *room, const char *json, size_t len,
+                      int64_t version, const char *epoch)
 {
-    (void)pending;
-    sqlite_rooms *sr = userdata;
+    int rc = write_locked(sr, SAVE_STMT, room, json, len, version);
+    if (rc != SYNC_OK || !epoch)
+        return rc;
+    char *sql = sqlite3_mprintf("INSERT OR REPLACE INTO \"%s_epoch\" (name, epoch) VALUES (%Q, %Q)",
+                                sr->db.table, room, epoch);
+    if (!sql)
+        rc = sync__fail(SYNC_ENOMEM, "out of memory");
+    else if (sqlite_db_exec(sr->db.db, sql) != SQLITE_OK)
+        rc = sqlite_db_fail(sr->db.db, "cannot save a room to", sr->db.path);
+    sqlite3_free(sql);
+    return rc;
+}
+
+static int end_transaction_locked(sqlite_rooms *sr, int rc)
+{
+    if (rc == SYNC_OK && sqlite_db_exec(sr->db.db, "COMMIT") != SQLITE_OK)
+        rc = sqlite_db_fail(sr->db.db, "cannot save a room to", sr->db.path);
+    if (rc != SYNC_OK && !sqlite3_get_autocommit(sr->db.db))
+        sqlite_db_exec(sr->db.db, "ROLLBACK");
+    return rc;
+}
+
+/* One save, a transaction of its own: one statement, or the row and a fresh epoch together (the
+ * row and its history never part). */
+static int save_locked(sqlite_rooms *sr, const char *room, const char *json, size_t len,
+                       int64_t version, const char *epoch)
+{
+    if (!epoch)
+        return write_locked(sr, SAVE_STMT, room, json, len, version);
+    int rc = sqlite_db_open_for_write(&sr->db);
+    if (rc != SYNC_OK)
+        return rc;
+    if (sqlite_db_exec(sr->db.db, "BEGIN IMMEDIATE") != SQLITE_OK)
+        return sqlite_db_fail(sr->db.db, "cannot save a room to", sr->db.path);
+    return end_transaction_locked(sr, put_locked(sr, room, json, len, version, epoch));
+}
+
+/* Keeps an engine's save for the end of the batch the calling thread has open: 1 when kept (the
+ * save then returns SYNC_PENDING), 0 when it is to be written now (no batch of this thread, a
+ * direct call, which waits for its result, or no memory to keep it). */
+static int keep_locked(sqlite_rooms *sr, sync_pending *pending, const char *room, const char *json,
+                       size_t len, int64_t version, const char *epoch, char *stored)
+{
+    if (!sr->batch_open || !pending || !pending->engine ||
+        !pthread_equal(sr->batch_thread, pthread_self()))
+        return 0;
+    if (sr->kept_count == sr->kept_cap) {
+        size_t cap = sr->kept_cap ? sr->kept_cap * 2 : 64;
+        kept_save *grown = realloc(sr->kept, cap * sizeof *grown);
+        if (!grown)
+            return 0;
+        sr->kept = grown;
+        sr->kept_cap = cap;
+    }
+    kept_save k = {.pending = pending, .len = len, .version = version, .stored = stored};
+    k.room = strdup(room);
+    k.json = malloc(len + 1);
+    k.epoch = epoch ? strdup(epoch) : NULL;
+    if (!k.room || !k.json || (epoch && !k.epoch)) {
+        free(k.room);
+        free(k.json);
+        free(k.epoch);
+        return 0;
+    }
+    memcpy(k.json, json, len);
+    k.json[len] = '\0';
+    sr->kept[sr->kept_count++] = k;
+    return 1;
+}
+
+static int save_or_keep(sqlite_rooms *sr, sync_pending *pending, const char *room,
+                        const cJSON *state, const char *state_json, size_t state_len,
+                        int64_t version, const char *epoch, char *stored)
+{
     int rc = sync_room_name_check(room);
     if (rc != SYNC_OK)
         return rc;
@@ -186,10 +284,19 @@ static int rooms_save(void *userdata, sync_pending *pending, const char *room, c
     if (rc != SYNC_OK)
         return rc;
     pthread_mutex_lock(&sr->lock);
-    rc = write_locked(sr, SAVE_STMT, room, state_json, state_len, version);
+    if (keep_locked(sr, pending, room, state_json, state_len, version, epoch, stored))
+        rc = SYNC_PENDING;
+    else
+        rc = save_locked(sr, room, state_json, state_len, version, epoch);
     pthread_mutex_unlock(&sr->lock);
     cJSON_free(printed);
     return rc;
+}
+
+static int rooms_save(void *userdata, sync_pending *pending, const char *room, const cJSON *state,
+                      const char *state_json, size_t state_len, int64_t version)
+{
+    return save_or_keep(userdata, pending, room, state, state_json, state_len, version, NULL, NULL);
 }
 
 /* The room's epoch, read apart from its row (a table of an older libsync opened read-only may
@@ -232,38 +339,87 @@ static int rooms_load_epoch(void *userdata, sync_pending *pending, const char *r
 /* A fresh epoch goes in the transaction of the save: the row and its history never part. */
 static int rooms_save_epoch(void *userdata, sync_pending *pending, const char *room,
                             const cJSON *state, const char *state_json, size_t state_len,
-                            int64_t version, const char *epoch, int fresh)
+                            int64_t version, const char *epoch, int fresh, char *stored)
 {
-    if (!epoch || !fresh)
-        return rooms_save(userdata, pending, room, state, state_json, state_len, version);
+    return save_or_keep(userdata, pending, room, state, state_json, state_len, version,
+                        epoch && fresh ? epoch : NULL, stored);
+}
+
+/* ---- the batch (room_batch.h) --------------------------------------------------------------- */
+
+static int rooms_batch_begin(void *userdata)
+{
     sqlite_rooms *sr = userdata;
-    int rc = sync_room_name_check(room);
-    if (rc != SYNC_OK)
-        return rc;
-    char *printed = NULL;
-    rc = store_state_text(state, &state_json, &state_len, &printed);
-    if (rc != SYNC_OK)
-        return rc;
-    char *sql = sqlite3_mprintf("INSERT OR REPLACE INTO \"%s_epoch\" (name, epoch) VALUES (%Q, %Q)",
-                                sr->db.table, room, epoch);
     pthread_mutex_lock(&sr->lock);
-    rc = sql ? sqlite_db_open_for_write(&sr->db) : sync__fail(SYNC_ENOMEM, "out of memory");
-    if (rc == SYNC_OK && sqlite_db_exec(sr->db.db, "BEGIN IMMEDIATE") != SQLITE_OK)
-        rc = sqlite_db_fail(sr->db.db, "cannot save a room to", sr->db.path);
-    else if (rc == SYNC_OK) {
-        rc = write_locked(sr, SAVE_STMT, room, state_json, state_len, version);
-        if (rc == SYNC_OK && (sqlite_db_exec(sr->db.db, sql) != SQLITE_OK ||
-                              sqlite_db_exec(sr->db.db, "COMMIT") != SQLITE_OK)) {
-            rc = sqlite_db_fail(sr->db.db, "cannot save a room to", sr->db.path);
-            if (!sqlite3_get_autocommit(sr->db.db))
-                sqlite_db_exec(sr->db.db, "ROLLBACK");
-        }
+    int opened = !sr->batch_open;
+    if (opened) {
+        sr->batch_open = 1;
+        sr->batch_thread = pthread_self();
     }
     pthread_mutex_unlock(&sr->lock);
-    sqlite3_free(sql);
-    cJSON_free(printed);
-    return rc;
+    return opened;
 }
+
+/* Every kept save in one transaction. SYNC_OK; else its failure, *started saying whether the
+ * transaction began (then a save of its own may still succeed for each row). */
+static int commit_kept_locked(sqlite_rooms *sr, const kept_save *kept, size_t count, int *started)
+{
+    *started = 0;
+    int rc = sqlite_db_open_for_write(&sr->db);
+    if (rc != SYNC_OK)
+        return rc;
+    if (sqlite_db_exec(sr->db.db, "BEGIN IMMEDIATE") != SQLITE_OK)
+        return sqlite_db_fail(sr->db.db, "cannot save a room to", sr->db.path);
+    *started = 1;
+    for (size_t i = 0; i < count && rc == SYNC_OK; i++)
+        rc =
+            put_locked(sr, kept[i].room, kept[i].json, kept[i].len, kept[i].version, kept[i].epoch);
+    return end_transaction_locked(sr, rc);
+}
+
+static void kept_result(kept_save *k, int rc)
+{
+    k->status = rc;
+    if (rc != SYNC_OK)
+        k->error = strdup(sync_error_last()[0] ? sync_error_last() : sync_strerror(rc));
+    else if (k->epoch && k->stored)
+        snprintf(k->stored, SYNC__EPOCH_MAX + 1, "%s", k->epoch);
+}
+
+static void rooms_batch_end(void *userdata)
+{
+    sqlite_rooms *sr = userdata;
+    pthread_mutex_lock(&sr->lock);
+    kept_save *kept = sr->kept;
+    size_t count = sr->kept_count;
+    sr->batch_open = 0;
+    sr->kept = NULL;
+    sr->kept_count = sr->kept_cap = 0;
+    int started = 0;
+    int rc = count ? commit_kept_locked(sr, kept, count, &started) : SYNC_OK;
+    for (size_t i = 0; i < count; i++) {
+        /* One row SQLite refuses (or a COMMIT that failed) must not fail the others: each is
+         * tried again alone, as it would have been saved without the batch. */
+        if (rc != SYNC_OK && started && count > 1)
+            kept_result(&kept[i], save_locked(sr, kept[i].room, kept[i].json, kept[i].len,
+                                              kept[i].version, kept[i].epoch));
+        else
+            kept_result(&kept[i], rc);
+    }
+    pthread_mutex_unlock(&sr->lock);
+    /* Outside the lock: a completion takes its engine's lock and continues its work (lock order:
+     * an engine's, then the store's). */
+    for (size_t i = 0; i < count; i++) {
+        sync_pending_complete(kept[i].pending, kept[i].status, kept[i].error);
+        free(kept[i].room);
+        free(kept[i].json);
+        free(kept[i].epoch);
+        free(kept[i].error);
+    }
+    free(kept);
+}
+
+static const sync__room_store_batch sqlite_rooms_batch = {rooms_batch_begin, rooms_batch_end};
 
 static const sync__room_store_epoch sqlite_rooms_epoch = {rooms_load_epoch, rooms_save_epoch};
 
@@ -329,6 +485,7 @@ static void rooms_destroy(void *userdata)
     if (!sr)
         return;
     sqlite_db_release(&sr->db);
+    free(sr->kept); /* a batch is always ended before the store can go */
     pthread_mutex_destroy(&sr->lock);
     free(sr);
 }
@@ -360,7 +517,9 @@ int sync_room_store_sqlite_new(sync_room_store **out, const sync_sqlite_options 
         .destroy = rooms_destroy,
     };
     rc = sync_room_store_new(out, &vt, sr);
-    if (rc == SYNC_OK)
+    if (rc == SYNC_OK) {
         sync__room_store_set_epoch_ops(*out, &sqlite_rooms_epoch);
+        sync__room_store_set_batch_ops(*out, &sqlite_rooms_batch);
+    }
     return rc;
 }

@@ -13,8 +13,8 @@
 #include "error.h"
 #include "libsync/rooms.h"
 #include "store_json.h"
+#include "room_batch.h"
 #include "room_epoch.h"
-#include "engine/completion.h"
 #include "engine/delta.h"
 
 enum { INIT_NONE, INIT_RUNNING, INIT_DONE };
@@ -31,12 +31,30 @@ struct sync_room_store {
     sync_pending **waiters;
     size_t waiter_count, waiter_cap;
     const sync__room_store_epoch *epoch; /* a built-in store's (room_epoch.h), or NULL */
+    const sync__room_store_batch *batch; /* a built-in store's (room_batch.h), or NULL */
 };
 
 void sync__room_store_set_epoch_ops(sync_room_store *store, const sync__room_store_epoch *ops)
 {
     if (store)
         store->epoch = ops;
+}
+
+void sync__room_store_set_batch_ops(sync_room_store *store, const sync__room_store_batch *ops)
+{
+    if (store)
+        store->batch = ops;
+}
+
+int sync__room_store_batch_begin(sync_room_store *store)
+{
+    return store && store->batch ? store->batch->begin(store->userdata) : 0;
+}
+
+void sync__room_store_batch_end(sync_room_store *store)
+{
+    if (store && store->batch)
+        store->batch->end(store->userdata);
 }
 
 int sync_room_store_new(sync_room_store **out, const sync_room_store_vtable *vtable, void *userdata)
@@ -263,7 +281,7 @@ static int room_save(void *userdata, sync_pending *pending, const cJSON *state,
         /* the epoch is written by the first save that finds the store without it */
         int fresh = ra->epoch && strcmp(ra->epoch, ra->stored_epoch) != 0;
         int rc = ra->store->epoch->save(ra->store->userdata, pending, ra->room, state, state_json,
-                                        state_len, version, ra->epoch, fresh);
+                                        state_len, version, ra->epoch, fresh, ra->stored_epoch);
         if (rc == SYNC_OK && fresh)
             snprintf(ra->stored_epoch, sizeof ra->stored_epoch, "%s", ra->epoch);
         return rc;
