@@ -1018,11 +1018,8 @@ static void serve(sync_server *server)
         if (atomic_exchange(&server->accept_failed, false))
             server_pause_accept(server);
         server_process_wakes(server, true);
-        if (server->spares_to_trim && server->ws_open == 0) {
-            /* every client gone (their lws blocks freed by now): the slabs' warm pages go too */
-            server->spares_to_trim = false;
-            server_alloc_trim_spares();
-        }
+        if (server->ws_open == 0 && server_alloc_has_warm_spares())
+            server_alloc_trim_spares(); /* no client left: the slabs' warm pages go back too */
     }
 
     detach_engines(server, server->engine_count);

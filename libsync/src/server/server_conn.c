@@ -475,7 +475,6 @@ void server_conn_closed(server_conn *c)
     c->wsi = NULL;
     pthread_mutex_unlock(&s->lock);
     s->ws_open--;
-    s->spares_to_trim = true;
     rx_release(c);
     sync_conn *conn = server_conn_handle(c);
     if (c->joined)

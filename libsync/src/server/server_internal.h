@@ -218,7 +218,6 @@ struct sync_server {
 
     /* service-thread counters (read by /metrics on the same thread) */
     int ws_open;
-    bool spares_to_trim; /* a connection closed since the slabs' warm pages last went back */
     uint64_t accepted;
     uint64_t refused;
     uint64_t rate_limited;
@@ -408,6 +407,8 @@ void server_conn_free(void *ptr);
  * blocks come and go costs no syscall that way): where the server returns memory after a wave of
  * frees (rooms unloaded, the last connection gone). */
 void server_alloc_trim_spares(void);
+/* Whether any empty chunk keeps warm pages (cheap: for the service loop's idle check). */
+bool server_alloc_has_warm_spares(void);
 /* Tests: the bytes of slab chunks mapped now (0 under AddressSanitizer: no slabs). */
 size_t server_alloc_slab_bytes(void);
 
