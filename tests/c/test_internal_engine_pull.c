@@ -183,6 +183,118 @@ static void group_commit_before_send(void)
     fake_store_cleanup(&store);
 }
 
+/* A binding's batch: a step that the engine hands out (a validator here) and the binding finishes
+ * with sync_msg_complete_next(), message after message, while the rest wait in the queue. */
+static sync_msg *held;
+
+static int hold_step(sync_msg *msg, void *userdata)
+{
+    (void)userdata;
+    held = msg;
+    return SYNC_PENDING;
+}
+
+/* Runs the held batch to its end; returns the messages completed. `quiet` counts those whose
+ * completion told the reader nothing although more of the batch was still to come. */
+static int run_batch(sync_engine *e, pull_conn *pc, int *quiet)
+{
+    sync_msg *msg = held;
+    held = NULL;
+    int done = 0;
+    *quiet = 0;
+    while (msg) {
+        int notified = pc->notified;
+        sync_msg *next = NULL;
+        void *next_userdata = NULL;
+        if (sync_msg_complete_next(msg, SYNC_OK, &next, &next_userdata) != SYNC_OK)
+            break;
+        done++;
+        if (next && pc->notified == notified)
+            (*quiet)++;
+        msg = next;
+    }
+    (void)e;
+    return done;
+}
+
+/* With SYNC_PERSIST_BEFORE_SEND nobody can flush while a batch runs (the save needs the engine
+ * idle), so a reader hears once, when the batch is through, not once per message: each notice is
+ * a wake of the server's service thread from the binding's thread, for a flush that would fail.
+ * The flush on that notice succeeds: one save, the batch's last state. Order and results stay the
+ * engine's. Without a save before send, every change is told at once as before: the head may be
+ * sent while the batch runs. */
+static void batch_tells_readers_when_a_flush_can_succeed(void)
+{
+    fake_store store;
+    sync_engine *e = before_send_engine(&store);
+    REQUIRE(e);
+    REQUIRE(sync_engine_set_validator(e, hold_step, NULL, NULL) == SYNC_OK);
+    pull_conn pc;
+    pc_init(&pc);
+    pc_listen(e, &pc);
+    CHECK_EQ_INT(sync_engine_handle_open(e, pc.conn), SYNC_OK);
+    held = NULL;
+    for (int i = 0; i < 8; i++)
+        CHECK_EQ_INT(counter_send(e, pc.conn, "increment", 1), SYNC_PENDING);
+    REQUIRE(held != NULL);
+    /* the server's turn while the batch waits: no flush yet */
+    CHECK(pc_pull(e, &pc, 0) == NULL);
+    int notified = pc.notified;
+    int quiet = 0;
+    CHECK_EQ_INT(run_batch(e, &pc, &quiet), 8);
+    CHECK_EQ_INT(quiet, 7);
+    CHECK_EQ_INT(pc.notified, notified + 1);
+    CHECK_EQ_INT(store.saves, 0);
+    REQUIRE(pc_pull(e, &pc, 0) != NULL);
+    CHECK_EQ_INT(store.saves, 1);
+    CHECK_EQ_STR(store.json, "{\"counter\":8}");
+    CHECK_EQ_STR(sync__frame_text(pc.frames[pc.count - 1]),
+                 "{\"type\":\"state_update\",\"data\":{\"counter\":8},\"version\":8}");
+
+    /* the same batch with no server turn in between: still one notice, at its end */
+    for (int i = 0; i < 5; i++)
+        CHECK_EQ_INT(counter_send(e, pc.conn, "increment", 2), SYNC_PENDING);
+    notified = pc.notified;
+    CHECK_EQ_INT(run_batch(e, &pc, &quiet), 5);
+    CHECK_EQ_INT(quiet, 4);
+    CHECK_EQ_INT(pc.notified, notified + 1);
+    REQUIRE(pc_pull(e, &pc, 0) != NULL);
+    CHECK_EQ_INT(store.saves, 2);
+    CHECK_EQ_STR(store.json, "{\"counter\":18}");
+
+    /* a single message is told at its commit, as a synchronous one is */
+    CHECK_EQ_INT(counter_send(e, pc.conn, "increment", 1), SYNC_PENDING);
+    notified = pc.notified;
+    CHECK_EQ_INT(run_batch(e, &pc, &quiet), 1);
+    CHECK_EQ_INT(pc.notified, notified + 1);
+    REQUIRE(pc_pull(e, &pc, 0) != NULL);
+    CHECK_EQ_STR(store.json, "{\"counter\":19}");
+    sync_engine_free(e);
+    pc_cleanup(&pc);
+    fake_store_cleanup(&store);
+
+    /* no save before send: a reader may send the head mid-batch, so it hears every change */
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    e = counter_engine(&opts, NULL, 0);
+    REQUIRE(e);
+    sync__engine_set_auto_broadcast(e, 1);
+    REQUIRE(sync_engine_set_validator(e, hold_step, NULL, NULL) == SYNC_OK);
+    pc_init(&pc);
+    pc_listen(e, &pc);
+    CHECK_EQ_INT(sync_engine_handle_open(e, pc.conn), SYNC_OK);
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ_INT(counter_send(e, pc.conn, "increment", 1), SYNC_PENDING);
+    notified = pc.notified;
+    CHECK_EQ_INT(run_batch(e, &pc, &quiet), 4);
+    CHECK_EQ_INT(quiet, 0);
+    CHECK_EQ_INT(pc.notified, notified + 4);
+    REQUIRE(pc_pull(e, &pc, 0) != NULL);
+    CHECK_EQ_STR(sync__frame_text(pc.frames[pc.count - 1]),
+                 "{\"type\":\"state_update\",\"data\":{\"counter\":4},\"version\":4}");
+    sync_engine_free(e);
+    pc_cleanup(&pc);
+}
+
 /* The engine counts its push connections: while one is open a broadcast saves first and pushes
  * to it; once the last one is gone the broadcast is a notice to the pull connections only. */
 static void push_count_follows_open_and_close(void)
@@ -323,6 +435,7 @@ int main(void)
 {
     RUN(pull_broadcast);
     RUN(group_commit_before_send);
+    RUN(batch_tells_readers_when_a_flush_can_succeed);
     RUN(push_count_follows_open_and_close);
     RUN(deadline_listener);
     RUN(one_notice_per_change_and_reader);

@@ -307,7 +307,7 @@ static int broadcast_run(sync_engine *engine, sync__op *op, int force)
     }
     SYNC__DEBUG(engine, "broadcast version %lld to %zu connections",
                 (long long)atomic_load(&engine->version), atomic_load(&engine->conn_count));
-    sync__feed_notify_readers(engine, force);
+    sync__feed_moved(engine, force);
     return engine->feed.push_count ? push_to_all(engine) : SYNC_OK;
 }
 

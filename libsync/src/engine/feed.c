@@ -141,9 +141,32 @@ void sync__feed_notify_readers(sync_engine *engine, int force)
         f->readers[i].state_moved(f->readers[i].userdata, force);
 }
 
+/* Whether a reader's flush would fail until the queue is through: the head waits for its save
+ * before send, which needs the engine idle, and queued work starts as soon as the running
+ * operation ends. A reader told now would only be told again (a binding's batch: one notice per
+ * message, each a wake of the server's service thread for a flush that cannot happen). */
+static int flush_blocked(const sync_engine *engine)
+{
+    return engine->queue_head != NULL && sync__feed_save_due(engine, FEED_SENDING);
+}
+
+void sync__feed_moved(sync_engine *engine, int force)
+{
+    if (flush_blocked(engine)) {
+        if (!force) {
+            engine->feed.flush_waiting = 1; /* told when the queue is through (op_finished) */
+            return;
+        }
+    } else {
+        /* this notice is the one a waiting flush was owed: once is enough */
+        engine->feed.flush_waiting = 0;
+    }
+    sync__feed_notify_readers(engine, force);
+}
+
 void sync__feed_op_finished(sync_engine *engine)
 {
-    if (!engine->feed.flush_waiting || engine->disposed)
+    if (!engine->feed.flush_waiting || engine->disposed || flush_blocked(engine))
         return;
     engine->feed.flush_waiting = 0;
     sync__feed_notify_readers(engine, 0);

@@ -91,7 +91,12 @@ void sync__feed_append(struct sync_engine *engine);
 void sync__feed_append_saved(struct sync_engine *engine);
 /* Tells every reader that the head moved (or, with force, that a broadcast was asked for). */
 void sync__feed_notify_readers(struct sync_engine *engine, int force);
-/* Runs when an operation ends: a flush that could not finish at once is done now. */
+/* A commit moved the head (or, with force, a broadcast was asked for): tells every reader, but
+ * not while their flush could not succeed before the engine's queue is through (BEFORE_SEND with
+ * work queued): they hear once when it is (sync__feed_op_finished). */
+void sync__feed_moved(struct sync_engine *engine, int force);
+/* Runs when an operation ends: readers waiting for a flush that could not finish are told that it
+ * can, unless queued work is about to keep the engine busy (then the last operation tells). */
 void sync__feed_op_finished(struct sync_engine *engine);
 void sync__feed_release(sync__feed *feed);
 /* The engine's last connection left: the head's frames and its text go (slab memory; made again

@@ -91,7 +91,9 @@ void sync__engine_set_auto_broadcast(sync_engine *engine, int on);
  *
  * state_moved: a record was appended (or, with force, a broadcast was asked for), once per record
  * for the whole engine; each transport finds its connections behind (last sent seq older than the
- * head's) itself, then flushes and reads.
+ * head's) itself, then flushes and reads. While the head waits for its save before send and more
+ * work is queued (a binding's batch), no flush could succeed: the records of that run are told
+ * once, when the queue is through (feed.h, sync__feed_moved).
  *
  * deadline_moved: the engine's timer deadlines moved. Engines mounted on a server are ticked by
  * it: a SYNC_TIMERS_MANUAL engine's listener re-arms its timer; a SYNC_TIMERS_THREAD engine never

@@ -112,8 +112,10 @@ void server_wake(sync_server *server)
 {
     atomic_fetch_add(&server->wakers, 1);
     struct lws_context *ctx = atomic_load(&server->wake_context);
-    if (ctx)
+    if (ctx) {
+        atomic_fetch_add_explicit(&server->wakes, 1, memory_order_relaxed);
         lws_cancel_service(ctx);
+    }
     atomic_fetch_sub(&server->wakers, 1);
 }
 

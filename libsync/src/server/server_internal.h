@@ -190,6 +190,7 @@ struct sync_server {
      * service thread waits for wakers to leave before it destroys the context. */
     _Atomic(struct lws_context *) wake_context;
     atomic_int wakers;
+    atomic_ullong wakes; /* server_wake() calls that reached lws (metrics: a wake costs a turn) */
 
     pthread_t thread; /* the background thread of sync_server_start */
     pthread_t service_thread;

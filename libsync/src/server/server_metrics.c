@@ -231,6 +231,10 @@ char *server_metrics_render(sync_server *server, size_t *len)
     server_counter(&b, "libsync_server_broadcasts_cut_short_total", "counter",
                    "Broadcasts that stopped to read waiting input and went on with a newer state.",
                    server->broadcasts_cut_short);
+    server_counter(&b, "libsync_server_wakes_total", "counter",
+                   "Wake-ups of the service thread for work from other threads (changes, frames, "
+                   "decisions) or a stop.",
+                   (uint64_t)atomic_load_explicit(&server->wakes, memory_order_relaxed));
     server_counter(&b, "libsync_server_resumes_patch_total", "counter",
                    "v2 resumes (?since=V) served by a patch.", atomic_load(&server->resumes_patch));
     server_counter(&b, "libsync_server_resumes_state_total", "counter",
