@@ -1379,46 +1379,6 @@ static void rooms_survive_churn_from_every_thread(void)
     sync_server_free(f.server);
 }
 
-/* Reads states until the counter is `want`: 0, or -1 on timeout, close, or a counter past it. */
-static int read_to(ws_client *c, long long want)
-{
-    for (int i = 0; i < 50; i++) {
-        char *text = ws_read_text(c, 5000);
-        if (!text)
-            return -1;
-        long long v = ws_json_int(text, "counter");
-        free(text);
-        if (v == want)
-            return 0;
-        if (v > want)
-            return -1;
-    }
-    return -1;
-}
-
-typedef struct flood {
-    ws_client *c;
-    atomic_int stop;
-    long long sent;
-} flood;
-
-/* Increments as fast as the server takes them: lws reads a bounded share of a socket per turn,
- * so input is waiting on this one at every look the broadcasts take. */
-static void *flood_room(void *arg)
-{
-    flood *fl = arg;
-    while (!atomic_load(&fl->stop)) {
-        for (int i = 0; i < 64; i++)
-            if (ws_send_text(fl->c, "{\"type\":\"increment\"}") != 0)
-                return NULL;
-        fl->sent += 64;
-        char *text;
-        while ((text = ws_read_text(fl->c, 0)))
-            free(text);
-    }
-    return NULL;
-}
-
 /* Input for one room never cuts another room's broadcast short: it cannot supersede that room's
  * frame, and the turn has written little. One client floods its room; meanwhile rooms of a few
  * clients and a room of more than a short walk take increments one at a time. Every client sees
@@ -1443,10 +1403,10 @@ static void other_rooms_input_does_not_cut_a_broadcast(void)
             REQUIRE(clients[r][i]);
         }
     }
-    flood fl = {.c = join(&f, "/rooms/busy", NULL), .stop = 0, .sent = 0};
-    REQUIRE(fl.c);
-    pthread_t flooder;
-    REQUIRE(pthread_create(&flooder, NULL, flood_room, &fl) == 0);
+    ws_client *busy = join(&f, "/rooms/busy", NULL);
+    REQUIRE(busy);
+    fixture_flood *flood = fixture_flood_start(busy);
+    REQUIRE(flood);
     check_sleep_ms(50); /* a backlog builds up */
     int missed = 0;
     for (int k = 1; k <= CALM_ROUNDS; k++)
@@ -1454,18 +1414,17 @@ static void other_rooms_input_does_not_cut_a_broadcast(void)
             if (ws_send_text(clients[r][0], "{\"type\":\"increment\"}") != 0)
                 missed++;
             for (int i = 0; i < counts[r]; i++)
-                if (read_to(clients[r][i], k) != 0)
+                if (fixture_read_until(clients[r][i], "counter", k, 5000) != 0)
                     missed++;
         }
-    atomic_store(&fl.stop, 1);
-    pthread_join(flooder, NULL);
+    long long flooded = fixture_flood_stop(flood);
     CHECK_EQ_INT(missed, 0);
-    CHECK(fl.sent > 1000);
+    CHECK(flooded > 1000);
     CHECK_EQ_INT(fixture_metric(f.port, "libsync_server_broadcasts_cut_short_total"), 0);
     for (int r = 0; r < ROOMS; r++)
         for (int i = 0; i < counts[r]; i++)
             ws_client_free(clients[r][i]);
-    ws_client_free(fl.c);
+    ws_client_free(busy);
     sync_server_free(f.server);
 }
 

@@ -175,21 +175,6 @@ static void burst_in_one_turn(ws_client *gate, ws_client **clients, int n)
         CHECK_EQ_INT(ws_send_text(clients[i], "{\"type\":\"increment\"}"), 0);
 }
 
-/* Reads until a frame's counter is `want` (at most 20 frames): 0, or -1. */
-static int read_counter(ws_client *c, long long want)
-{
-    for (int i = 0; i < 20; i++) {
-        char *text = ws_read_text(c, 10000);
-        if (!text)
-            return -1;
-        long long v = ws_json_int(text, "counter");
-        free(text);
-        if (v == want)
-            return 0;
-    }
-    return -1;
-}
-
 static void rooms_changed_in_one_turn_are_saved_by_one_transaction(void)
 {
     fixture f;
@@ -203,7 +188,7 @@ static void rooms_changed_in_one_turn_are_saved_by_one_transaction(void)
 
     burst_in_one_turn(gate, clients, ROOMS);
     for (int i = 0; i < ROOMS; i++)
-        CHECK_EQ_INT(read_counter(clients[i], 2), 0);
+        CHECK_EQ_INT(fixture_read_until(clients[i], "counter", 2, 10000), 0);
     for (int i = 0; i < ROOMS; i++) {
         char room[32];
         snprintf(room, sizeof room, "r-%d", i);
@@ -317,7 +302,7 @@ static void a_batch_that_cannot_commit_is_reported_by_every_room(void)
 
     burst_in_one_turn(gate, clients, LOCKED_ROOMS);
     for (int i = 0; i < LOCKED_ROOMS; i++)
-        CHECK_EQ_INT(read_counter(clients[i], 2), 0);
+        CHECK_EQ_INT(fixture_read_until(clients[i], "counter", 2, 10000), 0);
     CHECK(atomic_load(&sync_errors) >= LOCKED_ROOMS);
     CHECK_EQ_INT(atomic_load(&other_errors), 0);
     CHECK_EQ_INT(sqlite3_exec(f.reader, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
@@ -330,7 +315,7 @@ static void a_batch_that_cannot_commit_is_reported_by_every_room(void)
     int before = atomic_load(&sync_errors);
     burst_in_one_turn(gate, clients, LOCKED_ROOMS);
     for (int i = 0; i < LOCKED_ROOMS; i++) {
-        CHECK_EQ_INT(read_counter(clients[i], 3), 0);
+        CHECK_EQ_INT(fixture_read_until(clients[i], "counter", 3, 10000), 0);
         char room[32];
         snprintf(room, sizeof room, "r-%d", i);
         CHECK_EQ_INT(stored_counter(f.reader, room), 3);
@@ -361,7 +346,7 @@ static void one_refused_row_does_not_fail_the_others(void)
 
     burst_in_one_turn(gate, clients, REFUSED_ROOMS);
     for (int i = 0; i < REFUSED_ROOMS; i++)
-        CHECK_EQ_INT(read_counter(clients[i], 2), 0);
+        CHECK_EQ_INT(fixture_read_until(clients[i], "counter", 2, 10000), 0);
     for (int i = 0; i < REFUSED_ROOMS; i++) {
         char room[32];
         snprintf(room, sizeof room, "r-%d", i);
@@ -374,28 +359,6 @@ static void one_refused_row_does_not_fail_the_others(void)
         ws_client_free(clients[i]);
     ws_client_free(gate);
     stop(&f);
-}
-
-typedef struct flood {
-    ws_client *c;
-    atomic_int stop;
-    long long sent;
-} flood;
-
-/* Increments as fast as the server takes them: input is waiting at every look a turn takes. */
-static void *flood_room(void *arg)
-{
-    flood *fl = arg;
-    while (!atomic_load(&fl->stop)) {
-        for (int i = 0; i < 64; i++)
-            if (ws_send_text(fl->c, "{\"type\":\"increment\"}") != 0)
-                return NULL;
-        fl->sent += 64;
-        char *text;
-        while ((text = ws_read_text(fl->c, 0)))
-            free(text);
-    }
-    return NULL;
 }
 
 /* Many rooms due in one turn while another room floods: the turn saves them all, walks its share,
@@ -417,10 +380,10 @@ static void a_turn_that_gives_way_leaves_no_room_behind(void)
             REQUIRE(clients[r][i]);
         }
     }
-    flood fl = {.c = fixture_join(f.port, "/rooms/busy"), .stop = 0, .sent = 0};
-    REQUIRE(fl.c);
-    pthread_t flooder;
-    REQUIRE(pthread_create(&flooder, NULL, flood_room, &fl) == 0);
+    ws_client *busy = fixture_join(f.port, "/rooms/busy");
+    REQUIRE(busy);
+    fixture_flood *flood = fixture_flood_start(busy);
+    REQUIRE(flood);
     int missed = 0;
     for (int k = 1; k <= YIELD_ROUNDS; k++) {
         ws_client *first[YIELD_ROOMS];
@@ -430,12 +393,11 @@ static void a_turn_that_gives_way_leaves_no_room_behind(void)
         /* (a room left behind fails the first read that waits for it: no need to wait more) */
         for (int r = 0; r < YIELD_ROOMS && !missed; r++)
             for (int i = 0; i < PER_ROOM && !missed; i++)
-                missed += read_counter(clients[r][i], k) != 0;
+                missed += fixture_read_until(clients[r][i], "counter", k, 10000) != 0;
     }
-    atomic_store(&fl.stop, 1);
-    pthread_join(flooder, NULL);
+    long long flooded = fixture_flood_stop(flood);
     CHECK_EQ_INT(missed, 0);
-    CHECK(fl.sent > 1000);
+    CHECK(flooded > 1000);
     for (int r = 0; r < YIELD_ROOMS; r++) {
         char room[32];
         snprintf(room, sizeof room, "y-%d", r);
@@ -445,7 +407,7 @@ static void a_turn_that_gives_way_leaves_no_room_behind(void)
     for (int r = 0; r < YIELD_ROOMS; r++)
         for (int i = 0; i < PER_ROOM; i++)
             ws_client_free(clients[r][i]);
-    ws_client_free(fl.c);
+    ws_client_free(busy);
     ws_client_free(gate);
     stop(&f);
 }

@@ -3,6 +3,7 @@
 #include "check.h"
 #include "ws_client.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -175,20 +176,27 @@ int fixture_items_room_setup(sync_room_setup *setup, void *userdata)
     return sync_room_setup_set_initial_state_json(setup, initial);
 }
 
-int fixture_increment(ws_client *c, const char *field, long long want)
+int fixture_read_until(ws_client *c, const char *field, long long want, int timeout_ms)
 {
-    if (ws_send_text(c, "{\"type\":\"increment\"}") != 0)
-        return -1;
     for (int i = 0; i < 50; i++) {
-        char *text = ws_read_text(c, 3000);
+        char *text = ws_read_text(c, timeout_ms);
         if (!text)
             return -1;
         long long v = ws_json_int(text, field);
         free(text);
         if (v == want)
             return 0;
+        if (v > want)
+            return -1;
     }
     return -1;
+}
+
+int fixture_increment(ws_client *c, const char *field, long long want)
+{
+    if (ws_send_text(c, "{\"type\":\"increment\"}") != 0)
+        return -1;
+    return fixture_read_until(c, field, want, 3000);
 }
 
 char *fixture_v2_first_frame(int port, const char *query)
@@ -249,4 +257,51 @@ long long fixture_open_connections(int port, long long want)
            check_elapsed_ms(&start) < 5000)
         usleep(20000);
     return open;
+}
+
+struct fixture_flood {
+    ws_client *c;
+    atomic_int stop;
+    long long sent;
+    pthread_t thread;
+};
+
+static void *flood_run(void *arg)
+{
+    fixture_flood *fl = arg;
+    while (!atomic_load(&fl->stop)) {
+        for (int i = 0; i < 64; i++)
+            if (ws_send_text(fl->c, "{\"type\":\"increment\"}") != 0)
+                return NULL;
+        fl->sent += 64;
+        char *text;
+        while ((text = ws_read_text(fl->c, 0)))
+            free(text);
+    }
+    return NULL;
+}
+
+fixture_flood *fixture_flood_start(ws_client *c)
+{
+    fixture_flood *fl = calloc(1, sizeof *fl);
+    if (!fl)
+        return NULL;
+    fl->c = c;
+    atomic_init(&fl->stop, 0);
+    if (pthread_create(&fl->thread, NULL, flood_run, fl) != 0) {
+        free(fl);
+        return NULL;
+    }
+    return fl;
+}
+
+long long fixture_flood_stop(fixture_flood *fl)
+{
+    if (!fl)
+        return 0;
+    atomic_store(&fl->stop, 1);
+    pthread_join(fl->thread, NULL);
+    long long sent = fl->sent;
+    free(fl);
+    return sent;
 }

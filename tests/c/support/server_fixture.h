@@ -52,8 +52,12 @@ int fixture_items_room_setup(sync_room_setup *setup, void *userdata);
 /* The loaded rooms once they are `want` (polled), or what they are after `timeout_ms`. */
 size_t fixture_wait_loaded(sync_rooms *rooms, size_t want, int timeout_ms);
 
-/* Sends {"type":"increment"} and reads (at most 50 frames) until one's `field` ("counter",
- * "version") is `want`: 0, or -1 when none was. */
+/* Reads (at most 50 frames, each within timeout_ms) until one's `field` ("counter", "version":
+ * both only grow) is `want`: 0, or -1 on a timeout, a close or a frame past it. */
+int fixture_read_until(ws_client *c, const char *field, long long want, int timeout_ms);
+
+/* Sends {"type":"increment"} and reads until `field` is `want` (fixture_read_until, 3 s a frame).
+ */
 int fixture_increment(ws_client *c, const char *field, long long want);
 
 /* The upgrade header of a protocol v2 client. */
@@ -83,6 +87,14 @@ long long fixture_open_connections(int port, long long want);
  * sync_server_options_init(version) in a larger buffer filled with 0xA5, checking that it succeeds,
  * sets the version and writes nothing past `end`. Caller frees; NULL when out of memory. */
 sync_server_options *fixture_old_options(int version, size_t end);
+
+/* A client of a counter room sending increments as fast as the server takes them, on a thread of
+ * its own (and reading what comes back), so that input waits on its socket at every look a turn
+ * takes. NULL when the thread cannot start. Stopping joins the thread and returns how many it
+ * sent; the client stays the caller's. */
+typedef struct fixture_flood fixture_flood;
+fixture_flood *fixture_flood_start(ws_client *c);
+long long fixture_flood_stop(fixture_flood *flood);
 
 /* A log sink that drops everything (tests that provoke warnings on purpose). */
 void fixture_quiet_log(sync_log_level level, const char *message, void *userdata);
