@@ -169,9 +169,10 @@ static void metrics_follow_the_cluster(void)
     CHECK_EQ_INT(fixture_metric(pn, "libsync_cluster_applied_total"), 0);
     CHECK(fixture_metric(po, "libsync_cluster_rooms_owned") >= 1);
     CHECK(fixture_metric(po, "libsync_cluster_takeovers_total") >= 1);
-    /* each node forwarded its own clients' messages, the owner's included */
-    CHECK_EQ_INT(fixture_metric(po, "libsync_cluster_forwarded_total"), EACH);
-    CHECK_EQ_INT(fixture_metric(pn, "libsync_cluster_forwarded_total"), EACH);
+    /* each node forwarded its own clients' messages, the owner's included (counted once Redis
+     * answered the append, which the owner's reader of the stream may apply before that) */
+    CHECK_EQ_INT(metric_when(po, "libsync_cluster_forwarded_total", EACH, EACH), EACH);
+    CHECK_EQ_INT(metric_when(pn, "libsync_cluster_forwarded_total", EACH, EACH), EACH);
     for (int i = 0; i < 2; i++) {
         CHECK_EQ_INT(metric_when(nodes[i].port, "libsync_cluster_forward_queue", 0, 0), 0);
         CHECK_EQ_INT(fixture_metric(nodes[i].port, "libsync_cluster_rooms_attached"), 2);
@@ -191,7 +192,7 @@ static void metrics_follow_the_cluster(void)
     CHECK(owned < 2);
     increments(&c[other], 1);
     CHECK_EQ_INT(metric_when(pn, "libsync_cluster_applied_total", 1, 1), 1);
-    CHECK_EQ_INT(fixture_metric(pn, "libsync_cluster_forwarded_total"), EACH + 1);
+    CHECK_EQ_INT(metric_when(pn, "libsync_cluster_forwarded_total", EACH + 1, EACH + 1), EACH + 1);
     /* a record that carries a later token than the owner's (as a newer owner would write it)
      * refuses the owner's save: counted, and nothing applied until the record lets it write */
     CHECK_EQ_INT(fixture_metric(pn, "libsync_cluster_fenced_out_total"), 0);
