@@ -5,6 +5,7 @@
  * to clients that are going away. */
 #include <pthread.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -130,6 +131,39 @@ static void test_broadcast_that_never_yields_still_converges(void)
     long long cut_short = -1;
     bursts_to_many_clients(-1, &cut_short);
     CHECK_EQ_INT(cut_short, 0);
+}
+
+/* Increments arrive one at a time, each while a walk over hundreds of clients is under way. A walk
+ * stops for the waiting increment, lws reads it, and the walk goes on with the state it makes: one
+ * stop per increment at most. A walk flushed again before lws has read the increment (a wake
+ * handled earlier in the same lws service) would walk on with the superseded state and stop for
+ * the same increment a second time, delaying it by the writes in between. */
+static void test_a_walk_stops_once_for_each_waiting_message(void)
+{
+    enum { N = 200, M = 200 };
+    raise_fd_limit();
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, NULL, "/", &engine);
+    REQUIRE(server);
+    int port = sync_server_port(server);
+    ws_client **clients = calloc(N, sizeof *clients);
+    REQUIRE(clients);
+    CHECK_EQ_INT(connect_all(port, clients, N), N);
+    struct timespec gap = {0, 300 * 1000L};
+    for (int i = 0; i < M && clients[0]; i++) {
+        CHECK_EQ_INT(ws_send_text(clients[0], increment), 0);
+        nanosleep(&gap, NULL);
+    }
+    for (int i = 0; i < N; i++)
+        CHECK(clients[i] && read_to_counter(clients[i], M, 20000) > 0);
+    long long cut_short = fixture_metric(port, "libsync_server_broadcasts_cut_short_total");
+    fprintf(stderr, "cut_short %lld for %d increments\n", cut_short, M);
+    CHECK(cut_short > 0);
+    CHECK(cut_short <= M + M / 4);
+    free_all(clients, N);
+    free(clients);
+    sync_server_free(server);
+    sync_engine_free(engine);
 }
 
 /* A walk over hundreds of clients with a large state takes milliseconds. One client sends an
@@ -653,6 +687,7 @@ int main(void)
 {
     RUN(test_broadcast_cut_short_by_input_still_converges);
     RUN(test_broadcast_that_never_yields_still_converges);
+    RUN(test_a_walk_stops_once_for_each_waiting_message);
     RUN(test_long_walk_gives_way_between_slices);
     RUN(test_server_options_version_1_still_accepted);
     RUN(test_clients_resetting_mid_broadcast);

@@ -247,7 +247,9 @@ void server_broadcast_turn_begin(sync_server *s, bool turn_end)
 {
     s->turn_writes = 0;
     s->turn_unchecked = 0;
+    s->turn_end_pass = turn_end;
     if (turn_end) {
+        s->turn_seq++;
         s->turn_yielded = false;
         s->turn_woken = false;
         s->turn_room_owed = true;
@@ -336,6 +338,8 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
             if (input == 1 || (input == 2 && share_written)) {
                 if (input == 2)
                     s->turn_yielded = true;
+                else
+                    eng->input_cut_turn = s->turn_seq;
                 s->broadcasts_cut_short++;
                 eng->cursor = c;
                 walk_frames_release(&w);
@@ -351,6 +355,11 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
 void server_broadcast_flush_engine(server_engine *eng)
 {
     sync_server *s = eng->server;
+    /* A wake's pass inside lws_service() comes before lws reads the input this walk stopped for:
+     * the end of the turn flushes, with the state that input makes. (A false match of the turn
+     * count after it wraps only moves one flush to that end.) */
+    if (eng->flush_pending && !s->turn_end_pass && eng->input_cut_turn == s->turn_seq)
+        return;
     for (int round = 0; round < FLUSH_ROUNDS; round++) {
         bool moved = atomic_exchange(&eng->state_moved, false);
         if (!moved && !eng->flush_pending)

@@ -78,9 +78,13 @@ typedef struct server_engine {
     server_conn *live_head;
     server_conn *cursor;
     size_t live_count;
-    bool flush_pending;      /* a broadcast stopped early: some live connections may be behind */
-    int64_t walk_started_us; /* when the walk that flush_pending continues began */
-    size_t walk_visited;     /* connections visited in its sliced pass */
+    bool flush_pending; /* a broadcast stopped early: some live connections may be behind */
+    /* The turn (sync_server.turn_seq) in which the walk stopped for this engine's own input: until
+     * that turn ends, after lws has read the input, flushing again would only walk on with the
+     * state the input supersedes and stop for the same input once more. */
+    uint32_t input_cut_turn;
+    int64_t walk_started_us;           /* when the walk that flush_pending continues began */
+    size_t walk_visited;               /* connections visited in its sliced pass */
     struct cluster_room *cluster_room; /* a clustered fixed mount's room (server_cluster.c) */
 } server_engine;
 
@@ -216,6 +220,8 @@ struct sync_server {
     bool turn_yielded;     /* the turn gave way to input: the flushes left wait for the next */
     bool turn_woken;       /* lws_cancel_service() called since the end of the last turn */
     bool turn_room_owed;   /* no room flushed yet this turn: one is, however busy the turn */
+    bool turn_end_pass;    /* the pass after lws_service() returned, not a wake inside it */
+    uint32_t turn_seq;     /* loop turns ended, counted modulo 2^32 */
 
     /* service-thread counters (read by /metrics on the same thread) */
     int ws_open;
