@@ -6,10 +6,16 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
+#include <time.h>
+
+/* Retries of a checkpoint that did not reach the WAL's end: the first delay, doubled up to the
+ * last (8 retries over 2.5 s). */
+#define RETRY_FIRST_MS 10
+#define RETRY_LAST_MS 1280
 
 static struct {
     pthread_mutex_t lock;
-    pthread_cond_t work; /* a request queued, or stop */
+    pthread_cond_t work; /* a request queued, or stop (CLOCK_MONOTONIC for its timed waits) */
     pthread_cond_t done; /* `running` finished */
     sqlite_ckpt *head, *tail;
     sqlite_ckpt *running;
@@ -21,13 +27,75 @@ static struct {
         .work = PTHREAD_COND_INITIALIZER,
         .done = PTHREAD_COND_INITIALIZER};
 
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void init_work_cond(void)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&ck.work, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
+/* Under the lock: appends `c` (not queued) to the request list. */
+static void enqueue(sqlite_ckpt *c, long long due_ms)
+{
+    c->queued = 1;
+    c->due_ms = due_ms;
+    c->next = NULL;
+    if (ck.tail)
+        ck.tail->next = c;
+    else
+        ck.head = c;
+    ck.tail = c;
+    pthread_cond_signal(&ck.work);
+}
+
+static void unlink_queued(sqlite_ckpt *c)
+{
+    sqlite_ckpt **link = &ck.head, *prev = NULL;
+    while (*link != c) {
+        prev = *link;
+        link = &(*link)->next;
+    }
+    *link = c->next;
+    if (ck.tail == c)
+        ck.tail = prev;
+    c->next = NULL;
+    c->queued = 0;
+}
+
+/* Under the lock: the first request that is due, taken off the list; else NULL and *wait_ms the
+ * time to the earliest (-1: none queued). */
+static sqlite_ckpt *take_due(long long *wait_ms)
+{
+    long long now = now_ms(), earliest = -1;
+    for (sqlite_ckpt *c = ck.head; c; c = c->next) {
+        if (c->due_ms <= now) {
+            unlink_queued(c);
+            return c;
+        }
+        if (earliest < 0 || c->due_ms < earliest)
+            earliest = c->due_ms;
+    }
+    *wait_ms = earliest < 0 ? -1 : earliest - now;
+    return NULL;
+}
 
 /* A PASSIVE checkpoint on a connection of this thread's own: it copies what readers allow and
  * never waits for the writer. Opened per checkpoint: its cost is small next to the checkpoint's
  * writes and fsyncs, and nothing stays open for a database that goes quiet. */
-static int checkpoint(const char *path, int full_sync)
+static int checkpoint(const char *path, int full_sync, int *complete)
 {
+    int log = -1, copied = -1;
     sqlite3 *db = NULL;
     /* Never CREATE: a file removed under its writer is not made again here. */
     int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
@@ -41,7 +109,8 @@ static int checkpoint(const char *path, int full_sync)
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(db, "SELECT 1 FROM sqlite_master LIMIT 1", NULL, NULL, NULL);
     if (rc == SQLITE_OK)
-        rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+    *complete = rc == SQLITE_OK && copied == log;
     sqlite3_close(db);
     return rc;
 }
@@ -51,25 +120,45 @@ static void *checkpointer_main(void *arg)
     (void)arg;
     pthread_mutex_lock(&ck.lock);
     for (;;) {
-        while ((!ck.head || ck.forking) && !ck.stopping)
-            pthread_cond_wait(&ck.work, &ck.lock);
+        sqlite_ckpt *c = NULL;
+        long long wait_ms = -1;
+        while (!ck.stopping && (ck.forking || !(c = take_due(&wait_ms)))) {
+            if (ck.forking || wait_ms < 0) {
+                pthread_cond_wait(&ck.work, &ck.lock);
+                continue;
+            }
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_sec += wait_ms / 1000;
+            until.tv_nsec += (wait_ms % 1000) * 1000000;
+            if (until.tv_nsec >= 1000000000) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&ck.work, &ck.lock, &until);
+        }
         if (ck.stopping)
             break;
-        sqlite_ckpt *c = ck.head;
-        ck.head = c->next;
-        if (!ck.head)
-            ck.tail = NULL;
-        c->next = NULL;
-        c->queued = 0;
         ck.running = c; /* sqlite_ckpt_detach() waits for it: c and its path stay valid */
         pthread_mutex_unlock(&ck.lock);
-        int rc = checkpoint(c->path, c->full_sync);
+        int complete = 0;
+        int rc = checkpoint(c->path, c->full_sync, &complete) & 0xff;
         pthread_mutex_lock(&ck.lock);
-        /* Busy (another checkpoint in progress, a reader in the way) is normal: the next request
-         * tries again. Anything else (no descriptor left, an I/O error) moves the next checkpoint
-         * back to the writer, where SQLite would have run it; the WAL stays intact meanwhile. */
-        if ((rc & 0xff) != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED)
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
+            /* No descriptor left, an I/O error: the writer runs the next checkpoint itself, where
+             * SQLite would have run it; the WAL stays intact meanwhile. */
             c->failed = 1;
+        } else if (complete) {
+            c->retry_ms = 0;
+        } else if (!c->queued) {
+            /* Overtaken by a commit, or busy (another checkpoint, a reader in the way): again
+             * later, less often, until the delay would pass the last; the next request starts
+             * over. */
+            int delay = c->retry_ms ? c->retry_ms * 2 : RETRY_FIRST_MS;
+            c->retry_ms = delay <= RETRY_LAST_MS ? delay : 0;
+            if (c->retry_ms)
+                enqueue(c, now_ms() + delay);
+        }
         ck.running = NULL;
         pthread_cond_broadcast(&ck.done);
     }
@@ -107,13 +196,14 @@ static void atfork_child(void)
     ck.started = 0;
     ck.forking = 0;
     /* No thread of the child waits on them; the parent's checkpointer did. */
-    pthread_cond_init(&ck.work, NULL);
+    init_work_cond();
     pthread_cond_init(&ck.done, NULL);
     pthread_mutex_unlock(&ck.lock);
 }
 
-static void register_atfork(void)
+static void init_once(void)
 {
+    init_work_cond();
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
@@ -122,7 +212,7 @@ static int start_locked(void)
 {
     if (ck.started)
         return 0;
-    pthread_once(&atfork_once, register_atfork);
+    pthread_once(&once, init_once);
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -143,14 +233,13 @@ static int request(sqlite_ckpt *c)
     if (c->failed)
         c->failed = 0; /* this one inline; the next goes to the thread again */
     else if (!ck.stopping && start_locked() == 0) {
-        /* Queued even while a checkpoint of it runs: that one copies only the WAL it saw. */
-        if (!c->queued) {
-            c->queued = 1;
-            if (ck.tail)
-                ck.tail->next = c;
-            else
-                ck.head = c;
-            ck.tail = c;
+        /* Queued even while a checkpoint of it runs: that one copies only the WAL it saw. A retry
+         * that waits becomes due now. */
+        c->retry_ms = 0;
+        if (!c->queued)
+            enqueue(c, 0);
+        else if (c->due_ms) {
+            c->due_ms = 0;
             pthread_cond_signal(&ck.work);
         }
         rc = 0;
@@ -192,21 +281,15 @@ void sqlite_ckpt_detach(sqlite_ckpt *c)
     if (!c->attached)
         return;
     pthread_mutex_lock(&ck.lock);
-    if (c->queued) {
-        sqlite_ckpt **link = &ck.head, *prev = NULL;
-        while (*link != c) {
-            prev = *link;
-            link = &(*link)->next;
-        }
-        *link = c->next;
-        if (ck.tail == c)
-            ck.tail = prev;
-        c->next = NULL;
-        c->queued = 0;
-    }
+    if (c->queued)
+        unlink_queued(c);
     while (ck.running == c)
         pthread_cond_wait(&ck.done, &ck.lock);
+    /* The checkpoint that ran may have queued a retry. */
+    if (c->queued)
+        unlink_queued(c);
     c->failed = 0;
+    c->retry_ms = 0;
     pthread_mutex_unlock(&ck.lock);
     c->attached = 0;
 }

@@ -3,11 +3,14 @@
  * database and fsyncs both, a stall of milliseconds on the thread that saved (in the built-in
  * server, the service thread). Here a commit that crosses the threshold hands the checkpoint to one
  * process-wide thread, which runs a PASSIVE checkpoint (it never blocks the writer) on a connection
- * of its own. The writer still checkpoints inline, as SQLite would, when the WAL reaches a hard
- * bound (sustained writes leave a passive checkpoint no end to reach, so the WAL could never
- * restart), when the thread cannot be started, and once after a background checkpoint of its
- * database failed other than busy (e.g. no file descriptor left for its connection). Commits and
- * their durability are unchanged; only where the checkpoint runs moves. */
+ * of its own. A passive checkpoint that a commit overtook leaves the pages written since (the
+ * row being saved) in the WAL, and the WAL cannot restart; it is tried again after 10 ms, then
+ * less often (8 times over 2.5 s), so it completes once the writer pauses. The writer still
+ * checkpoints inline, as SQLite would, when the WAL reaches a hard bound (sustained writes leave a
+ * passive checkpoint no end to reach, so the WAL could never restart), when the thread cannot be
+ * started, and once after a background checkpoint of its database failed other than busy (e.g. no
+ * file descriptor left for its connection). Commits and their durability are unchanged; only where
+ * the checkpoint runs moves. */
 #ifndef LIBSYNC_SRC_STORE_SQLITE_CHECKPOINT_H
 #define LIBSYNC_SRC_STORE_SQLITE_CHECKPOINT_H
 
@@ -28,10 +31,13 @@ typedef struct sqlite_ckpt {
     /* WAL pages at the last request, so one is made per SQLITE_CKPT_PAGES new pages (the writer's
      * thread only). */
     int requested_at;
-    /* Under the checkpointer's mutex: in its request list (at most once), and "the last background
-     * checkpoint failed, not busy". */
+    /* Under the checkpointer's mutex: in its request list (at most once), not before `due_ms`
+     * (monotonic; 0 now); the delay of the next retry; "the last background checkpoint failed,
+     * not busy". */
     struct sqlite_ckpt *next;
     int queued;
+    long long due_ms;
+    int retry_ms;
     int failed;
 } sqlite_ckpt;
 
