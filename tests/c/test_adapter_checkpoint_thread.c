@@ -19,6 +19,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#if defined(__SANITIZE_THREAD__)
+#define UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UNDER_TSAN 1
+#endif
+#endif
+#ifndef UNDER_TSAN
+#define UNDER_TSAN 0
+#endif
+
 /* SQLite's default auto-checkpoint, and the bound past which the writer checkpoints itself. */
 #define CKPT_PAGES 1000
 #define HARD_PAGES (8 * CKPT_PAGES)
@@ -554,7 +565,7 @@ static void test_many_threads_share_the_checkpointer(void)
  * starts one of its own, and its database file catches up too. */
 static void test_child_after_fork_checkpoints(void)
 {
-#if defined(__SANITIZE_THREAD__)
+#if UNDER_TSAN
     /* TSan kills a child of a threaded process that starts threads (die_after_fork). */
     printf("skipped under ThreadSanitizer\n");
 #else
