@@ -35,6 +35,8 @@ int sqlite_db_fail(sqlite3 *db, const char *what, const char *path)
 
 void sqlite_db_close(sqlite_db *sa)
 {
+    /* No checkpoint of this database may run on after its path is freed. */
+    sqlite_ckpt_detach(&sa->ckpt);
     for (size_t i = 0; i < SQLITE_DB_MAX_STMTS; i++) {
         sqlite3_finalize(sa->stmt[i]);
         sa->stmt[i] = NULL;
@@ -106,8 +108,12 @@ static int open_and_prepare(sqlite_db *sa, int *sqlite_rc)
     for (size_t i = 0; rc == SQLITE_OK && i < schema->prepared_count; i++)
         rc = table_sql(sa, schema->prepared[i].before, schema->prepared[i].after, &sa->stmt[i]);
     *sqlite_rc = rc;
-    if (rc == SQLITE_OK)
+    if (rc == SQLITE_OK) {
+        if (!is_memory(sa))
+            sqlite_ckpt_attach(&sa->ckpt, sa->db, sa->path,
+                               sa->durability == SYNC_SQLITE_POWER_SAFE);
         return SYNC_OK;
+    }
     int status = rc == SQLITE_NOMEM ? sync__fail(SYNC_ENOMEM, "out of memory")
                  : sa->db           ? sqlite_db_fail(sa->db, step, sa->path)
                                     : sync__fail(SYNC_ENOMEM, "out of memory opening %s", sa->path);

@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 #include "libsync/adapter.h"
+#include "sqlite_checkpoint.h"
 
 #define SQLITE_DB_MAX_STMTS 4
 
@@ -39,6 +40,8 @@ typedef struct sqlite_db {
     /* Opened read-only because the database could not be written: reads work, writes fail and
      * each one first tries a writable open again. */
     int read_only;
+    /* Its WAL checkpoints, run off the writer's thread (writable file databases only). */
+    sqlite_ckpt ckpt;
 } sqlite_db;
 
 /* Checks `opts` (path, table name or `default_table`, durability, busy timeout) and copies them
