@@ -166,6 +166,42 @@ static void test_a_walk_stops_once_for_each_waiting_message(void)
     sync_engine_free(engine);
 }
 
+/* One client floods increments while a broadcast over 120 clients is under way, so every walk
+ * gives way to input. A walk is done once it has come round the ring, over however many turns:
+ * with broadcast_yield_ms far above the time a round takes, no walk needs the whole pass that
+ * bounds a slow one. Had a walk counted as done only when one turn reached its end, every
+ * broadcast_yield_ms of this flood would have ended in such a pass, the input waiting behind it. */
+static void test_a_walk_that_comes_round_needs_no_pass(void)
+{
+    enum { N = 120, FLOOD_MS = 400 };
+    raise_fd_limit();
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.broadcast_yield_ms = 50;
+    sync_engine *engine = NULL;
+    sync_server *server = fixture_counter_server(0, &opts, "/", &engine);
+    REQUIRE(server);
+    int port = sync_server_port(server);
+    ws_client **clients = calloc(N, sizeof *clients);
+    REQUIRE(clients);
+    CHECK_EQ_INT(connect_all(port, clients, N), N);
+    fixture_flood *flood = clients[0] ? fixture_flood_start(clients[0]) : NULL;
+    REQUIRE(flood);
+    sleep_ms(FLOOD_MS);
+    long long sent = fixture_flood_stop(flood);
+    for (int i = 1; i < N; i++)
+        CHECK(clients[i] && read_to_counter(clients[i], sent, 20000) > 0);
+    long long cut_short = fixture_metric(port, "libsync_server_broadcasts_cut_short_total");
+    long long passes = fixture_metric(port, "libsync_server_broadcast_passes_total");
+    fprintf(stderr, "%lld increments: %lld walks cut short, %lld passes\n", sent, cut_short,
+            passes);
+    CHECK(cut_short > 20);
+    CHECK(passes >= 0 && passes <= 1);
+    free_all(clients, N);
+    free(clients);
+    sync_server_free(server);
+    sync_engine_free(engine);
+}
+
 /* A walk over hundreds of clients with a large state takes milliseconds. One client sends an
  * increment, waits until it sees it, waits twice broadcast_yield_ms more and sends the next: each
  * one arrives after the walk that carries the previous state stopped giving way to every input.
@@ -688,6 +724,7 @@ int main(void)
     RUN(test_broadcast_cut_short_by_input_still_converges);
     RUN(test_broadcast_that_never_yields_still_converges);
     RUN(test_a_walk_stops_once_for_each_waiting_message);
+    RUN(test_a_walk_that_comes_round_needs_no_pass);
     RUN(test_long_walk_gives_way_between_slices);
     RUN(test_server_options_version_1_still_accepted);
     RUN(test_clients_resetting_mid_broadcast);

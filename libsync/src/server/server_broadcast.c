@@ -19,10 +19,11 @@
  * the input, and the next turn resumes at the cursor with the newer frame. The connections not yet
  * written skip the intermediate state (lossless: a state supersedes the previous one), changes are
  * applied without waiting for the fan-out, and fewer, fresher frames go out. Fairness: the cursor
- * walks a ring and each turn writes a few frames at least; once a broadcast has given way for
- * broadcast_yield_ms, it makes one whole pass over the ring in slices of at least
- * 1/BROADCAST_SLICES of the connections (and MIN_SLICE_WRITES), so no client waits for the newest
- * state longer than that plus one such pass. The pass reads input between its slices rather than
+ * walks a ring and each turn writes a few frames at least; a walk is done when it has come round
+ * the ring, over however many turns. One that has given way for broadcast_yield_ms without coming
+ * round makes the rest of its round as one pass in slices of at least 1/BROADCAST_SLICES of the
+ * connections (and MIN_SLICE_WRITES), so no client waits for the newest state longer than that
+ * plus one such pass. The pass reads input between its slices rather than
  * running to its end: with 10,000 clients it takes tens of milliseconds, and input held for all
  * of it would cap the changes it carries at what the clients had in flight when it began.
  *
@@ -58,6 +59,10 @@ enum { FLUSH_ROUNDS = 4 };
  * one sender) came later than bun-raw's (docs/PERFORMANCE.md, "Wide walks stop at the first
  * write"). */
 enum { INPUT_CHECK_EVERY = 2, MIN_WRITES_BEFORE_STOP = 4 };
+/* A narrower walk also writes at least 1/NARROW_SHARE of its clients before it looks: however fast
+ * the input comes, the ring comes round within NARROW_SHARE changes, so the clients at its far end
+ * are not left to the sliced pass (scenario A, docs/PERFORMANCE.md). */
+enum { NARROW_SHARE = 8 };
 enum { WIDE_INPUT_CHECK_EVERY = 1, WIDE_MIN_WRITES_BEFORE_STOP = 1 };
 /* The sliced pass after broadcast_yield_ms: each turn writes at least this fraction of the
  * connections (and at least MIN_SLICE_WRITES) before it gives way again, so the pass spans at
@@ -296,19 +301,27 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
 {
     sync_server *s = eng->server;
     int64_t now = sync__now_us();
-    /* A walk gives way to any input for its first broadcast_yield_ms, then makes one whole pass
-     * over the ring in slices, however many turns each part spans; then a new walk begins. Like
-     * a walk that ran to its end, the sliced pass bounds how stale a client gets. */
+    /* A walk is done once it has visited every live connection, in one turn or over many that
+     * gave way to input: each of them then has a frame no older than the walk's start. A walk
+     * gives way to any input for its first broadcast_yield_ms; one that has not come round the
+     * ring by then makes the rest of its round as the sliced pass, however many turns each part
+     * spans. Either way no client waits longer than that for a newer state. */
     int64_t yield_us = (int64_t)s->broadcast_yield_ms * 1000;
-    bool sliced = eng->flush_pending && now - eng->walk_started_us >= yield_us;
-    if (!eng->flush_pending || (sliced && eng->walk_visited >= eng->live_count)) {
+    if (!eng->flush_pending || eng->walk_visited >= eng->live_count) {
         eng->walk_started_us = now;
         eng->walk_visited = 0;
-        sliced = yield_us <= 0;
+        eng->walk_passing = false;
     }
+    bool sliced = now - eng->walk_started_us >= yield_us;
     bool may_stop = !force && s->broadcast_yield_ms >= 0 && eng->live_count > SHORT_WALK;
+    if (sliced && may_stop && !eng->walk_passing) {
+        eng->walk_passing = true;
+        s->broadcast_passes++;
+    }
     bool wide = eng->live_count > SLICED_ABOVE;
     size_t min_writes = wide ? WIDE_MIN_WRITES_BEFORE_STOP : MIN_WRITES_BEFORE_STOP;
+    if (!wide && eng->live_count / NARROW_SHARE > min_writes)
+        min_writes = eng->live_count / NARROW_SHARE;
     size_t check_every = wide ? WIDE_INPUT_CHECK_EVERY : INPUT_CHECK_EVERY;
     if (sliced && !wide)
         min_writes = eng->live_count; /* never reached: one turn to the end */
@@ -326,8 +339,7 @@ static bool flush_walk(server_engine *eng, sync__frame *frame, bool force)
             s->turn_writes++;
             s->turn_unchecked++;
         }
-        if (sliced)
-            eng->walk_visited++;
+        eng->walk_visited++;
         c = next;
         if (may_stop && left > 1 && written >= min_writes && s->turn_unchecked >= check_every) {
             s->turn_unchecked = 0;

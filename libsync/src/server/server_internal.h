@@ -79,12 +79,13 @@ typedef struct server_engine {
     server_conn *cursor;
     size_t live_count;
     bool flush_pending; /* a broadcast stopped early: some live connections may be behind */
+    bool walk_passing;  /* the walk has reached broadcast_yield_ms: its sliced pass is on */
     /* The turn (sync_server.turn_seq) in which the walk stopped for this engine's own input: until
      * that turn ends, after lws has read the input, flushing again would only walk on with the
      * state the input supersedes and stop for the same input once more. */
     uint32_t input_cut_turn;
     int64_t walk_started_us;           /* when the walk that flush_pending continues began */
-    size_t walk_visited;               /* connections visited in its sliced pass */
+    size_t walk_visited;               /* connections it has visited, in every turn it spans */
     struct cluster_room *cluster_room; /* a clustered fixed mount's room (server_cluster.c) */
 } server_engine;
 
@@ -232,6 +233,7 @@ struct sync_server {
     uint64_t messages_in;
     uint64_t frames_sent;
     uint64_t broadcasts_cut_short;
+    uint64_t broadcast_passes; /* walks that reached broadcast_yield_ms before coming round */
     atomic_uint_fast64_t resumes_patch; /* v2 resumes served by a patch / by the whole state */
     atomic_uint_fast64_t resumes_state;
     uint64_t bytes_sent;

@@ -231,6 +231,10 @@ char *server_metrics_render(sync_server *server, size_t *len)
     server_counter(&b, "libsync_server_broadcasts_cut_short_total", "counter",
                    "Broadcasts that stopped to read waiting input and went on with a newer state.",
                    server->broadcasts_cut_short);
+    server_counter(&b, "libsync_server_broadcast_passes_total", "counter",
+                   "Broadcasts that gave way to input for broadcast_yield_ms before reaching every "
+                   "client, and then made one whole pass over them.",
+                   server->broadcast_passes);
     server_counter(&b, "libsync_server_wakes_total", "counter",
                    "Wake-ups of the service thread for work from other threads (changes, frames, "
                    "decisions) or a stop.",
