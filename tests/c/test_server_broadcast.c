@@ -4,6 +4,7 @@
  * engine that an embedder's own transport shares with the server, and sends from another thread
  * to clients that are going away. */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,6 +81,39 @@ static void free_all(ws_client **clients, int n)
         ws_client_free(clients[i]);
 }
 
+/* A counter engine at "/" and n clients that have their initial state. */
+typedef struct crowd {
+    sync_engine *engine;
+    sync_server *server;
+    int port;
+    ws_client **clients;
+    int n;
+} crowd;
+
+/* False when the server or the client array could not be made (reported). */
+static bool crowd_start(crowd *c, const sync_server_options *opts, int n)
+{
+    raise_fd_limit();
+    *c = (crowd){.n = n};
+    c->server = fixture_counter_server(0, opts, "/", &c->engine);
+    c->clients = calloc((size_t)n, sizeof *c->clients);
+    CHECK(c->server && c->clients);
+    if (!c->server || !c->clients)
+        return false;
+    c->port = sync_server_port(c->server);
+    CHECK_EQ_INT(connect_all(c->port, c->clients, n), n);
+    return c->clients[0] != NULL;
+}
+
+static void crowd_stop(crowd *c)
+{
+    if (c->clients)
+        free_all(c->clients, c->n);
+    free(c->clients);
+    sync_server_free(c->server);
+    sync_engine_free(c->engine);
+}
+
 /* Bursts of increments from one client while the server writes to hundreds. With the default
  * broadcast_yield_ms the broadcast must stop for the waiting input (the metric says it did); with
  * -1 it never does. Either way every client ends on exactly the last counter, never seeing it go
@@ -141,29 +175,21 @@ static void test_broadcast_that_never_yields_still_converges(void)
 static void test_a_walk_stops_once_for_each_waiting_message(void)
 {
     enum { N = 200, M = 200 };
-    raise_fd_limit();
-    sync_engine *engine = NULL;
-    sync_server *server = fixture_counter_server(0, NULL, "/", &engine);
-    REQUIRE(server);
-    int port = sync_server_port(server);
-    ws_client **clients = calloc(N, sizeof *clients);
-    REQUIRE(clients);
-    CHECK_EQ_INT(connect_all(port, clients, N), N);
-    struct timespec gap = {0, 300 * 1000L};
-    for (int i = 0; i < M && clients[0]; i++) {
-        CHECK_EQ_INT(ws_send_text(clients[0], increment), 0);
-        nanosleep(&gap, NULL);
+    crowd c;
+    if (crowd_start(&c, NULL, N)) {
+        struct timespec gap = {0, 300 * 1000L};
+        for (int i = 0; i < M; i++) {
+            CHECK_EQ_INT(ws_send_text(c.clients[0], increment), 0);
+            nanosleep(&gap, NULL);
+        }
+        for (int i = 0; i < N; i++)
+            CHECK(c.clients[i] && read_to_counter(c.clients[i], M, 20000) > 0);
+        long long cut_short = fixture_metric(c.port, "libsync_server_broadcasts_cut_short_total");
+        fprintf(stderr, "cut_short %lld for %d increments\n", cut_short, M);
+        CHECK(cut_short > 0);
+        CHECK(cut_short <= M + M / 4);
     }
-    for (int i = 0; i < N; i++)
-        CHECK(clients[i] && read_to_counter(clients[i], M, 20000) > 0);
-    long long cut_short = fixture_metric(port, "libsync_server_broadcasts_cut_short_total");
-    fprintf(stderr, "cut_short %lld for %d increments\n", cut_short, M);
-    CHECK(cut_short > 0);
-    CHECK(cut_short <= M + M / 4);
-    free_all(clients, N);
-    free(clients);
-    sync_server_free(server);
-    sync_engine_free(engine);
+    crowd_stop(&c);
 }
 
 /* One client floods increments while a broadcast over 120 clients is under way, so every walk
@@ -174,32 +200,24 @@ static void test_a_walk_stops_once_for_each_waiting_message(void)
 static void test_a_walk_that_comes_round_needs_no_pass(void)
 {
     enum { N = 120, FLOOD_MS = 400 };
-    raise_fd_limit();
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
     opts.broadcast_yield_ms = 50;
-    sync_engine *engine = NULL;
-    sync_server *server = fixture_counter_server(0, &opts, "/", &engine);
-    REQUIRE(server);
-    int port = sync_server_port(server);
-    ws_client **clients = calloc(N, sizeof *clients);
-    REQUIRE(clients);
-    CHECK_EQ_INT(connect_all(port, clients, N), N);
-    fixture_flood *flood = clients[0] ? fixture_flood_start(clients[0]) : NULL;
-    REQUIRE(flood);
-    sleep_ms(FLOOD_MS);
-    long long sent = fixture_flood_stop(flood);
-    for (int i = 1; i < N; i++)
-        CHECK(clients[i] && read_to_counter(clients[i], sent, 20000) > 0);
-    long long cut_short = fixture_metric(port, "libsync_server_broadcasts_cut_short_total");
-    long long passes = fixture_metric(port, "libsync_server_broadcast_passes_total");
-    fprintf(stderr, "%lld increments: %lld walks cut short, %lld passes\n", sent, cut_short,
-            passes);
-    CHECK(cut_short > 20);
-    CHECK(passes >= 0 && passes <= 1);
-    free_all(clients, N);
-    free(clients);
-    sync_server_free(server);
-    sync_engine_free(engine);
+    crowd c;
+    fixture_flood *flood = crowd_start(&c, &opts, N) ? fixture_flood_start(c.clients[0]) : NULL;
+    if (flood) {
+        sleep_ms(FLOOD_MS);
+        long long sent = fixture_flood_stop(flood);
+        for (int i = 1; i < N; i++)
+            CHECK(c.clients[i] && read_to_counter(c.clients[i], sent, 20000) > 0);
+        long long cut_short = fixture_metric(c.port, "libsync_server_broadcasts_cut_short_total");
+        long long passes = fixture_metric(c.port, "libsync_server_broadcast_passes_total");
+        fprintf(stderr, "%lld increments: %lld walks cut short, %lld passes\n", sent, cut_short,
+                passes);
+        CHECK(cut_short > 20);
+        CHECK(passes >= 0 && passes <= 1);
+    }
+    CHECK(flood != NULL);
+    crowd_stop(&c);
 }
 
 /* A walk over hundreds of clients with a large state takes milliseconds. One client sends an
