@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <time.h>
 
+#include "libsync/common.h"
+
 /* Retries of a checkpoint that did not reach the WAL's end: the first delay, doubled up to the
  * last (8 retries over 2.5 s). */
 #define RETRY_FIRST_MS 10
@@ -28,13 +30,6 @@ static struct {
         .done = PTHREAD_COND_INITIALIZER};
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void init_work_cond(void)
 {
@@ -77,7 +72,7 @@ static void unlink_queued(sqlite_ckpt *c)
  * time to the earliest (-1: none queued). */
 static sqlite_ckpt *take_due(long long *wait_ms)
 {
-    long long now = now_ms(), earliest = -1;
+    long long now = sync_now_ms(), earliest = -1;
     for (sqlite_ckpt *c = ck.head; c; c = c->next) {
         if (c->due_ms <= now) {
             unlink_queued(c);
@@ -157,7 +152,7 @@ static void *checkpointer_main(void *arg)
             int delay = c->retry_ms ? c->retry_ms * 2 : RETRY_FIRST_MS;
             c->retry_ms = delay <= RETRY_LAST_MS ? delay : 0;
             if (c->retry_ms)
-                enqueue(c, now_ms() + delay);
+                enqueue(c, sync_now_ms() + delay);
         }
         ck.running = NULL;
         pthread_cond_broadcast(&ck.done);
@@ -254,15 +249,15 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
     sqlite_ckpt *c = arg;
     if (pages < c->requested_at)
         c->requested_at = 0; /* the WAL restarted */
-    /* The inline checkpoint is what SQLite's auto-checkpoint would run here (its result ignored
-     * as SQLite ignores it: a checkpoint that fails leaves the WAL intact). */
-    if (pages >= SQLITE_CKPT_HARD_PAGES) {
-        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-    } else if (pages >= SQLITE_CKPT_PAGES && pages - c->requested_at >= SQLITE_CKPT_PAGES) {
+    int run_here = pages >= SQLITE_CKPT_HARD_PAGES;
+    if (!run_here && pages >= SQLITE_CKPT_PAGES && pages - c->requested_at >= SQLITE_CKPT_PAGES) {
         c->requested_at = pages;
-        if (request(c) != 0)
-            sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        run_here = request(c) != 0;
     }
+    /* What SQLite's auto-checkpoint would run here, its result ignored as SQLite ignores it: a
+     * checkpoint that fails leaves the WAL intact. */
+    if (run_here)
+        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
     return SQLITE_OK; /* an error here would fail the statement whose commit already happened */
 }
 
