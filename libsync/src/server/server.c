@@ -25,10 +25,11 @@ _Static_assert(LWS_PRE <= SYNC__FRAME_HEADROOM, "frames need LWS_PRE bytes of he
  * LWS_PRE). Messages larger than this arrive in several RECEIVE callbacks and are reassembled by
  * server_conn.c. lws writes the buffer only for frames that arrive in pieces, and it sits in a
  * slab class of its own, so an idle client's is never resident: its size costs only the clients
- * that send. 256 rather than 128: a sender's batch of increments takes half the reads, and fewer
- * of its messages are cut between two (B: 1.17x the throughput, E unchanged, docs/PERFORMANCE.md).
- */
-#define SERVER_RX_BUFFER 256
+ * that send. 1 KiB: a sender's batch of 16 increments arrives in one read instead of three, and
+ * few of its messages are cut between two (B: about 1.15x the throughput of 256 bytes). The cost is
+ * the slab chunks' first pages, shared by fewer buffers: about 56 bytes per idle connection
+ * (docs/PERFORMANCE.md). */
+#define SERVER_RX_BUFFER 1024
 #define SERVER_RX_ROUNDS 8
 /* Left at 0, lws caps each write at the receive buffer size: a 64 KiB state would leave in 256-byte
  * sends. Frames are written straight from their shared buffer, so a large cap costs no memory. */
