@@ -1,5 +1,6 @@
 /* Bad input everywhere: every malformed message is refused with its own status and context,
  * never a crash, leak or change of state; NULL arguments and calls after dispose fail cleanly. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -158,6 +159,53 @@ static void depth_limit_is_configurable(void)
     const char *deep = "{\"type\":\"increment\",\"amount\":1,\"x\":[[[1]]]}";
     CHECK_EQ_INT(sync_engine_inject(e, ok, strlen(ok)), SYNC_OK);
     CHECK_EQ_INT(sync_engine_inject(e, deep, strlen(deep)), SYNC_ETOODEEP);
+    sync_engine_free(e);
+}
+
+/* The error names the first fault the way it always has: a NUL anywhere before bad UTF-8,
+ * bad UTF-8 before nesting that is too deep, and for text after the value the offset cJSON
+ * stopped at; a tail of whitespace is no fault. Each message in a buffer of exactly its length. */
+static void message_errors_name_the_fault(void)
+{
+    static const struct {
+        const char *text;
+        size_t len;
+        int status;
+        const char *error;
+    } cases[] = {
+#define TEXT(s) s, sizeof s - 1
+        {TEXT("{\"type\":\"increment\",\"amount\":1} x"), SYNC_EPARSE, "invalid JSON at offset 32"},
+        {TEXT("{\"type\":\"increment\",\"amount\":1}}"), SYNC_EPARSE, "invalid JSON at offset 31"},
+        {TEXT("{\"type\":\"increment\","), SYNC_EPARSE, "invalid JSON at offset 20"},
+        {TEXT("{\"type\":\"increment\",\"x\":[[[1]]],\"s\":\"\xff\"}"), SYNC_EPARSE,
+         "invalid UTF-8 at offset 37"},
+        {TEXT("{\"type\":\"increment\",\"x\":[[[1]]],\"s\":\"\xff\0\"}"), SYNC_EPARSE,
+         "NUL byte at offset 38"},
+        {TEXT("{\"type\":\"increment\",\"x\":[[[1]]],\"s\":\"\\u0000\"}"), SYNC_ETOODEEP,
+         "JSON nests deeper than 3 levels (offset 26)"},
+        {TEXT("{\"type\":\"increment\",\"x\":\"\\u0000\",\"y\":[[[1]]]}"), SYNC_EPARSE,
+         "\\u0000 (NUL) in a JSON string at offset 25"},
+        {TEXT("{\"type\":\"increment\",\"amount\":2} \t\r\n"), SYNC_OK, NULL},
+#undef TEXT
+    };
+    hook_log log = {0};
+    sync_engine_options opts = SYNC_ENGINE_OPTIONS_INIT;
+    opts.initial_state_json = "{\"counter\":1}";
+    opts.max_json_depth = 3;
+    sync_engine *e = counter_engine(&opts, &log, 0);
+    REQUIRE(e);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *text = malloc(cases[i].len);
+        REQUIRE(text);
+        memcpy(text, cases[i].text, cases[i].len);
+        CHECK_EQ_INT(sync_engine_inject(e, text, cases[i].len), cases[i].status);
+        if (cases[i].error && !strstr(log.last_error_message, cases[i].error)) {
+            fprintf(stderr, "  case %zu: %s\n", i, log.last_error_message);
+            CHECK(0);
+        }
+        free(text);
+    }
+    CHECK_EQ_INT(counter_value(e), 3);
     sync_engine_free(e);
 }
 
@@ -415,6 +463,7 @@ int main(void)
 {
     RUN(each_bad_message);
     RUN(depth_limit_is_configurable);
+    RUN(message_errors_name_the_fault);
     RUN(null_arguments);
     RUN(bad_options);
     RUN(after_dispose);

@@ -124,6 +124,45 @@ static void test_utf8_split_across_fragments(void)
     finish(server);
 }
 
+/* A NUL byte is valid UTF-8, so a text frame may carry one past the server's UTF-8 check: the
+ * engine still refuses the message by the NUL's offset and the connection goes on. Text the
+ * server checked is not checked for UTF-8 again, and its characters arrive intact. */
+static void test_nul_in_text_frame(void)
+{
+    sync_engine_options eopts = SYNC_ENGINE_OPTIONS_INIT;
+    eopts.initial_state_json = "{\"counter\":0}";
+    eopts.reply_errors = 1;
+    engine = fixture_engine(&eopts);
+    REQUIRE(engine);
+    sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
+    opts.log = fixture_quiet_log;
+    sync_server *server = fixture_server(&opts, "/", engine);
+    REQUIRE(server);
+    ws_client *c = open_client(server, NULL);
+    REQUIRE(c);
+    const char nul[] = "{\"type\":\"increment\",\"amount\":1,\"s\":\"\xc3\xa9\0\"}";
+    CHECK_EQ_INT(ws_send_frame(c, WS_OP_TEXT, 1, nul, sizeof nul - 1), 0);
+    char *text = ws_read_text(c, 3000);
+    CHECK(text && strstr(text, "\"type\":\"error\"") && strstr(text, "NUL byte at offset 38"));
+    free(text);
+    /* \u0000 too, after characters of two, three and four bytes */
+    const char *escaped = "{\"type\":\"increment\",\"amount\":1,\"s\":\"\xc3\xa9\xe2\x82\xac"
+                          "\xf0\x9f\x98\x80\\u0000\"}";
+    CHECK_EQ_INT(ws_send_text(c, escaped), 0);
+    text = ws_read_text(c, 3000);
+    CHECK(text && strstr(text, "\\\\u0000 (NUL) in a JSON string at offset 45"));
+    free(text);
+    const char *ok = "{\"type\":\"increment\",\"amount\":2,\"s\":\"\xc3\xa9\xe2\x82\xac"
+                     "\xf0\x9f\x98\x80\\\\u0000\"}";
+    CHECK_EQ_INT(ws_send_text(c, ok), 0);
+    text = ws_read_text(c, 3000);
+    CHECK(text && ws_json_int(text, "counter") == 2);
+    free(text);
+    ws_client_free(c);
+    CHECK_EQ_INT(fixture_counter_value(engine), 2);
+    finish(server);
+}
+
 static void test_rate_limit(void)
 {
     sync_server_options opts = SYNC_SERVER_OPTIONS_INIT;
@@ -344,6 +383,7 @@ int main(void)
 {
     RUN(test_message_size_and_fragments);
     RUN(test_utf8_split_across_fragments);
+    RUN(test_nul_in_text_frame);
     RUN(test_rate_limit);
     RUN(test_max_connections);
     RUN(test_allowed_origins);

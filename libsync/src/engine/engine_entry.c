@@ -83,7 +83,7 @@ int sync_engine_handle_close(sync_engine *engine, sync_conn *conn)
 /* The part of the pipeline that needs no user code: it runs at once, even behind pending work,
  * so bad input is refused immediately and only parsed messages wait in the queue. */
 static int message_enter(sync_engine *engine, sync_conn *conn, const char *text, size_t len,
-                         const char *what)
+                         int utf8_valid, const char *what)
 {
     if (!text && len)
         return sync__fail(SYNC_EINVAL, "%s: text is NULL", what);
@@ -113,7 +113,7 @@ static int message_enter(sync_engine *engine, sync_conn *conn, const char *text,
         return rc;
     }
     cJSON *message = NULL;
-    rc = sync__json_parse(text ? text : "", len, engine->max_json_depth, &message);
+    rc = sync__json_parse_text(text ? text : "", len, engine->max_json_depth, utf8_valid, &message);
     if (rc != SYNC_OK) {
         char detail[600];
         snprintf(detail, sizeof detail, "%s", sync_error_last());
@@ -140,7 +140,15 @@ int sync_engine_handle_message(sync_engine *engine, sync_conn *conn, const char 
 {
     if (!conn)
         return sync__fail(SYNC_EINVAL, "sync_engine_handle_message: conn is NULL");
-    return message_enter(engine, conn, text, len, "sync_engine_handle_message");
+    return message_enter(engine, conn, text, len, 0, "sync_engine_handle_message");
+}
+
+int sync__engine_handle_valid_text(sync_engine *engine, sync_conn *conn, const char *text,
+                                   size_t len)
+{
+    if (!conn)
+        return sync__fail(SYNC_EINVAL, "sync_engine_handle_message: conn is NULL");
+    return message_enter(engine, conn, text, len, 1, "sync_engine_handle_message");
 }
 
 int sync_engine_handle_alive(sync_engine *engine, sync_conn *conn)
@@ -157,7 +165,7 @@ int sync_engine_handle_alive(sync_engine *engine, sync_conn *conn)
 
 int sync_engine_inject(sync_engine *engine, const char *text, size_t len)
 {
-    return message_enter(engine, NULL, text, len, "sync_engine_inject");
+    return message_enter(engine, NULL, text, len, 0, "sync_engine_inject");
 }
 
 /* `checked`: the state was just parsed from text, which runs the same check. */

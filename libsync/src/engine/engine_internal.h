@@ -137,7 +137,8 @@ struct sync_msg {
                           */
     char *state_json;
     char *error;
-    char *handler_type;
+    char *handler_type; /* handler_type_inline, or strdup()ed when longer */
+    char handler_type_inline[48];
     msg_step step;
     size_t mw_index;
     msg_phase phase;

@@ -41,7 +41,8 @@ static void msg_release(sync_msg *msg)
     cJSON_free(msg->message_json);
     cJSON_free(msg->state_json);
     free(msg->error);
-    free(msg->handler_type);
+    if (msg->handler_type != msg->handler_type_inline)
+        free(msg->handler_type);
     free(msg);
 }
 
@@ -147,8 +148,14 @@ static int check_type(sync_engine *engine, sync_msg *msg)
         snprintf(detail, sizeof detail, "no handler for message type \"%.200s\"", type);
         return sync__msg_drop(engine, msg->conn, SYNC_ENOHANDLER, "message", detail);
     }
-    if (!(msg->handler_type = strdup(type)))
+    /* the usual short type costs no allocation of its own */
+    size_t len = strlen(type);
+    if (len < sizeof msg->handler_type_inline) {
+        memcpy(msg->handler_type_inline, type, len + 1);
+        msg->handler_type = msg->handler_type_inline;
+    } else if (!(msg->handler_type = strdup(type))) {
         return sync__msg_drop(engine, msg->conn, SYNC_ENOMEM, "message", "out of memory");
+    }
     return SYNC_OK;
 }
 

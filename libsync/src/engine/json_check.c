@@ -226,8 +226,13 @@ static int check_tree(const cJSON *root, int parsed)
     int status = parsed ? SYNC_EPARSE : SYNC_EINVAL;
     if (!root)
         return SYNC_OK;
-    tree_walk w = {.stack = NULL, .cap = 64};
+    /* not `= {0}`: the inline stack is written before it is read, and zeroing it would cost
+     * more than the walk of a small message */
+    tree_walk w;
     w.stack = w.inline_stack;
+    w.cap = sizeof w.inline_stack / sizeof *w.inline_stack;
+    w.slots = NULL;
+    w.slot_cap = 0;
     w.stack[0] = root;
     size_t depth = 0;
     int rc = SYNC_OK;
@@ -292,16 +297,140 @@ int sync__json_check_tree(const cJSON *root)
     return check_tree(root, 0);
 }
 
-int sync__json_parse(const char *text, size_t len, int max_depth, cJSON **out)
+/* ---- the one pass over a text ------------------------------------------------------------- */
+
+/* What a byte means to the pass: most bytes of a message are plain ASCII, skipped by one table
+ * look-up each; the pass stops only where one of the checks has something to do. */
+enum { C_NUL = 1, C_HIGH = 2, C_QUOTE = 4, C_BSLASH = 8, C_OPEN = 16, C_CLOSE = 32 };
+
+#define HIGH8 C_HIGH, C_HIGH, C_HIGH, C_HIGH, C_HIGH, C_HIGH, C_HIGH, C_HIGH
+#define HIGH32 HIGH8, HIGH8, HIGH8, HIGH8
+static const unsigned char byte_class[256] = {
+    [0] = C_NUL,     ['"'] = C_QUOTE, ['\\'] = C_BSLASH, ['['] = C_OPEN, ['{'] = C_OPEN,
+    [']'] = C_CLOSE, ['}'] = C_CLOSE, [0x80] = HIGH32,   HIGH32,         HIGH32,
+    HIGH32};
+#undef HIGH32
+#undef HIGH8
+
+static int nul_fault(size_t at)
 {
-    *out = NULL;
-    int rc = sync__json_check_utf8(text, len);
-    if (rc != SYNC_OK)
-        return rc;
-    if ((rc = sync__json_check_depth(text, len, max_depth)) != SYNC_OK)
-        return rc;
-    /* cJSON only rejects trailing bytes when it sees the terminating NUL inside the length it was
-     * given, so parse a terminated copy. */
+    return sync__fail(SYNC_EPARSE, "NUL byte at offset %zu", at);
+}
+
+/* The first UTF-8 fault is at `at` (`truncated`: the text ends inside a sequence): reported
+ * unless a NUL comes later, which the separate checks found first. */
+static int utf8_fault(const char *text, size_t len, size_t at, int truncated)
+{
+    const char *nul = memchr(text + at, '\0', len - at);
+    if (nul)
+        return nul_fault((size_t)(nul - text));
+    if (truncated)
+        return sync__fail(SYNC_EPARSE, "truncated UTF-8 sequence at the end (offset %zu)", len);
+    return sync__fail(SYNC_EPARSE, "invalid UTF-8 at offset %zu", at);
+}
+
+/* A fault of the structure (too deep, or \u0000) at `at`: every byte before it passed the
+ * byte checks, which still come first for the rest of the text. */
+static int structure_fault(const char *text, size_t len, size_t at, int utf8_valid, int depth,
+                           int max_depth)
+{
+    const char *nul = memchr(text + at, '\0', len - at);
+    if (nul)
+        return nul_fault((size_t)(nul - text));
+    if (!utf8_valid) {
+        uint32_t state = 0; /* text[at] is ASCII: no sequence is open there */
+        size_t valid = sync__utf8_accept(&state, text + at, len - at);
+        if (valid != len - at || state)
+            return utf8_fault(text, len, at + valid, valid == len - at);
+    }
+    if (depth)
+        return sync__fail(SYNC_ETOODEEP, "JSON nests deeper than %d levels (offset %zu)", max_depth,
+                          at);
+    return sync__fail(SYNC_EPARSE,
+                      "\\u0000 (NUL) in a JSON string at offset %zu: libsync keeps strings as C "
+                      "strings and would cut it there",
+                      at);
+}
+
+/* sync__json_check_utf8 and then sync__json_check_depth in one pass, with the same result and
+ * the same error for every text (a NUL anywhere first, then UTF-8, then the structure). */
+static int check_text(const char *text, size_t len, int max_depth, int utf8_valid)
+{
+    const unsigned char *p = (const unsigned char *)text;
+    unsigned high = utf8_valid ? 0 : C_HIGH;
+    unsigned in_mask = C_NUL | C_QUOTE | C_BSLASH | high;
+    unsigned out_mask = C_NUL | C_QUOTE | C_OPEN | C_CLOSE | high;
+    int depth = 0, in_string = 0;
+    size_t i = 0;
+    for (;;) {
+        unsigned mask = in_string ? in_mask : out_mask;
+        while (i < len && !(byte_class[p[i]] & mask))
+            i++;
+        if (i >= len)
+            return SYNC_OK;
+        unsigned b = p[i], c = byte_class[b];
+        if (c & C_NUL)
+            return nul_fault(i);
+        if (c & C_HIGH) { /* as sync__utf8_accept */
+            unsigned need, lo = 0x80, hi = 0xbf;
+            if (b >= 0xc2 && b <= 0xdf)
+                need = 1;
+            else if (b >= 0xe0 && b <= 0xef)
+                need = 2;
+            else if (b >= 0xf0 && b <= 0xf4)
+                need = 3;
+            else
+                return utf8_fault(text, len, i, 0);
+            if (b == 0xe0)
+                lo = 0xa0;
+            else if (b == 0xed)
+                hi = 0x9f;
+            else if (b == 0xf0)
+                lo = 0x90;
+            else if (b == 0xf4)
+                hi = 0x8f;
+            for (i++; need; need--, i++) {
+                if (i >= len)
+                    return utf8_fault(text, len, len, 1);
+                if (p[i] < lo || p[i] > hi)
+                    return utf8_fault(text, len, i, 0);
+                lo = 0x80;
+                hi = 0xbf;
+            }
+            continue;
+        }
+        if (in_string) {
+            if (c & C_QUOTE) {
+                in_string = 0;
+                i++;
+                continue;
+            }
+            /* a backslash: cJSON ends a C string at \u0000, so "increment\u0000evil" would be
+             * read as "increment" here and as the whole text by every other parser */
+            if (len - i > 5 && memcmp(text + i + 1, "u0000", 5) == 0)
+                return structure_fault(text, len, i, utf8_valid, 0, max_depth);
+            /* the escaped byte is skipped unless a byte check still has to see it (it is not
+             * structure either way) */
+            i += i + 1 < len && !(byte_class[p[i + 1]] & (C_NUL | C_HIGH)) ? 2 : 1;
+            continue;
+        }
+        if (c & C_QUOTE) {
+            in_string = 1;
+        } else if (c & C_OPEN) {
+            if (max_depth > 0 && ++depth > max_depth)
+                return structure_fault(text, len, i, utf8_valid, 1, max_depth);
+        } else {
+            depth--;
+        }
+        i++;
+    }
+}
+
+/* cJSON only rejects trailing bytes when it sees the terminating NUL inside the length it was
+ * given: the parse as it always was, of a terminated copy. It also says where a text that is not
+ * JSON goes wrong. */
+static int parse_terminated(const char *text, size_t len, cJSON **out)
+{
     char *copy = malloc(len + 1);
     if (!copy)
         return sync__fail(SYNC_ENOMEM, "out of memory copying %zu bytes of JSON", len);
@@ -315,6 +444,48 @@ int sync__json_parse(const char *text, size_t len, int max_depth, cJSON **out)
         return sync__fail(SYNC_EPARSE, "invalid JSON at offset %zu", pos);
     }
     free(copy);
+    *out = value;
+    return SYNC_OK;
+}
+
+/* The text parsed in place, when that gives what parse_terminated would; NULL when it may not.
+ * cJSON (1.7.15) reads within the length it is given except one byte past a ',' that ends the
+ * text inside an object, so such a text (never valid JSON) goes to the copy. Where the parse in
+ * place succeeds, the terminated parse reads the same value and then skips every byte up to 32
+ * (cJSON's whitespace, the NUL included) before it wants the NUL: the same tail is accepted
+ * here. Everything else (not JSON, a text of only a BOM and a digit) takes the copy, which also
+ * names the offset of the error as before. */
+static cJSON *parse_in_place(const char *text, size_t len)
+{
+    if (len == 0 || text[len - 1] == ',')
+        return NULL;
+    const char *end = NULL;
+    cJSON *value = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!value)
+        return NULL;
+    const unsigned char *p = (const unsigned char *)end, *stop = (const unsigned char *)text + len;
+    if (p < (const unsigned char *)text || p > stop) {
+        cJSON_Delete(value);
+        return NULL;
+    }
+    while (p < stop && *p <= 32) /* no NUL: check_text refused it */
+        p++;
+    if (p != stop) {
+        cJSON_Delete(value);
+        return NULL;
+    }
+    return value;
+}
+
+int sync__json_parse_text(const char *text, size_t len, int max_depth, int utf8_valid, cJSON **out)
+{
+    *out = NULL;
+    int rc = check_text(text, len, max_depth, utf8_valid);
+    if (rc != SYNC_OK)
+        return rc;
+    cJSON *value = parse_in_place(text, len);
+    if (!value && (rc = parse_terminated(text, len, &value)) != SYNC_OK)
+        return rc;
     rc = check_tree(value, 1);
     if (rc != SYNC_OK) {
         cJSON_Delete(value);
@@ -322,4 +493,9 @@ int sync__json_parse(const char *text, size_t len, int max_depth, cJSON **out)
     }
     *out = value;
     return SYNC_OK;
+}
+
+int sync__json_parse(const char *text, size_t len, int max_depth, cJSON **out)
+{
+    return sync__json_parse_text(text, len, max_depth, 0, out);
 }

@@ -36,4 +36,9 @@ int sync__json_check_tree(const cJSON *root);
  * sync_error_last(). */
 int sync__json_parse(const char *text, size_t len, int max_depth, cJSON **out);
 
+/* sync__json_parse, in one pass over the text before cJSON reads it in place. `utf8_valid`: the
+ * caller already knows the text is well-formed UTF-8 (a WebSocket text frame), so that check is
+ * left out; NUL bytes are still refused. */
+int sync__json_parse_text(const char *text, size_t len, int max_depth, int utf8_valid, cJSON **out);
+
 #endif

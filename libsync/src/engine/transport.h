@@ -109,4 +109,10 @@ void sync__engine_remove_listener(sync_engine *engine, void *userdata);
 /* Calls every listener's deadline_moved (engine lock held). */
 void sync__engine_notify_deadline(sync_engine *engine);
 
+/* sync_engine_handle_message() for a text the transport has already found to be well-formed
+ * UTF-8, as RFC 6455 requires of a text frame: the engine does not check that again (it still
+ * refuses NUL bytes, which UTF-8 allows). */
+int sync__engine_handle_valid_text(sync_engine *engine, sync_conn *conn, const char *text,
+                                   size_t len);
+
 #endif

@@ -604,7 +604,8 @@ static void deliver(server_conn *c, const char *text, size_t len, bool binary)
     if (c->echo)
         echo_back(c, text, len, binary);
     else
-        sync_engine_handle_message(c->eng->engine, server_conn_handle(c), text, len);
+        /* receive() checked its UTF-8 (binary frames never get here without echo) */
+        sync__engine_handle_valid_text(c->eng->engine, server_conn_handle(c), text, len);
 }
 
 int server_conn_receive(server_conn *c, const void *in, size_t len)
