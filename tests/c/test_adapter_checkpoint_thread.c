@@ -55,6 +55,9 @@ static atomic_long all_syncs[3];
  * out of file descriptors, say). */
 static atomic_int fail_opens_elsewhere;
 static _Thread_local int opens_allowed_here;
+/* While set, a sync on any other thread takes 30 ms more (a slow disk under the checkpointer). */
+static atomic_int slow_syncs_elsewhere;
+static _Thread_local int syncs_fast_here;
 
 #define REAL(f) (((count_file *)(f))->real)
 
@@ -79,6 +82,8 @@ static int c_sync(sqlite3_file *f, int flags)
     int kind = ((count_file *)f)->kind;
     my_syncs[kind]++;
     atomic_fetch_add(&all_syncs[kind], 1);
+    if (atomic_load(&slow_syncs_elsewhere) && !syncs_fast_here)
+        check_sleep_ms(30);
     return REAL(f)->pMethods->xSync(REAL(f), flags);
 }
 static int c_file_size(sqlite3_file *f, sqlite3_int64 *size)
@@ -274,6 +279,24 @@ static long long wal_size(const char *path)
 static long long wal_bytes(long long pages)
 {
     return 32 + pages * (4096 + 24);
+}
+
+/* The WAL header's checkpoint sequence number: the writer bumps it each time it restarts the WAL
+ * (and writes it with the first commit after). -1 when there is no header. */
+static long long wal_restarts(const char *path)
+{
+    char *wal = NULL;
+    if (asprintf(&wal, "%s-wal", path) < 0)
+        abort();
+    FILE *f = fopen(wal, "rb");
+    free(wal);
+    unsigned char b[4];
+    long long seq = -1;
+    if (f && fseek(f, 12, SEEK_SET) == 0 && fread(b, 1, 4, f) == 4)
+        seq = (long long)b[0] << 24 | b[1] << 16 | b[2] << 8 | b[3];
+    if (f)
+        fclose(f);
+    return seq;
 }
 
 static long long integrity(const char *path)
@@ -484,6 +507,59 @@ static void test_wal_bounded_under_sustained_saves(void)
     free(dir);
 }
 
+/* A checkpoint copies the WAL as it was when it began, and the saves that came meanwhile keep the
+ * WAL from restarting: it must be tried again, though it copied all it saw, or the WAL would grow
+ * on to the next request (1,000 pages later) whatever the pause. Here saves go on while the
+ * checkpointer syncs the WAL (slowly: a sync elsewhere takes 30 ms more), so they overtake it for
+ * sure; then saves a calm 20 ms apart must see the WAL restart. */
+static void test_overtaken_checkpoint_is_retried(void)
+{
+    char *dir = check_tmpdir("ckpt-overtaken");
+    char *path = afs_join(dir, "state.sqlite");
+    syncs_fast_here = 1;
+    sync_adapter *a = open_adapter(path, SYNC_SQLITE_PROCESS_SAFE);
+    REQUIRE(a);
+    CHECK(save_many(a, 1, CKPT_PAGES - 10));
+    long others_wal = atomic_load(&all_syncs[KIND_WAL]) - my_syncs[KIND_WAL];
+    atomic_store(&slow_syncs_elsewhere, 1);
+    /* Past the request, on until the checkpointer syncs the WAL (it counts before its 30 ms), and
+     * a few saves more: they come after it read the WAL's size. */
+    int64_t v = CKPT_PAGES - 9;
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    int after_sync = -1;
+    while (after_sync < 20 && check_elapsed_ms(&start) < 10000) {
+        CHECK(sync_adapter_save(a, state_of(v), v) == SYNC_OK);
+        v++;
+        if (after_sync >= 0)
+            after_sync++;
+        else if (v > CKPT_PAGES + 10 &&
+                 atomic_load(&all_syncs[KIND_WAL]) - my_syncs[KIND_WAL] > others_wal)
+            after_sync = 0;
+    }
+    CHECK(after_sync == 20);
+    atomic_store(&slow_syncs_elsewhere, 0);
+    long long peak = wal_size(path), seq = wal_restarts(path);
+    CHECK(peak > wal_bytes(CKPT_PAGES));
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    int calm = 0;
+    while (wal_restarts(path) == seq && check_elapsed_ms(&start) < 5000) {
+        check_sleep_ms(20);
+        CHECK(sync_adapter_save(a, state_of(v), v) == SYNC_OK);
+        v++;
+        calm++;
+    }
+    printf("overtaken checkpoint: WAL %lld bytes; restarted after %d calm saves (%lld ms): %lld "
+           "bytes\n",
+           peak, calm, (long long)check_elapsed_ms(&start), wal_size(path));
+    CHECK(wal_restarts(path) != seq);
+    syncs_fast_here = 0;
+    sync_adapter_free(a);
+    CHECK(integrity(path));
+    free(path);
+    free(dir);
+}
+
 /* Adapters freed right after the save that requested their checkpoint, so the request is queued
  * or running when the free comes; several at once, freed out of order, so the request list loses
  * entries from its middle. Each database stays whole. */
@@ -616,6 +692,7 @@ int main(void)
     RUN(test_unfinished_checkpoint_is_retried);
     RUN(test_failed_checkpoint_falls_back_to_the_writer);
     RUN(test_wal_bounded_under_sustained_saves);
+    RUN(test_overtaken_checkpoint_is_retried);
     RUN(test_free_while_checkpointing);
     RUN(test_many_threads_share_the_checkpointer);
     RUN(test_child_after_fork_checkpoints);

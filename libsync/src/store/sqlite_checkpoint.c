@@ -88,8 +88,10 @@ static sqlite_ckpt *take_due(long long *wait_ms)
 /* A PASSIVE checkpoint on a connection of this thread's own: it copies what readers allow and
  * never waits for the writer. Opened per checkpoint: its cost is small next to the checkpoint's
  * writes and fsyncs, and nothing stays open for a database that goes quiet. */
-static int checkpoint(const char *path, int full_sync, int *complete)
+static int checkpoint(sqlite_ckpt *c, int *complete)
 {
+    const char *path = c->path;
+    int full_sync = c->full_sync;
     int log = -1, copied = -1;
     sqlite3 *db = NULL;
     /* Never CREATE: a file removed under its writer is not made again here. */
@@ -105,7 +107,12 @@ static int checkpoint(const char *path, int full_sync, int *complete)
         rc = sqlite3_exec(db, "SELECT 1 FROM sqlite_master LIMIT 1", NULL, NULL, NULL);
     if (rc == SQLITE_OK)
         rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
-    *complete = rc == SQLITE_OK && copied == log;
+    /* `log` is the WAL as it was when the checkpoint began: a commit made while it copied is not in
+     * it, yet keeps the WAL from restarting, so the checkpoint is done only if the writer's last
+     * commit left no more (fewer: the WAL restarted meanwhile). A commit whose hook has not yet
+     * run is missed: the next request covers it. */
+    *complete = rc == SQLITE_OK && copied == log &&
+                atomic_load_explicit(&c->wal_pages, memory_order_relaxed) <= log;
     sqlite3_close(db);
     return rc;
 }
@@ -137,7 +144,7 @@ static void *checkpointer_main(void *arg)
         ck.running = c; /* sqlite_ckpt_detach() waits for it: c and its path stay valid */
         pthread_mutex_unlock(&ck.lock);
         int complete = 0;
-        int rc = checkpoint(c->path, c->full_sync, &complete) & 0xff;
+        int rc = checkpoint(c, &complete) & 0xff;
         pthread_mutex_lock(&ck.lock);
         if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
             /* No descriptor left, an I/O error: the writer runs the next checkpoint itself, where
@@ -247,6 +254,7 @@ static int request(sqlite_ckpt *c)
 static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
     sqlite_ckpt *c = arg;
+    atomic_store_explicit(&c->wal_pages, pages, memory_order_relaxed);
     if (pages < c->requested_at)
         c->requested_at = 0; /* the WAL restarted */
     int run_here = pages >= SQLITE_CKPT_HARD_PAGES;
@@ -266,6 +274,7 @@ void sqlite_ckpt_attach(sqlite_ckpt *c, sqlite3 *db, const char *path, int full_
     c->path = path;
     c->full_sync = full_sync;
     c->requested_at = 0;
+    atomic_store_explicit(&c->wal_pages, 0, memory_order_relaxed);
     c->attached = 1;
     /* Replaces SQLite's auto-checkpoint, itself a WAL hook. */
     sqlite3_wal_hook(db, wal_hook, c);

@@ -15,6 +15,7 @@
 #define LIBSYNC_SRC_STORE_SQLITE_CHECKPOINT_H
 
 #include <sqlite3.h>
+#include <stdatomic.h>
 
 /* WAL pages at which a checkpoint is requested (SQLite's default auto-checkpoint), and at which the
  * writer runs it itself. */
@@ -31,6 +32,9 @@ typedef struct sqlite_ckpt {
     /* WAL pages at the last request, so one is made per SQLITE_CKPT_PAGES new pages (the writer's
      * thread only). */
     int requested_at;
+    /* WAL pages after the writer's last commit, so the checkpointer sees commits that overtook it.
+     */
+    atomic_int wal_pages;
     /* Under the checkpointer's mutex: in its request list (at most once), not before `due_ms`
      * (monotonic; 0 now); the delay of the next retry; "the last background checkpoint failed,
      * not busy". */
