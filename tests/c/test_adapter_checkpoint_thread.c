@@ -58,6 +58,11 @@ static _Thread_local int opens_allowed_here;
 /* While set, a sync on any other thread takes 30 ms more (a slow disk under the checkpointer). */
 static atomic_int slow_syncs_elsewhere;
 static _Thread_local int syncs_fast_here;
+/* While set, each write to a database file on another thread (a checkpoint's page copy) takes
+ * 20 ms more; the writes counted from there. */
+static atomic_int slow_db_writes_elsewhere;
+static _Thread_local int writes_fast_here;
+static atomic_long db_writes_elsewhere;
 
 #define REAL(f) (((count_file *)(f))->real)
 
@@ -71,6 +76,11 @@ static int c_read(sqlite3_file *f, void *buf, int n, sqlite3_int64 off)
 }
 static int c_write(sqlite3_file *f, const void *buf, int n, sqlite3_int64 off)
 {
+    if (((count_file *)f)->kind == KIND_DB && !writes_fast_here) {
+        atomic_fetch_add(&db_writes_elsewhere, 1);
+        if (atomic_load(&slow_db_writes_elsewhere))
+            check_sleep_ms(20);
+    }
     return REAL(f)->pMethods->xWrite(REAL(f), buf, n, off);
 }
 static int c_truncate(sqlite3_file *f, sqlite3_int64 size)
@@ -683,6 +693,134 @@ static void test_child_after_fork_checkpoints(void)
 #endif
 }
 
+/* Checkpoints run on other threads: each that finds frames to copy syncs the WAL first (the
+ * database only when it copied the whole WAL, which saves that overtook it prevent). */
+static long checkpoints_elsewhere(void)
+{
+    return atomic_load(&all_syncs[KIND_WAL]) - my_syncs[KIND_WAL];
+}
+
+/* A checkpoint among a writer's commits is overtaken (and tried again and again), and its fsyncs
+ * land in the middle of the writer's work: while the WAL is below 4,000 pages a requested
+ * checkpoint waits until the writer has been quiet for 20 ms. Saves 1 ms apart for 300 ms past the
+ * first request: the build before this ran a checkpoint at the request and at each retry (10, 30,
+ * 70 and 150 ms after); now none runs, or one if this thread was held up for 20 ms. Once the saves
+ * stop the file catches up. */
+static void test_checkpoint_waits_for_a_quiet_writer(void)
+{
+    char *dir = check_tmpdir("ckpt-quiet");
+    char *path = afs_join(dir, "state.sqlite");
+    sync_adapter *a = open_adapter(path, SYNC_SQLITE_PROCESS_SAFE);
+    REQUIRE(a);
+    long before = checkpoints_elsewhere();
+    CHECK(save_many(a, 1, CKPT_PAGES + 10));
+    int64_t v = CKPT_PAGES + 11;
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (check_elapsed_ms(&start) < 300) {
+        CHECK(sync_adapter_save(a, state_of(v), v) == SYNC_OK);
+        v++;
+        check_sleep_ms(1);
+    }
+    long during = checkpoints_elsewhere() - before;
+    long long caught_up = adapter_wait_version(path, v - 1);
+    printf("saves 1 ms apart past the request: %ld checkpoints among them; then the file reached "
+           "%lld of %lld\n",
+           during, caught_up, (long long)(v - 1));
+    CHECK(during <= 1);
+    CHECK_EQ_INT((int)caught_up, (int)(v - 1));
+    sync_adapter_free(a);
+    free(path);
+    free(dir);
+}
+
+/* A writer that never pauses still gets its checkpoints once the WAL reaches 4,000 pages. */
+static void test_busy_writer_is_checkpointed_at_4000_pages(void)
+{
+    char *dir = check_tmpdir("ckpt-busy");
+    char *path = afs_join(dir, "state.sqlite");
+    sync_adapter *a = open_adapter(path, SYNC_SQLITE_PROCESS_SAFE);
+    REQUIRE(a);
+    long before = checkpoints_elsewhere();
+    CHECK(save_many(a, 1, 4 * CKPT_PAGES + 10));
+    int64_t v = 4 * CKPT_PAGES + 11;
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (checkpoints_elsewhere() == before && check_elapsed_ms(&start) < 10000 &&
+           v < HARD_PAGES - 100) {
+        CHECK(sync_adapter_save(a, state_of(v), v) == SYNC_OK);
+        v++;
+    }
+    printf("back-to-back saves: a checkpoint ran after %lld saves (%lld ms)\n", (long long)(v - 1),
+           (long long)check_elapsed_ms(&start));
+    CHECK(checkpoints_elsewhere() > before);
+    sync_adapter_free(a);
+    CHECK(integrity(path));
+    free(path);
+    free(dir);
+}
+
+/* A state of about 200 KB: each save rewrites some fifty overflow pages, so a checkpoint copies
+ * that many pages into the database file. */
+static const char *large_state_of(int64_t version)
+{
+    enum { PAD = 200 * 1024 };
+    static _Thread_local char buf[PAD + 64];
+    int head = snprintf(buf, sizeof buf, "{\"n\":%lld,\"pad\":\"", (long long)version);
+    memset(buf + head, 'a' + (int)(version % 26), PAD);
+    memcpy(buf + head + PAD, "\"}", 3);
+    return buf;
+}
+
+/* Closing a database waits for a checkpoint of it that is running. At idle priority on a busy
+ * machine that could take long, so the close stops it between two page copies instead: here each
+ * copy takes 20 ms and the checkpoint has about fifty to make (a second), yet the close returns
+ * at once. The WAL stays whole: the next open reads the last save. */
+static void test_close_stops_a_slow_checkpoint(void)
+{
+    char *dir = check_tmpdir("ckpt-stop");
+    char *path = afs_join(dir, "state.sqlite");
+    writes_fast_here = 1;
+    sync_adapter *a = open_adapter(path, SYNC_SQLITE_PROCESS_SAFE);
+    REQUIRE(a);
+    long before = atomic_load(&db_writes_elsewhere);
+    atomic_store(&slow_db_writes_elsewhere, 1);
+    int64_t v = 1;
+    /* saves until the checkpointer has copied its first page */
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (atomic_load(&db_writes_elsewhere) == before && check_elapsed_ms(&start) < 10000) {
+        if (v < 200) {
+            CHECK(sync_adapter_save(a, large_state_of(v), v) == SYNC_OK);
+            v++;
+        } else {
+            check_sleep_ms(5);
+        }
+    }
+    CHECK(atomic_load(&db_writes_elsewhere) > before);
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    sync_adapter_free(a);
+    long long took = check_elapsed_ms(&start);
+    long copied = atomic_load(&db_writes_elsewhere) - before;
+    atomic_store(&slow_db_writes_elsewhere, 0);
+    printf("close during a slow checkpoint: %lld ms, %ld pages copied of %lld saves\n", took,
+           copied, (long long)(v - 1));
+    CHECK(took < 400);
+    CHECK(copied < 20);
+    a = open_adapter(path, SYNC_SQLITE_PROCESS_SAFE);
+    REQUIRE(a);
+    char *json = NULL;
+    int64_t version = -1;
+    CHECK(sync_adapter_load(a, &json, &version) == SYNC_OK);
+    CHECK_EQ_INT((int)version, (int)(v - 1));
+    sync_free(json);
+    sync_adapter_free(a);
+    CHECK(integrity(path));
+    writes_fast_here = 0;
+    free(path);
+    free(dir);
+}
+
 int main(void)
 {
     install_counting_vfs();
@@ -696,5 +834,8 @@ int main(void)
     RUN(test_free_while_checkpointing);
     RUN(test_many_threads_share_the_checkpointer);
     RUN(test_child_after_fork_checkpoints);
+    RUN(test_checkpoint_waits_for_a_quiet_writer);
+    RUN(test_busy_writer_is_checkpointed_at_4000_pages);
+    RUN(test_close_stops_a_slow_checkpoint);
     return check_summary();
 }

@@ -21,6 +21,10 @@ static struct {
     pthread_cond_t done; /* `running` finished */
     sqlite_ckpt *head, *tail;
     sqlite_ckpt *running;
+    /* The running checkpoint's connection, while it is open; `cut_short`: a thread waiting for
+     * that checkpoint has asked it to stop (sqlite3_interrupt()). */
+    sqlite3 *running_db;
+    int cut_short;
     pthread_t thread;
     int started;
     int stopping; /* the library is being unloaded or the process exits: no more requests */
@@ -68,21 +72,64 @@ static void unlink_queued(sqlite_ckpt *c)
     c->queued = 0;
 }
 
-/* Under the lock: the first request that is due, taken off the list; else NULL and *wait_ms the
- * time to the earliest (-1: none queued). */
+/* When a queued request may run: not before its retry delay, and, while its WAL is below
+ * SQLITE_CKPT_BUSY_PAGES, not before the writer has been quiet for SQLITE_CKPT_QUIET_MS. A
+ * checkpoint among the commits of a busy writer is overtaken anyway (it has to be tried again),
+ * and its fsyncs and page copies come in the middle of the writer's work: the latency tail of a
+ * server's clients showed each one (docs/PERFORMANCE.md). */
+static long long ready_at(const sqlite_ckpt *c)
+{
+    long long ready = c->due_ms;
+    if (atomic_load_explicit(&c->wal_pages, memory_order_relaxed) < SQLITE_CKPT_BUSY_PAGES) {
+        long long quiet =
+            atomic_load_explicit(&c->last_commit_ms, memory_order_relaxed) + SQLITE_CKPT_QUIET_MS;
+        if (quiet > ready)
+            ready = quiet;
+    }
+    return ready;
+}
+
+/* Under the lock: the first request that is ready, taken off the list; else NULL and *wait_ms the
+ * time to the earliest (-1: none queued; a commit meanwhile may push it on, and the request is
+ * looked at again then). */
 static sqlite_ckpt *take_due(long long *wait_ms)
 {
     long long now = sync_now_ms(), earliest = -1;
     for (sqlite_ckpt *c = ck.head; c; c = c->next) {
-        if (c->due_ms <= now) {
+        long long ready = ready_at(c);
+        if (ready <= now) {
             unlink_queued(c);
             return c;
         }
-        if (earliest < 0 || c->due_ms < earliest)
-            earliest = c->due_ms;
+        if (earliest < 0 || ready < earliest)
+            earliest = ready;
     }
     *wait_ms = earliest < 0 ? -1 : earliest - now;
     return NULL;
+}
+
+/* Under the lock: whoever waits for the running checkpoint stops it instead. One that copies many
+ * pages to a slow disk takes seconds, and a close, a fork() or the writer at its hard bound should
+ * not wait that long; stopped between two page copies it leaves the WAL whole (a later checkpoint
+ * or the writer copies the rest). */
+static void cut_short_locked(void)
+{
+    if (!ck.running)
+        return;
+    ck.cut_short = 1;
+    if (ck.running_db)
+        sqlite3_interrupt(ck.running_db);
+}
+
+/* The connection a waiter may interrupt: published under the lock, withdrawn before it closes
+ * (sqlite3_interrupt() must not meet a closing connection). */
+static void publish_running_db(sqlite3 *db)
+{
+    pthread_mutex_lock(&ck.lock);
+    ck.running_db = db;
+    if (db && ck.cut_short)
+        sqlite3_interrupt(db);
+    pthread_mutex_unlock(&ck.lock);
 }
 
 /* A PASSIVE checkpoint on a connection of this thread's own: it copies what readers allow and
@@ -96,6 +143,8 @@ static int checkpoint(sqlite_ckpt *c, int *complete)
     sqlite3 *db = NULL;
     /* Never CREATE: a file removed under its writer is not made again here. */
     int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc == SQLITE_OK)
+        publish_running_db(db);
     /* The checkpoint's fsyncs follow the connection's synchronous level (OFF would skip them):
      * the same as the writer's. */
     if (rc == SQLITE_OK)
@@ -113,6 +162,7 @@ static int checkpoint(sqlite_ckpt *c, int *complete)
      * run is missed: the next request covers it. */
     *complete = rc == SQLITE_OK && copied == log &&
                 atomic_load_explicit(&c->wal_pages, memory_order_relaxed) <= log;
+    publish_running_db(NULL);
     sqlite3_close(db);
     return rc;
 }
@@ -146,14 +196,15 @@ static void *checkpointer_main(void *arg)
         int complete = 0;
         int rc = checkpoint(c, &complete) & 0xff;
         pthread_mutex_lock(&ck.lock);
-        if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED && rc != SQLITE_INTERRUPT) {
             /* No descriptor left, an I/O error: the writer runs the next checkpoint itself, where
              * SQLite would have run it; the WAL stays intact meanwhile. */
             c->failed = 1;
         } else if (complete) {
             c->retry_ms = 0;
         } else if (!c->queued) {
-            /* Overtaken by a commit, or busy (another checkpoint, a reader in the way): again
+            /* Overtaken by a commit, busy (another checkpoint, a reader in the way) or stopped by
+             * a waiter (detach() drops the retry; after fork() it is due as before): again
              * later, less often, until the delay would pass the last; the next request starts
              * over. */
             int delay = c->retry_ms ? c->retry_ms * 2 : RETRY_FIRST_MS;
@@ -162,6 +213,7 @@ static void *checkpointer_main(void *arg)
                 enqueue(c, sync_now_ms() + delay);
         }
         ck.running = NULL;
+        ck.cut_short = 0;
         pthread_cond_broadcast(&ck.done);
     }
     pthread_mutex_unlock(&ck.lock);
@@ -175,6 +227,7 @@ static void atfork_prepare(void)
 {
     pthread_mutex_lock(&ck.lock);
     ck.forking = 1;
+    cut_short_locked();
     while (ck.running)
         pthread_cond_wait(&ck.done, &ck.lock);
 }
@@ -195,6 +248,8 @@ static void atfork_child(void)
     }
     ck.head = ck.tail = NULL;
     ck.running = NULL;
+    ck.running_db = NULL;
+    ck.cut_short = 0;
     ck.started = 0;
     ck.forking = 0;
     /* No thread of the child waits on them; the parent's checkpointer did. */
@@ -255,9 +310,18 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
     sqlite_ckpt *c = arg;
     atomic_store_explicit(&c->wal_pages, pages, memory_order_relaxed);
+    atomic_store_explicit(&c->last_commit_ms, sync_now_ms(), memory_order_relaxed);
     if (pages < c->requested_at)
         c->requested_at = 0; /* the WAL restarted */
     int run_here = pages >= SQLITE_CKPT_HARD_PAGES;
+    if (run_here) {
+        /* A background checkpoint of this database still running now would make the writer's
+         * own fail as busy: it stops. */
+        pthread_mutex_lock(&ck.lock);
+        if (ck.running == c)
+            cut_short_locked();
+        pthread_mutex_unlock(&ck.lock);
+    }
     if (!run_here && pages >= SQLITE_CKPT_PAGES && pages - c->requested_at >= SQLITE_CKPT_PAGES) {
         c->requested_at = pages;
         run_here = request(c) != 0;
@@ -275,6 +339,7 @@ void sqlite_ckpt_attach(sqlite_ckpt *c, sqlite3 *db, const char *path, int full_
     c->full_sync = full_sync;
     c->requested_at = 0;
     atomic_store_explicit(&c->wal_pages, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->last_commit_ms, 0, memory_order_relaxed);
     c->attached = 1;
     /* Replaces SQLite's auto-checkpoint, itself a WAL hook. */
     sqlite3_wal_hook(db, wal_hook, c);
@@ -287,6 +352,8 @@ void sqlite_ckpt_detach(sqlite_ckpt *c)
     pthread_mutex_lock(&ck.lock);
     if (c->queued)
         unlink_queued(c);
+    if (ck.running == c)
+        cut_short_locked();
     while (ck.running == c)
         pthread_cond_wait(&ck.done, &ck.lock);
     /* The checkpoint that ran may have queued a retry. */
@@ -307,6 +374,7 @@ __attribute__((destructor)) static void checkpointer_stop(void)
     int started = ck.started;
     ck.stopping = 1;
     ck.started = 0;
+    cut_short_locked();
     pthread_cond_broadcast(&ck.work);
     pthread_mutex_unlock(&ck.lock);
     if (started)

@@ -3,9 +3,13 @@
  * database and fsyncs both, a stall of milliseconds on the thread that saved (in the built-in
  * server, the service thread). Here a commit that crosses the threshold hands the checkpoint to one
  * process-wide thread, which runs a PASSIVE checkpoint (it never blocks the writer) on a connection
- * of its own. A passive checkpoint that a commit overtook leaves the pages written since (the
- * row being saved) in the WAL, and the WAL cannot restart; it is tried again after 10 ms, then
- * less often (8 times over 2.5 s), so it completes once the writer pauses. The writer still
+ * of its own, once the writer has made no commit for SQLITE_CKPT_QUIET_MS or the WAL has reached
+ * SQLITE_CKPT_BUSY_PAGES: among a busy writer's commits it would be overtaken, and its fsyncs
+ * would land in the middle of the writer's work. A passive checkpoint that a commit overtook
+ * leaves the pages written since (the row being saved) in the WAL, and the WAL cannot restart; it
+ * is tried again after 10 ms, then less often (8 times over 2.5 s), so it completes once the writer
+ * pauses. A thread that must wait for a running checkpoint (closing the database, fork(), the
+ * writer at the hard bound) stops it between two page copies instead. The writer still
  * checkpoints inline, as SQLite would, when the WAL reaches a hard bound (sustained writes leave a
  * passive checkpoint no end to reach, so the WAL could never restart), when the thread cannot be
  * started, and once after a background checkpoint of its database failed other than busy (e.g. no
@@ -21,6 +25,10 @@
  * writer runs it itself. */
 #define SQLITE_CKPT_PAGES 1000
 #define SQLITE_CKPT_HARD_PAGES (8 * SQLITE_CKPT_PAGES)
+/* A requested checkpoint waits until the writer has made no commit for this long, unless the WAL
+ * has reached SQLITE_CKPT_BUSY_PAGES. */
+#define SQLITE_CKPT_QUIET_MS 20
+#define SQLITE_CKPT_BUSY_PAGES (4 * SQLITE_CKPT_PAGES)
 
 /* One database's place in the checkpointer: part of its sqlite_db, zeroed when unused. */
 typedef struct sqlite_ckpt {
@@ -35,6 +43,8 @@ typedef struct sqlite_ckpt {
     /* WAL pages after the writer's last commit, so the checkpointer sees commits that overtook it.
      */
     atomic_int wal_pages;
+    /* sync_now_ms() of the writer's last commit: a checkpoint waits for a quiet moment. */
+    atomic_llong last_commit_ms;
     /* Under the checkpointer's mutex: in its request list (at most once), not before `due_ms`
      * (monotonic; 0 now); the delay of the next retry; "the last background checkpoint failed,
      * not busy". */
