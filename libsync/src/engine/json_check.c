@@ -8,10 +8,36 @@
 
 #include "error.h"
 
+/* A byte >= 0x80 that starts a sequence: how many continuation bytes follow, and the range the
+ * first of them must be in (narrower after E0, ED, F0 and F4: no overlong forms, surrogates or
+ * code points past U+10FFFF); 0 for a byte that cannot start one. */
+static inline int utf8_lead(unsigned b, unsigned *need, unsigned *lo, unsigned *hi)
+{
+    *lo = 0x80;
+    *hi = 0xbf;
+    if (b >= 0xc2 && b <= 0xdf)
+        *need = 1;
+    else if (b >= 0xe0 && b <= 0xef)
+        *need = 2;
+    else if (b >= 0xf0 && b <= 0xf4)
+        *need = 3;
+    else
+        return 0;
+    if (b == 0xe0)
+        *lo = 0xa0;
+    else if (b == 0xed)
+        *hi = 0x9f;
+    else if (b == 0xf0)
+        *lo = 0x90;
+    else if (b == 0xf4)
+        *hi = 0x8f;
+    return 1;
+}
+
 size_t sync__utf8_accept(uint32_t *state, const void *bytes, size_t len)
 {
     /* bits 0-7: continuation bytes still due; 8-15 and 16-23: the range the next one must be
-     * in (narrower after E0, ED, F0 and F4: no overlong forms, surrogates or past U+10FFFF) */
+     * in (utf8_lead) */
     const unsigned char *p = bytes;
     unsigned need = *state & 0xff, lo = (*state >> 8) & 0xff, hi = (*state >> 16) & 0xff;
     for (size_t i = 0; i < len; i++) {
@@ -22,25 +48,8 @@ size_t sync__utf8_accept(uint32_t *state, const void *bytes, size_t len)
             need--;
             lo = 0x80;
             hi = 0xbf;
-        } else if (b >= 0x80) {
-            lo = 0x80;
-            hi = 0xbf;
-            if (b >= 0xc2 && b <= 0xdf)
-                need = 1;
-            else if (b >= 0xe0 && b <= 0xef)
-                need = 2;
-            else if (b >= 0xf0 && b <= 0xf4)
-                need = 3;
-            else
-                return i;
-            if (b == 0xe0)
-                lo = 0xa0;
-            else if (b == 0xed)
-                hi = 0x9f;
-            else if (b == 0xf0)
-                lo = 0x90;
-            else if (b == 0xf4)
-                hi = 0x8f;
+        } else if (b >= 0x80 && !utf8_lead(b, &need, &lo, &hi)) {
+            return i;
         }
     }
     *state = need ? need | lo << 8 | hi << 16 : 0;
@@ -372,23 +381,9 @@ static int check_text(const char *text, size_t len, int max_depth, int utf8_vali
         if (c & C_NUL)
             return nul_fault(i);
         if (c & C_HIGH) { /* as sync__utf8_accept */
-            unsigned need, lo = 0x80, hi = 0xbf;
-            if (b >= 0xc2 && b <= 0xdf)
-                need = 1;
-            else if (b >= 0xe0 && b <= 0xef)
-                need = 2;
-            else if (b >= 0xf0 && b <= 0xf4)
-                need = 3;
-            else
+            unsigned need, lo, hi;
+            if (!utf8_lead(b, &need, &lo, &hi))
                 return utf8_fault(text, len, i, 0);
-            if (b == 0xe0)
-                lo = 0xa0;
-            else if (b == 0xed)
-                hi = 0x9f;
-            else if (b == 0xf0)
-                lo = 0x90;
-            else if (b == 0xf4)
-                hi = 0x8f;
             for (i++; need; need--, i++) {
                 if (i >= len)
                     return utf8_fault(text, len, len, 1);
