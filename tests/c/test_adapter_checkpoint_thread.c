@@ -5,6 +5,7 @@
  * real one, registered as the default, so libsync's connections go through it. */
 #include "adapter_fs.h"
 #include "check.h"
+#include "store_contract.h"
 
 #include <libsync/libsync.h>
 #include <pthread.h>
@@ -190,13 +191,8 @@ static void install_counting_vfs(void)
 
 static sync_adapter *open_adapter(const char *path, sync_sqlite_durability durability)
 {
-    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
-    opts.path = path;
-    opts.durability = durability;
-    sync_adapter *adapter = NULL;
-    if (sync_adapter_sqlite_new(&adapter, &opts) != SYNC_OK)
-        return NULL;
-    if (sync_adapter_init(adapter) != SYNC_OK) {
+    sync_adapter *adapter = store_sqlite_new(path, durability);
+    if (adapter && sync_adapter_init(adapter) != SYNC_OK) {
         sync_adapter_free(adapter);
         return NULL;
     }

@@ -29,17 +29,6 @@ static sync_adapter *open_default_table(const char *path, const char *backups_di
     return open_adapter(path, NULL, backups_dir);
 }
 
-static sync_adapter *open_durable(const char *path, sync_sqlite_durability durability)
-{
-    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
-    opts.path = path;
-    opts.durability = durability;
-    sync_adapter *adapter = NULL;
-    if (sync_adapter_sqlite_new(&adapter, &opts) != SYNC_OK)
-        return NULL;
-    return adapter;
-}
-
 /* The first column of the first row of `sql`, as text (caller frees), or NULL. */
 static char *query_text(const char *path, const char *sql)
 {
@@ -97,8 +86,8 @@ static void test_many_saves_and_speed(void)
     char *dir = check_tmpdir("sqlite-many");
     char *fast = afs_join(dir, "process-safe.sqlite");
     char *safe = afs_join(dir, "power-safe.sqlite");
-    double us_normal = store_time_saves(open_durable(fast, SYNC_SQLITE_PROCESS_SAFE), 2000);
-    double us_full = store_time_saves(open_durable(safe, SYNC_SQLITE_POWER_SAFE), 200);
+    double us_normal = store_time_saves(store_sqlite_new(fast, SYNC_SQLITE_PROCESS_SAFE), 2000);
+    double us_full = store_time_saves(store_sqlite_new(safe, SYNC_SQLITE_POWER_SAFE), 200);
     CHECK(us_normal > 0);
     CHECK(us_full > 0);
     printf("sqlite save, small state: %.1f us (PROCESS_SAFE), %.1f us (POWER_SAFE)\n", us_normal,

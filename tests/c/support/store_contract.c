@@ -48,6 +48,15 @@ static double elapsed_us(const struct timespec *t0, const struct timespec *t1)
     return (double)(t1->tv_sec - t0->tv_sec) * 1e6 + (double)(t1->tv_nsec - t0->tv_nsec) / 1e3;
 }
 
+sync_adapter *store_sqlite_new(const char *path, sync_sqlite_durability durability)
+{
+    sync_sqlite_options opts = SYNC_SQLITE_OPTIONS_INIT;
+    opts.path = path;
+    opts.durability = durability;
+    sync_adapter *adapter = NULL;
+    return sync_adapter_sqlite_new(&adapter, &opts) == SYNC_OK ? adapter : NULL;
+}
+
 double store_time_saves(sync_adapter *adapter, int n)
 {
     if (!adapter || sync_adapter_init(adapter) != SYNC_OK) {

@@ -47,6 +47,10 @@ void store_expect_state(sync_engine *engine, const char *state, int64_t version)
  * when the adapter is NULL or its init failed). */
 double store_time_saves(sync_adapter *adapter, int n);
 
+/* A SQLite adapter at `path` with `durability` and the other options at their defaults, not yet
+ * initialised; NULL when it cannot be made. */
+sync_adapter *store_sqlite_new(const char *path, sync_sqlite_durability durability);
+
 /* A change to {"n":2} on an engine (at version 0) whose store cannot save: the change stays in
  * memory at version 1, and exactly one SYNC_EIO in "sync" is reported to `errors`. */
 void store_expect_save_fails_change_kept(sync_engine *engine, const aeng_errors *errors);
