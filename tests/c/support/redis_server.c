@@ -16,18 +16,46 @@
 #include <time.h>
 #include <unistd.h>
 
-static int free_port(void)
+/* Whether `port` of 127.0.0.1 can be bound now. */
+static int port_free(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
     if (fd >= 0)
         close(fd);
-    return port;
+    return ok;
+}
+
+/* A free port below the kernel's ephemeral range (32768 and up), picked at random: the port the
+ * kernel hands to bind(0) is often one just released, and a test that kills its Redis and starts
+ * it again on the same port would then find another test's server there (a suite runs tests in
+ * parallel, and the end-to-end tests start their own Redis on such ports). */
+static int free_port(void)
+{
+    static unsigned seed;
+    if (!seed)
+        seed = (unsigned)getpid() ^ (unsigned)time(NULL);
+    for (int attempt = 0; attempt < 200; attempt++) {
+        int port = 20000 + (int)(rand_r(&seed) % 12000);
+        if (port_free(port))
+            return port;
+    }
+    return -1;
+}
+
+/* Whether the server answering on r->port is the process r->pid started, not one of another
+ * test that took the port. */
+static int answered_by_own_server(const redis_server *r)
+{
+    const char *info[] = {"INFO", "server"};
+    char *reply = redis_raw(r, 2, info);
+    const char *at = reply ? strstr(reply, "process_id:") : NULL;
+    int own = at && atol(at + strlen("process_id:")) == (long)r->pid;
+    free(reply);
+    return own;
 }
 
 static int connect_port(int port, int timeout_ms)
@@ -175,7 +203,7 @@ static int spawn(redis_server *r)
         char *reply = redis_raw(r, 1, ping);
         int up = reply && strncmp(reply, "+PONG", 5) == 0;
         free(reply);
-        if (up)
+        if (up && answered_by_own_server(r))
             return 0;
         int status;
         if (waitpid(r->pid, &status, WNOHANG) == r->pid) {
@@ -198,9 +226,14 @@ int redis_start(redis_server *r, const char *name)
         return -1;
     snprintf(r->dir, sizeof r->dir, "%s", dir);
     free(dir);
-    r->port = free_port();
-    snprintf(r->url, sizeof r->url, "redis://127.0.0.1:%d", r->port);
-    return r->port > 0 ? spawn(r) : -1;
+    /* Another port when one was taken between the pick and redis-server's bind. */
+    for (int attempt = 0; attempt < 5; attempt++) {
+        r->port = free_port();
+        snprintf(r->url, sizeof r->url, "redis://127.0.0.1:%d", r->port);
+        if (r->port > 0 && spawn(r) == 0)
+            return 0;
+    }
+    return -1;
 }
 
 int redis_restart(redis_server *r)
